@@ -1,0 +1,129 @@
+"""onnxprune: post-training pruning of ONNX models, without the framework that made them.
+
+Python API (the CLI is a thin layer over it)::
+
+    import onnxprune
+    config = onnxprune.PruneConfig(sparsity=0.5, scope="global", criterion="lamp")
+    model, result = onnxprune.prune("model.onnx", config)
+    onnxprune.save(model, "model.pruned.onnx", reference="model.onnx")
+    print(result.sparsity_after, [layer.reason for layer in result.skipped])
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from onnx import ModelProto
+
+from onnxprune.config import PruneConfig, check_amount, load_plan, parse_pattern
+from onnxprune.errors import (
+    ModelLoadError,
+    OnnxPruneError,
+    OptionError,
+    OutputError,
+    UnsafeModelError,
+    UnsupportedModelError,
+    ValidationError,
+)
+from onnxprune.graph.discovery import DiscoveryOptions, Inventory, Weight, discover
+from onnxprune.graph.model_io import SavedModel, load_model, save_model
+from onnxprune.passes.result import LayerResult, PruneResult
+from onnxprune.passes.unstructured import Progress, prune_weights
+from onnxprune.provenance import stamp
+from onnxprune.validate import ValidationReport, input_passes_checker, validate_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DiscoveryOptions",
+    "Inventory",
+    "LayerResult",
+    "ModelLoadError",
+    "OnnxPruneError",
+    "OptionError",
+    "OutputError",
+    "PruneConfig",
+    "PruneResult",
+    "SavedModel",
+    "UnsafeModelError",
+    "UnsupportedModelError",
+    "ValidationError",
+    "ValidationReport",
+    "Weight",
+    "__version__",
+    "check_amount",
+    "inspect",
+    "load",
+    "load_plan",
+    "parse_pattern",
+    "prune",
+    "save",
+]
+
+ModelLike = ModelProto | str | os.PathLike[str]
+
+
+def load(path: str | os.PathLike[str]) -> ModelProto:
+    """Load a model with its external data (refusing locations outside its folder)."""
+    return load_model(path)
+
+
+def _model(model: ModelLike, inplace: bool) -> ModelProto:
+    if isinstance(model, ModelProto):
+        return model if inplace else copy.deepcopy(model)
+    return load_model(model)
+
+
+def inspect(model: ModelLike, options: DiscoveryOptions | None = None) -> Inventory:
+    """Every tensor read as a weight, bias, norm parameter or embedding, prunable or not."""
+    return discover(_model(model, inplace=True), options)
+
+
+def prune(
+    model: ModelLike, config: PruneConfig, *, inplace: bool = False, progress: Progress | None = None
+) -> tuple[ModelProto, PruneResult]:
+    """Prune a model (a ModelProto, copied unless ``inplace``, or a path) per ``config``.
+
+    Returns the pruned model, with provenance in its metadata and doc strings, and a
+    result listing every discovered tensor: pruned ones with their counts, skipped ones
+    with the reason.
+    """
+    proto = _model(model, inplace)
+    result = prune_weights(proto, config, progress=progress)
+    stamp(proto, result, __version__)
+    return proto, result
+
+
+def save(
+    model: ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    reference: str | os.PathLike[str] | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    external_data: bool | None = None,
+    validate: bool = True,
+    force: bool = False,
+) -> SavedModel:
+    """Validate and write ``model`` atomically (see :func:`onnxprune.graph.model_io.save_model`).
+
+    ``reference`` is the model file it came from: it is never overwritten (unless
+    ``force``) and it is used to tell a bad synthetic input from a broken output.
+    """
+    check = True
+    if reference is not None and input_passes_checker(reference) is not None:
+        check = False
+
+    def _validate(tmp: Path) -> None:
+        validate_model(tmp, reference=reference, input_shapes=input_shapes, check=check)
+
+    return save_model(
+        model,
+        path,
+        external_data=external_data,
+        validate=_validate if validate else None,
+        input_path=reference,
+        force=force,
+    )

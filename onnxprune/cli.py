@@ -1,0 +1,446 @@
+"""The ``onnxprune`` command line. The only module that prints.
+
+Exit codes: 0 success; 1-6 an error (one line on stderr, see :mod:`onnxprune.errors`);
+10 nothing to prune (no output written); 70 an internal error (a bug: rerun with --debug).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+import onnxprune
+from onnxprune.config import PruneConfig, load_plan, parse_pattern
+from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.discovery import DiscoveryOptions
+from onnxprune.runtime import parse_input_shapes
+from onnxprune.stats import file_stats, param_stats
+
+NOTHING_TO_PRUNE = 10
+INTERNAL_ERROR = 70
+#: Above this size the deflate size is only computed on request (it reads the whole file).
+COMPRESS_AUTO_LIMIT = 512 * 1024 * 1024
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"onnxprune: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one line on stderr and an exit code (tracebacks with --debug)."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = kwargs.get("debug", False)
+        logging.basicConfig(
+            level=logging.DEBUG if debug else logging.INFO if kwargs.get("verbose") else logging.WARNING,
+            format="onnxprune: %(levelname)s: %(message)s",
+            stream=sys.stderr,
+        )
+        try:
+            return command(*args, **kwargs)
+        except OnnxPruneError as exc:
+            if debug:
+                raise
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was written", 130)
+        except MemoryError:
+            _fail("out of memory; try a machine with more memory", INTERNAL_ERROR)
+        except Exception as exc:  # a bug: say so, briefly
+            if debug:
+                raise
+            _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it", INTERNAL_ERROR)
+
+    return wrapper
+
+
+def _human(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str], right: set[int] = frozenset()) -> str:
+    """A plain text table with aligned columns."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=False))
+        ).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def _reason_counts(layers: Sequence[Any]) -> str:
+    counts = Counter((layer.reason or "").split(":")[0].split(",")[0] for layer in layers)
+    return ", ".join(f"{n} {what}" for what, n in counts.most_common())
+
+
+common_discovery = [
+    click.option(
+        "--include", multiple=True, metavar="RE", help="Only weights whose tensor or node name matches (repeatable)."
+    ),
+    click.option(
+        "--exclude", multiple=True, metavar="RE", help="Skip weights whose tensor or node name matches (repeatable)."
+    ),
+    click.option("--op-types", default="", metavar="OPS", help="Only weights read by these ops, e.g. Conv,MatMul."),
+    click.option("--min-size", type=int, default=256, show_default=True, help="Skip tensors with fewer elements."),
+]
+
+
+def discovery_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(common_discovery):
+        func = option(func)
+    return func
+
+
+def _op_types(text: str) -> tuple[str, ...]:
+    return tuple(op.strip() for op in text.split(",") if op.strip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(onnxprune.__version__, prog_name="onnxprune")
+def main() -> None:
+    """Post-training pruning of ONNX models, without the framework that made them."""
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@discovery_options
+@click.option("--all", "show_all", is_flag=True, help="Also list biases, norm parameters and embeddings.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the full inventory as JSON."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def inspect(
+    model: Path,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    op_types: str,
+    min_size: int,
+    show_all: bool,
+    json_path: Path | None,
+    verbose: bool,
+    debug: bool,
+) -> None:
+    """List the weights of MODEL that can be pruned, and what is excluded and why."""
+    PruneConfig(sparsity=0.0, min_size=min_size, include=include, exclude=exclude)  # validates options
+    inventory = onnxprune.inspect(
+        model, DiscoveryOptions(min_size=min_size, include=include, exclude=exclude, op_types=_op_types(op_types))
+    )
+    listed = [w for w in inventory.weights if show_all or w.role in ("weight", "mixed")]
+    rows = [
+        [
+            w.key,
+            "/".join(w.ops) or w.role,
+            _shape(w.shape),
+            w.dtype,
+            w.storage,
+            f"{w.sparsity:.1%}",
+            "prune" if w.prunable else f"skip: {w.reason}",
+        ]
+        for w in listed
+    ]
+    click.echo(table(rows, ["weight", "op", "shape", "dtype", "stored as", "zeros", "status"], right={5}))
+    prunable = inventory.prunable
+    params = sum(w.numel for w in prunable)
+    click.echo(
+        f"\n{len(prunable)} prunable weight tensors ({_count(params)} weights, "
+        f"{sum(w.zeros for w in prunable) / max(params, 1):.1%} already zero), ops: "
+        + (", ".join(f"{op} {n}" for op, n in Counter(op for w in prunable for op in w.ops).most_common()) or "none")
+    )
+    skipped = inventory.skipped
+    if skipped:
+        click.echo(
+            f"not pruned: {len(skipped)} tensors ({_reason_counts(skipped)})"
+            + ("" if show_all else "; --all lists them")
+        )
+    if json_path:
+        _write_json(json_path, {"model": str(model), "weights": [_weight_json(w) for w in inventory.weights]})
+
+
+def _weight_json(w: onnxprune.Weight) -> dict[str, Any]:
+    return {
+        "key": w.key,
+        "name": w.name,
+        "scope": w.scope,
+        "storage": w.storage,
+        "role": w.role,
+        "ops": list(w.ops),
+        "nodes": list(w.nodes),
+        "shape": list(w.shape),
+        "dtype": w.dtype,
+        "out_axis": w.out_axis,
+        "in_axis": w.in_axis,
+        "numel": w.numel,
+        "zeros": w.zeros,
+        "sparsity": w.sparsity,
+        "prunable": w.prunable,
+        "reason": w.reason,
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise onnxprune.OutputError(f"cannot write '{path}': {exc.strerror}") from None
+
+
+@main.command()
+@click.argument("input_model", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output_model", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--sparsity", type=float, help="Fraction of weights that are zero afterwards, in [0, 1).")
+@click.option(
+    "--scope",
+    type=click.Choice(["local", "global"]),
+    default="local",
+    show_default=True,
+    help="local: every tensor gets --sparsity; global: one threshold across tensors.",
+)
+@click.option(
+    "--criterion",
+    type=click.Choice(["magnitude", "lamp", "random"]),
+    default="magnitude",
+    show_default=True,
+    help="What to prune first; lamp = layer-adaptive magnitude (for --scope global).",
+)
+@click.option(
+    "--pattern",
+    default="unstructured",
+    show_default=True,
+    help="unstructured, or N:M such as 2:4 along the reduction axis.",
+)
+@click.option(
+    "--nm-fallback",
+    type=click.Choice(["unstructured", "skip"]),
+    default="unstructured",
+    show_default=True,
+    help="For tensors whose reduction length is not a multiple of M.",
+)
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON {weight name: sparsity} overriding --scope.",
+)
+@discovery_options
+@click.option(
+    "--max-layer-sparsity", type=float, default=0.98, show_default=True, help="Cap per tensor with --scope global."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --criterion random.")
+@click.option(
+    "--input-shape", multiple=True, metavar="NAME:1x3x224x224", help="Shape of an input for validation (repeatable)."
+)
+@click.option("--external-data", is_flag=True, help="Store weights in OUT.data next to OUT (automatic above 1.8 GB).")
+@click.option("--force", is_flag=True, help="Allow OUT to replace IN (still atomic, after validation).")
+@click.option(
+    "--compressed-size/--no-compressed-size",
+    default=None,
+    help="Compute deflate sizes (default: for files under 512 MiB).",
+)
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the full report as JSON."
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def prune(
+    input_model: Path,
+    output_model: Path,
+    sparsity: float | None,
+    scope: str,
+    criterion: str,
+    pattern: str,
+    nm_fallback: str,
+    plan_path: Path | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    op_types: str,
+    min_size: int,
+    max_layer_sparsity: float,
+    seed: int,
+    input_shape: tuple[str, ...],
+    external_data: bool,
+    force: bool,
+    compressed_size: bool | None,
+    json_path: Path | None,
+    quiet: bool,
+    verbose: bool,
+    debug: bool,
+) -> None:
+    """Prune the weights of IN and write OUT (validated, atomically).
+
+    \b
+    Examples:
+      onnxprune prune model.onnx pruned.onnx --sparsity 0.5
+      onnxprune prune model.onnx pruned.onnx --sparsity 0.7 --scope global --criterion lamp
+      onnxprune prune model.onnx pruned.onnx --pattern 2:4
+    """
+    config = PruneConfig(
+        sparsity=sparsity,
+        scope=scope,
+        criterion=criterion,
+        pattern=parse_pattern(pattern),
+        nm_fallback=nm_fallback,
+        plan=load_plan(plan_path) if plan_path else {},
+        max_layer_sparsity=max_layer_sparsity,
+        seed=seed,
+        min_size=min_size,
+        include=include,
+        exclude=exclude,
+        op_types=_op_types(op_types),
+    )
+    shapes = parse_input_shapes(input_shape)
+    if not force and output_model.absolute() == input_model.absolute():
+        raise onnxprune.OutputError(f"the output '{output_model}' is the input model: choose another path (or --force)")
+    model = onnxprune.load(input_model)
+    before = param_stats(model)
+    with _progress("pruning", quiet) as progress:
+        model, result = onnxprune.prune(model, config, inplace=True, progress=progress)
+    if not result.pruned:
+        click.echo(
+            f"onnxprune: nothing to prune in '{input_model}': no weight tensor qualifies "
+            f"({_reason_counts(result.skipped) or 'no weights found'}); no output written",
+            err=True,
+        )
+        sys.exit(NOTHING_TO_PRUNE)
+    after = param_stats(model)
+    saved = onnxprune.save(
+        model,
+        output_model,
+        reference=input_model,
+        input_shapes=shapes,
+        external_data=True if external_data else None,
+        force=force,
+    )
+    del model
+    compress = compressed_size if compressed_size is not None else input_model.stat().st_size < COMPRESS_AUTO_LIMIT
+    size_in, size_out = file_stats(input_model, compressed=compress), file_stats(saved.path, compressed=compress)
+    if not quiet:
+        _print_layers(result)
+    _print_summary(result, before, after, size_in, size_out, saved, quiet)
+    if json_path:
+        _write_json(
+            json_path,
+            {
+                "input": str(input_model),
+                "output": str(saved.path),
+                **result.to_dict(),
+                "model": {
+                    "parameters": [before.parameters, after.parameters],
+                    "nonzeros": [before.nonzeros, after.nonzeros],
+                    "file_bytes": [size_in.bytes, size_out.bytes],
+                    "compressed_bytes": [size_in.compressed, size_out.compressed],
+                },
+            },
+        )
+
+
+class _progress:
+    """A click progress bar on stderr fed by the library's progress callback."""
+
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.label, self.quiet, self.bar = label, quiet, None
+
+    def __enter__(self) -> Callable[[int, int, str], None]:
+        return self.update
+
+    def update(self, done: int, total: int, name: str) -> None:
+        if self.quiet or total < 2:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True)
+            self.bar.__enter__()
+        self.bar.update(1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def _print_layers(result: onnxprune.PruneResult) -> None:
+    rows = [
+        [
+            layer.key,
+            "/".join(layer.ops),
+            _shape(layer.shape),
+            layer.dtype,
+            layer.pattern or "",
+            f"{layer.sparsity_before:.1%}",
+            f"{layer.sparsity_after:.1%}",
+            layer.reason or "",
+        ]
+        for layer in result.pruned
+    ]
+    click.echo(table(rows, ["weight", "op", "shape", "dtype", "pattern", "before", "after", "note"], right={5, 6}))
+    skipped = [layer for layer in result.skipped if layer.role in ("weight", "mixed")]
+    others = len(result.skipped) - len(skipped)
+    if skipped:
+        click.echo(f"\nweights not pruned: {len(skipped)}")
+        for layer in skipped:
+            click.echo(f"  {layer.key} ({'/'.join(layer.ops) or layer.role}, {_shape(layer.shape)}): {layer.reason}")
+    if others:
+        click.echo(
+            f"not weights: {others} tensors ({_reason_counts([layer for layer in result.skipped if layer not in skipped])})"
+        )
+    click.echo("")
+
+
+def _print_summary(result, before, after, size_in, size_out, saved, quiet) -> None:  # noqa: ANN001
+    def ratio(a: int | None, b: int | None) -> str:
+        return f"{b / a:.2f}x" if a and b is not None else "-"
+
+    rows = [
+        ["parameters", _count(before.parameters), _count(after.parameters), ratio(before.parameters, after.parameters)],
+        ["non-zeros", _count(before.nonzeros), _count(after.nonzeros), ratio(before.nonzeros, after.nonzeros)],
+        ["file size", _human(size_in.bytes), _human(size_out.bytes), ratio(size_in.bytes, size_out.bytes)],
+        [
+            "compressed (deflate)",
+            _human(size_in.compressed),
+            _human(size_out.compressed),
+            ratio(size_in.compressed, size_out.compressed),
+        ],
+    ]
+    if not quiet:
+        click.echo(table(rows, ["", "before", "after", "after/before"], right={1, 2, 3}))
+    click.echo(
+        f"\npruned {len(result.pruned)} weight tensors: {_count(result.zeros_after)} of {_count(result.weights_total)} "
+        f"weights are zero ({result.sparsity_after:.1%}; {_count(result.newly_zeroed)} newly zeroed) -> {saved.path}"
+        + (f" (+ {saved.data_path.name})" if saved.data_path else "")
+    )
+    if not quiet:
+        click.echo(
+            "note: zeros inside dense tensors shrink the compressed size, not the latency: onnxruntime "
+            "runs them as dense (removing whole channels is what makes a model faster)."
+        )

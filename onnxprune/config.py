@@ -1,0 +1,153 @@
+"""Configuration of a pruning run: one frozen dataclass, validated once.
+
+``amount`` means one thing everywhere: a float in [0, 1), the fraction of a tensor's
+elements that are zero after pruning, counting weights that were already zero. Local
+scope zeroes exactly ``floor(amount · n)`` weights of each tensor (or leaves the existing
+zeros if there are more); global scope zeroes ``floor(amount · Σ n)`` across tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from onnxprune.errors import OptionError
+
+SCOPES = ("local", "global")
+CRITERIA = ("magnitude", "lamp", "random")
+NM_FALLBACKS = ("unstructured", "skip")
+
+
+def check_amount(value: float, what: str = "--sparsity") -> float:
+    """Validate an amount (see module docstring); returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionError(f"{what} must be a number in [0, 1), got {value!r}")
+    value = float(value)
+    if math.isnan(value) or not 0.0 <= value < 1.0:
+        raise OptionError(f"{what} must be a fraction of weights in [0, 1) (0.5 zeroes half), got {value}")
+    return value
+
+
+def parse_pattern(text: str) -> tuple[int, int] | None:
+    """``"unstructured"`` -> None; ``"N:M"`` -> (N, M) with 0 < N < M."""
+    if text in ("unstructured", "", None):
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match:
+        raise OptionError(f"--pattern must be 'unstructured' or N:M such as 2:4, got '{text}'")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise OptionError(f"--pattern {n}:{m} is impossible: N:M keeps N of every M weights, so 0 < N < M")
+    return n, m
+
+
+def load_plan(path: str | Path) -> dict[str, float]:
+    """Read a plan file: a JSON object mapping weight names to amounts."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise OptionError(f"plan file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OptionError(f"plan file '{path}' is not valid JSON: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("layers"), dict):
+        data = data["layers"]
+    if not isinstance(data, dict) or not data:
+        raise OptionError(f"plan file '{path}' must be a JSON object {{\"weight name\": sparsity, ...}}")
+    return {str(k): check_amount(v, f"plan entry '{k}'") for k, v in data.items()}
+
+
+def _check_regexes(patterns: tuple[str, ...], option: str) -> None:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise OptionError(f"{option} '{pattern}' is not a valid regular expression: {exc}") from None
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What to prune and how. Every field is validated on construction.
+
+    sparsity: amount for every weight not named in ``plan`` (None: prune only the plan,
+        or, with an N:M pattern, the pattern's own 1 - N/M).
+    scope: "local" (every tensor gets ``sparsity``) or "global" (one threshold across
+        tensors, each capped at ``max_layer_sparsity``).
+    criterion: "magnitude", "lamp" (layer-adaptive, matters with global scope) or "random".
+    pattern: None for unstructured, or (N, M) for N:M along the reduction axis.
+    nm_fallback: for tensors whose reduction length is not a multiple of M (or unknown):
+        "unstructured" prunes them unstructured at 1 - N/M, "skip" leaves them.
+    plan: weight name -> amount, overriding scope and sparsity for those weights.
+    """
+
+    sparsity: float | None = None
+    scope: str = "local"
+    criterion: str = "magnitude"
+    pattern: tuple[int, int] | None = None
+    nm_fallback: str = "unstructured"
+    plan: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    max_layer_sparsity: float = 0.98
+    seed: int = 0
+    min_size: int = 256
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    op_types: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.sparsity is not None:
+            object.__setattr__(self, "sparsity", check_amount(self.sparsity))
+        if self.scope not in SCOPES:
+            raise OptionError(f"--scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
+        if self.criterion not in CRITERIA:
+            raise OptionError(f"--criterion must be one of {', '.join(CRITERIA)}, got '{self.criterion}'")
+        if self.nm_fallback not in NM_FALLBACKS:
+            raise OptionError(f"--nm-fallback must be one of {', '.join(NM_FALLBACKS)}")
+        if self.pattern is not None:
+            n, m = self.pattern
+            if not 0 < n < m:
+                raise OptionError(f"--pattern {n}:{m} is impossible: 0 < N < M is required")
+            if self.sparsity is not None:
+                raise OptionError(
+                    f"--sparsity and --pattern {n}:{m} are both given: an N:M pattern fixes the "
+                    f"sparsity at 1 - N/M = {1 - n / m:g}; drop --sparsity"
+                )
+            if self.plan:
+                raise OptionError("--plan cannot be combined with an N:M --pattern")
+        elif self.sparsity is None and not self.plan:
+            raise OptionError("nothing to do: give --sparsity (e.g. 0.5), an N:M --pattern or a --plan")
+        object.__setattr__(
+            self,
+            "plan",
+            MappingProxyType({k: check_amount(v, f"plan entry '{k}'") for k, v in dict(self.plan).items()}),
+        )
+        if not 0.0 < float(self.max_layer_sparsity) <= 1.0:
+            raise OptionError(f"--max-layer-sparsity must lie in (0, 1], got {self.max_layer_sparsity}")
+        if int(self.min_size) < 0:
+            raise OptionError(f"--min-size must be >= 0, got {self.min_size}")
+        _check_regexes(self.include, "--include")
+        _check_regexes(self.exclude, "--exclude")
+
+    @property
+    def pattern_name(self) -> str:
+        return "unstructured" if self.pattern is None else f"{self.pattern[0]}:{self.pattern[1]}"
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly view (for provenance and reports)."""
+        return {
+            "sparsity": self.sparsity,
+            "scope": self.scope,
+            "criterion": self.criterion,
+            "pattern": self.pattern_name,
+            "nm_fallback": self.nm_fallback,
+            "plan": dict(self.plan),
+            "max_layer_sparsity": self.max_layer_sparsity,
+            "seed": self.seed,
+            "min_size": self.min_size,
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "op_types": list(self.op_types),
+        }

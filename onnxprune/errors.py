@@ -1,0 +1,48 @@
+"""The one exception hierarchy of onnxprune.
+
+Every error the library raises on bad input is an :class:`OnnxPruneError`. Its message is a
+single line that says what is wrong and what to do; the CLI prints it and exits with
+``exit_code``. Anything else that escapes is a bug.
+"""
+
+from __future__ import annotations
+
+
+class OnnxPruneError(Exception):
+    """Base class: a problem with the user's input, options or environment."""
+
+    exit_code: int = 1
+
+
+class OptionError(OnnxPruneError):
+    """An impossible or inconsistent option (sparsity out of range, N >= M, bad regex ...)."""
+
+    exit_code = 2
+
+
+class ModelLoadError(OnnxPruneError):
+    """The input is not a readable ONNX model (truncated, not protobuf, missing external data)."""
+
+    exit_code = 3
+
+
+class UnsafeModelError(ModelLoadError):
+    """The model points outside its own folder (external data path traversal)."""
+
+
+class UnsupportedModelError(OnnxPruneError):
+    """The model is valid ONNX but uses something onnxprune cannot handle safely."""
+
+    exit_code = 4
+
+
+class ValidationError(OnnxPruneError):
+    """The output failed validation (checker, onnxruntime, numeric check); nothing was written."""
+
+    exit_code = 5
+
+
+class OutputError(OnnxPruneError):
+    """The output cannot be written (same path as the input, unwritable folder ...)."""
+
+    exit_code = 6

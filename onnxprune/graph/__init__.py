@@ -1,0 +1,1 @@
+"""Graph and I/O layer: loading and saving models, tensors, scopes and weight discovery."""

@@ -1,0 +1,298 @@
+"""Discovery: every stored tensor that feeds a weight input, with its role and axes.
+
+For each stored float tensor (initializer or Constant node, in the main graph or any
+subgraph) the discovery walks forward through transparent ops (Identity, Cast, Transpose,
+Reshape, Unsqueeze, Squeeze, Flatten, Slice, Concat, DequantizeLinear) to every node that
+finally reads it, and classifies each read with :data:`onnxprune.graph.ops.SLOT_RULES`.
+A tensor is a prunable weight only if *every* read is a weight input: a tensor also used
+as an embedding table, a bias or a graph output is listed as skipped, with the reason.
+The output-channel and reduction axes are mapped back through the transparent ops to the
+stored tensor's own axes (or left unknown, which only rules out N:M for that tensor).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import ModelProto, TensorProto
+
+from onnxprune.graph import tensors
+from onnxprune.graph.index import Scope
+from onnxprune.graph.ops import SLOT_RULES, TRANSFORMS, Shape, Slot, SlotContext, TransformContext
+from onnxprune.sparsity import magnitude_keys
+
+log = logging.getLogger(__name__)
+
+#: Ops whose weight input should always be a stored tensor; one that is not is reported.
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "LSTM", "GRU", "RNN")
+
+ROLE_REASONS = {
+    "bias": "bias: not pruned",
+    "norm": "normalization parameter: not pruned",
+    "embedding": "embedding table read by Gather: not pruned",
+}
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A node that reads a weight (possibly through transparent ops)."""
+
+    node: str
+    op_type: str
+    input_index: int
+    scope: str
+    role: str
+
+
+@dataclass(frozen=True)
+class Weight:
+    """One stored tensor that feeds weight (or bias/norm/embedding) inputs."""
+
+    name: str
+    scope: str
+    storage: str  # "initializer" | "constant" | "computed"
+    role: str  # "weight" | "bias" | "norm" | "embedding" | "mixed"
+    readers: tuple[Reader, ...]
+    shape: tuple[int, ...]
+    dtype: str
+    out_axis: int | None
+    in_axis: int | None
+    numel: int
+    zeros: int
+    prunable: bool
+    reason: str | None = None
+    quantized: bool = False
+
+    @property
+    def key(self) -> str:
+        """A unique name: the tensor name, prefixed with its subgraph path if nested."""
+        return f"{self.scope}::{self.name}" if self.scope else self.name
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r.op_type for r in self.readers if r.role == "weight"))
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r.node for r in self.readers))
+
+
+@dataclass(frozen=True)
+class DiscoveryOptions:
+    """Which weights to consider. Regexes match tensor names or reader node names."""
+
+    min_size: int = 256
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    op_types: tuple[str, ...] = ()
+
+
+@dataclass
+class Inventory:
+    """All discovered weights, and access to their TensorProtos (for the passes)."""
+
+    weights: list[Weight]
+    _protos: dict[str, TensorProto] = field(repr=False, default_factory=dict)
+
+    def proto(self, weight: Weight) -> TensorProto:
+        return self._protos[weight.key]
+
+    @property
+    def prunable(self) -> list[Weight]:
+        return [w for w in self.weights if w.prunable]
+
+    @property
+    def skipped(self) -> list[Weight]:
+        return [w for w in self.weights if not w.prunable]
+
+
+@dataclass
+class _Trace:
+    slots: list[tuple[Reader, Slot, tuple[int | None, ...]]] = field(default_factory=list)
+    others: list[Reader] = field(default_factory=list)
+    quantized: bool = False
+
+
+def _walk(
+    scope: Scope, name: str, shape: Shape, axis_map: tuple[int | None, ...], trace: _Trace, depth: int = 0
+) -> None:
+    """Follow ``name`` (whose axes map to the stored tensor's by ``axis_map``) to its readers."""
+    if depth > 32:
+        trace.others.append(Reader("?", "?", -1, scope.path, "too deep"))
+        return
+    if scope.is_output(name):
+        trace.others.append(Reader(name, "graph output", -1, scope.path, "output"))
+    for use in scope.uses.get(name, []):
+        node, index = use.node, use.index
+        label = node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
+        transform_rule = TRANSFORMS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if transform_rule is not None:
+            transform = transform_rule(TransformContext(node, index, shape, use.scope.const_value))
+            if transform is not None and node.output and node.output[0]:
+                trace.quantized |= transform.quantized
+                new_map = tuple(None if m is None else axis_map[m] for m in transform.axis_map)
+                _walk(use.scope, node.output[0], transform.shape, new_map, trace, depth + 1)
+                continue
+        rule = SLOT_RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        slot = rule(SlotContext(node, index, len(shape), use.scope.producer_op)) if rule else Slot("other")
+        reader = Reader(label, node.op_type, index, use.scope.path, slot.role)
+        if slot.role == "other":
+            trace.others.append(reader)
+        else:
+            trace.slots.append((reader, slot, axis_map))
+
+
+def _axes(trace: _Trace) -> tuple[int | None, int | None]:
+    """The stored tensor's (out, in) axes, if every weight reader agrees on them."""
+    found = {
+        (None if s.out_axis is None else m[s.out_axis], None if s.in_axis is None else m[s.in_axis])
+        for _, s, m in trace.slots
+        if s.role == "weight"
+    }
+    return found.pop() if len(found) == 1 else (None, None)
+
+
+def _role(trace: _Trace) -> str | None:
+    roles = {s.role for _, s, _ in trace.slots}
+    if not roles:
+        return None
+    if roles == {"weight"} and not trace.others:
+        return "weight"
+    if len(roles) == 1 and not trace.others:
+        return roles.pop()
+    return "mixed" if "weight" in roles else sorted(roles)[0]
+
+
+def _matches(patterns: Iterable[str], names: Iterable[str]) -> bool:
+    names = list(names)
+    return any(re.search(p, n) for p in patterns for n in names)
+
+
+def _decide(
+    weight_role: str, trace: _Trace, tensor: TensorProto, readers: tuple[Reader, ...], options: DiscoveryOptions
+) -> str | None:
+    """Why this tensor is not pruned, or None if it is a prunable weight."""
+    if weight_role == "mixed":
+        other = next((r for r in (*trace.others, *(r for r, s, _ in trace.slots if s.role != "weight"))), None)
+        what = (
+            "a graph output"
+            if other and other.op_type == "graph output"
+            else (f"input {other.input_index} of {other.op_type} '{other.node}'" if other else "something else")
+        )
+        return f"also read as {what}, not only as a weight: pruning it would change that too"
+    if weight_role != "weight":
+        return ROLE_REASONS.get(weight_role, f"{weight_role}: not pruned")
+    if trace.quantized or not tensors.is_float(tensor):
+        if trace.quantized:
+            return "quantized weight (read through DequantizeLinear): not pruned"
+        return f"dtype {tensors.dtype_name(tensor)} is not a float type: not pruned"
+    names = (tensor.name, *(r.node for r in readers))
+    ops = {r.op_type for r in readers if r.role == "weight"}
+    if options.op_types and not ops & set(options.op_types):
+        return f"op {'/'.join(sorted(ops))} not selected by --op-types"
+    if options.include and not _matches(options.include, names):
+        return "not matched by --include"
+    if options.exclude and _matches(options.exclude, names):
+        return "matched by --exclude"
+    size = tensors.numel(tensor)
+    if size < options.min_size:
+        return f"{size} elements, below --min-size {options.min_size}"
+    return None
+
+
+def _count_zeros(tensor: TensorProto) -> int:
+    if not tensors.is_float(tensor):
+        return int(tensors.numel(tensor) - np.count_nonzero(tensors.read_array(tensor)))
+    values = tensors.read_array(tensor)
+    return int(values.size - np.count_nonzero(magnitude_keys(values)))
+
+
+def discover(model: ModelProto, options: DiscoveryOptions | None = None) -> Inventory:
+    """Find every stored tensor read as a weight, bias, normalization parameter or
+    embedding table, in the main graph and all subgraphs."""
+    options = options or DiscoveryOptions()
+    root = Scope.build(model.graph)
+    weights: list[Weight] = []
+    protos: dict[str, TensorProto] = {}
+    reached: set[tuple[str, int, str]] = set()
+    for scope in root.all_scopes():
+        stored = [(n, t, "initializer") for n, t in scope.initializers.items()]
+        stored += [(n, scope.stored_tensor(n), "constant") for n in scope.constants]
+        for name, tensor, storage in stored:
+            if tensor is None or tensor.data_location == TensorProto.EXTERNAL:
+                continue
+            shape = tuple(int(d) for d in tensor.dims)
+            trace = _Trace()
+            _walk(scope, name, shape, tuple(range(len(shape))), trace)
+            role = _role(trace)
+            if role is None:
+                continue
+            for reader, _, _ in trace.slots:
+                reached.add((reader.node, reader.input_index, reader.scope))
+            readers = tuple(r for r, _, _ in trace.slots) + tuple(trace.others)
+            reason = _decide(role, trace, tensor, readers, options)
+            out_axis, in_axis = _axes(trace) if role == "weight" else (None, None)
+            weight = Weight(
+                name=name,
+                scope=scope.path,
+                storage=storage,
+                role=role,
+                readers=readers,
+                shape=shape,
+                dtype=tensors.dtype_name(tensor),
+                out_axis=out_axis,
+                in_axis=in_axis,
+                numel=tensors.numel(tensor),
+                zeros=_count_zeros(tensor),
+                prunable=reason is None,
+                reason=reason,
+                quantized=trace.quantized,
+            )
+            weights.append(weight)
+            protos[weight.key] = tensor
+    weights.extend(_computed_weights(root, reached))
+    log.debug("discovered %d tensors, %d prunable", len(weights), sum(w.prunable for w in weights))
+    return Inventory(weights, protos)
+
+
+def _computed_weights(root: Scope, reached: set[tuple[str, int, str]]) -> list[Weight]:
+    """Weight inputs of Conv/Gemm/recurrent nodes that no stored tensor reaches."""
+    found = []
+    for scope in root.all_scopes():
+        for node in scope.graph.node:
+            if node.op_type not in WEIGHT_OPS or node.domain not in ("", "ai.onnx"):
+                continue
+            label = node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
+            indices = (1, 2) if node.op_type in ("LSTM", "GRU", "RNN") else (1,)
+            for index in indices:
+                if len(node.input) <= index or (label, index, scope.path) in reached:
+                    continue
+                name = node.input[index]
+                producer = scope.producer_op(name) or "a graph input"
+                reader = Reader(label, node.op_type, index, scope.path, "weight")
+                found.append(
+                    Weight(
+                        name=name,
+                        scope=scope.path,
+                        storage="computed",
+                        role="weight",
+                        readers=(reader,),
+                        shape=(),
+                        dtype="?",
+                        out_axis=None,
+                        in_axis=None,
+                        numel=0,
+                        zeros=0,
+                        prunable=False,
+                        reason=f"computed at run time by {producer}, not stored in the model",
+                    )
+                )
+    return found

@@ -1,0 +1,122 @@
+"""A name index over a graph and its subgraphs, with ONNX's scoping rules.
+
+A subgraph (If branch, Loop or Scan body) may read any tensor of the graphs that enclose
+it by name. :class:`Scope` resolves a name to the scope that defines it and records every
+reader of a tensor in the defining scope, so a weight stored in the main graph and read
+inside an If branch is found with all its uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, numpy_helper
+
+from onnxprune.graph.walk import subgraphs
+
+
+@dataclass(frozen=True)
+class Use:
+    """Node ``node`` of scope ``scope`` reads the tensor at input ``index``."""
+
+    node: NodeProto
+    index: int
+    scope: Scope
+
+
+@dataclass(eq=False)
+class Scope:
+    graph: GraphProto
+    path: str
+    parent: Scope | None = None
+    initializers: dict[str, TensorProto] = field(default_factory=dict)
+    constants: dict[str, NodeProto] = field(default_factory=dict)
+    producers: dict[str, NodeProto] = field(default_factory=dict)
+    inputs: set[str] = field(default_factory=set)
+    outputs: set[str] = field(default_factory=set)
+    uses: dict[str, list[Use]] = field(default_factory=dict)
+    children: list[Scope] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, graph: GraphProto, path: str = "", parent: Scope | None = None) -> Scope:
+        """Index ``graph`` and all its subgraphs; returns the root scope."""
+        scope = cls(graph, path, parent)
+        scope.initializers = {t.name: t for t in graph.initializer}
+        scope.inputs = {i.name for i in graph.input}
+        scope.outputs = {o.name for o in graph.output}
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    scope.producers[out] = node
+            is_constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output
+            if is_constant and any(a.name == "value" and a.type == AttributeProto.TENSOR for a in node.attribute):
+                scope.constants[node.output[0]] = node
+        for label, sub in subgraphs(graph):
+            scope.children.append(cls.build(sub, f"{path}/{label}" if path else label, scope))
+        if parent is None:
+            scope._index_uses()
+        return scope
+
+    def all_scopes(self) -> list[Scope]:
+        out = [self]
+        for child in self.children:
+            out.extend(child.all_scopes())
+        return out
+
+    def _index_uses(self) -> None:
+        for scope in self.all_scopes():
+            for node in scope.graph.node:
+                for index, name in enumerate(node.input):
+                    owner = scope.resolve(name) if name else None
+                    if owner is not None:
+                        owner.uses.setdefault(name, []).append(Use(node, index, scope))
+
+    def defines(self, name: str) -> bool:
+        return name in self.initializers or name in self.producers or name in self.inputs
+
+    def resolve(self, name: str) -> Scope | None:
+        """The scope that defines ``name`` as seen from this scope (None if nowhere)."""
+        scope: Scope | None = self
+        while scope is not None:
+            if scope.defines(name):
+                return scope
+            scope = scope.parent
+        return None
+
+    def is_output(self, name: str) -> bool:
+        """True if ``name`` leaves this scope or any enclosed scope as a graph output."""
+        return any(name in s.outputs for s in self.all_scopes() if s.resolve(name) is self)
+
+    def stored_tensor(self, name: str) -> TensorProto | None:
+        """The initializer or Constant-node tensor called ``name`` in this scope."""
+        if name in self.initializers:
+            return self.initializers[name]
+        node = self.constants.get(name)
+        if node is not None:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return attr.t
+        return None
+
+    def producer_op(self, name: str) -> str | None:
+        owner = self.resolve(name)
+        if owner is None:
+            return None
+        node = owner.producers.get(name)
+        return node.op_type if node is not None else None
+
+    def const_value(self, name: str) -> np.ndarray | None:
+        """The value of a small constant (shapes, axes) visible from this scope."""
+        owner = self.resolve(name)
+        if owner is None:
+            return None
+        tensor = owner.stored_tensor(name)
+        if tensor is not None:
+            return numpy_helper.to_array(tensor)
+        node = owner.producers.get(name)
+        if node is not None and node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name in ("value_ints", "value_int", "value_floats", "value_float"):
+                    return np.asarray(helper.get_attribute_value(attr))
+        return None

@@ -1,0 +1,197 @@
+"""Loading models safely and saving them atomically.
+
+Loading refuses external-data locations that escape the model's folder (absolute paths,
+``..`` components, symbolic links pointing out): ONNX loaders that follow them read any
+file on the machine. Saving writes into a temporary folder next to the destination,
+validates there, then renames into place, so a reader never sees a half-written model and
+an interrupted run leaves the destination as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import ModelProto, TensorProto
+
+from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError
+from onnxprune.graph.walk import all_tensors
+
+log = logging.getLogger(__name__)
+
+#: Above this many bytes of tensor data a model is saved with external data: protobuf
+#: cannot serialize messages of 2 GiB or more, and the graph itself needs room too.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def _external_location(tensor: TensorProto) -> tuple[str, int, int | None]:
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    offset = int(info.get("offset", 0) or 0)
+    length = int(info["length"]) if info.get("length") else None
+    return location, offset, length
+
+
+def check_external_data(model: ModelProto, base_dir: Path) -> list[Path]:
+    """Check every external-data reference of ``model`` against ``base_dir``.
+
+    Returns the distinct files referenced. Raises :class:`UnsafeModelError` for a location
+    outside ``base_dir`` and :class:`ModelLoadError` for a missing or too short file.
+    """
+    root = base_dir.resolve()
+    files: dict[Path, None] = {}
+    for tensor in all_tensors(model):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location, offset, length = _external_location(tensor)
+        where = f"external data of tensor '{tensor.name}'"
+        if not location:
+            raise ModelLoadError(f"{where} has no location; the model is malformed")
+        pure = Path(location)
+        if pure.is_absolute() or location.startswith(("/", "\\")) or ":" in pure.parts[0]:
+            raise UnsafeModelError(
+                f"{where} uses the absolute path '{location}'; external data must lie in the "
+                "model's folder: refusing to read it"
+            )
+        if ".." in pure.parts:
+            raise UnsafeModelError(f"{where} points outside the model's folder ('{location}'): refusing to read it")
+        target = (base_dir / pure).resolve()
+        if root != target and root not in target.parents:
+            raise UnsafeModelError(
+                f"{where} ('{location}') resolves through a symbolic link to '{target}', "
+                "outside the model's folder: refusing to read it"
+            )
+        if not target.is_file():
+            raise ModelLoadError(
+                f"{where} is missing: '{base_dir / pure}' does not exist; keep the data file "
+                "next to the model (same relative path as when it was saved)"
+            )
+        if length is not None and offset + length > target.stat().st_size:
+            raise ModelLoadError(
+                f"{where} is truncated: '{location}' has {target.stat().st_size} bytes, the "
+                f"tensor needs bytes {offset}..{offset + length}"
+            )
+        files[target] = None
+    return list(files)
+
+
+def load_model(path: str | os.PathLike[str]) -> ModelProto:
+    """Load an ONNX model with its external data, refusing anything unsafe or malformed."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"'{path}' does not exist")
+    if not path.is_file():
+        raise ModelLoadError(f"'{path}' is not a file")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"'{path}' is empty: not an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeError ... depending on build
+        raise ModelLoadError(
+            f"'{path}' is not a readable ONNX model (the file is truncated or not an .onnx "
+            f"protobuf: {type(exc).__name__})"
+        ) from exc
+    if not model.HasField("graph") or model.ir_version <= 0 or (not model.graph.node and not model.graph.output):
+        raise ModelLoadError(
+            f"'{path}' parsed as protobuf but holds no ONNX graph (no ir_version, nodes or "
+            "outputs): it is not an ONNX model or it is truncated"
+        )
+    if check_external_data(model, path.parent):
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read the external data of '{path}': {exc}") from exc
+    return model
+
+
+def tensor_bytes(model: ModelProto) -> int:
+    """Bytes of tensor data held in the model (raw and typed fields, not external)."""
+    return sum(t.ByteSize() for t in all_tensors(model))
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """What :func:`save_model` wrote."""
+
+    path: Path
+    data_path: Path | None
+
+
+def save_model(
+    model: ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+    validate: Callable[[Path], None] | None = None,
+    input_path: str | os.PathLike[str] | None = None,
+    force: bool = False,
+) -> SavedModel:
+    """Write ``model`` atomically to ``path``; call ``validate(tmp_path)`` before moving it.
+
+    ``external_data``: ``True`` always, ``False`` never, ``None`` when the tensors exceed
+    :data:`EXTERNAL_DATA_THRESHOLD`. The data file is ``<output name>.data`` next to the
+    output, referenced by that relative name. Saving with external data moves the tensor
+    bytes out of ``model`` (it is left without them).
+
+    Refuses to write over ``input_path`` unless ``force``; even then the input is replaced
+    only by a rename after validation, so a failure leaves it intact.
+    """
+    out = Path(path).absolute()
+    if input_path is not None and not force:
+        source = Path(input_path).absolute()
+        if out.resolve() == source.resolve() or (out.exists() and os.path.samefile(out, source)):
+            raise OutputError(
+                f"the output '{path}' is the input model: choose another output path "
+                "(or pass --force to replace the input)"
+            )
+    folder = out.parent
+    if not folder.is_dir():
+        raise OutputError(f"the output folder '{folder}' does not exist: create it first")
+    if out.is_dir():
+        raise OutputError(f"the output '{path}' is a folder: give a file name such as model.onnx")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to the output folder '{folder}' (permission denied)")
+    if external_data is None:
+        external_data = tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        if external_data:
+            log.info("model tensors exceed %d bytes: saving with external data", EXTERNAL_DATA_THRESHOLD)
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder))
+    except OSError as exc:
+        raise OutputError(f"cannot write to the output folder '{folder}': {exc.strerror}") from exc
+    tmp_model = tmp_dir / out.name
+    data_name = f"{out.name}.data"
+    try:
+        try:
+            if external_data:
+                onnx.save_model(
+                    model,
+                    str(tmp_model),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=data_name,
+                    size_threshold=1024,
+                )
+            else:
+                with open(tmp_model, "wb") as handle:
+                    handle.write(model.SerializeToString())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        except OSError as exc:
+            raise OutputError(f"cannot write '{out}': {exc.strerror}") from exc
+        if validate is not None:
+            validate(tmp_model)
+        data_path = None
+        if (tmp_dir / data_name).exists():
+            data_path = folder / data_name
+            os.replace(tmp_dir / data_name, data_path)
+        os.replace(tmp_model, out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return SavedModel(path=out, data_path=data_path)

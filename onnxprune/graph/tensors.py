@@ -1,0 +1,54 @@
+"""Reading and writing the values of float TensorProtos in their own dtype.
+
+Weights are read as numpy arrays of their stored dtype (float16 and bfloat16 are never
+widened) and written back as little-endian ``raw_data``. Only tensors that change are
+rewritten; every other tensor keeps its exact bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, numpy_helper
+
+#: ONNX element types that onnxprune prunes, with their numpy dtype names.
+FLOAT_TYPES: dict[int, str] = {
+    TensorProto.FLOAT: "float32",
+    TensorProto.FLOAT16: "float16",
+    TensorProto.BFLOAT16: "bfloat16",
+    TensorProto.DOUBLE: "float64",
+}
+
+_TYPED_FIELDS = ("float_data", "int32_data", "double_data", "int64_data", "uint64_data")
+
+
+def dtype_name(tensor: TensorProto) -> str:
+    """The numpy-style name of a tensor's element type (``TensorProto.DataType`` name if odd)."""
+    if tensor.data_type in FLOAT_TYPES:
+        return FLOAT_TYPES[tensor.data_type]
+    return TensorProto.DataType.Name(tensor.data_type).lower()
+
+
+def is_float(tensor: TensorProto) -> bool:
+    return tensor.data_type in FLOAT_TYPES
+
+
+def numel(tensor: TensorProto) -> int:
+    return int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+
+
+def read_array(tensor: TensorProto) -> np.ndarray:
+    """The tensor's values in its own dtype (read-only view where possible)."""
+    return numpy_helper.to_array(tensor)
+
+
+def write_array(tensor: TensorProto, values: np.ndarray) -> None:
+    """Replace the tensor's values (same shape and dtype) with ``values`` as raw_data."""
+    if tuple(values.shape) != tuple(tensor.dims):
+        raise ValueError(f"shape {values.shape} does not match tensor dims {tuple(tensor.dims)}")
+    for field in _TYPED_FIELDS:
+        if len(getattr(tensor, field)):
+            tensor.ClearField(field)
+    data = np.ascontiguousarray(values)
+    if data.dtype.byteorder == ">":
+        data = data.byteswap().view(data.dtype.newbyteorder("<"))
+    tensor.raw_data = data.tobytes()

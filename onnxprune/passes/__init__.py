@@ -1,0 +1,1 @@
+"""Passes: apply decisions (masks, counts) to a model and say what changed."""

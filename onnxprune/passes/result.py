@@ -1,0 +1,88 @@
+"""What a pass did: per-layer records and totals, skipped tensors with their reason."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """One discovered tensor and what the pass did to it."""
+
+    key: str
+    name: str
+    ops: tuple[str, ...]
+    nodes: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: str
+    role: str
+    storage: str
+    numel: int
+    zeros_before: int
+    zeros_after: int
+    pruned: bool
+    pattern: str | None = None
+    target: float | None = None
+    reason: str | None = None
+
+    @property
+    def sparsity_before(self) -> float:
+        return self.zeros_before / self.numel if self.numel else 0.0
+
+    @property
+    def sparsity_after(self) -> float:
+        return self.zeros_after / self.numel if self.numel else 0.0
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """Every discovered tensor, pruned or skipped, and the totals over prunable ones."""
+
+    layers: tuple[LayerResult, ...]
+    config: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def pruned(self) -> tuple[LayerResult, ...]:
+        return tuple(layer for layer in self.layers if layer.pruned)
+
+    @property
+    def skipped(self) -> tuple[LayerResult, ...]:
+        return tuple(layer for layer in self.layers if not layer.pruned)
+
+    @property
+    def weights_total(self) -> int:
+        return sum(layer.numel for layer in self.pruned)
+
+    @property
+    def zeros_before(self) -> int:
+        return sum(layer.zeros_before for layer in self.pruned)
+
+    @property
+    def zeros_after(self) -> int:
+        return sum(layer.zeros_after for layer in self.pruned)
+
+    @property
+    def newly_zeroed(self) -> int:
+        return self.zeros_after - self.zeros_before
+
+    @property
+    def sparsity_after(self) -> float:
+        return self.zeros_after / self.weights_total if self.weights_total else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "config": self.config,
+            "totals": {
+                "pruned_tensors": len(self.pruned),
+                "skipped_tensors": len(self.skipped),
+                "weights": self.weights_total,
+                "zeros_before": self.zeros_before,
+                "zeros_after": self.zeros_after,
+                "newly_zeroed": self.newly_zeroed,
+                "sparsity_after": self.sparsity_after,
+            },
+            "layers": [
+                {**asdict(layer), "sparsity_before": layer.sparsity_before, "sparsity_after": layer.sparsity_after}
+                for layer in self.layers
+            ],
+        }

@@ -1,0 +1,199 @@
+"""The unstructured (and N:M) magnitude pass: decide counts, compute masks, write zeros.
+
+Decide, then apply. :func:`plan_targets` decides for each prunable tensor either a count
+(local, global or plan) or an N:M pattern; :func:`prune_weights` turns each decision into
+a mask with the pure-numpy functions of :mod:`onnxprune.sparsity` and writes the zeros
+into the tensor's own bytes. A tensor that gains no new zero is not rewritten, so it stays
+byte-identical, as does every tensor that is not a pruned weight.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import ModelProto
+
+from onnxprune import sparsity
+from onnxprune.config import PruneConfig
+from onnxprune.errors import OptionError
+from onnxprune.graph import tensors
+from onnxprune.graph.discovery import DiscoveryOptions, Inventory, Weight, discover
+from onnxprune.passes.result import LayerResult, PruneResult
+from onnxprune.sparsity.scores import float_bits
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """The decision for one tensor: zero ``count`` weights, or apply N:M, or skip."""
+
+    count: int | None = None
+    nm: tuple[int, int] | None = None
+    amount: float | None = None
+    reason: str | None = None
+
+
+def discovery_options(config: PruneConfig) -> DiscoveryOptions:
+    return DiscoveryOptions(
+        min_size=config.min_size, include=config.include, exclude=config.exclude, op_types=config.op_types
+    )
+
+
+def _plan_entry(config: PruneConfig, weight: Weight) -> float | None:
+    for name in (weight.key, weight.name):
+        if name in config.plan:
+            return config.plan[name]
+    return None
+
+
+def _check_plan(config: PruneConfig, inventory: Inventory) -> None:
+    known = {w.key: w for w in inventory.weights} | {w.name: w for w in inventory.weights}
+    for name in config.plan:
+        weight = known.get(name)
+        if weight is None:
+            sample = ", ".join(w.key for w in inventory.prunable[:3])
+            raise OptionError(
+                f"the plan names '{name}', which is not a weight of this model (weights are named like: {sample})"
+            )
+        if not weight.prunable:
+            raise OptionError(f"the plan names '{name}', which is not prunable here: {weight.reason}")
+
+
+def _global_keys(weight: Weight, values: np.ndarray, criterion: str) -> np.ndarray:
+    if criterion == "lamp":
+        return sparsity.global_keys(sparsity.lamp_scores(values))
+    return sparsity.global_keys(values)
+
+
+def plan_targets(config: PruneConfig, inventory: Inventory) -> dict[str, Target]:
+    """Decide what happens to every prunable tensor (see module docstring)."""
+    _check_plan(config, inventory)
+    weights = inventory.prunable
+    targets: dict[str, Target] = {}
+    if config.pattern is not None:
+        n, m = config.pattern
+        for weight in weights:
+            if weight.in_axis is not None and sparsity.nm_valid(weight.shape, weight.in_axis, m):
+                targets[weight.key] = Target(nm=(n, m), amount=1 - n / m)
+            elif config.nm_fallback == "unstructured":
+                why = (
+                    "unknown reduction axis"
+                    if weight.in_axis is None
+                    else f"reduction length {weight.shape[weight.in_axis]} is not a multiple of {m}"
+                )
+                targets[weight.key] = Target(
+                    count=sparsity.count_for_amount(weight.numel, 1 - n / m),
+                    amount=1 - n / m,
+                    reason=f"{why}: unstructured instead",
+                )
+            else:
+                why = (
+                    "unknown reduction axis"
+                    if weight.in_axis is None
+                    else f"reduction length {weight.shape[weight.in_axis]} is not a multiple of {m}"
+                )
+                targets[weight.key] = Target(reason=f"{why}: skipped (--nm-fallback skip)")
+        return targets
+
+    rest: list[Weight] = []
+    for weight in weights:
+        amount = _plan_entry(config, weight)
+        if amount is not None:
+            targets[weight.key] = Target(count=sparsity.count_for_amount(weight.numel, amount), amount=amount)
+        elif config.sparsity is not None:
+            rest.append(weight)
+        else:
+            targets[weight.key] = Target(reason="not in the plan")
+    if config.scope == "local" or config.criterion == "random" or not rest:
+        if config.scope == "global" and config.criterion == "random":
+            log.info("random criterion: global scope allocates like local scope (equal expected share)")
+        for weight in rest:
+            targets[weight.key] = Target(
+                count=sparsity.count_for_amount(weight.numel, config.sparsity), amount=config.sparsity
+            )
+        return targets
+
+    keys = [_global_keys(w, tensors.read_array(inventory.proto(w)), config.criterion) for w in rest]
+    total = sparsity.count_for_amount(sum(w.numel for w in rest), config.sparsity)
+    caps = [max(sparsity.count_for_amount(w.numel, config.max_layer_sparsity), 0) for w in rest]
+    counts = sparsity.global_counts(keys, total, caps)
+    del keys
+    for weight, count in zip(rest, counts, strict=True):
+        targets[weight.key] = Target(count=count, amount=count / weight.numel)
+    return targets
+
+
+def _mask(values: np.ndarray, target: Target, weight: Weight, config: PruneConfig, index: int) -> np.ndarray:
+    if config.criterion == "random":
+        keys = sparsity.random_keys(values, np.random.default_rng([config.seed, index]))
+    else:
+        keys = sparsity.magnitude_keys(values)  # LAMP ranks like magnitude within a tensor
+    if target.nm is not None:
+        return sparsity.nm_mask(keys, target.nm[0], target.nm[1], weight.in_axis)
+    return sparsity.smallest_k_mask(keys, target.count)
+
+
+def prune_weights(model: ModelProto, config: PruneConfig, *, progress: Progress | None = None) -> PruneResult:
+    """Prune ``model`` in place according to ``config``; returns what was done."""
+    inventory = discover(model, discovery_options(config))
+    targets = plan_targets(config, inventory)
+    layers: list[LayerResult] = []
+    total = len(targets)
+    done = 0
+    for index, weight in enumerate(inventory.weights):
+        target = targets.get(weight.key)
+        base = {
+            "key": weight.key,
+            "name": weight.name,
+            "ops": weight.ops,
+            "nodes": weight.nodes,
+            "shape": weight.shape,
+            "dtype": weight.dtype,
+            "role": weight.role,
+            "storage": weight.storage,
+            "numel": weight.numel,
+            "zeros_before": weight.zeros,
+        }
+        if target is None or (target.count is None and target.nm is None):
+            reason = weight.reason if target is None else target.reason
+            layers.append(LayerResult(**base, zeros_after=weight.zeros, pruned=False, reason=reason))
+            continue
+        proto = inventory.proto(weight)
+        values = tensors.read_array(proto)
+        mask = _mask(values, target, weight, config, index)
+        bits = float_bits(values)
+        new_bits = sparsity.apply_mask_bits(bits, mask)
+        zeros_after = int(new_bits.size - np.count_nonzero(sparsity.magnitude_keys(new_bits.view(values.dtype))))
+        if zeros_after != weight.zeros:
+            tensors.write_array(proto, new_bits.view(values.dtype))
+        pattern = config.pattern_name if target.nm is not None else "unstructured"
+        layers.append(
+            LayerResult(
+                **base,
+                zeros_after=zeros_after,
+                pruned=True,
+                pattern=pattern,
+                target=target.amount,
+                reason=target.reason,
+            )
+        )
+        done += 1
+        if progress is not None:
+            progress(done, total, weight.key)
+    result = PruneResult(tuple(layers), config.as_dict())
+    log.info(
+        "pruned %d tensors (%d skipped): %d of %d weights zero (%.1f%%), %d newly zeroed",
+        len(result.pruned),
+        len(result.skipped),
+        result.zeros_after,
+        result.weights_total,
+        100 * result.sparsity_after,
+        result.newly_zeroed,
+    )
+    return result

@@ -1,0 +1,139 @@
+"""onnxruntime sessions and synthetic inputs (validation, and later evaluation).
+
+Synthetic feeds: every graph input gets an array of its declared dtype. Fixed dimensions
+are kept; a user-given shape (``--input-shape name:1x3x224x224``) wins; the first
+dynamic dimension of an input is taken as the batch (1); other dynamic dimensions are
+resolved by trying a few common sizes until the model runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxprune.errors import OptionError
+
+log = logging.getLogger(__name__)
+
+#: Sizes tried, in order, for dynamic non-batch dimensions.
+CANDIDATE_SIZES = (32, 48, 64, 16, 128, 224, 8, 1)
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+}
+
+
+def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Parse ``name:1x3x224x224`` specs (a scalar is ``name:``)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition(":")
+        if not sep or not name:
+            raise OptionError(f"--input-shape '{spec}' must look like NAME:1x3x224x224")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+        except ValueError:
+            raise OptionError(f"--input-shape '{spec}': dimensions must be integers separated by 'x'") from None
+        if any(d < 0 for d in shape):
+            raise OptionError(f"--input-shape '{spec}': dimensions must be >= 0")
+        shapes[name] = shape
+    return shapes
+
+
+def session(model: str | os.PathLike[str] | bytes, *, threads: int = 0, optimize: bool = False) -> ort.InferenceSession:
+    """A CPU session with quiet logging (errors propagate as onnxruntime exceptions)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model if isinstance(model, bytes) else str(Path(model))
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: type
+    dims: tuple[int | str | None, ...]
+
+
+def input_specs(sess: ort.InferenceSession) -> list[InputSpec]:
+    specs = []
+    for arg in sess.get_inputs():
+        dtype = _ORT_DTYPES.get(arg.type)
+        if dtype is None:
+            raise OptionError(f"input '{arg.name}' has type {arg.type}, which onnxprune cannot synthesize")
+        specs.append(InputSpec(arg.name, dtype, tuple(arg.shape)))
+    return specs
+
+
+def _is_dynamic(dim: int | str | None) -> bool:
+    return not isinstance(dim, int) or dim < 0
+
+
+def needs_guess(specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """True if some non-batch dynamic dimension has no user-given size."""
+    for spec in specs:
+        if spec.name in shapes:
+            continue
+        if any(_is_dynamic(d) for d in spec.dims[1:]):
+            return True
+    return False
+
+
+def synthetic_feeds(
+    specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]], *, size: int = CANDIDATE_SIZES[0], seed: int = 0
+) -> dict[str, np.ndarray]:
+    """One batch of reproducible synthetic inputs (see module docstring)."""
+    unknown = set(shapes) - {s.name for s in specs}
+    if unknown:
+        names = ", ".join(s.name for s in specs)
+        raise OptionError(
+            f"--input-shape names unknown input(s) {', '.join(sorted(unknown))}; the model's inputs are: {names}"
+        )
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name in shapes:
+            shape = shapes[spec.name]
+            if len(shape) != len(spec.dims) or any(
+                not _is_dynamic(d) and d != s for d, s in zip(spec.dims, shape, strict=False)
+            ):
+                raise OptionError(
+                    f"--input-shape {spec.name}:{'x'.join(map(str, shape))} does not fit the model's declared shape "
+                    f"[{', '.join(str(d) for d in spec.dims)}]"
+                )
+        else:
+            shape = tuple(d if not _is_dynamic(d) else (1 if i == 0 else size) for i, d in enumerate(spec.dims))
+        if np.issubdtype(spec.dtype, np.floating):
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype is np.bool_:
+            feeds[spec.name] = np.ones(shape, dtype=np.bool_)
+        else:
+            fill = 1 if "mask" in spec.name.lower() else 0
+            feeds[spec.name] = np.full(shape, fill, dtype=spec.dtype)
+    return feeds
+
+
+def describe_feeds(feeds: Mapping[str, np.ndarray]) -> str:
+    return ", ".join(f"{name}:{'x'.join(map(str, a.shape))}" for name, a in feeds.items())

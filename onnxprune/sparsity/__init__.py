@@ -1,0 +1,33 @@
+"""Pure-numpy sparsity maths: scores, masks and allocation of sparsity across layers.
+
+Nothing in this package knows about ONNX, onnxruntime or graphs. Every function takes
+numpy arrays (and plain numbers) and returns numpy arrays (or plain numbers), so it is
+testable without any model.
+
+Conventions used throughout:
+
+* A *mask* is a boolean array shaped like the weight; ``True`` means "set to zero".
+* A *key* is a non-negative array shaped like the weight; the weights with the smallest
+  keys are pruned first. Ties are broken by flat (C-order) index, lower first, so every
+  decision is deterministic.
+* ``amount`` (a float in [0, 1)) is the fraction of a tensor's elements that must be zero
+  afterwards, weights that are already zero included (see :func:`count_for_amount`).
+"""
+
+from onnxprune.sparsity.allocate import count_for_amount, global_counts
+from onnxprune.sparsity.nm import nm_mask, nm_valid
+from onnxprune.sparsity.scores import global_keys, lamp_scores, magnitude_keys, random_keys
+from onnxprune.sparsity.select import apply_mask_bits, smallest_k_mask
+
+__all__ = [
+    "apply_mask_bits",
+    "count_for_amount",
+    "global_counts",
+    "global_keys",
+    "lamp_scores",
+    "magnitude_keys",
+    "nm_mask",
+    "nm_valid",
+    "random_keys",
+    "smallest_k_mask",
+]

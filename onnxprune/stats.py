@@ -1,0 +1,77 @@
+"""Model statistics: parameters, non-zeros, file size and deflate-compressed size.
+
+The compressed size is what a model costs to ship (zip, wheels, container layers all use
+deflate): zlib level 6 over the model file and its external data, streamed in chunks.
+Unstructured zeros shrink it even though the raw file size stays the same.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from onnx import ModelProto, TensorProto
+
+from onnxprune.graph import tensors
+from onnxprune.graph.walk import all_tensors
+
+_CHUNK = 1 << 24
+
+
+@dataclass(frozen=True)
+class ParamStats:
+    parameters: int
+    nonzeros: int
+
+
+@dataclass(frozen=True)
+class FileStats:
+    bytes: int
+    compressed: int | None
+
+
+def param_stats(model: ModelProto) -> ParamStats:
+    """Elements and non-zero elements of every float tensor stored in the model."""
+    total = nonzero = 0
+    for tensor in all_tensors(model):
+        if not tensors.is_float(tensor) or tensor.data_location == TensorProto.EXTERNAL:
+            continue
+        values = tensors.read_array(tensor)
+        total += values.size
+        nonzero += int(np.count_nonzero(values.view(f"u{values.dtype.itemsize}") << np.uint8(1)))
+    return ParamStats(total, nonzero)
+
+
+def model_files(path: str | Path) -> list[Path]:
+    """The model file and the external-data files it references (that exist)."""
+    import onnx
+
+    path = Path(path)
+    files = [path]
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in all_tensors(model):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    candidate = path.parent / entry.value
+                    if candidate.is_file() and candidate not in files:
+                        files.append(candidate)
+    return files
+
+
+def file_stats(path: str | Path, *, compressed: bool = True) -> FileStats:
+    """Bytes on disk (external data included) and, optionally, deflate-compressed bytes."""
+    files = model_files(path)
+    size = sum(f.stat().st_size for f in files)
+    if not compressed:
+        return FileStats(size, None)
+    packed = 0
+    for file in files:
+        compressor = zlib.compressobj(6)
+        with open(file, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                packed += len(compressor.compress(chunk))
+        packed += len(compressor.flush())
+    return FileStats(size, packed)

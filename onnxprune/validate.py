@@ -1,0 +1,136 @@
+"""Validation of an output model before it is moved into place.
+
+Three checks, all required: ``onnx.checker`` (on the file, so external data and models
+over 2 GiB work), an onnxruntime CPU session loads it, and it runs on one synthetic input
+with finite outputs. When the output fails, the input model is tried the same way, so
+the message says whether the model, the synthetic input or onnxprune is at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxprune import runtime
+from onnxprune.errors import ValidationError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    checker: str  # "passed" | "skipped: <why>"
+    feeds: str  # the synthetic input used, e.g. "x:1x3x48x32"
+    outputs_finite: bool
+
+
+def input_passes_checker(path: str | Path) -> str | None:
+    """None if the model passes ``onnx.checker``, else the checker's message (one line)."""
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # ValidationError, or a C++ error for odd files
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
+
+
+def _run(sess, feeds):  # noqa: ANN001, ANN202 - onnxruntime objects
+    return sess.run(None, dict(feeds))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for prefix in ("[ONNXRuntimeError] : ",):
+        text = text.replace(prefix, "")
+    return text.splitlines()[0][:400] if text else type(exc).__name__
+
+
+def validate_model(
+    path: str | Path,
+    *,
+    reference: str | Path | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    check: bool = True,
+) -> ValidationReport:
+    """Validate the model at ``path``; ``reference`` is the input it was derived from.
+
+    ``check=False`` skips ``onnx.checker`` (used when the input model itself fails it, so
+    the output cannot be expected to pass; onnxruntime and the run still must).
+    """
+    shapes = dict(input_shapes or {})
+    checker = "skipped: the input model does not pass onnx.checker either"
+    if check:
+        message = input_passes_checker(path)
+        if message is not None:
+            raise ValidationError(f"the output fails onnx.checker ({message}); nothing was written")
+        checker = "passed"
+    try:
+        sess = runtime.session(path)
+    except Exception as exc:
+        raise ValidationError(_why_session_fails(exc, reference)) from exc
+    specs = runtime.input_specs(sess)
+    sizes = runtime.CANDIDATE_SIZES if runtime.needs_guess(specs, shapes) else runtime.CANDIDATE_SIZES[:1]
+    errors: list[str] = []
+    for size in sizes:
+        feeds = runtime.synthetic_feeds(specs, shapes, size=size)
+        try:
+            outputs = _run(sess, feeds)
+        except Exception as exc:
+            errors.append(f"{runtime.describe_feeds(feeds)}: {_first_line(exc)}")
+            continue
+        finite = all(np.all(np.isfinite(o)) for o in outputs if isinstance(o, np.ndarray) and o.dtype.kind == "f")
+        if not finite and not _reference_nonfinite(reference, feeds):
+            raise ValidationError(
+                f"the output model gives NaN or inf on the synthetic input {runtime.describe_feeds(feeds)} "
+                "where the input model does not; nothing was written"
+            )
+        if len(sizes) > 1:
+            log.info("dynamic dimensions resolved for validation: %s", runtime.describe_feeds(feeds))
+        return ValidationReport(checker, runtime.describe_feeds(feeds), finite)
+    if reference is not None and _reference_runs(reference, specs, shapes, sizes):
+        raise ValidationError(
+            f"the output model fails in onnxruntime where the input runs ({errors[0]}); this is a bug in onnxprune, please report it"
+        )
+    tried = "; ".join(errors[:3])
+    raise ValidationError(
+        f"could not run the model on a synthetic input ({tried}); give the real input shape with "
+        "--input-shape NAME:1x3x224x224"
+    )
+
+
+def _why_session_fails(exc: Exception, reference: str | Path | None) -> str:
+    detail = _first_line(exc)
+    if reference is not None:
+        try:
+            runtime.session(reference)
+        except Exception:
+            return f"onnxruntime cannot load the input model either ({detail}); onnxprune validates every output with onnxruntime"
+    return f"onnxruntime cannot load the output model ({detail}); nothing was written"
+
+
+def _reference_nonfinite(reference: str | Path | None, feeds: Mapping[str, np.ndarray]) -> bool:
+    if reference is None:
+        return False
+    try:
+        outputs = _run(runtime.session(reference), feeds)
+    except Exception:
+        return True
+    return not all(np.all(np.isfinite(o)) for o in outputs if isinstance(o, np.ndarray) and o.dtype.kind == "f")
+
+
+def _reference_runs(reference, specs, shapes, sizes) -> bool:  # noqa: ANN001
+    try:
+        sess = runtime.session(reference)
+    except Exception:
+        return False
+    for size in sizes:
+        try:
+            _run(sess, runtime.synthetic_feeds(specs, shapes, size=size))
+            return True
+        except Exception:
+            continue
+    return False
