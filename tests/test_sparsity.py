@@ -1,0 +1,170 @@
+"""Pure-numpy tests of the sparsity maths: no model involved."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from onnxprune import sparsity
+from onnxprune.sparsity.scores import float_bits, to_float64
+
+
+def _weights(shape, dtype=np.float32, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, ml_dtypes.bfloat16])
+def test_magnitude_keys_rank_like_absolute_value(dtype):
+    w = _weights(1000, dtype)
+    w[::7] = 0
+    w[3] = -0.0
+    keys = sparsity.magnitude_keys(w)
+    values = np.abs(to_float64(w))
+    order_keys = np.argsort(keys, kind="stable")
+    order_vals = np.argsort(values, kind="stable")
+    np.testing.assert_array_equal(values[order_keys], values[order_vals])
+    assert np.all(keys[values == 0] == 0)
+    assert np.all(keys[values != 0] > 0)
+
+
+@pytest.mark.parametrize("k", [0, 1, 37, 500, 999, 1000])
+def test_smallest_k_mask_is_exact_and_picks_the_smallest(k):
+    w = _weights(1000)
+    keys = sparsity.magnitude_keys(w)
+    mask = sparsity.smallest_k_mask(keys, k)
+    assert mask.sum() == k
+    if 0 < k < 1000:
+        assert np.abs(w[mask]).max() <= np.abs(w[~mask]).min()
+
+
+def test_smallest_k_mask_breaks_ties_by_lower_index():
+    keys = np.array([5, 1, 1, 1, 1, 0, 9], dtype=np.uint32)
+    mask = sparsity.smallest_k_mask(keys, 3)
+    np.testing.assert_array_equal(mask, [False, True, True, False, False, True, False])
+
+
+def test_smallest_k_mask_rejects_impossible_counts():
+    with pytest.raises(ValueError):
+        sparsity.smallest_k_mask(np.zeros(4, np.uint32), 5)
+
+
+@pytest.mark.parametrize("n, amount, expected", [(100, 0.29, 29), (10, 0.7, 7), (7, 0.5, 3), (3, 0.0, 0), (1000, 0.999, 999)])
+def test_count_for_amount_is_decimal_floor(n, amount, expected):
+    assert sparsity.count_for_amount(n, amount) == expected
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, ml_dtypes.bfloat16])
+def test_apply_mask_bits_zeroes_only_masked_and_keeps_other_bits(dtype):
+    w = _weights((16, 32), dtype)
+    w[0, 0] = np.nan
+    mask = np.zeros(w.shape, bool)
+    mask[0, :8] = True
+    out = sparsity.apply_mask_bits(float_bits(w), mask).view(w.dtype)
+    assert out.dtype == w.dtype
+    assert np.all(float_bits(out)[mask] == 0)
+    np.testing.assert_array_equal(float_bits(out)[~mask], float_bits(w)[~mask])
+
+
+def test_already_zero_weights_count_toward_the_target():
+    w = _weights(100)
+    w[:40] = 0
+    mask = sparsity.smallest_k_mask(sparsity.magnitude_keys(w), 30)
+    assert mask[:40].sum() == 30 and mask[40:].sum() == 0
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (4, 8), (1, 3), (3, 4)])
+def test_nm_mask_respects_pattern_group_by_group(n, m):
+    w = _weights((8, 4 * m, 3, 3))  # Conv weight: groups along C_in (axis 1)
+    mask = sparsity.nm_mask(sparsity.magnitude_keys(w), n, m, axis=1)
+    kept = ~mask
+    groups = np.moveaxis(kept, 1, -1).reshape(-1, m)
+    assert np.all(groups.sum(axis=1) == n)
+    # the kept weights of every group are its n largest
+    wg = np.moveaxis(np.abs(w), 1, -1).reshape(-1, m)
+    assert np.all(np.where(groups, wg, np.inf).min(axis=1) >= np.where(groups, -np.inf, wg).max(axis=1))
+
+
+def test_nm_mask_leaves_tensor_that_already_satisfies_pattern():
+    w = _weights((4, 8))
+    w[:, ::2] = 0  # already 2:4 along axis 1 (two zeros per group of four)
+    mask = sparsity.nm_mask(sparsity.magnitude_keys(w), 2, 4, axis=1)
+    assert np.all(w[mask] == 0)
+
+
+def test_nm_valid_and_errors():
+    assert sparsity.nm_valid((8, 12), 1, 4)
+    assert not sparsity.nm_valid((8, 10), 1, 4)
+    with pytest.raises(ValueError):
+        sparsity.nm_mask(np.zeros((4, 10), np.uint32), 2, 4, axis=1)
+    with pytest.raises(ValueError):
+        sparsity.nm_mask(np.zeros((4, 8), np.uint32), 4, 4, axis=1)
+
+
+def test_lamp_scores_match_definition():
+    w = np.array([3.0, -1.0, 2.0, 0.0], np.float32)
+    # ascending |w|: 0, 1, 2, 3 -> squares 0, 1, 4, 9; suffix sums 14, 14, 13, 9
+    expected = np.array([9 / 9, 1 / 14, 4 / 13, 0.0])
+    np.testing.assert_allclose(sparsity.lamp_scores(w), expected)
+
+
+def test_lamp_largest_weight_of_every_layer_scores_one():
+    for seed in range(3):
+        w = _weights(50, seed=seed) * 10**seed
+        assert sparsity.lamp_scores(w).max() == pytest.approx(1.0)
+
+
+def _brute_global(keys, total, caps):
+    """Reference: take keys globally in (key, layer, index) order, skipping full layers."""
+    items = sorted((int(k), layer, i) for layer, ks in enumerate(keys) for i, k in enumerate(ks))
+    counts = [0] * len(keys)
+    for _, layer, _ in items:
+        if sum(counts) == total:
+            break
+        if counts[layer] < caps[layer]:
+            counts[layer] += 1
+    return counts
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_global_counts_equal_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    layers = [rng.standard_normal(rng.integers(5, 60)).astype(np.float32) * rng.uniform(0.01, 10) for _ in range(5)]
+    layers[0][:3] = 0
+    layers[1] = np.round(layers[1], 1)  # ties
+    keys = [sparsity.global_keys(w) for w in layers]
+    n = sum(w.size for w in layers)
+    for amount in (0.1, 0.5, 0.9):
+        total = int(amount * n)
+        caps = [int(0.6 * w.size) for w in layers]
+        assert sparsity.global_counts(keys, total, caps) == _brute_global(keys, total, caps)
+
+
+def test_global_counts_distinguish_keys_in_the_same_high_bin():
+    # keys that share their upper 16 bits force the second radix level
+    base = np.float32(1.0).view(np.uint32)
+    keys = [np.array([base + 5, base + 1, base + 3], np.uint32), np.array([base + 2, base + 4], np.uint32)]
+    assert sparsity.global_counts(keys, 3, [3, 2]) == [2, 1]
+
+
+def test_global_counts_fill_caps_when_target_exceeds_them():
+    keys = [np.arange(10, dtype=np.uint32), np.arange(10, dtype=np.uint32)]
+    assert sparsity.global_counts(keys, 19, [9, 9]) == [9, 9]
+    assert sparsity.global_counts(keys, 0, [9, 9]) == [0, 0]
+
+
+def test_global_keys_compare_across_dtypes():
+    a = np.array([0.5, 2.0], np.float16)
+    b = np.array([1.0], np.float32)
+    c = np.array([0.75], ml_dtypes.bfloat16)
+    keys = np.concatenate([sparsity.global_keys(x) for x in (a, b, c)])
+    assert list(np.argsort(keys)) == [0, 3, 2, 1]
+
+
+def test_random_keys_are_seeded_and_put_zeros_first():
+    w = _weights(50)
+    w[:5] = 0
+    k1 = sparsity.random_keys(w, np.random.default_rng(1))
+    k2 = sparsity.random_keys(w, np.random.default_rng(1))
+    np.testing.assert_array_equal(k1, k2)
+    assert np.all(k1[:5] == 0) and np.all(k1[5:] > 0)
