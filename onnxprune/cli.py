@@ -28,7 +28,7 @@ from onnxprune.stats import file_stats, param_stats
 NOTHING_TO_PRUNE = 10
 INTERNAL_ERROR = 70
 #: Above this size the deflate size is only computed on request (it reads the whole file).
-COMPRESS_AUTO_LIMIT = 512 * 1024 * 1024
+COMPRESS_AUTO_LIMIT = 128 * 1024 * 1024
 
 
 def _fail(message: str, code: int) -> None:
@@ -266,7 +266,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 @click.option(
     "--compressed-size/--no-compressed-size",
     default=None,
-    help="Compute deflate sizes (default: for files under 512 MiB).",
+    help="Compute deflate sizes (default: for files under 128 MiB).",
 )
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the full report as JSON."
