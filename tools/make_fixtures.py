@@ -1,0 +1,792 @@
+"""Train small real models and export them as ONNX test fixtures for onnxprune.
+
+What it makes (all under ``fixtures/``, opset 17, input ``input`` with a dynamic
+``batch`` dimension, output ``logits``):
+
+* ``cnn_digits.onnx``          CNN on scikit-learn digits; Conv + unfused BatchNormalization,
+                               a residual block, a depthwise + pointwise pair, Flatten -> Gemm.
+* ``mlp_digits.onnx``          MLP 64-256-128-10 (Gemm + Relu) on digits.
+* ``transformer_mnist1d.onnx`` tiny BERT-like encoder (hand-written attention) on MNIST-1D.
+* ``lstm_mnist1d.onnx``        single-layer LSTM classifier on MNIST-1D.
+* ``cnn_digits_const.onnx``    cnn_digits with every initializer turned into a Constant node.
+* ``mlp_digits_fp16.onnx``     mlp_digits with float16 weights, each followed by Cast(to=FLOAT).
+
+For every model ``<name>`` it also writes ``<name>.test.npz`` (key ``input``, held-out split),
+``<name>.test_labels.npy`` (int64 labels) and ``<name>.calib.npz`` (key ``input``, 256 samples
+from the training split), plus ``manifest.json`` and ``README.md``.
+
+Everything is deterministic (fixed seeds, single thread, deterministic algorithms, fixed zip
+timestamps): running the script twice yields byte-identical files. Accuracies in the manifest
+are measured with onnxruntime on the exported files.
+
+Requirements: torch, onnx, onnxruntime, numpy, scikit-learn and ``mnist1d`` (PyPI; the data set
+is generated procedurally, nothing is downloaded). torch is only needed by this script.
+
+Run from the repository root::
+
+    .venv/bin/python tools/make_fixtures.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+import warnings
+import zipfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+OPSET = 17
+SEED = 0
+N_CALIB = 256
+NUM_CLASSES = 10
+ATOL = 1e-4
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Determinism
+# --------------------------------------------------------------------------------------------
+
+
+def set_determinism() -> None:
+    """Make torch training reproducible on CPU."""
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(SEED)
+    np.random.seed(SEED)
+
+
+# --------------------------------------------------------------------------------------------
+# Data sets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    """A train / held-out split in the model's input layout."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    dataset: str
+
+    def reshaped(self, shape: tuple[int, ...]) -> Split:
+        """Return the same split with each sample reshaped to ``shape``."""
+        return Split(
+            self.x_train.reshape((-1, *shape)),
+            self.y_train,
+            self.x_test.reshape((-1, *shape)),
+            self.y_test,
+            self.dataset,
+        )
+
+
+def digits_split() -> Split:
+    """scikit-learn digits, pixels scaled to [0, 1], stratified 75/25 split."""
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=SEED, stratify=y)
+    return Split(x_tr, y_tr, x_te, y_te, "sklearn digits (8x8, /16), 75/25 stratified split")
+
+
+def mnist1d_split() -> Split:
+    """MNIST-1D with the package's default arguments (5000 samples, 4000/1000 split)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    data = make_dataset(get_dataset_args())
+    return Split(
+        np.asarray(data["x"], dtype=np.float32),
+        np.asarray(data["y"], dtype=np.int64),
+        np.asarray(data["x_test"], dtype=np.float32),
+        np.asarray(data["y_test"], dtype=np.int64),
+        "MNIST-1D (mnist1d.make_dataset defaults, seed 42), 4000/1000 split",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+def conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """Conv2d (no bias) followed by BatchNorm2d."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out),
+    )
+
+
+class ResidualBlock(nn.Module):
+    """Conv-BN-Relu-Conv-BN plus identity skip, then Relu."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + x)
+
+
+class DigitsCNN(nn.Module):
+    """stem conv -> residual block -> depthwise(stride 2) -> pointwise -> Flatten -> Gemm x2."""
+
+    def __init__(self, width: int = 24, pw_out: int = 32, hidden: int = 64) -> None:
+        super().__init__()
+        self.stem = conv_bn(1, width, 3)
+        self.block = ResidualBlock(width)
+        self.dw = conv_bn(width, width, 3, stride=2, groups=width)
+        self.pw = conv_bn(width, pw_out, 1)
+        self.fc1 = nn.Linear(pw_out * 4 * 4, hidden)
+        self.fc2 = nn.Linear(hidden, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        x = self.block(x)
+        x = F.relu(self.dw(x))
+        x = F.relu(self.pw(x))
+        x = torch.flatten(x, 1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class DigitsMLP(nn.Module):
+    """64 -> 256 -> 128 -> 10 with Relu."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 256)
+        self.fc2 = nn.Linear(256, 128)
+        self.fc3 = nn.Linear(128, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention written out by hand (BERT-style ONNX pattern)."""
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.d_model = d_model
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _split_heads(self, x: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
+        return x.reshape(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq = x.shape[0], x.shape[1]
+        q = self._split_heads(self.q_proj(x), batch, seq)
+        k = self._split_heads(self.k_proj(x), batch, seq)
+        v = self._split_heads(self.v_proj(x), batch, seq)
+        scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        probs = torch.softmax(scores, dim=-1)
+        ctx = torch.matmul(probs, v).transpose(1, 2).reshape(batch, seq, self.d_model)
+        return self.out_proj(ctx)
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN (BERT-style) encoder layer with a GELU feed-forward block."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int) -> None:
+        super().__init__()
+        self.attn = SelfAttention(d_model, n_heads)
+        self.ln1 = nn.LayerNorm(d_model)
+        self.ff1 = nn.Linear(d_model, d_ff)
+        self.ff2 = nn.Linear(d_ff, d_model)
+        self.ln2 = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.ln1(x + self.attn(x))
+        return self.ln2(x + self.ff2(F.gelu(self.ff1(x))))
+
+
+class TinyTransformer(nn.Module):
+    """Patch embedding + learned positions, 2 encoder layers, mean-pool, Linear head."""
+
+    def __init__(
+        self,
+        seq_len: int = 40,
+        patch: int = 4,
+        d_model: int = 64,
+        n_heads: int = 4,
+        d_ff: int = 256,
+        n_layers: int = 2,
+    ) -> None:
+        super().__init__()
+        self.n_tokens = seq_len // patch
+        self.patch = patch
+        self.embed = nn.Linear(patch, d_model)
+        self.pos_embed = nn.Parameter(torch.randn(1, self.n_tokens, d_model) * 0.02)
+        self.ln_embed = nn.LayerNorm(d_model)
+        self.layers = nn.ModuleList([EncoderLayer(d_model, n_heads, d_ff) for _ in range(n_layers)])
+        self.head = nn.Linear(d_model, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.reshape(-1, self.n_tokens, self.patch)
+        h = self.ln_embed(self.embed(tokens) + self.pos_embed)
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(h.mean(dim=1))
+
+
+class LSTMClassifier(nn.Module):
+    """Signal reshaped to (steps, features) -> 1-layer LSTM -> last hidden -> Linear."""
+
+    def __init__(self, seq_len: int = 40, features: int = 1, hidden: int = 64) -> None:
+        super().__init__()
+        self.steps = seq_len // features
+        self.features = features
+        self.lstm = nn.LSTM(features, hidden, num_layers=1, batch_first=True)
+        self.fc = nn.Linear(hidden, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = x.reshape(-1, self.steps, self.features)
+        _, (h_n, _) = self.lstm(seq)
+        return self.fc(h_n[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser settings for one model."""
+
+    epochs: int
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 0
+    grad_clip: float | None = None
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up followed by cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy of ``model`` in eval mode."""
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x)).argmax(1).numpy()
+    return float((pred == y).mean())
+
+
+def train_classifier(model: nn.Module, split: Split, cfg: TrainConfig, seed: int) -> None:
+    """Train with AdamW + cross-entropy, shuffling with a seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    x_tr = torch.from_numpy(split.x_train)
+    y_tr = torch.from_numpy(split.y_train)
+    n = len(y_tr)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup_epochs * steps_per_epoch))
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            opt.zero_grad()
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+        if (epoch + 1) % max(1, cfg.epochs // 5) == 0 or epoch + 1 == cfg.epochs:
+            acc = torch_accuracy(model, split.x_test, split.y_test)
+            print(f"    epoch {epoch + 1:3d}/{cfg.epochs}  loss {loss.item():.4f}  test {acc:.4f}")
+    model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX export and graph clean-up
+# --------------------------------------------------------------------------------------------
+
+
+def export_torch(model: nn.Module, example: torch.Tensor, keep_batchnorm: bool) -> onnx.ModelProto:
+    """Export with the TorchScript exporter; PRESERVE mode keeps BatchNormalization unfused."""
+    model.eval()
+    mode = torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            buf,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            training=mode,
+            do_constant_folding=True,
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+def undo_initializer_dedup(graph: onnx.GraphProto) -> None:
+    """Replace ``Identity(initializer)`` nodes (exporter de-duplication) by real copies."""
+    inits = {t.name: t for t in graph.initializer}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            graph.initializer.append(copy)
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+ROLE_NAMES = {("MatMul", 1): "weight_t", ("LSTM", 1): "W", ("LSTM", 2): "R", ("LSTM", 3): "B"}
+
+
+def readable_initializer_name(node: onnx.NodeProto, index: int) -> str:
+    """Name an anonymous initializer after the node that consumes it."""
+    parts = [p for p in node.name.split("/") if p]
+    role = ROLE_NAMES.get((node.op_type, index))
+    if role is not None and len(parts) > 1:
+        return ".".join([*parts[:-1], role])
+    return ".".join([*parts, f"input{index}"])
+
+
+def rename_anonymous_initializers(graph: onnx.GraphProto) -> None:
+    """Give ``onnx::Op_123``-style initializers names derived from their consumer."""
+    anonymous = {t.name for t in graph.initializer if t.name.startswith("onnx::")}
+    used = {t.name for t in graph.initializer}
+    mapping: dict[str, str] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in anonymous and name not in mapping:
+                new = readable_initializer_name(node, i)
+                while new in used:
+                    new += "_"
+                used.add(new)
+                mapping[name] = new
+    for tensor in graph.initializer:
+        tensor.name = mapping.get(tensor.name, tensor.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in mapping:
+                node.input[i] = mapping[name]
+
+
+def finalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Strip doc strings, run shape inference and the full checker."""
+    model.doc_string = ""
+    model.graph.doc_string = ""
+    for node in model.graph.node:
+        node.doc_string = ""
+    del model.graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export_clean(model: nn.Module, example: torch.Tensor, keep_batchnorm: bool) -> onnx.ModelProto:
+    """Export a torch model and tidy the resulting graph."""
+    proto = export_torch(model, example, keep_batchnorm)
+    undo_initializer_dedup(proto.graph)
+    rename_anonymous_initializers(proto.graph)
+    return finalize(proto)
+
+
+def initializers_to_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Turn every initializer into a Constant node placed at the top of the graph."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    consts = [helper.make_node("Constant", [], [t.name], name=f"{t.name}/Constant", value=t) for t in graph.initializer]
+    nodes = consts + list(graph.node)
+    del graph.initializer[:]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return finalize(out)
+
+
+def initializers_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Store float32 initializers as float16, each followed by ``Cast(to=FLOAT)``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    new_inits, casts = [], []
+    for tensor in graph.initializer:
+        if tensor.data_type != TensorProto.FLOAT:
+            new_inits.append(tensor)
+            continue
+        half = numpy_helper.to_array(tensor).astype(np.float16)
+        new_inits.append(numpy_helper.from_array(half, f"{tensor.name}_fp16"))
+        casts.append(
+            helper.make_node(
+                "Cast",
+                [f"{tensor.name}_fp16"],
+                [tensor.name],
+                name=f"{tensor.name}/Cast",
+                to=TensorProto.FLOAT,
+            )
+        )
+    nodes = casts + list(graph.node)
+    del graph.initializer[:]
+    graph.initializer.extend(new_inits)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return finalize(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Verification helpers
+# --------------------------------------------------------------------------------------------
+
+
+def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    """Run an ONNX file with onnxruntime on CPU."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.run(["logits"], {"input": x})[0]
+
+
+def torch_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Eval-mode torch logits."""
+    model.eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Op type histogram, sorted by name."""
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_graph_features(model: onnx.ModelProto, name: str) -> None:
+    """Assert that each fixture really contains the structures it is meant to exercise."""
+    ops = op_counts(model)
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    consts = {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    if name == "cnn_digits":
+        assert ops.get("BatchNormalization", 0) == 5, ops
+        assert ops.get("Add", 0) >= 1 and ops.get("Flatten", 0) == 1, ops
+        groups = [a.i for n in graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
+        assert max(groups) > 1, groups
+        assert ops.get("Gemm", 0) == 2, ops
+    elif name == "transformer_mnist1d":
+        for op in ("MatMul", "Reshape", "Transpose", "Softmax", "LayerNormalization"):
+            assert ops.get(op, 0) > 0, (op, ops)
+        weight_matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+        assert len(weight_matmuls) == 1 + 2 * 6, len(weight_matmuls)
+    elif name == "lstm_mnist1d":
+        lstm = [n for n in graph.node if n.op_type == "LSTM"]
+        assert len(lstm) == 1 and all(i in inits for i in lstm[0].input[1:3]), lstm
+    elif name == "cnn_digits_const":
+        assert not inits and consts, "expected Constant nodes only"
+    elif name == "mlp_digits_fp16":
+        assert all(t.data_type == TensorProto.FLOAT16 for t in graph.initializer)
+        assert ops.get("Cast", 0) == len(graph.initializer), ops
+
+
+# --------------------------------------------------------------------------------------------
+# Output files
+# --------------------------------------------------------------------------------------------
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Uncompressed .npz with a fixed zip timestamp, so the bytes are reproducible."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+def calibration_indices(n_train: int, seed: int) -> np.ndarray:
+    """256 sorted training indices, drawn without replacement."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_train, size=N_CALIB, replace=False))
+
+
+def write_data_files(name: str, split: Split, calib_idx: np.ndarray) -> dict[str, str]:
+    """Write the test inputs, test labels and calibration inputs for one fixture."""
+    files = {
+        "test_data": f"{name}.test.npz",
+        "test_labels": f"{name}.test_labels.npy",
+        "calib_data": f"{name}.calib.npz",
+    }
+    write_npz(FIXTURES / files["test_data"], input=split.x_test.astype(np.float32))
+    np.save(FIXTURES / files["test_labels"], split.y_test.astype(np.int64), allow_pickle=False)
+    write_npz(FIXTURES / files["calib_data"], input=split.x_train[calib_idx].astype(np.float32))
+    return files
+
+
+@dataclass
+class Fixture:
+    """Everything the manifest and README need to know about one exported model."""
+
+    name: str
+    architecture: str
+    features: str
+    split: Split
+    proto: onnx.ModelProto
+    num_params: int
+    reference: np.ndarray | None
+    base: str | None = None
+    info: dict[str, object] = field(default_factory=dict)
+
+
+def save_fixture(fx: Fixture, calib_idx: np.ndarray) -> dict[str, object]:
+    """Save model + data, verify against torch, measure onnxruntime accuracy."""
+    path = FIXTURES / f"{fx.name}.onnx"
+    onnx.save_model(fx.proto, path)
+    check_graph_features(fx.proto, fx.name)
+    logits = ort_logits(path, fx.split.x_test)
+    max_diff = None
+    if fx.reference is not None:
+        max_diff = float(np.abs(logits - fx.reference).max())
+        assert max_diff < ATOL, f"{fx.name}: onnxruntime vs torch max abs diff {max_diff}"
+    acc = float((logits.argmax(1) == fx.split.y_test).mean())
+    files = write_data_files(fx.name, fx.split, calib_idx)
+    dims = fx.proto.graph.input[0].type.tensor_type.shape.dim
+    size = path.stat().st_size
+    assert size < 2 * 1024 * 1024, f"{fx.name} is {size} bytes"
+    diff_txt = "n/a" if max_diff is None else f"{max_diff:.2e}"
+    print(f"  {fx.name}.onnx: {size} bytes, ORT accuracy {acc:.4f}, max |ORT-torch| {diff_txt}")
+    return {
+        "file": path.name,
+        "input_name": "input",
+        "input_shape": [d.dim_param or d.dim_value for d in dims],
+        "input_dtype": "float32",
+        "output_name": "logits",
+        "num_params": fx.num_params,
+        "accuracy": round(acc, 4),
+        "num_test": len(fx.split.y_test),
+        "num_calib": N_CALIB,
+        "max_abs_diff_vs_torch": max_diff,
+        "base_model": fx.base,
+        "dataset": fx.split.dataset,
+        "architecture": fx.architecture,
+        "features": fx.features,
+        "op_types": op_counts(fx.proto),
+        "sha256": sha256(path),
+        "size_bytes": size,
+        **files,
+    }
+
+
+def write_readme(entries: dict[str, dict[str, object]]) -> None:
+    """Write fixtures/README.md with one table row per fixture."""
+    lines = [
+        "# onnxprune test fixtures",
+        "",
+        "Generated by `.venv/bin/python tools/make_fixtures.py` (deterministic; do not edit by",
+        "hand). Accuracy is measured with onnxruntime on the held-out split. Each model `<name>`",
+        "comes with `<name>.test.npz` (key `input`), `<name>.test_labels.npy` (int64) and",
+        f"`<name>.calib.npz` (key `input`, {N_CALIB} training samples). All models use opset",
+        f"{OPSET}, input `input` with a dynamic `batch` dimension and output `logits`.",
+        "`manifest.json` holds the same data plus op counts and sha256 of each file.",
+        "",
+        "| file | architecture | dataset | input | params | accuracy | graph features |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for e in entries.values():
+        shape = "[" + ", ".join(str(d) for d in e["input_shape"]) + "]"  # type: ignore[union-attr]
+        dataset = str(e["dataset"]).split(" (")[0]
+        lines.append(
+            f"| `{e['file']}` | {e['architecture']} | {dataset} | {shape} | {e['num_params']} "
+            f"| {float(e['accuracy']):.2%} | {e['features']} |"  # type: ignore[arg-type]
+        )
+    lines.append("")
+    (FIXTURES / "README.md").write_text("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------
+# Per-model builders
+# --------------------------------------------------------------------------------------------
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_cnn(split: Split) -> tuple[Fixture, Fixture]:
+    """cnn_digits and its Constant-node twin."""
+    torch.manual_seed(SEED)
+    model = DigitsCNN()
+    train_classifier(model, split, TrainConfig(epochs=40, lr=3e-3, weight_decay=1e-4), SEED)
+    proto = export_clean(model, torch.from_numpy(split.x_test[:2]), keep_batchnorm=True)
+    ref = torch_logits(model, split.x_test)
+    base = Fixture(
+        name="cnn_digits",
+        architecture="Conv-BN stem, residual block, depthwise 3x3/s2 + pointwise 1x1, Flatten, 2x Gemm",
+        features="unfused BatchNormalization, residual Add, grouped (depthwise) Conv, "
+        "Flatten->Gemm over 32 channels x 4x4",
+        split=split,
+        proto=proto,
+        num_params=count_params(model),
+        reference=ref,
+    )
+    const = Fixture(
+        name="cnn_digits_const",
+        architecture="same trained network as cnn_digits",
+        features="no initializers: every weight is a Constant node",
+        split=split,
+        proto=initializers_to_constants(proto),
+        num_params=base.num_params,
+        reference=ref,
+        base="cnn_digits",
+    )
+    return base, const
+
+
+def build_mlp(split: Split) -> tuple[Fixture, Fixture]:
+    """mlp_digits and its float16-weight twin."""
+    torch.manual_seed(SEED)
+    model = DigitsMLP()
+    train_classifier(model, split, TrainConfig(epochs=60, lr=2e-3, weight_decay=1e-4), SEED)
+    proto = export_clean(model, torch.from_numpy(split.x_test[:2]), keep_batchnorm=False)
+    base = Fixture(
+        name="mlp_digits",
+        architecture="MLP 64-256-128-10, Relu",
+        features="Gemm (transB=1) chain",
+        split=split,
+        proto=proto,
+        num_params=count_params(model),
+        reference=torch_logits(model, split.x_test),
+    )
+    fp16 = Fixture(
+        name="mlp_digits_fp16",
+        architecture="same trained network as mlp_digits",
+        features="float16 initializers, each Cast(to=FLOAT) before use",
+        split=split,
+        proto=initializers_to_fp16(proto),
+        num_params=base.num_params,
+        reference=None,
+        base="mlp_digits",
+    )
+    return base, fp16
+
+
+def build_transformer(split: Split) -> Fixture:
+    """BERT-like tiny encoder on MNIST-1D."""
+    torch.manual_seed(SEED)
+    model = TinyTransformer()
+    cfg = TrainConfig(epochs=80, batch_size=64, lr=1e-3, weight_decay=1e-2, warmup_epochs=5, grad_clip=1.0)
+    train_classifier(model, split, cfg, SEED)
+    return Fixture(
+        name="transformer_mnist1d",
+        architecture="10 tokens x 4 samples, Linear embed + learned positions + LN, 2 post-LN "
+        "encoder layers (d=64, 4 heads, FFN 256 GELU), mean-pool, Linear",
+        features="MatMul+Add linears with constant weights, Reshape/Transpose heads, Softmax, "
+        "LayerNormalization, Erf GELU, ReduceMean",
+        split=split,
+        proto=export_clean(model, torch.from_numpy(split.x_test[:2]), keep_batchnorm=False),
+        num_params=count_params(model),
+        reference=torch_logits(model, split.x_test),
+    )
+
+
+def build_lstm(split: Split) -> Fixture:
+    """LSTM classifier on MNIST-1D."""
+    torch.manual_seed(SEED)
+    model = LSTMClassifier()
+    cfg = TrainConfig(epochs=60, batch_size=64, lr=3e-3, weight_decay=1e-4, grad_clip=1.0)
+    train_classifier(model, split, cfg, SEED)
+    return Fixture(
+        name="lstm_mnist1d",
+        architecture="reshape to 40 steps x 1 feature, LSTM(hidden 64), last hidden state, Linear",
+        features="LSTM op with constant W/R/B initializers, Reshape, Gather, Gemm",
+        split=split,
+        proto=export_clean(model, torch.from_numpy(split.x_test[:2]), keep_batchnorm=False),
+        num_params=count_params(model),
+        reference=torch_logits(model, split.x_test),
+    )
+
+
+def main() -> None:
+    """Build every fixture, then write manifest.json and README.md."""
+    t0 = time.perf_counter()
+    set_determinism()
+    FIXTURES.mkdir(exist_ok=True)
+    digits = digits_split()
+    mnist1d = mnist1d_split()
+    builders: list[tuple[str, Callable[[], tuple[Fixture, ...]]]] = [
+        ("cnn_digits", lambda: build_cnn(digits.reshaped((1, 8, 8)))),
+        ("mlp_digits", lambda: build_mlp(digits)),
+        ("transformer_mnist1d", lambda: (build_transformer(mnist1d),)),
+        ("lstm_mnist1d", lambda: (build_lstm(mnist1d),)),
+    ]
+    manifest: dict[str, dict[str, object]] = {}
+    for label, build in builders:
+        print(f"[{time.perf_counter() - t0:6.1f}s] training {label}")
+        fixtures = build()
+        calib_idx = calibration_indices(len(fixtures[0].split.y_train), SEED)
+        for fx in fixtures:
+            manifest[fx.name] = save_fixture(fx, calib_idx)
+    order = [
+        "cnn_digits",
+        "mlp_digits",
+        "transformer_mnist1d",
+        "lstm_mnist1d",
+        "cnn_digits_const",
+        "mlp_digits_fp16",
+    ]
+    manifest = {k: manifest[k] for k in order}
+    text = json.dumps({"opset": OPSET, "models": manifest}, indent=2, sort_keys=False)
+    (FIXTURES / "manifest.json").write_text(text + "\n")
+    write_readme(manifest)
+    print(f"\nDone in {time.perf_counter() - t0:.1f}s")
+    for name, entry in manifest.items():
+        print(f"  {name:22s} accuracy (onnxruntime) {entry['accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
