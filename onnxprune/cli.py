@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ import onnxprune
 from onnxprune.config import PruneConfig, load_plan, parse_pattern
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.discovery import DiscoveryOptions
+from onnxprune.graph.model_io import refuse_input_as_output
 from onnxprune.runtime import parse_input_shapes
 from onnxprune.stats import file_stats, param_stats
 
@@ -96,8 +98,14 @@ def _shape(shape: Sequence[int]) -> str:
     return "x".join(map(str, shape)) or "scalar"
 
 
+def _reason_key(reason: str | None) -> str:
+    """A short category for a skip reason (sizes and names removed), for counting."""
+    text = re.sub(r"^\d+ elements, ", "", reason or "unknown")
+    return re.sub(r" \d+$", "", text.split(":")[0].split(",")[0])
+
+
 def _reason_counts(layers: Sequence[Any]) -> str:
-    counts = Counter((layer.reason or "").split(":")[0].split(",")[0] for layer in layers)
+    counts = Counter(_reason_key(layer.reason) for layer in layers)
     return ", ".join(f"{n} {what}" for what, n in counts.most_common())
 
 
@@ -123,19 +131,35 @@ def _op_types(text: str) -> tuple[str, ...]:
     return tuple(op.strip() for op in text.split(",") if op.strip())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """A click group whose usage errors are one line on stderr, like every other error."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            sys.exit(0)
+        except click.UsageError as exc:
+            hint = f" (see 'onnxprune {exc.ctx.command.name} --help')" if exc.ctx and exc.ctx.command.name else ""
+            _fail(f"{exc.format_message()}{hint}", 2)
+        except click.exceptions.Abort:
+            _fail("aborted; nothing was written", 130)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(onnxprune.__version__, prog_name="onnxprune")
 def main() -> None:
     """Post-training pruning of ONNX models, without the framework that made them."""
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @discovery_options
 @click.option("--all", "show_all", is_flag=True, help="Also list biases, norm parameters and embeddings.")
-@click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the full inventory as JSON."
-)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full inventory as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
@@ -207,6 +231,14 @@ def _weight_json(w: onnxprune.Weight) -> dict[str, Any]:
     }
 
 
+def _check_writable_folder(path: Path) -> None:
+    folder = path.absolute().parent
+    if path.is_dir():
+        raise onnxprune.OutputError(f"--json '{path}' is a folder: give a file name such as report.json")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise onnxprune.OutputError(f"cannot write --json '{path}': the folder '{folder}' is missing or not writable")
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -217,8 +249,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 @main.command()
-@click.argument("input_model", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("output_model", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("input_model", metavar="IN", type=click.Path(path_type=Path))
+@click.argument("output_model", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--sparsity", type=float, help="Fraction of weights that are zero afterwards, in [0, 1).")
 @click.option(
     "--scope",
@@ -250,7 +282,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 @click.option(
     "--plan",
     "plan_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="JSON {weight name: sparsity} overriding --scope.",
 )
 @discovery_options
@@ -268,9 +300,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     default=None,
     help="Compute deflate sizes (default: for files under 128 MiB).",
 )
-@click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the full report as JSON."
-)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -322,8 +352,10 @@ def prune(
         op_types=_op_types(op_types),
     )
     shapes = parse_input_shapes(input_shape)
-    if not force and output_model.absolute() == input_model.absolute():
-        raise onnxprune.OutputError(f"the output '{output_model}' is the input model: choose another path (or --force)")
+    if not force:
+        refuse_input_as_output(input_model, output_model)
+    if json_path is not None:
+        _check_writable_folder(json_path)
     model = onnxprune.load(input_model)
     before = param_stats(model)
     with _progress("pruning", quiet) as progress:
@@ -331,7 +363,8 @@ def prune(
     if not result.pruned:
         click.echo(
             f"onnxprune: nothing to prune in '{input_model}': no weight tensor qualifies "
-            f"({_reason_counts(result.skipped) or 'no weights found'}); no output written",
+            f"({_reason_counts(result.skipped) or 'no weights found'}); no output written; "
+            "lower --min-size or check --include/--exclude/--op-types",
             err=True,
         )
         sys.exit(NOTHING_TO_PRUNE)

@@ -31,7 +31,11 @@ class UnsafeModelError(ModelLoadError):
 
 
 class UnsupportedModelError(OnnxPruneError):
-    """The model is valid ONNX but uses something onnxprune cannot handle safely."""
+    """The model is valid ONNX but uses something onnxprune cannot handle safely.
+
+    This includes a model onnxruntime cannot load (IR version, unknown op domain): its
+    output could not be validated.
+    """
 
     exit_code = 4
 

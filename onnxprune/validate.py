@@ -9,6 +9,7 @@ the message says whether the model, the synthetic input or onnxprune is at fault
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import onnx
 
 from onnxprune import runtime
-from onnxprune.errors import ValidationError
+from onnxprune.errors import OnnxPruneError, UnsupportedModelError, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,20 @@ def _run(sess, feeds):  # noqa: ANN001, ANN202 - onnxruntime objects
     return sess.run(None, dict(feeds))
 
 
+#: Noise in onnxruntime messages: the status prefix, the (temporary) path of the model it
+#: loaded, and the C++ source location with the full signature of the function that failed.
+_ORT_NOISE = (
+    re.compile(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : "),
+    re.compile(r"Load model from .*? failed:\s*"),
+    re.compile(r"\S+\.(?:cc|cpp|h):\d+ [^\s(]+\([^)]*\)\s*"),
+)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    for prefix in ("[ONNXRuntimeError] : ",):
-        text = text.replace(prefix, "")
+    for noise in _ORT_NOISE:
+        text = noise.sub("", text)
+    text = text.strip()
     return text.splitlines()[0][:400] if text else type(exc).__name__
 
 
@@ -71,7 +82,7 @@ def validate_model(
     try:
         sess = runtime.session(path)
     except Exception as exc:
-        raise ValidationError(_why_session_fails(exc, reference)) from exc
+        raise _why_session_fails(exc, reference) from exc
     specs = runtime.input_specs(sess)
     sizes = runtime.CANDIDATE_SIZES if runtime.needs_guess(specs, shapes) else runtime.CANDIDATE_SIZES[:1]
     errors: list[str] = []
@@ -102,14 +113,19 @@ def validate_model(
     )
 
 
-def _why_session_fails(exc: Exception, reference: str | Path | None) -> str:
-    detail = _first_line(exc)
+def _why_session_fails(exc: Exception, reference: str | Path | None) -> OnnxPruneError:
+    """The error for an output onnxruntime cannot load: the input's fault if it fails too."""
     if reference is not None:
         try:
             runtime.session(reference)
-        except Exception:
-            return f"onnxruntime cannot load the input model either ({detail}); onnxprune validates every output with onnxruntime"
-    return f"onnxruntime cannot load the output model ({detail}); nothing was written"
+        except Exception as ref_exc:
+            return UnsupportedModelError(
+                f"onnxruntime cannot load the input model '{reference}' ({_first_line(ref_exc)}); onnxprune "
+                "validates every output with onnxruntime: convert the model to an IR version and opsets "
+                "that onnxruntime supports (or upgrade onnxruntime); nothing was written"
+            )
+    blame = "; this is a bug in onnxprune, please report it" if reference is not None else ""
+    return ValidationError(f"onnxruntime cannot load the output model ({_first_line(exc)}); nothing was written{blame}")
 
 
 def _reference_nonfinite(reference: str | Path | None, feeds: Mapping[str, np.ndarray]) -> bool:

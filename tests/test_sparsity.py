@@ -49,7 +49,9 @@ def test_smallest_k_mask_rejects_impossible_counts():
         sparsity.smallest_k_mask(np.zeros(4, np.uint32), 5)
 
 
-@pytest.mark.parametrize("n, amount, expected", [(100, 0.29, 29), (10, 0.7, 7), (7, 0.5, 3), (3, 0.0, 0), (1000, 0.999, 999)])
+@pytest.mark.parametrize(
+    "n, amount, expected", [(100, 0.29, 29), (10, 0.7, 7), (7, 0.5, 3), (3, 0.0, 0), (1000, 0.999, 999)]
+)
 def test_count_for_amount_is_decimal_floor(n, amount, expected):
     assert sparsity.count_for_amount(n, amount) == expected
 

@@ -33,8 +33,16 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 def _external_location(tensor: TensorProto) -> tuple[str, int, int | None]:
     info = {entry.key: entry.value for entry in tensor.external_data}
     location = info.get("location", "")
-    offset = int(info.get("offset", 0) or 0)
-    length = int(info["length"]) if info.get("length") else None
+    try:
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info["length"]) if info.get("length") else None
+    except ValueError:
+        offset = length = -1
+    if offset < 0 or (length is not None and length < 0):
+        raise ModelLoadError(
+            f"external data of tensor '{tensor.name}' has an invalid offset or length "
+            f"({info.get('offset')!r}, {info.get('length')!r}): the model is malformed; export it again"
+        )
     return location, offset, length
 
 
@@ -42,7 +50,9 @@ def check_external_data(model: ModelProto, base_dir: Path) -> list[Path]:
     """Check every external-data reference of ``model`` against ``base_dir``.
 
     Returns the distinct files referenced. Raises :class:`UnsafeModelError` for a location
-    outside ``base_dir`` and :class:`ModelLoadError` for a missing or too short file.
+    outside ``base_dir`` (or a hard-linked file, which may be any file) and
+    :class:`ModelLoadError` for a missing, symbolically linked or too short file (onnx
+    refuses links as external data).
     """
     root = base_dir.resolve()
     files: dict[Path, None] = {}
@@ -52,7 +62,7 @@ def check_external_data(model: ModelProto, base_dir: Path) -> list[Path]:
         location, offset, length = _external_location(tensor)
         where = f"external data of tensor '{tensor.name}'"
         if not location:
-            raise ModelLoadError(f"{where} has no location; the model is malformed")
+            raise ModelLoadError(f"{where} has no location: the model is malformed; export it again")
         pure = Path(location)
         if pure.is_absolute() or location.startswith(("/", "\\")) or ":" in pure.parts[0]:
             raise UnsafeModelError(
@@ -69,8 +79,20 @@ def check_external_data(model: ModelProto, base_dir: Path) -> list[Path]:
             )
         if not target.is_file():
             raise ModelLoadError(
-                f"{where} is missing: '{base_dir / pure}' does not exist; keep the data file "
-                "next to the model (same relative path as when it was saved)"
+                f"{where} is missing: '{base_dir / pure}' does not exist or is not a file; keep the "
+                "data file next to the model (same relative path as when it was saved)"
+            )
+        # onnx itself refuses to read these (its external-data loader forbids links).
+        if (base_dir / pure).is_symlink():
+            raise ModelLoadError(
+                f"{where} ('{location}') is a symbolic link, which onnx refuses to read: replace "
+                "the link with a copy of the file it points to"
+            )
+        links = target.stat().st_nlink
+        if links > 1:
+            raise UnsafeModelError(
+                f"{where} ('{location}') has {links} hard links, so it may be a file from outside the "
+                "model's folder (onnx refuses it too): replace it with a plain copy of the file"
             )
         if length is not None and offset + length > target.stat().st_size:
             raise ModelLoadError(
@@ -85,28 +107,38 @@ def load_model(path: str | os.PathLike[str]) -> ModelProto:
     """Load an ONNX model with its external data, refusing anything unsafe or malformed."""
     path = Path(path)
     if not path.exists():
-        raise ModelLoadError(f"'{path}' does not exist")
+        raise ModelLoadError(f"'{path}' does not exist: check the path of the input model")
     if not path.is_file():
-        raise ModelLoadError(f"'{path}' is not a file")
+        raise ModelLoadError(f"'{path}' is not a file: give the path of an .onnx model file")
     if path.stat().st_size == 0:
-        raise ModelLoadError(f"'{path}' is empty: not an ONNX model")
+        raise ModelLoadError(f"'{path}' is empty: not an ONNX model; export or copy it again")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeError ... depending on build
         raise ModelLoadError(
             f"'{path}' is not a readable ONNX model (the file is truncated or not an .onnx "
-            f"protobuf: {type(exc).__name__})"
+            f"protobuf: {type(exc).__name__}); export or copy it again"
         ) from exc
     if not model.HasField("graph") or model.ir_version <= 0 or (not model.graph.node and not model.graph.output):
         raise ModelLoadError(
             f"'{path}' parsed as protobuf but holds no ONNX graph (no ir_version, nodes or "
-            "outputs): it is not an ONNX model or it is truncated"
+            "outputs): it is not an ONNX model or it is truncated; export or copy it again"
+        )
+    if not model.opset_import and model.ir_version >= 3:
+        # A file cut just before its trailing opset_import field still parses (IR >= 3 requires one).
+        raise ModelLoadError(
+            f"'{path}' declares no opset (opset_import is empty): the file is truncated or "
+            "malformed; export or copy it again"
         )
     if check_external_data(model, path.parent):
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
-            raise ModelLoadError(f"cannot read the external data of '{path}': {exc}") from exc
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelLoadError(
+                f"cannot read the external data of '{path}' ({detail}); save the model again with its "
+                "external data as plain files in its folder"
+            ) from exc
     return model
 
 
@@ -121,6 +153,16 @@ class SavedModel:
 
     path: Path
     data_path: Path | None
+
+
+def refuse_input_as_output(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str]) -> None:
+    """Raise :class:`OutputError` if ``output_path`` is the input file (any spelling or link)."""
+    out, source = Path(output_path).absolute(), Path(input_path).absolute()
+    if out.resolve() == source.resolve() or (out.exists() and source.exists() and os.path.samefile(out, source)):
+        raise OutputError(
+            f"the output '{output_path}' is the input model: choose another output path "
+            "(or pass --force to replace the input)"
+        )
 
 
 def save_model(
@@ -144,12 +186,7 @@ def save_model(
     """
     out = Path(path).absolute()
     if input_path is not None and not force:
-        source = Path(input_path).absolute()
-        if out.resolve() == source.resolve() or (out.exists() and os.path.samefile(out, source)):
-            raise OutputError(
-                f"the output '{path}' is the input model: choose another output path "
-                "(or pass --force to replace the input)"
-            )
+        refuse_input_as_output(input_path, path)
     folder = out.parent
     if not folder.is_dir():
         raise OutputError(f"the output folder '{folder}' does not exist: create it first")
