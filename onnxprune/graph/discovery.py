@@ -2,10 +2,12 @@
 
 For each stored float tensor (initializer or Constant node, in the main graph or any
 subgraph) the discovery walks forward through transparent ops (Identity, Cast, Transpose,
-Reshape, Unsqueeze, Squeeze, Flatten, Slice, Concat, DequantizeLinear) to every node that
-finally reads it, and classifies each read with :data:`onnxprune.graph.ops.SLOT_RULES`.
+Reshape, Unsqueeze, Squeeze, Flatten, Slice, Split, Concat, DequantizeLinear) to every
+node that finally reads it, and classifies each read with
+:data:`onnxprune.graph.ops.SLOT_RULES`.
 A tensor is a prunable weight only if *every* read is a weight input: a tensor also used
 as an embedding table, a bias or a graph output is listed as skipped, with the reason.
+Reads of the shape alone (Shape, Size) do not count: pruning keeps shapes.
 The output-channel and reduction axes are mapped back through the transparent ops to the
 stored tensor's own axes (or left unknown, which only rules out N:M for that tensor).
 """
@@ -22,13 +24,19 @@ from onnx import ModelProto, TensorProto
 
 from onnxprune.graph import tensors
 from onnxprune.graph.index import Scope
-from onnxprune.graph.ops import SLOT_RULES, TRANSFORMS, Shape, Slot, SlotContext, TransformContext
+from onnxprune.graph.ops import (
+    SHAPE_ONLY,
+    SLOT_RULES,
+    TRANSFORMS,
+    WEIGHT_INPUTS,
+    Shape,
+    Slot,
+    SlotContext,
+    TransformContext,
+)
 from onnxprune.sparsity import magnitude_keys
 
 log = logging.getLogger(__name__)
-
-#: Ops whose weight input should always be a stored tensor; one that is not is reported.
-WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "LSTM", "GRU", "RNN")
 
 ROLE_REASONS = {
     "bias": "bias: not pruned",
@@ -39,7 +47,11 @@ ROLE_REASONS = {
 
 @dataclass(frozen=True)
 class Reader:
-    """A node that reads a weight (possibly through transparent ops)."""
+    """A node that reads a weight (possibly through transparent ops).
+
+    ``input_index`` is -1 for a pseudo-reader that is no node: the tensor leaving the
+    graph as an output (``op_type`` "graph output"), or a chain too deep to follow.
+    """
 
     node: str
     op_type: str
@@ -82,7 +94,8 @@ class Weight:
 
     @property
     def nodes(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(r.node for r in self.readers))
+        """Names of the nodes that read the tensor (pseudo-readers left out)."""
+        return tuple(dict.fromkeys(r.node for r in self.readers if r.input_index >= 0))
 
 
 @dataclass(frozen=True)
@@ -136,13 +149,17 @@ def _walk(
         transform_rule = TRANSFORMS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if transform_rule is not None:
             transform = transform_rule(TransformContext(node, index, shape, use.scope.const_value))
-            if transform is not None and node.output and node.output[0]:
+            outputs = [out for out in node.output if out]
+            if transform is not None and outputs:
                 trace.quantized |= transform.quantized
                 new_map = tuple(None if m is None else axis_map[m] for m in transform.axis_map)
-                _walk(use.scope, node.output[0], transform.shape, new_map, trace, depth + 1)
+                for out in outputs:  # several for Split
+                    _walk(use.scope, out, transform.shape, new_map, trace, depth + 1)
                 continue
         rule = SLOT_RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         slot = rule(SlotContext(node, index, len(shape), use.scope.producer_op)) if rule else Slot("other")
+        if slot == SHAPE_ONLY:
+            continue
         reader = Reader(label, node.op_type, index, use.scope.path, slot.role)
         if slot.role == "other":
             trace.others.append(reader)
@@ -264,16 +281,17 @@ def discover(model: ModelProto, options: DiscoveryOptions | None = None) -> Inve
 
 
 def _computed_weights(root: Scope, reached: set[tuple[str, int, str]]) -> list[Weight]:
-    """Weight inputs of Conv/Gemm/recurrent nodes that no stored tensor reaches."""
+    """Weight inputs (:data:`~onnxprune.graph.ops.WEIGHT_INPUTS`) that no stored tensor reaches."""
     found = []
     for scope in root.all_scopes():
         for node in scope.graph.node:
-            if node.op_type not in WEIGHT_OPS or node.domain not in ("", "ai.onnx"):
-                continue
+            groups = WEIGHT_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
             label = node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
-            indices = (1, 2) if node.op_type in ("LSTM", "GRU", "RNN") else (1,)
-            for index in indices:
-                if len(node.input) <= index or (label, index, scope.path) in reached:
+            for group in groups:
+                if any((label, i, scope.path) in reached for i in group):
+                    continue
+                index = group[0]
+                if len(node.input) <= index or not node.input[index]:
                     continue
                 name = node.input[index]
                 producer = scope.producer_op(name) or "a graph input"

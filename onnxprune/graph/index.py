@@ -4,6 +4,10 @@ A subgraph (If branch, Loop or Scan body) may read any tensor of the graphs that
 it by name. :class:`Scope` resolves a name to the scope that defines it and records every
 reader of a tensor in the defining scope, so a weight stored in the main graph and read
 inside an If branch is found with all its uses.
+
+A scope's path (``node/attribute``, nested with ``/``) names its tensors in weight keys
+(``path::name``), so paths are unique: node names need not be (the checker allows
+duplicates), and a repeated path gets a ``#2``, ``#3`` ... suffix in graph order.
 """
 
 from __future__ import annotations
@@ -52,8 +56,15 @@ class Scope:
             is_constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output
             if is_constant and any(a.name == "value" and a.type == AttributeProto.TENSOR for a in node.attribute):
                 scope.constants[node.output[0]] = node
+        taken: set[str] = set()
         for label, sub in subgraphs(graph):
-            scope.children.append(cls.build(sub, f"{path}/{label}" if path else label, scope))
+            child = f"{path}/{label}" if path else label
+            unique, count = child, 1
+            while unique in taken:
+                count += 1
+                unique = f"{child}#{count}"
+            taken.add(unique)
+            scope.children.append(cls.build(sub, unique, scope))
         if parent is None:
             scope._index_uses()
         return scope

@@ -5,10 +5,14 @@ it at input ``ctx.index``: a *weight* (with its output-channel axis and its redu
 axis, in the coordinates of the tensor as the node sees it), a bias, a normalization
 parameter, an embedding table, or something else.
 
+``WEIGHT_INPUTS[op_type]`` lists the inputs of ops whose weight should be a stored
+tensor, so that discovery can report one computed at run time instead.
+
 ``TRANSFORMS[op_type](ctx) -> Transform | None`` describes ops that merely move a stored
 tensor on its way to a weight input (Identity, Cast, Transpose, Reshape, Unsqueeze,
-Squeeze, Flatten, Slice, Concat, DequantizeLinear): how each output axis maps to an input
-axis, and the output shape. ``None`` means the op is not transparent for that input.
+Squeeze, Flatten, Slice, Split, Concat, DequantizeLinear): how each output axis maps to
+an input axis, and the output shape (the same for every output of a multi-output op such
+as Split). ``None`` means the op is not transparent for that input.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class Slot:
 OTHER = Slot("other")
 BIAS = Slot("bias")
 NORM = Slot("norm")
+#: A read of the shape only (Shape, Size): pruning keeps shapes, so it does not count.
+SHAPE_ONLY = Slot("shape")
 
 
 @dataclass(frozen=True)
@@ -114,11 +120,30 @@ def _gather(ctx: SlotContext) -> Slot:
     return Slot("embedding") if ctx.index == 0 else OTHER
 
 
+@_slots("Shape", "Size")
+def _shape_only(ctx: SlotContext) -> Slot:
+    # Exporters read a weight's shape (``weight.size(0)`` in torch); zeros do not change it.
+    return SHAPE_ONLY
+
+
 @_slots("Add")
 def _add(ctx: SlotContext) -> Slot:
     # MatMul + Add is how exporters write a linear layer with a bias.
     other = ctx.node.input[1 - ctx.index] if len(ctx.node.input) == 2 else ""
     return BIAS if ctx.producer_op(other) in ("MatMul", "Gemm", "Conv", "ConvTranspose") else OTHER
+
+
+#: Inputs of ops whose weight should be a stored tensor, in groups: a group is satisfied
+#: when a stored tensor reaches any one of its inputs (Gemm may hold its weight as A or
+#: as B); the first input of an unsatisfied group is reported as computed at run time.
+WEIGHT_INPUTS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "Conv": ((1,),),
+    "ConvTranspose": ((1,),),
+    "Gemm": ((1, 0),),
+    "LSTM": ((1,), (2,)),
+    "GRU": ((1,), (2,)),
+    "RNN": ((1,), (2,)),
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,7 +300,8 @@ def _reshape(ctx: TransformContext) -> Transform | None:
 @_transform("Flatten")
 def _flatten(ctx: TransformContext) -> Transform | None:
     rank = len(ctx.shape)
-    axis = int(ctx.attr("axis", 1)) % max(rank, 1)
+    axis = int(ctx.attr("axis", 1))
+    axis = axis + rank if axis < 0 else axis  # in [-rank, rank]: rank flattens to [n, 1]
     if any(d is None for d in ctx.shape):
         return None
     shape = (int(np.prod(ctx.shape[:axis], dtype=np.int64)), int(np.prod(ctx.shape[axis:], dtype=np.int64)))
@@ -287,12 +313,24 @@ def _slice(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None
     rank = len(ctx.shape)
-    axes = ctx.axes_input(3) if len(ctx.node.input) > 3 else None
-    if axes is None and len(ctx.node.input) > 3:
+    has_axes = len(ctx.node.input) > 3 and bool(ctx.node.input[3])  # "" (omitted) when only steps are given
+    axes = ctx.axes_input(3) if has_axes else None
+    if has_axes and axes is None:
         return None
     starts = ctx.const(ctx.node.input[1]) if len(ctx.node.input) > 1 else None
     sliced = {a % rank for a in axes} if axes is not None else set(range(len(starts) if starts is not None else rank))
     shape = tuple(None if i in sliced else d for i, d in enumerate(ctx.shape))
+    return Transform(_identity_map(rank), shape)
+
+
+@_transform("Split")
+def _split(ctx: TransformContext) -> Transform | None:
+    # A fused weight (QKV, LSTM gates) split into pieces: each piece keeps the axes.
+    if ctx.index != 0:
+        return None
+    rank = len(ctx.shape)
+    axis = int(ctx.attr("axis", 0)) % max(rank, 1)
+    shape = tuple(None if i == axis else d for i, d in enumerate(ctx.shape))
     return Transform(_identity_map(rank), shape)
 
 
