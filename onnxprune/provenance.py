@@ -52,21 +52,22 @@ def stamp(model: ModelProto, result: PruneResult, version: str) -> None:
 
     root = Scope.build(model.graph)
     scopes = {scope.path: scope for scope in root.all_scopes()}
-    readers: dict[str, list[NodeProto]] = {}
-    for scope in scopes.values():
+    readers: dict[tuple[str, str], NodeProto] = {}
+    for path, scope in scopes.items():
         for node in scope.graph.node:
             label = node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
-            readers.setdefault(label, []).append(node)
+            readers.setdefault((path, label), node)
             if node.op_type == "Constant" and node.output:
-                readers.setdefault(f"constant:{node.output[0]}", []).append(node)
+                readers[(path, f"constant:{node.output[0]}")] = node
     for layer in result.pruned:
-        scope = scopes[layer.key.split("::")[0] if "::" in layer.key else ""]
+        scope = scopes[layer.scope]
         text = _describe(layer)
         tensor = scope.stored_tensor(layer.name)
         if tensor is not None:
             tensor.doc_string = text
         tag = f"[{layer.name}]"
-        nodes = [n for label in (*layer.nodes, f"constant:{layer.name}") for n in readers.get(label, [])]
+        places = [*layer.readers, (layer.scope, f"constant:{layer.name}")]
+        nodes = [readers[place] for place in places if place in readers]
         for node in nodes:  # a node listed twice gets its line replaced, not repeated
             lines = [
                 ln for ln in node.doc_string.splitlines() if not (ln.startswith("onnxprune:") and ln.endswith(tag))

@@ -544,3 +544,16 @@ def test_a_weight_sparser_than_the_target_is_left_alone() -> None:
     (layer,) = result.pruned
     assert (layer.zeros_before, layer.zeros_after, result.newly_zeroed) == (existing, existing, 0)
     assert tensor_bytes(stored_tensors(out)["W"]) == tensor_bytes(model.graph.initializer[0])
+
+
+def test_provenance_marks_only_the_reading_node_of_the_right_scope():
+    """A main-graph node named like the Loop body's reader gets no provenance line."""
+    model = b.loop_body()
+    body = model.graph.node[0].attribute[0].g
+    model.graph.node.append(b.node("Identity", ["Y"], ["Y2"], "body_matmul"))  # same name, main graph
+    model.graph.output[0].name = "Y2"
+    pruned, result = onnxprune.prune(model, PruneConfig(sparsity=0.5, min_size=0))
+    assert [layer.name for layer in result.pruned] == ["Wl"]
+    body = pruned.graph.node[0].attribute[0].g
+    assert "onnxprune:" in next(n for n in body.node if n.name == "body_matmul").doc_string
+    assert "onnxprune:" not in pruned.graph.node[1].doc_string

@@ -13,6 +13,8 @@ class LayerResult:
     name: str
     ops: tuple[str, ...]
     nodes: tuple[str, ...]
+    scope: str  # the (sub)graph path that stores the tensor, "" for the main graph
+    readers: tuple[tuple[str, str], ...]  # (scope path, node label) of every reading node
     shape: tuple[int, ...]
     dtype: str
     role: str

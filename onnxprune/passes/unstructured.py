@@ -153,6 +153,8 @@ def prune_weights(model: ModelProto, config: PruneConfig, *, progress: Progress 
             "name": weight.name,
             "ops": weight.ops,
             "nodes": weight.nodes,
+            "scope": weight.scope,
+            "readers": tuple((r.scope, r.node) for r in weight.readers if r.role != "output"),
             "shape": weight.shape,
             "dtype": weight.dtype,
             "role": weight.role,
