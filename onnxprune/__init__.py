@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from onnx import ModelProto
@@ -29,11 +30,19 @@ from onnxprune.errors import (
     ValidationError,
 )
 from onnxprune.graph.discovery import DiscoveryOptions, Inventory, Weight, discover
-from onnxprune.graph.model_io import SavedModel, load_model, save_model
+from onnxprune.graph.model_io import (
+    SavedModel,
+    StagedOutput,
+    load_model,
+    load_model_with_files,
+    refuse_input_as_output,
+    save_model,
+)
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.passes.unstructured import Progress, prune_weights
 from onnxprune.provenance import stamp
-from onnxprune.validate import ValidationReport, input_passes_checker, validate_model
+from onnxprune.stats import ParamStats, param_stats
+from onnxprune.validate import ValidationReport, validate_model
 
 __version__ = "0.1.0"
 
@@ -47,6 +56,7 @@ __all__ = [
     "OutputError",
     "PruneConfig",
     "PruneResult",
+    "PruneRun",
     "SavedModel",
     "UnsafeModelError",
     "UnsupportedModelError",
@@ -60,6 +70,7 @@ __all__ = [
     "load_plan",
     "parse_pattern",
     "prune",
+    "prune_file",
     "save",
 ]
 
@@ -92,7 +103,7 @@ def prune(
     with the reason.
     """
     proto = _model(model, inplace)
-    result = prune_weights(proto, config, progress=progress)
+    result, _ = prune_weights(proto, config, progress=progress)
     stamp(proto, result, __version__)
     return proto, result
 
@@ -107,17 +118,14 @@ def save(
     validate: bool = True,
     force: bool = False,
 ) -> SavedModel:
-    """Validate and write ``model`` atomically (see :func:`onnxprune.graph.model_io.save_model`).
+    """Validate and write ``model`` atomically (see :class:`onnxprune.graph.model_io.StagedOutput`).
 
     ``reference`` is the model file it came from: it is never overwritten (unless
     ``force``) and it is used to tell a bad synthetic input from a broken output.
     """
-    check = True
-    if reference is not None and input_passes_checker(reference) is not None:
-        check = False
 
     def _validate(tmp: Path) -> None:
-        validate_model(tmp, reference=reference, input_shapes=input_shapes, check=check)
+        validate_model(tmp, reference=reference, input_shapes=input_shapes)
 
     return save_model(
         model,
@@ -127,3 +135,48 @@ def save(
         input_path=reference,
         force=force,
     )
+
+
+@dataclass(frozen=True)
+class PruneRun:
+    """What :func:`prune_file` did: the result, where it wrote, parameters before/after."""
+
+    result: PruneResult
+    saved: SavedModel | None  # None when nothing qualified for pruning (nothing written)
+    input_files: tuple[Path, ...]  # the input model and its external-data files
+    params_before: ParamStats
+    params_after: ParamStats
+    validation: ValidationReport | None
+
+
+def prune_file(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    config: PruneConfig,
+    *,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    external_data: bool | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> PruneRun:
+    """Prune the model file ``source`` into ``output``: what ``onnxprune prune`` does.
+
+    Memory stays near the size of the parsed model: pruned tensors are computed while the
+    output is streamed to a staging file (the parsed model is never copied), the model is
+    freed, and only then is the staged file validated and renamed into place.
+    """
+    if not force:
+        refuse_input_as_output(source, output)
+    model, files = load_model_with_files(source)
+    before = param_stats(model)
+    result, replacements = prune_weights(model, config, progress=progress, defer=True)
+    after = ParamStats(before.parameters, before.nonzeros - result.newly_zeroed)
+    if not result.pruned:
+        return PruneRun(result, None, tuple(files), before, after, None)
+    stamp(model, result, __version__)
+    with StagedOutput(output, input_path=source, force=force) as staged:
+        staged.write(model, external_data=external_data, replacements=replacements)
+        del model, replacements
+        report = validate_model(staged.model_path, reference=source, input_shapes=input_shapes)
+        saved = staged.commit()
+    return PruneRun(result, saved, tuple(files), before, after, report)

@@ -25,7 +25,7 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.discovery import DiscoveryOptions
 from onnxprune.graph.model_io import refuse_input_as_output
 from onnxprune.runtime import parse_input_shapes
-from onnxprune.stats import file_stats, param_stats
+from onnxprune.stats import file_stats
 
 NOTHING_TO_PRUNE = 10
 INTERNAL_ERROR = 70
@@ -356,11 +356,18 @@ def prune(
         refuse_input_as_output(input_model, output_model)
     if json_path is not None:
         _check_writable_folder(json_path)
-    model = onnxprune.load(input_model)
-    before = param_stats(model)
     with _progress("pruning", quiet) as progress:
-        model, result = onnxprune.prune(model, config, inplace=True, progress=progress)
-    if not result.pruned:
+        run = onnxprune.prune_file(
+            input_model,
+            output_model,
+            config,
+            input_shapes=shapes,
+            external_data=True if external_data else None,
+            force=force,
+            progress=progress,
+        )
+    result, saved, before, after = run.result, run.saved, run.params_before, run.params_after
+    if saved is None:
         click.echo(
             f"onnxprune: nothing to prune in '{input_model}': no weight tensor qualifies "
             f"({_reason_counts(result.skipped) or 'no weights found'}); no output written; "
@@ -368,18 +375,9 @@ def prune(
             err=True,
         )
         sys.exit(NOTHING_TO_PRUNE)
-    after = param_stats(model)
-    saved = onnxprune.save(
-        model,
-        output_model,
-        reference=input_model,
-        input_shapes=shapes,
-        external_data=True if external_data else None,
-        force=force,
-    )
-    del model
     compress = compressed_size if compressed_size is not None else input_model.stat().st_size < COMPRESS_AUTO_LIMIT
-    size_in, size_out = file_stats(input_model, compressed=compress), file_stats(saved.path, compressed=compress)
+    output_files = [saved.path] + ([saved.data_path] if saved.data_path else [])
+    size_in, size_out = file_stats(run.input_files, compressed=compress), file_stats(output_files, compressed=compress)
     if not quiet:
         _print_layers(result)
     _print_summary(result, before, after, size_in, size_out, saved, quiet)

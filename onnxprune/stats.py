@@ -8,6 +8,7 @@ Unstructured zeros shrink it even though the raw file size stays the same.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,26 +45,9 @@ def param_stats(model: ModelProto) -> ParamStats:
     return ParamStats(total, nonzero)
 
 
-def model_files(path: str | Path) -> list[Path]:
-    """The model file and the external-data files it references (that exist)."""
-    import onnx
-
-    path = Path(path)
-    files = [path]
-    model = onnx.load(str(path), load_external_data=False)
-    for tensor in all_tensors(model):
-        if tensor.data_location == TensorProto.EXTERNAL:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    candidate = path.parent / entry.value
-                    if candidate.is_file() and candidate not in files:
-                        files.append(candidate)
-    return files
-
-
-def file_stats(path: str | Path, *, compressed: bool = True) -> FileStats:
-    """Bytes on disk (external data included) and, optionally, deflate-compressed bytes."""
-    files = model_files(path)
+def file_stats(files: Sequence[Path], *, compressed: bool = True) -> FileStats:
+    """Bytes on disk of a model's files (the model and its external data) and, optionally, their
+    deflate-compressed size."""
     size = sum(f.stat().st_size for f in files)
     if not compressed:
         return FileStats(size, None)

@@ -18,6 +18,7 @@ import onnxprune
 from onnxprune.graph.tensors import read_array
 from onnxprune.graph.walk import all_tensors
 from onnxprune.sparsity import magnitude_keys
+from onnxprune.stats import param_stats
 
 FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fixtures"
 MODELS = sorted(p.name for p in FIXTURE_DIR.glob("*.onnx"))
@@ -162,3 +163,19 @@ def test_pruned_model_keeps_accuracy_at_moderate_sparsity():
     dense_acc, pruned_acc = accuracy(onnx.load(str(source))), accuracy(model)
     assert dense_acc > 0.9
     assert pruned_acc >= dense_acc - 0.03
+
+
+@pytest.mark.parametrize("config_name", list(CONFIGS))
+@pytest.mark.parametrize("model_name", MODELS)
+def test_streamed_output_equals_in_place_output(model_name, config_name, tmp_path):
+    """prune_file (deferred writes, streamed) and prune + save (in place) agree byte for byte."""
+    source = FIXTURE_DIR / model_name
+    config = onnxprune.PruneConfig(**CONFIGS[config_name])
+    run = onnxprune.prune_file(source, tmp_path / "streamed.onnx", config)
+    model, result = onnxprune.prune(source, config)
+    saved = onnxprune.save(model, tmp_path / "in_place.onnx", reference=source)
+    assert run.saved.path.read_bytes() == saved.path.read_bytes()
+    assert run.result == result
+    assert run.validation.checker == "passed"
+    assert param_stats(onnx.load(str(run.saved.path))) == run.params_after
+    assert param_stats(onnx.load(str(source))) == run.params_before

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from onnx import ModelProto, TensorProto
 
 from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError
 from onnxprune.graph.walk import all_tensors
+from onnxprune.graph.writer import Replacement, apply_replacements, write_model
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,11 @@ def check_external_data(model: ModelProto, base_dir: Path) -> list[Path]:
 
 def load_model(path: str | os.PathLike[str]) -> ModelProto:
     """Load an ONNX model with its external data, refusing anything unsafe or malformed."""
+    return load_model_with_files(path)[0]
+
+
+def load_model_with_files(path: str | os.PathLike[str]) -> tuple[ModelProto, list[Path]]:
+    """:func:`load_model`, and the files it was read from (the model, then its external data)."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"'{path}' does not exist: check the path of the input model")
@@ -130,7 +136,8 @@ def load_model(path: str | os.PathLike[str]) -> ModelProto:
             f"'{path}' declares no opset (opset_import is empty): the file is truncated or "
             "malformed; export or copy it again"
         )
-    if check_external_data(model, path.parent):
+    data_files = check_external_data(model, path.parent)
+    if data_files:
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
@@ -139,7 +146,7 @@ def load_model(path: str | os.PathLike[str]) -> ModelProto:
                 f"cannot read the external data of '{path}' ({detail}); save the model again with its "
                 "external data as plain files in its folder"
             ) from exc
-    return model
+    return model, [path, *data_files]
 
 
 def tensor_bytes(model: ModelProto) -> int:
@@ -165,6 +172,102 @@ def refuse_input_as_output(input_path: str | os.PathLike[str], output_path: str 
         )
 
 
+class StagedOutput:
+    """An output being written: a temporary folder next to the destination, renamed into
+    place by :meth:`commit`; anything else (an error, a failed validation) removes it.
+
+    Use as a context manager::
+
+        with StagedOutput(path, input_path=src) as staged:
+            staged.write(model)
+            del model                      # free memory before validating
+            validate(staged.model_path)
+            saved = staged.commit()
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, input_path: str | os.PathLike[str] | None = None, force: bool = False
+    ) -> None:
+        self.out = Path(path).absolute()
+        if input_path is not None and not force:
+            refuse_input_as_output(input_path, path)
+        self.folder = self.out.parent
+        if not self.folder.is_dir():
+            raise OutputError(f"the output folder '{self.folder}' does not exist: create it first")
+        if self.out.is_dir():
+            raise OutputError(f"the output '{path}' is a folder: give a file name such as model.onnx")
+        if not os.access(self.folder, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write to the output folder '{self.folder}' (permission denied)")
+        self.data_name = f"{self.out.name}.data"
+        self.tmp_dir: Path | None = None
+
+    def __enter__(self) -> StagedOutput:
+        try:
+            self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.folder))
+        except OSError as exc:
+            raise OutputError(f"cannot write to the output folder '{self.folder}': {exc.strerror}") from exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tmp_dir is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir = None
+
+    @property
+    def model_path(self) -> Path:
+        if self.tmp_dir is None:
+            raise RuntimeError("StagedOutput used outside its 'with' block")
+        return self.tmp_dir / self.out.name
+
+    def write(
+        self,
+        model: ModelProto,
+        *,
+        external_data: bool | None = None,
+        replacements: Mapping[str, Replacement] | None = None,
+    ) -> None:
+        """Write ``model`` into the staging folder.
+
+        ``replacements`` (tensor name -> new bytes) are applied while streaming (see
+        :mod:`onnxprune.graph.writer`); with external data they are applied to ``model``
+        first, and the tensor bytes are moved out of ``model``.
+        ``external_data``: True always, False never, None above :data:`EXTERNAL_DATA_THRESHOLD`.
+        """
+        replacements = replacements or {}
+        if external_data is None:
+            external_data = tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+            if external_data:
+                log.info("model tensors exceed %d bytes: saving with external data", EXTERNAL_DATA_THRESHOLD)
+        try:
+            if external_data:
+                apply_replacements(model, replacements)
+                onnx.save_model(
+                    model,
+                    str(self.model_path),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=self.data_name,
+                    size_threshold=1024,
+                )
+            else:
+                with open(self.model_path, "wb") as handle:
+                    write_model(model, handle, replacements)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        except OSError as exc:
+            raise OutputError(f"cannot write '{self.out}': {exc.strerror}") from exc
+
+    def commit(self) -> SavedModel:
+        """Move the staged files into place: the data file first, then the model."""
+        data_path = None
+        staged_data = self.model_path.parent / self.data_name
+        if staged_data.exists():
+            data_path = self.folder / self.data_name
+            os.replace(staged_data, data_path)
+        os.replace(self.model_path, self.out)
+        return SavedModel(path=self.out, data_path=data_path)
+
+
 def save_model(
     model: ModelProto,
     path: str | os.PathLike[str],
@@ -184,51 +287,8 @@ def save_model(
     Refuses to write over ``input_path`` unless ``force``; even then the input is replaced
     only by a rename after validation, so a failure leaves it intact.
     """
-    out = Path(path).absolute()
-    if input_path is not None and not force:
-        refuse_input_as_output(input_path, path)
-    folder = out.parent
-    if not folder.is_dir():
-        raise OutputError(f"the output folder '{folder}' does not exist: create it first")
-    if out.is_dir():
-        raise OutputError(f"the output '{path}' is a folder: give a file name such as model.onnx")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to the output folder '{folder}' (permission denied)")
-    if external_data is None:
-        external_data = tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
-        if external_data:
-            log.info("model tensors exceed %d bytes: saving with external data", EXTERNAL_DATA_THRESHOLD)
-    try:
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder))
-    except OSError as exc:
-        raise OutputError(f"cannot write to the output folder '{folder}': {exc.strerror}") from exc
-    tmp_model = tmp_dir / out.name
-    data_name = f"{out.name}.data"
-    try:
-        try:
-            if external_data:
-                onnx.save_model(
-                    model,
-                    str(tmp_model),
-                    save_as_external_data=True,
-                    all_tensors_to_one_file=True,
-                    location=data_name,
-                    size_threshold=1024,
-                )
-            else:
-                with open(tmp_model, "wb") as handle:
-                    handle.write(model.SerializeToString())
-                    handle.flush()
-                    os.fsync(handle.fileno())
-        except OSError as exc:
-            raise OutputError(f"cannot write '{out}': {exc.strerror}") from exc
+    with StagedOutput(path, input_path=input_path, force=force) as staged:
+        staged.write(model, external_data=external_data)
         if validate is not None:
-            validate(tmp_model)
-        data_path = None
-        if (tmp_dir / data_name).exists():
-            data_path = folder / data_name
-            os.replace(tmp_dir / data_name, data_path)
-        os.replace(tmp_model, out)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return SavedModel(path=out, data_path=data_path)
+            validate(staged.model_path)
+        return staged.commit()

@@ -12,15 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
-from onnx import ModelProto
+from onnx import ModelProto, TensorProto
 
 from onnxprune import sparsity
 from onnxprune.config import PruneConfig
 from onnxprune.errors import OptionError
 from onnxprune.graph import tensors
 from onnxprune.graph.discovery import DiscoveryOptions, Inventory, Weight, discover
+from onnxprune.graph.writer import Replacement, replaceable
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.sparsity.scores import float_bits
 
@@ -139,11 +141,35 @@ def _mask(values: np.ndarray, target: Target, weight: Weight, config: PruneConfi
     return sparsity.smallest_k_mask(keys, target.count)
 
 
-def prune_weights(model: ModelProto, config: PruneConfig, *, progress: Progress | None = None) -> PruneResult:
-    """Prune ``model`` in place according to ``config``; returns what was done."""
+def _pruned_bits(proto: TensorProto, target: Target, weight: Weight, config: PruneConfig, index: int) -> np.ndarray:
+    """The tensor's new bit pattern (an unsigned-integer array) after applying ``target``."""
+    values = tensors.read_array(proto)
+    return sparsity.apply_mask_bits(float_bits(values), _mask(values, target, weight, config, index))
+
+
+def _zeros_after(proto: TensorProto, target: Target, weight: Weight, config: PruneConfig, index: int) -> int:
+    """Zeros after pruning, known without writing: the K smallest keys include every
+    existing zero first, so a count target ends at ``max(K, zeros before)``."""
+    if target.nm is None:
+        return max(target.count, weight.zeros)
+    bits = _pruned_bits(proto, target, weight, config, index)
+    return int(bits.size - np.count_nonzero(bits << np.uint8(1)))
+
+
+def prune_weights(
+    model: ModelProto, config: PruneConfig, *, progress: Progress | None = None, defer: bool = False
+) -> tuple[PruneResult, dict[str, Replacement]]:
+    """Prune ``model`` according to ``config``; returns what was done and deferred writes.
+
+    With ``defer=False`` every pruned tensor is rewritten in place and the dict is empty.
+    With ``defer=True`` main-graph tensors stored as raw_data are left untouched and
+    returned as replacements (tensor name -> function giving the pruned bytes) for the
+    streaming writer, so the model is never copied; the rest is rewritten in place.
+    """
     inventory = discover(model, discovery_options(config))
     targets = plan_targets(config, inventory)
     layers: list[LayerResult] = []
+    replacements: dict[str, Replacement] = {}
     total = len(targets)
     done = 0
     for index, weight in enumerate(inventory.weights):
@@ -167,13 +193,15 @@ def prune_weights(model: ModelProto, config: PruneConfig, *, progress: Progress 
             layers.append(LayerResult(**base, zeros_after=weight.zeros, pruned=False, reason=reason))
             continue
         proto = inventory.proto(weight)
-        values = tensors.read_array(proto)
-        mask = _mask(values, target, weight, config, index)
-        bits = float_bits(values)
-        new_bits = sparsity.apply_mask_bits(bits, mask)
-        zeros_after = int(new_bits.size - np.count_nonzero(sparsity.magnitude_keys(new_bits.view(values.dtype))))
+        zeros_after = _zeros_after(proto, target, weight, config, index)
         if zeros_after != weight.zeros:
-            tensors.write_array(proto, new_bits.view(values.dtype))
+            if defer and not weight.scope and replaceable(proto):
+                replacements[weight.name] = partial(
+                    _replacement, target=target, weight=weight, config=config, index=index
+                )
+            else:
+                dtype = tensors.read_array(proto).dtype
+                tensors.write_array(proto, _pruned_bits(proto, target, weight, config, index).view(dtype))
         pattern = config.pattern_name if target.nm is not None else "unstructured"
         layers.append(
             LayerResult(
@@ -198,4 +226,8 @@ def prune_weights(model: ModelProto, config: PruneConfig, *, progress: Progress 
         100 * result.sparsity_after,
         result.newly_zeroed,
     )
-    return result
+    return result, replacements
+
+
+def _replacement(proto: TensorProto, *, target: Target, weight: Weight, config: PruneConfig, index: int) -> bytes:
+    return _pruned_bits(proto, target, weight, config, index).tobytes()
