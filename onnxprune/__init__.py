@@ -12,6 +12,7 @@ Python API (the CLI is a thin layer over it)::
 from __future__ import annotations
 
 import copy
+import gc
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -177,6 +178,7 @@ def prune_file(
     with StagedOutput(output, input_path=source, force=force) as staged:
         staged.write(model, external_data=external_data, replacements=replacements)
         del model, replacements
+        gc.collect()  # discovery's scope index holds cycles into the model: free it now
         report = validate_model(staged.model_path, reference=source, input_shapes=input_shapes)
         saved = staged.commit()
     return PruneRun(result, saved, tuple(files), before, after, report)

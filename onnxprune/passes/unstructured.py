@@ -10,7 +10,7 @@ byte-identical, as does every tensor that is not a pruned weight.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -67,10 +67,21 @@ def _check_plan(config: PruneConfig, inventory: Inventory) -> None:
             raise OptionError(f"the plan names '{name}', which is not prunable here: {weight.reason}")
 
 
-def _global_keys(weight: Weight, values: np.ndarray, criterion: str) -> np.ndarray:
-    if criterion == "lamp":
-        return sparsity.global_keys(sparsity.lamp_scores(values))
-    return sparsity.global_keys(values)
+def _lamp_keys(values: np.ndarray) -> np.ndarray:
+    return sparsity.global_keys(sparsity.lamp_scores(values))
+
+
+class _LazyKeys(Sequence[np.ndarray]):
+    """Global magnitude keys of each tensor, computed on access and never stored."""
+
+    def __init__(self, protos: list[TensorProto]) -> None:
+        self._protos = protos
+
+    def __len__(self) -> int:
+        return len(self._protos)
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        return sparsity.global_keys(tensors.read_array(self._protos[index]))
 
 
 def plan_targets(config: PruneConfig, inventory: Inventory) -> dict[str, Target]:
@@ -121,7 +132,11 @@ def plan_targets(config: PruneConfig, inventory: Inventory) -> dict[str, Target]
             )
         return targets
 
-    keys = [_global_keys(w, tensors.read_array(inventory.proto(w)), config.criterion) for w in rest]
+    keys: Sequence[np.ndarray]
+    if config.criterion == "lamp":  # LAMP needs a sort per tensor: compute once, keep
+        keys = [_lamp_keys(tensors.read_array(inventory.proto(w))) for w in rest]
+    else:  # magnitude keys are one cheap pass: recompute them rather than hold a model's worth
+        keys = _LazyKeys([inventory.proto(w) for w in rest])
     total = sparsity.count_for_amount(sum(w.numel for w in rest), config.sparsity)
     caps = [max(sparsity.count_for_amount(w.numel, config.max_layer_sparsity), 0) for w in rest]
     counts = sparsity.global_counts(keys, total, caps)
