@@ -7,6 +7,9 @@ Python API (the CLI is a thin layer over it)::
     model, result = onnxprune.prune("model.onnx", config)
     onnxprune.save(model, "model.pruned.onnx", reference="model.onnx")
     print(result.sparsity_after, [layer.reason for layer in result.skipped])
+
+    # file to file, as the CLI does (streamed output, memory near the model's size)
+    run = onnxprune.prune_file("model.onnx", "model.pruned.onnx", config)
 """
 
 from __future__ import annotations
