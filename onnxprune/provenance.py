@@ -15,7 +15,7 @@ import json
 
 from onnx import ModelProto, NodeProto
 
-from onnxprune.graph.index import Scope
+from onnxprune.graph.index import Scope, node_label
 from onnxprune.passes.result import PruneResult
 
 PREFIX = "onnxprune."
@@ -55,7 +55,7 @@ def stamp(model: ModelProto, result: PruneResult, version: str) -> None:
     readers: dict[tuple[str, str], NodeProto] = {}
     for path, scope in scopes.items():
         for node in scope.graph.node:
-            label = node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
+            label = node_label(node)
             readers.setdefault((path, label), node)
             if node.op_type == "Constant" and node.output:
                 readers[(path, f"constant:{node.output[0]}")] = node

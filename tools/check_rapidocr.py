@@ -30,7 +30,7 @@ import onnx
 
 import onnxprune
 from onnxprune import runtime
-from onnxprune.graph.index import Scope
+from onnxprune.graph.index import Scope, node_label
 
 WHEEL = "rapidocr-onnxruntime==1.4.4"
 MODELS = {
@@ -70,7 +70,7 @@ def expected_weight_inputs(model: onnx.ModelProto) -> set[tuple[str, int]]:
     expected = set()
     for scope in root.all_scopes():
         for node in scope.graph.node:
-            label = node.name or f"{node.op_type}({node.output[0]})"
+            label = node_label(node)
             if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
                 expected.add((label, 1))
             elif node.op_type == "MatMul":

@@ -23,7 +23,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto
 
 from onnxprune.graph import tensors
-from onnxprune.graph.index import Scope
+from onnxprune.graph.index import Scope, node_label
 from onnxprune.graph.ops import (
     SHAPE_ONLY,
     SLOT_RULES,
@@ -145,7 +145,7 @@ def _walk(
         trace.others.append(Reader(name, "graph output", -1, scope.path, "output"))
     for use in scope.uses.get(name, []):
         node, index = use.node, use.index
-        label = node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
+        label = node_label(node)
         transform_rule = TRANSFORMS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if transform_rule is not None:
             transform = transform_rule(TransformContext(node, index, shape, use.scope.const_value))
@@ -286,7 +286,7 @@ def _computed_weights(root: Scope, reached: set[tuple[str, int, str]]) -> list[W
     for scope in root.all_scopes():
         for node in scope.graph.node:
             groups = WEIGHT_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
-            label = node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
+            label = node_label(node)
             for group in groups:
                 if any((label, i, scope.path) in reached for i in group):
                     continue

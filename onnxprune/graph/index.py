@@ -20,6 +20,11 @@ from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, num
 from onnxprune.graph.walk import subgraphs
 
 
+def node_label(node: NodeProto) -> str:
+    """How a node is named in results and reports: its name, else ``OpType(first output)``."""
+    return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
+
+
 @dataclass(frozen=True)
 class Use:
     """Node ``node`` of scope ``scope`` reads the tensor at input ``index``."""

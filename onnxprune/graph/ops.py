@@ -323,20 +323,21 @@ def _slice(ctx: TransformContext) -> Transform | None:
     return Transform(_identity_map(rank), shape)
 
 
-@_transform("Split")
-def _split(ctx: TransformContext) -> Transform | None:
-    # A fused weight (QKV, LSTM gates) split into pieces: each piece keeps the axes.
-    if ctx.index != 0:
-        return None
+def _pieces_along_axis(ctx: TransformContext) -> Transform:
+    """Split and Concat keep every axis; only the length along ``axis`` changes."""
     rank = len(ctx.shape)
     axis = int(ctx.attr("axis", 0)) % max(rank, 1)
     shape = tuple(None if i == axis else d for i, d in enumerate(ctx.shape))
     return Transform(_identity_map(rank), shape)
+
+
+@_transform("Split")
+def _split(ctx: TransformContext) -> Transform | None:
+    # A fused weight (QKV, LSTM gates) split into pieces: each piece keeps the axes.
+    return _pieces_along_axis(ctx) if ctx.index == 0 else None
 
 
 @_transform("Concat")
 def _concat(ctx: TransformContext) -> Transform | None:
-    rank = len(ctx.shape)
-    axis = int(ctx.attr("axis", 0)) % max(rank, 1)
-    shape = tuple(None if i == axis else d for i, d in enumerate(ctx.shape))
-    return Transform(_identity_map(rank), shape)
+    # Pieces joined into one weight (e.g. LSTM gates): every input keeps the axes.
+    return _pieces_along_axis(ctx)

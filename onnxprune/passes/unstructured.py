@@ -84,35 +84,29 @@ class _LazyKeys(Sequence[np.ndarray]):
         return sparsity.global_keys(tensors.read_array(self._protos[index]))
 
 
+def _nm_target(weight: Weight, config: PruneConfig) -> Target:
+    """N:M along the reduction axis, or the --nm-fallback when that axis does not allow it."""
+    n, m = config.pattern
+    amount = 1 - n / m
+    if weight.in_axis is not None and sparsity.nm_valid(weight.shape, weight.in_axis, m):
+        return Target(nm=(n, m), amount=amount)
+    if weight.in_axis is None:
+        why = "unknown reduction axis"
+    else:
+        why = f"reduction length {weight.shape[weight.in_axis]} is not a multiple of {m}"
+    if config.nm_fallback == "unstructured":
+        count = sparsity.count_for_amount(weight.numel, amount)
+        return Target(count=count, amount=amount, reason=f"{why}: unstructured instead")
+    return Target(reason=f"{why}: skipped (--nm-fallback skip)")
+
+
 def plan_targets(config: PruneConfig, inventory: Inventory) -> dict[str, Target]:
     """Decide what happens to every prunable tensor (see module docstring)."""
     _check_plan(config, inventory)
     weights = inventory.prunable
     targets: dict[str, Target] = {}
     if config.pattern is not None:
-        n, m = config.pattern
-        for weight in weights:
-            if weight.in_axis is not None and sparsity.nm_valid(weight.shape, weight.in_axis, m):
-                targets[weight.key] = Target(nm=(n, m), amount=1 - n / m)
-            elif config.nm_fallback == "unstructured":
-                why = (
-                    "unknown reduction axis"
-                    if weight.in_axis is None
-                    else f"reduction length {weight.shape[weight.in_axis]} is not a multiple of {m}"
-                )
-                targets[weight.key] = Target(
-                    count=sparsity.count_for_amount(weight.numel, 1 - n / m),
-                    amount=1 - n / m,
-                    reason=f"{why}: unstructured instead",
-                )
-            else:
-                why = (
-                    "unknown reduction axis"
-                    if weight.in_axis is None
-                    else f"reduction length {weight.shape[weight.in_axis]} is not a multiple of {m}"
-                )
-                targets[weight.key] = Target(reason=f"{why}: skipped (--nm-fallback skip)")
-        return targets
+        return {weight.key: _nm_target(weight, config) for weight in weights}
 
     rest: list[Weight] = []
     for weight in weights:
