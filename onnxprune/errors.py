@@ -50,3 +50,10 @@ class OutputError(OnnxPruneError):
     """The output cannot be written (same path as the input, unwritable folder ...)."""
 
     exit_code = 6
+
+
+class DataError(OnnxPruneError):
+    """Evaluation or calibration data that does not fit the model (names, shapes, dtypes,
+    sample counts, an empty image folder, labels that do not match the samples)."""
+
+    exit_code = 7
