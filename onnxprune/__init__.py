@@ -128,8 +128,8 @@ def save(
     ``force``) and it is used to tell a bad synthetic input from a broken output.
     """
 
-    def _validate(tmp: Path) -> None:
-        validate_model(tmp, reference=reference, input_shapes=input_shapes)
+    def _validate(tmp: Path, checker_path: Path) -> None:
+        validate_model(tmp, reference=reference, input_shapes=input_shapes, checker_path=checker_path)
 
     return save_model(
         model,
@@ -182,6 +182,8 @@ def prune_file(
         staged.write(model, external_data=external_data, replacements=replacements)
         del model, replacements
         gc.collect()  # discovery's scope index holds cycles into the model: free it now
-        report = validate_model(staged.model_path, reference=source, input_shapes=input_shapes)
+        report = validate_model(
+            staged.model_path, reference=source, input_shapes=input_shapes, checker_path=staged.checker_path
+        )
         saved = staged.commit()
     return PruneRun(result, saved, tuple(files), before, after, report)

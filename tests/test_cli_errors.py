@@ -637,8 +637,9 @@ def test_save_model_validation_failure_leaves_nothing(
     before = snapshot(tmp_path)
     seen: list[Path] = []
 
-    def validate(tmp: Path) -> None:
+    def validate(tmp: Path, checker_path: Path) -> None:
         seen.append(tmp)
+        assert checker_path == tmp  # a small model: no skeleton
         assert tmp.is_file() and tmp.parent.parent == tmp_path and tmp.parent.name.startswith(".out.onnx.")
         assert (tmp.parent / "out.onnx.data").is_file() == external
         onnx.checker.check_model(str(tmp))
@@ -653,7 +654,7 @@ def test_save_model_validation_failure_leaves_nothing(
 def test_save_model_success_replaces_atomically(tmp_path: Path) -> None:
     out = tmp_path / "out.onnx"
     out.write_bytes(b"old model bytes")
-    saved = save_model(gemm_model(), out, external_data=True, validate=lambda tmp: None)
+    saved = save_model(gemm_model(), out, external_data=True, validate=lambda tmp, checker: None)
     assert saved.path == out and saved.data_path == tmp_path / "out.onnx.data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "out.onnx.data"]
     onnx.checker.check_model(str(out))

@@ -128,8 +128,9 @@ def _brute_global(keys, total, caps):
     return counts
 
 
+@pytest.mark.parametrize("sample_size", [0, 2, 1 << 20])  # radix only, a tiny (missing) sample, the default
 @pytest.mark.parametrize("seed", range(6))
-def test_global_counts_equal_brute_force(seed):
+def test_global_counts_equal_brute_force(seed, sample_size):
     rng = np.random.default_rng(seed)
     layers = [rng.standard_normal(rng.integers(5, 60)).astype(np.float32) * rng.uniform(0.01, 10) for _ in range(5)]
     layers[0][:3] = 0
@@ -139,7 +140,54 @@ def test_global_counts_equal_brute_force(seed):
     for amount in (0.1, 0.5, 0.9):
         total = int(amount * n)
         caps = [int(0.6 * w.size) for w in layers]
-        assert sparsity.global_counts(keys, total, caps) == _brute_global(keys, total, caps)
+        assert sparsity.global_counts(keys, total, caps, sample_size=sample_size) == _brute_global(keys, total, caps)
+
+
+def _counts_by_sort(keys, total, caps):
+    """Reference for large inputs: the threshold from one global sort, caps applied by search."""
+    flat = np.sort(np.concatenate(keys))
+    lo, hi = 0, flat.size - 1
+    while lo < hi:  # smallest key value t with sum(min(#<=t, cap)) >= total
+        mid = (lo + hi) // 2
+        reach = sum(min(int(np.count_nonzero(k <= flat[mid])), c) for k, c in zip(keys, caps, strict=True))
+        lo, hi = (lo, mid) if reach >= total else (mid + 1, hi)
+    t = flat[lo]
+    counts = [min(int(np.count_nonzero(k < t)), c) for k, c in zip(keys, caps, strict=True)]
+    for i, (k, c) in enumerate(zip(keys, caps, strict=True)):
+        counts[i] += max(0, min(min(int(np.count_nonzero(k <= t)), c) - counts[i], total - sum(counts)))
+    return counts
+
+
+@pytest.mark.parametrize("amount", [0.001, 0.3, 0.5, 0.97])
+def test_global_counts_sampled_bracket_is_exact_without_fallback(monkeypatch, amount):
+    rng = np.random.default_rng(7)
+    layers = [rng.standard_normal(n).astype(np.float32) * s for n, s in ((300_000, 0.02), (50_000, 1.0), (9_000, 5.0))]
+    layers.append(np.zeros(4_000, np.float32))  # an already-pruned layer: its keys are all tied at 0
+    keys = [sparsity.global_keys(w) for w in layers]
+    caps = [int(0.98 * k.size) for k in keys]
+    total = int(amount * sum(k.size for k in keys))
+    expected = _counts_by_sort(keys, total, caps)
+
+    def no_radix(*_args):
+        raise AssertionError("the sampled bracket missed on a representative sample")
+
+    monkeypatch.setattr("onnxprune.sparsity.allocate._radix_threshold", no_radix)
+    counts = sparsity.global_counts(keys, total, caps, sample_size=1 << 14)
+    assert counts == expected
+    assert sum(counts) == total
+    assert counts[0] == caps[0] or amount < 0.9  # the small-magnitude layer is capped at high sparsity
+
+
+def test_global_counts_fall_back_to_radix_when_the_sample_misleads(monkeypatch):
+    # every sampled key (index multiple of 4) is small, every other key large: the bracket misses
+    keys = np.arange(400_000, dtype=np.uint32) + np.uint32(1_000_000)
+    keys[::4] = np.arange(100_000, dtype=np.uint32)
+    calls = []
+    radix = sparsity.allocate._radix_threshold
+    monkeypatch.setattr("onnxprune.sparsity.allocate._radix_threshold", lambda *a: calls.append(1) or radix(*a))
+    counts = sparsity.global_counts([keys, keys[:1000]], 200_000, [400_000, 0], sample_size=100_000)
+    assert calls == [1]
+    assert counts == _counts_by_sort([keys, keys[:1000]], 200_000, [400_000, 0]) == [200_000, 0]
 
 
 def test_global_counts_distinguish_keys_in_the_same_high_bin():

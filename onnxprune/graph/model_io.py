@@ -21,6 +21,7 @@ import onnx
 from onnx import ModelProto, TensorProto
 
 from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError
+from onnxprune.graph.skeleton import skeleton
 from onnxprune.graph.walk import all_tensors
 from onnxprune.graph.writer import Replacement, apply_replacements, write_model
 
@@ -200,6 +201,7 @@ class StagedOutput:
             raise OutputError(f"cannot write to the output folder '{self.folder}' (permission denied)")
         self.data_name = f"{self.out.name}.data"
         self.tmp_dir: Path | None = None
+        self._skeleton: Path | None = None
 
     def __enter__(self) -> StagedOutput:
         try:
@@ -218,6 +220,13 @@ class StagedOutput:
         if self.tmp_dir is None:
             raise RuntimeError("StagedOutput used outside its 'with' block")
         return self.tmp_dir / self.out.name
+
+    @property
+    def checker_path(self) -> Path:
+        """What ``onnx.checker`` should read: the staged model, or its skeleton (the same
+        model with its large tensors as external references into the staged file, see
+        :mod:`onnxprune.graph.skeleton`) when the streaming writer made one."""
+        return self._skeleton or self.model_path
 
     def write(
         self,
@@ -251,9 +260,13 @@ class StagedOutput:
                 )
             else:
                 with open(self.model_path, "wb") as handle:
-                    write_model(model, handle, replacements)
+                    layout = write_model(model, handle, replacements, layout=True)
                     handle.flush()
                     os.fsync(handle.fileno())
+                if layout:
+                    self._skeleton = self.model_path.with_name(f".{self.out.name}.skeleton")
+                    with open(self._skeleton, "wb") as handle:
+                        handle.write(skeleton(model, layout, self.model_path.name).SerializeToString())
         except OSError as exc:
             raise OutputError(f"cannot write '{self.out}': {exc.strerror}") from exc
 
@@ -273,11 +286,12 @@ def save_model(
     path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,
-    validate: Callable[[Path], None] | None = None,
+    validate: Callable[[Path, Path], None] | None = None,
     input_path: str | os.PathLike[str] | None = None,
     force: bool = False,
 ) -> SavedModel:
-    """Write ``model`` atomically to ``path``; call ``validate(tmp_path)`` before moving it.
+    """Write ``model`` atomically to ``path``; call ``validate(tmp_path, checker_path)``
+    before moving it (see :attr:`StagedOutput.checker_path`).
 
     ``external_data``: ``True`` always, ``False`` never, ``None`` when the tensors exceed
     :data:`EXTERNAL_DATA_THRESHOLD`. The data file is ``<output name>.data`` next to the
@@ -290,5 +304,5 @@ def save_model(
     with StagedOutput(path, input_path=input_path, force=force) as staged:
         staged.write(model, external_data=external_data)
         if validate is not None:
-            validate(staged.model_path)
+            validate(staged.model_path, staged.checker_path)
         return staged.commit()

@@ -10,6 +10,11 @@ before writing it, so memory beyond the parsed model is one tensor at a time.
 The replacement must have the same length as the tensor's ``raw_data`` (pruning never
 changes shapes or dtypes), so every length prefix is known before writing. The output is
 byte-identical to ``SerializeToString`` of the model with the replacements applied.
+
+On request the writer also returns the *layout* of large tensors: where each one's
+``raw_data`` payload starts in the file and how long it is. That is exactly an ONNX
+external-data reference into the written file, which lets :mod:`onnxprune.graph.skeleton`
+describe the same model without a second copy of its weights.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from google.protobuf.message import Message
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 Replacement = Callable[[TensorProto], bytes]
+#: tensor name -> (offset, length) of its raw_data payload in the written file
+Layout = dict[str, tuple[int, int]]
+#: tensors with at least this many bytes of raw_data are recorded in the layout
+LAYOUT_MIN_BYTES = 1 << 16
 _Lazy = tuple[int, Callable[[], Iterator[bytes]]]
 Part = bytes | _Lazy
 
@@ -98,22 +107,71 @@ def _whole(msg: Message) -> list[Part]:
     return [(msg.ByteSize(), lambda: iter((msg.SerializeToString(),)))]
 
 
-def _tensor(tensor: TensorProto, replace: Replacement) -> list[Part]:
-    size = len(tensor.raw_data)
-    return _message(tensor, {_RAW_DATA: lambda _raw: [(size, lambda: _checked(tensor, replace, size))]})
+class _Cursor:
+    """Bytes written so far, and where each recorded payload starts."""
+
+    def __init__(self) -> None:
+        self.position = 0
+        self.layout: Layout = {}
 
 
-def _checked(tensor: TensorProto, replace: Replacement, size: int) -> Iterator[bytes]:
+def _split_tensor(tensor: TensorProto) -> tuple[TensorProto, TensorProto]:
+    """The fields numbered below and above ``raw_data``, without reading ``raw_data``
+    (every read of it copies the bytes out of the parsed model)."""
+    before, after = TensorProto(), TensorProto()
+    for field in TensorProto.DESCRIPTOR.fields:
+        if field.number == _RAW_DATA:
+            continue
+        value = getattr(tensor, field.name)
+        if (field.is_repeated and not len(value)) or (not field.is_repeated and not tensor.HasField(field.name)):
+            continue
+        _copy_field(before if field.number < _RAW_DATA else after, field, value)
+    return before, after
+
+
+def _raw_length(tensor: TensorProto, rest: int) -> int:
+    """Length of ``raw_data`` from the serialized sizes: ``ByteSize = rest + 1 (tag) +
+    len(varint(L)) + L``."""
+    payload = tensor.ByteSize() - rest - 1
+    for width in range(1, 11):
+        if len(_varint(payload - width)) == width:
+            return payload - width
+    raise ValueError(f"cannot size the raw_data of tensor '{tensor.name}'")
+
+
+def _tensor(tensor: TensorProto, replace: Replacement, name: str, cursor: _Cursor | None) -> list[Part]:
+    before, after = _split_tensor(tensor)
+    head, tail = before.SerializeToString(), after.SerializeToString()
+    size = _raw_length(tensor, len(head) + len(tail))
+    parts: list[Part] = [head, _length_delimited(_RAW_DATA, size)]
+    parts.append((size, lambda: _checked(tensor, replace, size, name, cursor)))
+    parts.append(tail)
+    return parts
+
+
+def _checked(
+    tensor: TensorProto, replace: Replacement, size: int, name: str, cursor: _Cursor | None
+) -> Iterator[bytes]:
     data = replace(tensor)
     if len(data) != size:
         raise ValueError(f"replacement for tensor '{tensor.name}' has {len(data)} bytes, expected {size}")
+    if cursor is not None:  # the caller writes what is yielded at the current position
+        cursor.layout[name] = (cursor.position, size)
     yield data
 
 
-def _constant_node(node: NodeProto, replace: Replacement) -> list[Part]:
+def _unchanged(tensor: TensorProto) -> bytes:
+    return tensor.raw_data
+
+
+def _in_layout(tensor: TensorProto, cursor: _Cursor | None) -> bool:
+    return cursor is not None and replaceable(tensor) and tensor.ByteSize() >= LAYOUT_MIN_BYTES
+
+
+def _constant_node(node: NodeProto, replace: Replacement, cursor: _Cursor | None) -> list[Part]:
     def attribute(attr: AttributeProto) -> list[Part]:
         if attr.name == "value" and attr.type == AttributeProto.TENSOR:
-            return _message(attr, {_ATTR_TENSOR: lambda t: _tensor(t, replace)})
+            return _message(attr, {_ATTR_TENSOR: lambda t: _tensor(t, replace, node.output[0], cursor)})
         return [attr.SerializeToString()]
 
     return _message(node, {_ATTRIBUTE: attribute})
@@ -124,23 +182,50 @@ def replaceable(tensor: TensorProto) -> bool:
     return tensor.HasField("raw_data") and tensor.data_location != TensorProto.EXTERNAL
 
 
-def write_model(model: ModelProto, handle: BinaryIO, replacements: Mapping[str, Replacement]) -> None:
+def _constant_value(node: NodeProto) -> TensorProto | None:
+    for attr in node.attribute:
+        if attr.name == "value" and attr.type == AttributeProto.TENSOR:
+            return attr.t
+    return None
+
+
+def write_model(
+    model: ModelProto, handle: BinaryIO, replacements: Mapping[str, Replacement], *, layout: bool = False
+) -> Layout:
     """Write ``model`` to ``handle`` with main-graph tensors named in ``replacements``
-    (initializers or Constant-node outputs, stored as raw_data) given new bytes."""
+    (initializers or Constant-node outputs, stored as raw_data) given new bytes.
+
+    With ``layout`` returns where the payload of every main-graph tensor of at least
+    :data:`LAYOUT_MIN_BYTES` stored as raw_data lies in the output (else an empty dict).
+    """
+    cursor = _Cursor() if layout else None
 
     def node(n: NodeProto) -> list[Part]:
-        if n.op_type == "Constant" and n.output and n.output[0] in replacements:
-            return _constant_node(n, replacements[n.output[0]])
+        if n.op_type == "Constant" and n.output:
+            if n.output[0] in replacements:
+                return _constant_node(n, replacements[n.output[0]], cursor)
+            value = _constant_value(n)
+            if value is not None and _in_layout(value, cursor):
+                return _constant_node(n, _unchanged, cursor)
         return _whole(n)
 
     def initializer(t: TensorProto) -> list[Part]:
-        return _tensor(t, replacements[t.name]) if t.name in replacements else _whole(t)
+        if t.name in replacements:
+            return _tensor(t, replacements[t.name], t.name, cursor)
+        if _in_layout(t, cursor):
+            return _tensor(t, _unchanged, t.name, cursor)
+        return _whole(t)
 
     def graph(g: GraphProto) -> list[Part]:
         return _message(g, {_NODE: node, _INITIALIZER: initializer})
 
+    position = 0
     for chunk in _chunks(_message(model, {_GRAPH: graph})):
         handle.write(chunk)
+        position += len(chunk)
+        if cursor is not None:
+            cursor.position = position
+    return cursor.layout if cursor is not None else {}
 
 
 def apply_replacements(model: ModelProto, replacements: Mapping[str, Replacement]) -> None:

@@ -133,7 +133,7 @@ def plan_targets(config: PruneConfig, inventory: Inventory) -> dict[str, Target]
         keys = _LazyKeys([inventory.proto(w) for w in rest])
     total = sparsity.count_for_amount(sum(w.numel for w in rest), config.sparsity)
     caps = [max(sparsity.count_for_amount(w.numel, config.max_layer_sparsity), 0) for w in rest]
-    counts = sparsity.global_counts(keys, total, caps)
+    counts = sparsity.global_counts(keys, total, caps, sizes=[w.numel for w in rest])
     del keys
     for weight, count in zip(rest, counts, strict=True):
         targets[weight.key] = Target(count=count, amount=count / weight.numel)
