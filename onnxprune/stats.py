@@ -1,24 +1,44 @@
-"""Model statistics: parameters, non-zeros, file size and deflate-compressed size.
+"""Model statistics: parameters, non-zeros, per-tensor sizes, file size and deflate-compressed size.
 
 The compressed size is what a model costs to ship (zip, wheels, container layers all use
 deflate): zlib level 6 over the model file and its external data, streamed in chunks.
 Unstructured zeros shrink it even though the raw file size stays the same.
+
+Per-tensor sizes (:func:`layer_stats`) compare two ways of storing a float tensor of ``n``
+elements, ``nnz`` of them non-zero, each ``b`` bytes:
+
+* dense: ``n·b`` bytes;
+* COO, as an ONNX ``SparseTensorProto`` (a ``sparse_initializer``): the non-zero values,
+  ``nnz·b`` bytes, plus their int64 indices. ONNX allows ``[nnz, rank]`` coordinates or
+  ``[nnz]`` linearized positions; the smaller, linearized form takes ``nnz·8`` bytes, so
+  ``coo = nnz·(b + 8)``.
+
+Both count payload bytes only: protobuf framing (tags, lengths, dims, names) adds a few
+bytes per tensor. :func:`sparse_bytes` stores each tensor the cheaper way; COO pays off
+below a density of ``b/(b + 8)`` (1/3 for float32, 1/5 for float16). A non-zero is
+counted on the bit pattern, so ``-0.0`` is zero.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from onnx import ModelProto, TensorProto
+from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
 from onnxprune.graph import tensors
+from onnxprune.graph.index import Scope, node_label
 from onnxprune.graph.walk import all_tensors
 
+log = logging.getLogger(__name__)
+
 _CHUNK = 1 << 24
+#: Bytes of one int64 index of a linearized COO tensor.
+INDEX_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -33,6 +53,34 @@ class FileStats:
     compressed: int | None
 
 
+@dataclass(frozen=True)
+class LayerSize:
+    """One float tensor stored in the model, and what it costs stored dense or as COO."""
+
+    name: str
+    scope: str  # "" in the main graph, else the subgraph path (as in weight keys)
+    shape: tuple[int, ...]
+    dtype: str
+    parameters: int
+    nonzeros: int
+    dense_bytes: int
+    coo_bytes: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.scope}::{self.name}" if self.scope else self.name
+
+    @property
+    def sparse_bytes(self) -> int:
+        """The cheaper of the two storages."""
+        return min(self.dense_bytes, self.coo_bytes)
+
+
+def _count_nonzero(values: np.ndarray) -> int:
+    """Non-zero elements on the bit pattern with the sign bit shifted out (-0.0 is zero)."""
+    return int(np.count_nonzero(values.view(f"u{values.dtype.itemsize}") << np.uint8(1)))
+
+
 def param_stats(model: ModelProto) -> ParamStats:
     """Elements and non-zero elements of every float tensor stored in the model."""
     total = nonzero = 0
@@ -41,8 +89,67 @@ def param_stats(model: ModelProto) -> ParamStats:
             continue
         values = tensors.read_array(tensor)
         total += values.size
-        nonzero += int(np.count_nonzero(values.view(f"u{values.dtype.itemsize}") << np.uint8(1)))
+        nonzero += _count_nonzero(values)
     return ParamStats(total, nonzero)
+
+
+def _graph_tensors(graph: GraphProto) -> Iterator[tuple[str, TensorProto, TensorProto | None, tuple[int, ...]]]:
+    """``(name, values, indices, dense shape)`` of the tensors stored in ``graph`` itself, in
+    the order of :func:`~onnxprune.graph.walk.all_tensors`; ``indices`` is set for sparse ones."""
+    for tensor in graph.initializer:
+        yield tensor.name, tensor, None, tuple(int(d) for d in tensor.dims)
+    for sparse in graph.sparse_initializer:
+        yield sparse.values.name, sparse.values, sparse.indices, tuple(int(d) for d in sparse.dims)
+    for node in graph.node:
+        for attr in node.attribute:
+            named = node.output[0] if node.op_type == "Constant" and node.output else f"{node_label(node)}.{attr.name}"
+            if attr.type == AttributeProto.TENSOR:
+                yield named, attr.t, None, tuple(int(d) for d in attr.t.dims)
+            elif attr.type == AttributeProto.TENSORS:
+                for i, t in enumerate(attr.tensors):
+                    yield f"{named}[{i}]", t, None, tuple(int(d) for d in t.dims)
+            elif attr.type == AttributeProto.SPARSE_TENSOR:
+                sparse = attr.sparse_tensor
+                yield named, sparse.values, sparse.indices, tuple(int(d) for d in sparse.dims)
+
+
+def layer_stats(model: ModelProto) -> list[LayerSize]:
+    """One entry per float tensor stored in the model (initializers, sparse initializers,
+    Constant-node and other tensor attributes, in every subgraph). A sparse tensor is
+    reported with its dense shape; a tensor whose external data is not loaded is skipped
+    (and logged)."""
+    layers = []
+    for scope in Scope.build(model.graph).all_scopes():
+        for name, values_proto, indices, shape in _graph_tensors(scope.graph):
+            if not tensors.is_float(values_proto):
+                continue
+            where = f"{scope.path}::{name}" if scope.path else name
+            if values_proto.data_location == TensorProto.EXTERNAL:
+                log.warning("tensor '%s': external data not loaded, left out of the per-layer sizes", where)
+                continue
+            values = tensors.read_array(values_proto)
+            itemsize = values.dtype.itemsize
+            parameters = int(np.prod(shape, dtype=np.int64)) if indices is not None else values.size
+            nonzeros = _count_nonzero(values)
+            stored = values.size if indices is not None else nonzeros  # a sparse tensor keeps its stored values
+            layers.append(
+                LayerSize(
+                    name=name,
+                    scope=scope.path,
+                    shape=shape,
+                    dtype=tensors.dtype_name(values_proto),
+                    parameters=parameters,
+                    nonzeros=nonzeros,
+                    dense_bytes=parameters * itemsize,
+                    coo_bytes=stored * (itemsize + INDEX_BYTES),
+                )
+            )
+    return layers
+
+
+def sparse_bytes(layers: Iterable[LayerSize]) -> int:
+    """Payload bytes with every tensor stored the cheaper way, dense or COO."""
+    return sum(layer.sparse_bytes for layer in layers)
 
 
 def file_stats(files: Sequence[Path], *, compressed: bool = True) -> FileStats:

@@ -1,0 +1,609 @@
+"""Compute cost of a model: multiply-accumulates (MACs), FLOPs, and the work left to a sparse kernel.
+
+Shapes are those of one run on inputs of the given concrete shapes (batch included). Per
+node, with ``|T|`` the number of elements of tensor ``T``:
+
+* Conv, ``X[N, C_in, *S_in]``, ``W[C_out, C_in/g, *k]``, ``Y[N, C_out, *S_out]``:
+  ``MACs = N·C_out·∏S_out · (C_in/g)·∏k`` (``= |Y|·∏W.shape[1:]``): every output element
+  is a dot product over its group's input channels and the kernel window.
+* ConvTranspose, ``X[N, C_in, *S_in]``, ``W[C_in, C_out/g, *k]``:
+  ``MACs = N·C_in·∏S_in · (C_out/g)·∏k`` (``= |X|·∏W.shape[1:]``): every input element is
+  scattered into its group's output channels over the kernel window.
+* Gemm, ``op(A)[M, K]``, ``op(B)[K, N]`` (``transA``/``transB`` honoured): ``MACs = M·N·K``;
+  adding the bias ``C`` costs ``M·N`` additions, reported in ``other["Gemm bias"]``.
+* MatMul, ``A[..., M, K]``, ``B[..., K, N]``: ``MACs = ∏batch · M·N·K`` with ``batch`` the
+  broadcast of both batch shapes; a 1-D ``A`` is a row ``[1, K]`` and a 1-D ``B`` a column
+  ``[K, 1]`` whose extra axis is dropped (numpy rules).
+* LSTM, GRU, RNN, ``X[T, B, I]`` (``layout=1``: ``[B, T, I]``), hidden size ``H``, ``D``
+  directions, ``G`` gates (LSTM 4, GRU 3, RNN 1): ``MACs = D·T·B · G·H·(I + H)``, the input
+  and recurrent matrix products of every time step (``T`` is the padded length: a
+  ``sequence_lens`` input is not taken into account). Gate activations, biases and
+  peepholes are not counted.
+* Einsum, quantized and other contracting ops (QLinearConv, ConvInteger, QLinearMatMul,
+  MatMulInteger, Attention) are listed as not counted, with the reason.
+
+``FLOPs = 2·MACs`` (a multiply and an add). Every other node is a rough elementwise cost:
+``other[op_type]`` is the number of elements it outputs (ops outside the ONNX domain are
+keyed ``domain::op_type``). It is reported apart and never added to the MACs. Constant
+nodes (no work at run time) and the If/Loop/Scan nodes themselves (their bodies are
+counted node by node) are left out.
+
+Non-zero MACs are what a kernel that skips zero weights would do: the dense MACs times
+the density ``nnz(W)/|W|`` of the stored weight operand (found by
+:func:`onnxprune.graph.discovery.discover`, through Transpose/Reshape/Cast and the other
+transparent ops; several stored tensors concatenated into one operand count together, and
+a tensor split between several nodes counts with its overall density). When no operand is
+a stored tensor (attention's ``Q·Kᵀ``), the non-zero MACs are the dense MACs. A recurrent
+op weighs the densities of ``W`` and ``R`` by their share of the work, ``I`` and ``H``:
+``nonzero = dense·(d_W·I + d_R·H)/(I + H)``. Zeros are counted on stored values (for a
+quantized weight that is the integer 0, not its zero point).
+
+Shapes: the graph inputs are fixed to the given shapes on a *skeleton* of the model (the
+same graph, with the data of every tensor over :data:`SKELETON_KEEP` elements dropped, so
+memory stays small for large models) and ONNX shape inference runs on it with data
+propagation. Shapes it leaves unknown in the main graph (exports that compute shapes at
+run time) are read from one onnxruntime run of the real model on ones (float) and zeros
+(integer) inputs, with those values added as graph outputs. A node whose shapes stay
+unknown is listed as not counted, with the reason; nothing is guessed.
+
+Subgraphs: each branch of an If is counted node by node, marked with its scope
+(``if_node/then_branch``), and *not* added to the totals, since which branch runs is
+known only at run time. The body of a Loop or Scan is added to the totals once: the
+number of iterations is not known here. The totals of the main graph are the headline.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto, helper
+
+from onnxprune import runtime
+from onnxprune.errors import DataError
+from onnxprune.graph.discovery import Weight, discover
+from onnxprune.graph.index import Scope, node_label
+from onnxprune.graph.tensors import numel
+
+log = logging.getLogger(__name__)
+
+#: Tensors with at most this many elements keep their data in the skeleton used for shape
+#: inference (shape targets, axes, scales); larger ones keep only their dims and dtype.
+SKELETON_KEEP = 1024
+
+#: Ops with subgraphs whose bodies run a number of times not known here (counted once).
+LOOPS = ("Loop", "Scan")
+#: Left out of the "other" bucket: no work of their own at run time.
+NO_WORK = ("Constant", "If", "Loop", "Scan")
+#: Contracting ops that are listed as not counted.
+UNCOUNTED_REASONS = {
+    "Einsum": "Einsum is not counted: its work depends on the equation and the contraction order",
+    "Attention": "Attention is not counted: its work depends on masks and caches",
+    "QLinearConv": "quantized op: not counted",
+    "ConvInteger": "quantized op: not counted",
+    "QLinearMatMul": "quantized op: not counted",
+    "MatMulInteger": "quantized op: not counted",
+}
+
+Dims = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class NodeCompute:
+    """The MACs of one contracting node (Conv, Gemm, MatMul, LSTM ...)."""
+
+    node: str
+    op_type: str
+    scope: str  # "" in the main graph, else the subgraph path (``if/then_branch``)
+    macs: int
+    nonzero_macs: int
+    weight: str | None  # the stored weight operand(s), comma separated
+    density: float  # nonzero_macs / macs (1.0 without a stored weight)
+    counted: bool
+    reason: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.scope}::{self.node}" if self.scope else self.node
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ComputeStats:
+    """MACs and FLOPs of a model (see the module docstring for the definitions)."""
+
+    nodes: tuple[NodeCompute, ...]
+    macs: int
+    nonzero_macs: int
+    flops: int
+    nonzero_flops: int
+    other: dict[str, int]
+    uncounted: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "nodes": [n.to_dict() for n in self.nodes],
+            "macs": self.macs,
+            "nonzero_macs": self.nonzero_macs,
+            "flops": self.flops,
+            "nonzero_flops": self.nonzero_flops,
+            "other": dict(self.other),
+            "uncounted": list(self.uncounted),
+            "notes": list(self.notes),
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Per-op counters
+
+
+@dataclass(frozen=True)
+class _Count:
+    macs: int
+    #: Parts of the work: (input indices that may hold the stored weight, first match
+    #: wins; share of the work).
+    parts: tuple[tuple[tuple[int, ...], int], ...]
+    bias: int = 0  # elementwise additions of a Gemm bias
+
+
+@dataclass(frozen=True)
+class _Counter:
+    inputs: tuple[int, ...]  # input indices whose shapes are needed
+    outputs: tuple[int, ...]  # output indices whose shapes are needed
+    count: Callable[[NodeProto, list[Dims], list[Dims]], _Count]
+
+
+def _attr(node: NodeProto, name: str, default: object = None) -> object:
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _conv(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> _Count:
+    (w,), (y,) = ins, outs
+    return _Count(math.prod(y) * math.prod(w[1:]), (((1,), 1),))
+
+
+def _conv_transpose(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> _Count:
+    x, w = ins
+    return _Count(math.prod(x) * math.prod(w[1:]), (((1,), 1),))
+
+
+def _gemm(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> _Count:
+    a, b = ins
+    if len(a) != 2 or len(b) != 2:
+        raise ValueError(f"Gemm operands must be 2-D, got {list(a)} and {list(b)}")
+    m, k = (a[1], a[0]) if _attr(node, "transA", 0) else a
+    n = b[0] if _attr(node, "transB", 0) else b[1]
+    has_bias = len(node.input) > 2 and bool(node.input[2])
+    return _Count(m * n * k, (((1, 0), 1),), bias=m * n if has_bias else 0)
+
+
+def _matmul(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> _Count:
+    a, b = ins
+    if not a or not b:
+        raise ValueError("MatMul operands must have rank 1 or more")
+    m, k = (1, a[0]) if len(a) == 1 else (a[-2], a[-1])
+    n = 1 if len(b) == 1 else b[-1]
+    batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+    return _Count(math.prod(batch) * m * n * k, (((1, 0), 1),))
+
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def _recurrent(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> _Count:
+    x, w, r = ins
+    steps, batch = (x[1], x[0]) if _attr(node, "layout", 0) else (x[0], x[1])
+    directions, inputs, hidden = w[0], w[2], r[2]
+    macs = directions * steps * batch * _GATES[node.op_type] * hidden * (inputs + hidden)
+    return _Count(macs, (((1,), inputs), ((2,), hidden)))
+
+
+COUNTERS: dict[str, _Counter] = {
+    "Conv": _Counter((1,), (0,), _conv),
+    "ConvTranspose": _Counter((0, 1), (), _conv_transpose),
+    "Gemm": _Counter((0, 1), (), _gemm),
+    "MatMul": _Counter((0, 1), (), _matmul),
+    **{op: _Counter((0, 1, 2), (), _recurrent) for op in _GATES},
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Shapes
+
+
+def _skeleton_tensor(tensor: TensorProto) -> TensorProto:
+    if tensor.data_location != TensorProto.EXTERNAL and numel(tensor) <= SKELETON_KEEP:
+        kept = TensorProto()
+        kept.CopyFrom(tensor)
+        return kept
+    return TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+
+
+def _skeleton_sparse(sparse: SparseTensorProto) -> SparseTensorProto:
+    return SparseTensorProto(
+        values=_skeleton_tensor(sparse.values), indices=_skeleton_tensor(sparse.indices), dims=sparse.dims
+    )
+
+
+def _without_shape(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    """``value`` with its element type but no shape: declared shapes of outputs and
+    intermediate values may be stale (fixed by the exporter for other input shapes), so
+    inference computes them afresh."""
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(value)
+    if out.type.HasField("tensor_type"):
+        out.type.tensor_type.ClearField("shape")
+    return out
+
+
+def _skeleton_graph(graph: GraphProto) -> GraphProto:
+    """``graph`` with every large tensor reduced to its dims and dtype (subgraphs too), and
+    the declared shapes of its outputs and intermediate values dropped."""
+    out = GraphProto(name=graph.name)
+    out.input.extend(graph.input)
+    out.output.extend(_without_shape(v) for v in graph.output)
+    out.value_info.extend(_without_shape(v) for v in graph.value_info)
+    out.initializer.extend(_skeleton_tensor(t) for t in graph.initializer)
+    out.sparse_initializer.extend(_skeleton_sparse(s) for s in graph.sparse_initializer)
+    for node in graph.node:
+        copy = out.node.add(
+            op_type=node.op_type, domain=node.domain, name=node.name, input=node.input, output=node.output
+        )
+        if node.overload:
+            copy.overload = node.overload
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR:
+                copy.attribute.add(name=attr.name, type=attr.type, t=_skeleton_tensor(attr.t))
+            elif attr.type == AttributeProto.TENSORS:
+                copy.attribute.add(name=attr.name, type=attr.type, tensors=[_skeleton_tensor(t) for t in attr.tensors])
+            elif attr.type == AttributeProto.SPARSE_TENSOR:
+                copy.attribute.add(name=attr.name, type=attr.type, sparse_tensor=_skeleton_sparse(attr.sparse_tensor))
+            elif attr.type == AttributeProto.GRAPH:
+                copy.attribute.add(name=attr.name, type=attr.type, g=_skeleton_graph(attr.g))
+            elif attr.type == AttributeProto.GRAPHS:
+                copy.attribute.add(name=attr.name, type=attr.type, graphs=[_skeleton_graph(g) for g in attr.graphs])
+            else:
+                copy.attribute.add().CopyFrom(attr)
+    return out
+
+
+def _declared(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
+
+
+def _graph_inputs(model: ModelProto) -> list[onnx.ValueInfoProto]:
+    stored = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in stored]
+
+
+def _check_shapes(model: ModelProto, input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Dims]:
+    """The concrete shape of every graph input: given, or declared with fixed dims."""
+    inputs = _graph_inputs(model)
+    names = [i.name for i in inputs]
+    unknown = sorted(set(input_shapes) - set(names))
+    if unknown:
+        raise DataError(
+            f"input_shapes names unknown input(s) {', '.join(unknown)}; the model's inputs are: {', '.join(names)}"
+        )
+    shapes: dict[str, Dims] = {}
+    for value in inputs:
+        declared = _declared(value)
+        shown = "unknown" if declared is None else f"[{', '.join(str(d) for d in declared)}]"
+        if value.name not in input_shapes:
+            if declared is None or not all(isinstance(d, int) for d in declared):
+                raise DataError(
+                    f"no shape given for input '{value.name}' (declared {shown}): pass its full shape in input_shapes"
+                )
+            shapes[value.name] = tuple(int(d) for d in declared)
+            continue
+        shape = tuple(input_shapes[value.name])
+        if any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+            raise DataError(f"input '{value.name}': shape {shape} must hold integers >= 0")
+        fits = declared is None or (
+            len(declared) == len(shape)
+            and all(not isinstance(d, int) or d == s for d, s in zip(declared, shape, strict=True))
+        )
+        if not fits:
+            raise DataError(
+                f"input '{value.name}': shape {'x'.join(map(str, shape))} does not fit the model's declared shape {shown}"
+            )
+        shapes[value.name] = tuple(int(d) for d in shape)
+    return shapes
+
+
+def _skeleton(model: ModelProto, shapes: Mapping[str, Dims]) -> ModelProto:
+    skeleton = ModelProto(ir_version=model.ir_version, graph=_skeleton_graph(model.graph))
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    for value in skeleton.graph.input:
+        if value.name in shapes:
+            tensor_type = value.type.tensor_type
+            tensor_type.ClearField("shape")
+            tensor_type.shape.SetInParent()
+            for d in shapes[value.name]:
+                tensor_type.shape.dim.add(dim_value=d)
+    return skeleton
+
+
+def _known(value: onnx.ValueInfoProto) -> Dims | None:
+    declared = _declared(value)
+    if declared is None or not all(isinstance(d, int) for d in declared):
+        return None
+    return tuple(int(d) for d in declared)
+
+
+def _graph_shapes(graph: GraphProto) -> dict[str, Dims]:
+    """Every concrete shape shape inference left in ``graph`` (not its subgraphs)."""
+    shapes: dict[str, Dims] = {}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        shape = _known(value)
+        if shape is not None:
+            shapes[value.name] = shape
+    for tensor in graph.initializer:
+        shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    shapes[node.output[0]] = tuple(int(d) for d in attr.t.dims)
+    return shapes
+
+
+@dataclass
+class _Shapes:
+    by_scope: dict[str, dict[str, Dims]]
+    failure: str | None = None  # why onnxruntime could not report the missing shapes
+
+    def get(self, scope: Scope, name: str) -> Dims | None:
+        owner = scope.resolve(name)
+        return None if owner is None else self.by_scope[owner.path].get(name)
+
+
+def _runtime_shapes(model: ModelProto, shapes: Mapping[str, Dims], names: list[str]) -> dict[str, Dims]:
+    """Actual shapes of main-graph values ``names`` from one onnxruntime run of ``model``.
+
+    The extra graph outputs are appended as serialized bytes (protobuf merges repeated
+    fields by concatenation), so the model itself is neither copied nor changed.
+    """
+    outputs = {o.name for o in model.graph.output}
+    extra = ModelProto()
+    for name in names:
+        if name not in outputs:
+            extra.graph.output.add(name=name)
+    sess = runtime.session(model.SerializeToString() + extra.SerializeToString())
+    feeds = {}
+    for spec in runtime.input_specs(sess):
+        fill = 1 if np.issubdtype(spec.dtype, np.floating) or spec.dtype is np.bool_ else 0
+        feeds[spec.name] = np.full(shapes[spec.name], fill, dtype=spec.dtype)
+    values = sess.run(names, feeds)
+    return {name: tuple(int(d) for d in v.shape) for name, v in zip(names, values, strict=True) if hasattr(v, "shape")}
+
+
+#: onnxruntime's status prefix, noise in a one-line reason.
+_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : (Fatal error: )?")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = _ORT_PREFIX.sub("", str(exc)).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _needed(node: NodeProto) -> list[str]:
+    counter = COUNTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if counter is not None:
+        found = [node.input[i] for i in counter.inputs if i < len(node.input) and node.input[i]]
+        return found + [node.output[i] for i in counter.outputs if i < len(node.output) and node.output[i]]
+    if _is_other(node):
+        return [out for out in node.output if out]
+    return []
+
+
+def _is_other(node: NodeProto) -> bool:
+    if node.domain in ("", "ai.onnx"):
+        return node.op_type not in NO_WORK and node.op_type not in UNCOUNTED_REASONS
+    return True
+
+
+def _resolve_shapes(model: ModelProto, input_shapes: Mapping[str, Dims], notes: list[str]) -> tuple[Scope, _Shapes]:
+    skeleton = _skeleton(model, input_shapes)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises InferenceError, or C++ errors for unknown ops
+        notes.append(f"ONNX shape inference failed ({_first_line(exc)}); shapes come from onnxruntime where possible")
+        inferred = skeleton
+    del skeleton
+    root = Scope.build(inferred.graph)
+    shapes = _Shapes({scope.path: _graph_shapes(scope.graph) for scope in root.all_scopes()})
+    missing = [
+        name
+        for node in root.graph.node
+        for name in _needed(node)
+        if shapes.get(root, name) is None and root.resolve(name) is root
+    ]
+    missing = list(dict.fromkeys(missing))
+    if missing:
+        try:
+            found = _runtime_shapes(model, input_shapes, missing)
+        except Exception as exc:  # onnxruntime raises its own types; a model over 2 GiB cannot be serialized
+            shapes.failure = _first_line(exc)
+            log.info("onnxruntime could not run the model to read shapes: %s", shapes.failure)
+            notes.append(
+                f"onnxruntime could not run the model to read {len(missing)} missing shape(s): {shapes.failure}"
+            )
+        else:
+            shapes.by_scope[""].update(found)
+            notes.append(
+                f"{len(found)} shape(s) that ONNX shape inference could not resolve were read from one onnxruntime run"
+            )
+    return root, shapes
+
+
+# ---------------------------------------------------------------------------------------
+# Counting
+
+
+def _weights_by_input(model: ModelProto) -> dict[tuple[str, str, int], list[Weight]]:
+    """(scope, node label, input index) -> the stored tensors that reach that weight input."""
+    found: dict[tuple[str, str, int], list[Weight]] = {}
+    for weight in discover(model).weights:
+        if weight.storage == "computed" or not weight.numel:
+            continue
+        for reader in weight.readers:
+            if reader.role == "weight" and reader.input_index >= 0:
+                found.setdefault((reader.scope, reader.node, reader.input_index), []).append(weight)
+    return found
+
+
+def _density(
+    count: _Count, label: str, scope: str, weights: Mapping[tuple[str, str, int], list[Weight]]
+) -> tuple[Fraction, str | None]:
+    total = sum(share for _, share in count.parts)
+    density = Fraction(0)
+    names: list[str] = []
+    for alternatives, share in count.parts:
+        part = Fraction(1)
+        for index in alternatives:
+            stored = weights.get((scope, label, index))
+            if stored:
+                size = sum(w.numel for w in stored)
+                part = Fraction(size - sum(w.zeros for w in stored), size)
+                names.extend(w.name for w in stored)
+                break
+        density += part * share
+    return (density / total if total else Fraction(1)), (", ".join(dict.fromkeys(names)) or None)
+
+
+def _uncounted(node: NodeProto, scope: Scope, reason: str) -> NodeCompute:
+    return NodeCompute(node_label(node), node.op_type, scope.path, 0, 0, None, 1.0, False, reason)
+
+
+def _count_node(
+    node: NodeProto, scope: Scope, shapes: _Shapes, weights: Mapping[tuple[str, str, int], list[Weight]]
+) -> tuple[NodeCompute, int]:
+    """The node's entry and its Gemm bias additions."""
+    counter = COUNTERS[node.op_type]
+    label = node_label(node)
+    ins, outs = [], []
+    for indices, names, into in ((counter.inputs, node.input, ins), (counter.outputs, node.output, outs)):
+        for i in indices:
+            if i >= len(names) or not names[i]:
+                return _uncounted(node, scope, f"{node.op_type} without its input {i}: cannot count"), 0
+            shape = shapes.get(scope, names[i])
+            if shape is None:
+                if scope.path:
+                    why = "inside a subgraph, where onnxruntime cannot report it"
+                elif shapes.failure:
+                    why = f"onnxruntime could not run the model: {shapes.failure}"
+                else:
+                    why = "neither shape inference nor onnxruntime reported it"
+                return _uncounted(node, scope, f"shape of '{names[i]}' unknown ({why})"), 0
+            into.append(shape)
+    try:
+        count = counter.count(node, ins, outs)
+    except (ValueError, IndexError, KeyError) as exc:
+        return _uncounted(node, scope, f"cannot count: {_first_line(exc)}"), 0
+    density, weight = _density(count, label, scope.path, weights)
+    nonzero = round(count.macs * density)
+    shown = float(density) if count.macs else 1.0
+    return NodeCompute(label, node.op_type, scope.path, count.macs, nonzero, weight, shown, True), count.bias
+
+
+def _subgraph_owners(scope: Scope) -> Iterator[tuple[NodeProto, list[Scope]]]:
+    """Each node with subgraphs and their scopes, in the order :func:`Scope.build` made them."""
+    children = iter(scope.children)
+    for node in scope.graph.node:
+        count = sum(
+            1 if a.type == AttributeProto.GRAPH else len(a.graphs)
+            for a in node.attribute
+            if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+        )
+        if count:
+            yield node, [next(children) for _ in range(count)]
+
+
+def count_compute(model: ModelProto, *, input_shapes: Mapping[str, tuple[int, ...]]) -> ComputeStats:
+    """MACs, FLOPs, non-zero-aware MACs and elementwise work of ``model`` for inputs of
+    ``input_shapes`` (the full concrete shape of every graph input, batch included).
+
+    Raises :class:`~onnxprune.errors.DataError` if ``input_shapes`` names an unknown input,
+    misses an input with dynamic dimensions or does not fit a declared shape.
+    """
+    shapes_in = _check_shapes(model, input_shapes)
+    notes: list[str] = []
+    root, shapes = _resolve_shapes(model, shapes_in, notes)
+    weights = _weights_by_input(model)
+    entries: list[NodeCompute] = []
+    other: dict[str, int] = {}
+    unknown_other: dict[str, int] = {}
+    macs = nonzero = 0
+    in_totals = {root.path: True}
+    for scope in root.all_scopes():
+        totals = in_totals[scope.path]
+        for owner, children in _subgraph_owners(scope):
+            paths = ", ".join(f"'{c.path}'" for c in children)
+            for child in children:
+                in_totals[child.path] = totals and owner.op_type in LOOPS
+            if not totals:
+                continue
+            label = f"{owner.op_type} '{node_label(owner)}'"
+            if owner.op_type in LOOPS:
+                notes.append(f"{label}: body {paths} counted once in the totals (the trip count is unknown here)")
+            elif owner.op_type == "If":
+                notes.append(
+                    f"{label}: branches {paths} are listed node by node but not added to the totals "
+                    "(which branch runs is known only at run time)"
+                )
+            else:
+                notes.append(f"{label}: subgraph(s) {paths} listed node by node but not added to the totals")
+        for node in scope.graph.node:
+            standard = node.domain in ("", "ai.onnx")
+            if standard and node.op_type in COUNTERS:
+                entry, bias = _count_node(node, scope, shapes, weights)
+                entries.append(entry)
+                if totals:
+                    macs += entry.macs
+                    nonzero += entry.nonzero_macs
+                    if bias:
+                        other["Gemm bias"] = other.get("Gemm bias", 0) + bias
+            elif standard and node.op_type in UNCOUNTED_REASONS:
+                entries.append(_uncounted(node, scope, UNCOUNTED_REASONS[node.op_type]))
+            elif totals and _is_other(node):
+                key = node.op_type if standard else f"{node.domain}::{node.op_type}"
+                outs = [shapes.get(scope, out) for out in node.output if out]
+                if any(s is None for s in outs):
+                    unknown_other[key] = unknown_other.get(key, 0) + 1
+                    continue
+                other[key] = other.get(key, 0) + sum(math.prod(s) for s in outs)
+    custom = sorted({k for k in other if "::" in k})
+    if custom:
+        notes.append(f"ops outside the ONNX domain are counted in 'other' only, and may hide MACs: {', '.join(custom)}")
+    if unknown_other:
+        listed = ", ".join(f"{k} ({n})" for k, n in sorted(unknown_other.items()))
+        notes.append(f"left out of 'other', output shapes unknown: {listed}")
+    uncounted = tuple(e.key for e in entries if not e.counted)
+    log.debug("%d MACs (%d non-zero), %d node(s) not counted", macs, nonzero, len(uncounted))
+    return ComputeStats(
+        nodes=tuple(entries),
+        macs=macs,
+        nonzero_macs=nonzero,
+        flops=2 * macs,
+        nonzero_flops=2 * nonzero,
+        other=other,
+        uncounted=uncounted,
+        notes=tuple(notes),
+    )

@@ -1,0 +1,44 @@
+"""Evaluation and calibration data: samples for a model's inputs, in batches, checked against the model.
+
+::
+
+    from onnxprune.data import open_data, load_labels
+    from onnxprune.runtime import input_specs, session
+
+    specs = input_specs(session("model.onnx"))
+    data = open_data("test.npz", specs=specs)          # or a folder of images, a reader, None
+    labels = load_labels("test_labels.npy", num_samples=data.num_samples())
+    for feeds in data.batches(32):                       # same batches, same order, every time
+        ...
+
+Modules: :mod:`.checks` (does a feed fit the model), :mod:`.dataset` (the ``Dataset`` and its
+batching rules), :mod:`.sources` (npz/npy/in-memory arrays, readers and iterables,
+synthetic data, ``open_data``), :mod:`.images` (image folders and their preprocessing),
+:mod:`.labels` (class labels).
+"""
+
+from __future__ import annotations
+
+from onnxprune.data.checks import batch_size_for, check_feeds, fixed_batch_size
+from onnxprune.data.dataset import Dataset
+from onnxprune.data.images import IMAGE_EXTENSIONS, ImageFolderDataset, ImageOptions, find_images, parse_image_options
+from onnxprune.data.labels import load_labels
+from onnxprune.data.sources import SYNTHETIC_SAMPLES, ArrayDataset, StreamDataset, SyntheticDataset, open_data
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SYNTHETIC_SAMPLES",
+    "ArrayDataset",
+    "Dataset",
+    "ImageFolderDataset",
+    "ImageOptions",
+    "StreamDataset",
+    "SyntheticDataset",
+    "batch_size_for",
+    "check_feeds",
+    "find_images",
+    "fixed_batch_size",
+    "load_labels",
+    "open_data",
+    "parse_image_options",
+]

@@ -1,0 +1,310 @@
+"""Where samples come from: arrays (``.npz``/``.npy``/in memory), streams, synthetic; and :func:`open_data`.
+
+- ``.npz`` (``np.savez``): one array per model input, keyed by input name, first axis =
+  samples, the same sample count in every array. Loaded whole and checked on opening.
+  A ``.npy`` (or an in-memory array) feeds a model with exactly one input.
+- A stream is an onnxruntime ``CalibrationDataReader`` (``get_next()`` returns a feed dict
+  or None/empty at the end) or any iterable of feed dicts; each dict is one batch whose
+  first axis is samples. It is read once, lazily, as batches are asked for; what was read is
+  copied and cached, so ``batches()`` replays the same samples in the same order (the whole
+  stream is held in memory).
+- Synthetic data (no data given): ``samples`` samples (default 64) of each input's dtype,
+  reproducible from ``seed`` and independent of the batch size: block ``k`` of
+  :data:`SYNTHETIC_BLOCK` samples is drawn from ``default_rng([seed, k])``. Floating inputs
+  are standard normal, integer inputs 0 (1 for names containing "mask"), bool inputs True,
+  as :func:`onnxprune.runtime.synthetic_feeds` does. Fixed dims are kept; a dynamic
+  non-batch dim takes its size from ``shapes`` (``--input-shape``) or is an error.
+
+``samples`` also caps real data: the first ``samples`` samples are used, in order (with
+image class folders sorted by class, that is the first classes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxprune.data.checks import check_feeds, check_specs, format_dims, input_names
+from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup, samples_in
+from onnxprune.data.images import ImageFolderDataset, ImageOptions
+from onnxprune.errors import DataError, OptionError
+from onnxprune.runtime import InputSpec, _is_dynamic
+
+log = logging.getLogger(__name__)
+
+#: Default number of synthetic samples.
+SYNTHETIC_SAMPLES = 64
+#: Synthetic samples are drawn in blocks of this many, each from its own seeded generator.
+SYNTHETIC_BLOCK = 64
+
+
+class ArrayDataset(Dataset):
+    """Samples held in memory: one array per input, checked once on construction."""
+
+    def __init__(
+        self, arrays: Mapping[str, Any], *, specs: Sequence[InputSpec], source: str, kind: str, limit: int | None
+    ) -> None:
+        super().__init__(specs=specs, source=source)
+        self.kind = kind
+        checked = check_feeds(arrays, self.specs, source=source, check_batch=False)
+        if limit is not None:
+            checked = {name: array[:limit] for name, array in checked.items()}
+        self._arrays = read_only(checked)
+        self._count = samples_in(self._arrays)
+        if self._count == 0:
+            raise DataError(f"{source} holds 0 samples (the arrays' first axis is empty)")
+
+    def num_samples(self) -> int:
+        return self._count
+
+    def _batch_chunks(self, batch_size: int) -> Iterator[Feeds]:
+        return regroup([self._arrays], batch_size)
+
+
+class StreamDataset(Dataset):
+    """A CalibrationDataReader or an iterable of feed dicts, read once and cached (see module docstring)."""
+
+    def __init__(self, data: Any, *, specs: Sequence[InputSpec], limit: int | None) -> None:
+        reader = callable(getattr(data, "get_next", None))
+        what = "CalibrationDataReader" if reader else "iterable"
+        super().__init__(specs=specs, source=f"{what} {type(data).__name__}")
+        self.kind = "reader" if reader else "iterable"
+        self._reader = data if reader else None
+        self._iterator = None if reader else iter(data)
+        self._limit = limit
+        self._cache: list[Feeds] = []
+        self._count = 0
+        self._pulled = 0
+        self._done = False
+
+    def num_samples(self) -> int | None:
+        return self._count if self._done else None
+
+    def _next_raw(self) -> Any:
+        if self._reader is not None:
+            item = self._reader.get_next()
+            return item if item else None
+        return next(self._iterator, None)
+
+    def _pull(self) -> Feeds | None:
+        """The next chunk from the stream, checked, copied and cached; None at its end."""
+        if self._limit is not None and self._count >= self._limit:
+            self._done = True
+            return None
+        raw = self._next_raw()
+        if raw is None:
+            self._done = True
+            if not self._count:
+                raise DataError(f"{self.source} gave no samples")
+            log.info("%s: read %d samples in %d batches", self.source, self._count, self._pulled)
+            return None
+        index = self._pulled
+        self._pulled += 1
+        chunk = check_feeds(
+            raw, self.specs, source=f"{self.source} (item {index})", check_batch=False, log_casts=index == 0
+        )
+        if self._limit is not None:
+            chunk = {name: array[: self._limit - self._count] for name, array in chunk.items()}
+        chunk = read_only({name: np.array(array, copy=True) for name, array in chunk.items()})
+        self._count += samples_in(chunk)
+        self._cache.append(chunk)
+        if self._limit is not None and self._count >= self._limit:
+            self._done = True
+        return chunk
+
+    def _chunks(self) -> Iterator[Feeds]:
+        index = 0
+        while True:
+            if index < len(self._cache):
+                yield self._cache[index]
+                index += 1
+            elif self._done or self._pull() is None:
+                return
+
+    def _batch_chunks(self, batch_size: int) -> Iterator[Feeds]:
+        return regroup(self._chunks(), batch_size)
+
+
+class SyntheticDataset(Dataset):
+    """Reproducible synthetic samples (see module docstring)."""
+
+    kind = "synthetic"
+
+    def __init__(
+        self,
+        *,
+        specs: Sequence[InputSpec],
+        samples: int,
+        seed: int,
+        shapes: Mapping[str, Sequence[int]] | None,
+    ) -> None:
+        super().__init__(specs=specs, source=f"synthetic (seed {seed})")
+        self.synthetic = True
+        self._samples = samples
+        self._seed = seed
+        self._shapes = synthetic_sample_shapes(self.specs, shapes or {})
+
+    def num_samples(self) -> int:
+        return self._samples
+
+    def _blocks(self) -> Iterator[Feeds]:
+        for block in range(math.ceil(self._samples / SYNTHETIC_BLOCK)):
+            rng = np.random.default_rng([self._seed, block])
+            count = min(SYNTHETIC_BLOCK, self._samples - block * SYNTHETIC_BLOCK)
+            feeds: Feeds = {}
+            for spec in self.specs:
+                shape = (count, *self._shapes[spec.name])
+                if np.issubdtype(spec.dtype, np.floating):
+                    feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+                elif spec.dtype is np.bool_:
+                    feeds[spec.name] = np.ones(shape, dtype=np.bool_)
+                else:
+                    feeds[spec.name] = np.full(shape, 1 if "mask" in spec.name.lower() else 0, dtype=spec.dtype)
+            yield feeds
+
+    def _batch_chunks(self, batch_size: int) -> Iterator[Feeds]:
+        return regroup(self._blocks(), batch_size)
+
+
+def synthetic_sample_shapes(
+    specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]]
+) -> dict[str, tuple[int, ...]]:
+    """Per-sample shape (dims after the first) of each input: fixed dims, else ``shapes``.
+
+    ``shapes`` maps input names to full shapes; their first (batch) dim is ignored.
+    """
+    unknown = sorted(set(shapes) - {spec.name for spec in specs})
+    if unknown:
+        raise OptionError(
+            f"--input-shape names unknown input(s) {', '.join(unknown)}; the model's inputs are: {input_names(specs)}"
+        )
+    out: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        given = shapes.get(spec.name)
+        if given is not None:
+            given = tuple(int(d) for d in given)
+            if len(given) != len(spec.dims) or any(
+                not _is_dynamic(want) and want != got for want, got in zip(spec.dims[1:], given[1:], strict=True)
+            ):
+                raise OptionError(
+                    f"--input-shape {spec.name}:{'x'.join(map(str, given))} does not fit the model's declared shape "
+                    f"{format_dims(spec.dims)}"
+                )
+            out[spec.name] = given[1:]
+            continue
+        dynamic = [str(d) for d in spec.dims[1:] if _is_dynamic(d)]
+        if dynamic:
+            example = "x".join(["1"] + [str(d) if not _is_dynamic(d) else "N" for d in spec.dims[1:]])
+            raise OptionError(
+                f"synthetic data for input '{spec.name}' {format_dims(spec.dims)} needs sizes for its dynamic "
+                f"dimension(s) {', '.join(dynamic)}: give --input-shape {spec.name}:{example} (N a number), or real data"
+            )
+        out[spec.name] = tuple(int(d) for d in spec.dims[1:])
+    return out
+
+
+def load_arrays(path: Path, *, specs: Sequence[InputSpec], limit: int | None) -> ArrayDataset:
+    """An ``.npz`` keyed by input name, or a ``.npy`` for a one-input model (see module docstring)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        raise DataError(
+            f"{path} is not a readable .npz (np.savez output keyed by input name) or .npy file: {exc}"
+        ) from None
+    if isinstance(loaded, np.ndarray):
+        if len(specs) != 1:
+            raise DataError(
+                f"{path} holds one unnamed array but the model has {len(specs)} inputs ({input_names(specs)}): "
+                "save them with np.savez(path, name=array, ...)"
+            )
+        return ArrayDataset({specs[0].name: loaded}, specs=specs, source=str(path), kind="npy", limit=limit)
+    with loaded:
+        if not loaded.files:
+            raise DataError(f"{path} holds no arrays: save one array per model input ({input_names(specs)})")
+        arrays = {}
+        for key in loaded.files:
+            try:
+                arrays[key] = loaded[key]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                raise DataError(f"{path}: cannot read array '{key}': {exc}") from None
+    return ArrayDataset(arrays, specs=specs, source=str(path), kind="npz", limit=limit)
+
+
+def _check_count(value: Any, what: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+        raise OptionError(f"{what} must be an integer >= 1, got {value!r}")
+
+
+def open_data(
+    data: Any,
+    *,
+    specs: Sequence[InputSpec],
+    image_options: ImageOptions | None = None,
+    input_name: str | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+) -> Dataset:
+    """Open evaluation or calibration data for a model whose inputs are ``specs``.
+
+    data: a ``.npz`` path (keyed by input name) or ``.npy`` path; a folder of images
+        (``image_options``, ``input_name`` choose the preprocessing and the input fed);
+        an object with ``get_next()`` (CalibrationDataReader); an iterable of feed dicts; a
+        dict of arrays or one array; or None for synthetic data.
+    samples: how many synthetic samples (default 64); for real data, use only the first ``samples``.
+    seed: seeds synthetic data.
+    shapes: full input shapes for synthetic data's dynamic dims (``--input-shape``; batch dim ignored).
+
+    Raises DataError for data that does not fit the model, OptionError for impossible options.
+    """
+    specs = tuple(specs)
+    check_specs(specs)
+    _check_count(samples, "the number of samples")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise OptionError(f"seed must be an integer >= 0, got {seed!r}")
+    is_folder = isinstance(data, (str, os.PathLike)) and Path(data).is_dir()
+    if not is_folder:
+        if image_options is not None and image_options != ImageOptions():
+            raise OptionError("image preprocessing options apply only to a folder of images, not to this data")
+        if input_name is not None:
+            raise OptionError("choosing the image input applies only to a folder of images, not to this data")
+    if data is not None and shapes:
+        log.debug("input shapes apply only to synthetic data; ignored for %s", type(data).__name__)
+    if data is None:
+        return SyntheticDataset(
+            specs=specs, samples=SYNTHETIC_SAMPLES if samples is None else int(samples), seed=int(seed), shapes=shapes
+        )
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if is_folder:
+            return ImageFolderDataset(
+                path, specs=specs, options=image_options or ImageOptions(), input_name=input_name, limit=samples
+            )
+        if not path.exists():
+            raise DataError(f"data file {path} does not exist")
+        return load_arrays(path, specs=specs, limit=samples)
+    if isinstance(data, np.ndarray):
+        if len(specs) != 1:
+            raise DataError(
+                f"one array can feed only a one-input model; this one has {len(specs)} inputs ({input_names(specs)}): "
+                "give a dict of input name -> array"
+            )
+        return ArrayDataset({specs[0].name: data}, specs=specs, source="in-memory array", kind="arrays", limit=samples)
+    if isinstance(data, Mapping):
+        return ArrayDataset(data, specs=specs, source="in-memory arrays", kind="arrays", limit=samples)
+    if callable(getattr(data, "get_next", None)) or (
+        isinstance(data, Iterable) and not isinstance(data, (str, bytes, bytearray))
+    ):
+        return StreamDataset(data, specs=specs, limit=samples)
+    raise DataError(
+        f"cannot read samples from a {type(data).__name__}: give a .npz path, a folder of images, a "
+        "CalibrationDataReader (get_next()), or an iterable of dicts of input name -> array"
+    )
