@@ -42,6 +42,7 @@ from onnxprune.graph.model_io import (
     refuse_input_as_output,
     save_model,
 )
+from onnxprune.graph.tensors import FLOAT_TYPES
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.passes.unstructured import Progress, prune_weights
 from onnxprune.provenance import stamp
@@ -79,6 +80,7 @@ __all__ = [
 ]
 
 ModelLike = ModelProto | str | os.PathLike[str]
+FLOAT_NAMES = frozenset(FLOAT_TYPES.values())
 
 
 def load(path: str | os.PathLike[str]) -> ModelProto:
@@ -172,8 +174,9 @@ def prune_file(
     if not force:
         refuse_input_as_output(source, output)
     model, files = load_model_with_files(source)
-    before = param_stats(model)
     result, replacements = prune_weights(model, config, progress=progress, defer=True)
+    counted = {layer.key: (layer.numel, layer.zeros_before) for layer in result.layers if layer.dtype in FLOAT_NAMES}
+    before = param_stats(model, known=counted)  # reads only the tensors discovery did not count
     after = ParamStats(before.parameters, before.nonzeros - result.newly_zeroed)
     if not result.pruned:
         return PruneRun(result, None, tuple(files), before, after, None)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,6 @@ from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
 from onnxprune.graph import tensors
 from onnxprune.graph.index import Scope, node_label
-from onnxprune.graph.walk import all_tensors
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +80,27 @@ def _count_nonzero(values: np.ndarray) -> int:
     return int(np.count_nonzero(values.view(f"u{values.dtype.itemsize}") << np.uint8(1)))
 
 
-def param_stats(model: ModelProto) -> ParamStats:
-    """Elements and non-zero elements of every float tensor stored in the model."""
+def param_stats(model: ModelProto, *, known: Mapping[str, tuple[int, int]] | None = None) -> ParamStats:
+    """Elements and non-zero elements of every float tensor stored in the model (of a
+    sparse tensor, its stored values).
+
+    ``known`` maps tensor keys (``scope::name``, or the name in the main graph) to their
+    already counted ``(elements, zeros)``: those tensors are not read again.
+    """
+    known = known or {}
     total = nonzero = 0
-    for tensor in all_tensors(model):
-        if not tensors.is_float(tensor) or tensor.data_location == TensorProto.EXTERNAL:
-            continue
-        values = tensors.read_array(tensor)
-        total += values.size
-        nonzero += _count_nonzero(values)
+    for scope in Scope.build(model.graph).all_scopes():
+        for name, values_proto, _indices, _shape in _graph_tensors(scope.graph):
+            if not tensors.is_float(values_proto) or values_proto.data_location == TensorProto.EXTERNAL:
+                continue
+            counted = known.get(f"{scope.path}::{name}" if scope.path else name)
+            if counted is not None and _indices is None:
+                total += counted[0]
+                nonzero += counted[0] - counted[1]
+                continue
+            values = tensors.read_array(values_proto)
+            total += values.size
+            nonzero += _count_nonzero(values)
     return ParamStats(total, nonzero)
 
 
