@@ -10,6 +10,10 @@ Python API (the CLI is a thin layer over it)::
 
     # file to file, as the CLI does (streamed output, memory near the model's size)
     run = onnxprune.prune_file("model.onnx", "model.pruned.onnx", config)
+
+    # before and after: size, MACs, latency, accuracy (labels) and fidelity
+    report = onnxprune.evaluate("model.onnx", ["model.pruned.onnx"], data="test.npz", labels="labels.npy")
+    print(report.candidates[0].accuracy, report.candidates[0].latency.ratio)
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from pathlib import Path
 from onnx import ModelProto
 
 from onnxprune.config import PruneConfig, check_amount, load_plan, parse_pattern
+from onnxprune.data import ImageOptions
 from onnxprune.errors import (
+    DataError,
     ModelLoadError,
     OnnxPruneError,
     OptionError,
@@ -33,6 +39,7 @@ from onnxprune.errors import (
     UnsupportedModelError,
     ValidationError,
 )
+from onnxprune.evaluate import EvalOptions, EvalResult, ModelReport, evaluate
 from onnxprune.graph.discovery import DiscoveryOptions, Inventory, Weight, discover
 from onnxprune.graph.model_io import (
     SavedModel,
@@ -43,6 +50,7 @@ from onnxprune.graph.model_io import (
     save_model,
 )
 from onnxprune.graph.tensors import FLOAT_TYPES
+from onnxprune.latency import LatencySettings
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.passes.unstructured import Progress, prune_weights
 from onnxprune.provenance import stamp
@@ -52,10 +60,16 @@ from onnxprune.validate import ValidationReport, validate_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "DataError",
     "DiscoveryOptions",
+    "EvalOptions",
+    "EvalResult",
+    "ImageOptions",
     "Inventory",
+    "LatencySettings",
     "LayerResult",
     "ModelLoadError",
+    "ModelReport",
     "OnnxPruneError",
     "OptionError",
     "OutputError",
@@ -70,6 +84,7 @@ __all__ = [
     "Weight",
     "__version__",
     "check_amount",
+    "evaluate",
     "inspect",
     "load",
     "load_plan",

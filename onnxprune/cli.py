@@ -1,97 +1,34 @@
-"""The ``onnxprune`` command line. The only module that prints.
+"""The ``onnxprune`` command line. It and cli_eval.py are the only modules that print (with console.py).
 
-Exit codes: 0 success; 1-6 an error (one line on stderr, see :mod:`onnxprune.errors`);
+Exit codes: 0 success; 1-7 an error (one line on stderr, see :mod:`onnxprune.errors`);
 10 nothing to prune (no output written); 70 an internal error (a bug: rerun with --debug).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import click
 
 import onnxprune
+from onnxprune.cli_eval import build_options, check_output_path, eval_command, evaluation_options, run_evaluation
 from onnxprune.config import PruneConfig, load_plan, parse_pattern
-from onnxprune.errors import OnnxPruneError
+from onnxprune.console import ProgressBar, count, fail, handle_errors, human, table
 from onnxprune.graph.discovery import DiscoveryOptions
 from onnxprune.graph.model_io import refuse_input_as_output
 from onnxprune.runtime import parse_input_shapes
 from onnxprune.stats import file_stats
 
 NOTHING_TO_PRUNE = 10
-INTERNAL_ERROR = 70
 #: Above this size the deflate size is only computed on request (it reads the whole file).
 COMPRESS_AUTO_LIMIT = 128 * 1024 * 1024
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"onnxprune: error: {message}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into one line on stderr and an exit code (tracebacks with --debug)."""
-
-    @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = kwargs.get("debug", False)
-        logging.basicConfig(
-            level=logging.DEBUG if debug else logging.INFO if kwargs.get("verbose") else logging.WARNING,
-            format="onnxprune: %(levelname)s: %(message)s",
-            stream=sys.stderr,
-        )
-        try:
-            return command(*args, **kwargs)
-        except OnnxPruneError as exc:
-            if debug:
-                raise
-            _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted; nothing was written", 130)
-        except MemoryError:
-            _fail("out of memory; try a machine with more memory", INTERNAL_ERROR)
-        except Exception as exc:  # a bug: say so, briefly
-            if debug:
-                raise
-            _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it", INTERNAL_ERROR)
-
-    return wrapper
-
-
-def _human(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _count(n: int) -> str:
-    return f"{n:,}"
-
-
-def table(rows: Sequence[Sequence[str]], header: Sequence[str], right: set[int] = frozenset()) -> str:
-    """A plain text table with aligned columns."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            str(c).rjust(w) if i in right else str(c).ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=False))
-        ).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -142,9 +79,9 @@ class _Group(click.Group):
             sys.exit(0)
         except click.UsageError as exc:
             hint = f" (see 'onnxprune {exc.ctx.command.name} --help')" if exc.ctx and exc.ctx.command.name else ""
-            _fail(f"{exc.format_message()}{hint}", 2)
+            fail(f"{exc.format_message()}{hint}", 2)
         except click.exceptions.Abort:
-            _fail("aborted; nothing was written", 130)
+            fail("aborted; nothing was written", 130)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
 
@@ -196,7 +133,7 @@ def inspect(
     prunable = inventory.prunable
     params = sum(w.numel for w in prunable)
     click.echo(
-        f"\n{len(prunable)} prunable weight tensors ({_count(params)} weights, "
+        f"\n{len(prunable)} prunable weight tensors ({count(params)} weights, "
         f"{sum(w.zeros for w in prunable) / max(params, 1):.1%} already zero), ops: "
         + (", ".join(f"{op} {n}" for op, n in Counter(op for w in prunable for op in w.ops).most_common()) or "none")
     )
@@ -301,6 +238,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     help="Compute deflate sizes (default: for files under 128 MiB).",
 )
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full report as JSON.")
+@click.option(
+    "--eval",
+    "do_eval",
+    is_flag=True,
+    help="Evaluate OUT against IN afterwards (implied by --data, --labels, --report, --eval-json).",
+)
+@evaluation_options(for_prune=True)
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -325,9 +269,11 @@ def prune(
     force: bool,
     compressed_size: bool | None,
     json_path: Path | None,
+    do_eval: bool,
     quiet: bool,
     verbose: bool,
     debug: bool,
+    **eval_kwargs: Any,
 ) -> None:
     """Prune the weights of IN and write OUT (validated, atomically).
 
@@ -336,6 +282,7 @@ def prune(
       onnxprune prune model.onnx pruned.onnx --sparsity 0.5
       onnxprune prune model.onnx pruned.onnx --sparsity 0.7 --scope global --criterion lamp
       onnxprune prune model.onnx pruned.onnx --pattern 2:4
+      onnxprune prune model.onnx pruned.onnx --sparsity 0.5 --data test.npz --labels y.npy --report r.html
     """
     config = PruneConfig(
         sparsity=sparsity,
@@ -356,7 +303,12 @@ def prune(
         refuse_input_as_output(input_model, output_model)
     if json_path is not None:
         _check_writable_folder(json_path)
-    with _progress("pruning", quiet) as progress:
+    do_eval = do_eval or any(eval_kwargs.get(k) for k in ("data", "labels", "report", "eval_json"))
+    if do_eval:  # fail on bad evaluation options before pruning
+        build_options(eval_kwargs, input_shape)
+        check_output_path(eval_kwargs.get("report"), "--report")
+        check_output_path(eval_kwargs.get("eval_json"), "--eval-json")
+    with ProgressBar("pruning", quiet) as progress:
         run = onnxprune.prune_file(
             input_model,
             output_model,
@@ -396,28 +348,8 @@ def prune(
                 },
             },
         )
-
-
-class _progress:
-    """A click progress bar on stderr fed by the library's progress callback."""
-
-    def __init__(self, label: str, quiet: bool) -> None:
-        self.label, self.quiet, self.bar = label, quiet, None
-
-    def __enter__(self) -> Callable[[int, int, str], None]:
-        return self.update
-
-    def update(self, done: int, total: int, name: str) -> None:
-        if self.quiet or total < 2:
-            return
-        if self.bar is None:
-            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True)
-            self.bar.__enter__()
-        self.bar.update(1)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+    if do_eval:
+        run_evaluation(input_model, [saved.path], eval_kwargs, input_shape, quiet=quiet)
 
 
 def _print_layers(result: onnxprune.PruneResult) -> None:
@@ -453,21 +385,21 @@ def _print_summary(result, before, after, size_in, size_out, saved, quiet) -> No
         return f"{b / a:.2f}x" if a and b is not None else "-"
 
     rows = [
-        ["parameters", _count(before.parameters), _count(after.parameters), ratio(before.parameters, after.parameters)],
-        ["non-zeros", _count(before.nonzeros), _count(after.nonzeros), ratio(before.nonzeros, after.nonzeros)],
-        ["file size", _human(size_in.bytes), _human(size_out.bytes), ratio(size_in.bytes, size_out.bytes)],
+        ["parameters", count(before.parameters), count(after.parameters), ratio(before.parameters, after.parameters)],
+        ["non-zeros", count(before.nonzeros), count(after.nonzeros), ratio(before.nonzeros, after.nonzeros)],
+        ["file size", human(size_in.bytes), human(size_out.bytes), ratio(size_in.bytes, size_out.bytes)],
         [
             "compressed (deflate)",
-            _human(size_in.compressed),
-            _human(size_out.compressed),
+            human(size_in.compressed),
+            human(size_out.compressed),
             ratio(size_in.compressed, size_out.compressed),
         ],
     ]
     if not quiet:
         click.echo(table(rows, ["", "before", "after", "after/before"], right={1, 2, 3}))
     click.echo(
-        f"\npruned {len(result.pruned)} weight tensors: {_count(result.zeros_after)} of {_count(result.weights_total)} "
-        f"weights are zero ({result.sparsity_after:.1%}; {_count(result.newly_zeroed)} newly zeroed) -> {saved.path}"
+        f"\npruned {len(result.pruned)} weight tensors: {count(result.zeros_after)} of {count(result.weights_total)} "
+        f"weights are zero ({result.sparsity_after:.1%}; {count(result.newly_zeroed)} newly zeroed) -> {saved.path}"
         + (f" (+ {saved.data_path.name})" if saved.data_path else "")
     )
     if not quiet:
@@ -475,3 +407,6 @@ def _print_summary(result, before, after, size_in, size_out, saved, quiet) -> No
             "note: zeros inside dense tensors shrink the compressed size, not the latency: onnxruntime "
             "runs them as dense (removing whole channels is what makes a model faster)."
         )
+
+
+main.add_command(eval_command)

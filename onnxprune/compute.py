@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -394,15 +393,6 @@ def _runtime_shapes(model: ModelProto, shapes: Mapping[str, Dims], names: list[s
     return {name: tuple(int(d) for d in v.shape) for name, v in zip(names, values, strict=True) if hasattr(v, "shape")}
 
 
-#: onnxruntime's status prefix, noise in a one-line reason.
-_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : (Fatal error: )?")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = _ORT_PREFIX.sub("", str(exc)).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def _needed(node: NodeProto) -> list[str]:
     counter = COUNTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     if counter is not None:
@@ -424,7 +414,9 @@ def _resolve_shapes(model: ModelProto, input_shapes: Mapping[str, Dims], notes: 
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError, or C++ errors for unknown ops
-        notes.append(f"ONNX shape inference failed ({_first_line(exc)}); shapes come from onnxruntime where possible")
+        notes.append(
+            f"ONNX shape inference failed ({runtime.ort_message(exc)}); shapes come from onnxruntime where possible"
+        )
         inferred = skeleton
     del skeleton
     root = Scope.build(inferred.graph)
@@ -440,7 +432,7 @@ def _resolve_shapes(model: ModelProto, input_shapes: Mapping[str, Dims], notes: 
         try:
             found = _runtime_shapes(model, input_shapes, missing)
         except Exception as exc:  # onnxruntime raises its own types; a model over 2 GiB cannot be serialized
-            shapes.failure = _first_line(exc)
+            shapes.failure = runtime.ort_message(exc)
             log.info("onnxruntime could not run the model to read shapes: %s", shapes.failure)
             notes.append(
                 f"onnxruntime could not run the model to read {len(missing)} missing shape(s): {shapes.failure}"
@@ -516,7 +508,7 @@ def _count_node(
     try:
         count = counter.count(node, ins, outs)
     except (ValueError, IndexError, KeyError) as exc:
-        return _uncounted(node, scope, f"cannot count: {_first_line(exc)}"), 0
+        return _uncounted(node, scope, f"cannot count: {runtime.ort_message(exc)}"), 0
     density, weight = _density(count, label, scope.path, weights)
     nonzero = round(count.macs * density)
     shown = float(density) if count.macs else 1.0

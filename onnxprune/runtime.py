@@ -1,4 +1,4 @@
-"""onnxruntime sessions and synthetic inputs (validation, and later evaluation).
+"""onnxruntime sessions, synthetic inputs and the environment a latency report records.
 
 Synthetic feeds: every graph input gets an array of its declared dtype. Fixed dimensions
 are kept; a user-given shape (``--input-shape name:1x3x224x224``) wins; the first
@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -57,17 +60,102 @@ def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def session(model: str | os.PathLike[str] | bytes, *, threads: int = 0, optimize: bool = False) -> ort.InferenceSession:
-    """A CPU session with quiet logging (errors propagate as onnxruntime exceptions)."""
+def check_providers(providers: Sequence[str] | None) -> list[str]:
+    """The execution providers to use, in priority order; None means the CPU provider.
+
+    Raises :class:`OptionError` for an empty list or a provider this onnxruntime build does
+    not offer (the message lists ``onnxruntime.get_available_providers()``).
+    """
+    if providers is None:
+        return ["CPUExecutionProvider"]
+    if isinstance(providers, str):
+        providers = [providers]
+    available = ort.get_available_providers()
+    if not providers:
+        raise OptionError(f"no execution provider given; choose from: {', '.join(available)}")
+    unknown = [p for p in providers if p not in available]
+    if unknown:
+        raise OptionError(
+            f"execution provider(s) {', '.join(unknown)} not available in this onnxruntime "
+            f"({ort.__version__}); choose from: {', '.join(available)}"
+        )
+    return list(dict.fromkeys(providers))
+
+
+def session(
+    model: str | os.PathLike[str] | bytes,
+    *,
+    threads: int = 0,
+    optimize: bool = False,
+    providers: Sequence[str] | None = None,
+    spinning: bool | None = None,
+) -> ort.InferenceSession:
+    """A session with quiet logging (errors propagate as onnxruntime exceptions).
+
+    ``providers`` None means CPU only; others are validated by :func:`check_providers`
+    before the model is read. Execution is sequential (no inter-op threads run);
+    ``threads`` > 0 sets the intra-op threads, 0 leaves onnxruntime's default.
+    ``optimize`` False disables graph optimizations (validation runs the graph as
+    written); True keeps onnxruntime's default, ``ORT_ENABLE_ALL``. ``spinning`` sets
+    whether idle intra-op threads busy-wait for work (None: onnxruntime's default, on).
+    """
+    chosen = check_providers(providers)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if spinning is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     source = model if isinstance(model, bytes) else str(Path(model))
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, options, providers=chosen)
+
+
+#: Noise in onnxruntime messages: the status prefix, the path of the model it loaded, and
+#: the C++ source location with the full signature of the function that failed.
+_ORT_NOISE = (
+    re.compile(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : "),
+    re.compile(r"Load model from .*? failed:\s*"),
+    re.compile(r"\S+\.(?:cc|cpp|h):\d+ [^\s(]+\([^)]*\)\s*"),
+)
+
+
+def ort_message(exc: BaseException) -> str:
+    """The first meaningful line of an onnxruntime exception (status prefix and C++ location removed)."""
+    text = str(exc).strip()
+    for noise in _ORT_NOISE:
+        text = noise.sub("", text)
+    text = text.strip()
+    return text.splitlines()[0][:400] if text else type(exc).__name__
+
+
+def environment() -> dict[str, Any]:
+    """What a latency report needs to be read elsewhere: CPU, cores, platform and versions."""
+    return {
+        "cpu": _cpu_name(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+        "providers": ort.get_available_providers(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 @dataclass(frozen=True)

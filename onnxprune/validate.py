@@ -10,7 +10,6 @@ the message says whether the model, the synthetic input or onnxprune is at fault
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,23 +41,6 @@ def input_passes_checker(path: str | Path) -> str | None:
 
 def _run(sess, feeds):  # noqa: ANN001, ANN202 - onnxruntime objects
     return sess.run(None, dict(feeds))
-
-
-#: Noise in onnxruntime messages: the status prefix, the (temporary) path of the model it
-#: loaded, and the C++ source location with the full signature of the function that failed.
-_ORT_NOISE = (
-    re.compile(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : "),
-    re.compile(r"Load model from .*? failed:\s*"),
-    re.compile(r"\S+\.(?:cc|cpp|h):\d+ [^\s(]+\([^)]*\)\s*"),
-)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for noise in _ORT_NOISE:
-        text = noise.sub("", text)
-    text = text.strip()
-    return text.splitlines()[0][:400] if text else type(exc).__name__
 
 
 def validate_model(
@@ -100,7 +82,7 @@ def validate_model(
         try:
             outputs = _run(sess, feeds)
         except Exception as exc:
-            errors.append(f"{runtime.describe_feeds(feeds)}: {_first_line(exc)}")
+            errors.append(f"{runtime.describe_feeds(feeds)}: {runtime.ort_message(exc)}")
             continue
         finite = all(np.all(np.isfinite(o)) for o in outputs if isinstance(o, np.ndarray) and o.dtype.kind == "f")
         if not finite and not _reference_nonfinite(reference, feeds):
@@ -129,12 +111,14 @@ def _why_session_fails(exc: Exception, reference: str | Path | None) -> OnnxPrun
             runtime.session(reference)
         except Exception as ref_exc:
             return UnsupportedModelError(
-                f"onnxruntime cannot load the input model '{reference}' ({_first_line(ref_exc)}); onnxprune "
+                f"onnxruntime cannot load the input model '{reference}' ({runtime.ort_message(ref_exc)}); onnxprune "
                 "validates every output with onnxruntime: convert the model to an IR version and opsets "
                 "that onnxruntime supports (or upgrade onnxruntime); nothing was written"
             )
     blame = "; this is a bug in onnxprune, please report it" if reference is not None else ""
-    return ValidationError(f"onnxruntime cannot load the output model ({_first_line(exc)}); nothing was written{blame}")
+    return ValidationError(
+        f"onnxruntime cannot load the output model ({runtime.ort_message(exc)}); nothing was written{blame}"
+    )
 
 
 def _reference_nonfinite(reference: str | Path | None, feeds: Mapping[str, np.ndarray]) -> bool:

@@ -1,0 +1,267 @@
+"""The ``onnxprune eval`` command, and the evaluation options ``prune --eval`` shares."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import click
+
+from onnxprune.console import count, handle_errors, human, table
+from onnxprune.data import parse_image_options
+from onnxprune.errors import OptionError, OutputError
+from onnxprune.evaluate import EvalOptions, EvalResult, ModelReport, evaluate
+from onnxprune.latency import LatencySettings
+from onnxprune.runtime import parse_input_shapes
+
+
+def _options(for_prune: bool) -> list[Callable[[Any], Any]]:
+    json_flag = "--eval-json" if for_prune else "--json"
+    return [
+        click.option(
+            "--data",
+            metavar="PATH",
+            help="Samples: .npz keyed by input name, or a folder of images (default: synthetic, fidelity only).",
+        ),
+        click.option("--labels", metavar="PATH", help="Class labels (.npy, .npz or .txt), one per sample."),
+        click.option(
+            "--output", "output_name", metavar="NAME", help="Classifier output for accuracy (default: first)."
+        ),
+        click.option("--report", type=click.Path(path_type=Path), help="Write an HTML report with plots."),
+        click.option(json_flag, "eval_json", type=click.Path(path_type=Path), help="Write every number as JSON."),
+        click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per run on the data."),
+        click.option("--samples", type=int, help="Use only the first N samples (synthetic: how many, default 64)."),
+        click.option("--threads", type=int, default=0, show_default=True, help="onnxruntime threads (0: default)."),
+        click.option(
+            "--providers", default="", metavar="LIST", help="Execution providers, e.g. CUDAExecutionProvider."
+        ),
+        click.option("--warmup", type=int, default=10, show_default=True, help="Latency warm-up runs per model."),
+        click.option("--repeats", type=int, default=50, show_default=True, help="Interleaved latency repeats."),
+        click.option("--latency-batch", type=int, default=1, show_default=True, help="Samples per timed run."),
+        click.option("--no-latency", is_flag=True, help="Skip the latency measurement."),
+        click.option("--memory", is_flag=True, help="Also measure each session's peak memory (Linux)."),
+        click.option("--image-size", metavar="N|HxW", help="Images: resize (shorter side N, or exactly HxW)."),
+        click.option("--crop", metavar="HxW", help="Images: centre crop after resizing."),
+        click.option("--mean", metavar="R,G,B", help="Images: per-channel mean subtracted after scaling."),
+        click.option("--std", metavar="R,G,B", help="Images: per-channel std divided by."),
+        click.option("--scale", metavar="X", help="Images: pixel scale before mean/std (default 1/255)."),
+        click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), help="Images: tensor layout (default: model)."),
+        click.option("--channels", type=click.Choice(["RGB", "BGR", "GRAY"]), help="Images: channel order."),
+        click.option("--image-input", metavar="NAME", help="Images: the input they feed (default: the only one)."),
+    ]
+
+
+def evaluation_options(*, for_prune: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(_options(for_prune)):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def check_output_path(path: Path | None, what: str) -> None:
+    if path is None:
+        return
+    folder = path.absolute().parent
+    if path.is_dir():
+        raise OutputError(f"{what} '{path}' is a folder: give a file name")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {what} '{path}': the folder '{folder}' is missing or not writable")
+
+
+def build_options(kwargs: dict[str, Any], input_shapes: Sequence[str]) -> EvalOptions:
+    """EvalOptions from the parsed click options (validated here, once)."""
+    image = None
+    image_keys = ("image_size", "crop", "mean", "std", "scale", "layout", "channels")
+    if any(kwargs.get(k) for k in image_keys):
+        image = parse_image_options(
+            size=kwargs.get("image_size"),
+            crop=kwargs.get("crop"),
+            mean=kwargs.get("mean"),
+            std=kwargs.get("std"),
+            scale=kwargs.get("scale"),
+            layout=kwargs.get("layout"),
+            channels=kwargs.get("channels"),
+        )
+    providers = tuple(p.strip() for p in (kwargs.get("providers") or "").split(",") if p.strip()) or None
+    latency = None
+    if not kwargs.get("no_latency"):
+        latency = LatencySettings(
+            warmup=kwargs["warmup"],
+            repeats=kwargs["repeats"],
+            threads=kwargs["threads"],
+            providers=providers,
+            memory=kwargs.get("memory", False),
+        )
+    if kwargs.get("samples") is not None and kwargs["samples"] < 1:
+        raise OptionError(f"--samples must be >= 1, got {kwargs['samples']}")
+    shapes = {name: shape[1:] if shape else shape for name, shape in parse_input_shapes(input_shapes).items()}
+    return EvalOptions(
+        batch_size=kwargs["batch_size"],
+        samples=kwargs.get("samples"),
+        output=kwargs.get("output_name"),
+        input_shapes={name: (1, *shape) for name, shape in shapes.items()},
+        latency=latency,
+        latency_batch=kwargs["latency_batch"],
+        compressed=True,
+        image_options=image,
+        input_name=kwargs.get("image_input"),
+    )
+
+
+class _Stages:
+    """One progress bar per stage of the evaluation, on stderr."""
+
+    LABELS: ClassVar[dict[str, str]] = {"data": "running the data", "latency": "timing", "size": "sizing"}
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.stage: str | None = None
+        self.bar: Any = None
+        self.done = 0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.quiet or stage == "size":
+            return
+        if stage != self.stage:
+            self.close()
+            self.stage, self.done = stage, 0
+            self.bar = click.progressbar(length=max(total, 1), label=self.LABELS.get(stage, stage), file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def run_evaluation(
+    base: Path, candidates: Sequence[Path], kwargs: dict[str, Any], input_shapes: Sequence[str], *, quiet: bool
+) -> EvalResult:
+    """Evaluate, print the tables and warnings, write the report and JSON if asked."""
+    options = build_options(kwargs, input_shapes)
+    report_path, json_path = kwargs.get("report"), kwargs.get("eval_json")
+    check_output_path(report_path, "--report")
+    check_output_path(json_path, "--json")
+    stages = _Stages(quiet)
+    try:
+        result = evaluate(
+            base, candidates, data=kwargs.get("data"), labels=kwargs.get("labels"), options=options, progress=stages
+        )
+    finally:
+        stages.close()
+    print_result(result)
+    if json_path is not None:
+        result.write_json(json_path)
+        click.echo(f"JSON: {json_path}")
+    if report_path is not None:
+        from onnxprune.report import write_report
+
+        write_report(result.to_dict(), report_path)
+        click.echo(f"report: {report_path}")
+    return result
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _macs(report: ModelReport) -> str:
+    if report.compute is None:
+        return "-"
+    return f"{count(report.compute.macs)} / {count(report.compute.nonzero_macs)}"
+
+
+def _latency(report: ModelReport) -> str:
+    if report.latency is None:
+        return "-"
+    return f"{report.latency.median_ms:.3f}"
+
+
+def _ratio(report: ModelReport) -> str:
+    if report.latency is None or report.latency.ratio is None:
+        return "1.00x" if report.latency is not None and report.role == "base" else "-"
+    r = report.latency.ratio
+    return f"{r.median:.2f}x [{r.p10:.2f}-{r.p90:.2f}]"
+
+
+def print_result(result: EvalResult) -> None:
+    data = result.to_dict()["data"]
+    kind = "synthetic data (fidelity only)" if data["synthetic"] else data["source"]
+    click.echo(
+        f"\nevaluated on {kind}: {data['samples']} samples" + (f", labels {data['labels']}" if data["labels"] else "")
+    )
+    size_rows = [
+        [
+            m.name,
+            human(m.file_bytes),
+            human(m.compressed_bytes),
+            human(m.sparse_bytes),
+            count(m.parameters),
+            count(m.nonzeros),
+            _pct(m.sparsity),
+            _macs(m),
+        ]
+        for m in result.models
+    ]
+    click.echo(
+        table(
+            size_rows,
+            ["model", "file", "compressed", "as COO", "params", "non-zeros", "sparsity", "MACs dense / non-zero"],
+            right={1, 2, 3, 4, 5, 6, 7},
+        )
+    )
+    quality_rows = []
+    for m in result.models:
+        overall = (m.fidelity or {}).get("overall") or {}
+        quality_rows.append(
+            [
+                m.name,
+                _latency(m),
+                _ratio(m),
+                _pct((m.accuracy or {}).get("top1")),
+                _pct((m.accuracy or {}).get("top5")),
+                _pct(overall.get("top1_agreement")),
+                "-" if overall.get("cosine") is None else f"{overall['cosine']:.4f}",
+                "-" if overall.get("rel_l2") is None else f"{overall['rel_l2']:.4f}",
+            ]
+        )
+    click.echo("")
+    click.echo(
+        table(
+            quality_rows,
+            ["model", "latency ms", "vs base [p10-p90]", "top-1", "top-5", "agree", "cosine", "rel L2"],
+            right={1, 2, 3, 4, 5, 6, 7},
+        )
+    )
+    for m in result.candidates:
+        for warning in m.warnings:
+            click.echo(f"note ({m.name}): {warning}")
+
+
+@click.command("eval")
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("candidates", nargs=-1, type=click.Path(path_type=Path))
+@evaluation_options()
+@click.option("--input-shape", multiple=True, metavar="NAME:1x3x224x224", help="Input shape for synthetic data.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def eval_command(base: Path, candidates: tuple[Path, ...], input_shape: tuple[str, ...], **kwargs: Any) -> None:
+    """Compare BASE with CANDIDATE models: size, compute, latency, accuracy and fidelity.
+
+    \b
+    Examples:
+      onnxprune eval model.onnx pruned.onnx --data test.npz --labels labels.npy --report report.html
+      onnxprune eval model.onnx p30.onnx p50.onnx p70.onnx --data images/ --image-size 256 --crop 224 \\
+          --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
+      onnxprune eval model.onnx pruned.onnx            # synthetic data: fidelity only
+    """
+    run_evaluation(base, candidates, kwargs, input_shape, quiet=kwargs.get("quiet", False))

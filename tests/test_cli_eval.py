@@ -1,0 +1,114 @@
+"""``onnxprune eval`` and ``prune --eval``: tables, files, and one-line errors for bad data."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from onnxprune.cli import main
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+CNN = FIXTURES / "cnn_digits.onnx"
+DATA = FIXTURES / "cnn_digits.test.npz"
+LABELS = FIXTURES / "cnn_digits.test_labels.npy"
+FAST = ["--warmup", "1", "--repeats", "3"]
+
+
+def _run(*args: str | Path):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli_eval") / "cnn50.onnx"
+    result = _run("prune", CNN, out, "--sparsity", "0.5", "-q")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_eval_prints_both_tables_and_writes_report_and_json(tmp_path: Path, pruned: Path):
+    report, js = tmp_path / "r.html", tmp_path / "r.json"
+    result = _run("eval", CNN, pruned, "--data", DATA, "--labels", LABELS, "--report", report, "--json", js, *FAST)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "450 samples" in out
+    assert re.search(r"cnn_digits\.onnx .* 99\.1%", out)  # base top-1
+    assert re.search(r"cnn50\.onnx .*\d\.\d\dx \[", out)  # candidate latency ratio with its spread
+    assert "will not run this faster" in out
+    data = json.loads(js.read_text())
+    assert [m["role"] for m in data["models"]] == ["base", "candidate"]
+    html = report.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<svg" in html and "cnn50.onnx" in html
+
+
+def test_prune_with_eval_evaluates_the_output_against_the_input(tmp_path: Path):
+    out = tmp_path / "p.onnx"
+    result = _run("prune", CNN, out, "--sparsity", "0.3", "--data", DATA, "--labels", LABELS, "--no-latency", "-q")
+    assert result.exit_code == 0, result.output
+    assert "pruned 5 weight tensors" in result.output
+    assert re.search(r"p\.onnx .*%", result.output) and "top-1" in result.output
+
+
+def test_eval_without_data_is_fidelity_only(pruned: Path):
+    result = _run("eval", CNN, pruned, "--no-latency", "--samples", "8")
+    assert result.exit_code == 0, result.output
+    assert "synthetic data (fidelity only)" in result.output
+
+
+def _error(result, code: int, pattern: str) -> None:
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("onnxprune: error: "), result.output
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_error_input_names_do_not_match(tmp_path: Path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, pixels=np.load(DATA)["input"])
+    _error(_run("eval", CNN, "--data", bad, "--no-latency"), 7, r"input.*pixels|pixels.*input")
+
+
+def test_error_wrong_shape(tmp_path: Path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=np.zeros((10, 1, 9, 9), np.float32))
+    _error(_run("eval", CNN, "--data", bad, "--no-latency"), 7, r"dim|shape|axis")
+
+
+def test_error_wrong_dtype(tmp_path: Path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=np.zeros((10, 1, 8, 8), np.int64))
+    _error(_run("eval", CNN, "--data", bad, "--no-latency"), 7, r"int64")
+
+
+def test_error_empty_image_folder(tmp_path: Path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _error(_run("eval", CNN, "--data", folder, "--no-latency"), 7, r"no images found")
+
+
+def test_error_label_count(tmp_path: Path):
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.zeros(449, np.int64))
+    _error(_run("eval", CNN, "--data", DATA, "--labels", labels, "--no-latency"), 7, r"449 .*450")
+
+
+def test_error_output_names_no_output():
+    _error(_run("eval", CNN, "--data", DATA, "--output", "probs", "--no-latency"), 2, r"--output 'probs'.*logits")
+
+
+def test_error_missing_model_and_unwritable_report(tmp_path: Path):
+    _error(_run("eval", tmp_path / "nope.onnx", "--no-latency"), 2, r"does not exist")
+    _error(_run("eval", CNN, "--report", "/proc/self/r.html", "--no-latency"), 6, r"--report")
+
+
+def test_prune_eval_options_are_checked_before_pruning(tmp_path: Path):
+    out = tmp_path / "p.onnx"
+    result = _run("prune", CNN, out, "--sparsity", "0.5", "--eval", "--batch-size", "0")
+    _error(result, 2, r"batch size")
+    assert not out.exists()

@@ -1,0 +1,703 @@
+"""The HTML report: structure, self-containment, plots whose bars match the data, escaping,
+graceful degradation on partial results, and atomic writing.
+
+The realistic result is measured here for real: ``fixtures/cnn_digits.onnx`` and three
+copies pruned by onnxprune at 0.3 / 0.5 / 0.7, run in onnxruntime on the fixture's test
+split (accuracy against its labels, fidelity to the base, timed runs). No browser is
+needed; ``tools/check_report.py`` renders the page in Chromium.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import stat
+import time
+import zlib
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper, shape_inference
+
+import onnxprune
+from onnxprune.errors import OnnxPruneError, OptionError, OutputError
+from onnxprune.report import numbers as nb
+from onnxprune.report import render_html, write_report
+from onnxprune.report.charts import PALETTE, BarChart, Series, colors, nice_ticks, render, shorten, wrap
+from onnxprune.report.plots import MAX_LAYERS
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+PLOTS = ("plot-size", "plot-accuracy", "plot-latency", "plot-latency-ratio", "plot-fidelity", "plot-compute")
+COMPARED = {"plot-latency-ratio", "plot-fidelity"}  # one group per candidate, not per model
+VOID = {"meta", "br", "hr", "img", "input", "link", "col", "wbr"}
+
+
+# ---------------------------------------------------------------------------------------
+# A real result: prune, run and time the fixture in onnxruntime
+
+
+def _session(data: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def _static(model: onnx.ModelProto, data: bytes) -> dict[str, Any]:
+    """Sizes, per-tensor sparsity and MACs (batch 1) of a model."""
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    layers = []
+    for name, array in arrays.items():
+        nonzeros = int(np.count_nonzero(array))
+        layers.append(
+            {
+                "name": name,
+                "scope": "",
+                "shape": list(array.shape),
+                "dtype": str(array.dtype),
+                "parameters": int(array.size),
+                "nonzeros": nonzeros,
+                "sparsity": 1 - nonzeros / array.size,
+                "dense_bytes": int(array.nbytes),
+                "coo_bytes": nonzeros * (array.itemsize + 8 * array.ndim),
+            }
+        )
+    fixed = copy.deepcopy(model)
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    inferred = shape_inference.infer_shapes(fixed)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    shapes.update({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.output})
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        weight = arrays[node.input[1]]
+        positions = math.prod(shapes[node.output[0]][2:]) if node.op_type == "Conv" else 1
+        nonzero = int(np.count_nonzero(weight))
+        nodes.append(
+            {
+                "node": node.name,
+                "op_type": node.op_type,
+                "scope": "",
+                "macs": weight.size * positions,
+                "nonzero_macs": nonzero * positions,
+                "weight": node.input[1],
+                "density": nonzero / weight.size,
+                "counted": True,
+                "reason": None,
+            }
+        )
+    parameters = sum(la["parameters"] for la in layers)
+    nonzeros = sum(la["nonzeros"] for la in layers)
+    dense = sum(la["dense_bytes"] for la in layers)
+    macs = sum(n["macs"] for n in nodes)
+    nonzero_macs = sum(n["nonzero_macs"] for n in nodes)
+    return {
+        "size": {
+            "file_bytes": len(data),
+            "compressed_bytes": len(zlib.compress(data, 6)),
+            "sparse_bytes": len(data) - dense + sum(min(la["dense_bytes"], la["coo_bytes"]) for la in layers),
+            "dense_weight_bytes": dense,
+        },
+        "params": {"parameters": parameters, "nonzeros": nonzeros, "sparsity": 1 - nonzeros / parameters},
+        "layers": layers,
+        "compute": {
+            "macs": macs,
+            "nonzero_macs": nonzero_macs,
+            "flops": 2 * macs,
+            "nonzero_flops": 2 * nonzero_macs,
+            "other": {},
+            "nodes": nodes,
+            "uncounted": [],
+            "notes": [],
+        },
+    }
+
+
+def _fidelity(reference: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    a, b = reference.ravel().astype(np.float64), logits.ravel().astype(np.float64)
+    return {
+        "top1_agreement": float(np.mean(reference.argmax(1) == logits.argmax(1))),
+        "cosine": float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))),
+        "rel_l2": float(np.linalg.norm(a - b) / np.linalg.norm(a)),
+        "max_abs": float(np.max(np.abs(a - b))),
+    }
+
+
+def measure(sparsities: tuple[float, ...] = (0.3, 0.5, 0.7), repeats: int = 15) -> dict[str, Any]:
+    base = onnx.load(str(FIXTURES / "cnn_digits.onnx"))
+    protos = [base] + [onnxprune.prune(base, onnxprune.PruneConfig(sparsity=s))[0] for s in sparsities]
+    names = ["cnn_digits.onnx"] + [f"cnn_digits.p{round(100 * s)}.onnx" for s in sparsities]
+    blobs = [p.SerializeToString() for p in protos]
+    sessions = [_session(b) for b in blobs]
+    x = np.load(FIXTURES / "cnn_digits.test.npz")["input"]
+    labels = np.load(FIXTURES / "cnn_digits.test_labels.npy")
+    outputs = [s.run(["logits"], {"input": x})[0] for s in sessions]
+    times = np.zeros((len(sessions), repeats))
+    one = {"input": x[:1]}
+    for r in range(repeats + 2):  # interleaved: every model sees the same machine state
+        for i, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, one)
+            if r >= 2:
+                times[i, r - 2] = (time.perf_counter() - start) * 1e3
+    models = []
+    for i, (proto, blob, logits) in enumerate(zip(protos, blobs, outputs, strict=True)):
+        ratios = times[i] / times[0]
+        top5 = np.argsort(-logits, axis=1)[:, :5]
+        model = {
+            "name": names[i],
+            "path": f"out/{names[i]}",
+            "role": "base" if i == 0 else "candidate",
+            **_static(proto, blob),
+            "latency": {
+                "median_ms": float(np.median(times[i])),
+                "p90_ms": float(np.percentile(times[i], 90)),
+                "min_ms": float(times[i].min()),
+                "mean_ms": float(times[i].mean()),
+                "repeats": repeats,
+                "ratio": None
+                if i == 0
+                else {k: float(np.percentile(ratios, q)) for k, q in (("p10", 10), ("median", 50), ("p90", 90))},
+                "peak_memory_bytes": None,
+            },
+            "accuracy": {
+                "top1": float(np.mean(logits.argmax(1) == labels)),
+                "top5": float(np.mean((top5 == labels[:, None]).any(1))),
+                "samples": len(labels),
+                "metric": None,
+            },
+            "fidelity": None
+            if i == 0
+            else {"outputs": {"logits": _fidelity(outputs[0], logits)}, "overall": _fidelity(outputs[0], logits)},
+            "warnings": []
+            if i == 0
+            else [
+                "onnxruntime will not run this faster: its zeros are unstructured and every tensor keeps its dense shape."
+            ],
+        }
+        models.append(model)
+    return {
+        "tool": {"name": "onnxprune", "version": onnxprune.__version__},
+        "created": "2026-11-21T10:00:00Z",
+        "environment": {"cpu": "test", "cores": os.cpu_count(), "onnxruntime": ort.__version__, "threads": 1},
+        "data": {
+            "kind": "npz",
+            "source": "fixtures/cnn_digits.test.npz",
+            "samples": len(labels),
+            "batch_size": len(labels),
+            "synthetic": False,
+            "labels": "fixtures/cnn_digits.test_labels.npy",
+            "output": "logits",
+        },
+        "settings": {"warmup": 2, "repeats": repeats, "input_shapes": {"input": [1, 1, 8, 8]}},
+        "models": models,
+    }
+
+
+@pytest.fixture(scope="module")
+def result() -> dict[str, Any]:
+    return measure()
+
+
+# ---------------------------------------------------------------------------------------
+# Reading the page back
+
+
+class Page(HTMLParser):
+    """Tags, ids, per-figure SVG content and nesting errors of an HTML page."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.ids: dict[str, dict[str, str | None]] = {}
+        self.figures: dict[str, dict[str, Any]] = {}
+        self.figure: str | None = None
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text_parts: list[str] = []
+        self.feed(text)
+        self.close()
+        if self.stack:
+            self.errors.append(f"unclosed: {self.stack}")
+
+    def _element(self, tag: str, attrs: list[tuple[str, str | None]]) -> dict[str, str | None]:
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if a.get("id"):
+            if a["id"] in self.ids:
+                self.errors.append(f"duplicate id {a['id']}")
+            self.ids[a["id"]] = a
+        if tag == "figure":
+            self.figure = a.get("id")
+            self.figures[self.figure or ""] = {"svg": 0, "bars": [], "class": a.get("class"), "text": [], "caption": 0}
+        elif self.figure is not None:
+            figure = self.figures[self.figure]
+            if tag == "svg":
+                figure["svg"] += 1
+            if tag == "figcaption":
+                figure["caption"] += 1
+            if tag == "rect" and a.get("class") == "bar":
+                figure["bars"].append(a)
+        return a
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._element(tag, attrs)
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._element(tag, attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:]}")
+            return
+        self.stack.pop()
+        if tag == "figure":
+            self.figure = None
+
+    def handle_data(self, data: str) -> None:
+        self.text_parts.append(data)
+        if self.figure is not None:
+            self.figures[self.figure]["text"].append(data)
+
+    @property
+    def text(self) -> str:
+        return " ".join(" ".join(self.text_parts).split())
+
+
+def parse(text: str) -> Page:
+    page = Page(text)
+    assert page.errors == []
+    return page
+
+
+def assert_self_contained(text: str) -> None:
+    assert not re.search(r"https?://", text)
+    assert not re.search(r"\b(src|href)\s*=", text, re.I)
+    assert not re.search(r"<(script|link|iframe|object|embed|img)\b", text, re.I)
+    assert "@import" not in text and "url(" not in text
+
+
+def bar_values(figure: dict[str, Any]) -> list[float]:
+    return [float(b["data-value"]) for b in figure["bars"]]
+
+
+# ---------------------------------------------------------------------------------------
+# The realistic report
+
+
+def test_report_parses_is_self_contained_and_has_every_section(result):
+    text = render_html(result)
+    page = parse(text)
+    assert_self_contained(text)
+    for section in ("summary", "warnings", "plots", "layers", "compute", "data", "environment", "settings"):
+        assert section in page.ids, section
+    assert text.startswith("<!DOCTYPE html>")
+    assert "Pruning report" in page.text and "onnxprune 0.1.0" in page.text and "2026-11-21 10:00 UTC" in page.text
+    # the warning of each candidate, shared by all three, is shown once in a highlighted box
+    assert page.text.count("onnxruntime will not run this faster") == 1
+    assert any(a.get("class") == "warning" for tag, a in page.tags if tag == "div")
+    # collapsible detail tables
+    assert sum(1 for tag, _ in page.tags if tag == "details") >= 2
+
+
+def test_every_plot_is_an_svg_with_one_bar_per_model_and_series(result):
+    page = parse(render_html(result))
+    models = result["models"]
+    for plot_id in (*PLOTS, "plot-sparsity"):
+        figure = page.figures[plot_id]
+        assert figure["svg"] == 1 and figure["caption"] == 1, plot_id
+        wanted = len(models) - 1 if plot_id in COMPARED else len(models)
+        assert len(figure["bars"]) >= wanted, plot_id
+    sizes = page.figures["plot-size"]
+    assert len(sizes["bars"]) == 3 * len(models)  # file, compressed, sparse for every model
+    assert len(page.figures["plot-compute"]["bars"]) == 2 * len(models)
+    assert len(page.figures["plot-accuracy"]["bars"]) == 2 * len(models)
+
+
+def test_plot_bars_carry_the_measured_values_at_proportional_heights(result):
+    page = parse(render_html(result))
+    bars = page.figures["plot-size"]["bars"]
+    expected = [m["size"][key] for m in result["models"] for key in ("file_bytes", "compressed_bytes", "sparse_bytes")]
+    assert sorted(bar_values(page.figures["plot-size"])) == sorted(float(v) for v in expected)
+    scale = {float(b["height"]) / float(b["data-value"]) for b in bars}
+    assert max(scale) - min(scale) < 0.02 * max(scale)  # height ∝ value, up to 0.01 px rounding
+    bottoms = {round(float(b["y"]) + float(b["height"]), 1) for b in bars}
+    assert len(bottoms) == 1  # every bar stands on the same zero line
+    # pruning really shrank the compressed file: the 0.7 candidate's compressed bar is the shortest of its series
+    compressed = [float(b["height"]) for b in bars if b["fill"] == PALETTE[1]]
+    assert compressed == sorted(compressed, reverse=True)
+    latency = page.figures["plot-latency"]["bars"]
+    assert [float(b["data-value"]) for b in latency] == [m["latency"]["median_ms"] for m in result["models"]]
+
+
+def test_sparsity_plot_shows_the_pruned_layers_of_each_candidate(result):
+    page = parse(render_html(result))
+    figure = page.figures["plot-sparsity"]
+    assert "wide" in (figure["class"] or "")
+    pruned = [la for la in result["models"][1]["layers"] if la["sparsity"] > 0]
+    assert len(figure["bars"]) == 3 * len(pruned)  # layers without zeros are left out
+    assert "without any zero" in " ".join(figure["text"])
+    for bar in figure["bars"]:  # horizontal bars: width ∝ sparsity, on a 0..100 % axis
+        assert 0 < float(bar["data-value"]) < 1
+    widths = {float(b["width"]) / float(b["data-value"]) for b in figure["bars"]}
+    assert max(widths) - min(widths) < 0.01 * max(widths)
+
+
+def test_summary_shows_human_numbers_exact_tooltips_and_best_values(result):
+    text = render_html(result)
+    base, *candidates = result["models"]
+    top1 = base["accuracy"]["top1"]
+    assert nb.fmt_percent(top1) in text
+    assert f'title="top-1 {nb.exact(top1)} on 450 samples"' in text
+    assert nb.fmt_bytes(base["size"]["file_bytes"]) in text
+    assert f"{base['size']['file_bytes']:,} bytes" in text
+    smallest = min(result["models"], key=lambda m: m["size"]["compressed_bytes"])
+    best = re.findall(r'<td class="num best" title="deflate-compressed: ([\d,]+) bytes">', text)
+    assert best == [f"{smallest['size']['compressed_bytes']:,}"]
+    assert "Highlighted" in text
+    # one line per candidate against the base
+    assert len(re.findall(r"<li><strong>cnn_digits\.p\d+\.onnx</strong>", text)) == len(candidates)
+
+
+# ---------------------------------------------------------------------------------------
+# Edge cases
+
+
+def test_no_candidates_leaves_out_the_comparisons(result):
+    alone = copy.deepcopy(result)
+    alone["models"] = alone["models"][:1]
+    page = parse(render_html(alone))
+    assert "plot-latency-ratio" not in page.ids and "plot-fidelity" not in page.ids
+    for plot_id in ("plot-size", "plot-accuracy", "plot-latency", "plot-compute", "plot-sparsity"):
+        assert page.figures[plot_id]["svg"] == 1 and page.figures[plot_id]["bars"], plot_id
+    assert "Fidelity to base" not in page.text and "Highlighted" not in page.text
+    assert "no candidates" in page.text and "Model report" in page.text
+
+
+def test_no_labels_plots_agreement_with_the_base_instead(result):
+    unlabelled = copy.deepcopy(result)
+    unlabelled["data"]["labels"] = None
+    for model in unlabelled["models"]:
+        model["accuracy"] = None
+    page = parse(render_html(unlabelled))
+    accuracy = page.figures["plot-accuracy"]
+    assert "Agreement with the base (no labels)" in " ".join(accuracy["text"])
+    agreement = [float(b["data-value"]) for b in accuracy["bars"] if b["fill"] == PALETTE[0]]
+    assert agreement == [m["fidelity"]["overall"]["top1_agreement"] for m in unlabelled["models"][1:]]
+    assert "Not measured: accuracy" in page.text
+    assert "synthetic-data" not in page.ids and "Synthetic data" not in page.text
+
+
+def test_synthetic_data_is_shown_prominently(result):
+    synthetic = copy.deepcopy(result)
+    synthetic["data"].update(synthetic=True, labels=None, kind="synthetic", source="random normal")
+    for model in synthetic["models"]:
+        model["accuracy"] = None
+    text = render_html(synthetic)
+    page = parse(text)
+    assert "synthetic-data" in page.ids
+    assert "Synthetic data: fidelity only, not accuracy." in page.text
+    # the banner comes before the summary
+    assert text.index('id="synthetic-data"') < text.index('id="summary"')
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {},
+        {"models": None, "data": None, "environment": None, "settings": None, "tool": None, "created": None},
+        {"models": "not a list", "created": 12},
+        {"models": [None, 3, "x"]},
+        {"models": [{}]},
+        {"models": [{"name": None, "layers": None, "compute": None}, {"latency": {"ratio": {"median": None}}}]},
+        {"models": [{"size": {"file_bytes": float("nan")}, "latency": {"median_ms": float("inf")}}]},
+        {"models": [{"layers": [None, {"name": None, "sparsity": "half"}], "compute": {"nodes": [None, {}]}}]},
+    ],
+)
+def test_partial_results_render_and_say_not_measured(broken):
+    text = render_html(broken)
+    page = parse(text)
+    assert_self_contained(text)
+    assert "summary" in page.ids
+    assert "Not measured" in page.text or "Not recorded" in page.text
+
+
+def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every key and list-element path of a nested result."""
+    out = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out.append((*prefix, key))
+            out.extend(_paths(item, (*prefix, key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            out.append((*prefix, index))
+            out.extend(_paths(item, (*prefix, index)))
+    return out
+
+
+def test_any_single_value_missing_null_or_mistyped_renders(result):
+    small = copy.deepcopy(result)
+    small["models"] = small["models"][:2]
+    for model in small["models"]:
+        model["layers"] = model["layers"][:2]
+        model["compute"]["nodes"] = model["compute"]["nodes"][:2]
+    paths = _paths(small)
+    assert len(paths) > 200
+    for path in paths:
+        for mutation in ("delete", None, "text", -1):
+            broken = copy.deepcopy(small)
+            parent = broken
+            for key in path[:-1]:
+                parent = parent[key]
+            if mutation == "delete":
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = mutation
+            text = render_html(broken)  # never raises
+            if mutation is None:  # and stays well-formed (parsing every variant would be slow)
+                parse(text)
+            else:
+                assert text.endswith("</html>\n")
+
+
+def test_markup_in_names_is_escaped(result):
+    evil = copy.deepcopy(result)
+    evil["models"][1]["name"] = '"><b onmouseover=alert(1)>model'
+    evil["models"][1]["layers"][1]["name"] = "<script>alert(1)</script>"
+    evil["models"][1]["compute"]["nodes"][0]["node"] = "<script>alert(2)</script>"
+    evil["models"][1]["warnings"] = ["<img src=x onerror=alert(3)>"]
+    evil["models"][1]["fidelity"]["outputs"] = {"<i>out</i>": evil["models"][1]["fidelity"]["overall"]}
+    evil["data"]["source"] = "</style><script>alert(4)</script>"
+    text = render_html(evil)
+    page = parse(text)
+    assert "<script" not in text.lower() and "<img" not in text.lower() and "<b " not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "<script>alert(1)</script>" in page.text  # shown to the reader as text
+    assert "&lt;img src=x onerror=alert(3)&gt;" in text
+    assert_self_contained(text.replace("src=x", ""))  # the escaped warning text aside
+
+
+def test_500_layers_are_capped_in_the_plot_and_listed_in_the_table(result):
+    big = copy.deepcopy(result)
+    rng = np.random.default_rng(0)
+    for index, model in enumerate(big["models"]):
+        layers = []
+        for i in range(500):
+            n = 64 * (1 + i % 37)
+            zeros = 0 if index == 0 else int(n * rng.uniform(0.1, 0.9))
+            name = f"encoder.layers.{i}.mlp.weight" if i != 7 else "<script>x</script>"
+            layers.append(
+                {"name": name, "scope": "", "shape": [n // 64, 64], "dtype": "float32", "parameters": n,
+                 "nonzeros": n - zeros, "sparsity": zeros / n, "dense_bytes": 4 * n, "coo_bytes": 12 * (n - zeros)}
+            )  # fmt: skip
+        model["layers"] = layers
+    start = time.perf_counter()
+    text = render_html(big)
+    elapsed = time.perf_counter() - start
+    page = parse(text)
+    figure = page.figures["plot-sparsity"]
+    assert len(figure["bars"]) == MAX_LAYERS * (len(big["models"]) - 1)
+    assert f"Showing the {MAX_LAYERS} largest of 500 layers" in " ".join(figure["text"])
+    # the largest layers were kept, in model order
+    first = big["models"][1]["layers"]
+    largest = sorted(range(500), key=lambda i: -first[i]["parameters"])[:MAX_LAYERS]
+    shown = [float(b["data-value"]) for b in figure["bars"] if b["fill"] == PALETTE[0]]
+    assert shown == [first[i]["sparsity"] for i in sorted(largest)]
+    # the table lists all 500 (and the nodes table its nodes); the markup in a name is escaped
+    assert len(re.findall(r'<td class="name"', text)) == 500 + len(result["models"][0]["compute"]["nodes"])
+    assert "&lt;script&gt;x&lt;/script&gt;" in text and "<script>" not in text
+    assert elapsed < 2.0
+
+
+def test_many_candidates_turn_the_model_charts_horizontal_with_distinct_colours(result):
+    many = copy.deepcopy(result)
+    for i in range(6):
+        extra = copy.deepcopy(many["models"][2])
+        extra["name"] = f"cnn_digits.variant{i}.onnx"
+        many["models"].append(extra)
+    page = parse(render_html(many))
+    assert "wide" in page.figures["plot-size"]["class"]
+    fills = {b["fill"] for b in page.figures["plot-sparsity"]["bars"]}
+    assert len(fills) == len(many["models"]) - 1
+    assert len(set(colors(20))) == 20
+
+
+def test_render_refuses_a_non_mapping_with_one_line():
+    with pytest.raises(OptionError) as caught:
+        render_html(["models"])  # type: ignore[arg-type]
+    assert "\n" not in str(caught.value) and "to_dict" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------
+# Charts on known values
+
+
+def _rects(svg: str) -> list[dict[str, str]]:
+    page = Page(f"<figure id='x'>{svg}</figure>")
+    return page.figures["x"]["bars"]
+
+
+def test_vertical_bars_are_proportional_to_known_values():
+    values = (1.0, 2.0, 4.0, 0.5)
+    svg = render(
+        BarChart(title="t", categories=("a", "b", "c", "d"), series=(Series("s", values, PALETTE[0]),), plot_height=200)
+    )
+    rects = _rects(svg)
+    assert [float(r["data-value"]) for r in rects] == list(values)
+    heights = [float(r["height"]) for r in rects]
+    for value, height in zip(values, heights, strict=True):
+        assert height == pytest.approx(heights[2] * value / 4.0, abs=0.01)
+    # the axis runs to a nice tick (4 → 4), so the largest bar fills the plot height
+    assert heights[2] == pytest.approx(200.0, abs=0.01)
+    assert len({round(float(r["y"]) + float(r["height"]), 2) for r in rects}) == 1
+
+
+def test_grouped_horizontal_bars_with_negative_values_and_whiskers():
+    series = (
+        Series("gain", (0.5, -0.25, None), PALETTE[0], low=(0.4, -0.3, None), high=(0.6, -0.2, None)),
+        Series("loss", (1.0, 0.75, 0.25), PALETTE[1]),
+    )
+    svg = render(BarChart(title="t", categories=("x", "y", "z"), series=series, horizontal=True, width=600))
+    rects = _rects(svg)
+    assert len(rects) == 5  # None draws no bar
+    width_per_unit = {float(r["width"]) / abs(float(r["data-value"])) for r in rects}
+    assert max(width_per_unit) - min(width_per_unit) < 0.05
+    negative = next(r for r in rects if float(r["data-value"]) < 0)
+    positive = next(r for r in rects if float(r["data-value"]) == 0.5)
+    assert float(negative["x"]) + float(negative["width"]) == pytest.approx(float(positive["x"]), abs=0.02)
+    assert svg.count('class="whisker"') == 2
+    assert svg.count('class="swatch"') == 2  # a legend for two series
+
+
+def test_domain_max_fixes_the_axis_and_a_reference_line_is_drawn():
+    svg = render(
+        BarChart(
+            title="r",
+            categories=("a",),
+            series=(Series("s", (0.5,), PALETTE[0]),),
+            domain_max=1.0,
+            plot_height=100,
+            reference=1.0,
+            reference_label="base",
+        )
+    )
+    (rect,) = _rects(svg)
+    assert float(rect["height"]) == pytest.approx(50.0, abs=0.01)
+    assert 'class="reference"' in svg and ">base<" in svg
+
+
+def test_chart_text_is_escaped():
+    svg = render(BarChart(title="<t>", categories=("<a&b>",), series=(Series('"s"', (1.0,), PALETTE[0]),)))
+    assert "<t>" not in svg and "&lt;t&gt;" in svg and "&lt;a&amp;b&gt;" in svg
+    Page(svg)
+
+
+def test_nice_ticks_and_label_helpers():
+    assert nice_ticks(0, 183) == [0, 50, 100, 150, 200]
+    assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(-0.3, 1.1) == [-0.5, 0, 0.5, 1.0, 1.5]
+    assert nice_ticks(0, 0) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert shorten("abcdefghij", 5) == "a…hij"
+    assert shorten("short", 10) == "short"
+    assert wrap("cnn_digits.pruned.onnx", 12) == ["cnn_digits.", "pruned.onnx"]
+    assert all(len(line) <= 8 for line in wrap("a_very_long_model_name_indeed.onnx", 8))
+
+
+def test_number_formats():
+    assert nb.fmt_bytes(123456) == "121 KiB"
+    assert nb.fmt_bytes(512) == "512 B"
+    assert nb.fmt_bytes(5 * 1024**2) == "5.00 MiB"
+    assert nb.fmt_count(1_234_567) == "1.23 M"
+    assert nb.fmt_count(30000) == "30.0 k"
+    assert nb.fmt_percent(0.982) == "98.2 %"
+    assert nb.fmt_percent(0.0003) == "0.03 %"
+    assert nb.fmt_percent(0.9996) == "99.96 %"
+    assert nb.fmt_ms(0.41) == "0.410 ms"
+    assert nb.fmt_ratio(0.98) == "0.98×"
+    assert nb.exact(123456, "bytes") == "123,456 bytes"
+    assert nb.exact(None) == "not measured"
+    assert nb.fmt_created("2026-11-21T10:00:00Z") == "2026-11-21 10:00 UTC"
+    assert nb.fmt_shape([16, 1, 3, 3]) == "16×1×3×3"
+    for missing in (None, "x", float("nan"), True):
+        assert nb.fmt_bytes(missing) == nb.MISSING
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+def test_write_report_writes_atomically_and_replaces(tmp_path, result):
+    target = tmp_path / "report.html"
+    target.write_text("old")
+    written = write_report(result, target)
+    assert written == target
+    assert target.read_text(encoding="utf-8") == render_html(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]  # no temporary file left
+    fresh = write_report(result, tmp_path / "new.html")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+
+
+def test_write_report_keeps_the_old_file_when_rendering_fails(tmp_path):
+    target = tmp_path / "report.html"
+    target.write_text("old")
+    with pytest.raises(OptionError):
+        write_report("not a result", target)  # type: ignore[arg-type]
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_write_report_keeps_the_old_file_when_the_rename_fails(tmp_path, result, monkeypatch):
+    import onnxprune.report as report_module
+
+    target = tmp_path / "report.html"
+    target.write_text("old")
+
+    def failing_replace(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_module.os, "replace", failing_replace)
+    with pytest.raises(OutputError) as caught:
+        write_report(result, target)
+    assert "No space left on device" in str(caught.value) and "\n" not in str(caught.value)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_write_report_errors_are_one_line(tmp_path, result):
+    with pytest.raises(OutputError, match="does not exist"):
+        write_report(result, tmp_path / "missing" / "report.html")
+    with pytest.raises(OutputError, match="is a folder"):
+        write_report(result, tmp_path)
+    assert issubclass(OutputError, OnnxPruneError)
+
+
+# ---------------------------------------------------------------------------------------
+# The real evaluator's output
+
+
+def test_the_evaluators_result_renders_with_every_plot(tmp_path):
+    evaluate = pytest.importorskip("onnxprune.evaluate")
+    latency = pytest.importorskip("onnxprune.latency")
+    pruned = tmp_path / "cnn_digits.p50.onnx"
+    onnxprune.prune_file(FIXTURES / "cnn_digits.onnx", pruned, onnxprune.PruneConfig(sparsity=0.5))
+    outcome = evaluate.evaluate(
+        FIXTURES / "cnn_digits.onnx",
+        [pruned],
+        data=FIXTURES / "cnn_digits.test.npz",
+        labels=FIXTURES / "cnn_digits.test_labels.npy",
+        options=evaluate.EvalOptions(latency=latency.LatencySettings(warmup=1, repeats=5)),
+    )
+    page = parse(write_report(outcome.to_dict(), tmp_path / "report.html").read_text(encoding="utf-8"))
+    for plot_id in (*PLOTS, "plot-sparsity"):
+        assert page.figures[plot_id]["svg"] == 1 and page.figures[plot_id]["bars"], plot_id
+    assert "cnn_digits.p50.onnx" in page.text
