@@ -21,6 +21,7 @@ import onnx
 from onnx import ModelProto, TensorProto
 
 from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError
+from onnxprune.graph import tensors
 from onnxprune.graph.skeleton import skeleton
 from onnxprune.graph.walk import all_tensors
 from onnxprune.graph.writer import Replacement, apply_replacements, write_model
@@ -151,8 +152,8 @@ def load_model_with_files(path: str | os.PathLike[str]) -> tuple[ModelProto, lis
 
 
 def tensor_bytes(model: ModelProto) -> int:
-    """Bytes of tensor data held in the model (raw and typed fields, not external)."""
-    return sum(t.ByteSize() for t in all_tensors(model))
+    """Bytes of tensor data held in the model (not external), from dims and dtypes."""
+    return sum(tensors.data_bytes(t) for t in all_tensors(model) if t.data_location != TensorProto.EXTERNAL)
 
 
 @dataclass(frozen=True)

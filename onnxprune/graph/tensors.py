@@ -8,7 +8,7 @@ rewritten; every other tensor keeps its exact bytes.
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 #: ONNX element types that onnxprune prunes, with their numpy dtype names.
 FLOAT_TYPES: dict[int, str] = {
@@ -17,6 +17,12 @@ FLOAT_TYPES: dict[int, str] = {
     TensorProto.BFLOAT16: "bfloat16",
     TensorProto.DOUBLE: "float64",
 }
+
+_SUB_BYTE = frozenset(
+    getattr(TensorProto, name)
+    for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    if hasattr(TensorProto, name)
+)
 
 _TYPED_FIELDS = ("float_data", "int32_data", "double_data", "int64_data", "uint64_data")
 
@@ -34,6 +40,19 @@ def is_float(tensor: TensorProto) -> bool:
 
 def numel(tensor: TensorProto) -> int:
     return int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+
+
+def data_bytes(tensor: TensorProto) -> int:
+    """Bytes of the tensor's values, from its dims and element type, without reading them
+    (reading ``raw_data`` or calling ``ByteSize`` copies or encodes the whole tensor).
+    Strings and sub-byte types are sized by encoding, as they are small in practice."""
+    try:
+        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 0
+    if tensor.data_type == TensorProto.STRING or itemsize == 0 or tensor.data_type in _SUB_BYTE:
+        return tensor.ByteSize()
+    return numel(tensor) * itemsize
 
 
 def read_array(tensor: TensorProto) -> np.ndarray:

@@ -26,6 +26,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
+from onnxprune.graph import tensors
+
 Replacement = Callable[[TensorProto], bytes]
 #: tensor name -> (offset, length) of its raw_data payload in the written file
 Layout = dict[str, tuple[int, int]]
@@ -165,7 +167,7 @@ def _unchanged(tensor: TensorProto) -> bytes:
 
 
 def _in_layout(tensor: TensorProto, cursor: _Cursor | None) -> bool:
-    return cursor is not None and replaceable(tensor) and tensor.ByteSize() >= LAYOUT_MIN_BYTES
+    return cursor is not None and replaceable(tensor) and tensors.data_bytes(tensor) >= LAYOUT_MIN_BYTES
 
 
 def _constant_node(node: NodeProto, replace: Replacement, cursor: _Cursor | None) -> list[Part]:
