@@ -218,3 +218,24 @@ def test_random_keys_are_seeded_and_put_zeros_first():
     k2 = sparsity.random_keys(w, np.random.default_rng(1))
     np.testing.assert_array_equal(k1, k2)
     assert np.all(k1[:5] == 0) and np.all(k1[5:] > 0)
+
+
+@pytest.mark.parametrize("k", [1, 5, 9, 10, 11, 19])
+def test_smallest_k_mask_with_any_threshold_equals_the_partition(k):
+    keys = np.array([5, 1, 3, 3, 3, 0, 7, 3, 9, 2, 3, 8, 6, 4, 3, 1, 0, 2, 9, 5], np.uint32)
+    expected = sparsity.smallest_k_mask(keys, k)
+    assert int(expected.sum()) == k
+    for threshold in range(0, 11):  # right ones skip the partition, wrong ones are ignored
+        assert np.array_equal(sparsity.smallest_k_mask(keys, k, threshold=threshold), expected)
+
+
+def test_global_threshold_gives_each_layer_its_own_mask():
+    rng = np.random.default_rng(3)
+    layers = [np.round(rng.standard_normal(n).astype(np.float32), 2) for n in (5_000, 800, 3_000)]
+    keys = [sparsity.global_keys(w) for w in layers]
+    allocation = sparsity.allocate_global(keys, 4_400, [int(0.98 * k.size) for k in keys])
+    assert allocation.threshold is not None and sum(allocation.counts) == 4_400
+    for w, count in zip(layers, allocation.counts, strict=True):
+        own = sparsity.magnitude_keys(w)
+        fast = sparsity.smallest_k_mask(own, count, threshold=allocation.threshold)
+        assert np.array_equal(fast, sparsity.smallest_k_mask(own, count))

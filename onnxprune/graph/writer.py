@@ -28,7 +28,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 from onnxprune.graph import tensors
 
-Replacement = Callable[[TensorProto], bytes]
+Replacement = Callable[[TensorProto], bytes | memoryview]
 #: tensor name -> (offset, length) of its raw_data payload in the written file
 Layout = dict[str, tuple[int, int]]
 #: tensors with at least this many bytes of raw_data are recorded in the layout
@@ -155,8 +155,9 @@ def _checked(
     tensor: TensorProto, replace: Replacement, size: int, name: str, cursor: _Cursor | None
 ) -> Iterator[bytes]:
     data = replace(tensor)
-    if len(data) != size:
-        raise ValueError(f"replacement for tensor '{tensor.name}' has {len(data)} bytes, expected {size}")
+    length = memoryview(data).nbytes
+    if length != size:
+        raise ValueError(f"replacement for tensor '{tensor.name}' has {length} bytes, expected {size}")
     if cursor is not None:  # the caller writes what is yielded at the current position
         cursor.layout[name] = (cursor.position, size)
     yield data
@@ -224,7 +225,7 @@ def write_model(
     position = 0
     for chunk in _chunks(_message(model, {_GRAPH: graph})):
         handle.write(chunk)
-        position += len(chunk)
+        position += memoryview(chunk).nbytes
         if cursor is not None:
             cursor.position = position
     return cursor.layout if cursor is not None else {}
@@ -236,9 +237,9 @@ def apply_replacements(model: ModelProto, replacements: Mapping[str, Replacement
         return
     for tensor in model.graph.initializer:
         if tensor.name in replacements:
-            tensor.raw_data = replacements[tensor.name](tensor)
+            tensor.raw_data = bytes(replacements[tensor.name](tensor))
     for node in model.graph.node:
         if node.op_type == "Constant" and node.output and node.output[0] in replacements:
             for attr in node.attribute:
                 if attr.name == "value" and attr.type == AttributeProto.TENSOR:
-                    attr.t.raw_data = replacements[node.output[0]](attr.t)
+                    attr.t.raw_data = bytes(replacements[node.output[0]](attr.t))

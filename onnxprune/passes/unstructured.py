@@ -39,6 +39,7 @@ class Target:
     nm: tuple[int, int] | None = None
     amount: float | None = None
     reason: str | None = None
+    threshold: int | None = None  # the count-th smallest magnitude key, when a global threshold gives it
 
 
 def discovery_options(config: PruneConfig) -> DiscoveryOptions:
@@ -133,10 +134,14 @@ def plan_targets(config: PruneConfig, inventory: Inventory) -> dict[str, Target]
         keys = _LazyKeys([inventory.proto(w) for w in rest])
     total = sparsity.count_for_amount(sum(w.numel for w in rest), config.sparsity)
     caps = [max(sparsity.count_for_amount(w.numel, config.max_layer_sparsity), 0) for w in rest]
-    counts = sparsity.global_counts(keys, total, caps, sizes=[w.numel for w in rest])
+    allocation = sparsity.allocate_global(keys, total, caps, sizes=[w.numel for w in rest])
     del keys
-    for weight, count in zip(rest, counts, strict=True):
-        targets[weight.key] = Target(count=count, amount=count / weight.numel)
+    for weight, count in zip(rest, allocation.counts, strict=True):
+        # float32 global magnitude keys are the tensor's own magnitude keys: the global
+        # threshold is a candidate for its count-th smallest key (checked when masking)
+        same_keys = config.criterion == "magnitude" and weight.dtype == "float32"
+        threshold = allocation.threshold if same_keys else None
+        targets[weight.key] = Target(count=count, amount=count / weight.numel, threshold=threshold)
     return targets
 
 
@@ -147,7 +152,7 @@ def _mask(values: np.ndarray, target: Target, weight: Weight, config: PruneConfi
         keys = sparsity.magnitude_keys(values)  # LAMP ranks like magnitude within a tensor
     if target.nm is not None:
         return sparsity.nm_mask(keys, target.nm[0], target.nm[1], weight.in_axis)
-    return sparsity.smallest_k_mask(keys, target.count)
+    return sparsity.smallest_k_mask(keys, target.count, threshold=target.threshold)
 
 
 def _pruned_bits(proto: TensorProto, target: Target, weight: Weight, config: PruneConfig, index: int) -> np.ndarray:
@@ -238,5 +243,5 @@ def prune_weights(
     return result, replacements
 
 
-def _replacement(proto: TensorProto, *, target: Target, weight: Weight, config: PruneConfig, index: int) -> bytes:
-    return _pruned_bits(proto, target, weight, config, index).tobytes()
+def _replacement(proto: TensorProto, *, target: Target, weight: Weight, config: PruneConfig, index: int) -> memoryview:
+    return memoryview(np.ascontiguousarray(_pruned_bits(proto, target, weight, config, index))).cast("B")

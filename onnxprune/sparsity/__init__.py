@@ -14,12 +14,14 @@ Conventions used throughout:
   afterwards, weights that are already zero included (see :func:`count_for_amount`).
 """
 
-from onnxprune.sparsity.allocate import count_for_amount, global_counts
+from onnxprune.sparsity.allocate import GlobalAllocation, allocate_global, count_for_amount, global_counts
 from onnxprune.sparsity.nm import nm_mask, nm_valid
 from onnxprune.sparsity.scores import global_keys, lamp_scores, magnitude_keys, random_keys
 from onnxprune.sparsity.select import apply_mask_bits, smallest_k_mask
 
 __all__ = [
+    "GlobalAllocation",
+    "allocate_global",
     "apply_mask_bits",
     "count_for_amount",
     "global_counts",

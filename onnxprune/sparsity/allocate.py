@@ -38,6 +38,7 @@ import math
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 
@@ -56,6 +57,14 @@ def _cumulative_capped(hist: np.ndarray, base: int, cap: int) -> np.ndarray:
     return np.minimum(np.cumsum(hist) + base, cap)
 
 
+class GlobalAllocation(NamedTuple):
+    """Per-layer counts, and the threshold ``T`` they come from (None when every layer is
+    empty or filled to its cap, which needs no threshold)."""
+
+    counts: list[int]
+    threshold: int | None
+
+
 def global_counts(
     keys: Sequence[np.ndarray],
     total: int,
@@ -64,6 +73,18 @@ def global_counts(
     sizes: Sequence[int] | None = None,
     sample_size: int = _SAMPLE,
 ) -> list[int]:
+    """Per-layer counts for one global threshold (see :func:`allocate_global`)."""
+    return allocate_global(keys, total, caps, sizes=sizes, sample_size=sample_size).counts
+
+
+def allocate_global(
+    keys: Sequence[np.ndarray],
+    total: int,
+    caps: Sequence[int],
+    *,
+    sizes: Sequence[int] | None = None,
+    sample_size: int = _SAMPLE,
+) -> GlobalAllocation:
     """Per-layer counts for one global threshold on uint32 ``keys`` (see module docstring).
 
     ``keys[l]`` is the flat uint32 key array of layer ``l`` (it may be computed on access:
@@ -78,13 +99,15 @@ def global_counts(
     sizes = [k.size for k in keys] if sizes is None else list(sizes)
     caps = [min(int(c), n) for c, n in zip(caps, sizes, strict=True)]
     if total >= sum(caps):
-        return list(caps)
+        return GlobalAllocation(list(caps), None)
     if total <= 0:
-        return [0] * len(keys)
+        return GlobalAllocation([0] * len(keys), None)
     found = _bracketed(keys, sizes, total, caps, sample_size) if sample_size > 0 else None
     if found is None:
-        found = _counts_at(keys, _radix_threshold(keys, total, caps), caps)
-    return _fill_ties(*found, total)
+        threshold = _radix_threshold(keys, total, caps)
+        found = (*_counts_at(keys, threshold, caps), threshold)
+    below, at_most, threshold = found
+    return GlobalAllocation(_fill_ties(below, at_most, total), threshold)
 
 
 def _capped_total(
@@ -109,7 +132,7 @@ def _smallest_reaching(candidates: np.ndarray, reach: Callable[[int], float], to
     return int(candidates[lo]) if lo < candidates.size else None
 
 
-Counts = tuple[list[int], list[int]]
+Counts = tuple[list[int], list[int], int]  # capped counts below and at most the threshold; the threshold
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -164,6 +187,7 @@ def _bracketed(
             min(b + int(np.searchsorted(k, threshold, side="right")), c)
             for k, b, c in zip(inside, below, caps, strict=True)
         ],
+        threshold,
     )
 
 
@@ -188,7 +212,7 @@ def _radix_threshold(keys: Sequence[np.ndarray], total: int, caps: Sequence[int]
     return (high << 16) | int(np.searchsorted(filled, total, side="left"))
 
 
-def _counts_at(keys: Sequence[np.ndarray], threshold: int, caps: Sequence[int]) -> Counts:
+def _counts_at(keys: Sequence[np.ndarray], threshold: int, caps: Sequence[int]) -> tuple[list[int], list[int]]:
     """Capped counts of keys strictly below ``threshold`` and at most ``threshold``."""
     t = np.uint32(threshold)
     below, at_most = [], []
