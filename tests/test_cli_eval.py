@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
@@ -112,3 +113,24 @@ def test_prune_eval_options_are_checked_before_pruning(tmp_path: Path):
     result = _run("prune", CNN, out, "--sparsity", "0.5", "--eval", "--batch-size", "0")
     _error(result, 2, r"batch size")
     assert not out.exists()
+
+
+def test_eval_on_a_folder_of_images_with_class_subfolders(tmp_path: Path):
+    """The digits test set written as 8x8 grayscale PNGs in class folders: labels come from the
+    folders, pixels through --scale, and the accuracy matches the npz's up to 8-bit rounding."""
+    from PIL import Image
+
+    x, y = np.load(DATA)["input"][:120], np.load(LABELS)[:120]
+    for i, (image, label) in enumerate(zip(x, y, strict=True)):
+        folder = tmp_path / "images" / f"class_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round(image[0] * 255).astype(np.uint8), mode="L").save(folder / f"{i:04d}.png")
+    js = tmp_path / "r.json"
+    result = _run("eval", CNN, "--data", tmp_path / "images", "--channels", "GRAY", "--json", js, "--no-latency")
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    assert data["data"]["kind"] == "images" and data["data"]["labels"] == "class folders"
+    assert data["data"]["samples"] == 120
+    logits = ort.InferenceSession(str(CNN)).run(None, {"input": x})[0]
+    expected = float(np.mean(logits.argmax(1) == y))
+    assert abs(data["models"][0]["accuracy"]["top1"] - expected) <= 2 / 120
