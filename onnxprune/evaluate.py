@@ -528,7 +528,8 @@ def _warnings(base: ModelReport, cand: ModelReport, synthetic: bool) -> list[str
     ]
     if same_shapes and cand.nonzeros < base.nonzeros:
         notes.append(
-            f"onnxruntime will not run this faster: its {_pct(cand.sparsity)} zeros are unstructured and every tensor "
+            f"onnxruntime will not run this faster: its {_pct(cand.sparsity)} zeros sit inside dense tensors (unstructured "
+            "or N:M without sparse kernels) and every tensor "
             "keeps its dense shape; removing whole channels (the structural pass, not yet available) is what "
             "makes a model faster on every runtime"
         )
