@@ -28,7 +28,7 @@ from pathlib import Path
 from onnx import ModelProto
 
 from onnxprune.config import PruneConfig, check_amount, load_plan, parse_pattern
-from onnxprune.data import ImageOptions
+from onnxprune.data import Dataset, ImageOptions, open_data
 from onnxprune.errors import (
     DataError,
     ModelLoadError,
@@ -83,6 +83,7 @@ __all__ = [
     "ValidationReport",
     "Weight",
     "__version__",
+    "calibration_data",
     "check_amount",
     "evaluate",
     "inspect",
@@ -115,7 +116,12 @@ def inspect(model: ModelLike, options: DiscoveryOptions | None = None) -> Invent
 
 
 def prune(
-    model: ModelLike, config: PruneConfig, *, inplace: bool = False, progress: Progress | None = None
+    model: ModelLike,
+    config: PruneConfig,
+    *,
+    inplace: bool = False,
+    progress: Progress | None = None,
+    calibration: Dataset | None = None,
 ) -> tuple[ModelProto, PruneResult]:
     """Prune a model (a ModelProto, copied unless ``inplace``, or a path) per ``config``.
 
@@ -124,7 +130,14 @@ def prune(
     with the reason.
     """
     proto = _model(model, inplace)
-    result, _ = prune_weights(proto, config, progress=progress)
+    if config.calibrated:
+        from onnxprune.passes.calibrated import prune_calibrated
+
+        if calibration is None:
+            raise OptionError(f"--method {config.method} needs calibration data: see onnxprune.calibration_data")
+        result = prune_calibrated(proto, config, calibration, progress=progress)
+    else:
+        result, _ = prune_weights(proto, config, progress=progress)
     stamp(proto, result, __version__)
     return proto, result
 
@@ -179,8 +192,12 @@ def prune_file(
     external_data: bool | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    calibration: Dataset | None = None,
 ) -> PruneRun:
     """Prune the model file ``source`` into ``output``: what ``onnxprune prune`` does.
+
+    ``calibration`` (see :func:`calibration_data`) is needed by the calibrated methods
+    (``config.method`` other than magnitude, or ``config.bias_correction``).
 
     Memory stays near the size of the parsed model: pruned tensors are computed while the
     output is streamed to a staging file (the parsed model is never copied), the model is
@@ -188,6 +205,17 @@ def prune_file(
     """
     if not force:
         refuse_input_as_output(source, output)
+    if config.calibrated:
+        return _prune_file_calibrated(
+            source,
+            output,
+            config,
+            calibration,
+            input_shapes=input_shapes,
+            external_data=external_data,
+            force=force,
+            progress=progress,
+        )
     model, files = load_model_with_files(source)
     result, replacements = prune_weights(model, config, progress=progress, defer=True)
     counted = {layer.key: (layer.numel, layer.zeros_before) for layer in result.layers if layer.dtype in FLOAT_NAMES}
@@ -200,6 +228,78 @@ def prune_file(
         staged.write(model, external_data=external_data, replacements=replacements)
         del model, replacements
         gc.collect()  # discovery's scope index holds cycles into the model: free it now
+        report = validate_model(
+            staged.model_path, reference=source, input_shapes=input_shapes, checker_path=staged.checker_path
+        )
+        saved = staged.commit()
+    return PruneRun(result, saved, tuple(files), before, after, report)
+
+
+def calibration_data(
+    source: str | os.PathLike[str],
+    data: object = None,
+    *,
+    samples: int = 128,
+    data_free: bool = False,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    image_options: ImageOptions | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """Calibration samples for the model at ``source``: ``data`` is a ``.npz`` keyed by input
+    name, a folder of images, a CalibrationDataReader or an iterable of feed dicts (the first
+    ``samples`` are used); with ``data_free`` synthetic inputs shaped like real ones
+    (procedural images, token ids within the vocabulary) are generated instead."""
+    from onnxprune import runtime
+
+    if data is not None and data_free:
+        raise OptionError("give calibration data or --data-free, not both")
+    if data is None and not data_free:
+        raise OptionError(
+            "calibrated pruning needs data: give --calibration calib.npz (or a folder of images), or --data-free"
+        )
+    try:
+        specs = runtime.input_specs(runtime.session(Path(source)))
+    except OnnxPruneError:
+        raise
+    except Exception as exc:
+        raise UnsupportedModelError(f"onnxruntime cannot load '{source}' ({runtime.ort_message(exc)})") from exc
+    shapes = {name: tuple(shape) for name, shape in (input_shapes or {}).items()}
+    if data_free:
+        from onnxprune.data.natural import data_free as make_data_free
+
+        return make_data_free(load_model(source), specs, samples=samples, seed=seed, shapes=shapes or None)
+    return open_data(data, specs=specs, image_options=image_options, samples=samples, seed=seed)
+
+
+def _prune_file_calibrated(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    config: PruneConfig,
+    calibration: Dataset | None,
+    *,
+    input_shapes: Mapping[str, tuple[int, ...]] | None,
+    external_data: bool | None,
+    force: bool,
+    progress: Progress | None,
+) -> PruneRun:
+    if calibration is None:
+        raise OptionError(
+            f"--method {config.method}{' with --bias-correction' if config.bias_correction else ''} needs "
+            "calibration data: give --calibration calib.npz (or a folder of images), or --data-free"
+        )
+    from onnxprune.passes.calibrated import prune_calibrated
+
+    model, files = load_model_with_files(source)
+    before = param_stats(model)
+    result = prune_calibrated(model, config, calibration, progress=progress)
+    after = param_stats(model)
+    if not result.pruned:
+        return PruneRun(result, None, tuple(files), before, after, None)
+    stamp(model, result, __version__)
+    with StagedOutput(output, input_path=source, force=force) as staged:
+        staged.write(model, external_data=external_data)
+        del model
+        gc.collect()
         report = validate_model(
             staged.model_path, reference=source, input_shapes=input_shapes, checker_path=staged.checker_path
         )

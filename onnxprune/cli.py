@@ -228,6 +228,23 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --criterion random.")
 @click.option(
+    "--method",
+    type=click.Choice(["magnitude", "wanda", "sparsegpt", "refit"]),
+    default="magnitude",
+    show_default=True,
+    help="magnitude needs no data; wanda, sparsegpt and refit (magnitude mask + least squares) calibrate each layer.",
+)
+@click.option(
+    "--calibration", metavar="PATH", help="Calibration data: .npz keyed by input name, or a folder of images."
+)
+@click.option("--samples", type=int, default=128, show_default=True, help="Calibration samples used.")
+@click.option("--data-free", is_flag=True, help="Calibrate on generated inputs (procedural images, token ids).")
+@click.option("--bias-correction", is_flag=True, help="Keep each output's mean: b' = b + (W - W_pruned)·E[x].")
+@click.option(
+    "--parallel", is_flag=True, help="Calibrate every layer on the dense model (one pass; faster, less exact)."
+)
+@click.option("--percdamp", type=float, help="Ridge damping of the solvers (default 0.01; 1.0 with --data-free).")
+@click.option(
     "--input-shape", multiple=True, metavar="NAME:1x3x224x224", help="Shape of an input for validation (repeatable)."
 )
 @click.option("--external-data", is_flag=True, help="Store weights in OUT.data next to OUT (automatic above 1.8 GB).")
@@ -264,6 +281,13 @@ def prune(
     min_size: int,
     max_layer_sparsity: float,
     seed: int,
+    method: str,
+    calibration: str | None,
+    samples: int,
+    data_free: bool,
+    bias_correction: bool,
+    parallel: bool,
+    percdamp: float | None,
     input_shape: tuple[str, ...],
     external_data: bool,
     force: bool,
@@ -297,8 +321,24 @@ def prune(
         include=include,
         exclude=exclude,
         op_types=_op_types(op_types),
+        method=method,
+        bias_correction=bias_correction,
+        sequential=not parallel,
+        percdamp=percdamp,
     )
     shapes = parse_input_shapes(input_shape)
+    if samples < 1:
+        raise onnxprune.OptionError(f"--samples must be >= 1, got {samples}")
+    if (calibration or data_free) and not config.calibrated:
+        raise onnxprune.OptionError(
+            "--calibration/--data-free is given but --method magnitude uses no data: choose --method wanda, "
+            "sparsegpt or refit, or add --bias-correction"
+        )
+    calib = None
+    if config.calibrated:
+        calib = onnxprune.calibration_data(
+            input_model, calibration, samples=samples, data_free=data_free, input_shapes=shapes
+        )
     if not force:
         refuse_input_as_output(input_model, output_model)
     if json_path is not None:
@@ -317,6 +357,7 @@ def prune(
             external_data=True if external_data else None,
             force=force,
             progress=progress,
+            calibration=calib,
         )
     result, saved, before, after = run.result, run.saved, run.params_before, run.params_after
     if saved is None:
@@ -353,8 +394,14 @@ def prune(
 
 
 def _print_layers(result: onnxprune.PruneResult) -> None:
-    rows = [
-        [
+    calibrated = any(layer.error is not None for layer in result.pruned)
+
+    def err(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    rows = []
+    for layer in result.pruned:
+        row = [
             layer.key,
             "/".join(layer.ops),
             _shape(layer.shape),
@@ -362,11 +409,18 @@ def _print_layers(result: onnxprune.PruneResult) -> None:
             layer.pattern or "",
             f"{layer.sparsity_before:.1%}",
             f"{layer.sparsity_after:.1%}",
-            layer.reason or "",
         ]
-        for layer in result.pruned
-    ]
-    click.echo(table(rows, ["weight", "op", "shape", "dtype", "pattern", "before", "after", "note"], right={5, 6}))
+        if calibrated:
+            row += [layer.method or "", err(layer.error_magnitude), err(layer.error), layer.bias or ""]
+        rows.append([*row, layer.reason or ""])
+    header = ["weight", "op", "shape", "dtype", "pattern", "before", "after"]
+    right = {5, 6}
+    if calibrated:
+        header += ["method", "err magnitude", "err method", "bias"]
+        right |= {8, 9}
+    click.echo(table(rows, [*header, "note"], right=right))
+    if calibrated:
+        click.echo("err: relative reconstruction error ‖WX−ŴX‖²/‖WX‖² of each layer on the calibration data")
     skipped = [layer for layer in result.skipped if layer.role in ("weight", "mixed")]
     others = len(result.skipped) - len(skipped)
     if skipped:

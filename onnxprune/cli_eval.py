@@ -32,8 +32,20 @@ def _options(for_prune: bool) -> list[Callable[[Any], Any]]:
         ),
         click.option("--report", type=click.Path(path_type=Path), help="Write an HTML report with plots."),
         click.option(json_flag, "eval_json", type=click.Path(path_type=Path), help="Write every number as JSON."),
-        click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per run on the data."),
-        click.option("--samples", type=int, help="Use only the first N samples (synthetic: how many, default 64)."),
+        click.option(
+            "--eval-batch-size" if for_prune else "--batch-size",
+            "batch_size",
+            type=int,
+            default=32,
+            show_default=True,
+            help="Samples per run on the data.",
+        ),
+        click.option(
+            "--eval-samples" if for_prune else "--samples",
+            "eval_samples",
+            type=int,
+            help="Use only the first N samples (synthetic: how many, default 64).",
+        ),
         click.option("--threads", type=int, default=0, show_default=True, help="onnxruntime threads (0: default)."),
         click.option(
             "--providers", default="", metavar="LIST", help="Execution providers, e.g. CUDAExecutionProvider."
@@ -97,12 +109,12 @@ def build_options(kwargs: dict[str, Any], input_shapes: Sequence[str]) -> EvalOp
             providers=providers,
             memory=kwargs.get("memory", False),
         )
-    if kwargs.get("samples") is not None and kwargs["samples"] < 1:
-        raise OptionError(f"--samples must be >= 1, got {kwargs['samples']}")
+    if kwargs.get("eval_samples") is not None and kwargs["eval_samples"] < 1:
+        raise OptionError(f"--samples must be >= 1, got {kwargs['eval_samples']}")
     shapes = {name: shape[1:] if shape else shape for name, shape in parse_input_shapes(input_shapes).items()}
     return EvalOptions(
         batch_size=kwargs["batch_size"],
-        samples=kwargs.get("samples"),
+        samples=kwargs.get("eval_samples"),
         output=kwargs.get("output_name"),
         input_shapes={name: (1, *shape) for name, shape in shapes.items()},
         latency=latency,

@@ -21,6 +21,8 @@ from onnxprune.errors import OptionError
 SCOPES = ("local", "global")
 CRITERIA = ("magnitude", "lamp", "random")
 NM_FALLBACKS = ("unstructured", "skip")
+#: magnitude needs no data; the others read calibration statistics (see passes/calibrated.py)
+METHODS = ("magnitude", "wanda", "sparsegpt", "refit")
 
 
 def check_amount(value: float, what: str = "--sparsity") -> float:
@@ -82,6 +84,16 @@ class PruneConfig:
     nm_fallback: for tensors whose reduction length is not a multiple of M (or unknown):
         "unstructured" prunes them unstructured at 1 - N/M, "skip" leaves them.
     plan: weight name -> amount, overriding scope and sparsity for those weights.
+    method: "magnitude" (no data), "wanda" (|W|·‖x‖ per output row), "sparsegpt" (OBS
+        mask and update) or "refit" (the magnitude mask, then a least-squares refit of the
+        kept weights); all but magnitude need calibration data.
+    bias_correction: b' = b + (W - Ŵ)·E[x] after pruning (needs calibration data).
+    sequential: calibrated layers see the model already pruned up to them (else one pass
+        over the dense model).
+    percdamp: ridge damping λ = percdamp · mean(diag H) of the calibrated solvers; None:
+        0.01 with real data, 1.0 with data-free inputs (synthetic statistics are trusted less,
+        so the solution stays nearer the magnitude-pruned weights).
+    blocksize: SparseGPT column block.
     """
 
     sparsity: float | None = None
@@ -96,8 +108,21 @@ class PruneConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     op_types: tuple[str, ...] = ()
+    method: str = "magnitude"
+    bias_correction: bool = False
+    sequential: bool = True
+    percdamp: float | None = None
+    blocksize: int = 128
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise OptionError(f"--method must be one of {', '.join(METHODS)}, got '{self.method}'")
+        if self.method in ("wanda", "sparsegpt") and self.criterion == "random":
+            raise OptionError(f"--criterion random cannot choose the weights of --method {self.method}; drop one")
+        if self.percdamp is not None and not 0.0 <= float(self.percdamp) <= 100.0:
+            raise OptionError(f"--percdamp must lie in [0, 100], got {self.percdamp}")
+        if int(self.blocksize) < 1:
+            raise OptionError(f"--blocksize must be >= 1, got {self.blocksize}")
         if self.sparsity is not None:
             object.__setattr__(self, "sparsity", check_amount(self.sparsity))
         if self.scope not in SCOPES:
@@ -132,6 +157,11 @@ class PruneConfig:
         _check_regexes(self.exclude, "--exclude")
 
     @property
+    def calibrated(self) -> bool:
+        """True if the run needs calibration statistics."""
+        return self.method != "magnitude" or self.bias_correction
+
+    @property
     def pattern_name(self) -> str:
         return "unstructured" if self.pattern is None else f"{self.pattern[0]}:{self.pattern[1]}"
 
@@ -150,4 +180,9 @@ class PruneConfig:
             "include": list(self.include),
             "exclude": list(self.exclude),
             "op_types": list(self.op_types),
+            "method": self.method,
+            "bias_correction": self.bias_correction,
+            "sequential": self.sequential,
+            "percdamp": self.percdamp,
+            "blocksize": self.blocksize,
         }

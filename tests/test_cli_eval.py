@@ -110,7 +110,7 @@ def test_error_missing_model_and_unwritable_report(tmp_path: Path):
 
 def test_prune_eval_options_are_checked_before_pruning(tmp_path: Path):
     out = tmp_path / "p.onnx"
-    result = _run("prune", CNN, out, "--sparsity", "0.5", "--eval", "--batch-size", "0")
+    result = _run("prune", CNN, out, "--sparsity", "0.5", "--eval", "--eval-batch-size", "0")
     _error(result, 2, r"batch size")
     assert not out.exists()
 

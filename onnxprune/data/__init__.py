@@ -23,12 +23,14 @@ from onnxprune.data.checks import batch_size_for, check_feeds, fixed_batch_size
 from onnxprune.data.dataset import Dataset
 from onnxprune.data.images import IMAGE_EXTENSIONS, ImageFolderDataset, ImageOptions, find_images, parse_image_options
 from onnxprune.data.labels import load_labels
+from onnxprune.data.natural import DataFreeDataset, data_free
 from onnxprune.data.sources import SYNTHETIC_SAMPLES, ArrayDataset, StreamDataset, SyntheticDataset, open_data
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SYNTHETIC_SAMPLES",
     "ArrayDataset",
+    "DataFreeDataset",
     "Dataset",
     "ImageFolderDataset",
     "ImageOptions",
@@ -36,6 +38,7 @@ __all__ = [
     "SyntheticDataset",
     "batch_size_for",
     "check_feeds",
+    "data_free",
     "find_images",
     "fixed_batch_size",
     "load_labels",

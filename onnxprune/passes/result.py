@@ -26,6 +26,10 @@ class LayerResult:
     pattern: str | None = None
     target: float | None = None
     reason: str | None = None
+    method: str | None = None  # how the mask (and update) was made: magnitude, wanda, sparsegpt, refit
+    error_magnitude: float | None = None  # ‖WX−ŴX‖²/‖WX‖² of plain magnitude on the calibration data
+    error: float | None = None  # the same for the method used
+    bias: str | None = None  # bias correction: "corrected", "added", or why not
 
     @property
     def sparsity_before(self) -> float:

@@ -145,7 +145,8 @@ def plan_targets(config: PruneConfig, inventory: Inventory) -> dict[str, Target]
     return targets
 
 
-def _mask(values: np.ndarray, target: Target, weight: Weight, config: PruneConfig, index: int) -> np.ndarray:
+def target_mask(values: np.ndarray, target: Target, weight: Weight, config: PruneConfig, index: int) -> np.ndarray:
+    """The magnitude (or random) mask of ``target`` on the stored tensor (True = pruned)."""
     if config.criterion == "random":
         keys = sparsity.random_keys(values, np.random.default_rng([config.seed, index]))
     else:
@@ -158,7 +159,7 @@ def _mask(values: np.ndarray, target: Target, weight: Weight, config: PruneConfi
 def _pruned_bits(proto: TensorProto, target: Target, weight: Weight, config: PruneConfig, index: int) -> np.ndarray:
     """The tensor's new bit pattern (an unsigned-integer array) after applying ``target``."""
     values = tensors.read_array(proto)
-    return sparsity.apply_mask_bits(float_bits(values), _mask(values, target, weight, config, index))
+    return sparsity.apply_mask_bits(float_bits(values), target_mask(values, target, weight, config, index))
 
 
 def _zeros_after(proto: TensorProto, target: Target, weight: Weight, config: PruneConfig, index: int) -> int:
@@ -168,6 +169,24 @@ def _zeros_after(proto: TensorProto, target: Target, weight: Weight, config: Pru
         return max(target.count, weight.zeros)
     bits = _pruned_bits(proto, target, weight, config, index)
     return int(bits.size - np.count_nonzero(bits << np.uint8(1)))
+
+
+def layer_base(weight: Weight) -> dict[str, object]:
+    """The fields of a :class:`LayerResult` that come from discovery."""
+    return {
+        "key": weight.key,
+        "name": weight.name,
+        "ops": weight.ops,
+        "nodes": weight.nodes,
+        "scope": weight.scope,
+        "readers": tuple((r.scope, r.node) for r in weight.readers if r.role != "output"),
+        "shape": weight.shape,
+        "dtype": weight.dtype,
+        "role": weight.role,
+        "storage": weight.storage,
+        "numel": weight.numel,
+        "zeros_before": weight.zeros,
+    }
 
 
 def prune_weights(
@@ -188,20 +207,7 @@ def prune_weights(
     done = 0
     for index, weight in enumerate(inventory.weights):
         target = targets.get(weight.key)
-        base = {
-            "key": weight.key,
-            "name": weight.name,
-            "ops": weight.ops,
-            "nodes": weight.nodes,
-            "scope": weight.scope,
-            "readers": tuple((r.scope, r.node) for r in weight.readers if r.role != "output"),
-            "shape": weight.shape,
-            "dtype": weight.dtype,
-            "role": weight.role,
-            "storage": weight.storage,
-            "numel": weight.numel,
-            "zeros_before": weight.zeros,
-        }
+        base = layer_base(weight)
         if target is None or (target.count is None and target.nm is None):
             reason = weight.reason if target is None else target.reason
             layers.append(LayerResult(**base, zeros_after=weight.zeros, pruned=False, reason=reason))

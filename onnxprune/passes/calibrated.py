@@ -1,0 +1,273 @@
+"""The calibrated pass: prune each layer so it reproduces its dense output on data.
+
+For every prunable weight the amount comes from the same decision as the magnitude pass
+(:func:`onnxprune.passes.unstructured.plan_targets`: local, global, LAMP, plan or N:M).
+Weights that calibration handles (:mod:`onnxprune.passes.layers`) are then solved from
+the statistics of their input ``x`` on the calibration data (:mod:`onnxprune.capture`):
+``H = Σ xᵀx``, ``E[x]`` and ``Σ x_j²``:
+
+- ``wanda``: mask the smallest ``|W_ij|·‖x_j‖`` of each output row (Sun et al. 2023);
+- ``sparsegpt``: OBS mask selection and update of the kept weights, block-wise with lazy
+  updates (Frantar & Alistarh 2023);
+- ``refit``: the magnitude mask, then the kept weights of each row re-solved by ridge least
+  squares, ``ŵ_K = (H_KK + λI)⁻¹ H_K,: w``;
+- ``magnitude`` with ``bias_correction``: the magnitude mask;
+
+and, with bias correction, ``b' = b + (W − Ŵ)·E[x]`` keeps each output's mean. The
+per-layer error ``‖WX − ŴX‖² / ‖WX‖² = tr(ΔHΔᵀ)/tr(WHWᵀ)`` is reported for the method and
+for plain magnitude at the same count.
+
+Sequential mode (default) processes layers in *waves*: a wave holds every remaining
+layer whose input does not depend on a remaining layer, and its statistics are captured
+on the model as pruned so far, so errors do not compound. Parallel mode captures once on
+the dense model. Weights calibration cannot handle are pruned by magnitude, with the
+reason in the result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+from onnx import ModelProto, numpy_helper
+
+from onnxprune import reconstruct, sparsity
+from onnxprune.capture import LayerStats, capture
+from onnxprune.config import PruneConfig
+from onnxprune.data import Dataset
+from onnxprune.graph import tensors
+from onnxprune.graph.discovery import discover
+from onnxprune.graph.index import Scope, node_label
+from onnxprune.passes.layers import CalibLayer, calib_layer
+from onnxprune.passes.result import LayerResult, PruneResult
+from onnxprune.passes.unstructured import Target, discovery_options, layer_base, plan_targets, target_mask
+from onnxprune.sparsity.scores import to_float64
+
+log = logging.getLogger(__name__)
+
+#: progress(done, total, what)
+Progress = Callable[[int, int, str], None]
+
+
+def waves(model: ModelProto, layers: list[CalibLayer]) -> list[list[CalibLayer]]:
+    """Group layers so that each group's inputs depend only on layers of earlier groups."""
+    by_node = {id(layer.node): i for i, layer in enumerate(layers)}
+    upstream: dict[str, frozenset[int]] = {}
+    for node in model.graph.node:  # topological order (an ONNX requirement)
+        deps: set[int] = set()
+        for name in node.input:
+            deps |= upstream.get(name, frozenset())
+        own = by_node.get(id(node))
+        if own is not None:
+            deps = deps | {own}
+        frozen = frozenset(deps)
+        for out in node.output:
+            upstream[out] = frozen
+    needs = [upstream.get(layer.spec.activation, frozenset()) for layer in layers]
+    done: set[int] = set()
+    groups: list[list[CalibLayer]] = []
+    while len(done) < len(layers):
+        ready = [i for i in range(len(layers)) if i not in done and needs[i] <= done]
+        if not ready:  # a cycle cannot happen in a valid model; be safe
+            ready = [i for i in range(len(layers)) if i not in done]
+        groups.append([layers[i] for i in ready])
+        done.update(ready)
+    return groups
+
+
+def _error_terms(w: np.ndarray, w_new: np.ndarray, h: np.ndarray) -> tuple[float, float]:
+    delta = w - w_new
+    return float(np.einsum("ij,jk,ik->", delta, h, delta)), float(np.einsum("ij,jk,ik->", w, h, w))
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else 0.0
+
+
+class _Solved:
+    def __init__(self) -> None:
+        self.err_num = self.err_den = self.mag_num = 0.0
+        self.delta: np.ndarray | None = None
+
+
+#: damping when none is given: real calibration data, and data-free (synthetic) inputs
+PERCDAMP_DATA, PERCDAMP_DATA_FREE = 0.01, 1.0
+
+
+def _solve_layer(
+    layer: CalibLayer,
+    stats: LayerStats,
+    target: Target,
+    config: PruneConfig,
+    values: np.ndarray,
+    index: int,
+    percdamp: float,
+) -> tuple[np.ndarray, _Solved]:
+    """The new stored array of ``layer`` and its error terms and bias delta."""
+    weight = layer.weight
+    w = layer.to_matrix(to_float64(values))
+    magnitude = layer.to_matrix(target_mask(values, target, weight, config, index))
+    amount = None if target.nm is not None else target.count / weight.numel
+    solved = _Solved()
+    out = np.empty_like(w)
+    delta = np.zeros(w.shape[0] * w.shape[1])
+    for g in range(layer.groups):
+        shared = stats.H.shape[0] == 1  # a recurrent W: every direction reads the same x_t
+        wg, hg = w[g], stats.H[0 if shared else g]
+        mag_new = np.where(magnitude[g], 0.0, wg)
+        if config.method in ("magnitude", "refit"):
+            mask = magnitude[g]
+            new = reconstruct.refit(wg, hg, mask, percdamp=percdamp) if config.method == "refit" else mag_new
+        else:
+            order = layer.nm_order if target.nm is not None and layer.nm_order is not None else None
+            wp, hp, sq = wg, hg, stats.sqnorm[0 if shared else g]
+            if order is not None:
+                wp, hp, sq = wg[:, order], hg[np.ix_(order, order)], sq[order]
+            if config.method == "wanda":
+                mask = reconstruct.row_mask(reconstruct.wanda_scores(wp, sq), sparsity=amount, nm=target.nm)
+                new = np.where(mask, 0.0, wp)
+            else:
+                new, mask = reconstruct.sparsegpt(
+                    wp, hp, sparsity=amount, nm=target.nm, blocksize=config.blocksize, percdamp=percdamp
+                )
+            if order is not None:
+                unpermuted = np.empty_like(new)
+                unpermuted[:, order] = new
+                new = unpermuted
+        out[g] = new
+        num, den = _error_terms(wg, new, hg)
+        mag_num, _ = _error_terms(wg, mag_new, hg)
+        solved.err_num += num
+        solved.err_den += den
+        solved.mag_num += mag_num
+        rows = w.shape[1]
+        delta[g * rows : (g + 1) * rows] = reconstruct.bias_delta(wg, new, stats.mean[0 if shared else g])
+    solved.delta = delta
+    stored = layer.from_matrix(out)
+    return stored, solved
+
+
+def _write(proto, values: np.ndarray, dtype: np.dtype) -> None:  # noqa: ANN001 - TensorProto
+    new = values.astype(dtype)
+    tensors.write_array(proto, new)
+
+
+def _apply_bias(model: ModelProto, scope: Scope, layer: CalibLayer, delta: np.ndarray, dtype: np.dtype) -> str:
+    site = layer.bias
+    if site is None:
+        return f"not corrected: {layer.bias_reason}"
+    if site.existing is not None:
+        proto = scope.stored_tensor(site.existing)
+        current = tensors.read_array(proto)
+        shape = current.shape
+        updated = (current.astype(np.float64).reshape(-1) + delta).reshape(shape)
+        tensors.write_array(proto, updated.astype(current.dtype))
+        return "corrected"
+    name = f"{node_label(layer.node)}.onnxprune_bias"
+    model.graph.initializer.append(numpy_helper.from_array(delta.astype(dtype), name))
+    while len(layer.node.input) < site.input_index:
+        layer.node.input.append("")
+    layer.node.input.append(name)
+    return "added"
+
+
+def prune_calibrated(
+    model: ModelProto,
+    config: PruneConfig,
+    data: Dataset,
+    *,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> PruneResult:
+    """Prune ``model`` in place with the calibrated ``config.method`` on ``data``."""
+    inventory = discover(model, discovery_options(config))
+    targets = plan_targets(config, inventory)
+    scope = Scope.build(model.graph)
+    calib: list[CalibLayer] = []
+    fallback: dict[str, str] = {}
+    for weight in inventory.prunable:
+        target = targets.get(weight.key)
+        if target is None or (target.count is None and target.nm is None):
+            continue
+        layer, why = calib_layer(model, scope, weight)
+        if layer is None:
+            fallback[weight.key] = why or "pruned by magnitude"
+        else:
+            calib.append(layer)
+    groups = waves(model, calib) if config.sequential else [calib]
+    percdamp = config.percdamp
+    if percdamp is None:
+        percdamp = PERCDAMP_DATA_FREE if data.synthetic else PERCDAMP_DATA
+    index_of = {w.key: i for i, w in enumerate(inventory.weights)}
+    extra: dict[str, dict[str, object]] = {}
+    total, done = len(calib), 0
+    for group in groups:
+        stats = capture(model.SerializeToString(), [layer.spec for layer in group], data.batches(batch_size))
+        for layer in group:
+            weight, target = layer.weight, targets[layer.weight.key]
+            layer_stats = stats[weight.key]
+            if layer_stats.skipped or layer_stats.H is None:
+                fallback[weight.key] = f"no statistics ({layer_stats.skipped}): pruned by magnitude"
+                continue
+            proto = inventory.proto(weight)
+            values = tensors.read_array(proto)
+            stored, solved = _solve_layer(layer, layer_stats, target, config, values, index_of[weight.key], percdamp)
+            _write(proto, stored, values.dtype)
+            bias = None
+            if config.bias_correction:
+                bias = _apply_bias(model, scope, layer, solved.delta, values.dtype)
+            extra[weight.key] = {
+                "method": config.method,
+                "error": _ratio(solved.err_num, solved.err_den),
+                "error_magnitude": _ratio(solved.mag_num, solved.err_den),
+                "bias": bias,
+            }
+            done += 1
+            if progress is not None:
+                progress(done, total, weight.key)
+    return _finish(inventory, targets, config, extra, fallback)
+
+
+def _finish(inventory, targets, config, extra, fallback) -> PruneResult:  # noqa: ANN001
+    """Magnitude for the fallback weights, then a record for every discovered tensor."""
+    layers: list[LayerResult] = []
+    for index, weight in enumerate(inventory.weights):
+        target = targets.get(weight.key)
+        base = layer_base(weight)
+        if target is None or (target.count is None and target.nm is None):
+            reason = weight.reason if target is None else target.reason
+            layers.append(LayerResult(**base, zeros_after=weight.zeros, pruned=False, reason=reason))
+            continue
+        proto = inventory.proto(weight)
+        info = extra.get(weight.key)
+        reason = target.reason
+        if info is None:  # magnitude, with the reason calibration did not apply
+            values = tensors.read_array(proto)
+            mask = target_mask(values, target, weight, config, index)
+            tensors.write_array(proto, np.where(mask, values.dtype.type(0), values))
+            reason = "; ".join(r for r in (target.reason, fallback.get(weight.key)) if r)
+            info = {"method": "magnitude"}
+        values = tensors.read_array(proto)
+        zeros = int(values.size - np.count_nonzero(sparsity.magnitude_keys(values)))
+        layers.append(
+            LayerResult(
+                **base,
+                zeros_after=zeros,
+                pruned=True,
+                pattern=config.pattern_name if target.nm is not None else "unstructured",
+                target=target.amount,
+                reason=reason or None,
+                **info,
+            )
+        )
+    result = PruneResult(tuple(layers), config.as_dict())
+    log.info(
+        "%s: pruned %d tensors, %d of %d weights zero (%.1f%%)",
+        config.method,
+        len(result.pruned),
+        result.zeros_after,
+        result.weights_total,
+        100 * result.sparsity_after,
+    )
+    return result

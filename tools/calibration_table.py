@@ -1,0 +1,80 @@
+"""Held-out accuracy of magnitude, wanda and sparsegpt (with and without bias correction) on
+every fixture at 50 %, 70 % and 2:4, plus the data-free mode at 50 %.
+
+Calibration uses each fixture's ``NAME.calib.npz`` (128 samples, disjoint from the test
+set); accuracy is measured on ``NAME.test.npz`` / ``NAME.test_labels.npy`` with onnxruntime.
+Prints a markdown table (numbers for an issue note).
+
+    .venv/bin/python tools/calibration_table.py [FIXTURE ...] [--samples 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+import onnxprune
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+SETTINGS = {"50%": {"sparsity": 0.5}, "70%": {"sparsity": 0.7}, "2:4": {"pattern": (2, 4)}}
+METHODS = [
+    ("magnitude", False),
+    ("magnitude", True),
+    ("wanda", False),
+    ("wanda", True),
+    ("sparsegpt", False),
+    ("sparsegpt", True),
+]
+
+
+def accuracy(path: Path, name: str) -> float:
+    x = np.load(FIXTURES / f"{name}.test.npz")["input"]
+    y = np.load(FIXTURES / f"{name}.test_labels.npy")
+    logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    return float(np.mean(logits.argmax(1) == y))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("fixtures", nargs="*")
+    parser.add_argument("--samples", type=int, default=128)
+    args = parser.parse_args(argv)
+    names = args.fixtures or sorted(p.stem for p in FIXTURES.glob("*.onnx"))
+    columns = [f"{m}{'+bc' if bc else ''}" for m, bc in METHODS]
+    print("| fixture | dense | setting | " + " | ".join(columns) + " | data-free sparsegpt |")
+    print("|" + "---|" * (4 + len(columns)))
+    with tempfile.TemporaryDirectory(prefix="onnxprune-calib-") as tmp:
+        for name in names:
+            source = FIXTURES / f"{name}.onnx"
+            dense = accuracy(source, name)
+            calib = onnxprune.calibration_data(source, FIXTURES / f"{name}.calib.npz", samples=args.samples)
+            free = onnxprune.calibration_data(source, data_free=True, samples=args.samples)
+            for label, setting in SETTINGS.items():
+                cells = []
+                for method, bc in METHODS:
+                    config = onnxprune.PruneConfig(**setting, method=method, bias_correction=bc)
+                    out = Path(tmp) / f"{name}.{label.replace(':', '-').replace('%', '')}.{method}{int(bc)}.onnx"
+                    start = time.perf_counter()
+                    data = calib if config.calibrated else None
+                    run = onnxprune.prune_file(source, out, config, calibration=data)
+                    cells.append(f"{100 * accuracy(run.saved.path, name):.1f}")
+                    print(f"  {name} {label} {method} bc={bc}: {time.perf_counter() - start:.1f}s", file=sys.stderr)
+                free_cell = "-"
+                if label == "50%":
+                    config = onnxprune.PruneConfig(**setting, method="sparsegpt")
+                    out = Path(tmp) / f"{name}.free.onnx"
+                    run = onnxprune.prune_file(source, out, config, calibration=free)
+                    free_cell = f"{100 * accuracy(run.saved.path, name):.1f}"
+                print(f"| {name} | {100 * dense:.1f} | {label} | " + " | ".join(cells) + f" | {free_cell} |")
+                sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
