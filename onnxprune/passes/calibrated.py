@@ -6,9 +6,10 @@ Weights that calibration handles (:mod:`onnxprune.passes.layers`) are then solve
 the statistics of their input ``x`` on the calibration data (:mod:`onnxprune.capture`):
 ``H = Σ xᵀx``, ``E[x]`` and ``Σ x_j²``:
 
-- ``wanda``: mask the smallest ``|W_ij|·‖x_j‖`` of each output row (Sun et al. 2023);
+- ``wanda``: mask the smallest ``|W_ij|·‖x_j‖`` of each output row (Sun et al. 2023;
+  layer-wide for layers with fewer than ``ROW_WISE_MIN_COLS`` inputs);
 - ``sparsegpt``: OBS mask selection and update of the kept weights, block-wise with lazy
-  updates (Frantar & Alistarh 2023);
+  updates (Frantar & Alistarh 2023), one budget for the whole layer (rows may differ);
 - ``refit``: the magnitude mask, then the kept weights of each row re-solved by ridge least
   squares, ``ŵ_K = (H_KK + λI)⁻¹ H_K,: w``;
 - ``magnitude`` with ``bias_correction``: the magnitude mask;
@@ -91,6 +92,10 @@ class _Solved:
         self.delta: np.ndarray | None = None
 
 
+#: Wanda and SparseGPT choose the same count in every output row; a layer with fewer
+#: inputs than this (an input embedding of 4 features, an LSTM input of 1) would then lose
+#: the same few inputs in every row, so it spends one budget over the whole layer instead
+ROW_WISE_MIN_COLS = 64
 #: damping when none is given: real calibration data, and data-free (synthetic) inputs
 PERCDAMP_DATA, PERCDAMP_DATA_FREE = 0.01, 1.0
 
@@ -125,11 +130,21 @@ def _solve_layer(
             if order is not None:
                 wp, hp, sq = wg[:, order], hg[np.ix_(order, order)], sq[order]
             if config.method == "wanda":
-                mask = reconstruct.row_mask(reconstruct.wanda_scores(wp, sq), sparsity=amount, nm=target.nm)
+                scores = reconstruct.wanda_scores(wp, sq)
+                if target.nm is None and wp.shape[1] < ROW_WISE_MIN_COLS:  # too few inputs to compare per row
+                    mask = sparsity.smallest_k_mask(scores, sparsity.count_for_amount(scores.size, amount))
+                else:
+                    mask = reconstruct.row_mask(scores, sparsity=amount, nm=target.nm)
                 new = np.where(mask, 0.0, wp)
             else:
                 new, mask = reconstruct.sparsegpt(
-                    wp, hp, sparsity=amount, nm=target.nm, blocksize=config.blocksize, percdamp=percdamp
+                    wp,
+                    hp,
+                    sparsity=amount,
+                    nm=target.nm,
+                    blocksize=config.blocksize,
+                    percdamp=percdamp,
+                    per_row=wp.shape[1] >= ROW_WISE_MIN_COLS,
                 )
             if order is not None:
                 unpermuted = np.empty_like(new)

@@ -34,6 +34,7 @@ import logging
 import numpy as np
 
 from onnxprune.reconstruct.hessian import damping
+from onnxprune.reconstruct.threads import one_blas_thread
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,24 @@ def refit(
     solve = ~mask & ~dead[None, :]  # kept live weights: the unknowns
     sizes = np.count_nonzero(solve, axis=1)
     HW = W @ H  # row r: (H w_r)ᵀ, H symmetric
+    with one_blas_thread():
+        _solve_groups(H, W, HW, out, solve, sizes, lam, scale, max_batch_bytes)
+    log.debug("refit: %d x %d, %d row groups, ridge %.3g", rows, cols, len(np.unique(sizes)), lam)
+    return out
+
+
+def _solve_groups(
+    H: np.ndarray,
+    W: np.ndarray,
+    HW: np.ndarray,
+    out: np.ndarray,
+    solve: np.ndarray,
+    sizes: np.ndarray,
+    lam: float,
+    scale: float,
+    max_batch_bytes: int,
+) -> None:
+    """Fill ``out`` with the solutions, rows grouped by their number of unknowns."""
     for k in np.unique(sizes):
         if k == 0:
             continue
@@ -110,5 +129,3 @@ def refit(
             sub = out[rows_c]
             np.put_along_axis(sub, idx, solved, axis=1)
             out[rows_c] = sub
-    log.debug("refit: %d x %d, %d row groups, ridge %.3g", rows, cols, len(np.unique(sizes)), lam)
-    return out

@@ -36,6 +36,13 @@ Mask selection (saliency ``w_j² / U_jj²``, the OBS cost at elimination time)
     rest, so each row prunes exactly ``k``. (The reference instead takes the fraction
     ``s`` of each block with one threshold over all rows, so its per-row counts vary.)
 
+    *Layer-wide selection* (``per_row=False``): the same look-ahead with one budget for the
+    whole matrix, ``floor(s · rows · cols)``: at each block start the smallest saliencies
+    among all rows' remaining columns are taken (exact count, ties by flat index), so rows
+    may differ in sparsity, as with the reference's block-wide threshold. This matters for
+    narrow layers (few columns: an input embedding of 4 features, an LSTM input weight of 1),
+    where a per-row count would force the same few cuts on every row.
+
     *N:M* (``nm=(N, M)``: N kept of every M): at the first column of each group, each row
     prunes the ``M - N`` smallest saliencies of the group's current weights (ties by
     position). ``blocksize`` is rounded up to a multiple of ``M``.
@@ -58,7 +65,8 @@ import numpy as np
 
 from onnxprune.reconstruct.hessian import dampen, inverse_factor
 from onnxprune.reconstruct.masks import check_amount, smallest_per_row
-from onnxprune.sparsity import count_for_amount
+from onnxprune.reconstruct.threads import one_blas_thread
+from onnxprune.sparsity import count_for_amount, smallest_k_mask
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +86,13 @@ def sparsegpt(
     nm: tuple[int, int] | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    per_row: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Prune ``W`` ``[rows, cols]`` against ``H = Σ xᵀx`` ``[cols, cols]``; returns ``(W_new, mask)``.
 
     Exactly one of ``sparsity`` (in [0, 1), per row) and ``nm`` (N kept of every M columns).
+    ``per_row=False`` (unstructured only) spends one budget ``floor(s · rows · cols)`` over
+    the whole matrix instead of ``floor(s · cols)`` per row (see "Layer-wide selection").
     ``W_new`` is float64 and exactly 0 on ``mask``. See the module docstring for the maths.
     """
     W = np.array(W, dtype=np.float64, copy=True)
@@ -99,8 +110,26 @@ def sparsegpt(
 
     H_damped, dead = dampen(H, percdamp=percdamp)
     W[:, dead] = 0.0
-    zero = W == 0.0
-    U = inverse_factor(H_damped)
+    with one_blas_thread():
+        U = inverse_factor(H_damped)
+        mask = _eliminate(W, U, W == 0.0, sparsity=sparsity, nm=nm, blocksize=blocksize, per_row=per_row)
+    W[mask] = 0.0
+    log.debug("sparsegpt: %d x %d, %d pruned", rows, cols, int(mask.sum()))
+    return W, mask
+
+
+def _eliminate(
+    W: np.ndarray,
+    U: np.ndarray,
+    zero: np.ndarray,
+    *,
+    sparsity: float | None,
+    nm: tuple[int, int] | None,
+    blocksize: int,
+    per_row: bool = True,
+) -> np.ndarray:
+    """Prune ``W`` in place column by column (module docstring); returns the mask."""
+    rows, cols = W.shape
     d = np.diagonal(U).copy()
     mask = np.zeros((rows, cols), dtype=bool)
     if nm is not None:
@@ -108,16 +137,24 @@ def sparsegpt(
         blocksize = math.ceil(blocksize / m) * m
     else:
         n = m = 0
-        budget = np.maximum(count_for_amount(cols, sparsity), np.count_nonzero(zero, axis=1))
-        remaining = budget.astype(np.int64)
+        if per_row:
+            budget = np.maximum(count_for_amount(cols, sparsity), np.count_nonzero(zero, axis=1))
+            remaining = budget.astype(np.int64)
+        else:
+            left = max(count_for_amount(rows * cols, sparsity), int(np.count_nonzero(zero)))
 
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
-        if nm is None:
+        if nm is None and per_row:
             ahead = smallest_per_row(_saliency(W[:, i1:], d[i1:], zero[:, i1:]), remaining)
             mask[:, i1:i2] = ahead[:, :count]
             remaining -= np.count_nonzero(mask[:, i1:i2], axis=1)
+        elif nm is None:
+            keys = _saliency(W[:, i1:], d[i1:], zero[:, i1:])
+            ahead = smallest_k_mask(keys, min(left, keys.size))
+            mask[:, i1:i2] = ahead[:, :count]
+            left -= int(np.count_nonzero(mask[:, i1:i2]))
         # Work on the transposed block: column j of W is row j of block (contiguous).
         block = np.ascontiguousarray(W[:, i1:i2].T)
         errors = np.zeros((count, rows))
@@ -142,6 +179,4 @@ def sparsegpt(
         if i2 < cols:
             W[:, i2:] -= errors.T @ U[i1:i2, i2:]
 
-    W[mask] = 0.0
-    log.debug("sparsegpt: %d x %d, %d pruned", rows, cols, int(mask.sum()))
-    return W, mask
+    return mask

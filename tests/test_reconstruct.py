@@ -1,0 +1,345 @@
+"""Pure-numpy tests of the reconstruction maths (SparseGPT/OBS, refit, Wanda, bias, error)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxprune.reconstruct import (
+    bias_delta,
+    dampen,
+    reconstruction_error,
+    refit,
+    row_mask,
+    sparsegpt,
+    wanda_scores,
+)
+from onnxprune.sparsity import count_for_amount
+
+
+def _inputs(n, cols, seed=0, outliers=0, mean=0.0):
+    """Correlated inputs ``Z·A`` with a decaying spectrum (as real activations have), optionally
+    a few large-magnitude features and a non-zero mean. Shape ``[n, cols]``."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((cols, cols)) * (1.0 / (1 + np.arange(cols) / 8))[:, None]
+    X = rng.standard_normal((n, cols)) @ A + mean
+    if outliers:
+        X[:, rng.choice(cols, outliers, replace=False)] *= 15
+    return X
+
+
+def _weights(rows, cols, seed=1):
+    return np.random.default_rng(seed).standard_normal((rows, cols))
+
+
+def _explicit_error(W, W_new, X):
+    return np.sum((X @ (W - W_new).T) ** 2) / np.sum((X @ W.T) ** 2)
+
+
+# --- OBS / SparseGPT ---------------------------------------------------------------------------
+
+
+def test_sparsegpt_one_weight_at_first_column_is_the_obs_closed_form():
+    X = _inputs(400, 8, seed=3)
+    H = X.T @ X
+    w = _weights(1, 8)[0]
+    w[0] = 1e-3  # the least salient weight
+    W_new, mask = sparsegpt(w[None, :], H, sparsity=0.125, percdamp=0.0, blocksize=128)
+    G = np.linalg.inv(H)
+    delta = -(w[0] / G[0, 0]) * G[:, 0]
+    np.testing.assert_array_equal(mask[0], np.arange(8) == 0)
+    np.testing.assert_allclose(W_new[0], w + delta, rtol=1e-9, atol=1e-12)
+    assert W_new[0, 0] == 0.0
+    err = (w - W_new[0]) @ H @ (w - W_new[0])
+    np.testing.assert_allclose(err, w[0] ** 2 / G[0, 0], rtol=1e-9)
+
+
+def test_sparsegpt_one_weight_later_column_compensates_with_the_later_columns_only():
+    # Sequential OBS: columns left of q are frozen, so the update is OBS on H[q:, q:].
+    X = _inputs(400, 8, seed=4)
+    H = X.T @ X
+    w = _weights(1, 8, seed=5)[0]
+    q = 5
+    w[q] = 1e-4
+    W_new, mask = sparsegpt(w[None, :], H, sparsity=0.125, percdamp=0.0)
+    Gs = np.linalg.inv(H[q:, q:])
+    expected = w.copy()
+    expected[q:] -= (w[q] / Gs[0, 0]) * Gs[:, 0]
+    assert np.flatnonzero(mask[0]).tolist() == [q]
+    np.testing.assert_allclose(W_new[0], expected, rtol=1e-9, atol=1e-12)
+
+
+def test_sparsegpt_lazy_block_update_does_not_change_an_nm_result():
+    # N:M decides each group on its fully updated weights, so the blocksize must not matter.
+    X = _inputs(600, 32, seed=6)
+    H = X.T @ X
+    W = _weights(6, 32)
+    full, mask_full = sparsegpt(W, H, nm=(2, 4), blocksize=128)
+    small, mask_small = sparsegpt(W, H, nm=(2, 4), blocksize=4)
+    odd, mask_odd = sparsegpt(W, H, nm=(2, 4), blocksize=7)  # rounded up to 8
+    np.testing.assert_array_equal(mask_full, mask_small)
+    np.testing.assert_array_equal(mask_full, mask_odd)
+    np.testing.assert_allclose(small, full, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(odd, full, rtol=1e-9, atol=1e-12)
+
+
+def test_sparsegpt_is_invariant_to_the_scale_of_h():
+    X = _inputs(500, 24, seed=7)
+    H = X.T @ X
+    W = _weights(5, 24)
+    a, mask_a = sparsegpt(W, H, sparsity=0.5, blocksize=8)
+    b, mask_b = sparsegpt(W, H * 1e-6, sparsity=0.5, blocksize=8)
+    np.testing.assert_array_equal(mask_a, mask_b)
+    np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7, 0.29])
+@pytest.mark.parametrize("blocksize", [5, 128])
+def test_sparsegpt_prunes_exact_counts_per_row_and_already_zero_weights_first(sparsity, blocksize):
+    X = _inputs(300, 20, seed=8)
+    H = X.T @ X
+    W = _weights(7, 20)
+    W[0, [3, 11]] = 0.0
+    W[4, 19] = 0.0
+    W[6, :2] = 0.0
+    zero = W == 0
+    W_new, mask = sparsegpt(W, H, sparsity=sparsity, blocksize=blocksize)
+    k = count_for_amount(20, sparsity)
+    assert mask.sum(axis=1).tolist() == [k] * 7
+    assert np.all(mask[zero])
+    assert np.all(W_new[mask] == 0.0)
+    assert W_new.dtype == np.float64 and np.all(np.isfinite(W_new))
+
+
+def test_sparsegpt_keeps_all_existing_zeros_even_beyond_the_budget():
+    X = _inputs(300, 10, seed=9)
+    H = X.T @ X
+    W = _weights(2, 10)
+    W[1, :6] = 0.0  # 6 zeros, budget 5
+    W_new, mask = sparsegpt(W, H, sparsity=0.5)
+    assert mask.sum(axis=1).tolist() == [5, 6]
+    assert np.all(W_new[1, :6] == 0.0)
+
+
+@pytest.mark.parametrize("nm", [(2, 4), (1, 4), (3, 8)])
+def test_nm_pattern_is_exact(nm):
+    n, m = nm
+    X = _inputs(400, 32, seed=10)
+    H = X.T @ X
+    W = _weights(6, 32)
+    W_new, mask = sparsegpt(W, H, nm=nm, blocksize=16)
+    groups = mask.reshape(6, -1, m)
+    assert np.all(groups.sum(axis=2) == m - n)  # N kept of every M
+    assert np.all(W_new[mask] == 0.0)
+    assert np.all((W_new.reshape(6, -1, m) != 0).sum(axis=2) <= n)
+    scores_mask = row_mask(np.abs(W), nm=nm)
+    assert np.all(scores_mask.reshape(6, -1, m).sum(axis=2) == m - n)
+    # the pruned entries of each group are its m - n smallest scores
+    kept_min = np.where(scores_mask, np.inf, np.abs(W)).reshape(6, -1, m).min(axis=2)
+    pruned_max = np.where(scores_mask, np.abs(W), -np.inf).reshape(6, -1, m).max(axis=2)
+    assert np.all(pruned_max <= kept_min)
+
+
+def test_nm_needs_a_multiple_of_m_and_one_amount():
+    H = np.eye(10)
+    W = _weights(2, 10)
+    with pytest.raises(ValueError, match="multiple"):
+        sparsegpt(W, H, nm=(2, 4))
+    with pytest.raises(ValueError, match="multiple"):
+        row_mask(np.abs(W), nm=(2, 4))
+    with pytest.raises(ValueError, match="exactly one"):
+        sparsegpt(W, H, sparsity=0.5, nm=(1, 2))
+    with pytest.raises(ValueError, match="exactly one"):
+        row_mask(np.abs(W))
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        row_mask(np.abs(W), sparsity=1.0)
+    with pytest.raises(ValueError, match="shape"):
+        sparsegpt(W, np.eye(9), sparsity=0.5)
+
+
+# --- masks and Wanda -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.29, 0.5, 0.9])
+def test_row_mask_exact_counts_smallest_first_ties_by_lower_column(sparsity):
+    rng = np.random.default_rng(11)
+    scores = rng.integers(0, 4, size=(9, 100)).astype(np.float64)  # many ties
+    scores[2] = 1.0  # a row of nothing but ties
+    mask = row_mask(scores, sparsity=sparsity)
+    k = count_for_amount(100, sparsity)
+    assert mask.sum(axis=1).tolist() == [k] * 9
+    for r in range(9):
+        expected = np.zeros(100, dtype=bool)
+        expected[np.argsort(scores[r], kind="stable")[:k]] = True
+        np.testing.assert_array_equal(mask[r], expected)
+
+
+def test_row_mask_takes_zero_scores_first():
+    W = _weights(4, 10)
+    W[1, [2, 7]] = 0.0
+    mask = row_mask(np.abs(W), sparsity=0.3)
+    assert mask[1, 2] and mask[1, 7]
+    assert mask.sum(axis=1).tolist() == [3] * 4
+
+
+def test_wanda_scores_and_dead_features():
+    W = _weights(3, 5)
+    sqnorm = np.array([4.0, 0.0, 1.0, 9.0, 0.25])
+    np.testing.assert_allclose(wanda_scores(W, sqnorm), np.abs(W) * np.array([2.0, 0.0, 1.0, 3.0, 0.5]))
+    with pytest.raises(ValueError):
+        wanda_scores(W, sqnorm[:4])
+
+
+# --- refit ---------------------------------------------------------------------------------------
+
+
+def test_refit_equals_lstsq_on_explicit_x_with_varied_masks_and_chunks():
+    X = _inputs(200, 16, seed=12)
+    H = X.T @ X
+    W = _weights(9, 16)
+    rng = np.random.default_rng(13)
+    mask = rng.random((9, 16)) < rng.uniform(0.2, 0.8, size=(9, 1))  # different kept counts per row
+    mask[0] = False  # nothing pruned: unchanged
+    expected = np.zeros_like(W)
+    for r in range(9):
+        keep = ~mask[r]
+        expected[r, keep] = np.linalg.lstsq(X[:, keep], X @ W[r], rcond=None)[0]
+    for batch in (256 * 1024 * 1024, 1):  # one batch, or one row per batch
+        W_new = refit(W, H, mask, percdamp=0.0, max_batch_bytes=batch)
+        np.testing.assert_allclose(W_new, expected, rtol=1e-7, atol=1e-9)
+        assert np.all(W_new[mask] == 0.0)
+    np.testing.assert_allclose(W_new[0], W[0], rtol=1e-9)
+
+
+def test_refit_is_optimal_for_its_mask():
+    X = _inputs(300, 24, seed=14)
+    H = X.T @ X
+    W = _weights(6, 24)
+    mask = row_mask(np.abs(W), sparsity=0.5)
+    W_new = refit(W, H, mask, percdamp=0.0)
+    best = reconstruction_error(W, W_new, H)
+    assert best < reconstruction_error(W, np.where(mask, 0.0, W), H)
+    rng = np.random.default_rng(15)
+    for scale in (1e-1, 1e-3):
+        for _ in range(50):
+            other = np.where(mask, 0.0, W_new + scale * rng.standard_normal(W.shape))
+            assert reconstruction_error(W, other, H) >= best
+
+
+def test_refit_ridge_pulls_towards_the_original_weights():
+    X = _inputs(300, 12, seed=16)
+    H = X.T @ X
+    W = _weights(3, 12)
+    mask = row_mask(np.abs(W), sparsity=0.5)
+    exact = refit(W, H, mask, percdamp=0.0)
+    damped = refit(W, H, mask, percdamp=1e6)
+    np.testing.assert_allclose(damped, np.where(mask, 0.0, W), rtol=1e-4, atol=1e-4)
+    assert reconstruction_error(W, exact, H) < reconstruction_error(W, refit(W, H, mask, percdamp=0.1), H)
+
+
+# --- quality on realistic layers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.7])
+def test_reconstruction_beats_magnitude_on_realistic_layers(sparsity):
+    X = _inputs(2048, 96, seed=17, outliers=4)
+    H = X.T @ X
+    W = _weights(48, 96, seed=18)
+    magnitude = row_mask(np.abs(W), sparsity=sparsity)
+    e_mag = reconstruction_error(W, np.where(magnitude, 0.0, W), H)
+    e_sgpt = reconstruction_error(W, sparsegpt(W, H, sparsity=sparsity)[0], H)
+    e_refit = reconstruction_error(W, refit(W, H, magnitude), H)
+    wanda = row_mask(wanda_scores(W, (X**2).sum(axis=0)), sparsity=sparsity)
+    e_wanda = reconstruction_error(W, np.where(wanda, 0.0, W), H)
+    assert e_sgpt <= 0.7 * e_mag
+    assert e_refit <= 0.7 * e_mag
+    assert e_wanda <= e_mag
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.7])
+def test_refit_beats_magnitude_without_outliers(sparsity):
+    X = _inputs(2048, 96, seed=19)
+    H = X.T @ X
+    W = _weights(48, 96, seed=20)
+    magnitude = row_mask(np.abs(W), sparsity=sparsity)
+    e_mag = reconstruction_error(W, np.where(magnitude, 0.0, W), H)
+    assert reconstruction_error(W, refit(W, H, magnitude), H) <= 0.5 * e_mag
+    assert reconstruction_error(W, sparsegpt(W, H, sparsity=sparsity, blocksize=16)[0], H) <= 0.85 * e_mag
+
+
+# --- bias and error --------------------------------------------------------------------------------
+
+
+def test_bias_delta_keeps_the_mean_output():
+    X = _inputs(500, 16, seed=21, mean=np.linspace(-2.0, 3.0, 16))
+    H = X.T @ X
+    W = _weights(5, 16)
+    W_new, _ = sparsegpt(W, H, sparsity=0.5)
+    delta = bias_delta(W, W_new, X.mean(axis=0))
+    np.testing.assert_allclose((X @ W_new.T + delta).mean(axis=0), (X @ W.T).mean(axis=0), rtol=1e-10, atol=1e-10)
+    assert np.abs(delta).max() > 1e-3  # the correction is not trivially zero here
+
+
+def test_reconstruction_error_is_the_explicit_ratio():
+    X = _inputs(300, 12, seed=22)
+    H = X.T @ X
+    W = _weights(4, 12)
+    W_new = np.where(row_mask(np.abs(W), sparsity=0.5), 0.0, W)
+    np.testing.assert_allclose(reconstruction_error(W, W_new, H), _explicit_error(W, W_new, X), rtol=1e-10)
+    assert reconstruction_error(W, W, H) == 0.0
+    assert reconstruction_error(np.zeros((2, 3)), np.zeros((2, 3)), np.eye(3)) == 0.0
+    assert reconstruction_error(np.zeros((2, 3)), np.ones((2, 3)), np.eye(3)) == np.inf
+
+
+# --- dead columns and damping ----------------------------------------------------------------------
+
+
+def test_dampen_sets_dead_diagonal_and_adds_lambda_from_the_live_mean():
+    H = np.diag([2.0, 0.0, 4.0])
+    H_d, dead = dampen(H, percdamp=0.1)
+    np.testing.assert_array_equal(dead, [False, True, False])
+    np.testing.assert_allclose(np.diag(H_d), [2.3, 1.3, 4.3])
+    assert H[1, 1] == 0.0  # input untouched
+
+
+def test_dead_columns_are_handled_without_nan():
+    X = _inputs(300, 12, seed=23)
+    X[:, [2, 9]] = 0.0  # features that never fire
+    H = X.T @ X
+    W = _weights(4, 12)
+    for percdamp in (0.0, 0.01):
+        W_new, mask = sparsegpt(W, H, sparsity=0.5, percdamp=percdamp)
+        assert np.all(np.isfinite(W_new))
+        assert np.all(mask[:, [2, 9]]) and np.all(W_new[:, [2, 9]] == 0.0)
+        assert mask.sum(axis=1).tolist() == [6] * 4
+        assert reconstruction_error(W, W_new, H) < reconstruction_error(W, np.where(mask, 0.0, W), H)
+        keep_dead = np.zeros_like(mask)
+        keep_dead[:, :2] = True  # prune two live columns, keep the dead ones
+        refitted = refit(W, H, keep_dead, percdamp=percdamp)
+        assert np.all(np.isfinite(refitted))
+        np.testing.assert_array_equal(refitted[:, [2, 9]], W[:, [2, 9]])  # kept dead weights unchanged
+    wanda = row_mask(wanda_scores(W, np.diag(H)), sparsity=0.5)
+    assert np.all(wanda[:, [2, 9]])  # dead features score 0: pruned first
+
+
+def test_rank_deficient_h_without_damping_still_solves():
+    X = _inputs(6, 12, seed=24)  # 6 calibration rows for 12 features: H has rank 6
+    H = X.T @ X
+    W = _weights(3, 12)
+    W_new, mask = sparsegpt(W, H, sparsity=0.5, percdamp=0.0)
+    assert np.all(np.isfinite(W_new)) and mask.sum() == 18
+    refitted = refit(W, H, mask, percdamp=0.0)
+    assert np.all(np.isfinite(refitted))
+    assert reconstruction_error(W, refitted, H) < 1e-6  # 6 kept weights fit 6 samples exactly
+
+
+def test_sparsegpt_layer_wide_budget_is_exact_and_lets_rows_differ():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((800, 4)) @ rng.standard_normal((4, 4))
+    h = x.T @ x
+    w = rng.standard_normal((64, 4)) * rng.uniform(0.1, 3.0, size=(64, 1))  # rows of very different scale
+    new, mask = sparsegpt(w, h, sparsity=0.5, per_row=False)
+    assert int(mask.sum()) == 128 and np.all(new[mask] == 0)
+    assert mask.sum(axis=1).min() < 2 < mask.sum(axis=1).max()  # small rows give more
+    per_row, _ = sparsegpt(w, h, sparsity=0.5)
+    assert reconstruction_error(w, new, h) < reconstruction_error(w, per_row, h)
