@@ -19,6 +19,15 @@ current batch's activations are held, and each is processed in blocks of at most
 ``max_bytes`` (float64); H itself takes ``groups·cols²·8`` bytes, so a layer with ``cols``
 above ``max_cols`` gets no H (``skipped`` says so) but still gets ``mean`` and ``sqnorm``.
 
+With a ``reference`` model (the dense model, in sequential calibration), every batch also
+runs through it and each layer accumulates the statistics that relate its current input
+``X`` to the input ``X_d`` the same layer sees in the reference model::
+
+    C = Σ_b X_bᵀ X_d,b   [groups, cols, cols]     H_d = Σ_b X_d,bᵀ X_d,b     mean_d = E[x_d]
+
+so that a layer can be fitted to the *dense* output: ‖W X_dᵀ − Ŵ Xᵀ‖² = Σ_rows
+(ŵᵀ H ŵ − 2 ŵᵀ C w + wᵀ H_d w).
+
 Layers that read the same activation with the same geometry share one accumulation: their
 :class:`LayerStats` hold the same arrays, which are therefore read-only (copy before
 changing them in place).
@@ -96,6 +105,9 @@ class LayerStats:
     mean: np.ndarray | None
     sqnorm: np.ndarray | None
     skipped: str | None = None
+    C: np.ndarray | None = None  # Σ xᵀ x_d against the reference model's input (see module docstring)
+    H_ref: np.ndarray | None = None  # Σ x_dᵀ x_d
+    mean_ref: np.ndarray | None = None  # E[x_d]
 
 
 class _Mismatch(Exception):
@@ -206,29 +218,58 @@ class _Accumulator:
         self.H: np.ndarray | None = np.zeros((groups, cols, cols)) if cols <= max_cols else None
         self.skipped = None if self.H is not None else f"reduction length {cols} above the capture cap {max_cols}"
         self.failed: str | None = None
+        self.C: np.ndarray | None = None
+        self.H_ref: np.ndarray | None = None
+        self.total_ref: np.ndarray | None = None
 
-    def add(self, x: np.ndarray, max_bytes: int) -> None:
+    def add(self, x: np.ndarray, max_bytes: int, x_ref: np.ndarray | None = None) -> None:
         if self.failed is not None:
             return
+        blocks = HANDLERS[self.spec.op_type].blocks
         try:
-            for block in HANDLERS[self.spec.op_type].blocks(self.spec, x, max_bytes):
+            refs = blocks(self.spec, x_ref, max_bytes) if x_ref is not None else None
+            for block in blocks(self.spec, x, max_bytes):
                 self.rows += block.shape[1]
                 self.total += block.sum(axis=1)
                 self.sqnorm += np.einsum("grc,grc->gc", block, block)
                 if self.H is not None:
                     self.H += np.matmul(block.transpose(0, 2, 1), block)
+                if refs is not None:
+                    self._add_reference(block, next(refs))
         except _Mismatch as exc:
             self.failed = f"{exc}: not captured"
             log.warning("layer '%s' (%s '%s'): %s", self.spec.key, self.spec.op_type, self.spec.node, self.failed)
+
+    def _add_reference(self, block: np.ndarray, ref: np.ndarray) -> None:
+        if ref.shape != block.shape:
+            raise _Mismatch(f"the reference model's input has shape {ref.shape[1:]}, not {block.shape[1:]}")
+        if self.H is None:
+            return
+        if self.C is None:
+            self.C, self.H_ref = np.zeros_like(self.H), np.zeros_like(self.H)
+            self.total_ref = np.zeros_like(self.total)
+        self.C += np.matmul(block.transpose(0, 2, 1), ref)
+        self.H_ref += np.matmul(ref.transpose(0, 2, 1), ref)
+        self.total_ref += ref.sum(axis=1)
 
     def stats(self) -> LayerStats:
         if self.failed is not None:
             return LayerStats(rows=0, H=None, mean=None, sqnorm=None, skipped=self.failed)
         mean = self.total / self.rows if self.rows else np.zeros_like(self.total)
-        for array in (self.H, mean, self.sqnorm):
+        mean_ref = self.total_ref / self.rows if self.total_ref is not None and self.rows else None
+        for array in (self.H, mean, self.sqnorm, self.C, self.H_ref, mean_ref):
             if array is not None:
                 array.flags.writeable = False
-        return LayerStats(rows=self.rows, H=self.H, mean=mean, sqnorm=self.sqnorm, skipped=self.skipped)
+        return LayerStats(
+            rows=self.rows,
+            H=self.H,
+            mean=mean,
+            sqnorm=self.sqnorm,
+            skipped=self.skipped,
+            C=self.C,
+            H_ref=self.H_ref,
+            mean_ref=mean_ref,
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -243,8 +284,12 @@ def capture(
     max_cols: int = MAX_COLS,
     max_bytes: int = MAX_BYTES,
     progress: Callable[[int], None] | None = None,
+    reference: ModelProto | bytes | None = None,
 ) -> dict[str, LayerStats]:
     """Input statistics of every layer in ``specs`` over ``batches`` (see module docstring).
+
+    ``reference``: a model with the same graph (the dense model) whose inputs to the same
+    layers give ``C``, ``H_ref`` and ``mean_ref``.
 
     ``batches`` are feed dicts (input name to array), e.g. ``Dataset.batches(b)``; they are
     read one at a time. ``progress(n)`` is called after each batch with its number of
@@ -278,11 +323,15 @@ def capture(
         layer_of[spec.key] = signature
     names = list(dict.fromkeys(acc.spec.activation for acc in accumulators.values()))
     sess = _session(proto, model, names) if names else None
+    ref_sess = None
+    if reference is not None and names:
+        ref_sess = _session(_as_model(reference), reference, names)
     samples = 0
     for index, feeds in enumerate(batches):
         count = _samples(feeds)
         if sess is not None:
             activations = _run(sess, names, feeds, index)
+            ref_activations = _run(ref_sess, names, feeds, index) if ref_sess is not None else {}
             for acc in accumulators.values():
                 x = activations[acc.spec.activation]
                 if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
@@ -290,7 +339,7 @@ def capture(
                         f"calibration data gives NaN/inf at the input of node '{acc.spec.node}' "
                         f"('{acc.spec.activation}') in batch {index}: check the data's scale"
                     )
-                acc.add(x, max_bytes)
+                acc.add(x, max_bytes, ref_activations.get(acc.spec.activation))
         samples += count
         if progress is not None:
             progress(count)
@@ -300,7 +349,16 @@ def capture(
     for spec in specs:
         if spec.key in layer_of:
             stats = shared[layer_of[spec.key]]
-            results[spec.key] = LayerStats(stats.rows, stats.H, stats.mean, stats.sqnorm, stats.skipped)
+            results[spec.key] = LayerStats(
+                stats.rows,
+                stats.H,
+                stats.mean,
+                stats.sqnorm,
+                stats.skipped,
+                C=stats.C,
+                H_ref=stats.H_ref,
+                mean_ref=stats.mean_ref,
+            )
     log.debug("captured %d layer(s) over %d samples (%d distinct inputs)", len(layer_of), samples, len(accumulators))
     return {spec.key: results[spec.key] for spec in specs}
 

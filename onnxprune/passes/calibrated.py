@@ -43,6 +43,7 @@ from onnxprune.graph.index import Scope, node_label
 from onnxprune.passes.layers import CalibLayer, calib_layer
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.passes.unstructured import Target, discovery_options, layer_base, plan_targets, target_mask
+from onnxprune.reconstruct.hessian import damping
 from onnxprune.sparsity.scores import to_float64
 
 log = logging.getLogger(__name__)
@@ -52,20 +53,20 @@ Progress = Callable[[int, int, str], None]
 
 
 def waves(model: ModelProto, layers: list[CalibLayer]) -> list[list[CalibLayer]]:
-    """Group layers so that each group's inputs depend only on layers of earlier groups."""
-    by_node = {id(layer.node): i for i, layer in enumerate(layers)}
+    """Group layers so that each group's inputs depend only on layers of earlier groups (a
+    layer reading its own node's output, a recurrent R, does not wait for itself)."""
+    by_node: dict[int, list[int]] = {}
+    for i, layer in enumerate(layers):
+        by_node.setdefault(id(layer.node), []).append(i)
     upstream: dict[str, frozenset[int]] = {}
     for node in model.graph.node:  # topological order (an ONNX requirement)
         deps: set[int] = set()
         for name in node.input:
             deps |= upstream.get(name, frozenset())
-        own = by_node.get(id(node))
-        if own is not None:
-            deps = deps | {own}
-        frozen = frozenset(deps)
+        frozen = frozenset(deps | set(by_node.get(id(node), ())))
         for out in node.output:
             upstream[out] = frozen
-    needs = [upstream.get(layer.spec.activation, frozenset()) for layer in layers]
+    needs = [upstream.get(layer.spec.activation, frozenset()) - set(by_node[id(layer.node)]) for layer in layers]
     done: set[int] = set()
     groups: list[list[CalibLayer]] = []
     while len(done) < len(layers):
@@ -77,13 +78,28 @@ def waves(model: ModelProto, layers: list[CalibLayer]) -> list[list[CalibLayer]]
     return groups
 
 
-def _error_terms(w: np.ndarray, w_new: np.ndarray, h: np.ndarray) -> tuple[float, float]:
-    delta = w - w_new
-    return float(np.einsum("ij,jk,ik->", delta, h, delta)), float(np.einsum("ij,jk,ik->", w, h, w))
+def _dense_target(w: np.ndarray, h: np.ndarray, c: np.ndarray, percdamp: float) -> np.ndarray:
+    """``W*`` that best maps the current inputs to the dense outputs: each row solves
+    ``(H + λI) w* = C w + λ w`` (ridge towards ``w``), where ``H = Σ x xᵀ`` of the current
+    input and ``C = Σ x x_dᵀ`` against the dense model's input; then
+    ``‖w·X_d − ŵ·X‖² = (w* − ŵ)ᵀ H (w* − ŵ) + const`` for any ``ŵ``."""
+    lam = damping(h, np.diagonal(h) == 0, percdamp) or 1e-8 * max(float(np.mean(np.diagonal(h))), 1e-30)
+    a = h + lam * np.eye(h.shape[0])
+    rhs = c @ w.T + lam * w.T
+    try:
+        return np.linalg.solve(a, rhs).T
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(a, rhs, rcond=None)[0].T
 
 
 def _ratio(num: float, den: float) -> float:
-    return num / den if den > 0 else 0.0
+    return max(num, 0.0) / den if den > 0 else 0.0
+
+
+def _output_error(new: np.ndarray, w: np.ndarray, h: np.ndarray, c: np.ndarray, h_ref: np.ndarray) -> float:
+    """``Σ_rows ‖w·X_d − ŵ·X‖² = ŵᵀHŵ − 2ŵᵀCw + wᵀH_d w`` (``C = H = H_d`` without a reference)."""
+    value = np.einsum("ij,jk,ik->", new, h, new) - 2 * np.einsum("ij,jk,ik->", new, c, w)
+    return float(value + np.einsum("ij,jk,ik->", w, h_ref, w))
 
 
 class _Solved:
@@ -119,26 +135,33 @@ def _solve_layer(
     delta = np.zeros(w.shape[0] * w.shape[1])
     for g in range(layer.groups):
         shared = stats.H.shape[0] == 1  # a recurrent W: every direction reads the same x_t
-        wg, hg = w[g], stats.H[0 if shared else g]
+        k = 0 if shared else g
+        wg, hg = w[g], stats.H[k]
+        # a recurrent R reads its own node's output: its input changes with its own pruning, so
+        # it is fitted to its own dense product, not to the dense model's
+        with_ref = stats.C is not None and layer.spec.activation not in layer.node.output
+        cg = stats.C[k] if with_ref else hg
+        h_ref = stats.H_ref[k] if with_ref else hg
+        goal = np.where(wg == 0, 0.0, _dense_target(wg, hg, cg, percdamp)) if with_ref else wg  # zeros stay
         mag_new = np.where(magnitude[g], 0.0, wg)
         if config.method in ("magnitude", "refit"):
             mask = magnitude[g]
-            new = reconstruct.refit(wg, hg, mask, percdamp=percdamp) if config.method == "refit" else mag_new
+            new = reconstruct.refit(goal, hg, mask, percdamp=percdamp) if config.method == "refit" else mag_new
         else:
             order = layer.nm_order if target.nm is not None and layer.nm_order is not None else None
-            wp, hp, sq = wg, hg, stats.sqnorm[0 if shared else g]
+            wp, tp, hp, sq = wg, goal, hg, stats.sqnorm[k]
             if order is not None:
-                wp, hp, sq = wg[:, order], hg[np.ix_(order, order)], sq[order]
+                wp, tp, hp, sq = wg[:, order], goal[:, order], hg[np.ix_(order, order)], sq[order]
             if config.method == "wanda":
                 scores = reconstruct.wanda_scores(wp, sq)
-                if target.nm is None and wp.shape[1] < ROW_WISE_MIN_COLS:  # too few inputs to compare per row
+                if target.nm is None and wp.shape[1] < ROW_WISE_MIN_COLS:  # too few inputs per row
                     mask = sparsity.smallest_k_mask(scores, sparsity.count_for_amount(scores.size, amount))
                 else:
                     mask = reconstruct.row_mask(scores, sparsity=amount, nm=target.nm)
                 new = np.where(mask, 0.0, wp)
             else:
                 new, mask = reconstruct.sparsegpt(
-                    wp,
+                    tp,
                     hp,
                     sparsity=amount,
                     nm=target.nm,
@@ -151,13 +174,12 @@ def _solve_layer(
                 unpermuted[:, order] = new
                 new = unpermuted
         out[g] = new
-        num, den = _error_terms(wg, new, hg)
-        mag_num, _ = _error_terms(wg, mag_new, hg)
-        solved.err_num += num
-        solved.err_den += den
-        solved.mag_num += mag_num
+        solved.err_num += _output_error(new, wg, hg, cg, h_ref)
+        solved.mag_num += _output_error(mag_new, wg, hg, cg, h_ref)
+        solved.err_den += float(np.einsum("ij,jk,ik->", wg, h_ref, wg))
         rows = w.shape[1]
-        delta[g * rows : (g + 1) * rows] = reconstruct.bias_delta(wg, new, stats.mean[0 if shared else g])
+        mean_ref = stats.mean_ref[k] if stats.mean_ref is not None else stats.mean[k]
+        delta[g * rows : (g + 1) * rows] = wg @ mean_ref - new @ stats.mean[k]
     solved.delta = delta
     stored = layer.from_matrix(out)
     return stored, solved
@@ -217,8 +239,11 @@ def prune_calibrated(
     index_of = {w.key: i for i, w in enumerate(inventory.weights)}
     extra: dict[str, dict[str, object]] = {}
     total, done = len(calib), 0
-    for group in groups:
-        stats = capture(model.SerializeToString(), [layer.spec for layer in group], data.batches(batch_size))
+    dense = model.SerializeToString() if config.sequential and len(groups) > 1 else None
+    for position, group in enumerate(groups):
+        current = model.SerializeToString()
+        reference = dense if position > 0 else None  # the first wave sees the dense model anyway
+        stats = capture(current, [layer.spec for layer in group], data.batches(batch_size), reference=reference)
         for layer in group:
             weight, target = layer.weight, targets[layer.weight.key]
             layer_stats = stats[weight.key]
