@@ -249,3 +249,27 @@ def test_cli_prints_errors_per_layer(tmp_path: Path):
     )
     assert result.exit_code == 0, result.output
     assert "err magnitude" in result.output and "sparsegpt" in result.output
+
+
+def test_sequential_calibration_fits_the_dense_output_on_the_transformer(tmp_path: Path):
+    """Every layer after the first wave is fitted to the dense model's output (cross-statistics),
+    so at 70 % SparseGPT stays far above magnitude, and the parallel mode (dense statistics only)
+    is no better than the sequential one."""
+    source = FIXTURES / "transformer_mnist1d.onnx"
+    calib = _calib("transformer_mnist1d")
+    magnitude = onnxprune.prune_file(source, tmp_path / "m.onnx", onnxprune.PruneConfig(sparsity=0.7))
+    sequential = onnxprune.prune_file(
+        source, tmp_path / "s.onnx", onnxprune.PruneConfig(sparsity=0.7, method="sparsegpt"), calibration=calib
+    )
+    parallel = onnxprune.prune_file(
+        source,
+        tmp_path / "p.onnx",
+        onnxprune.PruneConfig(sparsity=0.7, method="sparsegpt", sequential=False),
+        calibration=calib,
+    )
+    acc_mag = _accuracy(magnitude.saved.path, "transformer_mnist1d")
+    acc_seq = _accuracy(sequential.saved.path, "transformer_mnist1d")
+    acc_par = _accuracy(parallel.saved.path, "transformer_mnist1d")
+    assert acc_seq > acc_mag + 0.3
+    assert acc_seq >= acc_par
+    assert all(layer.error < layer.error_magnitude for layer in sequential.result.pruned if layer.method == "sparsegpt")

@@ -411,3 +411,39 @@ def test_fixture_layers_energy_matches_layer_outputs(fixtures_dir, name, expecte
         expected = float(np.sum(y**2))
         assert weight_energy(w_groups, s.H) == pytest.approx(expected, rel=1e-6), spec.key
         assert s.rows * w_groups.shape[1] * spec.groups == y.size, spec.key
+
+
+def test_reference_model_gives_cross_statistics():
+    """C = Σ xᵀ x_d and H_ref = Σ x_dᵀ x_d against a second model with the same graph."""
+    rng = np.random.default_rng(11)
+    w1 = rng.standard_normal((8, 6)).astype(np.float32)
+    w2 = rng.standard_normal((6, 5)).astype(np.float32)
+
+    def model(first: np.ndarray) -> onnx.ModelProto:
+        nodes = [
+            onnx.helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+            onnx.helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            onnx.helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+        ]
+        graph = onnx.helper.make_graph(
+            nodes,
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 8])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 5])],
+            [onnx.numpy_helper.from_array(first, "w1"), onnx.numpy_helper.from_array(w2, "w2")],
+        )
+        return onnx.helper.make_model(graph, ir_version=8, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+    pruned_w1 = np.where(np.abs(w1) < 0.5, 0, w1).astype(np.float32)
+    x = rng.standard_normal((40, 8)).astype(np.float32)
+    spec = LayerSpec(key="w2", node="mm2", op_type="MatMul", activation="r", cols=6)
+    batches = [{"x": x[:25]}, {"x": x[25:]}]
+    stats = capture(model(pruned_w1), [spec], batches, reference=model(w1).SerializeToString())["w2"]
+    r = np.maximum(x.astype(np.float64) @ pruned_w1, 0)
+    r_dense = np.maximum(x.astype(np.float64) @ w1, 0)
+    np.testing.assert_allclose(stats.H[0], r.T @ r, rtol=1e-5)
+    np.testing.assert_allclose(stats.C[0], r.T @ r_dense, rtol=1e-5)
+    np.testing.assert_allclose(stats.H_ref[0], r_dense.T @ r_dense, rtol=1e-5)
+    np.testing.assert_allclose(stats.mean_ref[0], r_dense.mean(0), rtol=1e-5)
+    plain = capture(model(pruned_w1), [spec], batches)["w2"]
+    assert plain.C is None and plain.H_ref is None
