@@ -225,6 +225,9 @@ def test_cli_errors_for_calibration(tmp_path: Path):
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, input=np.zeros((8, 1, 9, 9), np.float32))
     _error(run("--method", "wanda", "--calibration", wrong), 7, r"dim|shape|axis")
+    ints = tmp_path / "ints.npz"
+    np.savez(ints, input=np.zeros((8, 1, 8, 8), np.int64))
+    _error(run("--method", "sparsegpt", "--calibration", ints), 7, r"int64")
     empty = tmp_path / "empty.npz"
     np.savez(empty, input=np.zeros((0, 1, 8, 8), np.float32))
     _error(run("--method", "wanda", "--calibration", empty), 7, r"sample")
