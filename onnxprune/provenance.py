@@ -31,10 +31,17 @@ def _set_metadata(model: ModelProto, key: str, value: str) -> None:
 
 
 def _describe(layer) -> str:  # noqa: ANN001 - LayerResult
-    return (
+    text = (
         f"onnxprune: {layer.pattern} sparsity {layer.sparsity_before:.1%} -> {layer.sparsity_after:.1%} "
         f"({layer.zeros_after} of {layer.numel} weights zero)"
     )
+    if layer.method not in (None, "magnitude") or layer.error is not None:
+        text += f", {layer.method}"
+        if layer.error is not None:
+            text += f" (output error {layer.error:.4f}, magnitude {layer.error_magnitude:.4f})"
+        if layer.bias:
+            text += f", bias {layer.bias}"
+    return text
 
 
 def stamp(model: ModelProto, result: PruneResult, version: str) -> None:
