@@ -14,26 +14,14 @@ from __future__ import annotations
 
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
-from onnxprune.graph.writer import Layout
+from onnxprune.graph.writer import Layout, copy_fields
 
 _GRAPH_PARTS = ("node", "initializer")
 
 
-def _copy_except(source: object, target: object, skip: tuple[str, ...]) -> None:
-    for field, value in source.ListFields():  # type: ignore[attr-defined]
-        if field.name in skip:
-            continue
-        if field.is_repeated:
-            getattr(target, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
-
-
 def _external(tensor: TensorProto, location: str, offset: int, length: int) -> TensorProto:
     out = TensorProto()
-    _copy_except(tensor, out, ("raw_data", "data_location", "external_data"))
+    copy_fields(tensor, out, skip=("raw_data", "data_location", "external_data"))
     out.data_location = TensorProto.EXTERNAL
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         entry = out.external_data.add()
@@ -46,12 +34,12 @@ def _node(node: NodeProto, layout: Layout, location: str) -> NodeProto:
     if not (node.op_type == "Constant" and node.output and node.output[0] in layout):
         out.CopyFrom(node)
         return out
-    _copy_except(node, out, ("attribute",))
+    copy_fields(node, out, skip=("attribute",))
     offset, length = layout[node.output[0]]
     for attr in node.attribute:
         copy = out.attribute.add()
         if attr.name == "value" and attr.type == AttributeProto.TENSOR:
-            _copy_except(attr, copy, ("t",))
+            copy_fields(attr, copy, skip=("t",))
             copy.t.CopyFrom(_external(attr.t, location, offset, length))
         else:
             copy.CopyFrom(attr)
@@ -63,9 +51,9 @@ def skeleton(model: ModelProto, layout: Layout, location: str) -> ModelProto:
     Constant-node values) stored as external data at its place in the file ``location``
     (relative to the skeleton's folder)."""
     out = ModelProto()
-    _copy_except(model, out, ("graph",))
+    copy_fields(model, out, skip=("graph",))
     graph = GraphProto()
-    _copy_except(model.graph, graph, _GRAPH_PARTS)
+    copy_fields(model.graph, graph, skip=_GRAPH_PARTS)
     for node in model.graph.node:
         graph.node.append(_node(node, layout, location))
     for tensor in model.graph.initializer:

@@ -81,6 +81,19 @@ def _copy_field(target: Message, field: FieldDescriptor, value: object) -> None:
         setattr(target, field.name, value)
 
 
+def copy_fields(source: Message, target: Message, *, skip: tuple[str, ...] = (), below: int | None = None) -> None:
+    """Copy the set fields of ``source`` into ``target``, except those named in ``skip`` (and,
+    with ``below``, only fields numbered below it). Skipped fields are never read: reading a
+    large ``raw_data`` copies it out of the parsed model."""
+    for field in source.DESCRIPTOR.fields:
+        if field.name in skip or (below is not None and field.number >= below):
+            continue
+        value = getattr(source, field.name)
+        if (field.is_repeated and not len(value)) or (not field.is_repeated and not source.HasField(field.name)):
+            continue
+        _copy_field(target, field, value)
+
+
 def _message(msg: Message, custom: Mapping[int, Callable[[object], list[Part]]]) -> list[Part]:
     """``msg`` as parts, field by field in number order; fields in ``custom`` are written
     element by element from the parts their callback gives."""
@@ -121,13 +134,9 @@ def _split_tensor(tensor: TensorProto) -> tuple[TensorProto, TensorProto]:
     """The fields numbered below and above ``raw_data``, without reading ``raw_data``
     (every read of it copies the bytes out of the parsed model)."""
     before, after = TensorProto(), TensorProto()
-    for field in TensorProto.DESCRIPTOR.fields:
-        if field.number == _RAW_DATA:
-            continue
-        value = getattr(tensor, field.name)
-        if (field.is_repeated and not len(value)) or (not field.is_repeated and not tensor.HasField(field.name)):
-            continue
-        _copy_field(before if field.number < _RAW_DATA else after, field, value)
+    copy_fields(tensor, before, skip=("raw_data",), below=_RAW_DATA)
+    later = tuple(f.name for f in TensorProto.DESCRIPTOR.fields if f.number <= _RAW_DATA)
+    copy_fields(tensor, after, skip=later)
     return before, after
 
 
