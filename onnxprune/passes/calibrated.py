@@ -237,18 +237,36 @@ def prune_calibrated(
     if percdamp is None:
         percdamp = PERCDAMP_DATA_FREE if data.synthetic else PERCDAMP_DATA
     index_of = {w.key: i for i, w in enumerate(inventory.weights)}
-    extra: dict[str, dict[str, object]] = {}
+    by_key = {w.key: w for w in inventory.weights}
+
+    def magnitude(key: str) -> None:  # the weights calibration cannot handle, pruned first
+        weight = by_key[key]
+        proto = inventory.proto(weight)
+        values = tensors.read_array(proto)
+        mask = target_mask(values, targets[key], weight, config, index_of[key])
+        tensors.write_array(proto, np.where(mask, values.dtype.type(0), values))
+
+    dense = model.SerializeToString() if config.sequential else None
+    for key in fallback:
+        magnitude(key)
+    changed = bool(fallback)
+    extra: dict[str, dict[str, object]] = {key: {"method": "magnitude"} for key in fallback}
     total, done = len(calib), 0
-    dense = model.SerializeToString() if config.sequential and len(groups) > 1 else None
-    for position, group in enumerate(groups):
-        current = model.SerializeToString()
-        reference = dense if position > 0 else None  # the first wave sees the dense model anyway
-        stats = capture(current, [layer.spec for layer in group], data.batches(batch_size), reference=reference)
+    for group in groups:
+        reference = dense if changed else None  # fit to the dense model's output once it differs
+        stats = capture(
+            model.SerializeToString(), [layer.spec for layer in group], data.batches(batch_size), reference=reference
+        )
         for layer in group:
             weight, target = layer.weight, targets[layer.weight.key]
             layer_stats = stats[weight.key]
+            done += 1
+            if progress is not None:
+                progress(done, total, weight.key)
             if layer_stats.skipped or layer_stats.H is None:
                 fallback[weight.key] = f"no statistics ({layer_stats.skipped}): pruned by magnitude"
+                magnitude(weight.key)
+                extra[weight.key] = {"method": "magnitude"}
                 continue
             proto = inventory.proto(weight)
             values = tensors.read_array(proto)
@@ -263,16 +281,14 @@ def prune_calibrated(
                 "error_magnitude": _ratio(solved.mag_num, solved.err_den),
                 "bias": bias,
             }
-            done += 1
-            if progress is not None:
-                progress(done, total, weight.key)
+        changed = changed or bool(group)
     return _finish(inventory, targets, config, extra, fallback)
 
 
 def _finish(inventory, targets, config, extra, fallback) -> PruneResult:  # noqa: ANN001
-    """Magnitude for the fallback weights, then a record for every discovered tensor."""
+    """A record for every discovered tensor, with what was really done to it."""
     layers: list[LayerResult] = []
-    for index, weight in enumerate(inventory.weights):
+    for weight in inventory.weights:
         target = targets.get(weight.key)
         base = layer_base(weight)
         if target is None or (target.count is None and target.nm is None):
@@ -280,14 +296,8 @@ def _finish(inventory, targets, config, extra, fallback) -> PruneResult:  # noqa
             layers.append(LayerResult(**base, zeros_after=weight.zeros, pruned=False, reason=reason))
             continue
         proto = inventory.proto(weight)
-        info = extra.get(weight.key)
-        reason = target.reason
-        if info is None:  # magnitude, with the reason calibration did not apply
-            values = tensors.read_array(proto)
-            mask = target_mask(values, target, weight, config, index)
-            tensors.write_array(proto, np.where(mask, values.dtype.type(0), values))
-            reason = "; ".join(r for r in (target.reason, fallback.get(weight.key)) if r)
-            info = {"method": "magnitude"}
+        info = extra.get(weight.key, {"method": "magnitude"})
+        reason = "; ".join(r for r in (target.reason, fallback.get(weight.key)) if r)
         values = tensors.read_array(proto)
         zeros = int(values.size - np.count_nonzero(sparsity.magnitude_keys(values)))
         layers.append(
