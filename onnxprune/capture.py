@@ -35,7 +35,8 @@ changing them in place).
 The activations are read by adding them as extra graph outputs to the serialized model
 (protobuf merges a second serialized ``ModelProto`` holding only graph outputs into the
 first: the model is not copied) and running it in onnxruntime on CPU with graph
-optimizations off, so every intermediate name survives. Only main-graph values can be read.
+optimizations on (a value that is a graph output survives every fusion). Only main-graph values
+can be read.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from onnx import ModelProto
 from onnxprune import runtime
 from onnxprune.errors import DataError, OnnxPruneError, OptionError, UnsupportedModelError
 from onnxprune.graph.model_io import load_model
+from onnxprune.graph.writer import copy_fields
 from onnxprune.im2col import AUTO_PADS, ConvGeometry, conv_cols, patch_blocks
 
 log = logging.getLogger(__name__)
@@ -231,9 +233,10 @@ class _Accumulator:
             for block in blocks(self.spec, x, max_bytes):
                 self.rows += block.shape[1]
                 self.total += block.sum(axis=1)
-                self.sqnorm += np.einsum("grc,grc->gc", block, block)
                 if self.H is not None:
-                    self.H += np.matmul(block.transpose(0, 2, 1), block)
+                    self.H += np.matmul(block.transpose(0, 2, 1), block)  # sqnorm is its diagonal
+                else:
+                    self.sqnorm += np.einsum("grc,grc->gc", block, block)
                 if refs is not None:
                     self._add_reference(block, next(refs))
         except _Mismatch as exc:
@@ -256,6 +259,8 @@ class _Accumulator:
         if self.failed is not None:
             return LayerStats(rows=0, H=None, mean=None, sqnorm=None, skipped=self.failed)
         mean = self.total / self.rows if self.rows else np.zeros_like(self.total)
+        if self.H is not None:
+            self.sqnorm = np.diagonal(self.H, axis1=1, axis2=2).copy()
         mean_ref = self.total_ref / self.rows if self.total_ref is not None and self.rows else None
         for array in (self.H, mean, self.sqnorm, self.C, self.H_ref, mean_ref):
             if array is not None:
@@ -397,22 +402,66 @@ def _main_graph_values(model: ModelProto) -> dict[str, str]:
     return found
 
 
-def _session(proto: ModelProto, model: object, names: Sequence[str]) -> ort.InferenceSession:
-    """A CPU session, optimizations off, that also outputs ``names`` (see module docstring)."""
-    outputs = {o.name for o in proto.graph.output}
-    inputs = {i.name for i in proto.graph.input}
-    typed = {v.name: v for v in proto.graph.value_info}
-    extra = ModelProto()
+def _used_names(node: onnx.NodeProto) -> list[str]:
+    """The node's inputs and every name its subgraphs read (outer-scope values included)."""
+    names = list(node.input)
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for graph in graphs:
+            for inner in graph.node:
+                names.extend(_used_names(inner))
+    return names
+
+
+def _truncated(proto: ModelProto, names: Sequence[str]) -> bytes:
+    """The part of the model that computes ``names``, with them as its only outputs.
+
+    onnxruntime runs every node of a graph whatever outputs are asked for, so a layer near
+    the input would otherwise pay for the whole model on every calibration batch.
+    """
+    graph = proto.graph
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    keep: set[int] = set()
+    stack = [name for name in names if name in producer]
+    while stack:
+        index = producer.get(stack.pop())
+        if index is None or index in keep:
+            continue
+        keep.add(index)
+        stack.extend(_used_names(graph.node[index]))
+    used = {name for i in keep for name in _used_names(graph.node[i])}
+    out = ModelProto()
+    copy_fields(proto, out, skip=("graph",))
+    target = out.graph
+    target.name = graph.name
+    target.input.extend(graph.input)
+    target.node.extend(graph.node[i] for i in sorted(keep))
+    target.initializer.extend(t for t in graph.initializer if t.name in used)
+    target.sparse_initializer.extend(t for t in graph.sparse_initializer if t.values.name in used)
+    target.value_info.extend(v for v in graph.value_info if v.name in used or v.name in names)
+    typed = {v.name: v for v in (*graph.value_info, *graph.output)}
     for name in names:
-        if name in outputs or name in inputs:
+        if name not in producer:
             continue
         if name in typed:
-            extra.graph.output.append(typed[name])
+            target.output.append(typed[name])
         else:
-            extra.graph.output.add(name=name)
-    source = model if isinstance(model, bytes) else proto.SerializeToString()
+            target.output.add(name=name)
+    return out.SerializeToString()
+
+
+def _session(proto: ModelProto, model: object, names: Sequence[str]) -> ort.InferenceSession:
+    """A CPU session, fully optimized, of the part of the model that computes ``names``."""
+    inputs = {i.name for i in proto.graph.input}
+    wanted = [name for name in names if name not in inputs]
+    if not wanted:
+        source = model if isinstance(model, bytes) else proto.SerializeToString()
+        return runtime.session(source, optimize=True)
+    source = _truncated(proto, wanted)
     try:
-        return runtime.session(source + extra.SerializeToString(), optimize=False)
+        # full optimization: fusions never swallow a value that is a graph output, and the
+        # activations read here are graph outputs now (several times faster than unoptimized)
+        return runtime.session(source, optimize=True)
     except OnnxPruneError:
         raise
     except Exception as exc:  # onnxruntime raises its own types; a model over 2 GiB cannot be serialized

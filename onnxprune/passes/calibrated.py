@@ -98,8 +98,12 @@ def _ratio(num: float, den: float) -> float:
 
 def _output_error(new: np.ndarray, w: np.ndarray, h: np.ndarray, c: np.ndarray, h_ref: np.ndarray) -> float:
     """``Σ_rows ‖w·X_d − ŵ·X‖² = ŵᵀHŵ − 2ŵᵀCw + wᵀH_d w`` (``C = H = H_d`` without a reference)."""
-    value = np.einsum("ij,jk,ik->", new, h, new) - 2 * np.einsum("ij,jk,ik->", new, c, w)
-    return float(value + np.einsum("ij,jk,ik->", w, h_ref, w))
+    return _quad(new, h, new) - 2 * _quad(new, c, w) + _quad(w, h_ref, w)
+
+
+def _quad(a: np.ndarray, m: np.ndarray, b: np.ndarray) -> float:
+    """``Σ_rows a_i M b_iᵀ`` through one matrix product (BLAS), not a three-operand einsum."""
+    return float(np.vdot(a @ m, b))
 
 
 class _Solved:
@@ -176,7 +180,7 @@ def _solve_layer(
         out[g] = new
         solved.err_num += _output_error(new, wg, hg, cg, h_ref)
         solved.mag_num += _output_error(mag_new, wg, hg, cg, h_ref)
-        solved.err_den += float(np.einsum("ij,jk,ik->", wg, h_ref, wg))
+        solved.err_den += _quad(wg, h_ref, wg)
         rows = w.shape[1]
         mean_ref = stats.mean_ref[k] if stats.mean_ref is not None else stats.mean[k]
         delta[g * rows : (g + 1) * rows] = wg @ mean_ref - new @ stats.mean[k]
