@@ -257,7 +257,8 @@ def prune_calibrated(
     extra: dict[str, dict[str, object]] = {key: {"method": "magnitude"} for key in fallback}
     total, done = len(calib), 0
     for group in groups:
-        reference = dense if changed else None  # fit to the dense model's output once it differs
+        # fit to the dense model's output once it differs (Wanda updates no weight: it needs none)
+        reference = dense if changed and config.method != "wanda" else None
         stats = capture(
             model.SerializeToString(), [layer.spec for layer in group], data.batches(batch_size), reference=reference
         )
