@@ -11,6 +11,11 @@ Python API (the CLI is a thin layer over it)::
     # file to file, as the CLI does (streamed output, memory near the model's size)
     run = onnxprune.prune_file("model.onnx", "model.pruned.onnx", config)
 
+    # layer-wise calibration: SparseGPT on 128 samples (or data_free=True)
+    calib = onnxprune.calibration_data("model.onnx", "calib.npz", samples=128)
+    config = onnxprune.PruneConfig(sparsity=0.5, method="sparsegpt", bias_correction=True)
+    run = onnxprune.prune_file("model.onnx", "model.sgpt.onnx", config, calibration=calib)
+
     # before and after: size, MACs, latency, accuracy (labels) and fidelity
     report = onnxprune.evaluate("model.onnx", ["model.pruned.onnx"], data="test.npz", labels="labels.npy")
     print(report.candidates[0].accuracy, report.candidates[0].latency.ratio)
