@@ -420,7 +420,10 @@ def _print_layers(result: onnxprune.PruneResult) -> None:
         right |= {8, 9}
     click.echo(table(rows, [*header, "note"], right=right))
     if calibrated:
-        click.echo("err: relative reconstruction error ‖WX−ŴX‖²/‖WX‖² of each layer on the calibration data")
+        click.echo(
+            "err: relative error of each layer's output against the dense model on the calibration data, "
+            "‖W·X_dense − Ŵ·X‖² / ‖W·X_dense‖², for plain magnitude and for the method"
+        )
     skipped = [layer for layer in result.skipped if layer.role in ("weight", "mixed")]
     others = len(result.skipped) - len(skipped)
     if skipped:
