@@ -239,3 +239,16 @@ def test_global_threshold_gives_each_layer_its_own_mask():
         own = sparsity.magnitude_keys(w)
         fast = sparsity.smallest_k_mask(own, count, threshold=allocation.threshold)
         assert np.array_equal(fast, sparsity.smallest_k_mask(own, count))
+
+
+def test_given_samples_skip_the_sampling_pass_and_stay_exact():
+    rng = np.random.default_rng(9)
+    layers = [rng.standard_normal(n).astype(np.float32) for n in (40_000, 9_000, 3_000)]
+    keys = [sparsity.global_keys(w) for w in layers]
+    caps = [int(0.98 * k.size) for k in keys]
+    total = int(0.6 * sum(k.size for k in keys))
+    expected = _counts_by_sort(keys, total, caps)
+    good = [k[:: max(1, k.size // 500)] for k in keys]
+    misleading = [np.zeros(10, np.uint32) for _ in keys]  # a sample that says nothing true
+    for samples in (good, misleading):
+        assert sparsity.global_counts(keys, total, caps, samples=samples) == expected

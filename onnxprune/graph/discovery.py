@@ -34,7 +34,7 @@ from onnxprune.graph.ops import (
     SlotContext,
     TransformContext,
 )
-from onnxprune.sparsity import magnitude_keys
+from onnxprune.sparsity import global_keys, magnitude_keys
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class Weight:
     prunable: bool
     reason: str | None = None
     quantized: bool = False
+    #: a strided sample of the tensor's global magnitude keys (see sparsity.global_keys)
+    key_sample: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -225,11 +227,17 @@ def _decide(
     return None
 
 
-def _count_zeros(tensor: TensorProto) -> int:
+#: at most about this many keys of each float tensor are kept as a sample (global allocation)
+KEY_SAMPLE = 4096
+
+
+def _count_zeros(tensor: TensorProto) -> tuple[int, np.ndarray | None]:
+    """Zeros of the tensor, and a strided sample of its global keys (read once, used twice)."""
     if not tensors.is_float(tensor):
-        return int(tensors.numel(tensor) - np.count_nonzero(tensors.read_array(tensor)))
+        return int(tensors.numel(tensor) - np.count_nonzero(tensors.read_array(tensor))), None
     values = tensors.read_array(tensor)
-    return int(values.size - np.count_nonzero(magnitude_keys(values)))
+    sample = global_keys(values.reshape(-1)[:: max(1, values.size // KEY_SAMPLE)])
+    return int(values.size - np.count_nonzero(magnitude_keys(values))), sample
 
 
 def discover(model: ModelProto, options: DiscoveryOptions | None = None) -> Inventory:
@@ -257,6 +265,7 @@ def discover(model: ModelProto, options: DiscoveryOptions | None = None) -> Inve
             readers = tuple(r for r, _, _ in trace.slots) + tuple(trace.others)
             reason = _decide(role, trace, tensor, readers, options)
             out_axis, in_axis = _axes(trace) if role == "weight" else (None, None)
+            zeros, key_sample = _count_zeros(tensor)
             weight = Weight(
                 name=name,
                 scope=scope.path,
@@ -268,10 +277,11 @@ def discover(model: ModelProto, options: DiscoveryOptions | None = None) -> Inve
                 out_axis=out_axis,
                 in_axis=in_axis,
                 numel=tensors.numel(tensor),
-                zeros=_count_zeros(tensor),
+                zeros=zeros,
                 prunable=reason is None,
                 reason=reason,
                 quantized=trace.quantized,
+                key_sample=key_sample,
             )
             weights.append(weight)
             protos[weight.key] = tensor

@@ -134,7 +134,8 @@ def plan_targets(config: PruneConfig, inventory: Inventory) -> dict[str, Target]
         keys = _LazyKeys([inventory.proto(w) for w in rest])
     total = sparsity.count_for_amount(sum(w.numel for w in rest), config.sparsity)
     caps = [max(sparsity.count_for_amount(w.numel, config.max_layer_sparsity), 0) for w in rest]
-    allocation = sparsity.allocate_global(keys, total, caps, sizes=[w.numel for w in rest])
+    samples = [w.key_sample for w in rest] if config.criterion == "magnitude" else None
+    allocation = sparsity.allocate_global(keys, total, caps, sizes=[w.numel for w in rest], samples=samples)
     del keys
     for weight, count in zip(rest, allocation.counts, strict=True):
         # float32 global magnitude keys are the tensor's own magnitude keys: the global

@@ -84,15 +84,17 @@ def allocate_global(
     *,
     sizes: Sequence[int] | None = None,
     sample_size: int = _SAMPLE,
+    samples: Sequence[np.ndarray] | None = None,
 ) -> GlobalAllocation:
     """Per-layer counts for one global threshold on uint32 ``keys`` (see module docstring).
 
     ``keys[l]`` is the flat uint32 key array of layer ``l`` (it may be computed on access:
-    each layer is read twice, or four times on the fallback); ``caps[l]`` the most weights
+    each layer is read twice, once with ``samples``, or four times on the fallback); ``caps[l]`` the most weights
     layer ``l`` may lose; ``total`` the number of weights to select overall. If the caps
     do not allow ``total``, every layer is filled to its cap. ``sizes`` (the layers'
     element counts) saves a pass when ``keys`` are computed on access. ``sample_size=0``
-    skips the sampled bracket and runs the radix select directly.
+    skips the sampled bracket and runs the radix select directly. ``samples``: a strided
+    sample of each layer's keys already at hand (the result stays exact whatever they are).
     """
     if len(keys) != len(caps):
         raise ValueError("keys and caps must have the same length")
@@ -102,7 +104,7 @@ def allocate_global(
         return GlobalAllocation(list(caps), None)
     if total <= 0:
         return GlobalAllocation([0] * len(keys), None)
-    found = _bracketed(keys, sizes, total, caps, sample_size) if sample_size > 0 else None
+    found = _bracketed(keys, sizes, total, caps, sample_size, samples) if sample_size > 0 else None
     if found is None:
         threshold = _radix_threshold(keys, total, caps)
         found = (*_counts_at(keys, threshold, caps), threshold)
@@ -147,12 +149,21 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
 
 
 def _bracketed(
-    keys: Sequence[np.ndarray], sizes: Sequence[int], total: int, caps: Sequence[int], sample_size: int
+    keys: Sequence[np.ndarray],
+    sizes: Sequence[int],
+    total: int,
+    caps: Sequence[int],
+    sample_size: int,
+    given: Sequence[np.ndarray] | None = None,
 ) -> Counts | None:
     """Capped counts below and at the exact threshold, found by a sampled bracket and one
-    pass; None if the bracket missed the threshold."""
-    stride = max(1, sum(sizes) // sample_size)
-    samples = [np.sort(k[::stride]) for k in keys]
+    pass; None if the bracket missed the threshold. ``given``: a strided sample of each
+    layer's keys taken earlier (any stride), which saves the sampling pass."""
+    if given is not None and len(given) == len(keys) and all(g is not None and g.size for g in given):
+        samples = [np.sort(np.asarray(g, dtype=np.uint32)) for g in given]
+    else:
+        stride = max(1, sum(sizes) // sample_size)
+        samples = [np.sort(k[::stride]) for k in keys]
     merged = _sorted_unique(np.concatenate(samples))
     scale = [n / max(s.size, 1) for n, s in zip(sizes, samples, strict=True)]
     estimate = _smallest_reaching(merged, partial(_capped_total, samples, [0] * len(keys), scale, caps), total)
