@@ -72,9 +72,10 @@ def global_counts(
     *,
     sizes: Sequence[int] | None = None,
     sample_size: int = _SAMPLE,
+    samples: Sequence[np.ndarray] | None = None,
 ) -> list[int]:
     """Per-layer counts for one global threshold (see :func:`allocate_global`)."""
-    return allocate_global(keys, total, caps, sizes=sizes, sample_size=sample_size).counts
+    return allocate_global(keys, total, caps, sizes=sizes, sample_size=sample_size, samples=samples).counts
 
 
 def allocate_global(
