@@ -2,7 +2,8 @@
 
 Three checks, all required: ``onnx.checker`` (on the file, so external data and models
 over 2 GiB work; for a large streamed output on its skeleton, the same model whose large
-tensors are external references into the written file, see :mod:`onnxprune.graph.skeleton`), an onnxruntime CPU session loads it, and it runs on one synthetic input
+tensors are external references into the written file, see :mod:`onnxprune.graph.skeleton`;
+onnxruntime loads the skeleton too, reading every weight from the written file), an onnxruntime CPU session loads it, and it runs on one synthetic input
 with finite outputs. When the output fails, the input model is tried the same way, so
 the message says whether the model, the synthetic input or onnxprune is at fault.
 """
@@ -52,8 +53,10 @@ def validate_model(
 ) -> ValidationReport:
     """Validate the model at ``path``; ``reference`` is the input it was derived from.
 
-    ``checker_path`` is what ``onnx.checker`` reads instead of ``path`` (a skeleton of it);
-    should the skeleton fail, the checker's verdict on ``path`` itself decides.
+    ``checker_path`` is what ``onnx.checker`` and onnxruntime read instead of ``path`` (its
+    skeleton: the same graph, each large tensor an external-data reference to its bytes in
+    the file at ``path``, so onnxruntime reads every weight from the written file without
+    parsing it twice); should the skeleton fail either, ``path`` itself decides.
 
     If the output fails ``onnx.checker`` and the input fails it too, the checker cannot be
     expected to pass and is reported as skipped (onnxruntime and the run still must pass);
@@ -70,10 +73,17 @@ def validate_model(
             raise ValidationError(f"the output fails onnx.checker ({message}); nothing was written")
         log.warning("the input model fails onnx.checker too (%s): checked with onnxruntime only", message)
         checker = "skipped: the input model does not pass onnx.checker either"
-    try:
-        sess = runtime.session(path)
-    except Exception as exc:
-        raise _why_session_fails(exc, reference) from exc
+    sess = None
+    if checker_path is not None and Path(checker_path) != Path(path):
+        try:  # the skeleton: the same graph, every weight read from the written file
+            sess = runtime.session(checker_path)
+        except Exception as exc:
+            log.info("onnxruntime cannot load the skeleton (%s): loading the whole file", runtime.ort_message(exc))
+    if sess is None:
+        try:
+            sess = runtime.session(path)
+        except Exception as exc:
+            raise _why_session_fails(exc, reference) from exc
     specs = runtime.input_specs(sess)
     sizes = runtime.CANDIDATE_SIZES if runtime.needs_guess(specs, shapes) else runtime.CANDIDATE_SIZES[:1]
     errors: list[str] = []

@@ -126,3 +126,15 @@ def test_streamed_tensor_is_byte_identical_at_varint_boundaries(length: int):
     handle = io.BytesIO()
     write_model(model, handle, {"t": lambda t: t.raw_data}, layout=True)
     assert handle.getvalue() == model.SerializeToString()
+
+
+def test_onnxruntime_runs_the_skeleton_with_the_written_weights(tmp_path: Path):
+    import onnxruntime as ort
+
+    out = tmp_path / "out.onnx"
+    x = np.random.default_rng(2).standard_normal((128, 256)).astype(np.float32)
+    with StagedOutput(out) as staged:
+        staged.write(_model())
+        whole = ort.InferenceSession(str(staged.model_path)).run(None, {"x": x})[0]
+        skel = ort.InferenceSession(str(staged.checker_path)).run(None, {"x": x})[0]
+    assert np.array_equal(whole, skel)
