@@ -168,14 +168,6 @@ def _weight_json(w: onnxprune.Weight) -> dict[str, Any]:
     }
 
 
-def _check_writable_folder(path: Path) -> None:
-    folder = path.absolute().parent
-    if path.is_dir():
-        raise onnxprune.OutputError(f"--json '{path}' is a folder: give a file name such as report.json")
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise onnxprune.OutputError(f"cannot write --json '{path}': the folder '{folder}' is missing or not writable")
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -342,7 +334,7 @@ def prune(
     if not force:
         refuse_input_as_output(input_model, output_model)
     if json_path is not None:
-        _check_writable_folder(json_path)
+        check_output_path(json_path, "--json")
     do_eval = do_eval or any(eval_kwargs.get(k) for k in ("data", "labels", "report", "eval_json"))
     if do_eval:  # fail on bad evaluation options before pruning
         build_options(eval_kwargs, input_shape)

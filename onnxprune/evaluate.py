@@ -24,7 +24,7 @@ import gc
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ import onnxruntime as ort
 from onnxprune import runtime
 from onnxprune.compute import ComputeStats, count_compute
 from onnxprune.data import Dataset, ImageOptions, load_labels, open_data
-from onnxprune.errors import DataError, OnnxPruneError, OptionError, UnsupportedModelError
+from onnxprune.errors import DataError, OnnxPruneError, OptionError, OutputError, UnsupportedModelError
 from onnxprune.graph.model_io import load_model_with_files
 from onnxprune.latency import LatencySettings, LatencyStats, measure_latency
 from onnxprune.metrics import OutputFidelity, TopK, overall
@@ -196,8 +196,6 @@ class EvalResult:
             os.replace(tmp, target)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            from onnxprune.errors import OutputError
-
             raise OutputError(f"cannot write '{target}': {exc.strerror}") from exc
         return target
 
@@ -573,14 +571,3 @@ def _warnings(base: ModelReport, cand: ModelReport, synthetic: bool) -> list[str
     if synthetic:
         notes.append("measured on synthetic data: fidelity only; accuracy needs real data (--data, --labels)")
     return notes
-
-
-def iter_models(paths: Iterable[ModelPath]) -> list[Path]:
-    """Paths as :class:`Path` objects, each checked to exist."""
-    out = []
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise OptionError(f"model '{path}' does not exist or is not a file")
-        out.append(path)
-    return out

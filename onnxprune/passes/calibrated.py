@@ -42,7 +42,14 @@ from onnxprune.graph.discovery import discover
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.passes.layers import CalibLayer, calib_layer
 from onnxprune.passes.result import LayerResult, PruneResult
-from onnxprune.passes.unstructured import Target, discovery_options, layer_base, plan_targets, target_mask
+from onnxprune.passes.unstructured import (
+    Target,
+    discovery_options,
+    plan_targets,
+    pruned_layer,
+    skipped_layer,
+    target_mask,
+)
 from onnxprune.reconstruct.hessian import damping
 from onnxprune.sparsity.scores import to_float64
 
@@ -189,11 +196,6 @@ def _solve_layer(
     return stored, solved
 
 
-def _write(proto, values: np.ndarray, dtype: np.dtype) -> None:  # noqa: ANN001 - TensorProto
-    new = values.astype(dtype)
-    tensors.write_array(proto, new)
-
-
 def _apply_bias(model: ModelProto, scope: Scope, layer: CalibLayer, delta: np.ndarray, dtype: np.dtype) -> str:
     site = layer.bias
     if site is None:
@@ -229,7 +231,7 @@ def prune_calibrated(
     fallback: dict[str, str] = {}
     for weight in inventory.prunable:
         target = targets.get(weight.key)
-        if target is None or (target.count is None and target.nm is None):
+        if target is None or not target.acts:
             continue
         layer, why = calib_layer(model, scope, weight)
         if layer is None:
@@ -276,7 +278,7 @@ def prune_calibrated(
             proto = inventory.proto(weight)
             values = tensors.read_array(proto)
             stored, solved = _solve_layer(layer, layer_stats, target, config, values, index_of[weight.key], percdamp)
-            _write(proto, stored, values.dtype)
+            tensors.write_array(proto, stored.astype(values.dtype))
             bias = None
             if config.bias_correction:
                 bias = _apply_bias(model, scope, layer, solved.delta, values.dtype)
@@ -295,26 +297,14 @@ def _finish(inventory, targets, config, extra, fallback) -> PruneResult:  # noqa
     layers: list[LayerResult] = []
     for weight in inventory.weights:
         target = targets.get(weight.key)
-        base = layer_base(weight)
-        if target is None or (target.count is None and target.nm is None):
-            reason = weight.reason if target is None else target.reason
-            layers.append(LayerResult(**base, zeros_after=weight.zeros, pruned=False, reason=reason))
+        if target is None or not target.acts:
+            layers.append(skipped_layer(weight, target))
             continue
-        proto = inventory.proto(weight)
-        info = extra.get(weight.key, {"method": "magnitude"})
-        reason = "; ".join(r for r in (target.reason, fallback.get(weight.key)) if r)
-        values = tensors.read_array(proto)
+        values = tensors.read_array(inventory.proto(weight))
         zeros = int(values.size - np.count_nonzero(sparsity.magnitude_keys(values)))
+        reason = "; ".join(r for r in (target.reason, fallback.get(weight.key)) if r) or None
         layers.append(
-            LayerResult(
-                **base,
-                zeros_after=zeros,
-                pruned=True,
-                pattern=config.pattern_name if target.nm is not None else "unstructured",
-                target=target.amount,
-                reason=reason or None,
-                **info,
-            )
+            pruned_layer(weight, target, config, zeros, reason, **extra.get(weight.key, {"method": "magnitude"}))
         )
     result = PruneResult(tuple(layers), config.as_dict())
     log.info(

@@ -41,6 +41,11 @@ class Target:
     reason: str | None = None
     threshold: int | None = None  # the count-th smallest magnitude key, when a global threshold gives it
 
+    @property
+    def acts(self) -> bool:
+        """True if the tensor gets pruned (a count or a pattern), False if it is skipped."""
+        return self.count is not None or self.nm is not None
+
 
 def discovery_options(config: PruneConfig) -> DiscoveryOptions:
     return DiscoveryOptions(
@@ -172,7 +177,7 @@ def _zeros_after(proto: TensorProto, target: Target, weight: Weight, config: Pru
     return int(bits.size - np.count_nonzero(bits << np.uint8(1)))
 
 
-def layer_base(weight: Weight) -> dict[str, object]:
+def _layer_base(weight: Weight) -> dict[str, object]:
     """The fields of a :class:`LayerResult` that come from discovery."""
     return {
         "key": weight.key,
@@ -188,6 +193,27 @@ def layer_base(weight: Weight) -> dict[str, object]:
         "numel": weight.numel,
         "zeros_before": weight.zeros,
     }
+
+
+def skipped_layer(weight: Weight, target: Target | None) -> LayerResult:
+    """The record of a tensor left as it is, with the reason."""
+    reason = weight.reason if target is None else target.reason
+    return LayerResult(**_layer_base(weight), zeros_after=weight.zeros, pruned=False, reason=reason)
+
+
+def pruned_layer(
+    weight: Weight, target: Target, config: PruneConfig, zeros_after: int, reason: str | None, **extra: object
+) -> LayerResult:
+    """The record of a pruned tensor; ``extra`` holds the calibrated pass's fields."""
+    return LayerResult(
+        **_layer_base(weight),
+        zeros_after=zeros_after,
+        pruned=True,
+        pattern=config.pattern_name if target.nm is not None else "unstructured",
+        target=target.amount,
+        reason=reason,
+        **extra,
+    )
 
 
 def prune_weights(
@@ -208,10 +234,8 @@ def prune_weights(
     done = 0
     for index, weight in enumerate(inventory.weights):
         target = targets.get(weight.key)
-        base = layer_base(weight)
-        if target is None or (target.count is None and target.nm is None):
-            reason = weight.reason if target is None else target.reason
-            layers.append(LayerResult(**base, zeros_after=weight.zeros, pruned=False, reason=reason))
+        if target is None or not target.acts:
+            layers.append(skipped_layer(weight, target))
             continue
         proto = inventory.proto(weight)
         zeros_after = _zeros_after(proto, target, weight, config, index)
@@ -223,17 +247,7 @@ def prune_weights(
             else:
                 dtype = tensors.read_array(proto).dtype
                 tensors.write_array(proto, _pruned_bits(proto, target, weight, config, index).view(dtype))
-        pattern = config.pattern_name if target.nm is not None else "unstructured"
-        layers.append(
-            LayerResult(
-                **base,
-                zeros_after=zeros_after,
-                pruned=True,
-                pattern=pattern,
-                target=target.amount,
-                reason=target.reason,
-            )
-        )
+        layers.append(pruned_layer(weight, target, config, zeros_after, target.reason))
         done += 1
         if progress is not None:
             progress(done, total, weight.key)
