@@ -127,6 +127,30 @@ def cli_methods() -> tuple[str, ...]:
     return tuple(c for c in choices.group(1).split("|") if c)
 
 
+def run_prune(name: str, cmd: list[str], timeout_s: float | None) -> dict[str, Any]:
+    """Run one prune command as a measured child, print its line, return its report entry."""
+    run = measure(cmd, timeout_s=timeout_s)
+    entry: dict[str, Any] = {
+        "command": " ".join(cmd[1:]),
+        "seconds": run.seconds,
+        "cpu_seconds": run.cpu_seconds,
+        "peak_rss_bytes": run.peak_rss_bytes,
+        "returncode": run.returncode,
+    }
+    if run.returncode != 0:
+        tail = (run.stderr.strip() or run.stdout.strip()).splitlines()[-1:] or ["(no output)"]
+        print(f"  {name:<14} FAILED (exit {run.returncode}, {run.seconds:.1f}s): {tail[0]}")
+        entry["error"] = run.stderr.strip()
+    else:
+        summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+        print(
+            f"  {name:<14} {run.seconds:7.1f}s wall {run.cpu_seconds:7.1f}s CPU  "
+            f"peak RSS {mib(run.peak_rss_bytes):>9}  {summary[:100]}"
+        )
+        entry["summary"] = summary
+    return entry
+
+
 def prune_command(
     model: Path, out: Path, *, method: str, sparsity: float, calib: Path, samples: int, methods: tuple[str, ...]
 ) -> list[str] | None:
@@ -434,25 +458,9 @@ def main() -> int:
             print(f"  {name:<14} MISSING (the CLI cannot run --method {method} yet)")
             report["runs"][name] = {"missing": True}
             continue
-        run = measure(cmd, timeout_s=args.timeout)
-        entry = {
-            "command": " ".join(cmd[1:]),
-            "seconds": run.seconds,
-            "cpu_seconds": run.cpu_seconds,
-            "peak_rss_bytes": run.peak_rss_bytes,
-        }
-        entry["returncode"] = run.returncode
-        if run.returncode != 0:
-            ok = False
-            tail = (run.stderr.strip() or run.stdout.strip()).splitlines()[-1:] or ["(no output)"]
-            print(f"  {name:<14} FAILED (exit {run.returncode}, {run.seconds:.1f}s): {tail[0]}")
-            entry["error"] = run.stderr.strip()
-        else:
-            summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
-            print(
-                f"  {name:<14} {run.seconds:7.1f}s wall {run.cpu_seconds:7.1f}s CPU  peak RSS {mib(run.peak_rss_bytes):>9}  {summary[:100]}"
-            )
-            entry["summary"] = summary
+        entry = run_prune(name, cmd, args.timeout)
+        ok = ok and entry["returncode"] == 0
+        if entry["returncode"] == 0:
             outputs[name] = out
         report["runs"][name] = entry
 

@@ -48,10 +48,9 @@ from bench_calibrate import (
     SPARSITIES,
     cli_methods,
     fidelity_runs,
-    measure,
-    mib,
     print_fidelity,
     prune_command,
+    run_prune,
     sentences,
     split_corpus,
 )
@@ -230,24 +229,9 @@ def main() -> int:
                 report["runs"][name] = {"missing": True}
                 continue
             cmd += ["--input-shape", f"x:1x3x{HEIGHT}x{WIDTH}"]
-            run = measure(cmd, timeout_s=args.timeout)
-            entry: dict[str, Any] = {
-                "command": " ".join(cmd[1:]),
-                "seconds": run.seconds,
-                "cpu_seconds": run.cpu_seconds,
-            }
-            entry.update(peak_rss_bytes=run.peak_rss_bytes, returncode=run.returncode)
-            if run.returncode != 0:
-                ok = False
-                tail = (run.stderr.strip() or run.stdout.strip()).splitlines()[-1:] or ["(no output)"]
-                print(f"  {name:<14} FAILED (exit {run.returncode}, {run.seconds:.1f}s): {tail[0]}")
-                entry["error"] = run.stderr.strip()
-            else:
-                summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
-                print(
-                    f"  {name:<14} {run.seconds:7.1f}s wall {run.cpu_seconds:7.1f}s CPU  peak RSS {mib(run.peak_rss_bytes):>9}  {summary[:100]}"
-                )
-                entry["summary"] = summary
+            entry = run_prune(name, cmd, args.timeout)
+            ok = ok and entry["returncode"] == 0
+            if entry["returncode"] == 0:
                 outputs[name] = out
             report["runs"][name] = entry
 
