@@ -27,6 +27,7 @@ reason in the result.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 
@@ -252,18 +253,18 @@ def prune_calibrated(
         mask = target_mask(values, targets[key], weight, config, index_of[key])
         tensors.write_array(proto, np.where(mask, values.dtype.type(0), values))
 
-    dense = model.SerializeToString() if config.sequential else None
+    dense = copy.deepcopy(model) if config.sequential else None  # parsed once, not once per wave
     for key in fallback:
         magnitude(key)
     changed = bool(fallback)
     extra: dict[str, dict[str, object]] = {key: {"method": "magnitude"} for key in fallback}
     total, done = len(calib), 0
     for group in groups:
-        # fit to the dense model's output once it differs (Wanda updates no weight: it needs none)
-        reference = dense if changed and config.method != "wanda" else None
-        stats = capture(
-            model.SerializeToString(), [layer.spec for layer in group], data.batches(batch_size), reference=reference
-        )
+        # fit to the dense model's output once it differs; Wanda updates no weight, so it needs
+        # the dense model only for bias correction (its E[x_d])
+        needs_dense = config.method != "wanda" or config.bias_correction
+        reference = dense if changed and needs_dense else None
+        stats = capture(model, [layer.spec for layer in group], data.batches(batch_size), reference=reference)
         for layer in group:
             weight, target = layer.weight, targets[layer.weight.key]
             layer_stats = stats[weight.key]
