@@ -32,7 +32,7 @@ from pathlib import Path
 
 from onnx import ModelProto
 
-from onnxprune.config import PruneConfig, check_amount, load_plan, parse_pattern
+from onnxprune.config import PruneConfig, StructureConfig, check_amount, load_plan, parse_pattern
 from onnxprune.data import Dataset, ImageOptions, open_data
 from onnxprune.errors import (
     DataError,
@@ -58,7 +58,7 @@ from onnxprune.graph.tensors import FLOAT_TYPES
 from onnxprune.latency import LatencySettings
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.passes.unstructured import Progress, prune_weights
-from onnxprune.provenance import stamp
+from onnxprune.provenance import stamp, stamp_structure
 from onnxprune.stats import ParamStats, param_stats
 from onnxprune.validate import ValidationReport, validate_model
 
@@ -82,6 +82,7 @@ __all__ = [
     "PruneResult",
     "PruneRun",
     "SavedModel",
+    "StructureConfig",
     "UnsafeModelError",
     "UnsupportedModelError",
     "ValidationError",
@@ -186,13 +187,15 @@ class PruneRun:
     params_before: ParamStats
     params_after: ParamStats
     validation: ValidationReport | None
+    structure: object = None  # StructuralResult of the structural pass, when it ran
 
 
 def prune_file(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
-    config: PruneConfig,
+    config: PruneConfig | None,
     *,
+    structure: StructureConfig | None = None,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     external_data: bool | None = None,
     force: bool = False,
@@ -201,43 +204,69 @@ def prune_file(
 ) -> PruneRun:
     """Prune the model file ``source`` into ``output``: what ``onnxprune prune`` does.
 
-    ``calibration`` (see :func:`calibration_data`) is needed by the calibrated methods
-    (``config.method`` other than magnitude, or ``config.bias_correction``).
+    ``config`` is the unstructured (or calibrated) pass, None for none. ``structure`` is
+    the structural pass; by default, after an unstructured pass, only its exact part runs
+    (dead channels; the graph is left as it is when there are none): pass
+    ``StructureConfig(dead_channels=False)`` to skip it.
 
-    Memory stays near the size of the parsed model: pruned tensors are computed while the
-    output is streamed to a staging file (the parsed model is never copied), the model is
-    freed, and only then is the staged file validated and renamed into place.
+    ``calibration`` (see :func:`calibration_data`) is needed by the calibrated methods
+    (``config.method`` other than magnitude, or ``config.bias_correction``) and lets the
+    structured pass rank channels by output error and refit the consumers.
+
+    Without a structural change, memory stays near the size of the parsed model: pruned
+    tensors are computed while the output is streamed to a staging file (the parsed model
+    is never copied), the model is freed, and only then is the staged file validated and
+    renamed into place.
     """
     if not force:
         refuse_input_as_output(source, output)
-    if config.calibrated:
-        return _prune_file_calibrated(
-            source,
-            output,
-            config,
-            calibration,
-            input_shapes=input_shapes,
-            external_data=external_data,
-            force=force,
-            progress=progress,
+    if config is None and structure is None:
+        raise OptionError("nothing to do: give --sparsity, --pattern, --plan, --structured or --dead-channels")
+    if structure is None:
+        structure = StructureConfig(fold_first=False)
+    if config is not None and config.calibrated and calibration is None:
+        raise OptionError(
+            f"--method {config.method}{' with --bias-correction' if config.bias_correction else ''} needs "
+            "calibration data: give --calibration calib.npz (or a folder of images), or --data-free"
         )
     model, files = load_model_with_files(source)
-    result, replacements = prune_weights(model, config, progress=progress, defer=True)
-    counted = {layer.key: (layer.numel, layer.zeros_before) for layer in result.layers if layer.dtype in FLOAT_NAMES}
-    before = param_stats(model, known=counted)  # reads only the tensors discovery did not count
-    after = ParamStats(before.parameters, before.nonzeros - result.newly_zeroed)
-    if not result.pruned:
-        return PruneRun(result, None, tuple(files), before, after, None)
-    stamp(model, result, __version__)
+    replacements: dict = {}
+    if config is None:
+        before = param_stats(model)
+        result = PruneResult((), {})
+    elif config.calibrated:
+        from onnxprune.passes.calibrated import prune_calibrated
+
+        before = param_stats(model)
+        result = prune_calibrated(model, config, calibration, progress=progress)
+    else:
+        result, replacements = prune_weights(model, config, progress=progress, defer=not structure.active)
+        counted = {
+            layer.key: (layer.numel, layer.zeros_before) for layer in result.layers if layer.dtype in FLOAT_NAMES
+        }
+        before = param_stats(model, known=counted)  # reads only the tensors discovery did not count
+    structural = None
+    if structure.active:
+        from onnxprune.passes.structural import remove_channels
+
+        structural = remove_channels(model, structure, calibration=calibration, input_shapes=input_shapes)
+    after = ParamStats(before.parameters, before.nonzeros - result.newly_zeroed) if replacements else param_stats(model)
+    changed = bool(result.pruned) or (structural is not None and structural.changed)
+    if not changed:
+        return PruneRun(result, None, tuple(files), before, after, None, structural)
+    if result.pruned:
+        stamp(model, result, __version__)
+    if structural is not None and structural.changed:
+        stamp_structure(model, structural, __version__)
     with StagedOutput(output, input_path=source, force=force) as staged:
-        staged.write(model, external_data=external_data, replacements=replacements)
+        staged.write(model, external_data=external_data, replacements=replacements or None)
         del model, replacements
         gc.collect()  # discovery's scope index holds cycles into the model: free it now
         report = validate_model(
             staged.model_path, reference=source, input_shapes=input_shapes, checker_path=staged.checker_path
         )
         saved = staged.commit()
-    return PruneRun(result, saved, tuple(files), before, after, report)
+    return PruneRun(result, saved, tuple(files), before, after, report, structural)
 
 
 def calibration_data(
@@ -274,39 +303,3 @@ def calibration_data(
 
         return make_data_free(load_model(source), specs, samples=samples, seed=seed, shapes=shapes or None)
     return open_data(data, specs=specs, image_options=image_options, samples=samples, seed=seed)
-
-
-def _prune_file_calibrated(
-    source: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    config: PruneConfig,
-    calibration: Dataset | None,
-    *,
-    input_shapes: Mapping[str, tuple[int, ...]] | None,
-    external_data: bool | None,
-    force: bool,
-    progress: Progress | None,
-) -> PruneRun:
-    if calibration is None:
-        raise OptionError(
-            f"--method {config.method}{' with --bias-correction' if config.bias_correction else ''} needs "
-            "calibration data: give --calibration calib.npz (or a folder of images), or --data-free"
-        )
-    from onnxprune.passes.calibrated import prune_calibrated
-
-    model, files = load_model_with_files(source)
-    before = param_stats(model)
-    result = prune_calibrated(model, config, calibration, progress=progress)
-    after = param_stats(model)
-    if not result.pruned:
-        return PruneRun(result, None, tuple(files), before, after, None)
-    stamp(model, result, __version__)
-    with StagedOutput(output, input_path=source, force=force) as staged:
-        staged.write(model, external_data=external_data)
-        del model
-        gc.collect()
-        report = validate_model(
-            staged.model_path, reference=source, input_shapes=input_shapes, checker_path=staged.checker_path
-        )
-        saved = staged.commit()
-    return PruneRun(result, saved, tuple(files), before, after, report)

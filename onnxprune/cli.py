@@ -19,7 +19,7 @@ import click
 
 import onnxprune
 from onnxprune.cli_eval import build_options, check_output_path, eval_command, evaluation_options, run_evaluation
-from onnxprune.config import PruneConfig, load_plan, parse_pattern
+from onnxprune.config import PruneConfig, StructureConfig, load_plan, parse_pattern
 from onnxprune.console import ProgressBar, count, fail, handle_errors, human, table
 from onnxprune.graph.discovery import DiscoveryOptions
 from onnxprune.graph.model_io import refuse_input_as_output
@@ -237,7 +237,40 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 )
 @click.option("--percdamp", type=float, help="Ridge damping of the solvers (default 0.01; 1.0 with --data-free).")
 @click.option(
-    "--input-shape", multiple=True, metavar="NAME:1x3x224x224", help="Shape of an input for validation (repeatable)."
+    "--structured",
+    is_flag=True,
+    help="Remove whole channels (filters, neurons, heads): --sparsity is the fraction of each channel group.",
+)
+@click.option(
+    "--target-flops", type=float, help="Structured: keep at most this fraction of the MACs (implies --structured)."
+)
+@click.option(
+    "--dead-channels/--no-dead-channels",
+    default=None,
+    help="Remove channels that are constant wherever they are read (exact; default: on, after any pruning).",
+)
+@click.option(
+    "--importance",
+    type=click.Choice(["auto", "l2", "error"]),
+    default="auto",
+    show_default=True,
+    help="Structured: channel importance; error needs calibration data; auto = error with data, else l2.",
+)
+@click.option("--round-to", type=int, default=1, show_default=True, help="Structured: kept channels a multiple of N.")
+@click.option(
+    "--max-group-sparsity",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="Structured: most of a channel group that may go.",
+)
+@click.option("--no-refit", is_flag=True, help="Structured: with data, only fold removed channels' means (no refit).")
+@click.option("--no-fold", is_flag=True, help="Structural pass: keep BatchNormalization and the graph as they are.")
+@click.option(
+    "--input-shape",
+    multiple=True,
+    metavar="NAME:1x3x224x224",
+    help="Shape of an input for validation and channel analysis (repeatable).",
 )
 @click.option("--external-data", is_flag=True, help="Store weights in OUT.data next to OUT (automatic above 1.8 GB).")
 @click.option("--force", is_flag=True, help="Allow OUT to replace IN (still atomic, after validation).")
@@ -280,6 +313,14 @@ def prune(
     bias_correction: bool,
     parallel: bool,
     percdamp: float | None,
+    structured: bool,
+    target_flops: float | None,
+    dead_channels: bool | None,
+    importance: str,
+    round_to: int,
+    max_group_sparsity: float,
+    no_refit: bool,
+    no_fold: bool,
     input_shape: tuple[str, ...],
     external_data: bool,
     force: bool,
@@ -299,35 +340,69 @@ def prune(
       onnxprune prune model.onnx pruned.onnx --sparsity 0.7 --scope global --criterion lamp
       onnxprune prune model.onnx pruned.onnx --pattern 2:4
       onnxprune prune model.onnx pruned.onnx --sparsity 0.5 --data test.npz --labels y.npy --report r.html
+      onnxprune prune model.onnx smaller.onnx --structured --sparsity 0.3 --calibration calib.npz
+      onnxprune prune model.onnx smaller.onnx --target-flops 0.5 --round-to 8
+      onnxprune prune masked.onnx smaller.onnx --dead-channels
     """
-    config = PruneConfig(
-        sparsity=sparsity,
+    structured = structured or target_flops is not None
+    unstructured = sparsity is not None or plan_path is not None or pattern != "unstructured"
+    if structured and (plan_path is not None or pattern != "unstructured"):
+        raise onnxprune.OptionError("--structured takes --sparsity or --target-flops; drop --plan/--pattern")
+    if structured and method != "magnitude":
+        raise onnxprune.OptionError(
+            f"--method {method} is for weight pruning; --structured ranks channels with --importance and refits "
+            "the consumers itself when given --calibration or --data-free"
+        )
+    if structured and sparsity is None and target_flops is None:
+        raise onnxprune.OptionError("--structured needs --sparsity (fraction of channels) or --target-flops")
+    if not structured and not unstructured and not dead_channels:
+        raise onnxprune.OptionError(
+            "nothing to do: give --sparsity (e.g. 0.5), an N:M --pattern, a --plan, --structured or --dead-channels"
+        )
+    config = None
+    if not structured and unstructured:
+        config = PruneConfig(
+            sparsity=sparsity,
+            scope=scope,
+            criterion=criterion,
+            pattern=parse_pattern(pattern),
+            nm_fallback=nm_fallback,
+            plan=load_plan(plan_path) if plan_path else {},
+            max_layer_sparsity=max_layer_sparsity,
+            seed=seed,
+            min_size=min_size,
+            include=include,
+            exclude=exclude,
+            op_types=_op_types(op_types),
+            method=method,
+            bias_correction=bias_correction,
+            sequential=not parallel,
+            percdamp=percdamp,
+        )
+    structure = StructureConfig(
+        dead_channels=dead_channels is not False,
+        amount=sparsity if structured else None,
+        target_flops=target_flops,
         scope=scope,
-        criterion=criterion,
-        pattern=parse_pattern(pattern),
-        nm_fallback=nm_fallback,
-        plan=load_plan(plan_path) if plan_path else {},
-        max_layer_sparsity=max_layer_sparsity,
-        seed=seed,
-        min_size=min_size,
-        include=include,
-        exclude=exclude,
-        op_types=_op_types(op_types),
-        method=method,
-        bias_correction=bias_correction,
-        sequential=not parallel,
-        percdamp=percdamp,
+        importance=importance,
+        refit=not no_refit,
+        round_to=round_to,
+        max_fraction=max_group_sparsity,
+        fold=not no_fold,
+        damp=0.01 if percdamp is None else percdamp,
+        fold_first=structured or bool(dead_channels),
     )
     shapes = parse_input_shapes(input_shape)
     if samples < 1:
         raise onnxprune.OptionError(f"--samples must be >= 1, got {samples}")
-    if (calibration or data_free) and not config.calibrated:
+    uses_data = structured or (config is not None and config.calibrated)
+    if (calibration or data_free) and not uses_data:
         raise onnxprune.OptionError(
             "--calibration/--data-free is given but --method magnitude uses no data: choose --method wanda, "
-            "sparsegpt or refit, or add --bias-correction"
+            "sparsegpt or refit, add --bias-correction, or use --structured"
         )
     calib = None
-    if config.calibrated:
+    if (config is not None and config.calibrated) or (structured and (calibration or data_free)):
         calib = onnxprune.calibration_data(
             input_model, calibration, samples=samples, data_free=data_free, input_shapes=shapes
         )
@@ -345,6 +420,7 @@ def prune(
             input_model,
             output_model,
             config,
+            structure=structure,
             input_shapes=shapes,
             external_data=True if external_data else None,
             force=force,
@@ -353,19 +429,29 @@ def prune(
         )
     result, saved, before, after = run.result, run.saved, run.params_before, run.params_after
     if saved is None:
-        click.echo(
-            f"onnxprune: nothing to prune in '{input_model}': no weight tensor qualifies "
-            f"({_reason_counts(result.skipped) or 'no weights found'}); no output written; "
-            "lower --min-size or check --include/--exclude/--op-types",
-            err=True,
-        )
+        if config is None:
+            _print_structure(run.structure, quiet)
+            click.echo(
+                f"onnxprune: nothing to remove in '{input_model}': no channel group can lose a channel "
+                "(see the blocked groups above); no output written",
+                err=True,
+            )
+        else:
+            click.echo(
+                f"onnxprune: nothing to prune in '{input_model}': no weight tensor qualifies "
+                f"({_reason_counts(result.skipped) or 'no weights found'}); no output written; "
+                "lower --min-size or check --include/--exclude/--op-types",
+                err=True,
+            )
         sys.exit(NOTHING_TO_PRUNE)
     compress = compressed_size if compressed_size is not None else input_model.stat().st_size < COMPRESS_AUTO_LIMIT
     output_files = [saved.path] + ([saved.data_path] if saved.data_path else [])
     size_in, size_out = file_stats(run.input_files, compressed=compress), file_stats(output_files, compressed=compress)
-    if not quiet:
+    if not quiet and config is not None:
         _print_layers(result)
-    _print_summary(result, before, after, size_in, size_out, saved, quiet)
+    if run.structure is not None and (config is None or run.structure.changed):
+        _print_structure(run.structure, quiet)
+    _print_summary(result, before, after, size_in, size_out, saved, quiet, run.structure)
     if json_path:
         _write_json(
             json_path,
@@ -373,6 +459,7 @@ def prune(
                 "input": str(input_model),
                 "output": str(saved.path),
                 **result.to_dict(),
+                "structure": run.structure.to_dict() if run.structure is not None else None,
                 "model": {
                     "parameters": [before.parameters, after.parameters],
                     "nonzeros": [before.nonzeros, after.nonzeros],
@@ -429,7 +516,54 @@ def _print_layers(result: onnxprune.PruneResult) -> None:
     click.echo("")
 
 
-def _print_summary(result, before, after, size_in, size_out, saved, quiet) -> None:  # noqa: ANN001
+def _print_structure(structure: Any, quiet: bool) -> None:
+    """The structural pass: changed groups, blocked groups (by reason), refits, totals."""
+    if structure is None or quiet:
+        return
+    rows = []
+    for g in structure.groups:
+        if not g.removed:
+            continue
+        unit = g.unit_channels
+        rows.append(
+            [
+                g.name + (f" (+{len(g.sources) - 1})" if len(g.sources) > 1 else ""),
+                f"{g.units * unit}" + (f" ({g.units}x{unit})" if unit > 1 else ""),
+                f"{g.kept * unit}",
+                f"{g.removed / g.units:.0%}",
+                f"{g.dead * unit}",
+                count(g.params_removed),
+            ]
+        )
+    if rows:
+        click.echo(
+            table(
+                rows, ["channel group", "channels", "kept", "removed", "dead", "params removed"], right={1, 2, 3, 4, 5}
+            )
+        )
+    blocked = structure.blocked
+    if blocked:
+        reasons = Counter(re.sub(r"'[^']*'", "'…'", (g.blocked or "").split(";")[0]) for g in blocked)
+        click.echo(f"\nchannel groups kept whole: {len(blocked)}")
+        for reason, n in reasons.most_common():
+            click.echo(f"  {n} x {reason}")
+    if structure.refits:
+        click.echo("\nconsumers refitted (relative output error on the calibration data, before -> after refit):")
+        for name, before, after in structure.refits:
+            click.echo(f"  {name}: {before:.4f} -> {after:.4f}")
+    notes = [g for g in structure.groups if g.note]
+    for g in notes:
+        click.echo(f"  {g.name}: {g.note}")
+    if structure.exact_max_diff is not None:
+        click.echo(
+            f"\nexact: outputs before and after differ by at most {structure.exact_max_diff:.2g} (synthetic batch)"
+        )
+    if structure.cleanup is not None and structure.cleanup.bn_folded:
+        click.echo(f"BatchNormalization folded into {len(structure.cleanup.bn_folded)} producer(s)")
+    click.echo("")
+
+
+def _print_summary(result, before, after, size_in, size_out, saved, quiet, structure=None) -> None:  # noqa: ANN001
     def ratio(a: int | None, b: int | None) -> str:
         return f"{b / a:.2f}x" if a and b is not None else "-"
 
@@ -444,14 +578,34 @@ def _print_summary(result, before, after, size_in, size_out, saved, quiet) -> No
             ratio(size_in.compressed, size_out.compressed),
         ],
     ]
+    changed = structure is not None and structure.changed
+    if changed and structure.macs_before:
+        rows.insert(
+            2,
+            [
+                "MACs",
+                count(structure.macs_before),
+                count(structure.macs_after),
+                ratio(structure.macs_before, structure.macs_after),
+            ],
+        )
     if not quiet:
         click.echo(table(rows, ["", "before", "after", "after/before"], right={1, 2, 3}))
-    click.echo(
-        f"\npruned {len(result.pruned)} weight tensors: {count(result.zeros_after)} of {count(result.weights_total)} "
-        f"weights are zero ({result.sparsity_after:.1%}; {count(result.newly_zeroed)} newly zeroed) -> {saved.path}"
-        + (f" (+ {saved.data_path.name})" if saved.data_path else "")
-    )
-    if not quiet:
+    target = f"{saved.path}" + (f" (+ {saved.data_path.name})" if saved.data_path else "")
+    if result.pruned:
+        click.echo(
+            f"\npruned {len(result.pruned)} weight tensors: {count(result.zeros_after)} of "
+            f"{count(result.weights_total)} weights are zero ({result.sparsity_after:.1%}; "
+            f"{count(result.newly_zeroed)} newly zeroed) -> {target}"
+        )
+    if changed:
+        groups = sum(1 for g in structure.groups if g.removed)
+        click.echo(
+            f"{'' if result.pruned else chr(10)}removed {structure.removed_units} channel unit(s) "
+            f"({structure.dead_units} dead) from {groups} group(s); parameters {count(structure.params_before)} -> "
+            f"{count(structure.params_after)} -> {target}"
+        )
+    if not quiet and result.pruned and not changed:
         click.echo(
             "note: zeros inside dense tensors shrink the compressed size, not the latency: onnxruntime "
             "runs them as dense (removing whole channels is what makes a model faster)."

@@ -186,3 +186,81 @@ class PruneConfig:
             "percdamp": self.percdamp,
             "blocksize": self.blocksize,
         }
+
+
+IMPORTANCE = ("auto", "l2", "error")
+
+
+@dataclass(frozen=True)
+class StructureConfig:
+    """What the structural pass does (see ``onnxprune/passes/structural.py``).
+
+    dead_channels: remove units that are constant wherever they are read (exact).
+    amount: fraction of each channel group's units to remove (``--structured --sparsity``);
+        with ``scope="global"`` the fraction of all groups' parameters, lowest normalized
+        importance first.
+    target_flops: instead of ``amount``, keep at most this fraction of the model's MACs.
+    importance: "l2" (weights only), "error" (output error at the consumers, needs
+        calibration data) or "auto" (error with data, else l2).
+    refit: least-squares refit of the consumers from the kept channels (with data).
+    round_to: kept channel counts are multiples of this (or the whole group).
+    max_fraction: never remove more than this fraction of a group's units.
+    fold: fold BatchNormalization and clean up the graph afterwards.
+    fold_first: fold constants before the analysis (so constant subgraphs such as
+        ``Reshape(bias)`` read as stored tensors); the light pass that follows
+        unstructured pruning skips it, leaving the graph untouched unless units go.
+    """
+
+    dead_channels: bool = True
+    amount: float | None = None
+    target_flops: float | None = None
+    scope: str = "local"
+    importance: str = "auto"
+    refit: bool = True
+    round_to: int = 1
+    max_fraction: float = 0.9
+    fold: bool = True
+    damp: float = 0.01
+    fold_first: bool = True
+
+    def __post_init__(self) -> None:
+        if self.amount is not None and self.target_flops is not None:
+            raise OptionError("give --sparsity or --target-flops for --structured, not both")
+        if self.amount is not None:
+            object.__setattr__(self, "amount", check_amount(self.amount, "--sparsity (structured)"))
+        if self.target_flops is not None:
+            value = float(self.target_flops)
+            if not 0.0 < value < 1.0 or math.isnan(value):
+                raise OptionError(f"--target-flops is the fraction of MACs to keep, in (0, 1); got {self.target_flops}")
+        if self.scope not in SCOPES:
+            raise OptionError(f"--scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
+        if self.importance not in IMPORTANCE:
+            raise OptionError(f"--importance must be one of {', '.join(IMPORTANCE)}, got '{self.importance}'")
+        if int(self.round_to) < 1:
+            raise OptionError(f"--round-to must be >= 1, got {self.round_to}")
+        if not 0.0 < float(self.max_fraction) < 1.0:
+            raise OptionError(f"--max-group-sparsity must lie in (0, 1), got {self.max_fraction}")
+        if not float(self.damp) >= 0.0:
+            raise OptionError(f"--percdamp must be >= 0, got {self.damp}")
+
+    @property
+    def structured(self) -> bool:
+        return self.amount is not None or self.target_flops is not None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "dead_channels": self.dead_channels,
+            "amount": self.amount,
+            "target_flops": self.target_flops,
+            "scope": self.scope,
+            "importance": self.importance,
+            "refit": self.refit,
+            "round_to": self.round_to,
+            "max_fraction": self.max_fraction,
+            "fold": self.fold,
+            "damp": self.damp,
+        }
+
+    @property
+    def active(self) -> bool:
+        return self.dead_channels or self.structured

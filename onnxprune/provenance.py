@@ -2,6 +2,8 @@
 
 * ``metadata_props``: ``onnxprune.version``, ``onnxprune.options`` (the configuration as
   JSON) and ``onnxprune.summary`` (totals and per-tensor sparsity before -> after, JSON).
+* ``onnxprune.structure`` and ``onnxprune.structure.options`` after the structural pass
+  (channels before, after and dead per group), and a line on each group's source nodes.
 * each pruned tensor's ``doc_string`` and a line in each reading node's ``doc_string``:
   its sparsity and pattern, so a user who clicks the node in Netron sees it.
 
@@ -12,11 +14,15 @@ input and options give byte-identical outputs.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from onnx import ModelProto, NodeProto
 
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.passes.result import PruneResult
+
+if TYPE_CHECKING:
+    from onnxprune.passes.structural import StructuralResult
 
 PREFIX = "onnxprune."
 
@@ -80,3 +86,32 @@ def stamp(model: ModelProto, result: PruneResult, version: str) -> None:
                 ln for ln in node.doc_string.splitlines() if not (ln.startswith("onnxprune:") and ln.endswith(tag))
             ]
             node.doc_string = "\n".join([*lines, f"{text} {tag}"])
+
+
+def stamp_structure(model: ModelProto, result: StructuralResult, version: str) -> None:
+    """Write what the structural pass did (a :class:`StructuralResult`) into ``model``."""
+    groups = [g for g in result.groups if g.removed]
+    summary = {
+        "params": [result.params_before, result.params_after],
+        "macs": [result.macs_before, result.macs_after],
+        "groups": {
+            g.name: [g.units * g.unit_channels, g.kept * g.unit_channels, g.dead * g.unit_channels, g.params_removed]
+            for g in groups
+        },
+        "blocked": [[g.name, g.blocked] for g in result.blocked],
+        "exact_max_diff": result.exact_max_diff,
+    }
+    _set_metadata(model, PREFIX + "version", version)
+    _set_metadata(model, PREFIX + "structure.options", json.dumps(result.config, sort_keys=True))
+    _set_metadata(model, PREFIX + "structure", json.dumps(summary, sort_keys=True, separators=(",", ":")))
+    nodes = {node_label(node): node for node in model.graph.node}
+    for g in groups:
+        text = (
+            f"onnxprune: channels {g.units * g.unit_channels} -> {g.kept * g.unit_channels} "
+            f"({g.removed * g.unit_channels} removed, {g.dead * g.unit_channels} of them dead) [group {g.gid}]"
+        )
+        for source in g.sources:
+            node = nodes.get(source)
+            if node is not None:
+                lines = [ln for ln in node.doc_string.splitlines() if not ln.startswith("onnxprune: channels")]
+                node.doc_string = "\n".join([*lines, text])

@@ -1,0 +1,454 @@
+"""The structural pass: remove whole channels, so the model is smaller and faster everywhere.
+
+1. Channel groups (:mod:`onnxprune.structure.analysis`): the coupled channels that must
+   go together. Groups the analysis does not fully understand are blocked, with a reason.
+2. Dead units (:mod:`onnxprune.structure.constants`): units constant wherever they are
+   read go, their constant folded into the consumers' biases: outputs do not change.
+3. Structured removal (optional): per group, the units of lowest importance go, as
+   many as ``amount`` (local: per group; global: lowest normalized score across groups,
+   weighted by parameters) or until the MACs reach ``target_flops``. Importance is the
+   group's weight L2 norm (data-free) or, with calibration data, the output error the
+   unit's removal causes at the consumers (:mod:`onnxprune.sparsity.channels`).
+4. With calibration data, each consumer is refitted by least squares from the kept
+   channels, the removed channels' mean folded into its bias (He et al., 2017;
+   :mod:`onnxprune.reconstruct.channels`). Statistics are captured once, on the input model.
+5. Removal (:mod:`onnxprune.structure.apply`), then folding and cleanup
+   (:mod:`onnxprune.graph.cleanup`): BN folded into the producers, constants folded,
+   dead nodes and unused initializers dropped, shapes refreshed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from math import gcd
+
+import numpy as np
+from onnx import ModelProto
+
+from onnxprune.config import StructureConfig
+from onnxprune.data import Dataset
+from onnxprune.graph import tensors
+from onnxprune.graph.cleanup import CleanupResult, cleanup
+from onnxprune.reconstruct.channels import centred_gram, refit_consumer
+from onnxprune.sparsity.channels import (
+    GroupBudget,
+    error_importance,
+    flops_counts,
+    l2_importance,
+    local_counts,
+    select_units,
+)
+from onnxprune.sparsity.channels import global_counts as channel_global_counts
+from onnxprune.structure.analysis import Analysis, analyze
+from onnxprune.structure.apply import apply_removal
+from onnxprune.structure.bias import add_to_bias
+from onnxprune.structure.constants import bias_deltas, dead_units, propagate
+from onnxprune.structure.groups import Group
+from onnxprune.structure.sinks import Sink, layer_spec, removed_features, sinks_of, unit_features, weight_matrix
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+#: An exact run may change outputs by float rounding only (BN folding, summation order).
+EXACT_TOLERANCE = 1e-4
+
+
+def _macs(model: ModelProto, input_shapes: Mapping[str, tuple[int, ...]], notes: list[str]) -> int | None:
+    from onnxprune.compute import count_compute
+    from onnxprune.errors import OnnxPruneError
+
+    try:
+        return count_compute(model, input_shapes=input_shapes).macs
+    except OnnxPruneError as exc:
+        notes.append(f"MACs not counted: {exc}")
+        return None
+
+
+def _snapshot(model: ModelProto) -> bytes | None:
+    try:
+        return model.SerializeToString()
+    except ValueError:  # over 2 GiB: protobuf cannot serialize it
+        log.info("model too large to keep a reference copy: the exact check is skipped")
+        return None
+
+
+def _check_exact(reference: bytes, model: ModelProto, input_shapes: Mapping[str, tuple[int, ...]]) -> float:
+    """Max |Δ| over all outputs on one synthetic batch; raises if above the tolerance."""
+    from onnxprune import runtime
+    from onnxprune.errors import ValidationError
+
+    before = runtime.session(reference)
+    after = runtime.session(model.SerializeToString())
+    feeds = runtime.synthetic_feeds(runtime.input_specs(before), dict(input_shapes))
+    worst = 0.0
+    for a, b in zip(before.run(None, feeds), after.run(None, feeds), strict=True):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        scale = max(1.0, float(np.abs(a).max()) if a.size else 1.0)
+        diff = float(np.abs(a - b).max()) if a.size else 0.0
+        worst = max(worst, diff)
+        if not diff <= EXACT_TOLERANCE * scale:
+            raise ValidationError(
+                f"removing dead channels changed the outputs by {diff:.3g} (tolerance {EXACT_TOLERANCE * scale:.3g}): "
+                "this is a bug in onnxprune; nothing was written; rerun with --no-dead-channels and report it"
+            )
+    log.info("exact check: max |output difference| %.3g", worst)
+    return worst
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """One channel group and what the pass did to it."""
+
+    gid: int
+    name: str
+    sources: tuple[str, ...]
+    sinks: tuple[str, ...]
+    units: int  # before
+    unit_channels: int  # channels per unit (1, or head_dim for attention heads)
+    removed: int  # units removed in total
+    dead: int  # of which dead (exact)
+    params_removed: int
+    blocked: str | None = None
+    note: str | None = None
+
+    @property
+    def kept(self) -> int:
+        return self.units - self.removed
+
+
+@dataclass(frozen=True)
+class StructuralResult:
+    groups: tuple[GroupRecord, ...]
+    params_before: int
+    params_after: int
+    cleanup: CleanupResult | None
+    refits: tuple[tuple[str, float, float], ...]  # (consumer, error before refit, after)
+    notes: tuple[str, ...] = ()
+    config: dict[str, object] = field(default_factory=dict)
+    exact_max_diff: float | None = None  # measured max |Δoutput| of an exact (dead-only) run
+    macs_before: int | None = None  # multiply-accumulates at the analysis input shapes
+    macs_after: int | None = None
+
+    @property
+    def removed_units(self) -> int:
+        return sum(g.removed for g in self.groups)
+
+    @property
+    def dead_units(self) -> int:
+        return sum(g.dead for g in self.groups)
+
+    @property
+    def blocked(self) -> tuple[GroupRecord, ...]:
+        return tuple(g for g in self.groups if g.blocked)
+
+    @property
+    def changed(self) -> bool:
+        return self.removed_units > 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "groups": [asdict(g) for g in self.groups],
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "removed_units": self.removed_units,
+            "dead_units": self.dead_units,
+            "blocked_groups": len(self.blocked),
+            "cleanup": asdict(self.cleanup) if self.cleanup is not None else None,
+            "refits": [list(r) for r in self.refits],
+            "notes": list(self.notes),
+            "config": dict(self.config),
+            "exact_max_diff": self.exact_max_diff,
+            "macs": [self.macs_before, self.macs_after],
+        }
+
+
+def _params(model: ModelProto) -> int:
+    return sum(tensors.numel(t) for t in model.graph.initializer) + sum(
+        tensors.numel(a.t)
+        for n in model.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
+    )
+
+
+def _member_rows(analysis: Analysis, group: Group, kinds: tuple[str, ...]) -> list[np.ndarray]:
+    """Per member of ``kinds``: [n, everything unit u owns] (weights, moved axis first)."""
+    cx = analysis.context
+    blocks = []
+    for member in group.members:
+        if member.kind not in kinds:
+            continue
+        values = tensors.read_array(cx.scope.stored_tensor(member.tensor)).astype(np.float64)
+        moved = np.moveaxis(values, member.axis, 0)
+        part = moved[member.offset : member.offset + member.segment.length]
+        blocks.append(part.reshape(group.n, -1))
+    return blocks
+
+
+def _unit_params(analysis: Analysis, group: Group) -> int:
+    """Parameters that go with one unit (every member's elements)."""
+    cx = analysis.context
+    total = 0
+    for member in group.members:
+        shape = cx.stored_shape(member.tensor)
+        rest = int(np.prod(shape)) // shape[member.axis] if shape[member.axis] else 0
+        total += member.segment.per * rest
+    return total
+
+
+def _unit_macs(analysis: Analysis, group: Group, macs: Mapping[str, int]) -> float:
+    cx = analysis.context
+    total = 0.0
+    for member in group.members:
+        if member.kind == "param":
+            continue
+        shape = cx.stored_shape(member.tensor)
+        total += macs.get(member.node, 0) * member.segment.per / max(shape[member.axis], 1)
+    return total
+
+
+def _capture(analysis: Analysis, sinks: list[Sink], data: Dataset, batch_size: int) -> dict[str, object]:
+    from onnxprune.capture import capture
+
+    cx = analysis.context
+    specs = [spec for spec in (layer_spec(cx, s) for s in sinks) if spec is not None]
+    if not specs:
+        return {}
+    return capture(cx.model, specs, data.batches(batch_size))
+
+
+def _error_scores(
+    analysis: Analysis, group: Group, sinks: list[Sink], stats: Mapping[str, object]
+) -> np.ndarray | None:
+    cx = analysis.context
+    weights, grams, feats = [], [], []
+    for sink in sinks:
+        if not any(gid == group.gid for gid, _ in sink.members):
+            continue
+        st = stats.get(f"sink:{cx.node_id(sink.node)}")
+        if st is None or st.H is None or st.mean is None:
+            return None
+        w, per = weight_matrix(cx, sink)
+        length = w.shape[1] // per
+        weights.append(w)
+        grams.append(centred_gram(st.H[0], st.mean[0], st.rows))
+        feats.append(unit_features(sink, group.gid, per, length))
+    if not weights:
+        return None
+    return error_importance(weights, grams, feats, n=group.n)
+
+
+def _round_units(round_to: int, unit: int) -> int:
+    return round_to // gcd(round_to, unit)
+
+
+def _choose(
+    analysis: Analysis,
+    config: StructureConfig,
+    dead: Mapping[int, np.ndarray],
+    scores: Mapping[int, np.ndarray],
+    macs: Mapping[str, int] | None,
+) -> dict[int, np.ndarray]:
+    groups = analysis.prunable
+    budgets = []
+    for group in groups:
+        s = np.asarray(scores[group.gid], dtype=np.float64).copy()
+        units = dead.get(group.gid)
+        if units is not None:
+            s[units] = -1.0  # dead units go first
+        cost = _unit_params(analysis, group) if config.target_flops is None else _unit_macs(analysis, group, macs or {})
+        budgets.append(
+            GroupBudget(
+                n_units=group.n,
+                scores=s,
+                cost=max(float(cost), 1e-9),
+                max_fraction=config.max_fraction,
+                round_to=_round_units(config.round_to, group.unit),
+            )
+        )
+    if config.target_flops is not None:
+        other = max(float(sum((macs or {}).values())) - sum(b.cost * b.n_units for b in budgets), 0.0)
+        found = flops_counts(budgets, config.target_flops, other_cost=other)
+        if not found.met:
+            log.warning("--target-flops %.2f cannot be met within the per-group caps", config.target_flops)
+        counts = found.counts
+    elif config.scope == "global":
+        counts = channel_global_counts(budgets, config.amount or 0.0)
+    else:
+        counts = local_counts(budgets, config.amount or 0.0)
+    chosen: dict[int, np.ndarray] = {}
+    for group, budget, count in zip(groups, budgets, counts, strict=True):
+        units = select_units(budget.scores, count) if count else np.zeros(0, dtype=np.int64)
+        forced = dead.get(group.gid)
+        if forced is not None:
+            units = np.union1d(units, forced)
+            if len(units) >= group.n:
+                units = units[: group.n - 1]
+        if len(units):
+            chosen[group.gid] = units.astype(np.int64)
+    return chosen
+
+
+def _refit(
+    analysis: Analysis,
+    sinks: list[Sink],
+    removed: Mapping[int, np.ndarray],
+    stats: Mapping[str, object],
+    damp: float,
+    refit: bool,
+) -> tuple[list[tuple[str, float, float]], set[int]]:
+    """Refit every refittable consumer that loses inputs; returns records and the node ids done."""
+    cx = analysis.context
+    from onnxprune.structure.sinks import store_matrix
+
+    records, done = [], set()
+    for sink in sinks:
+        st = stats.get(f"sink:{cx.node_id(sink.node)}")
+        if st is None or st.H is None or st.mean is None:
+            continue
+        w, per = weight_matrix(cx, sink)
+        gone = removed_features(sink, removed, per, w.shape[1] // per)
+        if not gone.any():
+            continue
+        fit = refit_consumer(w, st.H[0], st.mean[0], st.rows, ~gone, damp=damp, refit=refit)
+        new = w.copy()
+        new[:, ~gone] = fit.weight
+        store_matrix(cx, sink, new)
+        add_to_bias(cx, analysis.groups, sink.node, fit.bias_delta)
+        records.append((sink.label, fit.error_before, fit.error_after))
+        done.add(cx.node_id(sink.node))
+    return records, done
+
+
+def remove_channels(
+    model: ModelProto,
+    config: StructureConfig,
+    *,
+    calibration: Dataset | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+    check: bool = True,
+) -> StructuralResult:
+    """Run the structural pass on ``model`` in place (see module docstring).
+
+    With only dead units removed and ``check``, the outputs before and after are compared
+    on one synthetic batch; a difference above :data:`EXACT_TOLERANCE` (relative to the
+    largest output) raises :class:`ValidationError` and the caller writes nothing.
+    """
+    say = progress or (lambda _msg: None)
+    notes: list[str] = []
+    params_before = _params(model)
+    macs_before = None
+    if config.fold and config.fold_first:
+        cleanup(model, fold_bn=False, fold_constants=True, refresh_shapes=False)
+    say("analysing channel groups")
+    analysis = analyze(model, input_shapes=input_shapes)
+    notes.extend(analysis.notes)
+    macs_before = _macs(model, analysis.input_shapes, notes)
+    values = propagate(analysis)
+    dead = dead_units(analysis, values) if config.dead_channels else None
+    dead_map = dict(dead.units) if dead is not None else {}
+    removal = dict(dead_map)
+    refits: list[tuple[str, float, float]] = []
+    refit_done: set[int] = set()
+    stats: dict[str, object] = {}
+    if config.structured:
+        groups = analysis.prunable
+        sinks = sinks_of(analysis, groups)
+        use_error = config.importance == "error" or (config.importance == "auto" and calibration is not None)
+        if calibration is not None:
+            say(f"capturing the inputs of {len(sinks)} consumer(s)")
+            stats = _capture(analysis, sinks, calibration, batch_size)
+        elif config.importance == "error":
+            from onnxprune.errors import OptionError
+
+            raise OptionError("--importance error needs calibration data: give --calibration or --data-free")
+        scores = {}
+        for group in groups:
+            s = _error_scores(analysis, group, sinks, stats) if use_error else None
+            if s is None:
+                s = l2_importance(_member_rows(analysis, group, ("out", "in")))
+            scores[group.gid] = s
+        macs = None
+        if config.target_flops is not None:
+            from onnxprune.compute import count_compute
+
+            counted = count_compute(model, input_shapes=analysis.input_shapes)
+            macs = {n.node: n.macs for n in counted.nodes if not n.scope}
+            if macs_before is None:
+                macs_before = counted.macs
+        removal = _choose(analysis, config, dead_map, scores, macs)
+        if calibration is not None:
+            say("refitting consumers")
+            refits, refit_done = _refit(analysis, sinks, removal, stats, config.damp, config.refit)
+    records = _records(analysis, removal, dead_map, dead)
+    reference = _snapshot(model) if removal and not config.structured and check else None
+    dead_removed = {
+        gid: np.intersect1d(units, dead_map.get(gid, np.zeros(0, np.int64))) for gid, units in removal.items()
+    }
+    for node_id, delta in bias_deltas(analysis, dead_removed, values).items():
+        if node_id not in refit_done:
+            add_to_bias(analysis.context, analysis.groups, model.graph.node[node_id], np.asarray(delta))
+    cleaned = None
+    if removal:
+        say(f"removing {sum(len(u) for u in removal.values())} unit(s) from {len(removal)} group(s)")
+        apply_removal(model, analysis.groups, removal)
+    if config.fold and (removal or config.fold_first):
+        cleaned = cleanup(model, fold_bn=True, fold_constants=True, refresh_shapes=True)
+    elif removal:
+        del model.graph.value_info[:]
+    max_diff = _check_exact(reference, model, analysis.input_shapes) if reference is not None else None
+    result = StructuralResult(
+        tuple(records),
+        params_before,
+        _params(model),
+        cleaned,
+        tuple(refits),
+        tuple(notes),
+        config.as_dict(),
+        exact_max_diff=max_diff,
+        macs_before=macs_before,
+        macs_after=_macs(model, analysis.input_shapes, notes) if removal else macs_before,
+    )
+    log.info(
+        "structural pass: %d unit(s) removed (%d dead) from %d group(s); %d group(s) blocked; params %d -> %d",
+        result.removed_units,
+        result.dead_units,
+        sum(1 for g in records if g.removed),
+        len(result.blocked),
+        params_before,
+        result.params_after,
+    )
+    return result
+
+
+def _records(analysis: Analysis, removal: Mapping[int, np.ndarray], dead_map: Mapping[int, np.ndarray], dead) -> list:  # noqa: ANN001
+    records = []
+    prunable = {g.gid for g in analysis.prunable}
+    for group in analysis.groups:
+        units = removal.get(group.gid, np.zeros(0, np.int64))
+        n_dead = len(np.intersect1d(units, dead_map.get(group.gid, np.zeros(0, np.int64))))
+        blocked = "; ".join(group.blocked) if group.blocked else None
+        if blocked is None and group.gid not in prunable:
+            blocked = "a single unit: nothing to remove"
+        note = dead.reasons.get(group.gid) if dead is not None else None
+        records.append(
+            GroupRecord(
+                gid=group.gid,
+                name=group.name,
+                sources=tuple(group.sources),
+                sinks=tuple(group.sinks),
+                units=group.n,
+                unit_channels=group.unit,
+                removed=len(units),
+                dead=n_dead,
+                params_removed=len(units) * _unit_params(analysis, group),
+                blocked=blocked,
+                note=note,
+            )
+        )
+    return records

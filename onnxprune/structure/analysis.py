@@ -1,0 +1,265 @@
+"""Channel dependency analysis: which channels of an ONNX graph must be removed together.
+
+The main graph is walked once in topological order. A node with a stored weight whose
+output channels can be removed (Conv, ConvTranspose, Gemm, MatMul) starts a new group on
+its output's channel axis. Every other node gets the :class:`~onnxprune.structure.groups.Layout`
+of its inputs and applies its rule from :data:`onnxprune.structure.rules.RULES`: carry
+the channels through (activations, BN, pooling, Transpose, Reshape …), join groups
+(residual Add, batched attention MatMul), concatenate or split them, or consume them
+(the next Conv's input channels). A tensor that carries channels and reaches anything
+the rules do not understand (a graph output, a subgraph, an unknown op, a normalization
+over the channel axis) blocks its groups, with the reason.
+
+Shapes are static: shape inference on a data-free copy of the model with every dynamic
+input dimension fixed (batch 1, others from ``input_shapes`` or a default), then one
+onnxruntime run for values inference could not size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import ModelProto, NodeProto, helper
+
+from onnxprune import runtime
+from onnxprune.compute import _graph_shapes, _runtime_shapes, _skeleton
+from onnxprune.errors import OptionError
+from onnxprune.graph.index import Scope, Use, node_label
+from onnxprune.structure.groups import Edit, Group, GroupSet, Layout, Member, Segment, same_structure
+
+log = logging.getLogger(__name__)
+
+Dims = tuple[int, ...]
+#: Default sizes of dynamic input dimensions (batch excluded) when none is given.
+DEFAULT_SEQUENCE = 16
+DEFAULT_SPATIAL = 64
+_THROUGH = ("Identity", "Cast")
+
+
+@dataclass
+class Analysis:
+    """The groups of one model, with the shapes they were found with."""
+
+    groups: list[Group]
+    shapes: dict[str, Dims]
+    input_shapes: dict[str, Dims]
+    context: Context
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def layouts(self) -> dict[str, Layout]:
+        """The channel layout of every tensor that carries a group."""
+        return self.context.layouts
+
+    @property
+    def prunable(self) -> list[Group]:
+        return [g for g in self.groups if not g.blocked and g.n > 1 and any(m.kind == "in" for m in g.members)]
+
+    @property
+    def blocked(self) -> list[Group]:
+        return [g for g in self.groups if g.blocked]
+
+
+def input_shapes_for(model: ModelProto, given: Mapping[str, Dims] | None = None) -> dict[str, Dims]:
+    """Concrete shapes of the graph inputs: declared, given, or a default for dynamic dims."""
+    given = dict(given or {})
+    stored = {t.name for t in model.graph.initializer}
+    out: dict[str, Dims] = {}
+    inputs = [i for i in model.graph.input if i.name not in stored]
+    unknown = sorted(set(given) - {i.name for i in inputs})
+    if unknown:
+        names = ", ".join(i.name for i in inputs)
+        raise OptionError(f"--input-shape names unknown input(s) {', '.join(unknown)}; the model's inputs are: {names}")
+    for value in inputs:
+        if value.name in given:
+            out[value.name] = tuple(int(d) for d in given[value.name])
+            continue
+        dims = value.type.tensor_type.shape.dim
+        rank = len(dims)
+        shape = []
+        for axis, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(int(d.dim_value))
+            elif axis == 0:
+                shape.append(1)
+            else:
+                shape.append(DEFAULT_SPATIAL if rank >= 3 and axis >= rank - 2 else DEFAULT_SEQUENCE)
+        out[value.name] = tuple(shape)
+    return out
+
+
+def static_shapes(model: ModelProto, input_shapes: Mapping[str, Dims], notes: list[str]) -> dict[str, Dims]:
+    """Shapes of main-graph values: shape inference first, one onnxruntime run for the rest."""
+    skeleton = _skeleton(model, input_shapes)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises InferenceError or C++ errors for unknown ops
+        notes.append(f"ONNX shape inference failed ({runtime.ort_message(exc)}); shapes come from onnxruntime")
+        inferred = skeleton
+    shapes = _graph_shapes(inferred.graph)
+    missing = [o for node in model.graph.node for o in node.output if o and o not in shapes]
+    missing = [name for name in dict.fromkeys(missing) if name]
+    if missing:
+        try:
+            shapes.update(_runtime_shapes(model, input_shapes, missing))
+        except Exception as exc:  # onnxruntime raises its own types
+            notes.append(
+                f"onnxruntime could not run the model to size {len(missing)} value(s): {runtime.ort_message(exc)}"
+            )
+    return shapes
+
+
+class Context:
+    """What a rule sees: the graph, shapes, layouts so far, and the group set."""
+
+    def __init__(self, model: ModelProto, shapes: dict[str, Dims]) -> None:
+        self.model = model
+        self.scope = Scope.build(model.graph)
+        self.shapes = shapes
+        self.layouts: dict[str, Layout] = {}
+        self.groups = GroupSet()
+        self.index = {id(node): i for i, node in enumerate(model.graph.node)}
+
+    # -- graph facts -------------------------------------------------------------------
+    def shape(self, name: str) -> Dims | None:
+        return self.shapes.get(name)
+
+    def rank(self, name: str) -> int | None:
+        shape = self.shape(name)
+        return None if shape is None else len(shape)
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.scope.const_value(name) if name else None
+
+    def uses(self, name: str) -> list[Use]:
+        return self.scope.uses.get(name, [])
+
+    def producer(self, name: str) -> NodeProto | None:
+        return self.scope.producers.get(name)
+
+    def node_id(self, node: NodeProto) -> int:
+        return self.index[id(node)]
+
+    @staticmethod
+    def attr(node: NodeProto, name: str, default: object = None) -> object:
+        for a in node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+    def stored(self, node: NodeProto, index: int) -> tuple[str, tuple[int, int]] | None:
+        """The stored tensor behind input ``index`` of ``node`` (through Identity/Cast read
+        by this node alone), with the (node, input) that reads it; None if computed."""
+        name = node.input[index] if index < len(node.input) else ""
+        reader = (self.node_id(node), index)
+        for _ in range(8):
+            if not name:
+                return None
+            if self.scope.stored_tensor(name) is not None:
+                return name, reader
+            prod = self.producer(name)
+            if prod is None or prod.op_type not in _THROUGH or len(self.uses(name)) != 1:
+                return None
+            name, reader = prod.input[0], (self.node_id(prod), 0)
+        return None
+
+    def stored_shape(self, name: str) -> Dims:
+        tensor = self.scope.stored_tensor(name)
+        assert tensor is not None
+        return tuple(int(d) for d in tensor.dims)
+
+    # -- recording ---------------------------------------------------------------------
+    def new_group(self, node: NodeProto, n: int) -> Group:
+        return self.groups.new(n, node_label(node))
+
+    def block(self, layout: Layout | None, reason: str) -> None:
+        if layout is not None:
+            self.groups.block(layout.groups(), reason)
+
+    def members(
+        self, layout: Layout, tensor: str, axis: int, kind: str, node: NodeProto, reader: tuple[int, int]
+    ) -> None:
+        """Record that ``axis`` of stored ``tensor`` follows ``layout`` piece by piece."""
+        offset = 0
+        for piece in layout.pieces:
+            if isinstance(piece, Segment):
+                member = Member(tensor, axis, offset, piece, kind, node_label(node), reader)
+                group = piece.root()
+                group.members.append(member)
+                if kind == "in" and node_label(node) not in group.sinks:
+                    group.sinks.append(node_label(node))
+                offset += piece.length
+            else:
+                offset += piece
+
+    def edit(self, target: tuple[str, object, object], layout: Layout, reader: tuple[int, int] | None = None) -> None:
+        edit = Edit(target, layout.pieces, reader)
+        for group in layout.groups():
+            group.edits.append(edit)
+
+    def set(self, name: str, layout: Layout | None) -> None:
+        if name and layout is not None:
+            self.layouts[name] = layout
+
+    def join(self, layouts: list[Layout], why: str) -> Layout | None:
+        """Merge layouts that meet element by element; block all of them if they cannot."""
+        first = layouts[0]
+        for other in layouts[1:]:
+            ok = same_structure(first, other)
+            if ok:
+                for p, q in zip(first.pieces, other.pieces, strict=True):
+                    if isinstance(p, Segment) and isinstance(q, Segment) and not self.groups.merge(p.group, q.group):
+                        ok = False
+            if not ok:
+                for layout in layouts:
+                    self.block(layout, f"{why}: the joined channel groups do not line up")
+                return None
+        return first
+
+
+def analyze(model: ModelProto, *, input_shapes: Mapping[str, Dims] | None = None) -> Analysis:
+    """Find every channel group of ``model``'s main graph (see module docstring)."""
+    from onnxprune.structure.rules import RULES, SOURCES
+
+    notes: list[str] = []
+    inputs = input_shapes_for(model, input_shapes)
+    shapes = static_shapes(model, inputs, notes)
+    cx = Context(model, shapes)
+    outputs = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        tracked = {i: cx.layouts[name] for i, name in enumerate(node.input) if name in cx.layouts}
+        label = node_label(node)
+        if node.domain not in ("", "ai.onnx"):
+            for layout in tracked.values():
+                cx.block(layout, f"{node.op_type} '{label}' (domain {node.domain}) reads these channels")
+            continue
+        if tracked:
+            rule = RULES.get(node.op_type)
+            if rule is None:
+                for layout in tracked.values():
+                    cx.block(layout, f"{node.op_type} '{label}' reads these channels (not understood)")
+            else:
+                rule(cx, node, tracked)
+        source = SOURCES.get(node.op_type)
+        if source is not None:
+            source(cx, node, tracked)
+    for name, layout in cx.layouts.items():
+        if name in outputs:
+            cx.block(layout, f"'{name}' is a graph output (its shape must not change)")
+        if any(use.scope is not cx.scope for use in cx.uses(name)):
+            cx.block(layout, f"'{name}' is read inside a subgraph")
+    groups = cx.groups.roots()
+    for g in groups:
+        if not any(m.kind == "in" for m in g.members) and not g.blocked:
+            g.blocked.append("no consumer reads these channels")
+    log.info(
+        "channel analysis: %d groups, %d prunable, %d blocked",
+        len(groups),
+        sum(1 for g in groups if not g.blocked),
+        sum(1 for g in groups if g.blocked),
+    )
+    return Analysis(groups, shapes, inputs, cx, notes)
