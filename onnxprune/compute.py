@@ -38,10 +38,10 @@ op weighs the densities of ``W`` and ``R`` by their share of the work, ``I`` and
 ``nonzero = dense·(d_W·I + d_R·H)/(I + H)``. Zeros are counted on stored values (for a
 quantized weight that is the integer 0, not its zero point).
 
-Shapes: the graph inputs are fixed to the given shapes on a *skeleton* of the model (the
-same graph, with the data of every tensor over :data:`SKELETON_KEEP` elements dropped, so
-memory stays small for large models) and ONNX shape inference runs on it with data
-propagation. Shapes it leaves unknown in the main graph (exports that compute shapes at
+Shapes: the graph inputs are fixed to the given shapes on a data-free copy of the model
+(:func:`~onnxprune.graph.skeleton.data_free_model`: the same graph, with the data of every
+tensor over :data:`~onnxprune.graph.skeleton.DATA_FREE_KEEP` elements dropped, so memory
+stays small for large models) and ONNX shape inference runs on it with data propagation. Shapes it leaves unknown in the main graph (exports that compute shapes at
 run time) are read from one onnxruntime run of the real model on ones (float) and zeros
 (integer) inputs, with those values added as graph outputs. A node whose shapes stay
 unknown is listed as not counted, with the reason; nothing is guessed.
@@ -62,19 +62,15 @@ from fractions import Fraction
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto, helper
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, helper
 
 from onnxprune import runtime
 from onnxprune.errors import DataError
 from onnxprune.graph.discovery import Weight, discover
 from onnxprune.graph.index import Scope, node_label
-from onnxprune.graph.tensors import numel
+from onnxprune.graph.skeleton import data_free_model
 
 log = logging.getLogger(__name__)
-
-#: Tensors with at most this many elements keep their data in the skeleton used for shape
-#: inference (shape targets, axes, scales); larger ones keep only their dims and dtype.
-SKELETON_KEEP = 1024
 
 #: Ops with subgraphs whose bodies run a number of times not known here (counted once).
 LOOPS = ("Loop", "Scan")
@@ -91,6 +87,9 @@ UNCOUNTED_REASONS = {
 }
 
 Dims = tuple[int, ...]
+
+#: The data-free copy used for shape inference (kept under this name for its callers).
+_skeleton = data_free_model
 
 
 @dataclass(frozen=True)
@@ -222,62 +221,6 @@ COUNTERS: dict[str, _Counter] = {
 # Shapes
 
 
-def _skeleton_tensor(tensor: TensorProto) -> TensorProto:
-    if tensor.data_location != TensorProto.EXTERNAL and numel(tensor) <= SKELETON_KEEP:
-        kept = TensorProto()
-        kept.CopyFrom(tensor)
-        return kept
-    return TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
-
-
-def _skeleton_sparse(sparse: SparseTensorProto) -> SparseTensorProto:
-    return SparseTensorProto(
-        values=_skeleton_tensor(sparse.values), indices=_skeleton_tensor(sparse.indices), dims=sparse.dims
-    )
-
-
-def _without_shape(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
-    """``value`` with its element type but no shape: declared shapes of outputs and
-    intermediate values may be stale (fixed by the exporter for other input shapes), so
-    inference computes them afresh."""
-    out = onnx.ValueInfoProto()
-    out.CopyFrom(value)
-    if out.type.HasField("tensor_type"):
-        out.type.tensor_type.ClearField("shape")
-    return out
-
-
-def _skeleton_graph(graph: GraphProto) -> GraphProto:
-    """``graph`` with every large tensor reduced to its dims and dtype (subgraphs too), and
-    the declared shapes of its outputs and intermediate values dropped."""
-    out = GraphProto(name=graph.name)
-    out.input.extend(graph.input)
-    out.output.extend(_without_shape(v) for v in graph.output)
-    out.value_info.extend(_without_shape(v) for v in graph.value_info)
-    out.initializer.extend(_skeleton_tensor(t) for t in graph.initializer)
-    out.sparse_initializer.extend(_skeleton_sparse(s) for s in graph.sparse_initializer)
-    for node in graph.node:
-        copy = out.node.add(
-            op_type=node.op_type, domain=node.domain, name=node.name, input=node.input, output=node.output
-        )
-        if node.overload:
-            copy.overload = node.overload
-        for attr in node.attribute:
-            if attr.type == AttributeProto.TENSOR:
-                copy.attribute.add(name=attr.name, type=attr.type, t=_skeleton_tensor(attr.t))
-            elif attr.type == AttributeProto.TENSORS:
-                copy.attribute.add(name=attr.name, type=attr.type, tensors=[_skeleton_tensor(t) for t in attr.tensors])
-            elif attr.type == AttributeProto.SPARSE_TENSOR:
-                copy.attribute.add(name=attr.name, type=attr.type, sparse_tensor=_skeleton_sparse(attr.sparse_tensor))
-            elif attr.type == AttributeProto.GRAPH:
-                copy.attribute.add(name=attr.name, type=attr.type, g=_skeleton_graph(attr.g))
-            elif attr.type == AttributeProto.GRAPHS:
-                copy.attribute.add(name=attr.name, type=attr.type, graphs=[_skeleton_graph(g) for g in attr.graphs])
-            else:
-                copy.attribute.add().CopyFrom(attr)
-    return out
-
-
 def _declared(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
     tensor_type = value.type.tensor_type
     if not tensor_type.HasField("shape"):
@@ -323,20 +266,6 @@ def _check_shapes(model: ModelProto, input_shapes: Mapping[str, tuple[int, ...]]
             )
         shapes[value.name] = tuple(int(d) for d in shape)
     return shapes
-
-
-def _skeleton(model: ModelProto, shapes: Mapping[str, Dims]) -> ModelProto:
-    skeleton = ModelProto(ir_version=model.ir_version, graph=_skeleton_graph(model.graph))
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    for value in skeleton.graph.input:
-        if value.name in shapes:
-            tensor_type = value.type.tensor_type
-            tensor_type.ClearField("shape")
-            tensor_type.shape.SetInParent()
-            for d in shapes[value.name]:
-                tensor_type.shape.dim.add(dim_value=d)
-    return skeleton
 
 
 def _known(value: onnx.ValueInfoProto) -> Dims | None:
@@ -410,7 +339,7 @@ def _is_other(node: NodeProto) -> bool:
 
 
 def _resolve_shapes(model: ModelProto, input_shapes: Mapping[str, Dims], notes: list[str]) -> tuple[Scope, _Shapes]:
-    skeleton = _skeleton(model, input_shapes)
+    skeleton = data_free_model(model, input_shapes)
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError, or C++ errors for unknown ops

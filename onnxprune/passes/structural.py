@@ -258,7 +258,7 @@ def _choose(
         s = np.asarray(scores[group.gid], dtype=np.float64).copy()
         units = dead.get(group.gid)
         if units is not None:
-            s[units] = -1.0  # dead units go first
+            s[units] = 0.0  # dead units cost nothing to remove (and are always removed, below)
         cost = _unit_params(analysis, group) if config.target_flops is None else _unit_macs(analysis, group, macs or {})
         budgets.append(
             GroupBudget(
