@@ -231,6 +231,7 @@ def prune_file(
         )
     model, files = load_model_with_files(source)
     replacements: dict = {}
+    watch = None
     if config is None:
         before = param_stats(model)
         result = PruneResult((), {})
@@ -240,16 +241,21 @@ def prune_file(
         before = param_stats(model)
         result = prune_calibrated(model, config, calibration, progress=progress)
     else:
-        result, replacements = prune_weights(model, config, progress=progress, defer=not structure.active)
+        streaming = structure.light or not structure.active
+        result, replacements = prune_weights(model, config, progress=progress, defer=streaming)
         counted = {
             layer.key: (layer.numel, layer.zeros_before) for layer in result.layers if layer.dtype in FLOAT_NAMES
         }
         before = param_stats(model, known=counted)  # reads only the tensors discovery did not count
-    structural = None
-    if structure.active:
-        from onnxprune.passes.structural import remove_channels
+        if streaming and structure.active:  # the light dead-channel pass: run it only if it can find something
+            from onnxprune.passes.deadwatch import DeadWatch
 
-        structural = remove_channels(model, structure, calibration=calibration, input_shapes=input_shapes)
+            watch = DeadWatch()
+            watch.look(model, result.layers, replacements)
+            replacements = watch.wrap(replacements)
+    structural = None
+    if structure.active and watch is None:
+        structural = _structural(model, structure, calibration, input_shapes)
     after = ParamStats(before.parameters, before.nonzeros - result.newly_zeroed) if replacements else param_stats(model)
     changed = bool(result.pruned) or (structural is not None and structural.changed)
     if not changed:
@@ -262,11 +268,31 @@ def prune_file(
         staged.write(model, external_data=external_data, replacements=replacements or None)
         del model, replacements
         gc.collect()  # discovery's scope index holds cycles into the model: free it now
+        if watch is not None and watch.fired:  # something may be dead: the pass runs on the written model
+            pruned = load_model(staged.model_path)
+            structural = _structural(pruned, structure, calibration, input_shapes)
+            if structural.changed:
+                stamp_structure(pruned, structural, __version__)
+                staged.write(pruned, external_data=external_data)
+                after = param_stats(pruned)
+            del pruned
+            gc.collect()
         report = validate_model(
             staged.model_path, reference=source, input_shapes=input_shapes, checker_path=staged.checker_path
         )
         saved = staged.commit()
     return PruneRun(result, saved, tuple(files), before, after, report, structural)
+
+
+def _structural(
+    model: ModelProto,
+    structure: StructureConfig,
+    calibration: Dataset | None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None,
+) -> object:
+    from onnxprune.passes.structural import remove_channels
+
+    return remove_channels(model, structure, calibration=calibration, input_shapes=input_shapes)
 
 
 def calibration_data(

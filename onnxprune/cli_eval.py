@@ -15,6 +15,7 @@ from onnxprune.data import parse_image_options
 from onnxprune.errors import OptionError, OutputError
 from onnxprune.evaluate import EvalOptions, EvalResult, ModelReport, evaluate
 from onnxprune.latency import LatencySettings
+from onnxprune.report.structure import totals as structure_totals
 from onnxprune.runtime import parse_input_shapes
 
 
@@ -252,9 +253,43 @@ def print_result(result: EvalResult) -> None:
             right={1, 2, 3, 4, 5, 6, 7},
         )
     )
-    for m in result.candidates:
+    for m in result.models:
+        line = structure_line(m)
+        if line:
+            click.echo(line)
+    for m in result.models:  # a base has notes only when its metadata could not be read
         for warning in m.warnings:
             click.echo(f"note ({m.name}): {warning}")
+
+
+def _short(n: float | None) -> str:
+    """45562 -> "45.6k", 1234567 -> "1.2M"."""
+    if n is None:
+        return "?"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def structure_line(report: ModelReport) -> str | None:
+    """One line on what the structural pass did to ``report``'s model, or None without its provenance."""
+    if report.structure is None:
+        return None
+    t = structure_totals(report.structure)
+    text = (
+        f"{report.name}: structural pass removed {t.channels_removed:,} channels in {t.groups} "
+        f"group{'' if t.groups == 1 else 's'}"
+    )
+    extras = [f"{t.dead:,} dead"] if t.dead else []
+    extras += [f"{t.blocked} blocked"] if t.blocked else []
+    text += f" ({', '.join(extras)})" if extras else ""
+    for what, (before, after) in (("params", t.params), ("MACs", t.macs)):
+        if before is not None or after is not None:
+            text += f"; {what} {_short(before)} -> {_short(after)}"
+    if t.exact_max_diff is not None:
+        text += f"; exact, max |diff| {t.exact_max_diff:.2g}"
+    return text
 
 
 @click.command("eval")

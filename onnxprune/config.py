@@ -264,3 +264,8 @@ class StructureConfig:
     @property
     def active(self) -> bool:
         return self.dead_channels or self.structured
+
+    @property
+    def light(self) -> bool:
+        """Dead channels only, graph untouched unless some go (the pass after weight pruning)."""
+        return self.dead_channels and not self.structured and not self.fold_first

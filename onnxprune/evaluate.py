@@ -12,7 +12,12 @@ For every model (``models[0]`` is the base):
 - **accuracy** (with labels: top-1/top-5 of a classifier output, or a user metric) and
   **fidelity** to the base (top-1 agreement, cosine, relative L2, max abs error per output
   and overall, :mod:`onnxprune.metrics`), on the same batches of the same data for every
-  model (:mod:`onnxprune.data`).
+  model (:mod:`onnxprune.data`);
+- **structure**: what onnxprune's structural pass recorded in the model's ``metadata_props``
+  (``onnxprune.structure`` and ``onnxprune.structure.options``, JSON): parameters and MACs
+  before and after, per changed channel group its channels before and after, dead channels
+  and parameters removed, the blocked groups with their reasons, and the exact check's
+  max |Δ| (:func:`read_structure`).
 
 Each candidate gets plain-language warnings where the numbers are easy to misread.
 """
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from onnxprune import runtime
@@ -108,6 +114,7 @@ class ModelReport:
     accuracy: dict[str, Any] | None = None
     fidelity: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    structure: dict[str, Any] | None = None  # the structural pass's provenance (see read_structure)
 
     @property
     def sparsity(self) -> float:
@@ -155,6 +162,7 @@ class ModelReport:
             "accuracy": self.accuracy,
             "fidelity": self.fidelity,
             "warnings": list(self.warnings),
+            "structure": self.structure,
         }
 
 
@@ -286,7 +294,7 @@ def evaluate(
             report.latency = latency
 
     for report in reports[1:]:
-        report.warnings = _warnings(reports[0], report, dataset.synthetic)
+        report.warnings = [*report.warnings, *_warnings(reports[0], report, dataset.synthetic)]
     result = EvalResult(
         models=reports,
         data={
@@ -375,6 +383,9 @@ def _static_report(
     except OnnxPruneError as exc:
         error = str(exc)
         log.warning("compute of %s not counted: %s", path.name, exc)
+    structure, problem = read_structure(model)
+    if problem:  # a warning of the report (printed by the CLI, shown in the HTML): logged once more only with -v
+        log.info("%s: %s", path.name, problem)
     del model
     stats = file_stats(files, compressed=options.compressed)
     return ModelReport(
@@ -388,7 +399,97 @@ def _static_report(
         layers=layers,
         compute=compute,
         compute_error=error,
+        warnings=[problem] if problem else [],
+        structure=structure,
     )
+
+
+STRUCTURE_KEY = "onnxprune.structure"
+STRUCTURE_OPTIONS_KEY = "onnxprune.structure.options"
+
+
+def read_structure(model: onnx.ModelProto) -> tuple[dict[str, Any] | None, str | None]:
+    """(the structural pass's provenance in ``model``'s metadata, or None; a problem to warn of, or None).
+
+    ``onnxprune.structure`` holds ``{"params": [before, after], "macs": [before, after],
+    "groups": {name: [channels_before, channels_after, dead_channels, params_removed]},
+    "blocked": [[name, reason], ...], "exact_max_diff": float | null}``. It is returned as
+    ``{"params": {"before", "after"}, "macs": {"before", "after"}, "groups": [{"group",
+    "channels_before", "channels_after", "dead_channels", "params_removed"}], "blocked":
+    [{"group", "reason"}], "exact_max_diff", "options"}``, ``options`` the JSON object of
+    ``onnxprune.structure.options`` (None when absent or malformed). A model without the key
+    gives (None, None); a malformed value gives (None, why) (malformed options: the summary
+    and why), never an exception.
+    """
+    meta = {entry.key: entry.value for entry in model.metadata_props}
+    if STRUCTURE_KEY not in meta:
+        return None, None
+    try:
+        structure = _parse_structure(json.loads(meta[STRUCTURE_KEY]))
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        detail = (
+            f"no {exc} entry" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120] or type(exc).__name__
+        )
+        return None, (
+            f"the model's '{STRUCTURE_KEY}' metadata is malformed ({detail}): its structural-pass summary is left "
+            "out; re-run onnxprune prune to record it again"
+        )
+    options, problem = None, None
+    if STRUCTURE_OPTIONS_KEY in meta:
+        try:
+            options = json.loads(meta[STRUCTURE_OPTIONS_KEY])
+        except ValueError:
+            options = None
+        if not isinstance(options, dict):
+            problem = f"the model's '{STRUCTURE_OPTIONS_KEY}' metadata is not a JSON object: the options are left out"
+            options = None
+    return {**structure, "options": options}, problem
+
+
+def _count(value: Any, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return value
+
+
+def _parse_structure(raw: Any) -> dict[str, Any]:
+    """The metadata's compact JSON as self-describing fields; raises ValueError where it does not fit."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a JSON object was expected, got {type(raw).__name__}")
+    params, macs = raw["params"], raw.get("macs") or [None, None]
+    if not isinstance(raw["groups"], dict) or len(params) != 2 or len(macs) != 2:
+        raise ValueError("'groups' must be an object, 'params' and 'macs' pairs")
+    groups = []
+    for name, entry in raw["groups"].items():
+        if not isinstance(entry, list) or len(entry) != 4:
+            raise ValueError(f"group '{name}' must be [before, after, dead, params removed]")
+        before, after, dead, removed = (_count(v) for v in entry)
+        groups.append(
+            {
+                "group": name,
+                "channels_before": before,
+                "channels_after": after,
+                "dead_channels": dead,
+                "params_removed": removed,
+            }
+        )
+    blocked = []
+    for entry in raw.get("blocked") or []:
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise ValueError("'blocked' must list [group, reason] pairs")
+        blocked.append({"group": str(entry[0]), "reason": str(entry[1])})
+    diff = raw.get("exact_max_diff")
+    if diff is not None and (isinstance(diff, bool) or not isinstance(diff, (int, float)) or not np.isfinite(diff)):
+        raise ValueError(f"'exact_max_diff' {diff!r} is not a number")
+    return {
+        "params": {"before": _count(params[0]), "after": _count(params[1])},
+        "macs": {"before": _count(macs[0], optional=True), "after": _count(macs[1], optional=True)},
+        "groups": groups,
+        "blocked": blocked,
+        "exact_max_diff": None if diff is None else float(diff),
+    }
 
 
 # --------------------------------------------------------------------------- data
@@ -528,8 +629,9 @@ def _warnings(base: ModelReport, cand: ModelReport, synthetic: bool) -> list[str
         notes.append(
             f"onnxruntime will not run this faster: its {_pct(cand.sparsity)} zeros sit inside dense tensors (unstructured "
             "or N:M without sparse kernels) and every tensor "
-            "keeps its dense shape; removing whole channels (the structural pass, not yet available) is what "
-            "makes a model faster on every runtime"
+            "keeps its dense shape; removing whole channels is what makes a model faster on every runtime: "
+            "onnxprune prune IN OUT --structured --sparsity 0.3 (or --dead-channels where whole channels are "
+            "already zero)"
         )
     if same_shapes and cand.file_bytes >= base.file_bytes * 0.99 and cand.nonzeros < base.nonzeros:
         smaller = (
@@ -548,7 +650,14 @@ def _warnings(base: ModelReport, cand: ModelReport, synthetic: bool) -> list[str
     if base.compute is not None and cand.compute is not None and base.compute.nonzero_macs:
         drop = 1 - cand.compute.nonzero_macs / base.compute.nonzero_macs
         ratio = cand.latency.ratio.median if cand.latency is not None and cand.latency.ratio is not None else None
-        if drop >= FLOPS_DROP and ratio is not None and ratio > FLAT_RATIO:
+        dense_drop = 1 - cand.compute.macs / base.compute.macs if base.compute.macs else 0.0
+        if dense_drop >= FLOPS_DROP and ratio is not None and ratio > FLAT_RATIO:
+            notes.append(
+                f"dense MACs are {_pct(dense_drop)} lower but latency is flat (candidate/base {ratio:.2f}): the time "
+                "goes to what channel removal does not shrink (per-node overhead, memory traffic, other ops); try a "
+                "larger batch (--latency-batch) or a larger model"
+            )
+        elif drop >= FLOPS_DROP and ratio is not None and ratio > FLAT_RATIO:
             notes.append(
                 f"non-zero MACs are {_pct(drop)} lower but latency is flat (candidate/base {ratio:.2f}): dense kernels "
                 "do the same work whatever the zeros"

@@ -134,3 +134,71 @@ def test_eval_on_a_folder_of_images_with_class_subfolders(tmp_path: Path):
     logits = ort.InferenceSession(str(CNN)).run(None, {"input": x})[0]
     expected = float(np.mean(logits.argmax(1) == y))
     assert abs(data["models"][0]["accuracy"]["top1"] - expected) <= 2 / 120
+
+
+# --------------------------------------------------------------------------- structural pass
+
+
+MASKED = FIXTURES / "masked" / "cnn_masked.onnx"
+MASKED_DATA = FIXTURES / "masked" / "cnn_masked.test.npz"
+
+
+@pytest.fixture(scope="module")
+def dead_removed(tmp_path_factory) -> Path:
+    import onnxprune
+
+    out = tmp_path_factory.mktemp("cli_eval_structure") / "dead.onnx"
+    onnxprune.prune_file(MASKED, out, None, structure=onnxprune.StructureConfig())
+    return out
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {e.key: e.value for e in onnx.load(str(path)).metadata_props}
+
+
+def _k(n: int) -> str:
+    return f"{n / 1000:.1f}k"
+
+
+def test_eval_prints_a_line_per_structurally_pruned_candidate(tmp_path: Path, dead_removed: Path, pruned: Path):
+    js = tmp_path / "r.json"
+    result = _run("eval", MASKED, dead_removed, "--data", MASKED_DATA, "--no-latency", "--json", js)
+    assert result.exit_code == 0, result.output
+    raw = json.loads(_metadata(dead_removed)["onnxprune.structure"])
+    groups = raw["groups"].values()
+    removed = sum(before - after for before, after, _, _ in groups)
+    dead = sum(d for _, _, d, _ in groups)
+    (params_before, params_after), (macs_before, macs_after) = raw["params"], raw["macs"]
+    expected = (
+        f"dead.onnx: structural pass removed {removed} channels in {len(groups)} groups "
+        f"({dead} dead, {len(raw['blocked'])} blocked); params {_k(params_before)} -> {_k(params_after)}; "
+        f"MACs {_k(macs_before)} -> {_k(macs_after)}; exact, max |diff| {raw['exact_max_diff']:.2g}"
+    )
+    lines = [line for line in result.output.splitlines() if "structural pass" in line]
+    assert lines == [expected]
+    assert "will not run this faster" not in result.output  # the tensors shrank
+    structure = json.loads(js.read_text())["models"][1]["structure"]
+    assert [g["group"] for g in structure["groups"]] == list(raw["groups"])
+    # an unstructured candidate carries no such line
+    plain = _run("eval", CNN, pruned, "--data", DATA, "--no-latency")
+    assert plain.exit_code == 0 and "structural pass" not in plain.output
+
+
+def test_eval_warns_of_malformed_structure_metadata(tmp_path: Path, dead_removed: Path):
+    import onnx
+
+    model = onnx.load(str(dead_removed))
+    for entry in model.metadata_props:
+        if entry.key == "onnxprune.structure":
+            entry.value = '{"params": [1, 2], "groups": "oops"}'
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    report = tmp_path / "r.html"
+    result = _run("eval", MASKED, broken, "--data", MASKED_DATA, "--no-latency", "--report", report)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "structural pass removed" not in result.output
+    assert re.search(r"note \(broken\.onnx\): the model's 'onnxprune\.structure' metadata is malformed", result.output)
+    html = report.read_text()
+    assert 'id="structure"' not in html and "metadata is malformed" in html  # shown as a warning

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import zlib
 from pathlib import Path
@@ -15,10 +16,11 @@ import pytest
 import onnxprune
 from onnxprune.compute import count_compute
 from onnxprune.errors import DataError, OptionError
-from onnxprune.evaluate import EvalOptions, evaluate
+from onnxprune.evaluate import STRUCTURE_KEY, STRUCTURE_OPTIONS_KEY, EvalOptions, evaluate, read_structure
 from onnxprune.latency import LatencySettings
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+MASKED = FIXTURES / "masked"
 FAST = EvalOptions(latency=LatencySettings(warmup=1, repeats=3))
 NO_LATENCY = EvalOptions(latency=None)
 
@@ -81,6 +83,9 @@ def test_base_and_pruned_candidate_numbers(pruned_cnn: Path):
 
     warnings = " ".join(cand.warnings)
     assert "will not run this faster" in warnings and "compressed (as shipped)" in warnings
+    assert "onnxprune prune IN OUT --structured --sparsity 0.3" in warnings and "--dead-channels" in warnings
+    assert "not yet available" not in warnings
+    assert base.structure is None and cand.structure is None  # no structural pass ran
     assert base.warnings == []
 
 
@@ -167,3 +172,130 @@ def test_clear_errors(tmp_path: Path):
         evaluate(model, data=wrong_name, options=NO_LATENCY)
     with pytest.raises(DataError, match="takes inputs"):
         evaluate(model, [FIXTURES / "mlp_digits.onnx"], data=data, options=NO_LATENCY)
+
+
+# --------------------------------------------------------------------------- structural provenance
+
+
+@pytest.fixture(scope="module")
+def dead_removed(tmp_path_factory) -> Path:
+    """The mask-pruned CNN with its dead channels removed by the structural pass (exact)."""
+    out = tmp_path_factory.mktemp("eval_structure") / "dead.onnx"
+    onnxprune.prune_file(MASKED / "cnn_masked.onnx", out, None, structure=onnxprune.StructureConfig())
+    return out
+
+
+def _out_channels(path: Path) -> dict[str, int]:
+    """Output channels of every Conv / Gemm node, by node name."""
+    model = onnx.load(str(path))
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            out[node.name] = dims[node.input[1]][0]
+        elif node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            out[node.name] = dims[node.input[1]][0 if trans_b else 1]
+    return out
+
+
+def _with_metadata(source: Path, target: Path, **values: str) -> Path:
+    model = onnx.load(str(source))
+    for entry in model.metadata_props:
+        if entry.key in values:
+            entry.value = values[entry.key]
+    onnx.save(model, str(target))
+    return target
+
+
+def test_structural_provenance_is_read_and_agrees_with_the_models(dead_removed: Path):
+    base_path = MASKED / "cnn_masked.onnx"
+    result = evaluate(base_path, [dead_removed], data=MASKED / "cnn_masked.test.npz", options=NO_LATENCY)
+    base, cand = result.models
+    assert base.structure is None and base.warnings == []
+    s = cand.structure
+    # parameters and MACs before/after: the evaluator's own counts of the two files
+    assert s["params"] == {"before": base.parameters, "after": cand.parameters}
+    assert s["macs"] == {"before": base.compute.macs, "after": cand.compute.macs}
+    assert cand.parameters < base.parameters
+    # every changed group: its node's output channels in the base and in the candidate
+    before, after = _out_channels(base_path), _out_channels(dead_removed)
+    raw = json.loads({e.key: e.value for e in onnx.load(str(dead_removed)).metadata_props}[STRUCTURE_KEY])
+    assert [g["group"] for g in s["groups"]] == list(raw["groups"]) and s["groups"]
+    for g in s["groups"]:
+        assert before[g["group"]] == g["channels_before"] > g["channels_after"] == after[g["group"]]
+        # a dead-channels-only run removes dead channels only
+        assert g["dead_channels"] == g["channels_before"] - g["channels_after"]
+        assert g["params_removed"] > 0
+    assert sum(g["params_removed"] for g in s["groups"]) >= base.parameters - cand.parameters
+    assert s["blocked"] and all(b["group"] and b["reason"] for b in s["blocked"])
+    # exact: the pass's own check and the evaluator's fidelity agree that outputs did not move
+    assert s["exact_max_diff"] is not None and s["exact_max_diff"] < 1e-4
+    assert cand.fidelity["overall"]["max_abs"] < 1e-4 and cand.fidelity["overall"]["top1_agreement"] == 1.0
+    assert s["options"]["dead_channels"] is True and s["options"]["amount"] is None
+    # smaller tensors, not zeros inside dense ones: no "will not run this faster" warning
+    assert not any("will not run this faster" in w for w in cand.warnings)
+    loaded = json.loads(json.dumps(result.to_dict()))
+    assert loaded["models"][0]["structure"] is None
+    assert loaded["models"][1]["structure"] == s
+
+
+def test_malformed_structure_metadata_is_a_warning_not_a_crash(tmp_path: Path, dead_removed: Path, caplog):
+    caplog.set_level(logging.INFO, logger="onnxprune.evaluate")
+    broken = _with_metadata(dead_removed, tmp_path / "broken.onnx", **{STRUCTURE_KEY: "{not json"})
+    result = evaluate(MASKED / "cnn_masked.onnx", [broken], data=MASKED / "cnn_masked.test.npz", options=NO_LATENCY)
+    cand = result.models[1]
+    assert cand.structure is None
+    assert any(f"'{STRUCTURE_KEY}' metadata is malformed" in w for w in cand.warnings)
+    assert cand.fidelity["overall"]["max_abs"] < 1e-4  # everything else was still measured
+    assert result.to_dict()["models"][1]["structure"] is None
+    assert any("broken.onnx" in r.getMessage() and "malformed" in r.getMessage() for r in caplog.records)
+
+
+def _meta(**values: str) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    for key, value in values.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "{not json",
+        "[1, 2]",
+        '{"groups": {}}',
+        '{"params": [1], "groups": {}}',
+        '{"params": [3, 2], "groups": []}',
+        '{"params": [3, 2], "groups": {"g": [4, 2, "x", 1]}}',
+        '{"params": [3, 2], "groups": {"g": [4, 2, 0]}}',
+        '{"params": [3, -2], "groups": {}}',
+        '{"params": [3, 2], "groups": {}, "blocked": ["g"]}',
+        '{"params": [3, 2], "groups": {}, "exact_max_diff": NaN}',
+        '{"params": [3, 2], "groups": {}, "macs": 7}',
+    ],
+)
+def test_read_structure_rejects_malformed_values_with_one_line(value: str):
+    structure, problem = read_structure(_meta(**{STRUCTURE_KEY: value}))
+    assert structure is None
+    assert problem.startswith(f"the model's '{STRUCTURE_KEY}' metadata is malformed (") and "\n" not in problem
+
+
+def test_read_structure_minimal_absent_and_bad_options():
+    assert read_structure(_meta()) == (None, None)
+    assert read_structure(_meta(**{STRUCTURE_OPTIONS_KEY: '{"amount": 0.3}'})) == (None, None)
+    structure, problem = read_structure(_meta(**{STRUCTURE_KEY: '{"params": [3, 2], "groups": {"g": [4, 1, 2, 9]}}'}))
+    assert problem is None
+    assert structure == {
+        "params": {"before": 3, "after": 2},
+        "macs": {"before": None, "after": None},
+        "groups": [{"group": "g", "channels_before": 4, "channels_after": 1, "dead_channels": 2, "params_removed": 9}],
+        "blocked": [],
+        "exact_max_diff": None,
+        "options": None,
+    }
+    good = '{"params": [3, 2], "groups": {}, "blocked": [["h", "why"]], "exact_max_diff": 0}'
+    structure, problem = read_structure(_meta(**{STRUCTURE_KEY: good, STRUCTURE_OPTIONS_KEY: "[oops"}))
+    assert structure["blocked"] == [{"group": "h", "reason": "why"}] and structure["exact_max_diff"] == 0.0
+    assert structure["options"] is None and STRUCTURE_OPTIONS_KEY in problem

@@ -32,6 +32,7 @@ from onnxprune.report import numbers as nb
 from onnxprune.report import render_html, write_report
 from onnxprune.report.charts import PALETTE, BarChart, Series, colors, nice_ticks, render, shorten, wrap
 from onnxprune.report.plots import MAX_LAYERS
+from onnxprune.report.structure import MAX_GROUPS
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 PLOTS = ("plot-size", "plot-accuracy", "plot-latency", "plot-latency-ratio", "plot-fidelity", "plot-compute")
@@ -701,3 +702,154 @@ def test_the_evaluators_result_renders_with_every_plot(tmp_path):
     for plot_id in (*PLOTS, "plot-sparsity"):
         assert page.figures[plot_id]["svg"] == 1 and page.figures[plot_id]["bars"], plot_id
     assert "cnn_digits.p50.onnx" in page.text
+
+
+# ---------------------------------------------------------------------------------------
+# The structural pass's section
+
+
+@pytest.fixture(scope="module")
+def structural(tmp_path_factory) -> dict[str, Any]:
+    """The evaluator's result for the mask-pruned CNN, its dead channels removed (exact) and 30 %
+    of every group's channels removed (by weight norm), on the fixture's test split."""
+    evaluate = pytest.importorskip("onnxprune.evaluate")
+    folder = tmp_path_factory.mktemp("report_structure")
+    base = FIXTURES / "masked" / "cnn_masked.onnx"
+    dead, s30 = folder / "dead.onnx", folder / "s30.onnx"
+    onnxprune.prune_file(base, dead, None, structure=onnxprune.StructureConfig())
+    onnxprune.prune_file(base, s30, None, structure=onnxprune.StructureConfig(amount=0.3))
+    outcome = evaluate.evaluate(
+        base, [dead, s30], data=FIXTURES / "masked" / "cnn_masked.test.npz", options=evaluate.EvalOptions(latency=None)
+    )
+    return outcome.to_dict()
+
+
+def _details(text: str, cls: str) -> list[Page]:
+    return [parse(m) for m in re.findall(rf'<details class="{cls}">.*?</details>', text, re.S)]
+
+
+def test_structure_section_shows_totals_groups_chart_and_blocked_reasons(structural):
+    text = render_html(structural)
+    page = parse(text)
+    assert_self_contained(text)
+    assert "structure" in page.ids and "Channels removed (structural pass)" in page.text
+    assert page.text.index("Channels removed (structural pass)") > page.text.index("Plots")
+    blocked_boxes = _details(text, "blocked")
+    assert len(blocked_boxes) == 2
+    for index in (1, 2):
+        model = structural["models"][index]
+        s = model["structure"]
+        assert s is not None and s["groups"] and s["blocked"]
+        assert f"structure-{index}" in page.ids
+        block = parse(
+            re.search(rf'<div class="structure-model" id="structure-{index}">(.*?)</details></div>', text, re.S)[1]
+            + "</details>"
+        )
+        # one table row per changed group, and a totals row
+        for g in s["groups"]:
+            assert g["group"] in block.text
+            share = (g["channels_before"] - g["channels_after"]) / g["channels_before"]
+            assert f"{g['channels_before']} → {g['channels_after']} {nb.fmt_percent(share)}" in block.text
+        removed = sum(g["channels_before"] - g["channels_after"] for g in s["groups"])
+        before = sum(g["channels_before"] for g in s["groups"])
+        assert f"removed {removed} of {before} channels in {len(s['groups'])} groups" in block.text
+        assert f"{nb.fmt_count(s['params']['before'])} → {nb.fmt_count(s['params']['after'])}" in block.text
+        assert f"{nb.fmt_count(s['macs']['before'])} → {nb.fmt_count(s['macs']['after'])}" in block.text
+        assert ("Exact max |Δ|" in block.text) == (s["exact_max_diff"] is not None)
+        # the chart: a before and an after bar per group, in table order, lengths from the same zero
+        figure = page.figures[f"plot-structure-{index}"]
+        assert figure["svg"] == 1 and "wide" in figure["class"]
+        expected = [float(v) for g in s["groups"] for v in (g["channels_before"], g["channels_after"])]
+        assert bar_values(figure) == expected
+        bars = figure["bars"]
+        scale = {float(b["width"]) / float(b["data-value"]) for b in bars}
+        assert max(scale) - min(scale) < 0.02 * max(scale)
+        assert {b["fill"] for b in bars[::2]} == {PALETTE[0]} and {b["fill"] for b in bars[1::2]} == {PALETTE[2]}
+        # blocked groups and their reasons, folded away
+        box = blocked_boxes[index - 1]
+        assert f"Blocked groups ({len(s['blocked'])})" in box.text
+        for b in s["blocked"]:
+            assert b["group"] in box.text and b["reason"] in box.text
+    # the exact run says so; the one that removed live channels does not claim exactness
+    assert structural["models"][1]["structure"]["exact_max_diff"] is not None
+    assert structural["models"][2]["structure"]["exact_max_diff"] is None
+    # fewer parameters and dense MACs than the base: the smallest of their columns are marked best
+    smallest = min(structural["models"], key=lambda m: m["params"]["parameters"])
+    assert f'<td class="num best" title="{smallest["params"]["parameters"]:,} parameters">' in text
+    fewest = min(m["compute"]["macs"] for m in structural["models"])
+    assert re.search(rf'<td class="num best" title="{fewest:,} MACs;', text)
+    # the summary names the pass for each candidate
+    highlights = parse(re.search(r'<ul class="highlights">.*?</ul>', text, re.S)[0]).text
+    assert highlights.count("structural pass removed") == 2
+
+
+def test_no_structure_no_section(result):
+    text = render_html(result)
+    page = parse(text)
+    assert "structure" not in page.ids and "Channels removed" not in page.text
+    assert not any(p.startswith("plot-structure") for p in page.figures)
+    assert "structural pass" not in page.text
+
+
+def test_a_pass_that_changed_no_group_says_so(structural):
+    quiet = copy.deepcopy(structural)
+    quiet["models"] = quiet["models"][:2]
+    quiet["models"][1]["structure"]["groups"] = []
+    quiet["models"][1]["structure"]["blocked"] = []
+    page = parse(render_html(quiet))
+    assert "The structural pass changed no group." in page.text and "No group was blocked." in page.text
+    assert "plot-structure-1" not in page.figures
+
+
+def test_many_groups_are_capped_in_the_chart_and_listed_in_the_table(structural):
+    big = copy.deepcopy(structural)
+    big["models"] = big["models"][:2]
+    groups = [
+        {"group": f"/layers.{i}/Conv", "channels_before": 8 + i, "channels_after": 4 + i // 2,
+         "dead_channels": 0, "params_removed": 100 * i}
+        for i in range(60)
+    ]  # fmt: skip
+    big["models"][1]["structure"]["groups"] = groups
+    text = render_html(big)
+    page = parse(text)
+    figure = page.figures["plot-structure-1"]
+    assert len(figure["bars"]) == 2 * MAX_GROUPS
+    assert f"Showing the {MAX_GROUPS} largest of 60 changed groups" in " ".join(figure["text"])
+    assert bar_values(figure)[::2] == [float(g["channels_before"]) for g in groups[20:]]  # the largest, in order
+    table = re.search(r'<table class="detail-table structure-groups">.*?</table>', text, re.S)[0]
+    assert len(re.findall(r"<tr><td", table)) == 60
+
+
+def test_structure_values_missing_null_or_mistyped_render(structural):
+    small = copy.deepcopy(structural)
+    small["models"] = small["models"][:2]
+    small["models"][0]["layers"] = small["models"][1]["layers"] = []
+    small["models"][1]["structure"]["groups"] = small["models"][1]["structure"]["groups"][:2]
+    for path in _paths(small["models"][1]["structure"], ("models", 1, "structure")):
+        for mutation in ("delete", None, "text", -1, {"<b>": 1}):
+            broken = copy.deepcopy(small)
+            parent = broken
+            for key in path[:-1]:
+                parent = parent[key]
+            if mutation == "delete":
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = mutation
+            text = render_html(broken)  # never raises
+            assert text.endswith("</html>\n") and "<b>" not in text
+    for value in (None, "text", [], 7):
+        broken = copy.deepcopy(small)
+        broken["models"][1]["structure"] = value
+        assert "structure-1" not in parse(render_html(broken)).ids
+
+
+def test_markup_in_group_names_and_reasons_is_escaped(structural):
+    evil = copy.deepcopy(structural)
+    s = evil["models"][1]["structure"]
+    s["groups"][0]["group"] = "<script>alert(1)</script>"
+    s["blocked"][0]["reason"] = '"><img src=x onerror=alert(2)>'
+    s["options"] = {"<i>k</i>": "<b>v</b>"}
+    text = render_html(evil)
+    page = parse(text)
+    assert "<script" not in text.lower() and "<img" not in text.lower() and "<b>" not in text
+    assert "<script>alert(1)</script>" in page.text and "<i>k</i>: <b>v</b>" in page.text

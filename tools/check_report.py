@@ -4,13 +4,16 @@
 
 1. Builds an evaluation result. When ``onnxprune.evaluate`` is importable and works, it
    prunes ``fixtures/cnn_digits.onnx`` at 0.3 / 0.5 / 0.7 with ``onnxprune.prune_file`` into
-   a temporary folder and evaluates the four models on ``fixtures/cnn_digits.test.npz``
-   with its labels. Otherwise (or with ``--sample``) it uses the realistic sample result
-   bundled below (the same network; base + 3 candidates).
+   a temporary folder, and once more with the structural pass (30 % of each channel group),
+   and evaluates the five models on ``fixtures/cnn_digits.test.npz`` with its labels.
+   Otherwise (or with ``--sample``) it uses the realistic sample result bundled below (the
+   same network; base + 3 unstructured candidates + 1 structural).
 2. Writes the report with ``onnxprune.report.write_report``.
 3. Screenshots the whole page with headless Chromium (1280 px wide), and each plot alone
    at its own size, then decodes the PNGs with Pillow and checks that:
    - the page is not blank (enough non-background pixels, dark text pixels present);
+   - the "Channels removed (structural pass)" section is there, with a chart per
+     structural candidate (``plot-structure-<n>``), checked like every plot below;
    - the bar colours of the palette cover a reasonable number of pixels on the page;
    - in each plot, every bar colour covers at least 60 % (and at most 130 %) of the area
      its ``<rect class="bar">`` elements and legend swatches declare: the bars were
@@ -157,6 +160,7 @@ def sample_result() -> dict:
             }
         )
     models[-1]["warnings"].append("top-1 accuracy dropped 2.7 points against the base: check it on your own data.")
+    models.append(_sample_structural(models[0]))
     return {
         "tool": {"name": "onnxprune", "version": "0.1.0"},
         "created": "2026-11-21T10:00:00Z",
@@ -184,6 +188,45 @@ def sample_result() -> dict:
     }
 
 
+# cnn_digits with 30 % of each channel group removed (onnxprune.StructureConfig(amount=0.3)):
+# group -> (channels before, after, dead, parameters removed)
+_SAMPLE_GROUPS = {
+    "/block/conv1/Conv": (24, 17, 0, 3059),
+    "/fc1/Gemm": (64, 45, 0, 9937),
+    "/pw/pw.0/Conv": (32, 23, 0, 9477),
+    "/stem/stem.0/Conv": (24, 17, 0, 3465),
+}
+
+
+def _sample_structural(base: dict) -> dict:
+    """The base's entry, pruned by the structural pass: fewer parameters and MACs, and its provenance."""
+    model = copy.deepcopy(base)
+    model.update(name="cnn_digits.s30.onnx", path="out/cnn_digits.s30.onnx", role="candidate")
+    model["size"] = {"file_bytes": 96410, "compressed_bytes": 87370, "sparse_bytes": 92220, "dense_weight_bytes": 92220}
+    model["params"] = {"parameters": 23055, "nonzeros": 23055, "sparsity": 0.0}
+    model["compute"] = {**model["compute"], "macs": 368434, "nonzero_macs": 368434, "flops": 736868}
+    model["compute"]["nonzero_flops"] = 736868
+    model["latency"] = {**model["latency"], "median_ms": 0.301, "ratio": {"p10": 0.69, "median": 0.731, "p90": 0.8}}
+    model["accuracy"] = {"top1": 0.98, "top5": 1.0, "samples": 450, "metric": None}
+    model["fidelity"] = {
+        "outputs": {"logits": {"top1_agreement": 0.982, "cosine": 0.9801, "rel_l2": 0.2588, "max_abs": 1.9}},
+        "overall": {"top1_agreement": 0.982, "cosine": 0.9801, "rel_l2": 0.2588, "max_abs": 1.9},
+    }
+    model["warnings"] = ["top-1 accuracy drops by 1.1 points (99.1% -> 98.0%)"]
+    model["structure"] = {
+        "params": {"before": 45562, "after": 23055},
+        "macs": {"before": 726528, "after": 368434},
+        "groups": [
+            {"group": g, "channels_before": b, "channels_after": a, "dead_channels": d, "params_removed": r}
+            for g, (b, a, d, r) in _SAMPLE_GROUPS.items()
+        ],
+        "blocked": [{"group": "/fc2/Gemm", "reason": "'logits' is a graph output (its shape must not change)"}],
+        "exact_max_diff": None,
+        "options": {"amount": 0.3, "scope": "local", "importance": "auto", "refit": True},
+    }
+    return model
+
+
 def real_result(workdir: Path) -> tuple[dict | None, str]:
     """Prune cnn_digits three times and evaluate with onnxprune.evaluate, if it exists and works."""
     try:  # the module, not the onnxprune.evaluate function the package may re-export
@@ -199,6 +242,9 @@ def real_result(workdir: Path) -> tuple[dict | None, str]:
             out = workdir / f"cnn_digits.p{int(sparsity * 100)}.onnx"
             onnxprune.prune_file(base, out, onnxprune.PruneConfig(sparsity=sparsity))
             candidates.append(out)
+        structural = workdir / "cnn_digits.s30.onnx"
+        onnxprune.prune_file(base, structural, None, structure=onnxprune.StructureConfig(amount=0.3))
+        candidates.append(structural)
         result = evaluation.evaluate(
             base,
             candidates,
@@ -338,6 +384,16 @@ def main() -> int:
         figures = _Figures()
         figures.feed(text)
         check("all plots present", len(figures.area) >= 6, ", ".join(figures.area), results)
+        structural = [m for m in result.get("models") or [] if isinstance(m, dict) and m.get("structure")]
+        if structural:
+            charts = [f for f in figures.area if f.startswith("plot-structure-")]
+            check(
+                "structural pass section",
+                'id="structure"' in text and "Channels removed (structural pass)" in text
+                and len(charts) == len(structural),
+                f"{len(structural)} structural candidate(s), charts: {', '.join(charts) or 'none'}",
+                results,
+            )  # fmt: skip
         style = re.search(r"<style>(.*?)</style>", text, re.S)
         for plot_id, areas in figures.area.items():
             if plot_id not in figures.size:

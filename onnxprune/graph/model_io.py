@@ -244,6 +244,7 @@ class StagedOutput:
         ``external_data``: True always, False never, None above :data:`EXTERNAL_DATA_THRESHOLD`.
         """
         replacements = replacements or {}
+        self._skeleton = None  # a second write replaces the first one entirely
         if external_data is None:
             external_data = tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
             if external_data:

@@ -38,13 +38,12 @@ from onnxprune.sparsity.channels import (
     flops_counts,
     l2_importance,
     local_counts,
-    select_units,
 )
 from onnxprune.sparsity.channels import global_counts as channel_global_counts
 from onnxprune.structure.analysis import Analysis, analyze
 from onnxprune.structure.apply import apply_removal
 from onnxprune.structure.bias import add_to_bias
-from onnxprune.structure.constants import bias_deltas, dead_units, propagate
+from onnxprune.structure.constants import bias_deltas, dead_units, output_scale, propagate
 from onnxprune.structure.groups import Group
 from onnxprune.structure.sinks import Sink, layer_spec, removed_features, sinks_of, unit_features, weight_matrix
 
@@ -80,10 +79,17 @@ def _check_exact(reference: bytes, model: ModelProto, input_shapes: Mapping[str,
     from onnxprune.errors import ValidationError
 
     before = runtime.session(reference)
-    after = runtime.session(model.SerializeToString())
     feeds = runtime.synthetic_feeds(runtime.input_specs(before), dict(input_shapes))
+    try:
+        after = runtime.session(model.SerializeToString())
+        outputs = after.run(None, feeds)
+    except Exception as exc:  # onnxruntime raises its own types
+        raise ValidationError(
+            f"the model without its dead channels does not run in onnxruntime ({runtime.ort_message(exc)}): this is a "
+            "bug in onnxprune; nothing was written; rerun with --no-dead-channels and report it"
+        ) from exc
     worst = 0.0
-    for a, b in zip(before.run(None, feeds), after.run(None, feeds), strict=True):
+    for a, b in zip(before.run(None, feeds), outputs, strict=True):
         a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         scale = max(1.0, float(np.abs(a).max()) if a.size else 1.0)
         diff = float(np.abs(a - b).max()) if a.size else 0.0
@@ -200,13 +206,36 @@ def _unit_params(analysis: Analysis, group: Group) -> int:
 
 
 def _unit_macs(analysis: Analysis, group: Group, macs: Mapping[str, int]) -> float:
+    """MACs one unit costs at first order: its share of every layer that reads or writes it."""
     cx = analysis.context
     total = 0.0
     for member in group.members:
-        if member.kind == "param":
-            continue
         shape = cx.stored_shape(member.tensor)
+        if len(shape) < 2:
+            continue  # biases and BN parameters: the weight of the same node counts
         total += macs.get(member.node, 0) * member.segment.per / max(shape[member.axis], 1)
+    return total
+
+
+def _estimated_macs(analysis: Analysis, counts: Mapping[int, int], macs: Mapping[str, int]) -> float:
+    """Total MACs once ``counts[gid]`` units go: each layer scales with its kept inputs × kept outputs."""
+    cx = analysis.context
+    gone: dict[tuple[str, str], float] = {}  # (node, "in" | "out") -> fraction of that axis removed
+    for group in analysis.prunable:
+        count = counts.get(group.gid, 0)
+        if not count:
+            continue
+        for member in group.members:
+            shape = cx.stored_shape(member.tensor)
+            if len(shape) < 2:
+                continue
+            side = "in" if member.kind == "in" else "out"
+            length = max(shape[member.axis], 1)
+            key = (member.node, side)
+            gone[key] = gone.get(key, 0.0) + count * member.segment.per / length
+    total = 0.0
+    for node, value in macs.items():
+        total += value * max(1.0 - gone.get((node, "in"), 0.0), 0.0) * max(1.0 - gone.get((node, "out"), 0.0), 0.0)
     return total
 
 
@@ -270,26 +299,63 @@ def _choose(
             )
         )
     if config.target_flops is not None:
-        other = max(float(sum((macs or {}).values())) - sum(b.cost * b.n_units for b in budgets), 0.0)
-        found = flops_counts(budgets, config.target_flops, other_cost=other)
-        if not found.met:
-            log.warning("--target-flops %.2f cannot be met within the per-group caps", config.target_flops)
-        counts = found.counts
+        counts = _flops_counts(analysis, groups, budgets, config.target_flops, macs or {})
     elif config.scope == "global":
         counts = channel_global_counts(budgets, config.amount or 0.0)
     else:
         counts = local_counts(budgets, config.amount or 0.0)
     chosen: dict[int, np.ndarray] = {}
     for group, budget, count in zip(groups, budgets, counts, strict=True):
-        units = select_units(budget.scores, count) if count else np.zeros(0, dtype=np.int64)
-        forced = dead.get(group.gid)
-        if forced is not None:
-            units = np.union1d(units, forced)
-            if len(units) >= group.n:
-                units = units[: group.n - 1]
+        forced = np.asarray(dead.get(group.gid, np.zeros(0, np.int64)), dtype=np.int64)
+        # dead units first, then the lowest scores; the total stays an allowed count (round_to, cap):
+        # with dead units beyond the budget, the next allowed count up (they cost nothing), else down
+        total = max(count, len(forced))
+        if total not in budget.steps():
+            above = [c for c in budget.steps() if c >= total]
+            total = above[0] if above and len(forced) > count else budget.allowed_floor(total)
+        rest = np.setdiff1d(np.arange(group.n), forced)
+        order = np.concatenate([forced, rest[np.lexsort((rest, budget.scores[rest]))]])
+        units = np.sort(order[:total])
         if len(units):
             chosen[group.gid] = units.astype(np.int64)
     return chosen
+
+
+def _flops_counts(
+    analysis: Analysis, groups: list[Group], budgets: list[GroupBudget], target: float, macs: Mapping[str, int]
+) -> list[int]:
+    """Counts whose estimated MACs (:func:`_estimated_macs`) come closest to ``target`` from below.
+
+    The budgets' per-unit costs are first-order: removing units on both sides of a layer
+    saves less than the sum. So the cost-ordered greedy of :func:`flops_counts` is run
+    for a series of internal targets, and the one whose estimate lands just under
+    ``target`` is kept (bisection, 30 steps).
+    """
+    base = float(sum(macs.values())) or 1.0
+    other = max(base - sum(b.cost * b.n_units for b in budgets), 0.0)
+
+    def estimate(counts: list[int]) -> float:
+        return _estimated_macs(analysis, {g.gid: c for g, c in zip(groups, counts, strict=True)}, macs) / base
+
+    lo, hi = 1e-6, 1.0 - 1e-9
+    best = flops_counts(budgets, hi, other_cost=other).counts
+    if estimate(best) <= target:
+        return best
+    deepest = flops_counts(budgets, lo, other_cost=other).counts
+    if estimate(deepest) > target:
+        log.warning(
+            "--target-flops %.2f cannot be met within the per-group caps (best %.2f)", target, estimate(deepest)
+        )
+        return deepest
+    best = deepest
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        counts = flops_counts(budgets, mid, other_cost=other).counts
+        if estimate(counts) <= target:
+            best, lo = counts, mid
+        else:
+            hi = mid
+    return best
 
 
 def _refit(
@@ -317,7 +383,7 @@ def _refit(
         new = w.copy()
         new[:, ~gone] = fit.weight
         store_matrix(cx, sink, new)
-        add_to_bias(cx, analysis.groups, sink.node, fit.bias_delta)
+        add_to_bias(cx, analysis.groups, sink.node, fit.bias_delta * output_scale(cx, sink.node))
         records.append((sink.label, fit.error_before, fit.error_after))
         done.add(cx.node_id(sink.node))
     return records, done

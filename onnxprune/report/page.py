@@ -2,9 +2,10 @@
 
 Top to bottom: title, tool version and date; a banner when the data was synthetic; the
 summary table and one line per candidate against the base; warnings; the plots; the
-per-layer and per-node tables (collapsed); data, environment and settings. A section whose
-data is missing says "not measured" or is left out; nothing in the result is trusted to be
-present, well-typed or free of markup.
+channels the structural pass removed (:mod:`onnxprune.report.structure`, only when a model
+carries its provenance); the per-layer and per-node tables (collapsed); data, environment
+and settings. A section whose data is missing says "not measured" or is left out; nothing
+in the result is trusted to be present, well-typed or free of markup.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 from onnxprune.errors import OptionError
 from onnxprune.report import numbers as nb
 from onnxprune.report import tables
-from onnxprune.report.plots import Figure, figures, model_labels
+from onnxprune.report.plots import Figure, figure_html, figures, model_labels
+from onnxprune.report.structure import structure_section
 
 CSS = """
 :root { --ink: #1f2937; --muted: #6b7280; --line: #e5e7eb; --bg: #f6f7f9; --card: #ffffff; }
@@ -77,6 +79,10 @@ details[open] > summary { margin-bottom: 8px; }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 3px 20px; margin: 0; }
 dl.facts dt { color: var(--muted); }
 dl.facts dd { margin: 0; word-break: break-word; }
+.structure-model + .structure-model { margin-top: 22px; border-top: 1px solid var(--line); padding-top: 4px; }
+.structure-model dl.facts { margin-bottom: 10px; }
+.structure-model .plots { margin-top: 12px; }
+tfoot.totals th, tfoot.totals td { font-weight: 600; border-top: 2px solid #cbd5e1; }
 .columns { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 18px; }
 footer { color: var(--muted); font-size: 12px; margin-top: 20px; text-align: center; }
 @media (max-width: 900px) { .plots, .columns { grid-template-columns: 1fr; } }
@@ -86,11 +92,6 @@ footer { color: var(--muted); font-size: 12px; margin-top: 20px; text-align: cen
 
 def _section(section_id: str, title: str, body: str) -> str:
     return f'<section id="{section_id}"><h2>{escape(title)}</h2>{body}</section>'
-
-
-def _figure(figure: Figure) -> str:
-    classes = "plot wide" if figure.wide else "plot"
-    return f'<figure id="{figure.plot_id}" class="{classes}">{figure.svg}<figcaption>{escape(figure.caption)}</figcaption></figure>'
 
 
 def _missing_figure(figure: Figure) -> str:
@@ -105,7 +106,7 @@ def _plots(figures_: list[Figure]) -> str:
     missing = [f for f in figures_ if not f.svg]
     out = ""
     if drawn:
-        out += '<div class="plots">' + "".join(_figure(f) for f in drawn) + "</div>"
+        out += '<div class="plots">' + "".join(figure_html(f) for f in drawn) + "</div>"
     if missing:
         out += '<div class="missing-plots">' + "".join(_missing_figure(f) for f in missing) + "</div>"
     return out
@@ -242,6 +243,9 @@ def render_html(result: Mapping[str, Any]) -> str:
         if fidelity:
             grid += f"<h3>Fidelity per output</h3>{fidelity}"
         body.append(_section("plots", "Plots", grid))
+    structure = structure_section(models, labels)
+    if structure:
+        body.append(_section("structure", "Channels removed (structural pass)", structure))
     body.extend(_detail_sections(models, labels))
     data = tables.definition_list(result.get("data"), _DATA_KEYS) + _models_list(models, labels)
     environment = tables.definition_list(result.get("environment"), _ENVIRONMENT_KEYS)

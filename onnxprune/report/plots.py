@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from html import escape
 from typing import Any
 
 from onnxprune.report import numbers as nb
@@ -42,6 +43,15 @@ class Figure:
     caption: str  # for a missing plot: why it is missing
     svg: str | None
     wide: bool = False
+
+
+def figure_html(figure: Figure) -> str:
+    """A drawn figure as ``<figure id=… class="plot">`` with its SVG and caption."""
+    classes = "plot wide" if figure.wide else "plot"
+    return (
+        f'<figure id="{escape(figure.plot_id)}" class="{classes}">{figure.svg}'
+        f"<figcaption>{escape(figure.caption)}</figcaption></figure>"
+    )
 
 
 def model_labels(models: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -20,6 +20,7 @@ from html import escape
 from typing import Any
 
 from onnxprune.report import numbers as nb
+from onnxprune.report import structure
 from onnxprune.report.plots import layer_key, layer_label
 
 Model = Mapping[str, Any]
@@ -108,6 +109,7 @@ def summary_columns(models: Sequence[Model]) -> list[Column]:
             _number("params", "parameters"),
             lambda m: nb.fmt_count(nb.dig(m, "params", "parameters")),
             lambda m: f"{nb.exact(nb.dig(m, 'params', 'parameters'))} parameters",
+            "min",  # differs only where whole channels were removed
         ),
         Column(
             "Parameters",
@@ -127,6 +129,7 @@ def summary_columns(models: Sequence[Model]) -> list[Column]:
             _number("compute", "macs"),
             lambda m: nb.fmt_count(nb.dig(m, "compute", "macs")),
             lambda m: f"{nb.exact(nb.dig(m, 'compute', 'macs'))} MACs; {nb.exact(nb.dig(m, 'compute', 'flops'))} FLOPs",
+            "min",
         ),
         Column(
             "Compute (MACs)",
@@ -297,6 +300,8 @@ def highlights(models: Sequence[Model], labels: Sequence[str]) -> str:
         cosine = nb.number(nb.dig(model, "fidelity", "overall", "cosine"))
         if cosine is not None:
             facts.append(f"cosine {cosine:.4f}")
+        if structure.has_structure(model):
+            facts.append(f"structural pass {structure.summary(model['structure'])}")
         if facts:
             lines.append(f"<li><strong>{escape(label)}</strong>: {escape('; '.join(facts))}</li>")
     return f'<ul class="highlights">{"".join(lines)}</ul>' if lines else ""

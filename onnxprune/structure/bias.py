@@ -48,25 +48,42 @@ def _register(groups: list[Group], node: NodeProto, name: str, reader: tuple[int
 
 def _update(tensor: TensorProto, delta: np.ndarray) -> None:
     values = tensors.read_array(tensor)
-    if values.size == delta.size:
-        new = (values.astype(np.float64).reshape(-1) + delta.reshape(-1)).reshape(values.shape)
-    else:  # a broadcast scalar bias becomes a full one
-        new = np.broadcast_to(values.astype(np.float64).reshape(-1)[:1], delta.shape) + delta
-        del tensor.dims[:]
-        tensor.dims.extend(new.shape)
+    new = (values.astype(np.float64).reshape(-1) + delta.reshape(-1)).reshape(values.shape)
     tensors.write_array(tensor, new.astype(values.dtype))
 
 
 def add_to_bias(cx: Context, groups: list[Group], node: NodeProto, delta: np.ndarray) -> None:
-    """``bias += delta`` for consumer ``node`` (see module docstring)."""
+    """Add ``delta`` (in output units) to the bias of consumer ``node`` (see module docstring).
+
+    A Gemm's bias is scaled by ``beta`` in its output, so ``C`` gets ``delta / beta``. A
+    bias that other nodes also read, or a broadcast one that must grow to a full vector,
+    is replaced by a new tensor of this node's own, which follows its output channels.
+    """
     model = cx.model
     index = cx.node_id(node)
+    if node.op_type == "Gemm":
+        beta = float(cx.attr(node, "beta", 1.0))
+        if beta == 0.0:
+            raise ValueError(f"{node_label(node)} ignores its bias (beta = 0)")
+        delta = delta / beta
     if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
         if len(node.input) > 2 and node.input[2]:
             stored = cx.stored(node, 2)
             if stored is None:
                 raise ValueError(f"{node_label(node)} has a computed bias")
-            _update(cx.scope.stored_tensor(stored[0]), delta)
+            tensor = cx.scope.stored_tensor(stored[0])
+            shared = len(cx.uses(stored[0])) > 1 or stored[1][0] != index
+            if tensors.numel(tensor) == delta.size and not shared:
+                _update(tensor, delta)
+                return
+            values = tensors.read_array(tensor)
+            full = np.broadcast_to(values.astype(np.float64).reshape(-1), delta.shape) + delta
+            name = _fresh(cx, f"{node_label(node)}.onnxprune_bias")
+            model.graph.initializer.append(numpy_helper.from_array(full.astype(values.dtype), name))
+            node.input[2] = name
+            for group in groups:  # the old tensor is no longer this node's bias
+                group.members[:] = [m for m in group.members if (m.tensor, m.reader) != stored]
+            _register(groups, node, name, (index, 2))
             return
         name = _fresh(cx, f"{node_label(node)}.onnxprune_bias")
         model.graph.initializer.append(numpy_helper.from_array(delta.astype(_dtype(cx, node)), name))
@@ -101,7 +118,7 @@ def add_to_bias(cx: Context, groups: list[Group], node: NodeProto, delta: np.nda
         add = uses[0].node
         other = 1 - uses[0].index
         stored = cx.stored(add, other)
-        if stored is not None:
+        if stored is not None and len(cx.uses(stored[0])) == 1:
             tensor = cx.scope.stored_tensor(stored[0])
             dims = [int(d) for d in tensor.dims]
             if dims and dims[-1] == delta.size and int(np.prod(dims)) == delta.size:

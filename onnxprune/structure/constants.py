@@ -118,6 +118,8 @@ def _source_constants(cx: Context, node: NodeProto, layout: Layout) -> np.ndarra
             shape = cx.shape(node.input[2]) or ()
             if len(shape) == 2 and shape[0] != 1:
                 bias = np.full(length, np.nan)
+    if node.op_type == "Gemm":
+        bias = bias * float(cx.attr(node, "beta", 1.0))  # Y = alpha·A·B + beta·C
     out[zero] = bias[zero]
     return out
 
@@ -306,8 +308,15 @@ def data_input(cx: Context, node: NodeProto, member: Member) -> str:
     return node.input[0]
 
 
+def output_scale(cx: Context, node: NodeProto) -> float:
+    """What multiplies ``x·W`` in the node's output (Gemm ``alpha``, else 1)."""
+    return float(cx.attr(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
+
+
 def absorbable(cx: Context, node: NodeProto, member: Member, k: np.ndarray) -> np.ndarray:
     """Per element: can ``node`` fold the constant ``k`` into its bias exactly?"""
+    if node.op_type == "Gemm" and float(cx.attr(node, "beta", 1.0)) == 0.0:
+        return k == 0  # C is ignored: there is no bias to fold into
     if node.op_type == "MatMul" and member.axis != 0:
         return k == 0  # a weight on the left: the change would be per row, not per output
     if node.op_type == "Conv":
@@ -388,6 +397,7 @@ def bias_deltas(
             contribution = np.tensordot(k, moved, axes=1)
             if node.op_type == "Conv":
                 contribution = contribution.reshape(contribution.shape[0], -1).sum(axis=1)
+            contribution = contribution * output_scale(cx, node)
             key = cx.node_id(node)
             deltas[key] = deltas.get(key, 0) + contribution
     return deltas

@@ -1,0 +1,78 @@
+"""Does a pruned model have anything for the dead-channel pass? A cheap watch.
+
+A channel can only be dead if some stored tensor has an all-zero slice along its first
+or last axis (a producer's filter or output column, a depthwise filter) or a zero
+BatchNormalization scale. After streamed unstructured pruning the pruned bytes exist only
+while the writer streams them, so the watch wraps each deferred replacement and looks at
+the bytes as they pass; tensors pruned in place or left alone are looked at directly when
+they hold zeros. Only when the watch fires does the (slower) dead-channel pass run, on
+the written model: the common case costs one ``any`` per slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+from onnx import ModelProto, TensorProto
+
+from onnxprune.graph import tensors
+from onnxprune.graph.writer import Replacement
+from onnxprune.passes.result import LayerResult
+
+_NORMS = ("BatchNormalization", "InstanceNormalization")
+
+
+def has_zero_slice(values: np.ndarray) -> bool:
+    """True if a slice along the first or the last axis is all zero (raw bits: +0 only)."""
+    if values.ndim == 0 or values.size == 0:
+        return False
+    if values.ndim == 1:
+        return bool((values == 0).any())
+    rows = values.reshape(values.shape[0], -1)
+    if not rows.any(axis=1).all():
+        return True
+    cols = values.reshape(-1, values.shape[-1])
+    return not bool(cols.any(axis=0).all())
+
+
+class DeadWatch:
+    """Collects whether any watched tensor could make a channel dead."""
+
+    def __init__(self) -> None:
+        self.fired: list[str] = []
+
+    def wrap(self, replacements: Mapping[str, Replacement]) -> dict[str, Replacement]:
+        """The same replacements, each looking at the bytes it returns."""
+        return {name: self._wrapped(name, fn) for name, fn in replacements.items()}
+
+    def _wrapped(self, name: str, fn: Replacement) -> Replacement:
+        def replacement(proto: TensorProto) -> memoryview:
+            view = fn(proto)
+            if not self.fired:
+                itemsize = tensors.data_bytes(proto) // max(tensors.numel(proto), 1)
+                dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(itemsize)
+                if dtype is not None and has_zero_slice(np.frombuffer(view, dtype=dtype).reshape(tuple(proto.dims))):
+                    self.fired.append(name)
+            return view
+
+        return replacement
+
+    def look(self, model: ModelProto, layers: Iterable[LayerResult], skip: Iterable[str]) -> None:
+        """Look at the main-graph tensors of ``layers`` that hold zeros (not in ``skip``)."""
+        skip = set(skip)
+        stored = {t.name: t for t in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.output:
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        stored[node.output[0]] = attr.t
+        scales = {n.input[1] for n in model.graph.node if n.op_type in _NORMS and len(n.input) > 1}
+        for layer in layers:
+            if layer.scope or layer.name in skip or not layer.zeros_after or layer.name not in stored:
+                continue
+            if len(layer.shape) < 2 and layer.name not in scales:
+                continue  # a zero bias, mean or shift kills no channel
+            if has_zero_slice(tensors.read_array(stored[layer.name])):
+                self.fired.append(layer.name)
+                return
