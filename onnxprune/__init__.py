@@ -29,6 +29,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onnx import ModelProto
 
@@ -100,6 +101,9 @@ __all__ = [
     "prune_file",
     "save",
 ]
+
+if TYPE_CHECKING:
+    from onnxprune.passes.structural import StructuralResult
 
 ModelLike = ModelProto | str | os.PathLike[str]
 FLOAT_NAMES = frozenset(FLOAT_TYPES.values())
@@ -187,7 +191,7 @@ class PruneRun:
     params_before: ParamStats
     params_after: ParamStats
     validation: ValidationReport | None
-    structure: object = None  # StructuralResult of the structural pass, when it ran
+    structure: StructuralResult | None = None  # what the structural pass did, when it ran
 
 
 def prune_file(
@@ -289,7 +293,7 @@ def _structural(
     structure: StructureConfig,
     calibration: Dataset | None,
     input_shapes: Mapping[str, tuple[int, ...]] | None,
-) -> object:
+) -> StructuralResult:
     from onnxprune.passes.structural import remove_channels
 
     return remove_channels(model, structure, calibration=calibration, input_shapes=input_shapes)

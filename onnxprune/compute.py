@@ -225,7 +225,11 @@ def _declared(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
     tensor_type = value.type.tensor_type
     if not tensor_type.HasField("shape"):
         return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
+    # a negative dim_value (some exporters write -1) is as dynamic as a dim_param
+    return [
+        d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else (d.dim_param or None)
+        for d in tensor_type.shape.dim
+    ]
 
 
 def _graph_inputs(model: ModelProto) -> list[onnx.ValueInfoProto]:

@@ -18,7 +18,7 @@ onnxruntime run for values inference could not size.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -221,6 +221,19 @@ class Context:
         return first
 
 
+def _guarded(cx: Context, node: NodeProto, tracked: dict[int, Layout], rule: Callable[..., None]) -> None:
+    """Run a rule; if it fails on an odd node, the groups it sees are blocked, never guessed."""
+    try:
+        rule(cx, node, tracked)
+    except Exception as exc:  # a rule meeting a graph it does not expect: keep those channels whole
+        log.warning("channel analysis: %s '%s' not understood (%s)", node.op_type, node_label(node), exc)
+        for layout in tracked.values():
+            cx.block(layout, f"{node.op_type} '{node_label(node)}' could not be analysed ({type(exc).__name__})")
+        for out in node.output:
+            layout = cx.layouts.pop(out, None)
+            cx.block(layout, f"{node.op_type} '{node_label(node)}' could not be analysed ({type(exc).__name__})")
+
+
 def analyze(model: ModelProto, *, input_shapes: Mapping[str, Dims] | None = None) -> Analysis:
     """Find every channel group of ``model``'s main graph (see module docstring)."""
     from onnxprune.structure.rules import RULES, SOURCES
@@ -243,10 +256,10 @@ def analyze(model: ModelProto, *, input_shapes: Mapping[str, Dims] | None = None
                 for layout in tracked.values():
                     cx.block(layout, f"{node.op_type} '{label}' reads these channels (not understood)")
             else:
-                rule(cx, node, tracked)
+                _guarded(cx, node, tracked, rule)
         source = SOURCES.get(node.op_type)
         if source is not None:
-            source(cx, node, tracked)
+            _guarded(cx, node, tracked, source)
     for name, layout in cx.layouts.items():
         if name in outputs:
             cx.block(layout, f"'{name}' is a graph output (its shape must not change)")
