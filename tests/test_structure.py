@@ -722,3 +722,29 @@ def test_exact_pass_on_unmasked_fixtures_removes_nothing(name: str):
     check(model)
     feeds = {"input": np.load(FIXTURES / f"{name}.test.npz")["input"][:200]}
     assert max_diff(original, model, feeds) <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Recurrent layers
+
+
+def test_lstm_hidden_units_are_a_group_and_can_go():
+    """lstm_mnist1d: the LSTM's hidden units (gate blocks of W, R, B; R's columns; the zero
+    initial state of a computed shape; hidden_size) form one group read by the head Gemm."""
+    path = FIXTURES / "lstm_mnist1d.onnx"
+    model = onnx.load(str(path))
+    analysis = analyze(model)
+    (group,) = [g for g in analysis.prunable]
+    assert group.sources == ["/lstm/LSTM"] and group.sinks == ["/fc/Gemm"] and group.n == 64
+    gate_rows = sorted(m.offset for m in group.members if m.tensor == "lstm.W")
+    assert gate_rows == [0, 64, 128, 192]
+    assert sorted(m.offset for m in group.members if m.tensor == "lstm.B") == [64 * k for k in range(8)]
+    result = remove_channels(model, StructureConfig(amount=0.25))
+    assert record(result, "/lstm/LSTM").removed == 16
+    lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
+    assert next(a.i for a in lstm.attribute if a.name == "hidden_size") == 48
+    assert sg.tensor(model, "lstm.W").shape == (1, 192, 1) and sg.tensor(model, "lstm.R").shape == (1, 192, 48)
+    check(model)
+    x = np.load(FIXTURES / "lstm_mnist1d.test.npz")["input"][:16]
+    (out,) = run(model, {"input": x})
+    assert out.shape == (16, 10) and np.isfinite(out).all()

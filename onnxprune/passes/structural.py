@@ -31,6 +31,7 @@ from onnxprune.config import StructureConfig
 from onnxprune.data import Dataset
 from onnxprune.graph import tensors
 from onnxprune.graph.cleanup import CleanupResult, cleanup
+from onnxprune.graph.index import node_label
 from onnxprune.reconstruct.channels import centred_gram, refit_consumer
 from onnxprune.sparsity.channels import (
     GroupBudget,
@@ -192,6 +193,11 @@ def _member_rows(analysis: Analysis, group: Group, kinds: tuple[str, ...]) -> li
         part = moved[member.offset : member.offset + member.segment.length]
         blocks.append(part.reshape(group.n, -1))
     return blocks
+
+
+def _recurrent(analysis: Analysis, group: Group) -> bool:
+    nodes = {node_label(n): n.op_type for n in analysis.context.model.graph.node}
+    return any(nodes.get(source) in ("LSTM", "GRU", "RNN") for source in group.sources)
 
 
 def _unit_params(analysis: Analysis, group: Group) -> int:
@@ -435,9 +441,13 @@ def remove_channels(
             raise OptionError("--importance error needs calibration data: give --calibration or --data-free")
         scores = {}
         for group in groups:
-            s = _error_scores(analysis, group, sinks, stats) if use_error else None
+            # a recurrent unit also feeds the layer's own next step, which the consumers'
+            # output error does not see: such groups are ranked by their weights (R included)
+            recurrent = _recurrent(analysis, group)
+            s = _error_scores(analysis, group, sinks, stats) if use_error and not recurrent else None
             if s is None:
-                s = l2_importance(_member_rows(analysis, group, ("out", "in")))
+                kinds = ("out", "in", "param") if recurrent else ("out", "in")
+                s = l2_importance(_member_rows(analysis, group, kinds))
             scores[group.gid] = s
         macs = None
         if config.target_flops is not None:

@@ -97,8 +97,8 @@ def _source_constants(cx: Context, node: NodeProto, layout: Layout) -> np.ndarra
     weight_index = 1
     stored = cx.stored(node, weight_index)
     length = layout.length
-    if stored is None:
-        return np.full(length, np.nan)
+    if stored is None or node.op_type in ("LSTM", "GRU", "RNN"):
+        return np.full(length, np.nan)  # a recurrent unit's state depends on the sequence
     w = tensors.read_array(cx.scope.stored_tensor(stored[0]))
     if node.op_type == "Conv":
         axis = 0
@@ -170,7 +170,9 @@ def propagate(analysis: Analysis) -> dict[str, np.ndarray]:
             result = np.full(length, np.nan)
             ins = {i: values.get(name) for i, name in enumerate(node.input) if name in layouts}
             x = ins.get(0)
-            if op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and _is_source(cx, node, out, layouts):
+            if op in ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN") and _is_source(
+                cx, node, out, layouts
+            ):
                 result = _source_constants(cx, node, layout)
             elif op == "Conv" and x is not None:
                 result = _depthwise(cx, node, x)

@@ -507,13 +507,16 @@ def _prefix(shape: tuple[int, ...], k: int) -> int:
     return int(np.prod(shape[:k], dtype=np.int64))
 
 
-def _shape_entry(cx: Context, node: NodeProto, j: int) -> tuple[str, int, int, tuple[int, int]] | None:
-    """(stored tensor, index, value, reader) of entry ``j`` of a Reshape's shape input."""
-    stored = cx.stored(node, 1)
+def _shape_entry(
+    cx: Context, node: NodeProto, j: int, position: int = 1
+) -> tuple[str, int, int, tuple[int, int]] | None:
+    """(stored tensor, index, value, reader) of entry ``j`` of the shape input at ``position``
+    (a Reshape's shape, a ConstantOfShape's): stored, or a Concat of pieces one of which is."""
+    stored = cx.stored(node, position)
     if stored is not None:
         value = cx.const(stored[0]).reshape(-1)
         return stored[0], j, int(value[j]), stored[1]
-    producer = cx.producer(node.input[1])
+    producer = cx.producer(node.input[position])
     if producer is None or producer.op_type != "Concat":
         return None
     offset = 0
@@ -786,3 +789,53 @@ def _matmul_source(cx: Context, node: NodeProto, tracked: dict[int, Layout]) -> 
     layout = _new_output(cx, node, shape[1], rank - 1)
     if layout is not None:
         cx.members(layout.moved(1), stored[0], 1, "out", node, stored[1])
+
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+@_source("LSTM", "GRU", "RNN")
+def _recurrent_source(cx: Context, node: NodeProto, tracked: dict[int, Layout]) -> None:
+    """Hidden units of a recurrent layer: one unit owns a row of every gate block of W, R
+    and B (``[dirs, gates·H, ·]``), a column of R (the layer reads its own state), its
+    entries of the initial states and peepholes, and the last axis of Y, Y_h and Y_c."""
+    hidden = int(cx.attr(node, "hidden_size", 0) or 0)
+    label = node_label(node)
+    weights = [cx.stored(node, 1), cx.stored(node, 2)]
+    if not hidden or any(w is None or len(cx.uses(w[0])) != 1 for w in weights) or cx.attr(node, "layout", 0):
+        return
+    gates = _GATES[node.op_type]
+    group = cx.new_group(node, hidden)
+    seg = group.segment(1)
+
+    def block(k: int, total: int, axis: int) -> Layout:
+        pieces = ([k * hidden] if k else []) + [seg] + ([(total - k - 1) * hidden] if total - k - 1 else [])
+        return Layout(axis, tuple(pieces))
+
+    for index, blocks in ((1, gates), (2, gates), (3, 2 * gates), (7, 3)):
+        if index >= len(node.input) or not node.input[index]:
+            continue
+        stored = cx.stored(node, index)
+        if stored is None:
+            cx.block(Layout(1, (seg,)), f"{node.op_type} '{label}' has a computed input {index}")
+            continue
+        for k in range(blocks):
+            cx.members(block(k, blocks, 1), stored[0], 1, "out", node, stored[1])
+    recurrent = weights[1]
+    cx.members(Layout(2, (seg,)), recurrent[0], 2, "param", node, recurrent[1])
+    for index in (5, 6):  # initial_h, initial_c: [dirs, batch, H]
+        if index < len(node.input) and node.input[index]:
+            stored = cx.stored(node, index)
+            if stored is not None:
+                cx.members(Layout(2, (seg,)), stored[0], 2, "param", node, stored[1])
+                continue
+            fill = cx.producer(node.input[index])  # exporters write zeros of a computed shape
+            entry = _shape_entry(cx, fill, 2, 0) if fill is not None and fill.op_type == "ConstantOfShape" else None
+            if entry is None or entry[2] != hidden:
+                cx.block(Layout(2, (seg,)), f"{node.op_type} '{label}' has a computed initial state")
+            else:
+                cx.edit(("tensor", entry[0], entry[1]), Layout(0, (seg,)), entry[3])
+    cx.edit(("attr", cx.node_id(node), "hidden_size"), Layout(0, (seg,)))
+    for index, name in enumerate(node.output):
+        if name:
+            cx.set(name, Layout(3 if index == 0 else 2, (seg,)))
