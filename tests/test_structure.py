@@ -734,7 +734,7 @@ def test_lstm_hidden_units_are_a_group_and_can_go():
     path = FIXTURES / "lstm_mnist1d.onnx"
     model = onnx.load(str(path))
     analysis = analyze(model)
-    (group,) = [g for g in analysis.prunable]
+    (group,) = analysis.prunable
     assert group.sources == ["/lstm/LSTM"] and group.sinks == ["/fc/Gemm"] and group.n == 64
     gate_rows = sorted(m.offset for m in group.members if m.tensor == "lstm.W")
     assert gate_rows == [0, 64, 128, 192]
