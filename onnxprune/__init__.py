@@ -259,7 +259,7 @@ def prune_file(
             replacements = watch.wrap(replacements)
     structural = None
     if structure.active and watch is None:
-        structural = _structural(model, structure, calibration, input_shapes)
+        structural = _structural(model, structure, calibration, input_shapes, progress if config is None else None)
     after = ParamStats(before.parameters, before.nonzeros - result.newly_zeroed) if replacements else param_stats(model)
     changed = bool(result.pruned) or (structural is not None and structural.changed)
     if not changed:
@@ -293,10 +293,11 @@ def _structural(
     structure: StructureConfig,
     calibration: Dataset | None,
     input_shapes: Mapping[str, tuple[int, ...]] | None,
+    progress: Progress | None = None,
 ) -> StructuralResult:
     from onnxprune.passes.structural import remove_channels
 
-    return remove_channels(model, structure, calibration=calibration, input_shapes=input_shapes)
+    return remove_channels(model, structure, calibration=calibration, input_shapes=input_shapes, progress=progress)
 
 
 def calibration_data(

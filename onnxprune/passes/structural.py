@@ -44,13 +44,13 @@ from onnxprune.sparsity.channels import global_counts as channel_global_counts
 from onnxprune.structure.analysis import Analysis, analyze
 from onnxprune.structure.apply import apply_removal
 from onnxprune.structure.bias import add_to_bias
-from onnxprune.structure.constants import bias_deltas, dead_units, output_scale, propagate
+from onnxprune.structure.constants import DeadUnits, bias_deltas, dead_units, output_scale, propagate
 from onnxprune.structure.groups import Group
 from onnxprune.structure.sinks import Sink, layer_spec, removed_features, sinks_of, unit_features, weight_matrix
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
+Progress = Callable[[int, int, str], None]  # (steps done, steps in all, what) as in the other passes
 #: An exact run may change outputs by float rounding only (BN folding, summation order).
 EXACT_TOLERANCE = 1e-4
 
@@ -371,6 +371,7 @@ def _refit(
     stats: Mapping[str, object],
     damp: float,
     refit: bool,
+    say: Callable[..., None],
 ) -> tuple[list[tuple[str, float, float]], set[int]]:
     """Refit every refittable consumer that loses inputs; returns records and the node ids done."""
     cx = analysis.context
@@ -392,6 +393,7 @@ def _refit(
         add_to_bias(cx, analysis.groups, sink.node, fit.bias_delta * output_scale(cx, sink.node))
         records.append((sink.label, fit.error_before, fit.error_after))
         done.add(cx.node_id(sink.node))
+        say(sink.label)
     return records, done
 
 
@@ -411,15 +413,23 @@ def remove_channels(
     on one synthetic batch; a difference above :data:`EXACT_TOLERANCE` (relative to the
     largest output) raises :class:`ValidationError` and the caller writes nothing.
     """
-    say = progress or (lambda _msg: None)
+    steps = [0, 4]  # analysis, choice, removal, cleanup (+ capture and one per refitted consumer)
+
+    def say(what: str) -> None:
+        steps[0] += 1
+        if progress is not None:
+            progress(min(steps[0], steps[1]), steps[1], what)
+
     notes: list[str] = []
     params_before = _params(model)
     macs_before = None
     had_shapes = len(model.graph.value_info) > 0
     if config.fold and config.fold_first:
         cleanup(model, fold_bn=False, fold_constants=True, refresh_shapes=False)
-    say("analysing channel groups")
     analysis = analyze(model, input_shapes=input_shapes)
+    if config.structured and calibration is not None:
+        steps[1] += 1 + len(sinks_of(analysis, analysis.prunable))
+    say("channel groups")
     notes.extend(analysis.notes)
     macs_before = _macs(model, analysis.input_shapes, notes)
     values = propagate(analysis)
@@ -434,8 +444,8 @@ def remove_channels(
         sinks = sinks_of(analysis, groups)
         use_error = config.importance == "error" or (config.importance == "auto" and calibration is not None)
         if calibration is not None:
-            say(f"capturing the inputs of {len(sinks)} consumer(s)")
             stats = _capture(analysis, sinks, calibration, batch_size)
+            say("consumer inputs captured")
         elif config.importance == "error":
             from onnxprune.errors import OptionError
 
@@ -460,8 +470,7 @@ def remove_channels(
                 macs_before = counted.macs
         removal = _choose(analysis, config, dead_map, scores, macs)
         if calibration is not None:
-            say("refitting consumers")
-            refits, refit_done = _refit(analysis, sinks, removal, stats, config.damp, config.refit)
+            refits, refit_done = _refit(analysis, sinks, removal, stats, config.damp, config.refit, say)
     records = _records(analysis, removal, dead_map, dead)
     reference = _snapshot(model) if removal and not config.structured and check else None
     dead_removed = {
@@ -470,10 +479,11 @@ def remove_channels(
     for node_id, delta in bias_deltas(analysis, dead_removed, values).items():
         if node_id not in refit_done:
             add_to_bias(analysis.context, analysis.groups, model.graph.node[node_id], np.asarray(delta))
+    say("units chosen")
     cleaned = None
     if removal:
-        say(f"removing {sum(len(u) for u in removal.values())} unit(s) from {len(removal)} group(s)")
         apply_removal(model, analysis.groups, removal)
+    say("units removed")
     if config.fold and (removal or config.fold_first):
         # value_info is refreshed where the model had it (so it matches the new channel
         # counts), not added where it had none: with it, onnxruntime's CPU provider fuses
@@ -482,6 +492,7 @@ def remove_channels(
         cleaned = cleanup(model, fold_bn=True, fold_constants=True, refresh_shapes=had_shapes)
     elif removal:
         del model.graph.value_info[:]
+    say("graph folded")
     max_diff = _check_exact(reference, model, analysis.input_shapes) if reference is not None else None
     result = StructuralResult(
         tuple(records),
@@ -507,7 +518,9 @@ def remove_channels(
     return result
 
 
-def _records(analysis: Analysis, removal: Mapping[int, np.ndarray], dead_map: Mapping[int, np.ndarray], dead) -> list:  # noqa: ANN001
+def _records(
+    analysis: Analysis, removal: Mapping[int, np.ndarray], dead_map: Mapping[int, np.ndarray], dead: DeadUnits | None
+) -> list[GroupRecord]:
     records = []
     prunable = {g.gid for g in analysis.prunable}
     for group in analysis.groups:

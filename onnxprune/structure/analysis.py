@@ -236,6 +236,7 @@ def _guarded(cx: Context, node: NodeProto, tracked: dict[int, Layout], rule: Cal
 
 def analyze(model: ModelProto, *, input_shapes: Mapping[str, Dims] | None = None) -> Analysis:
     """Find every channel group of ``model``'s main graph (see module docstring)."""
+    from onnxprune.structure import producers  # noqa: F401 - registers the consumer and producer rules
     from onnxprune.structure.rules import RULES, SOURCES
 
     notes: list[str] = []
