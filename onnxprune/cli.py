@@ -256,7 +256,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     show_default=True,
     help="Structured: channel importance; error needs calibration data; auto = error with data, else l2.",
 )
-@click.option("--round-to", type=int, default=1, show_default=True, help="Structured: kept channels a multiple of N.")
+@click.option(
+    "--round-to",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Structured: kept channel counts a multiple of N (fast kernels); 1 for exact fractions.",
+)
 @click.option(
     "--max-group-sparsity",
     type=float,
@@ -541,6 +547,14 @@ def _print_structure(structure: Any, quiet: bool) -> None:
                 rows, ["channel group", "channels", "kept", "removed", "dead", "params removed"], right={1, 2, 3, 4, 5}
             )
         )
+    amount, round_to = structure.config.get("amount"), structure.config.get("round_to") or 1
+    if amount and round_to > 1:
+        short = [g for g in structure.groups if not g.blocked and g.removed < int(amount * g.units) and g.units > 1]
+        if short:
+            click.echo(
+                f"--round-to {round_to}: {len(short)} group(s) lost fewer channels than --sparsity asks, so that "
+                f"kept counts stay multiples of {round_to} (fast kernels); --round-to 1 for exact fractions"
+            )
     blocked = structure.blocked
     if blocked:
         reasons = Counter(re.sub(r"'[^']*'", "'…'", (g.blocked or "").split(";")[0]) for g in blocked)

@@ -217,7 +217,7 @@ class StructureConfig:
     scope: str = "local"
     importance: str = "auto"
     refit: bool = True
-    round_to: int = 1
+    round_to: int = 8
     max_fraction: float = 0.9
     fold: bool = True
     damp: float = 0.01

@@ -71,6 +71,8 @@ def test_structured_with_calibration_refits_and_reports(tmp_path):
         "0.3",
         "--calibration",
         FIXTURES / "cnn_digits.calib.npz",
+        "--round-to",
+        "1",
         "--json",
         report,
     )

@@ -21,7 +21,7 @@ Definitions (per candidate against its dense base, every number from ``onnxprune
                    some ``round_to``, every judged amount has efficiency >= 0.7.
 
 Models (``--models``; ``--quick``: the fixtures only)
-    cnn_digits, mlp_digits, transformer_mnist1d
+    cnn_digits, cnn_digits_const, mlp_digits, mlp_digits_fp16, transformer_mnist1d, lstm_mnist1d
         ``fixtures/*.onnx``: held-out top-1 on ``*.test.npz`` / ``*.test_labels.npy``; calibration on
         the 256 samples of ``*.calib.npz``. Each amount is pruned twice: with calibration (channels
         ranked by the output error they cause at their consumers, consumers refitted by least
@@ -92,7 +92,7 @@ import onnxprune
 from onnxprune.console import table
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ("cnn_digits", "mlp_digits", "transformer_mnist1d")
+FIXTURES = ("cnn_digits", "cnn_digits_const", "mlp_digits", "mlp_digits_fp16", "transformer_mnist1d", "lstm_mnist1d")
 OCR_MODELS = {
     "det": ("ch_PP-OCRv4_det_infer.onnx", (1, 3, 640, 640)),
     "rec": ("ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 320)),
