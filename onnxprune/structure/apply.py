@@ -23,11 +23,6 @@ from onnxprune.structure.groups import Edit, Group, Segment
 log = logging.getLogger(__name__)
 
 
-def _removed_elements(segment: Segment, offset: int, units: np.ndarray) -> np.ndarray:
-    per = segment.per
-    return (offset + units[:, None] * per + np.arange(per)[None, :]).reshape(-1)
-
-
 def new_length(pieces: tuple[Segment | int, ...], removed: Mapping[int, np.ndarray]) -> int:
     """The length of ``pieces`` once the removed units are gone."""
     total = 0
@@ -87,9 +82,7 @@ def apply_removal(model: ModelProto, groups: list[Group], removed: Mapping[int, 
         if units.max() >= group.n or units.size >= group.n:
             raise ValueError(f"cannot remove {units.size} of {group.n} units of {group.name}")
         for member in group.members:
-            cuts.setdefault(member.tensor, {}).setdefault(member.axis, []).append(
-                _removed_elements(member.segment, member.offset, units)
-            )
+            cuts.setdefault(member.tensor, {}).setdefault(member.axis, []).append(member.elements(units))
             readers.setdefault(member.tensor, set()).add(member.reader)
         edits.extend(e for e in group.edits if e not in edits)
     clones = _Clones(model)

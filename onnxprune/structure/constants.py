@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +31,7 @@ from onnx import NodeProto
 from onnxprune.graph import tensors
 from onnxprune.graph.index import node_label
 from onnxprune.structure.analysis import Analysis, Context
-from onnxprune.structure.groups import Layout, Member
+from onnxprune.structure.groups import Group, Layout, Member
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +328,16 @@ def absorbable(cx: Context, node: NodeProto, member: Member, k: np.ndarray) -> n
     return np.ones(len(k), dtype=bool)
 
 
+def _consumed(
+    cx: Context, group: Group, values: dict[str, np.ndarray]
+) -> Iterator[tuple[Member, NodeProto, np.ndarray | None]]:
+    """Each consumer member of ``group`` with its node and the constants of its data input."""
+    for member in group.members:
+        if member.kind == "in":
+            node = consumer_of(cx, member)
+            yield member, node, values.get(data_input(cx, node, member))
+
+
 def dead_units(analysis: Analysis, values: dict[str, np.ndarray] | None = None) -> DeadUnits:
     """The units of each prunable group that can be removed without changing outputs."""
     cx = analysis.context
@@ -336,11 +346,7 @@ def dead_units(analysis: Analysis, values: dict[str, np.ndarray] | None = None) 
     for group in analysis.prunable:
         ok = np.ones(group.n, dtype=bool)
         constant = np.ones(group.n, dtype=bool)
-        for member in group.members:
-            if member.kind != "in":
-                continue
-            node = consumer_of(cx, member)
-            vec = values.get(data_input(cx, node, member))
+        for member, node, vec in _consumed(cx, group, values):
             if vec is None:
                 ok[:] = False
                 constant[:] = False
@@ -381,15 +387,10 @@ def bias_deltas(
         units = removed.get(group.gid)
         if units is None or not len(units):
             continue
-        for member in group.members:
-            if member.kind != "in":
-                continue
-            node = consumer_of(cx, member)
-            vec = values.get(data_input(cx, node, member))
+        for member, node, vec in _consumed(cx, group, values):
             if vec is None:
                 continue
-            seg = member.segment
-            idx = (member.offset + units[:, None] * seg.per + np.arange(seg.per)[None, :]).reshape(-1)
+            idx = member.elements(units)
             k = vec[idx]
             k = np.where(np.isnan(k), 0.0, k)
             if not np.any(k):

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass(eq=False)
 class Segment:
@@ -67,6 +69,11 @@ class Layout:
         return Layout(axis, self.pieces)
 
 
+def unit_elements(offset: int, per: int, units: np.ndarray) -> np.ndarray:
+    """Element indices of ``units`` in a segment starting at ``offset`` (``per`` elements each)."""
+    return (offset + np.asarray(units, dtype=np.int64)[:, None] * per + np.arange(per)[None, :]).reshape(-1)
+
+
 @dataclass(frozen=True)
 class Member:
     """Elements ``[offset, offset + segment.length)`` of ``axis`` of stored tensor ``tensor``.
@@ -82,7 +89,11 @@ class Member:
     segment: Segment
     kind: str
     node: str
-    reader: tuple[str, int]
+    reader: tuple[int, int]
+
+    def elements(self, units: np.ndarray) -> np.ndarray:
+        """Indices along ``axis`` of the elements that ``units`` own here."""
+        return unit_elements(self.offset, self.segment.per, units)
 
 
 @dataclass(frozen=True)

@@ -93,9 +93,7 @@ def removed_features(sink: Sink, removed: Mapping[int, np.ndarray], per_feature:
         units = removed.get(gid)
         if units is None or not len(units):
             continue
-        seg = member.segment
-        idx = member.offset + units[:, None] * seg.per + np.arange(seg.per)[None, :]
-        gone[idx.reshape(-1)] = True
+        gone[member.elements(units)] = True
     return np.repeat(gone, per_feature)
 
 
