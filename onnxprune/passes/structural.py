@@ -390,7 +390,10 @@ def _refit(
         new = w.copy()
         new[:, ~gone] = fit.weight
         store_matrix(cx, sink, new)
-        add_to_bias(cx, analysis.groups, sink.node, fit.bias_delta * output_scale(cx, sink.node))
+        delta = fit.bias_delta * output_scale(cx, sink.node)
+        add_to_bias(
+            cx, analysis.groups, sink.node, delta.reshape(1, -1) if sink.matrix_kind() == "recurrent" else delta
+        )
         records.append((sink.label, fit.error_before, fit.error_after))
         done.add(cx.node_id(sink.node))
         say(sink.label)

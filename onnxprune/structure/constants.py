@@ -307,7 +307,15 @@ def data_input(cx: Context, node: NodeProto, member: Member) -> str:
     if node.op_type == "MatMul":
         weight_side = member.axis == 0  # B [K, N] read on axis 0: the data is A
         return node.input[0] if weight_side else node.input[1]
+    if node.op_type in ("LSTM", "GRU", "RNN") and member.tensor == stored_input(cx, node, 2):
+        return node.output[0] if node.output else ""  # R multiplies the layer's own hidden state
     return node.input[0]
+
+
+def stored_input(cx: Context, node: NodeProto, index: int) -> str | None:
+    """The stored tensor behind input ``index`` of ``node``, if any."""
+    found = cx.stored(node, index)
+    return None if found is None else found[0]
 
 
 def output_scale(cx: Context, node: NodeProto) -> float:

@@ -238,7 +238,7 @@ def _recurrent_source(cx: Context, node: NodeProto, tracked: dict[int, Layout]) 
         for k in range(blocks):
             cx.members(block(k, blocks, 1), stored[0], 1, "out", node, stored[1])
     recurrent = weights[1]
-    cx.members(Layout(2, (seg,)), recurrent[0], 2, "param", node, recurrent[1])
+    cx.members(Layout(2, (seg,)), recurrent[0], 2, "in", node, recurrent[1])  # the layer reads its own state
     for index in (5, 6):  # initial_h, initial_c: [dirs, batch, H]
         if index < len(node.input) and node.input[index]:
             stored = cx.stored(node, index)

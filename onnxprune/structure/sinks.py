@@ -8,8 +8,11 @@ over its input features (the columns :mod:`onnxprune.capture` uses):
 - Gemm: ``B [K, N]`` transposed (``transB``: ``[N, K]`` as is); MatMul: ``B [K, N]``
   transposed. Feature ``f`` is input element ``f`` of the channel axis.
 
-Other consumers (LSTM input weights, ConvTranspose, a weight on the left of a MatMul)
-are sliced but not refitted.
+- LSTM/GRU/RNN (one direction): ``W [1, gates·H, I]`` and ``R [1, gates·H, H]`` as
+  ``[gates·H, ·]``; R reads the layer's own hidden state, so a recurrent layer is a
+  consumer of its own hidden-unit group.
+
+Other consumers (ConvTranspose, a weight on the left of a MatMul) are sliced but not refitted.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from onnxprune.capture import LayerSpec
 from onnxprune.graph import tensors
 from onnxprune.graph.index import node_label
 from onnxprune.structure.analysis import Analysis, Context
-from onnxprune.structure.constants import consumer_of
+from onnxprune.structure.constants import consumer_of, stored_input
 from onnxprune.structure.groups import Member
 
 
@@ -49,6 +52,8 @@ class Sink:
             return "gemm"
         if op == "MatMul" and self.axis == 0:
             return "matmul"
+        if op in ("LSTM", "GRU", "RNN") and self.axis == 2:
+            return "recurrent"
         return None
 
 
@@ -70,6 +75,8 @@ def weight_matrix(cx: Context, sink: Sink) -> tuple[np.ndarray, int]:
     """``(W [out, F], features per input element)`` of a refittable sink, float64."""
     w = tensors.read_array(cx.scope.stored_tensor(sink.tensor)).astype(np.float64)
     kind = sink.matrix_kind()
+    if kind == "recurrent":  # [1, gates·H, features]: one direction
+        return w[0], 1
     if kind == "conv":
         per = int(np.prod(w.shape[2:])) if w.ndim > 2 else 1
         return w.reshape(w.shape[0], -1), per
@@ -82,7 +89,8 @@ def store_matrix(cx: Context, sink: Sink, matrix: np.ndarray) -> None:
     tensor = cx.scope.stored_tensor(sink.tensor)
     old = tensors.read_array(tensor)
     kind = sink.matrix_kind()
-    values = matrix.reshape(old.shape) if kind == "conv" or (kind == "gemm" and sink.axis == 1) else matrix.T
+    plain = kind in ("conv", "recurrent") or (kind == "gemm" and sink.axis == 1)
+    values = matrix.reshape(old.shape) if plain else matrix.T
     tensors.write_array(tensor, np.ascontiguousarray(values).astype(old.dtype))
 
 
@@ -133,6 +141,18 @@ def layer_spec(cx: Context, sink: Sink) -> LayerSpec | None:
             dilations=tuple(int(d) for d in cx.attr(node, "dilations", [1] * spatial)),
             auto_pad=auto.decode() if isinstance(auto, bytes) else str(auto),
         )
+    if kind == "recurrent":
+        # W reads the input sequence, R the layer's own states (Y: h_1 … h_T stands in for
+        # h_0 … h_{T-1}); one direction, layout 0, and a GRU's R only with linear_before_reset
+        if shape[0] != 1 or cx.attr(node, "layout", 0):
+            return None
+        reads_state = sink.tensor == stored_input(cx, node, 2)
+        if reads_state and node.op_type == "GRU" and not cx.attr(node, "linear_before_reset", 0):
+            return None
+        activation = node.output[0] if reads_state else node.input[0]
+        if not activation:
+            return None
+        return LayerSpec(key=key, node=sink.label, op_type="MatMul", activation=activation, cols=shape[2])
     if kind == "gemm":
         if cx.attr(node, "transA", 0):
             return None
