@@ -1,0 +1,177 @@
+"""``onnxprune analyze``: per-layer sensitivity curves and a per-layer plan (only the CLI prints)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from onnxprune.console import ProgressBar, count, handle_errors, table
+from onnxprune.errors import OptionError, OutputError
+
+SHOWN_LEVELS = (0.3, 0.5, 0.7, 0.9)
+MAX_TIGHTEN = 6
+
+
+def _levels(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise OptionError(f"--levels takes comma-separated fractions such as 0.1,0.3,0.5; got '{text}'") from None
+
+
+def _open(model: Path, data: str | None, data_free: bool, samples: int, shapes: dict) -> Any:
+    import onnxprune
+
+    if data is None and not data_free:
+        return None
+    return onnxprune.calibration_data(model, data, samples=samples, data_free=data_free, input_shapes=shapes)
+
+
+@click.command("analyze")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", metavar="PATH", help="Data to measure the loss on (.npz keyed by input name, or images).")
+@click.option("--labels", metavar="PATH", help="Labels of --data: the loss is then the top-1 accuracy drop.")
+@click.option("--data-free", is_flag=True, help="Measure fidelity on generated inputs instead of --data.")
+@click.option("--samples", type=int, default=256, show_default=True, help="Samples of --data used.")
+@click.option(
+    "--method",
+    type=click.Choice(["magnitude", "wanda", "sparsegpt"]),
+    default="magnitude",
+    show_default=True,
+    help="How each layer is pruned for its curve (calibrated methods calibrate on --data).",
+)
+@click.option("--levels", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", show_default=True, help="Sparsities.")
+@click.option("--min-size", type=int, default=256, show_default=True, help="Skip tensors with fewer elements.")
+@click.option("--workers", type=int, help="Worker processes (default: the CPU count).")
+@click.option("--ray", "ray_address", metavar="ADDRESS", help="Run the tasks on a Ray cluster ('local' starts one).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Where curves are cached (default ~/.cache).")
+@click.option("--no-cache", is_flag=True, help="Measure again, do not read or write the cache.")
+@click.option("--target-sparsity", type=float, help="Plan: reach this overall sparsity with the least loss.")
+@click.option("--max-loss", type=float, help="Plan: the highest overall sparsity whose loss stays below this.")
+@click.option("--plan-out", type=click.Path(path_type=Path), help="Write the plan for `onnxprune prune --plan`.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the curves and the plan as JSON.")
+@click.option("--input-shape", multiple=True, metavar="NAME:1x3x224x224", help="Shape of an input for --data-free.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the summary.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def analyze_command(
+    model: Path,
+    data: str | None,
+    labels: str | None,
+    data_free: bool,
+    samples: int,
+    method: str,
+    levels: str,
+    min_size: int,
+    workers: int | None,
+    ray_address: str | None,
+    cache_dir: Path | None,
+    no_cache: bool,
+    target_sparsity: float | None,
+    max_loss: float | None,
+    plan_out: Path | None,
+    json_path: Path | None,
+    input_shape: tuple[str, ...],
+    quiet: bool,
+    verbose: bool,
+    debug: bool,
+) -> None:
+    """Per-layer sensitivity curves of MODEL, and a per-layer plan from them.
+
+    \b
+    Without data each curve is the relative weight error of magnitude pruning; with --data
+    each layer is pruned alone at every level and the loss measured (accuracy drop with
+    --labels, else 1 - cosine to the dense outputs). Curves are cached, so a rerun is instant.
+
+    \b
+    Examples:
+      onnxprune analyze model.onnx --data calib.npz --target-sparsity 0.6 --plan-out plan.json
+      onnxprune analyze model.onnx --data val.npz --labels y.npy --max-loss 0.01 --plan-out plan.json
+      onnxprune prune model.onnx pruned.onnx --plan plan.json
+    """
+    from onnxprune.data import load_labels
+    from onnxprune.graph.model_io import load_model
+    from onnxprune.runtime import parse_input_shapes
+    from onnxprune.sensitivity.executors import executor_for
+    from onnxprune.sensitivity.planning import plan_from, tightened_until
+    from onnxprune.sensitivity.sweep import analyze_sensitivity, default_cache_dir
+
+    if target_sparsity is not None and max_loss is not None:
+        raise OptionError("give --target-sparsity or --max-loss, not both")
+    if max_loss is not None and data is None and not data_free:
+        raise OptionError("--max-loss needs --data (or --data-free) to measure the loss on")
+    if labels and data is None:
+        raise OptionError("--labels needs --data")
+    if samples < 1:
+        raise OptionError(f"--samples must be >= 1, got {samples}")
+    if plan_out is not None and target_sparsity is None and max_loss is None:
+        raise OptionError("--plan-out needs --target-sparsity or --max-loss")
+    for path, option in ((plan_out, "--plan-out"), (json_path, "--json")):
+        if path is not None and not path.parent.absolute().is_dir():
+            raise OutputError(f"{option}: the folder '{path.parent}' does not exist")
+    load_model(model)  # one-line errors for a missing or broken file, before any work
+    shapes = parse_input_shapes(input_shape)
+    dataset = _open(model, data, data_free, samples, shapes)
+    label_array = None
+    if labels:
+        label_array = load_labels(labels, num_samples=None)
+        used = dataset.num_samples() if dataset is not None else None
+        if used is not None:
+            if len(label_array) < used:
+                raise OptionError(f"{labels} has {len(label_array)} labels for {used} samples of --data")
+            label_array = label_array[:used]  # --samples takes the first samples: their labels
+    executor = executor_for(workers=workers, ray=ray_address)
+    cache = None if no_cache else (cache_dir or default_cache_dir())
+    with ProgressBar("analysing layers", quiet) as progress:
+        sens = analyze_sensitivity(
+            model,
+            data=dataset,
+            labels=label_array,
+            calibration=dataset if method != "magnitude" else None,
+            method=method,
+            levels=_levels(levels),
+            min_size=min_size,
+            executor=executor,
+            cache_dir=cache,
+            progress=progress,
+        )
+    if not quiet:
+        _print_curves(sens)
+    plan = None
+    measured = None
+    if target_sparsity is not None or max_loss is not None:
+        plan = plan_from(sens, target=target_sparsity, max_loss=max_loss)
+        if max_loss is not None and dataset is not None:
+            plan, measured = tightened_until(model, sens, plan, max_loss, data=dataset, labels=label_array)
+        click.echo(
+            f"plan: {plan.fraction:.1%} of the analysed weights zero, predicted loss {plan.predicted_loss:.4f}"
+            + (f", measured {measured:.4f}" if measured is not None else "")
+        )
+        if plan_out is not None:
+            plan_out.write_text(json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n")
+            click.echo(f"plan written to {plan_out}: onnxprune prune {model} OUT --plan {plan_out}")
+    if json_path is not None:
+        out = sens.to_dict()
+        out["plan"] = plan.to_json() if plan is not None else None
+        out["measured_loss"] = measured
+        json_path.write_text(json.dumps(out, indent=1))
+    source = "cache" if sens.cached else f"{sens.seconds:.1f} s"
+    click.echo(f"{len(sens.curves)} layer(s) analysed ({sens.curves[0].kind}; {source})")
+
+
+def _print_curves(sens: Any) -> None:
+    rows = []
+    for curve in sens.curves:
+        levels = np.asarray(curve.levels)
+        cells = []
+        for level in SHOWN_LEVELS:
+            hit = np.flatnonzero(np.isclose(levels, level))
+            cells.append(f"{curve.loss[hit[0]]:.4f}" if hit.size else "-")
+        rows.append([curve.weight, count(curve.size), *cells])
+    header = ["weight", "size", *(f"loss@{level:g}" for level in SHOWN_LEVELS)]
+    click.echo(table(rows, header, right=set(range(1, len(header)))))

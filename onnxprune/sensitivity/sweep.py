@@ -1,0 +1,170 @@
+"""Per-layer sensitivity curves of a model, cached, run through an executor.
+
+Every prunable weight (main graph) is one task (:mod:`onnxprune.sensitivity.tasks`): the
+layer is pruned alone at each level and its loss measured. Results are cached in
+``cache_dir`` under the SHA-256 of the model file and the options, so a rerun with the
+same model and options is instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnxprune.data import Dataset
+from onnxprune.errors import OptionError
+from onnxprune.graph.discovery import DiscoveryOptions, discover
+from onnxprune.graph.model_io import load_model
+from onnxprune.sensitivity.executors import Executor, SerialExecutor
+from onnxprune.sensitivity.tasks import Feeds, LayerCurve, LayerTask, output_loss, run_layer, run_outputs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    model: str
+    digest: str  # SHA-256 of the model file and the options
+    options: dict[str, object]
+    curves: tuple[LayerCurve, ...]
+    seconds: float
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "version": CACHE_VERSION,
+            "model": self.model,
+            "digest": self.digest,
+            "options": self.options,
+            "seconds": self.seconds,
+            "curves": [c.to_dict() for c in self.curves],
+        }
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "onnxprune" / "sensitivity"
+
+
+def _digest(path: Path, options: dict[str, object], data_digest: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            h.update(chunk)
+    h.update(json.dumps(options, sort_keys=True).encode())
+    h.update(data_digest.encode())
+    return h.hexdigest()
+
+
+def _feeds(dataset: Dataset, batch_size: int) -> Feeds:
+    parts = list(dataset.batches(batch_size))
+    if not parts:
+        raise OptionError("the sensitivity data has no samples")
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def _array_digest(arrays: Sequence[np.ndarray | None]) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is not None:
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def analyze_sensitivity(
+    model_path: str | os.PathLike[str],
+    *,
+    data: Dataset | None = None,
+    labels: np.ndarray | None = None,
+    calibration: Dataset | None = None,
+    method: str = "magnitude",
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    min_size: int = 256,
+    executor: Executor | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    batch_size: int = 64,
+) -> Sensitivity:
+    """Measure (or read from the cache) the sensitivity curve of every prunable weight."""
+    path = Path(model_path)
+    levels = tuple(sorted({0.0, *(float(v) for v in levels)}))
+    if any(not 0.0 <= v < 1.0 for v in levels):
+        raise OptionError(f"--levels must lie in [0, 1), got {', '.join(map(str, levels))}")
+    if method != "magnitude" and calibration is None:
+        raise OptionError(f"--method {method} needs calibration data: give --calibration or --data-free")
+    feeds = _feeds(data, batch_size) if data is not None else None
+    if labels is not None and feeds is not None and len(labels) != len(next(iter(feeds.values()))):
+        raise OptionError(f"{len(labels)} labels for {len(next(iter(feeds.values())))} samples")
+    calib = _feeds(calibration, batch_size) if calibration is not None else None
+    options = {"method": method, "levels": list(levels), "min_size": min_size, "data": feeds is not None}
+    digest = _digest(path, options, _array_digest([*(feeds or {}).values(), labels, *(calib or {}).values()]))
+    cache = Path(cache_dir) if cache_dir is not None else None
+    cached_file = cache / f"{digest}.json" if cache is not None else None
+    if cached_file is not None and cached_file.exists():
+        try:
+            saved = json.loads(cached_file.read_text())
+            curves = tuple(LayerCurve.from_dict(c) for c in saved["curves"])
+            log.info("sensitivity of %s read from the cache %s", path, cached_file)
+            return Sensitivity(str(path), digest, options, curves, float(saved.get("seconds", 0.0)), cached=True)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring a broken cache file %s (%s)", cached_file, exc)
+    start = time.perf_counter()
+    model = load_model(path)
+    weights = [w for w in discover(model, DiscoveryOptions(min_size=min_size)).prunable if not w.scope]
+    if not weights:
+        raise OptionError(f"'{path}' has no prunable weight of at least {min_size} elements")
+    dense = tuple(run_outputs(model.SerializeToString(), feeds, batch_size)) if feeds is not None else None
+    del model
+    tasks = [
+        LayerTask(
+            str(path),
+            w.key,
+            levels,
+            method=method,
+            feeds=feeds,
+            labels=labels,
+            dense=dense,
+            calibration=calib,
+            batch_size=batch_size,
+        )
+        for w in weights
+    ]
+    curves = tuple((executor or SerialExecutor()).map(run_layer, tasks, progress))
+    result = Sensitivity(str(path), digest, options, curves, time.perf_counter() - start)
+    if cached_file is not None:
+        cached_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result.to_dict()))
+        os.replace(tmp, cached_file)
+    return result
+
+
+def measure_plan(
+    model_path: str | os.PathLike[str],
+    plan: dict[str, float],
+    *,
+    data: Dataset,
+    labels: np.ndarray | None,
+    batch_size: int = 64,
+) -> float:
+    """The loss (same definition as the curves) of pruning ``model_path`` with ``plan``."""
+    from onnxprune.config import PruneConfig
+    from onnxprune.passes.unstructured import prune_weights
+
+    feeds = _feeds(data, batch_size)
+    model = load_model(model_path)
+    dense = tuple(run_outputs(model.SerializeToString(), feeds, batch_size))
+    if plan:
+        prune_weights(model, PruneConfig(plan=plan, min_size=0))
+    return output_loss(dense, run_outputs(model.SerializeToString(), feeds, batch_size), labels)

@@ -1,0 +1,156 @@
+"""One sensitivity task: one layer pruned alone at every level, its loss measured.
+
+A task is self-contained and picklable (model path, data arrays, the dense outputs), so
+the same function runs in this process, in a process pool or on a Ray worker. It loads
+the model once, and for each level prunes only its layer (a one-entry plan of the
+weight pass, or of the calibrated pass for ``method`` other than magnitude) on a copy.
+
+Loss, per level ``s`` (0 at ``s = 0``):
+
+- data-free: the relative weight error of magnitude pruning, ``‖W − W_s‖² / ‖W‖²``;
+- with labels: the drop in top-1 accuracy against the dense model, in [−1, 1];
+- without labels: ``1 − cos``, the mean over samples of the cosine similarity between the
+  pruned and the dense outputs (every output flattened per sample), in [0, 2].
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class LayerTask:
+    """Everything a worker needs to measure one layer's curve."""
+
+    model_path: str
+    weight: str  # the weight's key (tensor name, ``scope::name`` in a subgraph)
+    levels: tuple[float, ...]
+    method: str = "magnitude"
+    feeds: Feeds | None = None  # evaluation data; None: data-free proxy
+    labels: np.ndarray | None = None
+    dense: tuple[np.ndarray, ...] | None = None  # the dense model's outputs on ``feeds``
+    calibration: Feeds | None = None  # for calibrated methods
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class LayerCurve:
+    """The measured sensitivity of one layer."""
+
+    weight: str
+    size: int
+    levels: tuple[float, ...]
+    loss: tuple[float, ...]
+    kind: str  # "weight error" | "accuracy drop" | "1 - cosine"
+    seconds: float = 0.0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "weight": self.weight,
+            "size": self.size,
+            "levels": list(self.levels),
+            "loss": list(self.loss),
+            "kind": self.kind,
+            "seconds": self.seconds,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> LayerCurve:
+        return cls(
+            weight=str(data["weight"]),
+            size=int(data["size"]),  # type: ignore[arg-type]
+            levels=tuple(float(v) for v in data["levels"]),  # type: ignore[union-attr]
+            loss=tuple(float(v) for v in data["loss"]),  # type: ignore[union-attr]
+            kind=str(data["kind"]),
+            seconds=float(data.get("seconds", 0.0)),  # type: ignore[arg-type]
+            notes=tuple(str(n) for n in data.get("notes", ())),  # type: ignore[union-attr]
+        )
+
+
+def weight_error(values: np.ndarray, level: float) -> float:
+    """``‖W − W_s‖² / ‖W‖²`` of magnitude pruning ``values`` to sparsity ``level``."""
+    flat = np.abs(values.astype(np.float64).reshape(-1))
+    k = int(np.floor(level * flat.size))
+    total = float(np.dot(flat, flat))
+    if k <= 0 or total == 0.0:
+        return 0.0
+    smallest = np.partition(flat, k - 1)[:k]
+    return float(np.dot(smallest, smallest) / total)
+
+
+def output_loss(dense: tuple[np.ndarray, ...], pruned: list[np.ndarray], labels: np.ndarray | None) -> float:
+    """Accuracy drop (labels) or ``1 − mean cosine`` (no labels): see module docstring."""
+    if labels is not None:
+        ref = (np.asarray(dense[0]).reshape(len(labels), -1).argmax(axis=1) == labels).mean()
+        new = (np.asarray(pruned[0]).reshape(len(labels), -1).argmax(axis=1) == labels).mean()
+        return float(ref - new)
+    n = np.asarray(dense[0]).shape[0]
+    a = np.concatenate([np.asarray(d, dtype=np.float64).reshape(n, -1) for d in dense], axis=1)
+    b = np.concatenate([np.asarray(p, dtype=np.float64).reshape(n, -1) for p in pruned], axis=1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1.0), 1.0)
+    return float(1.0 - cos.mean())
+
+
+def run_outputs(model: bytes, feeds: Feeds, batch_size: int) -> list[np.ndarray]:
+    """All outputs of ``model`` on ``feeds``, batch by batch, one onnxruntime thread."""
+    from onnxprune import runtime
+
+    sess = runtime.session(model, threads=1)
+    count = len(next(iter(feeds.values())))
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, count, batch_size):
+        batch = {name: value[start : start + batch_size] for name, value in feeds.items()}
+        parts.append(sess.run(None, batch))
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def run_layer(task: LayerTask) -> LayerCurve:
+    """Measure one layer's curve (see module docstring). Runs in any worker."""
+    import time
+
+    from threadpoolctl import threadpool_limits
+
+    from onnxprune.config import PruneConfig
+    from onnxprune.graph.discovery import discover
+    from onnxprune.graph.model_io import load_model
+    from onnxprune.graph.tensors import read_array
+    from onnxprune.passes.unstructured import prune_weights
+
+    start = time.perf_counter()
+    with threadpool_limits(1):  # several workers on few cores must not oversubscribe
+        model = load_model(task.model_path)
+        inventory = discover(model)
+        weight = next(w for w in inventory.weights if w.key == task.weight)
+        if task.feeds is None:
+            values = read_array(inventory.proto(weight))
+            loss = tuple(weight_error(values, level) for level in task.levels)
+            return LayerCurve(task.weight, weight.numel, task.levels, loss, "weight error", time.perf_counter() - start)
+        losses = []
+        for level in task.levels:
+            if level <= 0.0:
+                losses.append(0.0)
+                continue
+            pruned = copy.deepcopy(model)
+            config = PruneConfig(plan={task.weight: level}, min_size=0, method=task.method)
+            if config.calibrated:
+                from onnxprune.data import open_data
+                from onnxprune.passes.calibrated import prune_calibrated
+                from onnxprune.runtime import input_specs, session
+
+                specs = input_specs(session(task.model_path))
+                prune_calibrated(pruned, config, open_data(task.calibration, specs=specs))
+            else:
+                prune_weights(pruned, config)
+            outputs = run_outputs(pruned.SerializeToString(), task.feeds, task.batch_size)
+            losses.append(output_loss(task.dense or (), outputs, task.labels))
+    kind = "accuracy drop" if task.labels is not None else "1 - cosine"
+    return LayerCurve(task.weight, weight.numel, task.levels, tuple(losses), kind, time.perf_counter() - start)
