@@ -73,6 +73,7 @@ class RayExecutor:
             raise OptionError("--ray needs the ray package: pip install 'onnxprune[ray]'") from None
         self.ray = ray
         self.address = address
+        _reachable(address)
         if not ray.is_initialized():
             try:
                 if address == "local":
@@ -97,6 +98,22 @@ class RayExecutor:
                 if progress is not None:
                     progress(done, len(tasks), _label(tasks[index[ref]]))
         return results
+
+
+def _reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail fast on a ``host:port`` nobody answers (ray.init would retry for minutes)."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    if target in ("local", "auto") or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise OptionError(f"cannot connect to the Ray cluster at '{address}': {reason}") from None
 
 
 def executor_for(*, workers: int | None = None, ray: str | None = None) -> Executor:

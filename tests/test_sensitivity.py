@@ -1,0 +1,156 @@
+"""Sensitivity curves, their cache, the executors (process pool and a Ray cluster on loopback),
+plans from the curves, and `onnxprune analyze`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from onnxprune import runtime
+from onnxprune.cli_analyze import analyze_command
+from onnxprune.config import load_plan
+from onnxprune.data import open_data
+from onnxprune.errors import OptionError
+from onnxprune.sensitivity.executors import ProcessExecutor, SerialExecutor
+from onnxprune.sensitivity.planning import plan_from, tightened_until
+from onnxprune.sensitivity.sweep import analyze_sensitivity, measure_plan
+from onnxprune.sensitivity.tasks import output_loss, weight_error
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+MLP = FIXTURES / "mlp_digits.onnx"
+
+
+def _data(name: str = "mlp_digits", samples: int = 128):
+    path = FIXTURES / f"{name}.onnx"
+    specs = runtime.input_specs(runtime.session(str(path)))
+    return open_data(str(FIXTURES / f"{name}.test.npz"), specs=specs, samples=samples)
+
+
+def _labels(name: str = "mlp_digits", samples: int = 128) -> np.ndarray:
+    return np.load(FIXTURES / f"{name}.test_labels.npy")[:samples]
+
+
+def test_weight_error_is_the_pruned_energy_share():
+    w = np.array([[3.0, -1.0], [0.5, -2.0]])
+    assert weight_error(w, 0.0) == 0.0
+    assert weight_error(w, 0.5) == pytest.approx((0.25 + 1.0) / (9 + 1 + 0.25 + 4))
+    curve = [weight_error(w, s) for s in (0.25, 0.5, 0.75)]
+    assert curve == sorted(curve)
+
+
+def test_output_loss_is_accuracy_drop_or_one_minus_cosine():
+    dense = (np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]]),)
+    pruned = [np.array([[1.0, 2.0], [0.0, 3.0], [1.0, 0.0]])]
+    assert output_loss(dense, pruned, np.array([0, 1, 0])) == pytest.approx(1 / 3)
+    assert output_loss(dense, [dense[0].copy()], None) == pytest.approx(0.0, abs=1e-12)
+    assert output_loss(dense, [-dense[0]], None) == pytest.approx(2.0)
+
+
+def test_curves_with_data_are_the_same_in_a_process_pool_and_cached(tmp_path):
+    data, labels = _data(), _labels()
+    serial = analyze_sensitivity(MLP, data=data, labels=labels, levels=(0.3, 0.6, 0.9), executor=SerialExecutor())
+    assert [c.weight for c in serial.curves] == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    for curve in serial.curves:
+        assert curve.kind == "accuracy drop" and curve.levels == (0.0, 0.3, 0.6, 0.9) and curve.loss[0] == 0.0
+    assert max(c.loss[-1] for c in serial.curves) > 0.05  # 90 % of one layer costs accuracy somewhere
+    pooled = analyze_sensitivity(
+        MLP, data=data, labels=labels, levels=(0.3, 0.6, 0.9), executor=ProcessExecutor(2), cache_dir=tmp_path
+    )
+    assert [c.loss for c in pooled.curves] == [c.loss for c in serial.curves]
+    assert not pooled.cached and len(list(tmp_path.glob("*.json"))) == 1
+    start = time.perf_counter()
+    again = analyze_sensitivity(MLP, data=data, labels=labels, levels=(0.3, 0.6, 0.9), cache_dir=tmp_path)
+    assert again.cached and time.perf_counter() - start < 2.0
+    assert [c.loss for c in again.curves] == [c.loss for c in serial.curves]
+    other = analyze_sensitivity(MLP, data=data, labels=labels, levels=(0.3, 0.5), cache_dir=tmp_path)
+    assert not other.cached  # other options: measured again
+
+
+def test_data_free_curves_need_no_data():
+    sens = analyze_sensitivity(MLP, levels=(0.5, 0.9))
+    assert all(c.kind == "weight error" for c in sens.curves)
+    assert all(0.0 < c.loss[1] < c.loss[2] < 1.0 for c in sens.curves)
+
+
+def test_a_plan_hits_the_target_and_max_loss_is_checked_on_the_data():
+    data, labels = _data(samples=450), _labels(samples=450)
+    sens = analyze_sensitivity(MLP, data=data, labels=labels)
+    plan = plan_from(sens, target=0.7)
+    sizes = {c.weight: c.size for c in sens.curves}
+    overall = sum(plan.sparsity[name] * size for name, size in sizes.items()) / sum(sizes.values())
+    assert overall == pytest.approx(0.7, abs=1e-6)
+    budget = 0.005
+    checked, measured = tightened_until(MLP, sens, plan_from(sens, max_loss=budget), budget, data=data, labels=labels)
+    assert measured <= budget
+    assert measured == pytest.approx(measure_plan(MLP, checked.sparsity, data=data, labels=labels))
+    assert checked.fraction > 0.3  # not an empty plan that trivially holds
+
+
+@pytest.mark.skipif(shutil.which("ray") is None and not Path(sys.executable).with_name("ray").exists(), reason="ray")
+def test_ray_cluster_on_loopback_runs_the_same_tasks(tmp_path):
+    ray = pytest.importorskip("ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = str(Path(sys.executable).with_name("ray"))
+    start = [cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2"]
+    started = subprocess.run([*start, "--include-dashboard=false", "--disable-usage-stats"], capture_output=True)
+    if started.returncode != 0:
+        pytest.fail(f"ray start failed: {started.stderr.decode()[-400:]}")
+    try:
+        from onnxprune.sensitivity.executors import RayExecutor
+
+        executor = RayExecutor(f"127.0.0.1:{port}")
+        data, labels = _data(samples=64), _labels(samples=64)
+        remote = analyze_sensitivity(MLP, data=data, labels=labels, levels=(0.5, 0.9), executor=executor)
+        local = analyze_sensitivity(MLP, data=data, labels=labels, levels=(0.5, 0.9), executor=SerialExecutor())
+        assert [c.loss for c in remote.curves] == [c.loss for c in local.curves]
+    finally:
+        ray.shutdown()
+        subprocess.run([cli, "stop", "--force"], capture_output=True)
+
+
+def test_ray_address_that_answers_nothing_is_a_one_line_error():
+    pytest.importorskip("ray")
+    from onnxprune.sensitivity.executors import RayExecutor
+
+    with pytest.raises(OptionError, match="cannot connect to the Ray cluster"):
+        RayExecutor("127.0.0.1:9")
+
+
+def test_analyze_command_prints_curves_and_writes_a_plan(tmp_path):
+    plan_path, report = tmp_path / "plan.json", tmp_path / "a.json"
+    args = [str(MLP), "--data", str(FIXTURES / "mlp_digits.calib.npz"), "--target-sparsity", "0.6"]
+    args += ["--plan-out", str(plan_path), "--json", str(report), "--cache-dir", str(tmp_path / "c"), "--workers", "1"]
+    result = CliRunner().invoke(analyze_command, args)
+    assert result.exit_code == 0, result.output
+    assert "loss@0.5" in result.output and "fc2.weight" in result.output and "plan: 60.0%" in result.output
+    plan = load_plan(plan_path)
+    assert set(plan) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    data = json.loads(report.read_text())
+    assert data["plan"]["fraction"] == pytest.approx(0.6) and len(data["curves"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--target-sparsity", "0.5", "--max-loss", "0.01"], "not both"),
+        (["--plan-out", "p.json"], "--plan-out needs"),
+        (["--labels", "y.npy"], "--labels needs --data"),
+        (["--max-loss", "0.01"], "--max-loss needs --data"),
+        (["--levels", "0.5,abc"], "--levels takes"),
+    ],
+)
+def test_analyze_errors_are_one_line(extra, message):
+    result = CliRunner().invoke(analyze_command, [str(MLP), *extra, "--no-cache"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
