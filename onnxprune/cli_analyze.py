@@ -13,6 +13,8 @@ from onnxprune.console import ProgressBar, count, handle_errors, table
 from onnxprune.errors import OptionError, OutputError
 
 SHOWN_LEVELS = (0.3, 0.5, 0.7, 0.9)
+LAYER_LEVELS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+GROUP_LEVELS = (0.25, 0.5, 0.75)
 MAX_TIGHTEN = 6
 
 
@@ -44,13 +46,19 @@ def _open(model: Path, data: str | None, data_free: bool, samples: int, shapes: 
     show_default=True,
     help="How each layer is pruned for its curve (calibrated methods calibrate on --data).",
 )
-@click.option("--levels", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", show_default=True, help="Sparsities.")
+@click.option("--levels", default=LAYER_LEVELS, show_default=True, help="Sparsities (structural: 0.25,0.5,0.75).")
 @click.option("--min-size", type=int, default=256, show_default=True, help="Skip tensors with fewer elements.")
 @click.option("--workers", type=int, help="Worker processes (default: the CPU count).")
 @click.option("--ray", "ray_address", metavar="ADDRESS", help="Run the tasks on a Ray cluster ('local' starts one).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Where curves are cached (default ~/.cache).")
 @click.option("--no-cache", is_flag=True, help="Measure again, do not read or write the cache.")
+@click.option(
+    "--structural",
+    is_flag=True,
+    help="Curves of channel groups (loss, measured latency saved, MACs saved) instead of weights; needs data.",
+)
 @click.option("--target-sparsity", type=float, help="Plan: reach this overall sparsity with the least loss.")
+@click.option("--target-latency", type=float, help="Structural plan: keep this fraction of the latency.")
 @click.option("--max-loss", type=float, help="Plan: the highest overall sparsity whose loss stays below this.")
 @click.option("--plan-out", type=click.Path(path_type=Path), help="Write the plan for `onnxprune prune --plan`.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the curves and the plan as JSON.")
@@ -72,7 +80,9 @@ def analyze_command(
     ray_address: str | None,
     cache_dir: Path | None,
     no_cache: bool,
+    structural: bool,
     target_sparsity: float | None,
+    target_latency: float | None,
     max_loss: float | None,
     plan_out: Path | None,
     json_path: Path | None,
@@ -99,18 +109,25 @@ def analyze_command(
     from onnxprune.runtime import parse_input_shapes
     from onnxprune.sensitivity.executors import executor_for
     from onnxprune.sensitivity.planning import plan_from, tightened_until
-    from onnxprune.sensitivity.sweep import analyze_sensitivity, default_cache_dir
+    from onnxprune.sensitivity.sweep import analyze_groups, analyze_sensitivity, default_cache_dir
 
-    if target_sparsity is not None and max_loss is not None:
-        raise OptionError("give --target-sparsity or --max-loss, not both")
+    targets = [t for t in (target_sparsity, target_latency, max_loss) if t is not None]
+    if len(targets) > 1:
+        raise OptionError("give one of --target-sparsity, --target-latency and --max-loss, not several")
+    if target_latency is not None and not structural:
+        raise OptionError("--target-latency plans channel groups: add --structural")
+    if target_latency is not None and not 0.0 < target_latency < 1.0:
+        raise OptionError(f"--target-latency is the fraction of the latency to keep, in (0, 1); got {target_latency}")
+    if structural and data is None and not data_free:
+        raise OptionError("--structural measures each group's loss on data: give --data or --data-free")
     if max_loss is not None and data is None and not data_free:
         raise OptionError("--max-loss needs --data (or --data-free) to measure the loss on")
     if labels and data is None:
         raise OptionError("--labels needs --data")
     if samples < 1:
         raise OptionError(f"--samples must be >= 1, got {samples}")
-    if plan_out is not None and target_sparsity is None and max_loss is None:
-        raise OptionError("--plan-out needs --target-sparsity or --max-loss")
+    if plan_out is not None and not targets:
+        raise OptionError("--plan-out needs --target-sparsity, --target-latency or --max-loss")
     for path, option in ((plan_out, "--plan-out"), (json_path, "--json")):
         if path is not None and not path.parent.absolute().is_dir():
             raise OutputError(f"{option}: the folder '{path.parent}' does not exist")
@@ -127,6 +144,22 @@ def analyze_command(
             label_array = label_array[:used]  # --samples takes the first samples: their labels
     executor = executor_for(workers=workers, ray=ray_address)
     cache = None if no_cache else (cache_dir or default_cache_dir())
+    if structural:
+        with ProgressBar("analysing channel groups", quiet) as progress:
+            sens = analyze_groups(
+                model,
+                data=dataset,
+                labels=label_array,
+                levels=_levels(levels) if levels != LAYER_LEVELS else GROUP_LEVELS,
+                input_shapes=shapes or None,
+                executor=executor,
+                cache_dir=cache,
+                progress=progress,
+            )
+        _finish_groups(
+            model, sens, dataset, label_array, target_sparsity, target_latency, max_loss, plan_out, json_path, quiet
+        )
+        return
     with ProgressBar("analysing layers", quiet) as progress:
         sens = analyze_sensitivity(
             model,
@@ -175,3 +208,48 @@ def _print_curves(sens: Any) -> None:
         rows.append([curve.weight, count(curve.size), *cells])
     header = ["weight", "size", *(f"loss@{level:g}" for level in SHOWN_LEVELS)]
     click.echo(table(rows, header, right=set(range(1, len(header)))))
+
+
+def _finish_groups(
+    model: Path,
+    sens: Any,
+    dataset: Any,
+    labels: Any,
+    target: float | None,
+    keep_latency: float | None,
+    max_loss: float | None,
+    plan_out: Path | None,
+    json_path: Path | None,
+    quiet: bool,
+) -> None:
+    from onnxprune.sensitivity.planning import plan_groups, tightened_groups
+
+    if not quiet:
+        rows = []
+        for c in sens.curves:
+            for level, loss, lat, macs in zip(
+                c.levels[1:], c.loss[1:], c.latency_saved[1:], c.macs_saved[1:], strict=True
+            ):
+                rows.append([c.weight, c.size, f"{level:g}", f"{loss:.4f}", f"{lat:+.1%}", f"{macs:.1%}"])
+        header = ["channel group", "units", "removed", "loss", "latency saved", "MACs saved"]
+        click.echo(table(rows, header, right={1, 2, 3, 4, 5}))
+    plan, measured = None, None
+    if target is not None or keep_latency is not None or max_loss is not None:
+        plan = plan_groups(sens, target=target, keep_latency=keep_latency, max_loss=max_loss)
+        if max_loss is not None:
+            plan, measured = tightened_groups(model, sens, plan, max_loss, data=dataset, labels=labels)
+        click.echo(
+            f"plan: {len(plan.sparsity)} group(s), predicted loss {plan.predicted_loss:.4f}"
+            + (f", measured {measured:.4f}" if measured is not None else "")
+            + (f", predicted latency kept {1 - plan.removed:.0%}" if keep_latency is not None else "")
+        )
+        if plan_out is not None:
+            plan_out.write_text(json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n")
+            click.echo(f"plan written to {plan_out}: onnxprune prune {model} OUT --structured --plan {plan_out}")
+    if json_path is not None:
+        out = sens.to_dict()
+        out["plan"] = plan.to_json() if plan is not None else None
+        out["measured_loss"] = measured
+        json_path.write_text(json.dumps(out, indent=1))
+    source = "cache" if sens.cached else f"{sens.seconds:.1f} s"
+    click.echo(f"{len(sens.curves)} channel group(s) analysed ({sens.curves[0].kind}; {source})")

@@ -206,6 +206,8 @@ class StructureConfig:
     round_to: kept channel counts are multiples of this (or the whole group).
     max_fraction: never remove more than this fraction of a group's units.
     fold: fold BatchNormalization and clean up the graph afterwards.
+    plan: channel group name (its first producer) -> fraction of its units to remove,
+        overriding ``amount`` for those groups (from ``onnxprune analyze --structural``).
     fold_first: fold constants before the analysis (so constant subgraphs such as
         ``Reshape(bias)`` read as stored tensors); the light pass that follows
         unstructured pruning skips it, leaving the graph untouched unless units go.
@@ -222,8 +224,14 @@ class StructureConfig:
     fold: bool = True
     damp: float = 0.01
     fold_first: bool = True
+    plan: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "plan",
+            MappingProxyType({str(k): check_amount(v, f"plan entry '{k}'") for k, v in dict(self.plan).items()}),
+        )
         if self.amount is not None and self.target_flops is not None:
             raise OptionError("give --sparsity or --target-flops for --structured, not both")
         if self.amount is not None:
@@ -245,7 +253,7 @@ class StructureConfig:
 
     @property
     def structured(self) -> bool:
-        return self.amount is not None or self.target_flops is not None
+        return self.amount is not None or self.target_flops is not None or bool(self.plan)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -259,6 +267,7 @@ class StructureConfig:
             "max_fraction": self.max_fraction,
             "fold": self.fold,
             "damp": self.damp,
+            "plan": dict(self.plan),
         }
 
     @property

@@ -135,7 +135,7 @@ def test_light_pass_leaves_an_ordinary_model_as_it_was(tmp_path):
     [
         (["--structured"], "--structured needs --sparsity"),
         (["--structured", "--sparsity", "0.3", "--method", "sparsegpt"], "--method sparsegpt is for weight"),
-        (["--structured", "--sparsity", "0.3", "--pattern", "2:4"], "drop --plan/--pattern"),
+        (["--structured", "--sparsity", "0.3", "--pattern", "2:4"], "drop --pattern"),
         (["--target-flops", "1.5"], "--target-flops is the fraction"),
         (["--structured", "--sparsity", "0.3", "--round-to", "0"], "--round-to must be >= 1"),
         (["--structured", "--sparsity", "0.3", "--max-group-sparsity", "1"], "--max-group-sparsity"),

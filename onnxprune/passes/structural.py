@@ -29,6 +29,7 @@ from onnx import ModelProto
 
 from onnxprune.config import StructureConfig
 from onnxprune.data import Dataset
+from onnxprune.errors import OptionError
 from onnxprune.graph import tensors
 from onnxprune.graph.cleanup import CleanupResult, cleanup
 from onnxprune.graph.index import node_label
@@ -304,7 +305,15 @@ def _choose(
                 round_to=_round_units(config.round_to, group.unit),
             )
         )
-    if config.target_flops is not None:
+    if config.plan:  # per-group amounts; groups not in the plan get ``amount`` (or none)
+        unknown = sorted(set(config.plan) - {g.name for g in analysis.groups})
+        if unknown:
+            raise OptionError(f"the structural plan names unknown channel group(s): {', '.join(unknown[:5])}")
+        counts = [
+            local_counts([b], config.plan.get(g.name, config.amount or 0.0))[0]
+            for g, b in zip(groups, budgets, strict=True)
+        ]
+    elif config.target_flops is not None:
         counts = _flops_counts(analysis, groups, budgets, config.target_flops, macs or {})
     elif config.scope == "global":
         counts = channel_global_counts(budgets, config.amount or 0.0)
@@ -450,8 +459,6 @@ def remove_channels(
             stats = _capture(analysis, sinks, calibration, batch_size)
             say("consumer inputs captured")
         elif config.importance == "error":
-            from onnxprune.errors import OptionError
-
             raise OptionError("--importance error needs calibration data: give --calibration or --data-free")
         scores = {}
         for group in groups:

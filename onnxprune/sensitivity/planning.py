@@ -56,3 +56,92 @@ def tightened_until(
         plan = tighten(plan, curves)
         measured = measure_plan(model_path, plan.sparsity, data=data, labels=labels)
     return plan, measured
+
+
+def group_curves(sens: Sensitivity, *, latency: bool) -> list[Curve]:
+    """Channel-group curves; with ``latency`` each unit costs its measured share of the
+    latency (the least-squares slope through 0 of latency saved against level, per unit)."""
+    curves = []
+    for c in sens.curves:
+        levels, cost = np.asarray(c.levels), 1.0
+        if latency:
+            saved = np.asarray(c.latency_saved or np.zeros_like(levels))
+            slope = float(levels @ saved) / float(levels @ levels) if levels @ levels > 0 else 0.0
+            cost = max(slope, 0.0) / max(c.size, 1)
+        curves.append(Curve(name=c.weight, levels=levels, loss=np.asarray(c.loss), size=c.size, cost=cost))
+    return curves
+
+
+def plan_groups(
+    sens: Sensitivity,
+    *,
+    target: float | None = None,
+    keep_latency: float | None = None,
+    max_loss: float | None = None,
+) -> Plan:
+    """A per-group plan: ``target`` (fraction of all groups' units), ``keep_latency`` (the
+    fraction of the latency to keep, predicted from the measured savings) or ``max_loss``."""
+    from onnxprune.errors import OptionError
+
+    if keep_latency is not None:
+        curves = group_curves(sens, latency=True)
+        reachable = sum(c.size * c.cost for c in curves)
+        wanted = 1.0 - keep_latency
+        if reachable <= 0 or wanted / reachable >= 1.0:
+            raise OptionError(
+                f"--target-latency {keep_latency} is out of reach: removing whole groups saves about "
+                f"{reachable:.0%} of the latency by the measured curves"
+            )
+        return exact_target(plan_for_target(curves, wanted / reachable, budget="cost"), curves, wanted / reachable)
+    curves = group_curves(sens, latency=False)
+    if target is not None:
+        return exact_target(plan_for_target(curves, target), curves, target)
+    return plan_for_loss(curves, float(max_loss or 0.0))
+
+
+def measure_group_plan(
+    model_path: str | os.PathLike[str],
+    plan: dict[str, float],
+    *,
+    data: Dataset,
+    labels: np.ndarray | None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    batch_size: int = 64,
+) -> float:
+    """The loss of removing the plan's channels (L2 importance, no refit), on ``data``."""
+    import copy
+
+    from onnxprune.config import StructureConfig
+    from onnxprune.graph.model_io import load_model
+    from onnxprune.passes.structural import remove_channels
+    from onnxprune.sensitivity.sweep import _feeds
+    from onnxprune.sensitivity.tasks import output_loss, run_outputs
+
+    feeds = _feeds(data, batch_size)
+    model = load_model(model_path)
+    dense = tuple(run_outputs(model.SerializeToString(), feeds, batch_size))
+    pruned = copy.deepcopy(model)
+    if plan:
+        config = StructureConfig(plan=plan, dead_channels=False, round_to=1)
+        remove_channels(pruned, config, input_shapes=input_shapes, check=False)
+    return output_loss(dense, run_outputs(pruned.SerializeToString(), feeds, batch_size), labels)
+
+
+def tightened_groups(
+    model_path: str | os.PathLike[str],
+    sens: Sensitivity,
+    plan: Plan,
+    max_loss: float,
+    *,
+    data: Dataset,
+    labels: np.ndarray | None,
+) -> tuple[Plan, float]:
+    """:func:`tightened_until` for channel-group plans."""
+    curves = group_curves(sens, latency=False)
+    measured = measure_group_plan(model_path, plan.sparsity, data=data, labels=labels)
+    for _ in range(MAX_TIGHTEN):
+        if measured <= max_loss or plan.removed == 0:
+            break
+        plan = tighten(plan, curves)
+        measured = measure_group_plan(model_path, plan.sparsity, data=data, labels=labels)
+    return plan, measured
