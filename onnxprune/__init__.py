@@ -16,6 +16,11 @@ Python API (the CLI is a thin layer over it)::
     config = onnxprune.PruneConfig(sparsity=0.5, method="sparsegpt", bias_correction=True)
     run = onnxprune.prune_file("model.onnx", "model.sgpt.onnx", config, calibration=calib)
 
+    # prune, then int8 (symmetric weights: pruned zeros stay zero); "static" needs calibration
+    run = onnxprune.prune_file("model.onnx", "model.int8.onnx", config, quantize=onnxprune.QuantizeConfig())
+    print(run.quantized.weights_quantized, run.quantized.zeros_after)
+    q = onnxprune.quantize_file("model.pruned.onnx", "model.int8.onnx", mode="static", calibration=calib)
+
     # before and after: size, MACs, latency, accuracy (labels) and fidelity
     report = onnxprune.evaluate("model.onnx", ["model.pruned.onnx"], data="test.npz", labels="labels.npy")
     print(report.candidates[0].accuracy, report.candidates[0].latency.ratio)
@@ -60,6 +65,7 @@ from onnxprune.latency import LatencySettings
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.passes.unstructured import Progress, prune_weights
 from onnxprune.provenance import stamp, stamp_structure
+from onnxprune.quantize import QuantizeConfig, QuantizedWeight, QuantizeResult, quantize_file
 from onnxprune.stats import ParamStats, param_stats
 from onnxprune.validate import ValidationReport, validate_model
 
@@ -82,6 +88,9 @@ __all__ = [
     "PruneConfig",
     "PruneResult",
     "PruneRun",
+    "QuantizeConfig",
+    "QuantizeResult",
+    "QuantizedWeight",
     "SavedModel",
     "StructureConfig",
     "UnsafeModelError",
@@ -99,6 +108,7 @@ __all__ = [
     "parse_pattern",
     "prune",
     "prune_file",
+    "quantize_file",
     "save",
 ]
 
@@ -192,6 +202,7 @@ class PruneRun:
     params_after: ParamStats
     validation: ValidationReport | None
     structure: StructuralResult | None = None  # what the structural pass did, when it ran
+    quantized: QuantizeResult | None = None  # the int8 step, when asked for (``saved`` is its output)
 
 
 def prune_file(
@@ -205,6 +216,7 @@ def prune_file(
     force: bool = False,
     progress: Progress | None = None,
     calibration: Dataset | None = None,
+    quantize: QuantizeConfig | None = None,
 ) -> PruneRun:
     """Prune the model file ``source`` into ``output``: what ``onnxprune prune`` does.
 
@@ -217,6 +229,10 @@ def prune_file(
     (``config.method`` other than magnitude, or ``config.bias_correction``) and lets the
     structured pass rank channels by output error and refit the consumers.
 
+    ``quantize`` quantizes the pruned model to int8 before it is moved to ``output`` (see
+    :mod:`onnxprune.quantize`; static mode reads ``calibration``): ``output`` is then the
+    pruned+int8 model, and ``PruneRun.quantized`` says what the quantizer did.
+
     Without a structural change, memory stays near the size of the parsed model: pruned
     tensors are computed while the output is streamed to a staging file (the parsed model
     is never copied), the model is freed, and only then is the staged file validated and
@@ -228,6 +244,8 @@ def prune_file(
         raise OptionError("nothing to do: give --sparsity, --pattern, --plan, --structured or --dead-channels")
     if structure is None:
         structure = StructureConfig(fold_first=False)
+    if quantize is not None:
+        quantize.check_data(calibration)
     if config is not None and config.calibrated and calibration is None:
         raise OptionError(
             f"--method {config.method}{' with --bias-correction' if config.bias_correction else ''} needs "
@@ -284,8 +302,23 @@ def prune_file(
         report = validate_model(
             staged.model_path, reference=source, input_shapes=input_shapes, checker_path=staged.checker_path
         )
-        saved = staged.commit()
-    return PruneRun(result, saved, tuple(files), before, after, report, structural)
+        quantized = None
+        if quantize is None:
+            saved = staged.commit()
+        else:  # the validated pruned model, still staged, is the quantizer's input
+            quantized = quantize_file(
+                staged.model_path,
+                output,
+                mode=quantize.mode,
+                calibration=calibration,
+                per_channel=quantize.per_channel,
+                op_types=quantize.op_types,
+                preprocess=quantize.preprocess,
+                input_shapes=input_shapes,
+                force=force,
+            )
+            saved = quantized.saved
+    return PruneRun(result, saved, tuple(files), before, after, report, structural, quantized)
 
 
 def _structural(

@@ -18,7 +18,9 @@ from typing import Any
 import click
 
 import onnxprune
+from onnxprune.cli_analyze import analyze_command
 from onnxprune.cli_eval import build_options, check_output_path, eval_command, evaluation_options, run_evaluation
+from onnxprune.cli_view import view_command
 from onnxprune.config import PruneConfig, StructureConfig, load_plan, parse_pattern
 from onnxprune.console import ProgressBar, count, fail, handle_errors, human, table
 from onnxprune.graph.discovery import DiscoveryOptions
@@ -273,6 +275,17 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 @click.option("--no-refit", is_flag=True, help="Structured: with data, only fold removed channels' means (no refit).")
 @click.option("--no-fold", is_flag=True, help="Structural pass: keep BatchNormalization and the graph as they are.")
 @click.option(
+    "--quantize",
+    type=click.Choice(["int8"]),
+    help="Then quantize the weights to int8 (symmetric: pruned zeros stay zero); OUT is the pruned+int8 model.",
+)
+@click.option(
+    "--quantize-mode",
+    type=click.Choice(["dynamic", "static"]),
+    help="dynamic (default): activations quantized at run time; static: QDQ, activation ranges from "
+    "--calibration/--data-free.",
+)
+@click.option(
     "--input-shape",
     multiple=True,
     metavar="NAME:1x3x224x224",
@@ -327,6 +340,8 @@ def prune(
     max_group_sparsity: float,
     no_refit: bool,
     no_fold: bool,
+    quantize: str | None,
+    quantize_mode: str | None,
     input_shape: tuple[str, ...],
     external_data: bool,
     force: bool,
@@ -349,18 +364,22 @@ def prune(
       onnxprune prune model.onnx smaller.onnx --structured --sparsity 0.3 --calibration calib.npz
       onnxprune prune model.onnx smaller.onnx --target-flops 0.5 --round-to 8
       onnxprune prune masked.onnx smaller.onnx --dead-channels
+      onnxprune prune model.onnx small.int8.onnx --sparsity 0.5 --quantize int8
+      onnxprune prune model.onnx small.int8.onnx --sparsity 0.5 --quantize int8 --quantize-mode static --calibration c.npz
     """
     structured = structured or target_flops is not None
     unstructured = sparsity is not None or plan_path is not None or pattern != "unstructured"
-    if structured and (plan_path is not None or pattern != "unstructured"):
-        raise onnxprune.OptionError("--structured takes --sparsity or --target-flops; drop --plan/--pattern")
+    if structured and pattern != "unstructured":
+        raise onnxprune.OptionError("--structured takes --sparsity, --target-flops or a --plan; drop --pattern")
     if structured and method != "magnitude":
         raise onnxprune.OptionError(
             f"--method {method} is for weight pruning; --structured ranks channels with --importance and refits "
             "the consumers itself when given --calibration or --data-free"
         )
-    if structured and sparsity is None and target_flops is None:
-        raise onnxprune.OptionError("--structured needs --sparsity (fraction of channels) or --target-flops")
+    if structured and sparsity is None and target_flops is None and plan_path is None:
+        raise onnxprune.OptionError(
+            "--structured needs --sparsity (fraction of channels), --target-flops or a --plan from analyze --structural"
+        )
     if not structured and not unstructured and not dead_channels:
         raise onnxprune.OptionError(
             "nothing to do: give --sparsity (e.g. 0.5), an N:M --pattern, a --plan, --structured or --dead-channels"
@@ -388,6 +407,7 @@ def prune(
     structure = StructureConfig(
         dead_channels=dead_channels is not False,
         amount=sparsity if structured else None,
+        plan=load_plan(plan_path) if structured and plan_path else {},
         target_flops=target_flops,
         scope=scope,
         importance=importance,
@@ -401,14 +421,20 @@ def prune(
     shapes = parse_input_shapes(input_shape)
     if samples < 1:
         raise onnxprune.OptionError(f"--samples must be >= 1, got {samples}")
-    uses_data = structured or (config is not None and config.calibrated)
+    if quantize_mode is not None and quantize is None:
+        raise onnxprune.OptionError(f"--quantize-mode {quantize_mode} needs --quantize int8")
+    quantization = onnxprune.QuantizeConfig(mode=quantize_mode or "dynamic") if quantize else None
+    static = quantization is not None and quantization.mode == "static"
+    if static and not (calibration or data_free):
+        quantization.check_data(None)  # raises: static mode reads calibration data
+    uses_data = structured or (config is not None and config.calibrated) or static
     if (calibration or data_free) and not uses_data:
         raise onnxprune.OptionError(
             "--calibration/--data-free is given but --method magnitude uses no data: choose --method wanda, "
-            "sparsegpt or refit, add --bias-correction, or use --structured"
+            "sparsegpt or refit, add --bias-correction, use --structured, or --quantize int8 --quantize-mode static"
         )
     calib = None
-    if (config is not None and config.calibrated) or (structured and (calibration or data_free)):
+    if (config is not None and config.calibrated) or ((structured or static) and (calibration or data_free)):
         calib = onnxprune.calibration_data(
             input_model, calibration, samples=samples, data_free=data_free, input_shapes=shapes
         )
@@ -432,6 +458,7 @@ def prune(
             force=force,
             progress=progress,
             calibration=calib,
+            quantize=quantization,
         )
     result, saved, before, after = run.result, run.saved, run.params_before, run.params_after
     if saved is None:
@@ -458,6 +485,8 @@ def prune(
     if run.structure is not None and (config is None or run.structure.changed):
         _print_structure(run.structure, quiet)
     _print_summary(result, before, after, size_in, size_out, saved, quiet, run.structure)
+    if run.quantized is not None:
+        _print_quantized(run.quantized, size_in, size_out)
     if json_path:
         _write_json(
             json_path,
@@ -466,6 +495,7 @@ def prune(
                 "output": str(saved.path),
                 **result.to_dict(),
                 "structure": run.structure.to_dict() if run.structure is not None else None,
+                "quantize": run.quantized.to_dict() if run.quantized is not None else None,
                 "model": {
                     "parameters": [before.parameters, after.parameters],
                     "nonzeros": [before.nonzeros, after.nonzeros],
@@ -476,6 +506,21 @@ def prune(
         )
     if do_eval:
         run_evaluation(input_model, [saved.path], eval_kwargs, input_shape, quiet=quiet)
+
+
+def _print_quantized(quantized: onnxprune.QuantizeResult, size_in: Any, size_out: Any) -> None:
+    """One line: what the int8 step quantized, the zeros it kept, the sizes against IN."""
+    compressed = (
+        f", compressed {human(size_out.compressed)} ({size_out.compressed / size_in.compressed:.2f}x IN)"
+        if size_in.compressed and size_out.compressed is not None
+        else ""
+    )
+    click.echo(
+        f"int8 ({quantized.mode}{', per channel' if quantized.per_channel else ''}): {quantized.weights_quantized} "
+        f"weight tensors quantized, {count(quantized.zeros_before)} of {count(quantized.zeros_before)} zeros kept "
+        f"({count(quantized.zeros_after)} int8 zeros of {count(quantized.elements)}); size {human(size_out.bytes)} "
+        f"({size_out.bytes / size_in.bytes:.2f}x IN){compressed}"
+    )
 
 
 def _print_layers(result: onnxprune.PruneResult) -> None:
@@ -627,3 +672,5 @@ def _print_summary(result, before, after, size_in, size_out, saved, quiet, struc
 
 
 main.add_command(eval_command)
+main.add_command(analyze_command)
+main.add_command(view_command)

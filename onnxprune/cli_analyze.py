@@ -62,6 +62,7 @@ def _open(model: Path, data: str | None, data_free: bool, samples: int, shapes: 
 @click.option("--max-loss", type=float, help="Plan: the highest overall sparsity whose loss stays below this.")
 @click.option("--plan-out", type=click.Path(path_type=Path), help="Write the plan for `onnxprune prune --plan`.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the curves and the plan as JSON.")
+@click.option("--report", type=click.Path(path_type=Path), help="Write the curves and the plan as an HTML page.")
 @click.option("--input-shape", multiple=True, metavar="NAME:1x3x224x224", help="Shape of an input for --data-free.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
@@ -86,6 +87,7 @@ def analyze_command(
     max_loss: float | None,
     plan_out: Path | None,
     json_path: Path | None,
+    report: Path | None,
     input_shape: tuple[str, ...],
     quiet: bool,
     verbose: bool,
@@ -128,7 +130,7 @@ def analyze_command(
         raise OptionError(f"--samples must be >= 1, got {samples}")
     if plan_out is not None and not targets:
         raise OptionError("--plan-out needs --target-sparsity, --target-latency or --max-loss")
-    for path, option in ((plan_out, "--plan-out"), (json_path, "--json")):
+    for path, option in ((plan_out, "--plan-out"), (json_path, "--json"), (report, "--report")):
         if path is not None and not path.parent.absolute().is_dir():
             raise OutputError(f"{option}: the folder '{path.parent}' does not exist")
     load_model(model)  # one-line errors for a missing or broken file, before any work
@@ -157,7 +159,17 @@ def analyze_command(
                 progress=progress,
             )
         _finish_groups(
-            model, sens, dataset, label_array, target_sparsity, target_latency, max_loss, plan_out, json_path, quiet
+            model,
+            sens,
+            dataset,
+            label_array,
+            target_sparsity,
+            target_latency,
+            max_loss,
+            plan_out,
+            json_path,
+            report,
+            quiet,
         )
         return
     with ProgressBar("analysing layers", quiet) as progress:
@@ -188,13 +200,22 @@ def analyze_command(
         if plan_out is not None:
             plan_out.write_text(json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n")
             click.echo(f"plan written to {plan_out}: onnxprune prune {model} OUT --plan {plan_out}")
-    if json_path is not None:
-        out = sens.to_dict()
-        out["plan"] = plan.to_json() if plan is not None else None
-        out["measured_loss"] = measured
-        json_path.write_text(json.dumps(out, indent=1))
+    _write_outputs(sens, plan, measured, json_path, report)
     source = "cache" if sens.cached else f"{sens.seconds:.1f} s"
     click.echo(f"{len(sens.curves)} layer(s) analysed ({sens.curves[0].kind}; {source})")
+
+
+def _write_outputs(sens: Any, plan: Any, measured: float | None, json_path: Path | None, report: Path | None) -> None:
+    data = {**sens.to_dict(), "plan": plan.to_json() if plan is not None else None, "measured_loss": measured}
+    if json_path is not None:
+        json_path.write_text(json.dumps(data, indent=1))
+    if report is not None:
+        from onnxprune.report.sensitivity import write_sensitivity_report
+
+        if data["options"].get("structural"):
+            data = {**data, "groups": data.pop("curves"), "curves": []}
+        write_sensitivity_report(data, report)
+        click.echo(f"report: {report}")
 
 
 def _print_curves(sens: Any) -> None:
@@ -220,6 +241,7 @@ def _finish_groups(
     max_loss: float | None,
     plan_out: Path | None,
     json_path: Path | None,
+    report: Path | None,
     quiet: bool,
 ) -> None:
     from onnxprune.sensitivity.planning import plan_groups, tightened_groups
@@ -246,10 +268,6 @@ def _finish_groups(
         if plan_out is not None:
             plan_out.write_text(json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n")
             click.echo(f"plan written to {plan_out}: onnxprune prune {model} OUT --structured --plan {plan_out}")
-    if json_path is not None:
-        out = sens.to_dict()
-        out["plan"] = plan.to_json() if plan is not None else None
-        out["measured_loss"] = measured
-        json_path.write_text(json.dumps(out, indent=1))
+    _write_outputs(sens, plan, measured, json_path, report)
     source = "cache" if sens.cached else f"{sens.seconds:.1f} s"
     click.echo(f"{len(sens.curves)} channel group(s) analysed ({sens.curves[0].kind}; {source})")

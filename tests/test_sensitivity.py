@@ -143,7 +143,7 @@ def test_analyze_command_prints_curves_and_writes_a_plan(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--target-sparsity", "0.5", "--max-loss", "0.01"], "not both"),
+        (["--target-sparsity", "0.5", "--max-loss", "0.01"], "not several"),
         (["--plan-out", "p.json"], "--plan-out needs"),
         (["--labels", "y.npy"], "--labels needs --data"),
         (["--max-loss", "0.01"], "--max-loss needs --data"),

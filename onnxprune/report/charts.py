@@ -547,3 +547,185 @@ def _horizontal(chart: BarChart) -> str:
 def render(chart: BarChart) -> str:
     """The chart as a standalone ``<svg>`` element (for inlining in HTML)."""
     return _horizontal(chart) if chart.horizontal else _vertical(chart)
+
+
+# ---------------------------------------------------------------------------------------
+# Line charts: y against x, one polyline per series
+
+
+@dataclass(frozen=True)
+class Line:
+    """One curve: its points joined in order, and optionally one marked point (a chosen value)."""
+
+    name: str
+    points: tuple[tuple[float, float], ...]
+    color: str
+    mark: tuple[float, float] | None = None
+    mark_note: str = ""  # tooltip of the mark
+
+
+@dataclass(frozen=True)
+class LineChart:
+    """Curves on shared axes. ``y_scale="sqrt"`` draws y at sign(y)·√|y|: small values spread
+    out, zero stays zero, the order of values is kept (ticks are labelled with true values)."""
+
+    title: str
+    lines: tuple[Line, ...]
+    x_label: str = ""
+    y_label: str = ""
+    x_format: Callable[[float], str] = lambda v: f"{v:g}"
+    y_format: Callable[[float], str] = lambda v: f"{v:g}"
+    y_scale: str = "linear"  # "linear" or "sqrt"
+    x_domain: tuple[float, float] | None = None  # None: the data's, widened to nice ticks
+    width: int = 760
+    plot_height: int = 320
+    legend_chars: int = 40
+    reference_x: float | None = None  # a dashed vertical line (a target)
+    reference_label: str = ""
+
+
+def _sqrt_scale(value: float) -> float:
+    return math.copysign(math.sqrt(abs(value)), value)
+
+
+def _round_sig(value: float, digits: int = 1) -> float:
+    if value == 0:
+        return 0.0
+    return float(f"{value:.{digits}g}")
+
+
+def _line_y_ticks(chart: LineChart, lo: float, hi: float) -> list[float]:
+    ticks = nice_ticks(lo, hi)
+    if chart.y_scale != "sqrt":
+        return ticks
+    top, bottom = ticks[-1], ticks[0]
+    out = {0.0, top, bottom}
+    for k in (1, 2, 4, 6, 8):  # at 10 %, 20 %, 40 % … of the drawn (square-root) height, rounded
+        out.add(_round_sig(top * (k / 10) ** 2))
+    return sorted(out)
+
+
+def _line_legend(lines: Sequence[Line], width: float, y0: float, max_chars: int) -> tuple[list[str], float]:
+    parts: list[str] = []
+    x, y = float(_PAD), y0
+    for line in lines:
+        label = shorten(line.name, max_chars)
+        item = 20 + text_width(label, _LABEL_FONT) + 14
+        if x + item > width - _PAD and x > _PAD:
+            x, y = float(_PAD), y + _LEGEND_ROW
+        parts.append(
+            f'<line class="swatch" x1="{_num(x)}" x2="{_num(x + 16)}" y1="{_num(y + 8)}" y2="{_num(y + 8)}" '
+            f'stroke="{line.color}" stroke-width="3"/>'
+        )
+        text = _text(x + 20, y + 12, label, size=_LABEL_FONT, fill=_INK)
+        parts.append(
+            text.replace("</text>", f"<title>{escape(line.name)}</title></text>") if label != line.name else text
+        )
+        x += item
+    return parts, (y + _LEGEND_ROW - y0) if lines else 0.0
+
+
+def render_lines(chart: LineChart) -> str:
+    """The line chart as a standalone ``<svg>``: a ``<polyline class="line">`` per curve that has
+    points (exact values in its ``<title>``), a ``<circle class="mark">`` per marked point."""
+    width = float(chart.width)
+    drawn = [line for line in chart.lines if line.points]
+    xs = [x for line in drawn for x, _ in line.points if math.isfinite(x)]
+    ys = [y for line in drawn for _, y in line.points if math.isfinite(y)]
+    xs += [line.mark[0] for line in drawn if line.mark]
+    ys += [line.mark[1] for line in drawn if line.mark]
+    if chart.x_domain is not None:
+        x_lo, x_hi = chart.x_domain
+        x_ticks = [t for t in nice_ticks(x_lo, x_hi) if x_lo - 1e-12 <= t <= x_hi + 1e-12]
+    else:
+        x_ticks = nice_ticks(min(xs, default=0.0), max(xs, default=1.0))
+        x_lo, x_hi = x_ticks[0], x_ticks[-1]
+    if not x_hi > x_lo:
+        x_hi = x_lo + 1.0
+    y_ticks = _line_y_ticks(chart, min([0.0, *ys]), max([0.0, *ys]))
+    y_lo, y_hi = y_ticks[0], y_ticks[-1]
+    scale = _sqrt_scale if chart.y_scale == "sqrt" else (lambda v: v)
+    s_lo, s_hi = scale(y_lo), scale(y_hi)
+    if not s_hi > s_lo:
+        s_hi = s_lo + 1.0
+
+    legend, legend_h = _line_legend(drawn, width, _PAD + _TITLE, chart.legend_chars) if len(drawn) > 1 else ([], 0.0)
+    y_labels = [chart.y_format(t) for t in y_ticks]
+    left = _PAD + (16 if chart.y_label else 0) + max(text_width(t, _TICK_FONT) for t in y_labels) + 8
+    right = width - _PAD - 8
+    plot_top = _PAD + _TITLE + legend_h + 12
+    plot_h = float(chart.plot_height)
+    height = plot_top + plot_h + 20 + (18 if chart.x_label else 0) + _PAD
+
+    def x_of(v: float) -> float:
+        return left + (v - x_lo) / (x_hi - x_lo) * (right - left)
+
+    def y_of(v: float) -> float:
+        return plot_top + (s_hi - scale(v)) / (s_hi - s_lo) * plot_h
+
+    parts = [_open(BarChart(chart.title, (), ()), width, height), *legend]  # _open reads only the title
+    for t, label in zip(y_ticks, y_labels, strict=True):
+        y = y_of(t)
+        parts.append(
+            f'<line class="grid" x1="{_num(left)}" x2="{_num(right)}" y1="{_num(y)}" y2="{_num(y)}" stroke="{_GRID}"/>'
+        )
+        parts.append(_text(left - 6, y + 4, label, size=_TICK_FONT, anchor="end", fill=_MUTED))
+    for t in x_ticks:
+        x = x_of(t)
+        parts.append(
+            f'<line class="grid" x1="{_num(x)}" x2="{_num(x)}" y1="{_num(plot_top)}" y2="{_num(plot_top + plot_h)}" '
+            f'stroke="{_GRID}"/>'
+        )
+        parts.append(_text(x, plot_top + plot_h + 15, chart.x_format(t), size=_TICK_FONT, anchor="middle", fill=_MUTED))
+    if chart.x_label:
+        parts.append(
+            _text(
+                (left + right) / 2, plot_top + plot_h + 33, chart.x_label, size=_TICK_FONT, anchor="middle", fill=_MUTED
+            )
+        )
+    if chart.y_label:
+        cy = plot_top + plot_h / 2
+        parts.append(
+            _text(
+                _PAD + 10,
+                cy,
+                chart.y_label,
+                size=_TICK_FONT,
+                anchor="middle",
+                fill=_MUTED,
+                transform=f"rotate(-90 {_num(_PAD + 10)} {_num(cy)})",
+            )
+        )
+    zero = y_of(0.0)
+    parts.append(
+        f'<line class="axis" x1="{_num(left)}" x2="{_num(right)}" y1="{_num(zero)}" y2="{_num(zero)}" stroke="{_INK}"/>'
+    )
+    if chart.reference_x is not None and x_lo <= chart.reference_x <= x_hi:
+        x = x_of(chart.reference_x)
+        parts.append(
+            f'<line class="reference" x1="{_num(x)}" x2="{_num(x)}" y1="{_num(plot_top)}" y2="{_num(plot_top + plot_h)}" '
+            f'stroke="{_INK}" stroke-dasharray="5 4"/>'
+        )
+        if chart.reference_label:
+            parts.append(_text(x + 4, plot_top + 11, chart.reference_label, size=_LABEL_FONT, fill=_INK))
+    for line in drawn:
+        points = [(x, y) for x, y in line.points if math.isfinite(x) and math.isfinite(y)]
+        coords = " ".join(f"{_num(x_of(x))},{_num(y_of(y))}" for x, y in points)
+        values = ", ".join(f"{chart.x_format(x)}: {chart.y_format(y)}" for x, y in points)
+        parts.append(
+            f'<polyline class="line" points="{coords}" fill="none" stroke="{line.color}" stroke-width="1.6" '
+            f'stroke-linejoin="round" data-name="{_attr(line.name)}"><title>{escape(f"{line.name} — {values}")}'
+            "</title></polyline>"
+        )
+    for line in drawn:  # marks last: on top of every line
+        if line.mark is None or not all(math.isfinite(v) for v in line.mark):
+            continue
+        mx, my = line.mark
+        tip = f"{line.name}: {line.mark_note}" if line.mark_note else line.name
+        parts.append(
+            f'<circle class="mark" cx="{_num(x_of(mx))}" cy="{_num(y_of(my))}" r="4" fill="{line.color}" '
+            f'stroke="#ffffff" stroke-width="1.2" data-name="{_attr(line.name)}" data-x="{mx!r}" data-y="{my!r}">'
+            f"<title>{escape(tip)}</title></circle>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
