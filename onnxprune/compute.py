@@ -213,6 +213,9 @@ COUNTERS: dict[str, _Counter] = {
     "ConvTranspose": _Counter((0, 1), (), _conv_transpose),
     "Gemm": _Counter((0, 1), (), _gemm),
     "MatMul": _Counter((0, 1), (), _matmul),
+    # dynamically quantized layers (onnxruntime.quantization): the same work in int8
+    "ConvInteger": _Counter((1,), (0,), _conv),
+    "MatMulInteger": _Counter((0, 1), (), _matmul),
     **{op: _Counter((0, 1, 2), (), _recurrent) for op in _GATES},
 }
 

@@ -80,9 +80,27 @@ def _count_nonzero(values: np.ndarray) -> int:
     return int(np.count_nonzero(values.view(f"u{values.dtype.itemsize}") << np.uint8(1)))
 
 
+#: Ops whose input (index) is a quantized weight: its integer elements are parameters too.
+QUANTIZED_WEIGHT_INPUTS = {"DequantizeLinear": 0, "ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3}
+
+
+def _quantized_weights(graph: GraphProto) -> set[str]:
+    found = set()
+    for node in graph.node:
+        index = QUANTIZED_WEIGHT_INPUTS.get(node.op_type)
+        if index is not None and index < len(node.input):
+            found.add(node.input[index])
+    return found
+
+
+def _counted(tensor: TensorProto, name: str, quantized: set[str]) -> bool:
+    """Float tensors, and the integer weights of quantized layers (not their scales' zero points)."""
+    return tensors.is_float(tensor) or (name in quantized and tensors.numel(tensor) > 1)
+
+
 def param_stats(model: ModelProto, *, known: Mapping[str, tuple[int, int]] | None = None) -> ParamStats:
     """Elements and non-zero elements of every float tensor stored in the model (of a
-    sparse tensor, its stored values).
+    sparse tensor, its stored values), and of the integer weights of quantized layers.
 
     ``known`` maps tensor keys (``scope::name``, or the name in the main graph) to their
     already counted ``(elements, zeros)``: those tensors are not read again.
@@ -90,8 +108,9 @@ def param_stats(model: ModelProto, *, known: Mapping[str, tuple[int, int]] | Non
     known = known or {}
     total = nonzero = 0
     for scope in Scope.build(model.graph).all_scopes():
+        quantized = _quantized_weights(scope.graph)
         for name, values_proto, _indices, _shape in _graph_tensors(scope.graph):
-            if not tensors.is_float(values_proto) or values_proto.data_location == TensorProto.EXTERNAL:
+            if not _counted(values_proto, name, quantized) or values_proto.data_location == TensorProto.EXTERNAL:
                 continue
             counted = known.get(f"{scope.path}::{name}" if scope.path else name)
             if counted is not None and _indices is None:
@@ -125,14 +144,15 @@ def _graph_tensors(graph: GraphProto) -> Iterator[tuple[str, TensorProto, Tensor
 
 
 def layer_stats(model: ModelProto) -> list[LayerSize]:
-    """One entry per float tensor stored in the model (initializers, sparse initializers,
+    """One entry per float tensor (or quantized integer weight) stored in the model (initializers, sparse initializers,
     Constant-node and other tensor attributes, in every subgraph). A sparse tensor is
     reported with its dense shape; a tensor whose external data is not loaded is skipped
     (and logged)."""
     layers = []
     for scope in Scope.build(model.graph).all_scopes():
+        quantized = _quantized_weights(scope.graph)
         for name, values_proto, indices, shape in _graph_tensors(scope.graph):
-            if not tensors.is_float(values_proto):
+            if not _counted(values_proto, name, quantized):
                 continue
             where = f"{scope.path}::{name}" if scope.path else name
             if values_proto.data_location == TensorProto.EXTERNAL:
