@@ -59,6 +59,7 @@ def _open(model: Path, data: str | None, data_free: bool, samples: int, shapes: 
 )
 @click.option("--target-sparsity", type=float, help="Plan: reach this overall sparsity with the least loss.")
 @click.option("--target-latency", type=float, help="Structural plan: keep this fraction of the latency.")
+@click.option("--target-flops", type=float, help="Plan: keep this fraction of the MACs (non-zero MACs for weights).")
 @click.option("--max-loss", type=float, help="Plan: the highest overall sparsity whose loss stays below this.")
 @click.option("--plan-out", type=click.Path(path_type=Path), help="Write the plan for `onnxprune prune --plan`.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the curves and the plan as JSON.")
@@ -84,6 +85,7 @@ def analyze_command(
     structural: bool,
     target_sparsity: float | None,
     target_latency: float | None,
+    target_flops: float | None,
     max_loss: float | None,
     plan_out: Path | None,
     json_path: Path | None,
@@ -113,9 +115,11 @@ def analyze_command(
     from onnxprune.sensitivity.planning import plan_from, tightened_until
     from onnxprune.sensitivity.sweep import analyze_groups, analyze_sensitivity, default_cache_dir
 
-    targets = [t for t in (target_sparsity, target_latency, max_loss) if t is not None]
+    targets = [t for t in (target_sparsity, target_latency, target_flops, max_loss) if t is not None]
     if len(targets) > 1:
-        raise OptionError("give one of --target-sparsity, --target-latency and --max-loss, not several")
+        raise OptionError("give one of --target-sparsity, --target-latency, --target-flops and --max-loss, not several")
+    if target_flops is not None and not 0.0 < target_flops < 1.0:
+        raise OptionError(f"--target-flops is the fraction of the MACs to keep, in (0, 1); got {target_flops}")
     if target_latency is not None and not structural:
         raise OptionError("--target-latency plans channel groups: add --structural")
     if target_latency is not None and not 0.0 < target_latency < 1.0:
@@ -129,7 +133,7 @@ def analyze_command(
     if samples < 1:
         raise OptionError(f"--samples must be >= 1, got {samples}")
     if plan_out is not None and not targets:
-        raise OptionError("--plan-out needs --target-sparsity, --target-latency or --max-loss")
+        raise OptionError("--plan-out needs --target-sparsity, --target-latency, --target-flops or --max-loss")
     for path, option in ((plan_out, "--plan-out"), (json_path, "--json"), (report, "--report")):
         if path is not None and not path.parent.absolute().is_dir():
             raise OutputError(f"{option}: the folder '{path.parent}' does not exist")
@@ -163,9 +167,7 @@ def analyze_command(
             sens,
             dataset,
             label_array,
-            target_sparsity,
-            target_latency,
-            max_loss,
+            (target_sparsity, target_latency, target_flops, max_loss),
             plan_out,
             json_path,
             report,
@@ -189,8 +191,8 @@ def analyze_command(
         _print_curves(sens)
     plan = None
     measured = None
-    if target_sparsity is not None or max_loss is not None:
-        plan = plan_from(sens, target=target_sparsity, max_loss=max_loss)
+    if target_sparsity is not None or max_loss is not None or target_flops is not None:
+        plan = plan_from(sens, target=target_sparsity, max_loss=max_loss, keep_flops=target_flops, model_path=model)
         if max_loss is not None and dataset is not None:
             plan, measured = tightened_until(model, sens, plan, max_loss, data=dataset, labels=label_array)
         click.echo(
@@ -236,9 +238,7 @@ def _finish_groups(
     sens: Any,
     dataset: Any,
     labels: Any,
-    target: float | None,
-    keep_latency: float | None,
-    max_loss: float | None,
+    targets: tuple[float | None, float | None, float | None, float | None],
     plan_out: Path | None,
     json_path: Path | None,
     report: Path | None,
@@ -255,15 +255,17 @@ def _finish_groups(
                 rows.append([c.weight, c.size, f"{level:g}", f"{loss:.4f}", f"{lat:+.1%}", f"{macs:.1%}"])
         header = ["channel group", "units", "removed", "loss", "latency saved", "MACs saved"]
         click.echo(table(rows, header, right={1, 2, 3, 4, 5}))
+    target, keep_latency, keep_flops, max_loss = targets
     plan, measured = None, None
-    if target is not None or keep_latency is not None or max_loss is not None:
-        plan = plan_groups(sens, target=target, keep_latency=keep_latency, max_loss=max_loss)
+    if any(t is not None for t in targets):
+        plan = plan_groups(sens, target=target, keep_latency=keep_latency, keep_flops=keep_flops, max_loss=max_loss)
         if max_loss is not None:
             plan, measured = tightened_groups(model, sens, plan, max_loss, data=dataset, labels=labels)
         click.echo(
             f"plan: {len(plan.sparsity)} group(s), predicted loss {plan.predicted_loss:.4f}"
             + (f", measured {measured:.4f}" if measured is not None else "")
             + (f", predicted latency kept {1 - plan.removed:.0%}" if keep_latency is not None else "")
+            + (f", predicted MACs kept {1 - plan.removed:.0%}" if keep_flops is not None else "")
         )
         if plan_out is not None:
             plan_out.write_text(json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n")

@@ -154,3 +154,72 @@ def test_analyze_errors_are_one_line(extra, message):
     result = CliRunner().invoke(analyze_command, [str(MLP), *extra, "--no-cache"])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_layer_plan_for_a_flops_budget_keeps_that_share_of_the_macs():
+    from onnxprune.sensitivity.planning import macs_per_weight
+
+    sens = analyze_sensitivity(FIXTURES / "cnn_digits.onnx")
+    costs = macs_per_weight(FIXTURES / "cnn_digits.onnx", [c.weight for c in sens.curves])
+    plan = plan_from(sens, keep_flops=0.5)
+    total = sum(costs[c.weight] * c.size for c in sens.curves)
+    kept = sum(costs[c.weight] * c.size * (1 - plan.sparsity[c.weight]) for c in sens.curves)
+    assert kept / total == pytest.approx(0.5, abs=1e-6)
+    assert costs["block.conv1.weight"] > costs["fc1.weight"]  # a conv weight is reused at every position
+
+
+def test_structural_curves_and_group_plans(tmp_path):
+    from onnxprune.sensitivity.planning import measure_group_plan, plan_groups, tightened_groups
+    from onnxprune.sensitivity.sweep import analyze_groups
+
+    path = FIXTURES / "transformer_mnist1d.onnx"
+    specs = runtime.input_specs(runtime.session(str(path)))
+    data = open_data(str(FIXTURES / "transformer_mnist1d.calib.npz"), specs=specs, samples=64)
+    sens = analyze_groups(path, data=data, cache_dir=tmp_path, repeats=5)
+    names = [c.weight for c in sens.curves]
+    assert names == [
+        "/layers.0/attn/q_proj/MatMul",
+        "/layers.0/ff1/MatMul",
+        "/layers.1/attn/q_proj/MatMul",
+        "/layers.1/ff1/MatMul",
+    ]
+    for curve in sens.curves:
+        assert curve.levels == (0.0, 0.25, 0.5, 0.75) and curve.loss[0] == 0.0
+        assert curve.macs_saved is not None and curve.latency_saved is not None
+        assert 0.0 < curve.macs_saved[1] < curve.macs_saved[2] < curve.macs_saved[3] < 1.0
+        assert curve.loss[3] > curve.loss[1] >= 0.0
+    assert analyze_groups(path, data=data, cache_dir=tmp_path, repeats=5).cached
+    half = plan_groups(sens, target=0.5)
+    assert half.fraction == pytest.approx(0.5, abs=1e-6)
+    flops = plan_groups(sens, keep_flops=0.8)
+    assert flops.removed == pytest.approx(0.2, abs=1e-6)  # predicted share of the MACs saved
+    budget = 0.02
+    checked, measured = tightened_groups(path, sens, plan_groups(sens, max_loss=budget), budget, data=data, labels=None)
+    assert measured <= budget
+    assert measured == pytest.approx(measure_group_plan(path, checked.sparsity, data=data, labels=None))
+
+
+def test_analyze_structural_command_writes_a_plan_prune_accepts(tmp_path):
+    plan_path, out, report = tmp_path / "g.json", tmp_path / "small.onnx", tmp_path / "g.html"
+    model = FIXTURES / "mlp_digits.onnx"
+    args = [str(model), "--structural", "--data", str(FIXTURES / "mlp_digits.calib.npz"), "--samples", "64"]
+    args += ["--target-sparsity", "0.5", "--plan-out", str(plan_path), "--report", str(report), "--no-cache"]
+    result = CliRunner().invoke(analyze_command, args)
+    assert result.exit_code == 0, result.output
+    assert "latency saved" in result.output and "--structured --plan" in result.output
+    assert "Channel groups" in report.read_text() or "channel group" in report.read_text().lower()
+    plan = json.loads(plan_path.read_text())
+    assert set(plan) == {"/fc1/Gemm", "/fc2/Gemm"}
+    from onnxprune.cli import main
+
+    pruned = CliRunner().invoke(main, ["prune", str(model), str(out), "--structured", "--plan", str(plan_path)])
+    assert pruned.exit_code == 0, pruned.output
+    assert out.exists()
+
+
+def test_structural_analysis_needs_data_and_latency_needs_structural():
+    runner = CliRunner()
+    result = runner.invoke(analyze_command, [str(MLP), "--structural", "--no-cache"])
+    assert result.exit_code == 2 and "--structural measures each group's loss on data" in result.output
+    result = runner.invoke(analyze_command, [str(MLP), "--target-latency", "0.7", "--no-cache"])
+    assert result.exit_code == 2 and "add --structural" in result.output

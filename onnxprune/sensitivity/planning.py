@@ -29,9 +29,43 @@ def curves_of(sens: Sensitivity) -> list[Curve]:
     ]
 
 
-def plan_from(sens: Sensitivity, *, target: float | None = None, max_loss: float | None = None) -> Plan:
-    """The plan for ``target`` (overall sparsity of the analysed weights) or ``max_loss``."""
+def macs_per_weight(model_path: str | os.PathLike[str], names: list[str]) -> dict[str, float]:
+    """For each weight, the MACs of the node(s) reading it divided by its elements: what
+    zeroing one weight saves in non-zero MACs (at the model's declared or default shapes)."""
+    from onnxprune.compute import count_compute
+    from onnxprune.graph.model_io import load_model
+    from onnxprune.graph.tensors import numel
+    from onnxprune.structure.analysis import input_shapes_for
+
+    model = load_model(model_path)
+    counted = count_compute(model, input_shapes=input_shapes_for(model))
+    sizes = {t.name: numel(t) for t in model.graph.initializer}
+    out = dict.fromkeys(names, 0.0)
+    for node in counted.nodes:
+        for weight in (node.weight or "").split(","):
+            if weight in out and sizes.get(weight):
+                out[weight] += node.macs / sizes[weight]
+    return out
+
+
+def plan_from(
+    sens: Sensitivity,
+    *,
+    target: float | None = None,
+    max_loss: float | None = None,
+    keep_flops: float | None = None,
+    model_path: str | os.PathLike[str] | None = None,
+) -> Plan:
+    """The plan for ``target`` (overall sparsity of the analysed weights), ``keep_flops``
+    (the fraction of the analysed layers' non-zero MACs to keep) or ``max_loss``."""
     curves = curves_of(sens)
+    if keep_flops is not None:
+        costs = macs_per_weight(model_path or sens.model, [c.name for c in curves])
+        curves = [
+            Curve(name=c.name, levels=c.levels, loss=c.loss, size=c.size, cost=costs.get(c.name, 0.0)) for c in curves
+        ]
+        wanted = 1.0 - keep_flops
+        return exact_target(plan_for_target(curves, wanted, budget="cost"), curves, wanted)
     if target is not None:
         return exact_target(plan_for_target(curves, target), curves, target)
     return plan_for_loss(curves, float(max_loss or 0.0))
@@ -58,14 +92,15 @@ def tightened_until(
     return plan, measured
 
 
-def group_curves(sens: Sensitivity, *, latency: bool) -> list[Curve]:
-    """Channel-group curves; with ``latency`` each unit costs its measured share of the
-    latency (the least-squares slope through 0 of latency saved against level, per unit)."""
+def group_curves(sens: Sensitivity, *, saving: str | None = None) -> list[Curve]:
+    """Channel-group curves; with ``saving`` ("latency" or "macs") each unit costs its measured
+    share of that (the least-squares slope through 0 of the saving against level, per unit)."""
     curves = []
     for c in sens.curves:
         levels, cost = np.asarray(c.levels), 1.0
-        if latency:
-            saved = np.asarray(c.latency_saved or np.zeros_like(levels))
+        if saving is not None:
+            measured = c.latency_saved if saving == "latency" else c.macs_saved
+            saved = np.asarray(measured or np.zeros_like(levels))
             slope = float(levels @ saved) / float(levels @ levels) if levels @ levels > 0 else 0.0
             cost = max(slope, 0.0) / max(c.size, 1)
         curves.append(Curve(name=c.weight, levels=levels, loss=np.asarray(c.loss), size=c.size, cost=cost))
@@ -77,23 +112,27 @@ def plan_groups(
     *,
     target: float | None = None,
     keep_latency: float | None = None,
+    keep_flops: float | None = None,
     max_loss: float | None = None,
 ) -> Plan:
-    """A per-group plan: ``target`` (fraction of all groups' units), ``keep_latency`` (the
-    fraction of the latency to keep, predicted from the measured savings) or ``max_loss``."""
+    """A per-group plan: ``target`` (fraction of all groups' units), ``keep_latency`` or
+    ``keep_flops`` (the fraction of the model's latency or MACs to keep, predicted from the
+    measured savings) or ``max_loss``."""
     from onnxprune.errors import OptionError
 
-    if keep_latency is not None:
-        curves = group_curves(sens, latency=True)
+    for keep, saving, option in ((keep_latency, "latency", "--target-latency"), (keep_flops, "macs", "--target-flops")):
+        if keep is None:
+            continue
+        curves = group_curves(sens, saving=saving)
         reachable = sum(c.size * c.cost for c in curves)
-        wanted = 1.0 - keep_latency
+        wanted = 1.0 - keep
         if reachable <= 0 or wanted / reachable >= 1.0:
             raise OptionError(
-                f"--target-latency {keep_latency} is out of reach: removing whole groups saves about "
-                f"{reachable:.0%} of the latency by the measured curves"
+                f"{option} {keep} is out of reach: removing whole groups saves about "
+                f"{reachable:.0%} of the {saving} by the measured curves"
             )
         return exact_target(plan_for_target(curves, wanted / reachable, budget="cost"), curves, wanted / reachable)
-    curves = group_curves(sens, latency=False)
+    curves = group_curves(sens)
     if target is not None:
         return exact_target(plan_for_target(curves, target), curves, target)
     return plan_for_loss(curves, float(max_loss or 0.0))
@@ -137,7 +176,7 @@ def tightened_groups(
     labels: np.ndarray | None,
 ) -> tuple[Plan, float]:
     """:func:`tightened_until` for channel-group plans."""
-    curves = group_curves(sens, latency=False)
+    curves = group_curves(sens)
     measured = measure_group_plan(model_path, plan.sparsity, data=data, labels=labels)
     for _ in range(MAX_TIGHTEN):
         if measured <= max_loss or plan.removed == 0:
