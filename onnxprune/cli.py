@@ -1,4 +1,4 @@
-"""The ``onnxprune`` command line. It and cli_eval.py are the only modules that print (with console.py).
+"""The ``onnxprune`` command line. It, cli_eval.py and cli_print.py are the only modules that print (with console.py).
 
 Exit codes: 0 success; 1-7 an error (one line on stderr, see :mod:`onnxprune.errors`);
 10 nothing to prune (no output written); 70 an internal error (a bug: rerun with --debug).
@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,17 @@ import click
 import onnxprune
 from onnxprune.cli_analyze import analyze_command
 from onnxprune.cli_eval import build_options, check_output_path, eval_command, evaluation_options, run_evaluation
+from onnxprune.cli_print import (
+    format_shape,
+    print_layers,
+    print_quantized,
+    print_structure,
+    print_summary,
+    reason_counts,
+)
 from onnxprune.cli_view import view_command
 from onnxprune.config import PruneConfig, StructureConfig, load_plan, parse_pattern
-from onnxprune.console import ProgressBar, count, fail, handle_errors, human, table
+from onnxprune.console import ProgressBar, count, fail, handle_errors, table
 from onnxprune.graph.discovery import DiscoveryOptions
 from onnxprune.graph.model_io import refuse_input_as_output
 from onnxprune.runtime import parse_input_shapes
@@ -31,21 +38,6 @@ from onnxprune.stats import file_stats
 NOTHING_TO_PRUNE = 10
 #: Above this size the deflate size is only computed on request (it reads the whole file).
 COMPRESS_AUTO_LIMIT = 128 * 1024 * 1024
-
-
-def _shape(shape: Sequence[int]) -> str:
-    return "x".join(map(str, shape)) or "scalar"
-
-
-def _reason_key(reason: str | None) -> str:
-    """A short category for a skip reason (sizes and names removed), for counting."""
-    text = re.sub(r"^\d+ elements, ", "", reason or "unknown")
-    return re.sub(r" \d+$", "", text.split(":")[0].split(",")[0])
-
-
-def _reason_counts(layers: Sequence[Any]) -> str:
-    counts = Counter(_reason_key(layer.reason) for layer in layers)
-    return ", ".join(f"{n} {what}" for what, n in counts.most_common())
 
 
 common_discovery = [
@@ -123,7 +115,7 @@ def inspect(
         [
             w.key,
             "/".join(w.ops) or w.role,
-            _shape(w.shape),
+            format_shape(w.shape),
             w.dtype,
             w.storage,
             f"{w.sparsity:.1%}",
@@ -142,7 +134,7 @@ def inspect(
     skipped = inventory.skipped
     if skipped:
         click.echo(
-            f"not pruned: {len(skipped)} tensors ({_reason_counts(skipped)})"
+            f"not pruned: {len(skipped)} tensors ({reason_counts(skipped)})"
             + ("" if show_all else "; --all lists them")
         )
     if json_path:
@@ -463,7 +455,7 @@ def prune(
     result, saved, before, after = run.result, run.saved, run.params_before, run.params_after
     if saved is None:
         if config is None:
-            _print_structure(run.structure, quiet)
+            print_structure(run.structure, quiet)
             click.echo(
                 f"onnxprune: nothing to remove in '{input_model}': no channel group can lose a channel "
                 "(see the blocked groups above); no output written",
@@ -472,7 +464,7 @@ def prune(
         else:
             click.echo(
                 f"onnxprune: nothing to prune in '{input_model}': no weight tensor qualifies "
-                f"({_reason_counts(result.skipped) or 'no weights found'}); no output written; "
+                f"({reason_counts(result.skipped) or 'no weights found'}); no output written; "
                 "lower --min-size or check --include/--exclude/--op-types",
                 err=True,
             )
@@ -481,12 +473,12 @@ def prune(
     output_files = [saved.path] + ([saved.data_path] if saved.data_path else [])
     size_in, size_out = file_stats(run.input_files, compressed=compress), file_stats(output_files, compressed=compress)
     if not quiet and config is not None:
-        _print_layers(result)
+        print_layers(result)
     if run.structure is not None and (config is None or run.structure.changed):
-        _print_structure(run.structure, quiet)
-    _print_summary(result, before, after, size_in, size_out, saved, quiet, run.structure)
+        print_structure(run.structure, quiet)
+    print_summary(result, before, after, size_in, size_out, saved, quiet, run.structure)
     if run.quantized is not None:
-        _print_quantized(run.quantized, size_in, size_out)
+        print_quantized(run.quantized, size_in, size_out)
     if json_path:
         _write_json(
             json_path,
@@ -506,169 +498,6 @@ def prune(
         )
     if do_eval:
         run_evaluation(input_model, [saved.path], eval_kwargs, input_shape, quiet=quiet)
-
-
-def _print_quantized(quantized: onnxprune.QuantizeResult, size_in: Any, size_out: Any) -> None:
-    """One line: what the int8 step quantized, the zeros it kept, the sizes against IN."""
-    compressed = (
-        f", compressed {human(size_out.compressed)} ({size_out.compressed / size_in.compressed:.2f}x IN)"
-        if size_in.compressed and size_out.compressed is not None
-        else ""
-    )
-    click.echo(
-        f"int8 ({quantized.mode}{', per channel' if quantized.per_channel else ''}): {quantized.weights_quantized} "
-        f"weight tensors quantized, {count(quantized.zeros_before)} of {count(quantized.zeros_before)} zeros kept "
-        f"({count(quantized.zeros_after)} int8 zeros of {count(quantized.elements)}); size {human(size_out.bytes)} "
-        f"({size_out.bytes / size_in.bytes:.2f}x IN){compressed}"
-    )
-
-
-def _print_layers(result: onnxprune.PruneResult) -> None:
-    calibrated = any(layer.error is not None for layer in result.pruned)
-
-    def err(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4f}"
-
-    rows = []
-    for layer in result.pruned:
-        row = [
-            layer.key,
-            "/".join(layer.ops),
-            _shape(layer.shape),
-            layer.dtype,
-            layer.pattern or "",
-            f"{layer.sparsity_before:.1%}",
-            f"{layer.sparsity_after:.1%}",
-        ]
-        if calibrated:
-            row += [layer.method or "", err(layer.error_magnitude), err(layer.error), layer.bias or ""]
-        rows.append([*row, layer.reason or ""])
-    header = ["weight", "op", "shape", "dtype", "pattern", "before", "after"]
-    right = {5, 6}
-    if calibrated:
-        header += ["method", "err magnitude", "err method", "bias"]
-        right |= {8, 9}
-    click.echo(table(rows, [*header, "note"], right=right))
-    if calibrated:
-        click.echo(
-            "err: relative error of each layer's output against the dense model on the calibration data, "
-            "‖W·X_dense − Ŵ·X‖² / ‖W·X_dense‖², for plain magnitude and for the method"
-        )
-    skipped = [layer for layer in result.skipped if layer.role in ("weight", "mixed")]
-    others = len(result.skipped) - len(skipped)
-    if skipped:
-        click.echo(f"\nweights not pruned: {len(skipped)}")
-        for layer in skipped:
-            click.echo(f"  {layer.key} ({'/'.join(layer.ops) or layer.role}, {_shape(layer.shape)}): {layer.reason}")
-    if others:
-        click.echo(
-            f"not weights: {others} tensors ({_reason_counts([layer for layer in result.skipped if layer not in skipped])})"
-        )
-    click.echo("")
-
-
-def _print_structure(structure: Any, quiet: bool) -> None:
-    """The structural pass: changed groups, blocked groups (by reason), refits, totals."""
-    if structure is None or quiet:
-        return
-    rows = []
-    for g in structure.groups:
-        if not g.removed:
-            continue
-        unit = g.unit_channels
-        rows.append(
-            [
-                g.name + (f" (+{len(g.sources) - 1})" if len(g.sources) > 1 else ""),
-                f"{g.units * unit}" + (f" ({g.units}x{unit})" if unit > 1 else ""),
-                f"{g.kept * unit}",
-                f"{g.removed / g.units:.0%}",
-                f"{g.dead * unit}",
-                count(g.params_removed),
-            ]
-        )
-    if rows:
-        click.echo(
-            table(
-                rows, ["channel group", "channels", "kept", "removed", "dead", "params removed"], right={1, 2, 3, 4, 5}
-            )
-        )
-    amount, round_to = structure.config.get("amount"), structure.config.get("round_to") or 1
-    if amount and round_to > 1:
-        short = [g for g in structure.groups if not g.blocked and g.removed < int(amount * g.units) and g.units > 1]
-        if short:
-            click.echo(
-                f"--round-to {round_to}: {len(short)} group(s) lost fewer channels than --sparsity asks, so that "
-                f"kept counts stay multiples of {round_to} (fast kernels); --round-to 1 for exact fractions"
-            )
-    blocked = structure.blocked
-    if blocked:
-        reasons = Counter(re.sub(r"'[^']*'", "'…'", (g.blocked or "").split(";")[0]) for g in blocked)
-        click.echo(f"\nchannel groups kept whole: {len(blocked)}")
-        for reason, n in reasons.most_common():
-            click.echo(f"  {n} x {reason}")
-    if structure.refits:
-        click.echo("\nconsumers refitted (relative output error on the calibration data, before -> after refit):")
-        for name, before, after in structure.refits:
-            click.echo(f"  {name}: {before:.4f} -> {after:.4f}")
-    notes = [g for g in structure.groups if g.note]
-    for g in notes:
-        click.echo(f"  {g.name}: {g.note}")
-    if structure.exact_max_diff is not None:
-        click.echo(
-            f"\nexact: outputs before and after differ by at most {structure.exact_max_diff:.2g} (synthetic batch)"
-        )
-    if structure.cleanup is not None and structure.cleanup.bn_folded:
-        click.echo(f"BatchNormalization folded into {len(structure.cleanup.bn_folded)} producer(s)")
-    click.echo("")
-
-
-def _print_summary(result, before, after, size_in, size_out, saved, quiet, structure=None) -> None:  # noqa: ANN001
-    def ratio(a: int | None, b: int | None) -> str:
-        return f"{b / a:.2f}x" if a and b is not None else "-"
-
-    rows = [
-        ["parameters", count(before.parameters), count(after.parameters), ratio(before.parameters, after.parameters)],
-        ["non-zeros", count(before.nonzeros), count(after.nonzeros), ratio(before.nonzeros, after.nonzeros)],
-        ["file size", human(size_in.bytes), human(size_out.bytes), ratio(size_in.bytes, size_out.bytes)],
-        [
-            "compressed (deflate)",
-            human(size_in.compressed),
-            human(size_out.compressed),
-            ratio(size_in.compressed, size_out.compressed),
-        ],
-    ]
-    changed = structure is not None and structure.changed
-    if changed and structure.macs_before:
-        rows.insert(
-            2,
-            [
-                "MACs",
-                count(structure.macs_before),
-                count(structure.macs_after),
-                ratio(structure.macs_before, structure.macs_after),
-            ],
-        )
-    if not quiet:
-        click.echo(table(rows, ["", "before", "after", "after/before"], right={1, 2, 3}))
-    target = f"{saved.path}" + (f" (+ {saved.data_path.name})" if saved.data_path else "")
-    if result.pruned:
-        click.echo(
-            f"\npruned {len(result.pruned)} weight tensors: {count(result.zeros_after)} of "
-            f"{count(result.weights_total)} weights are zero ({result.sparsity_after:.1%}; "
-            f"{count(result.newly_zeroed)} newly zeroed) -> {target}"
-        )
-    if changed:
-        groups = sum(1 for g in structure.groups if g.removed)
-        click.echo(
-            f"{'' if result.pruned else chr(10)}removed {structure.removed_units} channel unit(s) "
-            f"({structure.dead_units} dead) from {groups} group(s); parameters {count(structure.params_before)} -> "
-            f"{count(structure.params_after)} -> {target}"
-        )
-    if not quiet and result.pruned and not changed:
-        click.echo(
-            "note: zeros inside dense tensors shrink the compressed size, not the latency: onnxruntime "
-            "runs them as dense (removing whole channels is what makes a model faster)."
-        )
 
 
 main.add_command(eval_command)

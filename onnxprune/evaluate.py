@@ -17,7 +17,7 @@ For every model (``models[0]`` is the base):
   (``onnxprune.structure`` and ``onnxprune.structure.options``, JSON): parameters and MACs
   before and after, per changed channel group its channels before and after, dead channels
   and parameters removed, the blocked groups with their reasons, and the exact check's
-  max |Δ| (:func:`read_structure`).
+  max |Δ| (:func:`onnxprune.provenance.read_structure`).
 
 Each candidate gets plain-language warnings where the numbers are easy to misread.
 """
@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from onnxprune import runtime
@@ -45,6 +44,7 @@ from onnxprune.errors import DataError, OnnxPruneError, OptionError, OutputError
 from onnxprune.graph.model_io import load_model_with_files
 from onnxprune.latency import LatencySettings, LatencyStats, measure_latency
 from onnxprune.metrics import OutputFidelity, TopK, overall
+from onnxprune.provenance import STRUCTURE_KEY, STRUCTURE_OPTIONS_KEY, read_structure  # noqa: F401 - re-exported
 from onnxprune.stats import LayerSize, file_stats, layer_stats, param_stats, sparse_bytes
 
 log = logging.getLogger(__name__)
@@ -402,94 +402,6 @@ def _static_report(
         warnings=[problem] if problem else [],
         structure=structure,
     )
-
-
-STRUCTURE_KEY = "onnxprune.structure"
-STRUCTURE_OPTIONS_KEY = "onnxprune.structure.options"
-
-
-def read_structure(model: onnx.ModelProto) -> tuple[dict[str, Any] | None, str | None]:
-    """(the structural pass's provenance in ``model``'s metadata, or None; a problem to warn of, or None).
-
-    ``onnxprune.structure`` holds ``{"params": [before, after], "macs": [before, after],
-    "groups": {name: [channels_before, channels_after, dead_channels, params_removed]},
-    "blocked": [[name, reason], ...], "exact_max_diff": float | null}``. It is returned as
-    ``{"params": {"before", "after"}, "macs": {"before", "after"}, "groups": [{"group",
-    "channels_before", "channels_after", "dead_channels", "params_removed"}], "blocked":
-    [{"group", "reason"}], "exact_max_diff", "options"}``, ``options`` the JSON object of
-    ``onnxprune.structure.options`` (None when absent or malformed). A model without the key
-    gives (None, None); a malformed value gives (None, why) (malformed options: the summary
-    and why), never an exception.
-    """
-    meta = {entry.key: entry.value for entry in model.metadata_props}
-    if STRUCTURE_KEY not in meta:
-        return None, None
-    try:
-        structure = _parse_structure(json.loads(meta[STRUCTURE_KEY]))
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        detail = (
-            f"no {exc} entry" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120] or type(exc).__name__
-        )
-        return None, (
-            f"the model's '{STRUCTURE_KEY}' metadata is malformed ({detail}): its structural-pass summary is left "
-            "out; re-run onnxprune prune to record it again"
-        )
-    options, problem = None, None
-    if STRUCTURE_OPTIONS_KEY in meta:
-        try:
-            options = json.loads(meta[STRUCTURE_OPTIONS_KEY])
-        except ValueError:
-            options = None
-        if not isinstance(options, dict):
-            problem = f"the model's '{STRUCTURE_OPTIONS_KEY}' metadata is not a JSON object: the options are left out"
-            options = None
-    return {**structure, "options": options}, problem
-
-
-def _count(value: Any, *, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{value!r} is not a count")
-    return value
-
-
-def _parse_structure(raw: Any) -> dict[str, Any]:
-    """The metadata's compact JSON as self-describing fields; raises ValueError where it does not fit."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"a JSON object was expected, got {type(raw).__name__}")
-    params, macs = raw["params"], raw.get("macs") or [None, None]
-    if not isinstance(raw["groups"], dict) or len(params) != 2 or len(macs) != 2:
-        raise ValueError("'groups' must be an object, 'params' and 'macs' pairs")
-    groups = []
-    for name, entry in raw["groups"].items():
-        if not isinstance(entry, list) or len(entry) != 4:
-            raise ValueError(f"group '{name}' must be [before, after, dead, params removed]")
-        before, after, dead, removed = (_count(v) for v in entry)
-        groups.append(
-            {
-                "group": name,
-                "channels_before": before,
-                "channels_after": after,
-                "dead_channels": dead,
-                "params_removed": removed,
-            }
-        )
-    blocked = []
-    for entry in raw.get("blocked") or []:
-        if not isinstance(entry, list) or len(entry) != 2:
-            raise ValueError("'blocked' must list [group, reason] pairs")
-        blocked.append({"group": str(entry[0]), "reason": str(entry[1])})
-    diff = raw.get("exact_max_diff")
-    if diff is not None and (isinstance(diff, bool) or not isinstance(diff, (int, float)) or not np.isfinite(diff)):
-        raise ValueError(f"'exact_max_diff' {diff!r} is not a number")
-    return {
-        "params": {"before": _count(params[0]), "after": _count(params[1])},
-        "macs": {"before": _count(macs[0], optional=True), "after": _count(macs[1], optional=True)},
-        "groups": groups,
-        "blocked": blocked,
-        "exact_max_diff": None if diff is None else float(diff),
-    }
 
 
 # --------------------------------------------------------------------------- data

@@ -3,7 +3,8 @@
 * ``metadata_props``: ``onnxprune.version``, ``onnxprune.options`` (the configuration as
   JSON) and ``onnxprune.summary`` (totals and per-tensor sparsity before -> after, JSON).
 * ``onnxprune.structure`` and ``onnxprune.structure.options`` after the structural pass
-  (channels before, after and dead per group), and a line on each group's source nodes.
+  (channels before, after and dead per group), and a line on each group's source nodes;
+  :func:`read_structure` reads them back (for the evaluator and the viewer), never raising.
 * each pruned tensor's ``doc_string`` and a line in each reading node's ``doc_string``:
   its sparsity and pattern, so a user who clicks the node in Netron sees it.
 
@@ -14,8 +15,9 @@ input and options give byte-identical outputs.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from onnx import ModelProto, NodeProto
 
 from onnxprune.graph.index import Scope, node_label
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
     from onnxprune.passes.structural import StructuralResult
 
 PREFIX = "onnxprune."
+#: The structural pass's summary and options in ``metadata_props`` (see :func:`read_structure`).
+STRUCTURE_KEY = PREFIX + "structure"
+STRUCTURE_OPTIONS_KEY = PREFIX + "structure.options"
 
 
 def _set_metadata(model: ModelProto, key: str, value: str) -> None:
@@ -102,8 +107,8 @@ def stamp_structure(model: ModelProto, result: StructuralResult, version: str) -
         "exact_max_diff": result.exact_max_diff,
     }
     _set_metadata(model, PREFIX + "version", version)
-    _set_metadata(model, PREFIX + "structure.options", json.dumps(result.config, sort_keys=True))
-    _set_metadata(model, PREFIX + "structure", json.dumps(summary, sort_keys=True, separators=(",", ":")))
+    _set_metadata(model, STRUCTURE_OPTIONS_KEY, json.dumps(result.config, sort_keys=True))
+    _set_metadata(model, STRUCTURE_KEY, json.dumps(summary, sort_keys=True, separators=(",", ":")))
     nodes = {node_label(node): node for node in model.graph.node}
     for g in groups:
         text = (
@@ -115,3 +120,87 @@ def stamp_structure(model: ModelProto, result: StructuralResult, version: str) -
             if node is not None:
                 lines = [ln for ln in node.doc_string.splitlines() if not ln.startswith("onnxprune: channels")]
                 node.doc_string = "\n".join([*lines, text])
+
+
+def read_structure(model: ModelProto) -> tuple[dict[str, Any] | None, str | None]:
+    """(the structural pass's provenance in ``model``'s metadata, or None; a problem to warn of, or None).
+
+    ``onnxprune.structure`` holds ``{"params": [before, after], "macs": [before, after],
+    "groups": {name: [channels_before, channels_after, dead_channels, params_removed]},
+    "blocked": [[name, reason], ...], "exact_max_diff": float | null}``. It is returned as
+    ``{"params": {"before", "after"}, "macs": {"before", "after"}, "groups": [{"group",
+    "channels_before", "channels_after", "dead_channels", "params_removed"}], "blocked":
+    [{"group", "reason"}], "exact_max_diff", "options"}``, ``options`` the JSON object of
+    ``onnxprune.structure.options`` (None when absent or malformed). A model without the key
+    gives (None, None); a malformed value gives (None, why) (malformed options: the summary
+    and why), never an exception.
+    """
+    meta = {entry.key: entry.value for entry in model.metadata_props}
+    if STRUCTURE_KEY not in meta:
+        return None, None
+    try:
+        structure = _parse_structure(json.loads(meta[STRUCTURE_KEY]))
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        detail = (
+            f"no {exc} entry" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120] or type(exc).__name__
+        )
+        return None, (
+            f"the model's '{STRUCTURE_KEY}' metadata is malformed ({detail}): its structural-pass summary is left "
+            "out; re-run onnxprune prune to record it again"
+        )
+    options, problem = None, None
+    if STRUCTURE_OPTIONS_KEY in meta:
+        try:
+            options = json.loads(meta[STRUCTURE_OPTIONS_KEY])
+        except ValueError:
+            options = None
+        if not isinstance(options, dict):
+            problem = f"the model's '{STRUCTURE_OPTIONS_KEY}' metadata is not a JSON object: the options are left out"
+            options = None
+    return {**structure, "options": options}, problem
+
+
+def _count(value: Any, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return value
+
+
+def _parse_structure(raw: Any) -> dict[str, Any]:
+    """The metadata's compact JSON as self-describing fields; raises ValueError where it does not fit."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a JSON object was expected, got {type(raw).__name__}")
+    params, macs = raw["params"], raw.get("macs") or [None, None]
+    if not isinstance(raw["groups"], dict) or len(params) != 2 or len(macs) != 2:
+        raise ValueError("'groups' must be an object, 'params' and 'macs' pairs")
+    groups = []
+    for name, entry in raw["groups"].items():
+        if not isinstance(entry, list) or len(entry) != 4:
+            raise ValueError(f"group '{name}' must be [before, after, dead, params removed]")
+        before, after, dead, removed = (_count(v) for v in entry)
+        groups.append(
+            {
+                "group": name,
+                "channels_before": before,
+                "channels_after": after,
+                "dead_channels": dead,
+                "params_removed": removed,
+            }
+        )
+    blocked = []
+    for entry in raw.get("blocked") or []:
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise ValueError("'blocked' must list [group, reason] pairs")
+        blocked.append({"group": str(entry[0]), "reason": str(entry[1])})
+    diff = raw.get("exact_max_diff")
+    if diff is not None and (isinstance(diff, bool) or not isinstance(diff, (int, float)) or not np.isfinite(diff)):
+        raise ValueError(f"'exact_max_diff' {diff!r} is not a number")
+    return {
+        "params": {"before": _count(params[0]), "after": _count(params[1])},
+        "macs": {"before": _count(macs[0], optional=True), "after": _count(macs[1], optional=True)},
+        "groups": groups,
+        "blocked": blocked,
+        "exact_max_diff": None if diff is None else float(diff),
+    }

@@ -29,10 +29,9 @@ from typing import Any
 from onnx import ModelProto
 
 from onnxprune.errors import ModelLoadError, OptionError
-from onnxprune.evaluate import STRUCTURE_KEY, STRUCTURE_OPTIONS_KEY, read_structure
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.graph.model_io import load_model
-from onnxprune.provenance import PREFIX
+from onnxprune.provenance import PREFIX, STRUCTURE_KEY, STRUCTURE_OPTIONS_KEY, read_structure
 
 logger = logging.getLogger(__name__)
 

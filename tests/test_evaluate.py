@@ -16,8 +16,9 @@ import pytest
 import onnxprune
 from onnxprune.compute import count_compute
 from onnxprune.errors import DataError, OptionError
-from onnxprune.evaluate import STRUCTURE_KEY, STRUCTURE_OPTIONS_KEY, EvalOptions, evaluate, read_structure
+from onnxprune.evaluate import EvalOptions, evaluate
 from onnxprune.latency import LatencySettings
+from onnxprune.provenance import STRUCTURE_KEY, STRUCTURE_OPTIONS_KEY, read_structure
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MASKED = FIXTURES / "masked"

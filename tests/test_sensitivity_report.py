@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from onnxprune.cli_analyze import analyze_command
 from onnxprune.errors import OptionError, OutputError
-from onnxprune.report.charts import Line, LineChart, render_lines
+from onnxprune.report.lines import Line, LineChart, render_lines
 from onnxprune.report.sensitivity import (
     MAX_CHART_LAYERS,
     fmt_level,

@@ -12,6 +12,9 @@ Every bar is a ``<rect class="bar">`` carrying its exact value in ``data-value``
 ``<title>`` tooltip; a missing value (None) draws no bar. All text is escaped with
 :func:`html.escape`. Text widths are estimated (``CHAR_WIDTH`` × font size per character)
 to lay out labels; long labels are shortened with an ellipsis and kept whole in a tooltip.
+
+The SVG primitives (:func:`svg_open`, :func:`svg_text`, :func:`num`, :func:`attr`, the layout
+constants) are shared with the line charts of :mod:`onnxprune.report.lines`.
 """
 
 from __future__ import annotations
@@ -27,15 +30,15 @@ PALETTE = ("#2563eb", "#f97316", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#c
 FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif'
 CHAR_WIDTH = 0.6  # average advance of a glyph, as a fraction of the font size (estimate)
 
-_PAD = 12
-_TITLE = 22
-_LEGEND_ROW = 18
-_TICK_FONT = 11
+PAD = 12
+TITLE = 22
+LEGEND_ROW = 18
+TICK_FONT = 11
 _VALUE_FONT = 10
-_LABEL_FONT = 11
-_INK = "#1f2937"
-_MUTED = "#6b7280"
-_GRID = "#e5e7eb"
+LABEL_FONT = 11
+INK = "#1f2937"
+MUTED = "#6b7280"
+GRID = "#e5e7eb"
 _WHISKER = "#374151"
 
 
@@ -193,18 +196,18 @@ def _tick_labels(chart: BarChart, ticks: Sequence[float]) -> list[str]:
     return [(chart.tick_format or chart.value_format)(t) for t in ticks]
 
 
-def _num(x: float) -> str:
+def num(x: float) -> str:
     return f"{x:.2f}".rstrip("0").rstrip(".")
 
 
-def _attr(text: str) -> str:
+def attr(text: str) -> str:
     return escape(text, quote=True)
 
 
-def _text(x: float, y: float, content: str, *, size: float, anchor: str = "start", **extra: str) -> str:
-    attrs = "".join(f' {k.rstrip("_").replace("_", "-")}="{_attr(v)}"' for k, v in extra.items())
+def svg_text(x: float, y: float, content: str, *, size: float, anchor: str = "start", **extra: str) -> str:
+    attrs = "".join(f' {k.rstrip("_").replace("_", "-")}="{attr(v)}"' for k, v in extra.items())
     return (
-        f'<text x="{_num(x)}" y="{_num(y)}" font-size="{_num(size)}" text-anchor="{anchor}"{attrs}>'
+        f'<text x="{num(x)}" y="{num(y)}" font-size="{num(size)}" text-anchor="{anchor}"{attrs}>'
         f"{escape(content)}</text>"
     )
 
@@ -214,16 +217,16 @@ def _legend(series: Sequence[Series], width: float, y0: float) -> tuple[list[str
     if len(series) < 2:
         return [], 0.0
     parts: list[str] = []
-    x, y = float(_PAD), y0
+    x, y = float(PAD), y0
     for s in series:
         label = shorten(s.name, 40)
-        item = 14 + text_width(label, _LABEL_FONT) + 16
-        if x + item > width - _PAD and x > _PAD:
-            x, y = float(_PAD), y + _LEGEND_ROW
-        parts.append(f'<rect class="swatch" x="{_num(x)}" y="{_num(y + 3)}" width="10" height="10" fill="{s.color}"/>')
-        parts.append(_text(x + 14, y + 12, label, size=_LABEL_FONT, fill=_INK))
+        item = 14 + text_width(label, LABEL_FONT) + 16
+        if x + item > width - PAD and x > PAD:
+            x, y = float(PAD), y + LEGEND_ROW
+        parts.append(f'<rect class="swatch" x="{num(x)}" y="{num(y + 3)}" width="10" height="10" fill="{s.color}"/>')
+        parts.append(svg_text(x + 14, y + 12, label, size=LABEL_FONT, fill=INK))
         x += item
-    return parts, y + _LEGEND_ROW - y0
+    return parts, y + LEGEND_ROW - y0
 
 
 def _bar_tooltip(chart: BarChart, s: Series, index: int, value: float) -> str:
@@ -244,18 +247,19 @@ def _bar_tooltip(chart: BarChart, s: Series, index: int, value: float) -> str:
 
 def _bar(x: float, y: float, w: float, h: float, color: str, value: float, tooltip: str) -> str:
     return (
-        f'<rect class="bar" x="{_num(x)}" y="{_num(y)}" width="{_num(w)}" height="{_num(h)}" fill="{color}" '
+        f'<rect class="bar" x="{num(x)}" y="{num(y)}" width="{num(w)}" height="{num(h)}" fill="{color}" '
         f'data-value="{value!r}"><title>{escape(tooltip)}</title></rect>'
     )
 
 
-def _open(chart: BarChart, width: float, height: float) -> str:
+def svg_open(title: str, width: float, height: float) -> str:
+    """The ``<svg>`` start tag, its accessible title, the white background and the drawn title."""
     return (
-        f'<svg class="chart" role="img" viewBox="0 0 {_num(width)} {_num(height)}" '
-        f'width="{_num(width)}" height="{_num(height)}" font-family="{_attr(FONT)}" '
-        f'aria-label="{_attr(chart.title)}"><title>{escape(chart.title)}</title>'
-        f'<rect class="background" x="0" y="0" width="{_num(width)}" height="{_num(height)}" fill="#ffffff"/>'
-        + _text(_PAD, _PAD + 13, chart.title, size=13, font_weight="600", fill=_INK)
+        f'<svg class="chart" role="img" viewBox="0 0 {num(width)} {num(height)}" '
+        f'width="{num(width)}" height="{num(height)}" font-family="{attr(FONT)}" '
+        f'aria-label="{attr(title)}"><title>{escape(title)}</title>'
+        f'<rect class="background" x="0" y="0" width="{num(width)}" height="{num(height)}" fill="#ffffff"/>'
+        + svg_text(PAD, PAD + 13, title, size=13, font_weight="600", fill=INK)
     )
 
 
@@ -269,49 +273,49 @@ def _whisker_parts(s: Series, i: int) -> tuple[float, float] | None:
 
 def _vertical(chart: BarChart) -> str:
     width = float(chart.width)
-    legend, legend_h = _legend(chart.series, width, _PAD + _TITLE)
+    legend, legend_h = _legend(chart.series, width, PAD + TITLE)
     ticks = _domain(chart)
     lo, hi = ticks[0], ticks[-1]
     tick_labels = _tick_labels(chart, ticks)
     axis_room = 16 if chart.axis_label else 0
-    left = _PAD + axis_room + max(text_width(t, _TICK_FONT) for t in tick_labels) + 8
-    plot_w = width - left - _PAD
+    left = PAD + axis_room + max(text_width(t, TICK_FONT) for t in tick_labels) + 8
+    plot_w = width - left - PAD
     n_cat, n_ser = max(len(chart.categories), 1), max(len(chart.series), 1)
     group = plot_w / n_cat
     bar_w = min(56.0, group * 0.78 / n_ser)
-    label_lines = [wrap(c, max(3, int(group / (_LABEL_FONT * CHAR_WIDTH)) - 1)) for c in chart.categories]
+    label_lines = [wrap(c, max(3, int(group / (LABEL_FONT * CHAR_WIDTH)) - 1)) for c in chart.categories]
     n_lines = max((len(lines) for lines in label_lines), default=1)
 
     value_texts = [[None if v is None else _fmt(chart, s, v) for v in s.values] for s in chart.series]
     widest = max((text_width(t, _VALUE_FONT) for row in value_texts for t in row if t), default=0.0)
     rotated = widest > bar_w + 2
     headroom = (widest + 8) if rotated else 16.0
-    top = _PAD + _TITLE + legend_h + 6
+    top = PAD + TITLE + legend_h + 6
     plot_top = top + headroom
     plot_h = float(chart.plot_height)
-    height = plot_top + plot_h + 8 + n_lines * 13 + _PAD
+    height = plot_top + plot_h + 8 + n_lines * 13 + PAD
 
     def y_of(v: float) -> float:
         return plot_top + (hi - v) / (hi - lo) * plot_h
 
-    parts = [_open(chart, width, height), *legend]
+    parts = [svg_open(chart.title, width, height), *legend]
     for t, label in zip(ticks, tick_labels, strict=True):
         y = y_of(t)
         parts.append(
-            f'<line class="grid" x1="{_num(left)}" x2="{_num(width - _PAD)}" y1="{_num(y)}" y2="{_num(y)}" stroke="{_GRID}"/>'
+            f'<line class="grid" x1="{num(left)}" x2="{num(width - PAD)}" y1="{num(y)}" y2="{num(y)}" stroke="{GRID}"/>'
         )
-        parts.append(_text(left - 6, y + 4, label, size=_TICK_FONT, anchor="end", fill=_MUTED))
+        parts.append(svg_text(left - 6, y + 4, label, size=TICK_FONT, anchor="end", fill=MUTED))
     if chart.axis_label:
         cy = plot_top + plot_h / 2
         parts.append(
-            _text(
-                _PAD + 10,
+            svg_text(
+                PAD + 10,
                 cy,
                 chart.axis_label,
-                size=_TICK_FONT,
+                size=TICK_FONT,
                 anchor="middle",
-                fill=_MUTED,
-                transform=f"rotate(-90 {_num(_PAD + 10)} {_num(cy)})",
+                fill=MUTED,
+                transform=f"rotate(-90 {num(PAD + 10)} {num(cy)})",
             )
         )
     zero = y_of(0.0)
@@ -342,8 +346,8 @@ def _vertical(chart: BarChart) -> str:
                 y1, y2 = y_of(whisker[0]), y_of(whisker[1])
                 cap = max(bar_w * 0.2, 3)
                 parts.append(
-                    f'<path class="whisker" d="M{_num(cx)} {_num(y1)}V{_num(y2)}M{_num(cx - cap)} {_num(y1)}'
-                    f'H{_num(cx + cap)}M{_num(cx - cap)} {_num(y2)}H{_num(cx + cap)}" stroke="{_WHISKER}" '
+                    f'<path class="whisker" d="M{num(cx)} {num(y1)}V{num(y2)}M{num(cx - cap)} {num(y1)}'
+                    f'H{num(cx + cap)}M{num(cx - cap)} {num(y2)}H{num(cx + cap)}" stroke="{_WHISKER}" '
                     f'stroke-width="1.5" fill="none"/>'
                 )
                 tip_y = min(tip_y, y1, y2) if v >= 0 else max(tip_y, y1, y2)
@@ -353,33 +357,33 @@ def _vertical(chart: BarChart) -> str:
                 ly = tip_y - 4 if v >= 0 else tip_y + 4
                 anchor = "start" if v >= 0 else "end"
                 parts.append(
-                    _text(
+                    svg_text(
                         cx + 3.5,
                         ly,
                         label,
                         size=_VALUE_FONT,
                         anchor=anchor,
-                        fill=_INK,
-                        transform=f"rotate(-90 {_num(cx + 3.5)} {_num(ly)})",
+                        fill=INK,
+                        transform=f"rotate(-90 {num(cx + 3.5)} {num(ly)})",
                     )
                 )
             else:
                 ly = tip_y - 4 if v >= 0 else tip_y + 12
-                parts.append(_text(cx, ly, label, size=_VALUE_FONT, anchor="middle", fill=_INK))
+                parts.append(svg_text(cx, ly, label, size=_VALUE_FONT, anchor="middle", fill=INK))
         for li, line in enumerate(lines):
             parts.append(
-                _text(
+                svg_text(
                     gx + group / 2,
                     plot_top + plot_h + 8 + 11 + li * 13,
                     line,
-                    size=_LABEL_FONT,
+                    size=LABEL_FONT,
                     anchor="middle",
-                    fill=_INK,
+                    fill=INK,
                     class_="category",
                 ).replace("</text>", f"<title>{escape(chart.categories[ci])}</title></text>")
             )
     parts.append(
-        f'<line class="axis" x1="{_num(left)}" x2="{_num(width - _PAD)}" y1="{_num(zero)}" y2="{_num(zero)}" stroke="{_INK}"/>'
+        f'<line class="axis" x1="{num(left)}" x2="{num(width - PAD)}" y1="{num(zero)}" y2="{num(zero)}" stroke="{INK}"/>'
     )
     parts.extend(_reference_vertical(chart, y_of, left, width))
     parts.append("</svg>")
@@ -391,7 +395,7 @@ def _reference_vertical(chart: BarChart, y_of: Callable[[float], float], left: f
         return []
     y = y_of(chart.reference)
     out = [
-        f'<line class="reference" x1="{_num(left)}" x2="{_num(width - _PAD)}" y1="{_num(y)}" y2="{_num(y)}" stroke="{_INK}" stroke-dasharray="5 4"/>'
+        f'<line class="reference" x1="{num(left)}" x2="{num(width - PAD)}" y1="{num(y)}" y2="{num(y)}" stroke="{INK}" stroke-dasharray="5 4"/>'
     ]
     out.extend(_reference_key(chart, width))
     return out
@@ -401,18 +405,18 @@ def _reference_key(chart: BarChart, width: float) -> list[str]:
     """The reference line's key at the top right, beside the title: a dashed stroke and its label."""
     if chart.reference is None or not chart.reference_label:
         return []
-    x = width - _PAD - text_width(chart.reference_label, _LABEL_FONT)
-    y = _PAD + 9
+    x = width - PAD - text_width(chart.reference_label, LABEL_FONT)
+    y = PAD + 9
     return [
-        f'<line class="reference-key" x1="{_num(x - 26)}" x2="{_num(x - 6)}" y1="{_num(y)}" y2="{_num(y)}" '
-        f'stroke="{_INK}" stroke-dasharray="5 4"/>',
-        _text(x, y + 4, chart.reference_label, size=_LABEL_FONT, fill=_INK),
+        f'<line class="reference-key" x1="{num(x - 26)}" x2="{num(x - 6)}" y1="{num(y)}" y2="{num(y)}" '
+        f'stroke="{INK}" stroke-dasharray="5 4"/>',
+        svg_text(x, y + 4, chart.reference_label, size=LABEL_FONT, fill=INK),
     ]
 
 
 def _horizontal(chart: BarChart) -> str:
     width = float(chart.width)
-    legend, legend_h = _legend(chart.series, width, _PAD + _TITLE)
+    legend, legend_h = _legend(chart.series, width, PAD + TITLE)
     ticks = _domain(chart)
     lo, hi = ticks[0], ticks[-1]
     tick_labels = _tick_labels(chart, ticks)
@@ -420,9 +424,9 @@ def _horizontal(chart: BarChart) -> str:
     thickness = float(chart.bar_thickness)
     gap = max(6.0, thickness * 0.6)
     group = n_ser * thickness + gap
-    label_font = min(_LABEL_FONT, max(group - 3, 8))
+    label_font = min(LABEL_FONT, max(group - 3, 8))
     labels = [shorten(c, chart.label_chars) for c in chart.categories]
-    left = _PAD + max((text_width(t, label_font) for t in labels), default=0) + 10
+    left = PAD + max((text_width(t, label_font) for t in labels), default=0) + 10
     show_values = thickness >= 9
     value_font = min(_VALUE_FONT, thickness)
     value_room = (
@@ -434,60 +438,60 @@ def _horizontal(chart: BarChart) -> str:
         if show_values
         else 0
     )
-    right = _PAD + max(value_room, text_width(tick_labels[-1], _TICK_FONT) / 2)
+    right = PAD + max(value_room, text_width(tick_labels[-1], TICK_FONT) / 2)
     plot_w = max(width - left - right, 80.0)
-    top = _PAD + _TITLE + legend_h + 4
+    top = PAD + TITLE + legend_h + 4
     plot_h = len(chart.categories) * group
     top_axis = plot_h > 420
     plot_top = top + (18 if top_axis else 4)
-    height = plot_top + plot_h + 18 + (16 if chart.axis_label else 0) + _PAD
+    height = plot_top + plot_h + 18 + (16 if chart.axis_label else 0) + PAD
 
     def x_of(v: float) -> float:
         return left + (v - lo) / (hi - lo) * plot_w
 
-    parts = [_open(chart, width, height), *legend]
+    parts = [svg_open(chart.title, width, height), *legend]
     for t, label in zip(ticks, tick_labels, strict=True):
         x = x_of(t)
         parts.append(
-            f'<line class="grid" x1="{_num(x)}" x2="{_num(x)}" y1="{_num(plot_top)}" y2="{_num(plot_top + plot_h)}" stroke="{_GRID}"/>'
+            f'<line class="grid" x1="{num(x)}" x2="{num(x)}" y1="{num(plot_top)}" y2="{num(plot_top + plot_h)}" stroke="{GRID}"/>'
         )
-        parts.append(_text(x, plot_top + plot_h + 14, label, size=_TICK_FONT, anchor="middle", fill=_MUTED))
+        parts.append(svg_text(x, plot_top + plot_h + 14, label, size=TICK_FONT, anchor="middle", fill=MUTED))
         if top_axis:
-            parts.append(_text(x, plot_top - 6, label, size=_TICK_FONT, anchor="middle", fill=_MUTED))
+            parts.append(svg_text(x, plot_top - 6, label, size=TICK_FONT, anchor="middle", fill=MUTED))
     if chart.axis_label:
         parts.append(
-            _text(
+            svg_text(
                 left + plot_w / 2,
                 plot_top + plot_h + 30,
                 chart.axis_label,
-                size=_TICK_FONT,
+                size=TICK_FONT,
                 anchor="middle",
-                fill=_MUTED,
+                fill=MUTED,
             )
         )
     zero = x_of(0.0)
     for ci, category in enumerate(chart.categories):
         gy = plot_top + ci * group + gap / 2
         parts.append(
-            _text(
+            svg_text(
                 left - 8,
                 gy + n_ser * thickness / 2 + label_font * 0.35,
                 labels[ci],
                 size=label_font,
                 anchor="end",
-                fill=_INK,
+                fill=INK,
                 class_="category",
             ).replace("</text>", f"<title>{escape(category)}</title></text>")
         )
         present = [s.values[ci] for s in chart.series if ci < len(s.values) and s.values[ci] is not None]
         if not show_values and present and all(v == 0 for v in present):  # no bar to see: say the value
             parts.append(
-                _text(
+                svg_text(
                     zero + 4,
                     gy + n_ser * thickness / 2 + _VALUE_FONT * 0.35,
                     _fmt(chart, chart.series[0], 0.0),
                     size=_VALUE_FONT,
-                    fill=_MUTED,
+                    fill=MUTED,
                 )
             )
         for si, s in enumerate(chart.series):
@@ -514,30 +518,30 @@ def _horizontal(chart: BarChart) -> str:
                 x1, x2 = x_of(whisker[0]), x_of(whisker[1])
                 cap = max(thickness * 0.3, 2)
                 parts.append(
-                    f'<path class="whisker" d="M{_num(x1)} {_num(cy)}H{_num(x2)}M{_num(x1)} {_num(cy - cap)}'
-                    f'V{_num(cy + cap)}M{_num(x2)} {_num(cy - cap)}V{_num(cy + cap)}" stroke="{_WHISKER}" '
+                    f'<path class="whisker" d="M{num(x1)} {num(cy)}H{num(x2)}M{num(x1)} {num(cy - cap)}'
+                    f'V{num(cy + cap)}M{num(x2)} {num(cy - cap)}V{num(cy + cap)}" stroke="{_WHISKER}" '
                     f'stroke-width="1.5" fill="none"/>'
                 )
                 tip_x = max(tip_x, x1, x2) if v >= 0 else min(tip_x, x1, x2)
             if show_values:
                 lx = tip_x + 4 if v >= 0 else tip_x - 4
                 parts.append(
-                    _text(
+                    svg_text(
                         lx,
                         y + thickness / 2 + value_font * 0.35,
                         _fmt(chart, s, v),
                         size=value_font,
                         anchor="start" if v >= 0 else "end",
-                        fill=_INK,
+                        fill=INK,
                     )
                 )
     parts.append(
-        f'<line class="axis" x1="{_num(zero)}" x2="{_num(zero)}" y1="{_num(plot_top)}" y2="{_num(plot_top + plot_h)}" stroke="{_INK}"/>'
+        f'<line class="axis" x1="{num(zero)}" x2="{num(zero)}" y1="{num(plot_top)}" y2="{num(plot_top + plot_h)}" stroke="{INK}"/>'
     )
     if chart.reference is not None:
         x = x_of(chart.reference)
         parts.append(
-            f'<line class="reference" x1="{_num(x)}" x2="{_num(x)}" y1="{_num(plot_top)}" y2="{_num(plot_top + plot_h)}" stroke="{_INK}" stroke-dasharray="5 4"/>'
+            f'<line class="reference" x1="{num(x)}" x2="{num(x)}" y1="{num(plot_top)}" y2="{num(plot_top + plot_h)}" stroke="{INK}" stroke-dasharray="5 4"/>'
         )
         parts.extend(_reference_key(chart, width))
     parts.append("</svg>")
@@ -547,185 +551,3 @@ def _horizontal(chart: BarChart) -> str:
 def render(chart: BarChart) -> str:
     """The chart as a standalone ``<svg>`` element (for inlining in HTML)."""
     return _horizontal(chart) if chart.horizontal else _vertical(chart)
-
-
-# ---------------------------------------------------------------------------------------
-# Line charts: y against x, one polyline per series
-
-
-@dataclass(frozen=True)
-class Line:
-    """One curve: its points joined in order, and optionally one marked point (a chosen value)."""
-
-    name: str
-    points: tuple[tuple[float, float], ...]
-    color: str
-    mark: tuple[float, float] | None = None
-    mark_note: str = ""  # tooltip of the mark
-
-
-@dataclass(frozen=True)
-class LineChart:
-    """Curves on shared axes. ``y_scale="sqrt"`` draws y at sign(y)·√|y|: small values spread
-    out, zero stays zero, the order of values is kept (ticks are labelled with true values)."""
-
-    title: str
-    lines: tuple[Line, ...]
-    x_label: str = ""
-    y_label: str = ""
-    x_format: Callable[[float], str] = lambda v: f"{v:g}"
-    y_format: Callable[[float], str] = lambda v: f"{v:g}"
-    y_scale: str = "linear"  # "linear" or "sqrt"
-    x_domain: tuple[float, float] | None = None  # None: the data's, widened to nice ticks
-    width: int = 760
-    plot_height: int = 320
-    legend_chars: int = 40
-    reference_x: float | None = None  # a dashed vertical line (a target)
-    reference_label: str = ""
-
-
-def _sqrt_scale(value: float) -> float:
-    return math.copysign(math.sqrt(abs(value)), value)
-
-
-def _round_sig(value: float, digits: int = 1) -> float:
-    if value == 0:
-        return 0.0
-    return float(f"{value:.{digits}g}")
-
-
-def _line_y_ticks(chart: LineChart, lo: float, hi: float) -> list[float]:
-    ticks = nice_ticks(lo, hi)
-    if chart.y_scale != "sqrt":
-        return ticks
-    top, bottom = ticks[-1], ticks[0]
-    out = {0.0, top, bottom}
-    for k in (1, 2, 4, 6, 8):  # at 10 %, 20 %, 40 % … of the drawn (square-root) height, rounded
-        out.add(_round_sig(top * (k / 10) ** 2))
-    return sorted(out)
-
-
-def _line_legend(lines: Sequence[Line], width: float, y0: float, max_chars: int) -> tuple[list[str], float]:
-    parts: list[str] = []
-    x, y = float(_PAD), y0
-    for line in lines:
-        label = shorten(line.name, max_chars)
-        item = 20 + text_width(label, _LABEL_FONT) + 14
-        if x + item > width - _PAD and x > _PAD:
-            x, y = float(_PAD), y + _LEGEND_ROW
-        parts.append(
-            f'<line class="swatch" x1="{_num(x)}" x2="{_num(x + 16)}" y1="{_num(y + 8)}" y2="{_num(y + 8)}" '
-            f'stroke="{line.color}" stroke-width="3"/>'
-        )
-        text = _text(x + 20, y + 12, label, size=_LABEL_FONT, fill=_INK)
-        parts.append(
-            text.replace("</text>", f"<title>{escape(line.name)}</title></text>") if label != line.name else text
-        )
-        x += item
-    return parts, (y + _LEGEND_ROW - y0) if lines else 0.0
-
-
-def render_lines(chart: LineChart) -> str:
-    """The line chart as a standalone ``<svg>``: a ``<polyline class="line">`` per curve that has
-    points (exact values in its ``<title>``), a ``<circle class="mark">`` per marked point."""
-    width = float(chart.width)
-    drawn = [line for line in chart.lines if line.points]
-    xs = [x for line in drawn for x, _ in line.points if math.isfinite(x)]
-    ys = [y for line in drawn for _, y in line.points if math.isfinite(y)]
-    xs += [line.mark[0] for line in drawn if line.mark]
-    ys += [line.mark[1] for line in drawn if line.mark]
-    if chart.x_domain is not None:
-        x_lo, x_hi = chart.x_domain
-        x_ticks = [t for t in nice_ticks(x_lo, x_hi) if x_lo - 1e-12 <= t <= x_hi + 1e-12]
-    else:
-        x_ticks = nice_ticks(min(xs, default=0.0), max(xs, default=1.0))
-        x_lo, x_hi = x_ticks[0], x_ticks[-1]
-    if not x_hi > x_lo:
-        x_hi = x_lo + 1.0
-    y_ticks = _line_y_ticks(chart, min([0.0, *ys]), max([0.0, *ys]))
-    y_lo, y_hi = y_ticks[0], y_ticks[-1]
-    scale = _sqrt_scale if chart.y_scale == "sqrt" else (lambda v: v)
-    s_lo, s_hi = scale(y_lo), scale(y_hi)
-    if not s_hi > s_lo:
-        s_hi = s_lo + 1.0
-
-    legend, legend_h = _line_legend(drawn, width, _PAD + _TITLE, chart.legend_chars) if len(drawn) > 1 else ([], 0.0)
-    y_labels = [chart.y_format(t) for t in y_ticks]
-    left = _PAD + (16 if chart.y_label else 0) + max(text_width(t, _TICK_FONT) for t in y_labels) + 8
-    right = width - _PAD - 8
-    plot_top = _PAD + _TITLE + legend_h + 12
-    plot_h = float(chart.plot_height)
-    height = plot_top + plot_h + 20 + (18 if chart.x_label else 0) + _PAD
-
-    def x_of(v: float) -> float:
-        return left + (v - x_lo) / (x_hi - x_lo) * (right - left)
-
-    def y_of(v: float) -> float:
-        return plot_top + (s_hi - scale(v)) / (s_hi - s_lo) * plot_h
-
-    parts = [_open(BarChart(chart.title, (), ()), width, height), *legend]  # _open reads only the title
-    for t, label in zip(y_ticks, y_labels, strict=True):
-        y = y_of(t)
-        parts.append(
-            f'<line class="grid" x1="{_num(left)}" x2="{_num(right)}" y1="{_num(y)}" y2="{_num(y)}" stroke="{_GRID}"/>'
-        )
-        parts.append(_text(left - 6, y + 4, label, size=_TICK_FONT, anchor="end", fill=_MUTED))
-    for t in x_ticks:
-        x = x_of(t)
-        parts.append(
-            f'<line class="grid" x1="{_num(x)}" x2="{_num(x)}" y1="{_num(plot_top)}" y2="{_num(plot_top + plot_h)}" '
-            f'stroke="{_GRID}"/>'
-        )
-        parts.append(_text(x, plot_top + plot_h + 15, chart.x_format(t), size=_TICK_FONT, anchor="middle", fill=_MUTED))
-    if chart.x_label:
-        parts.append(
-            _text(
-                (left + right) / 2, plot_top + plot_h + 33, chart.x_label, size=_TICK_FONT, anchor="middle", fill=_MUTED
-            )
-        )
-    if chart.y_label:
-        cy = plot_top + plot_h / 2
-        parts.append(
-            _text(
-                _PAD + 10,
-                cy,
-                chart.y_label,
-                size=_TICK_FONT,
-                anchor="middle",
-                fill=_MUTED,
-                transform=f"rotate(-90 {_num(_PAD + 10)} {_num(cy)})",
-            )
-        )
-    zero = y_of(0.0)
-    parts.append(
-        f'<line class="axis" x1="{_num(left)}" x2="{_num(right)}" y1="{_num(zero)}" y2="{_num(zero)}" stroke="{_INK}"/>'
-    )
-    if chart.reference_x is not None and x_lo <= chart.reference_x <= x_hi:
-        x = x_of(chart.reference_x)
-        parts.append(
-            f'<line class="reference" x1="{_num(x)}" x2="{_num(x)}" y1="{_num(plot_top)}" y2="{_num(plot_top + plot_h)}" '
-            f'stroke="{_INK}" stroke-dasharray="5 4"/>'
-        )
-        if chart.reference_label:
-            parts.append(_text(x + 4, plot_top + 11, chart.reference_label, size=_LABEL_FONT, fill=_INK))
-    for line in drawn:
-        points = [(x, y) for x, y in line.points if math.isfinite(x) and math.isfinite(y)]
-        coords = " ".join(f"{_num(x_of(x))},{_num(y_of(y))}" for x, y in points)
-        values = ", ".join(f"{chart.x_format(x)}: {chart.y_format(y)}" for x, y in points)
-        parts.append(
-            f'<polyline class="line" points="{coords}" fill="none" stroke="{line.color}" stroke-width="1.6" '
-            f'stroke-linejoin="round" data-name="{_attr(line.name)}"><title>{escape(f"{line.name} — {values}")}'
-            "</title></polyline>"
-        )
-    for line in drawn:  # marks last: on top of every line
-        if line.mark is None or not all(math.isfinite(v) for v in line.mark):
-            continue
-        mx, my = line.mark
-        tip = f"{line.name}: {line.mark_note}" if line.mark_note else line.name
-        parts.append(
-            f'<circle class="mark" cx="{_num(x_of(mx))}" cy="{_num(y_of(my))}" r="4" fill="{line.color}" '
-            f'stroke="#ffffff" stroke-width="1.2" data-name="{_attr(line.name)}" data-x="{mx!r}" data-y="{my!r}">'
-            f"<title>{escape(tip)}</title></circle>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)

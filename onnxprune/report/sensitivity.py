@@ -43,7 +43,8 @@ from typing import Any
 
 from onnxprune.errors import OptionError, OutputError
 from onnxprune.report import numbers as nb
-from onnxprune.report.charts import Line, LineChart, colors, render_lines
+from onnxprune.report.charts import colors
+from onnxprune.report.lines import Line, LineChart, render_lines
 from onnxprune.report.page import CSS
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The report's "Channels removed (structural pass)" section, from each model's ``structure``.
 
 ``structure`` is what the evaluator read from a model's metadata
-(:func:`onnxprune.evaluate.read_structure`): parameters and MACs before and after, per
+(:func:`onnxprune.provenance.read_structure`): parameters and MACs before and after, per
 changed channel group its channels before and after, the dead channels among those removed
 and the parameters removed, the blocked groups with their reasons, and the exact check.
 

@@ -1,0 +1,198 @@
+"""What ``onnxprune prune`` and ``onnxprune inspect`` print: the per-layer table, the structural
+pass's groups, the before/after summary, the int8 line, and the short forms they share.
+
+Only the command line prints (see :mod:`onnxprune.console` for the shared helpers).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+import onnxprune
+from onnxprune.console import count, human, table
+
+
+def format_shape(shape: Sequence[int]) -> str:
+    """``64x3x3x3``; ``scalar`` for a 0-d tensor."""
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def reason_key(reason: str | None) -> str:
+    """A short category for a skip reason (sizes and names removed), for counting."""
+    text = re.sub(r"^\d+ elements, ", "", reason or "unknown")
+    return re.sub(r" \d+$", "", text.split(":")[0].split(",")[0])
+
+
+def reason_counts(layers: Sequence[Any]) -> str:
+    counts = Counter(reason_key(layer.reason) for layer in layers)
+    return ", ".join(f"{n} {what}" for what, n in counts.most_common())
+
+
+def print_quantized(quantized: onnxprune.QuantizeResult, size_in: Any, size_out: Any) -> None:
+    """One line: what the int8 step quantized, the zeros it kept, the sizes against IN."""
+    compressed = (
+        f", compressed {human(size_out.compressed)} ({size_out.compressed / size_in.compressed:.2f}x IN)"
+        if size_in.compressed and size_out.compressed is not None
+        else ""
+    )
+    click.echo(
+        f"int8 ({quantized.mode}{', per channel' if quantized.per_channel else ''}): {quantized.weights_quantized} "
+        f"weight tensors quantized, {count(quantized.zeros_before)} of {count(quantized.zeros_before)} zeros kept "
+        f"({count(quantized.zeros_after)} int8 zeros of {count(quantized.elements)}); size {human(size_out.bytes)} "
+        f"({size_out.bytes / size_in.bytes:.2f}x IN){compressed}"
+    )
+
+
+def print_layers(result: onnxprune.PruneResult) -> None:
+    calibrated = any(layer.error is not None for layer in result.pruned)
+
+    def err(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    rows = []
+    for layer in result.pruned:
+        row = [
+            layer.key,
+            "/".join(layer.ops),
+            format_shape(layer.shape),
+            layer.dtype,
+            layer.pattern or "",
+            f"{layer.sparsity_before:.1%}",
+            f"{layer.sparsity_after:.1%}",
+        ]
+        if calibrated:
+            row += [layer.method or "", err(layer.error_magnitude), err(layer.error), layer.bias or ""]
+        rows.append([*row, layer.reason or ""])
+    header = ["weight", "op", "shape", "dtype", "pattern", "before", "after"]
+    right = {5, 6}
+    if calibrated:
+        header += ["method", "err magnitude", "err method", "bias"]
+        right |= {8, 9}
+    click.echo(table(rows, [*header, "note"], right=right))
+    if calibrated:
+        click.echo(
+            "err: relative error of each layer's output against the dense model on the calibration data, "
+            "‖W·X_dense − Ŵ·X‖² / ‖W·X_dense‖², for plain magnitude and for the method"
+        )
+    skipped = [layer for layer in result.skipped if layer.role in ("weight", "mixed")]
+    others = len(result.skipped) - len(skipped)
+    if skipped:
+        click.echo(f"\nweights not pruned: {len(skipped)}")
+        for layer in skipped:
+            click.echo(
+                f"  {layer.key} ({'/'.join(layer.ops) or layer.role}, {format_shape(layer.shape)}): {layer.reason}"
+            )
+    if others:
+        click.echo(
+            f"not weights: {others} tensors ({reason_counts([layer for layer in result.skipped if layer not in skipped])})"
+        )
+    click.echo("")
+
+
+def print_structure(structure: Any, quiet: bool) -> None:
+    """The structural pass: changed groups, blocked groups (by reason), refits, totals."""
+    if structure is None or quiet:
+        return
+    rows = []
+    for g in structure.groups:
+        if not g.removed:
+            continue
+        unit = g.unit_channels
+        rows.append(
+            [
+                g.name + (f" (+{len(g.sources) - 1})" if len(g.sources) > 1 else ""),
+                f"{g.units * unit}" + (f" ({g.units}x{unit})" if unit > 1 else ""),
+                f"{g.kept * unit}",
+                f"{g.removed / g.units:.0%}",
+                f"{g.dead * unit}",
+                count(g.params_removed),
+            ]
+        )
+    if rows:
+        click.echo(
+            table(
+                rows, ["channel group", "channels", "kept", "removed", "dead", "params removed"], right={1, 2, 3, 4, 5}
+            )
+        )
+    amount, round_to = structure.config.get("amount"), structure.config.get("round_to") or 1
+    if amount and round_to > 1:
+        short = [g for g in structure.groups if not g.blocked and g.removed < int(amount * g.units) and g.units > 1]
+        if short:
+            click.echo(
+                f"--round-to {round_to}: {len(short)} group(s) lost fewer channels than --sparsity asks, so that "
+                f"kept counts stay multiples of {round_to} (fast kernels); --round-to 1 for exact fractions"
+            )
+    blocked = structure.blocked
+    if blocked:
+        reasons = Counter(re.sub(r"'[^']*'", "'…'", (g.blocked or "").split(";")[0]) for g in blocked)
+        click.echo(f"\nchannel groups kept whole: {len(blocked)}")
+        for reason, n in reasons.most_common():
+            click.echo(f"  {n} x {reason}")
+    if structure.refits:
+        click.echo("\nconsumers refitted (relative output error on the calibration data, before -> after refit):")
+        for name, before, after in structure.refits:
+            click.echo(f"  {name}: {before:.4f} -> {after:.4f}")
+    notes = [g for g in structure.groups if g.note]
+    for g in notes:
+        click.echo(f"  {g.name}: {g.note}")
+    if structure.exact_max_diff is not None:
+        click.echo(
+            f"\nexact: outputs before and after differ by at most {structure.exact_max_diff:.2g} (synthetic batch)"
+        )
+    if structure.cleanup is not None and structure.cleanup.bn_folded:
+        click.echo(f"BatchNormalization folded into {len(structure.cleanup.bn_folded)} producer(s)")
+    click.echo("")
+
+
+def print_summary(result, before, after, size_in, size_out, saved, quiet, structure=None) -> None:  # noqa: ANN001
+    def ratio(a: int | None, b: int | None) -> str:
+        return f"{b / a:.2f}x" if a and b is not None else "-"
+
+    rows = [
+        ["parameters", count(before.parameters), count(after.parameters), ratio(before.parameters, after.parameters)],
+        ["non-zeros", count(before.nonzeros), count(after.nonzeros), ratio(before.nonzeros, after.nonzeros)],
+        ["file size", human(size_in.bytes), human(size_out.bytes), ratio(size_in.bytes, size_out.bytes)],
+        [
+            "compressed (deflate)",
+            human(size_in.compressed),
+            human(size_out.compressed),
+            ratio(size_in.compressed, size_out.compressed),
+        ],
+    ]
+    changed = structure is not None and structure.changed
+    if changed and structure.macs_before:
+        rows.insert(
+            2,
+            [
+                "MACs",
+                count(structure.macs_before),
+                count(structure.macs_after),
+                ratio(structure.macs_before, structure.macs_after),
+            ],
+        )
+    if not quiet:
+        click.echo(table(rows, ["", "before", "after", "after/before"], right={1, 2, 3}))
+    target = f"{saved.path}" + (f" (+ {saved.data_path.name})" if saved.data_path else "")
+    if result.pruned:
+        click.echo(
+            f"\npruned {len(result.pruned)} weight tensors: {count(result.zeros_after)} of "
+            f"{count(result.weights_total)} weights are zero ({result.sparsity_after:.1%}; "
+            f"{count(result.newly_zeroed)} newly zeroed) -> {target}"
+        )
+    if changed:
+        groups = sum(1 for g in structure.groups if g.removed)
+        click.echo(
+            f"{'' if result.pruned else chr(10)}removed {structure.removed_units} channel unit(s) "
+            f"({structure.dead_units} dead) from {groups} group(s); parameters {count(structure.params_before)} -> "
+            f"{count(structure.params_after)} -> {target}"
+        )
+    if not quiet and result.pruned and not changed:
+        click.echo(
+            "note: zeros inside dense tensors shrink the compressed size, not the latency: onnxruntime "
+            "runs them as dense (removing whole channels is what makes a model faster)."
+        )
