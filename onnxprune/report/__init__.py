@@ -16,48 +16,17 @@ untouched and no temporary file behind.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from onnxprune.errors import OutputError
+from onnxprune.report.files import write_page
 from onnxprune.report.page import render_html
-
-log = logging.getLogger(__name__)
 
 __all__ = ["render_html", "write_report"]
 
 
 def write_report(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Render ``result`` and write it to ``path`` atomically; returns the path written."""
-    target = Path(path)
-    page = render_html(result).encode("utf-8")
-    folder = target.parent
-    if target.is_dir():
-        raise OutputError(f"the report path '{target}' is a folder: give a file name such as report.html")
-    if not folder.is_dir():
-        raise OutputError(f"the report folder '{folder}' does not exist: create it first")
-    mode = (target.stat().st_mode & 0o777) if target.exists() else 0o644
-    try:
-        handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"cannot write the report into '{folder}': {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(page)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write the report '{target}': {exc.strerror or exc}") from None
-        raise
-    log.info("wrote report %s (%d bytes)", target, len(page))
-    return target
+    return write_page(render_html(result), path)

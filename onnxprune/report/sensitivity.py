@@ -30,20 +30,19 @@ the page has no script and no URL. Writing is atomic, as for the evaluation repo
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from onnxprune.errors import OptionError, OutputError
+from onnxprune.errors import OptionError
 from onnxprune.report import numbers as nb
 from onnxprune.report.charts import colors
+from onnxprune.report.files import write_page
 from onnxprune.report.lines import Line, LineChart, render_lines
 from onnxprune.report.page import CSS
 
@@ -481,30 +480,4 @@ def render_sensitivity_html(data: Mapping[str, Any]) -> str:
 
 def write_sensitivity_report(data: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Render ``data`` and write it to ``path`` atomically; returns the path written."""
-    target = Path(path)
-    page = render_sensitivity_html(data).encode("utf-8")
-    folder = target.parent
-    if target.is_dir():
-        raise OutputError(f"the report path '{target}' is a folder: give a file name such as sensitivity.html")
-    if not folder.is_dir():
-        raise OutputError(f"the report folder '{folder}' does not exist: create it first")
-    mode = (target.stat().st_mode & 0o777) if target.exists() else 0o644
-    try:
-        handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"cannot write the report into '{folder}': {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(page)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write the report '{target}': {exc.strerror or exc}") from None
-        raise
-    log.info("wrote sensitivity report %s (%d bytes)", target, len(page))
-    return target
+    return write_page(render_sensitivity_html(data), path)

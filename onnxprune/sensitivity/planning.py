@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -82,13 +83,19 @@ def tightened_until(
 ) -> tuple[Plan, float]:
     """Measure ``plan``; tighten it while the measured loss exceeds ``max_loss``."""
     curves = curves_of(sens)
-    measured = measure_plan(model_path, plan.sparsity, data=data, labels=labels)
+    return _tighten_loop(plan, curves, max_loss, lambda p: measure_plan(model_path, p, data=data, labels=labels))
+
+
+def _tighten_loop(
+    plan: Plan, curves: list[Curve], max_loss: float, measure: Callable[[dict[str, float]], float]
+) -> tuple[Plan, float]:
+    measured = measure(plan.sparsity)
     for _ in range(MAX_TIGHTEN):
         if measured <= max_loss or plan.removed == 0:
             break
         log.info("plan at %.1f%% measured loss %.4f > %.4f: tightening", 100 * plan.fraction, measured, max_loss)
         plan = tighten(plan, curves)
-        measured = measure_plan(model_path, plan.sparsity, data=data, labels=labels)
+        measured = measure(plan.sparsity)
     return plan, measured
 
 
@@ -177,10 +184,4 @@ def tightened_groups(
 ) -> tuple[Plan, float]:
     """:func:`tightened_until` for channel-group plans."""
     curves = group_curves(sens)
-    measured = measure_group_plan(model_path, plan.sparsity, data=data, labels=labels)
-    for _ in range(MAX_TIGHTEN):
-        if measured <= max_loss or plan.removed == 0:
-            break
-        plan = tighten(plan, curves)
-        measured = measure_group_plan(model_path, plan.sparsity, data=data, labels=labels)
-    return plan, measured
+    return _tighten_loop(plan, curves, max_loss, lambda p: measure_group_plan(model_path, p, data=data, labels=labels))
