@@ -3,11 +3,15 @@ plans from the curves, and `onnxprune analyze`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,18 +99,32 @@ def test_a_plan_hits_the_target_and_max_loss_is_checked_on_the_data():
     assert checked.fraction > 0.3  # not an empty plan that trivially holds
 
 
-@pytest.mark.skipif(shutil.which("ray") is None and not Path(sys.executable).with_name("ray").exists(), reason="ray")
-def test_ray_cluster_on_loopback_runs_the_same_tasks(tmp_path):
-    ray = pytest.importorskip("ray")
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cli = str(Path(sys.executable).with_name("ray"))
-    start = [cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2"]
-    started = subprocess.run([*start, "--include-dashboard=false", "--disable-usage-stats"], capture_output=True)
-    if started.returncode != 0:
-        pytest.fail(f"ray start failed: {started.stderr.decode()[-400:]}")
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not Path(sys.executable).with_name("ray").exists(), reason="ray is not installed")
+def test_ray_cluster_on_loopback_runs_the_same_tasks(tmp_path):
+    """A Ray head of our own on 127.0.0.1 (its process group is ended afterwards; other
+    Ray clusters on the machine are left alone), reached through RayExecutor(address)."""
+    ray = pytest.importorskip("ray")
+    port = _free_port()
+    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address=127.0.0.1"]
+    command += [f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"]
+    short = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    command += [f"--temp-dir={short}"]
+    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
+        deadline = time.monotonic() + 120
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the Ray head did not start: {head.stderr.read().decode()[-400:] if head.stderr else ''}")
+            time.sleep(0.5)
         from onnxprune.sensitivity.executors import RayExecutor
 
         executor = RayExecutor(f"127.0.0.1:{port}")
@@ -116,7 +134,14 @@ def test_ray_cluster_on_loopback_runs_the_same_tasks(tmp_path):
         assert [c.loss for c in remote.curves] == [c.loss for c in local.curves]
     finally:
         ray.shutdown()
-        subprocess.run([cli, "stop", "--force"], capture_output=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def test_ray_address_that_answers_nothing_is_a_one_line_error():
