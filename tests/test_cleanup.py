@@ -611,3 +611,76 @@ def test_options_off():
     result = cleanup(model, fold_bn=False, fold_constants=False)
     assert result.bn_folded == () and result.initializers_removed == 1
     assert ops(model) == ["Conv", "BatchNormalization", "Relu"]
+
+
+# ---------------------------------------------------------------------------------------
+# Per-channel affine ops after a Conv/Gemm (PaddlePaddle's scale layers, decomposed BN)
+
+
+def conv_affine(constants: dict[str, np.ndarray], *, bias: bool = True, extra_reader: bool = False) -> ModelProto:
+    """X[1,8,6,6] -> Conv(16) -> op(constant) ... -> Relu -> Y; ``constants`` maps op to its constant."""
+    inits = [b.init("W", b.rand((16, 8, 3, 3), 1))]
+    conv_inputs = ["X", "W"]
+    if bias:
+        inits.append(b.init("Cb", b.rand((16,), 3)))
+        conv_inputs.append("Cb")
+    nodes = [b.node("Conv", conv_inputs, ["c0"], "conv", pads=[1, 1, 1, 1])]
+    outputs = [b.value("Y", ("N", 16, 6, 6), b.FLOAT)]
+    for i, (op, value) in enumerate(constants.items()):
+        inits.append(b.init(f"k{i}", value.astype(np.float32)))
+        nodes.append(b.node(op, [f"c{i}", f"k{i}"], [f"c{i + 1}"], f"{op.lower()}{i}"))
+    nodes.append(b.node("Relu", [f"c{len(constants)}"], ["Y"], "relu"))
+    if extra_reader:
+        nodes.append(b.node("Sigmoid", ["c0"], ["Z"], "side"))
+        outputs.append(b.value("Z", ("N", 16, 6, 6), b.FLOAT))
+    return b.model(nodes, [b.value("X", ("N", 8, 6, 6), b.FLOAT)], outputs, inits)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_scalar_and_per_channel_affine_ops_fold_into_the_conv(bias):
+    rng = np.random.default_rng(5)
+    model = conv_affine(
+        {
+            "Mul": np.array(1.7),
+            "Add": rng.standard_normal((16, 1, 1)),
+            "Sub": np.array([0.3]),
+            "Div": rng.uniform(0.5, 2.0, (1, 16, 1, 1)),
+        },
+        bias=bias,
+    )
+    before = copy(model)
+    result = cleanup(model)
+    assert result.affine_folded == ("mul0", "add1", "sub2", "div3")
+    assert ops(model) == ["Conv", "Relu"]
+    assert_same_outputs(before, checked(model), feeds_for(before))
+
+
+def test_affine_ops_that_are_not_per_channel_or_shared_stay():
+    spatial = conv_affine({"Mul": np.random.default_rng(1).standard_normal((1, 1, 6, 6))})
+    assert cleanup(spatial).affine_folded == () and "Mul" in ops(spatial)
+    shared = conv_affine({"Mul": np.array(2.0)}, extra_reader=True)
+    before = copy(shared)
+    assert cleanup(shared).affine_folded == () and "Mul" in ops(shared)
+    assert_same_outputs(before, shared, feeds_for(before))
+    constant_first_sub = conv_affine({"Add": np.array(1.0)})
+    constant_first_sub.graph.node[1].op_type = "Sub"
+    constant_first_sub.graph.node[1].input[:] = ["k0", "c0"]  # 1 - x: not x + t
+    before = copy(constant_first_sub)
+    assert cleanup(constant_first_sub).affine_folded == ()
+    assert_same_outputs(before, constant_first_sub, feeds_for(before))
+
+
+def test_gemm_followed_by_a_per_output_shift_folds():
+    model = b.model(
+        [
+            b.node("Gemm", ["X", "B", "C"], ["g"], "gemm", transB=1, alpha=0.5, beta=2.0),
+            b.node("Sub", ["g", "s"], ["Y"], "sub"),
+        ],
+        [b.value("X", ("N", 12), b.FLOAT)],
+        [b.value("Y", ("N", 7), b.FLOAT)],
+        [b.init("B", b.rand((7, 12), 1)), b.init("C", b.rand((7,), 2)), b.init("s", b.rand((7,), 3))],
+    )
+    before = copy(model)
+    assert cleanup(model).affine_folded == ("sub",)
+    assert ops(model) == ["Gemm"]
+    assert_same_outputs(before, checked(model), feeds_for(before))

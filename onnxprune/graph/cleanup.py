@@ -38,7 +38,7 @@ from onnxprune.graph.edit import (
     node_subgraphs,
     outer_refs,
 )
-from onnxprune.graph.fold_bn import PRODUCERS, fold_batchnorm
+from onnxprune.graph.fold_bn import PRODUCERS, fold_affine, fold_batchnorm
 from onnxprune.graph.fold_constants import GROWTH_LIMIT, NEVER_FOLDED, SMALL
 from onnxprune.graph.skeleton import without_shape
 
@@ -66,6 +66,7 @@ class CleanupResult:
     nodes_removed: int  # dead nodes dropped (unread Constant nodes included)
     initializers_removed: int  # unused initializers dropped
     notes: tuple[str, ...] = ()
+    affine_folded: tuple[str, ...] = ()  # per-channel Mul/Add/Sub/Div folded into their producer
 
 
 # ---------------------------------------------------------------------------------------
@@ -210,6 +211,11 @@ def cleanup(
         notes.extend(constant_notes)
     if constants:
         cache.clear()
+    affine: list[str] = []
+    if fold_bn:  # after constant folding, which turns Reshape(constant) scales into stored ones
+        affine = fold_affine(model, rank=lambda name: shapes().rank(name))
+        if affine:
+            cache.clear()
     removed = _Removed()
     _prune(model.graph, removed, main=True)
     if refresh_shapes:
@@ -223,14 +229,17 @@ def cleanup(
     else:
         _refresh_value_info(model, None)
     log.info(
-        "cleanup: %d BN folded, %d kept, %d nodes folded to constants, %d dead nodes and %d initializers removed",
+        "cleanup: %d BN and %d affine ops folded, %d BN kept, %d nodes folded to constants, "
+        "%d dead nodes and %d initializers removed",
         len(bn_folded),
+        len(affine),
         len(bn_kept),
         constants,
         removed.nodes,
         removed.initializers,
     )
     return CleanupResult(
+        affine_folded=tuple(affine),
         bn_folded=tuple(bn_folded),
         bn_kept=tuple(bn_kept),
         constants_folded=constants,

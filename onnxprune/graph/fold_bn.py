@@ -92,6 +92,11 @@ class _BnContext:
     cloned: dict[tuple[int, str], int]  # (scope id, name) -> readers moved to clones
     channels: int = 0
 
+    @property
+    def affine(self) -> NodeProto:
+        """The node being folded (a BN, or a per-channel Mul/Add/Sub/Div)."""
+        return self.bn
+
     def stored(self, node: NodeProto, index: int, what: str) -> _Stored | str | None:
         """The stored tensor ``node`` reads at ``index``, why it does not fit, or None if absent."""
         name = node.input[index] if len(node.input) > index else ""
@@ -320,3 +325,97 @@ def fold_batchnorm(
             folded.append(label)
         delete_nodes(scope.graph, removed)
     return folded, kept
+
+
+#: Per-channel affine ops folded like a BN: ``y = s·x + t`` with a stored constant operand.
+AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
+_AFFINE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _out_channels(ctx: _BnContext, producer: NodeProto) -> int | None:
+    weight = ctx.stored(producer, 1, "weight")
+    if not isinstance(weight, _Stored):
+        return None
+    dims = list(weight.tensor.dims)
+    attrs = {a.name: helper.get_attribute_value(a) for a in producer.attribute}
+    if producer.op_type == "Conv":
+        return dims[0] if dims else None
+    if producer.op_type == "ConvTranspose":
+        return dims[1] * int(attrs.get("group", 1)) if len(dims) > 1 else None
+    return (dims[0] if attrs.get("transB", 0) else dims[1]) if len(dims) == 2 else None
+
+
+def _affine_plan(ctx: _BnContext) -> tuple[_Fold, np.ndarray, np.ndarray] | str:
+    """``x ∘ c`` (∘ = ·, +, −, ÷) right after a Conv/ConvTranspose/Gemm, ``c`` a stored constant
+    that is a scalar or varies along the channel axis (1) only: the ``s, t`` of ``y = s·x + t``."""
+    node, scope = ctx.affine, ctx.scope
+    producers = [(i, scope.producers.get(name)) for i, name in enumerate(node.input[:2])]
+    found = [(i, p) for i, p in producers if p is not None and p.op_type in _AFFINE_PRODUCERS]
+    if len(found) != 1 or len(node.input) != 2:
+        return "not right after a Conv, ConvTranspose or Gemm"
+    index, producer = found[0]
+    if producer.domain not in ONNX_DOMAINS or (node.op_type in ("Sub", "Div") and index != 0):
+        return "the constant is on the wrong side"
+    constant = ctx.stored(node, 1 - index, "constant")
+    if not isinstance(constant, _Stored):
+        return constant or "no constant operand"
+    channels = _out_channels(ctx, producer)
+    out_rank = ctx.rank(producer.output[0])
+    c = read_array(constant.tensor).astype(np.float64)
+    if channels is None or out_rank is None or c.ndim > out_rank:
+        return "unknown channel count or rank"
+    shape = (1,) * (out_rank - c.ndim) + c.shape
+    if any(d != 1 for axis, d in enumerate(shape) if axis != 1) or shape[1] not in (1, channels):
+        return f"the constant {list(c.shape)} is not per channel"
+    vector = np.broadcast_to(c.reshape(-1), (channels,)) if c.size == 1 else c.reshape(-1)
+    if node.op_type == "Div" and np.any(vector == 0):
+        return "division by zero"
+    ones, zeros = np.ones(channels), np.zeros(channels)
+    s, t = {
+        "Mul": (vector, zeros),
+        "Add": (ones, vector),
+        "Sub": (ones, -vector),
+        "Div": (1.0 / np.where(vector == 0, 1.0, vector), zeros),
+    }[node.op_type]
+    shared = ctx.only_reader(producer.output[0], node)
+    if shared:
+        return f"its input {shared}"
+    ctx.channels = channels
+    plan = PRODUCERS[producer.op_type](ctx, producer)
+    return plan if isinstance(plan, str) else (plan, s, t)
+
+
+def fold_affine(model: ModelProto, *, rank: Callable[[str], int | None] | None = None) -> list[str]:
+    """Fold per-channel (or scalar) Mul/Add/Sub/Div by a stored constant that directly follow a
+    Conv, ConvTranspose or Gemm into its weight and bias, as a BN is folded (exact up to
+    rounding). Returns the folded node names; chains (Conv → Mul → Add) fold one by one."""
+    shapes: list[InferredShapes] = []
+
+    def inferred_rank(name: str) -> int | None:
+        if not shapes:
+            shapes.append(inferred_shapes(model))
+        return shapes[0].rank(name)
+
+    fresh = FreshNames(model)
+    folded: list[str] = []
+    changed = True
+    while changed:  # a fold changes which node follows a Conv: walk again
+        changed = False
+        root = Scope.build(model.graph)
+        cloned: dict[tuple[int, str], int] = {}  # counts belong to this index of the graph
+        for scope in root.all_scopes():
+            for node in list(scope.graph.node):
+                if node.op_type not in AFFINE_OPS or node.domain not in ONNX_DOMAINS:
+                    continue
+                ctx = _BnContext(model, scope, node, rank or inferred_rank, fresh, cloned)
+                plan = _affine_plan(ctx)
+                if isinstance(plan, str):
+                    continue
+                _apply(ctx, *plan)
+                delete_nodes(scope.graph, [node])
+                folded.append(node_label(node))
+                changed = True
+                break
+            if changed:
+                break
+    return folded
