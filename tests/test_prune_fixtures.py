@@ -52,7 +52,7 @@ def _run(model, feeds):
     return sess.run(None, feeds)
 
 
-def _feeds(name: str) -> dict[str, np.ndarray]:
+def stack_feeds(name: str) -> dict[str, np.ndarray]:
     data = np.load(FIXTURE_DIR / name.replace(".onnx", ".test.npz"))
     return {key: data[key][:64] for key in data.files}
 
@@ -112,9 +112,9 @@ def test_prune_fixture(model_name, config_name, tmp_path):
     out = tmp_path / "pruned.onnx"
     onnxprune.save(model, out, reference=source)
     onnx.checker.check_model(str(out), full_check=True)
-    outputs = _run(onnx.load(str(out)), _feeds(model_name))
+    outputs = _run(onnx.load(str(out)), stack_feeds(model_name))
     assert all(np.isfinite(o).all() for o in outputs)
-    assert outputs[0].shape == _run(dense, _feeds(model_name))[0].shape
+    assert outputs[0].shape == _run(dense, stack_feeds(model_name))[0].shape
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -125,7 +125,7 @@ def test_zero_sparsity_changes_no_weight(model_name):
     assert result.newly_zeroed == 0
     before, after = _tensors_by_name(dense), _tensors_by_name(model)
     assert all(_tensor_bytes(after[n]) == _tensor_bytes(t) for n, t in before.items())
-    feeds = _feeds(model_name)
+    feeds = stack_feeds(model_name)
     for a, b in zip(_run(dense, feeds), _run(model, feeds), strict=True):
         np.testing.assert_array_equal(a, b)
 

@@ -25,8 +25,8 @@ from onnxprune.config import load_plan
 from onnxprune.data import open_data
 from onnxprune.errors import OptionError
 from onnxprune.sensitivity.executors import ProcessExecutor, SerialExecutor
-from onnxprune.sensitivity.planning import plan_from, tightened_until
-from onnxprune.sensitivity.sweep import analyze_sensitivity, measure_plan
+from onnxprune.sensitivity.planning import measure_plan, plan_from, tightened_until
+from onnxprune.sensitivity.sweep import analyze_sensitivity
 from onnxprune.sensitivity.tasks import output_loss, weight_error
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

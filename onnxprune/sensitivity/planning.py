@@ -16,12 +16,66 @@ from collections.abc import Callable
 import numpy as np
 
 from onnxprune.data import Dataset
-from onnxprune.sensitivity.sweep import Sensitivity, measure_plan
+from onnxprune.sensitivity.sweep import Sensitivity, stack_feeds
+from onnxprune.sensitivity.tasks import output_loss, run_outputs
 from onnxprune.sparsity.plan import Curve, Plan, exact_target, plan_for_loss, plan_for_target, tighten
 
 log = logging.getLogger(__name__)
 
 MAX_TIGHTEN = 8
+
+
+class PlanLoss:
+    """The loss (as the curves define it) of a whole plan on ``data``: the model is loaded and
+    its dense outputs computed once; each call prunes a copy with the plan (weights, or
+    channel groups with ``structural``: L2 importance, no refit) and measures it."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        data: Dataset,
+        labels: np.ndarray | None,
+        structural: bool = False,
+        input_shapes: dict[str, tuple[int, ...]] | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        from onnxprune.graph.model_io import load_model
+
+        self.model = load_model(model_path)
+        self.feeds = stack_feeds(data, batch_size)
+        self.labels, self.structural, self.input_shapes, self.batch_size = labels, structural, input_shapes, batch_size
+        self.dense = tuple(run_outputs(self.model.SerializeToString(), self.feeds, batch_size))
+
+    def __call__(self, plan: dict[str, float]) -> float:
+        import copy
+
+        from onnxprune.config import PruneConfig, StructureConfig
+        from onnxprune.passes.structural import remove_channels
+        from onnxprune.passes.unstructured import prune_weights
+
+        pruned = copy.deepcopy(self.model)
+        if plan and self.structural:
+            config = StructureConfig(plan=plan, dead_channels=False, round_to=1)
+            remove_channels(pruned, config, input_shapes=self.input_shapes, check=False)
+        elif plan:
+            prune_weights(pruned, PruneConfig(plan=plan, min_size=0))
+        outputs = run_outputs(pruned.SerializeToString(), self.feeds, self.batch_size)
+        return output_loss(self.dense, outputs, self.labels)
+
+
+def measure_plan(
+    model_path: str | os.PathLike[str], plan: dict[str, float], *, data: Dataset, labels: np.ndarray | None
+) -> float:
+    """The loss of pruning ``model_path`` with the weight plan ``plan`` (see :class:`PlanLoss`)."""
+    return PlanLoss(model_path, data=data, labels=labels)(plan)
+
+
+def measure_group_plan(
+    model_path: str | os.PathLike[str], plan: dict[str, float], *, data: Dataset, labels: np.ndarray | None
+) -> float:
+    """The loss of removing the channel-group plan ``plan`` (see :class:`PlanLoss`)."""
+    return PlanLoss(model_path, data=data, labels=labels, structural=True)(plan)
 
 
 def curves_of(sens: Sensitivity) -> list[Curve]:
@@ -82,8 +136,7 @@ def tightened_until(
     labels: np.ndarray | None,
 ) -> tuple[Plan, float]:
     """Measure ``plan``; tighten it while the measured loss exceeds ``max_loss``."""
-    curves = curves_of(sens)
-    return _tighten_loop(plan, curves, max_loss, lambda p: measure_plan(model_path, p, data=data, labels=labels))
+    return _tighten_loop(plan, curves_of(sens), max_loss, PlanLoss(model_path, data=data, labels=labels))
 
 
 def _tighten_loop(
@@ -145,34 +198,6 @@ def plan_groups(
     return plan_for_loss(curves, float(max_loss or 0.0))
 
 
-def measure_group_plan(
-    model_path: str | os.PathLike[str],
-    plan: dict[str, float],
-    *,
-    data: Dataset,
-    labels: np.ndarray | None,
-    input_shapes: dict[str, tuple[int, ...]] | None = None,
-    batch_size: int = 64,
-) -> float:
-    """The loss of removing the plan's channels (L2 importance, no refit), on ``data``."""
-    import copy
-
-    from onnxprune.config import StructureConfig
-    from onnxprune.graph.model_io import load_model
-    from onnxprune.passes.structural import remove_channels
-    from onnxprune.sensitivity.sweep import _feeds
-    from onnxprune.sensitivity.tasks import output_loss, run_outputs
-
-    feeds = _feeds(data, batch_size)
-    model = load_model(model_path)
-    dense = tuple(run_outputs(model.SerializeToString(), feeds, batch_size))
-    pruned = copy.deepcopy(model)
-    if plan:
-        config = StructureConfig(plan=plan, dead_channels=False, round_to=1)
-        remove_channels(pruned, config, input_shapes=input_shapes, check=False)
-    return output_loss(dense, run_outputs(pruned.SerializeToString(), feeds, batch_size), labels)
-
-
 def tightened_groups(
     model_path: str | os.PathLike[str],
     sens: Sensitivity,
@@ -183,5 +208,5 @@ def tightened_groups(
     labels: np.ndarray | None,
 ) -> tuple[Plan, float]:
     """:func:`tightened_until` for channel-group plans."""
-    curves = group_curves(sens)
-    return _tighten_loop(plan, curves, max_loss, lambda p: measure_group_plan(model_path, p, data=data, labels=labels))
+    measure = PlanLoss(model_path, data=data, labels=labels, structural=True)
+    return _tighten_loop(plan, group_curves(sens), max_loss, measure)

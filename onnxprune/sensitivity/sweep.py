@@ -24,7 +24,7 @@ from onnxprune.errors import OptionError
 from onnxprune.graph.discovery import DiscoveryOptions, discover
 from onnxprune.graph.model_io import load_model
 from onnxprune.sensitivity.executors import Executor, SerialExecutor
-from onnxprune.sensitivity.tasks import Feeds, LayerCurve, LayerTask, output_loss, run_layer, run_outputs
+from onnxprune.sensitivity.tasks import Feeds, LayerCurve, LayerTask, run_layer, run_outputs
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _digest(path: Path, options: dict[str, object], data_digest: str) -> str:
     return h.hexdigest()
 
 
-def _feeds(dataset: Dataset, batch_size: int) -> Feeds:
+def stack_feeds(dataset: Dataset, batch_size: int) -> Feeds:
     parts = list(dataset.batches(batch_size))
     if not parts:
         raise OptionError("the sensitivity data has no samples")
@@ -130,7 +130,7 @@ def analyze_groups(
 
     path = Path(model_path)
     levels = _checked_levels(levels)
-    feeds = _feeds(data, batch_size)
+    feeds = stack_feeds(data, batch_size)
     options = {"structural": True, "levels": list(levels), "repeats": repeats}
     digest = _digest(path, options, _array_digest([*feeds.values(), labels]))
     cached_file = Path(cache_dir) / f"{digest}.json" if cache_dir is not None else None
@@ -175,10 +175,10 @@ def analyze_sensitivity(
     levels = _checked_levels(levels)
     if method != "magnitude" and calibration is None:
         raise OptionError(f"--method {method} needs calibration data: give --calibration or --data-free")
-    feeds = _feeds(data, batch_size) if data is not None else None
+    feeds = stack_feeds(data, batch_size) if data is not None else None
     if labels is not None and feeds is not None and len(labels) != len(next(iter(feeds.values()))):
         raise OptionError(f"{len(labels)} labels for {len(next(iter(feeds.values())))} samples")
-    calib = _feeds(calibration, batch_size) if calibration is not None else None
+    calib = stack_feeds(calibration, batch_size) if calibration is not None else None
     options = {"method": method, "levels": list(levels), "min_size": min_size, "data": feeds is not None}
     digest = _digest(path, options, _array_digest([*(feeds or {}).values(), labels, *(calib or {}).values()]))
     cached_file = Path(cache_dir) / f"{digest}.json" if cache_dir is not None else None
@@ -210,23 +210,3 @@ def analyze_sensitivity(
     result = Sensitivity(str(path), digest, options, curves, time.perf_counter() - start)
     _store(cached_file, result)
     return result
-
-
-def measure_plan(
-    model_path: str | os.PathLike[str],
-    plan: dict[str, float],
-    *,
-    data: Dataset,
-    labels: np.ndarray | None,
-    batch_size: int = 64,
-) -> float:
-    """The loss (same definition as the curves) of pruning ``model_path`` with ``plan``."""
-    from onnxprune.config import PruneConfig
-    from onnxprune.passes.unstructured import prune_weights
-
-    feeds = _feeds(data, batch_size)
-    model = load_model(model_path)
-    dense = tuple(run_outputs(model.SerializeToString(), feeds, batch_size))
-    if plan:
-        prune_weights(model, PruneConfig(plan=plan, min_size=0))
-    return output_loss(dense, run_outputs(model.SerializeToString(), feeds, batch_size), labels)
