@@ -42,6 +42,7 @@ from onnxprune.config import PruneConfig, StructureConfig, check_amount, load_pl
 from onnxprune.data import Dataset, ImageOptions, open_data
 from onnxprune.errors import (
     DataError,
+    MissingKernelError,
     ModelLoadError,
     OnnxPruneError,
     OptionError,
@@ -80,6 +81,7 @@ __all__ = [
     "Inventory",
     "LatencySettings",
     "LayerResult",
+    "MissingKernelError",
     "ModelLoadError",
     "ModelReport",
     "OnnxPruneError",

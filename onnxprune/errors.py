@@ -40,6 +40,15 @@ class UnsupportedModelError(OnnxPruneError):
     exit_code = 4
 
 
+class MissingKernelError(UnsupportedModelError):
+    """onnxruntime lacks a kernel the model needs (an op at an opset, for its types): the
+    runtime's limit, not a fault of the model or of onnxprune. ``op`` names the op."""
+
+    def __init__(self, message: str, *, op: str = "") -> None:
+        super().__init__(message)
+        self.op = op
+
+
 class ValidationError(OnnxPruneError):
     """The output failed validation (checker, onnxruntime, numeric check); nothing was written."""
 

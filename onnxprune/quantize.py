@@ -50,7 +50,13 @@ from onnx import ModelProto, TensorProto
 
 from onnxprune import runtime
 from onnxprune.data import Dataset
-from onnxprune.errors import OnnxPruneError, OptionError, UnsupportedModelError, ValidationError
+from onnxprune.errors import (
+    MissingKernelError,
+    OnnxPruneError,
+    OptionError,
+    UnsupportedModelError,
+    ValidationError,
+)
 from onnxprune.graph import tensors
 from onnxprune.graph.model_io import (
     EXTERNAL_DATA_THRESHOLD,
@@ -61,6 +67,8 @@ from onnxprune.graph.model_io import (
     refuse_input_as_output,
     tensor_bytes,
 )
+from onnxprune.graph.quantized import float_weights, trace_integer_weights
+from onnxprune.graph.walk import all_graphs
 from onnxprune.validate import ValidationReport, validate_model
 
 log = logging.getLogger(__name__)
@@ -68,9 +76,9 @@ log = logging.getLogger(__name__)
 MODES = ("dynamic", "static")
 #: Samples per onnxruntime run while collecting activation ranges (static mode).
 CALIBRATION_BATCH = 32
-#: Suffix onnxruntime gives the quantized copy of a weight initializer.
-QUANTIZED_SUFFIX = "_quantized"
 METADATA_KEY = "onnxprune.quantize"
+#: Integer ops dynamic quantization writes, with the float layers they replace.
+DYNAMIC_INTEGER_OPS = {"ConvInteger": "Conv", "MatMulInteger": "MatMul/Gemm", "DynamicQuantizeLSTM": "LSTM"}
 
 
 @dataclass(frozen=True)
@@ -103,10 +111,13 @@ class QuantizeConfig:
 class QuantizedWeight:
     """One weight stored as int8: its float zeros before, its int8 zeros after."""
 
-    name: str
-    shape: tuple[int, ...]
+    name: str  # the float weight
+    shape: tuple[int, ...]  # the float weight's
     zeros_before: int
     zeros_after: int
+    stored: str = ""  # the int8 initializer (the quantizer names it)
+    layout: str = ""  # "transposed" when the int8 copy's axes are in another order
+    reader: str = ""  # the quantized op that reads it
 
 
 @dataclass(frozen=True)
@@ -218,7 +229,6 @@ def quantize_file(
     model, files = load_model_with_files(source)
     external = len(files) > 1 or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
     lifted = lift_constants(model)
-    floats = {t.name for t in model.graph.initializer if tensors.is_float(t)}
     with StagedOutput(output, input_path=source, force=force) as staged:
         work = staged.model_path.with_name(f"float.{staged.out.name}")  # never the output's own name
         _save(model, work, external)
@@ -229,7 +239,7 @@ def quantize_file(
             preprocessed = False
         with _ort_logs_demoted():
             _quantize(work, staged.model_path, config, calibration, external)
-        weights = _check_zeros(work, staged.model_path, floats)
+        weights = _check_zeros(work, staged.model_path)
         if not weights:
             raise UnsupportedModelError(
                 "onnxruntime.quantization found no weight to quantize (it quantizes float32 "
@@ -237,7 +247,16 @@ def quantize_file(
                 "nothing was written"
             )
         _stamp(staged.model_path, config, weights)
-        report = validate_model(staged.model_path, reference=source, input_shapes=input_shapes)
+        try:
+            report = validate_model(staged.model_path, reference=source, input_shapes=input_shapes)
+        except MissingKernelError as exc:
+            if config.mode == "dynamic" and exc.op in DYNAMIC_INTEGER_OPS:
+                raise MissingKernelError(
+                    f"{exc}; or quantize in static mode (QDQ), whose kernels every onnxruntime has, or leave "
+                    f"{DYNAMIC_INTEGER_OPS[exc.op]} layers in float (op types to quantize without them)",
+                    op=exc.op,
+                ) from exc
+            raise
         saved = staged.commit()
     after = saved.path.stat().st_size + (saved.data_path.stat().st_size if saved.data_path else 0)
     result = QuantizeResult(
@@ -380,44 +399,44 @@ def _quantize(path: Path, target: Path, config: QuantizeConfig, calibration: Dat
         raise UnsupportedModelError("onnxruntime.quantization wrote no model; nothing was written")
 
 
-def _check_zeros(float_path: Path, int8_path: Path, floats: set[str]) -> list[QuantizedWeight]:
-    """Each int8 weight of the output against the float weight it came from (see module docstring)."""
-    source = {t.name: t for t in load_model(float_path).graph.initializer if t.name in floats}
+def _check_zeros(float_path: Path, int8_path: Path) -> list[QuantizedWeight]:
+    """Each integer weight of the output against the float weight it came from, found by
+    following the graph (:mod:`onnxprune.graph.quantized`), position by position in the
+    integer tensor's layout; one that cannot be traced, or that lost a zero, is an error."""
+    float_model, int8_model = load_model(float_path), load_model(int8_path)
+    traced = trace_integer_weights(float_model, int8_model)
+    floats = float_weights(float_model)
+    stored = {t.name: t for _, g in all_graphs(int8_model.graph) for t in g.initializer}
     weights = []
-    for tensor in load_model(int8_path).graph.initializer:
-        name = tensor.name[: -len(QUANTIZED_SUFFIX)] if tensor.name.endswith(QUANTIZED_SUFFIX) else None
-        if tensor.data_type != TensorProto.INT8 or name not in source:
-            continue
-        w = tensors.read_array(source[name])
-        q = tensors.read_array(tensor)
-        if w.size != q.size:
-            continue
+    for entry in traced:
+        if entry.source is None or entry.axes is None:
+            raise ValidationError(
+                f"int8 weight '{entry.stored}' (read by {entry.reader}) cannot be traced to the float weight it "
+                f"was made from ({entry.reason}), so its zeros cannot be checked; nothing was written"
+            )
+        w = np.transpose(floats[entry.source], entry.axes)
+        q = tensors.read_array(stored[entry.stored])
         zeros_before = int(np.count_nonzero(w == 0))
         zeros_after = int(np.count_nonzero(q == 0))
-        lost = _zeros_lost(w == 0, q == 0)
-        if zeros_after < zeros_before or lost:
+        lost = int(np.count_nonzero((w == 0) & (q != 0)))
+        if lost:
             raise ValidationError(
-                f"int8 weight '{name}' lost {max(lost, zeros_before - zeros_after)} of its {zeros_before} zeros "
+                f"int8 weight '{entry.source}' lost {lost} of its {zeros_before} zeros "
                 "(the weight quantization is not symmetric); nothing was written"
             )
-        weights.append(QuantizedWeight(name, tuple(int(d) for d in w.shape), zeros_before, zeros_after))
+        layout = "" if entry.axes == tuple(range(len(entry.axes))) else "transposed"
+        weights.append(
+            QuantizedWeight(
+                entry.source,
+                tuple(int(d) for d in floats[entry.source].shape),
+                zeros_before,
+                zeros_after,
+                stored=entry.stored,
+                layout=layout,
+                reader=entry.reader,
+            )
+        )
     return weights
-
-
-def _zeros_lost(zero_w: np.ndarray, zero_q: np.ndarray) -> int:
-    """How many float zeros are not int8 zeros, in the layout that matches best.
-
-    The quantizer may store a weight transposed (Gemm with transB becomes MatMulInteger,
-    LSTM weights swap their last two axes), so the int8 tensor is compared as it is and with
-    its last two axes swapped, whichever has the float tensor's shape and loses fewer zeros.
-    """
-    layouts = [zero_q]
-    if zero_q.ndim >= 2:
-        layouts.append(np.swapaxes(zero_q, -1, -2))
-    lost = [int(np.count_nonzero(zero_w & ~layout)) for layout in layouts if layout.shape == zero_w.shape]
-    if not lost:  # an unexpected layout: compare the counts only
-        return max(int(zero_w.sum()) - int(zero_q.sum()), 0)
-    return min(lost)
 
 
 def _stamp(path: Path, config: QuantizeConfig, weights: Sequence[QuantizedWeight]) -> None:

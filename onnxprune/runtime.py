@@ -123,6 +123,33 @@ _ORT_NOISE = (
 )
 
 
+_MISSING_KERNEL = re.compile(r"Could not find an implementation for (\S+?)\((\d+)\) node(?: with name '([^']*)')?")
+
+
+@dataclass(frozen=True)
+class MissingKernel:
+    """onnxruntime has no kernel for an op (at this opset, for these types) in this build."""
+
+    op: str
+    opset: int
+    node: str
+
+    def advice(self) -> str:
+        """One sentence: the runtime lacks the kernel, and what to do about it."""
+        node = f" (node '{self.node}')" if self.node else ""
+        return (
+            f"this onnxruntime ({ort.__version__}, providers {', '.join(ort.get_available_providers())}) has no kernel "
+            f"for {self.op}({self.opset}) with these types{node}: the runtime lacks it, the model is valid ONNX; "
+            "upgrade onnxruntime or use a build or execution provider that implements it"
+        )
+
+
+def missing_kernel(exc: BaseException) -> MissingKernel | None:
+    """The op onnxruntime says it has no implementation for, if that is why ``exc`` was raised."""
+    found = _MISSING_KERNEL.search(str(exc))
+    return MissingKernel(found.group(1), int(found.group(2)), found.group(3) or "") if found else None
+
+
 def ort_message(exc: BaseException) -> str:
     """The first meaningful line of an onnxruntime exception (status prefix and C++ location removed)."""
     text = str(exc).strip()

@@ -32,6 +32,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
 from onnxprune.graph import tensors
 from onnxprune.graph.index import Scope, node_label
+from onnxprune.graph.quantized import quantized_weight_names
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +81,6 @@ def _count_nonzero(values: np.ndarray) -> int:
     return int(np.count_nonzero(values.view(f"u{values.dtype.itemsize}") << np.uint8(1)))
 
 
-#: Ops whose input (index) is a quantized weight: its integer elements are parameters too.
-QUANTIZED_WEIGHT_INPUTS = {"DequantizeLinear": 0, "ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3}
-
-
-def _quantized_weights(graph: GraphProto) -> set[str]:
-    found = set()
-    for node in graph.node:
-        index = QUANTIZED_WEIGHT_INPUTS.get(node.op_type)
-        if index is not None and index < len(node.input):
-            found.add(node.input[index])
-    return found
-
-
 def _counted(tensor: TensorProto, name: str, quantized: set[str]) -> bool:
     """Float tensors, and the integer weights of quantized layers (not their scales' zero points)."""
     return tensors.is_float(tensor) or (name in quantized and tensors.numel(tensor) > 1)
@@ -108,7 +96,7 @@ def param_stats(model: ModelProto, *, known: Mapping[str, tuple[int, int]] | Non
     known = known or {}
     total = nonzero = 0
     for scope in Scope.build(model.graph).all_scopes():
-        quantized = _quantized_weights(scope.graph)
+        quantized = quantized_weight_names(scope.graph)
         for name, values_proto, _indices, _shape in _graph_tensors(scope.graph):
             if not _counted(values_proto, name, quantized) or values_proto.data_location == TensorProto.EXTERNAL:
                 continue
@@ -150,7 +138,7 @@ def layer_stats(model: ModelProto) -> list[LayerSize]:
     (and logged)."""
     layers = []
     for scope in Scope.build(model.graph).all_scopes():
-        quantized = _quantized_weights(scope.graph)
+        quantized = quantized_weight_names(scope.graph)
         for name, values_proto, indices, shape in _graph_tensors(scope.graph):
             if not _counted(values_proto, name, quantized):
                 continue

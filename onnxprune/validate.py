@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from onnxprune import runtime
-from onnxprune.errors import OnnxPruneError, UnsupportedModelError, ValidationError
+from onnxprune.errors import MissingKernelError, OnnxPruneError, UnsupportedModelError, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +115,30 @@ def validate_model(
 
 
 def _why_session_fails(exc: Exception, reference: str | Path | None) -> OnnxPruneError:
-    """The error for an output onnxruntime cannot load: the input's fault if it fails too."""
+    """The error for an output onnxruntime cannot load: the input's fault if it fails too,
+    the runtime's if it lacks a kernel the output needs (int8 ``ConvInteger`` before
+    onnxruntime 1.24, bfloat16 ``MatMul`` on the CPU, ...)."""
     if reference is not None:
         try:
             runtime.session(reference)
         except Exception as ref_exc:
+            missing = runtime.missing_kernel(ref_exc)
+            if missing is not None:
+                return MissingKernelError(
+                    f"onnxruntime cannot load the input model '{reference}': {missing.advice()}; onnxprune validates "
+                    "every output with onnxruntime; nothing was written",
+                    op=missing.op,
+                )
             return UnsupportedModelError(
                 f"onnxruntime cannot load the input model '{reference}' ({runtime.ort_message(ref_exc)}); onnxprune "
                 "validates every output with onnxruntime: convert the model to an IR version and opsets "
                 "that onnxruntime supports (or upgrade onnxruntime); nothing was written"
             )
+    lacking = runtime.missing_kernel(exc)
+    if lacking is not None:
+        return MissingKernelError(
+            f"onnxruntime cannot load the output model: {lacking.advice()}; nothing was written", op=lacking.op
+        )
     blame = "; this is a bug in onnxprune, please report it" if reference is not None else ""
     return ValidationError(
         f"onnxruntime cannot load the output model ({runtime.ort_message(exc)}); nothing was written{blame}"

@@ -21,11 +21,36 @@ from onnx import TensorProto, numpy_helper
 
 import onnxprune
 from onnxprune.cli import main
-from onnxprune.errors import OptionError, OutputError, UnsupportedModelError, ValidationError
+from onnxprune.errors import MissingKernelError, OptionError, OutputError, UnsupportedModelError, ValidationError
 from onnxprune.quantize import METADATA_KEY, DatasetReader, quantize_file
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 PREFIX = "onnxprune: error: "
+
+
+def _onnxruntime_runs_conv_integer() -> bool:
+    """Whether this onnxruntime has a CPU ConvInteger kernel (added in 1.24): dynamic int8 of a Conv needs it."""
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ConvInteger", ["x", "w"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 1, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [numpy_helper.from_array(np.ones((1, 1, 1, 1), np.int8), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:
+        return False
+    return True
+
+
+CONV_INTEGER = _onnxruntime_runs_conv_integer()
+needs_conv_integer = pytest.mark.skipif(
+    not CONV_INTEGER, reason=f"onnxruntime {ort.__version__} has no ConvInteger kernel (dynamic int8 of a Conv)"
+)
 
 
 def _accuracy(path: Path, name: str) -> float:
@@ -46,6 +71,32 @@ def _same_layout(float_weight: np.ndarray, other: np.ndarray) -> np.ndarray:
     swapped = np.swapaxes(other, -1, -2)
     assert swapped.shape == float_weight.shape, (other.shape, float_weight.shape)
     return swapped
+
+
+#: Where a quantized op reads its integer weight (the test's own table, not the library's).
+_WEIGHT_SLOT = {"DequantizeLinear": 0, "ConvInteger": 1, "MatMulInteger": 1}
+
+
+def _int8_weights(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every int8 initializer read as a weight, with its scale, both found by following the graph:
+    DequantizeLinear(q, scale); or ConvInteger/MatMulInteger(x_q, q) whose output is multiplied by
+    ``x_scale · scale`` (the Mul that reads the activation's DynamicQuantizeLinear scale)."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    found = {}
+    for node in model.graph.node:
+        slot = _WEIGHT_SLOT.get(node.op_type)
+        if slot is None or node.input[slot] not in inits or inits[node.input[slot]].dtype != np.int8:
+            continue
+        q = inits[node.input[slot]]
+        if node.op_type == "DequantizeLinear":
+            scale = inits[node.input[1]]
+        else:
+            activation_scale = producer[node.input[0]].output[1]
+            mul = next(n for n in model.graph.node if n.op_type == "Mul" and activation_scale in n.input)
+            scale = inits[next(name for name in mul.input if name != activation_scale)]
+        found[node.input[slot]] = (q, scale)
+    return found
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -79,38 +130,43 @@ def calib() -> dict[str, onnxprune.data.Dataset]:
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 @pytest.mark.parametrize("name", ["cnn_digits", "mlp_digits"])
 def test_every_pruned_zero_is_an_int8_zero(tmp_path, pruned, calib, name, mode):
+    if name == "cnn_digits" and mode == "dynamic" and not CONV_INTEGER:
+        pytest.skip(f"onnxruntime {ort.__version__} has no ConvInteger kernel")
     source, run = pruned[name]
     before = source.read_bytes()
     out = tmp_path / f"{name}.int8.onnx"
     result = quantize_file(source, out, mode=mode, calibration=calib[name] if mode == "static" else None)
 
     # counted again from the files: float weights of the pruned model, int8 weights of the output
-    floats, written = _initializers(source), _initializers(out)
-    quantized = {name[: -len("_quantized")]: q for name, q in written.items() if name.endswith("_quantized")}
-    int8 = {k: q for k, q in quantized.items() if q.dtype == np.int8}
-    assert {w.name for w in result.weights} == set(int8)
+    floats, int8 = _initializers(source), _int8_weights(onnx.load(str(out)))
+    assert {w.stored for w in result.weights} == set(int8), "every int8 weight is checked"
     pruned_names = {layer.name for layer in run.result.pruned}
-    assert pruned_names <= set(int8), "every pruned weight is quantized"
+    assert pruned_names <= {w.name for w in result.weights}, "every pruned weight is quantized"
+    layers = 7 if name == "cnn_digits" else 3  # Conv, Gemm (onnxruntime >= 1.32 also quantizes BN scales in QDQ)
+    assert len(result.weights) == layers if mode == "dynamic" else len(result.weights) >= layers
     zeros_before = zeros_after = 0
-    for key, q in int8.items():
-        w = floats[key]
-        q = _same_layout(w, q)
-        assert np.all(q[w == 0] == 0), f"{key}: a float zero is not an int8 zero"
-        scale = written[f"{key}_scale"]
-        assert not np.any(written[f"{key}_zero_point"]), "symmetric: zero points are 0"
+    for weight in result.weights:
+        w, (stored, scale) = floats[weight.name], int8[weight.stored]
+        q = _same_layout(w, stored)
+        assert np.all(q[w == 0] == 0), f"{weight.name}: a float zero is not an int8 zero"
         if scale.size > 1:  # per channel: the scale runs along the quantized tensor's channel axis
-            axis = next(d for d, n in enumerate(written[f"{key}_quantized"].shape) if n == scale.size)
+            axis = next(d for d, n in enumerate(stored.shape) if n == scale.size)
             shape = [1] * q.ndim
             shape[axis] = scale.size
-            scale = _same_layout(w, np.broadcast_to(scale.reshape(shape), written[f"{key}_quantized"].shape))
+            scale = _same_layout(w, np.broadcast_to(scale.reshape(shape), stored.shape))
         dequantized = q.astype(np.float32) * scale
         assert np.all(dequantized[w == 0] == 0.0)
         assert np.max(np.abs(dequantized - w)) <= np.max(np.abs(w)) / 127  # at most one step off
         zeros_before += int(np.count_nonzero(w == 0))
         zeros_after += int(np.count_nonzero(q == 0))
+        assert (weight.zeros_before, weight.zeros_after) == (
+            int(np.count_nonzero(w == 0)),
+            int(np.count_nonzero(q == 0)),
+        )
     assert result.zeros_before == zeros_before >= run.result.zeros_after > 0
     assert result.zeros_after == zeros_after >= zeros_before
     assert result.weights_quantized == len(int8)
+    assert result.to_dict()["weights"][0].keys() >= {"name", "stored", "zeros_before", "zeros_after", "layout"}
 
     # a real int8 model: smaller, validated, accurate, input untouched, provenance recorded
     assert result.bytes_after == out.stat().st_size < 0.4 * result.bytes_before
@@ -144,6 +200,87 @@ def test_asymmetric_weights_would_be_refused(tmp_path, pruned, monkeypatch):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def _rewrite_quantizer_output(monkeypatch, edit) -> None:
+    """Let onnxruntime's quantize_dynamic write its model, then ``edit`` the ModelProto it wrote."""
+    import onnxruntime.quantization as q
+
+    original = q.quantize_dynamic
+
+    def rewritten(model_input, model_output, *args, **kwargs):
+        original(model_input, model_output, *args, **kwargs)
+        model = onnx.load(str(model_output))
+        edit(model)
+        onnx.save_model(model, str(model_output))
+
+    monkeypatch.setattr(q, "quantize_dynamic", rewritten)
+
+
+def _rename_int8_initializers(model: onnx.ModelProto) -> None:
+    """Give every int8 initializer a name unlike its float source's (as a new onnxruntime might)."""
+    renames = {t.name: f"w{i}" for i, t in enumerate(model.graph.initializer) if t.data_type == TensorProto.INT8}
+    for tensor in model.graph.initializer:
+        tensor.name = renames.get(tensor.name, tensor.name)
+    for node in model.graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+
+
+@needs_conv_integer
+def test_renamed_int8_weights_are_still_checked(tmp_path, pruned, monkeypatch):
+    """The int8 weights are matched to their float sources by the graph, whatever they are called."""
+    source, run = pruned["cnn_digits"]
+    plain = quantize_file(source, tmp_path / "plain.onnx")
+    _rewrite_quantizer_output(monkeypatch, _rename_int8_initializers)
+    renamed = quantize_file(source, tmp_path / "renamed.onnx")
+    assert renamed.weights_quantized == plain.weights_quantized == 7
+    assert all(w.stored.startswith("w") and w.stored[1:].isdigit() for w in renamed.weights)
+    assert [(w.name, w.zeros_before, w.zeros_after, w.layout) for w in renamed.weights] == [
+        (w.name, w.zeros_before, w.zeros_after, w.layout) for w in plain.weights
+    ]
+    assert renamed.zeros_before == run.result.zeros_after > 0
+
+
+@needs_conv_integer
+def test_a_renamed_int8_weight_that_lost_a_zero_fails_loudly(tmp_path, pruned, monkeypatch):
+    source, _ = pruned["cnn_digits"]
+    floats = _initializers(source)
+
+    def damage(model: onnx.ModelProto) -> None:
+        _rename_int8_initializers(model)
+        for tensor in model.graph.initializer:  # the Gemm weight, stored transposed: one pruned zero made 1
+            if tensor.data_type == TensorProto.INT8 and tuple(tensor.dims) == floats["fc1.weight"].shape[::-1]:
+                q = numpy_helper.to_array(tensor).copy()
+                q[np.swapaxes(floats["fc1.weight"], 0, 1) == 0] = 1
+                tensor.CopyFrom(numpy_helper.from_array(q, tensor.name))
+
+    _rewrite_quantizer_output(monkeypatch, damage)
+    out = tmp_path / "q.onnx"
+    with pytest.raises(ValidationError, match=r"int8 weight 'fc1.weight' lost \d+ of its \d+ zeros") as info:
+        quantize_file(source, out)
+    assert "\n" not in str(info.value)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@needs_conv_integer
+def test_an_int8_weight_that_cannot_be_traced_fails_loudly(tmp_path, pruned, monkeypatch):
+    """Never skipped: an int8 weight whose float source the graph does not show is an error."""
+    source, _ = pruned["cnn_digits"]
+
+    def hide(model: onnx.ModelProto) -> None:  # every tensor the quantizer writes gets a new name
+        outputs = {out for node in model.graph.node for out in node.output} - {o.name for o in model.graph.output}
+        renames = {name: f"t{i}" for i, name in enumerate(sorted(outputs))}
+        for node in model.graph.node:
+            node.input[:] = [renames.get(name, name) for name in node.input]
+            node.output[:] = [renames.get(name, name) for name in node.output]
+
+    _rewrite_quantizer_output(monkeypatch, hide)
+    out = tmp_path / "q.onnx"
+    with pytest.raises(ValidationError, match=r"int8 weight '.+' \(read by ConvInteger .*\) cannot be traced") as info:
+        quantize_file(source, out)
+    assert "\n" not in str(info.value)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@needs_conv_integer
 def test_constant_node_weights_are_quantized(tmp_path):
     """Weights held in Constant nodes are moved to initializers first (the quantizer needs them there)."""
     source = FIXTURES / "cnn_digits_const.onnx"
@@ -235,6 +372,58 @@ def test_nothing_of_the_input_changes(tmp_path):
     assert all(floats[w.name].dtype == np.float32 and floats[w.name].shape == w.shape for w in result.weights)
 
 
+def test_a_kernel_onnxruntime_lacks_is_the_runtimes_limit_not_a_bug(tmp_path, pruned, monkeypatch):
+    """onnxruntime before 1.24 has no ConvInteger kernel: the error says so and what to do (simulated
+    here on any version; on an old onnxruntime the real one is met by the CLI test below)."""
+    from onnxprune import runtime
+
+    real = runtime.session
+
+    def old_onnxruntime(path, *args, **kwargs):
+        if any(n.op_type == "ConvInteger" for n in onnx.load(str(path), load_external_data=False).graph.node):
+            raise RuntimeError(
+                "[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation for "
+                "ConvInteger(10) node with name '/stem/stem.0/Conv_quant'"
+            )
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "session", old_onnxruntime)
+    source, _ = pruned["cnn_digits"]
+    out = tmp_path / "q.onnx"
+    with pytest.raises(MissingKernelError) as info:
+        quantize_file(source, out)
+    message = str(info.value)
+    assert "has no kernel for ConvInteger(10)" in message and "the runtime lacks it" in message
+    assert "upgrade onnxruntime" in message and "static mode" in message and "bug" not in message
+    assert info.value.exit_code == UnsupportedModelError.exit_code and "\n" not in message
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_missing_kernel_is_read_from_onnxruntime_itself(tmp_path):
+    """A bfloat16 MatMul, which onnxruntime's CPU provider does not implement: the real message."""
+    from onnx import helper
+
+    from onnxprune.validate import validate_model
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "bf16",
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [1, 4])],
+        [helper.make_tensor("w", TensorProto.BFLOAT16, [4, 4], [0] * 16)],
+    )
+    path = tmp_path / "bf16.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception:
+        pass
+    else:
+        pytest.skip(f"onnxruntime {ort.__version__} runs a bfloat16 MatMul on the CPU")
+    with pytest.raises(MissingKernelError, match=r"has no kernel for MatMul\(13\) with these types \(node 'mm'\)"):
+        validate_model(path, reference=FIXTURES / "mlp_digits.onnx")
+
+
 # --------------------------------------------------------------------------- the command line
 
 
@@ -242,6 +431,7 @@ def _cli(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+@needs_conv_integer
 def test_cli_prune_quantize_dynamic_with_json_and_eval(tmp_path):
     source = FIXTURES / "cnn_digits.onnx"
     before = source.read_bytes()
@@ -296,6 +486,15 @@ def test_cli_quantize_errors_are_one_line_exit_2(tmp_path, args, fragment):
     assert len(lines) == 1 and lines[0].startswith(PREFIX) and fragment in lines[0], result.stderr
     assert "Traceback" not in result.output
     assert not list(tmp_path.iterdir()) and source.read_bytes() == before
+
+
+@pytest.mark.skipif(CONV_INTEGER, reason="this onnxruntime has a ConvInteger kernel")
+def test_cli_dynamic_int8_conv_on_an_onnxruntime_without_conv_integer(tmp_path):
+    result = _cli("prune", FIXTURES / "cnn_digits.onnx", tmp_path / "o.onnx", "--sparsity", "0.5", "--quantize", "int8")
+    assert result.exit_code == UnsupportedModelError.exit_code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(PREFIX) and "has no kernel for ConvInteger" in lines[-1] and "bug" not in lines[-1]
+    assert not list(tmp_path.iterdir())
 
 
 def test_cli_unquantizable_model_is_one_line(tmp_path):
