@@ -62,13 +62,19 @@ def _op_types(text: str) -> tuple[str, ...]:
     return tuple(op.strip() for op in text.split(",") if op.strip())
 
 
+#: click >= 8.2 raises this for a bare group command; 8.1 prints the help and exits 0 itself.
+_NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(
+    error for error in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if error is not None
+)
+
+
 class _Group(click.Group):
     """A click group whose usage errors are one line on stderr, like every other error."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.NoArgsIsHelpError as exc:
+        except _NO_ARGS_IS_HELP as exc:
             click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
             sys.exit(0)
         except click.UsageError as exc:

@@ -59,6 +59,11 @@ Metric = Callable[[np.ndarray, np.ndarray | None], float]
 #: FLAT_RATIO is called "flat".
 FLOPS_DROP = 0.10
 FLAT_RATIO = 0.95
+#: An int8 candidate whose latency ratio's median is above SLOWER_RATIO (and 10th percentile
+#: above 1) is called slower than its base, in so many words.
+SLOWER_RATIO = 1.05
+#: Element types of quantized weights.
+INTEGER_DTYPES = frozenset({"int8", "uint8"})
 #: Accuracy drops above this (absolute) are called out.
 ACCURACY_DROP = 0.01
 
@@ -294,7 +299,7 @@ def evaluate(
             report.latency = latency
 
     for report in reports[1:]:
-        report.warnings = [*report.warnings, *_warnings(reports[0], report, dataset.synthetic)]
+        report.warnings = [*report.warnings, *candidate_warnings(reports[0], report, dataset.synthetic)]
     result = EvalResult(
         models=reports,
         data={
@@ -531,9 +536,28 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _warnings(base: ModelReport, cand: ModelReport, synthetic: bool) -> list[str]:
+def _integer_weights(report: ModelReport) -> int:
+    """Integer tensors counted as weights (the int8/uint8 copies a quantizer stores)."""
+    return sum(1 for layer in report.layers if layer.dtype in INTEGER_DTYPES)
+
+
+def candidate_warnings(base: ModelReport, cand: ModelReport, synthetic: bool) -> list[str]:
     """Plain-language notes on what the numbers of ``cand`` do and do not mean."""
     notes: list[str] = []
+    ratio_stats = cand.latency.ratio if cand.latency is not None else None
+    if (
+        _integer_weights(cand) > _integer_weights(base)
+        and ratio_stats is not None
+        and ratio_stats.median > SLOWER_RATIO
+        and ratio_stats.p10 > 1.0
+    ):
+        notes.append(
+            f"int8 made it slower, not faster: this int8 model takes {ratio_stats.median:.2f}x the time of the "
+            f"{'float ' if not _integer_weights(base) else ''}base (median of paired runs, 10th-90th percentile "
+            f"{ratio_stats.p10:.2f}-{ratio_stats.p90:.2f}x): at this batch size and thread count the quantize and "
+            "dequantize steps cost more than the integer kernels save; for speed ship the float model, or measure "
+            "at the batch size you will run (--latency-batch)"
+        )
     same_shapes = [(layer.name, layer.shape) for layer in base.layers] == [
         (layer.name, layer.shape) for layer in cand.layers
     ]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from click.testing import CliRunner
 
 import onnxprune
@@ -120,6 +121,7 @@ def test_inspect_lists_prunable_and_excluded(tmp_path):
     assert any(w["prunable"] for w in inv) and any(w["role"] == "norm" for w in inv)
 
 
+@pytest.mark.slow
 def test_python_dash_m_and_console_script(tmp_path):
     out = tmp_path / "m.onnx"
     proc = subprocess.run(

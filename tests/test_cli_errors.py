@@ -598,6 +598,7 @@ def _module(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_module_entry_point_error_and_success(work: Path) -> None:
     (work / "t.onnx").write_bytes((work / "m.onnx").read_bytes()[:700])
     before = snapshot(work)

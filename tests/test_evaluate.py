@@ -300,3 +300,29 @@ def test_read_structure_minimal_absent_and_bad_options():
     structure, problem = read_structure(_meta(**{STRUCTURE_KEY: good, STRUCTURE_OPTIONS_KEY: "[oops"}))
     assert structure["blocked"] == [{"group": "h", "reason": "why"}] and structure["exact_max_diff"] == 0.0
     assert structure["options"] is None and STRUCTURE_OPTIONS_KEY in problem
+
+
+def test_a_slower_int8_candidate_is_called_slower_in_plain_words(tmp_path: Path):
+    """int8 that runs slower than the float base is said so, with the measured ratio; faster, or
+    within noise, says nothing. The rule is fed latency ratios: timings belong in benchmarks."""
+    import dataclasses
+
+    from onnxprune.evaluate import candidate_warnings
+    from onnxprune.latency import LatencyStats, RatioStats
+    from onnxprune.quantize import quantize_file
+
+    source = FIXTURES / "mlp_digits.onnx"
+    quantized = quantize_file(source, tmp_path / "q.onnx")  # MatMulInteger: every onnxruntime has it
+    report = evaluate(source, [quantized.saved.path], options=EvalOptions(latency=None, compressed=False))
+    base, cand = report.models
+
+    def timed(median: float, p10: float, p90: float):
+        latency = LatencyStats(1.0, 1.0, 1.0, 1.0, 3, (1.0,) * 3, RatioStats(median, p10, p90), None)
+        return dataclasses.replace(cand, latency=latency, warnings=[])
+
+    slower = [n for n in candidate_warnings(base, timed(6.12, 5.8, 6.4), False) if n.startswith("int8 made it slower")]
+    assert len(slower) == 1 and "6.12x the time of the float base" in slower[0] and "5.80-6.40x" in slower[0]
+    for median, p10 in ((0.7, 0.6), (1.02, 0.98), (1.2, 0.97)):  # faster, flat, or not consistently slower
+        assert not any("int8" in n for n in candidate_warnings(base, timed(median, p10, 1.3), False))
+    same = dataclasses.replace(base, latency=timed(6.12, 5.8, 6.4).latency)  # a float candidate: no int8 note
+    assert not any("int8" in n for n in candidate_warnings(base, same, False))

@@ -105,6 +105,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(sys.executable).with_name("ray").exists(), reason="ray is not installed")
 def test_ray_cluster_on_loopback_runs_the_same_tasks(tmp_path):
     """A Ray head of our own on 127.0.0.1 (its process group is ended afterwards; other

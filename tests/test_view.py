@@ -267,6 +267,7 @@ def test_serve_fetch_and_stop(structural: Path) -> None:
         _get(address.url)
 
 
+@pytest.mark.slow
 @needs_netron
 def test_cli_serves_until_interrupted(structural: Path) -> None:
     command = [sys.executable, "-c", "from onnxprune.cli_view import view_command; view_command()"]

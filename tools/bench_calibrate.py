@@ -10,7 +10,7 @@ What it does
        ``attention_mask``, ``token_type_ids`` (int64 ``[batch, seq]``), outputs
        ``last_hidden_state`` ``[batch, seq, 384]`` and ``sentence_embedding`` ``[batch, 384]``
        (the model's own pooling: mean of the token states weighted by the attention mask, then
-       L2-normalised). torch and transformers are needed here only (``pip install -e .[tools]``);
+       L2-normalised). torch and transformers are needed here only (``pip install --group tools``);
        onnxprune never imports them.
     2. Data: real English sentences available offline: the docstrings of the Python standard
        library (read with ``ast`` from the source files, nothing is imported) and the licence texts
@@ -276,7 +276,7 @@ def export_minilm(model_dir: Path, target: Path) -> Any:
         from transformers import AutoModel
     except ImportError as exc:
         raise SystemExit(
-            f"{exc.name} is missing: install the tools extra (.venv/bin/pip install -e '.[tools]')"
+            f"{exc.name} is missing: install the tools group (.venv/bin/pip install --group tools)"
         ) from exc
     import onnx
 
