@@ -174,3 +174,15 @@ def test_fp16_weights_stay_fp16(tmp_path):
     assert fp16
     values = onnx.numpy_helper.to_array(fp16[0])
     assert values.dtype == np.float16 and np.mean(values == 0) >= 0.5
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_shell_completion_scripts_and_answers(shell):
+    """The README's completion set-up: click's _ONNXPRUNE_COMPLETE protocol."""
+    script = CliRunner().invoke(main, [], env={"_ONNXPRUNE_COMPLETE": f"{shell}_source"}, prog_name="onnxprune")
+    assert script.exit_code == 0 and "_onnxprune_completion" in script.output
+    env = {"_ONNXPRUNE_COMPLETE": "bash_complete", "COMP_WORDS": "onnxprune pr", "COMP_CWORD": "1"}
+    answer = CliRunner().invoke(main, [], env=env, prog_name="onnxprune")
+    assert answer.exit_code == 0 and "plain,prune" in answer.output.splitlines()
+    env = {"_ONNXPRUNE_COMPLETE": "bash_complete", "COMP_WORDS": "onnxprune prune --spars", "COMP_CWORD": "2"}
+    assert "plain,--sparsity" in CliRunner().invoke(main, [], env=env, prog_name="onnxprune").output.splitlines()
