@@ -13,8 +13,9 @@
 #   make test-fast     the suite without the tests marked slow (subprocesses, Ray, Netron)
 
 PYTHON ?= python3
-# the oldest Python onnxprune supports, where this machine has it (else $(PYTHON))
-PYTHON_LOWEST ?= $(shell for p in python3.10 $(PYTHON); do $$p -c "" >/dev/null 2>&1 && { echo $$p; break; }; done)
+# the oldest Python onnxprune supports, where this machine has it (on PATH or under pyenv; else $(PYTHON))
+PYTHON_LOWEST ?= $(shell for p in python3.10 "$$(pyenv prefix 3.10 2>/dev/null)/bin/python3.10" $(PYTHON); do \
+	"$$p" -c "" >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := -m pip install --quiet --disable-pip-version-check

@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,8 +111,24 @@ def session(
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if spinning is not None:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    source = model if isinstance(model, bytes) else str(Path(model))
-    return ort.InferenceSession(source, options, providers=chosen)
+    if not isinstance(model, bytes):
+        return ort.InferenceSession(str(Path(model)), options, providers=chosen)
+    try:
+        return ort.InferenceSession(model, options, providers=chosen)
+    except Exception as exc:
+        if _NEEDS_PATH not in str(exc):
+            raise
+    # onnxruntime 1.24-1.28 cannot optimize an initializer inside a subgraph (an If branch's
+    # Conv+BN reading an outer weight) of a model given as bytes: it asks for the model's
+    # path. The same bytes from a file load; the session keeps the model once it is made.
+    with tempfile.TemporaryDirectory(prefix="onnxprune-") as folder:
+        path = Path(folder) / "model.onnx"
+        path.write_bytes(model)
+        return ort.InferenceSession(str(path), options, providers=chosen)
+
+
+#: What onnxruntime 1.24-1.28 says when a model given as bytes needs a path.
+_NEEDS_PATH = "model_path must not be empty"
 
 
 #: Noise in onnxruntime messages: the status prefix, the path of the model it loaded, and

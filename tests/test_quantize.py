@@ -189,6 +189,7 @@ def test_asymmetric_weights_would_be_refused(tmp_path, pruned, monkeypatch):
 
     def asymmetric(*args, **kwargs):
         kwargs["extra_options"] = {**kwargs["extra_options"], "WeightSymmetric": False}
+        kwargs["per_channel"] = False  # onnxruntime 1.18-1.20.0 keep per-channel zero points 0 whatever is asked
         return original(*args, **kwargs)
 
     monkeypatch.setattr(q, "quantize_dynamic", asymmetric)

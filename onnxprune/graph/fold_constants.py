@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, helper
 
+from onnxprune import runtime
 from onnxprune.graph.edit import (
     ONNX_DOMAINS,
     InferredShapes,
@@ -185,10 +185,7 @@ def _evaluate(model: ModelProto, plan: _FoldPlan, wanted: list[str], shapes: Inf
         sub.output.add(name=name).type.tensor_type.elem_type = shapes.types[name].tensor_type.elem_type
     folded = ModelProto(ir_version=model.ir_version, graph=sub)
     folded.opset_import.extend(model.opset_import)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(folded.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = runtime.session(folded.SerializeToString(), optimize=False)
     return dict(zip(wanted, session.run(wanted, {}), strict=True))
 
 
