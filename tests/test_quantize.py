@@ -225,14 +225,13 @@ def _rename_int8_initializers(model: onnx.ModelProto) -> None:
         node.input[:] = [renames.get(name, name) for name in node.input]
 
 
-@needs_conv_integer
 def test_renamed_int8_weights_are_still_checked(tmp_path, pruned, monkeypatch):
     """The int8 weights are matched to their float sources by the graph, whatever they are called."""
-    source, run = pruned["cnn_digits"]
+    source, run = pruned["mlp_digits"]
     plain = quantize_file(source, tmp_path / "plain.onnx")
     _rewrite_quantizer_output(monkeypatch, _rename_int8_initializers)
     renamed = quantize_file(source, tmp_path / "renamed.onnx")
-    assert renamed.weights_quantized == plain.weights_quantized == 7
+    assert renamed.weights_quantized == plain.weights_quantized == 3
     assert all(w.stored.startswith("w") and w.stored[1:].isdigit() for w in renamed.weights)
     assert [(w.name, w.zeros_before, w.zeros_after, w.layout) for w in renamed.weights] == [
         (w.name, w.zeros_before, w.zeros_after, w.layout) for w in plain.weights
@@ -240,9 +239,8 @@ def test_renamed_int8_weights_are_still_checked(tmp_path, pruned, monkeypatch):
     assert renamed.zeros_before == run.result.zeros_after > 0
 
 
-@needs_conv_integer
 def test_a_renamed_int8_weight_that_lost_a_zero_fails_loudly(tmp_path, pruned, monkeypatch):
-    source, _ = pruned["cnn_digits"]
+    source, _ = pruned["mlp_digits"]
     floats = _initializers(source)
 
     def damage(model: onnx.ModelProto) -> None:
@@ -261,10 +259,9 @@ def test_a_renamed_int8_weight_that_lost_a_zero_fails_loudly(tmp_path, pruned, m
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-@needs_conv_integer
 def test_an_int8_weight_that_cannot_be_traced_fails_loudly(tmp_path, pruned, monkeypatch):
     """Never skipped: an int8 weight whose float source the graph does not show is an error."""
-    source, _ = pruned["cnn_digits"]
+    source, _ = pruned["mlp_digits"]
 
     def hide(model: onnx.ModelProto) -> None:  # every tensor the quantizer writes gets a new name
         outputs = {out for node in model.graph.node for out in node.output} - {o.name for o in model.graph.output}
@@ -275,7 +272,9 @@ def test_an_int8_weight_that_cannot_be_traced_fails_loudly(tmp_path, pruned, mon
 
     _rewrite_quantizer_output(monkeypatch, hide)
     out = tmp_path / "q.onnx"
-    with pytest.raises(ValidationError, match=r"int8 weight '.+' \(read by ConvInteger .*\) cannot be traced") as info:
+    with pytest.raises(
+        ValidationError, match=r"int8 weight '.+' \(read by MatMulInteger .*\) cannot be traced"
+    ) as info:
         quantize_file(source, out)
     assert "\n" not in str(info.value)
     assert not out.exists() and not list(tmp_path.iterdir())
