@@ -6,6 +6,9 @@ task order, calling ``progress(done, total, label)`` as each finishes:
 - :class:`SerialExecutor`: in this process;
 - :class:`ProcessExecutor`: a process pool of ``workers`` (each task limits its own
   numpy and onnxruntime threads to 1, so several workers do not oversubscribe the cores);
+  workers start from a fork server (or are spawned), never forked from this process, whose
+  onnxruntime and BLAS threads a forked child would inherit mid-lock (a deadlock risk that
+  Python 3.12 and later warn about);
 - :class:`RayExecutor`: a Ray cluster at ``address`` (``ray`` is an optional extra), for
   sweeps too big for one machine; the same function runs as a Ray task.
 """
@@ -13,6 +16,7 @@ task order, calling ``progress(done, total, label)`` as each finishes:
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -53,7 +57,10 @@ class ProcessExecutor:
         if self.workers == 1 or len(tasks) <= 1:
             return SerialExecutor().map(fn, tasks, progress)
         results: list[Any] = [None] * len(tasks)
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks))) as pool:
+        context = multiprocessing.get_context(
+            "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        )
+        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=context) as pool:
             futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
             for done, future in enumerate(as_completed(futures), start=1):
                 index = futures[future]
