@@ -42,11 +42,12 @@ class UnsupportedModelError(OnnxPruneError):
 
 class MissingKernelError(UnsupportedModelError):
     """onnxruntime lacks a kernel the model needs (an op at an opset, for its types): the
-    runtime's limit, not a fault of the model or of onnxprune. ``op`` names the op."""
+    runtime's limit, not a fault of the model or of onnxprune. ``kernel`` says which
+    (an :class:`onnxprune.runtime.MissingKernel`)."""
 
-    def __init__(self, message: str, *, op: str = "") -> None:
+    def __init__(self, message: str, *, kernel: object = None) -> None:
         super().__init__(message)
-        self.op = op
+        self.kernel = kernel
 
 
 class ValidationError(OnnxPruneError):

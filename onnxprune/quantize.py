@@ -11,7 +11,8 @@ With a zero point of 0, ``round(0 / s) = 0``: every weight pruning set to zero i
 the int8 value 0 and dequantizes to exactly 0.0, so the pruned sparsity survives
 quantization (and deflate compresses the int8 zeros as well as the float ones). This is
 checked, not assumed: after quantizing, every int8 weight is compared with the float weight
-it came from, and the output is refused unless each float zero is an int8 zero
+it came from (found by following the graph, see :mod:`onnxprune.graph.quantized`; one that
+cannot be traced is an error), and the output is refused unless each float zero is an int8 zero
 (``zeros_after >= zeros_before``; more int8 zeros are fine: small weights round to 0).
 
 Two modes (``mode``):
@@ -77,8 +78,8 @@ MODES = ("dynamic", "static")
 #: Samples per onnxruntime run while collecting activation ranges (static mode).
 CALIBRATION_BATCH = 32
 METADATA_KEY = "onnxprune.quantize"
-#: Integer ops dynamic quantization writes, with the float layers they replace.
-DYNAMIC_INTEGER_OPS = {"ConvInteger": "Conv", "MatMulInteger": "MatMul/Gemm", "DynamicQuantizeLSTM": "LSTM"}
+#: Integer ops dynamic quantization writes (static QDQ mode needs none of them).
+DYNAMIC_INTEGER_OPS = frozenset({"ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM"})
 
 
 @dataclass(frozen=True)
@@ -250,11 +251,17 @@ def quantize_file(
         try:
             report = validate_model(staged.model_path, reference=source, input_shapes=input_shapes)
         except MissingKernelError as exc:
-            if config.mode == "dynamic" and exc.op in DYNAMIC_INTEGER_OPS:
+            kernel = exc.kernel
+            if (
+                config.mode == "dynamic"
+                and isinstance(kernel, runtime.MissingKernel)
+                and kernel.op in DYNAMIC_INTEGER_OPS
+            ):
                 raise MissingKernelError(
-                    f"{exc}; or quantize in static mode (QDQ), whose kernels every onnxruntime has, or leave "
-                    f"{DYNAMIC_INTEGER_OPS[exc.op]} layers in float (op types to quantize without them)",
-                    op=exc.op,
+                    "onnxruntime cannot load the int8 model: "
+                    + kernel.advice("quantize in static mode (QDQ), whose kernels every onnxruntime has")
+                    + "; nothing was written",
+                    kernel=kernel,
                 ) from exc
             raise
         saved = staged.commit()

@@ -151,13 +151,15 @@ class MissingKernel:
     opset: int
     node: str
 
-    def advice(self) -> str:
-        """One sentence: the runtime lacks the kernel, and what to do about it."""
+    def advice(self, alternative: str = "") -> str:
+        """One sentence: the runtime lacks the kernel, and what to do about it (``alternative``:
+        another way out, appended to the usual ones)."""
         node = f" (node '{self.node}')" if self.node else ""
+        other = f", or {alternative}" if alternative else ""
         return (
             f"this onnxruntime ({ort.__version__}, providers {', '.join(ort.get_available_providers())}) has no kernel "
             f"for {self.op}({self.opset}) with these types{node}: the runtime lacks it, the model is valid ONNX; "
-            "upgrade onnxruntime or use a build or execution provider that implements it"
+            f"upgrade onnxruntime, use a build or execution provider that implements it{other}"
         )
 
 

@@ -127,7 +127,7 @@ def _why_session_fails(exc: Exception, reference: str | Path | None) -> OnnxPrun
                 return MissingKernelError(
                     f"onnxruntime cannot load the input model '{reference}': {missing.advice()}; onnxprune validates "
                     "every output with onnxruntime; nothing was written",
-                    op=missing.op,
+                    kernel=missing,
                 )
             return UnsupportedModelError(
                 f"onnxruntime cannot load the input model '{reference}' ({runtime.ort_message(ref_exc)}); onnxprune "
@@ -137,7 +137,7 @@ def _why_session_fails(exc: Exception, reference: str | Path | None) -> OnnxPrun
     lacking = runtime.missing_kernel(exc)
     if lacking is not None:
         return MissingKernelError(
-            f"onnxruntime cannot load the output model: {lacking.advice()}; nothing was written", op=lacking.op
+            f"onnxruntime cannot load the output model: {lacking.advice()}; nothing was written", kernel=lacking
         )
     blame = "; this is a bug in onnxprune, please report it" if reference is not None else ""
     return ValidationError(

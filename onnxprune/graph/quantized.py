@@ -240,7 +240,8 @@ def _layouts(source: tuple[int, ...], target: tuple[int, ...]) -> Iterator[tuple
 
 def _correlation(w: np.ndarray, q: np.ndarray, axes: tuple[int, ...]) -> float:
     """Pearson's r of the float values (in the integer layout) against the integer ones;
-    1.0 when both are constant and agree on being zero."""
+    1.0 when both are constant (a fully pruned weight and its all-zero copy: whether the
+    zeros survived is the caller's check), 0.0 when only one is."""
     a = np.transpose(np.asarray(w, dtype=np.float64), axes).ravel()
     b = np.asarray(q, dtype=np.float64).ravel()
     a, b = a - a.mean(), b - b.mean()
