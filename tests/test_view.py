@@ -278,6 +278,9 @@ def test_cli_serves_until_interrupted(structural: Path) -> None:
         text=True,
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
+        # Ctrl-C as in a terminal: a suite started in the background of a non-interactive shell
+        # (CI runners, `make test &`) passes SIGINT ignored to its children, and Python keeps it so
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         printed = []
