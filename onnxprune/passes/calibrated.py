@@ -198,18 +198,27 @@ def _solve_layer(
 
 
 def _apply_bias(model: ModelProto, scope: Scope, layer: CalibLayer, delta: np.ndarray, dtype: np.dtype) -> str:
+    """``b' = b + scale·delta`` at the layer's bias site (:class:`~onnxprune.passes.layers.BiasSite`
+    says where and with which ``scale``). A bias stored broadcast (``[1]``, ``[1, N]`` ...) grows
+    to ``broadcast(shape, [N])`` by numpy's broadcasting, which is ONNX's."""
     site = layer.bias
     if site is None:
         return f"not corrected: {layer.bias_reason}"
+    correction = site.scale * delta
     if site.existing is not None:
         proto = scope.stored_tensor(site.existing)
         current = tensors.read_array(proto)
-        shape = current.shape
-        updated = (current.astype(np.float64).reshape(-1) + delta).reshape(shape)
-        tensors.write_array(proto, updated.astype(current.dtype))
+        updated = (current.astype(np.float64) + correction).astype(current.dtype)
+        if updated.shape != current.shape:
+            del proto.dims[:]
+            proto.dims.extend(updated.shape)
+            stale = [vi for vi in model.graph.value_info if vi.name == site.existing]
+            for vi in stale:  # a recorded shape of the old bias would now be wrong
+                model.graph.value_info.remove(vi)
+        tensors.write_array(proto, updated)
         return "corrected"
     name = f"{node_label(layer.node)}.onnxprune_bias"
-    model.graph.initializer.append(numpy_helper.from_array(delta.astype(dtype), name))
+    model.graph.initializer.append(numpy_helper.from_array(correction.astype(dtype), name))
     while len(layer.node.input) < site.input_index:
         layer.node.input.append("")
     layer.node.input.append(name)

@@ -17,8 +17,21 @@ the result says why: a calibrated run never prunes less than it says.
 
 LSTM/GRU/RNN weights ``[dirs, gates·H, n]`` are one group per direction (see :func:`_recurrent`).
 
-Bias sites for bias correction: Conv's B (input 2) and Gemm's C (input 2), added when
-absent; for MatMul, the constant of an Add that alone reads the MatMul's output.
+Bias sites for bias correction (:func:`_bias_site`, the one place that knows how each op adds
+its bias): Conv's B (input 2) and Gemm's C (input 2), added when absent; for MatMul, the
+constant of an Add that alone reads the MatMul's output. The correction ``delta`` is per output
+``[N]`` and is written as ``b' = b + scale·delta``:
+
+- Gemm computes ``Y = alpha·A·B' + beta·C``, so keeping ``E[Y]`` needs
+  ``beta·ΔC = alpha·delta``: ``scale = alpha/beta`` (1 for Conv and Add). With ``beta = 0``, C
+  does not enter Y and the layer has no bias site: it is left uncorrected, with that reason
+  (exact; making C count would mean rewriting ``beta`` and discarding C, for a rare case).
+- A stored bias that broadcasts (Gemm's C or the Add's constant a scalar, ``[1]``, ``[1, 1]``,
+  ``[1, N]``, ``[M, 1]`` ...: its last axis 1 or N) grows to ``broadcast(shape, [N])`` (``[N]``,
+  ``[1, N]``, ``[M, N]``), every element being ``b + scale·delta`` under numpy's broadcasting,
+  which is ONNX's: the node's output shape and every other term stay as they were. Only a bias
+  read by that node alone is changed (else the layer is left uncorrected and says why), and a
+  bias that is also a graph input (overridable at run time) is not grown.
 """
 
 from __future__ import annotations
@@ -38,11 +51,13 @@ _THROUGH = ("Identity", "Cast")
 
 @dataclass
 class BiasSite:
-    """Where ``b' = b + delta`` goes: an existing stored tensor, or a new input of ``node``."""
+    """Where ``b' = b + scale·delta`` goes: an existing stored tensor (grown by broadcasting to
+    the per-output shape when it is stored broadcast), or a new ``[N]`` input of ``node``."""
 
     node: NodeProto
     input_index: int  # the node input that holds (or will hold) the bias
     existing: str | None  # name of the stored bias tensor, None when it must be added
+    scale: float = 1.0  # the bias changes by ``scale·delta`` (Gemm: alpha/beta)
 
 
 @dataclass
@@ -94,31 +109,46 @@ def _conv_view(shape: tuple[int, ...], groups: int) -> tuple[Callable, Callable,
     return to_matrix, from_matrix, order
 
 
+def _stored_bias(
+    scope: Scope, node: NodeProto, index: int, name: str, n_out: int, scale: float
+) -> tuple[BiasSite | None, str | None]:
+    """The stored bias ``name`` (input ``index`` of ``node``) if the correction can go into it."""
+    tensor = scope.stored_tensor(name)
+    if tensor is None:
+        return None, "the bias is computed, not stored"
+    if len(scope.uses.get(name, [])) != 1:
+        return None, "the bias is shared with other nodes"
+    dims = tuple(int(d) for d in tensor.dims)
+    if dims and dims[-1] not in (1, n_out):
+        return None, f"the bias of shape {list(dims)} is not per output ({n_out})"
+    if np.broadcast_shapes(dims, (n_out,)) != dims and name in scope.inputs:
+        return None, f"the bias of shape {list(dims)} is a graph input: it cannot grow to {n_out} outputs"
+    return BiasSite(node, index, name, scale), None
+
+
 def _bias_site(scope: Scope, node: NodeProto, weight: Weight) -> tuple[BiasSite | None, str | None]:
+    """Where bias correction goes for ``weight`` read by ``node`` (see the module docstring)."""
+    shape = weight.shape
     if node.op_type in ("Conv", "Gemm"):
+        scale, n_out = 1.0, shape[0]
+        if node.op_type == "Gemm":
+            alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
+            if beta == 0:
+                return None, "Gemm with beta=0 ignores C"
+            scale, n_out = alpha / beta, shape[0] if _attr(node, "transB", 0) else shape[1]
         if len(node.input) > 2 and node.input[2]:
-            name = node.input[2]
-            if scope.stored_tensor(name) is None:
-                return None, "the bias is computed, not stored"
-            if len(scope.uses.get(name, [])) != 1:
-                return None, "the bias is shared with other nodes"
-            return BiasSite(node, 2, name), None
-        return BiasSite(node, 2, None), None
-    # MatMul: an Add that alone reads the output, with a stored vector on the other side
+            return _stored_bias(scope, node, 2, node.input[2], n_out, scale)
+        return BiasSite(node, 2, None, scale), None
+    # MatMul: an Add that alone reads the output, with a stored constant on the other side
     out = node.output[0]
     uses = scope.uses.get(out, [])
     if len(uses) != 1 or uses[0].node.op_type != "Add" or scope.is_output(out):
         return None, "MatMul without a following Add to hold the bias"
     add = uses[0].node
     other = add.input[1 - uses[0].index]
-    tensor = scope.stored_tensor(other)
-    if tensor is None or len(scope.uses.get(other, [])) != 1:
+    if scope.stored_tensor(other) is None or len(scope.uses.get(other, [])) != 1:
         return None, "the Add after the MatMul has no bias of its own"
-    n_out = weight.shape[weight.out_axis] if weight.out_axis is not None else None
-    dims = [int(d) for d in tensor.dims]
-    if not dims or dims[-1] != n_out or int(np.prod(dims)) != n_out:
-        return None, "the Add's constant is not a per-output bias"
-    return BiasSite(add, 1 - uses[0].index, other), None
+    return _stored_bias(scope, add, 1 - uses[0].index, other, shape[1], 1.0)
 
 
 def _recurrent(node: NodeProto, index: int, weight: Weight, shape: tuple[int, ...]) -> CalibLayer | str:
