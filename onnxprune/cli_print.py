@@ -140,6 +140,8 @@ def print_structure(structure: Any, quiet: bool) -> None:
     notes = [g for g in structure.groups if g.note]
     for g in notes:
         click.echo(f"  {g.name}: {g.note}")
+    for note in structure.notes:
+        click.echo(f"note: {note}")
     if structure.exact_max_diff is not None:
         click.echo(
             f"\nexact: outputs before and after differ by at most {structure.exact_max_diff:.2g} (synthetic batch)"

@@ -31,7 +31,7 @@ from onnxprune.config import StructureConfig
 from onnxprune.data import Dataset
 from onnxprune.errors import OptionError
 from onnxprune.graph import tensors
-from onnxprune.graph.cleanup import CleanupResult, cleanup
+from onnxprune.graph.cleanup import CleanupResult, cleanup, toposort
 from onnxprune.graph.index import node_label
 from onnxprune.reconstruct.channels import centred_gram, refit_consumer
 from onnxprune.sparsity.channels import (
@@ -42,9 +42,10 @@ from onnxprune.sparsity.channels import (
     local_counts,
 )
 from onnxprune.sparsity.channels import global_counts as channel_global_counts
+from onnxprune.stats import param_stats
 from onnxprune.structure.analysis import Analysis, analyze
 from onnxprune.structure.apply import apply_removal
-from onnxprune.structure.bias import add_to_bias
+from onnxprune.structure.bias import add_to_bias, bias_problem
 from onnxprune.structure.constants import DeadUnits, bias_deltas, dead_units, output_scale, propagate
 from onnxprune.structure.groups import Group
 from onnxprune.structure.sinks import Sink, layer_spec, removed_features, sinks_of, unit_features, weight_matrix
@@ -173,13 +174,10 @@ class StructuralResult:
 
 
 def _params(model: ModelProto) -> int:
-    return sum(tensors.numel(t) for t in model.graph.initializer) + sum(
-        tensors.numel(a.t)
-        for n in model.graph.node
-        if n.op_type == "Constant"
-        for a in n.attribute
-        if a.name == "value"
-    )
+    """Parameters as the evaluator counts them (:func:`onnxprune.stats.param_stats`: float
+    tensors and quantized layers' integer weights, not shape constants), so the pass's
+    counts and the summary of the run agree."""
+    return param_stats(model).parameters
 
 
 def _member_rows(analysis: Analysis, group: Group, kinds: tuple[str, ...]) -> list[np.ndarray]:
@@ -207,8 +205,9 @@ def _unit_params(analysis: Analysis, group: Group) -> int:
     total = 0
     for member in group.members:
         shape = cx.stored_shape(member.tensor)
-        rest = int(np.prod(shape)) // shape[member.axis] if shape[member.axis] else 0
-        total += member.segment.per * rest
+        if member.axis >= len(shape) or not shape[member.axis]:
+            continue  # no elements along the member's axis: nothing goes with a unit
+        total += member.segment.per * (int(np.prod(shape)) // shape[member.axis])
     return total
 
 
@@ -381,8 +380,13 @@ def _refit(
     damp: float,
     refit: bool,
     say: Callable[..., None],
+    notes: list[str],
 ) -> tuple[list[tuple[str, float, float]], set[int]]:
-    """Refit every refittable consumer that loses inputs; returns records and the node ids done."""
+    """Refit every refittable consumer that loses inputs; returns records and the node ids done.
+
+    The refit keeps the expected output through the consumer's bias (created where it has
+    none); a consumer that cannot take a bias is left as plain removal, with a note.
+    """
     cx = analysis.context
     from onnxprune.structure.sinks import store_matrix
 
@@ -394,6 +398,11 @@ def _refit(
         w, per = weight_matrix(cx, sink)
         gone = removed_features(sink, removed, per, w.shape[1] // per)
         if not gone.any():
+            continue
+        problem = bias_problem(cx, sink.node)
+        if problem is not None:
+            notes.append(f"{sink.label} not refitted, removed inputs' mean not compensated: {problem}")
+            log.info("channel refit skipped: %s", problem)
             continue
         fit = refit_consumer(w, st.H[0], st.mean[0], st.rows, ~gone, damp=damp, refit=refit)
         new = w.copy()
@@ -480,7 +489,7 @@ def remove_channels(
                 macs_before = counted.macs
         removal = _choose(analysis, config, dead_map, scores, macs)
         if calibration is not None:
-            refits, refit_done = _refit(analysis, sinks, removal, stats, config.damp, config.refit, say)
+            refits, refit_done = _refit(analysis, sinks, removal, stats, config.damp, config.refit, say, notes)
     records = _records(analysis, removal, dead_map, dead)
     reference = _snapshot(model) if removal and not config.structured and check else None
     dead_removed = {
@@ -493,6 +502,8 @@ def remove_channels(
     cleaned = None
     if removal:
         apply_removal(model, analysis.groups, removal)
+        if not config.fold:  # a new bias Add sits after every node; cleanup sorts otherwise
+            toposort(model.graph)
     say("units removed")
     if config.fold and (removal or config.fold_first):
         # value_info is refreshed where the model had it (so it matches the new channel
