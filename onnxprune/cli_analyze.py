@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +13,13 @@ import numpy as np
 
 from onnxprune.console import ProgressBar, count, handle_errors, table
 from onnxprune.errors import OptionError, OutputError
+from onnxprune.report.files import write_page
 
 SHOWN_LEVELS = (0.3, 0.5, 0.7, 0.9)
 LAYER_LEVELS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 GROUP_LEVELS = (0.25, 0.5, 0.75)
 MAX_TIGHTEN = 6
+EXAMPLE_NAMES = {"--plan-out": "plan.json", "--json": "curves.json", "--report": "curves.html"}
 
 
 def _levels(text: str) -> tuple[float, ...]:
@@ -23,6 +27,38 @@ def _levels(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise OptionError(f"--levels takes comma-separated fractions such as 0.1,0.3,0.5; got '{text}'") from None
+
+
+def _check_outputs(model: Path, outputs: Mapping[str, Path | None]) -> None:
+    """Every output path (option -> path) can be written, before any work: a file name (not
+    a folder) in an existing folder we may create files in, not the input model, not named
+    twice. The files are written later atomically (a temporary file in that folder, renamed)."""
+    from onnxprune.graph.model_io import refuse_input_as_output
+
+    seen: dict[Path, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        folder = path.absolute().parent
+        if path.is_dir():
+            example = path / EXAMPLE_NAMES.get(option, "out.json")
+            raise OutputError(f"{option} '{path}' is a folder: give a file name, such as '{example}'")
+        if not folder.is_dir():
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise OutputError(f"{option} '{path}': the folder '{folder}' {what}")
+        try:
+            refuse_input_as_output(model, path)
+        except OutputError:
+            raise OutputError(f"{option} '{path}' is the input model: choose another path") from None
+        same = seen.get(path.resolve())
+        if same is not None:
+            raise OutputError(f"{same} and {option} both name '{path}': give each its own file")
+        seen[path.resolve()] = option
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise OutputError(f"{option} '{path}': cannot create files in '{folder}' ({exc.strerror or exc})") from None
 
 
 def _open(model: Path, data: str | None, data_free: bool, samples: int, shapes: dict) -> Any:
@@ -134,9 +170,7 @@ def analyze_command(
         raise OptionError(f"--samples must be >= 1, got {samples}")
     if plan_out is not None and not targets:
         raise OptionError("--plan-out needs --target-sparsity, --target-latency, --target-flops or --max-loss")
-    for path, option in ((plan_out, "--plan-out"), (json_path, "--json"), (report, "--report")):
-        if path is not None and not path.parent.absolute().is_dir():
-            raise OutputError(f"{option}: the folder '{path.parent}' does not exist")
+    _check_outputs(model, {"--plan-out": plan_out, "--json": json_path, "--report": report})
     load_model(model)  # one-line errors for a missing or broken file, before any work
     shapes = parse_input_shapes(input_shape)
     dataset = _open(model, data, data_free, samples, shapes)
@@ -200,7 +234,7 @@ def analyze_command(
             + (f", measured {measured:.4f}" if measured is not None else "")
         )
         if plan_out is not None:
-            plan_out.write_text(json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n")
+            write_page(json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n", plan_out)
             click.echo(f"plan written to {plan_out}: onnxprune prune {model} OUT --plan {plan_out}")
     _write_outputs(sens, plan, measured, json_path, report)
     source = "cache" if sens.cached else f"{sens.seconds:.1f} s"
@@ -210,7 +244,7 @@ def analyze_command(
 def _write_outputs(sens: Any, plan: Any, measured: float | None, json_path: Path | None, report: Path | None) -> None:
     data = {**sens.to_dict(), "plan": plan.to_json() if plan is not None else None, "measured_loss": measured}
     if json_path is not None:
-        json_path.write_text(json.dumps(data, indent=1))
+        write_page(json.dumps(data, indent=1), json_path)
     if report is not None:
         from onnxprune.report.sensitivity import write_sensitivity_report
 
@@ -268,7 +302,7 @@ def _finish_groups(
             + (f", predicted MACs kept {1 - plan.removed:.0%}" if keep_flops is not None else "")
         )
         if plan_out is not None:
-            plan_out.write_text(json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n")
+            write_page(json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n", plan_out)
             click.echo(f"plan written to {plan_out}: onnxprune prune {model} OUT --structured --plan {plan_out}")
     _write_outputs(sens, plan, measured, json_path, report)
     source = "cache" if sens.cached else f"{sens.seconds:.1f} s"

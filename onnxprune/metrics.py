@@ -15,6 +15,9 @@ Fidelity (candidate output ``ŷ`` against the base output ``y``, no labels neede
     max abs error = max |ŷ - y|.
     Overall: top-1 agreement and cosine averaged over the outputs that have them, the
     relative L2 error over all float outputs together, the max abs error over all.
+    ``eval`` accumulates these batch by batch; ``analyze`` measures its loss with
+    :func:`fidelity` (the same accumulators over whole outputs), so ``1 − cosine`` there is
+    the number ``eval`` reports for the same models and data.
 
 Sums are kept in float64, so the result does not depend on the batch size beyond
 floating-point rounding.
@@ -178,3 +181,23 @@ def overall(outputs: Mapping[str, OutputFidelity]) -> Fidelity:
         max_abs=max((r.max_abs for r in results if r.max_abs is not None), default=None),
         nonfinite=sum(r.nonfinite for r in results),
     )
+
+
+def fidelity(refs: Sequence[np.ndarray], cands: Sequence[np.ndarray]) -> Fidelity:
+    """Overall fidelity of the outputs ``cands`` against ``refs`` (one array per output,
+    samples on axis 0, in the same order): :func:`overall` of one :class:`OutputFidelity`
+    per output, as ``eval`` computes it."""
+    if len(refs) != len(cands):
+        raise ValueError(f"{len(refs)} base output(s) but {len(cands)} candidate output(s)")
+    outputs = {}
+    for index, (ref, cand) in enumerate(zip(refs, cands, strict=True)):
+        outputs[str(index)] = accumulator = OutputFidelity()
+        accumulator.update(np.asarray(ref), np.asarray(cand))
+    return overall(outputs)
+
+
+def top1(scores: np.ndarray, labels: np.ndarray, what: str = "the output") -> float:
+    """Top-1 accuracy of the classifier output ``scores`` (:class:`TopK`)."""
+    accuracy = TopK(what)
+    accuracy.update(scores, labels)
+    return accuracy.top1 if accuracy.top1 is not None else 0.0

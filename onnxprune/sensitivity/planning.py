@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from onnxprune.data import Dataset
+from onnxprune.graph.discovery import Weight
 from onnxprune.sensitivity.sweep import Sensitivity, stack_feeds
 from onnxprune.sensitivity.tasks import output_loss, run_outputs
 from onnxprune.sparsity.plan import Curve, Plan, exact_target, plan_for_loss, plan_for_target, tighten
@@ -85,21 +86,61 @@ def curves_of(sens: Sensitivity) -> list[Curve]:
 
 
 def macs_per_weight(model_path: str | os.PathLike[str], names: list[str]) -> dict[str, float]:
-    """For each weight, the MACs of the node(s) reading it divided by its elements: what
-    zeroing one weight saves in non-zero MACs (at the model's declared or default shapes)."""
-    from onnxprune.compute import count_compute
+    """For each weight, the MACs of the products it is an operand of, divided by its
+    elements: what zeroing one weight saves in non-zero MACs (at the model's declared or
+    default shapes; main-graph nodes).
+
+    A node's work is split into parts the way :mod:`onnxprune.compute` counts it (its
+    ``COUNTERS``: one part for Conv, Gemm, MatMul; for LSTM, GRU and RNN the input product
+    ``W·x_t``, ``D·T·B·G·H·I``, and the recurrent one ``R·h_{t-1}``, ``D·T·B·G·H·H``). Each
+    part goes to the stored tensor(s) on its operand (found by discovery, as compute
+    finds them), shared by their elements; a tensor read by several nodes sums them.
+    """
+    from onnxprune.compute import COUNTERS
+    from onnxprune.graph.discovery import discover
+    from onnxprune.graph.index import node_label
     from onnxprune.graph.model_io import load_model
-    from onnxprune.graph.tensors import numel
-    from onnxprune.structure.analysis import input_shapes_for
+    from onnxprune.structure.analysis import input_shapes_for, static_shapes
 
     model = load_model(model_path)
-    counted = count_compute(model, input_shapes=input_shapes_for(model))
-    sizes = {t.name: numel(t) for t in model.graph.initializer}
+    notes: list[str] = []
+    shapes = static_shapes(model, input_shapes_for(model), notes)
+    operands: dict[tuple[str, int], list[Weight]] = {}  # (node label, input index) -> stored tensors
+    for weight in discover(model).weights:
+        if weight.storage == "computed" or not weight.numel:
+            continue
+        for reader in weight.readers:
+            if reader.role == "weight" and reader.input_index >= 0 and not reader.scope:
+                operands.setdefault((reader.node, reader.input_index), []).append(weight)
     out = dict.fromkeys(names, 0.0)
-    for node in counted.nodes:
-        for weight in (node.weight or "").split(","):
-            if weight in out and sizes.get(weight):
-                out[weight] += node.macs / sizes[weight]
+    for node in model.graph.node:
+        counter = COUNTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if counter is None:
+            continue
+        label = node_label(node)
+        ins = [shapes.get(node.input[i]) if i < len(node.input) else None for i in counter.inputs]
+        outs = [shapes.get(node.output[i]) if i < len(node.output) else None for i in counter.outputs]
+        if any(shape is None for shape in (*ins, *outs)):
+            log.info(
+                "MACs of %s '%s' unknown (shapes missing): its weights cost nothing in the plan", node.op_type, label
+            )
+            continue
+        try:
+            count = counter.count(node, ins, outs)
+        except (ValueError, IndexError, KeyError) as exc:
+            log.info("MACs of %s '%s' not counted (%s): its weights cost nothing in the plan", node.op_type, label, exc)
+            continue
+        total = sum(share for _, share in count.parts)
+        for alternatives, share in count.parts:
+            stored = next((operands[(label, i)] for i in alternatives if (label, i) in operands), None)
+            if not stored or not total:
+                continue
+            per_element = count.macs * share / total / sum(w.numel for w in stored)
+            for weight in stored:
+                if weight.key in out:
+                    out[weight.key] += per_element
+    for note in notes:
+        log.info("%s", note)
     return out
 
 

@@ -29,7 +29,9 @@ from onnxprune.sensitivity.tasks import Feeds, LayerCurve, LayerTask, run_layer,
 log = logging.getLogger(__name__)
 
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-CACHE_VERSION = 1
+#: 2: the "1 - cosine" loss is eval's cosine (averaged per output), no longer the cosine of
+#: all outputs concatenated; curves cached by an earlier version are measured again.
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ def _cached(cached_file: Path | None, path: Path, digest: str, options: dict[str
         return None
     try:
         saved = json.loads(cached_file.read_text())
+        if saved.get("version") != CACHE_VERSION:
+            log.info("ignoring %s: cached by another version (%s)", cached_file, saved.get("version"))
+            return None
         curves = tuple(LayerCurve.from_dict(c) for c in saved["curves"])
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring a broken cache file %s (%s)", cached_file, exc)

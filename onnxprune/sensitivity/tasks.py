@@ -8,9 +8,15 @@ weight pass, or of the calibrated pass for ``method`` other than magnitude) on a
 Loss, per level ``s`` (0 at ``s = 0``):
 
 - data-free: the relative weight error of magnitude pruning, ``‖W − W_s‖² / ‖W‖²``;
-- with labels: the drop in top-1 accuracy against the dense model, in [−1, 1];
-- without labels: ``1 − cos``, the mean over samples of the cosine similarity between the
-  pruned and the dense outputs (every output flattened per sample), in [0, 2].
+- with labels: the drop in top-1 accuracy (of the first output) against the dense model,
+  in [−1, 1];
+- without labels: ``1 − cos``, with ``cos`` the cosine similarity between the pruned and
+  the dense outputs as ``eval`` reports it (:func:`onnxprune.metrics.fidelity`: per output
+  the mean over samples, each sample flattened; then the mean over the float outputs), in
+  [0, 2]; a model with integer outputs only: ``1 −`` the fraction of equal elements.
+
+Both come from :mod:`onnxprune.metrics`, so a loss here equals ``1 −`` the cosine (or the
+top-1 difference) that ``onnxprune eval`` reports for the same pruned model and data.
 """
 
 from __future__ import annotations
@@ -95,17 +101,19 @@ def weight_error(values: np.ndarray, level: float) -> float:
 
 
 def output_loss(dense: tuple[np.ndarray, ...], pruned: list[np.ndarray], labels: np.ndarray | None) -> float:
-    """Accuracy drop (labels) or ``1 − mean cosine`` (no labels): see module docstring."""
+    """Accuracy drop (labels) or ``1 − cosine`` (no labels): see module docstring."""
+    from onnxprune.errors import DataError
+    from onnxprune.metrics import fidelity, top1
+
     if labels is not None:
-        ref = (np.asarray(dense[0]).reshape(len(labels), -1).argmax(axis=1) == labels).mean()
-        new = (np.asarray(pruned[0]).reshape(len(labels), -1).argmax(axis=1) == labels).mean()
-        return float(ref - new)
-    n = np.asarray(dense[0]).shape[0]
-    a = np.concatenate([np.asarray(d, dtype=np.float64).reshape(n, -1) for d in dense], axis=1)
-    b = np.concatenate([np.asarray(p, dtype=np.float64).reshape(n, -1) for p in pruned], axis=1)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1.0), 1.0)
-    return float(1.0 - cos.mean())
+        try:
+            return float(top1(dense[0], labels, "the first output") - top1(pruned[0], labels, "the first output"))
+        except ValueError as exc:
+            raise DataError(f"cannot score accuracy against the labels: {exc}") from exc
+    result = fidelity(dense, pruned)
+    if result.cosine is not None:
+        return float(1.0 - result.cosine)
+    return float(1.0 - result.top1_agreement) if result.top1_agreement is not None else 0.0
 
 
 def run_outputs(model: bytes, feeds: Feeds, batch_size: int) -> list[np.ndarray]:
