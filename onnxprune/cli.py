@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,108 @@ class _Group(click.Group):
             fail("aborted; nothing was written", 130)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
+
+
+class SectionedCommand(click.Command):
+    """A click command whose ``--help`` lists its options in titled sections, in a stated order.
+
+    ``sections`` pairs each title with the parameter names of the options it holds, in the order they
+    are listed; the help option closes the last section, and the first column is as wide in every
+    section. An option in no section is still listed, under "Other options", and :meth:`ungrouped`
+    names it (the tests require there be none).
+    """
+
+    def __init__(self, *args: Any, sections: Sequence[tuple[str, Sequence[str]]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sections: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+            (title, tuple(names)) for title, names in sections
+        )
+
+    def ungrouped(self) -> list[str]:
+        """The parameter names of the options that are in no section."""
+        grouped = {name for _, names in self.sections for name in names}
+        return [p.name or "" for p in self.params if isinstance(p, click.Option) and p.name not in grouped]
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        place = {name: (title, i) for title, names in self.sections for i, name in enumerate(names)}
+        after = ("Other options", len(place))  # after the listed ones, in declaration order (a stable sort)
+        help_option = self.get_help_option(ctx)
+        rows: dict[str, list[tuple[int, str, str]]] = {title: [] for title, _ in self.sections}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None or not isinstance(param, click.Option):
+                continue
+            if param is help_option:
+                title, index = (self.sections[-1][0] if self.sections else after[0]), after[1]
+            else:
+                title, index = place.get(param.name or "", after)
+            rows.setdefault(title, []).append((index, *record))
+        width = min(max((len(term) for records in rows.values() for _, term, _ in records), default=0), 30)
+        for title, records in rows.items():
+            if records:
+                records.sort(key=lambda row: row[0])
+                with formatter.section(title):
+                    formatter.write_dl([(term.ljust(width), text) for _, term, text in records])
+
+
+#: The sections of ``prune --help``, in order, each with the parameter names of its options.
+PRUNE_HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Selection", ("include", "exclude", "op_types", "min_size")),
+    (
+        "Amount and pattern",
+        ("sparsity", "scope", "criterion", "pattern", "nm_fallback", "plan_path", "max_layer_sparsity", "seed"),
+    ),
+    (
+        "Method and calibration",
+        ("method", "calibration", "samples", "data_free", "bias_correction", "parallel", "percdamp"),
+    ),
+    (
+        "Structural",
+        (
+            "structured",
+            "target_flops",
+            "dead_channels",
+            "importance",
+            "round_to",
+            "max_group_sparsity",
+            "no_refit",
+            "no_fold",
+        ),
+    ),
+    ("Quantize", ("quantize", "quantize_mode")),
+    (
+        "Evaluation",
+        (
+            "do_eval",
+            "data",
+            "labels",
+            "output_name",
+            "report",
+            "eval_json",
+            "batch_size",
+            "eval_samples",
+            "threads",
+            "providers",
+            "warmup",
+            "repeats",
+            "latency_batch",
+            "no_latency",
+            "memory",
+            "image_size",
+            "crop",
+            "mean",
+            "std",
+            "scale",
+            "layout",
+            "channels",
+            "image_input",
+        ),
+    ),
+    (
+        "Output",
+        ("input_shape", "external_data", "force", "compressed_size", "json_path", "quiet", "verbose", "debug"),
+    ),
+)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -177,7 +279,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         raise onnxprune.OutputError(f"cannot write '{path}': {exc.strerror}") from None
 
 
-@main.command()
+@main.command(cls=SectionedCommand, sections=PRUNE_HELP_SECTIONS)
 @click.argument("input_model", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("output_model", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--sparsity", type=float, help="Fraction of weights that are zero afterwards, in [0, 1).")
