@@ -56,19 +56,20 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, helper
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto
 
 from onnxprune import runtime
 from onnxprune.errors import DataError
 from onnxprune.graph.discovery import Weight, discover
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.graph.skeleton import data_free_model
+from onnxprune.ops import Count, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +77,6 @@ log = logging.getLogger(__name__)
 LOOPS = ("Loop", "Scan")
 #: Left out of the "other" bucket: no work of their own at run time.
 NO_WORK = ("Constant", "If", "Loop", "Scan")
-#: Contracting ops that are listed as not counted.
-UNCOUNTED_REASONS = {
-    "Einsum": "Einsum is not counted: its work depends on the equation and the contraction order",
-    "Attention": "Attention is not counted: its work depends on masks and caches",
-    "QLinearConv": "quantized op: not counted",
-    "ConvInteger": "quantized op: not counted",
-    "QLinearMatMul": "quantized op: not counted",
-    "MatMulInteger": "quantized op: not counted",
-}
 
 Dims = tuple[int, ...]
 
@@ -138,86 +130,6 @@ class ComputeStats:
             "uncounted": list(self.uncounted),
             "notes": list(self.notes),
         }
-
-
-# ---------------------------------------------------------------------------------------
-# Per-op counters
-
-
-@dataclass(frozen=True)
-class _Count:
-    macs: int
-    #: Parts of the work: (input indices that may hold the stored weight, first match
-    #: wins; share of the work).
-    parts: tuple[tuple[tuple[int, ...], int], ...]
-    bias: int = 0  # elementwise additions of a Gemm bias
-
-
-@dataclass(frozen=True)
-class _Counter:
-    inputs: tuple[int, ...]  # input indices whose shapes are needed
-    outputs: tuple[int, ...]  # output indices whose shapes are needed
-    count: Callable[[NodeProto, list[Dims], list[Dims]], _Count]
-
-
-def _attr(node: NodeProto, name: str, default: object = None) -> object:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def _conv(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> _Count:
-    (w,), (y,) = ins, outs
-    return _Count(math.prod(y) * math.prod(w[1:]), (((1,), 1),))
-
-
-def _conv_transpose(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> _Count:
-    x, w = ins
-    return _Count(math.prod(x) * math.prod(w[1:]), (((1,), 1),))
-
-
-def _gemm(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> _Count:
-    a, b = ins
-    if len(a) != 2 or len(b) != 2:
-        raise ValueError(f"Gemm operands must be 2-D, got {list(a)} and {list(b)}")
-    m, k = (a[1], a[0]) if _attr(node, "transA", 0) else a
-    n = b[0] if _attr(node, "transB", 0) else b[1]
-    has_bias = len(node.input) > 2 and bool(node.input[2])
-    return _Count(m * n * k, (((1, 0), 1),), bias=m * n if has_bias else 0)
-
-
-def _matmul(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> _Count:
-    a, b = ins
-    if not a or not b:
-        raise ValueError("MatMul operands must have rank 1 or more")
-    m, k = (1, a[0]) if len(a) == 1 else (a[-2], a[-1])
-    n = 1 if len(b) == 1 else b[-1]
-    batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
-    return _Count(math.prod(batch) * m * n * k, (((1, 0), 1),))
-
-
-_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-
-
-def _recurrent(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> _Count:
-    x, w, r = ins
-    steps, batch = (x[1], x[0]) if _attr(node, "layout", 0) else (x[0], x[1])
-    directions, inputs, hidden = w[0], w[2], r[2]
-    macs = directions * steps * batch * _GATES[node.op_type] * hidden * (inputs + hidden)
-    return _Count(macs, (((1,), inputs), ((2,), hidden)))
-
-
-COUNTERS: dict[str, _Counter] = {
-    "Conv": _Counter((1,), (0,), _conv),
-    "ConvTranspose": _Counter((0, 1), (), _conv_transpose),
-    "Gemm": _Counter((0, 1), (), _gemm),
-    "MatMul": _Counter((0, 1), (), _matmul),
-    # dynamically quantized layers (onnxruntime.quantization): the same work in int8
-    "ConvInteger": _Counter((1,), (0,), _conv),
-    "MatMulInteger": _Counter((0, 1), (), _matmul),
-    **{op: _Counter((0, 1, 2), (), _recurrent) for op in _GATES},
-}
 
 
 # ---------------------------------------------------------------------------------------
@@ -330,7 +242,7 @@ def _runtime_shapes(model: ModelProto, shapes: Mapping[str, Dims], names: list[s
 
 
 def _needed(node: NodeProto) -> list[str]:
-    counter = COUNTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    counter = spec_of(node).macs
     if counter is not None:
         found = [node.input[i] for i in counter.inputs if i < len(node.input) and node.input[i]]
         return found + [node.output[i] for i in counter.outputs if i < len(node.output) and node.output[i]]
@@ -341,7 +253,7 @@ def _needed(node: NodeProto) -> list[str]:
 
 def _is_other(node: NodeProto) -> bool:
     if node.domain in ("", "ai.onnx"):
-        return node.op_type not in NO_WORK and node.op_type not in UNCOUNTED_REASONS
+        return node.op_type not in NO_WORK and spec_of(node).uncounted is None
     return True
 
 
@@ -398,7 +310,7 @@ def _weights_by_input(model: ModelProto) -> dict[tuple[str, str, int], list[Weig
 
 
 def _density(
-    count: _Count, label: str, scope: str, weights: Mapping[tuple[str, str, int], list[Weight]]
+    count: Count, label: str, scope: str, weights: Mapping[tuple[str, str, int], list[Weight]]
 ) -> tuple[Fraction, str | None]:
     total = sum(share for _, share in count.parts)
     density = Fraction(0)
@@ -424,7 +336,8 @@ def _count_node(
     node: NodeProto, scope: Scope, shapes: _Shapes, weights: Mapping[tuple[str, str, int], list[Weight]]
 ) -> tuple[NodeCompute, int]:
     """The node's entry and its Gemm bias additions."""
-    counter = COUNTERS[node.op_type]
+    counter = spec_of(node).macs
+    assert counter is not None  # only contracting ops are counted
     label = node_label(node)
     ins, outs = [], []
     for indices, names, into in ((counter.inputs, node.input, ins), (counter.outputs, node.output, outs)):
@@ -500,7 +413,8 @@ def count_compute(model: ModelProto, *, input_shapes: Mapping[str, tuple[int, ..
                 notes.append(f"{label}: subgraph(s) {paths} listed node by node but not added to the totals")
         for node in scope.graph.node:
             standard = node.domain in ("", "ai.onnx")
-            if standard and node.op_type in COUNTERS:
+            spec = spec_of(node)
+            if spec.macs is not None:
                 entry, bias = _count_node(node, scope, shapes, weights)
                 entries.append(entry)
                 if totals:
@@ -508,8 +422,8 @@ def count_compute(model: ModelProto, *, input_shapes: Mapping[str, tuple[int, ..
                     nonzero += entry.nonzero_macs
                     if bias:
                         other["Gemm bias"] = other.get("Gemm bias", 0) + bias
-            elif standard and node.op_type in UNCOUNTED_REASONS:
-                entries.append(_uncounted(node, scope, UNCOUNTED_REASONS[node.op_type]))
+            elif spec.uncounted is not None:
+                entries.append(_uncounted(node, scope, spec.uncounted))
             elif totals and _is_other(node):
                 key = node.op_type if standard else f"{node.domain}::{node.op_type}"
                 outs = [shapes.get(scope, out) for out in node.output if out]

@@ -28,7 +28,7 @@ from onnx import AttributeProto, ModelProto, TensorProto, helper, numpy_helper
 
 import onnxprune
 from onnxprune import DiscoveryOptions, PruneConfig, PruneResult
-from onnxprune.graph.ops import TRANSFORMS, TransformContext
+from onnxprune.ops import TransformContext, lookup
 
 HALF = PruneConfig(sparsity=0.5, min_size=0)
 EVERYTHING = DiscoveryOptions(min_size=0)
@@ -439,7 +439,7 @@ def test_tensors_in_typed_fields_are_rewritten() -> None:
 def test_flatten_transform_axes(axis: int, shape: tuple[int, int], axis_map: tuple) -> None:
     # Flatten's axis lies in [-rank, rank]; axis == rank gives [n, 1].
     flatten = helper.make_node("Flatten", ["W"], ["F"], axis=axis)
-    transform = TRANSFORMS["Flatten"](TransformContext(flatten, 0, (16, 32), lambda name: None))
+    transform = lookup("Flatten").transform(TransformContext(flatten, 0, (16, 32), lambda name: None))
     assert transform is not None and (transform.shape, transform.axis_map) == (shape, axis_map)
 
 

@@ -4,7 +4,7 @@ For each stored float tensor (initializer or Constant node, in the main graph or
 subgraph) the discovery walks forward through transparent ops (Identity, Cast, Transpose,
 Reshape, Unsqueeze, Squeeze, Flatten, Slice, Split, Concat, DequantizeLinear) to every
 node that finally reads it, and classifies each read with
-:data:`onnxprune.graph.ops.SLOT_RULES`.
+:meth:`onnxprune.ops.OpSpec.slot` of the op table.
 A tensor is a prunable weight only if *every* read is a weight input: a tensor also used
 as an embedding table, a bias or a graph output is listed as skipped, with the reason.
 Reads of the shape alone (Shape, Size) do not count: pruning keeps shapes.
@@ -24,16 +24,8 @@ from onnx import ModelProto, TensorProto
 
 from onnxprune.graph import tensors
 from onnxprune.graph.index import Scope, node_label
-from onnxprune.graph.ops import (
-    SHAPE_ONLY,
-    SLOT_RULES,
-    TRANSFORMS,
-    WEIGHT_INPUTS,
-    Shape,
-    Slot,
-    SlotContext,
-    TransformContext,
-)
+from onnxprune.ops import SHAPE_ONLY, Slot, SlotContext, TransformContext, spec_of
+from onnxprune.ops.spec import Shape
 from onnxprune.sparsity import global_keys, magnitude_keys
 
 log = logging.getLogger(__name__)
@@ -148,18 +140,17 @@ def _walk(
     for use in scope.uses.get(name, []):
         node, index = use.node, use.index
         label = node_label(node)
-        transform_rule = TRANSFORMS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        if transform_rule is not None:
-            transform = transform_rule(TransformContext(node, index, shape, use.scope.const_value))
+        spec = spec_of(node)
+        transform = spec.transform(TransformContext(node, index, shape, use.scope.const_value))
+        if transform is not None:
             outputs = [out for out in node.output if out]
-            if transform is not None and outputs:
+            if outputs:
                 trace.quantized |= transform.quantized
                 new_map = tuple(None if m is None else axis_map[m] for m in transform.axis_map)
                 for out in outputs:  # several for Split
                     _walk(use.scope, out, transform.shape, new_map, trace, depth + 1)
                 continue
-        rule = SLOT_RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        slot = rule(SlotContext(node, index, len(shape), use.scope.producer_op)) if rule else Slot("other")
+        slot = spec.slot(SlotContext(node, index, len(shape), use.scope.producer_op))
         if slot == SHAPE_ONLY:
             continue
         reader = Reader(label, node.op_type, index, use.scope.path, slot.role)
@@ -291,11 +282,11 @@ def discover(model: ModelProto, options: DiscoveryOptions | None = None) -> Inve
 
 
 def _computed_weights(root: Scope, reached: set[tuple[str, int, str]]) -> list[Weight]:
-    """Weight inputs (:data:`~onnxprune.graph.ops.WEIGHT_INPUTS`) that no stored tensor reaches."""
+    """Weight inputs (:attr:`onnxprune.ops.OpSpec.weight_inputs`) that no stored tensor reaches."""
     found = []
     for scope in root.all_scopes():
         for node in scope.graph.node:
-            groups = WEIGHT_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+            groups = spec_of(node).weight_inputs
             label = node_label(node)
             for group in groups:
                 if any((label, i, scope.path) in reached for i in group):

@@ -7,8 +7,9 @@ A quantizer rewrites ``Y = Conv(X, W)`` into a small subgraph that reads an inte
 Gemm weights to ``W_Transposed_quantized``), so the source of ``Q`` is found by following the
 graph, never by its name:
 
-1. ``Q`` is an integer initializer read at a *data* slot of a quantized op
-   (:data:`QUANTIZED_DATA_SLOTS`; zero points and scales sit at other slots);
+1. ``Q`` is an integer initializer read at a *data* slot of a quantized op (the op table's
+   :attr:`~onnxprune.ops.OpSpec.quantized_data_slots`; zero points and scales sit at other
+   slots);
 2. from ``Q``, walk forward through its consumers until a tensor that the float model also
    produces (``Y``): the first such tensor on every path ends the walk;
 3. the float weights read by ``Y``'s producer in the float model (directly or through
@@ -37,22 +38,7 @@ from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
 from onnxprune.graph import tensors
 from onnxprune.graph.walk import all_graphs
-
-#: Input slots of quantized ops that hold quantized *data* (a weight when it is an initializer);
-#: scales and zero points are at the other slots.
-QUANTIZED_DATA_SLOTS: dict[str, tuple[int, ...]] = {
-    "DequantizeLinear": (0,),
-    "ConvInteger": (0, 1),
-    "MatMulInteger": (0, 1),
-    "QLinearConv": (0, 3),
-    "QLinearMatMul": (0, 3),
-    "QGemm": (0, 3),
-    "DynamicQuantizeMatMul": (1,),
-    "MatMulIntegerToFloat": (0, 1),
-    "DynamicQuantizeLSTM": (1, 2),
-    "QAttention": (1,),
-    "Gather": (0,),
-}
+from onnxprune.ops import spec_of
 
 #: Integer element types a quantized weight is stored in.
 INTEGER_WEIGHT_TYPES = frozenset(
@@ -60,9 +46,6 @@ INTEGER_WEIGHT_TYPES = frozenset(
     for name in ("INT8", "UINT8", "INT16", "UINT16", "INT4", "UINT4")
     if hasattr(TensorProto, name)
 )
-
-#: Ops a float weight may pass through before the layer that reads it.
-_WEIGHT_PASSTHROUGH = frozenset({"Identity", "Cast", "Transpose"})
 
 #: Pearson correlation of float and integer values below which they are not one tensor.
 MIN_CORRELATION = 0.5
@@ -95,7 +78,7 @@ def quantized_weight_names(graph: GraphProto) -> set[str]:
     """Names read at a data slot of a quantized op in ``graph`` (its own nodes only)."""
     found = set()
     for node in graph.node:
-        for slot in QUANTIZED_DATA_SLOTS.get(node.op_type, ()):
+        for slot in spec_of(node).quantized_data_slots:
             if slot < len(node.input) and node.input[slot]:
                 found.add(node.input[slot])
     return found
@@ -120,7 +103,7 @@ def trace_integer_weights(float_model: ModelProto, int8_model: ModelProto) -> li
         for node in graph.node:
             for slot, name in enumerate(node.input):
                 consumers.setdefault(name, []).append(node)
-                if slot in QUANTIZED_DATA_SLOTS.get(node.op_type, ()):
+                if slot in spec_of(node).quantized_data_slots:
                     readers.setdefault(name, node)
         integer.update({t.name: t for t in graph.initializer if t.data_type in INTEGER_WEIGHT_TYPES})
     found = []
@@ -218,7 +201,7 @@ def _weights_of(node: NodeProto, producers: dict[str, NodeProto], floats: dict[s
         steps = 0
         while name and name not in floats and steps < 8:
             prev = producers.get(name)
-            if prev is None or prev.op_type not in _WEIGHT_PASSTHROUGH or not prev.input:
+            if prev is None or not spec_of(prev).keeps_values or not prev.input:
                 break
             name, steps = prev.input[0], steps + 1
         if name in floats and floats[name].size > 1:

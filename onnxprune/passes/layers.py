@@ -17,8 +17,9 @@ the result says why: a calibrated run never prunes less than it says.
 
 LSTM/GRU/RNN weights ``[dirs, gates·H, n]`` are one group per direction (see :func:`_recurrent`).
 
-Bias sites for bias correction (:func:`_bias_site`, the one place that knows how each op adds
-its bias): Conv's B (input 2) and Gemm's C (input 2), added when absent; for MatMul, the
+Bias sites for bias correction (:func:`_bias_site`; where each op holds its bias and with
+which gains is the op table's, :meth:`onnxprune.ops.OpSpec.bias_gain`): Conv's B (input 2)
+and Gemm's C (input 2), added when absent; for MatMul, the
 constant of an Add that alone reads the MatMul's output. The correction ``delta`` is per output
 ``[N]`` and is written as ``b' = b + scale·delta``:
 
@@ -45,8 +46,7 @@ from onnx import ModelProto, NodeProto, helper
 from onnxprune.capture import LayerSpec
 from onnxprune.graph.discovery import Weight
 from onnxprune.graph.index import Scope, node_label
-
-_THROUGH = ("Identity", "Cast")
+from onnxprune.ops import spec_of
 
 
 @dataclass
@@ -87,7 +87,7 @@ def _reaches_directly(scope: Scope, name: str, stored: str) -> bool:
     seen = 0
     while name != stored and seen < 8:
         node = scope.producers.get(name)
-        if node is None or node.op_type not in _THROUGH or not node.input:
+        if node is None or not spec_of(node).keeps_layout or not node.input:
             return False
         name, seen = node.input[0], seen + 1
     return name == stored
@@ -129,16 +129,17 @@ def _stored_bias(
 def _bias_site(scope: Scope, node: NodeProto, weight: Weight) -> tuple[BiasSite | None, str | None]:
     """Where bias correction goes for ``weight`` read by ``node`` (see the module docstring)."""
     shape = weight.shape
-    if node.op_type in ("Conv", "Gemm"):
-        scale, n_out = 1.0, shape[0]
-        if node.op_type == "Gemm":
-            alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
-            if beta == 0:
-                return None, "Gemm with beta=0 ignores C"
-            scale, n_out = alpha / beta, shape[0] if _attr(node, "transB", 0) else shape[1]
-        if len(node.input) > 2 and node.input[2]:
-            return _stored_bias(scope, node, 2, node.input[2], n_out, scale)
-        return BiasSite(node, 2, None, scale), None
+    spec = spec_of(node)
+    index = spec.bias_input(node)
+    if index is not None:
+        gain = spec.bias_gain(node)
+        if gain == 0:
+            return None, f"{node.op_type} with a bias gain of 0 (Gemm beta=0) ignores its bias"
+        scale = spec.weight_gain(node) / gain
+        n_out = shape[weight.out_axis] if weight.out_axis is not None else 0
+        if len(node.input) > index and node.input[index]:
+            return _stored_bias(scope, node, index, node.input[index], n_out, scale)
+        return BiasSite(node, index, None, scale), None
     # MatMul: an Add that alone reads the output, with a stored constant on the other side
     out = node.output[0]
     uses = scope.uses.get(out, [])

@@ -17,6 +17,7 @@ import numpy as np
 
 from onnxprune.data import Dataset
 from onnxprune.graph.discovery import Weight
+from onnxprune.ops import spec_of
 from onnxprune.sensitivity.sweep import Sensitivity, stack_feeds
 from onnxprune.sensitivity.tasks import output_loss, run_outputs
 from onnxprune.sparsity.plan import Curve, Plan, exact_target, plan_for_loss, plan_for_target, tighten
@@ -90,13 +91,12 @@ def macs_per_weight(model_path: str | os.PathLike[str], names: list[str]) -> dic
     elements: what zeroing one weight saves in non-zero MACs (at the model's declared or
     default shapes; main-graph nodes).
 
-    A node's work is split into parts the way :mod:`onnxprune.compute` counts it (its
-    ``COUNTERS``: one part for Conv, Gemm, MatMul; for LSTM, GRU and RNN the input product
+    A node's work is split into parts the way :mod:`onnxprune.compute` counts it (the op
+    table's :attr:`~onnxprune.ops.OpSpec.macs`: one part for Conv, Gemm, MatMul; for LSTM, GRU and RNN the input product
     ``W·x_t``, ``D·T·B·G·H·I``, and the recurrent one ``R·h_{t-1}``, ``D·T·B·G·H·H``). Each
     part goes to the stored tensor(s) on its operand (found by discovery, as compute
     finds them), shared by their elements; a tensor read by several nodes sums them.
     """
-    from onnxprune.compute import COUNTERS
     from onnxprune.graph.discovery import discover
     from onnxprune.graph.index import node_label
     from onnxprune.graph.model_io import load_model
@@ -114,7 +114,7 @@ def macs_per_weight(model_path: str | os.PathLike[str], names: list[str]) -> dic
                 operands.setdefault((reader.node, reader.input_index), []).append(weight)
     out = dict.fromkeys(names, 0.0)
     for node in model.graph.node:
-        counter = COUNTERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        counter = spec_of(node).macs
         if counter is None:
             continue
         label = node_label(node)

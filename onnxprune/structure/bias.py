@@ -21,29 +21,26 @@ from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.graph import tensors
 from onnxprune.graph.index import Use, node_label
+from onnxprune.ops import SlotContext, spec_of
 from onnxprune.structure.analysis import Context
 from onnxprune.structure.groups import Group, Member
-
-_RECURRENT = ("LSTM", "GRU", "RNN")
-#: Input index of the bias of the ops that take one as an input.
-_BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "LSTM": 3, "GRU": 3, "RNN": 3}
-_THROUGH = ("Identity", "Cast")
 
 
 def bias_problem(cx: Context, node: NodeProto) -> str | None:
     """Why ``node`` cannot take a per-output bias change; None when :func:`add_to_bias` can."""
     label = node_label(node)
-    if node.op_type == "Gemm" and float(cx.attr(node, "beta", 1.0)) == 0.0:
-        return f"{label} ignores its bias (beta = 0)"
-    slot = _BIAS_INPUT.get(node.op_type)
+    spec = spec_of(node)
+    slot = spec.bias_input(node)
     if slot is not None:
+        if spec.bias_gain(node) == 0.0:
+            return f"{label} ignores its bias (its gain is 0: Gemm beta = 0)"
         if len(node.input) > slot and node.input[slot] and cx.stored(node, slot) is None:
             return f"{label} has a computed bias"
         return None
-    if node.op_type == "MatMul":
+    if spec.macs is not None and spec.slot(SlotContext(node, 1, 2, lambda name: None)).role == "weight":
         if cx.stored(node, 1) is None:
             return f"{label} has its weight on the left: a bias would be per row, not per output"
-        return None
+        return None  # x·W: a new Add after it holds the bias
     return f"{label} ({node.op_type}) has no bias"
 
 
@@ -55,7 +52,7 @@ def _dtype(cx: Context, node: NodeProto) -> np.dtype:
         if tensor is not None:
             return tensors.read_array(tensor).dtype if tensors.is_float(tensor) else np.dtype(np.float32)
         producer = cx.producer(name) if name else None
-        if producer is None or producer.op_type not in _THROUGH:
+        if producer is None or not spec_of(producer).keeps_layout:
             break
         if producer.op_type == "Cast":
             return np.dtype(helper.tensor_dtype_to_np_dtype(int(cx.attr(producer, "to"))))
@@ -125,9 +122,9 @@ def add_to_bias(cx: Context, groups: list[Group], node: NodeProto, delta: np.nda
         raise ValueError(problem)
     index = cx.node_id(node)
     label = node_label(node)
-    if node.op_type == "Gemm":
-        delta = delta / float(cx.attr(node, "beta", 1.0))
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+    spec = spec_of(node)
+    delta = delta / spec.bias_gain(node)  # Gemm: C enters the output times beta
+    if spec.bias_layout == "per_output":
         if len(node.input) > 2 and node.input[2]:
             stored = cx.stored(node, 2)
             assert stored is not None  # bias_problem: not computed
@@ -152,7 +149,7 @@ def add_to_bias(cx: Context, groups: list[Group], node: NodeProto, delta: np.nda
         cx.scope.uses.setdefault(name, []).append(Use(node, 2, cx.scope))
         _register(groups, node, name, (index, 2))
         return
-    if node.op_type in _RECURRENT:
+    if spec.bias_layout == "gates":
         half = delta.reshape(delta.shape[0], -1)
         if len(node.input) > 3 and node.input[3]:
             stored = cx.stored(node, 3)

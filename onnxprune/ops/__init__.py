@@ -1,0 +1,54 @@
+"""What each operator means to onnxprune, written once: the op table.
+
+One spec per op family (:class:`~onnxprune.ops.spec.OpSpec`), registered by (domain, op type,
+opset range) in :mod:`onnxprune.ops.registry`: its weight slots and their axes, how it moves
+a tensor (transparent ops), its MACs, its bias input and the gains of its weight product and
+bias (Gemm's ``alpha``/``beta``), the inputs of quantized ops that hold integer data. Every
+other module asks :func:`spec_of` (or :func:`lookup`) instead of switching on
+``node.op_type``; a new op is one module here plus its tests.
+
+Families: :mod:`.conv` (Conv, ConvTranspose), :mod:`.gemm`, :mod:`.matmul`, :mod:`.recurrent`
+(LSTM, GRU, RNN), :mod:`.elementwise` (normalizations, Gather, Shape/Size, the bias Add),
+:mod:`.movement` (Identity, Cast, Transpose, Reshape ... DequantizeLinear), :mod:`.quantized`
+(ConvInteger, MatMulInteger, QLinear*, onnxruntime's contrib ops; Einsum and Attention as
+not counted).
+"""
+
+from __future__ import annotations
+
+# the families register themselves on import; nothing else imports them
+from onnxprune.ops import conv, elementwise, gemm, matmul, movement, quantized, recurrent  # noqa: F401
+from onnxprune.ops.registry import UNKNOWN, lookup, register, registered, spec_of, unregister
+from onnxprune.ops.spec import (
+    BIAS,
+    NORM,
+    OTHER,
+    SHAPE_ONLY,
+    Count,
+    Counter,
+    OpSpec,
+    Slot,
+    SlotContext,
+    Transform,
+    TransformContext,
+)
+
+__all__ = [
+    "BIAS",
+    "NORM",
+    "OTHER",
+    "SHAPE_ONLY",
+    "UNKNOWN",
+    "Count",
+    "Counter",
+    "OpSpec",
+    "Slot",
+    "SlotContext",
+    "Transform",
+    "TransformContext",
+    "lookup",
+    "register",
+    "registered",
+    "spec_of",
+    "unregister",
+]

@@ -1,0 +1,42 @@
+"""MatMul: ``Y = A·B`` with ``A[..., M, K]``, ``B[..., K, N]`` (numpy rules).
+
+A stored ``B`` is a weight with output axis ``rank−1`` and reduction axis ``rank−2`` (a 1-D
+operand has only the ``K`` axis); a stored ``A`` the mirror image. ``MACs = ∏batch·M·N·K``
+with ``batch`` the broadcast of both batch shapes; a 1-D ``A`` is a row ``[1, K]`` and a 1-D
+``B`` a column ``[K, 1]``. MatMul has no bias input: exporters add one with a following Add
+(see :mod:`onnxprune.ops.elementwise`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import NodeProto
+
+from onnxprune.ops.registry import register
+from onnxprune.ops.spec import OTHER, Count, Counter, Dims, OpSpec, Slot, SlotContext, prod
+
+
+def count_matmul(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> Count:
+    a, b = ins
+    if not a or not b:
+        raise ValueError("MatMul operands must have rank 1 or more")
+    m, k = (1, a[0]) if len(a) == 1 else (a[-2], a[-1])
+    n = 1 if len(b) == 1 else b[-1]
+    batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+    return Count(prod(batch) * m * n * k, (((1, 0), 1),))
+
+
+class MatMulSpec(OpSpec):
+    macs = Counter((0, 1), (), count_matmul)
+
+    def slot(self, ctx: SlotContext) -> Slot:
+        if ctx.rank is None:
+            return Slot("weight")
+        if ctx.index == 1:
+            return Slot("weight", ctx.rank - 1, ctx.rank - 2) if ctx.rank >= 2 else Slot("weight", None, 0)
+        if ctx.index == 0:
+            return Slot("weight", ctx.rank - 2, ctx.rank - 1) if ctx.rank >= 2 else Slot("weight", None, 0)
+        return OTHER
+
+
+register(MatMulSpec(), "MatMul")

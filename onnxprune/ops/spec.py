@@ -1,0 +1,172 @@
+"""The shape of an op spec: what one op family means to onnxprune, answered in one place.
+
+An :class:`OpSpec` is registered for (domain, op type, opset range) in
+:mod:`onnxprune.ops.registry`; every other module asks the table instead of switching on
+``node.op_type``. Each question has a neutral default, so a spec answers only what its op
+does:
+
+- :meth:`OpSpec.slot`: what a stored tensor read at input ``index`` is to the node (a
+  *weight* with its output-channel and reduction axes, a bias, a normalization parameter,
+  an embedding table, a shape-only read, or other);
+- :attr:`OpSpec.weight_inputs`: inputs that should hold a stored weight (groups: any one
+  of a group's inputs will do), so discovery can report a weight computed at run time;
+- :meth:`OpSpec.transform`: for ops that only move a stored tensor on its way to a weight
+  (Identity, Cast, Transpose, Reshape ...), how each output axis maps to an input axis;
+- :attr:`OpSpec.macs`: how to count the multiply-accumulates of one node from its shapes,
+  split into parts by the operand that holds the stored weight;
+- :meth:`OpSpec.bias_input`, :meth:`OpSpec.weight_gain`, :meth:`OpSpec.bias_gain`: where the
+  per-output bias is, and how the output moves with the weight product and with the bias:
+  ``Y = weight_gain·(W·x) + bias_gain·b`` (Gemm: ``alpha`` and ``beta``; 1 and 1 elsewhere),
+  so a wanted output change ``δ`` is ``Δb = δ / bias_gain`` and a weight change ``ΔW`` is
+  made up by ``Δb = (weight_gain / bias_gain)·ΔW·E[x]``; ``bias_gain`` 0: the bias is ignored;
+- :attr:`OpSpec.quantized_data_slots`: inputs of a quantized op that hold quantized data
+  (an integer weight when stored), as opposed to scales and zero points;
+- :attr:`OpSpec.keeps_layout`, :attr:`OpSpec.keeps_values`: the output is input 0's values
+  (Identity, Cast), or those values in another axis order (Transpose too).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import NodeProto, helper
+
+Shape = tuple[int | None, ...]
+Dims = tuple[int, ...]
+
+
+def attr(node: NodeProto, name: str, default: object = None) -> object:
+    """The value of attribute ``name`` of ``node``, or ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+# --------------------------------------------------------------------------- slots
+
+
+@dataclass(frozen=True)
+class Slot:
+    role: str  # "weight" | "bias" | "norm" | "embedding" | "shape" | "other"
+    out_axis: int | None = None
+    in_axis: int | None = None
+
+
+OTHER = Slot("other")
+BIAS = Slot("bias")
+NORM = Slot("norm")
+#: A read of the shape only (Shape, Size): pruning keeps shapes, so it does not count.
+SHAPE_ONLY = Slot("shape")
+
+
+@dataclass(frozen=True)
+class SlotContext:
+    node: NodeProto
+    index: int
+    rank: int | None
+    producer_op: Callable[[str], str | None]
+
+    def attr(self, name: str, default: object = None) -> object:
+        return attr(self.node, name, default)
+
+
+# --------------------------------------------------------------------------- transparent ops
+
+
+@dataclass(frozen=True)
+class Transform:
+    axis_map: tuple[int | None, ...]  # output axis -> input axis (None: no single one)
+    shape: Shape  # output shape (None for unknown dims)
+    quantized: bool = False
+
+
+@dataclass(frozen=True)
+class TransformContext:
+    node: NodeProto
+    index: int
+    shape: Shape
+    const: Callable[[str], np.ndarray | None]
+
+    def attr(self, name: str, default: object = None) -> object:
+        return attr(self.node, name, default)
+
+    def axes_input(self, position: int) -> list[int] | None:
+        """Axes from attribute ``axes`` (old opsets) or constant input ``position``."""
+        value = self.attr("axes")
+        if value is None and len(self.node.input) > position and self.node.input[position]:
+            const = self.const(self.node.input[position])
+            value = None if const is None else const.reshape(-1).tolist()
+        return None if value is None else [int(a) for a in value]
+
+
+# --------------------------------------------------------------------------- MACs
+
+
+@dataclass(frozen=True)
+class Count:
+    """The MACs of one node, and how they split over the operands that may hold a weight."""
+
+    macs: int
+    #: Parts of the work: (input indices that may hold the stored weight, first match
+    #: wins; share of the work).
+    parts: tuple[tuple[tuple[int, ...], int], ...]
+    bias: int = 0  # elementwise additions of a Gemm bias
+
+
+@dataclass(frozen=True)
+class Counter:
+    """How to count a node: the shapes it needs, and the count from them."""
+
+    inputs: tuple[int, ...]  # input indices whose shapes are needed
+    outputs: tuple[int, ...]  # output indices whose shapes are needed
+    count: Callable[[NodeProto, list[Dims], list[Dims]], Count]
+
+
+def prod(dims: Sequence[int]) -> int:
+    return math.prod(dims)
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+class OpSpec:
+    """What an op family means (see the module docstring); subclasses override what applies."""
+
+    #: Inputs that should hold a stored weight, in groups (any one input of a group will do).
+    weight_inputs: tuple[tuple[int, ...], ...] = ()
+    #: How to count the node's MACs; None: not a contracting op.
+    macs: Counter | None = None
+    #: Why the node's MACs are not counted although it contracts (Einsum, quantized ops).
+    uncounted: str | None = None
+    #: Inputs holding quantized data (quantized ops only).
+    quantized_data_slots: tuple[int, ...] = ()
+    #: The output holds input 0's values, in the same layout (Identity, Cast).
+    keeps_layout: bool = False
+    #: The output holds input 0's values, perhaps in another axis order (also Transpose).
+    keeps_values: bool = False
+
+    def slot(self, ctx: SlotContext) -> Slot:
+        return OTHER
+
+    def transform(self, ctx: TransformContext) -> Transform | None:
+        return None
+
+    #: How the bias input is laid out: "per_output" (``[C_out]``: Conv, Gemm), "gates"
+    #: (``[D, 2·G·H]``, the input product's half first: LSTM, GRU, RNN), or None (no bias input).
+    bias_layout: str | None = None
+
+    def bias_input(self, node: NodeProto) -> int | None:
+        """The input that holds (or would hold) the per-output bias; None: none."""
+        return None
+
+    def weight_gain(self, node: NodeProto) -> float:
+        """The factor on the weight product in the output (Gemm: ``alpha``)."""
+        return 1.0
+
+    def bias_gain(self, node: NodeProto) -> float:
+        """The factor on the bias in the output (Gemm: ``beta``; 0: the bias is ignored)."""
+        return 1.0
