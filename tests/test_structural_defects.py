@@ -192,3 +192,24 @@ def test_table_and_summary_print_the_evaluators_parameter_count(tmp_path):
     assert _numbers(table.groups()) == expected
     stamped = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["onnxprune.structure"])
     assert tuple(stamped["params"]) == expected
+
+
+def test_dead_channels_of_an_fp16_stored_model_keep_the_bias_type_the_gemm_reads(tmp_path):
+    """fp16 storage, Cast to float before each Gemm: a dead unit's constant folded into the next
+    Gemm's bias makes a new bias in float (what the Gemm reads), not fp16 (what was stored).
+    It was an fp16 C beside a float A: 'this is a bug in onnxprune' (exit 5) at 70 %."""
+    source = FIXTURES / "mlp_digits_fp16.onnx"
+    result = CliRunner().invoke(main, ["prune", str(source), str(tmp_path / "o.onnx"), "--sparsity", "0.7", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "removed 17 channel unit(s) (17 dead)" in result.output
+    kept = CliRunner().invoke(
+        main, ["prune", str(source), str(tmp_path / "k.onnx"), "--sparsity", "0.7", "--no-dead-channels", "-q"]
+    )
+    assert kept.exit_code == 0, kept.output
+    x = np.load(FIXTURES / "mlp_digits_fp16.test.npz")["input"]
+    run = [
+        ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        for name in ("o.onnx", "k.onnx")
+    ]
+    np.testing.assert_allclose(run[0], run[1], atol=2e-3 * float(np.abs(run[1]).max()))
+    onnx.checker.check_model(str(tmp_path / "o.onnx"), full_check=True)

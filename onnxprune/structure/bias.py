@@ -44,9 +44,10 @@ def bias_problem(cx: Context, node: NodeProto) -> str | None:
     return f"{label} ({node.op_type}) has no bias"
 
 
-def _dtype(cx: Context, node: NodeProto) -> np.dtype:
-    """The element type of the node's output: its weight's, after any Cast on the way."""
-    name = node.input[1] if len(node.input) > 1 else ""
+def _dtype(cx: Context, node: NodeProto, index: int = 1) -> np.dtype:
+    """The element type ``node`` sees at input ``index`` (default its weight's, which is its
+    output's): the stored tensor's, or the target of a Cast on the way."""
+    name = node.input[index] if len(node.input) > index else ""
     for _ in range(8):
         tensor = cx.scope.stored_tensor(name) if name else None
         if tensor is not None:
@@ -135,7 +136,8 @@ def add_to_bias(cx: Context, groups: list[Group], node: NodeProto, delta: np.nda
                 return
             values = tensors.read_array(tensor)
             full = np.broadcast_to(values.astype(np.float64).reshape(-1), delta.shape) + delta
-            name = _store(cx, f"{label}.onnxprune_bias", full.astype(values.dtype))
+            # the node's own copy is read directly: in the type the node saw (after a Cast from fp16 storage)
+            name = _store(cx, f"{label}.onnxprune_bias", full.astype(_dtype(cx, node, 2)))
             node.input[2] = name
             cx.scope.uses.setdefault(name, []).append(Use(node, 2, cx.scope))
             for group in groups:  # the old tensor is no longer this node's bias
