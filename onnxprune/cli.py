@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 import onnxprune
+from onnxprune import cli_choices
 from onnxprune.cli_analyze import analyze_command
 from onnxprune.cli_eval import build_options, check_output_path, eval_command, evaluation_options, run_evaluation
 from onnxprune.cli_print import (
@@ -292,7 +293,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 )
 @click.option(
     "--criterion",
-    type=click.Choice(["magnitude", "lamp", "random"]),
+    type=cli_choices.criteria(),
     default="magnitude",
     show_default=True,
     help="What to prune first; lamp = layer-adaptive magnitude (for --scope global).",
@@ -323,7 +324,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --criterion random.")
 @click.option(
     "--method",
-    type=click.Choice(["magnitude", "wanda", "sparsegpt", "refit"]),
+    type=cli_choices.methods(),
     default="magnitude",
     show_default=True,
     help="magnitude needs no data; wanda, sparsegpt and refit (magnitude mask + least squares) calibrate each layer.",
@@ -353,7 +354,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 )
 @click.option(
     "--importance",
-    type=click.Choice(["auto", "l2", "error"]),
+    type=cli_choices.importances(),
     default="auto",
     show_default=True,
     help="Structured: channel importance; error needs calibration data; auto = error with data, else l2.",

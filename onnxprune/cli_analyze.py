@@ -11,6 +11,7 @@ from typing import Any
 import click
 import numpy as np
 
+from onnxprune import cli_choices
 from onnxprune.console import ProgressBar, count, handle_errors, table
 from onnxprune.errors import OptionError, OutputError
 from onnxprune.report.files import write_page
@@ -77,7 +78,7 @@ def _open(model: Path, data: str | None, data_free: bool, samples: int, shapes: 
 @click.option("--samples", type=int, default=256, show_default=True, help="Samples of --data used.")
 @click.option(
     "--method",
-    type=click.Choice(["magnitude", "wanda", "sparsegpt"]),
+    type=cli_choices.analyze_methods(),
     default="magnitude",
     show_default=True,
     help="How each layer is pruned for its curve (calibrated methods calibrate on --data).",

@@ -17,12 +17,12 @@ from pathlib import Path
 from types import MappingProxyType
 
 from onnxprune.errors import OptionError
+from onnxprune.reconstruct.methods import METHODS
+from onnxprune.sparsity.criteria import CRITERIA
+from onnxprune.sparsity.importance import importance_choices
 
 SCOPES = ("local", "global")
-CRITERIA = ("magnitude", "lamp", "random")
 NM_FALLBACKS = ("unstructured", "skip")
-#: magnitude needs no data; the others read calibration statistics (see passes/calibrated.py)
-METHODS = ("magnitude", "wanda", "sparsegpt", "refit")
 
 
 def check_amount(value: float, what: str = "--sparsity") -> float:
@@ -79,14 +79,16 @@ class PruneConfig:
         or, with an N:M pattern, the pattern's own 1 - N/M).
     scope: "local" (every tensor gets ``sparsity``) or "global" (one threshold across
         tensors, each capped at ``max_layer_sparsity``).
-    criterion: "magnitude", "lamp" (layer-adaptive, matters with global scope) or "random".
+    criterion: a name in :data:`onnxprune.sparsity.criteria.CRITERIA`: "magnitude", "lamp"
+        (layer-adaptive, matters with global scope), "random", or one registered later.
     pattern: None for unstructured, or (N, M) for N:M along the reduction axis.
     nm_fallback: for tensors whose reduction length is not a multiple of M (or unknown):
         "unstructured" prunes them unstructured at 1 - N/M, "skip" leaves them.
     plan: weight name -> amount, overriding scope and sparsity for those weights.
-    method: "magnitude" (no data), "wanda" (|W|·‖x‖ per output row), "sparsegpt" (OBS
-        mask and update) or "refit" (the magnitude mask, then a least-squares refit of the
-        kept weights); all but magnitude need calibration data.
+    method: a name in :data:`onnxprune.reconstruct.methods.METHODS`: "magnitude" (no data),
+        "wanda" (|W|·‖x‖ per output row), "sparsegpt" (OBS mask and update) or "refit" (the
+        magnitude mask, then a least-squares refit of the kept weights); all but magnitude
+        need calibration data.
     bias_correction: b' = b + (W - Ŵ)·E[x] after pruning (needs calibration data).
     sequential: calibrated layers see the model already pruned up to them (else one pass
         over the dense model).
@@ -115,10 +117,14 @@ class PruneConfig:
     blocksize: int = 128
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise OptionError(f"--method must be one of {', '.join(METHODS)}, got '{self.method}'")
-        if self.method in ("wanda", "sparsegpt") and self.criterion == "random":
-            raise OptionError(f"--criterion random cannot choose the weights of --method {self.method}; drop one")
+        method = METHODS.find(self.method)
+        if method is None:
+            raise OptionError(f"--method must be one of {', '.join(METHODS.names())}, got '{self.method}'")
+        criterion = CRITERIA.find(self.criterion)
+        if method.chooses_mask and criterion is not None and not criterion.ranks_like_magnitude:
+            raise OptionError(
+                f"--criterion {self.criterion} cannot choose the weights of --method {self.method}; drop one"
+            )
         if self.percdamp is not None and not 0.0 <= float(self.percdamp) <= 100.0:
             raise OptionError(f"--percdamp must lie in [0, 100], got {self.percdamp}")
         if int(self.blocksize) < 1:
@@ -127,8 +133,8 @@ class PruneConfig:
             object.__setattr__(self, "sparsity", check_amount(self.sparsity))
         if self.scope not in SCOPES:
             raise OptionError(f"--scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
-        if self.criterion not in CRITERIA:
-            raise OptionError(f"--criterion must be one of {', '.join(CRITERIA)}, got '{self.criterion}'")
+        if criterion is None:
+            raise OptionError(f"--criterion must be one of {', '.join(CRITERIA.names())}, got '{self.criterion}'")
         if self.nm_fallback not in NM_FALLBACKS:
             raise OptionError(f"--nm-fallback must be one of {', '.join(NM_FALLBACKS)}")
         if self.pattern is not None:
@@ -159,7 +165,7 @@ class PruneConfig:
     @property
     def calibrated(self) -> bool:
         """True if the run needs calibration statistics."""
-        return self.method != "magnitude" or self.bias_correction
+        return METHODS[self.method].needs_data or self.bias_correction
 
     @property
     def pattern_name(self) -> str:
@@ -188,9 +194,6 @@ class PruneConfig:
         }
 
 
-IMPORTANCE = ("auto", "l2", "error")
-
-
 @dataclass(frozen=True)
 class StructureConfig:
     """What the structural pass does (see ``onnxprune/passes/structural.py``).
@@ -200,8 +203,9 @@ class StructureConfig:
         with ``scope="global"`` the fraction of all groups' parameters, lowest normalized
         importance first.
     target_flops: instead of ``amount``, keep at most this fraction of the model's MACs.
-    importance: "l2" (weights only), "error" (output error at the consumers, needs
-        calibration data) or "auto" (error with data, else l2).
+    importance: a name in :data:`onnxprune.sparsity.importance.IMPORTANCES`: "l2" (weights
+        only), "error" (output error at the consumers, needs calibration data), or "auto"
+        (error with data, else l2).
     refit: least-squares refit of the consumers from the kept channels (with data).
     round_to: kept channel counts are multiples of this (or the whole group).
     max_fraction: never remove more than this fraction of a group's units.
@@ -242,8 +246,8 @@ class StructureConfig:
                 raise OptionError(f"--target-flops is the fraction of MACs to keep, in (0, 1); got {self.target_flops}")
         if self.scope not in SCOPES:
             raise OptionError(f"--scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
-        if self.importance not in IMPORTANCE:
-            raise OptionError(f"--importance must be one of {', '.join(IMPORTANCE)}, got '{self.importance}'")
+        if self.importance not in importance_choices():
+            raise OptionError(f"--importance must be one of {', '.join(importance_choices())}, got '{self.importance}'")
         if int(self.round_to) < 1:
             raise OptionError(f"--round-to must be >= 1, got {self.round_to}")
         if not 0.0 < float(self.max_fraction) < 1.0:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import numpy as np
 from onnx import ModelProto, numpy_helper
 
-from onnxprune import reconstruct, sparsity
+from onnxprune import sparsity
 from onnxprune.capture import LayerStats, capture
 from onnxprune.config import PruneConfig
 from onnxprune.data import Dataset
@@ -52,6 +52,7 @@ from onnxprune.passes.unstructured import (
     target_mask,
 )
 from onnxprune.reconstruct.hessian import damping
+from onnxprune.reconstruct.methods import METHODS, LayerProblem
 from onnxprune.sparsity.scores import to_float64
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def _solve_layer(
 ) -> tuple[np.ndarray, _Solved]:
     """The new stored array of ``layer`` and its error terms and bias delta."""
     weight = layer.weight
+    method = METHODS[config.method]
     w = layer.to_matrix(to_float64(values))
     magnitude = layer.to_matrix(target_mask(values, target, weight, config, index))
     amount = None if target.nm is not None else target.count / weight.numel
@@ -156,35 +158,30 @@ def _solve_layer(
         h_ref = stats.H_ref[k] if with_ref else hg
         goal = np.where(wg == 0, 0.0, _dense_target(wg, hg, cg, percdamp)) if with_ref else wg  # zeros stay
         mag_new = np.where(magnitude[g], 0.0, wg)
-        if config.method in ("magnitude", "refit"):
-            mask = magnitude[g]
-            new = reconstruct.refit(goal, hg, mask, percdamp=percdamp) if config.method == "refit" else mag_new
-        else:
+        order = None  # a method that chooses its own mask sees the columns in the layer's N:M order
+        wp, tp, hp, sq, mask = wg, goal, hg, stats.sqnorm[k], magnitude[g]
+        if method.chooses_mask:
             order = layer.nm_order if target.nm is not None and layer.nm_order is not None else None
-            wp, tp, hp, sq = wg, goal, hg, stats.sqnorm[k]
+            mask = None
             if order is not None:
                 wp, tp, hp, sq = wg[:, order], goal[:, order], hg[np.ix_(order, order)], sq[order]
-            if config.method == "wanda":
-                scores = reconstruct.wanda_scores(wp, sq)
-                if target.nm is None and wp.shape[1] < ROW_WISE_MIN_COLS:  # too few inputs per row
-                    mask = sparsity.smallest_k_mask(scores, sparsity.count_for_amount(scores.size, amount))
-                else:
-                    mask = reconstruct.row_mask(scores, sparsity=amount, nm=target.nm)
-                new = np.where(mask, 0.0, wp)
-            else:
-                new, mask = reconstruct.sparsegpt(
-                    tp,
-                    hp,
-                    sparsity=amount,
-                    nm=target.nm,
-                    blocksize=config.blocksize,
-                    percdamp=percdamp,
-                    per_row=wp.shape[1] >= ROW_WISE_MIN_COLS,
-                )
-            if order is not None:
-                unpermuted = np.empty_like(new)
-                unpermuted[:, order] = new
-                new = unpermuted
+        problem = LayerProblem(
+            w=wp,
+            goal=tp,
+            H=hp,
+            sqnorm=sq,
+            mask=mask,
+            amount=amount,
+            nm=target.nm,
+            percdamp=percdamp,
+            blocksize=config.blocksize,
+            row_wise=wp.shape[1] >= ROW_WISE_MIN_COLS,
+        )
+        new = method.solve(problem)
+        if order is not None:
+            unpermuted = np.empty_like(new)
+            unpermuted[:, order] = new
+            new = unpermuted
         out[g] = new
         solved.err_num += _output_error(new, wg, hg, cg, h_ref)
         solved.mag_num += _output_error(mag_new, wg, hg, cg, h_ref)
@@ -271,7 +268,7 @@ def prune_calibrated(
     for group in groups:
         # fit to the dense model's output once it differs; Wanda updates no weight, so it needs
         # the dense model only for bias correction (its E[x_d])
-        needs_dense = config.method != "wanda" or config.bias_correction
+        needs_dense = METHODS[config.method].updates_weights or config.bias_correction
         reference = dense if changed and needs_dense else None
         stats = capture(model, [layer.spec for layer in group], data.batches(batch_size), reference=reference)
         for layer in group:

@@ -34,14 +34,9 @@ from onnxprune.graph import tensors
 from onnxprune.graph.cleanup import CleanupResult, cleanup, toposort
 from onnxprune.graph.index import node_label
 from onnxprune.reconstruct.channels import centred_gram, refit_consumer
-from onnxprune.sparsity.channels import (
-    GroupBudget,
-    error_importance,
-    flops_counts,
-    l2_importance,
-    local_counts,
-)
+from onnxprune.sparsity.channels import GroupBudget, flops_counts, local_counts
 from onnxprune.sparsity.channels import global_counts as channel_global_counts
+from onnxprune.sparsity.importance import DATA_FREE, IMPORTANCES, ChannelImportance, resolve_importance
 from onnxprune.stats import param_stats
 from onnxprune.structure.analysis import Analysis, analyze
 from onnxprune.structure.apply import apply_removal
@@ -256,7 +251,7 @@ def _capture(analysis: Analysis, sinks: list[Sink], data: Dataset, batch_size: i
 
 
 def _error_scores(
-    analysis: Analysis, group: Group, sinks: list[Sink], stats: Mapping[str, object]
+    analysis: Analysis, group: Group, sinks: list[Sink], stats: Mapping[str, object], importance: ChannelImportance
 ) -> np.ndarray | None:
     cx = analysis.context
     weights, grams, feats = [], [], []
@@ -273,7 +268,7 @@ def _error_scores(
         feats.append(unit_features(sink, group.gid, per, length))
     if not weights:
         return None
-    return error_importance(weights, grams, feats, n=group.n)
+    return importance.score(weights, grams, feats, n=group.n)
 
 
 def _round_units(round_to: int, unit: int) -> int:
@@ -463,21 +458,26 @@ def remove_channels(
     if config.structured:
         groups = analysis.prunable
         sinks = sinks_of(analysis, groups)
-        use_error = config.importance == "error" or (config.importance == "auto" and calibration is not None)
+        importance = resolve_importance(config.importance, with_data=calibration is not None)
+        data_free = IMPORTANCES[DATA_FREE] if importance.needs_data else importance
         if calibration is not None:
             stats = _capture(analysis, sinks, calibration, batch_size)
             say("consumer inputs captured")
-        elif config.importance == "error":
-            raise OptionError("--importance error needs calibration data: give --calibration or --data-free")
+        elif importance.needs_data:
+            raise OptionError(
+                f"--importance {importance.name} needs calibration data: give --calibration or --data-free"
+            )
         scores = {}
         for group in groups:
             # a recurrent unit also feeds the layer's own next step, which the consumers'
             # output error does not see: such groups are ranked by their weights (R included)
             recurrent = _recurrent(analysis, group)
-            s = _error_scores(analysis, group, sinks, stats) if use_error and not recurrent else None
+            s = None
+            if importance.needs_data and not recurrent:
+                s = _error_scores(analysis, group, sinks, stats, importance)
             if s is None:
                 kinds = ("out", "in", "param") if recurrent else ("out", "in")
-                s = l2_importance(_member_rows(analysis, group, kinds))
+                s = data_free.score(_member_rows(analysis, group, kinds))
             scores[group.gid] = s
         macs = None
         if config.target_flops is not None:

@@ -24,6 +24,7 @@ from onnxprune.graph import tensors
 from onnxprune.graph.discovery import DiscoveryOptions, Inventory, Weight, discover
 from onnxprune.graph.writer import Replacement, replaceable
 from onnxprune.passes.result import LayerResult, PruneResult
+from onnxprune.sparsity.criteria import CRITERIA
 from onnxprune.sparsity.scores import float_bits
 
 log = logging.getLogger(__name__)
@@ -73,21 +74,18 @@ def _check_plan(config: PruneConfig, inventory: Inventory) -> None:
             raise OptionError(f"the plan names '{name}', which is not prunable here: {weight.reason}")
 
 
-def _lamp_keys(values: np.ndarray) -> np.ndarray:
-    return sparsity.global_keys(sparsity.lamp_scores(values))
-
-
 class _LazyKeys(Sequence[np.ndarray]):
-    """Global magnitude keys of each tensor, computed on access and never stored."""
+    """A criterion's global keys of each tensor, computed on access and never stored."""
 
-    def __init__(self, protos: list[TensorProto]) -> None:
+    def __init__(self, protos: list[TensorProto], keys: Callable[[np.ndarray], np.ndarray]) -> None:
         self._protos = protos
+        self._keys = keys
 
     def __len__(self) -> int:
         return len(self._protos)
 
     def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
-        return sparsity.global_keys(tensors.read_array(self._protos[index]))
+        return self._keys(tensors.read_array(self._protos[index]))
 
 
 def _nm_target(weight: Weight, config: PruneConfig) -> Target:
@@ -123,9 +121,12 @@ def plan_targets(config: PruneConfig, inventory: Inventory) -> dict[str, Target]
             rest.append(weight)
         else:
             targets[weight.key] = Target(reason="not in the plan")
-    if config.scope == "local" or config.criterion == "random" or not rest:
-        if config.scope == "global" and config.criterion == "random":
-            log.info("random criterion: global scope allocates like local scope (equal expected share)")
+    criterion = CRITERIA[config.criterion]
+    if config.scope == "local" or not criterion.supports_global or not rest:
+        if config.scope == "global" and not criterion.supports_global:
+            log.info(
+                "%s criterion has no keys comparable across tensors: global scope allocates like local", criterion.name
+            )
         for weight in rest:
             targets[weight.key] = Target(
                 count=sparsity.count_for_amount(weight.numel, config.sparsity), amount=config.sparsity
@@ -133,30 +134,29 @@ def plan_targets(config: PruneConfig, inventory: Inventory) -> dict[str, Target]
         return targets
 
     keys: Sequence[np.ndarray]
-    if config.criterion == "lamp":  # LAMP needs a sort per tensor: compute once, keep
-        keys = [_lamp_keys(tensors.read_array(inventory.proto(w))) for w in rest]
-    else:  # magnitude keys are one cheap pass: recompute them rather than hold a model's worth
-        keys = _LazyKeys([inventory.proto(w) for w in rest])
+    global_keys = criterion.global_keys
+    assert global_keys is not None  # supports_global
+    if criterion.cheap_global_keys:  # one cheap pass (magnitude): recompute rather than hold a model's worth
+        keys = _LazyKeys([inventory.proto(w) for w in rest], global_keys)
+    else:  # e.g. LAMP needs a sort per tensor: compute once, keep
+        keys = [global_keys(tensors.read_array(inventory.proto(w))) for w in rest]
     total = sparsity.count_for_amount(sum(w.numel for w in rest), config.sparsity)
     caps = [max(sparsity.count_for_amount(w.numel, config.max_layer_sparsity), 0) for w in rest]
-    samples = [w.key_sample for w in rest] if config.criterion == "magnitude" else None
+    samples = [w.key_sample for w in rest] if criterion.global_is_magnitude else None
     allocation = sparsity.allocate_global(keys, total, caps, sizes=[w.numel for w in rest], samples=samples)
     del keys
     for weight, count in zip(rest, allocation.counts, strict=True):
         # float32 global magnitude keys are the tensor's own magnitude keys: the global
         # threshold is a candidate for its count-th smallest key (checked when masking)
-        same_keys = config.criterion == "magnitude" and weight.dtype == "float32"
+        same_keys = criterion.global_is_magnitude and weight.dtype == "float32"
         threshold = allocation.threshold if same_keys else None
         targets[weight.key] = Target(count=count, amount=count / weight.numel, threshold=threshold)
     return targets
 
 
 def target_mask(values: np.ndarray, target: Target, weight: Weight, config: PruneConfig, index: int) -> np.ndarray:
-    """The magnitude (or random) mask of ``target`` on the stored tensor (True = pruned)."""
-    if config.criterion == "random":
-        keys = sparsity.random_keys(values, np.random.default_rng([config.seed, index]))
-    else:
-        keys = sparsity.magnitude_keys(values)  # LAMP ranks like magnitude within a tensor
+    """The mask of ``target`` on the stored tensor by ``config.criterion``'s keys (True = pruned)."""
+    keys = CRITERIA[config.criterion].mask_keys(values, seed=config.seed, index=index)
     if target.nm is not None:
         return sparsity.nm_mask(keys, target.nm[0], target.nm[1], weight.in_axis)
     return sparsity.smallest_k_mask(keys, target.count, threshold=target.threshold)

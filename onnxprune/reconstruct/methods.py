@@ -1,0 +1,158 @@
+"""Calibrated pruning methods: how one layer is pruned from its input statistics.
+
+A :class:`Method` names the solver of this package it calls and what the calibrated pass
+(:mod:`onnxprune.passes.calibrated`) must know about it. Its ``solve`` takes one group of
+one layer as a :class:`LayerProblem` (``w [rows, cols]``, the statistics of its input, the
+amount) and returns the new weights ``[rows, cols]`` (float64, zeros where pruned):
+
+- ``magnitude``: the criterion's mask, ``ŵ = w ⊙ ¬mask``; no data needed (with bias
+  correction, the mask is kept and only the bias moves);
+- ``wanda``: the smallest ``|W_ij|·‖x_j‖`` of each output row (:mod:`.masks`; layer-wide
+  when a row is too short), kept weights unchanged;
+- ``sparsegpt``: OBS mask selection and update of the kept weights (:mod:`.sparsegpt`);
+- ``refit``: the criterion's mask, then the kept weights of each row re-solved by ridge
+  least squares, ``ŵ_K = (H_KK + λI)⁻¹ H_K,: w`` (:mod:`.refit`).
+
+Flags: ``needs_data`` (calibration statistics are required), ``chooses_mask`` (the method
+selects the pruned weights itself, so the criterion's mask is not used and the N:M
+column order of the layer applies), ``updates_weights`` (the kept weights change, so they are
+fitted to the dense model's outputs; a method that only masks needs the dense model for
+bias correction alone), ``statistics`` (which of ``H = Σ xᵀx``, ``sqnorm = Σ x_j²`` it
+reads) and ``in_analyze`` (offered by ``onnxprune analyze`` for per-layer curves).
+
+Register a new method with ``METHODS.register(Method(...))``. Pure numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.reconstruct.masks import row_mask, wanda_scores
+from onnxprune.reconstruct.refit import refit
+from onnxprune.reconstruct.sparsegpt import sparsegpt
+from onnxprune.sparsity import count_for_amount, smallest_k_mask
+from onnxprune.sparsity.registry import Registry
+
+
+@dataclass(frozen=True)
+class LayerProblem:
+    """One group of one layer, as a method's solver sees it.
+
+    w: the stored weights ``[rows, cols]`` (float64).
+    goal: the weights to reproduce: ``w``, or the dense-output target ``W*`` when the
+        layer's input already differs from the dense model's.
+    H: ``Σ xᵀx`` of the layer's input ``[cols, cols]``; sqnorm: ``Σ x_j²`` ``[cols]``.
+    mask: the criterion's mask ``[rows, cols]`` (True = pruned), or None for a method that
+        chooses its own.
+    amount: the fraction of the layer to prune, or None with ``nm``; nm: (N, M) or None.
+    row_wise: rows are long enough to prune each to the same count (else one budget for
+        the whole layer).
+    """
+
+    w: np.ndarray
+    goal: np.ndarray
+    H: np.ndarray
+    sqnorm: np.ndarray
+    mask: np.ndarray | None
+    amount: float | None
+    nm: tuple[int, int] | None
+    percdamp: float
+    blocksize: int
+    row_wise: bool
+
+
+@dataclass(frozen=True)
+class Method:
+    """One calibrated method (see the module docstring for each field)."""
+
+    name: str
+    help: str
+    solve: Callable[[LayerProblem], np.ndarray]
+    needs_data: bool = True
+    chooses_mask: bool = False
+    updates_weights: bool = True
+    statistics: tuple[str, ...] = ("H",)
+    in_analyze: bool = True
+
+
+def _criterion_mask(p: LayerProblem) -> np.ndarray:
+    if p.mask is None:
+        raise ValueError("this method applies the criterion's mask: LayerProblem.mask is required")
+    return p.mask
+
+
+def solve_magnitude(p: LayerProblem) -> np.ndarray:
+    """``w`` with the criterion's mask applied."""
+    return np.where(_criterion_mask(p), 0.0, p.w)
+
+
+def solve_refit(p: LayerProblem) -> np.ndarray:
+    """The criterion's mask, then the ridge least-squares refit of the kept weights to ``goal``."""
+    return refit(p.goal, p.H, _criterion_mask(p), percdamp=p.percdamp)
+
+
+def solve_wanda(p: LayerProblem) -> np.ndarray:
+    """Prune the smallest Wanda scores ``|w_ij|·‖x_j‖`` per row (layer-wide unless ``row_wise``)."""
+    scores = wanda_scores(p.w, p.sqnorm)
+    if p.nm is None and not p.row_wise:  # too few inputs per row
+        mask = smallest_k_mask(scores, count_for_amount(scores.size, p.amount))
+    else:
+        mask = row_mask(scores, sparsity=p.amount, nm=p.nm)
+    return np.where(mask, 0.0, p.w)
+
+
+def solve_sparsegpt(p: LayerProblem) -> np.ndarray:
+    """SparseGPT on ``goal``: OBS mask selection and update, block-wise."""
+    new, _ = sparsegpt(
+        p.goal,
+        p.H,
+        sparsity=p.amount,
+        nm=p.nm,
+        blocksize=p.blocksize,
+        percdamp=p.percdamp,
+        per_row=p.row_wise,
+    )
+    return new
+
+
+METHODS: Registry[Method] = Registry("method")
+
+MAGNITUDE = METHODS.register(
+    Method(
+        name="magnitude",
+        help="the criterion's mask; no data (with bias correction only the bias is fitted)",
+        solve=solve_magnitude,
+        needs_data=False,
+        updates_weights=False,
+        statistics=(),
+    )
+)
+WANDA = METHODS.register(
+    Method(
+        name="wanda",
+        help="|W|·‖x‖ per output row (Sun et al. 2023); kept weights unchanged",
+        solve=solve_wanda,
+        chooses_mask=True,
+        updates_weights=False,
+        statistics=("sqnorm",),
+    )
+)
+SPARSEGPT = METHODS.register(
+    Method(
+        name="sparsegpt",
+        help="OBS mask selection and weight update, block-wise (Frantar & Alistarh 2023)",
+        solve=solve_sparsegpt,
+        chooses_mask=True,
+    )
+)
+REFIT = METHODS.register(
+    Method(
+        name="refit",
+        help="the criterion's mask, then a ridge least-squares refit of the kept weights",
+        solve=solve_refit,
+        in_analyze=False,
+    )
+)
