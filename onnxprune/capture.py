@@ -58,6 +58,7 @@ from onnxprune.errors import DataError, OnnxPruneError, OptionError, Unsupported
 from onnxprune.graph.model_io import load_model
 from onnxprune.graph.writer import copy_fields
 from onnxprune.im2col import AUTO_PADS, ConvGeometry, conv_cols, patch_blocks
+from onnxprune.ops.spec import MatrixView
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,24 @@ class LayerSpec:
     dilations: tuple[int, ...] = ()
     trans_a: bool = False
     auto_pad: str = "NOTSET"
+
+    @classmethod
+    def from_view(cls, view: MatrixView, *, key: str, node: str, activation: str) -> LayerSpec:
+        """The spec that captures the input rows of the op table's matrix view of a weight."""
+        return cls(
+            key=key,
+            node=node,
+            op_type=view.capture_op,
+            activation=activation,
+            cols=view.cols,
+            groups=view.capture_groups,
+            kernel=view.kernel,
+            strides=view.strides,
+            pads=view.pads,
+            dilations=view.dilations,
+            trans_a=view.trans_a,
+            auto_pad=view.auto_pad,
+        )
 
 
 @dataclass
@@ -204,6 +223,11 @@ HANDLERS: dict[str, _Handler] = {
 }
 
 
+def _handler(spec: LayerSpec) -> _Handler | None:
+    """How to cut the input of ``spec`` into rows (by its capture op), None for an unknown one."""
+    return HANDLERS.get(spec.op_type)
+
+
 # ---------------------------------------------------------------------------------------
 # Accumulation
 
@@ -227,7 +251,7 @@ class _Accumulator:
     def add(self, x: np.ndarray, max_bytes: int, x_ref: np.ndarray | None = None) -> None:
         if self.failed is not None:
             return
-        blocks = HANDLERS[self.spec.op_type].blocks
+        blocks = _handler(self.spec).blocks  # type: ignore[union-attr]  # specs are checked first
         try:
             refs = blocks(self.spec, x_ref, max_bytes) if x_ref is not None else None
             for block in blocks(self.spec, x, max_bytes):
@@ -323,7 +347,7 @@ def capture(
             )
             results[spec.key] = LayerStats(rows=0, H=None, mean=None, sqnorm=None, skipped=reason)
             continue
-        signature = HANDLERS[spec.op_type].signature(spec)
+        signature = _handler(spec).signature(spec)  # type: ignore[union-attr]
         accumulators.setdefault(signature, _Accumulator(spec, max_cols=max_cols))
         layer_of[spec.key] = signature
     names = list(dict.fromkeys(acc.spec.activation for acc in accumulators.values()))
@@ -374,7 +398,7 @@ def _check_specs(specs: Sequence[LayerSpec]) -> None:
         if spec.key in seen:
             raise OptionError(f"layer key '{spec.key}' is given twice: capture takes each layer once")
         seen.add(spec.key)
-        handler = HANDLERS.get(spec.op_type)
+        handler = _handler(spec)
         if handler is None:
             raise OptionError(f"layer '{spec.key}' has op type {spec.op_type!r}; capture handles {', '.join(HANDLERS)}")
         if spec.cols < 1 or spec.groups < 1:

@@ -69,7 +69,7 @@ from onnxprune.errors import DataError
 from onnxprune.graph.discovery import Weight, discover
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.graph.skeleton import data_free_model
-from onnxprune.ops import Count, spec_of
+from onnxprune.ops import Count, constant_tensor, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +204,9 @@ def _graph_shapes(graph: GraphProto) -> dict[str, Dims]:
     for tensor in graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
     for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    shapes[node.output[0]] = tuple(int(d) for d in attr.t.dims)
+        value = constant_tensor(node)
+        if value is not None:
+            shapes[node.output[0]] = tuple(int(d) for d in value.dims)
     return shapes
 
 

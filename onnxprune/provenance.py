@@ -21,6 +21,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto
 
 from onnxprune.graph.index import Scope, node_label
+from onnxprune.ops import constant_tensor
 from onnxprune.passes.result import PruneResult
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def stamp(model: ModelProto, result: PruneResult, version: str) -> None:
         for node in scope.graph.node:
             label = node_label(node)
             readers.setdefault((path, label), node)
-            if node.op_type == "Constant" and node.output:
+            if constant_tensor(node) is not None:
                 readers[(path, f"constant:{node.output[0]}")] = node
     for layer in result.pruned:
         scope = scopes[layer.scope]

@@ -70,6 +70,7 @@ from onnxprune.graph.model_io import (
 )
 from onnxprune.graph.quantized import float_weights, trace_integer_weights
 from onnxprune.graph.walk import all_graphs
+from onnxprune.ops import constant_tensor
 from onnxprune.validate import ValidationReport, validate_model
 
 log = logging.getLogger(__name__)
@@ -293,18 +294,10 @@ def lift_constants(model: ModelProto) -> int:
     keep = []
     lifted = 0
     for node in model.graph.node:
-        attrs = {a.name: a for a in node.attribute}
-        value = attrs.get("value")
-        if (
-            node.op_type == "Constant"
-            and node.domain in ("", "ai.onnx")
-            and len(node.attribute) == 1
-            and value is not None
-            and tensors.is_float(value.t)
-            and tensors.numel(value.t) > 1
-        ):
+        value = constant_tensor(node)
+        if value is not None and len(node.attribute) == 1 and tensors.is_float(value) and tensors.numel(value) > 1:
             tensor = TensorProto()
-            tensor.CopyFrom(value.t)
+            tensor.CopyFrom(value)
             tensor.name = node.output[0]
             model.graph.initializer.append(tensor)
             lifted += 1

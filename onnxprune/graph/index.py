@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, helper, numpy_helper
+from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
 
 from onnxprune.graph.walk import subgraphs
+from onnxprune.ops import constant_array, constant_tensor
 
 
 def node_label(node: NodeProto) -> str:
@@ -58,8 +59,7 @@ class Scope:
             for out in node.output:
                 if out:
                     scope.producers[out] = node
-            is_constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output
-            if is_constant and any(a.name == "value" and a.type == AttributeProto.TENSOR for a in node.attribute):
+            if constant_tensor(node) is not None:
                 scope.constants[node.output[0]] = node
         taken: set[str] = set()
         for label, sub in subgraphs(graph):
@@ -131,8 +131,4 @@ class Scope:
         if tensor is not None:
             return numpy_helper.to_array(tensor)
         node = owner.producers.get(name)
-        if node is not None and node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name in ("value_ints", "value_int", "value_floats", "value_float"):
-                    return np.asarray(helper.get_attribute_value(attr))
-        return None
+        return constant_array(node) if node is not None else None

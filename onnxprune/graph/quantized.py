@@ -38,7 +38,7 @@ from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
 from onnxprune.graph import tensors
 from onnxprune.graph.walk import all_graphs
-from onnxprune.ops import spec_of
+from onnxprune.ops import constant_tensor, spec_of
 
 #: Integer element types a quantized weight is stored in.
 INTEGER_WEIGHT_TYPES = frozenset(
@@ -146,10 +146,9 @@ def float_weights(model: ModelProto) -> dict[str, np.ndarray]:
     for _, graph in all_graphs(model.graph):
         out.update({t.name: tensors.read_array(t) for t in graph.initializer if tensors.is_float(t)})
         for node in graph.node:
-            if node.op_type == "Constant" and node.output:
-                for attr in node.attribute:
-                    if attr.name == "value" and tensors.is_float(attr.t):
-                        out[node.output[0]] = tensors.read_array(attr.t)
+            value = constant_tensor(node)
+            if value is not None and tensors.is_float(value):
+                out[node.output[0]] = tensors.read_array(value)
     return out
 
 

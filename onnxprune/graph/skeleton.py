@@ -30,6 +30,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensor
 
 from onnxprune.graph.tensors import numel
 from onnxprune.graph.writer import Layout, copy_fields
+from onnxprune.ops import constant_tensor
 
 _GRAPH_PARTS = ("node", "initializer")
 
@@ -54,7 +55,7 @@ def _external(tensor: TensorProto, location: str, offset: int, length: int) -> T
 
 def _node(node: NodeProto, layout: Layout, location: str) -> NodeProto:
     out = NodeProto()
-    if not (node.op_type == "Constant" and node.output and node.output[0] in layout):
+    if constant_tensor(node) is None or node.output[0] not in layout:
         out.CopyFrom(node)
         return out
     copy_fields(node, out, skip=("attribute",))

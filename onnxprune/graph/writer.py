@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 from onnxprune.graph import tensors
+from onnxprune.ops import constant_tensor
 
 Replacement = Callable[[TensorProto], bytes | memoryview]
 #: tensor name -> (offset, length) of its raw_data payload in the written file
@@ -194,13 +195,6 @@ def replaceable(tensor: TensorProto) -> bool:
     return tensor.HasField("raw_data") and tensor.data_location != TensorProto.EXTERNAL
 
 
-def _constant_value(node: NodeProto) -> TensorProto | None:
-    for attr in node.attribute:
-        if attr.name == "value" and attr.type == AttributeProto.TENSOR:
-            return attr.t
-    return None
-
-
 def write_model(
     model: ModelProto, handle: BinaryIO, replacements: Mapping[str, Replacement], *, layout: bool = False
 ) -> Layout:
@@ -213,11 +207,11 @@ def write_model(
     cursor = _Cursor() if layout else None
 
     def node(n: NodeProto) -> list[Part]:
-        if n.op_type == "Constant" and n.output:
+        value = constant_tensor(n)
+        if value is not None:
             if n.output[0] in replacements:
                 return _constant_node(n, replacements[n.output[0]], cursor)
-            value = _constant_value(n)
-            if value is not None and _in_layout(value, cursor):
+            if _in_layout(value, cursor):
                 return _constant_node(n, _unchanged, cursor)
         return _whole(n)
 
@@ -248,7 +242,6 @@ def apply_replacements(model: ModelProto, replacements: Mapping[str, Replacement
         if tensor.name in replacements:
             tensor.raw_data = bytes(replacements[tensor.name](tensor))
     for node in model.graph.node:
-        if node.op_type == "Constant" and node.output and node.output[0] in replacements:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.type == AttributeProto.TENSOR:
-                    attr.t.raw_data = bytes(replacements[node.output[0]](attr.t))
+        value = constant_tensor(node)
+        if value is not None and node.output[0] in replacements:
+            value.raw_data = bytes(replacements[node.output[0]](value))

@@ -11,13 +11,14 @@ Families: :mod:`.conv` (Conv, ConvTranspose), :mod:`.gemm`, :mod:`.matmul`, :mod
 (LSTM, GRU, RNN), :mod:`.elementwise` (normalizations, Gather, Shape/Size, the bias Add),
 :mod:`.movement` (Identity, Cast, Transpose, Reshape ... DequantizeLinear), :mod:`.quantized`
 (ConvInteger, MatMulInteger, QLinear*, onnxruntime's contrib ops; Einsum and Attention as
-not counted).
+not counted), :mod:`.constant` (the tensor a Constant node writes into the graph).
 """
 
 from __future__ import annotations
 
 # the families register themselves on import; nothing else imports them
 from onnxprune.ops import conv, elementwise, gemm, matmul, movement, quantized, recurrent  # noqa: F401
+from onnxprune.ops.constant import constant_array, constant_tensor
 from onnxprune.ops.registry import UNKNOWN, lookup, register, registered, spec_of, unregister
 from onnxprune.ops.spec import (
     BIAS,
@@ -26,6 +27,7 @@ from onnxprune.ops.spec import (
     SHAPE_ONLY,
     Count,
     Counter,
+    MatrixView,
     OpSpec,
     Slot,
     SlotContext,
@@ -41,11 +43,14 @@ __all__ = [
     "UNKNOWN",
     "Count",
     "Counter",
+    "MatrixView",
     "OpSpec",
     "Slot",
     "SlotContext",
     "Transform",
     "TransformContext",
+    "constant_array",
+    "constant_tensor",
     "lookup",
     "register",
     "registered",

@@ -5,14 +5,22 @@ output axis 1), sometimes ``A``. ``MACs = M·N·K``; adding ``C`` costs ``M·N``
 counted apart. The bias ``C`` (input 2) enters with gain ``beta``, the product with gain
 ``alpha``: this is the one place that knows it (bias correction and channel removal ask
 :meth:`GemmSpec.weight_gain` and :meth:`GemmSpec.bias_gain`).
+
+Matrix view (:meth:`GemmSpec.matrix_view`) of a stored ``B`` (input 1): every row ``a`` of
+``op(A)`` (``[M, K]``; capture transposes ``A`` when ``transA`` = 1) gives the output row
+``y = W·a`` with ``W = op(B)ᵀ [N, K]``, one group: with ``transB`` = 1 the stored ``B [N, K]``
+is ``W`` as is; with ``transB`` = 0 the stored ``B [K, N]`` is ``Wᵀ``, so ``W = Bᵀ``. A stored
+``A`` multiplies from the left (``Y = W·op(B)``, per column): no view.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from onnx import NodeProto
 
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import BIAS, Count, Counter, Dims, OpSpec, Slot, SlotContext, attr
+from onnxprune.ops.spec import BIAS, Count, Counter, Dims, MatrixView, OpSpec, Slot, SlotContext, attr, no_view
 
 
 def count_gemm(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> Count:
@@ -46,6 +54,24 @@ class GemmSpec(OpSpec):
 
     def bias_gain(self, node: NodeProto) -> float:
         return float(attr(node, "beta", 1.0))  # type: ignore[arg-type]
+
+    def matrix_view(self, node: NodeProto, index: int, shape: Sequence[int]) -> MatrixView | str:
+        if index != 1 or len(shape) != 2:
+            return no_view(node, index, shape)
+        shape = tuple(int(d) for d in shape)
+        trans_b = bool(attr(node, "transB", 0))
+        (n, k), in_axis = (shape, 1) if trans_b else (shape[::-1], 0)
+        return MatrixView(
+            family="gemm",
+            shape=shape,
+            groups=1,
+            rows=n,
+            cols=k,
+            in_axis=in_axis,
+            transposed=not trans_b,
+            capture_op="Gemm",
+            trans_a=bool(attr(node, "transA", 0)),
+        )
 
 
 register(GemmSpec(), "Gemm")

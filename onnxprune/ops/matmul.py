@@ -5,15 +5,23 @@ operand has only the ``K`` axis); a stored ``A`` the mirror image. ``MACs = ∏b
 with ``batch`` the broadcast of both batch shapes; a 1-D ``A`` is a row ``[1, K]`` and a 1-D
 ``B`` a column ``[K, 1]``. MatMul has no bias input: exporters add one with a following Add
 (see :mod:`onnxprune.ops.elementwise`).
+
+Matrix view (:meth:`MatMulSpec.matrix_view`) of a stored 2-D ``B [K, N]`` (input 1): ``A``
+flattened to rows ``[∏leading, K]`` (capture's cut), each row ``a`` gives ``y = W·a`` with
+``W = Bᵀ [N, K]``, one group. No view for a stored ``A`` (it multiplies from the left, per
+column of ``B``) nor for a batched ``B`` of rank 3 or more (one matrix per batch element, all
+reading different rows).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from onnx import NodeProto
 
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import OTHER, Count, Counter, Dims, OpSpec, Slot, SlotContext, prod
+from onnxprune.ops.spec import OTHER, Count, Counter, Dims, MatrixView, OpSpec, Slot, SlotContext, no_view, prod
 
 
 def count_matmul(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> Count:
@@ -37,6 +45,12 @@ class MatMulSpec(OpSpec):
         if ctx.index == 0:
             return Slot("weight", ctx.rank - 2, ctx.rank - 1) if ctx.rank >= 2 else Slot("weight", None, 0)
         return OTHER
+
+    def matrix_view(self, node: NodeProto, index: int, shape: Sequence[int]) -> MatrixView | str:
+        if index != 1 or len(shape) != 2:
+            return no_view(node, index, shape)
+        k, n = (int(d) for d in shape)
+        return MatrixView(family="matmul", shape=(k, n), groups=1, rows=n, cols=k, in_axis=0, transposed=True)
 
 
 register(MatMulSpec(), "MatMul")

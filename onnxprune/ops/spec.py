@@ -22,7 +22,12 @@ does:
 - :attr:`OpSpec.quantized_data_slots`: inputs of a quantized op that hold quantized data
   (an integer weight when stored), as opposed to scales and zero points;
 - :attr:`OpSpec.keeps_layout`, :attr:`OpSpec.keeps_values`: the output is input 0's values
-  (Identity, Cast), or those values in another axis order (Transpose too).
+  (Identity, Cast), or those values in another axis order (Transpose too);
+- :meth:`OpSpec.matrix_view`: how a stored weight at input ``index`` is seen as matrices
+  ``W_g ∈ R^{rows×cols}``, one per group ``g``, such that the node computes ``y = W_g·x`` on
+  each row ``x`` of its input as :mod:`onnxprune.capture` cuts it (a :class:`MatrixView`), or
+  why it is not (a str). Calibrated pruning and the structural refit both read it; the
+  maths of each view is in its family's module docstring.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import NodeProto, helper
+from onnx import NodeProto, TensorProto, helper
 
 Shape = tuple[int | None, ...]
 Dims = tuple[int, ...]
@@ -130,6 +135,72 @@ def prod(dims: Sequence[int]) -> int:
     return math.prod(dims)
 
 
+# --------------------------------------------------------------------------- matrix views
+
+
+@dataclass(frozen=True, eq=False)
+class MatrixView:
+    """A stored weight ``W`` (of ``shape``) seen as ``groups`` matrices ``W_g [rows, cols]``.
+
+    The node computes ``y = W_g·x`` for every row ``x [cols]`` of its input in group ``g``
+    (bias and gains left out), rows and columns as :mod:`onnxprune.capture` cuts the input
+    (the ``capture_*`` fields, ``activation``, the Conv geometry and ``trans_a`` are what a
+    capture ``LayerSpec`` needs). ``transposed``: ``W_0 = Wᵀ`` (W stored ``[cols, rows]``);
+    else ``W_g = W.reshape(groups, rows, cols)[g]``. Columns come in ``cols / positions``
+    blocks, one per element of the weight's input axis ``in_axis`` (channel-major: column
+    ``c·positions + p`` is channel ``c`` at kernel position ``p``); ``nm_order`` permutes the
+    columns so that the N:M axis (the input channel) is innermost (Conv; None where every
+    column is a channel of its own).
+    """
+
+    family: str  # "conv" | "gemm" | "matmul" | "recurrent"
+    shape: tuple[int, ...]
+    groups: int
+    rows: int
+    cols: int
+    in_axis: int
+    transposed: bool = False
+    positions: int = 1
+    nm_order: np.ndarray | None = None
+    #: How capture cuts the input into rows: "Conv" (im2col patches), "Gemm" or "MatMul" (rows of K).
+    capture_op: str = "MatMul"
+    #: The node port that holds ``x``: ("input", 0), or ("output", 0) for a recurrent R.
+    activation: tuple[str, int] = ("input", 0)
+    #: Every group multiplies the same rows ``x`` (a recurrent W's directions all read ``x_t``):
+    #: capture them once, as one group.
+    shared_input: bool = False
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    auto_pad: str = "NOTSET"
+    trans_a: bool = False
+
+    def to_matrix(self, w: np.ndarray) -> np.ndarray:
+        """The stored array as ``[groups, rows, cols]`` (a view where numpy allows one)."""
+        return w.T[None] if self.transposed else w.reshape(self.groups, self.rows, self.cols)
+
+    def from_matrix(self, m: np.ndarray) -> np.ndarray:
+        """``[groups, rows, cols]`` back to the stored layout (the inverse of :meth:`to_matrix`)."""
+        return m[0].T if self.transposed else m.reshape(self.shape)
+
+    @property
+    def capture_groups(self) -> int:
+        """The groups capture cuts the input into (1 when every group reads the same rows)."""
+        return 1 if self.shared_input else self.groups
+
+    def activation_name(self, node: NodeProto) -> str:
+        """The tensor holding ``x`` (``""`` when the node leaves that output unnamed)."""
+        port, index = self.activation
+        names = node.output if port == "output" else node.input
+        return names[index] if index < len(names) else ""
+
+
+def no_view(node: NodeProto, index: int, shape: Sequence[int]) -> str:
+    """The reason for a weight that has no matrix view (the default answer)."""
+    return f"{node.op_type} input {index} with shape {list(shape)}"
+
+
 # --------------------------------------------------------------------------- the spec
 
 
@@ -148,6 +219,10 @@ class OpSpec:
     keeps_layout: bool = False
     #: The output holds input 0's values, perhaps in another axis order (also Transpose).
     keeps_values: bool = False
+
+    def constant_tensor(self, node: NodeProto) -> TensorProto | None:
+        """The tensor a node writes into the graph (Constant's ``value``); None for every other op."""
+        return None
 
     def slot(self, ctx: SlotContext) -> Slot:
         return OTHER
@@ -170,3 +245,7 @@ class OpSpec:
     def bias_gain(self, node: NodeProto) -> float:
         """The factor on the bias in the output (Gemm: ``beta``; 0: the bias is ignored)."""
         return 1.0
+
+    def matrix_view(self, node: NodeProto, index: int, shape: Sequence[int]) -> MatrixView | str:
+        """The weight of ``shape`` at input ``index`` as matrices (:class:`MatrixView`), or why not."""
+        return no_view(node, index, shape)

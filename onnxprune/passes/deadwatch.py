@@ -18,6 +18,7 @@ from onnx import ModelProto, TensorProto
 
 from onnxprune.graph import tensors
 from onnxprune.graph.writer import Replacement
+from onnxprune.ops import constant_tensor
 from onnxprune.passes.result import LayerResult
 
 _NORMS = ("BatchNormalization", "InstanceNormalization")
@@ -63,10 +64,9 @@ class DeadWatch:
         skip = set(skip)
         stored = {t.name: t for t in model.graph.initializer}
         for node in model.graph.node:
-            if node.op_type == "Constant" and node.output:
-                for attr in node.attribute:
-                    if attr.name == "value":
-                        stored[node.output[0]] = attr.t
+            value = constant_tensor(node)
+            if value is not None:
+                stored[node.output[0]] = value
         scales = {n.input[1] for n in model.graph.node if n.op_type in _NORMS and len(n.input) > 1}
         for layer in layers:
             if layer.scope or layer.name in skip or not layer.zeros_after or layer.name not in stored:

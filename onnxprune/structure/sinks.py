@@ -1,16 +1,13 @@
 """The consumers of channel groups as matrices, for importance and least-squares refits.
 
 A consumer (*sink*) reads channels through a stored weight. As a matrix ``W [out, F]``
-over its input features (the columns :mod:`onnxprune.capture` uses):
-
-- Conv (one group): ``W [O, C, k…]`` reshaped to ``[O, C·∏k]``; channel ``c`` owns
-  features ``c·∏k … (c+1)·∏k − 1`` (im2col order, channel-major);
-- Gemm: ``B [K, N]`` transposed (``transB``: ``[N, K]`` as is); MatMul: ``B [K, N]``
-  transposed. Feature ``f`` is input element ``f`` of the channel axis.
-
-- LSTM/GRU/RNN (one direction): ``W [1, gates·H, I]`` and ``R [1, gates·H, H]`` as
-  ``[gates·H, ·]``; R reads the layer's own hidden state, so a recurrent layer is a
-  consumer of its own hidden-unit group.
+over its input features (the columns :mod:`onnxprune.capture` uses) it is the op table's
+matrix view (:meth:`onnxprune.ops.OpSpec.matrix_view`, the same one calibrated pruning uses):
+Conv im2col (channel ``c`` owns features ``c·∏k … (c+1)·∏k − 1``), Gemm ``op(B)ᵀ``, MatMul
+``Bᵀ``, LSTM/GRU/RNN ``W``/``R`` of one direction (R reads the layer's own hidden state, so a
+recurrent layer is a consumer of its own hidden-unit group). A sink is refitted when its view
+has one group and reads the channels on its columns (``in_axis``), and its input can be
+captured.
 
 Other consumers (ConvTranspose, a weight on the left of a MatMul) are sliced but not refitted.
 """
@@ -26,6 +23,8 @@ from onnx import NodeProto
 from onnxprune.capture import LayerSpec
 from onnxprune.graph import tensors
 from onnxprune.graph.index import node_label
+from onnxprune.ops import spec_of
+from onnxprune.ops.spec import MatrixView
 from onnxprune.structure.analysis import Analysis, Context
 from onnxprune.structure.constants import consumer_of, stored_input
 from onnxprune.structure.groups import Member
@@ -39,22 +38,34 @@ class Sink:
     tensor: str
     axis: int
     members: list[tuple[int, Member]] = field(default_factory=list)  # (group id, member)
+    view: MatrixView | str | None = None  # the op table's matrix view when found, or why none
 
     @property
     def label(self) -> str:
         return node_label(self.node)
 
     def matrix_kind(self) -> str | None:
-        op = self.node.op_type
-        if op == "Conv" and self.axis == 1:
-            return "conv"
-        if op == "Gemm" and self.axis in (0, 1):
-            return "gemm"
-        if op == "MatMul" and self.axis == 0:
-            return "matmul"
-        if op in ("LSTM", "GRU", "RNN") and self.axis == 2:
-            return "recurrent"
-        return None
+        """The family of the sink's matrix view ("conv", "gemm", "matmul", "recurrent"), None if none."""
+        return self.view.family if isinstance(self.view, MatrixView) else None
+
+
+def matrix_view(cx: Context, sink: Sink) -> MatrixView | str:
+    """The op table's matrix view of the sink's weight as stored now, or why it has none."""
+    node = sink.node
+    index = next((i for i in range(len(node.input)) if stored_input(cx, node, i) == sink.tensor), None)
+    if index is None:
+        return f"'{sink.tensor}' is not a stored input of {sink.label}"
+    view = spec_of(node).matrix_view(node, index, cx.stored_shape(sink.tensor))
+    if isinstance(view, MatrixView) and view.in_axis != sink.axis:
+        return f"{sink.label} reads the channels on axis {sink.axis} of '{sink.tensor}', not on axis {view.in_axis}"
+    return view
+
+
+def _refittable(cx: Context, sink: Sink) -> MatrixView:
+    view = matrix_view(cx, sink)
+    if isinstance(view, str):
+        raise ValueError(f"consumer {sink.label} has no matrix view: {view}")
+    return view
 
 
 def sinks_of(analysis: Analysis, groups: list | None = None) -> list[Sink]:
@@ -66,31 +77,27 @@ def sinks_of(analysis: Analysis, groups: list | None = None) -> list[Sink]:
             if member.kind != "in":
                 continue
             node = consumer_of(cx, member)
-            sink = found.setdefault(cx.node_id(node), Sink(node, member.tensor, member.axis))
+            sink = found.get(cx.node_id(node))
+            if sink is None:
+                sink = found[cx.node_id(node)] = Sink(node, member.tensor, member.axis)
+                sink.view = matrix_view(cx, sink)
             sink.members.append((group.gid, member))
     return list(found.values())
 
 
 def weight_matrix(cx: Context, sink: Sink) -> tuple[np.ndarray, int]:
     """``(W [out, F], features per input element)`` of a refittable sink, float64."""
+    view = _refittable(cx, sink)
     w = tensors.read_array(cx.scope.stored_tensor(sink.tensor)).astype(np.float64)
-    kind = sink.matrix_kind()
-    if kind == "recurrent":  # [1, gates·H, features]: one direction
-        return w[0], 1
-    if kind == "conv":
-        per = int(np.prod(w.shape[2:])) if w.ndim > 2 else 1
-        return w.reshape(w.shape[0], -1), per
-    if kind == "gemm" and sink.axis == 1:
-        return w, 1
-    return w.T, 1
+    return view.to_matrix(w)[0], view.positions  # one group (one direction of a recurrent layer)
 
 
 def store_matrix(cx: Context, sink: Sink, matrix: np.ndarray) -> None:
+    """Write ``W [out, F]`` (as :func:`weight_matrix` gives it) back into the sink's weight."""
+    view = _refittable(cx, sink)
     tensor = cx.scope.stored_tensor(sink.tensor)
     old = tensors.read_array(tensor)
-    kind = sink.matrix_kind()
-    plain = kind in ("conv", "recurrent") or (kind == "gemm" and sink.axis == 1)
-    values = matrix.reshape(old.shape) if plain else matrix.T
+    values = view.from_matrix(matrix[None])
     tensors.write_array(tensor, np.ascontiguousarray(values).astype(old.dtype))
 
 
@@ -118,43 +125,16 @@ def unit_features(sink: Sink, gid: int, per_feature: int, length: int) -> np.nda
 
 
 def layer_spec(cx: Context, sink: Sink) -> LayerSpec | None:
-    """The capture spec of a refittable sink's input, None for others."""
-    node, kind = sink.node, sink.matrix_kind()
-    if kind is None:
+    """The capture spec of a refittable sink's input, None for others.
+
+    Refittable: a matrix view of one group (a grouped Conv or a bidirectional layer is not)
+    whose input is a named tensor; a Gemm with ``transA`` is left out (capture could cut its
+    transposed rows, as calibrated pruning does, but the refit has not been tried on it).
+    """
+    view = matrix_view(cx, sink)
+    if isinstance(view, str) or view.groups != 1 or view.trans_a:
         return None
-    shape = cx.stored_shape(sink.tensor)
-    key = f"sink:{cx.node_id(node)}"
-    if kind == "conv":
-        if int(cx.attr(node, "group", 1)) != 1:
-            return None
-        spatial = len(shape) - 2
-        auto = cx.attr(node, "auto_pad", b"NOTSET")
-        return LayerSpec(
-            key=key,
-            node=sink.label,
-            op_type="Conv",
-            activation=node.input[0],
-            cols=int(np.prod(shape[1:])),
-            kernel=tuple(int(k) for k in shape[2:]),
-            strides=tuple(int(s) for s in cx.attr(node, "strides", [1] * spatial)),
-            pads=tuple(int(p) for p in cx.attr(node, "pads", [0] * 2 * spatial)),
-            dilations=tuple(int(d) for d in cx.attr(node, "dilations", [1] * spatial)),
-            auto_pad=auto.decode() if isinstance(auto, bytes) else str(auto),
-        )
-    if kind == "recurrent":
-        # W reads the input sequence, R the layer's own states (Y: h_1 … h_T stands in for
-        # h_0 … h_{T-1}); one direction, layout 0, and a GRU's R only with linear_before_reset
-        if shape[0] != 1 or cx.attr(node, "layout", 0):
-            return None
-        reads_state = sink.tensor == stored_input(cx, node, 2)
-        if reads_state and node.op_type == "GRU" and not cx.attr(node, "linear_before_reset", 0):
-            return None
-        activation = node.output[0] if reads_state else node.input[0]
-        if not activation:
-            return None
-        return LayerSpec(key=key, node=sink.label, op_type="MatMul", activation=activation, cols=shape[2])
-    if kind == "gemm":
-        if cx.attr(node, "transA", 0):
-            return None
-        return LayerSpec(key=key, node=sink.label, op_type="Gemm", activation=node.input[0], cols=shape[sink.axis])
-    return LayerSpec(key=key, node=sink.label, op_type="MatMul", activation=node.input[0], cols=shape[0])
+    activation = view.activation_name(sink.node)
+    if not activation:
+        return None
+    return LayerSpec.from_view(view, key=f"sink:{cx.node_id(sink.node)}", node=sink.label, activation=activation)
