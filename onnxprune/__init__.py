@@ -19,6 +19,11 @@ Python API (the CLI is a thin layer over it)::
     # prune, then int8 (symmetric weights: pruned zeros stay zero); "static" needs calibration
     run = onnxprune.prune_file("model.onnx", "model.int8.onnx", config, quantize=onnxprune.QuantizeConfig())
     print(run.quantized.weights_quantized, run.quantized.zeros_after)
+    print([(p.name, p.changed, dict(p.counts), p.skipped) for p in run.passes])  # one PassResult per pass
+
+    # the same pipeline in memory: a ModelProto in, a ModelProto out (int8 through a temporary folder)
+    model, run = onnxprune.prune_model(proto, config, structure=onnxprune.StructureConfig(amount=0.3),
+                                       quantize=onnxprune.QuantizeConfig())
     q = onnxprune.quantize_file("model.pruned.onnx", "model.int8.onnx", mode="static", calibration=calib)
 
     # before and after: size, MACs, latency, accuracy (labels) and fidelity
@@ -29,12 +34,9 @@ Python API (the CLI is a thin layer over it)::
 from __future__ import annotations
 
 import copy
-import gc
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from onnx import ModelProto
 
@@ -55,24 +57,22 @@ from onnxprune.evaluate import EvalOptions, EvalResult, ModelReport, evaluate
 from onnxprune.graph.discovery import DiscoveryOptions, Inventory, Weight, discover
 from onnxprune.graph.model_io import (
     SavedModel,
-    StagedOutput,
     load_model,
     load_model_with_files,
     refuse_input_as_output,
     save_model,
 )
-from onnxprune.graph.tensors import FLOAT_TYPES
 from onnxprune.latency import LatencySettings
+from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress
+from onnxprune.passes.pipeline import DEAD_CHANNELS_AFTER_WEIGHTS, PruneRun, build_pipeline, run_file, run_model
 from onnxprune.passes.result import LayerResult, PruneResult
-from onnxprune.passes.unstructured import Progress, prune_weights
-from onnxprune.provenance import stamp, stamp_structure
 from onnxprune.quantize import QuantizeConfig, QuantizedWeight, QuantizeResult, quantize_file
-from onnxprune.stats import ParamStats, param_stats
 from onnxprune.validate import ValidationReport, validate_model
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Contract",
     "DataError",
     "DiscoveryOptions",
     "EvalOptions",
@@ -87,6 +87,9 @@ __all__ = [
     "OnnxPruneError",
     "OptionError",
     "OutputError",
+    "Pass",
+    "PassContext",
+    "PassResult",
     "PruneConfig",
     "PruneResult",
     "PruneRun",
@@ -110,15 +113,12 @@ __all__ = [
     "parse_pattern",
     "prune",
     "prune_file",
+    "prune_model",
     "quantize_file",
     "save",
 ]
 
-if TYPE_CHECKING:
-    from onnxprune.passes.structural import StructuralResult
-
 ModelLike = ModelProto | str | os.PathLike[str]
-FLOAT_NAMES = frozenset(FLOAT_TYPES.values())
 
 
 def load(path: str | os.PathLike[str]) -> ModelProto:
@@ -139,29 +139,73 @@ def inspect(model: ModelLike, options: DiscoveryOptions | None = None) -> Invent
 
 def prune(
     model: ModelLike,
-    config: PruneConfig,
+    config: PruneConfig | None = None,
     *,
     inplace: bool = False,
     progress: Progress | None = None,
     calibration: Dataset | None = None,
+    structure: StructureConfig | None = None,
+    quantize: QuantizeConfig | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> tuple[ModelProto, PruneResult]:
     """Prune a model (a ModelProto, copied unless ``inplace``, or a path) per ``config``.
 
     Returns the pruned model, with provenance in its metadata and doc strings, and a
     result listing every discovered tensor: pruned ones with their counts, skipped ones
-    with the reason.
+    with the reason. ``structure`` and ``quantize`` add the structural pass and int8, as
+    in :func:`prune_file` (the same pipeline, in memory); :func:`prune_model` returns what
+    every pass did.
     """
-    proto = _model(model, inplace)
-    if config.calibrated:
-        from onnxprune.passes.calibrated import prune_calibrated
+    proto, run = prune_model(
+        model,
+        config,
+        inplace=inplace,
+        progress=progress,
+        calibration=calibration,
+        structure=structure,
+        quantize=quantize,
+        input_shapes=input_shapes,
+    )
+    return proto, run.result
 
-        if calibration is None:
-            raise OptionError(f"--method {config.method} needs calibration data: see onnxprune.calibration_data")
-        result = prune_calibrated(proto, config, calibration, progress=progress)
+
+def prune_model(
+    model: ModelLike,
+    config: PruneConfig | None = None,
+    *,
+    inplace: bool = False,
+    progress: Progress | None = None,
+    calibration: Dataset | None = None,
+    structure: StructureConfig | None = None,
+    quantize: QuantizeConfig | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> tuple[ModelProto, PruneRun]:
+    """:func:`prune`, returning the whole :class:`PruneRun` (``saved`` None, one
+    :class:`PassResult` per pass in ``passes``).
+
+    The pipeline is the one :func:`prune_file` builds from the same configs (see
+    :mod:`onnxprune.passes.pipeline`), run in memory; ``structure=None`` means no channel
+    pass here (``prune_file`` then watches for dead channels after a weight pass: pass
+    ``structure=onnxprune.passes.pipeline.DEAD_CHANNELS_AFTER_WEIGHTS`` for the same).
+    ``quantize`` goes through a temporary folder (onnxruntime's quantizer reads files).
+    """
+    pipeline = build_pipeline(config, structure, quantize)
+    files: tuple[Path, ...] = ()
+    if isinstance(model, ModelProto):
+        proto = model if inplace else copy.deepcopy(model)
     else:
-        result, _ = prune_weights(proto, config, progress=progress)
-    stamp(proto, result, __version__)
-    return proto, result
+        proto, found = load_model_with_files(model)
+        files = tuple(found)
+    run = run_model(
+        pipeline,
+        proto,
+        calibration=calibration,
+        input_shapes=input_shapes,
+        progress=progress,
+        files=files,
+        stamp_always=True,
+    )
+    return proto, run
 
 
 def save(
@@ -191,20 +235,6 @@ def save(
         input_path=reference,
         force=force,
     )
-
-
-@dataclass(frozen=True)
-class PruneRun:
-    """What :func:`prune_file` did: the result, where it wrote, parameters before/after."""
-
-    result: PruneResult
-    saved: SavedModel | None  # None when nothing qualified for pruning (nothing written)
-    input_files: tuple[Path, ...]  # the input model and its external-data files
-    params_before: ParamStats
-    params_after: ParamStats
-    validation: ValidationReport | None
-    structure: StructuralResult | None = None  # what the structural pass did, when it ran
-    quantized: QuantizeResult | None = None  # the int8 step, when asked for (``saved`` is its output)
 
 
 def prune_file(
@@ -242,97 +272,19 @@ def prune_file(
     """
     if not force:
         refuse_input_as_output(source, output)
-    if config is None and structure is None:
-        raise OptionError("nothing to do: give --sparsity, --pattern, --plan, --structured or --dead-channels")
-    if structure is None:
-        structure = StructureConfig(fold_first=False)
-    if quantize is not None:
-        quantize.check_data(calibration)
-    if config is not None and config.calibrated and calibration is None:
-        raise OptionError(
-            f"--method {config.method}{' with --bias-correction' if config.bias_correction else ''} needs "
-            "calibration data: give --calibration calib.npz (or a folder of images), or --data-free"
-        )
-    model, files = load_model_with_files(source)
-    replacements: dict = {}
-    watch = None
-    if config is None:
-        before = param_stats(model)
-        result = PruneResult((), {})
-    elif config.calibrated:
-        from onnxprune.passes.calibrated import prune_calibrated
-
-        before = param_stats(model)
-        result = prune_calibrated(model, config, calibration, progress=progress)
-    else:
-        streaming = structure.light or not structure.active
-        result, replacements = prune_weights(model, config, progress=progress, defer=streaming)
-        counted = {
-            layer.key: (layer.numel, layer.zeros_before) for layer in result.layers if layer.dtype in FLOAT_NAMES
-        }
-        before = param_stats(model, known=counted)  # reads only the tensors discovery did not count
-        if streaming and structure.active:  # the light dead-channel pass: run it only if it can find something
-            from onnxprune.passes.deadwatch import DeadWatch
-
-            watch = DeadWatch()
-            watch.look(model, result.layers, replacements)
-            replacements = watch.wrap(replacements)
-    structural = None
-    if structure.active and watch is None:
-        structural = _structural(model, structure, calibration, input_shapes, progress if config is None else None)
-    after = ParamStats(before.parameters, before.nonzeros - result.newly_zeroed) if replacements else param_stats(model)
-    changed = bool(result.pruned) or (structural is not None and structural.changed)
-    if not changed:
-        return PruneRun(result, None, tuple(files), before, after, None, structural)
-    if result.pruned:
-        stamp(model, result, __version__)
-    if structural is not None and structural.changed:
-        stamp_structure(model, structural, __version__)
-    with StagedOutput(output, input_path=source, force=force) as staged:
-        staged.write(model, external_data=external_data, replacements=replacements or None)
-        del model, replacements
-        gc.collect()  # discovery's scope index holds cycles into the model: free it now
-        if watch is not None and watch.fired:  # something may be dead: the pass runs on the written model
-            pruned = load_model(staged.model_path)
-            structural = _structural(pruned, structure, calibration, input_shapes)
-            if structural.changed:
-                stamp_structure(pruned, structural, __version__)
-                staged.write(pruned, external_data=external_data)
-                after = param_stats(pruned)
-            del pruned
-            gc.collect()
-        report = validate_model(
-            staged.model_path, reference=source, input_shapes=input_shapes, checker_path=staged.checker_path
-        )
-        quantized = None
-        if quantize is None:
-            saved = staged.commit()
-        else:  # the validated pruned model, still staged, is the quantizer's input
-            quantized = quantize_file(
-                staged.model_path,
-                output,
-                mode=quantize.mode,
-                calibration=calibration,
-                per_channel=quantize.per_channel,
-                op_types=quantize.op_types,
-                preprocess=quantize.preprocess,
-                input_shapes=input_shapes,
-                force=force,
-            )
-            saved = quantized.saved
-    return PruneRun(result, saved, tuple(files), before, after, report, structural, quantized)
-
-
-def _structural(
-    model: ModelProto,
-    structure: StructureConfig,
-    calibration: Dataset | None,
-    input_shapes: Mapping[str, tuple[int, ...]] | None,
-    progress: Progress | None = None,
-) -> StructuralResult:
-    from onnxprune.passes.structural import remove_channels
-
-    return remove_channels(model, structure, calibration=calibration, input_shapes=input_shapes, progress=progress)
+    if structure is None and config is not None:
+        structure = DEAD_CHANNELS_AFTER_WEIGHTS
+    pipeline = build_pipeline(config, structure, quantize)
+    return run_file(
+        pipeline,
+        source,
+        output,
+        calibration=calibration,
+        input_shapes=input_shapes,
+        external_data=external_data,
+        force=force,
+        progress=progress,
+    )
 
 
 def calibration_data(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from onnxprune.errors import OptionError
+from onnxprune.errors import OptionError, opt
 from onnxprune.reconstruct.methods import METHODS
 from onnxprune.sparsity.criteria import CRITERIA
 from onnxprune.sparsity.importance import importance_choices
@@ -25,8 +25,10 @@ SCOPES = ("local", "global")
 NM_FALLBACKS = ("unstructured", "skip")
 
 
-def check_amount(value: float, what: str = "--sparsity") -> float:
-    """Validate an amount (see module docstring); returns it as a float."""
+def check_amount(value: float, what: str | None = None) -> float:
+    """Validate an amount (see module docstring); returns it as a float. ``what`` names it in
+    errors (default: the ``sparsity`` option)."""
+    what = opt("sparsity") if what is None else what
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise OptionError(f"{what} must be a number in [0, 1), got {value!r}")
     value = float(value)
@@ -41,10 +43,10 @@ def parse_pattern(text: str) -> tuple[int, int] | None:
         return None
     match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
     if not match:
-        raise OptionError(f"--pattern must be 'unstructured' or N:M such as 2:4, got '{text}'")
+        raise OptionError(f"{opt('pattern')} must be 'unstructured' or N:M such as 2:4, got '{text}'")
     n, m = int(match.group(1)), int(match.group(2))
     if not 0 < n < m:
-        raise OptionError(f"--pattern {n}:{m} is impossible: N:M keeps N of every M weights, so 0 < N < M")
+        raise OptionError(f"{opt('pattern')} {n}:{m} is impossible: N:M keeps N of every M weights, so 0 < N < M")
     return n, m
 
 
@@ -119,48 +121,52 @@ class PruneConfig:
     def __post_init__(self) -> None:
         method = METHODS.find(self.method)
         if method is None:
-            raise OptionError(f"--method must be one of {', '.join(METHODS.names())}, got '{self.method}'")
+            raise OptionError(f"{opt('method')} must be one of {', '.join(METHODS.names())}, got '{self.method}'")
         criterion = CRITERIA.find(self.criterion)
         if method.chooses_mask and criterion is not None and not criterion.ranks_like_magnitude:
             raise OptionError(
-                f"--criterion {self.criterion} cannot choose the weights of --method {self.method}; drop one"
+                f"{opt('criterion', self.criterion)} cannot choose the weights of {opt('method', self.method)}; drop one"
             )
         if self.percdamp is not None and not 0.0 <= float(self.percdamp) <= 100.0:
-            raise OptionError(f"--percdamp must lie in [0, 100], got {self.percdamp}")
+            raise OptionError(f"{opt('percdamp')} must lie in [0, 100], got {self.percdamp}")
         if int(self.blocksize) < 1:
-            raise OptionError(f"--blocksize must be >= 1, got {self.blocksize}")
+            raise OptionError(f"{opt('blocksize')} must be >= 1, got {self.blocksize}")
         if self.sparsity is not None:
             object.__setattr__(self, "sparsity", check_amount(self.sparsity))
         if self.scope not in SCOPES:
-            raise OptionError(f"--scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
+            raise OptionError(f"{opt('scope')} must be one of {', '.join(SCOPES)}, got '{self.scope}'")
         if criterion is None:
-            raise OptionError(f"--criterion must be one of {', '.join(CRITERIA.names())}, got '{self.criterion}'")
+            raise OptionError(
+                f"{opt('criterion')} must be one of {', '.join(CRITERIA.names())}, got '{self.criterion}'"
+            )
         if self.nm_fallback not in NM_FALLBACKS:
-            raise OptionError(f"--nm-fallback must be one of {', '.join(NM_FALLBACKS)}")
+            raise OptionError(f"{opt('nm_fallback')} must be one of {', '.join(NM_FALLBACKS)}")
         if self.pattern is not None:
             n, m = self.pattern
             if not 0 < n < m:
-                raise OptionError(f"--pattern {n}:{m} is impossible: 0 < N < M is required")
+                raise OptionError(f"{opt('pattern')} {n}:{m} is impossible: 0 < N < M is required")
             if self.sparsity is not None:
                 raise OptionError(
-                    f"--sparsity and --pattern {n}:{m} are both given: an N:M pattern fixes the "
-                    f"sparsity at 1 - N/M = {1 - n / m:g}; drop --sparsity"
+                    f"{opt('sparsity')} and {opt('pattern')} {n}:{m} are both given: an N:M pattern fixes the "
+                    f"sparsity at 1 - N/M = {1 - n / m:g}; drop {opt('sparsity')}"
                 )
             if self.plan:
-                raise OptionError("--plan cannot be combined with an N:M --pattern")
+                raise OptionError(f"{opt('plan')} cannot be combined with an N:M {opt('pattern')}")
         elif self.sparsity is None and not self.plan:
-            raise OptionError("nothing to do: give --sparsity (e.g. 0.5), an N:M --pattern or a --plan")
+            raise OptionError(
+                f"nothing to do: give {opt('sparsity')} (e.g. 0.5), an N:M {opt('pattern')} or a {opt('plan')}"
+            )
         object.__setattr__(
             self,
             "plan",
             MappingProxyType({k: check_amount(v, f"plan entry '{k}'") for k, v in dict(self.plan).items()}),
         )
         if not 0.0 < float(self.max_layer_sparsity) <= 1.0:
-            raise OptionError(f"--max-layer-sparsity must lie in (0, 1], got {self.max_layer_sparsity}")
+            raise OptionError(f"{opt('max_layer_sparsity')} must lie in (0, 1], got {self.max_layer_sparsity}")
         if int(self.min_size) < 0:
-            raise OptionError(f"--min-size must be >= 0, got {self.min_size}")
-        _check_regexes(self.include, "--include")
-        _check_regexes(self.exclude, "--exclude")
+            raise OptionError(f"{opt('min_size')} must be >= 0, got {self.min_size}")
+        _check_regexes(self.include, opt("include"))
+        _check_regexes(self.exclude, opt("exclude"))
 
     @property
     def calibrated(self) -> bool:
@@ -237,23 +243,27 @@ class StructureConfig:
             MappingProxyType({str(k): check_amount(v, f"plan entry '{k}'") for k, v in dict(self.plan).items()}),
         )
         if self.amount is not None and self.target_flops is not None:
-            raise OptionError("give --sparsity or --target-flops for --structured, not both")
+            raise OptionError(f"give {opt('amount')} or {opt('target_flops')} for {opt('structure')}, not both")
         if self.amount is not None:
-            object.__setattr__(self, "amount", check_amount(self.amount, "--sparsity (structured)"))
+            object.__setattr__(self, "amount", check_amount(self.amount, f"{opt('amount')} (structured)"))
         if self.target_flops is not None:
             value = float(self.target_flops)
             if not 0.0 < value < 1.0 or math.isnan(value):
-                raise OptionError(f"--target-flops is the fraction of MACs to keep, in (0, 1); got {self.target_flops}")
+                raise OptionError(
+                    f"{opt('target_flops')} is the fraction of MACs to keep, in (0, 1); got {self.target_flops}"
+                )
         if self.scope not in SCOPES:
-            raise OptionError(f"--scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
+            raise OptionError(f"{opt('scope')} must be one of {', '.join(SCOPES)}, got '{self.scope}'")
         if self.importance not in importance_choices():
-            raise OptionError(f"--importance must be one of {', '.join(importance_choices())}, got '{self.importance}'")
+            raise OptionError(
+                f"{opt('importance')} must be one of {', '.join(importance_choices())}, got '{self.importance}'"
+            )
         if int(self.round_to) < 1:
-            raise OptionError(f"--round-to must be >= 1, got {self.round_to}")
+            raise OptionError(f"{opt('round_to')} must be >= 1, got {self.round_to}")
         if not 0.0 < float(self.max_fraction) < 1.0:
-            raise OptionError(f"--max-group-sparsity must lie in (0, 1), got {self.max_fraction}")
+            raise OptionError(f"{opt('max_fraction')} must lie in (0, 1), got {self.max_fraction}")
         if not float(self.damp) >= 0.0:
-            raise OptionError(f"--percdamp must be >= 0, got {self.damp}")
+            raise OptionError(f"{opt('damp')} must be >= 0, got {self.damp}")
 
     @property
     def structured(self) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from onnxprune.cli_flags import flag
 from onnxprune.errors import OnnxPruneError
 
 INTERNAL_ERROR = 70
@@ -24,7 +25,8 @@ def fail(message: str, code: int) -> None:
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into one line on stderr and an exit code (tracebacks with --debug)."""
+    """Turn library errors into one line on stderr and an exit code (tracebacks with --debug); the
+    options a message names are spelled as flags (:mod:`onnxprune.cli_flags`)."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -39,7 +41,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except OnnxPruneError as exc:
             if debug:
                 raise
-            fail(str(exc), exc.exit_code)
+            fail(exc.render(flag), exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted; nothing was written", 130)
         except MemoryError:

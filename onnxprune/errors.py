@@ -7,11 +7,79 @@ single line that says what is wrong and what to do; the CLI prints it and exits 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
+# An option named in a message: START name SEP api-value SEP cli-value END (values empty when
+# none is given). Control characters, so no model, path or user text can forge one.
+_START, _SEP, _END = "\x02", "\x1f", "\x03"
+_OPTION = re.compile(f"{_START}([^{_SEP}{_END}]*){_SEP}([^{_SEP}{_END}]*){_SEP}([^{_END}]*){_END}")
+_NONE = object()
+
+
+def opt(field: str, value: object = _NONE) -> str:
+    """An option named in an error message, by its API field; how it reads is chosen when printed.
+
+    Library messages never spell CLI flags: ``raise OptionError(f"give {opt('calibration')} or
+    {opt('data_free', True)}")``. ``str(exc)`` names the API field (:func:`render`):
+    ``calibration`` alone, ``name=repr(value)`` with a value (``data_free=True``,
+    ``method='sparsegpt'``). The CLI prints the same error through :meth:`OnnxPruneError.render`
+    with its table of flags (``--calibration``, ``--data-free``, ``--method sparsegpt``).
+
+    ``field`` is the keyword or config attribute the API user sets; where two APIs use one word
+    for different options, a dotted prefix tells them apart for the CLI's table and is not shown
+    in the API (``opt("quantize.mode", "static")`` reads ``mode='static'``).
+    """
+    if value is _NONE:
+        return f"{_START}{field}{_SEP}{_SEP}{_END}"
+    return f"{_START}{field}{_SEP}{value!r}{_SEP}{value}{_END}"
+
+
+def api_name(field: str) -> str:
+    """The name an API user sets for ``field`` (the part after a dotted prefix)."""
+    return field.rpartition(".")[2]
+
+
+def render(message: str, flag: Callable[[str, str | None], str | None] | None = None) -> str:
+    """``message`` with each :func:`opt` spelled out.
+
+    Without ``flag``, as the API names it (``calibration``, ``data_free=True``). With ``flag``,
+    ``flag(field, value)`` (the value as text, None when none was given) spells it, and a None
+    answer falls back to the API name. A message without options comes back unchanged.
+    """
+
+    def one(match: re.Match[str]) -> str:
+        field, api_value, cli_value = match.groups()
+        given = bool(api_value)
+        if flag is not None:
+            spelled = flag(field, cli_value if given else None)
+            if spelled is not None:
+                return spelled
+        return f"{api_name(field)}={api_value}" if given else api_name(field)
+
+    return _OPTION.sub(one, message) if _START in message else message
+
+
+def fields(message: str) -> list[str]:
+    """The fields :func:`opt` names in ``message``, in order."""
+    return [match.group(1) for match in _OPTION.finditer(message)]
+
 
 class OnnxPruneError(Exception):
-    """Base class: a problem with the user's input, options or environment."""
+    """Base class: a problem with the user's input, options or environment.
+
+    Its message may name options with :func:`opt`; ``str(exc)`` reads them as API fields and
+    :meth:`render` as anything else (the CLI's flags).
+    """
 
     exit_code: int = 1
+
+    def __str__(self) -> str:
+        return render(super().__str__())
+
+    def render(self, flag: Callable[[str, str | None], str | None] | None = None) -> str:
+        """The message with its options spelled by ``flag`` (see :func:`render`)."""
+        return render(super().__str__(), flag)
 
 
 class OptionError(OnnxPruneError):

@@ -40,7 +40,7 @@ import onnxruntime as ort
 from onnxprune import runtime
 from onnxprune.compute import ComputeStats, count_compute
 from onnxprune.data import Dataset, ImageOptions, load_labels, open_data
-from onnxprune.errors import DataError, OnnxPruneError, OptionError, OutputError, UnsupportedModelError
+from onnxprune.errors import DataError, OnnxPruneError, OptionError, OutputError, UnsupportedModelError, opt
 from onnxprune.graph.model_io import load_model_with_files
 from onnxprune.latency import LatencySettings, LatencyStats, measure_latency
 from onnxprune.metrics import OutputFidelity, TopK, overall
@@ -252,7 +252,7 @@ def evaluate(
     output_names = [o.name for o in sessions[0].get_outputs()]
     if options.output is not None and options.output not in output_names:
         raise OptionError(
-            f"--output '{options.output}' names no output of {paths[0].name}; its outputs are: {', '.join(output_names)}"
+            f"{opt('output')} '{options.output}' names no output of {paths[0].name}; its outputs are: {', '.join(output_names)}"
         )
     chosen = options.output or output_names[0]
 
@@ -267,7 +267,7 @@ def evaluate(
     )
     label_array = _labels(labels, dataset)
     if label_array is not None and dataset.synthetic:
-        raise OptionError("labels were given with synthetic data: give the data they label with --data")
+        raise OptionError(f"labels were given with synthetic data: give the data they label with {opt('data')}")
 
     quality = _quality(sessions, dataset, label_array, chosen, output_names, options, metric, progress)
     sample_shapes = quality.pop("sample_shapes")
@@ -471,7 +471,9 @@ def _quality(
                 try:
                     topk[index].update(outs[chosen_index], batch_labels)
                 except ValueError as exc:
-                    raise DataError(f"cannot score accuracy: {exc}; choose a classifier output with --output") from exc
+                    raise DataError(
+                        f"cannot score accuracy: {exc}; choose a classifier output with {opt('output')}"
+                    ) from exc
             if metric is not None:
                 kept[index].append(np.asarray(outs[chosen_index]))
             if index:

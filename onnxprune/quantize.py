@@ -40,6 +40,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ from onnxprune.errors import (
     OptionError,
     UnsupportedModelError,
     ValidationError,
+    opt,
 )
 from onnxprune.graph import tensors
 from onnxprune.graph.model_io import (
@@ -66,11 +68,13 @@ from onnxprune.graph.model_io import (
     load_model,
     load_model_with_files,
     refuse_input_as_output,
+    save_model,
     tensor_bytes,
 )
 from onnxprune.graph.quantized import float_weights, trace_integer_weights
 from onnxprune.graph.walk import all_graphs
 from onnxprune.ops import constant_tensor
+from onnxprune.passes.base import Contract, Pass, PassContext, PassResult
 from onnxprune.validate import ValidationReport, validate_model
 
 log = logging.getLogger(__name__)
@@ -104,8 +108,9 @@ class QuantizeConfig:
         """Raise :class:`OptionError` if static mode has no calibration data."""
         if self.mode == "static" and calibration is None:
             raise OptionError(
-                "--quantize-mode static needs calibration data for the activation ranges: give --calibration "
-                "calib.npz (or a folder of images), or --data-free; or use --quantize-mode dynamic"
+                f"{opt('quantize.mode', 'static')} needs calibration data for the activation ranges: give "
+                f"{opt('calibration')} calib.npz (or a folder of images), or {opt('data_free', True)}; "
+                f"or use {opt('quantize.mode', 'dynamic')}"
             )
 
 
@@ -390,7 +395,7 @@ def _quantize(path: Path, target: Path, config: QuantizeConfig, calibration: Dat
     except MemoryError:
         raise
     except Exception as exc:
-        hint = "; try --quantize-mode dynamic" if config.mode == "static" else ""
+        hint = f"; try {opt('quantize.mode', 'dynamic')}" if config.mode == "static" else ""
         raise UnsupportedModelError(
             f"onnxruntime.quantization cannot quantize the model ({config.mode}: {_first(exc)}){hint}; "
             "nothing was written"
@@ -491,3 +496,69 @@ def _ort_logs_demoted() -> Iterator[None]:
 def _first(exc: BaseException) -> str:
     """The first line of an exception's message, or its type."""
     return runtime.ort_message(exc) or type(exc).__name__
+
+
+class QuantizePass(Pass):
+    """Int8 quantization as the last step of a pipeline: :func:`quantize_file`, file to file.
+
+    ``run_file`` quantizes a (staged) model file into ``output``, as ``prune_file`` does;
+    ``run`` quantizes a model in memory through a temporary folder (onnxruntime's quantizer
+    works on files) and replaces ``model``'s contents with the int8 model; the detail's
+    ``saved`` then names a file of that folder, which is gone. Counts: weights quantized,
+    their elements, float zeros before and int8 zeros after, bytes before and after,
+    Constant-node weights lifted.
+    """
+
+    name = "quantize"
+    contract = Contract(reads=("model", "calibration", "input_shapes"), needs=("model",), on_file=True)
+
+    def __init__(self, config: QuantizeConfig) -> None:
+        self.config = config
+
+    def check(self, context: PassContext) -> None:
+        self.config.check_data(context.calibration)
+
+    def run_file(
+        self, source: Path, output: str | os.PathLike[str], context: PassContext, *, force: bool = False
+    ) -> PassResult:
+        config = self.config
+        result = quantize_file(
+            source,
+            output,
+            mode=config.mode,
+            calibration=context.calibration,
+            per_channel=config.per_channel,
+            op_types=config.op_types,
+            preprocess=config.preprocess,
+            input_shapes=context.input_shapes,
+            force=force,
+        )
+        return self.result(result)
+
+    def run(self, model: ModelProto, context: PassContext) -> PassResult:
+        with tempfile.TemporaryDirectory(prefix="onnxprune-quantize-") as tmp:
+            source, output = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+            save_model(model, source)  # with external data, this moves the tensor bytes out of ``model``
+            try:
+                passed = self.run_file(source, output, context)
+                quantized = load_model(output)
+            except BaseException:
+                model.CopyFrom(load_model(source))  # as it was
+                raise
+        model.CopyFrom(quantized)
+        return passed
+
+    def result(self, result: QuantizeResult) -> PassResult:
+        counts = {
+            "weights_quantized": result.weights_quantized,
+            "elements": result.elements,
+            "zeros_before": result.zeros_before,
+            "zeros_after": result.zeros_after,
+            "bytes_before": result.bytes_before,
+            "bytes_after": result.bytes_after,
+            "constants_lifted": result.constants_lifted,
+        }
+        skipped = ()
+        if self.config.preprocess and not result.preprocessed:
+            skipped = (("preprocess", "onnxruntime's shape inference failed: the model was quantized as it is"),)
+        return PassResult(self.name, bool(result.weights), counts, result.weights, skipped, result)

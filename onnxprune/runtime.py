@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from onnxprune.errors import OptionError
+from onnxprune.errors import OptionError, opt
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,13 @@ def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
     for spec in specs:
         name, sep, dims = spec.rpartition(":")
         if not sep or not name:
-            raise OptionError(f"--input-shape '{spec}' must look like NAME:1x3x224x224")
+            raise OptionError(f"{opt('input_shapes')} '{spec}' must look like NAME:1x3x224x224")
         try:
             shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
         except ValueError:
-            raise OptionError(f"--input-shape '{spec}': dimensions must be integers separated by 'x'") from None
+            raise OptionError(f"{opt('input_shapes')} '{spec}': dimensions must be integers separated by 'x'") from None
         if any(d < 0 for d in shape):
-            raise OptionError(f"--input-shape '{spec}': dimensions must be >= 0")
+            raise OptionError(f"{opt('input_shapes')} '{spec}': dimensions must be >= 0")
         shapes[name] = shape
     return shapes
 
@@ -243,7 +243,7 @@ def synthetic_feeds(
     if unknown:
         names = ", ".join(s.name for s in specs)
         raise OptionError(
-            f"--input-shape names unknown input(s) {', '.join(sorted(unknown))}; the model's inputs are: {names}"
+            f"{opt('input_shapes')} names unknown input(s) {', '.join(sorted(unknown))}; the model's inputs are: {names}"
         )
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
@@ -254,7 +254,7 @@ def synthetic_feeds(
                 not _is_dynamic(d) and d != s for d, s in zip(spec.dims, shape, strict=False)
             ):
                 raise OptionError(
-                    f"--input-shape {spec.name}:{'x'.join(map(str, shape))} does not fit the model's declared shape "
+                    f"{opt('input_shapes')} {spec.name}:{'x'.join(map(str, shape))} does not fit the model's declared shape "
                     f"[{', '.join(str(d) for d in spec.dims)}]"
                 )
         else:

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from onnxprune import runtime
-from onnxprune.errors import MissingKernelError, OnnxPruneError, UnsupportedModelError, ValidationError
+from onnxprune.errors import MissingKernelError, OnnxPruneError, UnsupportedModelError, ValidationError, opt
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def validate_model(
     tried = "; ".join(errors[:3])
     raise ValidationError(
         f"could not run the model on a synthetic input ({tried}); give the real input shape with "
-        "--input-shape NAME:1x3x224x224"
+        f"{opt('input_shapes')} NAME:1x3x224x224"
     )
 
 

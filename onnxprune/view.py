@@ -28,7 +28,7 @@ from typing import Any
 
 from onnx import ModelProto
 
-from onnxprune.errors import ModelLoadError, OptionError
+from onnxprune.errors import ModelLoadError, OptionError, opt
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.graph.model_io import load_model
 from onnxprune.provenance import PREFIX, STRUCTURE_KEY, STRUCTURE_OPTIONS_KEY, read_structure
@@ -95,7 +95,7 @@ def serve(
         where = f"{host}:{port}" if port else host
         detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise OptionError(
-            f"cannot serve on {where} ({detail}): choose another --port, or leave it out for a free one"
+            f"cannot serve on {where} ({detail}): choose another {opt('port')}, or leave it out for a free one"
         ) from exc
     address = Address(str(served[0]), int(served[1]))
     logger.info("Netron serves '%s' at %s", file, address.url)

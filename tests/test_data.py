@@ -391,7 +391,7 @@ def test_synthetic_dtypes_follow_the_runtime_convention():
 def test_synthetic_dynamic_dims_come_from_shapes_or_fail_with_a_hint():
     model = identity_model(["n", "seq", 4])
     specs = specs_of(model)
-    with pytest.raises(OptionError, match=r"dynamic dimension\(s\) seq: give --input-shape input:1xNx4"):
+    with pytest.raises(OptionError, match=r"dynamic dimension\(s\) seq: give input_shapes input:1xNx4"):
         open_data(None, specs=specs)
     data = open_data(None, specs=specs, samples=6, shapes={"input": (99, 10, 4)})
     batches = list(data.batches(4))

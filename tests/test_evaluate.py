@@ -161,7 +161,7 @@ def test_readers_iterables_and_a_user_metric(pruned_cnn: Path):
 
 def test_clear_errors(tmp_path: Path):
     model, data, labels = _fixture("cnn_digits")
-    with pytest.raises(OptionError, match=r"--output 'probs' names no output.*logits"):
+    with pytest.raises(OptionError, match=r"^output 'probs' names no output.*logits"):
         evaluate(model, data=data, options=EvalOptions(latency=None, output="probs"))
     short = tmp_path / "short.npy"
     np.save(short, np.load(labels)[:-1])

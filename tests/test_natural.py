@@ -357,7 +357,7 @@ def test_dynamic_float_dimension_needs_a_shape():
         [b.value("input", ["n", "time"])],
         [b.value("out", ["n"])],
     )
-    with pytest.raises(DataError, match=r"--input-shape input:1xN"):
+    with pytest.raises(DataError, match=r"give input_shapes input:1xN"):
         make(model)
     x = everything(make(model, samples=3, shapes={"input": (1, 33)}))["input"]
     assert x.shape == (3, 33)

@@ -335,7 +335,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, pruned):
     out = tmp_path / "q.onnx"
     cases = [
         (OptionError, "must be one of dynamic, static", {"mode": "int4"}),
-        (OptionError, "static needs calibration data", {"mode": "static"}),
+        (OptionError, "mode='static' needs calibration data", {"mode": "static"}),
         (OptionError, "op_types to quantize is empty", {"op_types": ()}),
     ]
     for error, fragment, kwargs in cases:

@@ -225,7 +225,7 @@ def test_serve_on_a_port_in_use(unstructured: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(OptionError, match=rf"cannot serve on 127\.0\.0\.1:{port} \(.+\): choose another --port"):
+        with pytest.raises(OptionError, match=rf"cannot serve on 127\.0\.0\.1:{port} \(.+\): choose another port,"):
             view.serve(unstructured, port=port, browse=False)
         result = CliRunner().invoke(view_command, [str(unstructured), "--port", str(port), "--no-browser"])
     assert result.exit_code == OptionError.exit_code

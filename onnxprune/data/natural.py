@@ -65,7 +65,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune.data.checks import check_specs, format_dims, input_names
 from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup
-from onnxprune.errors import DataError, OptionError
+from onnxprune.errors import DataError, OptionError, opt
 from onnxprune.graph.index import Scope
 from onnxprune.runtime import InputSpec, _is_dynamic
 
@@ -214,7 +214,7 @@ def resolve_sample_shapes(
     unknown = sorted(set(shapes) - {spec.name for spec in specs})
     if unknown:
         raise OptionError(
-            f"--input-shape names unknown input(s) {', '.join(unknown)}; the model's inputs are: {input_names(specs)}"
+            f"{opt('input_shapes')} names unknown input(s) {', '.join(unknown)}; the model's inputs are: {input_names(specs)}"
         )
     named: dict[str, int] = {}
     given: dict[str, tuple[int, ...]] = {}
@@ -226,7 +226,7 @@ def resolve_sample_shapes(
             not _is_dynamic(want) and want != got for want, got in zip(spec.dims[1:], full[1:], strict=True)
         ):
             raise OptionError(
-                f"--input-shape {spec.name}:{'x'.join(map(str, full))} does not fit the model's declared shape "
+                f"{opt('input_shapes')} {spec.name}:{'x'.join(map(str, full))} does not fit the model's declared shape "
                 f"{format_dims(spec.dims)}"
             )
         given[spec.name] = full[1:]
@@ -253,7 +253,7 @@ def resolve_sample_shapes(
                 example = "x".join(["1"] + [str(d) if not _is_dynamic(d) else "N" for d in spec.dims[1:]])
                 raise DataError(
                     f"data-free samples for input '{spec.name}' {format_dims(spec.dims)} need a size for its dynamic "
-                    f"dimension {dim}: give --input-shape {spec.name}:{example} (N a number)"
+                    f"dimension {dim}: give {opt('input_shapes')} {spec.name}:{example} (N a number)"
                 )
         out[spec.name] = tuple(dims)
     return {spec.name: out[spec.name] for spec in specs}

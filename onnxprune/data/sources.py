@@ -35,7 +35,7 @@ import numpy as np
 from onnxprune.data.checks import check_feeds, check_specs, format_dims, input_names
 from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup, samples_in
 from onnxprune.data.images import ImageFolderDataset, ImageOptions
-from onnxprune.errors import DataError, OptionError
+from onnxprune.errors import DataError, OptionError, opt
 from onnxprune.runtime import InputSpec, _is_dynamic
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def synthetic_sample_shapes(
     unknown = sorted(set(shapes) - {spec.name for spec in specs})
     if unknown:
         raise OptionError(
-            f"--input-shape names unknown input(s) {', '.join(unknown)}; the model's inputs are: {input_names(specs)}"
+            f"{opt('input_shapes')} names unknown input(s) {', '.join(unknown)}; the model's inputs are: {input_names(specs)}"
         )
     out: dict[str, tuple[int, ...]] = {}
     for spec in specs:
@@ -195,7 +195,7 @@ def synthetic_sample_shapes(
                 not _is_dynamic(want) and want != got for want, got in zip(spec.dims[1:], given[1:], strict=True)
             ):
                 raise OptionError(
-                    f"--input-shape {spec.name}:{'x'.join(map(str, given))} does not fit the model's declared shape "
+                    f"{opt('input_shapes')} {spec.name}:{'x'.join(map(str, given))} does not fit the model's declared shape "
                     f"{format_dims(spec.dims)}"
                 )
             out[spec.name] = given[1:]
@@ -205,7 +205,7 @@ def synthetic_sample_shapes(
             example = "x".join(["1"] + [str(d) if not _is_dynamic(d) else "N" for d in spec.dims[1:]])
             raise OptionError(
                 f"synthetic data for input '{spec.name}' {format_dims(spec.dims)} needs sizes for its dynamic "
-                f"dimension(s) {', '.join(dynamic)}: give --input-shape {spec.name}:{example} (N a number), or real data"
+                f"dimension(s) {', '.join(dynamic)}: give {opt('input_shapes')} {spec.name}:{example} (N a number), or real data"
             )
         out[spec.name] = tuple(int(d) for d in spec.dims[1:])
     return out

@@ -20,7 +20,7 @@ from pathlib import Path
 import onnx
 from onnx import ModelProto, TensorProto
 
-from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError
+from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError, opt
 from onnxprune.graph import tensors
 from onnxprune.graph.skeleton import skeleton
 from onnxprune.graph.walk import all_tensors
@@ -170,7 +170,7 @@ def refuse_input_as_output(input_path: str | os.PathLike[str], output_path: str 
     if out.resolve() == source.resolve() or (out.exists() and source.exists() and os.path.samefile(out, source)):
         raise OutputError(
             f"the output '{output_path}' is the input model: choose another output path "
-            "(or pass --force to replace the input)"
+            f"(or pass {opt('force', True)} to replace the input)"
         )
 
 

@@ -12,12 +12,31 @@ Families: :mod:`.conv` (Conv, ConvTranspose), :mod:`.gemm`, :mod:`.matmul`, :mod
 :mod:`.movement` (Identity, Cast, Transpose, Reshape ... DequantizeLinear), :mod:`.quantized`
 (ConvInteger, MatMulInteger, QLinear*, onnxruntime's contrib ops; Einsum and Attention as
 not counted), :mod:`.constant` (the tensor a Constant node writes into the graph).
+
+Channel analysis (:mod:`.channels`: the layouts a rule sees, and its helpers): each spec also
+answers its channel rule, the group it starts, and how it propagates constant (dead) channels;
+the families of ops that only do that: :mod:`.activation`, :mod:`.pooling`, :mod:`.reduce`,
+:mod:`.broadcast`, :mod:`.shape` (Pad, Resize, and the rules of the transparent ops) and
+:mod:`.normalization` (the rules of :class:`~.elementwise.NormSpec`).
 """
 
 from __future__ import annotations
 
 # the families register themselves on import; nothing else imports them
-from onnxprune.ops import conv, elementwise, gemm, matmul, movement, quantized, recurrent  # noqa: F401
+from onnxprune.ops import (  # noqa: F401  # noqa: F401
+    activation,
+    broadcast,
+    conv,
+    elementwise,
+    gemm,
+    matmul,
+    movement,
+    pooling,
+    quantized,
+    recurrent,
+    reduce,
+    shape,
+)
 from onnxprune.ops.constant import constant_array, constant_tensor
 from onnxprune.ops.registry import UNKNOWN, lookup, register, registered, spec_of, unregister
 from onnxprune.ops.spec import (

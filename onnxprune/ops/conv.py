@@ -25,15 +25,36 @@ ConvTranspose has no view today: it scatters every input element over a kernel w
 output (``Y = col2im(Wᵀ·X)``). It equals a Conv of the zero-upsampled, padded input with the
 flipped kernel of swapped channel axes, but capture does not build those patches, so its weight
 is pruned by magnitude and, in the structural pass, sliced without a refit.
+
+Channels (:mod:`onnxprune.ops.channels`): a Conv/ConvTranspose with one group and a weight of
+its own starts a group on axis 1 of ``Y`` (``W`` axis 0, resp. 1, and ``B`` sliced with it);
+channels on axis 1 of ``X`` are read through ``W`` axis 1 (ConvTranspose: 0). A depthwise Conv
+(``group = C_in = C_out``, ``W[C, 1, *k]``) carries them instead: ``W``, ``B`` and ``group``
+follow. Other grouped convolutions block. A dead input channel ``c`` that holds ``k`` adds
+``k·Σ_t W[o, c, t]`` to output ``o`` at every position of an unpadded Conv: its bias absorbs it
+exactly; with pads (or for ConvTranspose) the border sees zeros, so only ``k = 0`` is exact. A
+depthwise channel maps ``k`` to ``k·Σ_t W[c, 0, t] + b_c`` (unpadded), a zero filter to ``b_c``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from onnx import NodeProto
 
+from onnxprune.ops.channels import (
+    ChannelContext,
+    Layout,
+    first_constants,
+    new_output,
+    only_first,
+    output_bias,
+    padded,
+    stored_vector,
+    stored_weight,
+    zero_output_constants,
+)
 from onnxprune.ops.registry import register
 from onnxprune.ops.spec import (
     BIAS,
@@ -73,6 +94,30 @@ class ConvSpec(OpSpec):
     def bias_input(self, node: NodeProto) -> int | None:
         return 2
 
+    def channel_rule(self, node: NodeProto) -> Callable[..., None] | None:
+        return conv_rule
+
+    def channel_source(self, node: NodeProto) -> Callable[..., None] | None:
+        return conv_source
+
+    def source_constants(self, cx: ChannelContext, node: NodeProto, layout: Layout) -> np.ndarray:
+        bias = np.zeros(layout.length)
+        if len(node.input) > 2 and node.input[2]:
+            bias = stored_vector(cx, node, 2, 0, layout.length, 1)
+        return zero_output_constants(cx, node, 1 if node.op_type == "ConvTranspose" else 0, layout.length, bias)
+
+    def propagate_constant(
+        self, cx: ChannelContext, node: NodeProto, out: str, values: Mapping[str, np.ndarray]
+    ) -> np.ndarray | None:
+        x = first_constants(values, cx.layouts, node)
+        return None if x is None else depthwise_constants(cx, node, x)
+
+    def absorbs_constant(self, cx: ChannelContext, node: NodeProto, axis: int) -> bool:
+        return not padded(cx, node)
+
+    def constant_bias(self, node: NodeProto, contribution: np.ndarray) -> np.ndarray:
+        return contribution.reshape(contribution.shape[0], -1).sum(axis=1)  # Σ over the kernel positions
+
     def matrix_view(self, node: NodeProto, index: int, shape: Sequence[int]) -> MatrixView | str:
         if index != 1 or len(shape) < 3:
             return no_view(node, index, shape)
@@ -107,6 +152,17 @@ class ConvTransposeSpec(ConvSpec):
     def slot(self, ctx: SlotContext) -> Slot:
         return {1: Slot("weight", 1, 0), 2: BIAS}.get(ctx.index, OTHER)
 
+    def propagate_constant(
+        self, cx: ChannelContext, node: NodeProto, out: str, values: Mapping[str, np.ndarray]
+    ) -> np.ndarray | None:
+        return None  # no depthwise carry: a ConvTranspose only consumes and produces
+
+    def absorbs_constant(self, cx: ChannelContext, node: NodeProto, axis: int) -> bool:
+        return False  # a constant input is scattered over kernel windows: only 0 is exact
+
+    def constant_bias(self, node: NodeProto, contribution: np.ndarray) -> np.ndarray:
+        return contribution
+
     def matrix_view(self, node: NodeProto, index: int, shape: Sequence[int]) -> MatrixView | str:
         if index != 1:
             return no_view(node, index, shape)
@@ -115,3 +171,64 @@ class ConvTransposeSpec(ConvSpec):
 
 register(ConvSpec(), "Conv")
 register(ConvTransposeSpec(), "ConvTranspose")
+
+
+# --------------------------------------------------------------------------- channels
+
+
+def conv_rule(cx: ChannelContext, node: NodeProto, tracked: dict[int, Layout]) -> None:
+    layout = only_first(cx, node, tracked)
+    if layout is None:
+        return
+    label = cx.label(node)
+    if layout.axis != 1:
+        cx.block(layout, f"{node.op_type} '{label}' reads these channels on a spatial axis")
+        return
+    weight = stored_weight(cx, node, 1, layout)
+    if weight is None:
+        return
+    groups = int(cx.attr(node, "group", 1))  # type: ignore[arg-type]
+    shape = cx.stored_shape(weight[0])
+    if groups == 1:
+        cx.members(layout.moved(1), weight[0], 0 if node.op_type == "ConvTranspose" else 1, "in", node, weight[1])
+        return
+    depthwise = node.op_type == "Conv" and groups == layout.length == shape[0] and shape[1] == 1
+    if not depthwise:
+        cx.block(layout, f"{node.op_type} '{label}' is a grouped convolution ({groups} groups)")
+        return
+    cx.members(layout.moved(0), weight[0], 0, "param", node, weight[1])
+    if len(node.input) > 2 and node.input[2]:
+        bias = cx.stored(node, 2)
+        if bias is None:
+            cx.block(layout, f"Conv '{label}' has a computed bias")
+            return
+        cx.members(layout.moved(0), bias[0], 0, "param", node, bias[1])
+    cx.edit(("attr", cx.node_id(node), "group"), layout)
+    cx.set(node.output[0], layout)
+
+
+def conv_source(cx: ChannelContext, node: NodeProto, tracked: dict[int, Layout]) -> None:
+    if int(cx.attr(node, "group", 1)) != 1:  # type: ignore[arg-type]
+        return
+    stored = cx.stored(node, 1)
+    if stored is None or len(cx.uses(stored[0])) != 1:
+        return
+    axis = 1 if node.op_type == "ConvTranspose" else 0
+    n = cx.stored_shape(stored[0])[axis]
+    layout = new_output(cx, node, n, 1)
+    if layout is not None:
+        cx.members(layout.moved(axis), stored[0], axis, "out", node, stored[1])
+        output_bias(cx, node, 2, layout.moved(0), n)
+
+
+def depthwise_constants(cx: ChannelContext, node: NodeProto, x: np.ndarray) -> np.ndarray:
+    """A depthwise Conv's output channels from its input channels' constants (module docstring)."""
+    w = cx.stored_array(cx.stored(node, 1)[0]).astype(np.float64)  # type: ignore[index]
+    bias = np.zeros(len(x))
+    if len(node.input) > 2 and node.input[2]:
+        bias = stored_vector(cx, node, 2, 0, len(x), 1)
+    pads = padded(cx, node)
+    rows = w.reshape(len(x), -1)
+    out = np.where(x == 0, bias, np.nan if pads else x * rows.sum(axis=1) + bias)
+    out = np.where(np.isnan(x), np.nan, out)
+    return np.where(~np.any(rows != 0, axis=1), bias, out)  # a zero filter outputs its bias

@@ -11,14 +11,30 @@ Matrix view (:meth:`GemmSpec.matrix_view`) of a stored ``B`` (input 1): every ro
 ``y = W·a`` with ``W = op(B)ᵀ [N, K]``, one group: with ``transB`` = 1 the stored ``B [N, K]``
 is ``W`` as is; with ``transB`` = 0 the stored ``B [K, N]`` is ``Wᵀ``, so ``W = Bᵀ``. A stored
 ``A`` multiplies from the left (``Y = W·op(B)``, per column): no view.
+
+Channels (:mod:`onnxprune.ops.channels`): a Gemm whose ``B`` is its own (and ``transA`` = 0)
+starts a group on axis 1 of ``Y`` (``B`` axis 0 with ``transB``, else 1; a per-output ``C``
+with it); channels on the ``K`` axis of ``A`` are read through ``B``'s ``K`` axis. A dead unit
+of the group (a zero column of ``op(B)``) outputs ``beta·C_n``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 from onnx import NodeProto
 
+from onnxprune.ops.channels import (
+    ChannelContext,
+    Layout,
+    new_output,
+    only_first,
+    output_bias,
+    stored_vector,
+    stored_weight,
+    zero_output_constants,
+)
 from onnxprune.ops.registry import register
 from onnxprune.ops.spec import BIAS, Count, Counter, Dims, MatrixView, OpSpec, Slot, SlotContext, attr, no_view
 
@@ -55,6 +71,23 @@ class GemmSpec(OpSpec):
     def bias_gain(self, node: NodeProto) -> float:
         return float(attr(node, "beta", 1.0))  # type: ignore[arg-type]
 
+    def channel_rule(self, node: NodeProto) -> Callable[..., None] | None:
+        return gemm_rule
+
+    def channel_source(self, node: NodeProto) -> Callable[..., None] | None:
+        return gemm_source
+
+    def source_constants(self, cx: ChannelContext, node: NodeProto, layout: Layout) -> np.ndarray:
+        length = layout.length
+        bias = np.zeros(length)
+        if len(node.input) > 2 and node.input[2]:
+            bias = stored_vector(cx, node, 2, 0, length, 1)
+            shape = cx.shape(node.input[2]) or ()
+            if len(shape) == 2 and shape[0] != 1:
+                bias = np.full(length, np.nan)
+        bias = bias * self.bias_gain(node)  # Y = alpha·A·B + beta·C
+        return zero_output_constants(cx, node, 0 if cx.attr(node, "transB", 0) else 1, length, bias)
+
     def matrix_view(self, node: NodeProto, index: int, shape: Sequence[int]) -> MatrixView | str:
         if index != 1 or len(shape) != 2:
             return no_view(node, index, shape)
@@ -75,3 +108,32 @@ class GemmSpec(OpSpec):
 
 
 register(GemmSpec(), "Gemm")
+
+
+# --------------------------------------------------------------------------- channels
+
+
+def gemm_rule(cx: ChannelContext, node: NodeProto, tracked: dict[int, Layout]) -> None:
+    layout = only_first(cx, node, tracked)
+    if layout is None:
+        return
+    k_axis = 0 if cx.attr(node, "transA", 0) else 1
+    if layout.axis != k_axis:
+        cx.block(layout, f"Gemm '{cx.label(node)}' reads these channels as rows")
+        return
+    weight = stored_weight(cx, node, 1, layout)
+    if weight is not None:
+        axis = 1 if cx.attr(node, "transB", 0) else 0
+        cx.members(layout.moved(axis), weight[0], axis, "in", node, weight[1])
+
+
+def gemm_source(cx: ChannelContext, node: NodeProto, tracked: dict[int, Layout]) -> None:
+    stored = cx.stored(node, 1)
+    if stored is None or len(cx.uses(stored[0])) != 1 or cx.attr(node, "transA", 0):
+        return
+    axis = 0 if cx.attr(node, "transB", 0) else 1
+    n = cx.stored_shape(stored[0])[axis]
+    layout = new_output(cx, node, n, 1)
+    if layout is not None:
+        cx.members(layout.moved(axis), stored[0], axis, "out", node, stored[1])
+        output_bias(cx, node, 2, layout, n)

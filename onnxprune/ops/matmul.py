@@ -11,15 +11,26 @@ flattened to rows ``[∏leading, K]`` (capture's cut), each row ``a`` gives ``y 
 ``W = Bᵀ [N, K]``, one group. No view for a stored ``A`` (it multiplies from the left, per
 column of ``B``) nor for a batched ``B`` of rank 3 or more (one matrix per batch element, all
 reading different rows).
+
+Channels (:mod:`onnxprune.ops.channels`): ``x @ W`` with a 2-D ``W`` of its own starts a group
+on the last axis of ``Y`` (``W`` axis 1). Channels on ``A``'s ``K`` axis are read through a
+stored 2-D ``B``'s axis 0, or joined with ``B``'s ``K`` axis when both are tracked (attention
+``Q·Kᵀ``); channels on ``A``'s row axis (``M``) go to ``Y``'s; on a batch axis (heads) they are
+joined with ``B``'s batch axis, or carried where ``B`` broadcasts over it; channels on ``B``'s
+last axis go to ``Y``'s (``attn·V``), on its ``K`` axis through a stored 2-D ``A``'s axis 1. A
+dead unit of ``x @ W`` (a zero column) outputs 0 (no bias); an element that is 0 in either
+operand gives 0 along the joined axis. A constant on ``A``'s ``K`` axis is absorbed by a bias
+(``k·W[e]`` per output); one on a weight on the left (``W @ x``) would be per row: only 0 is exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from onnx import NodeProto
 
+from onnxprune.ops.channels import ChannelContext, Layout, new_output, stored_weight, zero_output_constants
 from onnxprune.ops.registry import register
 from onnxprune.ops.spec import OTHER, Count, Counter, Dims, MatrixView, OpSpec, Slot, SlotContext, no_view, prod
 
@@ -46,6 +57,32 @@ class MatMulSpec(OpSpec):
             return Slot("weight", ctx.rank - 2, ctx.rank - 1) if ctx.rank >= 2 else Slot("weight", None, 0)
         return OTHER
 
+    def channel_rule(self, node: NodeProto) -> Callable[..., None] | None:
+        return matmul_rule
+
+    def channel_source(self, node: NodeProto) -> Callable[..., None] | None:
+        return matmul_source
+
+    def source_constants(self, cx: ChannelContext, node: NodeProto, layout: Layout) -> np.ndarray:
+        return zero_output_constants(cx, node, -1, layout.length, np.zeros(layout.length))
+
+    def propagate_constant(
+        self, cx: ChannelContext, node: NodeProto, out: str, values: Mapping[str, np.ndarray]
+    ) -> np.ndarray | None:
+        length = cx.layouts[out].length
+        zero = np.zeros(length, dtype=bool)
+        for name in node.input[:2]:
+            v = values.get(name) if name in cx.layouts else None
+            if v is not None and len(v) == length:
+                zero |= v == 0
+        return np.where(zero, 0.0, np.nan)
+
+    def data_input(self, cx: ChannelContext, node: NodeProto, tensor: str, axis: int) -> str:
+        return node.input[0] if axis == 0 else node.input[1]  # B [K, N] read on axis 0: the data is A
+
+    def absorbs_constant(self, cx: ChannelContext, node: NodeProto, axis: int) -> bool:
+        return axis == 0  # a weight on the left: the change would be per row, not per output
+
     def matrix_view(self, node: NodeProto, index: int, shape: Sequence[int]) -> MatrixView | str:
         if index != 1 or len(shape) != 2:
             return no_view(node, index, shape)
@@ -54,3 +91,69 @@ class MatMulSpec(OpSpec):
 
 
 register(MatMulSpec(), "MatMul")
+
+
+# --------------------------------------------------------------------------- channels
+
+
+def matmul_rule(cx: ChannelContext, node: NodeProto, tracked: dict[int, Layout]) -> None:
+    label = cx.label(node)
+    ra, rb, r = cx.rank(node.input[0]), cx.rank(node.input[1]), cx.rank(node.output[0])
+    if ra is None or rb is None or r is None:
+        for layout in tracked.values():
+            cx.block(layout, f"MatMul '{label}': unknown ranks")
+        return
+    a, b = tracked.get(0), tracked.get(1)
+    a_k, b_k = ra - 1, (rb - 2 if rb >= 2 else 0)
+    out: list[Layout] = []
+    if a is not None and a.axis == a_k:
+        if b is not None and b.axis == b_k:
+            cx.join([a, b.moved(a.axis)], f"MatMul '{label}'")
+            b = None
+        elif b is None and rb == 2 and cx.stored(node, 1) is not None:
+            weight = stored_weight(cx, node, 1, a)
+            if weight is not None:
+                cx.members(a.moved(0), weight[0], 0, "in", node, weight[1])
+        else:
+            cx.block(a, f"MatMul '{label}' contracts these channels with a tensor that has no group")
+    elif a is not None and ra >= 2 and a.axis == ra - 2:
+        out.append(a.moved(r - 2))
+    elif a is not None:
+        batch = a.axis + r - ra
+        b_axis = batch - (r - rb)
+        if b is not None and b.axis == b_axis:
+            joined = cx.join([a.moved(batch), b.moved(batch)], f"MatMul '{label}'")
+            b = None
+            if joined is not None:
+                out.append(joined)
+        elif b is None and (b_axis < 0 or (cx.shape(node.input[1]) or (0,) * rb)[b_axis] == 1):
+            out.append(a.moved(batch))
+        else:
+            cx.block(a, f"MatMul '{label}' batches these channels with a tensor that has no group")
+    if b is not None:
+        if rb >= 2 and b.axis == rb - 1:
+            out.append(b.moved(r - 1))
+        elif b.axis == b_k and ra == 2 and cx.stored(node, 0) is not None:
+            weight = stored_weight(cx, node, 0, b)
+            if weight is not None:
+                cx.members(b.moved(1), weight[0], 1, "in", node, weight[1])
+        else:
+            cx.block(b, f"MatMul '{label}' reads these channels as {'rows' if b.axis == b_k else 'a batch axis'}")
+    if len(out) > 1:
+        for layout in out:
+            cx.block(layout, f"MatMul '{label}' would carry channels on two axes")
+    elif out:
+        cx.set(node.output[0], out[0])
+
+
+def matmul_source(cx: ChannelContext, node: NodeProto, tracked: dict[int, Layout]) -> None:
+    stored = cx.stored(node, 1)
+    rank = cx.rank(node.output[0])
+    if stored is None or rank is None or rank < 2 or len(cx.uses(stored[0])) != 1:
+        return
+    shape = cx.stored_shape(stored[0])
+    if len(shape) != 2:
+        return
+    layout = new_output(cx, node, shape[1], rank - 1)
+    if layout is not None:
+        cx.members(layout.moved(1), stored[0], 1, "out", node, stored[1])

@@ -6,22 +6,44 @@ maps to an input axis (None: merged or split, no single one) and gives the outpu
 (the same for every output of a multi-output op such as Split); ``None`` means the op is
 not transparent for that input. Discovery follows weights through them, so the axes of a
 weight are known in the coordinates of the layer that reads it.
+
+Their channel rules and constant propagation (how they move channel groups) are in
+:mod:`onnxprune.ops.shape`; Identity, Cast and CastLike carry channels unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
+from onnx import NodeProto
 
+from onnxprune.ops.channels import (
+    ChannelContext,
+    ChannelRule,
+    ConstantRule,
+    carry_first,
+    moved_constants,
+    same_constants,
+)
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import OpSpec, Shape, Transform, TransformContext
+from onnxprune.ops.shape import (
+    concat_constants,
+    concat_rule,
+    reshape_rule,
+    slice_rule,
+    split_constants,
+    split_rule,
+    transpose_rule,
+)
+from onnxprune.ops.spec import OpSpec, Shape, Transform, TransformContext, attr
 
 Rule = Callable[[TransformContext], Transform | None]
 
 
 class TransformSpec(OpSpec):
-    """An op whose only meaning here is how it moves a tensor (``rule``)."""
+    """An op whose meaning here is how it moves a tensor (``rule``), and how it moves channel
+    groups and their constants (``channels``, ``constant``: :mod:`onnxprune.ops.shape`)."""
 
     def __init__(
         self,
@@ -30,22 +52,51 @@ class TransformSpec(OpSpec):
         quantized_data_slots: tuple[int, ...] = (),
         keeps_layout: bool = False,
         keeps_values: bool = False,
+        channels: ChannelRule | None = None,
+        constant: ConstantRule | None = None,
+        stored_through: tuple[str, ...] = (),
     ) -> None:
         self.rule = rule
         self.quantized_data_slots = quantized_data_slots
         self.keeps_layout = keeps_layout
         self.keeps_values = keeps_values or keeps_layout
+        self.channels = channels
+        self.constant = constant
+        self.stored_through = stored_through
 
     def transform(self, ctx: TransformContext) -> Transform | None:
         return self.rule(ctx)
 
+    def channel_rule(self, node: NodeProto) -> ChannelRule | None:
+        return self.channels
+
+    def propagate_constant(
+        self, cx: ChannelContext, node: NodeProto, out: str, values: Mapping[str, np.ndarray]
+    ) -> np.ndarray | None:
+        return None if self.constant is None else self.constant(cx, node, out, values)
+
+    def carries_stored(self, node: NodeProto) -> bool:
+        return node.op_type in self.stored_through
+
+    def output_type(self, node: NodeProto) -> int | None:
+        to = attr(node, "to") if node.op_type == "Cast" else None
+        return None if to is None else int(to)  # type: ignore[call-overload]
+
 
 def _transform(
-    *op_types: str, quantized_data_slots: tuple[int, ...] = (), keeps_layout: bool = False, keeps_values: bool = False
+    *op_types: str,
+    quantized_data_slots: tuple[int, ...] = (),
+    keeps_layout: bool = False,
+    keeps_values: bool = False,
+    **channels: object,
 ) -> Callable[[Rule], Rule]:
     def add(rule: Rule) -> Rule:
         spec = TransformSpec(
-            rule, quantized_data_slots=quantized_data_slots, keeps_layout=keeps_layout, keeps_values=keeps_values
+            rule,
+            quantized_data_slots=quantized_data_slots,
+            keeps_layout=keeps_layout,
+            keeps_values=keeps_values,
+            **channels,  # type: ignore[arg-type]
         )
         register(spec, *op_types)
         return rule
@@ -57,7 +108,22 @@ def _identity_map(rank: int) -> tuple[int, ...]:
     return tuple(range(rank))
 
 
-@_transform("Identity", "Cast", "CastLike", keeps_layout=True)
+def _retyped_constants(
+    cx: ChannelContext, node: NodeProto, out: str, values: Mapping[str, np.ndarray]
+) -> np.ndarray | None:
+    """Identity and Cast keep a channel's constant (CastLike is not followed)."""
+    return None if node.op_type == "CastLike" else same_constants(cx, node, out, values)
+
+
+@_transform(
+    "Identity",
+    "Cast",
+    "CastLike",
+    keeps_layout=True,
+    channels=carry_first,
+    constant=_retyped_constants,
+    stored_through=("Identity", "Cast"),  # CastLike reads a second tensor
+)
 def _same(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None
@@ -71,14 +137,14 @@ def _dequantize(ctx: TransformContext) -> Transform | None:
     return Transform(_identity_map(len(ctx.shape)), ctx.shape, quantized=True)
 
 
-@_transform("Transpose", keeps_values=True)
+@_transform("Transpose", keeps_values=True, channels=transpose_rule, constant=moved_constants)
 def _transpose(ctx: TransformContext) -> Transform | None:
     rank = len(ctx.shape)
     perm = ctx.attr("perm") or list(reversed(range(rank)))
     return Transform(tuple(int(p) for p in perm), tuple(ctx.shape[p] for p in perm))
 
 
-@_transform("Unsqueeze")
+@_transform("Unsqueeze", channels=reshape_rule, constant=moved_constants)
 def _unsqueeze(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None
@@ -93,7 +159,7 @@ def _unsqueeze(ctx: TransformContext) -> Transform | None:
     return Transform(axis_map, shape)
 
 
-@_transform("Squeeze")
+@_transform("Squeeze", channels=reshape_rule, constant=moved_constants)
 def _squeeze(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None
@@ -142,7 +208,7 @@ def _reshaped(src: Shape, target: list[int], allowzero: bool) -> Shape | None:
     return tuple(out)
 
 
-@_transform("Reshape")
+@_transform("Reshape", channels=reshape_rule, constant=moved_constants)
 def _reshape(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None
@@ -155,7 +221,7 @@ def _reshape(ctx: TransformContext) -> Transform | None:
     return Transform(reshape_axis_map(ctx.shape, shape), shape)
 
 
-@_transform("Flatten")
+@_transform("Flatten", channels=reshape_rule, constant=moved_constants)
 def _flatten(ctx: TransformContext) -> Transform | None:
     rank = len(ctx.shape)
     axis = int(ctx.attr("axis", 1))
@@ -166,7 +232,7 @@ def _flatten(ctx: TransformContext) -> Transform | None:
     return Transform(reshape_axis_map(ctx.shape, shape), shape)
 
 
-@_transform("Slice")
+@_transform("Slice", channels=slice_rule, constant=moved_constants)
 def _slice(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None
@@ -189,13 +255,13 @@ def _pieces_along_axis(ctx: TransformContext) -> Transform:
     return Transform(_identity_map(rank), shape)
 
 
-@_transform("Split")
+@_transform("Split", channels=split_rule, constant=split_constants)
 def _split(ctx: TransformContext) -> Transform | None:
     # A fused weight (QKV, LSTM gates) split into pieces: each piece keeps the axes.
     return _pieces_along_axis(ctx) if ctx.index == 0 else None
 
 
-@_transform("Concat")
+@_transform("Concat", channels=concat_rule, constant=concat_constants)
 def _concat(ctx: TransformContext) -> Transform | None:
     # Pieces joined into one weight (e.g. LSTM gates): every input keeps the axes.
     return _pieces_along_axis(ctx)

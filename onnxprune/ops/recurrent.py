@@ -19,14 +19,23 @@ step ``t`` are ``z_t = W_d·x_t + R_d·h_{t−1} + b_d`` with ``W_d = W[d] [G·H
   direction only (``Y`` interleaves both), and for a GRU only with ``linear_before_reset`` = 1:
   with 0 its candidate gate computes ``R_h·(r_t ⊙ h_{t−1})``, so ``R``'s input is not ``h``.
 - ``layout`` = 1 (batch first) has no view: its rows would be cut in another order.
+
+Channels (:mod:`onnxprune.ops.channels`): hidden unit ``h`` of a layer whose ``W`` and ``R`` are
+its own (``layout`` = 0) owns row ``g·H + h`` of every gate block ``g`` of ``W``, ``R`` and both
+halves of ``B`` (and of the peepholes ``P [D, 3·H]``), column ``h`` of ``R`` (the layer reads its
+own state: a consumer of its own group), entry ``h`` of the initial states (stored, or zeros of a
+``ConstantOfShape`` whose shape entry is then edited) and the last axis of ``Y``, ``Y_h``, ``Y_c``.
+Input features on the last axis of ``X`` are read through ``W`` axis 2. A hidden unit's state
+depends on the sequence, so it is never a constant.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from onnx import NodeProto
 
+from onnxprune.ops.channels import ChannelContext, Layout, only_first, shape_entry, stored_weight
 from onnxprune.ops.registry import register
 from onnxprune.ops.spec import BIAS, OTHER, Count, Counter, Dims, MatrixView, OpSpec, Slot, SlotContext, attr, no_view
 
@@ -57,6 +66,18 @@ class RecurrentSpec(OpSpec):
     def bias_input(self, node: NodeProto) -> int | None:
         return 3
 
+    def channel_rule(self, node: NodeProto) -> Callable[..., None] | None:
+        return recurrent_rule
+
+    def channel_source(self, node: NodeProto) -> Callable[..., None] | None:
+        return recurrent_source
+
+    def data_input(self, cx: ChannelContext, node: NodeProto, tensor: str, axis: int) -> str:
+        recurrent = cx.stored(node, 2)
+        if recurrent is not None and tensor == recurrent[0]:
+            return node.output[0] if node.output else ""  # R multiplies the layer's own hidden state
+        return node.input[0]
+
     def matrix_view(self, node: NodeProto, index: int, shape: Sequence[int]) -> MatrixView | str:
         if index not in (1, 2) or len(shape) != 3:
             return no_view(node, index, shape)
@@ -81,3 +102,63 @@ class RecurrentSpec(OpSpec):
 
 
 register(RecurrentSpec(), *GATES)
+
+
+# --------------------------------------------------------------------------- channels
+
+
+def recurrent_rule(cx: ChannelContext, node: NodeProto, tracked: dict[int, Layout]) -> None:
+    layout = only_first(cx, node, tracked)
+    if layout is None:
+        return
+    rank = cx.rank(node.input[0]) or 3
+    if layout.axis != rank - 1:
+        cx.block(layout, f"{node.op_type} '{cx.label(node)}' reads these channels as time or batch")
+        return
+    weight = stored_weight(cx, node, 1, layout)
+    if weight is not None:
+        cx.members(layout.moved(2), weight[0], 2, "in", node, weight[1])
+
+
+def recurrent_source(cx: ChannelContext, node: NodeProto, tracked: dict[int, Layout]) -> None:
+    """Hidden units of a recurrent layer (see the module docstring)."""
+    hidden = int(cx.attr(node, "hidden_size", 0) or 0)  # type: ignore[call-overload]
+    label = cx.label(node)
+    weights = [cx.stored(node, 1), cx.stored(node, 2)]
+    if not hidden or any(w is None or len(cx.uses(w[0])) != 1 for w in weights) or cx.attr(node, "layout", 0):
+        return
+    gates = GATES[node.op_type]
+    group = cx.new_group(node, hidden)
+    seg = group.segment(1)
+
+    def block(k: int, total: int, axis: int) -> Layout:
+        pieces = ([k * hidden] if k else []) + [seg] + ([(total - k - 1) * hidden] if total - k - 1 else [])
+        return Layout(axis, tuple(pieces))
+
+    for index, blocks in ((1, gates), (2, gates), (3, 2 * gates), (7, 3)):
+        if index >= len(node.input) or not node.input[index]:
+            continue
+        stored = cx.stored(node, index)
+        if stored is None:
+            cx.block(Layout(1, (seg,)), f"{node.op_type} '{label}' has a computed input {index}")
+            continue
+        for k in range(blocks):
+            cx.members(block(k, blocks, 1), stored[0], 1, "out", node, stored[1])
+    recurrent = weights[1]
+    cx.members(Layout(2, (seg,)), recurrent[0], 2, "in", node, recurrent[1])  # type: ignore[index]
+    for index in (5, 6):  # initial_h, initial_c: [dirs, batch, H]
+        if index < len(node.input) and node.input[index]:
+            stored = cx.stored(node, index)
+            if stored is not None:
+                cx.members(Layout(2, (seg,)), stored[0], 2, "param", node, stored[1])
+                continue
+            fill = cx.producer(node.input[index])  # exporters write zeros of a computed shape
+            entry = shape_entry(cx, fill, 2, 0) if fill is not None and fill.op_type == "ConstantOfShape" else None
+            if entry is None or entry[2] != hidden:
+                cx.block(Layout(2, (seg,)), f"{node.op_type} '{label}' has a computed initial state")
+            else:
+                cx.edit(("tensor", entry[0], entry[1]), Layout(0, (seg,)), entry[3])
+    cx.edit(("attr", cx.node_id(node), "hidden_size"), Layout(0, (seg,)))
+    for index, name in enumerate(node.output):
+        if name:
+            cx.set(name, Layout(3 if index == 0 else 2, (seg,)))

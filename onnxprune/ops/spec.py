@@ -33,11 +33,15 @@ does:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import NodeProto, TensorProto, helper
+
+if TYPE_CHECKING:  # the language of channel rules (ops.channels imports nothing of ops)
+    from onnxprune.ops.channels import ChannelContext, ChannelRule, Layout
 
 Shape = tuple[int | None, ...]
 Dims = tuple[int, ...]
@@ -219,6 +223,13 @@ class OpSpec:
     keeps_layout: bool = False
     #: The output holds input 0's values, perhaps in another axis order (also Transpose).
     keeps_values: bool = False
+    #: The op adds a stored operand to a linear layer's output (``x·W + b``): Add, where a
+    #: bias change of a bias-free MatMul may go.
+    adds_bias: bool = False
+
+    def output_type(self, node: NodeProto) -> int | None:
+        """The element type (TensorProto enum) a retyping op casts to (Cast's ``to``); None: unchanged."""
+        return None
 
     def constant_tensor(self, node: NodeProto) -> TensorProto | None:
         """The tensor a node writes into the graph (Constant's ``value``); None for every other op."""
@@ -249,3 +260,44 @@ class OpSpec:
     def matrix_view(self, node: NodeProto, index: int, shape: Sequence[int]) -> MatrixView | str:
         """The weight of ``shape`` at input ``index`` as matrices (:class:`MatrixView`), or why not."""
         return no_view(node, index, shape)
+
+    # -- channel analysis (the language: :mod:`onnxprune.ops.channels`) -------------------
+
+    def channel_rule(self, node: NodeProto) -> ChannelRule | None:
+        """How the node treats channel groups on its inputs (a ``ChannelRule``); None: it does
+        not understand them, and the structural pass keeps those groups whole."""
+        return None
+
+    def channel_source(self, node: NodeProto) -> ChannelRule | None:
+        """How the node starts a channel group on its output (a ``ChannelRule``); None: it does not."""
+        return None
+
+    def source_constants(self, cx: ChannelContext, node: NodeProto, layout: Layout) -> np.ndarray:
+        """The constant of each output channel of a group this node started (NaN: not constant)."""
+        return np.full(layout.length, np.nan)
+
+    def propagate_constant(
+        self, cx: ChannelContext, node: NodeProto, out: str, values: Mapping[str, np.ndarray]
+    ) -> np.ndarray | None:
+        """The constants along the channel axis of output ``out`` given those of the tracked inputs
+        (``values``, NaN where not constant); None: none is known (a ``ConstantRule``)."""
+        return None
+
+    def carries_stored(self, node: NodeProto) -> bool:
+        """The output is input 0's stored tensor as it is, only retyped, and the node reads
+        nothing else (Identity, Cast): a weight read through it is still that stored weight."""
+        return False
+
+    def data_input(self, cx: ChannelContext, node: NodeProto, tensor: str, axis: int) -> str:
+        """The tensor whose channels a stored weight ``tensor`` read on ``axis`` multiplies."""
+        return node.input[0]
+
+    def absorbs_constant(self, cx: ChannelContext, node: NodeProto, axis: int) -> bool:
+        """Can a constant input element (read on ``axis`` of the weight) be folded into the bias
+        exactly, whatever its value? False: only a zero goes without a trace."""
+        return True
+
+    def constant_bias(self, node: NodeProto, contribution: np.ndarray) -> np.ndarray:
+        """The per-output bias change from ``Σ_e k_e·W[e]`` (the weight with its input axis
+        contracted against constant inputs ``k``): Conv sums it over the kernel positions."""
+        return contribution

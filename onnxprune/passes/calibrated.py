@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
 
 import numpy as np
 from onnx import ModelProto, numpy_helper
@@ -38,9 +37,11 @@ from onnxprune import sparsity
 from onnxprune.capture import LayerStats, capture
 from onnxprune.config import PruneConfig
 from onnxprune.data import Dataset
+from onnxprune.errors import OptionError
 from onnxprune.graph import tensors
 from onnxprune.graph.discovery import discover
 from onnxprune.graph.index import Scope, node_label
+from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress, prune_pass_result
 from onnxprune.passes.layers import CalibLayer, calib_layer
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.passes.unstructured import (
@@ -54,11 +55,9 @@ from onnxprune.passes.unstructured import (
 from onnxprune.reconstruct.hessian import damping
 from onnxprune.reconstruct.methods import METHODS, LayerProblem
 from onnxprune.sparsity.scores import to_float64
+from onnxprune.stats import param_stats
 
 log = logging.getLogger(__name__)
-
-#: progress(done, total, what)
-Progress = Callable[[int, int, str], None]
 
 
 def waves(model: ModelProto, layers: list[CalibLayer]) -> list[list[CalibLayer]]:
@@ -323,3 +322,34 @@ def _finish(inventory, targets, config, extra, fallback) -> PruneResult:  # noqa
         100 * result.sparsity_after,
     )
     return result
+
+
+class CalibratedPass(Pass):
+    """The calibrated pass as a pipeline step: :func:`prune_calibrated` on ``context.calibration``.
+
+    It edits the model in place (it never streams: each wave is captured on the model
+    pruned so far). Counts as :class:`~onnxprune.passes.unstructured.WeightPass`, plus the
+    tensors pruned by plain magnitude because calibration could not handle them.
+    """
+
+    name = "calibrated"
+    contract = Contract(reads=("model", "calibration"), needs=("model", "calibration"))
+
+    def __init__(self, config: PruneConfig) -> None:
+        self.config = config
+
+    def check(self, context: PassContext) -> None:
+        if context.calibration is None:
+            config = self.config
+            raise OptionError(
+                f"--method {config.method}{' with --bias-correction' if config.bias_correction else ''} needs "
+                "calibration data: give --calibration calib.npz (or a folder of images), or --data-free"
+            )
+
+    def run(self, model: ModelProto, context: PassContext) -> PassResult:
+        self.check(context)
+        before = param_stats(model)
+        result = prune_calibrated(model, self.config, context.calibration, progress=context.progress)
+        after = param_stats(model)
+        fallback = sum(1 for layer in result.pruned if layer.error is None)  # no statistics: by magnitude
+        return prune_pass_result(self.name, result, before, after, magnitude_fallback=fallback)

@@ -16,9 +16,11 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from onnx import ModelProto, TensorProto
 
+from onnxprune.config import StructureConfig
 from onnxprune.graph import tensors
 from onnxprune.graph.writer import Replacement
 from onnxprune.ops import constant_tensor
+from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, not_run
 from onnxprune.passes.result import LayerResult
 
 _NORMS = ("BatchNormalization", "InstanceNormalization")
@@ -76,3 +78,54 @@ class DeadWatch:
             if has_zero_slice(tensors.read_array(stored[layer.name])):
                 self.fired.append(layer.name)
                 return
+
+
+class DeadChannelPass(Pass):
+    """The dead-channel pass after weight pruning: units constant wherever they are read go
+    (exact), and the graph is left as it is unless some do (``config`` removes dead
+    channels only, without folding first: see :func:`watchable`).
+
+    Because finding nothing leaves the model untouched, the pipeline may put it behind a
+    :class:`DeadWatch` after a streaming weight pass and run it (on the written model) only
+    when the watch fires; :func:`not_dead` is its result when it does not. It runs
+    :func:`~onnxprune.passes.structural.remove_channels`, imported only when it runs.
+    """
+
+    name = "dead_channels"
+    contract = Contract(reads=("model", "input_shapes"), needs=("model",))
+
+    def __init__(self, config: StructureConfig) -> None:
+        if not watchable(config):
+            raise ValueError(f"the dead-channel pass removes dead channels only, without folding first: got {config}")
+        self.config = config
+
+    def run(self, model: ModelProto, context: PassContext) -> PassResult:
+        from onnxprune.passes.structural import remove_channels, structural_pass_result
+        from onnxprune.stats import param_stats
+
+        result = remove_channels(
+            model,
+            self.config,
+            calibration=context.calibration,
+            input_shapes=context.input_shapes,
+            progress=context.progress,
+        )
+        return structural_pass_result(self.name, result, param_stats(model).nonzeros)
+
+
+def watchable(config: StructureConfig) -> bool:
+    """True when the structural pass of ``config`` leaves the model untouched if nothing is
+    dead (dead channels only, no constant folding first): a watch can decide to skip it."""
+    return config.dead_channels and not config.structured and not config.fold_first
+
+
+#: Why the dead-channel pass did not run when its watch saw nothing.
+NOTHING_DEAD = (
+    "no pruned tensor has an all-zero slice along its first or last axis, nor a norm a zero scale: "
+    "no channel can be dead, so the pass did not run"
+)
+
+
+def not_dead() -> PassResult:
+    """The result of the dead-channel pass its watch skipped."""
+    return not_run(DeadChannelPass.name, NOTHING_DEAD)

@@ -33,6 +33,7 @@ from onnxprune.errors import OptionError
 from onnxprune.graph import tensors
 from onnxprune.graph.cleanup import CleanupResult, cleanup, toposort
 from onnxprune.graph.index import node_label
+from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress
 from onnxprune.reconstruct.channels import centred_gram, refit_consumer
 from onnxprune.sparsity.channels import GroupBudget, flops_counts, local_counts
 from onnxprune.sparsity.channels import global_counts as channel_global_counts
@@ -47,7 +48,6 @@ from onnxprune.structure.sinks import Sink, layer_spec, removed_features, sinks_
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int, str], None]  # (steps done, steps in all, what) as in the other passes
 #: An exact run may change outputs by float rounding only (BN folding, summation order).
 EXACT_TOLERANCE = 1e-4
 
@@ -567,3 +567,47 @@ def _records(
             )
         )
     return records
+
+
+class StructuralPass(Pass):
+    """The structural pass as a pipeline step: :func:`remove_channels` with ``config``.
+
+    Counts: channel groups, blocked groups, units removed (of which dead), consumers
+    refitted, the model's parameters before and after (and its non-zeros after), MACs
+    before and after when they could be counted. Blocked groups are skipped with their
+    reason; the notes stay in the detail (:class:`StructuralResult`).
+    """
+
+    name = "structural"
+    contract = Contract(reads=("model", "calibration", "input_shapes"), needs=("model",))
+
+    def __init__(self, config: StructureConfig) -> None:
+        self.config = config
+
+    def run(self, model: ModelProto, context: PassContext) -> PassResult:
+        result = remove_channels(
+            model,
+            self.config,
+            calibration=context.calibration,
+            input_shapes=context.input_shapes,
+            progress=context.progress,
+        )
+        return structural_pass_result(self.name, result, param_stats(model).nonzeros)
+
+
+def structural_pass_result(name: str, result: StructuralResult, nonzeros_after: int) -> PassResult:
+    """The uniform result of a structural (or dead-channel) run of :func:`remove_channels`."""
+    counts = {
+        "groups": len(result.groups),
+        "blocked_groups": len(result.blocked),
+        "units_removed": result.removed_units,
+        "dead_units": result.dead_units,
+        "refits": len(result.refits),
+        "params_before": result.params_before,
+        "params_after": result.params_after,
+        "nonzeros_after": nonzeros_after,
+    }
+    if result.macs_before is not None and result.macs_after is not None:
+        counts.update(macs_before=result.macs_before, macs_after=result.macs_after)
+    skipped = tuple((g.name, g.blocked) for g in result.blocked if g.blocked)
+    return PassResult(name, result.changed, counts, result.groups, skipped, result)

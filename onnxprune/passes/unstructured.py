@@ -22,14 +22,17 @@ from onnxprune.config import PruneConfig
 from onnxprune.errors import OptionError
 from onnxprune.graph import tensors
 from onnxprune.graph.discovery import DiscoveryOptions, Inventory, Weight, discover
+from onnxprune.graph.tensors import FLOAT_TYPES
 from onnxprune.graph.writer import Replacement, replaceable
+from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress, prune_pass_result
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.sparsity.criteria import CRITERIA
 from onnxprune.sparsity.scores import float_bits
+from onnxprune.stats import ParamStats, param_stats
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int, str], None]
+FLOAT_NAMES = frozenset(FLOAT_TYPES.values())
 
 
 @dataclass(frozen=True)
@@ -266,3 +269,32 @@ def prune_weights(
 
 def _replacement(proto: TensorProto, *, target: Target, weight: Weight, config: PruneConfig, index: int) -> memoryview:
     return memoryview(np.ascontiguousarray(_pruned_bits(proto, target, weight, config, index))).cast("B")
+
+
+class WeightPass(Pass):
+    """The unstructured (or N:M) magnitude pass as a pipeline step: :func:`prune_weights`.
+
+    It streams: with ``context.stream`` the pruned bytes of main-graph raw tensors are left
+    to the writer (``context.replacements``) and the model is never copied. Counts:
+    tensors pruned and skipped, weights, zeros before/after, newly zeroed, tensors
+    deferred, and the model's parameters and non-zeros before and after.
+    """
+
+    name = "weights"
+    contract = Contract(reads=("model",), needs=("model",), streams=True)
+
+    def __init__(self, config: PruneConfig) -> None:
+        self.config = config
+
+    def run(self, model: ModelProto, context: PassContext) -> PassResult:
+        result, replacements = prune_weights(model, self.config, progress=context.progress, defer=context.stream)
+        counted = {
+            layer.key: (layer.numel, layer.zeros_before) for layer in result.layers if layer.dtype in FLOAT_NAMES
+        }
+        before = param_stats(model, known=counted)  # reads only the tensors discovery did not count
+        if replacements:  # the model as it will be written: the deferred tensors are not in it yet
+            after = ParamStats(before.parameters, before.nonzeros - result.newly_zeroed)
+        else:
+            after = param_stats(model)
+        context.replacements.update(replacements)
+        return prune_pass_result(self.name, result, before, after, deferred=len(replacements))

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Protocol
 
-from onnxprune.errors import OptionError
+from onnxprune.errors import OptionError, opt
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ProcessExecutor:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or max(1, (os.cpu_count() or 1))
         if self.workers < 1:
-            raise OptionError(f"--workers must be >= 1, got {workers}")
+            raise OptionError(f"{opt('workers')} must be >= 1, got {workers}")
 
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any], progress: Progress | None = None) -> list[Any]:
         if self.workers == 1 or len(tasks) <= 1:
@@ -77,7 +77,7 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise OptionError("--ray needs the ray package: pip install 'onnxprune[ray]'") from None
+            raise OptionError(f"{opt('ray')} needs the ray package: pip install 'onnxprune[ray]'") from None
         self.ray = ray
         self.address = address
         _reachable(address)

@@ -219,9 +219,12 @@ def plan_groups(
     """A per-group plan: ``target`` (fraction of all groups' units), ``keep_latency`` or
     ``keep_flops`` (the fraction of the model's latency or MACs to keep, predicted from the
     measured savings) or ``max_loss``."""
-    from onnxprune.errors import OptionError
+    from onnxprune.errors import OptionError, opt
 
-    for keep, saving, option in ((keep_latency, "latency", "--target-latency"), (keep_flops, "macs", "--target-flops")):
+    for keep, saving, option in (
+        (keep_latency, "latency", opt("keep_latency")),
+        (keep_flops, "macs", opt("keep_flops")),
+    ):
         if keep is None:
             continue
         curves = group_curves(sens, saving=saving)

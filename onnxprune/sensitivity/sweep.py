@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxprune.data import Dataset
-from onnxprune.errors import OptionError
+from onnxprune.errors import OptionError, opt
 from onnxprune.graph.discovery import DiscoveryOptions, discover
 from onnxprune.graph.model_io import load_model
 from onnxprune.sensitivity.executors import Executor, SerialExecutor
@@ -111,7 +111,7 @@ def _store(cached_file: Path | None, result: Sensitivity) -> None:
 def _checked_levels(levels: Sequence[float]) -> tuple[float, ...]:
     levels = tuple(sorted({0.0, *(float(v) for v in levels)}))
     if any(not 0.0 <= v < 1.0 for v in levels):
-        raise OptionError(f"--levels must lie in [0, 1), got {', '.join(map(str, levels))}")
+        raise OptionError(f"{opt('levels')} must lie in [0, 1), got {', '.join(map(str, levels))}")
     return levels
 
 
@@ -179,7 +179,9 @@ def analyze_sensitivity(
     path = Path(model_path)
     levels = _checked_levels(levels)
     if method != "magnitude" and calibration is None:
-        raise OptionError(f"--method {method} needs calibration data: give --calibration or --data-free")
+        raise OptionError(
+            f"{opt('method', method)} needs calibration data: give {opt('calibration')} or {opt('data_free', True)}"
+        )
     feeds = stack_feeds(data, batch_size) if data is not None else None
     if labels is not None and feeds is not None and len(labels) != len(next(iter(feeds.values()))):
         raise OptionError(f"{len(labels)} labels for {len(next(iter(feeds.values())))} samples")

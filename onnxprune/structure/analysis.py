@@ -1,10 +1,12 @@
 """Channel dependency analysis: which channels of an ONNX graph must be removed together.
 
-The main graph is walked once in topological order. A node with a stored weight whose
-output channels can be removed (Conv, ConvTranspose, Gemm, MatMul) starts a new group on
-its output's channel axis. Every other node gets the :class:`~onnxprune.structure.groups.Layout`
-of its inputs and applies its rule from :data:`onnxprune.structure.rules.RULES`: carry
-the channels through (activations, BN, pooling, Transpose, Reshape …), join groups
+The main graph is walked once in topological order. Each node's op spec is asked for its
+channel rules (:meth:`onnxprune.ops.OpSpec.channel_rule` and ``channel_source``; the rules
+and their language are in :mod:`onnxprune.ops`, see :mod:`onnxprune.ops.channels`). A node
+with a stored weight whose output channels can be removed (Conv, ConvTranspose, Gemm,
+MatMul, recurrent hidden units) starts a new group on its output's channel axis. A node
+whose inputs carry groups gets their :class:`~onnxprune.structure.groups.Layout` and
+applies its rule: carry the channels through (activations, BN, pooling, Transpose, Reshape …), join groups
 (residual Add, batched attention MatMul), concatenate or split them, or consume them
 (the next Conv's input channels). A tensor that carries channels and reaches anything
 the rules do not understand (a graph output, a subgraph, an unknown op, a normalization
@@ -28,7 +30,9 @@ from onnx import ModelProto, NodeProto, helper
 from onnxprune import runtime
 from onnxprune.compute import _graph_shapes, _runtime_shapes, _skeleton
 from onnxprune.errors import OptionError
+from onnxprune.graph import tensors
 from onnxprune.graph.index import Scope, Use, node_label
+from onnxprune.ops import spec_of
 from onnxprune.structure.groups import Edit, Group, GroupSet, Layout, Member, Segment, same_structure
 
 log = logging.getLogger(__name__)
@@ -37,7 +41,6 @@ Dims = tuple[int, ...]
 #: Default sizes of dynamic input dimensions (batch excluded) when none is given.
 DEFAULT_SEQUENCE = 16
 DEFAULT_SPATIAL = 64
-_THROUGH = ("Identity", "Cast")
 
 
 @dataclass
@@ -114,7 +117,8 @@ def static_shapes(model: ModelProto, input_shapes: Mapping[str, Dims], notes: li
 
 
 class Context:
-    """What a rule sees: the graph, shapes, layouts so far, and the group set."""
+    """What a rule sees (:class:`onnxprune.ops.channels.ChannelContext`): the graph, shapes,
+    layouts so far, and the group set."""
 
     def __init__(self, model: ModelProto, shapes: dict[str, Dims]) -> None:
         self.model = model
@@ -145,6 +149,17 @@ class Context:
         return self.index[id(node)]
 
     @staticmethod
+    def label(node: NodeProto) -> str:
+        return node_label(node)
+
+    def is_output(self, name: str) -> bool:
+        return self.scope.is_output(name)
+
+    def onnx_opset(self) -> int:
+        """The model's opset of the ONNX domain (13 if it imports none)."""
+        return next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+
+    @staticmethod
     def attr(node: NodeProto, name: str, default: object = None) -> object:
         for a in node.attribute:
             if a.name == name:
@@ -162,7 +177,7 @@ class Context:
             if self.scope.stored_tensor(name) is not None:
                 return name, reader
             prod = self.producer(name)
-            if prod is None or prod.op_type not in _THROUGH or len(self.uses(name)) != 1:
+            if prod is None or not spec_of(prod).carries_stored(prod) or len(self.uses(name)) != 1:
                 return None
             name, reader = prod.input[0], (self.node_id(prod), 0)
         return None
@@ -172,9 +187,16 @@ class Context:
         assert tensor is not None
         return tuple(int(d) for d in tensor.dims)
 
+    def stored_array(self, name: str) -> np.ndarray:
+        """The values of stored tensor ``name``."""
+        return tensors.read_array(self.scope.stored_tensor(name))
+
     # -- recording ---------------------------------------------------------------------
     def new_group(self, node: NodeProto, n: int) -> Group:
         return self.groups.new(n, node_label(node))
+
+    def coarsen(self, group: Group, k: int) -> bool:
+        return self.groups.coarsen(group, k)
 
     def block(self, layout: Layout | None, reason: str) -> None:
         if layout is not None:
@@ -236,9 +258,6 @@ def _guarded(cx: Context, node: NodeProto, tracked: dict[int, Layout], rule: Cal
 
 def analyze(model: ModelProto, *, input_shapes: Mapping[str, Dims] | None = None) -> Analysis:
     """Find every channel group of ``model``'s main graph (see module docstring)."""
-    from onnxprune.structure import producers  # noqa: F401 - registers the consumer and producer rules
-    from onnxprune.structure.rules import RULES, SOURCES
-
     notes: list[str] = []
     inputs = input_shapes_for(model, input_shapes)
     shapes = static_shapes(model, inputs, notes)
@@ -251,14 +270,15 @@ def analyze(model: ModelProto, *, input_shapes: Mapping[str, Dims] | None = None
             for layout in tracked.values():
                 cx.block(layout, f"{node.op_type} '{label}' (domain {node.domain}) reads these channels")
             continue
+        spec = spec_of(node)
         if tracked:
-            rule = RULES.get(node.op_type)
+            rule = spec.channel_rule(node)
             if rule is None:
                 for layout in tracked.values():
                     cx.block(layout, f"{node.op_type} '{label}' reads these channels (not understood)")
             else:
                 _guarded(cx, node, tracked, rule)
-        source = SOURCES.get(node.op_type)
+        source = spec.channel_source(node)
         if source is not None:
             _guarded(cx, node, tracked, source)
     for name, layout in cx.layouts.items():

@@ -55,8 +55,9 @@ def _dtype(cx: Context, node: NodeProto, index: int = 1) -> np.dtype:
         producer = cx.producer(name) if name else None
         if producer is None or not spec_of(producer).keeps_layout:
             break
-        if producer.op_type == "Cast":
-            return np.dtype(helper.tensor_dtype_to_np_dtype(int(cx.attr(producer, "to"))))
+        to = spec_of(producer).output_type(producer)
+        if to is not None:
+            return np.dtype(helper.tensor_dtype_to_np_dtype(to))
         name = producer.input[0]
     return np.dtype(np.float32)
 
@@ -176,7 +177,7 @@ def _matmul_bias(cx: Context, groups: list[Group], node: NodeProto, delta: np.nd
     """The following Add's stored vector, or a new Add that takes over the MatMul's output name."""
     out = node.output[0]
     uses = cx.uses(out)
-    if len(uses) == 1 and uses[0].node.op_type == "Add" and not cx.scope.is_output(out):
+    if len(uses) == 1 and spec_of(uses[0].node).adds_bias and not cx.scope.is_output(out):
         add = uses[0].node
         stored = cx.stored(add, 1 - uses[0].index)
         if stored is not None and len(cx.uses(stored[0])) == 1:

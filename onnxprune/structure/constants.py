@@ -16,56 +16,27 @@ instead of ``k_e`` at the border, so there only ``k_e = 0`` is exact.
 
 A unit is *dead* (removable with unchanged outputs) when its elements are constant at
 every consumer of its group and every consumer can absorb them.
+
+What each op does to a constant (and whether a consumer absorbs it) is its spec's answer,
+with the maths in its family module of :mod:`onnxprune.ops`; this module walks the graph,
+checks the consumers and sums the bias changes.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 from onnx import NodeProto
 
-from onnxprune.graph import tensors
 from onnxprune.graph.index import node_label
+from onnxprune.ops import spec_of
 from onnxprune.structure.analysis import Analysis, Context
 from onnxprune.structure.groups import Group, Layout, Member
 
 log = logging.getLogger(__name__)
-
-_erf = np.vectorize(math.erf, otypes=[np.float64])
-
-UNARY: dict[str, Callable[[np.ndarray, NodeProto, Context], np.ndarray]] = {
-    "Relu": lambda x, n, cx: np.maximum(x, 0.0),
-    "Sigmoid": lambda x, n, cx: 1.0 / (1.0 + np.exp(-x)),
-    "Tanh": lambda x, n, cx: np.tanh(x),
-    "Erf": lambda x, n, cx: _erf(x),
-    "Exp": lambda x, n, cx: np.exp(x),
-    "Abs": lambda x, n, cx: np.abs(x),
-    "Neg": lambda x, n, cx: -x,
-    "Sqrt": lambda x, n, cx: np.sqrt(x),
-    "Identity": lambda x, n, cx: x,
-    "Cast": lambda x, n, cx: x,
-    "Dropout": lambda x, n, cx: x,
-    "Softplus": lambda x, n, cx: np.log1p(np.exp(x)),
-    "LeakyRelu": lambda x, n, cx: np.where(x >= 0, x, float(cx.attr(n, "alpha", 0.01)) * x),
-    "Elu": lambda x, n, cx: np.where(x >= 0, x, float(cx.attr(n, "alpha", 1.0)) * np.expm1(x)),
-    "HardSigmoid": lambda x, n, cx: np.clip(float(cx.attr(n, "alpha", 0.2)) * x + float(cx.attr(n, "beta", 0.5)), 0, 1),
-    "HardSwish": lambda x, n, cx: x * np.clip(x / 6.0 + 0.5, 0, 1),
-    "Gelu": lambda x, n, cx: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
-}
-
-BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "Add": np.add,
-    "Sub": np.subtract,
-    "Mul": np.multiply,
-    "Div": np.divide,
-    "Max": np.maximum,
-    "Min": np.minimum,
-    "Pow": np.power,
-}
 
 
 @dataclass
@@ -77,85 +48,12 @@ class DeadUnits:
     reasons: dict[int, str] = field(default_factory=dict)
 
 
-def _vector(cx: Context, name: str, node: NodeProto, index: int, axis: int, length: int, out_rank: int) -> np.ndarray:
-    """Values of a stored operand along output axis ``axis``, or NaN where they vary elsewhere."""
-    stored = cx.stored(node, index)
-    if stored is None:
-        return np.full(length, np.nan)
-    values = tensors.read_array(cx.scope.stored_tensor(stored[0])).astype(np.float64)
-    shape = values.shape
-    pos = axis - (out_rank - len(shape))
-    if any(d != 1 for i, d in enumerate(shape) if i != pos):
-        return np.full(length, np.nan)
-    if pos < 0 or shape[pos] == 1:
-        return np.full(length, float(values.reshape(-1)[0]) if values.size else np.nan)
-    return values.reshape(-1)
-
-
-def _source_constants(cx: Context, node: NodeProto, layout: Layout) -> np.ndarray:
-    """A producer's output channels: its bias where the weight slice is all zero, else NaN."""
-    weight_index = 1
-    stored = cx.stored(node, weight_index)
-    length = layout.length
-    if stored is None or node.op_type in ("LSTM", "GRU", "RNN"):
-        return np.full(length, np.nan)  # a recurrent unit's state depends on the sequence
-    w = tensors.read_array(cx.scope.stored_tensor(stored[0]))
-    if node.op_type == "Conv":
-        axis = 0
-    elif node.op_type == "ConvTranspose":
-        axis = 1
-    elif node.op_type == "Gemm":
-        axis = 0 if cx.attr(node, "transB", 0) else 1
-    else:
-        axis = w.ndim - 1
-    flat = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
-    zero = ~np.any(flat != 0, axis=1)
-    out = np.full(length, np.nan)
-    bias = np.zeros(length)
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2 and node.input[2]:
-        bias = _vector(cx, node.input[2], node, 2, 0, length, 1)
-        if node.op_type == "Gemm":
-            shape = cx.shape(node.input[2]) or ()
-            if len(shape) == 2 and shape[0] != 1:
-                bias = np.full(length, np.nan)
-    if node.op_type == "Gemm":
-        bias = bias * float(cx.attr(node, "beta", 1.0))  # Y = alpha·A·B + beta·C
-    out[zero] = bias[zero]
-    return out
-
-
-def _reshaped(cx: Context, node: NodeProto, src: Layout, dst: Layout, values: np.ndarray) -> np.ndarray:
-    if dst.length == src.length:
-        return values
-    if dst.length > src.length:
-        return np.repeat(values, dst.length // src.length)
-    inner = src.length // dst.length
-    blocks = values.reshape(dst.length, inner)
-    same = np.all(blocks == blocks[:, :1], axis=1)
-    return np.where(same, blocks[:, 0], np.nan)
-
-
-def _depthwise(cx: Context, node: NodeProto, x: np.ndarray) -> np.ndarray:
-    w = tensors.read_array(cx.scope.stored_tensor(cx.stored(node, 1)[0])).astype(np.float64)
-    bias = np.zeros(len(x))
-    if len(node.input) > 2 and node.input[2]:
-        bias = _vector(cx, node.input[2], node, 2, 0, len(x), 1)
-    padded = _padded(cx, node)
-    rows = w.reshape(len(x), -1)
-    out = np.where(x == 0, bias, np.nan if padded else x * rows.sum(axis=1) + bias)
-    out = np.where(np.isnan(x), np.nan, out)
-    return np.where(~np.any(rows != 0, axis=1), bias, out)  # a zero filter outputs its bias
-
-
-def _padded(cx: Context, node: NodeProto) -> bool:
-    pads = cx.attr(node, "pads") or []
-    auto = cx.attr(node, "auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
-    return any(int(p) for p in pads) or auto in ("SAME_UPPER", "SAME_LOWER")
-
-
 def propagate(analysis: Analysis) -> dict[str, np.ndarray]:
-    """The constant (or NaN) of every element of every tracked tensor's channel axis."""
+    """The constant (or NaN) of every element of every tracked tensor's channel axis.
+
+    Each node's spec answers (:meth:`onnxprune.ops.OpSpec.propagate_constant`; the group a
+    node started: :meth:`~onnxprune.ops.OpSpec.source_constants`); NaN where it knows none.
+    """
     cx = analysis.context
     layouts = analysis.layouts
     values: dict[str, np.ndarray] = {}
@@ -163,74 +61,14 @@ def propagate(analysis: Analysis) -> dict[str, np.ndarray]:
         outs = [o for o in node.output if o in layouts]
         if not outs:
             continue
-        op = node.op_type
+        spec = spec_of(node)
         for out in outs:
             layout = layouts[out]
-            length = layout.length
-            result = np.full(length, np.nan)
-            ins = {i: values.get(name) for i, name in enumerate(node.input) if name in layouts}
-            x = ins.get(0)
-            if op in ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN") and _is_source(
-                cx, node, out, layouts
-            ):
-                result = _source_constants(cx, node, layout)
-            elif op == "Conv" and x is not None:
-                result = _depthwise(cx, node, x)
-            elif op in UNARY and x is not None:
-                with np.errstate(all="ignore"):
-                    result = UNARY[op](x, node, cx)
-            elif op == "Clip" and x is not None:
-                lo = cx.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-                hi = cx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-                lo_v = float(lo.reshape(-1)[0]) if lo is not None else float(cx.attr(node, "min", -np.inf))
-                hi_v = float(hi.reshape(-1)[0]) if hi is not None else float(cx.attr(node, "max", np.inf))
-                result = np.clip(x, lo_v, hi_v)
-            elif op in BINARY:
-                result = _binary(cx, node, layout, values, layouts)
-            elif op == "BatchNormalization" and x is not None:
-                result = _batchnorm(cx, node, x, length)
-            elif op == "InstanceNormalization" and x is not None:
-                beta = _vector(cx, node.input[2], node, 2, 0, length, 1)
-                result = np.where(np.isnan(x), np.nan, beta)
-            elif op in ("MaxPool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceMin"):
-                result = x if x is not None else result
-            elif op == "AveragePool" and x is not None:
-                exact = not _padded(cx, node) or not cx.attr(node, "count_include_pad", 0)
-                result = x if exact else np.where(x == 0, 0.0, np.nan)
-            elif op in (
-                "Transpose",
-                "Gather",
-                "Slice",
-                "Resize",
-                "Upsample",
-                "Squeeze",
-                "Unsqueeze",
-                "Reshape",
-                "Flatten",
-            ):
-                if x is not None:
-                    result = _reshaped(cx, node, layouts[node.input[0]], layout, x)
-            elif op == "Pad" and x is not None:
-                mode = cx.attr(node, "mode", b"constant")
-                fill = cx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-                fill_v = float(fill.reshape(-1)[0]) if fill is not None else 0.0
-                result = np.where(x == fill_v, x, np.nan) if mode in (b"constant", "constant") else x
-            elif op == "Concat":
-                result = _concat(cx, node, layout, values, layouts)
-            elif op == "Split" and x is not None:
-                result = _split_piece(node, out, layouts, x)
-            elif op == "MatMul":
-                a, b = ins.get(0), ins.get(1)
-                zero = np.zeros(length, dtype=bool)
-                for v in (a, b):
-                    if v is not None and len(v) == length:
-                        zero |= v == 0
-                result = np.where(zero, 0.0, np.nan)
-            elif op == "Softmax" and x is not None:
-                shape = cx.shape(out) or ()
-                axis = int(cx.attr(node, "axis", -1)) % max(len(shape), 1)
-                result = np.where(np.isnan(x), np.nan, 1.0 / shape[axis]) if shape else result
-            values[out] = np.asarray(result, dtype=np.float64)
+            if spec.channel_source(node) is not None and _is_source(cx, node, out, layouts):
+                result = spec.source_constants(cx, node, layout)
+            else:
+                result = spec.propagate_constant(cx, node, out, values)
+            values[out] = np.asarray(np.full(layout.length, np.nan) if result is None else result, dtype=np.float64)
     return values
 
 
@@ -240,56 +78,6 @@ def _is_source(cx: Context, node: NodeProto, out: str, layouts: dict[str, Layout
     return len(layout.pieces) == 1 and any(node_label(node) in g.sources for g in groups)
 
 
-def _binary(cx: Context, node: NodeProto, layout: Layout, values: dict, layouts: dict) -> np.ndarray:
-    out_rank = cx.rank(node.output[0]) or 0
-    fn = BINARY[node.op_type]
-    operands = []
-    for index, name in enumerate(node.input):
-        if name in layouts and name in values:
-            operands.append(values[name])
-        else:
-            operands.append(_vector(cx, name, node, index, layout.axis, layout.length, out_rank))
-    with np.errstate(all="ignore"):
-        result = fn(operands[0], operands[1])
-    if node.op_type == "Mul":
-        for v in operands:
-            result = np.where(v == 0, 0.0, result)
-    return result
-
-
-def _batchnorm(cx: Context, node: NodeProto, x: np.ndarray, length: int) -> np.ndarray:
-    gamma, beta, mean, var = (_vector(cx, node.input[i], node, i, 0, length, 1) for i in range(1, 5))
-    eps = float(cx.attr(node, "epsilon", 1e-5))
-    with np.errstate(all="ignore"):
-        out = gamma * (x - mean) / np.sqrt(var + eps) + beta
-    return np.where(gamma == 0, beta, out)
-
-
-def _concat(cx: Context, node: NodeProto, layout: Layout, values: dict, layouts: dict) -> np.ndarray:
-    parts = []
-    for name in node.input:
-        if name in layouts and name in values and layouts[name].axis == layout.axis:
-            parts.append(values[name])
-        else:
-            shape = cx.shape(name) or ()
-            parts.append(np.full(shape[layout.axis] if shape else 0, np.nan))
-    joined = np.concatenate(parts) if parts else np.zeros(0)
-    return joined if len(joined) == layout.length else np.full(layout.length, np.nan)
-
-
-def _split_piece(node: NodeProto, out: str, layouts: dict, x: np.ndarray) -> np.ndarray:
-    source = layouts[node.input[0]]
-    if layouts[out].axis != source.axis:
-        return x
-    offset = 0
-    for name in node.output:
-        length = layouts[name].length if name in layouts else 0
-        if name == out:
-            return x[offset : offset + length]
-        offset += length
-    return np.full(layouts[out].length, np.nan)
-
-
 # ---------------------------------------------------------------------------------------
 # Absorbing constants at the consumers
 
@@ -297,19 +85,14 @@ def _split_piece(node: NodeProto, out: str, layouts: dict, x: np.ndarray) -> np.
 def consumer_of(cx: Context, member: Member) -> NodeProto:
     """The node that consumes ``member`` (past a Cast/Identity in front of its weight)."""
     node = cx.model.graph.node[member.reader[0]]
-    while node.op_type in ("Cast", "Identity"):
+    while spec_of(node).carries_stored(node):
         node = cx.uses(node.output[0])[0].node
     return node
 
 
 def data_input(cx: Context, node: NodeProto, member: Member) -> str:
     """The data input of consumer ``node`` whose channels ``member`` reads."""
-    if node.op_type == "MatMul":
-        weight_side = member.axis == 0  # B [K, N] read on axis 0: the data is A
-        return node.input[0] if weight_side else node.input[1]
-    if node.op_type in ("LSTM", "GRU", "RNN") and member.tensor == stored_input(cx, node, 2):
-        return node.output[0] if node.output else ""  # R multiplies the layer's own hidden state
-    return node.input[0]
+    return spec_of(node).data_input(cx, node, member.tensor, member.axis)
 
 
 def stored_input(cx: Context, node: NodeProto, index: int) -> str | None:
@@ -320,19 +103,16 @@ def stored_input(cx: Context, node: NodeProto, index: int) -> str | None:
 
 def output_scale(cx: Context, node: NodeProto) -> float:
     """What multiplies ``x·W`` in the node's output (Gemm ``alpha``, else 1)."""
-    return float(cx.attr(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
+    return spec_of(node).weight_gain(node)
 
 
 def absorbable(cx: Context, node: NodeProto, member: Member, k: np.ndarray) -> np.ndarray:
     """Per element: can ``node`` fold the constant ``k`` into its bias exactly?"""
-    if node.op_type == "Gemm" and float(cx.attr(node, "beta", 1.0)) == 0.0:
-        return k == 0  # C is ignored: there is no bias to fold into
-    if node.op_type == "MatMul" and member.axis != 0:
-        return k == 0  # a weight on the left: the change would be per row, not per output
-    if node.op_type == "Conv":
-        return np.ones(len(k), dtype=bool) if not _padded(cx, node) else k == 0
-    if node.op_type == "ConvTranspose":
-        return k == 0
+    spec = spec_of(node)
+    if spec.bias_gain(node) == 0.0:
+        return k == 0  # the bias is ignored (Gemm beta = 0): there is none to fold into
+    if not spec.absorbs_constant(cx, node, member.axis):
+        return k == 0  # a padded Conv, a ConvTranspose, a weight on the left of a MatMul
     return np.ones(len(k), dtype=bool)
 
 
@@ -403,12 +183,10 @@ def bias_deltas(
             k = np.where(np.isnan(k), 0.0, k)
             if not np.any(k):
                 continue
-            w = tensors.read_array(cx.scope.stored_tensor(member.tensor)).astype(np.float64)
+            w = cx.stored_array(member.tensor).astype(np.float64)
             moved = np.moveaxis(w, member.axis, 0)[idx]
             contribution = np.tensordot(k, moved, axes=1)
-            if node.op_type == "Conv":
-                contribution = contribution.reshape(contribution.shape[0], -1).sum(axis=1)
-            contribution = contribution * output_scale(cx, node)
+            contribution = spec_of(node).constant_bias(node, contribution) * output_scale(cx, node)
             key = cx.node_id(node)
             deltas[key] = deltas.get(key, 0) + contribution
     return deltas

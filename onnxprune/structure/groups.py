@@ -3,7 +3,7 @@
 A *group* is a union-find node over channel spaces. Its channels are counted in *units*
 (``n`` of them): a unit is the smallest block that can go (one filter, one neuron, or one
 attention head of ``head_dim`` channels). Each axis of a tensor that carries channels has
-a :class:`Layout`: its length is a sequence of *pieces*, each either a :class:`Segment`
+a :class:`Layout` (defined with the channel rules, in :mod:`onnxprune.ops.channels`): its length is a sequence of *pieces*, each either a :class:`Segment`
 of a group (``n × per`` elements: unit ``u`` owns elements ``[u·per, (u+1)·per)`` of the
 segment) or a fixed number of elements that never change (an untracked input of a
 Concat, say).
@@ -31,42 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxprune.ops.channels import Layout, Segment
 
-@dataclass(eq=False)
-class Segment:
-    """``n × per`` elements of one axis, owned by ``group`` (resolve with :meth:`root`)."""
-
-    group: Group
-    per: int
-
-    def root(self) -> Group:
-        return self.group.root()
-
-    @property
-    def length(self) -> int:
-        return self.root().n * self.per
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The channel-carrying axis of one tensor and what its elements belong to."""
-
-    axis: int
-    pieces: tuple[Segment | int, ...]
-
-    @property
-    def length(self) -> int:
-        return sum(p.length if isinstance(p, Segment) else p for p in self.pieces)
-
-    def groups(self) -> list[Group]:
-        out: list[Group] = []
-        for p in self.pieces:
-            if isinstance(p, Segment) and p.root() not in out:
-                out.append(p.root())
-        return out
-
-    def moved(self, axis: int) -> Layout:
-        return Layout(axis, self.pieces)
+__all__ = ["Edit", "Group", "GroupSet", "Layout", "Member", "Segment", "same_structure", "unit_elements"]
 
 
 def unit_elements(offset: int, per: int, units: np.ndarray) -> np.ndarray:

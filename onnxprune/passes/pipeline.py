@@ -1,0 +1,336 @@
+"""One pipeline for the Python API and the CLI: the passes a configuration asks for, in order.
+
+:func:`build_pipeline` turns ``(PruneConfig | None, StructureConfig | None, QuantizeConfig | None)``
+into at most three passes:
+
+1. weights: :class:`~onnxprune.passes.unstructured.WeightPass` (magnitude, N:M; streams) or
+   :class:`~onnxprune.passes.calibrated.CalibratedPass` (``config.calibrated``);
+2. channels: :class:`~onnxprune.passes.deadwatch.DeadChannelPass` when the structural config
+   removes dead channels only without folding first (:func:`~onnxprune.passes.deadwatch.watchable`),
+   else :class:`~onnxprune.passes.structural.StructuralPass`; none for an inactive config;
+3. :class:`~onnxprune.quantize.QuantizePass`.
+
+Both runners execute the same steps in the same order, so the same configuration gives
+the same model: :func:`run_file` (what ``prune_file`` and the CLI do) and :func:`run_model`
+(what ``prune`` does, in memory):
+
+- the weight pass; then, if the channel pass is a dead-channel pass after a weight pass
+  that streams, a :class:`~onnxprune.passes.deadwatch.DeadWatch` looks at the pruned
+  tensors (in the file runner, at the bytes as the writer streams them) and the channel
+  pass is *deferred*: it runs after the weights are stamped (in the file runner, on the
+  written model) and only if the watch fires. Otherwise the channel pass runs right away,
+  in memory. This is an optimization of the pipeline, not an option: the pass finding
+  nothing would leave the model as it is;
+- provenance (:mod:`onnxprune.provenance`) of what changed;
+- file runner: the streamed, staged write (deferred tensor writes applied while streaming,
+  the parsed model freed before validation), then validation, then the quantizer on the
+  staged file or the atomic rename; model runner: the quantizer through a temporary folder.
+
+Nothing is written (and nothing quantized) when no pass changed the model. Every pass of
+the pipeline has a :class:`~onnxprune.passes.base.PassResult` in :attr:`PruneRun.passes`,
+a pass that did not run with the reason.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onnx import ModelProto
+
+from onnxprune.config import PruneConfig, StructureConfig
+from onnxprune.errors import OptionError
+from onnxprune.graph.model_io import StagedOutput, load_model, load_model_with_files
+from onnxprune.passes.base import Pass, PassContext, PassResult, Progress, not_run
+from onnxprune.passes.deadwatch import DeadChannelPass, DeadWatch, not_dead, watchable
+from onnxprune.passes.result import PruneResult
+from onnxprune.passes.unstructured import WeightPass
+from onnxprune.quantize import QuantizeConfig, QuantizePass
+from onnxprune.stats import ParamStats, param_stats
+from onnxprune.validate import validate_model
+
+if TYPE_CHECKING:
+    from onnxprune.data import Dataset
+    from onnxprune.graph.model_io import SavedModel
+    from onnxprune.passes.structural import StructuralResult
+    from onnxprune.quantize import QuantizeResult
+    from onnxprune.validate import ValidationReport
+
+#: The channel pass ``prune_file`` runs after a weight pass when none is given: dead channels
+#: only, the graph left as it is unless some go.
+DEAD_CHANNELS_AFTER_WEIGHTS = StructureConfig(fold_first=False)
+
+NOTHING_CHANGED = "no pass changed the model: nothing was written"
+
+
+@dataclass(frozen=True)
+class PruneRun:
+    """What a pipeline did: the weight result, where it wrote, parameters before/after, and
+    a :class:`~onnxprune.passes.base.PassResult` per pass."""
+
+    result: PruneResult
+    saved: SavedModel | None  # None when nothing qualified for pruning (nothing written), or in memory
+    input_files: tuple[Path, ...]  # the input model and its external-data files
+    params_before: ParamStats
+    params_after: ParamStats
+    validation: ValidationReport | None
+    structure: StructuralResult | None = None  # what the structural pass did, when it ran
+    quantized: QuantizeResult | None = None  # the int8 step, when asked for (``saved`` is its output)
+    passes: tuple[PassResult, ...] = ()  # one per pass of the pipeline, in order
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The passes of a run, in order (see module docstring)."""
+
+    weights: Pass | None = None
+    channels: Pass | None = None
+    quantize: QuantizePass | None = None
+
+    @property
+    def passes(self) -> tuple[Pass, ...]:
+        return tuple(p for p in (self.weights, self.channels, self.quantize) if p is not None)
+
+    @property
+    def watched(self) -> bool:
+        """The channel pass is deferred behind a :class:`DeadWatch` (see module docstring)."""
+        return isinstance(self.channels, DeadChannelPass) and self.weights is not None and self.weights.contract.streams
+
+    def check(self, context: PassContext) -> None:
+        """Raise :class:`OptionError` for the first pass missing what it needs (the quantizer
+        first: its data is asked for whatever the weight method)."""
+        for step in (self.quantize, self.weights, self.channels):
+            if step is not None:
+                step.check(context)
+
+
+def build_pipeline(
+    config: PruneConfig | None,
+    structure: StructureConfig | None = None,
+    quantize: QuantizeConfig | None = None,
+) -> Pipeline:
+    """The passes ``config`` (weights), ``structure`` (channels) and ``quantize`` ask for."""
+    if config is None and structure is None:
+        raise OptionError("nothing to do: give --sparsity, --pattern, --plan, --structured or --dead-channels")
+    weights: Pass | None = None
+    if config is not None and config.calibrated:
+        from onnxprune.passes.calibrated import CalibratedPass
+
+        weights = CalibratedPass(config)
+    elif config is not None:
+        weights = WeightPass(config)
+    channels: Pass | None = None
+    if structure is not None and structure.active:
+        if watchable(structure):
+            channels = DeadChannelPass(structure)
+        else:
+            from onnxprune.passes.structural import StructuralPass
+
+            channels = StructuralPass(structure)
+    return Pipeline(weights, channels, QuantizePass(quantize) if quantize is not None else None)
+
+
+@dataclass
+class _State:
+    """What the first, in-memory part of a run leaves for the rest."""
+
+    passes: list[PassResult]
+    result: PruneResult
+    before: ParamStats
+    after: ParamStats
+    watch: DeadWatch | None
+    structural: StructuralResult | None
+
+    @property
+    def changed(self) -> bool:
+        return any(p.changed for p in self.passes)
+
+
+def _stats(counts: Mapping[str, int], key: str, fallback: ParamStats) -> ParamStats:
+    if f"params_{key}" in counts and f"nonzeros_{key}" in counts:
+        return ParamStats(counts[f"params_{key}"], counts[f"nonzeros_{key}"])
+    return fallback
+
+
+def _first(pipeline: Pipeline, model: ModelProto, context: PassContext) -> _State:
+    """The weight pass, and the channel pass unless the watch defers it."""
+    passes: list[PassResult] = []
+    if pipeline.weights is None:
+        before = after = param_stats(model)
+        result = PruneResult((), {})
+    else:
+        done = pipeline.weights.run(model, context)
+        context.progress = None  # one progress bar: the first pass's
+        passes.append(done)
+        assert isinstance(done.detail, PruneResult)
+        result = done.detail
+        before = _stats(done.counts, "before", param_stats(model))
+        after = _stats(done.counts, "after", before)
+    watch = structural = None
+    if pipeline.watched:
+        watch = DeadWatch()
+        watch.look(model, result.layers, context.replacements)
+        context.replacements = watch.wrap(context.replacements)
+    elif pipeline.channels is not None:
+        done = pipeline.channels.run(model, context)
+        context.progress = None
+        passes.append(done)
+        structural = done.detail
+        after = ParamStats(done.counts["params_after"], done.counts["nonzeros_after"])
+    return _State(passes, result, before, after, watch, structural)  # type: ignore[arg-type]
+
+
+def _stamp_first(model: ModelProto, state: _State) -> None:
+    from onnxprune import __version__
+    from onnxprune.provenance import stamp, stamp_structure
+
+    if state.result.pruned:
+        stamp(model, state.result, __version__)
+    if state.structural is not None and state.structural.changed:
+        stamp_structure(model, state.structural, __version__)
+
+
+def _deferred(pipeline: Pipeline, model: ModelProto, context: PassContext, state: _State) -> bool:
+    """The watched channel pass, if its watch fired; True if it changed ``model``."""
+    if state.watch is None:
+        return False
+    if not state.watch.fired:
+        state.passes.append(not_dead())
+        return False
+    from onnxprune import __version__
+    from onnxprune.provenance import stamp_structure
+
+    assert pipeline.channels is not None
+    done = pipeline.channels.run(model, context)
+    state.passes.append(done)
+    state.structural = done.detail  # type: ignore[assignment]
+    if not done.changed:
+        return False
+    stamp_structure(model, done.detail, __version__)  # type: ignore[arg-type]
+    state.after = ParamStats(done.counts["params_after"], done.counts["nonzeros_after"])
+    return True
+
+
+def _unchanged(pipeline: Pipeline, state: _State, files: tuple[Path, ...]) -> PruneRun:
+    if state.watch is not None and pipeline.channels is not None:
+        state.passes.append(not_run(pipeline.channels.name, NOTHING_CHANGED) if state.watch.fired else not_dead())
+    if pipeline.quantize is not None:
+        state.passes.append(not_run(pipeline.quantize.name, NOTHING_CHANGED))
+    return PruneRun(
+        state.result, None, files, state.before, state.after, None, state.structural, None, tuple(state.passes)
+    )
+
+
+def run_file(
+    pipeline: Pipeline,
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    calibration: Dataset | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    external_data: bool | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> PruneRun:
+    """Run ``pipeline`` on the model file ``source`` into ``output`` (see module docstring).
+
+    Without an in-memory pass after the weight pass, memory stays near the size of the
+    parsed model: pruned tensors are computed while the output is streamed to a staging
+    file (the parsed model is never copied), the model is freed, and only then is the
+    staged file validated and renamed into place (or quantized into place).
+    """
+    context = PassContext(calibration, input_shapes, progress, stream=pipeline.channels is None or pipeline.watched)
+    pipeline.check(context)
+    model, files = load_model_with_files(source)
+    state = _first(pipeline, model, context)
+    if not state.changed:
+        return _unchanged(pipeline, state, tuple(files))
+    _stamp_first(model, state)
+    with StagedOutput(output, input_path=source, force=force) as staged:
+        replacements = context.replacements
+        context.replacements = {}
+        staged.write(model, external_data=external_data, replacements=replacements or None)
+        del model, replacements
+        gc.collect()  # discovery's scope index holds cycles into the model: free it now
+        if state.watch is not None and state.watch.fired:  # something may be dead: the pass reads the written model
+            written = load_model(staged.model_path)
+            if _deferred(pipeline, written, context, state):
+                staged.write(written, external_data=external_data)
+            del written
+            gc.collect()
+        elif state.watch is not None:
+            state.passes.append(not_dead())
+        report = validate_model(
+            staged.model_path, reference=source, input_shapes=input_shapes, checker_path=staged.checker_path
+        )
+        quantized = None
+        if pipeline.quantize is None:
+            saved = staged.commit()
+        else:  # the validated pruned model, still staged, is the quantizer's input
+            done = pipeline.quantize.run_file(staged.model_path, output, context, force=force)
+            state.passes.append(done)
+            quantized = done.detail
+            saved = quantized.saved  # type: ignore[union-attr]
+    return PruneRun(
+        state.result,
+        saved,
+        tuple(files),
+        state.before,
+        state.after,
+        report,
+        state.structural,
+        quantized,  # type: ignore[arg-type]
+        tuple(state.passes),
+    )
+
+
+def run_model(
+    pipeline: Pipeline,
+    model: ModelProto,
+    *,
+    calibration: Dataset | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    progress: Progress | None = None,
+    files: tuple[Path, ...] = (),
+    stamp_always: bool = False,
+) -> PruneRun:
+    """Run ``pipeline`` on ``model`` in place, the steps of :func:`run_file` without the file.
+
+    ``files`` are the files ``model`` was read from (for :attr:`PruneRun.input_files`).
+    ``stamp_always`` writes the weight pass's provenance even when it pruned nothing (what
+    :func:`onnxprune.prune` has always done). Nothing is validated (see :func:`onnxprune.save`),
+    except the int8 model by the quantizer.
+    """
+    context = PassContext(calibration, input_shapes, progress, stream=False)
+    pipeline.check(context)
+    state = _first(pipeline, model, context)
+    if stamp_always and pipeline.weights is not None and not state.result.pruned:
+        from onnxprune import __version__
+        from onnxprune.provenance import stamp
+
+        stamp(model, state.result, __version__)
+    if not state.changed:
+        return _unchanged(pipeline, state, files)
+    _stamp_first(model, state)
+    if state.watch is not None:
+        _deferred(pipeline, model, context, state)
+    quantized = None
+    if pipeline.quantize is not None:
+        done = pipeline.quantize.run(model, context)
+        state.passes.append(done)
+        quantized = done.detail
+    return PruneRun(
+        state.result,
+        None,
+        files,
+        state.before,
+        state.after,
+        None,
+        state.structural,
+        quantized,  # type: ignore[arg-type]
+        tuple(state.passes),
+    )
