@@ -52,6 +52,7 @@ from onnxprune.errors import (
     UnsafeModelError,
     UnsupportedModelError,
     ValidationError,
+    opt,
 )
 from onnxprune.evaluate import EvalOptions, EvalResult, ModelReport, evaluate
 from onnxprune.graph.discovery import DiscoveryOptions, Inventory, Weight, discover
@@ -304,10 +305,11 @@ def calibration_data(
     from onnxprune import runtime
 
     if data is not None and data_free:
-        raise OptionError("give calibration data or --data-free, not both")
+        raise OptionError(f"give calibration data or {opt('data_free', True)}, not both")
     if data is None and not data_free:
         raise OptionError(
-            "calibrated pruning needs data: give --calibration calib.npz (or a folder of images), or --data-free"
+            f"calibrated pruning needs data: give {opt('calibration')} calib.npz (or a folder of images), "
+            f"or {opt('data_free', True)}"
         )
     try:
         specs = runtime.input_specs(runtime.session(Path(source)))

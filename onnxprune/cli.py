@@ -7,7 +7,6 @@ Exit codes: 0 success; 1-7 an error (one line on stderr, see :mod:`onnxprune.err
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -32,7 +31,8 @@ from onnxprune.cli_view import view_command
 from onnxprune.config import PruneConfig, StructureConfig, load_plan, parse_pattern
 from onnxprune.console import ProgressBar, count, fail, handle_errors, table
 from onnxprune.graph.discovery import DiscoveryOptions
-from onnxprune.graph.model_io import refuse_input_as_output
+from onnxprune.graph.model_io import refuse_input_as_output, write_file
+from onnxprune.passes.pipeline import after_weights
 from onnxprune.runtime import parse_input_shapes
 from onnxprune.stats import file_stats
 
@@ -272,12 +272,7 @@ def _weight_json(w: onnxprune.Weight) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise onnxprune.OutputError(f"cannot write '{path}': {exc.strerror}") from None
+    write_file(json.dumps(data, indent=2, sort_keys=True, default=str), path, what="JSON", example="result.json")
 
 
 @main.command(cls=SectionedCommand, sections=PRUNE_HELP_SECTIONS)
@@ -517,8 +512,9 @@ def prune(
         max_fraction=max_group_sparsity,
         fold=not no_fold,
         damp=0.01 if percdamp is None else percdamp,
-        fold_first=structured or bool(dead_channels),
     )
+    if not structured and not dead_channels:  # the default pass after weight pruning
+        structure = after_weights(structure)
     shapes = parse_input_shapes(input_shape)
     if samples < 1:
         raise onnxprune.OptionError(f"--samples must be >= 1, got {samples}")

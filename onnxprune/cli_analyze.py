@@ -14,7 +14,7 @@ import numpy as np
 from onnxprune import cli_choices
 from onnxprune.console import ProgressBar, count, handle_errors, table
 from onnxprune.errors import OptionError, OutputError
-from onnxprune.report.files import write_page
+from onnxprune.graph.model_io import write_file
 
 SHOWN_LEVELS = (0.3, 0.5, 0.7, 0.9)
 LAYER_LEVELS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
@@ -235,7 +235,9 @@ def analyze_command(
             + (f", measured {measured:.4f}" if measured is not None else "")
         )
         if plan_out is not None:
-            write_page(json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n", plan_out)
+            write_file(
+                json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n", plan_out, what="plan", example="plan.json"
+            )
             click.echo(f"plan written to {plan_out}: onnxprune prune {model} OUT --plan {plan_out}")
     _write_outputs(sens, plan, measured, json_path, report)
     source = "cache" if sens.cached else f"{sens.seconds:.1f} s"
@@ -245,7 +247,7 @@ def analyze_command(
 def _write_outputs(sens: Any, plan: Any, measured: float | None, json_path: Path | None, report: Path | None) -> None:
     data = {**sens.to_dict(), "plan": plan.to_json() if plan is not None else None, "measured_loss": measured}
     if json_path is not None:
-        write_page(json.dumps(data, indent=1), json_path)
+        write_file(json.dumps(data, indent=1), json_path, what="JSON", example="analysis.json")
     if report is not None:
         from onnxprune.report.sensitivity import write_sensitivity_report
 
@@ -303,7 +305,9 @@ def _finish_groups(
             + (f", predicted MACs kept {1 - plan.removed:.0%}" if keep_flops is not None else "")
         )
         if plan_out is not None:
-            write_page(json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n", plan_out)
+            write_file(
+                json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n", plan_out, what="plan", example="plan.json"
+            )
             click.echo(f"plan written to {plan_out}: onnxprune prune {model} OUT --structured --plan {plan_out}")
     _write_outputs(sens, plan, measured, json_path, report)
     source = "cache" if sens.cached else f"{sens.seconds:.1f} s"

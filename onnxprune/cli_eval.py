@@ -137,7 +137,7 @@ class _Stages:
         self.bar: Any = None
         self.done = 0
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, stage: str) -> None:
         if self.quiet or stage == "size":
             return
         if stage != self.stage:

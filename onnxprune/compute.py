@@ -73,10 +73,6 @@ from onnxprune.ops import Count, constant_tensor, spec_of
 
 log = logging.getLogger(__name__)
 
-#: Ops with subgraphs whose bodies run a number of times not known here (counted once).
-LOOPS = ("Loop", "Scan")
-#: Left out of the "other" bucket: no work of their own at run time.
-NO_WORK = ("Constant", "If", "Loop", "Scan")
 
 Dims = tuple[int, ...]
 
@@ -252,7 +248,8 @@ def _needed(node: NodeProto) -> list[str]:
 
 def _is_other(node: NodeProto) -> bool:
     if node.domain in ("", "ai.onnx"):
-        return node.op_type not in NO_WORK and spec_of(node).uncounted is None
+        spec = spec_of(node)  # no work of its own (Constant, If, Loop, Scan): not in the "other" bucket
+        return not spec.no_work and spec.uncounted is None
     return True
 
 
@@ -396,14 +393,15 @@ def count_compute(model: ModelProto, *, input_shapes: Mapping[str, tuple[int, ..
         totals = in_totals[scope.path]
         for owner, children in _subgraph_owners(scope):
             paths = ", ".join(f"'{c.path}'" for c in children)
+            runs = spec_of(owner).subgraphs  # bodies run a number of times not known here: counted once
             for child in children:
-                in_totals[child.path] = totals and owner.op_type in LOOPS
+                in_totals[child.path] = totals and runs == "repeated"
             if not totals:
                 continue
             label = f"{owner.op_type} '{node_label(owner)}'"
-            if owner.op_type in LOOPS:
+            if runs == "repeated":
                 notes.append(f"{label}: body {paths} counted once in the totals (the trip count is unknown here)")
-            elif owner.op_type == "If":
+            elif runs == "branches":
                 notes.append(
                     f"{label}: branches {paths} are listed node by node but not added to the totals "
                     "(which branch runs is known only at run time)"

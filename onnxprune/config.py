@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,9 +219,11 @@ class StructureConfig:
     fold: fold BatchNormalization and clean up the graph afterwards.
     plan: channel group name (its first producer) -> fraction of its units to remove,
         overriding ``amount`` for those groups (from ``onnxprune analyze --structural``).
-    fold_first: fold constants before the analysis (so constant subgraphs such as
-        ``Reshape(bias)`` read as stored tensors); the light pass that follows
-        unstructured pruning skips it, leaving the graph untouched unless units go.
+
+    Whether constants are folded before the analysis is the pipeline's decision, not an
+    option: the pass it runs after a weight pass leaves the graph untouched unless units go
+    (:func:`onnxprune.passes.pipeline.after_weights`). ``fold_first=False`` still asks for
+    that, with a :class:`DeprecationWarning`.
     """
 
     dead_channels: bool = True
@@ -233,7 +236,7 @@ class StructureConfig:
     max_fraction: float = 0.9
     fold: bool = True
     damp: float = 0.01
-    fold_first: bool = True
+    fold_first: bool = field(default=True, repr=False)  # pipeline mechanics; deprecated as a keyword
     plan: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
@@ -242,6 +245,13 @@ class StructureConfig:
             "plan",
             MappingProxyType({str(k): check_amount(v, f"plan entry '{k}'") for k, v in dict(self.plan).items()}),
         )
+        if not self.fold_first:
+            warnings.warn(
+                "StructureConfig(fold_first=False) is deprecated: the pipeline decides when the channel pass "
+                "skips constant folding (onnxprune.passes.pipeline.after_weights)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
         if self.amount is not None and self.target_flops is not None:
             raise OptionError(f"give {opt('amount')} or {opt('target_flops')} for {opt('structure')}, not both")
         if self.amount is not None:
@@ -287,8 +297,3 @@ class StructureConfig:
     @property
     def active(self) -> bool:
         return self.dead_channels or self.structured
-
-    @property
-    def light(self) -> bool:
-        """Dead channels only, graph untouched unless some go (the pass after weight pruning)."""
-        return self.dead_channels and not self.structured and not self.fold_first

@@ -15,6 +15,7 @@ import click
 
 from onnxprune.cli_flags import flag
 from onnxprune.errors import OnnxPruneError
+from onnxprune.passes.base import Progress
 
 INTERNAL_ERROR = 70
 
@@ -87,7 +88,7 @@ class ProgressBar:
     def __init__(self, label: str, quiet: bool) -> None:
         self.label, self.quiet, self.bar = label, quiet, None
 
-    def __enter__(self) -> Callable[[int, int, str], None]:
+    def __enter__(self) -> Progress:
         return self.update
 
     def update(self, done: int, total: int, name: str) -> None:

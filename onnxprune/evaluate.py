@@ -40,17 +40,16 @@ import onnxruntime as ort
 from onnxprune import runtime
 from onnxprune.compute import ComputeStats, count_compute
 from onnxprune.data import Dataset, ImageOptions, load_labels, open_data
-from onnxprune.errors import DataError, OnnxPruneError, OptionError, OutputError, UnsupportedModelError, opt
-from onnxprune.graph.model_io import load_model_with_files
+from onnxprune.errors import DataError, OnnxPruneError, OptionError, UnsupportedModelError, opt
+from onnxprune.graph.model_io import load_model_with_files, write_file
 from onnxprune.latency import LatencySettings, LatencyStats, measure_latency
 from onnxprune.metrics import OutputFidelity, TopK, overall
+from onnxprune.passes.base import Progress
 from onnxprune.provenance import STRUCTURE_KEY, STRUCTURE_OPTIONS_KEY, read_structure  # noqa: F401 - re-exported
 from onnxprune.stats import LayerSize, file_stats, layer_stats, param_stats, sparse_bytes
 
 log = logging.getLogger(__name__)
 
-#: ``progress(stage, done, total)``: stage is "size", "data" or "latency".
-Progress = Callable[[str, int, int], None]
 #: A user metric: ``metric(outputs, labels) -> float`` with ``outputs`` the chosen output of
 #: every sample (concatenated) and ``labels`` the labels (or None).
 Metric = Callable[[np.ndarray, np.ndarray | None], float]
@@ -202,15 +201,8 @@ class EvalResult:
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` as JSON, atomically (a temporary file, then rename)."""
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
-            os.replace(tmp, target)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise OutputError(f"cannot write '{target}': {exc.strerror}") from exc
-        return target
+        text = json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n"
+        return write_file(text, path, what="JSON", example="eval.json")
 
 
 def _json_default(value: Any) -> Any:
@@ -240,7 +232,9 @@ def evaluate(
         ``CalibrationDataReader``, an iterable of feed dicts, or None for synthetic data
         (fidelity only). labels: a ``.npy``/``.npz``/``.txt`` file or an array, one class
         index per sample (image class folders carry their own). metric: an extra
-        ``metric(outputs, labels) -> float`` on the chosen output, per model.
+        ``metric(outputs, labels) -> float`` on the chosen output, per model. progress:
+        ``progress(done, total, stage)`` (:data:`onnxprune.passes.base.Progress`), stage
+        ``"data"``, ``"size"`` or ``"latency"``.
     """
     from onnxprune import __version__
 
@@ -277,7 +271,7 @@ def evaluate(
     for index, path in enumerate(paths):
         reports.append(_static_report(path, "base" if index == 0 else "candidate", sample_shapes, options))
         if progress is not None:
-            progress("size", index + 1, len(paths))
+            progress(index + 1, len(paths), "size")
     del sessions
     gc.collect()
 
@@ -292,7 +286,7 @@ def evaluate(
         def step(n: int, _done: list[int] = [0]) -> None:  # noqa: B006 - a counter local to this call
             _done[0] += n
             if progress is not None:
-                progress("latency", min(_done[0], total), total)
+                progress(min(_done[0], total), total, "latency")
 
         stats = measure_latency([str(p) for p in paths], feeds, settings=options.latency, progress=step)
         for report, latency in zip(reports, stats, strict=True):
@@ -484,7 +478,7 @@ def _quality(
                         raise DataError(f"output '{name}' of candidate {index}: {exc}") from exc
         done += count
         if progress is not None:
-            progress("data", done, total if total is not None else done)
+            progress(done, total if total is not None else done, "data")
     if first_batch is None:
         raise DataError(f"{dataset.source} has no samples")
     if labels is not None and labels.size != done:

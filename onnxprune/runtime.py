@@ -1,9 +1,13 @@
 """onnxruntime sessions, synthetic inputs and the environment a latency report records.
 
-Synthetic feeds: every graph input gets an array of its declared dtype. Fixed dimensions
-are kept; a user-given shape (``--input-shape name:1x3x224x224``) wins; the first
-dynamic dimension of an input is taken as the batch (1); other dynamic dimensions are
-resolved by trying a few common sizes until the model runs.
+Input shapes, one policy for the whole package (:func:`resolve_input_shapes`): a user-given
+shape (``input_shapes={"x": (1, 3, 224, 224)}``) wins, and must keep the declared rank and
+fixed dimensions; fixed dimensions are kept; a dynamic first dimension is the batch (1);
+another dynamic dimension takes the size the caller tries (validation tries a few common
+sizes, :data:`CANDIDATE_SIZES`, until the model runs), else a default by layout: the last
+two axes of an input of rank >= 3 are spatial (:data:`DEFAULT_SPATIAL`), any other is a
+sequence (:data:`DEFAULT_SEQUENCE`). Synthetic feeds: every graph input gets an array of
+its declared dtype, shaped so.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnx import ModelProto
 
 from onnxprune.errors import OptionError, opt
 
@@ -27,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: Sizes tried, in order, for dynamic non-batch dimensions.
 CANDIDATE_SIZES = (32, 48, 64, 16, 128, 224, 8, 1)
+#: Default sizes of dynamic input dimensions (batch excluded) when neither a shape nor a size is given.
+DEFAULT_SEQUENCE = 16
+DEFAULT_SPATIAL = 64
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -235,30 +243,68 @@ def needs_guess(specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]
     return False
 
 
+def declared_dims(model: ModelProto) -> dict[str, tuple[int | str | None, ...]]:
+    """The declared dimensions of ``model``'s graph inputs (initializers excluded), as a session
+    reports them: an int when fixed, the dim_param (or None) when dynamic."""
+    stored = {t.name for t in model.graph.initializer}
+    return {
+        value.name: tuple(
+            int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+            for d in value.type.tensor_type.shape.dim
+        )
+        for value in model.graph.input
+        if value.name not in stored
+    }
+
+
+def resolve_input_shapes(
+    declared: Mapping[str, Sequence[int | str | None]],
+    given: Mapping[str, Sequence[int]] | None = None,
+    *,
+    size: int | None = None,
+) -> dict[str, tuple[int, ...]]:
+    """The concrete shape of each input, ``declared`` by name (see the module docstring for the
+    policy); ``size`` fills the dynamic non-batch dims, else the layout's default does."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise OptionError(
+            f"{opt('input_shapes')} names unknown input(s) {', '.join(unknown)}; "
+            f"the model's inputs are: {', '.join(declared)}"
+        )
+    out: dict[str, tuple[int, ...]] = {}
+    for name, dims in declared.items():
+        if name in given:
+            shape = tuple(int(d) for d in given[name])
+            if len(shape) != len(dims) or any(not _is_dynamic(d) and d != s for d, s in zip(dims, shape, strict=False)):
+                raise OptionError(
+                    f"{opt('input_shapes')} {name}:{'x'.join(map(str, shape))} does not fit the model's declared shape "
+                    f"[{', '.join(str(d) for d in dims)}]"
+                )
+            out[name] = shape
+            continue
+        out[name] = tuple(int(d) if not _is_dynamic(d) else _fill(axis, len(dims), size) for axis, d in enumerate(dims))
+    return out
+
+
+def _fill(axis: int, rank: int, size: int | None) -> int:
+    """The size of dynamic dimension ``axis`` of an input of ``rank`` (see the module docstring)."""
+    if axis == 0:
+        return 1
+    if size is not None:
+        return size
+    return DEFAULT_SPATIAL if rank >= 3 and axis >= rank - 2 else DEFAULT_SEQUENCE
+
+
 def synthetic_feeds(
     specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]], *, size: int = CANDIDATE_SIZES[0], seed: int = 0
 ) -> dict[str, np.ndarray]:
     """One batch of reproducible synthetic inputs (see module docstring)."""
-    unknown = set(shapes) - {s.name for s in specs}
-    if unknown:
-        names = ", ".join(s.name for s in specs)
-        raise OptionError(
-            f"{opt('input_shapes')} names unknown input(s) {', '.join(sorted(unknown))}; the model's inputs are: {names}"
-        )
+    resolved = resolve_input_shapes({s.name: s.dims for s in specs}, shapes, size=size)
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for spec in specs:
-        if spec.name in shapes:
-            shape = shapes[spec.name]
-            if len(shape) != len(spec.dims) or any(
-                not _is_dynamic(d) and d != s for d, s in zip(spec.dims, shape, strict=False)
-            ):
-                raise OptionError(
-                    f"{opt('input_shapes')} {spec.name}:{'x'.join(map(str, shape))} does not fit the model's declared shape "
-                    f"[{', '.join(str(d) for d in spec.dims)}]"
-                )
-        else:
-            shape = tuple(d if not _is_dynamic(d) else (1 if i == 0 else size) for i, d in enumerate(spec.dims))
+        shape = resolved[spec.name]
         if np.issubdtype(spec.dtype, np.floating):
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype is np.bool_:

@@ -33,6 +33,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 from onnxprune.graph import tensors
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.graph.quantized import quantized_weight_names
+from onnxprune.ops import constant_tensor
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ def _graph_tensors(graph: GraphProto) -> Iterator[tuple[str, TensorProto, Tensor
         yield sparse.values.name, sparse.values, sparse.indices, tuple(int(d) for d in sparse.dims)
     for node in graph.node:
         for attr in node.attribute:
-            named = node.output[0] if node.op_type == "Constant" and node.output else f"{node_label(node)}.{attr.name}"
+            written = constant_tensor(node) is not None  # a Constant's value is named by its output
+            named = node.output[0] if written else f"{node_label(node)}.{attr.name}"
             if attr.type == AttributeProto.TENSOR:
                 yield named, attr.t, None, tuple(int(d) for d in attr.t.dims)
             elif attr.type == AttributeProto.TENSORS:

@@ -27,6 +27,7 @@ from onnxprune import runtime
 from onnxprune.config import StructureConfig
 from onnxprune.data import open_data
 from onnxprune.errors import OptionError
+from onnxprune.passes.pipeline import after_weights
 from onnxprune.passes.structural import remove_channels
 from onnxprune.structure.analysis import Analysis, analyze
 from onnxprune.structure.apply import apply_removal
@@ -712,7 +713,7 @@ def test_exact_pass_on_unmasked_fixtures_removes_nothing(name: str):
     model = onnx.load(str(path))
     before = model.SerializeToString()
     # the light pass (what follows unstructured pruning) leaves the graph as it was
-    light = remove_channels(model, StructureConfig(fold_first=False))
+    light = remove_channels(model, after_weights(StructureConfig()))
     assert light.removed_units == 0 and not light.changed
     assert model.SerializeToString() == before
     # the default pass folds (BN, constants) but removes nothing and keeps the outputs

@@ -67,6 +67,7 @@ from onnxprune.data.checks import check_specs, format_dims, input_names
 from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup
 from onnxprune.errors import DataError, OptionError, opt
 from onnxprune.graph.index import Scope
+from onnxprune.ops import spec_of
 from onnxprune.runtime import InputSpec, _is_dynamic
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,6 @@ IMAGE_CHANNELS = (1, 3, 4)
 LEAVES = 64
 #: Standard deviation of the random level of each smooth series; the rest of its unit variance is the signal.
 OFFSET = 0.7
-
-_ID_PASS = frozenset({"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity"})
-_BN_PASS = frozenset({"Identity", "Cast", "Reshape", "Flatten", "Unsqueeze", "Squeeze", "Transpose"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -271,7 +269,7 @@ def _stored(scope: Scope, name: str) -> onnx.TensorProto | None:
     if tensor is not None:
         return tensor
     node = owner.producers.get(name)
-    if node is not None and node.op_type in ("Cast", "DequantizeLinear") and node.input:
+    if node is not None and spec_of(node).converts_values(node) and node.input:
         return _stored(owner, node.input[0])
     return None
 
@@ -295,28 +293,41 @@ def embedding_vocab(scope: Scope, name: str) -> int | None:
         owner = where.resolve(tensor) or where
         for use in owner.uses.get(tensor, []):
             node = use.node
-            if node.op_type == "Gather" and use.index == 1:
-                table = _stored(use.scope, node.input[0])
+            spec = spec_of(node)
+            lookup = spec.embedding_lookup(node)
+            if lookup is not None and use.index == lookup[1]:
+                table_input, _, axis = lookup
+                table = _stored(use.scope, node.input[table_input])
                 if table is not None and table.dims:
-                    axis = int(_attr(node, "axis", 0))
                     vocabs.append(int(table.dims[axis]))
-            elif node.op_type in _ID_PASS and use.index == 0 and node.output and node.output[0]:
+            elif spec.keeps_order(node) and use.index == 0 and node.output and node.output[0]:
                 frontier.append((use.scope, node.output[0]))
     return min(vocabs) if vocabs else None
 
 
+def _has_statistics(node: onnx.NodeProto) -> bool:
+    return spec_of(node).running_statistics(node) is not None
+
+
+def _passes_channels(node: onnx.NodeProto) -> bool:
+    """``node`` keeps its input's elements in order, or only permutes its axes (Transpose)."""
+    spec = spec_of(node)
+    return spec.keeps_order(node) or (spec.keeps_values and not spec.keeps_layout)
+
+
 def _first_batchnorm(scope: Scope, name: str) -> tuple[onnx.NodeProto, onnx.NodeProto | None] | None:
-    """The first BatchNormalization (graph order) reading ``name`` directly or through one transparent op."""
+    """The first op with running statistics (graph order: a BatchNormalization) reading ``name``
+    directly or through one transparent op."""
     order = {id(node): index for index, node in enumerate(scope.graph.node)}
     found = []
     for use in scope.uses.get(name, []):
         if use.scope is not scope or use.index != 0:
             continue
-        if use.node.op_type == "BatchNormalization":
+        if _has_statistics(use.node):
             found.append((use.node, None))
-        elif use.node.op_type in _BN_PASS and use.node.output:
+        elif _passes_channels(use.node) and use.node.output:
             for inner in scope.uses.get(use.node.output[0], []):
-                if inner.scope is scope and inner.index == 0 and inner.node.op_type == "BatchNormalization":
+                if inner.scope is scope and inner.index == 0 and _has_statistics(inner.node):
                     found.append((inner.node, use.node))
     if not found:
         return None
@@ -374,9 +385,10 @@ def _batchnorm_plan(scope: Scope, spec: InputSpec, shape: tuple[int, ...]) -> In
     if hit is None:
         return None
     bn, via = hit
-    if len(bn.input) < 5:
+    statistics = spec_of(bn).running_statistics(bn) or ()
+    if len(bn.input) <= max(statistics, default=len(bn.input)):
         return None
-    tensors = [_stored(scope, bn.input[3]), _stored(scope, bn.input[4])]
+    tensors = [_stored(scope, bn.input[i]) for i in statistics]
     if any(t is None for t in tensors):
         return None
     try:

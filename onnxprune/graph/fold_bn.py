@@ -1,36 +1,28 @@
 """BatchNormalization folding: a BN after a Conv, ConvTranspose, Gemm or MatMul (+ Add) is
-folded into its producer's weight and bias.
+folded into its producer's weight and bias; so is a Mul/Add/Sub/Div by a per-channel constant
+right after a Conv, ConvTranspose or Gemm.
 
-In inference mode BN is a per-channel affine map of its input ``x`` along axis 1:
-
-    y_c = γ_c · (x_c − μ_c) / √(σ²_c + ε) + β_c = s_c · x_c + t_c,
-    s = γ / √(σ² + ε),   t = β − μ · s.
+Both are a per-channel affine map ``y_c = s_c · x_c + t_c`` of the producer's output along
+axis 1: what ``s`` and ``t`` are is the folded op's answer in the op table (BN:
+:meth:`~onnxprune.ops.spec.OpSpec.channel_affine`, ``s = γ / √(σ² + ε)``, ``t = β − μ·s``, in
+:mod:`onnxprune.ops.normalization`; Mul/Add/Sub/Div:
+:meth:`~onnxprune.ops.spec.OpSpec.constant_affine`, in :mod:`onnxprune.ops.broadcast`).
 
 When ``x`` is the output of a producer that is linear in its weight per output channel,
-``x_c = W_c · in + b_c``, the BN folds into it: ``y_c = (s_c W_c) · in + (s_c b_c + t_c)``,
-so ``W' = s ⊙ W`` along the output-channel axis and ``b' = s·b + t = (b − μ)·s + β`` (a
-missing bias is 0 and is created). The output-channel axis per producer:
+``x_c = W_c · in + b_c``, the map folds into it: ``y_c = (s_c W_c) · in + (s_c b_c + t_c)``,
+so ``W' = s ⊙ W`` along the output-channel axis and ``b' = s·b + t`` (a missing bias is 0 and
+is created). The output-channel axis, how ``W`` is scaled along it, where the bias is and its
+gain are the producer's :meth:`~onnxprune.ops.spec.OpSpec.output_channel_fold` (a
+:class:`~onnxprune.ops.spec.ChannelFold`: Conv axis 0, ConvTranspose its grouped axis 1, Gemm
+``transB``'s axis with ``beta`` folded into ``C``, MatMul the last axis of a 2-D ``B`` with a
+2-D output and no bias input of its own: its bias is the stored operand of a following Add,
+or the BN becomes that Add). An affine op folds only into a producer with a bias input.
 
-* Conv, ``W[M, C/g, k…]``: axis 0 (depthwise and grouped alike).
-* ConvTranspose, ``W[C, M/g, k…]``: output channel ``o = i·(M/g) + j`` of group ``i`` is
-  ``W[i·C/g:(i+1)·C/g, j]``, so ``W`` is viewed as ``[g, C/g, M/g, k…]`` and scaled along
-  its third axis by ``s`` viewed as ``[g, M/g]``.
-* Gemm, ``Y = α·A'·B' + β_g·C``: ``B[K, N]`` is scaled along axis 1 (``transB=1``:
-  ``B[N, K]``, axis 0); ``C' = s·(β_g·C) + t`` and ``β_g`` becomes 1.
-* MatMul (+ Add), ``Y = X·B (+ c)`` with a 2-D ``B[K, N]`` and a 2-D ``Y``, so that BN's
-  channel axis 1 is ``B``'s last axis: ``c' = s·c + t``, in a new Add if there was none.
-
-Assumptions: ``training_mode`` is 0 and the running mean/var outputs are unused; γ, β, μ
-and σ² are stored 1-D ``[C]`` tensors; ε is the attribute (default 1e-5). The producer's
-output is read by the BN only. Everything is computed in float64 and rounded once to the
-stored dtype, so a float16 model agrees with its unfused self to float16 rounding. A
-weight or bias read by another node too is cloned before it is edited. The producer's
-output takes the BN's output name, so every reader (and a graph output) is unchanged.
-A BN that cannot be folded is kept, with the reason.
-
-The producers are a registry of small handlers (:data:`PRODUCERS`): op type -> a function
-that gives the fold (which weight, how it is scaled, where the bias goes) or why the BN
-stays.
+Assumptions: the producer's output is read by the folded node only. Everything is computed in
+float64 and rounded once to the stored dtype, so a float16 model agrees with its unfused self
+to float16 rounding. A weight or bias read by another node too is cloned before it is edited.
+The producer's output takes the folded node's output name, so every reader (and a graph
+output) is unchanged. A BN that cannot be folded is kept, with the reason.
 """
 
 from __future__ import annotations
@@ -40,10 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, NodeProto, TensorProto, helper
+from onnx import ModelProto, NodeProto, TensorProto
 
 from onnxprune.graph.edit import (
-    ONNX_DOMAINS,
     FreshNames,
     InferredShapes,
     delete_nodes,
@@ -53,6 +44,8 @@ from onnxprune.graph.edit import (
 )
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.graph.tensors import FLOAT_TYPES, read_array, write_array
+from onnxprune.ops import registered, spec_of
+from onnxprune.ops.spec import ChannelFold
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +57,19 @@ class _Stored:
     tensor: TensorProto
 
 
-Scale = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
 @dataclass(frozen=True)
 class _Fold:
-    """How a BN folds: ``weight`` (input 1 of ``producer``) is scaled by ``scale``, the
-    bias is input ``bias_index`` of ``bias_node`` (stored ``bias``, or None: created), and
-    ``bias_node``'s output takes the BN's output name. No ``bias_node``: the BN becomes an Add."""
+    """How a BN folds: ``weight`` (input ``channel.weight_input`` of ``producer``) is scaled as
+    ``channel`` says, the bias is input ``bias_index`` of ``bias_node`` (stored ``bias``, or
+    None: created), and ``bias_node``'s output takes the BN's output name. No ``bias_node``:
+    the BN becomes an Add."""
 
     producer: NodeProto
+    channel: ChannelFold
     weight: _Stored
-    scale: Scale
     bias_node: NodeProto | None
     bias_index: int = 2
     bias: _Stored | None = None
-    bias_factor: float = 1.0  # Gemm's beta, folded into the bias
 
 
 @dataclass
@@ -114,14 +104,16 @@ class _BnContext:
             return f"its {what} '{name}' is not a float tensor"
         return _Stored(owner, name, tensor)
 
-    def weight(self, node: NodeProto, axis: int, ndim: int | None = None) -> _Stored | str:
-        """Input 1 of ``node``, with the BN's channel count along ``axis``."""
-        weight = self.stored(node, 1, "weight")
+    def weight(self, node: NodeProto, channel: ChannelFold) -> _Stored | str:
+        """The weight of ``node``, with the BN's channel count as ``channel`` lays it out."""
+        weight = self.stored(node, channel.weight_input, "weight")
         if weight is None or isinstance(weight, str):
             return weight or f"{node_label(node)} has no weight"
         dims = list(weight.tensor.dims)
-        if (ndim is not None and len(dims) != ndim) or len(dims) <= axis or dims[axis] != self.channels:
-            return f"its weight {dims} does not have the BN's {self.channels} output channels on axis {axis}"
+        if channel.out_channels(dims) != self.channels:
+            if channel.groups is not None:
+                return f"its weight {dims} with group={channel.groups} does not give the BN's {self.channels} channels"
+            return f"its weight {dims} does not have the BN's {self.channels} output channels on axis {channel.axis}"
         return weight
 
     def only_reader(self, name: str, reader: NodeProto) -> str | None:
@@ -130,12 +122,6 @@ class _BnContext:
             return f"'{name}' is also a graph output"
         others = [node_label(u.node) for u in self.scope.uses.get(name, []) if u.node is not reader]
         return f"'{name}' is also read by {', '.join(others)}" if others else None
-
-    def fold(self, node: NodeProto, weight: _Stored | str, scale: Scale, factor: float = 1.0) -> _Fold | str:
-        if isinstance(weight, str):
-            return weight
-        bias = self.stored(node, 2, "bias")
-        return bias if isinstance(bias, str) else _Fold(node, weight, scale, node, 2, bias, factor)
 
     def own(self, stored: _Stored, node: NodeProto, index: int) -> TensorProto:
         """The tensor ``node`` reads at ``index``, cloned first if another node reads it too."""
@@ -150,107 +136,86 @@ class _BnContext:
         return clone
 
 
-def _along(axis: int, ndim: int, s: np.ndarray) -> np.ndarray:
-    shape = [1] * ndim
-    shape[axis] = -1
-    return s.reshape(shape)
-
-
-def _conv(ctx: _BnContext, node: NodeProto) -> _Fold | str:
-    return ctx.fold(node, ctx.weight(node, 0), lambda w, s: w * _along(0, w.ndim, s))
-
-
-def _conv_transpose(ctx: _BnContext, node: NodeProto) -> _Fold | str:
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    weight = ctx.stored(node, 1, "weight")
-    if not isinstance(weight, _Stored):
-        return weight or f"{node_label(node)} has no weight"
-    dims = list(weight.tensor.dims)  # [C, M/g, k...]
-    if len(dims) < 2 or dims[0] % group or dims[1] * group != ctx.channels:
-        return f"its weight {dims} with group={group} does not give the BN's {ctx.channels} channels"
-
-    def scale(w: np.ndarray, s: np.ndarray) -> np.ndarray:
-        grouped = w.reshape(group, dims[0] // group, dims[1], -1)
-        return (grouped * s.reshape(group, 1, dims[1], 1)).reshape(w.shape)
-
-    return ctx.fold(node, weight, scale)
-
-
-def _gemm(ctx: _BnContext, node: NodeProto) -> _Fold | str:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    axis = 0 if attrs.get("transB", 0) else 1
-    weight = ctx.weight(node, axis, 2)
-    return ctx.fold(node, weight, lambda w, s: w * _along(axis, 2, s), float(attrs.get("beta", 1.0)))
-
-
-def _matmul(ctx: _BnContext, node: NodeProto, add: NodeProto | None = None) -> _Fold | str:
-    rank = ctx.rank(ctx.bn.input[0])
-    if rank != 2:
-        return f"the MatMul output has rank {rank or 'unknown'}, not 2: BN's channel axis is not its last axis"
-    weight = ctx.weight(node, 1, 2)
-    if isinstance(weight, str) or add is None:
-        return weight if isinstance(weight, str) else _Fold(node, weight, lambda w, s: w * s, None)
+def _fold_into(ctx: _BnContext, node: NodeProto, channel: ChannelFold, add: NodeProto | None = None) -> _Fold | str:
+    """The fold into producer ``node`` laid out as ``channel``, its bias in ``add`` if it has none."""
+    if channel.output_rank is not None:
+        rank = ctx.rank(ctx.affine.input[0])
+        if rank != channel.output_rank:
+            return (
+                f"the {node.op_type} output has rank {rank or 'unknown'}, not {channel.output_rank}: "
+                "BN's channel axis is not its last axis"
+            )
+    weight = ctx.weight(node, channel)
+    if isinstance(weight, str):
+        return weight
+    if channel.bias_input is not None:
+        bias = ctx.stored(node, channel.bias_input, "bias")
+        return bias if isinstance(bias, str) else _Fold(node, channel, weight, node, channel.bias_input, bias)
+    if add is None:
+        return _Fold(node, channel, weight, None)
     index = 1 if add.input[0] in node.output else 0
     bias = ctx.stored(add, index, "bias")
     if not isinstance(bias, _Stored):
-        return bias or "its Add has no bias"
-    return _Fold(node, weight, lambda w, s: w * s, add, index, bias)
+        return bias or f"its {add.op_type} has no bias"
+    return _Fold(node, channel, weight, add, index, bias)
 
 
-def _add(ctx: _BnContext, node: NodeProto) -> _Fold | str:
-    """A MatMul followed by an Add of a stored bias."""
+def _bias_add_fold(ctx: _BnContext, node: NodeProto) -> _Fold | str:
+    """``node`` adds a stored bias to a producer that has no bias input (a MatMul): fold into both."""
     for name in node.input[:2]:
-        matmul = ctx.scope.producers.get(name)
-        if matmul is not None and matmul.op_type == "MatMul" and matmul.domain in ONNX_DOMAINS:
+        linear = ctx.scope.producers.get(name)
+        channel = spec_of(linear).output_channel_fold(linear) if linear is not None else None
+        if linear is not None and channel is not None and channel.bias_input is None:
             shared = ctx.only_reader(name, node)
-            return f"the MatMul output {shared}" if shared else _matmul(ctx, matmul, node)
-    return "producer is Add (not of a MatMul)"
+            return f"the {linear.op_type} output {shared}" if shared else _fold_into(ctx, linear, channel, node)
+    return f"producer is {node.op_type} (not of a MatMul)"
 
 
-#: BN producers: op type -> handler giving the fold, or why the BN stays.
-PRODUCERS: dict[str, Callable[[_BnContext, NodeProto], _Fold | str]] = {
-    "Conv": _conv,
-    "ConvTranspose": _conv_transpose,
-    "Gemm": _gemm,
-    "MatMul": _matmul,
-    "Add": _add,
-}
+def folds_into(node: NodeProto) -> bool:
+    """A per-channel map of ``node``'s output folds into it (or into it and its bias Add)."""
+    spec = spec_of(node)
+    return spec.output_channel_fold(node) is not None or spec.adds_bias
 
 
-def _bn_plan(ctx: _BnContext) -> tuple[_Fold, np.ndarray, np.ndarray] | str:
+def _producer_fold(ctx: _BnContext, node: NodeProto) -> _Fold | str:
+    channel = spec_of(node).output_channel_fold(node)
+    return _bias_add_fold(ctx, node) if channel is None else _fold_into(ctx, node, channel)
+
+
+#: The ONNX ops a BN folds into, as the op table answers (:func:`folds_into`).
+PRODUCERS: tuple[str, ...] = tuple(
+    op for domain, op in registered() if not domain and folds_into(NodeProto(op_type=op))
+)
+
+
+def _bn_plan(ctx: _BnContext) -> tuple[_Fold, np.ndarray, np.ndarray] | str | None:
+    """The fold of a BN (None: the node is no BN-like per-channel map), or why it stays."""
     bn, scope = ctx.bn, ctx.scope
-    attrs = {a.name: helper.get_attribute_value(a) for a in bn.attribute}
-    if attrs.get("training_mode", 0):
-        return "training mode (training_mode=1)"
-    if any(out and (scope.uses.get(out) or scope.is_output(out)) for out in bn.output[1:]):
-        return "its running mean/var outputs are used"
-    params = []
-    for index, what in enumerate(("scale", "bias", "mean", "variance"), start=1):
+
+    def read(index: int, what: str) -> np.ndarray | str:
         stored = ctx.stored(bn, index, what)
         if not isinstance(stored, _Stored):
             return stored or f"it has no {what}"
-        params.append(read_array(stored.tensor).astype(np.float64))
-    gamma, beta, mean, var = params
-    if any(p.ndim != 1 or p.shape != gamma.shape for p in params):
-        return "its statistics are not 1-D per-channel vectors"
-    denominator = var + float(attrs.get("epsilon", 1e-5))
-    if np.any(denominator <= 0):
-        return "variance + epsilon is not positive"
-    ctx.channels = gamma.shape[0]
+        return read_array(stored.tensor).astype(np.float64)
+
+    others_read = any(out and (scope.uses.get(out) or scope.is_output(out)) for out in bn.output[1:])
+    affine = spec_of(bn).channel_affine(bn, read, others_read)
+    if affine is None or isinstance(affine, str):
+        return affine
+    s, t = affine
+    ctx.channels = s.shape[0]
     producer = scope.producers.get(bn.input[0])
     if producer is None:
         return f"its input '{bn.input[0]}' is not computed by a node of its graph"
-    handler = PRODUCERS.get(producer.op_type) if producer.domain in ONNX_DOMAINS else None
-    if handler is None:
+    if not folds_into(producer):
         return f"producer is {producer.op_type}"
     shared = ctx.only_reader(bn.input[0], bn)
     if shared:
         return f"its input {shared}"
-    plan = handler(ctx, producer)
+    plan = _producer_fold(ctx, producer)
     if isinstance(plan, str):
         return plan
-    s = gamma / np.sqrt(denominator)
-    return plan, s, beta - mean * s
+    return plan, s, t
 
 
 def _set(tensor: TensorProto, values: np.ndarray) -> None:
@@ -259,14 +224,15 @@ def _set(tensor: TensorProto, values: np.ndarray) -> None:
     write_array(tensor, values)
 
 
-def _apply(ctx: _BnContext, fold: _Fold, s: np.ndarray, t: np.ndarray) -> None:
-    """Edit the graph as ``fold`` says (see the module docstring for the maths)."""
-    bn = ctx.bn
-    weight = ctx.own(fold.weight, fold.producer, 1)
+def _apply(ctx: _BnContext, fold: _Fold, s: np.ndarray, t: np.ndarray) -> bool:
+    """Edit the graph as ``fold`` says (see the module docstring for the maths); True when the
+    folded node stays, as the bias Add of a producer that has no bias input."""
+    bn, channel = ctx.bn, fold.channel
+    weight = ctx.own(fold.weight, fold.producer, channel.weight_input)
     values = read_array(weight)
-    write_array(weight, fold.scale(values.astype(np.float64), s).astype(values.dtype))
+    write_array(weight, channel.scale(values.astype(np.float64), s).astype(values.dtype))
     bias = read_array(fold.bias.tensor) if fold.bias else np.zeros(s.shape, values.dtype)
-    new_bias = (bias.astype(np.float64) * fold.bias_factor * s + t).astype(bias.dtype)
+    new_bias = (bias.astype(np.float64) * channel.bias_gain * s + t).astype(bias.dtype)
     if fold.bias is not None and fold.bias_node is not None:
         _set(ctx.own(fold.bias, fold.bias_node, fold.bias_index), new_bias)
     else:
@@ -276,14 +242,15 @@ def _apply(ctx: _BnContext, fold: _Fold, s: np.ndarray, t: np.ndarray) -> None:
             del bn.attribute[:], bn.input[1:], bn.output[1:]
             bn.op_type, bn.domain, bn.name = "Add", "", f"{node_label(fold.producer)}_bias"
             bn.input.append(name)
-            return
+            return True
         inputs = fold.bias_node.input
         inputs.extend([""] * (fold.bias_index + 1 - len(inputs)))
         inputs[fold.bias_index] = name
     for attr in fold.producer.attribute:
-        if attr.name == "beta":  # Gemm: beta·C is in the new C
+        if attr.name == channel.bias_gain_attr:  # Gemm: beta·C is in the new C
             attr.f = 1.0
     fold.bias_node.output[0] = bn.output[0]
+    return False
 
 
 def fold_batchnorm(
@@ -310,56 +277,45 @@ def fold_batchnorm(
     for scope in root.all_scopes():
         removed: list[NodeProto] = []
         for bn in list(scope.graph.node):
-            if bn.op_type != "BatchNormalization" or bn.domain not in ONNX_DOMAINS:
-                continue
-            label = node_label(bn)
             ctx = _BnContext(model, scope, bn, rank or inferred_rank, fresh, cloned)
             plan = _bn_plan(ctx)
+            if plan is None:
+                continue
+            label = node_label(bn)
             if isinstance(plan, str):
-                log.info("BatchNormalization %s kept: %s", label, plan)
+                log.info("%s %s kept: %s", bn.op_type, label, plan)
                 kept.append((label, plan))
                 continue
-            _apply(ctx, *plan)
-            if bn.op_type == "BatchNormalization":
+            if not _apply(ctx, *plan):
                 removed.append(bn)
             folded.append(label)
         delete_nodes(scope.graph, removed)
     return folded, kept
 
 
-#: Per-channel affine ops folded like a BN: ``y = s·x + t`` with a stored constant operand.
-AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
-_AFFINE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
-
-
-def _out_channels(ctx: _BnContext, producer: NodeProto) -> int | None:
-    weight = ctx.stored(producer, 1, "weight")
-    if not isinstance(weight, _Stored):
-        return None
-    dims = list(weight.tensor.dims)
-    attrs = {a.name: helper.get_attribute_value(a) for a in producer.attribute}
-    if producer.op_type == "Conv":
-        return dims[0] if dims else None
-    if producer.op_type == "ConvTranspose":
-        return dims[1] * int(attrs.get("group", 1)) if len(dims) > 1 else None
-    return (dims[0] if attrs.get("transB", 0) else dims[1]) if len(dims) == 2 else None
+def _own_bias_fold(node: NodeProto) -> ChannelFold | None:
+    """How a map folds into ``node`` alone (it has a bias input of its own); None: it does not."""
+    channel = spec_of(node).output_channel_fold(node)
+    return channel if channel is not None and channel.bias_input is not None else None
 
 
 def _affine_plan(ctx: _BnContext) -> tuple[_Fold, np.ndarray, np.ndarray] | str:
     """``x ∘ c`` (∘ = ·, +, −, ÷) right after a Conv/ConvTranspose/Gemm, ``c`` a stored constant
     that is a scalar or varies along the channel axis (1) only: the ``s, t`` of ``y = s·x + t``."""
     node, scope = ctx.affine, ctx.scope
+    spec = spec_of(node)
     producers = [(i, scope.producers.get(name)) for i, name in enumerate(node.input[:2])]
-    found = [(i, p) for i, p in producers if p is not None and p.op_type in _AFFINE_PRODUCERS]
+    found = [(i, p, f) for i, p in producers if p is not None and (f := _own_bias_fold(p)) is not None]
     if len(found) != 1 or len(node.input) != 2:
         return "not right after a Conv, ConvTranspose or Gemm"
-    index, producer = found[0]
-    if producer.domain not in ONNX_DOMAINS or (node.op_type in ("Sub", "Div") and index != 0):
+    index, producer, channel = found[0]
+    if index not in spec.affine_inputs(node):
         return "the constant is on the wrong side"
     constant = ctx.stored(node, 1 - index, "constant")
     if not isinstance(constant, _Stored):
         return constant or "no constant operand"
-    channels = _out_channels(ctx, producer)
+    weight = ctx.stored(producer, channel.weight_input, "weight")
+    channels = channel.out_channels(list(weight.tensor.dims)) if isinstance(weight, _Stored) else None
     out_rank = ctx.rank(producer.output[0])
     c = read_array(constant.tensor).astype(np.float64)
     if channels is None or out_rank is None or c.ndim > out_rank:
@@ -368,20 +324,15 @@ def _affine_plan(ctx: _BnContext) -> tuple[_Fold, np.ndarray, np.ndarray] | str:
     if any(d != 1 for axis, d in enumerate(shape) if axis != 1) or shape[1] not in (1, channels):
         return f"the constant {list(c.shape)} is not per channel"
     vector = np.broadcast_to(c.reshape(-1), (channels,)) if c.size == 1 else c.reshape(-1)
-    if node.op_type == "Div" and np.any(vector == 0):
-        return "division by zero"
-    ones, zeros = np.ones(channels), np.zeros(channels)
-    s, t = {
-        "Mul": (vector, zeros),
-        "Add": (ones, vector),
-        "Sub": (ones, -vector),
-        "Div": (1.0 / np.where(vector == 0, 1.0, vector), zeros),
-    }[node.op_type]
+    affine = spec.constant_affine(node, vector)
+    if isinstance(affine, str):
+        return affine
+    s, t = affine
     shared = ctx.only_reader(producer.output[0], node)
     if shared:
         return f"its input {shared}"
     ctx.channels = channels
-    plan = PRODUCERS[producer.op_type](ctx, producer)
+    plan = _fold_into(ctx, producer, channel)
     return plan if isinstance(plan, str) else (plan, s, t)
 
 
@@ -405,7 +356,7 @@ def fold_affine(model: ModelProto, *, rank: Callable[[str], int | None] | None =
         cloned: dict[tuple[int, str], int] = {}  # counts belong to this index of the graph
         for scope in root.all_scopes():
             for node in list(scope.graph.node):
-                if node.op_type not in AFFINE_OPS or node.domain not in ONNX_DOMAINS:
+                if not spec_of(node).affine_inputs(node):
                     continue
                 ctx = _BnContext(model, scope, node, rank or inferred_rank, fresh, cloned)
                 plan = _affine_plan(ctx)

@@ -3,14 +3,16 @@ their values, within guards that keep the file from growing.
 
 A node is folded when every input is a stored tensor (an initializer that is not also a
 graph input, a Constant node) or the output of a folded node, its op is deterministic, in
-the ONNX domain and has no subgraph. ``Shape``
-and ``Size`` of a tensor whose (selected) dims are all concrete fold too, and so do
-``Gather``/``Slice`` of a ``Shape`` whose selected dims are concrete (the static part of
-a shape with a symbolic batch); a dim that depends on a symbolic input dim never folds.
+the ONNX domain and has no subgraph. A shape computation whose value the op table gives
+from static shapes (:meth:`~onnxprune.ops.spec.OpSpec.shape_value`: ``Shape`` and ``Size``
+of a tensor whose (selected) dims are all concrete, ``Gather``/``Slice`` of a ``Shape``
+whose selected dims are concrete, the static part of a shape with a symbolic batch; the
+arithmetic is in :mod:`onnxprune.ops.shape`) folds too; a dim that depends on a symbolic
+input dim never folds.
 Guards: a node whose output would be over :data:`GROWTH_LIMIT` bytes larger than its
 inputs is kept (an Expand or Tile would grow the file), and so are ``DequantizeLinear``
-and a widening ``Cast`` of more than :data:`SMALL` elements (weights stored compressed on
-purpose). Output sizes come from shape inference before anything runs (a node whose output
+and a widening ``Cast`` (the retyping op: :meth:`~onnxprune.ops.spec.OpSpec.output_type`)
+of more than :data:`SMALL` elements (weights stored compressed on purpose). Output sizes come from shape inference before anything runs (a node whose output
 shape is not known there is kept); the values from one onnxruntime run of the folded nodes
 alone (if it fails, they are kept, with a note). A folded value read by a kept node becomes an
 initializer (a Constant node if it is a graph output).
@@ -40,6 +42,8 @@ from onnxprune.graph.edit import (
 )
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.graph.tensors import data_bytes, numel, read_array
+from onnxprune.ops import spec_of
+from onnxprune.ops.spec import ShapeValueContext
 
 log = logging.getLogger(__name__)
 
@@ -55,41 +59,14 @@ NEVER_FOLDED = frozenset(
 )
 
 
-def _constant_value(node: NodeProto) -> tuple[int, np.ndarray | None]:
-    """A Constant node's bytes, and its value when it is small."""
-    attr = node.attribute[0]
+def _constant_value(attr: AttributeProto) -> tuple[int, np.ndarray | None]:
+    """The bytes of the value a Constant node writes (its attribute ``attr``), and the value
+    when it is small."""
     if attr.type == AttributeProto.TENSOR:
         small = numel(attr.t) <= SMALL and not is_external(attr.t)
         return data_bytes(attr.t), read_array(attr.t) if small else None
     value = np.asarray(helper.get_attribute_value(attr))
     return value.nbytes, value if attr.name in ("value_int", "value_ints") else None
-
-
-def _selected_dims(
-    node: NodeProto, partial: dict[str, list[int | None]], shapes: InferredShapes, small: dict
-) -> object:
-    """The dims a Shape/Size (or a Gather/Slice of a Shape) selects, None where symbolic;
-    None if the node is not one of those."""
-    if node.op_type in ("Shape", "Size"):
-        dims = shapes.dims(node.input[0])
-        if dims is None or node.op_type == "Size":
-            return dims
-        attrs = {a.name: a.i for a in node.attribute}
-        return dims[slice(attrs.get("start", 0), attrs.get("end"))]
-    if not node.input or node.input[0] not in partial:
-        return None
-    dims = partial[node.input[0]]
-    try:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in small:
-            picked = np.asarray(dims, dtype=object)[np.asarray(small[node.input[1]])]
-            return np.asarray(picked, dtype=object).reshape(-1).tolist()
-        if node.op_type == "Slice" and all(i in small for i in node.input[1:] if i):
-            starts, ends, axes, steps = ([*(small[i].tolist() if i else None for i in node.input[1:])] + [None] * 3)[:4]
-            if axes in (None, [0], [-1]) and len(starts) == 1:
-                return dims[slice(starts[0], ends[0], steps[0] if steps else None)]
-    except (IndexError, TypeError, ValueError):
-        return None
-    return None
 
 
 @dataclass
@@ -117,25 +94,25 @@ def _plan_folding(model: ModelProto, shapes: InferredShapes) -> _FoldPlan:
             if numel(t) <= SMALL:
                 small[t.name] = read_array(t)
     partial: dict[str, list[int | None]] = {}
+    context = ShapeValueContext(shapes.dims, partial, small)
     for node in graph.node:
         if node.domain not in ONNX_DOMAINS or not node.output or not node.output[0]:
             continue
-        out = node.output[0]
-        if node.op_type == "Constant":
-            if len(node.attribute) == 1 and node.attribute[0].name != "sparse_value":
-                plan.sizes[out], value = _constant_value(node)
-                if value is not None:
-                    small[out] = value
+        out, spec = node.output[0], spec_of(node)
+        attribute = spec.constant_attribute(node)
+        if attribute is not None:  # a Constant: its value is stored
+            plan.sizes[out], value = _constant_value(attribute)
+            if value is not None:
+                small[out] = value
             continue
-        dims = _selected_dims(node, partial, shapes, small)
-        if isinstance(dims, list):
-            if any(d is None for d in dims):
-                if node.op_type in ("Shape", "Slice"):
-                    partial[out] = dims
+        static = spec.shape_value(node, context)
+        if static is not None:
+            if any(d is None for d in static.dims):
+                if static.tracked:
+                    partial[out] = static.dims
                 continue
-            scalar = node.op_type == "Size" or (node.op_type == "Gather" and np.ndim(small[node.input[1]]) == 0)
-            value = np.asarray(np.prod(dims, dtype=np.int64) if node.op_type == "Size" else dims, dtype=np.int64)
-            small[out] = plan.values[out] = value.reshape(()) if scalar else value
+            value = np.asarray(static.dims, dtype=np.int64)
+            small[out] = plan.values[out] = value.reshape(()) if static.scalar else value
             plan.sizes[out] = value.nbytes
             plan.by_shape.append(node)
             continue
@@ -149,7 +126,7 @@ def _plan_folding(model: ModelProto, shapes: InferredShapes) -> _FoldPlan:
         if grows > GROWTH_LIMIT:
             log.info("not folding %s: it would add %d bytes of constants", node_label(node), grows)
             continue
-        if node.op_type == "Cast" and grows > 0 and _numel_of(shapes, out) > SMALL:
+        if spec.output_type(node) is not None and grows > 0 and _numel_of(shapes, out) > SMALL:
             continue  # a widening Cast of a weight: the model stores it compressed on purpose
         plan.on_ort.append(node)
         plan.sizes.update(outs)  # type: ignore[arg-type]
@@ -177,7 +154,9 @@ def _evaluate(model: ModelProto, plan: _FoldPlan, wanted: list[str], shapes: Inf
     graph, nodes = model.graph, plan.on_ort
     needed = {i for n in nodes for i in n.input if i} - {o for n in nodes for o in n.output}
     sub = GraphProto(name="constant_folding")
-    sub.node.extend(n for n in graph.node if n.op_type == "Constant" and n.output and n.output[0] in needed)
+    sub.node.extend(
+        n for n in graph.node if spec_of(n).constant_attribute(n) is not None and n.output and n.output[0] in needed
+    )
     sub.node.extend(nodes)
     sub.initializer.extend(t for t in graph.initializer if t.name in needed)
     sub.initializer.extend(onnx.numpy_helper.from_array(v, n) for n, v in plan.values.items() if n in needed)

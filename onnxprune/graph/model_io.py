@@ -4,11 +4,14 @@ Loading refuses external-data locations that escape the model's folder (absolute
 ``..`` components, symbolic links pointing out): ONNX loaders that follow them read any
 file on the machine. Saving writes into a temporary folder next to the destination,
 validates there, then renames into place, so a reader never sees a half-written model and
-an interrupted run leaves the destination as it was.
+an interrupted run leaves the destination as it was. Every other file onnxprune writes (HTML
+reports, JSON results, plans, the sensitivity cache) goes through :func:`write_file`, the same
+policy for one file: a temporary file in the destination's folder, renamed into place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -162,6 +165,40 @@ class SavedModel:
 
     path: Path
     data_path: Path | None
+
+
+def write_file(data: str | bytes, path: str | os.PathLike[str], *, what: str = "file", example: str = "") -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically, keeping an existing file's
+    permissions; returns the path. Errors are one-line :class:`OutputError` naming the file as
+    ``what`` (``"report"``), with ``example`` a file name to suggest for a folder."""
+    target = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    folder = target.parent
+    if target.is_dir():
+        hint = f": give a file name such as {example}" if example else ": give a file name"
+        raise OutputError(f"the {what} path '{target}' is a folder{hint}")
+    if not folder.is_dir():
+        raise OutputError(f"the {what} folder '{folder}' does not exist: create it first")
+    mode = (target.stat().st_mode & 0o777) if target.exists() else 0o644
+    try:
+        handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"cannot write the {what} into '{folder}': {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write the {what} '{target}': {exc.strerror or exc}") from None
+        raise
+    log.info("wrote %s %s (%d bytes)", what, target, len(payload))
+    return target
 
 
 def refuse_input_as_output(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str]) -> None:

@@ -11,7 +11,8 @@ Families: :mod:`.conv` (Conv, ConvTranspose), :mod:`.gemm`, :mod:`.matmul`, :mod
 (LSTM, GRU, RNN), :mod:`.elementwise` (normalizations, Gather, Shape/Size, the bias Add),
 :mod:`.movement` (Identity, Cast, Transpose, Reshape ... DequantizeLinear), :mod:`.quantized`
 (ConvInteger, MatMulInteger, QLinear*, onnxruntime's contrib ops; Einsum and Attention as
-not counted), :mod:`.constant` (the tensor a Constant node writes into the graph).
+not counted), :mod:`.constant` (the tensor a Constant node writes into the graph),
+:mod:`.control` (If, Loop, Scan: how their subgraphs run).
 
 Channel analysis (:mod:`.channels`: the layouts a rule sees, and its helpers): each spec also
 answers its channel rule, the group it starts, and how it propagates constant (dead) channels;
@@ -26,6 +27,7 @@ from __future__ import annotations
 from onnxprune.ops import (  # noqa: F401  # noqa: F401
     activation,
     broadcast,
+    control,
     conv,
     elementwise,
     gemm,

@@ -12,6 +12,12 @@ Constant propagation (Add, Sub, Mul, Div, Max, Min, Pow): ``y_c = f(a_c, b_c)`` 
 channel, each operand's constant taken from its tracked channels, or from a stored operand
 constant along every other axis; NaN elsewhere. A product with a zero is zero whatever the
 other factor (``0·x = 0`` even where ``x`` varies).
+
+Affine with a constant (:meth:`BroadcastSpec.constant_affine`, what folds into a Conv or Gemm
+before it like a BN): with ``c`` a per-channel (or scalar) constant, ``x·c``, ``x + c``, ``x − c``
+and ``x / c`` are ``y = s·x + t`` with ``(s, t) = (c, 0), (1, c), (1, −c), (1/c, 0)``; ``x`` may
+be either operand of Mul and Add, only the first of Sub and Div (``c − x`` and ``c / x`` are
+not folded), and a zero divisor is refused.
 """
 
 from __future__ import annotations
@@ -102,8 +108,27 @@ def binary_constants(
     return result
 
 
+#: ``y = s·x + t`` of ``x ∘ c`` from the constant vector ``c``, and the inputs ``x`` may be.
+AFFINE: dict[str, tuple[Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], tuple[int, ...]]] = {
+    "Mul": (lambda c: (c, np.zeros(len(c))), (0, 1)),
+    "Add": (lambda c: (np.ones(len(c)), c), (0, 1)),
+    "Sub": (lambda c: (np.ones(len(c)), -c), (0,)),
+    "Div": (lambda c: (1.0 / np.where(c == 0, 1.0, c), np.zeros(len(c))), (0,)),
+}
+
+
 class BroadcastSpec(OpSpec):
     """An elementwise op of broadcast operands (see the module docstring)."""
+
+    def affine_inputs(self, node: NodeProto) -> tuple[int, ...]:
+        return AFFINE[node.op_type][1] if node.op_type in AFFINE and len(node.input) == 2 else ()
+
+    def constant_affine(self, node: NodeProto, c: np.ndarray) -> tuple[np.ndarray, np.ndarray] | str:
+        if node.op_type not in AFFINE:
+            return super().constant_affine(node, c)
+        if node.op_type == "Div" and np.any(c == 0):
+            return "division by zero"
+        return AFFINE[node.op_type][0](c)
 
     def channel_rule(self, node: NodeProto) -> Callable[..., None] | None:
         return broadcast_rule

@@ -4,7 +4,7 @@ Its ``value`` attribute (a tensor) is a weight like an initializer: discovery, t
 streaming writer, the skeleton and the quantizer read it through :func:`constant_tensor`.
 The other value attributes (``value_int(s)``, ``value_float(s)``) hold shape-like scalars
 and lists, which :func:`constant_array` also gives; ``value_string(s)`` and
-``sparse_value`` give None.
+``sparse_value`` give None. It does no work at run time.
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ _LISTS = ("value_ints", "value_int", "value_floats", "value_float")
 
 
 class ConstantSpec(OpSpec):
+    no_work = True  # its value is in the file
+
+    def constant_attribute(self, node: NodeProto) -> AttributeProto | None:
+        if len(node.attribute) == 1 and node.attribute[0].name != "sparse_value":
+            return node.attribute[0]
+        return None
+
     def constant_tensor(self, node: NodeProto) -> TensorProto | None:
         if not node.output or not node.output[0]:
             return None

@@ -34,6 +34,13 @@ follow. Other grouped convolutions block. A dead input channel ``c`` that holds 
 ``k·Σ_t W[o, c, t]`` to output ``o`` at every position of an unpadded Conv: its bias absorbs it
 exactly; with pads (or for ConvTranspose) the border sees zeros, so only ``k = 0`` is exact. A
 depthwise channel maps ``k`` to ``k·Σ_t W[c, 0, t] + b_c`` (unpadded), a zero filter to ``b_c``.
+
+Folding a per-channel ``y_c = s_c·x_c + t_c`` of the output (a BN, or a Mul/Add/Sub/Div by a
+per-channel constant: :meth:`ConvSpec.output_channel_fold`) into the weight and bias
+``B' = s·B + t``: Conv ``W[M, C/g, k…]`` is scaled along axis 0 (depthwise and grouped alike);
+ConvTranspose ``W[C, M/g, k…]``: output channel ``o = i·(M/g) + j`` of group ``i`` is
+``W[i·C/g:(i+1)·C/g, j]``, so ``W`` is viewed as ``[g, C/g, M/g, k…]`` and scaled along its third
+axis by ``s`` viewed as ``[g, M/g]``.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from onnxprune.ops.registry import register
 from onnxprune.ops.spec import (
     BIAS,
     OTHER,
+    ChannelFold,
     Count,
     Counter,
     Dims,
@@ -93,6 +101,9 @@ class ConvSpec(OpSpec):
 
     def bias_input(self, node: NodeProto) -> int | None:
         return 2
+
+    def output_channel_fold(self, node: NodeProto) -> ChannelFold | None:
+        return ChannelFold(axis=0)
 
     def channel_rule(self, node: NodeProto) -> Callable[..., None] | None:
         return conv_rule
@@ -151,6 +162,9 @@ class ConvTransposeSpec(ConvSpec):
 
     def slot(self, ctx: SlotContext) -> Slot:
         return {1: Slot("weight", 1, 0), 2: BIAS}.get(ctx.index, OTHER)
+
+    def output_channel_fold(self, node: NodeProto) -> ChannelFold | None:
+        return ChannelFold(axis=1, groups=int(attr(node, "group", 1)))  # type: ignore[arg-type]
 
     def propagate_constant(
         self, cx: ChannelContext, node: NodeProto, out: str, values: Mapping[str, np.ndarray]

@@ -16,6 +16,10 @@ Channels (:mod:`onnxprune.ops.channels`): a Gemm whose ``B`` is its own (and ``t
 starts a group on axis 1 of ``Y`` (``B`` axis 0 with ``transB``, else 1; a per-output ``C``
 with it); channels on the ``K`` axis of ``A`` are read through ``B``'s ``K`` axis. A dead unit
 of the group (a zero column of ``op(B)``) outputs ``beta·C_n``.
+
+Folding a per-channel ``y_n = s_n·x_n + t_n`` of ``Y`` (a BN, or a Mul/Add/Sub/Div by a
+per-column constant: :meth:`GemmSpec.output_channel_fold`): ``B[K, N]`` is scaled along axis 1
+(``transB`` = 1: ``B[N, K]``, axis 0); ``C' = s·(beta·C) + t`` and ``beta`` becomes 1.
 """
 
 from __future__ import annotations
@@ -36,7 +40,19 @@ from onnxprune.ops.channels import (
     zero_output_constants,
 )
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import BIAS, Count, Counter, Dims, MatrixView, OpSpec, Slot, SlotContext, attr, no_view
+from onnxprune.ops.spec import (
+    BIAS,
+    ChannelFold,
+    Count,
+    Counter,
+    Dims,
+    MatrixView,
+    OpSpec,
+    Slot,
+    SlotContext,
+    attr,
+    no_view,
+)
 
 
 def count_gemm(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> Count:
@@ -70,6 +86,10 @@ class GemmSpec(OpSpec):
 
     def bias_gain(self, node: NodeProto) -> float:
         return float(attr(node, "beta", 1.0))  # type: ignore[arg-type]
+
+    def output_channel_fold(self, node: NodeProto) -> ChannelFold | None:
+        axis = 0 if attr(node, "transB", 0) else 1
+        return ChannelFold(axis=axis, ndim=2, bias_gain=self.bias_gain(node), bias_gain_attr="beta")
 
     def channel_rule(self, node: NodeProto) -> Callable[..., None] | None:
         return gemm_rule

@@ -21,6 +21,11 @@ last axis go to ``Y``'s (``attn·V``), on its ``K`` axis through a stored 2-D ``
 dead unit of ``x @ W`` (a zero column) outputs 0 (no bias); an element that is 0 in either
 operand gives 0 along the joined axis. A constant on ``A``'s ``K`` axis is absorbed by a bias
 (``k·W[e]`` per output); one on a weight on the left (``W @ x``) would be per row: only 0 is exact.
+
+Folding a per-channel ``y_n = s_n·x_n + t_n`` on axis 1 of ``Y = X·B (+ c)`` (a BN:
+:meth:`MatMulSpec.output_channel_fold`) needs a 2-D ``B[K, N]`` and a 2-D ``Y``, so that axis 1
+is ``B``'s last axis: ``B' = B·diag(s)``, ``c' = s·c + t`` in the following Add (its stored
+operand, :mod:`onnxprune.ops.elementwise`), or a new Add of ``t`` if there was none.
 """
 
 from __future__ import annotations
@@ -32,7 +37,19 @@ from onnx import NodeProto
 
 from onnxprune.ops.channels import ChannelContext, Layout, new_output, stored_weight, zero_output_constants
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import OTHER, Count, Counter, Dims, MatrixView, OpSpec, Slot, SlotContext, no_view, prod
+from onnxprune.ops.spec import (
+    OTHER,
+    ChannelFold,
+    Count,
+    Counter,
+    Dims,
+    MatrixView,
+    OpSpec,
+    Slot,
+    SlotContext,
+    no_view,
+    prod,
+)
 
 
 def count_matmul(node: NodeProto, ins: list[Dims], outs: list[Dims]) -> Count:
@@ -56,6 +73,9 @@ class MatMulSpec(OpSpec):
         if ctx.index == 0:
             return Slot("weight", ctx.rank - 2, ctx.rank - 1) if ctx.rank >= 2 else Slot("weight", None, 0)
         return OTHER
+
+    def output_channel_fold(self, node: NodeProto) -> ChannelFold | None:
+        return ChannelFold(axis=1, ndim=2, output_rank=2, bias_input=None)
 
     def channel_rule(self, node: NodeProto) -> Callable[..., None] | None:
         return matmul_rule

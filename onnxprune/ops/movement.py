@@ -8,7 +8,9 @@ not transparent for that input. Discovery follows weights through them, so the a
 weight are known in the coordinates of the layer that reads it.
 
 Their channel rules and constant propagation (how they move channel groups) are in
-:mod:`onnxprune.ops.shape`; Identity, Cast and CastLike carry channels unchanged.
+:mod:`onnxprune.ops.shape`; Identity, Cast and CastLike carry channels unchanged. Slice of a
+shape value is also shape arithmetic (:func:`onnxprune.ops.shape.slice_value`); Cast is the
+retyping op (:meth:`TransformSpec.output_type`: a widening Cast of a weight is not folded).
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from onnxprune.ops.shape import (
     concat_rule,
     reshape_rule,
     slice_rule,
+    slice_value,
     split_constants,
     split_rule,
     transpose_rule,
 )
-from onnxprune.ops.spec import OpSpec, Shape, Transform, TransformContext, attr
+from onnxprune.ops.spec import OpSpec, Shape, ShapeValue, ShapeValueContext, Transform, TransformContext, attr
 
 Rule = Callable[[TransformContext], Transform | None]
 
@@ -55,6 +58,9 @@ class TransformSpec(OpSpec):
         channels: ChannelRule | None = None,
         constant: ConstantRule | None = None,
         stored_through: tuple[str, ...] = (),
+        value: Callable[[NodeProto, ShapeValueContext], ShapeValue | None] | None = None,
+        converts: tuple[str, ...] = (),
+        order_kept: tuple[str, ...] = (),
     ) -> None:
         self.rule = rule
         self.quantized_data_slots = quantized_data_slots
@@ -63,6 +69,9 @@ class TransformSpec(OpSpec):
         self.channels = channels
         self.constant = constant
         self.stored_through = stored_through
+        self.value = value
+        self.converts = converts
+        self.order_kept = order_kept
 
     def transform(self, ctx: TransformContext) -> Transform | None:
         return self.rule(ctx)
@@ -74,6 +83,15 @@ class TransformSpec(OpSpec):
         self, cx: ChannelContext, node: NodeProto, out: str, values: Mapping[str, np.ndarray]
     ) -> np.ndarray | None:
         return None if self.constant is None else self.constant(cx, node, out, values)
+
+    def shape_value(self, node: NodeProto, ctx: ShapeValueContext) -> ShapeValue | None:
+        return None if self.value is None else self.value(node, ctx)
+
+    def converts_values(self, node: NodeProto) -> bool:
+        return node.op_type in self.converts
+
+    def keeps_order(self, node: NodeProto) -> bool:
+        return node.op_type in self.order_kept
 
     def carries_stored(self, node: NodeProto) -> bool:
         return node.op_type in self.stored_through
@@ -123,6 +141,8 @@ def _retyped_constants(
     channels=carry_first,
     constant=_retyped_constants,
     stored_through=("Identity", "Cast"),  # CastLike reads a second tensor
+    converts=("Cast",),
+    order_kept=("Identity", "Cast"),
 )
 def _same(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
@@ -130,7 +150,7 @@ def _same(ctx: TransformContext) -> Transform | None:
     return Transform(_identity_map(len(ctx.shape)), ctx.shape)
 
 
-@_transform("DequantizeLinear", quantized_data_slots=(0,))
+@_transform("DequantizeLinear", quantized_data_slots=(0,), converts=("DequantizeLinear",))
 def _dequantize(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None
@@ -144,7 +164,7 @@ def _transpose(ctx: TransformContext) -> Transform | None:
     return Transform(tuple(int(p) for p in perm), tuple(ctx.shape[p] for p in perm))
 
 
-@_transform("Unsqueeze", channels=reshape_rule, constant=moved_constants)
+@_transform("Unsqueeze", channels=reshape_rule, constant=moved_constants, order_kept=("Unsqueeze",))
 def _unsqueeze(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None
@@ -159,7 +179,7 @@ def _unsqueeze(ctx: TransformContext) -> Transform | None:
     return Transform(axis_map, shape)
 
 
-@_transform("Squeeze", channels=reshape_rule, constant=moved_constants)
+@_transform("Squeeze", channels=reshape_rule, constant=moved_constants, order_kept=("Squeeze",))
 def _squeeze(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None
@@ -208,7 +228,7 @@ def _reshaped(src: Shape, target: list[int], allowzero: bool) -> Shape | None:
     return tuple(out)
 
 
-@_transform("Reshape", channels=reshape_rule, constant=moved_constants)
+@_transform("Reshape", channels=reshape_rule, constant=moved_constants, order_kept=("Reshape",))
 def _reshape(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None
@@ -221,7 +241,7 @@ def _reshape(ctx: TransformContext) -> Transform | None:
     return Transform(reshape_axis_map(ctx.shape, shape), shape)
 
 
-@_transform("Flatten", channels=reshape_rule, constant=moved_constants)
+@_transform("Flatten", channels=reshape_rule, constant=moved_constants, order_kept=("Flatten",))
 def _flatten(ctx: TransformContext) -> Transform | None:
     rank = len(ctx.shape)
     axis = int(ctx.attr("axis", 1))
@@ -232,7 +252,7 @@ def _flatten(ctx: TransformContext) -> Transform | None:
     return Transform(reshape_axis_map(ctx.shape, shape), shape)
 
 
-@_transform("Slice", channels=slice_rule, constant=moved_constants)
+@_transform("Slice", channels=slice_rule, constant=moved_constants, value=slice_value)
 def _slice(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None

@@ -10,14 +10,23 @@
 Constant propagation: BN maps a constant channel ``k`` to ``γ(k − μ)/√(σ² + ε) + β`` and a
 channel with ``γ = 0`` to ``β`` whatever its input; InstanceNormalization maps a channel
 constant over its spatial positions to ``β`` (zero variance: ``x − mean = 0``).
+
+Folding (:func:`batchnorm_affine`): in inference mode (``training_mode`` 0) BN is a per-channel
+affine map of its input along axis 1,
+
+    y_c = γ_c · (x_c − μ_c) / √(σ²_c + ε) + β_c = s_c · x_c + t_c,
+    s = γ / √(σ² + ε),   t = β − μ · s,
+
+with γ, β, μ, σ² stored 1-D ``[C]`` vectors, ε the attribute (default 1e-5), σ² + ε > 0, and
+the running mean/var outputs unread; :mod:`onnxprune.graph.fold_bn` folds it into the producer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
-from onnx import NodeProto
+from onnx import NodeProto, helper
 
 from onnxprune.ops.channels import (
     ChannelContext,
@@ -97,3 +106,32 @@ RULES = {
     "LayerNormalization": layernorm_rule,
 }
 CONSTANTS = {"BatchNormalization": batchnorm_constants, "InstanceNormalization": instancenorm_constants}
+
+
+def batchnorm_affine(
+    node: NodeProto, read: Callable[[int, str], np.ndarray | str], others_read: bool
+) -> tuple[np.ndarray, np.ndarray] | str:
+    """BN at inference as ``y = s·x + t`` per channel (module docstring), or why not."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("training_mode", 0):
+        return "training mode (training_mode=1)"
+    if others_read:
+        return "its running mean/var outputs are used"
+    params = []
+    for index, what in enumerate(("scale", "bias", "mean", "variance"), start=1):
+        value = read(index, what)
+        if isinstance(value, str):
+            return value
+        params.append(value)
+    gamma, beta, mean, var = params
+    if any(p.ndim != 1 or p.shape != gamma.shape for p in params):
+        return "its statistics are not 1-D per-channel vectors"
+    denominator = var + float(attrs.get("epsilon", 1e-5))
+    if np.any(denominator <= 0):
+        return "variance + epsilon is not positive"
+    s = gamma / np.sqrt(denominator)
+    return s, beta - mean * s
+
+
+#: Normalizations that are, at inference, a per-channel affine map of their input.
+AFFINE = {"BatchNormalization": batchnorm_affine}

@@ -26,6 +26,14 @@ Constant propagation: moving elements moves their constants (a merge repeats one
 ``m`` elements; a split is constant where its whole block is); a constant pad keeps channels
 equal to the pad value (reflect/edge pads repeat the channel's own value); Concat and Split
 concatenate and cut the constants of the pieces.
+
+Shape arithmetic from static shapes (:class:`~onnxprune.ops.spec.ShapeValue`, what constant
+folding computes without running anything): ``Shape(x)[start:end]`` is the inferred dims of
+``x`` (None where symbolic), ``Size(x) = ∏ dims(x)`` (known only when every dim is);
+``Gather(s, i)`` of a shape value ``s`` with a constant index ``i`` picks ``s[i]`` (a scalar for
+a scalar ``i``), ``Slice(s, [a], [b], axes, [k])`` with constant bounds on axis 0 is
+``s[a:b:k]``. The static part of a shape with a symbolic batch is kept for the Gather or Slice
+that reads it (Shape and Slice values); a dim that depends on a symbolic one never folds.
 """
 
 from __future__ import annotations
@@ -48,7 +56,49 @@ from onnxprune.ops.channels import (
     shape_entry,
 )
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import OpSpec
+from onnxprune.ops.spec import OpSpec, ShapeValue, ShapeValueContext, attr, prod
+
+# --------------------------------------------------------------------------- shape values
+
+
+def shape_read_value(node: NodeProto, ctx: ShapeValueContext) -> ShapeValue | None:
+    """Shape (``dims[start:end]``) or Size (``∏ dims``) of a tensor of inferred dims."""
+    dims = ctx.dims(node.input[0])
+    if dims is None:
+        return None
+    if node.op_type == "Size":
+        return ShapeValue([None if any(d is None for d in dims) else prod(dims)], scalar=True)  # type: ignore[arg-type]
+    return ShapeValue(dims[slice(attr(node, "start", 0), attr(node, "end"))], tracked=True)  # type: ignore[misc]
+
+
+def gather_value(node: NodeProto, ctx: ShapeValueContext) -> ShapeValue | None:
+    """Gather of a shape value with a constant index."""
+    if node.op_type != "Gather" or not node.input or node.input[0] not in ctx.partial:
+        return None
+    if len(node.input) != 2 or node.input[1] not in ctx.small:
+        return None
+    index = ctx.small[node.input[1]]
+    try:
+        picked = np.asarray(ctx.partial[node.input[0]], dtype=object)[np.asarray(index)]
+    except (IndexError, TypeError, ValueError):
+        return None
+    return ShapeValue(np.asarray(picked, dtype=object).reshape(-1).tolist(), scalar=np.ndim(index) == 0)
+
+
+def slice_value(node: NodeProto, ctx: ShapeValueContext) -> ShapeValue | None:
+    """Slice of a shape value with constant bounds on its one axis."""
+    if not node.input or node.input[0] not in ctx.partial or not all(i in ctx.small for i in node.input[1:] if i):
+        return None
+    dims = ctx.partial[node.input[0]]
+    bounds = [*(ctx.small[i].tolist() if i else None for i in node.input[1:])]
+    try:
+        starts, ends, axes, steps = (bounds + [None] * 3)[:4]
+        if axes in (None, [0], [-1]) and len(starts) == 1:
+            return ShapeValue(dims[slice(starts[0], ends[0], steps[0] if steps else None)], tracked=True)
+    except (IndexError, TypeError, ValueError):
+        return None
+    return None
+
 
 # --------------------------------------------------------------------------- carry or block
 

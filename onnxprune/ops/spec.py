@@ -27,7 +27,21 @@ does:
   ``W_g ∈ R^{rows×cols}``, one per group ``g``, such that the node computes ``y = W_g·x`` on
   each row ``x`` of its input as :mod:`onnxprune.capture` cuts it (a :class:`MatrixView`), or
   why it is not (a str). Calibrated pruning and the structural refit both read it; the
-  maths of each view is in its family's module docstring.
+  maths of each view is in its family's module docstring;
+- :meth:`OpSpec.output_channel_fold` (a :class:`ChannelFold`): how a per-output-channel affine
+  map ``y_c = s_c·x_c + t_c`` of the node's output folds into its stored weight and bias
+  (``W' = s ⊙ W`` along the output-channel axis, ``b' = s·(bias_gain·b) + t``), the BN-fold
+  axis; :meth:`OpSpec.channel_affine` (BatchNormalization): the ``s, t`` an op *is* at
+  inference; :meth:`OpSpec.affine_inputs` and :meth:`OpSpec.constant_affine` (Mul, Add, Sub,
+  Div): the ``s, t`` of an op with a constant operand;
+- :meth:`OpSpec.shape_value` (a :class:`ShapeValue`): the output of a shape computation known
+  from static shapes alone (Shape, Size, and Gather or Slice of a shape), for constant folding;
+  :meth:`OpSpec.constant_attribute`: the attribute holding the value a Constant writes;
+- for natural data (:mod:`onnxprune.data.natural`): :meth:`OpSpec.embedding_lookup` (an input
+  of integer ids that index a table: Gather), :meth:`OpSpec.running_statistics` (per-channel
+  mean and variance of the data: BatchNormalization), :meth:`OpSpec.converts_values` (a stored
+  tensor read through Cast or DequantizeLinear) and :meth:`OpSpec.keeps_order` (input 0's
+  elements in the same C order: Identity, Cast, Reshape, Flatten, Squeeze, Unsqueeze).
 """
 
 from __future__ import annotations
@@ -38,7 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from onnx import NodeProto, TensorProto, helper
+from onnx import AttributeProto, NodeProto, TensorProto, helper
 
 if TYPE_CHECKING:  # the language of channel rules (ops.channels imports nothing of ops)
     from onnxprune.ops.channels import ChannelContext, ChannelRule, Layout
@@ -205,6 +219,81 @@ def no_view(node: NodeProto, index: int, shape: Sequence[int]) -> str:
     return f"{node.op_type} input {index} with shape {list(shape)}"
 
 
+# --------------------------------------------------------------------------- folding
+
+
+def along(axis: int, ndim: int, s: np.ndarray) -> np.ndarray:
+    """``s`` shaped to broadcast along ``axis`` of an ``ndim``-D array."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return s.reshape(shape)
+
+
+@dataclass(frozen=True)
+class ChannelFold:
+    """How a per-output-channel map ``y_c = s_c·x_c + t_c`` of a node's output folds into it.
+
+    The stored weight is input ``weight_input``; its output channels lie on ``axis``, or, with
+    ``groups`` set (ConvTranspose ``W[C, M/g, k…]``), output channel ``o = i·dims[1] + j`` of
+    group ``i`` is ``W[i·C/g:(i+1)·C/g, j]``. ``ndim``: the rank the weight must have;
+    ``output_rank``: the rank the node's output must have for the map's channel axis 1 to be
+    the weight's (MatMul: 2). The bias is input ``bias_input`` with gain ``bias_gain``
+    (None: the op has none; it is a following Add, or a new one), and ``bias_gain_attr`` the
+    attribute holding that gain, set to 1 once ``bias_gain·b`` is folded into the bias.
+    """
+
+    axis: int
+    weight_input: int = 1
+    groups: int | None = None
+    ndim: int | None = None
+    output_rank: int | None = None
+    bias_input: int | None = 2
+    bias_gain: float = 1.0
+    bias_gain_attr: str | None = None
+
+    def out_channels(self, dims: Sequence[int]) -> int | None:
+        """The output channels a weight of ``dims`` gives (None: it does not fit this layout)."""
+        if self.ndim is not None and len(dims) != self.ndim:
+            return None
+        if self.groups is None:
+            return int(dims[self.axis]) if len(dims) > self.axis else None
+        if len(dims) < 2 or dims[0] % self.groups:
+            return None
+        return int(dims[1]) * self.groups
+
+    def scale(self, w: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """``W' = s ⊙ W`` along the output channels."""
+        if self.groups is None:
+            return w * along(self.axis, w.ndim, s)
+        g, dims = self.groups, w.shape
+        grouped = w.reshape(g, dims[0] // g, dims[1], -1)
+        return (grouped * s.reshape(g, 1, dims[1], 1)).reshape(w.shape)
+
+
+# --------------------------------------------------------------------------- shape values
+
+
+@dataclass(frozen=True)
+class ShapeValue:
+    """The int64 value of a shape computation, known from static shapes: ``dims`` (a vector,
+    None where a dim is symbolic), a ``scalar`` if the value is one (``dims`` then holds it);
+    ``tracked``: a value known in part is kept for the shape computations that read it."""
+
+    dims: list[int | None]
+    scalar: bool = False
+    tracked: bool = False
+
+
+@dataclass(frozen=True)
+class ShapeValueContext:
+    """What a shape computation may read: inferred ``dims`` of a tensor (None: unknown rank),
+    the shape values known so far (``partial``, None where symbolic), and small constants."""
+
+    dims: Callable[[str], list[int | None] | None]
+    partial: Mapping[str, list[int | None]]
+    small: Mapping[str, np.ndarray]
+
+
 # --------------------------------------------------------------------------- the spec
 
 
@@ -226,6 +315,17 @@ class OpSpec:
     #: The op adds a stored operand to a linear layer's output (``x·W + b``): Add, where a
     #: bias change of a bias-free MatMul may go.
     adds_bias: bool = False
+    #: The node does no work of its own at run time (Constant; control flow, whose subgraphs'
+    #: nodes are counted where they are).
+    no_work: bool = False
+    #: How the node's subgraphs run: "branches" (one of them, chosen at run time: If),
+    #: "repeated" (a number of times not known statically: Loop, Scan), None: no subgraphs.
+    subgraphs: str | None = None
+
+    def channel_scale_input(self, node: NodeProto) -> int | None:
+        """The input holding a per-channel scale of axis 1 (BatchNormalization and
+        InstanceNormalization's γ: 1), a zero in which kills a channel; None: none."""
+        return None
 
     def output_type(self, node: NodeProto) -> int | None:
         """The element type (TensorProto enum) a retyping op casts to (Cast's ``to``); None: unchanged."""
@@ -233,6 +333,36 @@ class OpSpec:
 
     def constant_tensor(self, node: NodeProto) -> TensorProto | None:
         """The tensor a node writes into the graph (Constant's ``value``); None for every other op."""
+        return None
+
+    def constant_attribute(self, node: NodeProto) -> AttributeProto | None:
+        """The attribute holding the value a node writes into the graph (Constant's one
+        ``value*`` attribute; None for a sparse value and for every other op)."""
+        return None
+
+    def embedding_lookup(self, node: NodeProto) -> tuple[int, int, int] | None:
+        """(table input, index input, table axis) of an op that picks rows of a table by integer
+        ids (Gather: the ids are token ids, the table's length on the axis their vocabulary)."""
+        return None
+
+    def running_statistics(self, node: NodeProto) -> tuple[int, int] | None:
+        """The inputs holding the running mean and variance, per channel on axis 1, of input 0
+        (BatchNormalization: 3, 4); None: the op keeps no such statistics."""
+        return None
+
+    def converts_values(self, node: NodeProto) -> bool:
+        """The output is input 0's values converted element by element (Cast's type,
+        DequantizeLinear's scale and zero point): a stored tensor read through it."""
+        return False
+
+    def keeps_order(self, node: NodeProto) -> bool:
+        """The output is input 0's elements, values kept (Cast: retyped), in the same C order
+        (Identity, Cast, Reshape, Flatten, Squeeze, Unsqueeze)."""
+        return False
+
+    def shape_value(self, node: NodeProto, ctx: ShapeValueContext) -> ShapeValue | None:
+        """The output as computed from static shapes alone (Shape, Size, Gather or Slice of a
+        shape), or None: the op is no shape computation, or its inputs are not known."""
         return None
 
     def slot(self, ctx: SlotContext) -> Slot:
@@ -301,3 +431,27 @@ class OpSpec:
         """The per-output bias change from ``Σ_e k_e·W[e]`` (the weight with its input axis
         contracted against constant inputs ``k``): Conv sums it over the kernel positions."""
         return contribution
+
+    # -- folding per-channel affine maps (BN, Mul/Add/Sub/Div by a constant) --------------
+
+    def output_channel_fold(self, node: NodeProto) -> ChannelFold | None:
+        """How a per-channel ``y = s·x + t`` of the output folds into the node's weight and
+        bias (a :class:`ChannelFold`); None: it does not."""
+        return None
+
+    def channel_affine(
+        self, node: NodeProto, read: Callable[[int, str], np.ndarray | str], others_read: bool
+    ) -> tuple[np.ndarray, np.ndarray] | str | None:
+        """The node at inference as ``y_c = s_c·x_c + t_c`` on axis 1 of input 0, ``s, t``
+        from its stored inputs (``read(index, what)``: the float64 values, or why not), or
+        why not (``others_read``: an output after the first is read); None: not such an op."""
+        return None
+
+    def affine_inputs(self, node: NodeProto) -> tuple[int, ...]:
+        """The inputs that may be ``x`` in ``y = s·x + t`` when the other is a constant."""
+        return ()
+
+    def constant_affine(self, node: NodeProto, c: np.ndarray) -> tuple[np.ndarray, np.ndarray] | str:
+        """``s, t`` of ``y = s·x + t`` per channel with the constant operand ``c`` (a vector),
+        ``x`` at one of :meth:`affine_inputs`; or why not."""
+        return f"{node.op_type} is not affine"

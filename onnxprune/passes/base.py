@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
     Detail = PruneResult | StructuralResult | QuantizeResult
 
-#: progress(steps done, steps in all, what): one callback shape for every pass
+#: progress(steps done, steps in all, what): the one progress callback of the library (passes,
+#: evaluation stages, sensitivity executors); the CLI's bars (``onnxprune.console``) implement it
 Progress = Callable[[int, int, str], None]
 
 #: What a pass may read besides the model.

@@ -37,7 +37,7 @@ from onnxprune import sparsity
 from onnxprune.capture import LayerStats, capture
 from onnxprune.config import PruneConfig
 from onnxprune.data import Dataset
-from onnxprune.errors import OptionError
+from onnxprune.errors import OptionError, opt
 from onnxprune.graph import tensors
 from onnxprune.graph.discovery import discover
 from onnxprune.graph.index import Scope, node_label
@@ -342,8 +342,9 @@ class CalibratedPass(Pass):
         if context.calibration is None:
             config = self.config
             raise OptionError(
-                f"--method {config.method}{' with --bias-correction' if config.bias_correction else ''} needs "
-                "calibration data: give --calibration calib.npz (or a folder of images), or --data-free"
+                f"{opt('method', config.method)}"
+                f"{' with ' + opt('bias_correction', True) if config.bias_correction else ''} needs calibration "
+                f"data: give {opt('calibration')} calib.npz (or a folder of images), or {opt('data_free', True)}"
             )
 
     def run(self, model: ModelProto, context: PassContext) -> PassResult:

@@ -19,11 +19,9 @@ from onnx import ModelProto, TensorProto
 from onnxprune.config import StructureConfig
 from onnxprune.graph import tensors
 from onnxprune.graph.writer import Replacement
-from onnxprune.ops import constant_tensor
+from onnxprune.ops import constant_tensor, spec_of
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, not_run
 from onnxprune.passes.result import LayerResult
-
-_NORMS = ("BatchNormalization", "InstanceNormalization")
 
 
 def has_zero_slice(values: np.ndarray) -> bool:
@@ -69,7 +67,11 @@ class DeadWatch:
             value = constant_tensor(node)
             if value is not None:
                 stored[node.output[0]] = value
-        scales = {n.input[1] for n in model.graph.node if n.op_type in _NORMS and len(n.input) > 1}
+        scales = {
+            n.input[i]
+            for n in model.graph.node
+            if (i := spec_of(n).channel_scale_input(n)) is not None and len(n.input) > i
+        }
         for layer in layers:
             if layer.scope or layer.name in skip or not layer.zeros_after or layer.name not in stored:
                 continue

@@ -133,7 +133,7 @@ def _bias_site(scope: Scope, node: NodeProto, weight: Weight) -> tuple[BiasSite 
     # MatMul: an Add that alone reads the output, with a stored constant on the other side
     out = node.output[0]
     uses = scope.uses.get(out, [])
-    if len(uses) != 1 or uses[0].node.op_type != "Add" or scope.is_output(out):
+    if len(uses) != 1 or not spec_of(uses[0].node).adds_bias or scope.is_output(out):
         return None, "MatMul without a following Add to hold the bias"
     add = uses[0].node
     other = add.input[1 - uses[0].index]

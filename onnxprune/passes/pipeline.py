@@ -36,14 +36,14 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onnx import ModelProto
 
 from onnxprune.config import PruneConfig, StructureConfig
-from onnxprune.errors import OptionError
+from onnxprune.errors import OptionError, opt
 from onnxprune.graph.model_io import StagedOutput, load_model, load_model_with_files
 from onnxprune.passes.base import Pass, PassContext, PassResult, Progress, not_run
 from onnxprune.passes.deadwatch import DeadChannelPass, DeadWatch, not_dead, watchable
@@ -60,9 +60,20 @@ if TYPE_CHECKING:
     from onnxprune.quantize import QuantizeResult
     from onnxprune.validate import ValidationReport
 
+
+def after_weights(structure: StructureConfig) -> StructureConfig:
+    """``structure`` as the channel pass that follows a weight pass: no constant folding
+    before the analysis, so the graph is left as it is unless units go, and a dead-channel
+    pass can be watched (:func:`~onnxprune.passes.deadwatch.watchable`). The pipeline's
+    decision, not a user option."""
+    light = replace(structure, fold_first=True)
+    object.__setattr__(light, "fold_first", False)
+    return light
+
+
 #: The channel pass ``prune_file`` runs after a weight pass when none is given: dead channels
 #: only, the graph left as it is unless some go.
-DEAD_CHANNELS_AFTER_WEIGHTS = StructureConfig(fold_first=False)
+DEAD_CHANNELS_AFTER_WEIGHTS = after_weights(StructureConfig())
 
 NOTHING_CHANGED = "no pass changed the model: nothing was written"
 
@@ -115,7 +126,10 @@ def build_pipeline(
 ) -> Pipeline:
     """The passes ``config`` (weights), ``structure`` (channels) and ``quantize`` ask for."""
     if config is None and structure is None:
-        raise OptionError("nothing to do: give --sparsity, --pattern, --plan, --structured or --dead-channels")
+        raise OptionError(
+            f"nothing to do: give {opt('sparsity')}, {opt('pattern')}, {opt('plan')}, {opt('structure')} "
+            f"or {opt('dead_channels', True)}"
+        )
     weights: Pass | None = None
     if config is not None and config.calibrated:
         from onnxprune.passes.calibrated import CalibratedPass

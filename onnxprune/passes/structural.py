@@ -29,7 +29,7 @@ from onnx import ModelProto
 
 from onnxprune.config import StructureConfig
 from onnxprune.data import Dataset
-from onnxprune.errors import OptionError
+from onnxprune.errors import OptionError, opt
 from onnxprune.graph import tensors
 from onnxprune.graph.cleanup import CleanupResult, cleanup, toposort
 from onnxprune.graph.index import node_label
@@ -84,7 +84,7 @@ def _check_exact(reference: bytes, model: ModelProto, input_shapes: Mapping[str,
     except Exception as exc:  # onnxruntime raises its own types
         raise ValidationError(
             f"the model without its dead channels does not run in onnxruntime ({runtime.ort_message(exc)}): this is a "
-            "bug in onnxprune; nothing was written; rerun with --no-dead-channels and report it"
+            f"bug in onnxprune; nothing was written; rerun with {opt('dead_channels', False)} and report it"
         ) from exc
     worst = 0.0
     for a, b in zip(before.run(None, feeds), outputs, strict=True):
@@ -95,7 +95,7 @@ def _check_exact(reference: bytes, model: ModelProto, input_shapes: Mapping[str,
         if not diff <= EXACT_TOLERANCE * scale:
             raise ValidationError(
                 f"removing dead channels changed the outputs by {diff:.3g} (tolerance {EXACT_TOLERANCE * scale:.3g}): "
-                "this is a bug in onnxprune; nothing was written; rerun with --no-dead-channels and report it"
+                f"this is a bug in onnxprune; nothing was written; rerun with {opt('dead_channels', False)} and report it"
             )
     log.info("exact check: max |output difference| %.3g", worst)
     return worst
@@ -465,7 +465,8 @@ def remove_channels(
             say("consumer inputs captured")
         elif importance.needs_data:
             raise OptionError(
-                f"--importance {importance.name} needs calibration data: give --calibration or --data-free"
+                f"{opt('importance', importance.name)} needs calibration data: give {opt('calibration')} "
+                f"or {opt('data_free', True)}"
             )
         scores = {}
         for group in groups:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from onnxprune.report.files import write_page
+from onnxprune.graph.model_io import write_file
 from onnxprune.report.page import render_html
 
 __all__ = ["render_html", "write_report"]
@@ -29,4 +29,4 @@ __all__ = ["render_html", "write_report"]
 
 def write_report(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Render ``result`` and write it to ``path`` atomically; returns the path written."""
-    return write_page(render_html(result), path)
+    return write_file(render_html(result), path, what="report", example="report.html")

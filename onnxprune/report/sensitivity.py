@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from onnxprune.errors import OptionError
+from onnxprune.graph.model_io import write_file
 from onnxprune.report import numbers as nb
 from onnxprune.report.charts import colors
-from onnxprune.report.files import write_page
 from onnxprune.report.lines import Line, LineChart, render_lines
 from onnxprune.report.page import CSS
 
@@ -480,4 +480,4 @@ def render_sensitivity_html(data: Mapping[str, Any]) -> str:
 
 def write_sensitivity_report(data: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Render ``data`` and write it to ``path`` atomically; returns the path written."""
-    return write_page(render_sensitivity_html(data), path)
+    return write_file(render_sensitivity_html(data), path, what="report", example="sensitivity.html")

@@ -23,10 +23,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Protocol
 
 from onnxprune.errors import OptionError, opt
+from onnxprune.passes.base import Progress
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int, str], None]
 
 
 class Executor(Protocol):

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,8 @@ import numpy as np
 from onnxprune.data import Dataset
 from onnxprune.errors import OptionError, opt
 from onnxprune.graph.discovery import DiscoveryOptions, discover
-from onnxprune.graph.model_io import load_model
+from onnxprune.graph.model_io import load_model, write_file
+from onnxprune.passes.base import Progress
 from onnxprune.sensitivity.executors import Executor, SerialExecutor
 from onnxprune.sensitivity.tasks import Feeds, LayerCurve, LayerTask, run_layer, run_outputs
 
@@ -103,9 +104,7 @@ def _cached(cached_file: Path | None, path: Path, digest: str, options: dict[str
 def _store(cached_file: Path | None, result: Sensitivity) -> None:
     if cached_file is not None:
         cached_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result.to_dict()))
-        os.replace(tmp, cached_file)
+        write_file(json.dumps(result.to_dict()), cached_file, what="sensitivity cache")
 
 
 def _checked_levels(levels: Sequence[float]) -> tuple[float, ...]:
@@ -124,7 +123,7 @@ def analyze_groups(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     executor: Executor | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Progress | None = None,
     batch_size: int = 64,
     repeats: int = 15,
 ) -> Sensitivity:
@@ -172,7 +171,7 @@ def analyze_sensitivity(
     min_size: int = 256,
     executor: Executor | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Progress | None = None,
     batch_size: int = 64,
 ) -> Sensitivity:
     """Measure (or read from the cache) the sensitivity curve of every prunable weight."""

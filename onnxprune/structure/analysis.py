@@ -22,25 +22,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import onnx
-from onnx import ModelProto, NodeProto, helper
+from onnx import ModelProto, NodeProto
 
 from onnxprune import runtime
 from onnxprune.compute import _graph_shapes, _runtime_shapes, _skeleton
-from onnxprune.errors import OptionError
 from onnxprune.graph import tensors
+from onnxprune.graph.edit import FreshNames
 from onnxprune.graph.index import Scope, Use, node_label
 from onnxprune.ops import spec_of
+from onnxprune.ops.spec import attr
 from onnxprune.structure.groups import Edit, Group, GroupSet, Layout, Member, Segment, same_structure
 
 log = logging.getLogger(__name__)
 
 Dims = tuple[int, ...]
-#: Default sizes of dynamic input dimensions (batch excluded) when none is given.
-DEFAULT_SEQUENCE = 16
-DEFAULT_SPATIAL = 64
 
 
 @dataclass
@@ -68,31 +67,9 @@ class Analysis:
 
 
 def input_shapes_for(model: ModelProto, given: Mapping[str, Dims] | None = None) -> dict[str, Dims]:
-    """Concrete shapes of the graph inputs: declared, given, or a default for dynamic dims."""
-    given = dict(given or {})
-    stored = {t.name for t in model.graph.initializer}
-    out: dict[str, Dims] = {}
-    inputs = [i for i in model.graph.input if i.name not in stored]
-    unknown = sorted(set(given) - {i.name for i in inputs})
-    if unknown:
-        names = ", ".join(i.name for i in inputs)
-        raise OptionError(f"--input-shape names unknown input(s) {', '.join(unknown)}; the model's inputs are: {names}")
-    for value in inputs:
-        if value.name in given:
-            out[value.name] = tuple(int(d) for d in given[value.name])
-            continue
-        dims = value.type.tensor_type.shape.dim
-        rank = len(dims)
-        shape = []
-        for axis, d in enumerate(dims):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                shape.append(int(d.dim_value))
-            elif axis == 0:
-                shape.append(1)
-            else:
-                shape.append(DEFAULT_SPATIAL if rank >= 3 and axis >= rank - 2 else DEFAULT_SEQUENCE)
-        out[value.name] = tuple(shape)
-    return out
+    """Concrete shapes of the graph inputs, by the package's one policy
+    (:func:`onnxprune.runtime.resolve_input_shapes`)."""
+    return runtime.resolve_input_shapes(runtime.declared_dims(model), given)
 
 
 def static_shapes(model: ModelProto, input_shapes: Mapping[str, Dims], notes: list[str]) -> dict[str, Dims]:
@@ -128,6 +105,11 @@ class Context:
         self.groups = GroupSet()
         self.index = {id(node): i for i, node in enumerate(model.graph.node)}
 
+    @cached_property
+    def fresh(self) -> FreshNames:
+        """Names for the tensors an edit through this context adds (unique in the whole model)."""
+        return FreshNames(self.model)
+
     # -- graph facts -------------------------------------------------------------------
     def shape(self, name: str) -> Dims | None:
         return self.shapes.get(name)
@@ -159,12 +141,7 @@ class Context:
         """The model's opset of the ONNX domain (13 if it imports none)."""
         return next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
-    @staticmethod
-    def attr(node: NodeProto, name: str, default: object = None) -> object:
-        for a in node.attribute:
-            if a.name == name:
-                return helper.get_attribute_value(a)
-        return default
+    attr = staticmethod(attr)  # the op table's attribute getter
 
     def stored(self, node: NodeProto, index: int) -> tuple[str, tuple[int, int]] | None:
         """The stored tensor behind input ``index`` of ``node`` (through Identity/Cast read

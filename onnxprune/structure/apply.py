@@ -17,6 +17,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
 from onnxprune.graph import tensors
+from onnxprune.graph.edit import FreshNames
 from onnxprune.graph.index import Scope
 from onnxprune.structure.groups import Edit, Group, Segment
 
@@ -43,7 +44,7 @@ class _Clones:
         self.scope = Scope.build(model.graph)
         self.nodes = list(model.graph.node)
         self.ids = {id(n): i for i, n in enumerate(self.nodes)}
-        self.taken = {t.name for t in model.graph.initializer} | {o for n in self.nodes for o in n.output}
+        self.fresh = FreshNames(model)
 
     def resolve(self, name: str, readers: set[tuple[int, int]]) -> TensorProto:
         uses = {(self.ids.get(id(u.node), -1), u.index) for u in self.scope.uses.get(name, [])}
@@ -53,12 +54,7 @@ class _Clones:
             return tensor
         clone = TensorProto()
         clone.CopyFrom(tensor)
-        k, new = 1, f"{name}.onnxprune_1"
-        while new in self.taken:
-            k += 1
-            new = f"{name}.onnxprune_{k}"
-        clone.name = new
-        self.taken.add(new)
+        new = clone.name = self.fresh(f"{name}.onnxprune_1")
         self.model.graph.initializer.append(clone)
         for node_index, input_index in readers:
             self.nodes[node_index].input[input_index] = new

@@ -62,19 +62,9 @@ def _dtype(cx: Context, node: NodeProto, index: int = 1) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def _fresh(cx: Context, base: str) -> str:
-    """A name no tensor of the graph has; the caller defines it at once (nothing is reserved)."""
-    scope = cx.scope
-    name, k = base, 1
-    while name in scope.initializers or name in scope.producers or name in scope.inputs or name in scope.uses:
-        k += 1
-        name = f"{base}_{k}"
-    return name
-
-
 def _store(cx: Context, base: str, values: np.ndarray) -> str:
     """A new initializer holding ``values``, in the model and in the context's index; returns its name."""
-    name = _fresh(cx, base)
+    name = cx.fresh(base)
     initializers = cx.model.graph.initializer
     initializers.append(numpy_helper.from_array(np.ascontiguousarray(values), name))
     cx.scope.initializers[name] = initializers[-1]
@@ -189,7 +179,7 @@ def _matmul_bias(cx: Context, groups: list[Group], node: NodeProto, delta: np.nd
     label = node_label(node)
     scope, nodes = cx.scope, cx.model.graph.node
     name = _store(cx, f"{label}.onnxprune_bias", delta.reshape(-1).astype(_dtype(cx, node)))
-    renamed = _fresh(cx, f"{out}.onnxprune_nobias")
+    renamed = cx.fresh(f"{out}.onnxprune_nobias")
     node.output[0] = renamed
     nodes.append(helper.make_node("Add", [renamed, name], [out], name=f"{label}.onnxprune_bias_add"))
     add = nodes[-1]  # appended after every node: the pass sorts the graph once its edits are done
