@@ -76,9 +76,6 @@ log = logging.getLogger(__name__)
 
 Dims = tuple[int, ...]
 
-#: The data-free copy used for shape inference (kept under this name for its callers).
-_skeleton = data_free_model
-
 
 @dataclass(frozen=True)
 class NodeCompute:
@@ -190,7 +187,7 @@ def _known(value: onnx.ValueInfoProto) -> Dims | None:
     return tuple(int(d) for d in declared)
 
 
-def _graph_shapes(graph: GraphProto) -> dict[str, Dims]:
+def graph_shapes(graph: GraphProto) -> dict[str, Dims]:
     """Every concrete shape shape inference left in ``graph`` (not its subgraphs)."""
     shapes: dict[str, Dims] = {}
     for value in (*graph.input, *graph.value_info, *graph.output):
@@ -216,7 +213,7 @@ class _Shapes:
         return None if owner is None else self.by_scope[owner.path].get(name)
 
 
-def _runtime_shapes(model: ModelProto, shapes: Mapping[str, Dims], names: list[str]) -> dict[str, Dims]:
+def runtime_shapes(model: ModelProto, shapes: Mapping[str, Dims], names: list[str]) -> dict[str, Dims]:
     """Actual shapes of main-graph values ``names`` from one onnxruntime run of ``model``.
 
     The extra graph outputs are appended as serialized bytes (protobuf merges repeated
@@ -264,7 +261,7 @@ def _resolve_shapes(model: ModelProto, input_shapes: Mapping[str, Dims], notes: 
         inferred = skeleton
     del skeleton
     root = Scope.build(inferred.graph)
-    shapes = _Shapes({scope.path: _graph_shapes(scope.graph) for scope in root.all_scopes()})
+    shapes = _Shapes({scope.path: graph_shapes(scope.graph) for scope in root.all_scopes()})
     missing = [
         name
         for node in root.graph.node
@@ -274,7 +271,7 @@ def _resolve_shapes(model: ModelProto, input_shapes: Mapping[str, Dims], notes: 
     missing = list(dict.fromkeys(missing))
     if missing:
         try:
-            found = _runtime_shapes(model, input_shapes, missing)
+            found = runtime_shapes(model, input_shapes, missing)
         except Exception as exc:  # onnxruntime raises its own types; a model over 2 GiB cannot be serialized
             shapes.failure = runtime.ort_message(exc)
             log.info("onnxruntime could not run the model to read shapes: %s", shapes.failure)

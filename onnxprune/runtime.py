@@ -229,7 +229,7 @@ def input_specs(sess: ort.InferenceSession) -> list[InputSpec]:
     return specs
 
 
-def _is_dynamic(dim: int | str | None) -> bool:
+def is_dynamic(dim: int | str | None) -> bool:
     return not isinstance(dim, int) or dim < 0
 
 
@@ -238,7 +238,7 @@ def needs_guess(specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]
     for spec in specs:
         if spec.name in shapes:
             continue
-        if any(_is_dynamic(d) for d in spec.dims[1:]):
+        if any(is_dynamic(d) for d in spec.dims[1:]):
             return True
     return False
 
@@ -276,14 +276,14 @@ def resolve_input_shapes(
     for name, dims in declared.items():
         if name in given:
             shape = tuple(int(d) for d in given[name])
-            if len(shape) != len(dims) or any(not _is_dynamic(d) and d != s for d, s in zip(dims, shape, strict=False)):
+            if len(shape) != len(dims) or any(not is_dynamic(d) and d != s for d, s in zip(dims, shape, strict=False)):
                 raise OptionError(
                     f"{opt('input_shapes')} {name}:{'x'.join(map(str, shape))} does not fit the model's declared shape "
                     f"[{', '.join(str(d) for d in dims)}]"
                 )
             out[name] = shape
             continue
-        out[name] = tuple(int(d) if not _is_dynamic(d) else _fill(axis, len(dims), size) for axis, d in enumerate(dims))
+        out[name] = tuple(int(d) if not is_dynamic(d) else _fill(axis, len(dims), size) for axis, d in enumerate(dims))
     return out
 
 

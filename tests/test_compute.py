@@ -19,8 +19,9 @@ import pytest
 from onnx import ModelProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.compute import ComputeStats, NodeCompute, _skeleton, count_compute
+from onnxprune.compute import ComputeStats, NodeCompute, count_compute
 from onnxprune.errors import DataError
+from onnxprune.graph.skeleton import data_free_model
 from onnxprune.graph.tensors import read_array
 from onnxprune.stats import LayerSize, layer_stats, param_stats, sparse_bytes
 
@@ -299,7 +300,7 @@ def test_computed_reshape_uses_onnxruntime():
     nodes = [*_computed_reshape_nodes(), b.node("Relu", ["y"], ["Y"], "relu")]
     model = b.model(nodes, [b.value("X", ("n", 4, 8))], [_unshaped("Y")], [b.init("W", b.rand((8, 3), 5))])
     # shape inference alone leaves the MatMul input unknown
-    fixed = _skeleton(model, {"X": (2, 4, 8)})
+    fixed = data_free_model(model, {"X": (2, 4, 8)})
     inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
     r = next(v for v in inferred.graph.value_info if v.name == "r")
     assert not all(d.HasField("dim_value") for d in r.type.tensor_type.shape.dim)
@@ -505,7 +506,7 @@ def test_skeleton_drops_large_data():
     ]
     inits = [b.init("W", big), b.ints("target", [-1, 512])]
     model = b.model(nodes, [b.value("X", ("n", 2, 256))], [_unshaped("Y")], inits)
-    skeleton = _skeleton(model, {"X": (3, 2, 256)})
+    skeleton = data_free_model(model, {"X": (3, 2, 256)})
     assert skeleton.ByteSize() < 10_000 < model.ByteSize()
     assert [tuple(t.dims) for t in skeleton.graph.initializer] == [(512, 1024), (2,)]
     assert read_array(skeleton.graph.initializer[1]).tolist() == [-1, 512]  # shape targets keep their data

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from onnxprune.errors import DataError, OptionError
-from onnxprune.runtime import InputSpec, _is_dynamic
+from onnxprune.runtime import InputSpec, is_dynamic
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def fixed_batch_size(specs: Sequence[InputSpec]) -> int | None:
     Raises DataError when two inputs fix different batch sizes (no batch can fit both).
     """
     fixed = {
-        spec.name: spec.dims[0] for spec in specs if spec.dims and not _is_dynamic(spec.dims[0]) and spec.dims[0] > 0
+        spec.name: spec.dims[0] for spec in specs if spec.dims and not is_dynamic(spec.dims[0]) and spec.dims[0] > 0
     }
     if len(set(fixed.values())) > 1:
         listed = ", ".join(f"{name}={size}" for name, size in fixed.items())
@@ -116,7 +116,7 @@ def check_array(
     for axis, (want, got) in enumerate(zip(spec.dims, shape, strict=True)):
         if axis == 0 and not check_batch:
             continue
-        if not _is_dynamic(want) and want != got:
+        if not is_dynamic(want) and want != got:
             what = "batch dim 0" if axis == 0 else f"dim {axis}"
             raise DataError(
                 f"{source}: input '{name}' {what} is {got} but the model fixes it at {want} "

@@ -42,7 +42,7 @@ import numpy as np
 from onnxprune.data.checks import check_array, format_dims, input_names
 from onnxprune.data.dataset import Dataset, Feeds
 from onnxprune.errors import DataError, OptionError
-from onnxprune.runtime import InputSpec, _is_dynamic
+from onnxprune.runtime import InputSpec, is_dynamic
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class _Plan:
 
 
 def _is_channel_dim(dim: int | str | None) -> bool:
-    return not _is_dynamic(dim) and dim in (1, 3)
+    return not is_dynamic(dim) and dim in (1, 3)
 
 
 def _plan(spec: InputSpec, options: ImageOptions, *, source: str) -> _Plan:
@@ -277,7 +277,7 @@ def _plan(spec: InputSpec, options: ImageOptions, *, source: str) -> _Plan:
         channel_dim, height, width = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
         channels = options.channels or ("GRAY" if channel_dim == 1 else "RGB")
         count = 1 if channels == "GRAY" else 3
-        if not _is_dynamic(channel_dim) and channel_dim != count:
+        if not is_dynamic(channel_dim) and channel_dim != count:
             raise DataError(
                 f"{source}: input '{spec.name}' {format_dims(dims)} has {channel_dim} channels in layout {layout}, "
                 f"but {channels} images give {count}: set the channels/layout to match the model"
@@ -294,7 +294,7 @@ def _plan(spec: InputSpec, options: ImageOptions, *, source: str) -> _Plan:
             f"{source}: input '{spec.name}' {format_dims(dims)} has rank {len(dims)}; images feed a rank-4 input "
             "(NCHW or NHWC) or a rank-3 grayscale one (N, H, W)"
         )
-    target = None if _is_dynamic(height) or _is_dynamic(width) else (int(height), int(width))
+    target = None if is_dynamic(height) or is_dynamic(width) else (int(height), int(width))
     resize, crop = options.size, options.crop
     if crop is None and target is not None:
         if resize is None:

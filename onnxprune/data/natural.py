@@ -68,7 +68,7 @@ from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup
 from onnxprune.errors import DataError, OptionError, opt
 from onnxprune.graph.index import Scope
 from onnxprune.ops import spec_of
-from onnxprune.runtime import InputSpec, _is_dynamic
+from onnxprune.runtime import InputSpec, is_dynamic
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def resolve_sample_shapes(
             continue
         full = tuple(int(d) for d in shapes[spec.name])
         if len(full) != len(spec.dims) or any(
-            not _is_dynamic(want) and want != got for want, got in zip(spec.dims[1:], full[1:], strict=True)
+            not is_dynamic(want) and want != got for want, got in zip(spec.dims[1:], full[1:], strict=True)
         ):
             raise OptionError(
                 f"{opt('input_shapes')} {spec.name}:{'x'.join(map(str, full))} does not fit the model's declared shape "
@@ -239,7 +239,7 @@ def resolve_sample_shapes(
             continue
         dims = []
         for dim in spec.dims[1:]:
-            if not _is_dynamic(dim):
+            if not is_dynamic(dim):
                 dims.append(int(dim))
             elif isinstance(dim, str) and dim in named:
                 dims.append(named[dim])
@@ -248,7 +248,7 @@ def resolve_sample_shapes(
                 if isinstance(dim, str) and dim:
                     named[dim] = DEFAULT_SEQUENCE
             else:
-                example = "x".join(["1"] + [str(d) if not _is_dynamic(d) else "N" for d in spec.dims[1:]])
+                example = "x".join(["1"] + [str(d) if not is_dynamic(d) else "N" for d in spec.dims[1:]])
                 raise DataError(
                     f"data-free samples for input '{spec.name}' {format_dims(spec.dims)} need a size for its dynamic "
                     f"dimension {dim}: give {opt('input_shapes')} {spec.name}:{example} (N a number)"

@@ -36,7 +36,7 @@ from onnxprune.data.checks import check_feeds, check_specs, format_dims, input_n
 from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup, samples_in
 from onnxprune.data.images import ImageFolderDataset, ImageOptions
 from onnxprune.errors import DataError, OptionError, opt
-from onnxprune.runtime import InputSpec, _is_dynamic
+from onnxprune.runtime import InputSpec, is_dynamic
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def synthetic_sample_shapes(
         if given is not None:
             given = tuple(int(d) for d in given)
             if len(given) != len(spec.dims) or any(
-                not _is_dynamic(want) and want != got for want, got in zip(spec.dims[1:], given[1:], strict=True)
+                not is_dynamic(want) and want != got for want, got in zip(spec.dims[1:], given[1:], strict=True)
             ):
                 raise OptionError(
                     f"{opt('input_shapes')} {spec.name}:{'x'.join(map(str, given))} does not fit the model's declared shape "
@@ -200,9 +200,9 @@ def synthetic_sample_shapes(
                 )
             out[spec.name] = given[1:]
             continue
-        dynamic = [str(d) for d in spec.dims[1:] if _is_dynamic(d)]
+        dynamic = [str(d) for d in spec.dims[1:] if is_dynamic(d)]
         if dynamic:
-            example = "x".join(["1"] + [str(d) if not _is_dynamic(d) else "N" for d in spec.dims[1:]])
+            example = "x".join(["1"] + [str(d) if not is_dynamic(d) else "N" for d in spec.dims[1:]])
             raise OptionError(
                 f"synthetic data for input '{spec.name}' {format_dims(spec.dims)} needs sizes for its dynamic "
                 f"dimension(s) {', '.join(dynamic)}: give {opt('input_shapes')} {spec.name}:{example} (N a number), or real data"

@@ -29,10 +29,11 @@ import onnx
 from onnx import ModelProto, NodeProto
 
 from onnxprune import runtime
-from onnxprune.compute import _graph_shapes, _runtime_shapes, _skeleton
+from onnxprune.compute import graph_shapes, runtime_shapes
 from onnxprune.graph import tensors
 from onnxprune.graph.edit import FreshNames
 from onnxprune.graph.index import Scope, Use, node_label
+from onnxprune.graph.skeleton import data_free_model
 from onnxprune.ops import spec_of
 from onnxprune.ops.spec import attr
 from onnxprune.structure.groups import Edit, Group, GroupSet, Layout, Member, Segment, same_structure
@@ -74,18 +75,18 @@ def input_shapes_for(model: ModelProto, given: Mapping[str, Dims] | None = None)
 
 def static_shapes(model: ModelProto, input_shapes: Mapping[str, Dims], notes: list[str]) -> dict[str, Dims]:
     """Shapes of main-graph values: shape inference first, one onnxruntime run for the rest."""
-    skeleton = _skeleton(model, input_shapes)
+    skeleton = data_free_model(model, input_shapes)
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError or C++ errors for unknown ops
         notes.append(f"ONNX shape inference failed ({runtime.ort_message(exc)}); shapes come from onnxruntime")
         inferred = skeleton
-    shapes = _graph_shapes(inferred.graph)
+    shapes = graph_shapes(inferred.graph)
     missing = [o for node in model.graph.node for o in node.output if o and o not in shapes]
     missing = [name for name in dict.fromkeys(missing) if name]
     if missing:
         try:
-            shapes.update(_runtime_shapes(model, input_shapes, missing))
+            shapes.update(runtime_shapes(model, input_shapes, missing))
         except Exception as exc:  # onnxruntime raises its own types
             notes.append(
                 f"onnxruntime could not run the model to size {len(missing)} value(s): {runtime.ort_message(exc)}"
