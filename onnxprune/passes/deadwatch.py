@@ -90,7 +90,7 @@ class DeadChannelPass(Pass):
     Because finding nothing leaves the model untouched, the pipeline may put it behind a
     :class:`DeadWatch` after a streaming weight pass and run it (on the written model) only
     when the watch fires; :func:`not_dead` is its result when it does not. It runs
-    :func:`~onnxprune.passes.structural.remove_channels`, imported only when it runs.
+    :func:`~onnxprune.passes.structural.run_structural`, imported only when it runs.
     """
 
     name = "dead_channels"
@@ -102,17 +102,9 @@ class DeadChannelPass(Pass):
         self.config = config
 
     def run(self, model: ModelProto, context: PassContext) -> PassResult:
-        from onnxprune.passes.structural import remove_channels, structural_pass_result
-        from onnxprune.stats import param_stats
+        from onnxprune.passes.structural import run_structural
 
-        result = remove_channels(
-            model,
-            self.config,
-            calibration=context.calibration,
-            input_shapes=context.input_shapes,
-            progress=context.progress,
-        )
-        return structural_pass_result(self.name, result, param_stats(model).nonzeros)
+        return run_structural(self.name, self.config, model, context)
 
 
 def watchable(config: StructureConfig) -> bool:

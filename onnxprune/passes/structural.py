@@ -586,14 +586,20 @@ class StructuralPass(Pass):
         self.config = config
 
     def run(self, model: ModelProto, context: PassContext) -> PassResult:
-        result = remove_channels(
-            model,
-            self.config,
-            calibration=context.calibration,
-            input_shapes=context.input_shapes,
-            progress=context.progress,
-        )
-        return structural_pass_result(self.name, result, param_stats(model).nonzeros)
+        return run_structural(self.name, self.config, model, context)
+
+
+def run_structural(name: str, config: StructureConfig, model: ModelProto, context: PassContext) -> PassResult:
+    """:func:`remove_channels` with ``config`` on ``model`` as pass ``name`` (structural or
+    dead channels), and its uniform result."""
+    result = remove_channels(
+        model,
+        config,
+        calibration=context.calibration,
+        input_shapes=context.input_shapes,
+        progress=context.progress,
+    )
+    return structural_pass_result(name, result, param_stats(model).nonzeros)
 
 
 def structural_pass_result(name: str, result: StructuralResult, nonzeros_after: int) -> PassResult:
