@@ -265,25 +265,44 @@ def resolve_input_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """The concrete shape of each input, ``declared`` by name (see the module docstring for the
     policy); ``size`` fills the dynamic non-batch dims, else the layout's default does."""
-    given = dict(given or {})
+    checked = check_given_shapes(declared, given or {})
+    out: dict[str, tuple[int, ...]] = {}
+    for name, dims in declared.items():
+        if name in checked:
+            out[name] = checked[name]
+            continue
+        out[name] = tuple(int(d) if not is_dynamic(d) else _fill(axis, len(dims), size) for axis, d in enumerate(dims))
+    return out
+
+
+def check_given_shapes(
+    declared: Mapping[str, Sequence[int | str | None]],
+    given: Mapping[str, Sequence[int]],
+    *,
+    skip_batch: bool = False,
+) -> dict[str, tuple[int, ...]]:
+    """The user's ``given`` full shapes as integer tuples, each checked against its input's
+    ``declared`` dims: the input exists, the rank matches, every fixed dim is kept (the first,
+    batch, axis not compared with ``skip_batch``). One-line :class:`OptionError` otherwise."""
     unknown = sorted(set(given) - set(declared))
     if unknown:
         raise OptionError(
             f"{opt('input_shapes')} names unknown input(s) {', '.join(unknown)}; "
             f"the model's inputs are: {', '.join(declared)}"
         )
+    start = 1 if skip_batch else 0
     out: dict[str, tuple[int, ...]] = {}
-    for name, dims in declared.items():
-        if name in given:
-            shape = tuple(int(d) for d in given[name])
-            if len(shape) != len(dims) or any(not is_dynamic(d) and d != s for d, s in zip(dims, shape, strict=False)):
-                raise OptionError(
-                    f"{opt('input_shapes')} {name}:{'x'.join(map(str, shape))} does not fit the model's declared shape "
-                    f"[{', '.join(str(d) for d in dims)}]"
-                )
-            out[name] = shape
-            continue
-        out[name] = tuple(int(d) if not is_dynamic(d) else _fill(axis, len(dims), size) for axis, d in enumerate(dims))
+    for name, shape in given.items():
+        dims, full = declared[name], tuple(int(d) for d in shape)
+        if len(full) != len(dims) or any(
+            not is_dynamic(d) and d != s for d, s in zip(dims[start:], full[start:], strict=True)
+        ):
+            shown = ", ".join("?" if d is None else str(d) for d in dims)
+            raise OptionError(
+                f"{opt('input_shapes')} {name}:{'x'.join(map(str, full))} does not fit the model's declared shape "
+                f"[{shown}]"
+            )
+        out[name] = full
     return out
 
 

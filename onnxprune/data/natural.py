@@ -61,14 +61,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-from onnxprune.data.checks import check_specs, format_dims, input_names
+from onnxprune.data.checks import check_specs, format_dims
 from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup
 from onnxprune.errors import DataError, OptionError, opt
 from onnxprune.graph.index import Scope
 from onnxprune.ops import spec_of
-from onnxprune.runtime import InputSpec, is_dynamic
+from onnxprune.ops.spec import attr
+from onnxprune.runtime import InputSpec, check_given_shapes, is_dynamic
 
 log = logging.getLogger(__name__)
 
@@ -209,24 +210,13 @@ def resolve_sample_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """Per-sample shape of each input: fixed dims, ``shapes``, named dims shared with a given
     shape, else :data:`DEFAULT_SEQUENCE` for integer inputs (see module docstring)."""
-    unknown = sorted(set(shapes) - {spec.name for spec in specs})
-    if unknown:
-        raise OptionError(
-            f"{opt('input_shapes')} names unknown input(s) {', '.join(unknown)}; the model's inputs are: {input_names(specs)}"
-        )
+    checked = check_given_shapes({spec.name: spec.dims for spec in specs}, shapes, skip_batch=True)
     named: dict[str, int] = {}
     given: dict[str, tuple[int, ...]] = {}
     for spec in specs:
-        if spec.name not in shapes:
+        if spec.name not in checked:
             continue
-        full = tuple(int(d) for d in shapes[spec.name])
-        if len(full) != len(spec.dims) or any(
-            not is_dynamic(want) and want != got for want, got in zip(spec.dims[1:], full[1:], strict=True)
-        ):
-            raise OptionError(
-                f"{opt('input_shapes')} {spec.name}:{'x'.join(map(str, full))} does not fit the model's declared shape "
-                f"{format_dims(spec.dims)}"
-            )
+        full = checked[spec.name]
         given[spec.name] = full[1:]
         for dim, size in zip(spec.dims[1:], full[1:], strict=True):
             if isinstance(dim, str) and dim:
@@ -272,13 +262,6 @@ def _stored(scope: Scope, name: str) -> onnx.TensorProto | None:
     if node is not None and spec_of(node).converts_values(node) and node.input:
         return _stored(owner, node.input[0])
     return None
-
-
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    for attr in node.attribute:
-        if attr.name == name:
-            return helper.get_attribute_value(attr)
-    return default
 
 
 def embedding_vocab(scope: Scope, name: str) -> int | None:
@@ -343,10 +326,10 @@ def _channel_stats(
     axis: int | None = 0  # per-sample axis holding the BN channel, or None for C-order flattening
     op = via.op_type if via is not None else "Identity"
     if op == "Transpose":
-        perm = _attr(via, "perm", None)
+        perm = attr(via, "perm", None)
         axis = int(perm[1]) - 1 if perm is not None and len(perm) > 1 else len(shape) - 1
     elif op == "Unsqueeze":
-        axes = _attr(via, "axes", None)
+        axes = attr(via, "axes", None)
         if axes is None and len(via.input) > 1:
             axes = scope.const_value(via.input[1])
         if axes is None:

@@ -36,7 +36,7 @@ from onnxprune.data.checks import check_feeds, check_specs, format_dims, input_n
 from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup, samples_in
 from onnxprune.data.images import ImageFolderDataset, ImageOptions
 from onnxprune.errors import DataError, OptionError, opt
-from onnxprune.runtime import InputSpec, is_dynamic
+from onnxprune.runtime import InputSpec, check_given_shapes, is_dynamic
 
 log = logging.getLogger(__name__)
 
@@ -181,24 +181,11 @@ def synthetic_sample_shapes(
 
     ``shapes`` maps input names to full shapes; their first (batch) dim is ignored.
     """
-    unknown = sorted(set(shapes) - {spec.name for spec in specs})
-    if unknown:
-        raise OptionError(
-            f"{opt('input_shapes')} names unknown input(s) {', '.join(unknown)}; the model's inputs are: {input_names(specs)}"
-        )
+    checked = check_given_shapes({spec.name: spec.dims for spec in specs}, shapes, skip_batch=True)
     out: dict[str, tuple[int, ...]] = {}
     for spec in specs:
-        given = shapes.get(spec.name)
-        if given is not None:
-            given = tuple(int(d) for d in given)
-            if len(given) != len(spec.dims) or any(
-                not is_dynamic(want) and want != got for want, got in zip(spec.dims[1:], given[1:], strict=True)
-            ):
-                raise OptionError(
-                    f"{opt('input_shapes')} {spec.name}:{'x'.join(map(str, given))} does not fit the model's declared shape "
-                    f"{format_dims(spec.dims)}"
-                )
-            out[spec.name] = given[1:]
+        if spec.name in checked:
+            out[spec.name] = checked[spec.name][1:]
             continue
         dynamic = [str(d) for d in spec.dims[1:] if is_dynamic(d)]
         if dynamic:
