@@ -409,8 +409,8 @@ def _check_zeros(float_path: Path, int8_path: Path) -> list[QuantizedWeight]:
     following the graph (:mod:`onnxprune.graph.quantized`), position by position in the
     integer tensor's layout; one that cannot be traced, or that lost a zero, is an error."""
     float_model, int8_model = load_model(float_path), load_model(int8_path)
-    traced = trace_integer_weights(float_model, int8_model)
     floats = float_weights(float_model)
+    traced = trace_integer_weights(float_model, int8_model, floats)
     stored = {t.name: t for _, g in all_graphs(int8_model.graph) for t in g.initializer}
     weights = []
     for entry in traced:

@@ -84,10 +84,13 @@ def quantized_weight_names(graph: GraphProto) -> set[str]:
     return found
 
 
-def trace_integer_weights(float_model: ModelProto, int8_model: ModelProto) -> list[IntegerWeight]:
+def trace_integer_weights(
+    float_model: ModelProto, int8_model: ModelProto, floats: dict[str, np.ndarray] | None = None
+) -> list[IntegerWeight]:
     """Every integer weight of ``int8_model`` that ``float_model`` does not already hold,
-    with the float weight of ``float_model`` it was made from (see the module docstring)."""
-    floats = float_weights(float_model)
+    with the float weight of ``float_model`` it was made from (see the module docstring).
+    ``floats`` are ``float_model``'s :func:`float_weights`, when the caller has them."""
+    floats = float_weights(float_model) if floats is None else floats
     producers = {out: node for _, graph in all_graphs(float_model.graph) for node in graph.node for out in node.output}
     known = set(producers) | {vi.name for _, g in all_graphs(float_model.graph) for vi in g.output}
     existing = {
