@@ -8,6 +8,12 @@ Python API (the CLI is a thin layer over it)::
     onnxprune.save(model, "model.pruned.onnx", reference="model.onnx")
     print(result.sparsity_after, [layer.reason for layer in result.skipped])
 
+    # a config from its parts, one per concern (each validates its own fields)
+    config = onnxprune.PruneConfig.of(selection=onnxprune.Selection(exclude=("head",)),
+                                      allocation=onnxprune.Allocation(sparsity=0.5, scope="global"),
+                                      ranking=onnxprune.Ranking(criterion="lamp"))
+    print(config.allocation, config.selection)  # and back: .selection .allocation .ranking .reconstruction
+
     # file to file, as the CLI does (streamed output, memory near the model's size)
     run = onnxprune.prune_file("model.onnx", "model.pruned.onnx", config)
 
@@ -40,7 +46,17 @@ from pathlib import Path
 
 from onnx import ModelProto
 
-from onnxprune.config import PruneConfig, StructureConfig, check_amount, load_plan, parse_pattern
+from onnxprune.config import (
+    Allocation,
+    PruneConfig,
+    Ranking,
+    Reconstruction,
+    Selection,
+    StructureConfig,
+    check_amount,
+    load_plan,
+    parse_pattern,
+)
 from onnxprune.data import Dataset, ImageOptions, open_data
 from onnxprune.errors import (
     DataError,
@@ -73,6 +89,7 @@ from onnxprune.validate import ValidationReport, validate_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "Allocation",
     "Contract",
     "DataError",
     "DiscoveryOptions",
@@ -97,7 +114,10 @@ __all__ = [
     "QuantizeConfig",
     "QuantizeResult",
     "QuantizedWeight",
+    "Ranking",
+    "Reconstruction",
     "SavedModel",
+    "Selection",
     "StructureConfig",
     "UnsafeModelError",
     "UnsupportedModelError",

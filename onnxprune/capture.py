@@ -74,6 +74,8 @@ class LayerSpec:
 
     key: the caller's identifier of the weight (opaque here; must be unique).
     node: the consuming node's name, for messages.
+    capture_op: how the input is cut into rows (:attr:`~onnxprune.ops.spec.MatrixView.capture_op`
+        of the op table's view): "Conv" (im2col patches), "Gemm" or "MatMul" (rows of ``K``).
     activation: the main-graph tensor feeding the layer's data input.
     cols: the reduction length per group: Conv ``C/g·∏k``, Gemm/MatMul ``K``.
     kernel, strides, pads, dilations, auto_pad: the Conv's attributes (pads in ONNX
@@ -83,7 +85,7 @@ class LayerSpec:
 
     key: str
     node: str
-    op_type: str
+    capture_op: str
     activation: str
     cols: int
     groups: int = 1
@@ -100,7 +102,7 @@ class LayerSpec:
         return cls(
             key=key,
             node=node,
-            op_type=view.capture_op,
+            capture_op=view.capture_op,
             activation=activation,
             cols=view.cols,
             groups=view.capture_groups,
@@ -202,7 +204,7 @@ def _matmul_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Iterator[n
 
 def _no_check(spec: LayerSpec) -> None:
     if spec.groups != 1:
-        raise OptionError(f"layer '{spec.key}' ({spec.op_type} '{spec.node}'): groups must be 1, not {spec.groups}")
+        raise OptionError(f"layer '{spec.key}' ({spec.capture_op} '{spec.node}'): groups must be 1, not {spec.groups}")
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ HANDLERS: dict[str, _Handler] = {
 
 def _handler(spec: LayerSpec) -> _Handler | None:
     """How to cut the input of ``spec`` into rows (by its capture op), None for an unknown one."""
-    return HANDLERS.get(spec.op_type)
+    return HANDLERS.get(spec.capture_op)
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,7 +267,7 @@ class _Accumulator:
                     self._add_reference(block, next(refs))
         except _Mismatch as exc:
             self.failed = f"{exc}: not captured"
-            log.warning("layer '%s' (%s '%s'): %s", self.spec.key, self.spec.op_type, self.spec.node, self.failed)
+            log.warning("layer '%s' (%s '%s'): %s", self.spec.key, self.spec.capture_op, self.spec.node, self.failed)
 
     def _add_reference(self, block: np.ndarray, ref: np.ndarray) -> None:
         if ref.shape != block.shape:
@@ -400,7 +402,9 @@ def _check_specs(specs: Sequence[LayerSpec]) -> None:
         seen.add(spec.key)
         handler = _handler(spec)
         if handler is None:
-            raise OptionError(f"layer '{spec.key}' has op type {spec.op_type!r}; capture handles {', '.join(HANDLERS)}")
+            raise OptionError(
+                f"layer '{spec.key}' has capture op {spec.capture_op!r}; capture handles {', '.join(HANDLERS)}"
+            )
         if spec.cols < 1 or spec.groups < 1:
             raise OptionError(f"layer '{spec.key}': cols ({spec.cols}) and groups ({spec.groups}) must be >= 1")
         handler.check(spec)

@@ -26,11 +26,11 @@ from onnxprune.cli_print import (
     print_structure,
     print_summary,
     reason_counts,
+    shown,
 )
 from onnxprune.cli_view import view_command
-from onnxprune.config import PruneConfig, StructureConfig, load_plan, parse_pattern
+from onnxprune.config import PruneConfig, Selection, StructureConfig, load_plan, parse_pattern
 from onnxprune.console import ProgressBar, count, fail, handle_errors, table
-from onnxprune.graph.discovery import DiscoveryOptions
 from onnxprune.graph.model_io import refuse_input_as_output, write_file
 from onnxprune.passes.pipeline import after_weights
 from onnxprune.runtime import parse_input_shapes
@@ -215,10 +215,8 @@ def inspect(
     debug: bool,
 ) -> None:
     """List the weights of MODEL that can be pruned, and what is excluded and why."""
-    PruneConfig(sparsity=0.0, min_size=min_size, include=include, exclude=exclude)  # validates options
-    inventory = onnxprune.inspect(
-        model, DiscoveryOptions(min_size=min_size, include=include, exclude=exclude, op_types=_op_types(op_types))
-    )
+    selection = Selection(min_size=min_size, include=include, exclude=exclude, op_types=_op_types(op_types))
+    inventory = onnxprune.inspect(model, selection)
     listed = [w for w in inventory.weights if show_all or w.role in ("weight", "mixed")]
     rows = [
         [
@@ -228,7 +226,7 @@ def inspect(
             w.dtype,
             w.storage,
             f"{w.sparsity:.1%}",
-            "prune" if w.prunable else f"skip: {w.reason}",
+            "prune" if w.prunable else f"skip: {shown(w.reason)}",
         ]
         for w in listed
     ]

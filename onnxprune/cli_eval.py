@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import click
 
+from onnxprune.cli_print import shown
 from onnxprune.console import count, handle_errors, human, table
 from onnxprune.data import parse_image_options
 from onnxprune.errors import OptionError, OutputError
@@ -259,7 +260,7 @@ def print_result(result: EvalResult) -> None:
             click.echo(line)
     for m in result.models:  # a base has notes only when its metadata could not be read
         for warning in m.warnings:
-            click.echo(f"note ({m.name}): {warning}")
+            click.echo(f"note ({m.name}): {shown(warning)}")
 
 
 def _short(n: float | None) -> str:

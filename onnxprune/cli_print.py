@@ -1,7 +1,9 @@
 """What ``onnxprune prune`` and ``onnxprune inspect`` print: the per-layer table, the structural
 pass's groups, the before/after summary, the int8 line, and the short forms they share.
 
-Only the command line prints (see :mod:`onnxprune.console` for the shared helpers).
+Only the command line prints (see :mod:`onnxprune.console` for the shared helpers). Library
+text kept as data (skip reasons, notes) names options by API field; :func:`shown` spells them
+as flags (:func:`onnxprune.errors.spell` with the CLI's table).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 import click
 
 import onnxprune
+from onnxprune.cli_flags import flag
 from onnxprune.console import count, human, table
+from onnxprune.errors import spell
 
 
 def format_shape(shape: Sequence[int]) -> str:
@@ -22,9 +26,14 @@ def format_shape(shape: Sequence[int]) -> str:
     return "x".join(map(str, shape)) or "scalar"
 
 
+def shown(text: str | None) -> str:
+    """Library text (a skip reason, a note) as the CLI prints it: options spelled as flags."""
+    return spell(text, flag) or ""
+
+
 def reason_key(reason: str | None) -> str:
     """A short category for a skip reason (sizes and names removed), for counting."""
-    text = re.sub(r"^\d+ elements, ", "", reason or "unknown")
+    text = re.sub(r"^\d+ elements, ", "", shown(reason) or "unknown")
     return re.sub(r" \d+$", "", text.split(":")[0].split(",")[0])
 
 
@@ -67,7 +76,7 @@ def print_layers(result: onnxprune.PruneResult) -> None:
         ]
         if calibrated:
             row += [layer.method or "", err(layer.error_magnitude), err(layer.error), layer.bias or ""]
-        rows.append([*row, layer.reason or ""])
+        rows.append([*row, shown(layer.reason)])
     header = ["weight", "op", "shape", "dtype", "pattern", "before", "after"]
     right = {5, 6}
     if calibrated:
@@ -85,7 +94,7 @@ def print_layers(result: onnxprune.PruneResult) -> None:
         click.echo(f"\nweights not pruned: {len(skipped)}")
         for layer in skipped:
             click.echo(
-                f"  {layer.key} ({'/'.join(layer.ops) or layer.role}, {format_shape(layer.shape)}): {layer.reason}"
+                f"  {layer.key} ({'/'.join(layer.ops) or layer.role}, {format_shape(layer.shape)}): {shown(layer.reason)}"
             )
     if others:
         click.echo(
@@ -129,7 +138,7 @@ def print_structure(structure: Any, quiet: bool) -> None:
             )
     blocked = structure.blocked
     if blocked:
-        reasons = Counter(re.sub(r"'[^']*'", "'…'", (g.blocked or "").split(";")[0]) for g in blocked)
+        reasons = Counter(re.sub(r"'[^']*'", "'…'", shown(g.blocked).split(";")[0]) for g in blocked)
         click.echo(f"\nchannel groups kept whole: {len(blocked)}")
         for reason, n in reasons.most_common():
             click.echo(f"  {n} x {reason}")
@@ -139,9 +148,9 @@ def print_structure(structure: Any, quiet: bool) -> None:
             click.echo(f"  {name}: {before:.4f} -> {after:.4f}")
     notes = [g for g in structure.groups if g.note]
     for g in notes:
-        click.echo(f"  {g.name}: {g.note}")
+        click.echo(f"  {g.name}: {shown(g.note)}")
     for note in structure.notes:
-        click.echo(f"note: {note}")
+        click.echo(f"note: {shown(note)}")
     if structure.exact_max_diff is not None:
         click.echo(
             f"\nexact: outputs before and after differ by at most {structure.exact_max_diff:.2g} (synthetic batch)"

@@ -1,4 +1,7 @@
-"""Configuration of a pruning run: one frozen dataclass, validated once.
+"""Configuration of a pruning run: frozen dataclasses, one per concern, each validating its own fields.
+
+:class:`PruneConfig` (a weight pass) is made of :class:`Selection`, :class:`Allocation`,
+:class:`Ranking` and :class:`Reconstruction`; :class:`StructureConfig` is the structural pass.
 
 ``amount`` means one thing everywhere: a float in [0, 1), the fraction of a tensor's
 elements that are zero after pruning, counting weights that were already zero. Local
@@ -13,11 +16,13 @@ import math
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from onnxprune.errors import OptionError, opt
+from onnxprune.graph.discovery import DiscoveryOptions
 from onnxprune.reconstruct.methods import METHODS
 from onnxprune.sparsity.criteria import CRITERIA
 from onnxprune.sparsity.importance import importance_choices
@@ -75,19 +80,110 @@ def _check_regexes(patterns: tuple[str, ...], option: str) -> None:
 
 
 @dataclass(frozen=True)
-class PruneConfig:
-    """What to prune and how. Every field is validated on construction.
+class Selection(DiscoveryOptions):
+    """Which weights are considered at all (the selection concern), validated.
+
+    min_size: tensors with fewer elements are left alone.
+    include / exclude: regular expressions matched against tensor names and the names of the
+        nodes reading them: with ``include`` only matching weights are pruned, ``exclude``
+        leaves matching ones alone.
+    op_types: only weights read by these op types (empty: any).
+
+    A :class:`~onnxprune.graph.discovery.DiscoveryOptions` (a subclass that validates), so
+    :func:`~onnxprune.graph.discovery.discover` takes it as it is.
+    """
+
+    def __post_init__(self) -> None:
+        if int(self.min_size) < 0:
+            raise OptionError(f"{opt('min_size')} must be >= 0, got {self.min_size}")
+        _check_regexes(self.include, opt("include"))
+        _check_regexes(self.exclude, opt("exclude"))
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """How many weights each tensor loses (the allocation concern), validated.
 
     sparsity: amount for every weight not named in ``plan`` (None: prune only the plan,
         or, with an N:M pattern, the pattern's own 1 - N/M).
     scope: "local" (every tensor gets ``sparsity``) or "global" (one threshold across
         tensors, each capped at ``max_layer_sparsity``).
-    criterion: a name in :data:`onnxprune.sparsity.criteria.CRITERIA`: "magnitude", "lamp"
-        (layer-adaptive, matters with global scope), "random", or one registered later.
     pattern: None for unstructured, or (N, M) for N:M along the reduction axis.
     nm_fallback: for tensors whose reduction length is not a multiple of M (or unknown):
         "unstructured" prunes them unstructured at 1 - N/M, "skip" leaves them.
     plan: weight name -> amount, overriding scope and sparsity for those weights.
+    max_layer_sparsity: the most any one tensor loses under global scope.
+
+    An allocation that asks for nothing (no sparsity, pattern or plan: :attr:`prunes` is
+    False) is valid on its own; :class:`PruneConfig` refuses it ("nothing to do").
+    """
+
+    sparsity: float | None = None
+    scope: str = "local"
+    pattern: tuple[int, int] | None = None
+    nm_fallback: str = "unstructured"
+    plan: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    max_layer_sparsity: float = 0.98
+
+    def __post_init__(self) -> None:
+        if self.sparsity is not None:
+            object.__setattr__(self, "sparsity", check_amount(self.sparsity))
+        if self.scope not in SCOPES:
+            raise OptionError(f"{opt('scope')} must be one of {', '.join(SCOPES)}, got '{self.scope}'")
+        if self.nm_fallback not in NM_FALLBACKS:
+            raise OptionError(f"{opt('nm_fallback')} must be one of {', '.join(NM_FALLBACKS)}")
+        if self.pattern is not None:
+            n, m = self.pattern
+            if not 0 < n < m:
+                raise OptionError(f"{opt('pattern')} {n}:{m} is impossible: 0 < N < M is required")
+            if self.sparsity is not None:
+                raise OptionError(
+                    f"{opt('sparsity')} and {opt('pattern')} {n}:{m} are both given: an N:M pattern fixes the "
+                    f"sparsity at 1 - N/M = {1 - n / m:g}; drop {opt('sparsity')}"
+                )
+            if self.plan:
+                raise OptionError(f"{opt('plan')} cannot be combined with an N:M {opt('pattern')}")
+        object.__setattr__(
+            self,
+            "plan",
+            MappingProxyType({k: check_amount(v, f"plan entry '{k}'") for k, v in dict(self.plan).items()}),
+        )
+        if not 0.0 < float(self.max_layer_sparsity) <= 1.0:
+            raise OptionError(f"{opt('max_layer_sparsity')} must lie in (0, 1], got {self.max_layer_sparsity}")
+
+    @property
+    def prunes(self) -> bool:
+        """True if it asks for anything: a sparsity, an N:M pattern or a plan."""
+        return self.sparsity is not None or self.pattern is not None or bool(self.plan)
+
+    @property
+    def pattern_name(self) -> str:
+        return "unstructured" if self.pattern is None else f"{self.pattern[0]}:{self.pattern[1]}"
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Which weights of a tensor go first (the criterion concern), validated.
+
+    criterion: a name in :data:`onnxprune.sparsity.criteria.CRITERIA`: "magnitude", "lamp"
+        (layer-adaptive, matters with global scope), "random", or one registered later.
+    seed: seeds a seeded criterion ("random"), with each tensor's index.
+    """
+
+    criterion: str = "magnitude"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if CRITERIA.find(self.criterion) is None:
+            raise OptionError(
+                f"{opt('criterion')} must be one of {', '.join(CRITERIA.names())}, got '{self.criterion}'"
+            )
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """How pruned layers are solved from calibration data (the reconstruction concern), validated.
+
     method: a name in :data:`onnxprune.reconstruct.methods.METHODS`: "magnitude" (no data),
         "wanda" (|W|·‖x‖ per output row), "sparsegpt" (OBS mask and update) or "refit" (the
         magnitude mask, then a least-squares refit of the kept weights); all but magnitude
@@ -99,6 +195,52 @@ class PruneConfig:
         0.01 with real data, 1.0 with data-free inputs (synthetic statistics are trusted less,
         so the solution stays nearer the magnitude-pruned weights).
     blocksize: SparseGPT column block.
+    """
+
+    method: str = "magnitude"
+    bias_correction: bool = False
+    sequential: bool = True
+    percdamp: float | None = None
+    blocksize: int = 128
+
+    def __post_init__(self) -> None:
+        if METHODS.find(self.method) is None:
+            raise OptionError(f"{opt('method')} must be one of {', '.join(METHODS.names())}, got '{self.method}'")
+        if self.percdamp is not None and not 0.0 <= float(self.percdamp) <= 100.0:
+            raise OptionError(f"{opt('percdamp')} must lie in [0, 100], got {self.percdamp}")
+        if int(self.blocksize) < 1:
+            raise OptionError(f"{opt('blocksize')} must be >= 1, got {self.blocksize}")
+
+    @property
+    def calibrated(self) -> bool:
+        """True if it needs calibration statistics."""
+        return METHODS[self.method].needs_data or self.bias_correction
+
+
+def _fields_of(source: object, part: type) -> dict[str, Any]:
+    """The values in ``source`` of the fields of the dataclass ``part`` (a part's fields have
+    the same names in :class:`PruneConfig`)."""
+    return {f.name: getattr(source, f.name) for f in fields(part)}
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What to prune and how: the four concerns of a weight pass, as one flat frozen config.
+
+    Every field belongs to one part, which validates it and says what it means:
+
+    - :class:`Selection` (``.selection``): min_size, include, exclude, op_types;
+    - :class:`Allocation` (``.allocation``): sparsity, scope, pattern, nm_fallback, plan,
+      max_layer_sparsity;
+    - :class:`Ranking` (``.ranking``): criterion, seed;
+    - :class:`Reconstruction` (``.reconstruction``): method, bias_correction, sequential,
+      percdamp, blocksize.
+
+    The flat keyword constructor builds the parts, so every field is validated on
+    construction (and again by ``dataclasses.replace``); it then checks what involves more
+    than one part: a method that chooses its own mask (Wanda, SparseGPT) needs a criterion
+    that ranks like magnitude, and there must be something to do (a sparsity, an N:M pattern
+    or a plan). :meth:`of` builds a config from parts.
     """
 
     sparsity: float | None = None
@@ -120,63 +262,71 @@ class PruneConfig:
     blocksize: int = 128
 
     def __post_init__(self) -> None:
-        method = METHODS.find(self.method)
-        if method is None:
-            raise OptionError(f"{opt('method')} must be one of {', '.join(METHODS.names())}, got '{self.method}'")
-        criterion = CRITERIA.find(self.criterion)
-        if method.chooses_mask and criterion is not None and not criterion.ranks_like_magnitude:
+        # the parts validate their own fields; the order keeps which of several mistakes is named first
+        reconstruction = Reconstruction(**_fields_of(self, Reconstruction))
+        criterion = CRITERIA.find(self.criterion)  # an unknown one is the ranking's to name
+        if METHODS[reconstruction.method].chooses_mask and criterion is not None and not criterion.ranks_like_magnitude:
             raise OptionError(
                 f"{opt('criterion', self.criterion)} cannot choose the weights of {opt('method', self.method)}; drop one"
             )
-        if self.percdamp is not None and not 0.0 <= float(self.percdamp) <= 100.0:
-            raise OptionError(f"{opt('percdamp')} must lie in [0, 100], got {self.percdamp}")
-        if int(self.blocksize) < 1:
-            raise OptionError(f"{opt('blocksize')} must be >= 1, got {self.blocksize}")
-        if self.sparsity is not None:
-            object.__setattr__(self, "sparsity", check_amount(self.sparsity))
-        if self.scope not in SCOPES:
-            raise OptionError(f"{opt('scope')} must be one of {', '.join(SCOPES)}, got '{self.scope}'")
-        if criterion is None:
-            raise OptionError(
-                f"{opt('criterion')} must be one of {', '.join(CRITERIA.names())}, got '{self.criterion}'"
-            )
-        if self.nm_fallback not in NM_FALLBACKS:
-            raise OptionError(f"{opt('nm_fallback')} must be one of {', '.join(NM_FALLBACKS)}")
-        if self.pattern is not None:
-            n, m = self.pattern
-            if not 0 < n < m:
-                raise OptionError(f"{opt('pattern')} {n}:{m} is impossible: 0 < N < M is required")
-            if self.sparsity is not None:
-                raise OptionError(
-                    f"{opt('sparsity')} and {opt('pattern')} {n}:{m} are both given: an N:M pattern fixes the "
-                    f"sparsity at 1 - N/M = {1 - n / m:g}; drop {opt('sparsity')}"
-                )
-            if self.plan:
-                raise OptionError(f"{opt('plan')} cannot be combined with an N:M {opt('pattern')}")
-        elif self.sparsity is None and not self.plan:
+        ranking = Ranking(**_fields_of(self, Ranking))
+        allocation = Allocation(**_fields_of(self, Allocation))
+        if not allocation.prunes:
             raise OptionError(
                 f"nothing to do: give {opt('sparsity')} (e.g. 0.5), an N:M {opt('pattern')} or a {opt('plan')}"
             )
-        object.__setattr__(
-            self,
-            "plan",
-            MappingProxyType({k: check_amount(v, f"plan entry '{k}'") for k, v in dict(self.plan).items()}),
+        selection = Selection(**_fields_of(self, Selection))
+        object.__setattr__(self, "sparsity", allocation.sparsity)  # as the part normalized them
+        object.__setattr__(self, "plan", allocation.plan)
+        object.__setattr__(self, "_parts", (selection, allocation, ranking, reconstruction))
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        selection: Selection | None = None,
+        allocation: Allocation | None = None,
+        ranking: Ranking | None = None,
+        reconstruction: Reconstruction | None = None,
+    ) -> PruneConfig:
+        """The config made of these parts; a part left out has its defaults. Validated as the
+        flat constructor validates (``allocation`` must ask for something)."""
+        parts = (
+            Selection() if selection is None else selection,
+            Allocation() if allocation is None else allocation,
+            Ranking() if ranking is None else ranking,
+            Reconstruction() if reconstruction is None else reconstruction,
         )
-        if not 0.0 < float(self.max_layer_sparsity) <= 1.0:
-            raise OptionError(f"{opt('max_layer_sparsity')} must lie in (0, 1], got {self.max_layer_sparsity}")
-        if int(self.min_size) < 0:
-            raise OptionError(f"{opt('min_size')} must be >= 0, got {self.min_size}")
-        _check_regexes(self.include, opt("include"))
-        _check_regexes(self.exclude, opt("exclude"))
+        return cls(**{name: value for part in parts for name, value in _fields_of(part, type(part)).items()})
+
+    @property
+    def selection(self) -> Selection:
+        """Which weights are considered: min_size, include, exclude, op_types."""
+        return self._parts[0]
+
+    @property
+    def allocation(self) -> Allocation:
+        """How many weights each tensor loses: sparsity, scope, pattern, nm_fallback, plan, max_layer_sparsity."""
+        return self._parts[1]
+
+    @property
+    def ranking(self) -> Ranking:
+        """Which weights of a tensor go first: criterion, seed."""
+        return self._parts[2]
+
+    @property
+    def reconstruction(self) -> Reconstruction:
+        """How layers are solved from data: method, bias_correction, sequential, percdamp, blocksize."""
+        return self._parts[3]
 
     @property
     def calibrated(self) -> bool:
         """True if the run needs calibration statistics."""
-        return METHODS[self.method].needs_data or self.bias_correction
+        return self.reconstruction.calibrated
 
     @property
     def pattern_name(self) -> str:
-        return "unstructured" if self.pattern is None else f"{self.pattern[0]}:{self.pattern[1]}"
+        return self.allocation.pattern_name
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly view (for provenance and reports)."""

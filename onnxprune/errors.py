@@ -1,8 +1,24 @@
-"""The one exception hierarchy of onnxprune.
+"""The one exception hierarchy of onnxprune, and how library text names options.
 
 Every error the library raises on bad input is an :class:`OnnxPruneError`. Its message is a
 single line that says what is wrong and what to do; the CLI prints it and exits with
 ``exit_code``. Anything else that escapes is a bug.
+
+**Options in text.** Below the CLI, text a user reads names an option by its API field with
+:func:`opt`, never by a flag (an API user has no ``--min-size``); only the CLI maps fields to
+flags (:mod:`onnxprune.cli_flags`). Two kinds of text carry such names, read the same way:
+
+- an error: the exception keeps the message with its :func:`opt` marks; ``str(exc)`` reads
+  the API fields (``min_size``), ``exc.render(flag)`` what the CLI prints (``--min-size``);
+- text kept as data, a skip reason or a note in a result (:class:`Message`): a ``str`` that
+  reads as the API names the options (``"64 elements, below min_size=256"``), so the Python
+  API, JSON (``json.dumps`` writes the str), reports and metadata show field names; its
+  :meth:`Message.render` gives what the CLI prints (``"64 elements, below --min-size 256"``).
+  The CLI's printers spell every such text with :func:`spell`.
+
+A Message used in a larger string (``f"{reason}; ..."``, ``"; ".join``) reads as the API
+names it: the marks are never lost into control characters, at worst the CLI shows a field
+name. To keep them, build the larger text with ``message.template`` in a new Message.
 """
 
 from __future__ import annotations
@@ -63,6 +79,35 @@ def render(message: str, flag: Callable[[str, str | None], str | None] | None = 
 def fields(message: str) -> list[str]:
     """The fields :func:`opt` names in ``message``, in order."""
     return [match.group(1) for match in _OPTION.finditer(message)]
+
+
+class Message(str):
+    """Text kept as data (a skip reason, a note) that may name options with :func:`opt`.
+
+    As a str it reads as the API names the options (``Message(f"below {opt('min_size', 256)}")
+    == "below min_size=256"``); :meth:`render` spells them otherwise (the CLI's flags), from
+    ``template``, the text with its :func:`opt` marks. It pickles and copies as a Message.
+    """
+
+    template: str
+
+    def __new__(cls, template: str) -> Message:
+        text = super().__new__(cls, render(template))
+        text.template = template
+        return text
+
+    def render(self, flag: Callable[[str, str | None], str | None] | None = None) -> str:
+        """The text with its options spelled by ``flag`` (see :func:`render`)."""
+        return render(self.template, flag)
+
+    def __reduce__(self) -> tuple[type[Message], tuple[str]]:
+        return (type(self), (self.template,))
+
+
+def spell(text: str | None, flag: Callable[[str, str | None], str | None] | None = None) -> str | None:
+    """``text`` with the options a :class:`Message` names spelled by ``flag`` (the CLI's flags);
+    any other str (and None) as it is."""
+    return text.render(flag) if isinstance(text, Message) else text
 
 
 class OnnxPruneError(Exception):

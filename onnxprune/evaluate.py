@@ -40,7 +40,7 @@ import onnxruntime as ort
 from onnxprune import runtime
 from onnxprune.compute import ComputeStats, count_compute
 from onnxprune.data import Dataset, ImageOptions, load_labels, open_data
-from onnxprune.errors import DataError, OnnxPruneError, OptionError, UnsupportedModelError, opt
+from onnxprune.errors import DataError, Message, OnnxPruneError, OptionError, UnsupportedModelError, opt
 from onnxprune.graph.model_io import load_model_with_files, write_file
 from onnxprune.latency import LatencySettings, LatencyStats, measure_latency
 from onnxprune.metrics import OutputFidelity, TopK, overall
@@ -552,7 +552,7 @@ def candidate_warnings(base: ModelReport, cand: ModelReport, synthetic: bool) ->
             f"{'float ' if not _integer_weights(base) else ''}base (median of paired runs, 10th-90th percentile "
             f"{ratio_stats.p10:.2f}-{ratio_stats.p90:.2f}x): at this batch size and thread count the quantize and "
             "dequantize steps cost more than the integer kernels save; for speed ship the float model, or measure "
-            "at the batch size you will run (--latency-batch)"
+            "at the batch size you will run (" + opt("latency_batch") + ")"
         )
     same_shapes = [(layer.name, layer.shape) for layer in base.layers] == [
         (layer.name, layer.shape) for layer in cand.layers
@@ -587,7 +587,7 @@ def candidate_warnings(base: ModelReport, cand: ModelReport, synthetic: bool) ->
             notes.append(
                 f"dense MACs are {_pct(dense_drop)} lower but latency is flat (candidate/base {ratio:.2f}): the time "
                 "goes to what channel removal does not shrink (per-node overhead, memory traffic, other ops); try a "
-                "larger batch (--latency-batch) or a larger model"
+                "larger batch (" + opt("latency_batch") + ") or a larger model"
             )
         elif drop >= FLOPS_DROP and ratio is not None and ratio > FLAT_RATIO:
             notes.append(
@@ -610,5 +610,7 @@ def candidate_warnings(base: ModelReport, cand: ModelReport, synthetic: bool) ->
         if nonfinite:
             notes.append(f"the candidate gives {nonfinite} NaN or infinite output values where the base does not")
     if synthetic:
-        notes.append("measured on synthetic data: fidelity only; accuracy needs real data (--data, --labels)")
-    return notes
+        notes.append(
+            f"measured on synthetic data: fidelity only; accuracy needs real data ({opt('data')}, {opt('labels')})"
+        )
+    return [Message(note) for note in notes]  # options named as fields; the CLI spells them as flags

@@ -43,7 +43,7 @@ def conv_spec(w: np.ndarray, *, groups=1, strides=(), pads=(), dilations=(), aut
     return LayerSpec(
         key="W",
         node="conv",
-        op_type="Conv",
+        capture_op="Conv",
         activation=activation,
         cols=int(np.prod(w.shape[1:])),
         groups=groups,
@@ -196,7 +196,7 @@ def test_gemm_trans_a_trans_b():
         [init("W", w), init("B", b)],
     )
     x = rand((k, m_rows), seed=10)
-    spec = LayerSpec(key="W", node="gemm", op_type="Gemm", activation="a", cols=k, trans_a=True)
+    spec = LayerSpec(key="W", node="gemm", capture_op="Gemm", activation="a", cols=k, trans_a=True)
     stats = capture(m, [spec], [{"x": x}])["W"]
     a = 1 / (1 + np.exp(-x.astype(np.float64)))  # [K, M]
     assert stats.rows == m_rows
@@ -219,7 +219,7 @@ def batched_matmul_model(k: int = 6, n_out: int = 4) -> tuple[onnx.ModelProto, n
     return m, w
 
 
-MM_SPEC = LayerSpec(key="W", node="mm", op_type="MatMul", activation="a", cols=6)
+MM_SPEC = LayerSpec(key="W", node="mm", capture_op="MatMul", activation="a", cols=6)
 
 
 def test_batched_matmul_3d_activation():
@@ -254,7 +254,7 @@ def test_streaming_batches_equals_one_batch_and_reports_progress():
 
 def test_layers_reading_one_input_share_read_only_stats():
     m, _ = batched_matmul_model()
-    other = LayerSpec(key="W2", node="mm2", op_type="MatMul", activation="a", cols=6)
+    other = LayerSpec(key="W2", node="mm2", capture_op="MatMul", activation="a", cols=6)
     stats = capture(m, [MM_SPEC, other], [{"x": rand((2, 3, 6), seed=16)}])
     assert list(stats) == ["W", "W2"]
     assert stats["W"].H is stats["W2"].H
@@ -282,9 +282,9 @@ def test_missing_or_mismatched_activation_is_skipped_with_a_reason():
     m, _ = batched_matmul_model()
     specs = [
         MM_SPEC,
-        LayerSpec(key="nowhere", node="n", op_type="MatMul", activation="nope", cols=6),
-        LayerSpec(key="const", node="c", op_type="MatMul", activation="W", cols=4),
-        LayerSpec(key="wide", node="w", op_type="MatMul", activation="a", cols=7),
+        LayerSpec(key="nowhere", node="n", capture_op="MatMul", activation="nope", cols=6),
+        LayerSpec(key="const", node="c", capture_op="MatMul", activation="W", cols=4),
+        LayerSpec(key="wide", node="w", capture_op="MatMul", activation="a", cols=7),
     ]
     stats = capture(m, specs, [{"x": rand((2, 3, 6), seed=18)}])
     assert stats["W"].skipped is None and stats["W"].rows == 6
@@ -318,9 +318,9 @@ def test_bad_specs_are_option_errors():
     data = [{"x": rand((1, 1, 6), seed=22)}]
     bad = [
         [MM_SPEC, MM_SPEC],
-        [LayerSpec(key="k", node="n", op_type="Relu", activation="a", cols=6)],
-        [LayerSpec(key="k", node="n", op_type="Conv", activation="a", cols=6, kernel=(3,), pads=(1,))],
-        [LayerSpec(key="k", node="n", op_type="Conv", activation="a", cols=6, kernel=(3,), auto_pad="SAME")],
+        [LayerSpec(key="k", node="n", capture_op="Relu", activation="a", cols=6)],
+        [LayerSpec(key="k", node="n", capture_op="Conv", activation="a", cols=6, kernel=(3,), pads=(1,))],
+        [LayerSpec(key="k", node="n", capture_op="Conv", activation="a", cols=6, kernel=(3,), auto_pad="SAME")],
     ]
     for specs in bad:
         with pytest.raises(OptionError):
@@ -362,7 +362,7 @@ def fixture_layers(m: onnx.ModelProto):
             spec = LayerSpec(
                 key=n.input[1],
                 node=n.name,
-                op_type="Conv",
+                capture_op="Conv",
                 activation=n.input[0],
                 cols=int(np.prod(w.shape[1:])),
                 groups=g,
@@ -377,11 +377,11 @@ def fixture_layers(m: onnx.ModelProto):
         elif n.op_type == "Gemm":
             assert at.get("alpha", 1.0) == 1.0 and not at.get("transA", 0)
             w2 = w if at.get("transB", 0) else w.T
-            spec = LayerSpec(key=n.input[1], node=n.name, op_type="Gemm", activation=n.input[0], cols=w2.shape[1])
+            spec = LayerSpec(key=n.input[1], node=n.name, capture_op="Gemm", activation=n.input[0], cols=w2.shape[1])
             w_groups = w2[None]
             bias = at.get("beta", 1.0) * inits[n.input[2]] if len(n.input) > 2 else 0.0
         else:
-            spec = LayerSpec(key=n.input[1], node=n.name, op_type="MatMul", activation=n.input[0], cols=w.shape[0])
+            spec = LayerSpec(key=n.input[1], node=n.name, capture_op="MatMul", activation=n.input[0], cols=w.shape[0])
             w_groups, bias = w.T[None], 0.0
         layers.append((spec, w_groups, n.output[0], bias))
     return layers
@@ -436,7 +436,7 @@ def test_reference_model_gives_cross_statistics():
 
     pruned_w1 = np.where(np.abs(w1) < 0.5, 0, w1).astype(np.float32)
     x = rng.standard_normal((40, 8)).astype(np.float32)
-    spec = LayerSpec(key="w2", node="mm2", op_type="MatMul", activation="r", cols=6)
+    spec = LayerSpec(key="w2", node="mm2", capture_op="MatMul", activation="r", cols=6)
     batches = [{"x": x[:25]}, {"x": x[25:]}]
     stats = capture(model(pruned_w1), [spec], batches, reference=model(w1).SerializeToString())["w2"]
     r = np.maximum(x.astype(np.float64) @ pruned_w1, 0)

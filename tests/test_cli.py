@@ -74,7 +74,7 @@ def test_include_exclude_and_op_types(tmp_path):
     _invoke("prune", CNN, tmp_path / "b.onnx", "--sparsity", "0.5", "--exclude", "fc", "--json", report)
     layers = json.loads(report.read_text())["layers"]
     assert all("fc" not in layer["name"] for layer in layers if layer["pruned"])
-    assert any(layer["reason"] == "matched by --exclude" for layer in layers)
+    assert any(layer["reason"] == "matched by exclude" for layer in layers)
 
 
 def test_external_data_output_and_input(tmp_path):

@@ -450,9 +450,9 @@ def test_flatten_transform_axes(axis: int, shape: tuple[int, int], axis_map: tup
 def test_min_size_skips_small_tensors_with_the_reason() -> None:
     model = b.matmul_small()
     (w, _) = onnxprune.inspect(model).weights
-    assert (w.name, w.prunable, w.reason) == ("W", False, "64 elements, below --min-size 256")
+    assert (w.name, w.prunable, w.reason) == ("W", False, "64 elements, below min_size=256")
     (w,) = onnxprune.inspect(b.depthwise_conv()).weights
-    assert w.reason == "144 elements, below --min-size 256"
+    assert w.reason == "144 elements, below min_size=256"
     check_prune(b.depthwise_conv(), set(), config=PruneConfig(sparsity=0.5))
 
 
@@ -460,18 +460,18 @@ def test_min_size_is_inclusive() -> None:
     model = b.matmul_right()  # 512 weights
     assert onnxprune.inspect(model, DiscoveryOptions(min_size=512)).weights[0].prunable
     (w,) = onnxprune.inspect(model, DiscoveryOptions(min_size=513)).weights
-    assert w.reason == "512 elements, below --min-size 513"
+    assert w.reason == "512 elements, below min_size=513"
 
 
 FILTERS = {
-    "include_tensor_name": ({"include": (r"^fc\.",)}, {"fc.weight"}, "not matched by --include"),
-    "include_node_name": ({"include": (r"^conv1$",)}, {"conv1.weight"}, "not matched by --include"),
-    "exclude": ({"exclude": (r"^head",)}, {"conv1.weight", "fc.weight"}, "matched by --exclude"),
+    "include_tensor_name": ({"include": (r"^fc\.",)}, {"fc.weight"}, "not matched by include"),
+    "include_node_name": ({"include": (r"^conv1$",)}, {"conv1.weight"}, "not matched by include"),
+    "exclude": ({"exclude": (r"^head",)}, {"conv1.weight", "fc.weight"}, "matched by exclude"),
     "op_types": ({"op_types": ("Conv", "Gemm")}, {"conv1.weight", "fc.weight"}, "op MatMul not selected"),
     "include_and_exclude": (
         {"include": (r"weight$",), "exclude": (r"^fc$",)},
         {"conv1.weight", "head.weight"},
-        "matched by --exclude",
+        "matched by exclude",
     ),
 }
 

@@ -1,15 +1,23 @@
-"""Library errors name API fields; the CLI prints the same errors with its flags.
+"""Library text names API fields; the CLI prints the same text with its flags.
 
 A message below the CLI names an option with :func:`onnxprune.errors.opt`: ``str(exc)`` reads
 ``calibration`` / ``data_free=True``, the CLI (``onnxprune.cli_flags.FLAGS``, through
-``console.handle_errors``) reads ``--calibration`` / ``--data-free``. The lint below keeps
-literal ``--flags`` out of the library's error messages; :data:`CEILINGS` lists the modules
+``console.handle_errors``) reads ``--calibration`` / ``--data-free``. Text kept as data (a skip
+reason, a note) is an :class:`onnxprune.errors.Message`: the API, JSON and reports read the
+fields, the CLI's printers (``cli_print.shown``) the flags.
+
+The lint below keeps literal ``--flags`` out of every string a user may read below the CLI
+(error messages, skip reasons, notes, log lines): every string literal of a library module
+counts, except docstrings and other bare string statements, a whole command line
+(``onnxprune prune IN OUT --structured ...``: an example to run, where flags belong) and CSS
+custom properties (``--muted: #6b7280``, ``var(--muted)``). :data:`CEILINGS` lists the modules
 not yet converted, and may only go down.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import pickle
 import re
 from pathlib import Path
@@ -21,7 +29,7 @@ from click.testing import CliRunner
 import onnxprune
 from onnxprune.cli import main
 from onnxprune.cli_flags import FLAGS, flag
-from onnxprune.errors import MissingKernelError, OnnxPruneError, OptionError, fields, opt, render
+from onnxprune.errors import Message, MissingKernelError, OnnxPruneError, OptionError, fields, opt, render, spell
 from onnxprune.quantize import quantize_file
 
 PACKAGE = Path(onnxprune.__file__).resolve().parent
@@ -29,11 +37,12 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MLP = FIXTURES / "mlp_digits.onnx"
 PREFIX = "onnxprune: error: "
 
-#: literal ``--flag`` mentions left in error messages, by module (lower these; never raise them).
+#: literal ``--flag`` mentions left in library text, by module (lower these; never raise them).
 #: These modules are owned elsewhere and still spell CLI flags to API users.
 CEILINGS: dict[str, int] = {}
 
-_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+#: a flag, not a CSS custom property (``--muted: ...``, ``var(--muted)``)
+_FLAG = re.compile(r"(?<![\w-])(?<!var\()--[a-z][a-z0-9-]*(?![a-z0-9-]*:)")
 #: a whole command line ("onnxprune prune IN OUT --structured ...") is an example, not an option
 _COMMAND = re.compile(r"onnxprune (?:inspect|prune|eval|analyze|view)\b.*")
 
@@ -134,6 +143,36 @@ def test_a_bad_input_shape_api_and_cli(tmp_path):
     assert err.startswith(f"{PREFIX}--input-shape 'x:1xa': dimensions must be integers") and err.count("\n") == 1
 
 
+def test_a_skip_reason_names_the_field_in_the_api_and_json_and_the_flag_in_the_cli(tmp_path):
+    cnn = FIXTURES / "cnn_digits.onnx"
+    options = onnxprune.DiscoveryOptions(exclude=("^fc1",))
+    reasons = {w.name: w.reason for w in onnxprune.inspect(cnn, options).weights if w.role == "weight"}
+    assert reasons["stem.0.weight"] == "216 elements, below min_size=256"
+    assert reasons["fc1.weight"] == "matched by exclude"
+    assert isinstance(reasons["fc1.weight"], Message) and pickle.loads(pickle.dumps(reasons["fc1.weight"])) == (
+        "matched by exclude"
+    )
+    assert spell(reasons["stem.0.weight"], flag) == "216 elements, below --min-size 256"
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    result = CliRunner().invoke(
+        main, ["prune", str(cnn), str(out), "--sparsity", "0.5", "--exclude", "^fc1", "--json", str(report)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "stem.0.weight (Conv, 24x1x3x3): 216 elements, below --min-size 256\n" in result.stdout
+    assert "fc1.weight (Gemm, 64x512): matched by --exclude\n" in result.stdout
+    assert "\x02" not in result.stdout and "\x02" not in report.read_text()
+    layers = {layer["name"]: layer["reason"] for layer in json.loads(report.read_text())["layers"]}
+    assert (layers["stem.0.weight"], layers["fc1.weight"]) == ("216 elements, below min_size=256", "matched by exclude")
+
+
+def test_a_message_is_a_str_that_the_cli_spells_with_flags():
+    message = Message(f"op MatMul not selected by {opt('op_types')}; {opt('nm_fallback', 'skip')}")
+    assert message == "op MatMul not selected by op_types; nm_fallback='skip'" and str(message) == message
+    assert message.render(flag) == "op MatMul not selected by --op-types; --nm-fallback skip"
+    assert spell(message, flag) == message.render(flag) and spell("plain", flag) == "plain" and spell(None) is None
+    assert f"{message}!" == "op MatMul not selected by op_types; nm_fallback='skip'!"  # never control characters
+
+
 # --------------------------------------------------------------------------- the table and the lint
 
 
@@ -188,68 +227,44 @@ def test_every_option_named_in_the_library_has_a_cli_mapping():
     assert not missing, f"add these fields to onnxprune/cli_flags.py FLAGS: {missing}"
 
 
-def _strings(node: ast.AST) -> list[ast.Constant]:
-    return [n for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-
-
-def _message_strings(tree: ast.AST) -> list[str]:
-    """The string literals that make error messages: inside ``raise`` and ``...Error(...)``
-    calls, and in the variables and parameter defaults a function's ``raise`` reads."""
-    found: list[ast.Constant] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Raise) and node.exc is not None:
-            found += _strings(node.exc)
-        elif isinstance(node, ast.Call):
-            func = node.func
-            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
-            if name.endswith("Error"):
-                found += _strings(node)
-    for function in ast.walk(tree):
-        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        raised = {
-            n.id
-            for r in ast.walk(function)
-            if isinstance(r, ast.Raise) and r.exc is not None
-            for n in ast.walk(r.exc)
-            if isinstance(n, ast.Name)
-        }
-        for node in ast.walk(function):
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id in raised for t in node.targets):
-                found += _strings(node.value)
-        arguments = function.args
-        positional = arguments.posonlyargs + arguments.args
-        for arg, default in zip(
-            positional[len(positional) - len(arguments.defaults) :], arguments.defaults, strict=True
-        ):
-            if arg.arg in raised:
-                found += _strings(default)
-        for arg, default in zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True):
-            if default is not None and arg.arg in raised:
-                found += _strings(default)
-    return list({id(node): node.value for node in found}.values())  # each literal once
+def _text_strings(tree: ast.AST) -> list[str]:
+    """The string literals of a module a user may read: all but docstrings and other bare
+    string statements (f-strings give their literal parts)."""
+    bare = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in bare
+    ]
 
 
 def flag_mentions(source: str) -> int:
-    """Literal ``--flags`` in the error messages of a module (a whole command line excepted)."""
-    return sum(len(_FLAG.findall(_COMMAND.sub("", text))) for text in _message_strings(ast.parse(source)))
+    """Literal ``--flags`` in the text of a module (see the module docstring)."""
+    return sum(len(_FLAG.findall(_COMMAND.sub("", text))) for text in _text_strings(ast.parse(source)))
 
 
-def test_the_lint_sees_flags_in_messages_only():
+def test_the_lint_sees_flags_in_text_only():
     source = '''
 """Docstring: --calibration is fine here."""
 def f(x, what="--sparsity"):
+    """So is --this."""
     hint = "; try --quantize-mode dynamic"
-    note = "--not-an-error"
     if x:
         raise OptionError(f"{what} bad{hint}")
+    log.info("--target-flops %.2f cannot be met", x)  # a comment: --fine
     raise DataError("see onnxprune prune IN OUT --structured")
 err = OutputError("pass --force")
+reason = f"{size} elements, below --min-size {size}"
+CSS = ":root { --muted: #6b7280; } td { color: var(--muted); }"
 '''
-    assert flag_mentions(source) == 3
+    assert flag_mentions(source) == 5
 
 
-def test_library_error_messages_name_fields_not_flags():
+def test_library_text_names_fields_not_flags():
     found = {}
     for relative, path in _library_modules():
         count = flag_mentions(path.read_text(encoding="utf-8"))

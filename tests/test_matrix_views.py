@@ -115,7 +115,7 @@ def test_a_conv_view_captures_what_the_conv_reads():
     node = helper.make_node("Conv", ["x", "W"], ["y"], group=2, pads=[1, 1, 0, 0], auto_pad="NOTSET")
     view = _view(node, 1, (4, 3, 3, 1))
     spec = LayerSpec.from_view(view, key="k", node="conv", activation=view.activation_name(node))
-    assert (spec.op_type, spec.activation, spec.cols, spec.groups) == ("Conv", "x", 9, 2)
+    assert (spec.capture_op, spec.activation, spec.cols, spec.groups) == ("Conv", "x", 9, 2)
     assert (spec.kernel, spec.strides, spec.pads, spec.dilations, spec.auto_pad) == (
         (3, 1),
         (1, 1),
@@ -143,7 +143,7 @@ def test_gemm_view_times_rows_is_the_gemm(trans_a, trans_b):
     rows = (a.T if view.trans_a else a).astype(np.float64)  # capture's cut: op(A), one row per output row
     _close(view.to_matrix(w.astype(np.float64))[0] @ rows.T, y.T)
     spec = LayerSpec.from_view(view, key="k", node="gemm", activation="a")
-    assert (spec.op_type, spec.cols, spec.trans_a, spec.groups) == ("Gemm", k, bool(trans_a), 1)
+    assert (spec.capture_op, spec.cols, spec.trans_a, spec.groups) == ("Gemm", k, bool(trans_a), 1)
 
 
 def test_matmul_view_times_rows_is_the_matmul():
@@ -157,7 +157,7 @@ def test_matmul_view_times_rows_is_the_matmul():
     rows = a.reshape(-1, 6).astype(np.float64)  # capture's cut: [∏leading, K]
     _close(view.to_matrix(w.astype(np.float64))[0] @ rows.T, y.reshape(-1, 4).T)
     spec = LayerSpec.from_view(view, key="k", node="mm", activation=view.activation_name(node))
-    assert (spec.op_type, spec.activation, spec.cols) == ("MatMul", "a", 6)
+    assert (spec.capture_op, spec.activation, spec.cols) == ("MatMul", "a", 6)
 
 
 # --------------------------------------------------------------------------- recurrent

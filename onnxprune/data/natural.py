@@ -67,8 +67,7 @@ from onnxprune.data.checks import check_specs, format_dims
 from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup
 from onnxprune.errors import DataError, OptionError, opt
 from onnxprune.graph.index import Scope
-from onnxprune.ops import spec_of
-from onnxprune.ops.spec import attr
+from onnxprune.ops import TransformContext, spec_of
 from onnxprune.runtime import InputSpec, check_given_shapes, is_dynamic
 
 log = logging.getLogger(__name__)
@@ -317,42 +316,47 @@ def _first_batchnorm(scope: Scope, name: str) -> tuple[onnx.NodeProto, onnx.Node
     return min(found, key=lambda pair: order.get(id(pair[0]), len(order)))
 
 
+def _channel_axis(scope: Scope, via: onnx.NodeProto | None, shape: tuple[int, ...]) -> int | str | None:
+    """Where the channel axis 1 of what the BN reads lies in the input's per-sample ``shape``:
+    a per-sample axis, "one" (a new axis or the batch axis: one channel for everything), "flat"
+    (the channels of the sample in C order: ``via`` keeps the order of the elements but merges
+    or splits axes), or None (not known). The op table says how ``via`` moves axes
+    (:meth:`~onnxprune.ops.spec.OpSpec.transform`: output axis -> input axis)."""
+    if via is None:
+        return 0
+    spec = spec_of(via)
+    if spec.keeps_layout:
+        return 0
+    moved = spec.transform(TransformContext(via, 0, (None, *shape), scope.const_value))
+    if moved is not None and len(moved.axis_map) > 1:
+        source = moved.axis_map[1]
+        if source == 0 or (source is None and moved.shape[1] == 1):
+            return "one"
+        if source is not None:
+            return source - 1
+    return "flat" if spec.keeps_order(via) else None
+
+
 def _channel_stats(
     scope: Scope, via: onnx.NodeProto | None, shape: tuple[int, ...], mean: np.ndarray, var: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-element mean and std over the input's per-sample ``shape`` for a BN with these stats."""
     channels = mean.size
     std = np.sqrt(np.maximum(var, 0.0))
-    axis: int | None = 0  # per-sample axis holding the BN channel, or None for C-order flattening
-    op = via.op_type if via is not None else "Identity"
-    if op == "Transpose":
-        perm = attr(via, "perm", None)
-        axis = int(perm[1]) - 1 if perm is not None and len(perm) > 1 else len(shape) - 1
-    elif op == "Unsqueeze":
-        axes = attr(via, "axes", None)
-        if axes is None and len(via.input) > 1:
-            axes = scope.const_value(via.input[1])
-        if axes is None:
-            return None
-        rank = len(shape) + 1 + len(np.atleast_1d(axes))
-        inserted = {int(a) % rank for a in np.atleast_1d(axes)}
-        if 1 in inserted:
-            axis = -1  # a new size-1 channel axis: one channel for everything
-        else:
-            kept = [i for i in range(rank) if i not in inserted]
-            axis = kept.index(1) - 1
-    elif op in ("Reshape", "Flatten", "Squeeze"):
-        axis = None
-    if axis == -1:
+    axis = _channel_axis(scope, via, shape)
+    if axis is None:
+        return None
+    if axis == "one":
         if channels != 1:
             return None
         return np.full(shape, mean[0], np.float64), np.full(shape, std[0], np.float64)
-    if axis is None:
+    if axis == "flat":
         total = int(np.prod(shape, dtype=np.int64))
         if total == 0 or total % channels:
             return None
         per = total // channels
         return np.repeat(mean, per).reshape(shape), np.repeat(std, per).reshape(shape)
+    assert isinstance(axis, int)
     if not 0 <= axis < len(shape) or shape[axis] != channels:
         return None
     view = [1] * len(shape)

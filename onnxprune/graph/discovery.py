@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import ModelProto, TensorProto
 
+from onnxprune.errors import Message, opt
 from onnxprune.graph import tensors
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.ops import SHAPE_ONLY, Slot, SlotContext, TransformContext, spec_of
@@ -42,7 +43,8 @@ class Reader:
     """A node that reads a weight (possibly through transparent ops).
 
     ``input_index`` is -1 for a pseudo-reader that is no node: the tensor leaving the
-    graph as an output (``op_type`` "graph output"), or a chain too deep to follow.
+    graph as an output (``role`` "output", ``op_type`` "graph output"), or a chain too deep to
+    follow (``role`` "too deep").
     """
 
     node: str
@@ -94,7 +96,11 @@ class Weight:
 
 @dataclass(frozen=True)
 class DiscoveryOptions:
-    """Which weights to consider. Regexes match tensor names or reader node names."""
+    """Which weights to consider. Regexes match tensor names or reader node names.
+
+    Not validated here: :class:`onnxprune.config.Selection` is the validated subclass (the
+    selection part of a :class:`~onnxprune.config.PruneConfig`, ``config.selection``).
+    """
 
     min_size: int = 256
     include: tuple[str, ...] = ()
@@ -194,7 +200,7 @@ def _decide(
         other = next((r for r in (*trace.others, *(r for r, s, _ in trace.slots if s.role != "weight"))), None)
         what = (
             "a graph output"
-            if other and other.op_type == "graph output"
+            if other and other.role == "output"
             else (f"input {other.input_index} of {other.op_type} '{other.node}'" if other else "something else")
         )
         return f"also read as {what}, not only as a weight: pruning it would change that too"
@@ -207,14 +213,14 @@ def _decide(
     names = (tensor.name, *(r.node for r in readers))
     ops = {r.op_type for r in readers if r.role == "weight"}
     if options.op_types and not ops & set(options.op_types):
-        return f"op {'/'.join(sorted(ops))} not selected by --op-types"
+        return Message(f"op {'/'.join(sorted(ops))} not selected by {opt('op_types')}")
     if options.include and not _matches(options.include, names):
-        return "not matched by --include"
+        return Message(f"not matched by {opt('include')}")
     if options.exclude and _matches(options.exclude, names):
-        return "matched by --exclude"
+        return Message(f"matched by {opt('exclude')}")
     size = tensors.numel(tensor)
     if size < options.min_size:
-        return f"{size} elements, below --min-size {options.min_size}"
+        return Message(f"{size} elements, below {opt('min_size', options.min_size)}")
     return None
 
 
@@ -233,7 +239,8 @@ def _count_zeros(tensor: TensorProto) -> tuple[int, np.ndarray | None]:
 
 def discover(model: ModelProto, options: DiscoveryOptions | None = None) -> Inventory:
     """Find every stored tensor read as a weight, bias, normalization parameter or
-    embedding table, in the main graph and all subgraphs."""
+    embedding table, in the main graph and all subgraphs. ``options`` selects the prunable
+    ones (a :class:`~onnxprune.config.Selection` or plain options; default: any of 256+ elements)."""
     options = options or DiscoveryOptions()
     root = Scope.build(model.graph)
     weights: list[Weight] = []

@@ -23,6 +23,12 @@ float64 and rounded once to the stored dtype, so a float16 model agrees with its
 to float16 rounding. A weight or bias read by another node too is cloned before it is edited.
 The producer's output takes the folded node's output name, so every reader (and a graph
 output) is unchanged. A BN that cannot be folded is kept, with the reason.
+
+The folds are edits on a gs graph (:class:`~onnxprune.graph.gs_edit.EditGraph`): gs keeps
+every tensor's producer and readers current as the folds rewire the graph, so a chain of
+folds (Conv → Mul → Add) needs no re-index between them, and a weight shared with another
+reader is copied exactly when it still is shared. BN parameters a fold leaves unread stay in
+the model for :func:`~onnxprune.graph.cleanup.cleanup` to drop (and count).
 """
 
 from __future__ import annotations
@@ -32,18 +38,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, NodeProto, TensorProto
+import onnx_graphsurgeon as gs
+from onnx import ModelProto, NodeProto
 
-from onnxprune.graph.edit import (
-    FreshNames,
-    InferredShapes,
-    delete_nodes,
-    inferred_shapes,
-    is_external,
-    overridable,
-)
-from onnxprune.graph.index import Scope, node_label
-from onnxprune.graph.tensors import FLOAT_TYPES, read_array, write_array
+from onnxprune.graph.edit import InferredShapes, inferred_shapes
+from onnxprune.graph.gs_edit import EditGraph
 from onnxprune.ops import registered, spec_of
 from onnxprune.ops.spec import ChannelFold
 
@@ -52,97 +51,88 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Stored:
-    scope: Scope  # the scope that defines the tensor
     name: str
-    tensor: TensorProto
+    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class _Fold:
     """How a BN folds: ``weight`` (input ``channel.weight_input`` of ``producer``) is scaled as
     ``channel`` says, the bias is input ``bias_index`` of ``bias_node`` (stored ``bias``, or
-    None: created), and ``bias_node``'s output takes the BN's output name. No ``bias_node``:
-    the BN becomes an Add."""
+    None: created), and ``bias_node``'s output takes the BN's output. No ``bias_node``: the
+    BN becomes an Add."""
 
-    producer: NodeProto
+    producer: gs.Node
     channel: ChannelFold
     weight: _Stored
-    bias_node: NodeProto | None
+    bias_node: gs.Node | None
     bias_index: int = 2
     bias: _Stored | None = None
 
 
 @dataclass
 class _BnContext:
-    model: ModelProto
-    scope: Scope
-    bn: NodeProto
+    graph: EditGraph
+    home: gs.Graph  # the graph (main or a subgraph) that holds the node being folded
+    bn: gs.Node
     rank: Callable[[str], int | None]
-    fresh: FreshNames
-    cloned: dict[tuple[int, str], int]  # (scope id, name) -> readers moved to clones
     channels: int = 0
 
     @property
-    def affine(self) -> NodeProto:
+    def affine(self) -> gs.Node:
         """The node being folded (a BN, or a per-channel Mul/Add/Sub/Div)."""
         return self.bn
 
-    def stored(self, node: NodeProto, index: int, what: str) -> _Stored | str | None:
+    def proto(self, node: gs.Node) -> NodeProto:
+        return self.graph.proto(node)
+
+    def producer(self, tensor: gs.Tensor) -> gs.Node | None:
+        """The node of the same graph that computes ``tensor``."""
+        return self.graph.producer(tensor, self.home)
+
+    def stored(self, node: gs.Node, index: int, what: str) -> _Stored | str | None:
         """The stored tensor ``node`` reads at ``index``, why it does not fit, or None if absent."""
-        name = node.input[index] if len(node.input) > index else ""
-        owner = self.scope.resolve(name) if name else None
-        tensor = owner.stored_tensor(name) if owner is not None else None
+        name = node.inputs[index].name if len(node.inputs) > index else ""
         if not name:
             return None
-        if owner is None or tensor is None:
+        constant = self.graph.constant(name)
+        if constant is None:
             return f"its {what} '{name}' is computed at run time, not stored"
-        if name in overridable(self.model, owner.graph):
+        if name in self.graph.overridable:
             return f"its {what} '{name}' is also a graph input (it may be overridden at run time)"
-        if is_external(tensor):
+        if self.graph.is_external(name):
             return f"the data of its {what} '{name}' is external and not loaded"
-        if tensor.data_type not in FLOAT_TYPES:
+        if self.graph.dtype(name) is None:
             return f"its {what} '{name}' is not a float tensor"
-        return _Stored(owner, name, tensor)
+        return _Stored(name, tuple(int(d) for d in constant.shape))
 
-    def weight(self, node: NodeProto, channel: ChannelFold) -> _Stored | str:
+    def weight(self, node: gs.Node, channel: ChannelFold) -> _Stored | str:
         """The weight of ``node``, with the BN's channel count as ``channel`` lays it out."""
         weight = self.stored(node, channel.weight_input, "weight")
         if weight is None or isinstance(weight, str):
-            return weight or f"{node_label(node)} has no weight"
-        dims = list(weight.tensor.dims)
+            return weight or f"{EditGraph.label(node)} has no weight"
+        dims = list(weight.shape)
         if channel.out_channels(dims) != self.channels:
             if channel.groups is not None:
                 return f"its weight {dims} with group={channel.groups} does not give the BN's {self.channels} channels"
             return f"its weight {dims} does not have the BN's {self.channels} output channels on axis {channel.axis}"
         return weight
 
-    def only_reader(self, name: str, reader: NodeProto) -> str | None:
-        """Why ``name`` is not read by ``reader`` alone (None if it is)."""
-        if self.scope.is_output(name):
-            return f"'{name}' is also a graph output"
-        others = [node_label(u.node) for u in self.scope.uses.get(name, []) if u.node is not reader]
-        return f"'{name}' is also read by {', '.join(others)}" if others else None
-
-    def own(self, stored: _Stored, node: NodeProto, index: int) -> TensorProto:
-        """The tensor ``node`` reads at ``index``, cloned first if another node reads it too."""
-        key = (id(stored.scope), stored.name)
-        readers = len(stored.scope.uses.get(stored.name, [])) + stored.scope.is_output(stored.name)
-        if readers - self.cloned.get(key, 0) <= 1:
-            return stored.tensor
-        self.cloned[key] = self.cloned.get(key, 0) + 1
-        clone = self.scope.graph.initializer.add()
-        clone.CopyFrom(stored.tensor)
-        clone.name = node.input[index] = self.fresh(stored.name)
-        return clone
+    def only_reader(self, tensor: gs.Tensor, reader: gs.Node) -> str | None:
+        """Why ``tensor`` is not read by ``reader`` alone (None if it is)."""
+        if self.graph.is_output(tensor.name):
+            return f"'{tensor.name}' is also a graph output"
+        others = [EditGraph.label(n) for n in tensor.outputs if n is not reader]
+        return f"'{tensor.name}' is also read by {', '.join(others)}" if others else None
 
 
-def _fold_into(ctx: _BnContext, node: NodeProto, channel: ChannelFold, add: NodeProto | None = None) -> _Fold | str:
+def _fold_into(ctx: _BnContext, node: gs.Node, channel: ChannelFold, add: gs.Node | None = None) -> _Fold | str:
     """The fold into producer ``node`` laid out as ``channel``, its bias in ``add`` if it has none."""
     if channel.output_rank is not None:
-        rank = ctx.rank(ctx.affine.input[0])
+        rank = ctx.rank(ctx.affine.inputs[0].name)
         if rank != channel.output_rank:
             return (
-                f"the {node.op_type} output has rank {rank or 'unknown'}, not {channel.output_rank}: "
+                f"the {node.op} output has rank {rank or 'unknown'}, not {channel.output_rank}: "
                 "BN's channel axis is not its last axis"
             )
     weight = ctx.weight(node, channel)
@@ -153,22 +143,23 @@ def _fold_into(ctx: _BnContext, node: NodeProto, channel: ChannelFold, add: Node
         return bias if isinstance(bias, str) else _Fold(node, channel, weight, node, channel.bias_input, bias)
     if add is None:
         return _Fold(node, channel, weight, None)
-    index = 1 if add.input[0] in node.output else 0
+    index = 1 if any(add.inputs[0] is out for out in node.outputs) else 0
     bias = ctx.stored(add, index, "bias")
     if not isinstance(bias, _Stored):
-        return bias or f"its {add.op_type} has no bias"
+        return bias or f"its {add.op} has no bias"
     return _Fold(node, channel, weight, add, index, bias)
 
 
-def _bias_add_fold(ctx: _BnContext, node: NodeProto) -> _Fold | str:
+def _bias_add_fold(ctx: _BnContext, node: gs.Node) -> _Fold | str:
     """``node`` adds a stored bias to a producer that has no bias input (a MatMul): fold into both."""
-    for name in node.input[:2]:
-        linear = ctx.scope.producers.get(name)
-        channel = spec_of(linear).output_channel_fold(linear) if linear is not None else None
+    for tensor in node.inputs[:2]:
+        linear = ctx.producer(tensor)
+        proto = ctx.proto(linear) if linear is not None else None
+        channel = spec_of(proto).output_channel_fold(proto) if proto is not None else None
         if linear is not None and channel is not None and channel.bias_input is None:
-            shared = ctx.only_reader(name, node)
-            return f"the {linear.op_type} output {shared}" if shared else _fold_into(ctx, linear, channel, node)
-    return f"producer is {node.op_type} (not of a MatMul)"
+            shared = ctx.only_reader(tensor, node)
+            return f"the {linear.op} output {shared}" if shared else _fold_into(ctx, linear, channel, node)
+    return f"producer is {node.op} (not of a MatMul)"
 
 
 def folds_into(node: NodeProto) -> bool:
@@ -177,8 +168,9 @@ def folds_into(node: NodeProto) -> bool:
     return spec.output_channel_fold(node) is not None or spec.adds_bias
 
 
-def _producer_fold(ctx: _BnContext, node: NodeProto) -> _Fold | str:
-    channel = spec_of(node).output_channel_fold(node)
+def _producer_fold(ctx: _BnContext, node: gs.Node) -> _Fold | str:
+    proto = ctx.proto(node)
+    channel = spec_of(proto).output_channel_fold(proto)
     return _bias_add_fold(ctx, node) if channel is None else _fold_into(ctx, node, channel)
 
 
@@ -190,26 +182,27 @@ PRODUCERS: tuple[str, ...] = tuple(
 
 def _bn_plan(ctx: _BnContext) -> tuple[_Fold, np.ndarray, np.ndarray] | str | None:
     """The fold of a BN (None: the node is no BN-like per-channel map), or why it stays."""
-    bn, scope = ctx.bn, ctx.scope
+    bn, graph = ctx.bn, ctx.graph
 
     def read(index: int, what: str) -> np.ndarray | str:
         stored = ctx.stored(bn, index, what)
         if not isinstance(stored, _Stored):
             return stored or f"it has no {what}"
-        return read_array(stored.tensor).astype(np.float64)
+        return graph.values(stored.name).astype(np.float64)
 
-    others_read = any(out and (scope.uses.get(out) or scope.is_output(out)) for out in bn.output[1:])
-    affine = spec_of(bn).channel_affine(bn, read, others_read)
+    others_read = any(out.name and (graph.uses(out.name) or graph.is_output(out.name)) for out in bn.outputs[1:])
+    proto = ctx.proto(bn)
+    affine = spec_of(proto).channel_affine(proto, read, others_read)
     if affine is None or isinstance(affine, str):
         return affine
     s, t = affine
     ctx.channels = s.shape[0]
-    producer = scope.producers.get(bn.input[0])
+    producer = ctx.producer(bn.inputs[0])
     if producer is None:
-        return f"its input '{bn.input[0]}' is not computed by a node of its graph"
-    if not folds_into(producer):
-        return f"producer is {producer.op_type}"
-    shared = ctx.only_reader(bn.input[0], bn)
+        return f"its input '{bn.inputs[0].name}' is not computed by a node of its graph"
+    if not folds_into(ctx.proto(producer)):
+        return f"producer is {producer.op}"
+    shared = ctx.only_reader(bn.inputs[0], bn)
     if shared:
         return f"its input {shared}"
     plan = _producer_fold(ctx, producer)
@@ -218,78 +211,84 @@ def _bn_plan(ctx: _BnContext) -> tuple[_Fold, np.ndarray, np.ndarray] | str | No
     return plan, s, t
 
 
-def _set(tensor: TensorProto, values: np.ndarray) -> None:
-    del tensor.dims[:]
-    tensor.dims.extend(values.shape)
-    write_array(tensor, values)
-
-
 def _apply(ctx: _BnContext, fold: _Fold, s: np.ndarray, t: np.ndarray) -> bool:
     """Edit the graph as ``fold`` says (see the module docstring for the maths); True when the
     folded node stays, as the bias Add of a producer that has no bias input."""
-    bn, channel = ctx.bn, fold.channel
-    weight = ctx.own(fold.weight, fold.producer, channel.weight_input)
-    values = read_array(weight)
-    write_array(weight, channel.scale(values.astype(np.float64), s).astype(values.dtype))
-    bias = read_array(fold.bias.tensor) if fold.bias else np.zeros(s.shape, values.dtype)
+    graph, bn, channel = ctx.graph, ctx.bn, fold.channel
+    weight = graph.own_at(fold.producer, channel.weight_input)
+    values = graph.values(weight)
+    graph.set_values(weight, channel.scale(values.astype(np.float64), s).astype(values.dtype))
+    bias = graph.values(fold.bias.name) if fold.bias else np.zeros(s.shape, values.dtype)
     new_bias = (bias.astype(np.float64) * channel.bias_gain * s + t).astype(bias.dtype)
     if fold.bias is not None and fold.bias_node is not None:
-        _set(ctx.own(fold.bias, fold.bias_node, fold.bias_index), new_bias)
+        graph.set_values(graph.own_at(fold.bias_node, fold.bias_index), new_bias)
     else:
-        name = ctx.fresh(f"{fold.weight.name}_bias")
-        _set(ctx.scope.graph.initializer.add(name=name, data_type=fold.weight.tensor.data_type), new_bias)
+        created = graph.add_constant(f"{fold.weight.name}_bias", new_bias)
         if fold.bias_node is None:  # MatMul without Add: the BN node becomes the Add
-            del bn.attribute[:], bn.input[1:], bn.output[1:]
-            bn.op_type, bn.domain, bn.name = "Add", "", f"{node_label(fold.producer)}_bias"
-            bn.input.append(name)
+            while len(bn.inputs) > 1:  # gs's linked lists take no slice deletion
+                bn.inputs.pop()
+            while len(bn.outputs) > 1:
+                bn.outputs.pop()
+            bn.inputs.append(created)
+            bn.attrs.clear()
+            bn.op, bn.domain, bn.name = "Add", "", f"{EditGraph.label(fold.producer)}_bias"
+            graph.touch(bn)
             return True
-        inputs = fold.bias_node.input
-        inputs.extend([""] * (fold.bias_index + 1 - len(inputs)))
-        inputs[fold.bias_index] = name
-    for attr in fold.producer.attribute:
-        if attr.name == channel.bias_gain_attr:  # Gemm: beta·C is in the new C
-            attr.f = 1.0
-    fold.bias_node.output[0] = bn.output[0]
+        graph.set_input(fold.bias_node, fold.bias_index, created)
+    if channel.bias_gain_attr in fold.producer.attrs:  # Gemm: beta·C is in the new C
+        fold.producer.attrs[channel.bias_gain_attr] = 1.0
+        graph.touch(fold.producer)
+    out = bn.outputs[0]
+    bn.outputs.clear()
+    fold.bias_node.outputs[0] = out
     return False
 
 
+def _ranks(model: ModelProto, rank: Callable[[str], int | None] | None) -> Callable[[str], int | None]:
+    """``rank``, or shape inference on ``model`` run once, on first use (only a MatMul producer asks)."""
+    if rank is not None:
+        return rank
+    shapes: list[InferredShapes] = []
+
+    def inferred_rank(name: str) -> int | None:
+        if not shapes:
+            shapes.append(inferred_shapes(model))
+        return shapes[0].rank(name)
+
+    return inferred_rank
+
+
 def fold_batchnorm(
-    model: ModelProto, *, rank: Callable[[str], int | None] | None = None
+    model: ModelProto | EditGraph, *, rank: Callable[[str], int | None] | None = None
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Fold every foldable BatchNormalization of ``model`` (in place) into its producer.
 
     ``rank`` gives the rank of a value (None if unknown); it is asked only for a MatMul
-    producer, and by default runs shape inference on ``model`` once, on first use.
+    producer, and by default runs shape inference on the model (as given) once, on first use.
+    ``model`` may be an open :class:`EditGraph`: the folds are then left for its owner to commit.
     Returns the folded BN node names and ``(BN node, why it was kept)`` for the others.
     Unread BN parameters are left for :func:`~onnxprune.graph.cleanup.cleanup` to remove.
     """
-    shapes: list[InferredShapes] = []
-
-    def inferred_rank(name: str) -> int | None:
-        if not shapes:  # inference only when a MatMul needs it
-            shapes.append(inferred_shapes(model))
-        return shapes[0].rank(name)
-
-    root = Scope.build(model.graph)
-    fresh, cloned = FreshNames(model), {}
+    graph = model if isinstance(model, EditGraph) else EditGraph(model)
+    ranks = _ranks(graph.model, rank)
     folded: list[str] = []
     kept: list[tuple[str, str]] = []
-    for scope in root.all_scopes():
-        removed: list[NodeProto] = []
-        for bn in list(scope.graph.node):
-            ctx = _BnContext(model, scope, bn, rank or inferred_rank, fresh, cloned)
+    for home in graph.graphs:
+        for bn in list(home.nodes):
+            ctx = _BnContext(graph, home, bn, ranks)
             plan = _bn_plan(ctx)
             if plan is None:
                 continue
-            label = node_label(bn)
+            label = EditGraph.label(bn)
             if isinstance(plan, str):
-                log.info("%s %s kept: %s", bn.op_type, label, plan)
+                log.info("%s %s kept: %s", bn.op, label, plan)
                 kept.append((label, plan))
                 continue
             if not _apply(ctx, *plan):
-                removed.append(bn)
+                graph.remove(bn, home)
             folded.append(label)
-        delete_nodes(scope.graph, removed)
+    if graph is not model:
+        graph.commit()
     return folded, kept
 
 
@@ -302,33 +301,34 @@ def _own_bias_fold(node: NodeProto) -> ChannelFold | None:
 def _affine_plan(ctx: _BnContext) -> tuple[_Fold, np.ndarray, np.ndarray] | str:
     """``x ∘ c`` (∘ = ·, +, −, ÷) right after a Conv/ConvTranspose/Gemm, ``c`` a stored constant
     that is a scalar or varies along the channel axis (1) only: the ``s, t`` of ``y = s·x + t``."""
-    node, scope = ctx.affine, ctx.scope
-    spec = spec_of(node)
-    producers = [(i, scope.producers.get(name)) for i, name in enumerate(node.input[:2])]
-    found = [(i, p, f) for i, p in producers if p is not None and (f := _own_bias_fold(p)) is not None]
-    if len(found) != 1 or len(node.input) != 2:
+    node = ctx.affine
+    proto = ctx.proto(node)
+    spec = spec_of(proto)
+    producers = [(i, ctx.producer(tensor)) for i, tensor in enumerate(node.inputs[:2])]
+    found = [(i, p, f) for i, p in producers if p is not None and (f := _own_bias_fold(ctx.proto(p))) is not None]
+    if len(found) != 1 or len(node.inputs) != 2:
         return "not right after a Conv, ConvTranspose or Gemm"
     index, producer, channel = found[0]
-    if index not in spec.affine_inputs(node):
+    if index not in spec.affine_inputs(proto):
         return "the constant is on the wrong side"
     constant = ctx.stored(node, 1 - index, "constant")
     if not isinstance(constant, _Stored):
         return constant or "no constant operand"
     weight = ctx.stored(producer, channel.weight_input, "weight")
-    channels = channel.out_channels(list(weight.tensor.dims)) if isinstance(weight, _Stored) else None
-    out_rank = ctx.rank(producer.output[0])
-    c = read_array(constant.tensor).astype(np.float64)
+    channels = channel.out_channels(list(weight.shape)) if isinstance(weight, _Stored) else None
+    out_rank = ctx.rank(producer.outputs[0].name)
+    c = ctx.graph.values(constant.name).astype(np.float64)
     if channels is None or out_rank is None or c.ndim > out_rank:
         return "unknown channel count or rank"
     shape = (1,) * (out_rank - c.ndim) + c.shape
     if any(d != 1 for axis, d in enumerate(shape) if axis != 1) or shape[1] not in (1, channels):
         return f"the constant {list(c.shape)} is not per channel"
     vector = np.broadcast_to(c.reshape(-1), (channels,)) if c.size == 1 else c.reshape(-1)
-    affine = spec.constant_affine(node, vector)
+    affine = spec.constant_affine(proto, vector)
     if isinstance(affine, str):
         return affine
     s, t = affine
-    shared = ctx.only_reader(producer.output[0], node)
+    shared = ctx.only_reader(producer.outputs[0], node)
     if shared:
         return f"its input {shared}"
     ctx.channels = channels
@@ -336,37 +336,26 @@ def _affine_plan(ctx: _BnContext) -> tuple[_Fold, np.ndarray, np.ndarray] | str:
     return plan if isinstance(plan, str) else (plan, s, t)
 
 
-def fold_affine(model: ModelProto, *, rank: Callable[[str], int | None] | None = None) -> list[str]:
+def fold_affine(model: ModelProto | EditGraph, *, rank: Callable[[str], int | None] | None = None) -> list[str]:
     """Fold per-channel (or scalar) Mul/Add/Sub/Div by a stored constant that directly follow a
     Conv, ConvTranspose or Gemm into its weight and bias, as a BN is folded (exact up to
-    rounding). Returns the folded node names; chains (Conv → Mul → Add) fold one by one."""
-    shapes: list[InferredShapes] = []
-
-    def inferred_rank(name: str) -> int | None:
-        if not shapes:
-            shapes.append(inferred_shapes(model))
-        return shapes[0].rank(name)
-
-    fresh = FreshNames(model)
+    rounding). Returns the folded node names; chains (Conv → Mul → Add) fold one by one, in
+    graph order (gs keeps the links current, so each fold sees the ones before it)."""
+    graph = model if isinstance(model, EditGraph) else EditGraph(model)
+    ranks = _ranks(graph.model, rank)
     folded: list[str] = []
-    changed = True
-    while changed:  # a fold changes which node follows a Conv: walk again
-        changed = False
-        root = Scope.build(model.graph)
-        cloned: dict[tuple[int, str], int] = {}  # counts belong to this index of the graph
-        for scope in root.all_scopes():
-            for node in list(scope.graph.node):
-                if not spec_of(node).affine_inputs(node):
-                    continue
-                ctx = _BnContext(model, scope, node, rank or inferred_rank, fresh, cloned)
-                plan = _affine_plan(ctx)
-                if isinstance(plan, str):
-                    continue
-                _apply(ctx, *plan)
-                delete_nodes(scope.graph, [node])
-                folded.append(node_label(node))
-                changed = True
-                break
-            if changed:
-                break
+    for home in graph.graphs:
+        for node in list(home.nodes):
+            proto = graph.proto(node)
+            if not spec_of(proto).affine_inputs(proto):
+                continue
+            ctx = _BnContext(graph, home, node, ranks)
+            plan = _affine_plan(ctx)
+            if isinstance(plan, str):
+                continue
+            _apply(ctx, *plan)
+            graph.remove(node, home)
+            folded.append(EditGraph.label(node))
+    if graph is not model:
+        graph.commit()
     return folded

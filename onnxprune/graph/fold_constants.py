@@ -2,8 +2,9 @@
 their values, within guards that keep the file from growing.
 
 A node is folded when every input is a stored tensor (an initializer that is not also a
-graph input, a Constant node) or the output of a folded node, its op is deterministic, in
-the ONNX domain and has no subgraph. A shape computation whose value the op table gives
+graph input, a Constant node) or the output of a folded node, its op is in the ONNX domain,
+has no subgraph and is one the op table lets fold (:attr:`~onnxprune.ops.spec.OpSpec.foldable`:
+not a random op, DequantizeLinear, Constant, or a sequence or optional op). A shape computation whose value the op table gives
 from static shapes (:meth:`~onnxprune.ops.spec.OpSpec.shape_value`: ``Shape`` and ``Size``
 of a tensor whose (selected) dims are all concrete, ``Gather``/``Slice`` of a ``Shape``
 whose selected dims are concrete, the static part of a shape with a symbolic batch; the
@@ -42,7 +43,7 @@ from onnxprune.graph.edit import (
 )
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.graph.tensors import data_bytes, numel, read_array
-from onnxprune.ops import spec_of
+from onnxprune.ops import lookup, registered, spec_of
 from onnxprune.ops.spec import ShapeValueContext
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,9 @@ GROWTH_LIMIT = 1 << 20
 #: Constants of at most this many elements have their values read while planning (shape
 #: arithmetic), and a widening Cast of at most this many elements may fold.
 SMALL = 1024
-#: Ops never folded: random, or decoding weights stored compressed on purpose.
-NEVER_FOLDED = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-    | {"DequantizeLinear", "Constant"}
-)
+#: The ONNX ops never folded, as the op table says (:attr:`~onnxprune.ops.spec.OpSpec.foldable`);
+#: a view for readers of this name: folding asks ``spec_of(node).foldable``.
+NEVER_FOLDED = frozenset(op for domain, op in registered() if domain == "" and not lookup(op).foldable)
 
 
 def _constant_value(attr: AttributeProto) -> tuple[int, np.ndarray | None]:
@@ -80,8 +79,7 @@ class _FoldPlan:
 
 
 def _foldable_op(node: NodeProto) -> bool:
-    op = node.op_type
-    return not (op in NEVER_FOLDED or "Sequence" in op or "Optional" in op or any(node_subgraphs(node)))
+    return spec_of(node).foldable and not any(node_subgraphs(node))
 
 
 def _plan_folding(model: ModelProto, shapes: InferredShapes) -> _FoldPlan:

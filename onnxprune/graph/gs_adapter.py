@@ -58,7 +58,7 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-__all__ = ["from_gs", "to_gs"]
+__all__ = ["from_gs", "keep_initializers", "source_of", "to_gs"]
 
 _SOURCE = "_onnxprune_source"  # on a gs.Node / gs.Graph: the NodeProto / GraphProto it came from
 _UNREAD = "_onnxprune_unread"  # on a gs.Graph: initializer names nothing read at import
@@ -81,6 +81,23 @@ def to_gs(model: ModelProto) -> gs.Graph:
     graph = gs.import_onnx(model)
     _link(graph, model.graph)
     return graph
+
+
+def source_of(node: gs.Node) -> NodeProto | None:
+    """The NodeProto ``node`` was read from by :func:`to_gs` (None for a node made since)."""
+    return getattr(node, _SOURCE, None)
+
+
+def keep_initializers(graph: gs.Graph) -> None:
+    """Let :func:`from_gs` (without ``drop_unread``) keep every initializer the model holds
+    now, in ``graph`` and its subgraphs, even those the edits leave unread: an editing pass
+    then leaves them for :func:`~onnxprune.graph.cleanup.cleanup` to drop and count, as an
+    edit on the protos would."""
+    for g in (graph, *graph.subgraphs(recursive=True)):
+        proto = getattr(g, _SOURCE, None)
+        if proto is not None:
+            names = {t.name for t in proto.initializer} | {s.values.name for s in proto.sparse_initializer}
+            setattr(g, _UNREAD, getattr(g, _UNREAD, set()) | names)
 
 
 def _link(graph: gs.Graph, proto: GraphProto) -> None:
@@ -376,6 +393,8 @@ def _write_attributes(
                 (new,) = OnnxExporter.export_attributes({attr.name: value})
             if attr.doc_string:
                 new.doc_string = attr.doc_string
+            if new.type == AttributeProto.TENSOR and not attr.t.HasField("name") and not new.t.name:
+                new.t.ClearField("name")  # gs writes an explicit empty name where the proto had none
             attr.CopyFrom(new)
     for i in reversed(drop):
         del proto.attribute[i]

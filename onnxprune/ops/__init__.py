@@ -12,7 +12,8 @@ Families: :mod:`.conv` (Conv, ConvTranspose), :mod:`.gemm`, :mod:`.matmul`, :mod
 :mod:`.movement` (Identity, Cast, Transpose, Reshape ... DequantizeLinear), :mod:`.quantized`
 (ConvInteger, MatMulInteger, QLinear*, onnxruntime's contrib ops; Einsum and Attention as
 not counted), :mod:`.constant` (the tensor a Constant node writes into the graph),
-:mod:`.control` (If, Loop, Scan: how their subgraphs run).
+:mod:`.control` (If, Loop, Scan: how their subgraphs run), :mod:`.generators` (random ops) and
+:mod:`.containers` (sequence and optional ops), which constant folding leaves alone.
 
 Channel analysis (:mod:`.channels`: the layouts a rule sees, and its helpers): each spec also
 answers its channel rule, the group it starts, and how it propagates constant (dead) channels;
@@ -24,13 +25,15 @@ the families of ops that only do that: :mod:`.activation`, :mod:`.pooling`, :mod
 from __future__ import annotations
 
 # the families register themselves on import; nothing else imports them
-from onnxprune.ops import (  # noqa: F401  # noqa: F401
+from onnxprune.ops import (  # noqa: F401
     activation,
     broadcast,
+    containers,
     control,
     conv,
     elementwise,
     gemm,
+    generators,
     matmul,
     movement,
     pooling,

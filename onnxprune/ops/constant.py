@@ -20,6 +20,7 @@ _LISTS = ("value_ints", "value_int", "value_floats", "value_float")
 
 class ConstantSpec(OpSpec):
     no_work = True  # its value is in the file
+    foldable = False  # nothing to fold: its value is stored already
 
     def constant_attribute(self, node: NodeProto) -> AttributeProto | None:
         if len(node.attribute) == 1 and node.attribute[0].name != "sparse_value":

@@ -10,7 +10,9 @@ weight are known in the coordinates of the layer that reads it.
 Their channel rules and constant propagation (how they move channel groups) are in
 :mod:`onnxprune.ops.shape`; Identity, Cast and CastLike carry channels unchanged. Slice of a
 shape value is also shape arithmetic (:func:`onnxprune.ops.shape.slice_value`); Cast is the
-retyping op (:meth:`TransformSpec.output_type`: a widening Cast of a weight is not folded).
+retyping op (:meth:`TransformSpec.output_type`: a widening Cast of a weight is not folded);
+DequantizeLinear is never folded (:attr:`~onnxprune.ops.spec.OpSpec.foldable`: it decodes a
+weight stored compressed on purpose).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class TransformSpec(OpSpec):
         value: Callable[[NodeProto, ShapeValueContext], ShapeValue | None] | None = None,
         converts: tuple[str, ...] = (),
         order_kept: tuple[str, ...] = (),
+        foldable: bool = True,
     ) -> None:
         self.rule = rule
         self.quantized_data_slots = quantized_data_slots
@@ -72,6 +75,7 @@ class TransformSpec(OpSpec):
         self.value = value
         self.converts = converts
         self.order_kept = order_kept
+        self.foldable = foldable
 
     def transform(self, ctx: TransformContext) -> Transform | None:
         return self.rule(ctx)
@@ -106,6 +110,7 @@ def _transform(
     quantized_data_slots: tuple[int, ...] = (),
     keeps_layout: bool = False,
     keeps_values: bool = False,
+    foldable: bool = True,
     **channels: object,
 ) -> Callable[[Rule], Rule]:
     def add(rule: Rule) -> Rule:
@@ -114,6 +119,7 @@ def _transform(
             quantized_data_slots=quantized_data_slots,
             keeps_layout=keeps_layout,
             keeps_values=keeps_values,
+            foldable=foldable,
             **channels,  # type: ignore[arg-type]
         )
         register(spec, *op_types)
@@ -150,7 +156,8 @@ def _same(ctx: TransformContext) -> Transform | None:
     return Transform(_identity_map(len(ctx.shape)), ctx.shape)
 
 
-@_transform("DequantizeLinear", quantized_data_slots=(0,), converts=("DequantizeLinear",))
+# not folded: a quantized weight is stored compressed on purpose
+@_transform("DequantizeLinear", quantized_data_slots=(0,), converts=("DequantizeLinear",), foldable=False)
 def _dequantize(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None

@@ -37,6 +37,8 @@ does:
 - :meth:`OpSpec.shape_value` (a :class:`ShapeValue`): the output of a shape computation known
   from static shapes alone (Shape, Size, and Gather or Slice of a shape), for constant folding;
   :meth:`OpSpec.constant_attribute`: the attribute holding the value a Constant writes;
+  :attr:`OpSpec.foldable`: whether constant folding may replace the node by its value (not a
+  random op, DequantizeLinear, Constant, or a sequence or optional op);
 - for natural data (:mod:`onnxprune.data.natural`): :meth:`OpSpec.embedding_lookup` (an input
   of integer ids that index a table: Gather), :meth:`OpSpec.running_statistics` (per-channel
   mean and variance of the data: BatchNormalization), :meth:`OpSpec.converts_values` (a stored
@@ -321,6 +323,11 @@ class OpSpec:
     #: How the node's subgraphs run: "branches" (one of them, chosen at run time: If),
     #: "repeated" (a number of times not known statically: Loop, Scan), None: no subgraphs.
     subgraphs: str | None = None
+    #: Constant folding may replace the node, when its inputs are constants, by the value it
+    #: computes. False: a random op (its value differs from run to run), an op that decodes a
+    #: weight stored compressed on purpose (DequantizeLinear), a Constant (its value is stored
+    #: already), a sequence or optional op (its value is no tensor to store).
+    foldable: bool = True
 
     def channel_scale_input(self, node: NodeProto) -> int | None:
         """The input holding a per-channel scale of axis 1 (BatchNormalization and

@@ -35,7 +35,7 @@ from onnx import ModelProto, numpy_helper
 
 from onnxprune import sparsity
 from onnxprune.capture import LayerStats, capture
-from onnxprune.config import PruneConfig
+from onnxprune.config import PruneConfig, Ranking, Reconstruction
 from onnxprune.data import Dataset
 from onnxprune.errors import OptionError, opt
 from onnxprune.graph import tensors
@@ -46,7 +46,6 @@ from onnxprune.passes.layers import CalibLayer, calib_layer
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.passes.unstructured import (
     Target,
-    discovery_options,
     plan_targets,
     pruned_layer,
     skipped_layer,
@@ -128,20 +127,32 @@ ROW_WISE_MIN_COLS = 64
 PERCDAMP_DATA, PERCDAMP_DATA_FREE = 0.01, 1.0
 
 
+def solver_percdamp(reconstruction: Reconstruction, data: Dataset) -> float:
+    """The damping of the solvers: ``reconstruction.percdamp``, or when None the default for
+    ``data`` (:data:`PERCDAMP_DATA_FREE` for synthetic inputs, else :data:`PERCDAMP_DATA`)."""
+    if reconstruction.percdamp is not None:
+        return reconstruction.percdamp
+    return PERCDAMP_DATA_FREE if data.synthetic else PERCDAMP_DATA
+
+
 def _solve_layer(
     layer: CalibLayer,
     stats: LayerStats,
     target: Target,
-    config: PruneConfig,
     values: np.ndarray,
     index: int,
+    *,
+    reconstruction: Reconstruction,
+    ranking: Ranking,
     percdamp: float,
 ) -> tuple[np.ndarray, _Solved]:
-    """The new stored array of ``layer`` and its error terms and bias delta."""
+    """The new stored array of ``layer`` and its error terms and bias delta: ``reconstruction``'s
+    method and block size, ``ranking``'s mask for the magnitude baseline (and the mask of a
+    method that does not choose its own), ``percdamp`` already resolved (:func:`solver_percdamp`)."""
     weight = layer.weight
-    method = METHODS[config.method]
+    method = METHODS[reconstruction.method]
     w = layer.to_matrix(to_float64(values))
-    magnitude = layer.to_matrix(target_mask(values, target, weight, config, index))
+    magnitude = layer.to_matrix(target_mask(values, target, weight, ranking, index))
     amount = None if target.nm is not None else target.count / weight.numel
     solved = _Solved()
     out = np.empty_like(w)
@@ -173,7 +184,7 @@ def _solve_layer(
             amount=amount,
             nm=target.nm,
             percdamp=percdamp,
-            blocksize=config.blocksize,
+            blocksize=reconstruction.blocksize,
             row_wise=wp.shape[1] >= ROW_WISE_MIN_COLS,
         )
         new = method.solve(problem)
@@ -230,8 +241,9 @@ def prune_calibrated(
     progress: Progress | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place with the calibrated ``config.method`` on ``data``."""
-    inventory = discover(model, discovery_options(config))
-    targets = plan_targets(config, inventory)
+    reconstruction, ranking = config.reconstruction, config.ranking
+    inventory = discover(model, config.selection)
+    targets = plan_targets(config.allocation, ranking, inventory)
     scope = Scope.build(model.graph)
     calib: list[CalibLayer] = []
     fallback: dict[str, str] = {}
@@ -244,10 +256,8 @@ def prune_calibrated(
             fallback[weight.key] = why or "pruned by magnitude"
         else:
             calib.append(layer)
-    groups = waves(model, calib) if config.sequential else [calib]
-    percdamp = config.percdamp
-    if percdamp is None:
-        percdamp = PERCDAMP_DATA_FREE if data.synthetic else PERCDAMP_DATA
+    groups = waves(model, calib) if reconstruction.sequential else [calib]
+    percdamp = solver_percdamp(reconstruction, data)
     index_of = {w.key: i for i, w in enumerate(inventory.weights)}
     by_key = {w.key: w for w in inventory.weights}
 
@@ -255,10 +265,10 @@ def prune_calibrated(
         weight = by_key[key]
         proto = inventory.proto(weight)
         values = tensors.read_array(proto)
-        mask = target_mask(values, targets[key], weight, config, index_of[key])
+        mask = target_mask(values, targets[key], weight, ranking, index_of[key])
         tensors.write_array(proto, np.where(mask, values.dtype.type(0), values))
 
-    dense = copy.deepcopy(model) if config.sequential else None  # parsed once, not once per wave
+    dense = copy.deepcopy(model) if reconstruction.sequential else None  # parsed once, not once per wave
     for key in fallback:
         magnitude(key)
     changed = bool(fallback)
@@ -267,7 +277,7 @@ def prune_calibrated(
     for group in groups:
         # fit to the dense model's output once it differs; Wanda updates no weight, so it needs
         # the dense model only for bias correction (its E[x_d])
-        needs_dense = METHODS[config.method].updates_weights or config.bias_correction
+        needs_dense = METHODS[reconstruction.method].updates_weights or reconstruction.bias_correction
         reference = dense if changed and needs_dense else None
         stats = capture(model, [layer.spec for layer in group], data.batches(batch_size), reference=reference)
         for layer in group:
@@ -283,13 +293,22 @@ def prune_calibrated(
                 continue
             proto = inventory.proto(weight)
             values = tensors.read_array(proto)
-            stored, solved = _solve_layer(layer, layer_stats, target, config, values, index_of[weight.key], percdamp)
+            stored, solved = _solve_layer(
+                layer,
+                layer_stats,
+                target,
+                values,
+                index_of[weight.key],
+                reconstruction=reconstruction,
+                ranking=ranking,
+                percdamp=percdamp,
+            )
             tensors.write_array(proto, stored.astype(values.dtype))
             bias = None
-            if config.bias_correction:
+            if reconstruction.bias_correction:
                 bias = _apply_bias(model, scope, layer, solved.delta, values.dtype)
             extra[weight.key] = {
-                "method": config.method,
+                "method": reconstruction.method,
                 "error": _ratio(solved.err_num, solved.err_den),
                 "error_magnitude": _ratio(solved.mag_num, solved.err_den),
                 "bias": bias,
@@ -309,9 +328,7 @@ def _finish(inventory, targets, config, extra, fallback) -> PruneResult:  # noqa
         values = tensors.read_array(inventory.proto(weight))
         zeros = int(values.size - np.count_nonzero(sparsity.magnitude_keys(values)))
         reason = "; ".join(r for r in (target.reason, fallback.get(weight.key)) if r) or None
-        layers.append(
-            pruned_layer(weight, target, config, zeros, reason, **extra.get(weight.key, {"method": "magnitude"}))
-        )
+        layers.append(pruned_layer(weight, target, zeros, reason, **extra.get(weight.key, {"method": "magnitude"})))
     result = PruneResult(tuple(layers), config.as_dict())
     log.info(
         "%s: pruned %d tensors, %d of %d weights zero (%.1f%%)",
@@ -340,10 +357,10 @@ class CalibratedPass(Pass):
 
     def check(self, context: PassContext) -> None:
         if context.calibration is None:
-            config = self.config
+            reconstruction = self.config.reconstruction
             raise OptionError(
-                f"{opt('method', config.method)}"
-                f"{' with ' + opt('bias_correction', True) if config.bias_correction else ''} needs calibration "
+                f"{opt('method', reconstruction.method)}"
+                f"{' with ' + opt('bias_correction', True) if reconstruction.bias_correction else ''} needs calibration "
                 f"data: give {opt('calibration')} calib.npz (or a folder of images), or {opt('data_free', True)}"
             )
 

@@ -31,8 +31,10 @@ from onnxprune.config import StructureConfig
 from onnxprune.data import Dataset
 from onnxprune.errors import OptionError, opt
 from onnxprune.graph import tensors
-from onnxprune.graph.cleanup import CleanupResult, cleanup, toposort
+from onnxprune.graph.cleanup import CleanupResult, cleanup
+from onnxprune.graph.gs_edit import EditGraph
 from onnxprune.graph.index import node_label
+from onnxprune.ops import spec_of
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress
 from onnxprune.reconstruct.channels import centred_gram, refit_consumer
 from onnxprune.sparsity.channels import GroupBudget, flops_counts, local_counts
@@ -44,7 +46,15 @@ from onnxprune.structure.apply import apply_removal
 from onnxprune.structure.bias import add_to_bias, bias_problem
 from onnxprune.structure.constants import DeadUnits, bias_deltas, dead_units, output_scale, propagate
 from onnxprune.structure.groups import Group
-from onnxprune.structure.sinks import Sink, layer_spec, removed_features, sinks_of, unit_features, weight_matrix
+from onnxprune.structure.sinks import (
+    Sink,
+    layer_spec,
+    removed_features,
+    sinks_of,
+    store_matrix,
+    unit_features,
+    weight_matrix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -190,16 +200,18 @@ def _member_rows(analysis: Analysis, group: Group, kinds: tuple[str, ...]) -> li
 
 
 def _recurrent(analysis: Analysis, group: Group) -> bool:
-    nodes = {node_label(n): n.op_type for n in analysis.context.model.graph.node}
-    return any(nodes.get(source) in ("LSTM", "GRU", "RNN") for source in group.sources)
+    nodes = {node_label(n): n for n in analysis.context.model.graph.node}
+    return any(source in nodes and spec_of(nodes[source]).bias_layout == "gates" for source in group.sources)
 
 
-def _unit_params(analysis: Analysis, group: Group) -> int:
-    """Parameters that go with one unit (every member's elements)."""
+def _unit_params(analysis: Analysis, group: Group, graph: EditGraph | None = None) -> int:
+    """Parameters that go with one unit (every member's elements); a member the edits made
+    (a new bias) is sized on their gs graph."""
     cx = analysis.context
     total = 0
     for member in group.members:
-        shape = cx.stored_shape(member.tensor)
+        made = graph.constant(member.tensor) if graph is not None else None
+        shape = tuple(made.shape) if made is not None else cx.stored_shape(member.tensor)
         if member.axis >= len(shape) or not shape[member.axis]:
             continue  # no elements along the member's axis: nothing goes with a unit
         total += member.segment.per * (int(np.prod(shape)) // shape[member.axis])
@@ -352,9 +364,7 @@ def _flops_counts(
         return best
     deepest = flops_counts(budgets, lo, other_cost=other).counts
     if estimate(deepest) > target:
-        log.warning(
-            "--target-flops %.2f cannot be met within the per-group caps (best %.2f)", target, estimate(deepest)
-        )
+        log.warning("target_flops %.2f cannot be met within the per-group caps (best %.2f)", target, estimate(deepest))
         return deepest
     best = deepest
     for _ in range(30):
@@ -376,6 +386,7 @@ def _refit(
     refit: bool,
     say: Callable[..., None],
     notes: list[str],
+    graph: EditGraph,
 ) -> tuple[list[tuple[str, float, float]], set[int]]:
     """Refit every refittable consumer that loses inputs; returns records and the node ids done.
 
@@ -383,8 +394,6 @@ def _refit(
     none); a consumer that cannot take a bias is left as plain removal, with a note.
     """
     cx = analysis.context
-    from onnxprune.structure.sinks import store_matrix
-
     records, done = [], set()
     for sink in sinks:
         st = stats.get(f"sink:{cx.node_id(sink.node)}")
@@ -394,7 +403,7 @@ def _refit(
         gone = removed_features(sink, removed, per, w.shape[1] // per)
         if not gone.any():
             continue
-        problem = bias_problem(cx, sink.node)
+        problem = bias_problem(graph, cx.node_id(sink.node))
         if problem is not None:
             notes.append(f"{sink.label} not refitted, removed inputs' mean not compensated: {problem}")
             log.info("channel refit skipped: %s", problem)
@@ -402,10 +411,13 @@ def _refit(
         fit = refit_consumer(w, st.H[0], st.mean[0], st.rows, ~gone, damp=damp, refit=refit)
         new = w.copy()
         new[:, ~gone] = fit.weight
-        store_matrix(cx, sink, new)
+        store_matrix(graph, cx, sink, new)
         delta = fit.bias_delta * output_scale(cx, sink.node)
         add_to_bias(
-            cx, analysis.groups, sink.node, delta.reshape(1, -1) if sink.matrix_kind() == "recurrent" else delta
+            graph,
+            analysis.groups,
+            cx.node_id(sink.node),
+            delta.reshape(1, -1) if sink.matrix_kind() == "recurrent" else delta,
         )
         records.append((sink.label, fit.error_before, fit.error_after))
         done.add(cx.node_id(sink.node))
@@ -454,6 +466,7 @@ def remove_channels(
     removal = dict(dead_map)
     refits: list[tuple[str, float, float]] = []
     refit_done: set[int] = set()
+    graph: EditGraph | None = None  # the one gs graph every edit below is made on
     stats: dict[str, object] = {}
     if config.structured:
         groups = analysis.prunable
@@ -490,21 +503,24 @@ def remove_channels(
                 macs_before = counted.macs
         removal = _choose(analysis, config, dead_map, scores, macs)
         if calibration is not None:
-            refits, refit_done = _refit(analysis, sinks, removal, stats, config.damp, config.refit, say, notes)
-    records = _records(analysis, removal, dead_map, dead)
+            graph = EditGraph(model)
+            refits, refit_done = _refit(analysis, sinks, removal, stats, config.damp, config.refit, say, notes, graph)
+    records = _records(analysis, removal, dead_map, dead, graph)
     reference = _snapshot(model) if removal and not config.structured and check else None
     dead_removed = {
         gid: np.intersect1d(units, dead_map.get(gid, np.zeros(0, np.int64))) for gid, units in removal.items()
     }
-    for node_id, delta in bias_deltas(analysis, dead_removed, values).items():
-        if node_id not in refit_done:
-            add_to_bias(analysis.context, analysis.groups, model.graph.node[node_id], np.asarray(delta))
+    deltas = {k: d for k, d in bias_deltas(analysis, dead_removed, values).items() if k not in refit_done}
+    if removal or deltas:
+        graph = graph or EditGraph(model)
+    for node_id, delta in deltas.items():
+        add_to_bias(graph, analysis.groups, node_id, np.asarray(delta))
     say("units chosen")
     cleaned = None
     if removal:
-        apply_removal(model, analysis.groups, removal)
-        if not config.fold:  # a new bias Add sits after every node; cleanup sorts otherwise
-            toposort(model.graph)
+        apply_removal(graph, analysis.groups, removal)
+    if graph is not None:
+        graph.commit()  # a new bias Add is placed right after its MatMul: the graph stays sorted
     say("units removed")
     if config.fold and (removal or config.fold_first):
         # value_info is refreshed where the model had it (so it matches the new channel
@@ -541,7 +557,11 @@ def remove_channels(
 
 
 def _records(
-    analysis: Analysis, removal: Mapping[int, np.ndarray], dead_map: Mapping[int, np.ndarray], dead: DeadUnits | None
+    analysis: Analysis,
+    removal: Mapping[int, np.ndarray],
+    dead_map: Mapping[int, np.ndarray],
+    dead: DeadUnits | None,
+    graph: EditGraph | None,
 ) -> list[GroupRecord]:
     records = []
     prunable = {g.gid for g in analysis.prunable}
@@ -562,7 +582,7 @@ def _records(
                 unit_channels=group.unit,
                 removed=len(units),
                 dead=n_dead,
-                params_removed=len(units) * _unit_params(analysis, group),
+                params_removed=len(units) * _unit_params(analysis, group, graph),
                 blocked=blocked,
                 note=note,
             )

@@ -1,16 +1,18 @@
 """The unstructured (and N:M) magnitude pass: decide counts, compute masks, write zeros.
 
-Decide, then apply. :func:`plan_targets` decides for each prunable tensor either a count
-(local, global or plan) or an N:M pattern; :func:`prune_weights` turns each decision into
-a mask with the pure-numpy functions of :mod:`onnxprune.sparsity` and writes the zeros
-into the tensor's own bytes. A tensor that gains no new zero is not rewritten, so it stays
+Decide, then apply. Discovery finds the weights the config's :class:`~onnxprune.config.Selection`
+selects; :func:`plan_targets` decides for each prunable tensor, from the
+:class:`~onnxprune.config.Allocation` (and the :class:`~onnxprune.config.Ranking` for a global
+threshold), either a count (local, global or plan) or an N:M pattern; :func:`prune_weights`
+turns each decision into a mask by the ranking's keys (:func:`target_mask`, with the pure-numpy
+functions of :mod:`onnxprune.sparsity`) and writes the zeros into the tensor's own bytes. A tensor that gains no new zero is not rewritten, so it stays
 byte-identical, as does every tensor that is not a pruned weight.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,10 +20,10 @@ import numpy as np
 from onnx import ModelProto, TensorProto
 
 from onnxprune import sparsity
-from onnxprune.config import PruneConfig
-from onnxprune.errors import OptionError
+from onnxprune.config import Allocation, PruneConfig, Ranking
+from onnxprune.errors import Message, OptionError, opt
 from onnxprune.graph import tensors
-from onnxprune.graph.discovery import DiscoveryOptions, Inventory, Weight, discover
+from onnxprune.graph.discovery import Inventory, Weight, discover
 from onnxprune.graph.tensors import FLOAT_TYPES
 from onnxprune.graph.writer import Replacement, replaceable
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress, prune_pass_result
@@ -50,23 +52,22 @@ class Target:
         """True if the tensor gets pruned (a count or a pattern), False if it is skipped."""
         return self.count is not None or self.nm is not None
 
+    @property
+    def pattern(self) -> str:
+        """ "N:M" for an N:M target, else "unstructured"."""
+        return "unstructured" if self.nm is None else f"{self.nm[0]}:{self.nm[1]}"
 
-def discovery_options(config: PruneConfig) -> DiscoveryOptions:
-    return DiscoveryOptions(
-        min_size=config.min_size, include=config.include, exclude=config.exclude, op_types=config.op_types
-    )
 
-
-def _plan_entry(config: PruneConfig, weight: Weight) -> float | None:
+def _plan_entry(plan: Mapping[str, float], weight: Weight) -> float | None:
     for name in (weight.key, weight.name):
-        if name in config.plan:
-            return config.plan[name]
+        if name in plan:
+            return plan[name]
     return None
 
 
-def _check_plan(config: PruneConfig, inventory: Inventory) -> None:
+def _check_plan(plan: Mapping[str, float], inventory: Inventory) -> None:
     known = {w.key: w for w in inventory.weights} | {w.name: w for w in inventory.weights}
-    for name in config.plan:
+    for name in plan:
         weight = known.get(name)
         if weight is None:
             sample = ", ".join(w.key for w in inventory.prunable[:3])
@@ -74,7 +75,8 @@ def _check_plan(config: PruneConfig, inventory: Inventory) -> None:
                 f"the plan names '{name}', which is not a weight of this model (weights are named like: {sample})"
             )
         if not weight.prunable:
-            raise OptionError(f"the plan names '{name}', which is not prunable here: {weight.reason}")
+            reason = weight.reason.template if isinstance(weight.reason, Message) else weight.reason
+            raise OptionError(f"the plan names '{name}', which is not prunable here: {reason}")
 
 
 class _LazyKeys(Sequence[np.ndarray]):
@@ -91,9 +93,9 @@ class _LazyKeys(Sequence[np.ndarray]):
         return self._keys(tensors.read_array(self._protos[index]))
 
 
-def _nm_target(weight: Weight, config: PruneConfig) -> Target:
+def _nm_target(weight: Weight, allocation: Allocation) -> Target:
     """N:M along the reduction axis, or the --nm-fallback when that axis does not allow it."""
-    n, m = config.pattern
+    n, m = allocation.pattern
     amount = 1 - n / m
     if weight.in_axis is not None and sparsity.nm_valid(weight.shape, weight.in_axis, m):
         return Target(nm=(n, m), amount=amount)
@@ -101,38 +103,39 @@ def _nm_target(weight: Weight, config: PruneConfig) -> Target:
         why = "unknown reduction axis"
     else:
         why = f"reduction length {weight.shape[weight.in_axis]} is not a multiple of {m}"
-    if config.nm_fallback == "unstructured":
+    if allocation.nm_fallback == "unstructured":
         count = sparsity.count_for_amount(weight.numel, amount)
         return Target(count=count, amount=amount, reason=f"{why}: unstructured instead")
-    return Target(reason=f"{why}: skipped (--nm-fallback skip)")
+    return Target(reason=Message(f"{why}: skipped ({opt('nm_fallback', 'skip')})"))
 
 
-def plan_targets(config: PruneConfig, inventory: Inventory) -> dict[str, Target]:
-    """Decide what happens to every prunable tensor (see module docstring)."""
-    _check_plan(config, inventory)
+def plan_targets(allocation: Allocation, ranking: Ranking, inventory: Inventory) -> dict[str, Target]:
+    """Decide what happens to every prunable tensor of ``inventory`` by ``allocation`` (see
+    module docstring); ``ranking``'s criterion gives the keys of a global threshold."""
+    _check_plan(allocation.plan, inventory)
     weights = inventory.prunable
     targets: dict[str, Target] = {}
-    if config.pattern is not None:
-        return {weight.key: _nm_target(weight, config) for weight in weights}
+    if allocation.pattern is not None:
+        return {weight.key: _nm_target(weight, allocation) for weight in weights}
 
     rest: list[Weight] = []
     for weight in weights:
-        amount = _plan_entry(config, weight)
+        amount = _plan_entry(allocation.plan, weight)
         if amount is not None:
             targets[weight.key] = Target(count=sparsity.count_for_amount(weight.numel, amount), amount=amount)
-        elif config.sparsity is not None:
+        elif allocation.sparsity is not None:
             rest.append(weight)
         else:
             targets[weight.key] = Target(reason="not in the plan")
-    criterion = CRITERIA[config.criterion]
-    if config.scope == "local" or not criterion.supports_global or not rest:
-        if config.scope == "global" and not criterion.supports_global:
+    criterion = CRITERIA[ranking.criterion]
+    if allocation.scope == "local" or not criterion.supports_global or not rest:
+        if allocation.scope == "global" and not criterion.supports_global:
             log.info(
                 "%s criterion has no keys comparable across tensors: global scope allocates like local", criterion.name
             )
         for weight in rest:
             targets[weight.key] = Target(
-                count=sparsity.count_for_amount(weight.numel, config.sparsity), amount=config.sparsity
+                count=sparsity.count_for_amount(weight.numel, allocation.sparsity), amount=allocation.sparsity
             )
         return targets
 
@@ -143,40 +146,41 @@ def plan_targets(config: PruneConfig, inventory: Inventory) -> dict[str, Target]
         keys = _LazyKeys([inventory.proto(w) for w in rest], global_keys)
     else:  # e.g. LAMP needs a sort per tensor: compute once, keep
         keys = [global_keys(tensors.read_array(inventory.proto(w))) for w in rest]
-    total = sparsity.count_for_amount(sum(w.numel for w in rest), config.sparsity)
-    caps = [max(sparsity.count_for_amount(w.numel, config.max_layer_sparsity), 0) for w in rest]
+    total = sparsity.count_for_amount(sum(w.numel for w in rest), allocation.sparsity)
+    caps = [max(sparsity.count_for_amount(w.numel, allocation.max_layer_sparsity), 0) for w in rest]
     samples = [w.key_sample for w in rest] if criterion.global_is_magnitude else None
-    allocation = sparsity.allocate_global(keys, total, caps, sizes=[w.numel for w in rest], samples=samples)
+    allocated = sparsity.allocate_global(keys, total, caps, sizes=[w.numel for w in rest], samples=samples)
     del keys
-    for weight, count in zip(rest, allocation.counts, strict=True):
+    for weight, count in zip(rest, allocated.counts, strict=True):
         # float32 global magnitude keys are the tensor's own magnitude keys: the global
         # threshold is a candidate for its count-th smallest key (checked when masking)
         same_keys = criterion.global_is_magnitude and weight.dtype == "float32"
-        threshold = allocation.threshold if same_keys else None
+        threshold = allocated.threshold if same_keys else None
         targets[weight.key] = Target(count=count, amount=count / weight.numel, threshold=threshold)
     return targets
 
 
-def target_mask(values: np.ndarray, target: Target, weight: Weight, config: PruneConfig, index: int) -> np.ndarray:
-    """The mask of ``target`` on the stored tensor by ``config.criterion``'s keys (True = pruned)."""
-    keys = CRITERIA[config.criterion].mask_keys(values, seed=config.seed, index=index)
+def target_mask(values: np.ndarray, target: Target, weight: Weight, ranking: Ranking, index: int) -> np.ndarray:
+    """The mask of ``target`` on the stored tensor by ``ranking``'s keys (True = pruned);
+    ``index`` is the tensor's number in the inventory (it seeds a seeded criterion)."""
+    keys = CRITERIA[ranking.criterion].mask_keys(values, seed=ranking.seed, index=index)
     if target.nm is not None:
         return sparsity.nm_mask(keys, target.nm[0], target.nm[1], weight.in_axis)
     return sparsity.smallest_k_mask(keys, target.count, threshold=target.threshold)
 
 
-def _pruned_bits(proto: TensorProto, target: Target, weight: Weight, config: PruneConfig, index: int) -> np.ndarray:
+def _pruned_bits(proto: TensorProto, target: Target, weight: Weight, ranking: Ranking, index: int) -> np.ndarray:
     """The tensor's new bit pattern (an unsigned-integer array) after applying ``target``."""
     values = tensors.read_array(proto)
-    return sparsity.apply_mask_bits(float_bits(values), target_mask(values, target, weight, config, index))
+    return sparsity.apply_mask_bits(float_bits(values), target_mask(values, target, weight, ranking, index))
 
 
-def _zeros_after(proto: TensorProto, target: Target, weight: Weight, config: PruneConfig, index: int) -> int:
+def _zeros_after(proto: TensorProto, target: Target, weight: Weight, ranking: Ranking, index: int) -> int:
     """Zeros after pruning, known without writing: the K smallest keys include every
     existing zero first, so a count target ends at ``max(K, zeros before)``."""
     if target.nm is None:
         return max(target.count, weight.zeros)
-    bits = _pruned_bits(proto, target, weight, config, index)
+    bits = _pruned_bits(proto, target, weight, ranking, index)
     return int(bits.size - np.count_nonzero(bits << np.uint8(1)))
 
 
@@ -204,15 +208,13 @@ def skipped_layer(weight: Weight, target: Target | None) -> LayerResult:
     return LayerResult(**_layer_base(weight), zeros_after=weight.zeros, pruned=False, reason=reason)
 
 
-def pruned_layer(
-    weight: Weight, target: Target, config: PruneConfig, zeros_after: int, reason: str | None, **extra: object
-) -> LayerResult:
+def pruned_layer(weight: Weight, target: Target, zeros_after: int, reason: str | None, **extra: object) -> LayerResult:
     """The record of a pruned tensor; ``extra`` holds the calibrated pass's fields."""
     return LayerResult(
         **_layer_base(weight),
         zeros_after=zeros_after,
         pruned=True,
-        pattern=config.pattern_name if target.nm is not None else "unstructured",
+        pattern=target.pattern,
         target=target.amount,
         reason=reason,
         **extra,
@@ -229,8 +231,8 @@ def prune_weights(
     returned as replacements (tensor name -> function giving the pruned bytes) for the
     streaming writer, so the model is never copied; the rest is rewritten in place.
     """
-    inventory = discover(model, discovery_options(config))
-    targets = plan_targets(config, inventory)
+    inventory = discover(model, config.selection)
+    targets = plan_targets(config.allocation, config.ranking, inventory)
     layers: list[LayerResult] = []
     replacements: dict[str, Replacement] = {}
     total = len(targets)
@@ -241,16 +243,16 @@ def prune_weights(
             layers.append(skipped_layer(weight, target))
             continue
         proto = inventory.proto(weight)
-        zeros_after = _zeros_after(proto, target, weight, config, index)
+        zeros_after = _zeros_after(proto, target, weight, config.ranking, index)
         if zeros_after != weight.zeros:
             if defer and not weight.scope and replaceable(proto):
                 replacements[weight.name] = partial(
-                    _replacement, target=target, weight=weight, config=config, index=index
+                    _replacement, target=target, weight=weight, ranking=config.ranking, index=index
                 )
             else:
                 dtype = tensors.read_array(proto).dtype
-                tensors.write_array(proto, _pruned_bits(proto, target, weight, config, index).view(dtype))
-        layers.append(pruned_layer(weight, target, config, zeros_after, target.reason))
+                tensors.write_array(proto, _pruned_bits(proto, target, weight, config.ranking, index).view(dtype))
+        layers.append(pruned_layer(weight, target, zeros_after, target.reason))
         done += 1
         if progress is not None:
             progress(done, total, weight.key)
@@ -267,8 +269,8 @@ def prune_weights(
     return result, replacements
 
 
-def _replacement(proto: TensorProto, *, target: Target, weight: Weight, config: PruneConfig, index: int) -> memoryview:
-    return memoryview(np.ascontiguousarray(_pruned_bits(proto, target, weight, config, index))).cast("B")
+def _replacement(proto: TensorProto, *, target: Target, weight: Weight, ranking: Ranking, index: int) -> memoryview:
+    return memoryview(np.ascontiguousarray(_pruned_bits(proto, target, weight, ranking, index))).cast("B")
 
 
 class WeightPass(Pass):

@@ -21,7 +21,7 @@ A :class:`Criterion` bundles the pure-numpy functions of :mod:`onnxprune.sparsit
 * ``ranks_like_magnitude``: within a tensor it ranks like ``|w|``, so a calibrated method
   that chooses its own mask (Wanda, SparseGPT) loses nothing by replacing it.
 
-Register a new criterion with ``CRITERIA.register(Criterion(...))``; ``PruneConfig``
+Register a new criterion with ``CRITERIA.register(Criterion(...))``; ``Ranking`` (``PruneConfig.ranking``)
 validates ``criterion`` against :data:`CRITERIA` and ``--criterion`` offers its names.
 """
 

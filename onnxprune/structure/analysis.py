@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 import onnx
@@ -31,7 +30,6 @@ from onnx import ModelProto, NodeProto
 from onnxprune import runtime
 from onnxprune.compute import graph_shapes, runtime_shapes
 from onnxprune.graph import tensors
-from onnxprune.graph.edit import FreshNames
 from onnxprune.graph.index import Scope, Use, node_label
 from onnxprune.graph.skeleton import data_free_model
 from onnxprune.ops import spec_of
@@ -105,11 +103,6 @@ class Context:
         self.layouts: dict[str, Layout] = {}
         self.groups = GroupSet()
         self.index = {id(node): i for i, node in enumerate(model.graph.node)}
-
-    @cached_property
-    def fresh(self) -> FreshNames:
-        """Names for the tensors an edit through this context adds (unique in the whole model)."""
-        return FreshNames(self.model)
 
     # -- graph facts -------------------------------------------------------------------
     def shape(self, name: str) -> Dims | None:

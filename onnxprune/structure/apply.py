@@ -5,7 +5,9 @@ its axis, elements ``offset + u·per + [0, per)`` for every removed unit ``u`` o
 segment (``per`` read at apply time, after any coarsening). Each edit gets the new
 length of its pieces. A stored tensor read by nodes other than those the analysis
 recorded (a shape constant shared by several Reshapes) is first cloned for the recorded
-readers, so the others keep the original.
+readers, so the others keep the original (:meth:`~onnxprune.graph.gs_edit.EditGraph.own`).
+The edits are made on the structural pass's one gs graph
+(:class:`~onnxprune.graph.gs_edit.EditGraph`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,9 @@ import logging
 from collections.abc import Mapping
 
 import numpy as np
-from onnx import ModelProto, TensorProto, helper
+from onnx import ModelProto
 
-from onnxprune.graph import tensors
-from onnxprune.graph.edit import FreshNames
-from onnxprune.graph.index import Scope
+from onnxprune.graph.gs_edit import EditGraph
 from onnxprune.structure.groups import Edit, Group, Segment
 
 log = logging.getLogger(__name__)
@@ -36,36 +36,16 @@ def new_length(pieces: tuple[Segment | int, ...], removed: Mapping[int, np.ndarr
     return total
 
 
-class _Clones:
-    """Stored tensors, cloned for a set of readers when others read them too."""
-
-    def __init__(self, model: ModelProto) -> None:
-        self.model = model
-        self.scope = Scope.build(model.graph)
-        self.nodes = list(model.graph.node)
-        self.ids = {id(n): i for i, n in enumerate(self.nodes)}
-        self.fresh = FreshNames(model)
-
-    def resolve(self, name: str, readers: set[tuple[int, int]]) -> TensorProto:
-        uses = {(self.ids.get(id(u.node), -1), u.index) for u in self.scope.uses.get(name, [])}
-        tensor = self.scope.stored_tensor(name)
-        assert tensor is not None, name
-        if uses <= readers and not self.scope.is_output(name):
-            return tensor
-        clone = TensorProto()
-        clone.CopyFrom(tensor)
-        new = clone.name = self.fresh(f"{name}.onnxprune_1")
-        self.model.graph.initializer.append(clone)
-        for node_index, input_index in readers:
-            self.nodes[node_index].input[input_index] = new
-        return self.model.graph.initializer[-1]
-
-
-def apply_removal(model: ModelProto, groups: list[Group], removed: Mapping[int, np.ndarray]) -> dict[str, tuple]:
-    """Remove ``removed[gid]`` units from each group (see module docstring).
+def apply_removal(
+    target: ModelProto | EditGraph, groups: list[Group], removed: Mapping[int, np.ndarray]
+) -> dict[str, tuple]:
+    """Remove ``removed[gid]`` units from each group (see module docstring), on ``target``'s
+    gs graph (a model is opened, edited and written back here; an :class:`EditGraph` is left
+    open for its owner to commit).
 
     Returns the new shape of every sliced tensor (by its final name).
     """
+    graph = target if isinstance(target, EditGraph) else EditGraph(target)
     removed = {gid: np.asarray(sorted({int(u) for u in units}), dtype=np.int64) for gid, units in removed.items()}
     removed = {gid: units for gid, units in removed.items() if units.size}
     cuts: dict[str, dict[int, list[np.ndarray]]] = {}
@@ -81,43 +61,29 @@ def apply_removal(model: ModelProto, groups: list[Group], removed: Mapping[int, 
             cuts.setdefault(member.tensor, {}).setdefault(member.axis, []).append(member.elements(units))
             readers.setdefault(member.tensor, set()).add(member.reader)
         edits.extend(e for e in group.edits if e not in edits)
-    clones = _Clones(model)
     shapes: dict[str, tuple] = {}
     for name, axes in cuts.items():
-        tensor = clones.resolve(name, readers[name])
-        values = tensors.read_array(tensor)
+        name = graph.own(name, readers[name])
+        values = graph.values(name)
         for axis, parts in axes.items():
             values = np.delete(values, np.unique(np.concatenate(parts)), axis=axis)
-        del tensor.dims[:]
-        tensor.dims.extend(values.shape)
-        tensors.write_array(tensor, values)
-        shapes[tensor.name] = tuple(values.shape)
+        graph.set_values(name, values)
+        shapes[name] = tuple(values.shape)
     for edit in edits:
-        _apply_edit(clones, edit, new_length(edit.pieces, removed))
+        _apply_edit(graph, edit, new_length(edit.pieces, removed))
     log.info("removed units from %d group(s), sliced %d tensor(s), %d edit(s)", len(removed), len(cuts), len(edits))
+    if graph is not target:
+        graph.commit()
     return shapes
 
 
-def _apply_edit(clones: _Clones, edit: Edit, value: int) -> None:
+def _apply_edit(graph: EditGraph, edit: Edit, value: int) -> None:
     kind, where, what = edit.target
     if kind == "tensor":
-        readers = {edit.reader} if edit.reader is not None else set()
-        tensor = clones.resolve(str(where), readers)
-        values = tensors.read_array(tensor).copy()
-        flat = values.reshape(-1)
-        flat[int(what)] = value
-        tensors.write_array(tensor, values)
+        name = graph.own(str(where), {edit.reader} if edit.reader is not None else set())
+        values = np.array(graph.values(name), copy=True)
+        values.reshape(-1)[int(what)] = value
+        graph.set_values(name, values)
         return
-    node = clones.nodes[int(where)]
     name, index = (what, None) if kind == "attr" else what
-    for attr in node.attribute:
-        if attr.name == name:
-            if index is None:
-                attr.i = value
-            else:
-                attr.ints[int(index)] = value
-            return
-    if index is None:
-        node.attribute.append(helper.make_attribute(str(name), value))
-    else:  # pragma: no cover - the analysis only records list edits of existing attributes
-        raise ValueError(f"attribute {name} missing on {node.name}")
+    graph.set_attribute(int(where), str(name), value, None if index is None else int(index))

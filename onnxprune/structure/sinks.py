@@ -22,6 +22,7 @@ from onnx import NodeProto
 
 from onnxprune.capture import LayerSpec
 from onnxprune.graph import tensors
+from onnxprune.graph.gs_edit import EditGraph
 from onnxprune.graph.index import node_label
 from onnxprune.ops import spec_of
 from onnxprune.ops.spec import MatrixView
@@ -92,13 +93,13 @@ def weight_matrix(cx: Context, sink: Sink) -> tuple[np.ndarray, int]:
     return view.to_matrix(w)[0], view.positions  # one group (one direction of a recurrent layer)
 
 
-def store_matrix(cx: Context, sink: Sink, matrix: np.ndarray) -> None:
-    """Write ``W [out, F]`` (as :func:`weight_matrix` gives it) back into the sink's weight."""
+def store_matrix(graph: EditGraph, cx: Context, sink: Sink, matrix: np.ndarray) -> None:
+    """Write ``W [out, F]`` (as :func:`weight_matrix` gives it) back into the sink's weight,
+    on the structural pass's gs graph."""
     view = _refittable(cx, sink)
-    tensor = cx.scope.stored_tensor(sink.tensor)
-    old = tensors.read_array(tensor)
+    old = graph.values(sink.tensor)
     values = view.from_matrix(matrix[None])
-    tensors.write_array(tensor, np.ascontiguousarray(values).astype(old.dtype))
+    graph.set_values(sink.tensor, np.ascontiguousarray(values).astype(old.dtype))
 
 
 def removed_features(sink: Sink, removed: Mapping[int, np.ndarray], per_feature: int, length: int) -> np.ndarray:
