@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -371,9 +370,10 @@ class StructureConfig:
         overriding ``amount`` for those groups (from ``onnxprune analyze --structural``).
 
     Whether constants are folded before the analysis is the pipeline's decision, not an
-    option: the pass it runs after a weight pass leaves the graph untouched unless units go
-    (:func:`onnxprune.passes.pipeline.after_weights`). ``fold_first=False`` still asks for
-    that, with a :class:`DeprecationWarning`.
+    option: the channel pass it runs by itself after a weight pass (an
+    :class:`~onnxprune.passes.deadwatch.AfterWeights`, from
+    :func:`onnxprune.passes.pipeline.after_weights`) leaves the graph untouched unless units
+    go; the pass objects take it as their ``fold_first`` parameter.
     """
 
     dead_channels: bool = True
@@ -386,7 +386,6 @@ class StructureConfig:
     max_fraction: float = 0.9
     fold: bool = True
     damp: float = 0.01
-    fold_first: bool = field(default=True, repr=False)  # pipeline mechanics; deprecated as a keyword
     plan: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
@@ -395,13 +394,6 @@ class StructureConfig:
             "plan",
             MappingProxyType({str(k): check_amount(v, f"plan entry '{k}'") for k, v in dict(self.plan).items()}),
         )
-        if not self.fold_first:
-            warnings.warn(
-                "StructureConfig(fold_first=False) is deprecated: the pipeline decides when the channel pass "
-                "skips constant folding (onnxprune.passes.pipeline.after_weights)",
-                DeprecationWarning,
-                stacklevel=3,
-            )
         if self.amount is not None and self.target_flops is not None:
             raise OptionError(f"give {opt('amount')} or {opt('target_flops')} for {opt('structure')}, not both")
         if self.amount is not None:

@@ -19,7 +19,13 @@ output's declared dim is updated only where it was concrete and inference gives 
 concrete value (symbolic dims are kept). Shape inference runs once, shared by the folds
 and the refresh, and again only if constants were folded.
 
-**Why this stays on onnx protos, not a gs.Graph (measured).** :func:`_prune_gs` does the
+**Which steps run on a gs.Graph.** The BatchNormalization and per-channel affine folds are
+edits on a gs graph (:class:`~onnxprune.graph.gs_edit.EditGraph`; with ``edits``, the very
+graph the structural pass removed channels on, written back once after the BN folds). The
+constant folding (onnxruntime evaluates the foldable nodes of the protos), the sort, the
+dead-code step and the shape refresh stay on the protos.
+
+**Why the dead-code step stays on onnx protos, not a gs.Graph (measured).** :func:`_prune_gs` does the
 dead-code step with ``gs.Graph.cleanup()`` through :mod:`~onnxprune.graph.gs_adapter`, and
 gives byte-identical models and equal results on every fixture, every model of
 tests/test_cleanup.py and every cleanup call of the structural tests (165 calls). It is not
@@ -58,6 +64,7 @@ from onnxprune.graph.edit import (
 from onnxprune.graph.fold_bn import PRODUCERS, fold_affine, fold_batchnorm
 from onnxprune.graph.fold_constants import GROWTH_LIMIT, NEVER_FOLDED, SMALL
 from onnxprune.graph.gs_adapter import from_gs, to_gs
+from onnxprune.graph.gs_edit import EditGraph
 from onnxprune.graph.skeleton import without_shape
 
 __all__ = [
@@ -269,18 +276,23 @@ def _refresh_outputs(model: onnx.ModelProto, shapes: InferredShapes) -> list[str
 
 
 def cleanup(
-    model: onnx.ModelProto, *, fold_bn: bool = True, fold_constants: bool = True, refresh_shapes: bool = True
+    model: onnx.ModelProto,
+    *,
+    fold_bn: bool = True,
+    fold_constants: bool = True,
+    refresh_shapes: bool = True,
+    edits: EditGraph | None = None,
 ) -> CleanupResult:
     """Fold BatchNormalization and constants, drop dead nodes and unused initializers, sort
     the graph and refresh its shapes, editing ``model`` in place (see the module docstring).
 
+    ``edits``: the gs graph an editing pass still holds on ``model`` (not committed): the
+    BatchNormalization folds are made on it too, then it is written back once, so the model
+    is read into gs once for the pass and its folds.
+
     Everything else of the model (ir_version, opsets, functions, metadata, doc strings,
     external-data references of untouched tensors, graph input and output names) is kept.
     """
-    notes: list[str] = []
-    for key, graph in graphs_by_owner(model.graph):
-        if not toposort(graph):
-            notes.append(f"graph {'/'.join(key) or 'main'} has a cycle: its node order is kept")
     cache: list[InferredShapes] = []
 
     def shapes() -> InferredShapes:
@@ -290,7 +302,16 @@ def cleanup(
 
     bn_folded: list[str] = []
     bn_kept: list[tuple[str, str]] = []
-    if fold_bn:
+    if edits is not None:
+        if fold_bn:  # ranks (all a fold asks) are those of the model before the held edits
+            bn_folded, bn_kept = fold_batchnorm(edits, rank=lambda name: shapes().rank(name))
+        edits.commit()
+        cache.clear()  # inferred on the model before the edits: not the shapes to refresh
+    notes: list[str] = []
+    for key, graph in graphs_by_owner(model.graph):
+        if not toposort(graph):
+            notes.append(f"graph {'/'.join(key) or 'main'} has a cycle: its node order is kept")
+    if fold_bn and edits is None:
         bn_folded, bn_kept = fold_batchnorm(model, rank=lambda name: shapes().rank(name))
     constants = 0
     if fold_constants:

@@ -14,38 +14,16 @@ and carries the first line of the error.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import onnx
-from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto, ValueInfoProto, helper
+from onnx import GraphProto, ModelProto, NodeProto, TensorProto, TypeProto, ValueInfoProto, helper
 
 from onnxprune.graph.skeleton import data_free_model
+from onnxprune.graph.walk import GraphKey, graphs_by_owner, node_subgraphs
 
 #: The domain names of the standard ONNX operators.
 ONNX_DOMAINS = ("", "ai.onnx")
-
-#: A graph's place in a model: ``()`` for the main graph, then (owner node's first
-#: output, attribute) pairs down to it.
-GraphKey = tuple[str, ...]
-
-
-def node_subgraphs(node: NodeProto) -> Iterator[tuple[str, GraphProto]]:
-    """``(attribute, subgraph)`` for each subgraph of ``node`` (``name[i]`` for a GRAPHS attribute)."""
-    for attr in node.attribute:
-        if attr.type == AttributeProto.GRAPH:
-            yield attr.name, attr.g
-        elif attr.type == AttributeProto.GRAPHS:
-            yield from ((f"{attr.name}[{i}]", g) for i, g in enumerate(attr.graphs))
-
-
-def graphs_by_owner(graph: GraphProto, key: GraphKey = ()) -> Iterator[tuple[GraphKey, GraphProto]]:
-    """``(key, graph)`` for ``graph`` and every nested subgraph; a key names each owner
-    node by its first output (unique in a model) and the attribute."""
-    yield key, graph
-    for node in graph.node:
-        for label, sub in node_subgraphs(node):
-            yield from graphs_by_owner(sub, (*key, node.output[0] if node.output else node.name, label))
 
 
 def defined_names(graph: GraphProto) -> set[str]:

@@ -12,6 +12,7 @@ the written model: the common case costs one ``any`` per slice.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from onnx import ModelProto, TensorProto
@@ -98,19 +99,28 @@ class DeadChannelPass(Pass):
 
     def __init__(self, config: StructureConfig) -> None:
         if not watchable(config):
-            raise ValueError(f"the dead-channel pass removes dead channels only, without folding first: got {config}")
+            raise ValueError(f"the dead-channel pass removes dead channels only, after a weight pass: got {config}")
         self.config = config
 
     def run(self, model: ModelProto, context: PassContext) -> PassResult:
         from onnxprune.passes.structural import run_structural
 
-        return run_structural(self.name, self.config, model, context)
+        return run_structural(self.name, self.config, model, context, fold_first=False)
+
+
+@dataclass(frozen=True)
+class AfterWeights(StructureConfig):
+    """The options of the channel pass the pipeline runs by itself after a weight pass
+    (:func:`onnxprune.passes.pipeline.after_weights`): the same fields as
+    :class:`~onnxprune.config.StructureConfig`; the type is the pipeline's decision that the
+    pass does not fold constants before its analysis, so the graph is left as it is unless
+    units go, and that a dead-channel pass may be watched (:func:`watchable`)."""
 
 
 def watchable(config: StructureConfig) -> bool:
-    """True when the structural pass of ``config`` leaves the model untouched if nothing is
-    dead (dead channels only, no constant folding first): a watch can decide to skip it."""
-    return config.dead_channels and not config.structured and not config.fold_first
+    """True when the channel pass of ``config`` leaves the model untouched if nothing is
+    dead (the pass after weights, dead channels only): a watch can decide to skip it."""
+    return isinstance(config, AfterWeights) and config.dead_channels and not config.structured
 
 
 #: Why the dead-channel pass did not run when its watch saw nothing.

@@ -36,7 +36,7 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +46,7 @@ from onnxprune.config import PruneConfig, StructureConfig
 from onnxprune.errors import OptionError, opt
 from onnxprune.graph.model_io import StagedOutput, load_model, load_model_with_files
 from onnxprune.passes.base import Pass, PassContext, PassResult, Progress, not_run
-from onnxprune.passes.deadwatch import DeadChannelPass, DeadWatch, not_dead, watchable
+from onnxprune.passes.deadwatch import AfterWeights, DeadChannelPass, DeadWatch, not_dead, watchable
 from onnxprune.passes.result import PruneResult
 from onnxprune.passes.unstructured import WeightPass
 from onnxprune.quantize import QuantizeConfig, QuantizePass
@@ -61,14 +61,13 @@ if TYPE_CHECKING:
     from onnxprune.validate import ValidationReport
 
 
-def after_weights(structure: StructureConfig) -> StructureConfig:
+def after_weights(structure: StructureConfig) -> AfterWeights:
     """``structure`` as the channel pass that follows a weight pass: no constant folding
     before the analysis, so the graph is left as it is unless units go, and a dead-channel
     pass can be watched (:func:`~onnxprune.passes.deadwatch.watchable`). The pipeline's
-    decision, not a user option."""
-    light = replace(structure, fold_first=True)
-    object.__setattr__(light, "fold_first", False)
-    return light
+    decision, carried by the type (:class:`~onnxprune.passes.deadwatch.AfterWeights`), not a
+    user option."""
+    return AfterWeights(**{f.name: getattr(structure, f.name) for f in fields(StructureConfig)})
 
 
 #: The channel pass ``prune_file`` runs after a weight pass when none is given: dead channels

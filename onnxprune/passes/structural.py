@@ -434,12 +434,17 @@ def remove_channels(
     batch_size: int = 32,
     progress: Progress | None = None,
     check: bool = True,
+    fold_first: bool | None = None,
 ) -> StructuralResult:
     """Run the structural pass on ``model`` in place (see module docstring).
 
     With only dead units removed and ``check``, the outputs before and after are compared
     on one synthetic batch; a difference above :data:`EXACT_TOLERANCE` (relative to the
     largest output) raises :class:`ValidationError` and the caller writes nothing.
+
+    ``fold_first``: fold constants before the analysis (None: unless ``config`` is the
+    pipeline's pass after weights, an :class:`~onnxprune.passes.deadwatch.AfterWeights`,
+    which leaves the graph as it is unless units go).
     """
     steps = [0, 4]  # analysis, choice, removal, cleanup (+ capture and one per refitted consumer)
 
@@ -452,7 +457,11 @@ def remove_channels(
     params_before = _params(model)
     macs_before = None
     had_shapes = len(model.graph.value_info) > 0
-    if config.fold and config.fold_first:
+    if fold_first is None:  # the pipeline's pass after weights leaves the graph as it is unless units go
+        from onnxprune.passes.deadwatch import AfterWeights
+
+        fold_first = not isinstance(config, AfterWeights)
+    if config.fold and fold_first:
         cleanup(model, fold_bn=False, fold_constants=True, refresh_shapes=False)
     analysis = analyze(model, input_shapes=input_shapes)
     if config.structured and calibration is not None:
@@ -519,17 +528,19 @@ def remove_channels(
     cleaned = None
     if removal:
         apply_removal(graph, analysis.groups, removal)
-    if graph is not None:
-        graph.commit()  # a new bias Add is placed right after its MatMul: the graph stays sorted
     say("units removed")
-    if config.fold and (removal or config.fold_first):
+    if config.fold and (removal or fold_first):
         # value_info is refreshed where the model had it (so it matches the new channel
         # counts), not added where it had none: with it, onnxruntime's CPU provider fuses
         # Add + LayerNormalization into SkipLayerNormalization, which measured 2–4× slower
         # than the pair on MiniLM (ORT 1.31), so adding it would slow transformers down.
-        cleaned = cleanup(model, fold_bn=True, fold_constants=True, refresh_shapes=had_shapes)
-    elif removal:
-        del model.graph.value_info[:]
+        # The BN folds are made on the same gs graph as the removal, written back once.
+        cleaned = cleanup(model, fold_bn=True, fold_constants=True, refresh_shapes=had_shapes, edits=graph)
+    else:
+        if graph is not None:
+            graph.commit()  # a new bias Add is placed right after its MatMul: the graph stays sorted
+        if removal:
+            del model.graph.value_info[:]
     say("graph folded")
     max_diff = _check_exact(reference, model, analysis.input_shapes) if reference is not None else None
     result = StructuralResult(
@@ -602,22 +613,29 @@ class StructuralPass(Pass):
     name = "structural"
     contract = Contract(reads=("model", "calibration", "input_shapes"), needs=("model",))
 
-    def __init__(self, config: StructureConfig) -> None:
+    def __init__(self, config: StructureConfig, *, fold_first: bool | None = None) -> None:
         self.config = config
+        #: fold constants before the analysis (None: unless the pipeline runs this pass by
+        #: itself after a weight pass, an :class:`~onnxprune.passes.deadwatch.AfterWeights`)
+        self.fold_first = fold_first
 
     def run(self, model: ModelProto, context: PassContext) -> PassResult:
-        return run_structural(self.name, self.config, model, context)
+        return run_structural(self.name, self.config, model, context, fold_first=self.fold_first)
 
 
-def run_structural(name: str, config: StructureConfig, model: ModelProto, context: PassContext) -> PassResult:
+def run_structural(
+    name: str, config: StructureConfig, model: ModelProto, context: PassContext, *, fold_first: bool | None = None
+) -> PassResult:
     """:func:`remove_channels` with ``config`` on ``model`` as pass ``name`` (structural or
-    dead channels), and its uniform result."""
+    dead channels), and its uniform result; ``fold_first``: fold constants before the
+    analysis (the pass after weights does not: it leaves the graph as it is unless units go)."""
     result = remove_channels(
         model,
         config,
         calibration=context.calibration,
         input_shapes=context.input_shapes,
         progress=context.progress,
+        fold_first=fold_first,
     )
     return structural_pass_result(name, result, param_stats(model).nonzeros)
 
