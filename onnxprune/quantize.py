@@ -74,6 +74,7 @@ from onnxprune.graph.model_io import (
 from onnxprune.graph.quantized import float_weights, trace_integer_weights
 from onnxprune.graph.walk import all_graphs
 from onnxprune.ops import constant_tensor
+from onnxprune.ops.quantized import written_by_dynamic_quantization
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult
 from onnxprune.validate import ValidationReport, validate_model
 
@@ -83,8 +84,6 @@ MODES = ("dynamic", "static")
 #: Samples per onnxruntime run while collecting activation ranges (static mode).
 CALIBRATION_BATCH = 32
 METADATA_KEY = "onnxprune.quantize"
-#: Integer ops dynamic quantization writes (static QDQ mode needs none of them).
-DYNAMIC_INTEGER_OPS = frozenset({"ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM"})
 
 
 @dataclass(frozen=True)
@@ -261,7 +260,7 @@ def quantize_file(
             if (
                 config.mode == "dynamic"
                 and isinstance(kernel, runtime.MissingKernel)
-                and kernel.op in DYNAMIC_INTEGER_OPS
+                and written_by_dynamic_quantization(kernel.op)
             ):
                 raise MissingKernelError(
                     "onnxruntime cannot load the int8 model: "

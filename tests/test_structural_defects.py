@@ -213,3 +213,30 @@ def test_dead_channels_of_an_fp16_stored_model_keep_the_bias_type_the_gemm_reads
     ]
     np.testing.assert_allclose(run[0], run[1], atol=2e-3 * float(np.abs(run[1]).max()))
     onnx.checker.check_model(str(tmp_path / "o.onnx"), full_check=True)
+
+
+def test_a_gemm_with_trans_a_is_refitted_from_its_transposed_input(tmp_path):
+    """mm2 reads its input as ``[K, M]`` (``transA=1`` after a Transpose): the capture cuts its
+    rows from the transpose, and the refit beats plain removal with mean compensation."""
+    w1, w2 = b.rand((D_IN, HIDDEN), 11) / 4, b.rand((HIDDEN, D_OUT), 12) / 4
+    w1[:, ::2] *= 0.2
+    nodes = [
+        b.node("Gemm", ["x", "W1"], ["h"], "mm1"),
+        b.node("Relu", ["h"], ["r"], "relu"),
+        b.node("Transpose", ["r"], ["rt"], "transpose", perm=[1, 0]),
+        b.node("Gemm", ["rt", "W2"], ["y"], "mm2", transA=1),
+    ]
+    dense = b.model(
+        nodes, [b.value("x", ("N", D_IN))], [b.value("y", ("N", D_OUT))], [b.init("W1", w1), b.init("W2", w2)]
+    )
+    path, calib = _files(tmp_path, dense)
+    x = calibration()
+    out, plain_out = tmp_path / "out.onnx", tmp_path / "norefit.onnx"
+    result = _prune_cli(path, calib, out)
+    assert result.exit_code == 0, result.output
+    assert "mm2:" in result.output and "consumers refitted" in result.output
+    assert _weight(onnx.load(str(out)), "mm2").shape == (HIDDEN // 2, D_OUT)
+    assert _prune_cli(path, calib, plain_out, "--no-refit").exit_code == 0
+    reference = _run(dense, x)
+    refitted, mean_only = _rel(reference, _run(out, x)), _rel(reference, _run(plain_out, x))
+    assert refitted < 0.7 * mean_only, (refitted, mean_only)

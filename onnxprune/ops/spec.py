@@ -310,6 +310,8 @@ class OpSpec:
     uncounted: str | None = None
     #: Inputs holding quantized data (quantized ops only).
     quantized_data_slots: tuple[int, ...] = ()
+    #: an integer op onnxruntime's dynamic quantization writes (static QDQ mode needs none)
+    dynamic_integer: bool = False
     #: The output holds input 0's values, in the same layout (Identity, Cast).
     keeps_layout: bool = False
     #: The output holds input 0's values, perhaps in another axis order (also Transpose).

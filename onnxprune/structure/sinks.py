@@ -129,11 +129,11 @@ def layer_spec(cx: Context, sink: Sink) -> LayerSpec | None:
     """The capture spec of a refittable sink's input, None for others.
 
     Refittable: a matrix view of one group (a grouped Conv or a bidirectional layer is not)
-    whose input is a named tensor; a Gemm with ``transA`` is left out (capture could cut its
-    transposed rows, as calibrated pruning does, but the refit has not been tried on it).
+    whose input is a named tensor. A Gemm with ``transA`` reads its input ``[K, M]``: capture
+    cuts its rows from the transpose, as calibrated pruning does.
     """
     view = matrix_view(cx, sink)
-    if isinstance(view, str) or view.groups != 1 or view.trans_a:
+    if isinstance(view, str) or view.groups != 1:
         return None
     activation = view.activation_name(sink.node)
     if not activation:
