@@ -11,6 +11,8 @@
 #   make test-latest   fresh .venv-latest at whatever pip resolves today, no constraints
 #   make constraints   records .venv-latest's versions in constraints/latest.txt (after test-latest passed)
 #   make test-fast     the suite without the tests marked slow (subprocesses, Ray, Netron)
+#   make fuzz          tools/fuzz.py: 300 seeded hostile cases through the CLI (FUZZ_CASES=10000 nightly);
+#                      failing cases are rebuilt with a repro.sh in out/fuzz-failures/
 
 PYTHON ?= python3
 # the oldest Python onnxprune supports, where this machine has it (on PATH or under pyenv; else $(PYTHON))
@@ -35,7 +37,7 @@ $(VENV)/.dev: $(VENV)/.installed
 	$(BIN)/python $(PIP) -c constraints/latest.txt --group dev
 	touch $@
 
-.PHONY: demo test test-fast lint test-lowest test-latest constraints
+.PHONY: demo test test-fast lint test-lowest test-latest constraints fuzz
 demo: $(VENV)/.installed
 	mkdir -p out
 	$(BIN)/onnxprune prune fixtures/cnn_digits.onnx out/cnn_digits.pruned.onnx --sparsity 0.5 --scope global --criterion lamp \
@@ -52,6 +54,11 @@ test: lint
 
 test-fast: $(VENV)/.dev
 	$(BIN)/python -m pytest -q -m "not slow"
+
+FUZZ_CASES ?= 300
+FUZZ_SEED ?= 0
+fuzz: $(VENV)/.installed
+	$(BIN)/python tools/fuzz.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) --keep-failures out/fuzz-failures
 
 .venv-lowest/.installed: pyproject.toml constraints/lowest.txt
 	rm -rf .venv-lowest

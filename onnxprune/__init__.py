@@ -79,9 +79,17 @@ from onnxprune.graph.model_io import (
     refuse_input_as_output,
     save_model,
 )
+from onnxprune.graph.sanity import check_model
 from onnxprune.latency import LatencySettings
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress
-from onnxprune.passes.pipeline import DEAD_CHANNELS_AFTER_WEIGHTS, PruneRun, build_pipeline, run_file, run_model
+from onnxprune.passes.pipeline import (
+    DEAD_CHANNELS_AFTER_WEIGHTS,
+    PruneRun,
+    build_pipeline,
+    refuse_kept_nonfinite,
+    run_file,
+    run_model,
+)
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.quantize import QuantizeConfig, QuantizedWeight, QuantizeResult, quantize_file
 from onnxprune.validate import ValidationReport, validate_model
@@ -168,6 +176,7 @@ def prune(
     structure: StructureConfig | None = None,
     quantize: QuantizeConfig | None = None,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    allow_nonfinite: bool = False,
 ) -> tuple[ModelProto, PruneResult]:
     """Prune a model (a ModelProto, copied unless ``inplace``, or a path) per ``config``.
 
@@ -186,6 +195,7 @@ def prune(
         structure=structure,
         quantize=quantize,
         input_shapes=input_shapes,
+        allow_nonfinite=allow_nonfinite,
     )
     return proto, run.result
 
@@ -200,6 +210,7 @@ def prune_model(
     structure: StructureConfig | None = None,
     quantize: QuantizeConfig | None = None,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    allow_nonfinite: bool = False,
 ) -> tuple[ModelProto, PruneRun]:
     """:func:`prune`, returning the whole :class:`PruneRun` (``saved`` None, one
     :class:`PassResult` per pass in ``passes``).
@@ -209,14 +220,19 @@ def prune_model(
     pass here (``prune_file`` then watches for dead channels after a weight pass: pass
     ``structure=onnxprune.passes.pipeline.DEAD_CHANNELS_AFTER_WEIGHTS`` for the same).
     ``quantize`` goes through a temporary folder (onnxruntime's quantizer reads files).
+    The model is checked as a loaded one is (:func:`onnxprune.graph.sanity.check_model`): a
+    weight holding NaN or ±inf is refused unless ``allow_nonfinite`` (then left as it is).
     """
     pipeline = build_pipeline(config, structure, quantize)
     files: tuple[Path, ...] = ()
     if isinstance(model, ModelProto):
+        check_model(model, finite=not allow_nonfinite)
         proto = model if inplace else copy.deepcopy(model)
     else:
-        proto, found = load_model_with_files(model)
+        proto, found = load_model_with_files(model, finite=not allow_nonfinite)
         files = tuple(found)
+    if allow_nonfinite:
+        refuse_kept_nonfinite(pipeline, proto)
     run = run_model(
         pipeline,
         proto,
@@ -270,6 +286,7 @@ def prune_file(
     progress: Progress | None = None,
     calibration: Dataset | None = None,
     quantize: QuantizeConfig | None = None,
+    allow_nonfinite: bool = False,
 ) -> PruneRun:
     """Prune the model file ``source`` into ``output``: what ``onnxprune prune`` does.
 
@@ -290,6 +307,9 @@ def prune_file(
     tensors are computed while the output is streamed to a staging file (the parsed model
     is never copied), the model is freed, and only then is the staged file validated and
     renamed into place.
+
+    A model whose weights hold NaN or ±inf is refused (:class:`UnsupportedModelError`) unless
+    ``allow_nonfinite``: those tensors are then left as they are, skipped with the reason.
     """
     if not force:
         refuse_input_as_output(source, output)
@@ -305,6 +325,7 @@ def prune_file(
         external_data=external_data,
         force=force,
         progress=progress,
+        allow_nonfinite=allow_nonfinite,
     )
 
 
@@ -317,11 +338,13 @@ def calibration_data(
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     image_options: ImageOptions | None = None,
     seed: int = 0,
+    allow_nonfinite: bool = False,
 ) -> Dataset:
     """Calibration samples for the model at ``source``: ``data`` is a ``.npz`` keyed by input
     name, a folder of images, a CalibrationDataReader or an iterable of feed dicts (the first
     ``samples`` are used); with ``data_free`` synthetic inputs shaped like real ones
-    (procedural images, token ids within the vocabulary) are generated instead."""
+    (procedural images, token ids within the vocabulary) are generated instead; they read the
+    model, which is then refused for NaN or ±inf weights unless ``allow_nonfinite``."""
     from onnxprune import runtime
 
     if data is not None and data_free:
@@ -341,5 +364,6 @@ def calibration_data(
     if data_free:
         from onnxprune.data.natural import data_free as make_data_free
 
-        return make_data_free(load_model(source), specs, samples=samples, seed=seed, shapes=shapes or None)
+        model = load_model(source, finite=not allow_nonfinite)
+        return make_data_free(model, specs, samples=samples, seed=seed, shapes=shapes or None)
     return open_data(data, specs=specs, image_options=image_options, samples=samples, seed=seed)

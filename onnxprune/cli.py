@@ -1,7 +1,8 @@
 """The ``onnxprune`` command line. It, cli_eval.py and cli_print.py are the only modules that print (with console.py).
 
 Exit codes: 0 success; 1-7 an error (one line on stderr, see :mod:`onnxprune.errors`);
-10 nothing to prune (no output written); 70 an internal error (a bug: rerun with --debug).
+10 nothing to prune (no output written); 70 an internal error (a bug: rerun with --debug); 130, 143,
+129 stopped by SIGINT, SIGTERM, SIGHUP (a file being written is removed, see console.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import click
 import onnxprune
 from onnxprune import cli_choices
 from onnxprune.cli_analyze import analyze_command
-from onnxprune.cli_eval import build_options, check_output_path, eval_command, evaluation_options, run_evaluation
+from onnxprune.cli_eval import build_options, eval_command, evaluation_files, evaluation_options, run_evaluation
 from onnxprune.cli_print import (
     format_shape,
     print_layers,
@@ -30,8 +31,11 @@ from onnxprune.cli_print import (
 )
 from onnxprune.cli_view import view_command
 from onnxprune.config import PruneConfig, Selection, StructureConfig, load_plan, parse_pattern
-from onnxprune.console import ProgressBar, count, fail, handle_errors, table
-from onnxprune.graph.model_io import refuse_input_as_output, write_file
+from onnxprune.console import Interrupted, ProgressBar, count, fail, handle_errors, table
+from onnxprune.errors import opt
+from onnxprune.evaluate import check_evaluation
+from onnxprune.graph.model_io import model_reads, model_writes
+from onnxprune.graph.outputs import Read, Write, check_outputs, write_file
 from onnxprune.passes.pipeline import after_weights
 from onnxprune.runtime import parse_input_shapes
 from onnxprune.stats import file_stats
@@ -131,7 +135,7 @@ class SectionedCommand(click.Command):
 
 #: The sections of ``prune --help``, in order, each with the parameter names of its options.
 PRUNE_HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Selection", ("include", "exclude", "op_types", "min_size")),
+    ("Selection", ("include", "exclude", "op_types", "min_size", "allow_nonfinite")),
     (
         "Amount and pattern",
         ("sparsity", "scope", "criterion", "pattern", "nm_fallback", "plan_path", "max_layer_sparsity", "seed"),
@@ -215,6 +219,8 @@ def inspect(
     debug: bool,
 ) -> None:
     """List the weights of MODEL that can be pruned, and what is excluded and why."""
+    writes = [Write(opt("json"), json_path, example="inventory.json")]
+    check_outputs(writes, model_reads("the model", model, writes=writes))
     selection = Selection(min_size=min_size, include=include, exclude=exclude, op_types=_op_types(op_types))
     inventory = onnxprune.inspect(model, selection)
     listed = [w for w in inventory.weights if show_all or w.role in ("weight", "mixed")]
@@ -313,6 +319,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 @discovery_options
 @click.option(
     "--max-layer-sparsity", type=float, default=0.98, show_default=True, help="Cap per tensor with --scope global."
+)
+@click.option(
+    "--allow-nonfinite",
+    is_flag=True,
+    help="Prune a model whose weights hold NaN or inf, leaving those tensors as they are (default: refuse it).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --criterion random.")
 @click.option(
@@ -418,6 +429,7 @@ def prune(
     op_types: str,
     min_size: int,
     max_layer_sparsity: float,
+    allow_nonfinite: bool,
     seed: int,
     method: str,
     calibration: str | None,
@@ -528,20 +540,25 @@ def prune(
             "--calibration/--data-free is given but --method magnitude uses no data: choose --method wanda, "
             "sparsegpt or refit, add --bias-correction, use --structured, or --quantize int8 --quantize-mode static"
         )
+    do_eval = do_eval or any(eval_kwargs.get(k) for k in ("data", "labels", "report", "eval_json"))
+    _check_files(input_model, output_model, calibration, plan_path, json_path, eval_kwargs, external_data, force)
+    if do_eval:  # fail on bad evaluation options, data or labels before anything is written
+        check_evaluation(
+            input_model,
+            data=eval_kwargs.get("data"),
+            labels=eval_kwargs.get("labels"),
+            options=build_options(eval_kwargs, input_shape),
+        )
     calib = None
     if (config is not None and config.calibrated) or ((structured or static) and (calibration or data_free)):
         calib = onnxprune.calibration_data(
-            input_model, calibration, samples=samples, data_free=data_free, input_shapes=shapes
+            input_model,
+            calibration,
+            samples=samples,
+            data_free=data_free,
+            input_shapes=shapes,
+            allow_nonfinite=allow_nonfinite,
         )
-    if not force:
-        refuse_input_as_output(input_model, output_model)
-    if json_path is not None:
-        check_output_path(json_path, "--json")
-    do_eval = do_eval or any(eval_kwargs.get(k) for k in ("data", "labels", "report", "eval_json"))
-    if do_eval:  # fail on bad evaluation options before pruning
-        build_options(eval_kwargs, input_shape)
-        check_output_path(eval_kwargs.get("report"), "--report")
-        check_output_path(eval_kwargs.get("eval_json"), "--eval-json")
     with ProgressBar("pruning", quiet) as progress:
         run = onnxprune.prune_file(
             input_model,
@@ -554,6 +571,7 @@ def prune(
             progress=progress,
             calibration=calib,
             quantize=quantization,
+            allow_nonfinite=allow_nonfinite,
         )
     result, saved, before, after = run.result, run.saved, run.params_before, run.params_after
     if saved is None:
@@ -600,7 +618,49 @@ def prune(
             },
         )
     if do_eval:
-        run_evaluation(input_model, [saved.path], eval_kwargs, input_shape, quiet=quiet)
+        _evaluate_written(input_model, saved.path, eval_kwargs, input_shape, quiet, shown=output_model)
+
+
+def _check_files(
+    source: Path,
+    output: Path,
+    calibration: str | None,
+    plan: Path | None,
+    json_path: Path | None,
+    eval_kwargs: dict[str, Any],
+    external_data: bool,
+    force: bool,
+) -> None:
+    """The output policy for ``prune``, before any work: OUT (and its external data), --json,
+    --report and --eval-json are regular files or new, none of them an input or another output."""
+    evaluation_writes, evaluation_reads = evaluation_files(eval_kwargs, json_name=opt("eval_json"))
+    writes = [
+        *model_writes(output, source=source, external_data=True if external_data else None, force=force),
+        Write(opt("json"), json_path, example="result.json"),
+        *evaluation_writes,
+    ]
+    reads = [
+        *model_reads("the input model", source, writes=writes),
+        Read(f"the {opt('calibration')} data", calibration),
+        Read(f"the {opt('plan')} file", plan),
+        *evaluation_reads,
+    ]
+    check_outputs(writes, reads)
+
+
+def _evaluate_written(
+    source: Path, output: Path, eval_kwargs: dict[str, Any], input_shape: tuple[str, ...], quiet: bool, *, shown: Path
+) -> None:
+    """``prune --eval`` once OUT is written: a failure (or an interruption) says that OUT (as
+    the user spelled it, ``shown``) was written and is valid."""
+    written = f"'{shown}' was written and is valid"
+    try:
+        run_evaluation(source, [output], eval_kwargs, input_shape, quiet=quiet)
+    except onnxprune.OnnxPruneError as exc:
+        exc.args = (f"{written}, but its evaluation failed: {exc.args[0] if exc.args else type(exc).__name__}",)
+        raise
+    except KeyboardInterrupt as exc:
+        raise Interrupted(getattr(exc, "signum", None), done=f"{written}; it was not evaluated") from None
 
 
 main.add_command(eval_command)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +11,14 @@ import numpy as np
 
 from onnxprune import cli_choices
 from onnxprune.console import ProgressBar, count, handle_errors, table
-from onnxprune.errors import OptionError, OutputError
-from onnxprune.graph.model_io import write_file
+from onnxprune.errors import OptionError, opt
+from onnxprune.graph.model_io import load_model, model_reads
+from onnxprune.graph.outputs import Read, Write, check_folder, check_outputs, write_file
 
 SHOWN_LEVELS = (0.3, 0.5, 0.7, 0.9)
 LAYER_LEVELS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 GROUP_LEVELS = (0.25, 0.5, 0.75)
 MAX_TIGHTEN = 6
-EXAMPLE_NAMES = {"--plan-out": "plan.json", "--json": "curves.json", "--report": "curves.html"}
 
 
 def _levels(text: str) -> tuple[float, ...]:
@@ -30,36 +28,24 @@ def _levels(text: str) -> tuple[float, ...]:
         raise OptionError(f"--levels takes comma-separated fractions such as 0.1,0.3,0.5; got '{text}'") from None
 
 
-def _check_outputs(model: Path, outputs: Mapping[str, Path | None]) -> None:
-    """Every output path (option -> path) can be written, before any work: a file name (not
-    a folder) in an existing folder we may create files in, not the input model, not named
-    twice. The files are written later atomically (a temporary file in that folder, renamed)."""
-    from onnxprune.graph.model_io import refuse_input_as_output
-
-    seen: dict[Path, str] = {}
-    for option, path in outputs.items():
-        if path is None:
-            continue
-        folder = path.absolute().parent
-        if path.is_dir():
-            example = path / EXAMPLE_NAMES.get(option, "out.json")
-            raise OutputError(f"{option} '{path}' is a folder: give a file name, such as '{example}'")
-        if not folder.is_dir():
-            what = "is not a folder" if folder.exists() else "does not exist"
-            raise OutputError(f"{option} '{path}': the folder '{folder}' {what}")
-        try:
-            refuse_input_as_output(model, path)
-        except OutputError:
-            raise OutputError(f"{option} '{path}' is the input model: choose another path") from None
-        same = seen.get(path.resolve())
-        if same is not None:
-            raise OutputError(f"{same} and {option} both name '{path}': give each its own file")
-        seen[path.resolve()] = option
-        try:
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as exc:
-            raise OutputError(f"{option} '{path}': cannot create files in '{folder}' ({exc.strerror or exc})") from None
+def _check_files(
+    model: Path,
+    writes: list[Write],
+    data: str | None,
+    labels: str | None,
+    cache: Path | None,
+) -> None:
+    """The output policy before any work (:mod:`onnxprune.graph.outputs`): every output a
+    regular file or new, in a folder that takes files, none of them an input (the model, its
+    external data, the data, the labels) or another output; the cache folder can be made."""
+    reads = [
+        *model_reads("the model", model, writes=writes),
+        Read(f"the {opt('data')} file", data),
+        Read(f"the {opt('labels')} file", labels),
+    ]
+    check_outputs(writes, reads)
+    if cache is not None:
+        check_folder(cache, name=f"the {opt('cache_dir')} folder")
 
 
 def _open(model: Path, data: str | None, data_free: bool, samples: int, shapes: dict) -> Any:
@@ -146,7 +132,6 @@ def analyze_command(
       onnxprune prune model.onnx pruned.onnx --plan plan.json
     """
     from onnxprune.data import load_labels
-    from onnxprune.graph.model_io import load_model
     from onnxprune.runtime import parse_input_shapes
     from onnxprune.sensitivity.executors import executor_for
     from onnxprune.sensitivity.planning import plan_from, tightened_until
@@ -171,7 +156,13 @@ def analyze_command(
         raise OptionError(f"--samples must be >= 1, got {samples}")
     if plan_out is not None and not targets:
         raise OptionError("--plan-out needs --target-sparsity, --target-latency, --target-flops or --max-loss")
-    _check_outputs(model, {"--plan-out": plan_out, "--json": json_path, "--report": report})
+    cache = None if no_cache else (cache_dir or default_cache_dir())
+    writes = [
+        Write(opt("plan_out"), plan_out, example="plan.json"),
+        Write(opt("json"), json_path, example="curves.json"),
+        Write(opt("report"), report, example="curves.html"),
+    ]
+    _check_files(model, writes, data, labels, cache)
     load_model(model)  # one-line errors for a missing or broken file, before any work
     shapes = parse_input_shapes(input_shape)
     dataset = _open(model, data, data_free, samples, shapes)
@@ -184,7 +175,6 @@ def analyze_command(
                 raise OptionError(f"{labels} has {len(label_array)} labels for {used} samples of --data")
             label_array = label_array[:used]  # --samples takes the first samples: their labels
     executor = executor_for(workers=workers, ray=ray_address)
-    cache = None if no_cache else (cache_dir or default_cache_dir())
     if structural:
         with ProgressBar("analysing channel groups", quiet) as progress:
             sens = analyze_groups(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,8 +12,10 @@ import click
 from onnxprune.cli_print import shown
 from onnxprune.console import count, handle_errors, human, table
 from onnxprune.data import parse_image_options
-from onnxprune.errors import OptionError, OutputError
+from onnxprune.errors import OptionError, opt
 from onnxprune.evaluate import EvalOptions, EvalResult, ModelReport, evaluate
+from onnxprune.graph.model_io import model_reads
+from onnxprune.graph.outputs import Read, Write, check_outputs
 from onnxprune.latency import LatencySettings
 from onnxprune.report.structure import totals as structure_totals
 from onnxprune.runtime import parse_input_shapes
@@ -77,14 +78,18 @@ def evaluation_options(*, for_prune: bool = False) -> Callable[[Callable[..., An
     return decorate
 
 
-def check_output_path(path: Path | None, what: str) -> None:
-    if path is None:
-        return
-    folder = path.absolute().parent
-    if path.is_dir():
-        raise OutputError(f"{what} '{path}' is a folder: give a file name")
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {what} '{path}': the folder '{folder}' is missing or not writable")
+def evaluation_files(kwargs: dict[str, Any], *, json_name: str) -> tuple[list[Write], list[Read]]:
+    """What an evaluation with these click options writes (its report and JSON, ``json_name``
+    naming the JSON's option) and reads (its data and labels), for the output policy."""
+    writes = [
+        Write(opt("report"), kwargs.get("report"), example="report.html"),
+        Write(json_name, kwargs.get("eval_json"), example="eval.json"),
+    ]
+    reads = [
+        Read(f"the {opt('data')} file", kwargs.get("data")),
+        Read(f"the {opt('labels')} file", kwargs.get("labels")),
+    ]
+    return writes, reads
 
 
 def build_options(kwargs: dict[str, Any], input_shapes: Sequence[str]) -> EvalOptions:
@@ -158,11 +163,10 @@ class _Stages:
 def run_evaluation(
     base: Path, candidates: Sequence[Path], kwargs: dict[str, Any], input_shapes: Sequence[str], *, quiet: bool
 ) -> EvalResult:
-    """Evaluate, print the tables and warnings, write the report and JSON if asked."""
+    """Evaluate, print the tables and warnings, write the report and JSON if asked (the caller
+    checked their paths with :func:`evaluation_files` before any work)."""
     options = build_options(kwargs, input_shapes)
     report_path, json_path = kwargs.get("report"), kwargs.get("eval_json")
-    check_output_path(report_path, "--report")
-    check_output_path(json_path, "--json")
     stages = _Stages(quiet)
     try:
         result = evaluate(
@@ -312,4 +316,7 @@ def eval_command(base: Path, candidates: tuple[Path, ...], input_shape: tuple[st
           --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
       onnxprune eval model.onnx pruned.onnx            # synthetic data: fidelity only
     """
+    writes, reads = evaluation_files(kwargs, json_name=opt("json"))
+    models = [("the base model", base), *(("a candidate model", candidate) for candidate in candidates)]
+    check_outputs(writes, [*(r for name, path in models for r in model_reads(name, path, writes=writes)), *reads])
     run_evaluation(base, candidates, kwargs, input_shape, quiet=kwargs.get("quiet", False))

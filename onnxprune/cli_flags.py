@@ -46,7 +46,14 @@ FLAGS: dict[str, str | tuple[str | None, str | None] | None] = {
     "samples": "--samples",
     "input_shapes": "--input-shape",
     "force": ("--force", None),
+    "allow_nonfinite": ("--allow-nonfinite", None),
     "external_data": ("--external-data", None),
+    # files the CLI writes (named by the output policy, onnxprune.graph.outputs)
+    "json": "--json",
+    "eval_json": "--eval-json",
+    "report": "--report",
+    "plan_out": "--plan-out",
+    "cache_dir": "--cache-dir",
     # QuantizeConfig / quantize_file
     "quantize": "--quantize",
     "quantize.mode": "--quantize-mode",

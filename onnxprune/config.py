@@ -56,13 +56,20 @@ def parse_pattern(text: str) -> tuple[int, int] | None:
 
 
 def load_plan(path: str | Path) -> dict[str, float]:
-    """Read a plan file: a JSON object mapping weight names to amounts."""
+    """Read a plan file: a JSON object mapping weight names to amounts. One-line
+    :class:`OptionError` for anything else (not JSON, nested too deep to parse, numbers too long)."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise OptionError(f"plan file '{path}' does not exist") from None
+    except RecursionError:
+        raise OptionError(
+            f"plan file '{path}' is nested too deeply to read: a plan is one JSON object {{\"weight name\": sparsity, ...}}"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OptionError(f"plan file '{path}' is not valid JSON: {exc}") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise OptionError(f"plan file '{path}' holds a number too long to read ({str(exc).split(':')[0]})") from None
     if isinstance(data, dict) and isinstance(data.get("layers"), dict):
         data = data["layers"]
     if not isinstance(data, dict) or not data:

@@ -1,23 +1,41 @@
-"""Console helpers of the command line: one-line errors, tables, sizes, progress bars.
+"""Console helpers of the command line: one-line errors, interruptions, tables, sizes, progress bars.
 
 Only the CLI modules (``cli.py``, ``cli_eval.py``) import this; the library never prints.
+
+**Interruptions.** While a command runs, SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted`
+(a ``KeyboardInterrupt``) in it, so every ``with`` block and ``finally`` clause on the way
+out runs: an output being written is staged (:mod:`onnxprune.graph.outputs`) and its staging
+is removed. The command then exits with one line and 128 + the signal's number (130, 143,
+129). A second signal while that cleanup runs stops the process at once (what the signal
+does by default); the next run into the folder removes what was left. A signal the command
+was started with ignored (``nohup``, a background job) stays ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import wraps
+from types import FrameType
 from typing import Any
 
 import click
 
+from onnxprune import runtime
 from onnxprune.cli_flags import flag
 from onnxprune.errors import OnnxPruneError
 from onnxprune.passes.base import Progress
 
 INTERNAL_ERROR = 70
+
+#: The signals that stop a command cleanly (see the module docstring).
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 def fail(message: str, code: int) -> None:
@@ -25,9 +43,65 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A command stopped by a signal (``signum``, SIGINT when None); ``done`` says what was
+    written before it (for the one line printed)."""
+
+    def __init__(self, signum: int | None = None, *, done: str = "nothing was written") -> None:
+        self.signum = signal.SIGINT if signum is None else signal.Signals(signum)
+        self.done = done
+        super().__init__(self.signum.name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+    @property
+    def message(self) -> str:
+        how = "interrupted" if self.signum == signal.SIGINT else f"stopped by {self.signum.name}"
+        return f"{how}; {self.done}"
+
+
+@contextlib.contextmanager
+def interrupts_raised() -> Iterator[list[int]]:
+    """Within the block, :data:`STOP_SIGNALS` raise :class:`Interrupted` in this process (see
+    the module docstring); the handlers found are put back on the way out. Yields the signals
+    received (a library on the way out may turn the exception into a plain
+    ``KeyboardInterrupt``: the caller still knows which signal it was). Outside the main
+    thread (where handlers cannot be set) the block runs as it is."""
+    owner, fired = os.getpid(), []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner or fired:  # a forked child, or a second signal: what the signal does
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        fired.append(signum)
+        raise Interrupted(signum)
+
+    previous: dict[signal.Signals, Any] = {}
+    try:
+        for signum in STOP_SIGNALS:
+            current = signal.getsignal(signum)
+            if current in (signal.SIG_DFL, signal.default_int_handler):  # never one ignored or someone else's
+                previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield fired
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one line on stderr and an exit code (tracebacks with --debug); the
-    options a message names are spelled as flags (:mod:`onnxprune.cli_flags`)."""
+    options a message names are spelled as flags (:mod:`onnxprune.cli_flags`).
+
+    Any other exception is a bug (exit 70, one line), except an onnxruntime error while an
+    input model the command registered (:func:`onnxprune.runtime.reads_model`) is one that
+    onnxruntime rejects by itself: then that model is at fault, and its one-line
+    :class:`~onnxprune.errors.UnsupportedModelError` is what the command says."""
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -37,22 +111,39 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             format="onnxprune: %(levelname)s: %(message)s",
             stream=sys.stderr,
         )
+        fired: list[int] = []
+        inputs: list[runtime.InputModel] = []
         try:
-            return command(*args, **kwargs)
+            with interrupts_raised() as fired, runtime.input_scope() as inputs:
+                return command(*args, **kwargs)
         except OnnxPruneError as exc:
             if debug:
                 raise
             fail(exc.render(flag), exc.exit_code)
-        except KeyboardInterrupt:
-            fail("interrupted; nothing was written", 130)
+        except KeyboardInterrupt as exc:
+            stop = exc if isinstance(exc, Interrupted) else Interrupted(fired[0] if fired else None)
+            fail(stop.message, stop.exit_code)
         except MemoryError:
             fail("out of memory; try a machine with more memory", INTERNAL_ERROR)
-        except Exception as exc:  # a bug: say so, briefly
+        except Exception as exc:  # a bug, unless onnxruntime rejects an input model by itself
+            blamed = runtime.input_rejection(exc, inputs)
+            if blamed is not None:
+                if debug:
+                    raise blamed from exc
+                fail(blamed.render(flag), blamed.exit_code)
             if debug:
                 raise
-            fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it", INTERNAL_ERROR)
+            fail(f"internal error ({type(exc).__name__}: {_first_line(exc)}); rerun with --debug and report it", INTERNAL_ERROR)
 
     return wrapper
+
+
+def _first_line(exc: BaseException) -> str:
+    """What an internal error says of ``exc``: one line (onnxruntime's logs only with --debug)."""
+    if runtime.from_onnxruntime(exc):
+        return runtime.ort_message(exc)
+    text = str(exc).strip()
+    return text.splitlines()[0][:400] if text else "no message"
 
 
 def human(n: float | None) -> str:

@@ -41,7 +41,8 @@ from onnxprune import runtime
 from onnxprune.compute import ComputeStats, count_compute
 from onnxprune.data import Dataset, ImageOptions, load_labels, open_data
 from onnxprune.errors import DataError, Message, OnnxPruneError, OptionError, UnsupportedModelError, opt
-from onnxprune.graph.model_io import load_model_with_files, write_file
+from onnxprune.graph.model_io import load_model_with_files
+from onnxprune.graph.outputs import write_file
 from onnxprune.latency import LatencySettings, LatencyStats, measure_latency
 from onnxprune.metrics import OutputFidelity, TopK, overall
 from onnxprune.passes.base import Progress
@@ -241,27 +242,9 @@ def evaluate(
     options = options or EvalOptions()
     paths = [Path(base), *(Path(c) for c in candidates)]
     sessions = [_session(p) for p in paths]
-    specs = runtime.input_specs(sessions[0])
     _check_same_interface(paths, sessions)
     output_names = [o.name for o in sessions[0].get_outputs()]
-    if options.output is not None and options.output not in output_names:
-        raise OptionError(
-            f"{opt('output')} '{options.output}' names no output of {paths[0].name}; its outputs are: {', '.join(output_names)}"
-        )
-    chosen = options.output or output_names[0]
-
-    dataset = open_data(
-        data,
-        specs=specs,
-        image_options=options.image_options,
-        input_name=options.input_name,
-        samples=options.samples,
-        seed=options.seed,
-        shapes=options.input_shapes or None,
-    )
-    label_array = _labels(labels, dataset)
-    if label_array is not None and dataset.synthetic:
-        raise OptionError(f"labels were given with synthetic data: give the data they label with {opt('data')}")
+    chosen, dataset, label_array = _inputs(paths[0], sessions[0], data, labels, options)
 
     quality = _quality(sessions, dataset, label_array, chosen, output_names, options, metric, progress)
     sample_shapes = quality.pop("sample_shapes")
@@ -324,6 +307,51 @@ def evaluate(
     )
     log.info("evaluated %d model(s) on %s", len(reports), dataset.source)
     return result
+
+
+def check_evaluation(
+    base: ModelPath,
+    *,
+    data: Any = None,
+    labels: str | os.PathLike[str] | np.ndarray | Sequence[int] | None = None,
+    options: EvalOptions | None = None,
+) -> None:
+    """Fail now, as :func:`evaluate` of ``base`` would, on evaluation inputs that cannot work:
+    the output chosen, the data (opened and checked against ``base``'s inputs) and the labels.
+    A model with the same inputs and outputs (what pruning makes) fails the same way, so this
+    runs before pruning, when nothing is written yet."""
+    path = Path(base)
+    session = _session(path)
+    _inputs(path, session, data, labels, options or EvalOptions())
+    del session
+    gc.collect()
+
+
+def _inputs(
+    path: Path, session: ort.InferenceSession, data: Any, labels: Any, options: EvalOptions
+) -> tuple[str, Dataset, np.ndarray | None]:
+    """The output to score, the data and the labels of an evaluation of the model ``session``
+    runs (checked against its inputs and outputs)."""
+    output_names = [o.name for o in session.get_outputs()]
+    if not output_names:
+        raise UnsupportedModelError(f"'{path}' has no graph outputs: there is nothing to evaluate")
+    if options.output is not None and options.output not in output_names:
+        raise OptionError(
+            f"{opt('output')} '{options.output}' names no output of {path.name}; its outputs are: {', '.join(output_names)}"
+        )
+    dataset = open_data(
+        data,
+        specs=runtime.input_specs(session),
+        image_options=options.image_options,
+        input_name=options.input_name,
+        samples=options.samples,
+        seed=options.seed,
+        shapes=options.input_shapes or None,
+    )
+    label_array = _labels(labels, dataset)
+    if label_array is not None and dataset.synthetic:
+        raise OptionError(f"labels were given with synthetic data: give the data they label with {opt('data')}")
+    return options.output or output_names[0], dataset, label_array
 
 
 # --------------------------------------------------------------------------- models

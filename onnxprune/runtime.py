@@ -7,18 +7,32 @@ another dynamic dimension takes the size the caller tries (validation tries a fe
 sizes, :data:`CANDIDATE_SIZES`, until the model runs), else a default by layout: the last
 two axes of an input of rank >= 3 are spatial (:data:`DEFAULT_SPATIAL`), any other is a
 sequence (:data:`DEFAULT_SEQUENCE`). Synthetic feeds: every graph input gets an array of
-its declared dtype, shaped so.
+its declared dtype, shaped so. A user-given shape of more than :data:`MAX_INPUT_ELEMENTS`
+elements (or with a dimension that large) is refused up front, before anything is allocated.
+
+**Whose fault is an onnxruntime error?** A model that ``onnx.load`` and onnxprune's own checks
+accept may still be one onnxruntime refuses (an attribute of the wrong type, dims that do not
+fit, a cycle, an opset it does not know): the error then surfaces wherever onnxprune first runs
+a session, often on a model derived from the input. A command registers the models it reads
+(:func:`reads_model`, within the scope of :func:`input_scope`); when an onnxruntime error
+escapes it, :func:`input_rejection` asks onnxruntime whether it loads each input model itself,
+and runs it on one synthetic batch where its input shapes are known. If it cannot, the input is
+at fault: one line, :class:`~onnxprune.errors.UnsupportedModelError`. If it can, the error
+stays onnxprune's. Nothing is checked until something failed: the success path costs nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import platform
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +40,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import ModelProto
 
-from onnxprune.errors import OptionError, opt
+from onnxprune.errors import MissingKernelError, OnnxPruneError, OptionError, UnsupportedModelError, opt
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +49,9 @@ CANDIDATE_SIZES = (32, 48, 64, 16, 128, 224, 8, 1)
 #: Default sizes of dynamic input dimensions (batch excluded) when neither a shape nor a size is given.
 DEFAULT_SEQUENCE = 16
 DEFAULT_SPATIAL = 64
+#: The most elements of one input onnxprune makes from a user-given shape (2^30: 4 GiB as
+#: float32, and synthetic values are drawn in float64): more is a typo, or memory the machine lacks.
+MAX_INPUT_ELEMENTS = 1 << 30
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -65,8 +82,22 @@ def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
             raise OptionError(f"{opt('input_shapes')} '{spec}': dimensions must be integers separated by 'x'") from None
         if any(d < 0 for d in shape):
             raise OptionError(f"{opt('input_shapes')} '{spec}': dimensions must be >= 0")
+        check_shape_size(name, shape)
         shapes[name] = shape
     return shapes
+
+
+def check_shape_size(name: str, shape: Sequence[int]) -> None:
+    """Raise :class:`OptionError` for a user-given shape of input ``name`` with more than
+    :data:`MAX_INPUT_ELEMENTS` elements or a dimension larger than that (even beside a 0)."""
+    total = math.prod(shape)
+    if total <= MAX_INPUT_ELEMENTS and all(d <= MAX_INPUT_ELEMENTS for d in shape):
+        return
+    size = f"{total:,} elements" if total > MAX_INPUT_ELEMENTS else f"a dimension of {max(shape):,}"
+    raise OptionError(
+        f"{opt('input_shapes')} {name}:{'x'.join(map(str, shape))} has {size}, more than the {MAX_INPUT_ELEMENTS:,} "
+        "(2^30) onnxprune makes for one input: give the shape of one realistic batch"
+    )
 
 
 def check_providers(providers: Sequence[str] | None) -> list[str]:
@@ -186,6 +217,101 @@ def ort_message(exc: BaseException) -> str:
     return text.splitlines()[0][:400] if text else type(exc).__name__
 
 
+def from_onnxruntime(exc: BaseException) -> bool:
+    """True if ``exc`` is an onnxruntime error (its pybind exception types, or a text that
+    carries its status prefix, as one re-raised from a worker process does)."""
+    return type(exc).__module__.startswith("onnxruntime") or "[ONNXRuntimeError]" in str(exc)
+
+
+@dataclass(frozen=True)
+class InputModel:
+    """A model a command reads, with the input shapes the user gave for it (full shapes)."""
+
+    path: Path
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+_INPUTS: ContextVar[list[InputModel] | None] = ContextVar("onnxprune_input_models", default=None)
+
+
+@contextlib.contextmanager
+def input_scope() -> Iterator[list[InputModel]]:
+    """The scope of one command: the models :func:`reads_model` registers within it are
+    added to the list yielded, which the caller keeps to ask :func:`input_rejection` about
+    after an error (the list outlives the block)."""
+    registered: list[InputModel] = []
+    token = _INPUTS.set(registered)
+    try:
+        yield registered
+    finally:
+        _INPUTS.reset(token)
+
+
+def reads_model(path: str | os.PathLike[str], input_shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+    """Register ``path`` as a model the running command reads (with the user's full
+    ``input_shapes`` for it); nothing outside an :func:`input_scope`."""
+    registered = _INPUTS.get()
+    if registered is None:
+        return
+    model = InputModel(Path(path), {name: tuple(int(d) for d in shape) for name, shape in (input_shapes or {}).items()})
+    if model.path not in {m.path for m in registered}:
+        registered.append(model)
+
+
+def input_rejection(exc: BaseException, inputs: Sequence[InputModel]) -> OnnxPruneError | None:
+    """After ``exc``, an onnxruntime error: the one-line error that blames the first of
+    ``inputs`` onnxruntime cannot load (or, where its input shapes are known, run on one
+    synthetic batch) by itself; None when ``exc`` is no onnxruntime error or every input
+    loads and runs, so the error is onnxprune's (see the module docstring)."""
+    if not from_onnxruntime(exc):
+        return None
+    for model in inputs:
+        found = _rejection(model)
+        if found is not None:
+            return found
+    return None
+
+
+def _rejection(model: InputModel) -> OnnxPruneError | None:
+    """Why onnxruntime rejects ``model`` by itself, or None (it loads and runs, or it cannot be told)."""
+    for optimize in (False, True):  # as validation runs a graph, and as evaluation does
+        try:
+            sess = session(model.path, optimize=optimize)
+        except Exception as exc:  # onnxruntime raises its own types
+            if not from_onnxruntime(exc):
+                return None
+            missing = missing_kernel(exc)
+            if missing is not None:
+                return MissingKernelError(
+                    f"onnxruntime cannot load the input model '{model.path}': {missing.advice()}", kernel=missing
+                )
+            return _rejected(model, ort_message(exc))
+        try:
+            specs = input_specs(sess)
+            if needs_guess(specs, model.shapes):
+                return None  # no shape to run it on: only the load could be checked
+            feeds = synthetic_feeds(specs, model.shapes)
+        except (OnnxPruneError, ValueError, MemoryError):
+            return None
+        try:
+            sess.run(None, feeds)
+        except Exception as exc:
+            if not from_onnxruntime(exc):
+                return None
+            return _rejected(model, f"it fails on the synthetic input {describe_feeds(feeds)}: {ort_message(exc)}")
+        finally:
+            del sess
+    return None
+
+
+def _rejected(model: InputModel, why: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"onnxruntime rejects the input model '{model.path}' itself: {why}; onnxprune runs every model it reads in "
+        f"onnxruntime ({ort.__version__}): fix the model or export it again (check it with onnx.checker and "
+        "an onnxruntime session)"
+    )
+
+
 def environment() -> dict[str, Any]:
     """What a latency report needs to be read elsewhere: CPU, cores, platform and versions."""
     return {
@@ -294,6 +420,7 @@ def check_given_shapes(
     out: dict[str, tuple[int, ...]] = {}
     for name, shape in given.items():
         dims, full = declared[name], tuple(int(d) for d in shape)
+        check_shape_size(name, full)
         if len(full) != len(dims) or any(
             not is_dynamic(d) and d != s for d, s in zip(dims[start:], full[start:], strict=True)
         ):

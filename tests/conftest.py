@@ -1,10 +1,43 @@
+"""Shared fixtures, and the suite's hermetic environment.
+
+Every test runs with its own ``HOME``, XDG folders and Ray settings (a session-wide fake
+home under pytest's temp folder), so nothing in the developer's ``~/.ray``, ``~/.cache`` or
+``~/.config`` changes a result, and nothing the suite does lands there: a stray
+``~/.ray/auth_token`` or a sweep cache from another version is never seen. Subprocesses
+started by tests inherit the same environment.
+"""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+#: Environment variables that point a tool at the developer's state; cleared for the suite.
+_CLEARED = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "ONNXPRUNE_CACHE_DIR")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fake home for the whole session: HOME, XDG cache/config/data folders inside it, Ray's
+    usage stats off and its temp root under /tmp (Ray's socket paths must stay short)."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        for name, sub in (
+            ("XDG_CACHE_HOME", ".cache"),
+            ("XDG_CONFIG_HOME", ".config"),
+            ("XDG_DATA_HOME", ".local/share"),
+        ):
+            (home / sub).mkdir(parents=True, exist_ok=True)
+            patch.setenv(name, str(home / sub))
+        for name in _CLEARED:
+            patch.delenv(name, raising=False)
+        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        yield home
 
 
 @pytest.fixture(scope="session")

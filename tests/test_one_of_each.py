@@ -24,8 +24,8 @@ OWNERS: dict[str, tuple[str, str]] = {
         r"class FreshNames\b|def _fresh\w*\(|def _?(unique|new)_name\(|while \w+ in (self\.)?taken\b",
         "graph/edit.py",
     ),
-    # atomic writes and the output policy: graph.model_io (write_file, StagedOutput)
-    "atomic write": (r"os\.replace\(|\.rename\(|\bmkstemp\(|\bmkdtemp\(|def write_page\(", "graph/model_io.py"),
+    # atomic writes and the output policy: graph.outputs (check_outputs, write_file, staging, publish)
+    "atomic write": (r"os\.replace\(|\.rename\(|\bmkstemp\(|\bmkdtemp\(|def write_page\(", "graph/outputs.py"),
     # progress(done, total, what): passes.base.Progress
     "progress type": (
         r"^\s*\w*Progress\s*=|Callable\[\[int, int, str\], None\]|Callable\[\[str, int, int\], None\]",
@@ -62,7 +62,7 @@ def test_one_of_each_utility(utility: str) -> None:
 def test_the_twins_are_gone() -> None:
     assert not (PACKAGE / "report" / "files.py").exists()
     from onnxprune.graph.edit import FreshNames
-    from onnxprune.graph.model_io import write_file
+    from onnxprune.graph.outputs import write_file
     from onnxprune.ops.spec import attr
     from onnxprune.passes.base import Progress
     from onnxprune.runtime import resolve_input_shapes
@@ -95,7 +95,7 @@ def test_one_input_shape_policy() -> None:
 
 
 def test_one_atomic_writer_keeps_the_old_file_and_leaves_no_temporary(tmp_path) -> None:
-    from onnxprune.graph.model_io import write_file
+    from onnxprune.graph.outputs import write_file
 
     target = tmp_path / "out.json"
     target.write_text("old")
@@ -103,7 +103,7 @@ def test_one_atomic_writer_keeps_the_old_file_and_leaves_no_temporary(tmp_path) 
     assert write_file("{}", target, what="JSON") == target
     assert target.read_text() == "{}" and target.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
-    with pytest.raises(onnxprune.OutputError, match=r"the JSON path .* is a folder: give a file name such as x\.json"):
+    with pytest.raises(onnxprune.OutputError, match=r"the JSON '.*' is a folder: give a file name such as x\.json"):
         write_file("{}", tmp_path, what="JSON", example="x.json")
     with pytest.raises(onnxprune.OutputError, match=r"the plan folder .* does not exist"):
         write_file("{}", tmp_path / "missing" / "p.json", what="plan")

@@ -68,7 +68,7 @@ from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup
 from onnxprune.errors import DataError, OptionError, opt
 from onnxprune.graph.index import Scope
 from onnxprune.ops import TransformContext, spec_of
-from onnxprune.runtime import InputSpec, check_given_shapes, is_dynamic
+from onnxprune.runtime import MAX_INPUT_ELEMENTS, InputSpec, check_given_shapes, is_dynamic
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,8 @@ def data_free(
     samples: how many samples (default 128). seed: seeds every generator.
     shapes: full input shapes for dynamic dims (``--input-shape``; the batch dim is ignored).
 
-    Raises OptionError for a bad count, seed or shape, DataError for a dynamic float dim without a shape.
+    Raises OptionError for a bad count, seed or shape (or more values in all than
+    :data:`~onnxprune.runtime.MAX_INPUT_ELEMENTS`), DataError for a dynamic float dim without a shape.
     """
     specs = tuple(specs)
     check_specs(specs)
@@ -190,6 +191,7 @@ def data_free(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise OptionError(f"seed must be an integer >= 0, got {seed!r}")
     sample_shapes = resolve_sample_shapes(specs, shapes or {})
+    _check_size(sample_shapes, int(samples))
     scope = Scope.build(model.graph)
     plans = [_plan(scope, spec, sample_shapes[spec.name]) for spec in specs]
     for plan in plans:
@@ -198,6 +200,18 @@ def data_free(
 
 
 # --------------------------------------------------------------------------- shapes
+
+
+def _check_size(sample_shapes: Mapping[str, tuple[int, ...]], samples: int) -> None:
+    """The samples are kept in memory (module docstring): refuse more values than
+    :data:`~onnxprune.runtime.MAX_INPUT_ELEMENTS` in all, before any is made."""
+    per_sample = sum(math.prod(shape) for shape in sample_shapes.values())
+    if samples * per_sample > MAX_INPUT_ELEMENTS:
+        raise OptionError(
+            f"{samples} data-free samples of {per_sample:,} values each ({samples * per_sample:,} in all) are more "
+            f"than the {MAX_INPUT_ELEMENTS:,} (2^30) onnxprune keeps in memory: give fewer {opt('samples')} or "
+            f"smaller {opt('input_shapes')}"
+        )
 
 
 def _is_integer(spec: InputSpec) -> bool:

@@ -10,13 +10,20 @@ as an embedding table, a bias or a graph output is listed as skipped, with the r
 Reads of the shape alone (Shape, Size) do not count: pruning keeps shapes.
 The output-channel and reduction axes are mapped back through the transparent ops to the
 stored tensor's own axes (or left unknown, which only rules out N:M for that tensor).
+
+**Non-finite values.** A tensor holding NaN or ±inf is never pruned: no score ranks it and no
+solver fits it, and the model keeps giving NaN whatever is zeroed. :attr:`Weight.nonfinite`
+counts them (what :func:`nonfinite_in`, one rule for the whole package, counts: for a tensor read
+only as an additive bias only NaN, since attention masks add -inf on purpose) and the tensor is
+listed as skipped with the reason. Loading a model for pruning refuses such weights unless
+``allow_nonfinite`` (:func:`onnxprune.graph.sanity.check_model`, which uses :func:`stored_reads`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,6 +79,8 @@ class Weight:
     prunable: bool
     reason: str | None = None
     quantized: bool = False
+    #: NaN and infinite elements (see :func:`nonfinite_in`): never pruned when any
+    nonfinite: int = 0
     #: a strided sample of the tensor's global magnitude keys (see sparsity.global_keys)
     key_sample: np.ndarray | None = field(default=None, compare=False, repr=False)
 
@@ -192,8 +201,28 @@ def _matches(patterns: Iterable[str], names: Iterable[str]) -> bool:
     return any(re.search(p, n) for p in patterns for n in names)
 
 
+#: How the reason of a tensor holding NaN or infinite values begins (one category in counts).
+NONFINITE = "non-finite values"
+
+
+def nonfinite_in(role: str, nan: int, infinite: int) -> int:
+    """The non-finite elements that matter in a tensor of ``role``: NaN and ±inf, except that a
+    tensor read only as an additive bias may hold ±inf (an attention mask adds -inf)."""
+    return nan + (0 if role == "bias" else infinite)
+
+
+def nonfinite_reason(count: int) -> str:
+    """The skip reason of a tensor holding ``count`` NaN or infinite values."""
+    return f"{NONFINITE}: {count} NaN or infinite, not pruned"
+
+
 def _decide(
-    weight_role: str, trace: _Trace, tensor: TensorProto, readers: tuple[Reader, ...], options: DiscoveryOptions
+    weight_role: str,
+    trace: _Trace,
+    tensor: TensorProto,
+    readers: tuple[Reader, ...],
+    options: DiscoveryOptions,
+    nonfinite: int = 0,
 ) -> str | None:
     """Why this tensor is not pruned, or None if it is a prunable weight."""
     if weight_role == "mixed":
@@ -210,6 +239,8 @@ def _decide(
         if trace.quantized:
             return "quantized weight (read through DequantizeLinear): not pruned"
         return f"dtype {tensors.dtype_name(tensor)} is not a float type: not pruned"
+    if nonfinite:
+        return nonfinite_reason(nonfinite)
     names = (tensor.name, *(r.node for r in readers))
     ops = {r.op_type for r in readers if r.role == "weight"}
     if options.op_types and not ops & set(options.op_types):
@@ -228,13 +259,53 @@ def _decide(
 KEY_SAMPLE = 4096
 
 
-def _count_zeros(tensor: TensorProto) -> tuple[int, np.ndarray | None]:
-    """Zeros of the tensor, and a strided sample of its global keys (read once, used twice)."""
+def _count_values(tensor: TensorProto) -> tuple[int, np.ndarray | None, tuple[int, int]]:
+    """Zeros of the tensor, a strided sample of its global keys, and its (NaN, ±inf) counts
+    (read once, used thrice)."""
     if not tensors.is_float(tensor):
-        return int(tensors.numel(tensor) - np.count_nonzero(tensors.read_array(tensor))), None
+        return int(tensors.numel(tensor) - np.count_nonzero(tensors.read_array(tensor))), None, (0, 0)
     values = tensors.read_array(tensor)
     sample = global_keys(values.reshape(-1)[:: max(1, values.size // KEY_SAMPLE)])
-    return int(values.size - np.count_nonzero(magnitude_keys(values))), sample
+    return int(values.size - np.count_nonzero(magnitude_keys(values))), sample, tensors.nonfinite_counts(values)
+
+
+@dataclass
+class _Stored:
+    """A stored tensor that some node reads as a weight, bias, norm parameter or embedding."""
+
+    scope: Scope
+    name: str
+    tensor: TensorProto
+    storage: str
+    trace: _Trace
+    role: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.scope.path}::{self.name}" if self.scope.path else self.name
+
+
+def _stored(root: Scope) -> Iterator[_Stored]:
+    """Every stored tensor (initializer or Constant, external data loaded) with a role, traced
+    to its readers; no value is read."""
+    for scope in root.all_scopes():
+        stored = [(n, t, "initializer") for n, t in scope.initializers.items()]
+        stored += [(n, scope.stored_tensor(n), "constant") for n in scope.constants]
+        for name, tensor, storage in stored:
+            if tensor is None or tensor.data_location == TensorProto.EXTERNAL:
+                continue
+            shape = tuple(int(d) for d in tensor.dims)
+            trace = _Trace()
+            _walk(scope, name, shape, tuple(range(len(shape))), trace)
+            role = _role(trace)
+            if role is not None:
+                yield _Stored(scope, name, tensor, storage, trace, role)
+
+
+def stored_reads(model: ModelProto) -> list[tuple[str, TensorProto, str]]:
+    """``(key, tensor, role)`` of every tensor :func:`discover` lists as stored, without reading
+    any value: what a check of weight values looks at."""
+    return [(found.key, found.tensor, found.role) for found in _stored(Scope.build(model.graph))]
 
 
 def discover(model: ModelProto, options: DiscoveryOptions | None = None) -> Inventory:
@@ -246,43 +317,35 @@ def discover(model: ModelProto, options: DiscoveryOptions | None = None) -> Inve
     weights: list[Weight] = []
     protos: dict[str, TensorProto] = {}
     reached: set[tuple[str, int, str]] = set()
-    for scope in root.all_scopes():
-        stored = [(n, t, "initializer") for n, t in scope.initializers.items()]
-        stored += [(n, scope.stored_tensor(n), "constant") for n in scope.constants]
-        for name, tensor, storage in stored:
-            if tensor is None or tensor.data_location == TensorProto.EXTERNAL:
-                continue
-            shape = tuple(int(d) for d in tensor.dims)
-            trace = _Trace()
-            _walk(scope, name, shape, tuple(range(len(shape))), trace)
-            role = _role(trace)
-            if role is None:
-                continue
-            for reader, _, _ in trace.slots:
-                reached.add((reader.node, reader.input_index, reader.scope))
-            readers = tuple(r for r, _, _ in trace.slots) + tuple(trace.others)
-            reason = _decide(role, trace, tensor, readers, options)
-            out_axis, in_axis = _axes(trace) if role == "weight" else (None, None)
-            zeros, key_sample = _count_zeros(tensor)
-            weight = Weight(
-                name=name,
-                scope=scope.path,
-                storage=storage,
-                role=role,
-                readers=readers,
-                shape=shape,
-                dtype=tensors.dtype_name(tensor),
-                out_axis=out_axis,
-                in_axis=in_axis,
-                numel=tensors.numel(tensor),
-                zeros=zeros,
-                prunable=reason is None,
-                reason=reason,
-                quantized=trace.quantized,
-                key_sample=key_sample,
-            )
-            weights.append(weight)
-            protos[weight.key] = tensor
+    for found in _stored(root):
+        tensor, trace, role = found.tensor, found.trace, found.role
+        for reader, _, _ in trace.slots:
+            reached.add((reader.node, reader.input_index, reader.scope))
+        readers = tuple(r for r, _, _ in trace.slots) + tuple(trace.others)
+        zeros, key_sample, (nan, infinite) = _count_values(tensor)
+        nonfinite = nonfinite_in(role, nan, infinite)
+        reason = _decide(role, trace, tensor, readers, options, nonfinite)
+        out_axis, in_axis = _axes(trace) if role == "weight" else (None, None)
+        weight = Weight(
+            name=found.name,
+            scope=found.scope.path,
+            storage=found.storage,
+            role=role,
+            readers=readers,
+            shape=tuple(int(d) for d in tensor.dims),
+            dtype=tensors.dtype_name(tensor),
+            out_axis=out_axis,
+            in_axis=in_axis,
+            numel=tensors.numel(tensor),
+            zeros=zeros,
+            prunable=reason is None,
+            reason=reason,
+            quantized=trace.quantized,
+            nonfinite=nonfinite,
+            key_sample=key_sample,
+        )
+        weights.append(weight)
+        protos[weight.key] = tensor
     weights.extend(_computed_weights(root, reached))
     log.debug("discovered %d tensors, %d prunable", len(weights), sum(w.prunable for w in weights))
     return Inventory(weights, protos)

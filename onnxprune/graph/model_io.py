@@ -2,11 +2,11 @@
 
 Loading refuses external-data locations that escape the model's folder (absolute paths,
 ``..`` components, symbolic links pointing out): ONNX loaders that follow them read any
-file on the machine. Saving writes into a temporary folder next to the destination,
-validates there, then renames into place, so a reader never sees a half-written model and
-an interrupted run leaves the destination as it was. Every other file onnxprune writes (HTML
-reports, JSON results, plans, the sensitivity cache) goes through :func:`write_file`, the same
-policy for one file: a temporary file in the destination's folder, renamed into place.
+file on the machine. Saving follows the output policy of :mod:`onnxprune.graph.outputs`
+(a regular file or nothing, never an input of the run): :class:`StagedOutput` writes into a
+staging folder next to the destination, validates there, then renames into place, so a
+reader never sees a half-written model and an interrupted run leaves the destination as it
+was. :func:`model_reads` and :func:`model_writes` say which files a model is on each side.
 """
 
 from __future__ import annotations
@@ -15,18 +15,20 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from onnx import ModelProto, TensorProto
+from onnx.external_data_helper import set_external_data
 
-from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError, opt
+from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError
 from onnxprune.graph import tensors
+from onnxprune.graph.outputs import Read, Write, check_outputs, publish, same_file, staging_dir
+from onnxprune.graph.sanity import MALFORMED, check_model, checked_numel, payload_bytes, refuse_nonfinite
 from onnxprune.graph.skeleton import skeleton
-from onnxprune.graph.walk import all_tensors
+from onnxprune.graph.walk import all_graphs, all_tensors
 from onnxprune.graph.writer import Replacement, apply_replacements, write_model
 
 log = logging.getLogger(__name__)
@@ -52,69 +54,107 @@ def _external_location(tensor: TensorProto) -> tuple[str, int, int | None]:
     return location, offset, length
 
 
+def _check_range(tensor: TensorProto, where: str, location: str, offset: int, length: int | None, size: int) -> None:
+    """The bytes ``offset``.. (``length`` of them, else up to the end of the file, as onnx reads
+    them) of a file of ``size`` bytes must be the tensor's values as its dims say."""
+    expected = payload_bytes(tensor.data_type, checked_numel(where, tensor))
+    if length is not None and expected is not None and length != expected:
+        raise ModelLoadError(
+            f"{where} has length {length} but its dims {list(tensor.dims)} take {expected} bytes: {MALFORMED}"
+        )
+    needed = length if length is not None else expected
+    if needed is not None and offset + needed > size:
+        raise ModelLoadError(
+            f"{where} is truncated: '{location}' has {size} bytes, the tensor needs bytes {offset}..{offset + needed}"
+        )
+    if length is None and offset > size:
+        raise ModelLoadError(f"{where} starts at byte {offset}, past the end of '{location}' ({size} bytes)")
+    if length is None and expected is not None and offset + expected < size:
+        raise ModelLoadError(
+            f"{where} gives no length, so onnx reads bytes {offset}..{size} of '{location}' ({size - offset} "
+            f"bytes), but its dims {list(tensor.dims)} take {expected} bytes: {MALFORMED}"
+        )
+
+
 def check_external_data(model: ModelProto, base_dir: Path) -> list[Path]:
     """Check every external-data reference of ``model`` against ``base_dir``.
 
     Returns the distinct files referenced. Raises :class:`UnsafeModelError` for a location
     outside ``base_dir`` (or a hard-linked file, which may be any file) and
-    :class:`ModelLoadError` for a missing, symbolically linked or too short file (onnx
-    refuses links as external data).
+    :class:`ModelLoadError` for a location that names a folder, a missing, symbolically linked
+    or too short file (onnx refuses links as external data), and a byte range that does not
+    hold what the tensor's dims say (a ``length`` other than their size; without ``length``,
+    onnx reads up to the end of the file, which must then be exactly their size).
     """
     root = base_dir.resolve()
     files: dict[Path, None] = {}
     for tensor in all_tensors(model):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
-        location, offset, length = _external_location(tensor)
         where = f"external data of tensor '{tensor.name}'"
-        if not location:
-            raise ModelLoadError(f"{where} has no location: the model is malformed; export it again")
-        pure = Path(location)
-        if pure.is_absolute() or location.startswith(("/", "\\")) or ":" in pure.parts[0]:
-            raise UnsafeModelError(
-                f"{where} uses the absolute path '{location}'; external data must lie in the "
-                "model's folder: refusing to read it"
-            )
-        if ".." in pure.parts:
-            raise UnsafeModelError(f"{where} points outside the model's folder ('{location}'): refusing to read it")
-        target = (base_dir / pure).resolve()
-        if root != target and root not in target.parents:
-            raise UnsafeModelError(
-                f"{where} ('{location}') resolves through a symbolic link to '{target}', "
-                "outside the model's folder: refusing to read it"
-            )
-        if not target.is_file():
+        try:
+            files[_checked_file(tensor, where, base_dir, root)] = None
+        except (OSError, ValueError) as exc:  # a name the file system refuses: too long, a NUL byte
+            location = _external_location(tensor)[0]
             raise ModelLoadError(
-                f"{where} is missing: '{base_dir / pure}' does not exist or is not a file; keep the "
-                "data file next to the model (same relative path as when it was saved)"
-            )
-        # onnx itself refuses to read these (its external-data loader forbids links).
-        if (base_dir / pure).is_symlink():
-            raise ModelLoadError(
-                f"{where} ('{location}') is a symbolic link, which onnx refuses to read: replace "
-                "the link with a copy of the file it points to"
-            )
-        links = target.stat().st_nlink
-        if links > 1:
-            raise UnsafeModelError(
-                f"{where} ('{location}') has {links} hard links, so it may be a file from outside the "
-                "model's folder (onnx refuses it too): replace it with a plain copy of the file"
-            )
-        if length is not None and offset + length > target.stat().st_size:
-            raise ModelLoadError(
-                f"{where} is truncated: '{location}' has {target.stat().st_size} bytes, the "
-                f"tensor needs bytes {offset}..{offset + length}"
-            )
-        files[target] = None
+                f"{where} names a file that cannot be opened ({getattr(exc, 'strerror', None) or exc}; a location "
+                f"of {len(location)} characters): {MALFORMED}"
+            ) from None
     return list(files)
 
 
-def load_model(path: str | os.PathLike[str]) -> ModelProto:
-    """Load an ONNX model with its external data, refusing anything unsafe or malformed."""
-    return load_model_with_files(path)[0]
+def _checked_file(tensor: TensorProto, where: str, base_dir: Path, root: Path) -> Path:
+    """The file holding ``tensor``'s external data, checked (see :func:`check_external_data`)."""
+    location, offset, length = _external_location(tensor)
+    if not location:
+        raise ModelLoadError(f"{where} has no location: the model is malformed; export it again")
+    pure = Path(location)
+    if not pure.parts:
+        raise ModelLoadError(f"{where} names the model's folder ('{location}'), not a data file: {MALFORMED}")
+    if pure.is_absolute() or location.startswith(("/", "\\")) or ":" in pure.parts[0]:
+        raise UnsafeModelError(
+            f"{where} uses the absolute path '{location}'; external data must lie in the "
+            "model's folder: refusing to read it"
+        )
+    if ".." in pure.parts:
+        raise UnsafeModelError(f"{where} points outside the model's folder ('{location}'): refusing to read it")
+    target = (base_dir / pure).resolve()
+    if root != target and root not in target.parents:
+        raise UnsafeModelError(
+            f"{where} ('{location}') resolves through a symbolic link to '{target}', "
+            "outside the model's folder: refusing to read it"
+        )
+    if target.is_dir():
+        raise ModelLoadError(f"{where} names the folder '{location}', not a data file: {MALFORMED}")
+    if not target.is_file():
+        raise ModelLoadError(
+            f"{where} is missing: '{base_dir / pure}' does not exist or is not a file; keep the "
+            "data file next to the model (same relative path as when it was saved)"
+        )
+    # onnx itself refuses to read these (its external-data loader forbids links).
+    if (base_dir / pure).is_symlink():
+        raise ModelLoadError(
+            f"{where} ('{location}') is a symbolic link, which onnx refuses to read: replace "
+            "the link with a copy of the file it points to"
+        )
+    links = target.stat().st_nlink
+    if links > 1:
+        raise UnsafeModelError(
+            f"{where} ('{location}') has {links} hard links, so it may be a file from outside the "
+            "model's folder (onnx refuses it too): replace it with a plain copy of the file"
+        )
+    _check_range(tensor, where, location, offset, length, target.stat().st_size)
+    return target
 
 
-def load_model_with_files(path: str | os.PathLike[str]) -> tuple[ModelProto, list[Path]]:
+def load_model(path: str | os.PathLike[str], *, finite: bool = False) -> ModelProto:
+    """Load an ONNX model with its external data, refusing anything unsafe or malformed (see
+    :func:`onnxprune.graph.sanity.check_model`); with ``finite`` also weights that hold NaN or
+    ±inf (what pruning asks for, unless the user allows them)."""
+    return load_model_with_files(path, finite=finite)[0]
+
+
+def load_model_with_files(path: str | os.PathLike[str], *, finite: bool = False) -> tuple[ModelProto, list[Path]]:
     """:func:`load_model`, and the files it was read from (the model, then its external data)."""
     path = Path(path)
     if not path.exists():
@@ -142,6 +182,9 @@ def load_model_with_files(path: str | os.PathLike[str]) -> tuple[ModelProto, lis
             "malformed; export or copy it again"
         )
     data_files = check_external_data(model, path.parent)
+    # the tensors in the file: each read once; the external ones' byte ranges were checked above,
+    # so they are read only to look for NaN, once loaded
+    check_model(model, finite=finite and not data_files)
     if data_files:
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
@@ -151,6 +194,8 @@ def load_model_with_files(path: str | os.PathLike[str]) -> tuple[ModelProto, lis
                 f"cannot read the external data of '{path}' ({detail}); save the model again with its "
                 "external data as plain files in its folder"
             ) from exc
+        if finite:
+            refuse_nonfinite(model)
     return model, [path, *data_files]
 
 
@@ -167,53 +212,102 @@ class SavedModel:
     data_path: Path | None
 
 
-def write_file(data: str | bytes, path: str | os.PathLike[str], *, what: str = "file", example: str = "") -> Path:
-    """Write ``data`` (text as UTF-8) to ``path`` atomically, keeping an existing file's
-    permissions; returns the path. Errors are one-line :class:`OutputError` naming the file as
-    ``what`` (``"report"``), with ``example`` a file name to suggest for a folder."""
-    target = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    folder = target.parent
-    if target.is_dir():
-        hint = f": give a file name such as {example}" if example else ": give a file name"
-        raise OutputError(f"the {what} path '{target}' is a folder{hint}")
-    if not folder.is_dir():
-        raise OutputError(f"the {what} folder '{folder}' does not exist: create it first")
-    mode = (target.stat().st_mode & 0o777) if target.exists() else 0o644
+def data_path_of(output: str | os.PathLike[str]) -> Path:
+    """Where the external data of the model saved at ``output`` goes: ``<output name>.data`` next to it."""
+    output = Path(output)
+    return output.with_name(f"{output.name}.data")
+
+
+def model_reads(name: str, path: str | os.PathLike[str] | None, *, writes: Sequence[Write] = ()) -> list[Read]:
+    """The files of the model at ``path`` as inputs of a run (:class:`Read`, named ``name``):
+    the model, and its external-data files when one of ``writes`` could be one of them.
+
+    Listing the external data parses the model (a read of the whole file when it has none), so
+    it is done only when a write names an existing file, other than the model, in the model's
+    folder tree (where :func:`check_external_data` keeps every external-data file). A model
+    that cannot be read lists only itself: loading it fails later with the reason.
+    """
+    if path is None:
+        return []
+    path = Path(path)
+    reads = [Read(name, path)]
+    if not path.is_file():
+        return reads
+    root = path.parent.resolve()  # what check_external_data reads from (a link to a model is read here)
+    near = [
+        Path(w.path)
+        for w in writes
+        if w.path is not None and os.path.isfile(w.path) and root in Path(w.path).resolve().parents
+    ]
+    if not any(not os.path.samefile(target, path) for target in near):
+        return reads
     try:
-        handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"cannot write the {what} into '{folder}': {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write the {what} '{target}': {exc.strerror or exc}") from None
-        raise
-    log.info("wrote %s %s (%d bytes)", what, target, len(payload))
-    return target
+        files = check_external_data(onnx.load(str(path), load_external_data=False), path.parent)
+    except Exception:  # best effort: loading the model reports what is wrong
+        return reads
+    return reads + [Read(f"the external data of {name} '{path}'", data) for data in files]
+
+
+def model_writes(
+    output: str | os.PathLike[str],
+    *,
+    source: str | os.PathLike[str] | None = None,
+    external_data: bool | None = None,
+    force: bool = False,
+) -> list[Write]:
+    """The files that saving a model at ``output`` may write (:class:`Write`): the model, and
+    its external data (:func:`data_path_of`) when ``external_data`` is True, or None and that
+    file exists (whether a model goes over :data:`EXTERNAL_DATA_THRESHOLD` is known only once
+    it is loaded; a file that is not there has nothing to protect). With ``force`` the model
+    may replace the model at ``source`` and, when it does, its data may replace the data file
+    of the same name; never another input file (the input's external data as ``output``)."""
+    writes = [Write("the output", output, example="model.onnx", replaceable=source, force=force)]
+    if not Path(output).name:  # '' or '.': a folder, which the check of the model refuses
+        return writes
+    data = data_path_of(output)
+    if external_data or (external_data is None and os.path.lexists(data)):
+        in_place = source is not None and same_file(output, source)  # then the data may replace the input's
+        replaceable = data_path_of(source) if in_place else None  # type: ignore[arg-type]
+        writes.append(Write("the external data of the output", data, replaceable=replaceable, force=force))
+    return writes
 
 
 def refuse_input_as_output(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str]) -> None:
-    """Raise :class:`OutputError` if ``output_path`` is the input file (any spelling or link)."""
-    out, source = Path(output_path).absolute(), Path(input_path).absolute()
-    if out.resolve() == source.resolve() or (out.exists() and source.exists() and os.path.samefile(out, source)):
-        raise OutputError(
-            f"the output '{output_path}' is the input model: choose another output path "
-            f"(or pass {opt('force', True)} to replace the input)"
-        )
+    """Raise :class:`OutputError` unless the model at ``input_path`` may be saved to ``output_path``
+    (:func:`onnxprune.graph.outputs.check_outputs`): a regular file or nothing, in a folder that
+    takes files, never the input model or its external data (any spelling or link)."""
+    writes = model_writes(output_path, source=input_path)[:1]
+    check_outputs(writes, model_reads("the input model", input_path, writes=writes))
+
+
+def save_external_data(model: ModelProto, path: Path, location: str, *, threshold: int = 1024) -> None:
+    """Save ``model`` to ``path`` with every initializer of ``threshold`` bytes or more in one file,
+    ``location`` (relative to ``path``'s folder); a file already there is replaced. The tensor
+    bytes are moved out of ``model``.
+
+    ``onnx.save_model(save_as_external_data=True, location=...)`` refuses a ``location`` that
+    exists relative to the *current* folder, not to the model's: a second run from the output's
+    folder failed. This marks the tensors itself (what that call does) and lets
+    ``onnx.save_model`` write them next to ``path``.
+    """
+    data = path.parent / location
+    with contextlib.suppress(FileNotFoundError):
+        data.unlink()  # onnx appends to an existing file: a second write starts over
+    for _, graph in all_graphs(model.graph):
+        for tensor in graph.initializer:
+            if tensor.HasField("raw_data") and len(tensor.raw_data) >= threshold:
+                set_external_data(tensor, location)
+    onnx.save_model(model, str(path))
 
 
 class StagedOutput:
-    """An output being written: a temporary folder next to the destination, renamed into
-    place by :meth:`commit`; anything else (an error, a failed validation) removes it.
+    """An output being written: a staging folder next to the destination
+    (:func:`onnxprune.graph.outputs.staging_dir`), renamed into place by :meth:`commit`
+    (:func:`~onnxprune.graph.outputs.publish`, which checks the destination again); anything
+    else (an error, a failed validation, an interruption) removes it.
+
+    The output policy (:mod:`onnxprune.graph.outputs`) is checked when it is made: the output
+    is a regular file or nothing, never the input model (unless ``force``) nor its external data.
 
     Use as a context manager::
 
@@ -228,24 +322,21 @@ class StagedOutput:
         self, path: str | os.PathLike[str], *, input_path: str | os.PathLike[str] | None = None, force: bool = False
     ) -> None:
         self.out = Path(path).absolute()
-        if input_path is not None and not force:
-            refuse_input_as_output(input_path, path)
+        # the model and its external data; only the model is checked now: the data is written
+        # only when the model is large, and checked when it is moved into place
+        self.writes = model_writes(path, source=input_path, external_data=True, force=force)
+        self.reads = model_reads("the input model", input_path, writes=self.writes)
+        check_outputs(self.writes[:1], self.reads)
         self.folder = self.out.parent
-        if not self.folder.is_dir():
-            raise OutputError(f"the output folder '{self.folder}' does not exist: create it first")
-        if self.out.is_dir():
-            raise OutputError(f"the output '{path}' is a folder: give a file name such as model.onnx")
-        if not os.access(self.folder, os.W_OK | os.X_OK):
-            raise OutputError(f"cannot write to the output folder '{self.folder}' (permission denied)")
-        self.data_name = f"{self.out.name}.data"
+        self.data_name = data_path_of(self.out).name
         self.tmp_dir: Path | None = None
         self._skeleton: Path | None = None
 
     def __enter__(self) -> StagedOutput:
         try:
-            self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.folder))
-        except OSError as exc:
-            raise OutputError(f"cannot write to the output folder '{self.folder}': {exc.strerror}") from exc
+            self.tmp_dir = staging_dir(self.folder, self.out.name)
+        except OutputError as exc:
+            raise OutputError(f"cannot write to the output folder '{self.folder}': {exc.args[0]}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -282,6 +373,7 @@ class StagedOutput:
         """
         replacements = replacements or {}
         self._skeleton = None  # a second write replaces the first one entirely
+        staged_data = self.model_path.parent / self.data_name
         if external_data is None:
             external_data = tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
             if external_data:
@@ -289,15 +381,11 @@ class StagedOutput:
         try:
             if external_data:
                 apply_replacements(model, replacements)
-                onnx.save_model(
-                    model,
-                    str(self.model_path),
-                    save_as_external_data=True,
-                    all_tensors_to_one_file=True,
-                    location=self.data_name,
-                    size_threshold=1024,
-                )
+                save_external_data(model, self.model_path, self.data_name)
+                os.chmod(staged_data, self.model_path.stat().st_mode & 0o777)  # onnx makes it 0600
             else:
+                with contextlib.suppress(FileNotFoundError):
+                    staged_data.unlink()  # an earlier write's data
                 with open(self.model_path, "wb") as handle:
                     layout = write_model(model, handle, replacements, layout=True)
                     handle.flush()
@@ -307,17 +395,18 @@ class StagedOutput:
                     with open(self._skeleton, "wb") as handle:
                         handle.write(skeleton(model, layout, self.model_path.name).SerializeToString())
         except OSError as exc:
-            raise OutputError(f"cannot write '{self.out}': {exc.strerror}") from exc
+            raise OutputError(f"cannot write '{self.out}': {exc.strerror or exc}") from exc
 
     def commit(self) -> SavedModel:
-        """Move the staged files into place: the data file first, then the model."""
-        data_path = None
+        """Move the staged files into place, the data file first, then the model; each
+        destination is checked again first (:func:`~onnxprune.graph.outputs.publish`)."""
+        model, data = self.writes
         staged_data = self.model_path.parent / self.data_name
+        moves: list[tuple[Path, Write]] = [(self.model_path, model)]
         if staged_data.exists():
-            data_path = self.folder / self.data_name
-            os.replace(staged_data, data_path)
-        os.replace(self.model_path, self.out)
-        return SavedModel(path=self.out, data_path=data_path)
+            moves.insert(0, (staged_data, data))
+        publish(moves, self.reads)
+        return SavedModel(path=self.out, data_path=self.folder / self.data_name if len(moves) > 1 else None)
 
 
 def save_model(

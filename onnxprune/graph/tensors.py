@@ -71,3 +71,28 @@ def write_array(tensor: TensorProto, values: np.ndarray) -> None:
     if data.dtype.byteorder == ">":
         data = data.byteswap().view(data.dtype.newbyteorder("<"))
     tensor.raw_data = data.tobytes()
+
+
+#: The bit pattern of +inf of each float type; with the sign bit cleared, a larger pattern is a NaN.
+_INF_BITS = {"float16": 0x7C00, "bfloat16": 0x7F80, "float32": 0x7F80_0000, "float64": 0x7FF0_0000_0000_0000}
+#: Elements looked at at once by :func:`nonfinite_counts` (bounds its temporaries).
+NONFINITE_CHUNK = 1 << 22
+
+
+def nonfinite_counts(values: np.ndarray) -> tuple[int, int]:
+    """``(NaN, ±inf)`` element counts of a float array (bfloat16 included), from the bit
+    patterns, a chunk at a time: the temporaries stay small whatever the tensor's size.
+    Any other dtype has none."""
+    inf = _INF_BITS.get(values.dtype.name)
+    if inf is None or values.size == 0:
+        return 0, 0
+    unsigned = np.dtype(f"u{values.dtype.itemsize}")
+    bits = np.ascontiguousarray(values).reshape(-1).view(unsigned)
+    clear = unsigned.type((1 << (8 * unsigned.itemsize - 1)) - 1)  # every bit but the sign
+    limit = unsigned.type(inf)
+    nan = infinite = 0
+    for start in range(0, bits.size, NONFINITE_CHUNK):
+        part = bits[start : start + NONFINITE_CHUNK] & clear
+        nan += int(np.count_nonzero(part > limit))
+        infinite += int(np.count_nonzero(part == limit))
+    return nan, infinite

@@ -37,15 +37,16 @@ from onnxprune import sparsity
 from onnxprune.capture import LayerStats, capture
 from onnxprune.config import PruneConfig, Ranking, Reconstruction
 from onnxprune.data import Dataset
-from onnxprune.errors import OptionError, opt
+from onnxprune.errors import OptionError, UnsupportedModelError, opt
 from onnxprune.graph import tensors
-from onnxprune.graph.discovery import discover
+from onnxprune.graph.discovery import Weight, discover
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress, prune_pass_result
 from onnxprune.passes.layers import CalibLayer, calib_layer
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.passes.unstructured import (
     Target,
+    nonfinite_skipped,
     plan_targets,
     pruned_layer,
     skipped_layer,
@@ -232,6 +233,18 @@ def _apply_bias(model: ModelProto, scope: Scope, layer: CalibLayer, delta: np.nd
     return "added"
 
 
+def _refuse_nonfinite(weights: list[Weight], config: PruneConfig) -> None:
+    """Calibration reads the activations, which a NaN or infinite weight (left as it is when
+    the model was loaded with ``allow_nonfinite``) makes NaN downstream: refuse it by name."""
+    bad = next((w for w in weights if w.nonfinite), None)
+    if bad is not None:
+        method = opt("method", config.method) if METHODS[config.method].needs_data else opt("bias_correction", True)
+        raise UnsupportedModelError(
+            f"{bad.role} '{bad.key}' holds {bad.nonfinite} NaN or infinite values: {method} calibrates on the "
+            "activations, which they make NaN; fix the model or prune by magnitude alone"
+        )
+
+
 def prune_calibrated(
     model: ModelProto,
     config: PruneConfig,
@@ -243,6 +256,7 @@ def prune_calibrated(
     """Prune ``model`` in place with the calibrated ``config.method`` on ``data``."""
     reconstruction, ranking = config.reconstruction, config.ranking
     inventory = discover(model, config.selection)
+    _refuse_nonfinite(inventory.weights, config)
     targets = plan_targets(config.allocation, ranking, inventory)
     scope = Scope.build(model.graph)
     calib: list[CalibLayer] = []
@@ -370,4 +384,6 @@ class CalibratedPass(Pass):
         result = prune_calibrated(model, self.config, context.calibration, progress=context.progress)
         after = param_stats(model)
         fallback = sum(1 for layer in result.pruned if layer.error is None)  # no statistics: by magnitude
-        return prune_pass_result(self.name, result, before, after, magnitude_fallback=fallback)
+        return prune_pass_result(
+            self.name, result, before, after, magnitude_fallback=fallback, nonfinite=nonfinite_skipped(result)
+        )

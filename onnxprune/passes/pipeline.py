@@ -45,11 +45,13 @@ from onnx import ModelProto
 from onnxprune.config import PruneConfig, StructureConfig
 from onnxprune.errors import OptionError, opt
 from onnxprune.graph.model_io import StagedOutput, load_model, load_model_with_files
+from onnxprune.graph.sanity import refuse_nonfinite
 from onnxprune.passes.base import Pass, PassContext, PassResult, Progress, not_run
 from onnxprune.passes.deadwatch import AfterWeights, DeadChannelPass, DeadWatch, not_dead, watchable
 from onnxprune.passes.result import PruneResult
 from onnxprune.passes.unstructured import WeightPass
 from onnxprune.quantize import QuantizeConfig, QuantizePass
+from onnxprune.reconstruct.methods import METHODS
 from onnxprune.stats import ParamStats, param_stats
 from onnxprune.validate import validate_model
 
@@ -145,6 +147,35 @@ def build_pipeline(
 
             channels = StructuralPass(structure)
     return Pipeline(weights, channels, QuantizePass(quantize) if quantize is not None else None)
+
+
+def _reads_every_weight(pipeline: Pipeline) -> str | None:
+    """What in ``pipeline`` reads every weight's values or the activations they make (ranks
+    channels, calibrates, quantizes), so cannot leave a NaN or infinite weight as it is; None
+    when every pass can (magnitude weight pruning, dead channels)."""
+    weights = getattr(pipeline.weights, "config", None)
+    if isinstance(weights, PruneConfig) and weights.calibrated:
+        method = weights.method if METHODS[weights.method].needs_data else None
+        what = opt("method", method) if method else opt("bias_correction", True)
+        return f"{what} calibrates on the activations they make NaN"
+    channels = getattr(pipeline.channels, "config", None)
+    if isinstance(channels, StructureConfig) and channels.structured:
+        return f"{opt('structure')} ranks channels by their weights and activations"
+    if pipeline.quantize is not None:
+        return f"{opt('quantize')} quantizes every weight"
+    return None
+
+
+def refuse_kept_nonfinite(pipeline: Pipeline, model: ModelProto) -> None:
+    """For a run with ``allow_nonfinite``: refuse ``model`` anyway if a weight holds NaN or ±inf
+    and a pass of ``pipeline`` would read it all the same (:class:`UnsupportedModelError`)."""
+    reader = _reads_every_weight(pipeline)
+    if reader is not None:
+        refuse_nonfinite(
+            model,
+            advice=f"{opt('allow_nonfinite', True)} leaves such tensors as they are, but {reader}: fix the model "
+            "or prune by magnitude alone",
+        )
 
 
 @dataclass
@@ -248,8 +279,13 @@ def run_file(
     external_data: bool | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    allow_nonfinite: bool = False,
 ) -> PruneRun:
     """Run ``pipeline`` on the model file ``source`` into ``output`` (see module docstring).
+
+    The model is refused if a weight holds NaN or ±inf, unless ``allow_nonfinite`` (such
+    tensors are then left as they are, see :mod:`onnxprune.graph.sanity`) and no pass reads
+    them anyway (:func:`refuse_kept_nonfinite`).
 
     Without an in-memory pass after the weight pass, memory stays near the size of the
     parsed model: pruned tensors are computed while the output is streamed to a staging
@@ -258,7 +294,9 @@ def run_file(
     """
     context = PassContext(calibration, input_shapes, progress, stream=pipeline.channels is None or pipeline.watched)
     pipeline.check(context)
-    model, files = load_model_with_files(source)
+    model, files = load_model_with_files(source, finite=not allow_nonfinite)
+    if allow_nonfinite:
+        refuse_kept_nonfinite(pipeline, model)
     state = _first(pipeline, model, context)
     if not state.changed:
         return _unchanged(pipeline, state, tuple(files))

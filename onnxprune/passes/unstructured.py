@@ -23,7 +23,7 @@ from onnxprune import sparsity
 from onnxprune.config import Allocation, PruneConfig, Ranking
 from onnxprune.errors import Message, OptionError, opt
 from onnxprune.graph import tensors
-from onnxprune.graph.discovery import Inventory, Weight, discover
+from onnxprune.graph.discovery import NONFINITE, Inventory, Weight, discover
 from onnxprune.graph.tensors import FLOAT_TYPES
 from onnxprune.graph.writer import Replacement, replaceable
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress, prune_pass_result
@@ -202,6 +202,12 @@ def _layer_base(weight: Weight) -> dict[str, object]:
     }
 
 
+def nonfinite_skipped(result: PruneResult) -> int:
+    """Tensors left as they are because they hold NaN or infinite values (see
+    :mod:`onnxprune.graph.discovery`): a count of every weight pass's result."""
+    return sum(1 for layer in result.skipped if str(layer.reason or "").startswith(NONFINITE))
+
+
 def skipped_layer(weight: Weight, target: Target | None) -> LayerResult:
     """The record of a tensor left as it is, with the reason."""
     reason = weight.reason if target is None else target.reason
@@ -279,7 +285,8 @@ class WeightPass(Pass):
     It streams: with ``context.stream`` the pruned bytes of main-graph raw tensors are left
     to the writer (``context.replacements``) and the model is never copied. Counts:
     tensors pruned and skipped, weights, zeros before/after, newly zeroed, tensors
-    deferred, and the model's parameters and non-zeros before and after.
+    deferred, tensors left as they are for their NaN or infinite values (``nonfinite``), and the
+    model's parameters and non-zeros before and after.
     """
 
     name = "weights"
@@ -299,4 +306,6 @@ class WeightPass(Pass):
         else:
             after = param_stats(model)
         context.replacements.update(replacements)
-        return prune_pass_result(self.name, result, before, after, deferred=len(replacements))
+        return prune_pass_result(
+            self.name, result, before, after, deferred=len(replacements), nonfinite=nonfinite_skipped(result)
+        )

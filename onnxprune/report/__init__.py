@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from onnxprune.graph.model_io import write_file
+from onnxprune.graph.outputs import write_file
 from onnxprune.report.page import render_html
 
 __all__ = ["render_html", "write_report"]

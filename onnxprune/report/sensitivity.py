@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxprune.errors import OptionError
-from onnxprune.graph.model_io import write_file
+from onnxprune.graph.outputs import write_file
 from onnxprune.report import numbers as nb
 from onnxprune.report.charts import colors
 from onnxprune.report.lines import Line, LineChart, render_lines

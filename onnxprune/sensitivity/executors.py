@@ -10,16 +10,30 @@ task order, calling ``progress(done, total, label)`` as each finishes:
   onnxruntime and BLAS threads a forked child would inherit mid-lock (a deadlock risk that
   Python 3.12 and later warn about);
 - :class:`RayExecutor`: a Ray cluster at ``address`` (``ray`` is an optional extra), for
-  sweeps too big for one machine; the same function runs as a Ray task.
+  sweeps too big for one machine; the same function runs as a Ray task. ``"local"`` starts a
+  Ray of our own (:class:`LocalRay`): every listener on 127.0.0.1, no dashboard, no usage
+  stats, its own temporary folder, and stopped with every process it started when the
+  executor is closed, at exit, on an exception and on SIGINT/SIGTERM/SIGHUP. A cluster at an
+  address belongs to someone else: we connect to it and only ever disconnect.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import inspect
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from types import FrameType
 from typing import Any, Protocol
 
 from onnxprune.errors import OptionError, opt
@@ -70,7 +84,12 @@ class ProcessExecutor:
 
 
 class RayExecutor:
-    """Tasks as Ray remote functions on the cluster at ``address`` ("local" starts one here)."""
+    """Tasks as Ray remote functions on the cluster at ``address`` ("local" starts one here).
+
+    Close it (or use it as a context manager) to stop a Ray it started; at the latest that
+    happens at exit. A Ray that was running already, in this process or at ``address``, is
+    used and left running.
+    """
 
     def __init__(self, address: str) -> None:
         try:
@@ -79,31 +98,424 @@ class RayExecutor:
             raise OptionError(f"{opt('ray')} needs the ray package: pip install 'onnxprune[ray]'") from None
         self.ray = ray
         self.address = address
+        self.local: LocalRay | None = None
         _reachable(address)
         if not ray.is_initialized():
             try:
                 if address == "local":
-                    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count() or 1)
+                    self.local = LocalRay(ray)
                 else:
                     ray.init(address=address, include_dashboard=False, log_to_driver=False)
             except Exception as exc:  # ray raises ConnectionError, RuntimeError ... with long texts
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise OptionError(f"cannot connect to the Ray cluster at '{address}': {first}") from exc
 
+    def close(self) -> None:
+        """Stop the Ray this executor started (and every process of it); nothing else."""
+        if self.local is not None:
+            self.local.stop()
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any], progress: Progress | None = None) -> list[Any]:
-        remote = self.ray.remote(fn)
-        refs = [remote.remote(task) for task in tasks]
+        refs: list[Any] = []
+        try:
+            remote = self.ray.remote(fn)
+            for task in tasks:
+                refs.append(remote.remote(task))
+            return self._collect(refs, tasks, progress)
+        except BaseException as exc:
+            # Interrupted (Ctrl-C) or failed: the traceback's frames hold the ObjectRefs, and
+            # one released after ray.shutdown (which runs at exit) crashes the process
+            # (SIGSEGV with ray 2.60 instead of exit code 130); let go of them now.
+            traceback.clear_frames(exc.__traceback__)
+            refs.clear()
+            raise
+
+    def _collect(self, refs: list[Any], tasks: Sequence[Any], progress: Progress | None) -> list[Any]:
         index = {ref: i for i, ref in enumerate(refs)}
         results: list[Any] = [None] * len(tasks)
         pending, done = list(refs), 0
         while pending:
-            ready, pending = self.ray.wait(pending, num_returns=1)
+            # Polled, the waiting done in Python: a signal that arrives in a blocking ray.wait is
+            # raised as a plain KeyboardInterrupt, whatever its handler raised (ray 2.9).
+            ready, pending = self.ray.wait(pending, num_returns=1, timeout=0)
+            if not ready:
+                time.sleep(0.05)
             for ref in ready:
                 results[index[ref]] = self.ray.get(ref)
                 done += 1
                 if progress is not None:
                     progress(done, len(tasks), _label(tasks[index[ref]]))
         return results
+
+
+#: Set in the environment of every process a LocalRay starts, so its stragglers can be told
+#: apart from anyone else's Ray (the value is that Ray's temporary folder).
+RAY_MARKER = "ONNXPRUNE_RAY_LOCAL"
+_STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+class LocalRay:
+    """A Ray started in this process for this process, reachable from this machine only.
+
+    - ``ray.init(address="local", ...)`` (a ``RAY_ADDRESS`` in the environment is not followed),
+      with ``_node_ip_address="127.0.0.1"``. Ray would turn that address into the machine's
+      outward one (``resolve_ip_for_localhost``: loopback only where its
+      ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` switch is off, the default on macOS and Windows
+      only), and its GCS, raylet and worker gRPC servers would then listen on every interface
+      (``*:port``) and its agents on that address; so for the start that switch is turned off
+      (in ``ray._private.ray_constants`` and in the environment the Ray processes inherit),
+      and the node's address is 127.0.0.1: every TCP listener of Ray 2.9 to 2.60 is then on
+      127.0.0.1 (``tools/check_ray_local.py`` shows them).
+    - ``include_dashboard=False`` with ``dashboard_host="127.0.0.1"`` (should a Ray start it
+      anyway), usage stats off (``RAY_USAGE_STATS_ENABLED=0``), log lines not forwarded.
+      These switches and :data:`RAY_MARKER` are set in ``os.environ`` during ``ray.init``
+      only: the processes Ray starts inherit them (its workers from the raylet), those the
+      application starts later do not. (Ray's own token authentication, where it has one, is
+      left as Ray sets it up: recent versions read, or create, ``~/.ray/auth_token``.)
+    - Its own temporary folder (under ``RAY_TMPDIR``, else /tmp as Ray does: its socket paths
+      must stay under 108 bytes), removed at the end.
+    - :meth:`stop` runs ``ray.shutdown()`` (unless the application has stopped this Ray and
+      started another meanwhile), then ends what is left of the processes it started
+      (SIGTERM, then SIGKILL): those below the Ray processes, or carrying this folder in their
+      command line or environment, as listed just before the shutdown (a pid is only signalled
+      while its start time is the one listed). It runs at exit (``atexit``): after a normal
+      end, an exception, SIGINT's KeyboardInterrupt, and SIGTERM or SIGHUP (see
+      :meth:`_take_signals`). Signals are ignored while it runs (a few seconds), so that a
+      second Ctrl-C cannot cut it short. Nothing stops what a SIGKILL leaves, though Ray ends
+      the GCS and the raylet with their parent.
+    - While ``ray.init`` runs, SIGINT, SIGTERM and SIGHUP wait (a second one acts at once) and
+      Ray is kept from setting its SIGTERM handler; a signal that waited is raised again once
+      Ray is up, and stops it as above. (ray 2.60 interrupted in the last part of its start
+      crashed at exit, SIGSEGV, after the clean-up.)
+    """
+
+    def __init__(self, ray: Any) -> None:
+        self.ray = ray
+        self.stopped = False
+        self._folder = tempfile.TemporaryDirectory(
+            prefix="onnxprune-ray-", dir=_ray_temp_parent(), ignore_cleanup_errors=True
+        )
+        self.root = self._folder.name
+        self._handlers: dict[int, Any] = {}
+        atexit.register(self.stop)  # before ray.init: an interrupted start is cleaned up too
+        kwargs: dict[str, Any] = {
+            "address": "local",
+            "num_cpus": os.cpu_count() or 1,
+            "include_dashboard": False,
+            "dashboard_host": "127.0.0.1",
+            "log_to_driver": False,
+            "_node_ip_address": "127.0.0.1",
+            "_temp_dir": self.root,
+        }
+        named = inspect.signature(ray.init).parameters
+        kwargs = {k: v for k, v in kwargs.items() if k.startswith("_") or k in named}
+        env = {RAY_MARKER: self.root, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        handlers = _handlers_now()
+        try:
+            with (
+                _signals_deferred() as pending,
+                _environment(env),
+                _loopback_node_address(ray),
+                _no_ray_sigterm_handler(),
+            ):
+                ray.init(**kwargs)
+        except BaseException:
+            self._take_signals(handlers)
+            self.stop()
+            raise
+        self._take_signals(handlers)
+        log.info("started a local Ray on 127.0.0.1 in %s", self.root)
+        for signum in pending:  # a Ctrl-C during the start: now that Ray is up, it stops it
+            signal.raise_signal(signum)
+
+    def stop(self) -> None:
+        """``ray.shutdown()``, then end every process left of this Ray; idempotent."""
+        if self.stopped:
+            return
+        self.stopped = True
+        atexit.unregister(self.stop)
+        with _signals_held():  # a second Ctrl-C must not cut the clean-up short
+            started = _processes_of(self.root)
+            try:
+                shutdown = self.ray.shutdown
+                if not self._someone_elses():
+                    if "wait_for_processes" in inspect.signature(shutdown).parameters:
+                        shutdown(wait_for_processes=True)
+                    else:
+                        shutdown()
+            except Exception as exc:  # still end the processes below
+                log.warning("ray.shutdown failed: %s", exc)
+            finally:
+                left = _end_processes({**started, **_processes_of(self.root)})
+                if left:
+                    log.warning("Ray processes still running after SIGKILL: %s", ", ".join(map(str, sorted(left))))
+                self._folder.cleanup()  # Ray's processes are gone: nothing writes there any more
+        self._restore_signals()
+
+    def _someone_elses(self) -> bool:
+        """Whether the Ray this process is connected to now is not this one (the application
+        shut ours down and started another): then ``ray.shutdown`` is not ours to call."""
+        try:
+            session = self.ray._private.worker._global_node.get_session_dir_path()
+        except Exception:  # no Ray now, or a Ray without these internals: ours, if any
+            return False
+        return not os.path.abspath(session).startswith(os.path.abspath(self.root) + os.sep)
+
+    def _take_signals(self, before: dict[int, Any]) -> None:
+        """After ``ray.init`` (main thread only), given the SIGTERM and SIGHUP handlers found
+        before it: where the default was, the handler exits with 128 + the signal's number, and
+        :meth:`stop` runs at exit; an application's handler, or an ignored signal (``nohup``),
+        stays, and is put back should Ray have set its own (``sys.exit(15)``) all the same."""
+        for signum, old in before.items():
+            now = signal.getsignal(signum)
+            if old is signal.SIG_DFL and (now is old or _is_rays(now)):
+                signal.signal(signum, self._on_signal)
+                self._handlers[signum] = old
+            elif now is not old and _is_rays(now):
+                signal.signal(signum, old)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Unwind (out of a ray.wait too) and stop Ray at exit: stopping it from inside a
+        # signal handler could pull the core worker from under a call still on the stack.
+        sys.exit(128 + signum)
+
+    def _restore_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler in self._handlers.items():
+            with contextlib.suppress(ValueError, TypeError):
+                if signal.getsignal(signum) == self._on_signal:
+                    signal.signal(signum, handler)
+        self._handlers.clear()
+
+
+def _handlers_now() -> dict[int, Any]:
+    """The handlers of SIGTERM and SIGHUP, where this is the main thread (else none)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    signums = (getattr(signal, name, None) for name in _STOP_SIGNALS[1:])
+    return {signum: signal.getsignal(signum) for signum in signums if signum is not None}
+
+
+def _is_rays(handler: Any) -> bool:
+    return getattr(handler, "__module__", None) is not None and handler.__module__.split(".")[0] == "ray"
+
+
+def _ray_temp_parent() -> str:
+    """Where Ray would put its temporary folder: ``RAY_TMPDIR``, else /tmp (short paths: Ray's
+    unix sockets live there), else the system's temporary folder."""
+    parent = os.environ.get("RAY_TMPDIR")
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+        return parent
+    return "/tmp" if sys.platform != "win32" and os.path.isdir("/tmp") else tempfile.gettempdir()
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` meanwhile (the processes started then inherit them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _loopback_node_address(ray: Any) -> Iterator[None]:
+    """Keep Ray from replacing a 127.0.0.1 node address by the machine's outward one (see
+    :class:`LocalRay`); a Ray without that switch is left as it is."""
+    try:
+        from ray._private import ray_constants
+    except ImportError:
+        yield
+        return
+    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        log.warning("ray %s: cannot keep its node address on 127.0.0.1", getattr(ray, "__version__", "?"))
+        yield
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+@contextlib.contextmanager
+def _no_ray_sigterm_handler() -> Iterator[None]:
+    """Keep ``ray.init`` from setting its SIGTERM handler (``sys.exit(15)`` from wherever the
+    start is): SIGTERM is deferred like SIGINT meanwhile, and handled by :meth:`LocalRay._take_signals`
+    after. A Ray without that hook is left as it is."""
+    try:
+        from ray._private import utils
+    except ImportError:
+        yield
+        return
+    saved = getattr(utils, "set_sigterm_handler", None)
+    if saved is None:
+        yield
+        return
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = saved
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[list[int]]:
+    """SIGINT, SIGTERM and SIGHUP held back meanwhile (main thread only): the first to come is
+    added to the list yielded, for the caller to raise again afterwards; a second goes to the
+    handler found before at once (a start that hangs can still be stopped). With ray 2.60, a
+    KeyboardInterrupt in the last part of ``ray.init`` made the process crash (SIGSEGV) at exit,
+    after the clean-up."""
+    pending: list[int] = []
+    saved: dict[int, Any] = {}
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        if not pending:
+            pending.append(signum)
+            return
+        signal.signal(signum, saved.get(signum) or signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for name in _STOP_SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+                saved[signum] = signal.signal(signum, hold)
+    try:
+        yield pending
+    finally:
+        for signum, handler in saved.items():  # over Ray's SIGTERM handler too (see _take_signals)
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP ignored meanwhile (main thread only: elsewhere Python cannot
+    set handlers)."""
+    saved: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in _STOP_SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    saved[signum] = signal.signal(signum, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """Every live process: pid -> (parent pid, start time), from /proc (Linux), else from psutil
+    where installed, else empty (then ray.shutdown alone has to do)."""
+    table: dict[int, tuple[int, str]] = {}
+    if os.path.isdir("/proc/self"):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    raw = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            fields = raw[raw.rindex(")") + 2 :].split()
+            if fields[0] not in ("Z", "X"):  # a zombie is gone but for its exit status
+                table[int(entry)] = (int(fields[1]), fields[19])
+        return table
+    try:
+        import psutil
+    except ImportError:
+        return table
+    for proc in psutil.process_iter(["ppid", "create_time", "status"]):
+        if proc.info["status"] != psutil.STATUS_ZOMBIE:
+            table[proc.pid] = (proc.info["ppid"] or 0, str(proc.info["create_time"]))
+    return table
+
+
+def _carries(pid: int, token: str) -> bool:
+    """Whether ``pid``'s command line or environment holds ``token``."""
+    if os.path.isdir("/proc/self"):
+        needle = token.encode()
+        for part in ("cmdline", "environ"):
+            try:
+                with open(f"/proc/{pid}/{part}", "rb") as f:
+                    if needle in f.read():
+                        return True
+            except OSError:
+                continue
+        return False
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        return token in " ".join(proc.cmdline()) or proc.environ().get(RAY_MARKER) == token
+    except Exception:  # psutil missing, the process gone or not ours to read
+        return False
+
+
+def _processes_of(root: str) -> dict[int, str]:
+    """The processes of the Ray whose temporary folder is ``root``: those carrying ``root`` in
+    their command line or environment, and every process below them; pid -> start time."""
+    table = _process_table()
+    me = os.getpid()
+    found = {pid for pid in table if pid != me and _carries(pid, root)}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _start) in table.items():
+            if pid != me and pid not in found and ppid in found:
+                found.add(pid)
+                grew = True
+    return {pid: table[pid][1] for pid in found}
+
+
+def _name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def _end_processes(started: dict[int, str], grace: float = 3.0) -> set[int]:
+    """SIGTERM to those of ``started`` (pid -> start time) still running as the same process,
+    SIGKILL after ``grace`` seconds; the pids still running after that."""
+
+    def alive() -> set[int]:
+        table = _process_table()
+        return {pid for pid, start in started.items() if pid in table and table[pid][1] == start}
+
+    for signum, wait in ((signal.SIGTERM, grace), (getattr(signal, "SIGKILL", signal.SIGTERM), 2.0)):
+        left = alive()
+        if not left:
+            return set()
+        names = ", ".join(f"{pid} {_name(pid)}" for pid in sorted(left))
+        log.info("%s %d Ray process(es) left after ray.shutdown: %s", signal.Signals(signum).name, len(left), names)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and alive():
+            time.sleep(0.05)
+    return alive()
 
 
 def _reachable(address: str, timeout: float = 3.0) -> None:

@@ -22,7 +22,8 @@ import numpy as np
 from onnxprune.data import Dataset
 from onnxprune.errors import OptionError, opt
 from onnxprune.graph.discovery import DiscoveryOptions, discover
-from onnxprune.graph.model_io import load_model, write_file
+from onnxprune.graph.model_io import load_model
+from onnxprune.graph.outputs import make_folder, write_file
 from onnxprune.passes.base import Progress
 from onnxprune.sensitivity.executors import Executor, SerialExecutor
 from onnxprune.sensitivity.tasks import Feeds, LayerCurve, LayerTask, run_layer, run_outputs
@@ -103,7 +104,7 @@ def _cached(cached_file: Path | None, path: Path, digest: str, options: dict[str
 
 def _store(cached_file: Path | None, result: Sensitivity) -> None:
     if cached_file is not None:
-        cached_file.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(cached_file.parent, name="the sensitivity cache folder")
         write_file(json.dumps(result.to_dict()), cached_file, what="sensitivity cache")
 
 

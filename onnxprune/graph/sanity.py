@@ -1,0 +1,291 @@
+"""Sanity of a loaded model: what protobuf and ``onnx.load`` accept but nothing can use.
+
+:func:`check_model` runs once on every model :mod:`onnxprune.graph.model_io` loads, before
+anything looks at it, and raises a one-line error naming the tensor instead of a ``reshape`` or
+``IndexError`` deep inside a pass (the byte ranges of external data are checked against the
+dims before they are read, by :func:`onnxprune.graph.model_io.check_external_data`):
+
+- **payloads**: every stored tensor (initializers, sparse initializers, Constant-node and other
+  tensor attributes, in every graph) holds as many values as its dims say: ``raw_data`` of
+  ``numel · itemsize`` bytes (sub-byte types packed, ``ceil(numel · bits / 8)``), or that many
+  entries in the typed field its type uses (``float_data``, ``int32_data`` ... two per element
+  for complex types); no dimension is negative; a sparse tensor's values and indices agree on
+  their count. :class:`~onnxprune.errors.ModelLoadError`;
+- **names**: no two initializers of one graph share a name, and no name is the output of two
+  nodes or of a node and an initializer (ONNX graphs are single-assignment; a second definition
+  makes counts and edits pick one at random); the main graph has outputs, each defined by a
+  node, an input or an initializer. :class:`~onnxprune.errors.ModelLoadError`;
+- **non-finite weights** (with ``finite=True``, what pruning asks for): no tensor read as a
+  weight, bias, normalization parameter or embedding holds NaN or ±inf (±inf allowed in one
+  read only as an additive bias: attention masks; :func:`onnxprune.graph.discovery.nonfinite_in`).
+  :class:`~onnxprune.errors.UnsupportedModelError`: the model is valid ONNX, but no criterion
+  ranks NaN and no solver fits it, and the output would give NaN whatever was pruned; the
+  caller's ``allow_nonfinite`` skips this check, and discovery then leaves such tensors as
+  they are, with the reason.
+
+Memory: tensors are looked at one at a time, each read once (its ``raw_data`` copied out of
+protobuf once, the non-finite count made on that copy in chunks); the role of a tensor is
+looked up (:func:`onnxprune.graph.discovery.stored_reads`, no value read) only when some float
+tensor holds a non-finite value, which a valid model rarely does. A model with external data
+is checked before its data is read (the external tensors are skipped: their byte ranges are
+checked instead) and, with ``finite``, its weights once loaded (:func:`refuse_nonfinite`), so
+a model of many GB is read once more only when NaN is looked for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper
+
+from onnxprune.errors import ModelLoadError, UnsupportedModelError, opt
+from onnxprune.graph import tensors
+from onnxprune.graph.discovery import nonfinite_in, stored_reads
+from onnxprune.graph.index import node_label
+from onnxprune.graph.walk import all_graphs
+
+MALFORMED = "the model is malformed; export it again"
+
+
+def _types(*names: str) -> frozenset[int]:
+    return frozenset(getattr(TensorProto, name) for name in names if hasattr(TensorProto, name))
+
+
+#: Types of fewer than 8 bits, by bits per element (packed in raw_data and in int32_data).
+_BITS = {4: _types("INT4", "UINT4", "FLOAT4E2M1"), 2: _types("INT2", "UINT2")}
+#: The typed field each element type stores its values in, and its entries per element.
+_FIELDS: dict[int, tuple[str, float]] = {
+    data_type: (field, per_element)
+    for field, per_element, types in (
+        ("float_data", 1, _types("FLOAT")),
+        ("float_data", 2, _types("COMPLEX64")),
+        ("double_data", 1, _types("DOUBLE")),
+        ("double_data", 2, _types("COMPLEX128")),
+        ("int64_data", 1, _types("INT64")),
+        ("uint64_data", 1, _types("UINT32", "UINT64")),
+        ("string_data", 1, _types("STRING")),
+        (
+            "int32_data",
+            1,
+            _types("INT32", "INT16", "INT8", "UINT16", "UINT8", "BOOL", "FLOAT16", "BFLOAT16")
+            | _types("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0"),
+        ),
+        *(("int32_data", bits / 8, types) for bits, types in _BITS.items()),  # packed, a byte per entry
+    )
+    for data_type in types
+}
+
+
+def _itemsize(data_type: int) -> int | None:
+    """Bytes per element of a fixed-size type (None for strings, sub-byte and unknown types)."""
+    if data_type == TensorProto.STRING or any(data_type in types for types in _BITS.values()):
+        return None
+    try:
+        return int(helper.tensor_dtype_to_np_dtype(data_type).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def payload_bytes(data_type: int, numel: int) -> int | None:
+    """Bytes of ``raw_data`` that ``numel`` elements of ``data_type`` take (packed for sub-byte
+    types); None when the type has no fixed size (strings, unknown types)."""
+    for bits, types in _BITS.items():
+        if data_type in types:
+            return math.ceil(numel * bits / 8)
+    itemsize = _itemsize(data_type)
+    return None if itemsize is None else numel * itemsize
+
+
+def checked_numel(what: str, tensor: TensorProto) -> int:
+    """Elements of ``tensor`` by its dims; :class:`ModelLoadError` (naming it as ``what``) for a
+    negative dimension."""
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise ModelLoadError(f"{what} has a negative dimension (dims {dims}): {MALFORMED}")
+    return math.prod(dims)
+
+
+def _type_name(data_type: int) -> str:
+    try:
+        return TensorProto.DataType.Name(data_type)
+    except ValueError:
+        return f"type {data_type}"
+
+
+def check_payload(what: str, tensor: TensorProto) -> bytes | None:
+    """Raise :class:`ModelLoadError` unless ``tensor`` holds as many values as its dims say
+    (see module docstring); returns its ``raw_data`` when it has one (read once), else None.
+    A tensor whose data is still external is left to :func:`onnxprune.graph.model_io.check_external_data`."""
+    numel = checked_numel(what, tensor)
+    if tensor.data_location == TensorProto.EXTERNAL:
+        return None
+    kind = _type_name(tensor.data_type)
+    if tensor.HasField("raw_data"):
+        raw = tensor.raw_data
+        expected = payload_bytes(tensor.data_type, numel)
+        if expected is not None and len(raw) != expected:
+            raise ModelLoadError(
+                f"{what} has dims {list(tensor.dims)} ({numel} {kind} values, {expected} bytes) but its raw_data "
+                f"holds {len(raw)} bytes: {MALFORMED}"
+            )
+        return raw
+    field = _FIELDS.get(tensor.data_type)
+    if field is None:  # an unknown or undefined type: nothing to compare with
+        return None
+    name, per_element = field
+    expected = math.ceil(numel * per_element)
+    held = len(getattr(tensor, name))
+    if held != expected:
+        holds = f"its {name} holds {held}" if held else "it holds no values"
+        raise ModelLoadError(
+            f"{what} has dims {list(tensor.dims)} ({numel} {kind} values, {expected} in {name}) but {holds}: {MALFORMED}"
+        )
+    return None
+
+
+def _check_sparse(what: str, values: TensorProto, indices: TensorProto, dims: list[int]) -> None:
+    if len(values.dims) != 1 or len(indices.dims) not in (1, 2) or values.dims[0] != indices.dims[0]:
+        raise ModelLoadError(
+            f"{what} has {list(values.dims)} values and {list(indices.dims)} indices: a sparse tensor holds "
+            f"[NNZ] values and [NNZ] or [NNZ, rank] indices; {MALFORMED}"
+        )
+    if len(indices.dims) == 2 and indices.dims[1] != len(dims):
+        raise ModelLoadError(
+            f"{what} has indices of {indices.dims[1]} coordinates for its {len(dims)} dims {dims}: {MALFORMED}"
+        )
+
+
+def _attribute_tensors(node: NodeProto, where: str) -> Iterator[tuple[str, TensorProto]]:
+    label = f"attribute '{{}}' of node '{node_label(node)}'{where}"
+    for attr in node.attribute:
+        if attr.type == AttributeProto.TENSOR:
+            yield label.format(attr.name), attr.t
+        elif attr.type == AttributeProto.TENSORS:
+            for i, tensor in enumerate(attr.tensors):
+                yield label.format(f"{attr.name}[{i}]"), tensor
+        elif attr.type == AttributeProto.SPARSE_TENSOR:
+            sparse = attr.sparse_tensor
+            what = f"sparse {label.format(attr.name)}"
+            _check_sparse(what, sparse.values, sparse.indices, list(sparse.dims))
+            yield f"the values of {what}", sparse.values
+            yield f"the indices of {what}", sparse.indices
+
+
+def stored_tensors(model: ModelProto) -> Iterator[tuple[str, TensorProto]]:
+    """``(what, tensor)`` for every tensor stored in ``model``, ``what`` naming it in a message
+    (the tensors of :func:`onnxprune.graph.walk.all_tensors`, in every graph)."""
+    for path, graph in all_graphs(model.graph):
+        where = f" in subgraph '{path}'" if path else ""
+        for tensor in graph.initializer:
+            yield f"initializer '{tensor.name}'{where}", tensor
+        for sparse in graph.sparse_initializer:
+            what = f"sparse initializer '{sparse.values.name}'{where}"
+            _check_sparse(what, sparse.values, sparse.indices, list(sparse.dims))
+            yield f"the values of {what}", sparse.values
+            yield f"the indices of {what}", sparse.indices
+        for node in graph.node:
+            yield from _attribute_tensors(node, where)
+
+
+def _check_graph_names(graph: GraphProto, where: str) -> None:
+    stored: set[str] = set()
+    for name in [t.name for t in graph.initializer] + [s.values.name for s in graph.sparse_initializer]:
+        if name and name in stored:
+            raise ModelLoadError(
+                f"two initializers are named '{name}'{where}: a name is defined once in an ONNX graph "
+                f"(onnx.checker refuses it too); {MALFORMED}"
+            )
+        stored.add(name)
+    producers: dict[str, str] = {}
+    for node in graph.node:
+        for out in node.output:
+            if not out:
+                continue
+            if out in producers or out in stored:
+                first = f"node '{producers[out]}'" if out in producers else "an initializer"
+                raise ModelLoadError(
+                    f"'{out}' is defined twice{where}, as an output of {first} and of node '{node_label(node)}': ONNX "
+                    f"graphs define each name once (onnx.checker refuses it too); {MALFORMED}"
+                )
+            producers[out] = node_label(node)
+
+
+def check_names(model: ModelProto) -> None:
+    """Raise :class:`ModelLoadError` for a name defined twice in one graph, and for a model whose
+    graph has no outputs or an output that nothing defines (see module docstring)."""
+    for path, graph in all_graphs(model.graph):
+        _check_graph_names(graph, f" in subgraph '{path}'" if path else "")
+    graph = model.graph
+    if not graph.output:
+        raise ModelLoadError(f"the graph declares no outputs, so it computes nothing: {MALFORMED}")
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    defined |= {s.values.name for s in graph.sparse_initializer} | {out for node in graph.node for out in node.output}
+    missing = [v.name for v in graph.output if v.name not in defined]
+    if missing:
+        raise ModelLoadError(
+            f"graph output '{missing[0]}' is not computed by any node, nor a graph input or initializer: {MALFORMED}"
+        )
+
+
+def _float_values(tensor: TensorProto, raw: bytes | None) -> np.ndarray:
+    """The values of a float tensor, from its ``raw_data`` already read when it has one."""
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    if raw is None or dtype.itemsize * tensors.numel(tensor) != len(raw):  # bfloat16 as float32 (older onnx)
+        return tensors.read_array(tensor)
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def _refusal(
+    key: str, role: str, tensor: TensorProto, nan: int, infinite: int, advice: str | None
+) -> UnsupportedModelError:
+    counts = " and ".join(
+        f"{n} {what}" for n, what in ((nan, "NaN"), (infinite if role != "bias" else 0, "infinite")) if n
+    )
+    advice = advice or (
+        f"fix the model, or pass {opt('allow_nonfinite', True)} to prune the rest and leave such tensors as they are"
+    )
+    return UnsupportedModelError(
+        f"{role} '{key}' holds {counts} values (of {tensors.numel(tensor)}): no criterion ranks them, no solver "
+        f"fits them and the pruned model would still give NaN; {advice}"
+    )
+
+
+def check_finite(model: ModelProto, suspects: list[tuple[TensorProto, int, int]], *, advice: str | None = None) -> None:
+    """Raise :class:`UnsupportedModelError` for the first of ``suspects`` (float tensors of
+    ``model`` with their NaN and ±inf counts) that is read as a weight, bias, normalization
+    parameter or embedding and whose non-finite values matter for its role (see module
+    docstring). ``advice`` ends the message (default: fix the model or allow them)."""
+    if not suspects:
+        return
+    roles = {id(tensor): (key, role) for key, tensor, role in stored_reads(model)}
+    for tensor, nan, infinite in suspects:  # the suspects hold their tensors: their ids stay theirs
+        found = roles.get(id(tensor))
+        if found is not None and nonfinite_in(found[1], nan, infinite):
+            raise _refusal(found[0], found[1], tensor, nan, infinite, advice)
+
+
+def refuse_nonfinite(model: ModelProto, *, advice: str | None = None) -> None:
+    """:func:`check_finite` on every weight of ``model`` (a model already checked by
+    :func:`check_model` without ``finite``): each read once, one at a time."""
+    for key, tensor, role in stored_reads(model):
+        if tensors.is_float(tensor):
+            nan, infinite = tensors.nonfinite_counts(tensors.read_array(tensor))
+            if nonfinite_in(role, nan, infinite):
+                raise _refusal(key, role, tensor, nan, infinite, advice)
+
+
+def check_model(model: ModelProto, *, finite: bool = False) -> None:
+    """Check ``model`` once, tensor by tensor (see module docstring): names, payloads and, with
+    ``finite``, that no weight holds NaN or ±inf. One-line errors naming the tensor."""
+    check_names(model)
+    suspects: list[tuple[TensorProto, int, int]] = []
+    for what, tensor in stored_tensors(model):
+        raw = check_payload(what, tensor)
+        if finite and tensors.is_float(tensor) and tensor.data_location != TensorProto.EXTERNAL:
+            nan, infinite = tensors.nonfinite_counts(_float_values(tensor, raw))
+            if nan or infinite:
+                suspects.append((tensor, nan, infinite))
+        del raw
+    check_finite(model, suspects)
