@@ -359,7 +359,7 @@ def calibration_data(
     except OnnxPruneError:
         raise
     except Exception as exc:
-        raise UnsupportedModelError(f"onnxruntime cannot load '{source}' ({runtime.ort_message(exc)})") from exc
+        raise runtime.input_load_error(source, exc) from exc
     shapes = {name: tuple(shape) for name, shape in (input_shapes or {}).items()}
     if data_free:
         from onnxprune.data.natural import data_free as make_data_free

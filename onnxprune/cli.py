@@ -37,7 +37,7 @@ from onnxprune.evaluate import check_evaluation
 from onnxprune.graph.model_io import model_reads, model_writes
 from onnxprune.graph.outputs import Read, Write, check_outputs, write_file
 from onnxprune.passes.pipeline import after_weights
-from onnxprune.runtime import parse_input_shapes
+from onnxprune.runtime import parse_input_shapes, reads_model
 from onnxprune.stats import file_stats
 
 NOTHING_TO_PRUNE = 10
@@ -219,6 +219,7 @@ def inspect(
     debug: bool,
 ) -> None:
     """List the weights of MODEL that can be pruned, and what is excluded and why."""
+    reads_model(model)
     writes = [Write(opt("json"), json_path, example="inventory.json")]
     check_outputs(writes, model_reads("the model", model, writes=writes))
     selection = Selection(min_size=min_size, include=include, exclude=exclude, op_types=_op_types(op_types))
@@ -526,6 +527,7 @@ def prune(
     if not structured and not dead_channels:  # the default pass after weight pruning
         structure = after_weights(structure)
     shapes = parse_input_shapes(input_shape)
+    reads_model(input_model, shapes)
     if samples < 1:
         raise onnxprune.OptionError(f"--samples must be >= 1, got {samples}")
     if quantize_mode is not None and quantize is None:

@@ -132,7 +132,7 @@ def analyze_command(
       onnxprune prune model.onnx pruned.onnx --plan plan.json
     """
     from onnxprune.data import load_labels
-    from onnxprune.runtime import parse_input_shapes
+    from onnxprune.runtime import parse_input_shapes, reads_model
     from onnxprune.sensitivity.executors import executor_for
     from onnxprune.sensitivity.planning import plan_from, tightened_until
     from onnxprune.sensitivity.sweep import analyze_groups, analyze_sensitivity, default_cache_dir
@@ -165,6 +165,7 @@ def analyze_command(
     _check_files(model, writes, data, labels, cache)
     load_model(model)  # one-line errors for a missing or broken file, before any work
     shapes = parse_input_shapes(input_shape)
+    reads_model(model, shapes)
     dataset = _open(model, data, data_free, samples, shapes)
     label_array = None
     if labels:

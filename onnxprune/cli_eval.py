@@ -18,7 +18,7 @@ from onnxprune.graph.model_io import model_reads
 from onnxprune.graph.outputs import Read, Write, check_outputs
 from onnxprune.latency import LatencySettings
 from onnxprune.report.structure import totals as structure_totals
-from onnxprune.runtime import parse_input_shapes
+from onnxprune.runtime import parse_input_shapes, reads_model
 
 
 def _options(for_prune: bool) -> list[Callable[[Any], Any]]:
@@ -316,6 +316,9 @@ def eval_command(base: Path, candidates: tuple[Path, ...], input_shape: tuple[st
           --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
       onnxprune eval model.onnx pruned.onnx            # synthetic data: fidelity only
     """
+    shapes = parse_input_shapes(input_shape)
+    for path in (base, *candidates):
+        reads_model(path, shapes)
     writes, reads = evaluation_files(kwargs, json_name=opt("json"))
     models = [("the base model", base), *(("a candidate model", candidate) for candidate in candidates)]
     check_outputs(writes, [*(r for name, path in models for r in model_reads(name, path, writes=writes)), *reads])

@@ -184,6 +184,10 @@ class Ranking:
             raise OptionError(
                 f"{opt('criterion')} must be one of {', '.join(CRITERIA.names())}, got '{self.criterion}'"
             )
+        if isinstance(self.seed, bool) or not hasattr(type(self.seed), "__index__") or self.seed < 0:
+            raise OptionError(
+                f"{opt('seed')} must be an integer >= 0 (numpy seeds no negative number), got {self.seed!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -112,10 +112,17 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             stream=sys.stderr,
         )
         fired: list[int] = []
-        inputs: list[runtime.InputModel] = []
         try:
             with interrupts_raised() as fired, runtime.input_scope() as inputs:
-                return command(*args, **kwargs)
+                try:
+                    return command(*args, **kwargs)
+                except OnnxPruneError:
+                    raise
+                except Exception as exc:
+                    blamed = runtime.input_rejection(exc, inputs)  # checked only now: free on success
+                    if blamed is None:
+                        raise
+                    raise blamed from exc
         except OnnxPruneError as exc:
             if debug:
                 raise
@@ -125,15 +132,13 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             fail(stop.message, stop.exit_code)
         except MemoryError:
             fail("out of memory; try a machine with more memory", INTERNAL_ERROR)
-        except Exception as exc:  # a bug, unless onnxruntime rejects an input model by itself
-            blamed = runtime.input_rejection(exc, inputs)
-            if blamed is not None:
-                if debug:
-                    raise blamed from exc
-                fail(blamed.render(flag), blamed.exit_code)
+        except Exception as exc:  # a bug: say so, in one line
             if debug:
                 raise
-            fail(f"internal error ({type(exc).__name__}: {_first_line(exc)}); rerun with --debug and report it", INTERNAL_ERROR)
+            fail(
+                f"internal error ({type(exc).__name__}: {_first_line(exc)}); rerun with --debug and report it",
+                INTERNAL_ERROR,
+            )
 
     return wrapper
 

@@ -93,11 +93,22 @@ MAX_SAMPLE_S = 0.05
 Model = str | os.PathLike | bytes
 
 
+#: The most intra-op threads a latency session may ask for, per logical core: more measure
+#: nothing but contention (100,000 crashed onnxruntime; 512 on 2 cores did not finish).
+THREADS_PER_CORE = 4
+
+
+def max_threads() -> int:
+    """The most ``threads`` :class:`LatencySettings` takes on this machine."""
+    return THREADS_PER_CORE * (os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class LatencySettings:
     """How to measure: warm-up runs per model, interleaved repeats, threads, providers.
 
-    ``threads`` 0 leaves onnxruntime's default intra-op thread count; ``providers`` None
+    ``threads`` 0 leaves onnxruntime's default intra-op thread count (at most
+    :func:`max_threads`, :data:`THREADS_PER_CORE` per logical core); ``providers`` None
     means the CPU provider. ``min_time_s`` makes ``repeats`` a minimum: repeating goes on
     (in whole rotations) until the timed phase has lasted that long. ``spinning`` lets idle
     intra-op threads busy-wait, onnxruntime's default, off here (see the module docstring).
@@ -118,6 +129,12 @@ class LatencySettings:
             raise OptionError(f"latency repeats must be an integer >= 1, got {self.repeats!r}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
             raise OptionError(f"threads must be an integer >= 0 (0: onnxruntime's default), got {self.threads!r}")
+        if self.threads > max_threads():
+            raise OptionError(
+                f"threads {self.threads} is more than {THREADS_PER_CORE} per logical core of this machine "
+                f"({os.cpu_count() or 1}): so many threads measure only their own contention (and onnxruntime "
+                f"may fail to start them); use at most {max_threads()}, or 0 for onnxruntime's default"
+            )
         if self.min_time_s is not None and not (isinstance(self.min_time_s, int | float) and self.min_time_s > 0):
             raise OptionError(f"latency minimum time must be a number of seconds > 0, got {self.min_time_s!r}")
         if self.providers is not None:

@@ -17,8 +17,11 @@ a session, often on a model derived from the input. A command registers the mode
 (:func:`reads_model`, within the scope of :func:`input_scope`); when an onnxruntime error
 escapes it, :func:`input_rejection` asks onnxruntime whether it loads each input model itself,
 and runs it on one synthetic batch where its input shapes are known. If it cannot, the input is
-at fault: one line, :class:`~onnxprune.errors.UnsupportedModelError`. If it can, the error
-stays onnxprune's. Nothing is checked until something failed: the success path costs nothing.
+at fault: one line, :class:`~onnxprune.errors.UnsupportedModelError` (a
+:class:`~onnxprune.errors.MissingKernelError` where this onnxruntime lacks a kernel). If it can,
+the error stays onnxprune's (an internal error). Nothing is checked until something failed: the
+success path costs nothing. Validation of an output that fails asks the same of the input
+(:func:`input_load_error`, :func:`rejection`), so both say it in the same words.
 """
 
 from __future__ import annotations
@@ -130,7 +133,8 @@ def session(
     providers: Sequence[str] | None = None,
     spinning: bool | None = None,
 ) -> ort.InferenceSession:
-    """A session with quiet logging (errors propagate as onnxruntime exceptions).
+    """A session with quiet logging (errors propagate as onnxruntime exceptions; onnxruntime's
+    own log of them shows only when this module logs at DEBUG, i.e. with --debug).
 
     ``providers`` None means CPU only; others are validated by :func:`check_providers`
     before the model is read. Execution is sequential (no inter-op threads run);
@@ -141,7 +145,9 @@ def session(
     """
     chosen = check_providers(providers)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    # onnxruntime logs a failing kernel as an ERROR before it raises: the exception says it
+    # (one line, :func:`ort_message`), its log only with --debug
+    options.log_severity_level = 3 if log.isEnabledFor(logging.DEBUG) else 4
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads:
         options.intra_op_num_threads = threads
@@ -175,8 +181,13 @@ _NEEDS_PATH = "model_path must not be empty"
 _ORT_NOISE = (
     re.compile(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : "),
     re.compile(r"Load model from .*? failed:\s*"),
-    re.compile(r"\S+\.(?:cc|cpp|h):\d+ [^\s(]+\([^)]*\)\s*"),
+    re.compile(r"\S+\.(?:cc|cpp|h):\d+ (?:[\w:*&<>]+ )*?[^\s(]+\([^)]*\)(?: const)?\s*"),
 )
+
+
+#: onnxruntime's account of a node it refuses: its name, op, domain, version and every input and
+#: output with its type (hundreds of characters) before the error; shortened to name and op.
+_NODE_PREAMBLE = re.compile(r'In Node, \("([^"]*)", ([\w.]+), "[^"]*", -?\d+\) : \(.*?\) -> \(.*?\) , Error ')
 
 
 _MISSING_KERNEL = re.compile(r"Could not find an implementation for (\S+?)\((\d+)\) node(?: with name '([^']*)')?")
@@ -213,7 +224,7 @@ def ort_message(exc: BaseException) -> str:
     text = str(exc).strip()
     for noise in _ORT_NOISE:
         text = noise.sub("", text)
-    text = text.strip()
+    text = _NODE_PREAMBLE.sub(r"In node '\1' (\2): ", text).strip()
     return text.splitlines()[0][:400] if text else type(exc).__name__
 
 
@@ -266,26 +277,22 @@ def input_rejection(exc: BaseException, inputs: Sequence[InputModel]) -> OnnxPru
     if not from_onnxruntime(exc):
         return None
     for model in inputs:
-        found = _rejection(model)
+        found = rejection(model)
         if found is not None:
             return found
     return None
 
 
-def _rejection(model: InputModel) -> OnnxPruneError | None:
-    """Why onnxruntime rejects ``model`` by itself, or None (it loads and runs, or it cannot be told)."""
+def rejection(model: InputModel) -> OnnxPruneError | None:
+    """Why onnxruntime rejects input ``model`` by itself (it cannot load it, or run it on one
+    synthetic batch where its input shapes are known), or None: it loads and runs, or it
+    cannot be told. Each onnxruntime session is tried as validation makes it, then as
+    evaluation does (optimized)."""
     for optimize in (False, True):  # as validation runs a graph, and as evaluation does
         try:
             sess = session(model.path, optimize=optimize)
         except Exception as exc:  # onnxruntime raises its own types
-            if not from_onnxruntime(exc):
-                return None
-            missing = missing_kernel(exc)
-            if missing is not None:
-                return MissingKernelError(
-                    f"onnxruntime cannot load the input model '{model.path}': {missing.advice()}", kernel=missing
-                )
-            return _rejected(model, ort_message(exc))
+            return input_load_error(model.path, exc) if from_onnxruntime(exc) else None
         try:
             specs = input_specs(sess)
             if needs_guess(specs, model.shapes):
@@ -298,18 +305,30 @@ def _rejection(model: InputModel) -> OnnxPruneError | None:
         except Exception as exc:
             if not from_onnxruntime(exc):
                 return None
-            return _rejected(model, f"it fails on the synthetic input {describe_feeds(feeds)}: {ort_message(exc)}")
-        finally:
-            del sess
+            return UnsupportedModelError(
+                f"onnxruntime cannot run the input model '{model.path}' on the synthetic input "
+                f"{describe_feeds(feeds)} ({ort_message(exc)}): {_REFUSED}"
+            )
     return None
 
 
-def _rejected(model: InputModel, why: str) -> UnsupportedModelError:
-    return UnsupportedModelError(
-        f"onnxruntime rejects the input model '{model.path}' itself: {why}; onnxprune runs every model it reads in "
-        f"onnxruntime ({ort.__version__}): fix the model or export it again (check it with onnx.checker and "
-        "an onnxruntime session)"
-    )
+#: What an error that blames the input model on onnxruntime's word says to do.
+_REFUSED = (
+    "the model itself is refused, not one onnxprune made: fix it or export it again, at an IR version and opsets "
+    f"that onnxruntime {ort.__version__} supports (or upgrade onnxruntime)"
+)
+
+
+def input_load_error(path: str | os.PathLike[str], exc: BaseException) -> OnnxPruneError:
+    """The one-line error for input model ``path`` that onnxruntime cannot load (``exc``, what it
+    raised): :class:`MissingKernelError` where it lacks a kernel (the runtime's limit), else
+    :class:`UnsupportedModelError` with its message (the model's fault, or too new a model)."""
+    missing = missing_kernel(exc)
+    if missing is not None:
+        return MissingKernelError(
+            f"onnxruntime cannot load the input model '{path}': {missing.advice()}", kernel=missing
+        )
+    return UnsupportedModelError(f"onnxruntime cannot load the input model '{path}' ({ort_message(exc)}): {_REFUSED}")
 
 
 def environment() -> dict[str, Any]:

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from onnxprune import runtime
-from onnxprune.errors import MissingKernelError, OnnxPruneError, UnsupportedModelError, ValidationError, opt
+from onnxprune.errors import MissingKernelError, OnnxPruneError, ValidationError, opt
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,10 @@ def validate_model(
         raise ValidationError(
             f"the output model fails in onnxruntime where the input runs ({errors[0]}); this is a bug in onnxprune, please report it"
         )
+    refused = runtime.rejection(runtime.InputModel(Path(reference), shapes)) if reference is not None else None
+    if refused is not None:  # the input fails too, on a shape it declares: the input's fault
+        refused.args = (f"{refused.args[0]}; nothing was written",)
+        raise refused
     tried = "; ".join(errors[:3])
     raise ValidationError(
         f"could not run the model on a synthetic input ({tried}); give the real input shape with "
@@ -122,18 +126,11 @@ def _why_session_fails(exc: Exception, reference: str | Path | None) -> OnnxPrun
         try:
             runtime.session(reference)
         except Exception as ref_exc:
-            missing = runtime.missing_kernel(ref_exc)
-            if missing is not None:
-                return MissingKernelError(
-                    f"onnxruntime cannot load the input model '{reference}': {missing.advice()}; onnxprune validates "
-                    "every output with onnxruntime; nothing was written",
-                    kernel=missing,
-                )
-            return UnsupportedModelError(
-                f"onnxruntime cannot load the input model '{reference}' ({runtime.ort_message(ref_exc)}); onnxprune "
-                "validates every output with onnxruntime: convert the model to an IR version and opsets "
-                "that onnxruntime supports (or upgrade onnxruntime); nothing was written"
+            refused = runtime.input_load_error(reference, ref_exc)
+            refused.args = (
+                f"{refused.args[0]}; onnxprune validates every output with onnxruntime; nothing was written",
             )
+            return refused
     lacking = runtime.missing_kernel(exc)
     if lacking is not None:
         return MissingKernelError(

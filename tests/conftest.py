@@ -17,7 +17,7 @@ import pytest
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 #: Environment variables that point a tool at the developer's state; cleared for the suite.
-_CLEARED = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "ONNXPRUNE_CACHE_DIR")
+_CLEARED = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "ONNXPRUNE_CACHE_DIR")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -62,6 +62,7 @@ def test_analyze_ray_local_listens_on_loopback_only_and_leaves_nothing(short_dir
     assert not outcome.at_exit, outcome.at_exit
     assert not outcome.leftovers, outcome.leftovers
     assert not outcome.temp_left, outcome.temp_left
+    assert not (short_dir / "home" / ".ray").exists()  # its token is its own: none made in ~/.ray
 
 
 @pytest.mark.slow

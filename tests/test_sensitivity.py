@@ -116,7 +116,13 @@ def test_ray_cluster_on_loopback_runs_the_same_tasks(tmp_path):
     command += [f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"]
     short = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     command += [f"--temp-dir={short}"]
-    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    # Auth explicitly off for this head and this process (ray is imported with RAY_AUTH_MODE
+    # unset, see conftest.py): `ray start` turns token authentication on wherever it finds a
+    # token (a stray ~/.ray/auth_token), and an explicit address then fails. No 30 s drain on
+    # SIGTERM (ray 2.60: its GCS, in the same process group, is gone by then).
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env.update(RAY_AUTH_MODE="disabled", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+    head = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxprune.data.numpy_files import load_numpy
 from onnxprune.errors import DataError
 
 NPZ_KEYS = ("labels", "label", "y")
@@ -52,7 +53,7 @@ def load_labels(path: str | Path, *, num_samples: int | None, class_names: Seque
 
 def _read_numpy(path: Path) -> np.ndarray:
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = load_numpy(path, "labels file")
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"labels file {path} is not a readable {path.suffix} file: {exc}") from None
     if isinstance(loaded, np.ndarray):

@@ -35,6 +35,7 @@ import numpy as np
 from onnxprune.data.checks import check_feeds, check_specs, format_dims, input_names
 from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup, samples_in
 from onnxprune.data.images import ImageFolderDataset, ImageOptions
+from onnxprune.data.numpy_files import load_numpy
 from onnxprune.errors import DataError, OptionError, opt
 from onnxprune.runtime import InputSpec, check_given_shapes, is_dynamic
 
@@ -201,7 +202,7 @@ def synthetic_sample_shapes(
 def load_arrays(path: Path, *, specs: Sequence[InputSpec], limit: int | None) -> ArrayDataset:
     """An ``.npz`` keyed by input name, or a ``.npy`` for a one-input model (see module docstring)."""
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = load_numpy(path, "data file")
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
         raise DataError(
             f"{path} is not a readable .npz (np.savez output keyed by input name) or .npy file: {exc}"

@@ -5,6 +5,11 @@ anything looks at it, and raises a one-line error naming the tensor instead of a
 ``IndexError`` deep inside a pass (the byte ranges of external data are checked against the
 dims before they are read, by :func:`onnxprune.graph.model_io.check_external_data`):
 
+- **types and opsets**: every stored tensor has an element type this onnx knows (not
+  UNDEFINED, not a number no ONNX release defines), a string tensor keeps its values in
+  ``string_data`` (ONNX forbids ``raw_data`` for strings); every opset the model (or one of
+  its functions) imports has a version >= 0, and the ONNX domains' versions lie in
+  1..:data:`MAX_OPSET`. :class:`~onnxprune.errors.ModelLoadError`;
 - **payloads**: every stored tensor (initializers, sparse initializers, Constant-node and other
   tensor attributes, in every graph) holds as many values as its dims say: ``raw_data`` of
   ``numel · itemsize`` bytes (sub-byte types packed, ``ceil(numel · bits / 8)``), or that many
@@ -15,6 +20,10 @@ dims before they are read, by :func:`onnxprune.graph.model_io.check_external_dat
   nodes or of a node and an initializer (ONNX graphs are single-assignment; a second definition
   makes counts and edits pick one at random); the main graph has outputs, each defined by a
   node, an input or an initializer. :class:`~onnxprune.errors.ModelLoadError`;
+- **weights that are no numbers**: a tensor read as a weight, bias, normalization parameter
+  or shape (not an embedding table: a Gather of strings is a vocabulary) is not stored as
+  strings or complex numbers, which no pass can read as floats (a Cast from strings parses
+  them only when the model runs). :class:`~onnxprune.errors.UnsupportedModelError`;
 - **non-finite weights** (with ``finite=True``, what pruning asks for): no tensor read as a
   weight, bias, normalization parameter or embedding holds NaN or ±inf (±inf allowed in one
   read only as an additive bias: attention masks; :func:`onnxprune.graph.discovery.nonfinite_in`).
@@ -47,6 +56,14 @@ from onnxprune.graph.index import node_label
 from onnxprune.graph.walk import all_graphs
 
 MALFORMED = "the model is malformed; export it again"
+
+#: The domains whose opsets ONNX releases (versions 1, 2, ... one a release at most).
+ONNX_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training"})
+#: The highest opset version of an ONNX domain a model may declare: releases add about one a
+#: year (ai.onnx is in the twenties), so a larger one is a corrupt number, not a future release.
+MAX_OPSET = 1000
+#: The element types that hold no real numbers (what no pass can read a weight as).
+NOT_REAL = frozenset({TensorProto.STRING, TensorProto.COMPLEX64, TensorProto.COMPLEX128})
 
 
 def _types(*names: str) -> frozenset[int]:
@@ -114,10 +131,48 @@ def _type_name(data_type: int) -> str:
         return f"type {data_type}"
 
 
+#: Every element type this onnx defines, UNDEFINED excepted.
+_KNOWN_TYPES = frozenset(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
+
+
+def check_type(what: str, tensor: TensorProto) -> None:
+    """Raise :class:`ModelLoadError` for a tensor of no known element type, and for a string
+    tensor with ``raw_data`` (see module docstring)."""
+    if tensor.data_type not in _KNOWN_TYPES:
+        kind = (
+            "no element type (UNDEFINED)"
+            if tensor.data_type == TensorProto.UNDEFINED
+            else (f"element type {tensor.data_type}, which is no type ONNX defines")
+        )
+        raise ModelLoadError(f"{what} has {kind}: {MALFORMED}")
+    if tensor.data_type == TensorProto.STRING and tensor.HasField("raw_data"):
+        raise ModelLoadError(
+            f"{what} is a string tensor stored as raw_data, which ONNX allows only for numbers (strings go in "
+            f"string_data): {MALFORMED}"
+        )
+
+
+def check_opsets(model: ModelProto) -> None:
+    """Raise :class:`ModelLoadError` for an opset import with a negative version, or one of an
+    ONNX domain outside 1..:data:`MAX_OPSET` (in the model or one of its functions)."""
+    imports = [("the model", entry) for entry in model.opset_import]
+    imports += [(f"function '{f.name}'", entry) for f in model.functions for entry in f.opset_import]
+    for where, entry in imports:
+        official = entry.domain in ONNX_DOMAINS
+        if entry.version < 0 or (official and not 1 <= entry.version <= MAX_OPSET):
+            domain = entry.domain or "ai.onnx"
+            allowed = f"versions 1 to {MAX_OPSET}" if official else "versions >= 0"
+            raise ModelLoadError(
+                f"{where} imports opset version {entry.version} of domain '{domain}', which no release has "
+                f"({allowed}): {MALFORMED}"
+            )
+
+
 def check_payload(what: str, tensor: TensorProto) -> bytes | None:
     """Raise :class:`ModelLoadError` unless ``tensor`` holds as many values as its dims say
     (see module docstring); returns its ``raw_data`` when it has one (read once), else None.
     A tensor whose data is still external is left to :func:`onnxprune.graph.model_io.check_external_data`."""
+    check_type(what, tensor)
     numel = checked_numel(what, tensor)
     if tensor.data_location == TensorProto.EXTERNAL:
         return None
@@ -276,16 +331,38 @@ def refuse_nonfinite(model: ModelProto, *, advice: str | None = None) -> None:
                 raise _refusal(key, role, tensor, nan, infinite, advice)
 
 
+def check_real(model: ModelProto, suspects: list[TensorProto]) -> None:
+    """Raise :class:`UnsupportedModelError` for the first of ``suspects`` (tensors of ``model``
+    of a :data:`NOT_REAL` type) read as anything but an embedding table (see module docstring)."""
+    if not suspects:
+        return
+    ids = {id(tensor) for tensor in suspects}
+    for key, tensor, role in stored_reads(model):
+        if id(tensor) in ids and role != "embedding":
+            what = "weight" if role == "mixed" else role
+            raise UnsupportedModelError(
+                f"{what} '{key}' is stored as {_type_name(tensor.data_type)} values, which onnxprune cannot read as "
+                "real numbers (no operator computes with them directly; a Cast parses strings only when the model "
+                "runs): store it as a float tensor"
+            )
+
+
 def check_model(model: ModelProto, *, finite: bool = False) -> None:
-    """Check ``model`` once, tensor by tensor (see module docstring): names, payloads and, with
-    ``finite``, that no weight holds NaN or ±inf. One-line errors naming the tensor."""
+    """Check ``model`` once, tensor by tensor (see module docstring): opsets, names, types,
+    payloads, weights that are no numbers and, with ``finite``, that no weight holds NaN or
+    ±inf. One-line errors naming the tensor."""
+    check_opsets(model)
     check_names(model)
     suspects: list[tuple[TensorProto, int, int]] = []
+    not_real: list[TensorProto] = []
     for what, tensor in stored_tensors(model):
         raw = check_payload(what, tensor)
+        if tensor.data_type in NOT_REAL:
+            not_real.append(tensor)
         if finite and tensors.is_float(tensor) and tensor.data_location != TensorProto.EXTERNAL:
             nan, infinite = tensors.nonfinite_counts(_float_values(tensor, raw))
             if nan or infinite:
                 suspects.append((tensor, nan, infinite))
         del raw
+    check_real(model, not_real)
     check_finite(model, suspects)

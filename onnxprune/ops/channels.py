@@ -270,6 +270,8 @@ def zero_output_constants(cx: ChannelContext, node: NodeProto, axis: int, length
         return np.full(length, np.nan)
     w = cx.stored_array(stored[0])
     axis = w.ndim - 1 if axis < 0 else axis
+    if not 0 <= axis < w.ndim or w.shape[axis] != length or np.shape(bias) != (length,):
+        return np.full(length, np.nan)  # the weight does not make these channels (dims or attributes amiss)
     flat = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
     zero = ~np.any(flat != 0, axis=1)
     out = np.full(length, np.nan)

@@ -13,8 +13,10 @@ task order, calling ``progress(done, total, label)`` as each finishes:
   sweeps too big for one machine; the same function runs as a Ray task. ``"local"`` starts a
   Ray of our own (:class:`LocalRay`): every listener on 127.0.0.1, no dashboard, no usage
   stats, its own temporary folder, and stopped with every process it started when the
-  executor is closed, at exit, on an exception and on SIGINT/SIGTERM/SIGHUP. A cluster at an
-  address belongs to someone else: we connect to it and only ever disconnect.
+  executor is closed, at exit, on an exception and on SIGINT/SIGTERM/SIGHUP; with a token of its
+  own where Ray has token authentication, whatever ``~/.ray`` or the environment holds. A
+  cluster at an address belongs to someone else: we connect to it and only ever disconnect; one
+  that demands a token we do not have is a one-line error that says how to give it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import inspect
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -105,8 +108,13 @@ class RayExecutor:
                 if address == "local":
                     self.local = LocalRay(ray)
                 else:
+                    _gcs_lets_us_in(ray, address)
                     ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except OptionError:
+                raise
             except Exception as exc:  # ray raises ConnectionError, RuntimeError ... with long texts
+                if _is_authentication_error(ray, exc):
+                    raise OptionError(_token_advice(ray, address)) from exc
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise OptionError(f"cannot connect to the Ray cluster at '{address}': {first}") from exc
 
@@ -176,8 +184,17 @@ class LocalRay:
       anyway), usage stats off (``RAY_USAGE_STATS_ENABLED=0``), log lines not forwarded.
       These switches and :data:`RAY_MARKER` are set in ``os.environ`` during ``ray.init``
       only: the processes Ray starts inherit them (its workers from the raylet), those the
-      application starts later do not. (Ray's own token authentication, where it has one, is
-      left as Ray sets it up: recent versions read, or create, ``~/.ray/auth_token``.)
+      application starts later do not.
+    - Token authentication (where Ray has it, see :func:`_token_auth`) on, with a token of its
+      own: a random one written to ``auth_token`` in its temporary folder (mode 0600), and
+      ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` to that file (``RAY_AUTH_TOKEN``
+      removed) in the same environment. So a ``~/.ray/auth_token``, or the user's
+      ``RAY_AUTH_*`` variables, change nothing (Ray would otherwise use them, or fail on a
+      ``RAY_AUTH_TOKEN_PATH`` to nothing), none is written to ``~/.ray`` (a bare ``ray.init``
+      creates one there), and another user of the machine cannot run tasks on this Ray through
+      its loopback ports. This process reads those settings once, when ray is imported: they
+      are read again (``Config.initialize``, its token cache emptied) before the start and,
+      with the environment as it was, at :meth:`stop` (unless another Ray runs then).
     - Its own temporary folder (under ``RAY_TMPDIR``, else /tmp as Ray does: its socket paths
       must stay under 108 bytes), removed at the end.
     - :meth:`stop` runs ``ray.shutdown()`` (unless the application has stopped this Ray and
@@ -215,15 +232,24 @@ class LocalRay:
         }
         named = inspect.signature(ray.init).parameters
         kwargs = {k: v for k, v in kwargs.items() if k.startswith("_") or k in named}
-        env = {RAY_MARKER: self.root, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        env: dict[str, str | None] = {
+            RAY_MARKER: self.root,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        }
+        self._auth = _token_auth(ray)
         handlers = _handlers_now()
         try:
+            if self._auth is not None:
+                env.update(_own_token(self.root))
             with (
                 _signals_deferred() as pending,
                 _environment(env),
                 _loopback_node_address(ray),
                 _no_ray_sigterm_handler(),
             ):
+                if self._auth is not None:
+                    _reload_auth_settings(self._auth)  # this process: token mode, our token
                 ray.init(**kwargs)
         except BaseException:
             self._take_signals(handlers)
@@ -242,9 +268,11 @@ class LocalRay:
         atexit.unregister(self.stop)
         with _signals_held():  # a second Ctrl-C must not cut the clean-up short
             started = _processes_of(self.root)
+            ours = True
             try:
                 shutdown = self.ray.shutdown
-                if not self._someone_elses():
+                ours = not self._someone_elses()
+                if ours:
                     if "wait_for_processes" in inspect.signature(shutdown).parameters:
                         shutdown(wait_for_processes=True)
                     else:
@@ -255,6 +283,12 @@ class LocalRay:
                 left = _end_processes({**started, **_processes_of(self.root)})
                 if left:
                     log.warning("Ray processes still running after SIGKILL: %s", ", ".join(map(str, sorted(left))))
+                auth = getattr(self, "_auth", None)
+                if auth is not None and ours:  # the user's settings again, while our token file is there
+                    try:
+                        _reload_auth_settings(auth)
+                    except Exception as exc:
+                        log.warning("could not restore Ray's authentication settings: %s", exc)
                 self._folder.cleanup()  # Ray's processes are gone: nothing writes there any more
         self._restore_signals()
 
@@ -318,10 +352,15 @@ def _ray_temp_parent() -> str:
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """``values`` in ``os.environ`` meanwhile (the processes started then inherit them)."""
+def _environment(values: dict[str, str | None]) -> Iterator[None]:
+    """``values`` in ``os.environ`` meanwhile, those that are None removed (the processes
+    started then inherit that)."""
     saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     try:
         yield
     finally:
@@ -516,6 +555,132 @@ def _end_processes(started: dict[int, str], grace: float = 3.0) -> set[int]:
         while time.monotonic() < deadline and alive():
             time.sleep(0.05)
     return alive()
+
+
+#: What Ray reads for token authentication (its ``AuthenticationTokenLoader`` and ``RayConfig``,
+#: in every Ray process): the mode, then the token from the first of these that is set.
+AUTH_MODE, AUTH_TOKEN, AUTH_TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+
+
+def _token_auth(ray: Any) -> Any | None:
+    """``ray._raylet`` where this Ray has token authentication (2.60 has: ``ray.init`` of a new
+    cluster turns it on unless ``RAY_AUTH_MODE`` says otherwise, and then reads the token, or
+    creates one, in ``~/.ray/auth_token``; ``ray start`` turns it on where a token is found;
+    an explicit address uses it only with ``RAY_AUTH_MODE=token``), else None (ray 2.9)."""
+    raylet = getattr(ray, "_raylet", None)
+    needed = ("AuthenticationTokenLoader", "AuthenticationMode", "Config", "get_authentication_mode")
+    return raylet if raylet is not None and all(hasattr(raylet, name) for name in needed) else None
+
+
+def _own_token(root: str) -> dict[str, str | None]:
+    """A fresh random token in ``root``/auth_token (only we can read it), and the environment
+    that makes Ray use it and nothing else."""
+    path = os.path.join(root, "auth_token")
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(handle, "w") as stream:
+        stream.write(secrets.token_hex(32))
+    return {AUTH_MODE: "token", AUTH_TOKEN_PATH: path, AUTH_TOKEN: None}
+
+
+def _reload_auth_settings(raylet: Any) -> None:
+    """Make this process read ``RAY_AUTH_*`` again (Ray reads the mode when it is imported and
+    keeps the token it found): the config first, then the token cache, as Ray's own tests do (a
+    token reloaded while the config still says "token" must find its file)."""
+    raylet.Config.initialize("")
+    raylet.AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _is_authentication_error(ray: Any, exc: BaseException) -> bool:
+    kind = getattr(getattr(ray, "exceptions", None), "AuthenticationError", None)
+    return isinstance(kind, type) and isinstance(exc, kind)
+
+
+def _token_source() -> str:
+    """Where Ray takes the token from, in its order."""
+    if os.environ.get(AUTH_TOKEN):
+        return AUTH_TOKEN
+    if os.environ.get(AUTH_TOKEN_PATH):
+        return f"'{os.environ[AUTH_TOKEN_PATH]}' ({AUTH_TOKEN_PATH})"
+    return "~/.ray/auth_token"
+
+
+def _token_advice(ray: Any, address: str) -> str:
+    """One line: the cluster at ``address`` demands a token; what to set."""
+    head = f"cannot connect to the Ray cluster at '{address}'"
+    raylet = _token_auth(ray)
+    token_mode = False
+    has_token = False
+    if raylet is not None:
+        with contextlib.suppress(Exception):
+            token_mode = raylet.get_authentication_mode() == raylet.AuthenticationMode.TOKEN
+            has_token = raylet.AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+    if token_mode and has_token:
+        return (
+            f"{head}: it rejects the authentication token from {_token_source()}; "
+            f"set {AUTH_TOKEN} (or {AUTH_TOKEN_PATH}, a file) to that cluster's token"
+        )
+    if token_mode:
+        return (
+            f"{head}: {AUTH_MODE} is token but no authentication token was found; "
+            f"set {AUTH_TOKEN} (or {AUTH_TOKEN_PATH}, a file) to the cluster's token"
+        )
+    return (
+        f"{head}: it demands an authentication token; set {AUTH_MODE}=token, and {AUTH_TOKEN} "
+        f"to the cluster's token unless ~/.ray/auth_token (or the file {AUTH_TOKEN_PATH} names) holds it"
+    )
+
+
+def _gcs_lets_us_in(ray: Any, address: str) -> None:
+    """Ask the GCS at ``address`` for its cluster id first (milliseconds), where Ray has token
+    authentication: a cluster that demands a token we lack, or rejects ours, says so at once
+    with an AuthenticationError, which the caller turns into :func:`_token_advice` (``ray.init``
+    would retry for 20 s, then fail with "Failed to connect to Ray cluster at ..."). With
+    ``RAY_AUTH_MODE=token`` and no token anywhere, that advice without asking."""
+    raylet = _token_auth(ray)
+    if raylet is None or "://" in address or address in ("local", "auto") or not hasattr(raylet, "GcsClient"):
+        return
+    token_mode = raylet.get_authentication_mode() == raylet.AuthenticationMode.TOKEN
+    if token_mode and not raylet.AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        raise OptionError(_token_advice(ray, address))
+    # Ray's C++ client logs a warning line for the refusal: the one-line error says it all.
+    with tempfile.TemporaryFile() as spool:
+        try:
+            with _fd_redirected(2, spool.fileno()):
+                client = raylet.GcsClient(address=address)
+        except Exception as exc:
+            if not _is_authentication_error(ray, exc):
+                _replay(spool)
+            raise
+        _replay(spool)
+    del client
+
+
+@contextlib.contextmanager
+def _fd_redirected(fd: int, target: int) -> Iterator[None]:
+    """File descriptor ``fd`` (2: what C++ code writes to stderr) to ``target`` meanwhile;
+    left as it is where it cannot be duplicated (closed)."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    try:
+        saved = os.dup(fd)
+    except OSError:
+        yield
+        return
+    try:
+        os.dup2(target, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def _replay(spool: Any) -> None:
+    """What :func:`_fd_redirected` kept aside, written to stderr after all."""
+    spool.seek(0)
+    data = spool.read()
+    if data:
+        with contextlib.suppress(OSError):
+            os.write(2, data)
 
 
 def _reachable(address: str, timeout: float = 3.0) -> None:

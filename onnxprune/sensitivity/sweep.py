@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from onnxprune.data import Dataset
-from onnxprune.errors import OptionError, opt
+from onnxprune.errors import OptionError, OutputError, opt
 from onnxprune.graph.discovery import DiscoveryOptions, discover
 from onnxprune.graph.model_io import load_model
 from onnxprune.graph.outputs import make_folder, write_file
+from onnxprune.graph.sanity import refuse_nonfinite
 from onnxprune.passes.base import Progress
 from onnxprune.sensitivity.executors import Executor, SerialExecutor
 from onnxprune.sensitivity.tasks import Feeds, LayerCurve, LayerTask, run_layer, run_outputs
@@ -87,25 +88,34 @@ def _array_digest(arrays: Sequence[np.ndarray | None]) -> str:
 
 
 def _cached(cached_file: Path | None, path: Path, digest: str, options: dict[str, object]) -> Sensitivity | None:
+    """The curves cached in ``cached_file``, or None: none there, or an entry this version cannot
+    use (another version's, or not JSON, not a file, unreadable), measured again and replaced."""
     if cached_file is None or not cached_file.exists():
         return None
     try:
         saved = json.loads(cached_file.read_text())
-        if saved.get("version") != CACHE_VERSION:
-            log.info("ignoring %s: cached by another version (%s)", cached_file, saved.get("version"))
+        if not isinstance(saved, dict) or saved.get("version") != CACHE_VERSION:
+            found = saved.get("version") if isinstance(saved, dict) else type(saved).__name__
+            log.info("ignoring %s: cached by another version (%s)", cached_file, found)
             return None
         curves = tuple(LayerCurve.from_dict(c) for c in saved["curves"])
-    except (ValueError, KeyError, TypeError) as exc:
+        seconds = float(saved.get("seconds", 0.0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("ignoring a broken cache file %s (%s)", cached_file, exc)
         return None
     log.info("sensitivity of %s read from the cache %s", path, cached_file)
-    return Sensitivity(str(path), digest, options, curves, float(saved.get("seconds", 0.0)), cached=True)
+    return Sensitivity(str(path), digest, options, curves, seconds, cached=True)
 
 
 def _store(cached_file: Path | None, result: Sensitivity) -> None:
+    """Cache ``result``; a cache that cannot be written (something else at the entry's path,
+    a folder gone read-only) is a warning: the curves just measured are still used."""
     if cached_file is not None:
-        make_folder(cached_file.parent, name="the sensitivity cache folder")
-        write_file(json.dumps(result.to_dict()), cached_file, what="sensitivity cache")
+        try:
+            make_folder(cached_file.parent, name="the sensitivity cache folder")
+            write_file(json.dumps(result.to_dict()), cached_file, what="sensitivity cache")
+        except OutputError as exc:
+            log.warning("the curves are not cached: %s", exc)
 
 
 def _checked_levels(levels: Sequence[float]) -> tuple[float, ...]:
@@ -144,6 +154,8 @@ def analyze_groups(
         return found
     start = time.perf_counter()
     model = load_model(path)
+    # channels are ranked by every weight of their group, as prune --structured ranks them
+    refuse_nonfinite(model, advice="channel groups are ranked by their weights: fix the model")
     shapes = {name: tuple(int(d) for d in value.shape[1:]) for name, value in feeds.items()}
     shapes = dict(input_shapes or {name: (1, *dims) for name, dims in shapes.items()})
     groups = [g.name for g in analyze(model, input_shapes=shapes).prunable]

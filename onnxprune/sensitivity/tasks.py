@@ -117,7 +117,9 @@ def output_loss(dense: tuple[np.ndarray, ...], pruned: list[np.ndarray], labels:
 
 
 def run_outputs(model: bytes, feeds: Feeds, batch_size: int) -> list[np.ndarray]:
-    """All outputs of ``model`` on ``feeds``, batch by batch, one onnxruntime thread."""
+    """All outputs of ``model`` on ``feeds``, batch by batch, one onnxruntime thread: each
+    output's batches joined on axis 0 (a scalar output, which has no sample axis, gives one
+    value per batch)."""
     from onnxprune import runtime
 
     sess = runtime.session(model, threads=1)
@@ -126,7 +128,7 @@ def run_outputs(model: bytes, feeds: Feeds, batch_size: int) -> list[np.ndarray]
     for start in range(0, count, batch_size):
         batch = {name: value[start : start + batch_size] for name, value in feeds.items()}
         parts.append(sess.run(None, batch))
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    return [np.concatenate([np.atleast_1d(p[i]) for p in parts]) for i in range(len(parts[0]))]
 
 
 def run_layer(task: LayerTask) -> LayerCurve:

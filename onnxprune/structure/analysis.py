@@ -176,7 +176,18 @@ class Context:
     def members(
         self, layout: Layout, tensor: str, axis: int, kind: str, node: NodeProto, reader: tuple[int, int]
     ) -> None:
-        """Record that ``axis`` of stored ``tensor`` follows ``layout`` piece by piece."""
+        """Record that ``axis`` of stored ``tensor`` follows ``layout`` piece by piece; a tensor
+        whose axis is not as long as the layout (dims that disagree with the graph, a model
+        onnxruntime refuses too) blocks the layout's groups instead."""
+        stored = self.scope.stored_tensor(tensor)
+        dims = tuple(int(d) for d in stored.dims) if stored is not None else None
+        if dims is not None and (not 0 <= axis < len(dims) or dims[axis] != layout.length):
+            self.block(
+                layout,
+                f"'{tensor}' (dims {list(dims)}) does not have the {layout.length} channels {node.op_type} "
+                f"'{node_label(node)}' reads on its axis {axis}: its dims disagree with the graph",
+            )
+            return
         offset = 0
         for piece in layout.pieces:
             if isinstance(piece, Segment):

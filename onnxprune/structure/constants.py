@@ -107,10 +107,19 @@ def output_scale(cx: Context, node: NodeProto) -> float:
 
 
 def absorbable(cx: Context, node: NodeProto, member: Member, k: np.ndarray) -> np.ndarray:
-    """Per element: can ``node`` fold the constant ``k`` into its bias exactly?"""
+    """Per element: can ``node`` fold the constant ``k`` into its bias exactly?
+
+    Only a zero can go where the bias cannot take a change (what
+    :func:`onnxprune.structure.bias.bias_problem` says of the edited graph): a bias the node
+    ignores, one computed by other nodes, an input whose constant does not reach the bias
+    exactly (a padded Conv, a weight on the left of a MatMul).
+    """
     spec = spec_of(node)
     if spec.bias_gain(node) == 0.0:
         return k == 0  # the bias is ignored (Gemm beta = 0): there is none to fold into
+    slot = spec.bias_input(node)
+    if slot is not None and len(node.input) > slot and node.input[slot] and cx.stored(node, slot) is None:
+        return k == 0  # a computed bias: nothing stored to add the change to
     if not spec.absorbs_constant(cx, node, member.axis):
         return k == 0  # a padded Conv, a ConvTranspose, a weight on the left of a MatMul
     return np.ones(len(k), dtype=bool)
@@ -158,7 +167,10 @@ def dead_units(analysis: Analysis, values: dict[str, np.ndarray] | None = None) 
         kept = int((constant & ~ok).sum())
         if kept:
             found.constant_kept[group.gid] = kept
-            found.reasons[group.gid] = f"{kept} constant unit(s) feed a padded Conv with a non-zero value: kept"
+            found.reasons[group.gid] = (
+                f"{kept} constant unit(s) with a non-zero value feed a consumer that cannot absorb it "
+                "(a padded Conv, a computed or ignored bias): kept"
+            )
     return found
 
 
