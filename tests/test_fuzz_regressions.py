@@ -492,8 +492,8 @@ def test_weight_dims_that_disagree_with_the_graph(work: Path) -> None:
     one_line(
         cli("prune", "model.onnx", "out.onnx", "--sparsity", "0.99", "--dead-channels", "-q"),
         UnsupportedModelError.exit_code,
-        "onnxruntime cannot load the input model",
-        "Dimension mismatch",
+        "the input model 'model.onnx'",  # onnxruntime 1.18 refuses it on a run, newer ones on load
+        "Gemm",
     )
 
 

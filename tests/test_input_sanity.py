@@ -578,3 +578,20 @@ def test_nonfinite_weights_in_external_data(work: Path) -> None:
     assert result.exit_code == 0, result.stderr
     out = onnx.load(str(work / "out.onnx"))
     assert np.isnan(numpy_helper.to_array(initializer(out, "W1"))[0, 0])
+
+
+@pytest.mark.parametrize("indices", [[7], [2, 1], [-1]], ids=["outside", "unsorted", "negative"])
+def test_sparse_initializer_indices_are_checked(work: Path, indices: list[int]) -> None:
+    """onnxruntime 1.18 crashes (SIGSEGV) on a sparse initializer whose indices lie outside its
+    dims: the load check refuses it first, as ONNX requires indices in range and increasing."""
+    values = numpy_helper.from_array(np.ones(len(indices), np.float32), "s")
+    sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(np.array(indices, np.int64), "s_i"), [4])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "s"], ["y"], name="add")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        sparse_initializer=[sparse],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(work / "model.onnx"))
+    fails(work, ModelLoadError.exit_code, "inspect", "model.onnx", fragments=("sparse initializer 's'",))

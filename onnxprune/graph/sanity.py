@@ -47,7 +47,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
-from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.errors import ModelLoadError, UnsupportedModelError, opt
 from onnxprune.graph import tensors
@@ -209,6 +209,19 @@ def _check_sparse(what: str, values: TensorProto, indices: TensorProto, dims: li
     if len(indices.dims) == 2 and indices.dims[1] != len(dims):
         raise ModelLoadError(
             f"{what} has indices of {indices.dims[1]} coordinates for its {len(dims)} dims {dims}: {MALFORMED}"
+        )
+    try:
+        found = np.asarray(numpy_helper.to_array(indices), dtype=np.int64)
+    except Exception:  # a malformed payload: the payload check of the indices says what is wrong
+        return
+    if found.ndim == 2:  # coordinates -> linear positions (row-major)
+        if found.size and ((found < 0).any() or (found >= np.asarray(dims, dtype=np.int64)).any()):
+            raise ModelLoadError(f"{what} has an index outside its dims {dims}: {MALFORMED}")
+        found = np.ravel_multi_index(found.T, dims) if found.size else found.reshape(-1)
+    numel = int(np.prod(dims, dtype=np.int64))
+    if found.size and (found.min() < 0 or found.max() >= numel or (np.diff(found) <= 0).any()):
+        raise ModelLoadError(
+            f"{what} has indices outside [0, {numel}) or not strictly increasing (ONNX requires both): {MALFORMED}"
         )
 
 
