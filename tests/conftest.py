@@ -9,6 +9,7 @@ started by tests inherit the same environment.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +24,13 @@ _CLEARED = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PA
 @pytest.fixture(scope="session", autouse=True)
 def hermetic_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fake home for the whole session: HOME, XDG cache/config/data folders inside it, Ray's
-    usage stats off and its temp root under /tmp (Ray's socket paths must stay short)."""
+    usage stats off and its temp root under /tmp (Ray's socket paths must stay short); SIGINT
+    handled as Python's default even when the suite was started with it ignored."""
     home = tmp_path_factory.mktemp("home")
+    # A suite started in the background (``cmd &``, nohup) inherits SIGINT ignored, and so would
+    # every process it starts: the Ctrl-C tests would see nothing. Tests start from the default.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HOME", str(home))
         for name, sub in (
