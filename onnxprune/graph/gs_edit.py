@@ -51,6 +51,7 @@ class EditGraph:
         self.nodes: list[gs.Node] = list(self.graph.nodes)
         self._index = {id(node): i for i, node in enumerate(self.nodes)}
         self._graphs = [self.graph, *self.graph.subgraphs(recursive=True)]
+        self._home = {id(node): id(g) for g in self._graphs for node in g.nodes}  # node -> its graph
         self._tensors: dict[str, gs.Tensor] = {}
         for graph in self._graphs:
             for name, tensor in graph.tensors().items():
@@ -102,14 +103,13 @@ class EditGraph:
         """How a node is named in results (as :func:`~onnxprune.graph.index.node_label`)."""
         return node.name or f"{node.op}({node.outputs[0].name if node.outputs else ''})"
 
-    @staticmethod
-    def producer(tensor: gs.Tensor, graph: gs.Graph | None = None) -> gs.Node | None:
+    def producer(self, tensor: gs.Tensor, graph: gs.Graph | None = None) -> gs.Node | None:
         """The node that computes ``tensor`` (None for an input or a constant); with ``graph``,
         only a node of that graph counts."""
         if len(tensor.inputs) != 1:
             return None
         node = tensor.inputs[0]
-        if graph is not None and not any(n is node for n in graph.nodes):
+        if graph is not None and self._home.get(id(node)) != id(graph):
             return None
         return node
 
@@ -258,6 +258,7 @@ class EditGraph:
         self.graph.nodes.insert(position + 1, node)
         self.nodes.append(node)
         self._index[id(node)] = len(self.nodes) - 1
+        self._home[id(node)] = id(self.graph)
         for tensor in (*inputs, *outputs):
             self._tensors.setdefault(tensor.name, tensor)
         self.changed = True
@@ -293,6 +294,7 @@ class EditGraph:
         node.inputs.clear()
         node.outputs.clear()
         del graph.nodes[next(i for i, n in enumerate(graph.nodes) if n is node)]  # gs nodes compare by value
+        self._home.pop(id(node), None)
         self.changed = True
 
     def commit(self) -> ModelProto:

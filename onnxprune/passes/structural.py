@@ -199,9 +199,9 @@ def _member_rows(analysis: Analysis, group: Group, kinds: tuple[str, ...]) -> li
     return blocks
 
 
-def _recurrent(analysis: Analysis, group: Group) -> bool:
-    nodes = {node_label(n): n for n in analysis.context.model.graph.node}
-    return any(source in nodes and spec_of(nodes[source]).bias_layout == "gates" for source in group.sources)
+def _recurrent_labels(analysis: Analysis) -> set[str]:
+    """The labels of the recurrent layers (LSTM/GRU/RNN: a bias laid out by gates)."""
+    return {node_label(n) for n in analysis.context.model.graph.node if spec_of(n).bias_layout == "gates"}
 
 
 def _unit_params(analysis: Analysis, group: Group, graph: EditGraph | None = None) -> int:
@@ -491,10 +491,11 @@ def remove_channels(
                 f"or {opt('data_free', True)}"
             )
         scores = {}
+        recurrent_labels = _recurrent_labels(analysis)
         for group in groups:
             # a recurrent unit also feeds the layer's own next step, which the consumers'
             # output error does not see: such groups are ranked by their weights (R included)
-            recurrent = _recurrent(analysis, group)
+            recurrent = any(source in recurrent_labels for source in group.sources)
             s = None
             if importance.needs_data and not recurrent:
                 s = _error_scores(analysis, group, sinks, stats, importance)
