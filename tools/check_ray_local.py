@@ -245,7 +245,8 @@ def run(
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             now = ours(proc.pid, str(root))
-            outcome.seen.update(now)
+            # a process that is exiting (a zombie) reads with an empty command line: keep what it ran
+            outcome.seen.update({pid: cmd for pid, cmd in now.items() if cmd or pid not in outcome.seen})
             outcome.listeners |= listeners(now)
             outcome.ss_lines |= ss_lines(now)
             if signum is not None and not outcome.signalled and _stage_reached(when, now):
