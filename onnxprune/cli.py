@@ -203,7 +203,7 @@ def main() -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @discovery_options
 @click.option("--all", "show_all", is_flag=True, help="Also list biases, norm parameters and embeddings.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full inventory as JSON.")
+@click.option("--json", "json_path", type=cli_choices.OutputFile(), help="Write the full inventory as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
@@ -282,7 +282,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 @main.command(cls=SectionedCommand, sections=PRUNE_HELP_SECTIONS)
 @click.argument("input_model", metavar="IN", type=click.Path(path_type=Path))
-@click.argument("output_model", metavar="OUT", type=click.Path(path_type=Path))
+@click.argument("output_model", metavar="OUT", type=cli_choices.OutputFile())
 @click.option("--sparsity", type=float, help="Fraction of weights that are zero afterwards, in [0, 1).")
 @click.option(
     "--scope",
@@ -404,7 +404,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     default=None,
     help="Compute deflate sizes (default: for files under 128 MiB).",
 )
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full report as JSON.")
+@click.option("--json", "json_path", type=cli_choices.OutputFile(), help="Write the full report as JSON.")
 @click.option(
     "--eval",
     "do_eval",

@@ -6,7 +6,10 @@ was imported is still offered by ``--criterion``, ``--method`` or ``--importance
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -49,3 +52,19 @@ def analyze_methods() -> RegistryChoice:
 def importances() -> RegistryChoice:
     """``--importance``: ``auto`` and every registered channel importance."""
     return RegistryChoice(importance_choices)
+
+
+class OutputFile(click.Path):
+    """A path the command writes a file to: a :class:`pathlib.Path`, refused (usage error, exit 2)
+    when spelled with a trailing separator, which names a folder (``pathlib`` would drop it and
+    write a file of that name, beside undeclared siblings such as its external data)."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else value
+        if isinstance(text, str) and text.rstrip("/" + (os.altsep or "")) and text.endswith(("/", os.sep)):
+            bare = text.rstrip("/" + os.sep)
+            self.fail(f"'{text}' ends with '/', so it names a folder: give a file path such as '{bare}'", param, ctx)
+        return super().convert(value, param, ctx)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import click
 
+from onnxprune import cli_choices
 from onnxprune.cli_print import shown
 from onnxprune.console import count, handle_errors, human, table
 from onnxprune.data import parse_image_options
@@ -33,8 +34,8 @@ def _options(for_prune: bool) -> list[Callable[[Any], Any]]:
         click.option(
             "--output", "output_name", metavar="NAME", help="Classifier output for accuracy (default: first)."
         ),
-        click.option("--report", type=click.Path(path_type=Path), help="Write an HTML report with plots."),
-        click.option(json_flag, "eval_json", type=click.Path(path_type=Path), help="Write every number as JSON."),
+        click.option("--report", type=cli_choices.OutputFile(), help="Write an HTML report with plots."),
+        click.option(json_flag, "eval_json", type=cli_choices.OutputFile(), help="Write every number as JSON."),
         click.option(
             "--eval-batch-size" if for_prune else "--batch-size",
             "batch_size",

@@ -83,8 +83,10 @@ def parse_input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
             shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
         except ValueError:
             raise OptionError(f"{opt('input_shapes')} '{spec}': dimensions must be integers separated by 'x'") from None
-        if any(d < 0 for d in shape):
-            raise OptionError(f"{opt('input_shapes')} '{spec}': dimensions must be >= 0")
+        if any(d < 1 for d in shape):
+            raise OptionError(
+                f"{opt('input_shapes')} '{spec}': dimensions must be >= 1 (an empty input gives nothing to run or measure)"
+            )
         check_shape_size(name, shape)
         shapes[name] = shape
     return shapes
@@ -375,7 +377,10 @@ def input_specs(sess: ort.InferenceSession) -> list[InputSpec]:
 
 
 def is_dynamic(dim: int | str | None) -> bool:
-    return not isinstance(dim, int) or dim < 0
+    """True unless ``dim`` is a positive size. A declared size of 0 counts as unknown: a feed
+    with an empty axis gives nothing to measure, and some onnxruntime kernels abort the
+    process on one (SIGABRT, no exception to catch), so such a dim is filled like a free one."""
+    return not isinstance(dim, int) or dim <= 0
 
 
 def needs_guess(specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]]) -> bool:
@@ -416,7 +421,14 @@ def resolve_input_shapes(
         if name in checked:
             out[name] = checked[name]
             continue
-        out[name] = tuple(int(d) if not is_dynamic(d) else _fill(axis, len(dims), size) for axis, d in enumerate(dims))
+        shape = tuple(int(d) if not is_dynamic(d) else _fill(axis, len(dims), size) for axis, d in enumerate(dims))
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise UnsupportedModelError(
+                f"input '{name}' declares shape {'x'.join(map(str, shape))} ({math.prod(shape):,} elements), more than "
+                f"the {MAX_INPUT_ELEMENTS:,} (2^30) onnxprune makes for one input: the model cannot be run on a "
+                "synthetic batch; export it with realistic input dims"
+            )
+        out[name] = shape
     return out
 
 

@@ -83,7 +83,7 @@ def validate_model(
         try:
             sess = runtime.session(path)
         except Exception as exc:
-            raise _why_session_fails(exc, reference) from exc
+            raise _why_session_fails(exc, reference, shapes) from exc
     specs = runtime.input_specs(sess)
     sizes = runtime.CANDIDATE_SIZES if runtime.needs_guess(specs, shapes) else runtime.CANDIDATE_SIZES[:1]
     errors: list[str] = []
@@ -118,15 +118,17 @@ def validate_model(
     )
 
 
-def _why_session_fails(exc: Exception, reference: str | Path | None) -> OnnxPruneError:
-    """The error for an output onnxruntime cannot load: the input's fault if it fails too,
-    the runtime's if it lacks a kernel the output needs (int8 ``ConvInteger`` before
-    onnxruntime 1.24, bfloat16 ``MatMul`` on the CPU, ...)."""
+def _why_session_fails(
+    exc: Exception, reference: str | Path | None, shapes: Mapping[str, tuple[int, ...]]
+) -> OnnxPruneError:
+    """The error for an output onnxruntime cannot load: the input's fault if onnxruntime
+    cannot load it either, or cannot run it on one synthetic batch (a Cast to no type loads,
+    and an edit that follows the graph may then make an output that no longer loads); the
+    runtime's if it lacks a kernel the output needs (int8 ``ConvInteger`` before onnxruntime
+    1.24, bfloat16 ``MatMul`` on the CPU, ...)."""
     if reference is not None:
-        try:
-            runtime.session(reference)
-        except Exception as ref_exc:
-            refused = runtime.input_load_error(reference, ref_exc)
+        refused = runtime.rejection(runtime.InputModel(Path(reference), dict(shapes)))
+        if refused is not None:
             refused.args = (
                 f"{refused.args[0]}; onnxprune validates every output with onnxruntime; nothing was written",
             )

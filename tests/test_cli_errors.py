@@ -533,7 +533,8 @@ def test_nothing_to_prune_says_why(work: Path) -> None:
     [
         ("x:1xa", ["--input-shape 'x:1xa'", "integers separated by 'x'"]),
         ("x1x16", ["--input-shape 'x1x16' must look like NAME:1x3x224x224"]),
-        ("x:1x-16", ["dimensions must be >= 0"]),
+        ("x:1x-16", ["dimensions must be >= 1"]),
+        ("x:0x16", ["dimensions must be >= 1"]),
         ("z:1x16", ["--input-shape names unknown input(s) z", "the model's inputs are: x"]),
         ("x:1x17", ["--input-shape x:1x17 does not fit the model's declared shape [1, 16]"]),
         ("x:16", ["--input-shape x:16 does not fit the model's declared shape"]),

@@ -311,6 +311,12 @@ def tensors(model: Any) -> list[Any]:
     return out
 
 
+def _place(path: Path, make) -> None:
+    """Make the bait at ``path`` once: a case may apply the same mutation twice."""
+    if not (path.exists() or path.is_symlink()):
+        make(path)
+
+
 def words(text: str) -> list[str]:
     """A list of choices written as one string (keeps the tables below short)."""
     return text.split()
@@ -878,18 +884,19 @@ class Builder:
             "loc:long": "d" * 5000,
             "loc:hardlink": "hard.bin",
         }.get(variant)
+        run = self.run
         if variant == "loc:short":
             self.write("short.bin", b"\x00" * 10)
         elif variant == "loc:link-out":
-            (self.run / "link.bin").symlink_to("../outside.bin")
+            _place(run / "link.bin", lambda p: p.symlink_to("../outside.bin"))
         elif variant == "loc:link-etc":
-            (self.run / "link-etc.bin").symlink_to("/etc/passwd")
+            _place(run / "link-etc.bin", lambda p: p.symlink_to("/etc/passwd"))
         elif variant == "loc:dirlink":
-            (self.run / "root").symlink_to("/")
+            _place(run / "root", lambda p: p.symlink_to("/"))
         elif variant == "loc:sub/../../outside":
-            (self.run / "sub").mkdir()
+            _place(run / "sub", lambda p: p.mkdir())
         elif variant == "loc:hardlink":  # a hard link to a file outside the folder
-            os.link(self.box / "outside.bin", self.run / "hard.bin")
+            _place(run / "hard.bin", lambda p: os.link(self.box / "outside.bin", p))
         for t in chosen:
             entries = {e.key: e.value for e in t.external_data}
             if location is not None:

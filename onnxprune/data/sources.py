@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 #: Default number of synthetic samples.
 SYNTHETIC_SAMPLES = 64
+#: The most synthetic samples one run makes: they measure fidelity to the dense model, which
+#: a few thousand settle; more is a typo (a run of 10^9 would never end), so it is refused.
+MAX_SYNTHETIC_SAMPLES = 100_000
 #: Synthetic samples are drawn in blocks of this many, each from its own seeded generator.
 SYNTHETIC_BLOCK = 64
 
@@ -267,6 +270,11 @@ def open_data(
     if data is not None and shapes:
         log.debug("input shapes apply only to synthetic data; ignored for %s", type(data).__name__)
     if data is None:
+        if samples is not None and samples > MAX_SYNTHETIC_SAMPLES:
+            raise OptionError(
+                f"{opt('samples')} {samples:,} asks for more synthetic samples than the {MAX_SYNTHETIC_SAMPLES:,} "
+                "onnxprune makes (a few thousand settle fidelity); give a smaller number or real data"
+            )
         return SyntheticDataset(
             specs=specs, samples=SYNTHETIC_SAMPLES if samples is None else int(samples), seed=int(seed), shapes=shapes
         )

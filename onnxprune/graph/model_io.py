@@ -26,7 +26,7 @@ from onnx.external_data_helper import set_external_data
 from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError
 from onnxprune.graph import tensors
 from onnxprune.graph.outputs import Read, Write, check_outputs, publish, same_file, staging_dir
-from onnxprune.graph.sanity import MALFORMED, check_model, checked_numel, payload_bytes, refuse_nonfinite
+from onnxprune.graph.sanity import MALFORMED, check_model, check_text, checked_numel, payload_bytes, refuse_nonfinite
 from onnxprune.graph.skeleton import skeleton
 from onnxprune.graph.walk import all_graphs, all_tensors
 from onnxprune.graph.writer import Replacement, apply_replacements, write_model
@@ -181,6 +181,7 @@ def load_model_with_files(path: str | os.PathLike[str], *, finite: bool = False)
             f"'{path}' declares no opset (opset_import is empty): the file is truncated or "
             "malformed; export or copy it again"
         )
+    check_text(model)  # before any name is read (check_model repeats it for models not from a file)
     data_files = check_external_data(model, path.parent)
     # the tensors in the file: each read once; the external ones' byte ranges were checked above,
     # so they are read only to look for NaN, once loaded

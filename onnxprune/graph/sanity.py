@@ -20,6 +20,14 @@ dims before they are read, by :func:`onnxprune.graph.model_io.check_external_dat
   nodes or of a node and an initializer (ONNX graphs are single-assignment; a second definition
   makes counts and edits pick one at random); the main graph has outputs, each defined by a
   node, an input or an initializer. :class:`~onnxprune.errors.ModelLoadError`;
+- **text**: every name and string field protobuf holds as text is valid UTF-8 (protobuf
+  parses a flipped byte in a name without complaint and fails only when the name is read).
+  :class:`~onnxprune.errors.ModelLoadError`;
+- **attributes**: every attribute of a node of an ONNX domain has a known type tag and, where
+  the operator's schema (at the model's opset) defines the attribute, the schema's type (a
+  ``transB`` tagged FLOAT, a ``beta`` holding a list or a string); onnxruntime refuses such
+  nodes, and a pass reading the value would fail on it. Attributes the schema does not define
+  are left to onnxruntime, which names them. :class:`~onnxprune.errors.ModelLoadError`;
 - **weights that are no numbers**: a tensor read as a weight, bias, normalization parameter
   or shape (not an embedding table: a Gather of strings is a vocabulary) is not stored as
   strings or complex numbers, which no pass can read as floats (a Cast from strings parses
@@ -47,6 +55,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+import onnx.defs
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.errors import ModelLoadError, UnsupportedModelError, opt
@@ -360,12 +369,112 @@ def check_real(model: ModelProto, suspects: list[TensorProto]) -> None:
             )
 
 
+def _graph_text(graph: GraphProto) -> Iterator[str | bytes]:
+    yield graph.name
+    yield graph.doc_string
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        yield value.name
+    for tensor in (*graph.initializer, *(s.values for s in graph.sparse_initializer)):
+        yield tensor.name
+        for entry in tensor.external_data:
+            yield from (entry.key, entry.value)
+    for node in graph.node:
+        yield from _node_text(node)
+
+
+def _node_text(node: NodeProto) -> Iterator[str | bytes]:
+    yield from (node.name, node.op_type, node.domain, node.doc_string, *node.input, *node.output)
+    for attr in node.attribute:
+        yield from (attr.name, attr.ref_attr_name, attr.doc_string)
+        if attr.type == AttributeProto.TENSOR:
+            yield attr.t.name
+            for entry in attr.t.external_data:
+                yield from (entry.key, entry.value)
+
+
+def _model_text(model: ModelProto) -> Iterator[str | bytes]:
+    yield from (model.producer_name, model.producer_version, model.domain, model.doc_string)
+    for entry in model.metadata_props:
+        yield from (entry.key, entry.value)
+    yield from (opset.domain for opset in model.opset_import)
+    for _, graph in all_graphs(model.graph):
+        yield from _graph_text(graph)
+    for function in model.functions:
+        yield from (function.name, function.domain, *function.input, *function.output)
+        for node in function.node:
+            yield from _node_text(node)
+
+
+def check_text(model: ModelProto) -> None:
+    """Raise :class:`ModelLoadError` if a text field of ``model`` (names, op types, domains,
+    doc strings, metadata, external-data entries, in every graph and function) is not UTF-8:
+    protobuf parses such bytes without complaint and hands them out as ``bytes`` (or raises
+    ``UnicodeDecodeError`` when they are copied into another message)."""
+    try:
+        bad = next((text for text in _model_text(model) if isinstance(text, bytes)), None)
+    except UnicodeDecodeError as exc:
+        bad = exc.object
+    if bad is not None:
+        raise ModelLoadError(
+            f"the model holds a name or text that is not UTF-8 ({bytes(bad[:60])!r}): the file is corrupt; "
+            "export or copy it again"
+        )
+
+
+def _attribute_type_name(code: int) -> str:
+    try:
+        return AttributeProto.AttributeType.Name(code)
+    except ValueError:
+        return f"type {code}"
+
+
+def check_attributes(model: ModelProto) -> None:
+    """Raise :class:`ModelLoadError` for the first attribute (in any graph) whose type tag is
+    not one ONNX defines, or differs from the type the node's schema gives that attribute."""
+    versions = {d.domain or "": d.version for d in model.opset_import}
+    versions.setdefault("", versions.get("ai.onnx", 0))
+    schemas: dict[tuple[str, str], onnx.defs.OpSchema | None] = {}
+    for path, graph in all_graphs(model.graph):
+        for node in graph.node:
+            domain = "" if node.domain in ("", "ai.onnx") else node.domain
+            key = (domain, node.op_type)
+            if key not in schemas:
+                schemas[key] = _schema(node.op_type, domain, versions.get(domain))
+            schema = schemas[key]
+            for attr in node.attribute:
+                if attr.ref_attr_name:
+                    continue
+                expected = schema.attributes.get(attr.name) if schema is not None else None
+                valid = attr.type in AttributeProto.AttributeType.values() and attr.type != AttributeProto.UNDEFINED
+                if valid and (expected is None or attr.type == expected.type):
+                    continue
+                where = f"'{node_label(node)}' ({node.op_type})" + (f" in subgraph {path}" if path else "")
+                want = f"; its schema says {_attribute_type_name(expected.type)}" if expected is not None else ""
+                raise ModelLoadError(
+                    f"attribute '{attr.name}' of node {where} is tagged {_attribute_type_name(attr.type)}{want}: "
+                    + MALFORMED
+                )
+
+
+def _schema(op_type: str, domain: str, version: int | None) -> onnx.defs.OpSchema | None:
+    """The schema of ``op_type`` in ``domain`` at opset ``version``; None for a domain ONNX does
+    not define or an operator it does not know (other checks and onnxruntime name those)."""
+    if domain not in ONNX_DOMAINS or version is None or version < 1:
+        return None
+    try:
+        return onnx.defs.get_schema(op_type, min(version, MAX_OPSET), domain)
+    except onnx.defs.SchemaError:
+        return None
+
+
 def check_model(model: ModelProto, *, finite: bool = False) -> None:
     """Check ``model`` once, tensor by tensor (see module docstring): opsets, names, types,
     payloads, weights that are no numbers and, with ``finite``, that no weight holds NaN or
     ±inf. One-line errors naming the tensor."""
+    check_text(model)
     check_opsets(model)
     check_names(model)
+    check_attributes(model)
     suspects: list[tuple[TensorProto, int, int]] = []
     not_real: list[TensorProto] = []
     for what, tensor in stored_tensors(model):

@@ -181,6 +181,8 @@ def stored_vector(cx: ChannelContext, node: NodeProto, index: int, axis: int, le
         return np.full(length, np.nan)
     if pos < 0 or shape[pos] == 1:
         return np.full(length, float(values.reshape(-1)[0]) if values.size else np.nan)
+    if shape[pos] != length:  # a malformed model (onnxruntime refuses it): nothing is known
+        return np.full(length, np.nan)
     return values.reshape(-1)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from onnx import NodeProto
+from onnx import NodeProto, TensorProto
 
 from onnxprune.ops.channels import (
     ChannelContext,
@@ -102,7 +102,9 @@ class TransformSpec(OpSpec):
 
     def output_type(self, node: NodeProto) -> int | None:
         to = attr(node, "to") if node.op_type == "Cast" else None
-        return None if to is None else int(to)  # type: ignore[call-overload]
+        if not isinstance(to, int) or to == TensorProto.UNDEFINED or to not in TensorProto.DataType.values():
+            return None  # no type ONNX defines: onnxruntime refuses the Cast, nothing here uses it
+        return to
 
 
 def _transform(
