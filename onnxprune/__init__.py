@@ -339,6 +339,7 @@ def calibration_data(
     image_options: ImageOptions | None = None,
     seed: int = 0,
     allow_nonfinite: bool = False,
+    batch_axes: Mapping[str, int | None] | None = None,
 ) -> Dataset:
     """Calibration samples for the model at ``source``: ``data`` is a ``.npz`` keyed by input
     name, a folder of images, a CalibrationDataReader or an iterable of feed dicts (the first
@@ -365,5 +366,5 @@ def calibration_data(
         from onnxprune.data.natural import data_free as make_data_free
 
         model = load_model(source, finite=not allow_nonfinite)
-        return make_data_free(model, specs, samples=samples, seed=seed, shapes=shapes or None)
-    return open_data(data, specs=specs, image_options=image_options, samples=samples, seed=seed)
+        return make_data_free(model, specs, samples=samples, seed=seed, shapes=shapes or None, batch_axes=batch_axes)
+    return open_data(data, specs=specs, image_options=image_options, samples=samples, seed=seed, batch_axes=batch_axes)

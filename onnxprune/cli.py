@@ -18,6 +18,7 @@ import click
 
 import onnxprune
 from onnxprune import cli_choices
+from onnxprune.batch_axes import parse_batch_axes
 from onnxprune.cli_analyze import analyze_command
 from onnxprune.cli_eval import build_options, eval_command, evaluation_files, evaluation_options, run_evaluation
 from onnxprune.cli_print import (
@@ -188,7 +189,17 @@ PRUNE_HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "Output",
-        ("input_shape", "external_data", "force", "compressed_size", "json_path", "quiet", "verbose", "debug"),
+        (
+            "input_shape",
+            "batch_axis",
+            "external_data",
+            "force",
+            "compressed_size",
+            "json_path",
+            "quiet",
+            "verbose",
+            "debug",
+        ),
     ),
 )
 
@@ -397,6 +408,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     metavar="NAME:1x3x224x224",
     help="Shape of an input for validation and channel analysis (repeatable).",
 )
+@click.option(
+    "--batch-axis",
+    multiple=True,
+    metavar="NAME:AXIS",
+    help="The batch axis of an input whose axis is not inferred (state:1, sr:none) (repeatable).",
+)
 @click.option("--external-data", is_flag=True, help="Store weights in OUT.data next to OUT (automatic above 1.8 GB).")
 @click.option("--force", is_flag=True, help="Allow OUT to replace IN (still atomic, after validation).")
 @click.option(
@@ -450,6 +467,7 @@ def prune(
     quantize: str | None,
     quantize_mode: str | None,
     input_shape: tuple[str, ...],
+    batch_axis: tuple[str, ...],
     external_data: bool,
     force: bool,
     compressed_size: bool | None,
@@ -527,6 +545,8 @@ def prune(
     if not structured and not dead_channels:  # the default pass after weight pruning
         structure = after_weights(structure)
     shapes = parse_input_shapes(input_shape)
+    axes = parse_batch_axes(batch_axis)
+    eval_kwargs["batch_axis"] = batch_axis
     reads_model(input_model, shapes)
     if samples < 1:
         raise onnxprune.OptionError(f"--samples must be >= 1, got {samples}")
@@ -559,6 +579,7 @@ def prune(
             samples=samples,
             data_free=data_free,
             input_shapes=shapes,
+            batch_axes=axes,
             allow_nonfinite=allow_nonfinite,
         )
     with ProgressBar("pruning", quiet) as progress:

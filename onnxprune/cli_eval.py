@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import click
 
 from onnxprune import cli_choices
+from onnxprune.batch_axes import parse_batch_axes
 from onnxprune.cli_print import shown
 from onnxprune.console import count, handle_errors, human, table
 from onnxprune.data import parse_image_options
@@ -119,12 +120,13 @@ def build_options(kwargs: dict[str, Any], input_shapes: Sequence[str]) -> EvalOp
         )
     if kwargs.get("eval_samples") is not None and kwargs["eval_samples"] < 1:
         raise OptionError(f"--samples must be >= 1, got {kwargs['eval_samples']}")
-    shapes = {name: shape[1:] if shape else shape for name, shape in parse_input_shapes(input_shapes).items()}
+    shapes = parse_input_shapes(input_shapes)
     return EvalOptions(
         batch_size=kwargs["batch_size"],
         samples=kwargs.get("eval_samples"),
         output=kwargs.get("output_name"),
-        input_shapes={name: (1, *shape) for name, shape in shapes.items()},
+        input_shapes=shapes,
+        batch_axes=parse_batch_axes(kwargs.get("batch_axis") or ()),
         latency=latency,
         latency_batch=kwargs["latency_batch"],
         compressed=True,
@@ -303,6 +305,7 @@ def structure_line(report: ModelReport) -> str | None:
 @click.argument("candidates", nargs=-1, type=click.Path(path_type=Path))
 @evaluation_options()
 @click.option("--input-shape", multiple=True, metavar="NAME:1x3x224x224", help="Input shape for synthetic data.")
+@click.option("--batch-axis", multiple=True, metavar="NAME:AXIS", help="The batch axis of an input (state:1, sr:none).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")

@@ -45,6 +45,7 @@ FLAGS: dict[str, str | tuple[str | None, str | None] | None] = {
     "data_free": ("--data-free", None),
     "samples": "--samples",
     "input_shapes": "--input-shape",
+    "batch_axes": "--batch-axis",
     "force": ("--force", None),
     "allow_nonfinite": ("--allow-nonfinite", None),
     "external_data": ("--external-data", None),

@@ -133,6 +133,11 @@ class OptionError(OnnxPruneError):
     exit_code = 2
 
 
+class ShapeGuessError(OptionError):
+    """No input shape onnxprune guessed for the dynamic dims runs the model (nor the input
+    model): the real shapes must be given (``--input-shape``) or real samples."""
+
+
 class ModelLoadError(OnnxPruneError):
     """The input is not a readable ONNX model (truncated, not protobuf, missing external data)."""
 

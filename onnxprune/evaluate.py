@@ -76,6 +76,8 @@ class EvalOptions:
     samples: use only the first N samples of the data (synthetic: how many to make, default 64).
     output: the classifier output for accuracy (default: the first output).
     input_shapes: shapes for synthetic data and for compute (``{"x": (1, 3, 224, 224)}``).
+    batch_axes: the batch axis of inputs it cannot be inferred for (``--batch-axis``,
+        :mod:`onnxprune.batch_axes`; None: no batch axis).
     latency: how to time, or None to skip latency.
     latency_batch: samples per timed run (1: per-sample latency).
     compressed: compute deflate-compressed sizes (reads every file once more).
@@ -87,6 +89,7 @@ class EvalOptions:
     samples: int | None = None
     output: str | None = None
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    batch_axes: Mapping[str, int | None] = field(default_factory=dict)
     latency: LatencySettings | None = field(default_factory=LatencySettings)
     latency_batch: int = 1
     compressed: bool = True
@@ -249,10 +252,11 @@ def evaluate(
     quality = _quality(sessions, dataset, label_array, chosen, output_names, options, metric, progress)
     sample_shapes = quality.pop("sample_shapes")
     first_batch = quality.pop("first_batch")
+    feed_shapes = dataset.layout.feed_shapes(sample_shapes)  # one sample per run
 
     reports = []
     for index, path in enumerate(paths):
-        reports.append(_static_report(path, "base" if index == 0 else "candidate", sample_shapes, options))
+        reports.append(_static_report(path, "base" if index == 0 else "candidate", feed_shapes, options))
         if progress is not None:
             progress(index + 1, len(paths), "size")
     del sessions
@@ -263,7 +267,7 @@ def evaluate(
         report.fidelity = quality["fidelity"][index]
 
     if options.latency is not None:
-        feeds = {name: a[: options.latency_batch] for name, a in first_batch.items()}
+        feeds = dataset.layout.take(first_batch, options.latency_batch)
         total = len(paths) * options.latency.repeats
 
         def step(n: int, _done: list[int] = [0]) -> None:  # noqa: B006 - a counter local to this call
@@ -293,7 +297,7 @@ def evaluate(
             "repeats": options.latency.repeats if options.latency else None,
             "threads": options.latency.threads if options.latency else None,
             "latency_batch": options.latency_batch if options.latency else None,
-            "input_shapes": {name: [1, *shape] for name, shape in sample_shapes.items()},
+            "input_shapes": {name: list(shape) for name, shape in feed_shapes.items()},
         },
         environment={
             **runtime.environment(),
@@ -347,6 +351,7 @@ def _inputs(
         samples=options.samples,
         seed=options.seed,
         shapes=options.input_shapes or None,
+        batch_axes=options.batch_axes or None,
     )
     label_array = _labels(labels, dataset)
     if label_array is not None and dataset.synthetic:
@@ -394,7 +399,7 @@ def _check_same_interface(paths: Sequence[Path], sessions: Sequence[ort.Inferenc
 
 
 def _static_report(
-    path: Path, role: str, sample_shapes: Mapping[str, tuple[int, ...]], options: EvalOptions
+    path: Path, role: str, feed_shapes: Mapping[str, tuple[int, ...]], options: EvalOptions
 ) -> ModelReport:
     """Size, parameters and compute of one model (loaded once, then freed)."""
     model, files = load_model_with_files(path)
@@ -402,7 +407,7 @@ def _static_report(
     layers = layer_stats(model)
     compute: ComputeStats | None = None
     error = None
-    shapes = {name: (1, *shape) for name, shape in sample_shapes.items()}
+    shapes = dict(feed_shapes)
     for name, shape in options.input_shapes.items():
         shapes.setdefault(name, tuple(shape))
     try:
@@ -483,7 +488,7 @@ def _quality(
     for feeds in dataset.batches(options.batch_size):
         if first_batch is None:
             first_batch = {name: np.array(a) for name, a in feeds.items()}
-        count = next(iter(feeds.values())).shape[0]
+        count = dataset.count(feeds)
         outputs = [_run(sess, feeds, index) for index, sess in enumerate(sessions)]
         for index, outs in enumerate(outputs):
             if labels is not None:
@@ -533,7 +538,7 @@ def _quality(
                 "overall": overall(per_output).to_dict(),
             }
         )
-    sample_shapes = {name: tuple(a.shape[1:]) for name, a in first_batch.items()}
+    sample_shapes = dataset.layout.item_shapes(first_batch)
     return {
         "accuracy": accuracy,
         "fidelity": fidelities,

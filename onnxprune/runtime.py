@@ -2,8 +2,9 @@
 
 Input shapes, one policy for the whole package (:func:`resolve_input_shapes`): a user-given
 shape (``input_shapes={"x": (1, 3, 224, 224)}``) wins, and must keep the declared rank and
-fixed dimensions; fixed dimensions are kept; a dynamic first dimension is the batch (1);
-another dynamic dimension takes the size the caller tries (validation tries a few common
+fixed dimensions; fixed dimensions are kept; the dynamic batch dim (on the axis
+:mod:`onnxprune.batch_axes` infers: axis 0, or where the batch symbol sits, as in a recurrent
+state ``[1, batch, 32]``) is 1; another dynamic dimension takes the size the caller tries (validation tries a few common
 sizes, :data:`CANDIDATE_SIZES`, until the model runs), else a default by layout: the last
 two axes of an input of rank >= 3 are spatial (:data:`DEFAULT_SPATIAL`), any other is a
 sequence (:data:`DEFAULT_SEQUENCE`). Synthetic feeds: every graph input gets an array of
@@ -385,12 +386,25 @@ def is_dynamic(dim: int | str | None) -> bool:
 
 def needs_guess(specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]]) -> bool:
     """True if some non-batch dynamic dimension has no user-given size."""
-    for spec in specs:
-        if spec.name in shapes:
+    return bool(guessed_dims({s.name: s.dims for s in specs}, shapes))
+
+
+def guessed_dims(
+    declared: Mapping[str, Sequence[int | str | None]], shapes: Mapping[str, Sequence[int]]
+) -> dict[str, list[int]]:
+    """The axes of each input whose size a synthetic feed has to guess: dynamic, not its batch
+    axis, and no size given in ``shapes``."""
+    from onnxprune.batch_axes import batch_axes
+
+    axes = batch_axes(declared)
+    out: dict[str, list[int]] = {}
+    for name, dims in declared.items():
+        if name in shapes:
             continue
-        if any(is_dynamic(d) for d in spec.dims[1:]):
-            return True
-    return False
+        guessed = [axis for axis, d in enumerate(dims) if is_dynamic(d) and axis != axes[name]]
+        if guessed:
+            out[name] = guessed
+    return out
 
 
 def declared_dims(model: ModelProto) -> dict[str, tuple[int | str | None, ...]]:
@@ -415,13 +429,32 @@ def resolve_input_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """The concrete shape of each input, ``declared`` by name (see the module docstring for the
     policy); ``size`` fills the dynamic non-batch dims, else the layout's default does."""
+    from onnxprune.batch_axes import batch_axes
+
     checked = check_given_shapes(declared, given or {})
+    axes = batch_axes(declared)
+    named: dict[str, int] = {}  # one size for a symbol, whichever input declares it
+    for name, shape in checked.items():
+        for d, given_size in zip(declared[name], shape, strict=True):
+            if isinstance(d, str) and d:
+                named.setdefault(d, given_size)
     out: dict[str, tuple[int, ...]] = {}
     for name, dims in declared.items():
         if name in checked:
             out[name] = checked[name]
             continue
-        shape = tuple(int(d) if not is_dynamic(d) else _fill(axis, len(dims), size) for axis, d in enumerate(dims))
+        batch = axes[name] if axes[name] is not None and axes[name] >= 0 else 0
+        filled = []
+        for axis, d in enumerate(dims):
+            if not is_dynamic(d):
+                filled.append(int(d))
+            elif isinstance(d, str) and d in named:
+                filled.append(named[d])
+            else:
+                filled.append(1 if axis == batch else _fill(axis, len(dims), size))
+                if isinstance(d, str) and d:
+                    named[d] = filled[-1]
+        shape = tuple(filled)
         if math.prod(shape) > MAX_INPUT_ELEMENTS:
             raise UnsupportedModelError(
                 f"input '{name}' declares shape {'x'.join(map(str, shape))} ({math.prod(shape):,} elements), more than "
@@ -437,23 +470,25 @@ def check_given_shapes(
     given: Mapping[str, Sequence[int]],
     *,
     skip_batch: bool = False,
+    batch_axes: Mapping[str, int | None] | None = None,
 ) -> dict[str, tuple[int, ...]]:
     """The user's ``given`` full shapes as integer tuples, each checked against its input's
-    ``declared`` dims: the input exists, the rank matches, every fixed dim is kept (the first,
-    batch, axis not compared with ``skip_batch``). One-line :class:`OptionError` otherwise."""
+    ``declared`` dims: the input exists, the rank matches, every fixed dim is kept (with
+    ``skip_batch`` not the batch dim: the input's axis in ``batch_axes``, else axis 0).
+    One-line :class:`OptionError` otherwise."""
     unknown = sorted(set(given) - set(declared))
     if unknown:
         raise OptionError(
             f"{opt('input_shapes')} names unknown input(s) {', '.join(unknown)}; "
             f"the model's inputs are: {', '.join(declared)}"
         )
-    start = 1 if skip_batch else 0
     out: dict[str, tuple[int, ...]] = {}
     for name, shape in given.items():
         dims, full = declared[name], tuple(int(d) for d in shape)
         check_shape_size(name, full)
+        skip = (batch_axes or {}).get(name, 0) if skip_batch else None
         if len(full) != len(dims) or any(
-            not is_dynamic(d) and d != s for d, s in zip(dims[start:], full[start:], strict=True)
+            not is_dynamic(d) and d != s and axis != skip for axis, (d, s) in enumerate(zip(dims, full, strict=True))
         ):
             shown = ", ".join("?" if d is None else str(d) for d in dims)
             raise OptionError(
@@ -465,9 +500,8 @@ def check_given_shapes(
 
 
 def _fill(axis: int, rank: int, size: int | None) -> int:
-    """The size of dynamic dimension ``axis`` of an input of ``rank`` (see the module docstring)."""
-    if axis == 0:
-        return 1
+    """The size of dynamic non-batch dimension ``axis`` of an input of ``rank`` (see the
+    module docstring)."""
     if size is not None:
         return size
     return DEFAULT_SPATIAL if rank >= 3 and axis >= rank - 2 else DEFAULT_SEQUENCE

@@ -11,15 +11,16 @@ the message says whether the model, the synthetic input or onnxprune is at fault
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
 from onnxprune import runtime
-from onnxprune.errors import MissingKernelError, OnnxPruneError, ValidationError, opt
+from onnxprune.errors import DataError, MissingKernelError, OnnxPruneError, ShapeGuessError, ValidationError, opt
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,16 @@ def validate_model(
     reference: str | Path | None = None,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     checker_path: str | Path | None = None,
+    feeds: Mapping[str, np.ndarray] | None = None,
 ) -> ValidationReport:
     """Validate the model at ``path``; ``reference`` is the input it was derived from.
+
+    ``feeds`` is one run of real samples (the calibration data's first batch): the model runs
+    on it, and nothing is guessed. Without it, the run is on a synthetic input (dynamic dims
+    from ``input_shapes``, else guessed among :data:`~onnxprune.runtime.CANDIDATE_SIZES`); when
+    no guess runs and the input model fails on them too, the guess is at fault: one line
+    naming the inputs and dims to give with ``--input-shape`` (onnxruntime's messages are
+    logged at debug level only).
 
     ``checker_path`` is what ``onnx.checker`` and onnxruntime read instead of ``path`` (its
     skeleton: the same graph, each large tensor an external-data reference to its bytes in
@@ -85,6 +94,8 @@ def validate_model(
         except Exception as exc:
             raise _why_session_fails(exc, reference, shapes) from exc
     specs = runtime.input_specs(sess)
+    if feeds is not None:
+        return _validate_on(sess, dict(feeds), reference, checker)
     sizes = runtime.CANDIDATE_SIZES if runtime.needs_guess(specs, shapes) else runtime.CANDIDATE_SIZES[:1]
     errors: list[str] = []
     for size in sizes:
@@ -107,15 +118,71 @@ def validate_model(
         raise ValidationError(
             f"the output model fails in onnxruntime where the input runs ({errors[0]}); this is a bug in onnxprune, please report it"
         )
+    for error in errors:
+        log.debug("synthetic input failed: %s", error)
+    guessed = runtime.guessed_dims({s.name: s.dims for s in specs}, shapes)
+    if guessed:  # the input fails on every guess too: the guess is wrong, not the model
+        raise ShapeGuessError(_guess_message(specs, guessed, shapes))
     refused = runtime.rejection(runtime.InputModel(Path(reference), shapes)) if reference is not None else None
     if refused is not None:  # the input fails too, on a shape it declares: the input's fault
         refused.args = (f"{refused.args[0]}; nothing was written",)
         raise refused
-    tried = "; ".join(errors[:3])
     raise ValidationError(
-        f"could not run the model on a synthetic input ({tried}); give the real input shape with "
+        f"could not run the model on a synthetic input ({errors[0]}); give the real input shape with "
         f"{opt('input_shapes')} NAME:1x3x224x224"
     )
+
+
+def _guess_message(
+    specs: Sequence[runtime.InputSpec], guessed: Mapping[str, list[int]], shapes: Mapping[str, tuple[int, ...]]
+) -> str:
+    from onnxprune.batch_axes import batch_axes
+
+    declared = {s.name: s.dims for s in specs}
+    axes = batch_axes(declared)
+    wanted = []
+    for name, guessed_axes in guessed.items():
+        dims = declared[name]
+        example = "x".join(
+            "1" if axis == axes[name] else "N" if axis in guessed_axes else str(d) if not runtime.is_dynamic(d) else "1"
+            for axis, d in enumerate(dims)
+        )
+        shown = ", ".join("?" if d is None else str(d) for d in dims)
+        wanted.append(f"{opt('input_shapes')} {name}:{example} (declared [{shown}])")
+    return (
+        "onnxruntime cannot run the model on any synthetic input onnxprune guessed (sizes "
+        f"{', '.join(map(str, runtime.CANDIDATE_SIZES))} for the dynamic dims), nor can it run the input model on them: "
+        f"give the real shapes, {'; '.join(wanted)}, or real samples with {opt('calibration')} "
+        "(onnxruntime's messages are in the debug log); nothing was written"
+    )
+
+
+def _validate_on(
+    sess: Any, feeds: dict[str, np.ndarray], reference: str | Path | None, checker: str
+) -> ValidationReport:
+    """Run the output on real samples; NaN or inf where the input gives none is a failure."""
+    try:
+        outputs = _run(sess, feeds)
+    except Exception as exc:
+        if reference is not None:
+            try:
+                _run(runtime.session(reference), feeds)
+            except Exception as ref_exc:
+                raise DataError(
+                    f"the input model fails on the real samples too ({runtime.ort_message(ref_exc)}): check the data's "
+                    "shapes and dtypes; nothing was written"
+                ) from ref_exc
+        raise ValidationError(
+            f"the output model fails on real samples where the input runs ({runtime.ort_message(exc)}); this is a "
+            "bug in onnxprune, please report it; nothing was written"
+        ) from exc
+    finite = all(np.all(np.isfinite(o)) for o in outputs if isinstance(o, np.ndarray) and o.dtype.kind == "f")
+    if not finite and not _reference_nonfinite(reference, feeds):
+        raise ValidationError(
+            f"the output model gives NaN or inf on the real samples {runtime.describe_feeds(feeds)} where the input "
+            "model does not; nothing was written"
+        )
+    return ValidationReport(checker, f"real samples {runtime.describe_feeds(feeds)}", finite)
 
 
 def _why_session_fails(

@@ -134,7 +134,9 @@ def test_npz_wrong_names_lists_missing_unknown_and_model_inputs(tmp_path, cnn_sp
 
 def test_npz_wrong_rank(tmp_path, cnn_specs, cnn_test):
     path = save_npz(tmp_path / "d.npz", input=cnn_test.reshape(450, 64))
-    with pytest.raises(DataError, match=r"'input' has rank 2 \(shape 450x64\) but the model expects rank 4"):
+    with pytest.raises(
+        DataError, match=r"'input' has rank 2 \(shape 450x64\) but the model declares \[batch, 1, 8, 8\]"
+    ):
         open_data(path, specs=cnn_specs)
 
 
@@ -242,8 +244,11 @@ def test_batch_size_for_requested_and_disagreeing_inputs():
     with pytest.raises(OptionError, match="batch size must be an integer >= 1"):
         batch_size_for(dynamic, 0)
     clash = [InputSpec("a", np.float32, (1, 3)), InputSpec("b", np.float32, (4, 3))]
+    assert batch_size_for(clash, 8) == 1  # b's batch axis is undecided: a fixes batch 1
+    with pytest.raises(OptionError, match=r"cannot tell which axis of input 'b' \[4, 3\] holds the batch.*b:K"):
+        open_data({"a": np.zeros((2, 3), np.float32), "b": np.zeros((2, 3), np.float32)}, specs=clash)
     with pytest.raises(DataError, match=r"fix different batch sizes \(a=1, b=4\)"):
-        batch_size_for(clash, 8)
+        batch_size_for(clash, 8, {"b": 0})
 
 
 # --------------------------------------------------------------------------- readers and iterables
@@ -410,8 +415,8 @@ def test_option_errors_for_counts_and_image_options_on_non_images(cnn_specs, fix
         open_data(fixtures_dir / "cnn_digits.test.npz", specs=cnn_specs, image_options=ImageOptions(size=8))
     with pytest.raises(DataError, match="cannot read samples from a int"):
         open_data(5, specs=cnn_specs)
-    with pytest.raises(DataError, match="are scalars"):
-        open_data(None, specs=[InputSpec("s", np.float32, ())])
+    scalar = open_data(None, specs=[InputSpec("s", np.float32, ())], samples=3)  # one value per run
+    assert [batch["s"].shape for batch in scalar.batches(8)] == [()] * 3
 
 
 # --------------------------------------------------------------------------- images

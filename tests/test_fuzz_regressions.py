@@ -314,8 +314,8 @@ def test_analyze_with_a_scalar_output(work: Path) -> None:
 def test_run_outputs_joins_scalar_outputs() -> None:
     from onnxprune.sensitivity.tasks import run_outputs
 
-    feeds = {"input": np.zeros((10, 64), np.float32)}
-    outputs = run_outputs(deep_if_model(8).SerializeToString(), feeds, batch_size=4)
+    feeds = tuple({"input": np.zeros((count, 64), np.float32)} for count in (4, 4, 2))
+    outputs = run_outputs(deep_if_model(8).SerializeToString(), feeds)
     assert outputs[0].shape == (10, 10)
     assert outputs[1].shape == (3,)  # one value per batch: 4 + 4 + 2 samples
 

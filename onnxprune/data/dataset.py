@@ -1,32 +1,33 @@
 """The one thing evaluation and calibration read: a :class:`Dataset` of samples, in batches.
 
-A data set is an ordered sequence of ``N`` samples. A *batch* maps each model input name
-to an array whose first axis holds consecutive samples; ``batches(b)`` cuts the sequence
-into ``ceil(N / b)`` batches of ``b`` samples (the last one smaller), in the same order on
-every call, so results (outputs, labels, statistics) line up sample by sample.
+A data set is an ordered sequence of ``N`` samples, held sample-major (each input's samples
+on axis 0, see :mod:`onnxprune.data.layout`). ``batches(b)`` cuts the sequence into
+``ceil(N / b)`` runs of ``b`` samples (the last one smaller), in the same order on every
+call, and hands each out as the model's feed: every input's samples moved to its batch axis
+(:attr:`Dataset.layout`), so results (outputs, labels, statistics) line up sample by sample.
 
-Two exceptions to plain slicing, both about what a model can take:
+Three exceptions to plain slicing, all about what a model can take:
 
-- a model input that fixes its first dimension (``[1, 3, 224, 224]``) fixes the batch size,
-  whatever was asked (:func:`~onnxprune.data.checks.batch_size_for`); if ``N`` is not a
-  multiple of a fixed size above 1, that is a DataError (the last batch could not be fed);
+- a model input that fixes its batch dim (``[1, 3, 224, 224]``) fixes the batch size,
+  whatever was asked; if ``N`` is not a multiple of a fixed size above 1, that is a
+  DataError (the last batch could not be fed);
+- an input without a batch axis (a scalar sample rate) takes one value per run: batches of 1;
 - samples whose shapes differ (a reader yielding sequences of varying length) are never
   concatenated: a batch is cut short where the per-sample shape changes.
 
-Every batch is validated against the model's inputs before it is handed out
-(:func:`~onnxprune.data.checks.check_feeds`: names, rank, fixed dims, dtype, counts).
-Batches are read-only (they may be views of cached data).
+Samples are checked against the model's inputs when read (names, rank, fixed dims, dtype,
+counts); batches are read-only (they may be views of cached data).
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from onnxprune.data.checks import batch_size_for, check_feeds, fixed_batch_size
+from onnxprune.data.layout import FeedLayout
 from onnxprune.errors import DataError
 from onnxprune.runtime import InputSpec
 
@@ -47,8 +48,11 @@ class Dataset(ABC):
 
     kind: str = ""
 
-    def __init__(self, *, specs: Sequence[InputSpec], source: str) -> None:
+    def __init__(
+        self, *, specs: Sequence[InputSpec], source: str, batch_axes: Mapping[str, int | None] | None = None
+    ) -> None:
         self.specs: tuple[InputSpec, ...] = tuple(specs)
+        self.layout = FeedLayout.of(self.specs, batch_axes)
         self.source = source
         self.synthetic = False
         self.labels: np.ndarray | None = None
@@ -64,27 +68,31 @@ class Dataset(ABC):
 
     @abstractmethod
     def _batch_chunks(self, batch_size: int) -> Iterator[Feeds]:
-        """Consecutive batches of at most ``batch_size`` samples, in order (unchecked)."""
+        """Consecutive sample-major chunks of at most ``batch_size`` samples, in order, each
+        input's samples checked and cast as read (see :mod:`onnxprune.data.layout`)."""
 
     def batches(self, batch_size: int) -> Iterator[Feeds]:
-        """Batches of ``batch_size`` samples (or the model's fixed batch size), validated, in order."""
-        size = batch_size_for(self.specs, batch_size)
-        fixed = fixed_batch_size(self.specs)
+        """The model's feeds, ``batch_size`` samples each (or the size the model fixes), in order."""
+        size = self.layout.batch_size(batch_size)
+        fixed = self.layout.fixed_batch()
         count = self.num_samples()
         if fixed is not None and fixed > 1 and count is not None and count % fixed:
             raise self._remainder_error(count, fixed)
-        return self._checked_batches(size, fixed)
+        return self._feeds(size, fixed)
 
-    def _checked_batches(self, size: int, fixed: int | None) -> Iterator[Feeds]:
-        for index, batch in enumerate(self._batch_chunks(size)):
-            count = samples_in(batch)
+    def _feeds(self, size: int, fixed: int | None) -> Iterator[Feeds]:
+        for index, chunk in enumerate(self._batch_chunks(size)):
+            count = samples_in(chunk)
             if fixed is not None and count != fixed:
                 raise DataError(
                     f"{self.source}: batch {index} has {count} samples but the model fixes the batch size at {fixed}; "
                     f"give a multiple of {fixed} samples, all of one shape"
                 )
-            checked = check_feeds(batch, self.specs, source=f"{self.source} (batch {index})", log_casts=False)
-            yield read_only(checked)
+            yield read_only(self.layout.to_feeds(chunk))
+
+    def count(self, feeds: Mapping[str, np.ndarray]) -> int:
+        """How many samples one of :meth:`batches`' feeds holds."""
+        return self.layout.count(feeds)
 
     def _remainder_error(self, count: int, fixed: int) -> DataError:
         return DataError(
@@ -94,7 +102,7 @@ class Dataset(ABC):
 
 
 def samples_in(feeds: Feeds) -> int:
-    """The number of samples in a (checked) feed: the length of its first axis."""
+    """The number of samples in a sample-major chunk: the length of its first axis."""
     return next(iter(feeds.values())).shape[0]
 
 

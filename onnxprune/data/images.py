@@ -406,6 +406,7 @@ class ImageFolderDataset(Dataset):
         )
         if dtype != first.dtype:
             log.info("%s: casting images from %s to the model's %s", root, first.dtype.name, dtype.name)
+        self._dtype = dtype
         log.info(
             "%s: %d images -> %s %s%s",
             root,
@@ -451,4 +452,4 @@ class ImageFolderDataset(Dataset):
                         f"{'x'.join(map(str, self.sample_shape))}: give an exact size (HxW) or a crop so all match"
                     )
                 samples.append(sample)
-            yield {self.spec.name: np.stack(samples)}
+            yield {self.spec.name: np.stack(samples).astype(self._dtype, copy=False)}

@@ -63,8 +63,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.batch_axes import UNDECIDED
 from onnxprune.data.checks import check_specs, format_dims
 from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup
+from onnxprune.data.layout import FeedLayout
 from onnxprune.errors import DataError, OptionError, opt
 from onnxprune.graph.index import Scope
 from onnxprune.ops import TransformContext, spec_of
@@ -129,9 +131,17 @@ class DataFreeDataset(Dataset):
 
     kind = "data-free"
 
-    def __init__(self, *, specs: Sequence[InputSpec], plans: Sequence[InputPlan], samples: int, seed: int) -> None:
+    def __init__(
+        self,
+        *,
+        specs: Sequence[InputSpec],
+        plans: Sequence[InputPlan],
+        samples: int,
+        seed: int,
+        batch_axes: Mapping[str, int | None] | None = None,
+    ) -> None:
         kinds = sorted({_SOURCE_WORDS[plan.kind] for plan in plans}, key=list(_SOURCE_WORDS.values()).index)
-        super().__init__(specs=specs, source=f"data-free ({', '.join(kinds)}; seed {seed})")
+        super().__init__(specs=specs, source=f"data-free ({', '.join(kinds)}; seed {seed})", batch_axes=batch_axes)
         self.synthetic = True
         self.plans: dict[str, InputPlan] = {plan.name: plan for plan in plans}
         self.generators: dict[str, str] = {plan.name: plan.describe() for plan in plans}
@@ -175,6 +185,7 @@ def data_free(
     samples: int = DATA_FREE_SAMPLES,
     seed: int = 0,
     shapes: Mapping[str, Sequence[int]] | None = None,
+    batch_axes: Mapping[str, int | None] | None = None,
 ) -> DataFreeDataset:
     """Data-free calibration samples for ``model`` whose inputs are ``specs`` (see module docstring).
 
@@ -190,13 +201,13 @@ def data_free(
         raise OptionError(f"the number of data-free samples must be an integer >= 1, got {samples!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise OptionError(f"seed must be an integer >= 0, got {seed!r}")
-    sample_shapes = resolve_sample_shapes(specs, shapes or {})
+    sample_shapes = resolve_sample_shapes(specs, shapes or {}, batch_axes)
     _check_size(sample_shapes, int(samples))
     scope = Scope.build(model.graph)
     plans = [_plan(scope, spec, sample_shapes[spec.name]) for spec in specs]
     for plan in plans:
         log.info("data-free input '%s': %s", plan.name, plan.describe())
-    return DataFreeDataset(specs=specs, plans=plans, samples=int(samples), seed=int(seed))
+    return DataFreeDataset(specs=specs, plans=plans, samples=int(samples), seed=int(seed), batch_axes=batch_axes)
 
 
 # --------------------------------------------------------------------------- shapes
@@ -219,19 +230,33 @@ def _is_integer(spec: InputSpec) -> bool:
 
 
 def resolve_sample_shapes(
-    specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]]
+    specs: Sequence[InputSpec],
+    shapes: Mapping[str, Sequence[int]],
+    batch_axes: Mapping[str, int | None] | None = None,
 ) -> dict[str, tuple[int, ...]]:
-    """Per-sample shape of each input: fixed dims, ``shapes``, named dims shared with a given
+    """Per-sample shape of each input (its dims without the batch axis,
+    :mod:`onnxprune.batch_axes`): fixed dims, ``shapes``, named dims shared with a given
     shape, else :data:`DEFAULT_SEQUENCE` for integer inputs (see module docstring)."""
-    checked = check_given_shapes({spec.name: spec.dims for spec in specs}, shapes, skip_batch=True)
+    layout = FeedLayout.of(specs, batch_axes)
+    axes = {lay.name: lay.axis if lay.batched else None for lay in layout.inputs}
+    for lay in layout.inputs:
+        if lay.axis == UNDECIDED:
+            raise lay.undecided_error()
+    declared = {spec.name: spec.dims for spec in specs}
+    checked = check_given_shapes(declared, shapes, skip_batch=True, batch_axes=axes)
+
+    def item(values: Sequence, name: str) -> tuple:  # type: ignore[type-arg]
+        axis = axes[name]
+        return tuple(values) if axis is None else tuple(values[:axis]) + tuple(values[axis + 1 :])
+
     named: dict[str, int] = {}
     given: dict[str, tuple[int, ...]] = {}
     for spec in specs:
         if spec.name not in checked:
             continue
         full = checked[spec.name]
-        given[spec.name] = full[1:]
-        for dim, size in zip(spec.dims[1:], full[1:], strict=True):
+        given[spec.name] = item(full, spec.name)
+        for dim, size in zip(item(spec.dims, spec.name), given[spec.name], strict=True):
             if isinstance(dim, str) and dim:
                 named.setdefault(dim, size)
     out: dict[str, tuple[int, ...]] = {}
@@ -241,7 +266,7 @@ def resolve_sample_shapes(
             out[spec.name] = given[spec.name]
             continue
         dims = []
-        for dim in spec.dims[1:]:
+        for dim in item(spec.dims, spec.name):
             if not is_dynamic(dim):
                 dims.append(int(dim))
             elif isinstance(dim, str) and dim in named:
@@ -251,7 +276,10 @@ def resolve_sample_shapes(
                 if isinstance(dim, str) and dim:
                     named[dim] = DEFAULT_SEQUENCE
             else:
-                example = "x".join(["1"] + [str(d) if not is_dynamic(d) else "N" for d in spec.dims[1:]])
+                axis = axes[spec.name]
+                example = "x".join(
+                    "1" if i == axis else str(d) if not is_dynamic(d) else "N" for i, d in enumerate(spec.dims)
+                )
                 raise DataError(
                     f"data-free samples for input '{spec.name}' {format_dims(spec.dims)} need a size for its dynamic "
                     f"dimension {dim}: give {opt('input_shapes')} {spec.name}:{example} (N a number)"

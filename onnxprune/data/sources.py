@@ -32,9 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from onnxprune.data.checks import check_feeds, check_specs, format_dims, input_names
+from onnxprune.batch_axes import UNDECIDED
+from onnxprune.data.checks import check_specs, format_dims, input_names
 from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup, samples_in
+from onnxprune.data.folders import FolderSample, folder_kind, read_sample_files, read_test_data
 from onnxprune.data.images import ImageFolderDataset, ImageOptions
+from onnxprune.data.layout import FeedLayout
 from onnxprune.data.numpy_files import load_numpy
 from onnxprune.errors import DataError, OptionError, opt
 from onnxprune.runtime import InputSpec, check_given_shapes, is_dynamic
@@ -51,14 +54,22 @@ SYNTHETIC_BLOCK = 64
 
 
 class ArrayDataset(Dataset):
-    """Samples held in memory: one array per input, checked once on construction."""
+    """Samples held in memory: one array per input (one item per sample, or a stack of complete
+    feeds: :mod:`onnxprune.data.layout`), checked once on construction."""
 
     def __init__(
-        self, arrays: Mapping[str, Any], *, specs: Sequence[InputSpec], source: str, kind: str, limit: int | None
+        self,
+        arrays: Mapping[str, Any],
+        *,
+        specs: Sequence[InputSpec],
+        source: str,
+        kind: str,
+        limit: int | None,
+        batch_axes: Mapping[str, int | None] | None = None,
     ) -> None:
-        super().__init__(specs=specs, source=source)
+        super().__init__(specs=specs, source=source, batch_axes=batch_axes)
         self.kind = kind
-        checked = check_feeds(arrays, self.specs, source=source, check_batch=False)
+        checked = self.layout.check_items(arrays, source=source)
         if limit is not None:
             checked = {name: array[:limit] for name, array in checked.items()}
         self._arrays = read_only(checked)
@@ -76,11 +87,20 @@ class ArrayDataset(Dataset):
 class StreamDataset(Dataset):
     """A CalibrationDataReader or an iterable of feed dicts, read once and cached (see module docstring)."""
 
-    def __init__(self, data: Any, *, specs: Sequence[InputSpec], limit: int | None) -> None:
+    def __init__(
+        self,
+        data: Any,
+        *,
+        specs: Sequence[InputSpec],
+        limit: int | None,
+        batch_axes: Mapping[str, int | None] | None = None,
+        source: str | None = None,
+        kind: str | None = None,
+    ) -> None:
         reader = callable(getattr(data, "get_next", None))
         what = "CalibrationDataReader" if reader else "iterable"
-        super().__init__(specs=specs, source=f"{what} {type(data).__name__}")
-        self.kind = "reader" if reader else "iterable"
+        super().__init__(specs=specs, source=source or f"{what} {type(data).__name__}", batch_axes=batch_axes)
+        self.kind = kind or ("reader" if reader else "iterable")
         self._reader = data if reader else None
         self._iterator = None if reader else iter(data)
         self._limit = limit
@@ -112,9 +132,10 @@ class StreamDataset(Dataset):
             return None
         index = self._pulled
         self._pulled += 1
-        chunk = check_feeds(
-            raw, self.specs, source=f"{self.source} (item {index})", check_batch=False, log_casts=index == 0
+        where, raw = (
+            (raw.source, raw.arrays) if isinstance(raw, FolderSample) else (f"{self.source} (item {index})", raw)
         )
+        chunk = self.layout.check_items(raw, source=where, log_casts=index == 0, stacked=False)
         if self._limit is not None:
             chunk = {name: array[: self._limit - self._count] for name, array in chunk.items()}
         chunk = read_only({name: np.array(array, copy=True) for name, array in chunk.items()})
@@ -149,12 +170,13 @@ class SyntheticDataset(Dataset):
         samples: int,
         seed: int,
         shapes: Mapping[str, Sequence[int]] | None,
+        batch_axes: Mapping[str, int | None] | None = None,
     ) -> None:
-        super().__init__(specs=specs, source=f"synthetic (seed {seed})")
+        super().__init__(specs=specs, source=f"synthetic (seed {seed})", batch_axes=batch_axes)
         self.synthetic = True
         self._samples = samples
         self._seed = seed
-        self._shapes = synthetic_sample_shapes(self.specs, shapes or {})
+        self._shapes = synthetic_sample_shapes(self.specs, shapes or {}, batch_axes)
 
     def num_samples(self) -> int:
         return self._samples
@@ -179,30 +201,47 @@ class SyntheticDataset(Dataset):
 
 
 def synthetic_sample_shapes(
-    specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]]
+    specs: Sequence[InputSpec],
+    shapes: Mapping[str, Sequence[int]],
+    batch_axes: Mapping[str, int | None] | None = None,
 ) -> dict[str, tuple[int, ...]]:
-    """Per-sample shape (dims after the first) of each input: fixed dims, else ``shapes``.
-
-    ``shapes`` maps input names to full shapes; their first (batch) dim is ignored.
-    """
-    checked = check_given_shapes({spec.name: spec.dims for spec in specs}, shapes, skip_batch=True)
+    """The shape of one sample of each input (its dims without the batch axis): fixed dims,
+    else ``shapes``, full input shapes (``--input-shape``) whose batch dim is ignored."""
+    layout = FeedLayout.of(specs, batch_axes)
+    declared = {spec.name: spec.dims for spec in specs}
+    check_given_shapes(declared, {name: shape for name, shape in shapes.items() if name not in declared})
     out: dict[str, tuple[int, ...]] = {}
-    for spec in specs:
-        if spec.name in checked:
-            out[spec.name] = checked[spec.name][1:]
+    for lay in layout.inputs:
+        if lay.axis == UNDECIDED:
+            raise lay.undecided_error()
+        if lay.name in shapes:
+            given = {lay.name: shapes[lay.name]}
+            full = check_given_shapes(declared, given, skip_batch=lay.batched, batch_axes={lay.name: lay.axis})[
+                lay.name
+            ]
+            out[lay.name] = _drop(full, lay.axis) if lay.batched else full  # type: ignore[arg-type]
             continue
-        dynamic = [str(d) for d in spec.dims[1:] if is_dynamic(d)]
+        dynamic = [str(d) for d in lay.item_dims if is_dynamic(d)]
         if dynamic:
-            example = "x".join(["1"] + [str(d) if not is_dynamic(d) else "N" for d in spec.dims[1:]])
-            raise OptionError(
-                f"synthetic data for input '{spec.name}' {format_dims(spec.dims)} needs sizes for its dynamic "
-                f"dimension(s) {', '.join(dynamic)}: give {opt('input_shapes')} {spec.name}:{example} (N a number), or real data"
+            example = "x".join(
+                "1" if axis == lay.axis else str(d) if not is_dynamic(d) else "N" for axis, d in enumerate(lay.dims)
             )
-        out[spec.name] = tuple(int(d) for d in spec.dims[1:])
+            raise OptionError(
+                f"synthetic data for input '{lay.name}' {format_dims(lay.dims)} needs sizes for its dynamic "
+                f"dimension(s) {', '.join(dynamic)}: give {opt('input_shapes')} {lay.name}:{example} (N a number), "
+                "or real data"
+            )
+        out[lay.name] = tuple(int(d) for d in lay.item_dims)  # type: ignore[arg-type]
     return out
 
 
-def load_arrays(path: Path, *, specs: Sequence[InputSpec], limit: int | None) -> ArrayDataset:
+def _drop(shape: Sequence[int], axis: int) -> tuple[int, ...]:
+    return tuple(shape[:axis]) + tuple(shape[axis + 1 :])
+
+
+def load_arrays(
+    path: Path, *, specs: Sequence[InputSpec], limit: int | None, batch_axes: Mapping[str, int | None] | None = None
+) -> ArrayDataset:
     """An ``.npz`` keyed by input name, or a ``.npy`` for a one-input model (see module docstring)."""
     try:
         loaded = load_numpy(path, "data file")
@@ -216,7 +255,9 @@ def load_arrays(path: Path, *, specs: Sequence[InputSpec], limit: int | None) ->
                 f"{path} holds one unnamed array but the model has {len(specs)} inputs ({input_names(specs)}): "
                 "save them with np.savez(path, name=array, ...)"
             )
-        return ArrayDataset({specs[0].name: loaded}, specs=specs, source=str(path), kind="npy", limit=limit)
+        return ArrayDataset(
+            {specs[0].name: loaded}, specs=specs, source=str(path), kind="npy", limit=limit, batch_axes=batch_axes
+        )
     with loaded:
         if not loaded.files:
             raise DataError(f"{path} holds no arrays: save one array per model input ({input_names(specs)})")
@@ -226,7 +267,7 @@ def load_arrays(path: Path, *, specs: Sequence[InputSpec], limit: int | None) ->
                 arrays[key] = loaded[key]
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
                 raise DataError(f"{path}: cannot read array '{key}': {exc}") from None
-    return ArrayDataset(arrays, specs=specs, source=str(path), kind="npz", limit=limit)
+    return ArrayDataset(arrays, specs=specs, source=str(path), kind="npz", limit=limit, batch_axes=batch_axes)
 
 
 def _check_count(value: Any, what: str) -> None:
@@ -243,6 +284,7 @@ def open_data(
     samples: int | None = None,
     seed: int = 0,
     shapes: Mapping[str, Sequence[int]] | None = None,
+    batch_axes: Mapping[str, int | None] | None = None,
 ) -> Dataset:
     """Open evaluation or calibration data for a model whose inputs are ``specs``.
 
@@ -253,6 +295,8 @@ def open_data(
     samples: how many synthetic samples (default 64); for real data, use only the first ``samples``.
     seed: seeds synthetic data.
     shapes: full input shapes for synthetic data's dynamic dims (``--input-shape``; batch dim ignored).
+    batch_axes: the batch axis of inputs whose axis cannot be inferred (``--batch-axis``;
+        :mod:`onnxprune.batch_axes`); None means no batch axis.
 
     Raises DataError for data that does not fit the model, OptionError for impossible options.
     """
@@ -275,31 +319,42 @@ def open_data(
                 f"{opt('samples')} {samples:,} asks for more synthetic samples than the {MAX_SYNTHETIC_SAMPLES:,} "
                 "onnxprune makes (a few thousand settle fidelity); give a smaller number or real data"
             )
-        return SyntheticDataset(
-            specs=specs, samples=SYNTHETIC_SAMPLES if samples is None else int(samples), seed=int(seed), shapes=shapes
-        )
+        count = SYNTHETIC_SAMPLES if samples is None else int(samples)
+        return SyntheticDataset(specs=specs, samples=count, seed=int(seed), shapes=shapes, batch_axes=batch_axes)
+    axes = batch_axes
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if is_folder:
+            kind = folder_kind(path)
+            if kind in ("test-data", "samples"):
+                read = read_test_data if kind == "test-data" else read_sample_files
+                names = [spec.name for spec in specs]
+                found = read(path, names, limit=samples)
+                what = "ONNX test-data folder" if kind == "test-data" else "folder of sample files"
+                return StreamDataset(
+                    found, specs=specs, limit=samples, batch_axes=axes, source=f"{what} {path}", kind=kind
+                )
             return ImageFolderDataset(
                 path, specs=specs, options=image_options or ImageOptions(), input_name=input_name, limit=samples
             )
         if not path.exists():
             raise DataError(f"data file {path} does not exist")
-        return load_arrays(path, specs=specs, limit=samples)
+        return load_arrays(path, specs=specs, limit=samples, batch_axes=axes)
     if isinstance(data, np.ndarray):
         if len(specs) != 1:
             raise DataError(
                 f"one array can feed only a one-input model; this one has {len(specs)} inputs ({input_names(specs)}): "
                 "give a dict of input name -> array"
             )
-        return ArrayDataset({specs[0].name: data}, specs=specs, source="in-memory array", kind="arrays", limit=samples)
+        return ArrayDataset(
+            {specs[0].name: data}, specs=specs, source="in-memory array", kind="arrays", limit=samples, batch_axes=axes
+        )
     if isinstance(data, Mapping):
-        return ArrayDataset(data, specs=specs, source="in-memory arrays", kind="arrays", limit=samples)
+        return ArrayDataset(data, specs=specs, source="in-memory arrays", kind="arrays", limit=samples, batch_axes=axes)
     if callable(getattr(data, "get_next", None)) or (
         isinstance(data, Iterable) and not isinstance(data, (str, bytes, bytearray))
     ):
-        return StreamDataset(data, specs=specs, limit=samples)
+        return StreamDataset(data, specs=specs, limit=samples, batch_axes=axes)
     raise DataError(
         f"cannot read samples from a {type(data).__name__}: give a .npz path, a folder of images, a "
         "CalibrationDataReader (get_next()), or an iterable of dicts of input name -> array"

@@ -40,6 +40,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from onnx import ModelProto
 
 from onnxprune.config import PruneConfig, StructureConfig
@@ -269,6 +270,29 @@ def _unchanged(pipeline: Pipeline, state: _State, files: tuple[Path, ...]) -> Pr
     )
 
 
+#: Samples of real data the output is validated on (one run).
+VALIDATION_SAMPLES = 8
+
+
+def shapes_of_data(
+    calibration: Dataset | None, input_shapes: Mapping[str, tuple[int, ...]] | None
+) -> Mapping[str, tuple[int, ...]] | None:
+    """The input shapes the passes use: the user's, else those of a run of one sample of the
+    calibration data (so real data needs no ``--input-shape``), else None (guessed)."""
+    if input_shapes or calibration is None:
+        return input_shapes
+    one = next(calibration.batches(1), None)
+    return None if one is None else {name: tuple(int(d) for d in np.shape(a)) for name, a in one.items()}
+
+
+def first_run(calibration: Dataset | None) -> dict[str, np.ndarray] | None:
+    """One run of real samples to validate the output on (None without calibration data)."""
+    if calibration is None:
+        return None
+    batch = next(calibration.batches(VALIDATION_SAMPLES), None)
+    return None if batch is None else {name: np.array(a) for name, a in batch.items()}
+
+
 def run_file(
     pipeline: Pipeline,
     source: str | os.PathLike[str],
@@ -292,6 +316,7 @@ def run_file(
     file (the parsed model is never copied), the model is freed, and only then is the
     staged file validated and renamed into place (or quantized into place).
     """
+    input_shapes = shapes_of_data(calibration, input_shapes)
     context = PassContext(calibration, input_shapes, progress, stream=pipeline.channels is None or pipeline.watched)
     pipeline.check(context)
     model, files = load_model_with_files(source, finite=not allow_nonfinite)
@@ -316,7 +341,11 @@ def run_file(
         elif state.watch is not None:
             state.passes.append(not_dead())
         report = validate_model(
-            staged.model_path, reference=source, input_shapes=input_shapes, checker_path=staged.checker_path
+            staged.model_path,
+            reference=source,
+            input_shapes=input_shapes,
+            checker_path=staged.checker_path,
+            feeds=first_run(calibration),
         )
         quantized = None
         if pipeline.quantize is None:
@@ -356,7 +385,7 @@ def run_model(
     :func:`onnxprune.prune` has always done). Nothing is validated (see :func:`onnxprune.save`),
     except the int8 model by the quantizer.
     """
-    context = PassContext(calibration, input_shapes, progress, stream=False)
+    context = PassContext(calibration, shapes_of_data(calibration, input_shapes), progress, stream=False)
     pipeline.check(context)
     state = _first(pipeline, model, context)
     if stamp_always and pipeline.weights is not None and not state.result.pruned:

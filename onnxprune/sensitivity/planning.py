@@ -18,7 +18,7 @@ import numpy as np
 from onnxprune.data import Dataset
 from onnxprune.graph.discovery import Weight
 from onnxprune.ops import spec_of
-from onnxprune.sensitivity.sweep import Sensitivity, stack_feeds
+from onnxprune.sensitivity.sweep import Sensitivity, feed_batches
 from onnxprune.sensitivity.tasks import output_loss, run_outputs
 from onnxprune.sparsity.plan import Curve, Plan, exact_target, plan_for_loss, plan_for_target, tighten
 
@@ -45,9 +45,9 @@ class PlanLoss:
         from onnxprune.graph.model_io import load_model
 
         self.model = load_model(model_path)
-        self.feeds = stack_feeds(data, batch_size)
+        self.feeds = feed_batches(data, batch_size)
         self.labels, self.structural, self.input_shapes, self.batch_size = labels, structural, input_shapes, batch_size
-        self.dense = tuple(run_outputs(self.model.SerializeToString(), self.feeds, batch_size))
+        self.dense = tuple(run_outputs(self.model.SerializeToString(), self.feeds))
 
     def __call__(self, plan: dict[str, float]) -> float:
         import copy
@@ -62,7 +62,7 @@ class PlanLoss:
             remove_channels(pruned, config, input_shapes=self.input_shapes, check=False)
         elif plan:
             prune_weights(pruned, PruneConfig(plan=plan, min_size=0))
-        outputs = run_outputs(pruned.SerializeToString(), self.feeds, self.batch_size)
+        outputs = run_outputs(pruned.SerializeToString(), self.feeds)
         return output_loss(self.dense, outputs, self.labels)
 
 

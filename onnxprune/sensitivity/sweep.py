@@ -27,7 +27,7 @@ from onnxprune.graph.outputs import make_folder, write_file
 from onnxprune.graph.sanity import refuse_nonfinite
 from onnxprune.passes.base import Progress
 from onnxprune.sensitivity.executors import Executor, SerialExecutor
-from onnxprune.sensitivity.tasks import Feeds, LayerCurve, LayerTask, run_layer, run_outputs
+from onnxprune.sensitivity.tasks import Batches, LayerCurve, LayerTask, run_layer, run_outputs
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,17 @@ def _digest(path: Path, options: dict[str, object], data_digest: str) -> str:
     return h.hexdigest()
 
 
-def stack_feeds(dataset: Dataset, batch_size: int) -> Feeds:
-    parts = list(dataset.batches(batch_size))
+def feed_batches(dataset: Dataset, batch_size: int) -> Batches:
+    """The dataset's runs of ``batch_size`` samples, as the model's feeds (writable copies, which
+    workers receive pickled)."""
+    parts = tuple({name: np.array(a) for name, a in batch.items()} for batch in dataset.batches(batch_size))
     if not parts:
         raise OptionError("the sensitivity data has no samples")
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    return parts
+
+
+def _arrays(batches: Batches | None) -> list[np.ndarray]:
+    return [array for batch in batches or () for array in batch.values()]
 
 
 def _array_digest(arrays: Sequence[np.ndarray | None]) -> str:
@@ -145,9 +151,10 @@ def analyze_groups(
 
     path = Path(model_path)
     levels = _checked_levels(levels)
-    feeds = stack_feeds(data, batch_size)
+    feeds = feed_batches(data, batch_size)
+    one = {name: np.array(a) for name, a in next(data.batches(1)).items()}
     options = {"structural": True, "levels": list(levels), "repeats": repeats}
-    digest = _digest(path, options, _array_digest([*feeds.values(), labels]))
+    digest = _digest(path, options, _array_digest([*_arrays(feeds), labels]))
     cached_file = Path(cache_dir) / f"{digest}.json" if cache_dir is not None else None
     found = _cached(cached_file, path, digest, options)
     if found is not None:
@@ -156,15 +163,14 @@ def analyze_groups(
     model = load_model(path)
     # channels are ranked by every weight of their group, as prune --structured ranks them
     refuse_nonfinite(model, advice="channel groups are ranked by their weights: fix the model")
-    shapes = {name: tuple(int(d) for d in value.shape[1:]) for name, value in feeds.items()}
-    shapes = dict(input_shapes or {name: (1, *dims) for name, dims in shapes.items()})
+    shapes = dict(input_shapes or {name: tuple(int(d) for d in value.shape) for name, value in one.items()})
     groups = [g.name for g in analyze(model, input_shapes=shapes).prunable]
     if not groups:
         raise OptionError(f"'{path}' has no channel group that can lose channels (see onnxprune prune --structured)")
-    dense = tuple(run_outputs(model.SerializeToString(), feeds, batch_size))
+    dense = tuple(run_outputs(model.SerializeToString(), feeds))
     del model
     tasks = [
-        GroupTask(str(path), name, levels, feeds, labels, dense, shapes, batch_size=batch_size, repeats=repeats)
+        GroupTask(str(path), name, levels, feeds, labels, dense, shapes, one, batch_size=batch_size, repeats=repeats)
         for name in groups
     ]
     curves = tuple((executor or SerialExecutor()).map(run_group, tasks, progress))
@@ -194,12 +200,14 @@ def analyze_sensitivity(
         raise OptionError(
             f"{opt('method', method)} needs calibration data: give {opt('calibration')} or {opt('data_free', True)}"
         )
-    feeds = stack_feeds(data, batch_size) if data is not None else None
-    if labels is not None and feeds is not None and len(labels) != len(next(iter(feeds.values()))):
-        raise OptionError(f"{len(labels)} labels for {len(next(iter(feeds.values())))} samples")
-    calib = stack_feeds(calibration, batch_size) if calibration is not None else None
+    feeds = feed_batches(data, batch_size) if data is not None else None
+    if labels is not None and feeds is not None and data is not None:
+        count = sum(data.count(batch) for batch in feeds)
+        if len(labels) != count:
+            raise OptionError(f"{len(labels)} labels for {count} samples")
+    calib = feed_batches(calibration, batch_size) if calibration is not None else None
     options = {"method": method, "levels": list(levels), "min_size": min_size, "data": feeds is not None}
-    digest = _digest(path, options, _array_digest([*(feeds or {}).values(), labels, *(calib or {}).values()]))
+    digest = _digest(path, options, _array_digest([*_arrays(feeds), labels, *_arrays(calib)]))
     cached_file = Path(cache_dir) / f"{digest}.json" if cache_dir is not None else None
     found = _cached(cached_file, path, digest, options)
     if found is not None:
@@ -209,7 +217,7 @@ def analyze_sensitivity(
     weights = [w for w in discover(model, DiscoveryOptions(min_size=min_size)).prunable if not w.scope]
     if not weights:
         raise OptionError(f"'{path}' has no prunable weight of at least {min_size} elements")
-    dense = tuple(run_outputs(model.SerializeToString(), feeds, batch_size)) if feeds is not None else None
+    dense = tuple(run_outputs(model.SerializeToString(), feeds)) if feeds is not None else None
     del model
     tasks = [
         LayerTask(
@@ -222,6 +230,7 @@ def analyze_sensitivity(
             dense=dense,
             calibration=calib,
             batch_size=batch_size,
+            batch_axes=calibration.layout.axes if calibration is not None else None,
         )
         for w in weights
     ]

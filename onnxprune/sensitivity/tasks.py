@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 Feeds = dict[str, np.ndarray]
+#: The data of a measurement: the model's feeds, one per run, in order (each input's
+#: samples on its batch axis, as :meth:`onnxprune.data.Dataset.batches` hands them out).
+Batches = tuple[Feeds, ...]
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,12 @@ class LayerTask:
     weight: str  # the weight's key (tensor name, ``scope::name`` in a subgraph)
     levels: tuple[float, ...]
     method: str = "magnitude"
-    feeds: Feeds | None = None  # evaluation data; None: data-free proxy
+    feeds: Batches | None = None  # evaluation data; None: data-free proxy
     labels: np.ndarray | None = None
     dense: tuple[np.ndarray, ...] | None = None  # the dense model's outputs on ``feeds``
-    calibration: Feeds | None = None  # for calibrated methods
+    calibration: Batches | None = None  # for calibrated methods
     batch_size: int = 64
+    batch_axes: dict[str, int | None] | None = None  # --batch-axis, for the calibration data
 
 
 @dataclass(frozen=True)
@@ -116,19 +120,22 @@ def output_loss(dense: tuple[np.ndarray, ...], pruned: list[np.ndarray], labels:
     return float(1.0 - result.top1_agreement) if result.top1_agreement is not None else 0.0
 
 
-def run_outputs(model: bytes, feeds: Feeds, batch_size: int) -> list[np.ndarray]:
-    """All outputs of ``model`` on ``feeds``, batch by batch, one onnxruntime thread: each
-    output's batches joined on axis 0 (a scalar output, which has no sample axis, gives one
-    value per batch)."""
+def run_outputs(model: bytes, feeds: Batches) -> list[np.ndarray]:
+    """All outputs of ``model`` on the runs ``feeds``, one onnxruntime thread: each output's
+    runs joined on axis 0 where they agree on the other axes (outputs with their samples on
+    axis 0), else flattened and joined (a state ``[1, batch, 32]``, a scalar: compared value
+    by value all the same)."""
     from onnxprune import runtime
 
     sess = runtime.session(model, threads=1)
-    count = len(next(iter(feeds.values())))
-    parts: list[list[np.ndarray]] = []
-    for start in range(0, count, batch_size):
-        batch = {name: value[start : start + batch_size] for name, value in feeds.items()}
-        parts.append(sess.run(None, batch))
-    return [np.concatenate([np.atleast_1d(p[i]) for p in parts]) for i in range(len(parts[0]))]
+    parts = [sess.run(None, dict(batch)) for batch in feeds]
+    return [_join([np.atleast_1d(p[i]) for p in parts]) for i in range(len(parts[0]))]
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    if len({p.shape[1:] for p in parts}) == 1:
+        return np.concatenate(parts)
+    return np.concatenate([p.reshape(-1) for p in parts])
 
 
 def run_layer(task: LayerTask) -> LayerCurve:
@@ -165,10 +172,11 @@ def run_layer(task: LayerTask) -> LayerCurve:
                 from onnxprune.runtime import input_specs, session
 
                 specs = input_specs(session(task.model_path))
-                prune_calibrated(pruned, config, open_data(task.calibration, specs=specs))
+                calibration = open_data(list(task.calibration or ()), specs=specs, batch_axes=task.batch_axes)
+                prune_calibrated(pruned, config, calibration)
             else:
                 prune_weights(pruned, config)
-            outputs = run_outputs(pruned.SerializeToString(), task.feeds, task.batch_size)
+            outputs = run_outputs(pruned.SerializeToString(), task.feeds)
             losses.append(output_loss(task.dense or (), outputs, task.labels))
     kind = "accuracy drop" if task.labels is not None else "1 - cosine"
     return LayerCurve(task.weight, weight.numel, task.levels, tuple(losses), kind, time.perf_counter() - start)
@@ -181,10 +189,11 @@ class GroupTask:
     model_path: str
     group: str  # the group's name (its first producer)
     levels: tuple[float, ...]
-    feeds: Feeds
+    feeds: Batches
     labels: np.ndarray | None
     dense: tuple[np.ndarray, ...]
     input_shapes: dict[str, tuple[int, ...]]
+    one: Feeds  # a run of one sample: what latency is timed on
     batch_size: int = 64
     repeats: int = 15
 
@@ -193,14 +202,14 @@ class GroupTask:
         return self.group
 
 
-def paired_latency_ratio(a: bytes, b: bytes, feeds: Feeds, repeats: int) -> float:
-    """Median over ``repeats`` of t(b) / t(a), the two run alternately, one thread, one sample."""
+def paired_latency_ratio(a: bytes, b: bytes, batch: Feeds, repeats: int) -> float:
+    """Median over ``repeats`` of t(b) / t(a), the two run alternately, one thread, on ``batch``
+    (a run of one sample)."""
     import time
 
     from onnxprune import runtime
 
     sessions = [runtime.session(model, threads=1, optimize=True) for model in (a, b)]
-    batch = {name: value[:1] for name, value in feeds.items()}
     for sess in sessions:  # warm up
         for _ in range(3):
             sess.run(None, batch)
@@ -244,8 +253,8 @@ def run_group(task: GroupTask) -> LayerCurve:
             record = next(g for g in result.groups if g.name == task.group)
             units = record.units
             data = pruned.SerializeToString()
-            losses.append(output_loss(task.dense, run_outputs(data, task.feeds, task.batch_size), task.labels))
-            latency.append(1.0 - paired_latency_ratio(dense_bytes, data, task.feeds, task.repeats))
+            losses.append(output_loss(task.dense, run_outputs(data, task.feeds), task.labels))
+            latency.append(1.0 - paired_latency_ratio(dense_bytes, data, task.one, task.repeats))
             before, after = result.macs_before, result.macs_after
             macs.append(1.0 - after / before if before and after is not None else 0.0)
     kind = "accuracy drop" if task.labels is not None else "1 - cosine"
