@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+import onnx
 
 import onnxprune
 from onnxprune import cli_choices
-from onnxprune.batch_axes import parse_batch_axes
+from onnxprune.batch_axes import batch_axes, parse_batch_axes
 from onnxprune.cli_analyze import analyze_command
 from onnxprune.cli_eval import build_options, eval_command, evaluation_files, evaluation_options, run_evaluation
 from onnxprune.cli_print import (
@@ -38,7 +39,7 @@ from onnxprune.evaluate import check_evaluation
 from onnxprune.graph.model_io import model_reads, model_writes
 from onnxprune.graph.outputs import Read, Write, check_outputs, write_file
 from onnxprune.passes.pipeline import after_weights
-from onnxprune.runtime import parse_input_shapes, reads_model
+from onnxprune.runtime import declared_dims, guessed_dims, parse_input_shapes, reads_model
 from onnxprune.stats import file_stats
 
 NOTHING_TO_PRUNE = 10
@@ -262,8 +263,39 @@ def inspect(
             f"not pruned: {len(skipped)} tensors ({reason_counts(skipped)})"
             + ("" if show_all else "; --all lists them")
         )
+    inputs = input_table(model)
+    if inputs:
+        click.echo("\n" + table([[i["name"], i["declared"], i["batch"], i["needs"]] for i in inputs],
+                                 ["input", "declared", "batch axis", "synthetic data needs"]))  # fmt: skip
     if json_path:
-        _write_json(json_path, {"model": str(model), "weights": [_weight_json(w) for w in inventory.weights]})
+        weights = [_weight_json(w) for w in inventory.weights]
+        _write_json(json_path, {"model": str(model), "weights": weights, "inputs": inputs})
+
+
+def input_table(model: Path) -> list[dict[str, Any]]:
+    """Each graph input of ``model``: its declared dims, its batch axis (as data is read,
+    :mod:`onnxprune.batch_axes`) and the ``--input-shape`` a synthetic input needs (dims
+    onnxprune would otherwise guess); real data needs none."""
+    proto = onnx.load(str(model), load_external_data=False)
+    declared = declared_dims(proto)
+    axes = batch_axes(declared)
+    guessed = guessed_dims(declared, {})
+    rows = []
+    for name, dims in declared.items():
+        axis = axes[name]
+        shown = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]" if dims else "scalar"
+        batch = (
+            "none (one value per run)" if axis is None else "undecided: give --batch-axis" if axis < 0 else str(axis)
+        )
+        needs = ""
+        if name in guessed:
+            example = "x".join(
+                "1" if i == axis else "N" if i in guessed[name] else str(d) if isinstance(d, int) else "1"
+                for i, d in enumerate(dims)
+            )
+            needs = f"--input-shape {name}:{example} (else guessed)"
+        rows.append({"name": name, "declared": shown, "batch": batch, "needs": needs, "dims": list(dims)})
+    return rows
 
 
 def _weight_json(w: onnxprune.Weight) -> dict[str, Any]:

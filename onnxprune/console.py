@@ -132,6 +132,10 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             fail(stop.message, stop.exit_code)
         except MemoryError:
             fail("out of memory; try a machine with more memory", INTERNAL_ERROR)
+        except BrokenPipeError:  # stdout closed early (| head): stop quietly, as cat does
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except Exception as exc:  # a bug: say so, in one line
             if debug:
                 raise

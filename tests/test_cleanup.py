@@ -608,10 +608,12 @@ def test_fixtures_outputs_unchanged(path):
     model.metadata_props.add(key="k", value="v")
     model.doc_string = "doc"
     before = copy(model)
-    x = np.load(str(path.with_suffix(".test.npz")))["input"][:64]
+    data = np.load(str(path.with_suffix(".test.npz")))
+    # one-input fixtures: key "input", a batch of 64; stateful_mnist1d: complete feeds, the first
+    feeds = {"input": data["input"][:64]} if "input" in data.files else {k: np.asarray(data[k][0]) for k in data.files}
     result = cleanup(model)
     checked(model)
-    assert_same_outputs(before, model, {"input": x})
+    assert_same_outputs(before, model, feeds)
     assert model.ir_version == before.ir_version and model.opset_import == before.opset_import
     assert [(p.key, p.value) for p in model.metadata_props] == [("k", "v")] and model.doc_string == "doc"
     assert [i.name for i in model.graph.input] == [i.name for i in before.graph.input]

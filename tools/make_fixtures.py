@@ -10,10 +10,18 @@ What it makes (all under ``fixtures/``, opset 17, input ``input`` with a dynamic
 * ``lstm_mnist1d.onnx``        single-layer LSTM classifier on MNIST-1D.
 * ``cnn_digits_const.onnx``    cnn_digits with every initializer turned into a Constant node.
 * ``mlp_digits_fp16.onnx``     mlp_digits with float16 weights, each followed by Cast(to=FLOAT).
+* ``stateful_mnist1d.onnx``    streaming GRU classifier on MNIST-1D with explicit state and a scalar
+                               input: inputs ``x`` [batch, seq, 1], ``h0`` [1, batch, 32] (batch on
+                               axis 1) and ``gain`` (rank 0); outputs ``logits`` and ``h_n``.
 
 For every model ``<name>`` it also writes ``<name>.test.npz`` (key ``input``, held-out split),
 ``<name>.test_labels.npy`` (int64 labels) and ``<name>.calib.npz`` (key ``input``, 256 samples
-from the training split), plus ``manifest.json`` and ``README.md``.
+from the training split), plus ``manifest.json`` and ``README.md``. ``stateful_mnist1d`` has three
+inputs, so its data is stored differently (see ``save_stream_fixture``): its ``.test.npz`` and
+``.calib.npz`` (128 samples) are stacks of complete batch-1 feeds keyed by input name, and the
+first 32 test samples also come as an ONNX test-data folder (``stateful_mnist1d.heldout/``), a
+folder of per-sample .npz files (``stateful_mnist1d.samples/``) and
+``stateful_mnist1d.heldout_labels.npy``.
 
 Everything is deterministic (fixed seeds, single thread, deterministic algorithms, fixed zip
 timestamps): running the script twice yields byte-identical files. Accuracies in the manifest
@@ -25,20 +33,28 @@ is generated procedurally, nothing is downloaded). torch is only needed by this 
 Run from the repository root::
 
     .venv/bin/python tools/make_fixtures.py
+    .venv/bin/python tools/make_fixtures.py --only stateful_mnist1d   # one fixture, others kept
+
+``--only NAME`` (repeatable) builds only the named fixtures (training only the networks they
+need) and merges their entries into the existing ``manifest.json``: the other entries keep their
+place and content, a new one is appended, and ``README.md`` is rewritten from the merged manifest.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
 import math
+import shutil
 import time
 import warnings
 import zipfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +75,18 @@ N_CALIB = 256
 NUM_CLASSES = 10
 ATOL = 1e-4
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+# stateful_mnist1d: each 40-step MNIST-1D signal is streamed as two chunks of 20 steps; the
+# first chunk only produces the state, the model input is the second chunk.
+STREAM_NAME = "stateful_mnist1d"
+STREAM_STEPS = 40
+STREAM_CHUNK = 20
+STREAM_HIDDEN = 32
+STREAM_GAINS = np.array([0.5, 1.0, 2.0], dtype=np.float32)  # powers of two: x / gain * gain is exact
+STREAM_N_CALIB = 128
+STREAM_N_TEST = 450
+STREAM_N_HELDOUT = 32
+STREAM_EPOCHS = 60
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,6 +303,34 @@ class LSTMClassifier(nn.Module):
         return self.fc(h_n[-1])
 
 
+class StreamingGRU(nn.Module):
+    """One chunk of a streamed signal: ``x * gain`` through a GRU started from ``h0``, Linear head
+    on the new state. Returns ``(logits, h_n)``; ``h0``/``h_n`` are ``[1, batch, hidden]``."""
+
+    def __init__(self, hidden: int = STREAM_HIDDEN) -> None:
+        super().__init__()
+        self.gru = nn.GRU(1, hidden, num_layers=1, batch_first=True)
+        self.fc = nn.Linear(hidden, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor, gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, h_n = self.gru(x * gain, h0)
+        return self.fc(h_n[-1]), h_n
+
+
+class WholeSequence(nn.Module):
+    """Training view of a StreamingGRU: the whole 40-step signal from a zero state, gain 1. A GRU
+    over two chunks with the state handed on computes the same as over the whole signal."""
+
+    def __init__(self, stream: StreamingGRU, steps: int = STREAM_STEPS) -> None:
+        super().__init__()
+        self.stream = stream
+        self.steps = steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h_n = self.stream.gru(x.reshape(-1, self.steps, 1))
+        return self.stream.fc(h_n[-1])
+
+
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
@@ -341,22 +397,33 @@ def train_classifier(model: nn.Module, split: Split, cfg: TrainConfig, seed: int
 # --------------------------------------------------------------------------------------------
 
 
-def export_torch(model: nn.Module, example: torch.Tensor, keep_batchnorm: bool) -> onnx.ModelProto:
-    """Export with the TorchScript exporter; PRESERVE mode keeps BatchNormalization unfused."""
+def export_torch(
+    model: nn.Module,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    keep_batchnorm: bool,
+    *,
+    input_names: Sequence[str] = ("input",),
+    output_names: Sequence[str] = ("logits",),
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+) -> onnx.ModelProto:
+    """Export with the TorchScript exporter; PRESERVE mode keeps BatchNormalization unfused.
+    By default one input ``input`` and one output ``logits``, both with a dynamic ``batch`` axis 0."""
     model.eval()
     mode = torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
+    if dynamic_axes is None:
+        dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
-            (example,),
+            example if isinstance(example, tuple) else (example,),
             buf,
             dynamo=False,
             opset_version=OPSET,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
             training=mode,
             do_constant_folding=True,
         )
@@ -379,7 +446,15 @@ def undo_initializer_dedup(graph: onnx.GraphProto) -> None:
     graph.node.extend(keep)
 
 
-ROLE_NAMES = {("MatMul", 1): "weight_t", ("LSTM", 1): "W", ("LSTM", 2): "R", ("LSTM", 3): "B"}
+ROLE_NAMES = {
+    ("MatMul", 1): "weight_t",
+    ("LSTM", 1): "W",
+    ("LSTM", 2): "R",
+    ("LSTM", 3): "B",
+    ("GRU", 1): "W",
+    ("GRU", 2): "R",
+    ("GRU", 3): "B",
+}
 
 
 def readable_initializer_name(node: onnx.NodeProto, index: int) -> str:
@@ -424,9 +499,11 @@ def finalize(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def export_clean(model: nn.Module, example: torch.Tensor, keep_batchnorm: bool) -> onnx.ModelProto:
-    """Export a torch model and tidy the resulting graph."""
-    proto = export_torch(model, example, keep_batchnorm)
+def export_clean(
+    model: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], keep_batchnorm: bool, **names: object
+) -> onnx.ModelProto:
+    """Export a torch model and tidy the resulting graph (``names``: export_torch's keywords)."""
+    proto = export_torch(model, example, keep_batchnorm, **names)  # type: ignore[arg-type]
     undo_initializer_dedup(proto.graph)
     rename_anonymous_initializers(proto.graph)
     return finalize(proto)
@@ -488,6 +565,14 @@ def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
     return sess.run(["logits"], {"input": x})[0]
 
 
+def ort_session(path: Path) -> ort.InferenceSession:
+    """A single-threaded onnxruntime CPU session."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def torch_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Eval-mode torch logits."""
     model.eval()
@@ -503,6 +588,11 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 def sha256(path: Path) -> str:
     """Hex sha256 of a file."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def value_dims(value: onnx.ValueInfoProto) -> list[str | int]:
+    """A graph input's or output's dims: the symbol where there is one, else the size."""
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
 
 def check_graph_features(model: onnx.ModelProto, name: str) -> None:
@@ -530,6 +620,21 @@ def check_graph_features(model: onnx.ModelProto, name: str) -> None:
     elif name == "mlp_digits_fp16":
         assert all(t.data_type == TensorProto.FLOAT16 for t in graph.initializer)
         assert ops.get("Cast", 0) == len(graph.initializer), ops
+    elif name == STREAM_NAME:
+        inputs = {v.name: value_dims(v) for v in graph.input}
+        outputs = {v.name: value_dims(v) for v in graph.output}
+        assert list(inputs) == ["x", "h0", "gain"], inputs
+        assert inputs["x"] == ["batch", "seq", 1], inputs
+        assert inputs["h0"] == [1, "batch", STREAM_HIDDEN], inputs  # batch on axis 1
+        assert inputs["gain"] == [], inputs  # rank 0
+        assert graph.input[2].type.tensor_type.HasField("shape"), "gain must have a known (empty) shape"
+        assert outputs == {"logits": ["batch", NUM_CLASSES], "h_n": [1, "batch", STREAM_HIDDEN]}, outputs
+        gru = [n for n in graph.node if n.op_type == "GRU"]
+        assert len(gru) == 1 and all(i in inits for i in gru[0].input[1:4]), gru
+        assert len(gru[0].input) == 6 and gru[0].input[5] == "h0", gru[0].input  # initial_h is h0
+        assert "h_n" in gru[0].output, gru[0].output
+        mul = [n for n in graph.node if n.op_type == "Mul" and "gain" in n.input and "x" in n.input]
+        assert len(mul) == 1, ops
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,16 +647,17 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         for key, arr in arrays.items():
             buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+            contiguous = np.ascontiguousarray(arr).reshape(np.shape(arr))  # ascontiguousarray makes rank 0 rank 1
+            np.lib.format.write_array(buf, contiguous, allow_pickle=False)
             info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_DATE)
             info.external_attr = 0o644 << 16
             zf.writestr(info, buf.getvalue())
 
 
-def calibration_indices(n_train: int, seed: int) -> np.ndarray:
-    """256 sorted training indices, drawn without replacement."""
+def calibration_indices(n_train: int, seed: int, size: int = N_CALIB) -> np.ndarray:
+    """``size`` (256) sorted training indices, drawn without replacement."""
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_train, size=N_CALIB, replace=False))
+    return np.sort(rng.choice(n_train, size=size, replace=False))
 
 
 def write_data_files(name: str, split: Split, calib_idx: np.ndarray) -> dict[str, str]:
@@ -621,6 +727,176 @@ def save_fixture(fx: Fixture, calib_idx: np.ndarray) -> dict[str, object]:
     }
 
 
+@dataclass
+class StreamFixture:
+    """The stateful (streaming) fixture: a model with several inputs and its stacked feeds."""
+
+    name: str
+    architecture: str
+    features: str
+    dataset: str
+    proto: onnx.ModelProto
+    model: StreamingGRU
+    num_params: int
+    calib: dict[str, np.ndarray]  # input name -> [N, *shape with batch 1]
+    test: dict[str, np.ndarray]
+    test_labels: np.ndarray
+    whole_sequence_logits: np.ndarray  # torch, the test signals in one piece from a zero state
+
+
+def feed_of(feeds: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    """Sample ``i`` of a stack of feeds: exactly what the model receives (batch 1)."""
+    return {k: np.array(v[i], copy=True, order="C") for k, v in feeds.items()}  # rank 0 stays rank 0
+
+
+def stream_feeds(model: StreamingGRU, signals: np.ndarray, gain_seed: int) -> dict[str, np.ndarray]:
+    """Stacked batch-1 feeds for a signal's second chunk: ``h0`` is the GRU's state after the first
+    chunk (from a zero state), ``gain`` one of STREAM_GAINS per sample and ``x`` the chunk / gain."""
+    seq = signals.reshape(-1, STREAM_STEPS, 1).astype(np.float32)
+    first, second = seq[:, :STREAM_CHUNK], seq[:, STREAM_CHUNK:]
+    model.eval()
+    with torch.no_grad():
+        _, h = model.gru(torch.from_numpy(np.ascontiguousarray(first)))
+    h = h.numpy()  # [1, N, hidden]
+    gain = np.random.default_rng(gain_seed).choice(STREAM_GAINS, size=len(seq)).astype(np.float32)
+    x = (second / gain[:, None, None]).astype(np.float32)
+    assert np.array_equal(x * gain[:, None, None], second), "x * gain must give the chunk back exactly"
+    return {
+        "x": x[:, None],  # [N, 1, chunk, 1]
+        "h0": np.moveaxis(h, 1, 0)[:, :, None, :].astype(np.float32),  # [N, 1, 1, hidden]
+        "gain": gain,  # [N]
+    }
+
+
+def run_stream(fx: StreamFixture, path: Path, feeds: dict[str, np.ndarray]) -> tuple[list[list[np.ndarray]], float]:
+    """onnxruntime outputs for every feed of a stack, and their max abs diff to torch."""
+    sess = ort_session(path)
+    names = [o.name for o in sess.get_outputs()]
+    outs, max_diff = [], 0.0
+    for i in range(len(feeds["gain"])):
+        feed = feed_of(feeds, i)
+        got = sess.run(names, feed)
+        with torch.no_grad():
+            ref = fx.model(*(torch.from_numpy(feed[k]) for k in ("x", "h0", "gain")))
+        for a, b in zip(got, ref, strict=True):
+            max_diff = max(max_diff, float(np.abs(a - b.numpy()).max()))
+        outs.append(got)
+    return outs, max_diff
+
+
+def write_heldout(
+    fx: StreamFixture, outputs: list[list[np.ndarray]], input_names: list[str], output_names: list[str]
+) -> dict[str, str]:
+    """The first STREAM_N_HELDOUT test samples as an ONNX test-data folder, a folder of per-sample
+    .npz files (batch axes removed) and their labels."""
+    files = {
+        "heldout_data": f"{fx.name}.heldout",
+        "heldout_samples": f"{fx.name}.samples",
+        "heldout_labels": f"{fx.name}.heldout_labels.npy",
+    }
+    heldout, samples = FIXTURES / files["heldout_data"], FIXTURES / files["heldout_samples"]
+    for folder in (heldout, samples):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir()
+    batch_axes = {"x": 0, "h0": 1}
+    shapes = {"x": (1, STREAM_CHUNK, 1), "h0": (1, 1, STREAM_HIDDEN), "gain": ()}
+    for i in range(STREAM_N_HELDOUT):
+        feed = feed_of(fx.test, i)
+        assert {k: v.shape for k, v in feed.items()} == shapes, {k: v.shape for k, v in feed.items()}
+        case = heldout / f"test_data_set_{i}"
+        case.mkdir()
+        for j, name in enumerate(input_names):
+            tensor = numpy_helper.from_array(feed[name], name=name)
+            (case / f"input_{j}.pb").write_bytes(tensor.SerializeToString())
+        for j, name in enumerate(output_names):
+            tensor = numpy_helper.from_array(outputs[i][j], name=name)
+            (case / f"output_{j}.pb").write_bytes(tensor.SerializeToString())
+        unbatched = {k: (np.squeeze(v, axis=batch_axes[k]) if k in batch_axes else v) for k, v in feed.items()}
+        assert unbatched["x"].shape == (STREAM_CHUNK, 1) and unbatched["h0"].shape == (1, STREAM_HIDDEN)
+        assert unbatched["gain"].shape == ()
+        write_npz(samples / f"sample_{i:03d}.npz", **unbatched)
+    np.save(FIXTURES / files["heldout_labels"], fx.test_labels[:STREAM_N_HELDOUT].astype(np.int64), allow_pickle=False)
+    return files
+
+
+def save_stream_fixture(fx: StreamFixture) -> dict[str, object]:
+    """Save the stateful model and its data in every format, verify against torch (per sample,
+    batch 1: ``gain`` is one scalar per feed) and measure onnxruntime accuracy."""
+    path = FIXTURES / f"{fx.name}.onnx"
+    onnx.save_model(fx.proto, path)
+    check_graph_features(fx.proto, fx.name)
+    graph = fx.proto.graph
+    input_names = [v.name for v in graph.input]
+    output_names = [v.name for v in graph.output]
+    outputs, max_diff = run_stream(fx, path, fx.test)
+    _, calib_diff = run_stream(fx, path, fx.calib)
+    max_diff = max(max_diff, calib_diff)
+    assert max_diff < ATOL, f"{fx.name}: onnxruntime vs torch max abs diff {max_diff}"
+    logits = np.stack([o[0][0] for o in outputs])
+    whole_diff = float(np.abs(logits - fx.whole_sequence_logits).max())
+    assert whole_diff < ATOL, f"{fx.name}: streamed vs whole-sequence logits differ by {whole_diff}"
+    acc = float((logits.argmax(1) == fx.test_labels).mean())
+
+    files = {
+        "test_data": f"{fx.name}.test.npz",
+        "test_labels": f"{fx.name}.test_labels.npy",
+        "calib_data": f"{fx.name}.calib.npz",
+    }
+    write_npz(FIXTURES / files["test_data"], **{k: fx.test[k] for k in input_names})
+    np.save(FIXTURES / files["test_labels"], fx.test_labels.astype(np.int64), allow_pickle=False)
+    write_npz(FIXTURES / files["calib_data"], **{k: fx.calib[k] for k in input_names})
+    files.update(write_heldout(fx, outputs, input_names, output_names))
+
+    size = path.stat().st_size
+    assert size < 100 * 1024, f"{fx.name} is {size} bytes"
+    print(f"  {fx.name}.onnx: {size} bytes, ORT accuracy {acc:.4f}, max |ORT-torch| {max_diff:.2e}")
+    batch_axes = {"x": 0, "h0": 1, "gain": None}
+    first = graph.input[0]
+    return {
+        "file": path.name,
+        "input_name": first.name,
+        "input_shape": value_dims(first),
+        "input_dtype": "float32",
+        "output_name": output_names[0],
+        "inputs": [
+            {"name": v.name, "shape": value_dims(v), "dtype": "float32", "batch_axis": batch_axes[v.name]}
+            for v in graph.input
+        ],
+        "outputs": [{"name": v.name, "shape": value_dims(v), "dtype": "float32"} for v in graph.output],
+        "num_params": fx.num_params,
+        "accuracy": round(acc, 4),
+        "num_test": len(fx.test_labels),
+        "num_calib": len(fx.calib["gain"]),
+        "num_heldout": STREAM_N_HELDOUT,
+        "max_abs_diff_vs_torch": max_diff,
+        "max_abs_diff_vs_whole_sequence": whole_diff,
+        "base_model": None,
+        "dataset": fx.dataset,
+        "architecture": fx.architecture,
+        "features": fx.features,
+        "data_layout": "test/calib .npz: a stack of complete batch-1 feeds keyed by input name "
+        "(x [N, 1, 20, 1], h0 [N, 1, 1, 32], gain [N]); heldout: ONNX test-data folder "
+        "test_data_set_<i>/input_<j>.pb (graph input order) + output_<j>.pb; samples: "
+        "sample_<iii>.npz keyed by input name, batch axes removed (x [20, 1], h0 [1, 32], gain [])",
+        "op_types": op_counts(fx.proto),
+        "sha256": sha256(path),
+        "size_bytes": size,
+        **files,
+    }
+
+
+def input_column(entry: dict[str, object]) -> str:
+    """The README's input cell: the one input's shape, or each input's name and shape."""
+
+    def fmt(shape: object) -> str:
+        return "[" + ", ".join(str(d) for d in shape) + "]"  # type: ignore[attr-defined]
+
+    if "inputs" not in entry:
+        return fmt(entry["input_shape"])
+    return ", ".join(f"`{i['name']}` {fmt(i['shape'])}" for i in entry["inputs"])  # type: ignore[attr-defined,index]
+
+
 def write_readme(entries: dict[str, dict[str, object]]) -> None:
     """Write fixtures/README.md with one table row per fixture."""
     lines = [
@@ -630,14 +906,35 @@ def write_readme(entries: dict[str, dict[str, object]]) -> None:
         "hand). Accuracy is measured with onnxruntime on the held-out split. Each model `<name>`",
         "comes with `<name>.test.npz` (key `input`), `<name>.test_labels.npy` (int64) and",
         f"`<name>.calib.npz` (key `input`, {N_CALIB} training samples). All models use opset",
-        f"{OPSET}, input `input` with a dynamic `batch` dimension and output `logits`.",
-        "`manifest.json` holds the same data plus op counts and sha256 of each file.",
+        f"{OPSET}, input `input` with a dynamic `batch` dimension and output `logits`, except",
+        f"`{STREAM_NAME}` (below). `manifest.json` holds the same data plus op counts and sha256",
+        "of each file.",
+        "",
+        f"`{STREAM_NAME}.onnx` is a streaming model exported with explicit state and a scalar input:",
+        "inputs `x` [batch, seq, 1], `h0` [1, batch, 32] (ONNX recurrent state layout, batch on axis",
+        "1) and `gain` (rank 0, multiplies `x` before the GRU); outputs `logits` [batch, 10] and `h_n`",
+        "[1, batch, 32]. Each 40-step MNIST-1D signal is split in two chunks of 20 steps: `h0` is the",
+        "trained GRU's state after the first chunk, `x` is the second chunk divided by `gain` (0.5, 1",
+        "or 2 per sample), so `x * gain` is the real chunk. Its data comes in three formats, all",
+        "holding the same values:",
+        "",
+        f"- `{STREAM_NAME}.test.npz` ({STREAM_N_TEST} test samples) and `{STREAM_NAME}.calib.npz`",
+        f"  ({STREAM_N_CALIB} training samples): a stack of complete feeds, keyed by input name: `x`",
+        "  [N, 1, 20, 1], `h0` [N, 1, 1, 32], `gain` [N]; sample `i` (`x[i]`, `h0[i]`, `gain[i]`) is",
+        f"  exactly what the model receives with batch 1. Labels: `{STREAM_NAME}.test_labels.npy`.",
+        f"- `{STREAM_NAME}.heldout/`: an ONNX test-data folder (as in the ONNX model zoo) with the",
+        f"  first {STREAM_N_HELDOUT} test samples: `test_data_set_<i>/input_0.pb`, `input_1.pb`,",
+        "  `input_2.pb` (serialized `TensorProto`s named `x`, `h0`, `gain`, graph input order, batch",
+        "  1) and `output_0.pb`, `output_1.pb` (`logits`, `h_n` from onnxruntime).",
+        f"- `{STREAM_NAME}.samples/`: the same {STREAM_N_HELDOUT} samples as one .npz per sample,",
+        "  `sample_000.npz` ..., keyed by input name with the batch axis removed: `x` [20, 1], `h0`",
+        f"  [1, 32] (axis 1 removed), `gain` []. Labels: `{STREAM_NAME}.heldout_labels.npy`.",
         "",
         "| file | architecture | dataset | input | params | accuracy | graph features |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in entries.values():
-        shape = "[" + ", ".join(str(d) for d in e["input_shape"]) + "]"  # type: ignore[union-attr]
+        shape = input_column(e)
         dataset = str(e["dataset"]).split(" (")[0]
         lines.append(
             f"| `{e['file']}` | {e['architecture']} | {dataset} | {shape} | {e['num_params']} "
@@ -751,41 +1048,120 @@ def build_lstm(split: Split) -> Fixture:
     )
 
 
-def main() -> None:
-    """Build every fixture, then write manifest.json and README.md."""
+def build_stateful(split: Split) -> StreamFixture:
+    """Streaming GRU on MNIST-1D: trained on whole signals, exported for one chunk with state."""
+    torch.manual_seed(SEED)
+    model = StreamingGRU()
+    cfg = TrainConfig(epochs=STREAM_EPOCHS, batch_size=64, lr=1e-2, weight_decay=1e-4, grad_clip=1.0)
+    t0 = time.perf_counter()
+    train_classifier(WholeSequence(model), split, cfg, SEED)
+    print(f"    trained in {time.perf_counter() - t0:.1f}s")
+    model.eval()
+    calib_idx = calibration_indices(len(split.y_train), SEED, STREAM_N_CALIB)
+    calib = stream_feeds(model, split.x_train[calib_idx], SEED + 1)
+    test = stream_feeds(model, split.x_test[:STREAM_N_TEST], SEED + 2)
+    example = (
+        torch.from_numpy(test["x"][:2, 0]),
+        torch.from_numpy(np.concatenate(test["h0"][:2], 1)),
+        torch.tensor(1.0),
+    )
+    proto = export_clean(
+        model,
+        example,
+        False,
+        input_names=("x", "h0", "gain"),
+        output_names=("logits", "h_n"),
+        dynamic_axes={"x": {0: "batch", 1: "seq"}, "h0": {1: "batch"}, "logits": {0: "batch"}, "h_n": {1: "batch"}},
+    )
+    return StreamFixture(
+        name=STREAM_NAME,
+        architecture=f"streaming chunk of {STREAM_CHUNK} steps x 1 feature: x * gain, GRU(hidden "
+        f"{STREAM_HIDDEN}) from state h0, Linear on the new state; outputs logits and h_n",
+        features="3 inputs (x [batch, seq, 1]; recurrent state h0 [1, batch, 32] with batch on axis 1; "
+        "rank-0 scalar gain), 2 outputs (logits, state h_n), GRU op with constant W/R/B and "
+        "initial_h = h0, Mul by a scalar input, Transpose, Gather, Gemm",
+        dataset="MNIST-1D (mnist1d.make_dataset defaults, seed 42), streamed: last 20 of 40 steps "
+        f"with the state after the first 20; {STREAM_N_CALIB} calibration samples from the 4000 "
+        f"training signals, the first {STREAM_N_TEST} of the 1000 test signals",
+        proto=proto,
+        model=model,
+        num_params=count_params(model),
+        calib=calib,
+        test=test,
+        test_labels=split.y_test[:STREAM_N_TEST].astype(np.int64),
+        whole_sequence_logits=torch_logits(WholeSequence(model), split.x_test[:STREAM_N_TEST]),
+    )
+
+
+ORDER = [
+    "cnn_digits",
+    "mlp_digits",
+    "transformer_mnist1d",
+    "lstm_mnist1d",
+    "cnn_digits_const",
+    "mlp_digits_fp16",
+    STREAM_NAME,
+]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command line: ``--only NAME`` (repeatable)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=ORDER,
+        metavar="NAME",
+        help="build only this fixture (repeatable) and merge it into the existing manifest.json; "
+        f"one of: {', '.join(ORDER)}",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Build every fixture (or those named by --only), then write manifest.json and README.md."""
+    args = parse_args(argv)
+    only = set(args.only) if args.only else None
     t0 = time.perf_counter()
     set_determinism()
     FIXTURES.mkdir(exist_ok=True)
-    digits = digits_split()
-    mnist1d = mnist1d_split()
-    builders: list[tuple[str, Callable[[], tuple[Fixture, ...]]]] = [
-        ("cnn_digits", lambda: build_cnn(digits.reshaped((1, 8, 8)))),
-        ("mlp_digits", lambda: build_mlp(digits)),
-        ("transformer_mnist1d", lambda: (build_transformer(mnist1d),)),
-        ("lstm_mnist1d", lambda: (build_lstm(mnist1d),)),
+    digits, mnist1d = cache(digits_split), cache(mnist1d_split)
+    builders: list[tuple[str, tuple[str, ...], Callable[[], tuple[Fixture | StreamFixture, ...]]]] = [
+        ("cnn_digits", ("cnn_digits", "cnn_digits_const"), lambda: build_cnn(digits().reshaped((1, 8, 8)))),
+        ("mlp_digits", ("mlp_digits", "mlp_digits_fp16"), lambda: build_mlp(digits())),
+        ("transformer_mnist1d", ("transformer_mnist1d",), lambda: (build_transformer(mnist1d()),)),
+        ("lstm_mnist1d", ("lstm_mnist1d",), lambda: (build_lstm(mnist1d()),)),
+        (STREAM_NAME, (STREAM_NAME,), lambda: (build_stateful(mnist1d()),)),
     ]
-    manifest: dict[str, dict[str, object]] = {}
-    for label, build in builders:
+    built: dict[str, dict[str, object]] = {}
+    for label, names, build in builders:
+        if only is not None and not only.intersection(names):
+            continue
         print(f"[{time.perf_counter() - t0:6.1f}s] training {label}")
         fixtures = build()
-        calib_idx = calibration_indices(len(fixtures[0].split.y_train), SEED)
         for fx in fixtures:
-            manifest[fx.name] = save_fixture(fx, calib_idx)
-    order = [
-        "cnn_digits",
-        "mlp_digits",
-        "transformer_mnist1d",
-        "lstm_mnist1d",
-        "cnn_digits_const",
-        "mlp_digits_fp16",
-    ]
-    manifest = {k: manifest[k] for k in order}
+            if only is not None and fx.name not in only:
+                continue
+            if isinstance(fx, StreamFixture):
+                built[fx.name] = save_stream_fixture(fx)
+            else:
+                calib_idx = calibration_indices(len(fx.split.y_train), SEED)
+                built[fx.name] = save_fixture(fx, calib_idx)
+    if only is None:
+        manifest = {k: built[k] for k in ORDER}
+    else:
+        existing_path = FIXTURES / "manifest.json"
+        manifest = json.loads(existing_path.read_text())["models"] if existing_path.exists() else {}
+        for name in ORDER:  # replaced in place, new ones appended after the existing entries
+            if name in built:
+                manifest[name] = built[name]
     text = json.dumps({"opset": OPSET, "models": manifest}, indent=2, sort_keys=False)
     (FIXTURES / "manifest.json").write_text(text + "\n")
     write_readme(manifest)
     print(f"\nDone in {time.perf_counter() - t0:.1f}s")
     for name, entry in manifest.items():
-        print(f"  {name:22s} accuracy (onnxruntime) {entry['accuracy']:.4f}")
+        mark = "" if name in built else "  (kept)"
+        print(f"  {name:22s} accuracy (onnxruntime) {entry['accuracy']:.4f}{mark}")
 
 
 if __name__ == "__main__":
