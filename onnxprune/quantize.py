@@ -26,7 +26,10 @@ Two modes (``mode``):
 Before quantizing, float tensors held in ``Constant`` nodes of the main graph are moved to
 initializers (lossless; the quantizer only quantizes initializers), and onnxruntime's
 ``quant_pre_process`` runs its shape inference (no graph optimization, so tensor names and
-values stay those of the pruned model); if that fails, the model is quantized as it is.
+values stay those of the pruned model); if that fails, the model is quantized as it is. A
+model whose subgraphs nest deeper than :data:`MAX_PREPROCESS_DEPTH` skips it: onnxruntime's
+symbolic inference infers every branch of an If once per enclosing branch (2^depth passes:
+30 levels ran for hours), so such a model is quantized as it is.
 
 The output is written atomically (a staging folder next to it, renamed into place after
 validation: ``onnx.checker``, an onnxruntime session and a run on synthetic input, see
@@ -72,7 +75,7 @@ from onnxprune.graph.model_io import (
     tensor_bytes,
 )
 from onnxprune.graph.quantized import float_weights, trace_integer_weights
-from onnxprune.graph.walk import all_graphs
+from onnxprune.graph.walk import all_graphs, graphs_by_owner
 from onnxprune.ops import constant_tensor
 from onnxprune.ops.quantized import written_by_dynamic_quantization
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult
@@ -235,12 +238,13 @@ def quantize_file(
     model, files = load_model_with_files(source)
     external = len(files) > 1 or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
     lifted = lift_constants(model)
+    depth = subgraph_depth(model)
     with StagedOutput(output, input_path=source, force=force) as staged:
         work = staged.model_path.with_name(f"float.{staged.out.name}")  # never the output's own name
         _save(model, work, external)
         del model
         if config.preprocess:
-            work, preprocessed = _preprocess(work, external)
+            work, preprocessed = _preprocess(work, external, depth)
         else:
             preprocessed = False
         with _ort_logs_demoted():
@@ -334,9 +338,29 @@ def _save(model: ModelProto, path: Path, external: bool) -> None:
         onnx.save_model(model, str(path))
 
 
-def _preprocess(path: Path, external: bool) -> tuple[Path, bool]:
-    """onnxruntime's shape inference (symbolic, then onnx), no optimization; the input on failure."""
+#: The deepest nesting of subgraphs (If/Loop/Scan in a branch of another) onnxruntime's
+#: shape inference is asked to walk (see module docstring).
+MAX_PREPROCESS_DEPTH = 6
+
+
+def subgraph_depth(model: onnx.ModelProto) -> int:
+    """How deep subgraphs nest in ``model`` (0: none; 1: an If in the main graph ...)."""
+    return max(len(key) // 2 for key, _ in graphs_by_owner(model.graph))
+
+
+def _preprocess(path: Path, external: bool, depth: int = 0) -> tuple[Path, bool]:
+    """onnxruntime's shape inference (symbolic, then onnx), no optimization; the input on
+    failure, or for subgraphs nested ``depth`` > :data:`MAX_PREPROCESS_DEPTH` deep."""
     from onnxruntime.quantization import quant_pre_process
+
+    if depth > MAX_PREPROCESS_DEPTH:
+        log.info(
+            "subgraphs nest %d deep (over %d): onnxruntime's shape inference is skipped, the model is quantized as "
+            "it is",
+            depth,
+            MAX_PREPROCESS_DEPTH,
+        )
+        return path, False
 
     target = path.with_name(f"pre.{path.name}")
     try:
@@ -559,5 +583,7 @@ class QuantizePass(Pass):
         }
         skipped = ()
         if self.config.preprocess and not result.preprocessed:
-            skipped = (("preprocess", "onnxruntime's shape inference failed: the model was quantized as it is"),)
+            skipped = (
+                ("preprocess", "onnxruntime's shape inference failed or was skipped: the model was quantized as it is"),
+            )
         return PassResult(self.name, bool(result.weights), counts, result.weights, skipped, result)

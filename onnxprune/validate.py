@@ -122,7 +122,7 @@ def validate_model(
         log.debug("synthetic input failed: %s", error)
     guessed = runtime.guessed_dims({s.name: s.dims for s in specs}, shapes)
     if guessed:  # the input fails on every guess too: the guess is wrong, not the model
-        raise ShapeGuessError(_guess_message(specs, guessed, shapes))
+        raise ShapeGuessError(_guess_message(specs, guessed, input_too=reference is not None))
     refused = runtime.rejection(runtime.InputModel(Path(reference), shapes)) if reference is not None else None
     if refused is not None:  # the input fails too, on a shape it declares: the input's fault
         refused.args = (f"{refused.args[0]}; nothing was written",)
@@ -133,9 +133,7 @@ def validate_model(
     )
 
 
-def _guess_message(
-    specs: Sequence[runtime.InputSpec], guessed: Mapping[str, list[int]], shapes: Mapping[str, tuple[int, ...]]
-) -> str:
+def _guess_message(specs: Sequence[runtime.InputSpec], guessed: Mapping[str, list[int]], *, input_too: bool) -> str:
     from onnxprune.batch_axes import batch_axes
 
     declared = {s.name: s.dims for s in specs}
@@ -151,8 +149,9 @@ def _guess_message(
         wanted.append(f"{opt('input_shapes')} {name}:{example} (declared [{shown}])")
     return (
         "onnxruntime cannot run the model on any synthetic input onnxprune guessed (sizes "
-        f"{', '.join(map(str, runtime.CANDIDATE_SIZES))} for the dynamic dims), nor can it run the input model on them: "
-        f"give the real shapes, {'; '.join(wanted)}, or real samples with {opt('calibration')} "
+        f"{', '.join(map(str, runtime.CANDIDATE_SIZES))} for the dynamic dims)"
+        + (", nor can it run the input model on them: " if input_too else ": ")
+        + f"give the real shapes, {'; '.join(wanted)}, or real samples with {opt('calibration')} "
         "(onnxruntime's messages are in the debug log); nothing was written"
     )
 

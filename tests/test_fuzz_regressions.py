@@ -752,3 +752,35 @@ def test_conv_weight_dims_reversed_beside_batchnorm(work: Path) -> None:
         "Conv",
     )
     assert not (work / "out.onnx").exists()
+
+
+def test_quantize_deeply_nested_subgraphs(work: Path) -> None:
+    """Seed 10 case 4756: 30 nested If subgraphs; onnxruntime's symbolic shape inference (the
+    quantizer's pre-processing) walked them for over a minute (the fuzzer's hang); past
+    MAX_PREPROCESS_DEPTH the model is quantized as it is."""
+    from onnxprune.quantize import MAX_PREPROCESS_DEPTH, subgraph_depth
+
+    model = deep_if_model(30)
+    assert subgraph_depth(model) == 30 > MAX_PREPROCESS_DEPTH
+    save(model, work)
+    done = run_process(work, "prune", "model.onnx", "out.onnx", "--sparsity", "0.9", "--quantize", "int8", "-q")
+    assert done.returncode == 0, done.stderr
+    assert (work / "out.onnx").exists()
+
+
+def test_negative_input_dims_skip_the_exact_check(work: Path) -> None:
+    """Seed 10 case 8895: input dims declared -5 (read as dynamic and guessed): the structural
+    pass's exact check ran the model as it came on the guess, and onnxruntime's error escaped
+    (exit 70); the check is skipped, and validation says which dims to give."""
+    model = onnx.load(str(MLP.parent / "cnn_digits.onnx"))
+    for dim in model.graph.input[0].type.tensor_type.shape.dim[:3]:
+        dim.Clear()
+        dim.dim_value = -5
+    save(model, work)
+    one_line(
+        cli("prune", "model.onnx", "out.onnx", "--sparsity", "0.5", "-q"),
+        OptionError.exit_code,
+        "onnxruntime cannot run the model on any synthetic input onnxprune guessed",
+        "--input-shape input:1xNxNx8 (declared [?, ?, ?, 8])",
+    )
+    assert not (work / "out.onnx").exists()
