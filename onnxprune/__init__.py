@@ -287,8 +287,12 @@ def prune_file(
     calibration: Dataset | None = None,
     quantize: QuantizeConfig | None = None,
     allow_nonfinite: bool = False,
+    validation: Dataset | None = None,
 ) -> PruneRun:
     """Prune the model file ``source`` into ``output``: what ``onnxprune prune`` does.
+
+    The output is validated on a run of real samples where there are any: ``validation``
+    (e.g. the evaluation data), else ``calibration``; else on a synthetic input.
 
     ``config`` is the unstructured (or calibrated) pass, None for none. ``structure`` is
     the structural pass; by default, after an unstructured pass, only its exact part runs
@@ -326,6 +330,7 @@ def prune_file(
         force=force,
         progress=progress,
         allow_nonfinite=allow_nonfinite,
+        validation=validation,
     )
 
 

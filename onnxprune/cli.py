@@ -596,8 +596,9 @@ def prune(
         )
     do_eval = do_eval or any(eval_kwargs.get(k) for k in ("data", "labels", "report", "eval_json"))
     _check_files(input_model, output_model, calibration, plan_path, json_path, eval_kwargs, external_data, force)
+    eval_data = None
     if do_eval:  # fail on bad evaluation options, data or labels before anything is written
-        check_evaluation(
+        eval_data = check_evaluation(
             input_model,
             data=eval_kwargs.get("data"),
             labels=eval_kwargs.get("labels"),
@@ -627,6 +628,7 @@ def prune(
             calibration=calib,
             quantize=quantization,
             allow_nonfinite=allow_nonfinite,
+            validation=eval_data,
         )
     result, saved, before, after = run.result, run.saved, run.params_before, run.params_after
     if saved is None:
@@ -661,6 +663,13 @@ def prune(
             {
                 "input": str(input_model),
                 "output": str(saved.path),
+                "validation": None
+                if run.validation is None
+                else {
+                    "checker": run.validation.checker,
+                    "ran_on": run.validation.feeds,
+                    "outputs_finite": run.validation.outputs_finite,
+                },
                 **result.to_dict(),
                 "structure": run.structure.to_dict() if run.structure is not None else None,
                 "quantize": run.quantized.to_dict() if run.quantized is not None else None,

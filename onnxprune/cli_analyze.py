@@ -48,12 +48,14 @@ def _check_files(
         check_folder(cache, name=f"the {opt('cache_dir')} folder")
 
 
-def _open(model: Path, data: str | None, data_free: bool, samples: int, shapes: dict) -> Any:
+def _open(model: Path, data: str | None, data_free: bool, samples: int, shapes: dict, axes: dict) -> Any:
     import onnxprune
 
     if data is None and not data_free:
         return None
-    return onnxprune.calibration_data(model, data, samples=samples, data_free=data_free, input_shapes=shapes)
+    return onnxprune.calibration_data(
+        model, data, samples=samples, data_free=data_free, input_shapes=shapes, batch_axes=axes
+    )
 
 
 @click.command("analyze")
@@ -88,6 +90,7 @@ def _open(model: Path, data: str | None, data_free: bool, samples: int, shapes: 
 @click.option("--json", "json_path", type=cli_choices.OutputFile(), help="Write the curves and the plan as JSON.")
 @click.option("--report", type=cli_choices.OutputFile(), help="Write the curves and the plan as an HTML page.")
 @click.option("--input-shape", multiple=True, metavar="NAME:1x3x224x224", help="Shape of an input for --data-free.")
+@click.option("--batch-axis", multiple=True, metavar="NAME:AXIS", help="The batch axis of an input (state:1, sr:none).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -114,6 +117,7 @@ def analyze_command(
     json_path: Path | None,
     report: Path | None,
     input_shape: tuple[str, ...],
+    batch_axis: tuple[str, ...],
     quiet: bool,
     verbose: bool,
     debug: bool,
@@ -166,7 +170,9 @@ def analyze_command(
     load_model(model)  # one-line errors for a missing or broken file, before any work
     shapes = parse_input_shapes(input_shape)
     reads_model(model, shapes)
-    dataset = _open(model, data, data_free, samples, shapes)
+    from onnxprune.batch_axes import parse_batch_axes
+
+    dataset = _open(model, data, data_free, samples, shapes, parse_batch_axes(batch_axis))
     label_array = None
     if labels:
         label_array = load_labels(labels, num_samples=None)

@@ -319,16 +319,18 @@ def check_evaluation(
     data: Any = None,
     labels: str | os.PathLike[str] | np.ndarray | Sequence[int] | None = None,
     options: EvalOptions | None = None,
-) -> None:
+) -> Dataset:
     """Fail now, as :func:`evaluate` of ``base`` would, on evaluation inputs that cannot work:
     the output chosen, the data (opened and checked against ``base``'s inputs) and the labels.
     A model with the same inputs and outputs (what pruning makes) fails the same way, so this
-    runs before pruning, when nothing is written yet."""
+    runs before pruning, when nothing is written yet. Returns the data, opened (a pruned
+    output is validated on it)."""
     path = Path(base)
     session = _session(path)
-    _inputs(path, session, data, labels, options or EvalOptions())
+    _, dataset, _ = _inputs(path, session, data, labels, options or EvalOptions())
     del session
     gc.collect()
+    return dataset
 
 
 def _inputs(

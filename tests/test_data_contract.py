@@ -198,3 +198,47 @@ def test_unguessable_dims_one_line_then_data_suffices(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o.onnx").exists()
+
+
+def static_state_model() -> onnx.ModelProto:
+    """x [1, 16] and state [3, 4, 8], all dims fixed: the state's batch axis cannot be told."""
+    weight = numpy_helper.from_array(np.ones((16, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["state"], ["s"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [3, 4, 8]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, [3, 4, 8]),
+        ],
+        [weight],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_batch_axis_that_cannot_be_told_is_asked_for(tmp_path: Path) -> None:
+    onnx.save(static_state_model(), str(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((5, 16)).astype(np.float32),
+             state=rng.standard_normal((5, 3, 4, 8)).astype(np.float32))  # fmt: skip
+    args = ["eval", tmp_path / "m.onnx", "--data", tmp_path / "d.npz", "--no-latency", "-q"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        "onnxprune: error: cannot tell which axis of input 'state' [3, 4, 8] holds the batch (its dims are fixed and "
+        "none or several match the other inputs' batch): give --batch-axis state:K (the axis) or state:none (one "
+        "value per run)"
+    ]
+    cli(*args, "--batch-axis", "state:none")  # one state a run: 5 runs of one sample
+    result = CliRunner().invoke(main, [str(a) for a in [*args, "--batch-axis", "state:3"]])
+    assert result.exit_code == 2 and "--batch-axis state:3 is out of range: input 'state' has rank 3" in result.stderr
+
+
+def test_output_validated_on_real_samples(tmp_path: Path) -> None:
+    out, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    cli("prune", STATEFUL, out, "--sparsity", "0.5", "--method", "sparsegpt", "--calibration",
+        FIXTURES / "stateful_mnist1d.samples", "-q", "--json", report)  # fmt: skip
+    assert json.loads(report.read_text())["validation"]["ran_on"].startswith("real samples x:1x20x1, h0:1x1x32")

@@ -304,8 +304,12 @@ def run_file(
     force: bool = False,
     progress: Progress | None = None,
     allow_nonfinite: bool = False,
+    validation: Dataset | None = None,
 ) -> PruneRun:
     """Run ``pipeline`` on the model file ``source`` into ``output`` (see module docstring).
+
+    The output is validated on a run of real samples: of ``validation`` (the evaluation
+    data), else of ``calibration``; on a synthetic input without either.
 
     The model is refused if a weight holds NaN or ±inf, unless ``allow_nonfinite`` (such
     tensors are then left as they are, see :mod:`onnxprune.graph.sanity`) and no pass reads
@@ -345,7 +349,7 @@ def run_file(
             reference=source,
             input_shapes=input_shapes,
             checker_path=staged.checker_path,
-            feeds=first_run(calibration),
+            feeds=first_run(validation if validation is not None and not validation.synthetic else calibration),
         )
         quantized = None
         if pipeline.quantize is None:
