@@ -242,3 +242,39 @@ def test_output_validated_on_real_samples(tmp_path: Path) -> None:
     cli("prune", STATEFUL, out, "--sparsity", "0.5", "--method", "sparsegpt", "--calibration",
         FIXTURES / "stateful_mnist1d.samples", "-q", "--json", report)  # fmt: skip
     assert json.loads(report.read_text())["validation"]["ran_on"].startswith("real samples x:1x20x1, h0:1x1x32")
+
+
+def state_add_model() -> onnx.ModelProto:
+    """y = x + state[0]: x [batch, 4], state [1, batch, 4] (batch on axis 1, no scalar)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Squeeze", ["state", "axes"], ["s"]),
+            helper.make_node("Add", ["x", "s"], ["y"]),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, "batch", 4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array([0], np.int64), "axes")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_batches_put_samples_on_each_inputs_batch_axis(tmp_path: Path) -> None:
+    """Batches of 3 from one item per sample: x's samples on axis 0, the state's on axis 1, and
+    every output row is its own sample's x + state."""
+    onnx.save(state_add_model(), str(tmp_path / "m.onnx"))
+    specs = input_specs(session(tmp_path / "m.onnx"))
+    rng = np.random.default_rng(0)
+    x, state = rng.standard_normal((7, 4)).astype(np.float32), rng.standard_normal((7, 1, 4)).astype(np.float32)
+    stacked = {"x": x[:, None], "state": state[:, :, None]}  # the same samples as complete feeds
+    sess = session(tmp_path / "m.onnx")
+    for arrays in ({"x": x, "state": state}, stacked):
+        data = open_data(arrays, specs=specs)
+        batches = list(data.batches(3))
+        assert [b["state"].shape for b in batches] == [(1, 3, 4), (1, 3, 4), (1, 1, 4)]
+        assert [data.count(b) for b in batches] == [3, 3, 1]
+        got = np.concatenate([sess.run(None, b)[0] for b in batches])
+        np.testing.assert_allclose(got, x + state[:, 0], rtol=1e-6)

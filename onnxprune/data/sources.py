@@ -1,19 +1,25 @@
-"""Where samples come from: arrays (``.npz``/``.npy``/in memory), streams, synthetic; and :func:`open_data`.
+"""Where samples come from: arrays (``.npz``/``.npy``/in memory), folders, streams, synthetic;
+and :func:`open_data`. What each may hold per input (one item per sample, a stack of complete
+feeds, a scalar per sample) is the data contract of :mod:`onnxprune.data.layout`.
 
-- ``.npz`` (``np.savez``): one array per model input, keyed by input name, first axis =
-  samples, the same sample count in every array. Loaded whole and checked on opening.
-  A ``.npy`` (or an in-memory array) feeds a model with exactly one input.
+- ``.npz`` (``np.savez``): one array per model input, keyed by input name, the same sample
+  count in every array. Loaded whole and checked on opening. A ``.npy`` (or an in-memory
+  array) feeds a model with exactly one input.
+- A folder: an ONNX test-data folder (``test_data_set_*/input_*.pb``) or a folder of
+  per-sample ``.npz``/``.npy`` files (:mod:`onnxprune.data.folders`), read lazily like a
+  stream; else a folder of images (:mod:`onnxprune.data.images`).
 - A stream is an onnxruntime ``CalibrationDataReader`` (``get_next()`` returns a feed dict
-  or None/empty at the end) or any iterable of feed dicts; each dict is one batch whose
-  first axis is samples. It is read once, lazily, as batches are asked for; what was read is
-  copied and cached, so ``batches()`` replays the same samples in the same order (the whole
-  stream is held in memory).
-- Synthetic data (no data given): ``samples`` samples (default 64) of each input's dtype,
-  reproducible from ``seed`` and independent of the batch size: block ``k`` of
-  :data:`SYNTHETIC_BLOCK` samples is drawn from ``default_rng([seed, k])``. Floating inputs
-  are standard normal, integer inputs 0 (1 for names containing "mask"), bool inputs True,
-  as :func:`onnxprune.runtime.synthetic_feeds` does. Fixed dims are kept; a dynamic
-  non-batch dim takes its size from ``shapes`` (``--input-shape``) or is an error.
+  or None/empty at the end) or any iterable of feed dicts; each dict is one complete feed
+  (or one sample, batch axis removed). It is read once, lazily, as batches are asked for;
+  what was read is copied and cached, so ``batches()`` replays the same samples in the same
+  order (the whole stream is held in memory).
+- Synthetic data (no data given): ``samples`` samples (default 64, at most
+  :data:`MAX_SYNTHETIC_SAMPLES`) of each input's dtype, reproducible from ``seed`` and
+  independent of the batch size: block ``k`` of :data:`SYNTHETIC_BLOCK` samples is drawn from
+  ``default_rng([seed, k])``. Floating inputs are standard normal, integer inputs 0 (1 for
+  names containing "mask"), bool inputs True, as :func:`onnxprune.runtime.synthetic_feeds`
+  does. Fixed dims are kept; a dynamic non-batch dim takes its size from ``shapes``
+  (``--input-shape``) or is an error.
 
 ``samples`` also caps real data: the first ``samples`` samples are used, in order (with
 image class folders sorted by class, that is the first classes).
