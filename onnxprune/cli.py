@@ -144,7 +144,7 @@ PRUNE_HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "Method and calibration",
-        ("method", "calibration", "samples", "data_free", "bias_correction", "parallel", "percdamp"),
+        ("method", "calibration", "samples", "data_free", "bias_correction", "parallel", "percdamp", "no_exact_refit"),
     ),
     (
         "Structural",
@@ -388,6 +388,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 )
 @click.option("--percdamp", type=float, help="Ridge damping of the solvers (default 0.01; 1.0 with --data-free).")
 @click.option(
+    "--no-exact-refit",
+    is_flag=True,
+    help="SparseGPT: keep its greedy weight updates (default: the kept weights solved exactly for its mask).",
+)
+@click.option(
     "--structured",
     is_flag=True,
     help="Remove whole channels (filters, neurons, heads): --sparsity is the fraction of each channel group.",
@@ -488,6 +493,7 @@ def prune(
     bias_correction: bool,
     parallel: bool,
     percdamp: float | None,
+    no_exact_refit: bool,
     structured: bool,
     target_flops: float | None,
     dead_channels: bool | None,
@@ -560,6 +566,7 @@ def prune(
             bias_correction=bias_correction,
             sequential=not parallel,
             percdamp=percdamp,
+            exact_refit=not no_exact_refit,
         )
     structure = StructureConfig(
         dead_channels=dead_channels is not False,

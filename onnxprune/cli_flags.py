@@ -29,6 +29,7 @@ FLAGS: dict[str, str | tuple[str | None, str | None] | None] = {
     "sequential": (None, "--parallel"),
     "percdamp": "--percdamp",
     "blocksize": None,
+    "exact_refit": (None, "--no-exact-refit"),
     # StructureConfig (prune_file's ``structure``)
     "structure": "--structured",
     "dead_channels": ("--dead-channels", "--no-dead-channels"),

@@ -205,6 +205,11 @@ class Reconstruction:
         0.01 with real data, 1.0 with data-free inputs (synthetic statistics are trusted less,
         so the solution stays nearer the magnitude-pruned weights).
     blocksize: SparseGPT column block.
+    exact_refit: after a method that chooses its own mask and updates the kept weights
+        (SparseGPT, whose updates are greedy, column by column), solve the kept weights of each
+        row again exactly for that mask (the ridge least squares of ``refit``). Measured on the
+        fixtures at 50 % / 70 % / 2:4: LSTM 87.8/35.3/86.8 -> 91.2/48.6/90.6 top-1,
+        transformer 70 % 84.2 -> 85.8 (see the README's calibrated table).
     """
 
     method: str = "magnitude"
@@ -212,6 +217,7 @@ class Reconstruction:
     sequential: bool = True
     percdamp: float | None = None
     blocksize: int = 128
+    exact_refit: bool = True
 
     def __post_init__(self) -> None:
         if METHODS.find(self.method) is None:
@@ -244,7 +250,7 @@ class PruneConfig:
       max_layer_sparsity;
     - :class:`Ranking` (``.ranking``): criterion, seed;
     - :class:`Reconstruction` (``.reconstruction``): method, bias_correction, sequential,
-      percdamp, blocksize.
+      percdamp, blocksize, exact_refit.
 
     The flat keyword constructor builds the parts, so every field is validated on
     construction (and again by ``dataclasses.replace``); it then checks what involves more
@@ -270,6 +276,7 @@ class PruneConfig:
     sequential: bool = True
     percdamp: float | None = None
     blocksize: int = 128
+    exact_refit: bool = True
 
     def __post_init__(self) -> None:
         # the parts validate their own fields; the order keeps which of several mistakes is named first
@@ -326,7 +333,8 @@ class PruneConfig:
 
     @property
     def reconstruction(self) -> Reconstruction:
-        """How layers are solved from data: method, bias_correction, sequential, percdamp, blocksize."""
+        """How layers are solved from data: method, bias_correction, sequential, percdamp, blocksize,
+        exact_refit."""
         return self._parts[3]
 
     @property
@@ -358,6 +366,7 @@ class PruneConfig:
             "sequential": self.sequential,
             "percdamp": self.percdamp,
             "blocksize": self.blocksize,
+            "exact_refit": self.exact_refit,
         }
 
 

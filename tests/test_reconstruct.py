@@ -343,3 +343,31 @@ def test_sparsegpt_layer_wide_budget_is_exact_and_lets_rows_differ():
     assert mask.sum(axis=1).min() < 2 < mask.sum(axis=1).max()  # small rows give more
     per_row, _ = sparsegpt(w, h, sparsity=0.5)
     assert reconstruction_error(w, new, h) < reconstruction_error(w, per_row, h)
+
+
+@pytest.mark.parametrize("nm", [None, (2, 4)])
+def test_sparsegpt_exact_refit_keeps_the_mask_and_lowers_the_error(nm: tuple[int, int] | None) -> None:
+    """SparseGPT's updates are greedy; solving the kept weights exactly for its mask can only
+    lower the damped objective (w - ŵ)ᵀ(H + λI)(w - ŵ), row by row, and keeps every zero."""
+    from onnxprune.reconstruct.hessian import damping
+    from onnxprune.reconstruct.methods import LayerProblem, solve_sparsegpt
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((512, 48)) @ rng.standard_normal((48, 48))  # correlated inputs
+    w = rng.standard_normal((16, 48))
+    H = x.T @ x
+    amount = None if nm else 0.6
+    problem = {"w": w, "goal": w, "H": H, "sqnorm": np.diagonal(H).copy(), "mask": None, "amount": amount}
+    settings = {"nm": nm, "percdamp": 0.01, "blocksize": 16, "row_wise": True}
+    greedy = solve_sparsegpt(LayerProblem(**problem, **settings, exact_refit=False))
+    exact = solve_sparsegpt(LayerProblem(**problem, **settings, exact_refit=True))
+    np.testing.assert_array_equal(exact == 0, greedy == 0)
+    lam = damping(H, np.diagonal(H) == 0, 0.01)
+    damped = H + lam * np.eye(48)
+
+    def objective(new: np.ndarray) -> np.ndarray:
+        d = w - new
+        return np.einsum("ij,jk,ik->i", d, damped, d)
+
+    assert np.all(objective(exact) <= objective(greedy) * (1 + 1e-9))
+    assert objective(exact).sum() < 0.99 * objective(greedy).sum()

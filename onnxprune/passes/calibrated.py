@@ -186,6 +186,7 @@ def _solve_layer(
             nm=target.nm,
             percdamp=percdamp,
             blocksize=reconstruction.blocksize,
+            exact_refit=reconstruction.exact_refit,
             row_wise=wp.shape[1] >= ROW_WISE_MIN_COLS,
         )
         new = method.solve(problem)

@@ -62,6 +62,7 @@ class LayerProblem:
     percdamp: float
     blocksize: int
     row_wise: bool
+    exact_refit: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,9 @@ def solve_wanda(p: LayerProblem) -> np.ndarray:
 
 
 def solve_sparsegpt(p: LayerProblem) -> np.ndarray:
-    """SparseGPT on ``goal``: OBS mask selection and update, block-wise."""
+    """SparseGPT on ``goal``: OBS mask selection and update, block-wise; with ``exact_refit``
+    the kept weights of each row are then solved exactly for SparseGPT's mask (its updates are
+    greedy: each column's error is spread over the columns after it, never back)."""
     new, _ = sparsegpt(
         p.goal,
         p.H,
@@ -115,6 +118,8 @@ def solve_sparsegpt(p: LayerProblem) -> np.ndarray:
         percdamp=p.percdamp,
         per_row=p.row_wise,
     )
+    if p.exact_refit:
+        return refit(p.goal, p.H, new == 0, percdamp=p.percdamp)
     return new
 
 
