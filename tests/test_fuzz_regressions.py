@@ -641,8 +641,10 @@ def run_process(folder: Path, *args: str | Path) -> subprocess.CompletedProcess[
 def test_empty_input_is_never_run(work: Path, where: str) -> None:
     """Cases 2255 and 2727: an input of batch 0 (declared by the model, or asked for by
     ``--input-shape input:0x40``) reached onnxruntime, which aborts the process on it
-    (SIGABRT, the staging folder left behind). A declared 0 counts as unknown (the
-    data is then refused for the batch the model declares), a given 0 is refused."""
+    (SIGABRT, the staging folder left behind). A declared 0 counts as unknown (filled like a
+    free dim on a synthetic input), and a model that declares one is refused as soon as data is
+    opened for it (seed 11 case 1717: analyze's run on the data failed with onnxruntime's error,
+    exit 70); a given 0 is refused."""
     model = fixture_model()
     extra: tuple[str, ...] = ("--input-shape", "input:0x64")
     if where == "model":
@@ -651,11 +653,23 @@ def test_empty_input_is_never_run(work: Path, where: str) -> None:
     save(model, work)
     args = ("prune", "model.onnx", "out.onnx", "--sparsity", "0.7", "--method", "refit", "--calibration", "calib.npz")
     done = run_process(work, *args, "--samples", "16", *extra)
-    assert done.returncode == (OptionError.exit_code if extra else DataError.exit_code), done.stderr
+    assert done.returncode == (OptionError.exit_code if extra else UnsupportedModelError.exit_code), done.stderr
     lines = done.stderr.splitlines()
     assert lines and lines[-1].startswith(PREFIX) and "Traceback" not in done.stderr, done.stderr
-    assert ("dimensions must be >= 1" if extra else "Got invalid dimensions for input") in lines[-1]
+    assert ("dimensions must be >= 1" if extra else "declares a size of 0 on axis 0") in lines[-1]
     assert sorted(p.name for p in work.iterdir()) == ["calib.npz", "model.onnx"]
+
+
+def test_analyze_on_a_model_declaring_batch_0(work: Path) -> None:
+    model = fixture_model()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 0
+    save(model, work)
+    args = ("analyze", "model.onnx", "--data", "calib.npz", "--samples", "16", "--levels", "0.5", "--workers", "1")
+    one_line(
+        cli(*args, "--method", "sparsegpt", "--no-cache", "-q"),
+        UnsupportedModelError.exit_code,
+        "input 'input' [0, 64] declares a size of 0 on axis 0",
+    )
 
 
 def test_huge_declared_input_dims(work: Path) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from onnxprune.batch_axes import UNDECIDED, InputLayout, batch_axes
-from onnxprune.errors import DataError, OptionError
+from onnxprune.errors import DataError, OptionError, UnsupportedModelError
 from onnxprune.runtime import InputSpec, is_dynamic
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,14 @@ class FeedLayout:
     def of(cls, specs: Sequence[InputSpec], given: Mapping[str, int | None] | None = None) -> FeedLayout:
         """The layout of a model whose inputs are ``specs``; ``given`` is ``--batch-axis``."""
         specs = tuple(specs)
+        for spec in specs:
+            empty = [axis for axis, d in enumerate(spec.dims) if isinstance(d, int) and d == 0]
+            if empty:
+                raise UnsupportedModelError(
+                    f"input '{spec.name}' {format_dims(spec.dims)} declares a size of 0 on axis {empty[0]}: onnxruntime "
+                    "refuses any data for it (and aborts on an empty one); export the model with that dim dynamic or "
+                    "positive"
+                )
         axes = batch_axes({s.name: tuple(s.dims) for s in specs}, given)
         return cls(specs, tuple(InputLayout(s.name, tuple(s.dims), axes[s.name]) for s in specs))
 
