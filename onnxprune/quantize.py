@@ -348,6 +348,17 @@ def subgraph_depth(model: onnx.ModelProto) -> int:
     return max(len(key) // 2 for key, _ in graphs_by_owner(model.graph))
 
 
+@contextlib.contextmanager
+def _working_folder(folder: Path) -> Iterator[None]:
+    """Run the block with ``folder`` as the working folder (the CLI runs one thing at a time)."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def _preprocess(path: Path, external: bool, depth: int = 0) -> tuple[Path, bool]:
     """onnxruntime's shape inference (symbolic, then onnx), no optimization; the input on
     failure, or for subgraphs nested ``depth`` > :data:`MAX_PREPROCESS_DEPTH` deep."""
@@ -362,9 +373,12 @@ def _preprocess(path: Path, external: bool, depth: int = 0) -> tuple[Path, bool]
         )
         return path, False
 
+    path = path.resolve()  # before the working folder changes
     target = path.with_name(f"pre.{path.name}")
     try:
-        with _ort_logs_demoted(), contextlib.redirect_stdout(None):
+        # in the staging folder: onnxruntime's symbolic inference saves "sym_shape_infer_temp.onnx"
+        # (and its data) into the working folder when it gives up, which must not be the user's
+        with _ort_logs_demoted(), contextlib.redirect_stdout(None), _working_folder(path.parent):
             quant_pre_process(
                 str(path),
                 str(target),

@@ -802,3 +802,35 @@ def test_negative_input_dims_skip_the_exact_check(work: Path) -> None:
         "--input-shape input:1xNxNx8 (declared [?, ?, ?, 8])",
     )
     assert not (work / "out.onnx").exists()
+
+
+def test_weight_that_is_also_a_graph_input_keeps_its_shape(work: Path) -> None:
+    """Seed 12 case 6388: fc2.weight listed as a graph input too (a caller may feed it); the
+    structural pass sliced it, so onnxruntime refused the model (analyze --structural: exit 70;
+    prune --structured: "a bug in onnxprune"). Its channel groups are blocked instead."""
+    model = fixture_model()
+    weight = next(t for t in model.graph.initializer if t.name == "fc2.weight")
+    model.graph.input.append(helper.make_tensor_value_info("fc2.weight", TensorProto.FLOAT, list(weight.dims)))
+    save(model, work)
+    result = cli("prune", "model.onnx", "out.onnx", "--structured", "--sparsity", "0.5", "--calibration", "calib.npz")
+    assert result.exit_code == 10, result.stderr
+    assert "is also a graph input (a caller may feed it): its shape must not change" in result.output
+    args = ("analyze", "model.onnx", "--data", "calib.npz", "--samples", "16", "--levels", "0.5", "--workers", "1")
+    result = cli(*args, "--structural", "--no-cache", "-q")
+    assert result.exit_code == 2 and "no channel group that can lose channels" in result.stderr, result.stderr
+
+
+def test_quantize_leaves_no_shape_inference_file_in_the_working_folder(work: Path) -> None:
+    """Seed 12 case 6836: with input dims declared -5, onnxruntime's symbolic shape inference
+    gives up and saves ``sym_shape_infer_temp.onnx`` (and its data) into the working folder; it
+    now runs in the staging folder."""
+    model = fixture_model()
+    for dim in model.graph.input[0].type.tensor_type.shape.dim:
+        dim.Clear()
+        dim.dim_value = -5
+    save(model, work)
+    cli("prune", "model.onnx", "out.onnx", "--sparsity", "0.5", "--quantize", "int8", "-q")
+    assert sorted(p.name for p in work.iterdir()) in (
+        ["calib.npz", "model.onnx"],
+        ["calib.npz", "model.onnx", "out.onnx"],
+    )

@@ -103,6 +103,8 @@ class Context:
         self.layouts: dict[str, Layout] = {}
         self.groups = GroupSet()
         self.index = {id(node): i for i, node in enumerate(model.graph.node)}
+        #: initializers that are also graph inputs: a caller may feed them, in their declared shape
+        self.fed = {value.name for value in model.graph.input}
 
     # -- graph facts -------------------------------------------------------------------
     def shape(self, name: str) -> Dims | None:
@@ -181,6 +183,9 @@ class Context:
         onnxruntime refuses too) blocks the layout's groups instead."""
         stored = self.scope.stored_tensor(tensor)
         dims = tuple(int(d) for d in stored.dims) if stored is not None else None
+        if tensor in self.fed:
+            self.block(layout, f"'{tensor}' is also a graph input (a caller may feed it): its shape must not change")
+            return
         if dims is not None and (not 0 <= axis < len(dims) or dims[axis] != layout.length):
             self.block(
                 layout,
