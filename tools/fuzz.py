@@ -2203,6 +2203,23 @@ def print_summary(summary: dict[str, Any], stream: Any = sys.stdout) -> None:
     out(f"wall time: {summary['wall_s']:.1f} s")
 
 
+def package_digest() -> tuple[str, str]:
+    """Where the ``onnxprune`` every case runs is imported from (the same interpreter and
+    environment as the cases), and a digest of its sources: an editable install runs the
+    working tree, so edits made during a long run would mix two versions into one result."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("onnxprune")
+    if spec is None or spec.origin is None:
+        return "?", ""
+    folder = Path(spec.origin).parent
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.py")):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return str(folder), digest.hexdigest()
+
+
 def parse_only(text: str) -> list[int]:
     out: list[int] = []
     for part in text.split(","):
@@ -2252,6 +2269,7 @@ def main(argv: list[str] | None = None) -> int:
     indices = parse_only(args.only) if args.only else list(range(args.cases))
     requests = [{"index": i} for i in indices]
     fixtures_before = {rel: sha256(FIXTURES / rel) for rel, (kind, *_r) in walk(FIXTURES).items() if kind == "file"}
+    package, sources_before = package_digest()
     start = time.monotonic()
     done: Counter[str] = Counter()
     tty = sys.stderr.isatty()
@@ -2287,6 +2305,11 @@ def main(argv: list[str] | None = None) -> int:
     fixtures_after = {rel: sha256(FIXTURES / rel) for rel, (kind, *_r) in walk(FIXTURES).items() if kind == "file"}
     seconds = time.monotonic() - start
     summary = summarize(results, seconds, args.seed, args.jobs, args.runner)
+    summary["package"] = package
+    if package_digest()[1] != sources_before:  # the run tested two versions: no result to trust
+        summary["sources_changed"] = True
+        summary["failures"]["sources-changed"] = summary["failures"].get("sources-changed", 0) + 1
+        summary["failed_cases"] += 1
     if fixtures_after != fixtures_before:
         changed = sorted(
             k for k in set(fixtures_before) | set(fixtures_after) if fixtures_before.get(k) != fixtures_after.get(k)
@@ -2299,8 +2322,14 @@ def main(argv: list[str] | None = None) -> int:
             for result in results:
                 stream.write(json.dumps({"outcome": outcome(result), **result}) + "\n")
     print_summary(summary)
+    print(f"onnxprune under test: {package}")
     if summary.get("fixtures_changed"):
         print(f"fixtures changed during the run: {', '.join(summary['fixtures_changed'])}")
+    if summary.get("sources_changed"):
+        print(
+            f"the onnxprune sources in {package} changed during the run, so its cases ran two versions: run the "
+            "fuzzer from a clone of the commit (PYTHONPATH=<clone>) while you edit"
+        )
     if args.json:
         text = json.dumps(summary, indent=2) + "\n"
         if str(args.json) == "-":
