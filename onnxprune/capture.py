@@ -5,6 +5,8 @@ input, one row per sample and position, one column per weight column:
 
 - Gemm: the activation ``[M, K]`` (``transA``: ``[K, M]``, transposed); rows = M.
 - MatMul: the activation ``[..., K]`` flattened to ``[-1, K]``; rows = ∏ leading dims.
+- MatMulLeft (a weight on the left, ``W @ x``): the activation ``[..., K, N]``, each of its
+  columns a row: ``[..., N, K]`` flattened to ``[-1, K]``.
 - Conv: the im2col patches of the activation, one matrix per group
   (:mod:`onnxprune.im2col`); rows = N·∏ output positions.
 
@@ -202,6 +204,12 @@ def _matmul_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Iterator[n
     return _matrix_blocks(x.reshape(-1, spec.cols), spec.cols, max_bytes)
 
 
+def _matmul_left_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
+    if x.ndim < 2 or x.shape[-2] != spec.cols:
+        raise _Mismatch(f"input shape {list(x.shape)} does not have K = {spec.cols} on its second last axis")
+    return _matrix_blocks(np.moveaxis(x, -2, -1).reshape(-1, spec.cols), spec.cols, max_bytes)
+
+
 def _no_check(spec: LayerSpec) -> None:
     if spec.groups != 1:
         raise OptionError(f"layer '{spec.key}' ({spec.capture_op} '{spec.node}'): groups must be 1, not {spec.groups}")
@@ -222,6 +230,7 @@ HANDLERS: dict[str, _Handler] = {
     ),
     "Gemm": _Handler(_no_check, _gemm_blocks, lambda s: ("rows", s.activation, s.cols, s.trans_a)),
     "MatMul": _Handler(_no_check, _matmul_blocks, lambda s: ("rows", s.activation, s.cols, False)),
+    "MatMulLeft": _Handler(_no_check, _matmul_left_blocks, lambda s: ("columns", s.activation, s.cols)),
 }
 
 

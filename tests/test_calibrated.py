@@ -276,3 +276,46 @@ def test_sequential_calibration_fits_the_dense_output_on_the_transformer(tmp_pat
     assert acc_seq > acc_mag + 0.3
     assert acc_seq >= acc_par
     assert all(layer.error < layer.error_magnitude for layer in sequential.result.pruned if layer.method == "sparsegpt")
+
+
+def test_weight_on_the_left_is_calibrated(tmp_path: Path) -> None:
+    """``W @ x`` (x ``[batch, K, N]``): each column of x is a row of the problem; capture's H is
+    ``Σ x xᵀ`` over batches and columns, and SparseGPT beats magnitude on held-out data (it was
+    pruned by magnitude, "no matrix view", before)."""
+    from onnxprune.capture import capture
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 48)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["w", "x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 48, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64, 10])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    mix = rng.standard_normal((48, 48)).astype(np.float32)
+    x = np.einsum("ij,bjn->bin", mix, rng.standard_normal((96, 48, 10))).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x[:64])
+    layer, why = calib_layer(model, Scope.build(model.graph), discover(model).prunable[0])
+    assert layer is not None and why is None and layer.bias is None and "on the left" in (layer.bias_reason or "")
+    stats = capture(model, [layer.spec], [{"x": x[:64]}])["w"]
+    columns = np.moveaxis(x[:64].astype(np.float64), 1, 2).reshape(-1, 48)
+    np.testing.assert_allclose(stats.H[0], columns.T @ columns, rtol=1e-9)
+    reference = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x[64:]})[0]
+    errors = {}
+    for method in ("magnitude", "sparsegpt"):
+        data = (
+            {}
+            if method == "magnitude"
+            else {"calibration": onnxprune.calibration_data(tmp_path / "m.onnx", tmp_path / "c.npz")}
+        )
+        out = tmp_path / f"{method}.onnx"
+        run = onnxprune.prune_file(
+            tmp_path / "m.onnx", out, onnxprune.PruneConfig(sparsity=0.5, method=method, min_size=0), **data
+        )
+        assert run.result.layers[0].method == (None if method == "magnitude" else method)
+        got = ort.InferenceSession(str(out)).run(None, {"x": x[64:]})[0]
+        errors[method] = np.linalg.norm(got - reference) / np.linalg.norm(reference)
+    assert errors["sparsegpt"] < 0.9 * errors["magnitude"]

@@ -200,6 +200,16 @@ def test_recurrent_views_round_trip_one_group_per_direction(op, gates):
 # --------------------------------------------------------------------------- no view
 
 
+def test_weight_on_the_left_of_a_matmul() -> None:
+    """``W @ x``: ``W [M, K]`` is the matrix as stored (rows M, columns K), x is input 1."""
+    node = helper.make_node("MatMul", ["W", "x"], ["y"])
+    view = ops.spec_of(node).matrix_view(node, 0, (4, 3))
+    assert not isinstance(view, str)
+    assert (view.rows, view.cols, view.in_axis, view.transposed, view.capture_op) == (4, 3, 1, False, "MatMulLeft")
+    assert view.activation_name(node) == "x"
+    _round_trips(view, np.random.default_rng(5))
+
+
 @pytest.mark.parametrize(
     "node, index, shape, reason",
     [
@@ -207,7 +217,7 @@ def test_recurrent_views_round_trip_one_group_per_direction(op, gates):
         (helper.make_node("LSTM", ["x", "W", "R"], ["Y"], hidden_size=4), 2, (2, 16, 4), "bidirectional LSTM R"),
         (helper.make_node("RNN", ["x", "W", "R"], ["Y"], hidden_size=4, layout=1), 1, (1, 4, 3), "layout=1"),
         (helper.make_node("ConvTranspose", ["x", "W"], ["y"]), 1, (4, 6, 3, 3), "col2im"),
-        (helper.make_node("MatMul", ["W", "x"], ["y"]), 0, (4, 3), "MatMul input 0 with shape [4, 3]"),
+        (helper.make_node("MatMul", ["W", "x"], ["y"]), 0, (2, 4, 3), "MatMul input 0 with shape [2, 4, 3]"),
         (helper.make_node("MatMul", ["x", "W"], ["y"]), 1, (2, 3, 5), "MatMul input 1 with shape [2, 3, 5]"),
         (helper.make_node("Gemm", ["W", "x"], ["y"]), 0, (2, 3), "Gemm input 0"),
         (helper.make_node("Relu", ["x"], ["y"]), 0, (2, 3), "Relu input 0"),

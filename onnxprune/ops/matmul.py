@@ -104,8 +104,20 @@ class MatMulSpec(OpSpec):
         return axis == 0  # a weight on the left: the change would be per row, not per output
 
     def matrix_view(self, node: NodeProto, index: int, shape: Sequence[int]) -> MatrixView | str:
-        if index != 1 or len(shape) != 2:
+        if len(shape) != 2 or index not in (0, 1):
             return no_view(node, index, shape)
+        if index == 0:  # W @ x: W [M, K] as it is, x [..., K, N] read column by column
+            m, k = (int(d) for d in shape)
+            return MatrixView(
+                family="matmul",
+                shape=(m, k),
+                groups=1,
+                rows=m,
+                cols=k,
+                in_axis=1,
+                capture_op="MatMulLeft",
+                activation=("input", 1),
+            )
         k, n = (int(d) for d in shape)
         return MatrixView(family="matmul", shape=(k, n), groups=1, rows=n, cols=k, in_axis=0, transposed=True)
 

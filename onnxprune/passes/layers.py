@@ -171,6 +171,8 @@ def calib_layer(model: ModelProto, scope: Scope, weight: Weight) -> tuple[CalibL
         return None, "its input comes from outside the main graph: pruned by magnitude"
     if spec_of(node).bias_layout == "gates":
         layer.bias_reason = "recurrent biases are not corrected"
+    elif view.capture_op == "MatMulLeft":
+        layer.bias_reason = "a weight on the left (W @ x): its bias is not corrected"
     else:
         layer.bias, layer.bias_reason = _bias_site(scope, node, weight)
     return layer, None
