@@ -1609,17 +1609,7 @@ class Worker:
         except Exception:
             shutil.rmtree(box, ignore_errors=True)
             print(f"case {index}: building it failed:\n{traceback.format_exc()}", file=sys.stderr)
-            return {
-                "index": index,
-                "command": "?",
-                "args": [],
-                "tags": [],
-                "exit": None,
-                "signal": None,
-                "seconds": 0.0,
-                "failures": [{"kind": "harness-error", "detail": traceback.format_exc().strip().splitlines()[-1]}],
-                "last_line": traceback.format_exc().strip().splitlines()[-1],
-            }
+            return harness_failure(request, traceback.format_exc().strip().splitlines()[-1])
         run = box / "run"
         inputs = hash_files(run)
         box_before = walk(box, skip=set(CASE_DIRS) | HARNESS_FILES)
@@ -1898,17 +1888,7 @@ def worker_main(config_text: str) -> None:
         try:
             result = worker.run_case(request)
         except Exception:
-            result = {
-                "index": request["index"],
-                "command": "?",
-                "args": [],
-                "tags": [],
-                "exit": None,
-                "signal": None,
-                "seconds": 0.0,
-                "failures": [{"kind": "harness-error", "detail": traceback.format_exc().strip().splitlines()[-1]}],
-                "last_line": "",
-            }
+            result = harness_failure(request, traceback.format_exc().strip().splitlines()[-1])
         proto.write(json.dumps(result) + "\n")
 
 
@@ -2056,6 +2036,7 @@ def run_cases(
 
 
 def harness_failure(request: dict[str, Any], detail: str) -> dict[str, Any]:
+    """The result of a case the harness itself failed on (``detail``: the error's last line)."""
     return {
         "index": request["index"],
         "command": "?",
