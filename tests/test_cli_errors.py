@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner, Result
+from cli_contract import PREFIX, cli, fails_cleanly, snapshot
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.cli import NOTHING_TO_PRUNE, main
+from onnxprune.cli import NOTHING_TO_PRUNE
 from onnxprune.errors import (
     ModelLoadError,
     OptionError,
@@ -39,7 +39,6 @@ LOAD, OPTION, UNSUPPORTED, OUTPUT = (
     UnsupportedModelError.exit_code,
     OutputError.exit_code,
 )
-PREFIX = "onnxprune: error: "
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -87,48 +86,6 @@ def set_location(model: onnx.ModelProto, location: str) -> onnx.ModelProto:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def snapshot(root: Path) -> dict[str, bytes | str]:
-    """Every entry under ``root``: file bytes, link targets, folders (symlinks not followed)."""
-    entries: dict[str, bytes | str] = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        if path.is_symlink():
-            entries[key] = f"-> {os.readlink(path)}"
-        elif path.is_dir():
-            entries[key] = "<dir>"
-        else:
-            entries[key] = path.read_bytes()
-    return entries
-
-
-def cli(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def error_line(result: Result, code: int, *fragments: str) -> str:
-    """Assert the error contract of one CLI run; returns the message (without the prefix)."""
-    stderr = result.stderr
-    assert "Traceback" not in stderr and "Traceback" not in result.stdout, stderr
-    assert isinstance(result.exception, SystemExit), f"{result.exception!r} escaped: {stderr}"
-    assert result.exit_code == code, f"exit {result.exit_code}, expected {code}: {stderr}"
-    lines = stderr.splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {stderr}"
-    assert lines[0].startswith(PREFIX), lines[0]
-    message = lines[0][len(PREFIX) :]
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    assert ".tmp" not in message, f"a temporary path leaked into the message: {message}"
-    return message
-
-
-def fails_cleanly(root: Path, code: int, *args: str | Path, fragments: tuple[str, ...] = ()) -> str:
-    """Run the CLI, assert the error contract and that nothing under ``root`` changed."""
-    before = snapshot(root)
-    message = error_line(cli(*args), code, *fragments)
-    assert snapshot(root) == before, "the run wrote, removed or changed files"
-    return message
 
 
 @pytest.fixture

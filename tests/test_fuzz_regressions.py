@@ -36,40 +36,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner, Result
+from cli_contract import INTERNAL, PREFIX, cli, error_line
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from onnxprune import runtime
-from onnxprune.cli import main
 from onnxprune.errors import DataError, ModelLoadError, OptionError, UnsupportedModelError
 from onnxprune.graph.sanity import check_model
 from onnxprune.structure.analysis import analyze
 from onnxprune.structure.constants import dead_units
 
-PREFIX = "onnxprune: error: "
-INTERNAL = 70
 MLP = Path(__file__).resolve().parent.parent / "fixtures" / "mlp_digits.onnx"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def cli(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line(result: Result, code: int, *fragments: str) -> str:
-    """Assert exit ``code``, one line on stderr holding ``fragments``, no traceback."""
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
-    assert isinstance(result.exception, SystemExit), f"{result.exception!r} escaped: {result.stderr}"
-    assert result.exit_code == code, f"exit {result.exit_code}, expected {code}: {result.stderr}"
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(PREFIX), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    if code != INTERNAL:
-        assert "internal error" not in lines[0]
-    return lines[0][len(PREFIX) :]
 
 
 def fixture_model() -> onnx.ModelProto:
@@ -132,7 +111,7 @@ def test_input_onnxruntime_cannot_load_is_its_fault(work: Path, spy: list[BaseEx
     model = with_dead_unit(fixture_model())
     node(model, "/fc2/Gemm").attribute.append(helper.make_attribute("gamma", 2.0))
     save(model, work)
-    message = one_line(
+    message = error_line(
         cli("prune", "model.onnx", "out.onnx", "--dead-channels", "-q"),
         UnsupportedModelError.exit_code,
         "onnxruntime cannot load the input model 'model.onnx' (",
@@ -151,7 +130,7 @@ def test_input_that_loads_but_cannot_run_is_its_fault(work: Path, spy: list[Base
     cast = next(n for n in model.graph.node if n.op_type == "Cast")
     cast.attribute[0].i = 2**62
     save(model, work)
-    one_line(
+    error_line(
         cli("analyze", "model.onnx", "--data", "calib.npz", "--samples", "16", "--levels", "0.5", "--workers", "1"),
         UnsupportedModelError.exit_code,
         "onnxruntime cannot run the input model 'model.onnx' on the synthetic input input:1x64 (",
@@ -166,7 +145,7 @@ def test_validation_blames_an_input_that_cannot_run(work: Path) -> None:
     model = onnx.load(str(MLP.with_name("mlp_digits_fp16.onnx")))
     next(n for n in model.graph.node if n.op_type == "Cast").attribute[0].i = 2**62
     save(model, work)
-    one_line(
+    error_line(
         cli("prune", "model.onnx", "out.onnx", "--sparsity", "0.5", "-q"),
         UnsupportedModelError.exit_code,
         "onnxruntime cannot run the input model 'model.onnx'",
@@ -185,7 +164,7 @@ def test_input_with_a_cycle(work: Path, flags: tuple[str, ...]) -> None:
     if result.exit_code == 10:  # nothing to remove: said on stderr as a note, not an error
         assert "nothing to remove" in result.stderr
         return
-    one_line(result, UnsupportedModelError.exit_code, "onnxruntime cannot load the input model", "not acyclic")
+    error_line(result, UnsupportedModelError.exit_code, "onnxruntime cannot load the input model", "not acyclic")
 
 
 def test_input_at_an_opset_onnxruntime_refuses(work: Path) -> None:
@@ -193,7 +172,7 @@ def test_input_at_an_opset_onnxruntime_refuses(work: Path) -> None:
     model = with_dead_unit(fixture_model())
     model.opset_import[0].version = 6
     save(model, work)
-    one_line(
+    error_line(
         cli("prune", "model.onnx", "out.onnx", "--dead-channels", "-q"),
         UnsupportedModelError.exit_code,
         "onnxruntime cannot load the input model 'model.onnx'",
@@ -210,7 +189,7 @@ def test_onnxruntime_error_on_a_valid_input_stays_internal(work: Path, monkeypat
 
     monkeypatch.setattr("onnxprune.sensitivity.tasks.run_outputs", broken)
     monkeypatch.setattr("onnxprune.sensitivity.sweep.run_outputs", broken)
-    message = one_line(
+    message = error_line(
         cli("analyze", "model.onnx", "--data", "calib.npz", "--samples", "16", "--levels", "0.5", "--workers", "1"),
         INTERNAL,
         "internal error (InvalidProtobuf",
@@ -329,13 +308,13 @@ def test_unknown_tensor_type(work: Path) -> None:
     model = fixture_model()
     model.graph.initializer[0].data_type = 99
     save(model, work)
-    one_line(
+    error_line(
         cli("prune", "model.onnx", "out.onnx", "--sparsity", "0.5", "--criterion", "random", "-q"),
         ModelLoadError.exit_code,
         "element type 99, which is no type ONNX defines",
         "malformed",
     )
-    one_line(cli("inspect", "model.onnx"), ModelLoadError.exit_code, "element type 99")
+    error_line(cli("inspect", "model.onnx"), ModelLoadError.exit_code, "element type 99")
 
 
 def test_undefined_tensor_type() -> None:
@@ -350,7 +329,7 @@ def test_string_tensor_in_raw_data(work: Path) -> None:
     model = fixture_model()
     model.graph.initializer[-2].data_type = TensorProto.STRING
     save(model, work)
-    one_line(cli("inspect", "model.onnx"), ModelLoadError.exit_code, "string tensor stored as raw_data")
+    error_line(cli("inspect", "model.onnx"), ModelLoadError.exit_code, "string tensor stored as raw_data")
 
 
 @pytest.mark.parametrize("version", [-1, 0, 10000])
@@ -359,7 +338,7 @@ def test_impossible_opset_version(work: Path, version: int) -> None:
     model = fixture_model()
     model.opset_import[0].version = version
     save(model, work)
-    one_line(
+    error_line(
         cli("prune", "model.onnx", "out.onnx", "--sparsity", "0.5", "-q"),
         ModelLoadError.exit_code,
         f"opset version {version} of domain 'ai.onnx', which no release has",
@@ -399,12 +378,12 @@ def test_weight_stored_as_strings(work: Path, through_cast: bool) -> None:
     """Seed 1 case 568 (direct, ``--quantize int8``) and 18 (through a Cast)."""
     save(string_weight_model(through_cast=through_cast), work)
     args = ("prune", "model.onnx", "out.onnx", "--min-size", "0", "--sparsity", "0.99", "--scope", "global")
-    one_line(
+    error_line(
         cli(*args, "--quantize", "int8", "--quantize-mode", "dynamic", "-q"),
         UnsupportedModelError.exit_code,
         "is stored as STRING values",
     )
-    one_line(cli("inspect", "model.onnx"), UnsupportedModelError.exit_code, "STRING")
+    error_line(cli("inspect", "model.onnx"), UnsupportedModelError.exit_code, "STRING")
 
 
 def test_string_vocabulary_read_by_gather_is_fine() -> None:
@@ -489,7 +468,7 @@ def test_weight_dims_that_disagree_with_the_graph(work: Path) -> None:
     values = numpy_helper.to_array(weight)
     weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values.T), "fc2.weight"))
     save(model, work)
-    one_line(
+    error_line(
         cli("prune", "model.onnx", "out.onnx", "--sparsity", "0.99", "--dead-channels", "-q"),
         UnsupportedModelError.exit_code,
         "the input model 'model.onnx'",  # onnxruntime 1.18 refuses it on a run, newer ones on load
@@ -518,7 +497,7 @@ def test_mistyped_gemm_attribute(work: Path, name: str, retag: Callable[[Attribu
         ("prune", "model.onnx", "out.onnx", "--min-size", "0", "--pattern", "4:8", "--dead-channels", "-q"),
         ("inspect", "model.onnx"),
     ):
-        one_line(cli(*args), ModelLoadError.exit_code, f"attribute '{name}' of node '/fc1/Gemm' (Gemm)", said)
+        error_line(cli(*args), ModelLoadError.exit_code, f"attribute '{name}' of node '/fc1/Gemm' (Gemm)", said)
     assert not (work / "out.onnx").exists()
 
 
@@ -545,7 +524,7 @@ def test_npz_member_declaring_4_tib(work: Path, compression: int) -> None:
     """Seed 1 case 503: ``np.load`` allocated the declared array: MemoryError, exit 70."""
     (work / "calib.npz").write_bytes(zipped({"input": npy_bomb()}, compression))
     args = ("prune", MLP, "out.onnx", "--sparsity", "0.3", "--method", "refit", "--calibration", "calib.npz")
-    one_line(
+    error_line(
         cli(*args, "--samples", "16", "-q"),
         DataError.exit_code,
         "its array 'input' declares shape (1099511627776, 64) of float32",
@@ -555,7 +534,7 @@ def test_npz_member_declaring_4_tib(work: Path, compression: int) -> None:
 
 def test_npy_declaring_more_than_it_holds(work: Path) -> None:
     (work / "calib.npy").write_bytes(npy_bomb((1000, 64)))
-    one_line(
+    error_line(
         cli("prune", MLP, "out.onnx", "--sparsity", "0.3", "--method", "wanda", "--calibration", "calib.npy", "-q"),
         DataError.exit_code,
         "calib.npy: its array declares shape (1000, 64)",
@@ -564,7 +543,7 @@ def test_npy_declaring_more_than_it_holds(work: Path) -> None:
 
 def test_labels_declaring_more_than_they_hold(work: Path) -> None:
     (work / "labels.npy").write_bytes(npy_bomb((1 << 40,)))
-    one_line(
+    error_line(
         cli("eval", MLP, "--data", "calib.npz", "--labels", "labels.npy", "--no-latency"),
         DataError.exit_code,
         "labels file labels.npy",
@@ -586,7 +565,7 @@ def test_honest_npz_files_still_load(work: Path) -> None:
 
 def test_negative_seed(work: Path) -> None:
     """Seed 2 case 508: ``np.random.default_rng([-1, index])`` raised ValueError."""
-    one_line(
+    error_line(
         cli("prune", MLP, "out.onnx", "--sparsity", "0.1", "--criterion", "random", "--seed", "-1"),
         OptionError.exit_code,
         "--seed must be an integer >= 0",
@@ -597,7 +576,7 @@ def test_threads_beyond_the_machine(work: Path) -> None:
     """Seed 3 case 410: ``--threads 100000`` crashed onnxruntime (SIGSEGV); 512 on 2 cores hung."""
     from onnxprune.latency import LatencySettings, max_threads
 
-    one_line(
+    error_line(
         cli("eval", MLP, "--data", "calib.npz", "--threads", "100000", "--repeats", "2", "--warmup", "0"),
         OptionError.exit_code,
         "threads 100000 is more than 4 per logical core",
@@ -619,7 +598,7 @@ def test_analyze_structural_refuses_infinite_weights(work: Path) -> None:
     weight.CopyFrom(numpy_helper.from_array(values, "fc2.weight"))
     save(model, work)
     args = ("analyze", "model.onnx", "--data", "calib.npz", "--samples", "16", "--levels", "0.5", "--workers", "1")
-    one_line(
+    error_line(
         cli(*args, "--structural", "--no-cache"),
         UnsupportedModelError.exit_code,
         "weight 'fc2.weight' holds 1 infinite values",
@@ -665,7 +644,7 @@ def test_analyze_on_a_model_declaring_batch_0(work: Path) -> None:
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 0
     save(model, work)
     args = ("analyze", "model.onnx", "--data", "calib.npz", "--samples", "16", "--levels", "0.5", "--workers", "1")
-    one_line(
+    error_line(
         cli(*args, "--method", "sparsegpt", "--no-cache", "-q"),
         UnsupportedModelError.exit_code,
         "input 'input' [0, 64] declares a size of 0 on axis 0",
@@ -680,7 +659,7 @@ def test_huge_declared_input_dims(work: Path) -> None:
         dim.Clear()
         dim.dim_value = 2**31
     save(model, work)
-    one_line(
+    error_line(
         cli("prune", "model.onnx", "out.onnx", "--min-size", "1024", "--sparsity", "0.5", "-q"),
         UnsupportedModelError.exit_code,
         "input 'input' declares shape 2147483648x2147483648",
@@ -701,7 +680,7 @@ def test_huge_declared_input_dims(work: Path) -> None:
 def test_output_with_trailing_slash(work: Path, args: tuple[str, ...], flag: str) -> None:
     """Cases 3381, 5668: ``out.onnx/`` was written as ``out.onnx`` plus ``out.onnx.data`` (pathlib
     drops the slash), files the command line never named; a trailing slash names a folder."""
-    one_line(
+    error_line(
         cli("prune", MLP, *args, "--sparsity", "0.3", "-q"),
         2,
         f"Invalid value for {flag}",
@@ -712,12 +691,12 @@ def test_output_with_trailing_slash(work: Path, args: tuple[str, ...], flag: str
 
 def test_eval_refuses_a_billion_synthetic_samples(work: Path) -> None:
     """Case 8381: ``eval --samples 1000000000`` on synthetic data ran for ever."""
-    one_line(
+    error_line(
         cli("eval", MLP, MLP, "--samples", "1000000000", "--repeats", "2", "--warmup", "0"),
         OptionError.exit_code,
         "--samples 1,000,000,000 asks for more synthetic samples than the 100,000",
     )
-    one_line(
+    error_line(
         cli("prune", MLP, "out.onnx", "--sparsity", "0.5", "--eval", "--eval-samples", "1000000000", "-q"),
         OptionError.exit_code,
         "asks for more synthetic samples",
@@ -733,7 +712,7 @@ def test_cast_to_no_type(work: Path) -> None:
     next(n for n in model.graph.node if n.op_type == "Cast" and n.input[0] == "fc3.bias_fp16").attribute[0].i = 0
     save(model, work)
     for args in (("--sparsity", "0.5"), ("--structured", "--sparsity", "0.3", "--data-free")):
-        one_line(
+        error_line(
             cli("prune", "model.onnx", "out.onnx", *args, "-q"),
             UnsupportedModelError.exit_code,
             "onnxruntime cannot run the input model 'model.onnx'",
@@ -748,7 +727,7 @@ def test_name_that_is_not_utf8(work: Path) -> None:
     data = MLP.read_bytes().replace(b"/fc2/Gemm", b"/fc2/G\xe1mm")
     (work / "model.onnx").write_bytes(data)
     for args in (("prune", "model.onnx", "out.onnx", "--sparsity", "0.1", "-q"), ("inspect", "model.onnx")):
-        one_line(cli(*args), ModelLoadError.exit_code, "not UTF-8", "/fc2/G\\xe1mm", "the file is corrupt")
+        error_line(cli(*args), ModelLoadError.exit_code, "not UTF-8", "/fc2/G\\xe1mm", "the file is corrupt")
     assert not (work / "out.onnx").exists()
 
 
@@ -760,7 +739,7 @@ def test_conv_weight_dims_reversed_beside_batchnorm(work: Path) -> None:
     weight = next(t for t in model.graph.initializer if t.name == "inception.b3.0.weight")
     weight.dims[:] = list(reversed(weight.dims))
     save(model, work)
-    one_line(
+    error_line(
         cli("prune", "model.onnx", "out.onnx", "--op-types", "Conv,MatMul", "--sparsity", "0.7", "-q"),
         UnsupportedModelError.exit_code,
         "onnxruntime cannot run the input model 'model.onnx'",
@@ -795,7 +774,7 @@ def test_negative_input_dims_skip_the_exact_check(work: Path) -> None:
         dim.Clear()
         dim.dim_value = -5
     save(model, work)
-    one_line(
+    error_line(
         cli("prune", "model.onnx", "out.onnx", "--sparsity", "0.5", "-q"),
         OptionError.exit_code,
         "onnxruntime cannot run the model on any synthetic input onnxprune guessed",

@@ -11,7 +11,6 @@ typed errors, naming API fields rather than flags.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner, Result
+from cli_contract import cli, fails_cleanly, snapshot
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.cli import main
 from onnxprune.config import load_plan
 from onnxprune.errors import DataError, ModelLoadError, OptionError, UnsupportedModelError
 from onnxprune.graph.discovery import discover
@@ -33,7 +31,6 @@ from onnxprune.graph.tensors import nonfinite_counts
 from onnxprune.runtime import MAX_INPUT_ELEMENTS, parse_input_shapes, resolve_input_shapes
 
 LOAD, OPTION, UNSUPPORTED = ModelLoadError.exit_code, OptionError.exit_code, UnsupportedModelError.exit_code
-PREFIX = "onnxprune: error: "
 DATA = DataError.exit_code
 PRUNE = ("prune", "m.onnx", "out.onnx", "--sparsity", "0.5")
 
@@ -111,35 +108,6 @@ def edit_external(path: Path, edit: Callable[[dict[str, str]], dict[str, str]]) 
 # --------------------------------------------------------------------------- the contract
 
 
-def snapshot(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` (folders by name)."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
-        for p in sorted(root.rglob("*"))
-    }
-
-
-def cli(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def fails(root: Path, code: int, *args: str | Path, fragments: tuple[str, ...] = ()) -> str:
-    """Run the CLI; assert one line on stderr with ``fragments``, exit ``code``, no traceback,
-    nothing under ``root`` written or changed. Returns the message."""
-    before = snapshot(root)
-    result = cli(*args)
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
-    assert isinstance(result.exception, SystemExit), f"{result.exception!r} escaped: {result.stderr}"
-    assert result.exit_code == code, f"exit {result.exit_code}, expected {code}: {result.stderr}"
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(PREFIX), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    assert "internal error" not in lines[0]
-    assert snapshot(root) == before, "the run wrote, removed or changed files"
-    return lines[0][len(PREFIX) :]
-
-
 @pytest.fixture
 def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The working folder (the cwd), holding ``m.onnx`` (:func:`mlp`) and ``calib.npz``."""
@@ -170,7 +138,7 @@ def test_external_data_happy_path_still_loads(work: Path, ext: Path) -> None:
 def test_external_data_location_is_a_folder(work: Path, ext: Path, location: str) -> None:
     (work / "sub").mkdir()
     edit_external(ext, lambda info: {**info, "location": location})
-    message = fails(work, LOAD, *PRUNE, fragments=("external data of tensor", "not a data file", "malformed"))
+    message = fails_cleanly(work, LOAD, *PRUNE, fragments=("external data of tensor", "not a data file", "malformed"))
     assert location.rstrip("/.") in message or "model's folder" in message
     with pytest.raises(ModelLoadError, match="not a data file"):
         load_model(ext)
@@ -180,30 +148,30 @@ def test_external_data_without_length_on_a_short_file(work: Path, ext: Path) -> 
     data = work / "w.data"
     data.write_bytes(data.read_bytes()[:100])
     edit_external(ext, lambda info: {k: v for k, v in info.items() if k != "length"})
-    fails(work, LOAD, *PRUNE, fragments=("external data of tensor", "is truncated", "'w.data' has 100 bytes"))
+    fails_cleanly(work, LOAD, *PRUNE, fragments=("external data of tensor", "is truncated", "'w.data' has 100 bytes"))
 
 
 def test_external_data_without_length_reads_to_the_end(work: Path, ext: Path) -> None:
     """Without ``length`` onnx reads up to the end of the file: more bytes than the dims take."""
     edit_external(ext, lambda info: {k: v for k, v in info.items() if k != "length"})
-    fails(work, LOAD, *PRUNE, fragments=("gives no length", "'w.data'", "take", "malformed"))
+    fails_cleanly(work, LOAD, *PRUNE, fragments=("gives no length", "'w.data'", "take", "malformed"))
 
 
 def test_external_data_length_disagrees_with_dims(work: Path, ext: Path) -> None:
     edit_external(ext, lambda info: {**info, "length": str(int(info["length"]) - 4)})
-    fails(work, LOAD, *PRUNE, fragments=("external data of tensor", "has length", "its dims", "malformed"))
+    fails_cleanly(work, LOAD, *PRUNE, fragments=("external data of tensor", "has length", "its dims", "malformed"))
 
 
 @pytest.mark.parametrize("location", ["d" * 5000, "w\x00.data"], ids=["too-long", "nul-byte"])
 def test_external_data_location_the_system_refuses(work: Path, ext: Path, location: str) -> None:
     edit_external(ext, lambda info: {**info, "location": location})
-    message = fails(work, LOAD, *PRUNE, fragments=("external data of tensor", "cannot be opened", "malformed"))
+    message = fails_cleanly(work, LOAD, *PRUNE, fragments=("external data of tensor", "cannot be opened", "malformed"))
     assert len(message) < 400
 
 
 def test_external_data_offset_past_the_end(work: Path, ext: Path) -> None:
     edit_external(ext, lambda info: {**info, "offset": "999999999"})
-    fails(work, LOAD, *PRUNE, fragments=("external data of tensor", "is truncated"))
+    fails_cleanly(work, LOAD, *PRUNE, fragments=("external data of tensor", "is truncated"))
 
 
 # --------------------------------------------------------------------------- dims against payload
@@ -274,8 +242,8 @@ def test_dims_disagree_with_the_values(
     work: Path, corrupt: Callable[[onnx.ModelProto], onnx.ModelProto], fragments: tuple[str, ...]
 ) -> None:
     onnx.save_model(corrupt(mlp()), str(work / "m.onnx"))
-    fails(work, LOAD, *PRUNE, fragments=(*fragments, "malformed"))
-    fails(work, LOAD, "inspect", "m.onnx", fragments=fragments)
+    fails_cleanly(work, LOAD, *PRUNE, fragments=(*fragments, "malformed"))
+    fails_cleanly(work, LOAD, "inspect", "m.onnx", fragments=fragments)
     with pytest.raises(ModelLoadError):
         onnxprune.prune_file(work / "m.onnx", work / "out.onnx", onnxprune.PruneConfig(sparsity=0.5))
     with pytest.raises(ModelLoadError):
@@ -297,7 +265,7 @@ def test_dims_in_a_subgraph_are_checked(work: Path) -> None:
     model.graph.node.append(helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch))
     model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [8, 4]))
     onnx.save_model(model, str(work / "m.onnx"))
-    fails(work, LOAD, *PRUNE, fragments=("initializer 'inner' in subgraph", "dims [8, 4]"))
+    fails_cleanly(work, LOAD, *PRUNE, fragments=("initializer 'inner' in subgraph", "dims [8, 4]"))
 
 
 # --------------------------------------------------------------------------- names defined twice
@@ -307,7 +275,7 @@ def test_duplicate_initializer_names(work: Path) -> None:
     model = mlp()
     model.graph.initializer.append(numpy_helper.from_array(np.zeros((64, 32), np.float32), "W1"))
     onnx.save_model(model, str(work / "m.onnx"))
-    fails(work, LOAD, *PRUNE, fragments=("two initializers are named 'W1'", "malformed"))
+    fails_cleanly(work, LOAD, *PRUNE, fragments=("two initializers are named 'W1'", "malformed"))
     with pytest.raises(ModelLoadError, match="two initializers"):
         onnxprune.prune(model, onnxprune.PruneConfig(sparsity=0.5))
 
@@ -320,7 +288,7 @@ def test_node_output_defined_twice(work: Path, twice: str) -> None:
     else:
         model.graph.node.insert(0, helper.make_node("Identity", ["x"], ["W2"], name="again"))
     onnx.save_model(model, str(work / "m.onnx"))
-    fails(work, LOAD, *PRUNE, fragments=("is defined twice", "'again'", "malformed"))
+    fails_cleanly(work, LOAD, *PRUNE, fragments=("is defined twice", "'again'", "malformed"))
 
 
 @pytest.mark.parametrize("outputs", [(), ("nowhere",)], ids=["no-outputs", "undefined-output"])
@@ -329,7 +297,7 @@ def test_graph_outputs_must_be_defined(work: Path, outputs: tuple[str, ...]) -> 
     del model.graph.output[:]
     model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs)
     onnx.save_model(model, str(work / "m.onnx"))
-    fails(work, LOAD, *PRUNE, fragments=("output", "malformed"))
+    fails_cleanly(work, LOAD, *PRUNE, fragments=("output", "malformed"))
 
 
 def test_sanity_leaves_a_valid_model_alone(fixtures_dir: Path) -> None:
@@ -346,14 +314,18 @@ def test_sanity_leaves_a_valid_model_alone(fixtures_dir: Path) -> None:
 
 def test_plan_nested_100000_deep(work: Path) -> None:
     (work / "plan.json").write_text("[" * 100_000 + "]" * 100_000)
-    fails(work, OPTION, *PRUNE[:3], "--plan", "plan.json", fragments=("plan file 'plan.json'", "nested too deeply"))
+    fails_cleanly(
+        work, OPTION, *PRUNE[:3], "--plan", "plan.json", fragments=("plan file 'plan.json'", "nested too deeply")
+    )
     with pytest.raises(OptionError, match="nested too deeply"):
         load_plan(work / "plan.json")
 
 
 def test_plan_with_a_number_too_long(work: Path) -> None:
     (work / "plan.json").write_text('{"W1": ' + "9" * 5000 + "}")
-    fails(work, OPTION, *PRUNE[:3], "--plan", "plan.json", fragments=("plan file 'plan.json'", "number too long"))
+    fails_cleanly(
+        work, OPTION, *PRUNE[:3], "--plan", "plan.json", fragments=("plan file 'plan.json'", "number too long")
+    )
 
 
 @pytest.mark.parametrize(
@@ -365,7 +337,7 @@ def test_plan_with_a_number_too_long(work: Path) -> None:
     ],
 )
 def test_absurd_input_shape(work: Path, spec: str, fragments: tuple[str, ...]) -> None:
-    fails(work, OPTION, *PRUNE, "--input-shape", spec, fragments=fragments)
+    fails_cleanly(work, OPTION, *PRUNE, "--input-shape", spec, fragments=fragments)
     with pytest.raises(OptionError, match="input_shapes"):
         parse_input_shapes([spec])
 
@@ -378,7 +350,7 @@ def test_absurd_input_shape_in_the_api() -> None:
 
 
 def test_absurd_data_free_samples(work: Path) -> None:
-    fails(
+    fails_cleanly(
         work,
         OPTION,
         *PRUNE,
@@ -429,7 +401,7 @@ def test_nonfinite_counts_by_bits() -> None:
 )
 def test_nonfinite_weights_are_refused(work: Path, options: tuple[str, ...]) -> None:
     onnx.save_model(nan_model(), str(work / "m.onnx"))
-    fails(
+    fails_cleanly(
         work,
         UNSUPPORTED,
         *PRUNE,
@@ -440,7 +412,7 @@ def test_nonfinite_weights_are_refused(work: Path, options: tuple[str, ...]) -> 
 
 def test_nonfinite_weights_structured_data_free_are_not_blamed_on_the_data(work: Path) -> None:
     onnx.save_model(nan_model(), str(work / "m.onnx"))
-    message = fails(
+    message = fails_cleanly(
         work,
         UNSUPPORTED,
         "prune",
@@ -513,7 +485,7 @@ def test_allow_nonfinite_refused_where_a_pass_reads_them_anyway(
     work: Path, options: tuple[str, ...], reader: str
 ) -> None:
     onnx.save_model(nan_model(), str(work / "m.onnx"))
-    fails(
+    fails_cleanly(
         work,
         UNSUPPORTED,
         "prune",
@@ -552,7 +524,7 @@ def test_an_inf_attention_mask_is_not_a_nonfinite_weight(work: Path) -> None:
 def test_a_nan_bias_is_refused_too(work: Path) -> None:
     model = with_values(mlp(), "b1", lambda b: b.__setitem__(3, np.nan))
     onnx.save_model(model, str(work / "m.onnx"))
-    fails(work, UNSUPPORTED, *PRUNE, fragments=("bias 'b1' holds 1 NaN values (of 32)",))
+    fails_cleanly(work, UNSUPPORTED, *PRUNE, fragments=("bias 'b1' holds 1 NaN values (of 32)",))
 
 
 def test_inspect_lists_nonfinite_weights_with_the_reason(work: Path) -> None:
@@ -573,7 +545,7 @@ def test_json_plan_still_reads(work: Path) -> None:
 def test_nonfinite_weights_in_external_data(work: Path) -> None:
     """A model with external data is checked before its data is read, and its weights once loaded."""
     save_external(nan_model(), work / "m.onnx")
-    fails(work, UNSUPPORTED, *PRUNE, fragments=("weight 'W1' holds 1 NaN and 2 infinite values",))
+    fails_cleanly(work, UNSUPPORTED, *PRUNE, fragments=("weight 'W1' holds 1 NaN and 2 infinite values",))
     result = cli(*PRUNE, "--allow-nonfinite", "-q")
     assert result.exit_code == 0, result.stderr
     out = onnx.load(str(work / "out.onnx"))
@@ -594,4 +566,4 @@ def test_sparse_initializer_indices_are_checked(work: Path, indices: list[int]) 
         sparse_initializer=[sparse],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(work / "model.onnx"))
-    fails(work, ModelLoadError.exit_code, "inspect", "model.onnx", fragments=("sparse initializer 's'",))
+    fails_cleanly(work, ModelLoadError.exit_code, "inspect", "model.onnx", fragments=("sparse initializer 's'",))

@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner, Result
+from cli_contract import PREFIX, cli, error_line
+from click.testing import CliRunner
 
-from onnxprune.cli import main
 from onnxprune.console import Interrupted, interrupts_raised
 from onnxprune.errors import DataError, OutputError
 from onnxprune.graph.model_io import StagedOutput, load_model
@@ -35,7 +35,6 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MLP = FIXTURES / "mlp_digits.onnx"
 TEST_DATA, LABELS = FIXTURES / "mlp_digits.test.npz", FIXTURES / "mlp_digits.test_labels.npy"
 REPO = Path(__file__).resolve().parent.parent
-PREFIX = "onnxprune: error: "
 PRUNE = ("--sparsity", "0.5", "-q")
 EVAL = ("--no-latency", "-q")
 
@@ -64,24 +63,12 @@ def listing(folder: Path) -> dict[str, tuple[int, str | None]]:
     return entries
 
 
-def cli(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 def refused(folder: Path, code: int, *args: str | Path, fragments: tuple[str, ...] = ()) -> str:
-    """Run the CLI; assert one error line with ``fragments``, exit ``code``, and ``folder``
-    exactly as it was (inputs unchanged, nothing added). Returns the message."""
+    """Run the CLI; assert the error contract with ``fragments`` and exit ``code``, and ``folder``
+    exactly as it was (inputs unchanged, nothing added; devices and FIFOs by type, never read).
+    Returns the message."""
     before = listing(folder)
-    result = cli(*args)
-    assert "Traceback" not in result.stderr + result.stdout, result.stderr
-    assert isinstance(result.exception, SystemExit), f"{result.exception!r}: {result.stderr}"
-    assert result.exit_code == code, f"exit {result.exit_code}, expected {code}: {result.stderr}"
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(PREFIX), result.stderr
-    message = lines[0][len(PREFIX) :]
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    assert ".tmp" not in message
+    message = error_line(cli(*args), code, *fragments)
     assert listing(folder) == before, "the run wrote, removed or changed files"
     return message
 
