@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from ray_heads import check_ray_local, ray_head
 
 from onnxprune.cli_analyze import analyze_command
 from onnxprune.errors import OptionError
@@ -303,15 +300,6 @@ def _ray_has_token_auth() -> bool:
     return out.stdout.strip() == "True"
 
 
-def _check_ray_local() -> Any:
-    spec = importlib.util.spec_from_file_location("check_ray_local", ROOT / "tools" / "check_ray_local.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("check_ray_local", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_RAY, reason="ray is not installed")
 @pytest.mark.skipif(not LINUX, reason="reads /proc")
@@ -324,7 +312,7 @@ def test_analyze_ray_local_ignores_a_stray_token_and_a_stale_cache(
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
     token = _plant_token(home)
     entry = _plant_stale_entry(home, "another-version")
-    tool = _check_ray_local()
+    tool = check_ray_local()
     outcome = tool.run([sys.executable, "-m", "onnxprune", "analyze", *CHEAP, "--ray", "local"], root=short_root)
     assert outcome.returncode == 0, f"exit code {outcome.returncode}; stderr:\n{outcome.stderr[-2000:]}"
     assert "layer(s) analysed" in outcome.stdout and "; cache)" not in outcome.stdout, outcome.stdout
@@ -403,12 +391,6 @@ def test_local_ray_lets_in_only_who_holds_its_own_token(short_root: Path) -> Non
     assert not list((short_root / "ray").iterdir())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_RAY or not Path(sys.executable).with_name("ray").exists(), reason="ray is not installed")
 def test_analyze_at_a_cluster_that_demands_a_token_says_how_to_give_it(short_root: Path) -> None:
@@ -418,25 +400,9 @@ def test_analyze_at_a_cluster_that_demands_a_token_says_how_to_give_it(short_roo
         pytest.skip("this ray has no token authentication")
     token = secrets.token_hex(32)
     (short_root / "token").write_text(token)
-    port = _free_port()
-    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address=127.0.0.1"]
-    command += [f"--port={port}", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"]
-    command += [f"--temp-dir={short_root / 'ray'}"]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     head_env = {**clean, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(short_root / "token")}
-    head_env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
-    head = subprocess.Popen(
-        command, env=head_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if head.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the Ray head did not start: {head.stderr.read().decode()[-400:] if head.stderr else ''}")
-            time.sleep(0.5)
+    with ray_head(temp_dir=short_root / "ray", env=head_env) as port:
         argv = [sys.executable, "-m", "onnxprune", "analyze", *CHEAP, "--no-cache", "--ray", f"127.0.0.1:{port}"]
         env = {**clean, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), clean.get("PYTHONPATH", "")) if p)}
         refused = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -446,12 +412,3 @@ def test_analyze_at_a_cluster_that_demands_a_token_says_how_to_give_it(short_roo
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
         let_in = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert let_in.returncode == 0 and "layer(s) analysed" in let_in.stdout, let_in.stderr[-2000:]
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(head.pid, signal.SIGKILL)
-            head.wait()

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from ray_heads import check_ray_local
 
 from onnxprune.sensitivity import executors
 from onnxprune.sensitivity.executors import RAY_MARKER, LocalRay, RayExecutor
@@ -24,15 +25,6 @@ from onnxprune.sensitivity.executors import RAY_MARKER, LocalRay, RayExecutor
 ROOT = Path(__file__).resolve().parent.parent
 HAS_RAY = importlib.util.find_spec("ray") is not None
 LINUX = Path("/proc/self/stat").exists()
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("check_ray_local", ROOT / "tools" / "check_ray_local.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("check_ray_local", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -52,7 +44,7 @@ def _explain(outcome) -> str:
 @pytest.mark.skipif(not HAS_RAY, reason="ray is not installed")
 @pytest.mark.skipif(not LINUX, reason="reads /proc")
 def test_analyze_ray_local_listens_on_loopback_only_and_leaves_nothing(short_dir):
-    tool = _tool()
+    tool = check_ray_local()
     outcome = tool.run(tool.command(sys.executable), root=short_dir)
     assert outcome.returncode == 0, _explain(outcome)
     seen = "\n".join(f"{pid} {cmd}" for pid, cmd in outcome.seen.items())
@@ -74,7 +66,7 @@ def test_analyze_ray_local_listens_on_loopback_only_and_leaves_nothing(short_dir
     ids=["ctrl-c-to-the-group", "sigterm-to-the-process", "ctrl-c-while-ray-starts"],
 )
 def test_a_signal_leaves_no_ray_process(short_dir, signum, to_group, when):
-    tool = _tool()
+    tool = check_ray_local()
     outcome = tool.run(tool.command(sys.executable), root=short_dir, signum=signum, to_group=to_group, when=when)
     assert outcome.signalled, f"it ended before the {when} stage: " + _explain(outcome)
     assert outcome.returncode == 128 + signum, _explain(outcome)  # not a crash on the way out

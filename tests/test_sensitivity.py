@@ -3,14 +3,9 @@ plans from the curves, and `onnxprune analyze`."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from ray_heads import RAY, ray_head
 
 from onnxprune import runtime
 from onnxprune.cli_analyze import analyze_command
@@ -99,55 +95,31 @@ def test_a_plan_hits_the_target_and_max_loss_is_checked_on_the_data():
     assert checked.fraction > 0.3  # not an empty plan that trivially holds
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not Path(sys.executable).with_name("ray").exists(), reason="ray is not installed")
+@pytest.mark.skipif(not RAY.exists(), reason="ray is not installed")
 def test_ray_cluster_on_loopback_runs_the_same_tasks(tmp_path):
     """A Ray head of our own on 127.0.0.1 (its process group is ended afterwards; other
     Ray clusters on the machine are left alone), reached through RayExecutor(address)."""
     ray = pytest.importorskip("ray")
-    port = _free_port()
-    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address=127.0.0.1"]
-    command += [f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"]
-    short = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
-    command += [f"--temp-dir={short}"]
+    short = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
     # Auth explicitly off for this head and this process (ray is imported with RAY_AUTH_MODE
     # unset, see conftest.py): `ray start` turns token authentication on wherever it finds a
-    # token (a stray ~/.ray/auth_token), and an explicit address then fails. No 30 s drain on
-    # SIGTERM (ray 2.60: its GCS, in the same process group, is gone by then).
+    # token (a stray ~/.ray/auth_token), and an explicit address then fails.
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
-    env.update(RAY_AUTH_MODE="disabled", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
-    head = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    env["RAY_AUTH_MODE"] = "disabled"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if head.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the Ray head did not start: {head.stderr.read().decode()[-400:] if head.stderr else ''}")
-            time.sleep(0.5)
-        from onnxprune.sensitivity.executors import RayExecutor
+        with ray_head(temp_dir=short, env=env, num_cpus=2) as port:
+            try:
+                from onnxprune.sensitivity.executors import RayExecutor
 
-        executor = RayExecutor(f"127.0.0.1:{port}")
-        data, labels = _data(samples=64), _labels(samples=64)
-        remote = analyze_sensitivity(MLP, data=data, labels=labels, levels=(0.5, 0.9), executor=executor)
-        local = analyze_sensitivity(MLP, data=data, labels=labels, levels=(0.5, 0.9), executor=SerialExecutor())
-        assert [c.loss for c in remote.curves] == [c.loss for c in local.curves]
+                executor = RayExecutor(f"127.0.0.1:{port}")
+                data, labels = _data(samples=64), _labels(samples=64)
+                remote = analyze_sensitivity(MLP, data=data, labels=labels, levels=(0.5, 0.9), executor=executor)
+                local = analyze_sensitivity(MLP, data=data, labels=labels, levels=(0.5, 0.9), executor=SerialExecutor())
+                assert [c.loss for c in remote.curves] == [c.loss for c in local.curves]
+            finally:
+                ray.shutdown()
     finally:
-        ray.shutdown()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(short, ignore_errors=True)
 
 
