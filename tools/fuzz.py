@@ -2184,6 +2184,12 @@ def print_summary(summary: dict[str, Any], stream: Any = sys.stdout) -> None:
     out(f"wall time: {summary['wall_s']:.1f} s")
 
 
+def run_failure(summary: dict[str, Any], kind: str) -> None:
+    """Count a failure of the whole run (no one case's) in ``summary``."""
+    summary["failures"][kind] = summary["failures"].get(kind, 0) + 1
+    summary["failed_cases"] += 1
+
+
 def package_digest() -> tuple[str, str]:
     """Where the ``onnxprune`` every case runs is imported from (the same interpreter and
     environment as the cases), and a digest of its sources: an editable install runs the
@@ -2289,15 +2295,13 @@ def main(argv: list[str] | None = None) -> int:
     summary["package"] = package
     if package_digest()[1] != sources_before:  # the run tested two versions: no result to trust
         summary["sources_changed"] = True
-        summary["failures"]["sources-changed"] = summary["failures"].get("sources-changed", 0) + 1
-        summary["failed_cases"] += 1
+        run_failure(summary, "sources-changed")
     if fixtures_after != fixtures_before:
         changed = sorted(
             k for k in set(fixtures_before) | set(fixtures_after) if fixtures_before.get(k) != fixtures_after.get(k)
         )
         summary["fixtures_changed"] = changed
-        summary["failures"]["write-outside"] = summary["failures"].get("write-outside", 0) + 1
-        summary["failed_cases"] += 1
+        run_failure(summary, "write-outside")
     if args.log:
         with open(args.log, "w") as stream:
             for result in results:
