@@ -181,11 +181,11 @@ def load_model_with_files(path: str | os.PathLike[str], *, finite: bool = False)
             f"'{path}' declares no opset (opset_import is empty): the file is truncated or "
             "malformed; export or copy it again"
         )
-    check_text(model)  # before any name is read (check_model repeats it for models not from a file)
+    check_text(model)  # before any name is read: external-data entries are names too
     data_files = check_external_data(model, path.parent)
     # the tensors in the file: each read once; the external ones' byte ranges were checked above,
     # so they are read only to look for NaN, once loaded
-    check_model(model, finite=finite and not data_files)
+    check_model(model, finite=finite and not data_files, text=False)
     if data_files:
         try:
             onnx.load_external_data_for_model(model, str(path.parent))

@@ -467,11 +467,13 @@ def _schema(op_type: str, domain: str, version: int | None) -> onnx.defs.OpSchem
         return None
 
 
-def check_model(model: ModelProto, *, finite: bool = False) -> None:
-    """Check ``model`` once, tensor by tensor (see module docstring): opsets, names, types,
-    payloads, weights that are no numbers and, with ``finite``, that no weight holds NaN or
-    ±inf. One-line errors naming the tensor."""
-    check_text(model)
+def check_model(model: ModelProto, *, finite: bool = False, text: bool = True) -> None:
+    """Check ``model`` once, tensor by tensor (see module docstring): text (unless ``text`` is
+    False: the caller checked it first), opsets, names, types, payloads, weights that are no
+    numbers and, with ``finite``, that no weight holds NaN or ±inf. One-line errors naming the
+    tensor."""
+    if text:
+        check_text(model)
     check_opsets(model)
     check_names(model)
     check_attributes(model)
