@@ -34,12 +34,13 @@ from onnxprune.cli_print import (
 from onnxprune.cli_view import view_command
 from onnxprune.config import PruneConfig, Selection, StructureConfig, load_plan, parse_pattern
 from onnxprune.console import Interrupted, ProgressBar, count, fail, handle_errors, table
+from onnxprune.data.layout import format_dims
 from onnxprune.errors import opt
 from onnxprune.evaluate import check_evaluation
-from onnxprune.graph.model_io import model_reads, model_writes
+from onnxprune.graph.model_io import load_model, model_reads, model_writes
 from onnxprune.graph.outputs import Read, Write, check_outputs, write_file
 from onnxprune.passes.pipeline import after_weights
-from onnxprune.runtime import declared_dims, guessed_dims, parse_input_shapes, reads_model
+from onnxprune.runtime import declared_dims, guessed_dims, parse_input_shapes, reads_model, shape_hint
 from onnxprune.stats import file_stats
 
 NOTHING_TO_PRUNE = 10
@@ -235,7 +236,8 @@ def inspect(
     writes = [Write(opt("json"), json_path, example="inventory.json")]
     check_outputs(writes, model_reads("the model", model, writes=writes))
     selection = Selection(min_size=min_size, include=include, exclude=exclude, op_types=_op_types(op_types))
-    inventory = onnxprune.inspect(model, selection)
+    proto = load_model(model)  # read once: the inventory and the inputs
+    inventory = onnxprune.inspect(proto, selection)
     listed = [w for w in inventory.weights if show_all or w.role in ("weight", "mixed")]
     rows = [
         [
@@ -263,7 +265,7 @@ def inspect(
             f"not pruned: {len(skipped)} tensors ({reason_counts(skipped)})"
             + ("" if show_all else "; --all lists them")
         )
-    inputs = input_table(model)
+    inputs = input_table(proto)
     if inputs:
         click.echo("\n" + table([[i["name"], i["declared"], i["batch"], i["needs"]] for i in inputs],
                                  ["input", "declared", "batch axis", "synthetic data needs"]))  # fmt: skip
@@ -272,28 +274,21 @@ def inspect(
         _write_json(json_path, {"model": str(model), "weights": weights, "inputs": inputs})
 
 
-def input_table(model: Path) -> list[dict[str, Any]]:
+def input_table(model: onnx.ModelProto) -> list[dict[str, Any]]:
     """Each graph input of ``model``: its declared dims, its batch axis (as data is read,
     :mod:`onnxprune.batch_axes`) and the ``--input-shape`` a synthetic input needs (dims
     onnxprune would otherwise guess); real data needs none."""
-    proto = onnx.load(str(model), load_external_data=False)
-    declared = declared_dims(proto)
+    declared = declared_dims(model)
     axes = batch_axes(declared)
     guessed = guessed_dims(declared, {})
     rows = []
     for name, dims in declared.items():
         axis = axes[name]
-        shown = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]" if dims else "scalar"
         batch = (
             "none (one value per run)" if axis is None else "undecided: give --batch-axis" if axis < 0 else str(axis)
         )
-        needs = ""
-        if name in guessed:
-            example = "x".join(
-                "1" if i == axis else "N" if i in guessed[name] else str(d) if isinstance(d, int) else "1"
-                for i, d in enumerate(dims)
-            )
-            needs = f"--input-shape {name}:{example} (else guessed)"
+        needs = f"--input-shape {name}:{shape_hint(dims, axis)} (else guessed)" if name in guessed else ""
+        shown = format_dims(dims) if dims else "scalar"
         rows.append({"name": name, "declared": shown, "batch": batch, "needs": needs, "dims": list(dims)})
     return rows
 

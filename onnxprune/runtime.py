@@ -44,6 +44,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import ModelProto
 
+from onnxprune.batch_axes import batch_axes as infer_batch_axes
 from onnxprune.errors import MissingKernelError, OnnxPruneError, OptionError, UnsupportedModelError, opt
 
 log = logging.getLogger(__name__)
@@ -389,14 +390,18 @@ def needs_guess(specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]
     return bool(guessed_dims({s.name: s.dims for s in specs}, shapes))
 
 
+def shape_hint(dims: Sequence[int | str | None], batch_axis: int | None) -> str:
+    """What to give ``--input-shape`` for an input of ``dims``: ``1`` on its batch axis, ``N`` (a
+    number to choose) for every other dynamic dim, fixed dims as declared (``1xNx1``)."""
+    return "x".join("1" if axis == batch_axis else "N" if is_dynamic(d) else str(d) for axis, d in enumerate(dims))
+
+
 def guessed_dims(
     declared: Mapping[str, Sequence[int | str | None]], shapes: Mapping[str, Sequence[int]]
 ) -> dict[str, list[int]]:
     """The axes of each input whose size a synthetic feed has to guess: dynamic, not its batch
     axis, and no size given in ``shapes``."""
-    from onnxprune.batch_axes import batch_axes
-
-    axes = batch_axes(declared)
+    axes = infer_batch_axes(declared)
     out: dict[str, list[int]] = {}
     for name, dims in declared.items():
         if name in shapes:
@@ -429,10 +434,8 @@ def resolve_input_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """The concrete shape of each input, ``declared`` by name (see the module docstring for the
     policy); ``size`` fills the dynamic non-batch dims, else the layout's default does."""
-    from onnxprune.batch_axes import batch_axes
-
     checked = check_given_shapes(declared, given or {})
-    axes = batch_axes(declared)
+    axes = infer_batch_axes(declared)
     named: dict[str, int] = {}  # one size for a symbol, whichever input declares it
     for name, shape in checked.items():
         for d, given_size in zip(declared[name], shape, strict=True):

@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 
 from onnxprune import runtime
+from onnxprune.batch_axes import batch_axes as infer_batch_axes
+from onnxprune.data.layout import format_dims
 from onnxprune.errors import DataError, MissingKernelError, OnnxPruneError, ShapeGuessError, ValidationError, opt
 
 log = logging.getLogger(__name__)
@@ -134,19 +136,14 @@ def validate_model(
 
 
 def _guess_message(specs: Sequence[runtime.InputSpec], guessed: Mapping[str, list[int]], *, input_too: bool) -> str:
-    from onnxprune.batch_axes import batch_axes
-
     declared = {s.name: s.dims for s in specs}
-    axes = batch_axes(declared)
+    axes = infer_batch_axes(declared)
     wanted = []
-    for name, guessed_axes in guessed.items():
+    for name in guessed:
         dims = declared[name]
-        example = "x".join(
-            "1" if axis == axes[name] else "N" if axis in guessed_axes else str(d) if not runtime.is_dynamic(d) else "1"
-            for axis, d in enumerate(dims)
+        wanted.append(
+            f"{opt('input_shapes')} {name}:{runtime.shape_hint(dims, axes[name])} (declared {format_dims(dims)})"
         )
-        shown = ", ".join("?" if d is None else str(d) for d in dims)
-        wanted.append(f"{opt('input_shapes')} {name}:{example} (declared [{shown}])")
     return (
         "onnxruntime cannot run the model on any synthetic input onnxprune guessed (sizes "
         f"{', '.join(map(str, runtime.CANDIDATE_SIZES))} for the dynamic dims)"

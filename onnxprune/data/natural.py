@@ -70,7 +70,7 @@ from onnxprune.data.layout import FeedLayout
 from onnxprune.errors import DataError, OptionError, opt
 from onnxprune.graph.index import Scope
 from onnxprune.ops import TransformContext, spec_of
-from onnxprune.runtime import MAX_INPUT_ELEMENTS, InputSpec, check_given_shapes, is_dynamic
+from onnxprune.runtime import MAX_INPUT_ELEMENTS, InputSpec, check_given_shapes, is_dynamic, shape_hint
 
 log = logging.getLogger(__name__)
 
@@ -276,10 +276,7 @@ def resolve_sample_shapes(
                 if isinstance(dim, str) and dim:
                     named[dim] = DEFAULT_SEQUENCE
             else:
-                axis = axes[spec.name]
-                example = "x".join(
-                    "1" if i == axis else str(d) if not is_dynamic(d) else "N" for i, d in enumerate(spec.dims)
-                )
+                example = shape_hint(spec.dims, axes[spec.name])
                 raise DataError(
                     f"data-free samples for input '{spec.name}' {format_dims(spec.dims)} need a size for its dynamic "
                     f"dimension {dim}: give {opt('input_shapes')} {spec.name}:{example} (N a number)"

@@ -46,7 +46,7 @@ from onnxprune.data.images import ImageFolderDataset, ImageOptions
 from onnxprune.data.layout import FeedLayout
 from onnxprune.data.numpy_files import load_numpy
 from onnxprune.errors import DataError, OptionError, opt
-from onnxprune.runtime import InputSpec, check_given_shapes, is_dynamic
+from onnxprune.runtime import InputSpec, check_given_shapes, is_dynamic, shape_hint
 
 log = logging.getLogger(__name__)
 
@@ -229,9 +229,7 @@ def synthetic_sample_shapes(
             continue
         dynamic = [str(d) for d in lay.item_dims if is_dynamic(d)]
         if dynamic:
-            example = "x".join(
-                "1" if axis == lay.axis else str(d) if not is_dynamic(d) else "N" for axis, d in enumerate(lay.dims)
-            )
+            example = shape_hint(lay.dims, lay.axis)
             raise OptionError(
                 f"synthetic data for input '{lay.name}' {format_dims(lay.dims)} needs sizes for its dynamic "
                 f"dimension(s) {', '.join(dynamic)}: give {opt('input_shapes')} {lay.name}:{example} (N a number), "
