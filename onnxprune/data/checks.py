@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from onnxprune.data.layout import FeedLayout, cast_dtype, format_dims, format_shape
-from onnxprune.errors import DataError
+from onnxprune.errors import DataError, OptionError
 from onnxprune.runtime import InputSpec, is_dynamic
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ __all__ = [
     "batch_size_for",
     "cast_dtype",
     "check_array",
+    "check_count",
     "check_feeds",
     "check_specs",
     "fixed_batch_size",
@@ -52,6 +53,12 @@ def batch_size_for(
 ) -> int:
     """``requested``, unless the model fixes the batch size: then that size (logged)."""
     return FeedLayout.of(specs, batch_axes).batch_size(requested)
+
+
+def check_count(value: Any, what: str) -> None:
+    """``value`` (a number of samples, a limit) is None or an integer >= 1; else OptionError."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+        raise OptionError(f"{what} must be an integer >= 1, got {value!r}")
 
 
 def check_specs(specs: Sequence[InputSpec]) -> None:

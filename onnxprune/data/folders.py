@@ -73,9 +73,10 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
-from onnxprune.data.images import IMAGE_EXTENSIONS
+from onnxprune.data.checks import check_count
+from onnxprune.data.images import is_image
 from onnxprune.data.numpy_files import load_numpy
-from onnxprune.errors import DataError, ModelLoadError, OptionError
+from onnxprune.errors import DataError, ModelLoadError
 from onnxprune.graph.sanity import MALFORMED, check_payload
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def read_test_data(path: Path, input_names: Sequence[str], *, limit: int | None 
     """
     path = Path(path)
     names = _checked_names(input_names)
-    _check_limit(limit)
+    check_count(limit, "the number of samples")
     label = _label(path)
     entries = _entries(path, label)
     sets = sorted(
@@ -195,7 +196,7 @@ def read_sample_files(path: Path, input_names: Sequence[str], *, limit: int | No
     """
     path = Path(path)
     names = _checked_names(input_names)
-    _check_limit(limit)
+    check_count(limit, "the number of samples")
     label = _label(path)
     files = []
     for entry in _entries(path, label):
@@ -480,7 +481,7 @@ def _holds_image(folder: Path) -> bool:
     """Whether some image lies under ``folder``, hidden files and folders skipped (stops at the first)."""
     for _, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        if any(not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS) for name in files):
+        if any(is_image(name) for name in files):
             return True
     return False
 
@@ -494,11 +495,6 @@ def _checked_names(input_names: Sequence[str]) -> tuple[str, ...]:
     if not names:
         raise DataError("the model has no inputs, so there is no data to feed it")
     return names
-
-
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
-        raise OptionError(f"the number of samples must be an integer >= 1, got {limit!r}")
 
 
 def _keywords(names: Sequence[str]) -> str:

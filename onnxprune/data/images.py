@@ -199,7 +199,8 @@ def _pillow() -> ModuleType:
 # Files and classes
 
 
-def _is_image(name: str) -> bool:
+def is_image(name: str) -> bool:
+    """Whether ``name`` is an image file this reader takes (not hidden, a known extension)."""
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
@@ -207,7 +208,7 @@ def _walk(folder: Path) -> list[Path]:
     found = []
     for top, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(top) / name for name in files if _is_image(name))
+        found.extend(Path(top) / name for name in files if is_image(name))
     return sorted(found, key=lambda path: path.relative_to(folder).as_posix())
 
 
@@ -218,7 +219,7 @@ def find_images(root: Path) -> tuple[list[Path], np.ndarray | None, tuple[str, .
     are no images.
     """
     entries = sorted(os.scandir(root), key=lambda entry: entry.name)
-    flat = any(entry.is_file() and _is_image(entry.name) for entry in entries)
+    flat = any(entry.is_file() and is_image(entry.name) for entry in entries)
     classes = [entry.name for entry in entries if entry.is_dir() and not entry.name.startswith(".")]
     files: list[Path] = []
     labels: np.ndarray | None = None

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from onnxprune.batch_axes import UNDECIDED
-from onnxprune.data.checks import check_specs, format_dims, input_names
+from onnxprune.data.checks import check_count, check_specs, format_dims, input_names
 from onnxprune.data.dataset import Dataset, Feeds, read_only, regroup, samples_in
 from onnxprune.data.folders import FolderSample, folder_kind, read_sample_files, read_test_data
 from onnxprune.data.images import ImageFolderDataset, ImageOptions
@@ -274,11 +274,6 @@ def load_arrays(
     return ArrayDataset(arrays, specs=specs, source=str(path), kind="npz", limit=limit, batch_axes=batch_axes)
 
 
-def _check_count(value: Any, what: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-        raise OptionError(f"{what} must be an integer >= 1, got {value!r}")
-
-
 def open_data(
     data: Any,
     *,
@@ -306,7 +301,7 @@ def open_data(
     """
     specs = tuple(specs)
     check_specs(specs)
-    _check_count(samples, "the number of samples")
+    check_count(samples, "the number of samples")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise OptionError(f"seed must be an integer >= 0, got {seed!r}")
     is_folder = isinstance(data, (str, os.PathLike)) and Path(data).is_dir()
