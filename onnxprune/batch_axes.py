@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from onnxprune.errors import OptionError, opt
 
@@ -144,9 +145,13 @@ class InputLayout:
     @property
     def item_dims(self) -> tuple[int | str | None, ...]:
         """The dims of one sample: the declared dims without the batch axis."""
+        return self.item_of(self.dims)
+
+    def item_of(self, shape: Sequence[Any]) -> tuple[Any, ...]:
+        """``shape`` (this input's full shape or dims) without its batch axis, if it has one."""
         if self.axis is None or self.axis == UNDECIDED:
-            return self.dims
-        return self.dims[: self.axis] + self.dims[self.axis + 1 :]
+            return tuple(shape)
+        return (*shape[: self.axis], *shape[self.axis + 1 :])
 
     @property
     def batched(self) -> bool:

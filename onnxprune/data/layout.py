@@ -300,8 +300,7 @@ class FeedLayout:
         """The shape of one sample of each input of a model feed."""
         out = {}
         for lay in self.inputs:
-            shape = tuple(int(d) for d in np.shape(feeds[lay.name]))
-            out[lay.name] = shape[: lay.axis] + shape[lay.axis + 1 :] if lay.batched else shape  # type: ignore[operator]
+            out[lay.name] = lay.item_of(tuple(int(d) for d in np.shape(feeds[lay.name])))
         return out
 
     def take(self, feeds: Mapping[str, np.ndarray], count: int) -> Feeds:

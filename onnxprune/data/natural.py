@@ -245,18 +245,14 @@ def resolve_sample_shapes(
     declared = {spec.name: spec.dims for spec in specs}
     checked = check_given_shapes(declared, shapes, skip_batch=True, batch_axes=axes)
 
-    def item(values: Sequence, name: str) -> tuple:  # type: ignore[type-arg]
-        axis = axes[name]
-        return tuple(values) if axis is None else tuple(values[:axis]) + tuple(values[axis + 1 :])
-
     named: dict[str, int] = {}
     given: dict[str, tuple[int, ...]] = {}
     for spec in specs:
         if spec.name not in checked:
             continue
         full = checked[spec.name]
-        given[spec.name] = item(full, spec.name)
-        for dim, size in zip(item(spec.dims, spec.name), given[spec.name], strict=True):
+        given[spec.name] = layout[spec.name].item_of(full)
+        for dim, size in zip(layout[spec.name].item_dims, given[spec.name], strict=True):
             if isinstance(dim, str) and dim:
                 named.setdefault(dim, size)
     out: dict[str, tuple[int, ...]] = {}
@@ -266,7 +262,7 @@ def resolve_sample_shapes(
             out[spec.name] = given[spec.name]
             continue
         dims = []
-        for dim in item(spec.dims, spec.name):
+        for dim in layout[spec.name].item_dims:
             if not is_dynamic(dim):
                 dims.append(int(dim))
             elif isinstance(dim, str) and dim in named:

@@ -225,7 +225,7 @@ def synthetic_sample_shapes(
             full = check_given_shapes(declared, given, skip_batch=lay.batched, batch_axes={lay.name: lay.axis})[
                 lay.name
             ]
-            out[lay.name] = _drop(full, lay.axis) if lay.batched else full  # type: ignore[arg-type]
+            out[lay.name] = lay.item_of(full)
             continue
         dynamic = [str(d) for d in lay.item_dims if is_dynamic(d)]
         if dynamic:
@@ -237,10 +237,6 @@ def synthetic_sample_shapes(
             )
         out[lay.name] = tuple(int(d) for d in lay.item_dims)  # type: ignore[arg-type]
     return out
-
-
-def _drop(shape: Sequence[int], axis: int) -> tuple[int, ...]:
-    return tuple(shape[:axis]) + tuple(shape[axis + 1 :])
 
 
 def load_arrays(
