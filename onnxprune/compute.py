@@ -203,6 +203,19 @@ def graph_shapes(graph: GraphProto) -> dict[str, Dims]:
     return shapes
 
 
+def symbolic_dims(graph: GraphProto) -> dict[str, tuple[int | str | None, ...]]:
+    """Every shape shape inference left in ``graph`` (not its subgraphs), dims as declared: an
+    int where static, the ``dim_param`` where named, None where unknown."""
+    dims: dict[str, tuple[int | str | None, ...]] = {}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        declared = _declared(value)
+        if declared is not None:
+            dims[value.name] = tuple(declared)
+    for name, shape in graph_shapes(graph).items():
+        dims.setdefault(name, shape)
+    return dims
+
+
 @dataclass
 class _Shapes:
     by_scope: dict[str, dict[str, Dims]]

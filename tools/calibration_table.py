@@ -2,7 +2,9 @@
 every fixture at 50 %, 70 % and 2:4, plus the data-free mode at 50 %.
 
 Calibration uses each fixture's ``NAME.calib.npz`` (128 samples, disjoint from the test
-set); accuracy is measured on ``NAME.test.npz`` / ``NAME.test_labels.npy`` with onnxruntime.
+set); accuracy is measured on ``NAME.test.npz`` / ``NAME.test_labels.npy`` with onnxruntime
+(top-1; for a sequence fixture, ``"task": "ctc"`` in the manifest, the sequence accuracy of greedy
+CTC decoding, ``tools/sequence_metrics.py``).
 Prints a markdown table (numbers for an issue note).
 
     .venv/bin/python tools/calibration_table.py [FIXTURE ...] [--samples 128]
@@ -11,6 +13,7 @@ Prints a markdown table (numbers for an issue note).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -18,10 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from sequence_metrics import sequence_scores
 
 import onnxprune
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+TASKS = {
+    name: entry.get("task", "classification")
+    for name, entry in json.loads((FIXTURES / "manifest.json").read_text())["models"].items()
+}
 SETTINGS = {"50%": {"sparsity": 0.5}, "70%": {"sparsity": 0.7}, "2:4": {"pattern": (2, 4)}}
 METHODS = [
     ("magnitude", False),
@@ -37,6 +45,8 @@ def accuracy(path: Path, name: str) -> float:
     x = np.load(FIXTURES / f"{name}.test.npz")["input"]
     y = np.load(FIXTURES / f"{name}.test_labels.npy")
     logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    if TASKS.get(name) == "ctc":
+        return sequence_scores(logits, y)[0]
     return float(np.mean(logits.argmax(1) == y))
 
 
@@ -54,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             source = FIXTURES / f"{name}.onnx"
             dense = accuracy(source, name)
             calib = onnxprune.calibration_data(source, FIXTURES / f"{name}.calib.npz", samples=args.samples)
-            free = onnxprune.calibration_data(source, data_free=True, samples=args.samples)
+            # generated samples of the test data's shape (a dynamic width needs a number too)
+            sample = np.load(FIXTURES / f"{name}.test.npz")["input"].shape[1:]
+            free = onnxprune.calibration_data(
+                source, data_free=True, samples=args.samples, input_shapes={"input": (1, *sample)}
+            )
             for label, setting in SETTINGS.items():
                 cells = []
                 for method, bc in METHODS:

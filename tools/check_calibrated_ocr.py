@@ -54,6 +54,7 @@ from bench_calibrate import (
     sentences,
     split_corpus,
 )
+from sequence_metrics import levenshtein
 
 WHEEL = "rapidocr-onnxruntime==1.4.4"
 MODEL = "ch_PP-OCRv4_rec_infer.onnx"
@@ -159,16 +160,6 @@ def make_data(workdir: Path, fonts: list[Path]) -> dict[str, list[str]]:
             for index in range(3):
                 images[index].save(workdir / f"eval_{index}.png")
     return sets
-
-
-def levenshtein(a: str, b: str) -> int:
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
 
 
 def character_error_rates(models: dict[str, Path], data: Path, truth: list[str]) -> dict[str, float]:

@@ -5,7 +5,9 @@ For each fixture in ``fixtures/`` the model is pruned with local magnitude pruni
 compares the base with all candidates on the fixture's labelled held-out data
 (``NAME.test.npz``, ``NAME.test_labels.npy``), latency interleaved. Prints one markdown
 table (numbers for an issue note) and, with ``--reports DIR``, writes one HTML report and
-one JSON per fixture.
+one JSON per fixture. A sequence fixture (``"task": "ctc"`` in the manifest: its labels are
+sequences, not classes) is evaluated without labels (fidelity only; its sequence accuracy and
+CER: ``tools/crnn_table.py``).
 
 Run from the repository root::
 
@@ -16,6 +18,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +29,10 @@ from onnxprune.report import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
+TASKS = {
+    name: entry.get("task", "classification")
+    for name, entry in json.loads((FIXTURES / "manifest.json").read_text())["models"].items()
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 base,
                 candidates,
                 data=FIXTURES / f"{name}.test.npz",
-                labels=FIXTURES / f"{name}.test_labels.npy",
+                labels=None if TASKS.get(name) == "ctc" else FIXTURES / f"{name}.test_labels.npy",
                 options=options,
             )
             for m in result.models:
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 cells = [
                     name,
                     "base" if m.role == "base" else m.name.replace(f"{name}.", "").replace(".onnx", ""),
-                    f"{100 * m.accuracy['top1']:.1f}%",
+                    f"{100 * m.accuracy['top1']:.1f}%" if m.accuracy else "-",
                     "-" if overall.get("top1_agreement") is None else f"{100 * overall['top1_agreement']:.1f}%",
                     "-" if overall.get("cosine") is None else f"{overall['cosine']:.4f}",
                     "-" if overall.get("rel_l2") is None else f"{overall['rel_l2']:.3f}",

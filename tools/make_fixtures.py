@@ -13,6 +13,10 @@ What it makes (all under ``fixtures/``, opset 17, input ``input`` with a dynamic
 * ``stateful_mnist1d.onnx``    streaming GRU classifier on MNIST-1D with explicit state and a scalar
                                input: inputs ``x`` [batch, seq, 1], ``h0`` [1, batch, 32] (batch on
                                axis 1) and ``gain`` (rank 0); outputs ``logits`` and ``h_n``.
+* ``crnn_digits.onnx``         CNN + 2-layer bidirectional LSTM text-line recognizer (CTC) on lines of
+                               2-5 scikit-learn digits rendered side by side: input ``input``
+                               [batch, 1, 12, width], output ``logits`` [batch, width / 2, 11] (CTC
+                               log-probabilities; class 0 the blank, class d + 1 the digit d).
 
 For every model ``<name>`` it also writes ``<name>.test.npz`` (key ``input``, held-out split),
 ``<name>.test_labels.npy`` (int64 labels) and ``<name>.calib.npz`` (key ``input``, 256 samples
@@ -21,7 +25,9 @@ inputs, so its data is stored differently (see ``save_stream_fixture``): its ``.
 ``.calib.npz`` (128 samples) are stacks of complete batch-1 feeds keyed by input name, and the
 first 32 test samples also come as an ONNX test-data folder (``stateful_mnist1d.heldout/``), a
 folder of per-sample .npz files (``stateful_mnist1d.samples/``) and
-``stateful_mnist1d.heldout_labels.npy``.
+``stateful_mnist1d.heldout_labels.npy``. ``crnn_digits`` is a sequence model: its labels are
+``[N, 5]`` int64 digit sequences padded with -1, its "accuracy" the sequence accuracy of greedy
+CTC decoding (``tools/sequence_metrics.py``), and its ``.calib.npz`` holds 128 samples.
 
 Everything is deterministic (fixed seeds, single thread, deterministic algorithms, fixed zip
 timestamps): running the script twice yields byte-identical files. Accuracies in the manifest
@@ -63,6 +69,7 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
+from sequence_metrics import sequence_scores
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -87,6 +94,19 @@ STREAM_N_CALIB = 128
 STREAM_N_TEST = 450
 STREAM_N_HELDOUT = 32
 STREAM_EPOCHS = 60
+
+# crnn_digits: text lines of CRNN_MIN_DIGITS..CRNN_MAX_DIGITS sklearn digit glyphs (8x8) side by side
+# on a CRNN_HEIGHT x CRNN_WIDTH canvas, read by a CNN + bidirectional LSTM trained with CTC.
+CRNN_NAME = "crnn_digits"
+CRNN_HEIGHT = 12
+CRNN_WIDTH = 64
+CRNN_MIN_DIGITS = 2
+CRNN_MAX_DIGITS = 5
+CRNN_N_TRAIN = 4000
+CRNN_N_TEST = 300
+CRNN_N_CALIB = 128
+CRNN_EPOCHS = 20
+CRNN_BLANK = 0  # output class 0; digit d is class d + 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +156,45 @@ def digits_split() -> Split:
     y = digits.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=SEED, stratify=y)
     return Split(x_tr, y_tr, x_te, y_te, "sklearn digits (8x8, /16), 75/25 stratified split")
+
+
+def digit_lines(
+    glyphs: np.ndarray, digits: np.ndarray, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` text lines [count, 1, CRNN_HEIGHT, CRNN_WIDTH] of 2-5 glyphs ([n, 8, 8] in [0, 1],
+    their digits ``digits``) side by side: a random left margin, a random vertical offset per glyph,
+    gaps of -1 to 2 pixels (touching glyphs keep the brighter pixel), Gaussian noise (sigma 0.05).
+    Labels: [count, CRNN_MAX_DIGITS] int64, the digits left to right padded with -1."""
+    images = np.zeros((count, 1, CRNN_HEIGHT, CRNN_WIDTH), dtype=np.float32)
+    labels = np.full((count, CRNN_MAX_DIGITS), -1, dtype=np.int64)
+    for i in range(count):
+        picks = rng.integers(0, len(glyphs), int(rng.integers(CRNN_MIN_DIGITS, CRNN_MAX_DIGITS + 1)))
+        x = int(rng.integers(0, 4))
+        for pick in picks:
+            y = int(rng.integers(0, CRNN_HEIGHT - 8 + 1))
+            window = images[i, 0, y : y + 8, x : x + 8]
+            np.maximum(window, glyphs[pick], out=window)
+            x += 8 + int(rng.integers(-1, 3))
+        labels[i, : len(picks)] = digits[picks]
+    images += rng.normal(0.0, 0.05, images.shape).astype(np.float32)
+    return images, labels
+
+
+def digit_lines_split() -> Split:
+    """Text lines of digits: training lines from the glyphs of the digits training split, test lines
+    from its test glyphs (no glyph is seen in both)."""
+    digits = digits_split()
+    rng = np.random.default_rng(SEED)
+    x_tr, y_tr = digit_lines(digits.x_train.reshape(-1, 8, 8), digits.y_train, CRNN_N_TRAIN, rng)
+    x_te, y_te = digit_lines(digits.x_test.reshape(-1, 8, 8), digits.y_test, CRNN_N_TEST, rng)
+    return Split(
+        x_tr,
+        y_tr,
+        x_te,
+        y_te,
+        f"lines of {CRNN_MIN_DIGITS}-{CRNN_MAX_DIGITS} sklearn digits ({CRNN_HEIGHT}x{CRNN_WIDTH}, glyphs of the "
+        f"75/25 digits split), {CRNN_N_TRAIN}/{CRNN_N_TEST} lines",
+    )
 
 
 def mnist1d_split() -> Split:
@@ -317,6 +376,28 @@ class StreamingGRU(nn.Module):
         return self.fc(h_n[-1]), h_n
 
 
+class DigitsCRNN(nn.Module):
+    """CRNN: conv-BN-relu-pool x2, a residual conv-BN, then the hand-off ``[B, C, H, W]`` -> permute
+    -> reshape ``[W, B, C·H]`` (each time step a column of the feature map), a 2-layer bidirectional
+    LSTM, Linear, log-softmax; output ``[B, T = W / 2, classes]``."""
+
+    def __init__(self, channels: tuple[int, int, int] = (16, 32, 32), hidden: int = 32) -> None:
+        super().__init__()
+        self.block1 = nn.Sequential(conv_bn(1, channels[0], 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.block2 = nn.Sequential(conv_bn(channels[0], channels[1], 3), nn.ReLU(), nn.MaxPool2d((2, 1)))
+        self.res = conv_bn(channels[1], channels[2], 3)
+        self.rnn = nn.LSTM(channels[2] * (CRNN_HEIGHT // 4), hidden, num_layers=2, bidirectional=True)
+        self.fc = nn.Linear(2 * hidden, NUM_CLASSES + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.block2(self.block1(x))
+        f = F.relu(self.res(f) + f)
+        b, c, h, w = f.size()
+        seq = f.permute(3, 0, 1, 2).reshape(w, b, c * h)  # [T, B, C·H]: channel c is features c·H .. c·H + H - 1
+        out, _ = self.rnn(seq)
+        return F.log_softmax(self.fc(out), dim=-1).transpose(0, 1)
+
+
 class WholeSequence(nn.Module):
     """Training view of a StreamingGRU: the whole 40-step signal from a zero state, gain 1. A GRU
     over two chunks with the state handed on computes the same as over the whole signal."""
@@ -389,6 +470,37 @@ def train_classifier(model: nn.Module, split: Split, cfg: TrainConfig, seed: int
         if (epoch + 1) % max(1, cfg.epochs // 5) == 0 or epoch + 1 == cfg.epochs:
             acc = torch_accuracy(model, split.x_test, split.y_test)
             print(f"    epoch {epoch + 1:3d}/{cfg.epochs}  loss {loss.item():.4f}  test {acc:.4f}")
+    model.eval()
+
+
+def train_ctc(model: nn.Module, split: Split, epochs: int, seed: int, lr: float = 3e-3, batch_size: int = 32) -> None:
+    """Train a ``[B, T, classes]`` log-probability model with CTC (blank CRNN_BLANK, labels padded
+    with -1, digit d the class d + 1): AdamW, one-cycle learning rate, gradients clipped at 5."""
+    gen = torch.Generator().manual_seed(seed)
+    x_tr, y_tr = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
+    n = len(y_tr)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * math.ceil(n / batch_size))
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            log_probs = model(x_tr[idx]).transpose(0, 1)  # [T, B, classes], as ctc_loss reads it
+            target = y_tr[idx]
+            lengths = (target >= 0).sum(1)
+            steps = torch.full((len(idx),), log_probs.shape[0], dtype=torch.long)
+            loss = F.ctc_loss(log_probs, target[target >= 0] + 1, steps, lengths, blank=CRNN_BLANK, zero_infinity=True)
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+        if (epoch + 1) % max(1, epochs // 5) == 0 or epoch + 1 == epochs:
+            seq_acc, cer = sequence_scores(torch_logits(model, split.x_test), split.y_test, CRNN_BLANK)
+            print(
+                f"    epoch {epoch + 1:3d}/{epochs}  loss {loss.item():.4f}  test sequences {seq_acc:.4f}  CER {cer:.4f}"
+            )
     model.eval()
 
 
@@ -617,6 +729,21 @@ def check_graph_features(model: onnx.ModelProto, name: str) -> None:
         assert len(lstm) == 1 and all(i in inits for i in lstm[0].input[1:3]), lstm
     elif name == "cnn_digits_const":
         assert not inits and consts, "expected Constant nodes only"
+    elif name == CRNN_NAME:
+        assert value_dims(graph.input[0]) == ["batch", 1, CRNN_HEIGHT, "width"], value_dims(graph.input[0])
+        lstm = [n for n in graph.node if n.op_type == "LSTM"]
+        assert len(lstm) == 2 and all(i in inits for n in lstm for i in n.input[1:4]), lstm
+        assert all(
+            helper.get_attribute_value(a) == b"bidirectional"
+            for n in lstm
+            for a in n.attribute
+            if a.name == "direction"
+        )
+        producers = {o: n for n in graph.node for o in n.output}
+        first = producers[lstm[0].input[0]]  # the hand-off: Reshape(Transpose(conv features), computed shape)
+        assert first.op_type == "Reshape" and producers[first.input[0]].op_type == "Transpose", first
+        assert producers[first.input[1]].op_type == "Concat", "the hand-off's target shape should be computed"
+        assert producers[lstm[1].input[0]].op_type == "Reshape", "LSTM 2 reads LSTM 1's directions merged"
     elif name == "mlp_digits_fp16":
         assert all(t.data_type == TensorProto.FLOAT16 for t in graph.initializer)
         assert ops.get("Cast", 0) == len(graph.initializer), ops
@@ -686,6 +813,18 @@ class Fixture:
     reference: np.ndarray | None
     base: str | None = None
     info: dict[str, object] = field(default_factory=dict)
+    #: "classification" (logits [N, classes], labels [N]) or "ctc" (log-probabilities [N, T, classes],
+    #: labels [N, L] padded with -1; accuracy: sequence accuracy of greedy decoding)
+    task: str = "classification"
+    calib_size: int = N_CALIB
+
+
+def fixture_accuracy(fx: Fixture, logits: np.ndarray) -> dict[str, float]:
+    """The manifest's accuracy of a fixture's held-out outputs (and, for a CTC model, its CER)."""
+    if fx.task == "ctc":
+        seq_acc, cer = sequence_scores(logits, fx.split.y_test, CRNN_BLANK)
+        return {"accuracy": round(seq_acc, 4), "cer": round(cer, 4)}
+    return {"accuracy": round(float((logits.argmax(1) == fx.split.y_test).mean()), 4)}
 
 
 def save_fixture(fx: Fixture, calib_idx: np.ndarray) -> dict[str, object]:
@@ -698,13 +837,13 @@ def save_fixture(fx: Fixture, calib_idx: np.ndarray) -> dict[str, object]:
     if fx.reference is not None:
         max_diff = float(np.abs(logits - fx.reference).max())
         assert max_diff < ATOL, f"{fx.name}: onnxruntime vs torch max abs diff {max_diff}"
-    acc = float((logits.argmax(1) == fx.split.y_test).mean())
+    scores = fixture_accuracy(fx, logits)
     files = write_data_files(fx.name, fx.split, calib_idx)
     dims = fx.proto.graph.input[0].type.tensor_type.shape.dim
     size = path.stat().st_size
     assert size < 2 * 1024 * 1024, f"{fx.name} is {size} bytes"
     diff_txt = "n/a" if max_diff is None else f"{max_diff:.2e}"
-    print(f"  {fx.name}.onnx: {size} bytes, ORT accuracy {acc:.4f}, max |ORT-torch| {diff_txt}")
+    print(f"  {fx.name}.onnx: {size} bytes, ORT accuracy {scores['accuracy']:.4f}, max |ORT-torch| {diff_txt}")
     return {
         "file": path.name,
         "input_name": "input",
@@ -712,14 +851,16 @@ def save_fixture(fx: Fixture, calib_idx: np.ndarray) -> dict[str, object]:
         "input_dtype": "float32",
         "output_name": "logits",
         "num_params": fx.num_params,
-        "accuracy": round(acc, 4),
+        **scores,
         "num_test": len(fx.split.y_test),
-        "num_calib": N_CALIB,
+        "num_calib": len(calib_idx),
         "max_abs_diff_vs_torch": max_diff,
         "base_model": fx.base,
         "dataset": fx.split.dataset,
         "architecture": fx.architecture,
         "features": fx.features,
+        **({} if fx.task == "classification" else {"task": fx.task}),
+        **fx.info,
         "op_types": op_counts(fx.proto),
         "sha256": sha256(path),
         "size_bytes": size,
@@ -930,6 +1071,14 @@ def write_readme(entries: dict[str, dict[str, object]]) -> None:
         "  `sample_000.npz` ..., keyed by input name with the batch axis removed: `x` [20, 1], `h0`",
         f"  [1, 32] (axis 1 removed), `gain` []. Labels: `{STREAM_NAME}.heldout_labels.npy`.",
         "",
+        f"`{CRNN_NAME}.onnx` is a sequence recognizer (CRNN trained with CTC): input `input`",
+        f"[batch, 1, {CRNN_HEIGHT}, width] (a line of {CRNN_MIN_DIGITS}-{CRNN_MAX_DIGITS} digits; the data files hold width",
+        f"{CRNN_WIDTH}), output `logits` [batch, width / 2, {NUM_CLASSES + 1}] (log-probabilities per time step; class 0 is",
+        "the CTC blank, class d + 1 the digit d). `crnn_digits.test_labels.npy` is int64",
+        f"[N, {CRNN_MAX_DIGITS}]: each line's digits left to right, padded with -1. Its accuracy is the sequence",
+        "accuracy (exact match) of greedy CTC decoding, `cer` in the manifest its character error",
+        f"rate (`tools/sequence_metrics.py`); `{CRNN_NAME}.calib.npz` holds {CRNN_N_CALIB} training lines.",
+        "",
         "| file | architecture | dataset | input | params | accuracy | graph features |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -1093,6 +1242,45 @@ def build_stateful(split: Split) -> StreamFixture:
     )
 
 
+def build_crnn(split: Split) -> Fixture:
+    """CNN + bidirectional LSTM text-line recognizer on digit lines, trained with CTC, exported with a
+    dynamic batch and width (time) axis."""
+    torch.manual_seed(SEED)
+    model = DigitsCRNN()
+    t0 = time.perf_counter()
+    train_ctc(model, split, CRNN_EPOCHS, SEED)
+    print(f"    trained in {time.perf_counter() - t0:.1f}s")
+    example = torch.from_numpy(split.x_test[:2])
+    dynamic = {"input": {0: "batch", 3: "width"}, "logits": {0: "batch", 1: "steps"}}
+    proto = export_clean(model, example, keep_batchnorm=False, dynamic_axes=dynamic)
+    # the width is dynamic: the exported graph must agree with torch on another width too
+    narrow = np.ascontiguousarray(split.x_test[:16, :, :, : CRNN_WIDTH - 16])
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    diff = float(np.abs(sess.run(None, {"input": narrow})[0] - torch_logits(model, narrow)).max())
+    assert diff < ATOL, f"{CRNN_NAME} at width {narrow.shape[3]}: onnxruntime vs torch max abs diff {diff}"
+    return Fixture(
+        name=CRNN_NAME,
+        architecture="Conv-BN-Relu-MaxPool x2, residual Conv-BN (16-32-32 channels), permute + reshape "
+        "[B, C, H, W] -> [W, B, C·H], 2-layer bidirectional LSTM (hidden 32), Linear, LogSoftmax; CTC",
+        features="dynamic batch and width, BN folded into Conv, conv -> LSTM hand-off by Transpose + Reshape "
+        "with a computed target (Shape/Gather/Mul/Concat), bidirectional LSTM outputs merged by Transpose + "
+        "Reshape [0, 0, -1], zero initial states sliced from one ConstantOfShape, MatMul+Add head, output "
+        "[batch, steps, 11]",
+        split=split,
+        proto=proto,
+        num_params=count_params(model),
+        reference=torch_logits(model, split.x_test),
+        task="ctc",
+        calib_size=CRNN_N_CALIB,
+        info={
+            "output_shape": ["batch", "steps", NUM_CLASSES + 1],
+            "labels_format": f"int64 [N, {CRNN_MAX_DIGITS}]: the digits of each line left to right, padded with -1; "
+            "output class 0 is the CTC blank and class d + 1 the digit d; accuracy is the sequence accuracy "
+            "(exact match) of greedy CTC decoding, cer the character error rate (tools/sequence_metrics.py)",
+        },
+    )
+
+
 ORDER = [
     "cnn_digits",
     "mlp_digits",
@@ -1101,6 +1289,7 @@ ORDER = [
     "cnn_digits_const",
     "mlp_digits_fp16",
     STREAM_NAME,
+    CRNN_NAME,
 ]
 
 
@@ -1132,6 +1321,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("transformer_mnist1d", ("transformer_mnist1d",), lambda: (build_transformer(mnist1d()),)),
         ("lstm_mnist1d", ("lstm_mnist1d",), lambda: (build_lstm(mnist1d()),)),
         (STREAM_NAME, (STREAM_NAME,), lambda: (build_stateful(mnist1d()),)),
+        (CRNN_NAME, (CRNN_NAME,), lambda: (build_crnn(digit_lines_split()),)),
     ]
     built: dict[str, dict[str, object]] = {}
     for label, names, build in builders:
@@ -1145,7 +1335,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if isinstance(fx, StreamFixture):
                 built[fx.name] = save_stream_fixture(fx)
             else:
-                calib_idx = calibration_indices(len(fx.split.y_train), SEED)
+                calib_idx = calibration_indices(len(fx.split.y_train), SEED, fx.calib_size)
                 built[fx.name] = save_fixture(fx, calib_idx)
     if only is None:
         manifest = {k: built[k] for k in ORDER}

@@ -227,6 +227,13 @@ class EditGraph:
             inputs[slot] = tensor
         self.changed = True
 
+    def drop_input(self, index: int, slot: int) -> None:
+        """Node ``index`` leaves its optional input ``slot`` out (an empty name), as if never given."""
+        inputs = self.nodes[index].inputs
+        if slot < len(inputs):
+            inputs[slot] = gs.Variable.empty()
+            self.changed = True
+
     def own_at(self, node: gs.Node, slot: int) -> str:
         """The stored tensor ``node`` reads at ``slot``, made its own first (a copy) if
         another input or a graph output reads it too; returns its name."""

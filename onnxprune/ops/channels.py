@@ -89,6 +89,7 @@ class ChannelContext(Protocol):
     def label(self, node: NodeProto) -> str: ...
     def shape(self, name: str) -> Dims | None: ...
     def rank(self, name: str) -> int | None: ...
+    def dims(self, name: str) -> tuple[int | str | None, ...] | None: ...
     def const(self, name: str) -> np.ndarray | None: ...
     def uses(self, name: str) -> list[Any]: ...
     def producer(self, name: str) -> NodeProto | None: ...
@@ -195,11 +196,16 @@ def padded(cx: ChannelContext, node: NodeProto) -> bool:
 
 
 def reshaped_constants(src: Layout, dst: Layout, values: np.ndarray) -> np.ndarray:
-    """Constants of an axis moved, merged with the next axes (repeated) or split (equal blocks)."""
+    """Constants of an axis moved, merged with other axes or split (equal blocks).
+
+    Merged with static axes after it, each element becomes ``inner`` consecutive ones
+    (``np.repeat``); with static axes before it, the whole axis comes ``repeat`` times (``np.tile``:
+    the Reshape rule then repeats the pieces, so ``repeat = len(dst.pieces) / len(src.pieces)``)."""
     if dst.length == src.length:
         return values
     if dst.length > src.length:
-        return np.repeat(values, dst.length // src.length)
+        whole = len(dst.pieces) // len(src.pieces) if src.pieces and len(dst.pieces) % len(src.pieces) == 0 else 1
+        return np.tile(np.repeat(values, dst.length // (src.length * whole)), whole)
     inner = src.length // dst.length
     blocks = values.reshape(dst.length, inner)
     same = np.all(blocks == blocks[:, :1], axis=1)

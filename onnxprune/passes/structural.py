@@ -230,37 +230,64 @@ def _unit_params(analysis: Analysis, group: Group, graph: EditGraph | None = Non
     return total
 
 
-def _unit_macs(analysis: Analysis, group: Group, macs: Mapping[str, int]) -> float:
-    """MACs one unit costs at first order: its share of every layer that reads or writes it."""
+#: MACs by (node, stored weight): a node's MACs shared among the weights it multiplies (an
+#: LSTM's ``W`` and ``R``) by their sizes; ``(node, "")`` for a node without a stored weight.
+WeightMacs = Mapping[tuple[str, str], float]
+
+
+def weight_macs(analysis: Analysis) -> dict[tuple[str, str], float]:
+    """The main graph's MACs by (node, stored weight) (see :data:`WeightMacs`): a recurrent layer's
+    ``D·T·B·G·H·(I + H)`` is ``I : H`` between ``W [D, G·H, I]`` and ``R [D, G·H, H]``, their sizes."""
+    from onnxprune.compute import count_compute
+
+    cx = analysis.context
+
+    def size(name: str) -> int:
+        return int(np.prod(cx.stored_shape(name))) if cx.scope.stored_tensor(name) is not None else 0
+
+    out: dict[tuple[str, str], float] = {}
+    for n in count_compute(cx.model, input_shapes=analysis.input_shapes).nodes:
+        if n.scope:
+            continue
+        weights = [w.strip() for w in (n.weight or "").split(",") if w.strip()]
+        sizes = [size(w) for w in weights] if len(weights) > 1 else [1] * len(weights)
+        total = sum(sizes)
+        for w, share in zip(weights, sizes, strict=True) if total else [("", 1)]:
+            out[(n.node, w)] = out.get((n.node, w), 0.0) + n.macs * share / (total or 1)
+    return out
+
+
+def _unit_macs(analysis: Analysis, group: Group, macs: WeightMacs) -> float:
+    """MACs one unit costs at first order: its share of every weight that reads or writes it."""
     cx = analysis.context
     total = 0.0
     for member in group.members:
         shape = cx.stored_shape(member.tensor)
-        if len(shape) < 2:
-            continue  # biases and BN parameters: the weight of the same node counts
-        total += macs.get(member.node, 0) * member.segment.per / max(shape[member.axis], 1)
+        # biases and BN parameters (no MACs of their own) are not in ``macs``
+        total += macs.get((member.node, member.tensor), 0.0) * member.segment.per / max(shape[member.axis], 1)
     return total
 
 
-def _estimated_macs(analysis: Analysis, counts: Mapping[int, int], macs: Mapping[str, int]) -> float:
-    """Total MACs once ``counts[gid]`` units go: each layer scales with its kept inputs × kept outputs."""
+def _estimated_macs(analysis: Analysis, counts: Mapping[int, int], macs: WeightMacs) -> float:
+    """Total MACs once ``counts[gid]`` units go: the MACs of each weight scale with its kept
+    inputs × kept outputs (an LSTM's ``W`` and ``R`` each with its own)."""
     cx = analysis.context
-    gone: dict[tuple[str, str], float] = {}  # (node, "in" | "out") -> fraction of that axis removed
+    gone: dict[tuple[str, str, str], float] = {}  # (node, weight, "in" | "out") -> fraction of that axis removed
     for group in analysis.prunable:
         count = counts.get(group.gid, 0)
         if not count:
             continue
         for member in group.members:
-            shape = cx.stored_shape(member.tensor)
-            if len(shape) < 2:
+            if (member.node, member.tensor) not in macs:
                 continue
             side = "in" if member.kind == "in" else "out"
-            length = max(shape[member.axis], 1)
-            key = (member.node, side)
+            length = max(cx.stored_shape(member.tensor)[member.axis], 1)
+            key = (member.node, member.tensor, side)
             gone[key] = gone.get(key, 0.0) + count * member.segment.per / length
     total = 0.0
-    for node, value in macs.items():
-        total += value * max(1.0 - gone.get((node, "in"), 0.0), 0.0) * max(1.0 - gone.get((node, "out"), 0.0), 0.0)
+    for (node, weight), value in macs.items():
+        kept_in = max(1.0 - gone.get((node, weight, "in"), 0.0), 0.0)
+        total += value * kept_in * max(1.0 - gone.get((node, weight, "out"), 0.0), 0.0)
     return total
 
 
@@ -304,7 +331,7 @@ def _choose(
     config: StructureConfig,
     dead: Mapping[int, np.ndarray],
     scores: Mapping[int, np.ndarray],
-    macs: Mapping[str, int] | None,
+    macs: WeightMacs | None,
 ) -> dict[int, np.ndarray]:
     groups = analysis.prunable
     budgets = []
@@ -355,7 +382,7 @@ def _choose(
 
 
 def _flops_counts(
-    analysis: Analysis, groups: list[Group], budgets: list[GroupBudget], target: float, macs: Mapping[str, int]
+    analysis: Analysis, groups: list[Group], budgets: list[GroupBudget], target: float, macs: WeightMacs
 ) -> list[int]:
     """Counts whose estimated MACs (:func:`_estimated_macs`) come closest to ``target`` from below.
 
@@ -429,7 +456,7 @@ def _refit(
             graph,
             analysis.groups,
             cx.node_id(sink.node),
-            delta.reshape(1, -1) if sink.matrix_kind() == "recurrent" else delta,
+            delta.reshape(sink.view.groups, -1) if sink.matrix_kind() == "recurrent" else delta,  # type: ignore[union-attr]
         )
         records.append((sink.label, fit.error_before, fit.error_after))
         done.add(cx.node_id(sink.node))
@@ -517,12 +544,9 @@ def remove_channels(
             scores[group.gid] = s
         macs = None
         if config.target_flops is not None:
-            from onnxprune.compute import count_compute
-
-            counted = count_compute(model, input_shapes=analysis.input_shapes)
-            macs = {n.node: n.macs for n in counted.nodes if not n.scope}
+            macs = weight_macs(analysis)
             if macs_before is None:
-                macs_before = counted.macs
+                macs_before = int(sum(macs.values()))
         removal = _choose(analysis, config, dead_map, scores, macs)
         if calibration is not None:
             graph = EditGraph(model)

@@ -14,7 +14,11 @@ over the channel axis) blocks its groups, with the reason.
 
 Shapes are static: shape inference on a data-free copy of the model with every dynamic
 input dimension fixed (batch 1, others from ``input_shapes`` or a default), then one
-onnxruntime run for values inference could not size.
+onnxruntime run for values inference could not size. Beside them, *symbolic* dims: shape
+inference once more with the inputs' dynamic dims left as declared, so a rule can tell a
+static dim (an int) from a dynamic one (a name: the input's ``dim_param`` as it travels, or
+the name inference gives an unknown dim, equal wherever inference knows the dims are equal),
+and never mistakes a batch of 1 for a static size (:meth:`Context.dims`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import onnx
 from onnx import ModelProto, NodeProto
 
 from onnxprune import runtime
-from onnxprune.compute import graph_shapes, runtime_shapes
+from onnxprune.compute import graph_shapes, runtime_shapes, symbolic_dims
 from onnxprune.graph import tensors
 from onnxprune.graph.index import Scope, Use, node_label
 from onnxprune.graph.skeleton import data_free_model
@@ -39,6 +43,7 @@ from onnxprune.structure.groups import Edit, Group, GroupSet, Layout, Member, Se
 log = logging.getLogger(__name__)
 
 Dims = tuple[int, ...]
+SymbolicDims = tuple[int | str | None, ...]
 
 
 @dataclass
@@ -71,6 +76,17 @@ def input_shapes_for(model: ModelProto, given: Mapping[str, Dims] | None = None)
     return runtime.resolve_input_shapes(runtime.declared_dims(model), given)
 
 
+def symbolic_shapes(model: ModelProto) -> dict[str, SymbolicDims]:
+    """Dims of main-graph values with the inputs' dynamic dims as declared (see the module
+    docstring): an int per static dim, a name per dynamic one, None where inference has neither.
+    Empty when shape inference fails."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(data_free_model(model), strict_mode=False, data_prop=True)
+    except Exception:  # onnx raises InferenceError or C++ errors for unknown ops: no symbolic dims
+        return {}
+    return symbolic_dims(inferred.graph)
+
+
 def static_shapes(model: ModelProto, input_shapes: Mapping[str, Dims], notes: list[str]) -> dict[str, Dims]:
     """Shapes of main-graph values: shape inference first, one onnxruntime run for the rest."""
     skeleton = data_free_model(model, input_shapes)
@@ -96,10 +112,13 @@ class Context:
     """What a rule sees (:class:`onnxprune.ops.channels.ChannelContext`): the graph, shapes,
     layouts so far, and the group set."""
 
-    def __init__(self, model: ModelProto, shapes: dict[str, Dims]) -> None:
+    def __init__(
+        self, model: ModelProto, shapes: dict[str, Dims], symbols: dict[str, SymbolicDims] | None = None
+    ) -> None:
         self.model = model
         self.scope = Scope.build(model.graph)
         self.shapes = shapes
+        self.symbols = symbols or {}
         self.layouts: dict[str, Layout] = {}
         self.groups = GroupSet()
         self.index = {id(node): i for i, node in enumerate(model.graph.node)}
@@ -113,6 +132,12 @@ class Context:
     def rank(self, name: str) -> int | None:
         shape = self.shape(name)
         return None if shape is None else len(shape)
+
+    def dims(self, name: str) -> SymbolicDims | None:
+        """The symbolic dims of ``name`` (see the module docstring), None if unknown or if they
+        disagree in rank with its static shape."""
+        dims, shape = self.symbols.get(name), self.shape(name)
+        return dims if dims is not None and shape is not None and len(dims) == len(shape) else None
 
     def const(self, name: str) -> np.ndarray | None:
         return self.scope.const_value(name) if name else None
@@ -248,7 +273,7 @@ def analyze(model: ModelProto, *, input_shapes: Mapping[str, Dims] | None = None
     notes: list[str] = []
     inputs = input_shapes_for(model, input_shapes)
     shapes = static_shapes(model, inputs, notes)
-    cx = Context(model, shapes)
+    cx = Context(model, shapes, symbolic_shapes(model))
     outputs = {o.name for o in model.graph.output}
     for node in model.graph.node:
         tracked = {i: cx.layouts[name] for i, name in enumerate(node.input) if name in cx.layouts}

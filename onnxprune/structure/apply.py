@@ -3,9 +3,10 @@
 Given ``removed[gid]`` (unit indices of group ``gid``), each member tensor loses, along
 its axis, elements ``offset + u·per + [0, per)`` for every removed unit ``u`` of its
 segment (``per`` read at apply time, after any coarsening). Each edit gets the new
-length of its pieces. A stored tensor read by nodes other than those the analysis
-recorded (a shape constant shared by several Reshapes) is first cloned for the recorded
-readers, so the others keep the original (:meth:`~onnxprune.graph.gs_edit.EditGraph.own`).
+length of its pieces, or, for an optional input of zeros along the channels (a recurrent
+layer's initial state made at run time), drops that input. A stored tensor read by nodes
+other than those the analysis recorded (a shape constant shared by several Reshapes) is first
+cloned for the recorded readers, so the others keep the original (:meth:`~onnxprune.graph.gs_edit.EditGraph.own`).
 The edits are made on the structural pass's one gs graph
 (:class:`~onnxprune.graph.gs_edit.EditGraph`).
 """
@@ -79,6 +80,9 @@ def apply_removal(
 
 def _apply_edit(graph: EditGraph, edit: Edit, value: int) -> None:
     kind, where, what = edit.target
+    if kind == "input":  # an optional input of zeros along the channels: dropped (zeros are its default)
+        graph.drop_input(int(where), int(what))
+        return
     if kind == "tensor":
         name = graph.own(str(where), {edit.reader} if edit.reader is not None else set())
         values = np.array(graph.values(name), copy=True)

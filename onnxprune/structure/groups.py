@@ -68,7 +68,9 @@ class Edit:
     """A number that must equal the new length of ``pieces`` (plus ``extra`` fixed elements).
 
     target: ("tensor", name, index) for an entry of a stored int tensor (Reshape shape,
-    Split sizes), or ("attr", node name, attribute) for an int attribute (Conv ``group``).
+    Split sizes), ("attr", node name, attribute) for an int attribute (Conv ``group``), or
+    ("input", node, index) for an optional input of zeros along the channels, which is dropped
+    instead (an LSTM's initial state: omitted, it is zeros).
     reader: (node name, input index) of the node reading the tensor, for cloning.
     """
 

@@ -4,10 +4,12 @@ A consumer (*sink*) reads channels through a stored weight. As a matrix ``W [out
 over its input features (the columns :mod:`onnxprune.capture` uses) it is the op table's
 matrix view (:meth:`onnxprune.ops.OpSpec.matrix_view`, the same one calibrated pruning uses):
 Conv im2col (channel ``c`` owns features ``c·∏k … (c+1)·∏k − 1``), Gemm ``op(B)ᵀ``, MatMul
-``Bᵀ``, LSTM/GRU/RNN ``W``/``R`` of one direction (R reads the layer's own hidden state, so a
-recurrent layer is a consumer of its own hidden-unit group). A sink is refitted when its view
-has one group and reads the channels on its columns (``in_axis``), and its input can be
-captured.
+``Bᵀ``, LSTM/GRU/RNN ``W``/``R`` (R reads the layer's own hidden state, so a recurrent layer is a
+consumer of its own hidden-unit group). A sink is refitted when its view reads the channels on
+its columns (``in_axis``), its input can be captured, and it has one group, or groups that all
+read the same rows (a bidirectional layer's ``W``: both directions multiply ``x_t``), which
+are then one matrix of the groups' rows stacked, ``[groups·rows, cols]``: a least-squares
+refit is row by row on the same inputs, so stacking changes nothing.
 
 Other consumers (ConvTranspose, a weight on the left of a MatMul) are sliced but not refitted.
 """
@@ -87,10 +89,12 @@ def sinks_of(analysis: Analysis, groups: list | None = None) -> list[Sink]:
 
 
 def weight_matrix(cx: Context, sink: Sink) -> tuple[np.ndarray, int]:
-    """``(W [out, F], features per input element)`` of a refittable sink, float64."""
+    """``(W [out, F], features per input element)`` of a refittable sink, float64 (the rows of
+    every group stacked: one group, or groups reading the same rows; see the module docstring)."""
     view = _refittable(cx, sink)
     w = tensors.read_array(cx.scope.stored_tensor(sink.tensor)).astype(np.float64)
-    return view.to_matrix(w)[0], view.positions  # one group (one direction of a recurrent layer)
+    matrices = view.to_matrix(w)
+    return matrices.reshape(-1, matrices.shape[-1]), view.positions
 
 
 def store_matrix(graph: EditGraph, cx: Context, sink: Sink, matrix: np.ndarray) -> None:
@@ -98,7 +102,7 @@ def store_matrix(graph: EditGraph, cx: Context, sink: Sink, matrix: np.ndarray) 
     on the structural pass's gs graph."""
     view = _refittable(cx, sink)
     old = graph.values(sink.tensor)
-    values = view.from_matrix(matrix[None])
+    values = view.from_matrix(matrix.reshape(-1, view.rows, matrix.shape[-1]))
     graph.set_values(sink.tensor, np.ascontiguousarray(values).astype(old.dtype))
 
 
@@ -128,12 +132,13 @@ def unit_features(sink: Sink, gid: int, per_feature: int, length: int) -> np.nda
 def layer_spec(cx: Context, sink: Sink) -> LayerSpec | None:
     """The capture spec of a refittable sink's input, None for others.
 
-    Refittable: a matrix view of one group (a grouped Conv or a bidirectional layer is not)
+    Refittable: a matrix view of one group, or of groups that all read the same rows (a
+    bidirectional layer's ``W``; not a grouped Conv, whose groups read different channels),
     whose input is a named tensor. A Gemm with ``transA`` reads its input ``[K, M]``: capture
     cuts its rows from the transpose, as calibrated pruning does.
     """
     view = matrix_view(cx, sink)
-    if isinstance(view, str) or view.groups != 1:
+    if isinstance(view, str) or view.capture_groups != 1:
         return None
     activation = view.activation_name(sink.node)
     if not activation:
