@@ -7,6 +7,13 @@ input, one row per sample and position, one column per weight column:
 - MatMul: the activation ``[..., K]`` flattened to ``[-1, K]``; rows = ∏ leading dims.
 - MatMulLeft (a weight on the left, ``W @ x``): the activation ``[..., K, N]``, each of its
   columns a row: ``[..., N, K]`` flattened to ``[-1, K]``.
+- BatchedMatMul (``x @ W`` with ``W [*b, K, N]``, one group per element of the batch dims
+  ``b``): the activation ``[*a, M, K]`` broadcast against ``b`` by numpy's rules (a 1-D one is
+  ``[1, K]``); group ``g`` gets the ``M`` rows of every batch element whose index on the
+  trailing ``len(b)`` axes is ``g`` (axes where ``b`` is 1 and leading axes beyond ``b`` add
+  rows), so rows = ∏(broadcast batch) / ∏b · M per group.
+- Directions (a recurrent R, reading the layer's own output ``Y [T, D, B, H]``): direction
+  ``d``'s slice ``Y[:, d]`` flattened to ``[T·B, H]`` is group ``d``'s rows.
 - Conv: the im2col patches of the activation, one matrix per group
   (:mod:`onnxprune.im2col`); rows = N·∏ output positions.
 
@@ -37,8 +44,23 @@ changing them in place).
 The activations are read by adding them as extra graph outputs to the serialized model
 (protobuf merges a second serialized ``ModelProto`` holding only graph outputs into the
 first: the model is not copied) and running it in onnxruntime on CPU with graph
-optimizations on (a value that is a graph output survives every fusion). Only main-graph values
-can be read.
+optimizations on (a value that is a graph output survives every fusion).
+
+**Layers inside If / Loop / Scan bodies** (``LayerSpec.scope``). onnxruntime returns main-graph
+values only, so the copy of the model that runs is edited (:mod:`onnxprune.graph.expose`) to
+carry each body input up to the main graph as a stack ``[k_1, …, k_d, *s]`` of its value on
+every run of the body (an If's branch: ``k`` = 1 when taken, 0 when not; a Loop's or Scan's:
+``k`` = iterations). The node runs once per run of its body, on the rows of that run, so
+
+    H = Σ_b Σ_runs X_b,runᵀ X_b,run        (likewise mean, sqnorm, C, H_ref)
+
+and the runs of a stack join the rows (a Conv's batch axis before im2col, a MatMul's leading
+axes); a batch on which the body did not run adds nothing. A layer whose body never ran on
+the data has ``rows == 0``. Layers that read the same name in different bodies (the two
+branches of an If) are captured apart. The model itself is never changed. Should onnxruntime
+refuse the edited copy, or fail on it where the model runs (a value whose shape changes from one
+Loop iteration to the next), the body layers are returned skipped with the reason and the
+main-graph layers are captured without them.
 """
 
 from __future__ import annotations
@@ -57,6 +79,7 @@ from onnx import ModelProto
 
 from onnxprune import runtime
 from onnxprune.errors import DataError, OnnxPruneError, OptionError, UnsupportedModelError
+from onnxprune.graph import expose
 from onnxprune.graph.model_io import load_model
 from onnxprune.graph.writer import copy_fields
 from onnxprune.im2col import AUTO_PADS, ConvGeometry, conv_cols, patch_blocks
@@ -77,12 +100,18 @@ class LayerSpec:
     key: the caller's identifier of the weight (opaque here; must be unique).
     node: the consuming node's name, for messages.
     capture_op: how the input is cut into rows (:attr:`~onnxprune.ops.spec.MatrixView.capture_op`
-        of the op table's view): "Conv" (im2col patches), "Gemm" or "MatMul" (rows of ``K``).
-    activation: the main-graph tensor feeding the layer's data input.
+        of the op table's view): "Conv" (im2col patches), "Gemm" or "MatMul" (rows of ``K``),
+        "MatMulLeft" (columns of ``K``), "BatchedMatMul" (rows of ``K`` per batch element of
+        the weight), "Directions" (rows of ``H`` per direction of a recurrent output).
+    activation: the tensor feeding the layer's data input, as the graph at ``scope`` names it.
+    scope: where the layer's node is: ``""`` for the main graph, else the path of the If/Loop/Scan
+        body that holds it (:class:`onnxprune.graph.index.Scope`); such an input is read through
+        :mod:`onnxprune.graph.expose`, once per run of the body.
     cols: the reduction length per group: Conv ``C/g·∏k``, Gemm/MatMul ``K``.
     kernel, strides, pads, dilations, auto_pad: the Conv's attributes (pads in ONNX
         order, begins then ends; empty strides/dilations mean 1, empty pads mean 0).
     trans_a: Gemm ``transA``: the activation is ``[K, M]``.
+    batch: BatchedMatMul: the weight's batch dims ``b`` (``groups`` = ∏b).
     """
 
     key: str
@@ -97,13 +126,16 @@ class LayerSpec:
     dilations: tuple[int, ...] = ()
     trans_a: bool = False
     auto_pad: str = "NOTSET"
+    batch: tuple[int, ...] = ()
+    scope: str = ""
 
     @classmethod
-    def from_view(cls, view: MatrixView, *, key: str, node: str, activation: str) -> LayerSpec:
+    def from_view(cls, view: MatrixView, *, key: str, node: str, activation: str, scope: str = "") -> LayerSpec:
         """The spec that captures the input rows of the op table's matrix view of a weight."""
         return cls(
             key=key,
             node=node,
+            scope=scope,
             capture_op=view.capture_op,
             activation=activation,
             cols=view.cols,
@@ -114,6 +146,7 @@ class LayerSpec:
             dilations=view.dilations,
             trans_a=view.trans_a,
             auto_pad=view.auto_pad,
+            batch=view.batch,
         )
 
 
@@ -133,6 +166,38 @@ class LayerStats:
     C: np.ndarray | None = None  # Σ xᵀ x_d against the reference model's input (see module docstring)
     H_ref: np.ndarray | None = None  # Σ x_dᵀ x_d
     mean_ref: np.ndarray | None = None  # E[x_d]
+
+
+def stacked(parts: Sequence[LayerStats]) -> LayerStats:
+    """The statistics of the rows of every part stacked into one ``X = [X_1; X_2; …]`` (a weight
+    that several nodes multiply with the same matrix): ``XᵀX = Σ_u X_uᵀX_u``, so H, C, H_ref and
+    sqnorm add, rows add, and ``mean = Σ_u rows_u·mean_u / Σ_u rows_u`` (likewise ``mean_ref``).
+    A part with one group where others have several (inputs every group shares) broadcasts.
+    Skipped (with the first part's reason) when any part is; C, H_ref and mean_ref are None
+    unless every part has them."""
+    if len(parts) == 1:
+        return parts[0]
+    bad = next((p for p in parts if p.skipped or p.H is None or p.mean is None or p.sqnorm is None), None)
+    if bad is not None:
+        return LayerStats(rows=0, H=None, mean=None, sqnorm=None, skipped=bad.skipped or "no statistics")
+    rows = sum(p.rows for p in parts)
+
+    def total(arrays: list[np.ndarray]) -> np.ndarray:
+        return np.sum(np.broadcast_arrays(*arrays), axis=0)
+
+    def mean(arrays: list[np.ndarray]) -> np.ndarray:
+        return total([a * p.rows for a, p in zip(arrays, parts, strict=True)]) / max(rows, 1)
+
+    refs = all(p.C is not None and p.H_ref is not None and p.mean_ref is not None for p in parts)
+    return LayerStats(
+        rows=rows,
+        H=total([p.H for p in parts]),  # type: ignore[misc]
+        mean=mean([p.mean for p in parts]),  # type: ignore[misc]
+        sqnorm=total([p.sqnorm for p in parts]),  # type: ignore[misc]
+        C=total([p.C for p in parts]) if refs else None,  # type: ignore[misc]
+        H_ref=total([p.H_ref for p in parts]) if refs else None,  # type: ignore[misc]
+        mean_ref=mean([p.mean_ref for p in parts]) if refs else None,  # type: ignore[misc]
+    )
 
 
 class _Mismatch(Exception):
@@ -210,6 +275,48 @@ def _matmul_left_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Itera
     return _matrix_blocks(np.moveaxis(x, -2, -1).reshape(-1, spec.cols), spec.cols, max_bytes)
 
 
+def _batched_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
+    if x.ndim == 1:
+        x = x[None]  # a 1-D A is a row [1, K]
+    b = spec.batch
+    try:
+        out = np.broadcast_shapes(x.shape[:-2], b)
+    except ValueError:
+        out = None
+    if x.ndim < 2 or x.shape[-1] != spec.cols or out is None:
+        raise _Mismatch(f"input shape {list(x.shape)} is not a MatMul input with K = {spec.cols} for batch {list(b)}")
+    lead = len(out) - len(b)
+    full = np.broadcast_to(x, (*out, *x.shape[-2:]))  # a view; copied once, by the transpose below
+    grouped = [lead + j for j, d in enumerate(b) if d != 1]  # the axes that pick a group, C order
+    rows = [i for i in range(len(out)) if i not in grouped] + [len(out)]  # the rest and M
+    step_rows = math.prod(full.shape[i] for i in rows)
+    cut = full.transpose(*grouped, *rows, len(out) + 1).reshape(spec.groups, step_rows, spec.cols)
+    step = max(1, max_bytes // (spec.groups * spec.cols * 8))
+    for start in range(0, step_rows, step):
+        yield cut[:, start : start + step].astype(np.float64)
+
+
+def _check_batched(spec: LayerSpec) -> None:
+    if not spec.batch or any(d < 1 for d in spec.batch) or math.prod(spec.batch) != spec.groups:
+        raise OptionError(
+            f"layer '{spec.key}' (BatchedMatMul '{spec.node}'): groups ({spec.groups}) must be the product of the "
+            f"batch dims {list(spec.batch)}"
+        )
+
+
+def _directions_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
+    if x.ndim != 4 or x.shape[1] != spec.groups or x.shape[3] != spec.cols:
+        raise _Mismatch(f"input shape {list(x.shape)} is not a recurrent output [T, {spec.groups}, B, {spec.cols}]")
+    cut = np.moveaxis(x, 1, 0).reshape(spec.groups, -1, spec.cols)
+    step = max(1, max_bytes // (spec.groups * spec.cols * 8))
+    for start in range(0, cut.shape[1], step):
+        yield cut[:, start : start + step].astype(np.float64)
+
+
+def _any_groups(spec: LayerSpec) -> None:
+    """Directions: one group per direction, any number."""
+
+
 def _no_check(spec: LayerSpec) -> None:
     if spec.groups != 1:
         raise OptionError(f"layer '{spec.key}' ({spec.capture_op} '{spec.node}'): groups must be 1, not {spec.groups}")
@@ -231,6 +338,8 @@ HANDLERS: dict[str, _Handler] = {
     "Gemm": _Handler(_no_check, _gemm_blocks, lambda s: ("rows", s.activation, s.cols, s.trans_a)),
     "MatMul": _Handler(_no_check, _matmul_blocks, lambda s: ("rows", s.activation, s.cols, False)),
     "MatMulLeft": _Handler(_no_check, _matmul_left_blocks, lambda s: ("columns", s.activation, s.cols)),
+    "BatchedMatMul": _Handler(_check_batched, _batched_blocks, lambda s: ("batched", s.activation, s.cols, s.batch)),
+    "Directions": _Handler(_any_groups, _directions_blocks, lambda s: ("directions", s.activation, s.cols, s.groups)),
 }
 
 
@@ -243,11 +352,45 @@ def _handler(spec: LayerSpec) -> _Handler | None:
 # Accumulation
 
 
+def _inputs(
+    spec: LayerSpec, depth: int, x: np.ndarray, x_ref: np.ndarray | None
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """The layer's input ``x`` (and the reference model's) in pieces the handler cuts into rows.
+
+    A main-graph input is one piece. An input inside a body arrives as a stack
+    ``[k_1, …, k_depth, *s]`` of the input of every run of the body (:mod:`onnxprune.graph.expose`),
+    and ``Σ_runs X_runᵀX_run`` is wanted: the runs join a Conv input's batch axis (its patches are
+    per sample) and a MatMul input's leading axes (rows), else go one at a time; an empty stack
+    (a branch not taken, a loop that ran no iteration) gives no piece.
+    """
+    if depth == 0:
+        yield x, x_ref
+        return
+    stack = expose.runs(x, depth)
+    if stack is None:
+        return
+    ref = expose.runs(x_ref, depth) if x_ref is not None else None
+    if x_ref is not None and (ref is None or ref.shape != stack.shape):
+        raise _Mismatch(
+            f"the reference model ran the body {0 if ref is None else len(ref)} time(s), this model {len(stack)} "
+            "time(s) on the same batch (a branch or trip count that depends on the pruned values)"
+        )
+    if spec.capture_op == "Conv" or (spec.capture_op == "MatMul" and stack.ndim > 2):
+        yield stack.reshape(-1, *stack.shape[2:]), None if ref is None else ref.reshape(-1, *ref.shape[2:])
+    elif spec.capture_op == "MatMul":  # [runs, K]: one row per run
+        yield stack, ref
+    else:
+        for i in range(len(stack)):
+            yield stack[i], None if ref is None else ref[i]
+
+
 class _Accumulator:
     """Running sums for one (activation, geometry): H (unless too wide), Σx, Σx² and the row count."""
 
-    def __init__(self, spec: LayerSpec, *, max_cols: int) -> None:
+    def __init__(self, spec: LayerSpec, *, max_cols: int, source: str = "", depth: int = 0) -> None:
         self.spec = spec
+        self.source = source or spec.activation  # the main-graph value read
+        self.depth = depth  # its leading run axes (an input inside a body: see expose.runs)
         groups, cols = spec.groups, spec.cols
         self.rows = 0
         self.total = np.zeros((groups, cols))
@@ -264,16 +407,20 @@ class _Accumulator:
             return
         blocks = _handler(self.spec).blocks  # type: ignore[union-attr]  # specs are checked first
         try:
-            refs = blocks(self.spec, x_ref, max_bytes) if x_ref is not None else None
-            for block in blocks(self.spec, x, max_bytes):
-                self.rows += block.shape[1]
-                self.total += block.sum(axis=1)
-                if self.H is not None:
-                    self.H += np.matmul(block.transpose(0, 2, 1), block)  # sqnorm is its diagonal
-                else:
-                    self.sqnorm += np.einsum("grc,grc->gc", block, block)
-                if refs is not None:
-                    self._add_reference(block, next(refs))
+            if x_ref is not None and self.H is not None and self.C is None:  # zero sums until a body runs
+                self.C, self.H_ref = np.zeros_like(self.H), np.zeros_like(self.H)
+                self.total_ref = np.zeros_like(self.total)
+            for piece, piece_ref in _inputs(self.spec, self.depth, x, x_ref):
+                refs = blocks(self.spec, piece_ref, max_bytes) if piece_ref is not None else None
+                for block in blocks(self.spec, piece, max_bytes):
+                    self.rows += block.shape[1]
+                    self.total += block.sum(axis=1)
+                    if self.H is not None:
+                        self.H += np.matmul(block.transpose(0, 2, 1), block)  # sqnorm is its diagonal
+                    else:
+                        self.sqnorm += np.einsum("grc,grc->gc", block, block)
+                    if refs is not None:
+                        self._add_reference(block, next(refs))
         except _Mismatch as exc:
             self.failed = f"{exc}: not captured"
             log.warning("layer '%s' (%s '%s'): %s", self.spec.key, self.spec.capture_op, self.spec.node, self.failed)
@@ -281,11 +428,8 @@ class _Accumulator:
     def _add_reference(self, block: np.ndarray, ref: np.ndarray) -> None:
         if ref.shape != block.shape:
             raise _Mismatch(f"the reference model's input has shape {ref.shape[1:]}, not {block.shape[1:]}")
-        if self.H is None:
+        if self.H is None or self.C is None or self.H_ref is None or self.total_ref is None:
             return
-        if self.C is None:
-            self.C, self.H_ref = np.zeros_like(self.H), np.zeros_like(self.H)
-            self.total_ref = np.zeros_like(self.total)
         self.C += np.matmul(block.transpose(0, 2, 1), ref)
         self.H_ref += np.matmul(ref.transpose(0, 2, 1), ref)
         self.total_ref += ref.sum(axis=1)
@@ -296,7 +440,7 @@ class _Accumulator:
         mean = self.total / self.rows if self.rows else np.zeros_like(self.total)
         if self.H is not None:
             self.sqnorm = np.diagonal(self.H, axis1=1, axis2=2).copy()
-        mean_ref = self.total_ref / self.rows if self.total_ref is not None and self.rows else None
+        mean_ref = self.total_ref / max(self.rows, 1) if self.total_ref is not None else None
         for array in (self.H, mean, self.sqnorm, self.C, self.H_ref, mean_ref):
             if array is not None:
                 array.flags.writeable = False
@@ -333,8 +477,11 @@ def capture(
 
     ``batches`` are feed dicts (input name to array), e.g. ``Dataset.batches(b)``; they are
     read one at a time. ``progress(n)`` is called after each batch with its number of
-    samples. Returns one :class:`LayerStats` per spec key; a layer whose activation is not
-    a main-graph value, or whose input shape does not fit its spec, is returned skipped.
+    samples. Returns one :class:`LayerStats` per spec key; a layer whose activation cannot be
+    read (not a value of the main graph or of the body at ``spec.scope``, or a body value that
+    :mod:`onnxprune.graph.expose` refuses), or whose input shape does not fit its spec, is
+    returned skipped. A layer inside a body that never ran on the data (a branch not taken) has
+    ``rows == 0`` and zero sums.
 
     Raises :class:`OptionError` for invalid specs or caps, :class:`DataError` for no batches,
     a batch the model cannot run, or NaN/inf at a layer's input, and
@@ -346,9 +493,25 @@ def capture(
     proto = _as_model(model)
     results: dict[str, LayerStats] = {}
     values = _main_graph_values(proto)
+    exposure = expose.plan(
+        proto, [expose.BodyValue(s.scope, s.activation, rank=_input_rank(s)) for s in specs if s.scope]
+    )
     accumulators: dict[tuple, _Accumulator] = {}
     layer_of: dict[str, tuple] = {}
     for spec in specs:
+        if spec.scope:
+            body = expose.BodyValue(spec.scope, spec.activation)
+            if body in exposure.refused:
+                reason = f"its input '{spec.activation}' in '{spec.scope}' cannot be read: {exposure.refused[body]}"
+                results[spec.key] = LayerStats(rows=0, H=None, mean=None, sqnorm=None, skipped=reason)
+                continue
+            exposed = exposure.exposed[body]
+            signature = (spec.scope, *_handler(spec).signature(spec))  # type: ignore[union-attr]
+            accumulators.setdefault(
+                signature, _Accumulator(spec, max_cols=max_cols, source=exposed.name, depth=exposed.depth)
+            )
+            layer_of[spec.key] = signature
+            continue
         where = values.get(spec.activation, "missing")
         if where != "value":
             reason = (
@@ -361,25 +524,22 @@ def capture(
         signature = _handler(spec).signature(spec)  # type: ignore[union-attr]
         accumulators.setdefault(signature, _Accumulator(spec, max_cols=max_cols))
         layer_of[spec.key] = signature
-    names = list(dict.fromkeys(acc.spec.activation for acc in accumulators.values()))
-    sess = _session(proto, model, names) if names else None
-    ref_sess = None
-    if reference is not None and names:
-        ref_sess = _session(_as_model(reference), reference, names)
+    reader = _Reader(proto, model, reference, list(accumulators.values()), exposure)
     samples = 0
     for index, feeds in enumerate(batches):
         count = _samples(feeds)
-        if sess is not None:
-            activations = _run(sess, names, feeds, index)
-            ref_activations = _run(ref_sess, names, feeds, index) if ref_sess is not None else {}
+        if reader.names:
+            activations, ref_activations = reader.read(feeds, index)
             for acc in accumulators.values():
-                x = activations[acc.spec.activation]
+                if acc.source not in activations:  # a body layer given up (see _Reader)
+                    continue
+                x = activations[acc.source]
                 if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
                     raise DataError(
                         f"calibration data gives NaN/inf at the input of node '{acc.spec.node}' "
                         f"('{acc.spec.activation}') in batch {index}: check the data's scale"
                     )
-                acc.add(x, max_bytes, ref_activations.get(acc.spec.activation))
+                acc.add(x, max_bytes, ref_activations.get(acc.source))
         samples += count
         if progress is not None:
             progress(count)
@@ -401,6 +561,65 @@ def capture(
             )
     log.debug("captured %d layer(s) over %d samples (%d distinct inputs)", len(layer_of), samples, len(accumulators))
     return {spec.key: results[spec.key] for spec in specs}
+
+
+class _Reader:
+    """The sessions that read every accumulator's input (and the reference model's).
+
+    Body values are read from a copy with them exposed (:mod:`onnxprune.graph.expose`). Should
+    onnxruntime refuse that copy, or fail on it where the model itself runs (a value whose shape
+    changes from one iteration to the next cannot be a Loop's scan output), the body layers are
+    given up, each with the reason, and the others read without them; a batch the model itself
+    cannot run is a :class:`DataError` as always.
+    """
+
+    def __init__(
+        self,
+        proto: ModelProto,
+        model: object,
+        reference: ModelProto | bytes | None,
+        accumulators: list[_Accumulator],
+        exposure: expose.Exposure,
+    ) -> None:
+        self.proto, self.model, self.reference = proto, model, reference
+        self.accumulators, self.exposure = accumulators, exposure
+        self.bodies = any(acc.spec.scope for acc in accumulators)
+        try:
+            self._open()
+        except UnsupportedModelError as exc:
+            if not self.bodies:
+                raise
+            self._give_up(f"onnxruntime refuses the model with them exposed ({exc})")
+
+    def _open(self) -> None:
+        live = [acc for acc in self.accumulators if self.bodies or not acc.spec.scope]
+        self.names = list(dict.fromkeys(acc.source for acc in live))
+        exposure = self.exposure if self.bodies else None
+        self.sess = _session(self.proto, self.model, self.names, exposure) if self.names else None
+        self.ref_sess = None
+        if self.reference is not None and self.names:
+            self.ref_sess = _session(_as_model(self.reference), self.reference, self.names, exposure)
+
+    def _give_up(self, why: str) -> None:
+        for acc in self.accumulators:
+            if acc.spec.scope and acc.failed is None:
+                acc.failed = f"its input '{acc.spec.activation}' in '{acc.spec.scope}' could not be read: {why}"
+                log.warning("layer '%s' (%s '%s'): %s", acc.spec.key, acc.spec.capture_op, acc.spec.node, acc.failed)
+        self.bodies = False
+        self._open()
+
+    def read(self, feeds: dict[str, np.ndarray], index: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The inputs of the live layers on batch ``index``, and the reference model's (or {})."""
+        try:
+            activations = _run(self.sess, self.names, feeds, index) if self.sess is not None else {}
+            ref = _run(self.ref_sess, self.names, feeds, index) if self.ref_sess is not None else {}
+        except DataError as exc:
+            if not self.bodies:
+                raise
+            cause = runtime.ort_message(exc.__cause__) if exc.__cause__ is not None else str(exc)
+            self._give_up(f"onnxruntime fails on the model with them exposed ({cause})")
+            return self.read(feeds, index)
+        return activations, ref
 
 
 def _check_specs(specs: Sequence[LayerSpec]) -> None:
@@ -430,6 +649,11 @@ def _as_model(model: ModelProto | bytes | str | os.PathLike[str]) -> ModelProto:
     return load_model(Path(model))
 
 
+def _input_rank(spec: LayerSpec) -> int | None:
+    """The rank of the layer's input where its op fixes it (Conv ``[N, C, *spatial]``, Gemm ``[M, K]``)."""
+    return 2 + len(spec.kernel) if spec.capture_op == "Conv" else 2 if spec.capture_op == "Gemm" else None
+
+
 def _main_graph_values(model: ModelProto) -> dict[str, str]:
     """Main-graph names: ``"value"`` for graph inputs and node outputs, ``"constant"`` for initializers."""
     graph = model.graph
@@ -450,14 +674,18 @@ def _used_names(node: onnx.NodeProto) -> list[str]:
     return names
 
 
-def _truncated(proto: ModelProto, names: Sequence[str]) -> bytes:
+def _truncated(proto: ModelProto, names: Sequence[str], exposure: expose.Exposure | None = None) -> bytes:
     """The part of the model that computes ``names``, with them as its only outputs.
 
     onnxruntime runs every node of a graph whatever outputs are asked for, so a layer near
-    the input would otherwise pay for the whole model on every calibration batch.
+    the input would otherwise pay for the whole model on every calibration batch. Values of
+    bodies that ``exposure`` makes outputs of their main-graph owner nodes are edited into the
+    copied nodes (the model is not changed).
     """
     graph = proto.graph
     producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    if exposure is not None:
+        producer.update({name: producer[owner] for name, owner in exposure.owners.items() if owner in producer})
     keep: set[int] = set()
     stack = [name for name in names if name in producer]
     while stack:
@@ -476,6 +704,8 @@ def _truncated(proto: ModelProto, names: Sequence[str]) -> bytes:
     target.initializer.extend(t for t in graph.initializer if t.name in used)
     target.sparse_initializer.extend(t for t in graph.sparse_initializer if t.values.name in used)
     target.value_info.extend(v for v in graph.value_info if v.name in used or v.name in names)
+    if exposure is not None:
+        exposure.apply(target)
     typed = {v.name: v for v in (*graph.value_info, *graph.output)}
     for name in names:
         if name not in producer:
@@ -487,14 +717,17 @@ def _truncated(proto: ModelProto, names: Sequence[str]) -> bytes:
     return out.SerializeToString()
 
 
-def _session(proto: ModelProto, model: object, names: Sequence[str]) -> ort.InferenceSession:
-    """A CPU session, fully optimized, of the part of the model that computes ``names``."""
+def _session(
+    proto: ModelProto, model: object, names: Sequence[str], exposure: expose.Exposure | None = None
+) -> ort.InferenceSession:
+    """A CPU session, fully optimized, of the part of the model that computes ``names`` (body
+    values made main-graph outputs by ``exposure``)."""
     inputs = {i.name for i in proto.graph.input}
     wanted = [name for name in names if name not in inputs]
     if not wanted:
         source = model if isinstance(model, bytes) else proto.SerializeToString()
         return runtime.session(source, optimize=True)
-    source = _truncated(proto, wanted)
+    source = _truncated(proto, wanted, exposure)
     try:
         # full optimization: fusions never swallow a value that is a graph output, and the
         # activations read here are graph outputs now (several times faster than unoptimized)
@@ -528,3 +761,14 @@ def _samples(feeds: dict[str, np.ndarray]) -> int:
         return 0
     first = np.asarray(next(iter(feeds.values())))
     return int(first.shape[0]) if first.ndim else 1
+
+
+def read_values(
+    model: ModelProto, names: Sequence[str], batches: Iterable[dict[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
+    """The values ``names`` of ``model`` (main-graph tensors) on every batch, in order: one
+    dict per batch. Only the part of the model that computes them runs (see :func:`capture`
+    for the session and the errors)."""
+    wanted = list(dict.fromkeys(names))
+    sess = _session(model, model, wanted)
+    return [_run(sess, wanted, feeds, index) for index, feeds in enumerate(batches)]

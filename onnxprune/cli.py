@@ -141,7 +141,17 @@ PRUNE_HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Selection", ("include", "exclude", "op_types", "min_size", "allow_nonfinite")),
     (
         "Amount and pattern",
-        ("sparsity", "scope", "criterion", "pattern", "nm_fallback", "plan_path", "max_layer_sparsity", "seed"),
+        (
+            "sparsity",
+            "scope",
+            "allocation",
+            "criterion",
+            "pattern",
+            "nm_fallback",
+            "plan_path",
+            "max_layer_sparsity",
+            "seed",
+        ),
     ),
     (
         "Method and calibration",
@@ -330,6 +340,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     help="local: every tensor gets --sparsity; global: one threshold across tensors.",
 )
 @click.option(
+    "--allocation",
+    type=click.Choice(["uniform", "curves"]),
+    help="How a local --sparsity is split among calibrated layers: uniform (each the same) or curves (each its "
+    "own, from its error curve weighted by a probe of the outputs; the overall count is kept). "
+    "Default: curves with --method wanda/sparsegpt/refit, else uniform.",
+)
+@click.option(
     "--criterion",
     type=cli_choices.criteria(),
     default="magnitude",
@@ -357,7 +374,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 )
 @discovery_options
 @click.option(
-    "--max-layer-sparsity", type=float, default=0.98, show_default=True, help="Cap per tensor with --scope global."
+    "--max-layer-sparsity",
+    type=float,
+    default=0.98,
+    show_default=True,
+    help="Cap per tensor with --scope global or --allocation curves.",
 )
 @click.option(
     "--allow-nonfinite",
@@ -470,6 +491,7 @@ def prune(
     output_model: Path,
     sparsity: float | None,
     scope: str,
+    allocation: str | None,
     criterion: str,
     pattern: str,
     nm_fallback: str,
@@ -529,6 +551,10 @@ def prune(
     unstructured = sparsity is not None or plan_path is not None or pattern != "unstructured"
     if structured and pattern != "unstructured":
         raise onnxprune.OptionError("--structured takes --sparsity, --target-flops or a --plan; drop --pattern")
+    if structured and allocation is not None:
+        raise onnxprune.OptionError(
+            "--allocation splits a weight --sparsity among layers; --structured ranks channels: drop one"
+        )
     if structured and method != "magnitude":
         raise onnxprune.OptionError(
             f"--method {method} is for weight pruning; --structured ranks channels with --importance and refits "
@@ -562,6 +588,7 @@ def prune(
             sequential=not parallel,
             percdamp=percdamp,
             exact_refit=not no_exact_refit,
+            allocator=allocation,
         )
     structure = StructureConfig(
         dead_channels=dead_channels is not False,

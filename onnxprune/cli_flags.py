@@ -19,6 +19,7 @@ FLAGS: dict[str, str | tuple[str | None, str | None] | None] = {
     "nm_fallback": "--nm-fallback",
     "plan": "--plan",
     "max_layer_sparsity": "--max-layer-sparsity",
+    "allocator": "--allocation",
     "seed": "--seed",
     "min_size": "--min-size",
     "include": "--include",

@@ -59,6 +59,7 @@ def print_quantized(quantized: onnxprune.QuantizeResult, size_in: Any, size_out:
 
 def print_layers(result: onnxprune.PruneResult) -> None:
     calibrated = any(layer.error is not None for layer in result.pruned)
+    curves = (result.allocation or {}).get("mode") == "curves"
 
     def err(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
@@ -72,17 +73,24 @@ def print_layers(result: onnxprune.PruneResult) -> None:
             layer.dtype,
             layer.pattern or "",
             f"{layer.sparsity_before:.1%}",
+            *([f"{layer.target:.1%}" if layer.target is not None else "-"] if curves else []),
             f"{layer.sparsity_after:.1%}",
         ]
         if calibrated:
             row += [layer.method or "", err(layer.error_magnitude), err(layer.error), layer.bias or ""]
         rows.append([*row, shown(layer.reason)])
-    header = ["weight", "op", "shape", "dtype", "pattern", "before", "after"]
-    right = {5, 6}
+    header = ["weight", "op", "shape", "dtype", "pattern", "before", *(["allocated"] if curves else []), "after"]
+    right = set(range(5, len(header)))
     if calibrated:
+        right |= {len(header) + 1, len(header) + 2}
         header += ["method", "err magnitude", "err method", "bias"]
-        right |= {8, 9}
     click.echo(table(rows, [*header, "note"], right=right))
+    if curves:
+        click.echo(
+            "allocation: curves: each calibrated layer's sparsity from its error curve, weighted by how much the "
+            "model's outputs change with that layer alone pruned (overall count kept; --allocation uniform: each "
+            "layer the same)"
+        )
     if calibrated:
         click.echo(
             "err: relative error of each layer's output against the dense model on the calibration data, "

@@ -27,6 +27,8 @@ from onnxprune.sparsity.criteria import CRITERIA
 from onnxprune.sparsity.importance import importance_choices
 
 SCOPES = ("local", "global")
+#: how an overall sparsity is split among the tensors of local scope (see :class:`Allocation`)
+ALLOCATORS = ("uniform", "curves")
 NM_FALLBACKS = ("unstructured", "skip")
 
 
@@ -118,7 +120,13 @@ class Allocation:
     nm_fallback: for tensors whose reduction length is not a multiple of M (or unknown):
         "unstructured" prunes them unstructured at 1 - N/M, "skip" leaves them.
     plan: weight name -> amount, overriding scope and sparsity for those weights.
-    max_layer_sparsity: the most any one tensor loses under global scope.
+    max_layer_sparsity: the most any one tensor loses under global scope (and under ``curves``).
+    allocator: how a local ``sparsity`` is split among the tensors a calibrated method solves:
+        "uniform" (each loses ``sparsity``) or "curves" (each its own, from its measured error
+        curve weighted by a probe of the model's outputs, the overall count exact:
+        :mod:`onnxprune.passes.curve_allocation`); "curves" needs an overall ``sparsity``, local
+        scope, no ``plan`` and no ``pattern``. None here means "uniform"; :class:`PruneConfig`
+        resolves None by the method (see there).
 
     An allocation that asks for nothing (no sparsity, pattern or plan: :attr:`prunes` is
     False) is valid on its own; :class:`PruneConfig` refuses it ("nothing to do").
@@ -130,10 +138,30 @@ class Allocation:
     nm_fallback: str = "unstructured"
     plan: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     max_layer_sparsity: float = 0.98
+    allocator: str | None = None
 
     def __post_init__(self) -> None:
         if self.sparsity is not None:
             object.__setattr__(self, "sparsity", check_amount(self.sparsity))
+        if self.allocator is not None and self.allocator not in ALLOCATORS:
+            raise OptionError(f"{opt('allocator')} must be one of {', '.join(ALLOCATORS)}, got '{self.allocator}'")
+        if self.allocator == "curves":
+            clash = (
+                f"an N:M {opt('pattern')}"
+                if self.pattern is not None
+                else f"a {opt('plan')}"
+                if self.plan
+                else f"{opt('scope', 'global')}"
+                if self.scope == "global"
+                else None
+                if self.sparsity is not None
+                else f"no {opt('sparsity')}"
+            )
+            if clash is not None:
+                raise OptionError(
+                    f"{opt('allocator', 'curves')} splits an overall {opt('sparsity')} among the layers of local "
+                    f"scope; it cannot be used with {clash}"
+                )
         if self.scope not in SCOPES:
             raise OptionError(f"{opt('scope')} must be one of {', '.join(SCOPES)}, got '{self.scope}'")
         if self.nm_fallback not in NM_FALLBACKS:
@@ -247,7 +275,7 @@ class PruneConfig:
 
     - :class:`Selection` (``.selection``): min_size, include, exclude, op_types;
     - :class:`Allocation` (``.allocation``): sparsity, scope, pattern, nm_fallback, plan,
-      max_layer_sparsity;
+      max_layer_sparsity, allocator;
     - :class:`Ranking` (``.ranking``): criterion, seed;
     - :class:`Reconstruction` (``.reconstruction``): method, bias_correction, sequential,
       percdamp, blocksize, exact_refit.
@@ -257,6 +285,11 @@ class PruneConfig:
     than one part: a method that chooses its own mask (Wanda, SparseGPT) needs a criterion
     that ranks like magnitude, and there must be something to do (a sparsity, an N:M pattern
     or a plan). :meth:`of` builds a config from parts.
+
+    ``allocator`` None chooses by the rest (:attr:`resolved_allocator`): "curves" for a method
+    that needs data (wanda, sparsegpt, refit) with an overall ``sparsity``, local scope, no plan
+    and no pattern; "uniform" otherwise. An explicit "curves" with a method that needs no data
+    is refused.
     """
 
     sparsity: float | None = None
@@ -277,10 +310,16 @@ class PruneConfig:
     percdamp: float | None = None
     blocksize: int = 128
     exact_refit: bool = True
+    allocator: str | None = None
 
     def __post_init__(self) -> None:
         # the parts validate their own fields; the order keeps which of several mistakes is named first
         reconstruction = Reconstruction(**_fields_of(self, Reconstruction))
+        if self.allocator == "curves" and not METHODS[reconstruction.method].needs_data:
+            raise OptionError(
+                f"{opt('allocator', 'curves')} measures each layer with a calibrated method: give "
+                f"{opt('method')} wanda, sparsegpt or refit"
+            )
         criterion = CRITERIA.find(self.criterion)  # an unknown one is the ranking's to name
         if METHODS[reconstruction.method].chooses_mask and criterion is not None and not criterion.ranks_like_magnitude:
             raise OptionError(
@@ -323,7 +362,8 @@ class PruneConfig:
 
     @property
     def allocation(self) -> Allocation:
-        """How many weights each tensor loses: sparsity, scope, pattern, nm_fallback, plan, max_layer_sparsity."""
+        """How many weights each tensor loses: sparsity, scope, pattern, nm_fallback, plan, max_layer_sparsity,
+        allocator."""
         return self._parts[1]
 
     @property
@@ -346,6 +386,21 @@ class PruneConfig:
     def pattern_name(self) -> str:
         return self.allocation.pattern_name
 
+    @property
+    def resolved_allocator(self) -> str:
+        """``allocator``, or when None: "curves" for a method that needs data with an overall
+        ``sparsity``, local scope, no plan and no pattern, else "uniform"."""
+        if self.allocator is not None:
+            return self.allocator
+        curves = (
+            METHODS[self.method].needs_data
+            and self.sparsity is not None
+            and self.scope == "local"
+            and not self.plan
+            and self.pattern is None
+        )
+        return "curves" if curves else "uniform"
+
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly view (for provenance and reports)."""
         return {
@@ -367,6 +422,7 @@ class PruneConfig:
             "percdamp": self.percdamp,
             "blocksize": self.blocksize,
             "exact_refit": self.exact_refit,
+            "allocator": self.resolved_allocator,
         }
 
 

@@ -379,7 +379,7 @@ def test_bad_options_are_option_errors():
 
 
 def test_cli_prunes_with_data_free_calibration(fixtures_dir, tmp_path):
-    """SparseGPT calibrated on data-free signals keeps the digits MLP accurate at 50 % sparsity."""
+    """SparseGPT calibrated on data-free signals keeps the digits MLP accurate at 50 % sparsity (overall)."""
     out = tmp_path / "pruned.onnx"
     args = ["prune", fixtures_dir / "mlp_digits.onnx", out, "--sparsity", "0.5", "--method", "sparsegpt"]
     result = CliRunner().invoke(main, [str(a) for a in [*args, "--data-free"]], catch_exceptions=False)
@@ -387,7 +387,10 @@ def test_cli_prunes_with_data_free_calibration(fixtures_dir, tmp_path):
     pruned = onnx.load(out)
     weights = [numpy_helper.to_array(t) for t in pruned.graph.initializer if t.name.endswith("weight")]
     weights = [w for w in weights if w.ndim == 2]
-    assert weights and all(abs((w == 0).mean() - 0.5) < 0.01 for w in weights)
+    # allocation by error curves (the default with data) splits 50 % unevenly; the total is exact
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert weights and abs(zeros / sum(w.size for w in weights) - 0.5) < 0.01
+    assert len({round(float((w == 0).mean()), 2) for w in weights}) > 1
     x = np.load(fixtures_dir / "mlp_digits.test.npz")["input"]
     labels = np.load(fixtures_dir / "mlp_digits.test_labels.npy")
     accuracy = (session(str(out)).run(None, {"input": x})[0].argmax(axis=1) == labels).mean()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
 
-from onnxprune.graph.walk import subgraphs
+from onnxprune.graph.walk import node_subgraphs, subgraphs
 from onnxprune.ops import constant_array, constant_tensor
 
 
@@ -47,6 +47,9 @@ class Scope:
     outputs: set[str] = field(default_factory=set)
     uses: dict[str, list[Use]] = field(default_factory=dict)
     children: list[Scope] = field(default_factory=list)
+    #: The node that holds this subgraph and the attribute it is held in (None, "" for the main graph).
+    owner: NodeProto | None = None
+    attribute: str = ""
 
     @classmethod
     def build(cls, graph: GraphProto, path: str = "", parent: Scope | None = None) -> Scope:
@@ -62,14 +65,17 @@ class Scope:
             if constant_tensor(node) is not None:
                 scope.constants[node.output[0]] = node
         taken: set[str] = set()
-        for label, sub in subgraphs(graph):
+        owners = [(node, attribute) for node in graph.node for attribute, _ in node_subgraphs(node)]
+        for (label, sub), (owner, attribute) in zip(subgraphs(graph), owners, strict=True):
             child = f"{path}/{label}" if path else label
             unique, count = child, 1
             while unique in taken:
                 count += 1
                 unique = f"{child}#{count}"
             taken.add(unique)
-            scope.children.append(cls.build(sub, unique, scope))
+            child_scope = cls.build(sub, unique, scope)
+            child_scope.owner, child_scope.attribute = owner, attribute
+            scope.children.append(child_scope)
         if parent is None:
             scope._index_uses()
         return scope

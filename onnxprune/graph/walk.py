@@ -49,7 +49,12 @@ def graphs_by_owner(graph: GraphProto, key: GraphKey = ()) -> Iterator[tuple[Gra
     yield key, graph
     for node in graph.node:
         for label, sub in node_subgraphs(node):
-            yield from graphs_by_owner(sub, (*key, node.output[0] if node.output else node.name, label))
+            yield from graphs_by_owner(sub, (*key, owner_key(node), label))
+
+
+def owner_key(node: NodeProto) -> str:
+    """How a :data:`GraphKey` names the node that holds a subgraph: its first output, else its name."""
+    return node.output[0] if node.output else node.name
 
 
 def all_tensors(model: ModelProto) -> Iterator[TensorProto]:

@@ -121,7 +121,7 @@ class GemmSpec(OpSpec):
             rows=n,
             cols=k,
             in_axis=in_axis,
-            transposed=not trans_b,
+            axes=() if trans_b else (1, 0),
             capture_op="Gemm",
             trans_a=bool(attr(node, "transA", 0)),
         )

@@ -8,9 +8,14 @@ with ``batch`` the broadcast of both batch shapes; a 1-D ``A`` is a row ``[1, K]
 
 Matrix view (:meth:`MatMulSpec.matrix_view`) of a stored 2-D ``B [K, N]`` (input 1): ``A``
 flattened to rows ``[∏leading, K]`` (capture's cut), each row ``a`` gives ``y = W·a`` with
-``W = Bᵀ [N, K]``, one group. No view for a stored ``A`` (it multiplies from the left, per
-column of ``B``) nor for a batched ``B`` of rank 3 or more (one matrix per batch element, all
-reading different rows).
+``W = Bᵀ [N, K]``, one group. A stored 2-D ``A [M, K]`` (input 0, ``W @ x``) is ``W`` as it is,
+each column of ``B [..., K, N]`` a row (capture's "MatMulLeft"). A batched ``B [*b, K, N]``
+(rank ``r`` ≥ 3) is one matrix per batch element: group ``g`` (C order over ``b``) is
+``W_g = B[g]ᵀ [N, K]``, i.e. ``B.transpose(…, r−1, r−2).reshape(∏b, N, K)``, and it multiplies
+the rows of ``A [*a, M, K]`` whose batch index, broadcast against ``b`` by numpy's rules, is
+``g``: every ``M`` row of those batch elements, over ``A``'s leading batch axes beyond ``b``
+and over the axes where ``B`` has 1 and ``A`` more (capture's "BatchedMatMul"). No view for a
+batched stored ``A``.
 
 Channels (:mod:`onnxprune.ops.channels`): ``x @ W`` with a 2-D ``W`` of its own starts a group
 on the last axis of ``Y`` (``W`` axis 1). Channels on ``A``'s ``K`` axis are read through a
@@ -104,6 +109,20 @@ class MatMulSpec(OpSpec):
         return axis == 0  # a weight on the left: the change would be per row, not per output
 
     def matrix_view(self, node: NodeProto, index: int, shape: Sequence[int]) -> MatrixView | str:
+        if index == 1 and len(shape) >= 3:  # x @ W with one W [K, N] per batch element
+            *batch, k, n = (int(d) for d in shape)
+            rank = len(shape)
+            return MatrixView(
+                family="matmul",
+                shape=(*batch, k, n),
+                groups=prod(batch),
+                rows=n,
+                cols=k,
+                in_axis=rank - 2,
+                axes=(*range(rank - 2), rank - 1, rank - 2),
+                capture_op="BatchedMatMul",
+                batch=tuple(batch),
+            )
         if len(shape) != 2 or index not in (0, 1):
             return no_view(node, index, shape)
         if index == 0:  # W @ x: W [M, K] as it is, x [..., K, N] read column by column
@@ -119,7 +138,7 @@ class MatMulSpec(OpSpec):
                 activation=("input", 1),
             )
         k, n = (int(d) for d in shape)
-        return MatrixView(family="matmul", shape=(k, n), groups=1, rows=n, cols=k, in_axis=0, transposed=True)
+        return MatrixView(family="matmul", shape=(k, n), groups=1, rows=n, cols=k, in_axis=0, axes=(1, 0))
 
 
 register(MatMulSpec(), "MatMul")

@@ -14,26 +14,41 @@ step ``t`` are ``z_t = W_d·x_t + R_d·h_{t−1} + b_d`` with ``W_d = W[d] [G·H
 - ``W`` reads the rows ``x_t`` of ``X [T, B, I]`` flattened to ``[T·B, I]``; every direction
   reads the same rows (the reverse one in the other order, which a sum over rows ignores), so
   they are captured once.
-- ``R`` reads ``h_{t−1}``: the rows of the output ``Y [T, D, B, H]`` (``h_1 … h_T``) stand in for
-  ``h_0 … h_{T−1}`` (one step shifted, the initial state left out). That holds for one
-  direction only (``Y`` interleaves both), and for a GRU only with ``linear_before_reset`` = 1:
-  with 0 its candidate gate computes ``R_h·(r_t ⊙ h_{t−1})``, so ``R``'s input is not ``h``.
+- ``R_d`` reads direction ``d``'s own previous state ``h^d_{t−1}``: the rows of its slice of the
+  output, ``Y[:, d] [T, B, H]`` flattened to ``[T·B, H]`` (capture's "Directions", one group per
+  direction), stand in for them: ``h_1 … h_T`` for ``h_0 … h_{T−1}`` (one step shifted in the
+  direction's own order, the reverse direction's too; the initial state left out). For a GRU
+  this holds only with ``linear_before_reset`` = 1: with 0 its candidate gate computes
+  ``R_h·(r_t ⊙ h_{t−1})``, so ``R``'s input is not ``h``.
 - ``layout`` = 1 (batch first) has no view: its rows would be cut in another order.
 
 Channels (:mod:`onnxprune.ops.channels`): hidden unit ``h`` of a layer whose ``W`` and ``R`` are
 its own (``layout`` = 0) owns row ``g·H + h`` of every gate block ``g`` of ``W``, ``R`` and both
 halves of ``B`` (and of the peepholes ``P [D, 3·H]``), column ``h`` of ``R`` (the layer reads its
-own state: a consumer of its own group), entry ``h`` of the initial states (stored, or zeros of a
-``ConstantOfShape`` whose shape entry is then edited) and the last axis of ``Y``, ``Y_h``, ``Y_c``.
-Input features on the last axis of ``X`` are read through ``W`` axis 2. A hidden unit's state
-depends on the sequence, so it is never a constant.
+own state: a consumer of its own group), entry ``h`` of the initial states (stored; zeros of a
+``ConstantOfShape`` read by this layer alone, whose shape entry is then edited; or zeros made at
+run time otherwise, e.g. sliced per layer from one ``ConstantOfShape``: that input is then
+dropped, an omitted initial state being zeros) and the last axis of ``Y``, ``Y_h``, ``Y_c``.
+Input features on the last axis of ``X`` are read through ``W`` axis 2.
+
+Dead units (:func:`dead_hidden_units`). A hidden unit's state depends on the sequence, so it is
+a constant only when it is 0 at every step: when its candidate rows are all zero (``W``, ``R``
+and both halves of ``B`` in the candidate block: LSTM ``c̃``, block 3 of ``i, o, f, c``; GRU
+``h̃``, block 2 of ``z, r, h``; RNN its only block), its initial states are 0 (absent, zeros
+made at run time, or stored zeros) and the activations are the default ones, which map 0 to
+0 (Tanh). Then, from ``h_0 = c_0 = 0``: LSTM ``c̃_t = tanh(0) = 0``, ``c_t = f_t ⊙ c_{t−1} +
+i_t ⊙ 0 = 0`` and ``h_t = o_t ⊙ tanh(c_t) = 0``; GRU ``h̃_t = 0`` and ``h_t = z_t ⊙ h_{t−1} = 0``;
+RNN ``h_t = tanh(0) = 0``, whatever its other gates and the other units do. Its outputs
+(``Y``, ``Y_h``, ``Y_c``) are 0 everywhere, and what reads them (the layer's own ``R``, the
+next layer) reads zeros: the unit goes without a trace.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from onnx import NodeProto
+import numpy as np
+from onnx import NodeProto, numpy_helper
 
 from onnxprune.ops.channels import ChannelContext, Layout, only_first, shape_entry, stored_weight
 from onnxprune.ops.registry import register
@@ -72,6 +87,9 @@ class RecurrentSpec(OpSpec):
     def channel_source(self, node: NodeProto) -> Callable[..., None] | None:
         return recurrent_source
 
+    def source_constants(self, cx: ChannelContext, node: NodeProto, layout: Layout) -> np.ndarray:
+        return dead_hidden_units(cx, node, layout.length)
+
     def data_input(self, cx: ChannelContext, node: NodeProto, tensor: str, axis: int) -> str:
         recurrent = cx.stored(node, 2)
         if recurrent is not None and tensor == recurrent[0]:
@@ -84,11 +102,9 @@ class RecurrentSpec(OpSpec):
         dirs, rows, cols = (int(d) for d in shape)
         if int(attr(node, "layout", 0)) != 0:  # type: ignore[arg-type]
             return f"{node.op_type} with layout=1"
-        if index == 2:
-            if dirs != 1:
-                return f"bidirectional {node.op_type} R"
-            if node.op_type == "GRU" and not int(attr(node, "linear_before_reset", 0)):  # type: ignore[arg-type]
-                return "GRU R with linear_before_reset=0 multiplies r⊙h, not h"
+        if index == 2 and node.op_type == "GRU" and not int(attr(node, "linear_before_reset", 0)):  # type: ignore[arg-type]
+            return "GRU R with linear_before_reset=0 multiplies r⊙h, not h"
+        recurrent = index == 2  # R reads each direction's own states, W the shared x_t
         return MatrixView(
             family="recurrent",
             shape=(dirs, rows, cols),
@@ -96,8 +112,9 @@ class RecurrentSpec(OpSpec):
             rows=rows,
             cols=cols,
             in_axis=2,
-            activation=("output", 0) if index == 2 else ("input", 0),
-            shared_input=True,
+            capture_op="Directions" if recurrent else "MatMul",
+            activation=("output", 0) if recurrent else ("input", 0),
+            shared_input=not recurrent,
         )
 
 
@@ -105,6 +122,49 @@ register(RecurrentSpec(), *GATES)
 
 
 # --------------------------------------------------------------------------- channels
+
+
+#: The candidate block among a layer's gate blocks (ONNX orders: LSTM i, o, f, c; GRU z, r, h).
+CANDIDATE = {"LSTM": 3, "GRU": 2, "RNN": 0}
+
+
+def _zero_state(cx: ChannelContext, node: NodeProto, index: int, hidden: int) -> np.ndarray:
+    """Per unit: is initial state ``index`` (5: h, 6: c) zero there (absent, zeros made at run time, stored zeros)?"""
+    if index >= len(node.input) or not node.input[index] or zero_fill(cx, node.input[index]):
+        return np.ones(hidden, dtype=bool)
+    stored = cx.stored(node, index)
+    if stored is None:
+        return np.zeros(hidden, dtype=bool)
+    values = cx.stored_array(stored[0])
+    if values.ndim != 3 or values.shape[2] != hidden:
+        return np.zeros(hidden, dtype=bool)
+    return ~np.any(values.reshape(-1, hidden) != 0, axis=0)
+
+
+def dead_hidden_units(cx: ChannelContext, node: NodeProto, hidden: int) -> np.ndarray:
+    """0.0 for each hidden unit whose outputs are 0 at every step, NaN for the others (see the module docstring)."""
+    out = np.full(hidden, np.nan)
+    if cx.attr(node, "activations") is not None:
+        return out  # not the defaults: an activation may not map 0 to 0
+    gates = GATES[node.op_type]
+    block = CANDIDATE[node.op_type]
+    dead = _zero_state(cx, node, 5, hidden)
+    if node.op_type == "LSTM":
+        dead &= _zero_state(cx, node, 6, hidden)
+    for index, blocks in ((1, (block,)), (2, (block,)), (3, (block, gates + block))):
+        if index >= len(node.input) or not node.input[index]:
+            continue  # an absent B is zeros
+        stored = cx.stored(node, index)
+        if stored is None:
+            return out
+        values = cx.stored_array(stored[0])
+        if values.ndim < 2 or values.shape[1] < (max(blocks) + 1) * hidden:
+            return out
+        for k in blocks:
+            rows = np.moveaxis(values[:, k * hidden : (k + 1) * hidden], 1, 0).reshape(hidden, -1)
+            dead &= ~np.any(rows != 0, axis=1)
+    out[dead] = 0.0
+    return out
 
 
 def recurrent_rule(cx: ChannelContext, node: NodeProto, tracked: dict[int, Layout]) -> None:
@@ -118,6 +178,26 @@ def recurrent_rule(cx: ChannelContext, node: NodeProto, tracked: dict[int, Layou
     weight = stored_weight(cx, node, 1, layout)
     if weight is not None:
         cx.members(layout.moved(2), weight[0], 2, "in", node, weight[1])
+
+
+#: Ops whose output is zeros wherever their input 0 is all zeros (they only move, cut or repeat it).
+ZERO_KEEPING = ("Identity", "Cast", "Slice", "Expand", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Tile")
+
+
+def zero_fill(cx: ChannelContext, name: str) -> bool:
+    """True if ``name`` holds zeros made at run time: a ``ConstantOfShape`` of 0 (its default value),
+    perhaps sliced, reshaped or expanded (a multi-layer export slices each layer's state from one)."""
+    for _ in range(8):
+        node = cx.producer(name)
+        if node is None or not node.input:
+            return False
+        if node.op_type == "ConstantOfShape":
+            value = cx.attr(node, "value")
+            return value is None or not np.any(numpy_helper.to_array(value))  # type: ignore[arg-type]
+        if node.op_type not in ZERO_KEEPING:
+            return False
+        name = node.input[0]
+    return False
 
 
 def recurrent_source(cx: ChannelContext, node: NodeProto, tracked: dict[int, Layout]) -> None:
@@ -154,10 +234,13 @@ def recurrent_source(cx: ChannelContext, node: NodeProto, tracked: dict[int, Lay
                 continue
             fill = cx.producer(node.input[index])  # exporters write zeros of a computed shape
             entry = shape_entry(cx, fill, 2, 0) if fill is not None and fill.op_type == "ConstantOfShape" else None
-            if entry is None or entry[2] != hidden:
-                cx.block(Layout(2, (seg,)), f"{node.op_type} '{label}' has a computed initial state")
-            else:
+            own = all(cx.node_id(use.node) == cx.node_id(node) for use in cx.uses(node.input[index]))
+            if entry is not None and entry[2] == hidden and own:
                 cx.edit(("tensor", entry[0], entry[1]), Layout(0, (seg,)), entry[3])
+            elif zero_fill(cx, node.input[index]):  # shared or sliced zeros: drop them, zeros are the default
+                cx.edit(("input", cx.node_id(node), index), Layout(0, (seg,)))
+            else:
+                cx.block(Layout(2, (seg,)), f"{node.op_type} '{label}' has a computed initial state")
     cx.edit(("attr", cx.node_id(node), "hidden_size"), Layout(0, (seg,)))
     for index, name in enumerate(node.output):
         if name:

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -160,17 +160,28 @@ def prod(dims: Sequence[int]) -> int:
 
 @dataclass(frozen=True, eq=False)
 class MatrixView:
-    """A stored weight ``W`` (of ``shape``) seen as ``groups`` matrices ``W_g [rows, cols]``.
+    """A weight ``W`` (of ``shape``, as the node reads it) seen as ``groups`` matrices ``W_g [rows, cols]``.
 
     The node computes ``y = W_g·x`` for every row ``x [cols]`` of its input in group ``g``
     (bias and gains left out), rows and columns as :mod:`onnxprune.capture` cuts the input
-    (the ``capture_*`` fields, ``activation``, the Conv geometry and ``trans_a`` are what a
-    capture ``LayerSpec`` needs). ``transposed``: ``W_0 = Wᵀ`` (W stored ``[cols, rows]``);
-    else ``W_g = W.reshape(groups, rows, cols)[g]``. Columns come in ``cols / positions``
-    blocks, one per element of the weight's input axis ``in_axis`` (channel-major: column
-    ``c·positions + p`` is channel ``c`` at kernel position ``p``); ``nm_order`` permutes the
-    columns so that the N:M axis (the input channel) is innermost (Conv; None where every
-    column is a channel of its own).
+    (the ``capture_*`` fields, ``activation``, the Conv geometry, ``trans_a`` and ``batch`` are
+    what a capture ``LayerSpec`` needs). The matrices are an axis permutation and a reshape::
+
+        W_g = W.transpose(axes).reshape(groups, rows, cols)[g]      (axes () = no permutation)
+
+    e.g. ``axes = (1, 0)`` for ``W`` stored ``[cols, rows]`` (Gemm ``transB`` = 0, MatMul
+    ``x @ W``), ``(…, r−1, r−2)`` for a batched MatMul ``W [..., K, N]``. Columns come in
+    ``cols / positions`` blocks, one per element of the weight's input axis ``in_axis``
+    (channel-major: column ``c·positions + p`` is channel ``c`` at kernel position ``p``);
+    ``nm_order`` permutes the columns so that the N:M axis (the input channel) is innermost
+    (Conv; None where every column is a channel of its own).
+
+    A stored tensor ``S`` that reaches the node through element permutations (Transpose,
+    Reshape, Flatten, Squeeze, Unsqueeze, Identity, Cast: :meth:`through`) has
+    ``W = S.reshape(-1)[source]`` (``source`` of ``shape``, a permutation of ``0 … |S|−1``), so
+    ``to_matrix(S) = to_matrix'(S.flat[source])`` and ``from_matrix`` scatters back,
+    ``S.flat[source] = from_matrix'(M)``: the stored tensor keeps its shape, and ``nm_order``
+    and ``in_axis`` still refer to ``W``'s axes and columns.
     """
 
     family: str  # "conv" | "gemm" | "matmul" | "recurrent"
@@ -179,10 +190,13 @@ class MatrixView:
     rows: int
     cols: int
     in_axis: int
-    transposed: bool = False
+    #: The axis permutation of ``W`` before the reshape to ``[groups, rows, cols]`` (() = none).
+    axes: tuple[int, ...] = ()
     positions: int = 1
     nm_order: np.ndarray | None = None
-    #: How capture cuts the input into rows: "Conv" (im2col patches), "Gemm" or "MatMul" (rows of K).
+    #: How capture cuts the input into rows: "Conv" (im2col patches), "Gemm", "MatMul" (rows of K),
+    #: "MatMulLeft" (columns of K), "BatchedMatMul" (rows of K per batch element), "Directions"
+    #: (a recurrent output ``[T, D, B, H]``: rows of H per direction).
     capture_op: str = "MatMul"
     #: The node port that holds ``x``: ("input", 0), or ("output", 0) for a recurrent R.
     activation: tuple[str, int] = ("input", 0)
@@ -195,14 +209,38 @@ class MatrixView:
     dilations: tuple[int, ...] = ()
     auto_pad: str = "NOTSET"
     trans_a: bool = False
+    #: The batch dims of a batched MatMul ``W [*batch, K, N]`` (one group per element of them).
+    batch: tuple[int, ...] = ()
+    #: ``W = S.reshape(-1)[source]`` for a stored ``S`` of ``stored_shape`` read through element
+    #: permutations (:meth:`through`); None: the node reads the stored tensor as it is.
+    source: np.ndarray | None = None
+    stored_shape: tuple[int, ...] = ()
+
+    def through(self, source: np.ndarray, stored_shape: Sequence[int]) -> MatrixView:
+        """This view of ``W = S.reshape(-1)[source]``, as a view of the stored ``S`` itself."""
+        if source.shape != self.shape or source.size != math.prod(stored_shape):
+            raise ValueError(f"an element map of shape {list(source.shape)} does not fit {list(self.shape)}")
+        return replace(self, source=source, stored_shape=tuple(int(d) for d in stored_shape))
 
     def to_matrix(self, w: np.ndarray) -> np.ndarray:
         """The stored array as ``[groups, rows, cols]`` (a view where numpy allows one)."""
-        return w.T[None] if self.transposed else w.reshape(self.groups, self.rows, self.cols)
+        if self.source is not None:
+            w = w.reshape(-1)[self.source]
+        if self.axes:
+            w = w.transpose(self.axes)
+        return w.reshape(self.groups, self.rows, self.cols)
 
     def from_matrix(self, m: np.ndarray) -> np.ndarray:
         """``[groups, rows, cols]`` back to the stored layout (the inverse of :meth:`to_matrix`)."""
-        return m[0].T if self.transposed else m.reshape(self.shape)
+        if self.axes:
+            w = m.reshape(tuple(self.shape[a] for a in self.axes)).transpose(np.argsort(self.axes))
+        else:
+            w = m.reshape(self.shape)
+        if self.source is None:
+            return w
+        stored = np.empty(self.source.size, dtype=w.dtype)
+        stored[self.source.reshape(-1)] = w.reshape(-1)
+        return stored.reshape(self.stored_shape)
 
     @property
     def capture_groups(self) -> int:

@@ -23,18 +23,26 @@ layer whose input does not depend on a remaining layer, and its statistics are c
 on the model as pruned so far, so errors do not compound. Parallel mode captures once on
 the dense model. Weights calibration cannot handle are pruned by magnitude, with the
 reason in the result.
+
+Layers inside If / Loop / Scan bodies are calibrated like the others, on the rows of every run
+of their body (:mod:`onnxprune.passes.layers`, :mod:`onnxprune.capture`); in sequential mode a
+body layer waits for what its owner node reads and for the layers before it in its body
+(:mod:`onnxprune.passes.layer_order`). A layer whose body never ran on the data has no rows
+and is pruned by magnitude (:data:`NEVER_RAN` says why).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 from onnx import ModelProto, numpy_helper
 
 from onnxprune import sparsity
-from onnxprune.capture import LayerStats, capture
+from onnxprune.capture import LayerStats, capture, stacked
 from onnxprune.config import PruneConfig, Ranking, Reconstruction
 from onnxprune.data import Dataset
 from onnxprune.errors import OptionError, UnsupportedModelError, opt
@@ -42,7 +50,10 @@ from onnxprune.graph import tensors
 from onnxprune.graph.discovery import Weight, discover
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress, prune_pass_result
-from onnxprune.passes.layers import CalibLayer, calib_layer
+from onnxprune.passes.closed_loop import choose_damping
+from onnxprune.passes.curve_allocation import allocate_layers
+from onnxprune.passes.layer_order import Upstream
+from onnxprune.passes.layers import CalibLayer, LayerUse, calib_layer
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.passes.unstructured import (
     Target,
@@ -62,19 +73,20 @@ log = logging.getLogger(__name__)
 
 def waves(model: ModelProto, layers: list[CalibLayer]) -> list[list[CalibLayer]]:
     """Group layers so that each group's inputs depend only on layers of earlier groups (a
-    layer reading its own node's output, a recurrent R, does not wait for itself)."""
+    layer reading its own node's output, a recurrent R, or a shared weight whose second use
+    reads its first use's output, does not wait for itself). A layer inside an If/Loop/Scan body
+    waits for what its owner node's inputs depend on and for the layers before it in the body
+    (:mod:`onnxprune.passes.layer_order`)."""
     by_node: dict[int, list[int]] = {}
     for i, layer in enumerate(layers):
-        by_node.setdefault(id(layer.node), []).append(i)
-    upstream: dict[str, frozenset[int]] = {}
-    for node in model.graph.node:  # topological order (an ONNX requirement)
-        deps: set[int] = set()
-        for name in node.input:
-            deps |= upstream.get(name, frozenset())
-        frozen = frozenset(deps | set(by_node.get(id(node), ())))
-        for out in node.output:
-            upstream[out] = frozen
-    needs = [upstream.get(layer.spec.activation, frozenset()) - set(by_node[id(layer.node)]) for layer in layers]
+        for use in layer.uses:
+            by_node.setdefault(id(use.node), []).append(i)
+    upstream = Upstream(model.graph, by_node)  # every graph in topological order (an ONNX requirement)
+    needs = [
+        frozenset().union(*(upstream.of(use.node, use.spec.activation) for use in layer.uses))
+        - frozenset().union(*(by_node[id(use.node)] for use in layer.uses))
+        for layer in layers
+    ]
     done: set[int] = set()
     groups: list[list[CalibLayer]] = []
     while len(done) < len(layers):
@@ -84,6 +96,10 @@ def waves(model: ModelProto, layers: list[CalibLayer]) -> list[list[CalibLayer]]
         groups.append([layers[i] for i in ready])
         done.update(ready)
     return groups
+
+
+#: Why a layer inside an If/Loop/Scan body has no statistics when its body never ran on the data.
+NEVER_RAN = "its body never ran on the calibration data: an If branch never taken, or a Loop or Scan of no iteration"
 
 
 def _dense_target(w: np.ndarray, h: np.ndarray, c: np.ndarray, percdamp: float) -> np.ndarray:
@@ -117,7 +133,19 @@ def _quad(a: np.ndarray, m: np.ndarray, b: np.ndarray) -> float:
 class _Solved:
     def __init__(self) -> None:
         self.err_num = self.err_den = self.mag_num = 0.0
-        self.delta: np.ndarray | None = None
+        self.deltas: list[np.ndarray] = []  # the bias delta of each use of the layer
+
+
+def _bias_delta(w: np.ndarray, new: np.ndarray, stats: LayerStats) -> np.ndarray:
+    """``delta = W·E[x_d] − Ŵ·E[x]`` per output of every group (``[groups·rows]``), for one use's
+    statistics (``E[x_d] = E[x]`` without a reference; one mean for all groups when they share x)."""
+    means: np.ndarray = stats.mean  # type: ignore[assignment]  # a solved layer has its statistics
+    refs = stats.mean_ref if stats.mean_ref is not None else means
+    parts = []
+    for g in range(len(w)):
+        k = 0 if len(means) == 1 else g
+        parts.append(w[g] @ refs[k] - new[g] @ means[k])
+    return np.concatenate(parts)
 
 
 #: Wanda and SparseGPT choose the same count in every output row; a layer with fewer
@@ -146,10 +174,13 @@ def _solve_layer(
     reconstruction: Reconstruction,
     ranking: Ranking,
     percdamp: float,
+    uses: Sequence[LayerStats] = (),
 ) -> tuple[np.ndarray, _Solved]:
-    """The new stored array of ``layer`` and its error terms and bias delta: ``reconstruction``'s
+    """The new stored array of ``layer`` and its error terms and bias deltas: ``reconstruction``'s
     method and block size, ``ranking``'s mask for the magnitude baseline (and the mask of a
-    method that does not choose its own), ``percdamp`` already resolved (:func:`solver_percdamp`)."""
+    method that does not choose its own), ``percdamp`` already resolved (:func:`solver_percdamp`).
+    ``stats`` are the statistics the layer is fitted on (a shared weight: of every use stacked),
+    ``uses`` each use's own, for its bias delta (default: ``stats``)."""
     weight = layer.weight
     method = METHODS[reconstruction.method]
     w = layer.to_matrix(to_float64(values))
@@ -157,14 +188,13 @@ def _solve_layer(
     amount = None if target.nm is not None else target.count / weight.numel
     solved = _Solved()
     out = np.empty_like(w)
-    delta = np.zeros(w.shape[0] * w.shape[1])
     for g in range(layer.groups):
         shared = stats.H.shape[0] == 1  # a recurrent W: every direction reads the same x_t
         k = 0 if shared else g
         wg, hg = w[g], stats.H[k]
         # a recurrent R reads its own node's output: its input changes with its own pruning, so
         # it is fitted to its own dense product, not to the dense model's
-        with_ref = stats.C is not None and layer.spec.activation not in layer.node.output
+        with_ref = stats.C is not None and not layer.reads_own_output
         cg = stats.C[k] if with_ref else hg
         h_ref = stats.H_ref[k] if with_ref else hg
         goal = np.where(wg == 0, 0.0, _dense_target(wg, hg, cg, percdamp)) if with_ref else wg  # zeros stay
@@ -183,6 +213,8 @@ def _solve_layer(
             sqnorm=sq,
             mask=mask,
             amount=amount,
+            # the layer's exact count, split over its groups: a fraction would be rounded per row
+            count=None if target.nm is not None else target.count // layer.groups + (g < target.count % layer.groups),
             nm=target.nm,
             percdamp=percdamp,
             blocksize=reconstruction.blocksize,
@@ -198,36 +230,35 @@ def _solve_layer(
         solved.err_num += _output_error(new, wg, hg, cg, h_ref)
         solved.mag_num += _output_error(mag_new, wg, hg, cg, h_ref)
         solved.err_den += _quad(wg, h_ref, wg)
-        rows = w.shape[1]
-        mean_ref = stats.mean_ref[k] if stats.mean_ref is not None else stats.mean[k]
-        delta[g * rows : (g + 1) * rows] = wg @ mean_ref - new @ stats.mean[k]
-    solved.delta = delta
+    solved.deltas = [_bias_delta(w, out, use) for use in (uses or (stats,))]
     stored = layer.from_matrix(out)
     return stored, solved
 
 
-def _apply_bias(model: ModelProto, scope: Scope, layer: CalibLayer, delta: np.ndarray, dtype: np.dtype) -> str:
-    """``b' = b + scale·delta`` at the layer's bias site (:class:`~onnxprune.passes.layers.BiasSite`
+def _apply_bias(model: ModelProto, scope: Scope, layer: LayerUse, delta: np.ndarray, dtype: np.dtype) -> str:
+    """``b' = b + scale·delta`` at the bias site of one use of a layer (:class:`~onnxprune.passes.layers.BiasSite`
     says where and with which ``scale``). A bias stored broadcast (``[1]``, ``[1, N]`` ...) grows
-    to ``broadcast(shape, [N])`` by numpy's broadcasting, which is ONNX's."""
+    to ``broadcast(shape, [N])`` by numpy's broadcasting, which is ONNX's. The bias is changed
+    or added in the graph the site names (a subgraph's for a layer inside a body)."""
     site = layer.bias
     if site is None:
         return f"not corrected: {layer.bias_reason}"
     correction = site.scale * delta
+    holder = site.owner or scope
     if site.existing is not None:
-        proto = scope.stored_tensor(site.existing)
+        proto = holder.stored_tensor(site.existing)
         current = tensors.read_array(proto)
         updated = (current.astype(np.float64) + correction).astype(current.dtype)
         if updated.shape != current.shape:
             del proto.dims[:]
             proto.dims.extend(updated.shape)
-            stale = [vi for vi in model.graph.value_info if vi.name == site.existing]
+            stale = [vi for vi in holder.graph.value_info if vi.name == site.existing]
             for vi in stale:  # a recorded shape of the old bias would now be wrong
-                model.graph.value_info.remove(vi)
+                holder.graph.value_info.remove(vi)
         tensors.write_array(proto, updated)
         return "corrected"
     name = f"{node_label(layer.node)}.onnxprune_bias"
-    model.graph.initializer.append(numpy_helper.from_array(correction.astype(dtype), name))
+    holder.graph.initializer.append(numpy_helper.from_array(correction.astype(dtype), name))
     while len(layer.node.input) < site.input_index:
         layer.node.input.append("")
     layer.node.input.append(name)
@@ -273,6 +304,18 @@ def prune_calibrated(
             calib.append(layer)
     groups = waves(model, calib) if reconstruction.sequential else [calib]
     percdamp = solver_percdamp(reconstruction, data)
+    allocated = allocate_layers(  # curves: each calibrated layer's own count, the overall count kept
+        model,
+        config,
+        data,
+        inventory,
+        targets,
+        calib,
+        solve=partial(_solve_layer, ranking=ranking, percdamp=percdamp),
+        batch_size=batch_size,
+        progress=progress,
+    )
+    targets = allocated.targets
     index_of = {w.key: i for i, w in enumerate(inventory.weights)}
     by_key = {w.key: w for w in inventory.weights}
 
@@ -294,21 +337,26 @@ def prune_calibrated(
         # the dense model only for bias correction (its E[x_d])
         needs_dense = METHODS[reconstruction.method].updates_weights or reconstruction.bias_correction
         reference = dense if changed and needs_dense else None
-        stats = capture(model, [layer.spec for layer in group], data.batches(batch_size), reference=reference)
+        specs = [use.spec for layer in group for use in layer.uses]
+        stats = capture(model, specs, data.batches(batch_size), reference=reference)
         for layer in group:
             weight, target = layer.weight, targets[layer.weight.key]
-            layer_stats = stats[weight.key]
+            per_use = [stats[use.spec.key] for use in layer.uses]
+            layer_stats = stacked(per_use)  # a shared weight: the rows of every use, one problem
             done += 1
             if progress is not None:
                 progress(done, total, weight.key)
-            if layer_stats.skipped or layer_stats.H is None:
-                fallback[weight.key] = f"no statistics ({layer_stats.skipped}): pruned by magnitude"
+            skipped = layer_stats.skipped or (NEVER_RAN if layer_stats.rows == 0 else None)  # a body never run
+            if skipped or layer_stats.H is None:
+                fallback[weight.key] = f"no statistics ({skipped}): pruned by magnitude"
                 magnitude(weight.key)
                 extra[weight.key] = {"method": "magnitude"}
                 continue
             proto = inventory.proto(weight)
             values = tensors.read_array(proto)
-            stored, solved = _solve_layer(
+
+            solve = partial(
+                _solve_layer,
                 layer,
                 layer_stats,
                 target,
@@ -316,20 +364,51 @@ def prune_calibrated(
                 index_of[weight.key],
                 reconstruction=reconstruction,
                 ranking=ranking,
-                percdamp=percdamp,
+                uses=per_use,
             )
-            tensors.write_array(proto, stored.astype(values.dtype))
+            loop = _closed_loop_outputs(scope, layer) if reconstruction.percdamp is None else None
+            damp_record: dict[str, object] = {}
+            if loop:  # a recurrent R: the damping that best reproduces the node's outputs closed loop
+                chosen, stored, solved, errors = choose_damping(
+                    model,
+                    proto,
+                    loop,
+                    lambda: data.batches(batch_size),
+                    solve,
+                    reference=dense,  # None in parallel mode: the model before this layer was pruned
+                    default=percdamp,
+                )
+                damp_record = {"percdamp": chosen, "closed_loop_error": errors[chosen]}
+            else:
+                stored, solved = solve(percdamp=percdamp)
+                tensors.write_array(proto, stored.astype(values.dtype))
             bias = None
             if reconstruction.bias_correction:
-                bias = _apply_bias(model, scope, layer, solved.delta, values.dtype)
+                done_at = [
+                    (node_label(use.node), _apply_bias(model, scope, use, delta, values.dtype))
+                    for use, delta in zip(layer.uses, solved.deltas, strict=True)
+                ]
+                said = {what for _, what in done_at}
+                bias = said.pop() if len(said) == 1 else "; ".join(f"{where}: {what}" for where, what in done_at)
             extra[weight.key] = {
                 "method": reconstruction.method,
                 "error": _ratio(solved.err_num, solved.err_den),
                 "error_magnitude": _ratio(solved.mag_num, solved.err_den),
                 "bias": bias,
+                **damp_record,
             }
         changed = changed or bool(group)
-    return _finish(inventory, targets, config, extra, fallback)
+    return allocated.annotate(_finish(inventory, targets, config, extra, fallback))
+
+
+def _closed_loop_outputs(scope: Scope, layer: CalibLayer) -> list[str]:
+    """The outputs of a layer that reads its own node's output (a recurrent R), when they are
+    main-graph values that can be read back (:mod:`onnxprune.passes.closed_loop`); else []."""
+    if not layer.reads_own_output or len(layer.uses) != 1:
+        return []
+    node = layer.uses[0].node
+    outputs = [name for name in node.output if name]
+    return outputs if all(scope.producers.get(name) is node for name in outputs) else []
 
 
 def _finish(inventory, targets, config, extra, fallback) -> PruneResult:  # noqa: ANN001

@@ -4,14 +4,51 @@ A calibrated method works on a layer's weight as ``W_g ∈ R^{rows × cols}`` pe
 ``g``, where ``cols`` are the features of the layer's input ``x`` as the capture sees them
 (:mod:`onnxprune.capture`), so that the layer computes ``y = W_g x`` on each row/patch. That
 view is the op table's (:meth:`onnxprune.ops.OpSpec.matrix_view`: Conv im2col, Gemm ``transB``,
-MatMul ``x @ W``, LSTM/GRU/RNN ``W`` and ``R`` one group per direction; the maths is in each
-family's module), shared with the structural refit (:mod:`onnxprune.structure.sinks`).
+MatMul ``x @ W`` and ``W @ x``, a batched MatMul ``W [*b, K, N]`` one group per batch element,
+LSTM/GRU/RNN ``W`` and ``R`` one group per direction; the maths is in each family's module),
+shared with the structural refit (:mod:`onnxprune.structure.sinks`).
 
-A weight qualifies only if it reaches exactly one such node directly (or through
-Identity/Cast, e.g. fp16 storage), in the main graph, and the table gives it a view.
-Everything else (shared weights, weights behind Transpose/Reshape/Concat, a MatMul weight on
-the left, batched MatMul weights, subgraphs, the recurrent cases without a view) is pruned by
-magnitude, and the result says why: a calibrated run never prunes less than it says.
+A weight qualifies if every node that reads it reads it as a weight that the table gives a
+view, in the main graph or in an If/Loop/Scan body (a weight stored in a body, or a main-graph
+weight that a body reads). A node may read the stored tensor ``S`` itself or ``T``,
+its elements rearranged by a chain of element permutations (Transpose; Reshape with a stored
+or Constant shape, Flatten, Squeeze, Unsqueeze; Identity; Cast to a float type):
+``T = S.reshape(-1)[source]`` (:func:`onnxprune.graph.element_map.element_map`). The node's view
+is asked for ``T``'s shape and composed with the chain (:meth:`onnxprune.ops.MatrixView.through`)::
+
+    to_matrix(S) = view_T.to_matrix(S.reshape(-1)[source])
+    from_matrix(M) = S  with  S.reshape(-1)[source] = view_T.from_matrix(M)
+
+so the solver sees the node's own matrices, the N:M order (``nm_order``) is over ``T``'s
+columns, and the stored tensor keeps its shape and dtype.
+
+A weight several nodes read (a tied projection used twice, one Conv weight applied to two
+branches) is one problem when every use sees the same matrices, the same stored element at
+each ``[g, r, c]``: the rows of all uses are stacked, ``X = [X_1; X_2; …]``, so their statistics
+add (``H = Σ_u H_u``, likewise C, H_ref, sqnorm and rows·mean: :func:`onnxprune.capture.stacked`)
+and one solve minimises ``Σ_u ‖W X_uᵀ − Ŵ X_uᵀ‖²``. Bias correction is per use,
+``b_u' = b_u + scale_u·(W − Ŵ)·E[x_u]``, where a use has a bias site of its own; a use
+without one (or sharing its bias with the other) is left uncorrected and says why. Uses that see
+different matrices (different shapes, or ``W`` and ``Wᵀ``) are pruned by magnitude, with the
+views named in the reason.
+
+**Layers inside bodies.** A node in an If branch or a Loop/Scan body runs once per run of its
+body, so its problem is over the rows of every run: ``H = Σ_runs X_runᵀX_run`` (the capture
+reads the body's value through :mod:`onnxprune.graph.expose`, which stacks it over runs), and
+``min ‖W X_allᵀ − Ŵ X_allᵀ‖²`` with ``X_all`` the runs' rows stacked is the same least squares
+as a main-graph layer's. A weight read in both branches of an If (or in two bodies) is a shared
+weight as above, its uses' statistics added: a branch the data never takes adds no rows. The
+spec names the body (``LayerSpec.scope``), and the bias site is looked up where the bias is
+stored (a body initializer or Constant, or an enclosing graph's tensor), read by that node
+alone; a bias that has to be added goes into the node's own body. A weight whose body never
+runs on the calibration data has no rows and is pruned by magnitude, with that reason.
+
+Everything else is pruned by magnitude, and the result says why: a weight behind Slice, Split,
+Concat or DequantizeLinear or a shape known only at run time, a batched weight on the left of a
+MatMul, GRU R with ``linear_before_reset`` = 0, recurrent layers with ``layout`` = 1,
+ConvTranspose, a body value that cannot be carried to the main graph (an If or Loop inside a
+Scan body, a body of a non-standard op: :mod:`onnxprune.graph.expose` says why). A calibrated
+run never prunes less than it says.
 
 Bias sites for bias correction (:func:`_bias_site`; where each op holds its bias and with
 which gains is the op table's, :meth:`onnxprune.ops.OpSpec.bias_gain`): Conv's B (input 2)
@@ -29,6 +66,9 @@ constant of an Add that alone reads the MatMul's output. The correction ``delta`
   which is ONNX's: the node's output shape and every other term stay as they were. Only a bias
   read by that node alone is changed (else the layer is left uncorrected and says why), and a
   bias that is also a graph input (overridable at run time) is not grown.
+- Not corrected: recurrent biases, a weight on the left of a MatMul (its delta is per row of
+  ``W @ x``, not per output) and a batched MatMul weight of more than one batch element (its
+  delta is per batch element and output, which a following Add's ``[N]`` bias cannot hold).
 """
 
 from __future__ import annotations
@@ -40,7 +80,8 @@ import numpy as np
 from onnx import ModelProto, NodeProto
 
 from onnxprune.capture import LayerSpec
-from onnxprune.graph.discovery import Weight
+from onnxprune.graph.discovery import Reader, Weight
+from onnxprune.graph.element_map import element_map
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.ops import spec_of
 from onnxprune.ops.spec import MatrixView
@@ -55,11 +96,27 @@ class BiasSite:
     input_index: int  # the node input that holds (or will hold) the bias
     existing: str | None  # name of the stored bias tensor, None when it must be added
     scale: float = 1.0  # the bias changes by ``scale·delta`` (Gemm: alpha/beta)
+    #: the graph that stores the bias, or where a new one goes (a subgraph's); None: the main graph
+    owner: Scope | None = None
+
+
+@dataclass
+class LayerUse:
+    """One node that reads a calibrated weight: its matrix view of the stored tensor (composed
+    with the element permutations between them), the capture spec of its input, its bias site."""
+
+    node: NodeProto
+    spec: LayerSpec
+    view: MatrixView
+    bias: BiasSite | None = None
+    bias_reason: str | None = None  # why there is no bias site
 
 
 @dataclass
 class CalibLayer:
-    """A weight that calibration handles, with its matrix view (see module docstring)."""
+    """A weight that calibration handles, with its matrix view (see module docstring): ``node``,
+    ``spec``, ``view`` and the bias are its first use's; ``shared`` the other nodes that read it
+    with the same matrices (a shared weight)."""
 
     weight: Weight
     node: NodeProto
@@ -67,6 +124,18 @@ class CalibLayer:
     view: MatrixView
     bias: BiasSite | None = None
     bias_reason: str | None = None  # why there is no bias site
+    shared: tuple[LayerUse, ...] = ()
+
+    @property
+    def uses(self) -> tuple[LayerUse, ...]:
+        """Every node that reads the weight, the first one first."""
+        return (LayerUse(self.node, self.spec, self.view, self.bias, self.bias_reason), *self.shared)
+
+    @property
+    def reads_own_output(self) -> bool:
+        """A use's input is its own node's output (a recurrent R): that input changes with the
+        weight's own pruning, so it is fitted to its own dense product, not the dense model's."""
+        return any(use.spec.activation in use.node.output for use in self.uses)
 
     @property
     def groups(self) -> int:
@@ -88,37 +157,28 @@ class CalibLayer:
         return self.view.nm_order
 
 
-def _reaches_directly(scope: Scope, name: str, stored: str) -> bool:
-    """True if tensor ``name`` is ``stored`` itself or comes from it through Identity/Cast."""
-    seen = 0
-    while name != stored and seen < 8:
-        node = scope.producers.get(name)
-        if node is None or not spec_of(node).keeps_layout or not node.input:
-            return False
-        name, seen = node.input[0], seen + 1
-    return name == stored
-
-
 def _stored_bias(
     scope: Scope, node: NodeProto, index: int, name: str, n_out: int, scale: float
 ) -> tuple[BiasSite | None, str | None]:
-    """The stored bias ``name`` (input ``index`` of ``node``) if the correction can go into it."""
-    tensor = scope.stored_tensor(name)
+    """The stored bias ``name`` (input ``index`` of ``node``, whose graph is ``scope``) if the
+    correction can go into it, in the graph that stores it (``scope`` or one enclosing it)."""
+    owner = scope.resolve(name) or scope
+    tensor = owner.stored_tensor(name)
     if tensor is None:
         return None, "the bias is computed, not stored"
-    if len(scope.uses.get(name, [])) != 1:
+    if len(owner.uses.get(name, [])) != 1:
         return None, "the bias is shared with other nodes"
     dims = tuple(int(d) for d in tensor.dims)
     if dims and dims[-1] not in (1, n_out):
         return None, f"the bias of shape {list(dims)} is not per output ({n_out})"
-    if np.broadcast_shapes(dims, (n_out,)) != dims and name in scope.inputs:
+    if np.broadcast_shapes(dims, (n_out,)) != dims and name in owner.inputs:
         return None, f"the bias of shape {list(dims)} is a graph input: it cannot grow to {n_out} outputs"
-    return BiasSite(node, index, name, scale), None
+    return BiasSite(node, index, name, scale, owner), None
 
 
-def _bias_site(scope: Scope, node: NodeProto, weight: Weight) -> tuple[BiasSite | None, str | None]:
-    """Where bias correction goes for ``weight`` read by ``node`` (see the module docstring)."""
-    shape = weight.shape
+def _bias_site(scope: Scope, node: NodeProto, view: MatrixView) -> tuple[BiasSite | None, str | None]:
+    """Where bias correction goes for the weight ``node`` reads as ``view`` (see the module
+    docstring): per output, ``groups·rows`` of them."""
     spec = spec_of(node)
     index = spec.bias_input(node)
     if index is not None:
@@ -126,10 +186,10 @@ def _bias_site(scope: Scope, node: NodeProto, weight: Weight) -> tuple[BiasSite 
         if gain == 0:
             return None, f"{node.op_type} with a bias gain of 0 (Gemm beta=0) ignores its bias"
         scale = spec.weight_gain(node) / gain
-        n_out = shape[weight.out_axis] if weight.out_axis is not None else 0
+        n_out = view.groups * view.rows
         if len(node.input) > index and node.input[index]:
             return _stored_bias(scope, node, index, node.input[index], n_out, scale)
-        return BiasSite(node, index, None, scale), None
+        return BiasSite(node, index, None, scale, scope), None
     # MatMul: an Add that alone reads the output, with a stored constant on the other side
     out = node.output[0]
     uses = scope.uses.get(out, [])
@@ -137,42 +197,99 @@ def _bias_site(scope: Scope, node: NodeProto, weight: Weight) -> tuple[BiasSite 
         return None, "MatMul without a following Add to hold the bias"
     add = uses[0].node
     other = add.input[1 - uses[0].index]
-    if scope.stored_tensor(other) is None or len(scope.uses.get(other, [])) != 1:
+    holder = scope.resolve(other) or scope
+    if holder.stored_tensor(other) is None or len(holder.uses.get(other, [])) != 1:
         return None, "the Add after the MatMul has no bias of its own"
-    return _stored_bias(scope, add, 1 - uses[0].index, other, shape[1], 1.0)
+    return _stored_bias(scope, add, 1 - uses[0].index, other, view.rows, 1.0)
 
 
-def calib_layer(model: ModelProto, scope: Scope, weight: Weight) -> tuple[CalibLayer | None, str | None]:
-    """The calibration view of ``weight``, or None and the reason it gets magnitude instead."""
-    if weight.scope:
-        return None, "inside a subgraph: pruned by magnitude (calibration covers the main graph)"
-    readers = [r for r in weight.readers if r.role == "weight"]
-    if len(readers) != 1 or len(weight.readers) != 1:
-        return None, "read by several nodes: pruned by magnitude"
-    reader = readers[0]
-    node = next((n for n in model.graph.node if node_label(n) == reader.node), None)
+def _view_of(model: ModelProto, scope: Scope, weight: Weight, reader: Reader) -> tuple[NodeProto, MatrixView] | str:
+    """The node that ``reader`` names in ``scope`` (the reader's graph) and its view of the
+    stored ``weight`` (composed with the element permutations between them), or why it has none."""
+    node = next((n for n in scope.graph.node if node_label(n) == reader.node), None)
     if node is None:
-        return None, "its reading node was not found: pruned by magnitude"
+        return "its reading node was not found"
     index = reader.input_index
-    if not _reaches_directly(scope, node.input[index], weight.name):
-        return None, "reached through a reshaping op: pruned by magnitude"
-    view = spec_of(node).matrix_view(node, index, weight.shape)
+    source = element_map(scope, node.input[index], weight.name, weight.shape)
+    if isinstance(source, str):
+        return source
+    view = spec_of(node).matrix_view(node, index, source.shape)
     if isinstance(view, str):
-        return None, f"{view}: pruned by magnitude"
+        return view
+    if source.shape != weight.shape or not np.array_equal(source.reshape(-1), np.arange(source.size)):
+        view = view.through(source, weight.shape)
+    return node, view
+
+
+def _disagreement(weight: Weight, found: list[tuple[NodeProto, MatrixView]]) -> str | None:
+    """Why the uses of a shared weight are not one problem (they see different matrices), or None."""
+    dims = {f"'{node_label(n)}' {v.groups}×{v.rows}×{v.cols}" for n, v in found}
+    shapes = {(v.groups, v.rows, v.cols) for _, v in found}
+    if len(shapes) > 1:
+        return f"read by several nodes that see it as matrices of different shapes ({', '.join(sorted(dims))})"
+    index = np.arange(weight.numel).reshape(weight.shape)
+    first = found[0][1].to_matrix(index)
+    other = next((n for n, v in found[1:] if not np.array_equal(v.to_matrix(index), first)), None)
+    if other is not None:
+        return (
+            f"read by several nodes that see it as different arrangements of its elements "
+            f"('{node_label(found[0][0])}' and '{node_label(other)}', e.g. W and Wᵀ)"
+        )
+    return None
+
+
+def _use(scope: Scope, weight: Weight, node: NodeProto, view: MatrixView, number: int) -> LayerUse | str:
+    """The ``number``-th use (from 0) of ``weight``: ``node`` reading it as ``view``, with the
+    capture spec of its input and its bias site; or why its input cannot be captured."""
     port, at = view.activation
     if port == "output":  # a recurrent R reads the layer's own states, Y
         while len(node.output) <= at:
             node.output.append("")
         if not node.output[at]:  # name the unused output so that its statistics can be read
             node.output[at] = f"{node_label(node)}.Y" if at == 0 else f"{node_label(node)}.output{at}"
-    spec = LayerSpec.from_view(view, key=weight.key, node=reader.node, activation=view.activation_name(node))
-    layer = CalibLayer(weight, node, spec, view)
-    if spec.activation not in scope.producers and spec.activation not in scope.inputs:
-        return None, "its input comes from outside the main graph: pruned by magnitude"
+    key = weight.key if number == 0 else f"{weight.key} (use {number + 1}: {node_label(node)})"
+    activation = view.activation_name(node)
+    spec = LayerSpec.from_view(view, key=key, node=node_label(node), activation=activation, scope=scope.path)
+    owner = scope.resolve(activation) if activation else None
+    if owner is None or (activation not in owner.producers and activation not in owner.inputs):
+        return f"its input '{activation}' is a stored constant or not defined: no activation to capture"
+    use = LayerUse(node, spec, view)
     if spec_of(node).bias_layout == "gates":
-        layer.bias_reason = "recurrent biases are not corrected"
+        use.bias_reason = "recurrent biases are not corrected"
     elif view.capture_op == "MatMulLeft":
-        layer.bias_reason = "a weight on the left (W @ x): its bias is not corrected"
+        use.bias_reason = "a weight on the left (W @ x): its bias is not corrected"
+    elif view.capture_op == "BatchedMatMul" and view.groups > 1:
+        use.bias_reason = "a batched MatMul weight (one matrix per batch element): its bias is not corrected"
     else:
-        layer.bias, layer.bias_reason = _bias_site(scope, node, weight)
+        use.bias, use.bias_reason = _bias_site(scope, node, view)
+    return use
+
+
+def calib_layer(model: ModelProto, scope: Scope, weight: Weight) -> tuple[CalibLayer | None, str | None]:
+    """The calibration view of ``weight``, or None and the reason it gets magnitude instead."""
+    readers = [r for r in weight.readers if r.role == "weight"]
+    if not readers or len(readers) != len(weight.readers):
+        return None, "not read as a weight alone: pruned by magnitude"
+    scopes = {s.path: s for s in scope.all_scopes()}
+    if any(r.scope not in scopes for r in readers):
+        return None, "a subgraph that reads it was not found: pruned by magnitude"
+    found: list[tuple[NodeProto, MatrixView]] = []
+    for reader in readers:
+        seen = _view_of(model, scopes[reader.scope], weight, reader)
+        if isinstance(seen, str):
+            where = f" (by '{reader.node}')" if len(readers) > 1 else ""
+            return None, f"{seen}{where}: pruned by magnitude"
+        found.append(seen)
+    if len(found) > 1:
+        why = _disagreement(weight, found)
+        if why is not None:
+            return None, f"{why}: pruned by magnitude"
+    uses: list[LayerUse] = []
+    for number, (node, view) in enumerate(found):
+        use = _use(scopes[readers[number].scope], weight, node, view, number)
+        if isinstance(use, str):
+            return None, f"{use}: pruned by magnitude"
+        uses.append(use)
+    first = uses[0]
+    layer = CalibLayer(weight, first.node, first.spec, first.view, first.bias, first.bias_reason, tuple(uses[1:]))
     return layer, None

@@ -30,6 +30,10 @@ class LayerResult:
     error_magnitude: float | None = None  # ‖WX−ŴX‖²/‖WX‖² of plain magnitude on the calibration data
     error: float | None = None  # the same for the method used
     bias: str | None = None  # bias correction: "corrected", "added", or why not
+    percdamp: float | None = None  # the solvers' damping when chosen for this layer (a recurrent R, closed loop)
+    closed_loop_error: float | None = None  # the node's outputs' relative error, run closed loop, at that damping
+    curve_weight: float | None = None  # allocation by error curves: the layer's weight c_l (passes/curve_allocation)
+    probe: float | None = None  # and its probe d_l: the model's output change with this layer alone pruned
 
     @property
     def sparsity_before(self) -> float:
@@ -46,6 +50,7 @@ class PruneResult:
 
     layers: tuple[LayerResult, ...]
     config: dict[str, object] = field(default_factory=dict)
+    allocation: dict[str, object] | None = None  # how the calibrated pass split the sparsity among layers
 
     @property
     def pruned(self) -> tuple[LayerResult, ...]:
@@ -78,6 +83,7 @@ class PruneResult:
     def to_dict(self) -> dict[str, object]:
         return {
             "config": self.config,
+            "allocation": self.allocation,
             "totals": {
                 "pruned_tensors": len(self.pruned),
                 "skipped_tensors": len(self.skipped),

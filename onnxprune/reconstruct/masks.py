@@ -14,6 +14,13 @@ Row-wise selection
     ``k - #(score < t)`` columns with ``score == t``: one ``np.partition`` and one cumulative
     sum, O(rows · cols), no sort.
 
+Exact counts (:func:`row_counts`)
+    A layer asked to lose ``c`` weights over ``rows`` rows, ``c`` not a multiple of ``rows``,
+    prunes ``floor(c / rows)`` in every row and one more in the ``c mod rows`` rows whose next
+    score (their ``floor(c / rows) + 1``-th smallest) is smallest, ties by lower row: the
+    counts differ by at most one and sum to ``c`` exactly (``floor(s · cols)`` per row would
+    lose up to ``rows - 1`` weights of the layer's count).
+
 N:M
     ``nm=(N, M)``: in every group of ``M`` consecutive columns of a row the ``M - N``
     smallest scores are pruned (N kept, the project's convention; ties by position), via
@@ -74,6 +81,21 @@ def smallest_per_row(scores: np.ndarray, counts: int | np.ndarray) -> np.ndarray
     mask |= ties & (np.cumsum(ties, axis=1) <= missing)
     mask[counts == 0] = False
     return mask
+
+
+def row_counts(scores: np.ndarray, total: int) -> np.ndarray:
+    """Per-row counts ``[rows]`` that sum to ``total`` and differ by at most one (module
+    docstring, "Exact counts"): the extra ones go to the rows with the smallest next score."""
+    scores = np.asarray(scores)
+    rows, cols = scores.shape
+    if isinstance(total, bool) or int(total) != total or not 0 <= total <= rows * cols:
+        raise ValueError(f"count must be a whole number in [0, {rows * cols}], got {total}")
+    base, extra = divmod(int(total), rows) if rows else (0, 0)
+    counts = np.full(rows, base, dtype=np.int64)
+    if extra:
+        following = np.partition(scores, base, axis=1)[:, base]
+        counts[np.argsort(following, kind="stable")[:extra]] += 1
+    return counts
 
 
 def row_mask(scores: np.ndarray, *, sparsity: float | None = None, nm: tuple[int, int] | None = None) -> np.ndarray:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxprune.reconstruct.masks import row_mask, wanda_scores
+from onnxprune.reconstruct.masks import row_counts, row_mask, smallest_per_row, wanda_scores
 from onnxprune.reconstruct.refit import refit
 from onnxprune.reconstruct.sparsegpt import sparsegpt
 from onnxprune.sparsity import count_for_amount, smallest_k_mask
@@ -50,6 +50,10 @@ class LayerProblem:
     amount: the fraction of the layer to prune, or None with ``nm``; nm: (N, M) or None.
     row_wise: rows are long enough to prune each to the same count (else one budget for
         the whole layer).
+    count: the exact number of weights of ``w`` to prune; when given it is what the methods
+        that choose their own mask prune (``amount`` is then only descriptive): row-wise, the
+        rows' counts differ by at most one (:func:`~onnxprune.reconstruct.masks.row_counts`),
+        where ``floor(amount · cols)`` per row would fall short of ``amount · rows · cols``.
     """
 
     w: np.ndarray
@@ -63,6 +67,7 @@ class LayerProblem:
     blocksize: int
     row_wise: bool
     exact_refit: bool = False
+    count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,10 @@ def solve_wanda(p: LayerProblem) -> np.ndarray:
     """Prune the smallest Wanda scores ``|w_ij|·‖x_j‖`` per row (layer-wide unless ``row_wise``)."""
     scores = wanda_scores(p.w, p.sqnorm)
     if p.nm is None and not p.row_wise:  # too few inputs per row
-        mask = smallest_k_mask(scores, count_for_amount(scores.size, p.amount))
+        count = count_for_amount(scores.size, p.amount) if p.count is None else p.count
+        mask = smallest_k_mask(scores, count)
+    elif p.nm is None and p.count is not None:
+        mask = smallest_per_row(scores, row_counts(scores, p.count))
     else:
         mask = row_mask(scores, sparsity=p.amount, nm=p.nm)
     return np.where(mask, 0.0, p.w)
@@ -112,7 +120,8 @@ def solve_sparsegpt(p: LayerProblem) -> np.ndarray:
     new, _ = sparsegpt(
         p.goal,
         p.H,
-        sparsity=p.amount,
+        sparsity=None if p.count is not None else p.amount,
+        count=p.count if p.nm is None else None,
         nm=p.nm,
         blocksize=p.blocksize,
         percdamp=p.percdamp,

@@ -33,11 +33,14 @@ Mask selection (saliency ``w_j² / U_jj²``, the OBS cost at elimination time)
     ``r`` smallest, ``r`` being what the row still has to prune (ties by lower column);
     the ones that fall inside the block are pruned now, the later ones are ranked again
     with their updated weights when their block comes. The last block takes exactly the
-    rest, so each row prunes exactly ``k``. (The reference instead takes the fraction
+    rest, so each row prunes exactly ``k``. Given an exact ``count`` for the whole matrix
+    instead of a fraction, the rows' ``k`` differ by at most one and sum to it: the extra
+    ones go to the rows whose next saliency on the dense weights is smallest
+    (:func:`onnxprune.reconstruct.masks.row_counts`). (The reference instead takes the fraction
     ``s`` of each block with one threshold over all rows, so its per-row counts vary.)
 
     *Layer-wide selection* (``per_row=False``): the same look-ahead with one budget for the
-    whole matrix, ``floor(s · rows · cols)``: at each block start the smallest saliencies
+    whole matrix, ``floor(s · rows · cols)`` (or ``count``): at each block start the smallest saliencies
     among all rows' remaining columns are taken (exact count, ties by flat index), so rows
     may differ in sparsity, as with the reference's block-wide threshold. This matters for
     narrow layers (few columns: an input embedding of 4 features, an LSTM input weight of 1),
@@ -64,7 +67,7 @@ import math
 import numpy as np
 
 from onnxprune.reconstruct.hessian import dampen, inverse_factor
-from onnxprune.reconstruct.masks import check_amount, smallest_per_row
+from onnxprune.reconstruct.masks import check_amount, row_counts, smallest_per_row
 from onnxprune.reconstruct.threads import one_blas_thread
 from onnxprune.sparsity import count_for_amount, smallest_k_mask
 
@@ -87,10 +90,13 @@ def sparsegpt(
     blocksize: int = 128,
     percdamp: float = 0.01,
     per_row: bool = True,
+    count: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Prune ``W`` ``[rows, cols]`` against ``H = Σ xᵀx`` ``[cols, cols]``; returns ``(W_new, mask)``.
 
-    Exactly one of ``sparsity`` (in [0, 1), per row) and ``nm`` (N kept of every M columns).
+    Exactly one of ``sparsity`` (in [0, 1), per row), ``count`` (the exact number of weights of
+    the matrix to prune, spread over the rows as evenly as counts allow) and ``nm`` (N kept of
+    every M columns).
     ``per_row=False`` (unstructured only) spends one budget ``floor(s · rows · cols)`` over
     the whole matrix instead of ``floor(s · cols)`` per row (see "Layer-wide selection").
     ``W_new`` is float64 and exactly 0 on ``mask``. See the module docstring for the maths.
@@ -104,7 +110,13 @@ def sparsegpt(
         raise ValueError(f"H must have shape {(cols, cols)} for W of shape {W.shape}, got {H.shape}")
     if not np.all(np.isfinite(W)):
         raise ValueError("W has NaN or infinite entries")
-    check_amount(sparsity, nm, cols)
+    if count is not None:
+        if sparsity is not None or nm is not None:
+            raise ValueError("give exactly one of sparsity, count and nm")
+        if isinstance(count, bool) or int(count) != count or not 0 <= count <= rows * cols:
+            raise ValueError(f"count must be a whole number in [0, {rows * cols}], got {count}")
+    else:
+        check_amount(sparsity, nm, cols)
     if blocksize < 1:
         raise ValueError(f"blocksize must be >= 1, got {blocksize}")
 
@@ -112,7 +124,7 @@ def sparsegpt(
     W[:, dead] = 0.0
     with one_blas_thread():
         U = inverse_factor(H_damped)
-        mask = _eliminate(W, U, W == 0.0, sparsity=sparsity, nm=nm, blocksize=blocksize, per_row=per_row)
+        mask = _eliminate(W, U, W == 0.0, sparsity=sparsity, nm=nm, blocksize=blocksize, per_row=per_row, count=count)
     W[mask] = 0.0
     log.debug("sparsegpt: %d x %d, %d pruned", rows, cols, int(mask.sum()))
     return W, mask
@@ -127,6 +139,7 @@ def _eliminate(
     nm: tuple[int, int] | None,
     blocksize: int,
     per_row: bool = True,
+    count: int | None = None,
 ) -> np.ndarray:
     """Prune ``W`` in place column by column (module docstring); returns the mask."""
     rows, cols = W.shape
@@ -138,10 +151,12 @@ def _eliminate(
     else:
         n = m = 0
         if per_row:
-            budget = np.maximum(count_for_amount(cols, sparsity), np.count_nonzero(zero, axis=1))
+            wanted = count_for_amount(cols, sparsity) if count is None else row_counts(_saliency(W, d, zero), count)
+            budget = np.maximum(wanted, np.count_nonzero(zero, axis=1))
             remaining = budget.astype(np.int64)
         else:
-            left = max(count_for_amount(rows * cols, sparsity), int(np.count_nonzero(zero)))
+            wanted = count_for_amount(rows * cols, sparsity) if count is None else int(count)
+            left = max(wanted, int(np.count_nonzero(zero)))
 
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
