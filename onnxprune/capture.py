@@ -17,6 +17,15 @@ input, one row per sample and position, one column per weight column:
 - Conv: the im2col patches of the activation, one matrix per group
   (:mod:`onnxprune.im2col`); rows = N·∏ output positions.
 
+A spec with ``prepare`` (the op table's, :attr:`~onnxprune.ops.spec.MatrixView.prepare`) has its
+input made first: ``prepare(x, [v_1, …])`` of the activation and the values of the node's other
+tensors it ``reads`` (activations read like it, stored tensors as stored, on the reference
+model its own), and that array is cut as above. A GRU's ``R`` with ``linear_before_reset`` = 0
+reads ``h_{t−1}`` in its update and reset blocks and ``r_t ⊙ h_{t−1}`` in its candidate block,
+``r_t`` recomputed from ``X``, ``Y``, ``W``, ``R``, ``B`` and the initial state
+(:mod:`onnxprune.ops.recurrent`): ``[T, 3·D, B, H]``, cut as Directions into ``3·D`` groups.
+Such a layer is captured in the main graph only (inside a body it is skipped, with that reason).
+
 Streaming over calibration batches ``b``, each layer accumulates in float64
 
     H = Σ_b X_bᵀ X_b   [groups, cols, cols]     (SparseGPT / OBS Hessian, up to a factor 2)
@@ -68,14 +77,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import ModelProto
+from onnx import ModelProto, numpy_helper
 
 from onnxprune import runtime
 from onnxprune.errors import DataError, OnnxPruneError, OptionError, UnsupportedModelError
@@ -112,6 +121,8 @@ class LayerSpec:
         order, begins then ends; empty strides/dilations mean 1, empty pads mean 0).
     trans_a: Gemm ``transA``: the activation is ``[K, M]``.
     batch: BatchedMatMul: the weight's batch dims ``b`` (``groups`` = ∏b).
+    reads, prepare: the input is ``prepare(activation, [values of reads])`` (``""`` in ``reads``:
+        None), not the activation itself (see the module docstring).
     """
 
     key: str
@@ -128,10 +139,22 @@ class LayerSpec:
     auto_pad: str = "NOTSET"
     batch: tuple[int, ...] = ()
     scope: str = ""
+    reads: tuple[str, ...] = ()
+    prepare: Callable[[np.ndarray, Sequence[np.ndarray | None]], np.ndarray] | None = None
 
     @classmethod
-    def from_view(cls, view: MatrixView, *, key: str, node: str, activation: str, scope: str = "") -> LayerSpec:
-        """The spec that captures the input rows of the op table's matrix view of a weight."""
+    def from_view(
+        cls,
+        view: MatrixView,
+        *,
+        key: str,
+        node: str,
+        activation: str,
+        scope: str = "",
+        reads: Sequence[str] = (),
+    ) -> LayerSpec:
+        """The spec that captures the input rows of the op table's matrix view of a weight
+        (``reads``: the names of the view's :attr:`~onnxprune.ops.spec.MatrixView.reads`)."""
         return cls(
             key=key,
             node=node,
@@ -147,6 +170,8 @@ class LayerSpec:
             trans_a=view.trans_a,
             auto_pad=view.auto_pad,
             batch=view.batch,
+            reads=tuple(reads),
+            prepare=view.prepare,
         )
 
 
@@ -348,6 +373,12 @@ def _handler(spec: LayerSpec) -> _Handler | None:
     return HANDLERS.get(spec.capture_op)
 
 
+def _signature(spec: LayerSpec) -> tuple:
+    """What layers that share one accumulation have in common (the input as made, and its cut)."""
+    made = ("prepared", spec.reads, spec.prepare) if spec.prepare is not None else ()
+    return (*_handler(spec).signature(spec), *made)  # type: ignore[union-attr]  # specs are checked first
+
+
 # ---------------------------------------------------------------------------------------
 # Accumulation
 
@@ -402,11 +433,22 @@ class _Accumulator:
         self.H_ref: np.ndarray | None = None
         self.total_ref: np.ndarray | None = None
 
-    def add(self, x: np.ndarray, max_bytes: int, x_ref: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        x: np.ndarray,
+        max_bytes: int,
+        x_ref: np.ndarray | None = None,
+        given: Mapping[str, np.ndarray] | None = None,
+        given_ref: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Add the rows of ``x`` (and of the reference's ``x_ref``); ``given`` (``given_ref``):
+        the values a spec with ``prepare`` reads, by name."""
         if self.failed is not None:
             return
         blocks = _handler(self.spec).blocks  # type: ignore[union-attr]  # specs are checked first
         try:
+            x = self._prepared(x, given)
+            x_ref = self._prepared(x_ref, given_ref) if x_ref is not None else None
             if x_ref is not None and self.H is not None and self.C is None:  # zero sums until a body runs
                 self.C, self.H_ref = np.zeros_like(self.H), np.zeros_like(self.H)
                 self.total_ref = np.zeros_like(self.total)
@@ -424,6 +466,17 @@ class _Accumulator:
         except _Mismatch as exc:
             self.failed = f"{exc}: not captured"
             log.warning("layer '%s' (%s '%s'): %s", self.spec.key, self.spec.capture_op, self.spec.node, self.failed)
+
+    def _prepared(self, x: np.ndarray, given: Mapping[str, np.ndarray] | None) -> np.ndarray:
+        """The layer's input made by its spec's ``prepare`` (``x`` itself without one)."""
+        spec = self.spec
+        if spec.prepare is None:
+            return x
+        reads = [given.get(name) if given is not None and name else None for name in spec.reads]
+        try:
+            return spec.prepare(x, reads)
+        except ValueError as exc:
+            raise _Mismatch(str(exc)) from exc
 
     def _add_reference(self, block: np.ndarray, ref: np.ndarray) -> None:
         if ref.shape != block.shape:
@@ -499,6 +552,10 @@ def capture(
     accumulators: dict[tuple, _Accumulator] = {}
     layer_of: dict[str, tuple] = {}
     for spec in specs:
+        if spec.scope and spec.reads:
+            reason = f"its input is made of several tensors of '{spec.node}', read in the main graph only"
+            results[spec.key] = LayerStats(rows=0, H=None, mean=None, sqnorm=None, skipped=reason)
+            continue
         if spec.scope:
             body = expose.BodyValue(spec.scope, spec.activation)
             if body in exposure.refused:
@@ -506,7 +563,7 @@ def capture(
                 results[spec.key] = LayerStats(rows=0, H=None, mean=None, sqnorm=None, skipped=reason)
                 continue
             exposed = exposure.exposed[body]
-            signature = (spec.scope, *_handler(spec).signature(spec))  # type: ignore[union-attr]
+            signature = (spec.scope, *_signature(spec))
             accumulators.setdefault(
                 signature, _Accumulator(spec, max_cols=max_cols, source=exposed.name, depth=exposed.depth)
             )
@@ -521,7 +578,12 @@ def capture(
             )
             results[spec.key] = LayerStats(rows=0, H=None, mean=None, sqnorm=None, skipped=reason)
             continue
-        signature = _handler(spec).signature(spec)  # type: ignore[union-attr]
+        missing = next((name for name in spec.reads if name and name not in values), None)
+        if missing is not None:
+            reason = f"'{missing}', which its input is made of, is not a value or tensor of the main graph"
+            results[spec.key] = LayerStats(rows=0, H=None, mean=None, sqnorm=None, skipped=reason)
+            continue
+        signature = _signature(spec)
         accumulators.setdefault(signature, _Accumulator(spec, max_cols=max_cols))
         layer_of[spec.key] = signature
     reader = _Reader(proto, model, reference, list(accumulators.values()), exposure)
@@ -539,7 +601,7 @@ def capture(
                         f"calibration data gives NaN/inf at the input of node '{acc.spec.node}' "
                         f"('{acc.spec.activation}') in batch {index}: check the data's scale"
                     )
-                acc.add(x, max_bytes, ref_activations.get(acc.source))
+                acc.add(x, max_bytes, ref_activations.get(acc.source), activations, ref_activations)
         samples += count
         if progress is not None:
             progress(count)
@@ -593,12 +655,18 @@ class _Reader:
 
     def _open(self) -> None:
         live = [acc for acc in self.accumulators if self.bodies or not acc.spec.scope]
-        self.names = list(dict.fromkeys(acc.source for acc in live))
+        values = _main_graph_values(self.proto)
+        reads = [name for acc in live for name in acc.spec.reads if name]
+        stored = list(dict.fromkeys(name for name in reads if values.get(name) == "constant"))
+        self.names = list(dict.fromkeys([*(acc.source for acc in live), *(n for n in reads if n not in stored)]))
         exposure = self.exposure if self.bodies else None
         self.sess = _session(self.proto, self.model, self.names, exposure) if self.names else None
-        self.ref_sess = None
+        self.stored = _stored_values(self.proto, stored)
+        self.ref_sess, self.ref_stored = None, {}
         if self.reference is not None and self.names:
-            self.ref_sess = _session(_as_model(self.reference), self.reference, self.names, exposure)
+            reference = _as_model(self.reference)
+            self.ref_sess = _session(reference, self.reference, self.names, exposure)
+            self.ref_stored = _stored_values(reference, stored)
 
     def _give_up(self, why: str) -> None:
         for acc in self.accumulators:
@@ -609,10 +677,14 @@ class _Reader:
         self._open()
 
     def read(self, feeds: dict[str, np.ndarray], index: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """The inputs of the live layers on batch ``index``, and the reference model's (or {})."""
+        """The inputs of the live layers on batch ``index`` (and the stored tensors their inputs are
+        made of), and the reference model's (or {})."""
         try:
             activations = _run(self.sess, self.names, feeds, index) if self.sess is not None else {}
             ref = _run(self.ref_sess, self.names, feeds, index) if self.ref_sess is not None else {}
+            activations.update(self.stored)
+            if ref:
+                ref.update(self.ref_stored)
         except DataError as exc:
             if not self.bodies:
                 raise
@@ -652,6 +724,12 @@ def _as_model(model: ModelProto | bytes | str | os.PathLike[str]) -> ModelProto:
 def _input_rank(spec: LayerSpec) -> int | None:
     """The rank of the layer's input where its op fixes it (Conv ``[N, C, *spatial]``, Gemm ``[M, K]``)."""
     return 2 + len(spec.kernel) if spec.capture_op == "Conv" else 2 if spec.capture_op == "Gemm" else None
+
+
+def _stored_values(model: ModelProto, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The values of the main-graph initializers ``names``."""
+    wanted = set(names)
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in wanted}
 
 
 def _main_graph_values(model: ModelProto) -> dict[str, str]:

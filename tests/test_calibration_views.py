@@ -495,9 +495,12 @@ def test_bidirectional_r_is_calibrated(tmp_path: Path, op: str) -> None:
     assert by_name["R"].bias == by_name["W"].bias is None
 
 
-def test_a_bidirectional_gru_r_without_linear_before_reset_still_falls_back() -> None:
-    layer, why = _layer(_bidirectional("GRU"), "R")
-    assert layer is None and "linear_before_reset=0" in why
+def test_a_bidirectional_gru_r_without_linear_before_reset_is_calibrated_per_gate_block(tmp_path: Path) -> None:
+    m = _bidirectional("GRU")  # R_h reads r_t ⊙ h_{t−1}: one group per direction and gate block
+    layer, why = _layer(m, "R")
+    assert layer is not None and layer.spec.capture_op == "Directions" and layer.groups == 6, why
+    by_name, _ = _check(tmp_path, m, {"x": _inputs((STEPS, INPUT), seed=30)}, ("W", "R"))
+    assert by_name["R"].reason is None
 
 
 def test_the_capture_ops_are_checked() -> None:

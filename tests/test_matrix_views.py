@@ -197,6 +197,16 @@ def test_recurrent_views_round_trip_one_group_per_direction(op, gates):
     assert LayerSpec.from_view(view, key="k", node="n", activation="x").groups == 1  # directions share x_t
 
 
+def test_gru_r_without_linear_before_reset_is_one_group_per_direction_and_gate_block():
+    """``R_z, R_r`` read ``h_{t−1}``, ``R_h`` reads ``r_t ⊙ h_{t−1}``: group ``3d + k`` is block ``k`` of ``R[d]``."""
+    node = helper.make_node("GRU", ["x", "W", "R", "B"], ["Y"], hidden_size=4, direction="bidirectional")
+    view = _view(node, 2, (2, 12, 4))
+    assert (view.groups, view.rows, view.cols, view.capture_groups, view.capture_op) == (6, 4, 4, 6, "Directions")
+    assert view.activation_name(node) == "Y" and view.read_names(node) == ("x", "W", "R", "B", "", "")
+    r = _round_trips(view, np.random.default_rng(6))
+    np.testing.assert_array_equal(view.to_matrix(r)[4], r[1, 4:8])  # direction 1, reset block
+
+
 # --------------------------------------------------------------------------- no view
 
 
@@ -213,7 +223,12 @@ def test_weight_on_the_left_of_a_matmul() -> None:
 @pytest.mark.parametrize(
     "node, index, shape, reason",
     [
-        (helper.make_node("GRU", ["x", "W", "R"], ["Y"], hidden_size=4), 2, (1, 12, 4), "linear_before_reset=0"),
+        (
+            helper.make_node("GRU", ["x", "W", "R"], ["Y"], hidden_size=4, activations=["HardSigmoid", "Tanh"]),
+            2,
+            (1, 12, 4),
+            "linear_before_reset=0 and activations",
+        ),
         (helper.make_node("RNN", ["x", "W", "R"], ["Y"], hidden_size=4, layout=1), 1, (1, 4, 3), "layout=1"),
         (helper.make_node("ConvTranspose", ["x", "W"], ["y"]), 1, (4, 6, 3, 3), "col2im"),
         (helper.make_node("MatMul", ["W", "x"], ["y"]), 0, (2, 4, 3), "MatMul input 0 with shape [2, 4, 3]"),

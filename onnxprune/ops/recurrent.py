@@ -18,8 +18,25 @@ step ``t`` are ``z_t = W_d·x_t + R_d·h_{t−1} + b_d`` with ``W_d = W[d] [G·H
   output, ``Y[:, d] [T, B, H]`` flattened to ``[T·B, H]`` (capture's "Directions", one group per
   direction), stand in for them: ``h_1 … h_T`` for ``h_0 … h_{T−1}`` (one step shifted in the
   direction's own order, the reverse direction's too; the initial state left out). For a GRU
-  this holds only with ``linear_before_reset`` = 1: with 0 its candidate gate computes
-  ``R_h·(r_t ⊙ h_{t−1})``, so ``R``'s input is not ``h``.
+  this holds with ``linear_before_reset`` = 1, ``h̃_t = tanh(W_h x_t + r_t ⊙ (R_h h_{t−1} + Rb_h)
+  + Wb_h)``: ``R`` multiplies ``h_{t−1}`` in every gate block.
+- A GRU with ``linear_before_reset`` = 0 (ONNX's default) has, in gate blocks ``z, r, h`` of
+  ``R_d = [R_z; R_r; R_h]`` (each ``[H, H]``)::
+
+      z_t = σ(W_z x_t + R_z h_{t−1} + Wb_z + Rb_z)
+      r_t = σ(W_r x_t + R_r h_{t−1} + Wb_r + Rb_r)
+      h̃_t = tanh(W_h x_t + R_h (r_t ⊙ h_{t−1}) + Rb_h + Wb_h)
+      h_t = (1 − z_t) ⊙ h̃_t + z_t ⊙ h_{t−1}
+
+  so ``R_z`` and ``R_r`` read ``h_{t−1}`` but ``R_h`` reads ``r_t ⊙ h_{t−1}``: ``R`` is ``3·D``
+  groups ``[H, H]`` (``R[d]``'s blocks, the stored tensor reshaped), group ``3d + k`` reading
+  ``h_{t−1}`` for ``k`` = 0, 1 and ``r_t ⊙ h_{t−1}`` for ``k`` = 2, i.e. ``H_h = Σ h hᵀ`` and
+  ``H_rh = Σ (r⊙h)(r⊙h)ᵀ``. :func:`gru_reset_rows` (the view's ``prepare``) makes those rows
+  from the node's values: ``h_{t−1}`` exactly, ``Y`` shifted one step in the direction's own
+  order with the initial state (input 5, zeros when absent) first, and ``r_t`` recomputed in
+  float64 from ``X``, that ``h_{t−1}``, ``W_r``, ``R_r``, ``Wb_r + Rb_r`` (input 3) and ``clip``;
+  steps past a sequence's length (input 4) are zero rows. A reset activation other than the
+  default Sigmoid has no view.
 - ``layout`` = 1 (batch first) has no view: its rows would be cut in another order.
 
 Channels (:mod:`onnxprune.ops.channels`): hidden unit ``h`` of a layer whose ``W`` and ``R`` are
@@ -46,6 +63,7 @@ next layer) reads zeros: the unit goes without a trace.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 from onnx import NodeProto, numpy_helper
@@ -103,7 +121,7 @@ class RecurrentSpec(OpSpec):
         if int(attr(node, "layout", 0)) != 0:  # type: ignore[arg-type]
             return f"{node.op_type} with layout=1"
         if index == 2 and node.op_type == "GRU" and not int(attr(node, "linear_before_reset", 0)):  # type: ignore[arg-type]
-            return "GRU R with linear_before_reset=0 multiplies r⊙h, not h"
+            return gru_reset_view(node, dirs, rows, cols)
         recurrent = index == 2  # R reads each direction's own states, W the shared x_t
         return MatrixView(
             family="recurrent",
@@ -119,6 +137,102 @@ class RecurrentSpec(OpSpec):
 
 
 register(RecurrentSpec(), *GATES)
+
+
+def _text(value: object) -> str:
+    """A string attribute's value (onnx gives bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+#: The ports of a GRU that :func:`gru_reset_rows` reads: X, W, R, B, sequence_lens, initial_h.
+GRU_RESET_READS = (("input", 0), ("input", 1), ("input", 2), ("input", 3), ("input", 4), ("input", 5))
+
+
+def gru_reset_view(node: NodeProto, dirs: int, rows: int, cols: int) -> MatrixView | str:
+    """The view of a GRU's ``R [D, 3·H, H]`` with ``linear_before_reset`` = 0: ``3·D`` groups
+    ``[H, H]`` (see the module docstring), or why it has none."""
+    direction = _text(attr(node, "direction", "forward"))
+    reverse = {"forward": (False,), "reverse": (True,), "bidirectional": (False, True)}.get(direction)
+    if reverse is None or len(reverse) != dirs or rows != 3 * cols:
+        return f"GRU R of shape {[dirs, rows, cols]} with direction={direction}"
+    activations = [_text(a) for a in attr(node, "activations", None) or ()]  # type: ignore[attr-defined]
+    resets = activations[0::2] if len(activations) == 2 * dirs else []
+    if activations and (not resets or any(a.lower() != "sigmoid" for a in resets)):
+        return f"GRU R with linear_before_reset=0 and activations {activations}: its reset gate is not Sigmoid"
+    clip = attr(node, "clip", None)
+    return MatrixView(
+        family="recurrent",
+        shape=(dirs, rows, cols),
+        groups=3 * dirs,
+        rows=cols,
+        cols=cols,
+        in_axis=2,
+        capture_op="Directions",
+        activation=("output", 0),
+        reads=GRU_RESET_READS,
+        prepare=partial(gru_reset_rows, reverse=reverse, clip=None if clip is None else float(clip)),  # type: ignore[arg-type]
+    )
+
+
+def gru_reset_rows(
+    y: np.ndarray, reads: Sequence[np.ndarray | None], *, reverse: Sequence[bool], clip: float | None = None
+) -> np.ndarray:
+    """The rows ``R`` of a GRU with ``linear_before_reset`` = 0 multiplies, ``[T, 3·D, B, H]``
+    float64: for direction ``d``, ``h_{t−1}`` at ``3d`` and ``3d + 1`` (the ``z`` and ``r``
+    blocks) and ``r_t ⊙ h_{t−1}`` at ``3d + 2`` (the ``h`` block), with (module docstring)
+
+        h_{t−1} = initial_h[d] at the direction's first step, else Y[t ∓ 1, d]
+        r_t = σ(clip(X_t W_rᵀ + h_{t−1} R_rᵀ + Wb_r + Rb_r))
+
+    ``y``: the node's ``Y [T, D, B, H]``; ``reads``: its ``X [T, B, I]``, ``W [D, 3H, I]``,
+    ``R [D, 3H, H]``, ``B [D, 6H]``, ``sequence_lens [B]`` and ``initial_h [D, B, H]`` (None
+    where absent: zeros, full length); ``reverse[d]``: direction ``d`` runs from the sequence's
+    last step (``length − 1``) down. Steps at or past a sequence's length are zero rows.
+    Raises ValueError when the shapes do not fit.
+    """
+    x, w, r, b, lens, h0 = reads
+    if y.ndim != 4 or x is None or w is None or r is None or x.ndim != 3:
+        raise ValueError(f"GRU output of shape {list(y.shape)} and its input X, W and R do not fit [T, D, B, H]")
+    steps, dirs, batch, hidden = y.shape
+    expected = {
+        "X": (x, (steps, batch, x.shape[2])),
+        "W": (w, (dirs, 3 * hidden, x.shape[2])),
+        "R": (r, (dirs, 3 * hidden, hidden)),
+        "B": (b, (dirs, 6 * hidden)),
+        "sequence_lens": (lens, (batch,)),
+        "initial_h": (h0, (dirs, batch, hidden)),
+    }
+    for name, (value, shape) in expected.items():
+        if value is not None and tuple(value.shape) != shape:
+            raise ValueError(f"GRU {name} of shape {list(value.shape)} is not {list(shape)} (Y {list(y.shape)})")
+    if len(reverse) != dirs:
+        raise ValueError(f"GRU output with {dirs} direction(s), not {len(reverse)}")
+    length = np.full(batch, steps, dtype=np.int64) if lens is None else np.clip(lens.astype(np.int64), 0, steps)
+    valid = (np.arange(steps)[:, None] < length[None, :])[..., None]  # [T, B, 1]
+    xs = x.astype(np.float64)
+    out = np.empty((steps, 3 * dirs, batch, hidden))
+    gate, bias = slice(hidden, 2 * hidden), slice(4 * hidden, 5 * hidden)  # r's rows; Rb_r in B = [Wb; Rb]
+    for d in range(dirs):
+        states = y[:, d].astype(np.float64)
+        start = np.zeros((batch, hidden)) if h0 is None else h0[d].astype(np.float64)
+        prev = np.empty_like(states)
+        if reverse[d]:
+            prev[:-1] = states[1:]
+            prev[np.maximum(length - 1, 0), np.arange(batch)] = start  # the last step reads the initial state
+        else:
+            prev[1:] = states[:-1]
+            prev[0] = start
+        prev *= valid
+        pre = xs @ w[d, gate].astype(np.float64).T + prev @ r[d, gate].astype(np.float64).T
+        if b is not None:
+            pre += b[d, gate].astype(np.float64) + b[d, bias].astype(np.float64)
+        if clip is not None:
+            pre = np.clip(pre, -clip, clip)
+        reset = 0.5 * (1.0 + np.tanh(0.5 * pre))  # σ, without overflow
+        out[:, 3 * d] = prev
+        out[:, 3 * d + 1] = prev
+        out[:, 3 * d + 2] = reset * prev
+    return out
 
 
 # --------------------------------------------------------------------------- channels

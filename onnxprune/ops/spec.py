@@ -164,8 +164,9 @@ class MatrixView:
 
     The node computes ``y = W_g·x`` for every row ``x [cols]`` of its input in group ``g``
     (bias and gains left out), rows and columns as :mod:`onnxprune.capture` cuts the input
-    (the ``capture_*`` fields, ``activation``, the Conv geometry, ``trans_a`` and ``batch`` are
-    what a capture ``LayerSpec`` needs). The matrices are an axis permutation and a reshape::
+    (the ``capture_*`` fields, ``activation``, ``reads`` and ``prepare``, the Conv geometry,
+    ``trans_a`` and ``batch`` are what a capture ``LayerSpec`` needs). The matrices are an axis
+    permutation and a reshape::
 
         W_g = W.transpose(axes).reshape(groups, rows, cols)[g]      (axes () = no permutation)
 
@@ -196,10 +197,19 @@ class MatrixView:
     nm_order: np.ndarray | None = None
     #: How capture cuts the input into rows: "Conv" (im2col patches), "Gemm", "MatMul" (rows of K),
     #: "MatMulLeft" (columns of K), "BatchedMatMul" (rows of K per batch element), "Directions"
-    #: (a recurrent output ``[T, D, B, H]``: rows of H per direction).
+    #: (a recurrent output ``[T, D, B, H]``: rows of H per direction; one per group on axis 1 of
+    #: what ``prepare`` makes of it).
     capture_op: str = "MatMul"
     #: The node port that holds ``x``: ("input", 0), or ("output", 0) for a recurrent R.
     activation: tuple[str, int] = ("input", 0)
+    #: Further node ports whose values make the rows together with ``activation`` (through
+    #: ``prepare``); a port the node leaves empty is read as None.
+    reads: tuple[tuple[str, int], ...] = ()
+    #: ``prepare(x, reads)``: the array that ``capture_op`` cuts, made of the activation and the
+    #: values of ``reads`` (None where absent), pure numpy; it raises ValueError on shapes that do
+    #: not fit. None: the activation itself (a GRU's R with ``linear_before_reset`` = 0 reads
+    #: ``h_{t−1}`` and ``r_t ⊙ h_{t−1}``: :mod:`onnxprune.ops.recurrent`).
+    prepare: Callable[[np.ndarray, Sequence[np.ndarray | None]], np.ndarray] | None = None
     #: Every group multiplies the same rows ``x`` (a recurrent W's directions all read ``x_t``):
     #: capture them once, as one group.
     shared_input: bool = False
@@ -249,9 +259,18 @@ class MatrixView:
 
     def activation_name(self, node: NodeProto) -> str:
         """The tensor holding ``x`` (``""`` when the node leaves that output unnamed)."""
-        port, index = self.activation
-        names = node.output if port == "output" else node.input
-        return names[index] if index < len(names) else ""
+        return _port_name(node, self.activation)
+
+    def read_names(self, node: NodeProto) -> tuple[str, ...]:
+        """The tensors of :attr:`reads` (``""`` for a port the node leaves empty)."""
+        return tuple(_port_name(node, port) for port in self.reads)
+
+
+def _port_name(node: NodeProto, port: tuple[str, int]) -> str:
+    """The name at ``port`` ("input" or "output", index) of ``node``, ``""`` when absent."""
+    side, index = port
+    names = node.output if side == "output" else node.input
+    return names[index] if 0 <= index < len(names) else ""
 
 
 def no_view(node: NodeProto, index: int, shape: Sequence[int]) -> str:

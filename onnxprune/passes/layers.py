@@ -5,8 +5,9 @@ A calibrated method works on a layer's weight as ``W_g ∈ R^{rows × cols}`` pe
 (:mod:`onnxprune.capture`), so that the layer computes ``y = W_g x`` on each row/patch. That
 view is the op table's (:meth:`onnxprune.ops.OpSpec.matrix_view`: Conv im2col, Gemm ``transB``,
 MatMul ``x @ W`` and ``W @ x``, a batched MatMul ``W [*b, K, N]`` one group per batch element,
-LSTM/GRU/RNN ``W`` and ``R`` one group per direction; the maths is in each family's module),
-shared with the structural refit (:mod:`onnxprune.structure.sinks`).
+LSTM/GRU/RNN ``W`` and ``R`` one group per direction, a GRU's ``R`` with ``linear_before_reset``
+= 0 one per direction and gate block, ``R_h`` reading ``r_t ⊙ h_{t−1}``; the maths is in each
+family's module), shared with the structural refit (:mod:`onnxprune.structure.sinks`).
 
 A weight qualifies if every node that reads it reads it as a weight that the table gives a
 view, in the main graph or in an If/Loop/Scan body (a weight stored in a body, or a main-graph
@@ -45,10 +46,11 @@ runs on the calibration data has no rows and is pruned by magnitude, with that r
 
 Everything else is pruned by magnitude, and the result says why: a weight behind Slice, Split,
 Concat or DequantizeLinear or a shape known only at run time, a batched weight on the left of a
-MatMul, GRU R with ``linear_before_reset`` = 0, recurrent layers with ``layout`` = 1,
-ConvTranspose, a body value that cannot be carried to the main graph (an If or Loop inside a
-Scan body, a body of a non-standard op: :mod:`onnxprune.graph.expose` says why). A calibrated
-run never prunes less than it says.
+MatMul, a GRU R with ``linear_before_reset`` = 0 inside a body (its rows are made of several
+tensors of the node, which capture reads in the main graph only), recurrent layers with
+``layout`` = 1, ConvTranspose, a body value that cannot be carried to the main graph (an If or
+Loop inside a Scan body, a body of a non-standard op: :mod:`onnxprune.graph.expose` says why).
+A calibrated run never prunes less than it says.
 
 Bias sites for bias correction (:func:`_bias_site`; where each op holds its bias and with
 which gains is the op table's, :meth:`onnxprune.ops.OpSpec.bias_gain`): Conv's B (input 2)
@@ -241,6 +243,8 @@ def _disagreement(weight: Weight, found: list[tuple[NodeProto, MatrixView]]) -> 
 def _use(scope: Scope, weight: Weight, node: NodeProto, view: MatrixView, number: int) -> LayerUse | str:
     """The ``number``-th use (from 0) of ``weight``: ``node`` reading it as ``view``, with the
     capture spec of its input and its bias site; or why its input cannot be captured."""
+    if view.reads and scope.path:
+        return "its input is made of several tensors of its node, which capture reads in the main graph only"
     port, at = view.activation
     if port == "output":  # a recurrent R reads the layer's own states, Y
         while len(node.output) <= at:
@@ -249,7 +253,10 @@ def _use(scope: Scope, weight: Weight, node: NodeProto, view: MatrixView, number
             node.output[at] = f"{node_label(node)}.Y" if at == 0 else f"{node_label(node)}.output{at}"
     key = weight.key if number == 0 else f"{weight.key} (use {number + 1}: {node_label(node)})"
     activation = view.activation_name(node)
-    spec = LayerSpec.from_view(view, key=key, node=node_label(node), activation=activation, scope=scope.path)
+    reads = view.read_names(node)  # the tensors its rows are made of besides ``activation``, if any
+    spec = LayerSpec.from_view(
+        view, key=key, node=node_label(node), activation=activation, scope=scope.path, reads=reads
+    )
     owner = scope.resolve(activation) if activation else None
     if owner is None or (activation not in owner.producers and activation not in owner.inputs):
         return f"its input '{activation}' is a stored constant or not defined: no activation to capture"
