@@ -1,5 +1,6 @@
 """Held-out accuracy of magnitude, wanda and sparsegpt (with and without bias correction) on
-every fixture at 50 %, 70 % and 2:4, plus the data-free mode at 50 %.
+every fixture at 50 %, 70 % and 2:4, plus the data-free mode at 50 %
+(default allocation: curves); the calibrated methods with uniform and with curve allocation.
 
 Calibration uses each fixture's ``NAME.calib.npz`` (128 samples, disjoint from the test
 set); accuracy is measured on ``NAME.test.npz`` / ``NAME.test_labels.npy`` with onnxruntime
@@ -26,25 +27,31 @@ from sequence_metrics import sequence_scores
 import onnxprune
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-TASKS = {
-    name: entry.get("task", "classification")
-    for name, entry in json.loads((FIXTURES / "manifest.json").read_text())["models"].items()
-}
+MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())["models"]
+TASKS = {name: entry.get("task", "classification") for name, entry in MANIFEST.items()}
+#: a fixture whose output depends on the batch (an If on a batch statistic) is run in batches of this size
+EVAL_BATCH = {name: entry["eval_batch_size"] for name, entry in MANIFEST.items() if "eval_batch_size" in entry}
 SETTINGS = {"50%": {"sparsity": 0.5}, "70%": {"sparsity": 0.7}, "2:4": {"pattern": (2, 4)}}
+#: (method, bias correction, allocation): "uniform" gives every layer the setting, "curves" splits
+#: it by the layers' error curves (the default of the calibrated methods; not with N:M)
 METHODS = [
-    ("magnitude", False),
-    ("magnitude", True),
-    ("wanda", False),
-    ("wanda", True),
-    ("sparsegpt", False),
-    ("sparsegpt", True),
+    ("magnitude", False, "uniform"),
+    ("magnitude", True, "uniform"),
+    ("wanda", False, "uniform"),
+    ("wanda", False, "curves"),
+    ("sparsegpt", False, "uniform"),
+    ("sparsegpt", True, "uniform"),
+    ("sparsegpt", False, "curves"),
+    ("sparsegpt", True, "curves"),
 ]
 
 
 def accuracy(path: Path, name: str) -> float:
     x = np.load(FIXTURES / f"{name}.test.npz")["input"]
     y = np.load(FIXTURES / f"{name}.test_labels.npy")
-    logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    step = EVAL_BATCH.get(name, len(x))
+    logits = np.concatenate([session.run(None, {"input": x[i : i + step]})[0] for i in range(0, len(x), step)])
     if TASKS.get(name) == "ctc":
         return sequence_scores(logits, y)[0]
     return float(np.mean(logits.argmax(1) == y))
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=128)
     args = parser.parse_args(argv)
     names = args.fixtures or sorted(p.stem for p in FIXTURES.glob("*.onnx"))
-    columns = [f"{m}{'+bc' if bc else ''}" for m, bc in METHODS]
+    columns = [f"{m}{'+bc' if bc else ''}{' curves' if a == 'curves' else ''}" for m, bc, a in METHODS]
     print("| fixture | dense | setting | " + " | ".join(columns) + " | data-free sparsegpt |")
     print("|" + "---|" * (4 + len(columns)))
     with tempfile.TemporaryDirectory(prefix="onnxprune-calib-") as tmp:
@@ -71,14 +78,23 @@ def main(argv: list[str] | None = None) -> int:
             )
             for label, setting in SETTINGS.items():
                 cells = []
-                for method, bc in METHODS:
-                    config = onnxprune.PruneConfig(**setting, method=method, bias_correction=bc)
-                    out = Path(tmp) / f"{name}.{label.replace(':', '-').replace('%', '')}.{method}{int(bc)}.onnx"
+                for method, bc, allocator in METHODS:
+                    if allocator == "curves" and "pattern" in setting:
+                        cells.append("-")  # N:M fixes every layer's sparsity
+                        continue
+                    config = onnxprune.PruneConfig(**setting, method=method, bias_correction=bc, allocator=allocator)
+                    out = (
+                        Path(tmp)
+                        / f"{name}.{label.replace(':', '-').replace('%', '')}.{method}{int(bc)}{allocator}.onnx"
+                    )
                     start = time.perf_counter()
                     data = calib if config.calibrated else None
                     run = onnxprune.prune_file(source, out, config, calibration=data)
                     cells.append(f"{100 * accuracy(run.saved.path, name):.1f}")
-                    print(f"  {name} {label} {method} bc={bc}: {time.perf_counter() - start:.1f}s", file=sys.stderr)
+                    print(
+                        f"  {name} {label} {method} bc={bc} {allocator}: {time.perf_counter() - start:.1f}s",
+                        file=sys.stderr,
+                    )
                 free_cell = "-"
                 if label == "50%":
                     config = onnxprune.PruneConfig(**setting, method="sparsegpt")

@@ -17,6 +17,10 @@ What it makes (all under ``fixtures/``, opset 17, input ``input`` with a dynamic
                                2-5 scikit-learn digits rendered side by side: input ``input``
                                [batch, 1, 12, width], output ``logits`` [batch, width / 2, 11] (CTC
                                log-probabilities; class 0 the blank, class d + 1 the digit d).
+* ``if_digits.onnx``           mlp_digits' trained MLP twice, once in each branch of an ``If`` whose
+                               condition is the batch's mean energy ``mean(input²)`` above a threshold
+                               (every weight a branch-local initializer); built from
+                               ``fixtures/mlp_digits.onnx``, no training.
 
 For every model ``<name>`` it also writes ``<name>.test.npz`` (key ``input``, held-out split),
 ``<name>.test_labels.npy`` (int64 labels) and ``<name>.calib.npz`` (key ``input``, 256 samples
@@ -28,6 +32,8 @@ folder of per-sample .npz files (``stateful_mnist1d.samples/``) and
 ``stateful_mnist1d.heldout_labels.npy``. ``crnn_digits`` is a sequence model: its labels are
 ``[N, 5]`` int64 digit sequences padded with -1, its "accuracy" the sequence accuracy of greedy
 CTC decoding (``tools/sequence_metrics.py``), and its ``.calib.npz`` holds 128 samples.
+``if_digits`` reuses mlp_digits' data: the same test samples and labels, and the same 256
+calibration samples reordered in blocks of 32 that take one branch each (see ``build_if``).
 
 Everything is deterministic (fixed seeds, single thread, deterministic algorithms, fixed zip
 timestamps): running the script twice yields byte-identical files. Accuracies in the manifest
@@ -44,6 +50,8 @@ Run from the repository root::
 ``--only NAME`` (repeatable) builds only the named fixtures (training only the networks they
 need) and merges their entries into the existing ``manifest.json``: the other entries keep their
 place and content, a new one is appended, and ``README.md`` is rewritten from the merged manifest.
+``if_digits`` is made from the ``mlp_digits.onnx`` on disk: rebuild it whenever mlp_digits changes
+(``--only mlp_digits --only if_digits``).
 """
 
 from __future__ import annotations
@@ -107,6 +115,13 @@ CRNN_N_TEST = 300
 CRNN_N_CALIB = 128
 CRNN_EPOCHS = 20
 CRNN_BLANK = 0  # output class 0; digit d is class d + 1
+
+# if_digits: mlp_digits' MLP in both branches of an If on the batch's mean energy mean(input²).
+IF_NAME = "if_digits"
+IF_BASE = "mlp_digits"
+#: calibration samples per block of one branch: the calibrated pass's default batch size, so that
+#: each calibration batch takes, as a whole, the branch each of its samples takes alone
+IF_BLOCK = 32
 
 
 # --------------------------------------------------------------------------------------------
@@ -762,6 +777,17 @@ def check_graph_features(model: onnx.ModelProto, name: str) -> None:
         assert "h_n" in gru[0].output, gru[0].output
         mul = [n for n in graph.node if n.op_type == "Mul" and "gain" in n.input and "x" in n.input]
         assert len(mul) == 1, ops
+    elif name == IF_NAME:
+        assert [t.name for t in graph.initializer] == ["energy_threshold"], "only the threshold in the main graph"
+        assert ops == {"Greater": 1, "If": 1, "Mul": 1, "ReduceMean": 1}, ops
+        branching = next(n for n in graph.node if n.op_type == "If")
+        branches = {a.name: a.g for a in branching.attribute}
+        assert sorted(branches) == ["else_branch", "then_branch"], branches
+        for branch in branches.values():
+            gemms = [n for n in branch.node if n.op_type == "Gemm"]
+            stored = {t.name for t in branch.initializer}
+            assert len(gemms) == 3 and all(n.input[1] in stored and n.input[2] in stored for n in gemms), gemms
+            assert gemms[0].input[0] == "input", "the first Gemm reads the enclosing graph's input"
 
 
 # --------------------------------------------------------------------------------------------
@@ -817,6 +843,8 @@ class Fixture:
     #: labels [N, L] padded with -1; accuracy: sequence accuracy of greedy decoding)
     task: str = "classification"
     calib_size: int = N_CALIB
+    #: the training samples of the calibration file, in file order (None: calibration_indices')
+    calib_indices: np.ndarray | None = None
 
 
 def fixture_accuracy(fx: Fixture, logits: np.ndarray) -> dict[str, float]:
@@ -1079,6 +1107,19 @@ def write_readme(entries: dict[str, dict[str, object]]) -> None:
         "accuracy (exact match) of greedy CTC decoding, `cer` in the manifest its character error",
         f"rate (`tools/sequence_metrics.py`); `{CRNN_NAME}.calib.npz` holds {CRNN_N_CALIB} training lines.",
         "",
+        f"`{IF_NAME}.onnx` keeps every weight inside the branches of an `If`, as some streaming audio models do:",
+        "the condition is computed from the data, `ReduceMean(input * input) > energy_threshold` (the",
+        "batch's mean energy, a scalar: the If takes one branch per run, for the whole batch); the",
+        f"`then_branch` (`high`) and the `else_branch` (`low`) each hold a copy of `{IF_BASE}`'s trained",
+        "weights as branch-local initializers, so the dense model computes exactly what",
+        f"`{IF_BASE}` does. Built from `{IF_BASE}.onnx` (no training). Its data are `{IF_BASE}`'s: the",
+        "same test samples and labels, and the same 256 calibration samples, whose median energy is",
+        f"the threshold, reordered in blocks of {IF_BLOCK} all above or all below it, alternating (high",
+        f"first): in batches of {IF_BLOCK} (onnxprune's default) each calibration sample takes the branch it",
+        "takes alone, and every 64 samples feed both branches 32 each. Run alone, the test samples take",
+        "both branches (`test_branch_samples` in the manifest); run as one batch, the whole test set",
+        "takes one branch (`test_batch_branch`), so measure a pruned model per sample (batch 1).",
+        "",
         "| file | architecture | dataset | input | params | accuracy | graph features |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -1281,6 +1322,212 @@ def build_crnn(split: Split) -> Fixture:
     )
 
 
+def mean_energy(x: np.ndarray) -> np.ndarray:
+    """Each sample's mean energy ``mean(x²)`` over its features (float64)."""
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    return (flat * flat).mean(axis=1)
+
+
+def energy_threshold(energies: np.ndarray, others: np.ndarray) -> np.float32:
+    """A median of an even number of ``energies``: a point between the two middle values, so that
+    exactly half lie on each side (refused when those two tie). Of those points, the middle of the
+    widest gap between ``energies`` and ``others`` (the test samples'), so that float32 rounding
+    cannot send any sample to the other branch."""
+    ordered = np.sort(energies)
+    half = len(ordered) // 2
+    low, high = ordered[half - 1], ordered[half]
+    assert len(ordered) % 2 == 0 and high > low, f"no median between two distinct energies ({low}, {high})"
+    inside = np.unique(np.concatenate([[low, high], others[(others > low) & (others < high)]]))
+    widest = int(np.argmax(np.diff(inside)))
+    threshold = np.float32((inside[widest] + inside[widest + 1]) / 2)
+    assert low < threshold < high, (low, threshold, high)
+    return threshold
+
+
+def alternating_blocks(above: np.ndarray, block: int) -> np.ndarray:
+    """Positions of ``above`` (one bool per sample) reordered into blocks of ``block`` samples all
+    above the threshold or all below it, alternating, above first; each side keeps its order."""
+    ups, downs = np.flatnonzero(above), np.flatnonzero(~above)
+    assert len(ups) == len(downs) and len(ups) % block == 0, (len(ups), len(downs), block)
+    blocks = [side[start : start + block] for start in range(0, len(ups), block) for side in (ups, downs)]
+    return np.concatenate(blocks)
+
+
+def mlp_branch(graph: onnx.GraphProto, prefix: str, output: str) -> onnx.GraphProto:
+    """A one-input graph as an If branch: the same nodes, reading the enclosing graph's input, with
+    a copy of each initializer stored in the branch; every other name gets ``prefix``
+    (``fc1.weight`` -> ``<prefix>.fc1.weight``, ``/fc1/Gemm`` -> ``/<prefix>/fc1/Gemm``) and the
+    graph's output becomes ``output``."""
+    outer = {v.name for v in graph.input}
+    initializers = {t.name for t in graph.initializer}
+    (result,) = graph.output
+
+    def rename(name: str) -> str:
+        if not name or name in outer:
+            return name
+        if name == result.name:
+            return output
+        if name.startswith("/"):
+            return f"/{prefix}{name}"
+        return f"{prefix}.{name}"
+
+    assert all(name.startswith("/") or name in initializers or name == result.name for name in _names(graph))
+    nodes = []
+    for node in graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = rename(node.name)
+        copy.input[:] = [rename(name) for name in node.input]
+        copy.output[:] = [rename(name) for name in node.output]
+        nodes.append(copy)
+    stored = []
+    for tensor in graph.initializer:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        copy.name = rename(tensor.name)
+        stored.append(copy)
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(result)
+    out.name = output
+    return helper.make_graph(nodes, f"{prefix}_branch", [], [out], initializer=stored)
+
+
+def _names(graph: onnx.GraphProto) -> set[str]:
+    """The names a graph's nodes define or read, and its initializers' (its inputs left out)."""
+    outer = {v.name for v in graph.input}
+    names = {t.name for t in graph.initializer}
+    names.update(name for node in graph.node for name in (node.name, *node.input, *node.output) if name)
+    return names - outer
+
+
+def if_model(base: onnx.ModelProto, threshold: np.float32) -> onnx.ModelProto:
+    """``base`` (one input, one output) in both branches of an If on the batch's mean energy:
+    ``If(ReduceMean(input · input) > energy_threshold)``, then branch ``high``, else ``low``, each
+    with its own copy of the weights; the main graph stores only the scalar threshold."""
+    graph = base.graph
+    (inp,) = graph.input
+    (out,) = graph.output
+    nodes = [
+        helper.make_node("Mul", [inp.name, inp.name], ["/Mul_output_0"], name="/Mul"),
+        helper.make_node("ReduceMean", ["/Mul_output_0"], ["/ReduceMean_output_0"], name="/ReduceMean", keepdims=0),
+        helper.make_node(
+            "Greater", ["/ReduceMean_output_0", "energy_threshold"], ["/Greater_output_0"], name="/Greater"
+        ),
+        helper.make_node(
+            "If",
+            ["/Greater_output_0"],
+            [out.name],
+            name="/If",
+            then_branch=mlp_branch(graph, "high", "high.logits"),
+            else_branch=mlp_branch(graph, "low", "low.logits"),
+        ),
+    ]
+    stored = [numpy_helper.from_array(np.asarray(threshold, dtype=np.float32), "energy_threshold")]
+    main = helper.make_graph(nodes, graph.name, [inp], [out], initializer=stored)
+    model = helper.make_model(main, opset_imports=list(base.opset_import), producer_name="onnxprune make_fixtures")
+    model.ir_version = base.ir_version
+    return finalize(model)
+
+
+def model_logits(proto: onnx.ModelProto, x: np.ndarray, *, alone: bool = False) -> np.ndarray:
+    """onnxruntime logits of ``x`` as one batch, or of each sample run alone (batch 1: an If then
+    takes each sample's own branch)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    if not alone:
+        return sess.run(["logits"], {"input": x})[0]
+    return np.concatenate([sess.run(["logits"], {"input": x[i : i + 1]})[0] for i in range(len(x))])
+
+
+def build_if(split: Split) -> Fixture:
+    """mlp_digits' trained MLP in both branches of an If on the batch's mean energy (no training).
+
+    The If takes one branch per run, chosen by the mean energy ``mean(x²)`` over every element of
+    the batch, i.e. the mean of its samples' energies. The threshold is the median of the 256
+    calibration samples' energies (mlp_digits' calibration samples, the same seeded draw), so half
+    of them take each branch alone. The calibration file holds those samples in blocks of
+    IF_BLOCK (32) that are all above or all below the threshold, alternating (above first): a
+    block's mean lies on its samples' side, so calibrating in batches of 32 (onnxprune's default),
+    or of any divisor of 32, sends every sample through the branch it takes alone, and both
+    branches run on every 64 samples (the first 128: 64 each). The test file is mlp_digits' (same
+    order): run alone, its samples split between the branches (about half each); run as one
+    batch of 450 (its mean energy is below the threshold) it takes the ``low`` branch as a whole.
+    Both branches hold the same weights, so the dense logits are mlp_digits' either way; a
+    pruned model's are not.
+    """
+    base_path = FIXTURES / f"{IF_BASE}.onnx"
+    base = onnx.load(base_path)
+    calib_idx = calibration_indices(len(split.y_train), SEED)
+    calib = split.x_train[calib_idx]
+    reused = np.load(FIXTURES / f"{IF_BASE}.calib.npz")["input"]
+    assert np.array_equal(calib, reused), f"the calibration samples are not {IF_BASE}'s"
+    assert np.array_equal(split.x_test, np.load(FIXTURES / f"{IF_BASE}.test.npz")["input"])
+    energies, test_energy = mean_energy(calib), mean_energy(split.x_test)
+    threshold = energy_threshold(energies, test_energy)
+    order = alternating_blocks(energies > threshold, IF_BLOCK)
+    ordered_energy = energies[order]
+    for start in range(0, len(order), IF_BLOCK):
+        block = ordered_energy[start : start + IF_BLOCK]
+        above = (start // IF_BLOCK) % 2 == 0
+        assert np.all((block > threshold) == above) and (block.mean() > threshold) == above
+    margin = float(np.abs(np.concatenate([energies, test_energy]) - threshold).min())
+    assert margin > 1e-5, f"a sample's energy is {margin} from the threshold: float32 could take either branch"
+    test_high = int((test_energy > threshold).sum())
+    batch_branch = "high" if test_energy.mean() > threshold else "low"
+    proto = if_model(base, threshold)
+    # both branches hold the base's weights: per sample and as one batch the logits are the base's
+    alone, batched = model_logits(proto, split.x_test, alone=True), model_logits(proto, split.x_test)
+    want = model_logits(base, split.x_test)
+    diff = float(max(np.abs(alone - want).max(), np.abs(batched - want).max()))
+    assert diff < ATOL, f"{IF_NAME}: logits differ from {IF_BASE}'s by {diff}"
+    branch_ops = dict(sorted(Counter(n.op_type for n in base.graph.node).items()))
+    print(
+        f"    threshold {threshold:.6f} (margin {margin:.2e}); test samples alone: {test_high} high, "
+        f"{len(test_energy) - test_high} low; the test set as one batch: {batch_branch}"
+    )
+    return Fixture(
+        name=IF_NAME,
+        architecture=f"If on the batch's mean energy mean(input²) > {threshold:.6g}; each branch a copy of "
+        f"{IF_BASE}'s trained MLP 64-256-128-10",
+        features="every weight inside an If branch (branch-local initializers, 3 Gemm + 2 Relu per branch, "
+        "reading the outer input); condition computed from the data (Mul, ReduceMean, Greater); only a "
+        "scalar threshold in the main graph; calibration file in blocks of 32 that take one branch each",
+        split=Split(
+            calib,
+            split.y_train[calib_idx],
+            split.x_test,
+            split.y_test,
+            f"{split.dataset}; {IF_BASE}'s data, its 256 calibration samples in alternating blocks of "
+            f"{IF_BLOCK} above / below the energy threshold",
+        ),
+        proto=proto,
+        num_params=2 * sum(int(np.prod(t.dims)) for t in base.graph.initializer),
+        reference=None,
+        base=IF_BASE,
+        calib_indices=order,
+        info={
+            "max_abs_diff_vs_base": diff,
+            "energy_threshold": float(threshold),
+            "branches": {
+                "then_branch": "high: batch mean energy above the threshold",
+                "else_branch": "low: at or below it",
+            },
+            "branch_op_types": branch_ops,
+            "calib_layout": f"blocks of {IF_BLOCK} samples all above (high) or all below (low) the threshold, "
+            "alternating, high first: batches of 32 (or a divisor) take each sample's own branch",
+            "calib_branch_samples": {
+                "high": int((energies > threshold).sum()),
+                "low": int((energies <= threshold).sum()),
+            },
+            "test_branch_samples": {"high": test_high, "low": len(test_energy) - test_high},
+            "test_batch_branch": batch_branch,
+            "eval_batch_size": 1,  # each test sample through its own branch (tools read it)
+        },
+    )
+
+
 ORDER = [
     "cnn_digits",
     "mlp_digits",
@@ -1290,6 +1537,7 @@ ORDER = [
     "mlp_digits_fp16",
     STREAM_NAME,
     CRNN_NAME,
+    IF_NAME,
 ]
 
 
@@ -1322,6 +1570,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("lstm_mnist1d", ("lstm_mnist1d",), lambda: (build_lstm(mnist1d()),)),
         (STREAM_NAME, (STREAM_NAME,), lambda: (build_stateful(mnist1d()),)),
         (CRNN_NAME, (CRNN_NAME,), lambda: (build_crnn(digit_lines_split()),)),
+        (IF_NAME, (IF_NAME,), lambda: (build_if(digits()),)),  # reads mlp_digits.onnx, written above
     ]
     built: dict[str, dict[str, object]] = {}
     for label, names, build in builders:
@@ -1335,7 +1584,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             if isinstance(fx, StreamFixture):
                 built[fx.name] = save_stream_fixture(fx)
             else:
-                calib_idx = calibration_indices(len(fx.split.y_train), SEED, fx.calib_size)
+                calib_idx = fx.calib_indices
+                if calib_idx is None:
+                    calib_idx = calibration_indices(len(fx.split.y_train), SEED, fx.calib_size)
                 built[fx.name] = save_fixture(fx, calib_idx)
     if only is None:
         manifest = {k: built[k] for k in ORDER}

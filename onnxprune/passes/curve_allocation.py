@@ -30,7 +30,10 @@ Weights (the probe)
     error says. The probe measures it: ``d_l = Σ_o ‖F_o(X) − F_o^{(l)}(X)‖² / ‖F_o(X)‖²``, the
     change of every float output ``o`` of the model on the first :data:`PROBE_SAMPLES`
     calibration samples when only layer ``l`` is pruned at ``t`` (by the solve above), each
-    output normalised by its own energy so that outputs of different scale weigh alike. Then
+    output normalised by its own energy so that outputs of different scale weigh alike (when a
+    calibrated layer sits inside an If/Loop/Scan body, on every calibration batch instead, cut
+    as calibration cuts them: a body may run on some batches only; a layer whose pruning moves
+    no output of the probe keeps its uniform count). Then
     ``c_l = d_l / e_l(t)``: ``c_l · e_l(s)`` predicts the output change of layer ``l`` at any
     ``s``, measured at ``s = t`` and scaled by the curve's shape. The weights stored as
     main-graph initializers are fed to one session (:class:`OutputProbe`), so a probe is one
@@ -209,7 +212,9 @@ def allocate_layers(
     fixed = [k for k, target in targets.items() if target.count is not None and k not in keys]
     by_key = {w.key: w for w in inventory.weights}
     index_of = {w.key: i for i, w in enumerate(inventory.weights)}
-    probe = OutputProbe(model, [layer.weight for layer in layers], probe_batches(data, batch_size))
+    # a layer inside an If/Loop/Scan body may run on some batches only: the probe then runs them all
+    in_body = any(use.spec.scope for layer in layers for use in layer.uses)
+    probe = OutputProbe(model, [layer.weight for layer in layers], probe_batches(data, batch_size, every=in_body))
     seconds = {"capture": 0.0, "curves": 0.0, "probe": time.perf_counter() - start, "allocate": 0.0}
     measured: dict[str, _Measured] = {}
     done = 0
@@ -233,8 +238,13 @@ def allocate_layers(
             curve, stored = _curve(solver, config.reconstruction, t, _floor(layer, layer_stats, values), values.size)
             seconds["curves"] += time.perf_counter() - tick
             tick = time.perf_counter()
-            measured[key] = replace(curve, probe=probe.change(layer.weight, inventory, stored.astype(values.dtype)))
+            change = probe.change(layer.weight, inventory, stored.astype(values.dtype))
             seconds["probe"] += time.perf_counter() - tick
+            if change == 0 and curve.at_target > 0:  # pruned, yet no output moved: the probe did not run it
+                log.info("%s: the probe's samples do not reach it; it keeps its uniform count", key)
+                fixed.append(key)
+                continue
+            measured[key] = replace(curve, probe=change)
             log.debug("%s: %s", key, measured[key])
         del stats
     tick = time.perf_counter()
@@ -386,8 +396,12 @@ class OutputProbe:
         return total
 
 
-def probe_batches(data: Dataset, batch_size: int) -> list[dict[str, np.ndarray]]:
-    """The first whole batches holding at least :data:`PROBE_SAMPLES` samples (or all)."""
+def probe_batches(data: Dataset, batch_size: int, *, every: bool = False) -> list[dict[str, np.ndarray]]:
+    """The first whole batches holding at least :data:`PROBE_SAMPLES` samples (or all), or with
+    ``every`` all the calibration batches as calibration cuts them (an If on a batch statistic
+    takes one branch per batch: the probe must run the batches that ran each layer)."""
+    if every:
+        return list(data.batches(batch_size))
     feeds: list[dict[str, np.ndarray]] = []
     count = 0
     for batch in data.batches(min(batch_size, PROBE_SAMPLES)):
