@@ -32,8 +32,8 @@ def view_command(model: Path, port: int | None, host: str, no_browser: bool, ver
     else:
         click.echo(f"{model} carries no onnxprune provenance (onnxprune did not write it)")
     address = view.serve(model, port=port, browse=not no_browser, host=host)
-    click.echo(f"Netron serves {model} at {address.url} (Ctrl-C to stop)")
-    try:
+    try:  # Ctrl-C from the moment the address is printed (a loaded machine may deliver it before the loop)
+        click.echo(f"Netron serves {model} at {address.url} (Ctrl-C to stop)")
         while view.is_serving(address):
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
