@@ -322,6 +322,11 @@ def main() -> int:
     parser.add_argument("--det-size", type=int, default=640, help="det page side in pixels, a multiple of 32")
     parser.add_argument("--font", type=Path, help="a TrueType font (default: every regular one found)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per prune run before it is killed")
+    parser.add_argument(
+        "--allocation",
+        choices=["uniform", "curves"],
+        help="--allocation of the det and rec runs (default: the CLI's; their outputs then carry it in the name)",
+    )
     parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.det_calib = args.det_calib or min(DET_CALIB, args.calib)
@@ -373,7 +378,9 @@ def main() -> int:
     print(f"\n== prune (child processes, os.wait4; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
     for key in wanted:
         model, calib, samples, shape, extra = plans[key]
-        out = workdir / f"{key}.pruned.onnx"
+        if args.allocation and key != "structured":
+            extra = [*extra, "--allocation", args.allocation]
+        out = workdir / f"{key}{'.' + args.allocation if args.allocation and key != 'structured' else ''}.pruned.onnx"
         entry = run_prune(key, prune_cmd(model, out, calib, samples, shape, extra), args.timeout)
         entry["command"] = f"onnxprune {entry['command'].split(' ', 1)[1]}"
         entry["load_average_after"] = os.getloadavg()[0]
