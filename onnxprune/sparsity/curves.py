@@ -122,15 +122,17 @@ def monotone(error: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(error) if error.size else error.copy()
 
 
-def lower_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Indices of the lower convex hull of points with strictly ascending ``x`` (collinear
-    points dropped), first and last point included."""
+def lower_hull(x: np.ndarray, y: np.ndarray, *, keep_collinear: bool = False) -> np.ndarray:
+    """Indices of the lower convex hull of points with strictly ascending ``x``, first and last
+    point included; points on a hull segment are dropped unless ``keep_collinear`` (the
+    planner of :mod:`onnxprune.sparsity.plan` keeps them as levels a layer may stop at)."""
     hull: list[int] = []
     for j in range(len(x)):
         while len(hull) >= 2:
             a, m = hull[-2], hull[-1]
-            # m on or above the chord a -> j: not a vertex of the lower hull
-            if (y[m] - y[a]) * (x[j] - x[a]) >= (y[j] - y[a]) * (x[m] - x[a]):
+            # m above the chord a -> j (or on it, collinear points dropped): not a vertex of the lower hull
+            left, right = (y[m] - y[a]) * (x[j] - x[a]), (y[j] - y[a]) * (x[m] - x[a])
+            if left > right or (left == right and not keep_collinear):
                 hull.pop()
             else:
                 break

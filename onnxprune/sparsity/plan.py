@@ -59,6 +59,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxprune.errors import OptionError
+from onnxprune.sparsity.curves import lower_hull, monotone
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +133,6 @@ class Plan:
         }
 
 
-def monotone(loss: np.ndarray) -> np.ndarray:
-    """Non-decreasing envelope (running max) of a loss curve, used for planning (noise)."""
-    loss = np.asarray(loss, dtype=np.float64)
-    return np.maximum.accumulate(loss) if loss.size else loss.copy()
-
-
 @dataclass(frozen=True)
 class _Problem:
     """Padded tables over layers × levels: envelope losses ``g`` (inf where not allowed)
@@ -186,17 +181,7 @@ def _problem(curves: Sequence[Curve], budget: str) -> _Problem:
 def _lower_hull(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the lower convex hull of points with strictly ascending ``x`` (collinear
     points kept), and the slope of the segment into each vertex after the first."""
-    hull: list[int] = [0]
-    for j in range(1, x.size):
-        while len(hull) >= 2:
-            a, m = hull[-2], hull[-1]
-            # m lies strictly above the segment a -> j: it is not on the lower hull.
-            if (y[m] - y[a]) * (x[j] - x[a]) > (y[j] - y[a]) * (x[m] - x[a]):
-                hull.pop()
-            else:
-                break
-        hull.append(j)
-    idx = np.array(hull, dtype=np.intp)
+    idx = lower_hull(x, y, keep_collinear=True)
     slope = np.diff(y[idx]) / np.diff(x[idx])
     return idx, slope
 
