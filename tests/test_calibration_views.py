@@ -509,3 +509,61 @@ def test_the_capture_ops_are_checked() -> None:
     bad = LayerSpec(key="k", node="n", capture_op="BatchedMatMul", activation="x", cols=4, groups=3, batch=(2,))
     with pytest.raises(OptionError, match="product of the batch dims"):
         capture(_batched(["n", 2, 3, 4], (2, 4, 5), ["n", 2, 3, 5]), [bad], [])
+
+
+# --------------------------------------------------------------------------- ConvTranspose
+
+
+def _conv_transpose(
+    kernel: tuple[int, int], strides: tuple[int, int], *, bias: bool, **attrs: object
+) -> onnx.ModelProto:
+    """ConvTranspose(x[n,12,5,5], W[12,16,*kernel]) (+ B[16]): an upsampling head."""
+    rng = np.random.default_rng(41)
+    inputs = ["x", "W", "B"] if bias else ["x", "W"]
+    nodes = [node("ConvTranspose", inputs, ["y"], "up", kernel_shape=list(kernel), strides=list(strides), **attrs)]
+    inits = [init("W", rng.standard_normal((12, 16, *kernel)).astype(np.float32))]
+    if bias:
+        inits.append(init("B", rng.standard_normal(16).astype(np.float32)))
+    return model(nodes, [value("x", ["n", 12, 5, 5])], [value("y", ["n", 16, None, None])], inits)
+
+
+CONV_TRANSPOSE = {"2x2 stride 2, bias": ((2, 2), (2, 2), True), "2x3 stride 3, no bias": ((2, 3), (3, 3), False)}
+
+
+@pytest.mark.parametrize("case", list(CONV_TRANSPOSE))
+def test_the_conv_transpose_view_is_one_matrix_per_tap_on_the_input_pixels(case: str) -> None:
+    """``Y[:, :, s·i + t] = W_t · x_i`` with the view's matrices, against onnxruntime."""
+    kernel, strides, _ = CONV_TRANSPOSE[case]
+    m = _conv_transpose(kernel, strides, bias=False)
+    layer, reason = _layer(m, "W")
+    assert layer is not None, reason
+    x = _inputs((12, 5, 5), seed=42, features=12)[:4]
+    (y,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    w = onnx.numpy_helper.to_array(m.graph.initializer[0])
+    matrices = layer.to_matrix(w)  # [taps, C_out, C_in]
+    assert matrices.shape == (kernel[0] * kernel[1], 16, 12)
+    for t, (a, b) in enumerate(itertools.product(range(kernel[0]), range(kernel[1]))):
+        expected = np.einsum("oc,nchw->nohw", matrices[t], x)
+        np.testing.assert_allclose(y[:, :, a :: strides[0], b :: strides[1]][:, :, :5, :5], expected, atol=1e-4)
+    np.testing.assert_array_equal(layer.from_matrix(matrices), w)
+    stats = capture(m, [layer.spec], [{"x": x}])[layer.spec.key]
+    pixels = x.transpose(0, 2, 3, 1).reshape(-1, 12).astype(np.float64)
+    np.testing.assert_allclose(stats.H[0], pixels.T @ pixels, rtol=1e-9)
+
+
+@pytest.mark.parametrize("case", list(CONV_TRANSPOSE))
+def test_a_conv_transpose_without_overlapping_windows_is_calibrated_and_its_bias_corrected(
+    tmp_path: Path, case: str
+) -> None:
+    kernel, strides, bias = CONV_TRANSPOSE[case]
+    m = _conv_transpose(kernel, strides, bias=bias)
+    by_name, out = _check(tmp_path, m, {"x": _inputs((12, 5, 5), seed=43, features=12)}, ("W",), bias_correction=True)
+    assert by_name["W"].bias == ("corrected" if bias else "added")
+    biases = [t for t in out.graph.initializer if t.name != "W"]
+    assert [tuple(t.dims) for t in biases] == [(16,)]  # one per output channel, not per tap
+
+
+def test_a_conv_transpose_with_overlapping_windows_still_falls_back_and_says_why(tmp_path: Path) -> None:
+    m = _conv_transpose((3, 3), (2, 2), bias=True, pads=[1, 1, 1, 1])
+    layer, reason = _layer(m, "W")
+    assert layer is None and "overlapping" in reason and "strides" in reason and "pads" in reason

@@ -230,7 +230,7 @@ def test_weight_on_the_left_of_a_matmul() -> None:
             "linear_before_reset=0 and activations",
         ),
         (helper.make_node("RNN", ["x", "W", "R"], ["Y"], hidden_size=4, layout=1), 1, (1, 4, 3), "layout=1"),
-        (helper.make_node("ConvTranspose", ["x", "W"], ["y"]), 1, (4, 6, 3, 3), "col2im"),
+        (helper.make_node("ConvTranspose", ["x", "W"], ["y"]), 1, (4, 6, 3, 3), "overlapping"),
         (helper.make_node("MatMul", ["W", "x"], ["y"]), 0, (2, 4, 3), "MatMul input 0 with shape [2, 4, 3]"),
         (helper.make_node("Gemm", ["W", "x"], ["y"]), 0, (2, 3), "Gemm input 0"),
         (helper.make_node("Relu", ["x"], ["y"]), 0, (2, 3), "Relu input 0"),

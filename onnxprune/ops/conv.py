@@ -21,10 +21,20 @@ channel ``c`` of the group at kernel position ``t`` (channel-major, positions in
 consecutive input channels at one kernel position, so its column order is position-major,
 ``t·(C_in/g) + c``. A depthwise Conv is ``C_in/g = 1``: ``cols = ∏k``.
 
-ConvTranspose has no view today: it scatters every input element over a kernel window of the
-output (``Y = col2im(Wᵀ·X)``). It equals a Conv of the zero-upsampled, padded input with the
-flipped kernel of swapped channel axes, but capture does not build those patches, so its weight
-is pruned by magnitude and, in the structural pass, sliced without a refit.
+ConvTranspose ``W[C_in, C_out, *k]`` scatters every input element over a kernel window of the
+output (``Y = col2im(Wᵀ·X)``). When the windows do not overlap (``strides >= k`` on every axis,
+one group, no pads, output padding or dilation: the 2×2 stride-2 upsampling of U-Nets and DB
+text detectors), each output pixel is written by exactly one input pixel ``x [C_in]`` and one
+kernel tap ``t``:
+
+    Y[:, s·i + t] = W_tᵀ · x_i,    W_t = W[:, :, t]ᵀ  [C_out, C_in]
+
+so the weight is ``∏k`` groups (one per tap, ``axes = (2, …, 1, 0)``) that all read the same
+rows, the input pixels (capture's "Conv" with a 1×1 kernel), and the layer's output error is the
+sum of the taps' errors, exactly. Each output channel has one bias for all taps, which cover
+equal numbers of output pixels: its correction is the mean of the taps' (``bias_taps``).
+Overlapping windows have no view (their taps add up at the same pixels): such a weight is
+pruned by magnitude and, in the structural pass, sliced without a refit.
 
 Channels (:mod:`onnxprune.ops.channels`): a Conv/ConvTranspose with one group and a weight of
 its own starts a group on axis 1 of ``Y`` (``W`` axis 0, resp. 1, and ``B`` sliced with it);
@@ -178,9 +188,43 @@ class ConvTransposeSpec(ConvSpec):
         return contribution
 
     def matrix_view(self, node: NodeProto, index: int, shape: Sequence[int]) -> MatrixView | str:
-        if index != 1:
+        if index != 1 or len(shape) < 3:
             return no_view(node, index, shape)
-        return f"{no_view(node, index, shape)} scatters each input over a kernel window (col2im): no im2col view"
+        shape = tuple(int(d) for d in shape)
+        c_in, c_out, *kernel = shape
+        spatial = len(kernel)
+        strides = [int(s) for s in attr(node, "strides", [1] * spatial)]  # type: ignore[union-attr]
+        flat = {
+            "group": int(attr(node, "group", 1)) == 1,  # type: ignore[arg-type]
+            "pads": not any(int(p) for p in attr(node, "pads", [])),  # type: ignore[union-attr]
+            "output_padding": not any(int(p) for p in attr(node, "output_padding", [])),  # type: ignore[union-attr]
+            "dilations": all(int(d) == 1 for d in attr(node, "dilations", [])),  # type: ignore[union-attr]
+            "auto_pad": attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET", b"VALID", "VALID"),
+            "strides": len(strides) == spatial and all(s >= k for s, k in zip(strides, kernel, strict=True)),
+        }
+        overlap = [name for name, ok in flat.items() if not ok]
+        if overlap:
+            return (
+                f"{no_view(node, index, shape)}: a ConvTranspose with overlapping or cropped kernel windows "
+                f"({', '.join(overlap)}) scatters each input over pixels that other inputs write too"
+            )
+        taps = prod(kernel)
+        return MatrixView(
+            family="conv",
+            shape=shape,
+            groups=taps,
+            rows=c_out,
+            cols=c_in,
+            in_axis=0,
+            axes=(*range(2, 2 + spatial), 1, 0),  # [*k, C_out, C_in]: one matrix per tap
+            capture_op="Conv",
+            shared_input=True,  # every tap reads the same input pixel
+            kernel=(1,) * spatial,
+            strides=(1,) * spatial,
+            pads=(0,) * (2 * spatial),
+            dilations=(1,) * spatial,
+            bias_taps=taps,
+        )
 
 
 register(ConvSpec(), "Conv")

@@ -221,6 +221,10 @@ class MatrixView:
     trans_a: bool = False
     #: The batch dims of a batched MatMul ``W [*batch, K, N]`` (one group per element of them).
     batch: tuple[int, ...] = ()
+    #: Groups that share one bias per output row: the ``∏k`` taps of a ConvTranspose, each writing
+    #: as many output pixels (the bias has ``groups·rows / bias_taps`` entries, its correction the
+    #: mean of the taps': :mod:`onnxprune.ops.conv`).
+    bias_taps: int = 1
     #: ``W = S.reshape(-1)[source]`` for a stored ``S`` of ``stored_shape`` read through element
     #: permutations (:meth:`through`); None: the node reads the stored tensor as it is.
     source: np.ndarray | None = None

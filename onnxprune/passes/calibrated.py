@@ -243,7 +243,8 @@ def _apply_bias(model: ModelProto, scope: Scope, layer: LayerUse, delta: np.ndar
     site = layer.bias
     if site is None:
         return f"not corrected: {layer.bias_reason}"
-    correction = site.scale * delta
+    taps = layer.view.bias_taps  # groups that share one bias per output: the mean of their deltas
+    correction = site.scale * (delta.reshape(taps, -1).mean(axis=0) if taps > 1 else delta)
     holder = site.owner or scope
     if site.existing is not None:
         proto = holder.stored_tensor(site.existing)

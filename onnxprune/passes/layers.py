@@ -188,7 +188,7 @@ def _bias_site(scope: Scope, node: NodeProto, view: MatrixView) -> tuple[BiasSit
         if gain == 0:
             return None, f"{node.op_type} with a bias gain of 0 (Gemm beta=0) ignores its bias"
         scale = spec.weight_gain(node) / gain
-        n_out = view.groups * view.rows
+        n_out = view.groups * view.rows // view.bias_taps
         if len(node.input) > index and node.input[index]:
             return _stored_bias(scope, node, index, node.input[index], n_out, scale)
         return BiasSite(node, index, None, scale, scope), None
