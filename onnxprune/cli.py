@@ -402,7 +402,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 @click.option(
     "--parallel", is_flag=True, help="Calibrate every layer on the dense model (one pass; faster, less exact)."
 )
-@click.option("--percdamp", type=float, help="Ridge damping of the solvers (default 0.01; 1.0 with --data-free).")
+@click.option(
+    "--percdamp",
+    type=float,
+    help="Ridge damping of the solvers (default 0.1; 1.0 with --data-free; a recurrent R: chosen closed loop).",
+)
 @click.option(
     "--no-exact-refit",
     is_flag=True,

@@ -84,6 +84,19 @@ def test_curves_respect_the_cap(tmp_path: Path, calib: onnxprune.Dataset):
     assert run.result.zeros_after == count_for_amount(run.result.weights_total, 0.7)
 
 
+@pytest.mark.parametrize("amount", [0.5, 0.7])
+def test_curves_stay_in_the_trust_region_around_the_probed_level(
+    tmp_path: Path, calib: onnxprune.Dataset, amount: float
+) -> None:
+    """No layer is given more than t + TRUST·(1 − t): the probe is measured at t only."""
+    from onnxprune.passes.curve_allocation import TRUST
+
+    run = _prune(tmp_path, calib, "trust", sparsity=amount)
+    top = amount + TRUST * (1 - amount)
+    assert max(layer.sparsity_after for layer in run.result.pruned) <= top + 1e-9
+    assert max(layer.sparsity_after for layer in run.result.pruned) > amount  # it still moves weights
+
+
 def test_uniform_gives_every_layer_its_own_count(tmp_path: Path, calib: onnxprune.Dataset):
     """``allocator="uniform"`` is the allocation as before: floor(amount · n) per layer (now
     exact also where a row-wise count does not divide it: 0.7 · 64 columns), nothing recorded."""

@@ -152,8 +152,11 @@ def _bias_delta(w: np.ndarray, new: np.ndarray, stats: LayerStats) -> np.ndarray
 #: inputs than this (an input embedding of 4 features, an LSTM input of 1) would then lose
 #: the same few inputs in every row, so it spends one budget over the whole layer instead
 ROW_WISE_MIN_COLS = 64
-#: damping when none is given: real calibration data, and data-free (synthetic) inputs
-PERCDAMP_DATA, PERCDAMP_DATA_FREE = 0.01, 1.0
+#: damping when none is given: real calibration data, and data-free (synthetic) inputs. With the
+#: exact refit the kept weights fit the calibration rows exactly, and 0.01 overfits them:
+#: all-MiniLM-L6-v2 at 50 % (128 sentences), embedding cosine 0.959 / 0.964 / 0.965 / 0.965 at
+#: 0.01 / 0.05 / 0.1 / 0.2; the fixtures within noise (test sets of 300-450 samples)
+PERCDAMP_DATA, PERCDAMP_DATA_FREE = 0.1, 1.0
 
 
 def solver_percdamp(reconstruction: Reconstruction, data: Dataset) -> float:

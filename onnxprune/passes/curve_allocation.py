@@ -42,7 +42,8 @@ Weights (the probe)
     fixtures: ``tools/allocation_experiment.py``.)
 
 Counts
-    ``upper_l = max(max_layer_sparsity, t)``, clipped to the highest level measured (curves
+    ``upper_l = min(max(max_layer_sparsity, t), t + TRUST·(1 − t))`` (a trust region around the
+    probed level, :data:`TRUST`), clipped to the highest level measured (curves
     are never extrapolated); ``lower_l`` = the layer's existing zeros. The sparsities are
     rounded to whole counts with the exact total (:func:`onnxprune.sparsity.curves.to_counts`;
     the solvers reach any count, :class:`onnxprune.reconstruct.methods.LayerProblem`).
@@ -96,6 +97,10 @@ PROBE_SAMPLES = 32
 MAX_STATS_BYTES = 1 << 30
 #: the levels below the target solved as the run solves (else SparseGPT's greedy updates there)
 EXACT_BELOW_TARGET = False
+#: no layer is given more than ``t + TRUST·(1 − t)``: the probe is measured at ``t``, and far above
+#: it the curve's shape does not predict the outputs (PP-OCRv4 rec at 70 %: its classifier, 30 % of
+#: the weights, went to 88 % and the character error rate from 1.9 % (uniform) to 9.7 %)
+TRUST = 1 / 3
 
 
 class Solved(Protocol):
@@ -439,7 +444,7 @@ def _allocate(
     for key, m in measured.items():
         d = m.probe if math.isfinite(m.probe) else worst
         weights[key] = d / m.at_target if m.at_target > 0 else (0.0 if d == 0 else d / 1e-12)
-    upper = max(config.max_layer_sparsity, t)
+    upper = min(max(config.max_layer_sparsity, t), t + TRUST * (1 - t))
     curves = []
     for key, m in measured.items():
         lower = min(m.floor, m.levels[-1])
