@@ -78,9 +78,9 @@ def test_curves_keep_the_exact_overall_count(tmp_path: Path, calib: onnxprune.Da
 def test_curves_respect_the_cap(tmp_path: Path, calib: onnxprune.Dataset):
     """No layer is given more than max_layer_sparsity, and the count stays exact."""
     free = _prune(tmp_path, calib, "free", sparsity=0.7)
-    assert max(layer.sparsity_after for layer in free.result.pruned) > 0.75  # the cap below binds
-    run = _prune(tmp_path, calib, "capped", sparsity=0.7, max_layer_sparsity=0.75)
-    assert max(layer.sparsity_after for layer in run.result.pruned) <= 0.75
+    assert max(layer.sparsity_after for layer in free.result.pruned) > 0.705  # the cap below binds (0.711)
+    run = _prune(tmp_path, calib, "capped", sparsity=0.7, max_layer_sparsity=0.705)
+    assert max(layer.sparsity_after for layer in run.result.pruned) <= 0.705
     assert run.result.zeros_after == count_for_amount(run.result.weights_total, 0.7)
 
 
@@ -112,7 +112,7 @@ def test_uniform_gives_every_layer_its_own_count(tmp_path: Path, calib: onnxprun
 
 def test_curves_beat_uniform_on_the_lstm(tmp_path: Path, calib: onnxprune.Dataset):
     """Measured on the fixture's held-out test set (top-1): at 50 % uniform SparseGPT gives
-    91.2 %, error-curve allocation 94.6 % (dense 95.3 %)."""
+    91.1 %, error-curve allocation 94.5 % (dense 95.3 %; damping 0.1)."""
     uniform = _prune(tmp_path, calib, "uniform", sparsity=0.5, allocator="uniform")
     curves = _prune(tmp_path, calib, "curves", sparsity=0.5)
     assert _accuracy(curves.saved.path) > _accuracy(uniform.saved.path) + 0.015
