@@ -449,7 +449,8 @@ def _allocate(
     for key, m in measured.items():
         lower = min(m.floor, m.levels[-1])
         size = by_key[key].numel
-        curves.append(ErrorCurve(key, np.array(m.levels), np.array(m.errors), size, weights[key], lower, upper))
+        top = max(upper, lower)  # a layer whose zeros and dead inputs already pass the cap keeps them
+        curves.append(ErrorCurve(key, np.array(m.levels), np.array(m.errors), size, weights[key], lower, top))
     sizes = sum(c.size for c in curves)
     kept = sum(targets[k].count or 0 for k in fixed)
     total = count_for_amount(sizes + sum(by_key[k].numel for k in fixed), t) - kept
