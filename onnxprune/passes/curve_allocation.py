@@ -445,22 +445,23 @@ def _allocate(
         d = m.probe if math.isfinite(m.probe) else worst
         weights[key] = d / m.at_target if m.at_target > 0 else (0.0 if d == 0 else d / 1e-12)
     upper = min(max(config.max_layer_sparsity, t), t + TRUST * (1 - t))
-    curves = []
-    for key, m in measured.items():
-        lower = min(m.floor, m.levels[-1])
-        size = by_key[key].numel
-        top = max(upper, lower)  # a layer whose zeros and dead inputs already pass the cap keeps them
-        curves.append(ErrorCurve(key, np.array(m.levels), np.array(m.errors), size, weights[key], lower, top))
-    sizes = sum(c.size for c in curves)
-    kept = sum(targets[k].count or 0 for k in fixed)
-    total = count_for_amount(sizes + sum(by_key[k].numel for k in fixed), t) - kept
-    total = min(max(total, 0), sizes)
-    try:
+    try:  # a curve or bounds the maths refuses (a target above every curve's top ...): uniform, said
+        curves = []
+        for key, m in measured.items():
+            lower = min(m.floor, m.levels[-1])
+            top = max(upper, lower)  # a layer whose zeros and dead inputs already pass the cap keeps them
+            curves.append(
+                ErrorCurve(key, np.array(m.levels), np.array(m.errors), by_key[key].numel, weights[key], lower, top)
+            )
+        sizes = sum(c.size for c in curves)
+        kept = sum(targets[k].count or 0 for k in fixed)
+        total = count_for_amount(sizes + sum(by_key[k].numel for k in fixed), t) - kept
+        total = min(max(total, 0), sizes)
         allocation = allocate(curves, total / sizes)
-    except ValueError as exc:  # the bounds cannot reach the target (a target above every curve's top)
+        counts = to_counts(curves, allocation.sparsity, total)
+    except ValueError as exc:
         log.warning("allocation by error curves is not possible (%s): uniform instead", exc)
         return None
-    counts = to_counts(curves, allocation.sparsity, total)
     new = dict(targets)
     record = {}
     for c in curves:
