@@ -276,3 +276,11 @@ def test_a_layer_whose_floor_passes_the_trust_region_keeps_its_floor() -> None:
     new, _, _ = _allocate(config, targets, measured, [], by_key, t)  # type: ignore[misc]
     assert new["dead"].count >= round(0.708 * size)
     assert new["dead"].count + new["live"].count == count_for_amount(2 * size, t)
+
+
+def test_curves_are_not_measured_above_the_trust_region(tmp_path: Path, calib: onnxprune.Dataset) -> None:
+    """At t = 0.5 the allocation never goes above 0.5 + (1 − 0.5)/3 = 0.667: every layer's levels
+    stop at the first grid level past it (0.7), which the envelope needs at the bound."""
+    run = _prune(tmp_path, calib, "short", sparsity=0.5)
+    layers = run.result.allocation["layers"]  # type: ignore[index]
+    assert all(0.667 < max(entry["levels"]) < 0.75 for entry in layers.values()), layers

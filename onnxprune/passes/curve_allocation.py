@@ -55,8 +55,9 @@ synthetic data; on the fixtures at 50 % it still helps (SparseGPT top-1, uniform
 LSTM 88.9 -> 93.2, transformer 87.1 -> 88.8, CNN 98.2 -> 98.9, MLP 97.3 -> 97.6), so it is the
 default there too.
 
-Cost: one capture of the dense model (per chunk), ``len(GRID) + 1`` solves per layer (at most
-``GRID`` levels above the target as the run solves) and one run of the model on
+Cost: one capture of the dense model (per chunk), at most ``len(GRID) + 1`` solves per layer
+(the levels above the trust region's top after the first are not solved; those from the target
+up as the run solves) and one run of the model on
 :data:`PROBE_SAMPLES` samples per layer; the time of each is logged and recorded in the result
 (:meth:`Allocated.record`). With a single calibrated layer there is nothing to split: uniform.
 """
@@ -307,10 +308,15 @@ def _curve(
 ) -> tuple[_Measured, np.ndarray]:
     """The layer's curve and its stored array solved at ``t`` (for the probe). Below ``t`` SparseGPT's
     greedy updates stand in for its exact refit (:data:`EXACT_BELOW_TARGET`): the refit costs
-    ``rows · k³`` for ``k`` kept columns, so the levels below ``t`` would cost most."""
+    ``rows · k³`` for ``k`` kept columns, so the levels below ``t`` would cost most. The levels stop
+    at the first that reaches the trust region's top (or the layer's floor, if higher): the
+    allocation never goes above it, and the envelope there is interpolated from that level."""
     levels, errors = [0.0], [0.0]
     at_target, at_stored = 0.0, None
+    needed = max(t + TRUST * (1 - t), floor / numel)
     for level in sorted({*GRID, t}):
+        if at_stored is not None and levels[-1] >= needed:
+            break
         count = count_for_amount(numel, level)
         if count <= floor and level != t:
             continue
