@@ -455,3 +455,19 @@ def test_swaps_need_a_multiple_of_m_columns() -> None:
 
     with pytest.raises(ValueError, match="multiple of M"):
         nm_swaps(np.ones((2, 6)), np.ones((2, 6)), np.eye(6), (2, 4))
+
+
+def test_swaps_without_damping_skip_patterns_that_keep_dead_columns_only() -> None:
+    """``percdamp=0`` with dead inputs (H_jj = 0): a pattern whose H_KK is singular is no
+    candidate, the others still are (no LinAlgError)."""
+    from onnxprune.reconstruct.swaps import nm_swaps
+
+    X = _inputs(256, 8, seed=13)
+    X[:, [1, 2]] = 0.0
+    H = X.T @ X
+    W = _weights(6, 8, seed=14)
+    start = refit(W, H, sparsegpt(W, H, nm=(2, 4), percdamp=0.0)[1], percdamp=0.0)
+    new, _ = nm_swaps(start, W, H, (2, 4), percdamp=0.0)
+    assert _is_nm(new, (2, 4)) and np.all(np.isfinite(new))
+    before, after = _damped_objective(W, start, H, 0.0), _damped_objective(W, new, H, 0.0)
+    assert np.all(after <= before * (1 + 1e-9) + 1e-9)

@@ -82,7 +82,10 @@ def nm_swaps(
                 for p, (k, z) in enumerate(zip(patterns, zeros, strict=True)):
                     d_z = -w_g[:, z]
                     b = g_g[:, k] + d_z @ h_gg[np.ix_(z, k)]
-                    inv = np.linalg.inv(h_gg[np.ix_(k, k)])
+                    try:
+                        inv = np.linalg.inv(h_gg[np.ix_(k, k)])
+                    except np.linalg.LinAlgError:  # kept dead columns without damping: not a candidate
+                        continue
                     d_k = -b @ inv
                     gain = 2 * np.sum(d_z * g_g[:, z], axis=1) + np.sum((d_z @ h_gg[np.ix_(z, z)]) * d_z, axis=1)
                     gain -= np.sum((b @ inv) * b, axis=1)
