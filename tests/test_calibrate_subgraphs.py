@@ -28,8 +28,8 @@ from onnxprune.graph import expose
 from onnxprune.graph.discovery import discover
 from onnxprune.graph.index import Scope
 from onnxprune.graph.walk import graphs_by_owner
-from onnxprune.passes.calibrated import NEVER_RAN, waves
-from onnxprune.passes.layers import calib_layer
+from onnxprune.passes.calibrated import waves
+from onnxprune.passes.layers import NEVER_RAN, calib_layer
 
 N = 96  # calibration samples
 D = 32  # features

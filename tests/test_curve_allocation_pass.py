@@ -284,3 +284,15 @@ def test_curves_are_not_measured_above_the_trust_region(tmp_path: Path, calib: o
     run = _prune(tmp_path, calib, "short", sparsity=0.5)
     layers = run.result.allocation["layers"]  # type: ignore[index]
     assert all(0.667 < max(entry["levels"]) < 0.75 for entry in layers.values()), layers
+
+
+def test_progress_runs_forward_through_the_allocation_and_the_pass(calib: onnxprune.Dataset) -> None:
+    """The allocation's steps come first, the pass's follow on the same total: never backwards."""
+    from onnxprune.passes.calibrated import prune_calibrated
+
+    seen: list[tuple[int, int]] = []
+    model = onnx.load(str(LSTM))
+    config = onnxprune.PruneConfig(method="sparsegpt", sparsity=0.5)
+    prune_calibrated(model, config, calib, progress=lambda done, total, *_: seen.append((done, total)))
+    assert len({total for _, total in seen}) == 1
+    assert [done for done, _ in seen] == list(range(1, len(seen) + 1)) and seen[-1][0] == seen[-1][1]

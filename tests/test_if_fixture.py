@@ -24,8 +24,7 @@ from onnxprune.capture import capture
 from onnxprune.data import Dataset
 from onnxprune.graph.discovery import discover
 from onnxprune.graph.index import Scope
-from onnxprune.passes.calibrated import NEVER_RAN
-from onnxprune.passes.layers import calib_layer
+from onnxprune.passes.layers import NEVER_RAN, calib_layer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SOURCE = FIXTURES / "if_digits.onnx"

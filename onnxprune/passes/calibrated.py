@@ -28,7 +28,7 @@ Layers inside If / Loop / Scan bodies are calibrated like the others, on the row
 of their body (:mod:`onnxprune.passes.layers`, :mod:`onnxprune.capture`); in sequential mode a
 body layer waits for what its owner node reads and for the layers before it in its body
 (:mod:`onnxprune.passes.layer_order`). A layer whose body never ran on the data has no rows
-and is pruned by magnitude (:data:`NEVER_RAN` says why).
+and is pruned by magnitude (:data:`onnxprune.passes.layers.NEVER_RAN` says why).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import numpy as np
 from onnx import ModelProto, numpy_helper
 
 from onnxprune import sparsity
-from onnxprune.capture import LayerStats, capture, stacked
+from onnxprune.capture import LayerStats, capture
 from onnxprune.config import PruneConfig, Ranking, Reconstruction
 from onnxprune.data import Dataset
 from onnxprune.errors import OptionError, UnsupportedModelError, opt
@@ -96,10 +96,6 @@ def waves(model: ModelProto, layers: list[CalibLayer]) -> list[list[CalibLayer]]
         groups.append([layers[i] for i in ready])
         done.update(ready)
     return groups
-
-
-#: Why a layer inside an If/Loop/Scan body has no statistics when its body never ran on the data.
-NEVER_RAN = "its body never ran on the calibration data: an If branch never taken, or a Loop or Scan of no iteration"
 
 
 def _dense_target(w: np.ndarray, h: np.ndarray, c: np.ndarray, percdamp: float) -> np.ndarray:
@@ -335,7 +331,8 @@ def prune_calibrated(
         magnitude(key)
     changed = bool(fallback)
     extra: dict[str, dict[str, object]] = {key: {"method": "magnitude"} for key in fallback}
-    total, done = len(calib), 0
+    done = allocated.steps  # the allocation's progress steps come first
+    total = done + len(calib)
     for group in groups:
         # fit to the dense model's output once it differs; Wanda updates no weight, so it needs
         # the dense model only for bias correction (its E[x_d])
@@ -346,12 +343,11 @@ def prune_calibrated(
         for layer in group:
             weight, target = layer.weight, targets[layer.weight.key]
             per_use = [stats[use.spec.key] for use in layer.uses]
-            layer_stats = stacked(per_use)  # a shared weight: the rows of every use, one problem
+            layer_stats, skipped = layer.statistics(stats)
             done += 1
             if progress is not None:
                 progress(done, total, weight.key)
-            skipped = layer_stats.skipped or (NEVER_RAN if layer_stats.rows == 0 else None)  # a body never run
-            if skipped or layer_stats.H is None:
+            if skipped is not None:
                 fallback[weight.key] = f"no statistics ({skipped}): pruned by magnitude"
                 magnitude(weight.key)
                 extra[weight.key] = {"method": "magnitude"}

@@ -76,7 +76,7 @@ import numpy as np
 from onnx import ModelProto, helper
 
 from onnxprune import runtime
-from onnxprune.capture import LayerStats, capture, read_values, stacked
+from onnxprune.capture import LayerStats, capture, read_values
 from onnxprune.config import PruneConfig, Reconstruction
 from onnxprune.data import Dataset
 from onnxprune.graph import tensors
@@ -149,6 +149,7 @@ class Allocated:
     fixed: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
     predicted: dict[str, float] = field(default_factory=dict)
+    steps: int = 0  # the progress steps the allocation reported (the pass's own follow them)
 
     def record(self) -> dict[str, object]:
         """JSON-friendly summary (the result's ``allocation``)."""
@@ -234,8 +235,8 @@ def allocate_layers(
             done += 1
             if progress is not None:
                 progress(done, 2 * len(layers), f"error curve of {key}")
-            layer_stats = stacked([stats[use.spec.key] for use in layer.uses])
-            if layer_stats.skipped or layer_stats.H is None or layer_stats.rows == 0:
+            layer_stats, unusable = layer.statistics(stats)
+            if unusable is not None:
                 fixed.append(key)  # the pass prunes it by magnitude: it keeps its uniform count
                 continue
             tick = time.perf_counter()
@@ -258,7 +259,7 @@ def allocate_layers(
     seconds["allocate"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - start
     if result is None:
-        return Allocated("uniform", dict(targets), seconds=seconds)
+        return Allocated("uniform", dict(targets), seconds=seconds, steps=len(layers))
     new_targets, curves, predicted = result
     log.info(
         "allocation by error curves: %d layers (%d fixed) in %.1fs (capture %.1fs, curves %.1fs, probe %.1fs); "
@@ -272,7 +273,7 @@ def allocate_layers(
         predicted["curves"],
         predicted["uniform"],
     )
-    return Allocated("curves", new_targets, curves, tuple(fixed), seconds, predicted)
+    return Allocated("curves", new_targets, curves, tuple(fixed), seconds, predicted, steps=len(layers))
 
 
 def _chunks(layers: list[CalibLayer]) -> Iterable[list[CalibLayer]]:

@@ -75,13 +75,13 @@ constant of an Add that alone reads the MatMul's output. The correction ``delta`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from onnx import ModelProto, NodeProto
 
-from onnxprune.capture import LayerSpec
+from onnxprune.capture import LayerSpec, LayerStats, stacked
 from onnxprune.graph.discovery import Reader, Weight
 from onnxprune.graph.element_map import element_map
 from onnxprune.graph.index import Scope, node_label
@@ -114,6 +114,10 @@ class LayerUse:
     bias_reason: str | None = None  # why there is no bias site
 
 
+#: Why a layer inside an If/Loop/Scan body has no statistics when its body never ran on the data.
+NEVER_RAN = "its body never ran on the calibration data: an If branch never taken, or a Loop or Scan of no iteration"
+
+
 @dataclass
 class CalibLayer:
     """A weight that calibration handles, with its matrix view (see module docstring): ``node``,
@@ -132,6 +136,15 @@ class CalibLayer:
     def uses(self) -> tuple[LayerUse, ...]:
         """Every node that reads the weight, the first one first."""
         return (LayerUse(self.node, self.spec, self.view, self.bias, self.bias_reason), *self.shared)
+
+    def statistics(self, stats: Mapping[str, LayerStats]) -> tuple[LayerStats, str | None]:
+        """The layer's statistics from a capture's (every use's rows stacked: a shared weight is
+        one problem), and why they cannot be used (None when they can)."""
+        mine = stacked([stats[use.spec.key] for use in self.uses])
+        why = mine.skipped or (NEVER_RAN if mine.rows == 0 else None)  # a body never run
+        if why is None and mine.H is None:
+            why = "no input statistics"
+        return mine, why
 
     @property
     def reads_own_output(self) -> bool:
