@@ -146,17 +146,7 @@ class Allocation:
         if self.allocator is not None and self.allocator not in ALLOCATORS:
             raise OptionError(f"{opt('allocator')} must be one of {', '.join(ALLOCATORS)}, got '{self.allocator}'")
         if self.allocator == "curves":
-            clash = (
-                f"an N:M {opt('pattern')}"
-                if self.pattern is not None
-                else f"a {opt('plan')}"
-                if self.plan
-                else f"{opt('scope', 'global')}"
-                if self.scope == "global"
-                else None
-                if self.sparsity is not None
-                else f"no {opt('sparsity')}"
-            )
+            clash = self.curves_clash
             if clash is not None:
                 raise OptionError(
                     f"{opt('allocator', 'curves')} splits an overall {opt('sparsity')} among the layers of local "
@@ -184,6 +174,20 @@ class Allocation:
         )
         if not 0.0 < float(self.max_layer_sparsity) <= 1.0:
             raise OptionError(f"{opt('max_layer_sparsity')} must lie in (0, 1], got {self.max_layer_sparsity}")
+
+    @property
+    def curves_clash(self) -> str | None:
+        """What keeps ``allocator="curves"`` from splitting this allocation (as an option names
+        it), None when it can: it needs an overall ``sparsity``, local scope, no plan, no pattern."""
+        if self.pattern is not None:
+            return f"an N:M {opt('pattern')}"
+        if self.plan:
+            return f"a {opt('plan')}"
+        if self.scope == "global":
+            return f"{opt('scope', 'global')}"
+        if self.sparsity is None:
+            return f"no {opt('sparsity')}"
+        return None
 
     @property
     def prunes(self) -> bool:
@@ -392,14 +396,7 @@ class PruneConfig:
         ``sparsity``, local scope, no plan and no pattern, else "uniform"."""
         if self.allocator is not None:
             return self.allocator
-        curves = (
-            METHODS[self.method].needs_data
-            and self.sparsity is not None
-            and self.scope == "local"
-            and not self.plan
-            and self.pattern is None
-        )
-        return "curves" if curves else "uniform"
+        return "curves" if METHODS[self.method].needs_data and self.allocation.curves_clash is None else "uniform"
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly view (for provenance and reports)."""
