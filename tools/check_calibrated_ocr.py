@@ -54,7 +54,7 @@ from bench_calibrate import (
     sentences,
     split_corpus,
 )
-from sequence_metrics import levenshtein
+from sequence_metrics import ctc_greedy, levenshtein
 
 WHEEL = "rapidocr-onnxruntime==1.4.4"
 MODEL = "ch_PP-OCRv4_rec_infer.onnx"
@@ -175,9 +175,8 @@ def character_error_rates(models: dict[str, Path], data: Path, truth: list[str])
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         probs = np.concatenate([session.run(None, {"x": x[i : i + 32]})[0] for i in range(0, len(x), 32)])
         errors = 0
-        for steps, reference in zip(probs.argmax(-1), truth, strict=True):
-            keep = np.r_[True, steps[1:] != steps[:-1]] & (steps != 0)
-            errors += levenshtein("".join(characters[i] for i in steps[keep]), reference)
+        for decoded, reference in zip(ctc_greedy(probs), truth, strict=True):
+            errors += levenshtein("".join(characters[i] for i in decoded), reference)
         rates[name] = errors / sum(len(t) for t in truth)
     return rates
 
