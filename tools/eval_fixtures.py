@@ -18,7 +18,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -27,12 +26,10 @@ import onnxprune
 from onnxprune.latency import LatencySettings
 from onnxprune.report import write_report
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures"
-TASKS = {
-    name: entry.get("task", "classification")
-    for name, entry in json.loads((FIXTURES / "manifest.json").read_text())["models"].items()
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibration_table import FIXTURES, TASKS  # the fixtures' manifest, read once for the tools
+
+ROOT = FIXTURES.parent
 
 
 def main(argv: list[str] | None = None) -> int:
