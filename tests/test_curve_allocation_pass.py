@@ -296,3 +296,20 @@ def test_progress_runs_forward_through_the_allocation_and_the_pass(calib: onnxpr
     prune_calibrated(model, config, calib, progress=lambda done, total, *_: seen.append((done, total)))
     assert len({total for _, total in seen}) == 1
     assert [done for done, _ in seen] == list(range(1, len(seen) + 1)) and seen[-1][0] == seen[-1][1]
+
+
+def test_a_probe_that_onnxruntime_refuses_is_a_data_error(calib: onnxprune.Dataset) -> None:
+    """A run of the probe that fails says so as the library's DataError, naming the way around it."""
+    model = onnx.load(str(LSTM))
+    inventory = discover(model)
+    weight = next(iter(inventory.prunable))
+    probe = OutputProbe(model, [weight], probe_batches(calib, 32))
+
+    class Refusing:
+        def run(self, *_: object) -> None:
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : bad feed")
+
+    probe.session = Refusing()  # type: ignore[assignment]
+    values = tensors.read_array(inventory.proto(weight))
+    with pytest.raises(onnxprune.DataError, match=r"allocation's probe.*uniform"):
+        probe.change(weight, inventory, values)

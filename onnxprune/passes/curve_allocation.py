@@ -79,6 +79,7 @@ from onnxprune import runtime
 from onnxprune.capture import LayerStats, capture, read_values
 from onnxprune.config import PruneConfig, Reconstruction
 from onnxprune.data import Dataset
+from onnxprune.errors import DataError, opt
 from onnxprune.graph import tensors
 from onnxprune.graph.discovery import Inventory, Weight
 from onnxprune.passes.base import Progress
@@ -363,7 +364,8 @@ class OutputProbe:
         graph.input.extend(added)
         try:
             self.session = runtime.session(model.SerializeToString(), optimize=True) if self.fed else None
-        except Exception:  # onnxruntime's own types; a model over 2 GiB cannot be serialized
+        except Exception as exc:  # onnxruntime's own types; a model over 2 GiB cannot be serialized
+            log.info("the probe writes each weight into the model instead of feeding it: %s", exc)
             self.session, self.fed = None, set()
         finally:
             for _ in added:
@@ -373,9 +375,16 @@ class OutputProbe:
 
     def _outputs(self, override: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.session is not None:
-            runs = [
-                dict(zip(self.names, self.session.run(self.names, {**f, **override}), strict=True)) for f in self.feeds
-            ]
+            try:
+                runs = [
+                    dict(zip(self.names, self.session.run(self.names, {**f, **override}), strict=True))
+                    for f in self.feeds
+                ]
+            except Exception as exc:  # onnxruntime raises its own types
+                raise DataError(
+                    f"the model fails on the allocation's probe ({runtime.ort_message(exc)}); "
+                    f"{opt('allocator', 'uniform')} does without it"
+                ) from exc
         else:
             runs = read_values(self.model, self.names, self.feeds)
         out = {}
