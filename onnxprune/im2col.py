@@ -87,7 +87,8 @@ def conv_cols(channels: int, geometry: ConvGeometry) -> int:
 
 
 def patch_blocks(x: np.ndarray, geometry: ConvGeometry, *, max_bytes: int) -> Iterator[np.ndarray]:
-    """Float64 patch blocks ``[groups, rows, C/g·∏k]`` of ``x [N, C, *S]``, rows in (sample, position) order.
+    """Patch blocks ``[groups, rows, C/g·∏k]`` of ``x [N, C, *S]``, rows in (sample, position) order, in
+    ``x``'s dtype when it is floating (else float64).
 
     Concatenating the blocks along axis 1 gives ``P_j`` of the module docstring for every
     group ``j``. Each block holds at most ``max_bytes`` unless a single row of output
@@ -98,7 +99,7 @@ def patch_blocks(x: np.ndarray, geometry: ConvGeometry, *, max_bytes: int) -> It
     out = geometry.output_shape(spatial)
     if count == 0 or math.prod(out) == 0:
         return
-    row_bytes = geometry.groups * conv_cols(channels, geometry) * 8
+    row_bytes = geometry.groups * conv_cols(channels, geometry) * _dtype(x).itemsize
     sample_bytes = math.prod(out) * row_bytes
     if sample_bytes <= max_bytes:
         step = max(1, max_bytes // sample_bytes)
@@ -110,6 +111,10 @@ def patch_blocks(x: np.ndarray, geometry: ConvGeometry, *, max_bytes: int) -> It
     for sample in range(count):
         for start in range(0, out[0], step):
             yield _block(x[sample : sample + 1], geometry, slice(start, start + step))
+
+
+def _dtype(x: np.ndarray) -> np.dtype:
+    return x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float64)
 
 
 def _block(x: np.ndarray, geometry: ConvGeometry, lines: slice | None) -> np.ndarray:
@@ -134,6 +139,6 @@ def _block(x: np.ndarray, geometry: ConvGeometry, lines: slice | None) -> np.nda
     view = view.reshape(count, groups, channels // groups, *out, *geometry.kernel)
     # -> [groups, n, *out, C/g, *k]: rows (sample, position), columns (channel, tap).
     order = (1, 0, *range(3, 3 + rank), 2, *range(3 + rank, 3 + 2 * rank))
-    block = np.empty((groups, count, *out, channels // groups, *geometry.kernel), dtype=np.float64)
+    block = np.empty((groups, count, *out, channels // groups, *geometry.kernel), dtype=_dtype(x))
     block[...] = view.transpose(order)
     return block.reshape(groups, count * math.prod(out), -1)

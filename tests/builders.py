@@ -605,3 +605,8 @@ def substitute(model: ModelProto, values: Mapping[str, np.ndarray]) -> ModelProt
 
     visit(out.graph, "")
     return out
+
+
+#: capture's sums of float32 activations come from float32 products (:data:`onnxprune.capture.BLOCK_ROWS`
+#: rows each) added in float64: they agree with float64 sums to float32 rounding
+F32 = {"rtol": 1e-5, "atol": 1e-6}

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import BOOL, INT64, graph, init, model, node, rand, value
+from builders import BOOL, F32, INT64, graph, init, model, node, rand, value
 from click.testing import CliRunner
 from onnx import helper
 
@@ -390,9 +390,9 @@ def test_capture_sums_a_branch_over_the_batches_that_take_it():
     stats = capture(m, specs, [{"cond": np.asarray(c), "X": x} for c, x in zip(conds, xs, strict=True)])
     taken = np.concatenate([x for c, x in zip(conds, xs, strict=True) if c]).astype(np.float64)
     relu = np.maximum(xs[1], 0).astype(np.float64)
-    assert stats["t"].rows == 9 and np.allclose(stats["t"].H[0], taken.T @ taken)
-    assert stats["e"].rows == 3 and np.allclose(stats["e"].H[0], relu.T @ relu)
-    assert np.allclose(stats["e"].mean[0], relu.mean(axis=0))
+    assert stats["t"].rows == 9 and np.allclose(stats["t"].H[0], taken.T @ taken, **F32)
+    assert stats["e"].rows == 3 and np.allclose(stats["e"].H[0], relu.T @ relu, **F32)
+    assert np.allclose(stats["e"].mean[0], relu.mean(axis=0), **F32)
     never = capture(m, specs, [{"cond": np.asarray(True), "X": xs[0]}], reference=m)
     assert never["e"].rows == 0 and never["e"].skipped is None  # a branch never taken: no rows
     assert never["e"].C is not None and not never["e"].C.any()  # zero sums, so uses still add

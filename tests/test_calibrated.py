@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from builders import F32
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
@@ -306,7 +307,8 @@ def test_weight_on_the_left_is_calibrated(tmp_path: Path) -> None:
     assert layer is not None and why is None and layer.bias is None and "on the left" in (layer.bias_reason or "")
     stats = capture(model, [layer.spec], [{"x": x[:64]}])["w"]
     columns = np.moveaxis(x[:64].astype(np.float64), 1, 2).reshape(-1, 48)
-    np.testing.assert_allclose(stats.H[0], columns.T @ columns, rtol=1e-9)
+    want = columns.T @ columns  # float32 products: off-diagonal entries err relative to the diagonal's scale
+    np.testing.assert_allclose(stats.H[0], want, rtol=F32["rtol"], atol=F32["rtol"] * np.abs(want).max())
     reference = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x[64:]})[0]
     errors = {}
     for method in ("magnitude", "sparsegpt"):

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import init, ints, model, node, value
+from builders import F32, init, ints, model, node, value
 
 import onnxprune
 from onnxprune.capture import LayerSpec, capture
@@ -339,8 +339,8 @@ def test_shared_statistics_are_the_sum_over_uses(tmp_path: Path) -> None:
     stats = capture(m, [use.spec for use in layer.uses], [feeds])
     both = stacked([stats[use.spec.key] for use in layer.uses])
     rows = np.concatenate([feeds["x1"], feeds["x2"]]).astype(np.float64)
-    np.testing.assert_allclose(both.H[0], rows.T @ rows, rtol=1e-9)
-    np.testing.assert_allclose(both.mean[0], rows.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(both.H[0], rows.T @ rows, **F32)
+    np.testing.assert_allclose(both.mean[0], rows.mean(axis=0), **F32)
     assert both.rows == 64
 
 
@@ -412,7 +412,7 @@ def test_batched_matmul_rows_per_group(case: str) -> None:
     for position in itertools.product(*(range(d) for d in out)):
         g = np.ravel_multi_index(tuple(p if d != 1 else 0 for p, d in zip(position[lead:], batch, strict=True)), batch)
         want[g] += full[position].T @ full[position]
-    np.testing.assert_allclose(stats.H, want, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(stats.H, want, **F32)
     # W_g times the group's rows is the MatMul's output (onnxruntime)
     w = next(onnx.numpy_helper.to_array(t) for t in m.graph.initializer if t.name == "W").astype(np.float64)
     matrices = layer.to_matrix(w)
@@ -485,7 +485,7 @@ def test_bidirectional_r_is_captured_per_direction(op: str) -> None:
     y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     for d in range(2):  # y [n, T, 2, H]: direction d's states are its rows
         rows = y[:, :, d].astype(np.float64).reshape(-1, HIDDEN)
-        np.testing.assert_allclose(stats.H[d], rows.T @ rows, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(stats.H[d], rows.T @ rows, **F32)
 
 
 @pytest.mark.parametrize("op", list(RECURRENT))
@@ -548,7 +548,7 @@ def test_the_conv_transpose_view_is_one_matrix_per_tap_on_the_input_pixels(case:
     np.testing.assert_array_equal(layer.from_matrix(matrices), w)
     stats = capture(m, [layer.spec], [{"x": x}])[layer.spec.key]
     pixels = x.transpose(0, 2, 3, 1).reshape(-1, 12).astype(np.float64)
-    np.testing.assert_allclose(stats.H[0], pixels.T @ pixels, rtol=1e-9)
+    np.testing.assert_allclose(stats.H[0], pixels.T @ pixels, **F32)
 
 
 @pytest.mark.parametrize("case", list(CONV_TRANSPOSE))

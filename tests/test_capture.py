@@ -13,9 +13,10 @@ import itertools
 import numpy as np
 import onnx
 import pytest
-from builders import init, model, node, rand, value
+from builders import F32, FLOAT, init, model, node, rand, value
 from onnx import helper
 
+from onnxprune import capture as capture_module
 from onnxprune import runtime
 from onnxprune.capture import LayerSpec, LayerStats, capture
 from onnxprune.errors import DataError, OptionError
@@ -91,7 +92,7 @@ def assert_same_stats(a: LayerStats, b: LayerStats) -> None:
     for x, y in ((a.H, b.H), (a.mean, b.mean), (a.sqnorm, b.sqnorm)):
         assert (x is None) == (y is None)
         if x is not None:
-            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(x, y, **F32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,17 +123,17 @@ def test_conv_h_matches_brute_force_and_layer_output(case):
     (y,) = run(m, {"x": x})
     assert stats.skipped is None
     assert stats.H.shape == ref.shape == (groups, spec.cols, spec.cols)
-    np.testing.assert_allclose(stats.H, ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(stats.H, ref, **F32)
     assert stats.rows == x_shape[0] * int(np.prod(y.shape[2:]))
     w_groups = w.astype(np.float64).reshape(groups, w_shape[0] // groups, -1)
     expected = float(np.sum(y.astype(np.float64) ** 2))
     assert weight_energy(w_groups, stats.H) == pytest.approx(expected, rel=1e-6)
     # mean and sqnorm are the diagonal's companions: Σx² is diag(H), mean·rows sums the patches.
-    np.testing.assert_allclose(stats.sqnorm, np.diagonal(ref, axis1=1, axis2=2), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(stats.sqnorm, np.diagonal(ref, axis1=1, axis2=2), **F32)
     patches = np.concatenate(
         list(patch_blocks(a, ConvGeometry(groups, w_shape[2:], strides, pads, dilations), max_bytes=1 << 20)), axis=1
     )
-    np.testing.assert_allclose(stats.mean, patches.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(stats.mean, patches.astype(np.float64).mean(axis=1), **F32)
 
 
 @pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
@@ -175,7 +176,7 @@ def test_conv_on_a_graph_input_reads_the_feed():
     x = rand((2, 3, 5, 5), seed=7)
     stats = capture(m, [conv_spec(w, pads=(1, 1, 1, 1), activation="x")], [{"x": x}])["W"]
     ref = brute_force_conv_h(x, groups=1, kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1))
-    np.testing.assert_allclose(stats.H, ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(stats.H, ref, **F32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,6 +237,23 @@ def test_batched_matmul_3d_activation():
     assert weight_energy(w.T.astype(np.float64)[None], stats.H) == pytest.approx(float(np.sum(y.astype(float) ** 2)))
 
 
+def test_float64_activations_keep_float64_products_and_float32_ones_stay_within_rounding():
+    rows = 3 * capture_module.BLOCK_ROWS // 2  # more rows than one float32 product takes
+    x = np.random.default_rng(21).standard_normal((rows, 6)) * 2.0 + 0.5
+    for dtype, elem, tol in ((np.float64, onnx.TensorProto.DOUBLE, {"rtol": 1e-12}), (np.float32, FLOAT, F32)):
+        m = model(
+            [node("Tanh", ["x"], ["a"], "tanh"), node("MatMul", ["a", "W"], ["y"], "mm")],
+            [value("x", ["n", 6], elem)],
+            [value("y", ["n", 4], elem)],
+            [init("W", rand((6, 4), seed=11).astype(dtype))],
+        )
+        stats = capture(m, [MM_SPEC], [{"x": x.astype(dtype)}])["W"]
+        a = np.tanh(x.astype(dtype)).astype(np.float64)
+        assert stats.H.dtype == stats.mean.dtype == np.float64
+        np.testing.assert_allclose(stats.H[0], a.T @ a, **tol)
+        np.testing.assert_allclose(stats.mean[0], a.mean(axis=0), **tol)
+
+
 def test_streaming_batches_equals_one_batch_and_reports_progress():
     m, _ = batched_matmul_model()
     w = rand((6, 6, 3, 3), seed=13)
@@ -275,7 +293,7 @@ def test_cap_skips_h_but_keeps_mean_and_sqnorm():
     assert capped.skipped == "reduction length 6 above the capture cap 5"
     assert capped.rows == full.rows == 6
     np.testing.assert_allclose(capped.mean, full.mean)
-    np.testing.assert_allclose(capped.sqnorm, full.sqnorm)
+    np.testing.assert_allclose(capped.sqnorm, full.sqnorm, **F32)
 
 
 def test_missing_or_mismatched_activation_is_skipped_with_a_reason():

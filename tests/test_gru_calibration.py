@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import init, ints, model, node, value
+from builders import F32, init, ints, model, node, value
 from onnx import TensorProto
 
 import onnxprune
@@ -206,7 +206,7 @@ def test_linear_before_reset_keeps_one_group_of_states_per_direction(direction: 
     y = _ort_y(m, {"x": x})  # [n, T, D, H]: the states h_1 … h_T stand in for h_0 … h_{T−1}
     for d in range(dirs):
         states = y[:, :, d].reshape(-1, HIDDEN)
-        np.testing.assert_allclose(stats.H[d], states.T @ states, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(stats.H[d], states.T @ states, **F32)
 
 
 def test_a_reset_gate_other_than_sigmoid_has_no_view() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -209,6 +211,19 @@ def test_refit_equals_lstsq_on_explicit_x_with_varied_masks_and_chunks():
         np.testing.assert_allclose(W_new, expected, rtol=1e-7, atol=1e-9)
         assert np.all(W_new[mask] == 0.0)
     np.testing.assert_allclose(W_new[0], W[0], rtol=1e-9)
+
+
+def test_refit_in_threads_gives_the_same_bits(monkeypatch):
+    X = _inputs(300, 24, seed=15)
+    H = X.T @ X
+    W = _weights(40, 24)
+    mask = np.random.default_rng(16).random((40, 24)) < 0.5
+    refit_module = importlib.import_module("onnxprune.reconstruct.refit")  # the package's `refit` is the function
+    results = []
+    for threads in (1, 3):
+        monkeypatch.setattr(refit_module, "solver_threads", lambda threads=threads: threads)
+        results.append(refit(W, H, mask, percdamp=0.01, max_batch_bytes=20_000))  # several rows per batch
+    assert np.array_equal(results[0], results[1])
 
 
 def test_refit_is_optimal_for_its_mask():

@@ -106,6 +106,7 @@ class ShapeReadSpec(OpSpec):
 
 class AddSpec(BroadcastSpec):
     adds_bias = True
+    sums_inputs = True
 
     def slot(self, ctx: SlotContext) -> Slot:
         other = ctx.node.input[1 - ctx.index] if len(ctx.node.input) == 2 else ""

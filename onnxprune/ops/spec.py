@@ -380,6 +380,9 @@ class OpSpec:
     #: The op adds a stored operand to a linear layer's output (``x·W + b``): Add, where a
     #: bias change of a bias-free MatMul may go.
     adds_bias: bool = False
+    #: The output is the elementwise sum of the node's two inputs (Add): a residual connection
+    #: when both are activations.
+    sums_inputs: bool = False
     #: The node does no work of its own at run time (Constant; control flow, whose subgraphs'
     #: nodes are counted where they are).
     no_work: bool = False

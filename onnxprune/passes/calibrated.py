@@ -20,7 +20,10 @@ for plain magnitude at the same count.
 
 Sequential mode (default) processes layers in *waves*: a wave holds every remaining
 layer whose input does not depend on a remaining layer, and its statistics are captured
-on the model as pruned so far, so errors do not compound. Parallel mode captures once on
+on the model as pruned so far, so errors do not compound. A layer whose output is summed
+with another activation (a residual connection, ``s = y + r``) is fitted to the dense sum,
+taking up the part of the error arriving through ``r`` that its input can express
+(:data:`RESIDUAL_TARGETS`; its error is then reported at the sum, relative to ``‖WX_d‖²``). Parallel mode captures once on
 the dense model. Weights calibration cannot handle are pruned by magnitude, with the
 reason in the result.
 
@@ -42,7 +45,7 @@ import numpy as np
 from onnx import ModelProto, numpy_helper
 
 from onnxprune import sparsity
-from onnxprune.capture import LayerStats, capture
+from onnxprune.capture import LayerStats, ResidualStats, capture
 from onnxprune.config import PruneConfig, Ranking, Reconstruction
 from onnxprune.data import Dataset
 from onnxprune.errors import OptionError, UnsupportedModelError, opt
@@ -98,14 +101,21 @@ def waves(model: ModelProto, layers: list[CalibLayer]) -> list[list[CalibLayer]]
     return groups
 
 
-def _dense_target(w: np.ndarray, h: np.ndarray, c: np.ndarray, percdamp: float) -> np.ndarray:
+def _dense_target(
+    w: np.ndarray, h: np.ndarray, c: np.ndarray, percdamp: float, residual: np.ndarray | None = None
+) -> np.ndarray:
     """``W*`` that best maps the current inputs to the dense outputs: each row solves
     ``(H + λI) w* = C w + λ w`` (ridge towards ``w``), where ``H = Σ x xᵀ`` of the current
     input and ``C = Σ x x_dᵀ`` against the dense model's input; then
-    ``‖w·X_d − ŵ·X‖² = (w* − ŵ)ᵀ H (w* − ŵ) + const`` for any ``ŵ``."""
+    ``‖w·X_d − ŵ·X‖² = (w* − ŵ)ᵀ H (w* − ŵ) + const`` for any ``ŵ``. With ``residual``
+    ``R = Σ xᵀ(r_d − r)`` (the output is summed with ``r``: :mod:`onnxprune.capture`) the target
+    is the dense *sum*, ``(H + λI) W*ᵀ = C Wᵀ + λ Wᵀ + R``: the layer also takes up the part of the
+    error arriving through ``r`` that its input can express."""
     lam = damping(h, np.diagonal(h) == 0, percdamp) or 1e-8 * max(float(np.mean(np.diagonal(h))), 1e-30)
     a = h + lam * np.eye(h.shape[0])
     rhs = c @ w.T + lam * w.T
+    if residual is not None:
+        rhs = rhs + residual
     try:
         return np.linalg.solve(a, rhs).T
     except np.linalg.LinAlgError:
@@ -116,9 +126,21 @@ def _ratio(num: float, den: float) -> float:
     return max(num, 0.0) / den if den > 0 else 0.0
 
 
-def _output_error(new: np.ndarray, w: np.ndarray, h: np.ndarray, c: np.ndarray, h_ref: np.ndarray) -> float:
-    """``Σ_rows ‖w·X_d − ŵ·X‖² = ŵᵀHŵ − 2ŵᵀCw + wᵀH_d w`` (``C = H = H_d`` without a reference)."""
-    return _quad(new, h, new) - 2 * _quad(new, c, w) + _quad(w, h_ref, w)
+def _output_error(
+    new: np.ndarray,
+    w: np.ndarray,
+    h: np.ndarray,
+    c: np.ndarray,
+    h_ref: np.ndarray,
+    residual: ResidualStats | None = None,
+) -> float:
+    """``Σ_rows ‖w·X_d − ŵ·X‖² = ŵᵀHŵ − 2ŵᵀCw + wᵀH_d w`` (``C = H = H_d`` without a reference);
+    with ``residual`` (the output feeds a sum ``y + r``) the error at the sum,
+    ``+ 2 tr(w X_dᵀD) − 2 tr(ŵ XᵀD) + ‖D‖²`` (:mod:`onnxprune.capture`)."""
+    error = _quad(new, h, new) - 2 * _quad(new, c, w) + _quad(w, h_ref, w)
+    if residual is not None:
+        error += 2 * float(np.vdot(w, residual.cross_ref.T) - np.vdot(new, residual.cross.T)) + residual.energy
+    return error
 
 
 def _quad(a: np.ndarray, m: np.ndarray, b: np.ndarray) -> float:
@@ -132,16 +154,20 @@ class _Solved:
         self.deltas: list[np.ndarray] = []  # the bias delta of each use of the layer
 
 
-def _bias_delta(w: np.ndarray, new: np.ndarray, stats: LayerStats) -> np.ndarray:
+def _bias_delta(w: np.ndarray, new: np.ndarray, stats: LayerStats, *, residual: bool = False) -> np.ndarray:
     """``delta = W·E[x_d] − Ŵ·E[x]`` per output of every group (``[groups·rows]``), for one use's
-    statistics (``E[x_d] = E[x]`` without a reference; one mean for all groups when they share x)."""
+    statistics (``E[x_d] = E[x]`` without a reference; one mean for all groups when they share x);
+    with ``residual`` and the statistics' ``E[r_d − r]`` (an output summed with ``r``), plus that."""
     means: np.ndarray = stats.mean  # type: ignore[assignment]  # a solved layer has its statistics
     refs = stats.mean_ref if stats.mean_ref is not None else means
     parts = []
     for g in range(len(w)):
         k = 0 if len(means) == 1 else g
         parts.append(w[g] @ refs[k] - new[g] @ means[k])
-    return np.concatenate(parts)
+    delta = np.concatenate(parts)
+    if residual and stats.residual is not None:
+        delta = delta + stats.residual.mean
+    return delta
 
 
 #: Wanda and SparseGPT choose the same count in every output row; a layer with fewer
@@ -153,6 +179,9 @@ ROW_WISE_MIN_COLS = 64
 #: all-MiniLM-L6-v2 at 50 % (128 sentences), embedding cosine 0.959 / 0.964 / 0.965 / 0.965 at
 #: 0.01 / 0.05 / 0.1 / 0.2; the fixtures within noise (test sets of 300-450 samples)
 PERCDAMP_DATA, PERCDAMP_DATA_FREE = 0.1, 1.0
+#: a layer whose output is summed with another activation (a residual connection) is fitted to
+#: the dense sum, taking up the error that arrives through the other operand (:func:`_dense_target`)
+RESIDUAL_TARGETS = True
 
 
 def solver_percdamp(reconstruction: Reconstruction, data: Dataset) -> float:
@@ -196,7 +225,9 @@ def _solve_layer(
         with_ref = stats.C is not None and not layer.reads_own_output
         cg = stats.C[k] if with_ref else hg
         h_ref = stats.H_ref[k] if with_ref else hg
-        goal = np.where(wg == 0, 0.0, _dense_target(wg, hg, cg, percdamp)) if with_ref else wg  # zeros stay
+        residual = stats.residual if with_ref and RESIDUAL_TARGETS and layer.groups == 1 else None
+        cross = residual.cross if residual is not None else None
+        goal = np.where(wg == 0, 0.0, _dense_target(wg, hg, cg, percdamp, cross)) if with_ref else wg  # zeros stay
         mag_new = np.where(magnitude[g], 0.0, wg)
         order = None  # a method that chooses its own mask sees the columns in the layer's N:M order
         wp, tp, hp, sq, mask = wg, goal, hg, stats.sqnorm[k], magnitude[g]
@@ -226,10 +257,10 @@ def _solve_layer(
             unpermuted[:, order] = new
             new = unpermuted
         out[g] = new
-        solved.err_num += _output_error(new, wg, hg, cg, h_ref)
-        solved.mag_num += _output_error(mag_new, wg, hg, cg, h_ref)
+        solved.err_num += _output_error(new, wg, hg, cg, h_ref, residual)
+        solved.mag_num += _output_error(mag_new, wg, hg, cg, h_ref, residual)
         solved.err_den += _quad(wg, h_ref, wg)
-    solved.deltas = [_bias_delta(w, out, use) for use in (uses or (stats,))]
+    solved.deltas = [_bias_delta(w, out, use, residual=residual is not None) for use in (uses or (stats,))]
     stored = layer.from_matrix(out)
     return stored, solved
 

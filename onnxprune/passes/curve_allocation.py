@@ -13,16 +13,18 @@ Curves
     The dense model's layer inputs are captured once (:func:`onnxprune.capture.capture`, in
     chunks whose ``H`` stay under :data:`MAX_STATS_BYTES`), and each layer is pruned alone by
     the pass's own solver (``_solve_layer`` of :mod:`onnxprune.passes.calibrated`: the method,
-    damping, block size, exact refit and row-wise rule of the run) at the levels of
-    :data:`GRID` and at ``t``. ``e_l(s) = Σ_g tr(ΔHΔᵀ) / Σ_g tr(WHWᵀ)``, ``Δ = W − Ŵ``, is the
-    relative output error at the sparsity really reached (existing zeros count). Below ``t``,
-    SparseGPT's exact refit is replaced by its greedy updates (:data:`EXACT_BELOW_TARGET`): the
-    refit solves a ``k × k`` system per row for ``k`` kept columns, so a level of ``s`` costs
-    ``∝ (1 − s)³`` and the low levels would cost most (on all-MiniLM-L6-v2 at 50 % the grid
-    solved exactly took 408 s of a 535 s allocation); the greedy error is a little higher,
-    closest where few weights go. Measured against exact levels on the fixtures: the same
-    accuracy (LSTM 94.6 / 86.4 at 50 / 70 %, transformer 89.7 / 88.4 against 89.4 / 88.3);
-    greedy levels above ``t`` too lose (transformer 70 %: 84.9).
+    damping, block size and row-wise rule of the run) at the levels of :data:`GRID` and at
+    ``t``. ``e_l(s) = Σ_g tr(ΔHΔᵀ) / Σ_g tr(WHWᵀ)``, ``Δ = W − Ŵ``, is the relative output error
+    at the sparsity really reached (existing zeros count). The levels are solved by SparseGPT's
+    greedy updates, without the run's exact refit of the kept weights
+    (:data:`EXACT_FROM_TARGET`, :data:`EXACT_BELOW_TARGET`): the refit solves a ``k × k`` system
+    per row for ``k`` kept columns, so it costs ``rows · k³`` where the greedy solve costs
+    ``cols³ + rows · cols²``. On all-MiniLM-L6-v2 at 50 % the exact levels took 65 s of a 95 s
+    allocation. The allocation needs the curves' shapes and the probe's ratio ``d_l / e_l(t)``,
+    both measured on the same greedy solutions; measured against exact levels (refit at and
+    above ``t``) with ``tools/calibration_table.py``'s fixtures at 50 / 70 %: LSTM 94.5 / 87.0
+    against 94.5 / 86.9, transformer 89.1 / 88.5 against 89.0 / 88.8, CNN, CRNN and MLP the
+    same to 0.1 point; all-MiniLM-L6-v2 at 50 %, embedding cosine 0.9660 against 0.9658.
 
 Weights (the probe)
     Relative errors of different layers are not comparable in the model's loss: a layer whose
@@ -55,11 +57,10 @@ synthetic data; on the fixtures at 50 % it still helps (SparseGPT top-1, uniform
 LSTM 88.9 -> 93.2, transformer 87.1 -> 88.8, CNN 98.2 -> 98.9, MLP 97.3 -> 97.6), so it is the
 default there too.
 
-Cost: one capture of the dense model (per chunk), at most ``len(GRID) + 1`` solves per layer
-(the levels above the trust region's top after the first are not solved; those from the target
-up as the run solves) and one run of the model on
-:data:`PROBE_SAMPLES` samples per layer; the time of each is logged and recorded in the result
-(:meth:`Allocated.record`). With a single calibrated layer there is nothing to split: uniform.
+Cost: one capture of the dense model (per chunk, in batches of :data:`CAPTURE_BATCH`), at most
+``len(GRID) + 1`` greedy solves per layer (the levels above the trust region's top after the
+first are not solved) and one run of the model on :data:`PROBE_SAMPLES` samples per layer; the
+time of each is logged and recorded in the result (:meth:`Allocated.record`). With a single calibrated layer there is nothing to split: uniform.
 """
 
 from __future__ import annotations
@@ -97,8 +98,14 @@ GRID = (0.25, 0.5, 0.7, 0.8, 0.9, 0.95)
 PROBE_SAMPLES = 32
 #: the dense statistics (the ``H`` of the layers) held at once; more are captured in chunks
 MAX_STATS_BYTES = 1 << 30
-#: the levels below the target solved as the run solves (else SparseGPT's greedy updates there)
+#: the dense capture reads every calibrated layer's input of a batch at once, so it runs batches of
+#: at most this many samples (all-MiniLM-L6-v2, 36 layers: at 32 samples the run's peak memory grew
+#: from 0.49 to 1.50 GB during it)
+CAPTURE_BATCH = 8
+#: the levels below the target solved with the run's exact refit (else SparseGPT's greedy updates)
 EXACT_BELOW_TARGET = False
+#: the target and the levels above it solved with the run's exact refit (else the greedy updates)
+EXACT_FROM_TARGET = False
 #: no layer is given more than ``t + TRUST·(1 − t)``: the probe is measured at ``t``, and far above
 #: it the curve's shape does not predict the outputs (PP-OCRv4 rec at 70 %: its classifier, 30 % of
 #: the weights, went to 88 % and the character error rate from 1.9 % (uniform) to 9.7 %)
@@ -229,7 +236,9 @@ def allocate_layers(
     for chunk in _chunks(layers):
         tick = time.perf_counter()
         specs = [use.spec for layer in chunk for use in layer.uses]
-        stats = capture(model, specs, data.batches(batch_size))
+        # every layer's input at once: a batch of CAPTURE_BATCH keeps those activations small; a
+        # body may run on some batches only, so then the batches are calibration's own
+        stats = capture(model, specs, data.batches(batch_size if in_body else min(batch_size, CAPTURE_BATCH)))
         seconds["capture"] += time.perf_counter() - tick
         for layer in chunk:
             key = layer.weight.key
@@ -308,9 +317,9 @@ class _Measured:
 def _curve(
     solve: Callable[..., tuple[np.ndarray, Solved]], reconstruction: Reconstruction, t: float, floor: int, numel: int
 ) -> tuple[_Measured, np.ndarray]:
-    """The layer's curve and its stored array solved at ``t`` (for the probe). Below ``t`` SparseGPT's
-    greedy updates stand in for its exact refit (:data:`EXACT_BELOW_TARGET`): the refit costs
-    ``rows · k³`` for ``k`` kept columns, so the levels below ``t`` would cost most. The levels stop
+    """The layer's curve and its stored array solved at ``t`` (for the probe). SparseGPT's greedy
+    updates stand in for its exact refit (:data:`EXACT_FROM_TARGET`, :data:`EXACT_BELOW_TARGET`):
+    the refit costs ``rows · k³`` for ``k`` kept columns. The levels stop
     at the first that reaches the trust region's top (or the layer's floor, if higher): the
     allocation never goes above it, and the envelope there is interpolated from that level."""
     levels, errors = [0.0], [0.0]
@@ -322,7 +331,7 @@ def _curve(
         count = count_for_amount(numel, level)
         if count <= floor and level != t:
             continue
-        exact = level >= t or EXACT_BELOW_TARGET
+        exact = EXACT_FROM_TARGET if level >= t else EXACT_BELOW_TARGET
         stored, solved = solve(
             Target(count=count, amount=level),
             reconstruction=reconstruction if exact else replace(reconstruction, exact_refit=False),

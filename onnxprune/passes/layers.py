@@ -267,22 +267,50 @@ def _use(scope: Scope, weight: Weight, node: NodeProto, view: MatrixView, number
     key = weight.key if number == 0 else f"{weight.key} (use {number + 1}: {node_label(node)})"
     activation = view.activation_name(node)
     reads = view.read_names(node)  # the tensors its rows are made of besides ``activation``, if any
-    spec = LayerSpec.from_view(
-        view, key=key, node=node_label(node), activation=activation, scope=scope.path, reads=reads
-    )
     owner = scope.resolve(activation) if activation else None
     if owner is None or (activation not in owner.producers and activation not in owner.inputs):
         return f"its input '{activation}' is a stored constant or not defined: no activation to capture"
-    use = LayerUse(node, spec, view)
+    bias, bias_reason = None, None
     if spec_of(node).bias_layout == "gates":
-        use.bias_reason = "recurrent biases are not corrected"
+        bias_reason = "recurrent biases are not corrected"
     elif view.capture_op == "MatMulLeft":
-        use.bias_reason = "a weight on the left (W @ x): its bias is not corrected"
+        bias_reason = "a weight on the left (W @ x): its bias is not corrected"
     elif view.capture_op == "BatchedMatMul" and view.groups > 1:
-        use.bias_reason = "a batched MatMul weight (one matrix per batch element): its bias is not corrected"
+        bias_reason = "a batched MatMul weight (one matrix per batch element): its bias is not corrected"
     else:
-        use.bias, use.bias_reason = _bias_site(scope, node, view)
-    return use
+        bias, bias_reason = _bias_site(scope, node, view)
+    spec = LayerSpec.from_view(
+        view,
+        key=key,
+        node=node_label(node),
+        activation=activation,
+        scope=scope.path,
+        reads=reads,
+        residual=_residual(scope, node, view, bias),
+    )
+    return LayerUse(node, spec, view, bias, bias_reason)
+
+
+def _residual(scope: Scope, node: NodeProto, view: MatrixView, bias: BiasSite | None) -> str:
+    """The activation ``r`` that the layer's output ``y`` (after its bias Add, if any) is summed
+    with, ``s = y + r``, when ``s`` is all that reads ``y``: a residual connection. Main-graph
+    Gemm and MatMul rows only (the capture's :class:`~onnxprune.capture.LayerSpec` ``residual``);
+    "" when there is none."""
+    if scope.path or view.capture_op not in ("Gemm", "MatMul") or view.capture_groups != 1 or view.prepare:
+        return ""
+    out = node.output[0] if node.output else ""
+    if bias is not None and bias.node is not node:  # MatMul + Add(b): the sum after the bias
+        out = bias.node.output[0]
+    uses = scope.uses.get(out, [])
+    if not out or len(uses) != 1 or scope.is_output(out):
+        return ""
+    add = uses[0].node
+    if not spec_of(add).sums_inputs or len(add.input) != 2:
+        return ""
+    other = add.input[1 - uses[0].index]
+    if not other or other == out or (other not in scope.producers and other not in scope.inputs):
+        return ""  # a stored operand is a bias, not a residual
+    return other
 
 
 def calib_layer(model: ModelProto, scope: Scope, weight: Weight) -> tuple[CalibLayer | None, str | None]:

@@ -21,8 +21,10 @@ outputs, and leaving it alone is what is least surprising off the calibration da
 
 Vectorised: the right-hand sides come from one product ``W H``; rows with the same
 number of live kept columns are stacked into batches of ``[g, k, k]`` systems (chunked so
-that a batch stays under ``max_batch_bytes``) and solved by ``np.linalg.solve``, which
-loops in LAPACK, not in Python. If a system is singular (``λ = 0`` and fewer independent
+that the batches in flight stay under ``max_batch_bytes`` together) and solved by
+``np.linalg.solve``, which loops in LAPACK, not in Python; the batches run side by side in
+:func:`~onnxprune.reconstruct.threads.solver_threads` threads (each row is solved alone, so
+the result does not depend on the threads). If a system is singular (``λ = 0`` and fewer independent
 calibration rows than kept columns), the batch is solved again with
 ``λ = 1e-8 · mean(diag H)``, raised tenfold until it succeeds, with a warning.
 """
@@ -30,11 +32,12 @@ calibration rows than kept columns), the batch is solved again with
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from onnxprune.reconstruct.hessian import damping
-from onnxprune.reconstruct.threads import one_blas_thread
+from onnxprune.reconstruct.threads import one_blas_thread, solver_threads
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,8 @@ def _solve_groups(
     max_batch_bytes: int,
 ) -> None:
     """Fill ``out`` with the solutions, rows grouped by their number of unknowns."""
+    batches = []
+    threads = solver_threads()
     for k in np.unique(sizes):
         if k == 0:
             continue
@@ -121,11 +126,19 @@ def _solve_groups(
         # np.nonzero walks in C order: each row's k kept columns, ascending.
         idx_all = np.nonzero(solve[group])[1].reshape(len(group), k)
         per_row = 8 * (2 * k * k + 4 * k)
-        chunk = max(1, int(max_batch_bytes // per_row))
-        for start in range(0, len(group), chunk):
-            rows_c = group[start : start + chunk]
-            idx = idx_all[start : start + chunk]
-            solved = _solve_batch(H, W, HW, rows_c, idx, lam, scale)
-            sub = out[rows_c]
-            np.put_along_axis(sub, idx, solved, axis=1)
-            out[rows_c] = sub
+        chunk = max(1, int(max_batch_bytes // (per_row * threads)))
+        batches.extend((group[s : s + chunk], idx_all[s : s + chunk]) for s in range(0, len(group), chunk))
+
+    def run(batch: tuple[np.ndarray, np.ndarray]) -> None:
+        rows_c, idx = batch
+        solved = _solve_batch(H, W, HW, rows_c, idx, lam, scale)
+        sub = out[rows_c]
+        np.put_along_axis(sub, idx, solved, axis=1)
+        out[rows_c] = sub
+
+    if threads == 1 or len(batches) < 2:
+        for batch in batches:
+            run(batch)
+        return
+    with ThreadPoolExecutor(min(threads, len(batches))) as pool:
+        list(pool.map(run, batches))  # list(): a batch's exception is raised here
