@@ -344,7 +344,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     type=click.Choice(["uniform", "curves"]),
     help="How a local --sparsity is split among calibrated layers: uniform (each the same) or curves (each its "
     "own, from its error curve weighted by a probe of the outputs; the overall count is kept). "
-    "Default: curves with --method wanda/sparsegpt/refit, else uniform.",
+    "Default: curves with --method wanda/sparsegpt/refit, else uniform. With --structured: uniform (--sparsity of "
+    "each channel group) or curves (--sparsity of the parameters, or --target-flops, spread over the groups by "
+    "their measured loss, consumers refitted; default with --calibration).",
 )
 @click.option(
     "--criterion",
@@ -415,7 +417,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 @click.option(
     "--structured",
     is_flag=True,
-    help="Remove whole channels (filters, neurons, heads): --sparsity is the fraction of each channel group.",
+    help="Remove whole channels (filters, neurons, heads): --sparsity is the fraction of each channel group "
+    "(with --calibration: of the parameters, spread by measured loss; see --allocation).",
 )
 @click.option(
     "--target-flops", type=float, help="Structured: keep at most this fraction of the MACs (implies --structured)."
@@ -555,10 +558,6 @@ def prune(
     unstructured = sparsity is not None or plan_path is not None or pattern != "unstructured"
     if structured and pattern != "unstructured":
         raise onnxprune.OptionError("--structured takes --sparsity, --target-flops or a --plan; drop --pattern")
-    if structured and allocation is not None:
-        raise onnxprune.OptionError(
-            "--allocation splits a weight --sparsity among layers; --structured ranks channels: drop one"
-        )
     if structured and method != "magnitude":
         raise onnxprune.OptionError(
             f"--method {method} is for weight pruning; --structured ranks channels with --importance and refits "
@@ -606,6 +605,7 @@ def prune(
         max_fraction=max_group_sparsity,
         fold=not no_fold,
         damp=0.01 if percdamp is None else percdamp,
+        allocator=allocation if structured else None,
     )
     if not structured and not dead_channels:  # the default pass after weight pruning
         structure = after_weights(structure)

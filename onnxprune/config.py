@@ -27,6 +27,8 @@ from onnxprune.sparsity.criteria import CRITERIA
 from onnxprune.sparsity.importance import importance_choices
 
 SCOPES = ("local", "global")
+#: how channel removal is spread over the groups (:class:`StructureConfig` ``allocator``)
+CHANNEL_ALLOCATORS = ("uniform", "curves")
 #: how an overall sparsity is split among the tensors of local scope (see :class:`Allocation`)
 ALLOCATORS = ("uniform", "curves")
 NM_FALLBACKS = ("unstructured", "skip")
@@ -441,6 +443,12 @@ class StructureConfig:
     fold: fold BatchNormalization and clean up the graph afterwards.
     plan: channel group name (its first producer) -> fraction of its units to remove,
         overriding ``amount`` for those groups (from ``onnxprune analyze --structural``).
+    allocator: how many units each group loses for ``amount`` or ``target_flops``:
+        "uniform" (``amount`` of each group with ``scope="local"``; else by normalized
+        importance), "curves" (by each group's measured loss curve, the consumers refitted:
+        ``amount`` is then the fraction of the groups' parameters; needs calibration data;
+        :mod:`onnxprune.passes.channel_loss`), or None: "curves" with calibration data, else
+        "uniform".
 
     Whether constants are folded before the analysis is the pipeline's decision, not an
     option: the channel pass it runs by itself after a weight pass (an
@@ -460,8 +468,13 @@ class StructureConfig:
     fold: bool = True
     damp: float = 0.01
     plan: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    allocator: str | None = None
 
     def __post_init__(self) -> None:
+        if self.allocator is not None and self.allocator not in CHANNEL_ALLOCATORS:
+            raise OptionError(
+                f"{opt('allocator')} must be one of {', '.join(CHANNEL_ALLOCATORS)} for channels, got '{self.allocator}'"
+            )
         object.__setattr__(
             self,
             "plan",
@@ -507,7 +520,14 @@ class StructureConfig:
             "fold": self.fold,
             "damp": self.damp,
             "plan": dict(self.plan),
+            "allocator": self.allocator,
         }
+
+    def measured(self, *, with_data: bool) -> bool:
+        """Whether the units per group come from measured loss curves (see ``allocator``)."""
+        if self.plan or not (self.amount or self.target_flops is not None):
+            return False
+        return self.allocator == "curves" or (self.allocator is None and with_data)
 
     @property
     def active(self) -> bool:

@@ -350,3 +350,30 @@ def test_flops_counts_meet_target_prefer_cheap_importance_and_report_unreachable
     assert counts == [light.cap, 0]
     with pytest.raises(OptionError, match="target"):
         flops_counts([light], 0.0)
+
+
+def test_loss_at_steps_is_the_convex_envelope_read_at_every_allowed_count():
+    from onnxprune.sparsity.channels import loss_at_steps
+
+    b = GroupBudget(n_units=10, scores=np.ones(10), max_fraction=0.9)
+    loss = loss_at_steps(b, [2, 4, 6, 9], [0.1, 0.05, 0.6, 0.9])  # a dip at 4 is not trusted
+    assert loss.shape == (len(b.steps()),) and loss[0] == 0.0
+    assert np.all(np.diff(loss) >= -1e-12) and np.all(np.diff(loss, 2) >= -1e-12)  # non-decreasing, convex
+    assert loss[2] <= 0.1 + 1e-12  # under the measured point
+    assert np.array_equal(loss_at_steps(b, [], []), np.zeros(len(b.steps())))
+    with pytest.raises(ValueError):
+        loss_at_steps(b, [4, 2], [0.1, 0.2])
+
+
+def test_a_measured_loss_decides_the_allocation_not_the_normalised_scores():
+    from onnxprune.sparsity.channels import loss_at_steps
+
+    # same scores and cost: by scores both groups would lose the same; by loss the cheap one goes first
+    flat, steep = (GroupBudget(n_units=10, scores=np.arange(1.0, 11.0), cost=1.0) for _ in range(2))
+    flat = GroupBudget(n_units=10, scores=flat.scores, loss=loss_at_steps(flat, [5, 9], [0.01, 0.02]))
+    steep = GroupBudget(n_units=10, scores=steep.scores, loss=loss_at_steps(steep, [5, 9], [1.0, 5.0]))
+    assert global_counts([flat, steep], 0.4) == [8, 0]
+    counts, met = flops_counts([flat, steep], 0.5)
+    assert met and counts[0] == 9 and counts[1] == 1
+    with pytest.raises(ValueError):
+        GroupBudget(n_units=10, scores=np.ones(10), loss=np.zeros(3))

@@ -12,8 +12,11 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
+import onnxprune
 from onnxprune.cli import main
+from onnxprune.config import StructureConfig
 from onnxprune.passes.deadwatch import has_zero_slice
+from onnxprune.passes.structural import remove_channels
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MASKED = FIXTURES / "masked"
@@ -60,6 +63,24 @@ def test_dead_channels_on_a_model_without_any_writes_nothing(tmp_path):
     assert "nothing to remove" in result.output and not out.exists()
 
 
+def test_structured_with_calibration_spreads_the_parameters_by_measured_loss(tmp_path):
+    out, report = tmp_path / "s30.onnx", tmp_path / "r.json"
+    args = ["--structured", "--sparsity", "0.3", "--round-to", "1", "--json", report]
+    calib = ["--calibration", FIXTURES / "cnn_digits.calib.npz"]
+    result = _invoke("prune", FIXTURES / "cnn_digits.onnx", out, *args, *calib)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())["structure"]
+    assert data["config"]["allocator"] is None
+    assert 0.27 <= 1 - data["params_after"] / data["params_before"] <= 0.33  # of the parameters, not of each group
+    x = np.load(FIXTURES / "cnn_digits.test.npz")["input"]
+    y = np.load(FIXTURES / "cnn_digits.test_labels.npy")
+    assert (_outputs(out, x).argmax(1) == y).mean() > 0.95
+    onnx.checker.check_model(str(out), full_check=True)
+    model = onnx.load(str(FIXTURES / "cnn_digits.onnx"))
+    with pytest.raises(onnxprune.OptionError, match="calibration"):  # curves need data
+        remove_channels(model, StructureConfig(amount=0.3, allocator="curves"))
+
+
 def test_structured_with_calibration_refits_and_reports(tmp_path):
     out, report = tmp_path / "s30.onnx", tmp_path / "r.json"
     result = _invoke(
@@ -73,6 +94,8 @@ def test_structured_with_calibration_refits_and_reports(tmp_path):
         FIXTURES / "cnn_digits.calib.npz",
         "--round-to",
         "1",
+        "--allocation",
+        "uniform",  # 30 % of each group (the default with data spreads 30 % of the parameters by loss)
         "--json",
         report,
     )

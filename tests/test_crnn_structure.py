@@ -282,3 +282,46 @@ def test_fixture_calibrated_prune_at_70_percent_of_the_macs_keeps_most_lines_rig
     onnx.checker.check_model(m, full_check=True)
     pruned = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     assert greedy_sequence_accuracy(pruned, labels) > 0.85  # dense 0.96
+
+
+def test_fixture_structured_30_percent_with_data_spreads_the_parameters_by_measured_loss():
+    x = np.load(FIXTURES / "crnn_digits.test.npz")["input"]
+    labels = np.load(FIXTURES / "crnn_digits.test_labels.npy")
+    calib = open_data(
+        str(FIXTURES / "crnn_digits.calib.npz"), specs=runtime.input_specs(runtime.session(str(CRNN))), samples=128
+    )
+    m = onnx.load(str(CRNN))
+    result = remove_channels(m, StructureConfig(amount=0.3, round_to=1), calibration=calib)
+    assert result.config["allocator"] is None  # the default: curves, with data
+    assert 0.25 <= 1 - result.params_after / result.params_before <= 0.35  # 30 % of the parameters, not of each group
+    kept = {g.name: g.removed / g.units for g in result.groups if g.removed}
+    assert len(set(kept.values())) > 1  # not the same fraction of every group
+    onnx.checker.check_model(m, full_check=True)
+    pruned = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert greedy_sequence_accuracy(pruned, labels) > 0.9  # dense 0.96; the same fraction of each group: 0.88
+    uniform = onnx.load(str(CRNN))
+    result = remove_channels(uniform, StructureConfig(amount=0.3, round_to=1, allocator="uniform"), calibration=calib)
+    assert {g.removed for g in result.groups if g.removed and g.units == 32} == {9}
+
+
+def test_measured_loss_helpers():
+    from onnxprune.passes.channel_loss import measured_counts, relative_error
+    from onnxprune.sparsity.channels import GroupBudget
+
+    b = GroupBudget(n_units=32, scores=np.ones(32), max_fraction=0.9, round_to=4)
+    counts = measured_counts(b)
+    assert counts == sorted(set(counts)) and all(c in b.steps() for c in counts) and counts[-1] == b.steps()[-1]
+    y = [np.ones(4), np.zeros(2)]
+    assert relative_error(y, [np.ones(4), np.zeros(2)]) == 0.0
+    assert relative_error(y, [2 * np.ones(4), np.zeros(2)]) == pytest.approx(1.0)
+    assert relative_error(y, [np.full(4, np.nan), np.zeros(2)]) == float("inf")
+
+
+def test_a_log_softmax_output_moved_by_a_transpose_is_compared_as_probabilities():
+    from onnxprune.passes.structural import log_probability_outputs
+
+    assert log_probability_outputs(onnx.load(str(CRNN))) == (True,)  # LogSoftmax -> Transpose -> logits
+    m = onnx.load(str(CRNN))
+    (last,) = [n for n in m.graph.node if n.op_type == "LogSoftmax"]
+    last.op_type = "Softmax"
+    assert log_probability_outputs(m) == (False,)

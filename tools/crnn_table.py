@@ -4,7 +4,9 @@
 structural pass in a few settings, each written to a temporary folder by
 ``onnxprune.prune_file`` (which validates it), and scored on ``crnn_digits.test.npz`` /
 ``crnn_digits.test_labels.npy`` with onnxruntime: sequence accuracy and character error rate
-of greedy CTC decoding (``tools/sequence_metrics.py``). Parameters as the evaluator counts
+of greedy CTC decoding (``tools/sequence_metrics.py``). With data, the default allocation
+spreads the removal over the groups by their measured loss (``allocator=None``: "curves";
+``amount`` is then the fraction of the parameters); "uniform" rows show the old allocation. Parameters as the evaluator counts
 them; MACs at the data's shape (batch 1, width 64: 32 time steps). Calibration: the 128
 lines of ``crnn_digits.calib.npz`` (disjoint from the test lines). Prints a markdown table,
 plus the channels each run kept per group.
@@ -53,14 +55,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     source = FIXTURES / f"{NAME}.onnx"
     calib = onnxprune.calibration_data(source, FIXTURES / f"{NAME}.calib.npz", samples=128)
+    uniform = "uniform"
     runs = {
         f"local {args.amount:.0%} of each group, L2, no data": (StructureConfig(amount=args.amount, round_to=1), None),
         f"local {args.amount:.0%} of each group, calibrated + refit": (
+            StructureConfig(amount=args.amount, round_to=1, allocator=uniform),
+            calib,
+        ),
+        f"structured {args.amount:.0%} (of the parameters, by measured loss), calibrated + refit": (
             StructureConfig(amount=args.amount, round_to=1),
             calib,
         ),
         f"MACs <= {args.flops:.0%}, L2, no data": (StructureConfig(target_flops=args.flops, round_to=1), None),
-        f"MACs <= {args.flops:.0%}, calibrated + refit": (StructureConfig(target_flops=args.flops, round_to=1), calib),
+        f"MACs <= {args.flops:.0%}, by normalized importance, calibrated + refit": (
+            StructureConfig(target_flops=args.flops, round_to=1, allocator=uniform),
+            calib,
+        ),
+        f"MACs <= {args.flops:.0%}, by measured loss, calibrated + refit": (
+            StructureConfig(target_flops=args.flops, round_to=1),
+            calib,
+        ),
     }
     params0, macs0 = sizes(source)
     acc0, cer0 = scores(source)

@@ -122,4 +122,13 @@ class SoftmaxSpec(OpSpec):
 
 
 register(ActivationSpec(), *UNARY)
-register(SoftmaxSpec(), "Softmax", "LogSoftmax", "Hardmax")
+
+
+class LogSoftmaxSpec(SoftmaxSpec):
+    """LogSoftmax: a Softmax whose output holds log-probabilities."""
+
+    log_probabilities = True
+
+
+register(SoftmaxSpec(), "Softmax", "Hardmax")
+register(LogSoftmaxSpec(), "LogSoftmax")

@@ -57,6 +57,7 @@ class TransformSpec(OpSpec):
         quantized_data_slots: tuple[int, ...] = (),
         keeps_layout: bool = False,
         keeps_values: bool = False,
+        moves_elements: bool = False,
         channels: ChannelRule | None = None,
         constant: ConstantRule | None = None,
         stored_through: tuple[str, ...] = (),
@@ -69,6 +70,7 @@ class TransformSpec(OpSpec):
         self.quantized_data_slots = quantized_data_slots
         self.keeps_layout = keeps_layout
         self.keeps_values = keeps_values or keeps_layout
+        self.moves_elements = moves_elements or keeps_values or keeps_layout
         self.channels = channels
         self.constant = constant
         self.stored_through = stored_through
@@ -112,6 +114,7 @@ def _transform(
     quantized_data_slots: tuple[int, ...] = (),
     keeps_layout: bool = False,
     keeps_values: bool = False,
+    moves_elements: bool = False,
     foldable: bool = True,
     **channels: object,
 ) -> Callable[[Rule], Rule]:
@@ -121,6 +124,7 @@ def _transform(
             quantized_data_slots=quantized_data_slots,
             keeps_layout=keeps_layout,
             keeps_values=keeps_values,
+            moves_elements=moves_elements,
             foldable=foldable,
             **channels,  # type: ignore[arg-type]
         )
@@ -173,7 +177,9 @@ def _transpose(ctx: TransformContext) -> Transform | None:
     return Transform(tuple(int(p) for p in perm), tuple(ctx.shape[p] for p in perm))
 
 
-@_transform("Unsqueeze", channels=reshape_rule, constant=moved_constants, order_kept=("Unsqueeze",))
+@_transform(
+    "Unsqueeze", moves_elements=True, channels=reshape_rule, constant=moved_constants, order_kept=("Unsqueeze",)
+)
 def _unsqueeze(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None
@@ -188,7 +194,7 @@ def _unsqueeze(ctx: TransformContext) -> Transform | None:
     return Transform(axis_map, shape)
 
 
-@_transform("Squeeze", channels=reshape_rule, constant=moved_constants, order_kept=("Squeeze",))
+@_transform("Squeeze", moves_elements=True, channels=reshape_rule, constant=moved_constants, order_kept=("Squeeze",))
 def _squeeze(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None
@@ -237,7 +243,7 @@ def _reshaped(src: Shape, target: list[int], allowzero: bool) -> Shape | None:
     return tuple(out)
 
 
-@_transform("Reshape", channels=reshape_rule, constant=moved_constants, order_kept=("Reshape",))
+@_transform("Reshape", moves_elements=True, channels=reshape_rule, constant=moved_constants, order_kept=("Reshape",))
 def _reshape(ctx: TransformContext) -> Transform | None:
     if ctx.index != 0:
         return None
@@ -250,7 +256,7 @@ def _reshape(ctx: TransformContext) -> Transform | None:
     return Transform(reshape_axis_map(ctx.shape, shape), shape)
 
 
-@_transform("Flatten", channels=reshape_rule, constant=moved_constants, order_kept=("Flatten",))
+@_transform("Flatten", moves_elements=True, channels=reshape_rule, constant=moved_constants, order_kept=("Flatten",))
 def _flatten(ctx: TransformContext) -> Transform | None:
     rank = len(ctx.shape)
     axis = int(ctx.attr("axis", 1))

@@ -377,6 +377,11 @@ class OpSpec:
     keeps_layout: bool = False
     #: The output holds input 0's values, perhaps in another axis order (also Transpose).
     keeps_values: bool = False
+    #: The output holds input 0's elements, each value unchanged, perhaps reordered or
+    #: reshaped (Identity, Transpose, Reshape, Flatten, Squeeze, Unsqueeze).
+    moves_elements: bool = False
+    #: The output holds log-probabilities (LogSoftmax): compared as probabilities, ``exp y``.
+    log_probabilities: bool = False
     #: The op adds a stored operand to a linear layer's output (``x·W + b``): Add, where a
     #: bias change of a bias-free MatMul may go.
     adds_bias: bool = False

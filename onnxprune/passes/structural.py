@@ -8,7 +8,11 @@
    many as ``amount`` (local: per group; global: lowest normalized score across groups,
    weighted by parameters) or until the MACs reach ``target_flops``. Importance is the
    group's weight L2 norm (data-free) or, with calibration data, the output error the
-   unit's removal causes at the consumers (:mod:`onnxprune.sparsity.channels`).
+   unit's removal causes at the consumers (:mod:`onnxprune.sparsity.channels`). With
+   calibration data (``allocator`` "curves", the default then), how many units each group
+   loses comes from its measured loss curve instead: the model's output error with that
+   group alone pruned and refitted, at a few counts (:mod:`onnxprune.passes.channel_loss`);
+   ``amount`` is then the fraction of the groups' parameters, spread where it costs least.
 4. With calibration data, each consumer is refitted by least squares from the kept
    channels, the removed channels' mean folded into its bias (He et al., 2017;
    :mod:`onnxprune.reconstruct.channels`). Statistics are captured once, on the input model.
@@ -19,9 +23,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from math import gcd
 
 import numpy as np
@@ -36,6 +41,7 @@ from onnxprune.graph.gs_edit import EditGraph
 from onnxprune.graph.index import node_label
 from onnxprune.ops import spec_of
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress
+from onnxprune.passes.channel_loss import SAMPLES, first_samples, loss_curves
 from onnxprune.reconstruct.channels import centred_gram, refit_consumer
 from onnxprune.sparsity.channels import GroupBudget, flops_counts, local_counts
 from onnxprune.sparsity.channels import global_counts as channel_global_counts
@@ -332,10 +338,59 @@ def _choose(
     dead: Mapping[int, np.ndarray],
     scores: Mapping[int, np.ndarray],
     macs: WeightMacs | None,
+    losses: Mapping[int, np.ndarray] | None = None,
 ) -> dict[int, np.ndarray]:
+    """Units to remove per group id: dead units first, then by ``scores``, as many as the
+    allocation gives (``losses``: measured loss curves, a group without one kept whole)."""
     groups = analysis.prunable
+    budgets = _budgets(analysis, config, dead, scores, macs)
+    if losses is not None:
+        budgets = [
+            replace(b, loss=losses[g.gid]) if g.gid in losses else replace(b, fixed=True)
+            for g, b in zip(groups, budgets, strict=True)
+        ]
+    if config.plan:  # per-group amounts; groups not in the plan get ``amount`` (or none)
+        unknown = sorted(set(config.plan) - {g.name for g in analysis.groups})
+        if unknown:
+            raise OptionError(f"the structural plan names unknown channel group(s): {', '.join(unknown[:5])}")
+        counts = [
+            local_counts([b], config.plan.get(g.name, config.amount or 0.0))[0]
+            for g, b in zip(groups, budgets, strict=True)
+        ]
+    elif config.target_flops is not None:
+        counts = _flops_counts(analysis, groups, budgets, config.target_flops, macs or {})
+    elif losses is not None:
+        counts = _params_counts(analysis, groups, budgets, config.amount or 0.0)
+    elif config.scope == "global":
+        counts = channel_global_counts(budgets, config.amount or 0.0)
+    else:
+        counts = local_counts(budgets, config.amount or 0.0)
+    chosen: dict[int, np.ndarray] = {}
+    for group, budget, count in zip(groups, budgets, counts, strict=True):
+        forced = np.asarray(dead.get(group.gid, np.zeros(0, np.int64)), dtype=np.int64)
+        # dead units first, then the lowest scores; the total stays an allowed count (round_to, cap):
+        # with dead units beyond the budget, the next allowed count up (they cost nothing), else down
+        total = max(count, len(forced))
+        if total not in budget.steps():
+            above = [c for c in budget.steps() if c >= total]
+            total = above[0] if above and len(forced) > count else budget.allowed_floor(total)
+        units = np.sort(_order(group.n, budget.scores, forced)[:total])
+        if len(units):
+            chosen[group.gid] = units.astype(np.int64)
+    return chosen
+
+
+def _budgets(
+    analysis: Analysis,
+    config: StructureConfig,
+    dead: Mapping[int, np.ndarray],
+    scores: Mapping[int, np.ndarray],
+    macs: WeightMacs | None,
+) -> list[GroupBudget]:
+    """One :class:`GroupBudget` per prunable group: dead units scored 0, unit cost in parameters
+    (or MACs with ``target_flops``)."""
     budgets = []
-    for group in groups:
+    for group in analysis.prunable:
         s = np.asarray(scores[group.gid], dtype=np.float64).copy()
         units = dead.get(group.gid)
         if units is not None:
@@ -350,70 +405,166 @@ def _choose(
                 round_to=_round_units(config.round_to, group.unit),
             )
         )
-    if config.plan:  # per-group amounts; groups not in the plan get ``amount`` (or none)
-        unknown = sorted(set(config.plan) - {g.name for g in analysis.groups})
-        if unknown:
-            raise OptionError(f"the structural plan names unknown channel group(s): {', '.join(unknown[:5])}")
-        counts = [
-            local_counts([b], config.plan.get(g.name, config.amount or 0.0))[0]
-            for g, b in zip(groups, budgets, strict=True)
-        ]
-    elif config.target_flops is not None:
-        counts = _flops_counts(analysis, groups, budgets, config.target_flops, macs or {})
-    elif config.scope == "global":
-        counts = channel_global_counts(budgets, config.amount or 0.0)
-    else:
-        counts = local_counts(budgets, config.amount or 0.0)
-    chosen: dict[int, np.ndarray] = {}
-    for group, budget, count in zip(groups, budgets, counts, strict=True):
-        forced = np.asarray(dead.get(group.gid, np.zeros(0, np.int64)), dtype=np.int64)
-        # dead units first, then the lowest scores; the total stays an allowed count (round_to, cap):
-        # with dead units beyond the budget, the next allowed count up (they cost nothing), else down
-        total = max(count, len(forced))
-        if total not in budget.steps():
-            above = [c for c in budget.steps() if c >= total]
-            total = above[0] if above and len(forced) > count else budget.allowed_floor(total)
-        rest = np.setdiff1d(np.arange(group.n), forced)
-        order = np.concatenate([forced, rest[np.lexsort((rest, budget.scores[rest]))]])
-        units = np.sort(order[:total])
-        if len(units):
-            chosen[group.gid] = units.astype(np.int64)
-    return chosen
+    return budgets
 
 
-def _flops_counts(
-    analysis: Analysis, groups: list[Group], budgets: list[GroupBudget], target: float, macs: WeightMacs
-) -> list[int]:
-    """Counts whose estimated MACs (:func:`_estimated_macs`) come closest to ``target`` from below.
+def _order(n: int, scores: np.ndarray, forced: np.ndarray) -> np.ndarray:
+    """A group's units in removal order: ``forced`` (dead) first, then lowest score, ties by index."""
+    forced = np.asarray(forced, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(n), forced)
+    return np.concatenate([forced, rest[np.lexsort((rest, scores[rest]))]]).astype(np.int64)
+
+
+def _pruned_copy(
+    model: ModelProto,
+    analysis: Analysis,
+    removal: Mapping[int, np.ndarray],
+    sinks: list[Sink],
+    stats: Mapping[str, object],
+    config: StructureConfig,
+) -> ModelProto:
+    """A copy of ``model`` with ``removal`` applied and the consumers refitted, as the pass
+    itself makes it, less the folding (the analysis's groups are copied: a new bias joins them)."""
+    pruned = ModelProto()
+    pruned.CopyFrom(model)
+    groups = copy.deepcopy(analysis.groups)
+    graph = EditGraph(pruned)
+    _refit(analysis, sinks, removal, stats, config.damp, config.refit, lambda *_: None, [], graph, groups=groups)
+    apply_removal(graph, groups, removal)
+    # no folding: the loss is the same up to rounding, and folding costs more than the removal
+    cleanup(pruned, fold_bn=False, fold_constants=False, refresh_shapes=len(pruned.graph.value_info) > 0, edits=graph)
+    return pruned
+
+
+def log_probability_outputs(model: ModelProto) -> tuple[bool, ...]:
+    """Per graph output: whether it holds log-probabilities, a LogSoftmax's output moved or
+    reshaped by ops that keep every value (the op table's ``log_probabilities`` and
+    ``moves_elements``)."""
+    producer = {out: n for n in model.graph.node for out in n.output if out}
+    flags = []
+    for output in model.graph.output:
+        node = producer.get(output.name)
+        while node is not None and spec_of(node).moves_elements and node.input:
+            node = producer.get(node.input[0])
+        flags.append(node is not None and spec_of(node).log_probabilities)
+    return tuple(flags)
+
+
+def _measured_losses(
+    model: ModelProto,
+    analysis: Analysis,
+    config: StructureConfig,
+    dead: Mapping[int, np.ndarray],
+    scores: Mapping[int, np.ndarray],
+    macs: WeightMacs | None,
+    sinks: list[Sink],
+    stats: Mapping[str, object],
+    data: Dataset,
+    say: Callable[..., None],
+) -> dict[int, np.ndarray]:
+    """Each prunable group's measured loss curve (:func:`~onnxprune.passes.channel_loss.loss_curves`)."""
+    groups = analysis.prunable
+    budgets = _budgets(analysis, config, dead, scores, macs)
+    orders = {
+        g.gid: _order(g.n, b.scores, dead.get(g.gid, np.zeros(0, np.int64)))
+        for g, b in zip(groups, budgets, strict=True)
+    }
+    feeds = first_samples(data.batches(SAMPLES), data.layout.fixed_batch())
+    return loss_curves(
+        [g.gid for g in groups],
+        budgets,
+        orders,
+        lambda removal: _pruned_copy(model, analysis, removal, sinks, stats, config),
+        model,
+        feeds,
+        log_probabilities=log_probability_outputs(model),
+        say=say,
+    )
+
+
+def _estimated_params(analysis: Analysis, counts: Mapping[int, int]) -> tuple[float, float]:
+    """(parameters before, after) of the stored tensors the prunable groups touch, once
+    ``counts[gid]`` units go: each tensor's size scales with the kept fraction of every
+    axis that loses units (a weight between two pruned groups on both)."""
+    cx = analysis.context
+    sizes: dict[str, float] = {}
+    gone: dict[tuple[str, int], float] = {}
+    seen: set[tuple[str, int, int, int]] = set()
+    for group in analysis.prunable:
+        for member in group.members:
+            shape = cx.stored_shape(member.tensor)
+            if member.axis >= len(shape) or not shape[member.axis]:
+                continue
+            sizes[member.tensor] = float(np.prod(shape))
+            key = (member.tensor, member.axis, member.offset, group.gid)
+            count = counts.get(group.gid, 0)
+            if key in seen or not count:
+                continue
+            seen.add(key)
+            axis = (member.tensor, member.axis)
+            gone[axis] = gone.get(axis, 0.0) + count * member.segment.per / shape[member.axis]
+    kept = dict(sizes)
+    for (tensor, _), fraction in gone.items():
+        kept[tensor] *= max(1.0 - fraction, 0.0)
+    return sum(sizes.values()), sum(kept.values())
+
+
+def _target_counts(budgets: list[GroupBudget], target: float, estimate: Callable[[list[int]], float]) -> list[int]:
+    """Counts whose estimated kept fraction (``estimate``: of MACs or parameters) comes closest
+    to ``target`` from below.
 
     The budgets' per-unit costs are first-order: removing units on both sides of a layer
     saves less than the sum. So the cost-ordered greedy of :func:`flops_counts` is run
     for a series of internal targets, and the one whose estimate lands just under
     ``target`` is kept (bisection, 30 steps).
     """
-    base = float(sum(macs.values())) or 1.0
-    other = max(base - sum(b.cost * b.n_units for b in budgets), 0.0)
 
-    def estimate(counts: list[int]) -> float:
-        return _estimated_macs(analysis, {g.gid: c for g, c in zip(groups, counts, strict=True)}, macs) / base
+    def greedy(internal: float) -> list[int]:
+        return flops_counts(budgets, internal, quiet=True).counts
 
     lo, hi = 1e-6, 1.0 - 1e-9
-    best = flops_counts(budgets, hi, other_cost=other).counts
+    best = greedy(hi)
     if estimate(best) <= target:
         return best
-    deepest = flops_counts(budgets, lo, other_cost=other).counts
+    deepest = greedy(lo)
     if estimate(deepest) > target:
-        log.warning("target_flops %.2f cannot be met within the per-group caps (best %.2f)", target, estimate(deepest))
+        log.warning(
+            "channel target %.2f cannot be met within the per-group caps (best %.2f)", target, estimate(deepest)
+        )
         return deepest
     best = deepest
     for _ in range(30):
         mid = (lo + hi) / 2
-        counts = flops_counts(budgets, mid, other_cost=other).counts
+        counts = greedy(mid)
         if estimate(counts) <= target:
             best, lo = counts, mid
         else:
             hi = mid
     return best
+
+
+def _flops_counts(
+    analysis: Analysis, groups: list[Group], budgets: list[GroupBudget], target: float, macs: WeightMacs
+) -> list[int]:
+    """Counts whose estimated MACs (:func:`_estimated_macs`) come closest to ``target`` from below
+    (:func:`_target_counts`)."""
+    base = float(sum(macs.values())) or 1.0
+
+    def estimate(counts: list[int]) -> float:
+        return _estimated_macs(analysis, {g.gid: c for g, c in zip(groups, counts, strict=True)}, macs) / base
+
+    return _target_counts(budgets, target, estimate)
+
+
+def _params_counts(analysis: Analysis, groups: list[Group], budgets: list[GroupBudget], amount: float) -> list[int]:
+    """Counts that remove ``amount`` of the parameters of the tensors the groups touch, as
+    estimated by :func:`_estimated_params` (:func:`_target_counts`)."""
+
+    def estimate(counts: list[int]) -> float:
+        before, after = _estimated_params(analysis, {g.gid: c for g, c in zip(groups, counts, strict=True)})
+        return after / before if before else 1.0
+
+    return _target_counts(budgets, 1.0 - amount, estimate)
 
 
 def _refit(
@@ -426,13 +577,17 @@ def _refit(
     say: Callable[..., None],
     notes: list[str],
     graph: EditGraph,
+    *,
+    groups: list[Group] | None = None,
 ) -> tuple[list[tuple[str, float, float]], set[int]]:
     """Refit every refittable consumer that loses inputs; returns records and the node ids done.
 
     The refit keeps the expected output through the consumer's bias (created where it has
     none); a consumer that cannot take a bias is left as plain removal, with a note.
+    ``groups``: the groups a new bias joins (default: the analysis's own).
     """
     cx = analysis.context
+    groups = analysis.groups if groups is None else groups
     records, done = [], set()
     for sink in sinks:
         st = stats.get(f"sink:{cx.node_id(sink.node)}")
@@ -454,7 +609,7 @@ def _refit(
         delta = fit.bias_delta * output_scale(cx, sink.node)
         add_to_bias(
             graph,
-            analysis.groups,
+            groups,
             cx.node_id(sink.node),
             delta.reshape(sink.view.groups, -1) if sink.matrix_kind() == "recurrent" else delta,  # type: ignore[union-attr]
         )
@@ -505,6 +660,8 @@ def remove_channels(
     analysis = analyze(model, input_shapes=input_shapes)
     if config.structured and calibration is not None:
         steps[1] += 1 + len(sinks_of(analysis, analysis.prunable))
+        if config.measured(with_data=True):
+            steps[1] += len(analysis.prunable)
     say("channel groups")
     notes.extend(analysis.notes)
     macs_before = _macs(model, analysis.input_shapes, notes)
@@ -532,11 +689,12 @@ def remove_channels(
         scores = {}
         recurrent_labels = _recurrent_labels(analysis)
         for group in groups:
-            # a recurrent unit also feeds the layer's own next step, which the consumers'
-            # output error does not see: such groups are ranked by their weights (R included)
+            # recurrent units are ranked by the consumers' output error too (the next layer's W,
+            # and the layer's own R where its input is captured); without statistics, by their
+            # weights, R included (a unit also feeds the layer's own next step)
             recurrent = any(source in recurrent_labels for source in group.sources)
             s = None
-            if importance.needs_data and not recurrent:
+            if importance.needs_data:
                 s = _error_scores(analysis, group, sinks, stats, importance)
             if s is None:
                 kinds = ("out", "in", "param") if recurrent else ("out", "in")
@@ -547,7 +705,12 @@ def remove_channels(
             macs = weight_macs(analysis)
             if macs_before is None:
                 macs_before = int(sum(macs.values()))
-        removal = _choose(analysis, config, dead_map, scores, macs)
+        losses = None
+        if calibration is not None and config.measured(with_data=True):
+            losses = _measured_losses(model, analysis, config, dead_map, scores, macs, sinks, stats, calibration, say)
+        elif config.measured(with_data=False):
+            raise OptionError(f"{opt('allocator', 'curves')} needs calibration data: give {opt('calibration')}")
+        removal = _choose(analysis, config, dead_map, scores, macs, losses)
         if calibration is not None:
             graph = EditGraph(model)
             refits, refit_done = _refit(analysis, sinks, removal, stats, config.damp, config.refit, say, notes, graph)

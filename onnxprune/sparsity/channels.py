@@ -70,6 +70,19 @@ Allocation: how many units each group loses
 
     Comparisons against a budget allow a relative slack of ``1e-9`` of the total, so that
     ``0.29 · 100`` units is 29 and not 28.
+
+Measured loss (:attr:`GroupBudget.loss`, :func:`loss_at_steps`)
+    With calibration data the pass can measure, per group, the model's loss ``L_g(r)`` when
+    the group alone loses its ``r`` lowest-ranked units (consumers refitted), at a few
+    allowed counts ``r``. The measured points and ``(0, 0)`` are replaced by their convex,
+    non-decreasing envelope (:func:`onnxprune.sparsity.curves.convex_envelope`), read at
+    every allowed count. A chunk of such a group is then keyed by its *marginal loss per
+    unit of cost*, ``ΔL / (size · c_g)``, in both greedy passes (global and FLOPs) instead
+    of the normalised score: the chunks taken are those that buy the cost at the least
+    predicted loss, ``Σ_g L_g(r_g)`` (losses of different groups are assumed to add, as
+    squared errors of independent perturbations do). Convexity makes a group's keys
+    non-decreasing, so its chunks are still taken in order; this greedy fill is the
+    optimum of the relaxed problem (as in :mod:`onnxprune.sparsity.curves`).
 """
 
 from __future__ import annotations
@@ -84,6 +97,7 @@ import numpy as np
 
 from onnxprune.errors import OptionError
 from onnxprune.sparsity.allocate import count_for_amount
+from onnxprune.sparsity.curves import convex_envelope
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +219,7 @@ class GroupBudget:
     max_fraction: float = 0.9  # never remove more than this fraction of the units (and keep >= 1)
     round_to: int = 1  # the kept unit count is a multiple of this (or all units are kept)
     fixed: bool = False  # nothing may be removed
+    loss: np.ndarray | None = None  # measured loss at each of :meth:`steps` (0 first), or None: keyed by scores
 
     def __post_init__(self) -> None:
         scores = np.asarray(self.scores, dtype=np.float64)
@@ -221,6 +236,11 @@ class GroupBudget:
         if self.round_to < 1:
             raise OptionError(f"round_to must be >= 1, got {self.round_to}")
         object.__setattr__(self, "scores", scores)
+        if self.loss is not None:
+            loss = np.asarray(self.loss, dtype=np.float64)
+            if loss.shape != (len(self.steps()),) or not np.all(np.isfinite(loss)) or np.any(loss < 0):
+                raise ValueError(f"loss must hold one finite value >= 0 per allowed count ({len(self.steps())})")
+            object.__setattr__(self, "loss", loss)
 
     @property
     def cap(self) -> int:
@@ -244,6 +264,29 @@ class GroupBudget:
             return [0]
         first = self.n_units % self.round_to or self.round_to
         return [0, *range(first, top + 1, self.round_to)]
+
+
+def loss_at_steps(budget: GroupBudget, counts: Sequence[int], losses: Sequence[float]) -> np.ndarray:
+    """The measured loss curve of a group read at every allowed count (see module docstring).
+
+    ``counts``: removal counts measured (ascending, > 0), ``losses``: the loss at each. The
+    convex, non-decreasing envelope of ``(0, 0)`` and these points is interpolated at
+    :meth:`GroupBudget.steps`; counts beyond the last measured one get its envelope's end.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    losses = np.asarray(losses, dtype=np.float64)
+    if counts.shape != losses.shape or counts.ndim != 1:
+        raise ValueError("counts and losses must be 1-D and of the same length")
+    if counts.size and (counts[0] <= 0 or np.any(np.diff(counts) <= 0)):
+        raise ValueError("counts must be ascending and > 0")
+    if not np.all(np.isfinite(losses)) or np.any(losses < 0):
+        raise ValueError("losses must be finite and >= 0")
+    steps = np.asarray(budget.steps(), dtype=np.float64)
+    if not counts.size:
+        return np.zeros_like(steps)
+    n = float(budget.n_units)
+    x, g = convex_envelope(np.concatenate(([0.0], counts / n)), np.concatenate(([0.0], losses)))
+    return np.interp(steps / n, x, g)
 
 
 def _check_amount(amount: float) -> None:
@@ -271,12 +314,15 @@ def _chunks(budgets: Sequence[GroupBudget], *, per_cost: bool) -> list[_Chunk]:
         steps = b.steps()
         if len(steps) < 2:
             continue
-        mean = float(b.scores.mean())
-        normed = np.sort(b.scores / mean if mean > 0 else np.zeros_like(b.scores))
         sizes = np.diff(steps)
-        keys = np.maximum.accumulate(np.add.reduceat(normed[: steps[-1]], steps[:-1]) / sizes)
-        if per_cost:
-            keys = keys / b.cost
+        if b.loss is not None:  # marginal measured loss per unit of cost
+            keys = np.maximum.accumulate(np.maximum(np.diff(b.loss), 0.0) / (sizes * b.cost))
+        else:
+            mean = float(b.scores.mean())
+            normed = np.sort(b.scores / mean if mean > 0 else np.zeros_like(b.scores))
+            keys = np.maximum.accumulate(np.add.reduceat(normed[: steps[-1]], steps[:-1]) / sizes)
+            if per_cost:
+                keys = keys / b.cost
         chunks.extend(_Chunk(float(k), g, i, int(s)) for i, (k, s) in enumerate(zip(keys, sizes, strict=True)))
     chunks.sort()
     return chunks
@@ -314,12 +360,15 @@ class FlopsCounts(NamedTuple):
     met: bool
 
 
-def flops_counts(budgets: Sequence[GroupBudget], target: float, *, other_cost: float = 0.0) -> FlopsCounts:
+def flops_counts(
+    budgets: Sequence[GroupBudget], target: float, *, other_cost: float = 0.0, quiet: bool = False
+) -> FlopsCounts:
     """Units to remove per group so that the remaining cost is ``<= target ×`` the original total.
 
     ``target`` in (0, 1]; ``other_cost``: cost outside every group (it counts in the total
     and cannot shrink). Lowest normalised score per unit of cost first; if the caps do not
-    allow the target, every allowed unit goes and ``met`` is False (see module docstring).
+    allow the target, every allowed unit goes and ``met`` is False (see module docstring),
+    logged as a warning unless ``quiet`` (a caller searching over internal targets).
     """
     if not 0.0 < target <= 1.0:
         raise OptionError(f"the cost target must lie in (0, 1], got {target}")
@@ -335,7 +384,7 @@ def flops_counts(budgets: Sequence[GroupBudget], target: float, *, other_cost: f
         counts[chunk.group] += chunk.size
         removed += chunk.size * budgets[chunk.group].cost
     met = removed >= need
-    if not met:
+    if not met and not quiet:
         log.warning(
             "channel cost target %.3g not reachable within the caps: %.3g of the cost remains",
             target,

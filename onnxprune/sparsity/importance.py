@@ -12,8 +12,8 @@ lowest scores are removed first. Two signatures, told apart by ``needs_data``:
   of each input feature): ``error``, the consumers' output error of removing the unit,
   ``score_u = Σ_s tr(W_{s,S_u} G_{s,S_u S_u} W_{s,S_u}ᵀ)`` (:func:`~.channels.error_importance`).
 
-A group a calibrated importance cannot score (a recurrent unit, whose own next step the
-consumers do not see, or a group without statistics) is scored by :data:`DATA_FREE`.
+A group a calibrated importance cannot score (a group without statistics, a recurrent one
+included) is scored by :data:`DATA_FREE`.
 ``"auto"`` is not an importance but a choice: :data:`AUTO_WITH_DATA` with calibration data,
 else :data:`AUTO_WITHOUT_DATA` (:func:`resolve_importance`).
 """
