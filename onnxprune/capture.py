@@ -144,7 +144,7 @@ class LayerSpec:
         None), not the activation itself (see the module docstring).
     residual, width: a main-graph activation ``r`` that the layer's output ``y`` (``width``
         outputs per row) is summed with, ``s = y + r`` (Gemm and MatMul rows only); with a
-        reference, ``R = Σ xᵀ(r_d − r)`` and ``E[r_d − r]`` are captured (module docstring).
+        reference, the error reaching that sum is captured (:class:`ResidualStats`).
     """
 
     key: str
@@ -586,12 +586,14 @@ class _Residual:
             self.failed = True
             return
         x, x_ref = self._rows(given[spec.activation]), self._rows(given_ref[spec.activation])
-        r, r_ref = given[spec.residual], given_ref[spec.residual]
-        diff = np.asarray(r_ref, dtype=np.float64) - np.asarray(r, dtype=np.float64)
-        if r.shape != r_ref.shape or diff.size != len(x) * spec.width or not np.isfinite(diff).all():
+        r, r_ref = np.asarray(given[spec.residual]), np.asarray(given_ref[spec.residual])
+        if r.shape != r_ref.shape or x.shape != x_ref.shape or r.size != len(x) * spec.width:
             self.failed = True
             return
-        diff = diff.reshape(len(x), spec.width)
+        diff = r_ref.astype(np.float64).reshape(len(x), spec.width) - r.astype(np.float64).reshape(len(x), spec.width)
+        if not np.isfinite(diff).all():
+            self.failed = True
+            return
         dtype = product_dtype(x)
         for start in range(0, len(x), BLOCK_ROWS):
             block = slice(start, start + BLOCK_ROWS)

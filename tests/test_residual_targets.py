@@ -111,3 +111,27 @@ def test_the_target_is_the_ridge_least_squares_fit_of_the_dense_sum():
     plain = _dense_target(w, h, c, 0.0)
     sum_error = lambda v: np.linalg.norm(x_dense @ w.T + r_dense - (x @ v.T + r))  # noqa: E731
     assert sum_error(got) < 0.8 * sum_error(plain)
+
+
+def test_a_broadcast_residual_gives_no_terms_and_no_error():
+    """``y + r`` with ``r`` [1, 8] (a mean over the batch): not one row of ``r`` per row of ``x``."""
+    dense = model(
+        [
+            node("MatMul", ["x", "W1"], ["h"], "mm1"),
+            node("ReduceMean", ["h"], ["r"], "mean", axes=[0], keepdims=1),
+            node("MatMul", ["h", "W2"], ["o"], "mm2"),
+            node("Add", ["o", "r"], ["y"], "sum"),
+        ],
+        [value("x", ["n", 8])],
+        [value("y", ["n", 8])],
+        [init("W1", rand((8, 8), seed=1)), init("W2", rand((8, 8), seed=2))],
+        opset=17,
+    )
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(dense)
+    pruned.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(rand((8, 8), seed=1) * 0.5, "W1"))
+    weight = next(w for w in discover(pruned).weights if w.name == "W2")
+    layer, _ = calib_layer(pruned, Scope.build(pruned.graph), weight)
+    assert layer.spec.residual == "r"
+    stats = capture(pruned, [layer.spec], [{"x": rand((16, 8), seed=5)}], reference=dense)[layer.spec.key]
+    assert stats.C is not None and stats.residual is None
