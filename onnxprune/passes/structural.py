@@ -590,6 +590,8 @@ def _refit(
     groups = analysis.groups if groups is None else groups
     records, done = [], set()
     for sink in sinks:
+        if not any(len(removed.get(gid, ())) for gid, _ in sink.members):
+            continue  # loses no input (a loss curve's candidate prunes one group): nothing to read
         st = stats.get(f"sink:{cx.node_id(sink.node)}")
         if st is None or st.H is None or st.mean is None:
             continue
