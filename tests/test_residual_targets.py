@@ -135,3 +135,27 @@ def test_a_broadcast_residual_gives_no_terms_and_no_error():
     assert layer.spec.residual == "r"
     stats = capture(pruned, [layer.spec], [{"x": rand((16, 8), seed=5)}], reference=dense)[layer.spec.key]
     assert stats.C is not None and stats.residual is None
+
+
+def test_a_residual_from_the_same_wave_is_not_taken_up():
+    """``y_1 + y_2`` of two layers reading one input (one wave): each is the other's residual, and
+    each fits its own error away, so neither takes up the other's (it would be counted twice); a
+    sum with a value of earlier waves (``_block``'s ``h + y``) keeps its residual."""
+    from onnxprune.passes.calibrated import settled_residuals, waves
+
+    m = model(
+        [
+            node("MatMul", ["x", "W0"], ["h"], "mm0"),
+            node("MatMul", ["h", "W1"], ["a"], "mm1"),
+            node("MatMul", ["h", "W2"], ["b"], "mm2"),
+            node("Add", ["a", "b"], ["y"], "sum"),
+        ],
+        [value("x", ["n", 8])],
+        [value("y", ["n", 8])],
+        [init(f"W{i}", rand((8, 8), seed=i)) for i in range(3)],
+    )
+    for graph, with_residual, settled in ((m, {"W1", "W2"}, set()), (_block(), {"W2"}, {"W2"})):
+        scope = Scope.build(graph.graph)
+        layers = [layer for w in discover(graph).weights if (layer := calib_layer(graph, scope, w)[0]) is not None]
+        assert {layer.spec.key for layer in layers if layer.spec.residual} == with_residual
+        assert settled_residuals(graph, waves(graph, layers)) == settled

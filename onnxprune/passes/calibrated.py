@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -99,6 +100,28 @@ def waves(model: ModelProto, layers: list[CalibLayer]) -> list[list[CalibLayer]]
         groups.append([layers[i] for i in ready])
         done.update(ready)
     return groups
+
+
+def settled_residuals(model: ModelProto, groups: list[list[CalibLayer]]) -> set[str]:
+    """The spec keys whose residual ``r`` (the other operand of the sum the layer's output feeds)
+    depends on layers of earlier waves only. A residual computed from a layer of the same wave or
+    a later one is not final when the layer is fitted: two branches summed, ``y_1 + y_2``, would
+    each take up the other's error, which the other also fits away (counted twice)."""
+    by_node: dict[int, list[int]] = {}
+    wave_of: list[int] = []
+    flat = [layer for group in groups for layer in group]
+    for wave, group in enumerate(groups):
+        wave_of.extend([wave] * len(group))
+    for i, layer in enumerate(flat):
+        for use in layer.uses:
+            by_node.setdefault(id(use.node), []).append(i)
+    upstream = Upstream(model.graph, by_node)
+    settled = set()
+    for i, layer in enumerate(flat):
+        for use in layer.uses:
+            if use.spec.residual and all(wave_of[j] < wave_of[i] for j in upstream.of(use.node, use.spec.residual)):
+                settled.add(use.spec.key)
+    return settled
 
 
 def _dense_target(
@@ -334,6 +357,7 @@ def prune_calibrated(
         else:
             calib.append(layer)
     groups = waves(model, calib) if reconstruction.sequential else [calib]
+    settled = settled_residuals(model, groups) if RESIDUAL_TARGETS else set()
     percdamp = solver_percdamp(reconstruction, data)
     allocated = allocate_layers(  # curves: each calibrated layer's own count, the overall count kept
         model,
@@ -369,7 +393,11 @@ def prune_calibrated(
         # the dense model only for bias correction (its E[x_d])
         needs_dense = METHODS[reconstruction.method].updates_weights or reconstruction.bias_correction
         reference = dense if changed and needs_dense else None
-        specs = [use.spec for layer in group for use in layer.uses]
+        specs = [
+            use.spec if use.spec.key in settled else replace(use.spec, residual="", width=0)
+            for layer in group
+            for use in layer.uses
+        ]
         stats = capture(model, specs, data.batches(batch_size), reference=reference)
         for layer in group:
             weight, target = layer.weight, targets[layer.weight.key]
