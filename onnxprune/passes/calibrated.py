@@ -21,11 +21,12 @@ for plain magnitude at the same count.
 Sequential mode (default) processes layers in *waves*: a wave holds every remaining
 layer whose input does not depend on a remaining layer, and its statistics are captured
 on the model as pruned so far, so errors do not compound. A layer whose output is summed
-with another activation (a residual connection, ``s = y + r``) is fitted to the dense sum,
-taking up the part of the error arriving through ``r`` that its input can express
-(:data:`RESIDUAL_TARGETS`; its error is then reported at the sum, relative to ``‖WX_d‖²``). Parallel mode captures once on
-the dense model. Weights calibration cannot handle are pruned by magnitude, with the
-reason in the result.
+with another activation (a residual connection, ``s = y + r``, ``r`` settled by earlier
+waves: :func:`settled_residuals`) is fitted to the dense sum, taking up the part of the error
+arriving through ``r`` that its input can express (:data:`RESIDUAL_TARGETS`; its error is then
+reported at the sum, relative to ``‖WX_d‖²``). Parallel mode captures once on the dense
+model. Weights calibration cannot handle are pruned by magnitude, with the reason in the
+result.
 
 Layers inside If / Loop / Scan bodies are calibrated like the others, on the rows of every run
 of their body (:mod:`onnxprune.passes.layers`, :mod:`onnxprune.capture`); in sequential mode a

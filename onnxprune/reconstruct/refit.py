@@ -24,8 +24,8 @@ number of live kept columns are stacked into batches of ``[g, k, k]`` systems (c
 that the batches in flight stay under ``max_batch_bytes`` together) and solved by
 ``np.linalg.solve``, which loops in LAPACK, not in Python; the batches run side by side in
 :func:`~onnxprune.reconstruct.threads.solver_threads` threads (each row is solved alone, so
-the result does not depend on the threads). If a system is singular (``λ = 0`` and fewer independent
-calibration rows than kept columns), the batch is solved again with
+the result does not depend on the threads). If a system is singular (``λ = 0`` and fewer
+independent calibration rows than kept columns), the batch is solved again with
 ``λ = 1e-8 · mean(diag H)``, raised tenfold until it succeeds, with a warning.
 """
 
