@@ -249,7 +249,7 @@ def _solve_layer(
         with_ref = stats.C is not None and not layer.reads_own_output
         cg = stats.C[k] if with_ref else hg
         h_ref = stats.H_ref[k] if with_ref else hg
-        residual = stats.residual if with_ref and RESIDUAL_TARGETS and layer.groups == 1 else None
+        residual = stats.residual if with_ref and RESIDUAL_TARGETS else None  # one group: Gemm/MatMul rows
         cross = residual.cross if residual is not None else None
         goal = np.where(wg == 0, 0.0, _dense_target(wg, hg, cg, percdamp, cross)) if with_ref else wg  # zeros stay
         mag_new = np.where(magnitude[g], 0.0, wg)

@@ -66,6 +66,9 @@ def nm_swaps(
     H_lam = H + lam * np.eye(cols)
     patterns = [np.array(k) for k in itertools.combinations(range(m), keep)]
     zeros = [np.setdiff1d(np.arange(m), k) for k in patterns]
+    kept_by_pattern = np.zeros((len(patterns), m), dtype=bool)  # row p: the columns pattern p keeps
+    for p, k in enumerate(patterns):
+        kept_by_pattern[p, k] = True
     changed = 0
     with one_blas_thread():
         grad = (W - goal) @ H_lam  # row r: (H_λ (ŵ_r − w_r))ᵀ, H_λ symmetric
@@ -75,7 +78,7 @@ def nm_swaps(
                 cols_g = np.arange(start, start + m)
                 h_gg = H_lam[np.ix_(cols_g, cols_g)]
                 w_g, g_g = W[:, cols_g], grad[:, cols_g]
-                current = (w_g != 0).astype(np.int8)
+                current = w_g != 0
                 best = np.zeros(rows)
                 best_delta = np.zeros((rows, m))
                 best_pattern = np.full(rows, -1)
@@ -103,13 +106,11 @@ def nm_swaps(
                     continue
                 delta = best_delta[update]
                 new = W[np.ix_(update, cols_g)] + delta
-                kept = np.zeros((int(update.sum()), m), dtype=bool)
-                for i, p in enumerate(best_pattern[update]):
-                    kept[i, patterns[p]] = True
+                kept = kept_by_pattern[best_pattern[update]]
                 new[~kept] = 0.0  # exactly zero where pruned
                 W[np.ix_(update, cols_g)] = new
                 grad[update] += delta @ H_lam[cols_g]
-                moved += int(np.count_nonzero(np.any(kept != current[update].astype(bool), axis=1)))
+                moved += int(np.count_nonzero(np.any(kept != current[update], axis=1)))
             changed += moved
             if moved == 0:
                 break
