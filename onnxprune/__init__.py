@@ -288,11 +288,13 @@ def prune_file(
     quantize: QuantizeConfig | None = None,
     allow_nonfinite: bool = False,
     validation: Dataset | None = None,
+    validate: bool = True,
 ) -> PruneRun:
     """Prune the model file ``source`` into ``output``: what ``onnxprune prune`` does.
 
     The output is validated on a run of real samples where there are any: ``validation``
     (e.g. the evaluation data), else ``calibration``; else on a synthetic input.
+    ``validate=False`` skips the validation (unsafe: a broken output is written as it is).
 
     ``config`` is the unstructured (or calibrated) pass, None for none. ``structure`` is
     the structural pass; by default, after an unstructured pass, only its exact part runs
@@ -331,6 +333,7 @@ def prune_file(
         progress=progress,
         allow_nonfinite=allow_nonfinite,
         validation=validation,
+        validate=validate,
     )
 
 

@@ -42,6 +42,18 @@ product of ``r`` rows has a relative rounding error of about ``√r · 2⁻²⁴
 ``r`` ≤ :data:`BLOCK_ROWS`), far below what the damping of the solvers changes, at half the
 time and memory of float64 products.
 
+**Row subsampling** (``sampling``, :mod:`onnxprune.row_sampling`). A Conv has one row per output
+position, so at large image sizes the rows, not the layer, set the cost. With a cap, each piece
+of a batch of ``s`` samples (a main-graph input: the batch itself) uses at most
+``n = s · max(k · cols, min_rows)`` of its ``R`` rows, drawn uniformly without replacement from
+a stream seeded by the sampling's seed, the layer's input name, the batch number and the piece
+number, and every sum below adds them with the weight ``R / n``, an unbiased estimate of the sum
+over all rows on its scale; ``rows`` still counts all ``R`` rows (so ``mean = Σ / rows`` is
+unbiased) and ``rows_used`` counts the ``n``. A Conv's chosen patches are gathered from the
+input directly (:func:`onnxprune.im2col.patch_rows`), never the full patch matrix. The reference
+model's rows and a residual's are the same draw. When ``R ≤ n`` (or without a cap) every row is
+used with weight 1 and the sums are bit for bit those without sampling.
+
 With a ``reference`` model (the dense model, in sequential calibration), every batch also
 runs through it and each layer accumulates the statistics that relate its current input
 ``X`` to the input ``X_d`` the same layer sees in the reference model::
@@ -108,8 +120,9 @@ from onnxprune.errors import DataError, OnnxPruneError, OptionError, Unsupported
 from onnxprune.graph import expose
 from onnxprune.graph.model_io import load_model
 from onnxprune.graph.writer import copy_fields
-from onnxprune.im2col import AUTO_PADS, ConvGeometry, conv_cols, patch_blocks
+from onnxprune.im2col import AUTO_PADS, ConvGeometry, conv_cols, patch_blocks, patch_rows
 from onnxprune.ops.spec import MatrixView
+from onnxprune.row_sampling import ALL_ROWS, Draw, RowSampling, draw, scaled
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +233,7 @@ class LayerStats:
     H_ref: np.ndarray | None = None  # Σ x_dᵀ x_d
     mean_ref: np.ndarray | None = None  # E[x_d]
     residual: ResidualStats | None = None  # the error reaching the sum the output feeds (LayerSpec.residual)
+    rows_used: int | None = None  # the rows the sums use (None: all ``rows``; :mod:`onnxprune.row_sampling`)
 
 
 @dataclass(frozen=True)
@@ -240,7 +254,8 @@ def stacked(parts: Sequence[LayerStats]) -> LayerStats:
     sqnorm add, rows add, and ``mean = Σ_u rows_u·mean_u / Σ_u rows_u`` (likewise ``mean_ref``).
     A part with one group where others have several (inputs every group shares) broadcasts.
     Skipped (with the first part's reason) when any part is; C, H_ref and mean_ref are None
-    unless every part has them."""
+    unless every part has them. Subsampled parts add the same way: their sums are on the scale of
+    all their rows (:mod:`onnxprune.row_sampling`); ``rows_used`` adds."""
     if len(parts) == 1:
         return parts[0]
     bad = next((p for p in parts if p.skipped or p.H is None or p.mean is None or p.sqnorm is None), None)
@@ -255,6 +270,7 @@ def stacked(parts: Sequence[LayerStats]) -> LayerStats:
         return total([a * p.rows for a, p in zip(arrays, parts, strict=True)]) / max(rows, 1)
 
     refs = all(p.C is not None and p.H_ref is not None and p.mean_ref is not None for p in parts)
+    used = sum(p.rows if p.rows_used is None else p.rows_used for p in parts)
     return LayerStats(
         rows=rows,
         H=total([p.H for p in parts]),  # type: ignore[misc]
@@ -263,6 +279,7 @@ def stacked(parts: Sequence[LayerStats]) -> LayerStats:
         C=total([p.C for p in parts]) if refs else None,  # type: ignore[misc]
         H_ref=total([p.H_ref for p in parts]) if refs else None,  # type: ignore[misc]
         mean_ref=mean([p.mean_ref for p in parts]) if refs else None,  # type: ignore[misc]
+        rows_used=used,
     )
 
 
@@ -307,7 +324,7 @@ def _check_conv(spec: LayerSpec) -> None:
         raise OptionError(f"layer '{spec.key}' (Conv '{spec.node}'): {problems[0]}")
 
 
-def _conv_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
+def _conv_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int, choose: _Choose) -> Iterator[np.ndarray]:
     geometry = _geometry(spec)
     rank = len(spec.kernel)
     if x.ndim != 2 + rank or x.shape[1] % spec.groups or conv_cols(x.shape[1], geometry) != spec.cols:
@@ -315,7 +332,10 @@ def _conv_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Iterator[np.
             f"input shape {list(x.shape)} does not fit a {rank}-D Conv with {spec.groups} group(s), kernel "
             f"{list(spec.kernel)} and {spec.cols} columns per group"
         )
-    return patch_blocks(x, geometry, max_bytes=max_bytes)
+    chosen = choose(x.shape[0] * math.prod(geometry.output_shape(x.shape[2:])))
+    if chosen is None:
+        return patch_blocks(x, geometry, max_bytes=max_bytes)
+    return patch_rows(x, geometry, chosen, max_bytes=max_bytes)
 
 
 def product_dtype(x: np.ndarray) -> type[np.floating]:
@@ -323,37 +343,51 @@ def product_dtype(x: np.ndarray) -> type[np.floating]:
     return np.float64 if x.dtype == np.float64 else np.float32
 
 
-def _row_blocks(cut: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
-    """Contiguous slices ``[groups, ≤ step, cols]`` of ``cut`` ``[groups, rows, cols]``, each under ``max_bytes``."""
+#: A handler's draw: given the number of rows of a piece, the sorted indices of the rows to use
+#: (None: all of them; :func:`onnxprune.row_sampling.draw`).
+_Choose = Callable[[int], np.ndarray | None]
+
+
+def _every_row(rows: int) -> None:
+    """The :data:`_Choose` of a capture that uses every row."""
+
+
+def _row_blocks(cut: np.ndarray, max_bytes: int, choose: _Choose = _every_row) -> Iterator[np.ndarray]:
+    """Contiguous slices ``[groups, ≤ step, cols]`` of ``cut`` ``[groups, rows, cols]`` (of its rows
+    that ``choose`` picks), each under ``max_bytes``."""
     groups, rows, cols = cut.shape
     step = max(1, max_bytes // (groups * cols * cut.dtype.itemsize))
-    for start in range(0, rows, step):
-        yield np.ascontiguousarray(cut[:, start : start + step])
+    return _slices(cut, step, choose(rows))  # drawn now, not when the blocks are first asked for
 
 
-def _matrix_blocks(x: np.ndarray, cols: int, max_bytes: int) -> Iterator[np.ndarray]:
-    return _row_blocks(x[None], max_bytes)
+def _slices(cut: np.ndarray, step: int, chosen: np.ndarray | None) -> Iterator[np.ndarray]:
+    if chosen is None:
+        for start in range(0, cut.shape[1], step):
+            yield np.ascontiguousarray(cut[:, start : start + step])
+        return
+    for start in range(0, len(chosen), step):
+        yield np.ascontiguousarray(cut[:, chosen[start : start + step]])
 
 
-def _gemm_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
+def _gemm_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int, choose: _Choose) -> Iterator[np.ndarray]:
     if x.ndim != 2 or x.shape[0 if spec.trans_a else 1] != spec.cols:
         raise _Mismatch(f"input shape {list(x.shape)} is not a Gemm input with K = {spec.cols}")
-    return _matrix_blocks(x.T if spec.trans_a else x, spec.cols, max_bytes)
+    return _row_blocks((x.T if spec.trans_a else x)[None], max_bytes, choose)
 
 
-def _matmul_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
+def _matmul_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int, choose: _Choose) -> Iterator[np.ndarray]:
     if x.ndim == 0 or x.shape[-1] != spec.cols:
         raise _Mismatch(f"input shape {list(x.shape)} does not end with K = {spec.cols}")
-    return _matrix_blocks(x.reshape(-1, spec.cols), spec.cols, max_bytes)
+    return _row_blocks(x.reshape(-1, spec.cols)[None], max_bytes, choose)
 
 
-def _matmul_left_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
+def _matmul_left_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int, choose: _Choose) -> Iterator[np.ndarray]:
     if x.ndim < 2 or x.shape[-2] != spec.cols:
         raise _Mismatch(f"input shape {list(x.shape)} does not have K = {spec.cols} on its second last axis")
-    return _matrix_blocks(np.moveaxis(x, -2, -1).reshape(-1, spec.cols), spec.cols, max_bytes)
+    return _row_blocks(np.moveaxis(x, -2, -1).reshape(-1, spec.cols)[None], max_bytes, choose)
 
 
-def _batched_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
+def _batched_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int, choose: _Choose) -> Iterator[np.ndarray]:
     if x.ndim == 1:
         x = x[None]  # a 1-D A is a row [1, K]
     b = spec.batch
@@ -369,7 +403,7 @@ def _batched_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Iterator[
     rows = [i for i in range(len(out)) if i not in grouped] + [len(out)]  # the rest and M
     step_rows = math.prod(full.shape[i] for i in rows)
     cut = full.transpose(*grouped, *rows, len(out) + 1).reshape(spec.groups, step_rows, spec.cols)
-    return _row_blocks(cut, max_bytes)
+    return _row_blocks(cut, max_bytes, choose)
 
 
 def _check_batched(spec: LayerSpec) -> None:
@@ -380,10 +414,10 @@ def _check_batched(spec: LayerSpec) -> None:
         )
 
 
-def _directions_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int) -> Iterator[np.ndarray]:
+def _directions_blocks(spec: LayerSpec, x: np.ndarray, max_bytes: int, choose: _Choose) -> Iterator[np.ndarray]:
     if x.ndim != 4 or x.shape[1] != spec.groups or x.shape[3] != spec.cols:
         raise _Mismatch(f"input shape {list(x.shape)} is not a recurrent output [T, {spec.groups}, B, {spec.cols}]")
-    return _row_blocks(np.moveaxis(x, 1, 0).reshape(spec.groups, -1, spec.cols), max_bytes)
+    return _row_blocks(np.moveaxis(x, 1, 0).reshape(spec.groups, -1, spec.cols), max_bytes, choose)
 
 
 def _any_groups(spec: LayerSpec) -> None:
@@ -398,7 +432,8 @@ def _no_check(spec: LayerSpec) -> None:
 @dataclass(frozen=True)
 class _Handler:
     check: Callable[[LayerSpec], None]
-    blocks: Callable[[LayerSpec, np.ndarray, int], Iterator[np.ndarray]]
+    #: (spec, input, max_bytes, choose) -> blocks ``[groups, rows, cols]`` of the rows ``choose`` picks
+    blocks: Callable[[LayerSpec, np.ndarray, int, _Choose], Iterator[np.ndarray]]
     signature: Callable[[LayerSpec], tuple]
 
 
@@ -464,14 +499,26 @@ def _inputs(
 
 
 class _Accumulator:
-    """Running sums for one (activation, geometry): H (unless too wide), Σx, Σx² and the row count."""
+    """Running sums for one (activation, geometry): H (unless too wide), Σx, Σx² and the row count,
+    over the rows ``sampling`` draws from each piece, weighted (:mod:`onnxprune.row_sampling`)."""
 
-    def __init__(self, spec: LayerSpec, *, max_cols: int, source: str = "", depth: int = 0) -> None:
+    def __init__(
+        self,
+        spec: LayerSpec,
+        *,
+        max_cols: int,
+        source: str = "",
+        depth: int = 0,
+        sampling: RowSampling = ALL_ROWS,
+    ) -> None:
         self.spec = spec
         self.source = source or spec.activation  # the main-graph value read
         self.depth = depth  # its leading run axes (an input inside a body: see expose.runs)
+        self.sampling = sampling
+        self.draws: list[Draw] = []  # the last batch's draw of each piece (a residual reuses them)
         groups, cols = spec.groups, spec.cols
-        self.rows = 0
+        self.rows = 0  # every row seen
+        self.used = 0  # the rows the sums use
         self.total = np.zeros((groups, cols))
         self.sqnorm = np.zeros((groups, cols))
         self.H: np.ndarray | None = np.zeros((groups, cols, cols)) if cols <= max_cols else None
@@ -488,9 +535,14 @@ class _Accumulator:
         x_ref: np.ndarray | None = None,
         given: Mapping[str, np.ndarray] | None = None,
         given_ref: Mapping[str, np.ndarray] | None = None,
+        *,
+        batch: int = 0,
+        samples: int = 1,
     ) -> None:
-        """Add the rows of ``x`` (and of the reference's ``x_ref``); ``given`` (``given_ref``):
-        the values a spec with ``prepare`` reads, by name."""
+        """Add the rows of ``x`` (and of the reference's ``x_ref``, the same rows) of calibration
+        batch number ``batch`` of ``samples`` samples; ``given`` (``given_ref``): the values a spec
+        with ``prepare`` reads, by name."""
+        self.draws = []
         if self.failed is not None:
             return
         blocks = _handler(self.spec).blocks  # type: ignore[union-attr]  # specs are checked first
@@ -504,17 +556,23 @@ class _Accumulator:
             if x_ref is not None and self.H is not None and self.C is None:  # zero sums until a body runs
                 self.C, self.H_ref = np.zeros_like(self.H), np.zeros_like(self.H)
                 self.total_ref = np.zeros_like(self.total)
-            for piece, piece_ref in _inputs(self.spec, self.depth, x, x_ref):
-                refs = blocks(self.spec, piece_ref, max_bytes) if piece_ref is not None else None
-                for block in blocks(self.spec, piece, max_bytes):
-                    self.rows += block.shape[1]
-                    self.total += block.sum(axis=1, dtype=np.float64)
+            cap = self.sampling.cap(self.spec.cols, samples)
+            for number, (piece, piece_ref) in enumerate(_inputs(self.spec, self.depth, x, x_ref)):
+                rng = self.sampling.stream(self.source, batch, number) if cap is not None else None
+                pieces = blocks(self.spec, piece, max_bytes, self._drawing(cap, rng))  # draws now
+                taken = self.draws[-1]
+                refs = blocks(self.spec, piece_ref, max_bytes, self._same(taken)) if piece_ref is not None else None
+                weight = taken.weight
+                self.rows += taken.rows
+                self.used += taken.used
+                for block in pieces:
+                    self.total += scaled(block.sum(axis=1, dtype=np.float64), weight)
                     if self.H is not None:
-                        self.H += np.matmul(block.transpose(0, 2, 1), block)  # sqnorm is its diagonal
+                        self.H += scaled(np.matmul(block.transpose(0, 2, 1), block), weight)  # sqnorm: its diagonal
                     else:
-                        self.sqnorm += np.einsum("grc,grc->gc", block, block)
+                        self.sqnorm += scaled(np.einsum("grc,grc->gc", block, block), weight)
                     if refs is not None:
-                        self._add_reference(block, next(refs))
+                        self._add_reference(block, next(refs), weight)
         except _Mismatch as exc:
             self.failed = f"{exc}: not captured"
             log.warning("layer '%s' (%s '%s'): %s", self.spec.key, self.spec.capture_op, self.spec.node, self.failed)
@@ -530,14 +588,34 @@ class _Accumulator:
         except ValueError as exc:
             raise _Mismatch(str(exc)) from exc
 
-    def _add_reference(self, block: np.ndarray, ref: np.ndarray) -> None:
+    def _drawing(self, cap: int | None, rng: np.random.Generator | None) -> _Choose:
+        """Draw the rows of a piece (:func:`onnxprune.row_sampling.draw`), kept in ``draws``."""
+
+        def choose(rows: int) -> np.ndarray | None:
+            self.draws.append(draw(rows, cap, rng))
+            return self.draws[-1].chosen
+
+        return choose
+
+    @staticmethod
+    def _same(taken: Draw) -> _Choose:
+        """The reference model's rows: those drawn for the current model's (the same count)."""
+
+        def choose(rows: int) -> np.ndarray | None:
+            if rows != taken.rows:
+                raise _Mismatch(f"the reference model's input has {rows} rows, not {taken.rows}")
+            return taken.chosen
+
+        return choose
+
+    def _add_reference(self, block: np.ndarray, ref: np.ndarray, weight: float) -> None:
         if ref.shape != block.shape:
             raise _Mismatch(f"the reference model's input has shape {ref.shape[1:]}, not {block.shape[1:]}")
         if self.H is None or self.C is None or self.H_ref is None or self.total_ref is None:
             return
-        self.C += np.matmul(block.transpose(0, 2, 1), ref)
-        self.H_ref += np.matmul(ref.transpose(0, 2, 1), ref)
-        self.total_ref += ref.sum(axis=1, dtype=np.float64)
+        self.C += scaled(np.matmul(block.transpose(0, 2, 1), ref), weight)
+        self.H_ref += scaled(np.matmul(ref.transpose(0, 2, 1), ref), weight)
+        self.total_ref += scaled(ref.sum(axis=1, dtype=np.float64), weight)
 
     def stats(self) -> LayerStats:
         if self.failed is not None:
@@ -558,6 +636,7 @@ class _Accumulator:
             C=self.C,
             H_ref=self.H_ref,
             mean_ref=mean_ref,
+            rows_used=self.used,
         )
 
 
@@ -579,7 +658,11 @@ class _Residual:
     def _rows(self, x: np.ndarray) -> np.ndarray:
         return (x.T if self.spec.trans_a else x).reshape(-1, self.spec.cols)
 
-    def add(self, given: Mapping[str, np.ndarray], given_ref: Mapping[str, np.ndarray]) -> None:
+    def add(
+        self, given: Mapping[str, np.ndarray], given_ref: Mapping[str, np.ndarray], drawn: Sequence[Draw] = ()
+    ) -> None:
+        """Add a batch; ``drawn``: the layer's draw of that batch (its one piece), whose rows and
+        weight the residual terms take too (none: every row)."""
         spec = self.spec
         names = (spec.activation, spec.residual)
         if self.failed or any(given.get(n) is None or given_ref.get(n) is None for n in names):
@@ -587,10 +670,15 @@ class _Residual:
             return
         x, x_ref = self._rows(given[spec.activation]), self._rows(given_ref[spec.activation])
         r, r_ref = np.asarray(given[spec.residual]), np.asarray(given_ref[spec.residual])
-        if r.shape != r_ref.shape or x.shape != x_ref.shape or r.size != len(x) * spec.width:
+        taken = drawn[0] if len(drawn) == 1 else Draw(len(x))
+        if r.shape != r_ref.shape or x.shape != x_ref.shape or r.size != len(x) * spec.width or taken.rows != len(x):
             self.failed = True
             return
-        diff = r_ref.astype(np.float64).reshape(len(x), spec.width) - r.astype(np.float64).reshape(len(x), spec.width)
+        r, r_ref = r.reshape(len(x), spec.width), r_ref.reshape(len(x), spec.width)
+        weight = taken.weight
+        if taken.chosen is not None:
+            x, x_ref, r, r_ref = x[taken.chosen], x_ref[taken.chosen], r[taken.chosen], r_ref[taken.chosen]
+        diff = r_ref.astype(np.float64) - r.astype(np.float64)
         if not np.isfinite(diff).all():
             self.failed = True
             return
@@ -598,11 +686,11 @@ class _Residual:
         for start in range(0, len(x), BLOCK_ROWS):
             block = slice(start, start + BLOCK_ROWS)
             d = diff[block].astype(dtype)
-            self.cross += x[block].astype(dtype, copy=False).T @ d
-            self.cross_ref += x_ref[block].astype(dtype, copy=False).T @ d
-        self.total += diff.sum(axis=0)
-        self.energy += float(np.vdot(diff, diff))
-        self.rows += len(x)
+            self.cross += scaled(x[block].astype(dtype, copy=False).T @ d, weight)
+            self.cross_ref += scaled(x_ref[block].astype(dtype, copy=False).T @ d, weight)
+        self.total += scaled(diff.sum(axis=0), weight)
+        self.energy += weight * float(np.vdot(diff, diff))
+        self.rows += taken.rows
 
     def stats(self) -> ResidualStats | None:
         if self.failed or self.rows == 0:
@@ -623,11 +711,14 @@ def capture(
     max_bytes: int = MAX_BYTES,
     progress: Callable[[int], None] | None = None,
     reference: ModelProto | bytes | None = None,
+    sampling: RowSampling = ALL_ROWS,
 ) -> dict[str, LayerStats]:
     """Input statistics of every layer in ``specs`` over ``batches`` (see module docstring).
 
     ``reference``: a model with the same graph (the dense model) whose inputs to the same
-    layers give ``C``, ``H_ref`` and ``mean_ref``.
+    layers give ``C``, ``H_ref`` and ``mean_ref``. ``sampling``: how many rows of each batch the
+    sums use (:mod:`onnxprune.row_sampling`; default every row); ``rows`` counts every row,
+    ``rows_used`` those the sums use.
 
     ``batches`` are feed dicts (input name to array), e.g. ``Dataset.batches(b)``; they are
     read one at a time. ``progress(n)`` is called after each batch with its number of
@@ -667,7 +758,8 @@ def capture(
             exposed = exposure.exposed[body]
             signature = (spec.scope, *_signature(spec))
             accumulators.setdefault(
-                signature, _Accumulator(spec, max_cols=max_cols, source=exposed.name, depth=exposed.depth)
+                signature,
+                _Accumulator(spec, max_cols=max_cols, source=exposed.name, depth=exposed.depth, sampling=sampling),
             )
             layer_of[spec.key] = signature
             continue
@@ -686,7 +778,7 @@ def capture(
             results[spec.key] = LayerStats(rows=0, H=None, mean=None, sqnorm=None, skipped=reason)
             continue
         signature = _signature(spec)
-        accumulators.setdefault(signature, _Accumulator(spec, max_cols=max_cols))
+        accumulators.setdefault(signature, _Accumulator(spec, max_cols=max_cols, sampling=sampling))
         layer_of[spec.key] = signature
         if reference is not None and spec.residual and values.get(spec.residual) == "value":
             residuals[spec.key] = _Residual(spec)
@@ -707,9 +799,17 @@ def capture(
                         f"calibration data gives NaN/inf at the input of node '{acc.spec.node}' "
                         f"('{acc.spec.activation}') in batch {index}: check the data's scale"
                     )
-                acc.add(x, max_bytes, ref_activations.get(acc.source), activations, ref_activations)
-            for res in residuals.values():
-                res.add(activations, ref_activations)
+                acc.add(
+                    x,
+                    max_bytes,
+                    ref_activations.get(acc.source),
+                    activations,
+                    ref_activations,
+                    batch=index,
+                    samples=count,
+                )
+            for key, res in residuals.items():
+                res.add(activations, ref_activations, accumulators[layer_of[key]].draws)
         samples += count
         if progress is not None:
             progress(count)
@@ -728,6 +828,7 @@ def capture(
                 C=stats.C,
                 H_ref=stats.H_ref,
                 mean_ref=stats.mean_ref,
+                rows_used=stats.rows_used,
             )
             if spec.key in residuals and stats.C is not None:
                 results[spec.key].residual = residuals[spec.key].stats()

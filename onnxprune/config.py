@@ -23,6 +23,7 @@ from typing import Any
 from onnxprune.errors import OptionError, opt
 from onnxprune.graph.discovery import DiscoveryOptions
 from onnxprune.reconstruct.methods import METHODS
+from onnxprune.row_sampling import ROWS_PER_COL, RowSampling
 from onnxprune.sparsity.criteria import CRITERIA
 from onnxprune.sparsity.importance import importance_choices
 
@@ -244,6 +245,16 @@ class Reconstruction:
         row again exactly for that mask (the ridge least squares of ``refit``). Measured on the
         fixtures at 50 % / 70 % / 2:4: LSTM 87.8/35.3/86.8 -> 91.2/48.6/90.6 top-1,
         transformer 70 % 84.2 -> 85.8 (see the README's calibrated table).
+    capture_rows: how many input rows of each calibration sample a layer's statistics use, per
+        column of the layer: at most ``samples · max(capture_rows · cols, 1024)`` rows of a
+        batch, drawn at random (seeded by ``seed``) and weighted so that every sum stays unbiased
+        (:mod:`onnxprune.row_sampling`); a Conv has one row per output position, so the cost no
+        longer grows with the image size. None: every row (the full capture). Default 16,
+        measured with ``tools/capture_rows.py`` (see :data:`onnxprune.row_sampling.ROWS_PER_COL`).
+    workers, ray: where the layer solves of one wave run (they are independent): a local pool of
+        ``workers`` processes (1: in this process), or the Ray cluster at the address ``ray``
+        ("local" starts one on this machine, on loopback); the results are the same bits
+        wherever they run (:mod:`onnxprune.reconstruct.layer`), so neither is in :meth:`PruneConfig.as_dict`.
     """
 
     method: str = "magnitude"
@@ -252,6 +263,9 @@ class Reconstruction:
     percdamp: float | None = None
     blocksize: int = 128
     exact_refit: bool = True
+    capture_rows: int | None = ROWS_PER_COL
+    workers: int = 1
+    ray: str | None = None
 
     def __post_init__(self) -> None:
         if METHODS.find(self.method) is None:
@@ -260,6 +274,25 @@ class Reconstruction:
             raise OptionError(f"{opt('percdamp')} must lie in [0, 100], got {self.percdamp}")
         if int(self.blocksize) < 1:
             raise OptionError(f"{opt('blocksize')} must be >= 1, got {self.blocksize}")
+        if self.capture_rows is not None and (
+            isinstance(self.capture_rows, bool)
+            or not hasattr(type(self.capture_rows), "__index__")
+            or self.capture_rows < 1
+        ):
+            raise OptionError(
+                f"{opt('capture_rows')} must be an integer >= 1 (rows per sample per column) or None (every "
+                f"row), got {self.capture_rows!r}"
+            )
+        if isinstance(self.workers, bool) or not hasattr(type(self.workers), "__index__") or self.workers < 1:
+            raise OptionError(f"{opt('workers')} must be an integer >= 1, got {self.workers!r}")
+        if self.ray is not None and (not isinstance(self.ray, str) or not self.ray.strip()):
+            raise OptionError(f"{opt('ray')} must be a cluster address or 'local', got {self.ray!r}")
+        if self.ray is not None and self.workers > 1:
+            raise OptionError(f"give {opt('workers')} or {opt('ray')}, not both: Ray places the solves itself")
+
+    def row_sampling(self, seed: int = 0) -> RowSampling:
+        """The capture's row sampling for ``capture_rows``, its draws seeded by ``seed``."""
+        return RowSampling(per_col=None if self.capture_rows is None else int(self.capture_rows), seed=seed)
 
     @property
     def calibrated(self) -> bool:
@@ -273,6 +306,11 @@ def _fields_of(source: object, part: type) -> dict[str, Any]:
     return {f.name: getattr(source, f.name) for f in fields(part)}
 
 
+#: the fields that say where the work runs, not what it does (the output is the same bits): not
+#: in :meth:`PruneConfig.as_dict`, so the options stamped in a model do not depend on them
+PLACEMENT = ("workers", "ray")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """What to prune and how: the four concerns of a weight pass, as one flat frozen config.
@@ -284,7 +322,7 @@ class PruneConfig:
       max_layer_sparsity, allocator;
     - :class:`Ranking` (``.ranking``): criterion, seed;
     - :class:`Reconstruction` (``.reconstruction``): method, bias_correction, sequential,
-      percdamp, blocksize, exact_refit.
+      percdamp, blocksize, exact_refit, capture_rows, workers, ray.
 
     The flat keyword constructor builds the parts, so every field is validated on
     construction (and again by ``dataclasses.replace``); it then checks what involves more
@@ -317,6 +355,9 @@ class PruneConfig:
     blocksize: int = 128
     exact_refit: bool = True
     allocator: str | None = None
+    capture_rows: int | None = ROWS_PER_COL
+    workers: int = 1
+    ray: str | None = None
 
     def __post_init__(self) -> None:
         # the parts validate their own fields; the order keeps which of several mistakes is named first
@@ -380,7 +421,7 @@ class PruneConfig:
     @property
     def reconstruction(self) -> Reconstruction:
         """How layers are solved from data: method, bias_correction, sequential, percdamp, blocksize,
-        exact_refit."""
+        exact_refit, capture_rows, workers, ray."""
         return self._parts[3]
 
     @property
@@ -401,7 +442,7 @@ class PruneConfig:
         return "curves" if METHODS[self.method].needs_data and self.allocation.curves_clash is None else "uniform"
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-friendly view (for provenance and reports)."""
+        """JSON-friendly view (for provenance and reports): every field but :data:`PLACEMENT`."""
         return {
             "sparsity": self.sparsity,
             "scope": self.scope,
@@ -422,6 +463,7 @@ class PruneConfig:
             "blocksize": self.blocksize,
             "exact_refit": self.exact_refit,
             "allocator": self.resolved_allocator,
+            "capture_rows": self.capture_rows,
         }
 
 

@@ -25,7 +25,12 @@ or at the beginning (SAME_LOWER).
 Patches are built with :func:`numpy.lib.stride_tricks.sliding_window_view` on the padded
 input (a view) and copied once into a float64 block; blocks are cut over samples, or over
 the first output axis of one sample, so that a block stays under ``max_bytes`` (one row
-of output positions is the smallest block). Pure numpy.
+of output positions is the smallest block).
+
+A subset of the rows (:func:`patch_rows`, the rows a capture that samples rows draws:
+:mod:`onnxprune.row_sampling`) is gathered straight from that view by fancy indexing on the
+sample and position axes, ``Xp[n, :, o·s + t·d]`` for the chosen ``(n, o)`` only, so its cost
+is that of the chosen rows, not of every patch. Pure numpy.
 """
 
 from __future__ import annotations
@@ -113,6 +118,52 @@ def patch_blocks(x: np.ndarray, geometry: ConvGeometry, *, max_bytes: int) -> It
             yield _block(x[sample : sample + 1], geometry, slice(start, start + step))
 
 
+def patch_rows(x: np.ndarray, geometry: ConvGeometry, rows: np.ndarray, *, max_bytes: int) -> Iterator[np.ndarray]:
+    """The rows ``rows`` (indices into the ``N·∏out`` rows of :func:`patch_blocks`, in (sample,
+    position) C order; ascending keeps the blocks in that order) of every ``P_j``, as blocks
+    ``[groups, ≤ step, C/g·∏k]`` under ``max_bytes`` (at least one row), in the dtype of
+    :func:`patch_blocks`: concatenated along axis 1 they are ``P_j[rows]``."""
+    count, channels = x.shape[:2]
+    out = geometry.output_shape(x.shape[2:])
+    if count == 0 or math.prod(out) == 0 or len(rows) == 0:
+        return
+    groups, rank = geometry.groups, len(geometry.kernel)
+    per_group = channels // groups
+    row_bytes = groups * conv_cols(channels, geometry) * _dtype(x).itemsize
+    step = max(1, max_bytes // row_bytes)
+    order = (1, 0, *range(2, 3 + rank))  # [m, groups, C/g, *k] -> [groups, m, C/g, *k]
+    positions = math.prod(out)
+    rows = np.asarray(rows)
+    samples = rows // positions
+    # one sample's windows at a time: a padded copy of one sample, never of the whole batch
+    for sample in np.unique(samples):
+        mine = rows[samples == sample] - sample * positions
+        view = _windows(x[sample : sample + 1], geometry)[0]  # [C, *out, *k]
+        for start in range(0, len(mine), step):
+            at = np.unravel_index(mine[start : start + step], out)
+            picked = np.moveaxis(view[(slice(None), *at)], 1, 0)  # [C, m, *k] -> [m, C, *k]
+            m = len(at[0])
+            block = np.empty((groups, m, per_group, *geometry.kernel), dtype=_dtype(x))
+            block[...] = picked.reshape(m, groups, per_group, *geometry.kernel).transpose(order)
+            yield block.reshape(groups, m, -1)
+
+
+def _windows(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """The view ``[n, C, *out, *k]`` of every patch of ``x`` (padded: a copy when it has pads)."""
+    rank = len(geometry.kernel)
+    pads = geometry.resolved_pads(x.shape[2:])
+    padded = np.pad(x, [(0, 0), (0, 0), *((pads[i], pads[i + rank]) for i in range(rank))]) if any(pads) else x
+    windows = sliding_window_view(padded, geometry.extent, axis=tuple(range(2, 2 + rank)))
+    # windows: [n, C, *positions, *extent]; keep every stride-th position and every dilation-th tap.
+    index = (
+        slice(None),
+        slice(None),
+        *(slice(None, None, s) for s in geometry.strides),
+        *(slice(None, None, d) for d in geometry.dilations),
+    )
+    return windows[index]
+
+
 def _dtype(x: np.ndarray) -> np.dtype:
     return x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float64)
 
@@ -122,17 +173,7 @@ def _block(x: np.ndarray, geometry: ConvGeometry, lines: slice | None) -> np.nda
     count, channels = x.shape[:2]
     rank = len(geometry.kernel)
     groups = geometry.groups
-    pads = geometry.resolved_pads(x.shape[2:])
-    padded = np.pad(x, [(0, 0), (0, 0), *((pads[i], pads[i + rank]) for i in range(rank))])
-    windows = sliding_window_view(padded, geometry.extent, axis=tuple(range(2, 2 + rank)))
-    # windows: [n, C, *positions, *extent]; keep every stride-th position and every dilation-th tap.
-    index = (
-        slice(None),
-        slice(None),
-        *(slice(None, None, s) for s in geometry.strides),
-        *(slice(None, None, d) for d in geometry.dilations),
-    )
-    view = windows[index]
+    view = _windows(x, geometry)
     if lines is not None:
         view = view[:, :, lines]
     out = view.shape[2 : 2 + rank]

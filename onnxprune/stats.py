@@ -1,8 +1,9 @@
 """Model statistics: parameters, non-zeros, per-tensor sizes, file size and deflate-compressed size.
 
 The compressed size is what a model costs to ship (zip, wheels, container layers all use
-deflate): zlib level 6 over the model file and its external data, streamed in chunks.
-Unstructured zeros shrink it even though the raw file size stays the same.
+deflate): zlib level 6 over the model file and its external data, exact or estimated from a
+sample of blocks (:mod:`onnxprune.compressed_size`). Unstructured zeros shrink it even
+though the raw file size stays the same.
 
 Per-tensor sizes (:func:`layer_stats`) compare two ways of storing a float tensor of ``n``
 elements, ``nnz`` of them non-zero, each ``b`` bytes:
@@ -22,22 +23,26 @@ counted on the bit pattern, so ``-0.0`` is zero.
 from __future__ import annotations
 
 import logging
-import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
+from onnxprune.compressed_size import deflate_size, mode_of
 from onnxprune.graph import tensors
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.graph.quantized import quantized_weight_names
 from onnxprune.ops import constant_tensor
 
+if TYPE_CHECKING:
+    from onnxprune.passes.base import Progress
+
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 24
 #: Bytes of one int64 index of a linearized COO tensor.
 INDEX_BYTES = 8
 
@@ -52,6 +57,8 @@ class ParamStats:
 class FileStats:
     bytes: int
     compressed: int | None
+    compressed_exact: bool = True  # False: a sampled estimate (onnxprune.compressed_size)
+    compressed_error: float = 0.0  # its relative standard error
 
 
 @dataclass(frozen=True)
@@ -87,26 +94,34 @@ def _counted(tensor: TensorProto, name: str, quantized: set[str]) -> bool:
     return tensors.is_float(tensor) or (name in quantized and tensors.numel(tensor) > 1)
 
 
-def param_stats(model: ModelProto, *, known: Mapping[str, tuple[int, int]] | None = None) -> ParamStats:
+def param_stats(
+    model: ModelProto,
+    *,
+    known: Mapping[str, tuple[int, int]] | None = None,
+    read: tensors.ArrayReader | None = None,
+) -> ParamStats:
     """Elements and non-zero elements of every float tensor stored in the model (of a
     sparse tensor, its stored values), and of the integer weights of quantized layers.
 
     ``known`` maps tensor keys (``scope::name``, or the name in the main graph) to their
-    already counted ``(elements, zeros)``: those tensors are not read again.
+    already counted ``(elements, zeros)``: those tensors are not read again. Tensors whose
+    external data is not loaded are counted only with ``read`` (a lazy source) or when known.
     """
     known = known or {}
     total = nonzero = 0
     for scope in Scope.build(model.graph).all_scopes():
         quantized = quantized_weight_names(scope.graph)
         for name, values_proto, _indices, _shape in _graph_tensors(scope.graph):
-            if not _counted(values_proto, name, quantized) or values_proto.data_location == TensorProto.EXTERNAL:
+            if not _counted(values_proto, name, quantized):
                 continue
             counted = known.get(f"{scope.path}::{name}" if scope.path else name)
             if counted is not None and _indices is None:
                 total += counted[0]
                 nonzero += counted[0] - counted[1]
                 continue
-            values = tensors.read_array(values_proto)
+            if values_proto.data_location == TensorProto.EXTERNAL and read is None:
+                continue
+            values = (read or tensors.read_array)(values_proto)
             total += values.size
             nonzero += _count_nonzero(values)
     return ParamStats(total, nonzero)
@@ -173,17 +188,43 @@ def sparse_bytes(layers: Iterable[LayerSize]) -> int:
     return sum(layer.sparse_bytes for layer in layers)
 
 
-def file_stats(files: Sequence[Path], *, compressed: bool = True) -> FileStats:
-    """Bytes on disk of a model's files (the model and its external data) and, optionally, their
-    deflate-compressed size."""
+def file_stats(
+    files: Sequence[Path], *, compressed: bool | str = True, read: Callable[[int], None] | None = None
+) -> FileStats:
+    """Bytes on disk of a model's files (the model and its external data) and their deflate
+    size by ``compressed`` (:func:`onnxprune.compressed_size.mode_of`: True or "estimate" the
+    sampled estimate, "exact" every byte, False or "off" none); ``read(n)`` reports the bytes
+    an exact figure has deflated so far."""
     size = sum(f.stat().st_size for f in files)
-    if not compressed:
+    packed = deflate_size(files, mode_of(compressed), read=read)
+    if packed is None:
         return FileStats(size, None)
-    packed = 0
-    for file in files:
-        compressor = zlib.compressobj(6)
-        with open(file, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                packed += len(compressor.compress(chunk))
-        packed += len(compressor.flush())
-    return FileStats(size, packed)
+    return FileStats(size, packed.bytes, packed.exact, packed.relative_error)
+
+
+def both_file_stats(
+    before: Sequence[Path],
+    after: Sequence[Path],
+    compressed: bool | str = True,
+    *,
+    progress: Progress | None = None,
+) -> tuple[FileStats, FileStats]:
+    """:func:`file_stats` of a model before and after, side by side in two threads (zlib
+    releases the GIL while it deflates); ``progress(done, total, "deflate")`` follows an exact
+    figure's bytes (MiB)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    read = None
+    if progress is not None and mode_of(compressed) == "exact":
+        total = max(1, sum(Path(f).stat().st_size for f in (*before, *after)) >> 20)
+        lock, done = threading.Lock(), [0]
+
+        def read(n: int) -> None:
+            with lock:
+                done[0] += n
+                progress(min(done[0] >> 20, total), total, "deflate")
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(file_stats, before, compressed=compressed, read=read)
+        second = pool.submit(file_stats, after, compressed=compressed, read=read)
+        return first.result(), second.result()

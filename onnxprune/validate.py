@@ -6,6 +6,13 @@ tensors are external references into the written file, see :mod:`onnxprune.graph
 onnxruntime loads the skeleton too, reading every weight from the written file), an onnxruntime CPU session loads it, and it runs on one synthetic input
 with finite outputs. When the output fails, the input model is tried the same way, so
 the message says whether the model, the synthetic input or onnxprune is at fault.
+
+A streamed output (written tensor by tensor from a model read lazily, see
+:mod:`onnxprune.graph.lazy`) whose weights do not fit in memory for an onnxruntime run
+(:func:`~onnxprune.graph.memory.fits_in_memory`) is checked by the checker on its
+skeleton and then tensor by tensor instead (:func:`~onnxprune.graph.tensor_check.check_written`:
+same dims and types as the input, zeros where the masks put them, every other value
+bit-equal to the input's); the report says so (:attr:`ValidationReport.tensors`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ from onnxprune import runtime
 from onnxprune.batch_axes import batch_axes as infer_batch_axes
 from onnxprune.data.layout import format_dims
 from onnxprune.errors import DataError, MissingKernelError, OnnxPruneError, ShapeGuessError, ValidationError, opt
+from onnxprune.graph.memory import fits_in_memory
+from onnxprune.graph.model_io import load_model_lazily, tensor_bytes
+from onnxprune.graph.tensor_check import check_written
+from onnxprune.graph.writer import WrittenTensor
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +41,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ValidationReport:
     checker: str  # "passed" | "skipped: <why>"
-    feeds: str  # the synthetic input used, e.g. "x:1x3x48x32"
-    outputs_finite: bool
+    feeds: str  # the synthetic input used, e.g. "x:1x3x48x32"; or why no run was made
+    outputs_finite: bool  # False when no run was made (see tensors)
+    tensors: str | None = None  # the per-tensor check of a streamed output, when it replaced the run
 
 
 def input_passes_checker(path: str | Path) -> str | None:
@@ -54,6 +66,7 @@ def validate_model(
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     checker_path: str | Path | None = None,
     feeds: Mapping[str, np.ndarray] | None = None,
+    written: Mapping[str, WrittenTensor] | None = None,
 ) -> ValidationReport:
     """Validate the model at ``path``; ``reference`` is the input it was derived from.
 
@@ -72,6 +85,11 @@ def validate_model(
     If the output fails ``onnx.checker`` and the input fails it too, the checker cannot be
     expected to pass and is reported as skipped (onnxruntime and the run still must pass);
     the input is only checked in that case, which keeps the common path to one check.
+
+    ``written``: the writer's records of a streamed output (see the module docstring, and
+    :meth:`~onnxprune.graph.model_io.StagedOutput.write`: kept when the weights do not fit in
+    memory); the per-tensor check against ``reference`` then replaces the onnxruntime session
+    and run.
     """
     shapes = dict(input_shapes or {})
     checker = "passed"
@@ -84,6 +102,12 @@ def validate_model(
             raise ValidationError(f"the output fails onnx.checker ({message}); nothing was written")
         log.warning("the input model fails onnx.checker too (%s): checked with onnxruntime only", message)
         checker = "skipped: the input model does not pass onnx.checker either"
+    if written is not None and reference is not None:
+        weights = tensor_bytes(load_model_lazily(checker_path or path).model, external=True)
+        if not fits_in_memory(weights):
+            check = check_written(checker_path or path, reference, written)
+            why = f"not run: {weights} bytes of weights do not fit in the memory available for onnxruntime"
+            return ValidationReport(checker, why, False, check.describe())
     sess = None
     if checker_path is not None and Path(checker_path) != Path(path):
         try:  # the skeleton: the same graph, every weight read from the written file

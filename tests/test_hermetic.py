@@ -21,7 +21,7 @@ from ray_heads import check_ray_local, ray_head
 
 from onnxprune.cli_analyze import analyze_command
 from onnxprune.errors import OptionError
-from onnxprune.sensitivity import executors
+from onnxprune.executors import ray_cluster as executors
 from onnxprune.sensitivity.executors import RayExecutor
 from onnxprune.sensitivity.sweep import CACHE_VERSION, default_cache_dir
 

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 from ray_heads import check_ray_local
 
-from onnxprune.sensitivity import executors
+from onnxprune.executors import ray_cluster as executors
 from onnxprune.sensitivity.executors import RAY_MARKER, LocalRay, RayExecutor
 
 ROOT = Path(__file__).resolve().parent.parent

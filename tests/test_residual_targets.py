@@ -1,6 +1,6 @@
 """A layer whose output is summed with another activation (a residual connection) is fitted to the
 dense sum: the graph rule that finds ``r`` (passes/layers.py), the capture of ``R = Σ xᵀ(r_d − r)``
-(capture.py) and the target it gives (calibrated._dense_target)."""
+(capture.py) and the target it gives (reconstruct.layer.dense_target)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from onnxprune import runtime
 from onnxprune.capture import capture
 from onnxprune.graph.discovery import discover
 from onnxprune.graph.index import Scope
-from onnxprune.passes.calibrated import _dense_target, _output_error
 from onnxprune.passes.layers import calib_layer
+from onnxprune.reconstruct.layer import dense_target, output_error
 
 
 def _block(*, tail: str = "residual", bias: bool = True) -> onnx.ModelProto:
@@ -90,7 +90,7 @@ def test_capture_gives_the_cross_term_with_the_residual_error():
     # the error at the sum from these terms is the error of the sum itself
     w2 = rand((8, 8), seed=2).astype(np.float64)
     new = w2.T * (np.abs(w2.T) > 0.7)
-    got = _output_error(new, w2.T, stats.H[0], stats.C[0], stats.H_ref[0], stats.residual)
+    got = output_error(new, w2.T, stats.H[0], stats.C[0], stats.H_ref[0], stats.residual)
     assert got == pytest.approx(float(np.sum((h_dense @ w2 + h_dense - (h_now @ new.T + h_now)) ** 2)), rel=1e-4)
     # without a reference there is no error to take up
     assert capture(pruned, [layer.spec], [{"x": x}])[layer.spec.key].residual is None
@@ -104,11 +104,11 @@ def test_the_target_is_the_ridge_least_squares_fit_of_the_dense_sum():
     r = r_dense + 0.2 * x[:, :4] + 0.05 * rng.standard_normal((500, 4))  # an error partly in x's span
     w = rng.standard_normal((4, 6))
     h, c = x.T @ x, x.T @ x_dense
-    got = _dense_target(w, h, c, 0.0, x.T @ (r_dense - r))
+    got = dense_target(w, h, c, 0.0, x.T @ (r_dense - r))
     # min ‖(X_d Wᵀ + R_d) − (X W*ᵀ + R)‖²: lstsq of X against the dense sum minus R
     want = np.linalg.lstsq(x, x_dense @ w.T + r_dense - r, rcond=None)[0].T
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
-    plain = _dense_target(w, h, c, 0.0)
+    plain = dense_target(w, h, c, 0.0)
     sum_error = lambda v: np.linalg.norm(x_dense @ w.T + r_dense - (x @ v.T + r))  # noqa: E731
     assert sum_error(got) < 0.8 * sum_error(plain)
 

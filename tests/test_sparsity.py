@@ -252,3 +252,25 @@ def test_given_samples_skip_the_sampling_pass_and_stay_exact():
     misleading = [np.zeros(10, np.uint32) for _ in keys]  # a sample that says nothing true
     for samples in (good, misleading):
         assert sparsity.global_counts(keys, total, caps, samples=samples) == expected
+
+
+@pytest.mark.parametrize("kind", ["random", "sorted", "reversed", "few values", "mostly zero", "float keys"])
+def test_kth_smallest_by_a_sampled_bracket_is_exact(kind):
+    from onnxprune.sparsity.select import SAMPLED_FROM, kth_smallest
+
+    rng = np.random.default_rng(len(kind))
+    n = SAMPLED_FROM * 3 + 17
+    x = {
+        "random": lambda: rng.integers(0, 2**31, n).astype(np.uint32),
+        "sorted": lambda: np.sort(rng.integers(0, 2**31, n)).astype(np.uint32),
+        "reversed": lambda: np.sort(rng.integers(0, 2**31, n))[::-1].astype(np.uint64),
+        "few values": lambda: rng.integers(0, 4, n).astype(np.uint16),
+        "mostly zero": lambda: np.where(rng.random(n) < 0.999, 0, 9).astype(np.uint32),
+        "float keys": lambda: rng.standard_normal(n).astype(np.float32),
+    }[kind]()
+    for k in (1, 2, n // 3, n // 2, n - 1, n, *rng.integers(1, n + 1, 5).tolist()):
+        assert kth_smallest(x, k) == np.partition(x, k - 1)[k - 1]
+    # an order that hides the bracket from the strided sample still gives the exact answer
+    y = np.zeros(n, np.uint32)
+    y[:: n // 2**14] = 1_000
+    assert kth_smallest(y, n // 2) == np.partition(y, n // 2 - 1)[n // 2 - 1]

@@ -27,6 +27,13 @@ What it does
     4. Fidelity: magnitude, wanda and sparsegpt at 30 % and 50 % (local scope), each evaluated against
        the dense model on ``eval.npz`` with ``onnxprune.evaluate`` (cosine and relative L2 per output).
 
+With ``--workers 1 2 [--repeats R]`` only the timed run is made, once per worker count (``prune
+--workers N``: the layer solves of each calibration wave in N processes; 1 is the serial run),
+interleaved R times, on the data already prepared in ``--workdir`` (prepared first if missing):
+each run's wall and CPU time, the medians and their ratio to the first count, where the time went
+(from the ``-v`` log: the curve allocation's capture, curves and probe, the waves' capture, solves
+and writes) and whether every count wrote the same bytes.
+
 Until the CLI has ``--method`` (see ``onnxprune prune --help``) only the magnitude runs are made
 (plain ``onnxprune prune``, which is magnitude pruning) and the missing parts are reported.
 Exit status: 0 when every run succeeded and the timing target passed, 1 otherwise.
@@ -404,6 +411,95 @@ def prepare(workdir: Path, *, packed: bool) -> None:
     print(f"corpus: {len(corpus)} distinct sentences; {onnx_path.name}: {onnx_path.stat().st_size / 2**20:.1f} MiB")
 
 
+# ---------------------------------------------------------------- --workers: serial against a process pool
+
+#: the timings the calibrated pass logs with -v (onnxprune.passes.curve_allocation, onnxprune.passes.calibrated)
+PHASES = {
+    "allocation": r"allocation by error curves: .* in ([0-9.]+)s",
+    "alloc capture": r"allocation by error curves: .*\(capture ([0-9.]+)s",
+    "alloc curves": r"allocation by error curves: .*curves ([0-9.]+)s",
+    "alloc probe": r"allocation by error curves: .*probe ([0-9.]+)s",
+    "wave capture": r"calibrated \d+ layers in \d+ waves: capture ([0-9.]+)s",
+    "wave solves": r"calibrated \d+ layers in \d+ waves: .*solves ([0-9.]+)s",
+    "wave writes": r"calibrated \d+ layers in \d+ waves: .*written ([0-9.]+)s",
+}
+
+
+def phases(log: str) -> dict[str, float]:
+    """The seconds of each of :data:`PHASES` found in a run's ``-v`` log."""
+    found = {}
+    for name, pattern in PHASES.items():
+        match = re.search(pattern, log)
+        if match:
+            found[name] = float(match.group(1))
+    return found
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def workers_timing(workdir: Path, counts: list[int], repeats: int, timeout_s: float) -> dict[str, Any]:
+    """SparseGPT 50 % with ``--workers N`` for each count, interleaved ``repeats`` times."""
+    import hashlib
+
+    model, calib = workdir / "minilm.onnx", workdir / "calib.npz"
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+    digests: dict[int, set[str]] = {n: set() for n in counts}
+    for r in range(repeats):
+        for n in counts:
+            out = workdir / f"minilm.sparsegpt.50.workers{n}.onnx"
+            cmd = prune_command(
+                model, out, method="sparsegpt", sparsity=0.5, calib=calib, samples=CALIB_SAMPLES, methods=METHODS
+            )
+            assert cmd is not None
+            cmd += ["--workers", str(n), "-v"]
+            run = measure(cmd, timeout_s=timeout_s)
+            entry: dict[str, Any] = {
+                "seconds": run.seconds,
+                "cpu_seconds": run.cpu_seconds,
+                "peak_rss_bytes": run.peak_rss_bytes,
+                "returncode": run.returncode,
+                "phases": phases(run.stderr),
+            }
+            if run.returncode != 0:
+                tail = (run.stderr.strip() or run.stdout.strip()).splitlines()[-1:] or ["(no output)"]
+                print(f"  run {r + 1} workers {n}: FAILED (exit {run.returncode}): {tail[0]}")
+            else:
+                digests[n].add(hashlib.sha256(out.read_bytes()).hexdigest())
+                split = ", ".join(f"{k} {v:.1f}s" for k, v in entry["phases"].items())
+                print(
+                    f"  run {r + 1} workers {n}: {run.seconds:6.1f}s wall {run.cpu_seconds:6.1f}s CPU "
+                    f"peak RSS {mib(run.peak_rss_bytes)} (load {os.getloadavg()[0]:.1f}); {split}",
+                    flush=True,
+                )
+            runs[n].append(entry)
+    ok = all(e["returncode"] == 0 for entries in runs.values() for e in entries)
+    summary: dict[str, Any] = {"command": " ".join(cmd[1:-3]) + " --workers N -v", "repeats": repeats, "runs": runs}
+    if not ok:
+        return {**summary, "ok": False}
+    base = median([e["seconds"] for e in runs[counts[0]]])
+    print(f"\n  {'workers':>7} {'median wall':>12} {'spread':>15} {'ratio':>6} {'median CPU':>11}  median phases")
+    for n in counts:
+        walls = [e["seconds"] for e in runs[n]]
+        names = [k for k in PHASES if all(k in e["phases"] for e in runs[n])]
+        split = ", ".join(f"{k} {median([e['phases'][k] for e in runs[n]]):.1f}s" for k in names)
+        print(
+            f"  {n:>7} {median(walls):>11.1f}s {min(walls):>6.1f}-{max(walls):<6.1f}s {median(walls) / base:>6.2f}"
+            f" {median([e['cpu_seconds'] for e in runs[n]]):>10.1f}s  {split}"
+        )
+    same = len(set().union(*digests.values())) == 1
+    print(f"\n  outputs: {'the same bytes for every worker count' if same else 'DIFFERENT bytes: ' + str(digests)}")
+    return {
+        **summary,
+        "ok": same,
+        "same_bytes": same,
+        "median_seconds": {n: median([e["seconds"] for e in runs[n]]) for n in counts},
+    }
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -418,6 +514,14 @@ def main() -> int:
         help="one sentence per sample (mostly padding) instead of sentences packed to 128 tokens",
     )
     parser.add_argument("--timing-only", action="store_true", help="only the timed sparsegpt 0.5 run (no fidelity)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="only time sparsegpt 0.5 with prune --workers N for each N (1: serial), side by side",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="with --workers: runs per worker count, interleaved")
     parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = args.workdir.resolve()
@@ -425,13 +529,25 @@ def main() -> int:
         prepare(workdir, packed=not args.sentences)
         return 0
 
-    print(f"== prepare ({workdir})")
-    prep_cmd = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(workdir), "--prepare-only"]
-    prep = measure(prep_cmd + (["--sentences"] if args.sentences else []))
-    print(prep.stdout.rstrip())
-    if prep.returncode != 0:
-        print(f"preparation FAILED:\n{prep.stderr.strip()}")
-        return 1
+    prepared = all((workdir / name).exists() for name in ("minilm.onnx", "calib.npz", "eval.npz"))
+    if args.workers and prepared:
+        print(f"== prepared already ({workdir})")
+    else:
+        print(f"== prepare ({workdir})")
+        prep_cmd = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(workdir), "--prepare-only"]
+        prep = measure(prep_cmd + (["--sentences"] if args.sentences else []))
+        print(prep.stdout.rstrip())
+        if prep.returncode != 0:
+            print(f"preparation FAILED:\n{prep.stderr.strip()}")
+            return 1
+    if args.workers:
+        counts = " / ".join(map(str, args.workers))
+        print(f"\n== sparsegpt 0.5, prune --workers {counts}: {args.repeats} run(s) each, interleaved")
+        print(f"   ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+        timing = workers_timing(workdir, args.workers, args.repeats, args.timeout)
+        if args.json:
+            args.json.write_text(json.dumps(timing, indent=2, default=str) + "\n")
+        return 0 if timing["ok"] else 1
     model, calib, data = workdir / "minilm.onnx", workdir / "calib.npz", workdir / "eval.npz"
 
     methods = cli_methods()

@@ -133,15 +133,15 @@ def render(line: str, font_path: Path, rng: np.random.Generator) -> Any:
     return image
 
 
-def preprocess(image: Any) -> np.ndarray:
-    """PaddleOCR's rec ``resize_norm_img`` for imgH=48, imgW=320: [3, 48, 320] float32."""
+def preprocess(image: Any, width: int = WIDTH) -> np.ndarray:
+    """PaddleOCR's rec ``resize_norm_img`` for imgH=48, imgW=``width`` (320): [3, 48, width] float32."""
     from PIL import Image
 
     w, h = image.size
-    resized_w = min(WIDTH, math.ceil(HEIGHT * w / h))
+    resized_w = min(width, math.ceil(HEIGHT * w / h))
     resized = np.asarray(image.resize((resized_w, HEIGHT), Image.BILINEAR), dtype=np.float32)
     chw = (resized.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5
-    padded = np.zeros((3, HEIGHT, WIDTH), dtype=np.float32)
+    padded = np.zeros((3, HEIGHT, width), dtype=np.float32)
     padded[:, :, :resized_w] = chw
     return padded
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/check_ocr_targets.py [--workdir DIR] [--json out.json] [--only det|rec|structured]
         [--calib N] [--eval N] [--det-calib N] [--det-eval N] [--det-size S] [--timeout S]
+        [--rec-width W] [--capture-rows K|all]
 
 What it does
     1. Models: ``ch_PP-OCRv4_det_infer.onnx`` (DB text detector, input ``x`` float32
@@ -38,7 +39,11 @@ What it does
          * rec: ``--sparsity 0.7 --method sparsegpt --calibration rec_calib.npz --samples N``;
          * structured: ``--target-flops 0.7 --calibration rec_calib.npz --samples N`` (30 % fewer
            MACs; channel importance, kept-channel rounding and the refit at the CLI's defaults);
-       every call with ``--input-shape x:1x3xHxW`` and ``--json`` (the CLI's own report).
+       every call with ``--input-shape x:1x3xHxW`` and ``--json`` (the CLI's own report);
+       ``--capture-rows K|all`` is passed to the det and rec runs (the calibration rows per sample
+       per column, :mod:`onnxprune.row_sampling`; their outputs then carry ``.rowsK`` in the name),
+       ``--rec-width W`` pads the rec lines (calibration and held-out) to 48 x W instead of 320
+       (files ``rec_*_N_wW.npz``).
     4. Metrics on the held-out data, with onnxruntime (CPU):
          * det: the probability maps of the dense and the pruned model thresholded at 0.3 (DB
            post-processing's ``thresh``, no dilation), IoU of the two binary maps per page
@@ -124,21 +129,24 @@ def corpus_halves() -> tuple[list[str], list[str]]:
     return split_corpus(corpus, half, len(corpus) - half, seed=SEED)
 
 
-def rec_paths(workdir: Path, name: str, count: int) -> tuple[Path, Path]:
-    return workdir / f"rec_{name}_{count}.npz", workdir / f"rec_{name}_{count}.txt"
+def rec_paths(workdir: Path, name: str, count: int, width: int = WIDTH) -> tuple[Path, Path]:
+    stem = f"rec_{name}_{count}" + ("" if width == WIDTH else f"_w{width}")
+    return workdir / f"{stem}.npz", workdir / f"{stem}.txt"
 
 
 def det_paths(workdir: Path, name: str, count: int, size: int) -> tuple[Path, Path]:
     return workdir / f"det_{name}_{count}_{size}.npz", workdir / f"det_{name}_{count}_{size}.json"
 
 
-def make_rec_set(npz: Path, txt: Path, texts: list[str], count: int, fonts: list[Path], seed: int) -> None:
+def make_rec_set(
+    npz: Path, txt: Path, texts: list[str], count: int, fonts: list[Path], seed: int, width: int = WIDTH
+) -> None:
     import numpy as np
 
     lines = text_lines(texts, count)
     rng = np.random.default_rng(seed)
     images = [render(line, fonts[int(rng.integers(len(fonts)))], rng) for line in lines]
-    np.savez(npz, x=np.stack([preprocess(im) for im in images]))
+    np.savez(npz, x=np.stack([preprocess(im, width) for im in images]))
     txt.write_text("\n".join(lines) + "\n")
 
 
@@ -220,11 +228,11 @@ def prepare(workdir: Path, args: argparse.Namespace, fonts: list[Path]) -> None:
                 print(f"made {npz.name}: {count} pages of {args.det_size}x{args.det_size}")
     if "rec" in wanted or "structured" in wanted:
         for name, count, half, seed in (("calib", args.calib, 0, 3), ("eval", args.eval, 1, 4)):
-            npz, txt = rec_paths(workdir, name, count)
+            npz, txt = rec_paths(workdir, name, count, args.rec_width)
             if not (npz.exists() and txt.exists()):
                 halves = halves or corpus_halves()
-                make_rec_set(npz, txt, halves[half], count, fonts, seed)
-                print(f"made {npz.name}: {count} lines of {HEIGHT}x{WIDTH}")
+                make_rec_set(npz, txt, halves[half], count, fonts, seed, args.rec_width)
+                print(f"made {npz.name}: {count} lines of {HEIGHT}x{args.rec_width}")
 
 
 # ---------------------------------------------------------------- metrics (after every prune)
@@ -327,6 +335,10 @@ def main() -> int:
         choices=["uniform", "curves"],
         help="--allocation of the det and rec runs (default: the CLI's; their outputs then carry it in the name)",
     )
+    parser.add_argument("--rec-width", type=int, default=WIDTH, help="rec lines padded to 48 x this width")
+    parser.add_argument(
+        "--capture-rows", metavar="K|all", help="--capture-rows of the det and rec runs (default: the CLI's)"
+    )
     parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.det_calib = args.det_calib or min(DET_CALIB, args.calib)
@@ -344,7 +356,7 @@ def main() -> int:
     sizes = {
         "rec_calib_lines": args.calib,
         "rec_eval_lines": args.eval,
-        "rec_input": [1, 3, HEIGHT, WIDTH],
+        "rec_input": [1, 3, HEIGHT, args.rec_width],
         "det_calib_pages": args.det_calib,
         "det_eval_pages": args.det_eval,
         "det_page": [args.det_size, args.det_size],
@@ -353,6 +365,7 @@ def main() -> int:
     prep_cmd = [sys.executable, str(Path(__file__).resolve()), "--prepare-only", "--workdir", str(workdir)]
     prep_cmd += ["--calib", str(args.calib), "--eval", str(args.eval), "--det-size", str(args.det_size)]
     prep_cmd += ["--det-calib", str(args.det_calib), "--det-eval", str(args.det_eval)]
+    prep_cmd += ["--rec-width", str(args.rec_width)]
     prep_cmd += (["--only", args.only] if args.only else []) + (["--font", str(args.font)] if args.font else [])
     prep = measure(prep_cmd)
     if prep.stdout.strip():
@@ -363,11 +376,11 @@ def main() -> int:
     print(f"   done in {prep.seconds:.1f}s; sizes: {json.dumps(sizes)}")
 
     models = {"det": workdir / DET_MODEL, "rec": fetch_model(workdir)}
-    rec_calib, _ = rec_paths(workdir, "calib", args.calib)
-    rec_eval, eval_txt = rec_paths(workdir, "eval", args.eval)
+    rec_calib, _ = rec_paths(workdir, "calib", args.calib, args.rec_width)
+    rec_eval, eval_txt = rec_paths(workdir, "eval", args.eval, args.rec_width)
     det_calib, _ = det_paths(workdir, "calib", args.det_calib, args.det_size)
     det_eval, det_boxes = det_paths(workdir, "eval", args.det_eval, args.det_size)
-    rec_shape, det_shape = f"1x3x{HEIGHT}x{WIDTH}", f"1x3x{args.det_size}x{args.det_size}"
+    rec_shape, det_shape = f"1x3x{HEIGHT}x{args.rec_width}", f"1x3x{args.det_size}x{args.det_size}"
     plans = {
         "det": (models["det"], det_calib, args.det_calib, det_shape, ["--sparsity", "0.5", "--method", "sparsegpt"]),
         "rec": (models["rec"], rec_calib, args.calib, rec_shape, ["--sparsity", "0.7", "--method", "sparsegpt"]),
@@ -378,9 +391,18 @@ def main() -> int:
     print(f"\n== prune (child processes, os.wait4; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
     for key in wanted:
         model, calib, samples, shape, extra = plans[key]
+        tags = ""
         if args.allocation and key != "structured":
             extra = [*extra, "--allocation", args.allocation]
-        out = workdir / f"{key}{'.' + args.allocation if args.allocation and key != 'structured' else ''}.pruned.onnx"
+            tags += f".{args.allocation}"
+        if args.capture_rows and key != "structured":
+            extra = [*extra, "--capture-rows", args.capture_rows]
+            tags += f".rows{args.capture_rows}"
+        if key != "det" and args.rec_width != WIDTH:
+            tags += f".w{args.rec_width}"
+        if key == "det" and args.det_size != 640:
+            tags += f".s{args.det_size}"
+        out = workdir / f"{key}{tags}.pruned.onnx"
         entry = run_prune(key, prune_cmd(model, out, calib, samples, shape, extra), args.timeout)
         entry["command"] = f"onnxprune {entry['command'].split(' ', 1)[1]}"
         entry["load_average_after"] = os.getloadavg()[0]
@@ -449,7 +471,7 @@ def main() -> int:
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print(
-        f"\nrec: {args.calib} calibration / {args.eval} held-out lines at {HEIGHT}x{WIDTH};"
+        f"\nrec: {args.calib} calibration / {args.eval} held-out lines at {HEIGHT}x{args.rec_width};"
         f" det: {args.det_calib} calibration / {args.det_eval} held-out pages at {args.det_size}x{args.det_size}"
     )
     for key in wanted:

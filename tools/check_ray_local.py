@@ -1,7 +1,13 @@
 """Run ``onnxprune analyze --ray local`` and show where the Ray processes it starts listen, and which are left after it ends.
 
     .venv/bin/python tools/check_ray_local.py [--signal INT|TERM] [--to group|process] [--when task|worker|start]
-        [--python PY] [--model PATH] [--keep]
+        [--python PY] [--model PATH] [--keep] [--prune]
+
+With ``--prune`` the command is ``onnxprune prune MODEL OUT --method sparsegpt --bias-correction
+--calibration ... --ray local`` instead (the calibrated pass's layer solves on that Ray; default
+model ``fixtures/transformer_mnist1d.onnx``), checked the same way, and then run again without
+``--ray`` (serially, in this machine's environment): one more check, that both wrote the same
+bytes.
 
 1. Starts ``python -m onnxprune analyze fixtures/... --ray local --no-cache`` in a new session
    (its own process group, as a shell starts a job), with HOME, TMPDIR and RAY_TMPDIR in a fresh
@@ -214,6 +220,16 @@ def command(python: str, model: Path | None = None) -> list[str]:
     return args
 
 
+def prune_command(python: str, out: Path, model: Path | None = None, *, ray: bool = True) -> list[str]:
+    """A calibrated ``prune`` (SparseGPT 50 %, bias correction, uniform allocation) whose layer
+    solves run on ``--ray local`` (or here, serially, without ``ray``)."""
+    model = model or FIXTURES / "transformer_mnist1d.onnx"
+    calib = model.with_name(model.stem + ".calib.npz")
+    args = [python, "-m", "onnxprune", "prune", str(model), str(out), "--sparsity", "0.5", "--method", "sparsegpt"]
+    args += ["--bias-correction", "--allocation", "uniform", "--calibration", str(calib), "--samples", "64", "-q"]
+    return args + (["--ray", "local"] if ray else [])
+
+
 def run(
     argv: list[str],
     *,
@@ -293,6 +309,11 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable, help="the Python that runs onnxprune (another venv)")
     parser.add_argument("--model", type=Path, help="the model to analyse (default: fixtures/cnn_digits.onnx)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (Ray's logs)")
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="check prune --ray local instead, and that it writes the serial run's bytes",
+    )
     args = parser.parse_args()
     if not Path("/proc/self/stat").exists():
         print("FAIL  no /proc: this check is Linux only")
@@ -304,7 +325,11 @@ def main() -> int:
     print(f"ray {probe.stdout.strip()} ({args.python})")
     root = Path(tempfile.mkdtemp(prefix="opr", dir="/tmp"))
     try:
-        argv = command(args.python, args.model)
+        argv = (
+            prune_command(args.python, root / "ray.onnx", args.model)
+            if args.prune
+            else command(args.python, args.model)
+        )
         signum = getattr(signal, f"SIG{args.signal}") if args.signal else None
         outcome = run(argv, root=root, signum=signum, to_group=args.to == "group", when=args.when)
         print(f"$ {' '.join(argv)}")
@@ -340,6 +365,20 @@ def main() -> int:
         }
         if signum:
             checks[f"SIG{args.signal} sent mid-{args.when}"] = outcome.signalled
+        if args.prune and not signum:
+            serial = subprocess.run(
+                prune_command(args.python, root / "serial.onnx", args.model, ray=False),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
+            same = (
+                outcome.returncode == 0
+                and serial.returncode == 0
+                and (root / "ray.onnx").read_bytes() == (root / "serial.onnx").read_bytes()
+            )
+            print(f"\nserial run: exit code {serial.returncode}; outputs {'identical' if same else 'DIFFERENT'}")
+            checks["prune --ray local wrote the serial run's bytes"] = same
         print()
         for name, ok in checks.items():
             print(f"{'PASS' if ok else 'FAIL'}  {name}")

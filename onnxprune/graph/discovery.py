@@ -119,13 +119,19 @@ class DiscoveryOptions:
 
 @dataclass
 class Inventory:
-    """All discovered weights, and access to their TensorProtos (for the passes)."""
+    """All discovered weights, and access to their TensorProtos and values (for the passes)."""
 
     weights: list[Weight]
     _protos: dict[str, TensorProto] = field(repr=False, default_factory=dict)
+    #: what reads the values (a lazy source when the model's external data is not loaded)
+    read: tensors.ArrayReader = field(repr=False, default=tensors.read_array)
 
     def proto(self, weight: Weight) -> TensorProto:
         return self._protos[weight.key]
+
+    def array(self, weight: Weight) -> np.ndarray:
+        """The values of ``weight`` (read-only; memory-mapped when read from a lazy source)."""
+        return self.read(self._protos[weight.key])
 
     @property
     def prunable(self) -> list[Weight]:
@@ -259,12 +265,14 @@ def _decide(
 KEY_SAMPLE = 4096
 
 
-def _count_values(tensor: TensorProto) -> tuple[int, np.ndarray | None, tuple[int, int]]:
+def _count_values(
+    tensor: TensorProto, read: tensors.ArrayReader = tensors.read_array
+) -> tuple[int, np.ndarray | None, tuple[int, int]]:
     """Zeros of the tensor, a strided sample of its global keys, and its (NaN, ±inf) counts
     (read once, used thrice)."""
     if not tensors.is_float(tensor):
-        return int(tensors.numel(tensor) - np.count_nonzero(tensors.read_array(tensor))), None, (0, 0)
-    values = tensors.read_array(tensor)
+        return int(tensors.numel(tensor) - np.count_nonzero(read(tensor))), None, (0, 0)
+    values = read(tensor)
     sample = global_keys(values.reshape(-1)[:: max(1, values.size // KEY_SAMPLE)])
     return int(values.size - np.count_nonzero(magnitude_keys(values))), sample, tensors.nonfinite_counts(values)
 
@@ -285,14 +293,14 @@ class _Stored:
         return f"{self.scope.path}::{self.name}" if self.scope.path else self.name
 
 
-def _stored(root: Scope) -> Iterator[_Stored]:
-    """Every stored tensor (initializer or Constant, external data loaded) with a role, traced
-    to its readers; no value is read."""
+def _stored(root: Scope, *, external: bool = False) -> Iterator[_Stored]:
+    """Every stored tensor (initializer or Constant, external data loaded; with ``external`` also
+    those whose external data is not) with a role, traced to its readers; no value is read."""
     for scope in root.all_scopes():
         stored = [(n, t, "initializer") for n, t in scope.initializers.items()]
         stored += [(n, scope.stored_tensor(n), "constant") for n in scope.constants]
         for name, tensor, storage in stored:
-            if tensor is None or tensor.data_location == TensorProto.EXTERNAL:
+            if tensor is None or (tensor.data_location == TensorProto.EXTERNAL and not external):
                 continue
             shape = tuple(int(d) for d in tensor.dims)
             trace = _Trace()
@@ -302,27 +310,32 @@ def _stored(root: Scope) -> Iterator[_Stored]:
                 yield _Stored(scope, name, tensor, storage, trace, role)
 
 
-def stored_reads(model: ModelProto) -> list[tuple[str, TensorProto, str]]:
-    """``(key, tensor, role)`` of every tensor :func:`discover` lists as stored, without reading
-    any value: what a check of weight values looks at."""
-    return [(found.key, found.tensor, found.role) for found in _stored(Scope.build(model.graph))]
+def stored_reads(model: ModelProto, *, external: bool = False) -> list[tuple[str, TensorProto, str]]:
+    """``(key, tensor, role)`` of every tensor :func:`discover` lists as stored (with ``external``
+    also those whose external data is not loaded), without reading any value: what a check of
+    weight values looks at."""
+    return [(found.key, found.tensor, found.role) for found in _stored(Scope.build(model.graph), external=external)]
 
 
-def discover(model: ModelProto, options: DiscoveryOptions | None = None) -> Inventory:
+def discover(
+    model: ModelProto, options: DiscoveryOptions | None = None, *, read: tensors.ArrayReader | None = None
+) -> Inventory:
     """Find every stored tensor read as a weight, bias, normalization parameter or
     embedding table, in the main graph and all subgraphs. ``options`` selects the prunable
-    ones (a :class:`~onnxprune.config.Selection` or plain options; default: any of 256+ elements)."""
+    ones (a :class:`~onnxprune.config.Selection` or plain options; default: any of 256+ elements).
+    ``read`` reads the values (a :class:`~onnxprune.graph.lazy.TensorSource` for a model whose
+    external data is not loaded: its external tensors are then discovered too, read one at a time)."""
     options = options or DiscoveryOptions()
     root = Scope.build(model.graph)
     weights: list[Weight] = []
     protos: dict[str, TensorProto] = {}
     reached: set[tuple[str, int, str]] = set()
-    for found in _stored(root):
+    for found in _stored(root, external=read is not None):
         tensor, trace, role = found.tensor, found.trace, found.role
         for reader, _, _ in trace.slots:
             reached.add((reader.node, reader.input_index, reader.scope))
         readers = tuple(r for r, _, _ in trace.slots) + tuple(trace.others)
-        zeros, key_sample, (nan, infinite) = _count_values(tensor)
+        zeros, key_sample, (nan, infinite) = _count_values(tensor, read or tensors.read_array)
         nonfinite = nonfinite_in(role, nan, infinite)
         reason = _decide(role, trace, tensor, readers, options, nonfinite)
         out_axis, in_axis = _axes(trace) if role == "weight" else (None, None)
@@ -348,7 +361,7 @@ def discover(model: ModelProto, options: DiscoveryOptions | None = None) -> Inve
         protos[weight.key] = tensor
     weights.extend(_computed_weights(root, reached))
     log.debug("discovered %d tensors, %d prunable", len(weights), sum(w.prunable for w in weights))
-    return Inventory(weights, protos)
+    return Inventory(weights, protos, read or tensors.read_array)
 
 
 def _computed_weights(root: Scope, reached: set[tuple[str, int, str]]) -> list[Weight]:

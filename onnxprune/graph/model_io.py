@@ -7,6 +7,12 @@ file on the machine. Saving follows the output policy of :mod:`onnxprune.graph.o
 staging folder next to the destination, validates there, then renames into place, so a
 reader never sees a half-written model and an interrupted run leaves the destination as it
 was. :func:`model_reads` and :func:`model_writes` say which files a model is on each side.
+
+A model with external data may also be loaded *lazily* (:func:`load_model_lazily`): the same
+checks, the skeleton parsed, and a :class:`~onnxprune.graph.lazy.TensorSource` that maps
+each external tensor only when it is read; :meth:`StagedOutput.write` then streams it into
+the output tensor by tensor, with or without external data, the same bytes as the loaded
+model would give (see :mod:`onnxprune.graph.writer`).
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ from onnx.external_data_helper import set_external_data
 
 from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError
 from onnxprune.graph import tensors
+from onnxprune.graph.lazy import TensorSource
+from onnxprune.graph.memory import fits_in_memory
 from onnxprune.graph.outputs import Read, Write, check_outputs, publish, same_file, staging_dir
 from onnxprune.graph.sanity import MALFORMED, check_model, check_text, checked_numel, payload_bytes, refuse_nonfinite
 from onnxprune.graph.skeleton import skeleton
 from onnxprune.graph.walk import all_graphs, all_tensors
-from onnxprune.graph.writer import Replacement, apply_replacements, write_model
+from onnxprune.graph.writer import Records, Replacement, apply_replacements, write_external, write_model
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +165,76 @@ def load_model(path: str | os.PathLike[str], *, finite: bool = False) -> ModelPr
 def load_model_with_files(path: str | os.PathLike[str], *, finite: bool = False) -> tuple[ModelProto, list[Path]]:
     """:func:`load_model`, and the files it was read from (the model, then its external data)."""
     path = Path(path)
+    model, data_files = _parse_checked(path, finite=finite)
+    if data_files:
+        load_external(model, path, finite=finite)
+    return model, [path, *data_files]
+
+
+@dataclass(frozen=True)
+class LazyModel:
+    """A model loaded without its external data (:func:`load_model_lazily`): its skeleton, the
+    files it comes from (the model, then its external data) and the source of its tensors."""
+
+    model: ModelProto
+    files: tuple[Path, ...]
+    tensors: TensorSource
+
+    @property
+    def path(self) -> Path:
+        return self.files[0]
+
+    @property
+    def external(self) -> bool:
+        """True if some tensor is stored in an external file."""
+        return len(self.files) > 1
+
+    def external_bytes(self) -> int:
+        """Bytes of the tensors stored in external files (from their dims and dtypes)."""
+        return sum(tensors.data_bytes(t) for t in all_tensors(self.model) if t.data_location == TensorProto.EXTERNAL)
+
+    def materialize(self, *, finite: bool = False) -> ModelProto:
+        """Read the external data into the skeleton (what :func:`load_model` returns), and with
+        ``finite`` refuse weights holding NaN or ±inf (a model without external data was
+        checked by :func:`load_model_lazily` with ``finite``). The skeleton is the model returned."""
+        if self.external:
+            load_external(self.model, self.path, finite=finite)
+        return self.model
+
+
+def load_model_lazily(path: str | os.PathLike[str], *, finite: bool = False) -> LazyModel:
+    """Load the model at ``path`` without its external data: the checks of :func:`load_model`
+    (every external-data reference checked, see :func:`check_external_data`), then a
+    :class:`~onnxprune.graph.lazy.TensorSource` that maps each external tensor when read.
+
+    ``finite`` refuses NaN and ±inf weights of a model without external data, as
+    :func:`load_model` does. The values of a model with external data are not looked at: a
+    caller that needs finite weights counts them as it reads (discovery does, and
+    :func:`~onnxprune.graph.sanity.refuse_nonfinite` with the source refuses them) or calls
+    :meth:`LazyModel.materialize`.
+    """
+    path = Path(path)
+    model, data_files = _parse_checked(path, finite=finite)
+    return LazyModel(model, (path, *data_files), TensorSource(path.parent, data_files))
+
+
+def load_external(model: ModelProto, path: Path, *, finite: bool = False) -> None:
+    """Read the (checked) external data of the model at ``path`` into ``model``."""
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(
+            f"cannot read the external data of '{path}' ({detail}); save the model again with its "
+            "external data as plain files in its folder"
+        ) from exc
+    if finite:
+        refuse_nonfinite(model)
+
+
+def _parse_checked(path: Path, *, finite: bool) -> tuple[ModelProto, list[Path]]:
+    """The model at ``path`` parsed without its external data and checked (see :func:`load_model`),
+    with the external-data files it references (checked, not read)."""
     if not path.exists():
         raise ModelLoadError(f"'{path}' does not exist: check the path of the input model")
     if not path.is_file():
@@ -186,23 +264,13 @@ def load_model_with_files(path: str | os.PathLike[str], *, finite: bool = False)
     # the tensors in the file: each read once; the external ones' byte ranges were checked above,
     # so they are read only to look for NaN, once loaded
     check_model(model, finite=finite and not data_files, text=False)
-    if data_files:
-        try:
-            onnx.load_external_data_for_model(model, str(path.parent))
-        except Exception as exc:
-            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelLoadError(
-                f"cannot read the external data of '{path}' ({detail}); save the model again with its "
-                "external data as plain files in its folder"
-            ) from exc
-        if finite:
-            refuse_nonfinite(model)
-    return model, [path, *data_files]
+    return model, data_files
 
 
-def tensor_bytes(model: ModelProto) -> int:
-    """Bytes of tensor data held in the model (not external), from dims and dtypes."""
-    return sum(tensors.data_bytes(t) for t in all_tensors(model) if t.data_location != TensorProto.EXTERNAL)
+def tensor_bytes(model: ModelProto, *, external: bool = False) -> int:
+    """Bytes of tensor data held in the model (with ``external`` also of its external tensors),
+    from dims and dtypes."""
+    return sum(tensors.data_bytes(t) for t in all_tensors(model) if external or t.data_location != TensorProto.EXTERNAL)
 
 
 @dataclass(frozen=True)
@@ -332,6 +400,8 @@ class StagedOutput:
         self.data_name = data_path_of(self.out).name
         self.tmp_dir: Path | None = None
         self._skeleton: Path | None = None
+        #: what a write from a lazy source recorded of each replaced tensor (None otherwise)
+        self.records: Records | None = None
 
     def __enter__(self) -> StagedOutput:
         try:
@@ -364,6 +434,8 @@ class StagedOutput:
         *,
         external_data: bool | None = None,
         replacements: Mapping[str, Replacement] | None = None,
+        source: TensorSource | None = None,
+        record: bool | None = None,
     ) -> None:
         """Write ``model`` into the staging folder.
 
@@ -371,16 +443,37 @@ class StagedOutput:
         :mod:`onnxprune.graph.writer`); with external data they are applied to ``model``
         first, and the tensor bytes are moved out of ``model``.
         ``external_data``: True always, False never, None above :data:`EXTERNAL_DATA_THRESHOLD`.
+
+        With ``source``, ``model`` is a skeleton (:func:`load_model_lazily`) whose external
+        tensors are read from ``source`` one at a time as they are written, with or without
+        external data (:func:`~onnxprune.graph.writer.write_model`,
+        :func:`~onnxprune.graph.writer.write_external`: the same bytes as the loaded model
+        written by this method); ``model`` is left as it is and :attr:`records` says what was
+        written for each replaced tensor, when ``record`` says so (None: when the weights do not
+        fit in memory for an onnxruntime run, :func:`~onnxprune.graph.memory.fits_in_memory`,
+        so that the output is checked tensor by tensor instead).
         """
         replacements = replacements or {}
         self._skeleton = None  # a second write replaces the first one entirely
+        if record is None:
+            record = source is not None and not fits_in_memory(tensor_bytes(model, external=True))
+        self.records = {} if source is not None and record else None
         staged_data = self.model_path.parent / self.data_name
         if external_data is None:
-            external_data = tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+            external_data = tensor_bytes(model, external=source is not None) > EXTERNAL_DATA_THRESHOLD
             if external_data:
                 log.info("model tensors exceed %d bytes: saving with external data", EXTERNAL_DATA_THRESHOLD)
         try:
-            if external_data:
+            if external_data and source is not None:
+                with open(self.model_path, "wb") as handle, open(staged_data, "wb") as data:
+                    write_external(
+                        model, handle, data, self.data_name, replacements, source=source, records=self.records
+                    )
+                    for written in (handle, data):
+                        written.flush()
+                        os.fsync(written.fileno())
+                os.chmod(staged_data, self.model_path.stat().st_mode & 0o777)
+            elif external_data:
                 apply_replacements(model, replacements)
                 save_external_data(model, self.model_path, self.data_name)
                 os.chmod(staged_data, self.model_path.stat().st_mode & 0o777)  # onnx makes it 0600
@@ -388,7 +481,7 @@ class StagedOutput:
                 with contextlib.suppress(FileNotFoundError):
                     staged_data.unlink()  # an earlier write's data
                 with open(self.model_path, "wb") as handle:
-                    layout = write_model(model, handle, replacements, layout=True)
+                    layout = write_model(model, handle, replacements, layout=True, source=source, records=self.records)
                     handle.flush()
                     os.fsync(handle.fileno())
                 if layout:

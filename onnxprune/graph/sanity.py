@@ -52,7 +52,7 @@ a model of many GB is read once more only when NaN is looked for.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import numpy as np
 import onnx.defs
@@ -343,12 +343,20 @@ def check_finite(model: ModelProto, suspects: list[tuple[TensorProto, int, int]]
             raise _refusal(found[0], found[1], tensor, nan, infinite, advice)
 
 
-def refuse_nonfinite(model: ModelProto, *, advice: str | None = None) -> None:
+def refuse_nonfinite(
+    model: ModelProto,
+    *,
+    advice: str | None = None,
+    read: tensors.ArrayReader | None = None,
+    only: Collection[str] | None = None,
+) -> None:
     """:func:`check_finite` on every weight of ``model`` (a model already checked by
-    :func:`check_model` without ``finite``): each read once, one at a time."""
-    for key, tensor, role in stored_reads(model):
-        if tensors.is_float(tensor):
-            nan, infinite = tensors.nonfinite_counts(tensors.read_array(tensor))
+    :func:`check_model` without ``finite``): each read once, one at a time. ``read``: a lazy
+    source, for a model whose external data is not loaded (its external weights are then read
+    through it); ``only``: the keys of the weights to look at (those a reader found non-finite)."""
+    for key, tensor, role in stored_reads(model, external=read is not None):
+        if tensors.is_float(tensor) and (only is None or key in only):
+            nan, infinite = tensors.nonfinite_counts((read or tensors.read_array)(tensor))
             if nonfinite_in(role, nan, infinite):
                 raise _refusal(key, role, tensor, nan, infinite, advice)
 

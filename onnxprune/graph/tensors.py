@@ -7,6 +7,8 @@ rewritten; every other tensor keeps its exact bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
@@ -56,8 +58,17 @@ def data_bytes(tensor: TensorProto) -> int:
 
 
 def read_array(tensor: TensorProto) -> np.ndarray:
-    """The tensor's values in its own dtype (read-only view where possible)."""
+    """The tensor's values in its own dtype (read-only view where possible). An external
+    tensor whose data is not loaded is refused: read it through a
+    :class:`onnxprune.graph.lazy.TensorSource`, which reads only the files the loader checked."""
+    if tensor.data_location == TensorProto.EXTERNAL:
+        raise ValueError(f"tensor '{tensor.name}' is stored in an external file that is not loaded")
     return numpy_helper.to_array(tensor)
+
+
+#: What reads a tensor's values: :func:`read_array`, or a lazy source
+#: (:class:`onnxprune.graph.lazy.TensorSource`) that also maps external tensors.
+ArrayReader = Callable[[TensorProto], np.ndarray]
 
 
 def write_array(tensor: TensorProto, values: np.ndarray) -> None:

@@ -15,25 +15,47 @@ On request the writer also returns the *layout* of large tensors: where each one
 ``raw_data`` payload starts in the file and how long it is. That is exactly an ONNX
 external-data reference into the written file, which lets :mod:`onnxprune.graph.skeleton`
 describe the same model without a second copy of its weights.
+
+**Lazy tensors.** Given a ``source`` (:class:`onnxprune.graph.lazy.TensorSource`), the
+model may be a skeleton whose large tensors are external references, read only when
+written: :func:`write_model` writes them into the file as ``raw_data`` (what
+``onnx.load`` would have given, so the bytes are those of the loaded model written
+the same way), and :func:`write_external` writes them into a data file, tensor by tensor,
+with the layout ``onnx.save_model`` gives the loaded model after
+:func:`onnxprune.graph.model_io.save_external_data` (same order, same offsets, same
+entries). Either way the model is never held in memory, only the tensor being written.
+With a source, each replaced tensor is also *recorded* (:class:`WrittenTensor`): how many
+of its elements changed and a digest of which, so that a check of the written file
+(:mod:`onnxprune.graph.tensor_check`) can compare the bytes on disk with the input and
+with what pruning decided.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import BinaryIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
 
+import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 from onnxprune.graph import tensors
+from onnxprune.graph.walk import all_graphs, node_subgraphs
 from onnxprune.ops import constant_tensor
+
+if TYPE_CHECKING:
+    from onnxprune.graph.lazy import TensorSource
 
 Replacement = Callable[[TensorProto], bytes | memoryview]
 #: tensor name -> (offset, length) of its raw_data payload in the written file
 Layout = dict[str, tuple[int, int]]
 #: tensors with at least this many bytes of raw_data are recorded in the layout
 LAYOUT_MIN_BYTES = 1 << 16
+#: tensor name -> what was written for it (see :class:`WrittenTensor`)
+Records = dict[str, "WrittenTensor"]
 _Lazy = tuple[int, Callable[[], Iterator[bytes]]]
 Part = bytes | _Lazy
 
@@ -151,25 +173,65 @@ def _raw_length(tensor: TensorProto, rest: int) -> int:
     raise ValueError(f"cannot size the raw_data of tensor '{tensor.name}'")
 
 
-def _tensor(tensor: TensorProto, replace: Replacement, name: str, cursor: _Cursor | None) -> list[Part]:
-    before, after = _split_tensor(tensor)
+def _as_loaded(tensor: TensorProto) -> TensorProto:
+    """The fields of an external ``tensor`` as ``onnx.load`` leaves them once its data is read
+    (no external entries, ``data_location`` DEFAULT), without the data."""
+    loaded = TensorProto()
+    copy_fields(tensor, loaded, skip=("raw_data", "external_data", "data_location"))
+    loaded.data_location = TensorProto.DEFAULT
+    return loaded
+
+
+@dataclass
+class _Stream:
+    """What one write needs besides the model: where payloads go, the lazy source, the records."""
+
+    cursor: _Cursor | None = None
+    source: TensorSource | None = None
+    records: Records | None = None
+
+    def streamable(self, tensor: TensorProto) -> bool:
+        """A tensor whose bytes can be written from a callback: raw_data, or external with a source."""
+        return replaceable(tensor) or (self.source is not None and tensor.data_location == TensorProto.EXTERNAL)
+
+    def stored(self, tensor: TensorProto) -> bytes | memoryview:
+        """The tensor's stored bytes (external ones mapped from the source)."""
+        if tensor.data_location == TensorProto.EXTERNAL:
+            if self.source is None:
+                raise ValueError(f"tensor '{tensor.name}' is external and no source reads it")
+            return memoryview(self.source.raw(tensor))
+        return tensor.raw_data
+
+    def replaced(self, tensor: TensorProto, replace: Replacement, name: str) -> bytes | memoryview:
+        """The new bytes of ``tensor`` from ``replace``, checked for length, and recorded."""
+        data = replace(tensor)
+        length = memoryview(data).nbytes
+        size = tensors.data_bytes(tensor) if tensor.data_location == TensorProto.EXTERNAL else None
+        if size is not None and length != size:
+            raise ValueError(f"replacement for tensor '{tensor.name}' has {length} bytes, expected {size}")
+        if self.records is not None and replace is not _unchanged:
+            self.records[name] = compare_elements(tensor, self.stored(tensor), data)[0]
+        return data
+
+
+def _tensor(tensor: TensorProto, replace: Replacement, name: str, stream: _Stream) -> list[Part]:
+    external = tensor.data_location == TensorProto.EXTERNAL
+    before, after = _split_tensor(_as_loaded(tensor) if external else tensor)
     head, tail = before.SerializeToString(), after.SerializeToString()
-    size = _raw_length(tensor, len(head) + len(tail))
+    size = tensors.data_bytes(tensor) if external else _raw_length(tensor, len(head) + len(tail))
     parts: list[Part] = [head, _length_delimited(_RAW_DATA, size)]
-    parts.append((size, lambda: _checked(tensor, replace, size, name, cursor)))
+    parts.append((size, lambda: _checked(tensor, replace, size, name, stream)))
     parts.append(tail)
     return parts
 
 
-def _checked(
-    tensor: TensorProto, replace: Replacement, size: int, name: str, cursor: _Cursor | None
-) -> Iterator[bytes]:
-    data = replace(tensor)
+def _checked(tensor: TensorProto, replace: Replacement, size: int, name: str, stream: _Stream) -> Iterator[bytes]:
+    data = stream.stored(tensor) if replace is _unchanged else stream.replaced(tensor, replace, name)
     length = memoryview(data).nbytes
     if length != size:
         raise ValueError(f"replacement for tensor '{tensor.name}' has {length} bytes, expected {size}")
-    if cursor is not None:  # the caller writes what is yielded at the current position
-        cursor.layout[name] = (cursor.position, size)
+    if stream.cursor is not None:  # the caller writes what is yielded at the current position
+        stream.cursor.layout[name] = (stream.cursor.position, size)
     yield data
 
 
@@ -177,49 +239,90 @@ def _unchanged(tensor: TensorProto) -> bytes:
     return tensor.raw_data
 
 
-def _in_layout(tensor: TensorProto, cursor: _Cursor | None) -> bool:
-    return cursor is not None and replaceable(tensor) and tensors.data_bytes(tensor) >= LAYOUT_MIN_BYTES
+def _in_layout(tensor: TensorProto, stream: _Stream) -> bool:
+    return stream.cursor is not None and stream.streamable(tensor) and tensors.data_bytes(tensor) >= LAYOUT_MIN_BYTES
 
 
-def _constant_node(node: NodeProto, replace: Replacement, cursor: _Cursor | None) -> list[Part]:
+def _constant_node(node: NodeProto, replace: Replacement, stream: _Stream) -> list[Part]:
     def attribute(attr: AttributeProto) -> list[Part]:
         if attr.name == "value" and attr.type == AttributeProto.TENSOR:
-            return _message(attr, {_ATTR_TENSOR: lambda t: _tensor(t, replace, node.output[0], cursor)})
+            return _message(attr, {_ATTR_TENSOR: lambda t: _tensor(t, replace, node.output[0], stream)})
         return [attr.SerializeToString()]
 
     return _message(node, {_ATTRIBUTE: attribute})
 
 
 def replaceable(tensor: TensorProto) -> bool:
-    """Only tensors stored as ``raw_data`` can be replaced while streaming."""
+    """Only tensors stored as ``raw_data`` can be replaced while streaming (and, given a
+    source, external ones: see the module docstring)."""
     return tensor.HasField("raw_data") and tensor.data_location != TensorProto.EXTERNAL
 
 
+def external_elsewhere(model: ModelProto) -> str | None:
+    """Where ``model`` keeps an external tensor that the lazy writers cannot stream (anywhere but
+    a main-graph initializer or Constant-node value: subgraphs, sparse initializers, other
+    attributes), or None."""
+    main = model.graph
+    others: list[TensorProto] = [t for s in main.sparse_initializer for t in (s.values, s.indices)]
+    for node in main.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR and not (constant_tensor(node) is not None and attr.name == "value"):
+                others.append(attr.t)
+            elif attr.type == AttributeProto.TENSORS:
+                others.extend(attr.tensors)
+            elif attr.type == AttributeProto.SPARSE_TENSOR:
+                others.extend((attr.sparse_tensor.values, attr.sparse_tensor.indices))
+        for _, sub in node_subgraphs(node):
+            for _, graph in all_graphs(sub):
+                others.extend(graph.initializer)
+                others.extend(t for s in graph.sparse_initializer for t in (s.values, s.indices))
+                for inner in graph.node:
+                    for attr in inner.attribute:
+                        others.extend([attr.t] if attr.type == AttributeProto.TENSOR else attr.tensors)
+    for tensor in others:
+        if tensor.data_location == TensorProto.EXTERNAL:
+            return f"tensor '{tensor.name}' is stored externally outside the main graph's initializers and constants"
+    return None
+
+
 def write_model(
-    model: ModelProto, handle: BinaryIO, replacements: Mapping[str, Replacement], *, layout: bool = False
+    model: ModelProto,
+    handle: BinaryIO,
+    replacements: Mapping[str, Replacement],
+    *,
+    layout: bool = False,
+    source: TensorSource | None = None,
+    records: Records | None = None,
 ) -> Layout:
     """Write ``model`` to ``handle`` with main-graph tensors named in ``replacements``
     (initializers or Constant-node outputs, stored as raw_data) given new bytes.
 
     With ``layout`` returns where the payload of every main-graph tensor of at least
     :data:`LAYOUT_MIN_BYTES` stored as raw_data lies in the output (else an empty dict).
+    With ``source``, main-graph tensors stored externally are read from it and written as
+    raw_data (see the module docstring); ``records`` then receives a :class:`WrittenTensor`
+    for each replaced tensor.
     """
-    cursor = _Cursor() if layout else None
+    stream = _Stream(_Cursor() if layout else None, source, records)
+    if source is not None:
+        elsewhere = external_elsewhere(model)
+        if elsewhere is not None:
+            raise ValueError(f"cannot stream the model: {elsewhere}")
 
     def node(n: NodeProto) -> list[Part]:
         value = constant_tensor(n)
         if value is not None:
             if n.output[0] in replacements:
-                return _constant_node(n, replacements[n.output[0]], cursor)
-            if _in_layout(value, cursor):
-                return _constant_node(n, _unchanged, cursor)
+                return _constant_node(n, replacements[n.output[0]], stream)
+            if _in_layout(value, stream) or (source is not None and value.data_location == TensorProto.EXTERNAL):
+                return _constant_node(n, _unchanged, stream)
         return _whole(n)
 
     def initializer(t: TensorProto) -> list[Part]:
         if t.name in replacements:
-            return _tensor(t, replacements[t.name], t.name, cursor)
-        if _in_layout(t, cursor):
-            return _tensor(t, _unchanged, t.name, cursor)
+            return _tensor(t, replacements[t.name], t.name, stream)
+        if _in_layout(t, stream) or (source is not None and t.data_location == TensorProto.EXTERNAL):
+            return _tensor(t, _unchanged, t.name, stream)
         return _whole(t)
 
     def graph(g: GraphProto) -> list[Part]:
@@ -229,9 +332,141 @@ def write_model(
     for chunk in _chunks(_message(model, {_GRAPH: graph})):
         handle.write(chunk)
         position += memoryview(chunk).nbytes
-        if cursor is not None:
-            cursor.position = position
-    return cursor.layout if cursor is not None else {}
+        if stream.cursor is not None:
+            stream.cursor.position = position
+    return stream.cursor.layout if stream.cursor is not None else {}
+
+
+@dataclass(frozen=True)
+class WrittenTensor:
+    """What the writer wrote for a replaced tensor, for a later check of the file: the number of
+    elements whose bits changed and a BLAKE2b digest of which (their packed bit set, C order)."""
+
+    changed: int
+    digest: str
+
+
+#: Elements compared at once by :func:`compare_elements` (a multiple of 8, so that the packed
+#: bits of consecutive chunks join up into those of the whole tensor)
+COMPARE_CHUNK = 1 << 22
+
+
+def element_bits(tensor: TensorProto, data: bytes | memoryview | np.ndarray) -> np.ndarray:
+    """The stored bytes ``data`` of ``tensor`` as one unsigned integer per element (flat)."""
+    raw = data.reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+    count = max(tensors.numel(tensor), 1)
+    width = raw.size // count if raw.size % count == 0 else 1
+    return raw.view({2: np.uint16, 4: np.uint32, 8: np.uint64}.get(width, np.uint8))
+
+
+def compare_elements(
+    tensor: TensorProto, old: bytes | memoryview | np.ndarray, new: bytes | memoryview | np.ndarray
+) -> tuple[WrittenTensor, int]:
+    """The :class:`WrittenTensor` of ``new`` replacing the stored bytes ``old`` of ``tensor``, and
+    how many of the changed elements are not ``+0`` (all bits clear), a chunk at a time."""
+    before, after = element_bits(tensor, old), element_bits(tensor, new)
+    if before.size != after.size:
+        raise ValueError(f"tensor '{tensor.name}': {after.nbytes} bytes written for {before.nbytes}")
+    digest = hashlib.blake2b(digest_size=16)
+    changed = not_zero = 0
+    for start in range(0, before.size, COMPARE_CHUNK):
+        was, now = before[start : start + COMPARE_CHUNK], after[start : start + COMPARE_CHUNK]
+        diff = was != now
+        digest.update(np.packbits(diff).tobytes())
+        changed += int(np.count_nonzero(diff))
+        diff &= now.astype(bool)
+        not_zero += int(np.count_nonzero(diff))
+    return WrittenTensor(changed, digest.hexdigest()), not_zero
+
+
+def _initializer_pairs(source: GraphProto, target: GraphProto) -> Iterator[tuple[TensorProto, TensorProto, bool]]:
+    """``(source tensor, target tensor, in the main graph)`` of every initializer of two graphs of
+    the same structure, in the order ``onnx.save_model`` writes external data (a graph's
+    initializers, then depth first the subgraphs of its nodes' attributes)."""
+
+    def walk(a: GraphProto, b: GraphProto, main: bool) -> Iterator[tuple[TensorProto, TensorProto, bool]]:
+        yield from ((x, y, main) for x, y in zip(a.initializer, b.initializer, strict=True))
+        for node_a, node_b in zip(a.node, b.node, strict=True):
+            for (_, sub_a), (_, sub_b) in zip(node_subgraphs(node_a), node_subgraphs(node_b), strict=True):
+                yield from walk(sub_a, sub_b, False)
+
+    yield from walk(source, target, True)
+
+
+def _stored_size(tensor: TensorProto) -> int:
+    """Bytes of raw data the tensor holds or references (0 for typed fields)."""
+    if tensor.data_location == TensorProto.EXTERNAL:
+        return tensors.data_bytes(tensor)
+    return len(tensor.raw_data) if tensor.HasField("raw_data") else 0
+
+
+def write_external(
+    model: ModelProto,
+    handle: BinaryIO,
+    data: BinaryIO,
+    location: str,
+    replacements: Mapping[str, Replacement],
+    *,
+    source: TensorSource | None = None,
+    threshold: int = 1024,
+    records: Records | None = None,
+) -> None:
+    """Write ``model`` to ``handle`` with every initializer of ``threshold`` bytes or more in
+    ``data`` (named ``location`` in the model), tensor by tensor, replacements applied on the way.
+
+    The result is byte for byte what :func:`onnxprune.graph.model_io.save_external_data` and
+    ``onnx.save_model`` write for the loaded model with the replacements applied: the same
+    tensors go out, in the same order, at the same offsets; a smaller external tensor of
+    ``model`` (or a Constant node's) is read from ``source`` into the model, as ``onnx.load``
+    would have. ``model`` is not changed (a copy of its skeleton is written); ``records``
+    receives a :class:`WrittenTensor` for each replaced tensor.
+    """
+    stream = _Stream(None, source, records)
+    elsewhere = external_elsewhere(model)
+    if elsewhere is not None:
+        raise ValueError(f"cannot stream the model: {elsewhere}")
+    out = ModelProto()
+    out.CopyFrom(model)
+
+    def new_bytes(original: TensorProto, name: str | None) -> bytes | memoryview:
+        if name is not None and name in replacements:
+            return stream.replaced(original, replacements[name], name)
+        return stream.stored(original)
+
+    for original, node in zip(model.graph.node, out.graph.node, strict=True):
+        value, copy = constant_tensor(original), constant_tensor(node)
+        external = value is not None and value.data_location == TensorProto.EXTERNAL
+        if value is not None and copy is not None and (external or original.output[0] in replacements):
+            _inline(copy, new_bytes(value, original.output[0]), loaded=external)
+    position = 0
+    for original, copy, main in _initializer_pairs(model.graph, out.graph):
+        name = original.name if main else None
+        external = original.data_location == TensorProto.EXTERNAL
+        if _stored_size(original) < threshold:  # stays in the model
+            if external or (name is not None and name in replacements):
+                _inline(copy, new_bytes(original, name), loaded=external)
+            continue
+        payload = new_bytes(original, name)
+        size = memoryview(payload).nbytes
+        data.write(payload)
+        del payload
+        del copy.external_data[:]
+        copy.ClearField("raw_data")
+        copy.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(position)), ("length", str(size))):
+            entry = copy.external_data.add()
+            entry.key, entry.value = key, value
+        position += size
+    handle.write(out.SerializeToString())
+
+
+def _inline(tensor: TensorProto, payload: bytes | memoryview, *, loaded: bool) -> None:
+    """Store ``payload`` in ``tensor`` as raw_data; with ``loaded`` (an external tensor) as
+    ``onnx.load`` leaves it once read (``data_location`` DEFAULT, no external entries)."""
+    tensor.raw_data = bytes(payload)
+    if loaded:
+        tensor.data_location = TensorProto.DEFAULT
+        del tensor.external_data[:]
 
 
 def apply_replacements(model: ModelProto, replacements: Mapping[str, Replacement]) -> None:

@@ -27,6 +27,7 @@ from onnxprune.errors import OptionError
 
 if TYPE_CHECKING:
     from onnxprune.data import Dataset
+    from onnxprune.graph.lazy import TensorSource
     from onnxprune.graph.writer import Replacement
     from onnxprune.passes.result import PruneResult
     from onnxprune.passes.structural import StructuralResult
@@ -73,6 +74,9 @@ class PassContext:
     progress: Progress | None = None  # the pipeline hands it to its first pass only (one progress bar)
     stream: bool = False  # may a streaming pass defer its writes (see module docstring)
     replacements: dict[str, Replacement] = field(default_factory=dict)  # the deferred writes
+    #: reads the external tensors of a model loaded without its external data (a streamed run:
+    #: only streaming passes get such a model), None when the model is loaded whole
+    tensors: TensorSource | None = None
 
 
 @dataclass(frozen=True)

@@ -33,24 +33,37 @@ of their body (:mod:`onnxprune.passes.layers`, :mod:`onnxprune.capture`); in seq
 body layer waits for what its owner node reads and for the layers before it in its body
 (:mod:`onnxprune.passes.layer_order`). A layer whose body never ran on the data has no rows
 and is pruned by magnitude (:data:`onnxprune.passes.layers.NEVER_RAN` says why).
+
+The layers of one wave are independent solves. Each is a
+:class:`~onnxprune.reconstruct.layer.LayerTask` (its matrices and options, never the model: the
+wave's capture and every graph edit stay here), run where ``workers`` / ``ray`` say
+(:func:`solve_executor`: here, a process pool, a Ray cluster); the solutions come back as arrays
+in the layers' order and are written in that order, as a serial run writes them. A layer whose
+damping is chosen closed loop (:mod:`onnxprune.passes.closed_loop`) runs the model, so it is
+solved here, in its place in that order. Wherever they run the output is the same bits
+(:mod:`onnxprune.reconstruct.layer`).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import numpy as np
 from onnx import ModelProto, numpy_helper
 
 from onnxprune import sparsity
-from onnxprune.capture import LayerStats, ResidualStats, capture
+from onnxprune.capture import LayerStats, capture
 from onnxprune.config import PruneConfig, Ranking, Reconstruction
 from onnxprune.data import Dataset
 from onnxprune.errors import OptionError, UnsupportedModelError, opt
+from onnxprune.executors import ClosingExecutor, Executor, ProcessExecutor, RayExecutor, SerialExecutor
+from onnxprune.executors.ray_cluster import require_ray
 from onnxprune.graph import tensors
 from onnxprune.graph.discovery import Weight, discover
 from onnxprune.graph.index import Scope, node_label
@@ -68,8 +81,8 @@ from onnxprune.passes.unstructured import (
     skipped_layer,
     target_mask,
 )
-from onnxprune.reconstruct.hessian import damping
-from onnxprune.reconstruct.methods import METHODS, LayerProblem
+from onnxprune.reconstruct.layer import LayerSolution, LayerTask, Residual, UseMeans, solve_layer
+from onnxprune.reconstruct.methods import METHODS
 from onnxprune.sparsity.scores import to_float64
 from onnxprune.stats import param_stats
 
@@ -125,73 +138,8 @@ def settled_residuals(model: ModelProto, groups: list[list[CalibLayer]]) -> set[
     return settled
 
 
-def _dense_target(
-    w: np.ndarray, h: np.ndarray, c: np.ndarray, percdamp: float, residual: np.ndarray | None = None
-) -> np.ndarray:
-    """``W*`` that best maps the current inputs to the dense outputs: each row solves
-    ``(H + λI) w* = C w + λ w`` (ridge towards ``w``), where ``H = Σ x xᵀ`` of the current
-    input and ``C = Σ x x_dᵀ`` against the dense model's input; then
-    ``‖w·X_d − ŵ·X‖² = (w* − ŵ)ᵀ H (w* − ŵ) + const`` for any ``ŵ``. With ``residual``
-    ``R = Σ xᵀ(r_d − r)`` (the output is summed with ``r``: :mod:`onnxprune.capture`) the target
-    is the dense *sum*, ``(H + λI) W*ᵀ = C Wᵀ + λ Wᵀ + R``: the layer also takes up the part of the
-    error arriving through ``r`` that its input can express."""
-    lam = damping(h, np.diagonal(h) == 0, percdamp) or 1e-8 * max(float(np.mean(np.diagonal(h))), 1e-30)
-    a = h + lam * np.eye(h.shape[0])
-    rhs = c @ w.T + lam * w.T
-    if residual is not None:
-        rhs = rhs + residual
-    try:
-        return np.linalg.solve(a, rhs).T
-    except np.linalg.LinAlgError:
-        return np.linalg.lstsq(a, rhs, rcond=None)[0].T
-
-
 def _ratio(num: float, den: float) -> float:
     return max(num, 0.0) / den if den > 0 else 0.0
-
-
-def _output_error(
-    new: np.ndarray,
-    w: np.ndarray,
-    h: np.ndarray,
-    c: np.ndarray,
-    h_ref: np.ndarray,
-    residual: ResidualStats | None = None,
-) -> float:
-    """``Σ_rows ‖w·X_d − ŵ·X‖² = ŵᵀHŵ − 2ŵᵀCw + wᵀH_d w`` (``C = H = H_d`` without a reference);
-    with ``residual`` (the output feeds a sum ``y + r``) the error at the sum,
-    ``+ 2 tr(w X_dᵀD) − 2 tr(ŵ XᵀD) + ‖D‖²`` (:mod:`onnxprune.capture`)."""
-    error = _quad(new, h, new) - 2 * _quad(new, c, w) + _quad(w, h_ref, w)
-    if residual is not None:
-        error += 2 * float(np.vdot(w, residual.cross_ref.T) - np.vdot(new, residual.cross.T)) + residual.energy
-    return error
-
-
-def _quad(a: np.ndarray, m: np.ndarray, b: np.ndarray) -> float:
-    """``Σ_rows a_i M b_iᵀ`` through one matrix product (BLAS), not a three-operand einsum."""
-    return float(np.vdot(a @ m, b))
-
-
-class _Solved:
-    def __init__(self) -> None:
-        self.err_num = self.err_den = self.mag_num = 0.0
-        self.deltas: list[np.ndarray] = []  # the bias delta of each use of the layer
-
-
-def _bias_delta(w: np.ndarray, new: np.ndarray, stats: LayerStats, *, residual: bool = False) -> np.ndarray:
-    """``delta = W·E[x_d] − Ŵ·E[x]`` per output of every group (``[groups·rows]``), for one use's
-    statistics (``E[x_d] = E[x]`` without a reference; one mean for all groups when they share x);
-    with ``residual`` and the statistics' ``E[r_d − r]`` (an output summed with ``r``), plus that."""
-    means: np.ndarray = stats.mean  # type: ignore[assignment]  # a solved layer has its statistics
-    refs = stats.mean_ref if stats.mean_ref is not None else means
-    parts = []
-    for g in range(len(w)):
-        k = 0 if len(means) == 1 else g
-        parts.append(w[g] @ refs[k] - new[g] @ means[k])
-    delta = np.concatenate(parts)
-    if residual and stats.residual is not None:
-        delta = delta + stats.residual.mean
-    return delta
 
 
 #: Wanda and SparseGPT choose the same count in every output row; a layer with fewer
@@ -216,7 +164,7 @@ def solver_percdamp(reconstruction: Reconstruction, data: Dataset) -> float:
     return PERCDAMP_DATA_FREE if data.synthetic else PERCDAMP_DATA
 
 
-def _solve_layer(
+def layer_task(
     layer: CalibLayer,
     stats: LayerStats,
     target: Target,
@@ -227,66 +175,56 @@ def _solve_layer(
     ranking: Ranking,
     percdamp: float,
     uses: Sequence[LayerStats] = (),
-) -> tuple[np.ndarray, _Solved]:
-    """The new stored array of ``layer`` and its error terms and bias deltas: ``reconstruction``'s
-    method and block size, ``ranking``'s mask for the magnitude baseline (and the mask of a
-    method that does not choose its own), ``percdamp`` already resolved (:func:`solver_percdamp`).
-    ``stats`` are the statistics the layer is fitted on (a shared weight: of every use stacked),
-    ``uses`` each use's own, for its bias delta (default: ``stats``)."""
+) -> LayerTask:
+    """What the solve of ``layer`` reads (:class:`~onnxprune.reconstruct.layer.LayerTask`, arrays
+    and options, no graph): ``reconstruction``'s method and block size, ``ranking``'s mask for the
+    magnitude baseline (and the mask of a method that does not choose its own), ``percdamp``
+    already resolved (:func:`solver_percdamp`). ``stats`` are the statistics the layer is fitted
+    on (a shared weight: of every use stacked), ``uses`` each use's own, for its bias delta
+    (default: ``stats``)."""
     weight = layer.weight
-    method = METHODS[reconstruction.method]
-    w = layer.to_matrix(to_float64(values))
-    magnitude = layer.to_matrix(target_mask(values, target, weight, ranking, index))
-    amount = None if target.nm is not None else target.count / weight.numel
-    solved = _Solved()
-    out = np.empty_like(w)
-    for g in range(layer.groups):
-        shared = stats.H.shape[0] == 1  # a recurrent W: every direction reads the same x_t
-        k = 0 if shared else g
-        wg, hg = w[g], stats.H[k]
-        # a recurrent R reads its own node's output: its input changes with its own pruning, so
-        # it is fitted to its own dense product, not to the dense model's
-        with_ref = stats.C is not None and not layer.reads_own_output
-        cg = stats.C[k] if with_ref else hg
-        h_ref = stats.H_ref[k] if with_ref else hg
-        residual = stats.residual if with_ref and RESIDUAL_TARGETS else None  # one group: Gemm/MatMul rows
-        cross = residual.cross if residual is not None else None
-        goal = np.where(wg == 0, 0.0, _dense_target(wg, hg, cg, percdamp, cross)) if with_ref else wg  # zeros stay
-        mag_new = np.where(magnitude[g], 0.0, wg)
-        order = None  # a method that chooses its own mask sees the columns in the layer's N:M order
-        wp, tp, hp, sq, mask = wg, goal, hg, stats.sqnorm[k], magnitude[g]
-        if method.chooses_mask:
-            order = layer.nm_order if target.nm is not None and layer.nm_order is not None else None
-            mask = None
-            if order is not None:
-                wp, tp, hp, sq = wg[:, order], goal[:, order], hg[np.ix_(order, order)], sq[order]
-        problem = LayerProblem(
-            w=wp,
-            goal=tp,
-            H=hp,
-            sqnorm=sq,
-            mask=mask,
-            amount=amount,
-            # the layer's exact count, split over its groups: a fraction would be rounded per row
-            count=None if target.nm is not None else target.count // layer.groups + (g < target.count % layer.groups),
-            nm=target.nm,
-            percdamp=percdamp,
-            blocksize=reconstruction.blocksize,
-            exact_refit=reconstruction.exact_refit,
-            row_wise=wp.shape[1] >= ROW_WISE_MIN_COLS,
-        )
-        new = method.solve(problem)
-        if order is not None:
-            unpermuted = np.empty_like(new)
-            unpermuted[:, order] = new
-            new = unpermuted
-        out[g] = new
-        solved.err_num += _output_error(new, wg, hg, cg, h_ref, residual)
-        solved.mag_num += _output_error(mag_new, wg, hg, cg, h_ref, residual)
-        solved.err_den += _quad(wg, h_ref, wg)
-    solved.deltas = [_bias_delta(w, out, use, residual=residual is not None) for use in (uses or (stats,))]
-    stored = layer.from_matrix(out)
-    return stored, solved
+    w = np.ascontiguousarray(layer.to_matrix(to_float64(values)))
+    magnitude = np.ascontiguousarray(layer.to_matrix(target_mask(values, target, weight, ranking, index)))
+    # a recurrent R reads its own node's output: its input changes with its own pruning, so it is
+    # fitted to its own dense product, not to the dense model's
+    with_ref = stats.C is not None and not layer.reads_own_output
+    residual = stats.residual if with_ref and RESIDUAL_TARGETS else None  # one group: Gemm/MatMul rows
+    return LayerTask(
+        weight=weight.key,
+        w=w,
+        magnitude=magnitude,
+        H=stats.H,  # type: ignore[arg-type]  # a solved layer has its statistics
+        sqnorm=stats.sqnorm,  # type: ignore[arg-type]
+        method=METHODS[reconstruction.method],
+        percdamp=percdamp,
+        blocksize=reconstruction.blocksize,
+        exact_refit=reconstruction.exact_refit,
+        row_wise=w.shape[-1] >= ROW_WISE_MIN_COLS,
+        count=None if target.nm is not None else target.count,
+        amount=None if target.nm is not None else target.count / weight.numel,
+        nm=target.nm,
+        nm_order=layer.nm_order if target.nm is not None else None,
+        C=stats.C if with_ref else None,
+        H_ref=stats.H_ref if with_ref else None,
+        residual=None if residual is None else Residual(residual.cross, residual.cross_ref, residual.energy),
+        uses=tuple(
+            UseMeans(
+                use.mean,  # type: ignore[arg-type]
+                use.mean_ref,
+                use.residual.mean if residual is not None and use.residual is not None else None,
+            )
+            for use in (uses or (stats,))
+        ),
+    )
+
+
+def _solve_layer(
+    layer: CalibLayer, stats: LayerStats, target: Target, values: np.ndarray, index: int, **options: Any
+) -> tuple[np.ndarray, LayerSolution]:
+    """The new stored array of ``layer`` and its solution (error terms, bias deltas), solved here:
+    :func:`layer_task` (which takes ``options``), then :func:`~onnxprune.reconstruct.layer.solve_layer`."""
+    solution = solve_layer(layer_task(layer, stats, target, values, index, **options))
+    return layer.from_matrix(solution.new), solution
 
 
 def _apply_bias(model: ModelProto, scope: Scope, layer: LayerUse, delta: np.ndarray, dtype: np.dtype) -> str:
@@ -340,7 +278,33 @@ def prune_calibrated(
     batch_size: int = 32,
     progress: Progress | None = None,
 ) -> PruneResult:
-    """Prune ``model`` in place with the calibrated ``config.method`` on ``data``."""
+    """Prune ``model`` in place with the calibrated ``config.method`` on ``data``; the layer solves
+    of each wave run where ``config.reconstruction`` says (:func:`solve_executor`)."""
+    with solve_executor(config.reconstruction) as executor:
+        return _prune(model, config, data, batch_size=batch_size, progress=progress, executor=executor)
+
+
+def solve_executor(reconstruction: Reconstruction) -> ClosingExecutor:
+    """Where a wave's layer solves run: on the Ray cluster at ``reconstruction.ray`` ("local":
+    one started here on loopback), else in a pool of ``reconstruction.workers`` processes (one:
+    in this process). The results are the same bits wherever they run
+    (:mod:`onnxprune.reconstruct.layer`)."""
+    if reconstruction.ray:
+        return RayExecutor(reconstruction.ray)
+    if reconstruction.workers > 1:
+        return ProcessExecutor(reconstruction.workers)
+    return SerialExecutor()
+
+
+def _prune(
+    model: ModelProto,
+    config: PruneConfig,
+    data: Dataset,
+    *,
+    batch_size: int,
+    progress: Progress | None,
+    executor: Executor,
+) -> PruneResult:
     reconstruction, ranking = config.reconstruction, config.ranking
     inventory = discover(model, config.selection)
     _refuse_nonfinite(inventory.weights, config)
@@ -389,7 +353,9 @@ def prune_calibrated(
     extra: dict[str, dict[str, object]] = {key: {"method": "magnitude"} for key in fallback}
     done = allocated.steps  # the allocation's progress steps come first
     total = done + len(calib)
+    seconds = {"capture": 0.0, "solve": 0.0, "write": 0.0}  # where the waves' time goes (logged)
     for group in groups:
+        tick = time.perf_counter()
         # fit to the dense model's output once it differs; Wanda updates no weight, so it needs
         # the dense model only for bias correction (its E[x_d])
         needs_dense = METHODS[reconstruction.method].updates_weights or reconstruction.bias_correction
@@ -399,49 +365,84 @@ def prune_calibrated(
             for layer in group
             for use in layer.uses
         ]
-        stats = capture(model, specs, data.batches(batch_size), reference=reference)
+        sampling = reconstruction.row_sampling(ranking.seed)  # capture_rows: the rows each batch adds
+        stats = capture(model, specs, data.batches(batch_size), reference=reference, sampling=sampling)
+        seconds["capture"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        # every layer's task first (what it reads is final: this wave writes no weight another one
+        # reads), the solves in the executor, then the results written in the layers' order; a
+        # layer whose damping is chosen closed loop runs the model, so it is solved here, in order
+        work: list[tuple[CalibLayer, LayerStats | None, Any]] = []  # (layer, statistics, task index | loop | reason)
+        tasks: list[LayerTask] = []
         for layer in group:
-            weight, target = layer.weight, targets[layer.weight.key]
-            per_use = [stats[use.spec.key] for use in layer.uses]
+            weight = layer.weight
             layer_stats, skipped = layer.statistics(stats)
-            done += 1
-            if progress is not None:
-                progress(done, total, weight.key)
             if skipped is not None:
-                fallback[weight.key] = f"no statistics ({skipped}): pruned by magnitude"
+                work.append((layer, None, skipped))
+                continue
+            loop = _closed_loop_outputs(scope, layer) if reconstruction.percdamp is None else None
+            if loop:
+                work.append((layer, layer_stats, loop))
+                continue
+            values = tensors.read_array(inventory.proto(weight))
+            work.append((layer, layer_stats, len(tasks)))
+            tasks.append(
+                layer_task(
+                    layer,
+                    layer_stats,
+                    targets[weight.key],
+                    values,
+                    index_of[weight.key],
+                    reconstruction=reconstruction,
+                    ranking=ranking,
+                    percdamp=percdamp,
+                    uses=[stats[use.spec.key] for use in layer.uses],
+                )
+            )
+        on_solved = None if progress is None else partial(_counted_from, progress, done, total)
+        solutions = executor.map(solve_layer, tasks, on_solved)
+        seconds["solve"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        done += len(tasks)
+        for layer, layer_stats, how in work:
+            weight, target = layer.weight, targets[layer.weight.key]
+            if not isinstance(how, int):
+                done += 1
+                if progress is not None:
+                    progress(done, total, weight.key)
+            if layer_stats is None:
+                fallback[weight.key] = f"no statistics ({how}): pruned by magnitude"
                 magnitude(weight.key)
                 extra[weight.key] = {"method": "magnitude"}
                 continue
             proto = inventory.proto(weight)
             values = tensors.read_array(proto)
-
-            solve = partial(
-                _solve_layer,
-                layer,
-                layer_stats,
-                target,
-                values,
-                index_of[weight.key],
-                reconstruction=reconstruction,
-                ranking=ranking,
-                uses=per_use,
-            )
-            loop = _closed_loop_outputs(scope, layer) if reconstruction.percdamp is None else None
             damp_record: dict[str, object] = {}
-            if loop:  # a recurrent R: the damping that best reproduces the node's outputs closed loop
-                chosen, stored, solved, errors = choose_damping(
+            if isinstance(how, int):
+                solved = solutions[how]
+                tensors.write_array(proto, layer.from_matrix(solved.new).astype(values.dtype))
+            else:  # a recurrent R: the damping that best reproduces the node's outputs closed loop
+                solve = partial(
+                    _solve_layer,
+                    layer,
+                    layer_stats,
+                    target,
+                    values,
+                    index_of[weight.key],
+                    reconstruction=reconstruction,
+                    ranking=ranking,
+                    uses=[stats[use.spec.key] for use in layer.uses],
+                )
+                chosen, _stored, solved, errors = choose_damping(
                     model,
                     proto,
-                    loop,
+                    how,
                     lambda: data.batches(batch_size),
                     solve,
                     reference=dense,  # None in parallel mode: the model before this layer was pruned
                     default=percdamp,
                 )
                 damp_record = {"percdamp": chosen, "closed_loop_error": errors[chosen]}
-            else:
-                stored, solved = solve(percdamp=percdamp)
-                tensors.write_array(proto, stored.astype(values.dtype))
             bias = None
             if reconstruction.bias_correction:
                 done_at = [
@@ -457,8 +458,23 @@ def prune_calibrated(
                 "bias": bias,
                 **damp_record,
             }
+        seconds["write"] += time.perf_counter() - tick
         changed = changed or bool(group)
+    log.info(
+        "calibrated %d layers in %d waves: capture %.1fs, solves %.1fs (%s), written %.1fs (closed-loop solves included)",
+        len(calib),
+        len(groups),
+        seconds["capture"],
+        seconds["solve"],
+        type(executor).__name__,
+        seconds["write"],
+    )
     return allocated.annotate(_finish(inventory, targets, config, extra, fallback))
+
+
+def _counted_from(progress: Progress, start: int, total: int, done: int, _of: int, label: str) -> None:
+    """A wave's ``done`` of ``_of`` solves as the pass's ``start + done`` of ``total`` steps."""
+    progress(start + done, total, label)
 
 
 def _closed_loop_outputs(scope: Scope, layer: CalibLayer) -> list[str]:
@@ -510,6 +526,8 @@ class CalibratedPass(Pass):
         self.config = config
 
     def check(self, context: PassContext) -> None:
+        if self.config.reconstruction.ray:
+            require_ray()  # before the model is read
         if context.calibration is None:
             reconstruction = self.config.reconstruction
             raise OptionError(

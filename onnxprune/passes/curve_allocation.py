@@ -245,7 +245,8 @@ def allocate_layers(
         specs = [use.spec for layer in chunk for use in layer.uses]
         # every layer's input at once: a batch of CAPTURE_BATCH keeps those activations small; a
         # body may run on some batches only, so then the batches are calibration's own
-        stats = capture(model, specs, data.batches(batch_size if in_body else min(batch_size, CAPTURE_BATCH)))
+        batches = data.batches(batch_size if in_body else min(batch_size, CAPTURE_BATCH))
+        stats = capture(model, specs, batches, sampling=config.reconstruction.row_sampling(config.seed))
         seconds["capture"] += time.perf_counter() - tick
         for layer in chunk:
             key = layer.weight.key

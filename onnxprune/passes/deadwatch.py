@@ -1,48 +1,143 @@
 """Does a pruned model have anything for the dead-channel pass? A cheap watch.
 
-A channel can only be dead if some stored tensor has an all-zero slice along its first
-or last axis (a producer's filter or output column, a depthwise filter) or a zero
-BatchNormalization scale. After streamed unstructured pruning the pruned bytes exist only
-while the writer streams them, so the watch wraps each deferred replacement and looks at
-the bytes as they pass; tensors pruned in place or left alone are looked at directly when
-they hold zeros. Only when the watch fires does the (slower) dead-channel pass run, on
-the written model: the common case costs one ``any`` per slice.
+A channel is dead when it is constant wherever it is read (:func:`~onnxprune.structure.
+constants.dead_units`), and a pruned weight makes a channel constant only through an
+all-zero slice along the axis of its *output* channels (a producer's filter or output
+column, a depthwise filter, an embedding's feature column) or a zero scale of a norm. An
+all-zero slice along a reduction axis (an input column nobody reads any more) changes no
+value, so it kills nothing. The op table says which axis is which: the output-channel axis
+of a weight is its reader's slot ``out_axis`` (:meth:`~onnxprune.ops.OpSpec.slot`), of an
+embedding table every axis but the lookup axis, and grouped ConvTranspose keeps each
+group's output channels apart (``W[g·C/g, M/g, k…]``: channel ``(i, j)`` is the slice of
+group ``i`` at ``j``). A tensor whose readers the table does not place (read through a
+Transpose, by an unknown op) is looked at along its first and last axes, as a filter or
+an output column would be.
+
+After streamed unstructured pruning the pruned bytes exist only while the writer streams
+them, so the watch wraps each deferred replacement and looks at the bytes as they pass;
+tensors pruned in place or left alone are looked at directly when they hold zeros. Only
+when the watch fires does the (slower) dead-channel pass run, on the written model: the
+common case costs one ``any`` per slice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, TensorProto
+from onnx import ModelProto, NodeProto, TensorProto
 
 from onnxprune.config import StructureConfig
 from onnxprune.graph import tensors
 from onnxprune.graph.writer import Replacement
 from onnxprune.ops import constant_tensor, spec_of
+from onnxprune.ops.spec import SlotContext
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, not_run
 from onnxprune.passes.result import LayerResult
 
+#: Where a tensor's output channels lie: axes (a zero slice along one is a constant
+#: channel), a grouped layout ``("groups", g, axis)``, or None (look at the first and last axes).
+ChannelAxes = tuple[int, ...] | tuple[str, int, int] | None
 
-def has_zero_slice(values: np.ndarray) -> bool:
-    """True if a slice along the first or the last axis is all zero (raw bits: +0 only)."""
+
+def has_zero_slice(values: np.ndarray, axes: ChannelAxes = None) -> bool:
+    """True if a slice of ``values`` along one of ``axes`` is all zero (raw bits: +0 only).
+
+    ``axes=None``: the first or the last axis; ``("groups", g, axis)``: the slice at ``j`` of
+    ``axis`` within one of the ``g`` equal blocks of axis 0 (grouped ConvTranspose). A 1-D
+    tensor (a norm's scale) fires on any zero element."""
     if values.ndim == 0 or values.size == 0:
         return False
     if values.ndim == 1:
         return bool((values == 0).any())
-    rows = values.reshape(values.shape[0], -1)
-    if not rows.any(axis=1).all():
-        return True
-    cols = values.reshape(-1, values.shape[-1])
-    return not bool(cols.any(axis=0).all())
+    if axes is None:
+        axes = (0, values.ndim - 1)
+    if axes and axes[0] == "groups":
+        _, g, axis = axes
+        if values.shape[0] % int(g) or axis != 1:
+            axes = (0, values.ndim - 1)
+        else:
+            blocks = values.reshape(int(g), values.shape[0] // int(g), values.shape[1], -1)
+            return not bool(blocks.any(axis=(1, 3)).all())
+    for axis in axes:
+        slices = np.moveaxis(values, int(axis), 0).reshape(values.shape[int(axis)], -1)
+        if not slices.any(axis=1).all():
+            return True
+    return False
+
+
+def _read_axes(node: NodeProto, index: int, rank: int, producer_op: Callable[[str], str | None]) -> ChannelAxes | str:
+    """The output-channel axes of input ``index`` of ``node`` (a stored tensor of ``rank``),
+    "none" where a zero slice cannot make a channel constant (a bias), None: unknown."""
+    spec = spec_of(node)
+    slot = spec.slot(SlotContext(node, index, rank, producer_op))
+    if slot.role == "bias" or slot.role == "shape":
+        return "none"
+    if slot.role == "embedding":
+        lookup = spec.embedding_lookup(node)
+        if lookup is None or lookup[0] != index:
+            return None
+        table_axis = lookup[2] % rank if rank else 0
+        return tuple(a for a in range(rank) if a != table_axis)
+    if slot.role != "weight" or slot.out_axis is None:
+        return None
+    fold = spec.output_channel_fold(node)
+    if fold is not None and fold.groups is not None and fold.groups > 1 and fold.weight_input == index:
+        return ("groups", fold.groups, slot.out_axis)
+    return (slot.out_axis,)
+
+
+def channel_axes(model: ModelProto) -> dict[str, ChannelAxes]:
+    """Per main-graph stored tensor (initializer or Constant output): where its output
+    channels lie (see :data:`ChannelAxes`), over every node that reads it. A tensor read in
+    two layouts, or by a reader the op table does not place, gets None (first and last
+    axes); a tensor only biases read is left out (it cannot kill a channel)."""
+    graph = model.graph
+    ranks = {t.name: len(t.dims) for t in graph.initializer}
+    producers: dict[str, str] = {}
+    for node in graph.node:
+        value = constant_tensor(node)
+        if value is not None:
+            ranks[node.output[0]] = len(value.dims)
+        for out in node.output:
+            producers[out] = node.op_type
+    found: dict[str, set[object]] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name not in ranks:
+                continue
+            try:
+                axes = _read_axes(node, index, ranks[name], producers.get)
+            except Exception:  # an op the table cannot place here: look at it conservatively
+                axes = None
+            found.setdefault(name, set()).add(axes)
+    result: dict[str, ChannelAxes] = {}
+    for name, reads in found.items():
+        reads.discard("none")
+        if not reads:
+            continue
+        result[name] = reads.pop() if len(reads) == 1 else None  # type: ignore[assignment]
+    return result
 
 
 class DeadWatch:
-    """Collects whether any watched tensor could make a channel dead."""
+    """Collects whether any watched tensor could make a channel dead.
 
-    def __init__(self) -> None:
+    ``model``: the model the watched tensors belong to, for where their output channels lie
+    (:func:`channel_axes`); without it every tensor is looked at along its first and last axes.
+    """
+
+    def __init__(self, model: ModelProto | None = None) -> None:
         self.fired: list[str] = []
+        self.axes: dict[str, ChannelAxes] | None = channel_axes(model) if model is not None else None
+
+    def _could_kill(self, name: str, values: np.ndarray) -> bool:
+        if self.axes is None:
+            return has_zero_slice(values)
+        if name not in self.axes:
+            return False  # read as a bias only (or not read in the main graph)
+        return has_zero_slice(values, self.axes[name])
 
     def wrap(self, replacements: Mapping[str, Replacement]) -> dict[str, Replacement]:
         """The same replacements, each looking at the bytes it returns."""
@@ -54,7 +149,9 @@ class DeadWatch:
             if not self.fired:
                 itemsize = tensors.data_bytes(proto) // max(tensors.numel(proto), 1)
                 dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(itemsize)
-                if dtype is not None and has_zero_slice(np.frombuffer(view, dtype=dtype).reshape(tuple(proto.dims))):
+                if dtype is not None and self._could_kill(
+                    name, np.frombuffer(view, dtype=dtype).reshape(tuple(proto.dims))
+                ):
                     self.fired.append(name)
             return view
 
@@ -78,7 +175,7 @@ class DeadWatch:
                 continue
             if len(layer.shape) < 2 and layer.name not in scales:
                 continue  # a zero bias, mean or shift kills no channel
-            if has_zero_slice(tensors.read_array(stored[layer.name])):
+            if self._could_kill(layer.name, tensors.read_array(stored[layer.name])):
                 self.fired.append(layer.name)
                 return
 

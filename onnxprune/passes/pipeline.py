@@ -34,8 +34,9 @@ a pass that did not run with the reason.
 from __future__ import annotations
 
 import gc
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,12 +46,13 @@ from onnx import ModelProto
 
 from onnxprune.config import PruneConfig, StructureConfig
 from onnxprune.errors import OptionError, opt
-from onnxprune.graph.model_io import StagedOutput, load_model, load_model_with_files
+from onnxprune.graph.model_io import StagedOutput, load_model, load_model_lazily
 from onnxprune.graph.sanity import refuse_nonfinite
+from onnxprune.graph.writer import external_elsewhere
 from onnxprune.passes.base import Pass, PassContext, PassResult, Progress, not_run
 from onnxprune.passes.deadwatch import AfterWeights, DeadChannelPass, DeadWatch, not_dead, watchable
 from onnxprune.passes.result import PruneResult
-from onnxprune.passes.unstructured import WeightPass
+from onnxprune.passes.unstructured import WeightPass, nonfinite_keys
 from onnxprune.quantize import QuantizeConfig, QuantizePass
 from onnxprune.reconstruct.methods import METHODS
 from onnxprune.stats import ParamStats, param_stats
@@ -62,6 +64,8 @@ if TYPE_CHECKING:
     from onnxprune.passes.structural import StructuralResult
     from onnxprune.quantize import QuantizeResult
     from onnxprune.validate import ValidationReport
+
+log = logging.getLogger(__name__)
 
 
 def after_weights(structure: StructureConfig) -> AfterWeights:
@@ -195,10 +199,11 @@ class _State:
         return any(p.changed for p in self.passes)
 
 
-def _stats(counts: Mapping[str, int], key: str, fallback: ParamStats) -> ParamStats:
+def _stats(counts: Mapping[str, int], key: str, fallback: Callable[[], ParamStats]) -> ParamStats:
+    """The pass's own counts of ``key`` (before/after), else ``fallback()`` (a count reads every tensor)."""
     if f"params_{key}" in counts and f"nonzeros_{key}" in counts:
         return ParamStats(counts[f"params_{key}"], counts[f"nonzeros_{key}"])
-    return fallback
+    return fallback()
 
 
 def _first(pipeline: Pipeline, model: ModelProto, context: PassContext) -> _State:
@@ -213,11 +218,11 @@ def _first(pipeline: Pipeline, model: ModelProto, context: PassContext) -> _Stat
         passes.append(done)
         assert isinstance(done.detail, PruneResult)
         result = done.detail
-        before = _stats(done.counts, "before", param_stats(model))
-        after = _stats(done.counts, "after", before)
+        before = _stats(done.counts, "before", lambda: param_stats(model))
+        after = _stats(done.counts, "after", lambda: before)
     watch = structural = None
     if pipeline.watched:
-        watch = DeadWatch()
+        watch = DeadWatch(model)
         watch.look(model, result.layers, context.replacements)
         context.replacements = watch.wrap(context.replacements)
     elif pipeline.channels is not None:
@@ -293,6 +298,30 @@ def first_run(calibration: Dataset | None) -> dict[str, np.ndarray] | None:
     return None if batch is None else {name: np.array(a) for name, a in batch.items()}
 
 
+def _load(
+    pipeline: Pipeline, source: str | os.PathLike[str], context: PassContext, *, finite: bool
+) -> tuple[ModelProto, list[Path]]:
+    """The model at ``source`` and its files. Streamed (``context.tensors`` set: the skeleton,
+    its external tensors read one at a time by the weight pass and the writer, see
+    :mod:`onnxprune.graph.lazy`) when the model has external data and the pipeline allows it:
+    the magnitude/N:M weight pass alone (a dead-channel watch at most), no calibration data,
+    no quantizer. Otherwise loaded whole (non-finite weights refused with ``finite``)."""
+    lazy = load_model_lazily(source, finite=finite)
+    streamed = (
+        lazy.external
+        and isinstance(pipeline.weights, WeightPass)
+        and context.stream
+        and context.calibration is None
+        and pipeline.quantize is None
+        and external_elsewhere(lazy.model) is None
+    )
+    if not streamed:
+        return lazy.materialize(finite=finite), list(lazy.files)
+    log.info("streaming %s: %d bytes of external data read tensor by tensor", lazy.path.name, lazy.external_bytes())
+    context.tensors = lazy.tensors
+    return lazy.model, list(lazy.files)
+
+
 def run_file(
     pipeline: Pipeline,
     source: str | os.PathLike[str],
@@ -305,11 +334,14 @@ def run_file(
     progress: Progress | None = None,
     allow_nonfinite: bool = False,
     validation: Dataset | None = None,
+    validate: bool = True,
 ) -> PruneRun:
     """Run ``pipeline`` on the model file ``source`` into ``output`` (see module docstring).
 
     The output is validated on a run of real samples: of ``validation`` (the evaluation
-    data), else of ``calibration``; on a synthetic input without either.
+    data), else of ``calibration``; on a synthetic input without either. ``validate=False``
+    skips that (the checker, the onnxruntime session and run, the numeric check): unsafe,
+    for pipelines that validate the output themselves; the run's ``validation`` is None.
 
     The model is refused if a weight holds NaN or ±inf, unless ``allow_nonfinite`` (such
     tensors are then left as they are, see :mod:`onnxprune.graph.sanity`) and no pass reads
@@ -323,17 +355,19 @@ def run_file(
     input_shapes = shapes_of_data(calibration, input_shapes)
     context = PassContext(calibration, input_shapes, progress, stream=pipeline.channels is None or pipeline.watched)
     pipeline.check(context)
-    model, files = load_model_with_files(source, finite=not allow_nonfinite)
+    model, files = _load(pipeline, source, context, finite=not allow_nonfinite)
     if allow_nonfinite:
         refuse_kept_nonfinite(pipeline, model)
     state = _first(pipeline, model, context)
+    if context.tensors is not None and not allow_nonfinite:  # streamed: discovery counted them as it read
+        refuse_nonfinite(model, read=context.tensors, only=nonfinite_keys(state.result))
     if not state.changed:
         return _unchanged(pipeline, state, tuple(files))
     _stamp_first(model, state)
     with StagedOutput(output, input_path=source, force=force) as staged:
         replacements = context.replacements
         context.replacements = {}
-        staged.write(model, external_data=external_data, replacements=replacements or None)
+        staged.write(model, external_data=external_data, replacements=replacements or None, source=context.tensors)
         del model, replacements
         gc.collect()  # discovery's scope index holds cycles into the model: free it now
         if state.watch is not None and state.watch.fired:  # something may be dead: the pass reads the written model
@@ -344,13 +378,18 @@ def run_file(
             gc.collect()
         elif state.watch is not None:
             state.passes.append(not_dead())
-        report = validate_model(
-            staged.model_path,
-            reference=source,
-            input_shapes=input_shapes,
-            checker_path=staged.checker_path,
-            feeds=first_run(validation if validation is not None and not validation.synthetic else calibration),
-        )
+        report = None
+        if validate:
+            report = validate_model(
+                staged.model_path,
+                reference=source,
+                input_shapes=input_shapes,
+                checker_path=staged.checker_path,
+                written=staged.records,
+                feeds=first_run(validation if validation is not None and not validation.synthetic else calibration),
+            )
+        else:
+            log.warning("%s: written without validation (no checker, no onnxruntime run)", Path(output).name)
         quantized = None
         if pipeline.quantize is None:
             saved = staged.commit()

@@ -666,7 +666,8 @@ def remove_channels(
             steps[1] += len(analysis.prunable)
     say("channel groups")
     notes.extend(analysis.notes)
-    macs_before = _macs(model, analysis.input_shapes, notes)
+    if config.structured:  # else counted only if units go (a dead-channel pass mostly finds none)
+        macs_before = _macs(model, analysis.input_shapes, notes)
     values = propagate(analysis)
     dead = dead_units(analysis, values) if config.dead_channels else None
     dead_map = dict(dead.units) if dead is not None else {}
@@ -717,6 +718,8 @@ def remove_channels(
             graph = EditGraph(model)
             refits, refit_done = _refit(analysis, sinks, removal, stats, config.damp, config.refit, say, notes, graph)
     records = _records(analysis, removal, dead_map, dead, graph)
+    if removal and macs_before is None and not config.structured:  # before any edit of the model
+        macs_before = _macs(model, analysis.input_shapes, notes)
     reference = _snapshot(model) if removal and not config.structured and check else None
     dead_removed = {
         gid: np.intersect1d(units, dead_map.get(gid, np.zeros(0, np.int64))) for gid, units in removal.items()
@@ -748,7 +751,7 @@ def remove_channels(
     result = StructuralResult(
         tuple(records),
         params_before,
-        _params(model),
+        _params(model) if removal or deltas or cleaned is not None else params_before,
         cleaned,
         tuple(refits),
         tuple(notes),

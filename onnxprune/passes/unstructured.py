@@ -7,6 +7,15 @@ threshold), either a count (local, global or plan) or an N:M pattern; :func:`pru
 turns each decision into a mask by the ranking's keys (:func:`target_mask`, with the pure-numpy
 functions of :mod:`onnxprune.sparsity`) and writes the zeros into the tensor's own bytes. A tensor that gains no new zero is not rewritten, so it stays
 byte-identical, as does every tensor that is not a pruned weight.
+
+**Streamed.** On a model loaded without its external data (``context.tensors``, a
+:class:`~onnxprune.graph.lazy.TensorSource`), every value is read through the source, one
+tensor at a time and memory-mapped: discovery counts zeros and takes key samples as it reads,
+a global threshold recomputes each tensor's keys when the allocation asks for them (LAMP's in
+sorted order, :func:`~onnxprune.sparsity.scores.lamp_sorted_keys`, sampled in one more pass)
+instead of holding a model's worth, N:M zero counts come from the zeros of each group, and
+the pruned bytes of every changed tensor are computed only when the writer streams them.
+The decisions, and so the bytes written, are those of the run on the loaded model.
 """
 
 from __future__ import annotations
@@ -22,10 +31,12 @@ from onnx import ModelProto, TensorProto
 from onnxprune import sparsity
 from onnxprune.config import Allocation, PruneConfig, Ranking
 from onnxprune.errors import Message, OptionError, opt
-from onnxprune.graph import tensors
+from onnxprune.graph import lazy, tensors
 from onnxprune.graph.discovery import NONFINITE, Inventory, Weight, discover
+from onnxprune.graph.lazy import TensorSource
 from onnxprune.graph.tensors import FLOAT_TYPES
 from onnxprune.graph.writer import Replacement, replaceable
+from onnxprune.ops import constant_tensor
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress, prune_pass_result
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.sparsity.criteria import CRITERIA
@@ -82,15 +93,20 @@ def _check_plan(plan: Mapping[str, float], inventory: Inventory) -> None:
 class _LazyKeys(Sequence[np.ndarray]):
     """A criterion's global keys of each tensor, computed on access and never stored."""
 
-    def __init__(self, protos: list[TensorProto], keys: Callable[[np.ndarray], np.ndarray]) -> None:
-        self._protos = protos
+    def __init__(self, inventory: Inventory, weights: list[Weight], keys: Callable[[np.ndarray], np.ndarray]) -> None:
+        self._inventory = inventory
+        self._weights = weights
         self._keys = keys
 
     def __len__(self) -> int:
-        return len(self._protos)
+        return len(self._weights)
 
     def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
-        return self._keys(tensors.read_array(self._protos[index]))
+        return self._keys(self._inventory.array(self._weights[index]))
+
+
+#: About this many keys in all are sampled for a global threshold (as :mod:`onnxprune.sparsity.allocate`)
+GLOBAL_SAMPLE = 1 << 20
 
 
 def _nm_target(weight: Weight, allocation: Allocation) -> Target:
@@ -109,9 +125,12 @@ def _nm_target(weight: Weight, allocation: Allocation) -> Target:
     return Target(reason=Message(f"{why}: skipped ({opt('nm_fallback', 'skip')})"))
 
 
-def plan_targets(allocation: Allocation, ranking: Ranking, inventory: Inventory) -> dict[str, Target]:
+def plan_targets(
+    allocation: Allocation, ranking: Ranking, inventory: Inventory, *, hold_keys: bool = True
+) -> dict[str, Target]:
     """Decide what happens to every prunable tensor of ``inventory`` by ``allocation`` (see
-    module docstring); ``ranking``'s criterion gives the keys of a global threshold."""
+    module docstring); ``ranking``'s criterion gives the keys of a global threshold.
+    ``hold_keys=False``: never hold every tensor's keys at once (a streamed run), recompute them."""
     _check_plan(allocation.plan, inventory)
     weights = inventory.prunable
     targets: dict[str, Target] = {}
@@ -142,13 +161,17 @@ def plan_targets(allocation: Allocation, ranking: Ranking, inventory: Inventory)
     keys: Sequence[np.ndarray]
     global_keys = criterion.global_keys
     assert global_keys is not None  # supports_global
+    samples = [w.key_sample for w in rest] if criterion.global_is_magnitude else None
     if criterion.cheap_global_keys:  # one cheap pass (magnitude): recompute rather than hold a model's worth
-        keys = _LazyKeys([inventory.proto(w) for w in rest], global_keys)
+        keys = _LazyKeys(inventory, rest, global_keys)
+    elif not hold_keys:  # e.g. LAMP, streamed: sorted keys (less memory), sampled in one pass, recomputed
+        keys = _LazyKeys(inventory, rest, criterion.sorted_global_keys or global_keys)
+        stride = max(1, sum(w.numel for w in rest) // GLOBAL_SAMPLE)
+        samples = [np.array(keys[i][::stride]) for i in range(len(rest))]
     else:  # e.g. LAMP needs a sort per tensor: compute once, keep
-        keys = [global_keys(tensors.read_array(inventory.proto(w))) for w in rest]
+        keys = [global_keys(inventory.array(w)) for w in rest]
     total = sparsity.count_for_amount(sum(w.numel for w in rest), allocation.sparsity)
     caps = [max(sparsity.count_for_amount(w.numel, allocation.max_layer_sparsity), 0) for w in rest]
-    samples = [w.key_sample for w in rest] if criterion.global_is_magnitude else None
     allocated = sparsity.allocate_global(keys, total, caps, sizes=[w.numel for w in rest], samples=samples)
     del keys
     for weight, count in zip(rest, allocated.counts, strict=True):
@@ -169,18 +192,21 @@ def target_mask(values: np.ndarray, target: Target, weight: Weight, ranking: Ran
     return sparsity.smallest_k_mask(keys, target.count, threshold=target.threshold)
 
 
-def _pruned_bits(proto: TensorProto, target: Target, weight: Weight, ranking: Ranking, index: int) -> np.ndarray:
+def _pruned_bits(values: np.ndarray, target: Target, weight: Weight, ranking: Ranking, index: int) -> np.ndarray:
     """The tensor's new bit pattern (an unsigned-integer array) after applying ``target``."""
-    values = tensors.read_array(proto)
     return sparsity.apply_mask_bits(float_bits(values), target_mask(values, target, weight, ranking, index))
 
 
-def _zeros_after(proto: TensorProto, target: Target, weight: Weight, ranking: Ranking, index: int) -> int:
+def _zeros_after(values: np.ndarray, target: Target, weight: Weight, ranking: Ranking, index: int) -> int:
     """Zeros after pruning, known without writing: the K smallest keys include every
-    existing zero first, so a count target ends at ``max(K, zeros before)``."""
+    existing zero first, so a count target ends at ``max(K, zeros before)``; an N:M target
+    at ``Σ max(M - N, zeros of the group)`` when the criterion gives zeros the key 0."""
     if target.nm is None:
         return max(target.count, weight.zeros)
-    bits = _pruned_bits(proto, target, weight, ranking, index)
+    keys = CRITERIA[ranking.criterion].mask_keys(values, seed=ranking.seed, index=index)
+    if weight.in_axis is not None and CRITERIA[ranking.criterion].ranks_like_magnitude:
+        return sparsity.nm_zeros_after(keys, target.nm[0], target.nm[1], weight.in_axis)
+    bits = _pruned_bits(values, target, weight, ranking, index)
     return int(bits.size - np.count_nonzero(bits << np.uint8(1)))
 
 
@@ -200,6 +226,12 @@ def _layer_base(weight: Weight) -> dict[str, object]:
         "numel": weight.numel,
         "zeros_before": weight.zeros,
     }
+
+
+def nonfinite_keys(result: PruneResult) -> set[str]:
+    """The keys of the tensors left as they are because they hold NaN or infinite values (see
+    :mod:`onnxprune.graph.discovery`)."""
+    return {layer.key for layer in result.skipped if str(layer.reason or "").startswith(NONFINITE)}
 
 
 def nonfinite_skipped(result: PruneResult) -> int:
@@ -228,7 +260,12 @@ def pruned_layer(weight: Weight, target: Target, zeros_after: int, reason: str |
 
 
 def prune_weights(
-    model: ModelProto, config: PruneConfig, *, progress: Progress | None = None, defer: bool = False
+    model: ModelProto,
+    config: PruneConfig,
+    *,
+    progress: Progress | None = None,
+    defer: bool = False,
+    source: TensorSource | None = None,
 ) -> tuple[PruneResult, dict[str, Replacement]]:
     """Prune ``model`` according to ``config``; returns what was done and deferred writes.
 
@@ -236,9 +273,14 @@ def prune_weights(
     With ``defer=True`` main-graph tensors stored as raw_data are left untouched and
     returned as replacements (tensor name -> function giving the pruned bytes) for the
     streaming writer, so the model is never copied; the rest is rewritten in place.
+
+    ``source``: ``model`` is a skeleton whose external tensors ``source`` reads (see the
+    module docstring); it needs ``defer``, and every external tensor it changes is deferred.
     """
-    inventory = discover(model, config.selection)
-    targets = plan_targets(config.allocation, config.ranking, inventory)
+    if source is not None and not defer:
+        raise ValueError("a model read from a lazy source is pruned only by deferred writes")
+    inventory = discover(model, config.selection, read=source)
+    targets = plan_targets(config.allocation, config.ranking, inventory, hold_keys=source is None)
     layers: list[LayerResult] = []
     replacements: dict[str, Replacement] = {}
     total = len(targets)
@@ -249,15 +291,19 @@ def prune_weights(
             layers.append(skipped_layer(weight, target))
             continue
         proto = inventory.proto(weight)
-        zeros_after = _zeros_after(proto, target, weight, config.ranking, index)
+        zeros_after = _zeros_after(inventory.array(weight), target, weight, config.ranking, index)
         if zeros_after != weight.zeros:
-            if defer and not weight.scope and replaceable(proto):
+            if defer and not weight.scope and (replaceable(proto) or lazy.is_external(proto)):
                 replacements[weight.name] = partial(
-                    _replacement, target=target, weight=weight, ranking=config.ranking, index=index
+                    _replacement, target=target, weight=weight, ranking=config.ranking, index=index, read=inventory.read
                 )
+            elif lazy.is_external(proto):
+                raise ValueError(f"tensor '{weight.key}' is external and cannot be rewritten in place")
             else:
-                dtype = tensors.read_array(proto).dtype
-                tensors.write_array(proto, _pruned_bits(proto, target, weight, config.ranking, index).view(dtype))
+                values = inventory.array(weight)
+                tensors.write_array(
+                    proto, _pruned_bits(values, target, weight, config.ranking, index).view(values.dtype)
+                )
         layers.append(pruned_layer(weight, target, zeros_after, target.reason))
         done += 1
         if progress is not None:
@@ -275,8 +321,30 @@ def prune_weights(
     return result, replacements
 
 
-def _replacement(proto: TensorProto, *, target: Target, weight: Weight, ranking: Ranking, index: int) -> memoryview:
-    return memoryview(np.ascontiguousarray(_pruned_bits(proto, target, weight, ranking, index))).cast("B")
+def _replacement(
+    proto: TensorProto, *, target: Target, weight: Weight, ranking: Ranking, index: int, read: tensors.ArrayReader
+) -> memoryview:
+    return memoryview(np.ascontiguousarray(_pruned_bits(read(proto), target, weight, ranking, index))).cast("B")
+
+
+def _stored(proto: TensorProto, *, source: TensorSource) -> memoryview:
+    return memoryview(source.raw(proto))
+
+
+def _watched(
+    model: ModelProto, result: PruneResult, replacements: Mapping[str, Replacement], source: TensorSource
+) -> dict[str, Replacement]:
+    """Replacements that write the bytes as they are, for the external main-graph tensors of
+    ``result`` that hold zeros and are not replaced: a dead-channel watch
+    (:class:`~onnxprune.passes.deadwatch.DeadWatch`) looks at them as they are streamed, as at
+    every replaced tensor, rather than reading them from a model that does not hold them."""
+    external = {t.name for t in model.graph.initializer if lazy.is_external(t)}
+    external |= {n.output[0] for n in model.graph.node if (v := constant_tensor(n)) is not None and lazy.is_external(v)}
+    return {
+        layer.name: partial(_stored, source=source)
+        for layer in result.layers
+        if not layer.scope and layer.zeros_after and layer.name in external and layer.name not in replacements
+    }
 
 
 class WeightPass(Pass):
@@ -296,16 +364,21 @@ class WeightPass(Pass):
         self.config = config
 
     def run(self, model: ModelProto, context: PassContext) -> PassResult:
-        result, replacements = prune_weights(model, self.config, progress=context.progress, defer=context.stream)
+        source = context.tensors
+        result, replacements = prune_weights(
+            model, self.config, progress=context.progress, defer=context.stream, source=source
+        )
         counted = {
             layer.key: (layer.numel, layer.zeros_before) for layer in result.layers if layer.dtype in FLOAT_NAMES
         }
-        before = param_stats(model, known=counted)  # reads only the tensors discovery did not count
+        before = param_stats(model, known=counted, read=source)  # reads only the tensors discovery did not count
         if replacements:  # the model as it will be written: the deferred tensors are not in it yet
             after = ParamStats(before.parameters, before.nonzeros - result.newly_zeroed)
         else:
-            after = param_stats(model)
+            after = param_stats(model, read=source)
         context.replacements.update(replacements)
+        if source is not None:
+            context.replacements.update(_watched(model, result, replacements, source))
         return prune_pass_result(
             self.name, result, before, after, deferred=len(replacements), nonfinite=nonfinite_skipped(result)
         )

@@ -23,7 +23,9 @@ Modules:
 * :mod:`.masks` — Wanda scores and row-wise masks (exact counts, or N:M);
 * :mod:`.sparsegpt` — SparseGPT / OBS pruning with error compensation;
 * :mod:`.refit` — least-squares refit of the kept weights for a given mask;
-* :mod:`.error` — bias correction and the relative reconstruction error.
+* :mod:`.error` — bias correction and the relative reconstruction error;
+* :mod:`.layer` — one layer's solve (every group, its errors and bias deltas) as a picklable
+  task, so that the calibrated pass can run a wave's solves anywhere.
 """
 
 from onnxprune.reconstruct.error import bias_delta, reconstruction_error

@@ -15,8 +15,8 @@ Conventions used throughout:
 """
 
 from onnxprune.sparsity.allocate import GlobalAllocation, allocate_global, count_for_amount, global_counts
-from onnxprune.sparsity.nm import nm_mask, nm_valid
-from onnxprune.sparsity.scores import global_keys, lamp_scores, magnitude_keys, random_keys
+from onnxprune.sparsity.nm import nm_mask, nm_valid, nm_zeros_after
+from onnxprune.sparsity.scores import global_keys, lamp_scores, lamp_sorted_keys, magnitude_keys, random_keys
 from onnxprune.sparsity.select import apply_mask_bits, smallest_k_mask
 
 __all__ = [
@@ -27,9 +27,11 @@ __all__ = [
     "global_counts",
     "global_keys",
     "lamp_scores",
+    "lamp_sorted_keys",
     "magnitude_keys",
     "nm_mask",
     "nm_valid",
+    "nm_zeros_after",
     "random_keys",
     "smallest_k_mask",
 ]

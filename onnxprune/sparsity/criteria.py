@@ -18,6 +18,10 @@ A :class:`Criterion` bundles the pure-numpy functions of :mod:`onnxprune.sparsit
   mask keys.
 * ``cheap_global_keys``: computing the global keys is one cheap pass, so they are recomputed
   on access rather than held for the whole model.
+* ``sorted_global_keys(w)``: the same keys as ``global_keys(w)``, sorted, in less memory
+  (LAMP: :func:`~onnxprune.sparsity.scores.lamp_sorted_keys`); a global threshold needs only
+  each tensor's keys as a multiset, so a run that cannot hold every tensor's keys
+  recomputes these on access.
 * ``ranks_like_magnitude``: within a tensor it ranks like ``|w|``, so a calibrated method
   that chooses its own mask (Wanda, SparseGPT) loses nothing by replacing it.
 
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxprune.sparsity.registry import Registry
-from onnxprune.sparsity.scores import global_keys, lamp_scores, magnitude_keys, random_keys
+from onnxprune.sparsity.scores import global_keys, lamp_scores, lamp_sorted_keys, magnitude_keys, random_keys
 
 #: keys(w, rng) -> keys shaped like w (rng is None unless the criterion is seeded)
 KeysFn = Callable[[np.ndarray, "np.random.Generator | None"], np.ndarray]
@@ -49,6 +53,7 @@ class Criterion:
     global_keys: Callable[[np.ndarray], np.ndarray] | None = None
     global_is_magnitude: bool = False
     cheap_global_keys: bool = False
+    sorted_global_keys: Callable[[np.ndarray], np.ndarray] | None = None
     ranks_like_magnitude: bool = False
     seeded: bool = False
 
@@ -98,6 +103,7 @@ LAMP = CRITERIA.register(
         help="layer-adaptive magnitude (LAMP scores): ranks like magnitude, allocates across tensors (global scope)",
         keys=_magnitude_keys,
         global_keys=_lamp_global_keys,
+        sorted_global_keys=lamp_sorted_keys,
         ranks_like_magnitude=True,
     )
 )

@@ -1,0 +1,300 @@
+"""Streamed pruning of models with external data: read lazily, written tensor by tensor.
+
+The streamed run must write the very bytes the run on the loaded model writes (local,
+global magnitude and LAMP, 2:4; output with and without external data), never load the
+model whole, keep refusing hostile external-data locations, and its per-tensor check must
+catch a corrupted written tensor.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxprune
+from onnxprune.errors import UnsafeModelError, UnsupportedModelError, ValidationError
+from onnxprune.graph import lazy as lazy_module
+from onnxprune.graph import memory
+from onnxprune.graph.lazy import TensorSource
+from onnxprune.graph.model_io import LazyModel, StagedOutput, load_model_lazily
+from onnxprune.graph.tensor_check import check_written
+from onnxprune.passes import pipeline as pipeline_module
+from onnxprune.passes.unstructured import prune_weights
+from onnxprune.sparsity import global_keys, lamp_scores, lamp_sorted_keys, nm_mask, nm_zeros_after
+
+CONFIGS = {
+    "local": onnxprune.PruneConfig(sparsity=0.5),
+    "global_lamp": onnxprune.PruneConfig(sparsity=0.5, scope="global", criterion="lamp"),
+    "global_magnitude": onnxprune.PruneConfig(sparsity=0.6, scope="global"),
+    "nm_2_4": onnxprune.PruneConfig(pattern=(2, 4)),
+}
+
+
+def _model(nan: bool = False) -> onnx.ModelProto:
+    """x[1,256] -> MatMul W1[256,512] + b1 -> Relu -> Gemm(W2[384,512]ᵀ, b2) -> MatMul W3[384,128]
+    plus a Constant weight: about 1.5 MB of float32 weights, seeded."""
+    rng = np.random.default_rng(7)
+
+    def weight(name: str, *shape: int, scale: float = 1.0) -> TensorProto:
+        values = (rng.standard_normal(shape) * scale).astype(np.float32)
+        if nan and name == "W3":
+            values[3, 5] = np.nan
+        return numpy_helper.from_array(values, name)
+
+    w4 = numpy_helper.from_array(rng.standard_normal((128, 64)).astype(np.float32), "W4")
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h1"], name="mm1"),
+        helper.make_node("Add", ["h1", "b1"], ["h2"], name="add1"),
+        helper.make_node("Relu", ["h2"], ["h3"], name="relu"),
+        helper.make_node("Gemm", ["h3", "W2", "b2"], ["h4"], name="gemm", transB=1),
+        helper.make_node("MatMul", ["h4", "W3"], ["h5"], name="mm3"),
+        helper.make_node("Constant", [], ["W4"], name="const4", value=w4),
+        helper.make_node("MatMul", ["h5", "W4"], ["y"], name="mm4"),
+    ]
+    inits = [
+        weight("W1", 256, 512, scale=0.05),
+        weight("b1", 512),
+        weight("W2", 384, 512, scale=0.2),
+        weight("b2", 384),
+        weight("W3", 384, 128),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "streamed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        inits,
+    )
+    return helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _save(model: onnx.ModelProto, folder: Path, name: str = "model.onnx") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    return path
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    found = {path.name: path.read_bytes()}
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        found[data.name] = data.read_bytes()
+    return found
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    return _save(_model(), tmp_path / "in")
+
+
+def _refuse(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the model was loaded whole")
+
+
+def _whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the pipeline load the model whole (today's path), whatever it holds."""
+    monkeypatch.setattr(pipeline_module, "external_elsewhere", lambda model: "loaded whole for the comparison")
+
+
+@pytest.mark.parametrize("external_data", [None, True])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_streamed_output_is_byte_identical_to_the_loaded_run(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch, name: str, external_data: bool | None
+):
+    config = CONFIGS[name]
+    streamed_out = tmp_path / "streamed" / "out.onnx"
+    streamed_out.parent.mkdir()
+    with monkeypatch.context() as patch:
+        patch.setattr(LazyModel, "materialize", _refuse)
+        streamed = onnxprune.prune_file(source, streamed_out, config, external_data=external_data)
+    with monkeypatch.context() as patch:
+        _whole(patch)
+        whole_out = tmp_path / "whole" / "out.onnx"
+        whole_out.parent.mkdir()
+        whole = onnxprune.prune_file(source, whole_out, config, external_data=external_data)
+    assert streamed.result.newly_zeroed > 0
+    assert streamed.result.to_dict() == whole.result.to_dict()
+    assert streamed.params_before == whole.params_before and streamed.params_after == whole.params_after
+    assert _files(streamed_out) == _files(whole_out)
+    assert (streamed_out.with_name("out.onnx.data").exists()) is bool(external_data)
+    onnx.checker.check_model(str(streamed_out))
+    assert streamed.validation is not None and streamed.validation.tensors is None  # small: run in onnxruntime
+
+
+@pytest.mark.parametrize(("available", "at_once"), [(1 << 50, 1), (1000, 2)])
+def test_streamed_run_reads_tensors_lazily_and_never_loads_the_model(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch, available: int, at_once: int
+):
+    monkeypatch.setattr(memory, "available_memory", lambda: available)  # 1000: checked tensor by tensor
+    monkeypatch.setattr(onnx, "load_external_data_for_model", _refuse)
+    monkeypatch.setattr(LazyModel, "materialize", _refuse)
+    live: list[weakref.ref[np.ndarray]] = []
+    names: list[str] = []
+    most = 0
+    raw = TensorSource.raw
+
+    def counting(self: TensorSource, tensor: TensorProto) -> np.ndarray:
+        nonlocal most
+        array = raw(self, tensor)
+        if lazy_module.is_external(tensor):
+            live[:] = [ref for ref in live if ref() is not None]
+            live.append(weakref.ref(array))
+            names.append(tensor.name)
+            most = max(most, len(live))
+        return array
+
+    monkeypatch.setattr(TensorSource, "raw", counting)
+    run = onnxprune.prune_file(source, tmp_path / "out.onnx", CONFIGS["global_lamp"], external_data=True)
+    assert run.result.newly_zeroed > 0
+    assert {"W1", "W2", "W3", "b1", "b2"} <= set(names)  # every external tensor came through the source
+    # one tensor at a time (recorded for the per-tensor check: its stored bytes mapped again while written)
+    assert most == at_once
+
+
+def test_the_loader_returns_the_skeleton(source: Path):
+    lazy = load_model_lazily(source)
+    assert lazy.external and lazy.external_bytes() > 1_000_000
+    assert all(t.data_location == TensorProto.EXTERNAL and not t.raw_data for t in lazy.model.graph.initializer)
+    values = lazy.tensors(lazy.model.graph.initializer[0])
+    assert values.shape == (256, 512) and not values.flags.writeable
+    expected = numpy_helper.to_array(onnx.load(str(source)).graph.initializer[0])
+    assert np.array_equal(values, expected)
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "link.bin", "hard.bin"])
+def test_hostile_locations_are_still_refused(tmp_path: Path, location: str):
+    folder = tmp_path / "in"
+    path = _save(_model(), folder)
+    (tmp_path / "outside.bin").write_bytes((folder / "weights.bin").read_bytes())
+    if location == "link.bin":
+        (folder / "link.bin").symlink_to(tmp_path / "outside.bin")
+    if location == "hard.bin":  # a hard link may be any file of the machine
+        os.link(tmp_path / "outside.bin", folder / "hard.bin")
+    model = onnx.load(str(path), load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    onnx.save(model, str(path))
+    with pytest.raises(UnsafeModelError):
+        onnxprune.prune_file(path, tmp_path / "out.onnx", CONFIGS["local"])
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_the_source_reads_only_checked_files_and_refuses_a_replaced_one(tmp_path: Path, source: Path):
+    lazy = load_model_lazily(source)
+    tensor = lazy.model.graph.initializer[0]
+    other = TensorProto()
+    other.CopyFrom(tensor)
+    for entry in other.external_data:
+        if entry.key == "location":
+            entry.value = "model.onnx"  # in the folder, but not a checked data file
+    with pytest.raises(UnsafeModelError):
+        lazy.tensors(other)
+    data = source.parent / "weights.bin"
+    copy = source.parent / "weights.new"
+    copy.write_bytes(data.read_bytes())
+    os.replace(copy, data)  # a new file (inode) under the same name
+    with pytest.raises(UnsafeModelError):
+        lazy.tensors(tensor)
+
+
+def _staged_write(source: Path, out: Path, staged: StagedOutput) -> None:
+    lazy = load_model_lazily(source)
+    _, replacements = prune_weights(lazy.model, CONFIGS["local"], defer=True, source=lazy.tensors)
+    staged.write(lazy.model, external_data=True, replacements=replacements, source=lazy.tensors, record=True)
+
+
+def _corrupt(data: Path, offset: int, value: bytes) -> None:
+    with open(data, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(value)
+
+
+@pytest.mark.parametrize("corruption", ["kept value changed", "pruned value restored", "extra zero"])
+def test_the_per_tensor_check_catches_a_corrupted_tensor(tmp_path: Path, source: Path, corruption: str):
+    with StagedOutput(tmp_path / "out.onnx", input_path=source) as staged:
+        _staged_write(source, tmp_path / "out.onnx", staged)
+        assert staged.records is not None and staged.records["W2"].changed > 0
+        check = check_written(staged.model_path, source, staged.records)
+        assert check.replaced == len(staged.records) and check.changed == sum(
+            r.changed for r in staged.records.values()
+        )
+        written = onnx.load(str(staged.model_path), load_external_data=False)
+        w2 = next(t for t in written.graph.initializer if t.name == "W2")
+        offset = int(next(e.value for e in w2.external_data if e.key == "offset"))
+        data = staged.model_path.with_name("out.onnx.data")
+        values = np.frombuffer(data.read_bytes()[offset : offset + 384 * 512 * 4], dtype=np.uint32)
+        pruned = int(np.flatnonzero(values == 0)[0])
+        kept = int(np.flatnonzero(values != 0)[0])
+        if corruption == "kept value changed":
+            _corrupt(data, offset + 4 * kept, np.uint32(values[kept] ^ 1).tobytes())
+        elif corruption == "pruned value restored":
+            _corrupt(data, offset + 4 * pruned, np.float32(0.5).tobytes())
+        else:
+            _corrupt(data, offset + 4 * kept, bytes(4))
+        with pytest.raises(ValidationError, match="'W2'"):
+            check_written(staged.model_path, source, staged.records)
+
+
+def test_a_model_too_large_for_a_run_is_checked_tensor_by_tensor(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(memory, "available_memory", lambda: 1000)
+    run = onnxprune.prune_file(source, tmp_path / "out.onnx", CONFIGS["nm_2_4"], external_data=True)
+    assert run.validation is not None and run.validation.checker == "passed"
+    assert run.validation.feeds.startswith("not run") and not run.validation.outputs_finite
+    assert run.validation.tensors is not None and "per-tensor check" in run.validation.tensors
+
+
+def test_non_finite_external_weights_are_refused_unless_allowed(tmp_path: Path):
+    path = _save(_model(nan=True), tmp_path / "in")
+    with pytest.raises(UnsupportedModelError, match="W3"):
+        onnxprune.prune_file(path, tmp_path / "out.onnx", CONFIGS["local"])
+    assert not (tmp_path / "out.onnx").exists()
+    run = onnxprune.prune_file(path, tmp_path / "out.onnx", CONFIGS["local"], allow_nonfinite=True)
+    assert "W3" in {layer.name for layer in run.result.skipped}
+    assert os.path.exists(tmp_path / "out.onnx")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("chunk", [5, 64, 1 << 22])
+def test_lamp_sorted_keys_are_the_lamp_keys_sorted(dtype: type, chunk: int):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((33, 20)).astype(dtype)
+    w[0, :7] = 0
+    w[1, :4] = w[1, 4]  # ties
+    assert np.array_equal(lamp_sorted_keys(w, chunk=chunk), np.sort(global_keys(lamp_scores(w))))
+
+
+def _nm_by_argsort(keys: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
+    moved = np.moveaxis(keys, axis, -1)
+    groups = moved.reshape(-1, m)
+    order = np.argsort(groups, axis=1, kind="stable")
+    mask = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(mask, order[:, : m - n], True, axis=1)
+    return np.moveaxis(mask.reshape(moved.shape), -1, axis)
+
+
+@pytest.mark.parametrize(("shape", "axis"), [((8, 12), 0), ((8, 12), 1), ((4, 8, 3, 3), 1), ((6, 4, 5), -2)])
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4), (3, 4), (1, 2)])
+def test_nm_mask_is_the_stable_sort_rule_and_zero_counts_agree(shape: tuple[int, ...], axis: int, n: int, m: int):
+    if shape[axis] % m:
+        pytest.skip("not a multiple of M")
+    keys = np.random.default_rng(5).integers(0, 4, size=shape).astype(np.uint32)  # many ties and zeros
+    mask = nm_mask(keys, n, m, axis)
+    assert np.array_equal(mask, _nm_by_argsort(keys, n, m, axis % keys.ndim))
+    assert nm_zeros_after(keys, n, m, axis) == int(np.count_nonzero((keys * ~mask) == 0))

@@ -1,0 +1,349 @@
+"""Benchmark: ``onnxprune prune`` on a model with external data larger than memory allows.
+
+What it measures
+    A model of ``--size`` GB (10^9 bytes) of float32 weights is generated once, outside the
+    timed region, deterministically (seeded, ``--seed``) and streamed: the weights are written
+    to the external-data file a block of rows at a time and the ``.onnx`` file holds only the
+    graph and the references, so the generator never holds more than one block. The graph is
+    a chain of square ``D x D`` layers, alternating MatMul and Gemm (``transB=1``, with a bias),
+    each weight exactly the ``--largest`` size (``D`` a multiple of 4, so 2:4 applies to every
+    layer): the largest tensor is that size, and the model has ``round(size / largest)`` layers.
+
+    Then, side by side, interleaved over ``--repeats`` repetitions (the order rotating each
+    time, each case in a fresh process, every output deleted after its case):
+
+    - ``cp``: a plain copy of the model's two files (the I/O floor);
+    - ``local``: ``onnxprune prune IN OUT --sparsity 0.5``;
+    - ``lamp``: ``onnxprune prune IN OUT --sparsity 0.5 --scope global --criterion lamp``;
+    - ``nm``: ``onnxprune prune IN OUT --pattern 2:4``.
+
+    Each prune also writes ``--json`` (what the validation ran on is reported).
+
+How peak memory and time are measured
+    Wall time from process start to exit, and the child's own peak RSS from ``os.wait4`` (the
+    method and helpers of ``tools/bench_prune.py``, imported: ``run_measured``). Memory-mapped
+    pages of the model count in RSS while mapped, so reading the weights that way is no way
+    around the figure. The generator runs in a subprocess, so this process stays small.
+
+Page cache
+    The page cache cannot be dropped here (no root), so runs are *warm* as far as the page
+    cache holds the model: it was just written, and every case reads it again. The report
+    gives the model size against the memory (``MemTotal``, and ``Cached`` before each case
+    from ``/proc/meminfo``) so the reader can tell how much of it was cached.
+
+Targets (PASS/FAIL, per prune case)
+    memory: peak RSS <= 4 x the largest tensor + 1 GB (10^9 bytes);
+    time:   median wall time <= 2 x the median wall time of ``cp``.
+
+The child processes' output goes to ``WORKDIR/logs``, kept. Disk: the model plus one output (about twice ``--size``) must fit in the work folder with
+10 % to spare; the script checks before generating and deletes everything at the end unless
+``--keep``. Run from the repository root::
+
+    nice .venv/bin/python tools/bench_large.py --size 2                 # quick
+    nice .venv/bin/python tools/bench_large.py --size 12 --largest 0.5  # the issue's case
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_prune import run_measured
+
+GB = 10**9
+SEED = 0
+OPSET = 17
+IR_VERSION = 8
+MODEL_NAME = "large.onnx"
+DATA_NAME = "large.onnx.data"
+BLOCK_BYTES = 64 << 20  # rows generated and written at a time
+MEMORY_SLACK = 1 * GB  # the "+ 1 GB" of the memory target
+MEMORY_FACTOR = 4  # peak RSS <= MEMORY_FACTOR x largest tensor + MEMORY_SLACK
+TIME_TARGET = 2.0  # prune median wall <= TIME_TARGET x cp median wall
+DISK_SPARE = 1.1
+CASES = ("cp", "local", "lamp", "nm")
+PRUNE_ARGS = {
+    "local": ["--sparsity", "0.5"],
+    "lamp": ["--sparsity", "0.5", "--scope", "global", "--criterion", "lamp"],
+    "nm": ["--pattern", "2:4"],
+}
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def plan(size_gb: float, largest_gb: float) -> tuple[int, int]:
+    """``(D, layers)``: the side of each square float32 weight (a multiple of 4, about
+    ``largest_gb``) and how many make about ``size_gb``."""
+    side = int(math.sqrt(largest_gb * GB / 4)) // 4 * 4
+    layers = max(1, round(size_gb * GB / (side * side * 4)))
+    return side, layers
+
+
+def generate(folder: Path, side: int, layers: int, seed: int) -> None:
+    """Write the model (run in a subprocess: see the module docstring)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data_path = folder / DATA_NAME
+    inits: list[TensorProto] = []
+    nodes = []
+    offset = 0
+    rows = max(1, BLOCK_BYTES // (side * 4))
+    scale = np.float32(1.0 / math.sqrt(side))
+
+    def reference(name: str, dims: list[int], start: int, length: int) -> TensorProto:
+        tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=dims)
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", DATA_NAME), ("offset", str(start)), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        return tensor
+
+    with open(data_path, "wb") as data:
+        for layer in range(layers):
+            rng = np.random.default_rng([seed, layer])
+            start = offset
+            for first in range(0, side, rows):
+                block = rng.standard_normal((min(rows, side - first), side), dtype=np.float32) * scale
+                data.write(block.tobytes())
+                offset += block.nbytes
+            inits.append(reference(f"W{layer}", [side, side], start, offset - start))
+            previous = "x" if layer == 0 else f"h{layer - 1}"
+            if layer % 2 == 0:
+                nodes.append(helper.make_node("MatMul", [previous, f"W{layer}"], [f"h{layer}"], name=f"matmul{layer}"))
+            else:
+                bias = (rng.standard_normal(side, dtype=np.float32) * scale).tobytes()
+                data.write(bias)
+                inits.append(reference(f"b{layer}", [side], offset, len(bias)))
+                offset += len(bias)
+                nodes.append(
+                    helper.make_node(
+                        "Gemm", [previous, f"W{layer}", f"b{layer}"], [f"h{layer}"], name=f"gemm{layer}", transB=1
+                    )
+                )
+    graph = helper.make_graph(
+        nodes,
+        "bench_large",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, side])],
+        [helper.make_tensor_value_info(f"h{layers - 1}", TensorProto.FLOAT, [1, side])],
+        inits,
+    )
+    model = helper.make_model(graph, ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.save_model(model, str(folder / MODEL_NAME))
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def meminfo() -> dict[str, int]:
+    """``/proc/meminfo`` in bytes (empty where there is none)."""
+    found: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                key, value = line.split(":", 1)
+                found[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return found
+
+
+@dataclass
+class Case:
+    name: str
+    command: list[str]
+    wall_s: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)
+    peak_rss: list[int] = field(default_factory=list)
+    cached_before: list[int] = field(default_factory=list)
+    validation: list[str] = field(default_factory=list)
+    returncodes: list[int] = field(default_factory=list)
+
+
+def commands(model: Path, out_dir: Path) -> dict[str, list[str]]:
+    py = sys.executable
+    data = model.with_name(DATA_NAME)
+    found = {"cp": ["cp", str(model), str(data), str(out_dir)]}
+    for case, args in PRUNE_ARGS.items():
+        out = out_dir / f"out_{case}.onnx"
+        found[case] = [py, "-m", "onnxprune", "prune", str(model), str(out), *args, "--json", f"{out}.json", "-q"]
+    return found
+
+
+def clean(out_dir: Path) -> None:
+    for path in out_dir.iterdir():
+        path.unlink()
+
+
+def validation_of(out_dir: Path, case: str) -> str:
+    report = out_dir / f"out_{case}.onnx.json"
+    if not report.exists():
+        return ""
+    validation = json.loads(report.read_text()).get("validation") or {}
+    return str(validation.get("ran_on", ""))
+
+
+def measure(cases: dict[str, Case], repeats: int, out_dir: Path, logs: Path) -> None:
+    names = list(cases)
+    for rep in range(repeats):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            case = cases[name]
+            cached = meminfo().get("Cached", 0)
+            done = run_measured(case.command, logs / f"{name}_{rep}.log")
+            case.wall_s.append(done.wall_s)
+            case.cpu_s.append(done.cpu_s)
+            case.peak_rss.append(done.peak_rss_bytes)
+            case.cached_before.append(cached)
+            case.returncodes.append(done.returncode)
+            case.validation.append(validation_of(out_dir, name) if name != "cp" else "")
+            print(
+                f"  {name:6s} rep {rep}: {done.wall_s:7.1f} s wall, {done.cpu_s:7.1f} s CPU, "
+                f"peak RSS {done.peak_rss_bytes / GB:6.2f} GB, exit {done.returncode}",
+                flush=True,
+            )
+            clean(out_dir)
+
+
+def report(cases: dict[str, Case], largest: int, size: int, side: int, layers: int) -> dict[str, Any]:
+    memory_limit = MEMORY_FACTOR * largest + MEMORY_SLACK
+    floor = statistics.median(cases["cp"].wall_s) if "cp" in cases and cases["cp"].wall_s else None
+    info = meminfo()
+    print()
+    print(
+        f"model: {size / GB:.2f} GB of weights ({layers} layers of {side}x{side} float32), largest tensor "
+        f"{largest / GB:.3f} GB; machine: {info.get('MemTotal', 0) / GB:.1f} GB memory, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"targets: peak RSS <= {MEMORY_FACTOR} x largest + 1 GB = {memory_limit / GB:.2f} GB; wall <= {TIME_TARGET} x cp"
+    )
+    header = f"{'case':6s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'x cp':>6s} {'peak GB':>8s} {'x limit':>8s}  verdict"
+    print(header)
+    summary: dict[str, Any] = {}
+    for name, case in cases.items():
+        median = statistics.median(case.wall_s)
+        peak = max(case.peak_rss)
+        ratio = median / floor if floor else float("nan")
+        mem_ratio = peak / memory_limit
+        failed = any(case.returncodes)
+        verdict = (
+            "-"
+            if name == "cp"
+            else "FAIL (exit)"
+            if failed
+            else (
+                ("time PASS" if ratio <= TIME_TARGET else "time FAIL")
+                + ", "
+                + ("memory PASS" if mem_ratio <= 1 else "memory FAIL")
+            )
+        )
+        print(
+            f"{name:6s} {median:9.1f} {min(case.wall_s):7.1f} {max(case.wall_s):7.1f} {ratio:6.2f} "
+            f"{peak / GB:8.2f} {mem_ratio:8.2f}  {verdict}"
+        )
+        summary[name] = {**asdict(case), "median_s": median, "time_over_cp": ratio, "peak_over_limit": mem_ratio}
+    for name, case in cases.items():
+        if case.validation and case.validation[0]:
+            print(f"validation of {name}: {case.validation[0]}")
+    cached = {name: [round(c / GB, 2) for c in case.cached_before] for name, case in cases.items()}
+    print(f"page cache before each run (GB, /proc/meminfo Cached): {cached}; the model is {size / GB:.2f} GB")
+    return summary
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=float, default=12.0, help="GB (10^9 bytes) of weights (default 12)")
+    parser.add_argument("--largest", type=float, default=0.5, help="GB of the largest (every) weight (default 0.5)")
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated among {','.join(CASES)}")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/i16_large/bench"))
+    parser.add_argument("--keep", action="store_true", help="keep the generated model and the work folder")
+    parser.add_argument("--json", type=Path, help="write the measurements here")
+    parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)  # the generator's subprocess
+    parser.add_argument("--side", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--layers", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    model_dir = args.workdir / "model"
+    if args.generate:
+        generate(model_dir, args.side, args.layers, args.seed)
+        return 0
+    side, layers = plan(args.size, args.largest)
+    largest = side * side * 4
+    size = layers * largest + (layers // 2) * side * 4
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(args.workdir).free
+    if free < DISK_SPARE * 2 * size:
+        print(f"not enough disk in {args.workdir}: {free / GB:.1f} GB free, {DISK_SPARE * 2 * size / GB:.1f} GB needed")
+        return 2
+    out_dir, logs = args.workdir / "out", args.workdir / "logs"
+    for folder in (out_dir, logs):
+        folder.mkdir(exist_ok=True)
+    try:
+        start = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--generate",
+                "--side",
+                str(side),
+                "--layers",
+                str(layers),
+                "--seed",
+                str(args.seed),
+                "--workdir",
+                str(args.workdir),
+            ],
+            check=True,
+        )
+        print(
+            f"generated {size / GB:.2f} GB in {time.perf_counter() - start:.0f} s (not timed): {model_dir}", flush=True
+        )
+        every = commands(model_dir / MODEL_NAME, out_dir)
+        cases = {name: Case(name, every[name]) for name in args.cases.split(",")}
+        measure(cases, args.repeats, out_dir, logs)
+        summary = report(cases, largest, size, side, layers)
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "size_bytes": size,
+                        "largest_bytes": largest,
+                        "side": side,
+                        "layers": layers,
+                        "machine": platform.platform(),
+                        "cases": summary,
+                    },
+                    indent=2,
+                )
+            )
+    finally:
+        if not args.keep:  # the logs stay
+            for folder in (model_dir, out_dir):
+                shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
