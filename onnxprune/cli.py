@@ -7,12 +7,11 @@ Exit codes: 0 success; 1-7 an error (one line on stderr, see :mod:`onnxprune.err
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 import onnx
@@ -33,19 +32,20 @@ from onnxprune.cli_print import (
 )
 from onnxprune.cli_view import view_command
 from onnxprune.config import PruneConfig, Selection, StructureConfig, load_plan, parse_pattern
-from onnxprune.console import Interrupted, ProgressBar, count, fail, handle_errors, table
+from onnxprune.console import Interrupted, ProgressBar, count, fail, handle_errors, human, json_on_stdout, table
 from onnxprune.data.layout import format_dims
+from onnxprune.envelope import envelope, is_stdout, write_json
 from onnxprune.errors import opt
 from onnxprune.evaluate import check_evaluation
 from onnxprune.graph.model_io import load_model, model_reads, model_writes
-from onnxprune.graph.outputs import Read, Write, check_outputs, write_file
+from onnxprune.graph.outputs import Read, Write, check_outputs
 from onnxprune.passes.pipeline import after_weights
+from onnxprune.row_sampling import ROWS_PER_COL
 from onnxprune.runtime import declared_dims, guessed_dims, parse_input_shapes, reads_model, shape_hint
-from onnxprune.stats import file_stats
+from onnxprune.stats import both_file_stats
 
 NOTHING_TO_PRUNE = 10
 #: Above this size the deflate size is only computed on request (it reads the whole file).
-COMPRESS_AUTO_LIMIT = 128 * 1024 * 1024
 
 
 common_discovery = [
@@ -68,6 +68,16 @@ def discovery_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _op_types(text: str) -> tuple[str, ...]:
     return tuple(op.strip() for op in text.split(",") if op.strip())
+
+
+def _capture_rows(text: str) -> int | None:
+    """``--capture-rows``: an integer (rows per sample per column), or "all" (None: every row)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise onnxprune.OptionError(f"--capture-rows takes an integer >= 1 or 'all', got '{text}'") from None
 
 
 #: click >= 8.2 raises this for a bare group command; 8.1 prints the help and exits 0 itself.
@@ -155,7 +165,19 @@ PRUNE_HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "Method and calibration",
-        ("method", "calibration", "samples", "data_free", "bias_correction", "parallel", "percdamp", "no_exact_refit"),
+        (
+            "method",
+            "calibration",
+            "samples",
+            "data_free",
+            "bias_correction",
+            "parallel",
+            "percdamp",
+            "no_exact_refit",
+            "capture_rows",
+            "workers",
+            "ray_address",
+        ),
     ),
     (
         "Structural",
@@ -186,6 +208,7 @@ PRUNE_HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "providers",
             "warmup",
             "repeats",
+            "latency_budget",
             "latency_batch",
             "no_latency",
             "memory",
@@ -206,6 +229,8 @@ PRUNE_HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "batch_axis",
             "external_data",
             "force",
+            "dry_run",
+            "validate",
             "compressed_size",
             "json_path",
             "quiet",
@@ -243,8 +268,9 @@ def inspect(
 ) -> None:
     """List the weights of MODEL that can be pruned, and what is excluded and why."""
     reads_model(model)
-    writes = [Write(opt("json"), json_path, example="inventory.json")]
+    writes = [Write(opt("json"), None if is_stdout(json_path) else json_path, example="inventory.json")]
     check_outputs(writes, model_reads("the model", model, writes=writes))
+    stdout = _json_stdout(json_path)
     selection = Selection(min_size=min_size, include=include, exclude=exclude, op_types=_op_types(op_types))
     proto = load_model(model)  # read once: the inventory and the inputs
     inventory = onnxprune.inspect(proto, selection)
@@ -281,7 +307,7 @@ def inspect(
                                  ["input", "declared", "batch axis", "synthetic data needs"]))  # fmt: skip
     if json_path:
         weights = [_weight_json(w) for w in inventory.weights]
-        _write_json(json_path, {"model": str(model), "weights": weights, "inputs": inputs})
+        _write_json(json_path, "inspect", {"model": str(model), "weights": weights, "inputs": inputs}, stdout)
 
 
 def input_table(model: onnx.ModelProto) -> list[dict[str, Any]]:
@@ -324,8 +350,14 @@ def _weight_json(w: onnxprune.Weight) -> dict[str, Any]:
     }
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    write_file(json.dumps(data, indent=2, sort_keys=True, default=str), path, what="JSON", example="result.json")
+def _json_stdout(*paths: Path | None) -> TextIO | None:
+    """:func:`~onnxprune.console.json_on_stdout` for the rest of the running command (its click
+    context closes it): the real standard output when a JSON path is ``-``, else None."""
+    return click.get_current_context().with_resource(json_on_stdout(*paths))
+
+
+def _write_json(path: Path, command: str, data: dict[str, Any], stdout: TextIO | None) -> None:
+    write_json(envelope(command, data), path, stdout=stdout, example=f"{command}.json")
 
 
 @main.command(cls=SectionedCommand, sections=PRUNE_HELP_SECTIONS)
@@ -415,6 +447,27 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     help="SparseGPT: keep its greedy weight updates (default: the kept weights solved exactly for its mask).",
 )
 @click.option(
+    "--capture-rows",
+    metavar="K|all",
+    default=str(ROWS_PER_COL),
+    show_default=True,
+    help="Calibration statistics use at most max(K·cols, 1024) random input rows (conv positions, tokens) of "
+    "each sample per layer, weighted to stay unbiased; 'all': every row (slow on large images).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Solve the layers of each calibration wave in N worker processes (same result, bit for bit).",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS",
+    help="Solve the layers of each calibration wave on a Ray cluster ('local' starts one); needs onnxprune[ray].",
+)
+@click.option(
     "--structured",
     is_flag=True,
     help="Remove whole channels (filters, neurons, heads): --sparsity is the fraction of each channel group "
@@ -477,9 +530,25 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 @click.option("--external-data", is_flag=True, help="Store weights in OUT.data next to OUT (automatic above 1.8 GB).")
 @click.option("--force", is_flag=True, help="Allow OUT to replace IN (still atomic, after validation).")
 @click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Write nothing: print the per-layer table, predicted non-zeros, MACs and compressed size, and what "
+    "calibration would capture (--json - prints it as JSON).",
+)
+@click.option(
+    "--no-validate",
+    "validate",
+    is_flag=True,
+    flag_value=False,
+    default=True,
+    help="UNSAFE: write OUT without validating it (no checker, no onnxruntime run); for pipelines "
+    "that validate it themselves.",
+)
+@click.option(
     "--compressed-size/--no-compressed-size",
     default=None,
-    help="Compute deflate sizes (default: for files under 128 MiB).",
+    help="Deflate sizes: exact (every byte deflated, ~25 MB/s), or with --no-compressed-size none "
+    "(default: estimated from 3 MiB of sampled blocks, about ±1 %).",
 )
 @click.option("--json", "json_path", type=cli_choices.OutputFile(), help="Write the full report as JSON.")
 @click.option(
@@ -518,6 +587,9 @@ def prune(
     parallel: bool,
     percdamp: float | None,
     no_exact_refit: bool,
+    capture_rows: str,
+    workers: int,
+    ray_address: str | None,
     structured: bool,
     target_flops: float | None,
     dead_channels: bool | None,
@@ -532,6 +604,8 @@ def prune(
     batch_axis: tuple[str, ...],
     external_data: bool,
     force: bool,
+    dry_run: bool,
+    validate: bool,
     compressed_size: bool | None,
     json_path: Path | None,
     do_eval: bool,
@@ -591,6 +665,9 @@ def prune(
             sequential=not parallel,
             percdamp=percdamp,
             exact_refit=not no_exact_refit,
+            capture_rows=_capture_rows(capture_rows),
+            workers=workers,
+            ray=ray_address,
             allocator=allocation,
         )
     structure = StructureConfig(
@@ -612,6 +689,7 @@ def prune(
     shapes = parse_input_shapes(input_shape)
     axes = parse_batch_axes(batch_axis)
     eval_kwargs["batch_axis"] = batch_axis
+    eval_kwargs["compressed_size"] = compressed_size
     reads_model(input_model, shapes)
     if samples < 1:
         raise onnxprune.OptionError(f"--samples must be >= 1, got {samples}")
@@ -622,13 +700,24 @@ def prune(
     if static and not (calibration or data_free):
         quantization.check_data(None)  # raises: static mode reads calibration data
     uses_data = structured or (config is not None and config.calibrated) or static
+    if (workers != 1 or ray_address) and (config is None or not config.calibrated):
+        raise onnxprune.OptionError(
+            "--workers/--ray run the layer solves of --method wanda, sparsegpt or refit (or --bias-correction)"
+        )
     if (calibration or data_free) and not uses_data:
         raise onnxprune.OptionError(
             "--calibration/--data-free is given but --method magnitude uses no data: choose --method wanda, "
             "sparsegpt or refit, add --bias-correction, use --structured, or --quantize int8 --quantize-mode static"
         )
     do_eval = do_eval or any(eval_kwargs.get(k) for k in ("data", "labels", "report", "eval_json"))
+    if dry_run:
+        with_data = bool(calibration or data_free)
+        _dry_run(
+            input_model, output_model, config, structure, shapes, json_path, eval_kwargs, quantization, quiet, with_data
+        )
+        return
     _check_files(input_model, output_model, calibration, plan_path, json_path, eval_kwargs, external_data, force)
+    stdout = _json_stdout(json_path, eval_kwargs.get("eval_json"))
     eval_data = None
     if do_eval:  # fail on bad evaluation options, data or labels before anything is written
         eval_data = check_evaluation(
@@ -662,6 +751,7 @@ def prune(
             quantize=quantization,
             allow_nonfinite=allow_nonfinite,
             validation=eval_data,
+            validate=validate,
         )
     result, saved, before, after = run.result, run.saved, run.params_before, run.params_after
     if saved is None:
@@ -680,9 +770,10 @@ def prune(
                 err=True,
             )
         sys.exit(NOTHING_TO_PRUNE)
-    compress = compressed_size if compressed_size is not None else input_model.stat().st_size < COMPRESS_AUTO_LIMIT
+    compress = "estimate" if compressed_size is None else "exact" if compressed_size else "off"
     output_files = [saved.path] + ([saved.data_path] if saved.data_path else [])
-    size_in, size_out = file_stats(run.input_files, compressed=compress), file_stats(output_files, compressed=compress)
+    with ProgressBar("compressed size (exact, MiB)", quiet) as deflated:
+        size_in, size_out = both_file_stats(run.input_files, output_files, compress, progress=deflated)
     if not quiet and config is not None:
         print_layers(result)
     if run.structure is not None and (config is None or run.structure.changed):
@@ -693,6 +784,7 @@ def prune(
     if json_path:
         _write_json(
             json_path,
+            "prune",
             {
                 "input": str(input_model),
                 "output": str(saved.path),
@@ -702,6 +794,7 @@ def prune(
                     "checker": run.validation.checker,
                     "ran_on": run.validation.feeds,
                     "outputs_finite": run.validation.outputs_finite,
+                    "tensors": run.validation.tensors,
                 },
                 **result.to_dict(),
                 "structure": run.structure.to_dict() if run.structure is not None else None,
@@ -711,11 +804,98 @@ def prune(
                     "nonzeros": [before.nonzeros, after.nonzeros],
                     "file_bytes": [size_in.bytes, size_out.bytes],
                     "compressed_bytes": [size_in.compressed, size_out.compressed],
+                    "compressed_exact": [size_in.compressed_exact, size_out.compressed_exact],
+                    "compressed_relative_error": [size_in.compressed_error, size_out.compressed_error],
                 },
             },
+            stdout,
         )
     if do_eval:
-        _evaluate_written(input_model, saved.path, eval_kwargs, input_shape, quiet, shown=output_model)
+        _evaluate_written(input_model, saved.path, eval_kwargs, input_shape, quiet, shown=output_model, stdout=stdout)
+
+
+def _dry_run(
+    source: Path,
+    output: Path,
+    config: PruneConfig | None,
+    structure: StructureConfig,
+    shapes: dict[str, tuple[int, ...]],
+    json_path: Path | None,
+    eval_kwargs: dict[str, Any],
+    quantization: Any,
+    quiet: bool,
+    with_data: bool,
+) -> None:
+    """``prune --dry-run``: what ``prune`` would write, predicted in memory (:mod:`onnxprune.dry_run`)."""
+    from onnxprune.dry_run import dry_run
+
+    writes = [opt(k) for k in ("report", "eval_json") if eval_kwargs.get(k)]
+    writes += [opt("json")] if json_path is not None and not is_stdout(json_path) else []
+    writes += [opt("quantize")] if quantization is not None else []
+    if writes:
+        raise onnxprune.OptionError(
+            f"--dry-run writes nothing: drop {', '.join(writes)} (--json - prints the prediction as JSON)"
+        )
+    stdout = _json_stdout(json_path)
+    active = structure if structure.active else None
+    predicted = dry_run(load_model(source), config, active, input_shapes=shapes, with_data=with_data)
+    run = predicted.run
+    if not quiet and config is not None:
+        print_layers(run.result)
+    if run.structure is not None and run.structure.changed:
+        print_structure(run.structure, quiet)
+
+    def ratio(a: int | None, b: int | None) -> str:
+        return f"{b / a:.2f}x" if a and b is not None else "-"
+
+    (sin, sout), (m0, m1), (n0, n1) = predicted.compressed, predicted.macs, predicted.nonzero_macs
+    before, after = run.params_before, run.params_after
+    rows = [
+        ["parameters", count(before.parameters), count(after.parameters), ratio(before.parameters, after.parameters)],
+        ["non-zeros", count(before.nonzeros), count(after.nonzeros), ratio(before.nonzeros, after.nonzeros)],
+        ["MACs", count(m0) if m0 is not None else "-", count(m1) if m1 is not None else "-", ratio(m0, m1)],
+        ["non-zero MACs", count(n0) if n0 is not None else "-", count(n1) if n1 is not None else "-", ratio(n0, n1)],
+        [
+            "compressed (deflate, est.)",
+            human(sin.bytes) if sin else "-",
+            human(sout.bytes) if sout else "-",
+            ratio(sin.bytes if sin else None, sout.bytes if sout else None),
+        ],
+    ]
+    if not quiet:
+        click.echo("\n" + table(rows, ["predicted", "before", "after", "after/before"], right={1, 2, 3}))
+        capture = predicted.capture
+        if capture is not None:
+            click.echo(
+                f"\ncalibration would capture {capture.layers} layer(s) in {len(capture.waves)} wave(s) "
+                f"(statistics of the largest wave: {human(capture.peak_statistics_bytes)}):"
+            )
+            layer_rows = [
+                [
+                    str(i + 1),
+                    layer.weight,
+                    layer.op,
+                    f"{layer.groups}x{layer.rows}x{layer.cols}",
+                    human(layer.statistics_bytes),
+                ]
+                for i, wave in enumerate(capture.waves)
+                for layer in wave
+            ]
+            click.echo(table(layer_rows, ["wave", "weight", "op", "groups x rows x cols", "statistics"], right={0, 4}))
+            for weight, why in capture.fallback.items():
+                click.echo(f"  magnitude (fallback): {weight}: {shown(why)}")
+        for note in predicted.notes:
+            click.echo(f"note: {shown(note)}")
+    zeros = after.parameters - after.nonzeros
+    click.echo(
+        f"dry run: nothing written; {output} would hold {count(after.parameters)} parameters "
+        f"({ratio(before.parameters, after.parameters)} of the input's), {count(zeros)} of them zero "
+        f"({zeros / max(after.parameters, 1):.1%})"
+    )
+    if json_path is not None:
+        write_json(
+            envelope("prune", {"dry_run": True, "input": str(source), **predicted.to_dict()}), json_path, stdout=stdout
+        )
 
 
 def _check_files(
@@ -733,7 +913,7 @@ def _check_files(
     evaluation_writes, evaluation_reads = evaluation_files(eval_kwargs, json_name=opt("eval_json"))
     writes = [
         *model_writes(output, source=source, external_data=True if external_data else None, force=force),
-        Write(opt("json"), json_path, example="result.json"),
+        Write(opt("json"), None if is_stdout(json_path) else json_path, example="result.json"),
         *evaluation_writes,
     ]
     reads = [
@@ -746,13 +926,20 @@ def _check_files(
 
 
 def _evaluate_written(
-    source: Path, output: Path, eval_kwargs: dict[str, Any], input_shape: tuple[str, ...], quiet: bool, *, shown: Path
+    source: Path,
+    output: Path,
+    eval_kwargs: dict[str, Any],
+    input_shape: tuple[str, ...],
+    quiet: bool,
+    *,
+    shown: Path,
+    stdout: TextIO | None = None,
 ) -> None:
     """``prune --eval`` once OUT is written: a failure (or an interruption) says that OUT (as
     the user spelled it, ``shown``) was written and is valid."""
     written = f"'{shown}' was written and is valid"
     try:
-        run_evaluation(source, [output], eval_kwargs, input_shape, quiet=quiet)
+        run_evaluation(source, [output], eval_kwargs, input_shape, quiet=quiet, stdout=stdout)
     except onnxprune.OnnxPruneError as exc:
         exc.args = (f"{written}, but its evaluation failed: {exc.args[0] if exc.args else type(exc).__name__}",)
         raise

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 import numpy as np
 
 from onnxprune import cli_choices
-from onnxprune.console import ProgressBar, count, handle_errors, table
+from onnxprune.console import ProgressBar, count, handle_errors, json_on_stdout, table
+from onnxprune.envelope import envelope, is_stdout, write_json
 from onnxprune.errors import OptionError, opt
 from onnxprune.graph.model_io import load_model, model_reads
 from onnxprune.graph.outputs import Read, Write, check_folder, check_outputs, write_file
@@ -163,10 +164,11 @@ def analyze_command(
     cache = None if no_cache else (cache_dir or default_cache_dir())
     writes = [
         Write(opt("plan_out"), plan_out, example="plan.json"),
-        Write(opt("json"), json_path, example="curves.json"),
+        Write(opt("json"), None if is_stdout(json_path) else json_path, example="curves.json"),
         Write(opt("report"), report, example="curves.html"),
     ]
     _check_files(model, writes, data, labels, cache)
+    stdout = click.get_current_context().with_resource(json_on_stdout(json_path))
     load_model(model)  # one-line errors for a missing or broken file, before any work
     shapes = parse_input_shapes(input_shape)
     reads_model(model, shapes)
@@ -182,6 +184,21 @@ def analyze_command(
                 raise OptionError(f"{labels} has {len(label_array)} labels for {used} samples of --data")
             label_array = label_array[:used]  # --samples takes the first samples: their labels
     executor = executor_for(workers=workers, ray=ray_address)
+    goal = {
+        name: value
+        for name, value in (
+            ("target_sparsity", target_sparsity),
+            ("target_latency", target_latency),
+            ("target_flops", target_flops),
+            ("max_loss", max_loss),
+        )
+        if value is not None
+    }
+    used = {
+        "data": str(data) if data is not None else ("generated (--data-free)" if data_free else None),
+        "labels": str(labels) if labels else None,
+        "samples": dataset.num_samples() if dataset is not None else None,
+    }
     if structural:
         with ProgressBar("analysing channel groups", quiet) as progress:
             sens = analyze_groups(
@@ -204,6 +221,9 @@ def analyze_command(
             json_path,
             report,
             quiet,
+            goal=goal,
+            used=used,
+            stdout=stdout,
         )
         return
     with ProgressBar("analysing layers", quiet) as progress:
@@ -236,15 +256,38 @@ def analyze_command(
                 json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n", plan_out, what="plan", example="plan.json"
             )
             click.echo(f"plan written to {plan_out}: onnxprune prune {model} OUT --plan {plan_out}")
-    _write_outputs(sens, plan, measured, json_path, report)
+    _write_outputs(sens, plan, measured, json_path, report, goal=goal, source=used, stdout=stdout)
     source = "cache" if sens.cached else f"{sens.seconds:.1f} s"
     click.echo(f"{len(sens.curves)} layer(s) analysed ({sens.curves[0].kind}; {source})")
 
 
-def _write_outputs(sens: Any, plan: Any, measured: float | None, json_path: Path | None, report: Path | None) -> None:
-    data = {**sens.to_dict(), "plan": plan.to_json() if plan is not None else None, "measured_loss": measured}
+def _write_outputs(
+    sens: Any,
+    plan: Any,
+    measured: float | None,
+    json_path: Path | None,
+    report: Path | None,
+    *,
+    goal: dict[str, float],
+    source: dict[str, Any],
+    stdout: TextIO | None = None,
+) -> None:
+    """The analysis as JSON and HTML: the curves, the plan, the goal it was made for
+    (``{"target_latency": 0.7}``…) and the data the losses were measured on."""
+    analysis = sens.to_dict()
+    analysis["cache_version"] = analysis.pop("version")  # the envelope's "version" is the tool's
+    data = envelope(
+        "analyze",
+        {
+            **analysis,
+            "plan": plan.to_json() if plan is not None else None,
+            "measured_loss": measured,
+            "goal": goal,
+            "source": source,
+        },
+    )
     if json_path is not None:
-        write_file(json.dumps(data, indent=1), json_path, what="JSON", example="analysis.json")
+        write_json(data, json_path, stdout=stdout, example="analysis.json")
     if report is not None:
         from onnxprune.report.sensitivity import write_sensitivity_report
 
@@ -277,6 +320,10 @@ def _finish_groups(
     json_path: Path | None,
     report: Path | None,
     quiet: bool,
+    *,
+    goal: dict[str, float],
+    used: dict[str, Any],
+    stdout: TextIO | None = None,
 ) -> None:
     from onnxprune.sensitivity.planning import plan_groups, tightened_groups
 
@@ -306,6 +353,6 @@ def _finish_groups(
                 json.dumps(plan.sparsity, indent=1, sort_keys=True) + "\n", plan_out, what="plan", example="plan.json"
             )
             click.echo(f"plan written to {plan_out}: onnxprune prune {model} OUT --structured --plan {plan_out}")
-    _write_outputs(sens, plan, measured, json_path, report)
+    _write_outputs(sens, plan, measured, json_path, report, goal=goal, source=used, stdout=stdout)
     source = "cache" if sens.cached else f"{sens.seconds:.1f} s"
     click.echo(f"{len(sens.curves)} channel group(s) analysed ({sens.curves[0].kind}; {source})")

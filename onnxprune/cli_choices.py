@@ -68,3 +68,20 @@ class OutputFile(click.Path):
             bare = text.rstrip("/" + os.sep)
             self.fail(f"'{text}' ends with '/', so it names a folder: give a file path such as '{bare}'", param, ctx)
         return super().convert(value, param, ctx)
+
+
+class Repeats(click.ParamType):
+    """``--repeats``: a count >= 1, or ``auto`` (repeat until the latency ratios are precise)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            return int(text)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of repeats nor 'auto'", param, ctx)

@@ -5,20 +5,21 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TextIO
 
 import click
 
 from onnxprune import cli_choices
 from onnxprune.batch_axes import parse_batch_axes
 from onnxprune.cli_print import shown
-from onnxprune.console import count, handle_errors, human, table
+from onnxprune.console import PlainProgress, count, handle_errors, human, interactive, json_on_stdout, table
 from onnxprune.data import parse_image_options
+from onnxprune.envelope import is_stdout, write_json
 from onnxprune.errors import OptionError, opt
 from onnxprune.evaluate import EvalOptions, EvalResult, ModelReport, evaluate
 from onnxprune.graph.model_io import model_reads
 from onnxprune.graph.outputs import Read, Write, check_outputs
-from onnxprune.latency import LatencySettings
+from onnxprune.latency import TOO_NOISY, LatencySettings
 from onnxprune.report.structure import totals as structure_totals
 from onnxprune.runtime import parse_input_shapes, reads_model
 
@@ -56,7 +57,22 @@ def _options(for_prune: bool) -> list[Callable[[Any], Any]]:
             "--providers", default="", metavar="LIST", help="Execution providers, e.g. CUDAExecutionProvider."
         ),
         click.option("--warmup", type=int, default=10, show_default=True, help="Latency warm-up runs per model."),
-        click.option("--repeats", type=int, default=50, show_default=True, help="Interleaved latency repeats."),
+        click.option(
+            "--repeats",
+            type=cli_choices.Repeats(),
+            default=50,
+            show_default=True,
+            help="Interleaved latency repeats; auto: until every latency ratio is known within ±3 % "
+            "(95 % confidence) or --latency-budget ends.",
+        ),
+        click.option(
+            "--latency-budget",
+            type=float,
+            default=30.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="With --repeats auto: the longest the timing may take.",
+        ),
         click.option("--latency-batch", type=int, default=1, show_default=True, help="Samples per timed run."),
         click.option("--no-latency", is_flag=True, help="Skip the latency measurement."),
         click.option("--memory", is_flag=True, help="Also measure each session's peak memory (Linux)."),
@@ -83,9 +99,10 @@ def evaluation_options(*, for_prune: bool = False) -> Callable[[Callable[..., An
 def evaluation_files(kwargs: dict[str, Any], *, json_name: str) -> tuple[list[Write], list[Read]]:
     """What an evaluation with these click options writes (its report and JSON, ``json_name``
     naming the JSON's option) and reads (its data and labels), for the output policy."""
+    json_path = kwargs.get("eval_json")
     writes = [
         Write(opt("report"), kwargs.get("report"), example="report.html"),
-        Write(json_name, kwargs.get("eval_json"), example="eval.json"),
+        Write(json_name, None if is_stdout(json_path) else json_path, example="eval.json"),
     ]
     reads = [
         Read(f"the {opt('data')} file", kwargs.get("data")),
@@ -114,6 +131,7 @@ def build_options(kwargs: dict[str, Any], input_shapes: Sequence[str]) -> EvalOp
         latency = LatencySettings(
             warmup=kwargs["warmup"],
             repeats=kwargs["repeats"],
+            budget_s=kwargs.get("latency_budget", 30.0),
             threads=kwargs["threads"],
             providers=providers,
             memory=kwargs.get("memory", False),
@@ -129,7 +147,11 @@ def build_options(kwargs: dict[str, Any], input_shapes: Sequence[str]) -> EvalOp
         batch_axes=parse_batch_axes(kwargs.get("batch_axis") or ()),
         latency=latency,
         latency_batch=kwargs["latency_batch"],
-        compressed=True,
+        compressed="estimate"
+        if kwargs.get("compressed_size") is None
+        else "exact"
+        if kwargs["compressed_size"]
+        else "off",
         image_options=image,
         input_name=kwargs.get("image_input"),
     )
@@ -152,22 +174,38 @@ class _Stages:
         if stage != self.stage:
             self.close()
             self.stage, self.done = stage, 0
-            self.bar = click.progressbar(length=max(total, 1), label=self.LABELS.get(stage, stage), file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.update(done - self.done)
+            label = self.LABELS.get(stage, stage)
+            if interactive():
+                self.bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
+                self.bar.__enter__()
+            else:
+                self.bar = PlainProgress(label, total)
+        if isinstance(self.bar, PlainProgress):
+            self.bar.update(done)
+        else:
+            self.bar.update(done - self.done)
         self.done = done
 
     def close(self) -> None:
-        if self.bar is not None:
+        if isinstance(self.bar, PlainProgress):
+            self.bar.close()
+        elif self.bar is not None:
             self.bar.__exit__(None, None, None)
-            self.bar = None
+        self.bar = None
 
 
 def run_evaluation(
-    base: Path, candidates: Sequence[Path], kwargs: dict[str, Any], input_shapes: Sequence[str], *, quiet: bool
+    base: Path,
+    candidates: Sequence[Path],
+    kwargs: dict[str, Any],
+    input_shapes: Sequence[str],
+    *,
+    quiet: bool,
+    stdout: TextIO | None = None,
 ) -> EvalResult:
-    """Evaluate, print the tables and warnings, write the report and JSON if asked (the caller
-    checked their paths with :func:`evaluation_files` before any work)."""
+    """Evaluate, print the tables and warnings (with ``quiet`` one summary line), write the
+    report and JSON if asked (the caller checked their paths with :func:`evaluation_files`
+    before any work); a JSON path ``-`` goes to ``stdout``."""
     options = build_options(kwargs, input_shapes)
     report_path, json_path = kwargs.get("report"), kwargs.get("eval_json")
     stages = _Stages(quiet)
@@ -177,16 +215,44 @@ def run_evaluation(
         )
     finally:
         stages.close()
-    print_result(result)
+    if quiet:
+        click.echo(summary_line(result))
+    else:
+        print_result(result)
     if json_path is not None:
-        result.write_json(json_path)
-        click.echo(f"JSON: {json_path}")
+        where = write_json(result.to_dict(), json_path, stdout=stdout, example="eval.json")
+        if not is_stdout(json_path) and not quiet:
+            click.echo(f"JSON: {where}")
     if report_path is not None:
         from onnxprune.report import write_report
 
         write_report(result.to_dict(), report_path)
         click.echo(f"report: {report_path}")
     return result
+
+
+def summary_line(result: EvalResult) -> str:
+    """One line per candidate against the base: sizes, accuracy or fidelity, latency."""
+    base, *candidates = result.models
+    parts = []
+    for m in candidates or [base]:
+        facts = [f"{m.name}: file {human(m.file_bytes)}"]
+        if m.compressed_bytes is not None and base.compressed_bytes and m is not base:
+            facts.append(f"compressed {m.compressed_bytes / base.compressed_bytes:.2f}x")
+        top1, ref = (m.accuracy or {}).get("top1"), (base.accuracy or {}).get("top1")
+        if top1 is not None:
+            facts.append(
+                f"top-1 {_pct(top1)}"
+                + (f" ({100 * (top1 - ref):+.1f} pt)" if ref is not None and m is not base else "")
+            )
+        cosine = ((m.fidelity or {}).get("overall") or {}).get("cosine")
+        if cosine is not None and m is not base:
+            facts.append(f"cosine {cosine:.4f}")
+        if m.latency is not None and m.latency.ratio is not None:
+            r = m.latency.ratio
+            facts.append(f"latency {r.median:.2f}x" + ("" if r.conclusive else f" ({TOO_NOISY})"))
+        parts.append(", ".join(facts))
+    return "; ".join(parts)
 
 
 def _pct(value: float | None, digits: int = 1) -> str:
@@ -209,7 +275,8 @@ def _ratio(report: ModelReport) -> str:
     if report.latency is None or report.latency.ratio is None:
         return "1.00x" if report.latency is not None and report.role == "base" else "-"
     r = report.latency.ratio
-    return f"{r.median:.2f}x [{r.p10:.2f}-{r.p90:.2f}]"
+    text = f"{r.median:.2f}x [{r.p10:.2f}-{r.p90:.2f}]"
+    return text if r.conclusive else f"{text} {TOO_NOISY}"
 
 
 def print_result(result: EvalResult) -> None:
@@ -222,7 +289,7 @@ def print_result(result: EvalResult) -> None:
         [
             m.name,
             human(m.file_bytes),
-            human(m.compressed_bytes),
+            ("~" if m.compressed_bytes is not None and not m.compressed_exact else "") + human(m.compressed_bytes),
             human(m.sparse_bytes),
             count(m.parameters),
             count(m.nonzeros),
@@ -231,6 +298,10 @@ def print_result(result: EvalResult) -> None:
         ]
         for m in result.models
     ]
+    estimated = [m for m in result.models if m.compressed_bytes is not None and not m.compressed_exact]
+    if estimated:
+        spread = 200 * max(m.compressed_error for m in estimated)
+        click.echo(f"~ compressed size estimated from sampled blocks, ±{spread:.1f}% (2σ); exact: --compressed-size")
     click.echo(
         table(
             size_rows,
@@ -261,6 +332,15 @@ def print_result(result: EvalResult) -> None:
             right={1, 2, 3, 4, 5, 6, 7},
         )
     )
+    noisy = [m for m in result.models if m.latency is not None and m.latency.ratio and not m.latency.ratio.conclusive]
+    if noisy:
+        click.echo(
+            f"latency: {TOO_NOISY} for {', '.join(m.name for m in noisy)}: the p10-p90 spread of the paired ratios "
+            "crosses 1.00x or is wider than ±10 %; measure on a quieter machine, or with --repeats auto"
+        )
+    stopped = next((m.latency.stopped for m in result.models if m.latency is not None and m.latency.stopped), None)
+    if stopped:
+        click.echo(f"latency (--repeats auto): {stopped}")
     for m in result.models:
         line = structure_line(m)
         if line:
@@ -306,7 +386,13 @@ def structure_line(report: ModelReport) -> str | None:
 @evaluation_options()
 @click.option("--input-shape", multiple=True, metavar="NAME:1x3x224x224", help="Input shape for synthetic data.")
 @click.option("--batch-axis", multiple=True, metavar="NAME:AXIS", help="The batch axis of an input (state:1, sr:none).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option(
+    "--compressed-size/--no-compressed-size",
+    default=None,
+    help="Deflate sizes: exact (every byte deflated, ~25 MB/s), or with --no-compressed-size none "
+    "(default: estimated from 3 MiB of sampled blocks, about ±1 %).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
@@ -326,4 +412,5 @@ def eval_command(base: Path, candidates: tuple[Path, ...], input_shape: tuple[st
     writes, reads = evaluation_files(kwargs, json_name=opt("json"))
     models = [("the base model", base), *(("a candidate model", candidate) for candidate in candidates)]
     check_outputs(writes, [*(r for name, path in models for r in model_reads(name, path, writes=writes)), *reads])
-    run_evaluation(base, candidates, kwargs, input_shape, quiet=kwargs.get("quiet", False))
+    with json_on_stdout(kwargs.get("eval_json")) as stdout:
+        run_evaluation(base, candidates, kwargs, input_shape, quiet=kwargs.get("quiet", False), stdout=stdout)

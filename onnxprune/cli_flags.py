@@ -31,6 +31,7 @@ FLAGS: dict[str, str | tuple[str | None, str | None] | None] = {
     "percdamp": "--percdamp",
     "blocksize": None,
     "exact_refit": (None, "--no-exact-refit"),
+    "capture_rows": "--capture-rows",
     # StructureConfig (prune_file's ``structure``)
     "structure": "--structured",
     "dead_channels": ("--dead-channels", "--no-dead-channels"),

@@ -140,16 +140,23 @@ def print_structure(structure: Any, quiet: bool) -> None:
     if amount and round_to > 1:
         short = [g for g in structure.groups if not g.blocked and g.removed < int(amount * g.units) and g.units > 1]
         if short:
+            untouched = [g for g in short if not g.removed]
             click.echo(
                 f"--round-to {round_to}: {len(short)} group(s) lost fewer channels than --sparsity asks, so that "
                 f"kept counts stay multiples of {round_to} (fast kernels); --round-to 1 for exact fractions"
+                + (f"; {len(untouched)} of them lost none: {_names(untouched)}" if untouched else "")
             )
     blocked = structure.blocked
     if blocked:
-        reasons = Counter(re.sub(r"'[^']*'", "'…'", shown(g.blocked).split(";")[0]) for g in blocked)
+        by_reason: dict[str, list[Any]] = {}
+        for g in blocked:  # the same reason about different tensors is one line
+            by_reason.setdefault(re.sub(r"'[^']*'", "'…'", shown(g.blocked).split(";")[0]), []).append(g)
         click.echo(f"\nchannel groups kept whole: {len(blocked)}")
-        for reason, n in reasons.most_common():
-            click.echo(f"  {n} x {reason}")
+        for groups in sorted(by_reason.values(), key=len, reverse=True):
+            click.echo(
+                f"  {len(groups)} x {shown(groups[0].blocked).split(';')[0]}"
+                + (f" (also {_names(groups[1:])})" if len(groups) > 1 else "")
+            )
     if structure.refits:
         click.echo("\nconsumers refitted (relative output error on the calibration data, before -> after refit):")
         for name, before, after in structure.refits:
@@ -168,6 +175,21 @@ def print_structure(structure: Any, quiet: bool) -> None:
     click.echo("")
 
 
+def compressed_label(*sizes: Any) -> str:
+    """ "compressed (deflate)", with the estimate's spread (2σ) when a size is estimated."""
+    estimated = [s for s in sizes if s.compressed is not None and not s.compressed_exact]
+    if not estimated:
+        return "compressed (deflate)"
+    spread = 200 * max(s.compressed_error for s in estimated)
+    return f"compressed (deflate, est. ±{spread:.1f}%)"
+
+
+def _names(groups: Sequence[Any], shown_at_most: int = 3) -> str:
+    """The names of ``groups``, the first few, then how many more."""
+    names = ", ".join(g.name for g in groups[:shown_at_most])
+    return names + (f" and {len(groups) - shown_at_most} more" if len(groups) > shown_at_most else "")
+
+
 def print_summary(result, before, after, size_in, size_out, saved, quiet, structure=None) -> None:  # noqa: ANN001
     def ratio(a: int | None, b: int | None) -> str:
         return f"{b / a:.2f}x" if a and b is not None else "-"
@@ -177,7 +199,7 @@ def print_summary(result, before, after, size_in, size_out, saved, quiet, struct
         ["non-zeros", count(before.nonzeros), count(after.nonzeros), ratio(before.nonzeros, after.nonzeros)],
         ["file size", human(size_in.bytes), human(size_out.bytes), ratio(size_in.bytes, size_out.bytes)],
         [
-            "compressed (deflate)",
+            compressed_label(size_in, size_out),
             human(size_in.compressed),
             human(size_out.compressed),
             ratio(size_in.compressed, size_out.compressed),

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import wraps
 from types import FrameType
@@ -182,23 +183,97 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str], right: set[int] 
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
+@contextlib.contextmanager
+def json_on_stdout(*paths: object) -> Iterator[Any]:
+    """While a JSON document goes to standard output (one of ``paths`` is ``-``), everything
+    else the command prints goes to standard error; yields the real standard output (None
+    when no path is ``-``). Two documents cannot share it: a one-line error."""
+    from onnxprune.envelope import is_stdout
+    from onnxprune.errors import OptionError
+
+    chosen = [p for p in paths if is_stdout(p)]  # type: ignore[arg-type]
+    if not chosen:
+        yield None
+        return
+    if len(chosen) > 1:
+        raise OptionError("only one JSON document can go to standard output: give the other a file name")
+    real = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        yield real
+
+
+class PlainProgress:
+    """Progress without a terminal (a CI log, a pipe): one line per :data:`EVERY_S` seconds at
+    most, ``label: 40% (12/30), 0:05 elapsed``, and one when the work is done; nothing when
+    the work finishes within the first interval."""
+
+    #: the fewest seconds between two lines
+    EVERY_S = 5.0
+
+    def __init__(self, label: str, total: int, *, stream: Any = None) -> None:
+        self.label, self.total = label, max(total, 1)
+        self.stream = stream
+        self.start = self.last = time.monotonic()
+        self.done = 0
+        self.said = False
+
+    def update(self, done: int) -> None:
+        self.done = min(done, self.total)
+        now = time.monotonic()
+        if now - self.last >= self.EVERY_S:
+            self._say(now)
+
+    def _say(self, now: float) -> None:
+        self.last, self.said = now, True
+        seconds = int(now - self.start)
+        click.echo(
+            f"{self.label}: {self.done / self.total:.0%} ({self.done}/{self.total}), "
+            f"{seconds // 60}:{seconds % 60:02d} elapsed",
+            file=self.stream or sys.stderr,
+        )
+
+    def close(self) -> None:
+        if self.said and self.done < self.total:
+            self.done = self.total
+        if self.said:
+            self._say(time.monotonic())
+
+
+def interactive() -> bool:
+    """Standard error is a terminal (bars redraw in place), not a log or a pipe."""
+    stream = sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 class ProgressBar:
-    """A click progress bar on stderr fed by the library's progress callback."""
+    """A progress bar on stderr fed by the library's progress callback: a click bar on a
+    terminal, :class:`PlainProgress` lines otherwise."""
 
     def __init__(self, label: str, quiet: bool) -> None:
         self.label, self.quiet, self.bar = label, quiet, None
+        self.plain: PlainProgress | None = None
+        self.done = 0
 
     def __enter__(self) -> Progress:
         return self.update
 
     def update(self, done: int, total: int, name: str) -> None:
+        """``done`` of ``total`` steps are done (the library's progress callback)."""
         if self.quiet or total < 2:
+            return
+        step, self.done = max(done - self.done, 0), max(done, self.done)
+        if not interactive():
+            if self.plain is None:
+                self.plain = PlainProgress(self.label, total)
+            self.plain.update(self.done)
             return
         if self.bar is None:
             self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True)
             self.bar.__enter__()
-        self.bar.update(1)
+        self.bar.update(step)
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
+        if self.plain is not None:
+            self.plain.close()

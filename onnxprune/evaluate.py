@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -38,15 +37,17 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxprune import runtime
+from onnxprune.compressed_size import mode_of
 from onnxprune.compute import ComputeStats, count_compute
 from onnxprune.data import Dataset, ImageOptions, load_labels, open_data
+from onnxprune.envelope import dumps, envelope
 from onnxprune.errors import DataError, Message, OnnxPruneError, OptionError, UnsupportedModelError, opt
 from onnxprune.graph.model_io import load_model_with_files
 from onnxprune.graph.outputs import write_file
 from onnxprune.latency import LatencySettings, LatencyStats, measure_latency
 from onnxprune.metrics import OutputFidelity, TopK, overall
 from onnxprune.passes.base import Progress
-from onnxprune.provenance import STRUCTURE_KEY, STRUCTURE_OPTIONS_KEY, read_structure  # noqa: F401 - re-exported
+from onnxprune.provenance import STRUCTURE_KEY, STRUCTURE_OPTIONS_KEY, read_recipe, read_structure  # noqa: F401 - re-exported
 from onnxprune.stats import LayerSize, file_stats, layer_stats, param_stats, sparse_bytes
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ class EvalOptions:
         :mod:`onnxprune.batch_axes`; None: no batch axis).
     latency: how to time, or None to skip latency.
     latency_batch: samples per timed run (1: per-sample latency).
-    compressed: compute deflate-compressed sizes (reads every file once more).
+    compressed: deflate-compressed sizes: "estimate" (or True; from a sample of blocks,
+        :mod:`onnxprune.compressed_size`), "exact" (every byte), "off" (or False).
     image_options, input_name: preprocessing for a folder of images, and the input it feeds.
     seed: seeds synthetic data.
     """
@@ -92,7 +94,7 @@ class EvalOptions:
     batch_axes: Mapping[str, int | None] = field(default_factory=dict)
     latency: LatencySettings | None = field(default_factory=LatencySettings)
     latency_batch: int = 1
-    compressed: bool = True
+    compressed: bool | str = True
     image_options: ImageOptions | None = None
     input_name: str | None = None
     seed: int = 0
@@ -102,6 +104,10 @@ class EvalOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise OptionError(f"{name.replace('_', ' ')} must be an integer >= 1, got {value!r}")
+        try:
+            mode_of(self.compressed)
+        except ValueError as exc:
+            raise OptionError(str(exc)) from None
 
 
 @dataclass
@@ -123,6 +129,9 @@ class ModelReport:
     fidelity: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     structure: dict[str, Any] | None = None  # the structural pass's provenance (see read_structure)
+    recipe: dict[str, Any] | None = None  # how the weight pass made it (provenance.read_recipe)
+    compressed_exact: bool = True  # False: compressed_bytes is a sampled estimate
+    compressed_error: float = 0.0  # the estimate's relative standard error
 
     @property
     def sparsity(self) -> float:
@@ -147,6 +156,8 @@ class ModelReport:
             "size": {
                 "file_bytes": self.file_bytes,
                 "compressed_bytes": self.compressed_bytes,
+                "compressed_exact": self.compressed_exact,
+                "compressed_relative_error": self.compressed_error,
                 "sparse_bytes": self.sparse_bytes,
                 "dense_weight_bytes": self.dense_weight_bytes,
             },
@@ -171,6 +182,7 @@ class ModelReport:
             "fidelity": self.fidelity,
             "warnings": list(self.warnings),
             "structure": self.structure,
+            "recipe": self.recipe,
         }
 
 
@@ -194,27 +206,21 @@ class EvalResult:
         return self.models[1:]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "tool": {"name": "onnxprune", "version": self.version},
-            "created": self.created,
-            "environment": self.environment,
-            "data": self.data,
-            "settings": self.settings,
-            "models": [m.to_dict() for m in self.models],
-        }
+        """Every number, in the JSON envelope of the ``eval`` command (:mod:`onnxprune.envelope`)."""
+        return envelope(
+            "eval",
+            {
+                "created": self.created,
+                "environment": self.environment,
+                "data": self.data,
+                "settings": self.settings,
+                "models": [m.to_dict() for m in self.models],
+            },
+        )
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` as JSON, atomically (a temporary file, then rename)."""
-        text = json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n"
-        return write_file(text, path, what="JSON", example="eval.json")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return str(value)
+        return write_file(dumps(self.to_dict()), path, what="JSON", example="eval.json")
 
 
 ModelPath = str | os.PathLike[str]
@@ -268,7 +274,7 @@ def evaluate(
 
     if options.latency is not None:
         feeds = dataset.layout.take(first_batch, options.latency_batch)
-        total = len(paths) * options.latency.repeats
+        total = len(paths) * options.latency.least_repeats
 
         def step(n: int, _done: list[int] = [0]) -> None:  # noqa: B006 - a counter local to this call
             _done[0] += n
@@ -355,7 +361,7 @@ def _inputs(
         shapes=options.input_shapes or None,
         batch_axes=options.batch_axes or None,
     )
-    label_array = _labels(labels, dataset)
+    label_array = _labels(labels, dataset, first=options.samples)
     if label_array is not None and dataset.synthetic:
         raise OptionError(f"labels were given with synthetic data: give the data they label with {opt('data')}")
     return options.output or output_names[0], dataset, label_array
@@ -418,6 +424,7 @@ def _static_report(
         error = str(exc)
         log.warning("compute of %s not counted: %s", path.name, exc)
     structure, problem = read_structure(model)
+    recipe = read_recipe(model)
     if problem:  # a warning of the report (printed by the CLI, shown in the HTML): logged once more only with -v
         log.info("%s: %s", path.name, problem)
     del model
@@ -428,6 +435,8 @@ def _static_report(
         role=role,
         file_bytes=stats.bytes,
         compressed_bytes=stats.compressed,
+        compressed_exact=stats.compressed_exact,
+        compressed_error=stats.compressed_error,
         parameters=params.parameters,
         nonzeros=params.nonzeros,
         layers=layers,
@@ -435,17 +444,24 @@ def _static_report(
         compute_error=error,
         warnings=[problem] if problem else [],
         structure=structure,
+        recipe=recipe,
     )
 
 
 # --------------------------------------------------------------------------- data
 
 
-def _labels(labels: Any, dataset: Dataset) -> np.ndarray | None:
+def _labels(labels: Any, dataset: Dataset, *, first: int | None = None) -> np.ndarray | None:
+    """The labels of ``dataset``; with ``first`` (only the first samples are used), a file
+    with a label for every sample of the full data gives the first ``first`` of them."""
     count = dataset.num_samples()
     if labels is None:
         return dataset.labels
     if isinstance(labels, (str, os.PathLike)):
+        if first is not None and count is not None and count == first:
+            loaded = load_labels(labels, num_samples=None, class_names=dataset.class_names)
+            if len(loaded) > count:
+                return loaded[:count]
         return load_labels(labels, num_samples=count, class_names=dataset.class_names)
     array = np.asarray(labels)
     if array.ndim == 2 and array.shape[1] > 1:

@@ -43,6 +43,17 @@ Method
        (median, 10th and 90th percentiles). A slow drift of a shared machine (another
        process, frequency scaling, thermal throttling) multiplies both members of a pair
        alike and cancels in *q*, where it would widen the spread of two separate medians.
+    5. **Conclusive or not.** A ratio is *too noisy to conclude* when its p10–p90 spread
+       contains 1 (the candidate is faster in some repeats and slower in others) or is wider
+       than ±10 % of its median (``(p90 − p10) / 2 > 0.10 · median``): reports then say so,
+       with the spread, and call nothing the fastest. The 95 % confidence interval of the
+       median ratio is distribution-free: with the ``n`` ratios sorted, the order statistics
+       of ranks ``⌊n/2 − 0.98√n⌋`` and ``⌈n/2 + 0.98√n⌉`` (1-based; the binomial(n, ½)
+       quantiles by their normal approximation).
+    6. **``repeats="auto"``.** Repeating goes on in whole rotations, at least
+       :data:`AUTO_MIN_REPEATS`, until every candidate's confidence interval lies within
+       ±3 % of its median ratio (:data:`AUTO_PRECISION`) or the time budget
+       (``budget_s``) of the timed phase ends; :attr:`LatencyStats.stopped` says which.
 
 Peak memory (``memory=True``, Linux only, an approximation)
     Before the timing, a throwaway session of the base model is created and run once, so
@@ -115,18 +126,23 @@ class LatencySettings:
     """
 
     warmup: int = 10
-    repeats: int = 50
+    repeats: int | str = 50
     threads: int = 0
     providers: tuple[str, ...] | None = None
     memory: bool = False
     min_time_s: float | None = None
     spinning: bool = False
+    budget_s: float = 30.0  # repeats="auto": the longest the timed phase may last
 
     def __post_init__(self) -> None:
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise OptionError(f"latency warm-up must be an integer >= 0, got {self.warmup!r}")
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
-            raise OptionError(f"latency repeats must be an integer >= 1, got {self.repeats!r}")
+        if self.repeats != AUTO and (
+            isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1
+        ):
+            raise OptionError(f"latency repeats must be an integer >= 1 or 'auto', got {self.repeats!r}")
+        if isinstance(self.budget_s, bool) or not isinstance(self.budget_s, int | float) or not self.budget_s > 0:
+            raise OptionError(f"latency time budget must be a number of seconds > 0, got {self.budget_s!r}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
             raise OptionError(f"threads must be an integer >= 0 (0: onnxruntime's default), got {self.threads!r}")
         if self.threads > max_threads():
@@ -142,17 +158,80 @@ class LatencySettings:
                 raise OptionError(f"providers must be a sequence of names, got the string {self.providers!r}")
             object.__setattr__(self, "providers", tuple(self.providers))
 
+    @property
+    def auto(self) -> bool:
+        """Repeat until the ratios are precise (or the budget ends), not a fixed count."""
+        return self.repeats == AUTO
+
+    @property
+    def least_repeats(self) -> int:
+        """Repeats taken whatever happens (``repeats``, or :data:`AUTO_MIN_REPEATS` for auto)."""
+        return AUTO_MIN_REPEATS if self.auto else int(self.repeats)
+
+
+#: ``LatencySettings.repeats`` that repeats until the ratios are precise (module docstring, 6)
+AUTO = "auto"
+#: repeats="auto": the fewest repeats, and the confidence half-width (relative) that stops it
+AUTO_MIN_REPEATS = 20
+AUTO_PRECISION = 0.03
+#: A ratio whose p10–p90 half-spread is wider than this fraction of its median is noise.
+NOISE_LIMIT = 0.10
+#: Too noisy to conclude, in the words every report uses.
+TOO_NOISY = "too noisy to conclude"
+
+
+def median_interval(values: np.ndarray) -> tuple[float, float]:
+    """The distribution-free 95 % confidence interval of the median of ``values`` (module
+    docstring, 5); the whole range for fewer than 6 values."""
+    q = np.sort(np.asarray(values, dtype=np.float64))
+    n = q.size
+    half = 0.98 * math.sqrt(n)  # 1.96 · √n / 2
+    low = max(1, math.floor(n / 2 - half))
+    high = min(n, math.ceil(n / 2 + half))
+    return float(q[low - 1]), float(q[high - 1])
+
 
 @dataclass(frozen=True)
 class RatioStats:
-    """Paired ratios candidate time / base time, one per repeat (> 1: the candidate is slower)."""
+    """Paired ratios candidate time / base time, one per repeat (> 1: the candidate is slower).
+
+    ``ci_low``, ``ci_high``: the 95 % confidence interval of the median (module docstring, 5).
+    """
 
     median: float
     p10: float
     p90: float
+    ci_low: float | None = None
+    ci_high: float | None = None
 
-    def to_dict(self) -> dict[str, float]:
-        return {"median": self.median, "p10": self.p10, "p90": self.p90}
+    @classmethod
+    def of(cls, q: np.ndarray) -> RatioStats:
+        """The statistics of the paired ratios ``q``."""
+        low, high = median_interval(q)
+        return cls(float(np.median(q)), float(np.percentile(q, 10)), float(np.percentile(q, 90)), low, high)
+
+    @property
+    def conclusive(self) -> bool:
+        """The p10–p90 spread lies on one side of 1 and within ±:data:`NOISE_LIMIT` of the median."""
+        crosses = self.p10 <= 1.0 <= self.p90
+        return not crosses and (self.p90 - self.p10) / 2 <= NOISE_LIMIT * self.median
+
+    @property
+    def verdict(self) -> str:
+        """ "faster", "slower", or :data:`TOO_NOISY`."""
+        if not self.conclusive:
+            return TOO_NOISY
+        return "faster" if self.median < 1 else "slower"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "median": self.median,
+            "p10": self.p10,
+            "p90": self.p90,
+            "ci95": [self.ci_low, self.ci_high],
+            "conclusive": self.conclusive,
+            "verdict": self.verdict,
+        }
 
 
 @dataclass(frozen=True)
@@ -171,6 +250,7 @@ class LatencyStats:
     ratio: RatioStats | None  # against models[0]; None for the base itself
     peak_memory_bytes: int | None
     runs_per_sample: int = 1  # k: session runs timed together per sample
+    stopped: str | None = None  # repeats="auto": why repeating stopped
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,6 +259,7 @@ class LatencyStats:
             "min_ms": self.min_ms,
             "mean_ms": self.mean_ms,
             "repeats": self.repeats,
+            "stopped": self.stopped,
             "runs_per_sample": self.runs_per_sample,
             "samples_ms": list(self.samples_ms),
             "ratio": self.ratio.to_dict() if self.ratio is not None else None,
@@ -240,16 +321,11 @@ def measure_latency(
     log.debug("warm-up: %s ms per run; %d run(s) per sample", ", ".join(f"{t * 1e3:.4f}" for t in per_run), k)
     blocks = [k] * len(sessions)
 
-    samples = _timed(sessions, blocks, feeds, settings, progress)
+    samples, stopped = _timed(sessions, blocks, feeds, settings, progress)
     base = samples[0]
     results = []
     for i, s in enumerate(samples):
-        ratio = None
-        if i > 0:
-            q = s / base
-            ratio = RatioStats(
-                median=float(np.median(q)), p10=float(np.percentile(q, 10)), p90=float(np.percentile(q, 90))
-            )
+        ratio = RatioStats.of(s / base) if i > 0 else None
         results.append(
             LatencyStats(
                 median_ms=float(np.median(s)),
@@ -261,6 +337,7 @@ def measure_latency(
                 ratio=ratio,
                 peak_memory_bytes=memory[i],
                 runs_per_sample=blocks[i],
+                stopped=stopped,
             )
         )
     return results
@@ -272,16 +349,24 @@ def _timed(
     feeds: Mapping[str, Any],
     settings: LatencySettings,
     progress: Callable[[int], None] | None,
-) -> list[np.ndarray]:
-    """The interleaved timing loop; per model, one sample (ms per run) per repeat."""
+) -> tuple[list[np.ndarray], str | None]:
+    """The interleaved timing loop; per model, one sample (ms per run) per repeat; and, for
+    repeats="auto", why it stopped."""
     n = len(sessions)
     samples: list[list[float]] = [[] for _ in sessions]
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    stopped = None
     try:
         start = time.perf_counter()
         r = 0
-        while not _done(r, n, settings, time.perf_counter() - start):
+        while True:
+            if settings.auto:
+                stopped = _auto_done(r, n, samples, settings, time.perf_counter() - start)
+                if stopped is not None:
+                    break
+            elif _done(r, n, settings, time.perf_counter() - start):
+                break
             for m in _rotation(n, r):
                 run, k = sessions[m].run, blocks[m]
                 t0 = time.perf_counter_ns()
@@ -295,7 +380,29 @@ def _timed(
     finally:
         if gc_was_enabled:
             gc.enable()
-    return [np.asarray(s, dtype=np.float64) for s in samples]
+    return [np.asarray(s, dtype=np.float64) for s in samples], stopped
+
+
+def _auto_done(
+    r: int, n: int, samples: Sequence[Sequence[float]], settings: LatencySettings, elapsed_s: float
+) -> str | None:
+    """repeats="auto" after ``r`` repeats: None to go on, else why it stops (whole rotations only)."""
+    if r < AUTO_MIN_REPEATS or r % n:
+        return None
+    base = np.asarray(samples[0])
+    widest = 0.0
+    for s in samples[1:]:
+        q = np.asarray(s) / base
+        low, high = median_interval(q)
+        widest = max(widest, (high - low) / 2 / float(np.median(q)))
+    if widest <= AUTO_PRECISION:
+        return f"every ratio known within ±{100 * AUTO_PRECISION:.0f} % (95 % confidence) after {r} repeats"
+    if elapsed_s >= settings.budget_s:
+        return (
+            f"time budget of {settings.budget_s:g} s spent after {r} repeats; the widest ratio is known "
+            f"within ±{100 * widest:.1f} % only"
+        )
+    return None
 
 
 def _done(r: int, n: int, settings: LatencySettings, elapsed_s: float) -> bool:

@@ -205,3 +205,46 @@ def _parse_structure(raw: Any) -> dict[str, Any]:
         "blocked": blocked,
         "exact_max_diff": None if diff is None else float(diff),
     }
+
+
+#: The weight pass's options in ``metadata_props`` (see :func:`read_recipe`).
+OPTIONS_KEY = PREFIX + "options"
+
+
+def read_recipe(model: ModelProto) -> dict[str, Any] | None:
+    """How the weight pass that made ``model`` was set up, from ``onnxprune.options``: the
+    options a reader compares candidates by (``method``, ``sparsity``, ``scope``,
+    ``criterion``, ``pattern``, ``allocator``, ``plan`` as the number of its entries), and
+    ``text``, one line of them (``"sparsegpt, 50 %, local, curves allocation"``). None
+    without the key or when it is not a JSON object; never raises."""
+    meta = {entry.key: entry.value for entry in model.metadata_props}
+    try:
+        options = json.loads(meta[OPTIONS_KEY]) if OPTIONS_KEY in meta else None
+    except ValueError:
+        return None
+    if not isinstance(options, dict):
+        return None
+    recipe = {k: options.get(k) for k in ("method", "sparsity", "scope", "criterion", "pattern", "allocator")}
+    plan = options.get("plan")
+    recipe["plan"] = len(plan) if isinstance(plan, dict) else 0
+    return {**recipe, "text": recipe_text(recipe)}
+
+
+def recipe_text(recipe: dict[str, Any]) -> str:
+    """One line of a recipe (:func:`read_recipe`)."""
+    parts = [str(recipe.get("method") or "magnitude")]
+    pattern = recipe.get("pattern")
+    if pattern and pattern != "unstructured":
+        parts.append(f"{pattern} pattern")
+    sparsity = recipe.get("sparsity")
+    if isinstance(sparsity, int | float) and not isinstance(sparsity, bool):
+        parts.append(f"{100 * sparsity:.4g} %")
+    if recipe.get("plan"):
+        parts.append(f"a plan of {recipe['plan']} tensor(s)")
+    if recipe.get("scope") == "global":
+        parts.append(f"global {recipe.get('criterion') or 'magnitude'}")
+    elif recipe.get("criterion") not in (None, "magnitude"):
+        parts.append(str(recipe["criterion"]))
+    if recipe.get("allocator") not in (None, "uniform") and recipe.get("method") not in (None, "magnitude"):
+        parts.append(f"{recipe['allocator']} allocation")
+    return ", ".join(parts)

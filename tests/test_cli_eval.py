@@ -52,7 +52,9 @@ def test_prune_with_eval_evaluates_the_output_against_the_input(tmp_path: Path):
     result = _run("prune", CNN, out, "--sparsity", "0.3", "--data", DATA, "--labels", LABELS, "--no-latency", "-q")
     assert result.exit_code == 0, result.output
     assert "pruned 5 weight tensors" in result.output
-    assert re.search(r"p\.onnx .*%", result.output) and "top-1" in result.output
+    # -q: the prune summary and one line of the evaluation, no tables
+    assert re.search(r"\np\.onnx: file .*, top-1 \d+\.\d% \(-?\d\.\d pt\), cosine 0\.\d{4}\n", result.output)
+    assert "latency ms" not in result.output
 
 
 def test_eval_without_data_is_fidelity_only(pruned: Path):
@@ -202,3 +204,30 @@ def test_eval_warns_of_malformed_structure_metadata(tmp_path: Path, dead_removed
     assert re.search(r"note \(broken\.onnx\): the model's 'onnxprune\.structure' metadata is malformed", result.output)
     html = report.read_text()
     assert 'id="structure"' not in html and "metadata is malformed" in html  # shown as a warning
+
+
+def test_a_noisy_latency_ratio_is_printed_as_such():
+    from types import SimpleNamespace
+
+    from onnxprune.cli_eval import _ratio
+    from onnxprune.latency import TOO_NOISY, RatioStats
+
+    def report(ratio):
+        return SimpleNamespace(latency=SimpleNamespace(ratio=ratio), role="candidate")
+
+    assert _ratio(report(RatioStats(1.09, 0.25, 4.04))) == f"1.09x [0.25-4.04] {TOO_NOISY}"
+    assert _ratio(report(RatioStats(0.55, 0.52, 0.58))) == "0.55x [0.52-0.58]"
+
+
+def test_repeats_auto_on_the_command_line(tmp_path):
+    out = tmp_path / "e.json"
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "mlp_digits.onnx"
+    result = CliRunner().invoke(
+        main, ["eval", str(fixture), str(fixture), "--repeats", "auto", "--latency-budget", "3", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "latency (--repeats auto): " in result.output
+    latency = json.loads(out.read_text())["models"][1]["latency"]
+    assert latency["repeats"] >= 20 and latency["stopped"]
+    bad = CliRunner().invoke(main, ["eval", str(fixture), "--repeats", "some"])
+    assert bad.exit_code == 2 and "neither a number of repeats nor 'auto'" in bad.output

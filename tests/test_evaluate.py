@@ -109,7 +109,7 @@ def test_json_has_every_section_and_round_trips(tmp_path: Path, pruned_cnn: Path
     result = evaluate(model, [pruned_cnn], data=data, labels=labels, options=FAST)
     path = result.write_json(tmp_path / "eval.json")
     loaded = json.loads(path.read_text())
-    assert loaded["tool"]["name"] == "onnxprune"
+    assert (loaded["tool"], loaded["schema"], loaded["command"]) == ("onnxprune", 1, "eval")
     assert loaded["environment"]["onnxruntime"] == ort.__version__
     assert loaded["data"] == {
         "kind": "npz",

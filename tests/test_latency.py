@@ -18,7 +18,16 @@ import pytest
 
 from onnxprune import latency, runtime
 from onnxprune.errors import DataError, ModelLoadError, OptionError, UnsupportedModelError
-from onnxprune.latency import LatencySettings, LatencyStats, block_size, measure_latency, schedule
+from onnxprune.latency import (
+    TOO_NOISY,
+    LatencySettings,
+    LatencyStats,
+    RatioStats,
+    block_size,
+    measure_latency,
+    median_interval,
+    schedule,
+)
 
 FAST = LatencySettings(warmup=2, repeats=6)
 
@@ -102,14 +111,71 @@ def test_to_dict_is_json_and_complete():
         "min_ms",
         "mean_ms",
         "repeats",
+        "stopped",
         "runs_per_sample",
         "samples_ms",
         "ratio",
         "peak_memory_bytes",
     }
     assert d["samples_ms"] == list(cand.samples_ms)
-    assert d["ratio"] == {"median": cand.ratio.median, "p10": cand.ratio.p10, "p90": cand.ratio.p90}
-    assert base.to_dict()["ratio"] is None
+    r = cand.ratio
+    assert d["ratio"] == {
+        "median": r.median,
+        "p10": r.p10,
+        "p90": r.p90,
+        "ci95": [r.ci_low, r.ci_high],
+        "conclusive": r.conclusive,
+        "verdict": r.verdict,
+    }
+    assert base.to_dict()["ratio"] is None and d["stopped"] is None
+
+
+@pytest.mark.parametrize(
+    ("p10", "median", "p90", "verdict"),
+    [
+        (0.50, 0.55, 0.60, "faster"),  # ±9 %, all below 1
+        (1.20, 1.25, 1.30, "slower"),
+        (0.90, 0.97, 1.03, TOO_NOISY),  # crosses 1
+        (0.25, 1.09, 4.04, TOO_NOISY),  # what `make demo` once printed
+        (0.40, 0.55, 0.62, TOO_NOISY),  # below 1 but ±20 %
+    ],
+)
+def test_a_ratio_is_called_noise_when_its_spread_crosses_one_or_is_wide(p10, median, p90, verdict):
+    r = RatioStats(median, p10, p90)
+    assert r.verdict == verdict and r.conclusive is (verdict != TOO_NOISY)
+
+
+def test_the_median_interval_covers_the_median_at_about_95_percent():
+    rng = np.random.default_rng(0)
+    n, trials = 40, 2000
+    covered = 0
+    for _ in range(trials):
+        low, high = median_interval(rng.lognormal(0.0, 0.3, n))
+        covered += low <= 1.0 <= high  # the lognormal's median is exp(0) = 1
+    assert 0.92 <= covered / trials <= 0.99
+    low, high = median_interval(np.arange(1.0, 101.0))
+    assert low < 50.5 < high and high - low < 25
+
+
+def test_auto_repeats_stop_once_the_ratio_is_precise_or_the_budget_ends(monkeypatch):
+    settings = LatencySettings(warmup=1, repeats="auto", budget_s=5.0)
+    assert settings.auto and settings.least_repeats == latency.AUTO_MIN_REPEATS
+    # the same model twice on a quiet machine: its ratio settles near 1 well within the budget
+    base, cand = measure_latency([tiny(), tiny()], TINY_FEEDS, settings=settings)
+    assert cand.repeats >= latency.AUTO_MIN_REPEATS and cand.repeats % 2 == 0
+    assert cand.stopped is not None and base.stopped == cand.stopped
+    if "within ±3 %" in cand.stopped:
+        assert (cand.ratio.ci_high - cand.ratio.ci_low) / 2 <= 0.03 * cand.ratio.median
+    # never precise (every repeat's ratio drawn afresh): the budget ends it
+    rng = np.random.default_rng(1)
+    samples = [[1.0] * 40, list(rng.uniform(0.5, 2.0, 40))]
+    assert latency._auto_done(40, 2, samples, settings, 1.0) is None
+    assert "budget" in latency._auto_done(40, 2, samples, settings, 5.0)
+    assert latency._auto_done(41, 2, samples, settings, 5.0) is None  # whole rotations only
+    with pytest.raises(OptionError, match="'auto'"):
+        LatencySettings(repeats="many")
+    with pytest.raises(OptionError, match="budget"):
+        LatencySettings(repeats="auto", budget_s=0)
 
 
 def test_single_model_on_a_fixture(fixtures_dir: Path):

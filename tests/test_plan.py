@@ -313,3 +313,23 @@ def test_bad_options_raise_one_line_option_errors():
         with pytest.raises(OptionError, match=message) as info:
             call()
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("target", [0.3, 0.55, 0.6, 0.777])
+def test_exact_target_writes_four_significant_digits_and_keeps_the_target(target):
+    from onnxprune.sparsity.plan import exact_target
+
+    rng = np.random.default_rng(int(target * 1000))
+    levels = np.round(np.linspace(0, 0.9, 10), 2)
+    curves = [
+        Curve(
+            name=f"w{i}", levels=levels, loss=np.cumsum(rng.random(10)) * levels, size=int(rng.integers(1_000, 900_000))
+        )
+        for i in range(6)
+    ]
+    plan = exact_target(plan_for_target(curves, target), curves, target)
+    for level in plan.sparsity.values():
+        assert float(f"{level:.4g}") == level  # no 0.1675309096185687
+    assert f"{plan.fraction:.4g}" == f"{target:.4g}"  # the target, to the digits the plan is written with
+    json.dumps(plan.to_json())  # removed and total travel too
+    assert {"removed", "total"} <= set(plan.to_json())

@@ -853,3 +853,82 @@ def test_markup_in_group_names_and_reasons_is_escaped(structural):
     page = parse(text)
     assert "<script" not in text.lower() and "<img" not in text.lower() and "<b>" not in text
     assert "<script>alert(1)</script>" in page.text and "<i>k</i>: <b>v</b>" in page.text
+
+
+def _with_ratio(result: dict[str, Any], p10: float, median: float, p90: float) -> dict[str, Any]:
+    """``result`` with every candidate's latency ratio replaced (conclusive or not, as the evaluator says)."""
+    from onnxprune.latency import RatioStats
+
+    changed = copy.deepcopy(result)
+    for i, model in enumerate(changed["models"][1:]):
+        ratio = RatioStats(median * (1 + 0.01 * i), p10, p90)
+        model["latency"]["ratio"] = ratio.to_dict()
+        model["latency"]["median_ms"] = changed["models"][0]["latency"]["median_ms"] * ratio.median
+    return changed
+
+
+def test_noisy_latency_is_said_and_never_highlighted_as_best(result):
+    from onnxprune.latency import TOO_NOISY
+
+    noisy = render_html(_with_ratio(result, 0.25, 0.60, 4.04))
+    assert TOO_NOISY in noisy and "no latency is highlighted as best" in noisy
+    assert not re.search(r'<td class="num best" title="median: ', noisy)  # the latency column
+    assert not re.search(r'<td class="num best" title="candidate / base latency', noisy)
+    assert f"latency {TOO_NOISY} (0.60×, p10–p90 0.25–4.04)" in noisy  # the candidate's line
+    clear = render_html(_with_ratio(result, 0.55, 0.60, 0.65))
+    assert TOO_NOISY not in clear
+    assert re.search(r'<td class="num best" title="candidate / base latency', clear)
+
+
+def test_each_candidate_says_how_it_was_made(result, tmp_path):
+    from onnxprune.provenance import read_recipe, recipe_text
+
+    pruned = tmp_path / "p30.onnx"
+    onnxprune.prune_file(FIXTURES / "cnn_digits.onnx", pruned, onnxprune.PruneConfig(sparsity=0.3))
+    recipe = read_recipe(onnx.load(pruned))
+    assert recipe is not None and recipe["method"] == "magnitude" and recipe["sparsity"] == 0.3
+    changed = copy.deepcopy(result)
+    changed["models"][1]["recipe"] = recipe
+    text = render_html(changed)
+    assert "made with magnitude, 30 %" in text and text.count("made with") == 1
+    assert recipe_text({"method": "sparsegpt", "pattern": "2:4", "sparsity": None, "allocator": "curves"}) == (
+        "sparsegpt, 2:4 pattern, curves allocation"
+    )
+    assert read_recipe(onnx.load(FIXTURES / "cnn_digits.onnx")) is None
+
+
+def test_close_accuracies_get_a_zoomed_axis_whose_bars_still_compare(result):
+    from onnxprune.report.plots import zoom_floor
+
+    changed = copy.deepcopy(result)
+    accuracies = ((0.991, 1.0), (0.989, 1.0), (0.985, 0.999), (0.97, 0.998))
+    for model, (top1, top5) in zip(changed["models"], accuracies, strict=True):
+        model["accuracy"].update(top1=top1, top5=top5)
+    floor = zoom_floor([0.991, 0.989, 0.985, 0.97, 1.0, 1.0, 0.999, 0.998])
+    assert floor == 0.95  # 0.97 less half the 3-point spread, down to a whole percent
+    page = parse(render_html(changed))
+    figure = page.figures["plot-accuracy"]
+    assert "The axis starts at 95" in " ".join(figure["text"])  # a nice tick: the caption names the axis' start
+    bars = [b for b in figure["bars"] if b["fill"] == PALETTE[0]]  # top-1
+    heights = [float(b["height"]) / (float(b["data-value"]) - 0.95) for b in bars]
+    assert max(heights) - min(heights) < 0.02 * max(heights)  # length ∝ value − axis start
+    assert zoom_floor([0.4, 0.9]) is None and zoom_floor([0.99]) is None  # far apart, or alone: from 0
+
+
+def test_pareto_charts_place_every_model_and_join_the_front(result):
+    from onnxprune.report.plots import pareto_front
+
+    assert pareto_front([(1.0, 0.99), (0.8, 0.98), (0.9, 0.97), (0.5, 0.90), (0.6, 0.89)]) == [
+        (0.5, 0.90),
+        (0.8, 0.98),
+        (1.0, 0.99),
+    ]
+    html = render_html(result)
+    page = parse(html)
+    for plot_id in ("plot-pareto-size", "plot-pareto-latency"):
+        text = " ".join(page.figures[plot_id]["text"])
+        assert "Pareto front" in text and "up and to the left is better" in text
+        raw = re.search(rf'<figure id="{plot_id}".*?</figure>', html, flags=re.S).group(0)
+        assert raw.count('<circle class="mark"') == len(result["models"])  # one point per model
+        assert raw.count('<polyline class="line"') >= 1  # the front
+    assert "plot-pareto-size" not in parse(render_html({**result, "models": result["models"][:2]})).figures

@@ -87,7 +87,7 @@ def test_a_plan_hits_the_target_and_max_loss_is_checked_on_the_data():
     plan = plan_from(sens, target=0.7)
     sizes = {c.weight: c.size for c in sens.curves}
     overall = sum(plan.sparsity[name] * size for name, size in sizes.items()) / sum(sizes.values())
-    assert overall == pytest.approx(0.7, abs=1e-6)
+    assert overall == pytest.approx(0.7, rel=5e-5)  # plan levels have 4 significant digits
     budget = 0.005
     checked, measured = tightened_until(MLP, sens, plan_from(sens, max_loss=budget), budget, data=data, labels=labels)
     assert measured <= budget
@@ -141,7 +141,7 @@ def test_analyze_command_prints_curves_and_writes_a_plan(tmp_path):
     plan = load_plan(plan_path)
     assert set(plan) == {"fc1.weight", "fc2.weight", "fc3.weight"}
     data = json.loads(report.read_text())
-    assert data["plan"]["fraction"] == pytest.approx(0.6) and len(data["curves"]) == 3
+    assert data["plan"]["fraction"] == pytest.approx(0.6, rel=5e-5) and len(data["curves"]) == 3
 
 
 @pytest.mark.parametrize(
@@ -168,7 +168,7 @@ def test_layer_plan_for_a_flops_budget_keeps_that_share_of_the_macs():
     plan = plan_from(sens, keep_flops=0.5)
     total = sum(costs[c.weight] * c.size for c in sens.curves)
     kept = sum(costs[c.weight] * c.size * (1 - plan.sparsity[c.weight]) for c in sens.curves)
-    assert kept / total == pytest.approx(0.5, abs=1e-6)
+    assert kept / total == pytest.approx(0.5, rel=5e-5)
     assert costs["block.conv1.weight"] > costs["fc1.weight"]  # a conv weight is reused at every position
 
 
@@ -194,9 +194,9 @@ def test_structural_curves_and_group_plans(tmp_path):
         assert curve.loss[3] > curve.loss[1] >= 0.0
     assert analyze_groups(path, data=data, cache_dir=tmp_path, repeats=5).cached
     half = plan_groups(sens, target=0.5)
-    assert half.fraction == pytest.approx(0.5, abs=1e-6)
+    assert half.fraction == pytest.approx(0.5, rel=5e-5)
     flops = plan_groups(sens, keep_flops=0.8)
-    assert flops.removed == pytest.approx(0.2, abs=1e-6)  # predicted share of the MACs saved
+    assert flops.removed == pytest.approx(0.2, rel=5e-5)  # predicted share of the MACs saved (4 digits)
     budget = 0.02
     checked, measured = tightened_groups(path, sens, plan_groups(sens, max_loss=budget), budget, data=data, labels=None)
     assert measured <= budget

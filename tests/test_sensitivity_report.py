@@ -382,3 +382,27 @@ def test_predicted_loss_uses_the_planners_envelope_and_the_mark_the_measured_cur
     (mark,) = page.find("circle", "mark")
     assert float(mark["data-y"]) == 0.05  # the dot sits on the measured curve
     assert float(mark["cy"]) == pytest.approx(polyline_points(page.find("polyline", "line")[0])[2][1], abs=0.02)
+
+
+def _page_text(path: Path) -> str:
+    text = re.sub(r"<style.*?</style>|<svg.*?</svg>", " ", path.read_text(), flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).replace("&#x27;", "'")
+
+
+def test_the_structural_analysis_page_states_groups_data_goal_and_signs(tmp_path):
+    page, data = tmp_path / "a.html", FIXTURES / "cnn_digits.test.npz"
+    args = [str(FIXTURES / "cnn_digits.onnx"), "--structural", "--data", str(data), "--samples", "48"]
+    args += ["--target-latency", "0.7", "--report", str(page), "--json", str(tmp_path / "a.json"), "--workers", "1"]
+    result = CliRunner().invoke(analyze_command, [*args, "--no-cache", "-q"])
+    assert result.exit_code == 0, result.output
+    text = _page_text(page)
+    assert "not stated" not in text and "0 layers" not in text and "0 of 0" not in text
+    assert "loss: 1 - cosine · 4 groups" in text and "groups analysed 4 (144 units)" in text
+    assert f"data {data} (48 samples)" in text
+    assert "goal keep 70 % of the latency (onnxprune analyze --target-latency 0.7)" in text
+    assert "predicted latency saved 30 %" in text  # the goal, met by the plan's prediction
+    assert "−-" not in text and "+-" not in text and "−+" not in text
+    assert "Not measured: the analysis lists no layers" not in text  # no empty Layers section
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert saved["goal"] == {"target_latency": 0.7} and saved["source"]["samples"] == 48
+    assert all(float(f"{v:.4g}") == v for v in saved["plan"]["plan"].values())

@@ -311,6 +311,7 @@ class _Figures(html.parser.HTMLParser):
         self.current: str | None = None
         self.area: dict[str, dict[str, float]] = {}
         self.size: dict[str, tuple[float, float]] = {}
+        self.marks: dict[str, list[str]] = {}  # point charts (Pareto): the colour of each marked point
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
@@ -319,6 +320,8 @@ class _Figures(html.parser.HTMLParser):
             self.area[self.current] = {}
         elif self.current and tag == "svg":
             self.size[self.current] = (float(a["width"]), float(a["height"]))
+        elif self.current and tag == "circle" and a.get("class") == "mark":
+            self.marks.setdefault(self.current, []).append((a.get("fill") or "").lower())
         elif self.current and tag == "rect" and (a.get("class") in ("bar", "swatch")):
             fill = (a.get("fill") or "").lower()
             area = max(float(a["width"]) - 1, 0) * max(float(a["height"]) - 1, 0)
@@ -411,6 +414,15 @@ def main() -> int:
             png = work / f"{plot_id}.png"
             screenshot(browser, single, png, int(width) + 40, int(height) + 120, work / "profile")
             # the plot's own page has no figure CSS: the svg renders at its declared size
+            marks = figures.marks.get(plot_id, [])
+            if marks and not areas:  # a point chart: every point's colour is on the screen
+                seen = colour_counts(Image.open(png), marks, tolerance=24)
+                missing = [c for c in marks if seen[c] < 10]
+                detail = f"{len(marks) - len(missing)} of {len(marks)} points seen" + (
+                    f", missing {missing}" if missing else ""
+                )
+                check(f"{plot_id} points drawn", not missing, detail, results)
+                continue
             seen = colour_counts(Image.open(png), list(areas))
             ratios = {c: seen[c] / areas[c] for c in areas if areas[c] > 0}
             ok = bool(ratios) and all(0.6 <= r <= 1.3 for r in ratios.values())

@@ -5,7 +5,10 @@ lo = min(0, values), hi = max(0, values, reference), both widened to "nice" tick
 (steps of 1, 2, 2.5 or 5 × 10^k), or hi fixed by ``domain_max`` (1.0 for fractions). A
 bar spans from the zero line to its value v, so its length is |v| · L / (hi − lo), with L
 the plot's length in pixels: bar lengths are proportional to the values, and two bars of
-the same chart compare honestly. Whiskers (``low``–``high``, e.g. a p10–p90 spread) are
+the same chart compare honestly. A *zoomed* chart (``domain_min`` > 0, for values that all
+lie close together, such as accuracies of 98.9 and 99.1 %) starts its axis at that nice
+tick instead: bars span from it, their lengths are proportional to ``v − lo``, and the
+axis says so with a "zoomed" mark and the caption names the axis minimum. Whiskers (``low``–``high``, e.g. a p10–p90 spread) are
 drawn on the same scale, centred on their bar.
 
 Every bar is a ``<rect class="bar">`` carrying its exact value in ``data-value`` and in a
@@ -93,6 +96,7 @@ class BarChart:
     bar_thickness: int = 14  # horizontal charts: the height of one bar
     label_chars: int = 44  # horizontal charts: longer category labels are shortened in the middle
     domain_max: float | None = None
+    domain_min: float | None = None  # > 0: a zoomed axis that starts here (module docstring)
     tick_unit: float = 1.0  # ticks are nice multiples of this unit (1024 for KiB ...)
     tick_format: Callable[[float], str] | None = None  # None: value_format
     reference: float | None = None
@@ -184,6 +188,8 @@ def _domain(chart: BarChart) -> list[float]:
     if chart.reference is not None:
         values.append(chart.reference)
     lo = min([0.0, *values])
+    if chart.domain_min is not None and 0 < chart.domain_min <= min(values, default=0.0):
+        lo = chart.domain_min
     hi = max([0.0, *values])
     unit = chart.tick_unit if chart.tick_unit > 0 else 1.0
     if chart.domain_max is not None and chart.domain_max >= hi:
@@ -318,7 +324,7 @@ def _vertical(chart: BarChart) -> str:
                 transform=f"rotate(-90 {num(PAD + 10)} {num(cy)})",
             )
         )
-    zero = y_of(0.0)
+    zero = y_of(max(lo, 0.0))  # a zoomed axis: bars start at its minimum
     for ci, lines in enumerate(label_lines):
         gx = left + ci * group
         start = gx + (group - bar_w * n_ser) / 2
@@ -469,7 +475,7 @@ def _horizontal(chart: BarChart) -> str:
                 fill=MUTED,
             )
         )
-    zero = x_of(0.0)
+    zero = x_of(max(lo, 0.0))  # a zoomed axis: bars start at its minimum
     for ci, category in enumerate(chart.categories):
         gy = plot_top + ci * group + gap / 2
         parts.append(

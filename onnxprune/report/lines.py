@@ -66,6 +66,7 @@ class LineChart:
     legend_chars: int = 40
     reference_x: float | None = None  # a dashed vertical line (a target)
     reference_label: str = ""
+    y_from_zero: bool = True  # False: y spans the data only (close values, e.g. accuracies)
 
 
 def _sqrt_scale(value: float) -> float:
@@ -126,7 +127,8 @@ def render_lines(chart: LineChart) -> str:
         x_lo, x_hi = x_ticks[0], x_ticks[-1]
     if not x_hi > x_lo:
         x_hi = x_lo + 1.0
-    y_ticks = _line_y_ticks(chart, min([0.0, *ys]), max([0.0, *ys]))
+    floor = [0.0] if chart.y_from_zero or not ys else []
+    y_ticks = _line_y_ticks(chart, min([*floor, *ys]), max([*floor, *ys]))
     y_lo, y_hi = y_ticks[0], y_ticks[-1]
     scale = _sqrt_scale if chart.y_scale == "sqrt" else (lambda v: v)
     s_lo, s_hi = scale(y_lo), scale(y_hi)

@@ -112,11 +112,19 @@ def _plots(figures_: list[Figure]) -> str:
     return out
 
 
+def _made_by(result: Mapping[str, Any]) -> str:
+    """The tool and its version: the envelope's ``tool`` and ``version`` (schema 1), or the
+    ``{"name", "version"}`` mapping of results written before it."""
+    tool = result.get("tool")
+    if isinstance(tool, Mapping):
+        name, version = nb.text(tool.get("name")), nb.text(tool.get("version"))
+    else:
+        name, version = nb.text(tool), nb.text(result.get("version"))
+    return " ".join(t for t in (name or "onnxprune", version) if t)
+
+
 def _header(result: Mapping[str, Any], models: list[Mapping[str, Any]], labels: list[str]) -> str:
-    tool = nb.mapping(result.get("tool"))
-    name = nb.text(tool.get("name")) or "onnxprune"
-    version = nb.text(tool.get("version"))
-    facts = [f"{name} {version}" if version else name]
+    facts = [_made_by(result)]
     created = nb.fmt_created(result.get("created"))
     if created:
         facts.append(created)
@@ -258,9 +266,7 @@ def render_html(result: Mapping[str, Any]) -> str:
         + _section("settings", "Settings", settings)
         + "</div></div>"
     )
-    tool = nb.mapping(result.get("tool"))
-    made_by = " ".join(t for t in (nb.text(tool.get("name")) or "onnxprune", nb.text(tool.get("version"))) if t)
-    body.append(f"<footer>Made by {escape(made_by)}. This page needs no network and runs no script.</footer>")
+    body.append(f"<footer>Made by {escape(_made_by(result))}. This page needs no network and runs no script.</footer>")
     title = f"{labels[0]} — pruning report" if models else "onnxprune report"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -18,13 +18,14 @@ Definitions shown:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Any
 
 from onnxprune.report import numbers as nb
-from onnxprune.report.charts import PALETTE, BarChart, Series, colors, render
+from onnxprune.report.charts import PALETTE, BarChart, Series, colors, nice_ticks, render
 
 #: At most this many layers (the largest by parameters) appear in the sparsity plot.
 MAX_LAYERS = 40
@@ -180,12 +181,31 @@ def ratio_figure(models: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> 
     return _figure("plot-latency-ratio", title, chart, caption, "no latency ratio to the base was timed")
 
 
+#: Fractions that all lie above this, within :data:`ZOOM_SPREAD` of each other, get a zoomed axis.
+ZOOM_ABOVE = 0.5
+ZOOM_SPREAD = 0.25
+
+
+def zoom_floor(values: Sequence[float | None]) -> float | None:
+    """Where a zoomed axis of fractions starts (None: from 0): the values' minimum less half
+    their spread (at least half a point), rounded down to a whole percent, when every value
+    is above :data:`ZOOM_ABOVE` and they span less than :data:`ZOOM_SPREAD` (99.1 % against
+    98.9 % should look different, 40 % against 90 % need no zoom)."""
+    present = [v for v in values if v is not None and math.isfinite(v)]
+    if len(present) < 2 or min(present) <= ZOOM_ABOVE or max(present) - min(present) >= ZOOM_SPREAD:
+        return None
+    low = min(present) - max(0.5 * (max(present) - min(present)), 0.005)
+    return max(0.0, math.floor(100 * low) / 100) or None
+
+
 def accuracy_figure(models: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> Figure:
     top1 = _values(models, "accuracy", "top1")
     top5 = _values(models, "accuracy", "top5")
     if any(v is not None for v in (*top1, *top5)):
         series = [Series("top-1", top1, PALETTE[0]), Series("top-5", top5, PALETTE[6])]
         title = "Accuracy per model"
+        floor = zoom_floor([*top1, *top5])
+        base = top1[0] if top1 else None
         chart = _models_chart(
             title=title,
             labels=labels,
@@ -193,10 +213,19 @@ def accuracy_figure(models: Sequence[Mapping[str, Any]], labels: Sequence[str]) 
             value_format=nb.fmt_percent,
             tick_format=_percent_tick,
             domain_max=1.0,
+            domain_min=floor,
+            reference=base if len(models) > 1 else None,
+            reference_label="base top-1",
         )
         samples = {int(s) for s in _values(models, "accuracy", "samples") if s is not None}
         on = f" on {samples.pop():,} labelled samples" if len(samples) == 1 else " on the labelled samples"
-        return _figure("plot-accuracy", title, chart, f"Top-1 and top-5 accuracy{on}.", "no accuracy")
+        zoomed = (  # the axis starts at the nice tick at or below the floor (charts._domain)
+            f" The axis starts at {nb.fmt_percent(nice_ticks(floor, 1.0)[0])}, not 0, so that small differences "
+            "show; the dashed line is the base's top-1."
+            if floor is not None
+            else ""
+        )
+        return _figure("plot-accuracy", title, chart, f"Top-1 and top-5 accuracy{on}.{zoomed}", "no accuracy")
     candidates = list(models[1:])
     series = [
         Series("top-1 agreement", _values(candidates, "fidelity", "overall", "top1_agreement"), PALETTE[0]),
@@ -340,6 +369,75 @@ def compute_figure(models: Sequence[Mapping[str, Any]], labels: Sequence[str]) -
     return _figure("plot-compute", title, chart, caption, "the result has no compute counts")
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both counts (smaller x, larger y), by x."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def _quality(models: Sequence[Mapping[str, Any]]) -> tuple[str, list[float | None]]:
+    """What the Pareto charts call quality: top-1 accuracy with labels, else cosine to the base."""
+    top1 = list(_values(models, "accuracy", "top1"))
+    if sum(v is not None for v in top1) == len(models):
+        return "top-1 accuracy", top1
+    cosine = [1.0, *_values(models[1:], "fidelity", "overall", "cosine")]
+    return "cosine to the base", cosine
+
+
+def pareto_figures(models: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> list[Figure]:
+    """Quality against compressed size and against latency, one point per model and the
+    Pareto front joined, when there are at least two candidates (else nothing)."""
+    from onnxprune.report.lines import Line, LineChart, render_lines
+
+    if len(models) < 3:
+        return []
+    quality_name, quality = _quality(models)
+    base_size = nb.number(nb.dig(models[0], "size", "compressed_bytes"))
+    sizes = [
+        None if (v := nb.number(nb.dig(m, "size", "compressed_bytes"))) is None or not base_size else v / base_size
+        for m in models
+    ]
+    latency = [1.0, *_values(models[1:], "latency", "ratio", "median")]
+    palette = colors(len(models))
+    out = []
+    for plot_id, what, xs, x_name in (
+        ("plot-pareto-size", "compressed size", sizes, "compressed size (× the base)"),
+        ("plot-pareto-latency", "latency", latency, "latency (× the base, median ratio)"),
+    ):
+        points = [
+            (x, y, i) for i, (x, y) in enumerate(zip(xs, quality, strict=True)) if x is not None and y is not None
+        ]
+        title = f"{quality_name.capitalize()} against {what}"
+        if len(points) < 3:
+            out.append(Figure(plot_id, title, f"Not measured: {what} or quality of too few models.", None))
+            continue
+        front = pareto_front([(x, y) for x, y, _ in points])
+        lines = [Line("Pareto front", tuple(front), "#94a3b8")]
+        lines += [Line(labels[i], ((x, y),), palette[i], mark=(x, y), mark_note=f"{labels[i]}") for x, y, i in points]
+        chart = LineChart(
+            title=title,
+            lines=tuple(lines),
+            x_label=x_name,
+            y_label=quality_name,
+            x_format=lambda v: f"{v:.2f}×",
+            y_format=(lambda v: nb.fmt_decimal(v, 4)) if quality_name.startswith("cosine") else nb.fmt_percent,
+            y_from_zero=False,
+            width=WIDE,
+        )
+        best = ", ".join(labels[i] for x, y, i in points if (x, y) in front)
+        caption = (
+            f"Each model at its {x_name} and {quality_name}; up and to the left is better. On the Pareto front "
+            f"(no other model is both smaller or faster and better): {best}."
+        )
+        if what == "latency" and any(nb.dig(m, "latency", "ratio", "conclusive") is False for m in models[1:]):
+            caption += " Some latency ratios are too noisy to conclude: read their positions with care."
+        out.append(Figure(plot_id, title, caption, render_lines(chart), wide=True))
+    return out
+
+
 def figures(models: Sequence[Mapping[str, Any]]) -> list[Figure]:
     """All plots of the report, in page order. Without candidates there is no ratio or fidelity plot."""
     if not models:
@@ -353,4 +451,5 @@ def figures(models: Sequence[Mapping[str, Any]]) -> list[Figure]:
         *([ratio_figure(models, labels), fidelity_figure(models, labels)] if compared else []),
         compute_figure(models, labels),
         sparsity_figure(models, labels),
+        *pareto_figures(models, labels),
     ]

@@ -208,7 +208,7 @@ def _kind_text(kinds: Sequence[str]) -> str:
     return "; ".join(f"{k}: {KINDS[k]}" if k in KINDS else k for k in kinds)
 
 
-def _header(data: Mapping[str, Any], curves: Sequence[SensitivityCurve]) -> str:
+def _header(data: Mapping[str, Any], curves: Sequence[SensitivityCurve], noun: str) -> str:
     model = nb.text(data.get("model"))
     options = nb.mapping(data.get("options"))
     facts = [(model or "").replace("\\", "/").rsplit("/", 1)[-1] or "model not named"]
@@ -216,24 +216,42 @@ def _header(data: Mapping[str, Any], curves: Sequence[SensitivityCurve]) -> str:
     method = nb.text(options.get("method"))
     if method:
         facts.append(f"method: {method}")
-    facts.append(f"{len(curves)} layer{'s' if len(curves) != 1 else ''}")
+    facts.append(f"{len(curves)} {noun}{'s' if len(curves) != 1 else ''}")
     if nb.number(data.get("seconds")) is not None:
         facts.append(f"measured in {_fmt_seconds(data.get('seconds'))}")
     return f'<header><h1>Sensitivity analysis</h1><p class="meta">{escape(" · ".join(facts))}</p></header>'
 
 
-def _analysis_facts(data: Mapping[str, Any], curves: Sequence[SensitivityCurve]) -> str:
+def _data_text(data: Mapping[str, Any]) -> str:
+    """What the losses were measured on: the source the CLI recorded, else the options' flag."""
+    source = nb.mapping(data.get("source"))
+    where = nb.text(source.get("data"))
+    if where:
+        samples = nb.number(source.get("samples"))
+        labels = nb.text(source.get("labels"))
+        return (
+            where
+            + (f" ({int(samples):,} samples)" if samples is not None else "")
+            + (f", labels {labels}" if labels else "")
+        )
+    used = nb.mapping(data.get("options")).get("data")
+    if isinstance(used, bool):
+        return "measured on data" if used else "none (data-free)"
+    return nb.MISSING
+
+
+def _analysis_facts(data: Mapping[str, Any], curves: Sequence[SensitivityCurve], noun: str) -> str:
     options = nb.mapping(data.get("options"))
     sizes = [c.size for c in curves if c.size is not None]
-    used = options.get("data")
+    units = "units" if noun == "group" else "weights"
     rows = [
         ("model", nb.text(data.get("model")) or nb.MISSING),
         ("loss", _kind_text(_kinds(curves))),
-        ("method", nb.fmt_general(options.get("method"))),
+        *([("method", nb.fmt_general(options.get("method")))] if noun == "layer" else []),
         ("levels", ", ".join(fmt_level(v) for v in nb.items(options.get("levels"))) or nb.MISSING),
-        ("minimum size", nb.fmt_general(options.get("min_size"))),
-        ("data", nb.MISSING if not isinstance(used, bool) else ("measured on data" if used else "none (data-free)")),
-        ("layers analysed", f"{len(curves):,} ({sum(sizes):,.0f} weights)" if sizes else f"{len(curves):,}"),
+        *([("minimum size", nb.fmt_general(options.get("min_size")))] if noun == "layer" else []),
+        ("data", _data_text(data)),
+        (f"{noun}s analysed", f"{len(curves):,} ({sum(sizes):,.0f} {units})" if sizes else f"{len(curves):,}"),
         ("time", _fmt_seconds(data.get("seconds"))),
         ("digest", nb.text(data.get("digest")) or nb.MISSING),
     ]
@@ -257,24 +275,54 @@ def _overall(curves: Sequence[SensitivityCurve], levels: Mapping[str, float] | N
     return sum(n * s for n, s in sized) / total if total and sized else None
 
 
-def _plan_section(data: Mapping[str, Any], curves: Sequence[SensitivityCurve], levels: dict[str, float] | None) -> str:
+#: How each goal of ``onnxprune analyze`` reads, from its value.
+GOALS = {
+    "target_sparsity": lambda v: f"overall sparsity {fmt_level(v)} (onnxprune analyze --target-sparsity {v:g})",
+    "target_latency": lambda v: f"keep {fmt_level(v)} of the latency (onnxprune analyze --target-latency {v:g})",
+    "target_flops": lambda v: f"keep {fmt_level(v)} of the MACs (onnxprune analyze --target-flops {v:g})",
+    "max_loss": lambda v: f"loss at most {fmt_loss(v)} (onnxprune analyze --max-loss {v:g})",
+}
+
+
+def _goal_text(data: Mapping[str, Any]) -> str:
+    goal = nb.mapping(data.get("goal"))
+    values = {k: nb.number(v) for k, v in goal.items() if k in GOALS}
+    return "; ".join(GOALS[k](v) for k, v in values.items() if v is not None) or "not stated"
+
+
+def _plan_section(
+    data: Mapping[str, Any], curves: Sequence[SensitivityCurve], levels: dict[str, float] | None, noun: str
+) -> str:
     if levels is None:
         return _section(
             "plan",
             "Plan",
-            '<p class="note">No plan was made: run <code>onnxprune analyze</code> with --target-sparsity or '
-            "--max-loss to choose a level per layer.</p>",
+            f'<p class="note">No plan was made: run <code>onnxprune analyze</code> with a goal (--target-sparsity, '
+            f"--target-flops, --target-latency with --structural, or --max-loss) to choose a level per {noun}.</p>",
         )
     plan = nb.mapping(data.get("plan"))
     predicted = nb.number(plan.get("predicted_loss"))
     parts = [c for c in (predicted_loss(c, levels[c.name]) for c in curves if c.name in levels) if c is not None]
     budget = nb.text(plan.get("budget")) or "sparsity"
     measured = nb.number(data.get("measured_loss"))
+    goal = nb.mapping(data.get("goal"))
+    removed = (
+        "units removed from the analysed groups" if noun == "group" else "overall sparsity of the analysed weights"
+    )
+    fraction_name = {
+        "target_latency": "predicted latency saved",
+        "target_flops": "predicted MACs saved" if noun == "group" else "non-zero MACs removed",
+    }
+    named = next((fraction_name[k] for k in goal if k in fraction_name), f"plan fraction ({budget})")
+    # a group plan for latency or MACs removes a fraction of the model's (each unit costs its
+    # measured share); a weight plan's fraction is of the analysed layers' budget
+    saved = plan.get("removed") if noun == "group" and named != f"plan fraction ({budget})" else plan.get("fraction")
     rows = [
-        ("planned layers", f"{sum(c.name in levels for c in curves):,} of {len(curves):,}"),
-        (f"plan fraction ({budget})", fmt_level(plan.get("fraction"))),
-        ("overall sparsity of the analysed weights", fmt_level(_overall(curves, levels))),
-        ("predicted loss", fmt_loss(predicted) + (f" (sum over layers: {fmt_loss(sum(parts))})" if parts else "")),
+        ("goal", _goal_text(data)),
+        (f"planned {noun}s", f"{sum(c.name in levels and levels[c.name] > 0 for c in curves):,} of {len(curves):,}"),
+        (named, fmt_level(saved)),
+        (removed, fmt_level(_overall(curves, levels))),
+        ("predicted loss", fmt_loss(predicted) + (f" (sum over {noun}s: {fmt_loss(sum(parts))})" if parts else "")),
         ("measured loss", fmt_loss(measured) if measured is not None else "not measured"),
     ]
     body = _facts(rows)
@@ -362,11 +410,11 @@ def _point_at(curve: SensitivityCurve, level: float) -> _Point | None:
 def _loss_cell(point: _Point | None) -> str:
     if point is None:
         return '<td class="num" title="not measured at this level">—</td>'
-    saved = []
-    if point.latency_saved is not None:
-        saved.append(f"latency −{fmt_level(point.latency_saved)}")
-    if point.macs_saved is not None:
-        saved.append(f"MACs −{fmt_level(point.macs_saved)}")
+    saved = [
+        f"{what} {'−' if value >= 0 else '+'}{fmt_level(abs(value))}"
+        for what, value in (("latency", point.latency_saved), ("MACs", point.macs_saved))
+        if value is not None
+    ]
     detail = f'<span class="detail">{escape(" · ".join(saved))}</span>' if saved else ""
     return f'<td class="num" title="{point.loss!r}">{escape(fmt_loss(point.loss))}{detail}</td>'
 
@@ -455,16 +503,19 @@ def render_sensitivity_html(data: Mapping[str, Any]) -> str:
             f"the sensitivity report needs the analysis as a mapping (onnxprune analyze --json), got {type(data).__name__}"
         )
     curves = read_curves(data.get("curves"))
+    groups = read_curves(data.get("groups")) if data.get("groups") is not None else []
     levels = _plan_levels(data)
-    overall = _overall(curves, levels)
+    structural = bool(nb.mapping(data.get("options")).get("structural")) or (groups and not curves)
+    primary, noun = (groups, "group") if structural else (curves, "layer")
     body = [
-        _header(data, curves),
-        _section("analysis", "Analysis", _analysis_facts(data, curves)),
-        _plan_section(data, curves, levels),
-        _family("layers", "Layers", curves, levels, noun="layer", x_label="sparsity", reference=overall),
+        _header(data, primary, noun),
+        _section("analysis", "Analysis", _analysis_facts(data, primary, noun)),
+        _plan_section(data, primary, levels, noun),
     ]
-    if "groups" in data and data.get("groups") is not None:
-        groups = read_curves(data.get("groups"))
+    if not structural or curves:
+        overall = _overall(curves, levels)
+        body.append(_family("layers", "Layers", curves, levels, noun="layer", x_label="sparsity", reference=overall))
+    if data.get("groups") is not None:
         body.append(
             _family("groups", "Channel groups", groups, levels, noun="group", x_label="units removed", reference=None)
         )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from onnxprune.latency import TOO_NOISY
 from onnxprune.report import numbers as nb
 from onnxprune.report import structure
 from onnxprune.report.plots import layer_key, layer_label
@@ -38,6 +39,17 @@ class Column:
     best: str | None = None  # "min", "max" or None (no best)
     detail: Callable[[Model], str] | None = None  # a second, muted line
     compares: bool = False  # a comparison with the base: meaningless without candidates
+    trusted: Callable[[Sequence[Model]], bool] | None = None  # False: the values are noise, no best
+
+
+def _latency_conclusive(m: Model) -> bool:
+    """The candidate's latency ratio is not noise (its p10–p90 spread on one side of 1, within ±10 %)."""
+    ratio = nb.mapping(nb.dig(m, "latency", "ratio"))
+    return not ratio or ratio.get("conclusive") is not False
+
+
+def _latency_trusted(models: Sequence[Model]) -> bool:
+    return all(_latency_conclusive(m) for m in models)
 
 
 def _cell(text: str, *, tooltip: str = "", classes: Sequence[str] = ("num",), detail: str = "") -> str:
@@ -69,7 +81,9 @@ def _sparsity_detail(m: Model) -> str:
 def _ratio_spread(m: Model) -> str:
     ratio = nb.mapping(nb.dig(m, "latency", "ratio"))
     low, high = nb.number(ratio.get("p10")), nb.number(ratio.get("p90"))
-    return "" if low is None or high is None else f"{low:.2f}–{high:.2f}"
+    if low is None or high is None:
+        return ""
+    return f"{low:.2f}–{high:.2f}" + ("" if _latency_conclusive(m) else f" {TOO_NOISY}")
 
 
 def _latency_tooltip(m: Model) -> str:
@@ -149,6 +163,7 @@ def summary_columns(models: Sequence[Model]) -> list[Column]:
             lambda m: nb.fmt_ms(nb.dig(m, "latency", "median_ms")),
             _latency_tooltip,
             "min",
+            trusted=_latency_trusted,
         ),
         Column(
             "Latency",
@@ -162,6 +177,7 @@ def summary_columns(models: Sequence[Model]) -> list[Column]:
             "min",
             detail=_ratio_spread,
             compares=True,
+            trusted=_latency_trusted,
         ),
         Column(
             "Latency",
@@ -222,6 +238,8 @@ def _best_flags(column: Column, models: Sequence[Model]) -> list[bool]:
     present = [v for v in values if v is not None]
     if column.best is None or len(present) < 2 or len(set(present)) < 2:
         return [False] * len(models)
+    if column.trusted is not None and not column.trusted(models):
+        return [False] * len(models)
     best = min(present) if column.best == "min" else max(present)
     return [v == best for v in values]
 
@@ -270,6 +288,11 @@ def summary_table(models: Sequence[Model], labels: Sequence[str]) -> str:
     notes = [escape(f"Not measured: {', '.join(missing)}.")] if missing else []
     if any(c.header == "Ratio" for c in columns):
         notes.append("Ratio: candidate / base latency, median with its p10–p90 spread below it.")
+        if not _latency_trusted(models):
+            notes.append(
+                f"Latency {TOO_NOISY}: a ratio's p10–p90 spread crosses 1.00× or is wider than ±10 %, "
+                "so no latency is highlighted as best (measure on a quieter machine, or onnxprune eval --repeats auto)."
+            )
     if len(models) > 1:
         notes.append('<span class="best-key">Highlighted</span>: the best value of a column.')
     return table + (f'<p class="note">{" · ".join(notes)}</p>' if notes else "")
@@ -283,6 +306,9 @@ def highlights(models: Sequence[Model], labels: Sequence[str]) -> str:
     lines = []
     for model, label in zip(models[1:], labels[1:], strict=True):
         facts = []
+        made = nb.text(nb.dig(model, "recipe", "text"))
+        if made:
+            facts.append(f"made with {made}")
         sparsity = nb.number(nb.dig(model, "params", "sparsity"))
         if sparsity is not None:
             facts.append(f"{nb.fmt_percent(sparsity)} of weights zero")
@@ -293,7 +319,11 @@ def highlights(models: Sequence[Model], labels: Sequence[str]) -> str:
                 break
         ratio = nb.number(nb.dig(model, "latency", "ratio", "median"))
         if ratio is not None:
-            facts.append(f"latency {ratio:.2f}× the base")
+            facts.append(
+                f"latency {ratio:.2f}× the base"
+                if _latency_conclusive(model)
+                else f"latency {TOO_NOISY} ({ratio:.2f}×, p10–p90 {_ratio_spread(model).split(' ')[0]})"
+            )
         mine, ref = nb.number(nb.dig(model, "accuracy", "top1")), nb.number(nb.dig(base, "accuracy", "top1"))
         if mine is not None and ref is not None:
             facts.append(f"top-1 {nb.fmt_percent(mine)} ({100 * (mine - ref):+.1f} pt)")

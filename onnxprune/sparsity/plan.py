@@ -124,11 +124,14 @@ class Plan:
         return self.removed / self.total if self.total > 0 else 0.0
 
     def to_json(self) -> dict:
-        """A JSON-ready dict: ``{"plan": {name: level}, "predicted_loss", "fraction", "budget"}``."""
+        """A JSON-ready dict: ``{"plan": {name: level}, "predicted_loss", "fraction", "removed",
+        "total", "budget"}``."""
         return {
             "plan": {name: float(level) for name, level in self.sparsity.items()},
             "predicted_loss": float(self.predicted_loss),
             "fraction": float(self.fraction),
+            "removed": float(self.removed),
+            "total": float(self.total),
             "budget": self.budget,
         }
 
@@ -366,6 +369,18 @@ def tighten(plan: Plan, curves: Sequence[Curve], factor: float = 0.9) -> Plan:
         target = target * factor if target * factor > 1e-9 else 0.0  # 0: the empty plan removes nothing
 
 
+#: Significant digits of the one level :func:`exact_target` computes (the others are measured levels).
+PLAN_DIGITS = 4
+
+
+def _rounded(value: float) -> tuple[float, float]:
+    """``value`` rounded down and up to :data:`PLAN_DIGITS` significant digits."""
+    if value <= 0:
+        return (0.0, 0.0)
+    step = 10.0 ** (math.floor(math.log10(value)) - PLAN_DIGITS + 1)
+    return (float(f"{math.floor(value / step) * step:.12g}"), float(f"{math.ceil(value / step) * step:.12g}"))
+
+
 def exact_target(plan: Plan, curves: Sequence[Curve], target: float) -> Plan:
     """``plan`` lowered to remove exactly ``target`` of the budget (plans on a level grid overshoot).
 
@@ -374,7 +389,10 @@ def exact_target(plan: Plan, curves: Sequence[Curve], target: float) -> Plan:
     pruning); its loss is interpolated linearly on the monotone envelope. The layer is the
     one whose envelope is steepest just below its level (the most loss saved per unit of
     budget given back) among those that can give ``e`` back without falling below the
-    next lower measured level.
+    next lower measured level. That level is written with :data:`PLAN_DIGITS` significant
+    digits, rounded down or up, whichever leaves the plan's fraction nearer the target
+    (so the plan reads ``0.1675``, not ``0.1675309096185687``, and its fraction still
+    rounds to the target at that precision).
     """
     total = plan.total
     excess = plan.removed - target * total
@@ -398,9 +416,13 @@ def exact_target(plan: Plan, curves: Sequence[Curve], target: float) -> Plan:
     if best is None:
         return plan
     _, curve, new = best
-    envelope = monotone(curve.loss)
+    weight = curve.size * (curve.cost if plan.budget == "cost" else 1.0)
     old = plan.sparsity[curve.name]
+    lower = float(curve.levels[int(np.searchsorted(curve.levels, old)) - 1])
+    candidates = [v for v in _rounded(new) if lower - 1e-12 <= v <= old]
+    if candidates:
+        new = min(candidates, key=lambda v: abs(plan.removed - (old - v) * weight - target * total))
+    envelope = monotone(curve.loss)
     saved = float(np.interp(old, curve.levels, envelope) - np.interp(new, curve.levels, envelope))
     sparsity = {**plan.sparsity, curve.name: float(new)}
-    weight = curve.size * (curve.cost if plan.budget == "cost" else 1.0)
     return Plan(sparsity, plan.predicted_loss - saved, plan.removed - (old - new) * weight, total, plan.budget)
