@@ -274,7 +274,8 @@ def _count_values(
         return int(tensors.numel(tensor) - np.count_nonzero(read(tensor))), None, (0, 0)
     values = read(tensor)
     sample = global_keys(values.reshape(-1)[:: max(1, values.size // KEY_SAMPLE)])
-    return int(values.size - np.count_nonzero(magnitude_keys(values))), sample, tensors.nonfinite_counts(values)
+    keys = magnitude_keys(values)  # one pass gives both: zeros are key 0, NaN and ±inf the largest keys
+    return int(values.size - np.count_nonzero(keys)), sample, tensors.nonfinite_in_keys(keys, dtype=values.dtype)
 
 
 @dataclass

@@ -103,7 +103,25 @@ def nonfinite_counts(values: np.ndarray) -> tuple[int, int]:
     limit = unsigned.type(inf)
     nan = infinite = 0
     for start in range(0, bits.size, NONFINITE_CHUNK):
-        part = bits[start : start + NONFINITE_CHUNK] & clear
-        nan += int(np.count_nonzero(part > limit))
-        infinite += int(np.count_nonzero(part == limit))
+        found = nonfinite_in_keys(bits[start : start + NONFINITE_CHUNK] & clear, limit)
+        nan, infinite = nan + found[0], infinite + found[1]
     return nan, infinite
+
+
+def nonfinite_in_keys(
+    keys: np.ndarray, limit: np.generic | None = None, dtype: np.dtype | None = None
+) -> tuple[int, int]:
+    """``(NaN, ±inf)`` counts from magnitude keys (the bit patterns with the sign bit cleared,
+    :func:`onnxprune.sparsity.scores.magnitude_keys`): a key above +inf's pattern is a NaN, equal
+    to it an infinity. ``limit`` is that pattern (else from ``dtype``, the values' float type).
+    One comparison in the common case: the two counts only when something reaches the limit."""
+    if limit is None:
+        inf = _INF_BITS.get(np.dtype(dtype).name) if dtype is not None else None
+        if inf is None:
+            return 0, 0
+        limit = keys.dtype.type(inf)
+    reaching = keys[keys >= limit]
+    if reaching.size == 0:
+        return 0, 0
+    nan = int(np.count_nonzero(reaching > limit))
+    return nan, int(reaching.size) - nan
