@@ -31,9 +31,7 @@ from onnxprune.compute import count_compute
 from onnxprune.config import PruneConfig, StructureConfig
 from onnxprune.errors import OnnxPruneError, opt
 from onnxprune.graph.discovery import discover
-from onnxprune.graph.index import Scope
-from onnxprune.passes.calibrated import waves
-from onnxprune.passes.layers import calib_layer
+from onnxprune.passes.calibrated import calibrated_layers, waves
 from onnxprune.passes.pipeline import PruneRun, build_pipeline, run_model
 from onnxprune.passes.unstructured import plan_targets
 
@@ -90,17 +88,7 @@ def capture_plan(model: ModelProto, config: PruneConfig) -> CapturePlan:
     """The layers a calibrated ``config`` would capture and fit, in waves (module docstring)."""
     inventory = discover(model, config.selection)
     targets = plan_targets(config.allocation, config.ranking, inventory)
-    scope = Scope.build(model.graph)
-    calib, fallback = [], {}
-    for weight in inventory.prunable:
-        target = targets.get(weight.key)
-        if target is None or not target.acts:
-            continue
-        layer, why = calib_layer(model, scope, weight)
-        if layer is None:
-            fallback[weight.key] = why or "pruned by magnitude"
-        else:
-            calib.append(layer)
+    calib, fallback = calibrated_layers(model, inventory.prunable, targets)
     groups = waves(model, calib) if config.reconstruction.sequential else [calib]
     described = tuple(
         tuple(

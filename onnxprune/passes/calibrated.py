@@ -49,7 +49,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -296,6 +296,26 @@ def solve_executor(reconstruction: Reconstruction) -> ClosingExecutor:
     return SerialExecutor()
 
 
+def calibrated_layers(
+    model: ModelProto, weights: Sequence[Weight], targets: Mapping[str, Target]
+) -> tuple[list[CalibLayer], dict[str, str]]:
+    """The layers calibration fits among ``weights`` that lose something (their matrix views,
+    :func:`~onnxprune.passes.layers.calib_layer`), and why each other one falls back to magnitude."""
+    scope = Scope.build(model.graph)
+    calib: list[CalibLayer] = []
+    fallback: dict[str, str] = {}
+    for weight in weights:
+        target = targets.get(weight.key)
+        if target is None or not target.acts:
+            continue
+        layer, why = calib_layer(model, scope, weight)
+        if layer is None:
+            fallback[weight.key] = why or "pruned by magnitude"
+        else:
+            calib.append(layer)
+    return calib, fallback
+
+
 def _prune(
     model: ModelProto,
     config: PruneConfig,
@@ -309,18 +329,8 @@ def _prune(
     inventory = discover(model, config.selection)
     _refuse_nonfinite(inventory.weights, config)
     targets = plan_targets(config.allocation, ranking, inventory)
+    calib, fallback = calibrated_layers(model, inventory.prunable, targets)
     scope = Scope.build(model.graph)
-    calib: list[CalibLayer] = []
-    fallback: dict[str, str] = {}
-    for weight in inventory.prunable:
-        target = targets.get(weight.key)
-        if target is None or not target.acts:
-            continue
-        layer, why = calib_layer(model, scope, weight)
-        if layer is None:
-            fallback[weight.key] = why or "pruned by magnitude"
-        else:
-            calib.append(layer)
     groups = waves(model, calib) if reconstruction.sequential else [calib]
     settled = settled_residuals(model, groups) if RESIDUAL_TARGETS else set()
     percdamp = solver_percdamp(reconstruction, data)
