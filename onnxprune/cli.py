@@ -7,6 +7,7 @@ Exit codes: 0 success; 1-7 an error (one line on stderr, see :mod:`onnxprune.err
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -159,6 +160,7 @@ PRUNE_HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "pattern",
             "nm_fallback",
             "plan_path",
+            "recipe_path",
             "max_layer_sparsity",
             "seed",
         ),
@@ -406,6 +408,13 @@ def _write_json(path: Path, command: str, data: dict[str, Any], stdout: TextIO |
     type=click.Path(path_type=Path),
     help="JSON {weight name: sparsity} overriding --scope.",
 )
+@click.option(
+    "--recipe",
+    "recipe_path",
+    type=click.Path(path_type=Path),
+    help="Stages of pruning (JSON or YAML: targets/ignore, sparsity or pattern, method, scope, structured), "
+    "or a pruned model to replay the recipe it was made with (see `onnxprune recipe`).",
+)
 @discovery_options
 @click.option(
     "--max-layer-sparsity",
@@ -572,6 +581,7 @@ def prune(
     pattern: str,
     nm_fallback: str,
     plan_path: Path | None,
+    recipe_path: Path | None,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     op_types: str,
@@ -628,6 +638,9 @@ def prune(
       onnxprune prune model.onnx small.int8.onnx --sparsity 0.5 --quantize int8
       onnxprune prune model.onnx small.int8.onnx --sparsity 0.5 --quantize int8 --quantize-mode static --calibration c.npz
     """
+    if recipe_path is not None:
+        _prune_recipe(input_model, output_model, recipe_path, locals(), eval_kwargs)
+        return
     structured = structured or target_flops is not None
     unstructured = sparsity is not None or plan_path is not None or pattern != "unstructured"
     if structured and pattern != "unstructured":
@@ -812,6 +825,119 @@ def prune(
         )
     if do_eval:
         _evaluate_written(input_model, saved.path, eval_kwargs, input_shape, quiet, shown=output_model, stdout=stdout)
+
+
+def _prune_recipe(
+    source: Path, output: Path, recipe_path: Path, given: dict[str, Any], eval_kwargs: dict[str, Any]
+) -> None:
+    """``prune --recipe``: the stages of a recipe (:mod:`onnxprune.recipe`), then the usual summary."""
+    from onnxprune import recipe as recipes
+
+    recipes.check_flags(
+        {
+            "sparsity": given["sparsity"] is not None,
+            "pattern": given["pattern"] != "unstructured",
+            "plan": given["plan_path"] is not None,
+            "structured": given["structured"] or given["target_flops"] is not None,
+            "method": given["method"] != "magnitude",
+            "scope": given["scope"] != "local",
+            "criterion": given["criterion"] != "magnitude",
+            "allocator": given["allocation"] is not None,
+            "include": bool(given["include"] or given["exclude"] or given["op_types"]),
+            "quantize": given["quantize"] is not None,
+            "dry_run": given["dry_run"],
+        }
+    )
+    recipe = recipes.load(recipe_path)
+    shapes = parse_input_shapes(given["input_shape"])
+    reads_model(source, shapes)
+    json_path, quiet = given["json_path"], given["quiet"]
+    calibration, data_free = given["calibration"], given["data_free"]
+    calibrated = any(not s.structured and s.weight_config(()).calibrated for s in recipe.stages)
+    if calibrated and not (calibration or data_free):
+        raise onnxprune.OptionError(
+            "a stage of the recipe calibrates (wanda, sparsegpt or refit): give --calibration or --data-free"
+        )
+    _check_files(
+        source, output, calibration, recipe_path, json_path, eval_kwargs, given["external_data"], given["force"]
+    )
+    stdout = _json_stdout(json_path, eval_kwargs.get("eval_json"))
+    calib = None
+    if calibration or data_free:
+        calib = onnxprune.calibration_data(
+            source,
+            calibration,
+            samples=given["samples"],
+            data_free=data_free,
+            input_shapes=shapes,
+            batch_axes=parse_batch_axes(given["batch_axis"]),
+        )
+    run = recipes.run_recipe(
+        source, output, recipe, calibration=calib, input_shapes=shapes or None, force=given["force"],
+        dead_channels=given["dead_channels"] is not False,
+    )  # fmt: skip
+    rows = [
+        [
+            r.stage.name,
+            "channels" if r.stage.structured else str(len(r.tensors)),
+            r.stage.method,
+            r.stage.pattern or ("-" if r.stage.structured else "unstructured"),
+            f"{r.sparsity:.1%}" if r.tensors else (r.note or ("structural" if r.stage.structured else "-")),
+        ]
+        for r in run.stages
+    ]
+    if not quiet:
+        click.echo(table(rows, ["stage", "tensors", "method", "pattern", "sparsity of its tensors"]))
+        for key, why in run.unclaimed.items():
+            click.echo(f"  not pruned: {key}: {why}")
+    before, after = run.params_before, run.params_after
+    zeros = after.parameters - after.nonzeros
+    click.echo(
+        f"\nrecipe '{recipe_path.name}' ({len(recipe.stages)} stage(s)): {count(zeros)} of {count(after.parameters)} "
+        f"parameters zero ({zeros / max(after.parameters, 1):.1%}) -> {run.saved.path}"
+    )
+    if json_path is not None:
+        _write_json(
+            json_path,
+            "prune",
+            {
+                "input": str(source),
+                "output": str(run.saved.path),
+                "recipe": recipe.to_dict(),
+                "stages": [r.to_dict() for r in run.stages],
+                "unclaimed": dict(run.unclaimed),
+                "model": {
+                    "parameters": [before.parameters, after.parameters],
+                    "nonzeros": [before.nonzeros, after.nonzeros],
+                },
+            },
+            stdout,
+        )
+    if given["do_eval"] or any(eval_kwargs.get(k) for k in ("data", "labels", "report", "eval_json")):
+        _evaluate_written(source, run.saved.path, eval_kwargs, given["input_shape"], quiet, shown=output, stdout=stdout)
+
+
+@main.command("recipe")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def recipe_command(model: Path, verbose: bool, debug: bool) -> None:
+    """Print the recipe MODEL was pruned with (JSON), for `prune --recipe` on another model.
+
+    \b
+    Examples:
+      onnxprune recipe pruned.onnx > recipe.json
+      onnxprune prune other.onnx other.pruned.onnx --recipe recipe.json
+      onnxprune prune other.onnx other.pruned.onnx --recipe pruned.onnx    # the same, in one step
+    """
+    from onnxprune import recipe as recipes
+
+    reads_model(model)
+    made = recipes.from_model(load_model(model))
+    if made is None:
+        raise onnxprune.OptionError(f"{model} carries no recipe: onnxprune did not prune it")
+    click.echo(json.dumps(made.to_dict(), indent=2, sort_keys=True))
 
 
 def _dry_run(

@@ -18,6 +18,8 @@ FLAGS: dict[str, str | tuple[str | None, str | None] | None] = {
     "pattern": "--pattern",
     "nm_fallback": "--nm-fallback",
     "plan": "--plan",
+    "dry_run": "--dry-run",
+    "recipe": "--recipe",
     "max_layer_sparsity": "--max-layer-sparsity",
     "allocator": "--allocation",
     "seed": "--seed",

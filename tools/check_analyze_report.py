@@ -23,7 +23,6 @@ Install Chromium with:  apt-get update && apt-get install -y chromium
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import re
 import subprocess
@@ -34,7 +33,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_report import INSTALL, check, colour_counts, find_browser, screenshot
+from check_report import INSTALL, check, colour_counts, dump_text, find_browser, screenshot
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "fixtures" / "cnn_digits.onnx"
@@ -47,16 +46,6 @@ CASES = {
 #: what each case's goal reads like on the page
 GOALS = {"layers": "overall sparsity 60 %", "groups": "keep 70 % of the latency"}
 FIRST_COLOUR = "#2563eb"  # onnxprune.report.charts.PALETTE[0]
-
-
-def dump_text(browser: str, page: Path, profile: Path) -> str:
-    """The page's text as Chromium laid it out (``--dump-dom``, tags removed)."""
-    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}", "--dump-dom"]
-    done = subprocess.run([*command, page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise RuntimeError(f"chromium failed ({done.returncode}): {done.stderr.strip()[-500:]}")
-    text = re.sub(r"<(style|title)[^>]*>.*?</\1>", " ", done.stdout, flags=re.S)
-    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", text)))
 
 
 def analyse(case: str, folder: Path) -> tuple[Path, dict]:

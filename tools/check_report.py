@@ -266,6 +266,16 @@ def find_browser() -> str | None:
     return None
 
 
+def dump_text(browser: str, page: Path, profile: Path) -> str:
+    """The page's text as Chromium laid it out (``--dump-dom``, tags removed)."""
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}", "--dump-dom"]
+    done = subprocess.run([*command, page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"chromium failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    text = re.sub(r"<(style|title)[^>]*>.*?</\1>", " ", done.stdout, flags=re.S)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", text)))
+
+
 def screenshot(browser: str, page: Path, png: Path, width: int, height: int, profile: Path) -> None:
     command = [
         browser,
@@ -375,6 +385,16 @@ def main() -> int:
         dark = sum(histogram[:100])
         check("page not blank", ink > 0.05 * total, f"{100 * ink / total:.1f} % non-background pixels", results)
         check("text rendered", dark > 3000, f"{dark:,} dark pixels", results)
+        laid_out = dump_text(browser, report, work / "profile")
+        names = [str(m.get("name")) for m in result.get("models") or []]
+        from onnxprune.report.numbers import fmt_percent
+
+        numbers = [fmt_percent(m["accuracy"]["top1"]) for m in result.get("models") or [] if m.get("accuracy")]
+        missing = [t for t in (*names, *numbers) if t not in laid_out]
+        check("numbers present", not missing, f"{len(names)} names, {len(numbers)} top-1 values" + (
+            f"; missing {missing}" if missing else ""), results)  # fmt: skip
+        broken = [t for t in ("−-", "+-", "−+", " nan ", "None") if t in laid_out]
+        check("no broken text", not broken, f"found {broken}" if broken else "none of −- +- −+ nan None", results)
         counts = colour_counts(page, list(PALETTE))
         shown = [c for c, n in counts.items() if n >= 300]
         check(
