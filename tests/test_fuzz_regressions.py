@@ -662,12 +662,15 @@ def test_huge_declared_input_dims(work: Path) -> None:
         dim.Clear()
         dim.dim_value = 2**31
     save(model, work)
-    error_line(
+    message = error_line(
         cli("prune", "model.onnx", "out.onnx", "--min-size", "1024", "--sparsity", "0.5", "-q"),
         UnsupportedModelError.exit_code,
-        "onnxruntime cannot load the input model 'model.onnx'",
-        "Dimension mismatch",
     )
+    # onnxruntime >= 1.2x refuses the model at load (its shape inference); older ones load it
+    # and onnxprune refuses the synthetic batch the shape asks for: either is the model's fault
+    refused = "onnxruntime cannot load the input model 'model.onnx'" in message and "Dimension mismatch" in message
+    too_big = "input 'input' declares shape 2147483648x2147483648" in message
+    assert refused or too_big, message
     assert not (work / "out.onnx").exists()
     model = fixture_model()
     batch = model.graph.input[0].type.tensor_type.shape.dim[0]
