@@ -25,6 +25,7 @@ from onnxprune.cli_eval import build_options, eval_command, evaluation_files, ev
 from onnxprune.cli_print import (
     format_shape,
     print_layers,
+    print_prediction,
     print_quantized,
     print_structure,
     print_summary,
@@ -33,7 +34,7 @@ from onnxprune.cli_print import (
 )
 from onnxprune.cli_view import view_command
 from onnxprune.config import PruneConfig, Selection, StructureConfig, load_plan, parse_pattern
-from onnxprune.console import Interrupted, ProgressBar, count, fail, handle_errors, human, json_on_stdout, table
+from onnxprune.console import Interrupted, ProgressBar, command_json_stdout, count, fail, handle_errors, table
 from onnxprune.data.layout import format_dims
 from onnxprune.envelope import envelope, is_stdout, write_json
 from onnxprune.errors import opt
@@ -272,7 +273,7 @@ def inspect(
     reads_model(model)
     writes = [Write(opt("json"), None if is_stdout(json_path) else json_path, example="inventory.json")]
     check_outputs(writes, model_reads("the model", model, writes=writes))
-    stdout = _json_stdout(json_path)
+    stdout = command_json_stdout(json_path)
     selection = Selection(min_size=min_size, include=include, exclude=exclude, op_types=_op_types(op_types))
     proto = load_model(model)  # read once: the inventory and the inputs
     inventory = onnxprune.inspect(proto, selection)
@@ -350,12 +351,6 @@ def _weight_json(w: onnxprune.Weight) -> dict[str, Any]:
         "prunable": w.prunable,
         "reason": w.reason,
     }
-
-
-def _json_stdout(*paths: Path | None) -> TextIO | None:
-    """:func:`~onnxprune.console.json_on_stdout` for the rest of the running command (its click
-    context closes it): the real standard output when a JSON path is ``-``, else None."""
-    return click.get_current_context().with_resource(json_on_stdout(*paths))
 
 
 def _write_json(path: Path, command: str, data: dict[str, Any], stdout: TextIO | None) -> None:
@@ -730,7 +725,7 @@ def prune(
         )
         return
     _check_files(input_model, output_model, calibration, plan_path, json_path, eval_kwargs, external_data, force)
-    stdout = _json_stdout(json_path, eval_kwargs.get("eval_json"))
+    stdout = command_json_stdout(json_path, eval_kwargs.get("eval_json"))
     eval_data = None
     if do_eval:  # fail on bad evaluation options, data or labels before anything is written
         eval_data = check_evaluation(
@@ -861,7 +856,7 @@ def _prune_recipe(
     _check_files(
         source, output, calibration, recipe_path, json_path, eval_kwargs, given["external_data"], given["force"]
     )
-    stdout = _json_stdout(json_path, eval_kwargs.get("eval_json"))
+    stdout = command_json_stdout(json_path, eval_kwargs.get("eval_json"))
     calib = None
     if calibration or data_free:
         calib = onnxprune.calibration_data(
@@ -962,62 +957,10 @@ def _dry_run(
         raise onnxprune.OptionError(
             f"--dry-run writes nothing: drop {', '.join(writes)} (--json - prints the prediction as JSON)"
         )
-    stdout = _json_stdout(json_path)
+    stdout = command_json_stdout(json_path)
     active = structure if structure.active else None
     predicted = dry_run(load_model(source), config, active, input_shapes=shapes, with_data=with_data)
-    run = predicted.run
-    if not quiet and config is not None:
-        print_layers(run.result)
-    if run.structure is not None and run.structure.changed:
-        print_structure(run.structure, quiet)
-
-    def ratio(a: int | None, b: int | None) -> str:
-        return f"{b / a:.2f}x" if a and b is not None else "-"
-
-    (sin, sout), (m0, m1), (n0, n1) = predicted.compressed, predicted.macs, predicted.nonzero_macs
-    before, after = run.params_before, run.params_after
-    rows = [
-        ["parameters", count(before.parameters), count(after.parameters), ratio(before.parameters, after.parameters)],
-        ["non-zeros", count(before.nonzeros), count(after.nonzeros), ratio(before.nonzeros, after.nonzeros)],
-        ["MACs", count(m0) if m0 is not None else "-", count(m1) if m1 is not None else "-", ratio(m0, m1)],
-        ["non-zero MACs", count(n0) if n0 is not None else "-", count(n1) if n1 is not None else "-", ratio(n0, n1)],
-        [
-            "compressed (deflate, est.)",
-            human(sin.bytes) if sin else "-",
-            human(sout.bytes) if sout else "-",
-            ratio(sin.bytes if sin else None, sout.bytes if sout else None),
-        ],
-    ]
-    if not quiet:
-        click.echo("\n" + table(rows, ["predicted", "before", "after", "after/before"], right={1, 2, 3}))
-        capture = predicted.capture
-        if capture is not None:
-            click.echo(
-                f"\ncalibration would capture {capture.layers} layer(s) in {len(capture.waves)} wave(s) "
-                f"(statistics of the largest wave: {human(capture.peak_statistics_bytes)}):"
-            )
-            layer_rows = [
-                [
-                    str(i + 1),
-                    layer.weight,
-                    layer.op,
-                    f"{layer.groups}x{layer.rows}x{layer.cols}",
-                    human(layer.statistics_bytes),
-                ]
-                for i, wave in enumerate(capture.waves)
-                for layer in wave
-            ]
-            click.echo(table(layer_rows, ["wave", "weight", "op", "groups x rows x cols", "statistics"], right={0, 4}))
-            for weight, why in capture.fallback.items():
-                click.echo(f"  magnitude (fallback): {weight}: {shown(why)}")
-        for note in predicted.notes:
-            click.echo(f"note: {shown(note)}")
-    zeros = after.parameters - after.nonzeros
-    click.echo(
-        f"dry run: nothing written; {output} would hold {count(after.parameters)} parameters "
-        f"({ratio(before.parameters, after.parameters)} of the input's), {count(zeros)} of them zero "
-        f"({zeros / max(after.parameters, 1):.1%})"
-    )
+    print_prediction(predicted, output, quiet, layers=config is not None)
     if json_path is not None:
         write_json(
             envelope("prune", {"dry_run": True, "input": str(source), **predicted.to_dict()}), json_path, stdout=stdout

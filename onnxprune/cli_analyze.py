@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from onnxprune import cli_choices
-from onnxprune.console import ProgressBar, count, handle_errors, json_on_stdout, table
+from onnxprune.console import ProgressBar, command_json_stdout, count, handle_errors, table
 from onnxprune.envelope import envelope, is_stdout, write_json
 from onnxprune.errors import OptionError, opt
 from onnxprune.graph.model_io import load_model, model_reads
@@ -168,7 +168,7 @@ def analyze_command(
         Write(opt("report"), report, example="curves.html"),
     ]
     _check_files(model, writes, data, labels, cache)
-    stdout = click.get_current_context().with_resource(json_on_stdout(json_path))
+    stdout = command_json_stdout(json_path)
     load_model(model)  # one-line errors for a missing or broken file, before any work
     shapes = parse_input_shapes(input_shape)
     reads_model(model, shapes)

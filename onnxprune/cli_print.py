@@ -190,10 +190,12 @@ def _names(groups: Sequence[Any], shown_at_most: int = 3) -> str:
     return names + (f" and {len(groups) - shown_at_most} more" if len(groups) > shown_at_most else "")
 
 
-def print_summary(result, before, after, size_in, size_out, saved, quiet, structure=None) -> None:  # noqa: ANN001
-    def ratio(a: int | None, b: int | None) -> str:
-        return f"{b / a:.2f}x" if a and b is not None else "-"
+def ratio(a: int | None, b: int | None) -> str:
+    """``b / a`` as "0.51x", "-" when either is unknown (or ``a`` is 0)."""
+    return f"{b / a:.2f}x" if a and b is not None else "-"
 
+
+def print_summary(result, before, after, size_in, size_out, saved, quiet, structure=None) -> None:  # noqa: ANN001
     rows = [
         ["parameters", count(before.parameters), count(after.parameters), ratio(before.parameters, after.parameters)],
         ["non-zeros", count(before.nonzeros), count(after.nonzeros), ratio(before.nonzeros, after.nonzeros)],
@@ -237,3 +239,58 @@ def print_summary(result, before, after, size_in, size_out, saved, quiet, struct
             "note: zeros inside dense tensors shrink the compressed size, not the latency: onnxruntime "
             "runs them as dense (removing whole channels is what makes a model faster)."
         )
+
+
+def print_prediction(predicted: Any, output: Any, quiet: bool, *, layers: bool) -> None:
+    """``prune --dry-run``'s prediction (:class:`onnxprune.dry_run.DryRun`): the per-layer table
+    (``layers``), the channel pass, the before/after table, what calibration would capture, the
+    notes (all but the last line with ``quiet``), and one line on what ``output`` would hold."""
+    run = predicted.run
+    if not quiet and layers:
+        print_layers(run.result)
+    if run.structure is not None and run.structure.changed:
+        print_structure(run.structure, quiet)
+
+    def counted(n: int | None) -> str:
+        return count(n) if n is not None else "-"
+
+    (sin, sout), (m0, m1), (n0, n1) = predicted.compressed, predicted.macs, predicted.nonzero_macs
+    before, after = run.params_before, run.params_after
+    size_in, size_out = (sin.bytes if sin else None), (sout.bytes if sout else None)
+    rows = [
+        ["parameters", count(before.parameters), count(after.parameters), ratio(before.parameters, after.parameters)],
+        ["non-zeros", count(before.nonzeros), count(after.nonzeros), ratio(before.nonzeros, after.nonzeros)],
+        ["MACs", counted(m0), counted(m1), ratio(m0, m1)],
+        ["non-zero MACs", counted(n0), counted(n1), ratio(n0, n1)],
+        ["compressed (deflate, est.)", human(size_in), human(size_out), ratio(size_in, size_out)],
+    ]
+    if not quiet:
+        click.echo("\n" + table(rows, ["predicted", "before", "after", "after/before"], right={1, 2, 3}))
+        capture = predicted.capture
+        if capture is not None:
+            click.echo(
+                f"\ncalibration would capture {capture.layers} layer(s) in {len(capture.waves)} wave(s) "
+                f"(statistics of the largest wave: {human(capture.peak_statistics_bytes)}):"
+            )
+            layer_rows = [
+                [
+                    str(i + 1),
+                    layer.weight,
+                    layer.op,
+                    f"{layer.groups}x{layer.rows}x{layer.cols}",
+                    human(layer.statistics_bytes),
+                ]
+                for i, wave in enumerate(capture.waves)
+                for layer in wave
+            ]
+            click.echo(table(layer_rows, ["wave", "weight", "op", "groups x rows x cols", "statistics"], right={0, 4}))
+            for weight, why in capture.fallback.items():
+                click.echo(f"  magnitude (fallback): {weight}: {shown(why)}")
+        for note in predicted.notes:
+            click.echo(f"note: {shown(note)}")
+    zeros = after.parameters - after.nonzeros
+    click.echo(
+        f"dry run: nothing written; {output} would hold {count(after.parameters)} parameters "
+        f"({ratio(before.parameters, after.parameters)} of the input's), {count(zeros)} of them zero "
+        f"({zeros / max(after.parameters, 1):.1%})"
+    )

@@ -78,15 +78,20 @@ class DeflateSize:
     relative_error: float = 0.0  # σ̂/Ĉ of the estimate; 0 when exact
 
 
-def _deflate_file(path: Path, read: Callable[[int], None] | None = None) -> int:
+def _deflate(handle: BinaryIO, read: Callable[[int], None] | None = None) -> int:
+    """Bytes of the whole stream ``handle`` deflated at :data:`LEVEL`, in chunks."""
     compressor = zlib.compressobj(LEVEL)
     packed = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            packed += len(compressor.compress(chunk))
-            if read is not None:
-                read(len(chunk))
+    while chunk := handle.read(_CHUNK):
+        packed += len(compressor.compress(chunk))
+        if read is not None:
+            read(len(chunk))
     return packed + len(compressor.flush())
+
+
+def _deflate_file(path: Path, read: Callable[[int], None] | None = None) -> int:
+    with open(path, "rb") as handle:
+        return _deflate(handle, read)
 
 
 def _content_key(files: Sequence[Path]) -> str:
@@ -142,8 +147,7 @@ def estimate(files: Sequence[Path], *, blocks: int = SAMPLE_BLOCKS, block: int =
 def estimate_bytes(data: bytes, *, blocks: int = SAMPLE_BLOCKS, block: int = BLOCK) -> DeflateSize:
     """:func:`estimate` of bytes held in memory (a serialized model a dry run never writes)."""
     if len(data) <= blocks * block:
-        compressor = zlib.compressobj(LEVEL)
-        return DeflateSize(len(compressor.compress(data)) + len(compressor.flush()), exact=True)
+        return DeflateSize(_deflate(io.BytesIO(data)), exact=True)
     return _estimate([(len(data), lambda: io.BytesIO(data))], blocks, block)
 
 
@@ -156,11 +160,7 @@ def _estimate(sources: Sequence[tuple[int, Callable[[], BinaryIO]]], blocks: int
         n_blocks = math.ceil(size / block) if size else 0
         if n_blocks <= k:
             with opener() as handle:
-                compressor = zlib.compressobj(LEVEL)
-                packed = 0
-                while chunk := handle.read(_CHUNK):
-                    packed += len(compressor.compress(chunk))
-                total += packed + len(compressor.flush())
+                total += _deflate(handle)
             continue
         any_sampled = True
         edges = np.linspace(0, n_blocks, k + 1).round().astype(np.int64)

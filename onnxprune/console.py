@@ -202,6 +202,12 @@ def json_on_stdout(*paths: object) -> Iterator[Any]:
         yield real
 
 
+def command_json_stdout(*paths: object) -> Any:
+    """:func:`json_on_stdout` for the rest of the running click command (its context closes
+    it): the real standard output when one of ``paths`` is ``-``, else None."""
+    return click.get_current_context().with_resource(json_on_stdout(*paths))
+
+
 class PlainProgress:
     """Progress without a terminal (a CI log, a pipe): one line per :data:`EVERY_S` seconds at
     most, ``label: 40% (12/30), 0:05 elapsed``, and one when the work is done; nothing when
