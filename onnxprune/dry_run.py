@@ -29,7 +29,7 @@ from onnx import ModelProto
 from onnxprune.compressed_size import DeflateSize, estimate_bytes
 from onnxprune.compute import count_compute
 from onnxprune.config import PruneConfig, StructureConfig
-from onnxprune.errors import OnnxPruneError, opt
+from onnxprune.errors import Message, OnnxPruneError, opt
 from onnxprune.graph.discovery import discover
 from onnxprune.passes.calibrated import calibrated_layers, waves
 from onnxprune.passes.pipeline import PruneRun, build_pipeline, run_model
@@ -175,8 +175,10 @@ def dry_run(
         capture = capture_plan(model, config)
         weights = dataclasses.replace(config, method="magnitude", bias_correction=False)
         notes.append(
-            f"{opt('method', config.method)} is not run in a dry run: the prediction is magnitude pruning at the same "
-            "counts; the capture below is what calibration would fit"
+            Message(
+                f"{opt('method', config.method)} is not run in a dry run: the prediction is magnitude pruning at "
+                "the same counts; the capture below is what calibration would fit"
+            )
         )
     if structure is not None and structure.structured and structure.measured(with_data=with_data):
         structure = dataclasses.replace(structure, allocator="uniform")

@@ -67,7 +67,8 @@ def test_a_calibrated_method_lists_what_calibration_would_capture(tmp_path):
     fc1 = next(layer for layer in layers if layer["weight"] == "fc1.weight")
     assert (fc1["rows"], fc1["cols"], fc1["statistics_bytes"]) == (64, 512, 2 * 8 * 512 * 512)
     assert capture["peak_statistics_bytes"] == max(sum(x["statistics_bytes"] for x in w) for w in capture["waves"])
-    assert "calibration would capture 5 layer(s)" in text and "is not run in a dry run" in text
+    assert "calibration would capture 5 layer(s)" in text and "--method sparsegpt is not run in a dry run" in text
+    assert "method='sparsegpt' is not run in a dry run" in predicted["notes"][0]  # the API's spelling in JSON
     # the same layers the calibrated pass fits
     plan = capture_plan(onnx.load(MODEL), onnxprune.PruneConfig(sparsity=0.5, method="sparsegpt"))
     assert plan.layers == 5 and not plan.fallback
