@@ -32,10 +32,21 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def external_entries(tensor: TensorProto) -> tuple[str, int, int | None]:
-    """``(location, offset, length)`` of an external tensor's reference (length None if absent)."""
+    """``(location, offset, length)`` of an external tensor's reference (length None if absent);
+    a negative or non-integer offset or length is a malformed model (:class:`ModelLoadError`)."""
     info = {entry.key: entry.value for entry in tensor.external_data}
-    length = info.get("length")
-    return info.get("location", ""), int(info.get("offset", 0) or 0), int(length) if length else None
+    location = info.get("location", "")
+    try:
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info["length"]) if info.get("length") else None
+    except ValueError:
+        offset = length = -1
+    if offset < 0 or (length is not None and length < 0):
+        raise ModelLoadError(
+            f"external data of tensor '{tensor.name}' has an invalid offset or length "
+            f"({info.get('offset')!r}, {info.get('length')!r}): the model is malformed; export it again"
+        )
+    return location, offset, length
 
 
 def is_external(tensor: TensorProto) -> bool:

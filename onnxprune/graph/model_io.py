@@ -31,7 +31,7 @@ from onnx.external_data_helper import set_external_data
 
 from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError
 from onnxprune.graph import tensors
-from onnxprune.graph.lazy import TensorSource
+from onnxprune.graph.lazy import TensorSource, external_entries
 from onnxprune.graph.memory import fits_in_memory
 from onnxprune.graph.outputs import Read, Write, check_outputs, publish, same_file, staging_dir
 from onnxprune.graph.sanity import MALFORMED, check_model, check_text, checked_numel, payload_bytes, refuse_nonfinite
@@ -44,22 +44,6 @@ log = logging.getLogger(__name__)
 #: Above this many bytes of tensor data a model is saved with external data: protobuf
 #: cannot serialize messages of 2 GiB or more, and the graph itself needs room too.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
-
-
-def _external_location(tensor: TensorProto) -> tuple[str, int, int | None]:
-    info = {entry.key: entry.value for entry in tensor.external_data}
-    location = info.get("location", "")
-    try:
-        offset = int(info.get("offset", 0) or 0)
-        length = int(info["length"]) if info.get("length") else None
-    except ValueError:
-        offset = length = -1
-    if offset < 0 or (length is not None and length < 0):
-        raise ModelLoadError(
-            f"external data of tensor '{tensor.name}' has an invalid offset or length "
-            f"({info.get('offset')!r}, {info.get('length')!r}): the model is malformed; export it again"
-        )
-    return location, offset, length
 
 
 def _check_range(tensor: TensorProto, where: str, location: str, offset: int, length: int | None, size: int) -> None:
@@ -103,7 +87,7 @@ def check_external_data(model: ModelProto, base_dir: Path) -> list[Path]:
         try:
             files[_checked_file(tensor, where, base_dir, root)] = None
         except (OSError, ValueError) as exc:  # a name the file system refuses: too long, a NUL byte
-            location = _external_location(tensor)[0]
+            location = external_entries(tensor)[0]
             raise ModelLoadError(
                 f"{where} names a file that cannot be opened ({getattr(exc, 'strerror', None) or exc}; a location "
                 f"of {len(location)} characters): {MALFORMED}"
@@ -113,7 +97,7 @@ def check_external_data(model: ModelProto, base_dir: Path) -> list[Path]:
 
 def _checked_file(tensor: TensorProto, where: str, base_dir: Path, root: Path) -> Path:
     """The file holding ``tensor``'s external data, checked (see :func:`check_external_data`)."""
-    location, offset, length = _external_location(tensor)
+    location, offset, length = external_entries(tensor)
     if not location:
         raise ModelLoadError(f"{where} has no location: the model is malformed; export it again")
     pure = Path(location)
