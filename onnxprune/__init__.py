@@ -305,6 +305,9 @@ def prune_file(
     (``config.method`` other than magnitude, or ``config.bias_correction``) and lets the
     structured pass rank channels by output error and refit the consumers.
 
+    The output carries the recipe of ``config`` and ``structure`` (``onnxprune.recipe``, see
+    :mod:`onnxprune.recipe`): ``onnxprune recipe`` prints it, ``prune --recipe`` replays it.
+
     ``quantize`` quantizes the pruned model to int8 before it is moved to ``output`` (see
     :mod:`onnxprune.quantize`; static mode reads ``calibration``): ``output`` is then the
     pruned+int8 model, and ``PruneRun.quantized`` says what the quantizer did.

@@ -16,9 +16,11 @@ from typing import Any, TextIO
 
 import click
 import onnx
+from click.core import ParameterSource
 
 import onnxprune
 from onnxprune import cli_choices
+from onnxprune import recipe as recipes
 from onnxprune.batch_axes import batch_axes, parse_batch_axes
 from onnxprune.cli_analyze import analyze_command
 from onnxprune.cli_eval import build_options, eval_command, evaluation_files, evaluation_options, run_evaluation
@@ -39,9 +41,10 @@ from onnxprune.data.layout import format_dims
 from onnxprune.envelope import envelope, is_stdout, write_json
 from onnxprune.errors import opt
 from onnxprune.evaluate import check_evaluation
-from onnxprune.graph.model_io import load_model, model_reads, model_writes
+from onnxprune.graph.model_io import SavedModel, load_model, model_reads, model_writes
 from onnxprune.graph.outputs import Read, Write, check_outputs
-from onnxprune.passes.pipeline import after_weights
+from onnxprune.passes.pipeline import PruneRun, after_weights
+from onnxprune.recipe_run import RecipeRun, run_recipe
 from onnxprune.row_sampling import ROWS_PER_COL
 from onnxprune.runtime import declared_dims, guessed_dims, parse_input_shapes, reads_model, shape_hint
 from onnxprune.stats import both_file_stats
@@ -407,8 +410,9 @@ def _write_json(path: Path, command: str, data: dict[str, Any], stdout: TextIO |
     "--recipe",
     "recipe_path",
     type=click.Path(path_type=Path),
-    help="Stages of pruning (JSON or YAML: targets/ignore, sparsity or pattern, method, scope, structured), "
-    "or a pruned model to replay the recipe it was made with (see `onnxprune recipe`).",
+    help="Stages of pruning (JSON or YAML: targets/ignore and the options of these flags by their API names), "
+    "or a pruned model to replay the recipe it was made with, by flags or by recipe (see `onnxprune recipe`); "
+    "it replaces the flags of the amount, method and channels.",
 )
 @discovery_options
 @click.option(
@@ -633,8 +637,10 @@ def prune(
       onnxprune prune model.onnx small.int8.onnx --sparsity 0.5 --quantize int8
       onnxprune prune model.onnx small.int8.onnx --sparsity 0.5 --quantize int8 --quantize-mode static --calibration c.npz
     """
+    eval_kwargs["batch_axis"] = batch_axis
+    eval_kwargs["compressed_size"] = compressed_size
     if recipe_path is not None:
-        _prune_recipe(input_model, output_model, recipe_path, locals(), eval_kwargs)
+        _prune_recipe(input_model, output_model, recipe_path, locals(), eval_kwargs, _recipe_options_given())
         return
     structured = structured or target_flops is not None
     unstructured = sparsity is not None or plan_path is not None or pattern != "unstructured"
@@ -678,26 +684,28 @@ def prune(
             ray=ray_address,
             allocator=allocation,
         )
-    structure = StructureConfig(
-        dead_channels=dead_channels is not False,
-        amount=sparsity if structured else None,
-        plan=load_plan(plan_path) if structured and plan_path else {},
-        target_flops=target_flops,
-        scope=scope,
-        importance=importance,
-        refit=not no_refit,
-        round_to=round_to,
-        max_fraction=max_group_sparsity,
-        fold=not no_fold,
-        damp=0.01 if percdamp is None else percdamp,
-        allocator=allocation if structured else None,
-    )
-    if not structured and not dead_channels:  # the default pass after weight pruning
-        structure = after_weights(structure)
+    if config is not None:  # the pass after the weights: dead channels (unless --no-dead-channels), exact
+        structure: StructureConfig = after_weights(
+            StructureConfig(dead_channels=dead_channels is not False, fold=not no_fold)
+        )
+    else:
+        structure = StructureConfig(
+            dead_channels=dead_channels is not False,
+            amount=sparsity if structured else None,
+            plan=load_plan(plan_path) if structured and plan_path else {},
+            target_flops=target_flops,
+            scope=scope,
+            importance=importance,
+            refit=not no_refit,
+            round_to=round_to,
+            max_fraction=max_group_sparsity,
+            fold=not no_fold,
+            damp=0.01 if percdamp is None else percdamp,
+            allocator=allocation if structured else None,
+        )
+    recipe = recipes.Recipe.from_configs(config, structure)  # the flags are a one-stage recipe: run as one
     shapes = parse_input_shapes(input_shape)
     axes = parse_batch_axes(batch_axis)
-    eval_kwargs["batch_axis"] = batch_axis
-    eval_kwargs["compressed_size"] = compressed_size
     reads_model(input_model, shapes)
     if samples < 1:
         raise onnxprune.OptionError(f"--samples must be >= 1, got {samples}")
@@ -710,7 +718,7 @@ def prune(
     uses_data = structured or (config is not None and config.calibrated) or static
     if (workers != 1 or ray_address) and (config is None or not config.calibrated):
         raise onnxprune.OptionError(
-            "--workers/--ray run the layer solves of --method wanda, sparsegpt or refit (or --bias-correction)"
+            "--workers/--ray run the layer solves of a calibrated --method (wanda, sparsegpt, admm or refit) or of --bias-correction"
         )
     if (calibration or data_free) and not uses_data:
         raise onnxprune.OptionError(
@@ -746,24 +754,53 @@ def prune(
             allow_nonfinite=allow_nonfinite,
         )
     with ProgressBar("pruning", quiet) as progress:
-        run = onnxprune.prune_file(
+        done = run_recipe(
             input_model,
             output_model,
-            config,
-            structure=structure,
+            recipe,
+            calibration=calib,
             input_shapes=shapes,
             external_data=True if external_data else None,
             force=force,
             progress=progress,
-            calibration=calib,
             quantize=quantization,
             allow_nonfinite=allow_nonfinite,
             validation=eval_data,
             validate=validate,
+            workers=workers,
+            ray=ray_address,
         )
+    assert done.run is not None  # one stage: one pass
+    saved = _report_pass(
+        done.run,
+        input_model,
+        weights=config is not None,
+        quiet=quiet,
+        compressed_size=compressed_size,
+        json_path=json_path,
+        stdout=stdout,
+    )
+    if do_eval:
+        _evaluate_written(input_model, saved.path, eval_kwargs, input_shape, quiet, shown=output_model, stdout=stdout)
+
+
+def _report_pass(
+    run: PruneRun,
+    input_model: Path,
+    *,
+    weights: bool,
+    quiet: bool,
+    compressed_size: bool | None,
+    json_path: Path | None,
+    stdout: TextIO | None,
+    extra: dict[str, Any] | None = None,
+) -> SavedModel:
+    """What a run of one pass did (flags, or a recipe of one pass): the layers (of a weight pass,
+    ``weights``), the channels, the summary and ``--json`` (with ``extra`` keys); exit code 10,
+    and no output, when the pass changed nothing. Returns the written model."""
     result, saved, before, after = run.result, run.saved, run.params_before, run.params_after
     if saved is None:
-        if config is None:
+        if not weights:
             print_structure(run.structure, quiet)
             click.echo(
                 f"onnxprune: nothing to remove in '{input_model}': no channel group can lose a channel "
@@ -782,9 +819,9 @@ def prune(
     output_files = [saved.path] + ([saved.data_path] if saved.data_path else [])
     with ProgressBar("compressed size (exact, MiB)", quiet) as deflated:
         size_in, size_out = both_file_stats(run.input_files, output_files, compress, progress=deflated)
-    if not quiet and config is not None:
+    if not quiet and weights:
         print_layers(result)
-    if run.structure is not None and (config is None or run.structure.changed):
+    if run.structure is not None and (not weights or run.structure.changed):
         print_structure(run.structure, quiet)
     print_summary(result, before, after, size_in, size_out, saved, quiet, run.structure)
     if run.quantized is not None:
@@ -815,50 +852,100 @@ def prune(
                     "compressed_exact": [size_in.compressed_exact, size_out.compressed_exact],
                     "compressed_relative_error": [size_in.compressed_error, size_out.compressed_error],
                 },
+                **(extra or {}),
             },
             stdout,
         )
-    if do_eval:
-        _evaluate_written(input_model, saved.path, eval_kwargs, input_shape, quiet, shown=output_model, stdout=stdout)
+    return saved
+
+
+#: ``prune``'s parameters that set an option a recipe describes -> that option's API field
+#: (:data:`onnxprune.recipe.RECIPE_OPTIONS`); those in :data:`NEGATED_FLAGS` set it to False.
+RECIPE_PARAMETERS = {
+    "sparsity": "sparsity",
+    "scope": "scope",
+    "allocation": "allocator",
+    "criterion": "criterion",
+    "pattern": "pattern",
+    "nm_fallback": "nm_fallback",
+    "plan_path": "plan",
+    "max_layer_sparsity": "max_layer_sparsity",
+    "seed": "seed",
+    "include": "include",
+    "exclude": "exclude",
+    "op_types": "op_types",
+    "min_size": "min_size",
+    "method": "method",
+    "bias_correction": "bias_correction",
+    "parallel": "sequential",
+    "percdamp": "percdamp",
+    "no_exact_refit": "exact_refit",
+    "capture_rows": "capture_rows",
+    "structured": "structure",
+    "target_flops": "target_flops",
+    "dead_channels": "dead_channels",
+    "importance": "importance",
+    "round_to": "round_to",
+    "max_group_sparsity": "max_fraction",
+    "no_refit": "refit",
+    "no_fold": "fold",
+    "quantize": "quantize",
+    "dry_run": "dry_run",
+}
+NEGATED_FLAGS = ("parallel", "no_exact_refit", "no_refit", "no_fold")
+
+
+def _recipe_options_given() -> dict[str, object]:
+    """The options of :data:`RECIPE_PARAMETERS` the command line of this ``prune`` set (its
+    field -> value), whatever the value: with ``--recipe`` they are refused."""
+    ctx = click.get_current_context()
+    given = {}
+    for name, field in RECIPE_PARAMETERS.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source is not ParameterSource.DEFAULT:
+            value = ctx.params[name]
+            given[field] = not value if name in NEGATED_FLAGS else value
+    return given
 
 
 def _prune_recipe(
-    source: Path, output: Path, recipe_path: Path, given: dict[str, Any], eval_kwargs: dict[str, Any]
+    source: Path,
+    output: Path,
+    recipe_path: Path,
+    given: dict[str, Any],
+    eval_kwargs: dict[str, Any],
+    options: dict[str, object],
 ) -> None:
-    """``prune --recipe``: the stages of a recipe (:mod:`onnxprune.recipe`), then the usual summary."""
-    from onnxprune import recipe as recipes
-
-    recipes.check_flags(
-        {
-            "sparsity": given["sparsity"] is not None,
-            "pattern": given["pattern"] != "unstructured",
-            "plan": given["plan_path"] is not None,
-            "structured": given["structured"] or given["target_flops"] is not None,
-            "method": given["method"] != "magnitude",
-            "scope": given["scope"] != "local",
-            "criterion": given["criterion"] != "magnitude",
-            "allocator": given["allocation"] is not None,
-            "include": bool(given["include"] or given["exclude"] or given["op_types"]),
-            "quantize": given["quantize"] is not None,
-            "dry_run": given["dry_run"],
-        }
-    )
+    """``prune --recipe``: the recipe (:mod:`onnxprune.recipe`) run as one pass, as flags are (and
+    reported so, ``--json`` with the recipe's keys added), or stage by stage, then the stages' table."""
+    recipes.check_flags(options)
     recipe = recipes.load(recipe_path)
     shapes = parse_input_shapes(given["input_shape"])
     reads_model(source, shapes)
     json_path, quiet = given["json_path"], given["quiet"]
     calibration, data_free = given["calibration"], given["data_free"]
-    calibrated = any(not s.structured and s.weight_config(()).calibrated for s in recipe.stages)
-    if calibrated and not (calibration or data_free):
+    if recipe.calibrated and not (calibration or data_free):
         raise onnxprune.OptionError(
-            "a stage of the recipe calibrates (wanda, sparsegpt or refit): give --calibration or --data-free"
+            "a stage of the recipe calibrates (wanda, sparsegpt, admm or refit): give --calibration or --data-free"
         )
+    workers, ray_address = given["workers"], given["ray_address"]
+    if (workers != 1 or ray_address) and not recipe.calibrated:
+        raise onnxprune.OptionError("--workers/--ray run the layer solves of a stage that calibrates")
     _check_files(
         source, output, calibration, recipe_path, json_path, eval_kwargs, given["external_data"], given["force"]
     )
     stdout = command_json_stdout(json_path, eval_kwargs.get("eval_json"))
+    do_eval = given["do_eval"] or any(eval_kwargs.get(k) for k in ("data", "labels", "report", "eval_json"))
+    eval_data = None
+    if do_eval:  # fail on bad evaluation options, data or labels before anything is written
+        eval_data = check_evaluation(
+            source,
+            data=eval_kwargs.get("data"),
+            labels=eval_kwargs.get("labels"),
+            options=build_options(eval_kwargs, given["input_shape"]),
+        )
     calib = None
-    if calibration or data_free:
+    if (calibration or data_free) and recipe.reads_data:
         calib = onnxprune.calibration_data(
             source,
             calibration,
@@ -866,11 +953,54 @@ def _prune_recipe(
             data_free=data_free,
             input_shapes=shapes,
             batch_axes=parse_batch_axes(given["batch_axis"]),
+            allow_nonfinite=given["allow_nonfinite"],
         )
-    run = recipes.run_recipe(
-        source, output, recipe, calibration=calib, input_shapes=shapes or None, force=given["force"],
-        dead_channels=given["dead_channels"] is not False,
-    )  # fmt: skip
+    with ProgressBar("pruning", quiet) as progress:
+        run = run_recipe(
+            source,
+            output,
+            recipe,
+            calibration=calib,
+            input_shapes=shapes,
+            external_data=True if given["external_data"] else None,
+            force=given["force"],
+            progress=progress,
+            allow_nonfinite=given["allow_nonfinite"],
+            validation=eval_data,
+            validate=given["validate"],
+            workers=workers,
+            ray=ray_address,
+        )
+    recipe_json = {
+        "recipe": recipe.to_dict(),
+        "stages": [r.to_dict() for r in run.stages],
+        "unclaimed": dict(run.unclaimed),
+    }
+    if run.run is not None:  # one pass
+        weights = not recipe.stages[0].structured
+        _report_pass(
+            run.run,
+            source,
+            weights=weights,
+            quiet=quiet,
+            compressed_size=given["compressed_size"],
+            json_path=json_path,
+            stdout=stdout,
+            extra=recipe_json,
+        )
+    else:
+        _print_stages(run, recipe_path, quiet)
+        if json_path is not None:
+            before, after = run.params_before, run.params_after
+            model = {"parameters": [before.parameters, after.parameters], "nonzeros": [before.nonzeros, after.nonzeros]}
+            data = {"input": str(source), "output": str(run.saved.path), **recipe_json, "model": model}
+            _write_json(json_path, "prune", data, stdout)
+    if do_eval:
+        _evaluate_written(source, run.saved.path, eval_kwargs, given["input_shape"], quiet, shown=output, stdout=stdout)
+
+
+def _print_stages(run: RecipeRun, recipe_path: Path, quiet: bool) -> None:
+    """The table of a run of stages, its unclaimed tensors and its summary line."""
     rows = [
         [
             r.stage.name,
@@ -885,31 +1015,12 @@ def _prune_recipe(
         click.echo(table(rows, ["stage", "tensors", "method", "pattern", "sparsity of its tensors"]))
         for key, why in run.unclaimed.items():
             click.echo(f"  not pruned: {key}: {why}")
-    before, after = run.params_before, run.params_after
+    after = run.params_after
     zeros = after.parameters - after.nonzeros
     click.echo(
-        f"\nrecipe '{recipe_path.name}' ({len(recipe.stages)} stage(s)): {count(zeros)} of {count(after.parameters)} "
-        f"parameters zero ({zeros / max(after.parameters, 1):.1%}) -> {run.saved.path}"
+        f"\nrecipe '{recipe_path.name}' ({len(run.recipe.stages)} stage(s)): {count(zeros)} of "
+        f"{count(after.parameters)} parameters zero ({zeros / max(after.parameters, 1):.1%}) -> {run.saved.path}"
     )
-    if json_path is not None:
-        _write_json(
-            json_path,
-            "prune",
-            {
-                "input": str(source),
-                "output": str(run.saved.path),
-                "recipe": recipe.to_dict(),
-                "stages": [r.to_dict() for r in run.stages],
-                "unclaimed": dict(run.unclaimed),
-                "model": {
-                    "parameters": [before.parameters, after.parameters],
-                    "nonzeros": [before.nonzeros, after.nonzeros],
-                },
-            },
-            stdout,
-        )
-    if given["do_eval"] or any(eval_kwargs.get(k) for k in ("data", "labels", "report", "eval_json")):
-        _evaluate_written(source, run.saved.path, eval_kwargs, given["input_shape"], quiet, shown=output, stdout=stdout)
 
 
 @main.command("recipe")
@@ -920,14 +1031,14 @@ def _prune_recipe(
 def recipe_command(model: Path, verbose: bool, debug: bool) -> None:
     """Print the recipe MODEL was pruned with (JSON), for `prune --recipe` on another model.
 
+    A model pruned with flags has a recipe too: one stage, every option written out.
+
     \b
     Examples:
       onnxprune recipe pruned.onnx > recipe.json
       onnxprune prune other.onnx other.pruned.onnx --recipe recipe.json
       onnxprune prune other.onnx other.pruned.onnx --recipe pruned.onnx    # the same, in one step
     """
-    from onnxprune import recipe as recipes
-
     reads_model(model)
     made = recipes.from_model(load_model(model))
     if made is None:

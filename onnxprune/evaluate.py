@@ -129,7 +129,7 @@ class ModelReport:
     fidelity: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     structure: dict[str, Any] | None = None  # the structural pass's provenance (see read_structure)
-    recipe: dict[str, Any] | None = None  # how the weight pass made it (provenance.read_recipe)
+    recipe: dict[str, Any] | None = None  # how it was made: its recipe (provenance.read_recipe)
     compressed_exact: bool = True  # False: compressed_bytes is a sampled estimate
     compressed_error: float = 0.0  # the estimate's relative standard error
 

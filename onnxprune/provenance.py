@@ -5,6 +5,8 @@
 * ``onnxprune.structure`` and ``onnxprune.structure.options`` after the structural pass
   (channels before, after and dead per group), and a line on each group's source nodes;
   :func:`read_structure` reads them back (for the evaluator and the viewer), never raising.
+* ``onnxprune.recipe``: the recipe of the run (:mod:`onnxprune.recipe`, stamped by the
+  pipeline); :func:`read_recipe` reads it back as lines for the report, never raising.
 * each pruned tensor's ``doc_string`` and a line in each reading node's ``doc_string``:
   its sparsity and pattern, so a user who clicks the node in Netron sees it.
 
@@ -20,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from onnx import ModelProto, NodeProto
 
+from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.ops import constant_tensor
 from onnxprune.passes.result import PruneResult
 
 if TYPE_CHECKING:
     from onnxprune.passes.structural import StructuralResult
+    from onnxprune.recipe import Stage
 
 PREFIX = "onnxprune."
 #: The structural pass's summary and options in ``metadata_props`` (see :func:`read_structure`).
@@ -207,31 +211,54 @@ def _parse_structure(raw: Any) -> dict[str, Any]:
     }
 
 
-#: The weight pass's options in ``metadata_props`` (see :func:`read_recipe`).
-OPTIONS_KEY = PREFIX + "options"
-
-
 def read_recipe(model: ModelProto) -> dict[str, Any] | None:
-    """How the weight pass that made ``model`` was set up, from ``onnxprune.options``: the
-    options a reader compares candidates by (``method``, ``sparsity``, ``scope``,
-    ``criterion``, ``pattern``, ``allocator``, ``plan`` as the number of its entries), and
-    ``text``, one line of them (``"sparsegpt, 50 %, local, curves allocation"``). None
-    without the key or when it is not a JSON object; never raises."""
-    meta = {entry.key: entry.value for entry in model.metadata_props}
+    """How ``model`` was made, from the recipe it carries (:func:`onnxprune.recipe.from_model`:
+    ``onnxprune.recipe``, or the options of a model pruned before recipes were stamped).
+
+    ``stages`` lists each stage with the options a reader compares candidates by and ``text``,
+    one line of them (:func:`stage_summary`); ``text`` is the line of the only stage, or of each
+    stage named, joined by " → ". A recipe of one stage also has that stage's options at the top
+    (``method``, ``sparsity``, ``scope``, ...). None when onnxprune did not make the model or its
+    recipe cannot be read; never raises."""
+    from onnxprune.recipe import from_model
+
     try:
-        options = json.loads(meta[OPTIONS_KEY]) if OPTIONS_KEY in meta else None
-    except ValueError:
+        recipe = from_model(model)
+        stages = [stage_summary(stage) for stage in recipe.stages] if recipe is not None else None
+    except (OnnxPruneError, ValueError, TypeError, KeyError, AttributeError):  # a malformed recipe: none
         return None
-    if not isinstance(options, dict):
+    if not stages:
         return None
-    recipe = {k: options.get(k) for k in ("method", "sparsity", "scope", "criterion", "pattern", "allocator")}
-    plan = options.get("plan")
-    recipe["plan"] = len(plan) if isinstance(plan, dict) else 0
-    return {**recipe, "text": recipe_text(recipe)}
+    if len(stages) == 1:
+        return {**stages[0], "stages": stages}
+    return {"stages": stages, "text": " → ".join(f"{s['name']}: {s['text']}" for s in stages)}
+
+
+def stage_summary(stage: Stage) -> dict[str, Any]:
+    """One stage of a recipe as :func:`read_recipe` lists it: its ``name``, ``structured``, the
+    options a reader compares candidates by (a weight stage: ``method``, ``sparsity``,
+    ``scope``, ``criterion``, ``pattern``, ``allocator`` as it resolves; a structural stage:
+    ``sparsity``, ``target_flops``, ``scope``, ``allocator``), ``plan`` as the number of its
+    entries, and ``text``, one line of them."""
+    summary: dict[str, Any] = {"name": stage.name, "structured": stage.structured, "plan": len(stage.plan)}
+    if stage.structured:
+        keys = ("sparsity", "target_flops", "scope", "allocator")
+        summary.update({key: getattr(stage, key) for key in keys})
+        return {**summary, "text": channels_text(summary)}
+    config = stage.prune_config()
+    summary.update(
+        method=config.method,
+        sparsity=config.sparsity,
+        scope=config.scope,
+        criterion=config.criterion,
+        pattern=config.pattern_name,
+        allocator=config.resolved_allocator,
+    )
+    return {**summary, "text": recipe_text(summary)}
 
 
 def recipe_text(recipe: dict[str, Any]) -> str:
-    """One line of a recipe (:func:`read_recipe`)."""
+    """One line of a weight stage (:func:`stage_summary`)."""
     parts = [str(recipe.get("method") or "magnitude")]
     pattern = recipe.get("pattern")
     if pattern and pattern != "unstructured":
@@ -247,4 +274,22 @@ def recipe_text(recipe: dict[str, Any]) -> str:
         parts.append(str(recipe["criterion"]))
     if recipe.get("allocator") not in (None, "uniform") and recipe.get("method") not in (None, "magnitude"):
         parts.append(f"{recipe['allocator']} allocation")
+    return ", ".join(parts)
+
+
+def channels_text(summary: dict[str, Any]) -> str:
+    """One line of a structural stage (:func:`stage_summary`)."""
+    parts = ["channels"]
+    if summary.get("sparsity") is not None:
+        parts.append(f"{100 * summary['sparsity']:.4g} %")
+    if summary.get("target_flops") is not None:
+        parts.append(f"{100 * summary['target_flops']:.4g} % of the MACs kept")
+    if summary.get("plan"):
+        parts.append(f"a plan of {summary['plan']} group(s)")
+    if len(parts) == 1:
+        return "dead channels"
+    if summary.get("scope") == "global":
+        parts.append("global")
+    if summary.get("allocator") not in (None, "uniform"):
+        parts.append(f"{summary['allocator']} allocation")
     return ", ".join(parts)

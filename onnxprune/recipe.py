@@ -9,25 +9,49 @@ A recipe (JSON, or YAML where PyYAML is installed) is::
        {"name": "rest", "sparsity": 0.3},
        {"name": "channels", "structured": true, "sparsity": 0.2}]}
 
+**A stage's options are the typed configs' fields, by the same names.** A weight stage takes
+every field of :class:`~onnxprune.config.PruneConfig` but ``workers`` and ``ray`` (where the
+solves run, not what they compute): ``sparsity``, ``pattern`` ("2:4", or none), ``scope``,
+``allocator``, ``plan``, ``max_layer_sparsity``, ``nm_fallback``, ``criterion``, ``seed``,
+``min_size``, ``include``, ``exclude``, ``op_types``, ``method``, ``bias_correction``,
+``sequential``, ``percdamp``, ``blocksize``, ``exact_refit``, ``capture_rows``; and
+``dead_channels`` and ``fold``: whether the exact dead-channel pass follows it, and whether that
+pass folds the graph when channels go. A structural stage (``"structured": true``) takes every
+field of :class:`~onnxprune.config.StructureConfig`, ``amount`` written ``sparsity`` (the fraction
+of each channel group, or of the parameters when allocated by measured loss): ``sparsity`` or
+``target_flops`` or ``plan`` (none of them: dead channels only), ``scope``, ``allocator``,
+``importance``, ``refit``, ``round_to``, ``max_fraction``, ``fold``, ``damp``, ``dead_channels``;
+it sees the whole model. An option of the other kind of stage is refused. The canonical JSON
+writes every option out, defaults included.
+
 **Which tensors a weight stage prunes.** Every weight tensor ``onnxprune inspect`` lists as
 prunable belongs to at most one stage: the first whose ``targets`` match it (no ``targets``:
-every tensor), whose ``op_types`` (if given) include an op that reads it as a weight, and
-whose ``ignore`` does not match it; a tensor the recipe's own ``ignore`` matches belongs to
-none. A pattern matches a tensor when it equals its name, the name of a node that reads it
-or the type of that node; with the prefix ``re:`` it is a regular expression searched in
-them (``re:^layers\\.``). Each stage then prunes exactly its tensors with its own ``sparsity``
-(or N:M ``pattern``), ``scope``, ``criterion`` and ``method`` (calibrated methods read the
-run's calibration data), in order, on the model the stages before it left.
+every tensor), whose ``op_types`` (if given) include an op that reads it as a weight, whose
+``include`` regexes (if given) and no ``exclude`` regex are found in its name or the name of a
+node reading it (what ``prune --include/--exclude`` mean), and whose ``ignore`` does not match
+it; a tensor the recipe's own ``ignore`` matches belongs to none. A pattern of ``targets`` and
+``ignore`` matches a tensor when it equals its name, the name of a node that reads it or the
+type of that node; with the prefix ``re:`` it is a regular expression searched in them
+(``re:^layers\\.``). Each stage then prunes exactly its tensors with its own options
+(calibrated methods read the run's calibration data), in order, on the model the stages
+before it left; after the last, the dead-channel pass runs as the last stage says.
 
-**A structural stage** (``"structured": true``) removes channels as ``prune --structured``
-does, with ``sparsity`` (the fraction of each channel group, or of the parameters when
-allocated by measured loss) or ``target_flops``; it sees the whole model.
+**The flags are a one-stage recipe.** ``prune``'s flags make a :class:`PruneConfig` (weights)
+or a :class:`StructureConfig` (channels), and :meth:`Recipe.from_configs` writes them as one
+stage, losslessly; :meth:`Recipe.single_pass` gives the configs back. A recipe that is one pass
+(one stage, no ``targets`` and no ``ignore``) runs as the flags do, through
+:func:`onnxprune.prune_file` (streamed where the model allows), whether it came from flags or from
+a file; a recipe of several stages runs stage by stage in memory
+(:func:`onnxprune.recipe_run.run_recipe`). Quantization is not part of a recipe.
 
-**Provenance.** The run writes the recipe into the model (``onnxprune.recipe``, canonical
-JSON: sorted keys, defaults written out), so ``onnxprune recipe MODEL`` prints it and
-``--recipe MODEL`` replays it on another model; replayed on the same input with the same
-data it gives the same bytes. A model pruned with flags has no recipe key: its one-stage
-recipe is read back from its options (:func:`from_model`).
+**Provenance.** Every run writes its recipe into the model (``onnxprune.recipe``, canonical
+JSON: sorted keys, defaults written out): a pass of :func:`onnxprune.prune_file` or
+:func:`onnxprune.prune_model` the recipe of its configs (a run of both a weight and a
+structural config, which only the Python API makes, as two stages), a run of stages the
+recipe it ran. So ``onnxprune recipe MODEL`` prints it and ``--recipe MODEL`` replays it on
+another model; replayed on the same input with the same data it gives the same bytes. A
+model pruned before recipes were stamped gets its recipe from its options
+(``onnxprune.options``, ``onnxprune.structure.options``; :func:`from_model`).
 """
 
 from __future__ import annotations
@@ -36,26 +60,42 @@ import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from onnx import ModelProto
 
-from onnxprune.config import PruneConfig, StructureConfig, parse_pattern
+from onnxprune.config import PLACEMENT, PruneConfig, StructureConfig, parse_pattern
 from onnxprune.errors import OptionError, opt
 from onnxprune.graph.discovery import Inventory, Weight
+from onnxprune.passes.deadwatch import AfterWeights
+from onnxprune.row_sampling import ROWS_PER_COL
 
-#: The metadata key a recipe run writes (see the module docstring).
+#: The metadata key every run writes (see the module docstring).
 RECIPE_KEY = "onnxprune.recipe"
 #: The version of the recipe format.
 RECIPE_VERSION = 1
 REGEX_PREFIX = "re:"
 
+#: The stage options a weight stage passes to its :class:`PruneConfig`, by the same names.
+WEIGHT_FIELDS = tuple(f.name for f in fields(PruneConfig) if f.name not in PLACEMENT)
+#: :class:`StructureConfig` field -> the stage option that holds it.
+STRUCTURE_FIELDS = {f.name: "sparsity" if f.name == "amount" else f.name for f in fields(StructureConfig)}
+#: What a weight stage says of the dead-channel pass after it.
+AFTER_WEIGHTS_FIELDS = ("dead_channels", "fold")
+
+
+def _as_strings(value: object, where: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable) or not all(isinstance(v, str) for v in value):
+        raise OptionError(f"{where} must be a list of strings, got {value!r}")
+    return tuple(value)
+
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a recipe (module docstring)."""
+    """One stage of a recipe: a weight stage, or a structural one (module docstring)."""
 
     name: str = ""
     targets: tuple[str, ...] = ()
@@ -69,47 +109,111 @@ class Stage:
     min_size: int = 256
     structured: bool = False
     target_flops: float | None = None
+    # the rest of PruneConfig
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    nm_fallback: str = "unstructured"
+    plan: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    max_layer_sparsity: float = 0.98
+    seed: int = 0
+    allocator: str | None = None
+    bias_correction: bool = False
+    sequential: bool = True
+    percdamp: float | None = None
+    blocksize: int = 128
+    exact_refit: bool = True
+    capture_rows: int | None = ROWS_PER_COL
+    # the rest of StructureConfig
+    dead_channels: bool = True
+    importance: str = "auto"
+    refit: bool = True
+    round_to: int = 8
+    max_fraction: float = 0.9
+    fold: bool = True
+    damp: float = 0.01
 
     def __post_init__(self) -> None:
-        for name in ("targets", "ignore", "op_types"):
-            value = getattr(self, name)
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-                raise OptionError(f"recipe stage '{self.name}': {name} must be a list of strings, got {value!r}")
-            object.__setattr__(self, name, tuple(value))
-            for pattern in value:
-                _compiled(pattern, f"recipe stage '{self.name}', {name}")
+        where = f"recipe stage '{self.name}'"
+        for name in ("targets", "ignore", "op_types", "include", "exclude"):
+            value = _as_strings(getattr(self, name), f"{where}: {name}")
+            object.__setattr__(self, name, value)
+            if name in ("targets", "ignore"):
+                for pattern in value:
+                    _compiled(pattern, f"{where}, {name}")
+        if not isinstance(self.plan, Mapping):
+            raise OptionError(f"{where}: plan must be an object {{name: sparsity}}, got {self.plan!r}")
+        object.__setattr__(self, "plan", MappingProxyType({str(k): v for k, v in self.plan.items()}))
+        if self.pattern is not None and not isinstance(self.pattern, str):
+            raise OptionError(f'{where}: pattern must be a string such as "2:4", got {self.pattern!r}')
+        parsed = parse_pattern(self.pattern or "unstructured")
+        object.__setattr__(self, "pattern", None if parsed is None else f"{parsed[0]}:{parsed[1]}")
         if self.structured:
-            if self.pattern is not None or self.method != "magnitude" or self.targets or self.op_types:
+            others = _set_options(self, (*WEIGHT_FIELDS, "targets", "ignore"), STRUCTURE_FIELDS.values())
+            if others:
                 raise OptionError(
-                    f"recipe stage '{self.name}' is structured: it takes sparsity or target_flops only "
-                    "(channels are removed where the groups allow, over the whole model)"
+                    f"{where} is structured: {', '.join(others)} {'is' if len(others) == 1 else 'are'} for a "
+                    "weight stage (channels are removed where the groups allow, over the whole model)"
                 )
-            if self.sparsity is None and self.target_flops is None:
-                raise OptionError(f"recipe stage '{self.name}' is structured: give sparsity or target_flops")
+            config = self.structure_config()
+            if not (config.structured or config.dead_channels):
+                raise OptionError(f"{where} is structured: give sparsity, target_flops or a plan")
         else:
-            if self.target_flops is not None:
-                raise OptionError(f"recipe stage '{self.name}': target_flops is for a structured stage")
-            self.weight_config(())  # the config's own checks, with one-line errors
+            others = _set_options(self, STRUCTURE_FIELDS.values(), (*WEIGHT_FIELDS, *AFTER_WEIGHTS_FIELDS))
+            if others:
+                raise OptionError(
+                    f"{where}: {', '.join(others)} {'is' if len(others) == 1 else 'are'} for a structured stage"
+                )
+            self.prune_config()  # the config's own checks, with one-line errors
+
+    def prune_config(self) -> PruneConfig:
+        """The weight pass of this stage as one pass: its own selection (``include``,
+        ``exclude``, ``op_types``, ``min_size``), not its ``targets`` and ``ignore``."""
+        values = {name: getattr(self, name) for name in WEIGHT_FIELDS}
+        return PruneConfig(**{**values, "pattern": parse_pattern(self.pattern or "unstructured")})
 
     def weight_config(self, names: Sequence[str]) -> PruneConfig:
-        """The weight pass of this stage, pruning exactly the tensors ``names``."""
-        return PruneConfig(
-            sparsity=self.sparsity,
-            pattern=parse_pattern(self.pattern or "unstructured"),
-            scope=self.scope,
-            criterion=self.criterion,
-            method=self.method,
-            min_size=self.min_size,
-            include=tuple(f"^{re.escape(n)}$" for n in names),
+        """The weight pass of this stage in a run of stages, pruning exactly the tensors ``names``
+        (:func:`assign` chose them)."""
+        return dataclasses.replace(
+            self.prune_config(), include=tuple(f"^{re.escape(n)}$" for n in names), exclude=(), op_types=()
         )
+
+    def after_weights(self) -> AfterWeights:
+        """The channel pass after this weight stage: dead channels (unless ``dead_channels`` is
+        false), the graph left as it is unless some go."""
+        return AfterWeights(dead_channels=self.dead_channels, fold=self.fold)
 
     def structure_config(self) -> StructureConfig:
         """The channel pass of a structural stage."""
-        return StructureConfig(amount=self.sparsity, target_flops=self.target_flops)
+        return StructureConfig(**{name: getattr(self, option) for name, option in STRUCTURE_FIELDS.items()})
+
+    @property
+    def calibrated(self) -> bool:
+        """A weight stage whose method (or bias correction) needs calibration data."""
+        return not self.structured and self.prune_config().calibrated
+
+    @property
+    def reads_data(self) -> bool:
+        """The stage uses calibration data: it calibrates, or removes channels (ranked and
+        refitted on the data when the run has some)."""
+        return self.calibrated or (self.structured and self.structure_config().structured)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            k: list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v for k, v in data.items()
+        }
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+
+
+def _set_options(stage: Stage, names: Iterable[str], except_: Iterable[str]) -> list[str]:
+    """The options among ``names`` (less ``except_``) that ``stage`` sets to other than their default."""
+    defaults = {f.name: _default(f) for f in fields(Stage)}
+    skip = set(except_)
+    return [n for n in dict.fromkeys(names) if n not in skip and getattr(stage, n) != defaults[n]]
 
 
 @dataclass(frozen=True)
@@ -123,11 +227,69 @@ class Recipe:
     def __post_init__(self) -> None:
         if not self.stages:
             raise OptionError("a recipe needs at least one stage")
+        object.__setattr__(self, "stages", tuple(self.stages))
+        object.__setattr__(self, "ignore", _as_strings(self.ignore, "recipe ignore"))
         for pattern in self.ignore:
             _compiled(pattern, "recipe ignore")
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise OptionError(f"recipe stage names must differ: {names}")
+
+    @classmethod
+    def from_configs(cls, config: PruneConfig | None, structure: StructureConfig | None) -> Recipe:
+        """The recipe of the pipeline :func:`onnxprune.passes.pipeline.build_pipeline` builds
+        from ``config`` (the weight pass) and ``structure`` (the channel pass; None: none).
+
+        A weight pass is one stage named "weights", every field of ``config`` but where its
+        solves run; its ``dead_channels`` and ``fold`` are those of ``structure`` when that is
+        the pass after weights (an :class:`~onnxprune.passes.deadwatch.AfterWeights`, whose
+        other fields choose nothing), ``dead_channels`` false when there is no channel pass. A
+        channel pass alone (an ``AfterWeights`` too) is one structural stage named "channels".
+        Both (a structural config
+        after a weight pass, which only the Python API makes) are two stages. What the flags
+        make is always one stage, and :meth:`single_pass` gives the configs back."""
+        stages = []
+        channels = structure is not None and structure.active
+        channels = channels and (config is None or not isinstance(structure, AfterWeights))
+        if config is not None:
+            after = structure if isinstance(structure, AfterWeights) else AfterWeights(dead_channels=False)
+            values = {name: getattr(config, name) for name in WEIGHT_FIELDS}
+            values["pattern"] = None if config.pattern is None else f"{config.pattern[0]}:{config.pattern[1]}"
+            stages.append(Stage(name="weights", **values, **{k: getattr(after, k) for k in AFTER_WEIGHTS_FIELDS}))
+        if channels:
+            assert structure is not None
+            values = {option: getattr(structure, name) for name, option in STRUCTURE_FIELDS.items()}
+            stages.append(Stage(name="channels", structured=True, **values))
+        if not stages:
+            raise OptionError(
+                f"nothing to do: give {opt('sparsity')}, {opt('pattern')}, {opt('plan')}, {opt('structure')} "
+                f"or {opt('dead_channels', True)}"
+            )
+        return cls(tuple(stages))
+
+    def single_pass(self) -> tuple[PruneConfig | None, StructureConfig] | None:
+        """The configs of the one pass this recipe is (the inverse of :meth:`from_configs`):
+        ``(weights, the channel pass after them)`` or ``(None, channels)``; None for a recipe of
+        several stages, or whose ``targets`` or ``ignore`` (its own or its stage's) choose
+        tensors, which a pass's options do not express."""
+        if len(self.stages) != 1 or self.ignore:
+            return None
+        (stage,) = self.stages
+        if stage.targets or stage.ignore:
+            return None
+        if stage.structured:
+            return None, stage.structure_config()
+        return stage.prune_config(), stage.after_weights()
+
+    @property
+    def calibrated(self) -> bool:
+        """A stage needs calibration data (a calibrated method or bias correction)."""
+        return any(stage.calibrated for stage in self.stages)
+
+    @property
+    def reads_data(self) -> bool:
+        """A stage uses calibration data when the run has some (see :attr:`Stage.reads_data`)."""
+        return any(stage.reads_data for stage in self.stages)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "ignore": list(self.ignore), "stages": [s.to_dict() for s in self.stages]}
@@ -149,7 +311,7 @@ def from_dict(data: Any) -> Recipe:
     """A :class:`Recipe` from its JSON form; one-line :class:`OptionError` on a bad one."""
     if not isinstance(data, Mapping) or not isinstance(data.get("stages"), list):
         raise OptionError('a recipe is an object with a "stages" list (and optionally "ignore")')
-    known = {f.name for f in dataclasses.fields(Stage)}
+    known = {f.name for f in fields(Stage)}
     stages = []
     for index, raw in enumerate(data["stages"]):
         if not isinstance(raw, Mapping):
@@ -169,46 +331,37 @@ def from_dict(data: Any) -> Recipe:
     version = data.get("version", RECIPE_VERSION)
     if version != RECIPE_VERSION:
         raise OptionError(f"recipe version {version!r}: this onnxprune reads version {RECIPE_VERSION}")
-    return Recipe(tuple(stages), tuple(data.get("ignore") or ()))
+    ignore = data.get("ignore") or ()
+    return Recipe(tuple(stages), tuple(ignore) if isinstance(ignore, list) else ignore)
 
 
 def from_model(model: ModelProto) -> Recipe | None:
-    """The recipe ``model`` was made with: its ``onnxprune.recipe``, else a one-stage recipe
-    from the options a flag run wrote (``onnxprune.options``, ``onnxprune.structure.options``);
-    None when onnxprune did not make it."""
+    """The recipe ``model`` was made with: its ``onnxprune.recipe``, else (a model pruned before
+    recipes were stamped) the recipe of the configs in the options its passes wrote
+    (``onnxprune.options``, ``onnxprune.structure.options``); None when onnxprune did not make it."""
     meta = {entry.key: entry.value for entry in model.metadata_props}
     if RECIPE_KEY in meta:
         return from_dict(_json(meta[RECIPE_KEY], "its onnxprune.recipe metadata"))
-    stages = []
+    config = structure = None
     if "onnxprune.options" in meta:
-        options = _json(meta["onnxprune.options"], "its onnxprune.options metadata")
-        pattern = options.get("pattern")
-        stages.append(
-            Stage(
-                name="weights",
-                targets=tuple(f"{REGEX_PREFIX}{p}" for p in options.get("include") or ()),
-                ignore=tuple(f"{REGEX_PREFIX}{p}" for p in options.get("exclude") or ()),
-                op_types=tuple(options.get("op_types") or ()),
-                sparsity=options.get("sparsity"),
-                pattern=pattern if pattern and pattern != "unstructured" else None,
-                scope=options.get("scope", "local"),
-                criterion=options.get("criterion", "magnitude"),
-                method=options.get("method", "magnitude"),
-                min_size=options.get("min_size", 256),
-            )
-        )
+        options = _object(meta["onnxprune.options"], "its onnxprune.options metadata")
+        values = {k: options[k] for k in WEIGHT_FIELDS if k in options}
+        values["pattern"] = parse_pattern(values.get("pattern") or "unstructured")
+        values.update({k: tuple(values[k]) for k in ("include", "exclude", "op_types") if k in values})
+        config = _config(PruneConfig, {**values, "allocator": None})
+        if values.get("allocator") not in (None, config.resolved_allocator):  # the options hold it resolved
+            config = _config(PruneConfig, values)
     if "onnxprune.structure.options" in meta:
-        options = _json(meta["onnxprune.structure.options"], "its onnxprune.structure.options metadata")
-        if options.get("amount") is not None or options.get("target_flops") is not None:
-            stages.append(
-                Stage(
-                    name="channels",
-                    structured=True,
-                    sparsity=options.get("amount"),
-                    target_flops=options.get("target_flops"),
-                )
-            )
-    return Recipe(tuple(stages)) if stages else None
+        options = _object(meta["onnxprune.structure.options"], "its onnxprune.structure.options metadata")
+        values = {k: options[k] for k in STRUCTURE_FIELDS if k in options}
+        structure = _config(StructureConfig, values)
+        if config is not None and not structure.structured:  # the pass after the weights
+            structure = AfterWeights(**{f.name: getattr(structure, f.name) for f in fields(StructureConfig)})
+    elif config is not None:  # the pass after the weights found nothing to remove
+        structure = AfterWeights()
+    if config is None and (structure is None or not structure.active):
+        return None
+    return Recipe.from_configs(config, structure)
 
 
 def _json(text: str, what: str) -> Any:
@@ -216,6 +369,20 @@ def _json(text: str, what: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise OptionError(f"the model's recipe cannot be read: {what} is not JSON ({exc})") from None
+
+
+def _object(text: str, what: str) -> dict[str, Any]:
+    value = _json(text, what)
+    if not isinstance(value, dict):
+        raise OptionError(f"the model's recipe cannot be read: {what} is not a JSON object")
+    return value
+
+
+def _config(kind: type, values: dict[str, Any]) -> Any:
+    try:
+        return kind(**values)
+    except TypeError as exc:
+        raise OptionError(f"the model's recipe cannot be read from its options: {exc}") from None
 
 
 def load(path: str | Path) -> Recipe:
@@ -269,6 +436,16 @@ def _names(weight: Weight) -> tuple[str, ...]:
     return (weight.name, weight.key, *weight.nodes, *weight.ops)
 
 
+def _selected(stage: Stage, weight: Weight) -> bool:
+    """``stage``'s own selection takes ``weight``: its ``op_types``, and its ``include`` and
+    ``exclude`` regexes searched in the tensor's name and its readers' (as discovery does)."""
+    if stage.op_types and not set(stage.op_types) & set(weight.ops):
+        return False
+    names = (weight.name, *(reader.node for reader in weight.readers))
+    found = [any(re.search(p, n) for n in names) for p in (*stage.include, *stage.exclude)]
+    return (not stage.include or any(found[: len(stage.include)])) and not any(found[len(stage.include) :])
+
+
 def assign(recipe: Recipe, inventory: Inventory) -> Assignment:
     """The tensors of each weight stage (module docstring); structural stages get none."""
     claimed: dict[int, list[str]] = {i: [] for i, s in enumerate(recipe.stages) if not s.structured}
@@ -283,7 +460,7 @@ def assign(recipe: Recipe, inventory: Inventory) -> Assignment:
                 continue
             if stage.targets and not any(matches(p, names) for p in stage.targets):
                 continue
-            if stage.op_types and not set(stage.op_types) & set(weight.ops):
+            if not _selected(stage, weight):
                 continue
             if any(matches(p, names) for p in stage.ignore):
                 continue
@@ -307,146 +484,57 @@ def stamp(model: ModelProto, recipe: Recipe) -> None:
     entry.key, entry.value = RECIPE_KEY, recipe.to_json()
 
 
-#: The options a recipe's stages set, as messages name them.
-STAGE_OPTIONS = {
+#: The options a recipe describes (each stage option, by API field; ``structure`` for a
+#: structural stage) and the steps a recipe run does not take, as a message names each when it
+#: is given (a boolean by the value it is given, which is not its default but for
+#: ``dead_channels``): with a recipe, they are refused.
+RECIPE_OPTIONS: dict[str, str | dict[bool, str]] = {
     "sparsity": opt("sparsity"),
-    "pattern": opt("pattern"),
-    "plan": opt("plan"),
-    "structured": opt("structure"),
-    "method": opt("method"),
     "scope": opt("scope"),
     "criterion": opt("criterion"),
-    "allocator": opt("allocator"),
+    "pattern": opt("pattern"),
+    "nm_fallback": opt("nm_fallback"),
+    "plan": opt("plan"),
+    "max_layer_sparsity": opt("max_layer_sparsity"),
+    "seed": opt("seed"),
+    "min_size": opt("min_size"),
     "include": opt("include"),
+    "exclude": opt("exclude"),
+    "op_types": opt("op_types"),
+    "method": opt("method"),
+    "bias_correction": opt("bias_correction", True),
+    "sequential": opt("sequential", False),
+    "percdamp": opt("percdamp"),
+    "blocksize": opt("blocksize"),
+    "exact_refit": opt("exact_refit", False),
+    "allocator": opt("allocator"),
+    "capture_rows": opt("capture_rows"),
+    "structure": opt("structure"),
+    "target_flops": opt("target_flops"),
+    "dead_channels": {True: opt("dead_channels", True), False: opt("dead_channels", False)},
+    "importance": opt("importance"),
+    "refit": opt("refit", False),
+    "round_to": opt("round_to"),
+    "max_fraction": opt("max_fraction"),
+    "fold": opt("fold", False),
+    "damp": opt("damp"),
     "quantize": opt("quantize"),
     "dry_run": opt("dry_run"),
 }
 
 
 def check_flags(given: Mapping[str, object]) -> None:
-    """A recipe describes the whole run: ``given`` (a name of :data:`STAGE_OPTIONS` -> whether
-    it was set) must hold none of the options a stage sets."""
-    clash = [STAGE_OPTIONS[name] for name, set_ in given.items() if set_]
+    """A recipe describes the whole run: ``given`` (each option of :data:`RECIPE_OPTIONS` that
+    was set -> its value) must be empty."""
+    unknown = sorted(set(given) - set(RECIPE_OPTIONS))
+    if unknown:
+        raise ValueError(f"not options a recipe describes: {unknown}")
+    clash = []
+    for name, value in given.items():
+        text = RECIPE_OPTIONS[name]
+        clash.append(text[bool(value)] if isinstance(text, dict) else text)
     if clash:
         raise OptionError(
-            f"{opt('recipe')} sets the amount, pattern and method of every stage: drop {', '.join(clash)}"
+            f"{opt('recipe')} describes the whole run (the tensors, amount, pattern, method and channel options "
+            f"of every stage): drop {', '.join(clash)}"
         )
-
-
-@dataclass(frozen=True)
-class StageResult:
-    """What one stage did: its tensors and their zeros, or the structural pass's result."""
-
-    stage: Stage
-    tensors: tuple[str, ...]
-    numel: int = 0
-    zeros_before: int = 0
-    zeros_after: int = 0
-    structure: Any = None  # a StructuralResult for a structural stage
-    note: str | None = None
-
-    @property
-    def sparsity(self) -> float:
-        return self.zeros_after / self.numel if self.numel else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.stage.name,
-            "tensors": list(self.tensors),
-            "numel": self.numel,
-            "zeros_before": self.zeros_before,
-            "zeros_after": self.zeros_after,
-            "sparsity": self.sparsity,
-            "structure": self.structure.to_dict() if self.structure is not None else None,
-            "note": self.note,
-        }
-
-
-@dataclass
-class RecipeRun:
-    """A recipe run: each stage's result, the tensors no stage claimed, the written model."""
-
-    recipe: Recipe
-    stages: list[StageResult]
-    unclaimed: Mapping[str, str]
-    saved: Any
-    params_before: Any
-    params_after: Any
-    input_files: tuple[Path, ...] = ()
-
-
-#: Metadata a single weight pass writes that a recipe run replaces by the recipe (each stage
-#: would overwrite the one before; the recipe says what every stage did).
-STAGE_KEYS = ("onnxprune.options", "onnxprune.summary")
-
-
-def run_recipe(
-    source: str | Path,
-    output: str | Path,
-    recipe: Recipe,
-    *,
-    calibration: Any = None,
-    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-    force: bool = False,
-    dead_channels: bool = True,
-) -> RecipeRun:
-    """Run ``recipe`` on the model file ``source`` and write ``output`` (validated, atomically):
-    the stages in order in memory, then the dead-channel pass (``dead_channels``), then the
-    recipe stamped into the model (module docstring). ``calibration`` (a Dataset) is read by
-    calibrated stages and by structural stages that rank channels on data."""
-    from onnxprune import prune_model, save
-    from onnxprune.graph.discovery import DiscoveryOptions, discover
-    from onnxprune.graph.model_io import load_model_with_files
-    from onnxprune.passes.pipeline import DEAD_CHANNELS_AFTER_WEIGHTS
-    from onnxprune.stats import param_stats
-
-    model, files = load_model_with_files(source, finite=True)
-    before = param_stats(model)
-    weight_stages = [s for s in recipe.stages if not s.structured]
-    floor = min((s.min_size for s in weight_stages), default=256)
-    inventory = discover(model, DiscoveryOptions(min_size=floor))
-    assignment = assign(recipe, inventory)
-    numel = {w.name: w.numel for w in inventory.prunable}
-    results: list[StageResult] = []
-    for stage, names in assignment.stages:
-        if stage.structured:
-            _, run = prune_model(
-                model,
-                None,
-                inplace=True,
-                structure=stage.structure_config(),
-                calibration=calibration,
-                input_shapes=input_shapes,
-            )
-            results.append(StageResult(stage, (), structure=run.structure))
-            continue
-        if not names:
-            results.append(StageResult(stage, (), note="no tensor left for this stage"))
-            continue
-        config = stage.weight_config(names)
-        _, run = prune_model(
-            model,
-            config,
-            inplace=True,
-            calibration=calibration if config.calibrated else None,
-            input_shapes=input_shapes,
-        )
-        mine = [layer for layer in run.result.layers if layer.name in set(names) and not layer.scope]
-        results.append(
-            StageResult(
-                stage,
-                tuple(names),
-                sum(numel.get(layer.name, 0) for layer in mine),
-                sum(layer.zeros_before for layer in mine),
-                sum(layer.zeros_after for layer in mine),
-            )
-        )
-    if dead_channels:
-        prune_model(model, None, inplace=True, structure=DEAD_CHANNELS_AFTER_WEIGHTS, input_shapes=input_shapes)
-    kept = [entry for entry in model.metadata_props if entry.key not in STAGE_KEYS]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    stamp(model, recipe)
-    after = param_stats(model)
-    saved = save(model, output, reference=source, input_shapes=input_shapes, force=force)
-    return RecipeRun(recipe, results, assignment.unclaimed, saved, before, after, tuple(files))

@@ -3,8 +3,8 @@
 Netron (the optional ``netron`` package: ``pip install 'onnxprune[view]'``) serves the model
 file over HTTP and draws its graph in the browser. Its *Model Properties* pane lists the
 model's ``metadata_props``, so the provenance that :mod:`onnxprune.provenance` wrote is visible
-there (``onnxprune.version``, ``onnxprune.options``, ``onnxprune.summary``, and after the
-structural pass ``onnxprune.structure`` and ``onnxprune.structure.options``); each node's pane
+there (``onnxprune.version``, ``onnxprune.options``, ``onnxprune.summary``, ``onnxprune.recipe``,
+and after the structural pass ``onnxprune.structure`` and ``onnxprune.structure.options``); each node's pane
 shows its ``doc_string``, where the pruned nodes carry ``onnxprune: ...`` lines.
 :func:`provenance` formats the same record for a terminal.
 
@@ -32,6 +32,7 @@ from onnxprune.errors import ModelLoadError, OptionError, opt
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.graph.model_io import load_model
 from onnxprune.provenance import PREFIX, STRUCTURE_KEY, STRUCTURE_OPTIONS_KEY, read_structure
+from onnxprune.recipe import RECIPE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def is_serving(address: Address) -> bool:
 def provenance(model: str | os.PathLike[str] | ModelProto) -> list[str]:
     """What onnxprune recorded in ``model`` (a path or a ModelProto), as lines for a terminal.
 
-    The ``onnxprune.*`` metadata (version, options, summary, structure) first, then one line
+    The ``onnxprune.*`` metadata (version, options, summary, recipe, structure) first, then one line
     per ``onnxprune:`` line of a node's doc_string (subgraph nodes with their scope). Empty
     when onnxprune did not write the model. A path is loaded and checked like any input
     (:class:`~onnxprune.errors.ModelLoadError` when it is not a readable model).
@@ -146,6 +147,8 @@ def provenance(model: str | os.PathLike[str] | ModelProto) -> list[str]:
         lines.append(f"options: {_compact(meta.pop(PREFIX + 'options'))}")
     if PREFIX + "summary" in meta:
         lines.extend(_summary(meta.pop(PREFIX + "summary")))
+    if RECIPE_KEY in meta:
+        lines.append(f"recipe: {_compact(meta.pop(RECIPE_KEY))}")
     if STRUCTURE_KEY in meta:
         lines.extend(_structure(proto, meta.pop(STRUCTURE_KEY)))
     if STRUCTURE_OPTIONS_KEY in meta:

@@ -17,6 +17,7 @@ import pytest
 import onnxprune
 from onnxprune.graph.tensors import read_array
 from onnxprune.graph.walk import all_tensors
+from onnxprune.passes.pipeline import DEAD_CHANNELS_AFTER_WEIGHTS
 from onnxprune.sparsity import magnitude_keys
 from onnxprune.stats import param_stats
 
@@ -170,11 +171,13 @@ def test_pruned_model_keeps_accuracy_at_moderate_sparsity():
 @pytest.mark.parametrize("config_name", list(CONFIGS))
 @pytest.mark.parametrize("model_name", MODELS)
 def test_streamed_output_equals_in_place_output(model_name, config_name, tmp_path):
-    """prune_file (deferred writes, streamed) and prune + save (in place) agree byte for byte."""
+    """prune_file (deferred writes, streamed) and prune + save (in place) agree byte for byte, given
+    the same passes (prune_file's dead-channel pass after the weights, which the recipe stamped in
+    both says)."""
     source = FIXTURE_DIR / model_name
     config = onnxprune.PruneConfig(**CONFIGS[config_name])
     run = onnxprune.prune_file(source, tmp_path / "streamed.onnx", config)
-    model, result = onnxprune.prune(source, config)
+    model, result = onnxprune.prune(source, config, structure=DEAD_CHANNELS_AFTER_WEIGHTS)
     saved = onnxprune.save(model, tmp_path / "in_place.onnx", reference=source)
     assert run.saved.path.read_bytes() == saved.path.read_bytes()
     assert run.result == result

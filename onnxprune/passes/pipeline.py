@@ -21,7 +21,8 @@ the same model: :func:`run_file` (what ``prune_file`` and the CLI do) and :func:
   written model) and only if the watch fires. Otherwise the channel pass runs right away,
   in memory. This is an optimization of the pipeline, not an option: the pass finding
   nothing would leave the model as it is;
-- provenance (:mod:`onnxprune.provenance`) of what changed;
+- provenance (:mod:`onnxprune.provenance`) of what changed, and the recipe of the
+  configurations (:mod:`onnxprune.recipe`), so any run can be printed and replayed;
 - file runner: the streamed, staged write (deferred tensor writes applied while streaming,
   the parsed model freed before validation), then validation, then the quantizer on the
   staged file or the atomic rename; model runner: the quantizer through a temporary folder.
@@ -54,6 +55,8 @@ from onnxprune.passes.deadwatch import AfterWeights, DeadChannelPass, DeadWatch,
 from onnxprune.passes.result import PruneResult
 from onnxprune.passes.unstructured import WeightPass, nonfinite_keys
 from onnxprune.quantize import QuantizeConfig, QuantizePass
+from onnxprune.recipe import Recipe
+from onnxprune.recipe import stamp as stamp_recipe
 from onnxprune.reconstruct.methods import METHODS
 from onnxprune.stats import ParamStats, param_stats
 from onnxprune.validate import validate_model
@@ -102,11 +105,13 @@ class PruneRun:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """The passes of a run, in order (see module docstring)."""
+    """The passes of a run, in order (see module docstring), and the recipe they are
+    (:meth:`onnxprune.recipe.Recipe.from_configs`; None when no pass can change the model)."""
 
     weights: Pass | None = None
     channels: Pass | None = None
     quantize: QuantizePass | None = None
+    recipe: Recipe | None = None
 
     @property
     def passes(self) -> tuple[Pass, ...]:
@@ -151,7 +156,8 @@ def build_pipeline(
             from onnxprune.passes.structural import StructuralPass
 
             channels = StructuralPass(structure)
-    return Pipeline(weights, channels, QuantizePass(quantize) if quantize is not None else None)
+    recipe = Recipe.from_configs(config, structure) if weights is not None or channels is not None else None
+    return Pipeline(weights, channels, QuantizePass(quantize) if quantize is not None else None, recipe)
 
 
 def _reads_every_weight(pipeline: Pipeline) -> str | None:
@@ -234,7 +240,7 @@ def _first(pipeline: Pipeline, model: ModelProto, context: PassContext) -> _Stat
     return _State(passes, result, before, after, watch, structural)  # type: ignore[arg-type]
 
 
-def _stamp_first(model: ModelProto, state: _State) -> None:
+def _stamp_first(pipeline: Pipeline, model: ModelProto, state: _State) -> None:
     from onnxprune import __version__
     from onnxprune.provenance import stamp, stamp_structure
 
@@ -242,6 +248,8 @@ def _stamp_first(model: ModelProto, state: _State) -> None:
         stamp(model, state.result, __version__)
     if state.structural is not None and state.structural.changed:
         stamp_structure(model, state.structural, __version__)
+    if pipeline.recipe is not None:
+        stamp_recipe(model, pipeline.recipe)
 
 
 def _deferred(pipeline: Pipeline, model: ModelProto, context: PassContext, state: _State) -> bool:
@@ -363,7 +371,7 @@ def run_file(
         refuse_nonfinite(model, read=context.tensors, only=nonfinite_keys(state.result))
     if not state.changed:
         return _unchanged(pipeline, state, tuple(files))
-    _stamp_first(model, state)
+    _stamp_first(pipeline, model, state)
     with StagedOutput(output, input_path=source, force=force) as staged:
         replacements = context.replacements
         context.replacements = {}
@@ -436,9 +444,11 @@ def run_model(
         from onnxprune.provenance import stamp
 
         stamp(model, state.result, __version__)
+        if pipeline.recipe is not None:
+            stamp_recipe(model, pipeline.recipe)
     if not state.changed:
         return _unchanged(pipeline, state, files)
-    _stamp_first(model, state)
+    _stamp_first(pipeline, model, state)
     if state.watch is not None:
         _deferred(pipeline, model, context, state)
     quantized = None
