@@ -331,7 +331,7 @@ class PruneConfig:
     or a plan). :meth:`of` builds a config from parts.
 
     ``allocator`` None chooses by the rest (:attr:`resolved_allocator`): "curves" for a method
-    that needs data (wanda, sparsegpt, refit) with an overall ``sparsity``, local scope, no plan
+    that needs data (wanda, sparsegpt, admm, refit) with an overall ``sparsity``, local scope, no plan
     and no pattern; "uniform" otherwise. An explicit "curves" with a method that needs no data
     is refused.
     """
@@ -365,7 +365,7 @@ class PruneConfig:
         if self.allocator == "curves" and not METHODS[reconstruction.method].needs_data:
             raise OptionError(
                 f"{opt('allocator', 'curves')} measures each layer with a calibrated method: give "
-                f"{opt('method')} wanda, sparsegpt or refit"
+                f"{opt('method')} wanda, sparsegpt, admm or refit"
             )
         criterion = CRITERIA.find(self.criterion)  # an unknown one is the ranking's to name
         if METHODS[reconstruction.method].chooses_mask and criterion is not None and not criterion.ranks_like_magnitude:
@@ -374,6 +374,11 @@ class PruneConfig:
             )
         ranking = Ranking(**_fields_of(self, Ranking))
         allocation = Allocation(**_fields_of(self, Allocation))
+        if allocation.pattern is not None and not METHODS[reconstruction.method].nm:
+            raise OptionError(
+                f"{opt('method', self.method)} prunes unstructured only: give {opt('method')} sparsegpt for an "
+                f"N:M {opt('pattern')}"
+            )
         if not allocation.prunes:
             raise OptionError(
                 f"nothing to do: give {opt('sparsity')} (e.g. 0.5), an N:M {opt('pattern')} or a {opt('plan')}"

@@ -6,7 +6,7 @@ reports what ``prune`` would write: the per-layer table, parameters and non-zero
 multiply-accumulates (dense and with a non-zero weight), and the compressed size of the
 result, estimated from a sample of its serialized bytes (:mod:`onnxprune.compressed_size`).
 
-A calibrated method (wanda, sparsegpt, refit) is not run: calibration is the expensive part
+A calibrated method (wanda, sparsegpt, admm, refit) is not run: calibration is the expensive part
 a dry run exists to avoid. The prediction is then the magnitude pass's at the same counts
 (every calibrated layer gets its target count; with ``--allocation curves`` the counts
 shift between layers at run time, the overall count stays), and :func:`capture_plan` lists

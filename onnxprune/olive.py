@@ -64,7 +64,7 @@ class OnnxPrune(Pass):
                 type_=str, default_value="magnitude", description="magnitude, lamp or random."
             ),
             "method": PassConfigParam(
-                type_=str, default_value="magnitude", description="magnitude, wanda, sparsegpt or refit."
+                type_=str, default_value="magnitude", description="magnitude, wanda, sparsegpt, admm or refit."
             ),
             "calibration": PassConfigParam(
                 type_=str,

@@ -206,7 +206,7 @@ def test_row_counts_spread_the_remainder():
         row_counts(scores, 13)
 
 
-@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "admm"])
 @pytest.mark.parametrize("row_wise", [True, False])
 def test_solvers_prune_exactly_the_count(method: str, row_wise: bool):
     """44.8 of 64 columns per row: a fraction rounded per row would give 44 · rows; the count gives
@@ -313,3 +313,39 @@ def test_a_probe_that_onnxruntime_refuses_is_a_data_error(calib: onnxprune.Datas
     values = tensors.read_array(inventory.proto(weight))
     with pytest.raises(onnxprune.DataError, match=r"allocation's probe.*uniform"):
         probe.change(weight, inventory, values)
+
+
+def test_admm_curves_are_measured_by_sparsegpt_and_its_layers_solved_by_admm(
+    tmp_path: Path, calib: onnxprune.Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``admm`` has ``curves_by="sparsegpt"``: the allocation's many levels are SparseGPT's greedy
+    solves; each layer is then solved once by ADMM (and the overall count stays exact)."""
+    from onnxprune.reconstruct import methods
+
+    calls: list[tuple[str, bool]] = []
+    for name in ("admm", "sparsegpt"):
+        method = METHODS[name]
+        monkeypatch.setitem(
+            METHODS._items,  # type: ignore[attr-defined]
+            name,
+            methods.Method(**{**method.__dict__, "solve": _recording(method.solve, name, calls)}),
+        )
+    config = onnxprune.PruneConfig(method="admm", sparsity=0.6)
+    run = onnxprune.prune_file(LSTM, tmp_path / "admm.onnx", config, calibration=calib)
+    solved = [layer for layer in run.result.layers if layer.method == "admm"]
+    admm_calls = [exact for name, exact in calls if name == "admm"]
+    assert solved and len(admm_calls) >= len(solved)  # one solve per group of each layer
+    assert all(admm_calls)  # ADMM only for the layers' solves, with the exact refit
+    assert any(name == "sparsegpt" and not exact for name, exact in calls)  # the curves, greedy
+    assert run.result.allocation is not None and run.result.allocation["mode"] == "curves"
+    numel = {w.name: w.numel for w in discover(onnx.load(str(LSTM))).prunable}
+    total = sum(numel[layer.name] for layer in solved)
+    assert sum(layer.zeros_after for layer in solved) == pytest.approx(0.6 * total, abs=len(solved))
+
+
+def _recording(solve, name, calls):  # type: ignore[no-untyped-def]
+    def wrapped(problem: LayerProblem) -> np.ndarray:
+        calls.append((name, problem.exact_refit))
+        return solve(problem)
+
+    return wrapped

@@ -197,7 +197,10 @@ def test_ray_without_the_ray_package_is_a_one_line_error(tmp_path: Path, monkeyp
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--workers", "2"), "--workers/--ray run the layer solves of --method wanda, sparsegpt or refit"),
+        (
+            ("--workers", "2"),
+            "--workers/--ray run the layer solves of a calibrated --method (wanda, sparsegpt, admm or refit)",
+        ),
         (("--method", "sparsegpt", "--workers", "0"), "--workers must be an integer >= 1, got 0"),
         (("--method", "sparsegpt", "--workers", "2", "--ray", "local"), "give --workers or --ray, not both"),
     ],

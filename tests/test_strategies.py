@@ -58,12 +58,12 @@ def _input(model: onnx.ModelProto) -> np.ndarray:
 
 def test_the_registries_hold_the_built_in_strategies():
     assert CRITERIA.names() == ("magnitude", "lamp", "random")
-    assert METHODS.names() == ("magnitude", "wanda", "sparsegpt", "refit")
+    assert METHODS.names() == ("magnitude", "wanda", "sparsegpt", "admm", "refit")
     assert IMPORTANCES.names() == ("l2", "error")
     assert importance_choices() == ("auto", "l2", "error")
     assert [c.supports_global for c in CRITERIA] == [True, True, False]
     assert CRITERIA["random"].seeded and not CRITERIA["magnitude"].seeded
-    assert [m.name for m in METHODS if m.chooses_mask] == ["wanda", "sparsegpt"]
+    assert [m.name for m in METHODS if m.chooses_mask] == ["wanda", "sparsegpt", "admm"]
     assert [m.name for m in METHODS if not m.needs_data] == ["magnitude"]
     assert resolve_importance("auto", with_data=True).name == "error"
     assert resolve_importance("auto", with_data=False).name == "l2"
@@ -193,7 +193,7 @@ def test_an_unknown_criterion_is_a_one_line_option_error_naming_the_registered_o
 
 
 def test_unknown_method_and_importance_name_the_registered_ones():
-    with pytest.raises(OptionError, match=r"^method must be one of magnitude, wanda, sparsegpt, refit, got 'x'$"):
+    with pytest.raises(OptionError, match=r"^method must be one of magnitude, wanda, sparsegpt, admm, refit, got 'x'$"):
         onnxprune.PruneConfig(sparsity=0.5, method="x")
     with pytest.raises(OptionError, match=r"^importance must be one of auto, l2, error, got 'x'$"):
         onnxprune.StructureConfig(amount=0.3, importance="x")

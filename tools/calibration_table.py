@@ -1,4 +1,4 @@
-"""Held-out accuracy of magnitude, wanda and sparsegpt (with and without bias correction) on
+"""Held-out accuracy of magnitude, wanda, sparsegpt (with and without bias correction) and admm on
 every fixture at 50 %, 70 % and 2:4, plus the data-free mode at 50 %
 (default allocation: curves); the calibrated methods with uniform and with curve allocation.
 
@@ -8,7 +8,7 @@ set); accuracy is measured on ``NAME.test.npz`` / ``NAME.test_labels.npy`` with 
 CTC decoding, ``tools/sequence_metrics.py``).
 Prints a markdown table (numbers for an issue note).
 
-    .venv/bin/python tools/calibration_table.py [FIXTURE ...] [--samples 128]
+    .venv/bin/python tools/calibration_table.py [FIXTURE ...] [--samples 128] [--methods sparsegpt admm]
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ METHODS = [
     ("sparsegpt", True, "uniform"),
     ("sparsegpt", False, "curves"),
     ("sparsegpt", True, "curves"),
+    ("admm", False, "uniform"),
+    ("admm", False, "curves"),
 ]
 
 
@@ -61,9 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("fixtures", nargs="*")
     parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--methods", nargs="+", metavar="METHOD", help="only these methods' columns")
     args = parser.parse_args(argv)
+    methods = [entry for entry in METHODS if not args.methods or entry[0] in args.methods]
     names = args.fixtures or sorted(p.stem for p in FIXTURES.glob("*.onnx"))
-    columns = [f"{m}{'+bc' if bc else ''}{' curves' if a == 'curves' else ''}" for m, bc, a in METHODS]
+    columns = [f"{m}{'+bc' if bc else ''}{' curves' if a == 'curves' else ''}" for m, bc, a in methods]
     print("| fixture | dense | setting | " + " | ".join(columns) + " | data-free sparsegpt |")
     print("|" + "---|" * (4 + len(columns)))
     with tempfile.TemporaryDirectory(prefix="onnxprune-calib-") as tmp:
@@ -78,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             for label, setting in SETTINGS.items():
                 cells = []
-                for method, bc, allocator in METHODS:
-                    if allocator == "curves" and "pattern" in setting:
-                        cells.append("-")  # N:M fixes every layer's sparsity
+                for method, bc, allocator in methods:
+                    if "pattern" in setting and (allocator == "curves" or method == "admm"):
+                        cells.append("-")  # N:M fixes every layer's sparsity; admm is unstructured only
                         continue
                     config = onnxprune.PruneConfig(**setting, method=method, bias_correction=bc, allocator=allocator)
                     out = (

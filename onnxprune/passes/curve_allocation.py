@@ -27,7 +27,8 @@ Curves
     same to 0.1 point; all-MiniLM-L6-v2 at 50 %, embedding cosine 0.9660 against 0.9658;
     PP-OCRv4 rec at 70 %, character error rate 2.22 % against 2.27 %. (Greedy levels above ``t``
     with the exact solve at ``t`` did lose, transformer 70 %: 84.9: mixed curves are not one
-    shape.)
+    shape.) A method with ``curves_by`` (``admm``: forty iterations per solve) is measured by
+    that method's greedy solves instead; the pass still solves each layer with its own method.
 
 Weights (the probe)
     Relative errors of different layers are not comparable in the model's loss: a layer whose
@@ -91,6 +92,7 @@ from onnxprune.passes.base import Progress
 from onnxprune.passes.layers import CalibLayer
 from onnxprune.passes.result import PruneResult
 from onnxprune.passes.unstructured import Target
+from onnxprune.reconstruct.methods import METHODS
 from onnxprune.sparsity import count_for_amount
 from onnxprune.sparsity.curves import ErrorCurve, allocate, to_counts
 
@@ -332,6 +334,9 @@ def _curve(
     allocation never goes above it, and the envelope there is interpolated from that level."""
     levels, errors = [0.0], [0.0]
     at_target, at_stored = 0.0, None
+    greedy = replace(
+        reconstruction, exact_refit=False, method=METHODS[reconstruction.method].curves_by or reconstruction.method
+    )
     needed = max(t + TRUST * (1 - t), floor / numel)
     for level in sorted({*GRID, t}):
         if at_stored is not None and levels[-1] >= needed:
@@ -340,10 +345,7 @@ def _curve(
         if count <= floor and level != t:
             continue
         exact = EXACT_FROM_TARGET if level >= t else EXACT_BELOW_TARGET
-        stored, solved = solve(
-            Target(count=count, amount=level),
-            reconstruction=reconstruction if exact else replace(reconstruction, exact_refit=False),
-        )
+        stored, solved = solve(Target(count=count, amount=level), reconstruction=reconstruction if exact else greedy)
         reached = (numel - int(np.count_nonzero(stored))) / numel
         error = max(solved.err_num, 0.0) / solved.err_den if solved.err_den > 0 else 0.0
         if level == t:

@@ -26,7 +26,7 @@ class LayerResult:
     pattern: str | None = None
     target: float | None = None
     reason: str | None = None
-    method: str | None = None  # how the mask (and update) was made: magnitude, wanda, sparsegpt, refit
+    method: str | None = None  # how the mask (and update) was made: magnitude, wanda, sparsegpt, admm, refit
     error_magnitude: float | None = None  # ‖WX−ŴX‖²/‖WX‖² of plain magnitude on the calibration data
     error: float | None = None  # the same for the method used
     bias: str | None = None  # bias correction: "corrected", "added", or why not

@@ -10,6 +10,8 @@ amount) and returns the new weights ``[rows, cols]`` (float64, zeros where prune
 - ``wanda``: the smallest ``|W_ij|·‖x_j‖`` of each output row (:mod:`.masks`; layer-wide
   when a row is too short), kept weights unchanged;
 - ``sparsegpt``: OBS mask selection and update of the kept weights (:mod:`.sparsegpt`);
+- ``admm``: a mask grown gradually over ADMM iterations, then the exact refit of the kept
+  weights (:mod:`.admm`); unstructured only;
 - ``refit``: the criterion's mask, then the kept weights of each row re-solved by ridge
   least squares, ``ŵ_K = (H_KK + λI)⁻¹ H_K,: w`` (:mod:`.refit`).
 
@@ -18,7 +20,10 @@ selects the pruned weights itself, so the criterion's mask is not used and the N
 column order of the layer applies), ``updates_weights`` (the kept weights change, so they are
 fitted to the dense model's outputs; a method that only masks needs the dense model for
 bias correction alone), ``statistics`` (which of ``H = Σ xᵀx``, ``sqnorm = Σ x_j²`` it
-reads) and ``in_analyze`` (offered by ``onnxprune analyze`` for per-layer curves).
+reads), ``in_analyze`` (offered by ``onnxprune analyze`` for per-layer curves), ``nm``
+(it can prune an N:M pattern) and ``curves_by`` (the method whose greedy solves stand in for
+this one's when the curve allocation measures each layer at many levels, because this one
+costs more per solve; :mod:`onnxprune.passes.curve_allocation`).
 
 Register a new method with ``METHODS.register(Method(...))``. Pure numpy.
 """
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxprune.reconstruct.admm import admm
 from onnxprune.reconstruct.masks import row_counts, row_mask, smallest_per_row, wanda_scores
 from onnxprune.reconstruct.refit import refit
 from onnxprune.reconstruct.sparsegpt import sparsegpt
@@ -83,6 +89,8 @@ class Method:
     updates_weights: bool = True
     statistics: tuple[str, ...] = ("H",)
     in_analyze: bool = True
+    nm: bool = True
+    curves_by: str | None = None
 
 
 def _criterion_mask(p: LayerProblem) -> np.ndarray:
@@ -143,6 +151,22 @@ def solve_sparsegpt(p: LayerProblem) -> np.ndarray:
     return new
 
 
+def solve_admm(p: LayerProblem) -> np.ndarray:
+    """ADMM with a gradual mask (:mod:`~onnxprune.reconstruct.admm`) on ``goal``; with
+    ``exact_refit`` the kept weights are then solved exactly for its mask."""
+    if p.nm is not None:
+        raise ValueError("admm is unstructured only: use sparsegpt for an N:M pattern")
+    new, mask = admm(
+        p.goal,
+        p.H,
+        sparsity=None if p.count is not None else p.amount,
+        count=p.count,
+        percdamp=p.percdamp,
+        per_row=p.row_wise,
+    )
+    return refit(p.goal, p.H, mask, percdamp=p.percdamp) if p.exact_refit else new
+
+
 METHODS: Registry[Method] = Registry("method")
 
 MAGNITUDE = METHODS.register(
@@ -171,6 +195,16 @@ SPARSEGPT = METHODS.register(
         help="OBS mask selection and weight update, block-wise (Frantar & Alistarh 2023)",
         solve=solve_sparsegpt,
         chooses_mask=True,
+    )
+)
+ADMM = METHODS.register(
+    Method(
+        name="admm",
+        help="a mask grown over ADMM iterations, then the exact refit (Boža 2024); unstructured only",
+        solve=solve_admm,
+        chooses_mask=True,
+        nm=False,
+        curves_by="sparsegpt",
     )
 )
 REFIT = METHODS.register(
