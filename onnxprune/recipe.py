@@ -22,7 +22,7 @@ of each channel group, or of the parameters when allocated by measured loss): ``
 ``target_flops`` or ``plan`` (none of them: dead channels only), ``scope``, ``allocator``,
 ``importance``, ``refit``, ``round_to``, ``max_fraction``, ``fold``, ``damp``, ``dead_channels``;
 it sees the whole model. An option of the other kind of stage is refused. The canonical JSON
-writes every option out, defaults included.
+writes every option of the stage's kind out, defaults included.
 
 **Which tensors a weight stage prunes.** Every weight tensor ``onnxprune inspect`` lists as
 prunable belongs to at most one stage: the first whose ``targets`` match it (no ``targets``:
@@ -199,7 +199,13 @@ class Stage:
         return self.calibrated or (self.structured and self.structure_config().structured)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every option of this kind of stage (defaults included); the other kind's are left out."""
+        kind = (
+            STRUCTURE_FIELDS.values()
+            if self.structured
+            else (*WEIGHT_FIELDS, "targets", "ignore", *AFTER_WEIGHTS_FIELDS)
+        )
+        data = {name: getattr(self, name) for name in sorted({"name", "structured", *kind})}
         return {
             k: list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v for k, v in data.items()
         }
