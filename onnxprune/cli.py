@@ -376,7 +376,7 @@ def _write_json(path: Path, command: str, data: dict[str, Any], stdout: TextIO |
     type=click.Choice(["uniform", "curves"]),
     help="How a local --sparsity is split among calibrated layers: uniform (each the same) or curves (each its "
     "own, from its error curve weighted by a probe of the outputs; the overall count is kept). "
-    "Default: curves with --method wanda/sparsegpt/refit, else uniform. With --structured: uniform (--sparsity of "
+    "Default: curves with --method wanda/sparsegpt/admm/refit, else uniform. With --structured: uniform (--sparsity of "
     "each channel group) or curves (--sparsity of the parameters, or --target-flops, spread over the groups by "
     "their measured loss, consumers refitted; default with --calibration).",
 )
@@ -433,7 +433,8 @@ def _write_json(path: Path, command: str, data: dict[str, Any], stdout: TextIO |
     type=cli_choices.methods(),
     default="magnitude",
     show_default=True,
-    help="magnitude needs no data; wanda, sparsegpt and refit (magnitude mask + least squares) calibrate each layer.",
+    help="magnitude needs no data; wanda, sparsegpt, admm (unstructured, the most accurate) and refit (magnitude "
+    "mask + least squares) calibrate each layer.",
 )
 @click.option(
     "--calibration", metavar="PATH", help="Calibration data: .npz keyed by input name, or a folder of images."
