@@ -735,14 +735,7 @@ def prune(
         return
     _check_files(input_model, output_model, calibration, plan_path, json_path, eval_kwargs, external_data, force)
     stdout = command_json_stdout(json_path, eval_kwargs.get("eval_json"))
-    eval_data = None
-    if do_eval:  # fail on bad evaluation options, data or labels before anything is written
-        eval_data = check_evaluation(
-            input_model,
-            data=eval_kwargs.get("data"),
-            labels=eval_kwargs.get("labels"),
-            options=build_options(eval_kwargs, input_shape),
-        )
+    eval_data = _evaluation_data(input_model, eval_kwargs, input_shape) if do_eval else None
     calib = None
     if (config is not None and config.calibrated) or ((structured or static) and (calibration or data_free)):
         calib = onnxprune.calibration_data(
@@ -783,6 +776,17 @@ def prune(
     )
     if do_eval:
         _evaluate_written(input_model, saved.path, eval_kwargs, input_shape, quiet, shown=output_model, stdout=stdout)
+
+
+def _evaluation_data(source: Path, eval_kwargs: dict[str, Any], input_shape: tuple[str, ...]) -> Any:
+    """The evaluation data of ``prune --data/--labels``, checked against the input model, so that
+    bad evaluation options, data or labels fail before anything is written."""
+    return check_evaluation(
+        source,
+        data=eval_kwargs.get("data"),
+        labels=eval_kwargs.get("labels"),
+        options=build_options(eval_kwargs, input_shape),
+    )
 
 
 def _report_pass(
@@ -937,14 +941,7 @@ def _prune_recipe(
     )
     stdout = command_json_stdout(json_path, eval_kwargs.get("eval_json"))
     do_eval = given["do_eval"] or any(eval_kwargs.get(k) for k in ("data", "labels", "report", "eval_json"))
-    eval_data = None
-    if do_eval:  # fail on bad evaluation options, data or labels before anything is written
-        eval_data = check_evaluation(
-            source,
-            data=eval_kwargs.get("data"),
-            labels=eval_kwargs.get("labels"),
-            options=build_options(eval_kwargs, given["input_shape"]),
-        )
+    eval_data = _evaluation_data(source, eval_kwargs, given["input_shape"]) if do_eval else None
     calib = None
     if (calibration or data_free) and recipe.reads_data:
         calib = onnxprune.calibration_data(
