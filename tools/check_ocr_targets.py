@@ -37,6 +37,7 @@ What it does
        high-water mark into a child it spawns:
          * det: ``--sparsity 0.5 --method sparsegpt --calibration det_calib.npz --samples N``;
          * rec: ``--sparsity 0.7 --method sparsegpt --calibration rec_calib.npz --samples N``;
+         (``--method admm`` runs both with that method instead);
          * structured: ``--target-flops 0.7 --calibration rec_calib.npz --samples N`` (30 % fewer
            MACs; channel importance, kept-channel rounding and the refit at the CLI's defaults);
        every call with ``--input-shape x:1x3xHxW`` and ``--json`` (the CLI's own report);
@@ -337,6 +338,9 @@ def main() -> int:
     )
     parser.add_argument("--rec-width", type=int, default=WIDTH, help="rec lines padded to 48 x this width")
     parser.add_argument(
+        "--method", default="sparsegpt", help="the calibrated method of the det and rec runs (e.g. admm)"
+    )
+    parser.add_argument(
         "--capture-rows", metavar="K|all", help="--capture-rows of the det and rec runs (default: the CLI's)"
     )
     parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
@@ -382,8 +386,8 @@ def main() -> int:
     det_eval, det_boxes = det_paths(workdir, "eval", args.det_eval, args.det_size)
     rec_shape, det_shape = f"1x3x{HEIGHT}x{args.rec_width}", f"1x3x{args.det_size}x{args.det_size}"
     plans = {
-        "det": (models["det"], det_calib, args.det_calib, det_shape, ["--sparsity", "0.5", "--method", "sparsegpt"]),
-        "rec": (models["rec"], rec_calib, args.calib, rec_shape, ["--sparsity", "0.7", "--method", "sparsegpt"]),
+        "det": (models["det"], det_calib, args.det_calib, det_shape, ["--sparsity", "0.5", "--method", args.method]),
+        "rec": (models["rec"], rec_calib, args.calib, rec_shape, ["--sparsity", "0.7", "--method", args.method]),
         "structured": (models["rec"], rec_calib, args.calib, rec_shape, ["--target-flops", str(STRUCT_MACS_KEPT)]),
     }
     report: dict[str, Any] = {"sizes": sizes, "cpus": os.cpu_count(), "runs": {}}
@@ -398,6 +402,8 @@ def main() -> int:
         if args.capture_rows and key != "structured":
             extra = [*extra, "--capture-rows", args.capture_rows]
             tags += f".rows{args.capture_rows}"
+        if key != "structured" and args.method != "sparsegpt":
+            tags += f".{args.method}"
         if key != "det" and args.rec_width != WIDTH:
             tags += f".w{args.rec_width}"
         if key == "det" and args.det_size != 640:
