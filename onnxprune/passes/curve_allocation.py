@@ -27,7 +27,7 @@ Curves
     same to 0.1 point; all-MiniLM-L6-v2 at 50 %, embedding cosine 0.9660 against 0.9658;
     PP-OCRv4 rec at 70 %, character error rate 2.22 % against 2.27 %. (Greedy levels above ``t``
     with the exact solve at ``t`` did lose, transformer 70 %: 84.9: mixed curves are not one
-    shape.) A method with ``curves_by`` (``admm``: forty iterations per solve) is measured by
+    shape.) A method with ``curves_by`` (``admm``: 80 iterations per solve) is measured by
     that method's greedy solves instead; the pass still solves each layer with its own method.
 
 Weights (the probe)
