@@ -799,23 +799,27 @@ def capture(
                         f"calibration data gives NaN/inf at the input of node '{acc.spec.node}' "
                         f"('{acc.spec.activation}') in batch {index}: check the data's scale"
                     )
-                acc.add(
-                    x,
-                    max_bytes,
-                    ref_activations.get(acc.source),
-                    activations,
-                    ref_activations,
-                    batch=index,
-                    samples=count,
-                )
+                with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+                    acc.add(
+                        x,
+                        max_bytes,
+                        ref_activations.get(acc.source),
+                        activations,
+                        ref_activations,
+                        batch=index,
+                        samples=count,
+                    )
             for key, res in residuals.items():
-                res.add(activations, ref_activations, accumulators[layer_of[key]].draws)
+                with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+                    res.add(activations, ref_activations, accumulators[layer_of[key]].draws)
         samples += count
         if progress is not None:
             progress(count)
     if samples == 0:
         raise DataError("no calibration samples: give at least one batch of data")
     shared = {signature: acc.stats() for signature, acc in accumulators.items()}
+    for signature, stats in shared.items():
+        _refuse_overflow(accumulators[signature].spec, stats)
     for spec in specs:
         if spec.key in layer_of:
             stats = shared[layer_of[spec.key]]
@@ -832,6 +836,7 @@ def capture(
             )
             if spec.key in residuals and stats.C is not None:
                 results[spec.key].residual = residuals[spec.key].stats()
+                _refuse_overflow(spec, results[spec.key])
     log.debug("captured %d layer(s) over %d samples (%d distinct inputs)", len(layer_of), samples, len(accumulators))
     return {spec.key: results[spec.key] for spec in specs}
 
@@ -906,6 +911,21 @@ class _Reader:
             self._give_up(f"onnxruntime fails on the model with them exposed ({cause})")
             return self.read(feeds, index)
         return activations, ref
+
+
+def _refuse_overflow(spec: LayerSpec, stats: LayerStats) -> None:
+    """:class:`DataError` when a sum overflowed: finite activations so large that their
+    products do not fit the float range (a model whose weights or data are far out of scale)."""
+    sums = [stats.H, stats.mean, stats.sqnorm, stats.C, stats.H_ref, stats.mean_ref]
+    if stats.residual is not None:
+        residual = stats.residual
+        sums += [residual.cross, residual.cross_ref, np.asarray(residual.energy), residual.mean]
+    if all(a is None or np.isfinite(a).all() for a in sums):
+        return
+    raise DataError(
+        f"the calibration statistics of node '{spec.node}' overflow: its input ('{spec.activation}') is "
+        "finite but too large to square in floating point; check the data's scale and the model's weights"
+    )
 
 
 def _check_specs(specs: Sequence[LayerSpec]) -> None:

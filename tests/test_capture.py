@@ -321,6 +321,21 @@ def test_nan_at_a_layer_input_names_node_and_batch():
         capture(m, [MM_SPEC], [{"x": rand((2, 3, 6), seed=20)}, {"x": bad}])
 
 
+def test_finite_inputs_whose_squares_overflow_are_a_data_error(recwarn: pytest.WarningsRecorder) -> None:
+    """Activations of 1e25 are finite in float32 but their products are not (found by tools/fuzz.py
+    on a model with a flipped exponent bit): a one-line DataError naming the node, no warning."""
+    m = model(
+        [node("Relu", ["x"], ["a"], "relu"), node("MatMul", ["a", "W"], ["y"], "mm")],
+        [value("x", ["b", 6])],
+        [value("y", ["b", 4])],
+        [init("W", rand((6, 4), seed=11))],
+    )
+    huge = np.abs(rand((5, 6), seed=22)).astype(np.float32) * np.float32(1e25)
+    with pytest.raises(DataError, match=r"statistics of node 'mm' overflow: its input \('a'\) is finite"):
+        capture(m, [MM_SPEC], [{"x": huge}])
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_no_batches_and_bad_feeds_are_data_errors():
     m, _ = batched_matmul_model()
     with pytest.raises(DataError, match="no calibration samples"):
