@@ -453,6 +453,8 @@ def main() -> int:
             print(f"  {key}: CER dense {dense:.2%}, pruned {pruned:.2%} on {len(truth)} lines")
         entry["pass"] = passed
         model, setting, metric, target = RUNS[key]
+        if key != "structured" and args.method != "sparsegpt":
+            setting = setting.replace("SparseGPT", args.method)
         if key == "structured" and entry.get("metrics", {}).get("macs_kept") is not None:
             setting += f" (MACs kept {entry['metrics']['macs_kept']:.1%})"
         percent = key != "det"
