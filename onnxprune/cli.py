@@ -723,8 +723,8 @@ def prune(
         )
     if (calibration or data_free) and not uses_data:
         raise onnxprune.OptionError(
-            "--calibration/--data-free is given but --method magnitude uses no data: choose --method wanda, "
-            "sparsegpt or refit, add --bias-correction, use --structured, or --quantize int8 --quantize-mode static"
+            "--calibration/--data-free is given but --method magnitude uses no data: choose --method wanda, sparsegpt, "
+            "admm or refit, add --bias-correction, use --structured, or --quantize int8 --quantize-mode static"
         )
     do_eval = do_eval or any(eval_kwargs.get(k) for k in ("data", "labels", "report", "eval_json"))
     if dry_run:
@@ -747,35 +747,9 @@ def prune(
             batch_axes=axes,
             allow_nonfinite=allow_nonfinite,
         )
-    with ProgressBar("pruning", quiet) as progress:
-        done = run_recipe(
-            input_model,
-            output_model,
-            recipe,
-            calibration=calib,
-            input_shapes=shapes,
-            external_data=True if external_data else None,
-            force=force,
-            progress=progress,
-            quantize=quantization,
-            allow_nonfinite=allow_nonfinite,
-            validation=eval_data,
-            validate=validate,
-            workers=workers,
-            ray=ray_address,
-        )
-    assert done.run is not None  # one stage: one pass
-    saved = _report_pass(
-        done.run,
-        input_model,
-        weights=config is not None,
-        quiet=quiet,
-        compressed_size=compressed_size,
-        json_path=json_path,
-        stdout=stdout,
+    _run_and_report(
+        input_model, output_model, recipe, locals(), eval_kwargs, calib, eval_data, stdout, do_eval, quantization
     )
-    if do_eval:
-        _evaluate_written(input_model, saved.path, eval_kwargs, input_shape, quiet, shown=output_model, stdout=stdout)
 
 
 def _evaluation_data(source: Path, eval_kwargs: dict[str, Any], input_shape: tuple[str, ...]) -> Any:
@@ -927,7 +901,7 @@ def _prune_recipe(
     recipe = recipes.load(recipe_path)
     shapes = parse_input_shapes(given["input_shape"])
     reads_model(source, shapes)
-    json_path, quiet = given["json_path"], given["quiet"]
+    json_path = given["json_path"]
     calibration, data_free = given["calibration"], given["data_free"]
     if recipe.calibrated and not (calibration or data_free):
         raise onnxprune.OptionError(
@@ -953,33 +927,57 @@ def _prune_recipe(
             batch_axes=parse_batch_axes(given["batch_axis"]),
             allow_nonfinite=given["allow_nonfinite"],
         )
+    _run_and_report(source, output, recipe, given, eval_kwargs, calib, eval_data, stdout, do_eval, label=recipe_path)
+
+
+def _run_and_report(
+    source: Path,
+    output: Path,
+    recipe: recipes.Recipe,
+    given: dict[str, Any],
+    eval_kwargs: dict[str, Any],
+    calibration: onnxprune.Dataset | None,
+    eval_data: onnxprune.Dataset | None,
+    stdout: TextIO | None,
+    do_eval: bool,
+    quantization: onnxprune.QuantizeConfig | None = None,
+    *,
+    label: Path | None = None,
+) -> None:
+    """Run ``recipe`` (:func:`~onnxprune.recipe_run.run_recipe`) with ``prune``'s options
+    (``given``: its parameters by name), then print and write what it did and evaluate the
+    output (``do_eval``). ``label``: the ``--recipe`` it came from, whose keys the JSON then
+    carries; None for flags, whose JSON has the keys of a single pass only."""
+    quiet, json_path = given["quiet"], given["json_path"]
     with ProgressBar("pruning", quiet) as progress:
         run = run_recipe(
             source,
             output,
             recipe,
-            calibration=calib,
-            input_shapes=shapes,
+            calibration=calibration,
+            input_shapes=parse_input_shapes(given["input_shape"]),
             external_data=True if given["external_data"] else None,
             force=given["force"],
             progress=progress,
+            quantize=quantization,
             allow_nonfinite=given["allow_nonfinite"],
             validation=eval_data,
             validate=given["validate"],
-            workers=workers,
-            ray=ray_address,
+            workers=given["workers"],
+            ray=given["ray_address"],
         )
-    recipe_json = {
-        "recipe": recipe.to_dict(),
-        "stages": [r.to_dict() for r in run.stages],
-        "unclaimed": dict(run.unclaimed),
-    }
+    recipe_json = None
+    if label is not None:
+        recipe_json = {
+            "recipe": recipe.to_dict(),
+            "stages": [r.to_dict() for r in run.stages],
+            "unclaimed": dict(run.unclaimed),
+        }
     if run.run is not None:  # one pass
-        weights = not recipe.stages[0].structured
-        _report_pass(
+        saved = _report_pass(
             run.run,
             source,
-            weights=weights,
+            weights=not recipe.stages[0].structured,
             quiet=quiet,
             compressed_size=given["compressed_size"],
             json_path=json_path,
@@ -987,14 +985,16 @@ def _prune_recipe(
             extra=recipe_json,
         )
     else:
-        _print_stages(run, recipe_path, quiet)
+        assert label is not None and recipe_json is not None  # flags make one pass
+        _print_stages(run, label, quiet)
+        saved = run.saved
         if json_path is not None:
             before, after = run.params_before, run.params_after
             model = {"parameters": [before.parameters, after.parameters], "nonzeros": [before.nonzeros, after.nonzeros]}
-            data = {"input": str(source), "output": str(run.saved.path), **recipe_json, "model": model}
+            data = {"input": str(source), "output": str(saved.path), **recipe_json, "model": model}
             _write_json(json_path, "prune", data, stdout)
     if do_eval:
-        _evaluate_written(source, run.saved.path, eval_kwargs, given["input_shape"], quiet, shown=output, stdout=stdout)
+        _evaluate_written(source, saved.path, eval_kwargs, given["input_shape"], quiet, shown=output, stdout=stdout)
 
 
 def _print_stages(run: RecipeRun, recipe_path: Path, quiet: bool) -> None:
