@@ -163,6 +163,7 @@ PRUNE_HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "criterion",
             "pattern",
             "nm_fallback",
+            "permute",
             "plan_path",
             "recipe_path",
             "max_layer_sparsity",
@@ -401,6 +402,11 @@ def _write_json(path: Path, command: str, data: dict[str, Any], stdout: TextIO |
     help="For tensors whose reduction length is not a multiple of M.",
 )
 @click.option(
+    "--permute",
+    is_flag=True,
+    help="With --pattern N:M: reorder channels first so the pattern keeps more (the dense model is unchanged).",
+)
+@click.option(
     "--plan",
     "plan_path",
     type=click.Path(path_type=Path),
@@ -580,6 +586,7 @@ def prune(
     criterion: str,
     pattern: str,
     nm_fallback: str,
+    permute: bool,
     plan_path: Path | None,
     recipe_path: Path | None,
     include: tuple[str, ...],
@@ -668,6 +675,7 @@ def prune(
             criterion=criterion,
             pattern=parse_pattern(pattern),
             nm_fallback=nm_fallback,
+            permute=permute,
             plan=load_plan(plan_path) if plan_path else {},
             max_layer_sparsity=max_layer_sparsity,
             seed=seed,
@@ -847,6 +855,7 @@ RECIPE_PARAMETERS = {
     "criterion": "criterion",
     "pattern": "pattern",
     "nm_fallback": "nm_fallback",
+    "permute": "permute",
     "plan_path": "plan",
     "max_layer_sparsity": "max_layer_sparsity",
     "seed": "seed",

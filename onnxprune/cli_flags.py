@@ -17,6 +17,7 @@ FLAGS: dict[str, str | tuple[str | None, str | None] | None] = {
     "criterion": "--criterion",
     "pattern": "--pattern",
     "nm_fallback": "--nm-fallback",
+    "permute": ("--permute", None),
     "plan": "--plan",
     "dry_run": "--dry-run",
     "recipe": "--recipe",

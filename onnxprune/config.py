@@ -122,6 +122,10 @@ class Allocation:
     pattern: None for unstructured, or (N, M) for N:M along the reduction axis.
     nm_fallback: for tensors whose reduction length is not a multiple of M (or unknown):
         "unstructured" prunes them unstructured at 1 - N/M, "skip" leaves them.
+    permute: with an N:M pattern (required), reorder the channels of every group that can be
+        reordered first, so the pattern keeps more (:mod:`onnxprune.passes.permutation`; the
+        dense function is unchanged). Off by default; on, a model with external data is loaded
+        whole rather than streamed (the reorder edits producers and consumers together).
     plan: weight name -> amount, overriding scope and sparsity for those weights.
     max_layer_sparsity: the most any one tensor loses under global scope (and under ``curves``).
     allocator: how a local ``sparsity`` is split among the tensors a calibrated method solves:
@@ -142,6 +146,7 @@ class Allocation:
     plan: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     max_layer_sparsity: float = 0.98
     allocator: str | None = None
+    permute: bool = False
 
     def __post_init__(self) -> None:
         if self.sparsity is not None:
@@ -159,6 +164,13 @@ class Allocation:
             raise OptionError(f"{opt('scope')} must be one of {', '.join(SCOPES)}, got '{self.scope}'")
         if self.nm_fallback not in NM_FALLBACKS:
             raise OptionError(f"{opt('nm_fallback')} must be one of {', '.join(NM_FALLBACKS)}")
+        if not isinstance(self.permute, bool):
+            raise OptionError(f"{opt('permute')} must be true or false, got {self.permute!r}")
+        if self.permute and self.pattern is None:
+            raise OptionError(
+                f"{opt('permute', True)} reorders channels for an N:M {opt('pattern')}: give one (e.g. 2:4) "
+                f"or drop {opt('permute', True)}"
+            )
         if self.pattern is not None:
             n, m = self.pattern
             if not 0 < n < m:
@@ -318,7 +330,7 @@ class PruneConfig:
     Every field belongs to one part, which validates it and says what it means:
 
     - :class:`Selection` (``.selection``): min_size, include, exclude, op_types;
-    - :class:`Allocation` (``.allocation``): sparsity, scope, pattern, nm_fallback, plan,
+    - :class:`Allocation` (``.allocation``): sparsity, scope, pattern, nm_fallback, permute, plan,
       max_layer_sparsity, allocator;
     - :class:`Ranking` (``.ranking``): criterion, seed;
     - :class:`Reconstruction` (``.reconstruction``): method, bias_correction, sequential,
@@ -341,6 +353,7 @@ class PruneConfig:
     criterion: str = "magnitude"
     pattern: tuple[int, int] | None = None
     nm_fallback: str = "unstructured"
+    permute: bool = False
     plan: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     max_layer_sparsity: float = 0.98
     seed: int = 0
@@ -414,7 +427,7 @@ class PruneConfig:
 
     @property
     def allocation(self) -> Allocation:
-        """How many weights each tensor loses: sparsity, scope, pattern, nm_fallback, plan, max_layer_sparsity,
+        """How many weights each tensor loses: sparsity, scope, pattern, nm_fallback, permute, plan, max_layer_sparsity,
         allocator."""
         return self._parts[1]
 
@@ -454,6 +467,7 @@ class PruneConfig:
             "criterion": self.criterion,
             "pattern": self.pattern_name,
             "nm_fallback": self.nm_fallback,
+            "permute": self.permute,
             "plan": dict(self.plan),
             "max_layer_sparsity": self.max_layer_sparsity,
             "seed": self.seed,

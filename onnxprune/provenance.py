@@ -64,6 +64,7 @@ def stamp(model: ModelProto, result: PruneResult, version: str) -> None:
     """Write the provenance of ``result`` into ``model`` (in place)."""
     summary = {
         "totals": result.to_dict()["totals"],
+        **({"reordered": result.reordered} if result.reordered else {}),
         "layers": {
             layer.key: [round(layer.sparsity_before, 6), round(layer.sparsity_after, 6), layer.pattern]
             for layer in result.pruned

@@ -12,7 +12,7 @@ A recipe (JSON, or YAML where PyYAML is installed) is::
 **A stage's options are the typed configs' fields, by the same names.** A weight stage takes
 every field of :class:`~onnxprune.config.PruneConfig` but ``workers`` and ``ray`` (where the
 solves run, not what they compute): ``sparsity``, ``pattern`` ("2:4", or none), ``scope``,
-``allocator``, ``plan``, ``max_layer_sparsity``, ``nm_fallback``, ``criterion``, ``seed``,
+``allocator``, ``plan``, ``max_layer_sparsity``, ``nm_fallback``, ``permute``, ``criterion``, ``seed``,
 ``min_size``, ``include``, ``exclude``, ``op_types``, ``method``, ``bias_correction``,
 ``sequential``, ``percdamp``, ``blocksize``, ``exact_refit``, ``capture_rows``; and
 ``dead_channels`` and ``fold``: whether the exact dead-channel pass follows it, and whether that
@@ -113,6 +113,7 @@ class Stage:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     nm_fallback: str = "unstructured"
+    permute: bool = False
     plan: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     max_layer_sparsity: float = 0.98
     seed: int = 0
@@ -500,6 +501,7 @@ RECIPE_OPTIONS: dict[str, str | dict[bool, str]] = {
     "criterion": opt("criterion"),
     "pattern": opt("pattern"),
     "nm_fallback": opt("nm_fallback"),
+    "permute": opt("permute", True),
     "plan": opt("plan"),
     "max_layer_sparsity": opt("max_layer_sparsity"),
     "seed": opt("seed"),

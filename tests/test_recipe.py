@@ -187,6 +187,7 @@ WEIGHT_VALUES = {
     "criterion": ("lamp", {}),
     "pattern": ((2, 4), {"sparsity": None}),
     "nm_fallback": ("skip", {"sparsity": None, "pattern": (4, 8)}),
+    "permute": (True, {"sparsity": None, "pattern": (2, 4)}),
     "plan": ({"fc1.weight": 0.3}, {}),
     "max_layer_sparsity": (0.9, {"scope": "global"}),
     "seed": (7, {"criterion": "random"}),

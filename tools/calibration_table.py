@@ -1,5 +1,6 @@
 """Held-out accuracy of magnitude, wanda, sparsegpt (with and without bias correction) and admm on
-every fixture at 50 %, 70 % and 2:4, plus the data-free mode at 50 %
+every fixture at 50 %, 70 % and 2:4 (``--settings`` picks rows; ``--permute``: N:M with the channel
+reorder first), plus the data-free mode at 50 %
 (default allocation: curves); the calibrated methods with uniform and with curve allocation.
 
 Calibration uses each fixture's ``NAME.calib.npz`` (128 samples, disjoint from the test
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("fixtures", nargs="*")
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--methods", nargs="+", metavar="METHOD", help="only these methods' columns")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), help="only these rows (e.g. 2:4)")
+    parser.add_argument("--permute", action="store_true", help="N:M rows with the channel reorder first")
     args = parser.parse_args(argv)
     methods = [entry for entry in METHODS if not args.methods or entry[0] in args.methods]
     names = args.fixtures or sorted(p.stem for p in FIXTURES.glob("*.onnx"))
@@ -81,12 +84,20 @@ def main(argv: list[str] | None = None) -> int:
                 source, data_free=True, samples=args.samples, input_shapes={"input": (1, *sample)}
             )
             for label, setting in SETTINGS.items():
+                if args.settings and label not in args.settings:
+                    continue
                 cells = []
                 for method, bc, allocator in methods:
                     if "pattern" in setting and (allocator == "curves" or method == "admm"):
                         cells.append("-")  # N:M fixes every layer's sparsity; admm is unstructured only
                         continue
-                    config = onnxprune.PruneConfig(**setting, method=method, bias_correction=bc, allocator=allocator)
+                    config = onnxprune.PruneConfig(
+                        **setting,
+                        method=method,
+                        bias_correction=bc,
+                        allocator=allocator,
+                        permute=args.permute and "pattern" in setting,
+                    )
                     out = (
                         Path(tmp)
                         / f"{name}.{label.replace(':', '-').replace('%', '')}.{method}{int(bc)}{allocator}.onnx"

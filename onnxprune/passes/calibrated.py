@@ -547,11 +547,22 @@ class CalibratedPass(Pass):
             )
 
     def run(self, model: ModelProto, context: PassContext) -> PassResult:
+        from onnxprune.passes.permutation import reorder_first
+
         self.check(context)
         before = param_stats(model)
+        reordered = reorder_first(model, self.config, context, data=context.calibration)
         result = prune_calibrated(model, self.config, context.calibration, progress=context.progress)
+        if reordered is not None:
+            result = replace(result, reordered=reordered)
         after = param_stats(model)
         fallback = sum(1 for layer in result.pruned if layer.error is None)  # no statistics: by magnitude
         return prune_pass_result(
-            self.name, result, before, after, magnitude_fallback=fallback, nonfinite=nonfinite_skipped(result)
+            self.name,
+            result,
+            before,
+            after,
+            magnitude_fallback=fallback,
+            nonfinite=nonfinite_skipped(result),
+            channels_reordered=int((reordered or {}).get("channels", 0)),  # type: ignore[call-overload]
         )

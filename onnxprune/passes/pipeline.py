@@ -312,12 +312,14 @@ def _load(
     """The model at ``source`` and its files. Streamed (``context.tensors`` set: the skeleton,
     its external tensors read one at a time by the weight pass and the writer, see
     :mod:`onnxprune.graph.lazy`) when the model has external data and the pipeline allows it:
-    the magnitude/N:M weight pass alone (a dead-channel watch at most), no calibration data,
-    no quantizer. Otherwise loaded whole (non-finite weights refused with ``finite``)."""
+    the magnitude/N:M weight pass alone (a dead-channel watch at most; no channel reorder,
+    ``permute``), no calibration data, no quantizer. Otherwise loaded whole (non-finite weights refused with ``finite``)."""
     lazy = load_model_lazily(source, finite=finite)
+    weights = pipeline.weights.config if isinstance(pipeline.weights, WeightPass) else None
     streamed = (
         lazy.external
-        and isinstance(pipeline.weights, WeightPass)
+        and weights is not None
+        and not (weights.pattern is not None and weights.permute)  # the reorder edits the model whole
         and context.stream
         and context.calibration is None
         and pipeline.quantize is None

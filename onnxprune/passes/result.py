@@ -51,6 +51,7 @@ class PruneResult:
     layers: tuple[LayerResult, ...]
     config: dict[str, object] = field(default_factory=dict)
     allocation: dict[str, object] | None = None  # how the calibrated pass split the sparsity among layers
+    reordered: dict[str, object] | None = None  # channels reordered for an N:M pattern first (:mod:`.permutation`)
 
     @property
     def pruned(self) -> tuple[LayerResult, ...]:
@@ -84,6 +85,7 @@ class PruneResult:
         return {
             "config": self.config,
             "allocation": self.allocation,
+            "reordered": self.reordered,
             "totals": {
                 "pruned_tensors": len(self.pruned),
                 "skipped_tensors": len(self.skipped),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -364,10 +364,15 @@ class WeightPass(Pass):
         self.config = config
 
     def run(self, model: ModelProto, context: PassContext) -> PassResult:
+        from onnxprune.passes.permutation import reorder_first
+
         source = context.tensors
+        reordered = reorder_first(model, self.config, context, data=None)  # magnitude masks: saliency W²
         result, replacements = prune_weights(
             model, self.config, progress=context.progress, defer=context.stream, source=source
         )
+        if reordered is not None:
+            result = replace(result, reordered=reordered)
         counted = {
             layer.key: (layer.numel, layer.zeros_before) for layer in result.layers if layer.dtype in FLOAT_NAMES
         }
@@ -380,5 +385,11 @@ class WeightPass(Pass):
         if source is not None:
             context.replacements.update(_watched(model, result, replacements, source))
         return prune_pass_result(
-            self.name, result, before, after, deferred=len(replacements), nonfinite=nonfinite_skipped(result)
+            self.name,
+            result,
+            before,
+            after,
+            deferred=len(replacements),
+            nonfinite=nonfinite_skipped(result),
+            channels_reordered=int((reordered or {}).get("channels", 0)),  # type: ignore[call-overload]
         )
