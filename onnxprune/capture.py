@@ -106,6 +106,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -710,13 +711,14 @@ def capture(
     max_cols: int = MAX_COLS,
     max_bytes: int = MAX_BYTES,
     progress: Callable[[int], None] | None = None,
-    reference: ModelProto | bytes | None = None,
+    reference: ModelProto | bytes | DenseValues | None = None,
     sampling: RowSampling = ALL_ROWS,
 ) -> dict[str, LayerStats]:
     """Input statistics of every layer in ``specs`` over ``batches`` (see module docstring).
 
     ``reference``: a model with the same graph (the dense model) whose inputs to the same
-    layers give ``C``, ``H_ref`` and ``mean_ref``. ``sampling``: how many rows of each batch the
+    layers give ``C``, ``H_ref`` and ``mean_ref``, or its values computed once for many
+    captures (:class:`DenseValues`; body values are still read by a session of their own). ``sampling``: how many rows of each batch the
     sums use (:mod:`onnxprune.row_sampling`; default every row); ``rows`` counts every row,
     ``rows_used`` those the sums use.
 
@@ -841,6 +843,101 @@ def capture(
     return {spec.key: results[spec.key] for spec in specs}
 
 
+#: Dense values one run may return (the batch the captures use is cut to fit), and all
+#: batches may keep on disk, for :class:`DenseValues` to keep them (beyond either, every
+#: capture runs the dense model itself)
+DENSE_BATCH_BYTES = 160 << 20
+DENSE_DISK_BYTES = 4 << 30
+
+
+class DenseValues:
+    """The reference (dense) model's values of main-graph tensors, once per calibration batch.
+
+    Sequential calibration reads, for every wave, the dense model's inputs to that wave's
+    layers. Run per wave, the dense model runs once per wave and batch, each run as deep as the
+    wave. Given up front every name the waves will read (``names``), this runs the dense model
+    once per batch for all of them (the first time the batch is asked for), keeps each value
+    as an ``.npy`` file in ``folder`` (a temporary folder the caller owns and removes) and
+    reads it back memory-mapped: the dense runs cost one forward pass per batch in all.
+
+    It keeps values only while they fit: ``probe`` (one small batch, ``count`` its samples)
+    gives the bytes per sample, and :attr:`batch` the samples per batch whose values fit in
+    :data:`DENSE_BATCH_BYTES` (at most ``batch``; the captures should use it: one run returns
+    every name at once). If one sample does not fit, or ``samples`` (None: counted as they
+    come) more than :data:`DENSE_DISK_BYTES` or half the folder's free space, nothing is kept
+    and every read runs a session for exactly the names asked, as a capture without it does.
+    So does a name it was not given.
+    """
+
+    def __init__(
+        self,
+        model: ModelProto,
+        names: Sequence[str],
+        folder: str | os.PathLike[str],
+        *,
+        probe: dict[str, np.ndarray] | None = None,
+        count: Callable[[dict[str, np.ndarray]], int] = lambda feeds: _samples(feeds),
+        batch: int = 1,
+        samples: int | None = None,
+    ) -> None:
+        self.model = model
+        self.names = list(dict.fromkeys(names))
+        self.folder = Path(folder)
+        self._files = {name: f"{i}" for i, name in enumerate(self.names)}
+        self._done: set[int] = set()
+        self._sess: ort.InferenceSession | None = None
+        self._last: tuple[tuple[str, ...], ort.InferenceSession] | None = None
+        self._count, self._used = count, 0
+        self._budget = min(DENSE_DISK_BYTES, shutil.disk_usage(self.folder).free // 2)
+        self.keeps = bool(self.names)
+        self.batch = max(1, batch)
+        if self.keeps and probe is not None:
+            self._sess = _session(self.model, self.model, self.names)
+            values = _run(self._sess, self.names, probe, 0)
+            per_sample = sum(np.asarray(v).nbytes for v in values.values()) / max(1, count(probe))
+            self.batch = max(1, min(self.batch, int(DENSE_BATCH_BYTES // max(per_sample, 1.0))))
+            if per_sample > DENSE_BATCH_BYTES or (samples is not None and per_sample * samples > self._budget):
+                self._drop(f"{per_sample / 2**20:.1f} MiB per sample")
+                self.batch = max(1, batch)
+
+    def _drop(self, why: str) -> None:
+        log.info("dense values not kept (%s): each capture runs the dense model itself", why)
+        self.keeps, self._sess = False, None
+
+    def _path(self, name: str, index: int) -> Path:
+        return self.folder / f"b{index}_{self._files[name]}.npy"
+
+    def _fill(self, feeds: dict[str, np.ndarray], index: int) -> None:
+        if self._sess is None:
+            self._sess = _session(self.model, self.model, self.names)
+        values = _run(self._sess, self.names, feeds, index)
+        size = sum(np.asarray(v).nbytes for v in values.values())
+        if self._used + size > self._budget:
+            self._drop(f"batch {index} would bring them to {(self._used + size) / 2**20:.0f} MiB")
+            return
+        for name, value in values.items():
+            np.save(self._path(name, index), np.ascontiguousarray(value), allow_pickle=False)
+        self._used += size
+        self._done.add(index)
+
+    def read(self, names: Sequence[str], feeds: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+        """The dense values of ``names`` on batch ``index`` (whose feeds are ``feeds``)."""
+        if self.keeps and index not in self._done:
+            self._fill(feeds, index)
+        kept = index in self._done
+        out = {name: np.load(self._path(name, index), mmap_mode="r") for name in names if kept and name in self._files}
+        rest = tuple(name for name in names if name not in out)
+        if rest:  # one session at a time (a capture asks for the same names on every batch)
+            if self._last is None or self._last[0] != rest:
+                self._last = (rest, _session(self.model, self.model, rest))
+            out.update(_run(self._last[1], rest, feeds, index))
+        return out
+
+    def stored(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The dense model's initializers ``names``."""
+        return _stored_values(self.model, names)
+
+
 class _Reader:
     """The sessions that read every accumulator's input (and the reference model's).
 
@@ -855,7 +952,7 @@ class _Reader:
         self,
         proto: ModelProto,
         model: object,
-        reference: ModelProto | bytes | None,
+        reference: ModelProto | bytes | DenseValues | None,
         accumulators: list[_Accumulator],
         exposure: expose.Exposure,
         extra: Sequence[str] = (),
@@ -881,10 +978,14 @@ class _Reader:
         exposure = self.exposure if self.bodies else None
         self.sess = _session(self.proto, self.model, self.names, exposure) if self.names else None
         self.stored = _stored_values(self.proto, stored)
-        self.ref_sess, self.ref_stored = None, {}
-        if self.reference is not None and self.names:
-            reference = _as_model(self.reference)
-            self.ref_sess = _session(reference, self.reference, self.names, exposure)
+        self.ref_sess, self.ref_stored, self.ref_values = None, {}, None
+        if isinstance(self.reference, DenseValues) and self.names and exposure is None:
+            self.ref_values = self.reference  # computed once for every wave (main-graph values only)
+            self.ref_stored = self.reference.stored(stored)
+        elif self.reference is not None and self.names:
+            given = self.reference.model if isinstance(self.reference, DenseValues) else self.reference
+            reference = _as_model(given)
+            self.ref_sess = _session(reference, given, self.names, exposure)
             self.ref_stored = _stored_values(reference, stored)
 
     def _give_up(self, why: str) -> None:
@@ -900,7 +1001,10 @@ class _Reader:
         made of), and the reference model's (or {})."""
         try:
             activations = _run(self.sess, self.names, feeds, index) if self.sess is not None else {}
-            ref = _run(self.ref_sess, self.names, feeds, index) if self.ref_sess is not None else {}
+            if self.ref_values is not None:
+                ref = self.ref_values.read(self.names, feeds, index)
+            else:
+                ref = _run(self.ref_sess, self.names, feeds, index) if self.ref_sess is not None else {}
             activations.update(self.stored)
             if ref:
                 ref.update(self.ref_stored)

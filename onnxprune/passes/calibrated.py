@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -58,7 +59,7 @@ import numpy as np
 from onnx import ModelProto, numpy_helper
 
 from onnxprune import sparsity
-from onnxprune.capture import LayerStats, capture
+from onnxprune.capture import DenseValues, LayerSpec, LayerStats, capture
 from onnxprune.config import PruneConfig, Ranking, Reconstruction
 from onnxprune.data import Dataset
 from onnxprune.errors import OptionError, UnsupportedModelError, opt
@@ -357,6 +358,32 @@ def _prune(
         tensors.write_array(proto, np.where(mask, values.dtype.type(0), values))
 
     dense = copy.deepcopy(model) if reconstruction.sequential else None  # parsed once, not once per wave
+    specs_of = [
+        [
+            use.spec if use.spec.key in settled else replace(use.spec, residual="", width=0)
+            for layer in group
+            for use in layer.uses
+        ]
+        for group in groups
+    ]
+    # fit to the dense model's output once it differs; Wanda updates no weight, so it needs
+    # the dense model only for bias correction (its E[x_d])
+    needs_dense = METHODS[reconstruction.method].updates_weights or reconstruction.bias_correction
+    # the dense model's inputs to every wave: one run per batch in all, spilled to a temporary folder
+    folder = None
+    dense_values: ModelProto | DenseValues | None = dense
+    if dense is not None and needs_dense and len(groups) > 1:
+        folder = tempfile.TemporaryDirectory(prefix="onnxprune-dense-")
+        dense_values = DenseValues(
+            dense,
+            _dense_names(dense, specs_of),
+            folder.name,
+            probe=next(data.batches(1), None),
+            count=data.count,
+            batch=batch_size,
+            samples=data.num_samples(),
+        )
+        batch_size = dense_values.batch  # one dense run returns every wave's inputs: a batch that fits
     for key in fallback:
         magnitude(key)
     changed = bool(fallback)
@@ -364,17 +391,9 @@ def _prune(
     done = allocated.steps  # the allocation's progress steps come first
     total = done + len(calib)
     seconds = {"capture": 0.0, "solve": 0.0, "write": 0.0}  # where the waves' time goes (logged)
-    for group in groups:
+    for group, specs in zip(groups, specs_of, strict=True):
         tick = time.perf_counter()
-        # fit to the dense model's output once it differs; Wanda updates no weight, so it needs
-        # the dense model only for bias correction (its E[x_d])
-        needs_dense = METHODS[reconstruction.method].updates_weights or reconstruction.bias_correction
-        reference = dense if changed and needs_dense else None
-        specs = [
-            use.spec if use.spec.key in settled else replace(use.spec, residual="", width=0)
-            for layer in group
-            for use in layer.uses
-        ]
+        reference = dense_values if changed and needs_dense else None
         sampling = reconstruction.row_sampling(ranking.seed)  # capture_rows: the rows each batch adds
         stats = capture(model, specs, data.batches(batch_size), reference=reference, sampling=sampling)
         seconds["capture"] += time.perf_counter() - tick
@@ -470,6 +489,8 @@ def _prune(
             }
         seconds["write"] += time.perf_counter() - tick
         changed = changed or bool(group)
+    if folder is not None:
+        folder.cleanup()
     log.info(
         "calibrated %d layers in %d waves: capture %.1fs, solves %.1fs (%s), written %.1fs (closed-loop solves included)",
         len(calib),
@@ -480,6 +501,22 @@ def _prune(
         seconds["write"],
     )
     return allocated.annotate(_finish(inventory, targets, config, extra, fallback))
+
+
+def _dense_names(dense: ModelProto, specs_of: Sequence[Sequence[LayerSpec]]) -> list[str]:
+    """The main-graph values a wave's capture reads from the dense model: each layer's input,
+    the tensors it is made of, and the residual sum's other operand (body values excluded: they
+    are read by a session of their own)."""
+    values = {i.name for i in dense.graph.input} | {out for node in dense.graph.node for out in node.output if out}
+    names = (
+        name
+        for specs in specs_of
+        for spec in specs
+        if not spec.scope
+        for name in (spec.activation, *spec.reads, spec.residual)
+        if name and name in values
+    )
+    return list(dict.fromkeys(names))
 
 
 def _counted_from(progress: Progress, start: int, total: int, done: int, _of: int, label: str) -> None:
