@@ -718,9 +718,9 @@ def capture(
 
     ``reference``: a model with the same graph (the dense model) whose inputs to the same
     layers give ``C``, ``H_ref`` and ``mean_ref``, or its values computed once for many
-    captures (:class:`DenseValues`; body values are still read by a session of their own). ``sampling``: how many rows of each batch the
-    sums use (:mod:`onnxprune.row_sampling`; default every row); ``rows`` counts every row,
-    ``rows_used`` those the sums use.
+    captures (:class:`DenseValues`; body values are still read by a session of their own).
+    ``sampling``: how many rows of each batch the sums use (:mod:`onnxprune.row_sampling`;
+    default every row); ``rows`` counts every row, ``rows_used`` those the sums use.
 
     ``batches`` are feed dicts (input name to array), e.g. ``Dataset.batches(b)``; they are
     read one at a time. ``progress(n)`` is called after each batch with its number of
@@ -887,7 +887,7 @@ class DenseValues:
         self._done: set[int] = set()
         self._sess: ort.InferenceSession | None = None
         self._last: tuple[tuple[str, ...], ort.InferenceSession] | None = None
-        self._count, self._used = count, 0
+        self._used = 0
         self._budget = min(DENSE_DISK_BYTES, shutil.disk_usage(self.folder).free // 2)
         self.keeps = bool(self.names)
         self.batch = max(1, batch)

@@ -19,8 +19,8 @@ comes from :func:`onnxprune.sparsity.permute.nm_permutation` on the saliency
 per consumer (rows: every other index of the weight), each consumer's saliency divided by
 its total so every consumer counts the same, rows stacked. ``E[x²]`` is the second moment of
 the consumer's input feature, captured on the first :data:`MOMENT_SAMPLES` calibration samples
-with the dense model. The
-order is kept only if it lowers the pattern's loss by at least :data:`MIN_GAIN`.
+with the dense model. The order is kept only if it lowers the pattern's loss by at least
+:data:`MIN_GAIN`.
 
 Large groups are searched for fewer passes so the search stays within :data:`WORK` element
 operations per group (the interleaved start alone when even one pass is too much), on at
@@ -129,9 +129,9 @@ def _first_samples(data: Dataset, batch_size: int) -> Iterator[dict[str, np.ndar
 
 
 def _holds_pattern(analysis: Analysis, sink: Sink, m: int) -> bool:
-    """True if the sink's weight is already sparse in groups of ``m`` along the axis the
-    group's channels are read on (at most ``m − 1`` non-zeros in every group, some group
-    with a zero): a reorder would scatter that pattern, so the group is left alone."""
+    """True if the sink's weight already has a zero in every group of ``m`` along the axis the
+    group's channels are read on (an N:M pattern): a reorder would scatter it, so the group
+    is left alone."""
     stored = analysis.context.scope.stored_tensor(sink.tensor)
     if stored is None:
         return False

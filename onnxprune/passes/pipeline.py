@@ -313,7 +313,8 @@ def _load(
     its external tensors read one at a time by the weight pass and the writer, see
     :mod:`onnxprune.graph.lazy`) when the model has external data and the pipeline allows it:
     the magnitude/N:M weight pass alone (a dead-channel watch at most; no channel reorder,
-    ``permute``), no calibration data, no quantizer. Otherwise loaded whole (non-finite weights refused with ``finite``)."""
+    ``permute``), no calibration data, no quantizer. Otherwise loaded whole (non-finite
+    weights refused with ``finite``)."""
     lazy = load_model_lazily(source, finite=finite)
     weights = pipeline.weights.config if isinstance(pipeline.weights, WeightPass) else None
     streamed = (

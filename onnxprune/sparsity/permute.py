@@ -15,8 +15,8 @@ groups ``G`` of ``M``, the pattern loses
 
 Search. Start from an interleaved order (channels sorted by total saliency, the ``k``-th
 group takes ranks ``k, k + G, k + 2G, …``, so strong channels are spread over groups), or
-from the given order when that loses less, then make the single swap of two channels between two groups that lowers ``L`` most, for
-each group in turn, for a few passes. For 2:4 a swap is priced in closed form: if a group
+from the given order when that loses less. Then, for each group in turn and for a few
+passes, make the single swap of two channels between two groups that lowers ``L`` most. For 2:4 a swap is priced in closed form: if a group
 loses channel ``a`` and the other three values of row ``r`` sorted are
 ``q₁ ≤ q₂ ≤ q₃``, the two smallest of ``{q₁, q₂, q₃, x}`` sum to
 ``q₁ + q₂ + min(0, x − q₂)``, so the new cost of a group for every candidate incoming
@@ -104,10 +104,10 @@ def nm_permutation(
                 others = np.delete(np.arange(count), g1)
             vals, edges = values[others], edge[others]  # [K, M, rows]
             # g1 without slot a taking x = any candidate channel, and candidate slot b taking g1's channel a
-            new1 = base[g1].sum(-1)[None, None, :] + np.minimum(0.0, vals[:, :, None, :] - edge[g1][None, None]).sum(-1)
-            new2 = base[others].sum(-1)[:, :, None] + np.minimum(0.0, values[g1][None, None] - edges[:, :, None]).sum(
-                -1
-            )
+            gain1 = np.minimum(0.0, vals[:, :, None, :] - edge[g1][None, None]).sum(-1)  # [K, b, a]
+            gain2 = np.minimum(0.0, values[g1][None, None] - edges[:, :, None]).sum(-1)  # [K, b, a]
+            new1 = base[g1].sum(-1)[None, None, :] + gain1
+            new2 = base[others].sum(-1)[:, :, None] + gain2
             delta = new1 + new2 - cost[g1] - cost[others][:, None, None]  # [K, b, a]
             k = np.unravel_index(int(np.argmin(delta)), delta.shape)
             if delta[k] >= -1e-7 * max(float(cost[g1]), 1e-30):
