@@ -1257,12 +1257,16 @@ class Builder:
             a += self.option("--pattern", "2:4 1:4 4:8", bad)
             if self.chance(0.3):
                 a += ["--nm-fallback", self.pick("unstructured skip")]
+            if self.chance(0.4):
+                a.append("--permute")  # channels reordered first (a model with external data: loaded whole)
         elif mode == "plan":
             a += ["--plan", self.plan_arg(fx)]
             if self.chance(0.3):
                 a += sparsity
         elif mode == "dead":
             a.append("--dead-channels")
+        if mode != "pattern" and self.chance(0.01):
+            a.append("--permute")  # without a pattern: a one-line error
         if mode in ("sparsity", "plan"):
             if self.chance(0.25):
                 a += ["--scope", "global"]
