@@ -17,6 +17,7 @@ from onnxprune import capture as capture_module
 from onnxprune.capture import DenseValues, capture
 from onnxprune.graph.discovery import discover
 from onnxprune.graph.index import Scope
+from onnxprune.graph.outputs import _host_tag
 from onnxprune.passes.layers import calib_layer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -81,15 +82,17 @@ def test_each_batch_runs_the_dense_model_once_for_every_capture(tmp_path, monkey
 
 @pytest.mark.parametrize("name", ["mlp_digits", "lstm_mnist1d"])
 def test_a_sequential_run_removes_its_folder_and_matches_a_session_per_wave(name, tmp_path, monkeypatch):
-    made: list[str] = []
-    real = tempfile.TemporaryDirectory
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the run's scratch folder goes
+    folders: list[Path] = []
+    real_init = DenseValues.__init__
 
-    def recorded(*args, **kwargs):
-        folder = real(*args, **kwargs)
-        made.append(folder.name)
-        return folder
+    def recorded(self, model, names, folder, **kwargs):
+        folders.append(Path(folder))
+        real_init(self, model, names, folder, **kwargs)
 
-    monkeypatch.setattr(tempfile, "TemporaryDirectory", recorded)
+    monkeypatch.setattr(DenseValues, "__init__", recorded)
     fills: list[int] = []
     real_fill = DenseValues._fill
 
@@ -103,8 +106,8 @@ def test_a_sequential_run_removes_its_folder_and_matches_a_session_per_wave(name
     config = onnxprune.PruneConfig(sparsity=0.5, method="sparsegpt", allocator="uniform")
     cached, _ = onnxprune.prune(onnx.load(str(source)), config, calibration=data)
     assert fills and all(fills)  # every batch's dense values were kept once
-    dense_folders = [f for f in made if "onnxprune-dense-" in f]
-    assert dense_folders and not any(Path(f).exists() for f in dense_folders)
+    assert len(folders) == 1 and folders[0].parent == scratch and folders[0].name.startswith(".dense-values")
+    assert not list(scratch.iterdir())  # removed at the end
     # the same run with a dense session per wave: values too large to keep
     monkeypatch.setattr(capture_module, "DENSE_BATCH_BYTES", 0)
     fills.clear()
@@ -144,3 +147,20 @@ def test_values_stop_being_kept_past_the_disk_budget(tmp_path, monkeypatch):
     assert not values.keeps and len(list(tmp_path.glob("*.npy"))) == 2
     assert first["h"].shape == second["h"].shape == (4, 8)
     assert values.read(["h"], {"x": rand((4, 8), seed=3)}, 0)["h"].shape == (4, 8)  # batch 0 is still kept
+
+
+def test_a_killed_runs_scratch_folder_is_swept_by_the_next_run(tmp_path, monkeypatch):
+    """A run killed mid-way (SIGKILL) leaves its dense values; the next calibrated run removes
+    them (ours, its process gone), and leaves others' files alone."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    stale = tmp_path / f".dense-values.onnxprune-{dead}-{_host_tag()}-abc123.tmp"
+    stale.mkdir()
+    (stale / "b0_0.npy").write_bytes(b"x" * 1000)
+    other = tmp_path / "someone-elses.npy"
+    other.write_bytes(b"y")
+    source = FIXTURES / "mlp_digits.onnx"
+    data = onnxprune.calibration_data(source, FIXTURES / "mlp_digits.calib.npz", samples=16)
+    onnxprune.prune(onnx.load(str(source)), onnxprune.PruneConfig(sparsity=0.5, method="sparsegpt"), calibration=data)
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["someone-elses.npy"]

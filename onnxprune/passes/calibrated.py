@@ -48,11 +48,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,12 +65,13 @@ from onnxprune import sparsity
 from onnxprune.capture import DenseValues, LayerSpec, LayerStats, capture
 from onnxprune.config import PruneConfig, Ranking, Reconstruction
 from onnxprune.data import Dataset
-from onnxprune.errors import OptionError, UnsupportedModelError, opt
+from onnxprune.errors import OptionError, OutputError, UnsupportedModelError, opt
 from onnxprune.executors import ClosingExecutor, Executor, ProcessExecutor, RayExecutor, SerialExecutor
 from onnxprune.executors.ray_cluster import require_ray
 from onnxprune.graph import tensors
 from onnxprune.graph.discovery import Weight, discover
 from onnxprune.graph.index import Scope, node_label
+from onnxprune.graph.outputs import staging_dir
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress, prune_pass_result
 from onnxprune.passes.closed_loop import choose_damping
 from onnxprune.passes.curve_allocation import allocate_layers
@@ -369,15 +373,14 @@ def _prune(
     # fit to the dense model's output once it differs; Wanda updates no weight, so it needs
     # the dense model only for bias correction (its E[x_d])
     needs_dense = METHODS[reconstruction.method].updates_weights or reconstruction.bias_correction
-    # the dense model's inputs to every wave: one run per batch in all, spilled to a temporary folder
-    folder = None
+    # the dense model's inputs to every wave: one run per batch in all, spilled to a scratch folder
+    scratch = _scratch() if dense is not None and needs_dense and len(groups) > 1 else None
     dense_values: ModelProto | DenseValues | None = dense
-    if dense is not None and needs_dense and len(groups) > 1:
-        folder = tempfile.TemporaryDirectory(prefix="onnxprune-dense-")
+    if dense is not None and scratch is not None:
         dense_values = DenseValues(
             dense,
             _dense_names(dense, specs_of),
-            folder.name,
+            scratch.path,
             probe=next(data.batches(1), None),
             count=data.count,
             batch=batch_size,
@@ -489,8 +492,8 @@ def _prune(
             }
         seconds["write"] += time.perf_counter() - tick
         changed = changed or bool(group)
-    if folder is not None:
-        folder.cleanup()
+    if scratch is not None:
+        scratch.remove()
     log.info(
         "calibrated %d layers in %d waves: capture %.1fs, solves %.1fs (%s), written %.1fs (closed-loop solves included)",
         len(calib),
@@ -501,6 +504,27 @@ def _prune(
         seconds["write"],
     )
     return allocated.annotate(_finish(inventory, targets, config, extra, fallback))
+
+
+class _Scratch:
+    """A staging folder in the system's temporary folder, removed by :attr:`remove` (once),
+    else when the object goes or at interpreter exit; a killed run's is removed by the next run
+    that stages there (:func:`onnxprune.graph.outputs.sweep_stale`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.remove = weakref.finalize(self, shutil.rmtree, path, ignore_errors=True)
+
+
+def _scratch() -> _Scratch | None:
+    """A scratch folder for the dense values, None (and a log line) when the temporary folder
+    takes no new files: the captures then run the dense model themselves."""
+    try:
+        path = staging_dir(tempfile.gettempdir(), "dense-values")
+    except OutputError as exc:
+        log.info("dense values not kept: the temporary folder takes no new files (%s)", exc)
+        return None
+    return _Scratch(path)
 
 
 def _dense_names(dense: ModelProto, specs_of: Sequence[Sequence[LayerSpec]]) -> list[str]:
