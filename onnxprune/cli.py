@@ -35,7 +35,7 @@ from onnxprune.cli_print import (
     shown,
 )
 from onnxprune.cli_view import view_command
-from onnxprune.config import PruneConfig, Selection, StructureConfig, load_plan, parse_pattern
+from onnxprune.config import MAX_BLOCK_EPOCHS, PruneConfig, Selection, StructureConfig, load_plan, parse_pattern
 from onnxprune.console import Interrupted, ProgressBar, command_json_stdout, count, fail, handle_errors, table
 from onnxprune.data.layout import format_dims
 from onnxprune.envelope import envelope, is_stdout, write_json
@@ -182,6 +182,7 @@ PRUNE_HELP_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "percdamp",
             "no_exact_refit",
             "capture_rows",
+            "block_epochs",
             "workers",
             "ray_address",
         ),
@@ -470,6 +471,14 @@ def _write_json(path: Path, command: str, data: dict[str, Any], stdout: TextIO |
     "each sample per layer, weighted to stay unbiased; 'all': every row (slow on large images).",
 )
 @click.option(
+    "--block-epochs",
+    type=click.IntRange(0, MAX_BLOCK_EPOCHS),
+    default=0,
+    show_default=True,
+    help="After the layer solves, fit each block (e.g. a transformer layer) to its dense output for N passes "
+    "over the calibration data (0: off; about 12 helps, slow).",
+)
+@click.option(
     "--workers",
     type=int,
     default=1,
@@ -605,6 +614,7 @@ def prune(
     percdamp: float | None,
     no_exact_refit: bool,
     capture_rows: str,
+    block_epochs: int,
     workers: int,
     ray_address: str | None,
     structured: bool,
@@ -689,6 +699,7 @@ def prune(
             percdamp=percdamp,
             exact_refit=not no_exact_refit,
             capture_rows=_capture_rows(capture_rows),
+            block_epochs=block_epochs,
             workers=workers,
             ray=ray_address,
             allocator=allocation,
@@ -869,6 +880,7 @@ RECIPE_PARAMETERS = {
     "percdamp": "percdamp",
     "no_exact_refit": "exact_refit",
     "capture_rows": "capture_rows",
+    "block_epochs": "block_epochs",
     "structured": "structure",
     "target_flops": "target_flops",
     "dead_channels": "dead_channels",

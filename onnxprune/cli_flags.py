@@ -35,6 +35,7 @@ FLAGS: dict[str, str | tuple[str | None, str | None] | None] = {
     "blocksize": None,
     "exact_refit": (None, "--no-exact-refit"),
     "capture_rows": "--capture-rows",
+    "block_epochs": "--block-epochs",
     # StructureConfig (prune_file's ``structure``)
     "structure": "--structured",
     "dead_channels": ("--dead-channels", "--no-dead-channels"),

@@ -235,6 +235,9 @@ def print_summary(result, before, after, size_in, size_out, saved, quiet, struct
             f"{result.config.get('pattern')} pattern keeps more: its loss there {1 - loss1 / loss0:.1%} lower "
             "(the dense model is unchanged)"
         )
+    blocks = getattr(result, "blocks", None) or {}
+    if blocks:
+        click.echo(block_line(blocks))
     if changed:
         groups = sum(1 for g in structure.groups if g.removed)
         click.echo(
@@ -302,3 +305,18 @@ def print_prediction(predicted: Any, output: Any, quiet: bool, *, layers: bool) 
         f"({ratio(before.parameters, after.parameters)} of the input's), {count(zeros)} of them zero "
         f"({zeros / max(after.parameters, 1):.1%})"
     )
+
+
+def block_line(blocks: dict) -> str:
+    """One line on block reconstruction: blocks fitted, their held-out error, why others were not."""
+    fitted, skipped = int(blocks.get("fitted", 0)), int(blocks.get("skipped", 0))
+    text = f"block reconstruction ({blocks.get('epochs')} epochs): fitted {fitted} block(s)"
+    if fitted:
+        before, after = float(blocks["error_before"]), float(blocks["error_after"])
+        text += f", their held-out output error {before:.4g} -> {after:.4g}"
+        if before > 0:
+            text += f" ({1 - after / before:.1%} lower)"
+    if skipped:
+        reasons = sorted({str(r["skipped"]).split(" (")[0] for r in blocks.get("records", []) if r.get("skipped")})
+        text += f"; skipped {skipped}: {'; '.join(reasons)}"
+    return text

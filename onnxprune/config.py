@@ -33,6 +33,8 @@ CHANNEL_ALLOCATORS = ("uniform", "curves")
 #: how an overall sparsity is split among the tensors of local scope (see :class:`Allocation`)
 ALLOCATORS = ("uniform", "curves")
 NM_FALLBACKS = ("unstructured", "skip")
+#: the most passes block reconstruction makes over the calibration data (``block_epochs``)
+MAX_BLOCK_EPOCHS = 1000
 
 
 def check_amount(value: float, what: str | None = None) -> float:
@@ -263,6 +265,12 @@ class Reconstruction:
         (:mod:`onnxprune.row_sampling`); a Conv has one row per output position, so the cost no
         longer grows with the image size. None: every row (the full capture). Default 16,
         measured with ``tools/capture_rows.py`` (see :data:`onnxprune.row_sampling.ROWS_PER_COL`).
+    block_epochs: after the layer solves, fit the kept weights of each block of the model (the
+        stretch between two places where one activation carries everything on, e.g. a transformer
+        layer) together to the block's dense output, this many passes over the calibration data
+        (:mod:`onnxprune.passes.blocks`, :mod:`onnxprune.reconstruct.block`). 0 (default): off.
+        Measured on all-MiniLM-L6-v2 at 2:4 (SparseGPT, 128 samples): cosine 0.9255 -> 0.9303 with
+        12 epochs, +130 s (see the README).
     workers, ray: where the layer solves of one wave run (they are independent): a local pool of
         ``workers`` processes (1: in this process), or the Ray cluster at the address ``ray``
         ("local" starts one on this machine, on loopback); the results are the same bits
@@ -276,6 +284,7 @@ class Reconstruction:
     blocksize: int = 128
     exact_refit: bool = True
     capture_rows: int | None = ROWS_PER_COL
+    block_epochs: int = 0
     workers: int = 1
     ray: str | None = None
 
@@ -294,6 +303,19 @@ class Reconstruction:
             raise OptionError(
                 f"{opt('capture_rows')} must be an integer >= 1 (rows per sample per column) or None (every "
                 f"row), got {self.capture_rows!r}"
+            )
+        if (
+            isinstance(self.block_epochs, bool)
+            or not hasattr(type(self.block_epochs), "__index__")
+            or not (0 <= self.block_epochs <= MAX_BLOCK_EPOCHS)
+        ):
+            raise OptionError(
+                f"{opt('block_epochs')} must be an integer in [0, {MAX_BLOCK_EPOCHS}] (0: off), got {self.block_epochs!r}"
+            )
+        if self.block_epochs and not METHODS[self.method].needs_data:
+            raise OptionError(
+                f"{opt('block_epochs')} fits blocks after a calibrated method: give {opt('method')} sparsegpt "
+                f"(or wanda, refit), or drop {opt('block_epochs')}"
             )
         if isinstance(self.workers, bool) or not hasattr(type(self.workers), "__index__") or self.workers < 1:
             raise OptionError(f"{opt('workers')} must be an integer >= 1, got {self.workers!r}")
@@ -334,7 +356,7 @@ class PruneConfig:
       max_layer_sparsity, allocator;
     - :class:`Ranking` (``.ranking``): criterion, seed;
     - :class:`Reconstruction` (``.reconstruction``): method, bias_correction, sequential,
-      percdamp, blocksize, exact_refit, capture_rows, workers, ray.
+      percdamp, blocksize, exact_refit, capture_rows, block_epochs, workers, ray.
 
     The flat keyword constructor builds the parts, so every field is validated on
     construction (and again by ``dataclasses.replace``); it then checks what involves more
@@ -369,6 +391,7 @@ class PruneConfig:
     exact_refit: bool = True
     allocator: str | None = None
     capture_rows: int | None = ROWS_PER_COL
+    block_epochs: int = 0
     workers: int = 1
     ray: str | None = None
 
@@ -439,7 +462,7 @@ class PruneConfig:
     @property
     def reconstruction(self) -> Reconstruction:
         """How layers are solved from data: method, bias_correction, sequential, percdamp, blocksize,
-        exact_refit, capture_rows, workers, ray."""
+        exact_refit, capture_rows, block_epochs, workers, ray."""
         return self._parts[3]
 
     @property
@@ -483,6 +506,7 @@ class PruneConfig:
             "exact_refit": self.exact_refit,
             "allocator": self.resolved_allocator,
             "capture_rows": self.capture_rows,
+            "block_epochs": self.block_epochs,
         }
 
 

@@ -65,6 +65,7 @@ def stamp(model: ModelProto, result: PruneResult, version: str) -> None:
     summary = {
         "totals": result.to_dict()["totals"],
         **({"reordered": result.reordered} if result.reordered else {}),
+        **({"blocks": {k: v for k, v in result.blocks.items() if k != "records"}} if result.blocks else {}),
         "layers": {
             layer.key: [round(layer.sparsity_before, 6), round(layer.sparsity_after, 6), layer.pattern]
             for layer in result.pruned

@@ -14,7 +14,7 @@ every field of :class:`~onnxprune.config.PruneConfig` but ``workers`` and ``ray`
 solves run, not what they compute): ``sparsity``, ``pattern`` ("2:4", or none), ``scope``,
 ``allocator``, ``plan``, ``max_layer_sparsity``, ``nm_fallback``, ``permute``, ``criterion``, ``seed``,
 ``min_size``, ``include``, ``exclude``, ``op_types``, ``method``, ``bias_correction``,
-``sequential``, ``percdamp``, ``blocksize``, ``exact_refit``, ``capture_rows``; and
+``sequential``, ``percdamp``, ``blocksize``, ``exact_refit``, ``capture_rows``, ``block_epochs``; and
 ``dead_channels`` and ``fold``: whether the exact dead-channel pass follows it, and whether that
 pass folds the graph when channels go. A structural stage (``"structured": true``) takes every
 field of :class:`~onnxprune.config.StructureConfig`, ``amount`` written ``sparsity`` (the fraction
@@ -124,6 +124,7 @@ class Stage:
     blocksize: int = 128
     exact_refit: bool = True
     capture_rows: int | None = ROWS_PER_COL
+    block_epochs: int = 0
     # the rest of StructureConfig
     dead_channels: bool = True
     importance: str = "auto"
@@ -517,6 +518,7 @@ RECIPE_OPTIONS: dict[str, str | dict[bool, str]] = {
     "exact_refit": opt("exact_refit", False),
     "allocator": opt("allocator"),
     "capture_rows": opt("capture_rows"),
+    "block_epochs": opt("block_epochs"),
     "structure": opt("structure"),
     "target_flops": opt("target_flops"),
     "dead_channels": {True: opt("dead_channels", True), False: opt("dead_channels", False)},

@@ -203,6 +203,7 @@ WEIGHT_VALUES = {
     "exact_refit": (False, {"method": "sparsegpt"}),
     "allocator": ("uniform", {"method": "refit"}),
     "capture_rows": (None, {"method": "wanda"}),
+    "block_epochs": (3, {"method": "sparsegpt"}),
 }
 #: The same for StructureConfig (a structural pass: ``amount`` unless the field is the amount).
 STRUCTURE_VALUES = {

@@ -1,5 +1,6 @@
 """Held-out accuracy of magnitude, wanda, sparsegpt (with and without bias correction) and admm on
-every fixture at 50 %, 70 % and 2:4 (``--settings`` picks rows; ``--permute``: N:M with the channel
+every fixture at 50 %, 70 % and 2:4 (``--settings`` picks rows; ``--block-epochs N``: block
+reconstruction after the calibrated methods; ``--permute``: N:M with the channel
 reorder first), plus the data-free mode at 50 %
 (default allocation: curves); the calibrated methods with uniform and with curve allocation.
 
@@ -26,6 +27,7 @@ import onnxruntime as ort
 from sequence_metrics import sequence_scores
 
 import onnxprune
+from onnxprune.reconstruct.methods import METHODS as SOLVERS
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())["models"]
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", metavar="METHOD", help="only these methods' columns")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), help="only these rows (e.g. 2:4)")
     parser.add_argument("--permute", action="store_true", help="N:M rows with the channel reorder first")
+    parser.add_argument(
+        "--block-epochs", type=int, default=0, metavar="N", help="calibrated methods: block reconstruction after"
+    )
     args = parser.parse_args(argv)
     methods = [entry for entry in METHODS if not args.methods or entry[0] in args.methods]
     names = args.fixtures or sorted(p.stem for p in FIXTURES.glob("*.onnx"))
@@ -97,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                         bias_correction=bc,
                         allocator=allocator,
                         permute=args.permute and "pattern" in setting,
+                        block_epochs=args.block_epochs if SOLVERS[method].needs_data else 0,
                     )
                     out = (
                         Path(tmp)

@@ -73,6 +73,7 @@ from onnxprune.graph.discovery import Weight, discover
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.graph.outputs import staging_dir
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress, prune_pass_result
+from onnxprune.passes.blocks import blocks_summary, fit_blocks
 from onnxprune.passes.closed_loop import choose_damping
 from onnxprune.passes.curve_allocation import allocate_layers
 from onnxprune.passes.layer_order import Upstream
@@ -613,9 +614,27 @@ class CalibratedPass(Pass):
         self.check(context)
         before = param_stats(model)
         reordered = reorder_first(model, self.config, context, data=context.calibration)
+        epochs = self.config.reconstruction.block_epochs
+        dense = copy.deepcopy(model) if epochs else None  # after the reorder: the same function, its channel order
         result = prune_calibrated(model, self.config, context.calibration, progress=context.progress)
         if reordered is not None:
             result = replace(result, reordered=reordered)
+        if dense is not None and context.calibration is not None:
+            roots = [
+                layer.name
+                for layer in result.pruned
+                if layer.error is not None and layer.scope == "" and layer.storage == "initializer"
+            ]
+            records = fit_blocks(
+                model,
+                dense,
+                context.calibration,
+                roots,
+                epochs=epochs,
+                seed=self.config.seed,
+                progress=context.progress,
+            )
+            result = replace(result, blocks=blocks_summary(records, epochs))
         after = param_stats(model)
         fallback = sum(1 for layer in result.pruned if layer.error is None)  # no statistics: by magnitude
         return prune_pass_result(

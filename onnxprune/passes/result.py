@@ -52,6 +52,7 @@ class PruneResult:
     config: dict[str, object] = field(default_factory=dict)
     allocation: dict[str, object] | None = None  # how the calibrated pass split the sparsity among layers
     reordered: dict[str, object] | None = None  # channels reordered for an N:M pattern first (:mod:`.permutation`)
+    blocks: dict[str, object] | None = None  # block reconstruction after the layer solves (:mod:`.blocks`)
 
     @property
     def pruned(self) -> tuple[LayerResult, ...]:
@@ -86,6 +87,7 @@ class PruneResult:
             "config": self.config,
             "allocation": self.allocation,
             "reordered": self.reordered,
+            "blocks": self.blocks,
             "totals": {
                 "pruned_tensors": len(self.pruned),
                 "skipped_tensors": len(self.skipped),
