@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from builders import init, model, node, rand, value
 from cli_contract import fails_cleanly
 from click.testing import CliRunner
 
@@ -28,6 +29,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TRANSFORMER = FIXTURES / "transformer_mnist1d.onnx"
 CNN = FIXTURES / "cnn_digits.onnx"
 MLP = FIXTURES / "mlp_digits.onnx"
+LSTM = FIXTURES / "lstm_mnist1d.onnx"
 
 
 def _matrices(model: onnx.ModelProto) -> list[str]:
@@ -120,11 +122,18 @@ def test_merging_blocks_up_to_a_number_of_layers() -> None:
 
 
 def test_a_block_with_an_op_without_a_kernel_is_skipped_with_the_reason() -> None:
+    model = onnx.load(str(LSTM))
+    blocks = plan_blocks(model, [t.name for t in model.graph.initializer if len(t.dims) >= 2])
+    reasons = [b.skip for b in blocks]
+    assert reasons[0] is not None and reasons[0].startswith("no gradient kernel for LSTM (")
+    assert reasons[-1] is None  # the Gemm head is fitted
+
+
+def test_a_cnn_is_cut_between_its_stages() -> None:
     model = onnx.load(str(CNN))
     blocks = plan_blocks(model, _matrices(model) + [t.name for t in model.graph.initializer if len(t.dims) == 4])
-    reasons = [b.skip for b in blocks]
-    assert reasons[0] is not None and reasons[0].startswith("no gradient kernel for Conv (")
-    assert reasons[-1] is None  # the Gemm head is fitted
+    assert [b.skip for b in blocks] == [None] * len(blocks)
+    assert [len(b.roots) for b in blocks] == [1, 2, 1, 1, 1, 1]  # the residual block's two convs together
 
 
 def test_roots_only_start_live_paths() -> None:
@@ -134,6 +143,70 @@ def test_roots_only_start_live_paths() -> None:
     (block,) = plan_blocks(model, last)
     assert [s.op for s in block.steps] == ["Gemm"]
     assert block.outputs == ["logits"]
+
+
+def _chain(middle: str, *, tied: bool = False) -> onnx.ModelProto:
+    """x @ W1 -> ``middle`` -> @ W2 (W1 again when ``tied``)."""
+    second = "w1" if tied else "w2"
+    inits = [init("w1", rand((8, 8), 1))] + ([] if tied else [init("w2", rand((8, 8), 2))])
+    return model(
+        [
+            node("MatMul", ["x", "w1"], ["h"], "mm1"),
+            node(middle, ["h"], ["a"], "act"),
+            node("MatMul", ["a", second], ["y"], "mm2"),
+        ],
+        [value("x", [4, 8])],
+        [value("y", [4, 8])],
+        inits,
+    )
+
+
+def test_a_span_without_weights_joins_the_block_before_it_only_when_it_can_be_computed() -> None:
+    joined = plan_blocks(_chain("Relu"), ["w1", "w2"])
+    assert [b.nodes for b in joined] == [["mm1", "act"], ["mm2"]] and joined[0].outputs == ["a"]
+    alone = plan_blocks(_chain("Softplus"), ["w1", "w2"])  # no kernel: the first block ends before it
+    assert [b.nodes for b in alone] == [["mm1"], ["mm2"]] and [b.skip for b in alone] == [None, None]
+    assert alone[0].outputs == ["h"] and alone[1].captured == ["a"]
+
+
+def test_a_second_output_in_use_skips_the_block() -> None:
+    graph = model(
+        [
+            node("MatMul", ["x", "w1"], ["h"], "mm1"),
+            node("LayerNormalization", ["h", "g"], ["n", "mu"], "ln", axis=-1),
+            node("Add", ["n", "mu"], ["s"], "add"),
+            node("MatMul", ["s", "w2"], ["y"], "mm2"),
+        ],
+        [value("x", [4, 8])],
+        [value("y", [4, 8])],
+        [init("w1", rand((8, 8), 1)), init("g", rand((8,), 3)), init("w2", rand((8, 8), 2))],
+    )
+    first, second = plan_blocks(graph, ["w1", "w2"])
+    assert (
+        first.nodes == ["mm1", "ln", "add"] and first.skip == "ln (LayerNormalization) has more than one output in use"
+    )
+    assert second.skip is None
+
+
+def test_a_program_that_cannot_run_is_skipped_not_raised(pruned_transformer, monkeypatch) -> None:
+    pruned, calib = pruned_transformer
+    _, back = autodiff.KERNELS["Softmax"]
+
+    def refuse(x, a):
+        raise NotImplementedError("not this one")
+
+    monkeypatch.setitem(autodiff.KERNELS, "Softmax", (refuse, back))
+    records = fit_blocks(copy.deepcopy(pruned), onnx.load(str(TRANSFORMER)), calib, _matrices(pruned), epochs=1)
+    assert [r.skipped for r in records if r.skipped] == [
+        "its program cannot run here (NotImplementedError: not this one)"
+    ] * 2
+
+
+def test_a_tied_weight_is_not_fitted_in_either_block() -> None:
+    blocks = plan_blocks(_chain("Relu", tied=True), ["w1"])
+    assert [b.roots for b in blocks] == [[], []]
+    assert all(b.skip is not None and "tied" in b.skip for b in blocks)
+    assert all("w1" in b.frozen for b in blocks)
 
 
 # --------------------------------------------------------------------------- on a model
@@ -232,12 +305,12 @@ def test_cli_fits_blocks_and_says_so(tmp_path: Path) -> None:
 
 def test_cli_says_why_blocks_were_skipped(tmp_path: Path) -> None:
     args = [
-        "prune", str(CNN), str(tmp_path / "out.onnx"), "--sparsity", "0.5", "--method", "sparsegpt",
-        "--calibration", str(FIXTURES / "cnn_digits.calib.npz"), "--samples", "32", "--block-epochs", "1",
+        "prune", str(LSTM), str(tmp_path / "out.onnx"), "--sparsity", "0.5", "--method", "sparsegpt",
+        "--calibration", str(FIXTURES / "lstm_mnist1d.calib.npz"), "--samples", "32", "--block-epochs", "1",
     ]  # fmt: skip
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "fitted 2 block(s)" in result.output and "skipped 2: no gradient kernel for Conv" in result.output
+    assert "fitted 1 block(s)" in result.output and "skipped 1: no gradient kernel for LSTM" in result.output
 
 
 def test_cli_block_epochs_without_a_calibrated_method_is_a_one_line_error(tmp_path: Path, monkeypatch) -> None:

@@ -153,25 +153,31 @@ def plan_blocks(model: ModelProto, roots: Sequence[str], *, layers: int = 1) -> 
         for name in node.input
         if name and name not in root_set and name in produced_at
     }
-    # those crossing each position: produced before it, read at or after it
-    crossing = [0] * (len(nodes) + 1)
+    # those crossing each position: produced before it, read at or after it (a difference array)
+    delta = np.zeros(len(nodes) + 2, dtype=np.int64)
     for name in counted:
         start, end = produced_at[name] + 1, last_use.get(name, produced_at[name])
-        for pos in range(start, end + 1):
-            crossing[pos] += 1
+        if end >= start:
+            delta[start] += 1
+            delta[end + 1] -= 1
+    crossing = np.cumsum(delta)[: len(nodes) + 1]
     cuts = [pos for pos in range(len(nodes) + 1) if crossing[pos] <= 1]
     spans = [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
     has_root = [sum(1 for i in range(a, b) if live_node[i] and _reads_root(nodes[i], root_set)) for a, b in spans]
-    merged: list[list[int]] = []  # [start, end, roots]: a span without roots joins the block before it
+    merged: list[list[int]] = []  # [start, end, roots]
     for (a, b), n in zip(spans, has_root, strict=True):
-        if merged and (merged[-1][2] < layers or not n):
+        # a span without roots joins the block before it when it can be computed here (an
+        # activation, a normalisation), else it ends that block where it starts
+        joins = not n and all(nodes[i].op_type in KERNELS for i in range(a, b) if live_node[i])
+        if merged and merged[-1][1] == a and (merged[-1][2] < layers or joins):
             merged[-1][1:] = [b, merged[-1][2] + n]
         elif n:
             merged.append([a, b, n])
-    while merged and merged[-1][2] < layers and len(merged) > 1:  # a short last block joins the one before
+    while len(merged) > 1 and merged[-1][2] < layers and merged[-2][1] == merged[-1][0]:  # a short last block
         a, b, n = merged.pop()
         merged[-1][1:] = [b, merged[-1][2] + n]
-    return [_block(nodes, a, b, live, live_node, root_set, inits, readers, last_use, opset) for a, b, _ in merged]
+    where = _Where(nodes, produced_at, readers, last_use, opset)
+    return [_block(where, a, b, live, live_node, root_set, inits) for a, b, _ in merged]
 
 
 def _reads(node: onnx.NodeProto) -> list[str]:
@@ -188,7 +194,19 @@ def _reads_root(node: onnx.NodeProto, roots: set[str]) -> bool:
     return any(name in roots for name in node.input)
 
 
-def _block(nodes, a, b, live, live_node, roots, inits, readers, last_use, opset) -> Block:  # noqa: ANN001
+@dataclass(frozen=True)
+class _Where:
+    """The main graph's nodes in order, and where each value is made and read."""
+
+    nodes: list[onnx.NodeProto]
+    produced_at: dict[str, int]
+    readers: dict[str, list[int]]
+    last_use: dict[str, int]
+    opset: int
+
+
+def _block(where: _Where, a: int, b: int, live: set[str], live_node: list[bool], roots: set[str], inits: dict) -> Block:
+    nodes, readers, last_use, opset = where.nodes, where.readers, where.last_use, where.opset
     members = [i for i in range(a, b) if live_node[i]]
     steps: list[Step] = []
     made: set[str] = set()
@@ -201,16 +219,20 @@ def _block(nodes, a, b, live, live_node, roots, inits, readers, last_use, opset)
             skip = skip or f"no gradient kernel for {node.op_type} ({node_label(node)})"
         if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
             skip = skip or f"{node_label(node)} holds a subgraph"
+        if sum(1 for o in node.output if o) > 1:  # the kernels compute an op's first output only
+            skip = skip or f"{node_label(node)} ({node.op_type}) has more than one output in use"
         steps.append(Step(node.op_type, tuple(node.input), tuple(node.output), _attrs(node, opset)))
         reads += [name for name in node.input if name and name not in made]
         made.update(o for o in node.output if o)
     reads = list(dict.fromkeys(reads))
-    block_roots = [name for name in reads if name in roots]
+    # a root read outside the block too (a tied weight) is frozen: fitting it here would move the other reader
+    block_roots = [name for name in reads if name in roots and all(a <= r < b for r in readers.get(name, []))]
     vectors = [
         name
         for name in reads
         if name in inits
         and name not in roots
+        and name not in block_roots
         and tensors.is_float(inits[name])
         and len(inits[name].dims) == 1
         and inits[name].dims[0] > 1
@@ -224,8 +246,8 @@ def _block(nodes, a, b, live, live_node, roots, inits, readers, last_use, opset)
         if name in inits:
             frozen[name] = tensors.read_array(inits[name])
         else:
-            producer = next((nodes[i] for i in range(len(nodes)) if name in nodes[i].output), None)
-            value = constant_tensor(producer) if producer is not None else None
+            at = where.produced_at.get(name)
+            value = constant_tensor(nodes[at]) if at is not None else None
             if value is not None:
                 frozen[name] = onnx.numpy_helper.to_array(value)
             else:
@@ -233,6 +255,8 @@ def _block(nodes, a, b, live, live_node, roots, inits, readers, last_use, opset)
     outputs = [name for name in made if name in live and last_use.get(name, -1) >= b]
     if not outputs and not skip:
         skip = "its values are not read after it"
+    if not block_roots and not skip:
+        skip = "its weights are also read outside it (tied): fitting them here would change the other readers"
     odd = sorted({tensors.dtype_name(inits[name]) for name in block_roots + vectors} - {"float32", "float64"})
     if odd and not skip:
         skip = f"its weights are {', '.join(odd)} (block fitting runs in float32 or float64)"
@@ -309,7 +333,11 @@ def fit_blocks(
             Batch({**blk.frozen, **{n: v[n] for n in blk.captured}}, {n: t[n] for n in blk.outputs})
             for v, t in zip(values, targets, strict=True)
         ]
-        agree = _agreement(blk, params, batches[0], values[0])
+        try:
+            agree = _agreement(blk, params, batches[0], values[0])
+        except (NotImplementedError, ValueError, TypeError, KeyError, IndexError) as exc:
+            records.append(_skipped(blk, f"its program cannot run here ({type(exc).__name__}: {exc})"))
+            continue
         if agree > AGREE:
             records.append(_skipped(blk, f"its numpy program differs from onnxruntime by {agree:.2g} (relative)"))
             continue

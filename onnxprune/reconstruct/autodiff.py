@@ -19,13 +19,20 @@ numpy broadcasting added or stretched:
   ``ḡ/b`` and ``−ḡ·a/b²``; ``a^p`` (``p`` not fitted): ``ḡ·p·a^(p−1)``;
 * ``√x``: ``ḡ/(2√x)``; ``eˣ``: ``ḡ·eˣ``; ``erf x``: ``ḡ·2/√π·e^(−x²)``; ``tanh x``:
   ``ḡ(1 − y²)``; ``σ(x)``: ``ḡ·y(1 − y)``; ``relu``: ``ḡ·[x > 0]``;
-* ``softmax`` along an axis: ``ḡ_x = y ⊙ (ḡ − Σ ḡ ⊙ y)``;
+* ``softmax`` along an axis: ``ḡ_x = y ⊙ (ḡ − Σ ḡ ⊙ y)``; ``log softmax``: ``ḡ_x = ḡ − e^y Σ ḡ``;
+* ``Conv`` as a product with its patches (:mod:`onnxprune.im2col`'s layout, ``Y_j = W_j P_jᵀ``
+  per group): ``ḡ_W = ḡ P``, and ``ḡ_P = Wᵀ ḡ`` summed back onto the input over the kernel taps
+  (the adjoint of taking patches); pooling the same way: ``MaxPool`` sends ``ḡ`` to the first
+  maximum of each window, ``AveragePool`` spreads ``ḡ / count`` over it; inference
+  ``BatchNormalization`` ``y = γ (x − μ) r + β``, ``r = (σ² + ε)^(−½)``: ``ḡ_x = ḡ γ r``,
+  ``ḡ_γ = Σ ḡ (x − μ) r``, ``ḡ_β = Σ ḡ`` (the running statistics are not fitted);
 * ``LayerNormalization`` over the trailing axes from ``axis``, ``x̂ = (x − μ)·r``,
   ``r = (σ² + ε)^(−½)``, ``y = x̂·γ + β``: ``ḡ_γ = Σ ḡ x̂``, ``ḡ_β = Σ ḡ``, and with
   ``u = ḡ·γ``, ``ḡ_x = r·(u − mean(u) − x̂·mean(u x̂))`` (means over the normalised axes);
 * ``GELU`` (exact): ``y = x·Φ(x)``, ``ḡ_x = ḡ·(Φ(x) + x·φ(x))``; the tanh form by its chain;
 * reshapes, transposes, (un)squeezes, flatten: the inverse movement of ``ḡ``; concat: the
   slices of ``ḡ``; ``ReduceMean``/``ReduceSum``: ``ḡ`` broadcast back (divided by the count);
+  ``ReduceL2``, ``y = ‖x‖``: ``ḡ·x/y``; ``Expand``: ``ḡ`` summed back to the input's shape;
   ``Where(c, a, b)``: ``ḡ`` where ``c`` / where not.
 
 ``erf`` has no numpy function: it is Abramowitz & Stegun's 7.1.26 rational approximation
@@ -44,6 +51,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from onnxprune.im2col import ConvGeometry
 
 
 @dataclass(frozen=True)
@@ -187,10 +197,18 @@ def _where_backward(x, y, g, a, need):  # noqa: ANN001, ANN202
 def _matmul_forward(x, a):  # noqa: ANN001, ANN202
     if np.ndim(x[0]) < 2 or np.ndim(x[1]) < 2:
         raise NotImplementedError("MatMul of a vector")
+    if np.ndim(x[1]) == 2:  # activations [..., K] times a matrix [K, N]: one product
+        return [(x[0].reshape(-1, x[0].shape[-1]) @ x[1]).reshape(*x[0].shape[:-1], x[1].shape[1])]
     return [np.matmul(x[0], x[1])]
 
 
 def _matmul_backward(x, y, g, a, need):  # noqa: ANN001, ANN202
+    if np.ndim(x[1]) == 2:  # Σ over every leading axis at once: ḡ_B = A₂ᵀ ḡ₂ with the rows stacked
+        rows = g[0].reshape(-1, g[0].shape[-1])
+        return [
+            (rows @ x[1].T).reshape(x[0].shape) if need[0] else None,
+            x[0].reshape(-1, x[0].shape[-1]).T @ rows if need[1] else None,
+        ]
     return [
         unbroadcast(np.matmul(g[0], np.swapaxes(x[1], -1, -2)), _shape_of(x[0])) if need[0] else None,
         unbroadcast(np.matmul(np.swapaxes(x[0], -1, -2), g[0]), _shape_of(x[1])) if need[1] else None,
@@ -244,6 +262,17 @@ def _softmax_backward(x, y, g, a, need):  # noqa: ANN001, ANN202
     return [y[0] * (g[0] - (g[0] * y[0]).sum(axis=axis, keepdims=True))]
 
 
+def _log_softmax_forward(x, a):  # noqa: ANN001, ANN202
+    axis = _softmax_axis(a, x[0].ndim)
+    shifted = x[0] - x[0].max(axis=axis, keepdims=True)
+    return [shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))]
+
+
+def _log_softmax_backward(x, y, g, a, need):  # noqa: ANN001, ANN202
+    axis = _softmax_axis(a, x[0].ndim)
+    return [g[0] - np.exp(y[0]) * g[0].sum(axis=axis, keepdims=True)]
+
+
 def _norm_axes(a: Mapping[str, Any], ndim: int) -> tuple[int, ...]:
     return tuple(range(int(a.get("axis", -1)) % ndim, ndim))
 
@@ -291,8 +320,11 @@ def _reduce_axes(x: list[Any], a: Mapping[str, Any], ndim: int) -> tuple[int, ..
 def _reduce(kind: str):  # noqa: ANN202
     def forward(x, a):  # noqa: ANN001, ANN202
         axes = _reduce_axes(x, a, x[0].ndim)
+        keep = bool(a.get("keepdims", 1))
+        if kind == "l2":
+            return [np.sqrt(np.sum(x[0] * x[0], axis=axes, keepdims=keep))]
         fn = np.mean if kind == "mean" else np.sum
-        return [fn(x[0], axis=axes, keepdims=bool(a.get("keepdims", 1)))]
+        return [fn(x[0], axis=axes, keepdims=keep)]
 
     def backward(x, y, g, a, need):  # noqa: ANN001, ANN202
         v = x[0]
@@ -300,6 +332,10 @@ def _reduce(kind: str):  # noqa: ANN202
         grad = g[0] if a.get("keepdims", 1) else np.expand_dims(g[0], axes)
         if kind == "mean":
             grad = grad / math.prod(v.shape[i] for i in axes)
+        elif kind == "l2":  # ∂‖x‖/∂x = x / ‖x‖ (0 where ‖x‖ = 0)
+            norm = y[0] if a.get("keepdims", 1) else np.expand_dims(y[0], axes)
+            safe = np.where(norm > 0, norm, 1)
+            return [grad * v / safe * (norm > 0)] + [None] * (len(x) - 1)
         return [np.broadcast_to(grad, v.shape)] + [None] * (len(x) - 1)
 
     return forward, backward
@@ -359,6 +395,179 @@ def _concat_backward(x, y, g, a, need):  # noqa: ANN001, ANN202
     return list(np.split(g[0], cuts, axis=axis))
 
 
+def _expand_forward(x, a):  # noqa: ANN001, ANN202
+    shape = tuple(int(s) for s in np.asarray(x[1]).reshape(-1))
+    return [np.array(np.broadcast_to(x[0], np.broadcast_shapes(np.shape(x[0]), shape)))]
+
+
+def _expand_backward(x, y, g, a, need):  # noqa: ANN001, ANN202
+    return [unbroadcast(g[0], _shape_of(x[0])), None]
+
+
+def _geometry(a: Mapping[str, Any], weight_shape: tuple[int, ...], kernel: Sequence[int] | None = None) -> ConvGeometry:
+    rank = len(kernel) if kernel is not None else len(weight_shape) - 2
+    kernel = tuple(kernel) if kernel is not None else tuple(weight_shape[2:])
+    return ConvGeometry(
+        groups=int(a.get("group", 1)),
+        kernel=tuple(int(k) for k in kernel),
+        strides=tuple(int(s) for s in a.get("strides") or (1,) * rank),
+        pads=tuple(int(p) for p in a.get("pads") or (0,) * (2 * rank)),
+        dilations=tuple(int(d) for d in a.get("dilations") or (1,) * rank),
+        auto_pad=str(a.get("auto_pad", "NOTSET")),
+    )
+
+
+def _windows(x: np.ndarray, geometry: ConvGeometry, fill: float = 0.0) -> np.ndarray:
+    """``x`` [N, C, *S] as its patches [N, C, *out, *k] (a view of the padded input)."""
+    rank = len(geometry.kernel)
+    pads = geometry.resolved_pads(x.shape[2:])
+    widths = [(0, 0), (0, 0), *((pads[i], pads[i + rank]) for i in range(rank))]
+    padded = np.pad(x, widths, constant_values=fill) if any(pads) else x
+    windows = sliding_window_view(padded, geometry.extent, axis=tuple(range(2, 2 + rank)))
+    out = geometry.output_shape(x.shape[2:])
+    index = (
+        slice(None),
+        slice(None),
+        *(slice(None, n * s, s) for n, s in zip(out, geometry.strides, strict=True)),
+        *(slice(None, None, d) for d in geometry.dilations),
+    )
+    return windows[index]
+
+
+def _col2im(grad: np.ndarray, shape: tuple[int, ...], geometry: ConvGeometry) -> np.ndarray:
+    """The adjoint of :func:`_windows`: ``grad`` [N, C, *out, *k] summed back onto ``x``'s shape."""
+    rank = len(geometry.kernel)
+    pads = geometry.resolved_pads(shape[2:])
+    padded = [shape[2 + i] + pads[i] + pads[i + rank] for i in range(rank)]
+    out = grad.shape[2 : 2 + rank]
+    total = np.zeros((*shape[:2], *padded), dtype=grad.dtype)
+    for tap in np.ndindex(*geometry.kernel):
+        where = tuple(
+            slice(t * d, t * d + s * (n - 1) + 1, s)
+            for t, d, s, n in zip(tap, geometry.dilations, geometry.strides, out, strict=True)
+        )
+        total[(slice(None), slice(None), *where)] += grad[(Ellipsis, *tap)]
+    crop = tuple(slice(pads[i], pads[i] + shape[2 + i]) for i in range(rank))
+    return total[(slice(None), slice(None), *crop)]
+
+
+def _conv_parts(x, a):  # noqa: ANN001, ANN202
+    """The patches grouped [N, g, C/g, O, K] and the weight grouped [g, M/g, C/g, K]."""
+    data, weight = x[0], x[1]
+    geometry = _geometry(a, weight.shape)
+    groups = geometry.groups
+    win = _windows(data, geometry)
+    n, c = data.shape[:2]
+    out = win.shape[2 : 2 + len(geometry.kernel)]
+    patches = win.reshape(n, groups, c // groups, math.prod(out), math.prod(geometry.kernel))
+    kernel = weight.reshape(groups, weight.shape[0] // groups, weight.shape[1], -1)
+    return geometry, patches, kernel, out
+
+
+def _conv_forward(x, a):  # noqa: ANN001, ANN202
+    _, patches, kernel, out = _conv_parts(x, a)
+    y = np.einsum("ngcok,gmck->ngmo", patches, kernel, optimize=True)
+    y = y.reshape(y.shape[0], -1, *out)
+    if len(x) > 2 and x[2] is not None:
+        y = y + x[2].reshape(1, -1, *([1] * len(out)))
+    return [y.astype(x[0].dtype, copy=False)]
+
+
+def _conv_backward(x, y, g, a, need):  # noqa: ANN001, ANN202
+    geometry, patches, kernel, out = _conv_parts(x, a)
+    groups = geometry.groups
+    grad = g[0].reshape(g[0].shape[0], groups, -1, math.prod(out))
+    result: Grads = [None] * len(x)
+    if need[0]:
+        dp = np.einsum("ngmo,gmck->ngcok", grad, kernel, optimize=True)
+        dp = dp.reshape(x[0].shape[0], x[0].shape[1], *out, *geometry.kernel)
+        result[0] = _col2im(dp, x[0].shape, geometry)
+    if need[1]:
+        result[1] = np.einsum("ngmo,ngcok->gmck", grad, patches, optimize=True).reshape(x[1].shape)
+    if len(x) > 2 and x[2] is not None and need[2]:
+        result[2] = g[0].sum(axis=(0, *range(2, g[0].ndim)))
+    return result
+
+
+def _pool_geometry(x, a):  # noqa: ANN001, ANN202
+    if int(a.get("ceil_mode", 0)):
+        raise NotImplementedError("pooling with ceil_mode")
+    return _geometry(a, (), a["kernel_shape"])
+
+
+def _maxpool_forward(x, a):  # noqa: ANN001, ANN202
+    geometry = _pool_geometry(x, a)
+    win = _windows(x[0], geometry, fill=-np.inf)
+    return [win.reshape(*win.shape[: 2 + len(geometry.kernel)], -1).max(axis=-1)]
+
+
+def _maxpool_backward(x, y, g, a, need):  # noqa: ANN001, ANN202
+    geometry = _pool_geometry(x, a)
+    win = _windows(x[0], geometry, fill=-np.inf)
+    flat = win.reshape(*win.shape[: 2 + len(geometry.kernel)], -1)
+    first = flat.argmax(axis=-1)[..., None]  # the gradient goes to the first maximum, as the runtimes route it
+    routed = np.zeros(flat.shape, dtype=g[0].dtype)
+    np.put_along_axis(routed, first, g[0][..., None], axis=-1)
+    return [_col2im(routed.reshape(win.shape), x[0].shape, geometry)]
+
+
+def _avgpool_divisor(x, a, geometry):  # noqa: ANN001, ANN202
+    if int(a.get("count_include_pad", 0)) or not any(geometry.resolved_pads(x[0].shape[2:])):
+        return float(math.prod(geometry.kernel))
+    ones = np.ones((1, 1, *x[0].shape[2:]), dtype=x[0].dtype)
+    return _windows(ones, geometry).reshape(*_windows(ones, geometry).shape[: 2 + len(geometry.kernel)], -1).sum(-1)
+
+
+def _avgpool_forward(x, a):  # noqa: ANN001, ANN202
+    geometry = _pool_geometry(x, a)
+    win = _windows(x[0], geometry)
+    total = win.reshape(*win.shape[: 2 + len(geometry.kernel)], -1).sum(axis=-1)
+    return [(total / _avgpool_divisor(x, a, geometry)).astype(x[0].dtype, copy=False)]
+
+
+def _avgpool_backward(x, y, g, a, need):  # noqa: ANN001, ANN202
+    geometry = _pool_geometry(x, a)
+    share = g[0] / _avgpool_divisor(x, a, geometry)
+    spread = np.broadcast_to(share[(Ellipsis, *([None] * len(geometry.kernel)))], (*share.shape, *geometry.kernel))
+    return [_col2im(np.ascontiguousarray(spread), x[0].shape, geometry)]
+
+
+def _global_pool_forward(x, a):  # noqa: ANN001, ANN202
+    return [x[0].mean(axis=tuple(range(2, x[0].ndim)), keepdims=True)]
+
+
+def _global_pool_backward(x, y, g, a, need):  # noqa: ANN001, ANN202
+    count = math.prod(x[0].shape[2:])
+    return [np.broadcast_to(g[0] / count, x[0].shape)]
+
+
+def _batchnorm_forward(x, a):  # noqa: ANN001, ANN202
+    data, scale, bias, mean, var = x[:5]
+    shape = (1, -1, *([1] * (data.ndim - 2)))
+    r = 1.0 / np.sqrt(var + float(a.get("epsilon", 1e-5)))
+    out = (data - mean.reshape(shape)) * (scale * r).reshape(shape) + bias.reshape(shape)
+    return [out.astype(data.dtype, copy=False)]
+
+
+def _batchnorm_backward(x, y, g, a, need):  # noqa: ANN001, ANN202
+    data, scale, _, mean, var = x[:5]
+    shape = (1, -1, *([1] * (data.ndim - 2)))
+    r = (1.0 / np.sqrt(var + float(a.get("epsilon", 1e-5)))).astype(data.dtype, copy=False)
+    axes = (0, *range(2, data.ndim))
+    out: Grads = [None] * len(x)  # the running mean and variance are not fitted
+    if need[0]:
+        out[0] = g[0] * (scale * r).reshape(shape)
+    if need[1]:
+        out[1] = (g[0] * (data - mean.reshape(shape))).sum(axis=axes) * r
+    if need[2]:
+        out[2] = g[0].sum(axis=axes)
+    return out
+
+
+def _hard_sigmoid(v: np.ndarray, a: Mapping[str, Any]) -> np.ndarray:
+    return float(a.get("alpha", 0.2)) * v + float(a.get("beta", 0.5))
+
+
 def _cast_forward(x, a):  # noqa: ANN001, ANN202
     to = a.get("to_numpy")
     if to is None or not np.issubdtype(np.dtype(to), np.floating):
@@ -381,6 +590,10 @@ _UNARY = {
         lambda v: (1.0 / (1.0 + np.exp(-v))).astype(v.dtype, copy=False), lambda v, y, g: g * y * (1.0 - y)
     ),
     "Relu": _unary(lambda v: np.maximum(v, 0), lambda v, y, g: g * (v > 0)),
+    "HardSwish": _unary(
+        lambda v: v * np.clip(v / 6 + 0.5, 0, 1),
+        lambda v, y, g: g * np.where(v <= -3, 0, np.where(v >= 3, 1, v / 3 + 0.5)).astype(v.dtype, copy=False),
+    ),
 }
 
 #: op -> (forward, backward): the ops a block may contain on its differentiated path
@@ -394,18 +607,38 @@ KERNELS: dict[str, tuple[Forward, Backward]] = {
     "MatMul": (_matmul_forward, _matmul_backward),
     "Gemm": (_gemm_forward, _gemm_backward),
     "Softmax": (_softmax_forward, _softmax_backward),
+    "LogSoftmax": (_log_softmax_forward, _log_softmax_backward),
     "LayerNormalization": (_layernorm_forward, _layernorm_backward),
     "Gelu": (_gelu_forward, _gelu_backward),
     "Clip": (_clip_forward, _clip_backward),
     "Where": (_where_forward, _where_backward),
     "ReduceMean": _reduce("mean"),
     "ReduceSum": _reduce("sum"),
+    "ReduceL2": _reduce("l2"),
+    "Expand": (_expand_forward, _expand_backward),
     "Reshape": (_reshape_forward, _back_to_shape),
     "Flatten": (_flatten_forward, _back_to_shape),
     "Unsqueeze": (_unsqueeze_forward, _back_to_shape),
     "Squeeze": (_squeeze_forward, _back_to_shape),
     "Transpose": (_transpose_forward, _transpose_backward),
     "Concat": (_concat_forward, _concat_backward),
+    "Conv": (_conv_forward, _conv_backward),
+    "MaxPool": (_maxpool_forward, _maxpool_backward),
+    "AveragePool": (_avgpool_forward, _avgpool_backward),
+    "GlobalAveragePool": (_global_pool_forward, _global_pool_backward),
+    "BatchNormalization": (_batchnorm_forward, _batchnorm_backward),
+    "HardSigmoid": (
+        lambda x, a: [np.clip(_hard_sigmoid(x[0], a), 0, 1).astype(x[0].dtype, copy=False)],
+        lambda x, y, g, a, need: [
+            g[0] * ((_hard_sigmoid(x[0], a) > 0) & (_hard_sigmoid(x[0], a) < 1)) * float(a.get("alpha", 0.2))
+        ],
+    ),
+    "LeakyRelu": (
+        lambda x, a: [np.where(x[0] > 0, x[0], float(a.get("alpha", 0.01)) * x[0]).astype(x[0].dtype, copy=False)],
+        lambda x, y, g, a, need: [
+            g[0] * np.where(x[0] > 0, 1.0, float(a.get("alpha", 0.01))).astype(g[0].dtype, copy=False)
+        ],
+    ),
     "Cast": (_cast_forward, _cast_backward),
 }
 
