@@ -1284,6 +1284,10 @@ class Builder:
                 a.append(self.pick("--bias-correction --parallel"))
             if self.chance(0.1):
                 a += self.option("--percdamp", "0.01 0.1", "0 -1 nan inf 1e300")
+            if self.chance(0.2):  # block reconstruction after the solves
+                a += self.option("--block-epochs", "1 2", "-1 1001 x 1.5")
+        elif self.chance(0.01):
+            a += ["--block-epochs", "2"]  # without a calibrated method: a one-line error
         if mode == "structured":
             a.append("--structured")
             if self.chance(0.3):

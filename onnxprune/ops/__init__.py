@@ -20,6 +20,9 @@ answers its channel rule, the group it starts, and how it propagates constant (d
 the families of ops that only do that: :mod:`.activation`, :mod:`.pooling`, :mod:`.reduce`,
 :mod:`.broadcast`, :mod:`.shape` (Pad, Resize, and the rules of the transparent ops) and
 :mod:`.normalization` (the rules of :class:`~.elementwise.NormSpec`).
+
+:mod:`.gradient` says which ops carry a gradient and which the numpy kernels of block
+reconstruction can differentiate.
 """
 
 from __future__ import annotations

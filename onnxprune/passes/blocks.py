@@ -4,8 +4,8 @@ The maths is :mod:`onnxprune.reconstruct.block`; this module is what it needs fr
 
 **Blocks.** The *fitted* tensors are the calibrated layers' weights (the roots) and what
 flows from them: a value is *live* when it is computed from a root through ops that carry a
-gradient (:data:`onnxprune.reconstruct.autodiff.KERNELS`); ``Shape``, comparisons, casts to
-integers and the like (:data:`STOPS`) end a path. Walking the main graph in its (topological)
+gradient (:func:`onnxprune.ops.gradient.carries_gradient`: ``Shape``, comparisons, casts to
+integers and the like end a path). Walking the main graph in its (topological)
 order, a *cut* is a place where at most one live value computed before it is read after it
 (or is a graph output): in a transformer, the residual stream after each normalisation; in
 a CNN, the activation between stages. The stretch between two cuts that holds a root is a
@@ -36,27 +36,20 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
-from onnx import ModelProto, helper
+from onnx import ModelProto
 
 from onnxprune.capture import read_values
 from onnxprune.data import Dataset
 from onnxprune.graph import tensors
 from onnxprune.graph.index import node_label
 from onnxprune.ops.constant import constant_tensor
+from onnxprune.ops.gradient import carries_gradient, has_kernel, kernel_attrs
 from onnxprune.passes.base import Progress
-from onnxprune.reconstruct.autodiff import KERNELS, Step, forward
+from onnxprune.reconstruct.autodiff import Step, forward
 from onnxprune.reconstruct.block import Batch, BlockFit, fit_block
 
 log = logging.getLogger(__name__)
 
-#: ops whose outputs carry no gradient (shapes, indices, comparisons, rounding): they end a live path
-STOPS = frozenset(
-    {
-        "Shape", "Size", "ConstantOfShape", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
-        "Not", "And", "Or", "Xor", "ArgMax", "ArgMin", "NonZero", "IsNaN", "IsInf", "Sign", "Floor",
-        "Ceil", "Round", "EyeLike", "RandomNormalLike", "RandomUniformLike", "Range",
-    }
-)  # fmt: skip
 #: a block whose program differs from onnxruntime's outputs by more than this (relative) is skipped
 AGREE = 1e-3
 #: samples per mini-batch of the fit (and per captured batch)
@@ -101,26 +94,6 @@ class BlockRecord:
     skipped: str | None = None
 
 
-def _attrs(node: onnx.NodeProto, opset: int) -> dict:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    for key, value in list(attrs.items()):
-        if isinstance(value, bytes):
-            attrs[key] = value.decode()
-    if node.op_type == "Cast":
-        attrs["to_numpy"] = helper.tensor_dtype_to_np_dtype(int(attrs["to"]))
-    attrs["opset"] = opset
-    return attrs
-
-
-def _is_stop(node: onnx.NodeProto) -> bool:
-    if node.op_type in STOPS:
-        return True
-    if node.op_type == "Cast":
-        to = next((a.i for a in node.attribute if a.name == "to"), 0)
-        return not np.issubdtype(helper.tensor_dtype_to_np_dtype(to), np.floating)
-    return False
-
-
 def plan_blocks(model: ModelProto, roots: Sequence[str], *, layers: int = 1) -> list[Block]:
     """The blocks of ``model``'s main graph around the weights ``roots`` (module docstring)."""
     graph = model.graph
@@ -137,7 +110,7 @@ def plan_blocks(model: ModelProto, roots: Sequence[str], *, layers: int = 1) -> 
         for name in _reads(node):
             last_use[name] = i
             readers.setdefault(name, []).append(i)
-        if not _is_stop(node) and any(name in live for name in node.input if name):
+        if carries_gradient(node) and any(name in live for name in node.input if name):
             live_node[i] = True
             live.update(o for o in node.output if o)
         for out in node.output:
@@ -168,7 +141,7 @@ def plan_blocks(model: ModelProto, roots: Sequence[str], *, layers: int = 1) -> 
     for (a, b), n in zip(spans, has_root, strict=True):
         # a span without roots joins the block before it when it can be computed here (an
         # activation, a normalisation), else it ends that block where it starts
-        joins = not n and all(nodes[i].op_type in KERNELS for i in range(a, b) if live_node[i])
+        joins = not n and all(has_kernel(nodes[i]) for i in range(a, b) if live_node[i])
         if merged and merged[-1][1] == a and (merged[-1][2] < layers or joins):
             merged[-1][1:] = [b, merged[-1][2] + n]
         elif n:
@@ -215,13 +188,13 @@ def _block(where: _Where, a: int, b: int, live: set[str], live_node: list[bool],
     skip = None
     for i in members:
         node = nodes[i]
-        if node.op_type not in KERNELS or node.domain not in ("", "ai.onnx"):
+        if not has_kernel(node):
             skip = skip or f"no gradient kernel for {node.op_type} ({node_label(node)})"
         if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
             skip = skip or f"{node_label(node)} holds a subgraph"
         if sum(1 for o in node.output if o) > 1:  # the kernels compute an op's first output only
             skip = skip or f"{node_label(node)} ({node.op_type}) has more than one output in use"
-        steps.append(Step(node.op_type, tuple(node.input), tuple(node.output), _attrs(node, opset)))
+        steps.append(Step(node.op_type, tuple(node.input), tuple(node.output), kernel_attrs(node, opset)))
         reads += [name for name in node.input if name and name not in made]
         made.update(o for o in node.output if o)
     reads = list(dict.fromkeys(reads))
