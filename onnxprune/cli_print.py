@@ -313,7 +313,7 @@ def block_line(blocks: dict) -> str:
     text = f"block reconstruction ({blocks.get('epochs')} epochs): fitted {fitted} block(s)"
     if fitted:
         before, after = float(blocks["error_before"]), float(blocks["error_after"])
-        text += f", their held-out output error {before:.4g} -> {after:.4g}"
+        text += f", their relative output errors on held-out batches (summed) {before:.4g} -> {after:.4g}"
         if before > 0:
             text += f" ({1 - after / before:.1%} lower)"
     if skipped:

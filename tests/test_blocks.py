@@ -202,6 +202,42 @@ def test_a_program_that_cannot_run_is_skipped_not_raised(pruned_transformer, mon
     ] * 2
 
 
+def test_a_gradient_that_cannot_be_computed_skips_the_block(pruned_transformer, monkeypatch) -> None:
+    pruned, calib = pruned_transformer
+    run, _ = autodiff.KERNELS["Softmax"]
+
+    def refuse(x, y, g, a, need):
+        raise NotImplementedError("no gradient")
+
+    monkeypatch.setitem(autodiff.KERNELS, "Softmax", (run, refuse))
+    model = copy.deepcopy(pruned)
+    records = fit_blocks(model, onnx.load(str(TRANSFORMER)), calib, _matrices(pruned), epochs=1)
+    skipped = [r.skipped for r in records if r.skipped]
+    assert skipped == ["its gradient cannot be computed here (NotImplementedError: no gradient)"] * 2
+    assert sum(1 for r in records if r.skipped is None) == len(records) - 2
+
+
+def test_an_unread_second_output_does_not_skip_the_block() -> None:
+    graph = model(
+        [
+            node("MatMul", ["x", "w1"], ["h"], "mm1"),
+            node("LayerNormalization", ["h", "g"], ["n", "mu_unread"], "ln", axis=-1),
+            node("MatMul", ["n", "w2"], ["y"], "mm2"),
+        ],
+        [value("x", [4, 8])],
+        [value("y", [4, 8])],
+        [init("w1", rand((8, 8), 1)), init("g", rand((8,), 3)), init("w2", rand((8, 8), 2))],
+    )
+    first, _ = plan_blocks(graph, ["w1", "w2"])
+    assert first.skip is None and first.nodes == ["mm1", "ln"]
+    x = rand((4, 8), 5)
+    params = {"w1": read_array(graph.graph.initializer[0]), "g": read_array(graph.graph.initializer[1])}
+    env = forward(first.steps, {"x": x, **params})
+    target = env["n"] * 1.1
+    fit = fit_block(first.steps, params, {}, [Batch({"x": x}, {"n": target})], [], epochs=3, lr=1e-2)
+    assert fit.error_after <= fit.error_before
+
+
 def test_a_tied_weight_is_not_fitted_in_either_block() -> None:
     blocks = plan_blocks(_chain("Relu", tied=True), ["w1"])
     assert [b.roots for b in blocks] == [[], []]
@@ -294,7 +330,7 @@ def test_cli_fits_blocks_and_says_so(tmp_path: Path) -> None:
     ]  # fmt: skip
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "block reconstruction (2 epochs): fitted 3 block(s)" in result.output
+    assert "block reconstruction (2 epochs): fitted 3 block(s), their relative output errors" in result.output
     report = json.loads((tmp_path / "r.json").read_text())
     blocks = report["result"]["blocks"] if "result" in report else report["blocks"]
     assert blocks["fitted"] == 3 and blocks["epochs"] == 2 and len(blocks["records"]) == 3

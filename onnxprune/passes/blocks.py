@@ -192,7 +192,7 @@ def _block(where: _Where, a: int, b: int, live: set[str], live_node: list[bool],
             skip = skip or f"no gradient kernel for {node.op_type} ({node_label(node)})"
         if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
             skip = skip or f"{node_label(node)} holds a subgraph"
-        if sum(1 for o in node.output if o) > 1:  # the kernels compute an op's first output only
+        if any(o and o in last_use for o in node.output[1:]):  # the kernels compute an op's first output only
             skip = skip or f"{node_label(node)} ({node.op_type}) has more than one output in use"
         steps.append(Step(node.op_type, tuple(node.input), tuple(node.output), kernel_attrs(node, opset)))
         reads += [name for name in node.input if name and name not in made]
@@ -329,7 +329,13 @@ def fit_blocks(
             if progress is not None:
                 progress(min(work, start + t), work, "block reconstruction")
 
-        fit: BlockFit = fit_block(blk.steps, params, keep, train, held, epochs=epochs, lr=lr, seed=seed, progress=tick)
+        try:
+            fit: BlockFit = fit_block(
+                blk.steps, params, keep, train, held, epochs=epochs, lr=lr, seed=seed, progress=tick
+            )
+        except (NotImplementedError, ValueError, TypeError, KeyError, IndexError) as exc:
+            records.append(_skipped(blk, f"its gradient cannot be computed here ({type(exc).__name__}: {exc})"))
+            continue
         done += epochs * len(train)
         for name, value in fit.params.items():
             tensors.write_array(inits[name], value.astype(params[name].dtype, copy=False))

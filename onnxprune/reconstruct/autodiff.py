@@ -681,7 +681,7 @@ def backward(
         if not any(need):
             continue
         ins = [env[name] if name else None for name in step.inputs]
-        outs = [env[name] if name else None for name in step.outputs]
+        outs = [env.get(name) if name else None for name in step.outputs]  # outputs no kernel computes: None
         out_grads = [
             np.zeros_like(o) if g is None and o is not None else g for g, o in zip(out_grads, outs, strict=True)
         ]
