@@ -83,6 +83,12 @@ def test_fit_block_is_reproducible() -> None:
         np.testing.assert_array_equal(a.params[name], b.params[name])
 
 
+def test_held_out_batches() -> None:
+    assert block_pass.held_out(16) == {7, 15}
+    assert block_pass.held_out(3) == {2}  # fewer than 8: the last one
+    assert block_pass.held_out(1) == set()  # one batch: it trains and judges
+
+
 def test_schedule_warms_up_then_decays_to_zero() -> None:
     rates = [schedule(t, 100) for t in range(1, 101)]
     assert rates[0] == pytest.approx(0.1) and max(rates) == pytest.approx(1.0)
@@ -134,6 +140,26 @@ def test_a_cnn_is_cut_between_its_stages() -> None:
     blocks = plan_blocks(model, _matrices(model) + [t.name for t in model.graph.initializer if len(t.dims) == 4])
     assert [b.skip for b in blocks] == [None] * len(blocks)
     assert [len(b.roots) for b in blocks] == [1, 2, 1, 1, 1, 1]  # the residual block's two convs together
+
+
+def test_weights_in_constant_nodes_are_fitted_in_place(tmp_path: Path) -> None:
+    """An export that keeps its weights in Constant nodes (PaddlePaddle's, cnn_digits_const) is
+    cut and fitted like one with initializers, and the Constant nodes are written."""
+    source = FIXTURES / "cnn_digits_const.onnx"
+    calib = onnxprune.calibration_data(source, FIXTURES / "cnn_digits_const.calib.npz", samples=64)
+    config = PruneConfig(sparsity=0.7, method="sparsegpt", block_epochs=3)
+    run = onnxprune.prune_file(source, tmp_path / "out.onnx", config, calibration=calib)
+    blocks = run.result.blocks
+    assert blocks is not None and blocks["fitted"] >= 4 and blocks["skipped"] == 0
+    assert blocks["error_after"] < blocks["error_before"]
+    plain = onnxprune.prune_file(
+        source, tmp_path / "plain.onnx", PruneConfig(sparsity=0.7, method="sparsegpt"), calibration=calib
+    )
+    fitted, base = (block_pass.stored_tensors(onnx.load(str(p)).graph) for p in (run.saved.path, plain.saved.path))
+    moved = [n for n in base if base[n].dims and not np.array_equal(read_array(fitted[n]), read_array(base[n]))]
+    assert moved  # the Constant nodes' values changed
+    for name in moved:
+        assert np.all(read_array(fitted[name])[read_array(base[name]) == 0] == 0) or len(base[name].dims) == 1
 
 
 def test_roots_only_start_live_paths() -> None:

@@ -98,7 +98,7 @@ def plan_blocks(model: ModelProto, roots: Sequence[str], *, layers: int = 1) -> 
     """The blocks of ``model``'s main graph around the weights ``roots`` (module docstring)."""
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    inits = {t.name: t for t in graph.initializer}
+    inits = stored_tensors(graph)
     root_set = {r for r in roots if r in inits}
     nodes = list(graph.node)
     live: set[str] = set(root_set)
@@ -119,13 +119,11 @@ def plan_blocks(model: ModelProto, roots: Sequence[str], *, layers: int = 1) -> 
     for out in graph.output:
         last_use[out.name] = len(nodes)
     # the activations that make a block: live ones, and the data inputs of the root layers
+    # (not stored tensors: a weight in a Constant node is made at the top and read far below)
     counted = (live - root_set) | {
-        name
-        for node in nodes
-        if _reads_root(node, root_set)
-        for name in node.input
-        if name and name not in root_set and name in produced_at
+        name for node in nodes if _reads_root(node, root_set) for name in node.input if name and name in produced_at
     }
+    counted -= inits.keys()
     # those crossing each position: produced before it, read at or after it (a difference array)
     delta = np.zeros(len(nodes) + 2, dtype=np.int64)
     for name in counted:
@@ -151,6 +149,17 @@ def plan_blocks(model: ModelProto, roots: Sequence[str], *, layers: int = 1) -> 
         merged[-1][1:] = [b, merged[-1][2] + n]
     where = _Where(nodes, produced_at, readers, last_use, opset)
     return [_block(where, a, b, live, live_node, root_set, inits) for a, b, _ in merged]
+
+
+def stored_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """The tensors stored in ``graph`` by the name they are read by: its initializers and the
+    ``value`` of its Constant nodes (weights exported as Constants are fitted in place too)."""
+    found = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        tensor = constant_tensor(node)
+        if tensor is not None:
+            found[node.output[0]] = tensor
+    return found
 
 
 def _reads(node: onnx.NodeProto) -> list[str]:
@@ -236,6 +245,13 @@ def _block(where: _Where, a: int, b: int, live: set[str], live_node: list[bool],
     return Block(steps, block_roots, block_roots + vectors, frozen, captured, sorted(outputs), labels, skip)
 
 
+def held_out(batches: int) -> set[int]:
+    """The batches held out to choose the epoch kept: one in :data:`HOLD_OUT_EVERY`, and the last
+    one when there are fewer (none when there is only one: then the training batches judge)."""
+    out = {i for i in range(batches) if i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1}
+    return out or ({batches - 1} if batches > 1 else set())
+
+
 def blocks_summary(records: Sequence[BlockRecord], epochs: int) -> dict[str, object]:
     """The result's ``blocks`` entry: counts, the held-out errors summed over the fitted blocks,
     and one record per block."""
@@ -289,11 +305,11 @@ def fit_blocks(
     """Fit every block of ``model`` (edited in place) to ``dense``'s values on ``data``, in
     order (module docstring); returns one record per block."""
     blocks = plan_blocks(model, roots, layers=layers)
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = stored_tensors(model.graph)
     records: list[BlockRecord] = []
     todo = [blk for blk in blocks if blk.skip is None]
     feeds = [dict(f) for f in data.batches(BATCH)] if todo else []
-    work = max(1, sum(epochs * max(1, len(feeds) - len(feeds) // HOLD_OUT_EVERY) for _ in todo))
+    work = max(1, sum(epochs * (len(feeds) - len(held_out(len(feeds)))) for _ in todo))
     done = 0
     for blk in blocks:
         if blk.skip:
@@ -314,16 +330,9 @@ def fit_blocks(
         if agree > AGREE:
             records.append(_skipped(blk, f"its numpy program differs from onnxruntime by {agree:.2g} (relative)"))
             continue
-        held = [
-            b
-            for i, b in enumerate(batches)
-            if len(batches) >= HOLD_OUT_EVERY and i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
-        ]
-        train = [
-            b
-            for i, b in enumerate(batches)
-            if not (len(batches) >= HOLD_OUT_EVERY and i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1)
-        ]
+        out = held_out(len(batches))
+        held = [b for i, b in enumerate(batches) if i in out]
+        train = [b for i, b in enumerate(batches) if i not in out]
 
         def tick(t: int, total: int, start: int = done) -> None:
             if progress is not None:

@@ -623,7 +623,7 @@ class CalibratedPass(Pass):
             roots = [
                 layer.name
                 for layer in result.pruned
-                if layer.error is not None and layer.scope == "" and layer.storage == "initializer"
+                if layer.error is not None and layer.scope == "" and layer.storage in ("initializer", "constant")
             ]
             records = fit_blocks(
                 model,
