@@ -311,6 +311,8 @@ def block_line(blocks: dict) -> str:
     """One line on block reconstruction: blocks fitted, their held-out error, why others were not."""
     fitted, skipped = int(blocks.get("fitted", 0)), int(blocks.get("skipped", 0))
     text = f"block reconstruction ({blocks.get('epochs')} epochs): fitted {fitted} block(s)"
+    if not fitted and not skipped:
+        return text + ": found none (no calibrated weight of the main graph)"
     if fitted:
         before, after = float(blocks["error_before"]), float(blocks["error_after"])
         text += f", their relative output errors on held-out batches (summed) {before:.4g} -> {after:.4g}"

@@ -264,6 +264,22 @@ def test_an_unread_second_output_does_not_skip_the_block() -> None:
     assert fit.error_after <= fit.error_before
 
 
+def test_weights_after_the_last_cut_end_their_block_at_the_graph_outputs() -> None:
+    graph = model(
+        [
+            node("MatMul", ["x", "w1"], ["h"], "mm1"),
+            node("MatMul", ["h", "w2"], ["y1"], "mm2"),
+            node("Relu", ["h"], ["y2"], "relu"),
+        ],
+        [value("x", [4, 8])],
+        [value("y1", [4, 8]), value("y2", [4, 8])],
+        [init("w1", rand((8, 8), 1)), init("w2", rand((8, 8), 2))],
+    )
+    blocks = plan_blocks(graph, ["w1", "w2"])
+    assert [b.nodes for b in blocks] == [["mm1"], ["mm2", "relu"]]
+    assert blocks[1].outputs == ["y1", "y2"] and blocks[1].skip is None
+
+
 def test_a_tied_weight_is_not_fitted_in_either_block() -> None:
     blocks = plan_blocks(_chain("Relu", tied=True), ["w1"])
     assert [b.roots for b in blocks] == [[], []]

@@ -133,6 +133,8 @@ def plan_blocks(model: ModelProto, roots: Sequence[str], *, layers: int = 1) -> 
             delta[end + 1] -= 1
     crossing = np.cumsum(delta)[: len(nodes) + 1]
     cuts = [pos for pos in range(len(nodes) + 1) if crossing[pos] <= 1]
+    if any(live_node[i] and _reads_root(nodes[i], root_set) for i in range(cuts[-1], len(nodes))):
+        cuts.append(len(nodes))  # weights after the last cut: their block ends at the graph outputs
     spans = [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
     has_root = [sum(1 for i in range(a, b) if live_node[i] and _reads_root(nodes[i], root_set)) for a, b in spans]
     merged: list[list[int]] = []  # [start, end, roots]
