@@ -114,6 +114,9 @@ def test_movement_gradients() -> None:
     _check([Step("Squeeze", ("x", "a"), ("y",))], {"x": _x(2, 1, 3), "a": np.array([1])}, ["x"])
     _check([Step("Flatten", ("x",), ("y",), {"axis": 2})], {"x": x}, ["x"])
     _check([Step("Concat", ("a", "b"), ("y",), {"axis": 1})], {"a": _x(2, 3), "b": _x(2, 2)}, ["a", "b"])
+    cut = {"s": np.array([1, -1]), "e": np.array([2**62, -(2**62)]), "ax": np.array([1, -1]), "st": np.array([2, -2])}
+    _check([Step("Slice", ("x", "s", "e", "ax", "st"), ("y",))], {"x": _x(2, 5, 4), **cut}, ["x"])
+    _check([Step("Slice", ("x",), ("y",), {"starts": [0], "ends": [2], "axes": [0]})], {"x": _x(3, 2)}, ["x"])
     _check([Step("Cast", ("x",), ("y",), {"to_numpy": np.float64})], {"x": x}, ["x"])
 
 
@@ -255,6 +258,25 @@ def test_forward_values_match_onnxruntime(op: str, attrs: dict, opset: int) -> N
     got = forward([Step(op, ("x", *consts), ("y",), {**attrs, "opset": opset})], {"x": x, **consts})["y"]
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_slice_matches_onnxruntime() -> None:
+    x = _x(2, 5, 4).astype(np.float32)
+    bounds = {"s": [1, -1], "e": [2**62, -(2**62)], "ax": [1, -1], "st": [2, -2]}
+    consts = [numpy_helper.from_array(np.array(v, dtype=np.int64), k) for k, v in bounds.items()]
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["x", "s", "e", "ax", "st"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=consts,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = forward(
+        [Step("Slice", ("x", "s", "e", "ax", "st"), ("y",))], {"x": x, **{k: np.array(v) for k, v in bounds.items()}}
+    )
+    np.testing.assert_array_equal(got["y"], want)
 
 
 def test_every_kernel_is_checked_here() -> None:

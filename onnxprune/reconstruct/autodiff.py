@@ -31,7 +31,7 @@ numpy broadcasting added or stretched:
   ``u = ḡ·γ``, ``ḡ_x = r·(u − mean(u) − x̂·mean(u x̂))`` (means over the normalised axes);
 * ``GELU`` (exact): ``y = x·Φ(x)``, ``ḡ_x = ḡ·(Φ(x) + x·φ(x))``; the tanh form by its chain;
 * reshapes, transposes, (un)squeezes, flatten: the inverse movement of ``ḡ``; concat: the
-  slices of ``ḡ``; ``ReduceMean``/``ReduceSum``: ``ḡ`` broadcast back (divided by the count);
+  slices of ``ḡ``; slice: ``ḡ`` put back where the slice came from, zeros elsewhere; ``ReduceMean``/``ReduceSum``: ``ḡ`` broadcast back (divided by the count);
   ``ReduceL2``, ``y = ‖x‖``: ``ḡ·x/y``; ``Expand``: ``ḡ`` summed back to the input's shape;
   ``Where(c, a, b)``: ``ḡ`` where ``c`` / where not.
 
@@ -385,6 +385,33 @@ def _flatten_forward(x, a):  # noqa: ANN001, ANN202
     return [x[0].reshape(math.prod(x[0].shape[:axis]), -1)]
 
 
+def _slices(x: list[Any], a: Mapping[str, Any]) -> tuple[slice, ...]:
+    """Slice's selection: ``starts``, ``ends``, ``axes``, ``steps`` from its inputs (opset 10 on)
+    or attributes; numpy's slicing clamps out-of-range bounds as the operator does."""
+
+    def part(index: int, key: str) -> list[int] | None:
+        value = x[index] if len(x) > index and x[index] is not None else a.get(key)
+        return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
+
+    starts, ends = part(1, "starts"), part(2, "ends")
+    axes = part(3, "axes") or list(range(len(starts or [])))
+    steps = part(4, "steps") or [1] * len(axes)
+    index = [slice(None)] * np.ndim(x[0])
+    for start, end, axis, step in zip(starts or [], ends or [], axes, steps, strict=False):
+        index[axis % np.ndim(x[0])] = slice(start, end, step)
+    return tuple(index)
+
+
+def _slice_forward(x, a):  # noqa: ANN001, ANN202
+    return [np.asarray(x[0])[_slices(x, a)]]
+
+
+def _slice_backward(x, y, g, a, need):  # noqa: ANN001, ANN202
+    grad = np.zeros(np.shape(x[0]), dtype=g[0].dtype)
+    grad[_slices(x, a)] = g[0]
+    return [grad] + [None] * (len(x) - 1)
+
+
 def _concat_forward(x, a):  # noqa: ANN001, ANN202
     return [np.concatenate(x, axis=int(a["axis"]))]
 
@@ -622,6 +649,7 @@ KERNELS: dict[str, tuple[Forward, Backward]] = {
     "Squeeze": (_squeeze_forward, _back_to_shape),
     "Transpose": (_transpose_forward, _transpose_backward),
     "Concat": (_concat_forward, _concat_backward),
+    "Slice": (_slice_forward, _slice_backward),
     "Conv": (_conv_forward, _conv_backward),
     "MaxPool": (_maxpool_forward, _maxpool_backward),
     "AveragePool": (_avgpool_forward, _avgpool_backward),
