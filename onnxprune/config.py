@@ -271,7 +271,7 @@ class Reconstruction:
         (:mod:`onnxprune.passes.blocks`, :mod:`onnxprune.reconstruct.block`). 0 (default): off.
         Measured on all-MiniLM-L6-v2 at 2:4 (SparseGPT, 128 samples): cosine 0.9255 -> 0.9300 with
         12 epochs (0.9309 with ``permute``), about +140 s; PP-OCRv4 rec at 70 %: character error rate
-        2.37 % -> 1.70 % with 4 epochs, about 3x the run time; mixed on the fixtures (see the README).
+        2.37 % -> 1.89 % with 4 epochs, about 2.2x the run time; mixed on the fixtures (see the README).
     workers, ray: where the layer solves of one wave run (they are independent): a local pool of
         ``workers`` processes (1: in this process), or the Ray cluster at the address ``ray``
         ("local" starts one on this machine, on loopback); the results are the same bits
