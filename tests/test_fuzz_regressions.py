@@ -18,6 +18,8 @@ error". The seeds and cases that found them: ``tools/fuzz.py --seed S --only I``
 - weight dims that disagree with the graph (seed 2: 277, 473): the groups are blocked.
 - ``--seed -1`` (seed 2: 508), ``--threads 100000`` (seed 3: 410): an OptionError.
 - ``analyze --structural`` on a -inf weight (seed 3: 361): refused as ``prune --structured`` does.
+- an input declared ``[-5, 40]`` pruned structurally with data (seed 29: 56): the channel
+  analysis takes a negative dim as unknown.
 """
 
 from __future__ import annotations
@@ -799,6 +801,22 @@ def test_negative_input_dims_skip_the_exact_check(work: Path) -> None:
         "--input-shape input:1xNxNx8 (declared [?, ?, ?, 8])",
     )
     assert not (work / "out.onnx").exists()
+
+
+def test_negative_batch_dim_is_unknown_to_the_structural_pass(work: Path) -> None:
+    """Seed 29 case 56: a transformer whose input is declared [-5, 40], pruned structurally with
+    calibration data and ``--input-shape``: the channel analysis read -5 as a known size, and the
+    model it ran for the channels' losses failed onnxruntime's shape inference (exit 70). A
+    negative dim is as unknown as a dim_param there too (as in :mod:`onnxprune.compute`)."""
+    model = onnx.load(str(MLP.parent / "transformer_mnist1d.onnx"))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -5
+    save(model, work)
+    calib = np.load(MLP.parent / "transformer_mnist1d.calib.npz")
+    np.savez(work / "calib.npz", **{k: v[:16] for k, v in calib.items()})
+    args = ["--structured", "--sparsity", "0.5", "--calibration", "calib.npz", "--samples", "16"]
+    result = cli("prune", "model.onnx", "out.onnx", *args, "--input-shape", "input:1x40", "-q")
+    assert result.exit_code == 0, result.output
+    assert (work / "out.onnx").exists()
 
 
 def test_weight_that_is_also_a_graph_input_keeps_its_shape(work: Path) -> None:

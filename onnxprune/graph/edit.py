@@ -91,7 +91,8 @@ class InferredShapes:
         tensor_type = self.types[name].tensor_type if name in self.types else None
         if tensor_type is None or not tensor_type.HasField("shape"):
             return None
-        return [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        # a negative dim_value (some exporters write -1) is as unknown as a dim_param
+        return [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in tensor_type.shape.dim]
 
     def rank(self, name: str) -> int | None:
         dims = self.dims(name)
