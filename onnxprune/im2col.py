@@ -138,7 +138,7 @@ def patch_rows(x: np.ndarray, geometry: ConvGeometry, rows: np.ndarray, *, max_b
     # one sample's windows at a time: a padded copy of one sample, never of the whole batch
     for sample in np.unique(samples):
         mine = rows[samples == sample] - sample * positions
-        view = _windows(x[sample : sample + 1], geometry)[0]  # [C, *out, *k]
+        view = windows(x[sample : sample + 1], geometry)[0]  # [C, *out, *k]
         for start in range(0, len(mine), step):
             at = np.unravel_index(mine[start : start + step], out)
             picked = np.moveaxis(view[(slice(None), *at)], 1, 0)  # [C, m, *k] -> [m, C, *k]
@@ -148,11 +148,13 @@ def patch_rows(x: np.ndarray, geometry: ConvGeometry, rows: np.ndarray, *, max_b
             yield block.reshape(groups, m, -1)
 
 
-def _windows(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
-    """The view ``[n, C, *out, *k]`` of every patch of ``x`` (padded: a copy when it has pads)."""
+def windows(x: np.ndarray, geometry: ConvGeometry, fill: float = 0.0) -> np.ndarray:
+    """The view ``[n, C, *out, *k]`` of every patch of ``x`` (padded with ``fill``: a copy when
+    it has pads)."""
     rank = len(geometry.kernel)
     pads = geometry.resolved_pads(x.shape[2:])
-    padded = np.pad(x, [(0, 0), (0, 0), *((pads[i], pads[i + rank]) for i in range(rank))]) if any(pads) else x
+    widths = [(0, 0), (0, 0), *((pads[i], pads[i + rank]) for i in range(rank))]
+    padded = np.pad(x, widths, constant_values=fill) if any(pads) else x
     windows = sliding_window_view(padded, geometry.extent, axis=tuple(range(2, 2 + rank)))
     # windows: [n, C, *positions, *extent]; keep every stride-th position and every dilation-th tap.
     index = (
@@ -173,7 +175,7 @@ def _block(x: np.ndarray, geometry: ConvGeometry, lines: slice | None) -> np.nda
     count, channels = x.shape[:2]
     rank = len(geometry.kernel)
     groups = geometry.groups
-    view = _windows(x, geometry)
+    view = windows(x, geometry)
     if lines is not None:
         view = view[:, :, lines]
     out = view.shape[2 : 2 + rank]

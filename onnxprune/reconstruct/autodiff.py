@@ -51,9 +51,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-from onnxprune.im2col import ConvGeometry
+from onnxprune.im2col import ConvGeometry, windows
 
 
 @dataclass(frozen=True)
@@ -444,25 +443,14 @@ def _geometry(a: Mapping[str, Any], weight_shape: tuple[int, ...], kernel: Seque
     )
 
 
-def _windows(x: np.ndarray, geometry: ConvGeometry, fill: float = 0.0) -> np.ndarray:
-    """``x`` [N, C, *S] as its patches [N, C, *out, *k] (a view of the padded input)."""
-    rank = len(geometry.kernel)
-    pads = geometry.resolved_pads(x.shape[2:])
-    widths = [(0, 0), (0, 0), *((pads[i], pads[i + rank]) for i in range(rank))]
-    padded = np.pad(x, widths, constant_values=fill) if any(pads) else x
-    windows = sliding_window_view(padded, geometry.extent, axis=tuple(range(2, 2 + rank)))
-    out = geometry.output_shape(x.shape[2:])
-    index = (
-        slice(None),
-        slice(None),
-        *(slice(None, n * s, s) for n, s in zip(out, geometry.strides, strict=True)),
-        *(slice(None, None, d) for d in geometry.dilations),
-    )
-    return windows[index]
+def _taps(x: np.ndarray, geometry: ConvGeometry, fill: float = 0.0) -> np.ndarray:
+    """``x``'s windows with the kernel taps on one last axis: ``[N, C, *out, ∏k]``."""
+    win = windows(x, geometry, fill)
+    return win.reshape(*win.shape[: 2 + len(geometry.kernel)], -1)
 
 
 def _col2im(grad: np.ndarray, shape: tuple[int, ...], geometry: ConvGeometry) -> np.ndarray:
-    """The adjoint of :func:`_windows`: ``grad`` [N, C, *out, *k] summed back onto ``x``'s shape."""
+    """The adjoint of :func:`onnxprune.im2col.windows`: ``grad`` [N, C, *out, *k] summed back onto ``x``'s shape."""
     rank = len(geometry.kernel)
     pads = geometry.resolved_pads(shape[2:])
     padded = [shape[2 + i] + pads[i] + pads[i + rank] for i in range(rank)]
@@ -483,7 +471,7 @@ def _conv_parts(x, a):  # noqa: ANN001, ANN202
     data, weight = x[0], x[1]
     geometry = _geometry(a, weight.shape)
     groups = geometry.groups
-    win = _windows(data, geometry)
+    win = windows(data, geometry)
     n, c = data.shape[:2]
     out = win.shape[2 : 2 + len(geometry.kernel)]
     patches = win.reshape(n, groups, c // groups, math.prod(out), math.prod(geometry.kernel))
@@ -524,31 +512,27 @@ def _pool_geometry(x, a):  # noqa: ANN001, ANN202
 
 def _maxpool_forward(x, a):  # noqa: ANN001, ANN202
     geometry = _pool_geometry(x, a)
-    win = _windows(x[0], geometry, fill=-np.inf)
-    return [win.reshape(*win.shape[: 2 + len(geometry.kernel)], -1).max(axis=-1)]
+    return [_taps(x[0], geometry, fill=-np.inf).max(axis=-1)]
 
 
 def _maxpool_backward(x, y, g, a, need):  # noqa: ANN001, ANN202
     geometry = _pool_geometry(x, a)
-    win = _windows(x[0], geometry, fill=-np.inf)
-    flat = win.reshape(*win.shape[: 2 + len(geometry.kernel)], -1)
+    flat = _taps(x[0], geometry, fill=-np.inf)
     first = flat.argmax(axis=-1)[..., None]  # the gradient goes to the first maximum, as the runtimes route it
     routed = np.zeros(flat.shape, dtype=g[0].dtype)
     np.put_along_axis(routed, first, g[0][..., None], axis=-1)
-    return [_col2im(routed.reshape(win.shape), x[0].shape, geometry)]
+    return [_col2im(routed.reshape(*flat.shape[:-1], *geometry.kernel), x[0].shape, geometry)]
 
 
 def _avgpool_divisor(x, a, geometry):  # noqa: ANN001, ANN202
     if int(a.get("count_include_pad", 0)) or not any(geometry.resolved_pads(x[0].shape[2:])):
         return float(math.prod(geometry.kernel))
-    ones = np.ones((1, 1, *x[0].shape[2:]), dtype=x[0].dtype)
-    return _windows(ones, geometry).reshape(*_windows(ones, geometry).shape[: 2 + len(geometry.kernel)], -1).sum(-1)
+    return _taps(np.ones((1, 1, *x[0].shape[2:]), dtype=x[0].dtype), geometry).sum(axis=-1)
 
 
 def _avgpool_forward(x, a):  # noqa: ANN001, ANN202
     geometry = _pool_geometry(x, a)
-    win = _windows(x[0], geometry)
-    total = win.reshape(*win.shape[: 2 + len(geometry.kernel)], -1).sum(axis=-1)
+    total = _taps(x[0], geometry).sum(axis=-1)
     return [(total / _avgpool_divisor(x, a, geometry)).astype(x[0].dtype, copy=False)]
 
 
