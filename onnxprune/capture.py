@@ -1179,12 +1179,20 @@ def _samples(feeds: dict[str, np.ndarray]) -> int:
     return int(first.shape[0]) if first.ndim else 1
 
 
+def iter_values(
+    model: ModelProto, names: Sequence[str], batches: Iterable[dict[str, np.ndarray]]
+) -> Iterator[dict[str, np.ndarray]]:
+    """The values ``names`` of ``model`` (main-graph tensors), batch by batch as the caller
+    asks for them, from one session. Only the part of the model that computes them runs (see
+    :func:`capture` for the session and the errors)."""
+    wanted = list(dict.fromkeys(names))
+    sess = _session(model, model, wanted)
+    for index, feeds in enumerate(batches):
+        yield _run(sess, wanted, feeds, index)
+
+
 def read_values(
     model: ModelProto, names: Sequence[str], batches: Iterable[dict[str, np.ndarray]]
 ) -> list[dict[str, np.ndarray]]:
-    """The values ``names`` of ``model`` (main-graph tensors) on every batch, in order: one
-    dict per batch. Only the part of the model that computes them runs (see :func:`capture`
-    for the session and the errors)."""
-    wanted = list(dict.fromkeys(names))
-    sess = _session(model, model, wanted)
-    return [_run(sess, wanted, feeds, index) for index, feeds in enumerate(batches)]
+    """:func:`iter_values` on every batch, in order: one dict per batch."""
+    return list(iter_values(model, names, batches))

@@ -38,10 +38,12 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
-from onnxprune.capture import read_values
+from onnxprune.capture import iter_values
 from onnxprune.data import Dataset
 from onnxprune.graph import tensors
+from onnxprune.graph.edit import outer_refs
 from onnxprune.graph.index import node_label
+from onnxprune.graph.walk import node_subgraphs
 from onnxprune.ops.constant import constant_tensor
 from onnxprune.ops.gradient import carries_gradient, has_kernel, kernel_attrs
 from onnxprune.passes.base import Progress
@@ -165,13 +167,10 @@ def stored_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
 
 
 def _reads(node: onnx.NodeProto) -> list[str]:
-    names = [name for name in node.input if name]
-    for attr in node.attribute:  # what a subgraph reads from outside it
-        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            inner = {o for n in sub.node for o in n.output} | {t.name for t in sub.initializer}
-            inner |= {i.name for i in sub.input}
-            names += [name for n in sub.node for name in _reads(n) if name not in inner]
-    return names
+    """The names ``node`` reads: its inputs, and what its subgraphs read from outside them."""
+    return [name for name in node.input if name] + sorted(
+        {name for _, sub in node_subgraphs(node) for name in outer_refs(sub)}
+    )
 
 
 def _reads_root(node: onnx.NodeProto, roots: set[str]) -> bool:
@@ -282,14 +281,18 @@ def _nbytes(values: dict[str, np.ndarray]) -> int:
 def _read(model: ModelProto, dense: ModelProto, blk: Block, feeds: list[dict[str, np.ndarray]]) -> tuple[list, list]:
     """The block's captured values on ``model`` and its dense targets, batch by batch, for as
     many batches as keep both within :data:`BLOCK_BYTES` (at least two)."""
-    names = blk.captured + blk.outputs
-    first, first_target = read_values(model, names, feeds[:1]), read_values(dense, blk.outputs, feeds[:1])
-    per_batch = max(1, _nbytes(first[0]) + _nbytes(first_target[0]))
-    count = min(len(feeds), max(2, BLOCK_BYTES // per_batch))
-    if count < len(feeds):
-        log.info("block fitting uses %d of %d batches (%d MiB each)", count, len(feeds), per_batch >> 20)
-    rest = feeds[1:count]
-    return first + read_values(model, names, rest), first_target + read_values(dense, blk.outputs, rest)
+    values, targets = [], []
+    targets_of = iter_values(dense, blk.outputs, feeds)
+    pairs = zip(iter_values(model, blk.captured + blk.outputs, feeds), targets_of, strict=True)
+    for value, target in pairs:
+        values.append(value)
+        targets.append(target)
+        count = min(len(feeds), max(2, BLOCK_BYTES // max(1, _nbytes(values[0]) + _nbytes(targets[0]))))
+        if len(values) >= count:
+            break
+    if len(values) < len(feeds):
+        log.info("block fitting uses %d of %d batches", len(values), len(feeds))
+    return values, targets
 
 
 def fit_blocks(
