@@ -283,11 +283,13 @@ def prune_calibrated(
     *,
     batch_size: int = 32,
     progress: Progress | None = None,
+    dense: ModelProto | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place with the calibrated ``config.method`` on ``data``; the layer solves
-    of each wave run where ``config.reconstruction`` says (:func:`solve_executor`)."""
+    of each wave run where ``config.reconstruction`` says (:func:`solve_executor`). ``dense``: a
+    copy of ``model`` as given that the caller holds anyway (read, never edited); else one is made."""
     with solve_executor(config.reconstruction) as executor:
-        return _prune(model, config, data, batch_size=batch_size, progress=progress, executor=executor)
+        return _prune(model, config, data, batch_size=batch_size, progress=progress, executor=executor, dense=dense)
 
 
 def solve_executor(reconstruction: Reconstruction) -> ClosingExecutor:
@@ -330,6 +332,7 @@ def _prune(
     batch_size: int,
     progress: Progress | None,
     executor: Executor,
+    dense: ModelProto | None = None,
 ) -> PruneResult:
     reconstruction, ranking = config.reconstruction, config.ranking
     inventory = discover(model, config.selection)
@@ -362,7 +365,8 @@ def _prune(
         mask = target_mask(values, targets[key], weight, ranking, index_of[key])
         tensors.write_array(proto, np.where(mask, values.dtype.type(0), values))
 
-    dense = copy.deepcopy(model) if reconstruction.sequential else None  # parsed once, not once per wave
+    # the dense model, copied once (not once per wave), before any weight is written
+    dense = (dense if dense is not None else copy.deepcopy(model)) if reconstruction.sequential else None
     specs_of = [
         [
             use.spec if use.spec.key in settled else replace(use.spec, residual="", width=0)
@@ -615,8 +619,9 @@ class CalibratedPass(Pass):
         before = param_stats(model)
         reordered = reorder_first(model, self.config, context, data=context.calibration)
         epochs = self.config.reconstruction.block_epochs
-        dense = copy.deepcopy(model) if epochs else None  # after the reorder: the same function, its channel order
-        result = prune_calibrated(model, self.config, context.calibration, progress=context.progress)
+        # after the reorder (the same function, its channel order); the waves read this copy too
+        dense = copy.deepcopy(model) if epochs else None
+        result = prune_calibrated(model, self.config, context.calibration, progress=context.progress, dense=dense)
         if reordered is not None:
             result = replace(result, reordered=reordered)
         if dense is not None and context.calibration is not None:
