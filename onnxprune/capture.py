@@ -118,6 +118,7 @@ from onnx import ModelProto, numpy_helper
 
 from onnxprune import runtime
 from onnxprune.errors import DataError, OnnxPruneError, OptionError, UnsupportedModelError
+from onnxprune.frontier import Frontier, Segment
 from onnxprune.graph import expose
 from onnxprune.graph.model_io import load_model
 from onnxprune.graph.writer import copy_fields
@@ -713,6 +714,7 @@ def capture(
     progress: Callable[[int], None] | None = None,
     reference: ModelProto | bytes | DenseValues | None = None,
     sampling: RowSampling = ALL_ROWS,
+    frontier: Frontier | None = None,
 ) -> dict[str, LayerStats]:
     """Input statistics of every layer in ``specs`` over ``batches`` (see module docstring).
 
@@ -721,6 +723,9 @@ def capture(
     captures (:class:`DenseValues`; body values are still read by a session of their own).
     ``sampling``: how many rows of each batch the sums use (:mod:`onnxprune.row_sampling`;
     default every row); ``rows`` counts every row, ``rows_used`` those the sums use.
+    ``frontier``: where the previous capture on this model stopped (:mod:`onnxprune.frontier`):
+    the main-graph values are then read by running only the nodes beyond it, and the frontier
+    grows by this capture's (``model`` must be the frontier's, a :class:`ModelProto`).
 
     ``batches`` are feed dicts (input name to array), e.g. ``Dataset.batches(b)``; they are
     read one at a time. ``progress(n)`` is called after each batch with its number of
@@ -738,6 +743,8 @@ def capture(
         raise OptionError(f"capture caps must be positive (max_cols={max_cols}, max_bytes={max_bytes})")
     _check_specs(specs)
     proto = _as_model(model)
+    if frontier is not None and frontier.model is not proto:
+        raise OptionError("capture: the frontier given belongs to another model (pass the frontier's ModelProto)")
     results: dict[str, LayerStats] = {}
     values = _main_graph_values(proto)
     exposure = expose.plan(
@@ -785,7 +792,13 @@ def capture(
         if reference is not None and spec.residual and values.get(spec.residual) == "value":
             residuals[spec.key] = _Residual(spec)
     reader = _Reader(
-        proto, model, reference, list(accumulators.values()), exposure, [r.spec.residual for r in residuals.values()]
+        proto,
+        model,
+        reference,
+        list(accumulators.values()),
+        exposure,
+        [r.spec.residual for r in residuals.values()],
+        frontier=frontier,
     )
     samples = 0
     for index, feeds in enumerate(batches):
@@ -819,6 +832,7 @@ def capture(
             progress(count)
     if samples == 0:
         raise DataError("no calibration samples: give at least one batch of data")
+    reader.finish()
     shared = {signature: acc.stats() for signature, acc in accumulators.items()}
     for signature, stats in shared.items():
         _refuse_overflow(accumulators[signature].spec, stats)
@@ -893,7 +907,7 @@ class DenseValues:
         self.batch = max(1, batch)
         if self.keeps and probe is not None:
             self._sess = _session(self.model, self.model, self.names)
-            values = _run(self._sess, self.names, probe, 0)
+            values = runtime.run_batch(self._sess, self.names, probe, 0)
             per_sample = sum(np.asarray(v).nbytes for v in values.values()) / max(1, count(probe))
             self.batch = max(1, min(self.batch, int(DENSE_BATCH_BYTES // max(per_sample, 1.0))))
             if per_sample > DENSE_BATCH_BYTES or (samples is not None and per_sample * samples > self._budget):
@@ -910,7 +924,7 @@ class DenseValues:
     def _fill(self, feeds: dict[str, np.ndarray], index: int) -> None:
         if self._sess is None:
             self._sess = _session(self.model, self.model, self.names)
-        values = _run(self._sess, self.names, feeds, index)
+        values = runtime.run_batch(self._sess, self.names, feeds, index)
         size = sum(np.asarray(v).nbytes for v in values.values())
         if self._used + size > self._budget:
             self._drop(f"batch {index} would bring them to {(self._used + size) / 2**20:.0f} MiB")
@@ -930,7 +944,7 @@ class DenseValues:
         if rest:  # one session at a time (a capture asks for the same names on every batch)
             if self._last is None or self._last[0] != rest:
                 self._last = (rest, _session(self.model, self.model, rest))
-            out.update(_run(self._last[1], rest, feeds, index))
+            out.update(runtime.run_batch(self._last[1], rest, feeds, index))
         return out
 
     def stored(self, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -956,9 +970,13 @@ class _Reader:
         accumulators: list[_Accumulator],
         exposure: expose.Exposure,
         extra: Sequence[str] = (),
+        *,
+        frontier: Frontier | None = None,
     ) -> None:
         self.proto, self.model, self.reference = proto, model, reference
         self.accumulators, self.exposure, self.extra = accumulators, exposure, list(extra)
+        self.frontier = frontier
+        self.segment: Segment | None = None
         self.bodies = any(acc.spec.scope for acc in accumulators)
         try:
             self._open()
@@ -976,7 +994,11 @@ class _Reader:
             dict.fromkeys([*(acc.source for acc in live), *(n for n in reads if n not in stored), *self.extra])
         )
         exposure = self.exposure if self.bodies else None
-        self.sess = _session(self.proto, self.model, self.names, exposure) if self.names else None
+        self.sess, self.segment = None, None
+        if self.frontier is not None and exposure is None and self.names:
+            self.segment = self.frontier.begin(self.names)  # the nodes beyond the last capture only
+        elif self.names:
+            self.sess = _session(self.proto, self.model, self.names, exposure)
         self.stored = _stored_values(self.proto, stored)
         self.ref_sess, self.ref_stored, self.ref_values = None, {}, None
         if isinstance(self.reference, DenseValues) and self.names and exposure is None:
@@ -1000,11 +1022,16 @@ class _Reader:
         """The inputs of the live layers on batch ``index`` (and the stored tensors their inputs are
         made of), and the reference model's (or {})."""
         try:
-            activations = _run(self.sess, self.names, feeds, index) if self.sess is not None else {}
+            if self.segment is not None:
+                activations = self.segment.read(feeds, index)
+            elif self.sess is not None:
+                activations = runtime.run_batch(self.sess, self.names, feeds, index)
+            else:
+                activations = {}
             if self.ref_values is not None:
                 ref = self.ref_values.read(self.names, feeds, index)
             else:
-                ref = _run(self.ref_sess, self.names, feeds, index) if self.ref_sess is not None else {}
+                ref = runtime.run_batch(self.ref_sess, self.names, feeds, index) if self.ref_sess is not None else {}
             activations.update(self.stored)
             if ref:
                 ref.update(self.ref_stored)
@@ -1015,6 +1042,11 @@ class _Reader:
             self._give_up(f"onnxruntime fails on the model with them exposed ({cause})")
             return self.read(feeds, index)
         return activations, ref
+
+    def finish(self) -> None:
+        """After the last batch: the frontier takes this capture's region."""
+        if self.segment is not None:
+            self.segment.finish()
 
 
 def _refuse_overflow(spec: LayerSpec, stats: LayerStats) -> None:
@@ -1156,22 +1188,6 @@ def _session(
         ) from exc
 
 
-def _run(
-    sess: ort.InferenceSession, names: Sequence[str], feeds: dict[str, np.ndarray], index: int
-) -> dict[str, np.ndarray]:
-    wanted = [name for name in names if name not in feeds]
-    try:
-        values = sess.run(wanted, feeds) if wanted else []
-    except Exception as exc:  # onnxruntime raises its own types
-        raise DataError(
-            f"the model fails on calibration batch {index} ({runtime.ort_message(exc)}); "
-            "check the data's input names, shapes and dtypes"
-        ) from exc
-    out = {name: np.asarray(feeds[name]) for name in names if name in feeds}
-    out.update(zip(wanted, values, strict=True))
-    return out
-
-
 def _samples(feeds: dict[str, np.ndarray]) -> int:
     if not feeds:
         return 0
@@ -1188,7 +1204,7 @@ def iter_values(
     wanted = list(dict.fromkeys(names))
     sess = _session(model, model, wanted)
     for index, feeds in enumerate(batches):
-        yield _run(sess, wanted, feeds, index)
+        yield runtime.run_batch(sess, wanted, feeds, index)
 
 
 def read_values(

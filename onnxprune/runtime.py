@@ -45,7 +45,7 @@ import onnxruntime as ort
 from onnx import ModelProto
 
 from onnxprune.batch_axes import batch_axes as infer_batch_axes
-from onnxprune.errors import MissingKernelError, OnnxPruneError, OptionError, UnsupportedModelError, opt
+from onnxprune.errors import DataError, MissingKernelError, OnnxPruneError, OptionError, UnsupportedModelError, opt
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,24 @@ def missing_kernel(exc: BaseException) -> MissingKernel | None:
     """The op onnxruntime says it has no implementation for, if that is why ``exc`` was raised."""
     found = _MISSING_KERNEL.search(str(exc))
     return MissingKernel(found.group(1), int(found.group(2)), found.group(3) or "") if found else None
+
+
+def run_batch(
+    sess: ort.InferenceSession, names: Sequence[str], feeds: Mapping[str, np.ndarray], index: int
+) -> dict[str, np.ndarray]:
+    """The values ``names`` on calibration batch ``index``: those in ``feeds`` as given, the
+    others run by ``sess``. A batch the model fails on is a :class:`DataError`."""
+    wanted = [name for name in names if name not in feeds]
+    try:
+        values = sess.run(wanted, dict(feeds)) if wanted else []
+    except Exception as exc:  # onnxruntime raises its own types
+        raise DataError(
+            f"the model fails on calibration batch {index} ({ort_message(exc)}); "
+            "check the data's input names, shapes and dtypes"
+        ) from exc
+    out = {name: np.asarray(feeds[name]) for name in names if name in feeds}
+    out.update(zip(wanted, values, strict=True))
+    return out
 
 
 def ort_message(exc: BaseException) -> str:

@@ -14,6 +14,7 @@ from builders import init, model, node, rand, value
 
 import onnxprune
 from onnxprune import capture as capture_module
+from onnxprune import runtime
 from onnxprune.capture import DenseValues, capture
 from onnxprune.graph.discovery import discover
 from onnxprune.graph.index import Scope
@@ -61,13 +62,13 @@ def test_dense_values_give_the_statistics_of_a_dense_session(tmp_path):
 def test_each_batch_runs_the_dense_model_once_for_every_capture(tmp_path, monkeypatch):
     dense = _block(rand((8, 8), seed=1), rand((8, 8), seed=2))
     runs: list[tuple[str, ...]] = []
-    real = capture_module._run
+    real = runtime.run_batch
 
     def counted(sess, names, feeds, index):
         runs.append(tuple(names))
         return real(sess, names, feeds, index)
 
-    monkeypatch.setattr(capture_module, "_run", counted)
+    monkeypatch.setattr(runtime, "run_batch", counted)
     values = DenseValues(dense, ["a", "h"], tmp_path)
     feeds = {"x": rand((4, 8), seed=3)}
     first = values.read(["h"], feeds, 0)

@@ -68,6 +68,7 @@ from onnxprune.data import Dataset
 from onnxprune.errors import OptionError, OutputError, UnsupportedModelError, opt
 from onnxprune.executors import ClosingExecutor, Executor, ProcessExecutor, RayExecutor, SerialExecutor
 from onnxprune.executors.ray_cluster import require_ray
+from onnxprune.frontier import Frontier
 from onnxprune.graph import tensors
 from onnxprune.graph.discovery import Weight, discover
 from onnxprune.graph.index import Scope, node_label
@@ -379,9 +380,11 @@ def _prune(
     # the dense model only for bias correction (its E[x_d])
     needs_dense = METHODS[reconstruction.method].updates_weights or reconstruction.bias_correction
     # the dense model's inputs to every wave: one run per batch in all, spilled to a scratch folder
-    scratch = _scratch() if dense is not None and needs_dense and len(groups) > 1 else None
+    scratch = _scratch() if reconstruction.sequential and len(groups) > 1 else None
+    # the pruned-so-far model's side: each wave runs only the nodes beyond the last one's frontier
+    frontier = Frontier(model, scratch.path / "frontier") if scratch is not None else None
     dense_values: ModelProto | DenseValues | None = dense
-    if dense is not None and scratch is not None:
+    if dense is not None and needs_dense and scratch is not None:
         dense_values = DenseValues(
             dense,
             _dense_names(dense, specs_of),
@@ -403,7 +406,9 @@ def _prune(
         tick = time.perf_counter()
         reference = dense_values if changed and needs_dense else None
         sampling = reconstruction.row_sampling(ranking.seed)  # capture_rows: the rows each batch adds
-        stats = capture(model, specs, data.batches(batch_size), reference=reference, sampling=sampling)
+        stats = capture(
+            model, specs, data.batches(batch_size), reference=reference, sampling=sampling, frontier=frontier
+        )
         seconds["capture"] += time.perf_counter() - tick
         tick = time.perf_counter()
         # every layer's task first (what it reads is final: this wave writes no weight another one
@@ -500,10 +505,12 @@ def _prune(
     if scratch is not None:
         scratch.remove()
     log.info(
-        "calibrated %d layers in %d waves: capture %.1fs, solves %.1fs (%s), written %.1fs (closed-loop solves included)",
+        "calibrated %d layers in %d waves: capture %.1fs (%d from the last one's frontier), solves %.1fs (%s), "
+        "written %.1fs (closed-loop solves included)",
         len(calib),
         len(groups),
         seconds["capture"],
+        0 if frontier is None else frontier.segments_run,
         seconds["solve"],
         type(executor).__name__,
         seconds["write"],
@@ -522,12 +529,13 @@ class _Scratch:
 
 
 def _scratch() -> _Scratch | None:
-    """A scratch folder for the dense values, None (and a log line) when the temporary folder
-    takes no new files: the captures then run the dense model themselves."""
+    """A scratch folder for the dense values and the frontier, None (and a log line) when the
+    temporary folder takes no new files: every capture then runs from the graph inputs, on the
+    dense model too."""
     try:
         path = staging_dir(tempfile.gettempdir(), "dense-values")
     except OutputError as exc:
-        log.info("dense values not kept: the temporary folder takes no new files (%s)", exc)
+        log.info("dense values and frontier not kept: the temporary folder takes no new files (%s)", exc)
         return None
     return _Scratch(path)
 

@@ -1,0 +1,374 @@
+"""The model's own values where the last capture stopped, so that the next one runs only what lies beyond.
+
+Sequential calibration captures wave after wave on the model pruned so far: wave ``k`` reads the
+inputs ``A_k`` of its layers. Run from the graph inputs, every capture runs the model as deep as
+its wave, so ``L`` waves cost about ``L / 2`` forward passes. Yet the model before wave ``k + 1``
+differs from the one before wave ``k`` only in what wave ``k`` wrote, and no ancestor of ``A_k``
+reads that (a wave's layers do not feed each other). So every value that wave ``k``'s run computed
+is still the model's value, and of those the next run needs only its *frontier*: the values the
+nodes already run (the *region*) produced that a node outside the region reads.
+
+:class:`Frontier` keeps the frontier of each calibration batch as ``.npy`` files in a folder the
+caller owns, read back memory-mapped. Each capture (:meth:`Frontier.begin`) runs a *segment*: the
+nodes its names need that the region does not hold, with the frontier's values as extra graph
+inputs; it returns the names and also the values that the grown region's frontier adds. The
+waves' own side then costs one forward pass in all (each node runs once per batch), plus the
+sessions of the segments.
+
+Kept honest by the graph, not by the caller: the region's nodes are fingerprinted (CRC-32 of
+each node, its subgraphs and attributes included, chained with that of every stored tensor it
+reads). Should a fingerprint change between captures (a weight upstream written, a node
+rewired), the frontier is dropped and the next capture runs from the graph inputs. Values that
+do not depend on a graph input (constants, and what is computed from constants only) are never
+kept: a segment recomputes them and onnxruntime folds them. A random generator's output counts
+as a value of the inputs (it is drawn once and kept).
+
+Given up, for good, when a value of the frontier is not a tensor (a sequence, an optional) or
+the files would pass ``budget`` bytes: every capture then runs from the graph inputs, as without
+a frontier. A capture whose batches are not those of the frontier (other shapes, another count)
+runs from the graph inputs and the frontier starts again after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnx import ModelProto, helper
+
+from onnxprune import runtime
+from onnxprune.errors import OnnxPruneError, UnsupportedModelError
+from onnxprune.graph.edit import outer_refs
+from onnxprune.graph.walk import node_subgraphs, owner_key
+from onnxprune.graph.writer import copy_fields
+from onnxprune.ops import spec_of
+
+log = logging.getLogger(__name__)
+
+#: The most bytes a frontier keeps on disk (also at most a quarter of the folder's free space).
+FRONTIER_DISK_BYTES = 4 << 30
+
+#: What a batch's feeds look like: (name, shape, dtype) of each input, sorted by name.
+Signature = tuple[tuple[str, tuple[int, ...], str], ...]
+
+
+def signature(feeds: Mapping[str, np.ndarray]) -> Signature:
+    """The names, shapes and dtypes of ``feeds``: a frontier serves only batches like those it holds."""
+    return tuple(sorted((name, tuple(np.shape(v)), str(np.asarray(v).dtype)) for name, v in feeds.items()))
+
+
+def _feedable(dtype: np.dtype) -> bool:
+    """Whether a value of ``dtype`` can be kept as ``.npy`` and fed back as a graph input."""
+    if dtype.hasobject:
+        return False
+    try:
+        helper.np_dtype_to_tensor_dtype(dtype)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+@dataclass
+class _Graph:
+    """The main graph as the segments see it: producers, reads and which values depend on the inputs."""
+
+    model: ModelProto
+    producer: dict[str, int] = field(default_factory=dict)
+    reads: list[list[str]] = field(default_factory=list)
+    consumers: dict[str, set[int]] = field(default_factory=dict)
+    dynamic: set[str] = field(default_factory=set)
+    inputs: set[str] = field(default_factory=set)
+    stored: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: ModelProto) -> _Graph:
+        graph = model.graph
+        found = cls(model)
+        found.stored = {t.name: t for t in graph.initializer}
+        found.stored.update({t.values.name: t for t in graph.sparse_initializer})
+        found.inputs = {i.name for i in graph.input if i.name not in found.stored}
+        found.dynamic = set(found.inputs)
+        for index, node in enumerate(graph.node):
+            reads = [name for name in node.input if name]
+            for _, sub in node_subgraphs(node):
+                reads.extend(sorted(outer_refs(sub)))
+            found.reads.append(reads)
+            for name in reads:
+                found.consumers.setdefault(name, set()).add(index)
+            outputs = [name for name in node.output if name]
+            for name in outputs:
+                found.producer[name] = index
+            if any(name in found.dynamic for name in reads) or not spec_of(node).foldable:
+                found.dynamic.update(outputs)
+        return found
+
+    def node_key(self, index: int) -> str:
+        return owner_key(self.model.graph.node[index])
+
+    def fingerprint(self, index: int, stored_crc: dict[str, int]) -> int:
+        """CRC-32 of node ``index`` chained with that of every stored tensor it reads."""
+        crc = zlib.crc32(self.model.graph.node[index].SerializeToString())
+        for name in self.reads[index]:
+            tensor = self.stored.get(name)
+            if tensor is None:
+                continue
+            if name not in stored_crc:
+                stored_crc[name] = zlib.crc32(tensor.SerializeToString())  # type: ignore[attr-defined]
+            crc = zlib.crc32(stored_crc[name].to_bytes(4, "little"), crc)
+        return crc
+
+    def ancestors(self, names: Sequence[str], known: set[str]) -> set[int]:
+        """The nodes that compute ``names`` from ``known``, the graph inputs and the stored tensors."""
+        nodes: set[int] = set()
+        stack = list(names)
+        while stack:
+            name = stack.pop()
+            if name in known or name in self.inputs or name in self.stored:
+                continue
+            index = self.producer.get(name)
+            if index is None or index in nodes:
+                continue
+            nodes.add(index)
+            stack.extend(self.reads[index])
+        return nodes
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """A value of the frontier: its files' stem, dtype and rank, and its bytes over every batch."""
+
+    stem: str
+    dtype: np.dtype
+    ndim: int
+    nbytes: int = 0
+
+
+class Frontier:
+    """The frontier of the captures run so far on ``model`` (module docstring), kept in ``folder``.
+
+    ``model`` is the model the captures read (changed in place between them by the caller);
+    ``folder`` an empty folder the caller owns and removes; ``budget`` the most bytes kept (None:
+    :data:`FRONTIER_DISK_BYTES`, at most a quarter of the folder's free space).
+    """
+
+    def __init__(self, model: ModelProto, folder: str | Path, *, budget: int | None = None) -> None:
+        self.model = model
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.folder).free // 4
+        self.budget = min(FRONTIER_DISK_BYTES, free) if budget is None else budget
+        self.enabled = True
+        self.region: dict[str, int] = {}  # node key -> fingerprint of the nodes run
+        self.kept: dict[str, _Kept] = {}
+        self.batches: list[Signature] = []
+        self._stems = 0
+        self.segments_run = 0  # captures served by a segment (for the log and the tests)
+
+    def path(self, stem: str, index: int) -> Path:
+        return self.folder / f"{stem}_b{index}.npy"
+
+    def stem(self) -> str:
+        self._stems += 1
+        return f"v{self._stems}"
+
+    def reset(self, why: str) -> None:
+        """Forget the region and remove the files (the next capture runs from the graph inputs)."""
+        if self.region or self.kept:
+            log.debug("frontier dropped: %s", why)
+        for kept in self.kept.values():
+            self._remove(kept.stem)
+        self.region, self.kept, self.batches = {}, {}, []
+
+    def give_up(self, why: str) -> None:
+        """Reset and run every later capture from the graph inputs."""
+        log.info("the captures run from the graph inputs: %s", why)
+        self.reset(why)
+        self.enabled = False
+
+    def _remove(self, stem: str) -> None:
+        for path in self.folder.glob(f"{stem}_b*.npy"):
+            path.unlink(missing_ok=True)
+
+    def begin(self, names: Sequence[str]) -> Segment:
+        """The run of one capture that reads ``names`` (main-graph values), batch by batch."""
+        graph = _Graph.of(self.model)
+        stored_crc: dict[str, int] = {}
+        if self.region:
+            moved = self._moved(graph, stored_crc)
+            if moved is not None:
+                self.reset(moved)
+        if not self.enabled:
+            return Segment(self, graph, names, known=set(), stored_crc=stored_crc, grow=False)
+        return Segment(self, graph, names, known=set(self.kept), stored_crc=stored_crc, grow=True)
+
+    def _moved(self, graph: _Graph, stored_crc: dict[str, int]) -> str | None:
+        """Why the region no longer holds (a node gone or changed), or None."""
+        for key, crc in self.region.items():
+            index = graph.producer.get(key)
+            if index is None or graph.node_key(index) != key:
+                return f"node '{key}' is gone"
+            if graph.fingerprint(index, stored_crc) != crc:
+                return f"node '{key}' or a tensor it reads changed"
+        return None
+
+
+class Segment:
+    """One capture's run (:meth:`Frontier.begin`): :meth:`read` per batch, in order, then :meth:`finish`."""
+
+    def __init__(
+        self,
+        frontier: Frontier,
+        graph: _Graph,
+        names: Sequence[str],
+        *,
+        known: set[str],
+        stored_crc: dict[str, int],
+        grow: bool,
+    ) -> None:
+        self.frontier, self.graph, self.names = frontier, graph, list(dict.fromkeys(names))
+        self.known = known
+        nodes = graph.ancestors(self.names, known)
+        self.store: list[str] = []
+        self.dropped: list[str] = []
+        self.fingerprints: dict[str, int] = {}
+        if grow:
+            region = {graph.producer[key] for key in frontier.region}
+            grown = region | nodes
+            frontier_names = {
+                name
+                for index in grown
+                for name in graph.model.graph.node[index].output
+                if name in graph.dynamic and any(c not in grown for c in graph.consumers.get(name, ()))
+            }
+            computed = {name for index in nodes for name in graph.model.graph.node[index].output}
+            missing = [name for name in frontier_names if name not in known and name not in computed]
+            if missing:  # values the region made that a node added since reads: computed again
+                nodes |= graph.ancestors(missing, known)
+                computed = {name for index in nodes for name in graph.model.graph.node[index].output}
+            self.store = sorted(name for name in frontier_names if name in computed)
+            self.dropped = [name for name in known if name not in frontier_names]
+            self.fingerprints = {graph.node_key(i): graph.fingerprint(i, stored_crc) for i in nodes}
+        self.nodes = sorted(nodes)
+        self.grow = grow
+        produced = {name for index in self.nodes for name in graph.model.graph.node[index].output}
+        self.outputs = list(dict.fromkeys([*(n for n in self.names if n in produced), *self.store]))
+        read = {name for index in self.nodes for name in graph.reads[index]}
+        self.feeds_from = sorted(name for name in known if name in read)
+        self.sess = self._session() if self.outputs else None
+        self.seen: list[Signature] = []
+        self.written: dict[str, _Kept] = {}
+        self.broken: str | None = None  # why the frontier is dropped after this capture
+        self.plain: Segment | None = None  # the run from the graph inputs, should a batch not fit
+
+    def _session(self) -> ort.InferenceSession:
+        source = self._model()
+        try:
+            return runtime.session(source, optimize=True)
+        except OnnxPruneError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own types; a model over 2 GiB cannot be serialized
+            raise UnsupportedModelError(
+                f"onnxruntime cannot load the model to capture calibration statistics ({runtime.ort_message(exc)})"
+            ) from exc
+
+    def _model(self) -> bytes:
+        """The segment as a model: its nodes, the frontier values they read as extra inputs, the
+        outputs :attr:`outputs`."""
+        graph, source = self.graph, self.graph.model.graph
+        used = {name for index in self.nodes for name in graph.reads[index]}
+        out = ModelProto()
+        copy_fields(graph.model, out, skip=("graph",))
+        target = out.graph
+        target.name = source.name
+        target.input.extend(source.input)
+        for name in self.feeds_from:
+            kept = self.frontier.kept[name]
+            elem = helper.np_dtype_to_tensor_dtype(kept.dtype)
+            target.input.append(helper.make_tensor_value_info(name, elem, [None] * kept.ndim))
+        target.node.extend(source.node[i] for i in self.nodes)
+        target.initializer.extend(t for t in source.initializer if t.name in used)
+        target.sparse_initializer.extend(t for t in source.sparse_initializer if t.values.name in used)
+        fed = set(self.feeds_from)
+        target.value_info.extend(v for v in source.value_info if v.name in used and v.name not in fed)
+        typed = {v.name: v for v in (*source.value_info, *source.output)}
+        for name in self.outputs:
+            if name in typed:
+                target.output.append(typed[name])
+            else:
+                target.output.add(name=name)
+        return out.SerializeToString()
+
+    def read(self, feeds: Mapping[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+        """The values :attr:`names` on batch ``index`` (the batches come in order from 0)."""
+        frontier = self.frontier
+        shape = signature(feeds)
+        held = frontier.batches
+        if self.broken is None and self.known and (index >= len(held) or held[index] != shape):
+            self.broken = f"batch {index} is not one the frontier holds"
+        if self.broken is not None and self.known:
+            if self.plain is None:
+                self.plain = Segment(frontier, self.graph, self.names, known=set(), stored_crc={}, grow=False)
+            return self.plain.read(feeds, index)
+        self.seen.append(shape)
+        given = {
+            name: np.load(frontier.path(frontier.kept[name].stem, index), mmap_mode="r") for name in self.feeds_from
+        }
+        values = runtime.run_batch(self.sess, self.outputs, {**feeds, **given}, index) if self.sess else {}
+        if self.grow and self.broken is None:
+            self._keep(values, index)
+        out: dict[str, np.ndarray] = {}
+        for name in self.names:
+            if name in feeds:
+                out[name] = np.asarray(feeds[name])
+            elif name in values:
+                out[name] = values[name]
+            elif name in self.known:
+                out[name] = np.load(frontier.path(frontier.kept[name].stem, index), mmap_mode="r")
+        return out
+
+    def _keep(self, values: Mapping[str, object], index: int) -> None:
+        frontier = self.frontier
+        total = sum(k.nbytes for name, k in frontier.kept.items() if name not in self.dropped)
+        total += sum(k.nbytes for k in self.written.values())
+        for name in self.store:
+            value = values[name]
+            if not isinstance(value, np.ndarray) or not _feedable(value.dtype):
+                self.broken = f"'{name}' is not a tensor of numbers"
+                frontier.enabled = False
+                return
+            if total + value.nbytes > frontier.budget:
+                self.broken = f"its values would pass {frontier.budget / 2**20:.0f} MiB"
+                frontier.enabled = False
+                return
+            kept = self.written.get(name) or _Kept(frontier.stem(), value.dtype, value.ndim)
+            np.save(frontier.path(kept.stem, index), np.ascontiguousarray(value), allow_pickle=False)
+            self.written[name] = _Kept(kept.stem, kept.dtype, kept.ndim, kept.nbytes + value.nbytes)
+            total += value.nbytes
+
+    def finish(self) -> None:
+        """Make this capture's region and frontier the frontier's (or drop it, saying why)."""
+        frontier = self.frontier
+        if not self.grow:
+            return
+        if self.broken is None and self.known and len(self.seen) != len(frontier.batches):
+            self.broken = f"{len(self.seen)} batches, where the frontier holds {len(frontier.batches)}"
+        if self.broken is not None:
+            for kept in self.written.values():
+                frontier._remove(kept.stem)
+            if frontier.enabled:
+                frontier.reset(self.broken)
+            else:
+                frontier.give_up(self.broken)
+            return
+        for name in self.dropped:
+            frontier._remove(frontier.kept.pop(name).stem)
+        frontier.kept.update(self.written)
+        frontier.region.update(self.fingerprints)
+        frontier.batches = self.seen
+        frontier.segments_run += 1

@@ -1,0 +1,228 @@
+"""Captures that start where the last one stopped (:mod:`onnxprune.frontier`): the same
+statistics as a capture from the graph inputs, each node run once per batch over a model's
+waves, and the frontier dropped (or given up) whenever it could be stale or does not fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from builders import init, model, node, rand, value
+from onnx import helper, numpy_helper
+
+import onnxprune
+from onnxprune import frontier as frontier_module
+from onnxprune.capture import capture
+from onnxprune.frontier import Frontier
+from onnxprune.graph.discovery import discover
+from onnxprune.graph.index import Scope
+from onnxprune.passes.layers import calib_layer
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _chain() -> onnx.ModelProto:
+    """x -> MatMul(W1) -> Relu = h1 -> MatMul(W2) -> Relu = h2 -> MatMul(W3) -> Add(h1) = y,
+    with a shape computed from the input and a constant reshape on the way."""
+    nodes = [
+        node("MatMul", ["x", "W1"], ["a1"], "mm1"),
+        node("Relu", ["a1"], ["h1"], "relu1"),
+        node("Shape", ["x"], ["xs"], "shape"),
+        node("Reshape", ["h1", "flat"], ["h1r"], "reshape"),  # a constant shape: never kept
+        node("MatMul", ["h1r", "W2"], ["a2"], "mm2"),
+        node("Relu", ["a2"], ["h2"], "relu2"),
+        node("MatMul", ["h2", "W3"], ["a3"], "mm3"),
+        node("Add", ["a3", "h1"], ["s"], "sum"),
+        node("Reshape", ["s", "xs"], ["y"], "out"),  # reads the input's shape at the end
+    ]
+    inits = [
+        init("W1", rand((8, 8), seed=1)),
+        init("W2", rand((8, 8), seed=2)),
+        init("W3", rand((8, 8), seed=3)),
+        numpy_helper.from_array(np.array([-1, 8], dtype=np.int64), "flat"),
+    ]
+    return model(nodes, [value("x", ["n", 8])], [value("y", ["n", 8])], inits)
+
+
+def _spec(m: onnx.ModelProto, name: str):
+    weight = next(w for w in discover(m).weights if w.name == name)
+    layer, why = calib_layer(m, Scope.build(m.graph), weight)
+    assert layer is not None, why
+    return layer.spec
+
+
+BATCHES = [{"x": rand((16, 8), seed=5)}, {"x": rand((24, 8), seed=6)}]
+
+
+def _prune(m: onnx.ModelProto, name: str) -> None:
+    """Zero the small half of a weight in place (what a wave writes)."""
+    tensor = next(t for t in m.graph.initializer if t.name == name)
+    w = numpy_helper.to_array(tensor)
+    tensor.CopyFrom(numpy_helper.from_array(np.where(np.abs(w) > np.median(np.abs(w)), w, 0).astype(w.dtype), name))
+
+
+def _same(a, b) -> None:
+    for field in ("H", "mean", "sqnorm"):
+        np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-6, atol=1e-9)
+
+
+def test_waves_from_the_frontier_give_the_statistics_of_runs_from_the_inputs(tmp_path):
+    m, plain = _chain(), _chain()
+    frontier = Frontier(m, tmp_path)
+    runs = []
+    real = Frontier.begin
+
+    def begin(self, names):
+        segment = real(self, names)
+        runs.append([m.graph.node[i].name for i in segment.nodes])
+        return segment
+
+    frontier.begin = begin.__get__(frontier)  # type: ignore[method-assign]
+    for weight in ("W1", "W2", "W3"):
+        spec = _spec(m, weight)
+        got = capture(m, [spec], BATCHES, frontier=frontier)[spec.key]
+        want = capture(plain, [_spec(plain, weight)], BATCHES)[spec.key]
+        _same(got, want)
+        _prune(m, weight)  # the wave writes its weight; the next wave reads the model as pruned
+        _prune(plain, weight)
+    assert frontier.segments_run == 3
+    # every node that computes a layer input runs once over the three waves (the constant
+    # reshape's shape is a stored tensor; the input's shape is read by the last node only)
+    assert runs == [[], ["mm1", "relu1", "reshape"], ["mm2", "relu2"]]
+    kept = set(frontier.kept)
+    assert kept == {"h1", "h2"}  # read later by the sum and mm3: the frontier; 'a2' was consumed
+    assert all(name in frontier.kept for name in kept)
+    assert len(list(tmp_path.glob("*.npy"))) == len(kept) * len(BATCHES)
+
+
+def test_a_changed_upstream_weight_drops_the_frontier(tmp_path):
+    m = _chain()
+    frontier = Frontier(m, tmp_path)
+    capture(m, [_spec(m, "W2")], BATCHES, frontier=frontier)
+    assert frontier.kept
+    _prune(m, "W1")  # upstream of what the frontier holds: its values are stale now
+    spec = _spec(m, "W3")
+    got = capture(m, [spec], BATCHES, frontier=frontier)[spec.key]
+    want = capture(_copy_of(m), [spec], BATCHES)[spec.key]
+    _same(got, want)
+    assert frontier.enabled and set(frontier.kept) == {"h1", "h2"}  # started again from the inputs
+
+
+def _copy_of(m: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    return out
+
+
+def test_a_rewired_node_in_the_region_drops_the_frontier(tmp_path):
+    m = _chain()
+    frontier = Frontier(m, tmp_path)
+    capture(m, [_spec(m, "W2")], BATCHES, frontier=frontier)
+    relu = next(n for n in m.graph.node if n.name == "relu1")
+    relu.op_type = "Sigmoid"  # the same output name, another value
+    spec = _spec(m, "W3")
+    got = capture(m, [spec], BATCHES, frontier=frontier)[spec.key]
+    _same(got, capture(_copy_of(m), [spec], BATCHES)[spec.key])
+
+
+def test_other_batches_run_from_the_inputs_and_the_frontier_starts_again(tmp_path):
+    m = _chain()
+    frontier = Frontier(m, tmp_path)
+    capture(m, [_spec(m, "W2")], BATCHES, frontier=frontier)
+    other = [{"x": rand((7, 8), seed=11)}]
+    spec = _spec(m, "W3")
+    got = capture(m, [spec], other, frontier=frontier)[spec.key]
+    _same(got, capture(_copy_of(m), [spec], other)[spec.key])
+    assert frontier.enabled and not frontier.kept and not list(tmp_path.glob("*.npy"))
+
+
+def test_past_the_budget_the_frontier_is_given_up_and_captures_run_from_the_inputs(tmp_path, caplog):
+    m = _chain()
+    frontier = Frontier(m, tmp_path, budget=16 * 8 * 4)  # one batch of one value
+    caplog.set_level("INFO", logger="onnxprune.frontier")
+    first = capture(m, [_spec(m, "W2")], BATCHES, frontier=frontier)
+    assert not frontier.enabled and not frontier.kept and not list(tmp_path.glob("*.npy"))
+    assert "would pass" in caplog.text
+    _same(first[_spec(m, "W2").key], capture(_copy_of(m), [_spec(m, "W2")], BATCHES)[_spec(m, "W2").key])
+    spec = _spec(m, "W3")
+    _same(capture(m, [spec], BATCHES, frontier=frontier)[spec.key], capture(_copy_of(m), [spec], BATCHES)[spec.key])
+    assert frontier.segments_run == 0
+
+
+def test_a_frontier_value_that_is_not_a_tensor_gives_it_up(tmp_path):
+    """A sequence crossing the cut (made before the layer, read after it) cannot be fed back."""
+    nodes = [
+        node("SequenceConstruct", ["x"], ["seq"], "pack"),
+        helper.make_node("SequenceAt", ["seq", "zero"], ["x1"], name="unpack1"),
+        node("MatMul", ["x1", "W1"], ["a1"], "mm1"),
+        node("Relu", ["a1"], ["h1"], "relu1"),
+        node("MatMul", ["h1", "W2"], ["a2"], "mm2"),
+        helper.make_node("SequenceAt", ["seq", "zero"], ["back"], name="unpack2"),
+        node("Add", ["a2", "back"], ["y"], "sum"),
+    ]
+    inits = [init("W1", rand((8, 8), seed=1)), init("W2", rand((8, 8), seed=2))]
+    inits.append(numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"))
+    m = model(nodes, [value("x", ["n", 8])], [value("y", ["n", 8])], inits)
+    frontier = Frontier(m, tmp_path)
+    spec = _spec(m, "W2")
+    got = capture(m, [spec], BATCHES, frontier=frontier)[spec.key]
+    _same(got, capture(_copy_of(m), [spec], BATCHES)[spec.key])
+    assert not frontier.enabled and not list(tmp_path.glob("*.npy"))
+
+
+def test_a_frontier_of_another_model_is_refused(tmp_path):
+    m = _chain()
+    with pytest.raises(onnxprune.OptionError, match="another model"):
+        capture(_copy_of(m), [_spec(m, "W2")], BATCHES, frontier=Frontier(m, tmp_path))
+
+
+def test_a_generator_counts_as_a_value_of_the_inputs(tmp_path):
+    """A random draw is made once and kept, not folded as a constant."""
+    nodes = [
+        helper.make_node("RandomNormal", [], ["noise"], name="draw", shape=[1, 8], seed=3.0),
+        node("Add", ["x", "noise"], ["xn"], "jitter"),
+        node("MatMul", ["xn", "W1"], ["a1"], "mm1"),
+        node("MatMul", ["a1", "W2"], ["a2"], "mm2"),
+        node("Add", ["a2", "noise"], ["y"], "sum"),
+    ]
+    m = model(
+        nodes,
+        [value("x", ["n", 8])],
+        [value("y", ["n", 8])],
+        [init("W1", rand((8, 8), 1)), init("W2", rand((8, 8), 2))],
+    )
+    frontier = Frontier(m, tmp_path)
+    capture(m, [_spec(m, "W1")], BATCHES, frontier=frontier)
+    assert "noise" in frontier.kept
+
+
+@pytest.mark.parametrize("name", ["mlp_digits", "transformer_mnist1d"])
+def test_a_calibrated_run_with_the_frontier_matches_one_without(name, monkeypatch):
+    source = FIXTURES / f"{name}.onnx"
+    data = onnxprune.calibration_data(source, FIXTURES / f"{name}.calib.npz", samples=32)
+    config = onnxprune.PruneConfig(sparsity=0.5, method="sparsegpt", allocator="uniform")
+    begun: list[int] = []
+    real = Frontier.begin
+
+    def counted(self, names):
+        segment = real(self, names)
+        begun.append(len(segment.nodes))
+        return segment
+
+    monkeypatch.setattr(Frontier, "begin", counted)
+    with_frontier, _ = onnxprune.prune(onnx.load(str(source)), config, calibration=data)
+    assert len(begun) > 1 and sum(begun) <= len(onnx.load(str(source)).graph.node)  # each node at most once
+    monkeypatch.setattr(frontier_module, "FRONTIER_DISK_BYTES", 0)  # nothing fits: every capture from the inputs
+    begun.clear()
+    without, _ = onnxprune.prune(onnx.load(str(source)), config, calibration=data)
+    a = {t.name: numpy_helper.to_array(t) for t in with_frontier.graph.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in without.graph.initializer}
+    assert a.keys() == b.keys()
+    for key in a:
+        if a[key].dtype.kind == "f":
+            assert np.mean((a[key] == 0) != (b[key] == 0)) < 0.01, key  # float rounding may flip a tie
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-4)
+        else:
+            np.testing.assert_array_equal(a[key], b[key])
