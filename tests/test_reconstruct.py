@@ -16,6 +16,8 @@ from onnxprune.reconstruct import (
     sparsegpt,
     wanda_scores,
 )
+from onnxprune.reconstruct.hessian import damped_inverse_factor, dampen, inverse_factor
+from onnxprune.reconstruct.layer import OutputErrors
 from onnxprune.sparsity import count_for_amount
 
 
@@ -486,3 +488,39 @@ def test_swaps_without_damping_skip_patterns_that_keep_dead_columns_only() -> No
     assert _is_nm(new, (2, 4)) and np.all(np.isfinite(new))
     before, after = _damped_objective(W, start, H, 0.0), _damped_objective(W, new, H, 0.0)
     assert np.all(after <= before * (1 + 1e-9) + 1e-9)
+
+
+def test_the_damped_inverse_factor_is_kept_for_the_same_values_only():
+    """A layer solved at several levels factors its H once; other values (not another object
+    with the same values) are factored again."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 12))
+    h = x.T @ x
+    first, dead = damped_inverse_factor(h, 0.1)
+    again, _ = damped_inverse_factor(h.copy(), 0.1)  # equal values: the kept factor
+    assert again is first and not first.flags.writeable
+    damped, _ = dampen(h, percdamp=0.1)
+    np.testing.assert_array_equal(first, inverse_factor(damped))
+    other, _ = damped_inverse_factor(h, 0.2)  # another damping
+    assert other is not first
+    moved = h.copy()
+    moved[3, 3] += 1.0
+    third, _ = damped_inverse_factor(moved, 0.2)
+    assert third is not other
+    np.testing.assert_array_equal(third, inverse_factor(dampen(moved, percdamp=0.2)[0]))
+
+
+def test_output_errors_share_their_constant_terms_and_match_the_quadratic():
+    """‖w X_dᵀ − ŵ Xᵀ‖² from the statistics equals the error computed on the rows."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((200, 10))
+    x_d = x + 0.1 * rng.standard_normal((200, 10))
+    w = rng.standard_normal((4, 10))
+    new = np.where(rng.random((4, 10)) < 0.5, 0.0, w)
+    errors = OutputErrors(w, x.T @ x, x.T @ x_d, x_d.T @ x_d)
+    direct = float(np.sum((x_d @ w.T - x @ new.T) ** 2))
+    assert errors.of(new) == pytest.approx(direct, rel=1e-10)
+    assert errors.dense == pytest.approx(float(np.sum((x_d @ w.T) ** 2)), rel=1e-12)
+    h = x.T @ x  # no reference: one matrix for H, C and H_d
+    plain = OutputErrors(w, h, h, h)
+    assert plain.of(new) == pytest.approx(float(np.sum((x @ (w - new).T) ** 2)), rel=1e-10)

@@ -182,13 +182,14 @@ def layer_task(
     ranking: Ranking,
     percdamp: float,
     uses: Sequence[LayerStats] = (),
+    magnitude_error: bool = True,
 ) -> LayerTask:
     """What the solve of ``layer`` reads (:class:`~onnxprune.reconstruct.layer.LayerTask`, arrays
     and options, no graph): ``reconstruction``'s method and block size, ``ranking``'s mask for the
     magnitude baseline (and the mask of a method that does not choose its own), ``percdamp``
     already resolved (:func:`solver_percdamp`). ``stats`` are the statistics the layer is fitted
     on (a shared weight: of every use stacked), ``uses`` each use's own, for its bias delta
-    (default: ``stats``)."""
+    (default: ``stats``); ``magnitude_error``: whether the magnitude mask's error is reported too."""
     weight = layer.weight
     w = np.ascontiguousarray(layer.to_matrix(to_float64(values)))
     magnitude = np.ascontiguousarray(layer.to_matrix(target_mask(values, target, weight, ranking, index)))
@@ -222,6 +223,7 @@ def layer_task(
             )
             for use in (uses or (stats,))
         ),
+        magnitude_error=magnitude_error,
     )
 
 

@@ -261,7 +261,8 @@ def allocate_layers(
                 continue
             tick = time.perf_counter()
             values = tensors.read_array(inventory.proto(layer.weight))
-            solver = partial(solve, layer, layer_stats, values=values, index=index_of[key])
+            # the curves read the method's error only, not the magnitude mask's
+            solver = partial(solve, layer, layer_stats, values=values, index=index_of[key], magnitude_error=False)
             curve, stored = _curve(solver, config.reconstruction, t, _floor(layer, layer_stats, values), values.size)
             seconds["curves"] += time.perf_counter() - tick
             tick = time.perf_counter()

@@ -28,6 +28,7 @@ Upper Cholesky factor of the inverse
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 
@@ -106,3 +107,30 @@ def inverse_factor(H_damped: np.ndarray) -> np.ndarray:
     if extra:
         log.warning("H is not positive definite: added %.3g to its diagonal (raise percdamp to avoid this)", extra)
     return np.ascontiguousarray(_inv_lower(L)[::-1, ::-1])
+
+
+#: the last ``(H, percdamp)`` :func:`damped_inverse_factor` factored, and its result
+_LAST: list[tuple[np.ndarray, float, np.ndarray, np.ndarray]] = []
+_LAST_LOCK = threading.Lock()
+
+
+def damped_inverse_factor(H: np.ndarray, percdamp: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(U, dead)``: :func:`inverse_factor` of ``H`` damped by :func:`dampen`, and its dead columns.
+
+    The last result is kept: a layer solved at several sparsities (the error curves of
+    :mod:`onnxprune.passes.curve_allocation`) factors its ``H`` once. Equal means equal values
+    (compared in full, ``O(cols²)`` against the factor's ``O(cols³)``), never the same object.
+    The arrays returned are read-only.
+    """
+    H = np.asarray(H, dtype=np.float64)
+    with _LAST_LOCK:
+        if _LAST:
+            seen, damp, U, dead = _LAST[0]
+            if damp == percdamp and seen.shape == H.shape and np.array_equal(seen, H):
+                return U, dead
+    H_damped, dead = dampen(H, percdamp=percdamp)
+    U = inverse_factor(H_damped)
+    U.flags.writeable = dead.flags.writeable = False
+    with _LAST_LOCK:
+        _LAST[:] = [(H.copy(), percdamp, U, dead)]
+    return U, dead

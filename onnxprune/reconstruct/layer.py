@@ -32,6 +32,7 @@ Ray node with another CPU may pick other BLAS kernels).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -72,6 +73,7 @@ class LayerTask:
     (``k`` 1 when every group reads the same input, else ``groups``). C, H_ref: ``[k, cols, cols]``
     with a reference (the layer is fitted to the dense model's outputs), else None; residual:
     with a reference and a settled residual sum, else None. uses: each use's means (its bias delta).
+    magnitude_error: whether the solution reports the magnitude mask's error too (else NaN).
     count: the layer's exact count (split over the groups), None with ``nm``; amount: the
     fraction, descriptive. nm_order: the column order of the layer's N:M groups (a method that
     chooses its own mask sees the columns in that order), or None. row_wise: rows long enough to
@@ -97,6 +99,7 @@ class LayerTask:
     H_ref: np.ndarray | None = None
     residual: Residual | None = None
     uses: tuple[UseMeans, ...] = ()
+    magnitude_error: bool = True
 
 
 @dataclass(frozen=True)
@@ -169,9 +172,10 @@ def _solve(task: LayerTask) -> LayerSolution:
             unpermuted[:, order] = new
             new = unpermuted
         out[g] = new
-        err_num += output_error(new, wg, hg, cg, h_ref, task.residual)
-        mag_num += output_error(mag_new, wg, hg, cg, h_ref, task.residual)
-        err_den += quad(wg, h_ref, wg)
+        errors = OutputErrors(wg, hg, cg, h_ref, task.residual)
+        err_num += errors.of(new)
+        mag_num += errors.of(mag_new) if task.magnitude_error else math.nan
+        err_den += errors.dense
     residual = task.residual is not None
     deltas = tuple(bias_delta(task.w, out, use, residual=residual) for use in task.uses)
     return LayerSolution(out, err_num, err_den, mag_num, deltas)
@@ -205,6 +209,34 @@ def dense_target(
         return np.linalg.lstsq(a, rhs, rcond=None)[0].T
 
 
+class OutputErrors:
+    """``Σ_rows ‖w·X_d − ŵ·X‖² = ŵᵀHŵ − 2ŵᵀCw + wᵀH_d w`` for any ``ŵ`` of one group (``C = H = H_d``
+    without a reference); with ``residual`` (the output feeds a sum ``y + r``; anything with its
+    ``cross``, ``cross_ref`` and ``energy``) the error at the sum,
+    ``+ 2 tr(w X_dᵀD) − 2 tr(ŵ XᵀD) + ‖D‖²``.
+
+    What does not depend on ``ŵ`` is computed once: ``w Cᵀ`` (so ``ŵᵀCw = ⟨ŵ, w Cᵀ⟩``) and
+    :attr:`dense` ``= tr(w H_d wᵀ)`` (from ``w Cᵀ`` when ``C`` and ``H_d`` are one symmetric
+    matrix): each :meth:`of` is then one product ``ŵ H``.
+    """
+
+    def __init__(
+        self, w: np.ndarray, h: np.ndarray, c: np.ndarray, h_ref: np.ndarray, residual: Residual | None = None
+    ) -> None:
+        self.h, self.residual = h, residual
+        self.wc = w @ c.T
+        self.dense = float(np.vdot(self.wc, w)) if (c is h and h_ref is h) else quad(w, h_ref, w)
+        self.constant = self.dense
+        if residual is not None:
+            self.constant += 2 * float(np.vdot(w, residual.cross_ref.T)) + residual.energy
+
+    def of(self, new: np.ndarray) -> float:
+        error = quad(new, self.h, new) - 2 * float(np.vdot(new, self.wc)) + self.constant
+        if self.residual is not None:
+            error -= 2 * float(np.vdot(new, self.residual.cross.T))
+        return error
+
+
 def output_error(
     new: np.ndarray,
     w: np.ndarray,
@@ -213,13 +245,8 @@ def output_error(
     h_ref: np.ndarray,
     residual: Residual | None = None,
 ) -> float:
-    """``Σ_rows ‖w·X_d − ŵ·X‖² = ŵᵀHŵ − 2ŵᵀCw + wᵀH_d w`` (``C = H = H_d`` without a reference);
-    with ``residual`` (the output feeds a sum ``y + r``; anything with its ``cross``, ``cross_ref``
-    and ``energy``) the error at the sum, ``+ 2 tr(w X_dᵀD) − 2 tr(ŵ XᵀD) + ‖D‖²``."""
-    error = quad(new, h, new) - 2 * quad(new, c, w) + quad(w, h_ref, w)
-    if residual is not None:
-        error += 2 * float(np.vdot(w, residual.cross_ref.T) - np.vdot(new, residual.cross.T)) + residual.energy
-    return error
+    """:meth:`OutputErrors.of` for one ``ŵ``."""
+    return OutputErrors(w, h, c, h_ref, residual).of(new)
 
 
 def quad(a: np.ndarray, m: np.ndarray, b: np.ndarray) -> float:

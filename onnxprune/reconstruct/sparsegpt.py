@@ -66,7 +66,7 @@ import math
 
 import numpy as np
 
-from onnxprune.reconstruct.hessian import dampen, inverse_factor
+from onnxprune.reconstruct.hessian import damped_inverse_factor
 from onnxprune.reconstruct.masks import check_amount, row_counts, smallest_per_row
 from onnxprune.reconstruct.threads import one_blas_thread
 from onnxprune.sparsity import count_for_amount, smallest_k_mask
@@ -120,10 +120,9 @@ def sparsegpt(
     if blocksize < 1:
         raise ValueError(f"blocksize must be >= 1, got {blocksize}")
 
-    H_damped, dead = dampen(H, percdamp=percdamp)
-    W[:, dead] = 0.0
     with one_blas_thread():
-        U = inverse_factor(H_damped)
+        U, dead = damped_inverse_factor(H, percdamp)  # the last H's factor is kept: a curve's levels reuse it
+        W[:, dead] = 0.0
         mask = _eliminate(W, U, W == 0.0, sparsity=sparsity, nm=nm, blocksize=blocksize, per_row=per_row, count=count)
     W[mask] = 0.0
     log.debug("sparsegpt: %d x %d, %d pruned", rows, cols, int(mask.sum()))
