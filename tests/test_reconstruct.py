@@ -16,7 +16,7 @@ from onnxprune.reconstruct import (
     sparsegpt,
     wanda_scores,
 )
-from onnxprune.reconstruct.hessian import damped_inverse_factor, dampen, inverse_factor
+from onnxprune.reconstruct.hessian import damped_inverse_factor, inverse_factor
 from onnxprune.reconstruct.layer import OutputErrors
 from onnxprune.sparsity import count_for_amount
 
@@ -496,7 +496,7 @@ def test_the_damped_inverse_factor_is_kept_for_the_same_values_only():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 12))
     h = x.T @ x
-    first, dead = damped_inverse_factor(h, 0.1)
+    first, _ = damped_inverse_factor(h, 0.1)
     again, _ = damped_inverse_factor(h.copy(), 0.1)  # equal values: the kept factor
     assert again is first and not first.flags.writeable
     damped, _ = dampen(h, percdamp=0.1)
