@@ -930,7 +930,7 @@ class DenseValues:
             self._drop(f"batch {index} would bring them to {(self._used + size) / 2**20:.0f} MiB")
             return
         for name, value in values.items():
-            np.save(self._path(name, index), np.ascontiguousarray(value), allow_pickle=False)
+            np.save(self._path(name, index), np.require(value, requirements="C"), allow_pickle=False)  # 0-d stays 0-d
         self._used += size
         self._done.add(index)
 

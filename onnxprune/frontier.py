@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from onnx import ModelProto, helper
+from onnx import ModelProto, TensorProto, helper
 
 from onnxprune import runtime
 from onnxprune.errors import OnnxPruneError, UnsupportedModelError
@@ -56,6 +56,43 @@ FRONTIER_DISK_BYTES = 4 << 30
 
 #: What a batch's feeds look like: (name, shape, dtype) of each input, sorted by name.
 Signature = tuple[tuple[str, tuple[int, ...], str], ...]
+
+
+def sub_model(
+    model: ModelProto,
+    graph: Graph,
+    nodes: Sequence[int],
+    fed: Mapping[str, tuple[np.dtype, int]],
+    outputs: Sequence[str],
+    replaced: Mapping[str, TensorProto] | None = None,
+) -> bytes:
+    """The main-graph ``nodes`` of ``model`` as a model of their own: the graph inputs, plus the
+    values ``fed`` (name: dtype, rank; any dims) as inputs, the stored tensors the nodes read
+    (those in ``replaced`` replaced; a name there that is no initializer, a Constant's output,
+    becomes one), and ``outputs``."""
+    source = model.graph
+    used = {name for index in nodes for name in graph.reads[index]}
+    replaced = replaced or {}
+    out = ModelProto()
+    copy_fields(model, out, skip=("graph",))
+    target = out.graph
+    target.name = source.name
+    target.input.extend(source.input)
+    for name, (dtype, ndim) in fed.items():
+        target.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(dtype), [None] * ndim))
+    target.node.extend(source.node[i] for i in sorted(nodes))
+    target.initializer.extend(replaced.get(t.name, t) for t in source.initializer if t.name in used)
+    stored = {t.name for t in source.initializer}
+    target.initializer.extend(t for name, t in replaced.items() if name in used and name not in stored)
+    target.sparse_initializer.extend(t for t in source.sparse_initializer if t.values.name in used)
+    target.value_info.extend(v for v in source.value_info if v.name in used and v.name not in fed)
+    typed = {v.name: v for v in (*source.value_info, *source.output)}
+    for name in outputs:
+        if name in typed:
+            target.output.append(typed[name])
+        else:
+            target.output.add(name=name)
+    return out.SerializeToString()
 
 
 def signature(feeds: Mapping[str, np.ndarray]) -> Signature:
@@ -75,7 +112,7 @@ def _feedable(dtype: np.dtype) -> bool:
 
 
 @dataclass
-class _Graph:
+class Graph:
     """The main graph as the segments see it: producers, reads and which values depend on the inputs."""
 
     model: ModelProto
@@ -87,7 +124,7 @@ class _Graph:
     stored: dict[str, object] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, model: ModelProto) -> _Graph:
+    def of(cls, model: ModelProto) -> Graph:
         graph = model.graph
         found = cls(model)
         found.stored = {t.name: t for t in graph.initializer}
@@ -104,7 +141,7 @@ class _Graph:
             outputs = [name for name in node.output if name]
             for name in outputs:
                 found.producer[name] = index
-            if any(name in found.dynamic for name in reads) or not spec_of(node).foldable:
+            if any(name in found.dynamic for name in reads) or spec_of(node).draws:
                 found.dynamic.update(outputs)
         return found
 
@@ -122,6 +159,17 @@ class _Graph:
                 stored_crc[name] = zlib.crc32(tensor.SerializeToString())  # type: ignore[attr-defined]
             crc = zlib.crc32(stored_crc[name].to_bytes(4, "little"), crc)
         return crc
+
+    def descendants(self, name: str) -> set[int]:
+        """The nodes whose value depends on ``name`` (through inputs and subgraph reads)."""
+        nodes: set[int] = set()
+        stack = [name]
+        while stack:
+            for index in self.consumers.get(stack.pop(), ()):
+                if index not in nodes:
+                    nodes.add(index)
+                    stack.extend(out for out in self.model.graph.node[index].output if out)
+        return nodes
 
     def ancestors(self, names: Sequence[str], known: set[str]) -> set[int]:
         """The nodes that compute ``names`` from ``known``, the graph inputs and the stored tensors."""
@@ -197,7 +245,7 @@ class Frontier:
 
     def begin(self, names: Sequence[str]) -> Segment:
         """The run of one capture that reads ``names`` (main-graph values), batch by batch."""
-        graph = _Graph.of(self.model)
+        graph = Graph.of(self.model)
         stored_crc: dict[str, int] = {}
         if self.region:
             moved = self._moved(graph, stored_crc)
@@ -207,7 +255,7 @@ class Frontier:
             return Segment(self, graph, names, known=set(), stored_crc=stored_crc, grow=False)
         return Segment(self, graph, names, known=set(self.kept), stored_crc=stored_crc, grow=True)
 
-    def _moved(self, graph: _Graph, stored_crc: dict[str, int]) -> str | None:
+    def _moved(self, graph: Graph, stored_crc: dict[str, int]) -> str | None:
         """Why the region no longer holds (a node gone or changed), or None."""
         for key, crc in self.region.items():
             index = graph.producer.get(key)
@@ -224,7 +272,7 @@ class Segment:
     def __init__(
         self,
         frontier: Frontier,
-        graph: _Graph,
+        graph: Graph,
         names: Sequence[str],
         *,
         known: set[str],
@@ -280,29 +328,9 @@ class Segment:
     def _model(self) -> bytes:
         """The segment as a model: its nodes, the frontier values they read as extra inputs, the
         outputs :attr:`outputs`."""
-        graph, source = self.graph, self.graph.model.graph
-        used = {name for index in self.nodes for name in graph.reads[index]}
-        out = ModelProto()
-        copy_fields(graph.model, out, skip=("graph",))
-        target = out.graph
-        target.name = source.name
-        target.input.extend(source.input)
-        for name in self.feeds_from:
-            kept = self.frontier.kept[name]
-            elem = helper.np_dtype_to_tensor_dtype(kept.dtype)
-            target.input.append(helper.make_tensor_value_info(name, elem, [None] * kept.ndim))
-        target.node.extend(source.node[i] for i in self.nodes)
-        target.initializer.extend(t for t in source.initializer if t.name in used)
-        target.sparse_initializer.extend(t for t in source.sparse_initializer if t.values.name in used)
-        fed = set(self.feeds_from)
-        target.value_info.extend(v for v in source.value_info if v.name in used and v.name not in fed)
-        typed = {v.name: v for v in (*source.value_info, *source.output)}
-        for name in self.outputs:
-            if name in typed:
-                target.output.append(typed[name])
-            else:
-                target.output.add(name=name)
-        return out.SerializeToString()
+        kept = self.frontier.kept
+        fed = {name: (kept[name].dtype, kept[name].ndim) for name in self.feeds_from}
+        return sub_model(self.graph.model, self.graph, self.nodes, fed, self.outputs)
 
     def read(self, feeds: Mapping[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
         """The values :attr:`names` on batch ``index`` (the batches come in order from 0)."""
@@ -347,7 +375,7 @@ class Segment:
                 frontier.enabled = False
                 return
             kept = self.written.get(name) or _Kept(frontier.stem(), value.dtype, value.ndim)
-            np.save(frontier.path(kept.stem, index), np.ascontiguousarray(value), allow_pickle=False)
+            np.save(frontier.path(kept.stem, index), np.require(value, requirements="C"), allow_pickle=False)
             self.written[name] = _Kept(kept.stem, kept.dtype, kept.ndim, kept.nbytes + value.nbytes)
             total += value.nbytes
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from builders import init, model, node, rand, value
 from onnx import helper, numpy_helper
@@ -19,6 +20,7 @@ from onnxprune.frontier import Frontier
 from onnxprune.graph.discovery import discover
 from onnxprune.graph.index import Scope
 from onnxprune.passes.layers import calib_layer
+from onnxprune.tails import Tails
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -226,3 +228,54 @@ def test_a_calibrated_run_with_the_frontier_matches_one_without(name, monkeypatc
             np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-4)
         else:
             np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_scalar_value_of_the_inputs_is_kept_as_a_scalar(tmp_path):
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["level"], name="level", keepdims=0),  # 0-d, of the inputs
+        node("Sub", ["x", "level"], ["centred"], "centre"),
+        node("MatMul", ["centred", "W1"], ["a1"], "mm1"),
+        node("MatMul", ["a1", "W2"], ["a2"], "mm2"),
+        node("Add", ["a2", "level"], ["y"], "sum"),
+    ]
+    m = model(
+        nodes,
+        [value("x", ["n", 8])],
+        [value("y", ["n", 8])],
+        [init("W1", rand((8, 8), 1)), init("W2", rand((8, 8), 2))],
+    )
+    frontier = Frontier(m, tmp_path)
+    capture(m, [_spec(m, "W2")], BATCHES, frontier=frontier)
+    assert frontier.kept["level"].ndim == 0
+    got = Tails(m, BATCHES, tmp_path / "tails").outputs("W2", np.zeros((8, 8), np.float32))
+    np.testing.assert_allclose(got["y"][0], np.broadcast_to(BATCHES[0]["x"].mean(), (16, 8)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["W1", "W2", "W3"])
+def test_a_tail_gives_the_outputs_of_the_whole_model_with_the_weight_replaced(name, tmp_path):
+    m = _chain()
+    tails = Tails(m, BATCHES, tmp_path)
+    for weight in ("W1", "W2", "W3"):  # the frontier advances weight by weight, as the probe goes
+        new = rand((8, 8), seed=40)
+        got = tails.outputs(weight, new)
+        changed = _copy_of(m)
+        next(t for t in changed.graph.initializer if t.name == weight).CopyFrom(numpy_helper.from_array(new, weight))
+        sess = onnxruntime.InferenceSession(changed.SerializeToString(), providers=["CPUExecutionProvider"])
+        for index, feeds in enumerate(BATCHES):
+            np.testing.assert_allclose(got["y"][index], sess.run(["y"], feeds)[0], rtol=1e-5, atol=1e-6)
+        if weight == name:
+            break
+    assert tails.frontier.enabled
+
+
+def test_a_weight_in_a_constant_node_runs_its_tail_with_the_new_value(tmp_path):
+    m = _chain()
+    w2 = next(t for t in m.graph.initializer if t.name == "W2")
+    m.graph.node.insert(0, helper.make_node("Constant", [], ["W2"], name="w2", value=w2))
+    m.graph.initializer.remove(w2)
+    new = rand((8, 8), seed=41)
+    got = Tails(m, BATCHES, tmp_path).outputs("W2", new)
+    changed = _chain()
+    next(t for t in changed.graph.initializer if t.name == "W2").CopyFrom(numpy_helper.from_array(new, "W2"))
+    sess = onnxruntime.InferenceSession(changed.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got["y"][1], sess.run(["y"], BATCHES[1])[0], rtol=1e-5, atol=1e-6)

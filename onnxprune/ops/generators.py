@@ -13,6 +13,7 @@ from onnxprune.ops.spec import OpSpec
 
 class GeneratorSpec(OpSpec):
     foldable = False  # a value drawn at run time
+    draws = True
 
 
 register(

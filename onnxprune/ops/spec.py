@@ -38,7 +38,8 @@ does:
   from static shapes alone (Shape, Size, and Gather or Slice of a shape), for constant folding;
   :meth:`OpSpec.constant_attribute`: the attribute holding the value a Constant writes;
   :attr:`OpSpec.foldable`: whether constant folding may replace the node by its value (not a
-  random op, DequantizeLinear, Constant, or a sequence or optional op);
+  random op, DequantizeLinear, Constant, or a sequence or optional op); :attr:`OpSpec.draws`:
+  whether its value is drawn at run time (a random op);
 - for natural data (:mod:`onnxprune.data.natural`): :meth:`OpSpec.embedding_lookup` (an input
   of integer ids that index a table: Gather), :meth:`OpSpec.running_statistics` (per-channel
   mean and variance of the data: BatchNormalization), :meth:`OpSpec.converts_values` (a stored
@@ -399,6 +400,9 @@ class OpSpec:
     #: weight stored compressed on purpose (DequantizeLinear), a Constant (its value is stored
     #: already), a sequence or optional op (its value is no tensor to store).
     foldable: bool = True
+    #: Its value is drawn at run time (a random op): a value of the run even when every input
+    #: is a constant (:mod:`onnxprune.frontier` keeps it as it keeps values of the inputs).
+    draws: bool = False
 
     def channel_scale_input(self, node: NodeProto) -> int | None:
         """The input holding a per-channel scale of axis 1 (BatchNormalization and

@@ -346,6 +346,8 @@ def _prune(
     groups = waves(model, calib) if reconstruction.sequential else [calib]
     settled = settled_residuals(model, groups) if RESIDUAL_TARGETS else set()
     percdamp = solver_percdamp(reconstruction, data)
+    # the dense values the allocation's probe and the waves keep (removed at the end)
+    scratch = _scratch() if len(calib) > 1 else None
     allocated = allocate_layers(  # curves: each calibrated layer's own count, the overall count kept
         model,
         config,
@@ -356,6 +358,7 @@ def _prune(
         solve=partial(_solve_layer, ranking=ranking, percdamp=percdamp),
         batch_size=batch_size,
         progress=progress,
+        scratch=None if scratch is None else scratch.path / "probe",
     )
     targets = allocated.targets
     index_of = {w.key: i for i, w in enumerate(inventory.weights)}
@@ -382,11 +385,11 @@ def _prune(
     # the dense model only for bias correction (its E[x_d])
     needs_dense = METHODS[reconstruction.method].updates_weights or reconstruction.bias_correction
     # the dense model's inputs to every wave: one run per batch in all, spilled to a scratch folder
-    scratch = _scratch() if reconstruction.sequential and len(groups) > 1 else None
     # the pruned-so-far model's side: each wave runs only the nodes beyond the last one's frontier
-    frontier = Frontier(model, scratch.path / "frontier") if scratch is not None else None
+    in_waves = scratch is not None and reconstruction.sequential and len(groups) > 1
+    frontier = Frontier(model, scratch.path / "frontier") if in_waves and scratch is not None else None
     dense_values: ModelProto | DenseValues | None = dense
-    if dense is not None and needs_dense and scratch is not None:
+    if dense is not None and needs_dense and in_waves and scratch is not None:
         dense_values = DenseValues(
             dense,
             _dense_names(dense, specs_of),

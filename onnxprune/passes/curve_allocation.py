@@ -76,6 +76,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -95,6 +96,7 @@ from onnxprune.passes.unstructured import Target
 from onnxprune.reconstruct.methods import METHODS
 from onnxprune.sparsity import count_for_amount
 from onnxprune.sparsity.curves import ErrorCurve, allocate, to_counts
+from onnxprune.tails import Tails
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,7 @@ def allocate_layers(
     solve: LayerSolve,
     batch_size: int = 32,
     progress: Progress | None = None,
+    scratch: Path | None = None,
 ) -> Allocated:
     """The per-layer targets of ``config``'s allocator for the calibrated pass.
 
@@ -223,7 +226,8 @@ def allocate_layers(
     the layers the pass calibrates, ``solve`` its layer solver (given the reconstruction).
     Uniform returns ``targets``; curves (module docstring) replaces the counts of ``layers``
     and keeps the others'. ``progress`` gets one step per layer, out of ``2 · len(layers)``
-    (the pass's own steps follow).
+    (the pass's own steps follow). ``scratch``: an empty folder the caller owns and removes, for
+    the probe's dense values (:class:`OutputProbe`); without it every probe runs the whole model.
     """
     if config.resolved_allocator != "curves":
         return Allocated("uniform", dict(targets))
@@ -238,7 +242,9 @@ def allocate_layers(
     index_of = {w.key: i for i, w in enumerate(inventory.weights)}
     # a layer inside an If/Loop/Scan body may run on some batches only: the probe then runs them all
     in_body = any(use.spec.scope for layer in layers for use in layer.uses)
-    probe = OutputProbe(model, [layer.weight for layer in layers], probe_batches(data, batch_size, every=in_body))
+    layers = _in_graph_order(model, layers)  # the probe's tails then start each where the last one's did
+    feeds = probe_batches(data, batch_size, every=in_body)
+    probe = OutputProbe(model, [layer.weight for layer in layers], feeds, scratch)
     seconds = {"capture": 0.0, "curves": 0.0, "probe": time.perf_counter() - start, "allocate": 0.0}
     measured: dict[str, _Measured] = {}
     done = 0
@@ -275,6 +281,7 @@ def allocate_layers(
             measured[key] = replace(curve, probe=change)
             log.debug("%s: %s", key, measured[key])
         del stats
+    probe.close()
     tick = time.perf_counter()
     result = _allocate(config, targets, measured, fixed, by_key, t)
     seconds["allocate"] = time.perf_counter() - tick
@@ -295,6 +302,17 @@ def allocate_layers(
         predicted["uniform"],
     )
     return Allocated("curves", new_targets, curves, tuple(fixed), seconds, predicted, steps=len(layers))
+
+
+def _in_graph_order(model: ModelProto, layers: list[CalibLayer]) -> list[CalibLayer]:
+    """``layers`` by the position of the first main-graph node that reads their weight (those
+    read in bodies only, or by no main-graph node, last, as they were)."""
+    first: dict[str, int] = {}
+    for index, node in enumerate(model.graph.node):
+        for name in node.input:
+            first.setdefault(name, index)
+    end = len(model.graph.node)
+    return sorted(layers, key=lambda layer: first.get(layer.weight.name, end) if layer.weight.scope == "" else end)
 
 
 def _chunks(layers: list[CalibLayer]) -> Iterable[list[CalibLayer]]:
@@ -361,22 +379,33 @@ def _curve(
 class OutputProbe:
     """The model's float outputs on the probe's feeds, with one weight replaced at a time.
 
-    The weights stored as main-graph initializers are made graph inputs too (overridable
-    initializers), so one session serves every probe: replacing one is feeding it. A weight
-    stored elsewhere (a body, a Constant) is written into the model and run in a session of
-    its own, then restored.
+    Given a ``folder`` (an empty folder the caller owns and removes), a weight stored in the
+    main graph (an initializer, a Constant) runs only the nodes that depend on it (:class:`onnxprune.tails.Tails`:
+    its tail, from the dense values where it starts, which are kept in the folder). Without
+    one, the main-graph initializers are made graph inputs too (overridable initializers), so
+    one session serves every probe: replacing one is feeding it. A weight stored elsewhere (a
+    body; a Constant, without a folder) is written into the model and run in a session of its
+    own, then restored.
     """
 
-    def __init__(self, model: ModelProto, weights: list[Weight], feeds: list[dict[str, np.ndarray]]) -> None:
+    def __init__(
+        self,
+        model: ModelProto,
+        weights: list[Weight],
+        feeds: list[dict[str, np.ndarray]],
+        folder: Path | None = None,
+    ) -> None:
         self.model, self.feeds = model, feeds
         graph = model.graph
         inputs = {i.name for i in graph.input}
         stored = {t.name: t for t in graph.initializer}
-        self.fed = {
-            w.name
-            for w in weights
-            if w.scope == "" and w.storage == "initializer" and w.name in stored and w.name not in feeds[0]
-        }
+        main = {w.name for w in weights if w.scope == "" and w.storage == "initializer" and w.name in stored}
+        main -= set(feeds[0]) if feeds else set()
+        constants = {w.name for w in weights if w.scope == "" and w.storage == "constant"}
+        # with a folder, the weights stored in the main graph run their tails only
+        self.tails = Tails(model, feeds, folder) if folder is not None and (main or constants) else None
+        self.tailed = main | constants if self.tails is not None else set()
+        self.fed = main if self.tails is None else set()
         added = [
             helper.make_tensor_value_info(name, stored[name].data_type, list(stored[name].dims))
             for name in sorted(self.fed - inputs)
@@ -392,6 +421,11 @@ class OutputProbe:
                 graph.input.pop()
         self.names = [o.name for o in graph.output]
         self.dense = self._outputs({})
+
+    def close(self) -> None:
+        """Remove the dense values the tails kept."""
+        if self.tails is not None:
+            self.tails.frontier.reset("the probes are done")
 
     def _outputs(self, override: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.session is not None:
@@ -411,13 +445,17 @@ class OutputProbe:
         for name in self.names:
             parts = [np.asarray(run[name]) for run in runs]
             if parts and all(np.issubdtype(p.dtype, np.floating) for p in parts):
-                out[name] = np.concatenate([p.reshape(-1) for p in parts]).astype(np.float64)
+                out[name] = _flat(parts)
         return out
 
     def change(self, weight: Weight, inventory: Inventory, stored: np.ndarray) -> float:
         """``Σ_o ‖F_o' − F_o‖² / ‖F_o‖²`` with ``weight`` replaced by ``stored`` (an output of
         zero energy: its plain squared change)."""
-        if weight.name in self.fed:
+        if weight.name in self.tailed and self.tails is not None:
+            tails = self.tails.outputs(weight.name, stored)
+            pruned = dict(self.dense)
+            pruned.update({name: _flat(parts) for name, parts in tails.items() if name in self.dense})
+        elif weight.name in self.fed:
             pruned = self._outputs({weight.name: stored})
         else:
             proto = inventory.proto(weight)
@@ -435,6 +473,11 @@ class OutputProbe:
             diff = pruned[name] - ref
             total += float(np.dot(diff, diff)) / (energy if energy > 0 else 1.0)
         return total
+
+
+def _flat(parts: list[np.ndarray]) -> np.ndarray:
+    """One output's values over the probe's batches, flat, in float64."""
+    return np.concatenate([p.reshape(-1) for p in parts]).astype(np.float64)
 
 
 def probe_batches(data: Dataset, batch_size: int, *, every: bool = False) -> list[dict[str, np.ndarray]]:

@@ -1,0 +1,77 @@
+"""The model's outputs with one stored tensor replaced, running only the nodes that depend on it.
+
+The error-curve allocation's probe (:class:`onnxprune.passes.curve_allocation.OutputProbe`)
+runs the model once per calibrated layer with that layer alone pruned. Only the *tail* of the
+weight changes: the nodes that depend on it (through their inputs or a subgraph's reads). Every
+other node computes what it computes in the dense model, so the tail's inputs from outside it
+(its *cut*) are dense values, and those of a layer further down are, for the most part, computed
+from those of the layer before. :class:`Tails` reads the cut through a :class:`~onnxprune.frontier.Frontier`
+on the model (each node before the cut runs once per batch over all the layers, when they come
+in the order of the graph), and runs the tail as a model of its own (:func:`~onnxprune.frontier.sub_model`)
+with the new tensor stored in it. A layer near the output then costs a few nodes, not the model:
+the probes cost about half the forward passes they did, plus one session per layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from onnx import ModelProto, numpy_helper
+
+from onnxprune import runtime
+from onnxprune.errors import DataError
+from onnxprune.frontier import Frontier, Graph, sub_model
+
+log = logging.getLogger(__name__)
+
+
+class Tails:
+    """``outputs(name, value)``: the float outputs of ``model`` over ``feeds`` with its main-graph
+    initializer or Constant output ``name`` replaced by ``value`` (the model itself is not
+    changed). ``folder``: an empty folder the caller owns and removes, for the cut's values."""
+
+    def __init__(self, model: ModelProto, feeds: Sequence[dict[str, np.ndarray]], folder: str | Path) -> None:
+        self.model, self.feeds = model, list(feeds)
+        self.frontier = Frontier(model, folder)
+        self.graph = Graph.of(model)
+        self.stored = {t.name: t for t in model.graph.initializer}
+        self.names = [o.name for o in model.graph.output]
+
+    def outputs(self, name: str, value: np.ndarray) -> dict[str, list[np.ndarray]]:
+        """The graph outputs the tail of ``name`` computes, per batch (the others are the dense model's)."""
+        graph = self.graph
+        tail = graph.descendants(name)
+        outputs = [out for out in self.names if graph.producer.get(out) in tail]
+        if not outputs:
+            return {}
+        cut = sorted(
+            {
+                read
+                for index in tail
+                for read in graph.reads[index]
+                if read != name and read in graph.producer and graph.producer[read] not in tail
+            }
+        )
+        segment = self.frontier.begin(cut)
+        replaced = {name: numpy_helper.from_array(np.asarray(value), name)}
+        sess = None
+        found: dict[str, list[np.ndarray]] = {out: [] for out in outputs}
+        for index, feeds in enumerate(self.feeds):
+            given = segment.read(feeds, index)
+            if sess is None:
+                fed = {n: (np.asarray(v).dtype, np.ndim(v)) for n, v in given.items() if n not in feeds}
+                sess = runtime.session(
+                    sub_model(self.model, graph, sorted(tail), fed, outputs, replaced), optimize=True
+                )
+            try:
+                values = sess.run(outputs, {**feeds, **{n: v for n, v in given.items() if n not in feeds}})
+            except Exception as exc:  # onnxruntime raises its own types
+                raise DataError(f"the model fails on the allocation's probe ({runtime.ort_message(exc)})") from exc
+            for out, v in zip(outputs, values, strict=True):
+                found[out].append(np.asarray(v))
+        segment.finish()
+        log.debug("probe of '%s': %d of %d nodes run", name, len(tail), len(self.model.graph.node))
+        return found
