@@ -45,7 +45,7 @@ from onnx import ModelProto, TensorProto, helper
 from onnxprune import runtime
 from onnxprune.errors import OnnxPruneError, UnsupportedModelError
 from onnxprune.graph.edit import outer_refs
-from onnxprune.graph.walk import node_subgraphs, owner_key
+from onnxprune.graph.walk import node_subgraphs
 from onnxprune.graph.writer import copy_fields
 from onnxprune.ops import spec_of
 
@@ -146,7 +146,9 @@ class Graph:
         return found
 
     def node_key(self, index: int) -> str:
-        return owner_key(self.model.graph.node[index])
+        """A name for node ``index`` that edits keep: its first named output (else its name)."""
+        node = self.model.graph.node[index]
+        return next((name for name in node.output if name), node.name)
 
     def fingerprint(self, index: int, stored_crc: dict[str, int]) -> int:
         """CRC-32 of node ``index`` chained with that of every stored tensor it reads."""
