@@ -1207,6 +1207,12 @@ def iter_values(
         yield runtime.run_batch(sess, wanted, feeds, index)
 
 
+def sample_bytes(model: ModelProto, names: Sequence[str], probe: dict[str, np.ndarray], count: int) -> float:
+    """The bytes of the main-graph values ``names`` per sample, measured on ``probe`` (``count`` samples)."""
+    values = next(iter_values(model, names, [probe]))
+    return sum(np.asarray(v).nbytes for v in values.values()) / max(1, count)
+
+
 def read_values(
     model: ModelProto, names: Sequence[str], batches: Iterable[dict[str, np.ndarray]]
 ) -> list[dict[str, np.ndarray]]:

@@ -61,7 +61,8 @@ synthetic data; on the fixtures at 50 % it still helps (SparseGPT top-1, uniform
 LSTM 88.9 -> 93.2, transformer 87.1 -> 88.8, CNN 98.2 -> 98.9, MLP 97.3 -> 97.6), so it is the
 default there too.
 
-Cost: one capture of the dense model (per chunk, in batches of :data:`CAPTURE_BATCH`), at most
+Cost: one capture of the dense model (per chunk, in batches of :data:`CAPTURE_BATCH` samples at
+most, and of :data:`BATCH_BYTES` of layer inputs, as the probe's), at most
 ``len(GRID) + 1`` greedy solves per layer (the levels above the trust region's top after the
 first are not solved) and one run of the model on :data:`PROBE_SAMPLES` samples per layer; the
 time of each is logged and recorded in the result (:meth:`Allocated.record`). With a single
@@ -83,7 +84,7 @@ import numpy as np
 from onnx import ModelProto, helper
 
 from onnxprune import runtime
-from onnxprune.capture import LayerStats, capture, read_values
+from onnxprune.capture import LayerStats, capture, read_values, sample_bytes
 from onnxprune.config import PruneConfig, Reconstruction
 from onnxprune.data import Dataset
 from onnxprune.errors import DataError, opt
@@ -113,6 +114,12 @@ MAX_STATS_BYTES = 1 << 30
 #: at most this many samples (all-MiniLM-L6-v2, 36 layers: at 32 samples the run's peak memory grew
 #: from 0.49 to 1.50 GB during it)
 CAPTURE_BATCH = 8
+#: the capture and the probe also cut their batches so that the calibrated layers' inputs of one
+#: batch stay under this many bytes (measured on one sample). PP-OCRv4 rec at 48x1280 (85 MiB of
+#: layer inputs a sample): the capture's peak was 2.8 GB at 8 samples, and 6 probes took 47 s in
+#: one batch of 32, 23 s in batches of 8, 16 s in batches of 2 (all-MiniLM-L6-v2, 8 MiB a sample:
+#: 5.3 s at 32, 5.6 s at 8)
+BATCH_BYTES = 192 << 20
 #: the levels below the target solved with the run's exact refit (else SparseGPT's greedy updates)
 EXACT_BELOW_TARGET = False
 #: the target and the levels above it solved with the run's exact refit (else the greedy updates)
@@ -243,6 +250,8 @@ def allocate_layers(
     # a layer inside an If/Loop/Scan body may run on some batches only: the probe then runs them all
     in_body = any(use.spec.scope for layer in layers for use in layer.uses)
     layers = _in_graph_order(model, layers)  # the probe's tails then start each where the last one's did
+    if not in_body:  # a body may run on some batches only: then the batches are calibration's own
+        batch_size = min(batch_size, _fitting_batch(model, layers, data))
     feeds = probe_batches(data, batch_size, every=in_body)
     probe = OutputProbe(model, [layer.weight for layer in layers], feeds, scratch)
     seconds = {"capture": 0.0, "curves": 0.0, "probe": time.perf_counter() - start, "allocate": 0.0}
@@ -313,6 +322,17 @@ def _in_graph_order(model: ModelProto, layers: list[CalibLayer]) -> list[CalibLa
             first.setdefault(name, index)
     end = len(model.graph.node)
     return sorted(layers, key=lambda layer: first.get(layer.weight.name, end) if layer.weight.scope == "" else end)
+
+
+def _fitting_batch(model: ModelProto, layers: list[CalibLayer], data: Dataset) -> int:
+    """The samples per batch whose main-graph layer inputs take :data:`BATCH_BYTES` (at least 1),
+    measured on the first sample."""
+    names = list(dict.fromkeys(use.spec.activation for layer in layers for use in layer.uses if not use.spec.scope))
+    first = next(data.batches(1), None)
+    if not names or first is None:
+        return CAPTURE_BATCH
+    per_sample = sample_bytes(model, names, first, data.count(first))
+    return max(1, int(BATCH_BYTES // max(per_sample, 1.0)))
 
 
 def _chunks(layers: list[CalibLayer]) -> Iterable[list[CalibLayer]]:
