@@ -12,10 +12,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 from cli_contract import cli, error_line
+from onnx import numpy_helper
 
 import onnxprune
 from onnxprune.graph import tensors
 from onnxprune.graph.discovery import discover
+from onnxprune.passes import curve_allocation
 from onnxprune.passes.curve_allocation import OutputProbe, probe_batches
 from onnxprune.reconstruct.masks import row_counts
 from onnxprune.reconstruct.methods import METHODS, LayerProblem
@@ -236,23 +238,50 @@ def test_solvers_prune_exactly_the_count(method: str, row_wise: bool):
         assert per_row.max() - per_row.min() <= 1
 
 
-def test_the_probe_feeds_or_writes_the_weight_alike(calib: onnxprune.Dataset):
-    """A main-graph initializer is probed by feeding it to one shared session; a weight stored
-    elsewhere (a body, a Constant) by writing it into the model: both give the same change, and
-    the model is left as it was."""
+def test_the_probe_feeds_or_writes_or_runs_the_tail_of_the_weight_alike(calib: onnxprune.Dataset, tmp_path: Path):
+    """A main-graph initializer is probed by feeding it to one shared session, or with a folder
+    by running its tail only; a weight stored elsewhere (a body, a Constant) by writing it into
+    the model: all give the same change, and the model is left as it was."""
     model = onnx.load(str(LSTM))
     before = model.SerializeToString()
     inventory = discover(model)
     weights = list(inventory.prunable)
-    feeds = probe_batches(calib, 32)
+    feeds = probe_batches(calib, 8)  # four batches: the tails' dense values are kept per batch
     shared, alone = OutputProbe(model, weights, feeds), OutputProbe(model, [], feeds)
+    tails = OutputProbe(model, weights, feeds, tmp_path / "probe")
     assert shared.fed == {w.name for w in weights} and not alone.fed
+    assert tails.tailed == shared.fed and not tails.fed
     for weight in weights:
         values = tensors.read_array(inventory.proto(weight))
         pruned = np.where(np.abs(values) < np.median(np.abs(values)), 0, values).astype(values.dtype)
         fed, written = shared.change(weight, inventory, pruned), alone.change(weight, inventory, pruned)
         assert fed > 0 and fed == pytest.approx(written, rel=1e-4)
+        assert tails.change(weight, inventory, pruned) == pytest.approx(fed, rel=1e-4)
+    tails.close()
     assert model.SerializeToString() == before
+    assert not list((tmp_path / "probe").glob("*.npy"))
+
+
+def test_the_probe_cuts_its_batches_to_the_byte_budget_and_keeps_its_sample_count(
+    calib: onnxprune.Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[list[int]] = []
+    real = OutputProbe.__init__
+
+    def spy(self, model, weights, feeds, folder=None):
+        seen.append([calib.count(f) for f in feeds])
+        real(self, model, weights, feeds, folder)
+
+    monkeypatch.setattr(OutputProbe, "__init__", spy)
+    config = onnxprune.PruneConfig(sparsity=0.5, method="sparsegpt")
+    base, _ = onnxprune.prune(onnx.load(str(LSTM)), config, calibration=calib)
+    monkeypatch.setattr(curve_allocation, "BATCH_BYTES", 3 * 40 * 4 * 64 + 1)  # 3 samples' inputs: batches of 2
+    cut, _ = onnxprune.prune(onnx.load(str(LSTM)), config, calibration=calib)
+    assert seen[0] == [32] and seen[1] == [2] * 16  # a power of two: exactly PROBE_SAMPLES in whole batches
+    zeros = [
+        {t.name: int(np.count_nonzero(numpy_helper.to_array(t) == 0)) for t in m.graph.initializer} for m in (base, cut)
+    ]
+    assert zeros[0] == zeros[1]  # the same allocation
 
 
 def test_a_layer_whose_floor_passes_the_trust_region_keeps_its_floor() -> None:

@@ -250,8 +250,9 @@ def allocate_layers(
     # a layer inside an If/Loop/Scan body may run on some batches only: the probe then runs them all
     in_body = any(use.spec.scope for layer in layers for use in layer.uses)
     layers = _in_graph_order(model, layers)  # the probe's tails then start each where the last one's did
-    if not in_body:  # a body may run on some batches only: then the batches are calibration's own
-        batch_size = min(batch_size, _fitting_batch(model, layers, data))
+    fit = batch_size if in_body else _fitting_batch(model, layers, data)  # a body: calibration's own batches
+    if fit < batch_size:  # a power of two: whole batches then hold exactly PROBE_SAMPLES
+        batch_size = 1 << (fit.bit_length() - 1)
     feeds = probe_batches(data, batch_size, every=in_body)
     probe = OutputProbe(model, [layer.weight for layer in layers], feeds, scratch)
     seconds = {"capture": 0.0, "curves": 0.0, "probe": time.perf_counter() - start, "allocate": 0.0}
