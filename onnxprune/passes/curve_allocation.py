@@ -116,9 +116,9 @@ MAX_STATS_BYTES = 1 << 30
 CAPTURE_BATCH = 8
 #: the capture and the probe also cut their batches so that the calibrated layers' inputs of one
 #: batch stay under this many bytes (measured on one sample). PP-OCRv4 rec at 48x1280 (85 MiB of
-#: layer inputs a sample): the capture's peak was 2.8 GB at 8 samples, and 6 probes took 47 s in
-#: one batch of 32, 23 s in batches of 8, 16 s in batches of 2 (all-MiniLM-L6-v2, 8 MiB a sample:
-#: 5.3 s at 32, 5.6 s at 8)
+#: layer inputs a sample): the whole run's peak was 2.94 GB with the capture at 8 samples, 1.03 GB
+#: at 2; its first 6 probes took 19.4 / 20.4 / 19.8 s in batches of 32 / 8 / 2 at 1136 / 661 /
+#: 403 MB peak (all-MiniLM-L6-v2, 8 MiB a sample: 5.3 s at 32, 5.6 s at 8, 7.7 s at 2)
 BATCH_BYTES = 192 << 20
 #: the levels below the target solved with the run's exact refit (else SparseGPT's greedy updates)
 EXACT_BELOW_TARGET = False
