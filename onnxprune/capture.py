@@ -117,8 +117,8 @@ import onnxruntime as ort
 from onnx import ModelProto, numpy_helper
 
 from onnxprune import runtime
-from onnxprune.errors import DataError, OnnxPruneError, OptionError, UnsupportedModelError
-from onnxprune.frontier import Frontier, Segment
+from onnxprune.errors import DataError, OptionError, UnsupportedModelError
+from onnxprune.frontier import Frontier, Segment, capture_session
 from onnxprune.graph import expose
 from onnxprune.graph.model_io import load_model
 from onnxprune.graph.writer import copy_fields
@@ -1175,17 +1175,8 @@ def _session(
     if not wanted:
         source = model if isinstance(model, bytes) else proto.SerializeToString()
         return runtime.session(source, optimize=True)
-    source = _truncated(proto, wanted, exposure)
-    try:
-        # full optimization: fusions never swallow a value that is a graph output, and the
-        # activations read here are graph outputs now (several times faster than unoptimized)
-        return runtime.session(source, optimize=True)
-    except OnnxPruneError:
-        raise
-    except Exception as exc:  # onnxruntime raises its own types; a model over 2 GiB cannot be serialized
-        raise UnsupportedModelError(
-            f"onnxruntime cannot load the model to capture calibration statistics ({runtime.ort_message(exc)})"
-        ) from exc
+    # full optimization: several times faster than unoptimized, and no value read is fused away
+    return capture_session(_truncated(proto, wanted, exposure))
 
 
 def _samples(feeds: dict[str, np.ndarray]) -> int:

@@ -95,6 +95,20 @@ def sub_model(
     return out.SerializeToString()
 
 
+def capture_session(source: bytes) -> ort.InferenceSession:
+    """A CPU session, fully optimized, of a part of a model made to read its values (fusions never
+    swallow a value that is a graph output, and the values read are graph outputs); what
+    onnxruntime refuses is an :class:`UnsupportedModelError`."""
+    try:
+        return runtime.session(source, optimize=True)
+    except OnnxPruneError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own types; a model over 2 GiB cannot be serialized
+        raise UnsupportedModelError(
+            f"onnxruntime cannot load the model to capture calibration statistics ({runtime.ort_message(exc)})"
+        ) from exc
+
+
 def signature(feeds: Mapping[str, np.ndarray]) -> Signature:
     """The names, shapes and dtypes of ``feeds``: a frontier serves only batches like those it holds."""
     return tuple(sorted((name, tuple(np.shape(v)), str(np.asarray(v).dtype)) for name, v in feeds.items()))
@@ -317,15 +331,7 @@ class Segment:
         self.plain: Segment | None = None  # the run from the graph inputs, should a batch not fit
 
     def _session(self) -> ort.InferenceSession:
-        source = self._model()
-        try:
-            return runtime.session(source, optimize=True)
-        except OnnxPruneError:
-            raise
-        except Exception as exc:  # onnxruntime raises its own types; a model over 2 GiB cannot be serialized
-            raise UnsupportedModelError(
-                f"onnxruntime cannot load the model to capture calibration statistics ({runtime.ort_message(exc)})"
-            ) from exc
+        return capture_session(self._model())
 
     def _model(self) -> bytes:
         """The segment as a model: its nodes, the frontier values they read as extra inputs, the

@@ -23,7 +23,7 @@ from onnx import ModelProto, numpy_helper
 
 from onnxprune import runtime
 from onnxprune.errors import DataError
-from onnxprune.frontier import Frontier, Graph, sub_model
+from onnxprune.frontier import Frontier, Graph, capture_session, sub_model
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,7 @@ class Tails:
             given = segment.read(feeds, index)
             if sess is None:
                 fed = {n: (np.asarray(v).dtype, np.ndim(v)) for n, v in given.items() if n not in feeds}
-                sess = runtime.session(
-                    sub_model(self.model, graph, sorted(tail), fed, outputs, replaced), optimize=True
-                )
+                sess = capture_session(sub_model(self.model, graph, sorted(tail), fed, outputs, replaced))
             try:
                 values = sess.run(outputs, {**feeds, **{n: v for n, v in given.items() if n not in feeds}})
             except Exception as exc:  # onnxruntime raises its own types

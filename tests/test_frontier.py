@@ -48,6 +48,12 @@ def _chain() -> onnx.ModelProto:
     return model(nodes, [value("x", ["n", 8])], [value("y", ["n", 8])], inits)
 
 
+def _two_layers(nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
+    """``nodes`` from ``x [n, 8]`` to ``y [n, 8]`` with the weights W1 and W2 (8 x 8)."""
+    inits = [init("W1", rand((8, 8), 1)), init("W2", rand((8, 8), 2))]
+    return model(nodes, [value("x", ["n", 8])], [value("y", ["n", 8])], inits)
+
+
 def _spec(m: onnx.ModelProto, name: str):
     weight = next(w for w in discover(m).weights if w.name == name)
     layer, why = calib_layer(m, Scope.build(m.graph), weight)
@@ -189,12 +195,7 @@ def test_a_generator_counts_as_a_value_of_the_inputs(tmp_path):
         node("MatMul", ["a1", "W2"], ["a2"], "mm2"),
         node("Add", ["a2", "noise"], ["y"], "sum"),
     ]
-    m = model(
-        nodes,
-        [value("x", ["n", 8])],
-        [value("y", ["n", 8])],
-        [init("W1", rand((8, 8), 1)), init("W2", rand((8, 8), 2))],
-    )
+    m = _two_layers(nodes)
     frontier = Frontier(m, tmp_path)
     capture(m, [_spec(m, "W1")], BATCHES, frontier=frontier)
     assert "noise" in frontier.kept
@@ -238,12 +239,7 @@ def test_a_scalar_value_of_the_inputs_is_kept_as_a_scalar(tmp_path):
         node("MatMul", ["a1", "W2"], ["a2"], "mm2"),
         node("Add", ["a2", "level"], ["y"], "sum"),
     ]
-    m = model(
-        nodes,
-        [value("x", ["n", 8])],
-        [value("y", ["n", 8])],
-        [init("W1", rand((8, 8), 1)), init("W2", rand((8, 8), 2))],
-    )
+    m = _two_layers(nodes)
     frontier = Frontier(m, tmp_path)
     capture(m, [_spec(m, "W2")], BATCHES, frontier=frontier)
     assert frontier.kept["level"].ndim == 0
