@@ -218,11 +218,15 @@ class Frontier:
 
     ``model`` is the model the captures read (changed in place between them by the caller);
     ``folder`` an empty folder the caller owns and removes; ``budget`` the most bytes kept (None:
-    :data:`FRONTIER_DISK_BYTES`, at most a quarter of the folder's free space).
+    :data:`FRONTIER_DISK_BYTES`, at most a quarter of the folder's free space). ``frozen``: the
+    caller promises the model does not change, so the region is not fingerprinted.
     """
 
-    def __init__(self, model: ModelProto, folder: str | Path, *, budget: int | None = None) -> None:
+    def __init__(
+        self, model: ModelProto, folder: str | Path, *, budget: int | None = None, frozen: bool = False
+    ) -> None:
         self.model = model
+        self.frozen = frozen
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.folder).free // 4
@@ -263,7 +267,7 @@ class Frontier:
         """The run of one capture that reads ``names`` (main-graph values), batch by batch."""
         graph = Graph.of(self.model)
         stored_crc: dict[str, int] = {}
-        if self.region:
+        if self.region and not self.frozen:
             moved = self._moved(graph, stored_crc)
             if moved is not None:
                 self.reset(moved)
@@ -317,7 +321,9 @@ class Segment:
                 computed = {name for index in nodes for name in graph.model.graph.node[index].output}
             self.store = sorted(name for name in frontier_names if name in computed)
             self.dropped = [name for name in known if name not in frontier_names]
-            self.fingerprints = {graph.node_key(i): graph.fingerprint(i, stored_crc) for i in nodes}
+            self.fingerprints = {
+                graph.node_key(i): 0 if frontier.frozen else graph.fingerprint(i, stored_crc) for i in nodes
+            }
         self.nodes = sorted(nodes)
         self.grow = grow
         produced = {name for index in self.nodes for name in graph.model.graph.node[index].output}
