@@ -36,7 +36,8 @@ so ``tr(W_j H_j W_jᵀ) = ‖Y_j‖²`` summed over the calibration set, bias le
 current batch's activations are held, and each is processed in blocks of at most
 ``max_bytes`` and :data:`BLOCK_ROWS` rows; H itself takes ``groups·cols²·8`` bytes, so a layer
 with ``cols`` above ``max_cols`` gets no H (``skipped`` says so) but still gets ``mean`` and
-``sqnorm``. The products of a block are computed in the activation's precision when it is
+``sqnorm``. The products of a block (and its column sums, a product with a row of ones) are
+computed in the activation's precision when it is
 float32 or narrower (float32; float64 stays float64) and added to the float64 sums: a float32
 product of ``r`` rows has a relative rounding error of about ``√r · 2⁻²⁴`` (under 1e-5 for
 ``r`` ≤ :data:`BLOCK_ROWS`), far below what the damping of the solvers changes, at half the
@@ -500,6 +501,14 @@ def _inputs(
             yield stack[i], None if ref is None else ref[i]
 
 
+def _column_sums(block: np.ndarray) -> np.ndarray:
+    """``Σ_rows`` of a block ``[groups, rows, cols]`` as float64 ``[groups, cols]``, summed in the
+    block's precision by one product with a row of ones, as its ``H`` is (5 to 7 times faster
+    than numpy's float64 reduction of a float32 block; relative difference about 1e-6)."""
+    ones = np.ones((1, block.shape[1]), dtype=block.dtype)
+    return np.matmul(ones, block)[:, 0, :].astype(np.float64)
+
+
 class _Accumulator:
     """Running sums for one (activation, geometry): H (unless too wide), Σx, Σx² and the row count,
     over the rows ``sampling`` draws from each piece, weighted (:mod:`onnxprune.row_sampling`)."""
@@ -568,7 +577,7 @@ class _Accumulator:
                 self.rows += taken.rows
                 self.used += taken.used
                 for block in pieces:
-                    self.total += scaled(block.sum(axis=1, dtype=np.float64), weight)
+                    self.total += scaled(_column_sums(block), weight)
                     if self.H is not None:
                         self.H += scaled(np.matmul(block.transpose(0, 2, 1), block), weight)  # sqnorm: its diagonal
                     else:
@@ -617,7 +626,7 @@ class _Accumulator:
             return
         self.C += scaled(np.matmul(block.transpose(0, 2, 1), ref), weight)
         self.H_ref += scaled(np.matmul(ref.transpose(0, 2, 1), ref), weight)
-        self.total_ref += scaled(ref.sum(axis=1, dtype=np.float64), weight)
+        self.total_ref += scaled(_column_sums(ref), weight)
 
     def stats(self) -> LayerStats:
         if self.failed is not None:
