@@ -121,6 +121,7 @@ from onnxprune import runtime
 from onnxprune.errors import DataError, OptionError, UnsupportedModelError
 from onnxprune.frontier import Frontier, Segment, capture_session
 from onnxprune.graph import expose
+from onnxprune.graph.edit import node_reads
 from onnxprune.graph.model_io import load_model
 from onnxprune.graph.writer import copy_fields
 from onnxprune.im2col import AUTO_PADS, ConvGeometry, conv_cols, patch_blocks, patch_rows
@@ -1120,17 +1121,6 @@ def _main_graph_values(model: ModelProto) -> dict[str, str]:
     return found
 
 
-def _used_names(node: onnx.NodeProto) -> list[str]:
-    """The node's inputs and every name its subgraphs read (outer-scope values included)."""
-    names = list(node.input)
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for graph in graphs:
-            for inner in graph.node:
-                names.extend(_used_names(inner))
-    return names
-
-
 def _truncated(proto: ModelProto, names: Sequence[str], exposure: expose.Exposure | None = None) -> bytes:
     """The part of the model that computes ``names``, with them as its only outputs.
 
@@ -1150,8 +1140,8 @@ def _truncated(proto: ModelProto, names: Sequence[str], exposure: expose.Exposur
         if index is None or index in keep:
             continue
         keep.add(index)
-        stack.extend(_used_names(graph.node[index]))
-    used = {name for i in keep for name in _used_names(graph.node[i])}
+        stack.extend(node_reads(graph.node[index]))
+    used = {name for i in keep for name in node_reads(graph.node[i])}
     out = ModelProto()
     copy_fields(proto, out, skip=("graph",))
     target = out.graph

@@ -1,6 +1,6 @@
 """Helpers shared by the passes that edit a model in place (:mod:`~onnxprune.graph.cleanup`,
 :mod:`~onnxprune.graph.fold_bn`, :mod:`~onnxprune.graph.fold_constants`): nested graphs
-keyed by their owner node, the names a graph defines and reads from outside, deleting
+keyed by their owner node, the names a graph (or a node) defines and reads from outside, deleting
 nodes, fresh names, and the shapes ONNX inference gives.
 
 **Shapes.** ONNX shape inference (``strict_mode=False``, ``data_prop=True``) runs on
@@ -41,6 +41,14 @@ def outer_refs(graph: GraphProto) -> set[str]:
         for _, sub in node_subgraphs(node):
             read |= outer_refs(sub)
     return read - defined_names(graph)
+
+
+def node_reads(node: NodeProto) -> list[str]:
+    """The names ``node`` reads: its inputs (in order, empty ones left out), then what its
+    subgraphs read from outside them (sorted)."""
+    return [name for name in node.input if name] + sorted(
+        {name for _, sub in node_subgraphs(node) for name in outer_refs(sub)}
+    )
 
 
 def delete_nodes(graph: GraphProto, nodes: list[NodeProto]) -> None:

@@ -41,9 +41,8 @@ from onnx import ModelProto
 from onnxprune.capture import iter_values
 from onnxprune.data import Dataset
 from onnxprune.graph import tensors
-from onnxprune.graph.edit import outer_refs
+from onnxprune.graph.edit import node_reads
 from onnxprune.graph.index import node_label
-from onnxprune.graph.walk import node_subgraphs
 from onnxprune.ops.constant import constant_tensor
 from onnxprune.ops.gradient import carries_gradient, has_kernel, kernel_attrs
 from onnxprune.passes.base import Progress
@@ -109,7 +108,7 @@ def plan_blocks(model: ModelProto, roots: Sequence[str], *, layers: int = 1) -> 
     last_use: dict[str, int] = {}
     readers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
-        for name in _reads(node):
+        for name in node_reads(node):
             last_use[name] = i
             readers.setdefault(name, []).append(i)
         if carries_gradient(node) and any(name in live for name in node.input if name):
@@ -164,13 +163,6 @@ def stored_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
         if tensor is not None:
             found[node.output[0]] = tensor
     return found
-
-
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """The names ``node`` reads: its inputs, and what its subgraphs read from outside them."""
-    return [name for name in node.input if name] + sorted(
-        {name for _, sub in node_subgraphs(node) for name in outer_refs(sub)}
-    )
 
 
 def _reads_root(node: onnx.NodeProto, roots: set[str]) -> bool:
