@@ -44,8 +44,7 @@ from onnx import ModelProto, TensorProto, helper
 
 from onnxprune import runtime
 from onnxprune.errors import OnnxPruneError, UnsupportedModelError
-from onnxprune.graph.edit import outer_refs
-from onnxprune.graph.walk import node_subgraphs
+from onnxprune.graph.edit import node_reads
 from onnxprune.graph.writer import copy_fields
 from onnxprune.ops import spec_of
 
@@ -146,9 +145,7 @@ class Graph:
         found.inputs = {i.name for i in graph.input if i.name not in found.stored}
         found.dynamic = set(found.inputs)
         for index, node in enumerate(graph.node):
-            reads = [name for name in node.input if name]
-            for _, sub in node_subgraphs(node):
-                reads.extend(sorted(outer_refs(sub)))
+            reads = node_reads(node)  # subgraphs' outer reads included
             found.reads.append(reads)
             for name in reads:
                 found.consumers.setdefault(name, set()).add(index)
@@ -175,6 +172,10 @@ class Graph:
                 stored_crc[name] = zlib.crc32(tensor.SerializeToString())  # type: ignore[attr-defined]
             crc = zlib.crc32(stored_crc[name].to_bytes(4, "little"), crc)
         return crc
+
+    def made(self, nodes: set[int]) -> set[str]:
+        """The values ``nodes`` make."""
+        return {name for index in nodes for name in self.model.graph.node[index].output if name}
 
     def descendants(self, name: str) -> set[int]:
         """The nodes whose value depends on ``name`` (through inputs and subgraph reads)."""
@@ -227,6 +228,7 @@ class Frontier:
     ) -> None:
         self.model = model
         self.frozen = frozen
+        self._graph: Graph | None = None
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.folder).free // 4
@@ -263,9 +265,16 @@ class Frontier:
         for path in self.folder.glob(f"{stem}_b*.npy"):
             path.unlink(missing_ok=True)
 
+    def graph(self) -> Graph:
+        """The model's :class:`Graph`: made again for every capture (the caller edits the model
+        between them), once for a frozen model."""
+        if not self.frozen or self._graph is None:
+            self._graph = Graph.of(self.model)
+        return self._graph
+
     def begin(self, names: Sequence[str]) -> Segment:
         """The run of one capture that reads ``names`` (main-graph values), batch by batch."""
-        graph = Graph.of(self.model)
+        graph = self.graph()
         stored_crc: dict[str, int] = {}
         if self.region and not self.frozen:
             moved = self._moved(graph, stored_crc)
@@ -310,15 +319,13 @@ class Segment:
             grown = region | nodes
             frontier_names = {
                 name
-                for index in grown
-                for name in graph.model.graph.node[index].output
+                for name in graph.made(grown)
                 if name in graph.dynamic and any(c not in grown for c in graph.consumers.get(name, ()))
             }
-            computed = {name for index in nodes for name in graph.model.graph.node[index].output}
-            missing = [name for name in frontier_names if name not in known and name not in computed]
+            missing = [name for name in frontier_names if name not in known and name not in graph.made(nodes)]
             if missing:  # values the region made that a node added since reads: computed again
                 nodes |= graph.ancestors(missing, known)
-                computed = {name for index in nodes for name in graph.model.graph.node[index].output}
+            computed = graph.made(nodes)
             self.store = sorted(name for name in frontier_names if name in computed)
             self.dropped = [name for name in known if name not in frontier_names]
             self.fingerprints = {
@@ -326,10 +333,12 @@ class Segment:
             }
         self.nodes = sorted(nodes)
         self.grow = grow
-        produced = {name for index in self.nodes for name in graph.model.graph.node[index].output}
+        produced = graph.made(nodes)
         self.outputs = list(dict.fromkeys([*(n for n in self.names if n in produced), *self.store]))
         read = {name for index in self.nodes for name in graph.reads[index]}
         self.feeds_from = sorted(name for name in known if name in read)
+        # the kept values a batch reads from disk: the segment's inputs and the names asked for
+        self.loaded = sorted(name for name in known if name in read or name in self.names)
         self.sess = self._session() if self.outputs else None
         self.seen: list[Signature] = []
         self.written: dict[str, _Kept] = {}
@@ -358,9 +367,8 @@ class Segment:
                 self.plain = Segment(frontier, self.graph, self.names, known=set(), stored_crc={}, grow=False)
             return self.plain.read(feeds, index)
         self.seen.append(shape)
-        given = {
-            name: np.load(frontier.path(frontier.kept[name].stem, index), mmap_mode="r") for name in self.feeds_from
-        }
+        loaded = {name: np.load(frontier.path(frontier.kept[name].stem, index), mmap_mode="r") for name in self.loaded}
+        given = {name: loaded[name] for name in self.feeds_from}
         values = runtime.run_batch(self.sess, self.outputs, {**feeds, **given}, index) if self.sess else {}
         if self.grow and self.broken is None:
             self._keep(values, index)
@@ -370,8 +378,8 @@ class Segment:
                 out[name] = np.asarray(feeds[name])
             elif name in values:
                 out[name] = values[name]
-            elif name in self.known:
-                out[name] = np.load(frontier.path(frontier.kept[name].stem, index), mmap_mode="r")
+            elif name in loaded:
+                out[name] = loaded[name]
         return out
 
     def _keep(self, values: Mapping[str, object], index: int) -> None:

@@ -23,7 +23,7 @@ from onnx import ModelProto, numpy_helper
 
 from onnxprune import runtime
 from onnxprune.errors import DataError
-from onnxprune.frontier import Frontier, Graph, capture_session, sub_model
+from onnxprune.frontier import Frontier, capture_session, sub_model
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,7 @@ class Tails:
     def __init__(self, model: ModelProto, feeds: Sequence[dict[str, np.ndarray]], folder: str | Path) -> None:
         self.model, self.feeds = model, list(feeds)
         self.frontier = Frontier(model, folder, frozen=True)  # the model is never changed here
-        self.graph = Graph.of(model)
-        self.stored = {t.name: t for t in model.graph.initializer}
+        self.graph = self.frontier.graph()
         self.names = [o.name for o in model.graph.output]
 
     def outputs(self, name: str, value: np.ndarray) -> dict[str, list[np.ndarray]]:
@@ -63,12 +62,12 @@ class Tails:
         sess = None
         found: dict[str, list[np.ndarray]] = {out: [] for out in outputs}
         for index, feeds in enumerate(self.feeds):
-            given = segment.read(feeds, index)
+            given = segment.read(feeds, index)  # the cut: values the nodes before the tail make
             if sess is None:
-                fed = {n: (np.asarray(v).dtype, np.ndim(v)) for n, v in given.items() if n not in feeds}
+                fed = {n: (np.asarray(v).dtype, np.ndim(v)) for n, v in given.items()}
                 sess = capture_session(sub_model(self.model, graph, sorted(tail), fed, outputs, replaced))
             try:
-                values = sess.run(outputs, {**feeds, **{n: v for n, v in given.items() if n not in feeds}})
+                values = sess.run(outputs, {**feeds, **given})
             except Exception as exc:  # onnxruntime raises its own types
                 raise DataError(f"the model fails on the allocation's probe ({runtime.ort_message(exc)})") from exc
             for out, v in zip(outputs, values, strict=True):
