@@ -2,8 +2,9 @@
 
 Block reconstruction (:mod:`onnxprune.passes.blocks`) follows the values that a fitted weight
 reaches through ops that carry a gradient. An op in :data:`NO_GRADIENT` (shapes, indices,
-comparisons, rounding, generators), or a ``Cast`` to a non-float type, ends such a path: its
-outputs do not change smoothly with the weights. An op on such a path can be differentiated
+comparisons, rounding), a random generator (:attr:`~onnxprune.ops.spec.OpSpec.draws`) or a
+``Cast`` to a non-float type ends such a path: its outputs do not change smoothly with the
+weights. An op on such a path can be differentiated
 here when :data:`onnxprune.reconstruct.autodiff.KERNELS` has it (default domain only).
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 from onnx import NodeProto, helper
 
+from onnxprune.ops.registry import spec_of
 from onnxprune.reconstruct.autodiff import KERNELS
 
 #: ops whose outputs carry no gradient: they end a path from the fitted weights
@@ -21,7 +23,7 @@ NO_GRADIENT = frozenset(
     {
         "Shape", "Size", "ConstantOfShape", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
         "Not", "And", "Or", "Xor", "ArgMax", "ArgMin", "NonZero", "IsNaN", "IsInf", "Sign", "Floor",
-        "Ceil", "Round", "EyeLike", "RandomNormalLike", "RandomUniformLike", "Range",
+        "Ceil", "Round", "EyeLike", "Range",
     }
 )  # fmt: skip
 
@@ -32,7 +34,7 @@ def _cast_target(node: NodeProto) -> np.dtype:
 
 def carries_gradient(node: NodeProto) -> bool:
     """Whether ``node``'s outputs change smoothly with its float inputs."""
-    if node.op_type in NO_GRADIENT:
+    if node.op_type in NO_GRADIENT or spec_of(node).draws:
         return False
     if node.op_type == "Cast":
         return bool(np.issubdtype(_cast_target(node), np.floating))

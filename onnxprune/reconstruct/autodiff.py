@@ -31,7 +31,8 @@ numpy broadcasting added or stretched:
   ``u = ḡ·γ``, ``ḡ_x = r·(u − mean(u) − x̂·mean(u x̂))`` (means over the normalised axes);
 * ``GELU`` (exact): ``y = x·Φ(x)``, ``ḡ_x = ḡ·(Φ(x) + x·φ(x))``; the tanh form by its chain;
 * reshapes, transposes, (un)squeezes, flatten: the inverse movement of ``ḡ``; concat: the
-  slices of ``ḡ``; slice: ``ḡ`` put back where the slice came from, zeros elsewhere; ``ReduceMean``/``ReduceSum``: ``ḡ`` broadcast back (divided by the count);
+  slices of ``ḡ``; slice: ``ḡ`` put back where the slice came from, zeros elsewhere;
+  ``ReduceMean``/``ReduceSum``: ``ḡ`` broadcast back (divided by the count);
   ``ReduceL2``, ``y = ‖x‖``: ``ḡ·x/y``; ``Expand``: ``ḡ`` summed back to the input's shape;
   ``Where(c, a, b)``: ``ḡ`` where ``c`` / where not.
 
