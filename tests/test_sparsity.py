@@ -274,3 +274,52 @@ def test_kth_smallest_by_a_sampled_bracket_is_exact(kind):
     y = np.zeros(n, np.uint32)
     y[:: n // 2**14] = 1_000
     assert kth_smallest(y, n // 2) == np.partition(y, n // 2 - 1)[n // 2 - 1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_zero_smallest_bits_equals_the_mask_path(monkeypatch, dtype):
+    """Chunked (small chunks here), with or without a known threshold, any ties and zeros:
+    the same bits as masking the K smallest magnitude keys."""
+    from onnxprune.sparsity import select
+
+    monkeypatch.setattr(select, "CHUNK", 37)
+    monkeypatch.setattr(select, "SAMPLE", 64)
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((41, 29)).astype(dtype)
+    w[3, :] = w[3, 0]  # a row of ties
+    w[:, 5] = -w[3, 0]  # negative ties
+    w[7, :10] = 0
+    bits = sparsity.scores.float_bits(w)
+    keys = sparsity.magnitude_keys(w)
+    flat = np.sort(keys.reshape(-1))
+    for k in (0, 1, 9, 10, 11, 300, 600, 1188, w.size):
+        expected = sparsity.apply_mask_bits(bits, sparsity.smallest_k_mask(keys, k))
+        assert np.array_equal(sparsity.zero_smallest_bits(bits, k), expected)
+        if k > 0:
+            right = int(flat[k - 1])
+            assert np.array_equal(sparsity.zero_smallest_bits(bits, k, threshold=right), expected)
+            assert np.array_equal(sparsity.zero_smallest_bits(bits, k, threshold=right + 7), expected)  # ignored
+    with pytest.raises(ValueError):
+        sparsity.zero_smallest_bits(bits, w.size + 1)
+    with pytest.raises(TypeError):
+        sparsity.zero_smallest_bits(w, 3)
+
+
+def test_zero_smallest_bits_falls_back_when_the_sample_misleads(monkeypatch):
+    from onnxprune.sparsity import select
+
+    monkeypatch.setattr(select, "SAMPLE", 1024)
+    keys = np.arange(1, 100_001, dtype=np.float32)
+    keys[::97] = 1e9  # the strided sample (stride 97) sees only the largest values
+    sizes: list[int] = []
+    partition = np.partition
+
+    def spy(a, kth, **kw):
+        sizes.append(a.size)
+        return partition(a, kth, **kw)
+
+    monkeypatch.setattr(select.np, "partition", spy)
+    bits = sparsity.scores.float_bits(keys)
+    expected = sparsity.apply_mask_bits(bits, keys <= keys[np.argsort(keys, kind="stable")[49_999]])
+    assert np.array_equal(sparsity.zero_smallest_bits(bits, 50_000), expected)
+    assert sizes == [keys.size]  # the bracket missed: the whole tensor was partitioned

@@ -26,7 +26,7 @@ from onnxprune.graph.model_io import LazyModel, StagedOutput, load_model_lazily
 from onnxprune.graph.tensor_check import check_written
 from onnxprune.passes import pipeline as pipeline_module
 from onnxprune.passes.unstructured import prune_weights
-from onnxprune.sparsity import global_keys, lamp_scores, lamp_sorted_keys, nm_mask, nm_zeros_after
+from onnxprune.sparsity import nm_mask, nm_zeros_after
 
 CONFIGS = {
     "local": onnxprune.PruneConfig(sparsity=0.5),
@@ -268,16 +268,6 @@ def test_non_finite_external_weights_are_refused_unless_allowed(tmp_path: Path):
     run = onnxprune.prune_file(path, tmp_path / "out.onnx", CONFIGS["local"], allow_nonfinite=True)
     assert "W3" in {layer.name for layer in run.result.skipped}
     assert os.path.exists(tmp_path / "out.onnx")
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
-@pytest.mark.parametrize("chunk", [5, 64, 1 << 22])
-def test_lamp_sorted_keys_are_the_lamp_keys_sorted(dtype: type, chunk: int):
-    rng = np.random.default_rng(3)
-    w = rng.standard_normal((33, 20)).astype(dtype)
-    w[0, :7] = 0
-    w[1, :4] = w[1, 4]  # ties
-    assert np.array_equal(lamp_sorted_keys(w, chunk=chunk), np.sort(global_keys(lamp_scores(w))))
 
 
 def _nm_by_argsort(keys: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:

@@ -34,7 +34,8 @@ from onnxprune.graph import tensors
 from onnxprune.graph.index import Scope, node_label
 from onnxprune.ops import SHAPE_ONLY, Slot, SlotContext, TransformContext, spec_of
 from onnxprune.ops.spec import Shape
-from onnxprune.sparsity import global_keys, magnitude_keys
+from onnxprune.sparsity import global_keys, magnitude_chunks
+from onnxprune.sparsity.scores import float_bits
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +275,13 @@ def _count_values(
         return int(tensors.numel(tensor) - np.count_nonzero(read(tensor))), None, (0, 0)
     values = read(tensor)
     sample = global_keys(values.reshape(-1)[:: max(1, values.size // KEY_SAMPLE)])
-    keys = magnitude_keys(values)  # one pass gives both: zeros are key 0, NaN and ±inf the largest keys
-    return int(values.size - np.count_nonzero(keys)), sample, tensors.nonfinite_in_keys(keys, dtype=values.dtype)
+    zeros, nan, inf = 0, 0, 0
+    # one chunked pass gives both: zeros are key 0, NaN and ±inf the largest keys
+    for _, _, keys in magnitude_chunks(float_bits(values).reshape(-1)):
+        zeros += keys.size - int(np.count_nonzero(keys))
+        found = tensors.nonfinite_in_keys(keys, dtype=values.dtype)
+        nan, inf = nan + found[0], inf + found[1]
+    return zeros, sample, (nan, inf)
 
 
 @dataclass

@@ -11,9 +11,9 @@ byte-identical, as does every tensor that is not a pruned weight.
 **Streamed.** On a model loaded without its external data (``context.tensors``, a
 :class:`~onnxprune.graph.lazy.TensorSource`), every value is read through the source, one
 tensor at a time and memory-mapped: discovery counts zeros and takes key samples as it reads,
-a global threshold recomputes each tensor's keys when the allocation asks for them (LAMP's in
-sorted order, :func:`~onnxprune.sparsity.scores.lamp_sorted_keys`, sampled in one more pass)
-instead of holding a model's worth, N:M zero counts come from the zeros of each group, and
+a global threshold recomputes each tensor's keys when the allocation asks for them (LAMP reads
+each tensor twice, :func:`~onnxprune.sparsity.lamp.lamp_allocation`) instead of holding a
+model's worth, N:M zero counts come from the zeros of each group, and
 the pruned bytes of every changed tensor are computed only when the writer streams them.
 The decisions, and so the bytes written, are those of the run on the loaded model.
 """
@@ -90,23 +90,29 @@ def _check_plan(plan: Mapping[str, float], inventory: Inventory) -> None:
             raise OptionError(f"the plan names '{name}', which is not prunable here: {reason}")
 
 
-class _LazyKeys(Sequence[np.ndarray]):
-    """A criterion's global keys of each tensor, computed on access and never stored."""
+class _LazyArrays(Sequence[np.ndarray]):
+    """The stored values of each tensor, read on access (memory-mapped when streamed)."""
 
-    def __init__(self, inventory: Inventory, weights: list[Weight], keys: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, inventory: Inventory, weights: list[Weight]) -> None:
         self._inventory = inventory
         self._weights = weights
-        self._keys = keys
 
     def __len__(self) -> int:
         return len(self._weights)
 
     def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
-        return self._keys(self._inventory.array(self._weights[index]))
+        return self._inventory.array(self._weights[index])
 
 
-#: About this many keys in all are sampled for a global threshold (as :mod:`onnxprune.sparsity.allocate`)
-GLOBAL_SAMPLE = 1 << 20
+class _LazyKeys(_LazyArrays):
+    """A criterion's global keys of each tensor, computed on access and never stored."""
+
+    def __init__(self, inventory: Inventory, weights: list[Weight], keys: Callable[[np.ndarray], np.ndarray]) -> None:
+        super().__init__(inventory, weights)
+        self._keys = keys
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        return self._keys(super().__getitem__(index))
 
 
 def _nm_target(weight: Weight, allocation: Allocation) -> Target:
@@ -158,22 +164,21 @@ def plan_targets(
             )
         return targets
 
-    keys: Sequence[np.ndarray]
-    global_keys = criterion.global_keys
-    assert global_keys is not None  # supports_global
-    samples = [w.key_sample for w in rest] if criterion.global_is_magnitude else None
-    if criterion.cheap_global_keys:  # one cheap pass (magnitude): recompute rather than hold a model's worth
-        keys = _LazyKeys(inventory, rest, global_keys)
-    elif not hold_keys:  # e.g. LAMP, streamed: sorted keys (less memory), sampled in one pass, recomputed
-        keys = _LazyKeys(inventory, rest, criterion.sorted_global_keys or global_keys)
-        stride = max(1, sum(w.numel for w in rest) // GLOBAL_SAMPLE)
-        samples = [np.array(keys[i][::stride]) for i in range(len(rest))]
-    else:  # e.g. LAMP needs a sort per tensor: compute once, keep
-        keys = [global_keys(inventory.array(w)) for w in rest]
     total = sparsity.count_for_amount(sum(w.numel for w in rest), allocation.sparsity)
     caps = [max(sparsity.count_for_amount(w.numel, allocation.max_layer_sparsity), 0) for w in rest]
-    allocated = sparsity.allocate_global(keys, total, caps, sizes=[w.numel for w in rest], samples=samples)
-    del keys
+    if criterion.global_allocation is not None:  # e.g. LAMP: its own exact search, two reads a tensor
+        allocated = criterion.global_allocation(_LazyArrays(inventory, rest), total, caps)
+    else:
+        global_keys = criterion.global_keys
+        assert global_keys is not None  # supports_global
+        keys: Sequence[np.ndarray]
+        if criterion.cheap_global_keys or not hold_keys:  # recompute rather than hold a model's worth
+            keys = _LazyKeys(inventory, rest, global_keys)
+        else:
+            keys = [global_keys(inventory.array(w)) for w in rest]
+        samples = [w.key_sample for w in rest] if criterion.global_is_magnitude else None
+        allocated = sparsity.allocate_global(keys, total, caps, sizes=[w.numel for w in rest], samples=samples)
+        del keys
     for weight, count in zip(rest, allocated.counts, strict=True):
         # float32 global magnitude keys are the tensor's own magnitude keys: the global
         # threshold is a candidate for its count-th smallest key (checked when masking)
@@ -194,6 +199,8 @@ def target_mask(values: np.ndarray, target: Target, weight: Weight, ranking: Ran
 
 def _pruned_bits(values: np.ndarray, target: Target, weight: Weight, ranking: Ranking, index: int) -> np.ndarray:
     """The tensor's new bit pattern (an unsigned-integer array) after applying ``target``."""
+    if target.nm is None and CRITERIA[ranking.criterion].ranks_like_magnitude:  # the same set, chunked
+        return sparsity.zero_smallest_bits(float_bits(values), target.count, threshold=target.threshold)
     return sparsity.apply_mask_bits(float_bits(values), target_mask(values, target, weight, ranking, index))
 
 

@@ -15,9 +15,10 @@ Conventions used throughout:
 """
 
 from onnxprune.sparsity.allocate import GlobalAllocation, allocate_global, count_for_amount, global_counts
+from onnxprune.sparsity.lamp import lamp_allocation, lamp_scores
 from onnxprune.sparsity.nm import nm_mask, nm_valid, nm_zeros_after
-from onnxprune.sparsity.scores import global_keys, lamp_scores, lamp_sorted_keys, magnitude_keys, random_keys
-from onnxprune.sparsity.select import apply_mask_bits, smallest_k_mask
+from onnxprune.sparsity.scores import global_keys, magnitude_keys, random_keys
+from onnxprune.sparsity.select import apply_mask_bits, magnitude_chunks, smallest_k_mask, zero_smallest_bits
 
 __all__ = [
     "GlobalAllocation",
@@ -26,12 +27,14 @@ __all__ = [
     "count_for_amount",
     "global_counts",
     "global_keys",
+    "lamp_allocation",
     "lamp_scores",
-    "lamp_sorted_keys",
+    "magnitude_chunks",
     "magnitude_keys",
     "nm_mask",
     "nm_valid",
     "nm_zeros_after",
     "random_keys",
     "smallest_k_mask",
+    "zero_smallest_bits",
 ]

@@ -110,7 +110,7 @@ def allocate_global(
         threshold = _radix_threshold(keys, total, caps)
         found = (*_counts_at(keys, threshold, caps), threshold)
     below, at_most, threshold = found
-    return GlobalAllocation(_fill_ties(below, at_most, total), threshold)
+    return GlobalAllocation(fill_ties(below, at_most, total), threshold)
 
 
 def _capped_total(
@@ -183,10 +183,17 @@ def _bracketed(
     for layer_keys in keys:
         below.append(int(np.count_nonzero(layer_keys < lo_key)))
         inside.append(np.sort(layer_keys[(layer_keys >= lo_key) & (layer_keys <= hi_key)]))
+    return solve_inside(inside, below, caps, total)
+
+
+def solve_inside(inside: Sequence[np.ndarray], below: Sequence[int], caps: Sequence[int], total: int) -> Counts | None:
+    """Capped counts below and at the threshold, and the threshold, when it lies among the
+    sorted keys ``inside[l]`` of a bracket below which layer ``l`` has ``below[l]`` keys (and
+    above which no key counts); None if the threshold lies below or above the bracket."""
     if sum(min(b, c) for b, c in zip(below, caps, strict=True)) >= total:
         return None  # the threshold lies below the bracket
     candidates = _sorted_unique(np.concatenate(inside))
-    reach = partial(_capped_total, inside, below, [1] * len(keys), caps)
+    reach = partial(_capped_total, inside, below, [1] * len(inside), caps)
     threshold = _smallest_reaching(candidates, reach, total)
     if threshold is None:
         return None  # the threshold lies above the bracket
@@ -234,7 +241,7 @@ def _counts_at(keys: Sequence[np.ndarray], threshold: int, caps: Sequence[int]) 
     return below, at_most
 
 
-def _fill_ties(below: list[int], at_most: list[int], total: int) -> list[int]:
+def fill_ties(below: list[int], at_most: list[int], total: int) -> list[int]:
     """Every layer takes its keys below the threshold, then ties layer by layer up to ``total``."""
     counts = list(below)
     deficit = total - sum(counts)

@@ -18,11 +18,13 @@ A :class:`Criterion` bundles the pure-numpy functions of :mod:`onnxprune.sparsit
   mask keys.
 * ``cheap_global_keys``: computing the global keys is one cheap pass, so they are recomputed
   on access rather than held for the whole model.
-* ``sorted_global_keys(w)``: the same keys as ``global_keys(w)``, sorted, in less memory
-  (LAMP: :func:`~onnxprune.sparsity.scores.lamp_sorted_keys`); a global threshold needs only
-  each tensor's keys as a multiset, so a run that cannot hold every tensor's keys
-  recomputes these on access.
-* ``ranks_like_magnitude``: within a tensor it ranks like ``|w|``, so a calibrated method
+* ``global_allocation(tensors, total, caps)``: the criterion's own search for the global
+  threshold, giving the same counts as :func:`~onnxprune.sparsity.allocate.allocate_global`
+  on ``global_keys`` of each tensor (LAMP: :func:`~onnxprune.sparsity.lamp.lamp_allocation`,
+  two reads of each tensor and no sort); None to search on the keys.
+* ``ranks_like_magnitude``: within a tensor its keys select exactly the sets the magnitude
+  keys select (ties by flat index), so a count target is written by
+  :func:`~onnxprune.sparsity.zero_smallest_bits` (chunked, no mask), and a calibrated method
   that chooses its own mask (Wanda, SparseGPT) loses nothing by replacing it.
 
 Register a new criterion with ``CRITERIA.register(Criterion(...))``; ``Ranking`` (``PruneConfig.ranking``)
@@ -31,13 +33,15 @@ validates ``criterion`` against :data:`CRITERIA` and ``--criterion`` offers its 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from onnxprune.sparsity.allocate import GlobalAllocation
+from onnxprune.sparsity.lamp import lamp_allocation, lamp_scores
 from onnxprune.sparsity.registry import Registry
-from onnxprune.sparsity.scores import global_keys, lamp_scores, lamp_sorted_keys, magnitude_keys, random_keys
+from onnxprune.sparsity.scores import global_keys, magnitude_keys, random_keys
 
 #: keys(w, rng) -> keys shaped like w (rng is None unless the criterion is seeded)
 KeysFn = Callable[[np.ndarray, "np.random.Generator | None"], np.ndarray]
@@ -53,7 +57,7 @@ class Criterion:
     global_keys: Callable[[np.ndarray], np.ndarray] | None = None
     global_is_magnitude: bool = False
     cheap_global_keys: bool = False
-    sorted_global_keys: Callable[[np.ndarray], np.ndarray] | None = None
+    global_allocation: Callable[[Sequence[np.ndarray], int, Sequence[int]], GlobalAllocation] | None = None
     ranks_like_magnitude: bool = False
     seeded: bool = False
 
@@ -103,7 +107,7 @@ LAMP = CRITERIA.register(
         help="layer-adaptive magnitude (LAMP scores): ranks like magnitude, allocates across tensors (global scope)",
         keys=_magnitude_keys,
         global_keys=_lamp_global_keys,
-        sorted_global_keys=lamp_sorted_keys,
+        global_allocation=lamp_allocation,
         ranks_like_magnitude=True,
     )
 )

@@ -18,6 +18,8 @@ against 20 ms for ``np.partition`` of all of them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 
@@ -87,6 +89,94 @@ def _mask_at(flat: np.ndarray, k: int, t: np.generic) -> np.ndarray | None:
             return None
         mask[ties] = True
     return mask
+
+
+#: elements per chunk of :func:`zero_smallest_bits` (its temporaries stay in cache)
+CHUNK = 1 << 18
+
+
+def _sign_clear(dtype: np.dtype) -> np.generic:
+    return dtype.type((1 << (8 * dtype.itemsize - 1)) - 1)
+
+
+def magnitude_chunks(flat: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(start, bits, keys)`` for every chunk of :data:`CHUNK` elements of the 1-D unsigned bit
+    view ``flat``; ``keys`` (the magnitude keys) is one reused buffer, valid until the next chunk."""
+    clear = _sign_clear(flat.dtype)
+    buffer = np.empty(min(CHUNK, flat.size), dtype=flat.dtype)
+    for start in range(0, flat.size, CHUNK):
+        bits = flat[start : start + CHUNK]
+        keys = np.bitwise_and(bits, clear, out=buffer[: bits.size])
+        yield start, bits, keys
+
+
+def _magnitude_kth(flat: np.ndarray, k: int, threshold: int | None) -> tuple[np.generic, int]:
+    """The K-th smallest magnitude key of the bit view ``flat`` and the number of keys below
+    it, in one chunked pass: a given ``threshold`` is checked by counting, else the sampled
+    bracket of :func:`kth_smallest` gathers the keys near the K-th (full sort if it misses)."""
+    n = flat.size
+    key_type = flat.dtype.type
+    if threshold is not None:
+        t = key_type(threshold)
+        below = at_most = 0
+        for _, _, keys in magnitude_chunks(flat):
+            below += int(np.count_nonzero(keys < t))
+            at_most += int(np.count_nonzero(keys <= t))
+        if below < k <= at_most:
+            return t, below
+    sample = np.sort(flat[:: max(1, n // SAMPLE)] & _sign_clear(flat.dtype))
+    m = sample.size
+    at = min(m - 1, (k - 1) * m // n)
+    margin = int(4 * np.sqrt(m)) + 8
+    lo = sample[at - margin] if at - margin > 0 else key_type(0)
+    hi = sample[at + margin] if at + margin < m else key_type(np.iinfo(flat.dtype).max)
+    below = 0
+    inside: list[np.ndarray] = []
+    for _, _, keys in magnitude_chunks(flat):
+        below += int(np.count_nonzero(keys < lo))
+        inside.append(keys[(keys >= lo) & (keys <= hi)])
+    near = np.concatenate(inside)
+    rank = k - 1 - below
+    if 0 <= rank < near.size:
+        t = np.partition(near, rank)[rank]
+        return t, below + int(np.count_nonzero(near < t))
+    keys = flat & _sign_clear(flat.dtype)
+    t = np.partition(keys, k - 1)[k - 1]
+    return t, int(np.count_nonzero(keys < t))
+
+
+def zero_smallest_bits(bits: np.ndarray, k: int, *, threshold: int | None = None) -> np.ndarray:
+    """``apply_mask_bits(bits, smallest_k_mask(magnitude keys of bits, k))`` in two chunked
+    passes and no temporary the size of the tensor: the weights (an unsigned-integer view)
+    with the ``k`` smallest ``|w|`` (ties by flat index) set to ``+0``, as a new array.
+
+    Pass 1 finds the K-th smallest key ``t`` and ``b = #{key < t}`` (``threshold``, when known,
+    is checked by counting); pass 2 keeps ``key > t``, zeros ``key < t``, and zeros the first
+    ``k - b`` keys equal to ``t`` in flat order.
+    """
+    if bits.dtype.kind != "u":
+        raise TypeError(f"expected an unsigned-integer view, got {bits.dtype}")
+    flat = bits.reshape(-1)
+    n = flat.size
+    if not 0 <= k <= n:
+        raise ValueError(f"k must lie in [0, {n}], got {k}")
+    if k == 0:
+        return bits.copy()
+    if k == n:
+        return np.zeros_like(bits)
+    t, below = _magnitude_kth(flat, k, threshold)
+    ties_left = k - below
+    out = np.empty_like(flat)
+    keep = np.empty(min(CHUNK, n), dtype=bool)
+    for start, chunk, keys in magnitude_chunks(flat):
+        stop = start + chunk.size
+        kept = np.greater(keys, t, out=keep[: chunk.size])
+        np.multiply(chunk, kept, out=out[start:stop])
+        ties = np.flatnonzero(keys == t)  # the first ties_left of them (flat order) are zeroed
+        spared = ties[ties_left:]
+        out[start + spared] = chunk[spared]
+        ties_left = max(0, ties_left - ties.size)
+    return out.reshape(bits.shape)
 
 
 def apply_mask_bits(bits: np.ndarray, mask: np.ndarray) -> np.ndarray:

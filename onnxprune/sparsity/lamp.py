@@ -1,0 +1,242 @@
+"""LAMP scores, and one global threshold on them found without sorting a tensor.
+
+LAMP (Lee, Park, Mo, Ahn, Shin: "Layer-adaptive sparsity for the magnitude-based pruning",
+ICLR 2021). Sort the weights of one layer by magnitude, ascending, ``|w_1| <= ... <= |w_n|``
+(ties by flat index, as everywhere in this package). Then
+
+    score(u) = w_u² / Σ_{v >= u} w_v²
+
+The score lies in (0, 1] (zeros score 0), the largest weight of every layer scores 1, and
+pruning by one global threshold on LAMP scores bounds the worst-case output distortion of
+each layer; unlike a global magnitude threshold it never empties a layer whose weights are
+small as a whole. Within a layer it ranks like magnitude, so it only changes how sparsity
+is *allocated* across layers.
+
+How the suffix sum is added up (this fixes the floating-point value of every score)
+    The magnitudes are split into *bins* by the high 16 bits of ``float32(|w|)`` (sign
+    cleared: 8 exponent bits and 7 mantissa bits, so a bin spans a factor of at most
+    ``1 + 2⁻⁷``). ``s_b``, the sum of ``w²`` (float64) over bin ``b``, is accumulated by
+    ``np.bincount`` over chunks of :data:`CHUNK` elements in flat order; ``A_b = Σ_{b' > b}
+    s_b'`` is one cumulative sum over the bins from the top. Within bin ``b``, sorted,
+
+        Σ_{v >= u} w_v² = A_b + (w_u² + ... + w_last²)   (a cumulative sum from the bin's top)
+
+    Equal magnitudes share a bin, so the order inside a bin is the order above. Both
+    :func:`lamp_scores` and :func:`lamp_allocation` add exactly this way, so they agree
+    bit for bit.
+
+The global threshold without a sort (:func:`lamp_allocation`)
+    A global threshold ``T`` on the scores' keys (:func:`~onnxprune.sparsity.scores.global_keys`)
+    with caps is the one of :mod:`onnxprune.sparsity.allocate`. It needs, per layer, only how
+    many keys lie at or below a candidate ``T``. Two passes over each tensor:
+
+    1. *Bins.* Count and ``s_b`` per bin (two ``bincount``\\s a chunk, no sort). For a
+       weight in bin ``b`` with edges ``e_b <= |w| < e_{b+1}``, ``A_b + w² <= Σ_{v>=u} w_v²
+       <= A_b + s_b``, so its score lies in ``[e_b² / (A_b + s_b), e_{b+1}² / (A_b +
+       e_{b+1}²)]`` (widened by the rounding of the sums and of a float64 weight's float32
+       bin). Counting whole bins by these bounds brackets the threshold: ``T_lo``, the
+       smallest key where the upper counts reach the total, and ``T_hi``, where the lower
+       counts do.
+    2. *Exact keys inside the bracket.* Only the bins whose score bounds meet ``[T_lo,
+       T_hi]`` can hold a key in it (a few bins per layer, a few per cent of the weights).
+       Their weights are gathered, sorted, and scored exactly; the weights of the bins below
+       are counted whole. The threshold is then found among the exact keys in the bracket.
+
+    Time: two reads of every tensor and ``O(n)`` work each; the sort is of the gathered bins
+    only. Memory: one chunk's temporaries, the bins, and the gathered weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.sparsity.allocate import GlobalAllocation, fill_ties, solve_inside
+from onnxprune.sparsity.scores import global_keys, magnitude_keys, to_float64
+
+#: Elements per chunk of the bin sums (fixes their rounding, and bounds the temporaries).
+CHUNK = 1 << 22
+#: ``float32(|w|)`` bits are shifted right by this much to give the bin.
+BIN_SHIFT = 16
+_BIN_COUNT = 1 << (31 - BIN_SHIFT)  # sign cleared
+_INF_BIN = 0x7F80_0000 >> BIN_SHIFT  # the bin of float32 infinity
+_EDGE_SLACK = 2.0**-23  # a float64 weight's float32 bin may be one rounding off
+_SUM_SLACK = 2.0**-50  # per element, the relative rounding of a float64 sum of squares
+
+
+def _bin_ids(values: np.ndarray) -> np.ndarray:
+    """The bin of every element (flat, intp): high bits of ``float32(|w|)``."""
+    flat = values.reshape(-1)
+    if flat.dtype != np.float32:
+        flat = np.abs(to_float64(flat)).astype(np.float32)
+    return (magnitude_keys(flat) >> np.uint32(BIN_SHIFT)).astype(np.intp)
+
+
+def _squares(values: np.ndarray) -> np.ndarray:
+    widened = to_float64(values.reshape(-1))
+    return np.multiply(widened, widened, out=widened)
+
+
+@dataclass(frozen=True)
+class Bins:
+    """The non-empty bins of one tensor, ascending: their ids, element counts, sums of
+    squares ``s_b`` and the sums of every bin above, ``A_b`` (see the module docstring)."""
+
+    ids: np.ndarray
+    counts: np.ndarray
+    sums: np.ndarray
+    above: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.counts.sum())
+
+
+def tensor_bins(values: np.ndarray) -> Bins:
+    """Count and sum of squares per bin of ``values`` (any float dtype), chunk by chunk."""
+    flat = values.reshape(-1)
+    counts = np.zeros(_BIN_COUNT, dtype=np.int64)
+    sums = np.zeros(_BIN_COUNT, dtype=np.float64)
+    for start in range(0, flat.size, CHUNK):
+        part = flat[start : start + CHUNK]
+        ids = _bin_ids(part)
+        counts += np.bincount(ids, minlength=_BIN_COUNT)
+        sums += np.bincount(ids, weights=_squares(part), minlength=_BIN_COUNT)
+    ids = np.flatnonzero(counts)
+    kept = sums[ids]
+    top_down = np.cumsum(kept[::-1])[::-1]  # A_b + s_b
+    above = np.append(top_down[1:], 0.0)
+    return Bins(ids=ids, counts=counts[ids], sums=kept, above=above)
+
+
+def _bin_scores(squares: np.ndarray, above: float) -> np.ndarray:
+    """Scores of one bin's weights given their squares in ascending magnitude order."""
+    suffix = np.cumsum(np.concatenate(([above], squares[::-1])))[:0:-1]
+    return np.divide(squares, suffix, out=np.zeros_like(squares), where=suffix > 0)
+
+
+def _sorted_scores(order: np.ndarray, ids: np.ndarray, squares: np.ndarray, bins: Bins) -> np.ndarray:
+    """Scores of the weights ``order`` sorts by magnitude (whole bins only), in that order."""
+    sorted_ids = ids[order]
+    sorted_squares = squares[order]
+    scores = np.empty_like(sorted_squares)
+    bounds = np.flatnonzero(np.diff(sorted_ids)) + 1
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [sorted_ids.size]))
+    where = np.searchsorted(bins.ids, sorted_ids[starts])
+    for start, end, b in zip(starts.tolist(), ends.tolist(), where.tolist(), strict=True):
+        scores[start:end] = _bin_scores(sorted_squares[start:end], float(bins.above[b]))
+    return scores
+
+
+def lamp_scores(w: np.ndarray) -> np.ndarray:
+    """LAMP score of every weight, in the weight's own order (float64, same shape); the
+    reference definition (a whole sort), which :func:`lamp_allocation` reproduces exactly."""
+    flat = w.reshape(-1)
+    scores = np.zeros(flat.size, dtype=np.float64)
+    if flat.size == 0:
+        return scores.reshape(w.shape)
+    bins = tensor_bins(flat)
+    order = np.argsort(magnitude_keys(flat), kind="stable")
+    scores[order] = _sorted_scores(order, _bin_ids(flat), _squares(flat), bins)
+    return scores.reshape(w.shape)
+
+
+def _edge(ids: np.ndarray) -> np.ndarray:
+    """``float32`` value whose bits start bin ``ids``, as float64 (inf past the finite range)."""
+    bits = (ids.astype(np.uint64) << np.uint64(BIN_SHIFT)).astype(np.uint32)
+    return bits.view(np.float32).astype(np.float64)
+
+
+def key_bounds(bins: Bins) -> tuple[np.ndarray, np.ndarray]:
+    """Per bin, keys at most and at least those of all its weights (uint32, non-decreasing)."""
+    slack = _SUM_SLACK * max(bins.size, 1)
+    low_edge = _edge(bins.ids) * (1 - _EDGE_SLACK)
+    high_edge = _edge(np.minimum(bins.ids + 1, _INF_BIN)) * (1 + _EDGE_SLACK)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        whole = bins.above + bins.sums
+        low = np.where(whole > 0, low_edge**2 / (whole * (1 + slack)), 0.0) * (1 - slack)
+        high_sq = high_edge**2
+        high = high_sq / ((bins.above + high_sq) * (1 - slack)) * (1 + slack)
+    low = np.clip(np.nan_to_num(low, nan=0.0, posinf=1.0), 0.0, 1.0)
+    high = np.clip(np.nan_to_num(high, nan=1.0, posinf=1.0), 0.0, 1.0)
+    low_keys = np.minimum.accumulate(global_keys(low)[::-1])[::-1]
+    high_keys = np.maximum.accumulate(global_keys(high))
+    return low_keys, high_keys
+
+
+def _count_reaching(
+    bound_keys: Sequence[np.ndarray], counts: Sequence[np.ndarray], caps: Sequence[int], total: int
+) -> int | None:
+    """The smallest key ``t`` among the bounds with ``Σ min(counts of bins whose bound <= t, cap) >= total``."""
+    candidates = np.unique(np.concatenate(bound_keys))
+    filled = [np.cumsum(c) for c in counts]
+
+    def reach(t: int) -> int:
+        total_at = 0
+        for keys, cumulative, cap in zip(bound_keys, filled, caps, strict=True):
+            n = int(np.searchsorted(keys, t, side="right"))
+            total_at += min(int(cumulative[n - 1]) if n else 0, cap)
+        return total_at
+
+    lo, hi = 0, candidates.size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reach(int(candidates[mid])) >= total:
+            hi = mid
+        else:
+            lo = mid + 1
+    return int(candidates[lo]) if lo < candidates.size else None
+
+
+def _gather_keys(values: np.ndarray, bins: Bins, first: int, last: int) -> np.ndarray:
+    """Exact LAMP keys (sorted) of every weight in bins ``bins.ids[first:last]``."""
+    if first >= last:
+        return np.empty(0, dtype=np.uint32)
+    low_id, high_id = int(bins.ids[first]), int(bins.ids[last - 1])
+    flat = values.reshape(-1)
+    parts: list[np.ndarray] = []
+    for start in range(0, flat.size, CHUNK):
+        part = flat[start : start + CHUNK]
+        ids = _bin_ids(part)
+        parts.append(part[(ids >= low_id) & (ids <= high_id)])
+    gathered = np.concatenate(parts)  # in flat order, so a stable sort breaks ties by index
+    order = np.argsort(magnitude_keys(gathered), kind="stable")
+    scores = _sorted_scores(order, _bin_ids(gathered), _squares(gathered), bins)
+    return global_keys(scores)
+
+
+def lamp_allocation(tensors: Sequence[np.ndarray], total: int, caps: Sequence[int]) -> GlobalAllocation:
+    """Per-layer counts for one global threshold on the LAMP keys of ``tensors`` with caps,
+    the same as :func:`~onnxprune.sparsity.allocate.allocate_global` on ``global_keys(lamp_scores(w))``
+    of each tensor, found in two reads of each (see the module docstring). ``tensors`` may
+    read its items on access (memory-mapped); each is read twice."""
+    if len(tensors) != len(caps):
+        raise ValueError("tensors and caps must have the same length")
+    bins = [tensor_bins(tensors[i]) for i in range(len(tensors))]
+    caps = [min(int(c), b.size) for c, b in zip(caps, bins, strict=True)]
+    if total >= sum(caps):
+        return GlobalAllocation(list(caps), None)
+    if total <= 0:
+        return GlobalAllocation([0] * len(bins), None)
+    bounds = [key_bounds(b) for b in bins]
+    counts = [b.counts for b in bins]
+    t_lo = _count_reaching([low for low, _ in bounds], counts, caps, total)
+    t_hi = _count_reaching([high for _, high in bounds], counts, caps, total)
+    assert t_lo is not None and t_hi is not None and t_lo <= t_hi, "total < Σ caps is reachable"
+    below: list[int] = []
+    inside: list[np.ndarray] = []
+    for i, (low, high) in enumerate(bounds):
+        first = int(np.searchsorted(high, t_lo, side="left"))  # bins before: every key < t_lo
+        last = int(np.searchsorted(low, t_hi, side="right"))  # bins from here: every key > t_hi
+        last = max(last, first)
+        below.append(int(bins[i].counts[:first].sum()))
+        keys = _gather_keys(tensors[i], bins[i], first, last)
+        inside.append(keys[(keys >= t_lo) & (keys <= t_hi)])
+        below[-1] += int(np.count_nonzero(keys < t_lo))
+    found = solve_inside(inside, below, caps, total)
+    assert found is not None, "the bracket holds the threshold"
+    below_t, at_most, threshold = found
+    return GlobalAllocation(fill_ties(below_t, at_most, total), threshold)

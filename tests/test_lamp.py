@@ -1,0 +1,125 @@
+"""LAMP's global threshold found from bins and a gathered bracket equals the search on every key.
+
+:func:`onnxprune.sparsity.lamp_allocation` never sorts a tensor; it must give exactly the
+counts and threshold of :func:`onnxprune.sparsity.allocate_global` on ``global_keys(lamp_scores(w))``
+(the reference, a whole sort per tensor), whatever the dtypes, ties, zeros, caps and totals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from onnxprune import sparsity
+from onnxprune.sparsity import lamp
+
+DTYPES = (np.float32, np.float16, np.float64, ml_dtypes.bfloat16)
+
+
+def _reference(layers: Sequence[np.ndarray], total: int, caps: Sequence[int]) -> sparsity.GlobalAllocation:
+    keys = [sparsity.global_keys(sparsity.lamp_scores(w)) for w in layers]
+    return sparsity.allocate_global(keys, total, caps)
+
+
+def _layer(rng: np.random.Generator, n: int) -> np.ndarray:
+    w = rng.standard_normal(n) * 10 ** rng.uniform(-4, 3)
+    kind = rng.integers(0, 4)
+    if kind == 1:
+        w = np.round(w * 4) / 4  # many ties
+    elif kind == 2:
+        w[rng.random(n) < 0.4] = 0.0  # zeros count first
+    elif kind == 3:
+        w = w**3  # a wide range of exponents
+    return np.clip(w, -6e4, 6e4).astype(DTYPES[rng.integers(0, len(DTYPES))])  # finite in float16
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lamp_allocation_equals_the_search_on_every_key(seed: int):
+    rng = np.random.default_rng(seed)
+    layers = [_layer(rng, int(rng.integers(1, 3000))) for _ in range(int(rng.integers(1, 6)))]
+    caps = [int(rng.uniform(0.3, 1.0) * w.size) for w in layers]
+    total = int(rng.uniform(0, 1) * sum(w.size for w in layers))
+    assert lamp.lamp_allocation(layers, total, caps) == _reference(layers, total, caps)
+
+
+def test_lamp_allocation_across_chunks(monkeypatch):
+    """Bin sums accumulated over many chunks (and the gather chunk by chunk): still exact."""
+    monkeypatch.setattr(lamp, "CHUNK", 97)
+    rng = np.random.default_rng(7)
+    layers = [(rng.standard_normal(5000) * s).astype(np.float32) for s in (1.0, 0.01, 30.0)]
+    layers[0][:300] = layers[0][300]  # ties across chunk boundaries
+    for amount in (0.1, 0.5, 0.93):
+        total = int(amount * 15000)
+        assert lamp.lamp_allocation(layers, total, [5000] * 3) == _reference(layers, total, [5000] * 3)
+
+
+def test_lamp_allocation_edges():
+    zeros = np.zeros(10, np.float32)
+    one = np.array([2.0], np.float32)
+    tiny = np.array([1e-45, 2e-45, 0.0, 1e-40], np.float32)  # subnormals share the lowest bins
+    huge = np.array([3e38, -3e38, 1e38], np.float32)
+    layers = [zeros, one, tiny, huge]
+    for total in range(0, 19):
+        caps = [10, 1, 4, 3]
+        assert lamp.lamp_allocation(layers, total, caps) == _reference(layers, total, caps)
+    assert lamp.lamp_allocation(layers, 18, [10, 1, 4, 3]).counts == [10, 1, 4, 3]  # all taken
+    assert lamp.lamp_allocation(layers, 5, [0, 0, 0, 0]).counts == [0, 0, 0, 0]  # caps forbid it
+    with pytest.raises(ValueError, match="same length"):
+        lamp.lamp_allocation(layers, 3, [1])
+
+
+class _Counted(Sequence[np.ndarray]):
+    def __init__(self, layers: list[np.ndarray]) -> None:
+        self.layers = layers
+        self.reads = [0] * len(layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        self.reads[index] += 1
+        return self.layers[index]
+
+
+def test_lamp_allocation_reads_each_tensor_twice_and_gathers_little(monkeypatch):
+    rng = np.random.default_rng(0)
+    layers = _Counted([(rng.standard_normal(200_000) * s).astype(np.float32) for s in (1.0, 0.2, 5.0, 0.05)])
+    gathered: list[int] = []
+    real = lamp._gather_keys
+
+    def counting(values, bins, first, last):
+        keys = real(values, bins, first, last)
+        gathered.append(keys.size)
+        return keys
+
+    monkeypatch.setattr(lamp, "_gather_keys", counting)
+    total = 400_000
+    found = lamp.lamp_allocation(layers, total, [200_000] * 4)
+    assert found == _reference(layers.layers, total, [200_000] * 4)
+    assert layers.reads == [2, 2, 2, 2]
+    # the score bounds of 2⁻⁷-wide bins bracket the threshold tightly: a few per cent gathered
+    assert sum(gathered) < 0.05 * 800_000
+
+
+def test_lamp_scores_are_exact_per_bin_suffix_sums():
+    """Scores from the bins' sums equal the textbook definition to float64 rounding."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(4000).astype(np.float32)
+    sq = np.sort(w.astype(np.float64) ** 2)
+    textbook = sq / np.cumsum(sq[::-1])[::-1]
+    order = np.argsort(np.abs(w), kind="stable")
+    np.testing.assert_allclose(sparsity.lamp_scores(w)[order], textbook, rtol=1e-12)
+
+
+def test_key_bounds_hold_every_key():
+    rng = np.random.default_rng(2)
+    for dtype in DTYPES:
+        w = _layer(rng, 5000).astype(dtype)
+        bins = lamp.tensor_bins(w)
+        low, high = lamp.key_bounds(bins)
+        keys = sparsity.global_keys(sparsity.lamp_scores(w))
+        where = np.searchsorted(bins.ids, lamp._bin_ids(w))
+        assert np.all(low[where] <= keys) and np.all(keys <= high[where])
