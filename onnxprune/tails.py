@@ -15,7 +15,7 @@ the probes cost about half the forward passes they did, plus one session per lay
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +42,14 @@ class Tails:
         self.graph = self.frontier.graph()
         self.names = [o.name for o in model.graph.output]
 
-    def outputs(self, name: str, value: np.ndarray) -> dict[str, list[np.ndarray]]:
-        """The graph outputs the tail of ``name`` computes, per batch (the others are the dense model's)."""
+    def outputs(
+        self, name: str, value: np.ndarray, *, each: Callable[[int, dict[str, np.ndarray]], bool] | None = None
+    ) -> dict[str, list[np.ndarray]]:
+        """The graph outputs the tail of ``name`` computes, per batch (the others are the dense model's).
+
+        ``each(index, outputs of that batch)`` is called after every batch; once it returns True
+        the tail runs no more batches (they are still read up to the cut, so the frontier stays
+        whole), and the lists hold the batches run."""
         graph = self.graph
         tail = graph.descendants(name)
         outputs = [out for out in self.names if graph.producer.get(out) in tail]
@@ -61,8 +67,11 @@ class Tails:
         replaced = {name: numpy_helper.from_array(np.asarray(value), name)}
         sess = None
         found: dict[str, list[np.ndarray]] = {out: [] for out in outputs}
+        done = False
         for index, feeds in enumerate(self.feeds):
             given = segment.read(feeds, index)  # the cut: values the nodes before the tail make
+            if done:
+                continue
             if sess is None:
                 fed = {n: (np.asarray(v).dtype, np.ndim(v)) for n, v in given.items()}
                 sess = capture_session(sub_model(self.model, graph, sorted(tail), fed, outputs, replaced))
@@ -70,8 +79,10 @@ class Tails:
                 values = sess.run(outputs, {**feeds, **given})
             except Exception as exc:  # onnxruntime raises its own types
                 raise DataError(f"the model fails on the allocation's probe ({runtime.ort_message(exc)})") from exc
-            for out, v in zip(outputs, values, strict=True):
-                found[out].append(np.asarray(v))
+            batch = {out: np.asarray(v) for out, v in zip(outputs, values, strict=True)}
+            for out, v in batch.items():
+                found[out].append(v)
+            done = each is not None and each(index, batch)
         segment.finish()
         log.debug("probe of '%s': %d of %d nodes run", name, len(tail), len(self.model.graph.node))
         return found

@@ -5,6 +5,7 @@ errors, what the result, JSON and metadata record, and a measured gain on the LS
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -268,16 +269,18 @@ def test_the_probe_cuts_its_batches_to_the_byte_budget_and_keeps_its_sample_coun
     seen: list[list[int]] = []
     real = OutputProbe.__init__
 
-    def spy(self, model, weights, feeds, folder=None):
+    def spy(self, model, weights, feeds, folder=None, **kw):
         seen.append([calib.count(f) for f in feeds])
-        real(self, model, weights, feeds, folder)
+        real(self, model, weights, feeds, folder, **kw)
 
     monkeypatch.setattr(OutputProbe, "__init__", spy)
+    monkeypatch.setattr(curve_allocation, "PROBE_REL_SE", 0.0)  # every probe runs all its samples
     config = onnxprune.PruneConfig(sparsity=0.5, method="sparsegpt")
     base, _ = onnxprune.prune(onnx.load(str(LSTM)), config, calibration=calib)
     monkeypatch.setattr(curve_allocation, "BATCH_BYTES", 3 * 40 * 4 * 64 + 1)  # 3 samples' inputs: batches of 2
     cut, _ = onnxprune.prune(onnx.load(str(LSTM)), config, calibration=calib)
-    assert seen[0] == [32] and seen[1] == [2] * 16  # a power of two: exactly PROBE_SAMPLES in whole batches
+    # batches of PROBE_BATCH at most, cut to a power of two: exactly PROBE_SAMPLES in whole batches
+    assert seen[0] == [curve_allocation.PROBE_BATCH] * (32 // curve_allocation.PROBE_BATCH) and seen[1] == [2] * 16
     zeros = [
         {t.name: int(np.count_nonzero(numpy_helper.to_array(t) == 0)) for t in m.graph.initializer} for m in (base, cut)
     ]
@@ -313,6 +316,47 @@ def test_curves_are_not_measured_above_the_trust_region(tmp_path: Path, calib: o
     run = _prune(tmp_path, calib, "short", sparsity=0.5)
     layers = run.result.allocation["layers"]  # type: ignore[index]
     assert all(0.667 < max(entry["levels"]) < 0.75 for entry in layers.values()), layers
+
+
+@pytest.mark.parametrize("tailed", [False, True])
+def test_the_probe_stops_once_the_change_is_known_and_scales_it_to_every_sample(
+    calib: onnxprune.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tailed: bool
+) -> None:
+    """Eight batches of the same two samples: every batch moves the outputs alike (no spread),
+    so the probe stops at PROBE_MIN_BATCHES batches with the change of all eight; batches that
+    differ run on while the spread is high; without counts every batch runs."""
+    model = onnx.load(str(LSTM))
+    inventory = discover(model)
+    weights = list(inventory.prunable)
+    first = next(calib.batches(2))
+    same = [first] * 8
+    folder = (lambda name: tmp_path / name) if tailed else (lambda name: None)
+    full = OutputProbe(model, weights, same, folder("full"))
+    early = OutputProbe(model, weights, same, folder("early"), counts=[2] * 8)
+    varied_feeds = list(calib.batches(2))[:8]
+    varied = OutputProbe(model, weights, varied_feeds, folder("varied"), counts=[2] * 8)
+    monkeypatch.setattr(curve_allocation, "PROBE_REL_SE", 1e-9)  # only a spread of zero settles
+    for weight in weights:
+        values = tensors.read_array(inventory.proto(weight))
+        pruned = np.where(np.abs(values) < np.median(np.abs(values)), 0, values).astype(values.dtype)
+        whole = full.measure(weight, inventory, pruned)
+        stopped = early.measure(weight, inventory, pruned)
+        assert whole.samples == 0 and whole.change > 0
+        assert stopped.samples == 2 * curve_allocation.PROBE_MIN_BATCHES
+        assert stopped.change == pytest.approx(whole.change, rel=1e-6) and stopped.spread == pytest.approx(0, abs=1e-6)
+        assert varied.measure(weight, inventory, pruned).samples == 16  # a spread: never settled
+    for probe in (full, early, varied):
+        probe.close()
+
+
+def test_relative_error_of_the_per_sample_change() -> None:
+    from onnxprune.passes.curve_allocation import _relative_error
+
+    assert math.isnan(_relative_error([1.0], [2]))
+    assert math.isnan(_relative_error([0.0, 0.0], [2, 2]))
+    rates = np.array([1.0, 3.0, 2.0, 2.0])
+    expected = rates.std(ddof=1) / 2 / rates.mean()
+    assert _relative_error(list(rates * 4), [4] * 4) == pytest.approx(expected)
 
 
 def test_progress_runs_forward_through_the_allocation_and_the_pass(calib: onnxprune.Dataset) -> None:
