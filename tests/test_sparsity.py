@@ -323,3 +323,28 @@ def test_zero_smallest_bits_falls_back_when_the_sample_misleads(monkeypatch):
     expected = sparsity.apply_mask_bits(bits, keys <= keys[np.argsort(keys, kind="stable")[49_999]])
     assert np.array_equal(sparsity.zero_smallest_bits(bits, 50_000), expected)
     assert sizes == [keys.size]  # the bracket missed: the whole tensor was partitioned
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize(("shape", "axis"), [((12, 16), 1), ((16, 6), 0), ((5, 8, 3, 3), 1), ((4, 3, 8), 2)])
+def test_nm_zero_bits_and_zeros_after_equal_the_mask_path(monkeypatch, dtype, shape, axis):
+    """Chunked (a few groups a chunk here), ties and signed zeros included: the bits of
+    masking by nm_mask, and the zeros nm_zeros_after counts."""
+    from onnxprune.sparsity import nm
+
+    monkeypatch.setattr(nm, "CHUNK", 13)
+    rng = np.random.default_rng(11)
+    w = np.round(rng.standard_normal(shape) * 3).astype(dtype)  # many ties, many zeros
+    w.reshape(-1)[::7] = -0.0
+    bits = sparsity.scores.float_bits(w)
+    keys = sparsity.magnitude_keys(w)
+    for n, m in ((2, 4), (1, 4), (1, 2), (3, 8)):
+        if shape[axis] % m:
+            continue
+        expected = sparsity.apply_mask_bits(bits, sparsity.nm_mask(keys, n, m, axis))
+        assert np.array_equal(sparsity.nm_zero_bits(bits, n, m, axis), expected)
+        zeros = int(np.count_nonzero(sparsity.magnitude_keys(expected.view(dtype)) == 0))
+        assert sparsity.nm_zeros_after(bits, n, m, axis, sign_bits=True) == zeros
+        assert sparsity.nm_zeros_after(keys, n, m, axis) == zeros
+    with pytest.raises(TypeError):
+        sparsity.nm_zero_bits(w, 2, 4, axis)

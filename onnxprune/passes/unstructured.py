@@ -199,7 +199,9 @@ def target_mask(values: np.ndarray, target: Target, weight: Weight, ranking: Ran
 
 def _pruned_bits(values: np.ndarray, target: Target, weight: Weight, ranking: Ranking, index: int) -> np.ndarray:
     """The tensor's new bit pattern (an unsigned-integer array) after applying ``target``."""
-    if target.nm is None and CRITERIA[ranking.criterion].ranks_like_magnitude:  # the same set, chunked
+    if CRITERIA[ranking.criterion].ranks_like_magnitude:  # the same sets, chunked, no mask
+        if target.nm is not None:
+            return sparsity.nm_zero_bits(float_bits(values), target.nm[0], target.nm[1], weight.in_axis)
         return sparsity.zero_smallest_bits(float_bits(values), target.count, threshold=target.threshold)
     return sparsity.apply_mask_bits(float_bits(values), target_mask(values, target, weight, ranking, index))
 
@@ -210,9 +212,8 @@ def _zeros_after(values: np.ndarray, target: Target, weight: Weight, ranking: Ra
     at ``Σ max(M - N, zeros of the group)`` when the criterion gives zeros the key 0."""
     if target.nm is None:
         return max(target.count, weight.zeros)
-    keys = CRITERIA[ranking.criterion].mask_keys(values, seed=ranking.seed, index=index)
-    if weight.in_axis is not None and CRITERIA[ranking.criterion].ranks_like_magnitude:
-        return sparsity.nm_zeros_after(keys, target.nm[0], target.nm[1], weight.in_axis)
+    if weight.in_axis is not None and CRITERIA[ranking.criterion].ranks_like_magnitude:  # zeros: key 0
+        return sparsity.nm_zeros_after(float_bits(values), target.nm[0], target.nm[1], weight.in_axis, sign_bits=True)
     bits = _pruned_bits(values, target, weight, ranking, index)
     return int(bits.size - np.count_nonzero(bits << np.uint8(1)))
 

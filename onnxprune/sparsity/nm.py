@@ -13,8 +13,10 @@ The pattern needs the reduction length to be a multiple of ``M`` (:func:`nm_vali
 The mask is computed in place of the tensor's layout (the groups are a view, never a
 moved copy): an element is pruned when its rank in its group, ``#{i : k_i < k_j} +
 #{i < j : k_i = k_j}`` (its position in a stable sort), is below ``M - N``; the ranks are
-counted by ``M²`` comparisons of one-byte arrays, so the memory beyond the keys is about a
-quarter of them (a stable argsort held eight bytes per element).
+counted by ``M²`` comparisons of one-byte arrays, a chunk of groups at a time (the memory beyond
+the keys is the mask; a stable argsort held eight bytes per element). For a criterion that ranks
+like magnitude, :func:`nm_zero_bits` goes from the tensor's bits to the pruned bits a chunk at a
+time, with no key array or mask the size of the tensor.
 """
 
 from __future__ import annotations
@@ -28,34 +30,89 @@ def nm_valid(shape: tuple[int, ...], axis: int, m: int) -> bool:
     return length > 0 and length % m == 0
 
 
-def _groups(keys: np.ndarray, m: int, axis: int) -> np.ndarray:
-    """``keys`` viewed as ``[before, length/m, m, after]``: the groups of ``m`` along ``axis``."""
-    shape = keys.shape
+#: elements per chunk of the group computations (their temporaries stay in cache)
+CHUNK = 1 << 18
+
+
+def _group_rows(values: np.ndarray, m: int, axis: int) -> np.ndarray:
+    """``values`` viewed as ``[rows, m, after]``: every group of ``m`` along ``axis`` is one
+    ``[:, :, a]`` column of a row (``rows = before · length/m``)."""
+    shape = values.shape
     before = int(np.prod(shape[:axis], dtype=np.int64))
     after = int(np.prod(shape[axis + 1 :], dtype=np.int64))
-    return np.ascontiguousarray(keys).reshape(before, shape[axis] // m, m, after)
+    return np.ascontiguousarray(values).reshape(before * (shape[axis] // m), m, after)
 
 
-def nm_mask(keys: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
-    """Mask pruning the ``m - n`` smallest keys in every group of ``m`` along ``axis``."""
+def _row_chunks(rows: np.ndarray) -> range:
+    """Starts of consecutive row blocks of about :data:`CHUNK` elements (step: ``range.step``)."""
+    step = max(1, CHUNK // max(rows.shape[1] * rows.shape[2], 1))
+    return range(0, rows.shape[0], step)
+
+
+def _check(shape: tuple[int, ...], n: int, m: int, axis: int) -> int:
     if not 0 < n < m:
         raise ValueError(f"N:M needs 0 < N < M, got {n}:{m}")
-    axis = axis % keys.ndim
-    if not nm_valid(keys.shape, axis, m):
-        raise ValueError(f"axis {axis} of shape {keys.shape} is not a multiple of {m}")
-    groups = _groups(keys, m, axis)
+    axis = axis % len(shape)
+    if not nm_valid(shape, axis, m):
+        raise ValueError(f"axis {axis} of shape {shape} is not a multiple of {m}")
+    return axis
+
+
+def _kept(groups: np.ndarray, n: int, m: int) -> np.ndarray:
+    """For keys ``[rows, m, after]``: True where an element's rank in its group is ``m - n`` or
+    more (kept), counted by ``m²`` comparisons."""
     rank = np.zeros(groups.shape, dtype=np.uint8)
     for j in range(m):
         for i in range(m):
             if i != j:
-                below = groups[:, :, i] < groups[:, :, j] if i > j else groups[:, :, i] <= groups[:, :, j]
-                rank[:, :, j] += below
-    return (rank < m - n).reshape(keys.shape)
+                below = groups[:, i] < groups[:, j] if i > j else groups[:, i] <= groups[:, j]
+                rank[:, j] += below
+    return rank >= m - n
 
 
-def nm_zeros_after(keys: np.ndarray, n: int, m: int, axis: int) -> int:
+def nm_mask(keys: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
+    """Mask pruning the ``m - n`` smallest keys in every group of ``m`` along ``axis``."""
+    axis = _check(keys.shape, n, m, axis)
+    groups = _group_rows(keys, m, axis)
+    mask = np.empty(groups.shape, dtype=bool)
+    chunks = _row_chunks(groups)
+    for start in chunks:
+        stop = start + chunks.step
+        np.logical_not(_kept(groups[start:stop], n, m), out=mask[start:stop])
+    return mask.reshape(keys.shape)
+
+
+def nm_zero_bits(bits: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
+    """``apply_mask_bits(bits, nm_mask(magnitude keys of bits, n, m, axis))`` chunk by chunk,
+    without a key array or a mask the size of the tensor: the weights (an unsigned-integer view)
+    with the ``m - n`` smallest ``|w|`` of every group set to ``+0``, as a new array."""
+    if bits.dtype.kind != "u":
+        raise TypeError(f"expected an unsigned-integer view, got {bits.dtype}")
+    axis = _check(bits.shape, n, m, axis)
+    rows = _group_rows(bits, m, axis)
+    clear = bits.dtype.type((1 << (8 * bits.dtype.itemsize - 1)) - 1)
+    out = np.empty_like(rows)
+    chunks = _row_chunks(rows)
+    for start in chunks:
+        stop = start + chunks.step
+        chunk = rows[start:stop]
+        np.multiply(chunk, _kept(chunk & clear, n, m), out=out[start:stop])
+    return out.reshape(bits.shape)
+
+
+def nm_zeros_after(keys: np.ndarray, n: int, m: int, axis: int, *, sign_bits: bool = False) -> int:
     """Zeros after :func:`nm_mask` (keys of 0 are zeros): ``Σ max(m - n, zeros of the group)``
-    over the groups, without computing the mask (the zeros rank first in every group)."""
+    over the groups, without computing the mask (the zeros rank first in every group).
+    ``sign_bits``: ``keys`` are a float tensor's bits, whose sign bit is ignored (``-0`` is zero)."""
     axis = axis % keys.ndim
-    zeros = np.count_nonzero(_groups(keys, m, axis) == 0, axis=2)
-    return int(np.maximum(zeros, m - n).sum())
+    groups = _group_rows(keys, m, axis)
+    clear = keys.dtype.type((1 << (8 * keys.dtype.itemsize - 1)) - 1) if sign_bits else None
+    total = 0
+    chunks = _row_chunks(groups)
+    for start in chunks:
+        chunk = groups[start : start + chunks.step]
+        if clear is not None:
+            chunk = chunk & clear
+        zeros = np.count_nonzero(chunk == 0, axis=1)
+        total += int(np.maximum(zeros, m - n).sum())
+    return total
