@@ -42,7 +42,7 @@ def test_lamp_allocation_equals_the_search_on_every_key(seed: int):
     layers = [_layer(rng, int(rng.integers(1, 3000))) for _ in range(int(rng.integers(1, 6)))]
     caps = [int(rng.uniform(0.3, 1.0) * w.size) for w in layers]
     total = int(rng.uniform(0, 1) * sum(w.size for w in layers))
-    assert lamp.lamp_allocation(layers, total, caps) == _reference(layers, total, caps)
+    assert lamp.lamp_allocation(layers, total, caps) == _reference(layers, total, caps)  # counts, threshold, below
 
 
 def test_lamp_allocation_across_chunks(monkeypatch):
@@ -64,7 +64,7 @@ def test_lamp_allocation_edges():
     layers = [zeros, one, tiny, huge]
     for total in range(0, 19):
         caps = [10, 1, 4, 3]
-        assert lamp.lamp_allocation(layers, total, caps) == _reference(layers, total, caps)
+        assert lamp.lamp_allocation(layers, total, caps) == _reference(layers, total, caps)  # counts, threshold, below
     assert lamp.lamp_allocation(layers, 18, [10, 1, 4, 3]).counts == [10, 1, 4, 3]  # all taken
     assert lamp.lamp_allocation(layers, 5, [0, 0, 0, 0]).counts == [0, 0, 0, 0]  # caps forbid it
     with pytest.raises(ValueError, match="same length"):

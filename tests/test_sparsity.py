@@ -299,6 +299,12 @@ def test_zero_smallest_bits_equals_the_mask_path(monkeypatch, dtype):
             right = int(flat[k - 1])
             assert np.array_equal(sparsity.zero_smallest_bits(bits, k, threshold=right), expected)
             assert np.array_equal(sparsity.zero_smallest_bits(bits, k, threshold=right + 7), expected)  # ignored
+            below = int(np.count_nonzero(flat < right))
+            assert np.array_equal(sparsity.zero_smallest_bits(bits, k, threshold=right, below=below), expected)
+            # a wrong pair is found out by the counts of the writing pass, and the tensor's own K-th used
+            wrong = sparsity.zero_smallest_bits(bits, k, threshold=right + 7, below=below)
+            assert np.array_equal(wrong, expected)
+            assert np.array_equal(sparsity.zero_smallest_bits(bits, k, threshold=right, below=below + 1), expected)
     with pytest.raises(ValueError):
         sparsity.zero_smallest_bits(bits, w.size + 1)
     with pytest.raises(TypeError):

@@ -56,7 +56,8 @@ class Target:
     nm: tuple[int, int] | None = None
     amount: float | None = None
     reason: str | None = None
-    threshold: int | None = None  # the count-th smallest magnitude key, when a global threshold gives it
+    threshold: int | None = None  # a cut: the count smallest magnitude keys are those below it, then ties
+    below: int | None = None  # with threshold: the number of magnitude keys below it
 
     @property
     def acts(self) -> bool:
@@ -179,12 +180,18 @@ def plan_targets(
         samples = [w.key_sample for w in rest] if criterion.global_is_magnitude else None
         allocated = sparsity.allocate_global(keys, total, caps, sizes=[w.numel for w in rest], samples=samples)
         del keys
-    for weight, count in zip(rest, allocated.counts, strict=True):
-        # float32 global magnitude keys are the tensor's own magnitude keys: the global
-        # threshold is a candidate for its count-th smallest key (checked when masking)
+    for i, (weight, count) in enumerate(zip(rest, allocated.counts, strict=True)):
+        # float32 global magnitude keys are the tensor's own magnitude keys: unless the layer is
+        # capped, its count smallest are the keys below the global threshold and its first ties
         same_keys = criterion.global_is_magnitude and weight.dtype == "float32"
-        threshold = allocated.threshold if same_keys else None
-        targets[weight.key] = Target(count=count, amount=count / weight.numel, threshold=threshold)
+        below = allocated.below[i] if same_keys and allocated.below is not None else None
+        kth = below is not None and below <= count
+        targets[weight.key] = Target(
+            count=count,
+            amount=count / weight.numel,
+            threshold=allocated.threshold if kth else None,
+            below=below if kth else None,
+        )
     return targets
 
 
@@ -202,7 +209,9 @@ def _pruned_bits(values: np.ndarray, target: Target, weight: Weight, ranking: Ra
     if CRITERIA[ranking.criterion].ranks_like_magnitude:  # the same sets, chunked, no mask
         if target.nm is not None:
             return sparsity.nm_zero_bits(float_bits(values), target.nm[0], target.nm[1], weight.in_axis)
-        return sparsity.zero_smallest_bits(float_bits(values), target.count, threshold=target.threshold)
+        return sparsity.zero_smallest_bits(
+            float_bits(values), target.count, threshold=target.threshold, below=target.below
+        )
     return sparsity.apply_mask_bits(float_bits(values), target_mask(values, target, weight, ranking, index))
 
 

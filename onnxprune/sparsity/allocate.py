@@ -59,10 +59,14 @@ def _cumulative_capped(hist: np.ndarray, base: int, cap: int) -> np.ndarray:
 
 class GlobalAllocation(NamedTuple):
     """Per-layer counts, and the threshold ``T`` they come from (None when every layer is
-    empty or filled to its cap, which needs no threshold)."""
+    empty or filled to its cap, which needs no threshold); ``below``: each layer's number of
+    keys strictly below ``T``, uncapped (None without a threshold). Where ``below[l] <=
+    counts[l]``, layer ``l``'s ``counts[l]`` smallest keys are those below ``T`` and its first
+    ``counts[l] - below[l]`` keys equal to ``T``."""
 
     counts: list[int]
     threshold: int | None
+    below: list[int] | None = None
 
 
 def global_counts(
@@ -108,9 +112,8 @@ def allocate_global(
     found = _bracketed(keys, sizes, total, caps, sample_size, samples) if sample_size > 0 else None
     if found is None:
         threshold = _radix_threshold(keys, total, caps)
-        found = (*_counts_at(keys, threshold, caps), threshold)
-    below, at_most, threshold = found
-    return GlobalAllocation(fill_ties(below, at_most, total), threshold)
+        found = Counts(*_counts_at(keys, threshold, caps))
+    return GlobalAllocation(fill_ties(found.below, found.at_most, total), found.threshold, found.uncapped)
 
 
 def _capped_total(
@@ -135,7 +138,14 @@ def _smallest_reaching(candidates: np.ndarray, reach: Callable[[int], float], to
     return int(candidates[lo]) if lo < candidates.size else None
 
 
-Counts = tuple[list[int], list[int], int]  # capped counts below and at most the threshold; the threshold
+class Counts(NamedTuple):
+    """Capped counts of keys below and at most the threshold, the threshold, and the uncapped
+    counts below it."""
+
+    below: list[int]
+    at_most: list[int]
+    threshold: int
+    uncapped: list[int]
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -197,16 +207,15 @@ def solve_inside(inside: Sequence[np.ndarray], below: Sequence[int], caps: Seque
     threshold = _smallest_reaching(candidates, reach, total)
     if threshold is None:
         return None  # the threshold lies above the bracket
-    return (
-        [
-            min(b + int(np.searchsorted(k, threshold, side="left")), c)
-            for k, b, c in zip(inside, below, caps, strict=True)
-        ],
+    strictly = [b + int(np.searchsorted(k, threshold, side="left")) for k, b in zip(inside, below, strict=True)]
+    return Counts(
+        [min(n, c) for n, c in zip(strictly, caps, strict=True)],
         [
             min(b + int(np.searchsorted(k, threshold, side="right")), c)
             for k, b, c in zip(inside, below, caps, strict=True)
         ],
         threshold,
+        strictly,
     )
 
 
@@ -231,14 +240,18 @@ def _radix_threshold(keys: Sequence[np.ndarray], total: int, caps: Sequence[int]
     return (high << 16) | int(np.searchsorted(filled, total, side="left"))
 
 
-def _counts_at(keys: Sequence[np.ndarray], threshold: int, caps: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Capped counts of keys strictly below ``threshold`` and at most ``threshold``."""
+def _counts_at(
+    keys: Sequence[np.ndarray], threshold: int, caps: Sequence[int]
+) -> tuple[list[int], list[int], int, list[int]]:
+    """Capped counts of keys strictly below ``threshold`` and at most ``threshold``, the
+    threshold, and the uncapped counts below it (the fields of :class:`Counts`)."""
     t = np.uint32(threshold)
-    below, at_most = [], []
+    below, at_most, strictly = [], [], []
     for layer_keys, cap in zip(keys, caps, strict=True):
-        below.append(min(int(np.count_nonzero(layer_keys < t)), cap))
+        strictly.append(int(np.count_nonzero(layer_keys < t)))
+        below.append(min(strictly[-1], cap))
         at_most.append(min(int(np.count_nonzero(layer_keys <= t)), cap))
-    return below, at_most
+    return below, at_most, threshold, strictly
 
 
 def fill_ties(below: list[int], at_most: list[int], total: int) -> list[int]:

@@ -238,5 +238,4 @@ def lamp_allocation(tensors: Sequence[np.ndarray], total: int, caps: Sequence[in
         below[-1] += int(np.count_nonzero(keys < t_lo))
     found = solve_inside(inside, below, caps, total)
     assert found is not None, "the bracket holds the threshold"
-    below_t, at_most, threshold = found
-    return GlobalAllocation(fill_ties(below_t, at_most, total), threshold)
+    return GlobalAllocation(fill_ties(found.below, found.at_most, total), found.threshold, found.uncapped)

@@ -26,9 +26,9 @@ import numpy as np
 def smallest_k_mask(keys: np.ndarray, k: int, *, threshold: int | None = None) -> np.ndarray:
     """Boolean mask (shape of ``keys``) of the ``k`` smallest keys, ties by flat index.
 
-    ``threshold``: the K-th smallest key if known. A value for which fewer than ``k``
-    keys lie strictly below it and at least ``k`` at or below it *is* the K-th smallest;
-    any other value is ignored and the partition runs.
+    ``threshold``: a cut if known, a value with at most ``k`` keys strictly below it and at
+    least ``k`` at or below it (the K-th smallest key is one): the mask is the keys below it
+    and the first ties. Any other value is ignored and the partition runs.
     """
     flat = keys.reshape(-1)
     n = flat.size
@@ -77,8 +77,8 @@ def kth_smallest(flat: np.ndarray, k: int) -> np.generic:
 
 
 def _mask_at(flat: np.ndarray, k: int, t: np.generic) -> np.ndarray | None:
-    """The K smallest keys given the K-th smallest ``t``: keys below ``t``, then the first
-    ties; None if ``t`` is not the K-th smallest key of ``flat``."""
+    """The K smallest keys given a cut ``t`` (the K-th smallest key is one): keys below ``t``,
+    then the first ties; None if ``t`` is not a cut of ``flat`` for ``k``."""
     mask = flat < t
     missing = k - int(np.count_nonzero(mask))
     if missing < 0:
@@ -110,19 +110,22 @@ def magnitude_chunks(flat: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.nda
         yield start, bits, keys
 
 
-def _magnitude_kth(flat: np.ndarray, k: int, threshold: int | None) -> tuple[np.generic, int]:
-    """The K-th smallest magnitude key of the bit view ``flat`` and the number of keys below
-    it, in one chunked pass: a given ``threshold`` is checked by counting, else the sampled
-    bracket of :func:`kth_smallest` gathers the keys near the K-th (full sort if it misses)."""
+def _magnitude_kth(flat: np.ndarray, k: int, threshold: int | None, below: int | None) -> tuple[np.generic, int]:
+    """A cut for ``k`` on the magnitude keys of the bit view ``flat`` (the K-th smallest key,
+    or a given ``threshold`` checked by counting, or taken as it is with ``below``) and the
+    number of keys below it, in one chunked pass; the K-th is found by the sampled bracket of
+    :func:`kth_smallest` (full sort if it misses)."""
     n = flat.size
     key_type = flat.dtype.type
+    if threshold is not None and below is not None:
+        return key_type(threshold), below
     if threshold is not None:
         t = key_type(threshold)
         below = at_most = 0
         for _, _, keys in magnitude_chunks(flat):
             below += int(np.count_nonzero(keys < t))
             at_most += int(np.count_nonzero(keys <= t))
-        if below < k <= at_most:
+        if below <= k <= at_most:  # keys below t, then the first ties (none when below == k)
             return t, below
     sample = np.sort(flat[:: max(1, n // SAMPLE)] & _sign_clear(flat.dtype))
     m = sample.size
@@ -145,14 +148,17 @@ def _magnitude_kth(flat: np.ndarray, k: int, threshold: int | None) -> tuple[np.
     return t, int(np.count_nonzero(keys < t))
 
 
-def zero_smallest_bits(bits: np.ndarray, k: int, *, threshold: int | None = None) -> np.ndarray:
+def zero_smallest_bits(
+    bits: np.ndarray, k: int, *, threshold: int | None = None, below: int | None = None
+) -> np.ndarray:
     """``apply_mask_bits(bits, smallest_k_mask(magnitude keys of bits, k))`` in two chunked
     passes and no temporary the size of the tensor: the weights (an unsigned-integer view)
     with the ``k`` smallest ``|w|`` (ties by flat index) set to ``+0``, as a new array.
 
-    Pass 1 finds the K-th smallest key ``t`` and ``b = #{key < t}`` (``threshold``, when known,
-    is checked by counting); pass 2 keeps ``key > t``, zeros ``key < t``, and zeros the first
-    ``k - b`` keys equal to ``t`` in flat order.
+    Pass 1 finds a cut ``t`` with ``b = #{key < t} <= k <= #{key <= t}`` (the K-th smallest key,
+    or a known ``threshold``, checked by counting; with ``below``, its ``b``, the caller vouches
+    for both and pass 1 is skipped, the counts of pass 2 checking them); pass 2 keeps ``key > t``,
+    zeros ``key < t``, and zeros the first ``k - b`` keys equal to ``t`` in flat order.
     """
     if bits.dtype.kind != "u":
         raise TypeError(f"expected an unsigned-integer view, got {bits.dtype}")
@@ -164,10 +170,12 @@ def zero_smallest_bits(bits: np.ndarray, k: int, *, threshold: int | None = None
         return bits.copy()
     if k == n:
         return np.zeros_like(bits)
-    t, below = _magnitude_kth(flat, k, threshold)
+    vouched = threshold is not None and below is not None
+    t, below = _magnitude_kth(flat, k, threshold, below)
     ties_left = k - below
     out = np.empty_like(flat)
     keep = np.empty(min(CHUNK, n), dtype=bool)
+    greater = equal = 0
     for start, chunk, keys in magnitude_chunks(flat):
         stop = start + chunk.size
         kept = np.greater(keys, t, out=keep[: chunk.size])
@@ -176,6 +184,10 @@ def zero_smallest_bits(bits: np.ndarray, k: int, *, threshold: int | None = None
         spared = ties[ties_left:]
         out[start + spared] = chunk[spared]
         ties_left = max(0, ties_left - ties.size)
+        greater += int(np.count_nonzero(kept))
+        equal += ties.size
+    if vouched and not (n - greater - equal == below and below <= k <= below + equal):
+        return zero_smallest_bits(bits, k)  # the caller's threshold was not this tensor's K-th key
     return out.reshape(bits.shape)
 
 
