@@ -47,9 +47,9 @@ class Tails:
     ) -> dict[str, list[np.ndarray]]:
         """The graph outputs the tail of ``name`` computes, per batch (the others are the dense model's).
 
-        ``each(index, outputs of that batch)`` is called after every batch; once it returns True
-        the tail runs no more batches (they are still read up to the cut, so the frontier stays
-        whole), and the lists hold the batches run."""
+        ``each(index, outputs of that batch)`` is called after every batch instead of keeping
+        them (the lists are then empty); once it returns True the tail runs no more batches (they
+        are still read up to the cut, so the frontier stays whole)."""
         graph = self.graph
         tail = graph.descendants(name)
         outputs = [out for out in self.names if graph.producer.get(out) in tail]
@@ -80,9 +80,11 @@ class Tails:
             except Exception as exc:  # onnxruntime raises its own types
                 raise DataError(f"the model fails on the allocation's probe ({runtime.ort_message(exc)})") from exc
             batch = {out: np.asarray(v) for out, v in zip(outputs, values, strict=True)}
+            if each is not None:
+                done = each(index, batch)
+                continue
             for out, v in batch.items():
                 found[out].append(v)
-            done = each is not None and each(index, batch)
         segment.finish()
         log.debug("probe of '%s': %d of %d nodes run", name, len(tail), len(self.model.graph.node))
         return found

@@ -5,8 +5,11 @@ selects; :func:`plan_targets` decides for each prunable tensor, from the
 :class:`~onnxprune.config.Allocation` (and the :class:`~onnxprune.config.Ranking` for a global
 threshold), either a count (local, global or plan) or an N:M pattern; :func:`prune_weights`
 turns each decision into a mask by the ranking's keys (:func:`target_mask`, with the pure-numpy
-functions of :mod:`onnxprune.sparsity`) and writes the zeros into the tensor's own bytes. A tensor that gains no new zero is not rewritten, so it stays
-byte-identical, as does every tensor that is not a pruned weight.
+functions of :mod:`onnxprune.sparsity`) and writes the zeros into the tensor's own bytes; for a
+criterion that ranks like magnitude the same zeros are written chunk by chunk from the tensor's
+bits, with no mask or key array (:func:`~onnxprune.sparsity.zero_smallest_bits`,
+:func:`~onnxprune.sparsity.nm_zero_bits`). A tensor that gains no new zero is not rewritten, so
+it stays byte-identical, as does every tensor that is not a pruned weight.
 
 **Streamed.** On a model loaded without its external data (``context.tensors``, a
 :class:`~onnxprune.graph.lazy.TensorSource`), every value is read through the source, one
