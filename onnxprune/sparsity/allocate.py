@@ -126,7 +126,7 @@ def _capped_total(
     )
 
 
-def _smallest_reaching(candidates: np.ndarray, reach: Callable[[int], float], total: int) -> int | None:
+def smallest_reaching(candidates: np.ndarray, reach: Callable[[int], float], total: int) -> int | None:
     """The smallest of the sorted ``candidates`` with ``reach(t) >= total`` (None if none)."""
     lo, hi = 0, candidates.size
     while lo < hi:
@@ -177,7 +177,7 @@ def _bracketed(
         samples = [np.sort(k[::stride]) for k in keys]
     merged = _sorted_unique(np.concatenate(samples))
     scale = [n / max(s.size, 1) for n, s in zip(sizes, samples, strict=True)]
-    estimate = _smallest_reaching(merged, partial(_capped_total, samples, [0] * len(keys), scale, caps), total)
+    estimate = smallest_reaching(merged, partial(_capped_total, samples, [0] * len(keys), scale, caps), total)
     if estimate is None:
         return None
     rank = int(np.searchsorted(merged, estimate))
@@ -204,7 +204,7 @@ def solve_inside(inside: Sequence[np.ndarray], below: Sequence[int], caps: Seque
         return None  # the threshold lies below the bracket
     candidates = _sorted_unique(np.concatenate(inside))
     reach = partial(_capped_total, inside, below, [1] * len(inside), caps)
-    threshold = _smallest_reaching(candidates, reach, total)
+    threshold = smallest_reaching(candidates, reach, total)
     if threshold is None:
         return None  # the threshold lies above the bracket
     strictly = [b + int(np.searchsorted(k, threshold, side="left")) for k, b in zip(inside, below, strict=True)]

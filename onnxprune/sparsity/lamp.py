@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxprune.sparsity.allocate import GlobalAllocation, fill_ties, solve_inside
+from onnxprune.sparsity.allocate import GlobalAllocation, fill_ties, smallest_reaching, solve_inside
 from onnxprune.sparsity.scores import global_keys, magnitude_keys, to_float64
 
 #: Elements per chunk of the bin sums (fixes their rounding, and bounds the temporaries).
@@ -181,14 +181,7 @@ def _count_reaching(
             total_at += min(int(cumulative[n - 1]) if n else 0, cap)
         return total_at
 
-    lo, hi = 0, candidates.size
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if reach(int(candidates[mid])) >= total:
-            hi = mid
-        else:
-            lo = mid + 1
-    return int(candidates[lo]) if lo < candidates.size else None
+    return smallest_reaching(candidates, reach, total)
 
 
 def _gather_keys(values: np.ndarray, bins: Bins, first: int, last: int) -> np.ndarray:
