@@ -329,14 +329,15 @@ def allocate_layers(
         return Allocated("uniform", dict(targets), seconds=seconds, steps=len(layers))
     new_targets, curves, predicted = result
     log.info(
-        "allocation by error curves: %d layers (%d fixed) in %.1fs (capture %.1fs, curves %.1fs, probe %.1fs); "
-        "predicted output change %.4g (uniform %.4g)",
+        "allocation by error curves: %d layers (%d fixed) in %.1fs (capture %.1fs, curves %.1fs, probe %.1fs, "
+        "%.1f samples a layer); predicted output change %.4g (uniform %.4g)",
         len(curves),
         len(fixed),
         seconds["total"],
         seconds["capture"],
         seconds["curves"],
         seconds["probe"],
+        sum(c.probe_samples for c in curves.values()) / max(len(curves), 1),
         predicted["curves"],
         predicted["uniform"],
     )
