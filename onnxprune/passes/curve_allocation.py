@@ -50,7 +50,7 @@ Weights (the probe)
     :data:`PROBE_MIN_BATCHES` batches; ``d_l`` is then the batches' sum scaled by ``N / n``.
     Outputs that average over many positions (a detector's map) move alike on every sample
     and settle early; a text line's logits do not, and run all 32. Measured with every probe
-    run in full (``-v``, the per-batch changes recorded): PP-OCRv4 det at 640×640 (50 %)
+    run in full (``tools/probe_spread.py``, the per-batch changes recorded): PP-OCRv4 det at 640×640 (50 %)
     would stop at 15.2 samples a layer on average (the estimate within 14 % of the full one
     for 90 % of the layers, 51 % at worst), PP-OCRv4 rec at 48×1280 (70 %) at 29.6 (within
     3 %, 17 % at worst); det's text-map IoU did not move even with every probe cut to 8
