@@ -22,7 +22,6 @@ import numpy as np
 from onnx import ModelProto, numpy_helper
 
 from onnxprune import runtime
-from onnxprune.errors import DataError
 from onnxprune.frontier import Frontier, capture_session, sub_model
 
 log = logging.getLogger(__name__)
@@ -75,11 +74,7 @@ class Tails:
             if sess is None:
                 fed = {n: (np.asarray(v).dtype, np.ndim(v)) for n, v in given.items()}
                 sess = capture_session(sub_model(self.model, graph, sorted(tail), fed, outputs, replaced))
-            try:
-                values = sess.run(outputs, {**feeds, **given})
-            except Exception as exc:  # onnxruntime raises its own types
-                raise DataError(f"the model fails on the allocation's probe ({runtime.ort_message(exc)})") from exc
-            batch = {out: np.asarray(v) for out, v in zip(outputs, values, strict=True)}
+            batch = runtime.run_batch(sess, outputs, {**feeds, **given}, index)  # a failure: DataError
             if each is not None:
                 done = each(index, batch)
                 continue

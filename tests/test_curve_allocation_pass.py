@@ -371,21 +371,29 @@ def test_progress_runs_forward_through_the_allocation_and_the_pass(calib: onnxpr
     assert [done for done, _ in seen] == list(range(1, len(seen) + 1)) and seen[-1][0] == seen[-1][1]
 
 
-def test_a_probe_that_onnxruntime_refuses_is_a_data_error(calib: onnxprune.Dataset) -> None:
-    """A run of the probe that fails says so as the library's DataError, naming the way around it."""
+class _Refusing:
+    def run(self, *_: object) -> None:
+        raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : bad feed")
+
+
+@pytest.mark.parametrize("tailed", [False, True])
+def test_a_probe_that_onnxruntime_refuses_is_a_data_error(
+    calib: onnxprune.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tailed: bool
+) -> None:
+    """A run of the probe that fails (its fed session, or a tail's) says so as the library's
+    DataError, naming the way around it."""
     model = onnx.load(str(LSTM))
     inventory = discover(model)
     weight = next(iter(inventory.prunable))
-    probe = OutputProbe(model, [weight], probe_batches(calib, 32))
-
-    class Refusing:
-        def run(self, *_: object) -> None:
-            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : bad feed")
-
-    probe.session = Refusing()  # type: ignore[assignment]
+    probe = OutputProbe(model, [weight], probe_batches(calib, 32), tmp_path / "probe" if tailed else None)
+    if tailed:
+        monkeypatch.setattr("onnxprune.tails.capture_session", lambda source: _Refusing())
+    else:
+        probe.session = _Refusing()  # type: ignore[assignment]
     values = tensors.read_array(inventory.proto(weight))
-    with pytest.raises(onnxprune.DataError, match=r"allocation's probe.*uniform"):
+    with pytest.raises(onnxprune.DataError, match=r"bad feed.*allocation's probe.*uniform"):
         probe.change(weight, inventory, values)
+    probe.close()
 
 
 def test_admm_curves_are_measured_by_sparsegpt_and_its_layers_solved_by_admm(

@@ -88,7 +88,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -483,24 +484,19 @@ class OutputProbe:
         if self.tails is not None:
             self.tails.frontier.reset("the probes are done")
 
-    def _run(self, feed: dict[str, np.ndarray], override: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The float outputs of the fed session on one batch."""
+    def _run(self, index: int, override: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The outputs of the fed session on batch ``index``."""
         assert self.session is not None
-        try:
-            values = self.session.run(self.names, {**feed, **override})
-        except Exception as exc:  # onnxruntime raises its own types
-            raise DataError(
-                f"the model fails on the allocation's probe ({runtime.ort_message(exc)}); "
-                f"{opt('allocator', 'uniform')} does without it"
-            ) from exc
-        return dict(zip(self.names, values, strict=True))
+        with _probing():
+            return runtime.run_batch(self.session, self.names, {**self.feeds[index], **override}, index)
 
     def _outputs(self, override: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
         """Each float output, batch by batch."""
         if self.session is not None:
-            runs = [self._run(feed, override) for feed in self.feeds]
+            runs = [self._run(index, override) for index in range(len(self.feeds))]
         else:
-            runs = read_values(self.model, self.names, self.feeds)
+            with _probing():
+                runs = read_values(self.model, self.names, self.feeds)
         out = {}
         for name in self.names:
             parts = [np.asarray(run[name]) for run in runs]
@@ -540,12 +536,13 @@ class OutputProbe:
             return self._settled(moved)
 
         if weight.name in self.tailed and self.tails is not None:
-            self.tails.outputs(weight.name, stored, each=take)  # the outputs not in its tail do not move
+            with _probing():
+                self.tails.outputs(weight.name, stored, each=take)  # the outputs not in its tail do not move
             if not moved:  # no output depends on the weight: nothing ran, nothing moved
                 return Probed(0.0, 0, math.nan)
         elif weight.name in self.fed:
-            for index, feed in enumerate(self.feeds):
-                if take(index, self._run(feed, {weight.name: stored})):
+            for index in range(len(self.feeds)):
+                if take(index, self._run(index, {weight.name: stored})):
                     break
         else:
             proto = inventory.proto(weight)
@@ -566,6 +563,15 @@ class OutputProbe:
     def change(self, weight: Weight, inventory: Inventory, stored: np.ndarray) -> float:
         """:meth:`measure`'s ``d``."""
         return self.measure(weight, inventory, stored).change
+
+
+@contextmanager
+def _probing() -> Iterator[None]:
+    """A batch the model fails on in the probe (a :class:`DataError`): said so, with the way around it."""
+    try:
+        yield
+    except DataError as exc:
+        raise DataError(f"{exc}; in the allocation's probe: {opt('allocator', 'uniform')} does without it") from exc
 
 
 @dataclass(frozen=True)
