@@ -10,15 +10,16 @@ same set.
 Finding ``t`` (:func:`kth_smallest`) costs O(n) without partitioning all ``n`` keys: a
 strided sample of ``m`` keys brackets the K-th smallest between two sample order statistics
 ``lo ≤ hi`` (the sample quantile ``K/n`` ± ``4√m + 8`` ranks: a binomial rank error of many
-standard deviations); one pass counts the keys below ``lo``, another gathers the few keys in
-``[lo, hi]`` and partitions only those. If the bracket misses (possible for adversarial
+standard deviations); one pass counts the keys below ``lo`` and gathers the few keys in
+``[lo, hi]``, and only those are partitioned (:func:`zero_smallest_bits` runs the same bracket
+over chunks of magnitude keys). If the bracket misses (possible for adversarial
 orders), the full partition runs, so ``t`` is always exact. On 1.5 M float32 keys: 5 ms
 against 20 ms for ``np.partition`` of all of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -57,23 +58,41 @@ SAMPLE = 1 << 14
 def kth_smallest(flat: np.ndarray, k: int) -> np.generic:
     """The K-th smallest (1-based) of the 1-D ``flat``, exactly (see module docstring)."""
     n = flat.size
-    if n < SAMPLED_FROM:
-        return np.partition(flat, k - 1)[k - 1]
-    sample = flat[:: n // SAMPLE]
+    if n >= SAMPLED_FROM:
+        found = _bracketed_kth(lambda: iter((flat,)), flat[:: n // SAMPLE], n, k)
+        if found is not None:
+            return found[0]
+    return np.partition(flat, k - 1)[k - 1]
+
+
+def _bracketed_kth(
+    chunks: Callable[[], Iterator[np.ndarray]], sample: np.ndarray, n: int, k: int
+) -> tuple[np.generic, int] | None:
+    """The K-th smallest of ``n`` keys, read as ``chunks()``, and how many lie below it, from a
+    strided ``sample`` of them: the sample quantile ``K/n`` ± ``4√m + 8`` ranks brackets it, one
+    pass counts the keys below the bracket and gathers those in it, and only those are
+    partitioned. None if the bracket misses (possible for adversarial orders)."""
     m = sample.size
     at = min(m - 1, (k - 1) * m // n)
     margin = int(4 * np.sqrt(m)) + 8
     lo_rank, hi_rank = max(0, at - margin), min(m - 1, at + margin)
     bounds = np.partition(sample, (lo_rank, hi_rank))
-    lo, hi = bounds[lo_rank], bounds[hi_rank]
-    below = int(np.count_nonzero(flat < lo)) if lo_rank > 0 else 0
-    if lo_rank == 0:
-        lo = flat.dtype.type(0) if flat.dtype.kind == "u" else flat.min()
-    inside = flat[(flat >= lo) & (flat <= hi)] if hi_rank < m - 1 else flat[flat >= lo]
+    lo = bounds[lo_rank] if lo_rank > 0 else None  # None: no bound on that side
+    hi = bounds[hi_rank] if hi_rank < m - 1 else None
+    below = 0
+    inside: list[np.ndarray] = []
+    for keys in chunks():
+        if lo is None:
+            inside.append(keys[keys <= hi] if hi is not None else keys.copy())
+            continue
+        below += int(np.count_nonzero(keys < lo))
+        inside.append(keys[(keys >= lo) & (keys <= hi)] if hi is not None else keys[keys >= lo])
+    near = np.concatenate(inside)
     rank = k - 1 - below
-    if 0 <= rank < inside.size:
-        return np.partition(inside, rank)[rank]
-    return np.partition(flat, k - 1)[k - 1]
+    if not 0 <= rank < near.size:
+        return None
+    t = np.partition(near, rank)[rank]
+    return t, below + int(np.count_nonzero(near < t))
 
 
 def _mask_at(flat: np.ndarray, k: int, t: np.generic) -> np.ndarray | None:
@@ -114,7 +133,7 @@ def _magnitude_kth(flat: np.ndarray, k: int, threshold: int | None, below: int |
     """A cut for ``k`` on the magnitude keys of the bit view ``flat`` (the K-th smallest key,
     or a given ``threshold`` checked by counting, or taken as it is with ``below``) and the
     number of keys below it, in one chunked pass; the K-th is found by the sampled bracket of
-    :func:`kth_smallest` (full sort if it misses)."""
+    :func:`kth_smallest` (a partition of every key if it misses)."""
     n = flat.size
     key_type = flat.dtype.type
     if threshold is not None and below is not None:
@@ -127,22 +146,10 @@ def _magnitude_kth(flat: np.ndarray, k: int, threshold: int | None, below: int |
             at_most += int(np.count_nonzero(keys <= t))
         if below <= k <= at_most:  # keys below t, then the first ties (none when below == k)
             return t, below
-    sample = np.sort(flat[:: max(1, n // SAMPLE)] & _sign_clear(flat.dtype))
-    m = sample.size
-    at = min(m - 1, (k - 1) * m // n)
-    margin = int(4 * np.sqrt(m)) + 8
-    lo = sample[at - margin] if at - margin > 0 else key_type(0)
-    hi = sample[at + margin] if at + margin < m else key_type(np.iinfo(flat.dtype).max)
-    below = 0
-    inside: list[np.ndarray] = []
-    for _, _, keys in magnitude_chunks(flat):
-        below += int(np.count_nonzero(keys < lo))
-        inside.append(keys[(keys >= lo) & (keys <= hi)])
-    near = np.concatenate(inside)
-    rank = k - 1 - below
-    if 0 <= rank < near.size:
-        t = np.partition(near, rank)[rank]
-        return t, below + int(np.count_nonzero(near < t))
+    sample = flat[:: max(1, n // SAMPLE)] & _sign_clear(flat.dtype)
+    found = _bracketed_kth(lambda: (keys for _, _, keys in magnitude_chunks(flat)), sample, n, k)
+    if found is not None:
+        return found
     keys = flat & _sign_clear(flat.dtype)
     t = np.partition(keys, k - 1)[k - 1]
     return t, int(np.count_nonzero(keys < t))
