@@ -8,8 +8,8 @@ with finite outputs. When the output fails, the input model is tried the same wa
 the message says whether the model, the synthetic input or onnxprune is at fault.
 
 A streamed output (written tensor by tensor from a model read lazily, see
-:mod:`onnxprune.graph.lazy`) whose weights do not fit in memory for an onnxruntime run
-(:func:`~onnxprune.graph.memory.fits_in_memory`) is checked by the checker on its
+:mod:`onnxprune.graph.lazy`) too large for an onnxruntime run within the stream's memory
+(:func:`~onnxprune.graph.memory.stream_can_run`) is checked by the checker on its
 skeleton and then tensor by tensor instead (:func:`~onnxprune.graph.tensor_check.check_written`:
 same dims and types as the input, zeros where the masks put them, every other value
 bit-equal to the input's); the report says so (:attr:`ValidationReport.tensors`).
@@ -30,10 +30,9 @@ from onnxprune import runtime
 from onnxprune.batch_axes import batch_axes as infer_batch_axes
 from onnxprune.data.layout import format_dims
 from onnxprune.errors import DataError, MissingKernelError, OnnxPruneError, ShapeGuessError, ValidationError, opt
-from onnxprune.graph.memory import fits_in_memory
-from onnxprune.graph.model_io import load_model_lazily, tensor_bytes
+from onnxprune.graph.model_io import load_model_lazily, streamed_run_fits, tensor_bytes
 from onnxprune.graph.tensor_check import check_written
-from onnxprune.graph.writer import WrittenTensor
+from onnxprune.graph.writer import ReadBack, WrittenTensor
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +66,7 @@ def validate_model(
     checker_path: str | Path | None = None,
     feeds: Mapping[str, np.ndarray] | None = None,
     written: Mapping[str, WrittenTensor] | None = None,
+    verified: ReadBack | None = None,
 ) -> ValidationReport:
     """Validate the model at ``path``; ``reference`` is the input it was derived from.
 
@@ -89,7 +89,8 @@ def validate_model(
     ``written``: the writer's records of a streamed output (see the module docstring, and
     :meth:`~onnxprune.graph.model_io.StagedOutput.write`: kept when the weights do not fit in
     memory); the per-tensor check against ``reference`` then replaces the onnxruntime session
-    and run.
+    and run. ``verified``: the tensors the writer read back as written
+    (:func:`~onnxprune.graph.writer.read_back`), which that check does not read again.
     """
     shapes = dict(input_shapes or {})
     checker = "passed"
@@ -103,10 +104,14 @@ def validate_model(
         log.warning("the input model fails onnx.checker too (%s): checked with onnxruntime only", message)
         checker = "skipped: the input model does not pass onnx.checker either"
     if written is not None and reference is not None:
-        weights = tensor_bytes(load_model_lazily(checker_path or path).model, external=True)
-        if not fits_in_memory(weights):
-            check = check_written(checker_path or path, reference, written)
-            why = f"not run: {weights} bytes of weights do not fit in the memory available for onnxruntime"
+        skeleton = load_model_lazily(checker_path or path).model
+        if not streamed_run_fits(skeleton):
+            check = check_written(checker_path or path, reference, written, verified=verified)
+            weights = tensor_bytes(skeleton, external=True)
+            why = (
+                f"not run: {weights} bytes of weights are more than a streamed run holds "
+                "or than the memory available for onnxruntime"
+            )
             return ValidationReport(checker, why, False, check.describe())
     sess = None
     if checker_path is not None and Path(checker_path) != Path(path):

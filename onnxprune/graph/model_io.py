@@ -32,12 +32,12 @@ from onnx.external_data_helper import set_external_data
 from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError
 from onnxprune.graph import tensors
 from onnxprune.graph.lazy import TensorSource, external_entries
-from onnxprune.graph.memory import fits_in_memory
+from onnxprune.graph.memory import stream_can_run
 from onnxprune.graph.outputs import Read, Write, check_outputs, publish, same_file, staging_dir
 from onnxprune.graph.sanity import MALFORMED, check_model, check_text, checked_numel, payload_bytes, refuse_nonfinite
 from onnxprune.graph.skeleton import skeleton
 from onnxprune.graph.walk import all_graphs, all_tensors
-from onnxprune.graph.writer import Records, Replacement, apply_replacements, write_external, write_model
+from onnxprune.graph.writer import ReadBack, Records, Replacement, apply_replacements, write_external, write_model
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,14 @@ def tensor_bytes(model: ModelProto, *, external: bool = False) -> int:
     return sum(tensors.data_bytes(t) for t in all_tensors(model) if external or t.data_location != TensorProto.EXTERNAL)
 
 
+def streamed_run_fits(model: ModelProto) -> bool:
+    """True if the streamed model ``model`` (a skeleton: its external tensors' dims and types)
+    is validated by an onnxruntime run rather than tensor by tensor
+    (:func:`~onnxprune.graph.memory.stream_can_run`)."""
+    sizes = [tensors.data_bytes(t) for t in all_tensors(model)]
+    return stream_can_run(sum(sizes), max(sizes, default=0))
+
+
 @dataclass(frozen=True)
 class SavedModel:
     """What :func:`save_model` wrote."""
@@ -386,6 +394,9 @@ class StagedOutput:
         self._skeleton: Path | None = None
         #: what a write from a lazy source recorded of each replaced tensor (None otherwise)
         self.records: Records | None = None
+        #: with records and external data: the tensors read back as written (see
+        #: :func:`~onnxprune.graph.writer.read_back`), which the check of the file need not read
+        self.verified: ReadBack | None = None
 
     def __enter__(self) -> StagedOutput:
         try:
@@ -433,25 +444,33 @@ class StagedOutput:
         external data (:func:`~onnxprune.graph.writer.write_model`,
         :func:`~onnxprune.graph.writer.write_external`: the same bytes as the loaded model
         written by this method); ``model`` is left as it is and :attr:`records` says what was
-        written for each replaced tensor, when ``record`` says so (None: when the weights do not
-        fit in memory for an onnxruntime run, :func:`~onnxprune.graph.memory.fits_in_memory`,
-        so that the output is checked tensor by tensor instead).
+        written for each replaced tensor, when ``record`` says so (None: when the output is not
+        run in onnxruntime, :func:`streamed_run_fits`, so that it is checked tensor by tensor
+        instead).
         """
         replacements = replacements or {}
         self._skeleton = None  # a second write replaces the first one entirely
         if record is None:
-            record = source is not None and not fits_in_memory(tensor_bytes(model, external=True))
+            record = source is not None and not streamed_run_fits(model)
         self.records = {} if source is not None and record else None
         staged_data = self.model_path.parent / self.data_name
         if external_data is None:
             external_data = tensor_bytes(model, external=source is not None) > EXTERNAL_DATA_THRESHOLD
             if external_data:
                 log.info("model tensors exceed %d bytes: saving with external data", EXTERNAL_DATA_THRESHOLD)
+        self.verified = {} if self.records is not None and external_data else None
         try:
             if external_data and source is not None:
-                with open(self.model_path, "wb") as handle, open(staged_data, "wb") as data:
+                with open(self.model_path, "wb") as handle, open(staged_data, "w+b") as data:
                     write_external(
-                        model, handle, data, self.data_name, replacements, source=source, records=self.records
+                        model,
+                        handle,
+                        data,
+                        self.data_name,
+                        replacements,
+                        source=source,
+                        records=self.records,
+                        verified=self.verified,
                     )
                     for written in (handle, data):
                         written.flush()

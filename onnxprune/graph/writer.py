@@ -25,17 +25,38 @@ with the layout ``onnx.save_model`` gives the loaded model after
 :func:`onnxprune.graph.model_io.save_external_data` (same order, same offsets, same
 entries). Either way the model is never held in memory, only the tensor being written.
 With a source, each replaced tensor is also *recorded* (:class:`WrittenTensor`): how many
-of its elements changed and a digest of which, so that a check of the written file
-(:mod:`onnxprune.graph.tensor_check`) can compare the bytes on disk with the input and
-with what pruning decided.
+of its elements changed, a digest of which, and how many of them are not ``+0``, so that a
+check of the written file (:mod:`onnxprune.graph.tensor_check`) can compare the bytes on disk
+with the input and with what pruning decided.
+
+**Read back.** :func:`write_external` can read each data-file tensor back right after writing
+it, while its bytes and the input's are still in the page cache, and compare them with what
+it wrote (:func:`read_back`, in chunks of :data:`READ_BACK_CHUNK`); the regions that read back
+the same are listed (:data:`ReadBack`), and the check of the file compares only the others
+with the input. A model larger than memory is then read once more in all, not twice after
+its write (both files, from disk): 12 GB of 0.5 GB tensors, the check went from 8.7 s to
+the read-backs' 3 s (``tools/bench_large.py``).
+
+**One ahead.** :func:`write_external` computes each tensor's bytes (the replacement callbacks:
+pruning, the records) on a second thread while it writes the tensor before
+(:func:`computed_ahead`): writing a model larger than the page cache waits on the disk, and
+the pruning of the next tensor fills that wait. The callbacks still run one at a time and in
+order, and two tensors are alive at once, not one. On ``tools/bench_large.py``'s 12 GB model
+(0.5 GB tensors), ``prune --sparsity 0.5`` against a ``cp`` of the same files, the code before
+and after run side by side, medians of 3: 2.66× → 2.12× with the read-backs alone, 2.38× →
+1.32× with both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from functools import partial
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
@@ -50,12 +71,17 @@ if TYPE_CHECKING:
     from onnxprune.graph.lazy import TensorSource
 
 Replacement = Callable[[TensorProto], bytes | memoryview]
+T = TypeVar("T")
 #: tensor name -> (offset, length) of its raw_data payload in the written file
 Layout = dict[str, tuple[int, int]]
 #: tensors with at least this many bytes of raw_data are recorded in the layout
 LAYOUT_MIN_BYTES = 1 << 16
 #: tensor name -> what was written for it (see :class:`WrittenTensor`)
 Records = dict[str, "WrittenTensor"]
+#: tensor name -> (data file, offset, length) of the bytes :func:`read_back` found as written
+ReadBack = dict[str, tuple[str, int, int]]
+#: bytes compared at once by :func:`read_back` (a multiple of 8)
+READ_BACK_CHUNK = 1 << 24
 _Lazy = tuple[int, Callable[[], Iterator[bytes]]]
 Part = bytes | _Lazy
 
@@ -210,7 +236,8 @@ class _Stream:
         if size is not None and length != size:
             raise ValueError(f"replacement for tensor '{tensor.name}' has {length} bytes, expected {size}")
         if self.records is not None and replace is not _unchanged:
-            self.records[name] = compare_elements(tensor, self.stored(tensor), data)[0]
+            found, not_zero = compare_elements(tensor, self.stored(tensor), data)
+            self.records[name] = WrittenTensor(found.changed, found.digest, not_zero)
         return data
 
 
@@ -340,10 +367,13 @@ def write_model(
 @dataclass(frozen=True)
 class WrittenTensor:
     """What the writer wrote for a replaced tensor, for a later check of the file: the number of
-    elements whose bits changed and a BLAKE2b digest of which (their packed bit set, C order)."""
+    elements whose bits changed, a BLAKE2b digest of which (their packed bit set, C order), and
+    how many of them were not set to ``+0`` (not compared: a fact about the written bytes, which
+    the check finds again in the file when it compares it)."""
 
     changed: int
     digest: str
+    not_zero: int = dataclasses.field(default=0, compare=False)
 
 
 #: Elements compared at once by :func:`compare_elements` (a multiple of 8, so that the packed
@@ -400,6 +430,29 @@ def _stored_size(tensor: TensorProto) -> int:
     return len(tensor.raw_data) if tensor.HasField("raw_data") else 0
 
 
+def read_back(handle: BinaryIO, position: int, payload: bytes | memoryview | np.ndarray) -> bool:
+    """True if the file of ``handle`` (open for reading too) holds ``payload`` at ``position``:
+    the handle is flushed and the bytes read back a chunk of :data:`READ_BACK_CHUNK` at a time
+    into one buffer, so that nothing the size of the tensor is allocated."""
+    handle.flush()
+    expected = memoryview(payload).cast("B")
+    size = expected.nbytes
+    buffer = np.empty(min(READ_BACK_CHUNK, size) // 8 + 1, dtype=np.uint64)
+    raw = memoryview(buffer).cast("B")
+    for start in range(0, size, READ_BACK_CHUNK):
+        length = min(READ_BACK_CHUNK, size - start)
+        if os.preadv(handle.fileno(), [raw[:length]], position + start) != length:
+            return False
+        words = length // 8  # compared as 8-byte words, the tail as bytes
+        got, want = np.frombuffer(raw, np.uint8, length), np.frombuffer(expected[start : start + length], np.uint8)
+        if not (
+            np.array_equal(got[: 8 * words].view(np.uint64), want[: 8 * words].view(np.uint64))
+            and np.array_equal(got[8 * words :], want[8 * words :])
+        ):
+            return False
+    return True
+
+
 def write_external(
     model: ModelProto,
     handle: BinaryIO,
@@ -410,6 +463,7 @@ def write_external(
     source: TensorSource | None = None,
     threshold: int = 1024,
     records: Records | None = None,
+    verified: ReadBack | None = None,
 ) -> None:
     """Write ``model`` to ``handle`` with every initializer of ``threshold`` bytes or more in
     ``data`` (named ``location`` in the model), tensor by tensor, replacements applied on the way.
@@ -419,7 +473,9 @@ def write_external(
     tensors go out, in the same order, at the same offsets; a smaller external tensor of
     ``model`` (or a Constant node's) is read from ``source`` into the model, as ``onnx.load``
     would have. ``model`` is not changed (a copy of its skeleton is written); ``records``
-    receives a :class:`WrittenTensor` for each replaced tensor.
+    receives a :class:`WrittenTensor` for each replaced tensor. With ``verified`` (``data`` open
+    for reading too), each main-graph initializer written to ``data`` is read back at once
+    (:func:`read_back`), and those found as written are listed there.
     """
     stream = _Stream(None, source, records)
     elsewhere = external_elsewhere(model)
@@ -438,26 +494,76 @@ def write_external(
         external = value is not None and value.data_location == TensorProto.EXTERNAL
         if value is not None and copy is not None and (external or original.output[0] in replacements):
             _inline(copy, new_bytes(value, original.output[0]), loaded=external)
+
+    def produce(original: TensorProto, name: str | None) -> bytes | memoryview | None:
+        """The bytes to write for ``original`` (None: a small tensor that stays as it is)."""
+        inline = _stored_size(original) < threshold
+        if inline and original.data_location != TensorProto.EXTERNAL and (name is None or name not in replacements):
+            return None
+        return new_bytes(original, name)
+
+    pairs = list(_initializer_pairs(model.graph, out.graph))
+    calls = [partial(produce, original, original.name if main else None) for original, _, main in pairs]
     position = 0
-    for original, copy, main in _initializer_pairs(model.graph, out.graph):
-        name = original.name if main else None
-        external = original.data_location == TensorProto.EXTERNAL
-        if _stored_size(original) < threshold:  # stays in the model
-            if external or (name is not None and name in replacements):
-                _inline(copy, new_bytes(original, name), loaded=external)
-            continue
-        payload = new_bytes(original, name)
-        size = memoryview(payload).nbytes
-        data.write(payload)
-        del payload
-        del copy.external_data[:]
-        copy.ClearField("raw_data")
-        copy.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", location), ("offset", str(position)), ("length", str(size))):
-            entry = copy.external_data.add()
-            entry.key, entry.value = key, value
-        position += size
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxprune-writer") as pool:
+        for (original, copy, main), payload in zip(pairs, computed_ahead(calls, pool), strict=True):
+            if payload is None:
+                continue
+            name = original.name if main else None
+            if _stored_size(original) < threshold:  # stays in the model
+                _inline(copy, payload, loaded=original.data_location == TensorProto.EXTERNAL)
+                continue
+            position += _write_payload(data, payload, copy, name, location, position, verified)
+            del payload
     handle.write(out.SerializeToString())
+
+
+def computed_ahead(calls: Sequence[Callable[[], T]], pool: Executor) -> Iterator[T]:
+    """The results of ``calls``, in order, each one computed on ``pool`` while the caller uses the
+    one before: with a pool of one thread, the calls run one at a time, in order, and at most two
+    results are alive (the caller's and the next). A call's exception is raised where its result
+    would have been; the call after it is cancelled if it has not started."""
+    pending: Future[T] | None = None
+    try:
+        for call in calls:
+            submitted = pool.submit(call)
+            if pending is not None:
+                result = pending.result()
+                pending = submitted
+                yield result
+                del result
+            else:
+                pending = submitted
+        if pending is not None:
+            result, pending = pending.result(), None
+            yield result
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
+def _write_payload(
+    data: BinaryIO,
+    payload: bytes | memoryview | np.ndarray,
+    copy: TensorProto,
+    name: str | None,
+    location: str,
+    position: int,
+    verified: ReadBack | None,
+) -> int:
+    """Write ``payload`` at ``position`` of ``data``, point ``copy`` at it, read it back with
+    ``verified``; the bytes written."""
+    size = memoryview(payload).nbytes
+    data.write(payload)
+    if verified is not None and name is not None and read_back(data, position, payload):
+        verified[name] = (location, position, size)
+    del copy.external_data[:]
+    copy.ClearField("raw_data")
+    copy.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(position)), ("length", str(size))):
+        entry = copy.external_data.add()
+        entry.key, entry.value = key, value
+    return size
 
 
 def _inline(tensor: TensorProto, payload: bytes | memoryview, *, loaded: bool) -> None:

@@ -397,6 +397,7 @@ def run_file(
                 input_shapes=input_shapes,
                 checker_path=staged.checker_path,
                 written=staged.records,
+                verified=staged.verified,
                 feeds=first_run(validation if validation is not None and not validation.synthetic else calibration),
             )
         else:
