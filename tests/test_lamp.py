@@ -24,6 +24,22 @@ def _reference(layers: Sequence[np.ndarray], total: int, caps: Sequence[int]) ->
     return sparsity.allocate_global(keys, total, caps)
 
 
+def _allocation(layers: Sequence[np.ndarray], total: int, caps: Sequence[int]) -> sparsity.GlobalAllocation:
+    """:func:`lamp.lamp_allocation`, its magnitude cuts checked and left out (the reference has none)."""
+    found = lamp.lamp_allocation(layers, total, caps)
+    for w, count, cut in zip(layers, found.counts, found.cuts or [None] * len(layers), strict=True):
+        if cut is None:
+            continue
+        keys = sparsity.magnitude_keys(w).reshape(-1)
+        t, below = cut
+        below_t, at_most_t = int(np.count_nonzero(keys < t)), int(np.count_nonzero(keys <= t))
+        if below == below_t:  # a cut: the count smallest by magnitude are those below t and the first ties
+            assert below <= count <= at_most_t
+        else:  # equal magnitudes on both sides of the bracket's edge: the writer checks and finds it wrong
+            assert below > below_t and at_most_t > below_t
+    return found._replace(cuts=None)
+
+
 def _layer(rng: np.random.Generator, n: int) -> np.ndarray:
     w = rng.standard_normal(n) * 10 ** rng.uniform(-4, 3)
     kind = rng.integers(0, 4)
@@ -42,7 +58,7 @@ def test_lamp_allocation_equals_the_search_on_every_key(seed: int):
     layers = [_layer(rng, int(rng.integers(1, 3000))) for _ in range(int(rng.integers(1, 6)))]
     caps = [int(rng.uniform(0.3, 1.0) * w.size) for w in layers]
     total = int(rng.uniform(0, 1) * sum(w.size for w in layers))
-    assert lamp.lamp_allocation(layers, total, caps) == _reference(layers, total, caps)  # counts, threshold, below
+    assert _allocation(layers, total, caps) == _reference(layers, total, caps)  # counts, threshold, below
 
 
 def test_lamp_allocation_across_chunks(monkeypatch):
@@ -53,7 +69,7 @@ def test_lamp_allocation_across_chunks(monkeypatch):
     layers[0][:300] = layers[0][300]  # ties across chunk boundaries
     for amount in (0.1, 0.5, 0.93):
         total = int(amount * 15000)
-        assert lamp.lamp_allocation(layers, total, [5000] * 3) == _reference(layers, total, [5000] * 3)
+        assert _allocation(layers, total, [5000] * 3) == _reference(layers, total, [5000] * 3)
 
 
 def test_lamp_allocation_edges():
@@ -64,7 +80,7 @@ def test_lamp_allocation_edges():
     layers = [zeros, one, tiny, huge]
     for total in range(0, 19):
         caps = [10, 1, 4, 3]
-        assert lamp.lamp_allocation(layers, total, caps) == _reference(layers, total, caps)  # counts, threshold, below
+        assert _allocation(layers, total, caps) == _reference(layers, total, caps)  # counts, threshold, below
     assert lamp.lamp_allocation(layers, 18, [10, 1, 4, 3]).counts == [10, 1, 4, 3]  # all taken
     assert lamp.lamp_allocation(layers, 5, [0, 0, 0, 0]).counts == [0, 0, 0, 0]  # caps forbid it
     with pytest.raises(ValueError, match="same length"):
@@ -91,17 +107,24 @@ def test_lamp_allocation_reads_each_tensor_twice_and_gathers_little(monkeypatch)
     real = lamp._gather_keys
 
     def counting(values, bins, first, last):
-        keys = real(values, bins, first, last)
+        keys, magnitudes = real(values, bins, first, last)
         gathered.append(keys.size)
-        return keys
+        return keys, magnitudes
 
     monkeypatch.setattr(lamp, "_gather_keys", counting)
     total = 400_000
     found = lamp.lamp_allocation(layers, total, [200_000] * 4)
-    assert found == _reference(layers.layers, total, [200_000] * 4)
+    assert found._replace(cuts=None) == _reference(layers.layers, total, [200_000] * 4)
     assert layers.reads == [2, 2, 2, 2]
     # the score bounds of 2⁻⁷-wide bins bracket the threshold tightly: a few per cent gathered
     assert sum(gathered) < 0.05 * 800_000
+    # every layer's count comes with its magnitude cut, and the cut writes the same bits
+    assert found.cuts is not None and all(cut is not None for cut in found.cuts)
+    for w, count, (t, below) in zip(layers.layers, found.counts, found.cuts, strict=True):
+        bits = w.view(np.uint32)
+        assert np.array_equal(
+            sparsity.zero_smallest_bits(bits, count, threshold=t, below=below), sparsity.zero_smallest_bits(bits, count)
+        )
 
 
 def test_lamp_scores_are_exact_per_bin_suffix_sums():

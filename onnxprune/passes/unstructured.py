@@ -189,11 +189,14 @@ def plan_targets(
         same_keys = criterion.global_is_magnitude and weight.dtype == "float32"
         below = allocated.below[i] if same_keys and allocated.below is not None else None
         kth = below is not None and below <= count
+        cut = allocated.cuts[i] if allocated.cuts is not None else None  # e.g. LAMP's, on magnitude keys
+        if cut is None and kth:
+            cut = (allocated.threshold, below)  # type: ignore[assignment]
         targets[weight.key] = Target(
             count=count,
             amount=count / weight.numel,
-            threshold=allocated.threshold if kth else None,
-            below=below if kth else None,
+            threshold=None if cut is None else cut[0],
+            below=None if cut is None else cut[1],
         )
     return targets
 

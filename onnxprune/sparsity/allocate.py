@@ -67,6 +67,9 @@ class GlobalAllocation(NamedTuple):
     counts: list[int]
     threshold: int | None
     below: list[int] | None = None
+    #: per layer, a cut on its magnitude keys that selects its count, ``(t, #{key < t})``, when
+    #: the search knows one (LAMP: :func:`~onnxprune.sparsity.lamp.lamp_allocation`), else None
+    cuts: list[tuple[int, int] | None] | None = None
 
 
 def global_counts(
