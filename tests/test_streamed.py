@@ -22,13 +22,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.errors import UnsafeModelError, UnsupportedModelError, ValidationError
+from onnxprune.errors import DataError, UnsafeModelError, UnsupportedModelError, ValidationError
 from onnxprune.graph import lazy as lazy_module
 from onnxprune.graph import memory, writer
 from onnxprune.graph.lazy import TensorSource
 from onnxprune.graph.model_io import LazyModel, StagedOutput, load_model_lazily
 from onnxprune.graph.tensor_check import check_written
 from onnxprune.passes import pipeline as pipeline_module
+from onnxprune.passes import unstructured
 from onnxprune.passes.unstructured import prune_weights
 from onnxprune.sparsity import nm_mask, nm_zeros_after
 
@@ -323,6 +324,26 @@ def test_a_tensor_that_does_not_read_back_is_compared_with_the_input(
     with pytest.raises(ValidationError, match="'W2'"):
         onnxprune.prune_file(source, out, CONFIGS["local"], external_data=True)
     assert not out.exists() and not out.with_name("out.onnx.data").exists()
+
+
+def test_a_failure_computing_a_tensor_while_another_is_written_stops_the_run(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+):
+    real = unstructured._pruned_bits
+    calls: list[str] = []
+
+    def failing(values, target, weight, ranking, index):
+        calls.append(weight.key)
+        if len(calls) == 2:  # computed on the writer's second thread while the first tensor is written
+            raise DataError("cannot compute this tensor")
+        return real(values, target, weight, ranking, index)
+
+    monkeypatch.setattr(unstructured, "_pruned_bits", failing)
+    out = tmp_path / "out.onnx"
+    with pytest.raises(DataError, match="cannot compute this tensor"):
+        onnxprune.prune_file(source, out, CONFIGS["local"], external_data=True)
+    assert len(calls) == 2  # nothing after the failure
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no output, no staging left
 
 
 def test_a_model_too_large_for_a_run_is_checked_tensor_by_tensor(
