@@ -401,6 +401,18 @@ def test_non_finite_external_weights_are_refused_unless_allowed(tmp_path: Path):
     assert os.path.exists(tmp_path / "out.onnx")
 
 
+def test_a_non_finite_external_bias_is_refused_too(tmp_path: Path):
+    model = _model()
+    bias = next(t for t in model.graph.initializer if t.name == "b1")
+    values = numpy_helper.to_array(bias).copy()
+    values[3] = np.nan
+    bias.CopyFrom(numpy_helper.from_array(values, "b1"))
+    path = _save(model, tmp_path / "in")
+    with pytest.raises(UnsupportedModelError, match="'b1' holds 1 NaN"):
+        onnxprune.prune_file(path, tmp_path / "out.onnx", CONFIGS["local"])
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def _nm_by_argsort(keys: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
     moved = np.moveaxis(keys, axis, -1)
     groups = moved.reshape(-1, m)

@@ -353,9 +353,11 @@ def refuse_nonfinite(
     """:func:`check_finite` on every weight of ``model`` (a model already checked by
     :func:`check_model` without ``finite``): each read once, one at a time. ``read``: a lazy
     source, for a model whose external data is not loaded (its external weights are then read
-    through it); ``only``: the keys of the weights to look at (those a reader found non-finite)."""
+    through it); ``only``: the keys of the tensors read as weights to look at (those a reader
+    found non-finite: discovery gives a NaN weight that reason); tensors of every other role
+    (biases, normalization parameters, embedding tables, mixed) are all looked at."""
     for key, tensor, role in stored_reads(model, external=read is not None):
-        if tensors.is_float(tensor) and (only is None or key in only):
+        if tensors.is_float(tensor) and (only is None or key in only or role != "weight"):
             nan, infinite = tensors.nonfinite_counts((read or tensors.read_array)(tensor))
             if nonfinite_in(role, nan, infinite):
                 raise _refusal(key, role, tensor, nan, infinite, advice)

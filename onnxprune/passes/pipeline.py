@@ -306,6 +306,19 @@ def first_run(calibration: Dataset | None) -> dict[str, np.ndarray] | None:
     return None if batch is None else {name: np.array(a) for name, a in batch.items()}
 
 
+def _weights_alone(pipeline: Pipeline, context: PassContext) -> bool:
+    """True when the magnitude/N:M weight pass runs alone (a dead-channel watch at most; no
+    channel reorder, ``permute``), with no calibration data and no quantizer."""
+    weights = pipeline.weights.config if isinstance(pipeline.weights, WeightPass) else None
+    return (
+        weights is not None
+        and not (weights.pattern is not None and weights.permute)  # the reorder edits the model whole
+        and context.stream
+        and context.calibration is None
+        and pipeline.quantize is None
+    )
+
+
 def _load(
     pipeline: Pipeline, source: str | os.PathLike[str], context: PassContext, *, finite: bool
 ) -> tuple[ModelProto, list[Path]]:
@@ -315,18 +328,12 @@ def _load(
     the magnitude/N:M weight pass alone (a dead-channel watch at most; no channel reorder,
     ``permute``), no calibration data, no quantizer. Otherwise loaded whole (non-finite
     weights refused with ``finite``)."""
-    lazy = load_model_lazily(source, finite=finite)
-    weights = pipeline.weights.config if isinstance(pipeline.weights, WeightPass) else None
-    streamed = (
-        lazy.external
-        and weights is not None
-        and not (weights.pattern is not None and weights.permute)  # the reorder edits the model whole
-        and context.stream
-        and context.calibration is None
-        and pipeline.quantize is None
-        and external_elsewhere(lazy.model) is None
-    )
+    weights_alone = _weights_alone(pipeline, context)
+    # the weight pass alone: discovery counts NaN and ±inf as it reads, and run_file refuses them
+    lazy = load_model_lazily(source, finite=finite and not weights_alone)
+    streamed = lazy.external and weights_alone and external_elsewhere(lazy.model) is None
     if not streamed:
+        context.count_nonfinite = weights_alone and not lazy.external
         return lazy.materialize(finite=finite), list(lazy.files)
     log.info("streaming %s: %d bytes of external data read tensor by tensor", lazy.path.name, lazy.external_bytes())
     context.tensors = lazy.tensors
@@ -370,7 +377,8 @@ def run_file(
     if allow_nonfinite:
         refuse_kept_nonfinite(pipeline, model)
     state = _first(pipeline, model, context)
-    if context.tensors is not None and not allow_nonfinite:  # streamed: discovery counted them as it read
+    if (context.tensors is not None or context.count_nonfinite) and not allow_nonfinite:
+        # the weight pass alone: discovery counted NaN and ±inf as it read (each tensor read once, not twice)
         refuse_nonfinite(model, read=context.tensors, only=nonfinite_keys(state.result))
     if not state.changed:
         return _unchanged(pipeline, state, tuple(files))
