@@ -34,8 +34,8 @@ it, while its bytes and the input's are still in the page cache, and compare the
 it wrote (:func:`read_back`, in chunks of :data:`READ_BACK_CHUNK`); the regions that read back
 the same are listed (:data:`ReadBack`), and the check of the file compares only the others
 with the input. A model larger than memory is then read once more in all, not twice after
-its write (both files, from disk): 12 GB of 0.5 GB tensors, the check went from 8.7 s to
-the read-backs' 3 s (``tools/bench_large.py``).
+its write (both files, from disk): 12 GB of 0.5 GB tensors, the check took 8.7 s, the
+read-backs take about 2 s (cProfile of ``tools/bench_large.py``'s model).
 
 **One ahead.** :func:`write_external` computes each tensor's bytes (the replacement callbacks:
 pruning, the records) on a second thread while it writes the tensor before
@@ -526,14 +526,11 @@ def computed_ahead(calls: Sequence[Callable[[], T]], pool: Executor) -> Iterator
     pending: Future[T] | None = None
     try:
         for call in calls:
-            submitted = pool.submit(call)
-            if pending is not None:
-                result = pending.result()
-                pending = submitted
+            previous, pending = pending, pool.submit(call)
+            if previous is not None:
+                result = previous.result()
                 yield result
                 del result
-            else:
-                pending = submitted
         if pending is not None:
             result, pending = pending.result(), None
             yield result
