@@ -13,7 +13,7 @@ The pattern needs the reduction length to be a multiple of ``M`` (:func:`nm_vali
 The mask is computed in place of the tensor's layout (the groups are a view, never a
 moved copy): an element is pruned when its rank in its group, ``#{i : k_i < k_j} +
 #{i < j : k_i = k_j}`` (its position in a stable sort), is below ``M - N``; the ranks are
-counted by ``M²`` comparisons of one-byte arrays, a chunk of groups at a time (the memory beyond
+counted by ``M(M-1)/2`` comparisons (one per pair), a chunk of groups at a time (the memory beyond
 the keys is the mask; a stable argsort held eight bytes per element). For a criterion that ranks
 like magnitude, :func:`nm_zero_bits` goes from the tensor's bits to the pruned bits a chunk at a
 time, with no key array or mask the size of the tensor.
