@@ -9,10 +9,7 @@ catch a corrupted written tensor.
 from __future__ import annotations
 
 import os
-import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -258,33 +255,6 @@ def test_the_per_tensor_check_catches_a_corrupted_tensor(tmp_path: Path, source:
             _corrupt(data, offset + 4 * kept, bytes(4))
         with pytest.raises(ValidationError, match="'W2'"):
             check_written(staged.model_path, source, staged.records)
-
-
-def test_computed_ahead_runs_calls_in_order_one_ahead_of_the_caller():
-    events: list[str] = []
-    second = threading.Event()
-
-    def call(i: int) -> int:
-        events.append(f"call {i}")
-        if i == 1:
-            second.set()
-        if i == 3:
-            raise ValueError("three")
-        return i
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        results = writer.computed_ahead([partial(call, i) for i in range(6)], pool)
-        assert next(results) == 0
-        assert second.wait(timeout=30)
-        assert events == ["call 0", "call 1"]  # the next one is computed while the caller holds one
-        events.append("used 0")
-        assert next(results) == 1
-        assert next(results) == 2
-        with pytest.raises(ValueError, match="three"):
-            next(results)
-    assert events[:3] == ["call 0", "call 1", "used 0"]
-    assert "call 5" not in events  # nothing runs two ahead, nor after the failure
-    assert [e for e in events if e.startswith("call")][:4] == ["call 0", "call 1", "call 2", "call 3"]
 
 
 @pytest.mark.parametrize("size", [1, 7, 8, 100, 1000])

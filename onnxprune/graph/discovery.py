@@ -25,6 +25,7 @@ import logging
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from onnx import ModelProto, TensorProto
@@ -36,6 +37,7 @@ from onnxprune.ops import SHAPE_ONLY, Slot, SlotContext, TransformContext, spec_
 from onnxprune.ops.spec import Shape
 from onnxprune.sparsity import global_keys, magnitude_chunks
 from onnxprune.sparsity.scores import float_bits
+from onnxprune.threads import map_in_threads
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +268,11 @@ def _decide(
 KEY_SAMPLE = 4096
 
 
+def _count_values_of(found: _Stored, *, read: tensors.ArrayReader) -> tuple[int, np.ndarray | None, tuple[int, int]]:
+    """:func:`_count_values` of a stored tensor."""
+    return _count_values(found.tensor, read)
+
+
 def _count_values(
     tensor: TensorProto, read: tensors.ArrayReader = tensors.read_array
 ) -> tuple[int, np.ndarray | None, tuple[int, int]]:
@@ -337,12 +344,14 @@ def discover(
     weights: list[Weight] = []
     protos: dict[str, TensorProto] = {}
     reached: set[tuple[str, int, str]] = set()
-    for found in _stored(root, external=read is not None):
+    stored = list(_stored(root, external=read is not None))
+    # two tensors counted at once (numpy and the page faults of a mapped tensor release the GIL)
+    counted = map_in_threads(partial(_count_values_of, read=read or tensors.read_array), stored)
+    for found, (zeros, key_sample, (nan, infinite)) in zip(stored, counted, strict=True):
         tensor, trace, role = found.tensor, found.trace, found.role
         for reader, _, _ in trace.slots:
             reached.add((reader.node, reader.input_index, reader.scope))
         readers = tuple(r for r, _, _ in trace.slots) + tuple(trace.others)
-        zeros, key_sample, (nan, infinite) = _count_values(tensor, read or tensors.read_array)
         nonfinite = nonfinite_in(role, nan, infinite)
         reason = _decide(role, trace, tensor, readers, options, nonfinite)
         out_axis, in_axis = _axes(trace) if role == "weight" else (None, None)

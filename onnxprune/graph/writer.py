@@ -39,7 +39,7 @@ read-backs take about 2 s (cProfile of ``tools/bench_large.py``'s model).
 
 **One ahead.** :func:`write_external` computes each tensor's bytes (the replacement callbacks:
 pruning, the records) on a second thread while it writes the tensor before
-(:func:`computed_ahead`): writing a model larger than the page cache waits on the disk, and
+(:func:`~onnxprune.threads.computed_ahead`): writing a model larger than the page cache waits on the disk, and
 the pruning of the next tensor fills that wait. The callbacks still run one at a time and in
 order, and two tensors are alive at once, not one. On ``tools/bench_large.py``'s 12 GB model
 (0.5 GB tensors), ``prune --sparsity 0.5`` against a ``cp`` of the same files, the code before
@@ -52,11 +52,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
@@ -66,12 +66,12 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 from onnxprune.graph import tensors
 from onnxprune.graph.walk import all_graphs, node_subgraphs
 from onnxprune.ops import constant_tensor
+from onnxprune.threads import computed_ahead
 
 if TYPE_CHECKING:
     from onnxprune.graph.lazy import TensorSource
 
 Replacement = Callable[[TensorProto], bytes | memoryview]
-T = TypeVar("T")
 #: tensor name -> (offset, length) of its raw_data payload in the written file
 Layout = dict[str, tuple[int, int]]
 #: tensors with at least this many bytes of raw_data are recorded in the layout
@@ -516,27 +516,6 @@ def write_external(
             position += _write_payload(data, payload, copy, name, location, position, verified)
             del payload
     handle.write(out.SerializeToString())
-
-
-def computed_ahead(calls: Sequence[Callable[[], T]], pool: Executor) -> Iterator[T]:
-    """The results of ``calls``, in order, each one computed on ``pool`` while the caller uses the
-    one before: with a pool of one thread, the calls run one at a time, in order, and at most two
-    results are alive (the caller's and the next). A call's exception is raised where its result
-    would have been; the call after it is cancelled if it has not started."""
-    pending: Future[T] | None = None
-    try:
-        for call in calls:
-            previous, pending = pending, pool.submit(call)
-            if previous is not None:
-                result = previous.result()
-                yield result
-                del result
-        if pending is not None:
-            result, pending = pending.result(), None
-            yield result
-    finally:
-        if pending is not None:
-            pending.cancel()
 
 
 def _write_payload(

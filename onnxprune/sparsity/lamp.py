@@ -47,23 +47,22 @@ The global threshold without a sort (:func:`lamp_allocation`)
 
     A float32 chunk's bins and squares are computed into buffers reused from chunk to chunk
     (:class:`_Scratch`): a fresh 32 MB temporary a chunk costs its page faults every time,
-    which took more than the two ``bincount`` calls. Tensors are binned and gathered :data:`WORKERS`
-    at a time, on threads (numpy releases the GIL in these loops). On
+    which took more than the two ``bincount`` calls. Tensors are binned and gathered two at a
+    time, on threads (:func:`~onnxprune.threads.map_in_threads`). On
     ``tools/bench_large.py``'s 12 GB model (24 float32 tensors of 0.5 GB), the two passes took
-    31 s before both.
+    31 s before both and 15 s after (cProfile, the same run otherwise).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 
 from onnxprune.sparsity.allocate import GlobalAllocation, fill_ties, smallest_reaching, solve_inside
 from onnxprune.sparsity.scores import global_keys, magnitude_keys, to_float64
+from onnxprune.threads import map_in_threads
 
 #: Elements per chunk of the bin sums (fixes their rounding, and bounds the temporaries).
 CHUNK = 1 << 22
@@ -73,11 +72,6 @@ _BIN_COUNT = 1 << (31 - BIN_SHIFT)  # sign cleared
 _INF_BIN = 0x7F80_0000 >> BIN_SHIFT  # the bin of float32 infinity
 _EDGE_SLACK = 2.0**-23  # a float64 weight's float32 bin may be one rounding off
 _SUM_SLACK = 2.0**-50  # per element, the relative rounding of a float64 sum of squares
-
-
-#: Tensors binned (and gathered) at once, each on its own thread.
-WORKERS = 2
-_T = TypeVar("_T")
 
 
 class _Scratch:
@@ -110,14 +104,6 @@ def _chunk_squares(part: np.ndarray, scratch: _Scratch) -> np.ndarray:
     if part.dtype != np.float32:
         return _squares(part)
     return np.multiply(part, part, out=scratch.squares[: part.size], dtype=np.float64)
-
-
-def _each(function: Callable[[int], _T], count: int) -> list[_T]:
-    """``[function(i) for i in range(count)]``, :data:`WORKERS` at a time."""
-    if count <= 1 or WORKERS <= 1:
-        return [function(i) for i in range(count)]
-    with ThreadPoolExecutor(max_workers=min(WORKERS, count), thread_name_prefix="onnxprune-lamp") as pool:
-        return list(pool.map(function, range(count)))
 
 
 def _bin_ids(values: np.ndarray) -> np.ndarray:
@@ -270,7 +256,7 @@ def lamp_allocation(tensors: Sequence[np.ndarray], total: int, caps: Sequence[in
     read its items on access (memory-mapped); each is read twice."""
     if len(tensors) != len(caps):
         raise ValueError("tensors and caps must have the same length")
-    bins = _each(lambda i: tensor_bins(tensors[i]), len(tensors))
+    bins = map_in_threads(lambda i: tensor_bins(tensors[i]), range(len(tensors)))
     caps = [min(int(c), b.size) for c, b in zip(caps, bins, strict=True)]
     if total >= sum(caps):
         return GlobalAllocation(list(caps), None)
@@ -294,7 +280,7 @@ def lamp_allocation(tensors: Sequence[np.ndarray], total: int, caps: Sequence[in
         below = int(bins[i].counts[:first].sum()) + int(np.count_nonzero(keys < t_lo))
         return below, keys[within], magnitudes[within]
 
-    layers = _each(bracketed, len(bins))
+    layers = map_in_threads(bracketed, range(len(bins)))
     below = [count for count, _, _ in layers]
     found = solve_inside([keys for _, keys, _ in layers], below, caps, total)
     assert found is not None, "the bracket holds the threshold"
