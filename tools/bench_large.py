@@ -17,7 +17,10 @@ What it measures
     - ``lamp``: ``onnxprune prune IN OUT --sparsity 0.5 --scope global --criterion lamp``;
     - ``nm``: ``onnxprune prune IN OUT --pattern 2:4``.
 
-    Each prune also writes ``--json`` (what the validation ran on is reported).
+    Each prune also writes ``--json`` (what the validation ran on is reported). With
+    ``--baseline DIR`` (a checkout of another commit: ``git worktree add DIR REV``), every prune
+    case also runs with that checkout's onnxprune as ``base_<case>``, in the same rotation, so
+    that two commits are compared side by side on one machine state rather than across runs.
 
 How peak memory and time are measured
     Wall time from process start to exit, and the child's own peak RSS from ``os.wait4`` (the
@@ -42,6 +45,7 @@ The child processes' output goes to ``WORKDIR/logs``, kept. Disk: the model plus
 
     nice .venv/bin/python tools/bench_large.py --size 2                 # quick
     nice .venv/bin/python tools/bench_large.py --size 12 --largest 0.5  # the issue's case
+    git worktree add /tmp/base c58110a && nice .venv/bin/python tools/bench_large.py --baseline /tmp/base
 """
 
 from __future__ import annotations
@@ -177,13 +181,28 @@ class Case:
     returncodes: list[int] = field(default_factory=list)
 
 
-def commands(model: Path, out_dir: Path) -> dict[str, list[str]]:
+#: ``python -c`` this, then a checkout's folder and the command's arguments: ``onnxprune`` from
+#: that checkout (put first on the path, ahead of the working directory and the installed one)
+FROM_CHECKOUT = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); from onnxprune.cli import main; sys.argv[0] = 'onnxprune'; main()"
+)
+
+
+def commands(model: Path, out_dir: Path, baseline: Path | None = None) -> dict[str, list[str]]:
+    """The command of every case; with ``baseline`` (a checkout of another commit) also
+    ``base_<case>`` for every prune case, the same command run by that checkout's onnxprune."""
     py = sys.executable
     data = model.with_name(DATA_NAME)
     found = {"cp": ["cp", str(model), str(data), str(out_dir)]}
     for case, args in PRUNE_ARGS.items():
         out = out_dir / f"out_{case}.onnx"
         found[case] = [py, "-m", "onnxprune", "prune", str(model), str(out), *args, "--json", f"{out}.json", "-q"]
+        if baseline is not None:
+            out = out_dir / f"out_base_{case}.onnx"
+            found[f"base_{case}"] = [
+                *(py, "-c", FROM_CHECKOUT, str(baseline.resolve())),
+                *("prune", str(model), str(out), *args, "--json", f"{out}.json", "-q"),
+            ]
     return found
 
 
@@ -215,7 +234,7 @@ def measure(cases: dict[str, Case], repeats: int, out_dir: Path, logs: Path) -> 
             case.returncodes.append(done.returncode)
             case.validation.append(validation_of(out_dir, name) if name != "cp" else "")
             print(
-                f"  {name:6s} rep {rep}: {done.wall_s:7.1f} s wall, {done.cpu_s:7.1f} s CPU, "
+                f"  {name:10s} rep {rep}: {done.wall_s:7.1f} s wall, {done.cpu_s:7.1f} s CPU, "
                 f"peak RSS {done.peak_rss_bytes / GB:6.2f} GB, exit {done.returncode}",
                 flush=True,
             )
@@ -234,7 +253,7 @@ def report(cases: dict[str, Case], largest: int, size: int, side: int, layers: i
     print(
         f"targets: peak RSS <= {MEMORY_FACTOR} x largest + 1 GB = {memory_limit / GB:.2f} GB; wall <= {TIME_TARGET} x cp"
     )
-    header = f"{'case':6s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'x cp':>6s} {'peak GB':>8s} {'x limit':>8s}  verdict"
+    header = f"{'case':10s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'x cp':>6s} {'peak GB':>8s} {'x limit':>8s}  verdict"
     print(header)
     summary: dict[str, Any] = {}
     for name, case in cases.items():
@@ -255,7 +274,7 @@ def report(cases: dict[str, Case], largest: int, size: int, side: int, layers: i
             )
         )
         print(
-            f"{name:6s} {median:9.1f} {min(case.wall_s):7.1f} {max(case.wall_s):7.1f} {ratio:6.2f} "
+            f"{name:10s} {median:9.1f} {min(case.wall_s):7.1f} {max(case.wall_s):7.1f} {ratio:6.2f} "
             f"{peak / GB:8.2f} {mem_ratio:8.2f}  {verdict}"
         )
         summary[name] = {**asdict(case), "median_s": median, "time_over_cp": ratio, "peak_over_limit": mem_ratio}
@@ -277,6 +296,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/i16_large/bench"))
     parser.add_argument("--keep", action="store_true", help="keep the generated model and the work folder")
     parser.add_argument("--json", type=Path, help="write the measurements here")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another commit (git worktree add DIR REV): its onnxprune runs every prune case "
+        "too (base_<case>), interleaved with this one's",
+    )
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)  # the generator's subprocess
     parser.add_argument("--side", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--layers", type=int, help=argparse.SUPPRESS)
@@ -321,9 +346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"generated {size / GB:.2f} GB in {time.perf_counter() - start:.0f} s (not timed): {model_dir}", flush=True
         )
-        every = commands(model_dir / MODEL_NAME, out_dir)
+        every = commands(model_dir / MODEL_NAME, out_dir, args.baseline)
         warm_up()
-        cases = {name: Case(name, every[name]) for name in args.cases.split(",")}
+        names = args.cases.split(",")
+        if args.baseline is not None:
+            compiled = [sys.executable, "-m", "compileall", "-q", str(args.baseline / "onnxprune")]
+            subprocess.run(compiled, check=True)  # as warm_up does for this checkout
+            names += [f"base_{name}" for name in names if name in PRUNE_ARGS]
+        cases = {name: Case(name, every[name]) for name in names}
         measure(cases, args.repeats, out_dir, logs)
         summary = report(cases, largest, size, side, layers)
         if args.json:
