@@ -383,6 +383,25 @@ def test_a_non_finite_external_bias_is_refused_too(tmp_path: Path):
     assert not (tmp_path / "out.onnx").exists()
 
 
+@pytest.mark.parametrize("tensor", ["W3", "b1"])
+def test_non_finite_values_are_refused_when_the_model_is_loaded_whole_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tensor: str
+):
+    _whole(monkeypatch)  # external data, loaded whole: discovery's counts refuse it, not the loader
+    model = _model()
+    stored = next(t for t in model.graph.initializer if t.name == tensor)
+    values = numpy_helper.to_array(stored).copy()
+    values.reshape(-1)[3] = np.nan
+    stored.CopyFrom(numpy_helper.from_array(values, tensor))
+    path = tmp_path / "in" / "model.onnx"
+    path.parent.mkdir()
+    # the weights external, the biases (2 KB at most) in the model file
+    onnx.save_model(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=4096)
+    with pytest.raises(UnsupportedModelError, match=f"'{tensor}' holds 1 NaN"):
+        onnxprune.prune_file(path, tmp_path / "out.onnx", CONFIGS["local"])
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def _nm_by_argsort(keys: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
     moved = np.moveaxis(keys, axis, -1)
     groups = moved.reshape(-1, m)

@@ -326,15 +326,16 @@ def _load(
     its external tensors read one at a time by the weight pass and the writer, see
     :mod:`onnxprune.graph.lazy`) when the model has external data and the pipeline allows it:
     the magnitude/N:M weight pass alone (a dead-channel watch at most; no channel reorder,
-    ``permute``), no calibration data, no quantizer. Otherwise loaded whole (non-finite
-    weights refused with ``finite``)."""
+    ``permute``), no calibration data, no quantizer. Otherwise loaded whole. Non-finite weights
+    are refused with ``finite``: by the loader, or with the weight pass alone by
+    :func:`run_file` from discovery's counts (``context.count_nonfinite``, each tensor read once)."""
     weights_alone = _weights_alone(pipeline, context)
     # the weight pass alone: discovery counts NaN and ±inf as it reads, and run_file refuses them
     lazy = load_model_lazily(source, finite=finite and not weights_alone)
     streamed = lazy.external and weights_alone and external_elsewhere(lazy.model) is None
     if not streamed:
-        context.count_nonfinite = weights_alone and not lazy.external
-        return lazy.materialize(finite=finite), list(lazy.files)
+        context.count_nonfinite = weights_alone
+        return lazy.materialize(finite=finite and not weights_alone), list(lazy.files)
     log.info("streaming %s: %d bytes of external data read tensor by tensor", lazy.path.name, lazy.external_bytes())
     context.tensors = lazy.tensors
     return lazy.model, list(lazy.files)
