@@ -554,6 +554,54 @@ def test_a_signal_during_the_write_removes_the_staging(work: Path, name: str, co
     assert sha(work / "m.onnx") == digest
 
 
+_SIGNAL_WHILE_COMPUTING = """
+import os, signal, sys
+import onnxprune.passes.unstructured as unstructured
+
+real, stop, calls = unstructured._pruned_bits, getattr(signal, sys.argv[1]), []
+
+def pruned_bits(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # on the streamed writer's second thread, while the first tensor is written
+        os.kill(os.getpid(), stop)
+    return real(*args, **kwargs)
+
+unstructured._pruned_bits = pruned_bits
+from onnxprune.cli import main
+
+sys.argv = ["onnxprune", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_while_a_streamed_write_computes_removes_the_staging(work: Path, name: str, code: int) -> None:
+    onnx.save_model(
+        onnx.load(str(work / "m.onnx")),
+        str(work / "x.onnx"),
+        save_as_external_data=True,
+        location="x.data",
+        size_threshold=0,
+    )
+    (work / "out").mkdir()
+    digests = (sha(work / "x.onnx"), sha(work / "x.data"))
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_WHILE_COMPUTING, name, "prune", "x.onnx", "out/o.onnx", *PRUNE],
+        cwd=work,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_default_signals,
+    )
+    assert done.returncode == code, done.stderr
+    how = "interrupted" if name == "SIGINT" else f"stopped by {name}"
+    assert done.stderr.splitlines() == [f"{PREFIX}{how}; nothing was written"], done.stderr
+    assert list((work / "out").iterdir()) == [], "staging left behind"
+    assert (sha(work / "x.onnx"), sha(work / "x.data")) == digests
+
+
 @pytest.mark.slow
 def test_staging_of_a_killed_run_is_removed_by_the_next_run(work: Path) -> None:
     (work / "out").mkdir()
