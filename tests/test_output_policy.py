@@ -521,11 +521,13 @@ main()
 """
 
 
-def _prune_with_signal(work: Path, name: str) -> subprocess.CompletedProcess[str]:
-    """``onnxprune prune m.onnx out/o.onnx`` in a subprocess that gets signal ``name`` while it
-    writes the staged model (deterministically: from inside the writer)."""
+def _prune_with_signal(
+    work: Path, name: str, script: str = _SIGNAL_DURING_WRITE, model: str = "m.onnx"
+) -> subprocess.CompletedProcess[str]:
+    """``onnxprune prune MODEL out/o.onnx`` in a subprocess that gets signal ``name`` while it
+    writes the staged model (deterministically: from inside the writer, or where ``script`` sends it)."""
     return subprocess.run(
-        [sys.executable, "-c", _SIGNAL_DURING_WRITE, name, "prune", "m.onnx", "out/o.onnx", *PRUNE],
+        [sys.executable, "-c", script, name, "prune", model, "out/o.onnx", *PRUNE],
         cwd=work,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -586,15 +588,7 @@ def test_a_signal_while_a_streamed_write_computes_removes_the_staging(work: Path
     )
     (work / "out").mkdir()
     digests = (sha(work / "x.onnx"), sha(work / "x.data"))
-    done = subprocess.run(
-        [sys.executable, "-c", _SIGNAL_WHILE_COMPUTING, name, "prune", "x.onnx", "out/o.onnx", *PRUNE],
-        cwd=work,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=_default_signals,
-    )
+    done = _prune_with_signal(work, name, _SIGNAL_WHILE_COMPUTING, "x.onnx")
     assert done.returncode == code, done.stderr
     how = "interrupted" if name == "SIGINT" else f"stopped by {name}"
     assert done.stderr.splitlines() == [f"{PREFIX}{how}; nothing was written"], done.stderr
