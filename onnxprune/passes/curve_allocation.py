@@ -539,7 +539,7 @@ class OutputProbe:
             with _probing():
                 self.tails.outputs(weight.name, stored, each=take)  # the outputs not in its tail do not move
             if not moved:  # no output depends on the weight: nothing ran, nothing moved
-                return Probed(0.0, 0, math.nan)
+                return Probed(0.0, 0)
         elif weight.name in self.fed:
             for index in range(len(self.feeds)):
                 if take(index, self._run(index, {weight.name: stored})):
@@ -557,12 +557,7 @@ class OutputProbe:
             moved = [self._moved(i, {name: parts[i] for name, parts in pruned.items()}) for i in range(len(self.feeds))]
         counts = self.counts or [1] * len(self.feeds)
         run, total = sum(counts[: len(moved)]), sum(counts)
-        spread = _relative_error(moved, counts[: len(moved)]) if self.counts is not None else math.nan
-        return Probed(math.fsum(moved) * total / max(run, 1), run if self.counts is not None else 0, spread)
-
-    def change(self, weight: Weight, inventory: Inventory, stored: np.ndarray) -> float:
-        """:meth:`measure`'s ``d``."""
-        return self.measure(weight, inventory, stored).change
+        return Probed(math.fsum(moved) * total / max(run, 1), run if self.counts is not None else 0)
 
 
 @contextmanager
@@ -576,12 +571,11 @@ def _probing() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Probed:
-    """One layer's probe: ``d`` (scaled to all the probe's samples), the samples run (0 when the
-    feeds' sample counts are not known) and the relative standard error of the per-sample change."""
+    """One layer's probe: ``d`` (scaled to all the probe's samples) and the samples run (0 when
+    the feeds' sample counts are not known)."""
 
     change: float
     samples: int
-    spread: float
 
 
 def _relative_error(moved: list[float], counts: list[int]) -> float:
