@@ -12,6 +12,8 @@ from collections.abc import Callable
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.sparsity.scores import sign_clear
+
 #: ONNX element types that onnxprune prunes, with their numpy dtype names.
 FLOAT_TYPES: dict[int, str] = {
     TensorProto.FLOAT: "float32",
@@ -99,7 +101,7 @@ def nonfinite_counts(values: np.ndarray) -> tuple[int, int]:
         return 0, 0
     unsigned = np.dtype(f"u{values.dtype.itemsize}")
     bits = np.ascontiguousarray(values).reshape(-1).view(unsigned)
-    clear = unsigned.type((1 << (8 * unsigned.itemsize - 1)) - 1)  # every bit but the sign
+    clear = sign_clear(unsigned)
     limit = unsigned.type(inf)
     nan = infinite = 0
     for start in range(0, bits.size, NONFINITE_CHUNK):

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxprune.sparsity.scores import sign_clear
+
 
 def nm_valid(shape: tuple[int, ...], axis: int, m: int) -> bool:
     """True if the length of ``axis`` in ``shape`` is a positive multiple of ``m``."""
@@ -93,7 +95,7 @@ def nm_zero_bits(bits: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
         raise TypeError(f"expected an unsigned-integer view, got {bits.dtype}")
     axis = _check(bits.shape, n, m, axis)
     rows = _group_rows(bits, m, axis)
-    clear = bits.dtype.type((1 << (8 * bits.dtype.itemsize - 1)) - 1)
+    clear = sign_clear(bits.dtype)
     out = np.empty_like(rows)
     chunks = _row_chunks(rows)
     for start in chunks:
@@ -109,7 +111,7 @@ def nm_zeros_after(keys: np.ndarray, n: int, m: int, axis: int, *, sign_bits: bo
     ``sign_bits``: ``keys`` are a float tensor's bits, whose sign bit is ignored (``-0`` is zero)."""
     axis = axis % keys.ndim
     groups = _group_rows(keys, m, axis)
-    clear = keys.dtype.type((1 << (8 * keys.dtype.itemsize - 1)) - 1) if sign_bits else None
+    clear = sign_clear(keys.dtype) if sign_bits else None
     total = 0
     chunks = _row_chunks(groups)
     for start in chunks:

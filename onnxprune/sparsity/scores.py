@@ -20,7 +20,12 @@ from __future__ import annotations
 import numpy as np
 
 _UINT_FOR_WIDTH = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-_SIGN_CLEAR = {2: 0x7FFF, 4: 0x7FFF_FFFF, 8: 0x7FFF_FFFF_FFFF_FFFF}
+
+
+def sign_clear(dtype: np.dtype) -> np.generic:
+    """Every bit but the sign, as a value of the unsigned ``dtype`` (``& sign_clear`` on a float's
+    bits gives its magnitude key)."""
+    return dtype.type((1 << (8 * dtype.itemsize - 1)) - 1)
 
 
 def float_bits(w: np.ndarray) -> np.ndarray:
@@ -33,8 +38,8 @@ def float_bits(w: np.ndarray) -> np.ndarray:
 
 def magnitude_keys(w: np.ndarray) -> np.ndarray:
     """Keys monotone in ``|w|``: the bit pattern with the sign bit cleared (same shape)."""
-    width = w.dtype.itemsize
-    return float_bits(w) & _UINT_FOR_WIDTH[width](_SIGN_CLEAR[width])
+    bits = float_bits(w)
+    return bits & sign_clear(bits.dtype)
 
 
 def random_keys(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:

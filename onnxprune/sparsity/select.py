@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from onnxprune.sparsity.scores import sign_clear
+
 
 def smallest_k_mask(keys: np.ndarray, k: int, *, threshold: int | None = None) -> np.ndarray:
     """Boolean mask (shape of ``keys``) of the ``k`` smallest keys, ties by flat index.
@@ -114,14 +116,10 @@ def _mask_at(flat: np.ndarray, k: int, t: np.generic) -> np.ndarray | None:
 CHUNK = 1 << 18
 
 
-def _sign_clear(dtype: np.dtype) -> np.generic:
-    return dtype.type((1 << (8 * dtype.itemsize - 1)) - 1)
-
-
 def magnitude_chunks(flat: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """``(start, bits, keys)`` for every chunk of :data:`CHUNK` elements of the 1-D unsigned bit
     view ``flat``; ``keys`` (the magnitude keys) is one reused buffer, valid until the next chunk."""
-    clear = _sign_clear(flat.dtype)
+    clear = sign_clear(flat.dtype)
     buffer = np.empty(min(CHUNK, flat.size), dtype=flat.dtype)
     for start in range(0, flat.size, CHUNK):
         bits = flat[start : start + CHUNK]
@@ -146,11 +144,11 @@ def _magnitude_kth(flat: np.ndarray, k: int, threshold: int | None, below: int |
             at_most += int(np.count_nonzero(keys <= t))
         if below <= k <= at_most:  # keys below t, then the first ties (none when below == k)
             return t, below
-    sample = flat[:: max(1, n // SAMPLE)] & _sign_clear(flat.dtype)
+    sample = flat[:: max(1, n // SAMPLE)] & sign_clear(flat.dtype)
     found = _bracketed_kth(lambda: (keys for _, _, keys in magnitude_chunks(flat)), sample, n, k)
     if found is not None:
         return found
-    keys = flat & _sign_clear(flat.dtype)
+    keys = flat & sign_clear(flat.dtype)
     t = np.partition(keys, k - 1)[k - 1]
     return t, int(np.count_nonzero(keys < t))
 
