@@ -23,7 +23,8 @@ written: :func:`write_model` writes them into the file as ``raw_data`` (what
 the same way), and :func:`write_external` writes them into a data file, tensor by tensor,
 with the layout ``onnx.save_model`` gives the loaded model after
 :func:`onnxprune.graph.model_io.save_external_data` (same order, same offsets, same
-entries). Either way the model is never held in memory, only the tensor being written.
+entries). Either way the model is never held in memory, only the tensor being written (and
+the next one, computed ahead by :func:`write_external`).
 With a source, each replaced tensor is also *recorded* (:class:`WrittenTensor`): how many
 of its elements changed, a digest of which, and how many of them are not ``+0``, so that a
 check of the written file (:mod:`onnxprune.graph.tensor_check`) can compare the bytes on disk
@@ -39,8 +40,8 @@ read-backs take about 2 s (cProfile of ``tools/bench_large.py``'s model).
 
 **One ahead.** :func:`write_external` computes each tensor's bytes (the replacement callbacks:
 pruning, the records) on a second thread while it writes the tensor before
-(:func:`~onnxprune.threads.computed_ahead`): writing a model larger than the page cache waits on the disk, and
-the pruning of the next tensor fills that wait. The callbacks still run one at a time and in
+(:func:`~onnxprune.threads.computed_ahead`): writing a model larger than the page cache waits
+on the disk, and the pruning of the next tensor fills that wait. The callbacks still run one at a time and in
 order, and two tensors are alive at once, not one. On ``tools/bench_large.py``'s 12 GB model
 (0.5 GB tensors), ``prune --sparsity 0.5`` against a ``cp`` of the same files, the code before
 and after run side by side, medians of 3: 2.66× → 2.12× with the read-backs alone, 2.38× →

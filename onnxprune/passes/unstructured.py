@@ -184,14 +184,12 @@ def plan_targets(
         allocated = sparsity.allocate_global(keys, total, caps, sizes=[w.numel for w in rest], samples=samples)
         del keys
     for i, (weight, count) in enumerate(zip(rest, allocated.counts, strict=True)):
+        cut = allocated.cuts[i] if allocated.cuts is not None else None  # e.g. LAMP's, on magnitude keys
         # float32 global magnitude keys are the tensor's own magnitude keys: unless the layer is
         # capped, its count smallest are the keys below the global threshold and its first ties
         same_keys = criterion.global_is_magnitude and weight.dtype == "float32"
-        below = allocated.below[i] if same_keys and allocated.below is not None else None
-        kth = below is not None and below <= count
-        cut = allocated.cuts[i] if allocated.cuts is not None else None  # e.g. LAMP's, on magnitude keys
-        if cut is None and kth:
-            cut = (allocated.threshold, below)  # type: ignore[assignment]
+        if cut is None and same_keys and allocated.threshold is not None and allocated.below is not None:
+            cut = (allocated.threshold, allocated.below[i]) if allocated.below[i] <= count else None
         targets[weight.key] = Target(
             count=count,
             amount=count / weight.numel,
