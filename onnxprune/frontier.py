@@ -23,6 +23,13 @@ do not depend on a graph input (constants, and what is computed from constants o
 kept: a segment recomputes them and onnxruntime folds them. A random generator's output counts
 as a value of the inputs (it is drawn once and kept).
 
+A caller that knows which values its later captures read names them in :attr:`Frontier.retain`:
+such a value is kept once a segment computes it, and stays kept while it is named there, even when
+no node outside the region reads it any more, so a later capture that needs it reads it instead of
+running every node before it again (the probe's tails of parallel branches,
+:mod:`onnxprune.tails`). A retained value is kept only within ``budget``: one that would pass it
+is not kept (computed again when needed), and the frontier itself is not given up for it.
+
 Given up, for good, when a value of the frontier is not a tensor (a sequence, an optional) or
 the files would pass ``budget`` bytes: every capture then runs from the graph inputs, as without
 a frontier. A capture whose batches are not those of the frontier (other shapes, another count)
@@ -236,6 +243,7 @@ class Frontier:
         self.enabled = True
         self.region: dict[str, int] = {}  # node key -> fingerprint of the nodes run
         self.kept: dict[str, _Kept] = {}
+        self.retain: set[str] = set()  # values kept once computed, frontier or not (module docstring)
         self.batches: list[Signature] = []
         self._stems = 0
         self.segments_run = 0  # captures served by a segment (for the log and the tests)
@@ -312,6 +320,7 @@ class Segment:
         self.known = known
         nodes = graph.ancestors(self.names, known)
         self.store: list[str] = []
+        self.optional: set[str] = set()  # of the store, the values kept only because they are retained
         self.dropped: list[str] = []
         self.fingerprints: dict[str, int] = {}
         if grow:
@@ -326,8 +335,10 @@ class Segment:
             if missing:  # values the region made that a node added since reads: computed again
                 nodes |= graph.ancestors(missing, known)
             computed = graph.made(nodes)
-            self.store = sorted(name for name in frontier_names if name in computed)
-            self.dropped = [name for name in known if name not in frontier_names]
+            # what a later capture reads, kept within the budget although no node outside reads it
+            self.optional = {n for n in computed & frontier.retain if n in graph.dynamic} - frontier_names
+            self.store = sorted(n for n in frontier_names | self.optional if n in computed and n not in known)
+            self.dropped = [name for name in known if name not in frontier_names and name not in frontier.retain]
             self.fingerprints = {
                 graph.node_key(i): 0 if frontier.frozen else graph.fingerprint(i, stored_crc) for i in nodes
             }
@@ -383,23 +394,45 @@ class Segment:
         return out
 
     def _keep(self, values: Mapping[str, object], index: int) -> None:
+        """Save this batch's values of the store; the frontier's own first, then the retained ones,
+        which give way (:meth:`_abandon`) to the frontier's should the budget run short."""
         frontier = self.frontier
         total = sum(k.nbytes for name, k in frontier.kept.items() if name not in self.dropped)
         total += sum(k.nbytes for k in self.written.values())
-        for name in self.store:
+        for name in sorted(self.store, key=lambda n: n in self.optional):
+            if name not in self.store:  # a retained value given way to the frontier's
+                continue
             value = values[name]
-            if not isinstance(value, np.ndarray) or not _feedable(value.dtype):
+            feedable = isinstance(value, np.ndarray) and _feedable(value.dtype)
+            size = value.nbytes if isinstance(value, np.ndarray) else 0
+            if name not in self.optional:
+                while total + size > frontier.budget and any(n in self.optional for n in self.written):
+                    total -= self._abandon(next(n for n in self.written if n in self.optional))
+            if name in self.optional and (total + size > frontier.budget or not feedable):
+                total -= self._abandon(name)  # a retained value only: computed again should a capture need it
+                continue
+            if not feedable:
                 self.broken = f"'{name}' is not a tensor of numbers"
                 frontier.enabled = False
                 return
-            if total + value.nbytes > frontier.budget:
+            if total + size > frontier.budget:
                 self.broken = f"its values would pass {frontier.budget / 2**20:.0f} MiB"
                 frontier.enabled = False
                 return
-            kept = self.written.get(name) or _Kept(frontier.stem(), value.dtype, value.ndim)
+            kept = self.written.get(name) or _Kept(frontier.stem(), value.dtype, value.ndim)  # type: ignore[union-attr]
             np.save(frontier.path(kept.stem, index), np.require(value, requirements="C"), allow_pickle=False)
-            self.written[name] = _Kept(kept.stem, kept.dtype, kept.ndim, kept.nbytes + value.nbytes)
-            total += value.nbytes
+            self.written[name] = _Kept(kept.stem, kept.dtype, kept.ndim, kept.nbytes + size)
+            total += size
+
+    def _abandon(self, name: str) -> int:
+        """Keep the retained value ``name`` no more (its files of the batches so far are removed):
+        the bytes freed."""
+        self.store.remove(name)
+        kept = self.written.pop(name, None)
+        if kept is not None:
+            self.frontier._remove(kept.stem)
+        log.debug("'%s' is not kept for later captures: it would pass the frontier's budget", name)
+        return 0 if kept is None else kept.nbytes
 
     def finish(self) -> None:
         """Make this capture's region and frontier the frontier's (or drop it, saying why)."""

@@ -10,6 +10,14 @@ on the model (each node before the cut runs once per batch over all the layers, 
 in the order of the graph), and runs the tail as a model of its own (:func:`~onnxprune.frontier.sub_model`)
 with the new tensor stored in it. A layer near the output then costs a few nodes, not the model:
 the probes cost about half the forward passes they did, plus one session per layer.
+
+Layers in the graph's order do not always nest their tails: the lateral convolutions of a feature
+pyramid, or the heads of a detector, sit on parallel branches, and the cut of the next one reads
+values deep inside what the last one's frontier had already passed. Given the ``names`` it will be
+asked for, in order, :class:`Tails` has the frontier retain every value a cut still to come reads
+(:attr:`~onnxprune.frontier.Frontier.retain`), and lets each go after its last cut: on the PP-OCRv4
+detector, 16 of 54 probes otherwise ran most of the model again (560 to 604 of its 672 nodes), batch
+by batch: the probes took 101 s, and take 70 s.
 """
 
 from __future__ import annotations
@@ -35,11 +43,37 @@ class Tails:
     first): the cut's values are not checked against it (fingerprinting every stored tensor on
     each call took 3 s of all-MiniLM-L6-v2's 25 s of probes)."""
 
-    def __init__(self, model: ModelProto, feeds: Sequence[dict[str, np.ndarray]], folder: str | Path) -> None:
+    def __init__(
+        self,
+        model: ModelProto,
+        feeds: Sequence[dict[str, np.ndarray]],
+        folder: str | Path,
+        names: Sequence[str] = (),
+    ) -> None:
         self.model, self.feeds = model, list(feeds)
         self.frontier = Frontier(model, folder, frozen=True)  # the model is never changed here
         self.graph = self.frontier.graph()
         self.names = [o.name for o in model.graph.output]
+        # the tensors to be replaced, in the order they will be (module docstring): their cuts retained
+        self.todo = list(names)
+        self.cuts = {name: self._cut(name, self.graph.descendants(name)) for name in dict.fromkeys(names)}
+        self._retain()
+
+    def _cut(self, name: str, tail: set[int]) -> list[str]:
+        """The values the nodes ``tail`` (those that depend on ``name``) read from nodes outside it."""
+        graph = self.graph
+        return sorted(
+            {
+                read
+                for index in tail
+                for read in graph.reads[index]
+                if read != name and read in graph.producer and graph.producer[read] not in tail
+            }
+        )
+
+    def _retain(self) -> None:
+        """Retain the values the cuts still to come read (and no others)."""
+        self.frontier.retain = {value for name in self.todo for value in self.cuts[name]}
 
     def outputs(
         self, name: str, value: np.ndarray, *, each: Callable[[int, dict[str, np.ndarray]], bool] | None = None
@@ -52,17 +86,14 @@ class Tails:
         graph = self.graph
         tail = graph.descendants(name)
         outputs = [out for out in self.names if graph.producer.get(out) in tail]
+        if name in self.todo:  # its cut is read now: retained no longer for its sake
+            self.todo.remove(name)
         if not outputs:
+            self._retain()
             return {}
-        cut = sorted(
-            {
-                read
-                for index in tail
-                for read in graph.reads[index]
-                if read != name and read in graph.producer and graph.producer[read] not in tail
-            }
-        )
+        cut = self.cuts.get(name) or self._cut(name, tail)
         segment = self.frontier.begin(cut)
+        self._retain()  # what this segment reads is loaded now; what no later cut reads is dropped at the next
         replaced = {name: numpy_helper.from_array(np.asarray(value), name)}
         sess = None
         found: dict[str, list[np.ndarray]] = {out: [] for out in outputs}

@@ -275,3 +275,73 @@ def test_a_weight_in_a_constant_node_runs_its_tail_with_the_new_value(tmp_path):
     next(t for t in changed.graph.initializer if t.name == "W2").CopyFrom(numpy_helper.from_array(new, "W2"))
     sess = onnxruntime.InferenceSession(changed.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(got["y"][1], sess.run(["y"], BATCHES[1])[0], rtol=1e-5, atol=1e-6)
+
+
+def _branches() -> onnx.ModelProto:
+    """A trunk ``t = Relu(x W1)`` read by two branches, ``a = (t Wc) Wa`` and ``r = Relu(t Wb)``,
+    summed: ``y = a + r``. Probed Wa first, the trunk ends inside the region (both its readers are
+    in it), yet Wb's tail reads it."""
+    nodes = [
+        node("MatMul", ["x", "W1"], ["m1"], "mm1"),
+        node("Relu", ["m1"], ["t"], "trunk"),
+        node("MatMul", ["t", "Wc"], ["c"], "mmc"),
+        node("MatMul", ["c", "Wa"], ["a"], "mma"),
+        node("MatMul", ["t", "Wb"], ["b"], "mmb"),
+        node("Relu", ["b"], ["r"], "relub"),
+        node("Add", ["a", "r"], ["y"], "sum"),
+    ]
+    inits = [init(name, rand((8, 8), seed)) for seed, name in enumerate(("W1", "Wc", "Wa", "Wb"), start=11)]
+    return model(nodes, [value("x", ["n", 8])], [value("y", ["n", 8])], inits)
+
+
+@pytest.mark.parametrize("told", [True, False])
+def test_tails_told_their_order_read_a_value_of_a_parallel_branch_instead_of_running_the_trunk_again(
+    told, tmp_path, monkeypatch
+):
+    m = _branches()
+    segments: list[set[str]] = []
+    begin = Frontier.begin
+
+    def recorded(self, names):
+        segment = begin(self, names)
+        segments.append({self.model.graph.node[i].name for i in segment.nodes})
+        return segment
+
+    monkeypatch.setattr(Frontier, "begin", recorded)
+    tails = Tails(m, BATCHES, tmp_path, ["Wa", "Wb"] if told else [])
+    for name in ("Wa", "Wb"):
+        new = rand((8, 8), seed=50)
+        got = tails.outputs(name, new)
+        changed = _copy_of(m)
+        next(t for t in changed.graph.initializer if t.name == name).CopyFrom(numpy_helper.from_array(new, name))
+        sess = onnxruntime.InferenceSession(changed.SerializeToString(), providers=["CPUExecutionProvider"])
+        for index, feeds in enumerate(BATCHES):
+            np.testing.assert_allclose(got["y"][index], sess.run(["y"], feeds)[0], rtol=1e-5, atol=1e-6)
+    assert {"mm1", "trunk"} <= segments[0]
+    # told, the trunk is kept for Wb's cut; not told, Wb's segment runs it again from the inputs
+    assert ({"mm1", "trunk"} & segments[1]) == (set() if told else {"mm1", "trunk"})
+    assert ("t" in tails.frontier.kept) == told
+    assert tails.frontier.retain == set()  # every cut read: nothing retained any more
+
+
+def test_a_retained_value_over_the_budget_is_not_kept_and_the_frontier_goes_on(tmp_path):
+    m = _branches()
+    tails = Tails(m, BATCHES, tmp_path, ["Wa", "Wb"])
+    # room for the frontier's own values (c and r over both batches) but not for the trunk as well
+    tails.frontier.budget = sum(b["x"].nbytes for b in BATCHES) * 2
+    new = rand((8, 8), seed=51)
+    got = tails.outputs("Wa", new)
+    assert tails.frontier.enabled and "t" not in tails.frontier.kept
+    # the trunk's files of the first batch are gone with it: only what is kept stays on disk
+    assert {p.name.split("_b")[0] for p in tmp_path.glob("*_b*.npy")} == {k.stem for k in tails.frontier.kept.values()}
+    changed = _copy_of(m)
+    next(t for t in changed.graph.initializer if t.name == "Wa").CopyFrom(numpy_helper.from_array(new, "Wa"))
+    sess = onnxruntime.InferenceSession(changed.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got["y"][1], sess.run(["y"], BATCHES[1])[0], rtol=1e-5, atol=1e-6)
+    got = tails.outputs("Wb", new)  # the trunk computed again: still right
+    next(t for t in changed.graph.initializer if t.name == "Wa").CopyFrom(
+        next(t for t in m.graph.initializer if t.name == "Wa")
+    )
+    next(t for t in changed.graph.initializer if t.name == "Wb").CopyFrom(numpy_helper.from_array(new, "Wb"))
+    sess = onnxruntime.InferenceSession(changed.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got["y"][0], sess.run(["y"], BATCHES[0])[0], rtol=1e-5, atol=1e-6)

@@ -459,7 +459,10 @@ class OutputProbe:
         main -= set(feeds[0]) if feeds else set()
         constants = {w.name for w in weights if w.scope == "" and w.storage == "constant"}
         # with a folder, the weights stored in the main graph run their tails only
-        self.tails = Tails(model, feeds, folder) if folder is not None and (main or constants) else None
+        tailed = [
+            w.name for w in weights if w.scope == "" and w.name in main | constants
+        ]  # in the order they are probed
+        self.tails = Tails(model, feeds, folder, tailed) if folder is not None and tailed else None
         self.tailed = main | constants if self.tails is not None else set()
         self.fed = main if self.tails is None else set()
         added = [
