@@ -14,7 +14,7 @@ import pytest
 from builders import init, model, node, rand, value
 
 import onnxprune
-from onnxprune.capture import LayerSpec, capture
+from onnxprune.capture import LayerSpec, LayerStats, capture, stacked
 from onnxprune.config import PruneConfig
 from onnxprune.errors import OptionError
 from onnxprune.row_sampling import ALL_ROWS, RowSampling, draw
@@ -159,6 +159,14 @@ def test_subsampled_rows_with_a_reference_and_a_residual_share_one_draw():
     np.testing.assert_allclose(res.cross_ref, cross_ref, rtol=1e-5, atol=1e-5)
     assert res.energy == pytest.approx(energy, rel=1e-5)
     np.testing.assert_allclose(res.mean, d_total / 240, rtol=1e-5, atol=1e-6)
+    # given the weight (one output: its products, not C and H_d), the same draw, the same residual
+    w = rand((1, 1, 6), 3).astype(np.float64)
+    given = capture(current, [spec], batches, reference=reference, sampling=sampling, weights={"W": w})["W"]
+    assert given.C is None and given.residual is not None
+    np.testing.assert_allclose(given.CW[0], c @ w[0].T, rtol=1e-5, atol=1e-5)
+    assert given.energy_ref[0] == pytest.approx(float(np.vdot(w[0] @ h_ref, w[0])), rel=1e-5)
+    for field in ("cross", "cross_ref", "energy", "mean"):
+        np.testing.assert_array_equal(getattr(given.residual, field), getattr(res, field))
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,3 +255,102 @@ def test_the_pass_uses_the_option(tmp_path):
     assert np.array_equal(_pruned_weight(tmp_path, 8, 16), _pruned_weight(tmp_path, 8, None))
     # 48x48 = 2304 positions a sample, above max(1·4, 1024): subsampled, so the solve differs
     assert not np.array_equal(_pruned_weight(tmp_path, 48, 1), _pruned_weight(tmp_path, 48, None))
+
+
+# ---------------------------------------------------------------------------------------
+# C wᵀ and tr(w H_d wᵀ) accumulated from the layer's own weight
+
+
+def _two_convs(w0: np.ndarray, w: np.ndarray) -> onnx.ModelProto:
+    """x -> Conv(W0, 1x1) -> Relu = a -> Conv(W, 3x3, two groups) -> y."""
+    return model(
+        [
+            node("Conv", ["x", "W0"], ["c0"], "conv0", kernel_shape=[1, 1]),
+            node("Relu", ["c0"], ["a"], "relu"),
+            node("Conv", ["a", "W"], ["y"], "conv", group=2, kernel_shape=[3, 3], strides=[2, 1], pads=[1, 0, 1, 2]),
+        ],
+        [value("x", ["n", 4, None, None])],
+        [value("y", ["n", w.shape[0], None, None])],
+        [init("W0", w0), init("W", w)],
+    )
+
+
+@pytest.mark.parametrize("sampling", [ALL_ROWS, RowSampling(per_col=1, min_rows=4, seed=3)])
+def test_products_with_the_weight_are_those_of_the_reference_matrices(sampling):
+    w0, w = rand((4, 4, 1, 1), 2), rand((4, 2, 3, 3), 1)  # two groups of 2 outputs over 18 columns
+    dense = _two_convs(w0, w)
+    current = _two_convs(np.where(np.abs(w0) > 0.4, w0, 0).astype(np.float32), w)  # another input
+    spec = conv_spec(w, groups=2, strides=(2, 1), pads=(1, 0, 1, 2))
+    batches = [{"x": rand((3, 4, 9, 7), 10 + b)} for b in range(2)]
+    matrix = w.reshape(2, 2, 18).astype(np.float64)  # [groups, out, cols], as the solver reads it
+    plain = capture(current, [spec], batches, reference=dense, sampling=sampling)["W"]
+    given = capture(current, [spec], batches, reference=dense, sampling=sampling, weights={"W": matrix})["W"]
+    assert plain.C is not None and plain.H_ref is not None and plain.CW is None
+    assert given.C is None and given.H_ref is None  # 4·2·2·18 operations a row, not 3·2·18²: the products
+    cw = np.matmul(plain.C, np.swapaxes(matrix, 1, 2))
+    energy = np.sum(np.matmul(matrix, plain.H_ref) * matrix, axis=(1, 2))
+    np.testing.assert_allclose(given.CW, cw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(given.energy_ref, energy, rtol=1e-5)
+    for field in ("H", "mean", "mean_ref", "sqnorm"):  # the rest as without the weight
+        np.testing.assert_array_equal(getattr(given, field), getattr(plain, field))
+
+
+def test_a_weight_with_many_outputs_keeps_the_matrices_and_gets_their_products():
+    """32 outputs of 8 columns: ``C`` and ``H_d`` are cheaper (3·8² against 4·32·8 a row); the layer
+    still gets ``CW`` and ``energy_ref``, from them, and not the matrices."""
+    w1, w2 = rand((8, 8), 1), rand((8, 32), 2)
+    nodes = [node("MatMul", ["x", "W1"], ["a"], "mm1"), node("MatMul", ["a", "W2"], ["y"], "mm2")]
+    dense = model(nodes, [value("x", ["n", 8])], [value("y", ["n", 32])], [init("W1", w1), init("W2", w2)])
+    current = model(nodes, [value("x", ["n", 8])], [value("y", ["n", 32])], [init("W1", np.triu(w1)), init("W2", w2)])
+    spec = LayerSpec(key="W2", node="mm2", capture_op="MatMul", activation="a", cols=8)
+    batches = [{"x": rand((16, 8), 5)}]
+    matrix = w2.T[None].astype(np.float64)  # MatMul x @ W: the solver's rows are W's columns
+    plain = capture(current, [spec], batches, reference=dense)["W2"]
+    given = capture(current, [spec], batches, reference=dense, weights={"W2": matrix})["W2"]
+    assert given.C is None and given.H_ref is None
+    np.testing.assert_allclose(given.CW, np.matmul(plain.C, np.swapaxes(matrix, 1, 2)), rtol=1e-12)
+    a, a_d = np.triu(w1), w1
+    x_d, x = batches[0]["x"] @ a_d, batches[0]["x"] @ a
+    np.testing.assert_allclose(given.energy_ref, [np.sum((x_d @ w2) ** 2)], rtol=1e-5)
+    np.testing.assert_allclose(given.CW[0], x.T @ (x_d @ w2), rtol=1e-4, atol=1e-4)
+    without = capture(current, [spec], batches)["W2"]  # no reference: nothing to multiply
+    assert without.CW is None and without.C is None
+
+
+def test_one_input_for_every_group_of_the_weight_broadcasts():
+    """A weight of two groups over one input (a recurrent W's directions): ``CW[g] = Σ Xᵀ X_d W_gᵀ``."""
+    w1 = rand((8, 8), 1)
+    nodes = [node("MatMul", ["x", "W1"], ["a"], "mm1"), node("Relu", ["a"], ["y"], "relu")]
+    dense = model(nodes, [value("x", ["n", 8])], [value("y", ["n", 8])], [init("W1", w1)])
+    current = model(nodes, [value("x", ["n", 8])], [value("y", ["n", 8])], [init("W1", np.tril(w1))])
+    spec = LayerSpec(key="R", node="relu", capture_op="MatMul", activation="y", cols=8)
+    batches = [{"x": rand((16, 8), 5)}, {"x": rand((8, 8), 6)}]
+    matrix = rand((2, 2, 8), 7).astype(np.float64)  # 4·2·2·8 < 3·8²: the products
+    plain = capture(current, [spec], batches, reference=dense)["R"]
+    given = capture(current, [spec], batches, reference=dense, weights={"R": matrix})["R"]
+    assert given.C is None and given.CW.shape == (2, 8, 2) and given.energy_ref.shape == (2,)
+    np.testing.assert_allclose(given.CW, np.matmul(plain.C, np.swapaxes(matrix, 1, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        given.energy_ref, np.sum(np.matmul(matrix, plain.H_ref) * matrix, axis=(1, 2)), rtol=1e-5
+    )
+
+
+def test_stacked_uses_add_their_products():
+    """A weight two nodes multiply: ``Σ_u X_uᵀ X_d,u Wᵀ`` and ``Σ_u ‖X_d,u Wᵀ‖²`` add like H."""
+    parts = [
+        LayerStats(
+            rows=r,
+            H=np.eye(3)[None] * r,
+            mean=np.ones((1, 3)) * r,
+            sqnorm=np.ones((1, 3)) * r,
+            mean_ref=np.full((1, 3), float(r)),
+            CW=np.full((1, 3, 2), float(r)),
+            energy_ref=np.array([10.0 * r]),
+        )
+        for r in (1, 3)
+    ]
+    both = stacked(parts)
+    np.testing.assert_array_equal(both.CW, np.full((1, 3, 2), 4.0))
+    np.testing.assert_array_equal(both.energy_ref, [40.0])
+    np.testing.assert_allclose(both.mean_ref, np.full((1, 3), 10 / 4))  # (1·1 + 3·3) / 4
+    assert both.C is None and both.H_ref is None

@@ -17,7 +17,7 @@ from onnxprune.reconstruct import (
     wanda_scores,
 )
 from onnxprune.reconstruct.hessian import damped_inverse_factor, inverse_factor
-from onnxprune.reconstruct.layer import OutputErrors
+from onnxprune.reconstruct.layer import OutputErrors, reference_terms
 from onnxprune.sparsity import count_for_amount
 
 
@@ -517,10 +517,14 @@ def test_output_errors_share_their_constant_terms_and_match_the_quadratic():
     x_d = x + 0.1 * rng.standard_normal((200, 10))
     w = rng.standard_normal((4, 10))
     new = np.where(rng.random((4, 10)) < 0.5, 0.0, w)
-    errors = OutputErrors(w, x.T @ x, x.T @ x_d, x_d.T @ x_d)
+    # C wᵀ and tr(w H_d wᵀ) from the matrices, and as the capture accumulates them (Y_d = X_d wᵀ)
+    cw, dense = reference_terms(w[None], (x.T @ x_d)[None], (x_d.T @ x_d)[None])
+    np.testing.assert_allclose(cw[0], x.T @ (x_d @ w.T), rtol=1e-12)
+    assert dense[0] == pytest.approx(float(np.sum((x_d @ w.T) ** 2)), rel=1e-12)
+    errors = OutputErrors(w, x.T @ x, cw[0], dense[0])
     direct = float(np.sum((x_d @ w.T - x @ new.T) ** 2))
     assert errors.of(new) == pytest.approx(direct, rel=1e-10)
     assert errors.dense == pytest.approx(float(np.sum((x_d @ w.T) ** 2)), rel=1e-12)
     h = x.T @ x  # no reference: one matrix for H, C and H_d
-    plain = OutputErrors(w, h, h, h)
+    plain = OutputErrors(w, h, h @ w.T, float(np.vdot(w @ h, w)))
     assert plain.of(new) == pytest.approx(float(np.sum((x @ (w - new).T) ** 2)), rel=1e-10)

@@ -104,11 +104,11 @@ def test_the_target_is_the_ridge_least_squares_fit_of_the_dense_sum():
     r = r_dense + 0.2 * x[:, :4] + 0.05 * rng.standard_normal((500, 4))  # an error partly in x's span
     w = rng.standard_normal((4, 6))
     h, c = x.T @ x, x.T @ x_dense
-    got = dense_target(w, h, c, 0.0, x.T @ (r_dense - r))
+    got = dense_target(w, h, c @ w.T, 0.0, x.T @ (r_dense - r))
     # min ‖(X_d Wᵀ + R_d) − (X W*ᵀ + R)‖²: lstsq of X against the dense sum minus R
     want = np.linalg.lstsq(x, x_dense @ w.T + r_dense - r, rcond=None)[0].T
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
-    plain = dense_target(w, h, c, 0.0)
+    plain = dense_target(w, h, c @ w.T, 0.0)
     sum_error = lambda v: np.linalg.norm(x_dense @ w.T + r_dense - (x @ v.T + r))  # noqa: E731
     assert sum_error(got) < 0.8 * sum_error(plain)
 

@@ -22,7 +22,7 @@ from onnxprune.config import check_amount
 from onnxprune.errors import DataError, OnnxPruneError, OptionError
 from onnxprune.executors import ProcessExecutor, SerialExecutor
 from onnxprune.executors import pool as pool_module
-from onnxprune.reconstruct.layer import LayerTask, UseMeans, solve_layer
+from onnxprune.reconstruct.layer import LayerTask, UseMeans, reference_terms, solve_layer
 from onnxprune.reconstruct.methods import SPARSEGPT, Method
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -108,8 +108,8 @@ def _task(seed: int = 0, *, method: Method = SPARSEGPT) -> LayerTask:
         row_wise=True,
         count=w.size // 2,
         amount=0.5,
-        C=h * 0.9,
-        H_ref=h * 1.1,
+        CW=reference_terms(w, h * 0.9, h * 1.1)[0],
+        energy_ref=reference_terms(w, h * 0.9, h * 1.1)[1],
         uses=(UseMeans(x.mean(axis=0)[None], x.mean(axis=0)[None] * 1.01),),
     )
 

@@ -7,7 +7,8 @@ calibrated pass (:mod:`onnxprune.passes.calibrated`) builds the tasks, :func:`so
 one and returns a :class:`LayerSolution` of arrays.
 
 For each group ``g`` (``w [rows, cols]``, ``H = Σ xᵀx`` of the current input; with a reference,
-``C = Σ xᵀx_d`` against the dense model's input and ``H_d = Σ x_dᵀx_d``):
+``C Wᵀ = Σ xᵀ(x_d wᵀ)`` against the dense model's input and ``tr(w H_d wᵀ) = Σ ‖x_d wᵀ‖²``, the
+only ways the solve reads ``C = Σ xᵀx_d`` and ``H_d = Σ x_dᵀx_d``, :mod:`onnxprune.capture`):
 
 - the goal is ``w`` itself, or with a reference the dense target ``W*`` of :func:`dense_target`
   (``(H + λI) W*ᵀ = C Wᵀ + λ Wᵀ [+ R]``, zeros kept zero);
@@ -70,8 +71,9 @@ class LayerTask:
 
     weight: the weight's key (a label only). w: ``[groups, rows, cols]`` float64; magnitude: the
     criterion's mask, same shape (True = pruned). H, sqnorm: ``[k, cols, cols]``, ``[k, cols]``
-    (``k`` 1 when every group reads the same input, else ``groups``). C, H_ref: ``[k, cols, cols]``
-    with a reference (the layer is fitted to the dense model's outputs), else None; residual:
+    (``k`` 1 when every group reads the same input, else ``groups``). CW ``[groups, cols, rows]``
+    (``C wᵀ`` per group) and energy_ref ``[groups]`` (``tr(w H_d wᵀ)``) with a reference (the
+    layer is fitted to the dense model's outputs; :func:`reference_terms`), else None; residual:
     with a reference and a settled residual sum, else None. uses: each use's means (its bias delta).
     magnitude_error: whether the solution reports the magnitude mask's error too (else NaN).
     count: the layer's exact count (split over the groups), None with ``nm``; amount: the
@@ -95,8 +97,8 @@ class LayerTask:
     amount: float | None
     nm: tuple[int, int] | None = None
     nm_order: np.ndarray | None = None
-    C: np.ndarray | None = None
-    H_ref: np.ndarray | None = None
+    CW: np.ndarray | None = None
+    energy_ref: np.ndarray | None = None
     residual: Residual | None = None
     uses: tuple[UseMeans, ...] = ()
     magnitude_error: bool = True
@@ -135,14 +137,17 @@ def _solve(task: LayerTask) -> LayerSolution:
     groups = task.w.shape[0]
     out = np.empty_like(task.w)
     err_num = err_den = mag_num = 0.0
-    with_ref = task.C is not None and task.H_ref is not None
+    with_ref = task.CW is not None and task.energy_ref is not None
     cross = task.residual.cross if task.residual is not None else None
     for g in range(groups):
         k = 0 if task.H.shape[0] == 1 else g  # one input for every group (a recurrent W's directions)
         wg, hg = task.w[g], task.H[k]
-        cg = task.C[k] if task.C is not None else hg
-        h_ref = task.H_ref[k] if task.H_ref is not None else hg
-        goal = np.where(wg == 0, 0.0, dense_target(wg, hg, cg, task.percdamp, cross)) if with_ref else wg
+        if with_ref:
+            cw, dense = task.CW[g], float(task.energy_ref[g])  # type: ignore[index]
+        else:  # the layer's own input is its reference: C = H_d = H
+            wc = wg @ hg.T
+            cw, dense = wc.T, float(np.vdot(wc, wg))
+        goal = np.where(wg == 0, 0.0, dense_target(wg, hg, cw, task.percdamp, cross)) if with_ref else wg
         mag_new = np.where(task.magnitude[g], 0.0, wg)
         order = None
         wp, tp, hp, sq, mask = wg, goal, hg, task.sqnorm[k], task.magnitude[g]
@@ -172,7 +177,7 @@ def _solve(task: LayerTask) -> LayerSolution:
             unpermuted[:, order] = new
             new = unpermuted
         out[g] = new
-        errors = OutputErrors(wg, hg, cg, h_ref, task.residual)
+        errors = OutputErrors(wg, hg, cw, dense, task.residual)
         err_num += errors.of(new)
         mag_num += errors.of(mag_new) if task.magnitude_error else math.nan
         err_den += errors.dense
@@ -181,26 +186,33 @@ def _solve(task: LayerTask) -> LayerSolution:
     return LayerSolution(out, err_num, err_den, mag_num, deltas)
 
 
-_ARRAYS = ("w", "magnitude", "H", "sqnorm", "C", "H_ref")
+_ARRAYS = ("w", "magnitude", "H", "sqnorm", "CW", "energy_ref")
 
 
 def _plain(a: Any) -> Any:
     return None if a is None else np.require(a, requirements=("C", "A"))
 
 
+def reference_terms(w: np.ndarray, c: np.ndarray, h_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(C wᵀ, tr(w H_d wᵀ))`` per group of ``w [groups, rows, cols]`` from the matrices ``C``
+    and ``H_d`` ``[k, cols, cols]`` (``k`` 1: one input for every group)."""
+    cw = np.matmul(c, np.swapaxes(w, 1, 2))
+    return cw, np.sum(np.matmul(w, h_ref) * w, axis=(1, 2))
+
+
 def dense_target(
-    w: np.ndarray, h: np.ndarray, c: np.ndarray, percdamp: float, residual: np.ndarray | None = None
+    w: np.ndarray, h: np.ndarray, cw: np.ndarray, percdamp: float, residual: np.ndarray | None = None
 ) -> np.ndarray:
     """``W*`` that best maps the current inputs to the dense outputs: each row solves
     ``(H + λI) w* = C w + λ w`` (ridge towards ``w``), where ``H = Σ x xᵀ`` of the current
-    input and ``C = Σ x x_dᵀ`` against the dense model's input; then
-    ``‖w·X_d − ŵ·X‖² = (w* − ŵ)ᵀ H (w* − ŵ) + const`` for any ``ŵ``. With ``residual``
-    ``R = Σ xᵀ(r_d − r)`` (the output is summed with ``r``: :mod:`onnxprune.capture`) the target
-    is the dense *sum*, ``(H + λI) W*ᵀ = C Wᵀ + λ Wᵀ + R``: the layer also takes up the part of the
-    error arriving through ``r`` that its input can express."""
+    input and ``C = Σ x x_dᵀ`` against the dense model's input, given as ``cw = C wᵀ``
+    ``[cols, rows]``; then ``‖w·X_d − ŵ·X‖² = (w* − ŵ)ᵀ H (w* − ŵ) + const`` for any ``ŵ``. With
+    ``residual`` ``R = Σ xᵀ(r_d − r)`` (the output is summed with ``r``: :mod:`onnxprune.capture`)
+    the target is the dense *sum*, ``(H + λI) W*ᵀ = C Wᵀ + λ Wᵀ + R``: the layer also takes up the
+    part of the error arriving through ``r`` that its input can express."""
     lam = damping(h, np.diagonal(h) == 0, percdamp) or 1e-8 * max(float(np.mean(np.diagonal(h))), 1e-30)
     a = h + lam * np.eye(h.shape[0])
-    rhs = c @ w.T + lam * w.T
+    rhs = cw + lam * w.T
     if residual is not None:
         rhs = rhs + residual
     try:
@@ -210,22 +222,20 @@ def dense_target(
 
 
 class OutputErrors:
-    """``Σ_rows ‖w·X_d − ŵ·X‖² = ŵᵀHŵ − 2ŵᵀCw + wᵀH_d w`` for any ``ŵ`` of one group (``C = H = H_d``
-    without a reference); with ``residual`` (the output feeds a sum ``y + r``; anything with its
-    ``cross``, ``cross_ref`` and ``energy``) the error at the sum,
-    ``+ 2 tr(w X_dᵀD) − 2 tr(ŵ XᵀD) + ‖D‖²``.
+    """``Σ_rows ‖w·X_d − ŵ·X‖² = ŵᵀHŵ − 2ŵᵀCw + wᵀH_d w`` for any ``ŵ`` of one group, given
+    ``cw = C wᵀ`` ``[cols, rows]`` and ``dense = tr(w H_d wᵀ)`` (``C = H = H_d`` without a
+    reference); with ``residual`` (the output feeds a sum ``y + r``; anything with its ``cross``,
+    ``cross_ref`` and ``energy``) the error at the sum, ``+ 2 tr(w X_dᵀD) − 2 tr(ŵ XᵀD) + ‖D‖²``.
 
-    What does not depend on ``ŵ`` is computed once: ``w Cᵀ`` (so ``ŵᵀCw = ⟨ŵ, w Cᵀ⟩``) and
-    :attr:`dense` ``= tr(w H_d wᵀ)`` (from ``w Cᵀ`` when ``C`` and ``H_d`` are one symmetric
-    matrix): each :meth:`of` is then one product ``ŵ H``.
+    What does not depend on ``ŵ`` is computed once, so each :meth:`of` is one product ``ŵ H``.
     """
 
     def __init__(
-        self, w: np.ndarray, h: np.ndarray, c: np.ndarray, h_ref: np.ndarray, residual: Residual | None = None
+        self, w: np.ndarray, h: np.ndarray, cw: np.ndarray, dense: float, residual: Residual | None = None
     ) -> None:
         self.h, self.residual = h, residual
-        self.wc = w @ c.T
-        self.dense = float(np.vdot(self.wc, w)) if (c is h and h_ref is h) else quad(w, h_ref, w)
+        self.wc = cw.T  # ŵᵀCw = ⟨ŵ, w Cᵀ⟩
+        self.dense = float(dense)
         self.constant = self.dense
         if residual is not None:
             self.constant += 2 * float(np.vdot(w, residual.cross_ref.T)) + residual.energy
@@ -245,8 +255,9 @@ def output_error(
     h_ref: np.ndarray,
     residual: Residual | None = None,
 ) -> float:
-    """:meth:`OutputErrors.of` for one ``ŵ``."""
-    return OutputErrors(w, h, c, h_ref, residual).of(new)
+    """:meth:`OutputErrors.of` for one ``ŵ``, from the matrices ``C`` and ``H_d`` of its group."""
+    cw, dense = reference_terms(w[None], c[None], h_ref[None])
+    return OutputErrors(w, h, cw[0], float(dense[0]), residual).of(new)
 
 
 def quad(a: np.ndarray, m: np.ndarray, b: np.ndarray) -> float:
