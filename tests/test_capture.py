@@ -20,7 +20,7 @@ from onnxprune import capture as capture_module
 from onnxprune import runtime
 from onnxprune.capture import LayerSpec, LayerStats, capture
 from onnxprune.errors import DataError, OptionError
-from onnxprune.im2col import ConvGeometry, patch_blocks
+from onnxprune.im2col import ConvGeometry, patch_blocks, patch_rows
 
 # ---------------------------------------------------------------------------------------
 # Models and references
@@ -480,3 +480,27 @@ def test_reference_model_gives_cross_statistics():
     np.testing.assert_allclose(stats.mean_ref[0], r_dense.mean(0), rtol=1e-5)
     plain = capture(model(pruned_w1), [spec], batches)["w2"]
     assert plain.C is None and plain.H_ref is None
+
+
+@pytest.mark.parametrize(
+    "shape, geometry",
+    [
+        ((3, 4, 9, 7), ConvGeometry(2, (3, 3), (2, 1), (1, 0, 1, 2), (1, 1))),
+        ((2, 6, 11, 10), ConvGeometry(3, (3, 2), (1, 2), (2, 1, 0, 1), (2, 3))),  # dilated, uneven
+        ((2, 4, 8, 9), ConvGeometry(1, (3, 3), (2, 2), (0, 0, 0, 0), (1, 1), "SAME_LOWER")),
+        ((2, 4, 8, 9), ConvGeometry(4, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1), "SAME_UPPER")),  # depthwise
+        ((3, 5, 17), ConvGeometry(1, (4,), (3,), (1, 2), (2,))),  # 1-D
+        ((2, 2, 5, 6, 4), ConvGeometry(2, (2, 3, 2), (1, 2, 1), (1, 0, 1, 0, 1, 1), (1, 1, 2))),  # 3-D
+        ((2, 3, 6, 6), ConvGeometry(1, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1))),  # pointwise, no pads
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int32])
+def test_patch_rows_are_those_rows_of_the_patch_matrix(shape, geometry, dtype):
+    x = (np.random.default_rng(3).standard_normal(shape) * 4).astype(dtype)
+    full = np.concatenate(list(patch_blocks(x, geometry, max_bytes=1 << 20)), axis=1)
+    rows = np.sort(np.random.default_rng(4).choice(full.shape[1], size=full.shape[1] // 3, replace=False))
+    for max_bytes in (1 << 20, full.shape[0] * full.shape[2] * full.dtype.itemsize * 2):  # one block; rows in twos
+        blocks = list(patch_rows(x, geometry, rows, max_bytes=max_bytes))
+        got = np.concatenate(blocks, axis=1)
+        assert got.dtype == full.dtype and all(b.shape[1] <= max(2, len(rows)) for b in blocks)
+        np.testing.assert_array_equal(got, full[:, rows])
