@@ -273,8 +273,9 @@ def stacked(parts: Sequence[LayerStats]) -> LayerStats:
     so do CW and energy_ref (one weight: ``Σ_u X_uᵀ X_d,u Wᵀ``).
     A part with one group where others have several (inputs every group shares) broadcasts.
     Skipped (with the first part's reason) when any part is; C and H_ref (CW and energy_ref) are
-    None unless every part has them, mean_ref unless every part has one of the pairs. Subsampled parts add the same way: their sums are on the scale of
-    all their rows (:mod:`onnxprune.row_sampling`); ``rows_used`` adds."""
+    None unless every part has them, mean_ref unless every part has one of the pairs. Subsampled
+    parts add the same way: their sums are on the scale of all their rows
+    (:mod:`onnxprune.row_sampling`); ``rows_used`` adds."""
     if len(parts) == 1:
         return parts[0]
     bad = next((p for p in parts if p.skipped or p.H is None or p.mean is None or p.sqnorm is None), None)
@@ -687,7 +688,16 @@ class _Accumulator:
         if self.H is not None:
             self.sqnorm = np.diagonal(self.H, axis1=1, axis2=2).copy()
         mean_ref = self.total_ref / max(self.rows, 1) if self.total_ref is not None else None
-        for array in (self.H, mean, self.sqnorm, self.C, self.H_ref, mean_ref, *self.CW.values()):
+        for array in (
+            self.H,
+            mean,
+            self.sqnorm,
+            self.C,
+            self.H_ref,
+            mean_ref,
+            *self.CW.values(),
+            *self.energy_ref.values(),
+        ):
             if array is not None:
                 array.flags.writeable = False
         return LayerStats(

@@ -411,7 +411,7 @@ class Segment:
             if name in self.optional and (total + size > frontier.budget or not feedable):
                 total -= self._abandon(name)  # a retained value only: computed again should a capture need it
                 continue
-            if not feedable:
+            if not feedable or not isinstance(value, np.ndarray):
                 self.broken = f"'{name}' is not a tensor of numbers"
                 frontier.enabled = False
                 return
@@ -419,7 +419,7 @@ class Segment:
                 self.broken = f"its values would pass {frontier.budget / 2**20:.0f} MiB"
                 frontier.enabled = False
                 return
-            kept = self.written.get(name) or _Kept(frontier.stem(), value.dtype, value.ndim)  # type: ignore[union-attr]
+            kept = self.written.get(name) or _Kept(frontier.stem(), value.dtype, value.ndim)
             np.save(frontier.path(kept.stem, index), np.require(value, requirements="C"), allow_pickle=False)
             self.written[name] = _Kept(kept.stem, kept.dtype, kept.ndim, kept.nbytes + size)
             total += size
