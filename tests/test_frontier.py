@@ -124,6 +124,15 @@ def _copy_of(m: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _outputs_with(m: onnx.ModelProto, name: str, value: np.ndarray) -> list[np.ndarray]:
+    """``y`` of every batch of :data:`BATCHES`, run whole by onnxruntime with the initializer
+    ``name`` of a copy of ``m`` replaced by ``value``."""
+    changed = _copy_of(m)
+    next(t for t in changed.graph.initializer if t.name == name).CopyFrom(numpy_helper.from_array(value, name))
+    sess = onnxruntime.InferenceSession(changed.SerializeToString(), providers=["CPUExecutionProvider"])
+    return [sess.run(["y"], feeds)[0] for feeds in BATCHES]
+
+
 def test_a_rewired_node_in_the_region_drops_the_frontier(tmp_path):
     m = _chain()
     frontier = Frontier(m, tmp_path)
@@ -254,11 +263,8 @@ def test_a_tail_gives_the_outputs_of_the_whole_model_with_the_weight_replaced(na
     for weight in ("W1", "W2", "W3"):  # the frontier advances weight by weight, as the probe goes
         new = rand((8, 8), seed=40)
         got = tails.outputs(weight, new)
-        changed = _copy_of(m)
-        next(t for t in changed.graph.initializer if t.name == weight).CopyFrom(numpy_helper.from_array(new, weight))
-        sess = onnxruntime.InferenceSession(changed.SerializeToString(), providers=["CPUExecutionProvider"])
-        for index, feeds in enumerate(BATCHES):
-            np.testing.assert_allclose(got["y"][index], sess.run(["y"], feeds)[0], rtol=1e-5, atol=1e-6)
+        for index, want in enumerate(_outputs_with(m, weight, new)):
+            np.testing.assert_allclose(got["y"][index], want, rtol=1e-5, atol=1e-6)
         if weight == name:
             break
     assert tails.frontier.enabled
@@ -271,10 +277,7 @@ def test_a_weight_in_a_constant_node_runs_its_tail_with_the_new_value(tmp_path):
     m.graph.initializer.remove(w2)
     new = rand((8, 8), seed=41)
     got = Tails(m, BATCHES, tmp_path).outputs("W2", new)
-    changed = _chain()
-    next(t for t in changed.graph.initializer if t.name == "W2").CopyFrom(numpy_helper.from_array(new, "W2"))
-    sess = onnxruntime.InferenceSession(changed.SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(got["y"][1], sess.run(["y"], BATCHES[1])[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["y"][1], _outputs_with(_chain(), "W2", new)[1], rtol=1e-5, atol=1e-6)
 
 
 def _branches() -> onnx.ModelProto:
@@ -312,11 +315,8 @@ def test_tails_told_their_order_read_a_value_of_a_parallel_branch_instead_of_run
     for name in ("Wa", "Wb"):
         new = rand((8, 8), seed=50)
         got = tails.outputs(name, new)
-        changed = _copy_of(m)
-        next(t for t in changed.graph.initializer if t.name == name).CopyFrom(numpy_helper.from_array(new, name))
-        sess = onnxruntime.InferenceSession(changed.SerializeToString(), providers=["CPUExecutionProvider"])
-        for index, feeds in enumerate(BATCHES):
-            np.testing.assert_allclose(got["y"][index], sess.run(["y"], feeds)[0], rtol=1e-5, atol=1e-6)
+        for index, want in enumerate(_outputs_with(m, name, new)):
+            np.testing.assert_allclose(got["y"][index], want, rtol=1e-5, atol=1e-6)
     assert {"mm1", "trunk"} <= segments[0]
     # told, the trunk is kept for Wb's cut; not told, Wb's segment runs it again from the inputs
     assert ({"mm1", "trunk"} & segments[1]) == (set() if told else {"mm1", "trunk"})
@@ -334,14 +334,6 @@ def test_a_retained_value_over_the_budget_is_not_kept_and_the_frontier_goes_on(t
     assert tails.frontier.enabled and "t" not in tails.frontier.kept
     # the trunk's files of the first batch are gone with it: only what is kept stays on disk
     assert {p.name.split("_b")[0] for p in tmp_path.glob("*_b*.npy")} == {k.stem for k in tails.frontier.kept.values()}
-    changed = _copy_of(m)
-    next(t for t in changed.graph.initializer if t.name == "Wa").CopyFrom(numpy_helper.from_array(new, "Wa"))
-    sess = onnxruntime.InferenceSession(changed.SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(got["y"][1], sess.run(["y"], BATCHES[1])[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["y"][1], _outputs_with(m, "Wa", new)[1], rtol=1e-5, atol=1e-6)
     got = tails.outputs("Wb", new)  # the trunk computed again: still right
-    next(t for t in changed.graph.initializer if t.name == "Wa").CopyFrom(
-        next(t for t in m.graph.initializer if t.name == "Wa")
-    )
-    next(t for t in changed.graph.initializer if t.name == "Wb").CopyFrom(numpy_helper.from_array(new, "Wb"))
-    sess = onnxruntime.InferenceSession(changed.SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(got["y"][0], sess.run(["y"], BATCHES[0])[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["y"][0], _outputs_with(m, "Wb", new)[0], rtol=1e-5, atol=1e-6)
