@@ -458,10 +458,9 @@ class OutputProbe:
         main = {w.name for w in weights if w.scope == "" and w.storage == "initializer" and w.name in stored}
         main -= set(feeds[0]) if feeds else set()
         constants = {w.name for w in weights if w.scope == "" and w.storage == "constant"}
-        # with a folder, the weights stored in the main graph run their tails only
-        tailed = [
-            w.name for w in weights if w.scope == "" and w.name in main | constants
-        ]  # in the order they are probed
+        # with a folder, the weights stored in the main graph run their tails only (named in the
+        # order they are probed: the tails' frontier keeps what a later cut reads)
+        tailed = [w.name for w in weights if w.scope == "" and w.name in main | constants]
         self.tails = Tails(model, feeds, folder, tailed) if folder is not None and tailed else None
         self.tailed = main | constants if self.tails is not None else set()
         self.fed = main if self.tails is None else set()
