@@ -417,11 +417,13 @@ def _prune(
         tick = time.perf_counter()
         reference = dense_values if changed and needs_dense else None
         sampling = reconstruction.row_sampling(ranking.seed)  # capture_rows: the rows each batch adds
-        # with a reference, a layer's fit reads C and H_d only through its dense weight: given it,
-        # the capture accumulates those products instead where they are cheaper (det 640: 85 -> 4
-        # GFLOP a sample)
+        # the wave's weights, read once: the capture's products and the solves' tasks. With a
+        # reference, a layer's fit reads C and H_d only through its dense weight: given it, the
+        # capture accumulates those products instead where they are cheaper (det 640: 85 -> 4
+        # GFLOP a sample); float32 and float64 weights go as they are stored (views, no copy)
+        values_of = {layer.weight.key: tensors.read_array(inventory.proto(layer.weight)) for layer in group}
         matrices = {
-            use.spec.key: layer.to_matrix(to_float64(tensors.read_array(inventory.proto(layer.weight))))
+            use.spec.key: layer.to_matrix(_plain_float(values_of[layer.weight.key]))
             for layer in (group if reference is not None else ())
             if not layer.reads_own_output
             for use in layer.uses
@@ -453,7 +455,7 @@ def _prune(
             if loop:
                 work.append((layer, layer_stats, loop))
                 continue
-            values = tensors.read_array(inventory.proto(weight))
+            values = values_of[weight.key]
             work.append((layer, layer_stats, len(tasks)))
             tasks.append(
                 layer_task(
@@ -553,6 +555,11 @@ class _Scratch:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.remove = weakref.finalize(self, shutil.rmtree, path, ignore_errors=True)
+
+
+def _plain_float(values: np.ndarray) -> np.ndarray:
+    """``values`` itself when float32 or float64, else widened to float64 (float16, bfloat16)."""
+    return values if values.dtype in (np.float32, np.float64) else to_float64(values)
 
 
 def _scratch() -> _Scratch | None:
