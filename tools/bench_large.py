@@ -347,11 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"generated {size / GB:.2f} GB in {time.perf_counter() - start:.0f} s (not timed): {model_dir}", flush=True
         )
         every = commands(model_dir / MODEL_NAME, out_dir, args.baseline)
-        warm_up()
+        warm_up(*([args.baseline] if args.baseline is not None else []))
         names = args.cases.split(",")
         if args.baseline is not None:
-            compiled = [sys.executable, "-m", "compileall", "-q", str(args.baseline / "onnxprune")]
-            subprocess.run(compiled, check=True)  # as warm_up does for this checkout
             names += [f"base_{name}" for name in names if name in PRUNE_ARGS]
         cases = {name: Case(name, every[name]) for name in names}
         measure(cases, args.repeats, out_dir, logs)

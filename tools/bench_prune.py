@@ -333,14 +333,15 @@ def remove_output(path: Path) -> int | None:
     return size
 
 
-def warm_up() -> None:
-    """Compile onnxprune's modules to bytecode, as an install does, and import the libraries once
+def warm_up(*checkouts: Path) -> None:
+    """Compile onnxprune's modules to bytecode, as an install does (this checkout's, and those of
+    ``checkouts``: other commits' worktrees run side by side), and import the libraries once
     so the first timed case does not pay for a cold page cache. Without the compile, a machine
     with ``PYTHONDONTWRITEBYTECODE`` set (these do) compiles every module from source in every
     timed run: 0.3 s of a 2 GB model's prune, cProfile's ``builtins.compile``, which the floor
     (onnx's modules, compiled when pip installed them) never pays."""
-    package = Path(__file__).resolve().parent.parent / "onnxprune"
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True)
+    for root in (Path(__file__).resolve().parent.parent, *checkouts):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "onnxprune")], check=True)
     subprocess.run([sys.executable, "-c", "import onnx, onnxruntime, numpy, onnxprune.cli"], check=True)
 
 
