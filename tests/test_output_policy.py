@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,8 +29,18 @@ from click.testing import CliRunner
 
 from onnxprune.console import Interrupted, interrupts_raised
 from onnxprune.errors import DataError, OutputError
+from onnxprune.graph import outputs
 from onnxprune.graph.model_io import StagedOutput, load_model
-from onnxprune.graph.outputs import STAGING_NAME, STALE_AFTER, Write, publish, staging_file, sweep_stale, write_file
+from onnxprune.graph.outputs import (
+    STAGING_NAME,
+    STALE_AFTER,
+    Write,
+    durable,
+    publish,
+    staging_file,
+    sweep_stale,
+    write_file,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MLP = FIXTURES / "mlp_digits.onnx"
@@ -412,6 +423,47 @@ def test_a_second_staged_write_starts_the_external_data_over(tmp_path: Path) -> 
         saved = staged.commit()
     assert saved.data_path == tmp_path / "o.onnx.data"
     runs(saved.path)
+
+
+def _synced_calls(monkeypatch) -> list[tuple[str, int]]:
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(outputs, "SYNC_EVERY", 1000)
+    monkeypatch.setattr(outputs, "SYNC_POLL", 0.005)
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fdatasync", lambda number: calls.append(("fdatasync", number)), raising=False)
+    monkeypatch.setattr(os, "fsync", lambda number: (calls.append(("fsync", number)), real_fsync(number))[1])
+    return calls
+
+
+def test_durable_writes_back_while_writing_then_syncs_each_file(tmp_path: Path, monkeypatch) -> None:
+    calls = _synced_calls(monkeypatch)
+    with open(tmp_path / "a", "wb") as first, open(tmp_path / "b", "wb") as second:
+        with durable(first, second):
+            for _ in range(3):
+                first.write(b"x" * 4096)
+                first.flush()  # what a large write does: straight to the file
+                deadline = time.monotonic() + 5
+                while (
+                    sum(1 for call in calls if call == ("fdatasync", first.fileno())) < 1
+                    and time.monotonic() < deadline
+                ):
+                    time.sleep(0.005)
+            second.write(b"y" * 10)  # below SYNC_EVERY: left to the final fsync
+            during = list(calls)
+        numbers = (first.fileno(), second.fileno())
+    assert ("fdatasync", numbers[0]) in during, "the first file's write-back started while it was written"
+    assert ("fdatasync", numbers[1]) not in during
+    assert calls[len(during) :] == [("fsync", numbers[0]), ("fsync", numbers[1])]
+    assert (tmp_path / "a").read_bytes() == b"x" * 3 * 4096 and (tmp_path / "b").read_bytes() == b"y" * 10
+
+
+def test_durable_does_not_sync_when_the_block_fails(tmp_path: Path, monkeypatch) -> None:
+    calls = _synced_calls(monkeypatch)
+    with open(tmp_path / "a", "wb") as handle, pytest.raises(OSError, match="disk full"), durable(handle):
+        handle.write(b"x")
+        raise OSError("disk full")
+    assert not [call for call in calls if call[0] == "fsync"]
+    assert not [thread for thread in threading.enumerate() if thread.name == "onnxprune-sync"], "the thread ended"
 
 
 # --------------------------------------------------------------------------- the rename checks again

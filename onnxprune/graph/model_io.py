@@ -33,7 +33,7 @@ from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError
 from onnxprune.graph import tensors
 from onnxprune.graph.lazy import TensorSource, external_entries
 from onnxprune.graph.memory import stream_can_run
-from onnxprune.graph.outputs import Read, Write, check_outputs, publish, same_file, staging_dir
+from onnxprune.graph.outputs import Read, Write, check_outputs, durable, publish, same_file, staging_dir
 from onnxprune.graph.sanity import MALFORMED, check_model, check_text, checked_numel, payload_bytes, refuse_nonfinite
 from onnxprune.graph.skeleton import skeleton
 from onnxprune.graph.walk import all_graphs, all_tensors
@@ -461,7 +461,7 @@ class StagedOutput:
         self.verified = {} if self.records is not None and external_data else None
         try:
             if external_data and source is not None:
-                with open(self.model_path, "wb") as handle, open(staged_data, "w+b") as data:
+                with open(self.model_path, "wb") as handle, open(staged_data, "w+b") as data, durable(handle, data):
                     write_external(
                         model,
                         handle,
@@ -472,9 +472,6 @@ class StagedOutput:
                         records=self.records,
                         verified=self.verified,
                     )
-                    for written in (handle, data):
-                        written.flush()
-                        os.fsync(written.fileno())
                 os.chmod(staged_data, self.model_path.stat().st_mode & 0o777)
             elif external_data:
                 apply_replacements(model, replacements)
@@ -483,10 +480,8 @@ class StagedOutput:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     staged_data.unlink()  # an earlier write's data
-                with open(self.model_path, "wb") as handle:
+                with open(self.model_path, "wb") as handle, durable(handle):
                     layout = write_model(model, handle, replacements, layout=True, source=source, records=self.records)
-                    handle.flush()
-                    os.fsync(handle.fileno())
                 if layout:
                     self._skeleton = self.model_path.with_name(f".{self.out.name}.skeleton")
                     with open(self._skeleton, "wb") as handle:

@@ -37,10 +37,12 @@ import shutil
 import socket
 import stat
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from onnxprune.errors import OutputError, opt
 
@@ -57,6 +59,11 @@ STAGING_NAME = re.compile(r"^\..*\.onnxprune-(?P<pid>\d+)-(?P<host>[0-9a-f]{6})-
 
 #: Bytes of the destination's name kept in a staging name (file names have 255 bytes).
 _NAME_PART = 100
+
+#: :func:`durable`: bytes a file may be written ahead of the disk before its write-back starts,
+#: and how often (seconds) its size is looked at.
+SYNC_EVERY = 32 << 20
+SYNC_POLL = 0.05
 
 _KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -305,6 +312,44 @@ def publish(moves: Sequence[tuple[PathLike, Write]], reads: Iterable[Read] = ())
             os.replace(staged, write.path)  # type: ignore[arg-type]
         except OSError as exc:
             raise OutputError(f"cannot write {write.name} '{write.path}': {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def durable(*handles: BinaryIO) -> Iterator[None]:
+    """Files written inside the block are on disk when it ends: each handle is flushed and
+    ``fsync``-ed (not when the block raises).
+
+    Meanwhile a thread starts the disk's work early: every :data:`SYNC_POLL` seconds it looks at
+    each file's size and, when :data:`SYNC_EVERY` bytes or more were written since, ``fdatasync``-s
+    it. The bytes written so far go to disk while the writer computes and writes the next ones
+    (the call waits on the disk with the GIL released), so the final ``fsync`` waits only for the
+    last ones: one ``fsync`` of a 384 MiB model written at once was 0.46 s of a 4 s run. An
+    error of the thread's calls is left to the final ``fsync``, which reports it.
+    """
+    numbers = [handle.fileno() for handle in handles]
+    synced = [os.fstat(number).st_size for number in numbers]
+    stop = threading.Event()
+    datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+    def write_back() -> None:
+        while not stop.wait(SYNC_POLL):
+            for index, number in enumerate(numbers):
+                with contextlib.suppress(OSError):
+                    size = os.fstat(number).st_size
+                    if size - synced[index] >= SYNC_EVERY:
+                        datasync(number)
+                        synced[index] = size
+
+    thread = threading.Thread(target=write_back, name="onnxprune-sync", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    for handle in handles:
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_file(data: str | bytes, path: PathLike, *, what: str = "file", example: str = "") -> Path:
