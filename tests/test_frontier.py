@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 
 import onnxprune
 from onnxprune import frontier as frontier_module
+from onnxprune import tails as tails_module
 from onnxprune.capture import capture
 from onnxprune.frontier import Frontier
 from onnxprune.graph.discovery import discover
@@ -278,6 +279,43 @@ def test_a_weight_in_a_constant_node_runs_its_tail_with_the_new_value(tmp_path):
     new = rand((8, 8), seed=41)
     got = Tails(m, BATCHES, tmp_path).outputs("W2", new)
     np.testing.assert_allclose(got["y"][1], _outputs_with(_chain(), "W2", new)[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_tail_computes_the_constants_it_reads_instead_of_being_fed_them(tmp_path, monkeypatch):
+    """Weights in Constant nodes, one of them transposed on the way (a value of constants only):
+    the tail's model makes them itself, so onnxruntime sees them as constants; it is fed only
+    values of the inputs."""
+    m = _chain()
+    for name in ("W2", "W3"):
+        tensor = next(t for t in m.graph.initializer if t.name == name)
+        m.graph.initializer.remove(tensor)
+        m.graph.node.insert(0, helper.make_node("Constant", [], [f"{name}t"], name=f"c{name}", value=tensor))
+        m.graph.node.insert(1, helper.make_node("Transpose", [f"{name}t"], [name], name=f"t{name}"))
+    made: list[onnx.ModelProto] = []
+    real = tails_module.capture_session
+
+    def recorded(source: bytes):
+        made.append(onnx.load_from_string(source))
+        return real(source)
+
+    monkeypatch.setattr(tails_module, "capture_session", recorded)
+    whole = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    tails = Tails(m, BATCHES, tmp_path, ["W1", "W2"])
+    for name in ("W1", "W2"):
+        got = tails.outputs(name, np.zeros((8, 8), np.float32) if name == "W1" else rand((8, 8), seed=42))
+        if name == "W1":  # h1 = 0: y = Relu(0 W2) W3 + 0 = 0
+            np.testing.assert_array_equal(got["y"][1], np.zeros((24, 8), np.float32))
+    tail = made[-1]
+    assert {i.name for i in tail.graph.input} == {"x", "h1r", "h1", "xs"}  # no weight among them
+    assert {n.name for n in tail.graph.node} >= {"cW3", "tW3"}
+    assert {t.name for t in tail.graph.initializer} == {"W2"}  # the replaced one
+    changed = _copy_of(m)
+    changed.graph.node.remove(next(n for n in changed.graph.node if n.name == "tW2"))
+    changed.graph.initializer.append(numpy_helper.from_array(rand((8, 8), seed=42), "W2"))
+    want = onnxruntime.InferenceSession(changed.SerializeToString(), providers=["CPUExecutionProvider"])
+    for index, feeds in enumerate(BATCHES):
+        np.testing.assert_allclose(got["y"][index], want.run(["y"], feeds)[0], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(got["y"][index], whole.run(["y"], feeds)[0])
 
 
 def _branches() -> onnx.ModelProto:
