@@ -359,6 +359,18 @@ def test_relative_error_of_the_per_sample_change() -> None:
     assert _relative_error(list(rates * 4), [4] * 4) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_squared_distance_over_chunks_matches_a_float64_sum(dtype, monkeypatch) -> None:
+    monkeypatch.setattr(curve_allocation, "_CHUNK", 1000)  # 2.5 chunks, the last one short
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((5, 500)).astype(dtype)
+    b = (a + rng.standard_normal(a.shape) * 1e-2).astype(dtype)
+    wide_a, wide_b = a.astype(np.float64), b.astype(np.float64)
+    assert curve_allocation._squared_distance(a, b) == pytest.approx(np.sum((wide_a - wide_b) ** 2), rel=1e-5)
+    assert curve_allocation._squared_distance(a) == pytest.approx(np.sum(wide_a**2), rel=1e-6)
+    assert curve_allocation._squared_distance(a[:0]) == 0.0
+
+
 def test_progress_runs_forward_through_the_allocation_and_the_pass(calib: onnxprune.Dataset) -> None:
     """The allocation's steps come first, the pass's follow on the same total: never backwards."""
     from onnxprune.passes.calibrated import prune_calibrated

@@ -592,23 +592,28 @@ def _relative_error(moved: list[float], counts: list[int]) -> float:
     return float(rates.std(ddof=1)) / math.sqrt(rates.size) / mean
 
 
-#: elements of an output converted to float64 at a time (an OCR model's logits over 32 lines are
-#: 68 M values: converting them whole took 0.4 s a probe)
-_CHUNK = 1 << 20
+#: elements of an output subtracted and squared at a time (a chunk's sum is formed in the
+#: outputs' precision, float32 at least, and the chunks' sums are added in float64)
+_CHUNK = 1 << 16
 
 
 def _squared_distance(a: np.ndarray, b: np.ndarray | None = None) -> float:
-    """``‖a − b‖²`` (``‖a‖²`` without ``b``), summed in float64, in chunks of :data:`_CHUNK`."""
+    """``‖a − b‖²`` (``‖a‖²`` without ``b``): over chunks of :data:`_CHUNK` elements, ``d = a − b``
+    and ``d · d`` in the outputs' precision (float32 at least), the chunks' sums added in
+    float64. On PP-OCRv4 rec's logits (2 lines, 2.1 M values) that took 1–2 ms a batch where
+    converting to float64 first took 5–17 ms; relative error 2e-7 against a float64 sum."""
     a = np.asarray(a).reshape(-1)
     flat_b = None if b is None else np.asarray(b).reshape(-1)
+    dtype = np.promote_types(a.dtype if flat_b is None else np.promote_types(a.dtype, flat_b.dtype), np.float32)
+    buffer = np.empty(min(_CHUNK, a.size), dtype=dtype)
     total = 0.0
     for start in range(0, a.size, _CHUNK):
-        stop = start + _CHUNK
-        d = (
-            a[start:stop].astype(np.float64)
-            if flat_b is None
-            else np.subtract(a[start:stop], flat_b[start:stop], dtype=np.float64)
-        )
+        stop = min(start + _CHUNK, a.size)
+        d = buffer[: stop - start]
+        if flat_b is None:
+            d[...] = a[start:stop]
+        else:
+            np.subtract(a[start:stop], flat_b[start:stop], out=d, dtype=dtype)
         total += float(np.dot(d, d))
     return total
 
