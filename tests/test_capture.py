@@ -9,6 +9,7 @@ blocks = one block), and for every error and skip.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import onnx
@@ -482,6 +483,27 @@ def test_reference_model_gives_cross_statistics():
     assert plain.C is None and plain.H_ref is None
 
 
+def _patch_matrix(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """``P_j`` of every group by the definition (im2col's module docstring), one element at a time."""
+    count, channels, *spatial = x.shape
+    rank = len(spatial)
+    pads = geometry.resolved_pads(spatial)
+    padded = np.pad(x, [(0, 0), (0, 0), *((pads[i], pads[i + rank]) for i in range(rank))])
+    out = geometry.output_shape(spatial)
+    taps = list(np.ndindex(*geometry.kernel))
+    per_group = channels // geometry.groups
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+    full = np.zeros((geometry.groups, count * math.prod(out), per_group * len(taps)), dtype=dtype)
+    for n in range(count):
+        for index, o in enumerate(np.ndindex(*out)):
+            for j in range(geometry.groups):
+                for c in range(per_group):
+                    for k, t in enumerate(taps):
+                        at = tuple(o[i] * geometry.strides[i] + t[i] * geometry.dilations[i] for i in range(rank))
+                        full[j, n * math.prod(out) + index, c * len(taps) + k] = padded[(n, j * per_group + c, *at)]
+    return full
+
+
 @pytest.mark.parametrize(
     "shape, geometry",
     [
@@ -497,7 +519,10 @@ def test_reference_model_gives_cross_statistics():
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int32])
 def test_patch_rows_are_those_rows_of_the_patch_matrix(shape, geometry, dtype):
     x = (np.random.default_rng(3).standard_normal(shape) * 4).astype(dtype)
-    full = np.concatenate(list(patch_blocks(x, geometry, max_bytes=1 << 20)), axis=1)
+    full = _patch_matrix(x, geometry)
+    blocks = list(patch_blocks(x, geometry, max_bytes=full.shape[0] * full.shape[2] * full.dtype.itemsize * 3))
+    np.testing.assert_array_equal(np.concatenate(blocks, axis=1), full)
+    assert all(b.shape[1] <= 3 for b in blocks)
     rows = np.sort(np.random.default_rng(4).choice(full.shape[1], size=full.shape[1] // 3, replace=False))
     for max_bytes in (1 << 20, full.shape[0] * full.shape[2] * full.dtype.itemsize * 2):  # one block; rows in twos
         blocks = list(patch_rows(x, geometry, rows, max_bytes=max_bytes))
