@@ -77,9 +77,10 @@ def _same(a, b) -> None:
         np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-6, atol=1e-9)
 
 
-def test_waves_from_the_frontier_give_the_statistics_of_runs_from_the_inputs(tmp_path):
+@pytest.mark.parametrize("memory", [0, 512, None])  # every value on disk; one batch of h1 held; all held
+def test_waves_from_the_frontier_give_the_statistics_of_runs_from_the_inputs(tmp_path, memory):
     m, plain = _chain(), _chain()
-    frontier = Frontier(m, tmp_path)
+    frontier = Frontier(m, tmp_path, memory=memory)
     runs = []
     real = Frontier.begin
 
@@ -103,7 +104,14 @@ def test_waves_from_the_frontier_give_the_statistics_of_runs_from_the_inputs(tmp
     kept = set(frontier.kept)
     assert kept == {"h1", "h2"}  # read later by the sum and mm3: the frontier; 'a2' was consumed
     assert all(name in frontier.kept for name in kept)
-    assert len(list(tmp_path.glob("*.npy"))) == len(kept) * len(BATCHES)
+    files = len(list(tmp_path.glob("*.npy")))
+    held = sum(len(batches) for batches in frontier.held.values())
+    assert files + held == len(kept) * len(BATCHES)
+    assert held == {0: 0, 512: 1, None: len(kept) * len(BATCHES)}[memory]
+    assert frontier.held_bytes == sum(v.nbytes for batches in frontier.held.values() for v in batches.values())
+    assert frontier.held_bytes <= frontier.memory
+    frontier.reset("done")
+    assert not frontier.held and frontier.held_bytes == 0 and not list(tmp_path.glob("*.npy"))
 
 
 def test_a_changed_upstream_weight_drops_the_frontier(tmp_path):
@@ -367,6 +375,7 @@ def test_a_retained_value_over_the_budget_is_not_kept_and_the_frontier_goes_on(t
     tails = Tails(m, BATCHES, tmp_path, ["Wa", "Wb"])
     # room for the frontier's own values (c and r over both batches) but not for the trunk as well
     tails.frontier.budget = sum(b["x"].nbytes for b in BATCHES) * 2
+    tails.frontier.memory = 0  # all on disk, to see the files go
     new = rand((8, 8), seed=51)
     got = tails.outputs("Wa", new)
     assert tails.frontier.enabled and "t" not in tails.frontier.kept
