@@ -144,14 +144,19 @@ def patch_rows(x: np.ndarray, geometry: ConvGeometry, rows: np.ndarray, *, max_b
             yield block.reshape(groups, -1, len(base)).transpose(0, 2, 1)
 
 
+def _plane_strides(padded: Sequence[int]) -> list[int]:
+    """Elements per step along each axis of a C-ordered plane of shape ``padded``."""
+    return [math.prod(padded[axis + 1 :]) for axis in range(len(padded))]
+
+
 def _tap_offsets(geometry: ConvGeometry, padded: Sequence[int]) -> np.ndarray:
     """The flat offset ``Σ_i t_i·d_i·stride_i`` of every kernel tap ``t`` (C order) in a padded
     plane of shape ``padded`` (``stride_i``: the plane's element strides)."""
-    strides = np.cumprod((1, *padded[:0:-1]))[::-1]  # elements per step along each axis
+    strides = _plane_strides(padded)
     grids = np.meshgrid(
         *(np.arange(k) * d for k, d in zip(geometry.kernel, geometry.dilations, strict=True)), indexing="ij"
     )
-    return sum(g.reshape(-1) * int(stride) for g, stride in zip(grids, strides, strict=True)).astype(np.intp)
+    return sum(g.reshape(-1) * stride for g, stride in zip(grids, strides, strict=True)).astype(np.intp)
 
 
 def _base_offsets(
@@ -159,11 +164,9 @@ def _base_offsets(
 ) -> np.ndarray:
     """The flat offset in the padded plane of the first tap of each output position (flat
     indices into ``out``): ``Σ_i o_i·s_i·stride_i``."""
-    strides = np.cumprod((1, *padded[:0:-1]))[::-1]
+    strides = _plane_strides(padded)
     at = np.unravel_index(positions, out)
-    return sum(
-        a.astype(np.intp) * (s * int(stride)) for a, s, stride in zip(at, geometry.strides, strides, strict=True)
-    )
+    return sum(a.astype(np.intp) * (s * stride) for a, s, stride in zip(at, geometry.strides, strides, strict=True))
 
 
 def windows(x: np.ndarray, geometry: ConvGeometry, fill: float = 0.0) -> np.ndarray:
