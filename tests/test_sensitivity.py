@@ -173,7 +173,7 @@ def test_layer_plan_for_a_flops_budget_keeps_that_share_of_the_macs():
 
 
 def test_structural_curves_and_group_plans(tmp_path):
-    from onnxprune.sensitivity.planning import measure_group_plan, plan_groups, tightened_groups
+    from onnxprune.sensitivity.planning import group_curves, measure_group_plan, plan_groups, tightened_groups
     from onnxprune.sensitivity.sweep import analyze_groups
 
     path = FIXTURES / "transformer_mnist1d.onnx"
@@ -197,6 +197,11 @@ def test_structural_curves_and_group_plans(tmp_path):
     assert half.fraction == pytest.approx(0.5, rel=5e-5)
     flops = plan_groups(sens, keep_flops=0.8)
     assert flops.removed == pytest.approx(0.2, rel=5e-5)  # predicted share of the MACs saved (4 digits)
+    # beyond what the groups' highest measured levels (0.75) save: said in the option's own terms
+    top = sum(c.size * c.cost * 0.75 for c in group_curves(sens, saving="macs"))
+    assert 0.0 < top < 0.9
+    with pytest.raises(OptionError, match=rf"keep_flops 0\.1 is out of reach: .* saves about {100 * top:.1f}%"):
+        plan_groups(sens, keep_flops=0.1)
     budget = 0.02
     checked, measured = tightened_groups(path, sens, plan_groups(sens, max_loss=budget), budget, data=data, labels=None)
     assert measured <= budget

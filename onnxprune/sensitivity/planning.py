@@ -228,12 +228,15 @@ def plan_groups(
         if keep is None:
             continue
         curves = group_curves(sens, saving=saving)
-        reachable = sum(c.size * c.cost for c in curves)
+        reachable = sum(c.size * c.cost for c in curves)  # every group removed whole
+        # what the plan can reach: each group removed up to its highest measured level
+        top = sum(c.size * c.cost * float(np.max(c.levels)) for c in curves if not c.fixed)
         wanted = 1.0 - keep
-        if reachable <= 0 or wanted / reachable >= 1.0:
+        if reachable <= 0 or wanted >= top:
             raise OptionError(
-                f"{option} {keep} is out of reach: removing whole groups saves about "
-                f"{reachable:.0%} of the {saving} by the measured curves"
+                f"{option} {keep} is out of reach: removing each channel group up to its highest measured "
+                f"level saves about {top:.1%} of the {saving} by the measured curves; keep more of it, "
+                f"or measure higher {opt('levels')}"
             )
         return exact_target(plan_for_target(curves, wanted / reachable, budget="cost"), curves, wanted / reachable)
     curves = group_curves(sens)
