@@ -138,6 +138,7 @@ from onnxprune.graph.model_io import load_model
 from onnxprune.graph.writer import copy_fields
 from onnxprune.im2col import AUTO_PADS, ConvGeometry, conv_cols, patch_blocks, patch_rows
 from onnxprune.ops.spec import MatrixView
+from onnxprune.reconstruct.layer import reference_terms
 from onnxprune.row_sampling import ALL_ROWS, Draw, RowSampling, draw, scaled
 
 log = logging.getLogger(__name__)
@@ -575,10 +576,7 @@ class _Accumulator:
             return self.CW[key], self.energy_ref[key]
         if self.C is None or self.H_ref is None:
             return None
-        w = np.asarray(w, dtype=np.float64)
-        cw = np.matmul(self.C, np.swapaxes(w, 1, 2))  # C Wᵀ per group; one C for every group broadcasts
-        energy = np.sum(np.matmul(w, self.H_ref) * w, axis=(1, 2))  # tr(W H_d Wᵀ)
-        return cw, energy
+        return reference_terms(np.asarray(w, dtype=np.float64), self.C, self.H_ref)
 
     def add(
         self,
@@ -958,7 +956,7 @@ def _choose_products(
                 spec.cols,
             )
             continue  # C and H_ref, as without them
-        products = sum(4 * np.shape(weights[key])[0] * np.shape(weights[key])[1] * spec.cols for key in keys)
+        products = sum(4 * groups * out * spec.cols for groups, out, _ in shapes)
         if products < 3 * spec.groups * spec.cols * spec.cols:
             acc.use_products({key: weights[key] for key in keys})
 
