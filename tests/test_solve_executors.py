@@ -95,6 +95,7 @@ def _task(seed: int = 0, *, method: Method = SPARSEGPT) -> LayerTask:
     x = rng.standard_normal((256, 96))
     w = rng.standard_normal((1, 24, 96))
     h = (x.T @ x)[None]
+    cw, energy = reference_terms(w, h * 0.9, h * 1.1)
     return LayerTask(
         weight=f"w{seed}",
         w=w,
@@ -108,8 +109,8 @@ def _task(seed: int = 0, *, method: Method = SPARSEGPT) -> LayerTask:
         row_wise=True,
         count=w.size // 2,
         amount=0.5,
-        CW=reference_terms(w, h * 0.9, h * 1.1)[0],
-        energy_ref=reference_terms(w, h * 0.9, h * 1.1)[1],
+        CW=cw,
+        energy_ref=energy,
         uses=(UseMeans(x.mean(axis=0)[None], x.mean(axis=0)[None] * 1.01),),
     )
 
