@@ -88,13 +88,19 @@ class Tails:
         self.frontier.retain = {value for name in self.todo for value in self.cuts[name]}
 
     def outputs(
-        self, name: str, value: np.ndarray, *, each: Callable[[int, dict[str, np.ndarray]], bool] | None = None
+        self,
+        name: str,
+        value: np.ndarray,
+        *,
+        each: Callable[[int, dict[str, np.ndarray]], bool] | None = None,
+        start: int = 0,
     ) -> dict[str, list[np.ndarray]]:
         """The graph outputs the tail of ``name`` computes, per batch (the others are the dense model's).
 
         ``each(index, outputs of that batch)`` is called after every batch instead of keeping
         them (the lists are then empty); once it returns True the tail runs no more batches (they
-        are still read up to the cut, so the frontier stays whole)."""
+        are still read up to the cut, so the frontier stays whole). The tail runs from batch
+        ``start`` (those before are read up to the cut only)."""
         graph = self.graph
         tail = graph.descendants(name)
         outputs = [out for out in self.names if graph.producer.get(out) in tail]
@@ -112,7 +118,7 @@ class Tails:
         done = False
         for index, feeds in enumerate(self.feeds):
             given = segment.read(feeds, index)  # the cut: values the nodes before the tail make
-            if done:
+            if done or index < start:
                 continue
             if sess is None:
                 fed = {n: (np.asarray(v).dtype, np.ndim(v)) for n, v in given.items()}

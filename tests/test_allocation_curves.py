@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from onnxprune.sparsity.curves import ErrorCurve, allocate, convex_envelope, lower_hull, monotone, to_counts
+from onnxprune.sparsity.curves import (
+    ErrorCurve,
+    allocate,
+    convex_envelope,
+    lower_hull,
+    monotone,
+    to_counts,
+    uncertain,
+)
 
 LEVELS = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 0.95])
 
@@ -257,3 +266,54 @@ def test_counts_stay_close_to_the_continuous_optimum():
         for c in curves:
             # rounding down leaves less than Σ q_l, and the whole of it may go to one layer
             assert abs(counts[c.name] - result.sparsity[c.name] * c.size) <= sum(quanta.values())
+
+
+# --- uncertain weights ------------------------------------------------------------------
+
+
+def _regret(curves, target, i, factor):
+    """Brute force: the loss under c_i·factor of the allocation made with c_i, less the best one."""
+    base = allocate(curves, target)
+    scaled = [replace(c, weight=c.weight * factor) if j == i else c for j, c in enumerate(curves)]
+    return _cost(scaled, base.sparsity) - allocate(scaled, target).predicted, allocate(scaled, target).predicted
+
+
+def test_uncertain_flags_exactly_the_layers_whose_span_holds_a_regret_above_the_tolerance():
+    """Against the regret computed by brute force on a grid of factors inside each span: a layer is
+    flagged iff somewhere in its span the allocation made now loses more than the tolerance (the
+    regret is convex in the factor, so its span's ends decide)."""
+    rng = np.random.default_rng(3)
+    flagged_seen = kept_seen = 0
+    for trial in range(25):
+        curves = _random_curves(rng, 6)
+        target = float(rng.uniform(0.3, 0.7))
+        spans = {c.name: (float(rng.uniform(0.2, 1.0)), float(rng.uniform(1.0, 3.0))) for c in curves}
+        tolerance = float(rng.choice([0.0, 0.001, 0.01, 0.05]))
+        got = set(uncertain(curves, target, spans, tolerance))
+        for i, c in enumerate(curves):
+            low, high = spans[c.name]
+            worst = max(
+                regret - max(tolerance, 1e-9) * best
+                for regret, best in (_regret(curves, target, i, f) for f in np.linspace(low, high, 21))
+            )
+            assert (c.name in got) == (worst > 0), (trial, c.name, worst)
+            flagged_seen += c.name in got
+            kept_seen += c.name not in got
+    assert flagged_seen > 10 and kept_seen > 10  # both outcomes are exercised
+
+
+def test_a_small_layer_far_from_the_price_is_settled_by_a_rough_weight():
+    """A small, sensitive layer stays at its floor for any weight within a factor of 3 of its own
+    (the early convolution of a CNN); a large layer at the margin is not known well enough."""
+    levels = np.array([0.0, 0.25, 0.5, 0.7, 0.9])
+    error = np.array([0.0, 0.01, 0.04, 0.1, 0.3])
+    curves = [
+        ErrorCurve("small", levels, error, 300, weight=1000.0),
+        ErrorCurve("big_a", levels, error, 50_000, weight=1.0),
+        ErrorCurve("big_b", levels, error * 1.1, 50_000, weight=1.0),
+    ]
+    spans = {c.name: (1 / 3, 3.0) for c in curves}
+    assert allocate(curves, 0.5).sparsity["small"] == 0.0
+    assert uncertain(curves, 0.5, spans, 0.001) == ["big_a", "big_b"]
+    assert uncertain(curves, 0.5, {"small": (1 / 3, 3.0)}, 0.001) == []  # a layer not in the spans is known
+    assert uncertain(curves, 0.5, {"big_a": (1.0, 1.0)}, 0.0) == []  # no span: nothing to learn

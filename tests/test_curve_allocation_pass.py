@@ -275,6 +275,7 @@ def test_the_probe_cuts_its_batches_to_the_byte_budget_and_keeps_its_sample_coun
 
     monkeypatch.setattr(OutputProbe, "__init__", spy)
     monkeypatch.setattr(curve_allocation, "PROBE_REL_SE", 0.0)  # every probe runs all its samples
+    monkeypatch.setattr(curve_allocation, "PROBE_SCREEN", False)
     config = onnxprune.PruneConfig(sparsity=0.5, method="sparsegpt")
     base, _ = onnxprune.prune(onnx.load(str(LSTM)), config, calibration=calib)
     monkeypatch.setattr(curve_allocation, "BATCH_BYTES", 3 * 40 * 4 * 64 + 1)  # 3 samples' inputs: batches of 2
@@ -442,3 +443,74 @@ def _recording(solve, name, calls):  # type: ignore[no-untyped-def]
         return solve(problem)
 
     return wrapped
+
+
+@pytest.mark.parametrize("tailed", [False, True])
+def test_a_probe_cut_to_a_window_and_resumed_gives_the_change_of_every_batch(
+    calib: onnxprune.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tailed: bool
+) -> None:
+    """The screen runs the first batches of every layer (a window of 4 of 8); a later round runs
+    the tails again from batch 4 and resumes each probe there: the batches' changes, and the
+    change scaled to all samples, are those of a probe that ran all 8 at once."""
+    monkeypatch.setattr(curve_allocation, "PROBE_REL_SE", 0.0)  # no probe settles by its own rule
+    model = onnx.load(str(LSTM))
+    inventory = discover(model)
+    weights = list(inventory.prunable)
+    feeds = list(calib.batches(2))[:8]
+    folder = (lambda name: tmp_path / name) if tailed else (lambda name: None)
+    whole = OutputProbe(model, weights, feeds, folder("whole"), counts=[2] * 8)
+    windowed = OutputProbe(model, weights, feeds, folder("windowed"), counts=[2] * 8, window=4)
+    pruned = {}
+    screened = {}
+    for weight in weights:
+        values = tensors.read_array(inventory.proto(weight))
+        pruned[weight.key] = np.where(np.abs(values) < np.median(np.abs(values)), 0, values).astype(values.dtype)
+        screened[weight.key] = windowed.measure(weight, inventory, pruned[weight.key])
+        assert screened[weight.key].samples == 8 and len(screened[weight.key].moved) == 4
+        assert not screened[weight.key].settled
+    windowed.restart(weights, 4)
+    with pytest.raises(ValueError, match="resumes at batch 4"):
+        windowed.measure(weights[0], inventory, pruned[weights[0].key])
+    for weight in weights:
+        full = whole.measure(weight, inventory, pruned[weight.key])
+        resumed = windowed.measure(weight, inventory, pruned[weight.key], before=screened[weight.key].moved)
+        assert full.settled and resumed.settled and resumed.samples == full.samples == 16
+        assert resumed.moved == pytest.approx(full.moved, rel=1e-5)
+        assert resumed.change == pytest.approx(full.change, rel=1e-5)
+    for probe in (whole, windowed):
+        probe.close()
+
+
+def test_the_probe_runs_past_the_screen_only_for_the_layers_the_allocation_is_unsure_of(
+    tmp_path: Path, calib: onnxprune.Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No layer uncertain: every probe stops at the screen (4 batches of 4 samples); every layer
+    uncertain: every probe runs on to its own stopping rule, with the same changes and
+    allocation as without a screen."""
+    monkeypatch.setattr(curve_allocation, "PROBE_REL_SE", 0.0)  # the rule never settles: all 32 samples
+    monkeypatch.setattr(curve_allocation, "uncertain", lambda curves, target, spans, tolerance: [])
+    settled = _prune(tmp_path, calib, "settled", sparsity=0.5).result.allocation["layers"]  # type: ignore[index]
+    monkeypatch.setattr(curve_allocation, "uncertain", lambda curves, target, spans, tolerance: list(spans))
+    unsure = _prune(tmp_path, calib, "unsure", sparsity=0.5).result.allocation["layers"]  # type: ignore[index]
+    monkeypatch.setattr(curve_allocation, "PROBE_SCREEN", False)
+    plain = _prune(tmp_path, calib, "plain", sparsity=0.5).result.allocation["layers"]  # type: ignore[index]
+    screen = curve_allocation.PROBE_MIN_BATCHES * curve_allocation.PROBE_BATCH
+    assert {entry["probe_samples"] for entry in settled.values()} == {screen}
+    assert {entry["probe_samples"] for entry in unsure.values()} == {curve_allocation.PROBE_SAMPLES}
+    assert {entry["probe_samples"] for entry in plain.values()} == {curve_allocation.PROBE_SAMPLES}
+    for key, entry in plain.items():
+        assert unsure[key]["probe"] == pytest.approx(entry["probe"], rel=1e-5)
+        assert unsure[key]["allocated"] == entry["allocated"]
+    zeros = [_stored_zeros(tmp_path / f"{name}.onnx", set(plain)) for name in ("unsure", "plain")]
+    assert zeros[0] and zeros[0] == zeros[1]
+
+
+def test_a_probe_span_is_its_95_percent_interval() -> None:
+    from onnxprune.passes.curve_allocation import Probed, _relative_error, _span
+
+    moved = (4.0, 12.0, 8.0, 8.0)
+    error = _relative_error(list(moved), [4] * 4)
+    low, high = _span(Probed(1.0, 16, moved, False), [4] * 8)  # type: ignore[misc]
+    assert high == pytest.approx(1 + 3.182 * error) and low == pytest.approx(max(1 - 3.182 * error, 0.0))
+    assert _span(Probed(1.0, 4, (4.0,), False), [4] * 8) is None  # one batch: no spread known
+    assert _span(Probed(0.0, 8, (0.0, 0.0), False), [4] * 8) is None  # nothing moved

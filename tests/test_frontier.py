@@ -279,6 +279,21 @@ def test_a_tail_gives_the_outputs_of_the_whole_model_with_the_weight_replaced(na
     assert tails.frontier.enabled
 
 
+def test_a_tail_from_a_later_batch_runs_those_only_and_keeps_the_frontier_whole(tmp_path):
+    """``start=1``: the tail runs batch 1 only (batch 0 is read up to the cut), and the next
+    weight's tail, from batch 0, still reads the frontier the first one grew."""
+    m = _chain()
+    tails = Tails(m, BATCHES, tmp_path, ["W1", "W2"])
+    new = rand((8, 8), seed=40)
+    seen: list[int] = []
+    tails.outputs("W1", new, each=lambda index, outputs: seen.append(index) or False, start=1)
+    assert seen == [1]
+    got = tails.outputs("W2", new)
+    for index, want in enumerate(_outputs_with(m, "W2", new)):
+        np.testing.assert_allclose(got["y"][index], want, rtol=1e-5, atol=1e-6)
+    assert tails.frontier.enabled and tails.frontier.segments_run == 2
+
+
 def test_a_weight_in_a_constant_node_runs_its_tail_with_the_new_value(tmp_path):
     m = _chain()
     w2 = next(t for t in m.graph.initializer if t.name == "W2")

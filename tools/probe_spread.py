@@ -35,6 +35,7 @@ def record(args: list[str], rel_se: float) -> dict[str, Any]:
 
     records: dict[str, Any] = {}
     allocation.PROBE_REL_SE = rel_se
+    allocation.PROBE_SCREEN = False  # every probe by its stopping rule alone
     settled, measure = allocation.OutputProbe._settled, allocation.OutputProbe.measure
 
     def spy_settled(self: Any, moved: list[float]) -> bool:

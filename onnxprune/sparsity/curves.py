@@ -42,6 +42,22 @@ Counts (:func:`to_counts`)
     by the layers with ``q_l = 1`` that save the most. The result removes exactly the
     total whenever the layers with ``q_l = 1`` have the room, else the nearest sum below.
 
+Uncertain weights (:func:`uncertain`)
+    The weights ``c_l`` are estimates (the calibrated pass measures them on a sample of the
+    data), each known to within factors ``[low_l, high_l]``. A layer's estimate is good
+    enough when no value in that range would change the allocation much: with ``c_l``
+    replaced by ``c_l·f`` for ``f`` each end of the range (the others unchanged), the
+    regret of keeping the allocation ``s`` made with ``c_l``,
+
+        R_l(f) = [P(s) + (f − 1)·c_l·g_l(s_l)] − P_f(s_f),
+
+    where ``P(s) = Σ c_j g_j(s_j)`` is the predicted loss and ``s_f``, ``P_f`` the allocation
+    and loss under the scaled weights, is at most ``tolerance · P_f(s_f)``. ``R_l`` is
+    convex in ``f`` (``P_f(s_f)`` is a minimum of functions linear in ``f``) and zero at
+    ``f = 1``, so its ends bound it on the whole range. A layer far from the price at which
+    its allocation would move (the small early convolutions of a CNN, kept dense at any
+    plausible weight) is settled by a rough estimate; the others are worth measuring better.
+
 Pure numpy; errors are :class:`ValueError` with the offending field named.
 """
 
@@ -49,7 +65,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -246,6 +262,44 @@ def allocate(curves: Sequence[ErrorCurve], target: float) -> CurveAllocation:
     removed = math.fsum(c.size * sparsity[c.name] for c in curves)
     predicted = math.fsum(c.weight * float(c.at(sparsity[c.name])) for c in curves)
     return CurveAllocation(sparsity, removed, total, predicted, price)
+
+
+#: regrets below this fraction of the predicted loss are rounding (the same allocation summed in another order)
+_ROUNDING = 1e-9
+
+
+def uncertain(
+    curves: Sequence[ErrorCurve],
+    target: float,
+    spans: Mapping[str, tuple[float, float]],
+    tolerance: float,
+) -> list[str]:
+    """The layers whose weight must be known better before :func:`allocate` decides (module
+    docstring, "Uncertain weights"), in the order of ``curves``.
+
+    ``spans[name] = (low, high)``, ``0 <= low <= 1 <= high``: the factors that bound the
+    plausible values of that layer's weight, ``c_l·low`` to ``c_l·high`` (a layer not in
+    ``spans`` is known well enough). ``tolerance``: the regret allowed, a fraction of the
+    predicted loss (at least :data:`_ROUNDING`).
+    """
+    curves = _check(curves)
+    base = allocate(curves, target)
+    out = []
+    for i, c in enumerate(curves):
+        span = spans.get(c.name)
+        if span is None:
+            continue
+        for factor in span:
+            if factor == 1.0:
+                continue
+            scaled = replace(c, weight=c.weight * factor)
+            best = allocate([*curves[:i], scaled, *curves[i + 1 :]], target)
+            # the loss, under the scaled weight, of the allocation made with the unscaled one
+            kept = base.predicted + (factor - 1.0) * c.weight * float(c.at(base.sparsity[c.name]))
+            if kept - best.predicted > max(tolerance, _ROUNDING) * best.predicted:
+                out.append(c.name)
+                break
+    return out
 
 
 def to_counts(
