@@ -489,9 +489,13 @@ def test_the_probe_runs_past_the_screen_only_for_the_layers_the_allocation_is_un
     allocation as without a screen."""
     monkeypatch.setattr(curve_allocation, "PROBE_REL_SE", 0.0)  # the rule never settles: all 32 samples
     monkeypatch.setattr(curve_allocation, "uncertain", lambda curves, target, spans, tolerance: [])
-    settled = _prune(tmp_path, calib, "settled", sparsity=0.5).result.allocation["layers"]  # type: ignore[index]
+    record = _prune(tmp_path, calib, "settled", sparsity=0.5).result.allocation
+    assert record["probe_rounds"] == 0 and record["probe_refined"] == []  # type: ignore[index]
+    settled = record["layers"]  # type: ignore[index]
     monkeypatch.setattr(curve_allocation, "uncertain", lambda curves, target, spans, tolerance: list(spans))
-    unsure = _prune(tmp_path, calib, "unsure", sparsity=0.5).result.allocation["layers"]  # type: ignore[index]
+    record = _prune(tmp_path, calib, "unsure", sparsity=0.5).result.allocation
+    unsure = record["layers"]  # type: ignore[index]
+    assert record["probe_rounds"] == 1 and record["probe_refined"] == list(unsure)  # type: ignore[index]
     monkeypatch.setattr(curve_allocation, "PROBE_SCREEN", False)
     plain = _prune(tmp_path, calib, "plain", sparsity=0.5).result.allocation["layers"]  # type: ignore[index]
     screen = curve_allocation.PROBE_MIN_BATCHES * curve_allocation.PROBE_BATCH

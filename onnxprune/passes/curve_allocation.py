@@ -99,8 +99,10 @@ default there too.
 Cost: one capture of the dense model (per chunk, in batches of :data:`CAPTURE_BATCH` samples at
 most, and of :data:`BATCH_BYTES` of layer inputs, as the probe's), at most
 ``len(GRID) + 1`` greedy solves per layer (the levels above the trust region's top after the
-first are not solved) and one run of each layer's tail on at most :data:`PROBE_SAMPLES` samples; the
-time of each is logged and recorded in the result (:meth:`Allocated.record`). With a single
+first are not solved) and the runs of each layer's tail on at most :data:`PROBE_SAMPLES` samples (the
+screen's, then those of the rounds, which run the tails again from the graph inputs on the batches
+after the screen); the time of each is logged and recorded in the result (:meth:`Allocated.record`,
+with the probe's rounds and the layers they ran on). With a single
 calibrated layer there is nothing to split: uniform.
 """
 
@@ -233,6 +235,8 @@ class Allocated:
     seconds: dict[str, float] = field(default_factory=dict)
     predicted: dict[str, float] = field(default_factory=dict)
     steps: int = 0  # the progress steps the allocation reported (the pass's own follow them)
+    rounds: int = 0  # the probe's rounds after the screen
+    refined: tuple[str, ...] = ()  # the layers those rounds ran on
 
     def record(self) -> dict[str, object]:
         """JSON-friendly summary (the result's ``allocation``)."""
@@ -242,6 +246,8 @@ class Allocated:
             "mode": self.mode,
             "grid": list(GRID),
             "probe_samples": PROBE_SAMPLES,
+            "probe_rounds": self.rounds,
+            "probe_refined": list(self.refined),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "predicted": self.predicted,
             "fixed": list(self.fixed),
@@ -372,7 +378,7 @@ def allocate_layers(
     new_targets, curves, predicted = result
     log.info(
         "allocation by error curves: %d layers (%d fixed) in %.1fs (capture %.1fs, curves %.1fs, probe %.1fs, "
-        "%.1f samples a layer, %d layers run past the screen in %d rounds); predicted output change %.4g "
+        "%.1f samples a layer, %d layers run past the screen in %d round(s)); predicted output change %.4g "
         "(uniform %.4g)",
         len(curves),
         len(fixed),
@@ -386,7 +392,18 @@ def allocate_layers(
         predicted["curves"],
         predicted["uniform"],
     )
-    return Allocated("curves", new_targets, curves, tuple(fixed), seconds, predicted, steps=len(layers))
+    refined = tuple(key for key in curves if key in rounds.refined)
+    return Allocated(
+        "curves",
+        new_targets,
+        curves,
+        tuple(fixed),
+        seconds,
+        predicted,
+        steps=len(layers),
+        rounds=rounds.count,
+        refined=refined,
+    )
 
 
 def _in_graph_order(model: ModelProto, layers: list[CalibLayer]) -> list[CalibLayer]:
