@@ -496,6 +496,14 @@ def test_the_probe_runs_past_the_screen_only_for_the_layers_the_allocation_is_un
     record = _prune(tmp_path, calib, "unsure", sparsity=0.5).result.allocation
     unsure = record["layers"]  # type: ignore[index]
     assert record["probe_rounds"] == 1 and record["probe_refined"] == list(unsure)  # type: ignore[index]
+    # without a scratch folder the probes feed one session, and the layers wait in memory
+    monkeypatch.setattr("onnxprune.passes.calibrated._scratch", lambda: None)
+    held = _prune(tmp_path, calib, "held", sparsity=0.5).result.allocation
+    assert held["probe_refined"] == list(unsure)  # type: ignore[index]
+    for key, entry in held["layers"].items():  # type: ignore[index]
+        assert entry["probe"] == pytest.approx(unsure[key]["probe"], rel=1e-4)
+    monkeypatch.undo()
+    monkeypatch.setattr(curve_allocation, "PROBE_REL_SE", 0.0)
     monkeypatch.setattr(curve_allocation, "PROBE_SCREEN", False)
     plain = _prune(tmp_path, calib, "plain", sparsity=0.5).result.allocation["layers"]  # type: ignore[index]
     screen = curve_allocation.PROBE_MIN_BATCHES * curve_allocation.PROBE_BATCH
