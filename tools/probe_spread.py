@@ -9,6 +9,12 @@ have done at several thresholds: the mean samples a layer, and how far each stop
 (scaled to all samples) lies from the estimate on all of them. This is how the rule's
 constants were chosen (PP-OCRv4 det and rec, issue 16's note of stop 29).
 
+It also records each layer's error curve, and plays the probe's rounds back on the recorded
+changes (``--min-samples``/``--min-batches`` the screen, ``PROBE_REL_SE`` the rule) at several
+``PROBE_REGRET``: the batches each layer would have run, and how far the allocation made from
+those estimates lies from the one made from every sample (layers that differ, and the predicted
+loss under the all-sample weights). This is how ``PROBE_REGRET`` was chosen (stop 33).
+
     .venv/bin/python tools/probe_spread.py --json det.json -- \\
         ch_PP-OCRv4_det_infer.onnx out.onnx --sparsity 0.5 --method sparsegpt \\
         --calibration det_calib_32_640.npz --samples 32 --input-shape x:1x3x640x640
@@ -22,6 +28,7 @@ import json
 import math
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +41,50 @@ def record(args: list[str], rel_se: float) -> dict[str, Any]:
     from onnxprune.cli import main
 
     records: dict[str, Any] = {}
+    constants = allocation.PROBE_REL_SE, allocation.PROBE_SCREEN
     allocation.PROBE_REL_SE = rel_se
     allocation.PROBE_SCREEN = False  # every probe by its stopping rule alone
     settled, measure = allocation.OutputProbe._settled, allocation.OutputProbe.measure
+    allocate = allocation._allocate
+
+    def spy_allocate(config: Any, targets: Any, measured: Any, fixed: Any, by_key: Any, t: float) -> Any:
+        for key, m in measured.items():
+            if key in records:
+                records[key]["curve"] = {
+                    "levels": list(m.levels),
+                    "errors": list(m.errors),
+                    "at_target": m.at_target,
+                    "floor": m.floor,
+                    "numel": by_key[key].numel,
+                }
+        records["__allocation__"] = {
+            "t": t,
+            "max_layer_sparsity": config.max_layer_sparsity,
+            "fixed": {key: [by_key[key].numel, targets[key].count or 0] for key in fixed},
+        }
+        return allocate(config, targets, measured, fixed, by_key, t)
 
     def spy_settled(self: Any, moved: list[float]) -> bool:
         self.trace = list(moved)
         return settled(self, moved)
 
-    def spy_measure(self: Any, weight: Any, inventory: Any, stored: Any) -> Any:
+    def spy_measure(self: Any, weight: Any, inventory: Any, stored: Any, **kw: Any) -> Any:
         self.trace = []
-        probed = measure(self, weight, inventory, stored)
-        records[weight.key] = {"moved": self.trace, "counts": self.counts, "change": probed.change}
+        tick = time.perf_counter()
+        probed = measure(self, weight, inventory, stored, **kw)
+        seconds = time.perf_counter() - tick
+        records[weight.key] = {"moved": self.trace, "counts": self.counts, "change": probed.change, "seconds": seconds}
         return probed
 
     allocation.OutputProbe._settled = spy_settled  # type: ignore[method-assign]
     allocation.OutputProbe.measure = spy_measure  # type: ignore[method-assign]
+    allocation._allocate = spy_allocate
     try:
         main(["prune", *args])
     finally:
         allocation.OutputProbe._settled, allocation.OutputProbe.measure = settled, measure  # type: ignore[method-assign]
+        allocation._allocate = allocate
+        allocation.PROBE_REL_SE, allocation.PROBE_SCREEN = constants
     return records
 
 
@@ -67,7 +98,7 @@ def _relative_error(moved: list[float], counts: list[int]) -> float:
 
 def analyse(records: dict[str, Any], min_samples: int, min_batches: int) -> list[str]:
     """Markdown rows: per threshold, the mean samples a layer and the stopped estimates' errors."""
-    layers = [r for r in records.values() if r["counts"] and sum(r["moved"]) > 0]
+    layers = [r for key, r in records.items() if not key.startswith("__") and r["counts"] and sum(r["moved"]) > 0]
     rows = ["| threshold | samples a layer | error median | error p90 | error max |", "|---|---|---|---|---|"]
     for threshold in THRESHOLDS:
         samples, errors = [], []
@@ -91,6 +122,92 @@ def analyse(records: dict[str, Any], min_samples: int, min_batches: int) -> list
     return rows
 
 
+REGRETS = (0.0, 0.001, 0.003, 0.01, 0.03)
+
+
+def analyse_rounds(records: dict[str, Any], min_samples: int, min_batches: int) -> list[str]:
+    """Markdown rows: the probe's rounds played back on the recorded changes, per ``PROBE_REGRET``."""
+    from types import SimpleNamespace
+
+    from onnxprune.passes import curve_allocation as allocation
+    from onnxprune.passes.unstructured import Target
+    from onnxprune.sparsity.curves import allocate, uncertain
+
+    run = records.get("__allocation__")
+    layers = {key: r for key, r in records.items() if not key.startswith("__") and r.get("curve") and r["counts"]}
+    if run is None or not layers:
+        return ["(no error curves in this record: record it again to play the probe's rounds back)"]
+    t, fixed = run["t"], list(run["fixed"])
+    config = SimpleNamespace(max_layer_sparsity=run["max_layer_sparsity"])
+    targets = {key: Target(count=count, amount=count / numel) for key, (numel, count) in run["fixed"].items()}
+    by_key = {key: SimpleNamespace(numel=numel) for key, (numel, _) in run["fixed"].items()}
+    by_key.update({key: SimpleNamespace(numel=r["curve"]["numel"]) for key, r in layers.items()})
+    counts = next(iter(layers.values()))["counts"]
+
+    def stop(moved: list[float]) -> int:  # the batches the stopping rule alone runs
+        for k in range(min_batches, len(moved)):
+            if sum(counts[:k]) >= min_samples and _relative_error(moved[:k], counts[:k]) <= allocation.PROBE_REL_SE:
+                return k
+        return len(moved)
+
+    def allocated(batches: dict[str, int]) -> tuple[list[Any], Any]:
+        measured = {
+            key: allocation._Measured(
+                tuple(r["curve"]["levels"]),
+                tuple(r["curve"]["errors"]),
+                r["curve"]["at_target"],
+                r["curve"]["floor"],
+                probe=math.fsum(r["moved"][: batches[key]]) * sum(counts) / sum(counts[: batches[key]]),
+            )
+            for key, r in layers.items()
+        }
+        curves, total, sizes = allocation._curves(config, targets, measured, fixed, by_key, t)  # type: ignore[arg-type]
+        return curves, allocate(curves, total / sizes)
+
+    screen = next((k for k in range(min_batches, len(counts) + 1) if sum(counts[:k]) >= min_samples), len(counts))
+    ruled = {key: stop(r["moved"]) for key, r in layers.items()}
+    every, best = allocated({key: len(counts) for key in layers})
+    seconds = {key: r.get("seconds", 0.0) * ruled[key] / len(counts) for key, r in layers.items()}
+    rows = [
+        "| PROBE_REGRET | layers past the screen | batches (share of the rule's) | probe seconds, est. "
+        "| layers allocated otherwise | predicted loss (all-sample weights) |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, batches: dict[str, int], past: int) -> str:
+        _, got = allocated(batches)
+        differ = sum(abs(got.sparsity[c.name] - best.sparsity[c.name]) * c.size >= 0.5 for c in every)
+        loss = math.fsum(c.weight * float(c.at(got.sparsity[c.name])) for c in every)
+        share = sum(batches.values()) / sum(ruled.values())
+        cost = math.fsum(seconds[k] * batches[k] / ruled[k] for k in layers)
+        return f"| {name} | {past} | {sum(batches.values())} ({share:.2f}) | {cost:.1f} | {differ} | {loss:.5g} |"
+
+    rows.append(row("no screen (the rule alone)", ruled, len(layers)))
+    for regret in REGRETS:
+        batches = {key: min(screen, ruled[key]) for key in layers}
+        past: set[str] = set()
+        for _ in range(allocation.PROBE_ROUNDS):
+            open_keys = [key for key in layers if batches[key] < ruled[key]]
+            spans = {
+                key: allocation._span(
+                    allocation.Probed(0.0, 0, tuple(layers[key]["moved"][: batches[key]]), False), counts
+                )
+                for key in open_keys
+            }
+            curves, got = allocated(batches)
+            known = {key: span for key, span in spans.items() if span is not None}
+            worth = set(uncertain(curves, got.fraction, known, regret)) if known else set()
+            again = [key for key in open_keys if spans[key] is None or key in worth]
+            if not again:
+                break
+            past.update(again)
+            for key in again:
+                batches[key] = ruled[key]
+        rows.append(row(str(regret), batches, len(past)))
+    rows.append(f"\nall-sample allocation's predicted loss: {best.predicted:.5g}; screen: {screen} batches")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     prune_args = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -111,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parser.error("give the prune arguments after --, or --analyse JSON")
     print("\n".join(analyse(records, args.min_samples, args.min_batches)))
+    print()
+    print("\n".join(analyse_rounds(records, args.min_samples, args.min_batches)))
     return 0
 
 
