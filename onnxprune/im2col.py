@@ -33,6 +33,7 @@ most and stay under ``max_bytes`` (one row at least). Pure numpy.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,16 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from onnxprune.threads import WORKERS, map_in_threads
+
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+#: a patch block of at least this many bytes is gathered on :data:`onnxprune.threads.WORKERS`
+#: threads, its channels split between them (numpy's ``take`` releases the GIL). Medians of 30:
+#: 240 channels × 25 taps × 1024 rows (rec's 5×5 depthwise, 23 MiB) 6.0 → 3.1 ms, 480 × 25 ×
+#: 1024 16.4 → 7.8 ms, 64 × 9 × 4096 (9 MiB) 1.6 → 1.4 ms; below a MiB the threads cost more
+#: than they save
+GATHER_SPLIT_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -140,8 +150,25 @@ def patch_rows(x: np.ndarray, geometry: ConvGeometry, rows: np.ndarray, *, max_b
         flat = np.ascontiguousarray(plane, dtype=dtype).reshape(channels, -1)  # [C, ∏Sp]
         for start in range(0, len(mine), step):
             base = _base_offsets(mine[start : start + step], out, geometry, padded_shape)  # [m]
-            block = np.take(flat, taps[:, None] + base[None, :], axis=1)  # [C, ∏k, m]
+            block = _gather(flat, taps[:, None] + base[None, :])  # [C, ∏k, m]
             yield block.reshape(groups, -1, len(base)).transpose(0, 2, 1)
+
+
+def _gather(flat: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``np.take(flat, index, axis=1)`` (``[C, *index.shape]``; ``index`` within each row), the
+    channels split between threads when it holds :data:`GATHER_SPLIT_BYTES` or more (each part
+    written in place: ``mode="clip"``, as the default mode would gather into a buffer first)."""
+    channels = flat.shape[0]
+    if channels < WORKERS or channels * index.size * flat.itemsize < GATHER_SPLIT_BYTES:
+        return np.take(flat, index, axis=1)
+    out = np.empty((channels, *index.shape), dtype=flat.dtype)
+
+    def part(bounds: tuple[int, int]) -> None:
+        first, stop = bounds
+        np.take(flat[first:stop], index, axis=1, out=out[first:stop], mode="clip")
+
+    map_in_threads(part, list(itertools.pairwise(np.linspace(0, channels, WORKERS + 1).astype(int).tolist())))
+    return out
 
 
 def _plane_strides(padded: Sequence[int]) -> list[int]:

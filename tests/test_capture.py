@@ -18,7 +18,7 @@ from builders import F32, FLOAT, init, model, node, rand, value
 from onnx import helper
 
 from onnxprune import capture as capture_module
-from onnxprune import runtime
+from onnxprune import im2col, runtime
 from onnxprune.capture import LayerSpec, LayerStats, capture
 from onnxprune.errors import DataError, OptionError
 from onnxprune.im2col import ConvGeometry, patch_blocks, patch_rows
@@ -517,7 +517,10 @@ def _patch_matrix(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int32])
-def test_patch_rows_are_those_rows_of_the_patch_matrix(shape, geometry, dtype):
+@pytest.mark.parametrize("split", [False, True])  # gathered on one thread, or the channels split between threads
+def test_patch_rows_are_those_rows_of_the_patch_matrix(shape, geometry, dtype, split, monkeypatch):
+    if split:
+        monkeypatch.setattr(im2col, "GATHER_SPLIT_BYTES", 0)
     x = (np.random.default_rng(3).standard_normal(shape) * 4).astype(dtype)
     full = _patch_matrix(x, geometry)
     blocks = list(patch_blocks(x, geometry, max_bytes=full.shape[0] * full.shape[2] * full.dtype.itemsize * 3))
