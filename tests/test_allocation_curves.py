@@ -275,7 +275,8 @@ def _regret(curves, target, i, factor):
     """Brute force: the loss under c_i·factor of the allocation made with c_i, less the best one."""
     base = allocate(curves, target)
     scaled = [replace(c, weight=c.weight * factor) if j == i else c for j, c in enumerate(curves)]
-    return _cost(scaled, base.sparsity) - allocate(scaled, target).predicted, allocate(scaled, target).predicted
+    best = allocate(scaled, target).predicted
+    return _cost(scaled, base.sparsity) - best, best
 
 
 def test_uncertain_flags_exactly_the_layers_whose_span_holds_a_regret_above_the_tolerance():
@@ -315,5 +316,5 @@ def test_a_small_layer_far_from_the_price_is_settled_by_a_rough_weight():
     spans = {c.name: (1 / 3, 3.0) for c in curves}
     assert allocate(curves, 0.5).sparsity["small"] == 0.0
     assert uncertain(curves, 0.5, spans, 0.001) == ["big_a", "big_b"]
-    assert uncertain(curves, 0.5, {"small": (1 / 3, 3.0)}, 0.001) == []  # a layer not in the spans is known
+    assert uncertain(curves, 0.5, {"small": (1 / 3, 3.0)}, 0.001) == []  # the others not in the spans: known
     assert uncertain(curves, 0.5, {"big_a": (1.0, 1.0)}, 0.0) == []  # no span: nothing to learn
