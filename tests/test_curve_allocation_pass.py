@@ -293,7 +293,7 @@ def test_a_layer_whose_floor_passes_the_trust_region_keeps_its_floor() -> None:
     t = 0.5, cap 66.7 %) is allocated at least its floor, and the overall count stays exact."""
     from types import SimpleNamespace
 
-    from onnxprune.passes.curve_allocation import TRUST, _allocate, _Measured
+    from onnxprune.passes.curve_allocation import TRUST, _Measured, _Problem
     from onnxprune.passes.unstructured import Target
 
     t, size = 0.5, 1000
@@ -306,7 +306,7 @@ def test_a_layer_whose_floor_passes_the_trust_region_keeps_its_floor() -> None:
     targets = {key: Target(count=count_for_amount(size, t), amount=t) for key in measured}
     by_key = {key: SimpleNamespace(numel=size) for key in measured}
     config = onnxprune.PruneConfig(sparsity=t, method="sparsegpt")
-    new, _, _ = _allocate(config, targets, measured, [], by_key, t)  # type: ignore[misc]
+    new, _, _ = _Problem(t, config.max_layer_sparsity, targets, (), by_key).allocate(measured)  # type: ignore[arg-type, misc]
     assert new["dead"].count >= round(0.708 * size)
     assert new["dead"].count + new["live"].count == count_for_amount(2 * size, t)
 

@@ -45,9 +45,9 @@ def record(args: list[str], rel_se: float) -> dict[str, Any]:
     allocation.PROBE_REL_SE = rel_se
     allocation.PROBE_SCREEN = False  # every probe by its stopping rule alone
     settled, measure = allocation.OutputProbe._settled, allocation.OutputProbe.measure
-    allocate = allocation._allocate
+    allocate = allocation._Problem.allocate
 
-    def spy_allocate(config: Any, targets: Any, measured: Any, fixed: Any, by_key: Any, t: float) -> Any:
+    def spy_allocate(problem: Any, measured: Any) -> Any:
         for key, m in measured.items():
             if key in records:
                 records[key]["curve"] = {
@@ -55,14 +55,14 @@ def record(args: list[str], rel_se: float) -> dict[str, Any]:
                     "errors": list(m.errors),
                     "at_target": m.at_target,
                     "floor": m.floor,
-                    "numel": by_key[key].numel,
+                    "numel": problem.by_key[key].numel,
                 }
         records["__allocation__"] = {
-            "t": t,
-            "max_layer_sparsity": config.max_layer_sparsity,
-            "fixed": {key: [by_key[key].numel, targets[key].count or 0] for key in fixed},
+            "t": problem.t,
+            "max_layer_sparsity": problem.max_layer_sparsity,
+            "fixed": {key: [problem.by_key[key].numel, problem.targets[key].count or 0] for key in problem.fixed},
         }
-        return allocate(config, targets, measured, fixed, by_key, t)
+        return allocate(problem, measured)
 
     def spy_settled(self: Any, moved: list[float]) -> bool:
         self.trace = list(moved)
@@ -78,12 +78,12 @@ def record(args: list[str], rel_se: float) -> dict[str, Any]:
 
     allocation.OutputProbe._settled = spy_settled  # type: ignore[method-assign]
     allocation.OutputProbe.measure = spy_measure  # type: ignore[method-assign]
-    allocation._allocate = spy_allocate
+    allocation._Problem.allocate = spy_allocate  # type: ignore[method-assign]
     try:
         main(["prune", *args])
     finally:
         allocation.OutputProbe._settled, allocation.OutputProbe.measure = settled, measure  # type: ignore[method-assign]
-        allocation._allocate = allocate
+        allocation._Problem.allocate = allocate  # type: ignore[method-assign]
         allocation.PROBE_REL_SE, allocation.PROBE_SCREEN = constants
     return records
 
@@ -137,11 +137,10 @@ def analyse_rounds(records: dict[str, Any], min_samples: int, min_batches: int) 
     layers = {key: r for key, r in records.items() if not key.startswith("__") and r.get("curve") and r["counts"]}
     if run is None or not layers:
         return ["(no error curves in this record: record it again to play the probe's rounds back)"]
-    t, fixed = run["t"], list(run["fixed"])
-    config = SimpleNamespace(max_layer_sparsity=run["max_layer_sparsity"])
     targets = {key: Target(count=count, amount=count / numel) for key, (numel, count) in run["fixed"].items()}
     by_key = {key: SimpleNamespace(numel=numel) for key, (numel, _) in run["fixed"].items()}
     by_key.update({key: SimpleNamespace(numel=r["curve"]["numel"]) for key, r in layers.items()})
+    problem = allocation._Problem(run["t"], run["max_layer_sparsity"], targets, tuple(run["fixed"]), by_key)  # type: ignore[arg-type]
     counts = next(iter(layers.values()))["counts"]
 
     def stop(moved: list[float]) -> int:  # the batches the stopping rule alone runs
@@ -161,7 +160,7 @@ def analyse_rounds(records: dict[str, Any], min_samples: int, min_batches: int) 
             )
             for key, r in layers.items()
         }
-        curves, total, sizes = allocation._curves(config, targets, measured, fixed, by_key, t)  # type: ignore[arg-type]
+        curves, total, sizes = problem.curves(measured)
         return curves, allocate(curves, total / sizes)
 
     screen = next((k for k in range(min_batches, len(counts) + 1) if sum(counts[:k]) >= min_samples), len(counts))

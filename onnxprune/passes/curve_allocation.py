@@ -364,13 +364,14 @@ def allocate_layers(
                 pending.keep(key, at_t)
             log.debug("%s: %s", key, measured[key])
         del stats
+    problem = _Problem(t, config.max_layer_sparsity, targets, tuple(fixed), by_key)
     tick = time.perf_counter()
-    rounds = _refine(probe, config, targets, measured, probed, pending, fixed, by_key, t, inventory, screen or 0)
+    rounds = _refine(probe, problem, measured, probed, pending, inventory, screen or 0)
     seconds["probe"] += time.perf_counter() - tick
     pending.clear()
     probe.close()
     tick = time.perf_counter()
-    result = _allocate(config, targets, measured, fixed, by_key, t)
+    result = problem.allocate(measured)
     seconds["allocate"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - start
     if result is None:
@@ -515,14 +516,10 @@ def _span(probed: Probed, counts: Sequence[int]) -> tuple[float, float] | None:
 
 def _refine(
     probe: OutputProbe,
-    config: PruneConfig,
-    targets: Mapping[str, Target],
+    problem: _Problem,
     measured: dict[str, _Measured],
     probed: dict[str, Probed],
     pending: _Pending,
-    fixed: list[str],
-    by_key: Mapping[str, Weight],
-    t: float,
     inventory: Inventory,
     screen: int,
 ) -> _Rounds:
@@ -541,7 +538,7 @@ def _refine(
         unknown = {k for k, span in spans.items() if span is None}
         known = {k: span for k, span in spans.items() if span is not None}
         try:
-            curves, total, sizes = _curves(config, targets, measured, fixed, by_key, t)
+            curves, total, sizes = problem.curves(measured)
             worth = set(uncertain(curves, total / sizes, known, PROBE_REGRET)) if known and sizes else set()
         except ValueError:  # the allocation itself will say why it cannot be made
             worth = set()
@@ -550,10 +547,10 @@ def _refine(
             break
         rounds.count += 1
         rounds.refined.update(again)
-        probe.restart([by_key[k] for k in again], screen)
+        probe.restart([problem.by_key[k] for k in again], screen)
         for key in again:
             before = probed[key]
-            probed[key] = probe.measure(by_key[key], inventory, pending.load(key), before=before.moved)
+            probed[key] = probe.measure(problem.by_key[key], inventory, pending.load(key), before=before.moved)
             measured[key] = replace(measured[key], probe=probed[key].change, probe_samples=probed[key].samples)
         log.debug("probe round %d: %d layers run on: %s", rounds.count, len(again), again)
     return rounds
@@ -856,61 +853,62 @@ def _floor(layer: CalibLayer, stats: LayerStats, values: np.ndarray) -> int:
     return int(np.count_nonzero((w == 0) | dead[:, None, :]))
 
 
-def _curves(
-    config: PruneConfig,
-    targets: Mapping[str, Target],
-    measured: Mapping[str, _Measured],
-    fixed: list[str],
-    by_key: Mapping[str, Weight],
-    t: float,
-) -> tuple[list[ErrorCurve], int, int]:
-    """The measured layers' curves (module docstring, "Counts"; weights ``c_l = d_l / e_l(t)``), the
-    count they remove together and their number of weights. Raises ValueError for a curve or
-    bounds the maths refuses."""
-    finite = [m.probe for m in measured.values() if math.isfinite(m.probe)]
-    worst = 10 * max(finite, default=1.0) or 1.0  # a probe that made the outputs NaN: dearest of all
-    upper = min(max(config.max_layer_sparsity, t), t + TRUST * (1 - t))
-    curves = []
-    for key, m in measured.items():
-        d = m.probe if math.isfinite(m.probe) else worst
-        weight = d / m.at_target if m.at_target > 0 else (0.0 if d == 0 else d / 1e-12)
-        lower = min(m.floor, m.levels[-1])
-        top = max(upper, lower)  # a layer whose zeros and dead inputs already pass the cap keeps them
-        curves.append(ErrorCurve(key, np.array(m.levels), np.array(m.errors), by_key[key].numel, weight, lower, top))
-    sizes = sum(c.size for c in curves)
-    kept = sum(targets[k].count or 0 for k in fixed)
-    total = count_for_amount(sizes + sum(by_key[k].numel for k in fixed), t) - kept
-    return curves, min(max(total, 0), sizes), sizes
+@dataclass(frozen=True)
+class _Problem:
+    """What the allocation splits among the measured layers: the overall sparsity ``t``, the
+    run's ``max_layer_sparsity``, the uniform ``targets``, the layers kept at theirs (``fixed``)
+    and every weight by key."""
 
+    t: float
+    max_layer_sparsity: float
+    targets: Mapping[str, Target]
+    fixed: tuple[str, ...]
+    by_key: Mapping[str, Weight]
 
-def _allocate(
-    config: PruneConfig,
-    targets: Mapping[str, Target],
-    measured: Mapping[str, _Measured],
-    fixed: list[str],
-    by_key: Mapping[str, Weight],
-    t: float,
-) -> tuple[dict[str, Target], dict[str, LayerCurve], dict[str, float]] | None:
-    """The new targets (module docstring, "Counts"), or None when nothing is left to allocate."""
-    if not measured:
-        return None
-    try:  # a curve or bounds the maths refuses (a target above every curve's top ...): uniform, said
-        curves, total, sizes = _curves(config, targets, measured, fixed, by_key, t)
-        allocation = allocate(curves, total / sizes)
-        counts = to_counts(curves, allocation.sparsity, total)
-    except ValueError as exc:
-        log.warning("allocation by error curves is not possible (%s): uniform instead", exc)
-        return None
-    new = dict(targets)
-    record = {}
-    for c in curves:
-        new[c.name] = Target(count=counts[c.name], amount=counts[c.name] / c.size)
-        m = measured[c.name]
-        record[c.name] = LayerCurve(
-            c.name, c.size, m.levels, m.errors, m.probe, c.weight, counts[c.name] / c.size, m.probe_samples
-        )
-    predicted = {
-        "curves": math.fsum(c.weight * float(c.at(counts[c.name] / c.size)) for c in curves),
-        "uniform": math.fsum(c.weight * float(c.at((targets[c.name].count or 0) / c.size)) for c in curves),
-    }
-    return new, record, predicted
+    def curves(self, measured: Mapping[str, _Measured]) -> tuple[list[ErrorCurve], int, int]:
+        """The measured layers' curves (module docstring, "Counts"; weights ``c_l = d_l / e_l(t)``),
+        the count they remove together and their number of weights. Raises ValueError for a
+        curve or bounds the maths refuses."""
+        t = self.t
+        finite = [m.probe for m in measured.values() if math.isfinite(m.probe)]
+        worst = 10 * max(finite, default=1.0) or 1.0  # a probe that made the outputs NaN: dearest of all
+        upper = min(max(self.max_layer_sparsity, t), t + TRUST * (1 - t))
+        curves = []
+        for key, m in measured.items():
+            d = m.probe if math.isfinite(m.probe) else worst
+            weight = d / m.at_target if m.at_target > 0 else (0.0 if d == 0 else d / 1e-12)
+            lower = min(m.floor, m.levels[-1])
+            top = max(upper, lower)  # a layer whose zeros and dead inputs already pass the cap keeps them
+            numel = self.by_key[key].numel
+            curves.append(ErrorCurve(key, np.array(m.levels), np.array(m.errors), numel, weight, lower, top))
+        sizes = sum(c.size for c in curves)
+        kept = sum(self.targets[k].count or 0 for k in self.fixed)
+        total = count_for_amount(sizes + sum(self.by_key[k].numel for k in self.fixed), t) - kept
+        return curves, min(max(total, 0), sizes), sizes
+
+    def allocate(
+        self, measured: Mapping[str, _Measured]
+    ) -> tuple[dict[str, Target], dict[str, LayerCurve], dict[str, float]] | None:
+        """The new targets (module docstring, "Counts"), or None when nothing is left to allocate."""
+        if not measured:
+            return None
+        try:  # a curve or bounds the maths refuses (a target above every curve's top ...): uniform, said
+            curves, total, sizes = self.curves(measured)
+            allocation = allocate(curves, total / sizes)
+            counts = to_counts(curves, allocation.sparsity, total)
+        except ValueError as exc:
+            log.warning("allocation by error curves is not possible (%s): uniform instead", exc)
+            return None
+        new = dict(self.targets)
+        record = {}
+        for c in curves:
+            new[c.name] = Target(count=counts[c.name], amount=counts[c.name] / c.size)
+            m = measured[c.name]
+            record[c.name] = LayerCurve(
+                c.name, c.size, m.levels, m.errors, m.probe, c.weight, counts[c.name] / c.size, m.probe_samples
+            )
+        predicted = {
+            "curves": math.fsum(c.weight * float(c.at(counts[c.name] / c.size)) for c in curves),
+            "uniform": math.fsum(c.weight * float(c.at((self.targets[c.name].count or 0) / c.size)) for c in curves),
+        }
+        return new, record, predicted
