@@ -314,9 +314,11 @@ def test_sessions_use_the_documented_options():
     assert options.intra_op_num_threads == 1
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
-    assert runtime.session(tiny()).get_session_options().graph_optimization_level == (
-        ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
+    plain = runtime.session(tiny()).get_session_options()
+    assert plain.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert plain.get_session_config_entry("session.intra_op.allow_spinning") == "0"  # off unless asked
+    spinning = runtime.session(tiny(), spinning=True).get_session_options()
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
 
 
 # ---------------------------------------------------------------------------------------
