@@ -1081,6 +1081,7 @@ class _Reader:
         self.accumulators, self.exposure, self.extra = accumulators, exposure, list(extra)
         self.frontier = frontier
         self.segment: Segment | None = None
+        self.batches = 0  # read so far
         self.bodies = any(acc.spec.scope for acc in accumulators)
         try:
             self._open()
@@ -1089,7 +1090,7 @@ class _Reader:
                 raise
             self._give_up(f"onnxruntime refuses the model with them exposed ({exc})")
 
-    def _open(self) -> None:
+    def _open(self, *, segment: bool = True) -> None:
         live = [acc for acc in self.accumulators if self.bodies or not acc.spec.scope]
         values = _main_graph_values(self.proto)
         reads = [name for acc in live for name in acc.spec.reads if name]
@@ -1099,7 +1100,7 @@ class _Reader:
         )
         exposure = self.exposure if self.bodies else None
         self.sess, self.segment = None, None
-        if self.frontier is not None and exposure is None and self.names:
+        if self.frontier is not None and exposure is None and self.names and segment:
             self.segment = self.frontier.begin(self.names)  # the nodes beyond the last capture only
         elif self.names:
             self.sess = _session(self.proto, self.model, self.names, exposure)
@@ -1120,7 +1121,9 @@ class _Reader:
                 acc.failed = f"its input '{acc.spec.activation}' in '{acc.spec.scope}' could not be read: {why}"
                 log.warning("layer '%s' (%s '%s'): %s", acc.spec.key, acc.spec.capture_op, acc.spec.node, acc.failed)
         self.bodies = False
-        self._open()
+        # a segment serves a capture from its first batch: given up later, the capture ends on a
+        # session (a frontier grown from a later batch on would hold the wrong batches)
+        self._open(segment=self.batches == 0)
 
     def read(self, feeds: dict[str, np.ndarray], index: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """The inputs of the live layers on batch ``index`` (and the stored tensors their inputs are
@@ -1139,6 +1142,7 @@ class _Reader:
             activations.update(self.stored)
             if ref:
                 ref.update(self.ref_stored)
+            self.batches += 1
         except DataError as exc:
             if not self.bodies:
                 raise

@@ -24,6 +24,7 @@ from onnx import helper
 import onnxprune
 from onnxprune.capture import LayerSpec, capture
 from onnxprune.cli import main
+from onnxprune.frontier import Frontier
 from onnxprune.graph import expose
 from onnxprune.graph.discovery import discover
 from onnxprune.graph.index import Scope
@@ -473,6 +474,50 @@ def test_a_body_value_whose_shape_grows_each_iteration_is_given_up_not_fatal():
     stats = capture(m, specs, [{"X": rand((2, 1, D), 62)}, {"X": rand((2, 1, D), 63)}])
     assert stats["g"].skipped is not None and "could not be read" in stats["g"].skipped
     assert stats["o"].skipped is None and stats["o"].rows == 2 * 2 * 4
+
+
+def test_a_body_given_up_after_the_first_batch_leaves_the_frontier_as_it_was(tmp_path):
+    """The Loop's trip count is a graph input: 1 on the first batch (its body value can be read),
+    3 on the second (it grows: given up there). The rest of that capture runs on a session, not
+    on a segment begun at the second batch, so the frontier holds no batch it did not see whole,
+    and a later capture on it reads the values of a capture without it."""
+    body = graph(
+        [
+            node("Identity", ["cond_in"], ["cond_out"], "body_cond"),
+            node("MatMul", ["h_in", "Wg"], ["hw"], "body_mm"),
+            node("Slice", ["hw", "last", "end", "one"], ["step"], "body_last"),
+            node("Concat", ["h_in", "step"], ["h_out"], "body_grow", axis=1),
+        ],
+        [value("i", (), INT64), value("cond_in", (), BOOL), value("h_in", ("n", None, D))],
+        [value("cond_out", (), BOOL), value("h_out", ("n", None, D))],
+        [
+            init("Wg", rand((D, D), 60)),
+            *(init(k, np.asarray([v], np.int64)) for k, v in (("last", -1), ("end", 2**62), ("one", 1))),
+        ],
+        name="body",
+    )
+    nodes = [
+        node("Loop", ["trip", "keep_going", "X"], ["H"], "loop", body=body),
+        node("Relu", ["H"], ["R"], "relu"),
+        node("MatMul", ["R", "Wo"], ["Y"], "out_mm"),
+    ]
+    inits = [init("Wo", rand((D, D), 61)), init("keep_going", np.asarray(True))]
+    m = model(nodes, [value("X", ("n", 1, D)), value("trip", (), INT64)], [value("Y", ("n", None, D))], inits)
+    specs = [
+        LayerSpec(key="g", node="body_mm", capture_op="MatMul", activation="h_in", cols=D, scope="loop/body"),
+        LayerSpec(key="o", node="out_mm", capture_op="MatMul", activation="R", cols=D),
+    ]
+    batches = [{"X": rand((2, 1, D), 62), "trip": np.asarray(1, np.int64)}]
+    batches.append({"X": rand((2, 1, D), 63), "trip": np.asarray(3, np.int64)})
+    frontier = Frontier(m, tmp_path / "frontier")
+    first = capture(m, specs, batches, frontier=frontier)
+    assert "could not be read" in (first["g"].skipped or "")
+    assert first["o"].skipped is None and first["o"].rows == 2 * 2 + 2 * 4
+    assert not frontier.batches and not frontier.kept  # nothing grown from the second batch alone
+    again = capture(m, specs[1:], batches, frontier=frontier)["o"]
+    alone = capture(m, specs[1:], batches)["o"]
+    np.testing.assert_allclose(again.H, alone.H, rtol=1e-6)
+    np.testing.assert_allclose(first["o"].H, alone.H, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
