@@ -55,8 +55,9 @@ input directly (:func:`onnxprune.im2col.patch_rows`), never the full patch matri
 model's rows and a residual's are the same draw. When ``R ≤ n`` (or without a cap) every row is
 used with weight 1 and the sums are bit for bit those without sampling.
 
-With a ``reference`` model (the dense model, in sequential calibration), every batch also
-runs through it and each layer accumulates the statistics that relate its current input
+With a ``reference`` model (the dense model, in sequential calibration; there a frozen
+:class:`~onnxprune.frontier.Frontier` of it, so that each wave runs only the dense nodes beyond
+the last one's), every batch also runs through it and each layer accumulates the statistics that relate its current input
 ``X`` to the input ``X_d`` the same layer sees in the reference model::
 
     C = Σ_b X_bᵀ X_d,b   [groups, cols, cols]     H_d = Σ_b X_d,bᵀ X_d,b     mean_d = E[x_d]
@@ -119,7 +120,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -781,7 +781,7 @@ def capture(
     max_cols: int = MAX_COLS,
     max_bytes: int = MAX_BYTES,
     progress: Callable[[int], None] | None = None,
-    reference: ModelProto | bytes | DenseValues | None = None,
+    reference: ModelProto | bytes | Frontier | None = None,
     sampling: RowSampling = ALL_ROWS,
     frontier: Frontier | None = None,
     weights: Mapping[str, np.ndarray] | None = None,
@@ -789,8 +789,9 @@ def capture(
     """Input statistics of every layer in ``specs`` over ``batches`` (see module docstring).
 
     ``reference``: a model with the same graph (the dense model) whose inputs to the same
-    layers give ``C``, ``H_ref`` and ``mean_ref``, or its values computed once for many
-    captures (:class:`DenseValues`; body values are still read by a session of their own).
+    layers give ``C``, ``H_ref`` and ``mean_ref``, or a :class:`Frontier` of that model made
+    ``frozen`` (its main-graph values are then read beyond the last capture's, as ``frontier``
+    reads the model's; body values are still read by a session of their own).
     ``sampling``: how many rows of each batch the sums use (:mod:`onnxprune.row_sampling`;
     default every row); ``rows`` counts every row, ``rows_used`` those the sums use.
     ``frontier``: where the previous capture on this model stopped (:mod:`onnxprune.frontier`):
@@ -961,104 +962,11 @@ def _choose_products(
             acc.use_products({key: weights[key] for key in keys})
 
 
-#: Dense values one run may return (the batch the captures use is cut to fit), and all
-#: batches may keep on disk, for :class:`DenseValues` to keep them (beyond either, every
-#: capture runs the dense model itself)
-DENSE_BATCH_BYTES = 160 << 20
-DENSE_DISK_BYTES = 4 << 30
-
-
-class DenseValues:
-    """The reference (dense) model's values of main-graph tensors, once per calibration batch.
-
-    Sequential calibration reads, for every wave, the dense model's inputs to that wave's
-    layers. Run per wave, the dense model runs once per wave and batch, each run as deep as the
-    wave. Given up front every name the waves will read (``names``), this runs the dense model
-    once per batch for all of them (the first time the batch is asked for), keeps each value
-    as an ``.npy`` file in ``folder`` (a temporary folder the caller owns and removes) and
-    reads it back memory-mapped: the dense runs cost one forward pass per batch in all.
-
-    It keeps values only while they fit: ``probe`` (one small batch, ``count`` its samples)
-    gives the bytes per sample, and :attr:`batch` the samples per batch whose values fit in
-    :data:`DENSE_BATCH_BYTES` (at most ``batch``; the captures should use it: one run returns
-    every name at once). If one sample does not fit, or ``samples`` (None: counted as they
-    come) more than :data:`DENSE_DISK_BYTES` or half the folder's free space, nothing is kept
-    and every read runs a session for exactly the names asked, as a capture without it does.
-    So does a name it was not given.
-    """
-
-    def __init__(
-        self,
-        model: ModelProto,
-        names: Sequence[str],
-        folder: str | os.PathLike[str],
-        *,
-        probe: dict[str, np.ndarray] | None = None,
-        count: Callable[[dict[str, np.ndarray]], int] = lambda feeds: _samples(feeds),
-        batch: int = 1,
-        samples: int | None = None,
-    ) -> None:
-        self.model = model
-        self.names = list(dict.fromkeys(names))
-        self.folder = Path(folder)
-        self._files = {name: f"{i}" for i, name in enumerate(self.names)}
-        self._done: set[int] = set()
-        self._sess: ort.InferenceSession | None = None
-        self._last: tuple[tuple[str, ...], ort.InferenceSession] | None = None
-        self._used = 0
-        self._budget = min(DENSE_DISK_BYTES, shutil.disk_usage(self.folder).free // 2)
-        self.keeps = bool(self.names)
-        self.batch = max(1, batch)
-        if self.keeps and probe is not None:
-            self._sess = _session(self.model, self.model, self.names)
-            values = runtime.run_batch(self._sess, self.names, probe, 0)
-            per_sample = sum(np.asarray(v).nbytes for v in values.values()) / max(1, count(probe))
-            self.batch = max(1, min(self.batch, int(DENSE_BATCH_BYTES // max(per_sample, 1.0))))
-            if per_sample > DENSE_BATCH_BYTES or (samples is not None and per_sample * samples > self._budget):
-                self._drop(f"{per_sample / 2**20:.1f} MiB per sample")
-                self.batch = max(1, batch)
-
-    def _drop(self, why: str) -> None:
-        log.info("dense values not kept (%s): each capture runs the dense model itself", why)
-        self.keeps, self._sess = False, None
-
-    def _path(self, name: str, index: int) -> Path:
-        return self.folder / f"b{index}_{self._files[name]}.npy"
-
-    def _fill(self, feeds: dict[str, np.ndarray], index: int) -> None:
-        if self._sess is None:
-            self._sess = _session(self.model, self.model, self.names)
-        values = runtime.run_batch(self._sess, self.names, feeds, index)
-        size = sum(np.asarray(v).nbytes for v in values.values())
-        if self._used + size > self._budget:
-            self._drop(f"batch {index} would bring them to {(self._used + size) / 2**20:.0f} MiB")
-            return
-        for name, value in values.items():
-            np.save(self._path(name, index), np.require(value, requirements="C"), allow_pickle=False)  # 0-d stays 0-d
-        self._used += size
-        self._done.add(index)
-
-    def read(self, names: Sequence[str], feeds: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
-        """The dense values of ``names`` on batch ``index`` (whose feeds are ``feeds``)."""
-        if self.keeps and index not in self._done:
-            self._fill(feeds, index)
-        kept = index in self._done
-        out = {name: np.load(self._path(name, index), mmap_mode="r") for name in names if kept and name in self._files}
-        rest = tuple(name for name in names if name not in out)
-        if rest:  # one session at a time (a capture asks for the same names on every batch)
-            if self._last is None or self._last[0] != rest:
-                self._last = (rest, _session(self.model, self.model, rest))
-            out.update(runtime.run_batch(self._last[1], rest, feeds, index))
-        return out
-
-    def stored(self, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """The dense model's initializers ``names``."""
-        return _stored_values(self.model, names)
-
-
 class _Reader:
     """The sessions that read every accumulator's input (and the reference model's).
 
+    With a :class:`Frontier` (of the model, and as the reference, of the dense model), the
+    main-graph values are read by a segment that runs only the nodes beyond the last capture's.
     Body values are read from a copy with them exposed (:mod:`onnxprune.graph.expose`). Should
     onnxruntime refuse that copy, or fail on it where the model itself runs (a value whose shape
     changes from one iteration to the next cannot be a Loop's scan output), the body layers are
@@ -1070,7 +978,7 @@ class _Reader:
         self,
         proto: ModelProto,
         model: object,
-        reference: ModelProto | bytes | DenseValues | None,
+        reference: ModelProto | bytes | Frontier | None,
         accumulators: list[_Accumulator],
         exposure: expose.Exposure,
         extra: Sequence[str] = (),
@@ -1081,6 +989,7 @@ class _Reader:
         self.accumulators, self.exposure, self.extra = accumulators, exposure, list(extra)
         self.frontier = frontier
         self.segment: Segment | None = None
+        self.ref_segment: Segment | None = None
         self.batches = 0  # read so far
         self.bodies = any(acc.spec.scope for acc in accumulators)
         try:
@@ -1099,18 +1008,19 @@ class _Reader:
             dict.fromkeys([*(acc.source for acc in live), *(n for n in reads if n not in stored), *self.extra])
         )
         exposure = self.exposure if self.bodies else None
+        segment = segment and exposure is None and bool(self.names)  # main-graph values only
         self.sess, self.segment = None, None
-        if self.frontier is not None and exposure is None and self.names and segment:
+        if self.frontier is not None and segment:
             self.segment = self.frontier.begin(self.names)  # the nodes beyond the last capture only
         elif self.names:
             self.sess = _session(self.proto, self.model, self.names, exposure)
         self.stored = _stored_values(self.proto, stored)
-        self.ref_sess, self.ref_stored, self.ref_values = None, {}, None
-        if isinstance(self.reference, DenseValues) and self.names and exposure is None:
-            self.ref_values = self.reference  # computed once for every wave (main-graph values only)
-            self.ref_stored = self.reference.stored(stored)
+        self.ref_sess, self.ref_segment, self.ref_stored = None, None, {}
+        if isinstance(self.reference, Frontier) and segment:
+            self.ref_segment = self.reference.begin(self.names)  # the dense model beyond its last capture
+            self.ref_stored = _stored_values(self.reference.model, stored)
         elif self.reference is not None and self.names:
-            given = self.reference.model if isinstance(self.reference, DenseValues) else self.reference
+            given = self.reference.model if isinstance(self.reference, Frontier) else self.reference
             reference = _as_model(given)
             self.ref_sess = _session(reference, given, self.names, exposure)
             self.ref_stored = _stored_values(reference, stored)
@@ -1135,8 +1045,8 @@ class _Reader:
                 activations = runtime.run_batch(self.sess, self.names, feeds, index)
             else:
                 activations = {}
-            if self.ref_values is not None:
-                ref = self.ref_values.read(self.names, feeds, index)
+            if self.ref_segment is not None:
+                ref = self.ref_segment.read(feeds, index)
             else:
                 ref = runtime.run_batch(self.ref_sess, self.names, feeds, index) if self.ref_sess is not None else {}
             activations.update(self.stored)
@@ -1153,8 +1063,9 @@ class _Reader:
 
     def finish(self) -> None:
         """After the last batch: the frontier takes this capture's region."""
-        if self.segment is not None:
-            self.segment.finish()
+        for segment in (self.segment, self.ref_segment):
+            if segment is not None:
+                segment.finish()
 
 
 def _refuse_overflow(spec: LayerSpec, stats: LayerStats) -> None:

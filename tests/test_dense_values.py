@@ -1,6 +1,7 @@
-"""The dense model's values computed once for every wave (:class:`onnxprune.capture.DenseValues`):
-the same statistics as a dense session per capture, one dense run per batch in all, and the
-temporary folder gone after a calibrated run."""
+"""The dense model's side of the waves' captures: a frozen :class:`onnxprune.frontier.Frontier`
+of the dense model, so each wave runs only the dense nodes beyond the last one's. The same
+statistics as a dense session per capture, the waves' batch cut to fit their dense values, and
+the temporary folder gone after a calibrated run (a killed run's swept by the next)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import pytest
 from builders import init, model, node, rand, value
 
 import onnxprune
-from onnxprune import capture as capture_module
-from onnxprune import runtime
-from onnxprune.capture import DenseValues, capture
+from onnxprune import frontier as frontier_module
+from onnxprune.capture import capture, sample_bytes
+from onnxprune.frontier import Frontier
 from onnxprune.graph.discovery import discover
 from onnxprune.graph.index import Scope
 from onnxprune.graph.outputs import _host_tag
+from onnxprune.passes import calibrated as calibrated_module
 from onnxprune.passes.layers import calib_layer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -42,43 +44,46 @@ def _spec(m: onnx.ModelProto, name: str):
     return layer.spec
 
 
-def test_dense_values_give_the_statistics_of_a_dense_session(tmp_path):
+def test_a_dense_frontier_gives_the_statistics_of_a_dense_session(tmp_path):
     w1, w2 = rand((8, 8), seed=1), rand((8, 8), seed=2)
     dense = _block(w1, w2)
     pruned = _block(np.where(np.abs(w1) > 0.5, w1, 0).astype(np.float32), w2)
-    spec = _spec(dense, "W2")
-    assert spec.residual == "h"
+    spec1, spec2 = _spec(dense, "W1"), _spec(dense, "W2")
+    assert spec2.residual == "h"
     batches = [{"x": rand((16, 8), seed=5)}, {"x": rand((24, 8), seed=6)}]
-    by_session = capture(pruned, [spec], batches, reference=dense)[spec.key]
-    values = DenseValues(dense, [spec.activation, spec.residual], tmp_path)
-    by_values = capture(pruned, [spec], batches, reference=values)[spec.key]
-    assert by_values.C is not None and by_values.residual is not None
-    for field in ("H", "C", "H_ref", "mean", "mean_ref"):
-        np.testing.assert_allclose(getattr(by_values, field), getattr(by_session, field), rtol=1e-6, atol=1e-9)
+    values = Frontier(dense, tmp_path, frozen=True)
+    for spec in (spec1, spec2):  # two waves: the second reads the dense model beyond the first's
+        by_session = capture(pruned, [spec], batches, reference=dense)[spec.key]
+        by_values = capture(pruned, [spec], batches, reference=values)[spec.key]
+        assert by_values.C is not None
+        for field in ("H", "C", "H_ref", "mean", "mean_ref"):
+            np.testing.assert_allclose(getattr(by_values, field), getattr(by_session, field), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(by_values.residual.cross, by_session.residual.cross, rtol=1e-6, atol=1e-9)
-    assert len(list(tmp_path.glob("*.npy"))) == len({spec.activation, spec.residual}) * 2  # names × batches
+    assert values.segments_run == 2 and values.region  # both captures ran on it
 
 
-def test_each_batch_runs_the_dense_model_once_for_every_capture(tmp_path, monkeypatch):
+def test_each_wave_runs_only_the_dense_nodes_beyond_the_last_one(tmp_path, monkeypatch):
     dense = _block(rand((8, 8), seed=1), rand((8, 8), seed=2))
-    runs: list[tuple[str, ...]] = []
-    real = runtime.run_batch
+    pruned = _block(rand((8, 8), seed=3), rand((8, 8), seed=4))
+    spec1, spec2 = _spec(dense, "W1"), _spec(dense, "W2")
+    runs: list[int] = []
+    real = frontier_module.sub_model
 
-    def counted(sess, names, feeds, index):
-        runs.append(tuple(names))
-        return real(sess, names, feeds, index)
+    def counted(model, graph, nodes, *args, **kwargs):
+        if model is dense:
+            runs.append(len(nodes))
+        return real(model, graph, nodes, *args, **kwargs)
 
-    monkeypatch.setattr(runtime, "run_batch", counted)
-    values = DenseValues(dense, ["a", "h"], tmp_path)
-    feeds = {"x": rand((4, 8), seed=3)}
-    first = values.read(["h"], feeds, 0)
-    again = values.read(["a", "h"], feeds, 0)
-    assert runs == [("a", "h")]  # every name at once, the first time only
-    np.testing.assert_array_equal(first["h"], again["h"])
-    direct = np.maximum(feeds["x"] @ onnx.numpy_helper.to_array(dense.graph.initializer[0]), 0)
-    np.testing.assert_allclose(again["h"], direct, rtol=1e-6)
-    other = values.read(["y"], feeds, 0)  # a name it was not given: a session of its own
-    assert runs[-1] == ("y",) and other["y"].shape == (4, 8)
+    monkeypatch.setattr(frontier_module, "sub_model", counted)
+    values = Frontier(dense, tmp_path, frozen=True)
+    batches = [{"x": rand((4, 8), seed=5)}]
+    capture(pruned, [spec1], batches, reference=values)
+    capture(pruned, [spec2], batches, reference=values)
+    again = capture(pruned, [spec2], batches, reference=values)[spec2.key]
+    # x is fed; mm1 and relu make h, the second wave's input (and residual); then h is kept
+    assert runs == [2]
+    by_session = capture(pruned, [spec2], batches, reference=dense)[spec2.key]
+    np.testing.assert_allclose(again.C, by_session.C, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["mlp_digits", "lstm_mnist1d"])
@@ -86,35 +91,29 @@ def test_a_sequential_run_removes_its_folder_and_matches_a_session_per_wave(name
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the run's scratch folder goes
-    folders: list[Path] = []
-    real_init = DenseValues.__init__
+    made: list[Frontier] = []
+    real_init = Frontier.__init__
 
-    def recorded(self, model, names, folder, **kwargs):
-        folders.append(Path(folder))
-        real_init(self, model, names, folder, **kwargs)
+    def recorded(self, model, folder, **kwargs):
+        real_init(self, model, folder, **kwargs)
+        made.append(self)
 
-    monkeypatch.setattr(DenseValues, "__init__", recorded)
-    fills: list[int] = []
-    real_fill = DenseValues._fill
-
-    def counted_fill(self, feeds, index):
-        real_fill(self, feeds, index)
-        fills.append(index in self._done)
-
-    monkeypatch.setattr(DenseValues, "_fill", counted_fill)
+    monkeypatch.setattr(Frontier, "__init__", recorded)
     source = FIXTURES / f"{name}.onnx"
     data = onnxprune.calibration_data(source, FIXTURES / f"{name}.calib.npz", samples=32)
     config = onnxprune.PruneConfig(sparsity=0.5, method="sparsegpt", allocator="uniform")
-    cached, _ = onnxprune.prune(onnx.load(str(source)), config, calibration=data)
-    assert fills and all(fills)  # every batch's dense values were kept once
-    assert len(folders) == 1 and folders[0].parent == scratch and folders[0].name.startswith(".dense-values")
+    kept, _ = onnxprune.prune(onnx.load(str(source)), config, calibration=data)
+    dense = [f for f in made if f.frozen and Path(f.folder).name == "dense"]
+    assert len(dense) == 1 and dense[0].segments_run >= 1  # the waves after the first read from it
+    folder = Path(dense[0].folder).parent
+    assert folder.parent == scratch and folder.name.startswith(".dense-values")
     assert not list(scratch.iterdir())  # removed at the end
-    # the same run with a dense session per wave: values too large to keep
-    monkeypatch.setattr(capture_module, "DENSE_BATCH_BYTES", 0)
-    fills.clear()
+    # the same run with every capture from the graph inputs: frontiers that keep nothing
+    monkeypatch.setattr(frontier_module, "FRONTIER_DISK_BYTES", 0)
+    made.clear()
     per_wave, _ = onnxprune.prune(onnx.load(str(source)), config, calibration=data)
-    assert not fills
-    a = {t.name: onnx.numpy_helper.to_array(t) for t in cached.graph.initializer}
+    assert made and not any(f.enabled for f in made)  # each gave up at its first capture
+    a = {t.name: onnx.numpy_helper.to_array(t) for t in kept.graph.initializer}
     b = {t.name: onnx.numpy_helper.to_array(t) for t in per_wave.graph.initializer}
     assert a.keys() == b.keys()
     for key in a:
@@ -122,32 +121,20 @@ def test_a_sequential_run_removes_its_folder_and_matches_a_session_per_wave(name
         np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
-def test_the_batch_is_cut_to_fit_and_values_too_large_for_one_sample_are_not_kept(tmp_path, monkeypatch):
-    dense = _block(rand((8, 8), seed=1), rand((8, 8), seed=2))
-    feeds = {"x": rand((4, 8), seed=3)}
-    monkeypatch.setattr(capture_module, "DENSE_BATCH_BYTES", 200)  # the probe: 2 names × 8 floats = 64 B a sample
-    cut = DenseValues(dense, ["a", "h"], tmp_path, probe={"x": feeds["x"][:1]}, batch=4)
-    assert cut.keeps and cut.batch == 3  # the batch the captures should use: 3 samples' values fit
-    monkeypatch.setattr(capture_module, "DENSE_BATCH_BYTES", 50)  # not even one sample fits
-    values = DenseValues(dense, ["a", "h"], tmp_path, probe={"x": feeds["x"][:1]}, batch=4)
-    assert not values.keeps and values.batch == 4
-    out = values.read(["h"], feeds, 0)
-    np.testing.assert_allclose(
-        out["h"], np.maximum(feeds["x"] @ onnx.numpy_helper.to_array(dense.graph.initializer[0]), 0), rtol=1e-6
-    )
-    assert not list(tmp_path.glob("*.npy"))
-
-
-def test_values_stop_being_kept_past_the_disk_budget(tmp_path, monkeypatch):
-    dense = _block(rand((8, 8), seed=1), rand((8, 8), seed=2))
-    monkeypatch.setattr(capture_module, "DENSE_DISK_BYTES", 4 * 8 * 4 * 2 + 1)  # one batch of 4 samples, 2 names
-    values = DenseValues(dense, ["a", "h"], tmp_path, probe={"x": rand((1, 8), seed=9)}, batch=4)
-    assert values.keeps
-    first = values.read(["h"], {"x": rand((4, 8), seed=3)}, 0)
-    second = values.read(["h"], {"x": rand((4, 8), seed=4)}, 1)  # over the budget: read directly
-    assert not values.keeps and len(list(tmp_path.glob("*.npy"))) == 2
-    assert first["h"].shape == second["h"].shape == (4, 8)
-    assert values.read(["h"], {"x": rand((4, 8), seed=3)}, 0)["h"].shape == (4, 8)  # batch 0 is still kept
+def test_the_waves_batch_is_cut_to_fit_their_dense_values(monkeypatch):
+    source = FIXTURES / "mlp_digits.onnx"
+    dense = onnx.load(str(source))
+    data = onnxprune.calibration_data(source, FIXTURES / "mlp_digits.calib.npz", samples=16)
+    names = [dense.graph.node[0].output[0]]
+    first = next(data.batches(1))
+    per_sample = sample_bytes(dense, names, first, data.count(first))
+    assert per_sample > 0
+    monkeypatch.setattr(calibrated_module, "WAVE_BATCH_BYTES", int(3 * per_sample) + 1)
+    assert calibrated_module._wave_batch(dense, names, data, 32) == 3  # 3 samples' values fit
+    assert calibrated_module._wave_batch(dense, names, data, 2) == 2  # never above the batch asked
+    monkeypatch.setattr(calibrated_module, "WAVE_BATCH_BYTES", 0)  # not even one sample fits
+    assert calibrated_module._wave_batch(dense, names, data, 32) == 1
+    assert calibrated_module._wave_batch(dense, [], data, 32) == 32  # nothing read from the dense model
 
 
 def test_a_killed_runs_scratch_folder_is_swept_by_the_next_run(tmp_path, monkeypatch):

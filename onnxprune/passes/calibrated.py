@@ -62,7 +62,7 @@ import numpy as np
 from onnx import ModelProto, numpy_helper
 
 from onnxprune import sparsity
-from onnxprune.capture import DenseValues, LayerSpec, LayerStats, capture
+from onnxprune.capture import LayerSpec, LayerStats, capture, sample_bytes
 from onnxprune.config import PruneConfig, Ranking, Reconstruction
 from onnxprune.data import Dataset
 from onnxprune.errors import OptionError, OutputError, UnsupportedModelError, opt
@@ -394,18 +394,11 @@ def _prune(
     # the pruned-so-far model's side: each wave runs only the nodes beyond the last one's frontier
     in_waves = scratch is not None and reconstruction.sequential and len(groups) > 1
     frontier = Frontier(model, scratch.path / "frontier") if in_waves and scratch is not None else None
-    dense_values: ModelProto | DenseValues | None = dense
+    # the dense model's side the same way, on a model that never changes (so not fingerprinted)
+    dense_values: ModelProto | Frontier | None = dense
     if dense is not None and needs_dense and in_waves and scratch is not None:
-        dense_values = DenseValues(
-            dense,
-            _dense_names(dense, specs_of),
-            scratch.path,
-            probe=next(data.batches(1), None),
-            count=data.count,
-            batch=batch_size,
-            samples=data.num_samples(),
-        )
-        batch_size = dense_values.batch  # one dense run returns every wave's inputs: a batch that fits
+        dense_values = Frontier(dense, scratch.path / "dense", frozen=True)
+        batch_size = _wave_batch(dense, _dense_names(dense, specs_of), data, batch_size)
     for key in fallback:
         magnitude(key)
     changed = bool(fallback)
@@ -588,6 +581,22 @@ def _dense_names(dense: ModelProto, specs_of: Sequence[Sequence[LayerSpec]]) -> 
         if name and name in values
     )
     return list(dict.fromkeys(names))
+
+
+#: The most bytes of the dense values every wave reads that one calibration batch may hold: the
+#: waves' batch is cut to fit (the captures' segments return a wave's inputs and the frontier
+#: of each batch at once).
+WAVE_BATCH_BYTES = 160 << 20
+
+
+def _wave_batch(dense: ModelProto, names: Sequence[str], data: Dataset, batch: int) -> int:
+    """The samples per wave batch: at most ``batch``, and as many as fit :data:`WAVE_BATCH_BYTES`
+    with the dense values ``names`` of one sample (measured on the first; at least 1)."""
+    first = next(data.batches(1), None)
+    if not names or first is None:
+        return batch
+    per_sample = sample_bytes(dense, names, first, data.count(first))
+    return max(1, min(batch, int(WAVE_BATCH_BYTES // max(per_sample, 1.0))))
 
 
 def _counted_from(progress: Progress, start: int, total: int, done: int, _of: int, label: str) -> None:
