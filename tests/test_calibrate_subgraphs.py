@@ -442,11 +442,10 @@ def test_capture_of_a_conv_in_a_loop_joins_iterations_to_the_batch():
     assert np.allclose(stats["k"].H, main["k"].H, rtol=1e-5, atol=1e-4)
 
 
-def test_a_body_value_whose_shape_grows_each_iteration_is_given_up_not_fatal():
-    """A Loop whose carried state grows by one step per iteration (``[n, t, D]``, t = 1, 2, 3): its
-    MatMul input cannot be a scan output; that layer is given up with the reason, the main
-    graph's layer after the Loop is still captured."""
-    body = graph(
+def _growing_body() -> onnx.GraphProto:
+    """A Loop body whose carried state ``h [n, t, D]`` grows by one step per iteration (its
+    MatMul input cannot be a scan output)."""
+    return graph(
         [
             node("Identity", ["cond_in"], ["cond_out"], "body_cond"),
             node("MatMul", ["h_in", "Wg"], ["hw"], "body_mm"),
@@ -461,6 +460,13 @@ def test_a_body_value_whose_shape_grows_each_iteration_is_given_up_not_fatal():
         ],
         name="body",
     )
+
+
+def test_a_body_value_whose_shape_grows_each_iteration_is_given_up_not_fatal():
+    """A Loop whose carried state grows by one step per iteration (``[n, t, D]``, t = 1, 2, 3): its
+    MatMul input cannot be a scan output; that layer is given up with the reason, the main
+    graph's layer after the Loop is still captured."""
+    body = _growing_body()
     nodes = [
         node("Loop", ["trip", "keep_going", "X"], ["H"], "loop", body=body),
         node("MatMul", ["H", "Wo"], ["Y"], "out_mm"),
@@ -481,21 +487,7 @@ def test_a_body_given_up_after_the_first_batch_leaves_the_frontier_as_it_was(tmp
     3 on the second (it grows: given up there). The rest of that capture runs on a session, not
     on a segment begun at the second batch, so the frontier holds no batch it did not see whole,
     and a later capture on it reads the values of a capture without it."""
-    body = graph(
-        [
-            node("Identity", ["cond_in"], ["cond_out"], "body_cond"),
-            node("MatMul", ["h_in", "Wg"], ["hw"], "body_mm"),
-            node("Slice", ["hw", "last", "end", "one"], ["step"], "body_last"),
-            node("Concat", ["h_in", "step"], ["h_out"], "body_grow", axis=1),
-        ],
-        [value("i", (), INT64), value("cond_in", (), BOOL), value("h_in", ("n", None, D))],
-        [value("cond_out", (), BOOL), value("h_out", ("n", None, D))],
-        [
-            init("Wg", rand((D, D), 60)),
-            *(init(k, np.asarray([v], np.int64)) for k, v in (("last", -1), ("end", 2**62), ("one", 1))),
-        ],
-        name="body",
-    )
+    body = _growing_body()
     nodes = [
         node("Loop", ["trip", "keep_going", "X"], ["H"], "loop", body=body),
         node("Relu", ["H"], ["R"], "relu"),
