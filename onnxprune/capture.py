@@ -57,8 +57,9 @@ used with weight 1 and the sums are bit for bit those without sampling.
 
 With a ``reference`` model (the dense model, in sequential calibration; there a frozen
 :class:`~onnxprune.frontier.Frontier` of it, so that each wave runs only the dense nodes beyond
-the last one's), every batch also runs through it and each layer accumulates the statistics that relate its current input
-``X`` to the input ``X_d`` the same layer sees in the reference model::
+the last one's), every batch also runs through it and each layer accumulates the statistics
+that relate its current input ``X`` to the input ``X_d`` the same layer sees in the reference
+model::
 
     C = Σ_b X_bᵀ X_d,b   [groups, cols, cols]     H_d = Σ_b X_d,bᵀ X_d,b     mean_d = E[x_d]
 

@@ -148,9 +148,9 @@ def session(
     intra-op threads busy-wait for the next run (onnxruntime's default). Off here: the runs of
     every session in this package alternate with numpy work on the same cores (the captures'
     sums, the probe's distances, the solves), and threads spinning between runs take those
-    cores from it: SparseGPT on PP-OCRv4 rec (70 %, 32 lines of 48×1280) took 157.6 s with
-    spinning and 107.0 s without (its probe 70.4 → 36.1 s), det (50 %, 32 pages of 640×640)
-    124.9 → 105.0 s, the same bytes (2 shared cores, one after the other).
+    cores from it. SparseGPT on PP-OCRv4 det (50 %, 32 pages of 640×640) took 127.3 s with
+    spinning and 105.0 s without, rec (70 %, 32 lines of 48×1280) 137.5 → 117.0 s (its probe
+    53–70 → 36–47 s), the same bytes (medians of three interleaved runs on 2 shared cores).
     """
     chosen = check_providers(providers)
     options = ort.SessionOptions()
