@@ -33,15 +33,19 @@ Ray node with another CPU may pick other BLAS kernels).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from onnxprune.reconstruct import grouped
 from onnxprune.reconstruct.hessian import damping
-from onnxprune.reconstruct.methods import LayerProblem, Method
+from onnxprune.reconstruct.methods import LayerProblem, Method, RowsProblem
 from onnxprune.reconstruct.threads import one_blas_thread
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,13 @@ def _solve(task: LayerTask) -> LayerSolution:
         uses=tuple(UseMeans(_plain(u.mean), _plain(u.mean_ref), _plain(u.residual_mean)) for u in task.uses),
     )
     groups = task.w.shape[0]
+    if _stacked(task):
+        try:
+            return _solve_rows(task)
+        except grouped.Unsolved as exc:  # the loop's retries raise the damping group by group
+            log.debug(
+                "%s: the stacked solve of %d groups failed (%s); solving them one by one", task.weight, groups, exc
+            )
     out = np.empty_like(task.w)
     err_num = err_den = mag_num = 0.0
     with_ref = task.CW is not None and task.energy_ref is not None
@@ -189,6 +200,69 @@ def _solve(task: LayerTask) -> LayerSolution:
 _ARRAYS = ("w", "magnitude", "H", "sqnorm", "CW", "energy_ref")
 
 
+def _stacked(task: LayerTask) -> bool:
+    """True when the groups of ``task`` are solved as one stack (:mod:`.grouped`): two or more
+    groups of one row and at most :data:`~.grouped.MAX_COLS` columns (a depthwise Conv), a method
+    with ``solve_rows``, no N:M pattern and no residual sum."""
+    groups, rows, cols = task.w.shape
+    return (
+        task.method.solve_rows is not None
+        and groups > 1
+        and rows == 1
+        and cols <= grouped.MAX_COLS
+        and task.nm is None
+        and task.residual is None
+    )
+
+
+def _solve_rows(task: LayerTask) -> LayerSolution:
+    """:func:`_solve`'s loop for one-row groups as one stack: the goals (with a reference, each
+    group's dense target), the method's ``solve_rows``, and each group's errors."""
+    groups, _, cols = task.w.shape
+    w = task.w[:, 0, :]
+    H = np.broadcast_to(task.H, (groups, cols, cols))  # one input for every group, or each its own
+    if task.CW is not None and task.energy_ref is not None:
+        cw, dense = task.CW[:, :, 0], task.energy_ref.astype(np.float64)
+        goal = np.where(w == 0, 0.0, dense_targets(w, H, cw, task.percdamp))
+    else:  # the layer's own input is its reference: C = H_d = H
+        cw = np.matmul(w[:, None, :], np.swapaxes(H, 1, 2))[:, 0]
+        dense = np.einsum("gi,gi->g", cw, w)
+        goal = w
+    count = None
+    if task.count is not None:
+        base, extra = divmod(task.count, groups)  # the layer's exact count, split as the loop splits it
+        count = base + (np.arange(groups) < extra)
+    assert task.method.solve_rows is not None
+    new = task.method.solve_rows(
+        RowsProblem(goal, H, count, task.amount, task.percdamp, task.blocksize, task.exact_refit)
+    )
+
+    def errors(v: np.ndarray) -> np.ndarray:  # OutputErrors.of, group by group
+        return np.einsum("gi,gi->g", np.matmul(v[:, None, :], H)[:, 0], v) - 2 * np.einsum("gi,gi->g", v, cw) + dense
+
+    out = new[:, None, :]
+    mag = float(errors(np.where(task.magnitude[:, 0, :], 0.0, w)).sum()) if task.magnitude_error else math.nan
+    deltas = tuple(bias_delta(task.w, out, use) for use in task.uses)
+    return LayerSolution(out, float(errors(new).sum()), float(dense.sum()), mag, deltas)
+
+
+def _target_damping(h: np.ndarray, percdamp: float) -> float:
+    """The ridge of :func:`dense_target`: the solvers' ``λ``, or a trace of one when that is 0."""
+    return damping(h, np.diagonal(h) == 0, percdamp) or 1e-8 * max(float(np.mean(np.diagonal(h))), 1e-30)
+
+
+def dense_targets(w: np.ndarray, H: np.ndarray, cw: np.ndarray, percdamp: float) -> np.ndarray:
+    """:func:`dense_target` of one-row groups as one stack: ``w``, ``cw`` ``[G, cols]``, ``H``
+    ``[G, cols, cols]``; raises :class:`~.grouped.Unsolved` where the loop would fall back to
+    least squares."""
+    lam = np.array([_target_damping(h, percdamp) for h in H])
+    a = H + lam[:, None, None] * np.eye(H.shape[1])
+    try:
+        return np.linalg.solve(a, (cw + lam[:, None] * w)[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError as exc:
+        raise grouped.Unsolved(str(exc)) from exc
+
+
 def _plain(a: Any) -> Any:
     return None if a is None else np.require(a, requirements=("C", "A"))
 
@@ -210,7 +284,7 @@ def dense_target(
     ``residual`` ``R = Σ xᵀ(r_d − r)`` (the output is summed with ``r``: :mod:`onnxprune.capture`)
     the target is the dense *sum*, ``(H + λI) W*ᵀ = C Wᵀ + λ Wᵀ + R``: the layer also takes up the
     part of the error arriving through ``r`` that its input can express."""
-    lam = damping(h, np.diagonal(h) == 0, percdamp) or 1e-8 * max(float(np.mean(np.diagonal(h))), 1e-30)
+    lam = _target_damping(h, percdamp)
     a = h + lam * np.eye(h.shape[0])
     rhs = cw + lam * w.T
     if residual is not None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxprune.reconstruct import grouped
 from onnxprune.reconstruct.admm import admm
 from onnxprune.reconstruct.masks import row_counts, row_mask, smallest_per_row, wanda_scores
 from onnxprune.reconstruct.refit import refit
@@ -78,6 +79,21 @@ class LayerProblem:
 
 
 @dataclass(frozen=True)
+class RowsProblem:
+    """Groups of one row each, solved as one stack (:mod:`.grouped`; a depthwise layer): the
+    fields of :class:`LayerProblem` with a leading group axis. goal ``[G, cols]``; H ``[G, cols,
+    cols]``, each group's own; count ``[G]`` (each group's exact count) or None with ``amount``."""
+
+    goal: np.ndarray
+    H: np.ndarray
+    count: np.ndarray | None
+    amount: float | None
+    percdamp: float
+    blocksize: int
+    exact_refit: bool = False
+
+
+@dataclass(frozen=True)
 class Method:
     """One calibrated method (see the module docstring for each field)."""
 
@@ -91,6 +107,10 @@ class Method:
     in_analyze: bool = True
     nm: bool = True
     curves_by: str | None = None
+    #: the same solve for a stack of one-row groups, each with its own ``H`` (unstructured, no
+    #: N:M order), step for step; raises :class:`~onnxprune.reconstruct.grouped.Unsolved` to hand
+    #: a stack back to the loop over groups. None: the groups are looped.
+    solve_rows: Callable[[RowsProblem], np.ndarray] | None = None
 
 
 def _criterion_mask(p: LayerProblem) -> np.ndarray:
@@ -151,6 +171,17 @@ def solve_sparsegpt(p: LayerProblem) -> np.ndarray:
     return new
 
 
+def solve_sparsegpt_rows(p: RowsProblem) -> np.ndarray:
+    """:func:`solve_sparsegpt` of every one-row group at once (:mod:`.grouped`): the factors, the
+    row-wise elimination with each group's count, then with ``exact_refit`` the refit."""
+    U, dead, lam = grouped.inverse_factors(p.H, p.percdamp)
+    budget = grouped.budgets(p.goal, dead, count=p.count, amount=p.amount)
+    new, _ = grouped.sparsegpt_rows(p.goal, U, dead, budget, p.blocksize)
+    if not p.exact_refit:
+        return new
+    return grouped.refit_rows(p.goal, p.H, new == 0, lam, dead)
+
+
 def solve_admm(p: LayerProblem) -> np.ndarray:
     """ADMM with a gradual mask (:mod:`~onnxprune.reconstruct.admm`) on ``goal``; with
     ``exact_refit`` the kept weights are then solved exactly for its mask."""
@@ -195,6 +226,7 @@ SPARSEGPT = METHODS.register(
         help="OBS mask selection and weight update, block-wise (Frantar & Alistarh 2023)",
         solve=solve_sparsegpt,
         chooses_mask=True,
+        solve_rows=solve_sparsegpt_rows,
     )
 )
 ADMM = METHODS.register(
