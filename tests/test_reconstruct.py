@@ -87,6 +87,24 @@ def test_sparsegpt_lazy_block_update_does_not_change_an_nm_result():
     np.testing.assert_allclose(odd, full, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("nm", [None, (2, 4), (1, 3)])
+def test_sparsegpt_sub_blocks_are_the_column_by_column_elimination(monkeypatch, nm):
+    # the sub-blocks only regroup the same corrections: any SUB_BLOCK gives the same masks and
+    # weights to rounding, also when an N:M group (of 3) would straddle a sub-block of 16
+    module = importlib.import_module("onnxprune.reconstruct.sparsegpt")
+    X = _inputs(800, 72, seed=9)
+    H = X.T @ X
+    W = _weights(5, 72)
+    amount = None if nm else 0.6
+    results = []
+    for sub in (1, 16, 128):
+        monkeypatch.setattr(module, "SUB_BLOCK", sub)
+        results.append(sparsegpt(W, H, sparsity=amount, nm=nm, blocksize=48))
+    for new, mask in results[1:]:
+        np.testing.assert_array_equal(mask, results[0][1])
+        np.testing.assert_allclose(new, results[0][0], rtol=1e-9, atol=1e-12)
+
+
 def test_sparsegpt_is_invariant_to_the_scale_of_h():
     X = _inputs(500, 24, seed=7)
     H = X.T @ X

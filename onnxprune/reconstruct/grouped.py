@@ -26,7 +26,9 @@ row's smallest saliencies, ties by lower column), so this is the loop's solve st
 stack whose factor or refit fails (a matrix not positive definite, a singular system) is handed
 back to the loop, whose retries raise the damping group by group. Only groups of at most
 :data:`~onnxprune.reconstruct.hessian._TRI_BASE` columns come here (their factors are inverted
-whole, as the loop's are). The weights are the loop's bits (``tests/test_grouped_solve.py``).
+whole, as the loop's are). The masks are the loop's and the weights its weights to rounding
+(``tests/test_grouped_solve.py``; on this machine the same bits: a stacked product may take
+another BLAS kernel than one group's product on another CPU).
 
 Measured side by side (the loop, then the stack; interleaved, two runs each, ``-v``, 2 cores):
 PP-OCRv4 det, SparseGPT 50 % on 32 pages of 640×640, the curves 5.2 and 6.0 s against 1.3
@@ -43,6 +45,7 @@ import numpy as np
 
 from onnxprune.reconstruct.hessian import _TRI_BASE, damping
 from onnxprune.reconstruct.masks import smallest_per_row
+from onnxprune.reconstruct.sparsegpt import SUB_BLOCK
 from onnxprune.sparsity import count_for_amount
 
 #: the widest group this module solves (wider ones loop: their factors are inverted by blocks)
@@ -118,15 +121,19 @@ def sparsegpt_rows(
         remaining -= np.count_nonzero(mask[:, i1:i2], axis=1)
         block = W[:, i1:i2].copy()
         errors = np.zeros((rows, i2 - i1))
-        for i in range(i2 - i1):
-            j = i1 + i
-            pruned = mask[:, j]
-            if not pruned.any():
-                continue
-            err = np.where(pruned, block[:, i], 0.0) / d[:, j]
-            block[:, i + 1 :] -= U[:, j, j + 1 : i2] * err[:, None]
-            block[pruned, i] = 0.0
-            errors[:, i] = err
+        for s1 in range(0, i2 - i1, SUB_BLOCK):  # sub-blocks as the loop's (the same sums in the same order)
+            s2 = min(s1 + SUB_BLOCK, i2 - i1)
+            for i in range(s1, s2):
+                j = i1 + i
+                pruned = mask[:, j]
+                if not pruned.any():
+                    continue
+                err = np.where(pruned, block[:, i], 0.0) / d[:, j]
+                block[:, i + 1 : s2] -= U[:, j, j + 1 : i1 + s2] * err[:, None]
+                block[pruned, i] = 0.0
+                errors[:, i] = err
+            if s2 < i2 - i1:
+                block[:, s2:] -= np.matmul(errors[:, None, s1:s2], U[:, i1 + s1 : i1 + s2, i1 + s2 : i2])[:, 0]
         W[:, i1:i2] = block
         if i2 < cols:
             W[:, i2:] -= np.matmul(errors[:, None, :], U[:, i1:i2, i2:])[:, 0]
