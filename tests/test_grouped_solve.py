@@ -1,8 +1,8 @@
 """One-row groups solved as one stack (:mod:`onnxprune.reconstruct.grouped`): a depthwise layer's
-SparseGPT gives the masks and weights of the loop over its groups, with and without a reference, the exact
-refit, exact counts or a fraction, one input for every group, forced zeros and dead columns; a
-stack the factor fails on goes back to the loop; the elimination over several blocks matches
-:func:`~onnxprune.reconstruct.sparsegpt.sparsegpt` row by row."""
+SparseGPT gives the masks and weights of the loop over its groups, with and without a
+reference, the exact refit, exact counts or a fraction, one input for every group, forced zeros
+and dead columns; a stack the factor fails on goes back to the loop; the elimination over
+several blocks matches :func:`~onnxprune.reconstruct.sparsegpt.sparsegpt` row by row."""
 
 from __future__ import annotations
 

@@ -3,10 +3,10 @@
 A depthwise Conv (``C`` groups of one output channel each) is ``C`` problems of one row:
 group ``g`` prunes ``w_g [cols]`` (``cols = ∏k``, 9 or 25) against its own ``H_g``. Solved one
 group at a time (:func:`onnxprune.reconstruct.layer.solve_layer`'s loop) each costs about a
-millisecond of Python and small LAPACK calls: a SparseGPT run on PP-OCRv4 det at 50 % called
-SparseGPT 9,895 times, nearly all for its 2,432 depthwise channels (in the waves and at every
-level of the error curves), 9.5 s under the profiler. Here every step runs once over the stack of groups, each group with its
-own matrices:
+millisecond of Python and small LAPACK calls: a run on PP-OCRv4 det at 50 % called SparseGPT
+9,895 times, nearly all for its 2,432 depthwise channels (in the waves and at every level of
+the error curves), 9.5 s under the profiler. Here every step runs once over the stack of
+groups, each group with its own matrices:
 
 - **damping and factor** (:func:`inverse_factors`): per group ``λ_g = percdamp · mean(diag
   H_g)`` over its live columns, dead columns' ``H_jj`` set to 1, then the upper factor ``U_g`` of
@@ -34,7 +34,7 @@ Measured side by side (the loop, then the stack; interleaved, two runs each, ``-
 PP-OCRv4 det, SparseGPT 50 % on 32 pages of 640×640, the curves 5.2 and 6.0 s against 1.3
 and 1.4 s and the waves' solves 4.3 and 4.2 s against 2.2 and 2.2 s; PP-OCRv4 rec, 70 % on 32
 lines of 48×1280, the curves 9.3 and 9.5 s against 4.6 and 5.3 s, the solves 5.8 and 8.2 s
-against 4.8 and 5.3 s. The outputs are the same bytes. Pure numpy.
+against 4.8 and 5.3 s. The outputs were the same bytes. Pure numpy.
 """
 
 from __future__ import annotations
