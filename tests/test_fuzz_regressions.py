@@ -20,6 +20,8 @@ error". The seeds and cases that found them: ``tools/fuzz.py --seed S --only I``
 - ``analyze --structural`` on a -inf weight (seed 3: 361): refused as ``prune --structured`` does.
 - an input declared ``[-5, 40]`` pruned structurally with data (seed 29: 56): the channel
   analysis takes a negative dim as unknown.
+- an LSTM's W saved with a dim dropped (seed 56: 56): a slot naming an axis its tensor lacks
+  gives no axes, and a recurrent W or R of a known rank other than 3 is no weight of the op.
 """
 
 from __future__ import annotations
@@ -849,3 +851,43 @@ def test_quantize_leaves_no_shape_inference_file_in_the_working_folder(work: Pat
         ["calib.npz", "model.onnx"],
         ["calib.npz", "model.onnx", "out.onnx"],
     )
+
+
+def test_a_recurrent_weight_of_the_wrong_rank_is_not_a_weight(work: Path) -> None:
+    """Seed 56 case 56: the LSTM's W saved as [1, 256] instead of [1, 256, 1]: discovery mapped the
+    op's (out, in) axes (1, 2) through a rank-2 tensor (IndexError, exit 70). A slot naming an
+    axis its tensor lacks now gives no axes (and a recurrent W or R of a known rank other than 3
+    is no weight of the op); the plan that names the bias is refused, and the model is refused by
+    onnxruntime."""
+    from onnxprune.graph.discovery import discover
+
+    model = onnx.load(str(MLP.parent / "lstm_mnist1d.onnx"))
+    weight = next(t for t in model.graph.initializer if t.name == "lstm.W")
+    del weight.dims[2]
+    save(model, work)
+    found = {w.name: w for w in discover(model).weights}
+    assert found["lstm.R"].prunable and not found["lstm.W"].prunable
+    (work / "plan.json").write_text(json.dumps({"lstm.B": 0.19, "fc.weight": 0.49}))
+    error_line(
+        cli("prune", "model.onnx", "out.onnx", "--exclude", "weight", "--plan", "plan.json", "-q"),
+        OptionError.exit_code,
+        "the plan names 'lstm.B', which is not prunable here",
+    )
+    error_line(
+        cli("prune", "model.onnx", "out.onnx", "--sparsity", "0.5", "-q"),
+        4,
+        "onnxruntime cannot run the input model 'model.onnx'",
+    )
+    assert not (work / "out.onnx").exists()
+
+
+def test_a_slot_naming_an_axis_its_tensor_lacks_gives_no_axes() -> None:
+    """The guard of the case above for any op: a weight slot whose (out, in) axes lie beyond the
+    tensor's rank (a malformed model) agrees on no axes, where it raised IndexError."""
+    from onnxprune.graph.discovery import Reader, _axes, _Trace
+    from onnxprune.ops.spec import Slot
+
+    reader = Reader("node", "LSTM", 1, "", "weight")
+    assert _axes(_Trace(slots=[(reader, Slot("weight", 1, 2), (0, 1))])) == (None, None)
+    assert _axes(_Trace(slots=[(reader, Slot("weight", 1, 2), (0, 1, 2))])) == (1, 2)
+    assert _axes(_Trace(slots=[(reader, Slot("weight", 0, None), (1, 0))])) == (1, None)

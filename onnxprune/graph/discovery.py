@@ -185,13 +185,17 @@ def _walk(
 
 
 def _axes(trace: _Trace) -> tuple[int | None, int | None]:
-    """The stored tensor's (out, in) axes, if every weight reader agrees on them."""
-    found = {
-        (None if s.out_axis is None else m[s.out_axis], None if s.in_axis is None else m[s.in_axis])
-        for _, s, m in trace.slots
-        if s.role == "weight"
-    }
-    return found.pop() if len(found) == 1 else (None, None)
+    """The stored tensor's (out, in) axes, if every weight reader agrees on them (a reader whose
+    slot names an axis its input does not have agrees with none: a malformed model)."""
+    found = set()
+    for _, slot, axis_map in trace.slots:
+        if slot.role != "weight":
+            continue
+        axes = (slot.out_axis, slot.in_axis)
+        if any(a is not None and not -len(axis_map) <= a < len(axis_map) for a in axes):
+            return None, None
+        found.add(tuple(None if a is None else axis_map[a] for a in axes))
+    return found.pop() if len(found) == 1 else (None, None)  # type: ignore[return-value]
 
 
 def _role(trace: _Trace) -> str | None:

@@ -88,8 +88,8 @@ class RecurrentSpec(OpSpec):
     macs = Counter((0, 1, 2), (), count_recurrent)
 
     def slot(self, ctx: SlotContext) -> Slot:
-        if ctx.index in (1, 2):
-            return Slot("weight", 1, 2)
+        if ctx.index in (1, 2):  # W [D, G·H, I], R [D, G·H, H]; any other rank is not one
+            return Slot("weight", 1, 2) if ctx.rank in (None, 3) else OTHER
         if ctx.index == 3 or (ctx.node.op_type == "LSTM" and ctx.index == 7):
             return BIAS  # B, and the LSTM peephole weights P
         return OTHER
