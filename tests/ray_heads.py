@@ -8,7 +8,6 @@ SIGKILL after 30 s): other Ray clusters on the machine are left alone.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import signal
 import socket
@@ -20,8 +19,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from tool_scripts import load_tool
 
-ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).with_name("ray")
 
 
@@ -64,9 +63,4 @@ def ray_head(*, temp_dir: Path, env: Mapping[str, str], num_cpus: int = 1) -> It
 
 def check_ray_local() -> ModuleType:
     """``tools/check_ray_local.py``, imported as the module ``check_ray_local``."""
-    spec = importlib.util.spec_from_file_location("check_ray_local", ROOT / "tools" / "check_ray_local.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("check_ray_local", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("check_ray_local")

@@ -3,20 +3,17 @@ and same-bytes verdicts follow the runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+
+from tool_scripts import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("ab_runs_tool", ROOT / "tools" / "ab_runs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("ab_runs")
 
 
 def test_a_run_uses_the_cli_of_the_tree_it_names(tmp_path: Path) -> None:

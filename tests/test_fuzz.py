@@ -4,7 +4,6 @@ not ...), its cases are reproducible, and a 300-case run of the real command lin
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,21 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from tool_scripts import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = ROOT / "tools" / "fuzz.py"
 PY = sys.executable
 
 
-def _load_fuzz():
-    spec = importlib.util.spec_from_file_location("onnxprune_tools_fuzz", FUZZ)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_fuzz()
+fuzz = load_tool("fuzz", "onnxprune_tools_fuzz")
 
 
 def _py(code: str) -> list[str]:

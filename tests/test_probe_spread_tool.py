@@ -3,8 +3,9 @@ curves, and plays the probe's rounds back on them (how ``PROBE_REGRET`` was chos
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from tool_scripts import load_tool
 
 from onnxprune.passes import curve_allocation
 
@@ -13,11 +14,7 @@ FIXTURES = ROOT / "fixtures"
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("probe_spread_tool", ROOT / "tools" / "probe_spread.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("probe_spread", "probe_spread_tool")
 
 
 def test_the_probe_spread_tool_records_the_curves_and_plays_the_rounds_back(tmp_path: Path) -> None:
