@@ -30,8 +30,8 @@ What it does
        run (the parent keeps away from onnxruntime until then), each commit's last output is
        scored on the held-out data: det's text-map IoU against the dense model
        (``check_ocr_targets.det_metrics``), rec's character error rate
-       (``check_calibrated_ocr.character_error_rates``), MiniLM's mean sentence-embedding cosine
-       to the dense model.
+       (``check_calibrated_ocr.character_error_rates``), MiniLM's sentence-embedding cosine to the
+       dense model (``onnxprune.evaluate``, as ``bench_calibrate.fidelity_runs`` reads it).
 
 Exit status 0 when every run succeeded.
 """
@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_calibrate import ROOT, measure, median, phases
+from bench_calibrate import ROOT, fidelity_runs, measure, median, phases
 
 RUN = (
     "import sys; tree = sys.argv[1]; sys.path.insert(0, tree); import onnxprune; "
@@ -94,7 +94,6 @@ def digest(path: Path) -> str | None:
 
 def scores(name: str, dense: Path, outputs: dict[str, Path], ocr: Path, minilm: Path) -> dict[str, Any]:
     """The held-out metric of each commit's output (module docstring)."""
-    import numpy as np
 
     if name == "det":
         from check_ocr_targets import det_metrics
@@ -109,27 +108,8 @@ def scores(name: str, dense: Path, outputs: dict[str, Path], ocr: Path, minilm: 
 
         truth = (ocr / "rec_eval_128_w1280.txt").read_text(encoding="utf-8").splitlines()
         return character_error_rates(outputs, ocr / "rec_eval_128_w1280.npz", truth)
-    import onnxruntime as ort
-
-    data = np.load(minilm / "eval.npz")
-    feeds = {key: data[key] for key in data.files}
-    count = len(next(iter(feeds.values())))
-
-    def embeddings(path: Path) -> Any:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        parts = [
-            session.run(["sentence_embedding"], {k: v[i : i + 32] for k, v in feeds.items()})[0]
-            for i in range(0, count, 32)
-        ]
-        return np.concatenate(parts)
-
-    base = embeddings(dense)
-    result = {}
-    for side, out in outputs.items():
-        e = embeddings(out)
-        cosine = (e * base).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(base, axis=1)
-        result[side] = float(cosine.mean())
-    return result
+    table = fidelity_runs(dense, outputs, minilm / "eval.npz")  # onnxprune.evaluate against the dense model
+    return {side: table[side]["sentence_embedding"]["cosine"] for side in outputs}
 
 
 def main() -> int:
