@@ -39,11 +39,9 @@ against 4.8 and 5.3 s. The outputs were the same bytes. Pure numpy.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
-from onnxprune.reconstruct.hessian import _TRI_BASE, damping
+from onnxprune.reconstruct.hessian import _TRI_BASE, LastFactor, damping
 from onnxprune.reconstruct.masks import smallest_per_row
 from onnxprune.reconstruct.sparsegpt import SUB_BLOCK
 from onnxprune.sparsity import count_for_amount
@@ -51,10 +49,8 @@ from onnxprune.sparsity import count_for_amount
 #: the widest group this module solves (wider ones loop: their factors are inverted by blocks)
 MAX_COLS = _TRI_BASE
 
-#: the last ``(H, percdamp)`` :func:`inverse_factors` factored and its result: a layer's error
-#: curve solves it at several sparsities on the same statistics
-_LAST: list[tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]] = []
-_LAST_LOCK = threading.Lock()
+#: the last ``(H, percdamp)`` :func:`inverse_factors` factored and its result
+_LAST = LastFactor()
 
 
 class Unsolved(Exception):
@@ -69,14 +65,12 @@ def dampings(H: np.ndarray, percdamp: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def inverse_factors(H: np.ndarray, percdamp: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(U [G, cols, cols], dead [G, cols], λ [G])`` for ``H [G, cols, cols]`` (module docstring);
-    the last result is kept (equal values, compared in full). Raises :class:`Unsolved` when a
-    damped ``H_g`` is not numerically positive definite."""
-    with _LAST_LOCK:
-        if _LAST:
-            seen, damp, U, dead, lam = _LAST[0]
-            if damp == percdamp and seen.shape == H.shape and np.array_equal(seen, H):
-                return U, dead, lam
+    """``(U [G, cols, cols], dead [G, cols], λ [G])`` for ``H [G, cols, cols]`` (module
+    docstring); the last result is kept (:class:`~onnxprune.reconstruct.hessian.LastFactor`).
+    Raises :class:`Unsolved` when a damped ``H_g`` is not numerically positive definite."""
+    kept = _LAST.get(H, percdamp)
+    if kept is not None:
+        return kept  # type: ignore[return-value]
     lam, dead = dampings(H, percdamp)
     damped = np.array(H, dtype=np.float64, copy=True)
     diag = np.einsum("gii->gi", damped)  # a writable view of the diagonals
@@ -87,9 +81,7 @@ def inverse_factors(H: np.ndarray, percdamp: float) -> tuple[np.ndarray, np.ndar
         U = np.ascontiguousarray(np.tril(np.linalg.inv(lower))[:, ::-1, ::-1])
     except np.linalg.LinAlgError as exc:
         raise Unsolved(str(exc)) from exc
-    U.flags.writeable = dead.flags.writeable = lam.flags.writeable = False
-    with _LAST_LOCK:
-        _LAST[:] = [(np.array(H, copy=True), percdamp, U, dead, lam)]
+    _LAST.put(H, percdamp, (U, dead, lam))
     return U, dead, lam
 
 

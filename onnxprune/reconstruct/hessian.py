@@ -109,28 +109,46 @@ def inverse_factor(H_damped: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(_inv_lower(L)[::-1, ::-1])
 
 
-#: the last ``(H, percdamp)`` :func:`damped_inverse_factor` factored, and its result
-_LAST: list[tuple[np.ndarray, float, np.ndarray, np.ndarray]] = []
-_LAST_LOCK = threading.Lock()
+class LastFactor:
+    """The last ``(H, percdamp)`` a factoring function saw and its result, kept so that a layer
+    solved at several sparsities (the error curves of :mod:`onnxprune.passes.curve_allocation`)
+    factors its ``H`` once. Equal means equal values (compared in full, ``O(cols²)`` against the
+    factor's ``O(cols³)``), never the same object. The arrays kept are made read-only."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: tuple[np.ndarray, float, tuple[np.ndarray, ...]] | None = None
+
+    def get(self, H: np.ndarray, percdamp: float) -> tuple[np.ndarray, ...] | None:
+        """The result kept for ``(H, percdamp)``, or None."""
+        with self._lock:
+            if self._last is not None:
+                seen, damp, result = self._last
+                if damp == percdamp and seen.shape == H.shape and np.array_equal(seen, H):
+                    return result
+        return None
+
+    def put(self, H: np.ndarray, percdamp: float, result: tuple[np.ndarray, ...]) -> None:
+        """Keep ``result`` (its arrays made read-only) as that of ``(H, percdamp)``."""
+        for array in result:
+            array.flags.writeable = False
+        with self._lock:
+            self._last = (np.array(H, copy=True), percdamp, result)
+
+
+_LAST = LastFactor()
 
 
 def damped_inverse_factor(H: np.ndarray, percdamp: float) -> tuple[np.ndarray, np.ndarray]:
     """``(U, dead)``: :func:`inverse_factor` of ``H`` damped by :func:`dampen`, and its dead columns.
 
-    The last result is kept: a layer solved at several sparsities (the error curves of
-    :mod:`onnxprune.passes.curve_allocation`) factors its ``H`` once. Equal means equal values
-    (compared in full, ``O(cols²)`` against the factor's ``O(cols³)``), never the same object.
-    The arrays returned are read-only.
+    The last result is kept (:class:`LastFactor`); the arrays returned are read-only.
     """
     H = np.asarray(H, dtype=np.float64)
-    with _LAST_LOCK:
-        if _LAST:
-            seen, damp, U, dead = _LAST[0]
-            if damp == percdamp and seen.shape == H.shape and np.array_equal(seen, H):
-                return U, dead
+    kept = _LAST.get(H, percdamp)
+    if kept is not None:
+        return kept  # type: ignore[return-value]
     H_damped, dead = dampen(H, percdamp=percdamp)
     U = inverse_factor(H_damped)
-    U.flags.writeable = dead.flags.writeable = False
-    with _LAST_LOCK:
-        _LAST[:] = [(H.copy(), percdamp, U, dead)]
+    _LAST.put(H, percdamp, (U, dead))
     return U, dead
