@@ -114,11 +114,14 @@ def test_a_failing_skeleton_falls_back_to_the_whole_file(tmp_path: Path):
     assert report.checker == "passed"
 
 
+@pytest.mark.parametrize("data_type", [TensorProto.FLOAT, TensorProto.UNDEFINED])
 @pytest.mark.parametrize("length", [4, 124, 128, 16380, 16384, 2_097_152])
-def test_streamed_tensor_is_byte_identical_at_varint_boundaries(length: int):
-    """The raw_data length is derived from serialized sizes; check it where varints widen."""
+def test_streamed_tensor_is_byte_identical_at_varint_boundaries(length: int, data_type: int):
+    """The raw_data length comes from dims and type, or (a type of unknown size) from the
+    serialized sizes; check both where varints widen."""
     values = np.arange(length // 4, dtype=np.float32)
     tensor = numpy_helper.from_array(values, "t")
+    tensor.data_type = data_type
     tensor.doc_string = "after raw_data"  # a field numbered above raw_data
     graph = helper.make_graph([], "g", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, [length // 4])])
     graph.initializer.append(tensor)
@@ -126,6 +129,18 @@ def test_streamed_tensor_is_byte_identical_at_varint_boundaries(length: int):
     handle = io.BytesIO()
     write_model(model, handle, {"t": lambda t: t.raw_data}, layout=True)
     assert handle.getvalue() == model.SerializeToString()
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_raw_data_that_disagrees_with_its_dims_is_refused_not_written(replace: bool):
+    """The writer sizes a streamed raw_data (replaced, or recorded in the layout) from dims and
+    type: a tensor or a replacement whose bytes disagree is an error naming it, never a
+    misframed file."""
+    model = _model()
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]  # one value short
+    replacements = {"w1": lambda t: t.raw_data} if replace else {}
+    with pytest.raises(ValueError, match=r"tensor 'w1' (holds|is given) 262140 bytes of data where its dims"):
+        write_model(model, io.BytesIO(), replacements, layout=True)
 
 
 def test_onnxruntime_runs_the_skeleton_with_the_written_weights(tmp_path: Path):

@@ -34,7 +34,7 @@ from onnxprune.graph import tensors
 from onnxprune.graph.lazy import TensorSource, external_entries
 from onnxprune.graph.memory import stream_can_run
 from onnxprune.graph.outputs import Read, Write, check_outputs, durable, publish, same_file, staging_dir
-from onnxprune.graph.sanity import MALFORMED, check_model, check_text, checked_numel, payload_bytes, refuse_nonfinite
+from onnxprune.graph.sanity import MALFORMED, check_model, check_text, checked_numel, refuse_nonfinite
 from onnxprune.graph.skeleton import skeleton
 from onnxprune.graph.walk import all_graphs, all_tensors
 from onnxprune.graph.writer import ReadBack, Records, Replacement, apply_replacements, write_external, write_model
@@ -49,7 +49,7 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 def _check_range(tensor: TensorProto, where: str, location: str, offset: int, length: int | None, size: int) -> None:
     """The bytes ``offset``.. (``length`` of them, else up to the end of the file, as onnx reads
     them) of a file of ``size`` bytes must be the tensor's values as its dims say."""
-    expected = payload_bytes(tensor.data_type, checked_numel(where, tensor))
+    expected = tensors.payload_bytes(tensor.data_type, checked_numel(where, tensor))
     if length is not None and expected is not None and length != expected:
         raise ModelLoadError(
             f"{where} has length {length} but its dims {list(tensor.dims)} take {expected} bytes: {MALFORMED}"
@@ -179,8 +179,8 @@ class LazyModel:
 
     def materialize(self, *, finite: bool = False) -> ModelProto:
         """Read the external data into the skeleton (what :func:`load_model` returns), and with
-        ``finite`` refuse weights holding NaN or ±inf (a model without external data was
-        checked by :func:`load_model_lazily` with ``finite``). The skeleton is the model returned."""
+        ``finite`` refuse weights holding NaN or ±inf (those in the model file were checked by
+        :func:`load_model_lazily` with ``finite``). The skeleton is the model returned."""
         if self.external:
             load_external(self.model, self.path, finite=finite)
         return self.model
@@ -191,11 +191,11 @@ def load_model_lazily(path: str | os.PathLike[str], *, finite: bool = False) -> 
     (every external-data reference checked, see :func:`check_external_data`), then a
     :class:`~onnxprune.graph.lazy.TensorSource` that maps each external tensor when read.
 
-    ``finite`` refuses NaN and ±inf weights of a model without external data, as
-    :func:`load_model` does. The values of a model with external data are not looked at: a
-    caller that needs finite weights counts them as it reads (discovery does, and
-    :func:`~onnxprune.graph.sanity.refuse_nonfinite` with the source refuses them) or calls
-    :meth:`LazyModel.materialize`.
+    ``finite`` refuses NaN and ±inf weights stored in the model file, as :func:`load_model`
+    does (counted as the payload checks read them). The values of external tensors are not
+    looked at: a caller that needs finite weights counts them as it reads (discovery does, and
+    :func:`~onnxprune.graph.sanity.refuse_nonfinite` with the source and ``external_only``
+    refuses them) or calls :meth:`LazyModel.materialize`.
     """
     path = Path(path)
     model, data_files = _parse_checked(path, finite=finite)
@@ -245,9 +245,10 @@ def _parse_checked(path: Path, *, finite: bool) -> tuple[ModelProto, list[Path]]
         )
     check_text(model)  # before any name is read: external-data entries are names too
     data_files = check_external_data(model, path.parent)
-    # the tensors in the file: each read once; the external ones' byte ranges were checked above,
-    # so they are read only to look for NaN, once loaded
-    check_model(model, finite=finite and not data_files, text=False)
+    # the tensors in the file: each read once (NaN and ±inf counted as it is read, with finite);
+    # the external ones' byte ranges were checked above: they are read only to look for NaN,
+    # by whoever reads them (load_external, or discovery and refuse_nonfinite when streamed)
+    check_model(model, finite=finite, text=False)
     return model, data_files
 
 

@@ -79,8 +79,6 @@ def _types(*names: str) -> frozenset[int]:
     return frozenset(getattr(TensorProto, name) for name in names if hasattr(TensorProto, name))
 
 
-#: Types of fewer than 8 bits, by bits per element (packed in raw_data and in int32_data).
-_BITS = {4: _types("INT4", "UINT4", "FLOAT4E2M1"), 2: _types("INT2", "UINT2")}
 #: The typed field each element type stores its values in, and its entries per element.
 _FIELDS: dict[int, tuple[str, float]] = {
     data_type: (field, per_element)
@@ -98,30 +96,10 @@ _FIELDS: dict[int, tuple[str, float]] = {
             _types("INT32", "INT16", "INT8", "UINT16", "UINT8", "BOOL", "FLOAT16", "BFLOAT16")
             | _types("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0"),
         ),
-        *(("int32_data", bits / 8, types) for bits, types in _BITS.items()),  # packed, a byte per entry
+        *(("int32_data", bits / 8, types) for bits, types in tensors.SUB_BYTE_BITS.items()),  # packed, a byte per entry
     )
     for data_type in types
 }
-
-
-def _itemsize(data_type: int) -> int | None:
-    """Bytes per element of a fixed-size type (None for strings, sub-byte and unknown types)."""
-    if data_type == TensorProto.STRING or any(data_type in types for types in _BITS.values()):
-        return None
-    try:
-        return int(helper.tensor_dtype_to_np_dtype(data_type).itemsize)
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def payload_bytes(data_type: int, numel: int) -> int | None:
-    """Bytes of ``raw_data`` that ``numel`` elements of ``data_type`` take (packed for sub-byte
-    types); None when the type has no fixed size (strings, unknown types)."""
-    for bits, types in _BITS.items():
-        if data_type in types:
-            return math.ceil(numel * bits / 8)
-    itemsize = _itemsize(data_type)
-    return None if itemsize is None else numel * itemsize
 
 
 def checked_numel(what: str, tensor: TensorProto) -> int:
@@ -188,7 +166,7 @@ def check_payload(what: str, tensor: TensorProto) -> bytes | None:
     kind = _type_name(tensor.data_type)
     if tensor.HasField("raw_data"):
         raw = tensor.raw_data
-        expected = payload_bytes(tensor.data_type, numel)
+        expected = tensors.payload_bytes(tensor.data_type, numel)
         if expected is not None and len(raw) != expected:
             raise ModelLoadError(
                 f"{what} has dims {list(tensor.dims)} ({numel} {kind} values, {expected} bytes) but its raw_data "
@@ -349,14 +327,19 @@ def refuse_nonfinite(
     advice: str | None = None,
     read: tensors.ArrayReader | None = None,
     only: Collection[str] | None = None,
+    external_only: bool = False,
 ) -> None:
     """:func:`check_finite` on every weight of ``model`` (a model already checked by
     :func:`check_model` without ``finite``): each read once, one at a time. ``read``: a lazy
     source, for a model whose external data is not loaded (its external weights are then read
     through it); ``only``: the keys of the tensors read as weights to look at (those a reader
     found non-finite: discovery gives a NaN weight that reason); tensors of every other role
-    (biases, normalization parameters, embedding tables, mixed) are all looked at."""
+    (biases, normalization parameters, embedding tables, mixed) are all looked at.
+    ``external_only``: only the tensors whose data is external (the loader's :func:`check_model`
+    with ``finite`` looked at those in the file as it read them)."""
     for key, tensor, role in stored_reads(model, external=read is not None):
+        if external_only and tensor.data_location != TensorProto.EXTERNAL:
+            continue
         if tensors.is_float(tensor) and (only is None or key in only or role != "weight"):
             nan, infinite = tensors.nonfinite_counts((read or tensors.read_array)(tensor))
             if nonfinite_in(role, nan, infinite):

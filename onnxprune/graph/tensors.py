@@ -7,6 +7,7 @@ rewritten; every other tensor keeps its exact bytes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -22,11 +23,11 @@ FLOAT_TYPES: dict[int, str] = {
     TensorProto.DOUBLE: "float64",
 }
 
-_SUB_BYTE = frozenset(
-    getattr(TensorProto, name)
-    for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
-    if hasattr(TensorProto, name)
-)
+#: Types of fewer than 8 bits, by bits per element (packed in raw_data and in int32_data).
+SUB_BYTE_BITS: dict[int, frozenset[int]] = {
+    bits: frozenset(getattr(TensorProto, name) for name in names if hasattr(TensorProto, name))
+    for bits, names in ((4, ("INT4", "UINT4", "FLOAT4E2M1")), (2, ("INT2", "UINT2")))
+}
 
 _TYPED_FIELDS = ("float_data", "int32_data", "double_data", "int64_data", "uint64_data")
 
@@ -46,17 +47,33 @@ def numel(tensor: TensorProto) -> int:
     return int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
 
 
+def itemsize(data_type: int) -> int | None:
+    """Bytes per element of a fixed-size type (None for strings, sub-byte and unknown types)."""
+    if data_type == TensorProto.STRING or any(data_type in types for types in SUB_BYTE_BITS.values()):
+        return None
+    try:
+        return int(helper.tensor_dtype_to_np_dtype(data_type).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def payload_bytes(data_type: int, count: int) -> int | None:
+    """Bytes of ``raw_data`` that ``count`` elements of ``data_type`` take: ``count · itemsize``,
+    ``⌈count · bits / 8⌉`` for the packed sub-byte types; None when the type has no fixed
+    size (strings, unknown types)."""
+    for bits, types in SUB_BYTE_BITS.items():
+        if data_type in types:
+            return math.ceil(count * bits / 8)
+    size = itemsize(data_type)
+    return None if size is None else count * size
+
+
 def data_bytes(tensor: TensorProto) -> int:
     """Bytes of the tensor's values, from its dims and element type, without reading them
     (reading ``raw_data`` or calling ``ByteSize`` copies or encodes the whole tensor).
-    Strings and sub-byte types are sized by encoding, as they are small in practice."""
-    try:
-        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, TypeError, ValueError):
-        itemsize = 0
-    if tensor.data_type == TensorProto.STRING or itemsize == 0 or tensor.data_type in _SUB_BYTE:
-        return tensor.ByteSize()
-    return numel(tensor) * itemsize
+    Strings and types of unknown size are sized by encoding, as they are small in practice."""
+    size = payload_bytes(tensor.data_type, numel(tensor))
+    return tensor.ByteSize() if size is None else size
 
 
 def read_array(tensor: TensorProto) -> np.ndarray:

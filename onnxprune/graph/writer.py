@@ -191,8 +191,13 @@ def _split_tensor(tensor: TensorProto) -> tuple[TensorProto, TensorProto]:
 
 
 def _raw_length(tensor: TensorProto, rest: int) -> int:
-    """Length of ``raw_data`` from the serialized sizes: ``ByteSize = rest + 1 (tag) +
-    len(varint(L)) + L``."""
+    """Length of ``raw_data``: ``numel · itemsize`` from dims and type (the loaders check that
+    they agree, and :func:`_checked` checks every payload it writes), else (strings, unknown
+    types) from the serialized sizes, ``ByteSize = rest + 1 (tag) + len(varint(L)) + L``:
+    ``ByteSize`` encodes the whole tensor, as long as copying it."""
+    size = tensors.payload_bytes(tensor.data_type, tensors.numel(tensor))
+    if size is not None:
+        return size
     payload = tensor.ByteSize() - rest - 1
     for width in range(1, 11):
         if len(_varint(payload - width)) == width:
@@ -257,7 +262,8 @@ def _checked(tensor: TensorProto, replace: Replacement, size: int, name: str, st
     data = stream.stored(tensor) if replace is _unchanged else stream.replaced(tensor, replace, name)
     length = memoryview(data).nbytes
     if length != size:
-        raise ValueError(f"replacement for tensor '{tensor.name}' has {length} bytes, expected {size}")
+        held = "holds" if replace is _unchanged else "is given"
+        raise ValueError(f"tensor '{tensor.name}' {held} {length} bytes of data where its dims and type say {size}")
     if stream.cursor is not None:  # the caller writes what is yielded at the current position
         stream.cursor.layout[name] = (stream.cursor.position, size)
     yield data

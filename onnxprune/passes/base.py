@@ -77,9 +77,6 @@ class PassContext:
     #: reads the external tensors of a model loaded without its external data (a streamed run:
     #: only streaming passes get such a model), None when the model is loaded whole
     tensors: TensorSource | None = None
-    #: the model was loaded without refusing NaN and ±inf weights: the first pass's discovery
-    #: counts them as it reads, and the run refuses them after it (each tensor read once, not twice)
-    count_nonfinite: bool = False
 
 
 @dataclass(frozen=True)

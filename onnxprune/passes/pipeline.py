@@ -327,15 +327,13 @@ def _load(
     :mod:`onnxprune.graph.lazy`) when the model has external data and the pipeline allows it:
     the magnitude/N:M weight pass alone (a dead-channel watch at most; no channel reorder,
     ``permute``), no calibration data, no quantizer. Otherwise loaded whole. Non-finite weights
-    are refused with ``finite``: by the loader, or with the weight pass alone by
-    :func:`run_file` from discovery's counts (``context.count_nonfinite``, each tensor read once)."""
-    weights_alone = _weights_alone(pipeline, context)
-    # the weight pass alone: discovery counts NaN and ±inf as it reads, and run_file refuses them
-    lazy = load_model_lazily(source, finite=finite and not weights_alone)
-    streamed = lazy.external and weights_alone and external_elsewhere(lazy.model) is None
+    are refused with ``finite``: those in the model file by the loader as it checks them, the
+    external ones by the loader, or, streamed, by :func:`run_file` from discovery's counts (each
+    tensor read once)."""
+    lazy = load_model_lazily(source, finite=finite)
+    streamed = lazy.external and _weights_alone(pipeline, context) and external_elsewhere(lazy.model) is None
     if not streamed:
-        context.count_nonfinite = weights_alone
-        return lazy.materialize(finite=finite and not weights_alone), list(lazy.files)
+        return lazy.materialize(finite=finite), list(lazy.files)
     log.info("streaming %s: %d bytes of external data read tensor by tensor", lazy.path.name, lazy.external_bytes())
     context.tensors = lazy.tensors
     return lazy.model, list(lazy.files)
@@ -378,9 +376,9 @@ def run_file(
     if allow_nonfinite:
         refuse_kept_nonfinite(pipeline, model)
     state = _first(pipeline, model, context)
-    if (context.tensors is not None or context.count_nonfinite) and not allow_nonfinite:
-        # the weight pass alone: discovery counted NaN and ±inf as it read (each tensor read once, not twice)
-        refuse_nonfinite(model, read=context.tensors, only=nonfinite_keys(state.result))
+    if context.tensors is not None and not allow_nonfinite:
+        # streamed: discovery counted NaN and ±inf in the external weights as it read them
+        refuse_nonfinite(model, read=context.tensors, only=nonfinite_keys(state.result), external_only=True)
     if not state.changed:
         return _unchanged(pipeline, state, tuple(files))
     _stamp_first(pipeline, model, state)

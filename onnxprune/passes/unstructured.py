@@ -389,10 +389,12 @@ class WeightPass(Pass):
         self.config = config
 
     def run(self, model: ModelProto, context: PassContext) -> PassResult:
-        from onnxprune.passes.permutation import reorder_first
-
         source = context.tensors
-        reordered = reorder_first(model, self.config, context, data=None)  # magnitude masks: saliency W²
+        reordered = None
+        if self.config.permute:  # the reorder's module (and what it imports) loads only when asked for
+            from onnxprune.passes.permutation import reorder_first
+
+            reordered = reorder_first(model, self.config, context, data=None)  # magnitude masks: saliency W²
         result, replacements = prune_weights(
             model, self.config, progress=context.progress, defer=context.stream, source=source
         )
