@@ -132,12 +132,15 @@ class DeadWatch:
         self.fired: list[str] = []
         self.axes: dict[str, ChannelAxes] | None = channel_axes(model) if model is not None else None
 
+    def _watched(self, name: str) -> bool:
+        """False for a tensor read as a bias only (or not read in the main graph): no zero of it
+        kills a channel, and its values need not be read."""
+        return self.axes is None or name in self.axes
+
     def _could_kill(self, name: str, values: np.ndarray) -> bool:
-        if self.axes is None:
-            return has_zero_slice(values)
-        if name not in self.axes:
-            return False  # read as a bias only (or not read in the main graph)
-        return has_zero_slice(values, self.axes[name])
+        if not self._watched(name):
+            return False
+        return has_zero_slice(values, None if self.axes is None else self.axes[name])
 
     def wrap(self, replacements: Mapping[str, Replacement]) -> dict[str, Replacement]:
         """The same replacements, each looking at the bytes it returns."""
@@ -173,7 +176,7 @@ class DeadWatch:
         for layer in layers:
             if layer.scope or layer.name in skip or not layer.zeros_after or layer.name not in stored:
                 continue
-            if len(layer.shape) < 2 and layer.name not in scales:
+            if (len(layer.shape) < 2 and layer.name not in scales) or not self._watched(layer.name):
                 continue  # a zero bias, mean or shift kills no channel
             if self._could_kill(layer.name, tensors.read_array(stored[layer.name])):
                 self.fired.append(layer.name)
