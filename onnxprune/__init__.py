@@ -92,6 +92,7 @@ from onnxprune.passes.pipeline import (
 )
 from onnxprune.passes.result import LayerResult, PruneResult
 from onnxprune.quantize import QuantizeConfig, QuantizedWeight, QuantizeResult, quantize_file
+from onnxprune.stats import FileStatsAhead
 from onnxprune.validate import ValidationReport, validate_model
 
 __version__ = "0.1.0"
@@ -289,12 +290,15 @@ def prune_file(
     allow_nonfinite: bool = False,
     validation: Dataset | None = None,
     validate: bool = True,
+    file_sizes: FileStatsAhead | None = None,
 ) -> PruneRun:
     """Prune the model file ``source`` into ``output``: what ``onnxprune prune`` does.
 
     The output is validated on a run of real samples where there are any: ``validation``
     (e.g. the evaluation data), else ``calibration``; else on a synthetic input.
     ``validate=False`` skips the validation (unsafe: a broken output is written as it is).
+    ``file_sizes`` (:class:`onnxprune.stats.FileStatsAhead`) computes the file sizes of the
+    input and the output while the run goes on (the output's while it is validated).
 
     ``config`` is the unstructured (or calibrated) pass, None for none. ``structure`` is
     the structural pass; by default, after an unstructured pass, only its exact part runs
@@ -337,6 +341,7 @@ def prune_file(
         allow_nonfinite=allow_nonfinite,
         validation=validation,
         validate=validate,
+        file_sizes=file_sizes,
     )
 
 

@@ -47,7 +47,7 @@ from onnxprune.passes.pipeline import PruneRun, after_weights
 from onnxprune.recipe_run import RecipeRun, run_recipe
 from onnxprune.row_sampling import ROWS_PER_COL
 from onnxprune.runtime import declared_dims, guessed_dims, parse_input_shapes, reads_model, shape_hint
-from onnxprune.stats import both_file_stats
+from onnxprune.stats import FileStatsAhead, both_file_stats
 
 NOTHING_TO_PRUNE = 10
 #: Above this size the deflate size is only computed on request (it reads the whole file).
@@ -792,6 +792,7 @@ def _report_pass(
     json_path: Path | None,
     stdout: TextIO | None,
     extra: dict[str, Any] | None = None,
+    sizes: FileStatsAhead | None = None,
 ) -> SavedModel:
     """What a run of one pass did (flags, or a recipe of one pass): the layers (of a weight pass,
     ``weights``), the channels, the summary and ``--json`` (with ``extra`` keys); exit code 10,
@@ -815,8 +816,11 @@ def _report_pass(
         sys.exit(NOTHING_TO_PRUNE)
     compress = "estimate" if compressed_size is None else "exact" if compressed_size else "off"
     output_files = [saved.path] + ([saved.data_path] if saved.data_path else [])
-    with ProgressBar("compressed size (exact, MiB)", quiet) as deflated:
-        size_in, size_out = both_file_stats(run.input_files, output_files, compress, progress=deflated)
+    if sizes is not None and sizes.given:  # computed during the run
+        size_in, size_out = sizes.result()
+    else:
+        with ProgressBar("compressed size (exact, MiB)", quiet) as deflated:
+            size_in, size_out = both_file_stats(run.input_files, output_files, compress, progress=deflated)
     if not quiet and weights:
         print_layers(result)
     if run.structure is not None and (not weights or run.structure.changed):
@@ -970,50 +974,62 @@ def _run_and_report(
     output (``do_eval``). ``label``: the ``--recipe`` it came from, whose keys the JSON then
     carries; None for flags, whose JSON has the keys of a single pass only."""
     quiet, json_path = given["quiet"], given["json_path"]
-    with ProgressBar("pruning", quiet) as progress:
-        run = run_recipe(
-            source,
-            output,
-            recipe,
-            calibration=calibration,
-            input_shapes=parse_input_shapes(given["input_shape"]),
-            external_data=True if given["external_data"] else None,
-            force=given["force"],
-            progress=progress,
-            quantize=quantization,
-            allow_nonfinite=given["allow_nonfinite"],
-            validation=eval_data,
-            validate=given["validate"],
-            workers=given["workers"],
-            ray=given["ray_address"],
-        )
-    recipe_json = None
-    if label is not None:
-        recipe_json = {
-            "recipe": recipe.to_dict(),
-            "stages": [r.to_dict() for r in run.stages],
-            "unclaimed": dict(run.unclaimed),
-        }
-    if run.run is not None:  # one pass
-        saved = _report_pass(
-            run.run,
-            source,
-            weights=not recipe.stages[0].structured,
-            quiet=quiet,
-            compressed_size=given["compressed_size"],
-            json_path=json_path,
-            stdout=stdout,
-            extra=recipe_json,
-        )
-    else:
-        assert label is not None and recipe_json is not None  # flags make one pass
-        _print_stages(run, label, quiet)
-        saved = run.saved
-        if json_path is not None:
-            before, after = run.params_before, run.params_after
-            model = {"parameters": [before.parameters, after.parameters], "nonzeros": [before.nonzeros, after.nonzeros]}
-            data = {"input": str(source), "output": str(saved.path), **recipe_json, "model": model}
-            _write_json(json_path, "prune", data, stdout)
+    # the estimated compressed sizes are computed while the run goes on (the exact ones after it,
+    # with their own progress bar)
+    sizes = FileStatsAhead("estimate") if given["compressed_size"] is None else None
+    try:
+        with ProgressBar("pruning", quiet) as progress:
+            run = run_recipe(
+                source,
+                output,
+                recipe,
+                calibration=calibration,
+                input_shapes=parse_input_shapes(given["input_shape"]),
+                external_data=True if given["external_data"] else None,
+                force=given["force"],
+                progress=progress,
+                quantize=quantization,
+                allow_nonfinite=given["allow_nonfinite"],
+                validation=eval_data,
+                validate=given["validate"],
+                workers=given["workers"],
+                ray=given["ray_address"],
+                file_sizes=sizes,
+            )
+        recipe_json = None
+        if label is not None:
+            recipe_json = {
+                "recipe": recipe.to_dict(),
+                "stages": [r.to_dict() for r in run.stages],
+                "unclaimed": dict(run.unclaimed),
+            }
+        if run.run is not None:  # one pass
+            saved = _report_pass(
+                run.run,
+                source,
+                weights=not recipe.stages[0].structured,
+                quiet=quiet,
+                compressed_size=given["compressed_size"],
+                sizes=sizes,
+                json_path=json_path,
+                stdout=stdout,
+                extra=recipe_json,
+            )
+        else:
+            assert label is not None and recipe_json is not None  # flags make one pass
+            _print_stages(run, label, quiet)
+            saved = run.saved
+            if json_path is not None:
+                before, after = run.params_before, run.params_after
+                model = {
+                    "parameters": [before.parameters, after.parameters],
+                    "nonzeros": [before.nonzeros, after.nonzeros],
+                }
+                data = {"input": str(source), "output": str(saved.path), **recipe_json, "model": model}
+                _write_json(json_path, "prune", data, stdout)
+    finally:
+        if sizes is not None:
+            sizes.close()
     if do_eval:
         _evaluate_written(source, saved.path, eval_kwargs, given["input_shape"], quiet, shown=output, stdout=stdout)
 

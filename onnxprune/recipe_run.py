@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from onnxprune.passes.base import Progress
     from onnxprune.passes.pipeline import PruneRun
     from onnxprune.quantize import QuantizeConfig
-    from onnxprune.stats import ParamStats
+    from onnxprune.stats import FileStatsAhead, ParamStats
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ def run_recipe(
     progress: Progress | None = None,
     quantize: QuantizeConfig | None = None,
     validation: Dataset | None = None,
+    file_sizes: FileStatsAhead | None = None,
 ) -> RecipeRun:
     """Run ``recipe`` on the model file ``source`` and write ``output`` (module docstring).
 
@@ -106,8 +107,9 @@ def run_recipe(
     channels on data; ``workers`` and ``ray`` say where the layer solves of a calibrated stage
     run (the same bits anywhere). ``input_shapes``, ``force``, ``external_data``, ``validate``
     and ``allow_nonfinite`` mean what they mean to :func:`onnxprune.prune_file`; ``progress``,
-    ``quantize`` and ``validation`` are for a recipe that is one pass (a run of stages shows no
-    progress, validates on a synthetic input, and cannot be quantized in the same run).
+    ``quantize``, ``validation`` and ``file_sizes`` are for a recipe that is one pass (a run of
+    stages shows no progress, validates on a synthetic input, cannot be quantized in the same
+    run, and leaves ``file_sizes`` alone).
     """
     passes = recipe.single_pass()
     if passes is not None:
@@ -128,6 +130,7 @@ def run_recipe(
             allow_nonfinite=allow_nonfinite,
             validation=validation,
             validate=validate,
+            file_sizes=file_sizes,
         )
         return _one_pass(recipe, run)
     if quantize is not None:

@@ -39,6 +39,8 @@ from onnxprune.graph.quantized import quantized_weight_names
 from onnxprune.ops import constant_tensor
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from onnxprune.passes.base import Progress
 
 log = logging.getLogger(__name__)
@@ -228,3 +230,40 @@ def both_file_stats(
         first = pool.submit(file_stats, before, compressed=compressed, read=read)
         second = pool.submit(file_stats, after, compressed=compressed, read=read)
         return first.result(), second.result()
+
+
+class FileStatsAhead:
+    """:func:`both_file_stats` computed while a run goes on: the input's :func:`file_stats` on a
+    thread of its own from when the input is read (:meth:`before`), the output's from when its
+    files are complete (:meth:`after`, e.g. while it is validated). zlib releases the GIL while
+    it deflates, so each runs on the second core beside the run's own work. The output's files
+    must stay in place until :meth:`result` has returned (call it before renaming them)."""
+
+    def __init__(self, compressed: bool | str = True) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.compressed = compressed
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="onnxprune-size")
+        self._before: Future[FileStats] | None = None
+        self._after: Future[FileStats] | None = None
+
+    def before(self, files: Sequence[Path]) -> None:
+        self._before = self._pool.submit(file_stats, list(files), compressed=self.compressed)
+
+    def after(self, files: Sequence[Path]) -> None:
+        self._after = self._pool.submit(file_stats, list(files), compressed=self.compressed)
+
+    @property
+    def given(self) -> bool:
+        """Whether both the input's and the output's files were given."""
+        return self._before is not None and self._after is not None
+
+    def result(self) -> tuple[FileStats, FileStats]:
+        """Both figures, once computed (the error of either is raised here)."""
+        if self._before is None or self._after is None:
+            raise ValueError("the files before and after must both be given first")
+        return self._before.result(), self._after.result()
+
+    def close(self) -> None:
+        """Cancel what has not started and wait for what has (no thread outlives the run)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)

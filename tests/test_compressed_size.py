@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +66,25 @@ def test_file_stats_modes(tmp_path):
     assert first == second == exact
     with pytest.raises(ValueError, match="expected one of"):
         file_stats([a], compressed="fast")
+
+
+def test_sizes_computed_during_a_run_are_those_of_the_files_after_it(tmp_path):
+    """prune_file with FileStatsAhead: the input's figure from when it is read, the output's from
+    the staged files while they are validated; the same figures as both_file_stats afterwards."""
+    import onnxprune
+    from onnxprune.stats import FileStatsAhead
+
+    source = Path(__file__).resolve().parents[1] / "fixtures" / "mlp_digits.onnx"
+    out = tmp_path / "out.onnx"
+    sizes = FileStatsAhead("estimate")
+    try:
+        assert not sizes.given
+        with pytest.raises(ValueError, match="both be given"):
+            sizes.result()
+        run = onnxprune.prune_file(source, out, onnxprune.PruneConfig(sparsity=0.5), file_sizes=sizes)
+        assert sizes.given
+        ahead = sizes.result()
+    finally:
+        sizes.close()
+    assert ahead == both_file_stats(run.input_files, [run.saved.path], "estimate")
+    assert ahead[1].bytes == out.stat().st_size and ahead[1].compressed < ahead[0].compressed

@@ -418,6 +418,12 @@ class StagedOutput:
         return self.tmp_dir / self.out.name
 
     @property
+    def files(self) -> list[Path]:
+        """The staged files: the model, and its external data when it has some."""
+        data = self.model_path.parent / self.data_name
+        return [self.model_path, *([data] if data.is_file() else [])]
+
+    @property
     def checker_path(self) -> Path:
         """What ``onnx.checker`` should read: the staged model, or its skeleton (the same
         model with its large tensors as external references into the staged file, see

@@ -58,7 +58,7 @@ from onnxprune.quantize import QuantizeConfig, QuantizePass
 from onnxprune.recipe import Recipe
 from onnxprune.recipe import stamp as stamp_recipe
 from onnxprune.reconstruct.methods import METHODS
-from onnxprune.stats import ParamStats, param_stats
+from onnxprune.stats import FileStatsAhead, ParamStats, param_stats
 from onnxprune.validate import validate_model
 
 if TYPE_CHECKING:
@@ -352,8 +352,13 @@ def run_file(
     allow_nonfinite: bool = False,
     validation: Dataset | None = None,
     validate: bool = True,
+    file_sizes: FileStatsAhead | None = None,
 ) -> PruneRun:
     """Run ``pipeline`` on the model file ``source`` into ``output`` (see module docstring).
+
+    ``file_sizes`` is given the input's files once they are read and the output's once they are
+    written (its figures are then computed while the run goes on, the output's while it is
+    validated); the output's only when it is the written model (no quantizer).
 
     The output is validated on a run of real samples: of ``validation`` (the evaluation
     data), else of ``calibration``; on a synthetic input without either. ``validate=False``
@@ -373,6 +378,8 @@ def run_file(
     context = PassContext(calibration, input_shapes, progress, stream=pipeline.channels is None or pipeline.watched)
     pipeline.check(context)
     model, files = _load(pipeline, source, context, finite=not allow_nonfinite)
+    if file_sizes is not None:
+        file_sizes.before(files)
     if allow_nonfinite:
         refuse_kept_nonfinite(pipeline, model)
     state = _first(pipeline, model, context)
@@ -396,6 +403,8 @@ def run_file(
             gc.collect()
         elif state.watch is not None:
             state.passes.append(not_dead())
+        if file_sizes is not None and pipeline.quantize is None:
+            file_sizes.after(staged.files)  # the staged files are the output's bytes
         report = None
         if validate:
             report = validate_model(
@@ -411,6 +420,8 @@ def run_file(
             log.warning("%s: written without validation (no checker, no onnxruntime run)", Path(output).name)
         quantized = None
         if pipeline.quantize is None:
+            if file_sizes is not None:
+                file_sizes.result()  # computed before the staged files move (an error is raised here)
             saved = staged.commit()
         else:  # the validated pruned model, still staged, is the quantizer's input
             done = pipeline.quantize.run_file(staged.model_path, output, context, force=force)
