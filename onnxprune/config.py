@@ -265,6 +265,8 @@ class Reconstruction:
         (:mod:`onnxprune.row_sampling`); a Conv has one row per output position, so the cost no
         longer grows with the image size. None: every row (the full capture). Default 16,
         measured with ``tools/capture_rows.py`` (see :data:`onnxprune.row_sampling.ROWS_PER_COL`).
+        The error curves of ``allocator="curves"`` are captured with half as many
+        (:data:`onnxprune.passes.curve_allocation.CURVE_ROWS_DIVISOR`).
     block_epochs: after the layer solves, fit the kept weights of each block of the model (the
         stretch between two places where one activation carries everything on, e.g. a transformer
         layer) together to the block's dense output, this many passes over the calibration data

@@ -526,3 +526,30 @@ def test_a_probe_span_is_its_95_percent_interval() -> None:
     assert high == pytest.approx(1 + 3.182 * error) and low == pytest.approx(max(1 - 3.182 * error, 0.0))
     assert _span(Probed(1.0, 4, (4.0,), False), [4] * 8) is None  # one batch: no spread known
     assert _span(Probed(0.0, 8, (0.0, 0.0), False), [4] * 8) is None  # nothing moved
+
+
+@pytest.mark.parametrize(("per_col", "curves"), [(16, 8), (3, 1), (1, 1), (None, None)])
+def test_the_curves_capture_half_the_rows_of_the_run(
+    tmp_path: Path, calib: onnxprune.Dataset, monkeypatch, per_col: int | None, curves: int | None
+) -> None:
+    """The curves' capture draws half the rows per column the run's captures draw (at least one);
+    every row stays every row; the waves' captures keep the run's own."""
+    from onnxprune.passes import calibrated
+
+    seen: dict[str, list[object]] = {"curves": [], "waves": []}
+
+    def spy(module: object, where: str) -> None:
+        real = module.capture  # type: ignore[attr-defined]
+
+        def capture(*args: object, sampling: object, **kwargs: object) -> object:
+            seen[where].append(sampling)
+            return real(*args, sampling=sampling, **kwargs)
+
+        monkeypatch.setattr(module, "capture", capture)
+
+    spy(curve_allocation, "curves")
+    spy(calibrated, "waves")
+    run = _prune(tmp_path, calib, "rows", sparsity=0.5, capture_rows=per_col)
+    assert all(layer.curve_weight is not None for layer in run.result.pruned)  # allocated by curves
+    assert seen["curves"] and {s.per_col for s in seen["curves"]} == {curves}  # type: ignore[attr-defined]
+    assert seen["waves"] and {s.per_col for s in seen["waves"]} == {per_col}  # type: ignore[attr-defined]

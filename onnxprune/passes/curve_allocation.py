@@ -97,7 +97,8 @@ LSTM 88.9 -> 93.2, transformer 87.1 -> 88.8, CNN 98.2 -> 98.9, MLP 97.3 -> 97.6)
 default there too.
 
 Cost: one capture of the dense model (per chunk, in batches of :data:`CAPTURE_BATCH` samples at
-most, and of :data:`BATCH_BYTES` of layer inputs, as the probe's), at most
+most, and of :data:`BATCH_BYTES` of layer inputs, as the probe's; half the rows per column of the
+run's captures, :data:`CURVE_ROWS_DIVISOR`), at most
 ``len(GRID) + 1`` greedy solves per layer (the levels above the trust region's top after the
 first are not solved) and the runs of each layer's tail on at most :data:`PROBE_SAMPLES` samples (the
 screen's, then those of the rounds, which run the tails again from the graph inputs on the batches
@@ -133,6 +134,7 @@ from onnxprune.passes.layers import CalibLayer
 from onnxprune.passes.result import PruneResult
 from onnxprune.passes.unstructured import Target
 from onnxprune.reconstruct.methods import METHODS
+from onnxprune.row_sampling import RowSampling
 from onnxprune.sparsity import count_for_amount
 from onnxprune.sparsity.curves import ErrorCurve, allocate, to_counts, uncertain
 from onnxprune.tails import Tails
@@ -177,6 +179,11 @@ CAPTURE_BATCH = 8
 #: at 2; its first 6 probes took 19.4 / 20.4 / 19.8 s in batches of 32 / 8 / 2 at 1136 / 661 /
 #: 403 MB peak (all-MiniLM-L6-v2, 8 MiB a sample: 5.3 s at 32, 5.6 s at 8, 7.7 s at 2)
 BATCH_BYTES = 192 << 20
+#: the curves' capture draws the rows per column of the run's captures (``capture_rows``) divided by
+#: this (every row stays every row): the curves need each layer's relative error, not its solve.
+#: PP-OCRv4 det at 640×640 (50 %, 32 pages; its wide 3×3 layers are capped): that capture took
+#: 21.1 s against 27.3 s beside it, with the same allocation and output bytes (``tools/ab_runs.py``)
+CURVE_ROWS_DIVISOR = 2
 #: the levels below the target solved with the run's exact refit (else SparseGPT's greedy updates)
 EXACT_BELOW_TARGET = False
 #: the target and the levels above it solved with the run's exact refit (else the greedy updates)
@@ -185,6 +192,14 @@ EXACT_FROM_TARGET = False
 #: it the curve's shape does not predict the outputs (PP-OCRv4 rec at 70 %: its classifier, 30 % of
 #: the weights, went to 88 % and the character error rate from 1.9 % (uniform) to 9.7 %)
 TRUST = 1 / 3
+
+
+def curve_sampling(sampling: RowSampling) -> RowSampling:
+    """The row sampling of the curves' capture: ``k / CURVE_ROWS_DIVISOR`` rows per column
+    (at least one) for the run's ``k`` (:data:`CURVE_ROWS_DIVISOR`); every row stays every row."""
+    if sampling.per_col is None:
+        return sampling
+    return replace(sampling, per_col=max(1, sampling.per_col // CURVE_ROWS_DIVISOR))
 
 
 class Solved(Protocol):
@@ -333,7 +348,7 @@ def allocate_layers(
         # every layer's input at once: a batch of CAPTURE_BATCH keeps those activations small; a
         # body may run on some batches only, so then the batches are calibration's own
         batches = data.batches(batch_size if in_body else min(batch_size, CAPTURE_BATCH))
-        stats = capture(model, specs, batches, sampling=config.reconstruction.row_sampling(config.seed))
+        stats = capture(model, specs, batches, sampling=curve_sampling(config.reconstruction.row_sampling(config.seed)))
         seconds["capture"] += time.perf_counter() - tick
         for layer in chunk:
             key = layer.weight.key
