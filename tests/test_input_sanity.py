@@ -388,6 +388,26 @@ def test_nonfinite_counts_by_bits() -> None:
     assert nonfinite_counts(np.arange(4)) == (0, 0)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_nonfinite_counts_over_chunks_and_the_finite_fast_path(dtype: str, monkeypatch) -> None:
+    """Counted over chunks (the last one short) in reused buffers, with non-finite values in the
+    first and last chunks only; a finite array (float32/float64: max and min) has none."""
+    import ml_dtypes
+
+    from onnxprune.graph import tensors
+
+    monkeypatch.setattr(tensors, "NONFINITE_CHUNK", 8)
+    kind = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    values = np.linspace(-3, 3, 45).astype(kind)
+    assert nonfinite_counts(values) == (0, 0)
+    values[[0, 3]] = np.nan
+    values[[1, 44]] = np.inf
+    values[43] = -np.inf
+    values[42] = np.float32("-nan")
+    assert nonfinite_counts(values) == (3, 3)
+    assert nonfinite_counts(values.reshape(5, 9)[:, ::2]) == (2, 1)  # not contiguous: 0, 42 / 44
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -110,20 +110,35 @@ NONFINITE_CHUNK = 1 << 22
 
 
 def nonfinite_counts(values: np.ndarray) -> tuple[int, int]:
-    """``(NaN, ±inf)`` element counts of a float array (bfloat16 included), from the bit
-    patterns, a chunk at a time: the temporaries stay small whatever the tensor's size.
-    Any other dtype has none."""
+    """``(NaN, ±inf)`` element counts of a float array (bfloat16 included). Any other dtype has none.
+
+    float32 and float64 first take two reductions, ``max`` and ``min``: a NaN makes both NaN
+    and an infinity is one of them, so both finite means none (SIMD, no temporaries: 0.09 s
+    for the 400 MB of ``tools/bench_prune.py``'s model, against 0.9 s for the bit patterns,
+    whose temporaries each took fresh pages). Otherwise, and for the 16-bit types (numpy's
+    float16 reductions are scalar), the bit patterns a chunk at a time into two reused buffers
+    (the temporaries stay small whatever the tensor's size), counted where one reaches the limit.
+    """
     inf = _INF_BITS.get(values.dtype.name)
     if inf is None or values.size == 0:
         return 0, 0
-    unsigned = np.dtype(f"u{values.dtype.itemsize}")
-    bits = np.ascontiguousarray(values).reshape(-1).view(unsigned)
+    flat = np.ascontiguousarray(values).reshape(-1)
+    if flat.dtype in (np.float32, np.float64) and np.isfinite(flat.max()) and np.isfinite(flat.min()):
+        return 0, 0
+    unsigned = np.dtype(f"u{flat.dtype.itemsize}")
+    bits = flat.view(unsigned)
     clear = sign_clear(unsigned)
     limit = unsigned.type(inf)
+    keys = np.empty(min(bits.size, NONFINITE_CHUNK), dtype=unsigned)
+    reaching = np.empty(keys.size, dtype=bool)
     nan = infinite = 0
     for start in range(0, bits.size, NONFINITE_CHUNK):
-        found = nonfinite_in_keys(bits[start : start + NONFINITE_CHUNK] & clear, limit)
-        nan, infinite = nan + found[0], infinite + found[1]
+        part = bits[start : start + NONFINITE_CHUNK]
+        chunk, reach = keys[: part.size], reaching[: part.size]
+        np.bitwise_and(part, clear, out=chunk)
+        if np.greater_equal(chunk, limit, out=reach).any():
+            found = nonfinite_in_keys(chunk, limit)
+            nan, infinite = nan + found[0], infinite + found[1]
     return nan, infinite
 
 
