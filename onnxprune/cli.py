@@ -19,7 +19,7 @@ import onnx
 from click.core import ParameterSource
 
 import onnxprune
-from onnxprune import cli_choices
+from onnxprune import allocator, cli_choices
 from onnxprune import recipe as recipes
 from onnxprune.batch_axes import batch_axes, parse_batch_axes
 from onnxprune.cli_analyze import analyze_command
@@ -95,6 +95,7 @@ class _Group(click.Group):
     """A click group whose usage errors are one line on stderr, like every other error."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        allocator.tune()  # the process is the command's: freed buffers reused, not unmapped
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except _NO_ARGS_IS_HELP as exc:

@@ -1,0 +1,32 @@
+"""The CLI's allocator thresholds (:mod:`onnxprune.allocator`)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from onnxprune import allocator
+from onnxprune.cli import main
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_tune_sets_the_thresholds_unless_the_environment_does(monkeypatch):
+    for name in allocator.ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    assert allocator.tune()  # glibc accepts both
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", str(1 << 20))
+    assert not allocator.tune()  # the user's setting stands
+
+
+def test_the_command_line_tunes_its_process(monkeypatch):
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(allocator, "tune", lambda *args: calls.append(args) or True)
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and calls == [()]
+
+
+def test_tune_does_nothing_off_linux(monkeypatch):
+    monkeypatch.setattr(allocator.sys, "platform", "darwin")
+    assert not allocator.tune()
