@@ -5,13 +5,13 @@ raised as such blocks are freed, up to 32 MiB) with a fresh ``mmap`` and unmaps 
 freed, and it gives the top of its heap back to the system once more than ``M_TRIM_THRESHOLD``
 bytes are free there. A run allocates and frees buffers of a tensor's size over and over: the
 bytes of each tensor read out of the parsed model, the pruned copy, the chunks of the captures'
-sums. Each such buffer then arrives as fresh pages, every page a fault in the kernel (the
-100 M-parameter model of ``tools/bench_prune.py`` spent about as long in the kernel as in its
-own code). :func:`tune` fixes the thresholds at 32 MiB and 128 MiB, so that freed buffers are
-reused from the heap.
+sums. Each such buffer then arrives as fresh pages, every page a fault in the kernel (a run of
+``tools/bench_prune.py`` on its 100 M-parameter model: 60 s of system time against 76 s of user
+time over all its processes). :func:`tune` fixes the thresholds at 32 MiB and 128 MiB, so that
+freed buffers are reused from the heap.
 
 Measured on this 2-core machine, interleaved, the same output bytes: the 100 M-parameter model's
-``prune --sparsity 0.5`` 6.75 → 5.65 s (medians of 3, the same 823 MiB peak; thresholds of
+``prune --sparsity 0.5`` 6.75 → 5.65 s (medians of 3, the same 842 MiB peak; thresholds of
 64/256 MiB and 256 MiB/1 GiB did alike); all-MiniLM-L6-v2 (86 MiB) unchanged, 3.43 against
 3.48 s (medians of 5, 248 MiB peak both); PP-OCRv4 det, SparseGPT 50 % on 32 pages of 640×640,
 131.6 and 140.0 s against 116.4 and 134.8 s, its peak 1.22–1.35 GB against 1.39–1.43 GB (freed
