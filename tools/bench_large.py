@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_prune import run_measured, warm_up
+from bench_prune import FROM_CHECKOUT, run_measured, warm_up
 
 GB = 10**9
 SEED = 0
@@ -179,13 +179,6 @@ class Case:
     cached_before: list[int] = field(default_factory=list)
     validation: list[str] = field(default_factory=list)
     returncodes: list[int] = field(default_factory=list)
-
-
-#: ``python -c`` this, then a checkout's folder and the command's arguments: ``onnxprune`` from
-#: that checkout (put first on the path, ahead of the working directory and the installed one)
-FROM_CHECKOUT = (
-    "import sys; sys.path.insert(0, sys.argv.pop(1)); from onnxprune.cli import main; sys.argv[0] = 'onnxprune'; main()"
-)
 
 
 def commands(model: Path, out_dir: Path, baseline: Path | None = None) -> dict[str, list[str]]:

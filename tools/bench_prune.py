@@ -14,7 +14,9 @@ What it measures
     (b) ``onnxprune prune IN OUT --sparsity 0.5 --scope global -q``;
     (c) ``onnxprune prune IN OUT --sparsity 0.5 --scope local -q`` (the default run:
         validated, compressed sizes estimated, dead-channel watch on);
-    (d) ``onnxprune prune IN OUT --sparsity 0.5 --no-validate -q`` (documented as unsafe).
+    (d) ``onnxprune prune IN OUT --sparsity 0.5 --no-validate -q`` (documented as unsafe);
+    (e) with ``--baseline DIR`` (a checkout of another commit), case (c) run by that checkout's
+        onnxprune, so that two commits are compared side by side on one machine state.
 
     The cases are interleaved over ``--repeats`` repetitions, the order rotating each
     repetition, so that drift of a shared machine hits all cases alike. Reported per case:
@@ -41,6 +43,7 @@ Run from the repository root (per 100 M parameters: ~2.5 GB free memory, ~1.3 GB
     .venv/bin/python tools/bench_prune.py --repeats 3 --profile --json bench.json
     .venv/bin/python tools/bench_prune.py --params 2e7 --layers 16 --repeats 1   # quick
     .venv/bin/python tools/bench_prune.py --model /tmp/minilm/minilm.onnx --repeats 5
+    git worktree add /tmp/base REV && .venv/bin/python tools/bench_prune.py --baseline /tmp/base   # (e): REV's (c)
 
 ``--profile`` also runs the global case once under cProfile and prints the top functions
 by cumulative time. Linux/macOS only (``os.wait4``).
@@ -86,13 +89,19 @@ MEMORY_TARGET = 2.5  # peak RSS / model file size, for (b) and (c)
 PROFILE_TOP = 25
 MODEL_NAME = "bench_model.onnx"
 INFO_NAME = "bench_model.json"
-CASES = ("a", "b", "c", "d")
 CASE_LABELS = {
     "a": "(a) onnx.load + onnx.save",
     "b": "(b) onnxprune --scope global",
     "c": "(c) onnxprune --scope local",
     "d": "(d) onnxprune local --no-validate",
+    "e": "(e) --baseline's onnxprune local",
 }
+#: runs the onnxprune CLI of the checkout given as the first argument (put first on the path,
+#: ahead of the working directory and the installed one); ``--baseline``'s case, and
+#: ``tools/bench_large.py``'s
+FROM_CHECKOUT = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); from onnxprune.cli import main; sys.argv[0] = 'onnxprune'; main()"
+)
 LOAD_SAVE_SCRIPT = "import sys, onnx; onnx.save(onnx.load(sys.argv[1]), sys.argv[2])"
 MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
 
@@ -312,17 +321,22 @@ def run_measured(cmd: Sequence[str], log_path: Path) -> Measured:
     return Measured(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * MAXRSS_UNIT, proc.returncode)
 
 
-def case_commands(model: Path, out_dir: Path) -> dict[str, tuple[list[str], Path]]:
-    """The command of every case, and the output file it writes."""
+def case_commands(model: Path, out_dir: Path, baseline: Path | None = None) -> dict[str, tuple[list[str], Path]]:
+    """The command of every case, and the output file it writes; with ``baseline`` (a checkout of
+    another commit: ``git worktree add DIR REV``) also (e), case (c) run by that checkout."""
     py = sys.executable
-    outs = {case: out_dir / f"out_{case}.onnx" for case in CASES}
+    outs = {case: out_dir / f"out_{case}.onnx" for case in CASE_LABELS}
     prune = [py, "-m", "onnxprune", "prune", str(model)]
-    return {
+    found = {
         "a": ([py, "-c", LOAD_SAVE_SCRIPT, str(model), str(outs["a"])], outs["a"]),
         "b": ([*prune, str(outs["b"]), "--sparsity", SPARSITY, "--scope", "global", "-q"], outs["b"]),
         "c": ([*prune, str(outs["c"]), "--sparsity", SPARSITY, "--scope", "local", "-q"], outs["c"]),
         "d": ([*prune, str(outs["d"]), "--sparsity", SPARSITY, "--no-validate", "-q"], outs["d"]),
     }
+    if baseline is not None:
+        base = [py, "-c", FROM_CHECKOUT, str(baseline.resolve()), "prune", str(model), str(outs["e"])]
+        found["e"] = ([*base, "--sparsity", SPARSITY, "--scope", "local", "-q"], outs["e"])
+    return found
 
 
 def remove_output(path: Path) -> int | None:
@@ -348,9 +362,10 @@ def warm_up(*checkouts: Path) -> None:
 def measure(commands: dict[str, tuple[list[str], Path]], repeats: int, workdir: Path) -> list[Run]:
     """Run every case ``repeats`` times, interleaved, rotating the order each repetition."""
     runs: list[Run] = []
+    cases = tuple(commands)
     for rep in range(repeats):
-        shift = rep % len(CASES)
-        order = CASES[shift:] + CASES[:shift]
+        shift = rep % len(cases)
+        order = cases[shift:] + cases[:shift]
         for position, case in enumerate(order):
             cmd, out = commands[case]
             log_path = workdir / f"log_{case}.txt"
@@ -372,7 +387,7 @@ def summarize(
     runs: Sequence[Run], commands: dict[str, tuple[list[str], Path]], model_bytes: int
 ) -> dict[str, CaseSummary]:
     summaries: dict[str, CaseSummary] = {}
-    for case in CASES:
+    for case in commands:
         mine = [r for r in runs if r.case == case]
         times = [r.wall_s for r in mine]
         peaks = [r.peak_rss_bytes for r in mine]
@@ -465,6 +480,10 @@ def print_report(
     for item in results:
         verdict = "PASS" if item["pass"] else "FAIL"
         print(f"{verdict}  {item['check']}: {item['value']:.2f} (target <= {item['target']})")
+    if "e" in summaries:
+        print(
+            f"this checkout against --baseline's: (c) / (e), median: {summaries['c'].median_s / summaries['e'].median_s:.3f}"
+        )
 
 
 def run_profile(model: Path, workdir: Path, top: int) -> list[dict[str, Any]]:
@@ -538,6 +557,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--keep", action="store_true", help="keep the model and logs (a later run with --workdir reuses the model)"
     )
     parser.add_argument("--model", type=Path, help="measure this model instead of building one")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another commit (git worktree add DIR REV): case (c) also run by its onnxprune, as (e)",
+    )
     parser.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)  # internal: build in a child process
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -562,11 +586,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         info = given_model(args.model) if args.model else ensure_model(workdir, args.params, args.layers)
         model = Path(info.path)
-        commands = case_commands(model, workdir)
+        commands = case_commands(model, workdir, args.baseline)
         env = versions()
         print(f"onnxprune at {env['git_commit'][:12]} (uncommitted changes under onnxprune/: {env['git_dirty']})")
-        warm_up()
-        print(f"measuring {len(CASES)} cases x {args.repeats} repetitions ...")
+        warm_up(*([args.baseline] if args.baseline is not None else []))
+        print(f"measuring {len(commands)} cases x {args.repeats} repetitions ...")
         runs = measure(commands, args.repeats, workdir)
         summaries = summarize(runs, commands, info.bytes)
         results = checks(summaries)
@@ -585,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ratios": {
                     "time_b_over_a": summaries["b"].time_over_a,
                     "time_c_over_a": summaries["c"].time_over_a,
+                    "time_c_over_e": summaries["c"].median_s / summaries["e"].median_s if "e" in summaries else None,
                     "peak_over_model": {case: s.peak_over_model for case, s in summaries.items()},
                 },
                 "checks": results,
@@ -601,7 +626,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
-            for name in (MODEL_NAME, INFO_NAME, *(f"log_{c}.txt" for c in (*CASES, "profile")), "prune_global.prof"):
+            for name in (
+                MODEL_NAME,
+                INFO_NAME,
+                *(f"log_{c}.txt" for c in (*CASE_LABELS, "profile")),
+                "prune_global.prof",
+            ):
                 (workdir / name).unlink(missing_ok=True)
             for _, out in case_commands(workdir / MODEL_NAME, workdir).values():
                 remove_output(out)
