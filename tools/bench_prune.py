@@ -7,7 +7,7 @@ What it measures
     (``h + W2 · Relu(W1 · h + b1) + b2``, alternating Gemm and MatMul + Add), and a Gemm
     head. Every weight has at least 256 elements; the input has a dynamic batch dimension.
     (``--model PATH`` measures an existing model instead, e.g. all-MiniLM-L6-v2.)
-    Then four cases run side by side, each in a fresh subprocess:
+    Then four cases (five with ``--baseline``) run side by side, each in a fresh subprocess:
 
     (a) ``onnx.load`` + ``onnx.save`` of the model (the floor: what any tool that reads
         and writes the model pays);
