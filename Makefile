@@ -8,7 +8,8 @@
 #
 # Before a dependency bound moves (README, "Dependencies"):
 #   make test-lowest   fresh .venv-lowest at the declared minimums (constraints/lowest.txt), oldest Python found
-#   make test-latest   fresh .venv-latest at whatever pip resolves today, no constraints
+#   make test-latest   fresh .venv-latest at whatever pip resolves today, only the releases in
+#                      constraints/avoid.txt left out
 #   make constraints   records .venv-latest's versions in constraints/latest.txt (after test-latest passed)
 #   make test-fast     the suite without the tests marked slow (subprocesses, Ray, Netron)
 #   make fuzz          tools/fuzz.py: 300 seeded hostile cases through the CLI (FUZZ_CASES=10000 nightly);
@@ -75,12 +76,12 @@ test-latest:
 	rm -rf .venv-latest
 	$(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python $(PIP) --upgrade pip
-	.venv-latest/bin/python $(PIP) --upgrade -e . --group test
+	.venv-latest/bin/python $(PIP) -c constraints/avoid.txt --upgrade -e . --group test
 	.venv-latest/bin/python $(VERSIONS)
 	.venv-latest/bin/python -m pytest -q
 
 constraints: .venv-latest/bin/python
-	.venv-latest/bin/python $(PIP) --group dev
+	.venv-latest/bin/python $(PIP) -c constraints/avoid.txt --group dev
 	{ echo "# The exact versions 'make test' installs (CI included): written by 'make constraints' from a"; \
 	  echo "# .venv-latest on which 'make test-latest' passed, $$(.venv-latest/bin/python -c 'import sys; print("Python", sys.version.split()[0])')."; \
 	  .venv-latest/bin/python -m pip freeze --all --exclude-editable | grep -v -e '^onnxprune[= @]' -e '^setuptools=='; } > constraints/latest.txt
