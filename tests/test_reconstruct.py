@@ -233,6 +233,41 @@ def test_refit_equals_lstsq_on_explicit_x_with_varied_masks_and_chunks():
     np.testing.assert_allclose(W_new[0], W[0], rtol=1e-9)
 
 
+def test_refit_below_half_by_the_complement_form_solves_the_damped_normal_equations(monkeypatch):
+    """Rows pruning fewer live weights than they keep go through ``A⁻¹`` (the complement form);
+    each row must still be the solution of its own damped system, dead columns left alone."""
+    X = _inputs(400, 20, seed=31)
+    X[:, [4, 11]] = 0.0  # dead features
+    H = X.T @ X
+    W = _weights(12, 20)
+    rng = np.random.default_rng(32)
+    mask = rng.random((12, 20)) < rng.uniform(0.05, 0.8, size=(12, 1))  # both forms among the rows
+    mask[0] = False
+    mask[1, [4, 11]] = True  # only dead columns pruned: nothing to solve against
+    refit_module = importlib.import_module("onnxprune.reconstruct.refit")
+    used = []
+    real = refit_module._solve_complement
+    monkeypatch.setattr(refit_module, "_solve_complement", lambda *a: used.append(len(a[2])) or real(*a))
+    percdamp = 0.01
+    live = np.diagonal(H) != 0
+    lam = percdamp * np.diagonal(H)[live].mean()
+    expected = np.where(mask, 0.0, W)
+    for r in range(12):
+        keep = ~mask[r] & live
+        A = H[np.ix_(keep, keep)] + lam * np.eye(keep.sum())
+        expected[r, keep] = np.linalg.solve(A, H[keep] @ W[r] + lam * W[r, keep])
+    for batch in (256 * 1024 * 1024, 1):
+        W_new = refit(W, H, mask, percdamp=percdamp, max_batch_bytes=batch)
+        np.testing.assert_allclose(W_new, expected, rtol=1e-9, atol=1e-11)
+        assert np.all(W_new[mask] == 0.0)
+        np.testing.assert_array_equal(W_new[:, [4, 11]][~mask[:, [4, 11]]], W[:, [4, 11]][~mask[:, [4, 11]]])
+    pruned_live = (mask & live).sum(axis=1)
+    assert sum(used) == 2 * np.count_nonzero((pruned_live > 0) & (pruned_live < (~mask & live).sum(axis=1)))
+    used.clear()
+    refit(W, H, mask, percdamp=0.0)  # no ridge: H may be singular, so every row is solved directly
+    assert used == []
+
+
 def test_refit_in_threads_gives_the_same_bits(monkeypatch):
     X = _inputs(300, 24, seed=15)
     H = X.T @ X
