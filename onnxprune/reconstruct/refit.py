@@ -180,8 +180,9 @@ def _solve_groups(
         group = np.flatnonzero(sizes == k)
         # np.nonzero walks in C order: each row's k kept columns, ascending.
         idx_all = np.nonzero(solve[group])[1].reshape(len(group), k)
-        # a direct row holds A, b, w_K and the solution; a complement row A⁻¹_PP and A⁻¹_{P,:} too
-        per_row = 8 * (2 * k * k + 4 * k) if HW is not None else 8 * (k * k + k * W.shape[1] + 2 * W.shape[1])
+        # a direct row: A, its LU, b, w_K and the solution; a complement row: A⁻¹_PP, its LU,
+        # A⁻¹_{P,:}, w and the correction
+        per_row = 8 * (2 * k * k + 4 * k) if HW is not None else 8 * (2 * k * k + k * W.shape[1] + 3 * W.shape[1])
         chunk = max(1, int(max_batch_bytes // (per_row * threads)))
         batches.extend((group[s : s + chunk], idx_all[s : s + chunk]) for s in range(0, len(group), chunk))
 
