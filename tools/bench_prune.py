@@ -7,7 +7,7 @@ What it measures
     (``h + W2 · Relu(W1 · h + b1) + b2``, alternating Gemm and MatMul + Add), and a Gemm
     head. Every weight has at least 256 elements; the input has a dynamic batch dimension.
     (``--model PATH`` measures an existing model instead, e.g. all-MiniLM-L6-v2.)
-    Then four cases (five with ``--baseline``) run side by side, each in a fresh subprocess:
+    Then four cases (more with ``--baseline`` and ``--imports``) run side by side, each in a fresh subprocess:
 
     (a) ``onnx.load`` + ``onnx.save`` of the model (the floor: what any tool that reads
         and writes the model pays);
@@ -16,7 +16,11 @@ What it measures
         validated, compressed sizes estimated, dead-channel watch on);
     (d) ``onnxprune prune IN OUT --sparsity 0.5 --no-validate -q`` (documented as unsafe);
     (e) with ``--baseline DIR`` (a checkout of another commit), case (c) run by that checkout's
-        onnxprune, so that two commits are compared side by side on one machine state.
+        onnxprune, so that two commits are compared side by side on one machine state;
+    (f), (g) with ``--imports``: ``python -c "import onnx"`` and ``python -c "import onnxprune.cli"``,
+        the start-up and imports that (a) and (b)-(d) pay before any work. The report then gives
+        (a) - (f) and (c) - (g), and their ratio: the work beside the floor's, which an import
+        that is slow on one machine (ml_dtypes 0.7.0: 1.3 s, README "Dependencies") hides.
 
     The cases are interleaved over ``--repeats`` repetitions, the order rotating each
     repetition, so that drift of a shared machine hits all cases alike. Reported per case:
@@ -42,7 +46,7 @@ Run from the repository root (per 100 M parameters: ~2.5 GB free memory, ~1.3 GB
     .venv/bin/python tools/bench_prune.py                   # 100 M parameters, 5 repeats
     .venv/bin/python tools/bench_prune.py --repeats 3 --profile --json bench.json
     .venv/bin/python tools/bench_prune.py --params 2e7 --layers 16 --repeats 1   # quick
-    .venv/bin/python tools/bench_prune.py --model /tmp/minilm/minilm.onnx --repeats 5
+    .venv/bin/python tools/bench_prune.py --model /tmp/minilm/minilm.onnx --repeats 5 --imports
     git worktree add /tmp/base REV && .venv/bin/python tools/bench_prune.py --baseline /tmp/base   # (e): REV's (c)
 
 ``--profile`` also runs the global case once under cProfile and prints the top functions
@@ -95,6 +99,8 @@ CASE_LABELS = {
     "c": "(c) onnxprune --scope local",
     "d": "(d) onnxprune local --no-validate",
     "e": "(e) --baseline's onnxprune local",
+    "f": "(f) python -c 'import onnx'",
+    "g": "(g) python -c 'import onnxprune.cli'",
 }
 #: runs the onnxprune CLI of the checkout given as the first argument (put first on the path,
 #: ahead of the working directory and the installed one); ``--baseline``'s case, and
@@ -321,9 +327,13 @@ def run_measured(cmd: Sequence[str], log_path: Path) -> Measured:
     return Measured(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * MAXRSS_UNIT, proc.returncode)
 
 
-def case_commands(model: Path, out_dir: Path, baseline: Path | None = None) -> dict[str, tuple[list[str], Path]]:
+def case_commands(
+    model: Path, out_dir: Path, baseline: Path | None = None, imports: bool = False
+) -> dict[str, tuple[list[str], Path]]:
     """The command of every case, and the output file it writes; with ``baseline`` (a checkout of
-    another commit: ``git worktree add DIR REV``) also (e), case (c) run by that checkout."""
+    another commit: ``git worktree add DIR REV``) also (e), case (c) run by that checkout; with
+    ``imports`` also (f) and (g), the interpreter's start and the imports of (a) and of (c) alone
+    (they write nothing)."""
     py = sys.executable
     outs = {case: out_dir / f"out_{case}.onnx" for case in CASE_LABELS}
     prune = [py, "-m", "onnxprune", "prune", str(model)]
@@ -336,6 +346,9 @@ def case_commands(model: Path, out_dir: Path, baseline: Path | None = None) -> d
     if baseline is not None:
         base = [py, "-c", FROM_CHECKOUT, str(baseline.resolve()), "prune", str(model), str(outs["e"])]
         found["e"] = ([*base, "--sparsity", SPARSITY, "--scope", "local", "-q"], outs["e"])
+    if imports:
+        found["f"] = ([py, "-c", "import onnx"], outs["f"])
+        found["g"] = ([py, "-c", "import onnxprune.cli"], outs["g"])
     return found
 
 
@@ -484,6 +497,23 @@ def print_report(
         print(
             f"this checkout against --baseline's: (c) / (e), median: {summaries['c'].median_s / summaries['e'].median_s:.3f}"
         )
+    beyond = work_beyond_imports(summaries)
+    if beyond is not None:
+        print(
+            f"beyond start-up and imports (medians): (a) - (f) {beyond['a']:.2f} s, (c) - (g) {beyond['c']:.2f} s, "
+            f"(d) - (g) {beyond['d']:.2f} s; (c) / (a) there: {beyond['c_over_a']:.2f}"
+        )
+
+
+def work_beyond_imports(summaries: dict[str, CaseSummary]) -> dict[str, float] | None:
+    """With (f) and (g): each of (a), (c), (d) less the start-up and imports it pays (medians), and
+    the ratio of (c)'s to (a)'s, where the time of an import no longer hides the work."""
+    if "f" not in summaries or "g" not in summaries:
+        return None
+    a = summaries["a"].median_s - summaries["f"].median_s
+    c = summaries["c"].median_s - summaries["g"].median_s
+    d = summaries["d"].median_s - summaries["g"].median_s
+    return {"a": a, "c": c, "d": d, "c_over_a": c / a if a > 0 else math.inf}
 
 
 def run_profile(model: Path, workdir: Path, top: int) -> list[dict[str, Any]]:
@@ -562,6 +592,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         help="a checkout of another commit (git worktree add DIR REV): case (c) also run by its onnxprune, as (e)",
     )
+    parser.add_argument(
+        "--imports",
+        action="store_true",
+        help="also time (f) 'import onnx' and (g) 'import onnxprune.cli' alone, and print the cases less them",
+    )
     parser.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)  # internal: build in a child process
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -586,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         info = given_model(args.model) if args.model else ensure_model(workdir, args.params, args.layers)
         model = Path(info.path)
-        commands = case_commands(model, workdir, args.baseline)
+        commands = case_commands(model, workdir, args.baseline, args.imports)
         env = versions()
         print(f"onnxprune at {env['git_commit'][:12]} (uncommitted changes under onnxprune/: {env['git_dirty']})")
         warm_up(*([args.baseline] if args.baseline is not None else []))
@@ -610,6 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "time_b_over_a": summaries["b"].time_over_a,
                     "time_c_over_a": summaries["c"].time_over_a,
                     "time_c_over_e": summaries["c"].median_s / summaries["e"].median_s if "e" in summaries else None,
+                    "beyond_imports": work_beyond_imports(summaries),
                     "peak_over_model": {case: s.peak_over_model for case, s in summaries.items()},
                 },
                 "checks": results,
