@@ -148,7 +148,8 @@ def refit(
         cheaper[:] = False
     HW = W @ H if not cheaper.all() else None  # row r: (H w_r)ᵀ, H symmetric
     with one_blas_thread():
-        _solve_groups(H, W, HW, out, solve, np.where(cheaper, 0, sizes), lam, scale, max_batch_bytes)
+        if HW is not None:
+            _solve_groups(H, W, HW, out, solve, np.where(cheaper, 0, sizes), lam, scale, max_batch_bytes)
         if inverse is not None:
             _solve_groups(inverse, W, None, out, gone, np.where(cheaper, pruned, 0), lam, scale, max_batch_bytes)
             out[mask] = 0.0
