@@ -18,6 +18,10 @@ Measured on this 2-core machine, interleaved, the same output bytes: the 100 M-p
 buffers are kept for reuse). The library leaves the process's allocator alone: only the command
 line, which owns its process, calls :func:`tune`; ``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_`` in the environment (glibc's own settings) win over it.
+
+The workers of ``--workers`` (:class:`onnxprune.executors.ProcessExecutor`) start from a fork
+server, a fresh interpreter that inherits none of this: each runs :func:`tune` with
+:func:`tuned`'s thresholds as it starts, when the process that made the pool had set them.
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 128 << 20
 #: glibc's environment settings of the same thresholds (a user's choice, left as it is)
 ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+#: the thresholds :func:`tune` set in this process, None until it did
+_TUNED: list[tuple[int, int]] = []
+
+
+def tuned() -> tuple[int, int] | None:
+    """``(mmap_threshold, trim_threshold)`` as :func:`tune` last set them in this process, or None."""
+    return _TUNED[-1] if _TUNED else None
 
 
 def tune(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
@@ -55,4 +66,6 @@ def tune(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESH
     log.debug(
         "malloc thresholds %s: mmap %d, trim %d bytes", "set" if done else "not set", mmap_threshold, trim_threshold
     )
+    if done:
+        _TUNED.append((mmap_threshold, trim_threshold))
     return done

@@ -30,3 +30,23 @@ def test_the_command_line_tunes_its_process(monkeypatch):
 def test_tune_does_nothing_off_linux(monkeypatch):
     monkeypatch.setattr(allocator.sys, "platform", "darwin")
     assert not allocator.tune()
+
+
+def _worker_thresholds(_: object) -> tuple[int, int] | None:
+    return allocator.tuned()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_pool_workers_set_the_thresholds_their_parent_set(monkeypatch):
+    """--workers' processes start from a fork server (nothing inherited): each sets them itself."""
+    from onnxprune.executors import ProcessExecutor
+
+    for name in allocator.ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(allocator, "_TUNED", [])
+    with ProcessExecutor(2) as executor:
+        assert executor.map(_worker_thresholds, [0, 1]) == [None, None]  # the parent set none
+    assert allocator.tune(48 << 20, 96 << 20)
+    with ProcessExecutor(2) as executor:
+        assert executor.map(_worker_thresholds, [0, 1]) == [(48 << 20, 96 << 20)] * 2
+    assert allocator.tune()  # as the command line leaves it

@@ -1,7 +1,7 @@
 """Interleaved A/B timing of two commits on issue 16's calibrated workloads, through the CLI.
 
     .venv/bin/python tools/ab_runs.py BASE [HEAD] [--workload det rec minilm] [--repeats 2]
-        [--metrics] [--json out.json]
+        [--metrics] [--json out.json] [--prune-args '--workers 2']
 
 Why
     This machine is shared and its speed drifts: the same PP-OCRv4 det run took 89.9 s and
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,11 @@ def main() -> int:
     parser.add_argument("--minilm-dir", type=Path, default=Path("/tmp/minilm"))
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     parser.add_argument("--json", type=Path, help="write every number here")
+    parser.add_argument(
+        "--prune-args",
+        default="",
+        help="more prune options for every run, one string (e.g. --prune-args='--workers 2')",
+    )
     args = parser.parse_args()
     jobs = workloads(args.ocr_dir.resolve(), args.minilm_dir.resolve())
     missing = [str(jobs[w][0]) for w in args.workload if not jobs[w][0].exists()]
@@ -145,7 +151,8 @@ def main() -> int:
                     for side in ("base", "head") if repeat % 2 == 0 else ("head", "base"):
                         tree, sha = trees[side]
                         out = folder / f"{name}.{side}.onnx"
-                        cmd = [sys.executable, "-c", RUN, str(tree), "prune", str(dense), str(out), *extra, "-v"]
+                        more = shlex.split(args.prune_args)
+                        cmd = [sys.executable, "-c", RUN, str(tree), "prune", str(dense), str(out), *extra, *more, "-v"]
                         done = measure(cmd, timeout_s=args.timeout)
                         run = {
                             "seconds": round(done.seconds, 1),

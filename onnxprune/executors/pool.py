@@ -3,7 +3,8 @@
 Workers start from a fork server (or are spawned), never forked from this process, whose
 onnxruntime and BLAS threads a forked child would inherit mid-lock (a deadlock risk that
 Python 3.12 and later warn about). A task limits its own threads (numpy, onnxruntime) so that
-several workers do not oversubscribe the cores.
+several workers do not oversubscribe the cores. A worker sets the C allocator's thresholds
+that this process runs with (:mod:`onnxprune.allocator`: the command line's), as it starts.
 
 Used as a context manager, one pool serves every :meth:`ProcessExecutor.map` until the
 executor closes (the calibrated pass maps each wave of layers: its workers start once, not once
@@ -20,6 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from onnxprune import allocator
 from onnxprune.errors import OnnxPruneError, OptionError, opt
 from onnxprune.executors.base import SerialExecutor, task_label
 from onnxprune.passes.base import Progress
@@ -54,7 +56,9 @@ class ProcessExecutor:
             "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         )
         size = self.workers if self._kept else min(self.workers, tasks)
-        return ProcessPoolExecutor(max_workers=size, mp_context=context)
+        return ProcessPoolExecutor(
+            max_workers=size, mp_context=context, initializer=_worker_start, initargs=(allocator.tuned(),)
+        )
 
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any], progress: Progress | None = None) -> list[Any]:
         if self.workers == 1 or len(tasks) <= 1:
@@ -70,6 +74,12 @@ class ProcessExecutor:
             if isinstance(exc.__cause__, BrokenProcessPool):
                 self._pool = None  # unusable now; a later map starts another
             raise
+
+
+def _worker_start(thresholds: tuple[int, int] | None) -> None:
+    """A worker's start: the allocator thresholds of the process that made the pool, if it set any."""
+    if thresholds is not None:
+        allocator.tune(*thresholds)
 
 
 def _run(
