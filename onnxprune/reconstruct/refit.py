@@ -87,8 +87,10 @@ def _solve_complement(Ai: np.ndarray, W: np.ndarray, rows: np.ndarray, idx: np.n
     columns, 0 on the dead ones, so a dead column keeps its value)."""
     w = W[rows]
     A = Ai[idx[:, :, None], idx[:, None, :]]
-    z = np.linalg.solve(A, np.take_along_axis(w, idx, axis=1)[:, :, None])  # [g, p, 1]
-    return w - np.matmul(np.swapaxes(z, 1, 2), Ai[idx])[:, 0, :]  # Ai symmetric: A⁻¹_{:,P} z = (A⁻¹_{P,:})ᵀ z
+    z = np.linalg.solve(A, np.take_along_axis(w, idx, axis=1)[:, :, None])[:, :, 0]  # [g, p]
+    for r, (pruned, zr) in enumerate(zip(idx, z, strict=True)):  # row by row: A⁻¹_{P,:} is p × cols
+        w[r] -= zr @ Ai[pruned]  # Ai symmetric: A⁻¹_{:,P} z = (A⁻¹_{P,:})ᵀ z
+    return w
 
 
 def _live_inverse(H: np.ndarray, dead: np.ndarray, lam: float) -> np.ndarray | None:
@@ -181,9 +183,9 @@ def _solve_groups(
         group = np.flatnonzero(sizes == k)
         # np.nonzero walks in C order: each row's k kept columns, ascending.
         idx_all = np.nonzero(solve[group])[1].reshape(len(group), k)
-        # a direct row: A, its LU, b, w_K and the solution; a complement row: A⁻¹_PP, its LU,
-        # A⁻¹_{P,:}, w and the correction
-        per_row = 8 * (2 * k * k + 4 * k) if HW is not None else 8 * (2 * k * k + k * W.shape[1] + 3 * W.shape[1])
+        # a direct row: A, its LU, b, w_K and the solution; a complement row: A⁻¹_PP, its LU, w
+        # and z (A⁻¹_{P,:} is taken one row at a time)
+        per_row = 8 * (2 * k * k + 4 * k) if HW is not None else 8 * (2 * k * k + 2 * k + W.shape[1])
         chunk = max(1, int(max_batch_bytes // (per_row * threads)))
         batches.extend((group[s : s + chunk], idx_all[s : s + chunk]) for s in range(0, len(group), chunk))
 
