@@ -84,12 +84,13 @@ def _solve_batch(
 def _solve_complement(Ai: np.ndarray, W: np.ndarray, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """``ŵ`` (whole rows) for the rows ``rows`` whose pruned live columns are ``idx`` ``[g, p]``:
     ``w − A⁻¹_{:,P} z`` with ``A⁻¹_PP z = w_P`` (module docstring; ``Ai`` is ``A⁻¹`` on the live
-    columns, 0 on the dead ones, so a dead column keeps its value)."""
+    columns, 0 on the dead ones, so a dead column keeps its value; ``A⁻¹_{:,P}`` is read as the
+    rows ``A⁻¹_{P,:}``, equal to rounding: ``A`` is symmetric)."""
     w = W[rows]
     A = Ai[idx[:, :, None], idx[:, None, :]]
     z = np.linalg.solve(A, np.take_along_axis(w, idx, axis=1)[:, :, None])[:, :, 0]  # [g, p]
     for r, (pruned, zr) in enumerate(zip(idx, z, strict=True)):  # row by row: A⁻¹_{P,:} is p × cols
-        w[r] -= zr @ Ai[pruned]  # Ai symmetric: A⁻¹_{:,P} z = (A⁻¹_{P,:})ᵀ z
+        w[r] -= zr @ Ai[pruned]
     return w
 
 
@@ -99,16 +100,20 @@ def _live_inverse(H: np.ndarray, dead: np.ndarray, lam: float) -> np.ndarray | N
     if lam <= 0:
         return None
     live = np.flatnonzero(~dead)
-    A = H[np.ix_(live, live)]
+    every = live.size == len(dead)  # the common case: no copy to embed
+    A = H.copy() if every else H[np.ix_(live, live)]
     A[np.diag_indices_from(A)] += lam
     try:
         inverse = np.linalg.inv(A)
     except np.linalg.LinAlgError:
         return None
+    del A  # a layer's few cols² matrices at once: 1536 columns make 19 MB each
     if not np.all(np.isfinite(inverse)):
         return None
+    if every:
+        return inverse
     full = np.zeros_like(H)
-    full[np.ix_(live, live)] = (inverse + inverse.T) / 2  # symmetric to rounding
+    full[np.ix_(live, live)] = inverse
     return full
 
 
