@@ -41,19 +41,20 @@ MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 128 << 20
 #: glibc's environment settings of the same thresholds (a user's choice, left as it is)
 ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-#: the thresholds :func:`tune` set in this process, None until it did
-_TUNED: list[tuple[int, int]] = []
+#: the thresholds :func:`tune` last set in this process, None until it did
+_TUNED: tuple[int, int] | None = None
 
 
 def tuned() -> tuple[int, int] | None:
     """``(mmap_threshold, trim_threshold)`` as :func:`tune` last set them in this process, or None."""
-    return _TUNED[-1] if _TUNED else None
+    return _TUNED
 
 
 def tune(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
     """Set glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` for this process (module
     docstring). Returns True if both were set; False elsewhere than Linux, without a ``mallopt``
     (another C library), when it refuses a value, or when the environment sets either."""
+    global _TUNED
     if not sys.platform.startswith("linux") or any(name in os.environ for name in ENVIRONMENT):
         return False
     try:
@@ -67,5 +68,5 @@ def tune(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESH
         "malloc thresholds %s: mmap %d, trim %d bytes", "set" if done else "not set", mmap_threshold, trim_threshold
     )
     if done:
-        _TUNED.append((mmap_threshold, trim_threshold))
+        _TUNED = (mmap_threshold, trim_threshold)
     return done

@@ -43,7 +43,7 @@ def test_pool_workers_set_the_thresholds_their_parent_set(monkeypatch):
 
     for name in allocator.ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(allocator, "_TUNED", [])
+    monkeypatch.setattr(allocator, "_TUNED", None)
     with ProcessExecutor(2) as executor:
         assert executor.map(_worker_thresholds, [0, 1]) == [None, None]  # the parent set none
     assert allocator.tune(48 << 20, 96 << 20)
