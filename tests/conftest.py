@@ -49,3 +49,16 @@ def hermetic_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture
+def untimed_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The structural analysis's latency ratio of two models as their byte ratio, not timed.
+
+    Its curves time each group's removal (``paired_latency_ratio``), and on a busy machine the
+    groups' highest levels once saved 19.6 %, so a ``--target-latency 0.8`` goal was out of
+    reach (0.7 had been, earlier). Tests of the documents and pages a latency goal produces use
+    this; the timed path stays covered where no timed value is asserted."""
+    from onnxprune.sensitivity import tasks
+
+    monkeypatch.setattr(tasks, "paired_latency_ratio", lambda a, b, batch, repeats: len(b) / len(a))
