@@ -130,6 +130,10 @@ def main() -> int:
         help="more prune options for every run, one string (e.g. --prune-args='--workers 2')",
     )
     args = parser.parse_args()
+    try:
+        more = shlex.split(args.prune_args)
+    except ValueError as exc:  # an unclosed quote
+        parser.error(f"--prune-args: {exc}")
     jobs = workloads(args.ocr_dir.resolve(), args.minilm_dir.resolve())
     missing = [str(jobs[w][0]) for w in args.workload if not jobs[w][0].exists()]
     if missing:
@@ -151,7 +155,6 @@ def main() -> int:
                     for side in ("base", "head") if repeat % 2 == 0 else ("head", "base"):
                         tree, sha = trees[side]
                         out = folder / f"{name}.{side}.onnx"
-                        more = shlex.split(args.prune_args)
                         cmd = [sys.executable, "-c", RUN, str(tree), "prune", str(dense), str(out), *extra, *more, "-v"]
                         done = measure(cmd, timeout_s=args.timeout)
                         run = {
