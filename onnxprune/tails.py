@@ -83,6 +83,12 @@ class Tails:
         static = sorted(read for read in self._outside(name, tail) if read not in self.graph.dynamic)
         return self.graph.ancestors(static, {name})
 
+    def skip(self, names: set[str]) -> None:
+        """Tensors of those given that will not be replaced after all: what only their cuts read is
+        retained no longer."""
+        self.todo = [name for name in self.todo if name not in names]
+        self._retain()
+
     def _retain(self) -> None:
         """Retain the values the cuts still to come read (and no others)."""
         self.frontier.retain = {value for name in self.todo for value in self.cuts[name]}

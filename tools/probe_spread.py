@@ -64,9 +64,9 @@ def record(args: list[str], rel_se: float) -> dict[str, Any]:
         }
         return allocate(problem, measured)
 
-    def spy_settled(self: Any, moved: list[float]) -> bool:
+    def spy_settled(self: Any, moved: list[float], *rest: Any) -> bool:
         self.trace = list(moved)
-        return settled(self, moved)
+        return settled(self, moved, *rest)
 
     def spy_measure(self: Any, weight: Any, inventory: Any, stored: Any, **kw: Any) -> Any:
         self.trace = []
@@ -125,8 +125,11 @@ def analyse(records: dict[str, Any], min_samples: int, min_batches: int) -> list
 REGRETS = (0.0, 0.001, 0.003, 0.01, 0.03)
 
 
-def analyse_rounds(records: dict[str, Any], min_samples: int, min_batches: int) -> list[str]:
-    """Markdown rows: the probe's rounds played back on the recorded changes, per ``PROBE_REGRET``."""
+def analyse_rounds(
+    records: dict[str, Any], min_samples: int, min_batches: int, screen_batches: int | None = None
+) -> list[str]:
+    """Markdown rows: the probe's rounds played back on the recorded changes, per ``PROBE_REGRET``
+    (``screen_batches``: the screen's batches, if not the rule's least)."""
     from types import SimpleNamespace
 
     from onnxprune.passes import curve_allocation as allocation
@@ -164,6 +167,7 @@ def analyse_rounds(records: dict[str, Any], min_samples: int, min_batches: int) 
         return curves, allocate(curves, total / sizes)
 
     screen = next((k for k in range(min_batches, len(counts) + 1) if sum(counts[:k]) >= min_samples), len(counts))
+    screen = screen if screen_batches is None else screen_batches
     ruled = {key: stop(r["moved"]) for key, r in layers.items()}
     every, best = allocated({key: len(counts) for key in layers})
     seconds = {key: r.get("seconds", 0.0) * ruled[key] / len(counts) for key, r in layers.items()}
@@ -217,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rel-se", type=float, default=0.0, help="the run's PROBE_REL_SE (default 0: all samples)")
     parser.add_argument("--min-samples", type=int, default=8)
     parser.add_argument("--min-batches", type=int, default=4)
+    parser.add_argument("--screen-batches", type=int, help="the screen's batches (default: the rule's least)")
     args = parser.parse_args(own)
     if args.analyse is not None:
         records = json.loads(args.analyse.read_text())
@@ -228,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give the prune arguments after --, or --analyse JSON")
     print("\n".join(analyse(records, args.min_samples, args.min_batches)))
     print()
-    print("\n".join(analyse_rounds(records, args.min_samples, args.min_batches)))
+    print("\n".join(analyse_rounds(records, args.min_samples, args.min_batches, args.screen_batches)))
     return 0
 
 

@@ -82,6 +82,15 @@ Weights (the probe)
     At ``PROBE_REGRET = 0.003`` rec moved three small layers (predicted loss +0.1 %, yet a
     character error rate of 3.17 % against 2.84 % on 128 held-out lines): hence 0.001.
 
+Unprobed
+    A layer under :data:`UNPROBED_SHARE` of the calibrated weights whose probe would run more than
+    :data:`UNPROBED_TAIL` of the model's nodes (an early layer of a small stem: its tail is nearly
+    the whole model) is kept dense instead, at its floor, neither solved at the grid nor probed,
+    and the others share the whole count. Such layers are taken by their tail's share per weight,
+    the costliest first, while together under :data:`UNPROBED_TOTAL` of the weights: the budget
+    they leave to the others is that small, and the allocation mostly keeps them dense anyway
+    (early layers move the outputs most per weight). Recorded in the result (``unprobed``).
+
 Counts
     ``upper_l = min(max(max_layer_sparsity, t), t + TRUST·(1 − t))`` (a trust region around the
     probed level, :data:`TRUST`), clipped to the highest level measured (curves
@@ -160,6 +169,12 @@ PROBE_REL_SE = 0.1
 #: anywhere in its 95 % interval would lower the predicted loss by more than this fraction of it
 #: (:func:`onnxprune.sparsity.curves.uncertain`)
 PROBE_REGRET = 0.001
+#: a layer under this share of the calibrated layers' weights whose probe runs more than
+#: :data:`UNPROBED_TAIL` of the model's nodes is kept dense without a probe, while the layers so
+#: kept hold at most :data:`UNPROBED_TOTAL` of the weights together (module docstring, "Unprobed")
+UNPROBED_SHARE = 0.005
+UNPROBED_TAIL = 0.5
+UNPROBED_TOTAL = 0.02
 #: False: no screen, every probe runs by its stopping rule alone (``tools/probe_spread.py``)
 PROBE_SCREEN = True
 #: the rounds of the probe after the screen, at most (each runs the tails of the layers still uncertain)
@@ -252,6 +267,7 @@ class Allocated:
     steps: int = 0  # the progress steps the allocation reported (the pass's own follow them)
     rounds: int = 0  # the probe's rounds after the screen
     refined: tuple[str, ...] = ()  # the layers those rounds ran on
+    unprobed: tuple[str, ...] = ()  # the layers kept dense without a probe (:func:`_unprobed`)
 
     def record(self) -> dict[str, object]:
         """JSON-friendly summary (the result's ``allocation``)."""
@@ -263,6 +279,7 @@ class Allocated:
             "probe_samples": PROBE_SAMPLES,
             "probe_rounds": self.rounds,
             "probe_refined": list(self.refined),
+            "unprobed": list(self.unprobed),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "predicted": self.predicted,
             "fixed": list(self.fixed),
@@ -337,6 +354,9 @@ def allocate_layers(
     counts = None if in_body else [data.count(feed) for feed in feeds]
     screen = _screen(counts)  # every layer's first probe: the fewest batches its stopping rule accepts
     probe = OutputProbe(model, [layer.weight for layer in layers], feeds, scratch, counts=counts, window=screen)
+    unprobed = _unprobed(layers, probe)  # small layers whose probe would run most of the model: kept dense
+    probe.skip([layer.weight for layer in layers if layer.weight.key in unprobed])
+    dense: dict[str, Target] = {}
     seconds = {"capture": 0.0, "curves": 0.0, "probe": time.perf_counter() - start, "allocate": 0.0}
     measured: dict[str, _Measured] = {}
     probed: dict[str, Probed] = {}
@@ -361,9 +381,14 @@ def allocate_layers(
                 continue
             tick = time.perf_counter()
             values = tensors.read_array(inventory.proto(layer.weight))
+            floor = _floor(layer, layer_stats, values)
+            if key in unprobed:  # kept dense (at its floor), neither solved nor probed
+                fixed.append(key)
+                dense[key] = Target(count=floor, amount=floor / values.size)
+                continue
             # the curves read the method's error only, not the magnitude mask's
             solver = partial(solve, layer, layer_stats, values=values, index=index_of[key], magnitude_error=False)
-            curve, stored = _curve(solver, config.reconstruction, t, _floor(layer, layer_stats, values), values.size)
+            curve, stored = _curve(solver, config.reconstruction, t, floor, values.size)
             seconds["curves"] += time.perf_counter() - tick
             tick = time.perf_counter()
             at_t = stored.astype(values.dtype)
@@ -379,7 +404,7 @@ def allocate_layers(
                 pending.keep(key, at_t)
             log.debug("%s: %s", key, measured[key])
         del stats
-    problem = _Problem(t, config.max_layer_sparsity, targets, tuple(fixed), by_key)
+    problem = _Problem(t, config.max_layer_sparsity, {**targets, **dense}, tuple(fixed), by_key)
     tick = time.perf_counter()
     rounds = _refine(probe, problem, measured, probed, pending, inventory, screen or 0)
     seconds["probe"] += time.perf_counter() - tick
@@ -393,11 +418,12 @@ def allocate_layers(
         return Allocated("uniform", dict(targets), seconds=seconds, steps=len(layers))
     new_targets, curves, predicted = result
     log.info(
-        "allocation by error curves: %d layers (%d fixed) in %.1fs (capture %.1fs, curves %.1fs, probe %.1fs, "
-        "%.1f samples a layer, %d layers run past the screen in %d round(s)); predicted output change %.4g "
-        "(uniform %.4g)",
+        "allocation by error curves: %d layers (%d fixed, %d of them kept dense unprobed) in %.1fs (capture %.1fs, "
+        "curves %.1fs, probe %.1fs, %.1f samples a layer, %d layers run past the screen in %d round(s)); predicted "
+        "output change %.4g (uniform %.4g)",
         len(curves),
         len(fixed),
+        len(dense),
         seconds["total"],
         seconds["capture"],
         seconds["curves"],
@@ -418,8 +444,29 @@ def allocate_layers(
         predicted,
         steps=len(layers),
         rounds=rounds.count,
+        unprobed=tuple(key for key in fixed if key in dense),
         refined=refined,
     )
+
+
+def _unprobed(layers: Sequence[CalibLayer], probe: OutputProbe) -> set[str]:
+    """The layers kept dense without a probe (module docstring, "Unprobed"): under
+    :data:`UNPROBED_SHARE` of the calibrated weights each, whose probe runs more than
+    :data:`UNPROBED_TAIL` of the model's nodes, taken by their tail's share per weight (the
+    costliest probes per weight first) while together under :data:`UNPROBED_TOTAL` of the weights."""
+    total = sum(layer.weight.numel for layer in layers)
+    candidates = []
+    for layer in layers:
+        share, numel = probe.tail_share(layer.weight), layer.weight.numel
+        if share is not None and share > UNPROBED_TAIL and numel < UNPROBED_SHARE * total:
+            candidates.append((share / max(numel, 1), layer.weight.key, numel))
+    chosen: set[str] = set()
+    kept = 0
+    for _, key, numel in sorted(candidates, reverse=True):
+        if kept + numel <= UNPROBED_TOTAL * total:
+            chosen.add(key)
+            kept += numel
+    return chosen
 
 
 def _in_graph_order(model: ModelProto, layers: list[CalibLayer]) -> list[CalibLayer]:
@@ -673,6 +720,19 @@ class OutputProbe:
         self.names = [o.name for o in graph.output]
         self.dense = self._outputs({})
         self.energy = {name: sum(_squared_distance(p) for p in parts) for name, parts in self.dense.items()}
+
+    def tail_share(self, weight: Weight) -> float | None:
+        """The share of the model's main-graph nodes that the probe of ``weight`` runs (its tail:
+        :class:`onnxprune.tails.Tails`); None when it runs no tail (a weight in a body, or no folder)."""
+        nodes = len(self.model.graph.node)
+        if self.tails is None or weight.name not in self.tailed or not nodes:
+            return None
+        return len(self.tails.graph.descendants(weight.name)) / nodes
+
+    def skip(self, weights: Sequence[Weight]) -> None:
+        """Weights that will not be probed after all: the tails keep nothing for them."""
+        if self.tails is not None and weights:
+            self.tails.skip({w.name for w in weights})
 
     def restart(self, weights: list[Weight], first: int) -> None:
         """Run the probes of ``weights``, in this order, on the batches from ``first`` to the last
