@@ -83,6 +83,17 @@ class Tails:
         static = sorted(read for read in self._outside(name, tail) if read not in self.graph.dynamic)
         return self.graph.ancestors(static, {name})
 
+    def share(self, name: str) -> float:
+        """The share of the nodes that run on every batch (those that depend on the graph inputs)
+        that the tail of ``name`` runs: what its probe costs against a run of the whole model. A
+        node that depends on no input is folded once (a Constant, a weight's Transpose), so it does
+        not count: PP-OCRv4 det stores its weights in Constant nodes, half of its 672 nodes."""
+        graph = self.graph
+        nodes = graph.model.graph.node
+        run = [i for i, node in enumerate(nodes) if any(out in graph.dynamic for out in node.output)]
+        tail = graph.descendants(name)
+        return sum(1 for i in run if i in tail) / len(run) if run else 0.0
+
     def skip(self, names: set[str]) -> None:
         """Tensors of those given that will not be replaced after all: what only their cuts read is
         retained no longer."""

@@ -84,7 +84,7 @@ Weights (the probe)
 
 Unprobed
     A layer under :data:`UNPROBED_SHARE` of the calibrated weights whose probe would run more than
-    :data:`UNPROBED_TAIL` of the model's nodes (an early layer of a small stem: its tail is nearly
+    :data:`UNPROBED_TAIL` of the nodes the model runs (an early layer of a small stem: its tail is nearly
     the whole model) is kept dense instead, at its floor, neither solved at the grid nor probed,
     and the others share the whole count. Such layers are taken by their tail's share per weight,
     the costliest first, while together under :data:`UNPROBED_TOTAL` of the weights: the budget
@@ -170,7 +170,7 @@ PROBE_REL_SE = 0.1
 #: (:func:`onnxprune.sparsity.curves.uncertain`)
 PROBE_REGRET = 0.001
 #: a layer under this share of the calibrated layers' weights whose probe runs more than
-#: :data:`UNPROBED_TAIL` of the model's nodes is kept dense without a probe, while the layers so
+#: :data:`UNPROBED_TAIL` of the nodes the model runs is kept dense without a probe, while the layers so
 #: kept hold at most :data:`UNPROBED_TOTAL` of the weights together (module docstring, "Unprobed")
 UNPROBED_SHARE = 0.005
 UNPROBED_TAIL = 0.5
@@ -452,7 +452,7 @@ def allocate_layers(
 def _unprobed(layers: Sequence[CalibLayer], probe: OutputProbe) -> set[str]:
     """The layers kept dense without a probe (module docstring, "Unprobed"): under
     :data:`UNPROBED_SHARE` of the calibrated weights each, whose probe runs more than
-    :data:`UNPROBED_TAIL` of the model's nodes, taken by their tail's share per weight (the
+    :data:`UNPROBED_TAIL` of the model's run (:meth:`OutputProbe.tail_share`), taken by their tail's share per weight (the
     costliest probes per weight first) while together under :data:`UNPROBED_TOTAL` of the weights."""
     total = sum(layer.weight.numel for layer in layers)
     candidates = []
@@ -722,12 +722,11 @@ class OutputProbe:
         self.energy = {name: sum(_squared_distance(p) for p in parts) for name, parts in self.dense.items()}
 
     def tail_share(self, weight: Weight) -> float | None:
-        """The share of the model's main-graph nodes that the probe of ``weight`` runs (its tail:
-        :class:`onnxprune.tails.Tails`); None when it runs no tail (a weight in a body, or no folder)."""
-        nodes = len(self.model.graph.node)
-        if self.tails is None or weight.name not in self.tailed or not nodes:
+        """The share of the model's run that the probe of ``weight`` runs (:meth:`onnxprune.tails.Tails.share`);
+        None when it runs no tail (a weight in a body, or no folder)."""
+        if self.tails is None or weight.name not in self.tailed:
             return None
-        return len(self.tails.graph.descendants(weight.name)) / nodes
+        return self.tails.share(weight.name)
 
     def skip(self, weights: Sequence[Weight]) -> None:
         """Weights that will not be probed after all: the tails keep nothing for them."""
