@@ -15,6 +15,13 @@ changes (``--min-samples``/``--min-batches`` the screen, ``PROBE_REL_SE`` the ru
 those estimates lies from the one made from every sample (layers that differ, and the predicted
 loss under the all-sample weights). This is how ``PROBE_REGRET`` was chosen (stop 33).
 
+And it plays back the layers kept dense unprobed (``UNPROBED_TOTAL``; the run records every
+layer's probe and the share of the model its tail runs) at several caps: the layers and weights
+kept dense, the share of the probes' time they would save, their sparsities in the allocation
+from every sample, and the predicted output change of the allocation of the others with those
+layers dense against it (under the all-sample weights). This is how ``UNPROBED_TOTAL`` was
+chosen (stop 38).
+
     .venv/bin/python tools/probe_spread.py --json det.json -- \\
         ch_PP-OCRv4_det_infer.onnx out.onnx --sparsity 0.5 --method sparsegpt \\
         --calibration det_calib_32_640.npz --samples 32 --input-shape x:1x3x640x640
@@ -41,9 +48,10 @@ def record(args: list[str], rel_se: float) -> dict[str, Any]:
     from onnxprune.cli import main
 
     records: dict[str, Any] = {}
-    constants = allocation.PROBE_REL_SE, allocation.PROBE_SCREEN
+    constants = allocation.PROBE_REL_SE, allocation.PROBE_SCREEN, allocation.UNPROBED_TOTAL
     allocation.PROBE_REL_SE = rel_se
     allocation.PROBE_SCREEN = False  # every probe by its stopping rule alone
+    allocation.UNPROBED_TOTAL = 0.0  # every layer probed
     settled, measure = allocation.OutputProbe._settled, allocation.OutputProbe.measure
     allocate = allocation._Problem.allocate
 
@@ -64,16 +72,22 @@ def record(args: list[str], rel_se: float) -> dict[str, Any]:
         }
         return allocate(problem, measured)
 
-    def spy_settled(self: Any, moved: list[float], *rest: Any) -> bool:
+    def spy_settled(self: Any, moved: list[float]) -> bool:
         self.trace = list(moved)
-        return settled(self, moved, *rest)
+        return settled(self, moved)
 
     def spy_measure(self: Any, weight: Any, inventory: Any, stored: Any, **kw: Any) -> Any:
         self.trace = []
         tick = time.perf_counter()
         probed = measure(self, weight, inventory, stored, **kw)
         seconds = time.perf_counter() - tick
-        records[weight.key] = {"moved": self.trace, "counts": self.counts, "change": probed.change, "seconds": seconds}
+        records[weight.key] = {
+            "moved": self.trace,
+            "counts": self.counts,
+            "change": probed.change,
+            "seconds": seconds,
+            "tail": self.tail_share(weight),
+        }
         return probed
 
     allocation.OutputProbe._settled = spy_settled  # type: ignore[method-assign]
@@ -84,7 +98,7 @@ def record(args: list[str], rel_se: float) -> dict[str, Any]:
     finally:
         allocation.OutputProbe._settled, allocation.OutputProbe.measure = settled, measure  # type: ignore[method-assign]
         allocation._Problem.allocate = allocate  # type: ignore[method-assign]
-        allocation.PROBE_REL_SE, allocation.PROBE_SCREEN = constants
+        allocation.PROBE_REL_SE, allocation.PROBE_SCREEN, allocation.UNPROBED_TOTAL = constants
     return records
 
 
@@ -211,6 +225,72 @@ def analyse_rounds(
     return rows
 
 
+UNPROBED_CAPS = (0.0025, 0.005, 0.01, 0.02)
+
+
+def analyse_unprobed(records: dict[str, Any]) -> list[str]:
+    """Markdown rows: the layers kept dense unprobed played back per cap (module docstring)."""
+    from types import SimpleNamespace
+
+    from onnxprune.passes import curve_allocation as allocation
+    from onnxprune.passes.unstructured import Target
+    from onnxprune.sparsity.curves import allocate
+
+    run = records.get("__allocation__")
+    layers = {key: r for key, r in records.items() if not key.startswith("__") and r.get("curve") and r["counts"]}
+    if run is None or not layers or any("tail" not in r for r in layers.values()):
+        return ["(no tails' shares in this record: record it again to play the unprobed layers back)"]
+
+    def allocated(dense: set[str]) -> tuple[list[Any], dict[str, float]]:
+        numel = {key: r["curve"]["numel"] for key, r in layers.items()}
+        floor = {key: round(r["curve"]["floor"] * numel[key]) for key, r in layers.items()}
+        targets = {key: Target(count=count, amount=count / n) for key, (n, count) in run["fixed"].items()}
+        targets.update({key: Target(count=floor[key], amount=floor[key] / numel[key]) for key in dense})
+        by_key = {key: SimpleNamespace(numel=n) for key, (n, _) in run["fixed"].items()}
+        by_key.update({key: SimpleNamespace(numel=n) for key, n in numel.items()})
+        problem = allocation._Problem(  # type: ignore[arg-type]
+            run["t"], run["max_layer_sparsity"], targets, (*run["fixed"], *dense), by_key
+        )
+        measured = {
+            key: allocation._Measured(
+                tuple(r["curve"]["levels"]),
+                tuple(r["curve"]["errors"]),
+                r["curve"]["at_target"],
+                r["curve"]["floor"],
+                probe=math.fsum(r["moved"]),  # every batch ran
+            )
+            for key, r in layers.items()
+            if key not in dense
+        }
+        curves, total, sizes = problem.curves(measured)
+        sparsity = dict(allocate(curves, total / sizes).sparsity)
+        sparsity.update({key: layers[key]["curve"]["floor"] for key in dense})
+        return curves, sparsity
+
+    every, best = allocated(set())
+
+    def loss(sparsity: dict[str, float]) -> float:  # under the all-sample weights of every layer
+        return math.fsum(c.weight * float(c.at(sparsity[c.name])) for c in every)
+
+    total = sum(r["curve"]["numel"] for r in layers.values())
+    seconds = sum(r.get("seconds", 0.0) for r in layers.values())
+    rows = [
+        "| UNPROBED_TOTAL | layers kept dense | their weights | probe time saved (all samples) "
+        "| their sparsities, all-sample allocation | predicted output change |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cap in UNPROBED_CAPS:
+        dense = allocation.unprobed(((key, r["curve"]["numel"], r["tail"]) for key, r in layers.items()), cap)
+        _, got = allocated(dense)
+        saved = sum(layers[key].get("seconds", 0.0) for key in dense) / seconds if seconds else 0.0
+        weights = sum(layers[key]["curve"]["numel"] for key in dense) / total
+        given = ", ".join(f"{best[key]:.2f}" for key in dense) or "-"
+        rows.append(
+            f"| {cap} | {len(dense)} | {weights:.2%} | {saved:.0%} | {given} | {loss(got) / loss(best) - 1:+.2%} |"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     prune_args = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -234,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(analyse(records, args.min_samples, args.min_batches)))
     print()
     print("\n".join(analyse_rounds(records, args.min_samples, args.min_batches, args.screen_batches)))
+    print()
+    print("\n".join(analyse_unprobed(records)))
     return 0
 
 
