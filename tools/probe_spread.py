@@ -139,6 +139,16 @@ def analyse(records: dict[str, Any], min_samples: int, min_batches: int) -> list
 REGRETS = (0.0, 0.001, 0.003, 0.01, 0.03)
 
 
+def _measured(layer: dict[str, Any], probe: float) -> Any:
+    """The allocation's measurement of a recorded layer, with the probe's change ``probe``."""
+    from onnxprune.passes import curve_allocation as allocation
+
+    curve = layer["curve"]
+    return allocation._Measured(
+        tuple(curve["levels"]), tuple(curve["errors"]), curve["at_target"], curve["floor"], probe=probe
+    )
+
+
 def analyse_rounds(
     records: dict[str, Any], min_samples: int, min_batches: int, screen_batches: int | None = None
 ) -> list[str]:
@@ -168,13 +178,7 @@ def analyse_rounds(
 
     def allocated(batches: dict[str, int]) -> tuple[list[Any], Any]:
         measured = {
-            key: allocation._Measured(
-                tuple(r["curve"]["levels"]),
-                tuple(r["curve"]["errors"]),
-                r["curve"]["at_target"],
-                r["curve"]["floor"],
-                probe=math.fsum(r["moved"][: batches[key]]) * sum(counts) / sum(counts[: batches[key]]),
-            )
+            key: _measured(r, math.fsum(r["moved"][: batches[key]]) * sum(counts) / sum(counts[: batches[key]]))
             for key, r in layers.items()
         }
         curves, total, sizes = problem.curves(measured)
@@ -251,17 +255,7 @@ def analyse_unprobed(records: dict[str, Any]) -> list[str]:
         problem = allocation._Problem(  # type: ignore[arg-type]
             run["t"], run["max_layer_sparsity"], targets, (*run["fixed"], *dense), by_key
         )
-        measured = {
-            key: allocation._Measured(
-                tuple(r["curve"]["levels"]),
-                tuple(r["curve"]["errors"]),
-                r["curve"]["at_target"],
-                r["curve"]["floor"],
-                probe=math.fsum(r["moved"]),  # every batch ran
-            )
-            for key, r in layers.items()
-            if key not in dense
-        }
+        measured = {key: _measured(r, math.fsum(r["moved"])) for key, r in layers.items() if key not in dense}
         curves, total, sizes = problem.curves(measured)
         sparsity = dict(allocate(curves, total / sizes).sparsity)
         sparsity.update({key: layers[key]["curve"]["floor"] for key in dense})
@@ -284,7 +278,7 @@ def analyse_unprobed(records: dict[str, Any]) -> list[str]:
         _, got = allocated(dense)
         saved = sum(layers[key].get("seconds", 0.0) for key in dense) / seconds if seconds else 0.0
         weights = sum(layers[key]["curve"]["numel"] for key in dense) / total
-        given = ", ".join(f"{best[key]:.2f}" for key in dense) or "-"
+        given = ", ".join(f"{best[key]:.2f}" for key in layers if key in dense) or "-"
         rows.append(
             f"| {cap} | {len(dense)} | {weights:.2%} | {saved:.0%} | {given} | {loss(got) / loss(best) - 1:+.2%} |"
         )
