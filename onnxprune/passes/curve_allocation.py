@@ -450,7 +450,7 @@ def allocate_layers(
         predicted,
         steps=len(layers),
         rounds=rounds.count,
-        unprobed=tuple(key for key in fixed if key in dense),
+        unprobed=tuple(dense),  # in the graph's order, as they were kept
         refined=refined,
     )
 
