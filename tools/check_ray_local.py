@@ -85,6 +85,17 @@ class Outcome:
     signalled: bool = False
 
     @property
+    def ray_ran(self) -> bool:
+        """Whether Ray's GCS server was seen among our processes (by its command line or its name)."""
+        return any("gcs_server" in cmd for cmd in self.seen.values()) or any(
+            x.name == "gcs_server" for x in self.listeners
+        )
+
+    def seen_text(self) -> str:
+        """Every process of ours seen while it ran, one per line (what a failed check shows)."""
+        return "\n".join(f"{pid:<7} {cmd}" for pid, cmd in sorted(self.seen.items()))
+
+    @property
     def exposed(self) -> list[Listener]:
         return sorted((x for x in self.listeners if not x.loopback), key=str)
 
@@ -116,9 +127,12 @@ def ticks_now() -> int:
 
 
 def describe(pid: int) -> str:
-    """``pid``'s command line, shortened (Ray's command lines run to kilobytes)."""
-    cmd = _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
-    return (cmd or (_stat(pid) or ("?",))[0])[:160]
+    """``pid``'s command line, shortened (Ray's command lines run to kilobytes), with its process
+    name in brackets when the shortened line does not hold it (a process read between its fork
+    and its exec still shows its parent's command line; its name is then the parent's too)."""
+    cmd = _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace").strip()[:160]
+    name = (_stat(pid) or ("?",))[0]
+    return cmd if name in cmd else f"{cmd} [{name}]".strip()
 
 
 def ours(leader: int, root: str, ended: int | None = None) -> dict[int, str]:
@@ -261,8 +275,14 @@ def run(
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             now = ours(proc.pid, str(root))
-            # a process that is exiting (a zombie) reads with an empty command line: keep what it ran
-            outcome.seen.update({pid: cmd for pid, cmd in now.items() if cmd or pid not in outcome.seen})
+            # a process that is exiting (a zombie) reads with an empty command line: keep what it ran;
+            # one read between its fork and its exec shows its parent's: keep every line it showed
+            for pid, cmd in now.items():
+                before = outcome.seen.get(pid, "")
+                if cmd and cmd not in before.split(" | "):
+                    outcome.seen[pid] = f"{before} | {cmd}" if before else cmd
+                elif pid not in outcome.seen:
+                    outcome.seen[pid] = cmd
             outcome.listeners |= listeners(now)
             outcome.ss_lines |= ss_lines(now)
             if signum is not None and not outcome.signalled and _stage_reached(when, now):
@@ -339,8 +359,7 @@ def main() -> int:
         if outcome.stderr.strip():
             print("stderr (last lines):\n  " + "\n  ".join(outcome.stderr.strip().splitlines()[-5:]))
         print(f"\nprocesses seen while it ran ({len(outcome.seen)}):")
-        for pid, cmd in sorted(outcome.seen.items()):
-            print(f"  {pid:<7} {cmd}")
+        print("\n".join(f"  {line}" for line in outcome.seen_text().splitlines()))
         print(f"\nlisteners ({len(outcome.listeners)}):")
         for listener in sorted(outcome.listeners, key=str):
             print(f"  {listener}{'' if listener.loopback else '   <- not loopback'}")
@@ -355,7 +374,7 @@ def main() -> int:
         for pid, cmd in outcome.leftovers.items():
             print(f"  {pid:<7} {cmd}")
         print(f"left in RAY_TMPDIR: {', '.join(outcome.temp_left) or 'nothing'}")
-        ray_ran = any("gcs_server" in cmd for cmd in outcome.seen.values())
+        ray_ran = outcome.ray_ran
         checks = {
             "Ray ran": ray_ran,
             "listeners on loopback only": ray_ran and not outcome.exposed,
