@@ -140,7 +140,7 @@ from onnxprune.graph.writer import copy_fields
 from onnxprune.im2col import AUTO_PADS, ConvGeometry, conv_cols, patch_blocks, patch_rows
 from onnxprune.ops.spec import MatrixView
 from onnxprune.reconstruct.layer import reference_terms
-from onnxprune.row_sampling import ALL_ROWS, Draw, RowSampling, draw, scaled
+from onnxprune.row_sampling import ALL_ROWS, Draw, RowSampling, draw, scaled, statistical_dimension
 
 log = logging.getLogger(__name__)
 
@@ -549,6 +549,7 @@ class _Accumulator:
         self.depth = depth  # its leading run axes (an input inside a body: see expose.runs)
         self.sampling = sampling
         self.draws: list[Draw] = []  # the last batch's draw of each piece (a residual reuses them)
+        self.dim: int | None = None  # the damped dimension, once measured (row_sampling, "Damped dimension")
         groups, cols = spec.groups, spec.cols
         self.rows = 0  # every row seen
         self.used = 0  # the rows the sums use
@@ -612,7 +613,7 @@ class _Accumulator:
                 else:
                     self.C, self.H_ref = np.zeros_like(self.H), np.zeros_like(self.H)
                 self.total_ref = np.zeros_like(self.total)
-            cap = self.sampling.cap(self.spec.cols, samples)
+            cap = self.sampling.cap(self.spec.cols, samples, self.dim)
             for number, (piece, piece_ref) in enumerate(_inputs(self.spec, self.depth, x, x_ref)):
                 rng = self.sampling.stream(self.source, batch, number) if cap is not None else None
                 pieces = blocks(self.spec, piece, max_bytes, self._drawing(cap, rng))  # draws now
@@ -629,9 +630,27 @@ class _Accumulator:
                         self.sqnorm += scaled(np.einsum("grc,grc->gc", block, block), weight)
                     if refs is not None:
                         self._add_reference(block, next(refs), weight)
+            self._measure_dimension()
         except _Mismatch as exc:
             self.failed = f"{exc}: not captured"
             log.warning("layer '%s' (%s '%s'): %s", self.spec.key, self.spec.capture_op, self.spec.node, self.failed)
+
+    def _measure_dimension(self) -> None:
+        """After the first batch whose rows were capped, the layer's damped dimension (the largest
+        of its groups'), which sizes its later batches (:mod:`onnxprune.row_sampling`, "Damped
+        dimension"). Not measured where it cannot lower the cap (``k · cols`` at the floor)."""
+        sampling = self.sampling
+        if self.dim is not None or self.H is None or not sampling.by_dimension:
+            return
+        if not any(d.chosen is not None for d in self.draws):
+            return
+        per_col, cols = int(sampling.per_col or 0), self.spec.cols
+        if per_col * cols <= sampling.min_rows:
+            return
+        damp = float(sampling.damp or 0.0)
+        dim = max(statistical_dimension(h, damp) for h in self.H)
+        self.dim = min(cols, max(1, math.ceil(dim)))
+        log.debug("layer '%s': damped dimension %d of %d columns", self.spec.key, self.dim, cols)
 
     def _prepared(self, x: np.ndarray, given: Mapping[str, np.ndarray] | None) -> np.ndarray:
         """The layer's input made by its spec's ``prepare`` (``x`` itself without one)."""

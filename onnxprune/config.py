@@ -327,9 +327,12 @@ class Reconstruction:
         if self.ray is not None and self.workers > 1:
             raise OptionError(f"give {opt('workers')} or {opt('ray')}, not both: Ray places the solves itself")
 
-    def row_sampling(self, seed: int = 0) -> RowSampling:
-        """The capture's row sampling for ``capture_rows``, its draws seeded by ``seed``."""
-        return RowSampling(per_col=None if self.capture_rows is None else int(self.capture_rows), seed=seed)
+    def row_sampling(self, seed: int = 0, damp: float | None = None) -> RowSampling:
+        """The capture's row sampling for ``capture_rows``, its draws seeded by ``seed``; ``damp``:
+        the solvers' resolved ``percdamp``, which sizes a capped layer's later batches by its damped
+        dimension (:mod:`onnxprune.row_sampling`, "Damped dimension"; None: by its columns)."""
+        per_col = None if self.capture_rows is None else int(self.capture_rows)
+        return RowSampling(per_col=per_col, seed=seed, damp=damp)
 
     @property
     def calibrated(self) -> bool:

@@ -17,7 +17,7 @@ import onnxprune
 from onnxprune.capture import LayerSpec, LayerStats, capture, stacked
 from onnxprune.config import PruneConfig
 from onnxprune.errors import OptionError
-from onnxprune.row_sampling import ALL_ROWS, RowSampling, draw
+from onnxprune.row_sampling import ALL_ROWS, RowSampling, draw, statistical_dimension
 
 # ---------------------------------------------------------------------------------------
 # Models
@@ -215,6 +215,77 @@ def test_the_weighted_sums_estimate_the_full_ones_on_their_scale():
     assert avg < one / 5  # the error of one draw averages away (≈ 1/√200)
     assert avg < 0.02
     np.testing.assert_allclose(np.mean([d.mean for d in draws], axis=0), full.mean, rtol=0.05, atol=0.01)
+
+
+def test_the_statistical_dimension_is_the_sum_of_the_damped_eigenvalue_ratios():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    e = np.array([50.0, 20.0, 5.0, 1.0, 0.1, 0.0])
+    H = q @ np.diag(e) @ q.T
+    H = (H + H.T) / 2
+    lam = 0.1 * np.trace(H) / 6  # percdamp · mean(diag H)
+    assert statistical_dimension(H, 0.1) == pytest.approx(float(np.sum(e / (e + lam))), rel=1e-9)
+    assert statistical_dimension(H, 0.0) == 6.0  # no damping: no reduction
+    dead = np.zeros((8, 8))
+    dead[1:7, 1:7] = H  # dead columns add nothing and do not dilute the mean diagonal
+    assert statistical_dimension(dead, 0.1) == pytest.approx(statistical_dimension(H, 0.1), rel=1e-9)
+    assert statistical_dimension(np.zeros((3, 3)), 0.1) == 0.0
+
+
+def low_rank_case(batches: int = 3):
+    """A MatMul whose 96 input columns carry 6 strong directions and a faint rest: 256 rows a sample."""
+    rng = np.random.default_rng(3)
+    mix = rng.standard_normal((6, 96))
+    w = rand((96, 4), 2)
+    m = model(
+        [node("MatMul", ["x", "W"], ["y"], "mm")],
+        [value("x", ["n", 256, 96])],
+        [value("y", ["n", 256, 4])],
+        [init("W", w)],
+    )
+    spec = LayerSpec(key="W", node="mm", capture_op="MatMul", activation="x", cols=96)
+    feeds = [
+        {"x": (rng.standard_normal((4, 256, 6)) @ mix + 0.01 * rng.standard_normal((4, 256, 96))).astype(np.float32)}
+        for _ in range(batches)
+    ]
+    return m, spec, feeds
+
+
+def test_a_capped_layer_sizes_its_later_batches_by_its_damped_dimension():
+    m, spec, feeds = low_rank_case()
+    full = capture(m, [spec], feeds)["W"]
+    by_cols = capture(m, [spec], feeds, sampling=RowSampling(per_col=2, min_rows=1, seed=1))["W"]
+    by_dim = capture(m, [spec], feeds, sampling=RowSampling(per_col=2, min_rows=1, seed=1, damp=0.1))["W"]
+    assert by_cols.rows == by_dim.rows == full.rows == 3 * 4 * 256
+    assert by_cols.rows_used == 3 * 4 * 2 * 96  # k · cols a sample, every batch
+    dim = statistical_dimension(full.H[0], 0.1)
+    assert dim < 20  # 6 strong directions, the faint rest far below the damping
+    # the first batch as before (the same draw), the later ones k · ⌈d_λ⌉ a sample
+    later = by_dim.rows_used - 4 * 2 * 96
+    assert 2 * 4 * 2 * 6 <= later <= 2 * 4 * 2 * 20
+    # the damped matrices stay close: H_λ⁻¹ᐟ² Ĥ_λ H_λ⁻¹ᐟ² near I in the spectral norm
+    lam = 0.1 * np.trace(full.H[0]) / 96
+    vals, vecs = np.linalg.eigh(full.H[0] + lam * np.eye(96))
+    root = vecs @ np.diag(vals**-0.5) @ vecs.T
+    for est in (by_cols, by_dim):
+        spectral = np.linalg.norm(root @ (est.H[0] + lam * np.eye(96)) @ root - np.eye(96), 2)
+        assert spectral < 0.6, spectral
+
+
+def test_no_damping_or_an_uncapped_layer_keeps_the_rows_by_columns():
+    m, spec, feeds = low_rank_case()
+    by_cols = capture(m, [spec], feeds, sampling=RowSampling(per_col=2, min_rows=1, seed=1))["W"]
+    undamped = capture(m, [spec], feeds, sampling=RowSampling(per_col=2, min_rows=1, seed=1, damp=0.0))["W"]
+    assert np.array_equal(by_cols.H, undamped.H) and by_cols.rows_used == undamped.rows_used
+    full = capture(m, [spec], feeds)["W"]
+    uncapped = capture(m, [spec], feeds, sampling=RowSampling(per_col=64, seed=1, damp=0.1))["W"]
+    assert np.array_equal(full.H, uncapped.H)  # 4 · max(64·96, 1024) rows > 4 · 256: every row
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_the_sampling_damping_is_validated(bad):
+    with pytest.raises(OptionError, match="damp"):
+        RowSampling(damp=bad)
 
 
 def test_draw_keeps_every_row_under_the_cap():

@@ -362,6 +362,7 @@ def _prune(
         targets,
         calib,
         solve=partial(_solve_layer, ranking=ranking, percdamp=percdamp),
+        damp=percdamp,
         batch_size=batch_size,
         progress=progress,
         scratch=None if scratch is None else scratch.path / "probe",
@@ -409,7 +410,8 @@ def _prune(
     for group, specs in zip(groups, specs_of, strict=True):
         tick = time.perf_counter()
         reference = dense_values if changed and needs_dense else None
-        sampling = reconstruction.row_sampling(ranking.seed)  # capture_rows: the rows each batch adds
+        # capture_rows: the rows each batch adds, a capped layer's sized by its damped dimension
+        sampling = reconstruction.row_sampling(ranking.seed, damp=percdamp)
         # the wave's weights, read once: the capture's products and the solves' tasks. With a
         # reference, a layer's fit reads C and H_d only through its dense weight: given it, the
         # capture accumulates those products instead where they are cheaper (det 640: 85 -> 4

@@ -324,6 +324,7 @@ def allocate_layers(
     layers: list[CalibLayer],
     *,
     solve: LayerSolve,
+    damp: float | None = None,
     batch_size: int = 32,
     progress: Progress | None = None,
     scratch: Path | None = None,
@@ -331,7 +332,8 @@ def allocate_layers(
     """The per-layer targets of ``config``'s allocator for the calibrated pass.
 
     ``targets`` are :func:`~onnxprune.passes.unstructured.plan_targets`' (uniform), ``layers``
-    the layers the pass calibrates, ``solve`` its layer solver (given the reconstruction).
+    the layers the pass calibrates, ``solve`` its layer solver (given the reconstruction), ``damp``
+    its resolved ``percdamp`` (it sizes the capture's capped layers: :mod:`onnxprune.row_sampling`).
     Uniform returns ``targets``; curves (module docstring) replaces the counts of ``layers``
     and keeps the others'. ``progress`` gets one step per layer, out of ``2 · len(layers)``
     (the pass's own steps follow). ``scratch``: an empty folder the caller owns and removes, for
@@ -374,7 +376,8 @@ def allocate_layers(
         # every layer's input at once: a batch of CAPTURE_BATCH keeps those activations small; a
         # body may run on some batches only, so then the batches are calibration's own
         batches = data.batches(batch_size if in_body else min(batch_size, CAPTURE_BATCH))
-        stats = capture(model, specs, batches, sampling=curve_sampling(config.reconstruction.row_sampling(config.seed)))
+        sampling = curve_sampling(config.reconstruction.row_sampling(config.seed, damp=damp))
+        stats = capture(model, specs, batches, sampling=sampling)
         seconds["capture"] += time.perf_counter() - tick
         for layer in chunk:
             key = layer.weight.key
