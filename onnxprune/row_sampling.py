@@ -46,14 +46,18 @@ their solutions, whatever its estimate. What has to be estimated well is ``H`` r
 
 and a uniform sample of ``n`` rows makes ``Ĥ_λ`` a ``(1 ± ε)`` spectral approximation of ``H_λ``
 once ``n`` grows as ``d_λ / ε²`` (times the rows' coherence and a logarithm: the sampling bounds
-of ridge regression), as ``cols / ε²`` without damping. So with ``damp`` set (the least damping
-the run's solvers use), a layer whose rows are capped measures ``d_λ`` on its first capped batch
+of ridge regression), as ``cols / ε²`` without damping. So with ``damp`` set (the run's resolved
+``percdamp``), a layer whose rows are capped measures ``d_λ`` on its first capped batch
 (:func:`statistical_dimension`, from the ``H`` of that batch, drawn at ``k · cols``) and its later
 batches keep ``s · max(k · ⌈d_λ⌉, min_rows)`` rows: the same ``k`` rows per dimension that
 matters. An im2col patch's columns are strongly correlated (neighbouring taps of the same
-channels): PP-OCRv4 det's 864-wide 3×3 layers have ``d_λ ≈ 420`` at ``percdamp = 0.01``, and
-their ``H``, the costliest products of its capture (``rows · cols²``), take about half the rows.
-Layers that are not capped, and the first batch of those that are, are drawn as before.
+channels): at the default ``percdamp = 0.1``, PP-OCRv4 det's capped 864-wide 3×3 layers have
+``d_λ`` = 179 and 249 (about 420 at 0.01), so their later batches draw 21–29 % of the rows, and
+``H``'s products, the costliest of its capture (``rows · cols²``), shrink alike. A recurrent
+layer whose damping is chosen closed loop (:mod:`onnxprune.passes.closed_loop`) may settle below
+the run's: its choice is then made on statistics sized for the run's damping. Layers that are not
+capped, and the first batch of those that are, are drawn as before; a batch of every sample at
+once (small inputs) has no later batch.
 
 Pure numpy.
 """
@@ -84,9 +88,9 @@ class RowSampling:
         rows of a piece; None: every row.
     seed: the seed of the draws (each layer, batch and piece draws from its own stream).
     min_rows: the floor of the rule, per sample.
-    damp: the least ``percdamp`` the run's solvers use; when set, a capped layer's later batches
-        count its damped dimension ``⌈d_λ⌉`` instead of ``cols`` (module docstring, "Damped
-        dimension"); None (or 0: no damping): ``cols`` throughout.
+    damp: the run's resolved ``percdamp``; when set, a capped layer's later batches count its
+        damped dimension ``⌈d_λ⌉`` instead of ``cols`` (module docstring, "Damped dimension");
+        None (or 0: no damping): ``cols`` throughout.
     """
 
     per_col: int | None = ROWS_PER_COL
