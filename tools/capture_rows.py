@@ -1,10 +1,12 @@
 """Measure row subsampling of the calibration capture against the full capture, layer by layer.
 
-    .venv/bin/python tools/capture_rows.py MODEL DATA.npz [--samples N] [--caps all 4 16 64]
+    .venv/bin/python tools/capture_rows.py MODEL DATA.npz [--samples N] [--caps all 4 16 16d 64]
         [--min-rows R] [--sparsity 0.5] [--batch 32] [--per-layer] [--json out.json]
     .venv/bin/python tools/capture_rows.py --fixtures [--caps ...]     (every fixture, its calib set)
 
-For each cap ``k`` (``capture_rows``; "all" is the full capture, the reference) it captures the
+For each cap ``k`` (``capture_rows``; "all" is the full capture, the reference; ``Kd``: ``k = K``
+with the damped dimension on, as the pass draws them: a capped layer's batches after its first
+sized by ``d_λ`` at damping 0.1, :mod:`onnxprune.row_sampling`) it captures the
 statistics of every layer the calibrated pass handles, on the dense model (parallel mode: no
 reference model, so that only the rows differ), with :class:`onnxprune.row_sampling.RowSampling`
 ``(k, min_rows)``, and reports per layer, then summarised over layers (median and max):
@@ -144,8 +146,15 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def parse_cap(token: str) -> tuple[int, bool] | None:
+    """``all`` -> None; ``K`` -> (K, False); ``Kd`` -> (K, True): the damped dimension on."""
+    if token == "all":
+        return None
+    return (int(token[:-1]), True) if token.endswith("d") else (int(token), False)
+
+
 def measure(
-    name: str, model_path: Path, data_path: Path, args: argparse.Namespace, caps: list[int | None]
+    name: str, model_path: Path, data_path: Path, args: argparse.Namespace, caps: list[tuple[int, bool] | None]
 ) -> dict[str, Any]:
     model = onnx.load(str(model_path))
     layers = layers_of(model)
@@ -165,15 +174,18 @@ def measure(
     for cap in caps:
         if cap is None:
             continue
-        sampling = RowSampling(per_col=cap, seed=args.seed, min_rows=args.min_rows)
+        per_col, damped = cap
+        damp = PERCDAMP if damped else None
+        sampling = RowSampling(per_col=per_col, seed=args.seed, min_rows=args.min_rows, damp=damp)
+        label = f"{per_col}{'d' if damped else ''}"
         tick = time.perf_counter()
         est = capture(model, specs, feeds, sampling=sampling)
         seconds = time.perf_counter() - tick
         rows = compare(model, layers, full, est, args.sparsity)
         s = summary(rows)
-        result[str(cap)] = {"seconds": seconds, "summary": s, "per_layer": rows}
+        result[label] = {"seconds": seconds, "summary": s, "per_layer": rows}
         print(
-            f"| {cap} | {seconds:.1f} | {s['rows_used']}/{s['rows']} ({s['rows_used'] / max(s['rows'], 1):.3f}) | "
+            f"| {label} | {seconds:.1f} | {s['rows_used']}/{s['rows']} ({s['rows_used'] / max(s['rows'], 1):.3f}) | "
             f"{s['h_err_median']:.4f} / {s['h_err_max']:.4f} | {s['mean_err_median']:.4f} | "
             f"{s['out_err_median']:.4f} / {s['out_err_max']:.4f} | {s['loss_ratio_median']:.4f} / {s['loss_ratio_max']:.4f} |"
         )
@@ -191,7 +203,9 @@ def main() -> int:
     parser.add_argument("model", nargs="?", type=Path)
     parser.add_argument("data", nargs="?", type=Path, help=".npz keyed by input name (a stack of feeds)")
     parser.add_argument("--fixtures", action="store_true", help="every fixture with its calib set")
-    parser.add_argument("--caps", nargs="+", default=["all", "4", "16", "64"], help="capture_rows values")
+    parser.add_argument(
+        "--caps", nargs="+", default=["all", "4", "16", "16d", "64"], help="capture_rows values (Kd: damped dimension)"
+    )
     parser.add_argument("--min-rows", type=int, default=MIN_ROWS, help="the rule's floor per sample")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32, help="samples per capture batch (the pass uses 32)")
@@ -200,7 +214,7 @@ def main() -> int:
     parser.add_argument("--per-layer", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    caps = [None if c == "all" else int(c) for c in args.caps]
+    caps = [parse_cap(c) for c in args.caps]
     runs: list[tuple[str, Path, Path]] = []
     if args.fixtures:
         for model in sorted((ROOT / "fixtures").glob("*.onnx")):
