@@ -43,3 +43,17 @@ def test_the_summary_takes_medians_and_compares_the_bytes() -> None:
     runs["head"][1]["sha256"] = "b"
     entry = tool.summarize(runs)
     assert not entry["same_bytes"] and entry["base"]["same_bytes"] and not entry["head"]["same_bytes"]
+
+
+def test_the_machine_shares_are_those_of_the_counters_between_two_reads() -> None:
+    tool = _tool()
+    # user nice system idle iowait irq softirq steal
+    before = [100, 0, 10, 50, 0, 0, 0, 40]
+    after = [160, 0, 20, 80, 10, 0, 0, 70]  # 140 ticks: 30 stolen, 40 idle or waiting
+    assert tool.cpu_shares(before, after) == {
+        "steal_pct": round(100 * 30 / 140, 1),
+        "idle_pct": round(100 * 40 / 140, 1),
+    }
+    assert tool.cpu_shares(None, after) == {} and tool.cpu_shares(before, before) == {}
+    now = tool.cpu_times()
+    assert now is None or (len(now) == 8 and all(v >= 0 for v in now))

@@ -24,7 +24,10 @@ What it does
          * det: PP-OCRv4 det, ``--sparsity 0.5 --method sparsegpt``, 32 pages of 640×640;
          * rec: PP-OCRv4 rec, ``--sparsity 0.7 --method sparsegpt``, 32 lines of 48×1280;
          * minilm: all-MiniLM-L6-v2, ``--sparsity 0.5 --method sparsegpt``, 128 sentences.
-    4. Printed: every run's wall time, peak memory and phases; per commit the medians; the ratio
+    4. Printed: every run's wall time, peak memory and phases, and the machine's CPU time over the
+       run from ``/proc/stat`` (Linux): the share *stolen* by the hypervisor for other guests and
+       the share idle, both of all cores (a run here lost 20–40 % to steal on a busy day, which
+       no comparison across hours can undo; side by side, both commits pay it); per commit the medians; the ratio
        ``HEAD / BASE`` of the medians; whether each commit wrote the same bytes in every repeat
        and whether the two commits wrote the same bytes. With ``--metrics``, after every timed
        run (the parent keeps away from onnxruntime until then), each commit's last output is
@@ -87,6 +90,28 @@ def worktree(rev: str, folder: Path) -> tuple[Path, str]:
     subprocess.run(["git", "worktree", "add", "-q", "--detach", str(folder), sha], cwd=ROOT, check=True)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(folder / "onnxprune")], check=True)
     return folder, sha[:7]
+
+
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (``/proc/stat``'s ``cpu`` line, in clock ticks: user, nice,
+    system, idle, iowait, irq, softirq, steal), or None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    return [int(v) for v in fields[1:9]] if fields and fields[0] == "cpu" and len(fields) >= 9 else None
+
+
+def cpu_shares(before: list[int] | None, after: list[int] | None) -> dict[str, float]:
+    """The shares of all cores' time between two :func:`cpu_times` that were stolen and idle (%)."""
+    if before is None or after is None:
+        return {}
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(delta)
+    if total <= 0:
+        return {}
+    return {"steal_pct": round(100 * delta[7] / total, 1), "idle_pct": round(100 * (delta[3] + delta[4]) / total, 1)}
 
 
 def digest(path: Path) -> str | None:
@@ -156,18 +181,25 @@ def main() -> int:
                         tree, sha = trees[side]
                         out = folder / f"{name}.{side}.onnx"
                         cmd = [sys.executable, "-c", RUN, str(tree), "prune", str(dense), str(out), *extra, *more, "-v"]
+                        before = cpu_times()
                         done = measure(cmd, timeout_s=args.timeout)
+                        cpu = cpu_shares(before, cpu_times())
                         run = {
                             "seconds": round(done.seconds, 1),
                             "peak_mb": round(done.peak_rss_bytes / 1e6),
                             "phases": phases(done.stderr + done.stdout),
                             "rc": done.returncode,
                             "sha256": digest(out),
+                            **cpu,
                         }
                         ok &= done.returncode == 0
                         runs[side].append(run)
                         steps = ", ".join(f"{k} {v:.1f}" for k, v in run["phases"].items())
-                        print(f"{name} {side} ({sha}): {run['seconds']} s, {run['peak_mb']} MB; {steps}", flush=True)
+                        machine = f" [steal {cpu['steal_pct']} %, idle {cpu['idle_pct']} %]" if cpu else ""
+                        print(
+                            f"{name} {side} ({sha}): {run['seconds']} s, {run['peak_mb']} MB; {steps}{machine}",
+                            flush=True,
+                        )
                         if done.returncode:
                             print(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "", file=sys.stderr)
                 report["workloads"][name] = summarize(runs)
