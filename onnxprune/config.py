@@ -263,9 +263,10 @@ class Reconstruction:
         column of the layer: at most ``samples · max(capture_rows · cols, 1024)`` rows of a
         batch, drawn at random (seeded by ``seed``) and weighted so that every sum stays unbiased
         (:mod:`onnxprune.row_sampling`); a Conv has one row per output position, so the cost no
-        longer grows with the image size. After its first capped batch a layer counts its damped
-        dimension ``d_λ = tr(H(H + λI)⁻¹)`` instead of ``cols`` (the directions the damping leaves
-        to the data; row_sampling, "Damped dimension"). None: every row (the full capture). Default 16,
+        longer grows with the image size. In the error curves' capture a layer counts, after its first
+        capped batch, its damped dimension ``d_λ = tr(H(H + λI)⁻¹)`` instead of ``cols`` (the
+        directions the damping leaves to the data; row_sampling, "Damped dimension"). None: every
+        row (the full capture). Default 16,
         measured with ``tools/capture_rows.py`` (see :data:`onnxprune.row_sampling.ROWS_PER_COL`).
         The error curves of ``allocator="curves"`` are captured with half as many
         (:data:`onnxprune.passes.curve_allocation.CURVE_ROWS_DIVISOR`).

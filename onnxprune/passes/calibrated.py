@@ -410,8 +410,9 @@ def _prune(
     for group, specs in zip(groups, specs_of, strict=True):
         tick = time.perf_counter()
         reference = dense_values if changed and needs_dense else None
-        # capture_rows: the rows each batch adds, a capped layer's sized by its damped dimension
-        sampling = reconstruction.row_sampling(ranking.seed, damp=percdamp)
+        # capture_rows: the rows each batch adds, k · cols throughout: the solves fit these. (The
+        # damped dimension sizes only the error curves' capture: row_sampling, "Damped dimension")
+        sampling = reconstruction.row_sampling(ranking.seed)
         # the wave's weights, read once: the capture's products and the solves' tasks. With a
         # reference, a layer's fit reads C and H_d only through its dense weight: given it, the
         # capture accumulates those products instead where they are cheaper (det 640: 85 -> 4

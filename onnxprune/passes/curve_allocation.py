@@ -113,7 +113,8 @@ default there too.
 
 Cost: one capture of the dense model (per chunk, in batches of :data:`CAPTURE_BATCH` samples at
 most, and of :data:`BATCH_BYTES` of layer inputs, as the probe's; half the rows per column of the
-run's captures, :data:`CURVE_ROWS_DIVISOR`), at most
+run's captures, :data:`CURVE_ROWS_DIVISOR`, and after a capped layer's first batch per dimension
+its damping leaves to the data instead: :mod:`onnxprune.row_sampling`, "Damped dimension"), at most
 ``len(GRID) + 1`` greedy solves per layer (the levels above the trust region's top after the
 first are not solved) and the runs of each layer's tail on at most :data:`PROBE_SAMPLES` samples (the
 screen's, then those of the rounds, which run the tails again from the graph inputs on the batches
