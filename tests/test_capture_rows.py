@@ -328,6 +328,33 @@ def test_the_pass_uses_the_option(tmp_path):
     assert not np.array_equal(_pruned_weight(tmp_path, 48, 1), _pruned_weight(tmp_path, 48, None))
 
 
+def test_only_the_error_curves_capture_is_sized_by_the_damped_dimension(tmp_path, monkeypatch):
+    """The curves' capture gets the run's damping (0.1 with real data), the waves' none: their
+    ``H`` is what the solves fit (row_sampling, "Damped dimension")."""
+    from onnxprune.passes import calibrated, curve_allocation
+
+    seen: dict[str, list[RowSampling]] = {"curves": [], "waves": []}
+
+    def recording(where: str, real):
+        def wrapped(*args, **kwargs):
+            seen[where].append(kwargs.get("sampling", ALL_ROWS))
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(curve_allocation, "capture", recording("curves", curve_allocation.capture))
+    monkeypatch.setattr(calibrated, "capture", recording("waves", calibrated.capture))
+    m = _two_convs(rand((4, 4, 1, 1), 5), rand((4, 2, 3, 3), 6))
+    path = tmp_path / "two.onnx"
+    onnx.save(m, path)
+    data = onnxprune.calibration_data(path, [{"x": rand((8, 4, 9, 7), 7)}], samples=8)
+    config = PruneConfig(sparsity=0.5, method="sparsegpt", min_size=1, allocator="curves")
+    onnxprune.prune(m, config, calibration=data)
+    assert seen["curves"] and seen["waves"]
+    assert all(s.damp == 0.1 and s.per_col == 8 for s in seen["curves"])  # 16 / CURVE_ROWS_DIVISOR
+    assert all(s.damp is None and s.per_col == 16 for s in seen["waves"])
+
+
 # ---------------------------------------------------------------------------------------
 # C wᵀ and tr(w H_d wᵀ) accumulated from the layer's own weight
 
