@@ -435,7 +435,13 @@ def _write_json(path: Path, command: str, data: dict[str, Any], stdout: TextIO |
     is_flag=True,
     help="Prune a model whose weights hold NaN or inf, leaving those tensors as they are (default: refuse it).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --criterion random.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of --criterion random and of the calibration rows drawn on large inputs (--capture-rows).",
+)
 @click.option(
     "--method",
     type=cli_choices.methods(),

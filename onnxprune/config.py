@@ -222,7 +222,8 @@ class Ranking:
 
     criterion: a name in :data:`onnxprune.sparsity.criteria.CRITERIA`: "magnitude", "lamp"
         (layer-adaptive, matters with global scope), "random", or one registered later.
-    seed: seeds a seeded criterion ("random"), with each tensor's index.
+    seed: seeds a seeded criterion ("random"), with each tensor's index, and the rows the
+        calibration capture draws on large inputs (``capture_rows``: :mod:`onnxprune.row_sampling`).
     """
 
     criterion: str = "magnitude"
