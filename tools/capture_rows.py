@@ -5,8 +5,9 @@
     .venv/bin/python tools/capture_rows.py --fixtures [--caps ...]     (every fixture, its calib set)
 
 For each cap ``k`` (``capture_rows``; "all" is the full capture, the reference; ``Kd``: ``k = K``
-with the damped dimension on, as the pass draws them: a capped layer's batches after its first
-sized by ``d_λ`` at damping 0.1, :mod:`onnxprune.row_sampling`) it captures the
+with the damped dimension on, as the error curves' capture draws (at its own ``k``): a capped
+layer's batches after its first sized by ``d_λ`` at damping 0.1, :mod:`onnxprune.row_sampling`;
+the waves' captures draw ``K`` plain) it captures the
 statistics of every layer the calibrated pass handles, on the dense model (parallel mode: no
 reference model, so that only the rows differ), with :class:`onnxprune.row_sampling.RowSampling`
 ``(k, min_rows)``, and reports per layer, then summarised over layers (median and max):
