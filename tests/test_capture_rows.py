@@ -452,3 +452,11 @@ def test_stacked_uses_add_their_products():
     np.testing.assert_array_equal(both.energy_ref, [40.0])
     np.testing.assert_allclose(both.mean_ref, np.full((1, 3), 10 / 4))  # (1·1 + 3·3) / 4
     assert both.C is None and both.H_ref is None
+
+
+def test_the_capture_rows_tool_reads_a_damped_cap():
+    from tool_scripts import load_tool
+
+    tool = load_tool("capture_rows")
+    assert tool.parse_cap("all") is None
+    assert tool.parse_cap("16") == (16, False) and tool.parse_cap("16d") == (16, True)
