@@ -644,11 +644,10 @@ class _Accumulator:
             return
         if not any(d.chosen is not None for d in self.draws):
             return
-        per_col, cols = int(sampling.per_col or 0), self.spec.cols
-        if per_col * cols <= sampling.min_rows:
+        cols = self.spec.cols
+        if sampling.cap(cols, 1, dim=1) == sampling.cap(cols, 1):  # the floor already: no dimension lowers it
             return
-        damp = float(sampling.damp or 0.0)
-        dim = max(statistical_dimension(h, damp) for h in self.H)
+        dim = max(statistical_dimension(h, sampling.damp or 0.0) for h in self.H)
         self.dim = min(cols, max(1, math.ceil(dim)))
         log.debug("layer '%s': damped dimension %d of %d columns", self.spec.key, self.dim, cols)
 
