@@ -20,7 +20,8 @@ What it does
        into ``eval.npz``.
     3. Timing and memory: ``onnxprune prune minilm.onnx out.onnx --sparsity 0.5 --method sparsegpt
        --calibration calib.npz --samples 128`` in a child process, reaped with ``os.wait4`` (wall
-       time from spawn to exit, the child's own peak RSS ``ru_maxrss``). Targets: <= 5 min, <= 4 GB.
+       time from spawn to exit, the child's own peak RSS ``ru_maxrss``). Targets: <= 60 s (issue 16;
+       the first target was 5 min), <= 4 GB.
        Linux carries the parent's RSS high-water mark into a child spawned by vfork + exec, so the
        parent stays small until every prune has run (the export runs in a child too); its own peak
        is printed.
@@ -68,7 +69,7 @@ EVAL_SAMPLES = 256
 SEED = 0
 METHODS = ("magnitude", "wanda", "sparsegpt")
 SPARSITIES = (0.3, 0.5)
-TIME_TARGET_S = 300.0
+TIME_TARGET_S = 60.0  # issue 16 (2 cores); the first target was 300 s
 MEMORY_TARGET_BYTES = 4 * 1024**3
 LICENSES = Path("/usr/share/common-licenses")
 
@@ -580,7 +581,10 @@ def main() -> int:
             outputs[name] = out
         report["runs"][name] = entry
 
-    print("\n== target: sparsegpt 0.5 with 128 calibration samples, <= 5 min and <= 4 GB peak RSS")
+    print(
+        f"\n== target: sparsegpt 0.5 with {CALIB_SAMPLES} calibration samples, <= {TIME_TARGET_S:.0f} s and"
+        f" <= {mib(MEMORY_TARGET_BYTES)} peak RSS ({os.cpu_count()} CPUs)"
+    )
     timed = report["runs"].get("sparsegpt@0.5", {})
     if timed.get("missing"):
         print("  NOT RUN: the CLI has no --method sparsegpt yet")
