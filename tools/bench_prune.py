@@ -21,6 +21,11 @@ What it measures
         the start-up and imports that (a) and (b)-(d) pay before any work. The report then gives
         (a) - (f) and (c) - (g), and their ratio: the work beside the floor's, which an import
         that is slow on one machine (ml_dtypes 0.7.0: 1.3 s, README "Dependencies") hides.
+    (h) with ``--validated-floor``: the floor of a tool that validates its output, as issue 16
+        bounds validation ("a model load + one run"): (a), then one onnxruntime session of the
+        written file and one run of it on zeros (dynamic dims 1), in one script
+        (:data:`VALIDATED_FLOOR_SCRIPT`). No pruning, no checker, no reference run, no durable
+        write. The report then gives (c) / (h) and (h) / (a).
 
     The cases are interleaved over ``--repeats`` repetitions, the order rotating each
     repetition, so that drift of a shared machine hits all cases alike. Reported per case:
@@ -101,6 +106,7 @@ CASE_LABELS = {
     "e": "(e) --baseline's onnxprune local",
     "f": "(f) python -c 'import onnx'",
     "g": "(g) python -c 'import onnxprune.cli'",
+    "h": "(h) (a) + onnxruntime load and run",
 }
 #: runs the onnxprune CLI of the checkout given as the first argument (put first on the path,
 #: ahead of the working directory and the installed one); ``--baseline``'s case, and
@@ -109,6 +115,18 @@ FROM_CHECKOUT = (
     "import sys; sys.path.insert(0, sys.argv.pop(1)); from onnxprune.cli import main; sys.argv[0] = 'onnxprune'; main()"
 )
 LOAD_SAVE_SCRIPT = "import sys, onnx; onnx.save(onnx.load(sys.argv[1]), sys.argv[2])"
+#: case (h): (a), then what issue 16 allows validation to cost: one onnxruntime session of the
+#: written model and one run
+VALIDATED_FLOOR_SCRIPT = """
+import sys, numpy as np, onnx, onnxruntime as ort
+onnx.save(onnx.load(sys.argv[1]), sys.argv[2])
+session = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+         "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+feeds = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape], types[i.type])
+         for i in session.get_inputs()}
+session.run(None, feeds)
+"""
 MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
 
 
@@ -328,12 +346,12 @@ def run_measured(cmd: Sequence[str], log_path: Path) -> Measured:
 
 
 def case_commands(
-    model: Path, out_dir: Path, baseline: Path | None = None, imports: bool = False
+    model: Path, out_dir: Path, baseline: Path | None = None, imports: bool = False, validated_floor: bool = False
 ) -> dict[str, tuple[list[str], Path]]:
     """The command of every case, and the output file it writes; with ``baseline`` (a checkout of
     another commit: ``git worktree add DIR REV``) also (e), case (c) run by that checkout; with
     ``imports`` also (f) and (g), the interpreter's start and the imports of (a) and of (c) alone
-    (they write nothing)."""
+    (they write nothing); with ``validated_floor`` also (h), the least a validated prune pays."""
     py = sys.executable
     outs = {case: out_dir / f"out_{case}.onnx" for case in CASE_LABELS}
     prune = [py, "-m", "onnxprune", "prune", str(model)]
@@ -349,6 +367,8 @@ def case_commands(
     if imports:
         found["f"] = ([py, "-c", "import onnx"], outs["f"])
         found["g"] = ([py, "-c", "import onnxprune.cli"], outs["g"])
+    if validated_floor:
+        found["h"] = ([py, "-c", VALIDATED_FLOOR_SCRIPT, str(model), str(outs["h"])], outs["h"])
     return found
 
 
@@ -497,6 +517,12 @@ def print_report(
         print(
             f"this checkout against --baseline's: (c) / (e), median: {summaries['c'].median_s / summaries['e'].median_s:.3f}"
         )
+    if "h" in summaries:
+        h = summaries["h"]
+        print(
+            f"against the validated floor (h) ({h.median_s:.2f} s, {h.time_over_a:.2f}x (a)): "
+            f"(c) / (h) {summaries['c'].median_s / h.median_s:.2f}, (d) / (h) {summaries['d'].median_s / h.median_s:.2f}"
+        )
     beyond = work_beyond_imports(summaries)
     if beyond is not None:
         print(
@@ -597,6 +623,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also time (f) 'import onnx' and (g) 'import onnxprune.cli' alone, and print the cases less them",
     )
+    parser.add_argument(
+        "--validated-floor",
+        action="store_true",
+        help="also time (h): onnx.load + onnx.save, then one onnxruntime session and run of the output",
+    )
     parser.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)  # internal: build in a child process
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -621,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         info = given_model(args.model) if args.model else ensure_model(workdir, args.params, args.layers)
         model = Path(info.path)
-        commands = case_commands(model, workdir, args.baseline, args.imports)
+        commands = case_commands(model, workdir, args.baseline, args.imports, args.validated_floor)
         env = versions()
         print(f"onnxprune at {env['git_commit'][:12]} (uncommitted changes under onnxprune/: {env['git_dirty']})")
         warm_up(*([args.baseline] if args.baseline is not None else []))
@@ -645,6 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "time_b_over_a": summaries["b"].time_over_a,
                     "time_c_over_a": summaries["c"].time_over_a,
                     "time_c_over_e": summaries["c"].median_s / summaries["e"].median_s if "e" in summaries else None,
+                    "time_c_over_h": summaries["c"].median_s / summaries["h"].median_s if "h" in summaries else None,
                     "beyond_imports": work_beyond_imports(summaries),
                     "peak_over_model": {case: s.peak_over_model for case, s in summaries.items()},
                 },
