@@ -13,6 +13,10 @@ What it measures
     time, each case in a fresh process, every output deleted after its case):
 
     - ``cp``: a plain copy of the model's two files (the I/O floor);
+    - ``dcp``: the same copy made durable, each copied file ``fsync``-ed before the process
+      exits (:data:`DURABLE_COPY`): the floor of a tool that, as onnxprune does, has its output
+      on disk before it reports success. The report gives each case against it too (``x dcp``);
+      the verdicts stay against ``cp``, issue 16's floor;
     - ``local``: ``onnxprune prune IN OUT --sparsity 0.5``;
     - ``lamp``: ``onnxprune prune IN OUT --sparsity 0.5 --scope global --criterion lamp``;
     - ``nm``: ``onnxprune prune IN OUT --pattern 2:4``.
@@ -79,7 +83,19 @@ MEMORY_SLACK = 1 * GB  # the "+ 1 GB" of the memory target
 MEMORY_FACTOR = 4  # peak RSS <= MEMORY_FACTOR x largest tensor + MEMORY_SLACK
 TIME_TARGET = 2.0  # prune median wall <= TIME_TARGET x cp median wall
 DISK_SPARE = 1.1
-CASES = ("cp", "local", "lamp", "nm")
+CASES = ("cp", "dcp", "local", "lamp", "nm")
+FLOORS = ("cp", "dcp")
+#: case ``dcp``: the files given first copied into the folder given last (``shutil.copyfile``:
+#: the kernel's copy, as ``cp``), each then ``fsync``-ed
+DURABLE_COPY = (
+    "import os, shutil, sys\n"
+    "for source in sys.argv[1:-1]:\n"
+    "    target = os.path.join(sys.argv[-1], os.path.basename(source))\n"
+    "    shutil.copyfile(source, target)\n"
+    "    fd = os.open(target, os.O_RDONLY)\n"
+    "    os.fsync(fd)\n"
+    "    os.close(fd)\n"
+)
 PRUNE_ARGS = {
     "local": ["--sparsity", "0.5"],
     "lamp": ["--sparsity", "0.5", "--scope", "global", "--criterion", "lamp"],
@@ -186,7 +202,10 @@ def commands(model: Path, out_dir: Path, baseline: Path | None = None) -> dict[s
     ``base_<case>`` for every prune case, the same command run by that checkout's onnxprune."""
     py = sys.executable
     data = model.with_name(DATA_NAME)
-    found = {"cp": ["cp", str(model), str(data), str(out_dir)]}
+    found = {
+        "cp": ["cp", str(model), str(data), str(out_dir)],
+        "dcp": [py, "-c", DURABLE_COPY, str(model), str(data), str(out_dir)],
+    }
     for case, args in PRUNE_ARGS.items():
         out = out_dir / f"out_{case}.onnx"
         found[case] = [py, "-m", "onnxprune", "prune", str(model), str(out), *args, "--json", f"{out}.json", "-q"]
@@ -225,7 +244,7 @@ def measure(cases: dict[str, Case], repeats: int, out_dir: Path, logs: Path) -> 
             case.peak_rss.append(done.peak_rss_bytes)
             case.cached_before.append(cached)
             case.returncodes.append(done.returncode)
-            case.validation.append(validation_of(out_dir, name) if name != "cp" else "")
+            case.validation.append(validation_of(out_dir, name) if name not in FLOORS else "")
             print(
                 f"  {name:10s} rep {rep}: {done.wall_s:7.1f} s wall, {done.cpu_s:7.1f} s CPU, "
                 f"peak RSS {done.peak_rss_bytes / GB:6.2f} GB, exit {done.returncode}",
@@ -237,6 +256,7 @@ def measure(cases: dict[str, Case], repeats: int, out_dir: Path, logs: Path) -> 
 def report(cases: dict[str, Case], largest: int, size: int, side: int, layers: int) -> dict[str, Any]:
     memory_limit = MEMORY_FACTOR * largest + MEMORY_SLACK
     floor = statistics.median(cases["cp"].wall_s) if "cp" in cases and cases["cp"].wall_s else None
+    durable = statistics.median(cases["dcp"].wall_s) if "dcp" in cases and cases["dcp"].wall_s else None
     info = meminfo()
     print()
     print(
@@ -246,18 +266,22 @@ def report(cases: dict[str, Case], largest: int, size: int, side: int, layers: i
     print(
         f"targets: peak RSS <= {MEMORY_FACTOR} x largest + 1 GB = {memory_limit / GB:.2f} GB; wall <= {TIME_TARGET} x cp"
     )
-    header = f"{'case':10s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'x cp':>6s} {'peak GB':>8s} {'x limit':>8s}  verdict"
+    header = (
+        f"{'case':10s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'x cp':>6s} {'x dcp':>6s} {'peak GB':>8s}"
+        f" {'x limit':>8s}  verdict"
+    )
     print(header)
     summary: dict[str, Any] = {}
     for name, case in cases.items():
         median = statistics.median(case.wall_s)
         peak = max(case.peak_rss)
         ratio = median / floor if floor else float("nan")
+        over_durable = median / durable if durable else float("nan")
         mem_ratio = peak / memory_limit
         failed = any(case.returncodes)
         verdict = (
             "-"
-            if name == "cp"
+            if name in FLOORS
             else "FAIL (exit)"
             if failed
             else (
@@ -268,9 +292,15 @@ def report(cases: dict[str, Case], largest: int, size: int, side: int, layers: i
         )
         print(
             f"{name:10s} {median:9.1f} {min(case.wall_s):7.1f} {max(case.wall_s):7.1f} {ratio:6.2f} "
-            f"{peak / GB:8.2f} {mem_ratio:8.2f}  {verdict}"
+            f"{over_durable:6.2f} {peak / GB:8.2f} {mem_ratio:8.2f}  {verdict}"
         )
-        summary[name] = {**asdict(case), "median_s": median, "time_over_cp": ratio, "peak_over_limit": mem_ratio}
+        summary[name] = {
+            **asdict(case),
+            "median_s": median,
+            "time_over_cp": ratio,
+            "time_over_dcp": over_durable,
+            "peak_over_limit": mem_ratio,
+        }
     for name, case in cases.items():
         if case.validation and case.validation[0]:
             print(f"validation of {name}: {case.validation[0]}")
