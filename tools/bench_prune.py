@@ -7,7 +7,8 @@ What it measures
     (``h + W2 · Relu(W1 · h + b1) + b2``, alternating Gemm and MatMul + Add), and a Gemm
     head. Every weight has at least 256 elements; the input has a dynamic batch dimension.
     (``--model PATH`` measures an existing model instead, e.g. all-MiniLM-L6-v2.)
-    Then four cases (more with ``--baseline`` and ``--imports``) run side by side, each in a fresh subprocess:
+    Then four cases (more with ``--baseline``, ``--imports`` and ``--validated-floor``) run side by
+    side, each in a fresh subprocess:
 
     (a) ``onnx.load`` + ``onnx.save`` of the model (the floor: what any tool that reads
         and writes the model pays);
@@ -51,7 +52,7 @@ Run from the repository root (per 100 M parameters: ~2.5 GB free memory, ~1.3 GB
     .venv/bin/python tools/bench_prune.py                   # 100 M parameters, 5 repeats
     .venv/bin/python tools/bench_prune.py --repeats 3 --profile --json bench.json
     .venv/bin/python tools/bench_prune.py --params 2e7 --layers 16 --repeats 1   # quick
-    .venv/bin/python tools/bench_prune.py --model /tmp/minilm/minilm.onnx --repeats 5 --imports
+    .venv/bin/python tools/bench_prune.py --model /tmp/minilm/minilm.onnx --repeats 5 --imports --validated-floor
     git worktree add /tmp/base REV && .venv/bin/python tools/bench_prune.py --baseline /tmp/base   # (e): REV's (c)
 
 ``--profile`` also runs the global case once under cProfile and prints the top functions

@@ -412,6 +412,8 @@ def main() -> int:
     args.det_eval = args.det_eval or min(DET_EVAL, args.eval)
     if args.det_size % 32:
         parser.error(f"--det-size {args.det_size} is not a multiple of 32")
+    if args.against_full and args.capture_rows == "all":
+        parser.error("--against-full compares a sampled capture with --capture-rows all: give another --capture-rows")
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     fonts = find_fonts(args.font)
@@ -460,15 +462,15 @@ def main() -> int:
     if args.against_full:
         jobs += [(f"{key}_full", key, "all") for key in wanted if key != "structured"]
     print(f"\n== prune (child processes, os.wait4; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
-    for name, key, rows in jobs:
+    for name, key, capture in jobs:
         model, calib, samples, shape, extra = plans[key]
         tags = ""
         if args.allocation and key != "structured":
             extra = [*extra, "--allocation", args.allocation]
             tags += f".{args.allocation}"
-        if rows and key != "structured":
-            extra = [*extra, "--capture-rows", rows]
-            tags += f".rows{rows}"
+        if capture and key != "structured":
+            extra = [*extra, "--capture-rows", capture]
+            tags += f".rows{capture}"
         if key != "structured" and args.method != "sparsegpt":
             tags += f".{args.method}"
         if key != "det" and args.rec_width != WIDTH:
