@@ -35,6 +35,7 @@ from onnxprune.ops import constant_tensor, spec_of
 from onnxprune.ops.spec import SlotContext
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, not_run
 from onnxprune.passes.result import LayerResult
+from onnxprune.sparsity.scores import sign_clear
 
 #: Where a tensor's output channels lie: axes (a zero slice along one is a constant
 #: channel), a grouped layout ``("groups", g, axis)``, or None (look at the first and last axes).
@@ -42,7 +43,8 @@ ChannelAxes = tuple[int, ...] | tuple[str, int, int] | None
 
 
 def has_zero_slice(values: np.ndarray, axes: ChannelAxes = None) -> bool:
-    """True if a slice of ``values`` along one of ``axes`` is all zero (raw bits: +0 only).
+    """True if a slice of ``values`` along one of ``axes`` is all zero (float values: ±0; raw
+    bits: all clear, so a caller clears a float's sign bit first, :meth:`DeadWatch.wrap`).
 
     ``axes=None``: the first or the last axis; ``("groups", g, axis)``: the slice at ``j`` of
     ``axis`` within one of the ``g`` equal blocks of axis 0 (grouped ConvTranspose). A 1-D
@@ -152,16 +154,25 @@ class DeadWatch:
             if not self.fired:
                 itemsize = tensors.data_bytes(proto) // max(tensors.numel(proto), 1)
                 dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(itemsize)
-                if dtype is not None and self._could_kill(
-                    name, np.frombuffer(view, dtype=dtype).reshape(tuple(proto.dims))
-                ):
-                    self.fired.append(name)
+                if dtype is not None:
+                    values = np.frombuffer(view, dtype=dtype).reshape(tuple(proto.dims))
+                    if tensors.is_float(proto):  # -0.0 is zero too: a masked export's w · 0 keeps w's sign
+                        values = values & sign_clear(values.dtype)
+                    if self._could_kill(name, values):
+                        self.fired.append(name)
             return view
 
         return replacement
 
-    def look(self, model: ModelProto, layers: Iterable[LayerResult], skip: Iterable[str]) -> None:
-        """Look at the main-graph tensors of ``layers`` that hold zeros (not in ``skip``)."""
+    def look(
+        self,
+        model: ModelProto,
+        layers: Iterable[LayerResult],
+        skip: Iterable[str],
+        read: tensors.ArrayReader | None = None,
+    ) -> None:
+        """Look at the main-graph tensors of ``layers`` that hold zeros (not in ``skip``); ``read``:
+        a lazy source, for a streamed model whose weights are not loaded."""
         skip = set(skip)
         stored = {t.name: t for t in model.graph.initializer}
         for node in model.graph.node:
@@ -178,7 +189,7 @@ class DeadWatch:
                 continue
             if (len(layer.shape) < 2 and layer.name not in scales) or not self._watched(layer.name):
                 continue  # a zero bias, mean or shift kills no channel
-            if self._could_kill(layer.name, tensors.read_array(stored[layer.name])):
+            if self._could_kill(layer.name, (read or tensors.read_array)(stored[layer.name])):
                 self.fired.append(layer.name)
                 return
 
