@@ -22,6 +22,9 @@ error". The seeds and cases that found them: ``tools/fuzz.py --seed S --only I``
   analysis takes a negative dim as unknown.
 - an LSTM's W saved with a dim dropped (seed 56: 56): a slot naming an axis its tensor lacks
   gives no axes, and a recurrent W or R of a known rank other than 3 is no weight of the op.
+- a Conv weight of 3e38 before a batch norm, calibrated (seed 67: 304): a layer whose
+  calibration terms overflow is pruned by magnitude, and the infinite activations it makes
+  downstream are a DataError.
 """
 
 from __future__ import annotations
@@ -891,3 +894,31 @@ def test_a_slot_naming_an_axis_its_tensor_lacks_gives_no_axes() -> None:
     assert _axes(_Trace(slots=[(reader, Slot("weight", 1, 2), (0, 1))])) == (None, None)
     assert _axes(_Trace(slots=[(reader, Slot("weight", 1, 2), (0, 1, 2))])) == (1, 2)
     assert _axes(_Trace(slots=[(reader, Slot("weight", 0, None), (1, 0))])) == (1, None)
+
+
+def test_weights_too_large_to_calibrate_are_refused_by_name(work: Path) -> None:
+    """Seed 67 case 304: a Conv weight of 3e38 everywhere (finite) before a batch norm; SparseGPT
+    at 2:4 found its calibration terms infinite and raised ValueError inside the solver (exit
+    70). Such a layer is not solved (pruned by magnitude, :func:`nonfinite_terms`), and the
+    infinite activations it makes downstream are a data error, one line."""
+    model = onnx.load(str(MLP.parent / "cnn_digits.onnx"))
+    weight = next(t for t in model.graph.initializer if t.name == "block.conv2.weight")
+    weight.CopyFrom(numpy_helper.from_array(np.full(tuple(weight.dims), 3e38, np.float32), weight.name))
+    save(model, work)
+    (work / "calib.npz").write_bytes((MLP.parent / "cnn_digits.calib.npz").read_bytes())
+    args = ("--pattern", "2:4", "--method", "sparsegpt", "--calibration", "calib.npz", "--samples", "16", "-q")
+    error_line(cli("prune", "model.onnx", "out.onnx", *args), DataError.exit_code, "NaN/inf")
+    assert not (work / "out.onnx").exists()
+
+
+def test_a_layer_task_with_overflowing_terms_names_them() -> None:
+    from types import SimpleNamespace
+
+    from onnxprune.reconstruct.layer import nonfinite_terms
+
+    arrays = {"w": np.ones((1, 2, 2)), "magnitude": np.zeros((1, 2, 2), bool), "H": np.ones((1, 2, 2))}
+    task = SimpleNamespace(**arrays, sqnorm=np.ones((1, 2)), CW=np.array([[[np.inf, 0.0]]]), energy_ref=None)
+    task.residual = SimpleNamespace(cross=np.zeros((2, 2)), cross_ref=np.array([[np.nan]]))
+    assert nonfinite_terms(task) == ["CW", "cross_ref"]
+    task.CW, task.residual = np.zeros((1, 1, 2)), None
+    assert nonfinite_terms(task) == []

@@ -53,7 +53,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,15 @@ from onnxprune.passes.unstructured import (
     skipped_layer,
     target_mask,
 )
-from onnxprune.reconstruct.layer import LayerSolution, LayerTask, Residual, UseMeans, reference_terms, solve_layer
+from onnxprune.reconstruct.layer import (
+    LayerSolution,
+    LayerTask,
+    Residual,
+    UseMeans,
+    nonfinite_terms,
+    reference_terms,
+    solve_layer,
+)
 from onnxprune.reconstruct.methods import METHODS
 from onnxprune.sparsity.scores import to_float64
 from onnxprune.stats import param_stats
@@ -233,12 +241,27 @@ def layer_task(
     )
 
 
+@dataclass(frozen=True)
+class Unsolvable:
+    """Why a layer with statistics is not solved (it is pruned by magnitude instead)."""
+
+    reason: str
+
+
 def _solve_layer(
     layer: CalibLayer, stats: LayerStats, target: Target, values: np.ndarray, index: int, **options: Any
 ) -> tuple[np.ndarray, LayerSolution]:
     """The new stored array of ``layer`` and its solution (error terms, bias deltas), solved here:
-    :func:`layer_task` (which takes ``options``), then :func:`~onnxprune.reconstruct.layer.solve_layer`."""
-    solution = solve_layer(layer_task(layer, stats, target, values, index, **options))
+    :func:`layer_task` (which takes ``options``), then :func:`~onnxprune.reconstruct.layer.solve_layer`.
+    Statistics that are not finite are refused by name (:func:`nonfinite_terms`)."""
+    task = layer_task(layer, stats, target, values, index, **options)
+    overflow = nonfinite_terms(task)
+    if overflow:
+        raise UnsupportedModelError(
+            f"weight '{layer.weight.key}': its calibration statistics are not finite ({', '.join(overflow)}): its "
+            "weights or their inputs are too large to calibrate; fix the model, or prune it by magnitude"
+        )
+    solution = solve_layer(task)
     return layer.from_matrix(solution.new), solution
 
 
@@ -452,20 +475,24 @@ def _prune(
                 work.append((layer, layer_stats, loop))
                 continue
             values = values_of[weight.key]
-            work.append((layer, layer_stats, len(tasks)))
-            tasks.append(
-                layer_task(
-                    layer,
-                    layer_stats,
-                    targets[weight.key],
-                    values,
-                    index_of[weight.key],
-                    reconstruction=reconstruction,
-                    ranking=ranking,
-                    percdamp=percdamp,
-                    uses=[stats[use.spec.key] for use in layer.uses],
-                )
+            task = layer_task(
+                layer,
+                layer_stats,
+                targets[weight.key],
+                values,
+                index_of[weight.key],
+                reconstruction=reconstruction,
+                ranking=ranking,
+                percdamp=percdamp,
+                uses=[stats[use.spec.key] for use in layer.uses],
             )
+            overflow = nonfinite_terms(task)
+            if overflow:
+                why = f"its statistics are not finite ({', '.join(overflow)}: its weights or inputs overflow)"
+                work.append((layer, None, Unsolvable(why)))
+                continue
+            work.append((layer, layer_stats, len(tasks)))
+            tasks.append(task)
         on_solved = None if progress is None else partial(_counted_from, progress, done, total)
         solutions = executor.map(solve_layer, tasks, on_solved)
         seconds["solve"] += time.perf_counter() - tick
@@ -478,7 +505,8 @@ def _prune(
                 if progress is not None:
                     progress(done, total, weight.key)
             if layer_stats is None:
-                fallback[weight.key] = f"no statistics ({how}): pruned by magnitude"
+                reason = how.reason if isinstance(how, Unsolvable) else f"no statistics ({how})"
+                fallback[weight.key] = f"{reason}: pruned by magnitude"
                 magnitude(weight.key)
                 extra[weight.key] = {"method": "magnitude"}
                 continue

@@ -200,6 +200,18 @@ def _solve(task: LayerTask) -> LayerSolution:
 _ARRAYS = ("w", "magnitude", "H", "sqnorm", "CW", "energy_ref")
 
 
+def nonfinite_terms(task: LayerTask) -> list[str]:
+    """The float arrays of ``task`` that hold NaN or ±inf (finite weights so large that their
+    products with the statistics overflow float64, e.g. 3e38 folded with a batch norm): no
+    solver can use them, so the caller prunes that layer another way."""
+    found = [
+        f for f in _ARRAYS if (a := getattr(task, f)) is not None and a.dtype.kind == "f" and not np.isfinite(a).all()
+    ]
+    if task.residual is not None:
+        found += [f for f in ("cross", "cross_ref") if not np.isfinite(getattr(task.residual, f)).all()]
+    return found
+
+
 def _stacked(task: LayerTask) -> bool:
     """True when the groups of ``task`` are solved as one stack (:mod:`.grouped`): two or more
     groups of one row and at most :data:`~.grouped.MAX_COLS` columns (a depthwise Conv), a method
