@@ -67,8 +67,11 @@ class TensorSource:
     tensor, read-only): what :func:`onnxprune.graph.tensors.read_array` returns for a loaded one.
     """
 
-    def __init__(self, base_dir: Path, files: Iterable[Path]) -> None:
+    def __init__(self, base_dir: Path, files: Iterable[Path], *, inline: Iterable[str] = ()) -> None:
         self.base_dir = Path(base_dir)
+        #: main-graph initializers read from the model file itself (stored inside it: written
+        #: back as raw_data with no ``data_location``, :mod:`onnxprune.graph.wire`)
+        self.inline = frozenset(inline)
         self._files: dict[Path, tuple[int, int]] = {}
         for path in files:
             stat = path.stat()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -29,10 +30,10 @@ import onnx
 from onnx import ModelProto, TensorProto
 from onnx.external_data_helper import set_external_data
 
-from onnxprune.errors import ModelLoadError, OutputError, UnsafeModelError
-from onnxprune.graph import tensors
+from onnxprune.errors import ModelLoadError, OnnxPruneError, OutputError, UnsafeModelError
+from onnxprune.graph import tensors, wire
 from onnxprune.graph.lazy import TensorSource, external_entries
-from onnxprune.graph.memory import stream_can_run
+from onnxprune.graph.memory import fits_in_memory, stream_can_run
 from onnxprune.graph.outputs import Read, Write, check_outputs, durable, publish, same_file, staging_dir
 from onnxprune.graph.sanity import MALFORMED, check_model, check_text, checked_numel, refuse_nonfinite
 from onnxprune.graph.skeleton import skeleton
@@ -44,6 +45,11 @@ log = logging.getLogger(__name__)
 #: Above this many bytes of tensor data a model is saved with external data: protobuf
 #: cannot serialize messages of 2 GiB or more, and the graph itself needs room too.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+#: a model file of this many bytes or more whose weights are inside it is read as a skeleton
+#: when it will be streamed (:func:`load_model_lazily` with ``inline``)
+INLINE_STREAM_BYTES = 16 << 20
+#: ``raw_data`` of this many bytes or more is left in the file by such a skeleton
+INLINE_TENSOR_BYTES = 64 << 10
 
 
 def _check_range(tensor: TensorProto, where: str, location: str, offset: int, length: int | None, size: int) -> None:
@@ -163,6 +169,9 @@ class LazyModel:
     model: ModelProto
     files: tuple[Path, ...]
     tensors: TensorSource
+    #: main-graph initializers stored in the model file that the skeleton reads like external
+    #: data, from the model file itself (:mod:`onnxprune.graph.wire`)
+    inline: frozenset[str] = frozenset()
 
     @property
     def path(self) -> Path:
@@ -170,8 +179,8 @@ class LazyModel:
 
     @property
     def external(self) -> bool:
-        """True if some tensor is stored in an external file."""
-        return len(self.files) > 1
+        """True if some tensor is read from a file as its skeleton is (external, or inline)."""
+        return len(self.files) > 1 or bool(self.inline)
 
     def external_bytes(self) -> int:
         """Bytes of the tensors stored in external files (from their dims and dtypes)."""
@@ -183,13 +192,24 @@ class LazyModel:
         :func:`load_model_lazily` with ``finite``). The skeleton is the model returned."""
         if self.external:
             load_external(self.model, self.path, finite=finite)
+            for tensor in self.model.graph.initializer:
+                if tensor.name in self.inline:  # as the file stores it: no data_location
+                    tensor.ClearField("data_location")
         return self.model
 
 
-def load_model_lazily(path: str | os.PathLike[str], *, finite: bool = False) -> LazyModel:
+def load_model_lazily(path: str | os.PathLike[str], *, finite: bool = False, inline: bool = False) -> LazyModel:
     """Load the model at ``path`` without its external data: the checks of :func:`load_model`
     (every external-data reference checked, see :func:`check_external_data`), then a
     :class:`~onnxprune.graph.lazy.TensorSource` that maps each external tensor when read.
+
+    With ``inline``, a model file of :data:`INLINE_STREAM_BYTES` or more whose weights are
+    stored inside it is read as a skeleton (:func:`~onnxprune.graph.wire.inline_skeleton`): its
+    main-graph initializers of :data:`INLINE_TENSOR_BYTES` or more are left in the file and read
+    from it like external data, so that neither the file's bytes nor the parsed weights are held
+    (all-MiniLM-L6-v2: ``onnx.load`` peaks at 210 MiB, the skeleton at 41). Listed in
+    :attr:`LazyModel.inline`; a file the walk does not expect, or one the skeleton's checks
+    refuse, is parsed whole instead (which says what is wrong with it).
 
     ``finite`` refuses NaN and ±inf weights stored in the model file, as :func:`load_model`
     does (counted as the payload checks read them). The values of external tensors are not
@@ -198,8 +218,39 @@ def load_model_lazily(path: str | os.PathLike[str], *, finite: bool = False) -> 
     refuses them) or calls :meth:`LazyModel.materialize`.
     """
     path = Path(path)
+    if inline:
+        found = _inline_lazily(path, finite=finite)
+        if found is not None:
+            return found
     model, data_files = _parse_checked(path, finite=finite)
     return LazyModel(model, (path, *data_files), TensorSource(path.parent, data_files))
+
+
+def _inline_lazily(path: Path, *, finite: bool) -> LazyModel | None:
+    """:func:`load_model_lazily`'s skeleton of a model whose weights are in its file, or None."""
+    try:
+        if not path.is_file() or path.stat().st_size < INLINE_STREAM_BYTES:
+            return None
+        with (
+            open(path, "rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+            memoryview(mapped) as view,
+        ):
+            found = wire.inline_skeleton(view, path.name, threshold=INLINE_TENSOR_BYTES)
+    except (OSError, ValueError):
+        return None
+    if found is None:
+        return None
+    skeleton_bytes, moved = found
+    try:
+        model, data_files = _parse_checked(path, finite=finite, skeleton=skeleton_bytes)
+    except OnnxPruneError:
+        return None
+    names = frozenset(model.graph.initializer[i].name for i in moved)
+    own = path.resolve()
+    others = [f for f in data_files if f.resolve() != own]
+    source = TensorSource(path.parent, data_files, inline=names)
+    return LazyModel(model, (path, *others), source, inline=names)
 
 
 def load_external(model: ModelProto, path: Path, *, finite: bool = False) -> None:
@@ -216,9 +267,10 @@ def load_external(model: ModelProto, path: Path, *, finite: bool = False) -> Non
         refuse_nonfinite(model)
 
 
-def _parse_checked(path: Path, *, finite: bool) -> tuple[ModelProto, list[Path]]:
+def _parse_checked(path: Path, *, finite: bool, skeleton: bytes | None = None) -> tuple[ModelProto, list[Path]]:
     """The model at ``path`` parsed without its external data and checked (see :func:`load_model`),
-    with the external-data files it references (checked, not read)."""
+    with the external-data files it references (checked, not read); with ``skeleton``, those
+    bytes parsed instead of the file's (:func:`_inline_lazily`)."""
     if not path.exists():
         raise ModelLoadError(f"'{path}' does not exist: check the path of the input model")
     if not path.is_file():
@@ -226,7 +278,11 @@ def _parse_checked(path: Path, *, finite: bool) -> tuple[ModelProto, list[Path]]
     if path.stat().st_size == 0:
         raise ModelLoadError(f"'{path}' is empty: not an ONNX model; export or copy it again")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        if skeleton is None:
+            model = onnx.load(str(path), load_external_data=False)
+        else:
+            model = ModelProto()
+            model.ParseFromString(skeleton)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeError ... depending on build
         raise ModelLoadError(
             f"'{path}' is not a readable ONNX model (the file is truncated or not an .onnx "
@@ -459,6 +515,10 @@ class StagedOutput:
         self._skeleton = None  # a second write replaces the first one entirely
         if record is None:
             record = source is not None and not streamed_run_fits(model)
+            if record and source.inline and len(source.files) == 1:
+                # weights stored in the model file (:mod:`onnxprune.graph.wire`): a model that
+                # was always run in onnxruntime when loaded whole still is, where memory allows
+                record = not fits_in_memory(tensor_bytes(model, external=True))
         self.records = {} if source is not None and record else None
         staged_data = self.model_path.parent / self.data_name
         if external_data is None:

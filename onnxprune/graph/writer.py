@@ -205,12 +205,15 @@ def _raw_length(tensor: TensorProto, rest: int) -> int:
     raise ValueError(f"cannot size the raw_data of tensor '{tensor.name}'")
 
 
-def _as_loaded(tensor: TensorProto) -> TensorProto:
+def _as_loaded(tensor: TensorProto, *, inline: bool = False) -> TensorProto:
     """The fields of an external ``tensor`` as ``onnx.load`` leaves them once its data is read
-    (no external entries, ``data_location`` DEFAULT), without the data."""
+    (no external entries, ``data_location`` DEFAULT), without the data; with ``inline`` (a
+    tensor stored in the model file, read as external data, :mod:`onnxprune.graph.wire`) as
+    the file stores it: no ``data_location`` at all."""
     loaded = TensorProto()
     copy_fields(tensor, loaded, skip=("raw_data", "external_data", "data_location"))
-    loaded.data_location = TensorProto.DEFAULT
+    if not inline:
+        loaded.data_location = TensorProto.DEFAULT
     return loaded
 
 
@@ -249,7 +252,8 @@ class _Stream:
 
 def _tensor(tensor: TensorProto, replace: Replacement, name: str, stream: _Stream) -> list[Part]:
     external = tensor.data_location == TensorProto.EXTERNAL
-    before, after = _split_tensor(_as_loaded(tensor) if external else tensor)
+    inline = external and stream.source is not None and tensor.name in stream.source.inline
+    before, after = _split_tensor(_as_loaded(tensor, inline=inline) if external else tensor)
     head, tail = before.SerializeToString(), after.SerializeToString()
     size = tensors.data_bytes(tensor) if external else _raw_length(tensor, len(head) + len(tail))
     parts: list[Part] = [head, _length_delimited(_RAW_DATA, size)]

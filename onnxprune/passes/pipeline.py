@@ -229,7 +229,7 @@ def _first(pipeline: Pipeline, model: ModelProto, context: PassContext) -> _Stat
     watch = structural = None
     if pipeline.watched:
         watch = DeadWatch(model)
-        watch.look(model, result.layers, context.replacements)
+        watch.look(model, result.layers, context.replacements, read=context.tensors)
         context.replacements = watch.wrap(context.replacements)
     elif pipeline.channels is not None:
         done = pipeline.channels.run(model, context)
@@ -324,17 +324,22 @@ def _load(
 ) -> tuple[ModelProto, list[Path]]:
     """The model at ``source`` and its files. Streamed (``context.tensors`` set: the skeleton,
     its external tensors read one at a time by the weight pass and the writer, see
-    :mod:`onnxprune.graph.lazy`) when the model has external data and the pipeline allows it:
+    :mod:`onnxprune.graph.lazy`) when the model has external data, or a model file of
+    :data:`~onnxprune.graph.model_io.INLINE_STREAM_BYTES` or more holds its weights (read as a
+    skeleton whose large initializers stay in that file, :mod:`onnxprune.graph.wire`), and the
+    pipeline allows it:
     the magnitude/N:M weight pass alone (a dead-channel watch at most; no channel reorder,
     ``permute``), no calibration data, no quantizer. Otherwise loaded whole. Non-finite weights
     are refused with ``finite``: those in the model file by the loader as it checks them, the
     external ones by the loader, or, streamed, by :func:`run_file` from discovery's counts (each
     tensor read once)."""
-    lazy = load_model_lazily(source, finite=finite)
-    streamed = lazy.external and _weights_alone(pipeline, context) and external_elsewhere(lazy.model) is None
+    alone = _weights_alone(pipeline, context)
+    lazy = load_model_lazily(source, finite=finite, inline=alone)
+    streamed = lazy.external and alone and external_elsewhere(lazy.model) is None
     if not streamed:
         return lazy.materialize(finite=finite), list(lazy.files)
-    log.info("streaming %s: %d bytes of external data read tensor by tensor", lazy.path.name, lazy.external_bytes())
+    where = "its own file" if lazy.inline and len(lazy.files) == 1 else "external data"
+    log.info("streaming %s: %d bytes of %s read tensor by tensor", lazy.path.name, lazy.external_bytes(), where)
     context.tensors = lazy.tensors
     return lazy.model, list(lazy.files)
 
