@@ -116,9 +116,9 @@ def test_the_walk_gives_up_on_what_it_does_not_expect(tmp_path: Path, damage: st
         model = _model()
         tensor = model.graph.initializer.pop(0)
         twice = tensor.SerializeToString() + onnx.TensorProto(raw_data=tensor.raw_data).SerializeToString()
-        graph = model.graph.SerializeToString() + wire._length_delimited(5, twice)
+        graph = model.graph.SerializeToString() + wire.length_header(5, len(twice)) + twice
         model.ClearField("graph")
-        data = model.SerializeToString() + wire._length_delimited(7, graph)
+        data = model.SerializeToString() + wire.length_header(7, len(graph)) + graph
     else:
         threshold = 1 << 30
     assert wire.inline_skeleton(memoryview(data), "model.onnx", threshold=threshold) is None

@@ -72,7 +72,9 @@ def _fields(buf: memoryview, start: int, end: int) -> Iterator[tuple[int, int, i
         pos = after
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """``value`` (non-negative) as a protobuf varint: 7 bits a byte, low first, the high bit set on
+    every byte but the last."""
     out = bytearray()
     while True:
         low, value = value & 0x7F, value >> 7
@@ -83,8 +85,13 @@ def _encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
+def length_header(number: int, length: int) -> bytes:
+    """The key and length of field ``number`` holding ``length`` bytes (what precedes them)."""
+    return encode_varint(number << 3 | _LENGTH) + encode_varint(length)
+
+
 def _length_delimited(number: int, payload: bytes) -> bytes:
-    return _encode_varint(number << 3 | _LENGTH) + _encode_varint(len(payload)) + payload
+    return length_header(number, len(payload)) + payload
 
 
 def _reference(location: str, offset: int, length: int) -> bytes:
@@ -95,7 +102,7 @@ def _reference(location: str, offset: int, length: int) -> bytes:
         )
         for key, value in (("location", location), ("offset", str(offset)), ("length", str(length)))
     )
-    return entries + _encode_varint(_TENSOR_DATA_LOCATION << 3 | _VARINT) + _encode_varint(_EXTERNAL)
+    return entries + encode_varint(_TENSOR_DATA_LOCATION << 3 | _VARINT) + encode_varint(_EXTERNAL)
 
 
 def _tensor(buf: memoryview, start: int, end: int, location: str, threshold: int) -> tuple[bytes, bool]:

@@ -66,6 +66,7 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 from onnxprune.graph import tensors
 from onnxprune.graph.walk import all_graphs, node_subgraphs
+from onnxprune.graph.wire import encode_varint, length_header
 from onnxprune.ops import constant_tensor
 from onnxprune.threads import computed_ahead
 
@@ -92,22 +93,6 @@ _NODE = GraphProto.DESCRIPTOR.fields_by_name["node"].number
 _INITIALIZER = GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
 _ATTRIBUTE = NodeProto.DESCRIPTOR.fields_by_name["attribute"].number
 _ATTR_TENSOR = AttributeProto.DESCRIPTOR.fields_by_name["t"].number
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _length_delimited(number: int, length: int) -> bytes:
-    return _varint((number << 3) | 2) + _varint(length)
 
 
 def _size(parts: list[Part]) -> int:
@@ -161,7 +146,7 @@ def _message(msg: Message, custom: Mapping[int, Callable[[object], list[Part]]])
         for element in elements:
             inner = encode(element)
             size = _size(inner)
-            parts.append(_length_delimited(field.number, size))
+            parts.append(length_header(field.number, size))
             parts.append((size, lambda inner=inner: _chunks(inner)))
     if plain.ListFields():
         parts.append(plain.SerializeToString())
@@ -200,7 +185,7 @@ def _raw_length(tensor: TensorProto, rest: int) -> int:
         return size
     payload = tensor.ByteSize() - rest - 1
     for width in range(1, 11):
-        if len(_varint(payload - width)) == width:
+        if len(encode_varint(payload - width)) == width:
             return payload - width
     raise ValueError(f"cannot size the raw_data of tensor '{tensor.name}'")
 
@@ -256,7 +241,7 @@ def _tensor(tensor: TensorProto, replace: Replacement, name: str, stream: _Strea
     before, after = _split_tensor(_as_loaded(tensor, inline=inline) if external else tensor)
     head, tail = before.SerializeToString(), after.SerializeToString()
     size = tensors.data_bytes(tensor) if external else _raw_length(tensor, len(head) + len(tail))
-    parts: list[Part] = [head, _length_delimited(_RAW_DATA, size)]
+    parts: list[Part] = [head, length_header(_RAW_DATA, size)]
     parts.append((size, lambda: _checked(tensor, replace, size, name, stream)))
     parts.append(tail)
     return parts
