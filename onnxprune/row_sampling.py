@@ -77,6 +77,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxprune.errors import OptionError
+from onnxprune.reconstruct.hessian import damping
 
 #: Default rows per calibration sample per input column of a layer (``k`` of the rule; measured
 #: in ``tools/capture_rows.py``, see :data:`onnxprune.config.Reconstruction.capture_rows`).
@@ -177,13 +178,14 @@ def statistical_dimension(H: np.ndarray, damp: float) -> float:
     column adds nothing): computed as ``live − λ · tr((H_live + λ I)⁻¹)``, one inverse. The live
     column count when ``damp`` is not positive or the inverse fails (no reduction)."""
     H = np.asarray(H, dtype=np.float64)
-    live = np.flatnonzero(np.diagonal(H) > 0)
+    dead = np.diagonal(H) <= 0
+    live = np.flatnonzero(~dead)
     if live.size == 0:
         return 0.0
     if not damp > 0:
         return float(live.size)
+    lam = damping(H, dead, damp)  # the solvers' own λ
     A = H[np.ix_(live, live)]
-    lam = damp * float(np.diagonal(A).mean())
     A[np.diag_indices_from(A)] += lam
     try:
         inverse = np.linalg.inv(A)
