@@ -35,16 +35,20 @@ from onnxprune.ops import constant_tensor, spec_of
 from onnxprune.ops.spec import SlotContext
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, not_run
 from onnxprune.passes.result import LayerResult
-from onnxprune.sparsity.scores import sign_clear
 
 #: Where a tensor's output channels lie: axes (a zero slice along one is a constant
 #: channel), a grouped layout ``("groups", g, axis)``, or None (look at the first and last axes).
 ChannelAxes = tuple[int, ...] | tuple[str, int, int] | None
 
 
+#: A float tensor's bytes viewed so that ±0 are its only zeros, by width (:meth:`DeadWatch.wrap`;
+#: 8-bit floats stay raw bits, +0 only: two of their four formats have no -0)
+_FLOAT_VIEWS = {2: np.float16, 4: np.float32, 8: np.float64}
+
+
 def has_zero_slice(values: np.ndarray, axes: ChannelAxes = None) -> bool:
     """True if a slice of ``values`` along one of ``axes`` is all zero (float values: ±0; raw
-    bits: all clear, so a caller clears a float's sign bit first, :meth:`DeadWatch.wrap`).
+    bits: all clear).
 
     ``axes=None``: the first or the last axis; ``("groups", g, axis)``: the slice at ``j`` of
     ``axis`` within one of the ``g`` equal blocks of axis 0 (grouped ConvTranspose). A 1-D
@@ -154,12 +158,14 @@ class DeadWatch:
             if not self.fired:
                 itemsize = tensors.data_bytes(proto) // max(tensors.numel(proto), 1)
                 dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(itemsize)
-                if dtype is not None:
-                    values = np.frombuffer(view, dtype=dtype).reshape(tuple(proto.dims))
-                    if tensors.is_float(proto):  # -0.0 is zero too: a masked export's w · 0 keeps w's sign
-                        values = values & sign_clear(values.dtype)
-                    if self._could_kill(name, values):
-                        self.fired.append(name)
+                if tensors.is_float(proto) and itemsize in _FLOAT_VIEWS:
+                    # as floats of the same width, -0.0 is zero too (a masked export's w · 0 keeps
+                    # w's sign), with no copy: the bits of every 16-bit format's ±0 are float16's
+                    dtype = _FLOAT_VIEWS[itemsize]
+                if dtype is not None and self._could_kill(
+                    name, np.frombuffer(view, dtype=dtype).reshape(tuple(proto.dims))
+                ):
+                    self.fired.append(name)
             return view
 
         return replacement
