@@ -981,9 +981,12 @@ def _run_and_report(
     output (``do_eval``). ``label``: the ``--recipe`` it came from, whose keys the JSON then
     carries; None for flags, whose JSON has the keys of a single pass only."""
     quiet, json_path = given["quiet"], given["json_path"]
+    compressed_size = given["compressed_size"]
+    if compressed_size is None and quiet and json_path is None:
+        compressed_size = False  # the default estimate is shown only in the table and the JSON
     # the estimated compressed sizes are computed while the run goes on (the exact ones after it,
     # with their own progress bar)
-    sizes = FileStatsAhead("estimate") if given["compressed_size"] is None else None
+    sizes = FileStatsAhead("estimate") if compressed_size is None else None
     try:
         with ProgressBar("pruning", quiet) as progress:
             run = run_recipe(
@@ -1016,7 +1019,7 @@ def _run_and_report(
                 source,
                 weights=not recipe.stages[0].structured,
                 quiet=quiet,
-                compressed_size=given["compressed_size"],
+                compressed_size=compressed_size,
                 sizes=sizes,
                 json_path=json_path,
                 stdout=stdout,

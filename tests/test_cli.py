@@ -49,6 +49,24 @@ def test_quiet_prints_one_summary_line(tmp_path):
     assert "weights are zero" in result.output
 
 
+def test_quiet_computes_no_compressed_size_unless_shown(tmp_path, monkeypatch):
+    """-q shows no sizes, so the default estimate is not computed; --json or --compressed-size
+    still get theirs."""
+    import onnxprune.stats
+
+    calls = []
+    deflate = onnxprune.stats.deflate_size
+    monkeypatch.setattr(onnxprune.stats, "deflate_size", lambda *a, **k: calls.append(a[1]) or deflate(*a, **k))
+    assert _invoke("prune", CNN, tmp_path / "o.onnx", "--sparsity", "0.3", "-q").exit_code == 0
+    assert calls == ["off", "off"]
+    report = tmp_path / "r.json"
+    assert _invoke("prune", CNN, tmp_path / "p.onnx", "--sparsity", "0.3", "-q", "--json", report).exit_code == 0
+    assert calls[2:] == ["estimate", "estimate"]
+    assert all(json.loads(report.read_text())["model"]["compressed_bytes"])
+    assert _invoke("prune", CNN, tmp_path / "q.onnx", "--sparsity", "0.3", "-q", "--compressed-size").exit_code == 0
+    assert calls[4:] == ["exact", "exact"]
+
+
 def test_plan_overrides_sparsity_per_weight(tmp_path):
     inventory = onnxprune.inspect(CNN)
     first, second = inventory.prunable[0], inventory.prunable[1]
