@@ -277,21 +277,32 @@ def test_kth_smallest_by_a_sampled_bracket_is_exact(kind):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
-def test_zero_smallest_bits_equals_the_mask_path(monkeypatch, dtype):
-    """Chunked (small chunks here), with or without a known threshold, any ties and zeros:
-    the same bits as masking the K smallest magnitude keys."""
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("coarse", [False, True])
+def test_zero_smallest_bits_equals_the_mask_path(monkeypatch, dtype, split, coarse):
+    """Chunked (small chunks here), with or without a known threshold, any ties and zeros,
+    in one span or split over threads (ties spread over every chunk with ``coarse``): the same
+    bits as masking the K smallest magnitude keys."""
     from onnxprune.sparsity import select
 
     monkeypatch.setattr(select, "CHUNK", 37)
     monkeypatch.setattr(select, "SAMPLE", 64)
+    if split:
+        monkeypatch.setattr(select, "SPLIT_FROM", 1)
+        monkeypatch.setattr(select, "WORKERS", 3)
     rng = np.random.default_rng(5)
     w = rng.standard_normal((41, 29)).astype(dtype)
+    if coarse:
+        w = np.round(w * 2).astype(dtype) / 2  # a handful of values, each tied many times over
     w[3, :] = w[3, 0]  # a row of ties
     w[:, 5] = -w[3, 0]  # negative ties
     w[7, :10] = 0
     bits = sparsity.scores.float_bits(w)
     keys = sparsity.magnitude_keys(w)
     flat = np.sort(keys.reshape(-1))
+    if split:
+        assert [len(select.spans(n)) for n in (1, 36, 37, 74, 111, w.size)] == [1, 1, 1, 2, 3, 3]
+        assert select.spans(w.size)[0][0] == 0 and select.spans(w.size)[-1][1] == w.size
     for k in (0, 1, 9, 10, 11, 300, 600, 1188, w.size):
         expected = sparsity.apply_mask_bits(bits, sparsity.smallest_k_mask(keys, k))
         assert np.array_equal(sparsity.zero_smallest_bits(bits, k), expected)
