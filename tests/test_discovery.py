@@ -348,6 +348,28 @@ def test_fp16_weight_is_pruned_in_float16() -> None:
     assert len(tensor.raw_data) == 2 * 32 * 16
 
 
+def test_discovery_keeps_where_a_few_zeros_are_and_nm_counts_from_them(monkeypatch) -> None:
+    """A float weight with few zeros (``-0`` too) carries their flat indices, none past
+    ZERO_INDEX_MAX; the N:M pass counts its zeros after from them, as the written tensor has."""
+    from onnxprune.graph import discovery
+
+    model = b.gemm(trans_b=1)
+    w = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w.reshape(-1)[[3, 4, 5, 6, 70, 71, 300]] = [0.0, -0.0, 0.0, 0.0, 0.0, -0.0, 0.0]  # row 0: cols 4-6 in one group
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "W"))
+    found = {x.name: x for x in onnxprune.inspect(model).weights}["W"]
+    assert found.zeros == 7 and found.zero_at.tolist() == [3, 4, 5, 6, 70, 71, 300]
+    from onnxprune import sparsity
+
+    monkeypatch.setattr(sparsity, "nm_zeros_after", None)  # not called: no read to count
+    out, result = onnxprune.prune(model, PruneConfig(pattern=(2, 4)))
+    monkeypatch.undo()
+    written = numpy_helper.to_array(stored_tensors(out)["W"])
+    assert result.pruned[0].zeros_after == int(np.count_nonzero(written == 0)) == 16 * 32 // 2 + 1
+    monkeypatch.setattr(discovery, "ZERO_INDEX_MAX", 6)
+    assert {x.name: x for x in onnxprune.inspect(model).weights}["W"].zero_at is None
+
+
 def test_shared_weight_is_pruned_once() -> None:
     model = b.shared_weight()
     (w,) = onnxprune.inspect(model, EVERYTHING).weights

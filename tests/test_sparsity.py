@@ -345,12 +345,16 @@ def test_zero_smallest_bits_falls_back_when_the_sample_misleads(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize(("shape", "axis"), [((12, 16), 1), ((16, 6), 0), ((5, 8, 3, 3), 1), ((4, 3, 8), 2)])
-def test_nm_zero_bits_and_zeros_after_equal_the_mask_path(monkeypatch, dtype, shape, axis):
-    """Chunked (a few groups a chunk here), ties and signed zeros included: the bits of
-    masking by nm_mask, and the zeros nm_zeros_after counts."""
+@pytest.mark.parametrize("split", [False, True])
+def test_nm_zero_bits_and_zeros_after_equal_the_mask_path(monkeypatch, dtype, shape, axis, split):
+    """Chunked (a few groups a chunk here), in one run or split over threads, ties and signed
+    zeros included: the bits of masking by nm_mask, and the zeros nm_zeros_after counts."""
     from onnxprune.sparsity import nm
 
     monkeypatch.setattr(nm, "CHUNK", 13)
+    if split:
+        monkeypatch.setattr(nm, "SPLIT_FROM", 1)
+        monkeypatch.setattr(nm, "WORKERS", 3)
     rng = np.random.default_rng(11)
     w = np.round(rng.standard_normal(shape) * 3).astype(dtype)  # many ties, many zeros
     w.reshape(-1)[::7] = -0.0
@@ -366,3 +370,23 @@ def test_nm_zero_bits_and_zeros_after_equal_the_mask_path(monkeypatch, dtype, sh
         assert sparsity.nm_zeros_after(keys, n, m, axis) == zeros
     with pytest.raises(TypeError):
         sparsity.nm_zero_bits(w, 2, 4, axis)
+
+
+@pytest.mark.parametrize("shape, axis", [((8, 12), 1), ((12, 8), 0), ((4, 8, 3, 3), 1), ((6, 2, 8), 2)])
+def test_nm_zeros_after_from_the_zero_indices_equals_the_count_from_values(shape, axis):
+    """The count from where the zeros are (discovery's few) is the count from the values, for
+    groups along any axis, with none, few and crowded zeros (-0 among them)."""
+    rng = np.random.default_rng(11)
+    for zeros in (0, 1, 5, 40):
+        w = rng.standard_normal(shape).astype(np.float32)
+        flat = w.reshape(-1)
+        at = rng.choice(flat.size, size=min(zeros, flat.size), replace=False)
+        flat[at] = 0.0
+        flat[at[::2]] = -0.0
+        zero_at = np.flatnonzero(sparsity.magnitude_keys(w).reshape(-1) == 0)
+        for n, m in ((2, 4), (1, 4), (3, 4), (1, 2)):
+            expected = sparsity.nm_zeros_after(sparsity.scores.float_bits(w), n, m, axis, sign_bits=True)
+            assert sparsity.nm_zeros_after_at(zero_at, shape, n, m, axis) == expected
+            # and the pruned tensor has that many zeros
+            pruned = sparsity.nm_zero_bits(sparsity.scores.float_bits(w), n, m, axis)
+            assert int(np.count_nonzero((pruned & sparsity.scores.sign_clear(pruned.dtype)) == 0)) == expected

@@ -86,6 +86,9 @@ class Weight:
     nonfinite: int = 0
     #: a strided sample of the tensor's global magnitude keys (see sparsity.global_keys)
     key_sample: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: the flat (C-order) indices of the zeros (``-0`` included) of a float tensor with at most
+    #: :data:`ZERO_INDEX_MAX` of them, else None: what is pruned can then be counted without a read
+    zero_at: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -272,27 +275,41 @@ def _decide(
 KEY_SAMPLE = 4096
 
 
-def _count_values_of(found: _Stored, *, read: tensors.ArrayReader) -> tuple[int, np.ndarray | None, tuple[int, int]]:
+#: the flat indices of a float tensor's zeros are kept when it has at most this many (see
+#: :attr:`Weight.zero_at`)
+ZERO_INDEX_MAX = 1 << 16
+
+_Counted = tuple[int, np.ndarray | None, tuple[int, int], np.ndarray | None]
+
+
+def _count_values_of(found: _Stored, *, read: tensors.ArrayReader) -> _Counted:
     """:func:`_count_values` of a stored tensor."""
     return _count_values(found.tensor, read)
 
 
-def _count_values(
-    tensor: TensorProto, read: tensors.ArrayReader = tensors.read_array
-) -> tuple[int, np.ndarray | None, tuple[int, int]]:
-    """Zeros of the tensor, a strided sample of its global keys, and its (NaN, ±inf) counts
-    (read once, used thrice)."""
+def _count_values(tensor: TensorProto, read: tensors.ArrayReader = tensors.read_array) -> _Counted:
+    """Zeros of the tensor, a strided sample of its global keys, its (NaN, ±inf) counts, and the
+    flat indices of its zeros when it is a float tensor with at most :data:`ZERO_INDEX_MAX` of
+    them (else None): read once, used four times."""
     if not tensors.is_float(tensor):
-        return int(tensors.numel(tensor) - np.count_nonzero(read(tensor))), None, (0, 0)
+        return int(tensors.numel(tensor) - np.count_nonzero(read(tensor))), None, (0, 0), None
     values = read(tensor)
     sample = global_keys(values.reshape(-1)[:: max(1, values.size // KEY_SAMPLE)])
     zeros, nan, inf = 0, 0, 0
-    # one chunked pass gives both: zeros are key 0, NaN and ±inf the largest keys
-    for _, _, keys in magnitude_chunks(float_bits(values).reshape(-1)):
-        zeros += keys.size - int(np.count_nonzero(keys))
+    where: list[np.ndarray] | None = []
+    # one chunked pass gives all: zeros are key 0, NaN and ±inf the largest keys
+    for start, _, keys in magnitude_chunks(float_bits(values).reshape(-1)):
+        found_zeros = keys.size - int(np.count_nonzero(keys))
+        zeros += found_zeros
+        if found_zeros and where is not None:
+            if zeros > ZERO_INDEX_MAX:
+                where = None
+            else:
+                where.append(start + np.flatnonzero(keys == 0))
         found = tensors.nonfinite_in_keys(keys, dtype=values.dtype)
         nan, inf = nan + found[0], inf + found[1]
-    return zeros, sample, (nan, inf)
+    zero_at = None if where is None else np.concatenate([np.empty(0, dtype=np.intp), *where])
+    return zeros, sample, (nan, inf), zero_at
 
 
 @dataclass
@@ -351,7 +368,7 @@ def discover(
     stored = list(_stored(root, external=read is not None))
     # two tensors counted at once (numpy and the page faults of a mapped tensor release the GIL)
     counted = map_in_threads(partial(_count_values_of, read=read or tensors.read_array), stored)
-    for found, (zeros, key_sample, (nan, infinite)) in zip(stored, counted, strict=True):
+    for found, (zeros, key_sample, (nan, infinite), zero_at) in zip(stored, counted, strict=True):
         tensor, trace, role = found.tensor, found.trace, found.role
         for reader, _, _ in trace.slots:
             reached.add((reader.node, reader.input_index, reader.scope))
@@ -376,6 +393,7 @@ def discover(
             quantized=trace.quantized,
             nonfinite=nonfinite,
             key_sample=key_sample,
+            zero_at=zero_at,
         )
         weights.append(weight)
         protos[weight.key] = tensor

@@ -223,13 +223,16 @@ def _zeros_after(values: np.ndarray, target: Target, weight: Weight, ranking: Ra
     """Zeros after pruning, known without writing: the K smallest keys include every
     existing zero first, so a count target ends at ``max(K, zeros before)``; an N:M target
     at ``Σ max(M - N, zeros of the group)`` when the criterion gives zeros the key 0, which is
-    ``(M - N) · numel / M`` without zeros before (no read: a tensor of a 12 GB model read once
-    more, from disk, only to count)."""
+    ``(M - N) · numel / M`` without zeros before, and is counted from where they are when
+    discovery kept the indices of a few (:attr:`~onnxprune.graph.discovery.Weight.zero_at`):
+    no read either way (a tensor of a 12 GB model read once more, from disk, only to count)."""
     if target.nm is None:
         return max(target.count, weight.zeros)
     if weight.zeros == 0:  # every group loses exactly M - N elements, none of them zero before
         return weight.numel // target.nm[1] * (target.nm[1] - target.nm[0])
     if weight.in_axis is not None and CRITERIA[ranking.criterion].ranks_like_magnitude:  # zeros: key 0
+        if weight.zero_at is not None:  # discovery kept where the few zeros are
+            return sparsity.nm_zeros_after_at(weight.zero_at, weight.shape, target.nm[0], target.nm[1], weight.in_axis)
         return sparsity.nm_zeros_after(float_bits(values), target.nm[0], target.nm[1], weight.in_axis, sign_bits=True)
     bits = _pruned_bits(values, target, weight, ranking, index)
     return int(bits.size - np.count_nonzero(bits << np.uint8(1)))

@@ -21,9 +21,12 @@ time, with no key array or mask the size of the tensor.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from onnxprune.sparsity.scores import sign_clear
+from onnxprune.threads import WORKERS, map_in_threads
 
 
 def nm_valid(shape: tuple[int, ...], axis: int, m: int) -> bool:
@@ -34,6 +37,9 @@ def nm_valid(shape: tuple[int, ...], axis: int, m: int) -> bool:
 
 #: elements per chunk of the group computations (their temporaries stay in cache)
 CHUNK = 1 << 18
+#: elements from which :func:`nm_zero_bits` computes its chunks in :data:`WORKERS` runs of
+#: consecutive chunks side by side on threads (numpy's loops release the GIL)
+SPLIT_FROM = 1 << 22
 
 
 def _group_rows(values: np.ndarray, m: int, axis: int) -> np.ndarray:
@@ -90,7 +96,8 @@ def nm_mask(keys: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
 def nm_zero_bits(bits: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
     """``apply_mask_bits(bits, nm_mask(magnitude keys of bits, n, m, axis))`` chunk by chunk,
     without a key array or a mask the size of the tensor: the weights (an unsigned-integer view)
-    with the ``m - n`` smallest ``|w|`` of every group set to ``+0``, as a new array."""
+    with the ``m - n`` smallest ``|w|`` of every group set to ``+0``, as a new array. A tensor of
+    :data:`SPLIT_FROM` elements or more is computed in runs of chunks side by side on threads."""
     if bits.dtype.kind != "u":
         raise TypeError(f"expected an unsigned-integer view, got {bits.dtype}")
     axis = _check(bits.shape, n, m, axis)
@@ -98,10 +105,17 @@ def nm_zero_bits(bits: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
     clear = sign_clear(bits.dtype)
     out = np.empty_like(rows)
     chunks = _row_chunks(rows)
-    for start in chunks:
-        stop = start + chunks.step
-        chunk = rows[start:stop]
-        np.multiply(chunk, _kept(chunk & clear, n, m), out=out[start:stop])
+    starts = list(chunks)
+
+    def run(part: list[int]) -> None:
+        for start in part:
+            stop = start + chunks.step
+            chunk = rows[start:stop]
+            np.multiply(chunk, _kept(chunk & clear, n, m), out=out[start:stop])
+
+    runs = WORKERS if bits.size >= SPLIT_FROM else 1
+    cuts = [len(starts) * i // runs for i in range(runs + 1)]
+    map_in_threads(run, [starts[a:b] for a, b in itertools.pairwise(cuts) if b > a])
     return out.reshape(bits.shape)
 
 
@@ -121,3 +135,23 @@ def nm_zeros_after(keys: np.ndarray, n: int, m: int, axis: int, *, sign_bits: bo
         zeros = np.count_nonzero(chunk == 0, axis=1)
         total += int(np.maximum(zeros, m - n).sum())
     return total
+
+
+def nm_zeros_after_at(zero_at: np.ndarray, shape: tuple[int, ...], n: int, m: int, axis: int) -> int:
+    """:func:`nm_zeros_after` from the flat (C-order) indices ``zero_at`` of the zero keys of a
+    tensor of ``shape`` alone, without its values: every group of ``G = numel/m`` loses its
+    ``m - n`` smallest, zeros first, so with ``z_g`` zeros in group ``g``
+
+        Σ_g max(m - n, z_g) = (m - n)·G + Σ_g max(0, z_g - (m - n)),
+
+    where only the groups that hold a zero add to the sum (each zero's group: its index along
+    ``axis`` divided by ``m``, its other coordinates as they are)."""
+    axis = _check(shape, n, m, axis)
+    groups = int(np.prod(shape, dtype=np.int64)) // m
+    if zero_at.size == 0:
+        return (m - n) * groups
+    coords = list(np.unravel_index(zero_at, shape))
+    coords[axis] = coords[axis] // m
+    grouped = tuple(d // m if i == axis else d for i, d in enumerate(shape))
+    _, counts = np.unique(np.ravel_multi_index(coords, grouped), return_counts=True)
+    return (m - n) * groups + int(np.maximum(counts - (m - n), 0).sum())
