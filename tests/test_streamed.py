@@ -383,6 +383,39 @@ def test_a_non_finite_external_bias_is_refused_too(tmp_path: Path):
     assert not (tmp_path / "out.onnx").exists()
 
 
+def test_streamed_finite_check_reads_only_what_discovery_found_non_finite(tmp_path: Path, monkeypatch):
+    """Discovery counted NaN and ±inf in every stored tensor as it read it: the run's finite
+    check reads again only a tensor found non-finite (to name its counts), none of a finite model."""
+    from onnxprune.graph import tensors
+    from onnxprune.passes import pipeline
+
+    read: list[int] = []
+    inside = [False]  # counts by the run's finite check only (the loader's of the model file are its own)
+    count, check = tensors.nonfinite_counts, pipeline.refuse_nonfinite
+
+    def checking(*args, **kwargs):
+        inside[0] = True
+        try:
+            return check(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(
+        tensors, "nonfinite_counts", lambda values: (inside[0] and read.append(values.size)) or count(values)
+    )
+    monkeypatch.setattr(pipeline, "refuse_nonfinite", checking)
+    onnxprune.prune_file(_save(_model(), tmp_path / "in"), tmp_path / "out.onnx", CONFIGS["local"])
+    assert read == []
+    model = _model()
+    bias = next(t for t in model.graph.initializer if t.name == "b1")
+    values = numpy_helper.to_array(bias).copy()
+    values[0] = np.nan
+    bias.CopyFrom(numpy_helper.from_array(values, "b1"))
+    with pytest.raises(UnsupportedModelError, match="'b1' holds 1 NaN"):
+        onnxprune.prune_file(_save(model, tmp_path / "in2"), tmp_path / "out2.onnx", CONFIGS["local"])
+    assert read == [values.size]
+
+
 @pytest.mark.parametrize("tensor", ["W3", "b1"])
 def test_non_finite_values_are_refused_when_the_model_is_loaded_whole_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tensor: str

@@ -52,7 +52,7 @@ a model of many GB is read once more only when NaN is looked for.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 
 import numpy as np
 import onnx.defs
@@ -328,6 +328,7 @@ def refuse_nonfinite(
     read: tensors.ArrayReader | None = None,
     only: Collection[str] | None = None,
     external_only: bool = False,
+    counted: Mapping[str, int] | None = None,
 ) -> None:
     """:func:`check_finite` on every weight of ``model`` (a model already checked by
     :func:`check_model` without ``finite``): each read once, one at a time. ``read``: a lazy
@@ -336,9 +337,13 @@ def refuse_nonfinite(
     found non-finite: discovery gives a NaN weight that reason); tensors of every other role
     (biases, normalization parameters, embedding tables, mixed) are all looked at.
     ``external_only``: only the tensors whose data is external (the loader's :func:`check_model`
-    with ``finite`` looked at those in the file as it read them)."""
+    with ``finite`` looked at those in the file as it read them). ``counted``: key -> the
+    non-finite count that matters (:func:`~onnxprune.graph.discovery.nonfinite_in`) of tensors
+    already read, e.g. by discovery in a streamed run: those counted 0 are not read again."""
     for key, tensor, role in stored_reads(model, external=read is not None):
         if external_only and tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        if counted is not None and counted.get(key) == 0:
             continue
         if tensors.is_float(tensor) and (only is None or key in only or role != "weight"):
             nan, infinite = tensors.nonfinite_counts((read or tensors.read_array)(tensor))

@@ -77,6 +77,9 @@ class PassContext:
     #: reads the external tensors of a model loaded without its external data (a streamed run:
     #: only streaming passes get such a model), None when the model is loaded whole
     tensors: TensorSource | None = None
+    #: stored tensor key -> the NaN and ±inf that matter in it, as the weight pass's discovery
+    #: counted them reading a streamed model (:func:`~onnxprune.graph.sanity.refuse_nonfinite`)
+    nonfinite: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)

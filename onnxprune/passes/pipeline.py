@@ -390,7 +390,13 @@ def run_file(
     state = _first(pipeline, model, context)
     if context.tensors is not None and not allow_nonfinite:
         # streamed: discovery counted NaN and ±inf in the external weights as it read them
-        refuse_nonfinite(model, read=context.tensors, only=nonfinite_keys(state.result), external_only=True)
+        refuse_nonfinite(
+            model,
+            read=context.tensors,
+            only=nonfinite_keys(state.result),
+            external_only=True,
+            counted=context.nonfinite,
+        )
     if not state.changed:
         return _unchanged(pipeline, state, tuple(files))
     _stamp_first(pipeline, model, state)

@@ -294,6 +294,7 @@ def prune_weights(
     progress: Progress | None = None,
     defer: bool = False,
     source: TensorSource | None = None,
+    nonfinite: dict[str, int] | None = None,
 ) -> tuple[PruneResult, dict[str, Replacement]]:
     """Prune ``model`` according to ``config``; returns what was done and deferred writes.
 
@@ -304,10 +305,14 @@ def prune_weights(
 
     ``source``: ``model`` is a skeleton whose external tensors ``source`` reads (see the
     module docstring); it needs ``defer``, and every external tensor it changes is deferred.
+    ``nonfinite`` receives discovery's count of the NaN and ±inf that matter in every stored
+    tensor it read (:attr:`~onnxprune.graph.discovery.Weight.nonfinite`), by key.
     """
     if source is not None and not defer:
         raise ValueError("a model read from a lazy source is pruned only by deferred writes")
     inventory = discover(model, config.selection, read=source)
+    if nonfinite is not None:
+        nonfinite.update((w.key, w.nonfinite) for w in inventory.weights if w.storage != "computed")
     targets = plan_targets(config.allocation, config.ranking, inventory, hold_keys=source is None)
     layers: list[LayerResult] = []
     replacements: dict[str, Replacement] = {}
@@ -398,9 +403,12 @@ class WeightPass(Pass):
             from onnxprune.passes.permutation import reorder_first
 
             reordered = reorder_first(model, self.config, context, data=None)  # magnitude masks: saliency W²
+        counted: dict[str, int] = {}
         result, replacements = prune_weights(
-            model, self.config, progress=context.progress, defer=context.stream, source=source
+            model, self.config, progress=context.progress, defer=context.stream, source=source, nonfinite=counted
         )
+        if source is not None:
+            context.nonfinite = counted  # every stored tensor read once: the run's finite check reads none again
         if reordered is not None:
             result = replace(result, reordered=reordered)
         counted = {
