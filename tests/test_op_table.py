@@ -266,13 +266,17 @@ def test_registering_an_op_twice_for_overlapping_opsets_is_refused():
     spec = ops.OpSpec()
     ops.register(spec, "Toy2", domain="com.example", since=1, until=10)
     try:
+        assert ops.lookup("Toy2", "com.example") is spec  # the newest range, remembered...
         with pytest.raises(ValueError, match="overlap"):
             ops.register(spec, "Toy2", domain="com.example", since=5)
-        ops.register(ops.OpSpec(), "Toy2", domain="com.example", since=11)
+        newer = ops.OpSpec()
+        ops.register(newer, "Toy2", domain="com.example", since=11)
+        assert ops.lookup("Toy2", "com.example") is newer  # ...until a newer one is registered
         assert ops.lookup("Toy2", "com.example", opset=3) is spec
-        assert ops.lookup("Toy2", "com.example", opset=12) is not spec
+        assert ops.lookup("Toy2", "com.example", opset=12) is newer
     finally:
         ops.unregister("Toy2", domain="com.example")
+    assert ops.lookup("Toy2", "com.example") is ops.UNKNOWN  # and forgotten with it
 
 
 def test_the_table_says_which_ops_constant_folding_leaves_alone():

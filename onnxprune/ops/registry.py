@@ -25,6 +25,9 @@ class _Entry:
 
 
 _TABLE: dict[tuple[str, str], list[_Entry]] = {}
+#: (domain, op type) -> the spec of its newest opset range, kept from the first such lookup
+#: until the op is registered or forgotten again (a model's walk asks for thousands)
+_NEWEST: dict[tuple[str, str], OpSpec] = {}
 
 #: The spec of an op nobody registered: every answer neutral (no weight, no MACs, no bias).
 UNKNOWN = OpSpec()
@@ -37,6 +40,7 @@ def _domain(domain: str) -> str:
 def register(spec: OpSpec, *op_types: str, domain: str = "", since: int = 1, until: int | None = None) -> OpSpec:
     """Make ``spec`` answer for ``op_types`` of ``domain`` at opsets ``since``..``until`` (inclusive)."""
     for op in op_types:
+        _NEWEST.pop((_domain(domain), op), None)
         entries = _TABLE.setdefault((_domain(domain), op), [])
         for other in entries:
             if other.since <= (until or 10**9) and since <= (other.until or 10**9):
@@ -47,11 +51,15 @@ def register(spec: OpSpec, *op_types: str, domain: str = "", since: int = 1, unt
 
 def lookup(op_type: str, domain: str = "", opset: int | None = None) -> OpSpec:
     """The spec for ``op_type`` of ``domain`` at ``opset`` (None: the newest), or :data:`UNKNOWN`."""
-    entries = _TABLE.get((_domain(domain), op_type))
+    key = (_domain(domain), op_type)
+    if opset is None and key in _NEWEST:
+        return _NEWEST[key]
+    entries = _TABLE.get(key)
     if not entries:
         return UNKNOWN
     if opset is None:
-        return max(entries, key=lambda e: e.since).spec
+        newest = _NEWEST[key] = max(entries, key=lambda e: e.since).spec
+        return newest
     for entry in entries:
         if entry.since <= opset and (entry.until is None or opset <= entry.until):
             return entry.spec
@@ -67,6 +75,7 @@ def unregister(*op_types: str, domain: str = "") -> None:
     """Forget every spec of ``op_types`` in ``domain`` (for tests and plug-ins that re-register)."""
     for op in op_types:
         _TABLE.pop((_domain(domain), op), None)
+        _NEWEST.pop((_domain(domain), op), None)
 
 
 def registered() -> list[tuple[str, str]]:
