@@ -76,7 +76,7 @@ _SUM_SLACK = 2.0**-50  # per element, the relative rounding of a float64 sum of 
 
 class _Scratch:
     """One chunk's buffers, reused from chunk to chunk of float32 values: the bins as uint32
-    and as intp (what ``bincount`` reads without a copy) and the float64 squares."""
+    (:func:`_chunk_keys`) or as intp (:func:`_chunk_ids`) and the float64 squares."""
 
     def __init__(self, size: int) -> None:
         self.keys = np.empty(size, dtype=np.uint32)
@@ -84,26 +84,33 @@ class _Scratch:
         self.squares = np.empty(size, dtype=np.float64)
 
 
-def _chunk_bins(part: np.ndarray, scratch: _Scratch) -> tuple[np.ndarray, np.ndarray]:
-    """The bins of the chunk ``part``, as ``(uint32 or intp, intp)``: the same values as
-    :func:`_bin_ids`, in ``scratch`` when ``part`` is float32."""
+def _chunk_ids(part: np.ndarray, scratch: _Scratch) -> np.ndarray:
+    """The bins of the chunk ``part`` as intp (what ``bincount`` reads without a copy): the same
+    values as :func:`_bin_ids`, shifted straight into ``scratch`` when ``part`` is float32."""
     if part.dtype != np.float32:
-        ids = _bin_ids(part)
-        return ids, ids
-    n = part.size
-    keys = np.right_shift(part.view(np.uint32), np.uint32(BIN_SHIFT), out=scratch.keys[:n])
-    np.bitwise_and(keys, np.uint32(_BIN_COUNT - 1), out=keys)  # the sign bit cleared
-    ids = scratch.ids[:n]
-    np.copyto(ids, keys)
-    return keys, ids
+        return _bin_ids(part)
+    ids = np.right_shift(part.view(np.uint32), BIN_SHIFT, out=scratch.ids[: part.size], casting="unsafe")
+    return np.bitwise_and(ids, _BIN_COUNT - 1, out=ids)  # the sign bit cleared
+
+
+def _chunk_keys(part: np.ndarray, scratch: _Scratch) -> np.ndarray:
+    """The bins of the chunk ``part``, as uint32 in ``scratch`` when ``part`` is float32 (else
+    :func:`_bin_ids`' intp): for comparisons, half the bytes of intp."""
+    if part.dtype != np.float32:
+        return _bin_ids(part)
+    keys = np.right_shift(part.view(np.uint32), np.uint32(BIN_SHIFT), out=scratch.keys[: part.size])
+    return np.bitwise_and(keys, np.uint32(_BIN_COUNT - 1), out=keys)
 
 
 def _chunk_squares(part: np.ndarray, scratch: _Scratch) -> np.ndarray:
     """:func:`_squares` of the chunk ``part``, in ``scratch`` when it is float32 (the same
-    values: float32 widens to float64 exactly, then one float64 product)."""
+    values: float32 widens to float64 exactly, then one float64 product, in place: a third of
+    the time of a product that casts as it goes)."""
     if part.dtype != np.float32:
         return _squares(part)
-    return np.multiply(part, part, out=scratch.squares[: part.size], dtype=np.float64)
+    squares = scratch.squares[: part.size]
+    np.copyto(squares, part)
+    return np.multiply(squares, squares, out=squares)
 
 
 def _bin_ids(values: np.ndarray) -> np.ndarray:
@@ -142,7 +149,7 @@ def tensor_bins(values: np.ndarray) -> Bins:
     scratch = _Scratch(min(CHUNK, flat.size))
     for start in range(0, flat.size, CHUNK):
         part = flat[start : start + CHUNK]
-        _, ids = _chunk_bins(part, scratch)
+        ids = _chunk_ids(part, scratch)
         counts += np.bincount(ids, minlength=_BIN_COUNT)
         sums += np.bincount(ids, weights=_chunk_squares(part, scratch), minlength=_BIN_COUNT)
     ids = np.flatnonzero(counts)
@@ -236,7 +243,7 @@ def _gather_keys(values: np.ndarray, bins: Bins, first: int, last: int) -> tuple
     scratch = _Scratch(min(CHUNK, flat.size))
     for start in range(0, flat.size, CHUNK):
         part = flat[start : start + CHUNK]
-        ids, _ = _chunk_bins(part, scratch)  # float32: uint32, the intp copy is not needed here
+        ids = _chunk_keys(part, scratch)
         if ids.dtype == np.uint32:  # low_id <= id <= high_id as one unsigned comparison
             offset = np.subtract(ids, np.uint32(low_id), out=ids)
             parts.append(part[offset <= np.uint32(high_id - low_id)])
