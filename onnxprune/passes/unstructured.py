@@ -403,12 +403,12 @@ class WeightPass(Pass):
             from onnxprune.passes.permutation import reorder_first
 
             reordered = reorder_first(model, self.config, context, data=None)  # magnitude masks: saliency W²
-        counted: dict[str, int] = {}
+        nonfinite: dict[str, int] = {}
         result, replacements = prune_weights(
-            model, self.config, progress=context.progress, defer=context.stream, source=source, nonfinite=counted
+            model, self.config, progress=context.progress, defer=context.stream, source=source, nonfinite=nonfinite
         )
         if source is not None:
-            context.nonfinite = counted  # every stored tensor read once: the run's finite check reads none again
+            context.nonfinite = nonfinite  # every stored tensor read once: the run's finite check reads none again
         if reordered is not None:
             result = replace(result, reordered=reordered)
         counted = {
