@@ -9,12 +9,17 @@ giving results in order and an error as its own type:
 - :func:`computed_ahead`: results computed one ahead of the caller, who uses each while the
   next is computed (the streamed writer writes one tensor while the next is pruned).
 
+One large tensor's own chunked passes (its magnitude cut, its N:M groups, the writer's record
+of what changed) are split the same way from :data:`SPLIT_FROM` elements on, the chunks cut
+into :data:`WORKERS` runs of consecutive ones (:func:`in_runs`).
+
 Layer solves and sensitivity sweeps, which hold the GIL in Python for long stretches, run in
 processes instead (:mod:`onnxprune.executors`).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TypeVar
@@ -24,6 +29,10 @@ R = TypeVar("R")
 
 #: Threads of :func:`map_in_threads` (the machines this runs on have two cores or more).
 WORKERS = 2
+#: Elements from which one tensor's chunked pass is split into :data:`WORKERS` runs of
+#: consecutive chunks, side by side on threads (:func:`in_runs`): the bracket pass of a
+#: 125 M-element float32 tensor took 0.25 s on one thread, 0.13 s on two.
+SPLIT_FROM = 1 << 22
 
 
 def map_in_threads(function: Callable[[T], R], items: Sequence[T], *, workers: int = WORKERS) -> list[R]:
@@ -32,6 +41,12 @@ def map_in_threads(function: Callable[[T], R], items: Sequence[T], *, workers: i
         return [function(x) for x in items]
     with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="onnxprune") as pool:
         return list(pool.map(function, items))
+
+
+def in_runs(items: Sequence[T], runs: int) -> list[Sequence[T]]:
+    """``items`` cut into at most ``runs`` runs of consecutive items, as even as can be, none empty."""
+    cuts = [len(items) * i // runs for i in range(runs + 1)]
+    return [items[a:b] for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def computed_ahead(calls: Sequence[Callable[[], T]], pool: Executor) -> Iterator[T]:

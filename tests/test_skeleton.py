@@ -153,3 +153,24 @@ def test_onnxruntime_runs_the_skeleton_with_the_written_weights(tmp_path: Path):
         whole = ort.InferenceSession(str(staged.model_path)).run(None, {"x": x})[0]
         skel = ort.InferenceSession(str(staged.checker_path)).run(None, {"x": x})[0]
     assert np.array_equal(whole, skel)
+
+
+def test_compare_elements_split_over_threads_gives_the_same_record(monkeypatch) -> None:
+    """The writer's record of a replaced tensor (changed count, digest of which, not-zero count)
+    is the same computed in one run of chunks or in runs side by side on threads."""
+    from onnxprune.graph import writer
+
+    rng = np.random.default_rng(3)
+    old = rng.standard_normal(1000).astype(np.float32)
+    new = old.copy()
+    new[rng.choice(1000, 300, replace=False)] = 0.0
+    new[5] = 7.0  # a changed element that is not +0
+    new[6] = -0.0
+    tensor = numpy_helper.from_array(old, "W")
+    monkeypatch.setattr(writer, "COMPARE_CHUNK", 64)
+    whole = writer.compare_elements(tensor, old.tobytes(), new.tobytes())
+    monkeypatch.setattr(writer, "SPLIT_FROM", 1)
+    monkeypatch.setattr(writer, "WORKERS", 3)
+    assert writer.compare_elements(tensor, old.tobytes(), new.tobytes()) == whole
+    assert whole[0].changed == int(np.count_nonzero(old.view(np.uint32) != new.view(np.uint32)))
+    assert whole[1] == 2  # 7.0 and -0.0 are not +0

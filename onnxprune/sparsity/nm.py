@@ -21,12 +21,10 @@ time, with no key array or mask the size of the tensor.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
 from onnxprune.sparsity.scores import sign_clear
-from onnxprune.threads import WORKERS, map_in_threads
+from onnxprune.threads import SPLIT_FROM, WORKERS, in_runs, map_in_threads
 
 
 def nm_valid(shape: tuple[int, ...], axis: int, m: int) -> bool:
@@ -37,9 +35,6 @@ def nm_valid(shape: tuple[int, ...], axis: int, m: int) -> bool:
 
 #: elements per chunk of the group computations (their temporaries stay in cache)
 CHUNK = 1 << 18
-#: elements from which :func:`nm_zero_bits` computes its chunks in :data:`WORKERS` runs of
-#: consecutive chunks side by side on threads (numpy's loops release the GIL)
-SPLIT_FROM = 1 << 22
 
 
 def _group_rows(values: np.ndarray, m: int, axis: int) -> np.ndarray:
@@ -97,7 +92,8 @@ def nm_zero_bits(bits: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
     """``apply_mask_bits(bits, nm_mask(magnitude keys of bits, n, m, axis))`` chunk by chunk,
     without a key array or a mask the size of the tensor: the weights (an unsigned-integer view)
     with the ``m - n`` smallest ``|w|`` of every group set to ``+0``, as a new array. A tensor of
-    :data:`SPLIT_FROM` elements or more is computed in runs of chunks side by side on threads."""
+    :data:`~onnxprune.threads.SPLIT_FROM` elements or more is computed in runs of chunks side by
+    side on threads."""
     if bits.dtype.kind != "u":
         raise TypeError(f"expected an unsigned-integer view, got {bits.dtype}")
     axis = _check(bits.shape, n, m, axis)
@@ -113,9 +109,7 @@ def nm_zero_bits(bits: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
             chunk = rows[start:stop]
             np.multiply(chunk, _kept(chunk & clear, n, m), out=out[start:stop])
 
-    runs = WORKERS if bits.size >= SPLIT_FROM else 1
-    cuts = [len(starts) * i // runs for i in range(runs + 1)]
-    map_in_threads(run, [starts[a:b] for a, b in itertools.pairwise(cuts) if b > a])
+    map_in_threads(run, in_runs(starts, WORKERS if bits.size >= SPLIT_FROM else 1))
     return out.reshape(bits.shape)
 
 

@@ -19,13 +19,12 @@ against 20 ms for ``np.partition`` of all of them.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from onnxprune.sparsity.scores import sign_clear
-from onnxprune.threads import WORKERS, map_in_threads
+from onnxprune.threads import SPLIT_FROM, WORKERS, in_runs, map_in_threads
 
 
 def smallest_k_mask(keys: np.ndarray, k: int, *, threshold: int | None = None) -> np.ndarray:
@@ -123,19 +122,15 @@ def _mask_at(flat: np.ndarray, k: int, t: np.generic) -> np.ndarray | None:
 
 #: elements per chunk of :func:`zero_smallest_bits` (its temporaries stay in cache)
 CHUNK = 1 << 18
-#: elements from which :func:`zero_smallest_bits` splits each pass into :data:`WORKERS` spans,
-#: read side by side on threads (numpy's loops release the GIL): a 125 M-element float32
-#: tensor's bracket pass took 0.25 s on one thread, 0.13 s on two
-SPLIT_FROM = 1 << 22
 
 
 def spans(n: int) -> list[tuple[int, int]]:
     """``[start, stop)`` ranges covering ``n`` elements in order: :data:`WORKERS` of them, each
-    starting at a multiple of :data:`CHUNK`, from :data:`SPLIT_FROM` elements on; else one."""
+    starting at a multiple of :data:`CHUNK`, from :data:`~onnxprune.threads.SPLIT_FROM` elements
+    on; else one."""
     if n < SPLIT_FROM:
         return [(0, n)]
-    cuts = [min(n, (n * i // WORKERS) // CHUNK * CHUNK) for i in range(WORKERS)] + [n]
-    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+    return [(run[0], min(run[-1] + CHUNK, n)) for run in in_runs(range(0, n, CHUNK), WORKERS)]
 
 
 def magnitude_chunks(
