@@ -14,7 +14,9 @@ What it measures
         and writes the model pays);
     (b) ``onnxprune prune IN OUT --sparsity 0.5 --scope global -q``;
     (c) ``onnxprune prune IN OUT --sparsity 0.5 --scope local -q`` (the default run:
-        validated, compressed sizes estimated, dead-channel watch on);
+        validated, dead-channel watch on; since stop 41 ``-q`` without ``--json`` estimates no
+        compressed size, which nothing would show: a run that prints the summary table adds
+        the estimate's wait, about 0.03-0.06 s on MiniLM);
     (d) ``onnxprune prune IN OUT --sparsity 0.5 --no-validate -q`` (documented as unsafe);
     (e) with ``--baseline DIR`` (a checkout of another commit), case (c) run by that checkout's
         onnxprune, so that two commits are compared side by side on one machine state;
