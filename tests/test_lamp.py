@@ -127,6 +127,65 @@ def test_lamp_allocation_reads_each_tensor_twice_and_gathers_little(monkeypatch)
         )
 
 
+def test_given_bins_spare_a_read_and_change_nothing():
+    """Bins handed over (by discovery, which read the tensor already) are not computed again:
+    each such tensor is read once more only (the gather), and the allocation is the same."""
+    rng = np.random.default_rng(1)
+    values = [(rng.standard_normal(50_000) * s).astype(np.float32) for s in (1.0, 0.3, 4.0)]
+    total, caps = 70_000, [50_000] * 3
+    expected = lamp.lamp_allocation(values, total, caps)
+    layers = _Counted(values)
+    given = [lamp.tensor_bins(values[0]), None, lamp.tensor_bins(values[2])]
+    assert lamp.lamp_allocation(layers, total, caps, summaries=given) == expected
+    assert layers.reads == [1, 2, 1]
+    with pytest.raises(ValueError, match="summaries"):
+        lamp.lamp_allocation(values, total, caps, summaries=given[:2])
+
+
+def test_a_streamed_lamp_run_bins_each_weight_once_as_discovery_reads_it(tmp_path, monkeypatch):
+    """prune --scope global --criterion lamp on a model with external data: discovery bins every
+    prunable weight as it counts it (Weight.summary), the allocation takes those bins, and the
+    output is the one a run without them writes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnxprune
+    from onnxprune.graph import discovery
+
+    rng = np.random.default_rng(2)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((64, 64)) * s).astype(np.float32), f"W{i}")
+        for i, s in enumerate((1.0, 0.1, 3.0))
+    ]
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"W{i}"], [f"h{i + 1}"]) for i in range(3)]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("h3", TensorProto.FLOAT, [1, 64])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "m.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="m.bin", size_threshold=0)
+    config = onnxprune.PruneConfig(sparsity=0.5, scope="global", criterion="lamp")
+    binned: list[int] = []  # one chunk a tensor here: one call of _chunk_ids per tensor binned
+    real = lamp._chunk_ids
+    monkeypatch.setattr(lamp, "_chunk_ids", lambda part, scratch: binned.append(part.size) or real(part, scratch))
+    found = discovery.discover(model, config.selection, summarize=lamp.tensor_bins).weights
+    assert all(isinstance(w.summary, lamp.Bins) for w in found if w.name.startswith("W"))
+    binned.clear()
+    onnxprune.prune_file(path, tmp_path / "a.onnx", config)
+    assert binned == [64 * 64] * 3  # once each, in discovery
+    monkeypatch.setattr(onnxprune.passes.unstructured, "_summary_of", lambda config: None)
+    onnxprune.prune_file(path, tmp_path / "b.onnx", config)
+    assert binned == [64 * 64] * 6  # the allocation's own pass
+    a, b = onnx.load(str(tmp_path / "a.onnx")), onnx.load(str(tmp_path / "b.onnx"))
+    assert [numpy_helper.to_array(t).tobytes() for t in a.graph.initializer] == [
+        numpy_helper.to_array(t).tobytes() for t in b.graph.initializer
+    ]
+
+
 def test_lamp_scores_are_exact_per_bin_suffix_sums():
     """Scores from the bins' sums equal the textbook definition to float64 rounding."""
     rng = np.random.default_rng(1)

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 from onnx import ModelProto, TensorProto
@@ -89,6 +90,9 @@ class Weight:
     #: the flat (C-order) indices of the zeros (``-0`` included) of a float tensor with at most
     #: :data:`ZERO_INDEX_MAX` of them, else None: what is pruned can then be counted without a read
     zero_at: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: what a global allocation reads of the tensor, computed as discovery read it when asked
+    #: (``discover(summarize=...)``, e.g. LAMP's bins), else None
+    summary: object | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -279,12 +283,36 @@ KEY_SAMPLE = 4096
 #: :attr:`Weight.zero_at`)
 ZERO_INDEX_MAX = 1 << 16
 
-_Counted = tuple[int, np.ndarray | None, tuple[int, int], np.ndarray | None]
+
+class _Counted(NamedTuple):
+    """What one read of a stored tensor gives discovery (see :func:`_count_values`)."""
+
+    zeros: int
+    key_sample: np.ndarray | None
+    nonfinite: tuple[int, int]  # (NaN, ±inf)
+    zero_at: np.ndarray | None
+    summary: object | None = None
 
 
-def _count_values_of(found: _Stored, *, read: tensors.ArrayReader) -> _Counted:
-    """:func:`_count_values` of a stored tensor."""
-    return _count_values(found.tensor, read)
+def _count_values_of(
+    found: _Stored,
+    *,
+    read: tensors.ArrayReader,
+    summarize: Callable[[np.ndarray], object] | None = None,
+    min_size: int = 0,
+) -> _Counted:
+    """:func:`_count_values` of a stored tensor, and ``summarize`` of its values, read the same
+    time, when it is a float weight of ``min_size`` elements or more with no NaN or ±inf."""
+    counted = _count_values(found.tensor, read)
+    if (
+        summarize is None
+        or found.role != "weight"
+        or not tensors.is_float(found.tensor)
+        or tensors.numel(found.tensor) < min_size
+        or sum(counted.nonfinite)
+    ):
+        return counted
+    return counted._replace(summary=summarize(read(found.tensor)))
 
 
 def _count_values(tensor: TensorProto, read: tensors.ArrayReader = tensors.read_array) -> _Counted:
@@ -292,7 +320,7 @@ def _count_values(tensor: TensorProto, read: tensors.ArrayReader = tensors.read_
     flat indices of its zeros when it is a float tensor with at most :data:`ZERO_INDEX_MAX` of
     them (else None): read once, used four times."""
     if not tensors.is_float(tensor):
-        return int(tensors.numel(tensor) - np.count_nonzero(read(tensor))), None, (0, 0), None
+        return _Counted(int(tensors.numel(tensor) - np.count_nonzero(read(tensor))), None, (0, 0), None)
     values = read(tensor)
     sample = global_keys(values.reshape(-1)[:: max(1, values.size // KEY_SAMPLE)])
     zeros, nan, inf = 0, 0, 0
@@ -309,7 +337,7 @@ def _count_values(tensor: TensorProto, read: tensors.ArrayReader = tensors.read_
         found = tensors.nonfinite_in_keys(keys, dtype=values.dtype)
         nan, inf = nan + found[0], inf + found[1]
     zero_at = None if where is None else np.concatenate([np.empty(0, dtype=np.intp), *where])
-    return zeros, sample, (nan, inf), zero_at
+    return _Counted(zeros, sample, (nan, inf), zero_at)
 
 
 @dataclass
@@ -353,13 +381,19 @@ def stored_reads(model: ModelProto, *, external: bool = False) -> list[tuple[str
 
 
 def discover(
-    model: ModelProto, options: DiscoveryOptions | None = None, *, read: tensors.ArrayReader | None = None
+    model: ModelProto,
+    options: DiscoveryOptions | None = None,
+    *,
+    read: tensors.ArrayReader | None = None,
+    summarize: Callable[[np.ndarray], object] | None = None,
 ) -> Inventory:
     """Find every stored tensor read as a weight, bias, normalization parameter or
     embedding table, in the main graph and all subgraphs. ``options`` selects the prunable
     ones (a :class:`~onnxprune.config.Selection` or plain options; default: any of 256+ elements).
     ``read`` reads the values (a :class:`~onnxprune.graph.lazy.TensorSource` for a model whose
-    external data is not loaded: its external tensors are then discovered too, read one at a time)."""
+    external data is not loaded: its external tensors are then discovered too, read one at a time).
+    ``summarize`` is applied to the values of every float weight of ``options.min_size`` elements
+    or more without NaN or ±inf as it is read (:attr:`Weight.summary`; e.g. LAMP's bins)."""
     options = options or DiscoveryOptions()
     root = Scope.build(model.graph)
     weights: list[Weight] = []
@@ -367,8 +401,9 @@ def discover(
     reached: set[tuple[str, int, str]] = set()
     stored = list(_stored(root, external=read is not None))
     # two tensors counted at once (numpy and the page faults of a mapped tensor release the GIL)
-    counted = map_in_threads(partial(_count_values_of, read=read or tensors.read_array), stored)
-    for found, (zeros, key_sample, (nan, infinite), zero_at) in zip(stored, counted, strict=True):
+    count = partial(_count_values_of, read=read or tensors.read_array, summarize=summarize, min_size=options.min_size)
+    counted = map_in_threads(count, stored)
+    for found, (zeros, key_sample, (nan, infinite), zero_at, summary) in zip(stored, counted, strict=True):
         tensor, trace, role = found.tensor, found.trace, found.role
         for reader, _, _ in trace.slots:
             reached.add((reader.node, reader.input_index, reader.scope))
@@ -394,6 +429,7 @@ def discover(
             nonfinite=nonfinite,
             key_sample=key_sample,
             zero_at=zero_at,
+            summary=summary,
         )
         weights.append(weight)
         protos[weight.key] = tensor

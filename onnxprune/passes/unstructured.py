@@ -171,7 +171,8 @@ def plan_targets(
     total = sparsity.count_for_amount(sum(w.numel for w in rest), allocation.sparsity)
     caps = [max(sparsity.count_for_amount(w.numel, allocation.max_layer_sparsity), 0) for w in rest]
     if criterion.global_allocation is not None:  # e.g. LAMP: its own exact search, two reads a tensor
-        allocated = criterion.global_allocation(_LazyArrays(inventory, rest), total, caps)
+        summaries = [w.summary for w in rest] if criterion.tensor_summary is not None else None
+        allocated = criterion.global_allocation(_LazyArrays(inventory, rest), total, caps, summaries=summaries)
     else:
         global_keys = criterion.global_keys
         assert global_keys is not None  # supports_global
@@ -287,6 +288,16 @@ def pruned_layer(weight: Weight, target: Target, zeros_after: int, reason: str |
     )
 
 
+def _summary_of(config: PruneConfig) -> Callable[[np.ndarray], object] | None:
+    """What discovery computes of each weight as it reads it for ``config``'s global allocation
+    (:attr:`~onnxprune.sparsity.criteria.Criterion.tensor_summary`, e.g. LAMP's bins), if any."""
+    allocation = config.allocation
+    criterion = CRITERIA[config.ranking.criterion]
+    if allocation.scope != "global" or allocation.pattern is not None or allocation.sparsity is None:
+        return None
+    return criterion.tensor_summary if criterion.global_allocation is not None else None
+
+
 def prune_weights(
     model: ModelProto,
     config: PruneConfig,
@@ -310,7 +321,7 @@ def prune_weights(
     """
     if source is not None and not defer:
         raise ValueError("a model read from a lazy source is pruned only by deferred writes")
-    inventory = discover(model, config.selection, read=source)
+    inventory = discover(model, config.selection, read=source, summarize=_summary_of(config))
     if nonfinite is not None:
         nonfinite.update((w.key, w.nonfinite) for w in inventory.weights if w.storage != "computed")
     targets = plan_targets(config.allocation, config.ranking, inventory, hold_keys=source is None)

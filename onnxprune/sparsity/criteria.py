@@ -18,10 +18,14 @@ A :class:`Criterion` bundles the pure-numpy functions of :mod:`onnxprune.sparsit
   mask keys.
 * ``cheap_global_keys``: computing the global keys is one cheap pass, so they are recomputed
   on access rather than held for the whole model.
-* ``global_allocation(tensors, total, caps)``: the criterion's own search for the global
-  threshold, giving the same counts as :func:`~onnxprune.sparsity.allocate.allocate_global`
+* ``global_allocation(tensors, total, caps, summaries=None)``: the criterion's own search for
+  the global threshold, giving the same counts as :func:`~onnxprune.sparsity.allocate.allocate_global`
   on ``global_keys`` of each tensor (LAMP: :func:`~onnxprune.sparsity.lamp.lamp_allocation`,
   two reads of each tensor and no sort); None to search on the keys.
+* ``tensor_summary(w)``: what ``global_allocation`` first reads of each tensor in a pass of its
+  own (LAMP: the bins, :func:`~onnxprune.sparsity.lamp.tensor_bins`), which discovery then
+  computes as it reads the tensor anyway and hands over as ``summaries`` (one read fewer; on a
+  model read from disk, that CPU work overlaps discovery's waits on the disk); None if none.
 * ``ranks_like_magnitude``: within a tensor its keys select exactly the sets the magnitude
   keys select (ties by flat index), so a count target is written by
   :func:`~onnxprune.sparsity.zero_smallest_bits` (chunked, no mask), and a calibrated method
@@ -33,13 +37,13 @@ validates ``criterion`` against :data:`CRITERIA` and ``--criterion`` offers its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from onnxprune.sparsity.allocate import GlobalAllocation
-from onnxprune.sparsity.lamp import lamp_allocation, lamp_scores
+from onnxprune.sparsity.lamp import lamp_allocation, lamp_scores, tensor_bins
 from onnxprune.sparsity.registry import Registry
 from onnxprune.sparsity.scores import global_keys, magnitude_keys, random_keys
 
@@ -57,7 +61,8 @@ class Criterion:
     global_keys: Callable[[np.ndarray], np.ndarray] | None = None
     global_is_magnitude: bool = False
     cheap_global_keys: bool = False
-    global_allocation: Callable[[Sequence[np.ndarray], int, Sequence[int]], GlobalAllocation] | None = None
+    global_allocation: Callable[..., GlobalAllocation] | None = None
+    tensor_summary: Callable[[np.ndarray], object] | None = None
     ranks_like_magnitude: bool = False
     seeded: bool = False
 
@@ -108,6 +113,7 @@ LAMP = CRITERIA.register(
         keys=_magnitude_keys,
         global_keys=_lamp_global_keys,
         global_allocation=lamp_allocation,
+        tensor_summary=tensor_bins,
         ranks_like_magnitude=True,
     )
 )

@@ -256,14 +256,28 @@ def _gather_keys(values: np.ndarray, bins: Bins, first: int, last: int) -> tuple
     return global_keys(scores), magnitudes[order]
 
 
-def lamp_allocation(tensors: Sequence[np.ndarray], total: int, caps: Sequence[int]) -> GlobalAllocation:
+def lamp_allocation(
+    tensors: Sequence[np.ndarray],
+    total: int,
+    caps: Sequence[int],
+    summaries: Sequence[Bins | None] | None = None,
+) -> GlobalAllocation:
     """Per-layer counts for one global threshold on the LAMP keys of ``tensors`` with caps,
     the same as :func:`~onnxprune.sparsity.allocate.allocate_global` on ``global_keys(lamp_scores(w))``
     of each tensor, found in two reads of each (see the module docstring). ``tensors`` may
-    read its items on access (memory-mapped); each is read twice."""
+    read its items on access (memory-mapped); each is read twice, once where ``summaries``
+    already gives its :func:`tensor_bins` (computed by whoever read it before)."""
     if len(tensors) != len(caps):
         raise ValueError("tensors and caps must have the same length")
-    bins = map_in_threads(lambda i: tensor_bins(tensors[i]), range(len(tensors)))
+    given = list(summaries) if summaries is not None else [None] * len(tensors)
+    if len(given) != len(tensors):
+        raise ValueError("tensors and summaries must have the same length")
+
+    def binned(i: int) -> Bins:
+        found = given[i]
+        return found if found is not None else tensor_bins(tensors[i])
+
+    bins = map_in_threads(binned, range(len(tensors)))
     caps = [min(int(c), b.size) for c, b in zip(caps, bins, strict=True)]
     if total >= sum(caps):
         return GlobalAllocation(list(caps), None)
