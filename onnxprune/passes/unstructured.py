@@ -14,9 +14,10 @@ it stays byte-identical, as does every tensor that is not a pruned weight.
 **Streamed.** On a model loaded without its external data (``context.tensors``, a
 :class:`~onnxprune.graph.lazy.TensorSource`), every value is read through the source, one
 tensor at a time and memory-mapped: discovery counts zeros and takes key samples as it reads,
-a global threshold recomputes each tensor's keys when the allocation asks for them (LAMP reads
-each tensor twice, :func:`~onnxprune.sparsity.lamp.lamp_allocation`) instead of holding a
-model's worth, N:M zero counts come from the zeros of each group, and
+a global threshold recomputes each tensor's keys when the allocation asks for them (LAMP's
+bins are taken as discovery reads each tensor, and its bracket reads each once more,
+:func:`~onnxprune.sparsity.lamp.lamp_allocation`) instead of holding a model's worth, N:M zero
+counts come from the zeros of each group (from discovery's indices when there are few), and
 the pruned bytes of every changed tensor are computed only when the writer streams them.
 The decisions, and so the bytes written, are those of the run on the loaded model.
 """
@@ -170,9 +171,12 @@ def plan_targets(
 
     total = sparsity.count_for_amount(sum(w.numel for w in rest), allocation.sparsity)
     caps = [max(sparsity.count_for_amount(w.numel, allocation.max_layer_sparsity), 0) for w in rest]
-    if criterion.global_allocation is not None:  # e.g. LAMP: its own exact search, two reads a tensor
-        summaries = [w.summary for w in rest] if criterion.tensor_summary is not None else None
-        allocated = criterion.global_allocation(_LazyArrays(inventory, rest), total, caps, summaries=summaries)
+    if criterion.global_allocation is not None:  # e.g. LAMP: its own exact search, one read a tensor
+        arrays = _LazyArrays(inventory, rest)
+        if criterion.tensor_summary is not None:  # discovery computed them as it read each tensor
+            allocated = criterion.global_allocation(arrays, total, caps, summaries=[w.summary for w in rest])
+        else:
+            allocated = criterion.global_allocation(arrays, total, caps)
     else:
         global_keys = criterion.global_keys
         assert global_keys is not None  # supports_global

@@ -43,7 +43,9 @@ The global threshold without a sort (:func:`lamp_allocation`)
        are counted whole. The threshold is then found among the exact keys in the bracket.
 
     Time: two reads of every tensor and ``O(n)`` work each; the sort is of the gathered bins
-    only. Memory: one chunk's temporaries, the bins, and the gathered weights.
+    only. Memory: one chunk's temporaries, the bins, and the gathered weights. The first pass
+    can be someone else's: the pruning pass has discovery bin each weight as it reads it anyway
+    (``summaries``; :attr:`onnxprune.sparsity.criteria.Criterion.tensor_summary`).
 
     A float32 chunk's bins and squares are computed into buffers reused from chunk to chunk
     (:class:`_Scratch`): a fresh 32 MB temporary a chunk costs its page faults every time,
