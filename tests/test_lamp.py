@@ -146,26 +146,17 @@ def test_a_streamed_lamp_run_bins_each_weight_once_as_discovery_reads_it(tmp_pat
     """prune --scope global --criterion lamp on a model with external data: discovery bins every
     prunable weight as it counts it (Weight.summary), the allocation takes those bins, and the
     output is the one a run without them writes."""
+    import builders as b
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import numpy_helper
 
     import onnxprune
     from onnxprune.graph import discovery
 
-    rng = np.random.default_rng(2)
-    inits = [
-        numpy_helper.from_array((rng.standard_normal((64, 64)) * s).astype(np.float32), f"W{i}")
-        for i, s in enumerate((1.0, 0.1, 3.0))
-    ]
-    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"W{i}"], [f"h{i + 1}"]) for i in range(3)]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("h3", TensorProto.FLOAT, [1, 64])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    scales = (1.0, 0.1, 3.0)
+    inits = [b.init(f"W{i}", b.rand((64, 64), seed=i) * s) for i, s in enumerate(scales)]
+    nodes = [b.node("MatMul", ["x" if i == 0 else f"h{i}", f"W{i}"], [f"h{i + 1}"], f"mm{i}") for i in range(3)]
+    model = b.model(nodes, [b.value("x", (1, 64))], [b.value("h3", (1, 64))], inits)
     path = tmp_path / "m.onnx"
     onnx.save_model(model, str(path), save_as_external_data=True, location="m.bin", size_threshold=0)
     config = onnxprune.PruneConfig(sparsity=0.5, scope="global", criterion="lamp")
