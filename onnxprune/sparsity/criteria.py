@@ -24,8 +24,8 @@ A :class:`Criterion` bundles the pure-numpy functions of :mod:`onnxprune.sparsit
   two reads of each tensor and no sort); None to search on the keys.
 * ``tensor_summary(w)``: what ``global_allocation`` first reads of each tensor in a pass of its
   own (LAMP: the bins, :func:`~onnxprune.sparsity.lamp.tensor_bins`), which discovery then
-  computes as it reads the tensor anyway and hands over as ``summaries`` (one read fewer; on a
-  model read from disk, that CPU work overlaps discovery's waits on the disk); None if none.
+  computes as it reads the tensor anyway and hands over as ``summaries`` (one read of every
+  tensor fewer); None if none.
 * ``ranks_like_magnitude``: within a tensor its keys select exactly the sets the magnitude
   keys select (ties by flat index), so a count target is written by
   :func:`~onnxprune.sparsity.zero_smallest_bits` (chunked, no mask), and a calibrated method
