@@ -248,18 +248,31 @@ class Unsolvable:
     reason: str
 
 
+def _solvable_task(
+    layer: CalibLayer, stats: LayerStats, target: Target, values: np.ndarray, index: int, **options: Any
+) -> LayerTask | Unsolvable:
+    """:func:`layer_task` (which takes ``options``), or why no solver can use it: terms that are
+    not finite (:func:`~onnxprune.reconstruct.layer.nonfinite_terms`)."""
+    task = layer_task(layer, stats, target, values, index, **options)
+    overflow = nonfinite_terms(task)
+    if overflow:
+        return Unsolvable(
+            f"its calibration statistics are not finite ({', '.join(overflow)}): its weights or their inputs "
+            "are too large to calibrate"
+        )
+    return task
+
+
 def _solve_layer(
     layer: CalibLayer, stats: LayerStats, target: Target, values: np.ndarray, index: int, **options: Any
 ) -> tuple[np.ndarray, LayerSolution]:
     """The new stored array of ``layer`` and its solution (error terms, bias deltas), solved here:
-    :func:`layer_task` (which takes ``options``), then :func:`~onnxprune.reconstruct.layer.solve_layer`.
-    Statistics that are not finite are refused by name (:func:`nonfinite_terms`)."""
-    task = layer_task(layer, stats, target, values, index, **options)
-    overflow = nonfinite_terms(task)
-    if overflow:
+    :func:`_solvable_task`, then :func:`~onnxprune.reconstruct.layer.solve_layer`. A task no
+    solver can use is refused by name."""
+    task = _solvable_task(layer, stats, target, values, index, **options)
+    if isinstance(task, Unsolvable):
         raise UnsupportedModelError(
-            f"weight '{layer.weight.key}': its calibration statistics are not finite ({', '.join(overflow)}): its "
-            "weights or their inputs are too large to calibrate; fix the model, or prune it by magnitude"
+            f"weight '{layer.weight.key}': {task.reason}; fix the model, or prune it by magnitude"
         )
     solution = solve_layer(task)
     return layer.from_matrix(solution.new), solution
@@ -475,7 +488,7 @@ def _prune(
                 work.append((layer, layer_stats, loop))
                 continue
             values = values_of[weight.key]
-            task = layer_task(
+            task = _solvable_task(
                 layer,
                 layer_stats,
                 targets[weight.key],
@@ -486,10 +499,8 @@ def _prune(
                 percdamp=percdamp,
                 uses=[stats[use.spec.key] for use in layer.uses],
             )
-            overflow = nonfinite_terms(task)
-            if overflow:
-                why = f"its statistics are not finite ({', '.join(overflow)}: its weights or inputs overflow)"
-                work.append((layer, None, Unsolvable(why)))
+            if isinstance(task, Unsolvable):
+                work.append((layer, None, task))
                 continue
             work.append((layer, layer_stats, len(tasks)))
             tasks.append(task)
