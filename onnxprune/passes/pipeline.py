@@ -53,7 +53,7 @@ from onnxprune.graph.writer import external_elsewhere
 from onnxprune.passes.base import Pass, PassContext, PassResult, Progress, not_run
 from onnxprune.passes.deadwatch import AfterWeights, DeadChannelPass, DeadWatch, not_dead, watchable
 from onnxprune.passes.result import PruneResult
-from onnxprune.passes.unstructured import WeightPass, nonfinite_keys
+from onnxprune.passes.unstructured import WeightPass
 from onnxprune.quantize import QuantizeConfig, QuantizePass
 from onnxprune.recipe import Recipe
 from onnxprune.recipe import stamp as stamp_recipe
@@ -389,14 +389,9 @@ def run_file(
         refuse_kept_nonfinite(pipeline, model)
     state = _first(pipeline, model, context)
     if context.tensors is not None and not allow_nonfinite:
-        # streamed: discovery counted NaN and ±inf in the external weights as it read them
-        refuse_nonfinite(
-            model,
-            read=context.tensors,
-            only=nonfinite_keys(state.result),
-            external_only=True,
-            counted=context.nonfinite,
-        )
+        # streamed: discovery counted NaN and ±inf in the external tensors as it read them, so
+        # only those it found are read again (to name their counts)
+        refuse_nonfinite(model, read=context.tensors, external_only=True, counted=context.nonfinite)
     if not state.changed:
         return _unchanged(pipeline, state, tuple(files))
     _stamp_first(pipeline, model, state)

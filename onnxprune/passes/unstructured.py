@@ -261,12 +261,6 @@ def _layer_base(weight: Weight) -> dict[str, object]:
     }
 
 
-def nonfinite_keys(result: PruneResult) -> set[str]:
-    """The keys of the tensors left as they are because they hold NaN or infinite values (see
-    :mod:`onnxprune.graph.discovery`)."""
-    return {layer.key for layer in result.skipped if str(layer.reason or "").startswith(NONFINITE)}
-
-
 def nonfinite_skipped(result: PruneResult) -> int:
     """Tensors left as they are because they hold NaN or infinite values (see
     :mod:`onnxprune.graph.discovery`): a count of every weight pass's result."""
