@@ -40,9 +40,11 @@ Python API (the CLI is a thin layer over it)::
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from onnx import ModelProto
 
@@ -57,7 +59,6 @@ from onnxprune.config import (
     load_plan,
     parse_pattern,
 )
-from onnxprune.data import Dataset, ImageOptions, open_data
 from onnxprune.errors import (
     DataError,
     MissingKernelError,
@@ -70,7 +71,6 @@ from onnxprune.errors import (
     ValidationError,
     opt,
 )
-from onnxprune.evaluate import EvalOptions, EvalResult, ModelReport, evaluate
 from onnxprune.graph.discovery import DiscoveryOptions, Inventory, Weight, discover
 from onnxprune.graph.model_io import (
     SavedModel,
@@ -80,7 +80,6 @@ from onnxprune.graph.model_io import (
     save_model,
 )
 from onnxprune.graph.sanity import check_model
-from onnxprune.latency import LatencySettings
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress
 from onnxprune.passes.pipeline import (
     DEAD_CHANNELS_AFTER_WEIGHTS,
@@ -91,9 +90,49 @@ from onnxprune.passes.pipeline import (
     run_model,
 )
 from onnxprune.passes.result import LayerResult, PruneResult
-from onnxprune.quantize import QuantizeConfig, QuantizedWeight, QuantizeResult, quantize_file
 from onnxprune.stats import FileStatsAhead
-from onnxprune.validate import ValidationReport, validate_model
+
+if TYPE_CHECKING:
+    from onnxprune.data import Dataset, ImageOptions
+    from onnxprune.evaluation import EvalOptions, EvalResult, ModelReport, evaluate
+    from onnxprune.latency import LatencySettings
+    from onnxprune.quantize import QuantizeConfig, QuantizedWeight, QuantizeResult, quantize_file
+    from onnxprune.validate import ValidationReport
+
+#: Names this package exports from modules it imports on first use (PEP 562): the data
+#: readers, the evaluator, int8 quantization and validation bring onnxruntime and most of the
+#: package with them, which a magnitude prune from the CLI never needs.
+_DEFERRED = {
+    "Dataset": "onnxprune.data",
+    "ImageOptions": "onnxprune.data",
+    "open_data": "onnxprune.data",
+    "EvalOptions": "onnxprune.evaluation",
+    "EvalResult": "onnxprune.evaluation",
+    "ModelReport": "onnxprune.evaluation",
+    "evaluate": "onnxprune.evaluation",
+    "LatencySettings": "onnxprune.latency",
+    "QuantizeConfig": "onnxprune.quantize",
+    "QuantizedWeight": "onnxprune.quantize",
+    "QuantizeResult": "onnxprune.quantize",
+    "quantize_file": "onnxprune.quantize",
+    "ValidationReport": "onnxprune.validate",
+    "validate_model": "onnxprune.validate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """A deferred export (:data:`_DEFERRED`), imported when first asked for and kept."""
+    module = _DEFERRED.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnxprune' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_DEFERRED})
+
 
 __version__ = "0.1.0"
 
@@ -263,6 +302,8 @@ def save(
     """
 
     def _validate(tmp: Path, checker_path: Path) -> None:
+        from onnxprune.validate import validate_model
+
         validate_model(tmp, reference=reference, input_shapes=input_shapes, checker_path=checker_path)
 
     return save_model(
@@ -383,4 +424,6 @@ def calibration_data(
 
         model = load_model(source, finite=not allow_nonfinite)
         return make_data_free(model, specs, samples=samples, seed=seed, shapes=shapes or None, batch_axes=batch_axes)
+    from onnxprune.data import open_data
+
     return open_data(data, specs=specs, image_options=image_options, samples=samples, seed=seed, batch_axes=batch_axes)

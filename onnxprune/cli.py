@@ -7,6 +7,7 @@ Exit codes: 0 success; 1-7 an error (one line on stderr, see :mod:`onnxprune.err
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections import Counter
@@ -22,8 +23,7 @@ import onnxprune
 from onnxprune import allocator, cli_choices
 from onnxprune import recipe as recipes
 from onnxprune.batch_axes import batch_axes, parse_batch_axes
-from onnxprune.cli_analyze import analyze_command
-from onnxprune.cli_eval import build_options, eval_command, evaluation_files, evaluation_options, run_evaluation
+from onnxprune.cli_eval import build_options, evaluation_files, evaluation_options, run_evaluation
 from onnxprune.cli_print import (
     format_shape,
     print_layers,
@@ -34,13 +34,10 @@ from onnxprune.cli_print import (
     reason_counts,
     shown,
 )
-from onnxprune.cli_view import view_command
 from onnxprune.config import MAX_BLOCK_EPOCHS, PruneConfig, Selection, StructureConfig, load_plan, parse_pattern
 from onnxprune.console import Interrupted, ProgressBar, command_json_stdout, count, fail, handle_errors, table
-from onnxprune.data.layout import format_dims
 from onnxprune.envelope import envelope, is_stdout, write_json
 from onnxprune.errors import opt
-from onnxprune.evaluate import check_evaluation
 from onnxprune.graph.model_io import SavedModel, load_model, model_reads, model_writes
 from onnxprune.graph.outputs import Read, Write, check_outputs
 from onnxprune.passes.pipeline import PruneRun, after_weights
@@ -91,8 +88,27 @@ _NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(
 )
 
 
+#: Commands defined in their own modules, imported when one of them is run or listed (the
+#: evaluator and the viewer bring onnxruntime and the report pages, which ``prune`` does not need).
+_LAZY_COMMANDS = {
+    "analyze": "onnxprune.cli_analyze:analyze_command",
+    "eval": "onnxprune.cli_eval:eval_command",
+    "view": "onnxprune.cli_view:view_command",
+}
+
+
 class _Group(click.Group):
-    """A click group whose usage errors are one line on stderr, like every other error."""
+    """A click group whose usage errors are one line on stderr, like every other error, and
+    whose commands in :data:`_LAZY_COMMANDS` load on first use."""
+
+    def list_commands(self, ctx: click.Context | None) -> list[str]:
+        return sorted({*self.commands, *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context | None, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _LAZY_COMMANDS:
+            module, name = _LAZY_COMMANDS[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), name), cmd_name)
+        return self.commands.get(cmd_name)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         allocator.tune()  # the process is the command's: freed buffers reused, not unmapped
@@ -323,6 +339,8 @@ def input_table(model: onnx.ModelProto) -> list[dict[str, Any]]:
     """Each graph input of ``model``: its declared dims, its batch axis (as data is read,
     :mod:`onnxprune.batch_axes`) and the ``--input-shape`` a synthetic input needs (dims
     onnxprune would otherwise guess); real data needs none."""
+    from onnxprune.data.layout import format_dims
+
     declared = declared_dims(model)
     axes = batch_axes(declared)
     guessed = guessed_dims(declared, {})
@@ -781,6 +799,8 @@ def prune(
 def _evaluation_data(source: Path, eval_kwargs: dict[str, Any], input_shape: tuple[str, ...]) -> Any:
     """The evaluation data of ``prune --data/--labels``, checked against the input model, so that
     bad evaluation options, data or labels fail before anything is written."""
+    from onnxprune.evaluation import check_evaluation
+
     return check_evaluation(
         source,
         data=eval_kwargs.get("data"),
@@ -1170,8 +1190,3 @@ def _evaluate_written(
         raise
     except KeyboardInterrupt as exc:
         raise Interrupted(getattr(exc, "signum", None), done=f"{written}; it was not evaluated") from None
-
-
-main.add_command(eval_command)
-main.add_command(analyze_command)
-main.add_command(view_command)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
 import click
 
@@ -13,15 +13,14 @@ from onnxprune import cli_choices
 from onnxprune.batch_axes import parse_batch_axes
 from onnxprune.cli_print import shown
 from onnxprune.console import PlainProgress, count, handle_errors, human, interactive, json_on_stdout, table
-from onnxprune.data import parse_image_options
 from onnxprune.envelope import is_stdout, write_json
 from onnxprune.errors import OptionError, opt
-from onnxprune.evaluate import EvalOptions, EvalResult, ModelReport, evaluate
 from onnxprune.graph.model_io import model_reads
 from onnxprune.graph.outputs import Read, Write, check_outputs
-from onnxprune.latency import TOO_NOISY, LatencySettings
-from onnxprune.report.structure import totals as structure_totals
 from onnxprune.runtime import parse_input_shapes, reads_model
+
+if TYPE_CHECKING:  # the evaluator, the data readers and onnxruntime load when a command evaluates
+    from onnxprune.evaluation import EvalOptions, EvalResult, ModelReport
 
 
 def _options(for_prune: bool) -> list[Callable[[Any], Any]]:
@@ -113,6 +112,10 @@ def evaluation_files(kwargs: dict[str, Any], *, json_name: str) -> tuple[list[Wr
 
 def build_options(kwargs: dict[str, Any], input_shapes: Sequence[str]) -> EvalOptions:
     """EvalOptions from the parsed click options (validated here, once)."""
+    from onnxprune.data import parse_image_options
+    from onnxprune.evaluation import EvalOptions
+    from onnxprune.latency import LatencySettings
+
     image = None
     image_keys = ("image_size", "crop", "mean", "std", "scale", "layout", "channels")
     if any(kwargs.get(k) for k in image_keys):
@@ -206,6 +209,8 @@ def run_evaluation(
     """Evaluate, print the tables and warnings (with ``quiet`` one summary line), write the
     report and JSON if asked (the caller checked their paths with :func:`evaluation_files`
     before any work); a JSON path ``-`` goes to ``stdout``."""
+    from onnxprune.evaluation import evaluate
+
     options = build_options(kwargs, input_shapes)
     report_path, json_path = kwargs.get("report"), kwargs.get("eval_json")
     stages = _Stages(quiet)
@@ -233,6 +238,8 @@ def run_evaluation(
 
 def summary_line(result: EvalResult) -> str:
     """One line per candidate against the base: sizes, accuracy or fidelity, latency."""
+    from onnxprune.latency import TOO_NOISY
+
     base, *candidates = result.models
     parts = []
     for m in candidates or [base]:
@@ -274,12 +281,16 @@ def _latency(report: ModelReport) -> str:
 def _ratio(report: ModelReport) -> str:
     if report.latency is None or report.latency.ratio is None:
         return "1.00x" if report.latency is not None and report.role == "base" else "-"
+    from onnxprune.latency import TOO_NOISY
+
     r = report.latency.ratio
     text = f"{r.median:.2f}x [{r.p10:.2f}-{r.p90:.2f}]"
     return text if r.conclusive else f"{text} {TOO_NOISY}"
 
 
 def print_result(result: EvalResult) -> None:
+    from onnxprune.latency import TOO_NOISY
+
     data = result.to_dict()["data"]
     kind = "synthetic data (fidelity only)" if data["synthetic"] else data["source"]
     click.echo(
@@ -364,6 +375,8 @@ def structure_line(report: ModelReport) -> str | None:
     """One line on what the structural pass did to ``report``'s model, or None without its provenance."""
     if report.structure is None:
         return None
+    from onnxprune.report.structure import totals as structure_totals
+
     t = structure_totals(report.structure)
     text = (
         f"{report.name}: structural pass removed {t.channels_removed:,} channels in {t.groups} "

@@ -222,8 +222,9 @@ def print_summary(result, before, after, size_in, size_out, saved, quiet, struct
         click.echo(table(rows, ["", "before", "after", "after/before"], right={1, 2, 3}))
     target = f"{saved.path}" + (f" (+ {saved.data_path.name})" if saved.data_path else "")
     if result.pruned:
+        lead = "" if quiet else "\n"  # a blank line after the table; -q prints the summary line alone
         click.echo(
-            f"\npruned {len(result.pruned)} weight tensors: {count(result.zeros_after)} of "
+            f"{lead}pruned {len(result.pruned)} weight tensors: {count(result.zeros_after)} of "
             f"{count(result.weights_total)} weights are zero ({result.sparsity_after:.1%}; "
             f"{count(result.newly_zeroed)} newly zeroed) -> {target}"
         )

@@ -28,7 +28,6 @@ import onnx
 
 from onnxprune import runtime
 from onnxprune.batch_axes import batch_axes as infer_batch_axes
-from onnxprune.data.layout import format_dims
 from onnxprune.errors import DataError, MissingKernelError, OnnxPruneError, ShapeGuessError, ValidationError, opt
 from onnxprune.graph.model_io import load_model_lazily, streamed_run_fits, tensor_bytes
 from onnxprune.graph.tensor_check import check_written
@@ -165,6 +164,8 @@ def validate_model(
 
 
 def _guess_message(specs: Sequence[runtime.InputSpec], guessed: Mapping[str, list[int]], *, input_too: bool) -> str:
+    from onnxprune.data.layout import format_dims  # an error path: the data readers load only for it
+
     declared = {s.name: s.dims for s in specs}
     axes = infer_batch_axes(declared)
     wanted = []

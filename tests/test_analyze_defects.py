@@ -17,7 +17,7 @@ from onnxprune import runtime
 from onnxprune.cli_analyze import analyze_command
 from onnxprune.config import PruneConfig
 from onnxprune.data import open_data
-from onnxprune.evaluate import evaluate
+from onnxprune.evaluation import evaluate
 from onnxprune.passes.unstructured import prune_weights
 from onnxprune.sensitivity.sweep import analyze_sensitivity
 

@@ -57,8 +57,9 @@ def test_quiet_computes_no_compressed_size_unless_shown(tmp_path, monkeypatch):
     calls = []
     deflate = onnxprune.stats.deflate_size
     monkeypatch.setattr(onnxprune.stats, "deflate_size", lambda *a, **k: calls.append(a[1]) or deflate(*a, **k))
-    assert _invoke("prune", CNN, tmp_path / "o.onnx", "--sparsity", "0.3", "-q").exit_code == 0
-    assert calls == ["off", "off"]
+    quiet = _invoke("prune", CNN, tmp_path / "o.onnx", "--sparsity", "0.3", "-q")
+    assert quiet.exit_code == 0 and calls == ["off", "off"]
+    assert quiet.output.startswith("pruned ") and quiet.output.count("\n") == 1  # the summary line alone
     report = tmp_path / "r.json"
     assert _invoke("prune", CNN, tmp_path / "p.onnx", "--sparsity", "0.3", "-q", "--json", report).exit_code == 0
     assert calls[2:] == ["estimate", "estimate"]

@@ -96,7 +96,7 @@ def _sections(text: str) -> list[tuple[str, list[str]]]:
 
 
 def _prune() -> SectionedCommand:
-    command = main.commands["prune"]
+    command = main.get_command(None, "prune")
     assert isinstance(command, SectionedCommand)
     return command
 

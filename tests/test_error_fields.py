@@ -178,8 +178,8 @@ def test_a_message_is_a_str_that_the_cli_spells_with_flags():
 
 def _cli_flags() -> set[str]:
     names: set[str] = set()
-    for command in main.commands.values():
-        for param in command.params:
+    for name in main.list_commands(None):
+        for param in main.get_command(None, name).params:
             if isinstance(param, click.Option):
                 names.update(param.opts)
                 names.update(param.secondary_opts)

@@ -16,7 +16,7 @@ import pytest
 import onnxprune
 from onnxprune.compute import count_compute
 from onnxprune.errors import DataError, OptionError
-from onnxprune.evaluate import EvalOptions, evaluate
+from onnxprune.evaluation import EvalOptions, evaluate
 from onnxprune.latency import LatencySettings
 from onnxprune.provenance import STRUCTURE_KEY, STRUCTURE_OPTIONS_KEY, read_structure
 
@@ -242,7 +242,7 @@ def test_structural_provenance_is_read_and_agrees_with_the_models(dead_removed: 
 
 
 def test_malformed_structure_metadata_is_a_warning_not_a_crash(tmp_path: Path, dead_removed: Path, caplog):
-    caplog.set_level(logging.INFO, logger="onnxprune.evaluate")
+    caplog.set_level(logging.INFO, logger="onnxprune.evaluation")
     broken = _with_metadata(dead_removed, tmp_path / "broken.onnx", **{STRUCTURE_KEY: "{not json"})
     result = evaluate(MASKED / "cnn_masked.onnx", [broken], data=MASKED / "cnn_masked.test.npz", options=NO_LATENCY)
     cand = result.models[1]
@@ -307,7 +307,7 @@ def test_a_slower_int8_candidate_is_called_slower_in_plain_words(tmp_path: Path)
     within noise, says nothing. The rule is fed latency ratios: timings belong in benchmarks."""
     import dataclasses
 
-    from onnxprune.evaluate import candidate_warnings
+    from onnxprune.evaluation import candidate_warnings
     from onnxprune.latency import LatencyStats, RatioStats
     from onnxprune.quantize import quantize_file
 

@@ -740,12 +740,12 @@ def test_an_unknown_evaluation_output_is_refused_before_pruning(work: Path) -> N
 
 
 def test_an_evaluation_failing_after_the_write_says_the_output_is_valid(work: Path, monkeypatch) -> None:
-    import onnxprune.cli_eval as cli_eval
+    import onnxprune.evaluation as evaluation
 
     def evaluate(*args: object, **kwargs: object) -> None:
         raise DataError("the data ran out")
 
-    monkeypatch.setattr(cli_eval, "evaluate", evaluate)
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
     result = cli("prune", "m.onnx", "o.onnx", *PRUNE, *EVAL, "--eval")
     assert result.exit_code == DataError.exit_code
     lines = result.stderr.splitlines()

@@ -687,7 +687,7 @@ def test_write_report_errors_are_one_line(tmp_path, result):
 
 
 def test_the_evaluators_result_renders_with_every_plot(tmp_path):
-    evaluate = pytest.importorskip("onnxprune.evaluate")
+    evaluate = pytest.importorskip("onnxprune.evaluation")
     latency = pytest.importorskip("onnxprune.latency")
     pruned = tmp_path / "cnn_digits.p50.onnx"
     onnxprune.prune_file(FIXTURES / "cnn_digits.onnx", pruned, onnxprune.PruneConfig(sparsity=0.5))
@@ -712,7 +712,7 @@ def test_the_evaluators_result_renders_with_every_plot(tmp_path):
 def structural(tmp_path_factory) -> dict[str, Any]:
     """The evaluator's result for the mask-pruned CNN, its dead channels removed (exact) and 30 %
     of every group's channels removed (by weight norm), on the fixture's test split."""
-    evaluate = pytest.importorskip("onnxprune.evaluate")
+    evaluate = pytest.importorskip("onnxprune.evaluation")
     folder = tmp_path_factory.mktemp("report_structure")
     base = FIXTURES / "masked" / "cnn_masked.onnx"
     dead, s30 = folder / "dead.onnx", folder / "s30.onnx"

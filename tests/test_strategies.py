@@ -84,11 +84,11 @@ def test_a_registry_refuses_a_second_strategy_of_the_same_name():
 
 
 def test_cli_choices_come_from_the_registries():
-    params = {p.name: p for p in main.commands["prune"].params}
+    params = {p.name: p for p in main.get_command(None, "prune").params}
     assert tuple(params["criterion"].type.choices) == CRITERIA.names()
     assert tuple(params["method"].type.choices) == METHODS.names()
     assert tuple(params["importance"].type.choices) == importance_choices()
-    analyze = {p.name: p for p in main.commands["analyze"].params}
+    analyze = {p.name: p for p in main.get_command(None, "analyze").params}
     assert tuple(analyze["method"].type.choices) == tuple(m.name for m in METHODS if m.in_analyze)
 
 

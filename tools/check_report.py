@@ -229,10 +229,10 @@ def _sample_structural(base: dict) -> dict:
 
 def real_result(workdir: Path) -> tuple[dict | None, str]:
     """Prune cnn_digits three times and evaluate with onnxprune.evaluate, if it exists and works."""
-    try:  # the module, not the onnxprune.evaluate function the package may re-export
-        evaluation = importlib.import_module("onnxprune.evaluate")
+    try:  # the module behind the onnxprune.evaluate function
+        evaluation = importlib.import_module("onnxprune.evaluation")
     except ImportError:
-        return None, "onnxprune.evaluate is not available"
+        return None, "onnxprune.evaluation is not available"
     import onnxprune
 
     base = ROOT / "fixtures" / "cnn_digits.onnx"
@@ -253,9 +253,9 @@ def real_result(workdir: Path) -> tuple[dict | None, str]:
         )
         data = result.to_dict() if hasattr(result, "to_dict") else result
         json.dumps(data)  # the contract: JSON-able
-        return data, "evaluated with onnxprune.evaluate"
+        return data, "evaluated with onnxprune.evaluation"
     except Exception as exc:  # a tool: report and fall back, never hide why
-        return None, f"onnxprune.evaluate did not work here ({type(exc).__name__}: {exc})"
+        return None, f"onnxprune.evaluation did not work here ({type(exc).__name__}: {exc})"
 
 
 def find_browser() -> str | None:

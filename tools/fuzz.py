@@ -1880,7 +1880,7 @@ def worker_main(config_text: str) -> None:
             "onnxprune.cli",
             "onnxruntime",
             "onnx_graphsurgeon",
-            "onnxprune.evaluate",
+            "onnxprune.evaluation",
             "onnxprune.quantize",
             "onnxprune.sensitivity.sweep",
             "onnxruntime.quantization",

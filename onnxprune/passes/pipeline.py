@@ -54,18 +54,16 @@ from onnxprune.passes.base import Pass, PassContext, PassResult, Progress, not_r
 from onnxprune.passes.deadwatch import AfterWeights, DeadChannelPass, DeadWatch, not_dead, watchable
 from onnxprune.passes.result import PruneResult
 from onnxprune.passes.unstructured import WeightPass
-from onnxprune.quantize import QuantizeConfig, QuantizePass
 from onnxprune.recipe import Recipe
 from onnxprune.recipe import stamp as stamp_recipe
 from onnxprune.reconstruct.methods import METHODS
 from onnxprune.stats import FileStatsAhead, ParamStats, param_stats
-from onnxprune.validate import validate_model
 
 if TYPE_CHECKING:
     from onnxprune.data import Dataset
     from onnxprune.graph.model_io import SavedModel
     from onnxprune.passes.structural import StructuralResult
-    from onnxprune.quantize import QuantizeResult
+    from onnxprune.quantize import QuantizeConfig, QuantizePass, QuantizeResult
     from onnxprune.validate import ValidationReport
 
 log = logging.getLogger(__name__)
@@ -157,7 +155,11 @@ def build_pipeline(
 
             channels = StructuralPass(structure)
     recipe = Recipe.from_configs(config, structure) if weights is not None or channels is not None else None
-    return Pipeline(weights, channels, QuantizePass(quantize) if quantize is not None else None, recipe)
+    if quantize is None:
+        return Pipeline(weights, channels, None, recipe)
+    from onnxprune.quantize import QuantizePass
+
+    return Pipeline(weights, channels, QuantizePass(quantize), recipe)
 
 
 def _reads_every_weight(pipeline: Pipeline) -> str | None:
@@ -413,6 +415,8 @@ def run_file(
             file_sizes.after(staged.files)  # the staged files are the output's bytes
         report = None
         if validate:
+            from onnxprune.validate import validate_model
+
             report = validate_model(
                 staged.model_path,
                 reference=source,
