@@ -118,7 +118,9 @@ class _Group(click.Group):
             click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
             sys.exit(0)
         except click.UsageError as exc:
-            hint = f" (see 'onnxprune {exc.ctx.command.name} --help')" if exc.ctx and exc.ctx.command.name else ""
+            command = exc.ctx.command if exc.ctx else None
+            where = "" if command is None or command is self else f" {command.name}"  # the group: onnxprune --help
+            hint = f" (see 'onnxprune{where} --help')" if command is not None else ""
             fail(f"{exc.format_message()}{hint}", 2)
         except click.exceptions.Abort:
             fail("aborted; nothing was written", 130)

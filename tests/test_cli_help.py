@@ -7,6 +7,7 @@ from collections import Counter
 
 import click
 import pytest
+from cli_contract import cli, error_line
 from click.testing import CliRunner
 
 from onnxprune.cli import SectionedCommand, main
@@ -174,3 +175,17 @@ def test_an_option_in_no_section_is_still_listed_and_named():
 def test_other_commands_keep_one_options_section(name):
     sections = _sections(_help(name, "--help"))
     assert [title for title, _ in sections] == ["Options"]
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["nope"], "(see 'onnxprune --help')"),  # the group's own error names no command
+        (["--nope"], "(see 'onnxprune --help')"),
+        (["prune", "--nope"], "(see 'onnxprune prune --help')"),
+        (["eval", "--nope"], "(see 'onnxprune eval --help')"),  # a command loaded on first use
+    ],
+)
+def test_a_usage_error_points_to_the_help_that_answers_it(args, hint):
+    message = error_line(cli(*args), 2)
+    assert message.endswith(hint) and "main" not in message, message
