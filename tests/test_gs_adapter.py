@@ -199,6 +199,31 @@ def test_value_info_is_not_added_where_the_model_had_none():
                 assert not sub.value_info
 
 
+def test_a_value_info_entry_contradicting_a_graph_output_does_not_replace_its_type():
+    """gs reads value_info first; the output's own declaration wins, as in onnxruntime (fuzz
+    seed 82 case 285: value_info said int64 for a float output, and the edited model was refused)."""
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [w],
+        value_info=[helper.make_tensor_value_info("y", TensorProto.INT64, [2, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])  # loads as given
+    edited = to_gs(model)
+    assert edited.outputs[0].dtype == np.float32
+    edited.nodes[0].name = "renamed"  # an edit, so that the graph is written back
+    from_gs(edited, like=model)
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert all(v.type.tensor_type.elem_type == TensorProto.FLOAT for v in model.graph.value_info if v.name == "y")
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.ones((2, 4), np.float32)})[0].tolist() == [[4.0] * 3] * 2
+
+
 def test_unread_initializers_stay_unless_dropped():
     model = rich_model()
     from_gs(to_gs(model), like=model)

@@ -102,6 +102,7 @@ def keep_initializers(graph: gs.Graph) -> None:
 
 def _link(graph: gs.Graph, proto: GraphProto) -> None:
     setattr(graph, _SOURCE, proto)
+    _declared_io_types(graph, proto)
     read = {t.name for node in graph.nodes for t in node.inputs} | {t.name for t in graph.outputs}
     read |= _foreign_names(graph)
     setattr(graph, _UNREAD, {t.name for t in proto.initializer if t.name not in read})
@@ -110,6 +111,26 @@ def _link(graph: gs.Graph, proto: GraphProto) -> None:
         for attr in node_proto.attribute:
             if attr.type == AttributeProto.GRAPH and not attr.ref_attr_name:
                 _link(node.attrs[attr.name], attr.g)
+
+
+def _declared_io_types(graph: gs.Graph, proto: GraphProto) -> None:
+    """Give ``graph``'s inputs and outputs the dtype and shape their own entries declare.
+
+    gs reads ``value_info`` first and keeps what it found there, so a ``value_info`` entry that
+    names a graph input or output (not what the field is for) and disagrees with it would
+    otherwise replace the declared type on export. onnxruntime goes by the declared one and
+    loads such a model, and would refuse the written one (a fuzzed model whose output
+    ``logits`` was float and its ``value_info`` entry int64)."""
+    declared = {v.name: v for v in (*proto.input, *proto.output)}
+    for tensor in (*graph.inputs, *graph.outputs):
+        entry = declared.get(tensor.name)
+        if entry is None or not isinstance(tensor, gs.Variable):
+            continue
+        own = OnnxImporter.import_tensor(entry)
+        if own.dtype is not None:
+            tensor.dtype = own.dtype
+        if own.shape is not None:
+            tensor.shape = own.shape
 
 
 def _foreign_names(graph: gs.Graph) -> set[str]:
