@@ -149,6 +149,7 @@ def session(
     optimize: bool = False,
     providers: Sequence[str] | None = None,
     spinning: bool = False,
+    prepack: bool = True,
 ) -> ort.InferenceSession:
     """A session with quiet logging (errors propagate as onnxruntime exceptions; onnxruntime's
     own log of them shows only when this module logs at DEBUG, i.e. with --debug).
@@ -164,6 +165,10 @@ def session(
     cores from it. SparseGPT on PP-OCRv4 det (50 %, 32 pages of 640×640) took 127.3 s with
     spinning and 105.0 s without, rec (70 %, 32 lines of 48×1280) 137.5 → 117.0 s (its probe
     53–70 → 36–47 s), the same bytes (medians of three interleaved runs on 2 shared cores).
+    ``prepack`` False: the kernels do not repack their weights at load (a session made to run
+    once, as validation's: the 100 M-parameter bench model's took 0.110 s to make without and
+    0.387 s with, its run 0.023 against 0.016 s, medians of 5; all-MiniLM-L6-v2's 0.080 against
+    0.105 s, its run 0.010 against 0.006 s, medians of 7).
     """
     chosen = check_providers(providers)
     ort = onnxruntime()
@@ -178,6 +183,8 @@ def session(
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if not isinstance(model, bytes):
         return ort.InferenceSession(str(Path(model)), options, providers=chosen)
     try:

@@ -115,12 +115,12 @@ def validate_model(
     sess = None
     if checker_path is not None and Path(checker_path) != Path(path):
         try:  # the skeleton: the same graph, every weight read from the written file
-            sess = runtime.session(checker_path)
+            sess = runtime.session(checker_path, prepack=False)  # made for one run
         except Exception as exc:
             log.info("onnxruntime cannot load the skeleton (%s): loading the whole file", runtime.ort_message(exc))
     if sess is None:
         try:
-            sess = runtime.session(path)
+            sess = runtime.session(path, prepack=False)
         except Exception as exc:
             raise _why_session_fails(exc, reference, shapes) from exc
     specs = runtime.input_specs(sess)

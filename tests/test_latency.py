@@ -319,6 +319,24 @@ def test_sessions_use_the_documented_options():
     assert plain.get_session_config_entry("session.intra_op.allow_spinning") == "0"  # off unless asked
     spinning = runtime.session(tiny(), spinning=True).get_session_options()
     assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    try:  # repacked unless made for one run (onnxruntime raises for a key never set)
+        repacks = plain.get_session_config_entry("session.disable_prepacking") in ("", "0")
+    except RuntimeError:
+        repacks = True
+    assert repacks
+    once = runtime.session(tiny(), prepack=False).get_session_options()
+    assert once.get_session_config_entry("session.disable_prepacking") == "1"
+
+
+def test_validation_makes_its_one_run_session_without_repacking_the_weights(tmp_path, monkeypatch):
+    import onnxprune
+
+    made = []
+    session = runtime.session
+    monkeypatch.setattr(runtime, "session", lambda *a, **k: made.append(k.get("prepack", True)) or session(*a, **k))
+    fixtures = Path(__file__).resolve().parent.parent / "fixtures"
+    onnxprune.prune_file(fixtures / "cnn_digits.onnx", tmp_path / "p.onnx", onnxprune.PruneConfig(sparsity=0.5))
+    assert made == [False]
 
 
 # ---------------------------------------------------------------------------------------
