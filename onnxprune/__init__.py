@@ -413,7 +413,7 @@ def calibration_data(
             f"or {opt('data_free', True)}"
         )
     try:
-        specs = runtime.input_specs(runtime.session(Path(source)))
+        specs = runtime.input_specs(runtime.session(Path(source), prepack=False))  # never run
     except OnnxPruneError:
         raise
     except Exception as exc:

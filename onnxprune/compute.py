@@ -237,7 +237,7 @@ def runtime_shapes(model: ModelProto, shapes: Mapping[str, Dims], names: list[st
     for name in names:
         if name not in outputs:
             extra.graph.output.add(name=name)
-    sess = runtime.session(model.SerializeToString() + extra.SerializeToString())
+    sess = runtime.session(model.SerializeToString() + extra.SerializeToString(), prepack=False)  # one run
     feeds = {}
     for spec in runtime.input_specs(sess):
         fill = 1 if np.issubdtype(spec.dtype, np.floating) or spec.dtype is np.bool_ else 0

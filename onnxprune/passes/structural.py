@@ -95,7 +95,7 @@ def _check_exact(reference: bytes, model: ModelProto, input_shapes: Mapping[str,
     from onnxprune import runtime
     from onnxprune.errors import ValidationError
 
-    before = runtime.session(reference)
+    before = runtime.session(reference, prepack=False)  # each session runs once
     feeds = runtime.synthetic_feeds(runtime.input_specs(before), dict(input_shapes))
     try:  # the model as it came: if it cannot run on this batch, the removal is not at fault
         expected = before.run(None, feeds)
@@ -107,7 +107,7 @@ def _check_exact(reference: bytes, model: ModelProto, input_shapes: Mapping[str,
         )
         return None
     try:
-        after = runtime.session(model.SerializeToString())
+        after = runtime.session(model.SerializeToString(), prepack=False)
         outputs = after.run(None, feeds)
     except Exception as exc:  # onnxruntime raises its own types
         raise ValidationError(
