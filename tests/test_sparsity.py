@@ -178,6 +178,37 @@ def test_global_counts_sampled_bracket_is_exact_without_fallback(monkeypatch, am
     assert counts[0] == caps[0] or amount < 0.9  # the small-magnitude layer is capped at high sparsity
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_the_bracket_solve_by_partition_equals_the_search_over_sorted_keys(seed, monkeypatch):
+    """Without a cap binding inside the bracket the threshold is one partition of the inside keys
+    (any order); with one, the capped search over sorted keys. Both give what a search over every
+    key gives, ties included, and the chunked split of a layer at the bracket is the plain one."""
+    from onnxprune.sparsity import allocate
+
+    monkeypatch.setattr(allocate, "_SPLIT_CHUNK", 1000)  # several chunks a layer, a short last one
+    rng = np.random.default_rng(seed)
+    keys = [rng.integers(0, 5000, size=n).astype(np.uint32) for n in (2500, 4100, 10)]
+    lo, hi = 1500, 3500
+    for k in keys:
+        below, inside = allocate._split_at_bracket(k, lo, hi)
+        assert below == int(np.count_nonzero(k < lo))
+        assert np.array_equal(inside, k[(k >= lo) & (k <= hi)])
+    split = [allocate._split_at_bracket(k, lo, hi) for k in keys]
+    below, inside = [b for b, _ in split], [rng.permutation(i) for _, i in split]
+    loose = [k.size for k in keys]
+    capped = [below[0] + inside[0].size // 3, *loose[1:]]  # layer 0's cap is reached inside the bracket
+    for caps in (loose, capped):
+        least = sum(min(b, c) for b, c in zip(below, caps, strict=True))
+        most = sum(min(b + i.size, c) for b, i, c in zip(below, inside, caps, strict=True))
+        for total in (least + 1, (least + most) // 2, most):
+            found = allocate.solve_inside(inside, below, caps, total)
+            t = _counts_by_sort(keys, total, caps)
+            assert found is not None and allocate.fill_ties(found.below, found.at_most, total) == t
+            assert found.uncapped == [int(np.count_nonzero(k < found.threshold)) for k in keys]
+        assert allocate.solve_inside(inside, below, caps, most + 1) is None  # above the bracket
+        assert allocate.solve_inside(inside, below, caps, least) is None  # below it
+
+
 def test_global_counts_fall_back_to_radix_when_the_sample_misleads(monkeypatch):
     # every sampled key (index multiple of 4) is small, every other key large: the bracket misses
     keys = np.arange(400_000, dtype=np.uint32) + np.uint32(1_000_000)

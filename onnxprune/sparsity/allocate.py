@@ -192,19 +192,61 @@ def _bracketed(
 
     below: list[int] = []
     inside: list[np.ndarray] = []
-    lo_key, hi_key = np.uint32(lo), np.uint32(hi)
     for layer_keys in keys:
-        below.append(int(np.count_nonzero(layer_keys < lo_key)))
-        inside.append(np.sort(layer_keys[(layer_keys >= lo_key) & (layer_keys <= hi_key)]))
+        count, kept = _split_at_bracket(layer_keys, lo, hi)
+        below.append(count)
+        inside.append(kept)
     return solve_inside(inside, below, caps, total)
+
+
+#: the keys of a layer are compared with the bracket this many at a time (the temporaries stay small)
+_SPLIT_CHUNK = 1 << 20
+
+
+def _split_at_bracket(keys: np.ndarray, lo: int, hi: int) -> tuple[int, np.ndarray]:
+    """``#{k < lo}`` and the keys in ``[lo, hi]`` (in their order) of the uint32 ``keys``, in
+    one chunked pass: ``k − lo`` wraps below ``lo``, so ``lo <= k <= hi`` is ``k − lo <= hi − lo``
+    in uint32."""
+    flat = keys.reshape(-1)
+    lo_key, width = np.uint32(lo), np.uint32(hi - lo)
+    buffer = np.empty(min(flat.size, _SPLIT_CHUNK), dtype=np.uint32)
+    below = 0
+    kept = []
+    for start in range(0, flat.size, _SPLIT_CHUNK):
+        chunk = flat[start : start + _SPLIT_CHUNK]
+        below += int(np.count_nonzero(chunk < lo_key))
+        offset = np.subtract(chunk, lo_key, out=buffer[: chunk.size])
+        kept.append(chunk[offset <= width])
+    return below, np.concatenate(kept) if len(kept) != 1 else kept[0]
 
 
 def solve_inside(inside: Sequence[np.ndarray], below: Sequence[int], caps: Sequence[int], total: int) -> Counts | None:
     """Capped counts below and at the threshold, and the threshold, when it lies among the
-    sorted keys ``inside[l]`` of a bracket below which layer ``l`` has ``below[l]`` keys (and
-    above which no key counts); None if the threshold lies below or above the bracket."""
+    keys ``inside[l]`` (any order) of a bracket below which layer ``l`` has ``below[l]`` keys (and
+    above which no key counts); None if the threshold lies below or above the bracket.
+
+    When no cap can bind inside the bracket (``below[l] + #inside[l] <= caps[l]`` for every
+    layer), ``Σ_l f_l(T) = Σ_l below[l] + #{inside keys <= T}``, so the threshold is the
+    ``(total − Σ below)``-th smallest inside key: one partition of them, no sort. Otherwise the
+    capped totals are searched over the sorted distinct keys."""
     if sum(min(b, c) for b, c in zip(below, caps, strict=True)) >= total:
         return None  # the threshold lies below the bracket
+    if inside and all(b + k.size <= c for b, k, c in zip(below, inside, caps, strict=True)):
+        need = total - sum(below)  # >= 1: no cap binds, so the check above was on the uncapped sum
+        keys = np.concatenate(inside)
+        if need > keys.size:
+            return None  # the threshold lies above the bracket
+        threshold = int(np.partition(keys, need - 1)[need - 1])
+        t = keys.dtype.type(threshold)
+        strictly = [b + int(np.count_nonzero(k < t)) for k, b in zip(inside, below, strict=True)]
+        at_most = [b + int(np.count_nonzero(k <= t)) for k, b in zip(inside, below, strict=True)]
+        return Counts(
+            [min(n, c) for n, c in zip(strictly, caps, strict=True)],
+            [min(n, c) for n, c in zip(at_most, caps, strict=True)],
+            threshold,
+            strictly,
+        )
+    inside = [np.sort(k) for k in inside]
     candidates = _sorted_unique(np.concatenate(inside))
     reach = partial(_capped_total, inside, below, [1] * len(inside), caps)
     threshold = smallest_reaching(candidates, reach, total)
