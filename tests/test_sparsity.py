@@ -193,6 +193,8 @@ def test_the_bracket_solve_by_partition_equals_the_search_over_sorted_keys(seed,
         below, inside = allocate._split_at_bracket(k, lo, hi)
         assert below == int(np.count_nonzero(k < lo))
         assert np.array_equal(inside, k[(k >= lo) & (k <= hi)])
+    assert allocate._split_at_bracket(np.zeros(0, np.uint32), lo, hi)[0] == 0  # an empty layer
+    assert allocate._split_at_bracket(np.zeros(0, np.uint32), lo, hi)[1].size == 0
     split = [allocate._split_at_bracket(k, lo, hi) for k in keys]
     below, inside = [b for b, _ in split], [rng.permutation(i) for _, i in split]
     loose = [k.size for k in keys]

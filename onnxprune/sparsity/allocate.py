@@ -23,9 +23,11 @@ Global scope
        of the sample (at least ±8 standard deviations of the sample quantile).
     2. *Exact solve inside the bracket.* One pass counts ``b_l = #{k < lo}`` and keeps the
        keys in ``[lo, hi]`` (about 1 % of them). If ``Σ min(b_l, c_l) < K <= Σ min(b_l +
-       #inside_l, c_l)`` the threshold lies in the bracket and a binary search over the
-       kept keys finds it exactly; otherwise (a badly unrepresentative sample) the exact
-       radix select below runs instead. Either way the result is exact, never estimated.
+       #inside_l, c_l)`` the threshold lies in the bracket: where no cap can bind there
+       (``b_l + #inside_l <= c_l``) it is the ``(K − Σ b_l)``-th smallest kept key (one
+       partition), else a binary search over the sorted kept keys finds it; otherwise (a badly
+       unrepresentative sample) the exact radix select below runs instead. Either way the
+       result is exact, never estimated.
 
     Radix select (the fallback): one 65536-bin histogram of the high 16 bits per layer,
     then one of the low 16 bits of the keys that fall into the selected high bin. Memory
@@ -217,7 +219,9 @@ def _split_at_bracket(keys: np.ndarray, lo: int, hi: int) -> tuple[int, np.ndarr
         below += int(np.count_nonzero(chunk < lo_key))
         offset = np.subtract(chunk, lo_key, out=buffer[: chunk.size])
         kept.append(chunk[offset <= width])
-    return below, np.concatenate(kept) if len(kept) != 1 else kept[0]
+    if len(kept) == 1:
+        return below, kept[0]
+    return below, np.concatenate(kept) if kept else flat[:0]
 
 
 def solve_inside(inside: Sequence[np.ndarray], below: Sequence[int], caps: Sequence[int], total: int) -> Counts | None:
