@@ -179,24 +179,35 @@ def test_global_counts_sampled_bracket_is_exact_without_fallback(monkeypatch, am
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_the_bracket_solve_by_partition_equals_the_search_over_sorted_keys(seed, monkeypatch):
+def test_the_bracket_solve_by_partition_equals_the_search_over_sorted_keys(seed):
     """Without a cap binding inside the bracket the threshold is one partition of the inside keys
     (any order); with one, the capped search over sorted keys. Both give what a search over every
-    key gives, ties included, and the chunked split of a layer at the bracket is the plain one."""
+    key gives, ties included, and the split of a layer's chunks at the bracket is the plain one."""
     from onnxprune.sparsity import allocate
+    from onnxprune.sparsity.select import split_at_bracket
 
-    monkeypatch.setattr(allocate, "_SPLIT_CHUNK", 1000)  # several chunks a layer, a short last one
     rng = np.random.default_rng(seed)
     keys = [rng.integers(0, 5000, size=n).astype(np.uint32) for n in (2500, 4100, 10)]
     lo, hi = 1500, 3500
-    for k in keys:
-        below, inside = allocate._split_at_bracket(k, lo, hi)
-        assert below == int(np.count_nonzero(k < lo))
-        assert np.array_equal(inside, k[(k >= lo) & (k <= hi)])
-    assert allocate._split_at_bracket(np.zeros(0, np.uint32), lo, hi)[0] == 0  # an empty layer
-    assert allocate._split_at_bracket(np.zeros(0, np.uint32), lo, hi)[1].size == 0
-    split = [allocate._split_at_bracket(k, lo, hi) for k in keys]
-    below, inside = [b for b, _ in split], [rng.permutation(i) for _, i in split]
+
+    def chunks(k):  # 1000 at a time, a short last one, in one buffer reused from chunk to chunk
+        buffer = np.empty(1000, np.uint32)
+        for start in range(0, k.size, 1000):
+            part = k[start : start + 1000]
+            buffer[: part.size] = part
+            yield buffer[: part.size]
+
+    def split(k, lo, hi):
+        below, parts = split_at_bracket(chunks(k), lo, hi)
+        return below, np.concatenate([k[:0], *parts])
+
+    for k in (*keys, np.zeros(0, np.uint32)):
+        assert split(k, lo, hi)[0] == int(np.count_nonzero(k < lo))
+        assert np.array_equal(split(k, lo, hi)[1], k[(k >= lo) & (k <= hi)])
+        assert split(k, None, hi)[0] == 0 and np.array_equal(split(k, None, hi)[1], k[k <= hi])
+        assert np.array_equal(split(k, lo, None)[1], k[k >= lo]) and np.array_equal(split(k, None, None)[1], k)
+    parts = [split(k, lo, hi) for k in keys]
+    below, inside = [b for b, _ in parts], [rng.permutation(i) for _, i in parts]
     loose = [k.size for k in keys]
     capped = [below[0] + inside[0].size // 3, *loose[1:]]  # layer 0's cap is reached inside the bracket
     for caps in (loose, capped):

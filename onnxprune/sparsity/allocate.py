@@ -44,6 +44,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from onnxprune.sparsity.select import CHUNK, split_at_bracket
+
 _BINS = 1 << 16
 _SAMPLE = 1 << 20
 
@@ -195,33 +197,11 @@ def _bracketed(
     below: list[int] = []
     inside: list[np.ndarray] = []
     for layer_keys in keys:
-        count, kept = _split_at_bracket(layer_keys, lo, hi)
+        flat = layer_keys.reshape(-1)
+        count, parts = split_at_bracket((flat[i : i + CHUNK] for i in range(0, flat.size, CHUNK)), lo, hi)
         below.append(count)
-        inside.append(kept)
+        inside.append(parts[0] if len(parts) == 1 else np.concatenate([flat[:0], *parts]))
     return solve_inside(inside, below, caps, total)
-
-
-#: the keys of a layer are compared with the bracket this many at a time (the temporaries stay small)
-_SPLIT_CHUNK = 1 << 20
-
-
-def _split_at_bracket(keys: np.ndarray, lo: int, hi: int) -> tuple[int, np.ndarray]:
-    """``#{k < lo}`` and the keys in ``[lo, hi]`` (in their order) of the uint32 ``keys``, in
-    one chunked pass: ``k − lo`` wraps below ``lo``, so ``lo <= k <= hi`` is ``k − lo <= hi − lo``
-    in uint32."""
-    flat = keys.reshape(-1)
-    lo_key, width = np.uint32(lo), np.uint32(hi - lo)
-    buffer = np.empty(min(flat.size, _SPLIT_CHUNK), dtype=np.uint32)
-    below = 0
-    kept = []
-    for start in range(0, flat.size, _SPLIT_CHUNK):
-        chunk = flat[start : start + _SPLIT_CHUNK]
-        below += int(np.count_nonzero(chunk < lo_key))
-        offset = np.subtract(chunk, lo_key, out=buffer[: chunk.size])
-        kept.append(chunk[offset <= width])
-    if len(kept) == 1:
-        return below, kept[0]
-    return below, np.concatenate(kept) if kept else flat[:0]
 
 
 def solve_inside(inside: Sequence[np.ndarray], below: Sequence[int], caps: Sequence[int], total: int) -> Counts | None:

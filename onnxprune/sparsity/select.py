@@ -19,7 +19,7 @@ against 20 ms for ``np.partition`` of all of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -84,18 +84,7 @@ def _bracketed_kth(
     lo = bounds[lo_rank] if lo_rank > 0 else None  # None: no bound on that side
     hi = bounds[hi_rank] if hi_rank < m - 1 else None
 
-    def scan(part: Callable[[], Iterator[np.ndarray]]) -> tuple[int, list[np.ndarray]]:
-        below = 0
-        inside: list[np.ndarray] = []
-        for keys in part():
-            if lo is None:
-                inside.append(keys[keys <= hi] if hi is not None else keys.copy())
-                continue
-            below += int(np.count_nonzero(keys < lo))
-            inside.append(keys[(keys >= lo) & (keys <= hi)] if hi is not None else keys[keys >= lo])
-        return below, inside
-
-    scanned = map_in_threads(scan, chunks)
+    scanned = map_in_threads(lambda part: split_at_bracket(part(), lo, hi), chunks)
     below = sum(b for b, _ in scanned)
     near = np.concatenate([x for _, inside in scanned for x in inside])
     rank = k - 1 - below
@@ -103,6 +92,35 @@ def _bracketed_kth(
         return None
     t = np.partition(near, rank)[rank]
     return t, below + int(np.count_nonzero(near < t))
+
+
+def split_at_bracket(
+    chunks: Iterable[np.ndarray], lo: float | np.generic | None, hi: float | np.generic | None
+) -> tuple[int, list[np.ndarray]]:
+    """``#{k < lo}`` over the key ``chunks``, and the keys in ``[lo, hi]`` of each chunk (copies,
+    in order; a chunk may be a buffer reused for the next); None: no bound on that side. With
+    both bounds on unsigned-integer keys, ``k − lo`` wraps below ``lo``, so ``lo <= k <= hi`` is
+    the one comparison ``k − lo <= hi − lo``."""
+    below = 0
+    inside: list[np.ndarray] = []
+    offset = np.empty(0, dtype=np.uint8)
+    for keys in chunks:
+        if lo is None:
+            inside.append(keys[keys <= hi] if hi is not None else keys.copy())
+            continue
+        low = keys.dtype.type(lo)
+        below += int(np.count_nonzero(keys < low))
+        if hi is None:
+            inside.append(keys[keys >= low])
+            continue
+        if keys.dtype.kind != "u":  # signed or float keys (kth_smallest's): no wrap to lean on
+            inside.append(keys[(keys >= low) & (keys <= keys.dtype.type(hi))])
+            continue
+        if offset.dtype != keys.dtype or offset.size < keys.size:
+            offset = np.empty(keys.size, dtype=keys.dtype)
+        np.subtract(keys, low, out=offset[: keys.size])
+        inside.append(keys[offset[: keys.size] <= keys.dtype.type(int(hi) - int(lo))])
+    return below, inside
 
 
 def _mask_at(flat: np.ndarray, k: int, t: np.generic) -> np.ndarray | None:
