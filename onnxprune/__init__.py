@@ -80,6 +80,7 @@ from onnxprune.graph.model_io import (
     save_model,
 )
 from onnxprune.graph.sanity import check_model
+from onnxprune.latency import LatencySettings
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress
 from onnxprune.passes.pipeline import (
     DEAD_CHANNELS_AFTER_WEIGHTS,
@@ -95,7 +96,6 @@ from onnxprune.stats import FileStatsAhead
 if TYPE_CHECKING:
     from onnxprune.data import Dataset, ImageOptions
     from onnxprune.evaluation import EvalOptions, EvalResult, ModelReport, evaluate
-    from onnxprune.latency import LatencySettings
     from onnxprune.quantize import QuantizeConfig, QuantizedWeight, QuantizeResult, quantize_file
     from onnxprune.validate import ValidationReport
 
@@ -110,7 +110,6 @@ _DEFERRED = {
     "EvalResult": "onnxprune.evaluation",
     "ModelReport": "onnxprune.evaluation",
     "evaluate": "onnxprune.evaluation",
-    "LatencySettings": "onnxprune.latency",
     "QuantizeConfig": "onnxprune.quantize",
     "QuantizedWeight": "onnxprune.quantize",
     "QuantizeResult": "onnxprune.quantize",

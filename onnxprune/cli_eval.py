@@ -17,6 +17,7 @@ from onnxprune.envelope import is_stdout, write_json
 from onnxprune.errors import OptionError, opt
 from onnxprune.graph.model_io import model_reads
 from onnxprune.graph.outputs import Read, Write, check_outputs
+from onnxprune.latency import TOO_NOISY, LatencySettings
 from onnxprune.runtime import parse_input_shapes, reads_model
 
 if TYPE_CHECKING:  # the evaluator, the data readers and onnxruntime load when a command evaluates
@@ -114,7 +115,6 @@ def build_options(kwargs: dict[str, Any], input_shapes: Sequence[str]) -> EvalOp
     """EvalOptions from the parsed click options (validated here, once)."""
     from onnxprune.data import parse_image_options
     from onnxprune.evaluation import EvalOptions
-    from onnxprune.latency import LatencySettings
 
     image = None
     image_keys = ("image_size", "crop", "mean", "std", "scale", "layout", "channels")
@@ -238,8 +238,6 @@ def run_evaluation(
 
 def summary_line(result: EvalResult) -> str:
     """One line per candidate against the base: sizes, accuracy or fidelity, latency."""
-    from onnxprune.latency import TOO_NOISY
-
     base, *candidates = result.models
     parts = []
     for m in candidates or [base]:
@@ -281,16 +279,12 @@ def _latency(report: ModelReport) -> str:
 def _ratio(report: ModelReport) -> str:
     if report.latency is None or report.latency.ratio is None:
         return "1.00x" if report.latency is not None and report.role == "base" else "-"
-    from onnxprune.latency import TOO_NOISY
-
     r = report.latency.ratio
     text = f"{r.median:.2f}x [{r.p10:.2f}-{r.p90:.2f}]"
     return text if r.conclusive else f"{text} {TOO_NOISY}"
 
 
 def print_result(result: EvalResult) -> None:
-    from onnxprune.latency import TOO_NOISY
-
     data = result.to_dict()["data"]
     kind = "synthetic data (fidelity only)" if data["synthetic"] else data["source"]
     click.echo(

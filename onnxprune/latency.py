@@ -82,13 +82,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
 from onnxprune import runtime
 from onnxprune.errors import DataError, ModelLoadError, OptionError, UnsupportedModelError
+
+if TYPE_CHECKING:  # sessions come from runtime.session, which imports onnxruntime then
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ HEAVY = (
     "onnxprune.data",
     "onnxprune.report",
     "onnxprune.quantize",
-    "onnxprune.latency",
     "onnxprune.capture",
     "onnxprune.cli_analyze",
     "onnxprune.cli_view",
