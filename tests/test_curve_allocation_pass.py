@@ -586,3 +586,70 @@ def test_small_layers_whose_probe_runs_most_of_the_model_are_kept_dense_unprobed
     monkeypatch.setattr(curve_allocation, "UNPROBED_TOTAL", 0.0)
     again = onnxprune.prune_file(model, tmp_path / "probed.onnx", config, calibration=data).result.allocation
     assert again["unprobed"] == [] and unprobed <= set(again["layers"])  # type: ignore[index]
+
+
+def test_the_next_layers_curve_is_solved_while_the_probe_measures_the_layer_before_it(
+    tmp_path: Path, calib: onnxprune.Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each layer's curve solve is submitted before the probe of the layer before it runs, and runs
+    on a helper thread during that probe (the probe here waits until it has started: run one
+    after the other, it never would); the output is the same bytes as with the solves made in
+    the probe's own thread, one after the other."""
+    import threading
+    import time
+
+    serial = tmp_path / "serial.onnx"
+    real_start = curve_allocation._start_curve
+
+    def in_this_thread(pool, layer, *args):  # type: ignore[no-untyped-def]
+        class Here:  # runs the submitted solve at once, in the caller's thread
+            @staticmethod
+            def submit(fn):  # type: ignore[no-untyped-def]
+                from concurrent.futures import Future
+
+                future: Future[object] = Future()
+                future.set_result(fn())
+                return future
+
+        return real_start(Here(), layer, *args)
+
+    monkeypatch.setattr(curve_allocation, "_start_curve", in_this_thread)
+    _prune(tmp_path, calib, "serial", sparsity=0.5)
+    monkeypatch.undo()
+
+    started: list[tuple[str, object]] = []  # (layer key, its future) in the order submitted
+    solver_threads: set[str] = set()
+    overlapped: list[bool] = []
+
+    def start(pool, layer, *args):  # type: ignore[no-untyped-def]
+        begun = real_start(pool, layer, *args)
+        started.append((layer.weight.key, begun.future))
+        return begun
+
+    curve = curve_allocation._curve
+
+    def curve_spy(*args, **kw):  # type: ignore[no-untyped-def]
+        solver_threads.add(threading.current_thread().name)
+        return curve(*args, **kw)
+
+    measure = OutputProbe.measure
+
+    def measure_spy(self: OutputProbe, weight, *args, **kw):  # type: ignore[no-untyped-def]
+        keys = [key for key, _ in started]
+        if weight.key in keys and not kw.get("before"):  # a first probe (the rounds resume later ones)
+            following = started[keys.index(weight.key) + 1 :]
+            if following and following[0][1] is not None:
+                future = following[0][1]
+                deadline = time.monotonic() + 30
+                while not (future.running() or future.done()) and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                overlapped.append(future.running() or future.done())
+        return measure(self, weight, *args, **kw)
+
+    monkeypatch.setattr(curve_allocation, "_start_curve", start)
+    monkeypatch.setattr(curve_allocation, "_curve", curve_spy)
+    monkeypatch.setattr(OutputProbe, "measure", measure_spy)
+    run = _prune(tmp_path, calib, "overlapped", sparsity=0.5)
+    assert len(started) >= 3 and len(overlapped) == len(started) - 1 and all(overlapped)
+    assert solver_threads and threading.current_thread().name not in solver_threads
+    assert run.saved.path.read_bytes() == serial.read_bytes()

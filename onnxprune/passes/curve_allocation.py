@@ -129,6 +129,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -150,6 +151,7 @@ from onnxprune.passes.layers import CalibLayer
 from onnxprune.passes.result import PruneResult
 from onnxprune.passes.unstructured import Target
 from onnxprune.reconstruct.methods import METHODS
+from onnxprune.reconstruct.threads import one_blas_thread, under_callers_blas_limit
 from onnxprune.row_sampling import RowSampling
 from onnxprune.sparsity import count_for_amount
 from onnxprune.sparsity.curves import ErrorCurve, allocate, to_counts, uncertain
@@ -380,39 +382,46 @@ def allocate_layers(
         sampling = curve_sampling(config.reconstruction.row_sampling(config.seed, damp=damp))
         stats = capture(model, specs, batches, sampling=sampling)
         seconds["capture"] += time.perf_counter() - tick
-        for layer in chunk:
-            key = layer.weight.key
-            done += 1
-            if progress is not None:
-                progress(done, 2 * len(layers), f"error curve of {key}")
-            layer_stats, unusable = layer.statistics(stats)
-            if unusable is not None:
-                fixed.append(key)  # the pass prunes it by magnitude: it keeps its uniform count
-                continue
-            tick = time.perf_counter()
-            values = tensors.read_array(inventory.proto(layer.weight))
-            floor = _floor(layer, layer_stats, values)
-            if key in kept_dense:  # kept dense (at its floor), neither solved nor probed
-                fixed.append(key)
-                dense[key] = Target(count=floor, amount=floor / values.size)
-                continue
-            # the curves read the method's error only, not the magnitude mask's
-            solver = partial(solve, layer, layer_stats, values=values, index=index_of[key], magnitude_error=False)
-            curve, stored = _curve(solver, config.reconstruction, t, floor, values.size)
-            seconds["curves"] += time.perf_counter() - tick
-            tick = time.perf_counter()
-            at_t = stored.astype(values.dtype)
-            first = probe.measure(layer.weight, inventory, at_t)
-            seconds["probe"] += time.perf_counter() - tick
-            if first.change == 0 and curve.at_target > 0:  # pruned, yet no output moved: the probe did not run it
-                log.info("%s: the probe's samples do not reach it; it keeps its uniform count", key)
-                fixed.append(key)
-                continue
-            measured[key] = replace(curve, probe=first.change, probe_samples=first.samples)
-            probed[key] = first
-            if not first.settled:
-                pending.keep(key, at_t)
-            log.debug("%s: %s", key, measured[key])
+        # a layer's curve is solved on a helper thread while the probe runs the layer before it
+        # (onnxruntime's runs and the greedy solves each leave part of the cores idle); the BLAS
+        # limit is held here for both threads, so the probe's sums do not depend on the helper
+        with one_blas_thread():
+            pool = ThreadPoolExecutor(1, thread_name_prefix="onnxprune-curves")
+            try:
+                started = _start_curve(pool, chunk[0], stats, inventory, kept_dense, solve, index_of, config, t)
+                for position, layer in enumerate(chunk):
+                    key = layer.weight.key
+                    current = started
+                    if position + 1 < len(chunk):
+                        started = _start_curve(
+                            pool, chunk[position + 1], stats, inventory, kept_dense, solve, index_of, config, t
+                        )
+                    done += 1
+                    if progress is not None:
+                        progress(done, 2 * len(layers), f"error curve of {key}")
+                    if current.future is None:
+                        fixed.append(key)  # unusable statistics: the pass prunes it by magnitude, uniform count
+                        if current.values is not None:  # kept dense (at its floor), neither solved nor probed
+                            dense[key] = Target(count=current.floor, amount=current.floor / current.values.size)
+                        continue
+                    tick = time.perf_counter()
+                    curve, stored = current.future.result()
+                    seconds["curves"] += time.perf_counter() - tick
+                    tick = time.perf_counter()
+                    at_t = stored.astype(current.values.dtype)
+                    first = probe.measure(layer.weight, inventory, at_t)
+                    seconds["probe"] += time.perf_counter() - tick
+                    if first.change == 0 and curve.at_target > 0:  # pruned, yet no output moved: not reached
+                        log.info("%s: the probe's samples do not reach it; it keeps its uniform count", key)
+                        fixed.append(key)
+                        continue
+                    measured[key] = replace(curve, probe=first.change, probe_samples=first.samples)
+                    probed[key] = first
+                    if not first.settled:
+                        pending.keep(key, at_t)
+                    log.debug("%s: %s", key, measured[key])
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         del stats
     problem = _Problem(t, config.max_layer_sparsity, {**targets, **dense}, tuple(fixed), by_key)
     tick = time.perf_counter()
@@ -674,6 +683,47 @@ def _curve(
             errors.append(error)
     assert at_stored is not None  # the target is always solved
     return _Measured(tuple(levels), tuple(errors), at_target, floor / numel), at_stored
+
+
+@dataclass(frozen=True)
+class _StartedCurve:
+    """A layer's curve, being solved (``future``), with its stored array and floor; ``future`` None:
+    not solved (``values`` None: its statistics are unusable; else it is kept dense)."""
+
+    values: np.ndarray | None = None
+    floor: int = 0
+    future: Future[tuple[_Measured, np.ndarray]] | None = None
+
+
+def _start_curve(
+    pool: ThreadPoolExecutor,
+    layer: CalibLayer,
+    stats: Mapping[str, LayerStats],
+    inventory: Inventory,
+    kept_dense: set[str],
+    solve: LayerSolve,
+    index_of: Mapping[str, int],
+    config: PruneConfig,
+    t: float,
+) -> _StartedCurve:
+    """The layer's curve solve, submitted to ``pool`` (one helper thread, under the caller's BLAS
+    limit: :func:`~onnxprune.reconstruct.threads.under_callers_blas_limit`)."""
+    key = layer.weight.key
+    layer_stats, unusable = layer.statistics(stats)
+    if unusable is not None:
+        return _StartedCurve()
+    values = tensors.read_array(inventory.proto(layer.weight))
+    floor = _floor(layer, layer_stats, values)
+    if key in kept_dense:
+        return _StartedCurve(values, floor)
+    # the curves read the method's error only, not the magnitude mask's
+    solver = partial(solve, layer, layer_stats, values=values, index=index_of[key], magnitude_error=False)
+
+    def run() -> tuple[_Measured, np.ndarray]:
+        with under_callers_blas_limit():
+            return _curve(solver, config.reconstruction, t, floor, values.size)
+
+    return _StartedCurve(values, floor, pool.submit(run))
 
 
 class OutputProbe:

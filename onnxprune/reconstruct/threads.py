@@ -9,7 +9,9 @@ thread, through ``threadpoolctl`` when it is installed; without it they run as t
 
 Independent solves (the refit's batches of rows) run side by side in :func:`solver_threads`
 Python threads instead: numpy's LAPACK loops release the GIL, so each core runs one
-single-threaded LAPACK call.
+single-threaded LAPACK call. A helper thread that solves while its caller does other work (the
+error curves' solves beside the probe's onnxruntime runs) runs under
+:func:`under_callers_blas_limit`: the caller holds the limit for both.
 """
 
 from __future__ import annotations
@@ -66,3 +68,17 @@ def one_blas_thread() -> Iterator[None]:
             yield
     finally:
         _STATE.inside = False
+
+
+@contextmanager
+def under_callers_blas_limit() -> Iterator[None]:
+    """A context for a helper thread whose caller holds :func:`one_blas_thread` until the helper's
+    work is done: the limit is process-wide, so :func:`one_blas_thread` is a no-op here, as in the
+    caller's own thread (entered again, it would save and restore the caller's limit of one, not
+    the BLAS's own count, and race the caller's exit)."""
+    before = getattr(_STATE, "inside", False)
+    _STATE.inside = True
+    try:
+        yield
+    finally:
+        _STATE.inside = before
