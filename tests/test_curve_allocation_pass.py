@@ -601,7 +601,7 @@ def test_the_next_layers_curve_is_solved_while_the_probe_measures_the_layer_befo
     serial = tmp_path / "serial.onnx"
     real_start = curve_allocation._start_curve
 
-    def in_this_thread(pool, layer, *args):  # type: ignore[no-untyped-def]
+    def in_this_thread(pool, layer, **kw):  # type: ignore[no-untyped-def]
         class Here:  # runs the submitted solve at once, in the caller's thread
             @staticmethod
             def submit(fn):  # type: ignore[no-untyped-def]
@@ -611,7 +611,7 @@ def test_the_next_layers_curve_is_solved_while_the_probe_measures_the_layer_befo
                 future.set_result(fn())
                 return future
 
-        return real_start(Here(), layer, *args)
+        return real_start(Here(), layer, **kw)
 
     monkeypatch.setattr(curve_allocation, "_start_curve", in_this_thread)
     _prune(tmp_path, calib, "serial", sparsity=0.5)
@@ -621,8 +621,8 @@ def test_the_next_layers_curve_is_solved_while_the_probe_measures_the_layer_befo
     solver_threads: set[str] = set()
     overlapped: list[bool] = []
 
-    def start(pool, layer, *args):  # type: ignore[no-untyped-def]
-        begun = real_start(pool, layer, *args)
+    def start(pool, layer, **kw):  # type: ignore[no-untyped-def]
+        begun = real_start(pool, layer, **kw)
         started.append((layer.weight.key, begun.future))
         return begun
 
@@ -653,3 +653,15 @@ def test_the_next_layers_curve_is_solved_while_the_probe_measures_the_layer_befo
     assert len(started) >= 3 and len(overlapped) == len(started) - 1 and all(overlapped)
     assert solver_threads and threading.current_thread().name not in solver_threads
     assert run.saved.path.read_bytes() == serial.read_bytes()
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 3])
+def test_curves_are_started_the_given_number_of_layers_ahead(ahead: int) -> None:
+    """When layer ``i`` is yielded, the layers up to ``i + ahead`` have been started, no more."""
+    started: list[int] = []
+    seen = []
+    for layer, begun in curve_allocation._started_ahead(range(5), lambda i: started.append(i) or i * 10, ahead):  # type: ignore[arg-type, func-returns-value]
+        assert begun == layer * 10
+        seen.append(layer)
+        assert started == list(range(min(5, layer + ahead + 1)))
+    assert seen == list(range(5))

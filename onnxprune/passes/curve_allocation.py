@@ -118,7 +118,11 @@ its damping leaves to the data instead: :mod:`onnxprune.row_sampling`, "Damped d
 ``len(GRID) + 1`` greedy solves per layer (the levels above the trust region's top after the
 first are not solved) and the runs of each layer's tail on at most :data:`PROBE_SAMPLES` samples (the
 screen's, then those of the rounds, which run the tails again from the graph inputs on the batches
-after the screen); the time of each is logged and recorded in the result (:meth:`Allocated.record`,
+after the screen). Each layer's curve is solved on a helper thread while the probe runs the layer
+before it (:data:`CURVES_AHEAD`): all-MiniLM-L6-v2 at 50 %, side by side with the curves solved in
+the probe's thread (``tools/bench_calibrate.py --workers 1``, two runs each), took 57.3 and 56.4 s
+against 60.5 and 58.8 s, the allocation 19.9 and 19.5 s against 21.6 and 21.3 s, the same output
+bytes. The time of each step is logged and recorded in the result (:meth:`Allocated.record`,
 with the probe's rounds and the layers they ran on). With a single
 calibrated layer there is nothing to split: uniform.
 """
@@ -128,6 +132,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -190,6 +195,11 @@ PROBE_ROUNDS = 3
 #: the probe's batches hold at most this many samples, so that it can stop early (one probe of
 #: all-MiniLM-L6-v2's first 6 layers: 5.3 s in batches of 32, 5.6 s in 8, 7.7 s in 2)
 PROBE_BATCH = 4
+#: the layers whose curves the helper thread solves ahead of the probe, at most (each holds its stored
+#: array and its solution until probed). all-MiniLM-L6-v2 at 50 % (2 cores, ``-v``): the allocation
+#: took 21.2 s with 1 or 3 ahead (waiting on the curves 4.4 against 2.7 s, the probe 10.9 against
+#: 12.4 s: both threads share two cores already), against 23.1 s with the curves in the probe's thread
+CURVES_AHEAD = 1
 #: the dense statistics (the ``H`` of the layers) held at once; more are captured in chunks
 MAX_STATS_BYTES = 1 << 30
 #: the dense capture reads every calibrated layer's input of a batch at once, so it runs batches of
@@ -382,20 +392,25 @@ def allocate_layers(
         sampling = curve_sampling(config.reconstruction.row_sampling(config.seed, damp=damp))
         stats = capture(model, specs, batches, sampling=sampling)
         seconds["capture"] += time.perf_counter() - tick
-        # a layer's curve is solved on a helper thread while the probe runs the layer before it
-        # (onnxruntime's runs and the greedy solves each leave part of the cores idle); the BLAS
-        # limit is held here for both threads, so the probe's sums do not depend on the helper
+        # the layers' curves are solved on a helper thread, up to CURVES_AHEAD layers ahead of the
+        # probe (onnxruntime's runs and the greedy solves each leave part of the cores idle); the
+        # BLAS limit is held here for both threads, so the probe's sums do not depend on the helper
         with one_blas_thread():
             pool = ThreadPoolExecutor(1, thread_name_prefix="onnxprune-curves")
             try:
-                started = _start_curve(pool, chunk[0], stats, inventory, kept_dense, solve, index_of, config, t)
-                for position, layer in enumerate(chunk):
+                begin = partial(
+                    _start_curve,
+                    pool,
+                    stats=stats,
+                    inventory=inventory,
+                    kept_dense=kept_dense,
+                    solve=solve,
+                    index_of=index_of,
+                    config=config,
+                    t=t,
+                )
+                for layer, current in _started_ahead(chunk, begin, CURVES_AHEAD):
                     key = layer.weight.key
-                    current = started
-                    if position + 1 < len(chunk):
-                        started = _start_curve(
-                            pool, chunk[position + 1], stats, inventory, kept_dense, solve, index_of, config, t
-                        )
                     done += 1
                     if progress is not None:
                         progress(done, 2 * len(layers), f"error curve of {key}")
@@ -422,7 +437,7 @@ def allocate_layers(
                     log.debug("%s: %s", key, measured[key])
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
-        del stats
+        del stats, begin  # the next chunk's capture holds its own
     problem = _Problem(t, config.max_layer_sparsity, {**targets, **dense}, tuple(fixed), by_key)
     tick = time.perf_counter()
     rounds = _refine(probe, problem, measured, probed, pending, inventory, screen or 0)
@@ -683,6 +698,20 @@ def _curve(
             errors.append(error)
     assert at_stored is not None  # the target is always solved
     return _Measured(tuple(levels), tuple(errors), at_target, floor / numel), at_stored
+
+
+def _started_ahead(
+    layers: Iterable[CalibLayer], start: Callable[[CalibLayer], _StartedCurve], ahead: int
+) -> Iterator[tuple[CalibLayer, _StartedCurve]]:
+    """Each layer with ``start(layer)``, in order; when a layer is yielded, the ``ahead`` layers
+    after it have been started too."""
+    queue: deque[tuple[CalibLayer, _StartedCurve]] = deque()
+    for layer in layers:
+        queue.append((layer, start(layer)))
+        if len(queue) > ahead:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
 
 
 @dataclass(frozen=True)
