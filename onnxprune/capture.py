@@ -132,7 +132,7 @@ from onnx import ModelProto, numpy_helper
 
 from onnxprune import runtime
 from onnxprune.errors import DataError, OptionError, UnsupportedModelError
-from onnxprune.frontier import Frontier, Segment, capture_session
+from onnxprune.frontier import Frontier, Segment, SessionSource, add_initializers, capture_session
 from onnxprune.graph import expose
 from onnxprune.graph.edit import node_reads
 from onnxprune.graph.model_io import load_model
@@ -1149,7 +1149,7 @@ def _main_graph_values(model: ModelProto) -> dict[str, str]:
     return found
 
 
-def _truncated(proto: ModelProto, names: Sequence[str], exposure: expose.Exposure | None = None) -> bytes:
+def _truncated(proto: ModelProto, names: Sequence[str], exposure: expose.Exposure | None = None) -> SessionSource:
     """The part of the model that computes ``names``, with them as its only outputs.
 
     onnxruntime runs every node of a graph whatever outputs are asked for, so a layer near
@@ -1176,7 +1176,7 @@ def _truncated(proto: ModelProto, names: Sequence[str], exposure: expose.Exposur
     target.name = graph.name
     target.input.extend(graph.input)
     target.node.extend(graph.node[i] for i in sorted(keep))
-    target.initializer.extend(t for t in graph.initializer if t.name in used)
+    shared = add_initializers(out, [t for t in graph.initializer if t.name in used])
     target.sparse_initializer.extend(t for t in graph.sparse_initializer if t.values.name in used)
     target.value_info.extend(v for v in graph.value_info if v.name in used or v.name in names)
     if exposure is not None:
@@ -1189,7 +1189,7 @@ def _truncated(proto: ModelProto, names: Sequence[str], exposure: expose.Exposur
             target.output.append(typed[name])
         else:
             target.output.add(name=name)
-    return out.SerializeToString()
+    return SessionSource(out.SerializeToString(), shared)
 
 
 def _session(

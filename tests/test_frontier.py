@@ -319,8 +319,8 @@ def test_a_tail_computes_the_constants_it_reads_instead_of_being_fed_them(tmp_pa
     made: list[onnx.ModelProto] = []
     real = tails_module.capture_session
 
-    def recorded(source: bytes):
-        made.append(onnx.load_from_string(source))
+    def recorded(source):  # type: ignore[no-untyped-def]
+        made.append(onnx.load_from_string(source.model))
         return real(source)
 
     monkeypatch.setattr(tails_module, "capture_session", recorded)
@@ -401,3 +401,51 @@ def test_a_retained_value_over_the_budget_is_not_kept_and_the_frontier_goes_on(t
     np.testing.assert_allclose(got["y"][1], _outputs_with(m, "Wa", new)[1], rtol=1e-5, atol=1e-6)
     got = tails.outputs("Wb", new)  # the trunk computed again: still right
     np.testing.assert_allclose(got["y"][0], _outputs_with(m, "Wb", new)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_sub_models_large_tensors_reach_its_session_as_arrays_with_the_same_outputs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The weights of a sub-model at or above the size limit are stubs declaring external data in
+    its bytes, and their values go to the session as arrays; the outputs are the model's own."""
+    monkeypatch.setattr(frontier_module, "SHARED_MIN_BYTES", 8 * 8 * 4)  # the 8 x 8 float32 weights
+    m = _chain()
+    graph = frontier_module.Graph.of(m)
+    source = frontier_module.sub_model(m, graph, range(len(m.graph.node)), {}, ["y"])
+    assert set(source.shared) == {"W1", "W2", "W3"}  # "flat", 16 bytes, stays in the bytes
+    for name in ("W1", "W2", "W3"):
+        np.testing.assert_array_equal(source.shared[name], numpy_helper.to_array(_initializer(m, name)))
+    written = onnx.load_from_string(source.model)
+    stubs = {t.name: t for t in written.graph.initializer}
+    assert all(stubs[n].data_location == onnx.TensorProto.EXTERNAL and not stubs[n].raw_data for n in source.shared)
+    assert numpy_helper.to_array(stubs["flat"]).tolist() == [-1, 8]
+    x = rand((6, 8), seed=9)
+    want = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = frontier_module.capture_session(source).run(None, {"x": x})
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+def _initializer(m: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    return next(t for t in m.graph.initializer if t.name == name)
+
+
+def test_only_plain_little_endian_bytes_of_a_numpy_type_are_shared() -> None:
+    """Small tensors, values in typed fields, bfloat16 (no numpy type onnxruntime takes) and a
+    tensor already external stay as they are; a large float32 tensor in raw bytes is shared."""
+    big = rand((128, 128), seed=1)
+    raw = numpy_helper.from_array(big, "raw")
+    small = numpy_helper.from_array(big[:2, :2].copy(), "small")
+    typed = helper.make_tensor("typed", onnx.TensorProto.FLOAT, big.shape, big.reshape(-1).tolist())
+    bf16 = helper.make_tensor("bf16", onnx.TensorProto.BFLOAT16, [len(big.tobytes()) // 2], big.tobytes(), raw=True)
+    external = onnx.TensorProto(name="external", data_type=onnx.TensorProto.FLOAT, dims=[4])
+    external.data_location = onnx.TensorProto.EXTERNAL
+    external.external_data.add(key="location", value="weights.bin")
+    target = onnx.ModelProto()
+    shared = frontier_module.add_initializers(target, [raw, small, typed, bf16, external])
+    assert list(shared) == ["raw"]
+    np.testing.assert_array_equal(shared["raw"], big)
+    kept = {t.name: t for t in target.graph.initializer}
+    assert [t.name for t in target.graph.initializer] == ["raw", "small", "typed", "bf16", "external"]
+    for name, tensor in (("small", small), ("typed", typed), ("bf16", bf16), ("external", external)):
+        assert kept[name] == tensor
+    assert kept["raw"].data_location == onnx.TensorProto.EXTERNAL and list(kept["raw"].dims) == [128, 128]
