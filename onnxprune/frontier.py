@@ -195,6 +195,18 @@ def _feedable(dtype: np.dtype) -> bool:
     return True
 
 
+def _tensor_crc(tensor: object) -> int:
+    """CRC-32 of a stored tensor: of its fields but its raw bytes, chained with the bytes read in
+    place. Serializing a tensor copies its bytes into a new message first: all-MiniLM-L6-v2's 101
+    initializers took 85 ms so, and a capture's check of the region makes one such pass each."""
+    raw = tensor.raw_data if isinstance(tensor, TensorProto) else b""
+    if not raw:  # values in typed fields, an external tensor's entries, a sparse tensor
+        return zlib.crc32(tensor.SerializeToString())  # type: ignore[attr-defined]
+    fields = TensorProto()
+    copy_fields(tensor, fields, skip=("raw_data",))
+    return zlib.crc32(raw, zlib.crc32(fields.SerializeToString()))
+
+
 @dataclass
 class Graph:
     """The main graph as the segments see it: producers, reads and which values depend on the inputs."""
@@ -240,7 +252,7 @@ class Graph:
             if tensor is None:
                 continue
             if name not in stored_crc:
-                stored_crc[name] = zlib.crc32(tensor.SerializeToString())  # type: ignore[attr-defined]
+                stored_crc[name] = _tensor_crc(tensor)
             crc = zlib.crc32(stored_crc[name].to_bytes(4, "little"), crc)
         return crc
 

@@ -4,6 +4,7 @@ waves, and the frontier dropped (or given up) whenever it could be stale or does
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -449,3 +450,24 @@ def test_only_plain_little_endian_bytes_of_a_numpy_type_are_shared() -> None:
     for name, tensor in (("small", small), ("typed", typed), ("bf16", bf16), ("external", external)):
         assert kept[name] == tensor
     assert kept["raw"].data_location == onnx.TensorProto.EXTERNAL and list(kept["raw"].dims) == [128, 128]
+
+
+def test_a_stored_tensors_fingerprint_covers_its_bytes_and_its_other_fields() -> None:
+    """The CRC of a tensor's raw bytes read in place, chained after that of its other fields:
+    any change of either changes it, as a CRC of the whole serialized tensor would."""
+    w = numpy_helper.from_array(rand((16, 16), seed=1), "W")
+    crc = frontier_module._tensor_crc
+    base = crc(w)
+    assert crc(onnx.TensorProto.FromString(w.SerializeToString())) == base  # a copy: the same
+    flipped = onnx.TensorProto.FromString(w.SerializeToString())
+    data = bytearray(flipped.raw_data)
+    data[37] ^= 1
+    flipped.raw_data = bytes(data)
+    reshaped = onnx.TensorProto.FromString(w.SerializeToString())
+    del reshaped.dims[:]
+    reshaped.dims.extend([8, 32])  # the same bytes
+    renamed = onnx.TensorProto.FromString(w.SerializeToString())
+    renamed.name = "V"
+    typed = helper.make_tensor("W", onnx.TensorProto.FLOAT, [2], [1.0, 2.0])  # no raw bytes: serialized whole
+    assert len({base, crc(flipped), crc(reshaped), crc(renamed)}) == 4
+    assert crc(typed) == zlib.crc32(typed.SerializeToString())
