@@ -665,3 +665,44 @@ def test_curves_are_started_the_given_number_of_layers_ahead(ahead: int) -> None
         seen.append(layer)
         assert started == list(range(min(5, layer + ahead + 1)))
     assert seen == list(range(5))
+
+
+def test_an_allocation_that_stops_leaves_the_helper_after_the_level_it_is_solving(
+    tmp_path: Path, calib: onnxprune.Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error in the probe (or a signal) while the helper solves the next layer's curve: the
+    error comes out as it was, and the helper solves no level after the one it was on, so the
+    way out does not wait for a whole curve (a wide layer's levels take minutes)."""
+    import threading
+    import time
+
+    from onnxprune.errors import DataError
+
+    real_start = curve_allocation._start_curve
+    levels: list[str] = []  # the layer of each level solved
+    second_started = threading.Event()
+    order: list[str] = []
+
+    def start(pool, layer, **kw):  # type: ignore[no-untyped-def]
+        order.append(layer.weight.key)
+        solve = kw["solve"]
+
+        def counted(the_layer, *args, **options):  # type: ignore[no-untyped-def]
+            levels.append(the_layer.weight.key)
+            if len(order) > 1 and the_layer.weight.key == order[1]:
+                second_started.set()
+                time.sleep(0.3)  # the probe fails while this level runs
+            return solve(the_layer, *args, **options)
+
+        return real_start(pool, layer, **{**kw, "solve": counted})
+
+    def failing(self: OutputProbe, weight, *args, **kw):  # type: ignore[no-untyped-def]
+        assert second_started.wait(30)
+        raise DataError("the probe failed")
+
+    monkeypatch.setattr(curve_allocation, "_start_curve", start)
+    monkeypatch.setattr(OutputProbe, "measure", failing)
+    with pytest.raises(DataError, match="the probe failed"):
+        _prune(tmp_path, calib, "stopped", sparsity=0.5)
+    assert levels.count(order[1]) == 1  # its first level only
+    assert len(set(levels)) == 2  # no third layer's curve ran

@@ -131,6 +131,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -397,6 +398,7 @@ def allocate_layers(
         # BLAS limit is held here for both threads, so the probe's sums do not depend on the helper
         with one_blas_thread():
             pool = ThreadPoolExecutor(1, thread_name_prefix="onnxprune-curves")
+            stop = threading.Event()  # set on the way out: the helper solves no further level
             try:
                 begin = partial(
                     _start_curve,
@@ -408,6 +410,7 @@ def allocate_layers(
                     index_of=index_of,
                     config=config,
                     t=t,
+                    stop=stop,
                 )
                 for layer, current in _started_ahead(chunk, begin, CURVES_AHEAD):
                     key = layer.weight.key
@@ -435,7 +438,8 @@ def allocate_layers(
                     if not first.settled:
                         pending.keep(key, at_t)
                     log.debug("%s: %s", key, measured[key])
-            finally:
+            finally:  # an error or a signal here: the helper ends after the level it is solving
+                stop.set()
                 pool.shutdown(wait=True, cancel_futures=True)
         del stats, begin  # the next chunk's capture holds its own
     problem = _Problem(t, config.max_layer_sparsity, {**targets, **dense}, tuple(fixed), by_key)
@@ -668,13 +672,19 @@ class _Measured:
 
 
 def _curve(
-    solve: Callable[..., tuple[np.ndarray, Solved]], reconstruction: Reconstruction, t: float, floor: int, numel: int
+    solve: Callable[..., tuple[np.ndarray, Solved]],
+    reconstruction: Reconstruction,
+    t: float,
+    floor: int,
+    numel: int,
+    stop: threading.Event | None = None,
 ) -> tuple[_Measured, np.ndarray]:
     """The layer's curve and its stored array solved at ``t`` (for the probe). SparseGPT's greedy
     updates stand in for its exact refit (:data:`EXACT_FROM_TARGET`, :data:`EXACT_BELOW_TARGET`):
     the refit costs ``rows · k³`` for ``k`` kept columns. The levels stop
     at the first that reaches the trust region's top (or the layer's floor, if higher): the
-    allocation never goes above it, and the envelope there is interpolated from that level."""
+    allocation never goes above it, and the envelope there is interpolated from that level.
+    Once ``stop`` is set, no further level is solved (:class:`_Stopped`)."""
     levels, errors = [0.0], [0.0]
     at_target, at_stored = 0.0, None
     greedy = replace(
@@ -687,6 +697,8 @@ def _curve(
         count = count_for_amount(numel, level)
         if count <= floor and level != t:
             continue
+        if stop is not None and stop.is_set():
+            raise _Stopped("the allocation stopped before this curve was measured")
         exact = EXACT_FROM_TARGET if level >= t else EXACT_BELOW_TARGET
         stored, solved = solve(Target(count=count, amount=level), reconstruction=reconstruction if exact else greedy)
         reached = (numel - int(np.count_nonzero(stored))) / numel
@@ -724,6 +736,10 @@ class _StartedCurve:
     future: Future[tuple[_Measured, np.ndarray]] | None = None
 
 
+class _Stopped(Exception):
+    """A curve's solve given up: the allocation stopped (an error, a signal) while it ran."""
+
+
 def _start_curve(
     pool: ThreadPoolExecutor,
     layer: CalibLayer,
@@ -734,6 +750,7 @@ def _start_curve(
     index_of: Mapping[str, int],
     config: PruneConfig,
     t: float,
+    stop: threading.Event | None = None,
 ) -> _StartedCurve:
     """The layer's curve solve, submitted to ``pool`` (one helper thread, under the caller's BLAS
     limit: :func:`~onnxprune.reconstruct.threads.under_callers_blas_limit`)."""
@@ -750,7 +767,7 @@ def _start_curve(
 
     def run() -> tuple[_Measured, np.ndarray]:
         with under_callers_blas_limit():
-            return _curve(solver, config.reconstruction, t, floor, values.size)
+            return _curve(solver, config.reconstruction, t, floor, values.size, stop)
 
     return _StartedCurve(values, floor, pool.submit(run))
 
