@@ -211,7 +211,8 @@ def command_json_stdout(*paths: object) -> Any:
 class PlainProgress:
     """Progress without a terminal (a CI log, a pipe): one line per :data:`EVERY_S` seconds at
     most, ``label: 40% (12/30), 0:05 elapsed``, and one when the work is done; nothing when
-    the work finishes within the first interval."""
+    the work finishes within the first interval, and no last line when it fails or is stopped
+    (the error's line says so; it said 100 % before)."""
 
     #: the fewest seconds between two lines
     EVERY_S = 5.0
@@ -238,10 +239,9 @@ class PlainProgress:
             file=self.stream or sys.stderr,
         )
 
-    def close(self) -> None:
-        if self.said and self.done < self.total:
+    def close(self, *, finished: bool = True) -> None:
+        if self.said and finished:
             self.done = self.total
-        if self.said:
             self._say(time.monotonic())
 
 
@@ -278,8 +278,8 @@ class ProgressBar:
             self.bar.__enter__()
         self.bar.update(step)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
         if self.plain is not None:
-            self.plain.close()
+            self.plain.close(finished=kind is None)

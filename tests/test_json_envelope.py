@@ -116,3 +116,10 @@ def test_progress_without_a_terminal_is_periodic_lines(monkeypatch, capsys):
         progress(1, 2, "a")
         progress(2, 2, "b")
     assert capsys.readouterr().err == ""
+    with pytest.raises(KeyboardInterrupt), console.ProgressBar("stopped", quiet=False) as progress:
+        for done in range(1, 21):
+            clock[0] += 0.5
+            progress(done, 40, f"layer {done}")
+        raise KeyboardInterrupt  # half done: no line claims it finished
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["stopped: 28% (11/40), 0:05 elapsed"]  # the periodic line, no closing one
