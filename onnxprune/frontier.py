@@ -91,14 +91,22 @@ class SessionSource:
     shared: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
-def _numpy_dtype(data_type: int) -> np.dtype | None:
-    """The numpy dtype of an ONNX tensor type that onnxruntime takes from a numpy array (None for
-    strings and for the types numpy holds only through ``ml_dtypes``: bfloat16, float8, int4)."""
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(data_type))
-    except (KeyError, TypeError, ValueError):
-        return None
-    return dtype if dtype.kind in "biuf" and type(dtype).__module__.startswith("numpy") else None
+#: the ONNX tensor types shared as numpy arrays (those numpy holds natively): a table, not onnx's
+#: own mapping, which gives bfloat16 and float8 as float32 and int4 as int8 in onnx 1.16
+_SHARED_TYPES: dict[int, np.dtype] = {
+    TensorProto.FLOAT: np.dtype(np.float32),
+    TensorProto.DOUBLE: np.dtype(np.float64),
+    TensorProto.FLOAT16: np.dtype(np.float16),
+    TensorProto.INT8: np.dtype(np.int8),
+    TensorProto.UINT8: np.dtype(np.uint8),
+    TensorProto.INT16: np.dtype(np.int16),
+    TensorProto.UINT16: np.dtype(np.uint16),
+    TensorProto.INT32: np.dtype(np.int32),
+    TensorProto.UINT32: np.dtype(np.uint32),
+    TensorProto.INT64: np.dtype(np.int64),
+    TensorProto.UINT64: np.dtype(np.uint64),
+    TensorProto.BOOL: np.dtype(np.bool_),
+}
 
 
 def add_initializers(target: ModelProto, tensors: Sequence[TensorProto]) -> dict[str, np.ndarray]:
@@ -109,7 +117,7 @@ def add_initializers(target: ModelProto, tensors: Sequence[TensorProto]) -> dict
     for tensor in tensors:
         dtype = None
         if tensor.data_location != TensorProto.EXTERNAL and not tensor.external_data and np.little_endian:
-            dtype = _numpy_dtype(tensor.data_type)
+            dtype = _SHARED_TYPES.get(tensor.data_type)
         raw = tensor.raw_data if dtype is not None else b""
         if dtype is None or len(raw) < SHARED_MIN_BYTES or len(raw) != dtype.itemsize * math.prod(tensor.dims):
             target.graph.initializer.append(tensor)

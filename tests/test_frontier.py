@@ -431,23 +431,25 @@ def _initializer(m: onnx.ModelProto, name: str) -> onnx.TensorProto:
 
 
 def test_only_plain_little_endian_bytes_of_a_numpy_type_are_shared() -> None:
-    """Small tensors, values in typed fields, bfloat16 (no numpy type onnxruntime takes) and a
-    tensor already external stay as they are; a large float32 tensor in raw bytes is shared."""
+    """Small tensors, values in typed fields, bfloat16 and float8 (no numpy type onnxruntime takes;
+    onnx 1.16 maps them to float32) and a tensor already external stay as they are; a large float32
+    tensor in raw bytes is shared."""
     big = rand((128, 128), seed=1)
     raw = numpy_helper.from_array(big, "raw")
     small = numpy_helper.from_array(big[:2, :2].copy(), "small")
     typed = helper.make_tensor("typed", onnx.TensorProto.FLOAT, big.shape, big.reshape(-1).tolist())
     bf16 = helper.make_tensor("bf16", onnx.TensorProto.BFLOAT16, [len(big.tobytes()) // 2], big.tobytes(), raw=True)
+    f8 = helper.make_tensor("f8", onnx.TensorProto.FLOAT8E4M3FN, [len(big.tobytes())], big.tobytes(), raw=True)
     external = onnx.TensorProto(name="external", data_type=onnx.TensorProto.FLOAT, dims=[4])
     external.data_location = onnx.TensorProto.EXTERNAL
     external.external_data.add(key="location", value="weights.bin")
     target = onnx.ModelProto()
-    shared = frontier_module.add_initializers(target, [raw, small, typed, bf16, external])
+    shared = frontier_module.add_initializers(target, [raw, small, typed, bf16, f8, external])
     assert list(shared) == ["raw"]
     np.testing.assert_array_equal(shared["raw"], big)
     kept = {t.name: t for t in target.graph.initializer}
-    assert [t.name for t in target.graph.initializer] == ["raw", "small", "typed", "bf16", "external"]
-    for name, tensor in (("small", small), ("typed", typed), ("bf16", bf16), ("external", external)):
+    assert [t.name for t in target.graph.initializer] == ["raw", "small", "typed", "bf16", "f8", "external"]
+    for name, tensor in (("small", small), ("typed", typed), ("bf16", bf16), ("f8", f8), ("external", external)):
         assert kept[name] == tensor
     assert kept["raw"].data_location == onnx.TensorProto.EXTERNAL and list(kept["raw"].dims) == [128, 128]
 
