@@ -172,13 +172,12 @@ def sub_model(
     return SessionSource(out.SerializeToString(), shared)
 
 
-def capture_session(source: bytes | SessionSource) -> ort.InferenceSession:
+def capture_session(source: SessionSource) -> ort.InferenceSession:
     """A CPU session, fully optimized, of a part of a model made to read its values (fusions never
     swallow a value that is a graph output, and the values read are graph outputs); what
     onnxruntime refuses is an :class:`UnsupportedModelError`."""
-    model, shared = (source.model, source.shared) if isinstance(source, SessionSource) else (source, None)
     try:
-        return runtime.session(model, optimize=True, shared=shared)
+        return runtime.session(source.model, optimize=True, shared=source.shared)
     except OnnxPruneError:
         raise
     except Exception as exc:  # onnxruntime raises its own types; a model over 2 GiB cannot be serialized
