@@ -196,3 +196,25 @@ def test_key_bounds_hold_every_key():
         keys = sparsity.global_keys(sparsity.lamp_scores(w))
         where = np.searchsorted(bins.ids, lamp._bin_ids(w))
         assert np.all(low[where] <= keys) and np.all(keys <= high[where])
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_the_chunk_bins_and_keys_are_the_high_bits_in_either_byte_order(order: str):
+    """The chunk helpers read the high 16 bits of each float32 as a strided uint16 view: the
+    same bins as ``(bits >> 16) & 0x7FFF`` for every kind of value, stored either way round."""
+    rng = np.random.default_rng(5)
+    values = np.concatenate(
+        [
+            rng.standard_normal(1000).astype(np.float32),
+            np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -3e-39, 3.4e38], dtype=np.float32),
+        ]
+    )
+    stored = values.astype(np.dtype(np.float32).newbyteorder(order))
+    expected = (values.view(np.uint32) >> 16) & 0x7FFF
+    assert np.array_equal(lamp._high_halves(stored) & 0x7FFF, expected)
+    scratch = lamp._Scratch(values.size)
+    native = stored.astype(np.float32)  # the helpers' own path takes native float32
+    assert np.array_equal(lamp._chunk_ids(native, scratch), expected)
+    assert lamp._chunk_keys(native, scratch).dtype == np.uint16
+    assert np.array_equal(lamp._chunk_keys(native, scratch), expected)
+    assert np.array_equal(lamp._bin_ids(native), expected)

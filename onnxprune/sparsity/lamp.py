@@ -52,11 +52,15 @@ The global threshold without a sort (:func:`lamp_allocation`)
     which took more than the two ``bincount`` calls. Tensors are binned and gathered two at a
     time, on threads (:func:`~onnxprune.threads.map_in_threads`). On
     ``tools/bench_large.py``'s 12 GB model (24 float32 tensors of 0.5 GB), the two passes took
-    31 s before both and 15 s after (cProfile, the same run otherwise).
+    31 s before both and 15 s after (cProfile, the same run otherwise). A float32 chunk's bins
+    are its high 16 bits read as a strided uint16 view (:func:`_high_halves`), widened into the
+    intp buffer: one 0.5 GB tensor binned in 0.53 s against 0.58 s with a shift into intp
+    (medians of 5, side by side), the same bins.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,31 +81,41 @@ _SUM_SLACK = 2.0**-50  # per element, the relative rounding of a float64 sum of 
 
 
 class _Scratch:
-    """One chunk's buffers, reused from chunk to chunk of float32 values: the bins as uint32
+    """One chunk's buffers, reused from chunk to chunk of float32 values: the bins as uint16
     (:func:`_chunk_keys`) or as intp (:func:`_chunk_ids`) and the float64 squares."""
 
     def __init__(self, size: int) -> None:
-        self.keys = np.empty(size, dtype=np.uint32)
+        self.keys = np.empty(size, dtype=np.uint16)
         self.ids = np.empty(size, dtype=np.intp)
         self.squares = np.empty(size, dtype=np.float64)
 
 
+def _high_halves(part: np.ndarray) -> np.ndarray:
+    """The high 16 bits of every element of the float32 array ``part`` (sign, exponent and the
+    top 7 mantissa bits), as a strided uint16 view in the array's byte order: ``bits >> 16``
+    without a pass of its own or a uint32 temporary."""
+    little = part.dtype.byteorder == "<" or (part.dtype.byteorder in "=|" and sys.byteorder == "little")
+    halves = part.reshape(-1).view(np.dtype("<u2" if little else ">u2"))
+    return halves[1::2] if little else halves[0::2]
+
+
 def _chunk_ids(part: np.ndarray, scratch: _Scratch) -> np.ndarray:
     """The bins of the chunk ``part`` as intp (what ``bincount`` reads without a copy): the same
-    values as :func:`_bin_ids`, shifted straight into ``scratch`` when ``part`` is float32."""
+    values as :func:`_bin_ids`, the high halves widened straight into ``scratch`` when ``part``
+    is float32 (a widening copy and a mask: two thirds of the time of a shift into intp)."""
     if part.dtype != np.float32:
         return _bin_ids(part)
-    ids = np.right_shift(part.view(np.uint32), BIN_SHIFT, out=scratch.ids[: part.size], casting="unsafe")
+    ids = scratch.ids[: part.size]
+    np.copyto(ids, _high_halves(part), casting="unsafe")
     return np.bitwise_and(ids, _BIN_COUNT - 1, out=ids)  # the sign bit cleared
 
 
 def _chunk_keys(part: np.ndarray, scratch: _Scratch) -> np.ndarray:
-    """The bins of the chunk ``part``, as uint32 in ``scratch`` when ``part`` is float32 (else
-    :func:`_bin_ids`' intp): for comparisons, half the bytes of intp."""
+    """The bins of the chunk ``part``, as uint16 in ``scratch`` when ``part`` is float32 (else
+    :func:`_bin_ids`' intp): for comparisons, a quarter of the bytes of intp."""
     if part.dtype != np.float32:
         return _bin_ids(part)
-    keys = np.right_shift(part.view(np.uint32), np.uint32(BIN_SHIFT), out=scratch.keys[: part.size])
-    return np.bitwise_and(keys, np.uint32(_BIN_COUNT - 1), out=keys)
+    return np.bitwise_and(_high_halves(part), np.uint16(_BIN_COUNT - 1), out=scratch.keys[: part.size])
 
 
 def _chunk_squares(part: np.ndarray, scratch: _Scratch) -> np.ndarray:
@@ -246,9 +260,9 @@ def _gather_keys(values: np.ndarray, bins: Bins, first: int, last: int) -> tuple
     for start in range(0, flat.size, CHUNK):
         part = flat[start : start + CHUNK]
         ids = _chunk_keys(part, scratch)
-        if ids.dtype == np.uint32:  # low_id <= id <= high_id as one unsigned comparison
-            offset = np.subtract(ids, np.uint32(low_id), out=ids)
-            parts.append(part[offset <= np.uint32(high_id - low_id)])
+        if ids.dtype == np.uint16:  # low_id <= id <= high_id as one unsigned comparison
+            offset = np.subtract(ids, np.uint16(low_id), out=ids)
+            parts.append(part[offset <= np.uint16(high_id - low_id)])
         else:
             parts.append(part[(ids >= low_id) & (ids <= high_id)])
     gathered = np.concatenate(parts)  # in flat order, so a stable sort breaks ties by index
