@@ -72,7 +72,8 @@ from onnxprune.threads import map_in_threads
 
 #: Elements per chunk of the bin sums (fixes their rounding, and bounds the temporaries).
 CHUNK = 1 << 22
-#: ``float32(|w|)`` bits are shifted right by this much to give the bin.
+#: ``float32(|w|)`` bits are shifted right by this much to give the bin: 16, the high half, which
+#: :func:`_high_halves` reads in place (a test checks the two agree).
 BIN_SHIFT = 16
 _BIN_COUNT = 1 << (31 - BIN_SHIFT)  # sign cleared
 _INF_BIN = 0x7F80_0000 >> BIN_SHIFT  # the bin of float32 infinity
