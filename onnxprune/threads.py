@@ -60,6 +60,7 @@ def computed_ahead(calls: Sequence[Callable[[], T]], pool: Executor) -> Iterator
             previous, pending = pending, pool.submit(call)
             if previous is not None:
                 result = previous.result()
+                previous = None  # the future holds the result too: it must not outlive the caller's use
                 yield result
                 del result
         if pending is not None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
 
 import pytest
@@ -58,3 +59,33 @@ def test_computed_ahead_runs_calls_in_order_one_ahead_of_the_caller():
     assert events[:3] == ["call 0", "call 1", "used 0"]
     assert "call 5" not in events  # nothing runs two ahead, nor after the failure
     assert [e for e in events if e.startswith("call")][:4] == ["call 0", "call 1", "call 2", "call 3"]
+
+
+class _AtOnce(Executor):
+    """Runs each call as it is submitted (what a free worker may do): the order is then fixed."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def test_computed_ahead_lets_a_used_result_go_before_the_call_two_after_it_starts():
+    """At most two results alive: once the caller has let result ``i`` go, nothing of the helper
+    holds it (its future neither) when call ``i + 2`` starts."""
+
+    class Result:
+        pass
+
+    made: list[weakref.ref[Result]] = []
+    alive_at_start: list[list[int]] = []
+
+    def call(i: int) -> Result:
+        alive_at_start.append([j for j, ref in enumerate(made) if ref() is not None])
+        result = Result()
+        made.append(weakref.ref(result))
+        return result
+
+    for result in computed_ahead([partial(call, i) for i in range(6)], _AtOnce()):
+        del result
+    assert alive_at_start == [[], [0], [1], [2], [3], [4]]  # the one before only: never a used one
