@@ -434,3 +434,20 @@ def test_nm_zeros_after_from_the_zero_indices_equals_the_count_from_values(shape
             # and the pruned tensor has that many zeros
             pruned = sparsity.nm_zero_bits(sparsity.scores.float_bits(w), n, m, axis)
             assert int(np.count_nonzero((pruned & sparsity.scores.sign_clear(pruned.dtype)) == 0)) == expected
+
+
+def test_the_bracket_mask_is_the_two_comparisons_for_every_key_kind():
+    """Unsigned keys take one comparison through the wrap of ``k − lo`` (in a given buffer, the
+    keys themselves allowed); signed and float keys two. All of them: ``lo <= k <= hi``."""
+    from onnxprune.sparsity.select import bracket_mask
+
+    rng = np.random.default_rng(3)
+    for dtype in (np.uint16, np.uint32, np.int64, np.float32):
+        keys = rng.integers(0, 3000, size=500).astype(dtype)
+        keys[:4] = [0, 999, 1000, 2000]  # the edges and the smallest key
+        expected = (keys >= 1000) & (keys <= 2000)
+        assert np.array_equal(bracket_mask(keys, 1000, 2000), expected)
+        assert np.array_equal(bracket_mask(keys, 1000, 2000, np.empty(600, dtype)), expected)
+        assert np.array_equal(bracket_mask(keys.copy(), 1000, 2000, None), expected)
+        own = keys.copy()
+        assert np.array_equal(bracket_mask(own, 1000, 2000, own), expected)

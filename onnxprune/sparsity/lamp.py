@@ -68,6 +68,7 @@ import numpy as np
 
 from onnxprune.sparsity.allocate import GlobalAllocation, fill_ties, smallest_reaching, solve_inside
 from onnxprune.sparsity.scores import global_keys, magnitude_keys, to_float64
+from onnxprune.sparsity.select import bracket_mask
 from onnxprune.threads import map_in_threads
 
 #: Elements per chunk of the bin sums (fixes their rounding, and bounds the temporaries).
@@ -260,12 +261,8 @@ def _gather_keys(values: np.ndarray, bins: Bins, first: int, last: int) -> tuple
     scratch = _Scratch(min(CHUNK, flat.size))
     for start in range(0, flat.size, CHUNK):
         part = flat[start : start + CHUNK]
-        ids = _chunk_keys(part, scratch)
-        if ids.dtype == np.uint16:  # low_id <= id <= high_id as one unsigned comparison
-            offset = np.subtract(ids, np.uint16(low_id), out=ids)
-            parts.append(part[offset <= np.uint16(high_id - low_id)])
-        else:
-            parts.append(part[(ids >= low_id) & (ids <= high_id)])
+        ids = _chunk_keys(part, scratch)  # uint16 in scratch: one comparison, made in place
+        parts.append(part[bracket_mask(ids, low_id, high_id, ids)])
     gathered = np.concatenate(parts)  # in flat order, so a stable sort breaks ties by index
     magnitudes = magnitude_keys(gathered)
     order = np.argsort(magnitudes, kind="stable")

@@ -94,13 +94,25 @@ def _bracketed_kth(
     return t, below + int(np.count_nonzero(near < t))
 
 
+def bracket_mask(
+    keys: np.ndarray, lo: float | np.generic, hi: float | np.generic, offset: np.ndarray | None = None
+) -> np.ndarray:
+    """True where ``lo <= k <= hi``. On unsigned-integer keys ``k − lo`` wraps below ``lo``, so
+    that is the one comparison ``k − lo <= hi − lo``, the difference made in ``offset`` (an array
+    of the keys' dtype with at least as many elements, ``keys`` itself allowed; None: a new one);
+    signed or float keys take two comparisons."""
+    if keys.dtype.kind != "u":
+        return (keys >= keys.dtype.type(lo)) & (keys <= keys.dtype.type(hi))
+    out = None if offset is None else offset[: keys.size]
+    return np.subtract(keys, keys.dtype.type(lo), out=out) <= keys.dtype.type(int(hi) - int(lo))
+
+
 def split_at_bracket(
     chunks: Iterable[np.ndarray], lo: float | np.generic | None, hi: float | np.generic | None
 ) -> tuple[int, list[np.ndarray]]:
     """``#{k < lo}`` over the key ``chunks``, and the keys in ``[lo, hi]`` of each chunk (copies,
-    in order; a chunk may be a buffer reused for the next); None: no bound on that side. With
-    both bounds on unsigned-integer keys, ``k − lo`` wraps below ``lo``, so ``lo <= k <= hi`` is
-    the one comparison ``k − lo <= hi − lo``."""
+    in order; a chunk may be a buffer reused for the next); None: no bound on that side. The
+    bracket is :func:`bracket_mask`'s, its differences made in one buffer reused from chunk to chunk."""
     below = 0
     inside: list[np.ndarray] = []
     offset = np.empty(0, dtype=np.uint8)
@@ -108,18 +120,13 @@ def split_at_bracket(
         if lo is None:
             inside.append(keys[keys <= hi] if hi is not None else keys.copy())
             continue
-        low = keys.dtype.type(lo)
-        below += int(np.count_nonzero(keys < low))
+        below += int(np.count_nonzero(keys < keys.dtype.type(lo)))
         if hi is None:
-            inside.append(keys[keys >= low])
-            continue
-        if keys.dtype.kind != "u":  # signed or float keys (kth_smallest's): no wrap to lean on
-            inside.append(keys[(keys >= low) & (keys <= keys.dtype.type(hi))])
+            inside.append(keys[keys >= keys.dtype.type(lo)])
             continue
         if offset.dtype != keys.dtype or offset.size < keys.size:
             offset = np.empty(keys.size, dtype=keys.dtype)
-        np.subtract(keys, low, out=offset[: keys.size])
-        inside.append(keys[offset[: keys.size] <= keys.dtype.type(int(hi) - int(lo))])
+        inside.append(keys[bracket_mask(keys, lo, hi, offset)])
     return below, inside
 
 
