@@ -32,6 +32,7 @@ from onnx.external_data_helper import set_external_data
 
 from onnxprune.errors import ModelLoadError, OnnxPruneError, OutputError, UnsafeModelError
 from onnxprune.graph import tensors, wire
+from onnxprune.graph.direct_io import DirectAppender
 from onnxprune.graph.lazy import TensorSource, external_entries
 from onnxprune.graph.memory import fits_in_memory, stream_can_run
 from onnxprune.graph.outputs import Read, Write, check_outputs, durable, publish, same_file, staging_dir
@@ -528,7 +529,7 @@ class StagedOutput:
         self.verified = {} if self.records is not None and external_data else None
         try:
             if external_data and source is not None:
-                with open(self.model_path, "wb") as handle, open(staged_data, "w+b") as data, durable(handle, data):
+                with open(self.model_path, "wb") as handle, DirectAppender(staged_data) as data, durable(handle, data):
                     write_external(
                         model,
                         handle,

@@ -65,6 +65,7 @@ from google.protobuf.message import Message
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 from onnxprune.graph import tensors
+from onnxprune.graph.direct_io import DirectAppender, aligned_buffer, read_span
 from onnxprune.graph.walk import all_graphs, node_subgraphs
 from onnxprune.graph.wire import encode_varint, length_header
 from onnxprune.ops import constant_tensor
@@ -439,21 +440,23 @@ def _stored_size(tensor: TensorProto) -> int:
     return len(tensor.raw_data) if tensor.HasField("raw_data") else 0
 
 
-def read_back(handle: BinaryIO, position: int, payload: bytes | memoryview | np.ndarray) -> bool:
+def read_back(handle: BinaryIO | DirectAppender, position: int, payload: bytes | memoryview | np.ndarray) -> bool:
     """True if the file of ``handle`` (open for reading too) holds ``payload`` at ``position``:
     the handle is flushed and the bytes read back a chunk of :data:`READ_BACK_CHUNK` at a time
-    into one buffer, so that nothing the size of the tensor is allocated."""
+    into one buffer, so that nothing the size of the tensor is allocated. A
+    :class:`~onnxprune.graph.direct_io.DirectAppender` reads them from the device, past the
+    page cache, when it writes that way."""
     handle.flush()
     expected = memoryview(payload).cast("B")
     size = expected.nbytes
-    buffer = np.empty(min(READ_BACK_CHUNK, size) // 8 + 1, dtype=np.uint64)
-    raw = memoryview(buffer).cast("B")
+    scratch = aligned_buffer(read_span(min(READ_BACK_CHUNK, size)))
     for start in range(0, size, READ_BACK_CHUNK):
         length = min(READ_BACK_CHUNK, size - start)
-        if os.preadv(handle.fileno(), [raw[:length]], position + start) != length:
+        got = _read_view(handle, position + start, length, scratch)
+        if got.size != length:
             return False
         words = length // 8  # compared as 8-byte words, the tail as bytes
-        got, want = np.frombuffer(raw, np.uint8, length), np.frombuffer(expected[start : start + length], np.uint8)
+        want = np.frombuffer(expected[start : start + length], np.uint8)
         if not (
             np.array_equal(got[: 8 * words].view(np.uint64), want[: 8 * words].view(np.uint64))
             and np.array_equal(got[8 * words :], want[8 * words :])
@@ -462,10 +465,17 @@ def read_back(handle: BinaryIO, position: int, payload: bytes | memoryview | np.
     return True
 
 
+def _read_view(handle: BinaryIO | DirectAppender, position: int, length: int, scratch: np.ndarray) -> np.ndarray:
+    """Up to ``length`` bytes of ``handle``'s file from ``position``, as a view into ``scratch``."""
+    if isinstance(handle, DirectAppender):
+        return handle.read_view(position, length, scratch)
+    return scratch[: os.preadv(handle.fileno(), [memoryview(scratch[:length])], position)]
+
+
 def write_external(
     model: ModelProto,
     handle: BinaryIO,
-    data: BinaryIO,
+    data: BinaryIO | DirectAppender,
     location: str,
     replacements: Mapping[str, Replacement],
     *,
@@ -528,7 +538,7 @@ def write_external(
 
 
 def _write_payload(
-    data: BinaryIO,
+    data: BinaryIO | DirectAppender,
     payload: bytes | memoryview | np.ndarray,
     copy: TensorProto,
     name: str | None,

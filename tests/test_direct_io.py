@@ -1,0 +1,131 @@
+"""The direct-I/O appender: the bytes of a plain file whatever the writes, flushes and reads,
+with O_DIRECT where the file system takes it and without it where it refuses it."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxprune.graph import direct_io
+from onnxprune.graph.direct_io import ALIGN, DirectAppender, aligned_buffer, read_span
+
+STAGE = 4 * ALIGN  # a small stage, so that writes cross it often
+
+
+def _direct_flag(fd: int) -> bool:
+    """Whether the descriptor ``fd`` transfers past the page cache (O_DIRECT)."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    import fcntl
+
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+
+def _script(seed: int) -> list[tuple[str, int]]:
+    """Writes (of sizes around the block and the stage), flushes and reads, in a seeded order."""
+    rng = np.random.default_rng(seed)
+    sizes = [0, 1, 7, ALIGN - 1, ALIGN, ALIGN + 1, STAGE - 3, STAGE, STAGE + 5, 3 * STAGE + 11]
+    steps = []
+    for _ in range(40):
+        kind = rng.choice(["write", "write", "flush", "read"])
+        steps.append((str(kind), int(rng.choice(sizes))))
+    return steps
+
+
+def _run(path: Path, seed: int) -> tuple[bytes, DirectAppender]:
+    rng = np.random.default_rng(seed + 1000)
+    expected = bytearray()
+    scratch = aligned_buffer(read_span(3 * STAGE + 11))
+    with DirectAppender(path, stage_bytes=STAGE) as appender:
+        for kind, size in _script(seed):
+            if kind == "write":
+                data = rng.integers(0, 256, size, dtype=np.uint8)
+                assert appender.write(data if size % 2 else data.tobytes()) == size
+                expected += data.tobytes()
+            elif kind == "flush":
+                appender.flush()
+                assert path.stat().st_size == len(expected)  # cut back to the true length
+            else:
+                position = int(rng.integers(0, len(expected) + 1))
+                got = appender.read_view(position, size, scratch)
+                assert got.tobytes() == bytes(expected[position : position + size])  # short at the end
+            assert appender.tell() == len(expected)
+    return bytes(expected), appender
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_file_holds_every_byte_written_in_order_whatever_the_flushes_and_reads(tmp_path: Path, seed: int):
+    path = tmp_path / "data.bin"
+    expected, appender = _run(path, seed)
+    assert path.read_bytes() == expected
+    assert appender.closed
+
+
+def test_the_file_is_written_past_the_page_cache_where_the_file_system_allows_it(tmp_path: Path):
+    path = tmp_path / "data.bin"
+    with DirectAppender(path, stage_bytes=STAGE) as appender:
+        assert _direct_flag(appender.fileno()) == appender.direct
+        appender.write(b"x" * (STAGE + 3))
+    assert path.read_bytes() == b"x" * (STAGE + 3)
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT here")
+def test_a_file_system_that_refuses_direct_io_at_open_gets_a_plain_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    real = os.open
+
+    def refusing(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(path, flags, mode)
+
+    monkeypatch.setattr(direct_io.os, "open", refusing)
+    expected, appender = _run(tmp_path / "data.bin", 3)
+    assert not appender.direct
+    assert (tmp_path / "data.bin").read_bytes() == expected
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT here")
+def test_a_file_system_that_refuses_direct_io_at_the_first_write_gets_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    real = os.pwrite
+    refused = []
+
+    def refusing(fd: int, data: memoryview, offset: int) -> int:
+        if _direct_flag(fd):
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(direct_io.os, "pwrite", refusing)
+    expected, appender = _run(tmp_path / "data.bin", 4)
+    assert refused and not appender.direct
+    assert (tmp_path / "data.bin").read_bytes() == expected
+
+
+def test_other_write_errors_are_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def full(fd: int, data: memoryview, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(direct_io.os, "pwrite", full)
+    with pytest.raises(OSError, match="No space"), DirectAppender(tmp_path / "d.bin", stage_bytes=STAGE) as appender:
+        appender.write(b"y" * 10)
+        appender.flush()
+    assert appender.closed
+
+
+def test_the_stage_is_whole_blocks_and_the_scratch_is_checked(tmp_path: Path):
+    with pytest.raises(ValueError, match="multiple"):
+        DirectAppender(tmp_path / "d.bin", stage_bytes=ALIGN + 1)
+    with DirectAppender(tmp_path / "d.bin", stage_bytes=STAGE) as appender:
+        appender.write(b"z" * 100)
+        with pytest.raises(ValueError, match="scratch"):
+            appender.read_view(3, 100, aligned_buffer(50))
+    buffer = aligned_buffer(1000, 512)
+    assert buffer.size == 1000 and buffer.ctypes.data % 512 == 0
