@@ -34,10 +34,14 @@ How peak memory and time are measured
     figure. The generator runs in a subprocess, so this process stays small.
 
 Page cache
-    The page cache cannot be dropped here (no root), so runs are *warm* as far as the page
-    cache holds the model: it was just written, and every case reads it again. The report
-    gives the model size against the memory (``MemTotal``, and ``Cached`` before each case
-    from ``/proc/meminfo``) so the reader can tell how much of it was cached.
+    By default runs are *warm* as far as the page cache holds the model: it was just written,
+    and every case reads it again. The report gives the model size against the memory
+    (``MemTotal``, and ``Cached`` before each case from ``/proc/meminfo``) so the reader can
+    tell how much of it was cached. How much that is moves from case to case with what the
+    one before left, and with it the ``cp`` floor (12 GB: 11 to 30 s on the same machine).
+    With ``--cold`` (root only) every case starts from an empty page cache instead (``sync``,
+    then ``3`` into ``/proc/sys/vm/drop_caches``), as a model past memory is read: the same
+    state for every case, from the device.
 
 Targets (PASS/FAIL, per prune case)
     memory: peak RSS <= 4 x the largest tensor + 1 GB (10^9 bytes);
@@ -76,6 +80,7 @@ GB = 10**9
 SEED = 0
 OPSET = 17
 IR_VERSION = 8
+DROP_CACHES = "/proc/sys/vm/drop_caches"
 MODEL_NAME = "large.onnx"
 DATA_NAME = "large.onnx.data"
 BLOCK_BYTES = 64 << 20  # rows generated and written at a time
@@ -231,12 +236,21 @@ def validation_of(out_dir: Path, case: str) -> str:
     return str(validation.get("ran_on", ""))
 
 
-def measure(cases: dict[str, Case], repeats: int, out_dir: Path, logs: Path) -> None:
+def drop_page_cache() -> None:
+    """Write back every dirty page, then empty the page cache (root only)."""
+    os.sync()
+    with open(DROP_CACHES, "w") as handle:
+        handle.write("3\n")
+
+
+def measure(cases: dict[str, Case], repeats: int, out_dir: Path, logs: Path, *, cold: bool = False) -> None:
     names = list(cases)
     for rep in range(repeats):
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
             case = cases[name]
+            if cold:
+                drop_page_cache()
             cached = meminfo().get("Cached", 0)
             done = run_measured(case.command, logs / f"{name}_{rep}.log")
             case.wall_s.append(done.wall_s)
@@ -320,6 +334,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the generated model and the work folder")
     parser.add_argument("--json", type=Path, help="write the measurements here")
     parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="empty the page cache before every case (root only): the model read from disk",
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
         help="a checkout of another commit (git worktree add DIR REV): its onnxprune runs every prune case "
@@ -337,6 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.generate:
         generate(model_dir, args.side, args.layers, args.seed)
         return 0
+    if args.cold and not os.access(DROP_CACHES, os.W_OK):
+        print(
+            f"--cold empties the page cache through {DROP_CACHES}, which this user cannot write: run as root or drop --cold"
+        )
+        return 2
     side, layers = plan(args.size, args.largest)
     largest = side * side * 4
     size = layers * largest + (layers // 2) * side * 4
@@ -375,7 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.baseline is not None:
             names += [f"base_{name}" for name in names if name in PRUNE_ARGS]
         cases = {name: Case(name, every[name]) for name in names}
-        measure(cases, args.repeats, out_dir, logs)
+        print(
+            "page cache: emptied before every case (--cold)" if args.cold else "page cache: as the case before left it"
+        )
+        measure(cases, args.repeats, out_dir, logs, cold=args.cold)
         summary = report(cases, largest, size, side, layers)
         if args.json:
             args.json.write_text(
@@ -386,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "side": side,
                         "layers": layers,
                         "machine": platform.platform(),
+                        "cold": args.cold,
                         "cases": summary,
                     },
                     indent=2,
