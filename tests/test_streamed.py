@@ -20,8 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
 from onnxprune.errors import DataError, UnsafeModelError, UnsupportedModelError, ValidationError
+from onnxprune.graph import direct_io, memory, writer
 from onnxprune.graph import lazy as lazy_module
-from onnxprune.graph import memory, writer
+from onnxprune.graph.direct_io import DirectAppender
 from onnxprune.graph.lazy import TensorSource
 from onnxprune.graph.model_io import LazyModel, StagedOutput, load_model_lazily
 from onnxprune.graph.tensor_check import check_written
@@ -135,6 +136,49 @@ def test_streamed_output_is_byte_identical_to_the_loaded_run(
     assert (streamed_out.with_name("out.onnx.data").exists()) is bool(external_data)
     onnx.checker.check_model(str(streamed_out))
     assert streamed.validation is not None and streamed.validation.tensors is None  # small: run in onnxruntime
+
+
+def _takes_direct_io(folder: Path) -> bool:
+    """Whether a file in ``folder`` takes an O_DIRECT write (some file systems refuse the flag at
+    ``open``, others only at the first transfer)."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    try:
+        fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+        try:
+            os.pwrite(fd, memoryview(direct_io.aligned_buffer(direct_io.ALIGN)), 0)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", ["local", "nm_2_4"])
+def test_the_data_file_is_the_same_past_the_page_cache_or_through_it(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch, name: str
+):
+    opened: list[DirectAppender] = []
+    real_init = DirectAppender.__init__
+
+    def recording(self: DirectAppender, *args: object, **kwargs: object) -> None:
+        real_init(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(DirectAppender, "__init__", recording)
+    outs = []
+    for direct in (True, False):
+        out = tmp_path / f"direct_{direct}" / "out.onnx"
+        out.parent.mkdir()
+        with monkeypatch.context() as patch:
+            if not direct:
+                patch.setattr(direct_io, "_DIRECT", 0)  # as where O_DIRECT does not exist
+            onnxprune.prune_file(source, out, CONFIGS[name], external_data=True)
+        outs.append(out)
+    assert len(opened) == 2 and not opened[1].direct
+    assert opened[0].direct is _takes_direct_io(tmp_path)  # tmpfs, for one, may refuse it
+    assert _files(outs[0]) == _files(outs[1])
+    assert outs[0].with_name("out.onnx.data").stat().st_size > 1 << 20
 
 
 @pytest.mark.parametrize("available", [1 << 50, 1000])
