@@ -31,8 +31,9 @@ check of the written file (:mod:`onnxprune.graph.tensor_check`) can compare the 
 with the input and with what pruning decided.
 
 **Read back.** :func:`write_external` can read each data-file tensor back right after writing
-it, while its bytes and the input's are still in the page cache, and compare them with what
-it wrote (:func:`read_back`, in chunks of :data:`READ_BACK_CHUNK`); the regions that read back
+it and compare the bytes with what it wrote (:func:`read_back`, in chunks of
+:data:`READ_BACK_CHUNK`; from the device when the data file is written past the page cache,
+:mod:`onnxprune.graph.direct_io`); the regions that read back
 the same are listed (:data:`ReadBack`), and the check of the file compares only the others
 with the input. A model larger than memory is then read once more in all, not twice after
 its write (both files, from disk): 12 GB of 0.5 GB tensors, the check took 8.7 s, the
