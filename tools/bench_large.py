@@ -9,8 +9,9 @@ What it measures
     each weight exactly the ``--largest`` size (``D`` a multiple of 4, so 2:4 applies to every
     layer): the largest tensor is that size, and the model has ``round(size / largest)`` layers.
 
-    Then, side by side, interleaved over ``--repeats`` repetitions (the order rotating each
-    time, each case in a fresh process, every output deleted after its case):
+    Then, side by side, interleaved over ``--repeats`` repetitions (each repetition in its own
+    seeded random order, ``bench_prune.interleaved_orders``: no case always follows the same one;
+    each case in a fresh process, every output deleted after its case):
 
     - ``cp``: a plain copy of the model's two files (the I/O floor);
     - ``dcp``: the same copy made durable, each copied file ``fsync``-ed before the process
@@ -23,7 +24,7 @@ What it measures
 
     Each prune also writes ``--json`` (what the validation ran on is reported). With
     ``--baseline DIR`` (a checkout of another commit: ``git worktree add DIR REV``), every prune
-    case also runs with that checkout's onnxprune as ``base_<case>``, in the same rotation, so
+    case also runs with that checkout's onnxprune as ``base_<case>``, in the same orders, so
     that two commits are compared side by side on one machine state rather than across runs.
 
 How peak memory and time are measured
@@ -74,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_prune import FROM_CHECKOUT, run_measured, warm_up
+from bench_prune import FROM_CHECKOUT, interleaved_orders, run_measured, warm_up
 
 GB = 10**9
 SEED = 0
@@ -244,9 +245,7 @@ def drop_page_cache() -> None:
 
 
 def measure(cases: dict[str, Case], repeats: int, out_dir: Path, logs: Path, *, cold: bool = False) -> None:
-    names = list(cases)
-    for rep in range(repeats):
-        order = names[rep % len(names) :] + names[: rep % len(names)]
+    for rep, order in enumerate(interleaved_orders(list(cases), repeats)):
         for name in order:
             case = cases[name]
             if cold:

@@ -30,8 +30,12 @@ What it measures
         (:data:`VALIDATED_FLOOR_SCRIPT`). No pruning, no checker, no reference run, no durable
         write. The report then gives (c) / (h) and (h) / (a).
 
-    The cases are interleaved over ``--repeats`` repetitions, the order rotating each
-    repetition, so that drift of a shared machine hits all cases alike. Reported per case:
+    The cases are interleaved over ``--repeats`` repetitions, each repetition in its own seeded
+    random order (:func:`interleaved_orders`), so that drift of a shared machine hits all cases
+    alike and no case always follows the same one. (A rotating order did: every case had the
+    same predecessor in every repetition, and on this project's VMs a run is slower or faster
+    with what the run before it freed. The same code as (c) and as (e) measured 1.22× apart that
+    way, 9 repetitions.) Reported per case:
     median, min and max wall time (process start to exit, interpreter start-up included)
     and peak resident memory.
 
@@ -71,6 +75,7 @@ import math
 import os
 import platform
 import pstats
+import random
 import resource
 import shutil
 import statistics
@@ -90,6 +95,8 @@ DEFAULT_PARAMS = 100_000_000
 DEFAULT_LAYERS = 64
 DEFAULT_REPEATS = 5
 SPARSITY = "0.5"
+#: seeds the order of the cases in each repetition (:func:`interleaved_orders`)
+ORDER_SEED = 0
 FFN_RATIO = 4  # d_ffn ~ 4 x d_model, as in a transformer
 ALIGN = 64  # layer widths are multiples of this
 STEM_CHANNELS = (32, 64, 128)  # Conv stem; its last Conv maps to d_model
@@ -304,7 +311,7 @@ class Run:
 
     case: str
     repeat: int
-    position: int  # 0-based place in this repetition's (rotated) order
+    position: int  # 0-based place in this repetition's order
     wall_s: float
     cpu_s: float  # user + system time of the child
     peak_rss_bytes: int
@@ -395,13 +402,22 @@ def warm_up(*checkouts: Path) -> None:
     subprocess.run([sys.executable, "-c", "import onnx, onnxruntime, numpy, onnxprune.cli"], check=True)
 
 
+def interleaved_orders(cases: Sequence[str], repeats: int, seed: int = ORDER_SEED) -> list[list[str]]:
+    """The order of ``cases`` in each of ``repeats`` repetitions: a fresh permutation each time
+    from a generator seeded with ``seed`` (the same orders every run of the script)."""
+    rng = random.Random(seed)
+    orders = []
+    for _ in range(repeats):
+        order = list(cases)
+        rng.shuffle(order)
+        orders.append(order)
+    return orders
+
+
 def measure(commands: dict[str, tuple[list[str], Path]], repeats: int, workdir: Path) -> list[Run]:
-    """Run every case ``repeats`` times, interleaved, rotating the order each repetition."""
+    """Run every case ``repeats`` times, interleaved, in :func:`interleaved_orders`."""
     runs: list[Run] = []
-    cases = tuple(commands)
-    for rep in range(repeats):
-        shift = rep % len(cases)
-        order = cases[shift:] + cases[:shift]
+    for rep, order in enumerate(interleaved_orders(tuple(commands), repeats)):
         for position, case in enumerate(order):
             cmd, out = commands[case]
             log_path = workdir / f"log_{case}.txt"
