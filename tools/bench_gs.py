@@ -6,7 +6,8 @@ What it measures
     child, outside the timed region; reused from ``--workdir``), to which each child adds a
     little dead code after loading (a dead chain of 8 nodes reading a weight, and 2 unread
     initializers), so that there is something to remove. Four cases, each one fresh child
-    process, interleaved over ``--repeats`` repetitions with the order rotating:
+    process, interleaved over ``--repeats`` repetitions, each in its own seeded order
+    (``bench_prune.interleaved_orders``):
 
     dead-onnx / dead-gs   the dead-node and unused-initializer step alone
                           (``_prune`` vs ``_prune_gs``: to_gs, gs cleanup, from_gs)
@@ -117,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     info = bench_prune.ensure_model(workdir, int(args.params), args.layers)
     model = Path(info.path)
     runs: dict[str, list[dict[str, float]]] = {case: [] for case in CASES}
-    for repeat in range(args.repeats):
-        order = CASES[repeat % len(CASES) :] + CASES[: repeat % len(CASES)]
+    for order in bench_prune.interleaved_orders(CASES, args.repeats):
         for case in order:
             runs[case].append(run_child(case, model))
     print(f"\nmodel: {info.parameters:,} parameters, {info.bytes / 2**20:.0f} MiB; {args.repeats} repeats, interleaved")

@@ -33,9 +33,9 @@ What it measures
     The cases are interleaved over ``--repeats`` repetitions, each repetition in its own seeded
     random order (:func:`interleaved_orders`), so that drift of a shared machine hits all cases
     alike and no case always follows the same one. (A rotating order did: every case had the
-    same predecessor in every repetition, and on this project's VMs a run is slower or faster
-    with what the run before it freed. The same code as (c) and as (e) measured 1.22× apart that
-    way, 9 repetitions.) Reported per case:
+    same predecessor in every repetition, and on this project's VMs a run's time depends on the
+    run before it, likely on the memory it freed. The same code as (c) and as (e) measured 1.22×
+    apart that way, 9 repetitions; 0.99× in seeded orders.) Reported per case:
     median, min and max wall time (process start to exit, interpreter start-up included)
     and peak resident memory.
 
