@@ -83,7 +83,7 @@ class DirectAppender:
         self._stage = aligned_buffer(stage_bytes)
         self._base = 0  # the file offset of the stage's first byte: a multiple of ALIGN
         self._used = 0  # bytes staged
-        self._written = 0  # bytes of the stage already on the file (the stage's blocks before that are)
+        self._on_file = True  # the staged bytes are on the file as they stand (nothing since a flush)
         self.closed = False
 
     # the parts of a binary file the writers use
@@ -101,34 +101,34 @@ class DirectAppender:
             take = min(source.size - done, self._stage.size - self._used)
             self._stage[self._used : self._used + take] = source[done : done + take]
             self._used += take
+            self._on_file = False
             done += take
             if self._used == self._stage.size:
                 self._emit(self._used)
                 self._base += self._used
-                self._used = self._written = 0
+                self._used = 0
+                self._on_file = True
         return int(source.size)
 
     def flush(self) -> None:
         """Put every byte written on the file: the staged blocks, the last one padded and the
         file cut back to its true length; that block stays staged (see the module docstring)."""
-        if self._used == self._written:
+        if self._on_file:
             return
-        padded = -(-self._used // ALIGN) * ALIGN
-        self._emit(padded)
+        self._emit(-(-self._used // ALIGN) * ALIGN)
         os.ftruncate(self._fd, self._base + self._used)
         whole = self._used // ALIGN * ALIGN  # blocks before the partial one leave the stage
-        tail = self._used - whole
         if whole:
-            self._stage[:tail] = self._stage[whole : self._used]
+            self._stage[: self._used - whole] = self._stage[whole : self._used]
             self._base += whole
-        self._used = self._written = tail
+            self._used -= whole
+        self._on_file = True
 
     def _emit(self, end: int) -> None:
-        """Write the stage's bytes from its first block not yet written up to ``end`` (a
-        multiple of :data:`ALIGN`)."""
-        start = self._written // ALIGN * ALIGN
-        view = memoryview(self._stage)[start:end]
-        offset = self._base + start
+        """Write the stage's first ``end`` bytes (a multiple of :data:`ALIGN`) at its place in the
+        file: after a flush the stage holds at most the partial last block, written again whole."""
+        view = memoryview(self._stage)[:end]
+        offset = self._base
         while view.nbytes:
             try:
                 count = os.pwrite(self._fd, view, offset)
@@ -140,7 +140,6 @@ class DirectAppender:
             if count <= 0:
                 raise OSError(errno.EIO, f"no bytes written to {self.name}")
             view, offset = view[count:], offset + count
-        self._written = min(end, self._used)
 
     def _plain(self, what: str) -> None:
         """Go on without ``O_DIRECT``: the file system refused it for ``what``."""
