@@ -301,23 +301,31 @@ def test_the_per_tensor_check_catches_a_corrupted_tensor(tmp_path: Path, source:
             check_written(staged.model_path, source, staged.records)
 
 
-@pytest.mark.parametrize("size", [1, 7, 8, 100, 1000])
-def test_read_back_compares_every_byte_across_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int):
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("size", [1, 7, 8, 100, 1000, 5000])
+def test_read_back_compares_every_byte_across_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, direct: bool
+):
     monkeypatch.setattr(writer, "READ_BACK_CHUNK", 16)
+    if not direct:
+        monkeypatch.setattr(direct_io, "_DIRECT", 0)
     payload = np.random.default_rng(size).integers(1, 255, size, dtype=np.uint8)
-    with open(tmp_path / "data", "w+b") as handle:
+
+    def put(where: int, value: int) -> None:  # another descriptor: the writer's takes aligned transfers only
+        with open(tmp_path / "data", "r+b") as other:
+            other.seek(4 + where)
+            other.write(bytes([value]))
+
+    with DirectAppender(tmp_path / "data") as handle:
         handle.write(b"head")
         handle.write(payload)
         assert writer.read_back(handle, 4, payload)
         assert not writer.read_back(handle, 3, payload)
         for where in {0, size // 2, size - 1}:
-            handle.seek(4 + where)
-            handle.write(bytes([payload[where] ^ 1]))
+            put(where, payload[where] ^ 1)
             assert not writer.read_back(handle, 4, payload)
-            handle.seek(4 + where)
-            handle.write(bytes([payload[where]]))
+            put(where, payload[where])
         assert writer.read_back(handle, 4, payload)
-        handle.seek(0, os.SEEK_END)
         assert not writer.read_back(handle, 5, payload)  # one byte past the end: short
 
 

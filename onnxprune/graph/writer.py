@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -441,19 +440,17 @@ def _stored_size(tensor: TensorProto) -> int:
     return len(tensor.raw_data) if tensor.HasField("raw_data") else 0
 
 
-def read_back(handle: BinaryIO | DirectAppender, position: int, payload: bytes | memoryview | np.ndarray) -> bool:
-    """True if the file of ``handle`` (open for reading too) holds ``payload`` at ``position``:
-    the handle is flushed and the bytes read back a chunk of :data:`READ_BACK_CHUNK` at a time
-    into one buffer, so that nothing the size of the tensor is allocated. A
-    :class:`~onnxprune.graph.direct_io.DirectAppender` reads them from the device, past the
-    page cache, when it writes that way."""
-    handle.flush()
+def read_back(handle: DirectAppender, position: int, payload: bytes | memoryview | np.ndarray) -> bool:
+    """True if the file of ``handle`` holds ``payload`` at ``position``: the bytes are read back a
+    chunk of :data:`READ_BACK_CHUNK` at a time into one buffer, so that nothing the size of the
+    tensor is allocated; from the device, past the page cache, when ``handle`` writes that way
+    (:class:`~onnxprune.graph.direct_io.DirectAppender`)."""
     expected = memoryview(payload).cast("B")
     size = expected.nbytes
     scratch = aligned_buffer(read_span(min(READ_BACK_CHUNK, size)))
     for start in range(0, size, READ_BACK_CHUNK):
         length = min(READ_BACK_CHUNK, size - start)
-        got = _read_view(handle, position + start, length, scratch)
+        got = handle.read_view(position + start, length, scratch)
         if got.size != length:
             return False
         words = length // 8  # compared as 8-byte words, the tail as bytes
@@ -466,17 +463,10 @@ def read_back(handle: BinaryIO | DirectAppender, position: int, payload: bytes |
     return True
 
 
-def _read_view(handle: BinaryIO | DirectAppender, position: int, length: int, scratch: np.ndarray) -> np.ndarray:
-    """Up to ``length`` bytes of ``handle``'s file from ``position``, as a view into ``scratch``."""
-    if isinstance(handle, DirectAppender):
-        return handle.read_view(position, length, scratch)
-    return scratch[: os.preadv(handle.fileno(), [memoryview(scratch[:length])], position)]
-
-
 def write_external(
     model: ModelProto,
     handle: BinaryIO,
-    data: BinaryIO | DirectAppender,
+    data: DirectAppender,
     location: str,
     replacements: Mapping[str, Replacement],
     *,
@@ -493,8 +483,7 @@ def write_external(
     tensors go out, in the same order, at the same offsets; a smaller external tensor of
     ``model`` (or a Constant node's) is read from ``source`` into the model, as ``onnx.load``
     would have. ``model`` is not changed (a copy of its skeleton is written); ``records``
-    receives a :class:`WrittenTensor` for each replaced tensor. With ``verified`` (``data`` open
-    for reading too), each main-graph initializer written to ``data`` is read back at once
+    receives a :class:`WrittenTensor` for each replaced tensor. With ``verified``, each main-graph initializer written to ``data`` is read back at once
     (:func:`read_back`), and those found as written are listed there.
     """
     stream = _Stream(None, source, records)
@@ -539,7 +528,7 @@ def write_external(
 
 
 def _write_payload(
-    data: BinaryIO | DirectAppender,
+    data: DirectAppender,
     payload: bytes | memoryview | np.ndarray,
     copy: TensorProto,
     name: str | None,
