@@ -39,6 +39,10 @@ Python API (the CLI is a thin layer over it)::
 
 from __future__ import annotations
 
+# first, before onnx loads numpy: OpenBLAS reads its idle threads' spin time as it loads
+from onnxprune import blas_spin  # noqa: F401
+
+# isort: split
 import copy
 import importlib
 import os
