@@ -7,9 +7,11 @@ products (the captures' ``XᵀX``, the solves' ``W H``) with onnxruntime runs on
 and for those 0.1 s the spinning threads take the cores from onnxruntime's. On 2 cores, the
 same SparseGPT prune of all-MiniLM-L6-v2 (50 %, 128 samples, ``tools/bench_calibrate.py``'s),
 six runs of each interleaved: 59.4 s (57.5–63.5) with ``n = 28`` and 54.8 s (53.4–61.1) with
-``n = 4``, medians; CPU time 96 s against 84 s; the same output bytes (the waves' capture
+``n = 4``, medians; user CPU time 96 s against 83 s; the same output bytes (the waves' capture
 17.1 → 14.2 s, the allocation's 5.4 → 4.8 s). A thread that sleeps costs its next call a
-wake-up (tens of microseconds), nothing next to the products it serves.
+wake-up (tens of microseconds), nothing next to the products it serves. PP-OCRv4 det and rec
+(two pairs each, ABBA) ran in the same wall time either way (det 71.8 and 85.2 s against 75.5 and
+82.1 s, rec 76.8 and 82.0 s against 78.7 and 81.1 s) on 8–10 % less CPU, the same bytes.
 
 OpenBLAS reads the variable once, when it is loaded, so this must run before numpy is imported:
 ``onnxprune/__init__.py`` imports this module first, which sets :data:`VARIABLE` to
