@@ -13,10 +13,10 @@ wake-up (tens of microseconds), nothing next to the products it serves. PP-OCRv4
 (two pairs each, ABBA) ran in the same wall time either way (det 71.8 and 85.2 s against 75.5 and
 82.1 s, rec 76.8 and 82.0 s against 78.7 and 81.1 s) on 8–10 % less CPU, the same bytes.
 
-OpenBLAS reads the variable once, when it is loaded, so this must run before numpy is imported:
-``onnxprune/__init__.py`` imports this module first, which sets :data:`VARIABLE` to
-:data:`TIMEOUT` unless it is set already (the user's choice stands) or numpy is loaded already
-(too late; nothing is changed). Child processes (``--workers``) inherit it. Other BLAS libraries
+OpenBLAS reads the variable once, as it starts its threads when it is loaded (``blas_thread_init``,
+which clamps ``n`` to 4..30), so this must run before numpy is imported: ``onnxprune/__init__.py``
+imports this module first, which sets :data:`VARIABLE` to :data:`TIMEOUT` unless it is set already
+(the user's choice stands) or numpy is loaded already (too late; nothing is changed). Child processes (``--workers``) inherit it. Other BLAS libraries
 (MKL, Accelerate) do not read it.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import MutableMapping
 
 #: the environment variable OpenBLAS reads for its idle threads' spin time
 VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
@@ -31,7 +32,7 @@ VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
 TIMEOUT = "4"
 
 
-def settle(environ: dict[str, str] | os._Environ[str] | None = None, loaded: bool | None = None) -> bool:
+def settle(environ: MutableMapping[str, str] | None = None, loaded: bool | None = None) -> bool:
     """Set :data:`VARIABLE` to :data:`TIMEOUT` in ``environ`` (default ``os.environ``) unless it
     is set or numpy is ``loaded`` (default: whether ``sys.modules`` holds it); whether it was set."""
     environ = os.environ if environ is None else environ
