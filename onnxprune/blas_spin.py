@@ -16,8 +16,8 @@ wake-up (tens of microseconds), nothing next to the products it serves. PP-OCRv4
 OpenBLAS reads the variable once, as it starts its threads when it is loaded (``blas_thread_init``,
 which clamps ``n`` to 4..30), so this must run before numpy is imported: ``onnxprune/__init__.py``
 imports this module first, which sets :data:`VARIABLE` to :data:`TIMEOUT` unless it is set already
-(the user's choice stands) or numpy is loaded already (too late; nothing is changed). Child processes (``--workers``) inherit it. Other BLAS libraries
-(MKL, Accelerate) do not read it.
+(the user's choice stands) or numpy is loaded already (too late; nothing is changed). Child
+processes (``--workers``) inherit it. Other BLAS libraries (MKL, Accelerate) do not read it.
 """
 
 from __future__ import annotations

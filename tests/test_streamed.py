@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import weakref
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -335,7 +334,7 @@ def test_a_tensor_that_does_not_read_back_is_compared_with_the_input(
     monkeypatch.setattr(memory, "available_memory", lambda: 1000)
     real = writer.read_back
 
-    def corrupting(handle: BinaryIO, position: int, payload: np.ndarray) -> bool:
+    def corrupting(handle: DirectAppender, position: int, payload: np.ndarray) -> bool:
         if memoryview(payload).nbytes == 384 * 512 * 4:  # W2: the file holds other bytes than were written
             handle.flush()  # another descriptor: the writer's may only take aligned transfers (O_DIRECT)
             with open(handle.name, "r+b") as other:

@@ -357,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.cold and not os.access(DROP_CACHES, os.W_OK):
         print(
-            f"--cold empties the page cache through {DROP_CACHES}, which this user cannot write: run as root or drop --cold"
+            f"--cold empties the page cache through {DROP_CACHES}, which this user cannot write: "
+            "run as root or drop --cold"
         )
         return 2
     side, layers = plan(args.size, args.largest)

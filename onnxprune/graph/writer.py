@@ -483,8 +483,9 @@ def write_external(
     tensors go out, in the same order, at the same offsets; a smaller external tensor of
     ``model`` (or a Constant node's) is read from ``source`` into the model, as ``onnx.load``
     would have. ``model`` is not changed (a copy of its skeleton is written); ``records``
-    receives a :class:`WrittenTensor` for each replaced tensor. With ``verified``, each main-graph initializer written to ``data`` is read back at once
-    (:func:`read_back`), and those found as written are listed there.
+    receives a :class:`WrittenTensor` for each replaced tensor. With ``verified``, each
+    main-graph initializer written to ``data`` is read back at once (:func:`read_back`), and
+    those found as written are listed there.
     """
     stream = _Stream(None, source, records)
     elsewhere = external_elsewhere(model)
