@@ -89,7 +89,7 @@ def validate_model(
     :meth:`~onnxprune.graph.model_io.StagedOutput.write`: kept when the weights do not fit in
     memory); the per-tensor check against ``reference`` then replaces the onnxruntime session
     and run. ``verified``: the tensors the writer read back as written
-    (:func:`~onnxprune.graph.writer.read_back`), which that check does not read again.
+    (:meth:`~onnxprune.graph.direct_io.DirectAppender.verified`), which that check does not read again.
     """
     shapes = dict(input_shapes or {})
     checker = "passed"

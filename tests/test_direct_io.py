@@ -129,3 +129,62 @@ def test_the_stage_is_whole_blocks_and_the_scratch_is_checked(tmp_path: Path):
             appender.read_view(3, 100, aligned_buffer(50))
     buffer = aligned_buffer(1000, 512)
     assert buffer.size == 1000 and buffer.ctypes.data % 512 == 0
+
+
+def _corrupting_writes(monkeypatch: pytest.MonkeyPatch, path: Path, at: int) -> list[int]:
+    """Make every transfer that covers byte ``at`` of ``path`` leave that byte flipped on the file
+    (as a faulty device would): written, then changed through another descriptor."""
+    real, hits = direct_io.os.pwrite, []
+
+    def pwrite(fd: int, view: memoryview, offset: int) -> int:
+        count = real(fd, view, offset)
+        if offset <= at < offset + count:
+            with open(path, "r+b") as other:
+                other.seek(at)
+                other.write(bytes([view[at - offset] ^ 1]))
+            hits.append(offset)
+        return count
+
+    monkeypatch.setattr(direct_io.os, "pwrite", pwrite)
+    return hits
+
+
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("size", [1, 7, 8, 100, STAGE - 4, STAGE, 3 * STAGE + 11])
+def test_verify_reads_every_transfer_back_and_finds_a_changed_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, direct: bool
+):
+    if not direct:
+        monkeypatch.setattr(direct_io, "_DIRECT", 0)
+    path = tmp_path / "data.bin"
+    payload = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    with DirectAppender(path, stage_bytes=STAGE, verify=True) as appender:
+        appender.write(b"head")
+        appender.write(payload)
+        assert appender.verified(4, size) and appender.verified(0, 4 + size)
+        assert not appender.verified(4, size + 1)  # one byte past the end: never written
+    with DirectAppender(path, stage_bytes=STAGE) as plain:  # without verify nothing is vouched for
+        plain.write(payload)
+        assert not plain.verified(0, size)
+    for where in sorted({0, size // 2, size - 1}):
+        with monkeypatch.context() as patch:
+            hits = _corrupting_writes(patch, path, 4 + where)
+            with DirectAppender(path, stage_bytes=STAGE, verify=True) as appender:
+                appender.write(b"head")
+                appender.write(payload)
+                assert not appender.verified(4, size) and hits
+                assert not appender.verified(4 + where, 1)
+                start = (4 + where) // STAGE * STAGE  # the transfer that held it: the others are fine
+                assert appender.verified(0, start) if start else True
+                if start + STAGE < 4 + size:
+                    assert appender.verified(start + STAGE, 4 + size - start - STAGE)
+
+
+def test_a_block_written_again_after_a_flush_is_read_back_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "data.bin"
+    with DirectAppender(path, stage_bytes=STAGE, verify=True) as appender:
+        appender.write(b"a" * 10)
+        assert appender.verified(0, 10)  # the flush wrote the partial block, padded, and read it back
+        hits = _corrupting_writes(monkeypatch, path, 3)
+        appender.write(b"b" * 10)  # the same block, written again whole at the next flush
+        assert not appender.verified(0, 10) and not appender.verified(10, 10) and hits

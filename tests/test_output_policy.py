@@ -613,15 +613,15 @@ _SIGNAL_WHILE_COMPUTING = """
 import os, signal, sys
 import onnxprune.passes.unstructured as unstructured
 
-real, stop, calls = unstructured._pruned_bits, getattr(signal, sys.argv[1]), []
+real, stop, calls = unstructured._replacement, getattr(signal, sys.argv[1]), []
 
-def pruned_bits(*args, **kwargs):
+def replacement(*args, **kwargs):
     calls.append(1)
     if len(calls) == 2:  # on the streamed writer's second thread, while the first tensor is written
         os.kill(os.getpid(), stop)
     return real(*args, **kwargs)
 
-unstructured._pruned_bits = pruned_bits
+unstructured._replacement = replacement
 from onnxprune.cli import main
 
 sys.argv = ["onnxprune", *sys.argv[2:]]

@@ -28,7 +28,7 @@ from onnxprune.graph.tensor_check import check_written
 from onnxprune.passes import pipeline as pipeline_module
 from onnxprune.passes import unstructured
 from onnxprune.passes.unstructured import prune_weights
-from onnxprune.sparsity import nm_mask, nm_zeros_after
+from onnxprune.sparsity import ZeroSmallest, nm_mask, nm_zeros_after
 
 CONFIGS = {
     "local": onnxprune.PruneConfig(sparsity=0.5),
@@ -300,73 +300,76 @@ def test_the_per_tensor_check_catches_a_corrupted_tensor(tmp_path: Path, source:
             check_written(staged.model_path, source, staged.records)
 
 
-@pytest.mark.parametrize("direct", [True, False])
-@pytest.mark.parametrize("size", [1, 7, 8, 100, 1000, 5000])
-def test_read_back_compares_every_byte_across_chunks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, direct: bool
-):
-    monkeypatch.setattr(writer, "READ_BACK_CHUNK", 16)
-    if not direct:
-        monkeypatch.setattr(direct_io, "_DIRECT", 0)
-    payload = np.random.default_rng(size).integers(1, 255, size, dtype=np.uint8)
-
-    def put(where: int, value: int) -> None:  # another descriptor: the writer's takes aligned transfers only
-        with open(tmp_path / "data", "r+b") as other:
-            other.seek(4 + where)
-            other.write(bytes([value]))
-
-    with DirectAppender(tmp_path / "data") as handle:
-        handle.write(b"head")
-        handle.write(payload)
-        assert writer.read_back(handle, 4, payload)
-        assert not writer.read_back(handle, 3, payload)
-        for where in {0, size // 2, size - 1}:
-            put(where, payload[where] ^ 1)
-            assert not writer.read_back(handle, 4, payload)
-            put(where, payload[where])
-        assert writer.read_back(handle, 4, payload)
-        assert not writer.read_back(handle, 5, payload)  # one byte past the end: short
-
-
+@pytest.mark.parametrize("config", ["local", "nm_2_4"])
 def test_a_tensor_that_does_not_read_back_is_compared_with_the_input(
-    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch, config: str
 ):
+    """W2's bytes change on the file as they are written (a faulty device): the read-back finds
+    it, whether W2 came whole (2:4) or a block at a time (local), and the check of the file
+    compares W2 with the input and fails."""
     monkeypatch.setattr(memory, "available_memory", lambda: 1000)
-    real = writer.read_back
+    first = onnxprune.prune_file(source, tmp_path / "first.onnx", CONFIGS[config], external_data=True)
+    assert first.validation is not None and "5 of them read back as they were written" in str(first.validation.tensors)
+    written = onnx.load(str(tmp_path / "first.onnx"), load_external_data=False)
+    w2 = next(t for t in written.graph.initializer if t.name == "W2")
+    at = int(next(e.value for e in w2.external_data if e.key == "offset")) + 4 * 7
+    real, hits = direct_io.os.pwrite, []
 
-    def corrupting(handle: DirectAppender, position: int, payload: np.ndarray) -> bool:
-        if memoryview(payload).nbytes == 384 * 512 * 4:  # W2: the file holds other bytes than were written
-            handle.flush()  # another descriptor: the writer's may only take aligned transfers (O_DIRECT)
-            with open(handle.name, "r+b") as other:
-                other.seek(position + 4 * 7)
+    def pwrite(fd: int, view: memoryview, offset: int) -> int:
+        count = real(fd, view, offset)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path.endswith("out.onnx.data") and offset <= at < offset + count:
+            with open(path, "r+b") as other:  # another descriptor: the writer's takes aligned transfers only
+                other.seek(at)
                 other.write(np.float32(0.5).tobytes())
-        return real(handle, position, payload)
+            hits.append(offset)
+        return count
 
-    monkeypatch.setattr(writer, "read_back", corrupting)
+    monkeypatch.setattr(direct_io.os, "pwrite", pwrite)
     out = tmp_path / "out.onnx"
     with pytest.raises(ValidationError, match="'W2'"):
-        onnxprune.prune_file(source, out, CONFIGS["local"], external_data=True)
+        onnxprune.prune_file(source, out, CONFIGS[config], external_data=True)
+    assert hits
     assert not out.exists() and not out.with_name("out.onnx.data").exists()
 
 
 def test_a_failure_computing_a_tensor_while_another_is_written_stops_the_run(
     tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    real = unstructured._pruned_bits
+    real = unstructured._replacement
     calls: list[str] = []
 
-    def failing(values, target, weight, ranking, index):
-        calls.append(weight.key)
+    def failing(proto: TensorProto, **kwargs: object) -> object:
+        calls.append(proto.name)
         if len(calls) == 2:  # computed on the writer's second thread while the first tensor is written
             raise DataError("cannot compute this tensor")
-        return real(values, target, weight, ranking, index)
+        return real(proto, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(unstructured, "_pruned_bits", failing)
+    monkeypatch.setattr(unstructured, "_replacement", failing)
     out = tmp_path / "out.onnx"
     with pytest.raises(DataError, match="cannot compute this tensor"):
         onnxprune.prune_file(source, out, CONFIGS["local"], external_data=True)
     assert len(calls) == 2  # nothing after the failure
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no output, no staging left
+
+
+def test_a_failure_filling_a_block_stops_the_run(tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch):
+    real = ZeroSmallest.fill
+    blocks: list[int] = []
+
+    def failing(self: ZeroSmallest, start: int, out: np.ndarray) -> None:
+        blocks.append(start)
+        if len(blocks) == 3:  # on the block thread, while a block before it is written
+            raise DataError("cannot fill this block")
+        real(self, start, out)
+
+    monkeypatch.setattr(writer, "BLOCK", 1 << 16)  # W1 (131,072 elements) in two blocks
+    monkeypatch.setattr(ZeroSmallest, "fill", failing)
+    out = tmp_path / "out.onnx"
+    with pytest.raises(DataError, match="cannot fill this block"):
+        onnxprune.prune_file(source, out, CONFIGS["local"], external_data=True)
+    assert len(blocks) == 3  # nothing after the failure
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
 def test_a_model_too_large_for_a_run_is_checked_tensor_by_tensor(

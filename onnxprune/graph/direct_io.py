@@ -52,6 +52,12 @@ def read_span(length: int) -> int:
     return length + 2 * ALIGN
 
 
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two uint8 arrays of one size hold the same bytes (compared as 8-byte words, the tail as bytes)."""
+    words = a.size // 8 * 8
+    return np.array_equal(a[:words].view(np.uint64), b[:words].view(np.uint64)) and np.array_equal(a[words:], b[words:])
+
+
 def aligned_buffer(size: int, align: int = ALIGN) -> np.ndarray:
     """A uint8 array of ``size`` bytes whose first byte's address is a multiple of ``align``."""
     raw = np.empty(size + align, dtype=np.uint8)
@@ -65,9 +71,14 @@ class DirectAppender:
     ``open`` would give (created or emptied; mode ``0o666`` less the umask).
 
     ``write`` and ``flush`` behave as a buffered binary file's; :meth:`read_view` reads bytes
-    already written (flushed or not)."""
+    already written (flushed or not).
 
-    def __init__(self, path: str | os.PathLike[str], *, stage_bytes: int = STAGE_BYTES) -> None:
+    With ``verify``, every transfer is read back at once (from the device, past the page cache,
+    where the file is direct) into one scratch the size of the stage, and compared with the stage
+    that was written: :meth:`verified` says whether a range of the file read back as written.
+    What is compared is what left this process, so nothing the size of a tensor is kept for it."""
+
+    def __init__(self, path: str | os.PathLike[str], *, stage_bytes: int = STAGE_BYTES, verify: bool = False) -> None:
         if stage_bytes <= 0 or stage_bytes % ALIGN:
             raise ValueError(f"the stage must be a positive multiple of {ALIGN} bytes")
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
@@ -85,6 +96,9 @@ class DirectAppender:
         self._used = 0  # bytes staged
         self._on_file = True  # the staged bytes are on the file as they stand (nothing since a flush)
         self.closed = False
+        self._scratch = aligned_buffer(stage_bytes) if verify else None
+        self._checked = 0  # bytes from the file's start read back (each at least once)
+        self._mismatched: list[tuple[int, int]] = []  # file ranges that read back other bytes
 
     # the parts of a binary file the writers use
     def fileno(self) -> int:
@@ -126,7 +140,8 @@ class DirectAppender:
 
     def _emit(self, end: int) -> None:
         """Write the stage's first ``end`` bytes (a multiple of :data:`ALIGN`) at its place in the
-        file: after a flush the stage holds at most the partial last block, written again whole."""
+        file: after a flush the stage holds at most the partial last block, written again whole.
+        With ``verify``, read them back and compare the bytes staged (:meth:`verified`)."""
         view = memoryview(self._stage)[:end]
         offset = self._base
         while view.nbytes:
@@ -140,6 +155,37 @@ class DirectAppender:
             if count <= 0:
                 raise OSError(errno.EIO, f"no bytes written to {self.name}")
             view, offset = view[count:], offset + count
+        if self._scratch is not None:
+            self._compare(end, min(end, self._used))
+
+    def _compare(self, end: int, staged: int) -> None:
+        """Read back the ``end`` bytes just written from the stage (whole blocks) and compare the
+        first ``staged`` of them (the rest is padding, cut off by the flush)."""
+        assert self._scratch is not None
+        got = 0
+        while got < end:
+            try:
+                count = os.preadv(self._fd, [memoryview(self._scratch[got:end])], self._base + got)
+            except OSError as exc:
+                if not (self.direct and exc.errno == errno.EINVAL):
+                    raise
+                self._plain("a read")
+                continue
+            if count <= 0:
+                break
+            got += count
+        if got < staged or not _same(self._scratch[:staged], self._stage[:staged]):
+            self._mismatched.append((self._base, self._base + staged))
+        self._checked = max(self._checked, self._base + staged)
+
+    def verified(self, position: int, length: int) -> bool:
+        """True if the file's bytes ``[position, position + length)`` were all read back as they
+        were written (only with ``verify``; what is staged is put on the file first)."""
+        if self._scratch is None:
+            return False
+        self.flush()
+        end = position + length
+        return end <= self._checked and not any(a < end and position < b for a, b in self._mismatched)
 
     def _plain(self, what: str) -> None:
         """Go on without ``O_DIRECT``: the file system refused it for ``what``."""

@@ -453,7 +453,7 @@ class StagedOutput:
         #: what a write from a lazy source recorded of each replaced tensor (None otherwise)
         self.records: Records | None = None
         #: with records and external data: the tensors read back as written (see
-        #: :func:`~onnxprune.graph.writer.read_back`), which the check of the file need not read
+        #: :meth:`~onnxprune.graph.direct_io.DirectAppender.verified`), which the check of the file need not read
         self.verified: ReadBack | None = None
 
     def __enter__(self) -> StagedOutput:
@@ -529,7 +529,11 @@ class StagedOutput:
         self.verified = {} if self.records is not None and external_data else None
         try:
             if external_data and source is not None:
-                with open(self.model_path, "wb") as handle, DirectAppender(staged_data) as data, durable(handle, data):
+                with (
+                    open(self.model_path, "wb") as handle,
+                    DirectAppender(staged_data, verify=self.verified is not None) as data,
+                    durable(handle, data),
+                ):
                     write_external(
                         model,
                         handle,

@@ -16,9 +16,9 @@ memory-mapped, one pair at a time). For every tensor of the output's main graph
   them, and every kept value is the input's;
 - every replaced tensor is in the output.
 
-A tensor the writer read back right after writing it (:func:`~onnxprune.graph.writer.read_back`:
-the file held exactly the bytes it wrote, while both were still in the page cache) is not
-read again: its reference in the output must name the region read back, and its record must
+A tensor the writer read back as it wrote it (:meth:`~onnxprune.graph.direct_io.DirectAppender.verified`:
+the file held exactly the bytes it wrote, read back from the device where the data file is
+written past the page cache) is not read again: its reference in the output must name the region read back, and its record must
 show only ``+0`` written (its changes against the input were counted when it was written).
 
 Subgraphs are not compared (a streamed model keeps its external tensors in the main graph;

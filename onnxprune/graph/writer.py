@@ -30,14 +30,22 @@ of its elements changed, a digest of which, and how many of them are not ``+0``,
 check of the written file (:mod:`onnxprune.graph.tensor_check`) can compare the bytes on disk
 with the input and with what pruning decided.
 
-**Read back.** :func:`write_external` can read each data-file tensor back right after writing
-it and compare the bytes with what it wrote (:func:`read_back`, in chunks of
-:data:`READ_BACK_CHUNK`; from the device when the data file is written past the page cache,
-:mod:`onnxprune.graph.direct_io`); the regions that read back
-the same are listed (:data:`ReadBack`), and the check of the file compares only the others
-with the input. A model larger than memory is then read once more in all, not twice after
+**Read back.** :func:`write_external` can have each data-file tensor read back as it is
+written: its :class:`~onnxprune.graph.direct_io.DirectAppender` reads every transfer back at
+once (from the device when the data file is written past the page cache) and compares it with
+the stage it wrote, so nothing the size of a tensor is kept for the comparison; the tensors that
+read back the same are listed (:data:`ReadBack`), and the check of the file compares only the
+others with the input. A model larger than memory is then read once more in all, not twice after
 its write (both files, from disk): 12 GB of 0.5 GB tensors, the check took 8.7 s, the
 read-backs take about 2 s (cProfile of ``tools/bench_large.py``'s model).
+
+**Blocks.** A replacement may give a tensor's new values a block at a time
+(:class:`~onnxprune.sparsity.blocks.BlockFill`, e.g. magnitude pruning's
+:class:`~onnxprune.sparsity.select.ZeroSmallest`). :func:`write_external` then fills two buffers
+of :data:`BLOCK` elements in turn, one on a thread while the other is written, and records the
+tensor from its blocks (:class:`ElementDiff`): no new array the size of the tensor is made,
+whose fresh pages cost more than the pruning on the machines measured (README, stop 47).
+Everywhere else the fill is made whole.
 
 **One ahead.** :func:`write_external` computes each tensor's bytes (the replacement callbacks:
 pruning, the records) on a second thread while it writes the tensor before
@@ -53,7 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -65,26 +73,30 @@ from google.protobuf.message import Message
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 from onnxprune.graph import tensors
-from onnxprune.graph.direct_io import DirectAppender, aligned_buffer, read_span
+from onnxprune.graph.direct_io import DirectAppender
 from onnxprune.graph.walk import all_graphs, node_subgraphs
 from onnxprune.graph.wire import encode_varint, length_header
 from onnxprune.ops import constant_tensor
+from onnxprune.sparsity.blocks import BlockFill
 from onnxprune.threads import SPLIT_FROM, WORKERS, computed_ahead, in_runs, map_in_threads
 
 if TYPE_CHECKING:
     from onnxprune.graph.lazy import TensorSource
 
-Replacement = Callable[[TensorProto], bytes | memoryview]
+#: the new bytes of a tensor, or its new values a block at a time (:class:`BlockFill`, streamed
+#: into a data file by :func:`write_external`, made whole everywhere else)
+Replacement = Callable[[TensorProto], bytes | memoryview | BlockFill]
 #: tensor name -> (offset, length) of its raw_data payload in the written file
 Layout = dict[str, tuple[int, int]]
 #: tensors with at least this many bytes of raw_data are recorded in the layout
 LAYOUT_MIN_BYTES = 1 << 16
 #: tensor name -> what was written for it (see :class:`WrittenTensor`)
 Records = dict[str, "WrittenTensor"]
-#: tensor name -> (data file, offset, length) of the bytes :func:`read_back` found as written
+#: tensor name -> (data file, offset, length) of the bytes that read back as written
 ReadBack = dict[str, tuple[str, int, int]]
-#: bytes compared at once by :func:`read_back` (a multiple of 8)
-READ_BACK_CHUNK = 1 << 24
+#: elements filled and written at once of a tensor whose new values come a block at a time
+#: (:func:`write_external`; a multiple of 8, :class:`ElementDiff`)
+BLOCK = SPLIT_FROM
 _Lazy = tuple[int, Callable[[], Iterator[bytes]]]
 Part = bytes | _Lazy
 
@@ -223,11 +235,21 @@ class _Stream:
             return memoryview(self.source.raw(tensor))
         return tensor.raw_data
 
-    def replaced(self, tensor: TensorProto, replace: Replacement, name: str) -> bytes | memoryview:
-        """The new bytes of ``tensor`` from ``replace``, checked for length, and recorded."""
+    def replaced(
+        self, tensor: TensorProto, replace: Replacement, name: str, *, blocks: bool = False
+    ) -> bytes | memoryview | np.ndarray | BlockFill:
+        """The new bytes of ``tensor`` from ``replace``, checked for length, and recorded; with
+        ``blocks`` a :class:`BlockFill` stays one (recorded as it is written, :func:`_write_blocks`),
+        else it is made whole."""
         data = replace(tensor)
-        length = memoryview(data).nbytes
         size = tensors.data_bytes(tensor) if tensor.data_location == TensorProto.EXTERNAL else None
+        if isinstance(data, BlockFill):
+            if blocks:
+                if size is not None and data.nbytes != size:
+                    raise ValueError(f"replacement for tensor '{tensor.name}' has {data.nbytes} bytes, expected {size}")
+                return data
+            data = data.whole()
+        length = memoryview(data).nbytes
         if size is not None and length != size:
             raise ValueError(f"replacement for tensor '{tensor.name}' has {length} bytes, expected {size}")
         if self.records is not None and replace is not _unchanged:
@@ -386,37 +408,69 @@ def element_bits(tensor: TensorProto, data: bytes | memoryview | np.ndarray) -> 
     return raw.view({2: np.uint16, 4: np.uint32, 8: np.uint64}.get(width, np.uint8))
 
 
+class ElementDiff:
+    """:func:`compare_elements` a run of elements at a time, in order (:meth:`add`), for a tensor
+    written a block at a time: the packed bits of consecutive runs join up when every run but the
+    last holds a multiple of 8 elements."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.blake2b(digest_size=16)
+        self.changed = 0
+        self.not_zero = 0
+
+    @staticmethod
+    def measure(before: np.ndarray, after: np.ndarray) -> tuple[list[bytes], int, int]:
+        """The packed bits of ``before != after`` (unsigned views of one size), how many differ and
+        how many of those are not ``+0`` in ``after``, a chunk at a time; a run of
+        :data:`~onnxprune.threads.SPLIT_FROM` elements or more in two runs of chunks on threads."""
+        if before.size != after.size:
+            raise ValueError(f"{after.nbytes} bytes to compare with {before.nbytes}")
+        starts = list(range(0, before.size, COMPARE_CHUNK))
+
+        def run(part: Sequence[int]) -> tuple[list[bytes], int, int]:
+            packed: list[bytes] = []
+            changed = not_zero = 0
+            for start in part:
+                was, now = before[start : start + COMPARE_CHUNK], after[start : start + COMPARE_CHUNK]
+                diff = was != now
+                packed.append(np.packbits(diff).tobytes())
+                changed += int(np.count_nonzero(diff))
+                diff &= now.astype(bool)
+                not_zero += int(np.count_nonzero(diff))
+            return packed, changed, not_zero
+
+        done = map_in_threads(run, in_runs(starts, WORKERS if before.size >= SPLIT_FROM else 1))
+        return [block for packed, _, _ in done for block in packed], sum(d[1] for d in done), sum(d[2] for d in done)
+
+    def merge(self, measured: tuple[list[bytes], int, int]) -> None:
+        """Take the next run's :meth:`measure` (runs merged in order)."""
+        packed, changed, not_zero = measured
+        for block in packed:
+            self._digest.update(block)
+        self.changed += changed
+        self.not_zero += not_zero
+
+    def add(self, before: np.ndarray, after: np.ndarray) -> None:
+        """Compare the next run of elements (see the class docstring)."""
+        self.merge(self.measure(before, after))
+
+    def result(self) -> tuple[WrittenTensor, int]:
+        """The :class:`WrittenTensor` of every run so far, and how many changed elements are not ``+0``."""
+        return WrittenTensor(self.changed, self._digest.hexdigest()), self.not_zero
+
+
 def compare_elements(
     tensor: TensorProto, old: bytes | memoryview | np.ndarray, new: bytes | memoryview | np.ndarray
 ) -> tuple[WrittenTensor, int]:
     """The :class:`WrittenTensor` of ``new`` replacing the stored bytes ``old`` of ``tensor``, and
-    how many of the changed elements are not ``+0`` (all bits clear), a chunk at a time. A tensor
-    of :data:`~onnxprune.threads.SPLIT_FROM` elements or more is compared in two runs of
-    chunks side by side on threads, their packed bits then digested in order."""
+    how many of the changed elements are not ``+0`` (all bits clear), a chunk at a time
+    (:class:`ElementDiff`, one run)."""
     before, after = element_bits(tensor, old), element_bits(tensor, new)
     if before.size != after.size:
         raise ValueError(f"tensor '{tensor.name}': {after.nbytes} bytes written for {before.nbytes}")
-    starts = list(range(0, before.size, COMPARE_CHUNK))
-
-    def run(part: list[int]) -> tuple[list[bytes], int, int]:
-        packed: list[bytes] = []
-        changed = not_zero = 0
-        for start in part:
-            was, now = before[start : start + COMPARE_CHUNK], after[start : start + COMPARE_CHUNK]
-            diff = was != now
-            packed.append(np.packbits(diff).tobytes())
-            changed += int(np.count_nonzero(diff))
-            diff &= now.astype(bool)
-            not_zero += int(np.count_nonzero(diff))
-        return packed, changed, not_zero
-
-    done = map_in_threads(run, in_runs(starts, WORKERS if before.size >= SPLIT_FROM else 1))
-    digest = hashlib.blake2b(digest_size=16)
-    for packed, _, _ in done:
-        for block in packed:
-            digest.update(block)
-    changed, not_zero = sum(d[1] for d in done), sum(d[2] for d in done)
-    return WrittenTensor(changed, digest.hexdigest()), not_zero
+    diff = ElementDiff()
+    diff.add(before, after)
+    return diff.result()
 
 
 def _initializer_pairs(source: GraphProto, target: GraphProto) -> Iterator[tuple[TensorProto, TensorProto, bool]]:
@@ -440,29 +494,6 @@ def _stored_size(tensor: TensorProto) -> int:
     return len(tensor.raw_data) if tensor.HasField("raw_data") else 0
 
 
-def read_back(handle: DirectAppender, position: int, payload: bytes | memoryview | np.ndarray) -> bool:
-    """True if the file of ``handle`` holds ``payload`` at ``position``: the bytes are read back a
-    chunk of :data:`READ_BACK_CHUNK` at a time into one buffer, so that nothing the size of the
-    tensor is allocated; from the device, past the page cache, when ``handle`` writes that way
-    (:class:`~onnxprune.graph.direct_io.DirectAppender`)."""
-    expected = memoryview(payload).cast("B")
-    size = expected.nbytes
-    scratch = aligned_buffer(read_span(min(READ_BACK_CHUNK, size)))
-    for start in range(0, size, READ_BACK_CHUNK):
-        length = min(READ_BACK_CHUNK, size - start)
-        got = handle.read_view(position + start, length, scratch)
-        if got.size != length:
-            return False
-        words = length // 8  # compared as 8-byte words, the tail as bytes
-        want = np.frombuffer(expected[start : start + length], np.uint8)
-        if not (
-            np.array_equal(got[: 8 * words].view(np.uint64), want[: 8 * words].view(np.uint64))
-            and np.array_equal(got[8 * words :], want[8 * words :])
-        ):
-            return False
-    return True
-
-
 def write_external(
     model: ModelProto,
     handle: BinaryIO,
@@ -483,9 +514,9 @@ def write_external(
     tensors go out, in the same order, at the same offsets; a smaller external tensor of
     ``model`` (or a Constant node's) is read from ``source`` into the model, as ``onnx.load``
     would have. ``model`` is not changed (a copy of its skeleton is written); ``records``
-    receives a :class:`WrittenTensor` for each replaced tensor. With ``verified``, each
-    main-graph initializer written to ``data`` is read back at once (:func:`read_back`), and
-    those found as written are listed there.
+    receives a :class:`WrittenTensor` for each replaced tensor. With ``verified`` (``data``
+    made with ``verify``), each main-graph initializer written to ``data`` that read back as
+    written is listed there (see the module docstring).
     """
     stream = _Stream(None, source, records)
     elsewhere = external_elsewhere(model)
@@ -494,9 +525,11 @@ def write_external(
     out = ModelProto()
     out.CopyFrom(model)
 
-    def new_bytes(original: TensorProto, name: str | None) -> bytes | memoryview:
+    def new_bytes(
+        original: TensorProto, name: str | None, *, blocks: bool = False
+    ) -> bytes | memoryview | np.ndarray | BlockFill:
         if name is not None and name in replacements:
-            return stream.replaced(original, replacements[name], name)
+            return stream.replaced(original, replacements[name], name, blocks=blocks)
         return stream.stored(original)
 
     for original, node in zip(model.graph.node, out.graph.node, strict=True):
@@ -505,51 +538,108 @@ def write_external(
         if value is not None and copy is not None and (external or original.output[0] in replacements):
             _inline(copy, new_bytes(value, original.output[0]), loaded=external)
 
-    def produce(original: TensorProto, name: str | None) -> bytes | memoryview | None:
-        """The bytes to write for ``original`` (None: a small tensor that stays as it is)."""
+    def produce(original: TensorProto, name: str | None) -> bytes | memoryview | np.ndarray | BlockFill | None:
+        """The bytes to write for ``original`` (None: a small tensor that stays as it is; a
+        :class:`BlockFill`: new values for the data file, computed as they are written)."""
         inline = _stored_size(original) < threshold
         if inline and original.data_location != TensorProto.EXTERNAL and (name is None or name not in replacements):
             return None
-        return new_bytes(original, name)
+        return new_bytes(original, name, blocks=not inline)
 
     pairs = list(_initializer_pairs(model.graph, out.graph))
     calls = [partial(produce, original, original.name if main else None) for original, _, main in pairs]
     position = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxprune-writer") as pool:
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxprune-writer") as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxprune-blocks") as filler,
+    ):
         for (original, copy, main), payload in zip(pairs, computed_ahead(calls, pool), strict=True):
             if payload is None:
                 continue
             name = original.name if main else None
-            if _stored_size(original) < threshold:  # stays in the model
+            if isinstance(payload, BlockFill):
+                assert name is not None  # only main-graph initializers are replaced
+                old = payload.stored if payload.stored is not None else element_bits(original, stream.stored(original))
+                _write_blocks(data, payload, old, filler, name, records, verified, (location, position))
+                del old  # the tensor is unmapped with its last array, before the next one is read
+            elif _stored_size(original) < threshold:  # stays in the model
                 _inline(copy, payload, loaded=original.data_location == TensorProto.EXTERNAL)
                 continue
-            position += _write_payload(data, payload, copy, name, location, position, verified)
+            else:
+                _write_payload(data, payload, name, location, position, verified)
+            size = payload.nbytes if isinstance(payload, BlockFill) else memoryview(payload).nbytes
+            _point(copy, location, position, size)
+            position += size
             del payload
+    if verified:  # a block written again whole after a flush was read back again: all still as written?
+        for name, (_, start, size) in list(verified.items()):
+            if not data.verified(start, size):
+                del verified[name]
     handle.write(out.SerializeToString())
 
 
 def _write_payload(
     data: DirectAppender,
     payload: bytes | memoryview | np.ndarray,
-    copy: TensorProto,
     name: str | None,
     location: str,
     position: int,
     verified: ReadBack | None,
-) -> int:
-    """Write ``payload`` at ``position`` of ``data``, point ``copy`` at it, read it back with
-    ``verified``; the bytes written."""
-    size = memoryview(payload).nbytes
+) -> None:
+    """Write ``payload`` at ``position`` of ``data``; with ``verified``, list it there if it read
+    back as written (:meth:`~onnxprune.graph.direct_io.DirectAppender.verified`)."""
     data.write(payload)
-    if verified is not None and name is not None and read_back(data, position, payload):
+    size = memoryview(payload).nbytes
+    if verified is not None and name is not None and data.verified(position, size):
         verified[name] = (location, position, size)
+
+
+def _write_blocks(
+    data: DirectAppender,
+    fill: BlockFill,
+    old: np.ndarray,
+    pool: ThreadPoolExecutor,
+    name: str,
+    records: Records | None,
+    verified: ReadBack | None,
+    where: tuple[str, int],
+) -> None:
+    """Write ``fill``'s values at the end of ``data`` (file ``where[0]``, offset ``where[1]``) a
+    block of :data:`BLOCK` elements at a time, each block filled (and, with ``records``,
+    compared with the stored values ``old``, :class:`ElementDiff`) on ``pool`` while the one
+    before is written, two buffers used in turn; with ``verified``, the tensor is listed there if
+    it read back as written (:meth:`~onnxprune.graph.direct_io.DirectAppender.verified`)."""
+    measure = records is not None
+    buffers = [np.empty(min(BLOCK, fill.size), dtype=fill.dtype) for _ in range(2)]
+
+    def block(index: int) -> tuple[np.ndarray, tuple[list[bytes], int, int] | None]:
+        start = index * BLOCK
+        out = buffers[index % 2][: min(BLOCK, fill.size - start)]
+        fill.fill(start, out)
+        return out, ElementDiff.measure(old[start : start + out.size], out) if measure else None
+
+    diff = ElementDiff()
+    for out, measured in computed_ahead([partial(block, i) for i in range(-(-fill.size // BLOCK))], pool):
+        if measured is not None:
+            diff.merge(measured)
+        data.write(out)
+    fill.finish()
+    if records is not None:
+        written, not_zero = diff.result()
+        records[name] = WrittenTensor(written.changed, written.digest, not_zero)
+        location, position = where
+        if verified is not None and data.verified(position, fill.nbytes):
+            verified[name] = (location, position, fill.nbytes)
+
+
+def _point(copy: TensorProto, location: str, position: int, size: int) -> None:
+    """Make ``copy`` an external tensor of ``size`` bytes at ``position`` of ``location``."""
     del copy.external_data[:]
     copy.ClearField("raw_data")
     copy.data_location = TensorProto.EXTERNAL
     for key, value in (("location", location), ("offset", str(position)), ("length", str(size))):
         entry = copy.external_data.add()
         entry.key, entry.value = key, value
-    return size
 
 
 def _inline(tensor: TensorProto, payload: bytes | memoryview, *, loaded: bool) -> None:
@@ -567,8 +657,13 @@ def apply_replacements(model: ModelProto, replacements: Mapping[str, Replacement
         return
     for tensor in model.graph.initializer:
         if tensor.name in replacements:
-            tensor.raw_data = bytes(replacements[tensor.name](tensor))
+            tensor.raw_data = bytes(whole(replacements[tensor.name](tensor)))
     for node in model.graph.node:
         value = constant_tensor(node)
         if value is not None and node.output[0] in replacements:
-            value.raw_data = bytes(replacements[node.output[0]](value))
+            value.raw_data = bytes(whole(replacements[node.output[0]](value)))
+
+
+def whole(payload: bytes | memoryview | BlockFill) -> bytes | memoryview | np.ndarray:
+    """A replacement's new bytes all at once (a :class:`BlockFill` made whole)."""
+    return payload.whole() if isinstance(payload, BlockFill) else payload

@@ -35,6 +35,8 @@ from onnxprune.ops import constant_tensor, spec_of
 from onnxprune.ops.spec import SlotContext
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, not_run
 from onnxprune.passes.result import LayerResult
+from onnxprune.sparsity.blocks import BlockFill, WatchedFill
+from onnxprune.sparsity.scores import sign_clear
 
 #: Where a tensor's output channels lie: axes (a zero slice along one is a constant
 #: channel), a grouped layout ``("groups", g, axis)``, or None (look at the first and last axes).
@@ -71,6 +73,111 @@ def has_zero_slice(values: np.ndarray, axes: ChannelAxes = None) -> bool:
         if not slices.any(axis=1).all():
             return True
     return False
+
+
+#: runs shorter than this along a plain axis are watched a period (``B · C`` elements) at a time
+_SHORT_RUN = 64
+
+
+@dataclass(frozen=True)
+class _Slices:
+    """One family of slices of :class:`SliceWatch`: ``count`` slices made of runs of ``inner``
+    consecutive elements; run ``q`` is in slice ``q mod modulo`` (a plain axis, ``span`` 0) or
+    ``(q // span) · modulo + q mod modulo`` (a grouped layout)."""
+
+    count: int
+    inner: int
+    modulo: int
+    span: int = 0
+
+    def of(self, runs: np.ndarray) -> np.ndarray:
+        """The slice of each run number."""
+        if not self.span:
+            return runs % self.modulo
+        return runs // self.span * self.modulo + runs % self.modulo
+
+
+class SliceWatch:
+    """:func:`has_zero_slice` of a tensor whose values are seen a block at a time, in order
+    (flat, C order, :meth:`look`), then :meth:`zero_slice` once all are seen.
+
+    A slice along a plain axis of length ``B`` is a set of runs of ``C`` consecutive elements
+    (``C`` the product of the later axes): run ``q = flat // C`` belongs to slice ``q mod B``; a
+    grouped layout's slice ``(i, j)`` holds the runs of ``C = ∏ dims[2:]`` elements with ``j = q
+    mod dims[1]``, ``i = q // (dims[0]/g · dims[1])``. Each block marks the slices of its runs
+    that hold a non-zero value (partial runs at its ends alone, whole runs by ``any`` over a
+    ``[runs, C]`` view); a plain axis whose runs are shorter than :data:`_SHORT_RUN` is taken a
+    whole period at a time instead (``[periods, B, C]``, ``any`` over the first and last axes).
+    A slice never marked is all zero. ``clear`` is ANDed with each value first (a float's sign
+    bit cleared: ``-0`` is zero too)."""
+
+    def __init__(self, shape: tuple[int, ...], axes: ChannelAxes, clear: np.generic) -> None:
+        self.clear = clear
+        size = int(np.prod(shape)) if shape else 1
+        self.any_zero = False  # a 1-D tensor: any zero element fires
+        self.families: list[_Slices] = []
+        if len(shape) >= 2 and size:
+            if axes is None:
+                axes = (0, len(shape) - 1)
+            if axes and axes[0] == "groups":
+                _, g, axis = axes
+                axes = (0, len(shape) - 1)
+                if not shape[0] % int(g) and axis == 1:
+                    span = shape[0] // int(g) * shape[1]
+                    self.families.append(_Slices(int(g) * shape[1], int(np.prod(shape[2:])), shape[1], span))
+                    axes = ()
+            for axis in axes:
+                axis = int(axis)
+                self.families.append(_Slices(shape[axis], int(np.prod(shape[axis + 1 :])), shape[axis]))
+        self.seen = [np.zeros(family.count, dtype=bool) for family in self.families]
+        self.watched = len(shape) >= 1 and size > 0
+
+    def look(self, start: int, block: np.ndarray) -> None:
+        """Take the values of elements ``[start, start + block.size)`` (an unsigned view)."""
+        if not self.watched or block.size == 0:
+            return
+        keys = block & self.clear
+        if not self.families:
+            self.any_zero = self.any_zero or not bool(keys.all())
+            return
+        for family, seen in zip(self.families, self.seen, strict=True):
+            if not seen.all():
+                _mark(family, seen, start, keys)
+
+    def zero_slice(self) -> bool:
+        """True if a slice was all zero (:func:`has_zero_slice` on the whole tensor)."""
+        if not self.watched:
+            return False
+        if not self.families:
+            return self.any_zero
+        return not all(seen.all() for seen in self.seen)
+
+
+def _mark(family: _Slices, seen: np.ndarray, start: int, keys: np.ndarray) -> None:
+    """Mark in ``seen`` the slices of ``family`` that hold a non-zero key of elements
+    ``[start, start + keys.size)``."""
+    step = family.inner
+    if not family.span and step < _SHORT_RUN:
+        step = family.modulo * family.inner  # whole periods: [periods, B, C]
+    head = min(keys.size, -start % step)
+    periods = (keys.size - head) // step
+    whole = keys[head : head + periods * step]
+    if step != family.inner:
+        if periods:
+            seen |= whole.reshape(periods, family.modulo, family.inner).any(axis=(0, 2))
+        for at, part in ((start, keys[:head]), (start + head + periods * step, keys[head + periods * step :])):
+            nonzero = np.flatnonzero(part)
+            if nonzero.size:
+                seen[family.of((at + nonzero) // family.inner)] = True
+        return
+    if head and keys[:head].any():
+        seen[family.of(np.array([start // step]))] = True
+    if periods:
+        runs = np.flatnonzero(whole.reshape(periods, step).any(axis=1))
+        seen[family.of((start + head) // step + runs)] = True
+    tail = keys[head + periods * step :]
+    if tail.size and tail.any():
+        seen[family.of(np.array([(start + keys.size - 1) // step]))] = True
 
 
 def _read_axes(node: NodeProto, index: int, rank: int, producer_op: Callable[[str], str | None]) -> ChannelAxes | str:
@@ -153,8 +260,10 @@ class DeadWatch:
         return {name: self._wrapped(name, fn) for name, fn in replacements.items()}
 
     def _wrapped(self, name: str, fn: Replacement) -> Replacement:
-        def replacement(proto: TensorProto) -> memoryview:
+        def replacement(proto: TensorProto) -> memoryview | BlockFill:
             view = fn(proto)
+            if isinstance(view, BlockFill):
+                return view if self.fired or not self._watched(name) else self._watched_fill(name, proto, view)
             if not self.fired:
                 itemsize = tensors.data_bytes(proto) // max(tensors.numel(proto), 1)
                 dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(itemsize)
@@ -169,6 +278,18 @@ class DeadWatch:
             return view
 
         return replacement
+
+    def _watched_fill(self, name: str, proto: TensorProto, fill: BlockFill) -> BlockFill:
+        """``fill`` looked at a block at a time (:class:`SliceWatch`), the watch fired at its end."""
+        floating = tensors.is_float(proto) and fill.dtype.itemsize in _FLOAT_VIEWS
+        clear = sign_clear(fill.dtype) if floating else fill.dtype.type(np.iinfo(fill.dtype).max)
+        watch = SliceWatch(tuple(proto.dims), None if self.axes is None else self.axes[name], clear)
+
+        def done() -> None:
+            if watch.zero_slice() and name not in self.fired:
+                self.fired.append(name)
+
+        return WatchedFill(fill, watch.look, done)
 
     def look(
         self,

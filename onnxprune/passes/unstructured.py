@@ -43,6 +43,7 @@ from onnxprune.graph.writer import Replacement, replaceable
 from onnxprune.ops import constant_tensor
 from onnxprune.passes.base import Contract, Pass, PassContext, PassResult, Progress, prune_pass_result
 from onnxprune.passes.result import LayerResult, PruneResult
+from onnxprune.sparsity.blocks import BlockFill
 from onnxprune.sparsity.criteria import CRITERIA
 from onnxprune.sparsity.scores import float_bits
 from onnxprune.stats import ParamStats, param_stats
@@ -365,8 +366,14 @@ def prune_weights(
 
 def _replacement(
     proto: TensorProto, *, target: Target, weight: Weight, ranking: Ranking, index: int, read: tensors.ArrayReader
-) -> memoryview:
-    return memoryview(np.ascontiguousarray(_pruned_bits(read(proto), target, weight, ranking, index))).cast("B")
+) -> memoryview | BlockFill:
+    """The pruned tensor's new bytes; a count target ranked like magnitude gives them a block at a
+    time (:class:`~onnxprune.sparsity.select.ZeroSmallest`: the writer streams them into a data
+    file without a new array the size of the tensor)."""
+    values = read(proto)
+    if target.nm is None and CRITERIA[ranking.criterion].ranks_like_magnitude:
+        return sparsity.ZeroSmallest(float_bits(values), target.count, threshold=target.threshold, below=target.below)
+    return memoryview(np.ascontiguousarray(_pruned_bits(values, target, weight, ranking, index))).cast("B")
 
 
 def _stored(proto: TensorProto, *, source: TensorSource) -> memoryview:

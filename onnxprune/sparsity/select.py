@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from onnxprune.sparsity.blocks import BlockFill
 from onnxprune.sparsity.scores import sign_clear
 from onnxprune.threads import SPLIT_FROM, WORKERS, in_runs, map_in_threads
 
@@ -149,13 +150,13 @@ def _mask_at(flat: np.ndarray, k: int, t: np.generic) -> np.ndarray | None:
 CHUNK = 1 << 18
 
 
-def spans(n: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` ranges covering ``n`` elements in order: :data:`WORKERS` of them, each
-    starting at a multiple of :data:`CHUNK`, from :data:`~onnxprune.threads.SPLIT_FROM` elements
-    on; else one."""
-    if n < SPLIT_FROM:
-        return [(0, n)]
-    return [(run[0], min(run[-1] + CHUNK, n)) for run in in_runs(range(0, n, CHUNK), WORKERS)]
+def spans(stop: int, start: int = 0) -> list[tuple[int, int]]:
+    """``[a, b)`` ranges covering elements ``start`` to ``stop`` in order: :data:`WORKERS` of
+    them, each starting a multiple of :data:`CHUNK` elements after ``start``, from
+    :data:`~onnxprune.threads.SPLIT_FROM` elements on; else one."""
+    if stop - start < SPLIT_FROM:
+        return [(start, stop)]
+    return [(run[0], min(run[-1] + CHUNK, stop)) for run in in_runs(range(start, stop, CHUNK), WORKERS)]
 
 
 def magnitude_chunks(
@@ -214,87 +215,122 @@ def _magnitude_kth(flat: np.ndarray, k: int, threshold: int | None, below: int |
 
 
 def _zero_span(
-    flat: np.ndarray, out: np.ndarray, span: tuple[int, int], t: np.generic, ties_left: int | None
-) -> tuple[int, int, list[tuple[int, int]]]:
-    """Pass 2 of :func:`zero_smallest_bits` over ``flat[span]`` into ``out``: keys above ``t``
-    kept, below zeroed, ties zeroed while ``ties_left`` lasts (in flat order; None: all of them).
-    Returns the kept count, the tie count and, with ``ties_left`` None, ``(chunk start, ties)``
-    of every chunk that has ties, for :func:`_spare_ties`."""
+    flat: np.ndarray, out: np.ndarray, span: tuple[int, int], t: np.generic, ties_left: int | None, base: int = 0
+) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """Pass 2 of :class:`ZeroSmallest` over ``flat[span]`` into ``out`` (which holds elements
+    from ``base`` on): keys above ``t`` kept, below zeroed, ties zeroed while ``ties_left`` lasts
+    (in flat order; None: all of them). Returns the kept count, the tie count and, with
+    ``ties_left`` None, ``(chunk start, chunk stop, ties)`` of every chunk that has ties, for
+    :func:`_spare_ties`."""
     keep = np.empty(min(CHUNK, span[1] - span[0]), dtype=bool)
     greater = equal = 0
-    tied: list[tuple[int, int]] = []
+    tied: list[tuple[int, int, int]] = []
     for start, chunk, keys in magnitude_chunks(flat, *span):
         stop = start + chunk.size
         kept = np.greater(keys, t, out=keep[: chunk.size])
-        np.multiply(chunk, kept, out=out[start:stop])
+        np.multiply(chunk, kept, out=out[start - base : stop - base])
         ties = np.flatnonzero(keys == t)
         if ties_left is None:
             if ties.size:
-                tied.append((start, ties.size))
+                tied.append((start, stop, ties.size))
         else:  # the first ties_left of them (flat order) are zeroed
             spared = ties[ties_left:]
-            out[start + spared] = chunk[spared]
+            out[start - base + spared] = chunk[spared]
             ties_left = max(0, ties_left - ties.size)
         greater += int(np.count_nonzero(kept))
         equal += ties.size
     return greater, equal, tied
 
 
-def _spare_ties(flat: np.ndarray, out: np.ndarray, t: np.generic, tied: list[tuple[int, int]], zero: int) -> None:
-    """Put back in ``out`` the ties of ``t`` after the first ``zero`` of them (flat order), in
-    the chunks listed in ``tied`` (those :func:`_zero_span` zeroed whole)."""
+def _spare_ties(
+    flat: np.ndarray, out: np.ndarray, t: np.generic, tied: list[tuple[int, int, int]], zero: int, base: int = 0
+) -> None:
+    """Put back in ``out`` (elements from ``base`` on) the ties of ``t`` after the first ``zero``
+    of them (flat order), in the chunks listed in ``tied`` (those :func:`_zero_span` zeroed whole)."""
     clear = sign_clear(flat.dtype)
-    for start, count in tied:
+    for start, stop, count in tied:
         if zero >= count:
             zero -= count
             continue
-        chunk = flat[start : start + CHUNK]
-        spared = start + np.flatnonzero((chunk & clear) == t)[zero:]
-        out[spared] = flat[spared]
+        spared = start + np.flatnonzero((flat[start:stop] & clear) == t)[zero:]
+        out[spared - base] = flat[spared]
         zero = 0
+
+
+class CutMismatch(ValueError):
+    """A threshold the caller vouched for is not a cut of the tensor (:meth:`ZeroSmallest.finish`)."""
+
+
+class ZeroSmallest(BlockFill):
+    """The weights (the unsigned-integer view ``bits``) with the ``k`` smallest ``|w|`` (ties by
+    flat index) set to ``+0``, a block at a time (:class:`~onnxprune.sparsity.blocks.BlockFill`):
+    ``apply_mask_bits(bits, smallest_k_mask(magnitude keys of bits, k))`` with no mask, no key
+    array and no temporary the size of the tensor.
+
+    Pass 1, at construction, finds a cut ``t`` with ``b = #{key < t} <= k <= #{key <= t}`` (the
+    K-th smallest key, or a known ``threshold``, checked by counting; with ``below``, its ``b``,
+    the caller vouches for both and pass 1 is skipped, the counts of pass 2 checking them in
+    :meth:`finish`, which raises :class:`CutMismatch` if they do not hold). Pass 2, each
+    :meth:`fill`, keeps ``key > t``, zeros ``key < t``, and zeros the first ``k - b`` keys equal
+    to ``t`` in flat order (the ties still to zero carried from block to block). A block of
+    :data:`~onnxprune.threads.SPLIT_FROM` elements or more is read in spans side by side on
+    threads (:func:`spans`): the first span zeros its first ties as it goes, the later ones zero
+    all theirs and the ties beyond the budget are put back afterwards, chunk by chunk.
+    """
+
+    def __init__(self, bits: np.ndarray, k: int, *, threshold: int | None = None, below: int | None = None) -> None:
+        if bits.dtype.kind != "u":
+            raise TypeError(f"expected an unsigned-integer view, got {bits.dtype}")
+        flat = bits.reshape(-1)
+        n = flat.size
+        if not 0 <= k <= n:
+            raise ValueError(f"k must lie in [0, {n}], got {k}")
+        super().__init__(n, flat.dtype, flat)
+        self.flat, self.k = flat, k
+        self.vouched = threshold is not None and below is not None
+        self.t = flat.dtype.type(0)
+        self.below = 0
+        if 0 < k < n:
+            self.t, self.below = _magnitude_kth(flat, k, threshold, below)
+        self.ties_left = k - self.below  # ties of t still to zero, in flat order
+        self.greater = self.equal = 0  # pass 2's counts so far
+
+    def fill(self, start: int, out: np.ndarray) -> None:
+        stop = start + out.size
+        if self.k == 0 or self.k == self.size:
+            out[:] = self.flat[start:stop] if self.k == 0 else 0
+            return
+        flat, t = self.flat, self.t
+        parts = spans(stop, start)
+        budget = max(0, self.ties_left)
+        done = map_in_threads(
+            lambda i: _zero_span(flat, out, parts[i], t, budget if i == 0 else None, start), range(len(parts))
+        )
+        zero = max(0, budget - done[0][1])
+        for _, equal, tied in done[1:]:
+            _spare_ties(flat, out, t, tied, zero, start)
+            zero = max(0, zero - equal)
+        equal = sum(d[1] for d in done)
+        self.ties_left -= equal
+        self.greater += sum(d[0] for d in done)
+        self.equal += equal
+
+    def finish(self) -> None:
+        if self.vouched and 0 < self.k < self.size:
+            n, below = self.size, self.below
+            if not (n - self.greater - self.equal == below and below <= self.k <= below + self.equal):
+                raise CutMismatch("the threshold given is not this tensor's cut for its count")
 
 
 def zero_smallest_bits(
     bits: np.ndarray, k: int, *, threshold: int | None = None, below: int | None = None
 ) -> np.ndarray:
-    """``apply_mask_bits(bits, smallest_k_mask(magnitude keys of bits, k))`` in two chunked
-    passes and no temporary the size of the tensor: the weights (an unsigned-integer view)
-    with the ``k`` smallest ``|w|`` (ties by flat index) set to ``+0``, as a new array.
-
-    Pass 1 finds a cut ``t`` with ``b = #{key < t} <= k <= #{key <= t}`` (the K-th smallest key,
-    or a known ``threshold``, checked by counting; with ``below``, its ``b``, the caller vouches
-    for both and pass 1 is skipped, the counts of pass 2 checking them); pass 2 keeps ``key > t``,
-    zeros ``key < t``, and zeros the first ``k - b`` keys equal to ``t`` in flat order.
-    A tensor of :data:`SPLIT_FROM` elements or more is read in spans side by side on threads
-    (:func:`spans`), each pass: the first span zeros its first ties as it goes, the later ones
-    zero all theirs and the ties beyond ``k - b`` are put back afterwards, chunk by chunk.
-    """
-    if bits.dtype.kind != "u":
-        raise TypeError(f"expected an unsigned-integer view, got {bits.dtype}")
-    flat = bits.reshape(-1)
-    n = flat.size
-    if not 0 <= k <= n:
-        raise ValueError(f"k must lie in [0, {n}], got {k}")
-    if k == 0:
-        return bits.copy()
-    if k == n:
-        return np.zeros_like(bits)
-    vouched = threshold is not None and below is not None
-    t, below = _magnitude_kth(flat, k, threshold, below)
-    ties_left = k - below
-    out = np.empty_like(flat)
-    parts = spans(n)
-    done = map_in_threads(
-        lambda i: _zero_span(flat, out, parts[i], t, max(0, ties_left) if i == 0 else None), range(len(parts))
-    )
-    zero = max(0, ties_left - done[0][1])
-    for _, equal, tied in done[1:]:
-        _spare_ties(flat, out, t, tied, zero)
-        zero = max(0, zero - equal)
-    greater, equal = sum(d[0] for d in done), sum(d[1] for d in done)
-    if vouched and not (n - greater - equal == below and below <= k <= below + equal):
+    """:class:`ZeroSmallest` as one new array of the shape of ``bits``; a vouched ``threshold``
+    that is not this tensor's cut is dropped (pass 1 then runs)."""
+    try:
+        return ZeroSmallest(bits, k, threshold=threshold, below=below).whole().reshape(bits.shape)
+    except CutMismatch:
         return zero_smallest_bits(bits, k)  # the caller's threshold was not this tensor's K-th key
-    return out.reshape(bits.shape)
 
 
 def apply_mask_bits(bits: np.ndarray, mask: np.ndarray) -> np.ndarray:
