@@ -254,12 +254,34 @@ def test_the_source_reads_only_checked_files_and_refuses_a_replaced_one(tmp_path
             entry.value = "model.onnx"  # in the folder, but not a checked data file
     with pytest.raises(UnsafeModelError):
         lazy.tensors(other)
+    with pytest.raises(UnsafeModelError):
+        lazy.tensors.prefetch(other)
     data = source.parent / "weights.bin"
     copy = source.parent / "weights.new"
     copy.write_bytes(data.read_bytes())
     os.replace(copy, data)  # a new file (inode) under the same name
     with pytest.raises(UnsafeModelError):
         lazy.tensors(tensor)
+    with pytest.raises(UnsafeModelError):
+        lazy.tensors.prefetch(tensor)
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this system")
+def test_a_tensor_written_a_block_at_a_time_is_read_ahead(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+):
+    asked: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(lazy_module.os, "posix_fadvise", lambda fd, *args: asked.append(args) or real(fd, *args))
+    onnxprune.prune_file(source, tmp_path / "out.onnx", CONFIGS["local"], external_data=True)
+    written = onnx.load(str(source), load_external_data=False)
+    ranges = {
+        (int(e["offset"]), int(e["length"]))
+        for t in written.graph.initializer
+        if t.name in {"W1", "W2", "W3"}
+        for e in [{x.key: x.value for x in t.external_data}]
+    }
+    assert {(a, b) for a, b, _ in asked} == ranges and {c for _, _, c in asked} == {os.POSIX_FADV_WILLNEED}
 
 
 def _staged_write(source: Path, out: Path, staged: StagedOutput) -> None:

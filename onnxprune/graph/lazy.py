@@ -99,9 +99,23 @@ class TensorSource:
             return values.reshape(-1).view(np.uint8)
         location, offset, length = external_entries(tensor)
         size = tensors.data_bytes(tensor) if length is None else length
-        path = self._path(tensor, location)
         if size == 0:
             return np.empty(0, dtype=np.uint8)
+        fd = self._open(tensor, location, offset, size)
+        try:
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY
+            mapped = mmap.mmap(fd, offset + size - start, access=mmap.ACCESS_READ, offset=start)
+        finally:
+            os.close(fd)
+        if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+        return np.frombuffer(mapped, dtype=np.uint8, count=size, offset=offset - start)
+
+    def _open(self, tensor: TensorProto, location: str, offset: int, size: int) -> int:
+        """A read-only descriptor of the checked file ``location`` holding ``tensor``'s ``size``
+        bytes from ``offset``: the same file (device and inode) as when the model was loaded,
+        links not followed."""
+        path = self._path(tensor, location)
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
         try:
             stat = os.fstat(fd)
@@ -115,13 +129,27 @@ class TensorSource:
                     f"external data of tensor '{tensor.name}' is truncated: '{location}' now has {stat.st_size} "
                     f"bytes, the tensor needs bytes {offset}..{offset + size}"
                 )
-            start = offset - offset % mmap.ALLOCATIONGRANULARITY
-            mapped = mmap.mmap(fd, offset + size - start, access=mmap.ACCESS_READ, offset=start)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def prefetch(self, tensor: TensorProto) -> None:
+        """Ask the kernel to start reading an external ``tensor``'s bytes into the page cache now
+        (``posix_fadvise`` ``WILLNEED``), for a read that comes later: a tensor written a block
+        at a time is read as it is written, and this reads it while the tensor before is written.
+        Nothing where the system has no such advice."""
+        if not is_external(tensor) or not hasattr(os, "posix_fadvise"):
+            return
+        location, offset, length = external_entries(tensor)
+        size = tensors.data_bytes(tensor) if length is None else length
+        if size == 0:
+            return
+        fd = self._open(tensor, location, offset, size)
+        try:
+            os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
         finally:
             os.close(fd)
-        if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
-            mapped.madvise(mmap.MADV_SEQUENTIAL)
-        return np.frombuffer(mapped, dtype=np.uint8, count=size, offset=offset - start)
 
     def __call__(self, tensor: TensorProto) -> np.ndarray:
         """The values of ``tensor`` in its own dtype and shape (read-only; mapped if external)."""

@@ -544,7 +544,10 @@ def write_external(
         inline = _stored_size(original) < threshold
         if inline and original.data_location != TensorProto.EXTERNAL and (name is None or name not in replacements):
             return None
-        return new_bytes(original, name, blocks=not inline)
+        payload = new_bytes(original, name, blocks=not inline)
+        if isinstance(payload, BlockFill) and source is not None:
+            source.prefetch(original)  # the fill reads the tensor as it is written: read it ahead
+        return payload
 
     pairs = list(_initializer_pairs(model.graph, out.graph))
     calls = [partial(produce, original, original.name if main else None) for original, _, main in pairs]
@@ -642,7 +645,7 @@ def _point(copy: TensorProto, location: str, position: int, size: int) -> None:
         entry.key, entry.value = key, value
 
 
-def _inline(tensor: TensorProto, payload: bytes | memoryview, *, loaded: bool) -> None:
+def _inline(tensor: TensorProto, payload: bytes | memoryview | np.ndarray, *, loaded: bool) -> None:
     """Store ``payload`` in ``tensor`` as raw_data; with ``loaded`` (an external tensor) as
     ``onnx.load`` leaves it once read (``data_location`` DEFAULT, no external entries)."""
     tensor.raw_data = bytes(payload)
