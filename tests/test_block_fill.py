@@ -12,7 +12,17 @@ from onnx import TensorProto
 
 from onnxprune.graph.writer import ElementDiff, compare_elements
 from onnxprune.passes.deadwatch import DeadWatch, SliceWatch, has_zero_slice
-from onnxprune.sparsity import BlockFill, ZeroSmallest, apply_mask_bits, smallest_k_mask, zero_smallest_bits
+from onnxprune.sparsity import (
+    BlockFill,
+    ZeroNM,
+    ZeroSmallest,
+    apply_mask_bits,
+    nm_mask,
+    nm_zero_bits,
+    smallest_k_mask,
+    zero_smallest_bits,
+)
+from onnxprune.sparsity import nm as nm_module
 from onnxprune.sparsity import select as select_module
 from onnxprune.sparsity.scores import float_bits, magnitude_keys, sign_clear
 from onnxprune.sparsity.select import CutMismatch
@@ -56,6 +66,32 @@ def test_zero_smallest_by_blocks_is_the_mask_of_the_k_smallest(
         expected = apply_mask_bits(bits, smallest_k_mask(magnitude_keys(w), k))
         assert np.array_equal(_by_blocks(ZeroSmallest(bits, k), _cuts(n, rng)), expected)
         assert np.array_equal(zero_smallest_bits(bits, k), expected)
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis"), [((16, 12), 0), ((12, 16), 1), ((8, 12, 3, 3), 1), ((40, 8), 0), ((4, 400), 1)]
+)
+@pytest.mark.parametrize("seed", range(4))
+def test_n_m_by_blocks_of_whole_rows_is_the_n_m_mask(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...], axis: int, seed: int
+) -> None:
+    monkeypatch.setattr(nm_module, "CHUNK", 64)  # several chunks and two threads inside a block
+    monkeypatch.setattr(nm_module, "SPLIT_FROM", 128)
+    rng = np.random.default_rng(seed)
+    w = _weights(seed, int(np.prod(shape)), ties=bool(seed % 2)).reshape(shape)
+    bits = float_bits(w)
+    for n, m in ((2, 4), (1, 4), (4, 8)):
+        if shape[axis] % m:
+            continue
+        expected = apply_mask_bits(bits, nm_mask(magnitude_keys(w), n, m, axis)).reshape(-1)
+        fill = ZeroNM(bits, n, m, axis)
+        rows = fill.size // fill.granule
+        cuts = [c * fill.granule for c in _cuts(rows, rng)]
+        assert np.array_equal(_by_blocks(fill, cuts), expected)
+        assert np.array_equal(nm_zero_bits(bits, n, m, axis).reshape(-1), expected)
+        if fill.granule > 1:
+            with pytest.raises(ValueError, match="whole rows"):
+                ZeroNM(bits, n, m, axis).fill(1, np.empty(fill.granule, fill.dtype))
 
 
 def test_a_vouched_threshold_that_is_no_cut_fails_at_the_end_of_the_blocks() -> None:

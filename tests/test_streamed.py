@@ -112,11 +112,21 @@ def _whole(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline_module, "external_elsewhere", lambda model: "loaded whole for the comparison")
 
 
+@pytest.mark.parametrize("block", [None, 1000])
 @pytest.mark.parametrize("external_data", [None, True])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_streamed_output_is_byte_identical_to_the_loaded_run(
-    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch, name: str, external_data: bool | None
+    tmp_path: Path,
+    source: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    external_data: bool | None,
+    block: int | None,
 ):
+    """The same bytes whole or a block at a time (1000 elements: many blocks a tensor, N:M's
+    rounded to whole rows of groups)."""
+    if block is not None:
+        monkeypatch.setattr(writer, "BLOCK", block)
     config = CONFIGS[name]
     streamed_out = tmp_path / "streamed" / "out.onnx"
     streamed_out.parent.mkdir()

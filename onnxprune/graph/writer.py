@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -608,21 +609,23 @@ def _write_blocks(
     where: tuple[str, int],
 ) -> None:
     """Write ``fill``'s values at the end of ``data`` (file ``where[0]``, offset ``where[1]``) a
-    block of :data:`BLOCK` elements at a time, each block filled (and, with ``records``,
+    block of about :data:`BLOCK` elements at a time (whole granules of the fill), each block filled (and, with ``records``,
     compared with the stored values ``old``, :class:`ElementDiff`) on ``pool`` while the one
     before is written, two buffers used in turn; with ``verified``, the tensor is listed there if
     it read back as written (:meth:`~onnxprune.graph.direct_io.DirectAppender.verified`)."""
     measure = records is not None
-    buffers = [np.empty(min(BLOCK, fill.size), dtype=fill.dtype) for _ in range(2)]
+    whole = math.lcm(fill.granule, 8)  # whole granules, and whole bytes of ElementDiff's packed bits
+    step = max(whole, BLOCK // whole * whole)
+    buffers = [np.empty(min(step, fill.size), dtype=fill.dtype) for _ in range(2)]
 
     def block(index: int) -> tuple[np.ndarray, tuple[list[bytes], int, int] | None]:
-        start = index * BLOCK
-        out = buffers[index % 2][: min(BLOCK, fill.size - start)]
+        start = index * step
+        out = buffers[index % 2][: min(step, fill.size - start)]
         fill.fill(start, out)
         return out, ElementDiff.measure(old[start : start + out.size], out) if measure else None
 
     diff = ElementDiff()
-    for out, measured in computed_ahead([partial(block, i) for i in range(-(-fill.size // BLOCK))], pool):
+    for out, measured in computed_ahead([partial(block, i) for i in range(-(-fill.size // step))], pool):
         if measured is not None:
             diff.merge(measured)
         data.write(out)

@@ -367,11 +367,13 @@ def prune_weights(
 def _replacement(
     proto: TensorProto, *, target: Target, weight: Weight, ranking: Ranking, index: int, read: tensors.ArrayReader
 ) -> memoryview | BlockFill:
-    """The pruned tensor's new bytes; a count target ranked like magnitude gives them a block at a
-    time (:class:`~onnxprune.sparsity.select.ZeroSmallest`: the writer streams them into a data
-    file without a new array the size of the tensor)."""
+    """The pruned tensor's new bytes; a target ranked like magnitude gives them a block at a time
+    (:class:`~onnxprune.sparsity.select.ZeroSmallest`, :class:`~onnxprune.sparsity.nm.ZeroNM`: the
+    writer streams them into a data file without a new array the size of the tensor)."""
     values = read(proto)
-    if target.nm is None and CRITERIA[ranking.criterion].ranks_like_magnitude:
+    if CRITERIA[ranking.criterion].ranks_like_magnitude:
+        if target.nm is not None:
+            return sparsity.ZeroNM(float_bits(values), target.nm[0], target.nm[1], weight.in_axis)
         return sparsity.ZeroSmallest(float_bits(values), target.count, threshold=target.threshold, below=target.below)
     return memoryview(np.ascontiguousarray(_pruned_bits(values, target, weight, ranking, index))).cast("B")
 

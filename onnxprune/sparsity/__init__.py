@@ -17,7 +17,7 @@ Conventions used throughout:
 from onnxprune.sparsity.allocate import GlobalAllocation, allocate_global, count_for_amount, global_counts
 from onnxprune.sparsity.blocks import BlockFill
 from onnxprune.sparsity.lamp import lamp_allocation, lamp_scores
-from onnxprune.sparsity.nm import nm_mask, nm_valid, nm_zero_bits, nm_zeros_after, nm_zeros_after_at
+from onnxprune.sparsity.nm import ZeroNM, nm_mask, nm_valid, nm_zero_bits, nm_zeros_after, nm_zeros_after_at
 from onnxprune.sparsity.scores import global_keys, magnitude_keys, random_keys
 from onnxprune.sparsity.select import (
     ZeroSmallest,
@@ -30,6 +30,7 @@ from onnxprune.sparsity.select import (
 __all__ = [
     "BlockFill",
     "GlobalAllocation",
+    "ZeroNM",
     "ZeroSmallest",
     "allocate_global",
     "apply_mask_bits",

@@ -7,7 +7,8 @@ A :class:`BlockFill` instead computes any run of consecutive elements into a buf
 gives, so the writer fills one small buffer again and again and writes each block as it comes.
 
 Contract: :meth:`BlockFill.fill` is called for consecutive runs ``[start, start + out.size)``
-covering ``[0, size)`` in order, once each (a fill may keep state from one call to the next,
+covering ``[0, size)`` in order, once each, each a whole number of :attr:`BlockFill.granule`
+elements (N:M's whole rows of groups) (a fill may keep state from one call to the next,
 e.g. how many ties at a cut are still to be zeroed); :meth:`BlockFill.whole` is the whole
 tensor as one new flat array (one call covering every element), for the consumers that need it.
 :meth:`BlockFill.finish` is called after the last block, and raises if what the blocks found
@@ -32,6 +33,8 @@ class BlockFill(ABC):
         #: the tensor's stored values (flat, of :attr:`dtype`) when the fill reads them: a writer
         #: compares the new values with these rather than reading the tensor a second time
         self.stored = stored
+        #: every block but the last starts and ends at a multiple of this many elements
+        self.granule = 1
 
     @property
     def nbytes(self) -> int:
@@ -60,6 +63,7 @@ class WatchedFill(BlockFill):
 
     def __init__(self, inner: BlockFill, look: Callable[[int, np.ndarray], None], done: Callable[[], None]) -> None:
         super().__init__(inner.size, inner.dtype, inner.stored)
+        self.granule = inner.granule
         self.inner = inner
         self._look = look
         self._done = done

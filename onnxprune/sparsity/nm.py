@@ -21,8 +21,11 @@ time, with no key array or mask the size of the tensor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from onnxprune.sparsity.blocks import BlockFill
 from onnxprune.sparsity.scores import sign_clear
 from onnxprune.threads import SPLIT_FROM, WORKERS, in_runs, map_in_threads
 
@@ -88,29 +91,44 @@ def nm_mask(keys: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
     return mask.reshape(keys.shape)
 
 
-def nm_zero_bits(bits: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
-    """``apply_mask_bits(bits, nm_mask(magnitude keys of bits, n, m, axis))`` chunk by chunk,
-    without a key array or a mask the size of the tensor: the weights (an unsigned-integer view)
-    with the ``m - n`` smallest ``|w|`` of every group set to ``+0``, as a new array. A tensor of
+class ZeroNM(BlockFill):
+    """The weights (the unsigned-integer view ``bits``) with the ``m - n`` smallest ``|w|`` of
+    every group of ``m`` along ``axis`` set to ``+0`` (``apply_mask_bits(bits, nm_mask(magnitude
+    keys of bits, n, m, axis))``), a block of whole group rows at a time
+    (:class:`~onnxprune.sparsity.blocks.BlockFill`; :attr:`granule` is a row of ``m · after``
+    elements), chunk by chunk, with no key array or mask the size of the tensor. A block of
     :data:`~onnxprune.threads.SPLIT_FROM` elements or more is computed in runs of chunks side by
     side on threads."""
-    if bits.dtype.kind != "u":
-        raise TypeError(f"expected an unsigned-integer view, got {bits.dtype}")
-    axis = _check(bits.shape, n, m, axis)
-    rows = _group_rows(bits, m, axis)
-    clear = sign_clear(bits.dtype)
-    out = np.empty_like(rows)
-    chunks = _row_chunks(rows)
-    starts = list(chunks)
 
-    def run(part: list[int]) -> None:
-        for start in part:
-            stop = start + chunks.step
-            chunk = rows[start:stop]
-            np.multiply(chunk, _kept(chunk & clear, n, m), out=out[start:stop])
+    def __init__(self, bits: np.ndarray, n: int, m: int, axis: int) -> None:
+        if bits.dtype.kind != "u":
+            raise TypeError(f"expected an unsigned-integer view, got {bits.dtype}")
+        axis = _check(bits.shape, n, m, axis)
+        self.rows = _group_rows(bits, m, axis)
+        super().__init__(bits.size, bits.dtype, self.rows.reshape(-1))
+        self.n, self.m = n, m
+        self.granule = m * self.rows.shape[2]
 
-    map_in_threads(run, in_runs(starts, WORKERS if bits.size >= SPLIT_FROM else 1))
-    return out.reshape(bits.shape)
+    def fill(self, start: int, out: np.ndarray) -> None:
+        if start % self.granule or out.size % self.granule:
+            raise ValueError(f"N:M blocks are whole rows of {self.granule} elements")
+        first = start // self.granule
+        rows, target = self.rows[first : first + out.size // self.granule], out.reshape(-1, *self.rows.shape[1:])
+        clear, n, m = sign_clear(self.dtype), self.n, self.m
+        chunks = _row_chunks(rows)
+
+        def run(part: Sequence[int]) -> None:
+            for begin in part:
+                stop = begin + chunks.step
+                chunk = rows[begin:stop]
+                np.multiply(chunk, _kept(chunk & clear, n, m), out=target[begin:stop])
+
+        map_in_threads(run, in_runs(list(chunks), WORKERS if out.size >= SPLIT_FROM else 1))
+
+
+def nm_zero_bits(bits: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
+    """:class:`ZeroNM` as one new array of the shape of ``bits``."""
+    return ZeroNM(bits, n, m, axis).whole().reshape(bits.shape)
 
 
 def nm_zeros_after(keys: np.ndarray, n: int, m: int, axis: int, *, sign_bits: bool = False) -> int:
