@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from onnxprune.graph import direct_io
-from onnxprune.graph.direct_io import ALIGN, DirectAppender, aligned_buffer, read_span
+from onnxprune.graph.direct_io import ALIGN, DirectAppender, aligned_buffer
 
 STAGE = 4 * ALIGN  # a small stage, so that writes cross it often
 
@@ -39,8 +39,7 @@ def _script(seed: int) -> list[tuple[str, int]]:
 def _run(path: Path, seed: int) -> tuple[bytes, DirectAppender]:
     rng = np.random.default_rng(seed + 1000)
     expected = bytearray()
-    scratch = aligned_buffer(read_span(3 * STAGE + 11))
-    with DirectAppender(path, stage_bytes=STAGE) as appender:
+    with DirectAppender(path, stage_bytes=STAGE, verify=True) as appender:
         for kind, size in _script(seed):
             if kind == "write":
                 data = rng.integers(0, 256, size, dtype=np.uint8)
@@ -49,10 +48,9 @@ def _run(path: Path, seed: int) -> tuple[bytes, DirectAppender]:
             elif kind == "flush":
                 appender.flush()
                 assert path.stat().st_size == len(expected)  # cut back to the true length
-            else:
+            else:  # every byte written so far read back as written, none past the end
                 position = int(rng.integers(0, len(expected) + 1))
-                got = appender.read_view(position, size, scratch)
-                assert got.tobytes() == bytes(expected[position : position + size])  # short at the end
+                assert appender.verified(position, size) == (position + size <= len(expected))
             assert appender.tell() == len(expected)
     return bytes(expected), appender
 
@@ -91,19 +89,22 @@ def test_a_file_system_that_refuses_direct_io_at_open_gets_a_plain_file(
 
 
 @pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT here")
-def test_a_file_system_that_refuses_direct_io_at_the_first_write_gets_the_same_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("call", ["pwrite", "preadv"])
+def test_a_file_system_that_refuses_direct_io_at_the_first_transfer_gets_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
 ):
-    real = os.pwrite
+    """Refused at the first write, or at the first read-back: the same bytes, the same
+    read-backs, through the page cache."""
+    real = getattr(os, call)
     refused = []
 
-    def refusing(fd: int, data: memoryview, offset: int) -> int:
+    def refusing(fd: int, data: object, offset: int) -> int:
         if _direct_flag(fd):
             refused.append(offset)
             raise OSError(errno.EINVAL, "Invalid argument")
         return real(fd, data, offset)
 
-    monkeypatch.setattr(direct_io.os, "pwrite", refusing)
+    monkeypatch.setattr(direct_io.os, call, refusing)
     expected, appender = _run(tmp_path / "data.bin", 4)
     assert refused and not appender.direct
     assert (tmp_path / "data.bin").read_bytes() == expected
@@ -120,13 +121,9 @@ def test_other_write_errors_are_raised(tmp_path: Path, monkeypatch: pytest.Monke
     assert appender.closed
 
 
-def test_the_stage_is_whole_blocks_and_the_scratch_is_checked(tmp_path: Path):
+def test_the_stage_is_whole_blocks(tmp_path: Path):
     with pytest.raises(ValueError, match="multiple"):
         DirectAppender(tmp_path / "d.bin", stage_bytes=ALIGN + 1)
-    with DirectAppender(tmp_path / "d.bin", stage_bytes=STAGE) as appender:
-        appender.write(b"z" * 100)
-        with pytest.raises(ValueError, match="scratch"):
-            appender.read_view(3, 100, aligned_buffer(50))
     buffer = aligned_buffer(1000, 512)
     assert buffer.size == 1000 and buffer.ctypes.data % 512 == 0
 

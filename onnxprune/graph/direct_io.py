@@ -22,10 +22,17 @@ How :class:`DirectAppender` keeps them
     (``ftruncate``); the last, partial block stays staged, so the next write writes that block
     again, whole. The file's bytes are the bytes written, in order, like a plain file's.
 
+Reading back
+    With ``verify`` every transfer is read back at once, whole blocks into one aligned scratch
+    the size of the stage, and compared with the stage it left (:meth:`DirectAppender.verified`):
+    from the device where the file is direct, so the comparison is with what the device holds,
+    not with a page-cache copy.
+
 Where ``O_DIRECT`` is missing or refused
     A system without it (macOS, Windows) opens the file plainly. A file system that refuses it
     (tmpfs at ``open``, some others only at the first transfer: ``EINVAL``) gets the same
-    writes without it (``fcntl`` clears the flag): the same bytes, through the page cache.
+    writes without it (``fcntl`` clears the flag): the same bytes, through the page cache, and
+    the same read-backs.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -47,9 +55,9 @@ STAGE_BYTES = 32 << 20
 _DIRECT = getattr(os, "O_DIRECT", 0)
 
 
-def read_span(length: int) -> int:
-    """Bytes of scratch that :meth:`DirectAppender.read_view` needs to read ``length`` bytes."""
-    return length + 2 * ALIGN
+def _pread(fd: int, buffer: memoryview, offset: int) -> int:
+    """``os.preadv`` of one buffer: the bytes read into ``buffer`` from ``offset``."""
+    return os.preadv(fd, [buffer], offset)
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -70,8 +78,7 @@ class DirectAppender:
     system and the file system allow it (:attr:`direct`), else plainly; the file a ``"w+b"``
     ``open`` would give (created or emptied; mode ``0o666`` less the umask).
 
-    ``write`` and ``flush`` behave as a buffered binary file's; :meth:`read_view` reads bytes
-    already written (flushed or not).
+    ``write`` and ``flush`` behave as a buffered binary file's.
 
     With ``verify``, every transfer is read back at once (from the device, past the page cache,
     where the file is direct) into one scratch the size of the stage, and compared with the stage
@@ -142,19 +149,12 @@ class DirectAppender:
         """Write the stage's first ``end`` bytes (a multiple of :data:`ALIGN`) at its place in the
         file: after a flush the stage holds at most the partial last block, written again whole.
         With ``verify``, read them back and compare the bytes staged (:meth:`verified`)."""
-        view = memoryview(self._stage)[:end]
-        offset = self._base
-        while view.nbytes:
-            try:
-                count = os.pwrite(self._fd, view, offset)
-            except OSError as exc:
-                if not (self.direct and exc.errno == errno.EINVAL):
-                    raise
-                self._plain("a write")
-                continue
+        done = 0
+        while done < end:
+            count = self._transfer(os.pwrite, self._stage[done:end], self._base + done, "a write")
             if count <= 0:
                 raise OSError(errno.EIO, f"no bytes written to {self.name}")
-            view, offset = view[count:], offset + count
+            done += count
         if self._scratch is not None:
             self._compare(end, min(end, self._used))
 
@@ -164,19 +164,24 @@ class DirectAppender:
         assert self._scratch is not None
         got = 0
         while got < end:
-            try:
-                count = os.preadv(self._fd, [memoryview(self._scratch[got:end])], self._base + got)
-            except OSError as exc:
-                if not (self.direct and exc.errno == errno.EINVAL):
-                    raise
-                self._plain("a read")
-                continue
+            count = self._transfer(_pread, self._scratch[got:end], self._base + got, "a read")
             if count <= 0:
                 break
             got += count
         if got < staged or not _same(self._scratch[:staged], self._stage[:staged]):
             self._mismatched.append((self._base, self._base + staged))
         self._checked = max(self._checked, self._base + staged)
+
+    def _transfer(self, call: Callable[[int, memoryview, int], int], buffer: np.ndarray, offset: int, what: str) -> int:
+        """``call(fd, buffer, offset)`` (a ``pwrite`` or a read into ``buffer``), again without
+        ``O_DIRECT`` if the file system refuses it for this transfer (``EINVAL``)."""
+        while True:
+            try:
+                return call(self._fd, memoryview(buffer), offset)
+            except OSError as exc:
+                if not (self.direct and exc.errno == errno.EINVAL):
+                    raise
+                self._plain(what)
 
     def verified(self, position: int, length: int) -> bool:
         """True if the file's bytes ``[position, position + length)`` were all read back as they
@@ -194,25 +199,6 @@ class DirectAppender:
         log.info("%s: direct I/O refused (%s); writing through the page cache", self.name, what)
         fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_DIRECT)
         self.direct = False
-
-    def read_view(self, position: int, length: int, scratch: np.ndarray) -> np.ndarray:
-        """The file's bytes from ``position`` (those staged included), ``length`` of them or
-        fewer at the end of the file, as a view into ``scratch``: an :func:`aligned_buffer` of
-        at least :func:`read_span` ``(length)`` bytes (a direct read needs an aligned span and
-        buffer, so it reads whole blocks around the bytes asked for)."""
-        self.flush()
-        lead = position % ALIGN if self.direct else 0
-        span = -(-(lead + length) // ALIGN) * ALIGN if self.direct else length
-        if scratch.size < span:
-            raise ValueError(f"the scratch holds {scratch.size} bytes, the read needs {span}")
-        try:
-            got = os.preadv(self._fd, [memoryview(scratch[:span])], position - lead)
-        except OSError as exc:
-            if not (self.direct and exc.errno == errno.EINVAL):
-                raise
-            self._plain("a read")
-            return self.read_view(position, length, scratch)
-        return scratch[lead : lead + max(0, min(got - lead, length))]
 
     def close(self) -> None:
         if self.closed:
