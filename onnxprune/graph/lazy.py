@@ -49,6 +49,13 @@ def external_entries(tensor: TensorProto) -> tuple[str, int, int | None]:
     return location, offset, length
 
 
+def _span(tensor: TensorProto) -> tuple[str, int, int]:
+    """``(location, offset, size)`` of an external tensor's bytes: its reference's length, or
+    what its dims and type hold when the reference gives none."""
+    location, offset, length = external_entries(tensor)
+    return location, offset, tensors.data_bytes(tensor) if length is None else length
+
+
 def is_external(tensor: TensorProto) -> bool:
     """True if the tensor's values live in an external file (not loaded)."""
     return tensor.data_location == TensorProto.EXTERNAL
@@ -97,8 +104,7 @@ class TensorSource:
                 return np.frombuffer(tensor.raw_data, dtype=np.uint8)
             values = np.ascontiguousarray(tensors.read_array(tensor)).astype(numpy_dtype(tensor), copy=False)
             return values.reshape(-1).view(np.uint8)
-        location, offset, length = external_entries(tensor)
-        size = tensors.data_bytes(tensor) if length is None else length
+        location, offset, size = _span(tensor)
         if size == 0:
             return np.empty(0, dtype=np.uint8)
         fd = self._open(tensor, location, offset, size)
@@ -141,8 +147,7 @@ class TensorSource:
         Nothing where the system has no such advice."""
         if not is_external(tensor) or not hasattr(os, "posix_fadvise"):
             return
-        location, offset, length = external_entries(tensor)
-        size = tensors.data_bytes(tensor) if length is None else length
+        location, offset, size = _span(tensor)
         if size == 0:
             return
         fd = self._open(tensor, location, offset, size)

@@ -16,10 +16,11 @@ memory-mapped, one pair at a time). For every tensor of the output's main graph
   them, and every kept value is the input's;
 - every replaced tensor is in the output.
 
-A tensor the writer read back as it wrote it (:meth:`~onnxprune.graph.direct_io.DirectAppender.verified`:
-the file held exactly the bytes it wrote, read back from the device where the data file is
-written past the page cache) is not read again: its reference in the output must name the region read back, and its record must
-show only ``+0`` written (its changes against the input were counted when it was written).
+A tensor the writer read back as it wrote it
+(:meth:`~onnxprune.graph.direct_io.DirectAppender.verified`: the file held exactly the bytes it
+wrote, read back from the device where the data file is written past the page cache) is not read
+again: its reference in the output must name the region read back, and its record must show only
+``+0`` written (its changes against the input were counted when it was written).
 
 Subgraphs are not compared (a streamed model keeps its external tensors in the main graph;
 ``onnx.checker`` on the skeleton checks the structure). :func:`~onnxprune.graph.memory.stream_can_run`

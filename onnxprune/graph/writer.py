@@ -564,14 +564,16 @@ def write_external(
             if isinstance(payload, BlockFill):
                 assert name is not None  # only main-graph initializers are replaced
                 old = payload.stored if payload.stored is not None else element_bits(original, stream.stored(original))
-                _write_blocks(data, payload, old, filler, name, records, verified, (location, position))
+                _write_blocks(data, payload, old, filler, name, records)
                 del old  # the tensor is unmapped with its last array, before the next one is read
             elif _stored_size(original) < threshold:  # stays in the model
                 _inline(copy, payload, loaded=original.data_location == TensorProto.EXTERNAL)
                 continue
             else:
-                _write_payload(data, payload, name, location, position, verified)
+                data.write(payload)
             size = payload.nbytes if isinstance(payload, BlockFill) else memoryview(payload).nbytes
+            if verified is not None and name is not None and data.verified(position, size):
+                verified[name] = (location, position, size)
             _point(copy, location, position, size)
             position += size
             del payload
@@ -582,37 +584,13 @@ def write_external(
     handle.write(out.SerializeToString())
 
 
-def _write_payload(
-    data: DirectAppender,
-    payload: bytes | memoryview | np.ndarray,
-    name: str | None,
-    location: str,
-    position: int,
-    verified: ReadBack | None,
-) -> None:
-    """Write ``payload`` at ``position`` of ``data``; with ``verified``, list it there if it read
-    back as written (:meth:`~onnxprune.graph.direct_io.DirectAppender.verified`)."""
-    data.write(payload)
-    size = memoryview(payload).nbytes
-    if verified is not None and name is not None and data.verified(position, size):
-        verified[name] = (location, position, size)
-
-
 def _write_blocks(
-    data: DirectAppender,
-    fill: BlockFill,
-    old: np.ndarray,
-    pool: ThreadPoolExecutor,
-    name: str,
-    records: Records | None,
-    verified: ReadBack | None,
-    where: tuple[str, int],
+    data: DirectAppender, fill: BlockFill, old: np.ndarray, pool: ThreadPoolExecutor, name: str, records: Records | None
 ) -> None:
-    """Write ``fill``'s values at the end of ``data`` (file ``where[0]``, offset ``where[1]``) a
-    block of about :data:`BLOCK` elements at a time (whole granules of the fill), each block filled (and, with ``records``,
-    compared with the stored values ``old``, :class:`ElementDiff`) on ``pool`` while the one
-    before is written, two buffers used in turn; with ``verified``, the tensor is listed there if
-    it read back as written (:meth:`~onnxprune.graph.direct_io.DirectAppender.verified`)."""
+    """Append ``fill``'s values to ``data`` a block of about :data:`BLOCK` elements at a time
+    (whole granules of the fill), each block filled on ``pool`` while the one before is written,
+    two buffers used in turn; with ``records``, each block is also compared there with the stored
+    values ``old`` (:class:`ElementDiff`) and the tensor recorded under ``name``."""
     measure = records is not None
     whole = math.lcm(fill.granule, 8)  # whole granules, and whole bytes of ElementDiff's packed bits
     step = max(whole, BLOCK // whole * whole)
@@ -633,9 +611,6 @@ def _write_blocks(
     if records is not None:
         written, not_zero = diff.result()
         records[name] = WrittenTensor(written.changed, written.digest, not_zero)
-        location, position = where
-        if verified is not None and data.verified(position, fill.nbytes):
-            verified[name] = (location, position, fill.nbytes)
 
 
 def _point(copy: TensorProto, location: str, position: int, size: int) -> None:
