@@ -18,6 +18,12 @@ What it measures
       exits (:data:`DURABLE_COPY`): the floor of a tool that, as onnxprune does, has its output
       on disk before it reports success. The report gives each case against it too (``x dcp``);
       the verdicts stay against ``cp``, issue 16's floor;
+    - ``oracle``: the least work any magnitude pruner does (:data:`ORACLE`): the ``.onnx`` file
+      copied; the data file's float32 words read (memory-mapped) and each written out as itself
+      or ``+0`` against a cut handed to it, in one pass on every CPU through the page cache: no
+      search for the cut, no validation, no ``fsync``, no imports beyond numpy. A time target
+      under this floor cannot be met by any pruner: the report says how far above ``cp`` it is,
+      and gives each case against it too (``x oracle``);
     - ``local``: ``onnxprune prune IN OUT --sparsity 0.5``;
     - ``lamp``: ``onnxprune prune IN OUT --sparsity 0.5 --scope global --criterion lamp``;
     - ``nm``: ``onnxprune prune IN OUT --pattern 2:4``.
@@ -89,8 +95,8 @@ MEMORY_SLACK = 1 * GB  # the "+ 1 GB" of the memory target
 MEMORY_FACTOR = 4  # peak RSS <= MEMORY_FACTOR x largest tensor + MEMORY_SLACK
 TIME_TARGET = 2.0  # prune median wall <= TIME_TARGET x cp median wall
 DISK_SPARE = 1.1
-CASES = ("cp", "dcp", "local", "lamp", "nm")
-FLOORS = ("cp", "dcp")
+CASES = ("cp", "dcp", "oracle", "local", "lamp", "nm")
+FLOORS = ("cp", "dcp", "oracle")
 #: case ``dcp``: the files given first copied into the folder given last (``shutil.copyfile``:
 #: the kernel's copy, as ``cp``), each then ``fsync``-ed
 DURABLE_COPY = (
@@ -102,6 +108,31 @@ DURABLE_COPY = (
     "    os.fsync(fd)\n"
     "    os.close(fd)\n"
 )
+#: case ``oracle``: the model (first argument) and its data file (second) into the folder given
+#: last, the data file's float32 words zeroed where ``|w| <= ORACLE_CUT`` (a cut handed over,
+#: not searched: the cost of the pass does not depend on it), chunks of 4 Mi words on as many
+#: threads as CPUs, each chunk one fused pass (keys, compare, select) and one ``pwrite``
+ORACLE = (
+    "import os, shutil, sys, threading\n"
+    "from concurrent.futures import ThreadPoolExecutor\n"
+    "import numpy as np\n"
+    "model, data, folder = sys.argv[1:4]\n"
+    "shutil.copyfile(model, os.path.join(folder, os.path.basename(model)))\n"
+    "words = np.memmap(data, dtype=np.uint32, mode='r')\n"
+    "fd = os.open(os.path.join(folder, os.path.basename(data)), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n"
+    "cut, sign, chunk, local = np.uint32(ORACLE_CUT), np.uint32(0x7FFFFFFF), 1 << 22, threading.local()\n"
+    "def prune(start):\n"
+    "    if not hasattr(local, 'keys'):\n"
+    "        local.keys, local.out = np.empty(chunk, np.uint32), np.empty(chunk, np.uint32)\n"
+    "    bits = words[start : start + chunk]\n"
+    "    keys, out = local.keys[: bits.size], local.out[: bits.size]\n"
+    "    np.bitwise_and(bits, sign, out=keys)\n"
+    "    np.multiply(bits, keys > cut, out=out)\n"
+    "    os.pwrite(fd, out, 4 * start)\n"
+    "with ThreadPoolExecutor(os.cpu_count()) as pool:\n"
+    "    list(pool.map(prune, range(0, words.size, chunk)))\n"
+    "os.close(fd)\n"
+).replace("ORACLE_CUT", "0x3C23D70A")  # 0.01 as float32 bits
 PRUNE_ARGS = {
     "local": ["--sparsity", "0.5"],
     "lamp": ["--sparsity", "0.5", "--scope", "global", "--criterion", "lamp"],
@@ -211,6 +242,7 @@ def commands(model: Path, out_dir: Path, baseline: Path | None = None) -> dict[s
     found = {
         "cp": ["cp", str(model), str(data), str(out_dir)],
         "dcp": [py, "-c", DURABLE_COPY, str(model), str(data), str(out_dir)],
+        "oracle": [py, "-c", ORACLE, str(model), str(data), str(out_dir)],
     }
     for case, args in PRUNE_ARGS.items():
         out = out_dir / f"out_{case}.onnx"
@@ -270,6 +302,7 @@ def report(cases: dict[str, Case], largest: int, size: int, side: int, layers: i
     memory_limit = MEMORY_FACTOR * largest + MEMORY_SLACK
     floor = statistics.median(cases["cp"].wall_s) if "cp" in cases and cases["cp"].wall_s else None
     durable = statistics.median(cases["dcp"].wall_s) if "dcp" in cases and cases["dcp"].wall_s else None
+    oracle = statistics.median(cases["oracle"].wall_s) if "oracle" in cases and cases["oracle"].wall_s else None
     info = meminfo()
     print()
     print(
@@ -280,7 +313,8 @@ def report(cases: dict[str, Case], largest: int, size: int, side: int, layers: i
         f"targets: peak RSS <= {MEMORY_FACTOR} x largest + 1 GB = {memory_limit / GB:.2f} GB; wall <= {TIME_TARGET} x cp"
     )
     header = (
-        f"{'case':10s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'x cp':>6s} {'x dcp':>6s} {'peak GB':>8s}"
+        f"{'case':10s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'x cp':>6s} {'x dcp':>6s} {'x oracle':>8s}"
+        f" {'peak GB':>8s}"
         f" {'x limit':>8s}  verdict"
     )
     print(header)
@@ -290,6 +324,7 @@ def report(cases: dict[str, Case], largest: int, size: int, side: int, layers: i
         peak = max(case.peak_rss)
         ratio = median / floor if floor else float("nan")
         over_durable = median / durable if durable else float("nan")
+        over_oracle = median / oracle if oracle else float("nan")
         mem_ratio = peak / memory_limit
         failed = any(case.returncodes)
         verdict = (
@@ -305,15 +340,22 @@ def report(cases: dict[str, Case], largest: int, size: int, side: int, layers: i
         )
         print(
             f"{name:10s} {median:9.1f} {min(case.wall_s):7.1f} {max(case.wall_s):7.1f} {ratio:6.2f} "
-            f"{over_durable:6.2f} {peak / GB:8.2f} {mem_ratio:8.2f}  {verdict}"
+            f"{over_durable:6.2f} {over_oracle:8.2f} {peak / GB:8.2f} {mem_ratio:8.2f}  {verdict}"
         )
         summary[name] = {
             **asdict(case),
             "median_s": median,
             "time_over_cp": ratio,
             "time_over_dcp": over_durable,
+            "time_over_oracle": over_oracle,
             "peak_over_limit": mem_ratio,
         }
+    if oracle and floor:
+        print(
+            f"oracle (a magnitude prune handed its cut: one pass, no search, validation or fsync) took "
+            f"{oracle / floor:.2f} x cp: the time target ({TIME_TARGET} x cp) leaves a pruner "
+            f"{max(0.0, TIME_TARGET * floor - oracle):.1f} s beyond it for the search, the checks and its start-up"
+        )
     for name, case in cases.items():
         if case.validation and case.validation[0]:
             print(f"validation of {name}: {case.validation[0]}")
