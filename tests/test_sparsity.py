@@ -371,7 +371,9 @@ def test_zero_smallest_bits_falls_back_when_the_sample_misleads(monkeypatch):
 
     monkeypatch.setattr(select, "SAMPLE", 1024)
     keys = np.arange(1, 100_001, dtype=np.float32)
-    keys[::97] = 1e9  # the strided sample (stride 97) sees only the largest values
+    stride = select.sample_stride(keys.size)
+    assert stride == 100_000 // 2154  # n^(2/3) keys, more than SAMPLE
+    keys[::stride] = 1e9  # the strided sample sees only the largest values
     sizes: list[int] = []
     partition = np.partition
 
@@ -384,7 +386,29 @@ def test_zero_smallest_bits_falls_back_when_the_sample_misleads(monkeypatch):
     expected = sparsity.apply_mask_bits(bits, keys <= keys[np.argsort(keys, kind="stable")[49_999]])
     assert np.array_equal(sparsity.zero_smallest_bits(bits, 50_000), expected)
     # the sample brackets, the bracket misses, and the whole tensor is partitioned
-    assert sizes == [keys[::97].size, keys.size]
+    assert sizes == [keys[::stride].size, keys.size]
+
+
+def test_the_sample_grows_as_the_two_thirds_power_of_the_keys(monkeypatch):
+    """A tensor of up to 2^21 keys is sampled SAMPLE times; a larger one about n^(2/3) times, and
+    the K-th smallest and the zeroed bits stay exact with the larger sample."""
+    from onnxprune.sparsity import select
+
+    assert [select.sample_stride(n) for n in (1, 2**16, 2**21)] == [1, 4, 128]
+    assert select.sample_stride(2**27) == 2**27 // (2**18)  # 0.5 GB of float32: 2^18 keys
+    assert select.sample_stride(125_000_000) == 500
+    monkeypatch.setattr(select, "SAMPLE", 64)
+    rng = np.random.default_rng(11)
+    n = 300_007
+    assert n // select.sample_stride(n) > 4000  # about n^(2/3) = 4482 keys, not 64
+    w = (rng.standard_normal(n) * np.where(rng.random(n) < 0.01, 50, 1)).astype(np.float32)
+    w[rng.integers(0, n, 5000)] = 0.25  # ties
+    keys = sparsity.magnitude_keys(w)
+    bits = sparsity.scores.float_bits(w)
+    for k in (1, 777, n // 2, n - 3, *rng.integers(1, n, 4).tolist()):
+        assert select.kth_smallest(keys, k) == np.partition(keys, k - 1)[k - 1]
+        expected = sparsity.apply_mask_bits(bits, sparsity.smallest_k_mask(keys, k))
+        assert np.array_equal(sparsity.zero_smallest_bits(bits, k), expected)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])

@@ -55,15 +55,28 @@ def smallest_k_mask(keys: np.ndarray, k: int, *, threshold: int | None = None) -
 
 #: keys below which :func:`kth_smallest` partitions them all (the sample would not pay)
 SAMPLED_FROM = 1 << 16
-#: keys in the strided sample that brackets the K-th smallest
+#: keys in the strided sample that brackets the K-th smallest, at least (:func:`sample_stride`)
 SAMPLE = 1 << 14
+
+
+def sample_stride(n: int) -> int:
+    """The stride of the sample of ``n`` keys that brackets the K-th smallest: about
+    ``m = max(SAMPLE, n^(2/3))`` keys.
+
+    The bracket (``±(4√m + 8)`` ranks of the sample's ``m``) holds about ``8/√m`` of the keys, and
+    the counting pass gathers and partitions those; the sample costs ``O(m)``. The sum
+    ``a·m + b·8n/√m`` is least at ``m ∝ n^(2/3)``. On a 0.5 GB float32 tensor (125 M keys, a gather
+    at about 20 ns a key taken) the bracket holds 6.3 % of the keys with ``2^14`` and 1.6 % with
+    ``2^18``, and the first pass took 103 instead of 200 ms on two threads. A tensor of up to
+    ``2^21`` keys keeps ``SAMPLE``."""
+    return max(1, n // max(SAMPLE, round(n ** (2 / 3))))
 
 
 def kth_smallest(flat: np.ndarray, k: int) -> np.generic:
     """The K-th smallest (1-based) of the 1-D ``flat``, exactly (see module docstring)."""
     n = flat.size
     if n >= SAMPLED_FROM:
-        found = _bracketed_kth([lambda: iter((flat,))], flat[:: n // SAMPLE], n, k)
+        found = _bracketed_kth([lambda: iter((flat,))], flat[:: sample_stride(n)], n, k)
         if found is not None:
             return found[0]
     return np.partition(flat, k - 1)[k - 1]
@@ -205,7 +218,7 @@ def _magnitude_kth(flat: np.ndarray, k: int, threshold: int | None, below: int |
         under, at_most = sum(c[0] for c in counted), sum(c[1] for c in counted)
         if under <= k <= at_most:  # keys below t, then the first ties (none when below == k)
             return t, under
-    sample = flat[:: max(1, n // SAMPLE)] & sign_clear(flat.dtype)
+    sample = flat[:: sample_stride(n)] & sign_clear(flat.dtype)
     found = _bracketed_kth(_span_keys(flat), sample, n, k)
     if found is not None:
         return found
