@@ -21,11 +21,11 @@ What it measures
     - ``oracle``: the least work any magnitude pruner does (:data:`ORACLE`): the ``.onnx`` file
       copied; the data file's float32 words read (memory-mapped) and each written out as itself
       or ``+0`` against a cut handed to it, in one pass on every CPU through the page cache: no
-      search for the cut, no validation, no ``fsync``, no imports beyond numpy. A time target
+      search for the cut, no validation, no ``fsync``, no library but numpy. A time target
       under this floor cannot be met by any pruner: the report says how far above ``cp`` it is,
       and gives each case against it too (``x oracle``). It is a floor where the page cache holds
       the model and its output (2 GB here); past memory its mapped reads and buffered writes
-      fight over the page cache, and onnxprune, which writes past it, beats it (12 GB: 29.0 s
+      compete for the page cache, and onnxprune, which writes past it, beats it (12 GB: 29.0 s
       against local's 21.1 s, stop 48);
     - ``local``: ``onnxprune prune IN OUT --sparsity 0.5``;
     - ``lamp``: ``onnxprune prune IN OUT --sparsity 0.5 --scope global --criterion lamp``;
