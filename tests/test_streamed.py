@@ -589,3 +589,25 @@ def test_nm_mask_is_the_stable_sort_rule_and_zero_counts_agree(shape: tuple[int,
     mask = nm_mask(keys, n, m, axis)
     assert np.array_equal(mask, _nm_by_argsort(keys, n, m, axis % keys.ndim))
     assert nm_zeros_after(keys, n, m, axis) == int(np.count_nonzero((keys * ~mask) == 0))
+
+
+@pytest.mark.parametrize("kind", ["bytes", "blocks"])
+def test_a_replacement_of_another_length_is_refused(tmp_path: Path, source: Path, kind: str):
+    """New bytes, or a fill, one element short of W2 (an external tensor) stop the write with
+    the tensor's name: nothing of another length reaches the data file."""
+    lazy = load_model_lazily(source)
+    _, replacements = prune_weights(lazy.model, CONFIGS["local"], defer=True, source=lazy.tensors)
+    real = replacements["W2"]
+
+    def short(proto: TensorProto) -> object:
+        values = lazy.tensors(proto).reshape(-1)[:-1].view(np.uint32)
+        return ZeroSmallest(values, 10) if kind == "blocks" else values.tobytes()
+
+    assert isinstance(real(next(t for t in lazy.model.graph.initializer if t.name == "W2")), ZeroSmallest)
+    replacements["W2"] = short
+    with (
+        pytest.raises(ValueError, match=r"tensor 'W2' has 786428 bytes, expected 786432"),
+        StagedOutput(tmp_path / "out.onnx", input_path=source) as staged,
+    ):
+        staged.write(lazy.model, external_data=True, replacements=replacements, source=lazy.tensors, record=True)
+    assert not (tmp_path / "out.onnx").exists()
