@@ -243,16 +243,14 @@ class _Stream:
         ``blocks`` a :class:`BlockFill` stays one (recorded as it is written, :func:`_write_blocks`),
         else it is made whole."""
         data = replace(tensor)
-        size = tensors.data_bytes(tensor) if tensor.data_location == TensorProto.EXTERNAL else None
-        if isinstance(data, BlockFill):
-            if blocks:
-                if size is not None and data.nbytes != size:
-                    raise ValueError(f"replacement for tensor '{tensor.name}' has {data.nbytes} bytes, expected {size}")
-                return data
+        if isinstance(data, BlockFill) and not blocks:
             data = data.whole()
-        length = memoryview(data).nbytes
+        size = tensors.data_bytes(tensor) if tensor.data_location == TensorProto.EXTERNAL else None
+        length = data.nbytes if isinstance(data, BlockFill) else memoryview(data).nbytes
         if size is not None and length != size:
             raise ValueError(f"replacement for tensor '{tensor.name}' has {length} bytes, expected {size}")
+        if isinstance(data, BlockFill):
+            return data  # recorded as it is written
         if self.records is not None and replace is not _unchanged:
             found, not_zero = compare_elements(tensor, self.stored(tensor), data)
             self.records[name] = WrittenTensor(found.changed, found.digest, not_zero)
